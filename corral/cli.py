@@ -1,0 +1,68 @@
+"""The ``corral`` command. Its subcommands come from plugins (built-in ones included)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from corral.core.config import ConfigError
+from corral.core.profiles import ProfileNotFound
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corral", description="Interactive and parallel computing in Python."
+    )
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("CORRAL_PROFILE", "default"),
+        help="profile (cluster directory) to use; default: %(default)s",
+    )
+    parser.add_argument("--log-level", help="override [core] log_level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``corral`` command; returns the exit code."""
+    from corral.plugins.manager import get_plugin_manager
+    from corral.plugins.runtime import load_configuration
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    early, _ = _parser().parse_known_args(argv)
+    manager = get_plugin_manager(profile=early.profile)
+
+    parser = _parser()
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    manager.hook.corral_add_commands(subparsers=subparsers)
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return 2
+
+    overrides = {"core.log_level": args.log_level} if args.log_level else {}
+    try:
+        config = load_configuration(manager, profile=args.profile, overrides=overrides)
+    except ConfigError as error:
+        print(f"corral: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.get("core", "log_level").upper(),
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    manager.hook.corral_configure(config=config)
+    try:
+        return args.run(args, config) or 0
+    except (ProfileNotFound, ConfigError) as error:
+        print(f"corral: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        manager.hook.corral_unconfigure(config=config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""corral's own plugins, registered through the same hooks as third-party ones."""

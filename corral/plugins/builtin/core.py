@@ -1,0 +1,36 @@
+"""The options and notification types of corral's core."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+from corral.core.config import Schema
+from corral.core.events import INTERPRETER_TYPES
+from corral.plugins.markers import hookimpl
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@hookimpl
+def corral_add_options(schema: Schema) -> None:
+    schema.add_option(
+        "core",
+        "log_level",
+        "warning",
+        "How much corral logs to stderr.",
+        type="choice",
+        choices=LOG_LEVELS,
+    )
+    schema.add_option(
+        "plugins",
+        "disable",
+        [],
+        "Plugins not to load, by the name `corral plugins` shows\n"
+        "(also: the CORRAL_DISABLE_PLUGINS environment variable).",
+        type="list",
+    )
+
+
+@hookimpl
+def corral_notification_types() -> Iterable[Hashable]:
+    return INTERPRETER_TYPES

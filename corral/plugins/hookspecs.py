@@ -1,0 +1,69 @@
+"""Every hook corral calls, in one place: what a plugin can extend, and when it is called.
+
+Hooks are for configuration and extension, never per-event traffic: a pluggy call costs
+microseconds, a notification post nanoseconds. Plugins that want to see what happens
+subscribe to the notification center in :func:`corral_configure`.
+
+A plugin is a module or object with functions named like these, marked with
+``@corral.plugins.hookimpl``, installed under the entry-point group ``corral``::
+
+    [project.entry-points.corral]
+    myplugin = "mypackage.corral_plugin"
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING
+
+from corral.plugins.markers import hookspec
+
+if TYPE_CHECKING:
+    from corral.core.config import Config, Schema
+
+
+@hookspec
+def corral_add_options(schema: Schema) -> None:
+    """Declare configuration options, with ``schema.add_option(section, key, default, help,
+    type=..., choices=...)``. Called once, before any configuration file is read, so that
+    every file and environment variable is checked against every plugin's options.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``corral`` subcommands: ``parser = subparsers.add_parser("name", help=...)``, then
+    ``parser.set_defaults(run=callable)``; the callable gets ``(args, config)`` and returns
+    an exit code (or None for 0).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_notification_types() -> Iterable[Hashable]:
+    """Return the notification types this plugin posts (strings, or classes/constants it
+    defines), so they can be listed, documented and carried across processes by name.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_configure(config: Config) -> None:
+    """Called once the configuration is resolved: start what the plugin needs, subscribe to
+    notifications.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_unconfigure(config: Config) -> None:
+    """Called at shutdown, in reverse order of registration: release what configure took.
+
+    .. versionadded:: 0.1
+    """
