@@ -107,8 +107,12 @@ class NotificationCenter:
         # the senders with registrations of their own per type.
         self._type_counts: dict[Hashable, int] = {}
         self._type_senders_index: dict[Hashable, set[Hashable]] = {}
-        self._routes: dict[Hashable, _Route] = {}
-        self._any_type_route: _Route | None = None
+        # What post reads: per type, the observer tuple when no sender has observers of its
+        # own, else the _Route. _route_objects holds every _Route for maintenance.
+        self._routes: dict[Hashable, Callable[..., Any] | _Cell | _Route] = {}
+        self._any_type_route: Callable[..., Any] | _Cell | _Route | None = None
+        self._route_objects: dict[Hashable, _Route] = {}
+        self._any_type_object: _Route | None = None
         self._dead: deque[tuple[str, Any]] = deque()
         self._self_ref = weakref.ref(self)
         self.post = _post_to_nobody  # type: ignore[method-assign]
@@ -121,17 +125,21 @@ class NotificationCenter:
         The cost is one dict lookup when nobody observes this type (or this sender), however
         many observers are registered for other types and senders.
         """
-        route = self._routes.get(type, self._any_type_route)
-        if route is None:
+        cell = self._routes.get(type, self._any_type_route)
+        if cell is None:
             return
-        by_sender = route.by_sender
-        if by_sender is None:
-            cell = route.all_senders
-        else:
-            cell = by_sender.get(
-                sender if sender.__class__ is str else id(sender), route.all_senders
+        if cell.__class__ is _Route:
+            cell = cell.by_sender.get(  # type: ignore[union-attr]
+                sender if sender.__class__ is str else id(sender), cell.all_senders
             )
-        for func, ref in cell:
+        elif cell.__class__ is not tuple:
+            # The commonest case, one function observing a type, published bare.
+            try:
+                cell(type, sender, **info)  # type: ignore[operator]
+            except Exception:
+                self._observer_failed(cell, type, sender)
+            return
+        for func, ref in cell:  # type: ignore[union-attr]
             try:
                 if ref is None:
                     func(type, sender, **info)
@@ -140,21 +148,22 @@ class NotificationCenter:
                     if owner is not None:
                         func(owner, type, sender, **info)
             except Exception:
-                if self.strict:
-                    raise
-                log.exception(
-                    "observer %r of %r from %r raised; the other observers still run",
-                    func,
-                    type,
-                    sender,
-                )
+                self._observer_failed(func, type, sender)
+
+    def _observer_failed(self, func: Callable[..., Any], type: Hashable, sender: Any) -> None:  # noqa: A002
+        """Log (or, when strict, re-raise) the exception an observer just raised."""
+        if self.strict:
+            raise
+        log.exception(
+            "observer %r of %r from %r raised; the other observers still run", func, type, sender
+        )
 
     def has_observers(self, type: Hashable, sender: Any = None) -> bool:  # noqa: A002
         """Whether a post of ``type`` (from ``sender``, or from some sender) reaches anyone.
 
         Posters use this to skip building expensive ``info`` nobody would read.
         """
-        route = self._routes.get(type, self._any_type_route)
+        route = self._route_objects.get(type, self._any_type_object)
         if route is None:
             return False
         if sender is None:
@@ -182,8 +191,7 @@ class NotificationCenter:
             hash(type)
         except TypeError:
             raise TypeError(
-                f"notification type must be hashable (a string, class or constant), "
-                f"got {type!r}"
+                f"notification type must be hashable (a string, class or constant), got {type!r}"
             ) from None
         entry = self._make_entry(callback)
         skey = None if sender is None else _sender_key(sender)
@@ -237,7 +245,9 @@ class NotificationCenter:
             self._type_senders_index.clear()
             self._senders.clear()
             self._routes.clear()
+            self._route_objects.clear()
             self._any_type_route = None
+            self._any_type_object = None
             self.post = _post_to_nobody  # type: ignore[method-assign]
 
     def observer_count(self) -> int:
@@ -373,39 +383,41 @@ class NotificationCenter:
         """Refresh the routes a change to registrations of (type, skey) affects."""
         if type is None:
             # A wildcard-type observer reaches every route.
-            self._any_type_route = self._rebuild_route(None)
-            for rtype in list(self._routes):
+            self._any_type_object = route = self._rebuild_route(None)
+            self._any_type_route = _published(route)
+            for rtype in list(self._route_objects):
                 self._set_route(rtype, self._rebuild_route(rtype))
             return
-        route = self._routes.get(type)
-        if route is None or skey is None:
-            self._set_route(type, self._rebuild_route(type))
+        route = self._route_objects.get(type)
+        if (
+            route is not None
+            and skey is not None
+            and route.by_sender is not None
+            and ((type, skey) in self._registrations or (None, skey) in self._registrations)
+        ):
+            # Only one sender's cell changes: one atomic dict store, readers never wait.
+            route.by_sender[skey] = self._cell(type, skey)
             return
-        # Only one sender's cell changes: update it in place (one atomic dict store).
-        if type not in self._type_counts:
-            self._set_route(type, None)
-            return
-        cell_has_own = (type, skey) in self._registrations or (None, skey) in self._registrations
-        by_sender = route.by_sender
-        if cell_has_own:
-            if by_sender is None:
-                by_sender = {}
-                by_sender[skey] = self._cell(type, skey)
-                route.by_sender = by_sender
-            else:
-                by_sender[skey] = self._cell(type, skey)
-        elif by_sender is not None:
-            by_sender.pop(skey, None)
-            if not by_sender:
-                route.by_sender = None
-        if not route.all_senders and not route.by_sender:
-            self._set_route(type, None)
+        self._set_route(type, self._rebuild_route(type))
 
     def _set_route(self, type: Hashable, route: _Route | None) -> None:  # noqa: A002
         if route is None:
             self._routes.pop(type, None)
+            self._route_objects.pop(type, None)
         else:
-            self._routes[type] = route
+            self._route_objects[type] = route
+            self._routes[type] = _published(route)  # type: ignore[assignment]
+
+
+def _published(route: _Route | None) -> Callable[..., Any] | _Cell | _Route | None:
+    """What post reads for a route: the bare tuple when no sender has observers of its own,
+    and the bare function when that tuple holds one strongly held function."""
+    if route is None or route.by_sender:
+        return route
+    cell = route.all_senders
+    if len(cell) == 1 and cell[0][1] is None:
+        return cell[0][0]
+    return cell
 
 
 #: The process-wide center the interpreter, the transports and plugins post to.
