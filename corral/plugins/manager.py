@@ -39,6 +39,7 @@ log = logging.getLogger("corral.plugins")
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.core",
     "corral.plugins.builtin.commands",
+    "corral.plugins.builtin.demo",
 )
 
 
