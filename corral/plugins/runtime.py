@@ -9,6 +9,7 @@ from typing import Any
 import pluggy
 
 from corral.core.config import Config, Schema, load_config
+from corral.notification.names import declare_type
 
 
 def build_schema(manager: pluggy.PluginManager) -> Schema:
@@ -30,8 +31,16 @@ def load_configuration(
 
 
 def declared_notification_types(manager: pluggy.PluginManager) -> list[Hashable]:
-    """Every notification type the loaded plugins say they post, without duplicates."""
+    """Every notification type the loaded plugins say they post, without duplicates.
+
+    Types that are not strings are declared to the bridge's type registry on the way, so
+    they can cross processes under their stable names.
+    """
     declared: list[Hashable] = []
     for types in manager.hook.corral_notification_types():
         declared.extend(types or ())
-    return list(dict.fromkeys(declared))
+    unique = list(dict.fromkeys(declared))
+    for notification_type in unique:
+        if not isinstance(notification_type, str):
+            declare_type(notification_type)
+    return unique
