@@ -29,9 +29,7 @@ def base_dir() -> Path:
 
 def _check_name(name: str) -> str:
     if not _PROFILE_NAME.match(name):
-        raise ValueError(
-            f"profile name {name!r} may hold only letters, digits, '_', '.' and '-'"
-        )
+        raise ValueError(f"profile name {name!r} may hold only letters, digits, '_', '.' and '-'")
     return name
 
 
