@@ -1,0 +1,420 @@
+"""The interpreter: runs user code and posts everything it does, as it happens (sans-I/O).
+
+It knows no sockets. ``execute`` returns an :class:`ExecutionResult` and, meanwhile, posts
+``EXECUTE_STARTED``, ``STREAM``, ``DISPLAY_DATA``..., ``EXECUTE_RESULT``, ``ERROR`` and
+finally ``EXECUTE_FINISHED`` (see :mod:`corral.core.events`) with the interpreter itself as
+the sender. A transport turns those into wire messages; a test just observes them.
+
+A cell runs as a module whose last expression, if any, is evaluated separately so its
+value reaches the display hook (``Out``, ``_``, ``EXECUTE_RESULT``). Magic syntax is
+rewritten to plain Python first (:mod:`corral.core.magics`). Heavy modules (jedi, sqlite3,
+asyncio, subprocess) are imported where they are needed, so creating an interpreter is cheap.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import linecache
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from corral.core.builtin_magics import getoutput, register_builtin_magics, system
+from corral.core.display import display, format_object, set_current
+from corral.core.events import (
+    ERROR,
+    EXECUTE_FINISHED,
+    EXECUTE_RESULT,
+    EXECUTE_STARTED,
+)
+from corral.core.history import HistoryManager
+from corral.core.iostreams import StdinNotImplementedError, redirect_output, route_stdin
+from corral.core.magics import MagicsRegistry, UsageError, split_cell_magic, transform_cell
+from corral.core.tracebacks import cell_filename, format_exception, hide_from_tracebacks
+from corral.notification.center import NotificationCenter, shared_center
+
+__all__ = [
+    "ExecutionResult",
+    "Interpreter",
+    "StdinNotImplementedError",
+    "UsageError",
+    "get_interpreter",
+]
+
+hide_from_tracebacks(__file__)
+hide_from_tracebacks(sys.modules["corral.core.magics"].__file__ or "")
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+@attrs.frozen
+class ExecutionResult:
+    """What ``execute`` returns: the content of a Jupyter ``execute_reply``."""
+
+    status: str  # "ok" | "error" | "aborted"
+    execution_count: int
+    payload: list[dict[str, Any]] = attrs.field(factory=list)
+    user_expressions: dict[str, Any] = attrs.field(factory=dict)
+    ename: str = ""
+    evalue: str = ""
+    traceback: list[str] = attrs.field(factory=list)
+
+
+def get_interpreter() -> Interpreter | None:
+    """The interpreter running now, or the one that ran last (None before any exists)."""
+    from corral.core.display import get_current
+
+    return get_current()
+
+
+class _Accessor:
+    """``__corral__`` in the user namespace: what rewritten magic syntax calls."""
+
+    __slots__ = ("_interp",)
+
+    def __init__(self, interp: Interpreter) -> None:
+        self._interp = interp
+
+    def __repr__(self) -> str:
+        return "<corral interpreter accessor>"
+
+    def line_magic(self, name: str, line: str) -> Any:
+        return self._interp.magics.call_line(self._interp, name, line)
+
+    def system(self, cmd: str) -> None:
+        system(self._interp, cmd)
+
+    def getoutput(self, cmd: str) -> list[str]:
+        return getoutput(self._interp, cmd)
+
+    def help(self, name: str, detail_level: int) -> None:
+        self._interp._help(name, detail_level)
+
+
+def _suppressed(code: str) -> bool:
+    """A cell whose last line ends with ``;`` shows no result."""
+    import io
+    import tokenize
+
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if tok.type not in (
+                tokenize.COMMENT,
+                tokenize.NL,
+                tokenize.NEWLINE,
+                tokenize.ENDMARKER,
+                tokenize.DEDENT,
+                tokenize.INDENT,
+            ):
+                last = tok
+    except (tokenize.TokenError, SyntaxError):
+        return code.rstrip().endswith(";")
+    return last is not None and last.string == ";"
+
+
+def _future_flags(tree: ast.Module) -> int:
+    import __future__
+
+    flags = 0
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            for alias in node.names:
+                feature = getattr(__future__, alias.name, None)
+                flags |= getattr(feature, "compiler_flag", 0)
+    return flags
+
+
+class Interpreter:
+    """Runs cells in ``user_ns`` and posts what happens to ``center``.
+
+    ``sender`` is the interpreter's stable name (``self.name``) for bridges that carry
+    notifications to other processes; in this process, posts use the object itself.
+    """
+
+    def __init__(
+        self,
+        center: NotificationCenter | None = None,
+        *,
+        user_ns: dict[str, Any] | None = None,
+        history: HistoryManager | None = None,
+        sender: str = "interpreter",
+    ) -> None:
+        self.center = center if center is not None else shared_center
+        self.name = sender
+        self.history_manager = history if history is not None else HistoryManager()
+        self.execution_count = 1
+        self.input_handler: Callable[[str, bool], str] | None = None
+        self.colors = False
+        self.magics = MagicsRegistry()
+        register_builtin_magics(self.magics)
+        self.user_ns: dict[str, Any] = user_ns if user_ns is not None else {}
+        self._payload: list[dict[str, Any]] = []
+        self._serial = 0
+        self._flags = 0
+        self._loop: Any = None
+        self._hidden: frozenset[str] = frozenset()
+        self._init_namespace([""])
+        set_current(self)
+
+    # ------------------------------------------------------------------ namespace
+
+    def _init_namespace(self, inputs: list[str]) -> None:
+        ns = self.user_ns
+        ns.setdefault("__name__", "__main__")
+        ns.setdefault("__builtins__", builtins)
+        self._out: dict[int, Any] = {}
+        self._in = inputs
+        ns.update(
+            {
+                "In": self._in,
+                "_ih": self._in,
+                "Out": self._out,
+                "_oh": self._out,
+                "_": "",
+                "__": "",
+                "___": "",
+                "_i": "",
+                "_ii": "",
+                "_iii": "",
+                "display": display,
+                "get_interpreter": get_interpreter,
+                "__corral__": _Accessor(self),
+            }
+        )
+        self._hidden = frozenset(ns)
+
+    def hidden_names(self) -> frozenset[str]:
+        """Names the interpreter put in ``user_ns`` itself (``%who`` does not list them)."""
+        return self._hidden
+
+    def reset_namespace(self) -> None:
+        """Forget the user's variables and outputs; keep inputs and the counter (``%reset``)."""
+        inputs = self._in
+        self.user_ns.clear()
+        self._init_namespace(inputs)
+
+    def reset(self) -> None:
+        """Start afresh: empty namespace, counter back to 1, a new history session."""
+        self.user_ns.clear()
+        self._init_namespace([""])
+        self.execution_count = 1
+        self.history_manager.new_session()
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(
+        self,
+        code: str,
+        *,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        allow_stdin: bool = True,
+    ) -> ExecutionResult:
+        """Run ``code`` as one cell; what it prints and shows is posted as it happens.
+
+        ``silent`` runs quietly (no result, no history, counter unchanged); with
+        ``store_history=False`` the cell is neither numbered nor stored.
+        """
+        store = store_history and not silent
+        count = self.execution_count
+        if store:
+            filename = cell_filename(count)
+        else:
+            self._serial += 1
+            filename = cell_filename(count, self._serial)
+        self._payload = []
+        set_current(self)
+        self.center.post(EXECUTE_STARTED, self, code=code, execution_count=count, silent=silent)
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        magic_cell = split_cell_magic(code)
+        source = code if magic_cell else transform_cell(code)
+        if store:
+            self._store_input(count, source, code)
+        status, error, expressions = "ok", None, {}
+        handler = self.input_handler if allow_stdin else None
+        try:
+            with redirect_output(self.center, self), route_stdin(handler):
+                try:
+                    if magic_cell:
+                        name, line, body = magic_cell
+                        has_value = True
+                        value = self.magics.call_cell(self, name, line, body)
+                    else:
+                        has_value, value = self._run(source, filename, self.user_ns)
+                    if has_value and not silent and not _suppressed(code):
+                        self._displayhook(value, count, store)
+                    if user_expressions:
+                        expressions = self._user_expressions(user_expressions)
+                except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the user's
+                    status, error = "error", self._report(exc)
+        except KeyboardInterrupt as exc:  # arrived while streams were being swapped
+            status, error = "error", self._report(exc)
+        finally:
+            if store:
+                self.execution_count = count + 1
+        self.center.post(EXECUTE_FINISHED, self, execution_count=count, status=status)
+        payload, self._payload = self._payload, []
+        if error is None:
+            return ExecutionResult(status, count, payload, expressions)
+        return ExecutionResult(status, count, payload, {}, *error)
+
+    def _store_input(self, count: int, source: str, raw: str) -> None:
+        ns = self.user_ns
+        while len(self._in) < count:
+            self._in.append("")
+        self._in[count:] = [raw]
+        ns["_iii"], ns["_ii"], ns["_i"] = ns.get("_ii", ""), ns.get("_i", ""), raw
+        ns[f"_i{count}"] = raw
+        self.history_manager.store_input(count, source, raw)
+
+    def _run(self, source: str, filename: str, ns: dict[str, Any]) -> tuple[bool, Any]:
+        """Run ``source``; ``(True, value)`` when it ends with an expression."""
+        flags = self._flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+        self._flags |= _future_flags(tree)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        if tree.body:
+            self._eval(compile(tree, filename, "exec", flags, dont_inherit=True), ns)
+        if last is None:
+            return False, None
+        return True, self._eval(compile(last, filename, "eval", flags, dont_inherit=True), ns)
+
+    def _eval(self, code: Any, ns: dict[str, Any]) -> Any:
+        result = eval(code, ns)
+        if code.co_flags & _CO_COROUTINE:
+            if self._loop is None:
+                import asyncio
+
+                self._loop = asyncio.new_event_loop()
+            result = self._loop.run_until_complete(result)
+        return result
+
+    def run_source(self, source: str, *, filename: str = "<string>") -> Any:
+        """Run magic-capable ``source`` in ``user_ns``; the last expression's value or None.
+
+        For magics such as ``%%time`` that run code the user wrote inside another cell.
+        """
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        return self._run(transform_cell(source), filename, self.user_ns)[1]
+
+    def add_payload(self, item: dict[str, Any]) -> None:
+        """Attach a Jupyter payload (``page``, ``set_next_input``...) to this execution."""
+        self._payload.append(item)
+
+    def _displayhook(self, value: Any, count: int, store: bool) -> None:
+        if value is None:
+            return
+        ns = self.user_ns
+        if store and value is not self._out:  # Out[N] = Out would only show recursion
+            self._out[count] = value
+            ns[f"_{count}"] = value
+        ns["___"], ns["__"], ns["_"] = ns.get("__", ""), ns.get("_", ""), value
+        data, metadata = format_object(value)
+        self.center.post(EXECUTE_RESULT, self, execution_count=count, data=data, metadata=metadata)
+        if store:
+            self.history_manager.store_output(count, data["text/plain"])
+
+    def _user_expressions(self, expressions: dict[str, str]) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for name, expr in expressions.items():
+            try:
+                value = eval(
+                    compile(expr, "<user expression>", "eval", dont_inherit=True), self.user_ns
+                )
+                data, metadata = format_object(value)
+                results[name] = {"status": "ok", "data": data, "metadata": metadata}
+            except Exception as exc:
+                results[name] = {
+                    "status": "error",
+                    "ename": type(exc).__name__,
+                    "evalue": str(exc),
+                    "traceback": format_exception(exc, colors=self.colors),
+                }
+        return results
+
+    def _report(self, exc: BaseException) -> tuple[str, str, list[str]]:
+        """Post ``ERROR`` for ``exc``; ``(ename, evalue, traceback)``."""
+        ename, evalue = type(exc).__name__, str(exc)
+        if isinstance(exc, UsageError):
+            traceback = [f"UsageError: {evalue}"]
+        else:
+            traceback = format_exception(exc, colors=self.colors)
+            sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
+        self.center.post(ERROR, self, ename=ename, evalue=evalue, traceback=traceback)
+        return ename, evalue, traceback
+
+    def _help(self, name: str, detail_level: int) -> None:
+        from corral.core.inspection import find_object, info_text
+
+        if name.startswith("%"):
+            import inspect
+
+            bare = name.lstrip("%")
+            func = self.magics.cell(bare) if name.startswith("%%") else self.magics.line(bare)
+            if func is None:
+                raise UsageError(f"Magic `{name}` not found.")
+            text = f"{name}\n" + (inspect.getdoc(func) or "(no documentation)")
+        else:
+            found, obj = find_object(name, self.user_ns)
+            if not found:
+                print(f"Object `{name}` not found.")
+                return
+            text = info_text(obj, name, detail_level)
+        self.add_payload({"source": "page", "data": {"text/plain": text}, "start": 0})
+
+    # ------------------------------------------------------------------ queries
+
+    def complete(self, code: str, cursor_pos: int | None = None) -> dict[str, Any]:
+        """Jupyter ``complete_reply`` content: matches around the cursor."""
+        from corral.core.completion import complete
+
+        return complete(code, cursor_pos, self.user_ns, self.magics.names())
+
+    def inspect(
+        self, code: str, cursor_pos: int | None = None, detail_level: int = 0
+    ) -> dict[str, Any]:
+        """Jupyter ``inspect_reply`` content for the name at the cursor."""
+        from corral.core.inspection import find_object, info_text, name_at
+
+        name = name_at(code, cursor_pos)
+        found, obj = find_object(name, self.user_ns) if name else (False, None)
+        data = {"text/plain": info_text(obj, name, detail_level)} if found else {}
+        return {"status": "ok", "found": found, "data": data, "metadata": {}}
+
+    def is_complete(self, code: str) -> dict[str, str]:
+        """Jupyter ``is_complete_reply`` content: may ``code`` run now, or does it go on?"""
+        from corral.core.completion import input_status
+
+        return input_status(code)
+
+    def history(
+        self,
+        hist_access_type: str = "tail",
+        *,
+        output: bool = False,
+        raw: bool = True,
+        session: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+        n: int | None = 10,
+        pattern: str | None = None,
+        unique: bool = False,
+    ) -> list[tuple[Any, ...]]:
+        """Jupyter ``history_reply`` rows: (session, line, input) or with (input, output)."""
+        hm = self.history_manager
+        if hist_access_type == "tail":
+            return hm.tail(n, output=output, raw=raw)
+        if hist_access_type == "range":
+            return hm.range(session, start, stop, output=output, raw=raw)
+        if hist_access_type == "search":
+            return hm.search(pattern or "*", n, unique, output=output, raw=raw)
+        raise ValueError(
+            f"hist_access_type must be tail, range or search, not {hist_access_type!r}"
+        )

@@ -1,0 +1,145 @@
+"""Tracebacks written for the person who ran the cell, not for corral's developers.
+
+Frames of corral's own machinery (the interpreter, the magic dispatcher) are removed; a
+cell shows as ``Cell In[N], line L`` with a few lines of context read from linecache,
+where the interpreter registers every cell under ``<cell-N>``. Colours are off by
+default because frontends that want them ask for them.
+"""
+
+from __future__ import annotations
+
+import linecache
+import re
+from types import TracebackType
+
+__all__ = ["cell_filename", "cell_label", "format_exception", "hide_from_tracebacks"]
+
+_hidden_files: set[str] = set()
+_CELL_NAME = re.compile(r"^<cell-(\d+)(?:\.\d+)?>$")
+_CONTEXT = 2  # lines shown before and after the failing line
+_CAUSE = "The above exception was the direct cause of the following exception:"
+_DURING = "During handling of the above exception, another exception occurred:"
+_RED, _GREEN, _CYAN, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[36m", "\x1b[0m"
+
+
+def hide_from_tracebacks(filename: str) -> None:
+    """Leave frames of ``filename`` (a module's ``__file__``) out of user tracebacks."""
+    _hidden_files.add(filename)
+
+
+def cell_filename(count: int, serial: int | None = None) -> str:
+    """The linecache name of a cell: ``<cell-N>``, or ``<cell-N.k>`` for unnumbered runs."""
+    return f"<cell-{count}>" if serial is None else f"<cell-{count}.{serial}>"
+
+
+def cell_label(filename: str) -> str | None:
+    """``Cell In[N]`` for a cell's filename, None for real files."""
+    match = _CELL_NAME.match(filename)
+    return f"Cell In[{match.group(1)}]" if match else None
+
+
+def _paint(text: str, colour: str, colors: bool) -> str:
+    return f"{colour}{text}{_RESET}" if colors else text
+
+
+def _location(filename: str, lineno: int | None, name: str | None, colors: bool) -> str:
+    label = cell_label(filename)
+    where = f"{label}, line {lineno}" if label else f"File {filename}:{lineno}"
+    if name and name != "<module>":
+        where += f", in {name}()"
+    return _paint(where, _CYAN, colors)
+
+
+def _context(filename: str, lineno: int, colors: bool) -> list[str]:
+    lines = linecache.getlines(filename)
+    if not lines:
+        return []
+    first = max(1, lineno - _CONTEXT)
+    last = min(len(lines), lineno + _CONTEXT)
+    width = len(str(last))
+    shown = []
+    for number in range(first, last + 1):
+        text = lines[number - 1].rstrip("\n")
+        if number == lineno:
+            shown.append(_paint(f"----> {number:>{width}} {text}", _GREEN, colors))
+        else:
+            shown.append(f"      {number:>{width}} {text}")
+    return shown
+
+
+def _frames(tb: TracebackType | None, colors: bool) -> list[str]:
+    entries = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename not in _hidden_files and not tb.tb_frame.f_globals.get(
+            "__corral_hide_traceback__"
+        ):
+            lineno = tb.tb_lineno
+            head = _location(code.co_filename, lineno, code.co_name, colors)
+            entries.append("\n".join([head, *_context(code.co_filename, lineno, colors)]))
+        tb = tb.tb_next
+    return entries
+
+
+def _syntax_error(exc: SyntaxError, colors: bool) -> list[str]:
+    filename = exc.filename or "<unknown>"
+    lines = [_location(filename, exc.lineno, None, colors)]
+    if exc.text:
+        text = exc.text.rstrip("\n")
+        stripped = text.lstrip()
+        lines.append(f"    {stripped}")
+        if exc.offset:
+            caret = max(0, exc.offset - 1 - (len(text) - len(stripped)))
+            end = exc.end_offset if exc.end_lineno == exc.lineno and exc.end_offset else 0
+            width = max(1, end - exc.offset) if end else 1
+            lines.append("    " + " " * caret + _paint("^" * width, _RED, colors))
+    lines.append(_final(exc, colors))
+    return ["\n".join(lines)]
+
+
+def _final(exc: BaseException, colors: bool) -> str:
+    name = type(exc).__name__
+    value = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    head = _paint(name, _RED, colors)
+    return f"{head}: {value}" if value else head
+
+
+def _chain(exc: BaseException) -> list[tuple[BaseException, str | None]]:
+    """The exceptions to show, oldest first, each with the sentence linking it to the one
+    shown before it (None for the oldest)."""
+    newest_first: list[tuple[BaseException, str | None]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        older: BaseException | None = None
+        link: str | None = None
+        if current.__cause__ is not None:
+            older, link = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            older, link = current.__context__, _DURING
+        newest_first.append((current, link))
+        current = older
+    return newest_first[::-1]
+
+
+def format_exception(exc: BaseException, *, colors: bool = False) -> list[str]:
+    """The Jupyter ``traceback`` list for ``exc``: a header, one entry per frame, the error."""
+    parts: list[str] = []
+    for one, link in _chain(exc):
+        if link:
+            parts.append(f"\n{link}\n")
+        name = type(one).__name__
+        header = f"{name:<42}Traceback (most recent call last)"
+        parts.append(_paint("-" * 75, _RED, colors))
+        if isinstance(one, SyntaxError):
+            frames = _frames(one.__traceback__, colors)
+            if frames:
+                parts.append(_paint(header, _RED, colors))
+            parts.extend(frames)
+            parts.extend(_syntax_error(one, colors))
+        else:
+            parts.append(_paint(header, _RED, colors))
+            parts.extend(_frames(one.__traceback__, colors))
+            parts.append(_final(one, colors))
+    return parts
