@@ -21,6 +21,7 @@ from corral.plugins.markers import hookspec
 
 if TYPE_CHECKING:
     from corral.core.config import Config, Schema
+    from corral.core.magics import MagicsRegistry
 
 
 @hookspec
@@ -47,6 +48,16 @@ def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
 def corral_notification_types() -> Iterable[Hashable]:
     """Return the notification types this plugin posts (strings, or classes/constants it
     defines), so they can be listed, documented and carried across processes by name.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_add_magics(registry: MagicsRegistry) -> None:
+    """Add line and cell magics to an interpreter when its kernel starts:
+    ``registry.register_line("name", func)`` with ``func(interpreter, line)``, or
+    ``registry.register_cell("name", func)`` with ``func(interpreter, line, cell)``.
 
     .. versionadded:: 0.1
     """
