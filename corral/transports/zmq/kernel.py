@@ -1,0 +1,605 @@
+"""The kernel server: the interpreter core served over the five Jupyter channels.
+
+Threads, and why:
+
+* **main** — serves *shell* and runs user code. It must be the main thread because only
+  the main thread receives ``SIGINT``, and an interrupt has to land in user code as
+  ``KeyboardInterrupt``. ``input()`` in user code is answered here too, over *stdin*.
+* **control** — serves *control* on its own thread, so ``kernel_info``, ``interrupt`` and
+  ``shutdown`` are answered while user code runs.
+* **heartbeat** — echoes pings inside libzmq without the GIL (:mod:`.heartbeat`).
+* **iopub flusher** — sends coalesced stream text at short intervals (:mod:`.iopub`).
+
+The server is an *observer* of the interpreter's notifications, not a hook inside it: it
+subscribes to the :mod:`corral.core.events` types and turns each into an iopub message
+whose parent is the request being served. Each socket is used by one thread only, except
+IOPub, which the publisher guards with a lock.
+
+Bad input is never fatal: a message that fails its signature, replay or framing check is
+dropped and logged (:class:`~.session.Session`), and an exception in a handler is logged
+and answered with an error reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from corral.core import events
+
+from . import wire
+from .connection import ConnectionInfo
+from .heartbeat import Heartbeat
+from .iopub import IOPubPublisher
+from .session import Session
+
+__all__ = ["KernelServer", "kernel_info_content"]
+
+log = logging.getLogger("corral.transports.zmq.kernel")
+
+Msg = dict[str, Any]
+Idents = list[bytes]
+Handler = Callable[[zmq.Socket[Any], Idents, Msg], None]
+
+#: Code in these directories must not be torn by a KeyboardInterrupt (see _on_sigint).
+_TRANSPORT_DIRS = (os.path.dirname(__file__), os.path.dirname(zmq.__file__))
+
+#: How long closing sockets may wait to deliver the last replies.
+_LINGER_MS = 1000
+
+
+def _corral_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("corral")
+    except Exception:
+        return "0.1.0"
+
+
+def kernel_info_content(*, encryption: bool) -> dict[str, Any]:
+    """The ``kernel_info_reply`` content (protocol 5.4)."""
+    py = platform.python_version()
+    major_minor = ".".join(py.split(".")[:2])
+    return {
+        "status": "ok",
+        "protocol_version": wire.PROTOCOL_VERSION,
+        "implementation": "corral",
+        "implementation_version": _corral_version(),
+        "language_info": {
+            "name": "python",
+            "version": py,
+            "mimetype": "text/x-python",
+            "file_extension": ".py",
+            "pygments_lexer": "python3",
+            "codemirror_mode": {"name": "ipython", "version": sys.version_info[0]},
+            "nbconvert_exporter": "python",
+        },
+        "banner": f"corral {_corral_version()} kernel on Python {py}\n",
+        "help_links": [
+            {"text": "Python Reference", "url": f"https://docs.python.org/{major_minor}"},
+        ],
+        "debugger": False,
+        "supported_features": [],
+        "supported_encryption": ["curve"] if encryption else [],
+    }
+
+
+class KernelServer:
+    """Serves ``interpreter`` on the sockets described by ``connection_info``.
+
+    Typical use (what ``kernel_main`` does): ``server.bind()`` — every port is bound, and
+    ports given as 0 are chosen and filled into :attr:`info` — then write the connection
+    file, then ``server.serve_forever()`` in the main thread.
+
+    ``interpreter`` defaults to a fresh :class:`corral.core.interpreter.Interpreter`.
+    ``port_range`` restricts randomly chosen ports to ``(min, max)``.
+    ``max_message_size`` makes larger incoming messages be dropped unparsed.
+    """
+
+    def __init__(
+        self,
+        connection_info: ConnectionInfo,
+        interpreter: Any = None,
+        *,
+        context: zmq.Context[Any] | None = None,
+        port_range: tuple[int, int] | None = None,
+        max_message_size: int | None = None,
+    ) -> None:
+        self.info = connection_info
+        if interpreter is None:
+            from corral.core.interpreter import Interpreter
+            from corral.notification.center import NotificationCenter
+
+            interpreter = Interpreter(NotificationCenter())
+        self.interpreter = interpreter
+        self.context = context or zmq.Context()
+        self.port_range = port_range
+        self.session = Session(
+            connection_info.key,
+            scheme=connection_info.signature_scheme,
+            username="kernel",
+            max_size=max_message_size,
+        )
+        self.bound = False
+        self.shutdown_requested = threading.Event()
+        self.restart_requested = False
+        # Per-request state of the main thread.
+        self._parent: dict[str, Any] | None = None
+        self._parent_idents: Idents = []
+        self._silent = False
+        self._executing = False
+        self._backlog: deque[tuple[Idents, Msg, bool]] = deque()
+        self._shell_handlers: dict[str, Handler] = {
+            "execute_request": self._execute,
+            "kernel_info_request": self._kernel_info,
+            "complete_request": self._complete,
+            "inspect_request": self._inspect,
+            "history_request": self._history,
+            "is_complete_request": self._is_complete,
+            "comm_info_request": self._comm_info,
+            "comm_open": self._comm_open,
+            "comm_msg": self._comm_ignore,
+            "comm_close": self._comm_ignore,
+            "shutdown_request": self._shutdown,
+        }
+        self._control_handlers: dict[str, Handler] = {
+            "kernel_info_request": self._kernel_info,
+            "interrupt_request": self._interrupt,
+            "shutdown_request": self._shutdown,
+        }
+
+    # ------------------------------------------------------------------ set-up
+
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
+        sock = self.context.socket(kind)
+        sock.linger = _LINGER_MS
+        if self.info.curve_secretkey:
+            sock.curve_secretkey = self.info.curve_secretkey.encode("ascii")
+            if self.info.curve_publickey:
+                sock.curve_publickey = self.info.curve_publickey.encode("ascii")
+            sock.curve_server = True
+        return sock
+
+    def _bind(self, sock: zmq.Socket[Any], channel: str) -> None:
+        port = self.info.port(channel)
+        if self.info.transport == "ipc":
+            if port == 0:
+                port = 1
+                while os.path.exists(f"{self.info.ip}-{port}"):
+                    port += 1
+            sock.bind(f"ipc://{self.info.ip}-{port}")
+        elif port:
+            sock.bind(f"{self.info.transport}://{self.info.ip}:{port}")
+        else:
+            lo, hi = self.port_range or (49152, 65536)
+            port = sock.bind_to_random_port(
+                f"{self.info.transport}://{self.info.ip}", lo, hi, max_tries=1000
+            )
+        setattr(self.info, f"{channel}_port", port)
+
+    def bind(self) -> ConnectionInfo:
+        """Create and bind every socket; returns :attr:`info` with the real ports.
+
+        Only after this returns may the connection file be written: the ports in it are
+        then held by this process, so no other process can take them in between.
+        """
+        if self.bound:
+            return self.info
+        if self.info.curve_secretkey and not zmq.has("curve"):
+            raise RuntimeError("this libzmq was built without CurveZMQ support")
+        self.shell = self._socket(zmq.ROUTER)
+        self.control = self._socket(zmq.ROUTER)
+        self.stdin = self._socket(zmq.ROUTER)
+        self.iopub_socket = self._socket(zmq.PUB)
+        self.iopub_socket.sndhwm = 100_000
+        self.hb_socket = self._socket(zmq.REP)
+        for sock, channel in (
+            (self.shell, "shell"),
+            (self.iopub_socket, "iopub"),
+            (self.stdin, "stdin"),
+            (self.control, "control"),
+            (self.hb_socket, "hb"),
+        ):
+            self._bind(sock, channel)
+        # Control thread -> main thread: "look at the shutdown flag".
+        self._wake_url = f"inproc://corral-kernel-wake-{id(self)}"
+        self._wake_rx = self.context.socket(zmq.PAIR)
+        self._wake_rx.bind(self._wake_url)
+        self._wake_tx = self.context.socket(zmq.PAIR)
+        self._wake_tx.connect(self._wake_url)
+        # Anyone -> control thread: "stop".
+        self._stop_url = f"inproc://corral-kernel-stop-{id(self)}"
+        self._stop_rx = self.context.socket(zmq.PAIR)
+        self._stop_rx.bind(self._stop_url)
+        self.bound = True
+        return self.info
+
+    def start(self) -> None:
+        """Bind if needed, start the helper threads and subscribe to the interpreter."""
+        self.bind()
+        self.iopub = IOPubPublisher(self.session, self.iopub_socket)
+        self.heartbeat = Heartbeat(self.context, self.hb_socket)
+        self.heartbeat.start()
+        self._subscribe()
+        self.interpreter.input_handler = self._ask_stdin
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
+        self._control_thread = threading.Thread(
+            target=self._control_loop, name="corral-control", daemon=True
+        )
+        self._control_thread.start()
+
+    def _subscribe(self) -> None:
+        center = getattr(self.interpreter, "center", None)
+        if center is None:
+            raise TypeError("the interpreter has no notification center to observe")
+        sender = self.interpreter
+        for kind, callback in (
+            (events.EXECUTE_STARTED, self._on_started),
+            (events.STREAM, self._on_stream),
+            (events.DISPLAY_DATA, self._on_display),
+            (events.UPDATE_DISPLAY_DATA, self._on_update_display),
+            (events.CLEAR_OUTPUT, self._on_clear),
+            (events.EXECUTE_RESULT, self._on_result),
+            (events.ERROR, self._on_error),
+        ):
+            center.add_observer(callback, kind, sender)
+
+    # ---------------------------------------------------- notifications -> iopub
+
+    def _on_started(
+        self, _t: str, _s: Any, *, code: str, execution_count: int, silent: bool, **_: Any
+    ) -> None:
+        if not silent:
+            self.iopub.publish(
+                "execute_input", {"code": code, "execution_count": execution_count}, self._parent
+            )
+
+    def _on_stream(self, _t: str, _s: Any, *, name: str, text: str, **_: Any) -> None:
+        self.iopub.write(name, text, self._parent)
+
+    def _on_display(self, _t: str, _s: Any, **info: Any) -> None:
+        self.iopub.publish("display_data", self._display_content(info), self._parent)
+
+    def _on_update_display(self, _t: str, _s: Any, **info: Any) -> None:
+        self.iopub.publish("update_display_data", self._display_content(info), self._parent)
+
+    @staticmethod
+    def _display_content(info: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "data": info.get("data") or {},
+            "metadata": info.get("metadata") or {},
+            "transient": info.get("transient") or {},
+        }
+
+    def _on_clear(self, _t: str, _s: Any, *, wait: bool = False, **_: Any) -> None:
+        self.iopub.publish("clear_output", {"wait": bool(wait)}, self._parent)
+
+    def _on_result(
+        self, _t: str, _s: Any, *, execution_count: int, data: dict, metadata: dict, **_: Any
+    ) -> None:
+        if not self._silent:
+            content = {"execution_count": execution_count, "data": data, "metadata": metadata}
+            self.iopub.publish("execute_result", content, self._parent)
+
+    def _on_error(
+        self, _t: str, _s: Any, *, ename: str, evalue: str, traceback: list, **_: Any
+    ) -> None:
+        content = {"ename": ename, "evalue": evalue, "traceback": traceback}
+        self.iopub.publish("error", content, self._parent)
+
+    # --------------------------------------------------------------- main loop
+
+    def serve_forever(self) -> None:
+        """Serve shell in this (main) thread until a shutdown request; then close."""
+        if not hasattr(self, "iopub"):
+            self.start()
+        poller = zmq.Poller()
+        poller.register(self.shell, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        try:
+            while not self.shutdown_requested.is_set():
+                if self._backlog:
+                    idents, msg, abort = self._backlog.popleft()
+                    self._serve(self.shell, idents, msg, self._shell_handlers, abort=abort)
+                    continue
+                ready = dict(poller.poll())
+                if self._wake_rx in ready:
+                    self._wake_rx.recv()
+                if self.shell in ready:
+                    got = self.session.recv(self.shell, zmq.NOBLOCK)
+                    if got is not None:
+                        self._serve(self.shell, *got, self._shell_handlers)
+        finally:
+            self.close()
+
+    def _serve(
+        self,
+        sock: zmq.Socket[Any],
+        idents: Idents,
+        msg: Msg,
+        handlers: dict[str, Handler],
+        *,
+        abort: bool = False,
+    ) -> None:
+        """busy, the handler's reply, idle: the frame every request gets."""
+        msg_type = msg["msg_type"]
+        handler = handlers.get(msg_type)
+        if handler is None:
+            log.warning("ignoring unknown message type %r", msg_type)
+            return
+        header = msg["header"]
+        self.iopub.publish("status", {"execution_state": "busy"}, header)
+        try:
+            if abort:
+                self._reply(sock, idents, msg, {"status": "aborted"})
+            else:
+                handler(sock, idents, msg)
+        except Exception as exc:
+            log.exception("error while handling %s", msg_type)
+            reply_type = msg_type.replace("_request", "_reply")
+            if reply_type != msg_type:
+                self._reply(sock, idents, msg, _error_content(exc))
+        finally:
+            self.iopub.flush()
+            self.iopub.publish("status", {"execution_state": "idle"}, header)
+
+    def _reply(
+        self,
+        sock: zmq.Socket[Any],
+        idents: Idents,
+        msg: Msg,
+        content: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        reply_type = msg["msg_type"].replace("_request", "_reply")
+        self.session.send(
+            sock, reply_type, content, msg["header"], identities=idents, metadata=metadata
+        )
+
+    # ------------------------------------------------------------ shell handlers
+
+    def _execute(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        content = msg["content"]
+        code = content.get("code", "")
+        silent = bool(content.get("silent", False))
+        store_history = bool(content.get("store_history", not silent))
+        self._parent = msg["header"]
+        self._parent_idents = idents
+        self._silent = silent
+        self._executing = True
+        try:
+            result = self.interpreter.execute(
+                code,
+                silent=silent,
+                store_history=store_history,
+                user_expressions=content.get("user_expressions") or {},
+                allow_stdin=bool(content.get("allow_stdin", True)),
+            )
+            self._executing = False
+        except KeyboardInterrupt:
+            # An interrupt landing between our flag and the interpreter's own handler.
+            self._executing = False
+            reply = {
+                "status": "error",
+                "execution_count": self.interpreter.execution_count,
+                "ename": "KeyboardInterrupt",
+                "evalue": "",
+                "traceback": [],
+            }
+        else:
+            reply = {"status": result.status, "execution_count": result.execution_count}
+            if result.status == "ok":
+                reply["payload"] = result.payload or []
+                reply["user_expressions"] = result.user_expressions or {}
+            elif result.status == "error":
+                reply["ename"] = result.ename
+                reply["evalue"] = result.evalue
+                reply["traceback"] = result.traceback or []
+        if reply["status"] == "error" and not silent and content.get("stop_on_error", True):
+            self._abort_queued_executes()
+        self.iopub.flush()
+        self._reply(sock, idents, msg, reply, {"status": reply["status"]})
+
+    def _abort_queued_executes(self) -> None:
+        """Mark the executes already waiting on shell as aborted (``stop_on_error``).
+
+        They were sent before the client could see this error, so they assumed it would
+        succeed. They are taken off the socket *before* the error reply goes out, so a
+        request sent after the client saw the error is never aborted by mistake. Other
+        requests waiting with them are served normally, in order.
+        """
+        while True:
+            try:
+                got = self.session.recv(self.shell, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if got is not None:
+                idents, msg = got
+                self._backlog.append((idents, msg, msg["msg_type"] == "execute_request"))
+
+    def _kernel_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        encrypted = self.info.curve_secretkey is not None
+        self._reply(sock, idents, msg, kernel_info_content(encryption=encrypted))
+
+    def _complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        code = msg["content"].get("code", "")
+        pos = msg["content"].get("cursor_pos")
+        result = self.interpreter.complete(code, len(code) if pos is None else int(pos))
+        self._reply(sock, idents, msg, {"status": "ok", **result})
+
+    def _inspect(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        c = msg["content"]
+        code = c.get("code", "")
+        pos = c.get("cursor_pos")
+        result = self.interpreter.inspect(
+            code, len(code) if pos is None else int(pos), int(c.get("detail_level", 0))
+        )
+        self._reply(sock, idents, msg, {"status": "ok", **result})
+
+    def _history(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        c = msg["content"]
+        entries = self.interpreter.history(
+            c.get("hist_access_type", "tail"),
+            output=bool(c.get("output", False)),
+            raw=bool(c.get("raw", True)),
+            session=int(c.get("session", 0) or 0),
+            start=int(c.get("start", 0) or 0),
+            stop=c.get("stop"),
+            n=c.get("n"),
+            pattern=c.get("pattern"),
+            unique=bool(c.get("unique", False)),
+        )
+        self._reply(sock, idents, msg, {"status": "ok", "history": [list(e) for e in entries]})
+
+    def _is_complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        self._reply(sock, idents, msg, self.interpreter.is_complete(msg["content"].get("code", "")))
+
+    def _comm_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        self._reply(sock, idents, msg, {"status": "ok", "comms": {}})
+
+    def _comm_open(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        # No comm targets exist: the spec says to close the comm right away.
+        comm_id = msg["content"].get("comm_id", "")
+        log.info("no comm target %r; closing comm %s", msg["content"].get("target_name"), comm_id)
+        self.iopub.publish("comm_close", {"comm_id": comm_id, "data": {}}, msg["header"])
+
+    def _comm_ignore(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        log.debug("ignoring %s for unknown comm", msg["msg_type"])
+
+    # ---------------------------------------------------------- control thread
+
+    def _control_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self._stop_rx, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if self._stop_rx in ready:
+                    return
+                got = self.session.recv(self.control, zmq.NOBLOCK)
+                if got is not None:
+                    self._serve(self.control, *got, self._control_handlers)
+        except zmq.ContextTerminated:
+            return
+        except Exception:  # pragma: no cover - a bug: keep the kernel alive, loudly
+            log.exception("control thread crashed")
+
+    def _interrupt(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        if self._executing:
+            os.kill(os.getpid(), signal.SIGINT)
+        self._reply(sock, idents, msg, {"status": "ok"})
+
+    def _shutdown(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        restart = bool(msg["content"].get("restart", False))
+        content = {"status": "ok", "restart": restart}
+        self._reply(sock, idents, msg, content)
+        self.iopub.publish("shutdown_reply", content, msg["header"])
+        self.restart_requested = restart
+        self.shutdown_requested.set()
+        if threading.current_thread() is not threading.main_thread():
+            # Code still running would keep the kernel alive past its shutdown.
+            if self._executing:
+                os.kill(os.getpid(), signal.SIGINT)
+            self._wake_tx.send(b"")
+
+    # ------------------------------------------------------------------- stdin
+
+    def _ask_stdin(self, prompt: str, password: bool) -> str:
+        """``input()`` for user code: an input_request to the frontend that sent the code."""
+        self.iopub.flush()
+        while True:  # Forget replies to earlier, abandoned prompts.
+            try:
+                self.stdin.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        self.session.send(
+            self.stdin,
+            "input_request",
+            {"prompt": prompt, "password": password},
+            self._parent,
+            identities=self._parent_idents,
+        )
+        while True:
+            if self.shutdown_requested.is_set():
+                raise EOFError("the kernel is shutting down")
+            if not self.stdin.poll(200):
+                continue
+            got = self.session.recv(self.stdin)
+            if got is None:
+                continue
+            _, reply = got
+            if reply["msg_type"] != "input_reply":
+                log.warning("ignoring %s on stdin", reply["msg_type"])
+                continue
+            value = reply["content"].get("value", "")
+            return value if isinstance(value, str) else str(value)
+
+    # ------------------------------------------------------------------ SIGINT
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """Interrupt user code; outside of it, an interrupt is ignored (never kills).
+
+        If the signal lands while the main thread is inside the transport itself (user code
+        printing, say), raising there could leave half a multipart message in a socket; so
+        the interrupt is re-sent a moment later, when it will most likely hit user code.
+        """
+        if not self._executing:
+            return
+        if frame is not None and frame.f_code.co_filename.startswith(_TRANSPORT_DIRS):
+            threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return
+        raise KeyboardInterrupt
+
+    # ---------------------------------------------------------------- shutdown
+
+    def close(self) -> None:
+        """Stop the threads, deliver pending messages and close every socket."""
+        if not self.bound:
+            return
+        self.bound = False
+        stop = self.context.socket(zmq.PAIR)
+        stop.connect(self._stop_url)
+        stop.send(b"")
+        stop.close(linger=_LINGER_MS)
+        thread = getattr(self, "_control_thread", None)
+        if thread is not None:
+            thread.join(2.0)
+        if hasattr(self, "heartbeat"):
+            self.heartbeat.stop()
+        else:
+            self.hb_socket.close(linger=0)
+        if hasattr(self, "iopub"):
+            self.iopub.close()
+        for sock in (
+            self.shell,
+            self.control,
+            self.stdin,
+            self.iopub_socket,
+            self._wake_rx,
+            self._wake_tx,
+            self._stop_rx,
+        ):
+            sock.close()
+        self.context.term()
+
+
+def _error_content(exc: BaseException) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "ename": type(exc).__name__,
+        "evalue": str(exc),
+        "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
+    }

@@ -1,0 +1,117 @@
+"""Process entry point of a kernel: ``python -m corral.transports.zmq.kernel_main``.
+
+``-f FILE``
+    Use the ports, key and transport in ``FILE`` (as written by jupyter_client). Ports
+    given as 0, or a file that does not exist yet, mean: bind random ports, then write
+    ``FILE``.
+without ``-f``
+    Bind random ports on 127.0.0.1, then write a fresh connection file into the default
+    profile's ``security/`` directory and print its path.
+
+Either way the sockets are bound *before* the file is written (see
+:mod:`.connection`), and startup imports only what serving needs, so a frontend gets its
+first ``kernel_info_reply`` quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main", "parse_args"]
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        if not sep:
+            raise ValueError
+        low, high = int(lo), int(hi)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX, got {text!r}") from None
+    if not 0 < low < high <= 65536:
+        raise argparse.ArgumentTypeError(f"bad port range {text!r}")
+    return low, high
+
+
+def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """End the kernel when the process that started it is gone (``JPY_PARENT_PID``).
+
+    jupyter_client names the launching process in ``JPY_PARENT_PID``; if that frontend
+    dies without a shutdown request, nobody will ever stop this kernel, so it leaves on
+    its own instead of lingering as an orphan holding ports and memory.
+    """
+    import threading
+
+    def poll() -> None:
+        stopped = threading.Event()
+        while not stopped.wait(interval):
+            if os.getppid() != parent_pid:
+                logging.getLogger("corral.kernel").warning(
+                    "parent process %d is gone; shutting down", parent_pid
+                )
+                os._exit(1)
+
+    threading.Thread(target=poll, name="corral-parent-watch", daemon=True).start()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the kernel process."""
+    parser = argparse.ArgumentParser(
+        prog="python -m corral.transports.zmq.kernel_main",
+        description="Run a corral kernel speaking the Jupyter messaging protocol.",
+    )
+    parser.add_argument("-f", "--connection-file", help="connection file to use or write")
+    parser.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--ports", type=_port_range, default=None, help="range MIN-MAX for random ports"
+    )
+    parser.add_argument("--log-level", default=os.environ.get("CORRAL_KERNEL_LOG_LEVEL", "WARNING"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a kernel until it is asked to shut down; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.__stderr__,
+        format="[corral kernel %(levelname)s] %(name)s: %(message)s",
+    )
+    from .connection import (
+        ConnectionInfo,
+        new_connection_file,
+        read_connection_file,
+        write_connection_file,
+    )
+    from .kernel import KernelServer
+
+    path = Path(args.connection_file) if args.connection_file else None
+    if path is not None and path.exists():
+        info = read_connection_file(path)
+    else:
+        info = ConnectionInfo()
+    if args.ip:
+        info.ip = args.ip
+    unbound = any(info.port(ch) == 0 for ch in ("shell", "iopub", "stdin", "control", "hb"))
+    server = KernelServer(info, port_range=args.ports)
+    server.bind()
+    if path is None:
+        path = new_connection_file()
+        write_connection_file(path, info)
+        print(f"corral kernel connection file: {path}", flush=True)
+    elif unbound or not path.exists():
+        write_connection_file(path, info)
+    server.start()
+    parent = os.environ.get("JPY_PARENT_PID", "")
+    if parent.isdigit() and int(parent) == os.getppid():
+        watch_parent(int(parent))
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Installing corral as a Jupyter kernel: a ``kernel.json`` in the standard data dirs.
+
+Jupyter finds kernels in ``<data dir>/kernels/<name>/kernel.json``; this writes one whose
+``argv`` starts this interpreter with :mod:`corral.transports.zmq.kernel_main`, so
+jupyter_client, nbclient, ``jupyter console`` and JupyterLab can start corral kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_kernel_cli", "install_kernelspec", "kernel_json", "kernels_dir"]
+
+DEFAULT_NAME = "corral"
+
+
+def kernel_json(display_name: str | None = None) -> dict[str, Any]:
+    """The ``kernel.json`` content for this Python."""
+    major_minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return {
+        "argv": [
+            sys.executable,
+            "-m",
+            "corral.transports.zmq.kernel_main",
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": display_name or f"Python {major_minor} (corral)",
+        "language": "python",
+        "interrupt_mode": "signal",
+        "metadata": {"debugger": False, "supported_encryption": ["curve"]},
+    }
+
+
+def _user_data_dir() -> Path:
+    try:
+        from jupyter_core.paths import jupyter_data_dir
+    except ImportError:
+        base = os.environ.get("JUPYTER_DATA_DIR") or os.path.join(
+            os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "jupyter"
+        )
+        return Path(base)
+    return Path(jupyter_data_dir())
+
+
+def kernels_dir(
+    *, user: bool = False, sys_prefix: bool = False, prefix: str | os.PathLike[str] | None = None
+) -> Path:
+    """The ``kernels`` directory for exactly one of ``user``, ``sys_prefix``, ``prefix``."""
+    if sum((bool(user), bool(sys_prefix), prefix is not None)) != 1:
+        raise ValueError("choose exactly one of user=True, sys_prefix=True or prefix=PATH")
+    if user:
+        return _user_data_dir() / "kernels"
+    base = Path(sys.prefix) if sys_prefix else Path(prefix)  # type: ignore[arg-type]
+    return base / "share" / "jupyter" / "kernels"
+
+
+def install_kernelspec(
+    user: bool = True,
+    sys_prefix: bool = False,
+    prefix: str | os.PathLike[str] | None = None,
+    name: str = DEFAULT_NAME,
+    display_name: str | None = None,
+) -> Path:
+    """Write the kernelspec; returns its directory. ``sys_prefix``/``prefix`` override ``user``."""
+    if sys_prefix or prefix is not None:
+        user = False
+    directory = kernels_dir(user=user, sys_prefix=sys_prefix, prefix=prefix) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = kernel_json(display_name)
+    tmp = directory / "kernel.json.tmp"
+    tmp.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / "kernel.json")
+    return directory
+
+
+def add_kernel_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``kernel install`` to a ``corral`` argparse subparsers object."""
+    kernel = subparsers.add_parser("kernel", help="manage the Jupyter kernelspec")
+    actions = kernel.add_subparsers(dest="kernel_command", required=True)
+    install = actions.add_parser("install", help="install corral as a Jupyter kernel")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="per-user data dir (default)")
+    where.add_argument("--sys-prefix", action="store_true", help="sys.prefix/share/jupyter")
+    where.add_argument("--prefix", help="PREFIX/share/jupyter")
+    install.add_argument("--name", default=DEFAULT_NAME)
+    install.add_argument("--display-name", default=None)
+    install.set_defaults(func=_install_command)
+    return kernel
+
+
+def _install_command(args: argparse.Namespace) -> int:
+    path = install_kernelspec(
+        user=not (args.sys_prefix or args.prefix),
+        sys_prefix=args.sys_prefix,
+        prefix=args.prefix,
+        name=args.name,
+        display_name=args.display_name,
+    )
+    print(f"installed kernelspec {args.name!r} in {path}")
+    return 0

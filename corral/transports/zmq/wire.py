@@ -1,0 +1,378 @@
+"""The Jupyter wire format as pure functions: framing, JSON, HMAC signing, replay checks.
+
+A message travels as ``[identities..., b"<IDS|MSG>", signature, header, parent_header,
+metadata, content, buffers...]``. The signature is an HMAC (SHA-256 by default) over the
+four JSON parts, so a peer that does not hold the connection file's key can neither forge
+nor alter a request. This module owns no sockets: the kernel server, the clients and the
+parallel controller all call the same functions, and the tests exercise them without any
+network. Every way a frame list can be wrong surfaces as a :class:`WireError` subclass, so
+a server can drop and log bad input with a single ``except WireError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import threading
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from datetime import date, datetime, timezone
+from typing import Any
+
+__all__ = [
+    "DELIMITER",
+    "PROTOCOL_VERSION",
+    "WireError",
+    "MalformedMessage",
+    "BadSignature",
+    "ReplayedMessage",
+    "MessageTooLarge",
+    "Signer",
+    "ReplayGuard",
+    "new_id",
+    "make_header",
+    "make_message",
+    "serialize",
+    "deserialize",
+    "json_dumps",
+    "json_loads",
+]
+
+DELIMITER = b"<IDS|MSG>"
+PROTOCOL_VERSION = "5.4"
+
+#: Parts after the delimiter that every message has: signature + four JSON dicts.
+_FIXED_PARTS = 5
+
+
+class WireError(ValueError):
+    """A frame list that must not be acted upon; the message says why."""
+
+
+class MalformedMessage(WireError):
+    """Frames that are not a Jupyter message: no delimiter, too few parts, bad JSON."""
+
+
+class BadSignature(WireError):
+    """A message whose HMAC is missing or does not match: unsigned, forged or altered."""
+
+
+class ReplayedMessage(WireError):
+    """A correctly signed message whose signature was already seen: a replay."""
+
+
+class MessageTooLarge(WireError):
+    """A message larger than the receiver is willing to parse."""
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def _json_default(obj: Any) -> Any:
+    """Encode what the protocol itself produces beyond plain JSON: dates, sets, tuples."""
+    if isinstance(obj, datetime):
+        if obj.tzinfo is None:
+            obj = obj.replace(tzinfo=timezone.utc)
+        return obj.isoformat()
+    if isinstance(obj, date):
+        return obj.isoformat()
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            "bytes cannot go into a JSON message part; send them as a buffer "
+            "(make_message(..., buffers=[...])) or encode them (e.g. base64) first"
+        )
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable: {obj!r:.80}")
+
+
+_strict_encoder = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
+)
+
+
+def _finite(obj: Any) -> Any:
+    """Replace NaN and infinities (not valid JSON; browsers reject them) with null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON; datetimes become ISO 8601, NaN/inf become null, bytes are refused.
+
+    Lone surrogates (from undecodable file names, say) are replaced rather than failing the
+    whole message, because a message that cannot be sent is worse than one odd character.
+    """
+    try:
+        text = _strict_encoder.encode(obj)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        text = _strict_encoder.encode(_finite(obj))
+    return text.encode("utf-8", "replace")
+
+
+def json_loads(b: bytes | bytearray | memoryview | str) -> Any:
+    """Parse one JSON part (bytes in UTF-8, as they come off the wire)."""
+    if isinstance(b, memoryview):
+        b = b.tobytes()
+    return json.loads(b)
+
+
+# -------------------------------------------------------------------------- signing
+
+
+class Signer:
+    """Signs and verifies the four JSON parts with the connection's key.
+
+    ``key == b""`` disables signing exactly as Jupyter does: the signature frame is empty
+    and every signature verifies. ``scheme`` is ``"hmac-<hashlib name>"``.
+    """
+
+    __slots__ = ("key", "scheme", "_base")
+
+    def __init__(self, key: bytes, scheme: str = "hmac-sha256") -> None:
+        if isinstance(key, str):
+            key = key.encode("ascii")
+        if not scheme.startswith("hmac-"):
+            raise ValueError(f"signature scheme must look like 'hmac-sha256', got {scheme!r}")
+        digest = scheme[len("hmac-") :]
+        try:
+            hashlib.new(digest)
+        except (ValueError, TypeError):
+            raise ValueError(f"unknown hash {digest!r} in signature scheme {scheme!r}") from None
+        self.key = bytes(key)
+        self.scheme = scheme
+        # One keyed HMAC, copied per message: saves re-deriving the key pads every time.
+        self._base = hmac.new(self.key, digestmod=digest) if self.key else None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether messages are signed at all (a non-empty key)."""
+        return self._base is not None
+
+    def sign(self, parts: Sequence[bytes | memoryview]) -> bytes:
+        """Hex digest over header, parent_header, metadata and content (in that order)."""
+        if self._base is None:
+            return b""
+        h = self._base.copy()
+        for part in parts:
+            h.update(part)
+        return h.hexdigest().encode("ascii")
+
+    def verify(self, parts: Sequence[bytes | memoryview], signature: bytes) -> bool:
+        """Whether ``signature`` signs ``parts``; compared in constant time."""
+        if self._base is None:
+            return True
+        if not signature:
+            return False
+        return hmac.compare_digest(self.sign(parts), bytes(signature))
+
+
+class ReplayGuard:
+    """Remembers the most recent signatures so an exact resend of a message is refused.
+
+    Memory is bounded: once ``maxlen`` signatures are held the oldest is forgotten. With a
+    random ``msg_id`` and a timestamp in every signed header, two genuine messages never
+    share a signature. Safe to share between the threads serving a kernel's channels, so
+    a message captured on one channel cannot be replayed on another.
+    """
+
+    __slots__ = ("maxlen", "_order", "_seen", "_lock")
+
+    def __init__(self, maxlen: int = 100_000) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.maxlen = maxlen
+        self._order: deque[bytes] = deque()
+        self._seen: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, signature: object) -> bool:
+        return signature in self._seen
+
+    def check(self, signature: bytes) -> None:
+        """Record ``signature``; raise :class:`ReplayedMessage` if it was seen before."""
+        sig = bytes(signature)
+        with self._lock:
+            if sig in self._seen:
+                raise ReplayedMessage(
+                    f"signature {sig[:16].decode('ascii', 'replace')}... replayed"
+                )
+            self._seen.add(sig)
+            self._order.append(sig)
+            if len(self._order) > self.maxlen:
+                self._seen.discard(self._order.popleft())
+
+
+# ------------------------------------------------------------------------- messages
+
+
+def new_id() -> str:
+    """A fresh message or session id: 32 hex digits from uuid4."""
+    return uuid.uuid4().hex
+
+
+def make_header(
+    msg_type: str, session: str, username: str = "corral", msg_id: str | None = None
+) -> dict[str, Any]:
+    """A protocol header with a timezone-aware ISO 8601 ``date``."""
+    return {
+        "msg_id": msg_id or new_id(),
+        "msg_type": msg_type,
+        "username": username,
+        "session": session,
+        "date": datetime.now(timezone.utc).isoformat(),
+        "version": PROTOCOL_VERSION,
+    }
+
+
+def make_message(
+    msg_type: str,
+    content: dict[str, Any],
+    *,
+    session: str,
+    parent: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    buffers: Sequence[Any] = (),
+    username: str = "corral",
+) -> dict[str, Any]:
+    """A message dict ready for :func:`serialize`.
+
+    ``parent`` is the message being answered (its ``header`` becomes ``parent_header``);
+    a bare header dict is accepted too.
+    """
+    header = make_header(msg_type, session, username)
+    if parent:
+        parent_header = parent["header"] if "header" in parent else parent
+    else:
+        parent_header = {}
+    return {
+        "header": header,
+        "parent_header": parent_header,
+        "metadata": metadata if metadata is not None else {},
+        "content": content,
+        "buffers": list(buffers),
+        "msg_id": header["msg_id"],
+        "msg_type": msg_type,
+    }
+
+
+def serialize(
+    msg: dict[str, Any], signer: Signer, identities: Sequence[bytes] = ()
+) -> list[bytes | memoryview]:
+    """Frames for ``msg``, routed to ``identities`` (ROUTER sockets need them first)."""
+    parts = [
+        json_dumps(msg["header"]),
+        json_dumps(msg.get("parent_header") or {}),
+        json_dumps(msg.get("metadata") or {}),
+        json_dumps(msg.get("content") or {}),
+    ]
+    frames: list[bytes | memoryview] = list(identities)
+    frames.append(DELIMITER)
+    frames.append(signer.sign(parts))
+    frames.extend(parts)
+    for buf in msg.get("buffers") or ():
+        if isinstance(buf, (bytes, memoryview)):
+            frames.append(buf)
+        else:
+            try:
+                frames.append(memoryview(buf))
+            except TypeError:
+                raise TypeError(
+                    f"message buffers must support the buffer protocol, got {type(buf).__name__}"
+                ) from None
+    return frames
+
+
+def _as_bytes(frame: Any) -> bytes:
+    if isinstance(frame, bytes):
+        return frame
+    if isinstance(frame, (bytearray, memoryview)):
+        return bytes(frame)
+    # zmq.Frame and other buffer-protocol objects.
+    buffer = getattr(frame, "bytes", None)
+    if isinstance(buffer, bytes):
+        return buffer
+    try:
+        return bytes(memoryview(frame))
+    except TypeError:
+        raise MalformedMessage(f"frame of type {type(frame).__name__} is not bytes") from None
+
+
+def _parse_dict(part: bytes, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(part)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and UnicodeDecodeError.
+        raise MalformedMessage(f"{name} is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedMessage(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def deserialize(
+    frames: Sequence[bytes],
+    signer: Signer,
+    replay: ReplayGuard | None = None,
+    max_size: int | None = None,
+) -> tuple[list[bytes], dict[str, Any]]:
+    """Split ``frames`` into ``(identities, msg)``, verifying signature and freshness.
+
+    Checks run cheapest first and before any JSON is parsed: size, framing, signature,
+    replay. So a forged message costs one HMAC, and only an authentic one reaches the
+    parser. Raises :class:`MalformedMessage`, :class:`MessageTooLarge`,
+    :class:`BadSignature` or :class:`ReplayedMessage`; never anything else.
+    """
+    raw = [_as_bytes(f) for f in frames]
+    if max_size is not None:
+        size = sum(len(f) for f in raw)
+        if size > max_size:
+            raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_size}")
+    try:
+        split = raw.index(DELIMITER)
+    except ValueError:
+        raise MalformedMessage(
+            f"no {DELIMITER.decode()} delimiter among {len(raw)} frames"
+        ) from None
+    rest = raw[split + 1 :]
+    if len(rest) < _FIXED_PARTS:
+        raise MalformedMessage(
+            f"expected signature, header, parent_header, metadata and content after the "
+            f"delimiter, got {len(rest)} frame(s)"
+        )
+    signature = rest[0]
+    parts = rest[1:_FIXED_PARTS]
+    if signer.enabled:
+        if not signature:
+            raise BadSignature("unsigned message (empty signature)")
+        if not signer.verify(parts, signature):
+            raise BadSignature("signature does not match the message")
+        if replay is not None:
+            replay.check(signature)
+    header = _parse_dict(parts[0], "header")
+    msg_id = header.get("msg_id")
+    msg_type = header.get("msg_type")
+    if not isinstance(msg_id, str) or not isinstance(msg_type, str):
+        raise MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
+    msg = {
+        "header": header,
+        "parent_header": _parse_dict(parts[1], "parent_header"),
+        "metadata": _parse_dict(parts[2], "metadata"),
+        "content": _parse_dict(parts[3], "content"),
+        "buffers": rest[_FIXED_PARTS:],
+        "msg_id": msg_id,
+        "msg_type": msg_type,
+    }
+    return raw[:split], msg

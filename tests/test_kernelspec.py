@@ -1,0 +1,125 @@
+"""The kernelspec, and Jupyter's own tools driving corral through it: nbclient, console."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.transports.zmq.kernelspec import (
+    add_kernel_cli,
+    install_kernelspec,
+    kernel_json,
+    kernels_dir,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+TIMEOUT = 10
+
+
+def test_kernel_json_content() -> None:
+    spec = kernel_json()
+    assert spec["argv"] == [
+        sys.executable,
+        "-m",
+        "corral.transports.zmq.kernel_main",
+        "-f",
+        "{connection_file}",
+    ]
+    assert spec["language"] == "python"
+    assert spec["interrupt_mode"] == "signal"
+    assert spec["metadata"]["debugger"] is False
+    assert "corral" in spec["display_name"]
+
+
+def test_install_prefix_and_sys_prefix(tmp_path: Path) -> None:
+    path = install_kernelspec(prefix=tmp_path, name="corral-x", display_name="X")
+    assert path == tmp_path / "share" / "jupyter" / "kernels" / "corral-x"
+    spec = json.loads((path / "kernel.json").read_text())
+    assert spec["display_name"] == "X"
+    assert kernels_dir(sys_prefix=True) == Path(sys.prefix) / "share" / "jupyter" / "kernels"
+    with pytest.raises(ValueError):
+        kernels_dir(user=True, prefix=tmp_path)
+
+
+def test_install_user_uses_jupyter_data_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    path = install_kernelspec(user=True)
+    assert path == tmp_path / "data" / "kernels" / "corral"
+    assert (path / "kernel.json").is_file()
+
+
+def test_cli(tmp_path: Path, capsys) -> None:
+    parser = argparse.ArgumentParser(prog="corral")
+    add_kernel_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["kernel", "install", "--prefix", str(tmp_path), "--name", "k"])
+    assert args.func(args) == 0
+    assert (tmp_path / "share" / "jupyter" / "kernels" / "k" / "kernel.json").is_file()
+    assert "installed" in capsys.readouterr().out
+
+
+@pytest.fixture
+def jupyter_env(tmp_path: Path, monkeypatch) -> Iterator[Path]:
+    """A private Jupyter data dir holding the ``corral`` kernelspec, and nothing in ~."""
+    data = tmp_path / "jupyter"
+    install_kernelspec(prefix=tmp_path / "prefix")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "prefix" / "share" / "jupyter"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    )
+    yield tmp_path
+
+
+@pytest.mark.parametrize("notebook", sorted(DATA.glob("*.ipynb")), ids=lambda p: p.name)
+def test_nbclient_runs_notebook(jupyter_env: Path, notebook: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(notebook, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name="corral", timeout=TIMEOUT, startup_timeout=TIMEOUT
+    )
+    client.execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == [1, 2, 3]
+    assert code[0].outputs[0]["text"] == "total is 45\n"
+    assert code[1].outputs[0]["output_type"] == "display_data"
+    assert code[1].outputs[0]["data"]["text/html"] == "<b>bold</b>"
+    assert code[2].outputs[0]["output_type"] == "execute_result"
+    assert code[2].outputs[0]["data"]["text/plain"] == "90"
+
+
+def test_jupyter_console(jupyter_env: Path) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "jupyter_console", "--simple-prompt", "--kernel", "corral", "--no-confirm-exit"],
+        env=dict(os.environ, TERM="dumb"),
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    try:
+        child.expect(r"In \[1\]: ")
+        child.sendline("print(6 * 7)")
+        child.expect("42")
+        child.expect(r"In \[2\]: ")
+        child.sendline("3 + 4")
+        child.expect(r"Out\[2\]: 7")
+        child.expect(r"In \[3\]: ")
+        child.sendline("1 / 0")
+        child.expect("ZeroDivisionError")
+        child.expect(r"In \[4\]: ")
+        child.sendeof()  # Ctrl-D: the console shuts the kernel down and exits
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
