@@ -16,6 +16,8 @@ _EXPORTS = {
     "shared_center": "corral.notification.center",
     "get_plugin_manager": "corral.plugins.manager",
     "load_config": "corral.core.config",
+    "KernelManager": "corral.transports.zmq.manager",
+    "Interpreter": "corral.core.interpreter",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -59,9 +59,21 @@ def test_cli(tmp_path: Path, capsys) -> None:
     parser = argparse.ArgumentParser(prog="corral")
     add_kernel_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["kernel", "install", "--prefix", str(tmp_path), "--name", "k"])
-    assert args.func(args) == 0
+    assert args.run(args, None) == 0
     assert (tmp_path / "share" / "jupyter" / "kernels" / "k" / "kernel.json").is_file()
     assert "installed" in capsys.readouterr().out
+
+
+def test_corral_kernel_install_command(tmp_path: Path, monkeypatch) -> None:
+    """The real ``corral kernel install`` (a built-in plugin's subcommand)."""
+    from corral.cli import main
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    assert main(["kernel", "install", "--user", "--name", "mine"]) == 0
+    spec = json.loads((tmp_path / "data" / "kernels" / "mine" / "kernel.json").read_text())
+    assert spec["language"] == "python"
+    assert spec["argv"][1:3] == ["-m", "corral.transports.zmq.kernel_main"]
 
 
 @pytest.fixture

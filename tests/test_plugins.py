@@ -48,6 +48,11 @@ def corral_add_commands(subparsers):
     parser.set_defaults(run=_hello)
 
 
+@hookimpl
+def corral_add_magics(registry):
+    registry.register_line("greet", lambda interpreter, line: f"greetings, {line}")
+
+
 def corral_configure(config):  # unmarked corral_* functions are hooks too
     shared_center.add_observer(
         lambda type, sender, **info: print("observed", type, sender, info["text"]), GREETED
@@ -119,7 +124,10 @@ def run_corral(site: Path, tmp_path: Path, *args: str, **env: str) -> subprocess
 def test_plugins_command_lists_distribution_version_and_hooks(plugin_site, tmp_path):
     result = run_corral(plugin_site, tmp_path, "plugins")
     assert "demo  [corral-demo-plugin 1.2]" in result.stdout
-    assert "corral_add_commands, corral_add_options, corral_configure" in result.stdout
+    assert (
+        "corral_add_commands, corral_add_magics, corral_add_options, corral_configure"
+        in result.stdout
+    )
     assert "corral.plugins.builtin.core" in result.stdout
     # The broken ones are named with their distribution, and the command says so.
     assert result.returncode == 1
@@ -204,3 +212,23 @@ def test_no_command_prints_help(tmp_path):
     result = run_corral(tmp_path, tmp_path)
     assert result.returncode == 2
     assert "plugins" in result.stdout and "profile" in result.stdout
+
+
+def test_plugin_magic_runs_in_a_real_kernel(plugin_site, tmp_path):
+    """A kernel loads plugins (in the background) and has their magics before it executes."""
+    from corral.transports.zmq.manager import KernelManager
+
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)]),
+        "CORRAL_DIR": str(tmp_path / "corral"),
+    }
+    with KernelManager(profile="default", env=env, autorestart=False) as manager:
+        client = manager.client()
+        outputs = []
+        reply = client.execute_interactive("%greet kernel", timeout=30, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok"
+        results = [
+            m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
+        ]
+        assert results == ["'greetings, kernel'"]
+        client.close()

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.core",
     "corral.plugins.builtin.commands",
     "corral.plugins.builtin.demo",
+    "corral.plugins.builtin.kernel",
 )
 
 

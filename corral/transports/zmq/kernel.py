@@ -119,10 +119,15 @@ class KernelServer:
         self.info = connection_info
         if interpreter is None:
             from corral.core.interpreter import Interpreter
-            from corral.notification.center import NotificationCenter
+            from corral.notification.center import shared_center
 
-            interpreter = Interpreter(NotificationCenter())
+            # The process-wide center, so plugins living in the kernel observe it too; the
+            # server itself only observes this interpreter as sender.
+            interpreter = Interpreter(shared_center)
         self.interpreter = interpreter
+        #: Called once, just before the first execution: kernel_main finishes loading
+        #: plugins (started in the background to keep startup fast) here.
+        self.prepare_execute: Callable[[], None] | None = None
         self.context = context or zmq.Context()
         self.port_range = port_range
         self.session = Session(
@@ -371,6 +376,9 @@ class KernelServer:
     # ------------------------------------------------------------ shell handlers
 
     def _execute(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        if self.prepare_execute is not None:
+            prepare, self.prepare_execute = self.prepare_execute, None
+            prepare()
         content = msg["content"]
         code = content.get("code", "")
         silent = bool(content.get("silent", False))

@@ -19,7 +19,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "parse_args"]
 
@@ -58,6 +60,32 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     threading.Thread(target=poll, name="corral-parent-watch", daemon=True).start()
 
 
+def _load_plugins_in_background(interpreter: Any, profile: str) -> Callable[[], None]:
+    """Load plugins and their magics off the startup path; returns the call that waits.
+
+    Finding entry points and resolving configuration takes tens of milliseconds, more than
+    the rest of startup; a frontend's first kernel_info needs none of it, an execution may.
+    """
+    import threading
+
+    def load() -> None:
+        log = logging.getLogger("corral.kernel")
+        try:
+            from corral.plugins.manager import get_plugin_manager
+            from corral.plugins.runtime import load_configuration
+
+            manager = get_plugin_manager(profile=profile)
+            config = load_configuration(manager, profile=profile)
+            manager.hook.corral_configure(config=config)
+            manager.hook.corral_add_magics(registry=interpreter.magics)
+        except Exception:
+            log.exception("plugins could not be loaded; the kernel runs without them")
+
+    loader = threading.Thread(target=load, name="corral-plugin-loader", daemon=True)
+    loader.start()
+    return loader.join
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the kernel process."""
     parser = argparse.ArgumentParser(
@@ -68,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1)")
     parser.add_argument(
         "--ports", type=_port_range, default=None, help="range MIN-MAX for random ports"
+    )
+    parser.add_argument(
+        "--profile", default=os.environ.get("CORRAL_PROFILE", "default"), help="corral profile"
     )
     parser.add_argument("--log-level", default=os.environ.get("CORRAL_KERNEL_LOG_LEVEL", "WARNING"))
     return parser.parse_args(argv)
@@ -106,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     elif unbound or not path.exists():
         write_connection_file(path, info)
     server.start()
+    server.prepare_execute = _load_plugins_in_background(server.interpreter, args.profile)
     parent = os.environ.get("JPY_PARENT_PID", "")
     if parent.isdigit() and int(parent) == os.getppid():
         watch_parent(int(parent))

@@ -90,11 +90,11 @@ def add_kernel_cli(subparsers: Any) -> argparse.ArgumentParser:
     where.add_argument("--prefix", help="PREFIX/share/jupyter")
     install.add_argument("--name", default=DEFAULT_NAME)
     install.add_argument("--display-name", default=None)
-    install.set_defaults(func=_install_command)
+    install.set_defaults(run=_install_command)
     return kernel
 
 
-def _install_command(args: argparse.Namespace) -> int:
+def _install_command(args: argparse.Namespace, config: Any = None) -> int:
     path = install_kernelspec(
         user=not (args.sys_prefix or args.prefix),
         sys_prefix=args.sys_prefix,

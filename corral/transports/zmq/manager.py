@@ -483,6 +483,8 @@ class KernelManager:
         path.parent.mkdir(parents=True, exist_ok=True)
         env = os.environ.copy()
         env.update(self.env)
+        # The kernel exits by itself if this process dies without shutting it down.
+        env["JPY_PARENT_PID"] = str(os.getpid())
         log_path = self.log_file
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_fh:
