@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.commands",
     "corral.plugins.builtin.demo",
     "corral.plugins.builtin.kernel",
+    "corral.plugins.builtin.frontends",
 )
 
 
