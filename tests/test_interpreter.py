@@ -208,6 +208,36 @@ def test_error_reports_ename_evalue_and_trimmed_traceback():
     assert rec.types()[-1] == events.EXECUTE_FINISHED
 
 
+def test_corral_frames_between_user_frames_are_hidden():
+    """An error raised by an observer a print passes through: the user's cell and observer
+    show, the center's and the stream's frames do not."""
+    interp, _ = make_interpreter()
+    interp.user_ns["center"] = interp.center
+    code = (
+        "def loud(type, sender, **info):\n"
+        "    raise ValueError('observer saw ' + info['text'])\n"
+        "center.add_observer(loud, 'stream')\n"
+        "print('x')"
+    )
+    result = interp.execute(code)
+    text = "\n".join(result.traceback)
+    assert result.ename == "ValueError"
+    assert "Cell In[1], line 4" in text and "Cell In[1], line 2, in loud()" in text
+    assert "center.py" not in text and "iostreams.py" not in text
+
+
+def test_traceback_frame_without_line_number():
+    """Python 3.11+ can report a frame's line as None (caught between two lines)."""
+    import linecache
+
+    from corral.core.tracebacks import _context
+
+    lines = ["a = 1\n", "b = 2\n"]
+    linecache.cache["<cell-lineless>"] = (len("".join(lines)), None, lines, "<cell-lineless>")
+    assert _context("<cell-lineless>", 1, colors=False) != []
+    assert _context("<cell-lineless>", None, colors=False) == []
+
+
 def test_error_frames_in_other_files_and_chained_exceptions(tmp_path):
     interp, _ = make_interpreter()
     mod = tmp_path / "helper_mod_for_tb.py"

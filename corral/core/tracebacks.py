@@ -9,12 +9,16 @@ default because frontends that want them ask for them.
 from __future__ import annotations
 
 import linecache
+import os
 import re
 from types import TracebackType
 
 __all__ = ["cell_filename", "cell_label", "format_exception", "hide_from_tracebacks"]
 
 _hidden_files: set[str] = set()
+# Every frame inside the corral package is corral's own, not the user's: the interpreter,
+# the notification center an output write passes through, the kernel's signal handler.
+_CORRAL_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _CELL_NAME = re.compile(r"^<cell-(\d+)(?:\.\d+)?>$")
 _CONTEXT = 2  # lines shown before and after the failing line
 _CAUSE = "The above exception was the direct cause of the following exception:"
@@ -50,9 +54,9 @@ def _location(filename: str, lineno: int | None, name: str | None, colors: bool)
     return _paint(where, _CYAN, colors)
 
 
-def _context(filename: str, lineno: int, colors: bool) -> list[str]:
+def _context(filename: str, lineno: int | None, colors: bool) -> list[str]:
     lines = linecache.getlines(filename)
-    if not lines:
+    if not lines or lineno is None:  # None: a frame caught between two lines (3.11+)
         return []
     first = max(1, lineno - _CONTEXT)
     last = min(len(lines), lineno + _CONTEXT)
@@ -71,8 +75,10 @@ def _frames(tb: TracebackType | None, colors: bool) -> list[str]:
     entries = []
     while tb is not None:
         code = tb.tb_frame.f_code
-        if code.co_filename not in _hidden_files and not tb.tb_frame.f_globals.get(
-            "__corral_hide_traceback__"
+        if (
+            code.co_filename not in _hidden_files
+            and not code.co_filename.startswith(_CORRAL_ROOT)
+            and not tb.tb_frame.f_globals.get("__corral_hide_traceback__")
         ):
             lineno = tb.tb_lineno
             head = _location(code.co_filename, lineno, code.co_name, colors)
