@@ -42,16 +42,31 @@ def _port_range(text: str) -> tuple[int, int]:
 def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     """End the kernel when the process that started it is gone (``JPY_PARENT_PID``).
 
-    jupyter_client names the launching process in ``JPY_PARENT_PID``; if that frontend
-    dies without a shutdown request, nobody will ever stop this kernel, so it leaves on
-    its own instead of lingering as an orphan holding ports and memory.
+    jupyter_client and corral's KernelManager name the launching process in
+    ``JPY_PARENT_PID``; if that frontend dies without a shutdown request, nobody will ever
+    stop this kernel, so it leaves on its own instead of lingering as an orphan holding
+    ports and memory. Gone means: the named process no longer exists, or this process
+    was re-parented (its parent at startup died).
     """
     import threading
+
+    parent_at_start = os.getppid()
+
+    def parent_gone() -> bool:
+        if os.getppid() != parent_at_start:
+            return True
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # exists, owned by someone else
+        return False
 
     def poll() -> None:
         stopped = threading.Event()
         while not stopped.wait(interval):
-            if os.getppid() != parent_pid:
+            if parent_gone():
                 logging.getLogger("corral.kernel").warning(
                     "parent process %d is gone; shutting down", parent_pid
                 )
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     server.prepare_execute = _load_plugins_in_background(server.interpreter, args.profile)
     parent = os.environ.get("JPY_PARENT_PID", "")
-    if parent.isdigit() and int(parent) == os.getppid():
+    if parent.isdigit():
         watch_parent(int(parent))
     server.serve_forever()
     return 0
