@@ -18,6 +18,14 @@ _EXPORTS = {
     "load_config": "corral.core.config",
     "KernelManager": "corral.transports.zmq.manager",
     "Interpreter": "corral.core.interpreter",
+    "Cluster": "corral.plugins.parallel.cluster",
+    "Client": "corral.plugins.parallel.client",
+    "AsyncResult": "corral.plugins.parallel.client",
+    "RemoteError": "corral.plugins.parallel.client",
+    "CompositeError": "corral.plugins.parallel.client",
+    "EngineError": "corral.plugins.parallel.client",
+    "as_completed": "corral.plugins.parallel.client",
+    "interactive": "corral.plugins.parallel.client",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -12,9 +12,11 @@ from corral.core.config import ConfigError
 from corral.core.profiles import ProfileNotFound
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="corral", description="Interactive and parallel computing in Python."
+        prog="corral",
+        description="Interactive and parallel computing in Python.",
+        add_help=add_help,
     )
     parser.add_argument(
         "--profile",
@@ -31,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from corral.plugins.runtime import load_configuration
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    early, _ = _parser().parse_known_args(argv)
+    # Only --profile matters before plugins load; help waits for their subcommands.
+    early, _ = _parser(add_help=False).parse_known_args(argv)
     manager = get_plugin_manager(profile=early.profile)
 
     parser = _parser()

@@ -232,3 +232,9 @@ def test_plugin_magic_runs_in_a_real_kernel(plugin_site, tmp_path):
         ]
         assert results == ["'greetings, kernel'"]
         client.close()
+
+
+def test_subcommand_help_is_the_subcommands(tmp_path):
+    result = run_corral(tmp_path, tmp_path, "profile", "create", "--help")
+    assert result.returncode == 0
+    assert "--force" in result.stdout

@@ -39,7 +39,7 @@ log = logging.getLogger("corral.plugins")
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.core",
     "corral.plugins.builtin.commands",
-    "corral.plugins.builtin.demo",
+    "corral.plugins.parallel.commands",
     "corral.plugins.builtin.kernel",
     "corral.plugins.builtin.frontends",
 )

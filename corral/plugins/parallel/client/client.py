@@ -1,0 +1,790 @@
+"""``Client``: one connection to a cluster's controller, shared by every view.
+
+The client reads the cluster file, connects one socket per controller interface (all
+owned by the :class:`~.io.ClientIO` thread), learns the engines from the hub and keeps
+that list current from the hub's notifications. Views build requests; the client signs
+them, remembers which :class:`AsyncResult` each one belongs to, and the I/O thread fills
+those results in as replies and output arrive. Nothing here waits per task, so thousands
+of tasks can be in flight from one thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import zmq
+
+from corral.core.serialize import pack_apply
+from corral.transports.zmq import wire
+
+from .asyncresult import AsyncResult, BroadcastResult, engine_death_error
+from .errors import RemoteError
+from .funccache import FunctionCache
+from .io import ClientIO
+from .messages import MessageBuilder, Parsed, encode_json, parse
+
+__all__ = ["Client", "EngineInfo"]
+
+log = logging.getLogger("corral.plugins.parallel.client")
+
+_REPLY_CHANNELS = frozenset(["mux", "task", "broadcast", "control"])
+#: How many finished results stay findable by msg_id (for iopub that trails the reply,
+#: and for get_result of this client's own tasks) before the oldest are forgotten.
+_RECENT_LIMIT = 50_000
+#: Frames below this size are copied into zmq (cheaper than tracking their lifetime).
+_COPY_LIMIT = 64 * 1024
+
+
+@attrs.frozen
+class EngineInfo:
+    """What the client knows about one registered engine."""
+
+    id: int
+    uuid: str
+    hostname: str = ""
+    pid: int | None = None
+    data_url: str | None = None
+
+    @property
+    def ident(self) -> bytes:
+        """The engine's routing identity on the queues."""
+        return self.uuid.encode("ascii")
+
+
+def _find_cluster_file(profile: str, cluster_id: str | None) -> Path:
+    """The cluster file of ``cluster_id``, or the newest one of ``profile``."""
+    try:
+        from corral.plugins.parallel.clusterfile import cluster_file_path
+    except ImportError:  # pragma: no cover - the controller package is always shipped
+        cluster_file_path = None
+    if cluster_id is not None:
+        if cluster_file_path is not None:
+            return Path(cluster_file_path(profile, cluster_id))
+        from corral.core.profiles import profile_dir
+
+        return profile_dir(profile) / "security" / f"cluster-{cluster_id}.json"
+    from corral.core.profiles import locate_profile
+
+    security = locate_profile(profile) / "security"
+    candidates = sorted(security.glob("cluster-*.json"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"no cluster file in {security}; is a controller running?")
+    return candidates[-1]
+
+
+def _read_cluster_file(path: Path) -> dict[str, Any]:
+    try:
+        from corral.plugins.parallel.clusterfile import read_cluster_file
+    except ImportError:  # pragma: no cover
+        with open(path, encoding="utf-8") as fh:
+            return dict(json.load(fh))
+    info = read_cluster_file(path)
+    return info.to_dict()
+
+
+def _url(info: dict[str, Any], name: str) -> str:
+    transport = info.get("transport", "tcp")
+    ip = info.get("ip", "127.0.0.1")
+    port = int(info[name])
+    if transport == "ipc":
+        return f"ipc://{ip}-{port}"
+    return f"{transport}://{ip}:{port}"
+
+
+def msg_ids_of(jobs: Any) -> list[str]:
+    """msg_ids from a msg_id, an AsyncResult, or an iterable of either."""
+    if jobs is None:
+        return []
+    if isinstance(jobs, str):
+        return [jobs]
+    if isinstance(jobs, AsyncResult):
+        return list(jobs.msg_ids)
+    out: list[str] = []
+    for job in jobs:
+        out.extend(msg_ids_of(job))
+    return out
+
+
+class Client:
+    """A connection to a running cluster.
+
+    ``Client()`` connects to the newest cluster of the ``default`` profile;
+    ``Client(cluster_id=...)``, ``Client(profile=...)`` or ``Client(connection_file=...)``
+    pick one explicitly. ``timeout`` bounds the wait for the hub's first answer.
+
+    ``rc[:]``, ``rc[0]``, ``rc[::2]``, ``rc[[0, 1]]`` give direct views;
+    :meth:`load_balanced_view`, :meth:`broadcast_view` and :meth:`executor` the others.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        profile: str = "default",
+        cluster_id: str | None = None,
+        connection_file: str | Path | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        path = (
+            Path(connection_file)
+            if connection_file is not None
+            else _find_cluster_file(profile, cluster_id)
+        )
+        info = _read_cluster_file(path)
+        self.profile = profile
+        self.connection_file = path
+        self.cluster_id: str = info.get("cluster_id", cluster_id or "")
+        self.cluster_info = {k: v for k, v in info.items() if k != "key"}
+        key = info.get("key", b"")
+        self._signer = wire.Signer(
+            key if isinstance(key, bytes) else key.encode("ascii"),
+            info.get("signature_scheme", "hmac-sha256"),
+        )
+        self.session = wire.new_id()
+        self._builder = MessageBuilder(self._signer, self.session)
+        self._replay = wire.ReplayGuard()
+        self.timeout = timeout
+
+        self._engines: dict[int, EngineInfo] = {}
+        self._dead: set[int] = set()
+        self._engines_changed = threading.Condition()
+        # msg_id -> result waiting for replies (mux, task, broadcast, data path)
+        self._pending: dict[str, AsyncResult] = {}
+        # msg_id -> engine id of a direct (mux / data path) request still pending
+        self._direct: dict[str, int] = {}
+        # msg_id -> result, for output that trails the reply and for get_result()
+        self._recent: dict[str, AsyncResult] = {}
+        # msg_id -> callback for hub and control replies
+        self._callbacks: dict[str, Callable[[Parsed], None]] = {}
+        self._data_channels: set[str] = set()
+        self._functions = FunctionCache()
+        self._closed = False
+        self.dropped = 0
+
+        self._context: zmq.Context[Any] = zmq.Context()
+        self._io = ClientIO(self._context, self._dispatch, identity=self.session.encode())
+        for name in ("registration", "mux", "control", "task", "broadcast"):
+            self._io.add_socket(name, zmq.DEALER, _url(info, name))
+        self._io.add_socket("notification", zmq.SUB, _url(info, "notification"), subscribe=b"")
+        self._io.add_socket("iopub", zmq.SUB, _url(info, "iopub"), subscribe=b"")
+        self._io.start()
+        try:
+            self._sync_engines(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ engines
+
+    @property
+    def ids(self) -> list[int]:
+        """Ids of the live engines, sorted (kept current from the hub's notifications)."""
+        return sorted(self._engines)
+
+    @property
+    def engines(self) -> dict[int, EngineInfo]:
+        """``{id: EngineInfo}`` of the live engines."""
+        return dict(self._engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def _engine(self, engine_id: int) -> EngineInfo:
+        try:
+            return self._engines[engine_id]
+        except KeyError:
+            raise IndexError(f"no engine with id {engine_id}; live engines: {self.ids}") from None
+
+    def _sync_engines(self, timeout: float | None = None) -> None:
+        """Ask the hub for the engine list (at start, and when notifications may be lost)."""
+        self._apply_connection_reply(self._hub_request("connection_request", {}, timeout))
+
+    def _apply_connection_reply(self, reply: Parsed) -> None:
+        content = reply.content
+        cluster = content.get("cluster")
+        if isinstance(cluster, dict):
+            self.cluster_info.update(cluster)
+        engines = content.get("engines") or {}
+        with self._engines_changed:
+            for key, record in engines.items():
+                engine_id = int(key)
+                if engine_id in self._dead:
+                    continue
+                self._add_engine(engine_id, record)
+            self._engines_changed.notify_all()
+
+    def _add_engine(self, engine_id: int, record: dict[str, Any]) -> None:
+        old = self._engines.get(engine_id)
+        uuid = str(record.get("uuid", ""))
+        if old is not None and old.uuid != uuid:
+            old = None
+        self._engines[engine_id] = EngineInfo(
+            id=engine_id,
+            uuid=uuid,
+            hostname=str(record.get("hostname") or (old.hostname if old else "")),
+            pid=record.get("pid") or (old.pid if old else None),
+            data_url=record.get("data_url") or (old.data_url if old else None),
+        )
+
+    def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
+        """Wait until at least ``n`` engines are registered; their ids.
+
+        :raises TimeoutError: fewer than ``n`` engines after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        resync_at = time.monotonic() + 1.0
+        with self._engines_changed:
+            while len(self._engines) < n:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError(
+                        f"{len(self._engines)} of {n} engines registered within {timeout} s"
+                    )
+                if now >= resync_at:
+                    # A notification sent before our subscription took effect is lost:
+                    # ask the hub directly now and then.
+                    self._engines_changed.release()
+                    try:
+                        self._sync_engines(self.timeout)
+                    finally:
+                        self._engines_changed.acquire()
+                    resync_at = time.monotonic() + 1.0
+                    continue
+                limit = resync_at - now
+                if deadline is not None:
+                    limit = min(limit, deadline - now)
+                self._engines_changed.wait(limit)
+        if any(e.pid is None for e in self._engines.values()):
+            # Registered after we connected: the notification lacked details (the pid).
+            self._sync_engines(self.timeout)
+        return self.ids
+
+    def _on_notification(self, msg: Parsed) -> None:
+        msg_type = msg.msg_type
+        content = msg.content
+        try:
+            engine_id = int(content["id"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if msg_type == "registration_notification":
+            with self._engines_changed:
+                self._dead.discard(engine_id)
+                self._add_engine(engine_id, content)
+                self._engines_changed.notify_all()
+            # The notification omits some details (the pid): fetch them, without waiting.
+            if not self._closed:
+                self._request(
+                    "registration", "connection_request", {}, self._apply_connection_reply
+                )
+        elif msg_type == "unregistration_notification":
+            with self._engines_changed:
+                self._engines.pop(engine_id, None)
+                self._dead.add(engine_id)
+                self._engines_changed.notify_all()
+            self._fail_engine(engine_id)
+
+    def _fail_engine(self, engine_id: int) -> None:
+        """Fail this client's requests that only ``engine_id`` could have answered.
+
+        The queues answer for a dead engine too; whichever comes first wins, so no
+        direct request ever waits on an engine that is gone.
+        """
+        for msg_id, target in list(self._direct.items()):
+            if target != engine_id:
+                continue
+            self._direct.pop(msg_id, None)
+            result = self._pending.pop(msg_id, None)
+            if result is not None:
+                index = result._slot(msg_id, engine_id)
+                if index is not None:
+                    result._fail_slot(index, engine_death_error(engine_id, msg_id))
+        for msg_id, result in list(self._pending.items()):
+            if isinstance(result, BroadcastResult):
+                result._fail_engine(engine_id, engine_death_error(engine_id, msg_id))
+                if result.done():
+                    self._pending.pop(msg_id, None)
+
+    # ------------------------------------------------------------------ I/O thread
+
+    def _dispatch(self, channel: str, frames: list[Any]) -> None:
+        """Every incoming message, in the I/O thread."""
+        try:
+            msg = parse(frames, self._signer, self._replay)
+        except wire.WireError as exc:
+            self.dropped += 1
+            log.warning("dropped a message on %s: %s", channel, exc)
+            return
+        if channel == "iopub":
+            self._on_iopub(msg)
+        elif channel in _REPLY_CHANNELS or channel.startswith("data:"):
+            self._on_reply(msg)
+        elif channel == "notification":
+            self._on_notification(msg)
+        elif channel == "registration":
+            self._on_callback(msg)
+
+    def _on_reply(self, msg: Parsed) -> None:
+        msg_id = msg.parent_header.get("msg_id")
+        result = self._pending.get(msg_id)  # type: ignore[arg-type]
+        if result is None:
+            self._on_callback(msg)
+            return
+        if result._on_reply(msg_id, msg):  # type: ignore[arg-type]
+            del self._pending[msg_id]  # type: ignore[arg-type]
+            self._direct.pop(msg_id, None)  # type: ignore[arg-type]
+
+    def _on_callback(self, msg: Parsed) -> None:
+        callback = self._callbacks.pop(msg.parent_header.get("msg_id"), None)  # type: ignore[arg-type]
+        if callback is not None:
+            callback(msg)
+
+    def _on_iopub(self, msg: Parsed) -> None:
+        msg_id = msg.parent_header.get("msg_id")
+        result = self._recent.get(msg_id)  # type: ignore[arg-type]
+        if result is not None:
+            result._on_iopub(msg_id, msg)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ sending
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Client is closed")
+
+    def _remember(self, msg_id: str, result: AsyncResult) -> None:
+        recent = self._recent
+        recent[msg_id] = result
+        if len(recent) > _RECENT_LIMIT:
+            recent.pop(next(iter(recent)))
+
+    def _send(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any] | bytes | None,
+        *,
+        metadata: dict[str, Any] | bytes | None = None,
+        buffers: Sequence[Any] = (),
+        ident: bytes | None = None,
+        msg_id: str | None = None,
+    ) -> str:
+        """Build, sign and queue one message; its msg_id."""
+        msg_id, frames = self._builder.build(
+            msg_type,
+            content,
+            metadata=metadata,
+            buffers=buffers,
+            identities=(ident,) if ident is not None else (),
+            msg_id=msg_id,
+        )
+        # Small frames are copied into zmq (cheaper than tracking their lifetime); large
+        # ones are sent zero-copy.
+        copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
+        self._io.send(channel, frames, copy)
+        return msg_id
+
+    def _submit(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any] | bytes | None,
+        metadata: dict[str, Any] | bytes | None,
+        routes: Sequence[tuple[int | None, bytes | None, Sequence[Any]]],
+        *,
+        fname: str = "",
+        single: bool = True,
+        result_factory: Callable[..., AsyncResult] | None = None,
+    ) -> AsyncResult:
+        """One request per route, one result for all of them.
+
+        A route is ``(engine id, routing identity, buffers)``: the engine id (None when a
+        scheduler chooses) lets a dead engine's requests fail locally, the identity
+        (None on a load-balanced or data-path socket) addresses the engine on a queue.
+        The result is registered before anything is queued, so even an instant reply
+        finds it.
+        """
+        if self._closed:
+            raise RuntimeError("this Client is closed")
+        new_id = self._builder.new_msg_id
+        msg_ids = [new_id() for _ in routes]
+        result = (result_factory or AsyncResult)(self, msg_ids, fname=fname, single=single)
+        pending = self._pending
+        direct = self._direct
+        recent = self._recent
+        # Encoded once for all routes.
+        metadata = metadata if type(metadata) is bytes else encode_json(metadata)
+        content = content if type(content) is bytes else encode_json(content)
+        build = self._builder.build
+        send = self._io.send
+        for msg_id, (engine_id, ident, buffers) in zip(msg_ids, routes, strict=True):
+            pending[msg_id] = result
+            recent[msg_id] = result
+            if engine_id is not None:
+                direct[msg_id] = engine_id
+            _, frames = build(
+                msg_type,
+                content,
+                metadata=metadata,
+                buffers=buffers,
+                identities=(ident,) if ident is not None else (),
+                msg_id=msg_id,
+            )
+            copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
+            send(channel, frames, copy)
+        if len(recent) > _RECENT_LIMIT:
+            for _ in range(len(recent) - _RECENT_LIMIT):
+                recent.pop(next(iter(recent)))
+        return result
+
+    def _routes(
+        self, targets: Sequence[int | None], buffers: Sequence[Any]
+    ) -> list[tuple[int | None, bytes | None, Sequence[Any]]]:
+        """Routes sending the same ``buffers`` to each target on a queue."""
+        return [(t, None if t is None else self._engine(t).ident, buffers) for t in targets]
+
+    def _apply(
+        self,
+        channel: str,
+        func: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        metadata: dict[str, Any] | bytes,
+        targets: Sequence[int | None],
+        *,
+        single: bool = True,
+        result_factory: Callable[..., AsyncResult] | None = None,
+    ) -> AsyncResult:
+        """Submit ``func(*args, **kwargs)``; raises SerializationError before sending."""
+        fname = getattr(func, "__name__", "") or ""
+        buffers = pack_apply(self._functions.lookup(func), args, kwargs)
+        return self._submit(
+            channel,
+            "apply_request",
+            None,
+            metadata,
+            self._routes(targets, buffers),
+            fname=fname,
+            single=single,
+            result_factory=result_factory,
+        )
+
+    def _data_channel(self, engine_id: int) -> str | None:
+        """The direct data-path socket of an engine (connected on first use), or None."""
+        engine = self._engine(engine_id)
+        if not engine.data_url:
+            return None
+        channel = f"data:{engine_id}:{engine.uuid}"
+        if channel not in self._data_channels:
+            self._data_channels.add(channel)
+            self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False)
+        return channel
+
+    def _broadcast(
+        self,
+        msg_type: str,
+        content: dict[str, Any] | None,
+        buffers: Sequence[Any],
+        metadata: dict[str, Any] | bytes,
+        targets: list[int],
+        fname: str = "",
+    ) -> AsyncResult:
+        """One request on the broadcast scheduler, answered by every target."""
+        self._check_open()
+        msg_id = self._builder.new_msg_id()
+        result = BroadcastResult(self, msg_id, targets, fname=fname)
+        if not targets:
+            return result
+        self._pending[msg_id] = result
+        self._remember(msg_id, result)
+        self._send(
+            "broadcast", msg_type, content, metadata=metadata, buffers=buffers, msg_id=msg_id
+        )
+        return result
+
+    def _request(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any],
+        callback: Callable[[Parsed], None],
+        *,
+        ident: bytes | None = None,
+        buffers: Sequence[Any] = (),
+    ) -> str:
+        """Send a request whose reply goes to ``callback`` (in the I/O thread)."""
+        self._check_open()
+        msg_id = self._builder.new_msg_id()
+        self._callbacks[msg_id] = callback
+        self._send(channel, msg_type, content, buffers=buffers, ident=ident, msg_id=msg_id)
+        return msg_id
+
+    def _hub_request(
+        self, msg_type: str, content: dict[str, Any], timeout: float | None = None
+    ) -> Parsed:
+        """A request to the hub, waited for; the reply message."""
+        future: concurrent.futures.Future[Parsed] = concurrent.futures.Future()
+        msg_id = self._request("registration", msg_type, content, future.set_result)
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            reply = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self._callbacks.pop(msg_id, None)
+            raise TimeoutError(
+                f"the hub of cluster {self.cluster_id!r} did not answer {msg_type} within "
+                f"{timeout} s ({self.connection_file})"
+            ) from None
+        if reply.content.get("status") == "error":
+            raise RemoteError(
+                str(reply.content.get("ename") or "HubError"),
+                str(reply.content.get("evalue") or ""),
+                reply.content.get("traceback") or "",
+            )
+        return reply
+
+    def _control(
+        self, msg_type: str, content: dict[str, Any], targets: Iterable[int]
+    ) -> list[concurrent.futures.Future[Parsed]]:
+        """Send a control request to each of ``targets``; futures of their replies."""
+        futures = []
+        for target in targets:
+            engine = self._engines.get(target)
+            if engine is None:
+                continue
+            future: concurrent.futures.Future[Parsed] = concurrent.futures.Future()
+            self._request("control", msg_type, content, future.set_result, ident=engine.ident)
+            futures.append(future)
+        return futures
+
+    def _abort(self, result: AsyncResult, wait: bool = True) -> None:
+        """Send ``abort_request`` for the result's unfinished tasks to the engines that
+        may hold them; with ``wait``, return once they have acknowledged it (so a task
+        released afterwards cannot slip through)."""
+        msg_ids = result._pending_msg_ids()
+        if not msg_ids:
+            return
+        targets = set(result._targets or [])
+        direct = {self._direct[m] for m in msg_ids if m in self._direct}
+        engines = direct or targets or set(self._engines)
+        futures = self._control("abort_request", {"msg_ids": msg_ids}, sorted(engines))
+        if wait and threading.current_thread() is not self._io._thread:
+            concurrent.futures.wait(futures, self.timeout)
+
+    def _interrupt(self, result: AsyncResult) -> None:
+        """SIGINT the engines running the result's unfinished tasks.
+
+        Direct tasks name their engine; for load-balanced ones the engine is known from
+        their output, else asked of the hub's database (which records where the
+        scheduler sent each task). Engines running none of them are left alone.
+        """
+        if result.done():
+            return
+        pending = result._pending_msg_ids()
+        engines = {self._direct[m] for m in pending if m in self._direct}
+        engines |= result._running_engines()
+        unknown = [m for m in pending if m not in self._direct]
+        if unknown and not engines and threading.current_thread() is not self._io._thread:
+            engines |= self._engines_of(unknown)
+        self._control("interrupt_request", {}, sorted(engines))
+
+    def _engines_of(self, msg_ids: list[str]) -> set[int]:
+        """Engines the hub's database says the tasks ``msg_ids`` were sent to."""
+        try:
+            records = self.db_query(
+                {"msg_id": {"$in": msg_ids}}, ["msg_id", "engine_uuid", "engine_id"]
+            )
+        except (RemoteError, TimeoutError):
+            return set()
+        by_uuid = {e.uuid: e.id for e in self._engines.values()}
+        found = set()
+        for record in records:
+            engine_id = record.get("engine_id")
+            if engine_id is None:
+                engine_id = by_uuid.get(record.get("engine_uuid") or "")
+            if engine_id is not None:
+                found.add(int(engine_id))
+        return found
+
+    # ------------------------------------------------------------------ views
+
+    def _resolve_targets(self, targets: Any) -> list[int] | int:
+        """Engine ids from an int, slice, list or ``"all"``/None (every live engine)."""
+        if targets is None or targets == "all":
+            return self.ids
+        if isinstance(targets, int):
+            self._engine(targets)
+            return targets
+        if isinstance(targets, slice):
+            return self.ids[targets]
+        ids = [int(t) for t in targets]
+        for engine_id in ids:
+            self._engine(engine_id)
+        return ids
+
+    def __getitem__(self, key: int | slice | Sequence[int]) -> Any:
+        from .views import DirectView
+
+        if isinstance(key, int) and not isinstance(key, bool):
+            if key < 0:  # rc[-1]: the last engine, as for a list
+                ids = self.ids
+                if -key > len(ids):
+                    raise IndexError(f"engine index {key} out of range for {len(ids)} engines")
+                key = ids[key]
+            self._engine(key)
+            return DirectView(self, targets=key)
+        return DirectView(self, targets=self._resolve_targets(key))
+
+    def direct_view(self, targets: Any = "all") -> Any:
+        """A :class:`DirectView`; ``"all"`` follows the engines as they come and go."""
+        from .views import DirectView
+
+        return DirectView(self, targets=targets)
+
+    def load_balanced_view(self, targets: Any = None) -> Any:
+        """A :class:`LoadBalancedView` over ``targets`` (None: every engine)."""
+        from .views import LoadBalancedView
+
+        return LoadBalancedView(self, targets=targets)
+
+    def broadcast_view(self, targets: Any = None) -> Any:
+        """A :class:`BroadcastView`: one message, every target engine runs it."""
+        from .views import BroadcastView
+
+        return BroadcastView(self, targets=targets)
+
+    def executor(self, targets: Any = None, **flags: Any) -> Any:
+        """A :class:`concurrent.futures.Executor` running on a load-balanced view."""
+        from .executor import ClusterExecutor
+
+        view = self.load_balanced_view(targets)
+        view.set_flags(**flags)
+        return ClusterExecutor(view)
+
+    # ------------------------------------------------------------------ hub
+
+    def get_result(self, jobs: Any, timeout: float | None = None) -> AsyncResult:
+        """A result by msg_id: this client's own, or fetched from the hub's database.
+
+        Works for tasks submitted by any client, also one that has since gone away.
+        """
+        from .hubresult import AsyncHubResult
+
+        msg_ids = msg_ids_of(jobs)
+        if not msg_ids:
+            raise ValueError("get_result needs at least one msg_id")
+        local = [self._recent.get(m) for m in msg_ids]
+        if len(msg_ids) == 1 and local[0] is not None and len(local[0].msg_ids) == 1:
+            return local[0]
+        return AsyncHubResult(self, msg_ids)
+
+    def result_status(self, msg_ids: Any, timeout: float | None = None) -> dict[str, Any]:
+        """The hub's ``result_reply`` content for ``msg_ids`` (without buffers)."""
+        reply = self._hub_request("result_request", {"msg_ids": msg_ids_of(msg_ids)}, timeout)
+        return reply.content
+
+    def db_query(
+        self, query: dict[str, Any], keys: Sequence[str] | None = None, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Task records matching ``query`` (``{field: value | {"$in"|"$lt"|"$gt"|"$ne": x}}``).
+
+        ``keys`` limits the fields returned (``msg_id`` is always included).
+        """
+        content: dict[str, Any] = {"query": query}
+        if keys is not None:
+            content["keys"] = list(keys)
+        reply = self._hub_request("db_request", content, timeout)
+        return list(reply.content.get("records") or [])
+
+    def purge_results(self, jobs: Any = "all", timeout: float | None = None) -> int:
+        """Forget finished tasks in the hub's database (``"all"`` or msg_ids/results).
+
+        Returns how many records were purged.
+        """
+        msg_ids: Any = "all" if jobs == "all" else msg_ids_of(jobs)
+        reply = self._hub_request("purge_request", {"msg_ids": msg_ids}, timeout)
+        if msg_ids == "all":
+            self._recent.clear()
+        else:
+            for msg_id in msg_ids:
+                self._recent.pop(msg_id, None)
+        return int(reply.content.get("purged", 0))
+
+    def queue_status(
+        self, targets: Any = None, timeout: float | None = None
+    ) -> dict[int, dict[str, int]]:
+        """``{engine id: {"queued", "running", "completed"}}`` from the hub."""
+        wanted = None if targets is None else self._resolve_targets(targets)
+        if isinstance(wanted, int):
+            wanted = [wanted]
+        reply = self._hub_request("queue_request", {"targets": wanted}, timeout)
+        out: dict[int, dict[str, int]] = {}
+        for key, value in reply.content.items():
+            try:
+                out[int(key)] = value
+            except ValueError:
+                continue
+        return out
+
+    def shutdown(self, targets: Any = None, hub: bool = True, timeout: float | None = None) -> None:
+        """Stop engines: the whole cluster (``hub=True``) or just ``targets``.
+
+        With ``hub=True`` the hub asks every engine to shut down and the controller exits.
+        """
+        if hub:
+            self._hub_request("shutdown_request", {}, timeout)
+            return
+        resolved = self._resolve_targets(targets)
+        ids = [resolved] if isinstance(resolved, int) else resolved
+        futures = self._control("shutdown_request", {"restart": False}, ids)
+        concurrent.futures.wait(futures, timeout if timeout is not None else self.timeout)
+
+    def clear(self, targets: Any = None, timeout: float | None = None) -> None:
+        """Reset the namespace of ``targets`` (all engines by default)."""
+        resolved = self._resolve_targets(targets)
+        ids = [resolved] if isinstance(resolved, int) else resolved
+        futures = self._control("clear_request", {}, ids)
+        concurrent.futures.wait(futures, timeout if timeout is not None else self.timeout)
+
+    # ------------------------------------------------------------------ lifetime
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Disconnect (the cluster keeps running). Results still pending fail with
+        ``ConnectionAbortedError``. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._io.stop()
+        pending = set(self._pending.values())
+        self._pending.clear()
+        for result in pending:
+            if not result.done():
+                try:
+                    result.set_exception(
+                        ConnectionAbortedError("the client was closed before the reply arrived")
+                    )
+                except concurrent.futures.InvalidStateError:
+                    pass
+        if self._io.alive:
+            self._context.destroy(linger=0)
+        else:
+            self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._engines)} engines"
+        return f"<Client cluster {self.cluster_id!r}: {state}>"

@@ -1,0 +1,179 @@
+"""Exceptions a client raises for work that failed somewhere else.
+
+An engine reports a failure as reply content (``ename``, ``evalue``, ``traceback``), never
+as a pickled exception: the original exception class may not even exist in the client's
+process, and unpickling what an engine sends would let a broken engine crash the client.
+So every remote failure becomes a :class:`RemoteError` here, carrying the remote names and
+the remote traceback as text, plus the id of the engine it happened on. The queues use the
+same shape for their own failures (a dead engine, an unmet dependency), which map onto the
+subclasses below so that callers can catch exactly what they can handle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "CompositeError",
+    "DependencyTimeout",
+    "EngineError",
+    "RemoteError",
+    "TaskAborted",
+    "TimeoutError",
+    "UnmetDependency",
+    "error_from_content",
+]
+
+# Re-exported so ``from corral.plugins.parallel.client.errors import TimeoutError`` names
+# the one class that ``get(timeout=...)`` raises (also concurrent.futures.TimeoutError).
+TimeoutError = TimeoutError  # noqa: A001, PLW0127
+
+
+class RemoteError(Exception):
+    """An exception raised by user code (or the cluster) away from this process.
+
+    ``str()`` shows the remote traceback, because that is where the bug is; ``ename`` and
+    ``evalue`` are the remote exception's type name and message; ``engine_id`` is the
+    engine that ran the task (None when the failure happened before any engine did).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        ename: str,
+        evalue: str,
+        traceback: str | Sequence[str] = "",
+        engine_id: int | None = None,
+        *,
+        msg_id: str | None = None,
+    ) -> None:
+        super().__init__(ename, evalue)
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback if isinstance(traceback, str) else "\n".join(traceback)
+        self.engine_id = engine_id
+        self.msg_id = msg_id
+
+    def __str__(self) -> str:
+        where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
+        head = f"{where}{self.ename}: {self.evalue}"
+        if not self.traceback:
+            return head
+        return f"{head}\n{self.traceback}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.ename!r}, {self.evalue!r}, engine_id={self.engine_id})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only msg_id and the extra attributes survive pickling (results may be
+        # pickled again, e.g. by a caller that forwards them).
+        return _rebuild, (type(self), self.__dict__.copy())
+
+
+def _rebuild(cls: type[RemoteError], state: dict[str, Any]) -> RemoteError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("ename"), state.get("evalue"))
+    error.__dict__.update(state)
+    return error
+
+
+class EngineError(RemoteError):
+    """The engine running (or about to run) a task died or went away.
+
+    Raised from a queue's ``ename: "EngineError"`` reply, or locally when the hub announces
+    that an engine died while this client still waited on it.
+
+    .. versionadded:: 0.1
+    """
+
+
+class TaskAborted(RemoteError):
+    """The task was aborted (:meth:`AsyncResult.abort`) before it ran.
+
+    .. versionadded:: 0.1
+    """
+
+
+class DependencyTimeout(RemoteError):
+    """A load-balanced task's ``after``/``follow`` dependencies were not met in time.
+
+    .. versionadded:: 0.1
+    """
+
+
+class UnmetDependency(RemoteError):
+    """A load-balanced task's dependency failed, so the task can never run.
+
+    .. versionadded:: 0.1
+    """
+
+
+class CompositeError(RemoteError):
+    """Several tasks of one request failed (a map, a broadcast, a multi-engine apply).
+
+    ``errors`` holds every :class:`RemoteError`, in task order; the exception itself looks
+    like the first of them, so ``except RemoteError`` catches single and composite
+    failures alike. :meth:`raise_exception` re-raises one of them.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, errors: Sequence[RemoteError]) -> None:
+        if not errors:
+            raise ValueError("CompositeError needs at least one error")
+        first = errors[0]
+        super().__init__(first.ename, first.evalue, first.traceback, first.engine_id)
+        self.errors = list(errors)
+
+    @property
+    def engine_ids(self) -> list[int | None]:
+        """The engine of each error, in order."""
+        return [e.engine_id for e in self.errors]
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.errors)} task(s) failed:"]
+        lines += [f"  [engine {e.engine_id}] {e.ename}: {e.evalue}" for e in self.errors[:20]]
+        if len(self.errors) > 20:
+            lines.append(f"  ... and {len(self.errors) - 20} more")
+        lines.append("first remote traceback:")
+        lines.append(self.errors[0].traceback or "(none)")
+        return "\n".join(lines)
+
+    def raise_exception(self, index: int = 0) -> None:
+        """Raise the ``index``-th error on its own."""
+        raise self.errors[index]
+
+
+_BY_ENAME: dict[str, type[RemoteError]] = {
+    "EngineError": EngineError,
+    "DependencyTimeout": DependencyTimeout,
+    "UnmetDependency": UnmetDependency,
+    "TaskAborted": TaskAborted,
+}
+
+
+def error_from_content(
+    content: Mapping[str, Any],
+    engine_id: int | None = None,
+    msg_id: str | None = None,
+) -> RemoteError:
+    """The exception a failed reply's content describes.
+
+    ``status: "aborted"`` gives :class:`TaskAborted`; queue-made failures map onto their
+    classes by ``ename``; everything else is a plain :class:`RemoteError`. The engine id
+    is taken from ``content["engine_info"]`` when the caller does not know it.
+    """
+    info = content.get("engine_info") or {}
+    if engine_id is None:
+        engine_id = info.get("engine_id")
+    if content.get("status") == "aborted":
+        return TaskAborted(
+            "TaskAborted", "the task was aborted before it ran", "", engine_id, msg_id=msg_id
+        )
+    ename = str(content.get("ename") or "RemoteError")
+    evalue = str(content.get("evalue") or "")
+    traceback = content.get("traceback") or ""
+    cls = _BY_ENAME.get(ename, RemoteError)
+    return cls(ename, evalue, traceback, engine_id, msg_id=msg_id)

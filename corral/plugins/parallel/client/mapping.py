@@ -1,0 +1,96 @@
+"""How a map is cut into tasks, and how lazy maps keep their work bounded.
+
+Sending one task per element costs a message round trip per element; sending one task
+per engine loses load balancing. So a map is cut into chunks of consecutive elements and
+each chunk travels as one task that runs :func:`map_chunk` on an engine. These functions
+are pure (no sockets, no client), so they are tested on their own; :func:`map_chunk` is
+imported by name on engines, so this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any, TypeVar
+
+__all__ = [
+    "auto_chunksize",
+    "chunk_slices",
+    "iter_chunks",
+    "map_chunk",
+    "partition_slices",
+    "resolve_length",
+]
+
+T = TypeVar("T")
+
+
+def map_chunk(func: Callable[..., Any], *columns: Sequence[Any]) -> list[Any]:
+    """Run on an engine: ``func`` over one chunk of the map's argument columns."""
+    return list(map(func, *columns))
+
+
+def resolve_length(sequences: Sequence[Sequence[Any]]) -> int:
+    """The length of a map over ``sequences``: the shortest one, as ``map`` does."""
+    if not sequences:
+        raise TypeError("map needs at least one sequence")
+    lengths = []
+    for seq in sequences:
+        try:
+            lengths.append(len(seq))
+        except TypeError:
+            raise TypeError(
+                f"map needs sequences with a length, got {type(seq).__name__}; "
+                "use imap() for iterators and generators"
+            ) from None
+    return min(lengths)
+
+
+def auto_chunksize(length: int, workers: int, per_worker: int = 4) -> int:
+    """A chunk size giving each worker about ``per_worker`` chunks.
+
+    Several chunks per worker keep load balancing working when elements differ in cost,
+    while cutting messages by orders of magnitude for long maps of cheap calls.
+    """
+    if length <= 0:
+        return 1
+    return max(1, math.ceil(length / (max(1, workers) * per_worker)))
+
+
+def chunk_slices(length: int, chunksize: int) -> list[slice]:
+    """Consecutive slices of at most ``chunksize`` elements covering ``range(length)``."""
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+    return [slice(start, min(start + chunksize, length)) for start in range(0, length, chunksize)]
+
+
+def partition_slices(length: int, parts: int) -> list[slice]:
+    """``parts`` consecutive slices of near-equal size (the first ones one longer).
+
+    Used to scatter a sequence across engines: every engine gets a contiguous block, and
+    block sizes differ by at most one. Empty slices are kept, so slice ``i`` always
+    belongs to engine ``i``.
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be at least 1, not {parts}")
+    base, extra = divmod(length, parts)
+    slices = []
+    start = 0
+    for index in range(parts):
+        stop = start + base + (1 if index < extra else 0)
+        slices.append(slice(start, stop))
+        start = stop
+    return slices
+
+
+def iter_chunks(iterable: Iterable[T], chunksize: int) -> Iterator[list[T]]:
+    """Lists of up to ``chunksize`` items, pulled lazily (works on infinite iterators)."""
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+    iterator = iter(iterable)
+    while True:
+        chunk = list(islice(iterator, chunksize))
+        if not chunk:
+            return
+        yield chunk

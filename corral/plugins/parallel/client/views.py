@@ -1,0 +1,891 @@
+"""Views: how work is addressed to engines.
+
+* :class:`DirectView` names its engines: every apply runs on each of them, maps are cut
+  into one block per engine, and the engines' namespaces can be read and written
+  (push, pull, scatter, gather, ``view["x"]``).
+* :class:`LoadBalancedView` lets the controller's scheduler pick an idle engine for each
+  task; maps are cut into chunks that the scheduler spreads as engines free up.
+* :class:`BroadcastView` sends one message that every target engine runs: the cheapest
+  way to run the same thing everywhere on a large cluster.
+
+Flags (``block``, ``targets``, ``retries``, ``timeout``, ``after``, ``follow``) live on
+the view; :meth:`View.temp_flags` changes them for a ``with`` block only.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import queue
+import sys
+import time
+import types
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from corral.core.serialize import pack_apply, serialize
+
+from .asyncresult import AsyncMapResult, AsyncResult
+from .client import Client, msg_ids_of
+from .mapping import (
+    auto_chunksize,
+    chunk_slices,
+    iter_chunks,
+    map_chunk,
+    partition_slices,
+    resolve_length,
+)
+from .messages import encode_json
+
+__all__ = ["BroadcastView", "DirectView", "LoadBalancedView", "View"]
+
+_FLAGS = ("block", "targets", "retries", "timeout", "after", "follow")
+#: Pushes larger than this go over the engine's direct data path when it has one.
+DATA_PATH_THRESHOLD = 1 << 20
+
+
+def _take(seq: Sequence[Any], part: slice) -> Any:
+    try:
+        return seq[part]
+    except TypeError:
+        return list(seq)[part]
+
+
+class View:
+    """What all views share: flags, apply/map/imap, decorators, context managers.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        targets: Any = None,
+        *,
+        block: bool = False,
+        retries: int = 0,
+        timeout: float | None = None,
+        after: Any = None,
+        follow: Any = None,
+    ) -> None:
+        self.client = client
+        self.targets = targets
+        self.block = block
+        self.retries = retries
+        self.timeout = timeout
+        self.after = after
+        self.follow = follow
+        self._md_cache: dict[tuple[Any, ...], bytes] = {}
+
+    # ---------------------------------------------------------------- flags
+
+    def set_flags(self, **flags: Any) -> None:
+        """Set view flags (``block``, ``targets``, ``retries``, ``timeout``, ``after``,
+        ``follow``); unknown names raise ``KeyError``."""
+        for name, value in flags.items():
+            if name not in _FLAGS:
+                raise KeyError(f"unknown view flag {name!r}; flags are {_FLAGS}")
+            setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags: Any) -> Iterator[View]:
+        """Flags changed for the ``with`` block, restored after (also on error)."""
+        saved = {name: getattr(self, name) for name in flags if name in _FLAGS}
+        self.set_flags(**flags)
+        try:
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def _metadata(self, targets: list[int] | None = None) -> bytes:
+        """The request metadata, JSON-encoded; cached while the flags stay the same."""
+        after, follow = self.after, self.follow
+        if after is None and follow is None:
+            key = (None if targets is None else tuple(targets), self.retries, self.timeout)
+            cached = self._md_cache.get(key)
+            if cached is not None:
+                return cached
+        else:
+            key = None
+        encoded = encode_json(
+            {
+                "targets": targets,
+                "after": msg_ids_of(after),
+                "follow": msg_ids_of(follow),
+                "retries": int(self.retries or 0),
+                "timeout": self.timeout,
+            }
+        )
+        if key is not None:
+            if len(self._md_cache) > 64:
+                self._md_cache.clear()
+            self._md_cache[key] = encoded
+        return encoded
+
+    def _maybe_block(self, result: AsyncResult, block: bool | None) -> Any:
+        if self.block if block is None else block:
+            return result.get()
+        return result
+
+    # ---------------------------------------------------------------- apply
+
+    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        """Submit ``f(*args, **kwargs)``; an :class:`AsyncResult` at once."""
+        raise NotImplementedError
+
+    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``apply_sync`` when the view's ``block`` flag is set, else ``apply_async``."""
+        return self._maybe_block(self.apply_async(f, *args, **kwargs), None)
+
+    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``f(*args, **kwargs)`` and wait for the result."""
+        return self.apply_async(f, *args, **kwargs).get()
+
+    # ---------------------------------------------------------------- map
+
+    def map_async(
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+    ) -> AsyncMapResult:
+        """``map(f, *sequences)`` on the cluster; iterate it ordered or as completed."""
+        raise NotImplementedError
+
+    def map(
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        block: bool | None = None,
+        ordered: bool = True,
+        chunksize: int | None = None,
+    ) -> Any:
+        """``map_sync`` when blocking, else ``map_async``."""
+        result = self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize)
+        return self._maybe_block(result, block)
+
+    def map_sync(
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+    ) -> list[Any]:
+        """The list ``[f(*xs) for xs in zip(*sequences)]``, computed on the cluster."""
+        return self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize).get()
+
+    def _map_chunks(
+        self,
+        channel: str,
+        f: Callable[..., Any],
+        sequences: Sequence[Sequence[Any]],
+        slices: list[slice],
+        targets: list[int | None],
+        metadata: dict[str, Any] | bytes,
+        ordered: bool,
+        length: int,
+    ) -> AsyncMapResult:
+        """Send ``map_chunk(f, *columns[slice])`` for each slice to its target."""
+        routes = []
+        shipped = self.client._functions.lookup(f)
+        for part, target in zip(slices, targets, strict=True):
+            columns = [_take(seq, part) for seq in sequences]
+            buffers = pack_apply(map_chunk, (shipped, *columns))
+            ident = None if target is None else self.client._engine(target).ident
+            routes.append((target, ident, buffers))
+
+        def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncMapResult:
+            kw.pop("single", None)
+            return AsyncMapResult(client, msg_ids, ordered=ordered, **kw)
+
+        result = self.client._submit(
+            channel,
+            "apply_request",
+            None,
+            metadata,
+            routes,
+            fname=getattr(f, "__name__", "") or "",
+            single=False,
+            result_factory=factory,
+        )
+        assert isinstance(result, AsyncMapResult)
+        result._length = length
+        return result
+
+    def imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        ordered: bool = True,
+        max_in_flight: int | None = None,
+        chunksize: int = 1,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Lazily map ``func`` over ``iterable`` (which may be infinite).
+
+        Items are pulled from ``iterable`` only as results are consumed: at most
+        ``max_in_flight`` tasks (of ``chunksize`` items each) are submitted and not yet
+        yielded, so memory and queue depth stay bounded. ``ordered=False`` yields results
+        as they complete. ``timeout`` (seconds from this call) bounds the whole iteration
+        (``TimeoutError``), as in :meth:`concurrent.futures.Executor.map`.
+        """
+        if max_in_flight is None:
+            max_in_flight = max(8, 4 * max(1, len(self.client.ids)))
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._imap(func, iterable, ordered, max_in_flight, chunksize, deadline)
+
+    def _submit_one(self, func: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
+        """One task of an imap (a view decides where it goes)."""
+        return self.apply_async(func, *args)
+
+    def _imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        ordered: bool,
+        max_in_flight: int,
+        chunksize: int,
+        deadline: float | None = None,
+    ) -> Iterator[Any]:
+        if chunksize > 1:
+            tasks: Iterator[tuple[Any, ...]] = (
+                (map_chunk, func, chunk) for chunk in iter_chunks(iterable, chunksize)
+            )
+        else:
+            tasks = ((func, item) for item in iterable)
+
+        def submit(task: tuple[Any, ...]) -> AsyncResult:
+            return self._submit_one(task[0], task[1:])
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        def values(result: AsyncResult) -> list[Any]:
+            value = result.get(remaining())
+            return value if chunksize > 1 else [value]
+
+        exhausted = False
+        if ordered:
+            window: deque[AsyncResult] = deque()
+            while True:
+                while not exhausted and len(window) < max_in_flight:
+                    try:
+                        window.append(submit(next(tasks)))
+                    except StopIteration:
+                        exhausted = True
+                if not window:
+                    return
+                yield from values(window.popleft())
+        else:
+            finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            in_flight = 0
+            while True:
+                while not exhausted and in_flight < max_in_flight:
+                    try:
+                        result = submit(next(tasks))
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    result.add_done_callback(finished.put)
+                    in_flight += 1
+                if in_flight == 0:
+                    return
+                try:
+                    done = finished.get(timeout=remaining())
+                except queue.Empty:
+                    raise TimeoutError("imap: no result within the timeout") from None
+                in_flight -= 1
+                yield from values(done)
+
+    # ---------------------------------------------------------------- decorators
+
+    def remote(self, block: bool | None = None) -> Callable[[Callable[..., Any]], Any]:
+        """Decorator: calling the function runs it on this view (see RemoteFunction)."""
+        from .remote import RemoteFunction
+
+        def decorate(f: Callable[..., Any]) -> RemoteFunction:
+            return RemoteFunction(self, f, block=block)
+
+        return decorate
+
+    def parallel(
+        self, block: bool | None = None, chunksize: int | None = None, ordered: bool = True
+    ) -> Callable[[Callable[..., Any]], Any]:
+        """Decorator: calling the function maps it over its arguments on this view."""
+        from .remote import ParallelFunction
+
+        def decorate(f: Callable[..., Any]) -> ParallelFunction:
+            return ParallelFunction(self, f, block=block, chunksize=chunksize, ordered=ordered)
+
+        return decorate
+
+    # ---------------------------------------------------------------- misc
+
+    def wait(self, jobs: Any, timeout: float | None = None) -> bool:
+        """Wait for results (an AsyncResult or several); whether all are done."""
+        results = [jobs] if isinstance(jobs, AsyncResult) else list(jobs)
+        import concurrent.futures
+
+        _, not_done = concurrent.futures.wait(results, timeout)
+        return not not_done
+
+    def abort(self, jobs: Any) -> None:
+        """Abort queued tasks of one or several results."""
+        for job in [jobs] if isinstance(jobs, AsyncResult) else jobs:
+            job.abort()
+
+    def queue_status(self) -> dict[int, dict[str, int]]:
+        return self.client.queue_status(self.targets)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.targets!r}>"
+
+
+class LoadBalancedView(View):
+    """Tasks go to whichever engine the scheduler finds free.
+
+    ``retries``: resubmit to another engine if the task's engine dies (or the task
+    fails); ``after``/``follow``: results (or msg_ids) the task must wait for / run beside;
+    ``timeout``: seconds the dependencies may take before ``DependencyTimeout``.
+
+    .. versionadded:: 0.1
+    """
+
+    def _lb_metadata(self) -> dict[str, Any]:
+        targets = self.targets
+        if targets is not None and targets != "all":
+            resolved = self.client._resolve_targets(targets)
+            targets = [resolved] if isinstance(resolved, int) else resolved
+        else:
+            targets = None
+        return self._metadata(targets)
+
+    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.client._apply("task", f, args, kwargs, self._lb_metadata(), (None,))
+
+    def map_async(
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+    ) -> AsyncMapResult:
+        length = resolve_length(sequences)
+        if chunksize is None:
+            chunksize = auto_chunksize(length, len(self.client.ids))
+        slices = chunk_slices(length, chunksize)
+        return self._map_chunks(
+            "task",
+            f,
+            sequences,
+            slices,
+            [None] * len(slices),
+            self._lb_metadata(),
+            ordered,
+            length,
+        )
+
+
+class DirectView(View):
+    """Work addressed to named engines; also reads and writes their namespaces.
+
+    ``targets`` is one engine id (results are single values), a list of ids (results are
+    lists, one per engine) or ``"all"`` (every engine live at the time of each call).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, client: Client, targets: Any = "all", **flags: Any) -> None:
+        super().__init__(client, targets, **flags)
+
+    def _targets(self) -> tuple[list[int], bool]:
+        """``(engine ids, single)``: single when the view names one engine by int."""
+        resolved = self.client._resolve_targets(self.targets)
+        if isinstance(resolved, int):
+            return [resolved], True
+        return resolved, False
+
+    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        targets, single = self._targets()
+        return self.client._apply(
+            "mux", f, args, kwargs, self._metadata(targets), targets, single=single
+        )
+
+    def map_async(
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+    ) -> AsyncMapResult:
+        """Scatter the sequences across the view's engines (one contiguous block each,
+        or ``chunksize`` chunks dealt round-robin) and map ``f`` over each block."""
+        targets, _ = self._targets()
+        if not targets:
+            raise RuntimeError("no engines to map on")
+        length = resolve_length(sequences)
+        if chunksize is None:
+            slices = partition_slices(length, len(targets))
+            chosen: list[int | None] = list(targets)
+        else:
+            slices = chunk_slices(length, chunksize)
+            chosen = [targets[i % len(targets)] for i in range(len(slices))]
+        return self._map_chunks(
+            "mux", f, sequences, slices, chosen, self._metadata(targets), ordered, length
+        )
+
+    def _submit_one(self, func: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
+        targets, _ = self._targets()
+        if not targets:
+            raise RuntimeError("no engines")
+        self._rr = getattr(self, "_rr", -1) + 1
+        target = targets[self._rr % len(targets)]
+        return self.client._apply("mux", func, args, None, self._metadata([target]), [target])
+
+    # ---------------------------------------------------------------- code
+
+    def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
+        """Run ``code`` in each engine's namespace; output lands in the result's metadata."""
+        targets, single = self._targets()
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        result = self.client._submit(
+            "mux",
+            "execute_request",
+            content,
+            self._metadata(targets),
+            self.client._routes(targets, ()),
+            fname="execute",
+            single=single,
+        )
+        return self._maybe_block(result, block)
+
+    def run(self, filename: str | Path, block: bool | None = None) -> Any:
+        """Execute the file's code (read here) on each engine."""
+        code = Path(filename).read_text(encoding="utf-8")
+        return self.execute(code, block=block)
+
+    # ---------------------------------------------------------------- namespaces
+
+    def push(self, namespace: dict[str, Any], block: bool | None = None) -> Any:
+        """Bind the names of ``namespace`` on each engine.
+
+        Small payloads are queued on the mux, in order with the engine's other requests.
+        Payloads over :data:`DATA_PATH_THRESHOLD` go straight to each engine's data path
+        (one hop instead of two); the engine applies them between tasks, possibly before
+        tasks still queued for it, so wait for earlier work first if that matters.
+        """
+        if not isinstance(namespace, dict):
+            raise TypeError("push takes a dict of names to values")
+        targets, single = self._targets()
+        frames = serialize(namespace)
+        size = sum(memoryview(f).nbytes for f in frames)
+        content = {"keys": list(namespace)}
+        client = self.client
+        if size > DATA_PATH_THRESHOLD:
+            channels = [client._data_channel(t) for t in targets]
+            if targets and all(channels):
+                parts = [
+                    client._submit(ch, "push_request", content, None, [(t, None, frames)])  # type: ignore[arg-type]
+                    for t, ch in zip(targets, channels, strict=True)
+                ]
+                return self._maybe_block(_combine(client, parts, single, "push"), block)
+        result = client._submit(
+            "mux",
+            "push_request",
+            content,
+            self._metadata(targets),
+            client._routes(targets, frames),
+            fname="push",
+            single=single,
+        )
+        return self._maybe_block(result, block)
+
+    def pull(
+        self, names: str | Sequence[str], block: bool | None = None, direct: bool | None = None
+    ) -> Any:
+        """The values of ``names`` on each engine (a str gives one value per engine).
+
+        The request is queued on the mux, in order with earlier work; the engine answers
+        inline, or, for values over the data-path threshold, says so and the values come
+        from its data path (one hop). ``direct=True`` goes to the data path at once
+        (skipping the queue), ``direct=False`` never uses it.
+        """
+        targets, single = self._targets()
+        keys = [names] if isinstance(names, str) else list(names)
+        convert = _unpack_one if isinstance(names, str) else list
+        client = self.client
+        parts: list[AsyncResult] = []
+        for target in targets:
+            channel = None if direct is False else client._data_channel(target)
+            if channel is not None and direct:
+                part = client._submit(
+                    channel, "pull_request", {"keys": keys}, None, [(target, None, ())]
+                )
+                part._convert = convert
+            elif channel is not None:
+                part = _StagedPull(client, self._metadata([target]), target, channel, keys)
+                part._convert = convert
+            else:
+                content = {"keys": keys}
+                part = client._submit(
+                    "mux",
+                    "pull_request",
+                    content,
+                    self._metadata([target]),
+                    client._routes([target], ()),
+                    fname="pull",
+                )
+                part._convert = convert
+            parts.append(part)
+        return self._maybe_block(_combine(client, parts, single, "pull"), block)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.push({name: value}, block=True)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.pull(name, block=True)
+
+    def update(self, namespace: dict[str, Any]) -> None:
+        self.push(namespace, block=True)
+
+    def get(self, name: str) -> Any:
+        return self.pull(name, block=True)
+
+    def scatter(
+        self, name: str, seq: Sequence[Any], flatten: bool = False, block: bool | None = None
+    ) -> Any:
+        """Partition ``seq`` across the engines: engine ``i`` gets block ``i`` as ``name``.
+
+        ``flatten=True`` binds a lone element instead of a one-element block.
+        """
+        targets, _ = self._targets()
+        slices = partition_slices(len(seq), len(targets))
+        client = self.client
+        parts = []
+        for target, part in zip(targets, slices, strict=True):
+            chunk = _take(seq, part)
+            if flatten and len(chunk) == 1:
+                chunk = chunk[0]
+            view = DirectView(client, target)
+            parts.append(view.push({name: chunk}, block=False))
+        return self._maybe_block(_combine(client, parts, False, "scatter"), block)
+
+    def gather(self, name: str, block: bool | None = None) -> Any:
+        """Concatenate ``name`` from every engine (the inverse of :meth:`scatter`)."""
+        targets, _ = self._targets()
+        parts = [DirectView(self.client, t).pull(name, block=False) for t in targets]
+        return self._maybe_block(_combine(self.client, parts, False, "gather", gather=True), block)
+
+    def clear(self, block: bool | None = None) -> None:
+        """Reset the engines' namespaces."""
+        targets, _ = self._targets()
+        self.client.clear(targets)
+
+    @contextlib.contextmanager
+    def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
+        """Imports in the ``with`` block happen here (if ``local``) and on the engines.
+
+        ::
+
+            with view.sync_imports():
+                import numpy
+        """
+        recorded: list[tuple[str, tuple[str, ...]]] = []
+        real_import = builtins.__import__
+        depth = [0]
+
+        def hook(
+            name: str,
+            globals: Any = None,
+            locals: Any = None,
+            fromlist: Any = (),
+            level: int = 0,
+        ) -> Any:
+            if depth[0] == 0 and level == 0:
+                recorded.append((name, tuple(fromlist or ())))
+            if not local and depth[0] == 0:
+                module = types.ModuleType(name)
+                for attr in fromlist or ():
+                    setattr(module, attr, None)
+                return module
+            depth[0] += 1
+            try:
+                return real_import(name, globals, locals, fromlist, level)
+            finally:
+                depth[0] -= 1
+
+        builtins.__import__ = hook
+        try:
+            yield
+        finally:
+            builtins.__import__ = real_import
+        lines = []
+        for name, fromlist in recorded:
+            if fromlist:
+                lines.append(f"from {name} import {', '.join(fromlist)}")
+            else:
+                lines.append(f"import {name}")
+        if lines:
+            if not quiet:
+                print(f"importing {', '.join(n for n, _ in recorded)} on engine(s)")
+            self.execute("\n".join(lines), block=True)
+
+
+class BroadcastView(DirectView):
+    """One message for all targets: the broadcast scheduler copies it to each engine.
+
+    Applies, executes, pushes and pulls cost one client message however many engines
+    there are; results are lists in target order. Maps scatter like a DirectView's.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, client: Client, targets: Any = None, **flags: Any) -> None:
+        super().__init__(client, targets, **flags)
+
+    def _targets(self) -> tuple[list[int], bool]:
+        targets = self.targets
+        resolved = self.client._resolve_targets(targets)
+        if isinstance(resolved, int):
+            return [resolved], False
+        return resolved, False
+
+    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        targets, _ = self._targets()
+        buffers = pack_apply(self.client._functions.lookup(f), args, kwargs)
+        return self.client._broadcast(
+            "apply_request",
+            None,
+            buffers,
+            self._metadata(targets),
+            targets,
+            fname=getattr(f, "__name__", "") or "",
+        )
+
+    def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
+        targets, _ = self._targets()
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        result = self.client._broadcast(
+            "execute_request", content, (), self._metadata(targets), targets, fname="execute"
+        )
+        return self._maybe_block(result, block)
+
+    def push(self, namespace: dict[str, Any], block: bool | None = None) -> Any:
+        targets, _ = self._targets()
+        result = self.client._broadcast(
+            "push_request",
+            {"keys": list(namespace)},
+            serialize(namespace),
+            self._metadata(targets),
+            targets,
+            fname="push",
+        )
+        return self._maybe_block(result, block)
+
+    def pull(
+        self, names: str | Sequence[str], block: bool | None = None, direct: bool | None = None
+    ) -> Any:
+        targets, _ = self._targets()
+        keys = [names] if isinstance(names, str) else list(names)
+        result = self.client._broadcast(
+            "pull_request", {"keys": keys}, (), self._metadata(targets), targets, fname="pull"
+        )
+        result._convert = _unpack_one if isinstance(names, str) else list
+        return self._maybe_block(result, block)
+
+
+# ------------------------------------------------------------------ composite results
+
+
+class _Combined(AsyncResult):
+    """A result made of other results (one per engine), e.g. a multi-engine pull."""
+
+    def __init__(
+        self, client: Client, parts: list[AsyncResult], single: bool, fname: str, gather: bool
+    ) -> None:
+        msg_ids = [m for p in parts for m in p.msg_ids]
+        super().__init__(client, msg_ids, fname=fname, single=single, slots=len(parts))
+        self._parts = parts
+        self._gather = gather
+        for index, part in enumerate(parts):
+            part.add_done_callback(lambda p, i=index: self._part_done(i, p))
+
+    def _part_done(self, index: int, part: AsyncResult) -> None:
+        if self._done_slots[index]:
+            return
+        error = part.exception() if not part.cancelled() else None
+        if error is not None:
+            from .errors import RemoteError
+
+            self._errors[index] = (
+                error
+                if isinstance(error, RemoteError)
+                else RemoteError(type(error).__name__, str(error))
+            )
+        else:
+            self._values[index] = part.result()
+        self._md[index] = part.metadata if isinstance(part.metadata, dict) else None
+        self._slot_done(index)
+
+    def _final_value(self) -> Any:
+        if not self._gather:
+            return super()._final_value()
+        values = list(self._values)
+        np = sys.modules.get("numpy")
+        if np is not None and values and all(isinstance(v, np.ndarray) for v in values):
+            return np.concatenate(values)
+        out: list[Any] = []
+        for value in values:
+            out.extend(value if isinstance(value, (list, tuple)) else [value])
+        return out
+
+    def _pending_msg_ids(self) -> list[str]:
+        return [m for p in self._parts if not p.done() for m in p._pending_msg_ids()]
+
+    def abort(self) -> None:
+        for part in self._parts:
+            part.abort()
+
+    def interrupt(self) -> None:
+        for part in self._parts:
+            part.interrupt()
+
+    def _outputs_done(self) -> bool:
+        return all(p._outputs_done() for p in self._parts)
+
+
+def _combine(
+    client: Client, parts: list[AsyncResult], single: bool, fname: str, gather: bool = False
+) -> AsyncResult:
+    if single and len(parts) == 1:
+        return parts[0]
+    return _Combined(client, parts, single, fname, gather)
+
+
+def _unpack_one(values: Any) -> Any:
+    return values[0]
+
+
+def _make_pull_probe() -> Callable[[list[str], int], tuple[bool, Any]]:
+    """The first step of a pull, shipped by value and run in the engine's namespace.
+
+    Engines run functions from ``__main__`` with the user namespace as their globals, so
+    ``globals()`` here *is* that namespace. The probe uses builtins only, so it brings no
+    names of its own into it. It returns the values when they are small, else only says
+    they are large (and the client fetches them over the data path).
+    """
+
+    def corral_pull_probe(keys: list[str], limit: int) -> tuple[bool, Any]:
+        ns = globals()
+        values = []
+        size = 0
+        for key in keys:
+            if key not in ns:
+                raise NameError(f"name {key!r} is not defined on this engine")
+            value = ns[key]
+            values.append(value)
+            nbytes = getattr(value, "nbytes", None)
+            if isinstance(nbytes, int):
+                size += nbytes
+            elif isinstance(value, (bytes, bytearray)):
+                size += len(value)
+        if size > limit:
+            return False, None
+        return True, tuple(values)
+
+    corral_pull_probe.__module__ = "__main__"
+    corral_pull_probe.__qualname__ = "corral_pull_probe"
+    return corral_pull_probe
+
+
+_pull_probe = _make_pull_probe()
+
+
+class _StagedPull(AsyncResult):
+    """Pull from one engine: a probe queued on the mux (in order with earlier work)
+    returns small values itself; large ones then come over the engine's data path.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        metadata: dict[str, Any] | bytes,
+        target: int,
+        channel: str,
+        keys: list[str],
+    ) -> None:
+        super().__init__(client, [], single=True, slots=1, fname="pull")
+        self._keys = keys
+        self._target = target
+        self._channel = channel
+        first = client._apply(
+            "mux", _pull_probe, (keys, DATA_PATH_THRESHOLD), None, metadata, [target]
+        )
+        self._stage: AsyncResult = first
+        self.msg_ids = list(first.msg_ids)
+        first.add_done_callback(self._first_done)
+
+    def _first_done(self, first: AsyncResult) -> None:
+        error = first.exception()
+        if error is not None:
+            self._fail(error)
+            return
+        inline, values = first.result()
+        if inline:
+            self._deliver(values)
+            return
+        second = self._client._submit(
+            self._channel, "pull_request", {"keys": self._keys}, None, [(self._target, None, ())]
+        )
+        self._stage = second
+        self.msg_ids = self.msg_ids + list(second.msg_ids)
+        second.add_done_callback(self._second_done)
+
+    def _second_done(self, second: AsyncResult) -> None:
+        error = second.exception()
+        if error is not None:
+            self._fail(error)
+        else:
+            self._deliver(second.result())
+
+    def _deliver(self, values: Any) -> None:
+        self._values[0] = self._convert(values) if self._convert is not None else values
+        self._slot_done(0)
+
+    def _fail(self, error: BaseException) -> None:
+        from .errors import RemoteError
+
+        if not isinstance(error, RemoteError):
+            error = RemoteError(type(error).__name__, str(error))
+        self._errors[0] = error
+        self._slot_done(0)
+
+    def _pending_msg_ids(self) -> list[str]:
+        return [] if self.done() else self._stage._pending_msg_ids()
+
+    def _running_engines(self) -> set[int]:
+        return set() if self.done() else {self._target}
+
+    @property
+    def metadata(self) -> Any:
+        return self._stage.metadata

@@ -1,0 +1,404 @@
+"""``corral cluster start|stop|status|list`` and ``corral demo``.
+
+A cluster started from the command line is owned by one *manager* process: the
+``corral cluster start`` process itself, or with ``--daemon`` a detached copy of it. The
+manager holds the launchers, so the engines die with it if it is killed (their parent
+watch), and it stops the cluster cleanly on SIGTERM or Ctrl-C. ``corral cluster stop``
+therefore only has to signal the manager named in ``<profile>/run/cluster-ID.json``; it
+falls back to the controller's and engines' process groups, and to a shutdown request
+through a client, when the manager is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from corral.core.config import Config
+from corral.core.profiles import profile_dir
+from corral.plugins.markers import hookimpl
+
+_MODULE = "corral.plugins.parallel.commands"
+
+
+@hookimpl
+def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    cluster = subparsers.add_parser("cluster", help="start, stop and inspect clusters")
+    actions = cluster.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
+
+    start = actions.add_parser("start", help="start a controller and engines")
+    _profile_option(start)
+    _start_options(start)
+    start.add_argument("--daemon", action="store_true", help="detach and return once ready")
+    start.set_defaults(run=run_start)
+
+    stop = actions.add_parser("stop", help="stop a cluster (or all of this profile's)")
+    _profile_option(stop)
+    which = stop.add_mutually_exclusive_group()
+    which.add_argument("--cluster-id", default=None)
+    which.add_argument("--all", action="store_true")
+    stop.set_defaults(run=run_stop)
+
+    status = actions.add_parser("status", help="engines and queues of a running cluster")
+    _profile_option(status)
+    status.add_argument("--cluster-id", default=None)
+    status.set_defaults(run=run_status)
+
+    listing = actions.add_parser("list", help="clusters of this profile")
+    _profile_option(listing)
+    listing.set_defaults(run=run_list)
+
+    demo = subparsers.add_parser(
+        "demo", help="start a cluster on every core, count primes, show the speed-up"
+    )
+    _profile_option(demo)
+    demo.add_argument("-n", "--engines", type=int, default=None, help="default: one per core")
+    demo.add_argument("--limit", type=int, default=3_000_000, help="count primes below this")
+    demo.add_argument("--chunks", type=int, default=96, help="tasks to split the work into")
+    demo.add_argument("--no-serial", action="store_true", help="skip the one-core baseline")
+    demo.set_defaults(run=_run_demo)
+
+
+def _start_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--engines", type=int, default=None, help="default: one per core")
+    parser.add_argument("--cluster-id", default=None, help="default: a new unique id")
+    parser.add_argument("--threads", action="store_true", help="controller in one process")
+    parser.add_argument("--db", default="sqlite", choices=["sqlite", "memory", "none"])
+    parser.add_argument("--hb-period", type=float, default=1.0, help="heartbeat seconds")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for engines")
+
+
+def _profile_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given here it overrides `corral --profile`, absent it leaves that alone.
+    parser.add_argument("--profile", default=argparse.SUPPRESS, help="profile to use")
+
+
+def _run_demo(args: argparse.Namespace, config: Config) -> int:
+    from corral.plugins.parallel.demo import run_demo
+
+    return run_demo(args, config)
+
+
+# ---------------------------------------------------------------------- records
+
+
+def _records(profile: str) -> list[dict[str, Any]]:
+    """Every cluster of the profile: from records (manager-run) and bare cluster files."""
+    from corral.plugins.parallel.cluster import read_record
+
+    pdir = profile_dir(profile)
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted((pdir / "run").glob("cluster-*.json")):
+        record = read_record(path)
+        if record and "cluster_id" in record:
+            record["record_file"] = str(path)
+            found[record["cluster_id"]] = record
+    for path in sorted((pdir / "security").glob("cluster-*.json")):
+        cluster_id = path.stem[len("cluster-") :]
+        info = read_record(path) or {}
+        entry = found.setdefault(cluster_id, {"cluster_id": cluster_id})
+        entry["cluster_file"] = str(path)
+        entry.setdefault("controller", info.get("controller_pid"))
+    return list(found.values())
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return True
+
+
+def _pick(profile: str, cluster_id: str | None) -> dict[str, Any] | None:
+    """The cluster named, or the only one there is; None (with a message) otherwise."""
+    records = _records(profile)
+    if cluster_id is not None:
+        for record in records:
+            if record["cluster_id"] == cluster_id:
+                return record
+        print(f"corral: no cluster {cluster_id!r} in profile {profile!r}", file=sys.stderr)
+        return None
+    if len(records) == 1:
+        return records[0]
+    if not records:
+        print(f"corral: no cluster running in profile {profile!r}", file=sys.stderr)
+    else:
+        ids = ", ".join(r["cluster_id"] for r in records)
+        print(f"corral: several clusters ({ids}); choose one with --cluster-id", file=sys.stderr)
+    return None
+
+
+# ---------------------------------------------------------------------- start
+
+
+def run_start(args: argparse.Namespace, config: Config) -> int:
+    from corral.plugins.parallel.cluster import Cluster, new_cluster_id
+
+    cluster_id = args.cluster_id or new_cluster_id()
+    if args.daemon:
+        return _start_daemon(args, cluster_id)
+    cluster = Cluster(
+        n=args.engines,
+        profile=args.profile,
+        cluster_id=cluster_id,
+        controller_mode="threads" if args.threads else "processes",
+        hb_period=args.hb_period,
+        db=args.db,
+        engine_timeout=args.timeout,
+    )
+    stop_now = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop_now.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_signal)
+    try:
+        started = time.perf_counter()
+        cluster.start_and_connect()
+        assert cluster.controller is not None
+        cluster.controller.on_stop(lambda launcher: stop_now.set())
+        cluster._write_record()
+        _mark_ready(cluster.record_file)
+        print(
+            f"cluster {cluster.cluster_id} ready: {cluster.n} engines in "
+            f"{time.perf_counter() - started:.2f} s (profile {args.profile!r})\n"
+            f"connect: corral.Client(profile={args.profile!r}, "
+            f"cluster_id={cluster.cluster_id!r})\n"
+            f"stop:    corral cluster stop --cluster-id {cluster.cluster_id}",
+            flush=True,
+        )
+        while not stop_now.wait(0.5):
+            pass
+    except Exception as error:
+        print(f"corral: {error}", file=sys.stderr, flush=True)
+        cluster.stop()
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if not cluster.is_running:
+        print(f"cluster {cluster.cluster_id}: the controller exited", flush=True)
+    cluster.stop()
+    print(f"cluster {cluster.cluster_id} stopped", flush=True)
+    return 0
+
+
+def _mark_ready(path: Path) -> None:
+    record = json.loads(path.read_text())
+    record["ready"] = True
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def _start_daemon(args: argparse.Namespace, cluster_id: str) -> int:
+    """Run ``corral cluster start`` detached (own session, output to a log file) and
+    return once it reports the cluster ready, or quote its log if it fails."""
+    from corral.plugins.parallel.cluster import read_record, record_path
+    from corral.plugins.parallel.launchers.base import tail
+
+    pdir = profile_dir(args.profile)
+    log_file = pdir / "log" / f"cluster-{cluster_id}.log"
+    # The manager runs this module directly: it needs no plugins, and starts faster.
+    argv = [sys.executable, "-m", _MODULE, "--profile", args.profile]
+    argv += ["--cluster-id", cluster_id, "--db", args.db, "--hb-period", repr(args.hb_period)]
+    argv += ["--timeout", repr(args.timeout)]
+    if args.engines is not None:
+        argv += ["-n", str(args.engines)]
+    if args.threads:
+        argv.append("--threads")
+    env = os.environ.copy()
+    root = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    with open(log_file, "ab") as fh:
+        offset = fh.seek(0, os.SEEK_END)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    record_file = record_path(pdir, cluster_id)
+    deadline = time.monotonic() + args.timeout + 30
+    while True:
+        record = read_record(record_file)
+        if record and record.get("ready") and record.get("manager_pid") == proc.pid:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            print(
+                f"corral: cluster {cluster_id} failed to start; its log ({log_file}) ends "
+                f"with:\n{tail(log_file, offset) or '(no output)'}",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.02)
+    print(cluster_id)
+    print(
+        f"cluster {cluster_id} running in the background (manager pid {proc.pid}, "
+        f"{record['n']} engines, profile {args.profile!r})\n"
+        f"connect: corral.Client(profile={args.profile!r}, cluster_id={cluster_id!r})\n"
+        f"stop:    corral --profile {args.profile} cluster stop --cluster-id {cluster_id}\n"
+        f"log:     {log_file}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------- stop
+
+
+def run_stop(args: argparse.Namespace, config: Config) -> int:
+    if args.all:
+        records = _records(args.profile)
+        if not records:
+            print(f"no clusters in profile {args.profile!r}")
+        return max([_stop_one(args.profile, r) for r in records], default=0)
+    record = _pick(args.profile, args.cluster_id)
+    return 1 if record is None else _stop_one(args.profile, record)
+
+
+def _stop_one(profile: str, record: dict[str, Any]) -> int:
+    """Signal the manager; failing that, shut down through a client and kill the groups."""
+    import psutil
+
+    cluster_id = record["cluster_id"]
+    manager = record.get("manager_pid")
+    if _alive(manager):
+        os.kill(manager, signal.SIGTERM)
+        try:
+            psutil.Process(manager).wait(30)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            os.kill(manager, signal.SIGKILL)
+    else:
+        cluster_file = record.get("cluster_file")
+        if cluster_file and Path(cluster_file).exists() and _alive(record.get("controller")):
+            try:
+                from corral.plugins.parallel.client import Client
+
+                client = Client(connection_file=cluster_file)
+                try:
+                    client.shutdown()
+                finally:
+                    client.close()
+            except Exception as error:
+                print(f"corral: shutdown request failed: {error}", file=sys.stderr)
+    # Whatever is left (a manager killed with -9, a controller that ignored shutdown).
+    pids = [record.get("controller"), *record.get("engines", [])]
+    procs = []
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+                procs.append(psutil.Process(pid))
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+    _, alive = psutil.wait_procs(procs, timeout=3)
+    for proc in alive:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    pdir = profile_dir(profile)
+    for path in (
+        pdir / "security" / f"cluster-{cluster_id}.json",
+        pdir / "run" / f"cluster-{cluster_id}.json",
+        pdir / "run" / f"controller-{cluster_id}.pid",
+        *(pdir / "run").glob(f"engine-{cluster_id}-*.pid"),
+    ):
+        path.unlink(missing_ok=True)
+    print(f"cluster {cluster_id} stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------- status, list
+
+
+def run_status(args: argparse.Namespace, config: Config) -> int:
+    from corral.plugins.parallel.client import Client
+
+    record = _pick(args.profile, args.cluster_id)
+    if record is None:
+        return 1
+    cluster_file = record.get("cluster_file")
+    if not cluster_file or not Path(cluster_file).exists():
+        print(f"cluster {record['cluster_id']}: no cluster file; not running")
+        return 1
+    client = Client(connection_file=cluster_file)
+    try:
+        ids = sorted(client.ids)
+        print(f"cluster {record['cluster_id']} (profile {args.profile!r})")
+        print(f"  controller pid: {record.get('controller')}")
+        print(f"  engines up: {len(ids)}  ids: {ids}")
+        queues = client.queue_status()
+        print(f"  {'engine':>6} {'queued':>7} {'running':>8} {'completed':>10}")
+        for key in sorted(queues, key=str):
+            row = queues[key]
+            if not isinstance(row, dict):
+                continue
+            print(
+                f"  {key!s:>6} {row.get('queued', 0):>7} {row.get('running', 0):>8} "
+                f"{row.get('completed', 0):>10}"
+            )
+    finally:
+        client.close()
+    return 0
+
+
+def run_list(args: argparse.Namespace, config: Config) -> int:
+    records = _records(args.profile)
+    if not records:
+        print(f"no clusters in profile {args.profile!r}")
+        return 0
+    print(f"{'cluster id':<26} {'engines':>7} {'manager':>8} {'controller':>10} {'state':<8}")
+    for record in records:
+        controller = record.get("controller")
+        engines = [pid for pid in record.get("engines", []) if _alive(pid)]
+        running = _alive(controller)
+        state = "running" if running else "stale"
+        print(
+            f"{record['cluster_id']:<26} {len(engines):>7} {record.get('manager_pid') or '-'!s:>8}"
+            f" {controller or '-'!s:>10} {state:<8}"
+        )
+    return 0
+
+
+def _manager_main(argv: list[str] | None = None) -> int:
+    """``python -m corral.plugins.parallel.commands``: the detached manager of
+    ``corral cluster start --daemon`` (the same as ``corral cluster start`` in the
+    foreground, without loading plugins or configuration)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
+    parser.add_argument("--profile", default="default")
+    _start_options(parser)
+    args = parser.parse_args(argv)
+    args.daemon = False
+    return run_start(args, None)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(_manager_main())

@@ -1,0 +1,522 @@
+"""The hub: registration, engine liveness, the task database, and every query about it.
+
+One loop serves five sockets: ``registration`` (engines and clients ask), ``hb_pong``
+(heartbeat echoes), ``monitor`` (copies of every request and reply from the queues),
+``iopub`` (engine output, to record stdout/stderr), and the control pipe. It publishes
+beats on ``hb_ping`` and engine arrivals and deaths on ``notification``.
+
+The hub never unpickles anything: it reads the JSON parts of messages and stores result
+buffers as opaque bytes. Per task it keeps only what is outstanding (a request not yet
+answered); the record of every task goes to the task database and nowhere else, so its
+memory stays flat however many tasks run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+import zmq
+
+from corral.transports.zmq import wire
+from corral.transports.zmq.session import Session
+
+from .base import NOBLOCK, Component, bind_random, make_socket, read_control, recv_frames
+from .heartbeat import HeartMonitor
+from .taskdb import TaskDB
+
+__all__ = ["EngineRecord", "Hub"]
+
+log = logging.getLogger("corral.plugins.parallel.controller.hub")
+
+DELIM = wire.DELIMITER
+REQUEST = b"request"
+REPLY = b"reply"
+_BATCH = 256
+_UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited")
+#: How long a cluster shutdown waits for engines to acknowledge theirs.
+SHUTDOWN_GRACE = 2.0
+
+
+@attrs.define
+class EngineRecord:
+    """A registered engine, as ``connection_reply`` describes it."""
+
+    id: int
+    uuid: str
+    hostname: str = ""
+    pid: int = 0
+    data_url: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "data_url": self.data_url,
+        }
+
+
+def _client_text(ident: bytes) -> str:
+    """A client's routing id as text: as is when printable ASCII, else hex."""
+    try:
+        text = ident.decode("ascii")
+    except UnicodeDecodeError:
+        return ident.hex()
+    return text if text.isprintable() else ident.hex()
+
+
+def _loads_dict(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Hub(Component):
+    """The controller's core; see the module docstring."""
+
+    name = "hub"
+
+    def __init__(
+        self,
+        *,
+        key: bytes,
+        db: TaskDB,
+        scheme: str = "hmac-sha256",
+        transport: str = "tcp",
+        ip: str = "127.0.0.1",
+        hb_period: float = 1.0,
+        hb_misses: int = 2,
+    ) -> None:
+        self.session = Session(key, scheme=scheme, username="corral-hub")
+        self.signer = self.session.signer
+        self.monitor_replay = wire.ReplayGuard()
+        self.db = db
+        self.transport = transport
+        self.ip = ip
+        self.heart = HeartMonitor(hb_period, hb_misses)
+        self.engines: dict[int, EngineRecord] = {}
+        self.by_uuid: dict[bytes, int] = {}
+        self.next_id = 0
+        #: (msg_id, engine uuid or b"") of requests not yet answered
+        self.pending: dict[tuple[str, bytes], None] = {}
+        self.completed: dict[bytes, int] = {}
+        self.cluster: dict[str, Any] = {}
+        self.dropped = 0
+        self._control: zmq.Socket[Any] | None = None
+        self._iopub: zmq.Socket[Any] | None = None
+        self._poller = zmq.Poller()
+        self._stopping = False
+
+    # -- sockets --------------------------------------------------------------------------
+
+    def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
+        self.ctx = ctx
+        self.registration = make_socket(ctx, zmq.ROUTER, unlimited=True)
+        self.hb_ping = make_socket(ctx, zmq.PUB)
+        self.hb_pong = make_socket(ctx, zmq.ROUTER)
+        self.notification = make_socket(ctx, zmq.PUB, unlimited=True)
+        self.monitor = make_socket(ctx, zmq.PULL, unlimited=True)
+        t, ip = self.transport, self.ip
+        return {
+            "registration": bind_random(self.registration, t, ip),
+            "hb_ping": bind_random(self.hb_ping, t, ip),
+            "hb_pong": bind_random(self.hb_pong, t, ip),
+            "notification": bind_random(self.notification, t, ip),
+            "monitor": bind_random(self.monitor, t, ip),
+        }
+
+    def configure(self, message: Any) -> None:
+        """``("cluster", info)``: the whole cluster file, once every component is bound."""
+        if not (isinstance(message, tuple) and len(message) == 2 and message[0] == "cluster"):
+            log.warning("hub: unexpected control message %r", message)
+            return
+        info = dict(message[1])
+        info.pop("key", None)
+        self.cluster = info
+        url = f"{info['transport']}://{info['ip']}:"
+        if self._iopub is None and info.get("iopub"):
+            self._iopub = make_socket(self.ctx, zmq.SUB, unlimited=True)
+            self._iopub.subscribe(b"")
+            self._iopub.connect(f"{url}{info['iopub']}")
+            self._poller.register(self._iopub, zmq.POLLIN)
+        if self._control is None and info.get("control"):
+            self._control = make_socket(self.ctx, zmq.DEALER)
+            self._control.connect(f"{url}{info['control']}")
+
+    def close(self) -> None:
+        socks = [self.registration, self.hb_ping, self.hb_pong, self.notification, self.monitor]
+        for sock in (*socks, self._control, self._iopub):
+            if sock is not None:
+                sock.close(linger=0)
+        self.db.close()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def serve(self, control: Connection) -> None:
+        poller = self._poller
+        for sock in (self.registration, self.hb_pong, self.monitor):
+            poller.register(sock, zmq.POLLIN)
+        control_fd = control.fileno()
+        poller.register(control_fd, zmq.POLLIN)
+        heart = self.heart
+        heart.next_at = time.monotonic()
+        try:
+            while not self._stopping:
+                wait = heart.timeout(time.monotonic())
+                events = dict(poller.poll(int(wait * 1000) + 1 if wait else 0))
+                if control_fd in events:
+                    messages = read_control(control)
+                    if messages is None:
+                        return
+                    for message in messages:
+                        self.configure(message)
+                if self.registration in events:
+                    self._drain(self.registration, self.on_registration)
+                if self.monitor in events:
+                    self._drain(self.monitor, self.on_monitor)
+                if self._iopub is not None and self._iopub in events:
+                    self._drain(self._iopub, self.on_iopub)
+                self._drain(self.hb_pong, self.on_pong)
+                now = time.monotonic()
+                if now >= heart.next_at:
+                    beat, dead = heart.tick(now)
+                    self.hb_ping.send(beat)
+                    for uuid in dead:
+                        self.unregister(uuid, "heartbeat")
+        finally:
+            self.close()
+
+    @staticmethod
+    def _drain(sock: zmq.Socket[Any], handler: Any) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:  # one bad message must never stop the hub
+                log.exception("hub: error while handling a message; dropped")
+
+    def _drop(self, why: str, nframes: int) -> None:
+        self.dropped += 1
+        log.warning("hub: dropped a message of %d frames: %s", nframes, why)
+
+    # -- heartbeat and engines ----------------------------------------------------------
+
+    def on_pong(self, frames: list[zmq.Frame]) -> None:
+        self.heart.pong([f.bytes for f in frames])
+
+    def publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        self.session.send(
+            self.notification, msg_type, content, identities=[msg_type.encode("ascii")]
+        )
+
+    def register(self, content: dict[str, Any]) -> dict[str, Any]:
+        uuid = content.get("uuid")
+        if not isinstance(uuid, str) or not 0 < len(uuid) <= 255:
+            return {"status": "error", "evalue": "registration needs a uuid string"}
+        key = uuid.encode("utf-8")
+        if key in self.by_uuid:
+            return {"status": "error", "evalue": f"engine uuid {uuid} is already registered"}
+        pid = content.get("pid")
+        record = EngineRecord(
+            id=self.next_id,
+            uuid=uuid,
+            hostname=str(content.get("hostname") or ""),
+            pid=pid if isinstance(pid, int) else 0,
+            data_url=str(content.get("data_url") or ""),
+        )
+        self.next_id += 1
+        self.engines[record.id] = record
+        self.by_uuid[key] = record.id
+        self.completed.setdefault(key, 0)
+        self.heart.add(key)
+        self.publish(
+            "registration_notification",
+            {
+                "id": record.id,
+                "uuid": uuid,
+                "hostname": record.hostname,
+                "data_url": record.data_url,
+            },
+        )
+        log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
+        return {
+            "status": "ok",
+            "id": record.id,
+            "hb_period": self.heart.period,
+            "hb_misses": self.heart.misses,
+        }
+
+    def unregister(self, uuid: bytes, reason: str) -> None:
+        eid = self.by_uuid.pop(uuid, None)
+        if eid is None:
+            return
+        record = self.engines.pop(eid)
+        self.heart.remove(uuid)
+        self.completed.pop(uuid, None)
+        # What the engine owed is answered by the queues (an EngineError) or by another
+        # engine (a retry): either way no longer by this one.
+        owed = [key for key in self.pending if key[1] == uuid]
+        for msg_id, _ in owed:
+            del self.pending[(msg_id, uuid)]
+            self.pending[(msg_id, b"")] = None
+        self.db.engine_lost(record.uuid)
+        log.warning("engine %d unregistered: %s", eid, reason)
+        self.publish(
+            "unregistration_notification", {"id": eid, "uuid": record.uuid, "reason": reason}
+        )
+
+    # -- monitor: every request and reply, into the database -------------------------------
+
+    def on_monitor(self, frames: list[zmq.Frame]) -> None:
+        """``[request|reply, engine_uuid, client_id, DELIM, sig, h, p, md, content, bufs...]``."""
+        if len(frames) < 9 or frames[3].bytes != DELIM:
+            self._drop("malformed monitor message", len(frames))
+            return
+        tag, engine, client = frames[0].bytes, frames[1].bytes, frames[2].bytes
+        if tag not in (REQUEST, REPLY):
+            self._drop("unknown monitor tag", len(frames))
+            return
+        signature = frames[4].bytes
+        parts = [frames[5].bytes, frames[6].bytes, frames[7].bytes, frames[8].bytes]
+        if self.signer.enabled:
+            if not signature or not self.signer.verify(parts, signature):
+                self._drop("bad signature on monitor message", len(frames))
+                return
+            try:
+                self.monitor_replay.check(tag + b"\0" + engine + b"\0" + signature)
+            except wire.ReplayedMessage:
+                self._drop("replayed monitor message", len(frames))
+                return
+        engine_id = self.by_uuid.get(engine)
+        engine_text = engine.decode("utf-8", "replace")
+        if tag == REQUEST:
+            header = _loads_dict(parts[0])
+            if header is None or not isinstance(header.get("msg_id"), str):
+                self._drop("monitor request without msg_id", len(frames))
+                return
+            msg_id = header["msg_id"]
+            self.pending[(msg_id, engine)] = None
+            date = header.get("date")
+            self.db.add_request(
+                msg_id,
+                _client_text(client),
+                engine_text,
+                engine_id,
+                str(header.get("msg_type", "")),
+                parts[0].decode("utf-8", "replace"),
+                parts[2].decode("utf-8", "replace"),
+                date if isinstance(date, str) else None,
+            )
+            return
+        parent = _loads_dict(parts[1])
+        metadata = _loads_dict(parts[2])
+        if parent is None or metadata is None or not isinstance(parent.get("msg_id"), str):
+            self._drop("monitor reply without parent msg_id", len(frames))
+            return
+        msg_id = parent["msg_id"]
+        pending = self.pending
+        if (msg_id, engine) in pending:
+            del pending[(msg_id, engine)]
+        else:  # a task whose engine was chosen later, or that outlived its engine
+            pending.pop((msg_id, b""), None)
+        if engine in self.completed:
+            self.completed[engine] += 1
+        status = metadata.get("status")
+        if not isinstance(status, str):
+            content = _loads_dict(parts[3]) or {}
+            status = str(content.get("status", "unknown"))
+        started, completed = metadata.get("started"), metadata.get("completed")
+        self.db.add_reply(
+            msg_id,
+            _client_text(client),
+            engine_text,
+            engine_id if engine_id is not None else _int_or_none(metadata.get("engine_id")),
+            started if isinstance(started, str) else None,
+            completed if isinstance(completed, str) else None,
+            status,
+            parts[0].decode("utf-8", "replace"),
+            parts[2].decode("utf-8", "replace"),
+            parts[3].decode("utf-8", "replace"),
+            [memoryview(f) for f in frames[9:]],
+        )
+
+    def on_iopub(self, frames: list[zmq.Frame]) -> None:
+        """Record ``stream`` output under the task that printed it."""
+        raw = [f.bytes for f in frames]
+        try:
+            at = raw.index(DELIM, 0, 4)
+        except ValueError:
+            return
+        if len(raw) < at + 6:
+            return
+        parts = raw[at + 2 : at + 6]
+        if self.signer.enabled and not self.signer.verify(parts, raw[at + 1]):
+            self._drop("bad signature on iopub", len(raw))
+            return
+        header = _loads_dict(parts[0])
+        if header is None or header.get("msg_type") != "stream":
+            return
+        parent = _loads_dict(parts[1]) or {}
+        content = _loads_dict(parts[3]) or {}
+        metadata = _loads_dict(parts[2]) or {}
+        msg_id, name, text = parent.get("msg_id"), content.get("name"), content.get("text")
+        if isinstance(msg_id, str) and name in ("stdout", "stderr") and isinstance(text, str):
+            self.db.append_output(msg_id, name, text, _int_or_none(metadata.get("engine_id")))
+
+    # -- registration socket: engines and clients ask ------------------------------------
+
+    def on_registration(self, frames: list[zmq.Frame]) -> None:
+        parsed = self.session.parse([f.bytes for f in frames])
+        if parsed is None:
+            self.dropped += 1
+            return
+        idents, msg = parsed
+        if not idents:
+            return
+        msg_type = msg["msg_type"]
+        content = msg["content"]
+        handler = self._HANDLERS.get(msg_type)
+        buffers: list[Any] = []
+        if handler is None:
+            reply = {"status": "error", "ename": "UnknownRequest", "evalue": msg_type}
+        else:
+            try:
+                reply, buffers = handler(self, idents[0], content)
+            except (ValueError, TypeError, KeyError) as exc:
+                reply = {"status": "error", "ename": type(exc).__name__, "evalue": str(exc)}
+        reply_type = msg_type.removesuffix("_request") + "_reply"
+        self.session.send(
+            self.registration, reply_type, reply, parent=msg, identities=idents, buffers=buffers
+        )
+        if msg_type == "shutdown_request" and handler is not None:
+            self.shutdown_engines()
+
+    def _h_registration(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        return self.register(content), []
+
+    def _h_unregistration(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        eid = content.get("id")
+        record = self.engines.get(eid) if isinstance(eid, int) else None
+        if record is None:
+            return {"status": "error", "evalue": f"no engine {eid!r}"}, []
+        reason = content.get("reason", "shutdown")
+        if reason not in _UNREGISTER_REASONS:
+            reason = "shutdown"
+        self.unregister(record.uuid.encode("utf-8"), reason)
+        return {"status": "ok"}, []
+
+    def _h_connection(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        engines = {str(eid): rec.public() for eid, rec in self.engines.items()}
+        return {"status": "ok", "engines": engines, "cluster": self.cluster}, []
+
+    def _h_queue(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        targets = content.get("targets")
+        ids = list(self.engines) if targets is None else [t for t in targets if t in self.engines]
+        outstanding: dict[bytes, int] = {}
+        for _, engine in self.pending:
+            outstanding[engine] = outstanding.get(engine, 0) + 1
+        out: dict[str, Any] = {}
+        for eid in ids:
+            uuid = self.engines[eid].uuid.encode("utf-8")
+            n = outstanding.get(uuid, 0)
+            running = min(n, 1)
+            out[str(eid)] = {
+                "queued": n - running,
+                "running": running,
+                "completed": self.completed.get(uuid, 0),
+            }
+        return out, []
+
+    def _h_result(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        msg_ids = content.get("msg_ids")
+        if not isinstance(msg_ids, list):
+            raise ValueError("msg_ids must be a list")
+        ids = list(dict.fromkeys(m for m in msg_ids if isinstance(m, str)))
+        records = self.db.get(ids)
+        results: dict[str, Any] = {}
+        buffers: list[bytes] = []
+        for msg_id in ids:
+            record = records.get(msg_id)
+            if record is None:
+                results[msg_id] = {"status": "unknown"}
+                continue
+            bufs = record.pop("result_buffers", None) or []
+            record["buffer_count"] = len(bufs)
+            done = record.get("result_status") is not None
+            results[msg_id] = {**record, "status": "completed" if done else "pending"}
+            buffers.extend(bufs)
+        return {"status": "ok", "results": results}, buffers
+
+    def _h_db(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        query = content.get("query") or {}
+        keys = content.get("keys")
+        records = self.db.find(query, keys)
+        buffers: list[bytes] = []
+        for record in records:
+            if "result_buffers" in record:
+                bufs = record.pop("result_buffers") or []
+                record["buffer_count"] = len(bufs)
+                buffers.extend(bufs)
+        return {"status": "ok", "records": records}, buffers
+
+    def _h_purge(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        msg_ids = content.get("msg_ids")
+        if msg_ids != "all" and not isinstance(msg_ids, list):
+            raise ValueError('msg_ids must be a list or "all"')
+        return {"status": "ok", "purged": self.db.purge(msg_ids)}, []
+
+    def _h_shutdown(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
+        return {"status": "ok"}, []
+
+    _HANDLERS = {
+        "registration_request": _h_registration,
+        "unregistration_request": _h_unregistration,
+        "connection_request": _h_connection,
+        "queue_request": _h_queue,
+        "result_request": _h_result,
+        "db_request": _h_db,
+        "purge_request": _h_purge,
+        "shutdown_request": _h_shutdown,
+    }
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def shutdown_engines(self) -> None:
+        """Ask every engine to shut down through the control queue, then stop the hub.
+
+        Waits (at most :data:`SHUTDOWN_GRACE` seconds) for the engines' replies, which also
+        proves the control queue forwarded every request before it is stopped.
+        """
+        self._stopping = True
+        sock = self._control
+        if sock is None or not self.engines:
+            return
+        owed = set()
+        for record in self.engines.values():
+            msg = self.session.send(
+                sock, "shutdown_request", {"restart": False}, identities=[record.uuid.encode()]
+            )
+            owed.add(msg["msg_id"])
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while owed:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                log.warning("hub: %d engine(s) did not acknowledge shutdown", len(owed))
+                return
+            parsed = self.session.parse(sock.recv_multipart())
+            if parsed is not None:
+                owed.discard(parsed[1]["parent_header"].get("msg_id"))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

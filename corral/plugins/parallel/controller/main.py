@@ -1,0 +1,607 @@
+"""Starting, supervising and stopping a controller: as processes, as threads, or from the CLI.
+
+Process mode (the default) is built for a fast start. This process imports every module
+once, then forks one child per component *before any ZeroMQ context exists* (a context
+does not survive a fork). Each child makes its own context, binds its sockets and sends
+the ports back through a pipe; the hub goes first because the queues connect to its
+``monitor`` and ``notification``. With every port known the parent hands the hub the
+whole cluster description, writes the cluster file (so whoever reads it can connect at
+once) and then only supervises: a ``shutdown_request`` ends the hub, SIGTERM/SIGINT end the
+parent, a crash ends a child, and each of these stops every component. Where ``fork`` is
+unavailable the children are spawned instead (slower: each imports afresh).
+
+Threads mode runs the same components as threads of the calling process, each with its
+own sockets on one shared context: no fork, handy for tests and notebooks.
+
+``python -m corral.plugins.parallel.controller --profile P --cluster-id ID`` runs process
+mode in the foreground and prints one JSON line, ``{"cluster_file": ..., "pids": [...]}``,
+once the cluster file is written. :func:`start_controller` is the Python API for both modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import secrets
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import attrs
+import zmq
+
+from ..clusterfile import (
+    ClusterInfo,
+    cluster_file_path,
+    new_key,
+    read_cluster_file,
+    write_cluster_file,
+)
+from .base import STOP, Component
+from .hub import Hub
+from .iopub import IopubProxy
+from .queues import make_queue
+from .taskdb import open_taskdb
+
+__all__ = ["ControllerConfig", "ControllerHandle", "main", "start_controller"]
+
+log = logging.getLogger("corral.plugins.parallel.controller")
+
+#: Components after the hub, in the order they start.
+_AFTER_HUB = ("mux", "control", "task", "broadcast", "iopub")
+#: How long a component may take to bind before the start is declared failed.
+_STARTUP_TIMEOUT = 30.0
+#: How long stopping waits for a component before killing it.
+_STOP_TIMEOUT = 5.0
+
+
+def _to_bytes(value: bytes | str) -> bytes:
+    return value.encode("ascii") if isinstance(value, str) else bytes(value)
+
+
+@attrs.define
+class ControllerConfig:
+    """Everything a controller component needs; picklable, so spawned children get it too."""
+
+    profile: str = "default"
+    cluster_id: str = attrs.field(factory=lambda: f"{os.getpid()}-{secrets.token_hex(4)}")
+    key: bytes = attrs.field(factory=new_key, converter=_to_bytes)
+    signature_scheme: str = "hmac-sha256"
+    transport: str = "tcp"
+    ip: str = "127.0.0.1"
+    db: str = "sqlite"
+    db_path: str | None = None
+    store_buffers: bool = True
+    hb_period: float = 1.0
+    hb_misses: int = 2
+    log_level: str = "warning"
+
+    def __attrs_post_init__(self) -> None:
+        if self.db not in ("sqlite", "memory", "none"):
+            raise ValueError(f"db must be sqlite, memory or none, not {self.db!r}")
+        if self.hb_period <= 0 or self.hb_misses < 1:
+            raise ValueError("hb_period must be > 0 and hb_misses >= 1")
+        if self.db == "sqlite" and self.db_path is None:
+            from corral.core.profiles import profile_dir
+
+            self.db_path = str(profile_dir(self.profile) / "db" / f"tasks-{self.cluster_id}.sqlite")
+
+    def cluster_info(self, ports: dict[str, int]) -> ClusterInfo:
+        return ClusterInfo(
+            cluster_id=self.cluster_id,
+            key=self.key,
+            signature_scheme=self.signature_scheme,
+            transport=self.transport,
+            ip=self.ip,
+            hb_period=self.hb_period,
+            hb_misses=self.hb_misses,
+            controller_pid=os.getpid(),
+            **ports,
+        )
+
+
+def build_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> Component:
+    """The component ``name`` (hub, mux, control, task, broadcast, iopub), not yet bound."""
+    common = {"transport": cfg.transport, "ip": cfg.ip}
+    if name == "hub":
+        db = open_taskdb(cfg.db, cfg.db_path, store_buffers=cfg.store_buffers)
+        return Hub(
+            key=cfg.key,
+            db=db,
+            scheme=cfg.signature_scheme,
+            hb_period=cfg.hb_period,
+            hb_misses=cfg.hb_misses,
+            **common,
+        )
+    if name == "iopub":
+        return IopubProxy(**common)
+    base = f"{cfg.transport}://{cfg.ip}:"
+    return make_queue(
+        name,
+        key=cfg.key,
+        scheme=cfg.signature_scheme,
+        monitor_url=f"{base}{hub_ports['monitor']}",
+        notification_url=f"{base}{hub_ports['notification']}",
+        **common,
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        format="%(asctime)s corral-controller[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _remove_cluster_file(path: Path, pid: int) -> None:
+    """Remove the cluster file if it is still this controller's."""
+    try:
+        if read_cluster_file(path).controller_pid == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+# ------------------------------------------------------------------ process mode
+
+
+def _component_main(
+    name: str,
+    cfg: ControllerConfig,
+    hub_ports: dict[str, int],
+    conn: Connection,
+    inherited: list[int],
+) -> None:
+    """A child process: bind, report the ports, serve until told to stop.
+
+    ``inherited`` are the supervisor's ends of its earlier children's pipes, which a forked
+    child holds too: closed here, or a supervisor's death would never reach those
+    children as EOF (a sibling would still hold their pipe open).
+    """
+    for fd in inherited:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _setup_logging(cfg.log_level)
+    ctx = zmq.Context()
+    try:
+        component = build_component(name, cfg, hub_ports)
+        ports = component.bind(ctx)
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.send(("ports", ports))
+    try:
+        component.serve(conn)
+    finally:
+        ctx.term()
+
+
+def _await_ports(name: str, conn: Connection, deadline: float) -> dict[str, int]:
+    if not conn.poll(max(0.0, deadline - time.monotonic())):
+        raise RuntimeError(f"controller component {name} did not start in time")
+    try:
+        kind, value = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"controller component {name} died while starting") from None
+    if kind != "ports":
+        raise RuntimeError(f"controller component {name} failed to start: {value}")
+    return dict(value)
+
+
+class _Children:
+    """The component processes of one controller, and how to stop them."""
+
+    def __init__(self, cfg: ControllerConfig) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        self.mp = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.cfg = cfg
+        self.procs: dict[str, Any] = {}
+        self.conns: dict[str, Connection] = {}
+
+    def start(self, name: str, hub_ports: dict[str, int]) -> None:
+        parent_end, child_end = self.mp.Pipe()
+        forked = self.mp.get_start_method() == "fork"
+        inherited = [c.fileno() for c in self.conns.values()] + [parent_end.fileno()]
+        proc = self.mp.Process(
+            target=_component_main,
+            args=(name, self.cfg, hub_ports, child_end, inherited if forked else []),
+            name=f"corral-controller-{name}",
+            daemon=True,
+        )
+        proc.start()
+        child_end.close()
+        self.procs[name] = proc
+        self.conns[name] = parent_end
+
+    def launch(self) -> dict[str, int]:
+        """Start every component; the ports of all of them."""
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        self.start("hub", {})
+        ports = _await_ports("hub", self.conns["hub"], deadline)
+        hub_ports = dict(ports)
+        for name in _AFTER_HUB:
+            self.start(name, hub_ports)
+        for name in _AFTER_HUB:
+            ports.update(_await_ports(name, self.conns[name], deadline))
+        return ports
+
+    def stop(self) -> None:
+        for conn in self.conns.values():
+            try:
+                conn.send(STOP)
+            except OSError:
+                pass  # that child is gone already
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        for proc in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self.procs.values():
+            if proc.is_alive():
+                log.warning("controller component %s did not stop; killing it", proc.name)
+                proc.kill()
+                proc.join()
+        for conn in self.conns.values():
+            conn.close()
+
+
+def run_processes(cfg: ControllerConfig, *, announce: bool = True) -> int:
+    """Run a controller as one process per component until shutdown; the exit code."""
+    children = _Children(cfg)
+    path = cluster_file_path(cfg.profile, cfg.cluster_id)
+    try:
+        ports = children.launch()
+    except BaseException:
+        children.stop()
+        raise
+    info = cfg.cluster_info(ports)
+    children.conns["hub"].send(("cluster", info.to_dict()))
+    write_cluster_file(path, info)
+    # Signals now only wake the supervision wait below (set_wakeup_fd writes to a pipe).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    previous_fd = signal.set_wakeup_fd(wake_w)
+    handlers = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if announce:
+        pids = [os.getpid(), *(p.pid for p in children.procs.values())]
+        print(json.dumps({"cluster_file": str(path), "pids": pids}), flush=True)
+    code = 0
+    try:
+        sentinels = {p.sentinel: name for name, p in children.procs.items()}
+        ready = wait([wake_r, *sentinels])
+        if wake_r in ready:
+            log.info("controller stopping on a signal")
+        else:
+            for sentinel in ready:
+                name = sentinels[sentinel]
+                children.procs[name].join()  # its sentinel closed: it has exited, reap it
+                exitcode = children.procs[name].exitcode
+                if name == "hub" and exitcode == 0:
+                    log.info("controller stopping: shutdown requested")
+                else:
+                    log.error("controller component %s exited with %s", name, exitcode)
+                    code = 1
+    finally:
+        children.stop()
+        _remove_cluster_file(path, os.getpid())
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+    return code
+
+
+# --------------------------------------------------------------------- threads mode
+
+
+class _Threads:
+    """Every component as a thread of this process, on one shared context."""
+
+    def __init__(self, cfg: ControllerConfig) -> None:
+        self.cfg = cfg
+        self.ctx = zmq.Context()
+        self.components: dict[str, Component] = {}
+        self.conns: dict[str, Connection] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self.done = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self.path = cluster_file_path(cfg.profile, cfg.cluster_id)
+
+    def launch(self) -> ClusterInfo:
+        try:
+            hub = build_component("hub", self.cfg, {})
+            self.components["hub"] = hub
+            hub_ports = hub.bind(self.ctx)
+            ports = dict(hub_ports)
+            for name in _AFTER_HUB:
+                component = build_component(name, self.cfg, hub_ports)
+                self.components[name] = component
+                ports.update(component.bind(self.ctx))
+        except BaseException:
+            self.ctx.destroy(linger=0)
+            raise
+        info = self.cfg.cluster_info(ports)
+        hub.configure(("cluster", info.to_dict()))
+        for name, component in self.components.items():
+            parent_end, child_end = multiprocessing.Pipe()
+            self.conns[name] = parent_end
+            thread = threading.Thread(
+                target=self._serve,
+                args=(name, component, child_end),
+                name=f"corral-controller-{name}",
+                daemon=True,
+            )
+            self.threads[name] = thread
+            thread.start()
+        write_cluster_file(self.path, info)
+        return info
+
+    def _serve(self, name: str, component: Component, conn: Connection) -> None:
+        try:
+            component.serve(conn)
+        except Exception:
+            log.exception("controller component %s crashed", name)
+        finally:
+            conn.close()
+        if name == "hub" or not self._stopped:
+            # The hub ends on shutdown_request; any other ending is a failure. Either way
+            # the whole controller goes (from another thread: this one must finish).
+            threading.Thread(target=self.stop, name="corral-controller-stop", daemon=True).start()
+
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for conn in self.conns.values():
+            try:
+                conn.send(STOP)
+            except OSError:
+                pass
+        for thread in self.threads.values():
+            if thread is not threading.current_thread():
+                thread.join(_STOP_TIMEOUT)
+        self.ctx.term()
+        for conn in self.conns.values():
+            conn.close()
+        _remove_cluster_file(self.path, os.getpid())
+        self.done.set()
+
+
+# ----------------------------------------------------------------------- the handle
+
+
+class ControllerHandle:
+    """A running controller: where its cluster file is, its pids, and how to stop it.
+
+    ``mode`` is ``"processes"`` (a ``python -m corral.plugins.parallel.controller``
+    subprocess, whose children are the components) or ``"threads"`` (this process).
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        cluster_file: Path,
+        pids: list[int],
+        *,
+        process: subprocess.Popen[bytes] | None = None,
+        threads: _Threads | None = None,
+    ) -> None:
+        self.mode = mode
+        self.cluster_file = cluster_file
+        self.pids = pids
+        self._process = process
+        self._threads = threads
+
+    @property
+    def info(self) -> ClusterInfo:
+        """The cluster file's content (read again on each access)."""
+        return read_cluster_file(self.cluster_file)
+
+    @property
+    def pid(self) -> int:
+        """The supervising process (this process in threads mode)."""
+        return self.pids[0]
+
+    @property
+    def alive(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return self._threads is not None and not self._threads.done.is_set()
+
+    @property
+    def returncode(self) -> int | None:
+        """The supervisor's exit code (process mode), None while it runs."""
+        if self._process is not None:
+            return self._process.poll()
+        return None if self.alive else 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the controller has stopped; False on timeout."""
+        if self._process is not None:
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        assert self._threads is not None
+        return self._threads.done.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every component (engines are not asked to shut down; see shutdown_request)."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            return
+        assert self._threads is not None
+        self._threads.stop()
+
+    def __enter__(self) -> ControllerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<ControllerHandle {self.mode} {self.cluster_file} pids={self.pids}>"
+
+
+def start_controller(
+    profile: str = "default",
+    cluster_id: str | None = None,
+    *,
+    mode: str = "processes",
+    db: str = "sqlite",
+    hb_period: float = 1.0,
+    hb_misses: int = 2,
+    ip: str = "127.0.0.1",
+    store_buffers: bool = True,
+    log_level: str = "warning",
+    timeout: float = _STARTUP_TIMEOUT,
+) -> ControllerHandle:
+    """Start a controller and return once its cluster file is written.
+
+    ``mode="processes"`` runs ``python -m corral.plugins.parallel.controller`` (one process
+    per component); ``mode="threads"`` runs every component as a thread of this process.
+    """
+    cluster_id = cluster_id or f"{os.getpid()}-{secrets.token_hex(4)}"
+    if mode == "threads":
+        cfg = ControllerConfig(
+            profile=profile,
+            cluster_id=cluster_id,
+            db=db,
+            store_buffers=store_buffers,
+            hb_period=hb_period,
+            hb_misses=hb_misses,
+            ip=ip,
+            log_level=log_level,
+        )
+        threads = _Threads(cfg)
+        threads.launch()
+        return ControllerHandle("threads", threads.path, [os.getpid()], threads=threads)
+    if mode != "processes":
+        raise ValueError(f"mode must be 'processes' or 'threads', not {mode!r}")
+    argv = [
+        sys.executable,
+        "-m",
+        "corral.plugins.parallel.controller",
+        "--profile",
+        profile,
+        "--cluster-id",
+        cluster_id,
+        "--db",
+        db,
+        "--hb-period",
+        repr(float(hb_period)),
+        "--hb-misses",
+        str(int(hb_misses)),
+        "--ip",
+        ip,
+        "--log-level",
+        log_level,
+    ]
+    if not store_buffers:
+        argv.append("--no-store-buffers")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                proc.kill()
+                proc.wait()
+                raise RuntimeError("the controller did not start in time")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                proc.wait()
+                raise RuntimeError(f"the controller exited with {proc.returncode} while starting")
+            line += chunk
+    proc.stdout.close()
+    ready = json.loads(line)
+    return ControllerHandle(
+        "processes", Path(ready["cluster_file"]), list(ready["pids"]), process=proc
+    )
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m corral.plugins.parallel.controller",
+        description="Run a corral cluster controller until shutdown_request or SIGTERM.",
+    )
+    parser.add_argument("--profile", default="default", help="profile name (default: default)")
+    parser.add_argument("--cluster-id", default=None, help="cluster id (default: random)")
+    parser.add_argument(
+        "--threads", action="store_true", help="run every component as a thread of one process"
+    )
+    parser.add_argument("--db", choices=("sqlite", "memory", "none"), default="sqlite")
+    parser.add_argument(
+        "--no-store-buffers", action="store_true", help="do not keep result buffers in the db"
+    )
+    parser.add_argument("--hb-period", type=float, default=1.0, help="seconds between beats")
+    parser.add_argument("--hb-misses", type=int, default=2, help="missed beats mean death")
+    parser.add_argument("--ip", default="127.0.0.1", help="interface to bind (127.0.0.1)")
+    parser.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI: run in the foreground; exit 0 after shutdown_request or SIGTERM."""
+    args = parse_args(argv)
+    _setup_logging(args.log_level)
+    kwargs: dict[str, Any] = {}
+    if args.cluster_id:
+        kwargs["cluster_id"] = args.cluster_id
+    cfg = ControllerConfig(
+        profile=args.profile,
+        db=args.db,
+        store_buffers=not args.no_store_buffers,
+        hb_period=args.hb_period,
+        hb_misses=args.hb_misses,
+        ip=args.ip,
+        log_level=args.log_level,
+        **kwargs,
+    )
+    if not args.threads:
+        return run_processes(cfg)
+    threads = _Threads(cfg)
+    threads.launch()
+    print(json.dumps({"cluster_file": str(threads.path), "pids": [os.getpid()]}), flush=True)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    done_r, done_w = os.pipe()
+    threading.Thread(
+        target=lambda: (threads.done.wait(), os.write(done_w, b"x")), daemon=True
+    ).start()
+    wait([wake_r, done_r])
+    threads.stop()
+    return 0

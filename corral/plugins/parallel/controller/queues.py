@@ -1,0 +1,871 @@
+"""The queues: mux and control (direct), the load-balancing task scheduler, broadcast.
+
+All four are one routing loop (:class:`RoutingQueue`) with a different target policy:
+
+* :class:`DirectQueue` (``mux``, ``control``): the client names the engine.
+* :class:`TaskScheduler` (``task``): the scheduler picks the live engine with the fewest
+  outstanding tasks (ties round-robin), honouring ``targets``, ``after``, ``follow``,
+  ``timeout`` and ``retries`` from the request metadata.
+* :class:`BroadcastScheduler` (``broadcast``): the same frames go to every target.
+
+The hot loop is lean by construction: frames are received with ``copy=False`` and
+forwarded as the same ``zmq.Frame`` objects (libzmq shares their memory, so a large
+buffer is never copied); only the four small JSON parts are turned into bytes to check
+the HMAC (constant time) and the replay guard, and only the header (plus metadata for the
+schedulers that need it, plus the parent header of replies) is parsed. Content and
+buffers are never looked at.
+
+State is kept for *outstanding* requests only: a reply removes its request. The task
+scheduler also remembers how the most recent tasks ended (a bounded LRU) to resolve
+``after``/``follow``; an id it has forgotten or never saw (say, a task sent through the
+mux, or one finished long ago) counts as a met dependency, the database being the record
+of older tasks.
+
+When the hub announces an engine's death, every request outstanding on it is answered
+by the queue itself with a signed ``EngineError`` reply (or, for the task scheduler,
+resubmitted while its ``retries`` allow), so no client waits forever.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from typing import Any
+
+import zmq
+
+from corral.transports.zmq import wire
+from corral.transports.zmq.session import Session
+
+from .base import (
+    NOBLOCK,
+    Component,
+    bind_random,
+    make_socket,
+    read_control,
+    recv_frames,
+    send_frames,
+)
+
+__all__ = [
+    "BroadcastScheduler",
+    "DirectQueue",
+    "Pending",
+    "RoutingQueue",
+    "TaskScheduler",
+    "make_queue",
+]
+
+log = logging.getLogger("corral.plugins.parallel.controller.queues")
+
+DELIM = wire.DELIMITER
+REQUEST = b"request"
+REPLY = b"reply"
+_NOTIFY_TOPICS = (b"registration_notification", b"unregistration_notification")
+#: At most this many messages are taken from one socket before the others get a turn.
+_BATCH = 256
+#: How many finished task outcomes the task scheduler remembers for dependencies.
+RESULTS_LRU = 65536
+#: How long a registered engine's queue connection may take to come up (EHOSTUNREACH).
+CONNECT_GRACE = 5.0
+#: How often messages held for a still-connecting engine are retried.
+_RETRY_INTERVAL = 0.005
+
+
+class Pending:
+    """An outstanding request: who asked, and its header (the parent of any reply we make)."""
+
+    __slots__ = ("client", "header")
+
+    def __init__(self, client: bytes, header: dict[str, Any]) -> None:
+        self.client = client
+        self.header = header
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _reply_type(msg_type: str) -> str:
+    if msg_type.endswith("_request"):
+        return msg_type[: -len("_request")] + "_reply"
+    return msg_type + "_reply"
+
+
+def _loads_dict(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class RoutingQueue(Component):
+    """The routing loop shared by every queue; subclasses supply the target policy.
+
+    ``client_routing`` is how many routing frames precede the delimiter on the client
+    side (2 for direct queues: client id + engine uuid; 1 otherwise).
+    """
+
+    client_routing = 1
+    #: whether the policy needs the request's metadata parsed
+    wants_metadata = False
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        key: bytes,
+        scheme: str = "hmac-sha256",
+        transport: str = "tcp",
+        ip: str = "127.0.0.1",
+        monitor_url: str,
+        notification_url: str,
+    ) -> None:
+        self.name = name
+        self.session = Session(key, scheme=scheme, username=f"corral-{name}")
+        self.signer = self.session.signer
+        self.replay = self.session.replay
+        self.transport = transport
+        self.ip = ip
+        self.monitor_url = monitor_url
+        self.notification_url = notification_url
+        #: live engines: uuid -> id, in registration order
+        self.engines: dict[bytes, int] = {}
+        #: messages for a registered engine whose connection is not up yet, in order
+        self.backlog: dict[bytes, deque[list[Any]]] = {}
+        self._backlog_deadline: dict[bytes, float] = {}
+        self.dropped = 0
+        self.monitor_dropped = 0
+
+    # -- sockets ----------------------------------------------------------------------
+
+    def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
+        self.client_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
+        self.client_sock.router_mandatory = 1
+        self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
+        self.engine_sock.router_mandatory = 1
+        self.engine_sock.router_handover = 1
+        self.monitor_sock = make_socket(ctx, zmq.PUSH)
+        self.monitor_sock.sndhwm = 100_000
+        self.monitor_sock.connect(self.monitor_url)
+        self.notify_sock = make_socket(ctx, zmq.SUB)
+        for topic in _NOTIFY_TOPICS:
+            self.notify_sock.subscribe(topic)
+        self.notify_sock.connect(self.notification_url)
+        return {
+            self.name: bind_random(self.client_sock, self.transport, self.ip),
+            f"{self.name}_engine": bind_random(self.engine_sock, self.transport, self.ip),
+        }
+
+    def close(self) -> None:
+        for sock in (self.client_sock, self.engine_sock, self.monitor_sock, self.notify_sock):
+            sock.close(linger=0)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def serve(self, control: Connection) -> None:
+        poller = zmq.Poller()
+        client, engine, notify = self.client_sock, self.engine_sock, self.notify_sock
+        for sock in (client, engine, notify):
+            poller.register(sock, zmq.POLLIN)
+        control_fd = control.fileno()
+        poller.register(control_fd, zmq.POLLIN)
+        on_request, on_reply = self.on_client_frames, self.on_engine_frames
+        try:
+            while True:
+                wait = self.next_timeout()
+                events = dict(poller.poll(None if wait is None else max(0, int(wait * 1000) + 1)))
+                if control_fd in events:
+                    messages = read_control(control)
+                    if messages is None:
+                        return
+                    for message in messages:
+                        self.configure(message)
+                if notify in events:
+                    self._drain(notify, self.on_notification)
+                if engine in events:
+                    self._drain(engine, on_reply)
+                if client in events:
+                    self._drain(client, on_request)
+                if wait is not None:
+                    now = time.monotonic()
+                    if self.backlog:
+                        self._retry_backlog(now)
+                    self.on_timer(now)
+        finally:
+            self.close()
+
+    @staticmethod
+    def _drain(sock: zmq.Socket[Any], handler: Any) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:  # one bad message must never stop a queue
+                log.exception("error while routing a message; dropped")
+
+    def next_timeout(self) -> float | None:
+        """Seconds until :meth:`on_timer` must run, or None."""
+        return _RETRY_INTERVAL if self.backlog else None
+
+    def on_timer(self, now: float) -> None:
+        """Expire whatever is due (dependency timeouts)."""
+
+    # -- checking -----------------------------------------------------------------------
+
+    def _drop(self, why: str, nframes: int) -> None:
+        self.dropped += 1
+        log.warning("%s: dropped a message of %d frames: %s", self.name, nframes, why)
+
+    def _verify(self, frames: Sequence[zmq.Frame], at: int) -> list[bytes] | None:
+        """The four JSON parts if ``frames[at]`` is the delimiter and the HMAC checks out."""
+        if len(frames) < at + 6 or frames[at].bytes != DELIM:
+            self._drop("malformed (no delimiter where expected, or too few frames)", len(frames))
+            return None
+        signature = frames[at + 1].bytes
+        parts = [frames[at + 2].bytes, frames[at + 3].bytes, frames[at + 4].bytes,
+                 frames[at + 5].bytes]  # fmt: skip
+        if self.signer.enabled:
+            if not signature or not self.signer.verify(parts, signature):
+                self._drop("bad or missing signature", len(frames))
+                return None
+            try:
+                self.replay.check(signature)
+            except wire.ReplayedMessage:
+                self._drop("replayed signature", len(frames))
+                return None
+        return parts
+
+    def on_client_frames(self, frames: list[zmq.Frame]) -> None:
+        """A request: ``[client_id, (engine_uuid,) DELIM, sig, header, parent, md, ...]``."""
+        parts = self._verify(frames, self.client_routing)
+        if parts is None:
+            return
+        header = _loads_dict(parts[0])
+        if header is None or not isinstance(header.get("msg_id"), str):
+            self._drop("header is not a JSON object with a msg_id", len(frames))
+            return
+        if not isinstance(header.get("msg_type"), str):
+            header["msg_type"] = "unknown_request"
+        metadata: dict[str, Any] | None = {}
+        if self.wants_metadata:
+            metadata = _loads_dict(parts[2])
+            if metadata is None:
+                self._drop("metadata is not a JSON object", len(frames))
+                return
+        self.route_request(frames, header, metadata)
+
+    def on_engine_frames(self, frames: list[zmq.Frame]) -> None:
+        """A reply: ``[engine_uuid, client_id, DELIM, sig, header, parent, md, content, ...]``."""
+        parts = self._verify(frames, 2)
+        if parts is None:
+            return
+        parent = _loads_dict(parts[1])
+        if parent is None or not isinstance(parent.get("msg_id"), str):
+            self._drop("reply without a parent msg_id", len(frames))
+            return
+        engine = frames[0].bytes
+        self.monitor([REPLY, *frames])
+        self.send_client(frames[1:])
+        self.record_reply(engine, parent["msg_id"], parts)
+
+    def on_notification(self, frames: list[zmq.Frame]) -> None:
+        parsed = self.session.parse([f.bytes for f in frames])
+        if parsed is None:
+            return
+        msg = parsed[1]
+        content = msg["content"]
+        uuid, eid = content.get("uuid"), content.get("id")
+        if not isinstance(uuid, str) or not isinstance(eid, int):
+            return
+        engine = uuid.encode("utf-8")
+        if msg["msg_type"] == "registration_notification":
+            self.engines[engine] = eid
+            self.engine_added(engine, eid)
+        elif msg["msg_type"] == "unregistration_notification" and engine in self.engines:
+            self.drop_backlog(engine)
+            self.engine_removed(engine, eid)
+            del self.engines[engine]
+
+    # -- sending ------------------------------------------------------------------------
+
+    def monitor(self, frames: list[Any]) -> None:
+        """A copy for the hub; dropped (and counted) rather than ever blocking the queue.
+
+        Request copies stop after the content frame: the database keeps result buffers,
+        not arguments, and every frame costs the hub a receive.
+        """
+        try:
+            send_frames(self.monitor_sock, frames, NOBLOCK)
+        except zmq.Again:
+            self.monitor_dropped += 1
+
+    def send_client(self, frames: list[Any]) -> None:
+        try:
+            send_frames(self.client_sock, frames)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            # The client is gone; its result is in the task database.
+            log.info("%s: client %r gone, reply not delivered", self.name, frames[0])
+
+    def send_engine(self, engine: bytes, client: Any, rest: Sequence[Any]) -> None:
+        """``[engine, client, DELIM, ...]`` to a registered engine.
+
+        An engine connects its queue sockets before it registers, but the connection may
+        still be completing when its first task comes (EHOSTUNREACH): such messages are
+        held, in order, and retried until :data:`CONNECT_GRACE` runs out.
+        """
+        frames = [engine, client, *rest]
+        held = self.backlog.get(engine)
+        if held is not None:
+            held.append(frames)
+            return
+        try:
+            send_frames(self.engine_sock, frames)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.backlog[engine] = deque([frames])
+            self._backlog_deadline[engine] = time.monotonic() + CONNECT_GRACE
+
+    def _retry_backlog(self, now: float) -> None:
+        for engine, held in list(self.backlog.items()):
+            while held:
+                try:
+                    send_frames(self.engine_sock, held[0])
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    break
+                held.popleft()
+            if not held or now > self._backlog_deadline[engine]:
+                del self.backlog[engine]
+                del self._backlog_deadline[engine]
+                for frames in held:
+                    header = _loads_dict(bytes(frames[4])) or {}
+                    log.warning("%s: engine %r never connected", self.name, engine)
+                    self.undeliverable(engine, str(header.get("msg_id")))
+
+    def drop_backlog(self, engine: bytes) -> None:
+        """Forget held messages of an engine that left (its requests are answered anyway)."""
+        self.backlog.pop(engine, None)
+        self._backlog_deadline.pop(engine, None)
+
+    def error_reply(
+        self, client: bytes, header: dict[str, Any], engine: bytes, ename: str, evalue: str
+    ) -> None:
+        """Answer a request ourselves, signed, as if the engine had failed it."""
+        engine_id = self.engines.get(engine)
+        engine_uuid = engine.decode("utf-8", "replace")
+        msg_type = str(header.get("msg_type", "unknown_request"))
+        content = {
+            "status": "error",
+            "ename": ename,
+            "evalue": evalue,
+            "traceback": [f"{ename}: {evalue}"],
+            "engine_info": {
+                "engine_id": engine_id,
+                "engine_uuid": engine_uuid,
+                "method": msg_type.removesuffix("_request"),
+            },
+        }
+        metadata = {
+            "engine_id": engine_id,
+            "engine_uuid": engine_uuid,
+            "started": None,
+            "completed": _now_iso(),
+            "status": "error",
+        }
+        msg = self.session.msg(_reply_type(msg_type), content, parent=header, metadata=metadata)
+        frames = wire.serialize(msg, self.signer, [client])
+        self.monitor([REPLY, engine, *frames])
+        self.send_client(frames)
+
+    # -- the policy -----------------------------------------------------------------------
+
+    def route_request(
+        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
+        raise NotImplementedError
+
+    def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
+        """Forget the request ``msg_id`` answered by ``engine``."""
+        raise NotImplementedError
+
+    def engine_added(self, engine: bytes, eid: int) -> None:
+        """A new engine registered."""
+
+    def engine_removed(self, engine: bytes, eid: int) -> None:
+        """An engine died or left: answer what it still owed."""
+        raise NotImplementedError
+
+    def undeliverable(self, engine: bytes, msg_id: str) -> None:
+        """The request ``msg_id`` could not reach ``engine``: answer it with an error."""
+        raise NotImplementedError
+
+    def outstanding_count(self) -> int:
+        """How many requests await a reply (0 once everything is answered)."""
+        raise NotImplementedError
+
+
+class DirectQueue(RoutingQueue):
+    """mux and control: the client names the engine in its first routing frame."""
+
+    client_routing = 2
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.outstanding: dict[bytes, dict[str, Pending]] = {}
+        self.dead: set[bytes] = set()
+
+    def route_request(
+        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
+        client, engine_frame = frames[0], frames[1]
+        engine = engine_frame.bytes
+        msg_id = header["msg_id"]
+        self.monitor([REQUEST, engine_frame, client, *frames[2:8]])
+        if engine in self.engines:
+            self.outstanding[engine][msg_id] = Pending(client.bytes, header)
+            self.send_engine(engine_frame, client, frames[2:])
+            return
+        if engine not in self.dead:
+            # Not announced to us yet, but an engine connects before it registers: if the
+            # uuid is connected, the hub's notification is merely still on its way.
+            try:
+                send_frames(self.engine_sock, [engine_frame, client, *frames[2:]])
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+            else:
+                self.outstanding.setdefault(engine, {})[msg_id] = Pending(client.bytes, header)
+                return
+        self.error_reply(client.bytes, header, engine, "EngineError", "no such engine")
+
+    def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
+        table = self.outstanding.get(engine)
+        if table is not None:
+            table.pop(msg_id, None)
+
+    def engine_added(self, engine: bytes, eid: int) -> None:
+        self.outstanding.setdefault(engine, {})
+        self.dead.discard(engine)
+
+    def engine_removed(self, engine: bytes, eid: int) -> None:
+        self.dead.add(engine)
+        owed = self.outstanding.pop(engine, {})
+        for pending in owed.values():
+            self.error_reply(
+                pending.client, pending.header, engine, "EngineError", f"engine {eid} died"
+            )
+
+    def undeliverable(self, engine: bytes, msg_id: str) -> None:
+        pending = self.outstanding.get(engine, {}).pop(msg_id, None)
+        if pending is not None:
+            self.error_reply(
+                pending.client, pending.header, engine, "EngineError", "engine not connected"
+            )
+
+    def outstanding_count(self) -> int:
+        return sum(len(t) for t in self.outstanding.values())
+
+
+class BroadcastScheduler(RoutingQueue):
+    """One request, many engines: the same frames (zero-copy) to each target."""
+
+    wants_metadata = True
+
+    def __init__(self, name: str = "broadcast", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.outstanding: dict[bytes, dict[str, Pending]] = {}
+
+    def route_request(
+        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
+        client = frames[0]
+        client_id = client.bytes
+        rest = frames[1:]
+        targets = metadata.get("targets")
+        by_id = {eid: uuid for uuid, eid in self.engines.items()}
+        if targets is None:
+            chosen: list[tuple[int, bytes | None]] = [(e, u) for u, e in self.engines.items()]
+        elif isinstance(targets, list):
+            chosen = [(t, by_id.get(t)) for t in targets if isinstance(t, int)]
+        else:
+            chosen = []
+        if not chosen:
+            self.monitor([REQUEST, b"", client, *rest[:6]])
+            self.error_reply(client_id, header, b"", "EngineError", "no target engines")
+            return
+        msg_id = header["msg_id"]
+        for eid, engine in chosen:
+            if engine is None:
+                self.monitor([REQUEST, b"", client, *rest[:6]])
+                self.error_reply(client_id, header, b"", "EngineError", f"no engine {eid}")
+                continue
+            self.monitor([REQUEST, engine, client, *rest[:6]])
+            self.outstanding.setdefault(engine, {})[msg_id] = Pending(client_id, header)
+            self.send_engine(engine, client, rest)
+
+    def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
+        table = self.outstanding.get(engine)
+        if table is not None:
+            table.pop(msg_id, None)
+            if not table:
+                del self.outstanding[engine]
+
+    def engine_removed(self, engine: bytes, eid: int) -> None:
+        for pending in self.outstanding.pop(engine, {}).values():
+            self.error_reply(
+                pending.client, pending.header, engine, "EngineError", f"engine {eid} died"
+            )
+
+    def undeliverable(self, engine: bytes, msg_id: str) -> None:
+        pending = self.outstanding.get(engine, {}).pop(msg_id, None)
+        if pending is not None:
+            self.error_reply(
+                pending.client, pending.header, engine, "EngineError", "engine not connected"
+            )
+
+    def outstanding_count(self) -> int:
+        return sum(len(t) for t in self.outstanding.values())
+
+
+# ------------------------------------------------------------------ load balancing
+
+_WAITING, _HELD, _RUNNING, _DONE = range(4)
+
+
+class Job:
+    """A load-balanced task the scheduler still owes an answer for."""
+
+    __slots__ = (
+        "msg_id",
+        "client",
+        "header",
+        "frames",
+        "targets",
+        "after",
+        "follow",
+        "retries",
+        "deadline",
+        "engine",
+        "unmet",
+        "state",
+    )
+
+    def __init__(
+        self,
+        msg_id: str,
+        client: bytes,
+        header: dict[str, Any],
+        frames: list[zmq.Frame],
+        targets: frozenset[int] | None,
+        after: list[str],
+        follow: list[str],
+        retries: int,
+        deadline: float | None,
+    ) -> None:
+        self.msg_id = msg_id
+        self.client = client
+        self.header = header
+        self.frames = frames  # [client, DELIM, ...]: kept for dispatch and resubmission
+        self.targets = targets
+        self.after = after
+        self.follow = follow
+        self.retries = retries
+        self.deadline = deadline
+        self.engine: bytes | None = None
+        self.unmet = 0
+        self.state = _WAITING
+
+
+def _id_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+class TaskScheduler(RoutingQueue):
+    """Load balancing: least outstanding tasks among eligible live engines, ties round-robin.
+
+    A task waits (``_WAITING``) until its ``after``/``follow`` dependencies are met, then is
+    dispatched, or held (``_HELD``) while no eligible engine is alive. ``timeout`` bounds
+    both waits.
+    """
+
+    wants_metadata = True
+
+    def __init__(self, name: str = "task", *, results_lru: int = RESULTS_LRU, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.order: list[bytes] = []  # live engines, registration order
+        self.load: dict[bytes, int] = {}
+        self.jobs: dict[str, Job] = {}  # every task not yet answered, in any state
+        self.blocked: dict[str, list[Job]] = {}  # dependency msg_id -> jobs waiting on it
+        self.held: deque[Job] = deque()
+        self.results: OrderedDict[str, tuple[bool, bytes | None]] = OrderedDict()
+        self.results_lru = results_lru
+        self.dead_ids: set[int] = set()
+        self._timers: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._rr = 0
+
+    # -- arrival -----------------------------------------------------------------------
+
+    def route_request(
+        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
+        client = frames[0]
+        client_id = client.bytes
+        msg_id = header["msg_id"]
+        if msg_id in self.jobs:
+            self.error_reply(client_id, header, b"", "ValueError", "duplicate msg_id")
+            return
+        targets_md = metadata.get("targets")
+        targets = (
+            frozenset(t for t in targets_md if isinstance(t, int))
+            if isinstance(targets_md, list)
+            else None
+        )
+        retries = metadata.get("retries") or 0
+        timeout = metadata.get("timeout")
+        deadline = None
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout >= 0:
+            deadline = time.monotonic() + timeout
+        job = Job(
+            msg_id,
+            client_id,
+            header,
+            frames,
+            targets,
+            _id_list(metadata.get("after")),
+            _id_list(metadata.get("follow")),
+            retries if isinstance(retries, int) and retries > 0 else 0,
+            deadline,
+        )
+        self.jobs[msg_id] = job
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, next(self._seq), job))
+        # Fast path: no dependencies, an engine to run it: straight through.
+        if not job.after and not job.follow:
+            engine = self._choose(job)
+            if engine is not None:
+                self.monitor([REQUEST, engine, client, *frames[1:7]])
+                self._dispatch(job, engine)
+                return
+        self.monitor([REQUEST, b"", client, *frames[1:7]])
+        failed = self._dependency_failure(job)
+        if failed:
+            self._fail(job, "UnmetDependency", failed)
+            return
+        for dep in (*job.after, *job.follow):
+            other = self.jobs.get(dep)
+            if other is not None and other is not job:
+                self.blocked.setdefault(dep, []).append(job)
+                job.unmet += 1
+        if job.unmet == 0:
+            self._ready(job)
+
+    def _dependency_failure(self, job: Job) -> str | None:
+        """Why ``job`` can never run, judging by the outcomes already known; else None."""
+        for dep in (*job.after, *job.follow):
+            outcome = self.results.get(dep)
+            if outcome is not None and not outcome[0]:
+                return f"dependency {dep} failed"
+        if job.targets is not None and job.targets and job.targets <= self.dead_ids:
+            return "every target engine is dead"
+        return None
+
+    def _location(self, job: Job) -> tuple[bool, bytes | None]:
+        """``(possible, engine)``: where ``follow`` pins the job (None: anywhere)."""
+        where: bytes | None = None
+        for dep in job.follow:
+            outcome = self.results.get(dep)
+            if outcome is None or outcome[1] is None:
+                continue  # forgotten or never seen: no constraint
+            if where is not None and outcome[1] != where:
+                return False, None
+            where = outcome[1]
+        if where is not None and where not in self.load:
+            return False, None
+        return True, where
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def _choose(self, job: Job, pinned: bytes | None = None) -> bytes | None:
+        order = self.order
+        n = len(order)
+        if pinned is not None:
+            if job.targets is not None and self.engines.get(pinned) not in job.targets:
+                return None
+            return pinned
+        if not n:
+            return None
+        best: bytes | None = None
+        best_load = -1
+        best_index = 0
+        start = self._rr % n
+        targets = job.targets
+        load = self.load
+        for i in range(n):
+            index = (start + i) % n
+            engine = order[index]
+            if targets is not None and self.engines[engine] not in targets:
+                continue
+            current = load[engine]
+            if best is None or current < best_load:
+                best, best_load, best_index = engine, current, index
+                if current == 0:
+                    break
+        if best is not None:
+            self._rr = best_index + 1
+        return best
+
+    def _dispatch(self, job: Job, engine: bytes) -> None:
+        job.engine = engine
+        job.state = _RUNNING
+        self.load[engine] += 1
+        frames = job.frames
+        self.send_engine(engine, frames[0], frames[1:])
+
+    def undeliverable(self, engine: bytes, msg_id: str) -> None:
+        job = self.jobs.get(msg_id)
+        if job is not None and job.state == _RUNNING and job.engine == engine:
+            self.load[engine] -= 1
+            self._fail(job, "EngineError", "engine not connected", engine)
+
+    def _ready(self, job: Job) -> None:
+        """Dependencies met: dispatch now, or hold until an eligible engine is alive."""
+        possible, pinned = self._location(job)
+        if not possible:
+            self._fail(job, "UnmetDependency", "follow dependencies cannot be met")
+            return
+        engine = self._choose(job, pinned)
+        if engine is None:
+            job.state = _HELD
+            self.held.append(job)
+            return
+        self._dispatch(job, engine)
+
+    # -- completion ----------------------------------------------------------------------
+
+    def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
+        job = self.jobs.get(msg_id)
+        if job is None or job.engine != engine:
+            return
+        metadata = _loads_dict(parts[2]) or {}
+        ok = metadata.get("status", "ok") == "ok"
+        self.load[engine] -= 1
+        self._finish(job, ok, engine)
+
+    def _finish(self, job: Job, ok: bool, engine: bytes | None) -> None:
+        """Forget ``job``, remember its outcome, and wake (or fail) what waited on it."""
+        work = [(job, ok, engine)]
+        while work:
+            done, success, where = work.pop()
+            done.state = _DONE
+            self.jobs.pop(done.msg_id, None)
+            done.frames = []
+            self._remember(done.msg_id, success, where)
+            for waiter in self.blocked.pop(done.msg_id, ()):
+                if waiter.state != _WAITING:
+                    continue
+                if not success:
+                    self._error(waiter, "UnmetDependency", f"dependency {done.msg_id} failed")
+                    work.append((waiter, False, None))
+                    continue
+                waiter.unmet -= 1
+                if waiter.unmet == 0:
+                    self._ready(waiter)
+
+    def _remember(self, msg_id: str, ok: bool, engine: bytes | None) -> None:
+        results = self.results
+        results[msg_id] = (ok, engine)
+        if len(results) > self.results_lru:
+            results.popitem(last=False)
+
+    def _error(self, job: Job, ename: str, evalue: str, engine: bytes | None = None) -> None:
+        self.error_reply(job.client, job.header, engine or b"", ename, evalue)
+
+    def _fail(self, job: Job, ename: str, evalue: str, engine: bytes | None = None) -> None:
+        self._error(job, ename, evalue, engine)
+        self._finish(job, False, None)
+
+    # -- engines and time ----------------------------------------------------------------
+
+    def engine_added(self, engine: bytes, eid: int) -> None:
+        if engine not in self.load:
+            self.order.append(engine)
+            self.load[engine] = 0
+        self.dead_ids.discard(eid)
+        held, self.held = self.held, deque()
+        for job in held:
+            if job.state == _HELD:
+                job.state = _WAITING
+                self._ready(job)
+
+    def engine_removed(self, engine: bytes, eid: int) -> None:
+        if engine in self.load:
+            self.order.remove(engine)
+            del self.load[engine]
+        self.dead_ids.add(eid)
+        for job in [j for j in self.jobs.values() if j.state == _RUNNING and j.engine == engine]:
+            if job.retries > 0:
+                job.retries -= 1
+                job.engine = None
+                job.state = _WAITING
+                log.info("task %s resubmitted after engine %d died", job.msg_id, eid)
+                self._ready(job)
+            else:
+                self._fail(job, "EngineError", f"engine {eid} died", engine)
+        for job in list(self.held):
+            if job.state == _HELD and self._dependency_failure(job):
+                self._fail(job, "EngineError", "every target engine is dead")
+        self.held = deque(j for j in self.held if j.state == _HELD)
+
+    def next_timeout(self) -> float | None:
+        timers = self._timers
+        while timers and timers[0][2].state in (_RUNNING, _DONE):
+            heapq.heappop(timers)
+        retry = super().next_timeout()
+        if not timers:
+            return retry
+        due = max(0.0, timers[0][0] - time.monotonic())
+        return due if retry is None else min(due, retry)
+
+    def on_timer(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, job = heapq.heappop(timers)
+            if job.state in (_WAITING, _HELD):
+                self._fail(job, "DependencyTimeout", "dependencies not met in time")
+        if self.held and any(j.state != _HELD for j in self.held):
+            self.held = deque(j for j in self.held if j.state == _HELD)
+
+    def outstanding_count(self) -> int:
+        return len(self.jobs)
+
+
+def make_queue(name: str, **kwargs: Any) -> RoutingQueue:
+    """The queue component named ``name``: mux, control, task or broadcast."""
+    if name in ("mux", "control"):
+        return DirectQueue(name, **kwargs)
+    if name == "task":
+        return TaskScheduler(**kwargs)
+    if name == "broadcast":
+        return BroadcastScheduler(**kwargs)
+    raise ValueError(f"no queue named {name!r}")

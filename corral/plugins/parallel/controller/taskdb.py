@@ -1,0 +1,567 @@
+"""The task database: one record per task, written off the hub's hot path.
+
+Task state lives here, not in Python dicts, so a controller that has run a million tasks
+holds no more memory than one that has run ten. Three backends share one interface:
+
+``sqlite`` (default)
+    a file, ``<profile>/db/tasks-<cluster_id>.sqlite`` in WAL mode.
+``memory``
+    the same schema in an SQLite ``:memory:`` database: nothing on disk, compact rows.
+``none``
+    stores nothing; every lookup answers "unknown".
+
+Writes are queued and applied by one writer thread in batches (``executemany`` every
+``flush_interval`` seconds or ``batch_size`` operations), so the hub's loop pays one
+``SimpleQueue.put`` per write. Queries go through the same thread: they first apply every
+write queued before them, so a query always sees what the hub has already recorded.
+
+Records are keyed by ``(msg_id, engine_uuid)``: a broadcast request becomes one record per
+target engine. A load-balanced request recorded before its engine was chosen has
+``engine_uuid == ""`` until its reply claims it.
+
+Fields of a record (also the names queries may use):
+
+``msg_id, client_id, engine_uuid, engine_id, msg_type, header, metadata, submitted,
+started, completed, received, result_status, result_header, result_metadata,
+result_content, stdout, stderr, buffer_count`` and ``result_buffers`` (a list of bytes).
+
+``header``, ``metadata`` and the ``result_*`` dicts are JSON in the database and dicts in
+records. Times are the ISO 8601 strings the messages carry (``submitted``: the request
+header's date; ``started``/``completed``: the engine's reply metadata; ``received``: when
+the hub recorded the reply).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FIELDS",
+    "MemoryTaskDB",
+    "NoTaskDB",
+    "SQLiteTaskDB",
+    "TaskDB",
+    "open_taskdb",
+    "pack_buffers",
+    "unpack_buffers",
+]
+
+log = logging.getLogger("corral.plugins.parallel.controller.taskdb")
+
+FIELDS = (
+    "msg_id",
+    "client_id",
+    "engine_uuid",
+    "engine_id",
+    "msg_type",
+    "header",
+    "metadata",
+    "submitted",
+    "started",
+    "completed",
+    "received",
+    "result_status",
+    "result_header",
+    "result_metadata",
+    "result_content",
+    "stdout",
+    "stderr",
+    "buffer_count",
+    "result_buffers",
+)
+_JSON_FIELDS = frozenset(
+    {"header", "metadata", "result_header", "result_metadata", "result_content"}
+)
+_DEFAULT_KEYS = tuple(f for f in FIELDS if f != "result_buffers")
+_OPERATORS = {"$lt": "<", "$gt": ">", "$ne": "IS NOT"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    rowid INTEGER PRIMARY KEY,
+    msg_id TEXT NOT NULL,
+    client_id TEXT,
+    engine_uuid TEXT NOT NULL DEFAULT '',
+    engine_id INTEGER,
+    msg_type TEXT,
+    header TEXT,
+    metadata TEXT,
+    submitted TEXT,
+    started TEXT,
+    completed TEXT,
+    received TEXT,
+    result_status TEXT,
+    result_header TEXT,
+    result_metadata TEXT,
+    result_content TEXT,
+    stdout TEXT,
+    stderr TEXT,
+    buffer_count INTEGER NOT NULL DEFAULT 0,
+    result_buffers BLOB,
+    UNIQUE (msg_id, engine_uuid)
+);
+CREATE INDEX IF NOT EXISTS tasks_msg_id ON tasks (msg_id);
+CREATE INDEX IF NOT EXISTS tasks_unanswered ON tasks (engine_uuid) WHERE result_status IS NULL;
+"""
+
+_INSERT_REQUEST = (
+    "INSERT OR IGNORE INTO tasks (msg_id, client_id, engine_uuid, engine_id, msg_type, "
+    "header, metadata, submitted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A dead engine's unanswered tasks become unassigned, for a retry or an error to claim.
+_ENGINE_LOST = (
+    "UPDATE OR IGNORE tasks SET engine_uuid = '' WHERE engine_uuid = ? AND result_status IS NULL"
+)
+# A reply first claims a request recorded before its engine was chosen, then upserts.
+_CLAIM = "UPDATE OR IGNORE tasks SET engine_uuid = ? WHERE msg_id = ? AND engine_uuid = ''"
+_UPSERT_REPLY = (
+    "INSERT INTO tasks (msg_id, engine_uuid, client_id, engine_id, started, completed, "
+    "received, result_status, result_header, result_metadata, result_content, buffer_count, "
+    "result_buffers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (msg_id, engine_uuid) DO UPDATE SET engine_id = excluded.engine_id, "
+    "started = excluded.started, completed = excluded.completed, received = excluded.received, "
+    "result_status = excluded.result_status, result_header = excluded.result_header, "
+    "result_metadata = excluded.result_metadata, result_content = excluded.result_content, "
+    "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers"
+)
+_APPEND_OUTPUT = {
+    name: f"UPDATE tasks SET {name} = coalesce({name}, '') || ? "
+    "WHERE msg_id = ? AND (engine_id IS NULL OR ? IS NULL OR engine_id = ?)"
+    for name in ("stdout", "stderr")
+}
+
+
+def pack_buffers(buffers: Sequence[Any]) -> bytes | None:
+    """Buffers as one BLOB: a count, the lengths, then the bytes (None when empty)."""
+    if not buffers:
+        return None
+    views = [memoryview(b).cast("B") for b in buffers]
+    head = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
+    return b"".join([head, *views])
+
+
+def unpack_buffers(blob: bytes | None) -> list[bytes]:
+    """The buffers packed by :func:`pack_buffers`, byte-identical."""
+    if not blob:
+        return []
+    view = memoryview(blob)
+    (count,) = struct.unpack_from("<I", view)
+    lengths = struct.unpack_from(f"<{count}Q", view, 4)
+    out = []
+    pos = 4 + 8 * count
+    for n in lengths:
+        out.append(bytes(view[pos : pos + n]))
+        pos += n
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class TaskDB:
+    """The interface every backend implements; the base class stores nothing (``none``)."""
+
+    kind = "none"
+
+    def add_request(
+        self,
+        msg_id: str,
+        client_id: str,
+        engine_uuid: str,
+        engine_id: int | None,
+        msg_type: str,
+        header: str,
+        metadata: str,
+        submitted: str | None,
+    ) -> None:
+        """Record a request; ``header``/``metadata`` are the JSON text off the wire."""
+
+    def add_reply(
+        self,
+        msg_id: str,
+        client_id: str,
+        engine_uuid: str,
+        engine_id: int | None,
+        started: str | None,
+        completed: str | None,
+        result_status: str | None,
+        result_header: str,
+        result_metadata: str,
+        result_content: str,
+        buffers: Sequence[Any] = (),
+    ) -> None:
+        """Record the reply to ``msg_id`` from ``engine_uuid``."""
+
+    def append_output(self, msg_id: str, name: str, text: str, engine_id: int | None) -> None:
+        """Append captured ``stdout``/``stderr`` text to a task's record."""
+
+    def engine_lost(self, engine_uuid: str) -> None:
+        """``engine_uuid`` died: its unanswered tasks may be answered by another engine."""
+
+    def get(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``{msg_id: record}`` for the ids found (a broadcast's first record)."""
+        return {}
+
+    def find(
+        self, query: dict[str, Any], keys: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Records matching ``query`` (``{field: value | {"$in"|"$lt"|"$gt"|"$ne": v}}``)."""
+        _where(query)
+        _select_keys(keys)
+        return []
+
+    def purge(self, msg_ids: Sequence[str] | str) -> int:
+        """Forget completed tasks (``"all"`` or a list of ids); returns how many records."""
+        return 0
+
+    def flush(self) -> None:
+        """Wait until every write queued so far is applied."""
+
+    def close(self) -> None:
+        """Apply pending writes and release the database."""
+
+
+NoTaskDB = TaskDB
+
+
+def _select_keys(keys: Sequence[str] | None) -> tuple[str, ...]:
+    if keys is None or len(keys) == 0:
+        return _DEFAULT_KEYS
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise ValueError("keys must be a list of field names")
+    unknown = [k for k in keys if k not in FIELDS]
+    if unknown:
+        raise ValueError(f"unknown record field(s) {unknown}; known: {list(FIELDS)}")
+    out = tuple(dict.fromkeys(["msg_id", *keys]))
+    return out
+
+
+def _where(query: dict[str, Any]) -> tuple[str, list[Any]]:
+    """SQL for a query dict; field names are checked against :data:`FIELDS`, values bound."""
+    if not isinstance(query, dict):
+        raise ValueError("query must be an object {field: condition}")
+    clauses: list[str] = []
+    params: list[Any] = []
+    for field, cond in query.items():
+        if field not in FIELDS or field in _JSON_FIELDS or field == "result_buffers":
+            raise ValueError(f"cannot query on field {field!r}")
+        if isinstance(cond, dict):
+            if not cond:
+                raise ValueError(f"empty condition for {field!r}")
+            for op, value in cond.items():
+                if op == "$in":
+                    if not isinstance(value, list) or not all(
+                        isinstance(v, (str, int, float)) or v is None for v in value
+                    ):
+                        raise ValueError("$in takes a list of scalars")
+                    if not value:
+                        clauses.append("0")
+                    else:
+                        clauses.append(f"{field} IN ({','.join('?' * len(value))})")
+                        params.extend(value)
+                elif op in _OPERATORS:
+                    _check_scalar(value)
+                    clauses.append(f"{field} {_OPERATORS[op]} ?")
+                    params.append(value)
+                else:
+                    raise ValueError(f"unknown operator {op!r}; use $in, $lt, $gt or $ne")
+        else:
+            _check_scalar(cond)
+            clauses.append(f"{field} IS ?")
+            params.append(cond)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def _check_scalar(value: Any) -> None:
+    if not (value is None or isinstance(value, (str, int, float))) or isinstance(value, bool):
+        raise ValueError(f"query values are strings, numbers or null, not {value!r:.40}")
+
+
+def _row_to_record(keys: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    for key, value in zip(keys, row, strict=True):
+        if key in _JSON_FIELDS:
+            rec[key] = json.loads(value) if value else None
+        elif key == "result_buffers":
+            rec[key] = unpack_buffers(value)
+        else:
+            rec[key] = value
+    return rec
+
+
+class _Op:
+    """A query handed to the writer thread, with the future its caller waits on."""
+
+    __slots__ = ("fn", "args", "future")
+
+    def __init__(self, fn: Any, args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.future: Future[Any] = Future()
+
+
+_STOP = object()
+
+
+class SQLiteTaskDB(TaskDB):
+    """SQLite behind one writer thread; ``path=":memory:"`` keeps it in memory."""
+
+    kind = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        store_buffers: bool = True,
+        flush_interval: float = 0.05,
+        batch_size: int = 500,
+    ) -> None:
+        self.path = str(path)
+        self.store_buffers = store_buffers
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, name="corral-taskdb-writer", daemon=True)
+        self._thread.start()
+        self._ready.result()  # re-raises a failure to open the database here
+
+    # -- hub side: one queue put per write ------------------------------------------
+
+    def add_request(
+        self,
+        msg_id: str,
+        client_id: str,
+        engine_uuid: str,
+        engine_id: int | None,
+        msg_type: str,
+        header: str,
+        metadata: str,
+        submitted: str | None,
+    ) -> None:
+        self._queue.put(
+            (0, (msg_id, client_id, engine_uuid, engine_id, msg_type, header, metadata, submitted))
+        )
+
+    def add_reply(
+        self,
+        msg_id: str,
+        client_id: str,
+        engine_uuid: str,
+        engine_id: int | None,
+        started: str | None,
+        completed: str | None,
+        result_status: str | None,
+        result_header: str,
+        result_metadata: str,
+        result_content: str,
+        buffers: Sequence[Any] = (),
+    ) -> None:
+        # Packing (a copy) happens on the writer thread; the views keep the frames alive.
+        kept = list(buffers) if self.store_buffers else []
+        self._queue.put(
+            (
+                1,
+                (
+                    msg_id,
+                    engine_uuid,
+                    client_id,
+                    engine_id,
+                    started,
+                    completed,
+                    _now(),
+                    result_status,
+                    result_header,
+                    result_metadata,
+                    result_content,
+                    len(kept),
+                    kept,
+                ),
+            )
+        )
+
+    def append_output(self, msg_id: str, name: str, text: str, engine_id: int | None) -> None:
+        if name in _APPEND_OUTPUT:
+            self._queue.put((2, (name, (text, msg_id, engine_id, engine_id))))
+
+    def engine_lost(self, engine_uuid: str) -> None:
+        self._queue.put((3, (engine_uuid,)))
+
+    # -- queries: run on the writer thread after the writes queued before them ------
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        if not self._thread.is_alive():
+            raise RuntimeError("the task database is closed")
+        op = _Op(fn, args)
+        self._queue.put(op)
+        return op.future.result()
+
+    def get(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        ids = [m for m in msg_ids if isinstance(m, str)]
+        return self._call(self._get, ids) if ids else {}
+
+    def find(
+        self, query: dict[str, Any], keys: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = _where(query)
+        cols = _select_keys(keys)
+        return self._call(self._find, where, params, cols)
+
+    def purge(self, msg_ids: Sequence[str] | str) -> int:
+        if msg_ids == "all":
+            return self._call(self._purge_all)
+        if isinstance(msg_ids, str) or not all(isinstance(m, str) for m in msg_ids):
+            raise ValueError('msg_ids must be a list of ids or "all"')
+        return self._call(self._purge, list(msg_ids))
+
+    def flush(self) -> None:
+        self._call(lambda: None)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    # -- the writer thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            if self.path != ":memory:":
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except Exception as exc:
+            self._ready.set_exception(exc)
+            return
+        self._db = db
+        self._ready.set_result(None)
+        pending: list[Any] = []
+        deadline = 0.0
+        get = self._queue.get
+        try:
+            while True:
+                timeout = None if not pending else max(0.0, deadline - time.monotonic())
+                try:
+                    item = get(timeout=timeout)
+                except queue.Empty:
+                    self._apply(pending)
+                    continue
+                if item is _STOP:
+                    break
+                if isinstance(item, _Op):
+                    self._apply(pending)
+                    try:
+                        item.future.set_result(item.fn(*item.args))
+                    except Exception as exc:  # a bad query must not stop the writer
+                        item.future.set_exception(exc)
+                    continue
+                if not pending:
+                    deadline = time.monotonic() + self.flush_interval
+                pending.append(item)
+                if len(pending) >= self.batch_size:
+                    self._apply(pending)
+        finally:
+            self._apply(pending)
+            # Queries that raced with close() must not hang their callers.
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Op):
+                    item.future.set_exception(RuntimeError("the task database is closed"))
+            db.close()
+
+    def _apply(self, pending: list[Any]) -> None:
+        """Write a batch: requests, then replies, then output (the order they happen in)."""
+        if not pending:
+            return
+        requests = [args for kind, args in pending if kind == 0]
+        replies = [args for kind, args in pending if kind == 1]
+        outputs = [args for kind, args in pending if kind == 2]
+        lost = [args for kind, args in pending if kind == 3]
+        pending.clear()
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            if requests:
+                db.executemany(_INSERT_REQUEST, requests)
+            if lost:
+                db.executemany(_ENGINE_LOST, lost)
+            if replies:
+                db.executemany(_CLAIM, [(r[1], r[0]) for r in replies])
+                db.executemany(_UPSERT_REPLY, [(*r[:-1], pack_buffers(r[-1])) for r in replies])
+            for name, args in outputs:
+                db.execute(_APPEND_OUTPUT[name], args)
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            log.exception("task database write failed; a batch of records is lost")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+
+    def _get(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        cols = FIELDS
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = (
+                f"SELECT {', '.join(cols)} FROM tasks WHERE msg_id IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY rowid"
+            )
+            for row in self._db.execute(sql, chunk):
+                if row[0] not in out:
+                    out[row[0]] = _row_to_record(cols, row)
+        return out
+
+    def _find(self, where: str, params: list[Any], cols: Sequence[str]) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(cols)} FROM tasks WHERE {where} ORDER BY rowid"
+        return [_row_to_record(cols, row) for row in self._db.execute(sql, params)]
+
+    def _purge_all(self) -> int:
+        return self._db.execute("DELETE FROM tasks WHERE result_status IS NOT NULL").rowcount
+
+    def _purge(self, ids: list[str]) -> int:
+        total = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = (
+                "DELETE FROM tasks WHERE result_status IS NOT NULL AND msg_id IN "
+                f"({','.join('?' * len(chunk))})"
+            )
+            total += self._db.execute(sql, chunk).rowcount
+        return total
+
+
+class MemoryTaskDB(SQLiteTaskDB):
+    """The SQLite schema in memory: no file, rows stored compactly by SQLite, not as dicts."""
+
+    kind = "memory"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(":memory:", **kwargs)
+
+
+def open_taskdb(kind: str, path: str | Path | None = None, **kwargs: Any) -> TaskDB:
+    """The backend named ``kind`` (``sqlite`` needs ``path``)."""
+    if kind == "sqlite":
+        if path is None:
+            raise ValueError("the sqlite task database needs a path")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SQLiteTaskDB(path, **kwargs)
+    if kind == "memory":
+        return MemoryTaskDB(**kwargs)
+    if kind == "none":
+        return TaskDB()
+    raise ValueError(f"unknown task database {kind!r}; use sqlite, memory or none")

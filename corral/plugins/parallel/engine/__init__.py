@@ -1,0 +1,13 @@
+"""The cluster engine: an interpreter serving tasks from the controller's queues.
+
+``python -m corral.plugins.parallel.engine --file CLUSTER_FILE`` runs one engine until the
+controller shuts it down (see :mod:`.engine` for the lifecycle and
+``docs/parallel-protocol.md`` for the messages). Importing this package is cheap: the
+interpreter and the serializer are imported while the engine waits for its registration.
+"""
+
+from __future__ import annotations
+
+from .engine import Engine, EngineError, load_cluster_file
+
+__all__ = ["Engine", "EngineError", "load_cluster_file"]

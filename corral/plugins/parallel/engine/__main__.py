@@ -1,0 +1,68 @@
+"""``python -m corral.plugins.parallel.engine --file CLUSTER_FILE [--log-level LEVEL]``.
+
+Runs one engine until a shutdown request (exit status 0), SIGTERM (0), a refused or
+unanswered registration (1), or the loss of the controller or of the process named by
+``CORRAL_PARENT_PID`` (1). Logs go to stderr, which launchers redirect to a log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the engine process."""
+    parser = argparse.ArgumentParser(
+        prog="python -m corral.plugins.parallel.engine",
+        description="Run a corral engine that joins the cluster described by a cluster file.",
+    )
+    parser.add_argument("--file", "-f", required=True, help="the cluster file (JSON)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CORRAL_ENGINE_LOG_LEVEL", "warning"),
+        help="debug, info, warning (default) or error",
+    )
+    parser.add_argument("--ip", default=None, help="controller address (default: the file's)")
+    parser.add_argument(
+        "--hub-timeout",
+        type=float,
+        default=None,
+        help="seconds without a heartbeat before the engine exits (default 10 x hb_period)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the registration reply (default 30)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run an engine; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.__stderr__,
+        format="[corral engine %(process)d %(levelname)s] %(name)s: %(message)s",
+    )
+    from corral.plugins.parallel.engine.engine import Engine, EngineError
+
+    try:
+        engine = Engine.from_file(
+            args.file,
+            ip=args.ip,
+            hub_timeout=args.hub_timeout,
+            registration_timeout=args.timeout,
+        )
+    except (OSError, ValueError, EngineError) as exc:
+        logging.getLogger("corral.parallel.engine").error("cannot start: %s", exc)
+        return 1
+    return engine.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The engine's hot-path framing: receive, verify and answer messages with few allocations.
+
+Why not :class:`corral.transports.zmq.session.Session` as it is: an engine answers
+thousands of tiny tasks a second, and on this path the generic helpers cost more than the
+task itself. Measured with pyzmq 27 on the target machine, ``send_multipart`` spends ~11 us
+on an 8-frame reply where a plain ``send(..., SNDMORE)`` loop spends ~4 us, and
+``recv_multipart(copy=True)`` copies every buffer frame (a 50 MB argument included) into a
+new ``bytes``. So this module:
+
+* receives the routing frames and the five fixed parts as ``bytes`` (cheap for small
+  frames) and every buffer frame as a ``zmq.Frame`` (no copy, whatever its size);
+* checks the HMAC and the replay guard with the very :class:`~wire.Signer` and
+  :class:`~wire.ReplayGuard` the session uses, before parsing any JSON, and parses only
+  the header and the content (the engine never reads a request's parent or metadata);
+* builds reply headers from a per-process prefix and a counter (unique ids without
+  ``uuid4`` per message) and reuses the request's raw header bytes as the reply's
+  ``parent_header`` instead of encoding the dict again.
+
+Every way a frame list can be wrong raises :class:`~wire.WireError`, as in :mod:`wire`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import zmq
+
+from corral.transports.zmq import wire
+
+__all__ = ["FastSigner", "Message", "Replier", "iso_now", "recv_message", "send_frames"]
+
+_DELIM = wire.DELIMITER
+# Plain ints: zmq's Flag enums cost a Python-level __or__/__call__ per use (~1 us each).
+_RCVMORE = int(zmq.RCVMORE)
+_SNDMORE = int(zmq.SNDMORE)
+# The C-level send, without the sugar wrapper's Python frame (routing_id/group handling).
+_backend_send = zmq.backend.Socket.send
+_backend_recv = zmq.backend.Socket.recv
+#: More routing frames than any queue adds: a message with more is garbage.
+_MAX_IDENTS = 16
+_UTC = timezone.utc
+
+
+def iso_now() -> str:
+    """The current UTC time in ISO 8601, as every header and reply metadata carries it."""
+    return datetime.now(_UTC).isoformat()
+
+
+class FastSigner:
+    """:class:`wire.Signer`'s job with the C-level HMAC object and one ``update``.
+
+    ``hmac.HMAC`` wraps OpenSSL's HMAC in Python methods (``copy``, ``update``,
+    ``hexdigest``); calling the C object directly, on the four parts joined, signs a
+    reply in about 60% of the time. Same key, same scheme, same signatures.
+    """
+
+    __slots__ = ("enabled", "_base")
+
+    def __init__(self, signer: wire.Signer) -> None:
+        self.enabled = signer.enabled
+        self._base: Any = None
+        if signer.enabled:
+            wrapper = hmac.new(signer.key, digestmod=signer.scheme[len("hmac-") :])
+            self._base = getattr(wrapper, "_hmac", None) or wrapper
+
+    def sign(self, parts: Sequence[bytes]) -> bytes:
+        if self._base is None:
+            return b""
+        h = self._base.copy()
+        h.update(b"".join(parts))
+        return h.hexdigest().encode("ascii")
+
+    def verify(self, parts: Sequence[bytes], signature: bytes) -> bool:
+        if self._base is None:
+            return True
+        return bool(signature) and hmac.compare_digest(self.sign(parts), signature)
+
+
+class Message:
+    """One verified request: routing frames, header, content and zero-copy buffers.
+
+    ``metadata`` and ``parent_header`` are parsed only when asked for (the engine itself
+    never needs them), so the raw bytes are kept.
+    """
+
+    __slots__ = (
+        "idents",
+        "header",
+        "raw_header",
+        "content",
+        "buffers",
+        "msg_type",
+        "msg_id",
+        "_raw_parent",
+        "_raw_metadata",
+    )
+
+    def __init__(
+        self,
+        idents: list[bytes],
+        header: dict[str, Any],
+        raw_header: bytes,
+        content: dict[str, Any],
+        buffers: list[Any],
+        raw_parent: bytes,
+        raw_metadata: bytes,
+    ) -> None:
+        self.idents = idents
+        self.header = header
+        self.raw_header = raw_header
+        self.content = content
+        self.buffers = buffers
+        self.msg_type: str = header["msg_type"]
+        self.msg_id: str = header["msg_id"]
+        self._raw_parent = raw_parent
+        self._raw_metadata = raw_metadata
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return _parse_dict(self._raw_metadata, "metadata")
+
+    @property
+    def parent_header(self) -> dict[str, Any]:
+        return _parse_dict(self._raw_parent, "parent_header")
+
+
+_decode = json.JSONDecoder().decode  # json.loads minus its wrapper and encoding sniffing
+
+
+def _parse_dict(part: bytes, name: str) -> dict[str, Any]:
+    try:
+        value = _decode(part.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise wire.MalformedMessage(f"{name} is not valid UTF-8 JSON: {exc}") from None
+    if type(value) is not dict:
+        raise wire.MalformedMessage(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _drain(sock: zmq.Socket[Any]) -> None:
+    """Throw away the rest of a multipart message (so the next recv starts a new one)."""
+    while sock.getsockopt(_RCVMORE):
+        sock.recv(copy=False)
+
+
+def recv_message(
+    sock: zmq.Socket[Any],
+    signer: wire.Signer | FastSigner,
+    replay: wire.ReplayGuard | None,
+    flags: int = 0,
+) -> Message:
+    """Receive and verify one message from ``sock``.
+
+    Raises ``zmq.Again`` (with ``flags=zmq.NOBLOCK``) when nothing waits, and
+    :class:`wire.WireError` for anything malformed, unsigned, forged or replayed; either
+    way the whole multipart message has been consumed.
+    """
+    # Frames, not bytes: ``frame.more`` is a field read, where ``getsockopt(RCVMORE)``
+    # converts the option to an enum in Python on every call (~5x dearer). The C-level
+    # recv skips the sugar wrapper's Python frame.
+    recv = _backend_recv
+    frame = recv(sock, flags, False)
+    idents: list[bytes] = []
+    data = frame.bytes
+    while data != _DELIM:
+        idents.append(data)
+        if not frame.more:
+            raise wire.MalformedMessage(f"no delimiter among {len(idents)} frames")
+        if len(idents) > _MAX_IDENTS:
+            _drain(sock)
+            raise wire.MalformedMessage("too many routing frames")
+        frame = recv(sock, 0, False)
+        data = frame.bytes
+    parts: list[bytes] = []
+    for _ in range(5):
+        if not frame.more:
+            raise wire.MalformedMessage(
+                f"expected signature and four JSON parts after the delimiter, got {len(parts)}"
+            )
+        frame = recv(sock, 0, False)
+        parts.append(frame.bytes)
+    buffers: list[Any] = []
+    while frame.more:
+        frame = recv(sock, 0, False)
+        buffers.append(frame)
+    signature, raw_header, raw_parent, raw_metadata, raw_content = parts
+    if signer.enabled:
+        if not signature:
+            raise wire.BadSignature("unsigned message (empty signature)")
+        if not signer.verify(parts[1:], signature):
+            raise wire.BadSignature("signature does not match the message")
+        if replay is not None:
+            replay.check(signature)
+    header = _parse_dict(raw_header, "header")
+    if type(header.get("msg_id")) is not str or type(header.get("msg_type")) is not str:
+        raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
+    content = _parse_dict(raw_content, "content")
+    return Message(idents, header, raw_header, content, buffers, raw_parent, raw_metadata)
+
+
+def send_frames(
+    sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0, copy: bool = True
+) -> None:
+    """``send_multipart`` without its per-call Python overhead (about 3x cheaper)."""
+    more = flags | _SNDMORE
+    send = _backend_send
+    for frame in frames[:-1]:
+        send(sock, frame, more, copy)
+    send(sock, frames[-1], flags, copy)
+
+
+class Replier:
+    """Builds signed reply frames for one engine (one session id, one counter).
+
+    Header ids are ``<session>-<n>``: unique per process without drawing random bytes per
+    message, and a signature never repeats because ``n`` never does.
+    """
+
+    __slots__ = ("signer", "_prefix", "_tail", "_n")
+
+    def __init__(self, signer: wire.Signer | FastSigner, session_id: str, username: str) -> None:
+        self.signer = signer
+        self._prefix = session_id.encode("ascii") + b"-"
+        self._tail = (
+            b'","username":'
+            + json.dumps(username).encode("utf-8")
+            + b',"session":"'
+            + session_id.encode("ascii")
+            + b'","date":"'
+        )
+        self._n = 0
+
+    def header(self, msg_type: str, date: str) -> bytes:
+        """The JSON of a fresh header for ``msg_type`` (``msg_type`` must be plain ASCII)."""
+        self._n += 1
+        return b'{"msg_id":"%b%d","msg_type":"%b%b%b","version":"%b"}' % (
+            self._prefix,
+            self._n,
+            msg_type.encode("ascii"),
+            self._tail,
+            date.encode("ascii"),
+            wire.PROTOCOL_VERSION.encode("ascii"),
+        )
+
+    def frames(
+        self,
+        idents: Sequence[bytes],
+        msg_type: str,
+        parent: bytes,
+        metadata: bytes,
+        content: bytes,
+        buffers: Sequence[Any] = (),
+        date: str | None = None,
+    ) -> list[Any]:
+        """Frames of a signed message; ``parent``/``metadata``/``content`` are JSON bytes."""
+        parts = [self.header(msg_type, date or iso_now()), parent, metadata, content]
+        return [*idents, _DELIM, self.signer.sign(parts), *parts, *buffers]

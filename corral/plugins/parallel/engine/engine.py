@@ -1,0 +1,1011 @@
+"""The engine: an interpreter that serves tasks from the cluster's queues.
+
+Lifecycle (:meth:`Engine.run`):
+
+1. **connect** — bind the ``data`` ROUTER, connect DEALERs (identity = the engine's uuid)
+   to ``mux_engine``, ``control_engine``, ``task_engine``, ``broadcast_engine``, a PUB to
+   ``iopub_engine``, start the heartbeat device, and send ``registration_request``.
+   Everything is connected *before* registering, so when the hub announces the engine
+   and a scheduler routes the first task to its uuid, the connection is already being
+   made (a ROUTER drops messages for identities it does not know yet).
+2. **prepare** — import the interpreter and the serializer while the registration reply
+   is on its way (imports are most of an engine's start-up time).
+3. **register** — wait for ``registration_reply`` ``{id, hb_period, hb_misses}``.
+4. **serve** — in the main thread, until shutdown.
+
+Threads, and why:
+
+* **main** runs user code and is the only thread touching the namespace (tasks, pushes,
+  pulls, clears). It must be the main thread: only there does ``SIGINT`` arrive as
+  ``KeyboardInterrupt`` in the running task.
+* **control** owns the ``control`` socket, so ``interrupt_request`` and ``abort_request``
+  are answered while a task runs. ``clear_request`` and ``shutdown_request`` need the main
+  thread: they are handed over (and served before any further task); their replies come
+  back to the control thread over an inproc PAIR.
+* **heartbeat** echoes beats in C (:mod:`.heartbeat`); **hub watch** ends the engine if
+  the controller or the launching process goes away.
+* **iopub flusher** sends coalesced stream text (:class:`IOPubPublisher`).
+
+Hot path (an ``apply_request``): receive with the fixed frames as bytes and buffers as
+zero-copy frames, verify, unpickle, call, pickle the result, reply with a pre-encoded
+content and a header built from a counter (:mod:`._wire`). No logging, no thread hop, no
+iopub message unless the task wrote output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import types
+import uuid as uuid_module
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.backend import zmq_poll
+
+from corral.transports.zmq import wire
+
+from . import data as data_path
+from ._wire import FastSigner, Message, Replier, iso_now, recv_message, send_frames
+from .heartbeat import HeartbeatDevice, HubWatch
+
+__all__ = ["Engine", "EngineError", "load_cluster_file"]
+
+log = logging.getLogger("corral.parallel.engine")
+
+_POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic is slow
+_NOBLOCK = int(zmq.NOBLOCK)
+_MISSING = object()
+#: Messages served from one socket before the others (and control) get a look.
+_BATCH = 32
+#: How long a requested shutdown may take before the process just ends.
+_SHUTDOWN_GRACE = 5.0
+_LINGER_MS = 1000
+_CHANNELS = ("mux_engine", "control_engine", "task_engine", "broadcast_engine")
+
+# Where a SIGINT must not raise: it would tear a multipart send or the output lock.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CORRAL = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
+_NO_TEAR = (
+    os.path.dirname(os.path.abspath(zmq.__file__)),
+    os.path.join(_CORRAL, "transports", "zmq"),
+    os.path.join(_CORRAL, "notification"),
+    os.path.join(_CORRAL, "core", "iostreams.py"),
+    os.path.join(_HERE, "_output.py"),
+    os.path.join(_HERE, "_wire.py"),
+)
+
+
+class EngineError(RuntimeError):
+    """The engine could not join the cluster (bad cluster file, registration refused)."""
+
+
+# ----------------------------------------------------------------- cluster file
+
+
+_REQUIRED = ("key", "registration", "hb_ping", "hb_pong", *_CHANNELS, "iopub_engine")
+
+
+def _as_dict(info: Any) -> dict[str, Any]:
+    """A plain dict from whatever ``read_cluster_file`` returns (mapping, attrs, object)."""
+    if isinstance(info, Mapping):
+        return dict(info)
+    for name in ("to_dict", "as_dict", "asdict"):
+        method = getattr(info, name, None)
+        if callable(method):
+            return dict(method())
+    try:
+        import attrs
+
+        if attrs.has(type(info)):
+            return attrs.asdict(info)
+    except ImportError:  # pragma: no cover - attrs is a dependency
+        pass
+    import dataclasses
+
+    if dataclasses.is_dataclass(info) and not isinstance(info, type):
+        return dataclasses.asdict(info)
+    return dict(vars(info))
+
+
+def load_cluster_file(path: str | Path) -> dict[str, Any]:
+    """The cluster file as a dict (see docs/parallel-protocol.md, "The cluster file").
+
+    Uses the controller's ``read_cluster_file`` when it exists and gives every field the
+    engine needs, else plain JSON: the file format is the contract, not the reader.
+    """
+    try:
+        from corral.plugins.parallel.clusterfile import read_cluster_file  # type: ignore
+    except ImportError:
+        read_cluster_file = None
+    if read_cluster_file is not None:
+        try:
+            info = _as_dict(read_cluster_file(path))
+            if all(k in info for k in _REQUIRED):
+                return info
+        except Exception as exc:
+            log.debug("read_cluster_file(%s) failed (%s); reading the JSON", path, exc)
+    with open(path, encoding="utf-8") as fh:
+        info = json.load(fh)
+    if not isinstance(info, dict):
+        raise EngineError(f"{path}: a cluster file holds a JSON object")
+    return info
+
+
+# ----------------------------------------------------------------- history
+
+
+def _no_history() -> Any:
+    """A history that keeps nothing: an engine never opens the history database."""
+    from corral.core.history import HistoryManager
+
+    class NoHistory(HistoryManager):
+        def store_input(self, line: int, source: str, source_raw: str | None = None) -> None:
+            pass
+
+        def store_output(self, line: int, output: str) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def new_session(self) -> int:
+            return 0
+
+        @property
+        def session_id(self) -> int:
+            return 0
+
+        def resolve_session(self, session: int) -> int:
+            return 0
+
+        def _query(self, *args: Any, **kwargs: Any) -> list[Any]:
+            return []
+
+    return NoHistory(":memory:")
+
+
+# ----------------------------------------------------------------- the engine
+
+Handler = Callable[[zmq.Socket[Any], Message], None]
+
+
+class Engine:
+    """One engine process's server. See the module docstring for the lifecycle.
+
+    ``cluster`` is the cluster file's content (a dict, or what ``read_cluster_file``
+    returns). ``ip`` overrides the controller address from the file. ``hub_timeout`` is
+    how long without a beat ends the engine (default ``max(10 * hb_period, 1 s)``);
+    ``parent_pid`` ends it when that process exits (default: ``CORRAL_PARENT_PID``).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        cluster: Any,
+        *,
+        ip: str | None = None,
+        context: zmq.Context[Any] | None = None,
+        hub_timeout: float | None = None,
+        registration_timeout: float = 30.0,
+        parent_pid: int | None = None,
+        uuid: str | None = None,
+    ) -> None:
+        info = _as_dict(cluster)
+        missing = [k for k in _REQUIRED if k not in info]
+        if missing:
+            raise EngineError(f"the cluster file lacks {', '.join(missing)}")
+        self.cluster = info
+        host = ip or str(info.get("ip") or "127.0.0.1")
+        self.ip = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
+        self.transport = str(info.get("transport") or "tcp")
+        key = info["key"]
+        self.key = key if isinstance(key, bytes) else str(key).encode("ascii")
+        scheme = str(info.get("signature_scheme") or "hmac-sha256")
+        self.signer = FastSigner(wire.Signer(self.key, scheme))
+        self.scheme = scheme
+        self.replay = wire.ReplayGuard()
+        self.session_id = wire.new_id()
+        self.replier = Replier(self.signer, self.session_id, "engine")
+        self.uuid = uuid or uuid_module.uuid4().hex
+        self.ident = self.uuid.encode("ascii")
+        self.hub_timeout = hub_timeout
+        self.registration_timeout = registration_timeout
+        if parent_pid is None:
+            env = os.environ.get("CORRAL_PARENT_PID", "")
+            parent_pid = int(env) if env.isdigit() else None
+        self.parent_pid = parent_pid
+        self.context = context or zmq.Context()
+        self.id: int | None = None
+        self.hb_period = float(info.get("hb_period") or 1.0)
+        self.hb_misses = int(info.get("hb_misses") or 2)
+        self.user_ns: dict[str, Any] = {}
+        self.exit_code = 0
+        self.dropped = 0
+        self.interpreter: Any = None
+        # Names a shipped function brought into user_ns (see _rebind): name -> object.
+        self._injected: dict[str, Any] = {}
+        self._aborted: set[str] = set()
+        self._executing = False
+        self._stop_reason: str | None = None
+        self._inbox: deque[Message] = deque()
+        self._in_flight: list[zmq.MessageTracker] = []
+        self._connected = False
+        self._closed = False
+        self._threads_started = False
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> Engine:
+        """An engine for the cluster described by the cluster file at ``path``."""
+        return cls(load_cluster_file(path), **kwargs)
+
+    def url(self, channel: str) -> str:
+        """Where the controller's ``channel`` socket is."""
+        port = int(self.cluster[channel])
+        if self.transport == "ipc":
+            return f"ipc://{self.ip}-{port}"
+        return f"{self.transport}://{self.ip}:{port}"
+
+    # ------------------------------------------------------------ start-up
+
+    def connect(self) -> None:
+        """Bind the data socket, connect every other socket, send the registration."""
+        if self._connected:
+            return
+        ctx = self.context
+        self.data_socket, self.data_url = data_path.bind_data_socket(
+            ctx, data_path.local_ip_for(self.ip)
+        )
+        self.queues: dict[str, zmq.Socket[Any]] = {}
+        for channel in _CHANNELS:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = _LINGER_MS
+            sock.identity = self.ident
+            sock.connect(self.url(channel))
+            self.queues[channel] = sock
+        self.mux = self.queues["mux_engine"]
+        self.control = self.queues["control_engine"]
+        self.task = self.queues["task_engine"]
+        self.broadcast = self.queues["broadcast_engine"]
+        self.iopub_socket = ctx.socket(zmq.PUB)
+        self.iopub_socket.linger = _LINGER_MS
+        self.iopub_socket.sndhwm = 100_000
+        self.iopub_socket.connect(self.url("iopub_engine"))
+        self.heartbeat = HeartbeatDevice(ctx, self.url("hb_ping"), self.url("hb_pong"), self.ident)
+        self.heartbeat.start()
+        self.registration = ctx.socket(zmq.DEALER)
+        self.registration.linger = _LINGER_MS
+        self.registration.identity = self.ident
+        self.registration.connect(self.url("registration"))
+        content = {
+            "uuid": self.uuid,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "data_url": self.data_url,
+        }
+        frames = self.replier.frames(
+            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
+        )
+        send_frames(self.registration, frames)
+        self._connected = True
+
+    def prepare(self) -> None:
+        """Create the interpreter (the slow imports), ready for the first task."""
+        if self.interpreter is not None:
+            return
+        from corral.core.interpreter import Interpreter
+        from corral.core.serialize import serialize, unpack_apply
+        from corral.notification.center import shared_center
+
+        self.interpreter = Interpreter(
+            shared_center, user_ns=self.user_ns, history=_no_history(), sender="engine"
+        )
+        self._serialize = serialize
+        self._unpack_apply = unpack_apply
+
+    def register(self) -> int:
+        """Connect, prepare and wait for the hub's ``registration_reply``; returns the id.
+
+        :raises EngineError: the hub refused, or did not answer within
+            ``registration_timeout`` seconds.
+        """
+        import time
+
+        self.connect()
+        self.prepare()
+        end = time.monotonic() + self.registration_timeout
+        while True:
+            left = int((end - time.monotonic()) * 1000)
+            if left <= 0 or not self.registration.poll(left):
+                raise EngineError(
+                    f"no registration reply from {self.url('registration')} within "
+                    f"{self.registration_timeout:g} s"
+                )
+            try:
+                msg = recv_message(self.registration, self.signer, self.replay, _NOBLOCK)
+            except zmq.Again:
+                continue
+            except wire.WireError as exc:
+                log.warning("dropped a bad message on registration: %s", exc)
+                continue
+            if msg.msg_type != "registration_reply":
+                log.warning("ignoring %s while registering", msg.msg_type)
+                continue
+            content = msg.content
+            if content.get("status", "ok") != "ok" or not isinstance(content.get("id"), int):
+                raise EngineError(
+                    f"registration refused: {content.get('evalue') or content.get('status')}"
+                )
+            self.id = int(content["id"])
+            self.hb_period = float(content.get("hb_period") or self.hb_period)
+            self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
+            break
+        self._after_registration()
+        return self.id
+
+    def _after_registration(self) -> None:
+        """Everything that needs the engine id: output, pre-encoded replies, threads."""
+        from ._output import EngineIOPub, OutputRelay, install_streams
+
+        assert self.id is not None
+        self.engine_info = {"engine_id": self.id, "engine_uuid": self.uuid}
+        self.iopub = EngineIOPub(
+            wire_session(self.key, self.scheme, self.session_id),
+            self.iopub_socket,
+            {"engine_id": self.id},
+        )
+        self.relay = OutputRelay(self.interpreter, self.iopub)
+        self._saved_streams = install_streams(self.interpreter.center, self.interpreter)
+        self._ok_apply = wire.json_dumps(
+            {"status": "ok", "engine_info": {**self.engine_info, "method": "apply"}}
+        )
+        self._meta_template = (
+            b'{"engine_id":%d,"engine_uuid":"%s","started":"%%b","completed":"%%b",'
+            b'"status":"%%b","outputs":%%d}' % (self.id, self.ident)
+        )
+        self._handlers: dict[str, Handler] = {
+            "apply_request": self._apply,
+            "execute_request": self._execute,
+            "push_request": self._push,
+            "pull_request": self._pull,
+        }
+        # Control thread <-> main thread.
+        tag = f"{os.getpid()}-{id(self)}"
+        self._ctl_url = f"inproc://corral-engine-ctl-{tag}"
+        self._ctl_rx = self.context.socket(zmq.PAIR)
+        self._ctl_rx.linger = _LINGER_MS
+        self._ctl_rx.bind(self._ctl_url)
+        self._ctl_tx = self.context.socket(zmq.PAIR)
+        self._ctl_tx.linger = _LINGER_MS
+        self._ctl_tx.connect(self._ctl_url)
+        # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        timeout = self.hub_timeout
+        if timeout is None:
+            timeout = max(10 * self.hb_period, 1.0)
+        self.watch = HubWatch(
+            self.context, self.heartbeat.capture_url, timeout, self._on_lost, self.parent_pid
+        )
+
+    def start(self) -> None:
+        """Register if needed, start the helper threads and install signal handlers."""
+        if self.id is None:
+            self.register()
+        if self._threads_started:
+            return
+        self._threads_started = True
+        self._control_thread = threading.Thread(
+            target=self._control_loop, name="corral-engine-control", daemon=True
+        )
+        self._control_thread.start()
+        self.watch.start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_sigint)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+    def run(self) -> int:
+        """Register, serve until shutdown, close; returns the process exit status."""
+        try:
+            self.start()
+        except EngineError as exc:
+            log.error("%s", exc)
+            self.close()
+            return 1
+        return self.serve_forever()
+
+    # ------------------------------------------------------------ main loop
+
+    def serve_forever(self) -> int:
+        """Serve the queues and the data socket in this (main) thread until told to stop."""
+        self.start()
+        poller = zmq.Poller()
+        poller.register(self._wake_r.fileno(), _POLLIN)  # polled by fd: events name the int
+        for sock in (self.data_socket, self.mux, self.task, self.broadcast):
+            poller.register(sock, _POLLIN)
+        inbox = self._inbox
+        serve = self._serve_one
+        try:
+            while self._stop_reason is None:
+                if inbox:
+                    self._serve_control(inbox.popleft())
+                    continue
+                for sock, _ in poller.poll():
+                    if sock.__class__ is int:  # the wake-up socketpair
+                        self._drain_wake()
+                        continue
+                    # Drain a busy queue without a full poll per message (zmq_poll on one
+                    # socket is cheaper than getsockopt(EVENTS), which builds an enum).
+                    items = [(sock, _POLLIN)]
+                    n = 0
+                    while True:
+                        serve(sock)
+                        n += 1
+                        if (
+                            n >= _BATCH
+                            or inbox
+                            or self._stop_reason is not None
+                            or not zmq_poll(items, 0)
+                        ):
+                            break
+                    if inbox or self._stop_reason is not None:
+                        break
+        finally:
+            self.close()
+        return self.exit_code
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full: the main loop is awake already, or closing
+
+    def _serve_one(self, sock: zmq.Socket[Any]) -> None:
+        try:
+            msg = recv_message(sock, self.signer, self.replay, _NOBLOCK)
+        except zmq.Again:
+            return
+        except wire.WireError as exc:
+            self.dropped += 1
+            log.warning("dropped a bad message: %s", exc)
+            return
+        handler = self._handlers.get(msg.msg_type)
+        try:
+            if handler is None:
+                self._unknown(sock, msg)
+            else:
+                handler(sock, msg)
+        except Exception as exc:  # a bug or bad content: answer, keep serving
+            log.exception("error while handling %s", msg.msg_type)
+            self._reply_error(sock, msg, exc)
+
+    def _unknown(self, sock: zmq.Socket[Any], msg: Message) -> None:
+        log.warning("ignoring unknown message type %r", msg.msg_type)
+        if msg.msg_type.endswith("_request"):
+            self._reply_error(
+                sock, msg, ValueError(f"unknown message type {msg.msg_type!r}"), "engine"
+            )
+
+    # ------------------------------------------------------------ replies
+
+    def _metadata(self, started: str, completed: str, status: str, outputs: int) -> bytes:
+        return self._meta_template % (
+            started.encode(),
+            completed.encode(),
+            status.encode(),
+            outputs,
+        )
+
+    def _send(
+        self,
+        sock: zmq.Socket[Any],
+        msg: Message,
+        content: bytes,
+        metadata: bytes = b"{}",
+        buffers: list[Any] | tuple[Any, ...] = (),
+        date: str | None = None,
+    ) -> None:
+        """Sign and send a reply to ``msg``. Big buffers go zero-copy, and are tracked.
+
+        A zero-copy frame is a view onto the user's object; the next task could modify
+        that object in place while libzmq is still sending it, so tasks wait for such
+        sends to finish first (:meth:`_settle`).
+        """
+        reply_type = msg.msg_type[: -len("_request")] + "_reply"
+        if len(buffers) > 1:  # out-of-band buffers: views onto user memory
+            tracked = [buffers[0]]
+            for buf in buffers[1:]:
+                tracked.append(zmq.Frame(buf, track=True))
+            self._in_flight.append(zmq.MessageTracker(*tracked[1:]))
+            buffers = tracked
+        frames = self.replier.frames(
+            msg.idents, reply_type, msg.raw_header, metadata, content, buffers, date
+        )
+        send_frames(sock, frames)
+
+    def _settle(self) -> None:
+        """Wait until earlier zero-copy replies no longer read user memory."""
+        pending = [t for t in self._in_flight if not t.done]
+        self._in_flight = []
+        for tracker in pending:
+            try:
+                tracker.wait(60.0)
+            except zmq.NotDone:
+                log.warning("a large reply is still being sent after 60 s; going on")
+
+    def _error_content(self, exc: BaseException, method: str) -> dict[str, Any]:
+        from corral.core.tracebacks import format_exception
+
+        try:
+            evalue = str(exc)
+        except Exception:
+            evalue = f"<unprintable {type(exc).__name__}>"
+        try:
+            traceback = format_exception(exc)
+        except Exception:
+            traceback = [f"{type(exc).__name__}: {evalue}"]
+        return {
+            "status": "error",
+            "ename": type(exc).__name__,
+            "evalue": evalue,
+            "traceback": traceback,
+            "engine_info": {**self.engine_info, "method": method},
+        }
+
+    def _reply_error(
+        self, sock: zmq.Socket[Any], msg: Message, exc: BaseException, method: str = "engine"
+    ) -> None:
+        if not msg.msg_type.endswith("_request"):
+            return
+        try:
+            now = iso_now()
+            content = wire.json_dumps(self._error_content(exc, method))
+            self._send(sock, msg, content, self._metadata(now, now, "error", 0), date=now)
+        except Exception:
+            log.exception("could not send an error reply to %s", msg.msg_type)
+
+    def _reply_aborted(self, sock: zmq.Socket[Any], msg: Message, method: str) -> None:
+        self._aborted.discard(msg.msg_id)
+        now = iso_now()
+        content = {
+            "status": "aborted",
+            "ename": "TaskAborted",
+            "evalue": "the task was aborted before it ran",
+            "traceback": [],
+            "engine_info": {**self.engine_info, "method": method},
+        }
+        self._send(
+            sock, msg, wire.json_dumps(content), self._metadata(now, now, "aborted", 0), date=now
+        )
+
+    # ------------------------------------------------------------ tasks
+
+    def _rebind(self, func: types.FunctionType) -> types.FunctionType:
+        """Run a function defined interactively on the client in the engine's namespace.
+
+        cloudpickle gives such a function a private globals dict holding only the names
+        it uses, as they were on the client. Engines follow ipyparallel: ``__main__``
+        functions see ``user_ns``, so names pushed to the engine win and ``global x``
+        assigns engine variables. The shipped globals fill the gaps (a helper, an import,
+        a constant the engine does not define), entering ``user_ns``; a later call may
+        refresh such a name as long as nobody on the engine rebound it since.
+        """
+        ns = self.user_ns
+        injected = self._injected
+        replacement = types.FunctionType(
+            func.__code__, ns, func.__name__, func.__defaults__, func.__closure__
+        )
+        for name, value in func.__globals__.items():
+            if name[:2] == "__":
+                continue
+            if value is func:
+                value = replacement  # recursion: call the rebound function
+            current = ns.get(name, _MISSING)
+            if current is _MISSING or current is injected.get(name, _MISSING):
+                ns[name] = value
+                injected[name] = value
+        replacement.__kwdefaults__ = func.__kwdefaults__
+        replacement.__qualname__ = func.__qualname__
+        replacement.__doc__ = func.__doc__
+        replacement.__module__ = "__main__"
+        if func.__dict__:
+            replacement.__dict__.update(func.__dict__)
+        return replacement
+
+    def _apply(self, sock: zmq.Socket[Any], msg: Message) -> None:
+        if self._in_flight:
+            self._settle()
+        if self._aborted and msg.msg_id in self._aborted:
+            self._reply_aborted(sock, msg, "apply")
+            return
+        started = iso_now()
+        self.relay.parent = msg.header
+        self.relay.silent = False
+        iopub = self.iopub
+        sent = iopub.sent
+        try:
+            func, args, kwargs = self._unpack_apply(msg.buffers)
+            if (
+                type(func) is types.FunctionType
+                and func.__module__ == "__main__"
+                and func.__globals__ is not self.user_ns
+            ):
+                func = self._rebind(func)
+            self._executing = True
+            try:
+                result = func(*args, **kwargs)
+            finally:
+                self._executing = False
+            buffers = self._serialize(result)
+            content = self._ok_apply
+            status = "ok"
+        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
+            self._executing = False
+            error = self._error_content(exc, "apply")
+            iopub.publish(
+                "error",
+                {k: error[k] for k in ("ename", "evalue", "traceback")},
+                msg.header,
+            )
+            content = wire.json_dumps(error)
+            buffers = ()
+            status = "error"
+        if iopub._chunks:
+            iopub.flush()
+        outputs = iopub.sent - sent
+        completed = iso_now()
+        self._send(
+            sock,
+            msg,
+            content,
+            self._metadata(started, completed, status, outputs),
+            buffers,
+            completed,
+        )
+        if outputs:
+            iopub.publish("status", {"execution_state": "idle"}, msg.header)
+
+    def _execute(self, sock: zmq.Socket[Any], msg: Message) -> None:
+        if self._in_flight:
+            self._settle()
+        if self._aborted and msg.msg_id in self._aborted:
+            self._reply_aborted(sock, msg, "execute")
+            return
+        started = iso_now()
+        c = msg.content
+        code = c.get("code", "")
+        if not isinstance(code, str):
+            raise TypeError("execute_request 'code' must be a string")
+        silent = bool(c.get("silent", False))
+        store_history = bool(c.get("store_history", not silent))
+        user_expressions = c.get("user_expressions") or {}
+        iopub = self.iopub
+        self.relay.parent = msg.header
+        self.relay.silent = silent
+        iopub.publish("status", {"execution_state": "busy"}, msg.header)
+        sent = iopub.sent
+        interp = self.interpreter
+        self._executing = True
+        try:
+            result = interp.execute(
+                code,
+                silent=silent,
+                store_history=store_history,
+                user_expressions=user_expressions if isinstance(user_expressions, dict) else {},
+                allow_stdin=False,
+            )
+        except KeyboardInterrupt:  # landed outside the interpreter's own handler
+            self._executing = False
+            reply: dict[str, Any] = {
+                "status": "error",
+                "execution_count": interp.execution_count,
+                "ename": "KeyboardInterrupt",
+                "evalue": "",
+                "traceback": [],
+            }
+        else:
+            self._executing = False
+            reply = {"status": result.status, "execution_count": result.execution_count}
+            if result.status == "ok":
+                reply["payload"] = result.payload or []
+                reply["user_expressions"] = result.user_expressions or {}
+            else:
+                reply["ename"] = result.ename
+                reply["evalue"] = result.evalue
+                reply["traceback"] = result.traceback or []
+        reply["engine_info"] = {**self.engine_info, "method": "execute"}
+        iopub.flush()
+        outputs = iopub.sent - sent
+        completed = iso_now()
+        self._send(
+            sock,
+            msg,
+            wire.json_dumps(reply),
+            self._metadata(started, completed, reply["status"], outputs),
+            date=completed,
+        )
+        iopub.publish("status", {"execution_state": "idle"}, msg.header)
+
+    # ------------------------------------------------------------ data
+
+    def _push(self, sock: zmq.Socket[Any], msg: Message) -> None:
+        started = iso_now()
+        try:
+            keys = data_path.push(self.user_ns, msg.content, msg.buffers)
+        except Exception as exc:
+            self._reply_error(sock, msg, exc, "push")
+            return
+        content = {
+            "status": "ok",
+            "keys": keys,
+            "engine_info": {**self.engine_info, "method": "push"},
+        }
+        completed = iso_now()
+        self._send(
+            sock,
+            msg,
+            wire.json_dumps(content),
+            self._metadata(started, completed, "ok", 0),
+            date=completed,
+        )
+
+    def _pull(self, sock: zmq.Socket[Any], msg: Message) -> None:
+        started = iso_now()
+        try:
+            keys, buffers = data_path.pull(self.user_ns, msg.content)
+        except KeyError as exc:
+            self._reply_error(sock, msg, KeyError(exc.args[0]), "pull")
+            return
+        except Exception as exc:
+            self._reply_error(sock, msg, exc, "pull")
+            return
+        content = {
+            "status": "ok",
+            "keys": keys,
+            "engine_info": {**self.engine_info, "method": "pull"},
+        }
+        completed = iso_now()
+        self._send(
+            sock,
+            msg,
+            wire.json_dumps(content),
+            self._metadata(started, completed, "ok", 0),
+            buffers,
+            completed,
+        )
+
+    # ------------------------------------------------------------ control
+
+    def _control_loop(self) -> None:
+        """The control thread: answers interrupt and abort now, hands the rest to main."""
+        replier = Replier(self.signer, self.session_id + "c", "engine")
+        control, from_main = self.control, self._ctl_rx
+        poller = zmq.Poller()
+        poller.register(from_main, _POLLIN)
+        poller.register(control, _POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if from_main in ready:
+                    frames = from_main.recv_multipart(copy=False)
+                    if len(frames) == 1 and frames[0].bytes == b"STOP":
+                        return
+                    send_frames(control, frames)
+                    continue
+                if control not in ready:
+                    continue
+                try:
+                    msg = recv_message(control, self.signer, self.replay, _NOBLOCK)
+                except zmq.Again:
+                    continue
+                except wire.WireError as exc:
+                    self.dropped += 1
+                    log.warning("dropped a bad message on control: %s", exc)
+                    continue
+                try:
+                    self._control_now(replier, msg)
+                except Exception as exc:
+                    log.exception("error while handling %s", msg.msg_type)
+                    if msg.msg_type.endswith("_request"):
+                        content = self._error_content(exc, "control")
+                        self._control_reply(replier, msg, content)
+        except zmq.ContextTerminated:
+            return
+        except Exception:  # pragma: no cover - a bug: keep the engine alive, loudly
+            log.exception("control thread crashed")
+        finally:
+            control.close(linger=_LINGER_MS)
+            from_main.close(linger=0)
+
+    def _control_reply(self, replier: Replier, msg: Message, content: dict[str, Any]) -> None:
+        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
+        now = iso_now()
+        metadata = self._metadata(now, now, str(content.get("status", "ok")), 0)
+        frames = replier.frames(
+            msg.idents, reply_type, msg.raw_header, metadata, wire.json_dumps(content), (), now
+        )
+        send_frames(self.control, frames)
+
+    def _control_now(self, replier: Replier, msg: Message) -> None:
+        kind = msg.msg_type
+        info = {**self.engine_info, "method": kind.removesuffix("_request")}
+        if kind == "interrupt_request":
+            self.interrupt()
+            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
+        elif kind == "abort_request":
+            ids = msg.content.get("msg_ids") or []
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise TypeError("abort_request 'msg_ids' must be a list of message ids")
+            self._aborted.update(ids)
+            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
+        elif kind in ("clear_request", "shutdown_request"):
+            self._inbox.append(msg)
+            self._wake()
+            if kind == "shutdown_request":
+                self.interrupt()  # a running task would keep the engine alive
+                self._exit_later(0)
+        else:
+            log.warning("ignoring unknown control message %r", kind)
+            if kind.endswith("_request"):
+                raise ValueError(f"unknown control message type {kind!r}")
+
+    def _serve_control(self, msg: Message) -> None:
+        """Main thread: a clear or shutdown handed over by the control thread."""
+        info = {**self.engine_info, "method": msg.msg_type.removesuffix("_request")}
+        if msg.msg_type == "clear_request":
+            try:
+                self.interpreter.reset_namespace()
+                self._injected.clear()
+                content: dict[str, Any] = {"status": "ok", "engine_info": info}
+            except Exception as exc:
+                log.exception("clear failed")
+                content = self._error_content(exc, "clear")
+        else:
+            content = {"status": "ok", "restart": False, "engine_info": info}
+            self._stop("shutdown requested", 0)
+        now = iso_now()
+        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
+        frames = self.replier.frames(
+            msg.idents,
+            reply_type,
+            msg.raw_header,
+            self._metadata(now, now, str(content["status"]), 0),
+            wire.json_dumps(content),
+            (),
+            now,
+        )
+        send_frames(self._ctl_tx, frames)
+
+    # ------------------------------------------------------------ stopping
+
+    def interrupt(self) -> None:
+        """SIGINT to the main thread if a task runs (``KeyboardInterrupt`` in it).
+
+        ``pthread_kill`` rather than ``kill``: a process-directed signal may be delivered
+        to another thread, which would not wake a task blocked in a system call.
+        """
+        if self._executing:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    def _stop(self, reason: str, code: int) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self.exit_code = code
+        self._wake()
+
+    def _exit_later(self, code: int) -> None:
+        """End the process if a requested stop does not finish within the grace period."""
+
+        def force() -> None:
+            log.error("engine did not stop within %.0f s; exiting", _SHUTDOWN_GRACE)
+            os._exit(code)
+
+        timer = threading.Timer(_SHUTDOWN_GRACE, force)
+        timer.daemon = True
+        timer.start()
+
+    def _on_lost(self, reason: str) -> None:
+        """Hub watch: the controller or the parent is gone; nobody will stop us."""
+        log.warning("%s; the engine exits", reason)
+        self._stop(reason, 1)
+        self.interrupt()
+        self._exit_later(1)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """Interrupt the running task; between tasks, ignore (an interrupt never kills).
+
+        A signal landing inside the transport (user code printing) is re-sent a moment
+        later rather than raised there, so no multipart message is torn in half.
+        """
+        if not self._executing:
+            return
+        if frame is not None and frame.f_code.co_filename.startswith(_NO_TEAR):
+            threading.Timer(0.005, self.interrupt).start()
+            return
+        raise KeyboardInterrupt
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """A launcher stopping the engine: finish like a shutdown request."""
+        self._stop("terminated", 0)
+        self._exit_later(0)
+        self._on_sigint(signum, frame)
+
+    def close(self) -> None:
+        """Unregister (on a requested stop), stop the threads, close every socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if getattr(self, "_saved_streams", None):
+            sys.stdout, sys.stderr = self._saved_streams
+        if self._threads_started:
+            try:
+                self._ctl_tx.send(b"STOP")
+            except zmq.ZMQError:
+                pass
+            self._control_thread.join(2.0)
+            self.watch.stop()
+            if threading.current_thread() is threading.main_thread():
+                signal.set_wakeup_fd(-1)
+        if hasattr(self, "iopub"):
+            self.iopub.close()
+        if self._connected:
+            self.heartbeat.stop()
+            if self.id is not None and self.exit_code == 0:
+                try:
+                    frames = self.replier.frames(
+                        (),
+                        "unregistration_request",
+                        b"{}",
+                        b"{}",
+                        wire.json_dumps({"id": self.id}),
+                    )
+                    send_frames(self.registration, frames, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+            socks = [self.data_socket, self.mux, self.task, self.broadcast]
+            socks += [self.iopub_socket, self.registration]
+            if not self._threads_started:
+                socks.append(self.control)
+            linger = _LINGER_MS if self.exit_code == 0 else 0
+            for sock in socks:
+                sock.close(linger=linger)
+        # The control thread closes _ctl_rx itself once started.
+        ctl = [getattr(self, "_ctl_tx", None)]
+        if not self._threads_started:
+            ctl.append(getattr(self, "_ctl_rx", None))
+        for sock in ctl:
+            if sock is not None and not sock.closed:
+                sock.close(linger=0)
+        for name in ("_wake_r", "_wake_w"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close()
+        self.context.term()
+
+
+def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
+    """The :class:`Session` the iopub publisher sends with (same key and session id)."""
+    from corral.transports.zmq.session import Session
+
+    return Session(key, scheme=scheme, session_id=session_id, username="engine")

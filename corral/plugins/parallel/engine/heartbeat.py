@@ -1,0 +1,179 @@
+"""Engine-side heartbeat: beats echoed inside libzmq, and a watch for a vanished hub.
+
+The hub publishes a beat (its number as ASCII) on ``hb_ping`` every ``hb_period`` seconds
+and expects each engine to send it back on ``hb_pong``, where the engine's DEALER identity
+(its uuid) tells the hub who answered. The echo must not need the GIL, because user code
+in a pure-Python loop holds it for as long as it runs and an engine doing real work must
+not be declared dead: :class:`HeartbeatDevice` runs ``zmq.proxy_steerable(SUB, DEALER)``
+on its own thread, which forwards every beat in C with the GIL released.
+
+The proxy's *capture* socket (a PUB, which never blocks the proxy) hands a copy of every
+beat to :class:`HubWatch`, which ends the engine when no beat came for ``timeout``
+seconds (the controller is gone: no orphans) or when the process named by
+``CORRAL_PARENT_PID`` has exited. Reading copies of the beats costs no second connection
+to the hub, and a watch starved of the GIL by user code still finds the beats queued
+when it runs again, so a busy engine is never mistaken for an orphan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+__all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
+
+log = logging.getLogger("corral.parallel.engine")
+
+
+class HeartbeatDevice(threading.Thread):
+    """Forwards hub beats from ``ping_url`` back to ``pong_url`` as ``identity``.
+
+    Sockets are created and connected in the constructor (so beats flow as soon as
+    :meth:`start` runs) and belong to the device thread afterwards.
+    """
+
+    def __init__(
+        self, context: zmq.Context[Any], ping_url: str, pong_url: str, identity: bytes
+    ) -> None:
+        super().__init__(name="corral-engine-heartbeat", daemon=True)
+        self.context = context
+        tag = f"{os.getpid()}-{id(self)}"
+        self.capture_url = f"inproc://corral-hb-capture-{tag}"
+        self._control_url = f"inproc://corral-hb-control-{tag}"
+        self.ping = context.socket(zmq.SUB)
+        self.ping.linger = 0
+        self.ping.setsockopt(zmq.SUBSCRIBE, b"")
+        self.ping.connect(ping_url)
+        self.pong = context.socket(zmq.DEALER)
+        self.pong.linger = 0
+        self.pong.identity = identity
+        self.pong.connect(pong_url)
+        self.capture = context.socket(zmq.PUB)
+        self.capture.linger = 0
+        self.capture.bind(self.capture_url)
+        self._control = context.socket(zmq.PAIR)
+        self._control.linger = 0
+        self._control.bind(self._control_url)
+
+    def run(self) -> None:
+        try:
+            zmq.proxy_steerable(self.ping, self.pong, self.capture, self._control)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as exc:  # pragma: no cover - libzmq failure
+            log.error("heartbeat device stopped: %s", exc)
+        finally:
+            for sock in (self.ping, self.pong, self.capture, self._control):
+                sock.close(linger=0)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """End the proxy and close its sockets."""
+        if not self.is_alive():
+            return
+        control = self.context.socket(zmq.PAIR)
+        try:
+            control.connect(self._control_url)
+            control.send(b"TERMINATE")
+        finally:
+            control.close(linger=1000)
+        self.join(timeout)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie counts as gone for a parent watch)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a zombie has exited, whatever kill() says.
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+class HubWatch(threading.Thread):
+    """Calls ``on_lost(reason)`` once when beats stop or the parent process is gone.
+
+    ``capture_url`` is the heartbeat device's capture PUB. ``timeout`` counts from the
+    last beat seen (or from :meth:`start`, so a hub that never beats is noticed too).
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        capture_url: str,
+        timeout: float,
+        on_lost: Callable[[str], None],
+        parent_pid: int | None = None,
+    ) -> None:
+        super().__init__(name="corral-engine-hubwatch", daemon=True)
+        self.timeout = timeout
+        self.on_lost = on_lost
+        self.parent_pid = parent_pid
+        self.last_beat = time.monotonic()
+        self._beats = context.socket(zmq.SUB)
+        self._beats.linger = 0
+        self._beats.setsockopt(zmq.SUBSCRIBE, b"")
+        self._beats.connect(capture_url)
+        self._stop_url = f"inproc://corral-hubwatch-stop-{os.getpid()}-{id(self)}"
+        self._stop_rx = context.socket(zmq.PAIR)
+        self._stop_rx.linger = 0
+        self._stop_rx.bind(self._stop_url)
+        self._context = context
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._beats, zmq.POLLIN)
+        poller.register(self._stop_rx, zmq.POLLIN)
+        # Wake often enough to notice the deadline promptly, rarely enough to cost nothing.
+        tick_ms = int(max(0.02, min(self.timeout / 4, 1.0)) * 1000)
+        try:
+            while True:
+                ready = dict(poller.poll(tick_ms))
+                if self._stop_rx in ready:
+                    return
+                if self._beats in ready:
+                    while self._beats.poll(0):
+                        self._beats.recv(copy=False)
+                    self.last_beat = time.monotonic()
+                reason = self._check()
+                if reason:
+                    self.on_lost(reason)
+                    return
+        except zmq.ContextTerminated:
+            return
+        except Exception:  # pragma: no cover - a bug: the engine still runs, loudly
+            log.exception("hub watch crashed")
+        finally:
+            self._beats.close(linger=0)
+            self._stop_rx.close(linger=0)
+
+    def _check(self) -> str | None:
+        silent = time.monotonic() - self.last_beat
+        if silent > self.timeout:
+            return f"no heartbeat from the controller for {silent:.1f} s"
+        if self.parent_pid is not None and not process_alive(self.parent_pid):
+            return f"parent process {self.parent_pid} is gone"
+        return None
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """End the watch (never calls ``on_lost`` afterwards)."""
+        if not self.is_alive():
+            return
+        stop = self._context.socket(zmq.PAIR)
+        try:
+            stop.connect(self._stop_url)
+            stop.send(b"")
+        finally:
+            stop.close(linger=1000)
+        if threading.current_thread() is not self:
+            self.join(timeout)

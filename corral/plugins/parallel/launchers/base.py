@@ -1,0 +1,321 @@
+"""The launcher seam: how a cluster's processes are started, watched and stopped.
+
+A :class:`~corral.plugins.parallel.cluster.Cluster` never spawns a process itself. It asks
+a *controller launcher* for one controller and an *engine-set launcher* for ``n`` engines,
+and from then on only talks to them through this interface: ``start()``, ``poll()`` /
+``is_running``, ``stop(signum)``, ``wait(timeout)``, ``on_stop`` callbacks and
+``log_file``. Where and how the processes really run (a local subprocess, an ``ssh``
+session, a Slurm job, an ``mpiexec``) is the launcher's business alone, so a cluster on a
+laptop and one on a supercomputer are driven by the same code.
+
+What a launcher gives back from :meth:`Launcher.start` is a list of :class:`LaunchHandle`:
+a pid where the process is local, a job id where a batch system owns it, or both.
+
+Remote launchers
+----------------
+Launchers are looked up by name (``Cluster(launcher="local")``) through
+:func:`get_launchers`. The built-in ``local`` pair lives in
+:mod:`corral.plugins.parallel.launchers.local`. Other launchers will come from plugins
+through a ``corral_launchers`` hook, returning ``{name: (ControllerLauncherClass,
+EngineSetLauncherClass)}``::
+
+    @hookimpl
+    def corral_launchers():
+        return {"slurm": (SlurmControllerLauncher, SlurmEngineSetLauncher)}
+
+An SSH launcher would run the same commands as the local one through ``ssh host``
+(``start`` returns the remote pid it reads back; ``stop`` runs ``kill -TERM -PGID``
+remotely). A Slurm/PBS/SGE/LSF launcher writes a batch script whose body is
+:meth:`ControllerLauncher.command` or :meth:`EngineSetLauncher.command` (an array job
+for engines), submits it, returns the job id in :attr:`LaunchHandle.job_id`, answers
+``poll`` from ``squeue``/``qstat`` and ``stop`` with ``scancel``/``qdel``. An MPI launcher
+starts all engines with one ``mpiexec -n N`` and is a single handle. Engines anywhere find
+the controller through the cluster file, which such launchers copy or share (a network
+file system) — the engine command takes ``--file CLUSTER_FILE`` and nothing else.
+
+The hook is not declared yet: until it is, :func:`get_launchers` asks the plugin manager
+for it only if some plugin has added it, so third-party launchers can be tried early.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import attrs
+
+__all__ = [
+    "ControllerLauncher",
+    "EngineSetLauncher",
+    "LaunchError",
+    "LaunchHandle",
+    "Launcher",
+    "get_launchers",
+    "tail",
+]
+
+#: Bytes of a log file quoted when a process fails.
+TAIL_BYTES = 4000
+
+
+class LaunchError(RuntimeError):
+    """A process could not be started, or exited while starting. The message quotes the
+    end of its log, because that is almost always where the reason is."""
+
+
+@attrs.frozen
+class LaunchHandle:
+    """One thing a launcher started: a local pid, a batch job id, or both."""
+
+    pid: int | None = None
+    job_id: str | None = None
+    #: Process group to signal (local launchers start each process in its own group).
+    pgid: int | None = None
+    log_file: Path | None = None
+
+
+def tail(path: Path | None, offset: int = 0, limit: int = TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of ``path`` written after ``offset``, as text; ``""`` if
+    there is no such file. Used for error messages: show the cause, not just 'it died'."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, end - limit))
+            data = fh.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace").strip()
+
+
+StopCallback = Callable[["Launcher"], None]
+
+
+class Launcher(abc.ABC):
+    """Starts processes of one role and keeps track of them until they end.
+
+    Subclasses implement :meth:`start`, :meth:`poll` and :meth:`send_signal`; the rest
+    (waiting, graceful stop with escalation, ``on_stop`` callbacks) is built on those.
+    Launchers are single-use: start once, stop once.
+    """
+
+    #: Name under which :func:`get_launchers` finds this launcher's family.
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, profile_dir: Path, cluster_id: str) -> None:
+        self.profile_dir = Path(profile_dir)
+        self.cluster_id = cluster_id
+        self.handles: list[LaunchHandle] = []
+        self._stop_callbacks: list[StopCallback] = []
+        self._stopped = threading.Event()
+        self._callbacks_lock = threading.Lock()
+        self._callbacks_done = False
+
+    # ------------------------------------------------------------ to implement
+
+    @abc.abstractmethod
+    def start(self) -> list[LaunchHandle]:
+        """Start the process(es) and return at once, without waiting for them to serve."""
+
+    @abc.abstractmethod
+    def poll(self) -> int | None:
+        """``None`` while any process of this launcher runs, else an exit code (the first
+        non-zero one, if any)."""
+
+    @abc.abstractmethod
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to every process (group) still running."""
+
+    @property
+    @abc.abstractmethod
+    def log_file(self) -> Path | None:
+        """Where the (first) process's stdout and stderr go, for error messages."""
+
+    # ------------------------------------------------------------ built on them
+
+    @property
+    def is_running(self) -> bool:
+        """True while at least one process of this launcher is alive."""
+        return bool(self.handles) and self.poll() is None
+
+    def on_stop(self, callback: StopCallback) -> None:
+        """Call ``callback(launcher)`` once, when every process has ended (for whatever
+        reason). Called at once if that already happened."""
+        with self._callbacks_lock:
+            if not self._callbacks_done:
+                self._stop_callbacks.append(callback)
+                return
+        callback(self)
+
+    def _notify_stopped(self) -> None:
+        """Subclasses call this once all their processes are gone."""
+        with self._callbacks_lock:
+            if self._callbacks_done:
+                return
+            self._callbacks_done = True
+            callbacks, self._stop_callbacks = self._stop_callbacks, []
+        self._stopped.set()
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # a broken observer must not stop the others
+                import logging
+
+                logging.getLogger("corral.launchers").exception("on_stop callback failed")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every process has ended; False on timeout."""
+        if not self.handles:
+            return True
+        return self._stopped.wait(timeout)
+
+    def stop(self, signum: int = signal.SIGTERM, *, grace: float = 3.0) -> None:
+        """Send ``signum``; if processes are still alive after ``grace`` seconds, SIGKILL.
+
+        SIGTERM first so engines and controllers can close sockets and remove their files;
+        SIGKILL after, because a cluster that cannot be stopped is worse than one that
+        stopped untidily.
+        """
+        if not self.is_running:
+            return
+        self.send_signal(signum)
+        if signum != signal.SIGKILL and not self.wait(grace):
+            self.send_signal(signal.SIGKILL)
+            self.wait(5.0)
+
+    def output_tail(self) -> str:
+        """The end of :attr:`log_file` (see :func:`tail`)."""
+        return tail(self.log_file)
+
+
+class ControllerLauncher(Launcher):
+    """Starts the controller, which binds its sockets and then writes the cluster file."""
+
+    def __init__(
+        self,
+        *,
+        profile_dir: Path,
+        cluster_id: str,
+        profile: str = "default",
+        mode: str = "processes",
+        db: str = "sqlite",
+        hb_period: float = 1.0,
+        hb_misses: int | None = None,
+        ip: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(profile_dir=profile_dir, cluster_id=cluster_id)
+        if mode not in ("processes", "threads"):
+            raise ValueError(f"controller mode must be 'processes' or 'threads', not {mode!r}")
+        self.profile = profile
+        self.mode = mode
+        self.db = db
+        self.hb_period = hb_period
+        self.hb_misses = hb_misses
+        self.ip = ip
+        self.extra_args = list(extra_args)
+
+    @property
+    def cluster_file(self) -> Path:
+        """Where the controller writes its ports and key (fixed before it starts)."""
+        return self.profile_dir / "security" / f"cluster-{self.cluster_id}.json"
+
+    def command(self) -> list[str]:
+        """The controller command line, for this or any machine with corral installed."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "corral.plugins.parallel.controller",
+            "--profile",
+            self.profile,
+            "--cluster-id",
+            self.cluster_id,
+            "--db",
+            self.db,
+            "--hb-period",
+            repr(self.hb_period),
+        ]
+        if self.mode == "threads":
+            cmd.append("--threads")
+        if self.hb_misses is not None:
+            cmd += ["--hb-misses", str(self.hb_misses)]
+        if self.ip is not None:
+            cmd += ["--ip", self.ip]
+        return cmd + self.extra_args
+
+
+class EngineSetLauncher(Launcher):
+    """Starts ``n`` engines, each told only where the cluster file is."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        profile_dir: Path,
+        cluster_id: str,
+        cluster_file: Path,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(profile_dir=profile_dir, cluster_id=cluster_id)
+        if n < 0:
+            raise ValueError(f"number of engines must be >= 0, not {n}")
+        self.n = n
+        self.cluster_file = Path(cluster_file)
+        self.extra_args = list(extra_args)
+
+    def command(self) -> list[str]:
+        """The engine command line."""
+        return [
+            sys.executable,
+            "-m",
+            "corral.plugins.parallel.engine",
+            "--file",
+            str(self.cluster_file),
+            *self.extra_args,
+        ]
+
+    @property
+    def running_count(self) -> int:
+        """How many engine processes are alive (subclasses with better knowledge override)."""
+        return self.n if self.is_running else 0
+
+
+LauncherPair = tuple[type[ControllerLauncher], type[EngineSetLauncher]]
+
+
+def get_launchers(name: str) -> LauncherPair:
+    """The (controller, engine set) launcher classes registered under ``name``.
+
+    ``local`` is built in; others come from plugins implementing ``corral_launchers``
+    (see the module docstring). Unknown names fail listing the known ones.
+    """
+    known: dict[str, LauncherPair] = {}
+    from corral.plugins.parallel.launchers.local import (
+        LocalControllerLauncher,
+        LocalEngineSetLauncher,
+    )
+
+    known["local"] = (LocalControllerLauncher, LocalEngineSetLauncher)
+    if name not in known:
+        try:
+            from corral.plugins.manager import get_plugin_manager
+
+            hook = getattr(get_plugin_manager().hook, "corral_launchers", None)
+            if hook is not None:
+                for mapping in hook():
+                    known.update(mapping or {})
+        except Exception:  # plugins are optional here; report the name as unknown
+            pass
+    try:
+        return known[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown launcher {name!r}; known launchers: {', '.join(sorted(known))}"
+        ) from None

@@ -1,0 +1,88 @@
+"""``corral cluster start --daemon | list | status | stop`` and ``corral demo``, run as
+real commands in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from corral.plugins.parallel.demo import chunk_bounds, count_primes, count_primes_in
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def corral(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CORRAL_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_prime_helpers():
+    assert count_primes(0, 30) == 10
+    bounds = chunk_bounds(10_000, 7)
+    assert len(bounds) == 7 and bounds[0][0] == 0 and bounds[-1][1] == 10_000
+    assert sum(count_primes_in(b) for b in bounds) == 1229
+
+
+def test_daemon_start_list_status_stop(tmp_path):
+    started = corral(tmp_path, "cluster", "start", "--daemon", "-n", "2", "--cluster-id", "t1")
+    assert started.returncode == 0, started.stderr + started.stdout
+    assert started.stdout.splitlines()[0] == "t1"
+    assert "corral.Client(profile='default', cluster_id='t1')" in started.stdout
+    record = json.loads((tmp_path / "profile_default" / "run" / "cluster-t1.json").read_text())
+    pids = [record["manager_pid"], record["controller"], *record["engines"]]
+    try:
+        assert len(record["engines"]) == 2
+        assert all(psutil.pid_exists(pid) for pid in pids)
+
+        listed = corral(tmp_path, "cluster", "list")
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if line.startswith("t1 "))
+        assert row.split()[1] == "2" and "running" in row
+
+        status = corral(tmp_path, "cluster", "status")  # the only cluster: no id needed
+        assert status.returncode == 0, status.stderr
+        assert "engines up: 2" in status.stdout
+        assert "completed" in status.stdout
+    finally:
+        stopped = corral(tmp_path, "cluster", "stop", "--cluster-id", "t1")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "cluster t1 stopped" in stopped.stdout
+    procs = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not (tmp_path / "profile_default" / "security" / "cluster-t1.json").exists()
+    listed = corral(tmp_path, "cluster", "list")
+    assert "no clusters" in listed.stdout
+
+
+def test_stop_without_clusters_and_unknown_id(tmp_path):
+    result = corral(tmp_path, "cluster", "stop", "--all")
+    assert result.returncode == 0
+    result = corral(tmp_path, "cluster", "status", "--cluster-id", "nope")
+    assert result.returncode == 1
+    assert "no cluster 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-serial"]])
+def test_demo_counts_primes_and_reports_speedup(tmp_path, extra):
+    result = corral(tmp_path, "demo", "-n", "2", "--limit", "20000", "--chunks", "8", *extra)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "2,262 primes below 20,000" in result.stdout
+    assert "cluster of 2 engines ready" in result.stdout
+    if not extra:
+        assert "speed-up" in result.stdout
+    # The demo's cluster is gone.
+    assert not list((tmp_path / "profile_default" / "security").glob("cluster-*.json"))
+    assert not list((tmp_path / "profile_default" / "run").glob("*.pid"))

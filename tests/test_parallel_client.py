@@ -1,0 +1,498 @@
+"""The cluster client against a real controller (threads mode) and two real engines.
+
+Every public API of the client is exercised end to end: views, maps, lazy maps,
+decorators, namespaces, the data path, results, errors, the executor and the hub's
+database. Destructive tests (killing engines, shutting the cluster down) get clusters of
+their own, in tests/test_parallel_client_failure.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pytest
+from parallel_client_harness import LiveCluster
+
+from corral.core.serialize import SerializationError
+from corral.plugins.parallel.client import (
+    AsyncMapResult,
+    AsyncResult,
+    BroadcastView,
+    Client,
+    CompositeError,
+    DirectView,
+    LoadBalancedView,
+    RemoteError,
+    TaskAborted,
+    UnmetDependency,
+    as_completed,
+    interactive,
+)
+
+# Engines cannot import this test module: ship its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    live = LiveCluster(tmp_path_factory.mktemp("corral"), threads=True)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def rc(cluster: LiveCluster) -> Client:
+    return cluster.client
+
+
+def until(predicate: Any, timeout: float = 30.0) -> None:
+    """Wait for a condition nothing signals (a file an engine writes, say)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.005)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    """Engine side: block until ``path`` exists (a test releases the task)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+    return "released"
+
+
+def touch_then_wait(started: str, release: str) -> int:
+    Path(started).write_text(str(os.getpid()))
+    wait_for_file(release)
+    return os.getpid()
+
+
+# ------------------------------------------------------------------------ client
+
+
+def test_ids_views_and_engines(rc: Client) -> None:
+    assert rc.ids == [0, 1]
+    assert len(rc) == 2
+    assert rc.wait_for_engines(2, timeout=1) == [0, 1]
+    with pytest.raises(TimeoutError):
+        rc.wait_for_engines(3, timeout=0.2)
+    for key, targets in [(slice(None), [0, 1]), (slice(None, None, 2), [0]), ([0, 1], [0, 1])]:
+        view = rc[key]
+        assert isinstance(view, DirectView) and view.targets == targets
+    assert rc[1].targets == 1
+    assert rc[-1].targets == 1
+    with pytest.raises(IndexError):
+        rc[7]
+    pids = rc[:].apply_sync(os.getpid)
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert {e.pid for e in rc.engines.values()} == set(pids)
+    assert rc[1].apply_sync(os.getpid) == rc.engines[1].pid
+
+
+def test_client_finds_newest_cluster_file_by_profile(
+    cluster: LiveCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORRAL_DIR", str(cluster.corral_dir))
+    with Client(profile=cluster.profile) as other:
+        assert other.ids == [0, 1]
+        assert other.cluster_id == cluster.cluster_id
+    assert other.closed
+    with Client(profile=cluster.profile, cluster_id=cluster.cluster_id) as named:
+        assert named.load_balanced_view().apply_sync(double, 4) == 8
+
+
+def test_queue_status(rc: Client) -> None:
+    status = rc.queue_status()
+    assert set(status) == {0, 1}
+    assert set(status[0]) == {"queued", "running", "completed"}
+    assert set(rc.queue_status(0)) == {0}
+
+
+# ------------------------------------------------------------------------ apply
+
+
+def test_apply_variants(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    assert isinstance(lview, LoadBalancedView)
+    result = lview.apply(double, 21)
+    assert isinstance(result, AsyncResult)
+    assert result.get(30) == 42
+    assert lview.apply_sync(lambda a, b=1: a + b, 1, b=2) == 3
+    dview = rc[:]
+    assert dview.apply_sync(double, 2) == [4, 4]
+    assert rc[0].apply_sync(double, 3) == 6
+    with dview.temp_flags(block=True):
+        assert dview.apply(double, 5) == [10, 10]
+    assert dview.block is False
+
+
+def test_pipelined_apply_async(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    results = [lview.apply_async(double, i) for i in range(2000)]
+    assert [r.get(60) for r in results] == [2 * i for i in range(2000)]
+    assert {r.metadata["engine_id"] for r in results} == {0, 1}
+
+
+def test_unpicklable_argument_fails_before_sending(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    pending = len(rc._pending)
+    sent = rc._io.sent
+    with pytest.raises(SerializationError) as info:
+        lview.apply_async(double, threading.Lock())
+    assert info.value.argument == 0
+    assert len(rc._pending) == pending and rc._io.sent == sent
+
+
+# ------------------------------------------------------------------------ map
+
+
+def test_load_balanced_map(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    assert lview.map_sync(double, range(100)) == [2 * i for i in range(100)]
+    assert lview.map_sync(pow, [2, 3, 4], [2, 2, 2, 99], chunksize=1) == [4, 9, 16]
+    result = lview.map_async(double, range(50), chunksize=7)
+    assert isinstance(result, AsyncMapResult)
+    assert len(result) == 50 and len(result.msg_ids) == 8
+    assert list(result) == [2 * i for i in range(50)]
+    unordered = lview.map(double, range(40), ordered=False, chunksize=3)
+    assert sorted(unordered) == [2 * i for i in range(40)]
+    assert lview.map(double, range(4), block=True) == [0, 2, 4, 6]
+    assert lview.map_sync(double, []) == []
+
+
+def test_direct_map_scatters_across_targets(rc: Client) -> None:
+    result = rc[:].map_async(lambda x: (x, os.getpid()), range(10))
+    values = result.get(30)
+    assert [x for x, _ in values] == list(range(10))
+    pids = [pid for _, pid in values]
+    assert pids[:5] == [rc.engines[0].pid] * 5 and pids[5:] == [rc.engines[1].pid] * 5
+    assert rc[:].map_sync(double, range(7), chunksize=2) == [2 * i for i in range(7)]
+
+
+def test_imap_infinite_generator_with_bounded_in_flight(rc: Client) -> None:
+    pulled = itertools.count()
+    produced = []
+
+    def naturals() -> Any:
+        for n in pulled:
+            produced.append(n)
+            yield n
+
+    lview = rc.load_balanced_view()
+    results = lview.imap(double, naturals(), max_in_flight=6)
+    for consumed, value in enumerate(itertools.islice(results, 200), start=1):
+        assert value == 2 * (consumed - 1)
+        assert len(produced) - consumed <= 6
+    assert len(produced) <= 206
+    results.close()
+    unordered = lview.imap(double, range(30), ordered=False, max_in_flight=4, chunksize=4)
+    assert sorted(unordered) == [2 * i for i in range(30)]
+    assert list(rc[:].imap(double, range(5))) == [0, 2, 4, 6, 8]
+
+
+# ------------------------------------------------------------------------ decorators
+
+
+def test_remote_and_parallel_decorators(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+
+    @lview.remote(block=True)
+    def square(x: int) -> int:
+        return x * x
+
+    assert square(7) == 49
+    assert square.__name__ == "square"
+
+    @lview.remote(block=False)
+    def later(x: int) -> int:
+        return x + 1
+
+    assert later(1).get(30) == 2
+
+    @lview.parallel(block=True, chunksize=3)
+    def halve(x: float) -> float:
+        return x / 2
+
+    assert halve(range(10)) == [x / 2 for x in range(10)]
+    assert halve.map([8, 6]) == [4.0, 3.0]
+
+    @rc[:].parallel(block=True)
+    def pid_of(_: Any) -> int:
+        return os.getpid()
+
+    assert set(pid_of(range(4))) == {e.pid for e in rc.engines.values()}
+
+
+# ------------------------------------------------------------------------ namespaces
+
+
+def test_push_pull_execute_and_item_access(rc: Client) -> None:
+    dview = rc[:]
+    dview.push({"a": 1, "b": [1, 2]}, block=True)
+    assert dview.pull("a", block=True) == [1, 1]
+    assert dview.pull(["a", "b"], block=True) == [[1, [1, 2]], [1, [1, 2]]]
+    dview["c"] = "see"
+    assert dview["c"] == ["see", "see"]
+    assert rc[0]["c"] == "see"
+    dview.execute("d = a + 10", block=True)
+    assert dview.pull("d", block=True) == [11, 11]
+
+    @interactive
+    def read_d() -> int:
+        return d + a  # type: ignore[name-defined]  # noqa: F821
+
+    assert rc[1].apply_sync(read_d) == 12
+    with pytest.raises(RemoteError) as info:
+        rc[0].pull("nope", block=True)
+    assert info.value.engine_id == 0
+
+
+def test_scatter_gather_and_run(rc: Client, tmp_path: Path) -> None:
+    dview = rc[:]
+    dview.scatter("part", list(range(9)), block=True)
+    assert rc[0]["part"] == [0, 1, 2, 3, 4] and rc[1]["part"] == [5, 6, 7, 8]
+    assert dview.gather("part", block=True) == list(range(9))
+    dview.scatter("arr", np.arange(10), block=True)
+    gathered = dview.gather("arr", block=True)
+    assert isinstance(gathered, np.ndarray) and gathered.tolist() == list(range(10))
+    script = tmp_path / "script.py"
+    script.write_text("ran_script = 'yes'\n")
+    dview.run(script, block=True)
+    assert dview["ran_script"] == ["yes", "yes"]
+
+
+def test_large_numpy_push_pull_over_data_path(rc: Client) -> None:
+    big = np.random.default_rng(0).integers(0, 2**31, size=50 * 2**20 // 8, dtype=np.int64)
+    dview = rc[:]
+    dview.push({"big": big}, block=True)
+    assert rc._data_channels, "a 50 MB push goes over the engines' data path"
+    pulled = rc[1].pull("big", block=False)
+    back = pulled.get(60)
+    assert len(pulled.msg_ids) == 2, "probe on the mux, then the data path"
+    assert back.dtype == big.dtype and back.shape == big.shape
+    assert back.tobytes() == big.tobytes()
+    checksums = dview.apply_sync(_checksum_big)
+    assert checksums == [int(big.sum())] * 2
+
+
+@interactive
+def _checksum_big() -> int:
+    return int(big.sum())  # type: ignore[name-defined]  # noqa: F821
+
+
+def test_sync_imports_and_temp_flags(rc: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    dview = rc[:]
+    with dview.sync_imports():
+        import colorsys  # noqa: F401
+    assert "importing colorsys" in capsys.readouterr().out
+    dview.execute("mod_name = colorsys.__name__", block=True)
+    assert dview["mod_name"] == ["colorsys", "colorsys"]
+    lview = rc.load_balanced_view()
+    with lview.temp_flags(block=True, retries=2, timeout=30):
+        assert lview.retries == 2
+        assert lview.apply(double, 1) == 2
+    assert (lview.block, lview.retries, lview.timeout) == (False, 0, None)
+    with pytest.raises(KeyError):
+        lview.set_flags(nonsense=1)
+
+
+def test_broadcast_view(rc: Client) -> None:
+    bview = rc.broadcast_view()
+    assert isinstance(bview, BroadcastView)
+    pids = bview.apply_sync(os.getpid)
+    assert sorted(pids) == sorted(e.pid for e in rc.engines.values())
+    assert pids == [rc.engines[0].pid, rc.engines[1].pid]
+    bview.push({"bx": 5}, block=True)
+    assert bview.pull("bx", block=True) == [5, 5]
+    bview.execute("by = bx * 2", block=True)
+    assert rc[:]["by"] == [10, 10]
+    assert rc.broadcast_view(targets=[1]).apply_sync(double, 4) == [8]
+
+
+# ------------------------------------------------------------------------ results
+
+
+def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    def chatty(x: int) -> int:
+        print("hello from", x)
+        print("to stderr", file=sys.stderr)
+        return x
+
+    result = rc.load_balanced_view().apply_async(chatty, 3)
+    assert result.wait(30) and result.ready() and result.successful()
+    assert result.get() == 3
+    assert result.wait_for_output(30)
+    md = result.metadata
+    assert md["stdout"] == "hello from 3\n" and md["stderr"] == "to stderr\n"
+    assert md["engine_id"] in (0, 1) and md["status"] == "ok"
+    assert md["submitted"] is not None and md["started"] and md["completed"] and md["received"]
+    result.display_outputs()
+    out, err = capsys.readouterr()
+    assert f"[stdout:{md['engine_id']}] hello from 3" in out
+    assert "to stderr" in err
+    # display_data and execute_result land in outputs
+    executed = rc[0].execute("from corral.display import display\ndisplay(41)\n40 + 2", block=False)
+    executed.get(30)
+    assert executed.wait_for_output(30)
+    kinds = [o["msg_type"] for o in executed.metadata["outputs"]]
+    assert "execute_result" in kinds
+
+
+def test_await_as_completed_and_wait_interactive(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+
+    async def gather() -> list[int]:
+        return list(await asyncio.gather(*(lview.apply_async(double, i) for i in range(5))))
+
+    assert asyncio.run(gather()) == [0, 2, 4, 6, 8]
+    results = [lview.apply_async(double, i) for i in range(10)]
+    assert sorted(r.get() for r in as_completed(results, timeout=30)) == [2 * i for i in range(10)]
+    mapped = lview.map_async(double, range(20), chunksize=2)
+    out = io.StringIO()
+    mapped.wait_interactive(interval=0.01, file=out)
+    assert mapped.ready() and "10/10" in out.getvalue()
+
+
+def test_remote_exceptions(rc: Client) -> None:
+    def fail(x: int) -> int:
+        if x % 2:
+            raise ValueError(f"odd {x}")
+        return x
+
+    with pytest.raises(RemoteError) as info:
+        rc.load_balanced_view().apply_sync(fail, 1)
+    error = info.value
+    assert error.ename == "ValueError" and error.evalue == "odd 1"
+    assert error.engine_id in (0, 1)
+    assert "ValueError: odd 1" in str(error) and "fail" in str(error)
+    with pytest.raises(CompositeError) as composite:
+        rc.load_balanced_view().map_sync(fail, range(6), chunksize=1)
+    assert [e.evalue for e in composite.value.errors] == ["odd 1", "odd 3", "odd 5"]
+    with pytest.raises(CompositeError) as multi:
+        rc[:].apply_sync(fail, 3)
+    assert sorted(multi.value.engine_ids) == [0, 1]
+
+
+def test_abort_queued_task(rc: Client, tmp_path: Path) -> None:
+    release = str(tmp_path / "release")
+    engine = rc[0]
+    blocker = engine.apply_async(wait_for_file, release)
+    queued = engine.apply_async(double, 1)
+    queued.abort()
+    Path(release).touch()
+    assert blocker.get(30) == "released"
+    with pytest.raises(TaskAborted):
+        queued.get(30)
+
+
+def test_interrupt_running_task(rc: Client, tmp_path: Path) -> None:
+    started, release = str(tmp_path / "started"), str(tmp_path / "never")
+    running = rc[1].apply_async(touch_then_wait, started, release)
+    until(lambda: os.path.exists(started))
+    running.interrupt()
+    with pytest.raises(RemoteError) as info:
+        running.get(30)
+    assert info.value.ename == "KeyboardInterrupt"
+    assert rc[1].apply_sync(double, 2) == 4  # the engine lives on
+
+
+def test_interrupt_load_balanced_task(rc: Client, tmp_path: Path) -> None:
+    started, release = tmp_path / "started", str(tmp_path / "never")
+    running = rc.load_balanced_view().apply_async(touch_then_wait, str(started), release)
+    until(started.exists)
+    pid = int(started.read_text())
+    running.interrupt()
+    with pytest.raises(RemoteError) as info:
+        running.get(30)
+    assert info.value.ename == "KeyboardInterrupt"
+    assert rc.engines[info.value.engine_id].pid == pid
+
+
+def test_dependencies(rc: Client, tmp_path: Path) -> None:
+    lview = rc.load_balanced_view()
+    marker = str(tmp_path / "first")
+    first = lview.apply_async(touch_then_wait, marker, marker)
+    with lview.temp_flags(after=[first]):
+        second = lview.apply_async(os.path.exists, marker)
+    assert second.get(30) is True and first.ready()
+
+    def boom() -> None:
+        raise RuntimeError("no")
+
+    failed = lview.apply_async(boom)
+    with lview.temp_flags(after=failed):
+        dependent = lview.apply_async(double, 1)
+    with pytest.raises(UnmetDependency):
+        dependent.get(30)
+
+
+# ------------------------------------------------------------------------ executor
+
+
+def test_executor(rc: Client) -> None:
+    with rc.executor() as pool:
+        future = pool.submit(double, 4)
+        assert future.result(30) == 8
+        assert list(pool.map(double, range(10))) == [2 * i for i in range(10)]
+        assert list(pool.map(pow, [2, 3], [3, 2])) == [8, 9]
+        pending = [pool.submit(double, i) for i in range(20)]
+    assert all(f.done() for f in pending)
+    with pytest.raises(RuntimeError):
+        pool.submit(double, 1)
+    never = str(Path(rc.connection_file).parent / "never-released")
+    with pytest.raises(TimeoutError):
+        list(rc.executor().map(lambda p: wait_for_file(p, 1.0), [never], timeout=0.1))
+
+
+# ------------------------------------------------------------------------ hub database
+
+
+def test_get_result_db_query_and_purge(cluster: LiveCluster) -> None:
+    first = cluster.connect()
+    result = first.load_balanced_view().apply_async(double, 50)
+    assert result.get(30) == 100
+    msg_id = result.msg_ids[0]
+    assert first.get_result(msg_id) is result
+    first.close()
+    with pytest.raises(RuntimeError):
+        first.load_balanced_view().apply_async(double, 1)
+    second = cluster.connect()
+    fetched = second.get_result(msg_id)
+    assert fetched.get(30) == 100
+    assert fetched.metadata["engine_id"] in (0, 1)
+    records = second.db_query({"msg_id": msg_id}, keys=["msg_id", "engine_id", "completed"])
+    assert len(records) == 1 and records[0]["msg_id"] == msg_id
+    assert records[0]["engine_id"] == fetched.metadata["engine_id"]
+    assert second.db_query({"msg_id": {"$in": [msg_id, "nothing"]}}, ["msg_id"])
+    assert second.purge_results(msg_id) == 1
+    with pytest.raises(RemoteError, match="no task"):
+        second.get_result(msg_id).get(30)
+    # a result still running when asked for arrives once it completes
+    release = str(Path(cluster.corral_dir) / "release-hub")
+    slow = second.load_balanced_view().apply_async(wait_for_file, release)
+    third = cluster.connect()
+    pending = third.get_result(slow.msg_ids)
+    assert not pending.wait(0.05)
+    Path(release).touch()
+    assert pending.get(30) == "released"
+    second.close()
+    third.close()

@@ -1,0 +1,143 @@
+"""The client when things go wrong, and with a controller in process mode.
+
+Each test gets a cluster of its own, because it kills engines or shuts the cluster down.
+The promise under test: no result ever hangs. Every task ends as a value or an error
+(EngineError for a dead engine), which ``get(timeout=...)`` proves without any sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from parallel_client_harness import LiveCluster
+
+from corral.plugins.parallel.client import EngineError, RemoteError
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+    return "released"
+
+
+def until(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.005)
+
+
+def record_pid_then_wait(folder: str, release: str) -> int:
+    """Engine side: note which process runs this attempt, then wait for ``release``.
+
+    The first attempt blocks (its engine is killed); a retry on another engine finds
+    the first note and returns at once.
+    """
+    notes = Path(folder)
+    earlier = list(notes.iterdir())
+    (notes / str(os.getpid())).touch()
+    if earlier:
+        return os.getpid()
+    wait_for_file(release)
+    return os.getpid()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Any:
+    cluster = LiveCluster(tmp_path / "corral", threads=True)
+    yield cluster
+    cluster.stop()
+
+
+def test_kill_engine_mid_task_nothing_hangs(live: LiveCluster, tmp_path: Path) -> None:
+    rc = live.client
+    victim = 1
+    victim_pid = rc.engines[victim].pid
+    started, release = tmp_path / "started", str(tmp_path / "never")
+    started.mkdir()
+    direct = rc[victim].apply_async(record_pid_then_wait, str(started), release)
+    queued = [rc[victim].apply_async(square, i) for i in range(5)]
+    broadcast = rc.broadcast_view().apply_async(wait_for_file, release, 2.0)
+    lview = rc.load_balanced_view()
+    balanced = [lview.apply_async(square, i) for i in range(200)]
+    until(lambda: any(started.iterdir()))
+    assert int(next(started.iterdir()).name) == victim_pid
+    os.kill(victim_pid, signal.SIGKILL)
+    for result in [direct, *queued]:
+        with pytest.raises(EngineError) as info:
+            result.get(timeout=30)
+        assert info.value.engine_id == victim
+    with pytest.raises(RemoteError):
+        broadcast.get(timeout=30)
+    for i, result in enumerate(balanced):
+        try:
+            assert result.get(timeout=30) == i * i
+        except EngineError:
+            pass
+    until(lambda: rc.ids == [0])
+    assert rc.load_balanced_view().apply_sync(square, 3) == 9
+    with pytest.raises(IndexError):
+        rc[victim]
+
+
+def test_retries_move_a_task_to_the_other_engine(live: LiveCluster, tmp_path: Path) -> None:
+    rc = live.client
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    lview = rc.load_balanced_view()
+    with lview.temp_flags(retries=1):
+        result = lview.apply_async(record_pid_then_wait, str(notes), str(tmp_path / "never"))
+    until(lambda: any(notes.iterdir()))
+    first_pid = int(next(notes.iterdir()).name)
+    os.kill(first_pid, signal.SIGKILL)
+    second_pid = result.get(timeout=60)
+    assert second_pid != first_pid
+    assert second_pid in {e.pid for e in rc.engines.values()}
+
+
+def test_new_engine_joins_and_shutdown_stops_cluster(live: LiveCluster) -> None:
+    rc = live.client
+    live.add_engine()
+    assert rc.wait_for_engines(3, timeout=60) == [0, 1, 2]
+    assert rc.engines[2].pid is not None or rc[2].apply_sync(os.getpid)
+    assert rc[2].apply_sync(square, 5) == 25
+    rc.shutdown(hub=True)
+    for proc in [*live.engines, live.controller]:
+        assert proc.wait(30) is not None
+
+
+def test_process_mode_controller(tmp_path: Path) -> None:
+    cluster = LiveCluster(tmp_path / "corral", threads=False)
+    try:
+        rc = cluster.client
+        lview = rc.load_balanced_view()
+        assert lview.map_sync(square, range(50)) == [i * i for i in range(50)]
+        results = [lview.apply_async(square, i) for i in range(500)]
+        assert [r.get(60) for r in results] == [i * i for i in range(500)]
+        assert rc[:].apply_sync(os.getpid) == [rc.engines[0].pid, rc.engines[1].pid]
+        rc[:].push({"z": 3}, block=True)
+        assert rc[:].pull("z", block=True) == [3, 3]
+        msg_id = results[0].msg_ids[0]
+        other = cluster.connect()
+        assert other.get_result(msg_id).get(30) == 0
+    finally:
+        cluster.stop()

@@ -1,0 +1,174 @@
+"""``corral.Cluster`` and the local launchers, with real controllers and engines.
+
+Every test checks that what it started is gone afterwards, by pid: a leaked engine is a
+bug users pay for in cores and ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from corral.plugins.parallel.cluster import Cluster, ClusterError
+from corral.plugins.parallel.launchers import EngineSetLauncher, get_launchers
+from corral.plugins.parallel.launchers.local import (
+    LocalControllerLauncher,
+    LocalEngineSetLauncher,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def corral_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _all_pids(cluster: Cluster) -> list[int]:
+    """Controller (with its component processes) and engines."""
+    pids = cluster.pids()
+    found = [pids["controller"], *pids["engines"]]
+    try:
+        found += [p.pid for p in psutil.Process(pids["controller"]).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        pass
+    return found
+
+
+def _assert_gone(pids: list[int]) -> None:
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"still running: {alive}"
+
+
+def test_start_and_stop_leaves_nothing_behind(corral_dir):
+    cluster = Cluster(n=2, profile="t", hb_period=0.2)
+    client = cluster.start_and_connect()
+    try:
+        assert sorted(client.ids) == [0, 1]
+        assert cluster.cluster_file.exists()
+        assert cluster.record_file.exists()
+        run = corral_dir / "profile_t" / "run"
+        assert (run / f"controller-{cluster.cluster_id}.pid").exists()
+        assert len(list(run.glob(f"engine-{cluster.cluster_id}-*.pid"))) == 2
+        pids = _all_pids(cluster)
+        assert len(pids) >= 3
+    finally:
+        cluster.stop()
+    _assert_gone(pids)
+    assert not cluster.cluster_file.exists()
+    assert not cluster.record_file.exists()
+    assert not list((corral_dir / "profile_t" / "run").glob("*.pid"))
+    assert not cluster.is_running
+    cluster.stop()  # twice is fine
+
+
+def test_context_manager_yields_working_client():
+    cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2)
+    with cluster as rc:
+        assert len(rc.ids) == 2
+        assert rc.load_balanced_view().map_sync(lambda x: x * x, range(10)) == [
+            x * x for x in range(10)
+        ]
+        pids = _all_pids(cluster)
+    _assert_gone(pids)
+
+
+def test_async_with():
+    async def main() -> tuple[list[int], list[int]]:
+        cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2)
+        async with cluster as rc:
+            result = await rc.load_balanced_view().apply_async(pow, 7, 2)
+            assert result == 49
+            return list(rc.ids), _all_pids(cluster)
+
+    ids, pids = asyncio.run(main())
+    assert ids == [0, 1]
+    _assert_gone(pids)
+
+
+def test_failed_controller_reports_its_log_tail(corral_dir):
+    cluster = Cluster(n=2, controller_args=("--no-such-option",))
+    with pytest.raises(ClusterError) as info:
+        cluster.start()
+    message = str(info.value)
+    assert "exited with code 2" in message
+    assert "unrecognized arguments: --no-such-option" in message
+    assert "controller-" in message  # the log file is named
+    # The engines started beside it were not left waiting for a file that never comes.
+    _assert_gone(cluster.pids()["engines"])
+    assert not cluster.cluster_file.exists()
+
+
+def test_engines_follow_the_launching_process_when_it_dies(corral_dir):
+    """SIGKILL the process holding the Cluster: its engines and controller must not linger
+    (the bootstrap watches CORRAL_PARENT_PID and ends its process group)."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from corral.plugins.parallel.cluster import Cluster
+        cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2)
+        cluster.start_and_connect()
+        print(json.dumps(cluster.pids()), flush=True)
+        sys.stdin.read()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        import json
+
+        pids = json.loads(proc.stdout.readline())
+        assert len(pids["engines"]) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _assert_gone([pids["controller"], *pids["engines"]])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_add_engines_to_a_running_cluster():
+    cluster = Cluster(n=1, controller_mode="threads", hb_period=0.2)
+    rc = cluster.start_and_connect()
+    try:
+        cluster.add_engines(1)
+        assert len(rc.wait_for_engines(2, timeout=60)) == 2
+        pids = _all_pids(cluster)
+    finally:
+        cluster.stop()
+    _assert_gone(pids)
+
+
+def test_launcher_seam():
+    controller_cls, engines_cls = get_launchers("local")
+    assert controller_cls is LocalControllerLauncher
+    assert engines_cls is LocalEngineSetLauncher
+    assert issubclass(engines_cls, EngineSetLauncher)
+    with pytest.raises(ValueError, match="known launchers: local"):
+        get_launchers("no-such-launcher")
+    with pytest.raises(ValueError, match="controller_mode"):
+        Cluster(controller_mode="fibres")
+    assert Cluster().n == (os.cpu_count() or 1)

@@ -1,0 +1,222 @@
+"""The task database backends: sqlite (file), memory, none; batching, queries, purge."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.plugins.parallel.controller.taskdb import (
+    FIELDS,
+    TaskDB,
+    open_taskdb,
+    pack_buffers,
+    unpack_buffers,
+)
+
+HEADER = json.dumps({"msg_id": "m", "msg_type": "apply_request"})
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskDB]:
+    store = open_taskdb(request.param, tmp_path / "db" / "tasks.sqlite")
+    yield store
+    store.close()
+
+
+def request(db: TaskDB, msg_id: str, engine: str = "", eid: int | None = None, **kw: Any) -> None:
+    header = json.dumps({"msg_id": msg_id, "msg_type": "apply_request", "date": kw.get("date")})
+    db.add_request(
+        msg_id, "client", engine, eid, "apply_request", header, "{}", kw.get("date", "2026-01-01")
+    )
+
+
+def reply(db: TaskDB, msg_id: str, engine: str, eid: int, status: str = "ok", **kw: Any) -> None:
+    db.add_reply(
+        msg_id,
+        "client",
+        engine,
+        eid,
+        "2026-01-01T00:00:01",
+        kw.get("completed", "2026-01-01T00:00:02"),
+        status,
+        json.dumps({"msg_id": "r-" + msg_id}),
+        json.dumps({"status": status}),
+        json.dumps({"status": status, "n": kw.get("n", 0)}),
+        kw.get("buffers", []),
+    )
+
+
+def test_pack_buffers_roundtrip() -> None:
+    bufs = [b"", b"abc", os.urandom(70_000), memoryview(b"xyz")]
+    assert unpack_buffers(pack_buffers(bufs)) == [bytes(b) for b in bufs]
+    assert pack_buffers([]) is None and unpack_buffers(None) == []
+
+
+def test_request_reply_and_get(db: TaskDB) -> None:
+    payload = [os.urandom(100_000), b"\x00", b""]
+    request(db, "a", "e1", 0)
+    request(db, "b")  # load-balanced: engine not chosen yet
+    reply(db, "a", "e1", 0, buffers=payload)
+    db.append_output("a", "stdout", "hi ", 0)
+    db.append_output("a", "stdout", "there", None)
+    db.append_output("a", "stderr", "err", 0)
+    db.append_output("a", "bogus", "ignored", 0)
+    got = db.get(["a", "b", "zzz"])
+    assert set(got) == {"a", "b"}
+    a = got["a"]
+    assert set(a) == set(FIELDS)
+    assert a["result_buffers"] == payload and a["buffer_count"] == 3
+    assert a["stdout"] == "hi there" and a["stderr"] == "err"
+    assert a["header"]["msg_id"] == "a" and a["result_content"] == {"status": "ok", "n": 0}
+    assert a["received"] is not None and a["engine_id"] == 0
+    b = got["b"]
+    assert b["result_status"] is None and b["engine_uuid"] == "" and b["result_buffers"] == []
+    reply(db, "b", "e2", 1)  # the reply claims the unassigned record
+    b = db.get(["b"])["b"]
+    assert b["engine_uuid"] == "e2" and b["engine_id"] == 1 and b["result_status"] == "ok"
+    assert len(db.find({"msg_id": "b"})) == 1
+
+
+def test_broadcast_records_per_engine_and_engine_lost(db: TaskDB) -> None:
+    request(db, "x", "e1", 0)
+    request(db, "x", "e2", 1)
+    reply(db, "x", "e2", 1)
+    recs = db.find({"msg_id": "x"}, ["engine_uuid", "result_status"])
+    assert [(r["engine_uuid"], r["result_status"]) for r in recs] == [("e1", None), ("e2", "ok")]
+    request(db, "y", "e1", 0)
+    db.engine_lost("e1")  # y and x@e1 unanswered: both become unassigned...
+    reply(db, "y", "e3", 2)  # ...and a retry elsewhere claims y
+    assert db.get(["y"])["y"]["engine_uuid"] == "e3"
+    reply(db, "x", "e1", 0, status="error")  # the queue's EngineError claims x@e1 back
+    recs = db.find({"msg_id": "x"}, ["engine_uuid", "result_status"])
+    assert sorted((r["engine_uuid"], r["result_status"]) for r in recs) == [
+        ("e1", "error"),
+        ("e2", "ok"),
+    ]
+
+
+def test_reply_without_request_is_recorded(db: TaskDB) -> None:
+    reply(db, "orphan", "e1", 0)
+    assert db.get(["orphan"])["orphan"]["result_status"] == "ok"
+
+
+def test_find_operators_and_keys(db: TaskDB) -> None:
+    for i in range(6):
+        request(db, f"m{i}", "e", i % 2, date=f"2026-01-0{i + 1}")
+        if i < 4:
+            reply(db, f"m{i}", "e", i % 2, status="ok" if i % 3 else "error", n=i)
+
+    def ids(query: dict[str, Any]) -> list[str]:
+        return [r["msg_id"] for r in db.find(query, ["msg_id"])]
+
+    assert ids({}) == [f"m{i}" for i in range(6)]
+    assert ids({"engine_id": 1}) == ["m1", "m3", "m5"]
+    assert ids({"msg_id": {"$in": ["m1", "m4", "nope"]}}) == ["m1", "m4"]
+    assert ids({"msg_id": {"$in": []}}) == []
+    assert ids({"submitted": {"$lt": "2026-01-03"}}) == ["m0", "m1"]
+    assert ids({"submitted": {"$gt": "2026-01-02", "$lt": "2026-01-05"}}) == ["m2", "m3"]
+    assert ids({"result_status": None}) == ["m4", "m5"]
+    assert ids({"result_status": {"$ne": None}}) == ["m0", "m1", "m2", "m3"]
+    assert ids({"result_status": {"$ne": "ok"}, "engine_id": 0}) == ["m0", "m4"]  # null too
+    recs = db.find({"msg_id": "m2"}, ["result_content", "result_buffers"])
+    assert recs == [
+        {"msg_id": "m2", "result_content": {"status": "ok", "n": 2}, "result_buffers": []}
+    ]
+    assert set(db.find({"msg_id": "m0"})[0]) == set(FIELDS) - {"result_buffers"}
+
+
+@pytest.mark.parametrize(
+    "query, keys",
+    [
+        ({"nope": 1}, None),
+        ({"header": "x"}, None),
+        ({"msg_id": {"$regex": "x"}}, None),
+        ({"msg_id": {"$in": "abc"}}, None),
+        ({"msg_id": {"$lt": [1]}}, None),
+        ({"msg_id": {}}, None),
+        ({"msg_id; DROP TABLE tasks": 1}, None),
+        ({}, ["nope"]),
+        ({}, "msg_id"),
+        ("not a dict", None),
+    ],
+)
+def test_bad_queries_raise_value_error(db: TaskDB, query: Any, keys: Any) -> None:
+    with pytest.raises(ValueError):
+        db.find(query, keys)
+    request(db, "still-works")
+    assert "still-works" in db.get(["still-works"])
+
+
+def test_purge_only_completed(db: TaskDB) -> None:
+    for i in range(4):
+        request(db, f"p{i}", "e", 0)
+    reply(db, "p0", "e", 0)
+    reply(db, "p1", "e", 0)
+    reply(db, "p2", "e", 0)
+    assert db.purge(["p0", "p3", "unknown"]) == 1  # p3 is still running: kept
+    assert db.purge("all") == 2
+    assert [r["msg_id"] for r in db.find({})] == ["p3"]
+    with pytest.raises(ValueError):
+        db.purge("p3")  # a bare string other than "all"
+
+
+def test_store_buffers_false(tmp_path: Path) -> None:
+    db = open_taskdb("memory", store_buffers=False)
+    try:
+        request(db, "a", "e", 0)
+        reply(db, "a", "e", 0, buffers=[b"big"])
+        rec = db.get(["a"])["a"]
+        assert rec["result_buffers"] == [] and rec["buffer_count"] == 0
+    finally:
+        db.close()
+
+
+def test_sqlite_is_wal_batched_and_persistent(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.sqlite"
+    db = open_taskdb("sqlite", path, flush_interval=60.0, batch_size=10_000)
+    for i in range(1000):
+        request(db, f"t{i}", "e", 0)
+        reply(db, f"t{i}", "e", 0, buffers=[b"%d" % i])
+    # nothing forces a flush but a query, which first applies every earlier write
+    assert len(db.find({}, ["msg_id"])) == 1000
+    request(db, "last", "e", 0)
+    db.close()  # close applies what is pending
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1001
+    con.close()
+    again = open_taskdb("sqlite", path)
+    try:
+        assert again.get(["t999"])["t999"]["result_buffers"] == [b"999"]
+    finally:
+        again.close()
+    with pytest.raises(RuntimeError):
+        again.get(["t1"])
+
+
+def test_none_backend_stores_nothing() -> None:
+    db = open_taskdb("none")
+    request(db, "a", "e", 0)
+    reply(db, "a", "e", 0)
+    db.append_output("a", "stdout", "x", 0)
+    db.engine_lost("e")
+    assert db.get(["a"]) == {}
+    assert db.find({"msg_id": "a"}) == []
+    assert db.purge("all") == 0
+    with pytest.raises(ValueError):
+        db.find({"nope": 1})
+    db.flush()
+    db.close()
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(ValueError):
+        open_taskdb("mongodb")
+    with pytest.raises(ValueError):
+        open_taskdb("sqlite")
