@@ -33,6 +33,7 @@ class LiveCluster:
         profile: str = "client",
         cluster_id: str = "c1",
         hb_period: float = 0.2,
+        hb_misses: int = 5,  # slack for a saturated CI machine; death still seen in ~1 s
     ) -> None:
         self.corral_dir = corral_dir
         self.profile = profile
@@ -52,6 +53,8 @@ class LiveCluster:
             cluster_id,
             "--hb-period",
             str(hb_period),
+            "--hb-misses",
+            str(hb_misses),
         ]
         if threads:
             args.append("--threads")

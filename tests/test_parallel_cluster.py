@@ -57,7 +57,7 @@ def _assert_gone(pids: list[int]) -> None:
 
 
 def test_start_and_stop_leaves_nothing_behind(corral_dir):
-    cluster = Cluster(n=2, profile="t", hb_period=0.2)
+    cluster = Cluster(n=2, profile="t", hb_period=0.2, hb_misses=5)
     client = cluster.start_and_connect()
     try:
         assert sorted(client.ids) == [0, 1]
@@ -79,7 +79,7 @@ def test_start_and_stop_leaves_nothing_behind(corral_dir):
 
 
 def test_context_manager_yields_working_client():
-    cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2)
+    cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2, hb_misses=5)
     with cluster as rc:
         assert len(rc.ids) == 2
         assert rc.load_balanced_view().map_sync(lambda x: x * x, range(10)) == [
@@ -91,7 +91,7 @@ def test_context_manager_yields_working_client():
 
 def test_async_with():
     async def main() -> tuple[list[int], list[int]]:
-        cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2)
+        cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2, hb_misses=5)
         async with cluster as rc:
             result = await rc.load_balanced_view().apply_async(pow, 7, 2)
             assert result == 49
@@ -122,7 +122,7 @@ def test_engines_follow_the_launching_process_when_it_dies(corral_dir):
         """
         import json, sys
         from corral.plugins.parallel.cluster import Cluster
-        cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2)
+        cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2, hb_misses=5)
         cluster.start_and_connect()
         print(json.dumps(cluster.pids()), flush=True)
         sys.stdin.read()
@@ -151,7 +151,7 @@ def test_engines_follow_the_launching_process_when_it_dies(corral_dir):
 
 
 def test_add_engines_to_a_running_cluster():
-    cluster = Cluster(n=1, controller_mode="threads", hb_period=0.2)
+    cluster = Cluster(n=1, controller_mode="threads", hb_period=0.2, hb_misses=5)
     rc = cluster.start_and_connect()
     try:
         cluster.add_engines(1)
