@@ -34,6 +34,7 @@ class LiveCluster:
         cluster_id: str = "c1",
         hb_period: float = 0.2,
         hb_misses: int = 5,  # slack for a saturated CI machine; death still seen in ~1 s
+        controller_env: dict[str, str] | None = None,
     ) -> None:
         self.corral_dir = corral_dir
         self.profile = profile
@@ -59,7 +60,11 @@ class LiveCluster:
         if threads:
             args.append("--threads")
         self.controller = subprocess.Popen(
-            args, env=self.env, stdout=subprocess.PIPE, text=True, start_new_session=True
+            args,
+            env={**self.env, **(controller_env or {})},
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         self.engines: list[subprocess.Popen[Any]] = []
         self.clients: list[Client] = []

@@ -23,13 +23,12 @@ key cannot even complete the handshake; the HMAC key still authenticates each me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
-
-import attrs
 
 __all__ = [
     "CHANNELS",
@@ -54,9 +53,13 @@ def _to_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-@attrs.define
+@dataclasses.dataclass
 class ConnectionInfo:
-    """Everything a client needs to reach a kernel. Port 0 means "not bound yet"."""
+    """Everything a client needs to reach a kernel. Port 0 means "not bound yet".
+
+    A stdlib dataclass, not attrs: it is read on every kernel's startup path, where
+    importing attrs would cost more than a tenth of the whole startup.
+    """
 
     transport: str = "tcp"
     ip: str = "127.0.0.1"
@@ -65,11 +68,15 @@ class ConnectionInfo:
     stdin_port: int = 0
     control_port: int = 0
     hb_port: int = 0
-    key: bytes = attrs.field(factory=new_key, converter=_to_bytes)
+    key: bytes = dataclasses.field(default_factory=new_key)
     signature_scheme: str = "hmac-sha256"
     kernel_name: str = ""
     curve_publickey: str | None = None
     curve_secretkey: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The key may be given as text (as JSON holds it); it is always kept as bytes.
+        super().__setattr__(name, _to_bytes(value) if name == "key" else value)
 
     def port(self, channel: str) -> int:
         """The port of ``channel`` (one of :data:`CHANNELS`)."""
@@ -88,7 +95,7 @@ class ConnectionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """The connection file's JSON object (the key as text, absent curve keys omitted)."""
-        data = attrs.asdict(self)
+        data = dataclasses.asdict(self)
         data["key"] = self.key.decode("utf-8")
         for name in ("curve_publickey", "curve_secretkey"):
             if data[name] is None:
@@ -98,7 +105,7 @@ class ConnectionInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConnectionInfo:
         """Build from a connection file's object, ignoring fields other tools add."""
-        known = {f.name for f in attrs.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -128,6 +128,9 @@ class KernelServer:
         #: Called once, just before the first execution: kernel_main finishes loading
         #: plugins (started in the background to keep startup fast) here.
         self.prepare_execute: Callable[[], None] | None = None
+        #: Called once, after the first request has been answered: work that must not
+        #: delay a frontend's first reply (kernel_main starts loading plugins here).
+        self.after_first_request: Callable[[], None] | None = None
         self.context = context or zmq.Context()
         self.port_range = port_range
         self.session = Session(
@@ -359,6 +362,9 @@ class KernelServer:
         finally:
             self.iopub.flush()
             self.iopub.publish("status", {"execution_state": "idle"}, header)
+            if self.after_first_request is not None:
+                after, self.after_first_request = self.after_first_request, None
+                after()
 
     def _reply(
         self,

@@ -19,7 +19,6 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,30 +74,50 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     threading.Thread(target=poll, name="corral-parent-watch", daemon=True).start()
 
 
-def _load_plugins_in_background(interpreter: Any, profile: str) -> Callable[[], None]:
-    """Load plugins and their magics off the startup path; returns the call that waits.
+class _PluginLoader:
+    """Loads plugins and their magics off the startup path, in a thread of its own.
 
-    Finding entry points and resolving configuration takes tens of milliseconds, more than
-    the rest of startup; a frontend's first kernel_info needs none of it, an execution may.
+    Finding entry points and resolving configuration takes tens of milliseconds of CPU,
+    more than the rest of startup; a frontend's first kernel_info needs none of it, an
+    execution may. So loading starts once the first request has been answered (or at the
+    first execution, if that comes first), and executions wait for it to finish.
     """
-    import threading
 
-    def load() -> None:
+    def __init__(self, interpreter: Any, profile: str) -> None:
+        import threading
+
+        self._interpreter = interpreter
+        self._profile = profile
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import threading
+
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._load, name="corral-plugin-loader", daemon=True
+                )
+                self._thread.start()
+
+    def wait(self) -> None:
+        self.start()
+        assert self._thread is not None
+        self._thread.join()
+
+    def _load(self) -> None:
         log = logging.getLogger("corral.kernel")
         try:
             from corral.plugins.manager import get_plugin_manager
             from corral.plugins.runtime import load_configuration
 
-            manager = get_plugin_manager(profile=profile)
-            config = load_configuration(manager, profile=profile)
+            manager = get_plugin_manager(profile=self._profile)
+            config = load_configuration(manager, profile=self._profile)
             manager.hook.corral_configure(config=config)
-            manager.hook.corral_add_magics(registry=interpreter.magics)
+            manager.hook.corral_add_magics(registry=self._interpreter.magics)
         except Exception:
             log.exception("plugins could not be loaded; the kernel runs without them")
-
-    loader = threading.Thread(target=load, name="corral-plugin-loader", daemon=True)
-    loader.start()
-    return loader.join
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     elif unbound or not path.exists():
         write_connection_file(path, info)
     server.start()
-    server.prepare_execute = _load_plugins_in_background(server.interpreter, args.profile)
+    plugins = _PluginLoader(server.interpreter, args.profile)
+    server.after_first_request = plugins.start
+    server.prepare_execute = plugins.wait
     parent = os.environ.get("JPY_PARENT_PID", "")
     if parent.isdigit():
         watch_parent(int(parent))
