@@ -59,12 +59,11 @@ _LINGER_MS = 1000
 
 
 def _corral_version() -> str:
-    try:
-        from importlib.metadata import version
+    # Not importlib.metadata: scanning installed distributions costs ~17 ms, on the path of
+    # a frontend's very first reply.
+    from corral import __version__
 
-        return version("corral")
-    except Exception:
-        return "0.1.0"
+    return __version__
 
 
 def kernel_info_content(*, encryption: bool) -> dict[str, Any]:
@@ -117,14 +116,9 @@ class KernelServer:
         max_message_size: int | None = None,
     ) -> None:
         self.info = connection_info
-        if interpreter is None:
-            from corral.core.interpreter import Interpreter
-            from corral.notification.center import shared_center
-
-            # The process-wide center, so plugins living in the kernel observe it too; the
-            # server itself only observes this interpreter as sender.
-            interpreter = Interpreter(shared_center)
-        self.interpreter = interpreter
+        #: None until :meth:`start` makes the default one: binding first and importing the
+        #: interpreter after lets a frontend connect while the kernel is still importing.
+        self.interpreter: Any = interpreter
         #: Called once, just before the first execution: kernel_main finishes loading
         #: plugins (started in the background to keep startup fast) here.
         self.prepare_execute: Callable[[], None] | None = None
@@ -236,9 +230,16 @@ class KernelServer:
     def start(self) -> None:
         """Bind if needed, start the helper threads and subscribe to the interpreter."""
         self.bind()
-        self.iopub = IOPubPublisher(self.session, self.iopub_socket)
         self.heartbeat = Heartbeat(self.context, self.hb_socket)
         self.heartbeat.start()
+        if self.interpreter is None:
+            from corral.core.interpreter import Interpreter
+            from corral.notification.center import shared_center
+
+            # The process-wide center, so plugins living in the kernel observe it too; the
+            # server itself only observes this interpreter as sender.
+            self.interpreter = Interpreter(shared_center)
+        self.iopub = IOPubPublisher(self.session, self.iopub_socket)
         self._subscribe()
         self.interpreter.input_handler = self._ask_stdin
         if threading.current_thread() is threading.main_thread():
