@@ -33,7 +33,7 @@ import itertools
 import json
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
@@ -73,6 +73,7 @@ _NOTIFY_TOPICS = (b"registration_notification", b"unregistration_notification")
 _BATCH = 256
 #: How many finished task outcomes the task scheduler remembers for dependencies.
 RESULTS_LRU = 65536
+_FAILED = False  # a remembered dependency outcome: the task failed
 #: How long a registered engine's queue connection may take to come up (EHOSTUNREACH).
 CONNECT_GRACE = 5.0
 #: How often messages held for a still-connecting engine are retried.
@@ -617,7 +618,10 @@ class TaskScheduler(RoutingQueue):
         self.jobs: dict[str, Job] = {}  # every task not yet answered, in any state
         self.blocked: dict[str, list[Job]] = {}  # dependency msg_id -> jobs waiting on it
         self.held: deque[Job] = deque()
-        self.results: OrderedDict[str, tuple[bool, bytes | None]] = OrderedDict()
+        # Recent outcomes, oldest first: the engine (b"" if none) for a success, _FAILED for
+        # a failure. A plain dict with one small value each: this holds RESULTS_LRU entries
+        # on a busy cluster, and an OrderedDict of tuples took twice the memory.
+        self.results: dict[str, bytes | bool] = {}
         self.results_lru = results_lru
         self.dead_ids: set[int] = set()
         self._timers: list[tuple[float, int, Job]] = []
@@ -683,8 +687,7 @@ class TaskScheduler(RoutingQueue):
     def _dependency_failure(self, job: Job) -> str | None:
         """Why ``job`` can never run, judging by the outcomes already known; else None."""
         for dep in (*job.after, *job.follow):
-            outcome = self.results.get(dep)
-            if outcome is not None and not outcome[0]:
+            if self.results.get(dep) is _FAILED:
                 return f"dependency {dep} failed"
         if job.targets is not None and job.targets and job.targets <= self.dead_ids:
             return "every target engine is dead"
@@ -695,11 +698,11 @@ class TaskScheduler(RoutingQueue):
         where: bytes | None = None
         for dep in job.follow:
             outcome = self.results.get(dep)
-            if outcome is None or outcome[1] is None:
-                continue  # forgotten or never seen: no constraint
-            if where is not None and outcome[1] != where:
+            if not outcome:
+                continue  # forgotten, never seen, failed or ran nowhere: no constraint
+            if where is not None and outcome != where:
                 return False, None
-            where = outcome[1]
+            where = outcome  # type: ignore[assignment]
         if where is not None and where not in self.load:
             return False, None
         return True, where
@@ -794,9 +797,10 @@ class TaskScheduler(RoutingQueue):
 
     def _remember(self, msg_id: str, ok: bool, engine: bytes | None) -> None:
         results = self.results
-        results[msg_id] = (ok, engine)
+        results.pop(msg_id, None)  # re-insert at the young end
+        results[msg_id] = (engine or b"") if ok else _FAILED
         if len(results) > self.results_lru:
-            results.popitem(last=False)
+            del results[next(iter(results))]
 
     def _error(self, job: Job, ename: str, evalue: str, engine: bytes | None = None) -> None:
         self.error_reply(job.client, job.header, engine or b"", ename, evalue)
