@@ -118,6 +118,18 @@ def engines_and_client(cluster: Cluster, n: int = 2) -> tuple[list[FakeEngine], 
 # ------------------------------------------------------------------ cluster file
 
 
+def settled(component, timeout: float = 10.0) -> int:
+    """The component's outstanding count once it stops changing to zero (bounded wait).
+
+    In threads mode a queue sends a reply before it finishes its own bookkeeping, so the
+    test thread may look a moment too early; there is no event to wait on from outside.
+    """
+    deadline = time.monotonic() + timeout
+    while component.outstanding_count() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return component.outstanding_count()
+
+
 def test_cluster_file_roundtrip_is_private(tmp_path: Path) -> None:
     info = ClusterInfo(cluster_id="x", registration=5)
     path = write_cluster_file(tmp_path / "sec" / "cluster-x.json", info)
@@ -235,7 +247,7 @@ def test_load_balancing_by_outstanding(cluster: Cluster) -> None:
         client.reply()
     assert b.nothing("task_engine", 0.05)
     sched = cluster.component("task")
-    assert sched.outstanding_count() == 0 and all(v == 0 for v in sched.load.values())
+    assert settled(sched) == 0 and all(v == 0 for v in sched.load.values())
 
 
 def test_targets_subset(cluster: Cluster) -> None:
@@ -264,7 +276,7 @@ def test_broadcast_fan_out(cluster: Cluster) -> None:
     replies = [client.reply("broadcast") for _ in range(2)]
     assert sorted(r["content"]["status"] for r in replies) == ["error", "ok"]
     assert b.nothing("broadcast_engine", 0.05)
-    assert cluster.component("broadcast").outstanding_count() == 0
+    assert settled(cluster.component("broadcast")) == 0
 
 
 # ------------------------------------------------------------------ dependencies
@@ -302,7 +314,7 @@ def test_failed_dependency_is_unmet(cluster: Cluster) -> None:
     err = client.reply()
     assert err["parent_header"]["msg_id"] == late["msg_id"]
     assert err["content"]["ename"] == "UnmetDependency"
-    assert cluster.component("task").outstanding_count() == 0
+    assert settled(cluster.component("task")) == 0
 
 
 def test_follow_runs_where_the_dependency_ran(cluster: Cluster) -> None:
@@ -377,7 +389,7 @@ def test_heartbeat_death_answers_or_resubmits(make_cluster: Any) -> None:
     b.reply("task", *held)
     assert client.reply()["parent_header"]["msg_id"] == busy["msg_id"]
     for name in ("mux", "broadcast", "task"):
-        assert cluster.component(name).outstanding_count() == 0
+        assert settled(cluster.component(name)) == 0
     hub = cluster.component("hub")
     settle(client, lambda: not hub.pending)
 
@@ -490,7 +502,7 @@ def test_state_stays_flat_over_many_tasks(make_cluster: Any) -> None:
             client.reply()
     sched = cluster.component("task")
     hub = cluster.component("hub")
-    assert sched.outstanding_count() == 0
+    assert settled(sched) == 0
     assert not sched.jobs and not sched.blocked and not sched.held
     assert len(sched.results) <= sched.results_lru
     assert all(v == 0 for v in sched.load.values())

@@ -38,6 +38,14 @@ def _port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False  # no /proc (not Linux): the other checks still apply
+
+
 def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     """End the kernel when the process that started it is gone (``JPY_PARENT_PID``).
 
@@ -60,7 +68,7 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
             return True
         except PermissionError:
             return False  # exists, owned by someone else
-        return False
+        return _is_zombie(parent_pid)  # dead, but not yet reaped by its own parent
 
     def poll() -> None:
         stopped = threading.Event()
@@ -162,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ip:
         info.ip = args.ip
     unbound = any(info.port(ch) == 0 for ch in ("shell", "iopub", "stdin", "control", "hb"))
+    # Watch the parent before anything else: if it dies while we start, we must still know
+    # who it was (after it dies, our parent is init).
+    parent = os.environ.get("JPY_PARENT_PID", "")
+    if parent.isdigit():
+        watch_parent(int(parent))
     server = KernelServer(info, port_range=args.ports)
     server.bind()
     if path is None:
@@ -174,9 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     plugins = _PluginLoader(server.interpreter, args.profile)
     server.after_first_request = plugins.start
     server.prepare_execute = plugins.wait
-    parent = os.environ.get("JPY_PARENT_PID", "")
-    if parent.isdigit():
-        watch_parent(int(parent))
     server.serve_forever()
     return 0
 
