@@ -697,7 +697,10 @@ def test_controller_never_imports_numpy_or_cloudpickle(tmp_path: Path) -> None:
         assert [bytes(b) for b in got["buffers"]] == pickled
         eng.reply("task", idents, got, buffers=pickled[::-1])
         assert [bytes(b) for b in client.reply()["buffers"]] == pickled[::-1]
-        res = client.ask("result_request", {"msg_ids": [sent["msg_id"]]})
+        for _ in range(200):  # the hub records the reply asynchronously (monitor copy)
+            res = client.ask("result_request", {"msg_ids": [sent["msg_id"]]})
+            if res["content"]["results"][sent["msg_id"]]["status"] == "completed":
+                break
         assert [bytes(b) for b in res["buffers"]] == pickled[::-1]
         client.ask("shutdown_request")
         idents, msg = eng.next_request("control")
