@@ -9,13 +9,13 @@ sees half a file or a port nobody holds yet.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from corral.transports.zmq.connection import new_key, read_json_object, write_private_json
 
 __all__ = [
     "PORT_NAMES",
@@ -44,11 +44,6 @@ PORT_NAMES = (
     "iopub",
     "iopub_engine",
 )
-
-
-def new_key() -> bytes:
-    """A fresh signing key: 64 hex digits (256 bits) from the OS's secure generator."""
-    return secrets.token_hex(32).encode("ascii")
 
 
 def _to_bytes(value: bytes | str) -> bytes:
@@ -122,32 +117,11 @@ def cluster_file_path(profile: str, cluster_id: str) -> Path:
 
 
 def write_cluster_file(path: str | os.PathLike[str], info: ClusterInfo) -> Path:
-    """Write ``info`` to ``path`` with mode 0600, atomically; returns the path.
-
-    The content goes to a private temporary file in the same directory (``O_EXCL``, mode
-    0600 from the start whatever the umask) and is renamed over ``path``, so the file is
-    never visible incomplete or readable by anyone else.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            json.dump(info.to_dict(), fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    """Write ``info`` to ``path`` with mode 0600, atomically; returns the path (the same
+    private, never-half-written file as a kernel's connection file)."""
+    return write_private_json(path, info.to_dict())
 
 
 def read_cluster_file(path: str | os.PathLike[str]) -> ClusterInfo:
     """Read a cluster file written by :func:`write_cluster_file`."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a cluster file holds a JSON object")
-    return ClusterInfo.from_dict(data)
+    return ClusterInfo.from_dict(read_json_object(path, "cluster file"))

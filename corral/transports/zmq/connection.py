@@ -37,7 +37,9 @@ __all__ = [
     "new_connection_file",
     "new_key",
     "read_connection_file",
+    "read_json_object",
     "write_connection_file",
+    "write_private_json",
 ]
 
 #: The five kernel channels, in the order Jupyter lists them.
@@ -109,12 +111,13 @@ class ConnectionInfo:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) -> Path:
-    """Write ``info`` to ``path`` with mode 0600, atomically; returns the path.
+def write_private_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` with mode 0600, atomically; returns the path.
 
     The content goes to a private temporary file in the same directory (created with
     ``O_EXCL`` and mode 0600 from the start, whatever the umask) and is then renamed over
-    ``path``, so the file is never visible incomplete or with wider permissions.
+    ``path``, so the file is never visible incomplete or with wider permissions. Every file
+    holding a signing key (kernel connection files, cluster files) is written this way.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +126,7 @@ def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) ->
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             os.fchmod(fh.fileno(), 0o600)
-            json.dump(info.to_dict(), fh, indent=1)
+            json.dump(data, fh, indent=1)
             fh.write("\n")
         os.replace(tmp, target)
     except BaseException:
@@ -132,13 +135,23 @@ def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) ->
     return target
 
 
-def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
-    """Read a connection file written by corral or by jupyter_client."""
+def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a clear ValueError naming ``what`` if it is not one."""
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a connection file holds a JSON object")
-    return ConnectionInfo.from_dict(data)
+        raise ValueError(f"{path}: a {what} holds a JSON object")
+    return data
+
+
+def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) -> Path:
+    """Write ``info`` to ``path`` with mode 0600, atomically (see write_private_json)."""
+    return write_private_json(path, info.to_dict())
+
+
+def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
+    """Read a connection file written by corral or by jupyter_client."""
+    return ConnectionInfo.from_dict(read_json_object(path, "connection file"))
 
 
 def default_connection_dir() -> Path:
