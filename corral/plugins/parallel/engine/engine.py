@@ -398,7 +398,14 @@ class Engine:
         if timeout is None:
             timeout = max(10 * self.hb_period, 1.0)
         self.watch = HubWatch(
-            self.context, self.heartbeat.capture_url, timeout, self._on_lost, self.parent_pid
+            self.context,
+            self.heartbeat.capture_url,
+            timeout,
+            self._on_lost,
+            self.parent_pid,
+            notification_url=self.url("notification") if self.cluster.get("notification") else None,
+            uuid=self.uuid,
+            signer=wire.Signer(self.key, self.scheme),
         )
 
     def start(self) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 
 import zmq
 
+from corral.transports.zmq import wire
+
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
 
 log = logging.getLogger("corral.parallel.engine")
@@ -101,10 +103,15 @@ def process_alive(pid: int) -> bool:
 
 
 class HubWatch(threading.Thread):
-    """Calls ``on_lost(reason)`` once when beats stop or the parent process is gone.
+    """Calls ``on_lost(reason)`` once when beats stop, the parent process is gone, or the
+    hub announces that it declared this engine dead.
 
     ``capture_url`` is the heartbeat device's capture PUB. ``timeout`` counts from the
     last beat seen (or from :meth:`start`, so a hub that never beats is noticed too).
+    With ``notification_url``, ``uuid`` and ``signer``, the watch also reads the hub's
+    signed ``unregistration_notification``: an engine the hub gave up on (missed beats
+    while the host was stalled, say) gets no more tasks, so it leaves instead of lingering
+    as a process nobody uses or stops.
     """
 
     def __init__(
@@ -114,6 +121,10 @@ class HubWatch(threading.Thread):
         timeout: float,
         on_lost: Callable[[str], None],
         parent_pid: int | None = None,
+        *,
+        notification_url: str | None = None,
+        uuid: str | None = None,
+        signer: wire.Signer | None = None,
     ) -> None:
         super().__init__(name="corral-engine-hubwatch", daemon=True)
         self.timeout = timeout
@@ -129,11 +140,21 @@ class HubWatch(threading.Thread):
         self._stop_rx.linger = 0
         self._stop_rx.bind(self._stop_url)
         self._context = context
+        self._uuid = uuid
+        self._signer = signer
+        self._notices: zmq.Socket[Any] | None = None
+        if notification_url and uuid and signer is not None:
+            self._notices = context.socket(zmq.SUB)
+            self._notices.linger = 0
+            self._notices.setsockopt(zmq.SUBSCRIBE, b"unregistration_notification")
+            self._notices.connect(notification_url)
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._beats, zmq.POLLIN)
         poller.register(self._stop_rx, zmq.POLLIN)
+        if self._notices is not None:
+            poller.register(self._notices, zmq.POLLIN)
         # Wake often enough to notice the deadline promptly, rarely enough to cost nothing.
         tick_ms = int(max(0.02, min(self.timeout / 4, 1.0)) * 1000)
         try:
@@ -145,7 +166,8 @@ class HubWatch(threading.Thread):
                     while self._beats.poll(0):
                         self._beats.recv(copy=False)
                     self.last_beat = time.monotonic()
-                reason = self._check()
+                reason = self._unregistered() if self._notices in ready else None
+                reason = reason or self._check()
                 if reason:
                     self.on_lost(reason)
                     return
@@ -156,6 +178,23 @@ class HubWatch(threading.Thread):
         finally:
             self._beats.close(linger=0)
             self._stop_rx.close(linger=0)
+            if self._notices is not None:
+                self._notices.close(linger=0)
+
+    def _unregistered(self) -> str | None:
+        """The reason the hub gave for dropping this engine, if a notice names it."""
+        assert self._notices is not None and self._signer is not None
+        while self._notices.poll(0):
+            frames = self._notices.recv_multipart()
+            try:
+                _, msg = wire.deserialize(frames, self._signer)
+            except wire.WireError as error:
+                log.warning("dropped a notification that failed its checks: %s", error)
+                continue
+            content = msg["content"]
+            if content.get("uuid") == self._uuid:
+                return f"the controller dropped this engine ({content.get('reason', '?')})"
+        return None
 
     def _check(self) -> str | None:
         silent = time.monotonic() - self.last_beat
