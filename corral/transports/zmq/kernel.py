@@ -35,12 +35,11 @@ from typing import Any
 
 import zmq
 
-from corral.core import events
-
 from . import wire
 from .connection import ConnectionInfo
 from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
+from .relay import OutputRelay
 from .session import Session
 
 __all__ = ["KernelServer", "kernel_info_content"]
@@ -137,9 +136,7 @@ class KernelServer:
         self.shutdown_requested = threading.Event()
         self.restart_requested = False
         # Per-request state of the main thread.
-        self._parent: dict[str, Any] | None = None
         self._parent_idents: Idents = []
-        self._silent = False
         self._executing = False
         self._backlog: deque[tuple[Idents, Msg, bool]] = deque()
         self._shell_handlers: dict[str, Handler] = {
@@ -240,7 +237,7 @@ class KernelServer:
             # server itself only observes this interpreter as sender.
             self.interpreter = Interpreter(shared_center)
         self.iopub = IOPubPublisher(self.session, self.iopub_socket)
-        self._subscribe()
+        self.relay = OutputRelay(self.interpreter, self.iopub)
         self.interpreter.input_handler = self._ask_stdin
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._on_sigint)
@@ -248,65 +245,6 @@ class KernelServer:
             target=self._control_loop, name="corral-control", daemon=True
         )
         self._control_thread.start()
-
-    def _subscribe(self) -> None:
-        center = getattr(self.interpreter, "center", None)
-        if center is None:
-            raise TypeError("the interpreter has no notification center to observe")
-        sender = self.interpreter
-        for kind, callback in (
-            (events.EXECUTE_STARTED, self._on_started),
-            (events.STREAM, self._on_stream),
-            (events.DISPLAY_DATA, self._on_display),
-            (events.UPDATE_DISPLAY_DATA, self._on_update_display),
-            (events.CLEAR_OUTPUT, self._on_clear),
-            (events.EXECUTE_RESULT, self._on_result),
-            (events.ERROR, self._on_error),
-        ):
-            center.add_observer(callback, kind, sender)
-
-    # ---------------------------------------------------- notifications -> iopub
-
-    def _on_started(
-        self, _t: str, _s: Any, *, code: str, execution_count: int, silent: bool, **_: Any
-    ) -> None:
-        if not silent:
-            self.iopub.publish(
-                "execute_input", {"code": code, "execution_count": execution_count}, self._parent
-            )
-
-    def _on_stream(self, _t: str, _s: Any, *, name: str, text: str, **_: Any) -> None:
-        self.iopub.write(name, text, self._parent)
-
-    def _on_display(self, _t: str, _s: Any, **info: Any) -> None:
-        self.iopub.publish("display_data", self._display_content(info), self._parent)
-
-    def _on_update_display(self, _t: str, _s: Any, **info: Any) -> None:
-        self.iopub.publish("update_display_data", self._display_content(info), self._parent)
-
-    @staticmethod
-    def _display_content(info: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "data": info.get("data") or {},
-            "metadata": info.get("metadata") or {},
-            "transient": info.get("transient") or {},
-        }
-
-    def _on_clear(self, _t: str, _s: Any, *, wait: bool = False, **_: Any) -> None:
-        self.iopub.publish("clear_output", {"wait": bool(wait)}, self._parent)
-
-    def _on_result(
-        self, _t: str, _s: Any, *, execution_count: int, data: dict, metadata: dict, **_: Any
-    ) -> None:
-        if not self._silent:
-            content = {"execution_count": execution_count, "data": data, "metadata": metadata}
-            self.iopub.publish("execute_result", content, self._parent)
-
-    def _on_error(
-        self, _t: str, _s: Any, *, ename: str, evalue: str, traceback: list, **_: Any
-    ) -> None:
-        content = {"ename": ename, "evalue": evalue, "traceback": traceback}
-        self.iopub.publish("error", content, self._parent)
 
     # --------------------------------------------------------------- main loop
 
@@ -390,9 +328,9 @@ class KernelServer:
         code = content.get("code", "")
         silent = bool(content.get("silent", False))
         store_history = bool(content.get("store_history", not silent))
-        self._parent = msg["header"]
+        self.relay.parent = msg["header"]
         self._parent_idents = idents
-        self._silent = silent
+        self.relay.silent = silent
         self._executing = True
         try:
             result = self.interpreter.execute(
@@ -544,7 +482,7 @@ class KernelServer:
             self.stdin,
             "input_request",
             {"prompt": prompt, "password": password},
-            self._parent,
+            self.relay.parent,
             identities=self._parent_idents,
         )
         while True:
