@@ -66,6 +66,24 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any], flags: int = 0) -> Non
         _raw_send(sock, frame, more if i < last else flags, frame.__class__ is not bytes)
 
 
+#: Messages handled from one socket before the loop looks at the others again.
+DRAIN_BATCH = 256
+
+
+def drain(sock: zmq.Socket[Any], handler: Any, what: str) -> None:
+    """Handle up to :data:`DRAIN_BATCH` waiting messages from ``sock``; one that raises is
+    logged and dropped, because one bad message must never stop a component."""
+    for _ in range(DRAIN_BATCH):
+        try:
+            frames = recv_frames(sock, NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            handler(frames)
+        except Exception:
+            log.exception("%s: error while handling a message; dropped", what)
+
+
 def make_socket(ctx: zmq.Context[Any], kind: int, *, unlimited: bool = False) -> zmq.Socket[Any]:
     """A socket with linger 0; ``unlimited`` lifts the high-water marks.
 

@@ -25,7 +25,7 @@ import zmq
 from corral.transports.zmq import wire
 from corral.transports.zmq.session import Session
 
-from .base import NOBLOCK, Component, bind_random, make_socket, read_control, recv_frames
+from .base import Component, bind_random, drain, make_socket, read_control
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
 
@@ -36,7 +36,6 @@ log = logging.getLogger("corral.plugins.parallel.controller.hub")
 DELIM = wire.DELIMITER
 REQUEST = b"request"
 REPLY = b"reply"
-_BATCH = 256
 _UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited")
 #: How long a cluster shutdown waits for engines to acknowledge theirs.
 SHUTDOWN_GRACE = 2.0
@@ -195,15 +194,7 @@ class Hub(Component):
 
     @staticmethod
     def _drain(sock: zmq.Socket[Any], handler: Any) -> None:
-        for _ in range(_BATCH):
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handler(frames)
-            except Exception:  # one bad message must never stop the hub
-                log.exception("hub: error while handling a message; dropped")
+        drain(sock, handler, "hub")
 
     def _drop(self, why: str, nframes: int) -> None:
         self.dropped += 1

@@ -48,9 +48,9 @@ from .base import (
     NOBLOCK,
     Component,
     bind_random,
+    drain,
     make_socket,
     read_control,
-    recv_frames,
     send_frames,
 )
 
@@ -70,7 +70,6 @@ REQUEST = b"request"
 REPLY = b"reply"
 _NOTIFY_TOPICS = (b"registration_notification", b"unregistration_notification")
 #: At most this many messages are taken from one socket before the others get a turn.
-_BATCH = 256
 #: How many finished task outcomes the task scheduler remembers for dependencies.
 RESULTS_LRU = 65536
 _FAILED = False  # a remembered dependency outcome: the task failed
@@ -204,17 +203,8 @@ class RoutingQueue(Component):
         finally:
             self.close()
 
-    @staticmethod
-    def _drain(sock: zmq.Socket[Any], handler: Any) -> None:
-        for _ in range(_BATCH):
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handler(frames)
-            except Exception:  # one bad message must never stop a queue
-                log.exception("error while routing a message; dropped")
+    def _drain(self, sock: zmq.Socket[Any], handler: Any) -> None:
+        drain(sock, handler, self.name)
 
     def next_timeout(self) -> float | None:
         """Seconds until :meth:`on_timer` must run, or None."""
