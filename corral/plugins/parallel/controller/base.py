@@ -14,6 +14,7 @@ an orphaned component stops on its own.
 
 from __future__ import annotations
 
+import json
 import logging
 from multiprocessing.connection import Connection
 from typing import Any
@@ -64,6 +65,15 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any], flags: int = 0) -> Non
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         _raw_send(sock, frame, more if i < last else flags, frame.__class__ is not bytes)
+
+
+def loads_dict(raw: bytes) -> dict[str, Any] | None:
+    """A message part parsed as a JSON object, or None (garbage is dropped, not raised)."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 #: Messages handled from one socket before the loop looks at the others again.

@@ -13,7 +13,6 @@ memory stays flat however many tasks run.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from multiprocessing.connection import Connection
@@ -25,7 +24,7 @@ import zmq
 from corral.transports.zmq import wire
 from corral.transports.zmq.session import Session
 
-from .base import Component, bind_random, drain, make_socket, read_control
+from .base import Component, bind_random, drain, loads_dict, make_socket, read_control
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
 
@@ -67,14 +66,6 @@ def _client_text(ident: bytes) -> str:
     except UnicodeDecodeError:
         return ident.hex()
     return text if text.isprintable() else ident.hex()
-
-
-def _loads_dict(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class Hub(Component):
@@ -291,7 +282,7 @@ class Hub(Component):
         engine_id = self.by_uuid.get(engine)
         engine_text = engine.decode("utf-8", "replace")
         if tag == REQUEST:
-            header = _loads_dict(parts[0])
+            header = loads_dict(parts[0])
             if header is None or not isinstance(header.get("msg_id"), str):
                 self._drop("monitor request without msg_id", len(frames))
                 return
@@ -309,8 +300,8 @@ class Hub(Component):
                 date if isinstance(date, str) else None,
             )
             return
-        parent = _loads_dict(parts[1])
-        metadata = _loads_dict(parts[2])
+        parent = loads_dict(parts[1])
+        metadata = loads_dict(parts[2])
         if parent is None or metadata is None or not isinstance(parent.get("msg_id"), str):
             self._drop("monitor reply without parent msg_id", len(frames))
             return
@@ -324,7 +315,7 @@ class Hub(Component):
             self.completed[engine] += 1
         status = metadata.get("status")
         if not isinstance(status, str):
-            content = _loads_dict(parts[3]) or {}
+            content = loads_dict(parts[3]) or {}
             status = str(content.get("status", "unknown"))
         started, completed = metadata.get("started"), metadata.get("completed")
         self.db.add_reply(
@@ -354,12 +345,12 @@ class Hub(Component):
         if self.signer.enabled and not self.signer.verify(parts, raw[at + 1]):
             self._drop("bad signature on iopub", len(raw))
             return
-        header = _loads_dict(parts[0])
+        header = loads_dict(parts[0])
         if header is None or header.get("msg_type") != "stream":
             return
-        parent = _loads_dict(parts[1]) or {}
-        content = _loads_dict(parts[3]) or {}
-        metadata = _loads_dict(parts[2]) or {}
+        parent = loads_dict(parts[1]) or {}
+        content = loads_dict(parts[3]) or {}
+        metadata = loads_dict(parts[2]) or {}
         msg_id, name, text = parent.get("msg_id"), content.get("name"), content.get("text")
         if isinstance(msg_id, str) and name in ("stdout", "stderr") and isinstance(text, str):
             self.db.append_output(msg_id, name, text, _int_or_none(metadata.get("engine_id")))

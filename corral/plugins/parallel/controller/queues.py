@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import time
 from collections import deque
@@ -49,6 +48,7 @@ from .base import (
     Component,
     bind_random,
     drain,
+    loads_dict,
     make_socket,
     read_control,
     send_frames,
@@ -97,14 +97,6 @@ def _reply_type(msg_type: str) -> str:
     if msg_type.endswith("_request"):
         return msg_type[: -len("_request")] + "_reply"
     return msg_type + "_reply"
-
-
-def _loads_dict(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class RoutingQueue(Component):
@@ -243,7 +235,7 @@ class RoutingQueue(Component):
         parts = self._verify(frames, self.client_routing)
         if parts is None:
             return
-        header = _loads_dict(parts[0])
+        header = loads_dict(parts[0])
         if header is None or not isinstance(header.get("msg_id"), str):
             self._drop("header is not a JSON object with a msg_id", len(frames))
             return
@@ -251,7 +243,7 @@ class RoutingQueue(Component):
             header["msg_type"] = "unknown_request"
         metadata: dict[str, Any] | None = {}
         if self.wants_metadata:
-            metadata = _loads_dict(parts[2])
+            metadata = loads_dict(parts[2])
             if metadata is None:
                 self._drop("metadata is not a JSON object", len(frames))
                 return
@@ -262,7 +254,7 @@ class RoutingQueue(Component):
         parts = self._verify(frames, 2)
         if parts is None:
             return
-        parent = _loads_dict(parts[1])
+        parent = loads_dict(parts[1])
         if parent is None or not isinstance(parent.get("msg_id"), str):
             self._drop("reply without a parent msg_id", len(frames))
             return
@@ -345,7 +337,7 @@ class RoutingQueue(Component):
                 del self.backlog[engine]
                 del self._backlog_deadline[engine]
                 for frames in held:
-                    header = _loads_dict(bytes(frames[4])) or {}
+                    header = loads_dict(bytes(frames[4])) or {}
                     log.warning("%s: engine %r never connected", self.name, engine)
                     self.undeliverable(engine, str(header.get("msg_id")))
 
@@ -760,7 +752,7 @@ class TaskScheduler(RoutingQueue):
         job = self.jobs.get(msg_id)
         if job is None or job.engine != engine:
             return
-        metadata = _loads_dict(parts[2]) or {}
+        metadata = loads_dict(parts[2]) or {}
         ok = metadata.get("status", "ok") == "ok"
         self.load[engine] -= 1
         self._finish(job, ok, engine)
