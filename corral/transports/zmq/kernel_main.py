@@ -38,14 +38,6 @@ def _port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False  # no /proc (not Linux): the other checks still apply
-
-
 def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     """End the kernel when the process that started it is gone (``JPY_PARENT_PID``).
 
@@ -57,18 +49,12 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     """
     import threading
 
+    from corral.core.processes import process_alive
+
     parent_at_start = os.getppid()
 
     def parent_gone() -> bool:
-        if os.getppid() != parent_at_start:
-            return True
-        try:
-            os.kill(parent_pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # exists, owned by someone else
-        return _is_zombie(parent_pid)  # dead, but not yet reaped by its own parent
+        return os.getppid() != parent_at_start or not process_alive(parent_pid)
 
     def poll() -> None:
         stopped = threading.Event()

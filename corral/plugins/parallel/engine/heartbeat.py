@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from corral.core.processes import process_alive
 from corral.transports.zmq import wire
 
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
@@ -85,21 +86,6 @@ class HeartbeatDevice(threading.Thread):
         finally:
             control.close(linger=1000)
         self.join(timeout)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a zombie counts as gone for a parent watch)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a zombie has exited, whatever kill() says.
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except OSError:
-        return True
 
 
 class HubWatch(threading.Thread):
