@@ -9,44 +9,51 @@ on its own thread; a control socket stops it cleanly.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 import zmq
 
-__all__ = ["Heartbeat"]
+__all__ = ["Heartbeat", "ProxyThread"]
 
 log = logging.getLogger("corral.transports.zmq.heartbeat")
 
 
-class Heartbeat(threading.Thread):
-    """Echoes pings on an already bound REP socket until :meth:`stop` is called.
+class ProxyThread(threading.Thread):
+    """A ``zmq.proxy_steerable`` on a thread of its own, stopped through its control socket.
 
-    The socket is bound by the caller (the kernel binds every port before announcing any),
-    and from then on belongs to this thread.
+    Subclasses create their sockets in ``__init__`` and return them from
+    :meth:`proxy_sockets`; the thread owns and closes them once it runs.
     """
 
-    def __init__(self, context: zmq.Context[Any], socket: zmq.Socket[Any]) -> None:
-        super().__init__(name="corral-heartbeat", daemon=True)
+    def __init__(self, context: zmq.Context[Any], name: str) -> None:
+        super().__init__(name=name, daemon=True)
         self.context = context
-        self.socket = socket
-        self._control_url = f"inproc://corral-hb-control-{id(self)}"
-        self._control_in = context.socket(zmq.PAIR)
-        self._control_in.bind(self._control_url)
+        self._control_url = f"inproc://corral-proxy-control-{os.getpid()}-{id(self)}"
+        self._control = context.socket(zmq.PAIR)
+        self._control.linger = 0
+        self._control.bind(self._control_url)
+
+    def proxy_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any], zmq.Socket[Any] | None]:
+        """``(frontend, backend, capture)`` for the proxy."""
+        raise NotImplementedError
 
     def run(self) -> None:
+        frontend, backend, capture = self.proxy_sockets()
         try:
-            zmq.proxy_steerable(self.socket, self.socket, None, self._control_in)
+            zmq.proxy_steerable(frontend, backend, capture, self._control)
         except zmq.ContextTerminated:
             pass
         except zmq.ZMQError as exc:  # pragma: no cover - libzmq failure
-            log.error("heartbeat stopped: %s", exc)
+            log.error("%s stopped: %s", self.name, exc)
         finally:
-            self.socket.close(linger=0)
-            self._control_in.close(linger=0)
+            for sock in (frontend, backend, capture, self._control):
+                if sock is not None:
+                    sock.close(linger=0)  # closing one twice (REP as both ends) is harmless
 
     def stop(self, timeout: float | None = 1.0) -> None:
-        """End the echo loop and close the socket."""
+        """End the proxy and close its sockets."""
         if not self.is_alive():
             return
         control = self.context.socket(zmq.PAIR)
@@ -56,3 +63,18 @@ class Heartbeat(threading.Thread):
         finally:
             control.close(linger=1000)
         self.join(timeout)
+
+
+class Heartbeat(ProxyThread):
+    """Echoes pings on an already bound REP socket until :meth:`stop` is called.
+
+    The socket is bound by the caller (the kernel binds every port before announcing any),
+    and from then on belongs to this thread.
+    """
+
+    def __init__(self, context: zmq.Context[Any], socket: zmq.Socket[Any]) -> None:
+        super().__init__(context, "corral-heartbeat")
+        self.socket = socket
+
+    def proxy_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any], None]:
+        return self.socket, self.socket, None

@@ -28,13 +28,14 @@ import zmq
 
 from corral.core.processes import process_alive
 from corral.transports.zmq import wire
+from corral.transports.zmq.heartbeat import ProxyThread
 
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
 
 log = logging.getLogger("corral.parallel.engine")
 
 
-class HeartbeatDevice(threading.Thread):
+class HeartbeatDevice(ProxyThread):
     """Forwards hub beats from ``ping_url`` back to ``pong_url`` as ``identity``.
 
     Sockets are created and connected in the constructor (so beats flow as soon as
@@ -44,11 +45,8 @@ class HeartbeatDevice(threading.Thread):
     def __init__(
         self, context: zmq.Context[Any], ping_url: str, pong_url: str, identity: bytes
     ) -> None:
-        super().__init__(name="corral-engine-heartbeat", daemon=True)
-        self.context = context
-        tag = f"{os.getpid()}-{id(self)}"
-        self.capture_url = f"inproc://corral-hb-capture-{tag}"
-        self._control_url = f"inproc://corral-hb-control-{tag}"
+        super().__init__(context, "corral-engine-heartbeat")
+        self.capture_url = f"inproc://corral-hb-capture-{os.getpid()}-{id(self)}"
         self.ping = context.socket(zmq.SUB)
         self.ping.linger = 0
         self.ping.setsockopt(zmq.SUBSCRIBE, b"")
@@ -60,32 +58,9 @@ class HeartbeatDevice(threading.Thread):
         self.capture = context.socket(zmq.PUB)
         self.capture.linger = 0
         self.capture.bind(self.capture_url)
-        self._control = context.socket(zmq.PAIR)
-        self._control.linger = 0
-        self._control.bind(self._control_url)
 
-    def run(self) -> None:
-        try:
-            zmq.proxy_steerable(self.ping, self.pong, self.capture, self._control)
-        except zmq.ContextTerminated:
-            pass
-        except zmq.ZMQError as exc:  # pragma: no cover - libzmq failure
-            log.error("heartbeat device stopped: %s", exc)
-        finally:
-            for sock in (self.ping, self.pong, self.capture, self._control):
-                sock.close(linger=0)
-
-    def stop(self, timeout: float = 1.0) -> None:
-        """End the proxy and close its sockets."""
-        if not self.is_alive():
-            return
-        control = self.context.socket(zmq.PAIR)
-        try:
-            control.connect(self._control_url)
-            control.send(b"TERMINATE")
-        finally:
-            control.close(linger=1000)
-        self.join(timeout)
+    def proxy_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any], zmq.Socket[Any]]:
+        return self.ping, self.pong, self.capture
 
 
 class HubWatch(threading.Thread):
