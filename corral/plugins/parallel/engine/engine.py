@@ -763,19 +763,7 @@ class Engine:
         except Exception as exc:
             self._reply_error(sock, msg, exc, "push")
             return
-        content = {
-            "status": "ok",
-            "keys": keys,
-            "engine_info": {**self.engine_info, "method": "push"},
-        }
-        completed = iso_now()
-        self._send(
-            sock,
-            msg,
-            wire.json_dumps(content),
-            self._metadata(started, completed, "ok", 0),
-            date=completed,
-        )
+        self._reply_data(sock, msg, "push", keys, started)
 
     def _pull(self, sock: zmq.Socket[Any], msg: Message) -> None:
         started = iso_now()
@@ -787,10 +775,22 @@ class Engine:
         except Exception as exc:
             self._reply_error(sock, msg, exc, "pull")
             return
+        self._reply_data(sock, msg, "pull", keys, started, buffers)
+
+    def _reply_data(
+        self,
+        sock: zmq.Socket[Any],
+        msg: Message,
+        method: str,
+        keys: Any,
+        started: str,
+        buffers: Any = (),
+    ) -> None:
+        """The ok reply of a push or pull: the names handled, and pulled values' buffers."""
         content = {
             "status": "ok",
             "keys": keys,
-            "engine_info": {**self.engine_info, "method": "pull"},
+            "engine_info": {**self.engine_info, "method": method},
         }
         completed = iso_now()
         self._send(
