@@ -403,14 +403,38 @@ class RoutingQueue(Component):
         raise NotImplementedError
 
 
-class DirectQueue(RoutingQueue):
+class PerEngineQueue(RoutingQueue):
+    """A queue that sends each request to named engines and answers for them if they die:
+    it keeps, per engine, the requests still awaiting a reply."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.outstanding: dict[bytes, dict[str, Pending]] = {}
+
+    def engine_removed(self, engine: bytes, eid: int) -> None:
+        for pending in self.outstanding.pop(engine, {}).values():
+            self.error_reply(
+                pending.client, pending.header, engine, "EngineError", f"engine {eid} died"
+            )
+
+    def undeliverable(self, engine: bytes, msg_id: str) -> None:
+        pending = self.outstanding.get(engine, {}).pop(msg_id, None)
+        if pending is not None:
+            self.error_reply(
+                pending.client, pending.header, engine, "EngineError", "engine not connected"
+            )
+
+    def outstanding_count(self) -> int:
+        return sum(len(t) for t in self.outstanding.values())
+
+
+class DirectQueue(PerEngineQueue):
     """mux and control: the client names the engine in its first routing frame."""
 
     client_routing = 2
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.outstanding: dict[bytes, dict[str, Pending]] = {}
         self.dead: set[bytes] = set()
 
     def route_request(
@@ -448,31 +472,16 @@ class DirectQueue(RoutingQueue):
 
     def engine_removed(self, engine: bytes, eid: int) -> None:
         self.dead.add(engine)
-        owed = self.outstanding.pop(engine, {})
-        for pending in owed.values():
-            self.error_reply(
-                pending.client, pending.header, engine, "EngineError", f"engine {eid} died"
-            )
-
-    def undeliverable(self, engine: bytes, msg_id: str) -> None:
-        pending = self.outstanding.get(engine, {}).pop(msg_id, None)
-        if pending is not None:
-            self.error_reply(
-                pending.client, pending.header, engine, "EngineError", "engine not connected"
-            )
-
-    def outstanding_count(self) -> int:
-        return sum(len(t) for t in self.outstanding.values())
+        super().engine_removed(engine, eid)
 
 
-class BroadcastScheduler(RoutingQueue):
+class BroadcastScheduler(PerEngineQueue):
     """One request, many engines: the same frames (zero-copy) to each target."""
 
     wants_metadata = True
 
     def __init__(self, name: str = "broadcast", **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.outstanding: dict[bytes, dict[str, Pending]] = {}
 
     def route_request(
         self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
@@ -508,22 +517,6 @@ class BroadcastScheduler(RoutingQueue):
             table.pop(msg_id, None)
             if not table:
                 del self.outstanding[engine]
-
-    def engine_removed(self, engine: bytes, eid: int) -> None:
-        for pending in self.outstanding.pop(engine, {}).values():
-            self.error_reply(
-                pending.client, pending.header, engine, "EngineError", f"engine {eid} died"
-            )
-
-    def undeliverable(self, engine: bytes, msg_id: str) -> None:
-        pending = self.outstanding.get(engine, {}).pop(msg_id, None)
-        if pending is not None:
-            self.error_reply(
-                pending.client, pending.header, engine, "EngineError", "engine not connected"
-            )
-
-    def outstanding_count(self) -> int:
-        return sum(len(t) for t in self.outstanding.values())
 
 
 # ------------------------------------------------------------------ load balancing
