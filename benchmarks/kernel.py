@@ -3,7 +3,11 @@
 Two figures per kernel, both measured with jupyter_client as the frontend:
 
 * startup: from ``KernelManager.start_kernel()`` to the first ``kernel_info_reply``
-  (timed here, not with ``wait_for_ready``, which adds a fixed flush of its own);
+  (timed here, not with ``wait_for_ready``, which adds a fixed flush of its own). Each
+  kernel runs from the kernelspec its installer writes; corral's names its provisioner,
+  which hands the kernel to the client once its ports are bound (see
+  ``corral/transports/zmq/provisioner.py``), where jupyter_client's default provisioner
+  lets the client's first connection be refused and retried 100-200 ms later;
 * execute: ``execute("pass")`` until both its reply and the iopub ``idle`` have arrived.
 
 Prints a table and the ratios; never passes or fails. Run: ``tox -e bench``.
@@ -21,21 +25,27 @@ from pathlib import Path
 
 from jupyter_client import KernelManager
 
+from corral.transports.zmq.kernelspec import kernel_json
+
 STARTS = 7
 EXECUTES = 300
 
 
 def install_specs(root: Path) -> None:
-    """Kernelspecs for both kernels in a private Jupyter path, using this interpreter."""
-    specs = {
-        "corral": [sys.executable, "-m", "corral.transports.zmq.kernel_main"],
-        "ipykernel": [sys.executable, "-m", "ipykernel_launcher"],
+    """Kernelspecs for both kernels in a private Jupyter path, using this interpreter.
+
+    Each is the spec its own installer writes: ``corral kernel install`` (which names
+    corral's provisioner) and ``python -m ipykernel install``.
+    """
+    ipykernel = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "ipykernel",
+        "language": "python",
     }
-    for name, argv in specs.items():
+    specs = {"corral": kernel_json("corral", provisioner=True), "ipykernel": ipykernel}
+    for name, spec in specs.items():
         folder = root / "kernels" / f"bench-{name}"
         folder.mkdir(parents=True)
-        spec = {"argv": [*argv, "-f", "{connection_file}"], "display_name": name}
-        spec["language"] = "python"
         (folder / "kernel.json").write_text(json.dumps(spec))
 
 

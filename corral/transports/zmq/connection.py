@@ -23,15 +23,14 @@ key cannot even complete the handshake; the HMAC key still authenticates each me
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CHANNELS",
+    "FIELDS",
     "ConnectionInfo",
     "default_connection_dir",
     "new_connection_file",
@@ -48,37 +47,83 @@ CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 
 def new_key() -> bytes:
     """A fresh signing key: 64 hex digits (256 bits) from the OS's secure generator."""
-    return secrets.token_hex(32).encode("ascii")
+    # os.urandom is what the secrets module draws from; importing secrets (and the random
+    # module it brings) would add milliseconds to every kernel's startup.
+    return os.urandom(32).hex().encode("ascii")
 
 
 def _to_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-@dataclasses.dataclass
+#: Every field of a connection file, in the order Jupyter writes them.
+FIELDS = (
+    "transport",
+    "ip",
+    "shell_port",
+    "iopub_port",
+    "stdin_port",
+    "control_port",
+    "hb_port",
+    "key",
+    "signature_scheme",
+    "kernel_name",
+    "curve_publickey",
+    "curve_secretkey",
+)
+
+
 class ConnectionInfo:
     """Everything a client needs to reach a kernel. Port 0 means "not bound yet".
 
-    A stdlib dataclass, not attrs: it is read on every kernel's startup path, where
-    importing attrs would cost more than a tenth of the whole startup.
+    A plain class, neither attrs nor a dataclass: it is read on every kernel's startup
+    path, where importing attrs costs more than a tenth of the whole startup and
+    ``dataclasses`` (with the ``inspect`` it pulls in) about a twentieth.
     """
 
-    transport: str = "tcp"
-    ip: str = "127.0.0.1"
-    shell_port: int = 0
-    iopub_port: int = 0
-    stdin_port: int = 0
-    control_port: int = 0
-    hb_port: int = 0
-    key: bytes = dataclasses.field(default_factory=new_key)
-    signature_scheme: str = "hmac-sha256"
-    kernel_name: str = ""
-    curve_publickey: str | None = None
-    curve_secretkey: str | None = None
+    __slots__ = FIELDS
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __init__(
+        self,
+        transport: str = "tcp",
+        ip: str = "127.0.0.1",
+        shell_port: int = 0,
+        iopub_port: int = 0,
+        stdin_port: int = 0,
+        control_port: int = 0,
+        hb_port: int = 0,
+        key: bytes | str | None = None,
+        signature_scheme: str = "hmac-sha256",
+        kernel_name: str = "",
+        curve_publickey: str | None = None,
+        curve_secretkey: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.ip = ip
+        self.shell_port = shell_port
+        self.iopub_port = iopub_port
+        self.stdin_port = stdin_port
+        self.control_port = control_port
+        self.hb_port = hb_port
+        self.key: bytes = new_key() if key is None else key  # type: ignore[assignment]
+        self.signature_scheme = signature_scheme
+        self.kernel_name = kernel_name
+        self.curve_publickey = curve_publickey
+        self.curve_secretkey = curve_secretkey
 
     def __setattr__(self, name: str, value: Any) -> None:
         # The key may be given as text (as JSON holds it); it is always kept as bytes.
-        super().__setattr__(name, _to_bytes(value) if name == "key" else value)
+        object.__setattr__(self, name, _to_bytes(value) if name == "key" else value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConnectionInfo):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in FIELDS)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS if name != "key")
+        return f"ConnectionInfo({shown}, key=...)"
 
     def port(self, channel: str) -> int:
         """The port of ``channel`` (one of :data:`CHANNELS`)."""
@@ -97,7 +142,7 @@ class ConnectionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """The connection file's JSON object (the key as text, absent curve keys omitted)."""
-        data = dataclasses.asdict(self)
+        data = {name: getattr(self, name) for name in FIELDS}
         data["key"] = self.key.decode("utf-8")
         for name in ("curve_publickey", "curve_secretkey"):
             if data[name] is None:
@@ -107,8 +152,7 @@ class ConnectionInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConnectionInfo:
         """Build from a connection file's object, ignoring fields other tools add."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in FIELDS})
 
 
 def write_private_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
@@ -121,7 +165,7 @@ def write_private_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Pa
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -164,4 +208,4 @@ def default_connection_dir() -> Path:
 def new_connection_file(directory: str | os.PathLike[str] | None = None) -> Path:
     """An unused connection file name: ``kernel-<pid>-<random>.json``."""
     base = Path(directory) if directory is not None else default_connection_dir()
-    return base / f"kernel-{os.getpid()}-{secrets.token_hex(4)}.json"
+    return base / f"kernel-{os.getpid()}-{os.urandom(4).hex()}.json"

@@ -10,22 +10,30 @@ without ``-f``
 
 Either way the sockets are bound *before* the file is written (see
 :mod:`.connection`), and startup imports only what serving needs, so a frontend gets its
-first ``kernel_info_reply`` quickly.
+first ``kernel_info_reply`` quickly: the interpreter is made when the first request that
+needs it arrives (or right after the first reply), and plugins load after that.
+
+Started by :mod:`.provisioner` (``CORRAL_KERNEL_READY_FD`` set), the kernel writes one
+byte to that descriptor as soon as its ports are bound.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["main", "parse_args"]
+__all__ = ["READY_FD_ENV", "main", "parse_args"]
+
+#: Names the pipe a launcher waits on for the kernel's "ports bound" byte (.provisioner).
+READY_FD_ENV = "CORRAL_KERNEL_READY_FD"
 
 
 def _port_range(text: str) -> tuple[int, int]:
+    import argparse
+
     lo, sep, hi = text.partition("-")
     try:
         if not sep:
@@ -77,7 +85,7 @@ class _PluginLoader:
     first execution, if that comes first), and executions wait for it to finish.
     """
 
-    def __init__(self, interpreter: Any, profile: str) -> None:
+    def __init__(self, interpreter: Callable[[], Any], profile: str) -> None:
         import threading
 
         self._interpreter = interpreter
@@ -109,13 +117,60 @@ class _PluginLoader:
             manager = get_plugin_manager(profile=self._profile)
             config = load_configuration(manager, profile=self._profile)
             manager.hook.corral_configure(config=config)
-            manager.hook.corral_add_magics(registry=self._interpreter.magics)
+            manager.hook.corral_add_magics(registry=self._interpreter().magics)
         except Exception:
             log.exception("plugins could not be loaded; the kernel runs without them")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+class _Options:
+    """The parsed command line (what :func:`parse_args` returns)."""
+
+    def __init__(self) -> None:
+        self.connection_file: str | None = None
+        self.ip: str | None = None
+        self.ports: tuple[int, int] | None = None
+        self.profile = os.environ.get("CORRAL_PROFILE", "default")
+        self.log_level = os.environ.get("CORRAL_KERNEL_LOG_LEVEL", "WARNING")
+
+
+def _parse_launcher_args(argv: list[str]) -> _Options | None:
+    """The command line a launcher writes (``-f FILE``, ``--ip IP``...) without argparse.
+
+    Building an ArgumentParser imports gettext, locale and shutil: about 7 ms on the path
+    to a frontend's first reply. Launchers only ever pass these options as ``--opt value``
+    or ``--opt=value``; anything else (help, a typo, a bad port range) returns None and
+    gets argparse's full treatment.
+    """
+    names = {
+        "-f": "connection_file",
+        "--connection-file": "connection_file",
+        "--ip": "ip",
+        "--profile": "profile",
+        "--log-level": "log_level",
+    }
+    options = _Options()
+    words = iter(argv)
+    for word in words:
+        flag, eq, value = word.partition("=")
+        if flag not in names or (eq and flag == "-f"):
+            return None
+        if not eq:
+            value = next(words, "")
+            if not value or value.startswith("-"):
+                return None
+        setattr(options, names[flag], value)
+    return options
+
+
+def parse_args(argv: list[str] | None = None) -> Any:
     """Command-line options of the kernel process."""
+    if argv is None:
+        argv = sys.argv[1:]
+    fast = _parse_launcher_args(argv)
+    if fast is not None:
+        return fast
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m corral.transports.zmq.kernel_main",
         description="Run a corral kernel speaking the Jupyter messaging protocol.",
@@ -148,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .kernel import KernelServer
 
-    path = Path(args.connection_file) if args.connection_file else None
-    if path is not None and path.exists():
+    path = args.connection_file or None
+    if path is not None and os.path.exists(path):
         info = read_connection_file(path)
     else:
         info = ConnectionInfo()
@@ -161,20 +216,42 @@ def main(argv: list[str] | None = None) -> int:
     parent = os.environ.get("JPY_PARENT_PID", "")
     if parent.isdigit():
         watch_parent(int(parent))
-    server = KernelServer(info, port_range=args.ports)
+    server = KernelServer(info, port_range=args.ports, lazy_interpreter=True)
     server.bind()
     if path is None:
         path = new_connection_file()
         write_connection_file(path, info)
         print(f"corral kernel connection file: {path}", flush=True)
-    elif unbound or not path.exists():
+    elif unbound or not os.path.exists(path):
         write_connection_file(path, info)
+    report_bound()
     server.start()
-    plugins = _PluginLoader(server.interpreter, args.profile)
-    server.after_first_request = plugins.start
+    plugins = _PluginLoader(lambda: server.interpreter, args.profile)
+
+    def after_first_request() -> None:
+        server.interpreter  # noqa: B018 - made now, while the frontend reads its reply
+        plugins.start()
+
+    server.after_first_request = after_first_request
     server.prepare_execute = plugins.wait
     server.serve_forever()
     return 0
+
+
+def report_bound() -> None:
+    """Write the launcher's "ports bound" byte, if a launcher asked for one (.provisioner).
+
+    The variable is removed so that processes user code starts do not inherit it; the
+    descriptor is closed, so the launcher's read ends here whatever happens next.
+    """
+    fd = os.environ.pop(READY_FD_ENV, "")
+    if not fd.isdigit():
+        return
+    try:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+    except OSError as exc:
+        logging.getLogger("corral.kernel").warning("cannot report bound ports: %s", exc)
 
 
 if __name__ == "__main__":
