@@ -9,11 +9,10 @@ sees half a file or a port nobody holds yet.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
-
-import attrs
 
 from corral.transports.zmq.connection import new_key, read_json_object, write_private_json
 
@@ -50,12 +49,16 @@ def _to_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-@attrs.define
+@dataclasses.dataclass
 class ClusterInfo:
-    """Everything a client or engine needs to reach a controller. Port 0: not bound yet."""
+    """Everything a client or engine needs to reach a controller. Port 0: not bound yet.
+
+    A stdlib dataclass, not attrs (DESIGN.md's default for records): the controller reads
+    it on the path to a ready cluster, where importing attrs costs 17 ms.
+    """
 
     cluster_id: str = ""
-    key: bytes = attrs.field(factory=new_key, converter=_to_bytes)
+    key: bytes = dataclasses.field(default_factory=new_key)
     signature_scheme: str = "hmac-sha256"
     transport: str = "tcp"
     ip: str = "127.0.0.1"
@@ -78,6 +81,10 @@ class ClusterInfo:
     hb_misses: int = 2
     controller_pid: int = 0
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The key may be given as text (as JSON holds it); it is always kept as bytes.
+        super().__setattr__(name, _to_bytes(value) if name == "key" else value)
+
     def url(self, name: str) -> str:
         """The ZeroMQ endpoint of socket ``name`` (one of :data:`PORT_NAMES`)."""
         if name not in PORT_NAMES:
@@ -93,7 +100,7 @@ class ClusterInfo:
 
     def to_dict(self, *, include_key: bool = True) -> dict[str, Any]:
         """The cluster file's JSON object; ``include_key=False`` for a connection_reply."""
-        data = attrs.asdict(self)
+        data = dataclasses.asdict(self)
         if include_key:
             data["key"] = self.key.decode("utf-8")
         else:
@@ -103,7 +110,7 @@ class ClusterInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClusterInfo:
         """Build from a cluster file's object, ignoring fields other tools add."""
-        known = {f.name for f in attrs.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

