@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import random
+from collections import deque
 from datetime import datetime, timezone
 
 import pytest
@@ -208,6 +210,36 @@ def test_replay_guard_is_bounded():
         guard.check(b"d")
     with pytest.raises(ValueError):
         ReplayGuard(0)
+
+
+@pytest.mark.parametrize("maxlen", [1, 2, 3, 8, 100])
+def test_replay_guard_matches_a_model(maxlen: int) -> None:
+    """The flat hash table (with its back-shifting deletes) against a set and a deque.
+
+    A small pool of signatures, drawn at random, makes the same key arrive again both
+    while remembered (refused) and after being forgotten (accepted), over and over, and
+    crowds the table's probe runs so every deletion case is hit.
+    """
+    rng = random.Random(maxlen)
+    pool = [f"{rng.getrandbits(64):016x}".encode() + b"0" * 48 for _ in range(3 * maxlen + 4)]
+    pool.append(b"not hex at all")  # the hashed path
+    guard = ReplayGuard(maxlen)
+    seen: set[bytes] = set()
+    order: deque[bytes] = deque()
+    for _ in range(5000):
+        sig = rng.choice(pool)
+        if sig in seen:
+            with pytest.raises(ReplayedMessage):
+                guard.check(sig)
+            continue
+        guard.check(sig)
+        seen.add(sig)
+        order.append(sig)
+        if len(order) > maxlen:
+            seen.discard(order.popleft())
+        assert len(guard) == len(seen)
+    assert all(sig in guard for sig in seen)
+    assert not any(sig in guard for sig in pool if sig not in seen)
 
 
 def test_oversized_message():

@@ -17,7 +17,7 @@ import json
 import math
 import threading
 import uuid
-from collections import deque
+from array import array
 from collections.abc import Sequence
 from datetime import date, datetime, timezone
 from typing import Any
@@ -185,51 +185,98 @@ class ReplayGuard:
     share a signature. Safe to share between the threads serving a kernel's channels, so
     a message captured on one channel cannot be replayed on another.
 
-    Each signature is remembered as a 64-bit integer (its first 16 hex digits), not as its
-    text: a busy controller holds this many for every socket it verifies, and the integer
-    takes less than half the memory. Only a genuine signature can be replayed, and two of
-    those share 64 bits with odds of about one in 10^14 at this size.
+    Each signature is remembered as a 64-bit key (its first 16 hex digits) in two flat
+    arrays: an open-addressing hash table at most half full and a ring of keys in arrival
+    order, at most 40 bytes per remembered signature, allocated once, on the first check.
+    A set of Python ints took 80 bytes each, and grew with every message: a busy
+    controller holds one guard per socket it verifies. Only a genuine signature can be
+    replayed, and two of those share 64 bits with odds of about one in 10^14 at this size.
     """
 
-    __slots__ = ("maxlen", "_order", "_seen", "_lock")
+    __slots__ = ("maxlen", "_table", "_ring", "_mask", "_count", "_next", "_lock")
 
     def __init__(self, maxlen: int = 100_000) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self.maxlen = maxlen
-        self._order: deque[int] = deque()
-        self._seen: set[int] = set()
+        self._table: array[int] | None = None  # 0 marks an empty slot
+        self._ring: array[int] | None = None
+        self._mask = (1 << max(4, (2 * maxlen - 1).bit_length())) - 1
+        self._count = 0
+        self._next = 0  # where the ring takes the next key (the oldest, once full)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._count
 
     def __contains__(self, signature: object) -> bool:
-        return isinstance(signature, (bytes, bytearray, memoryview)) and (
-            _signature_key(bytes(signature)) in self._seen
-        )
+        if not isinstance(signature, (bytes, bytearray, memoryview)) or self._table is None:
+            return False
+        key = _signature_key(bytes(signature))
+        with self._lock:
+            return self._table[self._slot(key)] == key
 
     def check(self, signature: bytes) -> None:
         """Record ``signature``; raise :class:`ReplayedMessage` if it was seen before."""
         sig = bytes(signature)
         key = _signature_key(sig)
         with self._lock:
-            if key in self._seen:
+            if self._table is None:
+                self._table = array("Q", bytes(8 * (self._mask + 1)))
+                self._ring = array("Q", bytes(8 * self.maxlen))
+            table, ring = self._table, self._ring
+            assert ring is not None
+            slot = self._slot(key)
+            if table[slot] == key:
                 raise ReplayedMessage(
                     f"signature {sig[:16].decode('ascii', 'replace')}... replayed"
                 )
-            self._seen.add(key)
-            self._order.append(key)
-            if len(self._order) > self.maxlen:
-                self._seen.discard(self._order.popleft())
+            if self._count == self.maxlen:
+                self._forget(ring[self._next])
+                slot = self._slot(key)  # forgetting may have moved keys up the probe path
+            else:
+                self._count += 1
+            table[slot] = key
+            ring[self._next] = key
+            self._next = (self._next + 1) % self.maxlen
+
+    def _slot(self, key: int) -> int:
+        """Where ``key`` is, or the empty slot where it would go (linear probing)."""
+        table, mask = self._table, self._mask
+        assert table is not None
+        slot = key & mask
+        while True:
+            held = table[slot]
+            if held == key or held == 0:
+                return slot
+            slot = (slot + 1) & mask
+
+    def _forget(self, key: int) -> None:
+        """Remove ``key``, shifting later keys of its probe run back (no tombstones)."""
+        table, mask = self._table, self._mask
+        assert table is not None
+        hole = self._slot(key)
+        probe = hole
+        while True:
+            probe = (probe + 1) & mask
+            held = table[probe]
+            if held == 0:
+                break
+            home = held & mask
+            # ``held`` may fill the hole unless its home lies cyclically in (hole, probe].
+            if (home - hole - 1) & mask >= (probe - hole) & mask:
+                table[hole] = held
+                hole = probe
+        table[hole] = 0
 
 
 def _signature_key(signature: bytes) -> int:
-    """A compact key for a signature: its first 64 bits (any scheme's hex digest)."""
+    """A compact key for a signature: its first 64 bits (any scheme's hex digest), never 0."""
     try:
-        return int(signature[:16], 16)
+        key = int(signature[:16], 16)
     except ValueError:  # not hex: keep all of it, hashed
-        return hash(signature)
+        key = hash(signature) & 0xFFFF_FFFF_FFFF_FFFF
+    return key or 1
 
 
 # ------------------------------------------------------------------------- messages
