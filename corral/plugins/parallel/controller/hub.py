@@ -13,14 +13,15 @@ memory stays flat however many tasks run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-import attrs
 import zmq
 
+from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
 from corral.transports.zmq.session import Session
 
@@ -40,7 +41,7 @@ _UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited")
 SHUTDOWN_GRACE = 2.0
 
 
-@attrs.define
+@dataclasses.dataclass
 class EngineRecord:
     """A registered engine, as ``connection_reply`` describes it."""
 
@@ -157,6 +158,7 @@ class Hub(Component):
         poller.register(control_fd, zmq.POLLIN)
         heart = self.heart
         heart.next_at = time.monotonic()
+        trimmer = HeapTrimmer()  # due within a heartbeat: the beats wake this loop anyway
         try:
             while not self._stopping:
                 wait = heart.timeout(time.monotonic())
@@ -175,6 +177,9 @@ class Hub(Component):
                     self._drain(self._iopub, self.on_iopub)
                 self._drain(self.hb_pong, self.on_pong)
                 now = time.monotonic()
+                if self.monitor in events or self.registration in events:
+                    trimmer.busy(now)
+                trimmer.tick(now)
                 if now >= heart.next_at:
                     beat, dead = heart.tick(now)
                     self.hb_ping.send(beat)

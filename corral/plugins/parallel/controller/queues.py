@@ -40,6 +40,7 @@ from typing import Any
 
 import zmq
 
+from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
 from corral.transports.zmq.session import Session
 
@@ -171,9 +172,13 @@ class RoutingQueue(Component):
         control_fd = control.fileno()
         poller.register(control_fd, zmq.POLLIN)
         on_request, on_reply = self.on_client_frames, self.on_engine_frames
+        trimmer = HeapTrimmer()
         try:
             while True:
                 wait = self.next_timeout()
+                trim_wait = trimmer.timeout(time.monotonic())
+                if trim_wait is not None and (wait is None or trim_wait < wait):
+                    wait = trim_wait
                 events = dict(poller.poll(None if wait is None else max(0, int(wait * 1000) + 1)))
                 if control_fd in events:
                     messages = read_control(control)
@@ -187,11 +192,14 @@ class RoutingQueue(Component):
                     self._drain(engine, on_reply)
                 if client in events:
                     self._drain(client, on_request)
+                now = time.monotonic()
+                if events:
+                    trimmer.busy(now)
                 if wait is not None:
-                    now = time.monotonic()
                     if self.backlog:
                         self._retry_backlog(now)
                     self.on_timer(now)
+                    trimmer.tick(now)
         finally:
             self.close()
 
@@ -596,7 +604,11 @@ class TaskScheduler(RoutingQueue):
         # Recent outcomes, oldest first: the engine (b"" if none) for a success, _FAILED for
         # a failure. A plain dict with one small value each: this holds RESULTS_LRU entries
         # on a busy cluster, and an OrderedDict of tuples took twice the memory.
-        self.results: dict[str, bytes | bool] = {}
+        #: hash(msg_id) -> the engine it ran on (the scheduler's own bytes object for it),
+        #: or _FAILED. Integer keys and shared engine ids take half the memory of msg_id
+        #: strings and per-reply bytes; str hashes are keyed per process (SipHash), so a
+        #: client cannot make two of its ids collide on purpose.
+        self.results: dict[int, bytes | bool] = {}
         self.results_lru = results_lru
         self.dead_ids: set[int] = set()
         self._timers: list[tuple[float, int, Job]] = []
@@ -662,7 +674,7 @@ class TaskScheduler(RoutingQueue):
     def _dependency_failure(self, job: Job) -> str | None:
         """Why ``job`` can never run, judging by the outcomes already known; else None."""
         for dep in (*job.after, *job.follow):
-            if self.results.get(dep) is _FAILED:
+            if self.results.get(hash(dep)) is _FAILED:
                 return f"dependency {dep} failed"
         if job.targets is not None and job.targets and job.targets <= self.dead_ids:
             return "every target engine is dead"
@@ -672,7 +684,7 @@ class TaskScheduler(RoutingQueue):
         """``(possible, engine)``: where ``follow`` pins the job (None: anywhere)."""
         where: bytes | None = None
         for dep in job.follow:
-            outcome = self.results.get(dep)
+            outcome = self.results.get(hash(dep))
             if not outcome:
                 continue  # forgotten, never seen, failed or ran nowhere: no constraint
             if where is not None and outcome != where:
@@ -748,7 +760,7 @@ class TaskScheduler(RoutingQueue):
         metadata = loads_dict(parts[2]) or {}
         ok = metadata.get("status", "ok") == "ok"
         self.load[engine] -= 1
-        self._finish(job, ok, engine)
+        self._finish(job, ok, job.engine)  # the scheduler's copy: one per engine, kept
 
     def _finish(self, job: Job, ok: bool, engine: bytes | None) -> None:
         """Forget ``job``, remember its outcome, and wake (or fail) what waited on it."""
@@ -772,8 +784,9 @@ class TaskScheduler(RoutingQueue):
 
     def _remember(self, msg_id: str, ok: bool, engine: bytes | None) -> None:
         results = self.results
-        results.pop(msg_id, None)  # re-insert at the young end
-        results[msg_id] = (engine or b"") if ok else _FAILED
+        key = hash(msg_id)
+        results.pop(key, None)  # re-insert at the young end
+        results[key] = (engine or b"") if ok else _FAILED
         if len(results) > self.results_lru:
             del results[next(iter(results))]
 
