@@ -11,6 +11,7 @@ of tasks can be in flight from one thread.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import threading
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import zmq
 
 from corral.core.serialize import pack_apply
@@ -43,9 +43,9 @@ _RECENT_LIMIT = 50_000
 _COPY_LIMIT = 64 * 1024
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class EngineInfo:
-    """What the client knows about one registered engine."""
+    """What the client knows about one registered engine (a dataclass: see LaunchHandle)."""
 
     id: int
     uuid: str

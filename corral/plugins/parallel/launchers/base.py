@@ -40,6 +40,7 @@ for it only if some plugin has added it, so third-party launchers can be tried e
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import signal
 import sys
@@ -47,8 +48,6 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
-
-import attrs
 
 __all__ = [
     "ControllerLauncher",
@@ -69,9 +68,13 @@ class LaunchError(RuntimeError):
     end of its log, because that is almost always where the reason is."""
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class LaunchHandle:
-    """One thing a launcher started: a local pid, a batch job id, or both."""
+    """One thing a launcher started: a local pid, a batch job id, or both.
+
+    A stdlib dataclass, not attrs: ``import corral`` then ``Cluster()`` would otherwise
+    import attrs (11 ms) on the way to a running cluster.
+    """
 
     pid: int | None = None
     job_id: str | None = None
