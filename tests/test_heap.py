@@ -61,3 +61,19 @@ def test_trimmer_is_rate_limited_and_finishes_after_the_last_burst() -> None:
     trimmer.busy(31.0)
     trimmer.tick(36.0)
     assert trimmer.trims == 2
+
+
+def test_trimmer_trims_when_a_burst_ends_but_not_more_than_once_a_gap() -> None:
+    trimmer = HeapTrimmer(interval=5.0, min_gap=1.0)
+    if not trimmer.enabled:
+        pytest.skip("no malloc_trim here")
+    trimmer.idle(10.0)  # idle without work: nothing to give back
+    assert trimmer.trims == 0
+    trimmer.busy(10.0)
+    trimmer.idle(10.2)  # the burst is over
+    assert trimmer.trims == 1
+    trimmer.busy(10.3)
+    trimmer.idle(10.5)  # another burst, too soon after the last trim: later
+    assert trimmer.trims == 1
+    trimmer.idle(11.3)
+    assert trimmer.trims == 2

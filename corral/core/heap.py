@@ -8,9 +8,10 @@ the process's resident size creeps upward over the bursts even though the live d
 stays flat. ``malloc_trim(0)`` hands free pages of every heap back to the system; it is
 what measurably keeps a controller's RSS flat over 100,000 tasks.
 
-:class:`HeapTrimmer` calls it at most every ``interval`` seconds while a process is
-busy, and once more soon after it goes idle. Where there is no glibc (macOS, Windows,
-musl) it does nothing.
+:class:`HeapTrimmer` calls it when a burst of work is over (the caller says when: no
+request outstanding, say), at most once per ``min_gap`` seconds, and every ``interval``
+seconds during work that never pauses. Where there is no glibc (macOS, Windows, musl) it
+does nothing.
 """
 
 from __future__ import annotations
@@ -52,18 +53,21 @@ def malloc_trim() -> bool:
 class HeapTrimmer:
     """Rate-limited :func:`malloc_trim` for a poll loop.
 
-    Call :meth:`busy` after handling messages and :meth:`tick` on every pass of the loop;
-    poll no longer than :meth:`timeout` so the trim after the last burst happens even if
-    nothing else arrives. The first message after a trim starts an ``interval``-second
-    countdown, so a trim (a few milliseconds) never runs more often than that.
+    Call :meth:`busy` after handling messages, :meth:`idle` when the work in hand is done,
+    and :meth:`tick` on every pass of the loop; poll no longer than :meth:`timeout`. The
+    first message after a trim starts an ``interval``-second countdown (the trim during
+    endless work); going idle trims at once if the last trim is ``min_gap`` seconds old.
+    A trim costs a few milliseconds, so neither can make it a measurable load.
     """
 
-    __slots__ = ("interval", "_due", "enabled", "trims")
+    __slots__ = ("interval", "min_gap", "_due", "_last", "enabled", "trims")
 
-    def __init__(self, interval: float = 5.0) -> None:
+    def __init__(self, interval: float = 5.0, min_gap: float = 1.0) -> None:
         self.interval = interval
+        self.min_gap = min_gap
         self.enabled = _TRIM is not None
         self._due: float | None = None  # None: nothing freed since the last trim
+        self._last = float("-inf")
         self.trims = 0
 
     def busy(self, now: float) -> None:
@@ -75,9 +79,18 @@ class HeapTrimmer:
         """Seconds until a trim is due, or None when none is pending."""
         return None if self._due is None else max(0.0, self._due - now)
 
+    def idle(self, now: float) -> None:
+        """The work in hand is done: trim now, unless a trim ran less than min_gap ago."""
+        if self._due is not None and now - self._last >= self.min_gap:
+            self._trim(now)
+
     def tick(self, now: float) -> None:
         """Trim if one is due."""
         if self._due is not None and now >= self._due:
-            self._due = None
-            malloc_trim()
-            self.trims += 1
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        self._due = None
+        self._last = now
+        malloc_trim()
+        self.trims += 1

@@ -179,6 +179,8 @@ class Hub(Component):
                 now = time.monotonic()
                 if self.monitor in events or self.registration in events:
                     trimmer.busy(now)
+                else:
+                    trimmer.idle(now)  # a wake-up with nothing to record: work is over
                 trimmer.tick(now)
                 if now >= heart.next_at:
                     beat, dead = heart.tick(now)

@@ -195,6 +195,8 @@ class RoutingQueue(Component):
                 now = time.monotonic()
                 if events:
                     trimmer.busy(now)
+                    if not self.outstanding_count():
+                        trimmer.idle(now)  # a burst is over: give its memory back
                 if wait is not None:
                     if self.backlog:
                         self._retry_backlog(now)
