@@ -496,3 +496,33 @@ def test_get_result_db_query_and_purge(cluster: LiveCluster) -> None:
     assert pending.get(30) == "released"
     second.close()
     third.close()
+
+
+def test_get_result_of_a_broadcast_has_every_engine(cluster: LiveCluster) -> None:
+    """A broadcast is one msg_id answered by each target: the hub gives all of them back,
+    in target order, and a failure on one engine is a CompositeError naming it."""
+    first = cluster.connect()
+    view = first.broadcast_view(targets=[1, 0])
+    live = view.apply_async(os.getpid)
+    pids = live.get(30)
+    failing = view.apply_async(_fail_in_process, pids[1])  # targets [1, 0]: engine 0
+    with pytest.raises(CompositeError):
+        failing.get(30)
+    msg_ids = [live.msg_ids[0], failing.msg_ids[0]]
+    first.close()
+    second = cluster.connect()
+    assert second.get_result(msg_ids[0]).get(30) == pids
+    with pytest.raises(CompositeError) as failed:
+        second.get_result(msg_ids[1]).get(30)
+    assert failed.value.engine_ids == [0]
+    assert "says no" in str(failed.value)
+    second.close()
+
+
+def _fail_in_process(pid: int) -> str:
+    """Fails in the one engine process ``pid``, succeeds elsewhere."""
+    import os as _os
+
+    if _os.getpid() == pid:
+        raise ValueError(f"process {pid} says no")
+    return "fine"

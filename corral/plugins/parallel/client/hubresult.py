@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral.core.serialize import deserialize
+
 from .asyncresult import AsyncResult
 from .messages import Parsed
 
@@ -47,11 +49,17 @@ class AsyncHubResult(AsyncResult):
         for msg_id in wanted:
             entry = results.get(msg_id) or {"status": "unknown"}
             record = entry.get("record", entry) if isinstance(entry, dict) else {}
-            count = int(record.get("buffer_count") or 0)
+            parts = record.get("parts")
+            if isinstance(parts, list):
+                count = sum(int(p.get("buffer_count") or 0) for p in parts)
+            else:
+                count = int(record.get("buffer_count") or 0)
             own = buffers[offset : offset + count]
             offset += count
             status = entry.get("status")
-            if status == "completed":
+            if status == "completed" and isinstance(parts, list):
+                self._fill_broadcast(msg_id, record, parts, own)
+            elif status == "completed":
                 self._fill(msg_id, record, own)
             elif status == "pending":
                 pending = True
@@ -88,6 +96,47 @@ class AsyncHubResult(AsyncResult):
         md["submitted"] = record.get("submitted") or md["submitted"]
         md["outputs_ready"] = True  # the database holds all the output there is
         self._on_reply(msg_id, reply)
+
+    def _fill_broadcast(
+        self, msg_id: str, record: dict[str, Any], parts: list[dict[str, Any]], buffers: list[Any]
+    ) -> None:
+        """A broadcast's slot: the list of every engine's value, in target order (as a live
+        broadcast gives it), or a CompositeError of the engines that failed."""
+        from .errors import CompositeError
+
+        values, errors, offset = [], [], 0
+        for part in parts:
+            count = int(part.get("buffer_count") or 0)
+            value, error = _part_outcome(msg_id, part, buffers[offset : offset + count])
+            offset += count
+            values.append(value)
+            if error is not None:
+                errors.append(error)
+        index = self._slot_of[msg_id]
+        if errors:
+            self._errors[index] = CompositeError(errors)
+        else:
+            self._values[index] = values
+        md = self._metadata_slot(index)
+        md["submitted"] = record.get("submitted") or md["submitted"]
+        md["status"] = "error" if errors else "ok"
+        md["engine_id"] = [p.get("engine_id") for p in parts]
+        md["outputs_ready"] = True
+        self._slot_done(index)
+
+
+def _part_outcome(msg_id: str, part: dict[str, Any], buffers: list[Any]) -> tuple[Any, Any]:
+    """``(value, None)`` or ``(None, RemoteError)`` for one engine's part of a broadcast."""
+    from .errors import RemoteError, error_from_content
+
+    content = part.get("result_content") or {"status": part.get("result_status", "ok")}
+    engine_id = part.get("engine_id")
+    if content.get("status", "ok") != "ok":
+        return None, error_from_content(content, engine_id, msg_id)
+    try:
+        return (deserialize(buffers) if buffers else None), None
+    except Exception as exc:  # a result this process cannot load
+        return None, RemoteError(type(exc).__name__, str(exc), "", engine_id, msg_id=msg_id)
 
 
 def _unknown(msg_id: str, why: str = "") -> Any:

@@ -60,6 +60,31 @@ class EngineRecord:
         }
 
 
+def _broadcast_result(
+    msg_id: str, record: dict[str, Any], parts: list[dict[str, Any]], buffers: list[Any]
+) -> dict[str, Any]:
+    """A result_reply entry for a broadcast: every engine's record, in target order.
+
+    Completed once every target has answered; its buffers (appended to ``buffers``) are
+    sent only then, each part saying how many are its own.
+    """
+    targets = (record.get("metadata") or {}).get("targets")
+    rank = {eid: i for i, eid in enumerate(targets)} if isinstance(targets, list) else {}
+    parts.sort(key=lambda p: (rank.get(p.get("engine_id"), len(rank)), p.get("engine_id") or 0))
+    done = all(p.get("result_status") is not None for p in parts)
+    for part in parts:
+        bufs = part.pop("result_buffers", None) or []
+        part["buffer_count"] = len(bufs) if done else 0
+        if done:
+            buffers.extend(bufs)
+    return {
+        "msg_id": msg_id,
+        "status": "completed" if done else "pending",
+        "submitted": record.get("submitted"),
+        "parts": parts,
+    }
+
+
 def _client_text(ident: bytes) -> str:
     """A client's routing id as text: as is when printable ASCII, else hex."""
     try:
@@ -438,6 +463,10 @@ class Hub(Component):
             record = records.get(msg_id)
             if record is None:
                 results[msg_id] = {"status": "unknown"}
+                continue
+            parts = record.pop("parts", None)
+            if parts is not None:
+                results[msg_id] = _broadcast_result(msg_id, record, parts, buffers)
                 continue
             bufs = record.pop("result_buffers", None) or []
             record["buffer_count"] = len(bufs)

@@ -210,7 +210,8 @@ class TaskDB:
         """``engine_uuid`` died: its unanswered tasks may be answered by another engine."""
 
     def get(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """``{msg_id: record}`` for the ids found (a broadcast's first record)."""
+        """``{msg_id: record}`` for the ids found. A broadcast's record is its first row,
+        with every row (one per engine, in the order recorded) under ``"parts"``."""
         return {}
 
     def find(
@@ -521,8 +522,12 @@ class SQLiteTaskDB(TaskDB):
                 f"({','.join('?' * len(chunk))}) ORDER BY rowid"
             )
             for row in self._db.execute(sql, chunk):
-                if row[0] not in out:
-                    out[row[0]] = _row_to_record(cols, row)
+                record = _row_to_record(cols, row)
+                first = out.get(row[0])
+                if first is None:
+                    out[row[0]] = record
+                else:  # a broadcast: one row per engine, all of them under "parts"
+                    first.setdefault("parts", [dict(first)]).append(record)
         return out
 
     def _find(self, where: str, params: list[Any], cols: Sequence[str]) -> list[dict[str, Any]]:
