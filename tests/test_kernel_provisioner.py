@@ -8,15 +8,14 @@ provisioner); tox installs it.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jupyter_helpers import isolate_jupyter
 
 pytest.importorskip("jupyter_client")
 from jupyter_client import KernelManager  # noqa: E402
@@ -35,16 +34,9 @@ needs_provisioner = pytest.mark.skipif(
 
 
 @pytest.fixture
-def jupyter_path(tmp_path: Path, monkeypatch) -> Iterator[Path]:
+def jupyter_path(tmp_path: Path, monkeypatch) -> Path:
     """A private Jupyter path to put kernelspecs in; the kernel finds this checkout."""
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    )
-    yield tmp_path / "jupyter"
+    return isolate_jupyter(tmp_path, monkeypatch)
 
 
 def add_spec(root: Path, name: str, spec: dict[str, Any]) -> None:

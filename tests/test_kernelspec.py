@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jupyter_helpers import isolate_jupyter
 
 from corral.transports.zmq.kernelspec import (
     add_kernel_cli,
@@ -18,7 +19,6 @@ from corral.transports.zmq.kernelspec import (
     kernels_dir,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 TIMEOUT = 10
 
@@ -79,17 +79,9 @@ def test_corral_kernel_install_command(tmp_path: Path, monkeypatch) -> None:
 @pytest.fixture
 def jupyter_env(tmp_path: Path, monkeypatch) -> Iterator[Path]:
     """A private Jupyter data dir holding the ``corral`` kernelspec, and nothing in ~."""
-    data = tmp_path / "jupyter"
-    install_kernelspec(prefix=tmp_path / "prefix")
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "prefix" / "share" / "jupyter"))
-    monkeypatch.setenv("JUPYTER_DATA_DIR", str(data))
-    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    )
+    path = isolate_jupyter(tmp_path, monkeypatch)
+    install_kernelspec(prefix=path.parent / "prefix")
+    monkeypatch.setenv("JUPYTER_PATH", str(path.parent / "prefix" / "share" / "jupyter"))
     yield tmp_path
 
 
