@@ -376,6 +376,109 @@ class _ClientBase:
         content = {} if target_name is None else {"target_name": target_name}
         return self._message("comm_info_request", content)
 
+    # ---------------------------------------------------------------- connecting
+
+    def _connect_sockets(self, info: Any = None) -> bool:
+        """Make this generation's sockets unless they exist; True if new ones were made."""
+        info = info or self._require_info()
+        generation = self._generation
+        if self._sockets and self._socket_generation == generation:
+            return False
+        self._close_sockets()
+        self._new_connection_state()
+        identity = self._routing_id(generation)
+        for channel in CHANNELS:
+            sock = self.context.socket(_SOCKET_TYPES[channel])
+            sock.linger = 1000
+            if channel in ("shell", "stdin"):
+                # The kernel answers stdin requests to the shell sender's identity.
+                sock.identity = identity
+            if channel == "iopub":
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            _apply_curve(sock, info)
+            sock.connect(channel_url(info, channel))
+            self._sockets[channel] = sock
+        self._socket_generation = generation
+        return True
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+        if self._hb is not None:
+            self._hb.close(linger=0)
+            self._hb = None
+
+    # -------------------------------------------------------------------- sending
+    # Sending is the same for the blocking and the asyncio client: a request is written
+    # to its socket at once; only waiting for the answers differs.
+
+    def _send(self, channel: str, msg: Message) -> str:
+        self._check(None)
+        self._ensure_sockets()
+        self._sockets[channel].send_multipart(self._pack(msg), copy=False)
+        return msg["msg_id"]
+
+    def execute(
+        self,
+        code: str,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        allow_stdin: bool | None = None,
+        stop_on_error: bool = True,
+    ) -> str:
+        """Send an ``execute_request``; returns its msg_id (the replies' parent)."""
+        msg = self._execute_msg(
+            code, silent, store_history, user_expressions, allow_stdin, stop_on_error
+        )
+        return self._send("shell", msg)
+
+    def kernel_info(self) -> str:
+        """Send a ``kernel_info_request``; returns its msg_id."""
+        return self._send("shell", self._message("kernel_info_request", {}))
+
+    def complete(self, code: str, cursor_pos: int | None = None) -> str:
+        """Ask for completions at ``cursor_pos`` (default: end of ``code``)."""
+        return self._send("shell", self._complete_msg(code, cursor_pos))
+
+    def inspect(self, code: str, cursor_pos: int | None = None, detail_level: int = 0) -> str:
+        """Ask for help on the name at ``cursor_pos`` (default: end of ``code``)."""
+        return self._send("shell", self._inspect_msg(code, cursor_pos, detail_level))
+
+    def history(
+        self,
+        raw: bool = True,
+        output: bool = False,
+        hist_access_type: str = "range",
+        **kwargs: Any,
+    ) -> str:
+        """Ask for history: ``range`` (session, start, stop), ``tail`` (n) or ``search``."""
+        return self._send("shell", self._history_msg(raw, output, hist_access_type, kwargs))
+
+    def is_complete(self, code: str) -> str:
+        """Ask whether ``code`` is a complete statement (for console line continuation)."""
+        return self._send("shell", self._message("is_complete_request", {"code": code}))
+
+    def comm_info(self, target_name: str | None = None) -> str:
+        """Ask which comms are open (optionally only for one target)."""
+        return self._send("shell", self._comm_info_msg(target_name))
+
+    def shutdown(self, restart: bool = False) -> str:
+        """Ask the kernel to shut down (on the control channel, so it is heard when busy).
+
+        This only asks; :meth:`KernelManager.shutdown` also makes sure the process is gone.
+        """
+        return self._send("control", self._message("shutdown_request", {"restart": restart}))
+
+    def interrupt_request(self) -> str:
+        """Ask the kernel to interrupt itself (for kernels with ``interrupt_mode: message``)."""
+        return self._send("control", self._message("interrupt_request", {}))
+
+    def input(self, text: str) -> None:
+        """Answer the kernel's pending ``input_request`` with ``text``."""
+        self._send("stdin", self._message("input_reply", {"value": text}))
+
 
 def _default_username() -> str:
     try:
@@ -457,109 +560,14 @@ class BlockingKernelClient(_ClientBase):
         except (BlockingIOError, OSError):
             pass
 
-    def _close_sockets(self) -> None:
-        for sock in self._sockets.values():
-            sock.close(linger=0)
-        self._sockets.clear()
-        if self._hb is not None:
-            self._hb.close(linger=0)
-            self._hb = None
-
     def _ensure_sockets(self) -> bool:
         """Connect (or reconnect after a restart); True if new sockets were made."""
-        info = self._require_info()
-        generation = self._generation
-        if self._sockets and self._socket_generation == generation:
-            return False
-        self._close_sockets()
-        self._new_connection_state()
-        identity = self._routing_id(generation)
-        for channel in CHANNELS:
-            sock = self.context.socket(_SOCKET_TYPES[channel])
-            sock.linger = 1000
-            if channel in ("shell", "stdin"):
-                # The kernel answers stdin requests to the shell sender's identity.
-                sock.identity = identity
-            if channel == "iopub":
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            _apply_curve(sock, info)
-            sock.connect(channel_url(info, channel))
-            self._sockets[channel] = sock
-        self._socket_generation = generation
-        return True
+        return self._connect_sockets()
 
     @property
     def channels_running(self) -> bool:
         """Whether sockets are connected (they are made on first use)."""
         return bool(self._sockets)
-
-    # -------------------------------------------------------------------- sending
-
-    def _send(self, channel: str, msg: Message) -> str:
-        self._check(None)
-        self._ensure_sockets()
-        self._sockets[channel].send_multipart(self._pack(msg), copy=False)
-        return msg["msg_id"]
-
-    def execute(
-        self,
-        code: str,
-        silent: bool = False,
-        store_history: bool = True,
-        user_expressions: dict[str, str] | None = None,
-        allow_stdin: bool | None = None,
-        stop_on_error: bool = True,
-    ) -> str:
-        """Send an ``execute_request``; returns its msg_id (the replies' parent)."""
-        msg = self._execute_msg(
-            code, silent, store_history, user_expressions, allow_stdin, stop_on_error
-        )
-        return self._send("shell", msg)
-
-    def kernel_info(self) -> str:
-        """Send a ``kernel_info_request``; returns its msg_id."""
-        return self._send("shell", self._message("kernel_info_request", {}))
-
-    def complete(self, code: str, cursor_pos: int | None = None) -> str:
-        """Ask for completions at ``cursor_pos`` (default: end of ``code``)."""
-        return self._send("shell", self._complete_msg(code, cursor_pos))
-
-    def inspect(self, code: str, cursor_pos: int | None = None, detail_level: int = 0) -> str:
-        """Ask for help on the name at ``cursor_pos`` (default: end of ``code``)."""
-        return self._send("shell", self._inspect_msg(code, cursor_pos, detail_level))
-
-    def history(
-        self,
-        raw: bool = True,
-        output: bool = False,
-        hist_access_type: str = "range",
-        **kwargs: Any,
-    ) -> str:
-        """Ask for history: ``range`` (session, start, stop), ``tail`` (n) or ``search``."""
-        return self._send("shell", self._history_msg(raw, output, hist_access_type, kwargs))
-
-    def is_complete(self, code: str) -> str:
-        """Ask whether ``code`` is a complete statement (for console line continuation)."""
-        return self._send("shell", self._message("is_complete_request", {"code": code}))
-
-    def comm_info(self, target_name: str | None = None) -> str:
-        """Ask which comms are open (optionally only for one target)."""
-        return self._send("shell", self._comm_info_msg(target_name))
-
-    def shutdown(self, restart: bool = False) -> str:
-        """Ask the kernel to shut down (on the control channel, so it is heard when busy).
-
-        This only asks; :meth:`KernelManager.shutdown` also makes sure the process is gone.
-        """
-        return self._send("control", self._message("shutdown_request", {"restart": restart}))
-
-    def interrupt_request(self) -> str:
-        """Ask the kernel to interrupt itself (for kernels with ``interrupt_mode: message``)."""
-        return self._send("control", self._message("interrupt_request", {}))
-
-    def input(self, text: str) -> None:
-        """Answer the kernel's pending ``input_request`` with ``text``."""
-        self._send("stdin", self._message("input_reply", {"value": text}))
 
     # ------------------------------------------------------------------ receiving
 
