@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from zmq.backend import Socket as _BackendSocket
+
+from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 
 __all__ = ["ClientIO", "recv_frames", "send_frames"]
 
@@ -33,30 +34,6 @@ _BATCH = 2048
 OUTBOX_HIGH_WATER = 256
 
 Handler = Callable[[str, list[Any]], None]
-
-# pyzmq's ``send_multipart``/``recv_multipart`` spend most of their time in Python-level
-# flag and type handling (~11 us for a 7-frame message); calling the Cython methods with
-# plain int flags does the same work in about a third of that.
-_send = _BackendSocket.send
-_recv = _BackendSocket.recv
-_get = _BackendSocket.get
-_SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-
-
-def send_frames(sock: zmq.Socket[Any], frames: list[Any], copy: bool = True) -> None:
-    """``sock.send_multipart(frames, copy=copy)``, faster."""
-    last = len(frames) - 1
-    for index, frame in enumerate(frames):
-        _send(sock, frame, _SNDMORE if index < last else 0, copy, False)
-
-
-def recv_frames(sock: zmq.Socket[Any], flags: int = 0, copy: bool = True) -> list[Any]:
-    """``sock.recv_multipart(flags, copy=copy)``, faster; ``zmq.Again`` when empty."""
-    frames = [_recv(sock, flags, copy, False)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock, 0, copy, False))
-    return frames
 
 
 class ClientIO:
@@ -207,7 +184,7 @@ class ClientIO:
                 log.error("no socket %r; dropped a message", channel)
                 continue
             try:
-                send_frames(sock, payload, copy)
+                send_frames(sock, payload, copy=copy)
                 self.sent += 1
             except zmq.ZMQError as exc:
                 log.error("send on %s failed: %s", channel, exc)
@@ -237,11 +214,10 @@ class ClientIO:
         holding the GIL lets that thread wake once and find many results ready.
         """
         copy = channel not in self._nocopy
-        noblock = int(zmq.NOBLOCK)
         batch = []
         for _ in range(_BATCH):
             try:
-                batch.append(recv_frames(sock, noblock, copy))
+                batch.append(recv_frames(sock, NOBLOCK, copy))
             except zmq.Again:
                 break
         self.received += len(batch)

@@ -21,7 +21,10 @@ from typing import Any
 
 import zmq
 
+from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
+
 __all__ = [
+    "NOBLOCK",
     "Component",
     "bind_random",
     "make_socket",
@@ -35,36 +38,9 @@ log = logging.getLogger("corral.plugins.parallel.controller")
 STOP = "stop"
 
 
-# The hot loops call libzmq through pyzmq's Cython layer directly. The convenience layer
-# costs more than the I/O on small messages: send_multipart builds an enum flag
-# (``SNDMORE | flags``) per frame and recv_multipart a getsockopt(RCVMORE) per frame, about
-# 10 us per 9-frame message on the reference machine, more than HMAC and JSON together.
-_raw_send = zmq.backend.Socket.send
-_raw_recv = zmq.backend.Socket.recv
-_MORE = int(zmq.SNDMORE)
-NOBLOCK = int(zmq.NOBLOCK)
-
-
-def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[zmq.Frame]:
-    """One multipart message as ``zmq.Frame`` objects (no copy of the payload)."""
-    frame = _raw_recv(sock, flags, False)
-    frames = [frame]
-    while frame.more:
-        frame = _raw_recv(sock, 0, False)
-        frames.append(frame)
-    return frames
-
-
-def send_frames(sock: zmq.Socket[Any], frames: list[Any], flags: int = 0) -> None:
-    """Send ``frames`` as one message: ``zmq.Frame`` objects by reference, bytes copied.
-
-    A received frame is re-sent without copying its payload (libzmq shares it); the small
-    bytes a queue adds (routing ids, monitor tags) are cheaper copied than wrapped.
-    """
-    more = flags | _MORE
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        _raw_send(sock, frame, more if i < last else flags, frame.__class__ is not bytes)
+# The hot loops send and receive through corral.transports.zmq.frames (pyzmq's Cython
+# layer, called directly): received frames are forwarded by reference, the small bytes a
+# queue adds (routing ids, monitor tags) are copied.
 
 
 def loads_dict(raw: bytes) -> dict[str, Any] | None:
