@@ -453,14 +453,7 @@ class DirectView(View):
     def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
         """Run ``code`` in each engine's namespace; output lands in the result's metadata."""
         targets, single = self._targets()
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        }
+        content = _execute_content(code, silent)
         result = self.client._submit(
             "mux",
             "execute_request",
@@ -677,14 +670,7 @@ class BroadcastView(DirectView):
 
     def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
         targets, _ = self._targets()
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        }
+        content = _execute_content(code, silent)
         result = self.client._broadcast(
             "execute_request", content, (), self._metadata(targets), targets, fname="execute"
         )
@@ -819,6 +805,18 @@ def _make_pull_probe() -> Callable[[list[str], int], tuple[bool, Any]]:
 
 
 _pull_probe = _make_pull_probe()
+
+
+def _execute_content(code: str, silent: bool) -> dict[str, Any]:
+    """An execute_request for engines: no history, no stdin (nobody would answer)."""
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": False,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
 
 
 class _StagedPull(AsyncResult):

@@ -488,14 +488,20 @@ class Engine:
         except (BlockingIOError, OSError):
             pass  # full: the main loop is awake already, or closing
 
-    def _serve_one(self, sock: zmq.Socket[Any]) -> None:
+    def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
+        """The next verified message on ``sock``; None if none waits or it was dropped."""
         try:
-            msg = recv_message(sock, self.signer, self.replay, _NOBLOCK)
+            return recv_message(sock, self.signer, self.replay, _NOBLOCK)
         except zmq.Again:
-            return
+            return None
         except wire.WireError as exc:
             self.dropped += 1
-            log.warning("dropped a bad message: %s", exc)
+            log.warning("dropped a bad message on %s: %s", where, exc)
+            return None
+
+    def _serve_one(self, sock: zmq.Socket[Any]) -> None:
+        msg = self._receive(sock, "a queue")
+        if msg is None:
             return
         handler = self._handlers.get(msg.msg_type)
         try:
@@ -822,13 +828,8 @@ class Engine:
                     continue
                 if control not in ready:
                     continue
-                try:
-                    msg = recv_message(control, self.signer, self.replay, _NOBLOCK)
-                except zmq.Again:
-                    continue
-                except wire.WireError as exc:
-                    self.dropped += 1
-                    log.warning("dropped a bad message on control: %s", exc)
+                msg = self._receive(control, "control")
+                if msg is None:
                     continue
                 try:
                     self._control_now(replier, msg)
