@@ -142,22 +142,15 @@ def _timed_start(tool_factory: Callable[[], Tool]) -> tuple[float, Tool]:
     return time.perf_counter() - started, tool
 
 
-# ---------------------------------------------------------------------- corral
+# ---------------------------------------------------------------------- view API
 
 
-class Corral(Tool):
-    name = "corral"
+class ViewTool(Tool):
+    """A tool with ipyparallel's view API: ``direct`` (one engine) and ``lview`` (load
+    balanced). corral and ipyparallel are measured by this same code."""
 
-    def start(self) -> None:
-        import corral.plugins.parallel.cluster as cluster_module
-
-        self.cluster = cluster_module.Cluster(n=ENGINES, profile="bench", engine_timeout=60)
-        self.client = self.cluster.start_and_connect()
-        self.lview = self.client.load_balanced_view()
-        self.direct = self.client[self.client.ids[0]]
-
-    def stop(self) -> None:
-        self.cluster.stop()
+    direct: Any
+    lview: Any
 
     def latency(self) -> list[float]:
         times = []
@@ -189,6 +182,24 @@ class Corral(Tool):
         pull = time.perf_counter() - started
         assert back.nbytes == array.nbytes
         return ARRAY_MB / push, ARRAY_MB / pull
+
+
+# ---------------------------------------------------------------------- corral
+
+
+class Corral(ViewTool):
+    name = "corral"
+
+    def start(self) -> None:
+        import corral.plugins.parallel.cluster as cluster_module
+
+        self.cluster = cluster_module.Cluster(n=ENGINES, profile="bench", engine_timeout=60)
+        self.client = self.cluster.start_and_connect()
+        self.lview = self.client.load_balanced_view()
+        self.direct = self.client[self.client.ids[0]]
+
+    def stop(self) -> None:
+        self.cluster.stop()
 
     def rss_growth(self) -> tuple[float, int]:
         def batch(n: int) -> None:
@@ -206,7 +217,7 @@ class Corral(Tool):
 # ---------------------------------------------------------------------- ipyparallel
 
 
-class IPyParallel(Tool):
+class IPyParallel(ViewTool):
     name = "ipyparallel"
 
     def start(self) -> None:
@@ -222,37 +233,6 @@ class IPyParallel(Tool):
             self.client.close()
         finally:
             self.cluster.stop_cluster_sync()
-
-    def latency(self) -> list[float]:
-        times = []
-        for _ in range(LATENCY_CALLS):
-            started = time.perf_counter()
-            self.direct.apply_sync(noop)
-            times.append(time.perf_counter() - started)
-        return times
-
-    def throughput(self) -> float:
-        started = time.perf_counter()
-        results = [self.lview.apply_async(noop) for _ in range(THROUGHPUT_TASKS)]
-        for result in results:
-            result.get()
-        return THROUGHPUT_TASKS / (time.perf_counter() - started)
-
-    def map(self) -> float:
-        started = time.perf_counter()
-        self.lview.map_sync(noop, range(MAP_ITEMS))
-        return MAP_ITEMS / (time.perf_counter() - started)
-
-    def push_pull(self) -> tuple[float, float]:
-        array = _array()
-        started = time.perf_counter()
-        self.direct.push({"bench_array": array}, block=True)
-        push = time.perf_counter() - started
-        started = time.perf_counter()
-        back = self.direct.pull("bench_array", block=True)
-        pull = time.perf_counter() - started
-        assert back.nbytes == array.nbytes
-        return ARRAY_MB / push, ARRAY_MB / pull
 
     def rss_growth(self) -> tuple[float, int]:
         def batch(n: int) -> None:
