@@ -185,8 +185,13 @@ class Hub(Component):
         heart.next_at = time.monotonic()
         trimmer = HeapTrimmer()  # due within a heartbeat: the beats wake this loop anyway
         try:
+            db = self.db
             while not self._stopping:
-                wait = heart.timeout(time.monotonic())
+                now = time.monotonic()
+                wait = heart.timeout(now)
+                db_wait = db.hand_over_in(now)
+                if db_wait is not None and (wait is None or db_wait < wait):
+                    wait = db_wait
                 events = dict(poller.poll(int(wait * 1000) + 1 if wait else 0))
                 if control_fd in events:
                     messages = read_control(control)
@@ -202,6 +207,7 @@ class Hub(Component):
                     self._drain(self._iopub, self.on_iopub)
                 self._drain(self.hb_pong, self.on_pong)
                 now = time.monotonic()
+                db.hand_over(now)
                 if self.monitor in events or self.registration in events:
                     trimmer.busy(now)
                 else:
