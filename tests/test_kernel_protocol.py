@@ -442,6 +442,28 @@ def test_stop_on_error_false_runs_queued_executes(kc: BlockingKernelClient) -> N
     assert reply_to(kc.shell_channel, second)["content"]["status"] == "ok"
 
 
+def test_first_request_on_control_then_code(tmp: Path) -> None:
+    """The interpreter is built after the first reply, by the main thread: a frontend
+    whose very first request is a kernel_info on control, then code and completion on
+    shell, gets all of them answered (plugins and magics loaded too)."""
+    proc, cf = start_kernel(tmp)
+    try:
+        kc = BlockingKernelClient(connection_file=str(cf))
+        kc.load_connection_file()
+        kc.start_channels()
+        info = control_request(kc, "kernel_info_request")
+        assert info["content"]["implementation"] == "corral"
+        msg_id = kc.execute("x = 40 + 2\nprint(x)\n%pwd")
+        msgs = iopub_until_idle(kc, msg_id)
+        assert reply_to(kc.shell_channel, msg_id)["content"]["status"] == "ok"
+        assert "42" in stdout_of(msgs)
+        reply = reply_to(kc.shell_channel, kc.complete("x.bit_le"))
+        assert "bit_length" in reply["content"]["matches"]
+        kc.stop_channels()
+    finally:
+        stop(proc)
+
+
 # ------------------------------------------------------------------------------ shutdown
 
 

@@ -122,6 +122,7 @@ class KernelServer:
         #: kernel_info, which needs no interpreter, and importing and building one costs
         #: about a fifth of the kernel's startup.
         self._interpreter: Any = interpreter
+        self._interpreter_lock = threading.Lock()
         self.lazy_interpreter = lazy_interpreter
         #: Called once, just before the first execution: kernel_main finishes loading
         #: plugins (started in the background to keep startup fast) here.
@@ -250,7 +251,9 @@ class KernelServer:
     def interpreter(self) -> Any:
         """The interpreter served; the default one is made here on first use if lazy."""
         if self._interpreter is None:
-            self._make_interpreter()
+            with self._interpreter_lock:  # one interpreter, whichever thread asks first
+                if self._interpreter is None:
+                    self._make_interpreter()
         return self._interpreter
 
     def _make_interpreter(self) -> None:
@@ -321,7 +324,12 @@ class KernelServer:
         finally:
             self.iopub.flush()
             self.iopub.publish("status", {"execution_state": "idle"}, header)
-            if self.after_first_request is not None:
+            # Only the main thread: the hook builds the interpreter, which belongs to the
+            # thread that runs user code (a first kernel_info may come on control).
+            if (
+                self.after_first_request is not None
+                and threading.current_thread() is threading.main_thread()
+            ):
                 after, self.after_first_request = self.after_first_request, None
                 after()
 
@@ -341,6 +349,7 @@ class KernelServer:
     # ------------------------------------------------------------ shell handlers
 
     def _execute(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        interpreter = self.interpreter  # made now if lazy, before plugins look for it
         if self.prepare_execute is not None:
             prepare, self.prepare_execute = self.prepare_execute, None
             prepare()
@@ -348,7 +357,6 @@ class KernelServer:
         code = content.get("code", "")
         silent = bool(content.get("silent", False))
         store_history = bool(content.get("store_history", not silent))
-        interpreter = self.interpreter  # made now if lazy: the relay comes with it
         self.relay.parent = msg["header"]
         self._parent_idents = idents
         self.relay.silent = silent
