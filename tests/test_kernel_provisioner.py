@@ -22,7 +22,12 @@ from jupyter_client import KernelManager  # noqa: E402
 from jupyter_client.provisioning import KernelProvisionerFactory  # noqa: E402
 
 from corral.transports.zmq.kernel_main import parse_args  # noqa: E402
-from corral.transports.zmq.kernelspec import PROVISIONER_NAME, kernel_json  # noqa: E402
+from corral.transports.zmq.kernelspec import (  # noqa: E402
+    PROVISIONER_NAME,
+    install_kernelspec,
+    kernel_json,
+    provisioner_available,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 10
@@ -148,8 +153,22 @@ def test_spec_names_provisioner_only_when_asked_or_available() -> None:
     with_it = kernel_json(provisioner=True)["metadata"]["kernel_provisioner"]
     assert with_it == {"provisioner_name": PROVISIONER_NAME}
     assert "kernel_provisioner" not in kernel_json(provisioner=False)["metadata"]
-    # jupyter_client is installed here, so the default names it.
-    assert "kernel_provisioner" in kernel_json()["metadata"]
+    assert ("kernel_provisioner" in kernel_json()["metadata"]) == provisioner_available()
+
+
+def test_install_names_provisioner_for_environments_not_for_the_user(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Every Jupyter of the user reads a --user spec, also one without corral: there the
+    provisioner must be asked for; an environment's own spec gets it when it can load."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+
+    def names_it(path: Path) -> bool:
+        return "kernel_provisioner" in json.loads((path / "kernel.json").read_text())["metadata"]
+
+    assert not names_it(install_kernelspec(user=True))
+    assert names_it(install_kernelspec(user=True, name="fast", provisioner=True))
+    assert names_it(install_kernelspec(prefix=tmp_path / "env")) == provisioner_available()
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,13 @@ Jupyter finds kernels in ``<data dir>/kernels/<name>/kernel.json``; this writes 
 ``argv`` starts this interpreter with :mod:`corral.transports.zmq.kernel_main`, so
 jupyter_client, nbclient, ``jupyter console`` and JupyterLab can start corral kernels.
 
-The spec also names corral's kernel provisioner (:mod:`.provisioner`), which saves
-jupyter_client frontends 100-200 ms on every kernel start. jupyter_client hides kernels
-whose provisioner it cannot load, so the provisioner is named only when jupyter_client is
-installed beside corral (the Jupyter that reads the spec then finds it too), unless the
-caller decides with ``provisioner=True`` or ``False``.
+The spec can also name corral's kernel provisioner (:mod:`.provisioner`), which saves
+jupyter_client frontends 100-200 ms on every kernel start. But jupyter_client refuses a
+kernelspec whose provisioner it cannot load, and a per-user spec is read by every
+Jupyter of that user, also one in an environment without corral. So by default the
+provisioner is named only in specs installed into an environment (``sys_prefix`` or
+``prefix``) whose own corral is installed with the provisioner's entry point; a per-user
+spec names it only when asked (``provisioner=True``, ``--provisioner``).
 """
 
 from __future__ import annotations
@@ -30,14 +32,20 @@ PROVISIONER_NAME = "corral-provisioner"
 
 
 def provisioner_available() -> bool:
-    """Whether jupyter_client, and with it corral's provisioner, is installed here."""
-    return importlib.util.find_spec("jupyter_client") is not None
+    """Whether this environment's jupyter_client can load corral's provisioner: both are
+    installed, with the entry point (not so for a checkout used through PYTHONPATH)."""
+    if importlib.util.find_spec("jupyter_client") is None:
+        return False
+    from importlib.metadata import entry_points
+
+    return bool(entry_points(group="jupyter_client.kernel_provisioners", name=PROVISIONER_NAME))
 
 
 def kernel_json(
     display_name: str | None = None, *, provisioner: bool | None = None
 ) -> dict[str, Any]:
-    """The ``kernel.json`` content for this Python (provisioner: see the module doc)."""
+    """The ``kernel.json`` content for this Python; ``provisioner=None`` names corral's
+    provisioner if :func:`provisioner_available` (see the module doc)."""
     major_minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     metadata: dict[str, Any] = {"debugger": False, "supported_encryption": ["curve"]}
     if provisioner_available() if provisioner is None else provisioner:
@@ -93,6 +101,8 @@ def install_kernelspec(
         user = False
     directory = kernels_dir(user=user, sys_prefix=sys_prefix, prefix=prefix) / name
     directory.mkdir(parents=True, exist_ok=True)
+    if provisioner is None and user:
+        provisioner = False  # every Jupyter of this user reads it (see the module doc)
     spec = kernel_json(display_name, provisioner=provisioner)
     tmp = directory / "kernel.json.tmp"
     tmp.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
@@ -115,8 +125,9 @@ def add_kernel_cli(subparsers: Any) -> argparse.ArgumentParser:
         "--provisioner",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="name corral's jupyter_client provisioner, which makes kernels answer sooner"
-        " (default: if jupyter_client is installed in this environment)",
+        help="name corral's jupyter_client provisioner: kernels answer 100-200 ms sooner,"
+        " but a Jupyter without corral installed cannot start the kernel (default: yes for"
+        " --sys-prefix/--prefix installs when this environment has it, no for --user)",
     )
     install.set_defaults(run=_install_command)
     return kernel
@@ -132,4 +143,10 @@ def _install_command(args: argparse.Namespace, config: Any = None) -> int:
         provisioner=args.provisioner,
     )
     print(f"installed kernelspec {args.name!r} in {path}")
+    spec = json.loads((path / "kernel.json").read_text(encoding="utf-8"))
+    if "kernel_provisioner" not in spec["metadata"] and provisioner_available():
+        print(
+            "tip: if Jupyter runs in this environment, add --provisioner: kernels then answer"
+            " their first request 100-200 ms sooner"
+        )
     return 0

@@ -12,7 +12,7 @@ number in :data:`READY_FD_ENV`); :mod:`.kernel_main` writes one byte there right
 binding. ``launch_kernel`` returns when that byte arrives, so the client's first connect
 finds the ports open. Nothing is polled: the wait is a read on the pipe, which also ends
 at once if the kernel dies before binding (end of file), and after
-:attr:`CorralProvisioner.ready_timeout` seconds at the latest; after either, jupyter_client
+:attr:`CorralProvisioner.ready_timeout` seconds (10) at the latest; after either, jupyter_client
 carries on exactly as it would have without this provisioner.
 
 Kernelspecs name it in ``metadata.kernel_provisioner.provisioner_name``
@@ -39,7 +39,7 @@ class CorralProvisioner(LocalProvisioner):  # type: ignore[misc]
     """:class:`LocalProvisioner` whose ``launch_kernel`` waits for the kernel to bind."""
 
     ready_timeout = Float(
-        30.0,
+        10.0,
         config=True,
         help="Seconds to wait for the kernel to bind before handing it to the client anyway.",
     )
