@@ -17,7 +17,6 @@ does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -27,12 +26,13 @@ log = logging.getLogger("corral.core.heap")
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
+    # The C library this process already runs on, not ctypes.util.find_library("c"):
+    # that runs `ldconfig -p` in a subprocess, 4-25 ms on every controller start.
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # Windows has no "this process" library handle
+        return None
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int

@@ -175,7 +175,8 @@ class RoutingQueue(Component):
         trimmer = HeapTrimmer()
         try:
             while True:
-                wait = self.next_timeout()
+                timer_wait = self.next_timeout()
+                wait = timer_wait
                 trim_wait = trimmer.timeout(time.monotonic())
                 if trim_wait is not None and (wait is None or trim_wait < wait):
                     wait = trim_wait
@@ -197,10 +198,11 @@ class RoutingQueue(Component):
                     trimmer.busy(now)
                     if not self.outstanding_count():
                         trimmer.idle(now)  # a burst is over: give its memory back
-                if wait is not None:
+                if timer_wait is not None:  # only when a timer asked: on_timer may scan
                     if self.backlog:
                         self._retry_backlog(now)
                     self.on_timer(now)
+                if trim_wait is not None:
                     trimmer.tick(now)
         finally:
             self.close()
