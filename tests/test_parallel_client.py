@@ -508,10 +508,14 @@ def test_get_result_of_a_broadcast_has_every_engine(cluster: LiveCluster) -> Non
     failing = view.apply_async(_fail_in_process, pids[1])  # targets [1, 0]: engine 0
     with pytest.raises(CompositeError):
         failing.get(30)
+    alone = first.broadcast_view(targets=[1]).apply_async(os.getpid)
+    alone_pids = alone.get(30)
     msg_ids = [live.msg_ids[0], failing.msg_ids[0]]
     first.close()
     second = cluster.connect()
     assert second.get_result(msg_ids[0]).get(30) == pids
+    # one target is still a broadcast: a list of one, as the live result gave it
+    assert second.get_result(alone.msg_ids[0]).get(30) == alone_pids == [pids[0]]
     with pytest.raises(CompositeError) as failed:
         second.get_result(msg_ids[1]).get(30)
     assert failed.value.engine_ids == [0]

@@ -59,6 +59,9 @@ class View:
     .. versionadded:: 0.1
     """
 
+    #: Requests of this view are answered by every target under one msg_id.
+    _broadcast = False
+
     def __init__(
         self,
         client: Client,
@@ -110,15 +113,16 @@ class View:
                 return cached
         else:
             key = None
-        encoded = encode_json(
-            {
-                "targets": targets,
-                "after": msg_ids_of(after),
-                "follow": msg_ids_of(follow),
-                "retries": int(self.retries or 0),
-                "timeout": self.timeout,
-            }
-        )
+        metadata = {
+            "targets": targets,
+            "after": msg_ids_of(after),
+            "follow": msg_ids_of(follow),
+            "retries": int(self.retries or 0),
+            "timeout": self.timeout,
+        }
+        if self._broadcast:  # one msg_id, one reply per target (what get_result relies on)
+            metadata["broadcast"] = True
+        encoded = encode_json(metadata)
         if key is not None:
             if len(self._md_cache) > 64:
                 self._md_cache.clear()
@@ -645,6 +649,8 @@ class BroadcastView(DirectView):
 
     .. versionadded:: 0.1
     """
+
+    _broadcast = True
 
     def __init__(self, client: Client, targets: Any = None, **flags: Any) -> None:
         super().__init__(client, targets, **flags)

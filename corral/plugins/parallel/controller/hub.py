@@ -63,11 +63,14 @@ class EngineRecord:
 def _broadcast_result(
     msg_id: str, record: dict[str, Any], parts: list[dict[str, Any]], buffers: list[Any]
 ) -> dict[str, Any]:
-    """A result_reply entry for a broadcast: every engine's record, in target order.
+    """A result_reply entry for a broadcast (request metadata ``broadcast: true``): every
+    engine's record, in target order. Any other msg_id with several rows (a task re-run
+    after its engine was wrongly declared dead) keeps answering with its first row.
 
     Completed once every target has answered; its buffers (appended to ``buffers``) are
     sent only then, each part saying how many are its own.
     """
+    parts = [dict(p) for p in parts]
     targets = (record.get("metadata") or {}).get("targets")
     rank = {eid: i for i, eid in enumerate(targets)} if isinstance(targets, list) else {}
     parts.sort(key=lambda p: (rank.get(p.get("engine_id"), len(rank)), p.get("engine_id") or 0))
@@ -82,6 +85,8 @@ def _broadcast_result(
         "status": "completed" if done else "pending",
         "submitted": record.get("submitted"),
         "parts": parts,
+        # What a reader that does not know "parts" skips to find the next entry's buffers.
+        "buffer_count": sum(p["buffer_count"] for p in parts),
     }
 
 
@@ -471,8 +476,8 @@ class Hub(Component):
                 results[msg_id] = {"status": "unknown"}
                 continue
             parts = record.pop("parts", None)
-            if parts is not None:
-                results[msg_id] = _broadcast_result(msg_id, record, parts, buffers)
+            if (record.get("metadata") or {}).get("broadcast") is True:
+                results[msg_id] = _broadcast_result(msg_id, record, parts or [record], buffers)
                 continue
             bufs = record.pop("result_buffers", None) or []
             record["buffer_count"] = len(bufs)
