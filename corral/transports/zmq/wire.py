@@ -186,31 +186,35 @@ class ReplayGuard:
     a message captured on one channel cannot be replayed on another.
 
     Each signature is remembered as a 64-bit key (its first 16 hex digits) in two flat
-    arrays: an open-addressing hash table at most half full and a ring of keys in arrival
-    order, at most 40 bytes per remembered signature, allocated once, on the first check.
-    A set of Python ints took 80 bytes each, and grew with every message: a busy
+    arrays: an open-addressing hash table kept at most half full (linear probing,
+    deletions shift later keys back, so there are no tombstones) and a ring of keys in
+    arrival order. Both grow with use, the table by doubling, up to about 30 bytes per
+    remembered signature at ``maxlen``; a set of Python ints took 80, and a busy
     controller holds one guard per socket it verifies. Only a genuine signature can be
     replayed, and two of those share 64 bits with odds of about one in 10^14 at this size.
     """
 
-    __slots__ = ("maxlen", "_table", "_ring", "_mask", "_count", "_next", "_lock")
+    __slots__ = ("maxlen", "_table", "_ring", "_mask", "_max_mask", "_count", "_next", "_lock")
+
+    _FIRST_SIZE = 1024
 
     def __init__(self, maxlen: int = 100_000) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self.maxlen = maxlen
-        self._table: array[int] | None = None  # 0 marks an empty slot
-        self._ring: array[int] | None = None
-        self._mask = (1 << max(4, (2 * maxlen - 1).bit_length())) - 1
+        self._max_mask = (1 << max(4, (2 * maxlen - 1).bit_length())) - 1
+        self._mask = min(self._FIRST_SIZE - 1, self._max_mask)
+        self._table = array("Q", [0]) * (self._mask + 1)  # 0 marks an empty slot
+        self._ring = array("Q")  # appended to until maxlen long, then reused in a circle
         self._count = 0
-        self._next = 0  # where the ring takes the next key (the oldest, once full)
+        self._next = 0  # once the ring is full: the oldest key, overwritten next
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._count
 
     def __contains__(self, signature: object) -> bool:
-        if not isinstance(signature, (bytes, bytearray, memoryview)) or self._table is None:
+        if not isinstance(signature, (bytes, bytearray, memoryview)):
             return False
         key = _signature_key(bytes(signature))
         with self._lock:
@@ -221,29 +225,36 @@ class ReplayGuard:
         sig = bytes(signature)
         key = _signature_key(sig)
         with self._lock:
-            if self._table is None:
-                self._table = array("Q", bytes(8 * (self._mask + 1)))
-                self._ring = array("Q", bytes(8 * self.maxlen))
-            table, ring = self._table, self._ring
-            assert ring is not None
+            table = self._table
             slot = self._slot(key)
             if table[slot] == key:
                 raise ReplayedMessage(
                     f"signature {sig[:16].decode('ascii', 'replace')}... replayed"
                 )
+            ring = self._ring
             if self._count == self.maxlen:
                 self._forget(ring[self._next])
+                ring[self._next] = key
+                self._next = (self._next + 1) % self.maxlen
                 slot = self._slot(key)  # forgetting may have moved keys up the probe path
             else:
+                ring.append(key)
                 self._count += 1
-            table[slot] = key
-            ring[self._next] = key
-            self._next = (self._next + 1) % self.maxlen
+                if 2 * self._count > self._mask + 1 and self._mask < self._max_mask:
+                    self._grow()  # rehashes every key, this one included
+                    return
+            self._table[slot] = key
+
+    def _grow(self) -> None:
+        """Double the table and put every remembered key (all in the ring) back."""
+        self._mask = self._mask * 2 + 1
+        table = self._table = array("Q", [0]) * (self._mask + 1)
+        for key in self._ring:
+            table[self._slot(key)] = key
 
     def _slot(self, key: int) -> int:
         """Where ``key`` is, or the empty slot where it would go (linear probing)."""
         table, mask = self._table, self._mask
-        assert table is not None
         slot = key & mask
         while True:
             held = table[slot]
@@ -254,7 +265,6 @@ class ReplayGuard:
     def _forget(self, key: int) -> None:
         """Remove ``key``, shifting later keys of its probe run back (no tombstones)."""
         table, mask = self._table, self._mask
-        assert table is not None
         hole = self._slot(key)
         probe = hole
         while True:
