@@ -9,12 +9,14 @@ their own, in tests/test_parallel_client_failure.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
 import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -496,6 +498,28 @@ def test_get_result_db_query_and_purge(cluster: LiveCluster) -> None:
     assert pending.get(30) == "released"
     second.close()
     third.close()
+
+
+def test_dropped_results_and_pulled_values_are_freed_at_once(rc: Client) -> None:
+    """Nothing in the client keeps a result or its value once the caller drops them: no
+    cache holds them strongly and no reference cycle waits for the cyclic GC (a pulled
+    100 MB array per call used to pile up until it ran)."""
+    view = rc[rc.ids[0]]
+    view.push({"blob": np.arange(1000.0)}, block=True)
+    gc.disable()
+    try:
+        for direct in (None, True, False):  # staged, data path, mux
+            value = view.pull("blob", block=True, direct=direct)
+            ref = weakref.ref(value)
+            del value
+            assert ref() is None, direct
+        result = rc.load_balanced_view().apply_async(np.ones, 10)
+        array = result.get(30)
+        refs = (weakref.ref(result), weakref.ref(array))
+        del result, array
+        assert refs[0]() is None and refs[1]() is None
+    finally:
+        gc.enable()
 
 
 def test_get_result_of_a_broadcast_has_every_engine(cluster: LiveCluster) -> None:

@@ -225,6 +225,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 self.set_exception(CompositeError(errors))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the user meanwhile
+        # Done callbacks run once, and a done future calls new ones at once; kept, they
+        # would tie this result to whoever registered them (a combined result holding
+        # this one: a cycle only the cyclic GC frees, and with it the value, a pulled
+        # 100 MB array say). Future keeps them by default, so drop them here.
+        self._done_callbacks = []
 
     def _final_value(self) -> Any:
         return self._values[0] if self._single else list(self._values)

@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,9 @@ __all__ = ["Client", "EngineInfo"]
 log = logging.getLogger("corral.plugins.parallel.client")
 
 _REPLY_CHANNELS = frozenset(["mux", "task", "broadcast", "control"])
-#: How many finished results stay findable by msg_id (for iopub that trails the reply,
-#: and for get_result of this client's own tasks) before the oldest are forgotten.
+#: How many finished results, still referenced by the caller, stay findable by msg_id
+#: (for iopub that trails the reply, and for get_result of this client's own tasks)
+#: before the oldest are forgotten.
 _RECENT_LIMIT = 50_000
 #: Frames below this size are copied into zmq (cheaper than tracking their lifetime).
 _COPY_LIMIT = 64 * 1024
@@ -160,8 +162,10 @@ class Client:
         self._pending: dict[str, AsyncResult] = {}
         # msg_id -> engine id of a direct (mux / data path) request still pending
         self._direct: dict[str, int] = {}
-        # msg_id -> result, for output that trails the reply and for get_result()
-        self._recent: dict[str, AsyncResult] = {}
+        # msg_id -> result, for output that trails the reply and for get_result(). Weakly:
+        # a result the caller has dropped, and its value (a pulled 100 MB array, say), must
+        # not be kept alive here; get_result() of a dropped one asks the hub instead.
+        self._recent: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
         # msg_id -> callback for hub and control replies
         self._callbacks: dict[str, Callable[[Parsed], None]] = {}
         self._data_channels: set[str] = set()
