@@ -25,7 +25,6 @@ import atexit
 import json
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
@@ -55,7 +54,7 @@ class ClusterError(RuntimeError):
 
 def new_cluster_id() -> str:
     """A short id unique enough for one profile: a timestamp (sorts by age) and noise."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
 
 def record_path(profile_path: Path, cluster_id: str) -> Path:
