@@ -77,3 +77,19 @@ def test_trimmer_trims_when_a_burst_ends_but_not_more_than_once_a_gap() -> None:
     assert trimmer.trims == 1
     trimmer.idle(11.3)
     assert trimmer.trims == 2
+
+
+def test_a_big_burst_is_trimmed_at_once_even_inside_the_gap() -> None:
+    trimmer = HeapTrimmer(interval=5.0, min_gap=1.0, big=100)
+    if not trimmer.enabled:
+        pytest.skip("no malloc_trim here")
+    trimmer.busy(10.0, 1)
+    trimmer.idle(10.1)
+    assert trimmer.trims == 1
+    trimmer.busy(10.2, 5)  # a small burst right after: waits for the gap
+    trimmer.idle(10.3)
+    assert trimmer.trims == 1
+    trimmer.busy(10.4, 150)  # a big one: its memory goes back as soon as it is answered
+    trimmer.busy(10.5, 0)
+    trimmer.idle(10.5)
+    assert trimmer.trims == 2

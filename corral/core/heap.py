@@ -9,9 +9,10 @@ stays flat. ``malloc_trim(0)`` hands free pages of every heap back to the system
 what measurably keeps a controller's RSS flat over 100,000 tasks.
 
 :class:`HeapTrimmer` calls it when a burst of work is over (the caller says when: no
-request outstanding, say), at most once per ``min_gap`` seconds, and every ``interval``
-seconds during work that never pauses. Where there is no glibc (macOS, Windows, musl) it
-does nothing.
+request outstanding, say): at once after a big burst (``big`` requests in flight at its
+peak: that is what leaves megabytes behind), otherwise at most once per ``min_gap``
+seconds; and every ``interval`` seconds during work that never pauses. Where there is no
+glibc (macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations
@@ -60,28 +61,34 @@ class HeapTrimmer:
     A trim costs a few milliseconds, so neither can make it a measurable load.
     """
 
-    __slots__ = ("interval", "min_gap", "_due", "_last", "enabled", "trims")
+    __slots__ = ("interval", "min_gap", "big", "_due", "_last", "_peak", "enabled", "trims")
 
-    def __init__(self, interval: float = 5.0, min_gap: float = 1.0) -> None:
+    def __init__(self, interval: float = 5.0, min_gap: float = 1.0, big: int = 256) -> None:
         self.interval = interval
         self.min_gap = min_gap
+        self.big = big
         self.enabled = _TRIM is not None
         self._due: float | None = None  # None: nothing freed since the last trim
         self._last = float("-inf")
+        self._peak = 0  # most requests in flight since the last trim
         self.trims = 0
 
-    def busy(self, now: float) -> None:
-        """Messages were handled at ``now`` (monotonic seconds)."""
+    def busy(self, now: float, in_flight: int = 0) -> None:
+        """Messages were handled at ``now`` (monotonic seconds), ``in_flight`` requests
+        are outstanding."""
         if self._due is None and self.enabled:
             self._due = now + self.interval
+        if in_flight > self._peak:
+            self._peak = in_flight
 
     def timeout(self, now: float) -> float | None:
         """Seconds until a trim is due, or None when none is pending."""
         return None if self._due is None else max(0.0, self._due - now)
 
     def idle(self, now: float) -> None:
-        """The work in hand is done: trim now, unless a trim ran less than min_gap ago."""
-        if self._due is not None and now - self._last >= self.min_gap:
+        """The work in hand is done: trim now after a big burst, else unless a trim ran
+        less than min_gap ago."""
+        if self._due is not None and (self._peak >= self.big or now - self._last >= self.min_gap):
             self._trim(now)
 
     def tick(self, now: float) -> None:
@@ -92,5 +99,6 @@ class HeapTrimmer:
     def _trim(self, now: float) -> None:
         self._due = None
         self._last = now
+        self._peak = 0
         malloc_trim()
         self.trims += 1

@@ -195,8 +195,9 @@ class RoutingQueue(Component):
                     self._drain(client, on_request)
                 now = time.monotonic()
                 if events:
-                    trimmer.busy(now)
-                    if not self.outstanding_count():
+                    outstanding = self.outstanding_count()
+                    trimmer.busy(now, outstanding)
+                    if not outstanding:
                         trimmer.idle(now)  # a burst is over: give its memory back
                 if timer_wait is not None:  # only when a timer asked: on_timer may scan
                     if self.backlog:
