@@ -57,8 +57,9 @@ class HeapTrimmer:
     Call :meth:`busy` after handling messages, :meth:`idle` when the work in hand is done,
     and :meth:`tick` on every pass of the loop; poll no longer than :meth:`timeout`. The
     first message after a trim starts an ``interval``-second countdown (the trim during
-    endless work); going idle trims at once if the last trim is ``min_gap`` seconds old.
-    A trim costs a few milliseconds, so neither can make it a measurable load.
+    endless work); going idle trims at once after a burst of ``big`` or more requests in
+    flight, or if the last trim is ``min_gap`` seconds old. A trim costs a few
+    milliseconds, so none of this can make it a measurable load.
     """
 
     __slots__ = ("interval", "min_gap", "big", "_due", "_last", "_peak", "enabled", "trims")
