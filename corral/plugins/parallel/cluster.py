@@ -32,6 +32,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
@@ -68,18 +69,6 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Cluster:
@@ -248,7 +237,7 @@ class Cluster:
             return
         info = read_record(path) or {}
         pid = info.get("controller_pid")
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and process_alive(pid):
             raise ClusterError(
                 f"cluster {self.cluster_id!r} is already running (controller pid {pid}); "
                 f"stop it with `corral cluster stop --cluster-id {self.cluster_id}`"

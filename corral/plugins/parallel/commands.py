@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.core.config import Config
+from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.markers import hookimpl
 
@@ -110,21 +111,11 @@ def _records(profile: str) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def _alive(pid: int | None) -> bool:
+def _running(pid: int | None) -> bool:
+    """Whether a pid from a cluster record names a live process (zombies count as gone)."""
     if not pid:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        import psutil
-
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except Exception:
-        return True
+    return process_alive(pid)
 
 
 def _pick(profile: str, cluster_id: str | None) -> dict[str, Any] | None:
@@ -287,7 +278,7 @@ def _stop_one(profile: str, record: dict[str, Any]) -> int:
 
     cluster_id = record["cluster_id"]
     manager = record.get("manager_pid")
-    if _alive(manager):
+    if _running(manager):
         os.kill(manager, signal.SIGTERM)
         try:
             psutil.Process(manager).wait(30)
@@ -297,7 +288,7 @@ def _stop_one(profile: str, record: dict[str, Any]) -> int:
             os.kill(manager, signal.SIGKILL)
     else:
         cluster_file = record.get("cluster_file")
-        if cluster_file and Path(cluster_file).exists() and _alive(record.get("controller")):
+        if cluster_file and Path(cluster_file).exists() and _running(record.get("controller")):
             try:
                 from corral.plugins.parallel.client import Client
 
@@ -312,7 +303,7 @@ def _stop_one(profile: str, record: dict[str, Any]) -> int:
     pids = [record.get("controller"), *record.get("engines", [])]
     procs = []
     for pid in pids:
-        if _alive(pid):
+        if _running(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)
                 procs.append(psutil.Process(pid))
@@ -378,8 +369,8 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     print(f"{'cluster id':<26} {'engines':>7} {'manager':>8} {'controller':>10} {'state':<8}")
     for record in records:
         controller = record.get("controller")
-        engines = [pid for pid in record.get("engines", []) if _alive(pid)]
-        running = _alive(controller)
+        engines = [pid for pid in record.get("engines", []) if _running(pid)]
+        running = _running(controller)
         state = "running" if running else "stale"
         print(
             f"{record['cluster_id']:<26} {len(engines):>7} {record.get('manager_pid') or '-'!s:>8}"

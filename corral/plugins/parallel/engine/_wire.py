@@ -37,8 +37,6 @@ __all__ = ["FastSigner", "Message", "Replier", "iso_now", "recv_message", "send_
 _DELIM = wire.DELIMITER
 # Plain ints: zmq's Flag enums cost a Python-level __or__/__call__ per use (~1 us each).
 _RCVMORE = int(zmq.RCVMORE)
-# The C-level send, without the sugar wrapper's Python frame (routing_id/group handling).
-_backend_recv = backend_recv  # recv_message parses as it receives, frame by frame
 #: More routing frames than any queue adds: a message with more is garbage.
 _MAX_IDENTS = 16
 _UTC = timezone.utc
@@ -161,7 +159,7 @@ def recv_message(
     # Frames, not bytes: ``frame.more`` is a field read, where ``getsockopt(RCVMORE)``
     # converts the option to an enum in Python on every call (~5x dearer). The C-level
     # recv skips the sugar wrapper's Python frame.
-    recv = _backend_recv
+    recv = backend_recv  # parsing as it receives, frame by frame
     frame = recv(sock, flags, False)
     idents: list[bytes] = []
     data = frame.bytes
