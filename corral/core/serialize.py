@@ -471,10 +471,73 @@ def _owner_if_whole(buffer: Any, view: memoryview, cls: type) -> Any:
     return None
 
 
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, frozenset)
+
+
+def stable_global(value: Any) -> bool:
+    """Whether a global a function names cannot change behind a pickle of it: immutable
+    scalars, modules, builtins, and classes and functions importable by name. What may
+    be pickled once and reused (the client's function cache, the loaded-function cache
+    below) must name only such globals."""
+    if isinstance(value, _IMMUTABLE):
+        return True
+    if isinstance(value, (types.ModuleType, types.BuiltinFunctionType)):
+        return True
+    if isinstance(value, (type, types.FunctionType)):
+        return _pickles_by_reference(value)
+    return False
+
+
+class _CountingIterator:
+    """Counts what a nested load draws from the enclosing buffers."""
+
+    __slots__ = ("inner", "taken")
+
+    def __init__(self, inner: Iterator[Any]) -> None:
+        self.inner = inner
+        self.taken = 0
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        value = next(self.inner)
+        self.taken += 1
+        return value
+
+
+#: Functions loaded by value, by their pickle: an engine receiving the same function for
+#: every task of a map unpickles its code once, not per task (most of a no-op task's
+#: cost on the engine). Only functions a later load could not tell apart are kept.
+_loaded_functions: dict[bytes, types.FunctionType] = {}
+_LOADED_FUNCTIONS_MAX = 256
+
+
+def _reusable(obj: Any) -> bool:
+    """A by-value function that is the same whenever its pickle is: no closure, no
+    defaults or attributes that could be mutated, only stable globals."""
+    if type(obj) is not types.FunctionType:
+        return False
+    if obj.__closure__ or obj.__defaults__ or obj.__kwdefaults__ or obj.__dict__:
+        return False
+    return all(stable_global(value) for name, value in obj.__globals__.items() if name[:2] != "__")
+
+
 def _load_by_value(data: bytes) -> Any:
     """Load a nested cloudpickle pickle, drawing buffers from the enclosing call."""
+    cached = _loaded_functions.get(data)
+    if cached is not None:
+        if _reusable(cached):  # nobody gave it attributes or unstable globals since
+            return cached
+        del _loaded_functions[data]
     buffers = _current_buffers.get()
-    return _Unpickler(io.BytesIO(data), buffers=iter(()) if buffers is None else buffers).load()
+    counting = _CountingIterator(iter(()) if buffers is None else buffers)
+    obj = _Unpickler(io.BytesIO(data), buffers=counting).load()
+    if not counting.taken and _reusable(obj):
+        if len(_loaded_functions) >= _LOADED_FUNCTIONS_MAX:
+            _loaded_functions.pop(next(iter(_loaded_functions)))
+        _loaded_functions[bytes(data)] = obj
+    return obj
 
 
 def _as_buffer(frame: Any) -> Any:

@@ -28,7 +28,6 @@ from corral.core import serialize
 
 __all__ = ["FunctionCache"]
 
-_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range, frozenset)
 _MAX_ENTRIES = 256
 
 
@@ -54,17 +53,6 @@ def _names(code: types.CodeType) -> set[str]:
         if isinstance(const, types.CodeType):
             names |= _names(const)
     return names
-
-
-def _stable(value: Any) -> bool:
-    """Whether an object named by a function is safe to snapshot once."""
-    if isinstance(value, _IMMUTABLE):
-        return True
-    if isinstance(value, (types.ModuleType, types.BuiltinFunctionType)):
-        return True
-    if isinstance(value, (type, types.FunctionType)):
-        return serialize._pickles_by_reference(value)
-    return False
 
 
 class _Entry:
@@ -106,7 +94,7 @@ class FunctionCache:
         ns = func.__globals__
         names = tuple(sorted(n for n in _names(func.__code__) if n in ns))
         values = [ns[n] for n in names]
-        if not all(_stable(v) for v in values):
+        if not all(serialize.stable_global(v) for v in values):
             return func
         try:
             frames = serialize.serialize(func)
