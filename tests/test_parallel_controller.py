@@ -175,6 +175,7 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
             "uuid": eng.uuid,
             "hostname": "fakehost",
             "data_url": "tcp://x:1",
+            "local_path": "",
         }
     dup = client.ask("registration_request", {"uuid": engines[0].uuid})
     assert dup["content"]["status"] == "error"
@@ -182,7 +183,13 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
     reply = client.ask("connection_request")
     assert reply["msg_type"] == "connection_reply"
     assert reply["content"]["engines"] == {
-        str(e.id): {"uuid": e.uuid, "hostname": "fakehost", "pid": 1, "data_url": "tcp://x:1"}
+        str(e.id): {
+            "uuid": e.uuid,
+            "hostname": "fakehost",
+            "pid": 1,
+            "data_url": "tcp://x:1",
+            "local_path": "",
+        }
         for e in engines
     }
     info = reply["content"]["cluster"]

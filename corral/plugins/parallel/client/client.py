@@ -23,13 +23,14 @@ from typing import Any
 
 import zmq
 
-from corral.core.serialize import pack_apply
+from corral.core.serialize import deserialize, pack_apply
 from corral.transports.zmq import wire
 
 from .asyncresult import AsyncResult, BroadcastResult, engine_death_error
-from .errors import RemoteError
+from .errors import RemoteError, error_from_content
 from .funccache import FunctionCache
 from .io import ClientIO
+from .local import MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
 from .messages import MessageBuilder, Parsed, encode_json, parse
 
 __all__ = ["Client", "EngineInfo"]
@@ -54,6 +55,8 @@ class EngineInfo:
     hostname: str = ""
     pid: int | None = None
     data_url: str | None = None
+    #: The engine's Unix socket, for blocking calls from a client on the same host.
+    local_path: str | None = None
 
     @property
     def ident(self) -> bytes:
@@ -122,6 +125,11 @@ class Client:
     ``Client(cluster_id=...)``, ``Client(profile=...)`` or ``Client(connection_file=...)``
     pick one explicitly. ``timeout`` bounds the wait for the hub's first answer.
 
+    ``local=True`` (the default) sends blocking calls on one engine of this host
+    (``rc[0].apply_sync(f)``) over that engine's Unix socket, from the calling thread: one
+    round trip instead of two through the mux (see :mod:`.local`). ``local=False`` keeps
+    every request on the queues.
+
     ``rc[:]``, ``rc[0]``, ``rc[::2]``, ``rc[[0, 1]]`` give direct views;
     :meth:`load_balanced_view`, :meth:`broadcast_view` and :meth:`executor` the others.
 
@@ -134,6 +142,7 @@ class Client:
         cluster_id: str | None = None,
         connection_file: str | Path | None = None,
         timeout: float = 10.0,
+        local: bool = True,
     ) -> None:
         path = (
             Path(connection_file)
@@ -172,6 +181,9 @@ class Client:
         self._functions = FunctionCache()
         self._closed = False
         self.dropped = 0
+        self._local = LocalCalls(self._builder, self._signer) if local else None
+        # engine id -> its Unix socket if this client may use it, "" if not (checked once)
+        self._local_paths: dict[int, str] = {}
 
         self._context: zmq.Context[Any] = zmq.Context()
         self._io = ClientIO(self._context, self._dispatch, identity=self.session.encode())
@@ -236,6 +248,7 @@ class Client:
             hostname=str(record.get("hostname") or (old.hostname if old else "")),
             pid=record.get("pid") or (old.pid if old else None),
             data_url=record.get("data_url") or (old.data_url if old else None),
+            local_path=record.get("local_path") or (old.local_path if old else None),
         )
 
     def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
@@ -294,6 +307,8 @@ class Client:
                 self._dead.add(engine_id)
                 self._engines_changed.notify_all()
             self._fail_engine(engine_id)
+            if self._local is not None:
+                self._local.engine_lost(engine_id)
 
     def _fail_engine(self, engine_id: int) -> None:
         """Fail this client's requests that only ``engine_id`` could have answered.
@@ -478,6 +493,57 @@ class Client:
             single=single,
             result_factory=result_factory,
         )
+
+    def _local_path(self, engine_id: int) -> str:
+        """The Unix socket of ``engine_id`` if it runs on this host, else ""."""
+        path = self._local_paths.get(engine_id)
+        if path is None:
+            engine = self._engines.get(engine_id)
+            if engine is None:
+                return ""
+            path = engine.local_path if usable_path(engine.local_path) else ""
+            self._local_paths[engine_id] = path or ""
+        return path
+
+    def _call_local(
+        self,
+        engine_id: int,
+        msg_type: str,
+        content: dict[str, Any] | bytes | None,
+        metadata: bytes,
+        buffers: Sequence[Any],
+    ) -> tuple[bool, Any]:
+        """A blocking request to one engine over its Unix socket: ``(True, value)``.
+
+        ``(False, None)`` when the path does not apply and nothing was sent: no local
+        socket, a request too big for it, or requests of this client still pending on a
+        queue (a call here could overtake them). Raises what the task raised, and
+        :class:`EngineError` if the engine dies meanwhile.
+        """
+        local = self._local
+        if local is None or self._direct or self._closed or engine_id in self._dead:
+            return False, None
+        path = self._local_path(engine_id)
+        if not path:
+            return False, None
+        if buffers and sum(memoryview(b).nbytes for b in buffers) > MAX_LOCAL_REQUEST:
+            return False, None
+        try:
+            answered = local.call(engine_id, path, msg_type, content, metadata, buffers)
+        except EngineGone:
+            raise engine_death_error(engine_id) from None
+        if answered is None:  # unreachable just now: the queues will do
+            return False, None
+        msg_id, reply = answered
+        content = reply.content
+        if content.get("status", "ok") != "ok":
+            raise error_from_content(content, engine_id, msg_id)
+        if not reply.buffers:
+            return True, None
+        try:
+            return True, deserialize(reply.buffers)
+        except Exception as exc:  # a result this process cannot load
+            raise RemoteError(type(exc).__name__, str(exc), "", engine_id, msg_id=msg_id) from exc
 
     def _data_channel(self, engine_id: int) -> str | None:
         """The direct data-path socket of an engine (connected on first use), or None."""
@@ -767,6 +833,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._local is not None:
+            self._local.close()
         self._io.stop()
         pending = set(self._pending.values())
         self._pending.clear()

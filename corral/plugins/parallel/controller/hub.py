@@ -50,6 +50,7 @@ class EngineRecord:
     hostname: str = ""
     pid: int = 0
     data_url: str = ""
+    local_path: str = ""
 
     def public(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class EngineRecord:
             "hostname": self.hostname,
             "pid": self.pid,
             "data_url": self.data_url,
+            "local_path": self.local_path,
         }
 
 
@@ -258,6 +260,7 @@ class Hub(Component):
             hostname=str(content.get("hostname") or ""),
             pid=pid if isinstance(pid, int) else 0,
             data_url=str(content.get("data_url") or ""),
+            local_path=str(content.get("local_path") or ""),
         )
         self.next_id += 1
         self.engines[record.id] = record
@@ -271,6 +274,7 @@ class Hub(Component):
                 "uuid": uuid,
                 "hostname": record.hostname,
                 "data_url": record.data_url,
+                "local_path": record.local_path,
             },
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)

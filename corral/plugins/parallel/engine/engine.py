@@ -41,6 +41,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import types
 import uuid as uuid_module
 from collections import deque
@@ -54,8 +55,9 @@ from zmq.backend import zmq_poll
 from corral.transports.zmq import wire
 
 from . import data as data_path
-from ._wire import FastSigner, Message, Replier, iso_now, recv_message, send_frames
+from ._wire import Message, Replier, iso_now, parse_message, recv_message, send_frames
 from .heartbeat import HeartbeatDevice, HubWatch
+from .local import LocalConnection, open_endpoint
 
 __all__ = ["Engine", "EngineError", "load_cluster_file"]
 
@@ -70,6 +72,10 @@ _BATCH = 32
 _SHUTDOWN_GRACE = 5.0
 _LINGER_MS = 1000
 _CHANNELS = ("mux_engine", "control_engine", "task_engine", "broadcast_engine")
+#: Monitor copies of same-host calls are sent at most this late (seconds) ...
+_MONITOR_DELAY = 0.02
+#: ... or once this many are waiting.
+_MONITOR_BATCH = 128
 
 # Where a SIGINT must not raise: it would tear a multipart send or the output lock.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -178,7 +184,9 @@ def _no_history() -> Any:
 
 # ----------------------------------------------------------------- the engine
 
-Handler = Callable[[zmq.Socket[Any], Message], None]
+#: Where a request came from and its reply goes: a queue's socket or a same-host client.
+Destination = zmq.Socket[Any] | LocalConnection
+Handler = Callable[[Destination, Message], None]
 
 
 class Engine:
@@ -214,7 +222,7 @@ class Engine:
         key = info["key"]
         self.key = key if isinstance(key, bytes) else str(key).encode("ascii")
         scheme = str(info.get("signature_scheme") or "hmac-sha256")
-        self.signer = FastSigner(wire.Signer(self.key, scheme))
+        self.signer = wire.Signer(self.key, scheme)
         self.scheme = scheme
         self.replay = wire.ReplayGuard()
         self.session_id = wire.new_id()
@@ -245,6 +253,12 @@ class Engine:
         self._connected = False
         self._closed = False
         self._threads_started = False
+        self.local: Any = None
+        self._local_conns: dict[int, LocalConnection] = {}
+        self._monitor: zmq.Socket[Any] | None = None
+        # Monitor copies of same-host calls waiting for their batch, and its deadline.
+        self._monitor_queue: list[list[Any]] = []
+        self._monitor_due: float | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Engine:
@@ -289,11 +303,21 @@ class Engine:
         self.registration.linger = _LINGER_MS
         self.registration.identity = self.ident
         self.registration.connect(self.url("registration"))
+        if self.cluster.get("monitor"):
+            # Same-host clients call the engine over its Unix socket; the hub hears of
+            # those tasks from the engine itself, as it hears of queued ones from a queue.
+            self.local = open_endpoint(self.uuid)
+            if self.local is not None:
+                self._monitor = ctx.socket(zmq.PUSH)
+                self._monitor.linger = _LINGER_MS
+                self._monitor.sndhwm = 0
+                self._monitor.connect(self.url("monitor"))
         content = {
             "uuid": self.uuid,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "data_url": self.data_url,
+            "local_path": self.local.path if self.local is not None else None,
         }
         frames = self.replier.frames(
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
@@ -441,9 +465,13 @@ class Engine:
         """Serve the queues and the data socket in this (main) thread until told to stop."""
         self.start()
         poller = zmq.Poller()
-        poller.register(self._wake_r.fileno(), _POLLIN)  # polled by fd: events name the int
+        wake_fd = self._wake_r.fileno()
+        poller.register(wake_fd, _POLLIN)  # polled by fd: events name the int
+        if self.local is not None:
+            poller.register(self.local.fd, _POLLIN)
         for sock in (self.data_socket, self.mux, self.task, self.broadcast):
             poller.register(sock, _POLLIN)
+        self._poller = poller
         inbox = self._inbox
         serve = self._serve_one
         try:
@@ -451,9 +479,21 @@ class Engine:
                 if inbox:
                     self._serve_control(inbox.popleft())
                     continue
-                for sock, _ in poller.poll():
-                    if sock.__class__ is int:  # the wake-up socketpair
-                        self._drain_wake()
+                due = self._monitor_due
+                if due is None:
+                    events = poller.poll()
+                else:
+                    events = poller.poll(max(0, int((due - time.monotonic()) * 1000) + 1))
+                    if time.monotonic() >= due:
+                        self._flush_monitor()
+                for sock, _ in events:
+                    if sock.__class__ is int:  # a plain descriptor
+                        if sock == wake_fd:
+                            self._drain_wake()
+                        else:
+                            self._serve_local(sock)
+                        if inbox or self._stop_reason is not None:
+                            break
                         continue
                     # Drain a busy queue without a full poll per message (zmq_poll on one
                     # socket is cheaper than getsockopt(EVENTS), which builds an enum).
@@ -501,8 +541,10 @@ class Engine:
 
     def _serve_one(self, sock: zmq.Socket[Any]) -> None:
         msg = self._receive(sock, "a queue")
-        if msg is None:
-            return
+        if msg is not None:
+            self._serve_message(sock, msg)
+
+    def _serve_message(self, sock: Destination, msg: Message) -> None:
         handler = self._handlers.get(msg.msg_type)
         try:
             if handler is None:
@@ -513,7 +555,84 @@ class Engine:
             log.exception("error while handling %s", msg.msg_type)
             self._reply_error(sock, msg, exc)
 
-    def _unknown(self, sock: zmq.Socket[Any], msg: Message) -> None:
+    # ------------------------------------------------------------ same-host clients
+
+    def _serve_local(self, fd: int) -> None:
+        """A same-host client's socket is readable, or one is waiting to be accepted."""
+        local = self.local
+        if fd == local.fd:
+            for conn in local.accept():
+                self._local_conns[conn.fd] = conn
+                self._poller.register(conn.fd, _POLLIN)
+            return
+        conn = self._local_conns.get(fd)
+        if conn is None:
+            return
+        try:
+            messages = conn.read()
+        except (OSError, ValueError) as exc:  # closed, reset, or garbage: done with it
+            if not isinstance(exc, ConnectionError):
+                self.dropped += 1
+                log.warning("closing a local connection: %s", exc)
+            self._drop_local(conn)
+            return
+        for frames in messages:
+            try:
+                msg = parse_message(frames, self.signer, self.replay)
+            except wire.WireError as exc:
+                self.dropped += 1
+                log.warning("dropped a bad message on the local socket: %s", exc)
+                continue
+            conn.request_frames = frames
+            self._serve_message(conn, msg)
+            conn.request_frames = []
+
+    def _drop_local(self, conn: LocalConnection) -> None:
+        self._local_conns.pop(conn.fd, None)
+        try:
+            self._poller.unregister(conn.fd)
+        except KeyError:
+            pass
+        conn.close()
+
+    def _send_local(self, conn: LocalConnection, msg: Message, frames: list[Any]) -> None:
+        """Reply over the local socket, then copy request and reply to the hub's monitor
+        (after the reply: the client is not kept waiting for the bookkeeping)."""
+        try:
+            conn.send(frames)
+        except OSError as exc:  # the client went away (or stopped reading): its loss
+            log.warning("could not reply to a local client: %s", exc)
+            self._drop_local(conn)
+        if self._monitor is None or not conn.request_frames:
+            return
+        client = str(msg.header.get("session", "")).encode("utf-8", "replace")
+        queue = self._monitor_queue
+        queue.append([b"request", self.ident, client, *conn.request_frames])
+        queue.append([b"reply", self.ident, client, *frames])
+        # Copies that are all bytes cannot change: they wait for the next batch (a busy
+        # caller then costs the hub one wake-up per batch, not two per call). Any other
+        # frame is a view onto memory the next task may write: send now.
+        if (
+            len(queue) >= _MONITOR_BATCH
+            or not all(type(f) is bytes for f in conn.request_frames)
+            or not all(type(f) is bytes for f in frames)
+        ):
+            self._flush_monitor()
+        elif self._monitor_due is None:
+            self._monitor_due = time.monotonic() + _MONITOR_DELAY
+
+    def _flush_monitor(self) -> None:
+        """Send the queued monitor copies of same-host calls to the hub."""
+        monitor = self._monitor
+        queue = self._monitor_queue
+        self._monitor_due = None
+        if monitor is None:
+            queue.clear()
+            return
+        while queue:
+            send_frames(monitor, queue.pop(0))
+
+    def _unknown(self, sock: Destination, msg: Message) -> None:
         log.warning("ignoring unknown message type %r", msg.msg_type)
         if msg.msg_type.endswith("_request"):
             self._reply_error(
@@ -532,7 +651,7 @@ class Engine:
 
     def _send(
         self,
-        sock: zmq.Socket[Any],
+        sock: Destination,
         msg: Message,
         content: bytes,
         metadata: bytes = b"{}",
@@ -555,7 +674,10 @@ class Engine:
         frames = self.replier.frames(
             msg.idents, reply_type, msg.raw_header, metadata, content, buffers, date
         )
-        send_frames(sock, frames)
+        if sock.__class__ is LocalConnection:
+            self._send_local(sock, msg, frames)
+        else:
+            send_frames(sock, frames)
 
     def _settle(self) -> None:
         """Wait until earlier zero-copy replies no longer read user memory."""
@@ -587,7 +709,7 @@ class Engine:
         }
 
     def _reply_error(
-        self, sock: zmq.Socket[Any], msg: Message, exc: BaseException, method: str = "engine"
+        self, sock: Destination, msg: Message, exc: BaseException, method: str = "engine"
     ) -> None:
         if not msg.msg_type.endswith("_request"):
             return
@@ -598,7 +720,7 @@ class Engine:
         except Exception:
             log.exception("could not send an error reply to %s", msg.msg_type)
 
-    def _reply_aborted(self, sock: zmq.Socket[Any], msg: Message, method: str) -> None:
+    def _reply_aborted(self, sock: Destination, msg: Message, method: str) -> None:
         self._aborted.discard(msg.msg_id)
         now = iso_now()
         content = {
@@ -646,7 +768,7 @@ class Engine:
             replacement.__dict__.update(func.__dict__)
         return replacement
 
-    def _apply(self, sock: zmq.Socket[Any], msg: Message) -> None:
+    def _apply(self, sock: Destination, msg: Message) -> None:
         if self._in_flight:
             self._settle()
         if self._aborted and msg.msg_id in self._aborted:
@@ -699,7 +821,7 @@ class Engine:
         if outputs:
             iopub.publish("status", {"execution_state": "idle"}, msg.header)
 
-    def _execute(self, sock: zmq.Socket[Any], msg: Message) -> None:
+    def _execute(self, sock: Destination, msg: Message) -> None:
         if self._in_flight:
             self._settle()
         if self._aborted and msg.msg_id in self._aborted:
@@ -762,7 +884,7 @@ class Engine:
 
     # ------------------------------------------------------------ data
 
-    def _push(self, sock: zmq.Socket[Any], msg: Message) -> None:
+    def _push(self, sock: Destination, msg: Message) -> None:
         started = iso_now()
         try:
             keys = data_path.push(self.user_ns, msg.content, msg.buffers)
@@ -771,7 +893,7 @@ class Engine:
             return
         self._reply_data(sock, msg, "push", keys, started)
 
-    def _pull(self, sock: zmq.Socket[Any], msg: Message) -> None:
+    def _pull(self, sock: Destination, msg: Message) -> None:
         started = iso_now()
         try:
             keys, buffers = data_path.pull(self.user_ns, msg.content)
@@ -991,8 +1113,19 @@ class Engine:
                     send_frames(self.registration, frames, zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
+            try:
+                self._flush_monitor()
+            except zmq.ZMQError:
+                pass
+            for conn in list(self._local_conns.values()):
+                conn.close()
+            self._local_conns.clear()
+            if self.local is not None:
+                self.local.close()
             socks = [self.data_socket, self.mux, self.task, self.broadcast]
             socks += [self.iopub_socket, self.registration]
+            if self._monitor is not None:
+                socks.append(self._monitor)
             if not self._threads_started:
                 socks.append(self.control)
             linger = _LINGER_MS if self.exit_code == 0 else 0
