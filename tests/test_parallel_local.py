@@ -351,3 +351,35 @@ def test_socket_is_removed_when_the_engine_stops(own: LiveCluster) -> None:
     for proc in own.engines:
         proc.wait(10)
     assert not any(os.path.exists(p) for p in paths)
+
+
+# --------------------------------------------------------------- the socket's directory
+
+
+def test_socket_directory_is_private_and_checked(tmp_path: Path) -> None:
+    from corral.plugins.parallel.engine.local import socket_directory
+
+    folder = socket_directory(str(tmp_path))
+    assert folder.name == f"corral-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    folder.chmod(0o755)  # someone opened it up: refuse rather than serve from it
+    with pytest.raises(PermissionError, match="open to other users"):
+        socket_directory(str(tmp_path))
+
+
+def test_stale_sockets_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    from corral.plugins.parallel.engine.local import LocalEndpoint, socket_directory
+
+    folder = socket_directory(str(tmp_path))
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(folder / "dead.sock"))
+    stale.close()  # bound, never listening again: what kill -9 leaves behind
+    live = LocalEndpoint("live", folder)
+    fresh = LocalEndpoint("fresh", folder)
+    try:
+        assert not (folder / "dead.sock").exists()
+        assert (folder / "live.sock").exists() and (folder / "fresh.sock").exists()
+    finally:
+        live.close()
+        fresh.close()
+    assert not (folder / "live.sock").exists()
