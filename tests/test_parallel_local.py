@@ -178,6 +178,21 @@ def test_threads_each_get_their_own_answers(rc: Client) -> None:
     }
 
 
+def test_a_finished_thread_drops_its_connections(rc: Client) -> None:
+    import gc
+
+    gc.collect()
+    held = len(list(rc._local._all))
+    calls = rc._local.calls
+    worker = threading.Thread(target=rc[0].apply_sync, args=(double, 1))
+    worker.start()
+    worker.join(30)
+    assert rc._local.calls == calls + 1
+    del worker
+    gc.collect()
+    assert len(list(rc._local._all)) == held  # closed with its thread, not kept open
+
+
 def test_an_interrupted_call_never_hands_its_reply_to_the_next(rc: Client) -> None:
     class Interrupted(Exception):
         pass

@@ -508,14 +508,16 @@ class _CountingIterator:
 
 #: Functions loaded by value, by their pickle: an engine receiving the same function for
 #: every task of a map unpickles its code once, not per task (most of a no-op task's
-#: cost on the engine). Only functions a later load could not tell apart are kept.
+#: cost on the engine). Only functions a later load could not tell apart are kept, as
+#: private templates: each load gets a new function with its own copy of the globals,
+#: as an unpickled one would have.
 _loaded_functions: dict[bytes, types.FunctionType] = {}
 _LOADED_FUNCTIONS_MAX = 256
 
 
 def _reusable(obj: Any) -> bool:
     """A by-value function that is the same whenever its pickle is: no closure, no
-    defaults or attributes that could be mutated, only stable globals."""
+    defaults or attributes, only stable globals."""
     if type(obj) is not types.FunctionType:
         return False
     if obj.__closure__ or obj.__defaults__ or obj.__kwdefaults__ or obj.__dict__:
@@ -523,20 +525,33 @@ def _reusable(obj: Any) -> bool:
     return all(stable_global(value) for name, value in obj.__globals__.items() if name[:2] != "__")
 
 
+def _copy_function(template: types.FunctionType) -> types.FunctionType:
+    func = types.FunctionType(
+        template.__code__, dict(template.__globals__), template.__name__, None, None
+    )
+    func.__qualname__ = template.__qualname__
+    func.__module__ = template.__module__
+    func.__doc__ = template.__doc__
+    if template.__annotations__:
+        func.__annotations__ = dict(template.__annotations__)
+    return func
+
+
 def _load_by_value(data: bytes) -> Any:
     """Load a nested cloudpickle pickle, drawing buffers from the enclosing call."""
-    cached = _loaded_functions.get(data)
-    if cached is not None:
-        if _reusable(cached):  # nobody gave it attributes or unstable globals since
-            return cached
-        del _loaded_functions[data]
+    template = _loaded_functions.get(data)
+    if template is not None:
+        return _copy_function(template)
     buffers = _current_buffers.get()
     counting = _CountingIterator(iter(()) if buffers is None else buffers)
     obj = _Unpickler(io.BytesIO(data), buffers=counting).load()
     if not counting.taken and _reusable(obj):
         if len(_loaded_functions) >= _LOADED_FUNCTIONS_MAX:
-            _loaded_functions.pop(next(iter(_loaded_functions)))
-        _loaded_functions[bytes(data)] = obj
+            try:  # another thread may be evicting too
+                _loaded_functions.pop(next(iter(_loaded_functions)))
+            except (KeyError, RuntimeError, StopIteration):
+                pass
+        _loaded_functions[bytes(data)] = _copy_function(obj)
     return obj
 
 

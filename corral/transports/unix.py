@@ -16,8 +16,8 @@ connection should be closed: a stream cannot be resynchronised.
 
 :class:`FrameReader` is incremental (non-blocking sockets: it returns what is complete
 and keeps the rest) and also works on a blocking socket (it then waits for data).
-Frames of a large message are memoryviews into one buffer per message, so a 100 MB
-argument is not copied again after the kernel has copied it in.
+Frames of a large message are read-only memoryviews into one buffer per message, so a
+100 MB argument is not copied again after the kernel has copied it in.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class FrameReader:
     """Turns the bytes of one connection into messages (lists of frames).
 
     Small frames come out as ``bytes``; frames of a message whose body is at least 1 MiB
-    are memoryviews into that message's own ``bytearray``.
+    are read-only memoryviews into that message's own ``bytearray``.
     """
 
     __slots__ = (
@@ -224,7 +224,9 @@ class FrameReader:
         at = table
         for length in lengths:
             part = body[at : at + length]
-            frames.append(part.tobytes() if copy or length < 4096 else part)
+            # Read-only, as a zmq frame is: whether a received array may be written
+            # must not depend on its size or on the path it came by.
+            frames.append(part.tobytes() if copy or length < 4096 else part.toreadonly())
             at += length
         return frames
 

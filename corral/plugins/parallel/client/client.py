@@ -30,7 +30,7 @@ from .asyncresult import AsyncResult, BroadcastResult, engine_death_error
 from .errors import RemoteError, error_from_content
 from .funccache import FunctionCache
 from .io import ClientIO
-from .local import MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
+from .local import MAX_LOCAL_BUFFERS, MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
 from .messages import MessageBuilder, Parsed, encode_json, parse
 
 __all__ = ["Client", "EngineInfo"]
@@ -525,6 +525,8 @@ class Client:
             return False, None
         path = self._local_path(engine_id)
         if not path:
+            return False, None
+        if len(buffers) > MAX_LOCAL_BUFFERS:
             return False, None
         if buffers and sum(memoryview(b).nbytes for b in buffers) > MAX_LOCAL_REQUEST:
             return False, None

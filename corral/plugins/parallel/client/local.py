@@ -26,6 +26,7 @@ import os
 import socket
 import stat
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,9 @@ __all__ = ["EngineGone", "LocalCalls", "MAX_LOCAL_REQUEST"]
 
 #: Requests bigger than this go through the queues (the engine refuses more locally).
 MAX_LOCAL_REQUEST = 256 * 1024 * 1024
+#: Requests with more buffers than this go through the queues (the engine accepts 4,096
+#: frames; seven are the delimiter, signature and JSON parts, with room to spare).
+MAX_LOCAL_BUFFERS = 4000
 
 
 class EngineGone(ConnectionError):
@@ -45,12 +49,14 @@ class EngineGone(ConnectionError):
 
 
 class _Connection:
-    __slots__ = ("engine_id", "sock", "reader", "replay")
+    __slots__ = ("engine_id", "sock", "reader", "replay", "__weakref__")
 
     def __init__(self, engine_id: int, sock: socket.socket) -> None:
         self.engine_id = engine_id
         self.sock = sock
-        self.reader = unix.FrameReader(sock)
+        # Replies come from our own engine and are signed: no frame-count limit, so a
+        # result of many out-of-band buffers arrives as it would through the queues.
+        self.reader = unix.FrameReader(sock, max_frames=1 << 30)
         self.replay = wire.ReplayGuard()
 
 
@@ -73,7 +79,10 @@ class LocalCalls:
         self.signer = signer
         self._mine = threading.local()
         self._lock = threading.Lock()
-        self._all: set[_Connection] = set()
+        # Weakly: a thread that ends drops its connections, and they close with it.
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        # Engines the hub declared dead: no new connection to them.
+        self._lost: set[int] = set()
         self._closed = False
         #: Calls made over this path (for tests and diagnostics).
         self.calls = 0
@@ -91,7 +100,7 @@ class LocalCalls:
             return None
         conn = _Connection(engine_id, sock)
         with self._lock:
-            if self._closed:
+            if self._closed or engine_id in self._lost:
                 sock.close()
                 return None
             self._all.add(conn)
@@ -142,7 +151,7 @@ class LocalCalls:
                     messages = conn.reader.read()
                 except unix.ConnectionClosed as exc:
                     raise EngineGone(str(exc)) from None
-                except OSError as exc:
+                except (OSError, unix.FramingError) as exc:
                     raise EngineGone(f"the engine's connection failed: {exc}") from None
                 for reply_frames in messages:
                     reply = parse(reply_frames, self.signer, conn.replay)
@@ -153,8 +162,10 @@ class LocalCalls:
             raise
 
     def engine_lost(self, engine_id: int) -> None:
-        """End every call waiting on ``engine_id`` (from any thread)."""
+        """End every call waiting on ``engine_id`` (from any thread), and refuse new
+        connections to it (a thread may be about to connect)."""
         with self._lock:
+            self._lost.add(engine_id)
             doomed = [c for c in self._all if c.engine_id == engine_id]
         for conn in doomed:
             try:
@@ -163,14 +174,20 @@ class LocalCalls:
                 pass
 
     def close(self) -> None:
-        """Shut down every connection (a call still waiting fails with EngineGone)."""
+        """Shut down every connection (a call still waiting fails with EngineGone).
+
+        Only this thread's own connections are closed here: closing a descriptor another
+        thread is blocked on could hand its number to a new file under that thread. The
+        others close when their threads drop them.
+        """
         with self._lock:
             self._closed = True
             doomed = list(self._all)
-            self._all.clear()
+        mine = getattr(self._mine, "conns", None) or {}
         for conn in doomed:
             try:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            conn.sock.close()
+        for conn in list(mine.values()):
+            self._discard(conn)

@@ -545,6 +545,13 @@ class Engine:
             self._serve_message(sock, msg)
 
     def _serve_message(self, sock: Destination, msg: Message) -> None:
+        due = self._monitor_due
+        if self._monitor_queue and (
+            sock.__class__ is not LocalConnection or due is None or time.monotonic() >= due
+        ):
+            # Copies of earlier same-host calls go before a queued task runs (it may run
+            # long), and before any call once their 20 ms are up.
+            self._flush_monitor()
         handler = self._handlers.get(msg.msg_type)
         try:
             if handler is None:
@@ -570,7 +577,8 @@ class Engine:
             return
         try:
             messages = conn.read()
-        except (OSError, ValueError) as exc:  # closed, reset, or garbage: done with it
+        except (OSError, ValueError, MemoryError) as exc:  # closed, reset, garbage, or a
+            # size announced (up to 1 GiB, before any signature) that cannot be had
             if not isinstance(exc, ConnectionError):
                 self.dropped += 1
                 log.warning("closing a local connection: %s", exc)
@@ -607,16 +615,14 @@ class Engine:
             return
         client = str(msg.header.get("session", "")).encode("utf-8", "replace")
         queue = self._monitor_queue
-        queue.append([b"request", self.ident, client, *conn.request_frames])
+        # The request's JSON parts only (as the queues send them: the hub stores no
+        # request buffers), the reply whole (its buffers are the stored result).
+        queue.append([b"request", self.ident, client, *conn.request_frames[:6]])
         queue.append([b"reply", self.ident, client, *frames])
         # Copies that are all bytes cannot change: they wait for the next batch (a busy
         # caller then costs the hub one wake-up per batch, not two per call). Any other
         # frame is a view onto memory the next task may write: send now.
-        if (
-            len(queue) >= _MONITOR_BATCH
-            or not all(type(f) is bytes for f in conn.request_frames)
-            or not all(type(f) is bytes for f in frames)
-        ):
+        if len(queue) >= _MONITOR_BATCH or not all(type(f) is bytes for f in frames):
             self._flush_monitor()
         elif self._monitor_due is None:
             self._monitor_due = time.monotonic() + _MONITOR_DELAY

@@ -69,9 +69,16 @@ def socket_directory(base: str | None = None) -> Path:
 
 
 def _sweep(directory: Path) -> None:
-    """Remove sockets in ``directory`` that nobody listens on any more."""
+    """Remove sockets in ``directory`` that nobody listens on any more.
+
+    Only ``*.sock`` names are looked at, and an engine gives its socket that name only
+    once it listens (:class:`LocalEndpoint`), so a sibling starting at the same moment
+    is never taken for dead. The probe does not block: a listener with a full backlog
+    answers EAGAIN, which counts as alive.
+    """
     for path in directory.glob("*.sock"):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
         try:
             probe.connect(str(path))
         except ConnectionRefusedError:
@@ -117,13 +124,21 @@ class LocalEndpoint:
         if len(os.fsencode(path)) > _MAX_PATH:
             raise OSError(errno.ENAMETOOLONG, f"socket path too long: {path}")
         _sweep(directory)
+        # Bound under a name the sweep ignores, renamed once listening: between bind and
+        # listen a connection is refused, and a sibling's sweep would delete the file.
+        part = directory / f"{name}.{os.getpid()}.part"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(str(path))
+            sock.bind(str(part))
             sock.listen(128)
             sock.setblocking(False)
+            os.rename(part, path)
         except BaseException:
             sock.close()
+            try:
+                os.unlink(part)
+            except OSError:
+                pass
             raise
         self.sock = sock
         self.path = str(path)
