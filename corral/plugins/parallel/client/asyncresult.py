@@ -18,7 +18,7 @@ import concurrent.futures
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
@@ -161,20 +161,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         index = self._slot(msg_id, engine_id)
         if index is None or self._done_slots[index]:
             return self._msg_complete(msg_id)
-        if content.get("status", "ok") == "ok":
-            value: Any = None
-            if msg.buffers:
-                try:
-                    value = deserialize(msg.buffers)
-                    if self._convert is not None:
-                        value = self._convert(value)
-                except Exception as exc:  # a result this process cannot load
-                    self._errors[index] = RemoteError(
-                        type(exc).__name__, str(exc), "", engine_id, msg_id=msg_id
-                    )
+        value, error = reply_outcome(content, msg.buffers, engine_id, msg_id, self._convert)
+        if error is None:
             self._values[index] = value
         else:
-            self._errors[index] = error_from_content(content, engine_id, msg_id)
+            self._errors[index] = error
         raw = (md, content, engine_id, time.time())
         with _md_lock:
             slot_md = self._md[index]
@@ -534,6 +525,26 @@ def as_completed(
     .. versionadded:: 0.1
     """
     yield from concurrent.futures.as_completed(list(results), timeout)
+
+
+def reply_outcome(
+    content: dict[str, Any],
+    buffers: Sequence[Any],
+    engine_id: int | None,
+    msg_id: str,
+    convert: Callable[[Any], Any] | None = None,
+) -> tuple[Any, RemoteError | None]:
+    """``(value, None)`` or ``(None, error)`` for one reply: the one rule for replies that
+    come through the queues (:class:`AsyncResult`) and over an engine's local socket."""
+    if content.get("status", "ok") != "ok":
+        return None, error_from_content(content, engine_id, msg_id)
+    if not buffers:
+        return None, None
+    try:
+        value = deserialize(buffers)
+        return (value if convert is None else convert(value)), None
+    except Exception as exc:  # a result this process cannot load
+        return None, RemoteError(type(exc).__name__, str(exc), "", engine_id, msg_id=msg_id)
 
 
 def engine_death_error(engine_id: int, msg_id: str | None = None) -> EngineError:

@@ -23,11 +23,11 @@ from typing import Any
 
 import zmq
 
-from corral.core.serialize import deserialize, pack_apply
+from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
 
-from .asyncresult import AsyncResult, BroadcastResult, engine_death_error
-from .errors import RemoteError, error_from_content
+from .asyncresult import AsyncResult, BroadcastResult, engine_death_error, reply_outcome
+from .errors import RemoteError
 from .funccache import FunctionCache
 from .io import ClientIO
 from .local import MAX_LOCAL_BUFFERS, MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
@@ -479,10 +479,12 @@ class Client:
         *,
         single: bool = True,
         result_factory: Callable[..., AsyncResult] | None = None,
+        packed: list[Any] | None = None,
     ) -> AsyncResult:
-        """Submit ``func(*args, **kwargs)``; raises SerializationError before sending."""
+        """Submit ``func(*args, **kwargs)``; raises SerializationError before sending.
+        ``packed`` is the request body if the caller has already made it."""
         fname = getattr(func, "__name__", "") or ""
-        buffers = pack_apply(self._functions.lookup(func), args, kwargs)
+        buffers = packed or pack_apply(self._functions.lookup(func), args, kwargs)
         return self._submit(
             channel,
             "apply_request",
@@ -493,6 +495,22 @@ class Client:
             single=single,
             result_factory=result_factory,
         )
+
+    def _apply_wait(
+        self,
+        func: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        metadata: bytes,
+        engine_id: int,
+    ) -> Any:
+        """``func(*args, **kwargs)`` on one engine, waited for: over its Unix socket when
+        :meth:`_call_local` can, else through the mux (packed once either way)."""
+        buffers = pack_apply(self._functions.lookup(func), args, kwargs)
+        done, value = self._call_local(engine_id, "apply_request", None, metadata, buffers)
+        if done:
+            return value
+        return self._apply("mux", func, args, kwargs, metadata, [engine_id], packed=buffers).get()
 
     def _local_path(self, engine_id: int) -> str:
         """The Unix socket of ``engine_id`` if it runs on this host, else ""."""
@@ -537,15 +555,10 @@ class Client:
         if answered is None:  # unreachable just now: the queues will do
             return False, None
         msg_id, reply = answered
-        content = reply.content
-        if content.get("status", "ok") != "ok":
-            raise error_from_content(content, engine_id, msg_id)
-        if not reply.buffers:
-            return True, None
-        try:
-            return True, deserialize(reply.buffers)
-        except Exception as exc:  # a result this process cannot load
-            raise RemoteError(type(exc).__name__, str(exc), "", engine_id, msg_id=msg_id) from exc
+        value, error = reply_outcome(reply.content, reply.buffers, engine_id, msg_id)
+        if error is not None:
+            raise error
+        return True, value
 
     def _data_channel(self, engine_id: int) -> str | None:
         """The direct data-path socket of an engine (connected on first use), or None."""

@@ -142,7 +142,9 @@ class View:
 
     def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``apply_sync`` when the view's ``block`` flag is set, else ``apply_async``."""
-        return self._maybe_block(self.apply_async(f, *args, **kwargs), None)
+        if self.block:
+            return self.apply_sync(f, *args, **kwargs)
+        return self.apply_async(f, *args, **kwargs)
 
     def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``f(*args, **kwargs)`` and wait for the result."""
@@ -421,31 +423,12 @@ class DirectView(View):
             "mux", f, args, kwargs, self._metadata(targets), targets, single=single
         )
 
-    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.block:
-            return self.apply_sync(f, *args, **kwargs)
-        return self.apply_async(f, *args, **kwargs)
-
     def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``f(*args, **kwargs)`` and wait. On one engine of this host, the call goes
         over the engine's Unix socket from this thread (see :class:`Client`)."""
         targets, single = self._targets()
         if single:
-            client = self.client
-            buffers = pack_apply(client._functions.lookup(f), args, kwargs)
-            done, value = client._call_local(
-                targets[0], "apply_request", None, self._metadata(targets), buffers
-            )
-            if done:
-                return value
-            return client._submit(
-                "mux",
-                "apply_request",
-                None,
-                self._metadata(targets),
-                client._routes(targets, buffers),
-                fname=getattr(f, "__name__", "") or "",
-            ).get()
+            return self.client._apply_wait(f, args, kwargs, self._metadata(targets), targets[0])
         return self.apply_async(f, *args, **kwargs).get()
 
     def map_async(
