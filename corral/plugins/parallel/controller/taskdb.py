@@ -112,14 +112,26 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_buffers BLOB,
     UNIQUE (msg_id, engine_uuid)
 );
-CREATE INDEX IF NOT EXISTS tasks_msg_id ON tasks (msg_id);
 CREATE INDEX IF NOT EXISTS tasks_unanswered ON tasks (engine_uuid) WHERE result_status IS NULL;
 """
 
-_INSERT_REQUEST = (
-    "INSERT OR IGNORE INTO tasks (msg_id, client_id, engine_uuid, engine_id, msg_type, "
-    "header, metadata, submitted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# A request, and its reply when both are in one batch (most are: a batch spans 50 ms): one
+# row written once, where a request then its reply took an insert, a claim and an upsert.
+# A duplicate request (same msg_id and engine) leaves the row as it is, as INSERT OR
+# IGNORE would; a reply to it still lands.
+_INSERT_TASK = (
+    "INSERT INTO tasks (msg_id, client_id, engine_uuid, engine_id, msg_type, header, "
+    "metadata, submitted, started, completed, received, result_status, result_header, "
+    "result_metadata, result_content, buffer_count, result_buffers) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (msg_id, engine_uuid) DO UPDATE SET engine_id = excluded.engine_id, "
+    "started = excluded.started, completed = excluded.completed, received = excluded.received, "
+    "result_status = excluded.result_status, result_header = excluded.result_header, "
+    "result_metadata = excluded.result_metadata, result_content = excluded.result_content, "
+    "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers "
+    "WHERE excluded.result_status IS NOT NULL"
 )
+_NO_REPLY = (None, None, None, None, None, None, None, 0, None)
 # A dead engine's unanswered tasks become unassigned, for a retry or an error to claim.
 _ENGINE_LOST = (
     "UPDATE OR IGNORE tasks SET engine_uuid = '' WHERE engine_uuid = ? AND result_status IS NULL"
@@ -141,6 +153,52 @@ _APPEND_OUTPUT = {
     "WHERE msg_id = ? AND (engine_id IS NULL OR ? IS NULL OR engine_id = ?)"
     for name in ("stdout", "stderr")
 }
+
+
+def _merge(requests: list[tuple], replies: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Rows for :data:`_INSERT_TASK`, in request order, each request joined with its reply
+    when that is in the same batch; and the replies left over (to requests written by an
+    earlier batch).
+
+    A reply finds its request under its own engine, or under none (a task recorded before
+    its engine was chosen), as the claim statement would.
+    """
+    if not replies:
+        return [(*r, *_NO_REPLY) for r in requests], []
+    at: dict[tuple[str, str], int] = {}
+    for index, request in enumerate(requests):
+        at[(request[0], request[2])] = index
+    answers: dict[int, tuple] = {}
+    left: list[tuple] = []
+    for reply in replies:
+        msg_id, engine_uuid = reply[0], reply[1]
+        index = at.pop((msg_id, engine_uuid), None)
+        if index is None:
+            index = at.pop((msg_id, ""), None)
+        if index is None:
+            left.append(reply)
+        else:
+            answers[index] = reply
+    rows = []
+    for index, request in enumerate(requests):
+        reply = answers.get(index)
+        if reply is None:
+            rows.append((*request, *_NO_REPLY))
+            continue
+        # reply: msg_id, engine_uuid, client_id, engine_id, started, completed, received,
+        # status, header, metadata, content, buffer count, buffers
+        rows.append(
+            (
+                request[0],
+                request[1],
+                reply[1],
+                reply[3] if reply[3] is not None else request[3],
+                *request[4:8],
+                *reply[4:12],
+                pack_buffers(reply[12]),
+            )
+        )
+    return rows, left
 
 
 def pack_buffers(buffers: Sequence[Any]) -> bytes | None:
@@ -520,11 +578,12 @@ class SQLiteTaskDB(TaskDB):
         outputs = [args for kind, args in pending if kind == 2]
         lost = [args for kind, args in pending if kind == 3]
         pending.clear()
+        rows, replies = _merge(requests, replies)
         db = self._db
         try:
             db.execute("BEGIN")
-            if requests:
-                db.executemany(_INSERT_REQUEST, requests)
+            if rows:
+                db.executemany(_INSERT_TASK, rows)
             if lost:
                 db.executemany(_ENGINE_LOST, lost)
             if replies:
