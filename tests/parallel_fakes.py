@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import zmq
@@ -17,6 +18,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from corral.plugins.parallel.clusterfile import ClusterInfo
 from corral.transports.zmq import wire
+from corral.transports.zmq.batch import is_batch, unbatch
 from corral.transports.zmq.session import Session
 
 TIMEOUT = 20.0  # only a hang ever reaches it
@@ -43,6 +45,8 @@ class Peer:
         self.ctx = zmq.Context.instance()
         self.session = Session(info.key, username=name)
         self.socks: dict[str, zmq.Socket[Any]] = {}
+        #: Messages of a received batch not yet returned, per socket name.
+        self.unread: dict[str, deque[list[bytes]]] = {}
 
     def dealer(self, name: str, identity: bytes | None = None, wait: bool = True) -> None:
         sock = self.ctx.socket(zmq.DEALER)
@@ -58,16 +62,32 @@ class Peer:
     def recv(self, name: str, timeout: float = TIMEOUT) -> tuple[list[bytes], dict[str, Any]]:
         """The next message on ``name`` that verifies; fails the test after ``timeout``."""
         sock = self.socks[name]
+        unread = self.unread.setdefault(name, deque())
         end = time.monotonic() + timeout
         while True:
-            left = end - time.monotonic()
-            assert left > 0 and sock.poll(int(left * 1000) + 1), f"nothing on {name}"
-            got = self.session.parse(sock.recv_multipart())
+            if not unread:
+                left = end - time.monotonic()
+                assert left > 0 and sock.poll(int(left * 1000) + 1), f"nothing on {name}"
+                frames = sock.recv_multipart()
+                if len(frames) == 3 and is_batch(frames[0]):  # the queues batch bursts
+                    unread.extend(unbatch(frames, 0, plain=True))
+                else:
+                    unread.append(frames)
+            got = self.session.parse(unread.popleft())
             if got is not None:
                 return got
 
+    def messages_of_one_recv(self, name: str) -> list[list[bytes]]:
+        """The messages one receive on a ready socket ``name`` delivers: a batch's, or one."""
+        frames = self.socks[name].recv_multipart()
+        if len(frames) == 3 and is_batch(frames[0]):
+            return unbatch(frames, 0, plain=True)
+        return [frames]
+
     def nothing(self, name: str, timeout: float = 0.2) -> bool:
         """Whether nothing arrives on ``name`` within ``timeout`` (for negative checks)."""
+        if self.unread.get(name):
+            return False
         return not self.socks[name].poll(int(timeout * 1000))
 
     def close(self) -> None:

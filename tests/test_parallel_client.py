@@ -154,6 +154,27 @@ def test_pipelined_apply_async(rc: Client) -> None:
     assert {r.metadata["engine_id"] for r in results} == {0, 1}
 
 
+def test_a_burst_leaves_in_batches_and_every_task_is_answered(rc: Client) -> None:
+    """Requests queued while the I/O thread is busy go out as a few batches (the queues,
+    the engines and the hub take them apart); each still gets its own result."""
+    lview = rc.load_balanced_view()
+    direct = rc[rc.ids[0]]
+    io = rc._io
+    gate = threading.Event()
+    io.call_soon(lambda: gate.wait(30))  # holds the I/O thread: the burst queues up
+    try:
+        sent_before = io.sent
+        balanced = [lview.apply_async(double, i) for i in range(100)]
+        on_one = [direct.apply_async(double, -i) for i in range(30)]
+    finally:
+        gate.set()
+    assert [r.get(timeout=30) for r in balanced] == [2 * i for i in range(100)]
+    assert [r.get(timeout=30) for r in on_one] == [-2 * i for i in range(30)]
+    # 100 to the task scheduler (batches of up to 64) and 30 to the mux: 3 zmq messages.
+    assert io.sent - sent_before == 3
+    assert {r.metadata["engine_id"] for r in on_one} == {rc.ids[0]}
+
+
 def test_unpicklable_argument_fails_before_sending(rc: Client) -> None:
     lview = rc.load_balanced_view()
     pending = len(rc._pending)

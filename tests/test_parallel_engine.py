@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import zmq
 
 from corral.core.serialize import deserialize, pack_apply, serialize
 from corral.transports.zmq import wire
+from corral.transports.zmq.batch import is_batch, pack_batches, unbatch
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,8 @@ class FakeController:
         self.session = Session(KEY.encode(), username="controller")
         self.hb_period = hb_period
         self.socks: dict[str, zmq.Socket[Any]] = {}
+        #: Messages of a received batch not yet returned, per socket name.
+        self.unread: dict[str, deque[list[bytes]]] = {}
         ports: dict[str, int] = {}
         kinds = {
             "registration": zmq.ROUTER,
@@ -162,14 +166,22 @@ class FakeController:
 
     def recv(self, name: str, timeout: float = TIMEOUT) -> tuple[list[bytes], dict[str, Any]]:
         sock = self.socks[name]
+        unread = self.unread.setdefault(name, deque())
         end = time.monotonic() + timeout
         while True:
-            left = end - time.monotonic()
-            assert left > 0, f"nothing on {name} within {timeout} s"
-            if sock.poll(int(left * 1000)):
-                got = self.session.parse(sock.recv_multipart())
-                if got is not None:
-                    return got
+            if not unread:
+                left = end - time.monotonic()
+                assert left > 0, f"nothing on {name} within {timeout} s"
+                if not sock.poll(int(left * 1000)):
+                    continue
+                frames = sock.recv_multipart()
+                if len(frames) == 4 and is_batch(frames[1]):  # the engine batches replies
+                    unread.extend(unbatch(frames, 1, plain=True))
+                else:
+                    unread.append(frames)
+            got = self.session.parse(unread.popleft())
+            if got is not None:
+                return got
 
     def reply(self, channel: str, timeout: float = TIMEOUT) -> dict[str, Any]:
         """The next reply from an engine on ``channel`` (routing: engine uuid, client)."""
@@ -204,6 +216,20 @@ class FakeController:
                 if exc.errno != zmq.EHOSTUNREACH or time.monotonic() > end:
                     raise
                 time.sleep(0.005)
+
+    def send_batch(
+        self, channel: str, messages: list[dict[str, Any]], *, corrupt: int | None = None
+    ) -> None:
+        """``messages`` (from ``session.msg``) as one batch, as a queue sends a burst; the
+        message at ``corrupt`` gets a wrong signature."""
+        routed = []
+        for index, msg in enumerate(messages):
+            frames = wire.serialize(msg, self.session.signer, [b"client-1"])
+            if index == corrupt:
+                frames[2] = b"0" * len(frames[2])
+            routed.append(frames)
+        (batch,) = pack_batches((), routed)
+        self.send_raw(channel, [self.engines[0]["ident"], *batch])
 
     def apply(self, func: Any, *args: Any, channel: str = "task_engine", **kwargs: Any) -> Any:
         return self.send(channel, "apply_request", buffers=pack_apply(func, args, kwargs))
@@ -531,6 +557,45 @@ def _gate(tmp: Path) -> tuple[Any, Path]:
         "wait",
     )
     return wait, flag
+
+
+def _apply_msg(engine: FakeController, func: Any, *args: Any) -> dict[str, Any]:
+    return engine.session.msg("apply_request", {}, buffers=pack_apply(func, args, {}))
+
+
+def test_a_batch_of_requests_is_served_in_order(engine: FakeController) -> None:
+    messages = [_apply_msg(engine, abs, -i) for i in range(40)]
+    engine.send_batch("task_engine", messages)
+    replies = [engine.reply("task_engine") for _ in messages]
+    assert [r["parent_header"]["msg_id"] for r in replies] == [m["msg_id"] for m in messages]
+    assert [deserialize(r["buffers"]) for r in replies] == list(range(40))
+
+
+def test_a_bad_message_in_a_batch_costs_only_itself(engine: FakeController) -> None:
+    messages = [_apply_msg(engine, abs, -i) for i in range(3)]
+    engine.send_batch("task_engine", messages, corrupt=1)
+    first, third = engine.reply("task_engine"), engine.reply("task_engine")
+    assert first["parent_header"]["msg_id"] == messages[0]["msg_id"]
+    assert third["parent_header"]["msg_id"] == messages[2]["msg_id"]
+    after = engine.apply(abs, -7)  # the forged one got no reply: this one's comes next
+    assert engine.reply("task_engine")["parent_header"]["msg_id"] == after["msg_id"]
+
+
+def test_a_reply_held_for_a_batch_is_not_kept_behind_a_long_task(
+    engine: FakeController, tmp_path: Path
+) -> None:
+    """A quick task's reply may wait to leave with the next ones, but a long task after
+    it must not hold it back: it goes out while the long task still runs."""
+    wait, flag = _gate(tmp_path)
+    quick, slow = _apply_msg(engine, abs, -5), _apply_msg(engine, wait, str(flag))
+    engine.send_batch("task_engine", [quick, slow])
+    try:
+        reply = engine.reply("task_engine", timeout=5.0)
+        assert reply["parent_header"]["msg_id"] == quick["msg_id"]
+        assert not flag.exists()  # the slow task is still running
+    finally:
+        flag.touch()
+    assert engine.reply("task_engine")["parent_header"]["msg_id"] == slow["msg_id"]
 
 
 def test_abort_queued_tasks(engine: FakeController, tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Fuzzing every controller socket: random frames, signed and unsigned, then a real request.
 
 Hypothesis throws frame lists at the hub's registration socket and at both sides of every
-queue: raw bytes, frames around a real delimiter, and *correctly signed* messages whose
-JSON is arbitrary (a peer holding the key but speaking nonsense). After each example a
+queue: raw bytes, frames around a real delimiter, *correctly signed* messages whose
+JSON is arbitrary (a peer holding the key but speaking nonsense), and batches of such
+messages, whole or with a mangled index or body. After each example a
 valid request through the same component must still be served, so a crash, a hang or a
 poisoned state shows up at once.
 """
@@ -24,6 +25,7 @@ from parallel_fakes import FakeClient, FakeEngine
 from corral.plugins.parallel.clusterfile import ClusterInfo, read_cluster_file
 from corral.plugins.parallel.controller import start_controller
 from corral.transports.zmq import wire
+from corral.transports.zmq.batch import pack_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,6 +157,26 @@ def _sign(rig: Rig, frames: list[bytes]) -> list[bytes]:
     return frames
 
 
+def _batch(rig: Rig, data: Any, routing: list[bytes]) -> list[bytes]:
+    """A batch of two or three messages as a client or engine would send it, maybe with
+    its index or body mangled."""
+    messages = [
+        _sign(rig, data.draw(frame_lists(routing))) for _ in range(data.draw(st.integers(2, 3)))
+    ]
+    messages = [m for m in messages if m and sum(len(f) for f in m) < 60_000] or [[b"x"], [b"y"]]
+    if len(messages) < 2:
+        messages.append([b"z"])
+    frames = pack_batches((), messages)[0]
+    how = data.draw(st.sampled_from(["whole", "index", "body", "extra"]))
+    if how == "index":
+        frames[1] = data.draw(st.binary(max_size=24))
+    elif how == "body":
+        frames[2] = frames[2][: data.draw(st.integers(0, max(0, len(frames[2]) - 1)))]
+    elif how == "extra":
+        frames.append(data.draw(st.binary(max_size=8)))
+    return frames
+
+
 def _probe(rig: Rig, component: str) -> None:
     """A valid request through ``component`` is still served (strays are drained)."""
     client = rig.client
@@ -176,8 +198,9 @@ def _probe(rig: Rig, component: str) -> None:
         assert ready, f"the probe never reached an engine through {queue}"
         for eng in (a, b):
             sock = eng.socks[f"{queue}_engine"]
-            if sock in ready:
-                frames = sock.recv_multipart()
+            if sock not in ready:
+                continue
+            for frames in eng.messages_of_one_recv(f"{queue}_engine"):
                 at = frames.index(wire.DELIMITER)
                 assert rig.signer.verify(frames[at + 2 : at + 6], frames[at + 1]), (
                     "a queue forwarded a message whose signature does not verify"
@@ -231,7 +254,10 @@ def test_fuzz_socket_keeps_serving(rig: Rig, component: str) -> None:
     @FUZZ
     @given(data=st.data())
     def run(data: Any) -> None:
-        frames = _sign(rig, data.draw(frame_lists(data.draw(routing))))
+        if data.draw(st.integers(0, 4)) == 0:
+            frames = _batch(rig, data, data.draw(routing))
+        else:
+            frames = _sign(rig, data.draw(frame_lists(data.draw(routing))))
         if frames:
             rig.raw[component].send_multipart(frames)
         _probe(rig, component)

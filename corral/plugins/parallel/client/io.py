@@ -7,6 +7,10 @@ it may be asleep: while it is busy, a thousand submissions cost a thousand deque
 and no system call. Incoming messages are drained in batches (``NOBLOCK`` until a socket
 is empty) and handed, still as frames, to the client's handler, which parses them and
 resolves results in this same thread.
+
+Requests queued back to back for one queue (``mux``, ``task``, ``broadcast``) leave as
+one batch (:mod:`corral.transports.zmq.batch`), and batches of replies are unpacked
+here, so a burst costs one zmq message per batch, not per task.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from corral.transports.zmq.batch import BatchError, is_batch, pack_batches, unbatch
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 
 __all__ = ["ClientIO", "recv_frames", "send_frames"]
@@ -32,6 +37,10 @@ log = logging.getLogger("corral.plugins.parallel.client.io")
 _BATCH = 2048
 #: Queued messages beyond which a submitting thread waits for the I/O thread to send.
 OUTBOX_HIGH_WATER = 256
+#: Channels whose far end (a controller queue) reads batches.
+BATCH_CHANNELS = frozenset(["mux", "task", "broadcast"])
+#: At most this many requests go out as one batch.
+SEND_BATCH = 64
 
 Handler = Callable[[str, list[Any]], None]
 
@@ -170,7 +179,6 @@ class ClientIO:
 
     def _flush_outbox(self) -> None:
         outbox = self._outbox
-        sockets = self._sockets
         while outbox:
             channel, payload, copy = outbox.popleft()
             if channel is None:
@@ -179,17 +187,32 @@ class ClientIO:
                 except Exception:
                     log.exception("client I/O callback failed")
                 continue
-            sock = sockets.get(channel)
-            if sock is None:
-                log.error("no socket %r; dropped a message", channel)
-                continue
-            try:
-                send_frames(sock, payload, copy=copy)
-                self.sent += 1
-            except zmq.ZMQError as exc:
-                log.error("send on %s failed: %s", channel, exc)
+            if channel in BATCH_CHANNELS and outbox:
+                batch = [payload]
+                while outbox and len(batch) < SEND_BATCH:
+                    following = outbox[0]
+                    if following[0] != channel or following[2] != copy:
+                        break
+                    batch.append(following[1])
+                    outbox.popleft()
+                if len(batch) > 1:
+                    for message in pack_batches((), batch, SEND_BATCH):
+                        self._send_now(channel, message, copy)
+                    continue
+            self._send_now(channel, payload, copy)
         if not self._drained.is_set():
             self._drained.set()
+
+    def _send_now(self, channel: str, frames: list[Any], copy: bool) -> None:
+        sock = self._sockets.get(channel)
+        if sock is None:
+            log.error("no socket %r; dropped a message", channel)
+            return
+        try:
+            send_frames(sock, frames, copy=copy)
+            self.sent += 1
+        except zmq.ZMQError as exc:
+            log.error("send on %s failed: %s", channel, exc)
 
     def _run_timers(self) -> float | None:
         """Run due timers; milliseconds until the next one (None: no timers)."""
@@ -214,12 +237,19 @@ class ClientIO:
         holding the GIL lets that thread wake once and find many results ready.
         """
         copy = channel not in self._nocopy
-        batch = []
+        batch: list[list[Any]] = []
         for _ in range(_BATCH):
             try:
-                batch.append(recv_frames(sock, NOBLOCK, copy))
+                frames = recv_frames(sock, NOBLOCK, copy)
             except zmq.Again:
                 break
+            if len(frames) == 3 and is_batch(frames[0]):
+                try:
+                    batch += unbatch(frames, 0, plain=copy)
+                except BatchError as exc:
+                    log.warning("dropped a message on %s: %s", channel, exc)
+                continue
+            batch.append(frames)
         self.received += len(batch)
         handler = self.handler
         for frames in batch:

@@ -23,6 +23,7 @@ import zmq
 
 from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
+from corral.transports.zmq.batch import BatchError, is_batch, unbatch
 from corral.transports.zmq.session import Session
 
 from .base import Component, bind_random, drain, loads_dict, make_socket, read_control
@@ -307,16 +308,30 @@ class Hub(Component):
     # -- monitor: every request and reply, into the database -------------------------------
 
     def on_monitor(self, frames: list[zmq.Frame]) -> None:
-        """``[request|reply, engine_uuid, client_id, DELIM, sig, h, p, md, content, bufs...]``."""
-        if len(frames) < 9 or frames[3].bytes != DELIM:
+        """``[request|reply, engine_uuid, client_id, DELIM, sig, h, p, md, content, bufs...]``,
+        or a batch of such copies (``[BATCH, index, ...]``)."""
+        if len(frames) == 3 and is_batch(frames[0]):
+            try:
+                copies = unbatch(frames, 0, plain=True)
+            except BatchError as exc:
+                self._drop(f"monitor batch: {exc}", len(frames))
+                return
+            for copy in copies:
+                self._monitor_copy(copy)
+            return
+        # The routing, signature and JSON parts as bytes; result buffers as received.
+        self._monitor_copy([f.bytes for f in frames[:9]] + frames[9:])
+
+    def _monitor_copy(self, frames: list[Any]) -> None:
+        if len(frames) < 9 or frames[3] != DELIM:
             self._drop("malformed monitor message", len(frames))
             return
-        tag, engine, client = frames[0].bytes, frames[1].bytes, frames[2].bytes
+        tag, engine, client = frames[0], frames[1], frames[2]
         if tag not in (REQUEST, REPLY):
             self._drop("unknown monitor tag", len(frames))
             return
-        signature = frames[4].bytes
-        parts = [frames[5].bytes, frames[6].bytes, frames[7].bytes, frames[8].bytes]
+        signature = frames[4]
+        parts = frames[5:9]
         if self.signer.enabled:
             if not signature or not self.signer.verify(parts, signature):
                 self._drop("bad signature on monitor message", len(frames))

@@ -42,6 +42,7 @@ import zmq
 
 from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
+from corral.transports.zmq.batch import BATCH, BatchError, is_batch, pack_batches, unbatch
 from corral.transports.zmq.session import Session
 
 from .base import (
@@ -78,6 +79,8 @@ _FAILED = False  # a remembered dependency outcome: the task failed
 CONNECT_GRACE = 5.0
 #: How often messages held for a still-connecting engine are retried.
 _RETRY_INTERVAL = 0.005
+#: At most this many messages for one peer go out as one batch.
+SEND_BATCH = 64
 
 
 class Pending:
@@ -137,6 +140,15 @@ class RoutingQueue(Component):
         self._backlog_deadline: dict[bytes, float] = {}
         self.dropped = 0
         self.monitor_dropped = 0
+        #: Whether engines get batches: the control queue's engine end reads one message
+        #: at a time, on the engine's control thread.
+        self.batch_engines = name != "control"
+        # What handling a burst produced, sent by flush() once the burst is handled: per
+        # client id, per engine uuid (each message behind that peer's routing id), and
+        # the hub's copies, in order.
+        self._to_clients: dict[bytes, list[list[Any]]] = {}
+        self._to_engines: dict[bytes, list[list[Any]]] = {}
+        self._to_monitor: list[list[Any]] = []
 
     # -- sockets ----------------------------------------------------------------------
 
@@ -194,15 +206,16 @@ class RoutingQueue(Component):
                 if client in events:
                     self._drain(client, on_request)
                 now = time.monotonic()
+                if timer_wait is not None:  # only when a timer asked: on_timer may scan
+                    if self.backlog:
+                        self._retry_backlog(now)
+                    self.on_timer(now)
+                self.flush()
                 if events:
                     outstanding = self.outstanding_count()
                     trimmer.busy(now, outstanding)
                     if not outstanding:
                         trimmer.idle(now)  # a burst is over: give its memory back
-                if timer_wait is not None:  # only when a timer asked: on_timer may scan
-                    if self.backlog:
-                        self._retry_backlog(now)
-                    self.on_timer(now)
                 if trim_wait is not None:
                     trimmer.tick(now)
         finally:
@@ -224,14 +237,13 @@ class RoutingQueue(Component):
         self.dropped += 1
         log.warning("%s: dropped a message of %d frames: %s", self.name, nframes, why)
 
-    def _verify(self, frames: Sequence[zmq.Frame], at: int) -> list[bytes] | None:
+    def _verify(self, frames: Sequence[Any], at: int) -> list[bytes] | None:
         """The four JSON parts if ``frames[at]`` is the delimiter and the HMAC checks out."""
-        if len(frames) < at + 6 or frames[at].bytes != DELIM:
+        if len(frames) < at + 6 or frames[at] != DELIM:
             self._drop("malformed (no delimiter where expected, or too few frames)", len(frames))
             return None
-        signature = frames[at + 1].bytes
-        parts = [frames[at + 2].bytes, frames[at + 3].bytes, frames[at + 4].bytes,
-                 frames[at + 5].bytes]  # fmt: skip
+        signature = frames[at + 1]
+        parts = frames[at + 2 : at + 6]
         if self.signer.enabled:
             if not signature or not self.signer.verify(parts, signature):
                 self._drop("bad or missing signature", len(frames))
@@ -243,8 +255,28 @@ class RoutingQueue(Component):
                 return None
         return parts
 
+    def _messages(self, frames: list[zmq.Frame], head: int) -> list[list[Any]]:
+        """The messages in what a socket delivered (one, or a batch ``[peer, BATCH, index,
+        body]``), their first ``head`` frames (routing, delimiter, signature and the four
+        JSON parts) as bytes, the buffers after them as received (zero-copy)."""
+        if len(frames) == 4 and is_batch(frames[1]):
+            try:
+                return unbatch([frames[0].bytes, *frames[1:]], 1, plain=True)
+            except BatchError as exc:
+                self._drop(str(exc), len(frames))
+                return []
+        return [[f.bytes for f in frames[:head]] + frames[head:]]
+
     def on_client_frames(self, frames: list[zmq.Frame]) -> None:
-        """A request: ``[client_id, (engine_uuid,) DELIM, sig, header, parent, md, ...]``."""
+        """A request: ``[client_id, (engine_uuid,) DELIM, sig, header, parent, md, ...]``,
+        or a batch of them, ``[client_id, BATCH, index, body]``."""
+        for message in self._messages(frames, self.client_routing + 6):
+            self._client_request(message)
+
+    def _client_request(self, frames: list[Any]) -> None:
+        if frames[0] == BATCH:  # would read as a batch when forwarded to an engine
+            self._drop("a client id may not be the batch marker", len(frames))
+            return
         parts = self._verify(frames, self.client_routing)
         if parts is None:
             return
@@ -263,7 +295,12 @@ class RoutingQueue(Component):
         self.route_request(frames, header, metadata)
 
     def on_engine_frames(self, frames: list[zmq.Frame]) -> None:
-        """A reply: ``[engine_uuid, client_id, DELIM, sig, header, parent, md, content, ...]``."""
+        """A reply: ``[engine_uuid, client_id, DELIM, sig, header, parent, md, content, ...]``,
+        or a batch of them, ``[engine_uuid, BATCH, index, body]``."""
+        for message in self._messages(frames, 8):
+            self._engine_reply(message)
+
+    def _engine_reply(self, frames: list[Any]) -> None:
         parts = self._verify(frames, 2)
         if parts is None:
             return
@@ -271,7 +308,7 @@ class RoutingQueue(Component):
         if parent is None or not isinstance(parent.get("msg_id"), str):
             self._drop("reply without a parent msg_id", len(frames))
             return
-        engine = frames[0].bytes
+        engine = frames[0]
         self.monitor([REPLY, *frames])
         self.send_client(frames[1:])
         self.record_reply(engine, parent["msg_id"], parts)
@@ -297,44 +334,80 @@ class RoutingQueue(Component):
     # -- sending ------------------------------------------------------------------------
 
     def monitor(self, frames: list[Any]) -> None:
-        """A copy for the hub; dropped (and counted) rather than ever blocking the queue.
+        """A copy for the hub, sent with the burst's others by :meth:`flush`.
 
         Request copies stop after the content frame: the database keeps result buffers,
         not arguments, and every frame costs the hub a receive.
         """
-        try:
-            send_frames(self.monitor_sock, frames, NOBLOCK)
-        except zmq.Again:
-            self.monitor_dropped += 1
+        self._to_monitor.append(frames)
 
     def send_client(self, frames: list[Any]) -> None:
-        try:
-            send_frames(self.client_sock, frames)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            # The client is gone; its result is in the task database.
-            log.info("%s: client %r gone, reply not delivered", self.name, frames[0])
+        """``[client_id, DELIM, ...]`` to a client, sent by :meth:`flush`."""
+        client = frames[0]
+        queued = self._to_clients.get(client)
+        if queued is None:
+            self._to_clients[client] = [frames[1:]]
+        else:
+            queued.append(frames[1:])
 
     def send_engine(self, engine: bytes, client: Any, rest: Sequence[Any]) -> None:
-        """``[engine, client, DELIM, ...]`` to a registered engine.
+        """``[engine, client, DELIM, ...]`` to a registered engine, sent by :meth:`flush`.
 
         An engine connects its queue sockets before it registers, but the connection may
         still be completing when its first task comes (EHOSTUNREACH): such messages are
         held, in order, and retried until :data:`CONNECT_GRACE` runs out.
         """
-        frames = [engine, client, *rest]
         held = self.backlog.get(engine)
         if held is not None:
-            held.append(frames)
+            held.append([engine, client, *rest])
             return
-        try:
-            send_frames(self.engine_sock, frames)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self.backlog[engine] = deque([frames])
-            self._backlog_deadline[engine] = time.monotonic() + CONNECT_GRACE
+        queued = self._to_engines.get(engine)
+        if queued is None:
+            self._to_engines[engine] = [[client, *rest]]
+        else:
+            queued.append([client, *rest])
+
+    def flush(self) -> None:
+        """Send what handling the last burst produced: the hub's copies first (so a
+        client that asks the hub about a reply it just got finds it recorded), then
+        replies, then requests; several messages for one peer go as one batch."""
+        if self._to_monitor:
+            copies, self._to_monitor = self._to_monitor, []
+            for message in pack_batches((), copies, SEND_BATCH):
+                try:
+                    send_frames(self.monitor_sock, message, NOBLOCK)
+                except zmq.Again:  # never block the queue for the record: count the loss
+                    self.monitor_dropped += 1
+        if self._to_clients:
+            replies, self._to_clients = self._to_clients, {}
+            for client, messages in replies.items():
+                self._send_batches(self.client_sock, client, messages, self._client_gone)
+        if self._to_engines:
+            requests, self._to_engines = self._to_engines, {}
+            for engine, messages in requests.items():
+                self._send_batches(self.engine_sock, engine, messages, self._not_connected)
+
+    def _send_batches(
+        self, sock: zmq.Socket[Any], peer: bytes, messages: list[list[Any]], unreachable: Any
+    ) -> None:
+        step = SEND_BATCH if self.batch_engines or sock is self.client_sock else 1
+        for start in range(0, len(messages), step):
+            try:
+                for message in pack_batches((peer,), messages[start : start + step], step):
+                    send_frames(sock, message)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                unreachable(peer, messages[start:])
+                return
+
+    def _client_gone(self, client: bytes, messages: list[list[Any]]) -> None:
+        # The client is gone; its results are in the task database.
+        log.info("%s: client %r gone, %d replies not delivered", self.name, client, len(messages))
+
+    def _not_connected(self, engine: bytes, messages: list[list[Any]]) -> None:
+        self.backlog[engine] = deque([engine, *m] for m in messages)
+        self._backlog_deadline[engine] = time.monotonic() + CONNECT_GRACE
 
     def _retry_backlog(self, now: float) -> None:
         for engine, held in list(self.backlog.items()):
@@ -392,7 +465,7 @@ class RoutingQueue(Component):
     # -- the policy -----------------------------------------------------------------------
 
     def route_request(
-        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+        self, frames: list[Any], header: dict[str, Any], metadata: dict[str, Any]
     ) -> None:
         raise NotImplementedError
 
@@ -451,28 +524,27 @@ class DirectQueue(PerEngineQueue):
         self.dead: set[bytes] = set()
 
     def route_request(
-        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+        self, frames: list[Any], header: dict[str, Any], metadata: dict[str, Any]
     ) -> None:
-        client, engine_frame = frames[0], frames[1]
-        engine = engine_frame.bytes
+        client, engine = frames[0], frames[1]
         msg_id = header["msg_id"]
-        self.monitor([REQUEST, engine_frame, client, *frames[2:8]])
+        self.monitor([REQUEST, engine, client, *frames[2:8]])
         if engine in self.engines:
-            self.outstanding[engine][msg_id] = Pending(client.bytes, header)
-            self.send_engine(engine_frame, client, frames[2:])
+            self.outstanding[engine][msg_id] = Pending(client, header)
+            self.send_engine(engine, client, frames[2:])
             return
         if engine not in self.dead:
             # Not announced to us yet, but an engine connects before it registers: if the
             # uuid is connected, the hub's notification is merely still on its way.
             try:
-                send_frames(self.engine_sock, [engine_frame, client, *frames[2:]])
+                send_frames(self.engine_sock, [engine, client, *frames[2:]])
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
             else:
-                self.outstanding.setdefault(engine, {})[msg_id] = Pending(client.bytes, header)
+                self.outstanding.setdefault(engine, {})[msg_id] = Pending(client, header)
                 return
-        self.error_reply(client.bytes, header, engine, "EngineError", "no such engine")
+        self.error_reply(client, header, engine, "EngineError", "no such engine")
 
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
         table = self.outstanding.get(engine)
@@ -497,10 +569,9 @@ class BroadcastScheduler(PerEngineQueue):
         super().__init__(name, **kwargs)
 
     def route_request(
-        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+        self, frames: list[Any], header: dict[str, Any], metadata: dict[str, Any]
     ) -> None:
-        client = frames[0]
-        client_id = client.bytes
+        client = client_id = frames[0]
         rest = frames[1:]
         targets = metadata.get("targets")
         by_id = {eid: uuid for uuid, eid in self.engines.items()}
@@ -623,10 +694,9 @@ class TaskScheduler(RoutingQueue):
     # -- arrival -----------------------------------------------------------------------
 
     def route_request(
-        self, frames: list[zmq.Frame], header: dict[str, Any], metadata: dict[str, Any]
+        self, frames: list[Any], header: dict[str, Any], metadata: dict[str, Any]
     ) -> None:
-        client = frames[0]
-        client_id = client.bytes
+        client = client_id = frames[0]
         msg_id = header["msg_id"]
         if msg_id in self.jobs:
             self.error_reply(client_id, header, b"", "ValueError", "duplicate msg_id")

@@ -29,7 +29,8 @@ from typing import Any
 import zmq
 
 from corral.transports.zmq import wire
-from corral.transports.zmq.frames import backend_recv, send_frames
+from corral.transports.zmq.batch import BatchError, is_batch, unbatch
+from corral.transports.zmq.frames import backend_recv, recv_frames, send_frames
 
 __all__ = [
     "Message",
@@ -37,6 +38,7 @@ __all__ = [
     "iso_now",
     "parse_message",
     "recv_message",
+    "recv_messages",
     "send_frames",
 ]
 
@@ -161,6 +163,63 @@ def recv_message(
         frame = recv(sock, 0, False)
         buffers.append(frame)
     return _verified(idents, parts, buffers, signer, replay)
+
+
+def recv_messages(
+    sock: zmq.Socket[Any],
+    signer: wire.Signer,
+    replay: wire.ReplayGuard | None,
+    flags: int = 0,
+) -> tuple[list[Message], list[wire.WireError]]:
+    """Receive one zmq message, which may be a batch: the verified messages it carries,
+    and why each of the others was dropped. ``zmq.Again`` (with ``NOBLOCK``) when empty.
+
+    One bad message in a batch costs only itself.
+    """
+    frames = recv_frames(sock, flags)
+    if len(frames) == 3 and is_batch(frames[0]):
+        try:
+            batch = unbatch(frames, 0, plain=True)
+        except BatchError as exc:
+            return [], [wire.MalformedMessage(str(exc))]
+    else:
+        batch = [frames]
+    messages: list[Message] = []
+    errors: list[wire.WireError] = []
+    for one in batch:
+        try:
+            messages.append(_parse_routed(one, signer, replay))
+        except wire.WireError as exc:
+            errors.append(exc)
+    return messages, errors
+
+
+def _parse_routed(
+    frames: list[Any], signer: wire.Signer, replay: wire.ReplayGuard | None
+) -> Message:
+    """Verify ``[*routing ids, DELIM, signature, four parts, buffers...]`` (zmq frames, or
+    bytes from a batch)."""
+    idents: list[bytes] = []
+    at = 0
+    n = len(frames)
+    while True:
+        if at >= n:
+            raise wire.MalformedMessage(f"no delimiter among {len(idents)} frames")
+        data = frames[at]
+        if data.__class__ is not bytes:
+            data = data.bytes
+        if data == _DELIM:
+            break
+        if len(idents) >= _MAX_IDENTS:
+            raise wire.MalformedMessage("too many routing frames")
+        idents.append(data)
+        at += 1
+    if n < at + 6:
+        raise wire.MalformedMessage(
+            f"expected signature and four JSON parts after the delimiter, got {n - at - 1}"
+        )
+    parts = [f if f.__class__ is bytes else f.bytes for f in frames[at + 1 : at + 6]]
+    return _verified(idents, parts, frames[at + 6 :], signer, replay)
 
 
 def parse_message(

@@ -53,9 +53,18 @@ import zmq
 from zmq.backend import zmq_poll
 
 from corral.transports.zmq import wire
+from corral.transports.zmq.batch import pack_batches
 
 from . import data as data_path
-from ._wire import Message, Replier, iso_now, parse_message, recv_message, send_frames
+from ._wire import (
+    Message,
+    Replier,
+    iso_now,
+    parse_message,
+    recv_message,
+    recv_messages,
+    send_frames,
+)
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection, open_endpoint
 
@@ -76,6 +85,10 @@ _CHANNELS = ("mux_engine", "control_engine", "task_engine", "broadcast_engine")
 _MONITOR_DELAY = 0.02
 #: ... or once this many are waiting.
 _MONITOR_BATCH = 128
+#: Replies to queued tasks wait at most this long (seconds) to leave as one batch ...
+_HOLD = 0.002
+#: ... or until this many are waiting.
+_HOLD_MAX = 64
 
 # Where a SIGINT must not raise: it would tear a multipart send or the output lock.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -259,6 +272,15 @@ class Engine:
         # Monitor copies of same-host calls waiting for their batch, and its deadline.
         self._monitor_queue: list[list[Any]] = []
         self._monitor_due: float | None = None
+        # Requests that came in one batch and still wait their turn, in order.
+        self._pending: deque[tuple[zmq.Socket[Any], Message]] = deque()
+        # Replies held to leave together (see _send), since when, and the lock that
+        # guards the queue sockets: the main thread holds it except while user code
+        # runs, when the flusher thread may take it to send replies held too long.
+        self._held: list[tuple[zmq.Socket[Any], list[Any]]] = []
+        self._held_since = 0.0
+        self._held_event = threading.Event()
+        self._sock_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Engine:
@@ -473,12 +495,23 @@ class Engine:
             poller.register(sock, _POLLIN)
         self._poller = poller
         inbox = self._inbox
+        pending = self._pending
         serve = self._serve_one
+        self._sock_lock.acquire()
+        flusher = threading.Thread(
+            target=self._flush_late, name="corral-engine-replies", daemon=True
+        )
+        flusher.start()
         try:
             while self._stop_reason is None:
                 if inbox:
                     self._serve_control(inbox.popleft())
                     continue
+                if pending:
+                    self._serve_pending()
+                    continue
+                if self._held:
+                    self._flush_held()  # nothing more to run now: let them go
                 due = self._monitor_due
                 if due is None:
                     events = poller.poll()
@@ -505,14 +538,19 @@ class Engine:
                         if (
                             n >= _BATCH
                             or inbox
+                            or pending
                             or self._stop_reason is not None
                             or not zmq_poll(items, 0)
                         ):
                             break
-                    if inbox or self._stop_reason is not None:
+                    if inbox or pending or self._stop_reason is not None:
                         break
         finally:
-            self.close()
+            try:
+                self.close()
+            finally:
+                self._held_event.set()  # the flusher sees _closed and ends
+                self._sock_lock.release()
         return self.exit_code
 
     def _drain_wake(self) -> None:
@@ -540,8 +578,26 @@ class Engine:
             return None
 
     def _serve_one(self, sock: zmq.Socket[Any]) -> None:
-        msg = self._receive(sock, "a queue")
-        if msg is not None:
+        """Serve the next zmq message on a queue socket: one request, or a batch of them
+        (whose rest waits in ``_pending`` if control or a stop cuts in)."""
+        try:
+            messages, errors = recv_messages(sock, self.signer, self.replay, _NOBLOCK)
+        except zmq.Again:
+            return
+        for exc in errors:
+            self.dropped += 1
+            log.warning("dropped a bad message on a queue: %s", exc)
+        if len(messages) == 1:
+            self._serve_message(sock, messages[0])
+        elif messages:
+            self._pending.extend((sock, msg) for msg in messages)
+            self._serve_pending()
+
+    def _serve_pending(self) -> None:
+        pending = self._pending
+        inbox = self._inbox
+        while pending and not inbox and self._stop_reason is None:
+            sock, msg = pending.popleft()
             self._serve_message(sock, msg)
 
     def _serve_message(self, sock: Destination, msg: Message) -> None:
@@ -682,8 +738,56 @@ class Engine:
         )
         if sock.__class__ is LocalConnection:
             self._send_local(sock, msg, frames)
-        else:
-            send_frames(sock, frames)
+            return
+        # A reply that is all bytes cannot change: it may wait (up to _HOLD) for the
+        # replies to the next queued tasks and leave with them as one batch. Any other
+        # frame is a view onto memory the next task may write: send now, in order.
+        held = self._held
+        for frame in frames:
+            if frame.__class__ is not bytes:
+                if held:
+                    self._flush_held()
+                send_frames(sock, frames)
+                return
+        now = time.monotonic()
+        if not held:
+            self._held_since = now
+            self._held_event.set()
+        held.append((sock, frames))
+        if len(held) >= _HOLD_MAX or now - self._held_since >= _HOLD:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        """Send the held replies, each queue socket's as one batch (caller holds the lock)."""
+        held, self._held = self._held, []
+        self._held_event.clear()
+        by_sock: dict[Any, list[list[Any]]] = {}
+        for sock, frames in held:
+            by_sock.setdefault(sock, []).append(frames)
+        for sock, replies in by_sock.items():
+            for message in pack_batches((), replies, _HOLD_MAX):
+                send_frames(sock, message)
+
+    def _flush_late(self) -> None:
+        """The flusher thread: replies held while a long task runs go out after _HOLD.
+
+        It can take the socket lock only while the main thread runs user code, so the
+        sockets are never used by two threads at once.
+        """
+        event, lock = self._held_event, self._sock_lock
+        while True:
+            event.wait()
+            if self._closed:
+                return
+            time.sleep(_HOLD)
+            with lock:
+                if self._closed:
+                    return
+                if self._held and time.monotonic() - self._held_since >= _HOLD:
+                    try:
+                        self._flush_held()
+                    except zmq.ZMQError as exc:
+                        log.warning("could not send held replies: %s", exc)
 
     def _settle(self) -> None:
         """Wait until earlier zero-copy replies no longer read user memory."""
@@ -793,11 +897,14 @@ class Engine:
                 and func.__globals__ is not self.user_ns
             ):
                 func = self._rebind(func)
+            lock = self._sock_lock
+            lock.release()  # the flusher may send held replies while this runs
             self._executing = True
             try:
                 result = func(*args, **kwargs)
             finally:
                 self._executing = False
+                lock.acquire()
             buffers = self._serialize(result)
             content = self._ok_apply
             status = "ok"
@@ -847,17 +954,24 @@ class Engine:
         iopub.publish("status", {"execution_state": "busy"}, msg.header)
         sent = iopub.sent
         interp = self.interpreter
+        lock = self._sock_lock
+        lock.release()  # the flusher may send held replies while this runs
         self._executing = True
         try:
-            result = interp.execute(
-                code,
-                silent=silent,
-                store_history=store_history,
-                user_expressions=user_expressions if isinstance(user_expressions, dict) else {},
-                allow_stdin=False,
-            )
+            try:
+                result = interp.execute(
+                    code,
+                    silent=silent,
+                    store_history=store_history,
+                    user_expressions=(
+                        user_expressions if isinstance(user_expressions, dict) else {}
+                    ),
+                    allow_stdin=False,
+                )
+            finally:
+                self._executing = False
+                lock.acquire()
         except KeyboardInterrupt:  # landed outside the interpreter's own handler
-            self._executing = False
             reply: dict[str, Any] = {
                 "status": "error",
                 "execution_count": interp.execution_count,
@@ -866,7 +980,6 @@ class Engine:
                 "traceback": [],
             }
         else:
-            self._executing = False
             reply = {"status": result.status, "execution_count": result.execution_count}
             if result.status == "ok":
                 reply["payload"] = result.payload or []
