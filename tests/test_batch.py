@@ -11,6 +11,7 @@ import zmq
 
 from corral.transports.zmq.batch import (
     BATCH,
+    MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
     MAX_PACKED_MESSAGE,
     BatchError,
@@ -64,6 +65,15 @@ def test_large_message_goes_alone_in_its_place_zero_copy() -> None:
     assert unbatch(packed[0], 0) == small[:2]
     assert packed[1] == big and packed[1][-1] is big_buffer  # not joined: not copied
     assert unbatch(packed[2], 0) == small[2:]
+
+
+def test_batch_bodies_stay_under_the_copy_threshold() -> None:
+    messages = [
+        [b"<IDS|MSG>", b"sig", b"{}", b"{}", b"{}", b"{}", b"%05d" % i * 2000] for i in range(20)
+    ]
+    packed = pack_batches((), messages)
+    assert all(len(p[2]) <= MAX_BATCH_BYTES for p in packed) and len(packed) > 1
+    assert [m for p in packed for m in unbatch(p, 0)] == messages
 
 
 def test_zmq_frames_pack_like_bytes() -> None:

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 __all__ = [
     "BATCH",
+    "MAX_BATCH_BYTES",
     "MAX_BATCH_MESSAGES",
     "MAX_PACKED_MESSAGE",
     "BatchError",
@@ -49,7 +51,11 @@ BATCH = b"<IDS|BATCH>"
 #: A batch never holds more messages than this (senders cap theirs far below it).
 MAX_BATCH_MESSAGES = 4096
 #: Messages larger than this (all frames together) are sent on their own.
-MAX_PACKED_MESSAGE = 64 * 1024
+MAX_PACKED_MESSAGE = 16 * 1024
+#: A batch's body stays under this many bytes: pyzmq sends a bytes frame of 64 KiB or
+#: more zero-copy even when asked to copy, and releasing it then wakes pyzmq's garbage
+#: collector thread for every batch (that cost the task scheduler a third of its time).
+MAX_BATCH_BYTES = 60 * 1024
 
 _BATCH_LEN = len(BATCH)
 
@@ -75,46 +81,48 @@ def is_batch(frame: Any) -> bool:
     return (frame if isinstance(frame, bytes) else frame.bytes) == BATCH
 
 
-def _size(frame: Any) -> int:
-    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
-
-
 def pack_batches(
     prefix: Sequence[Any], messages: Sequence[Sequence[Any]], limit: int = 64
 ) -> list[list[Any]]:
     """The zmq messages that carry ``messages`` (each a frame list) behind ``prefix``, in
     order: batches of up to ``limit`` small messages, and large ones on their own.
 
-    A message alone is sent as ``prefix + message``: byte for byte what it would have
-    been without batching.
+    Frames are bytes, ``zmq.Frame`` or 1-D byte memoryviews (pickle's out-of-band
+    buffers): anything whose ``len()`` is its size in bytes. A message alone is sent as
+    ``prefix + message``: byte for byte what it would have been without batching.
     """
     out: list[list[Any]] = []
     run: list[Sequence[Any]] = []
-    run_sizes: list[list[int]] = []
+    counts: list[int] = []
+    run_bytes = 0
 
     def close_run() -> None:
         if len(run) == 1:
             out.append([*prefix, *run[0]])
         elif run:
-            counts: list[int] = []
-            for sizes in run_sizes:
-                counts.append(len(sizes))
-                counts += sizes
             index = struct.pack(f"<{len(counts)}I", *counts)
-            out.append([*prefix, BATCH, index, b"".join([f for m in run for f in m])])
+            out.append([*prefix, BATCH, index, b"".join(chain.from_iterable(run))])
         run.clear()
-        run_sizes.clear()
+        counts.clear()
 
     for message in messages:
-        sizes = [_size(f) for f in message]
-        if sum(sizes) > MAX_PACKED_MESSAGE:
+        sizes = list(map(len, message))
+        size = sum(sizes)
+        if size > MAX_PACKED_MESSAGE:
             close_run()
+            run_bytes = 0
             out.append([*prefix, *message])
             continue
+        if run_bytes + size > MAX_BATCH_BYTES:
+            close_run()
+            run_bytes = 0
         run.append(message)
-        run_sizes.append(sizes)
+        run_bytes += size
+        counts.append(len(sizes))
+        counts += sizes
         if len(run) >= limit:
             close_run()
+            run_bytes = 0
     close_run()
     return out
 

@@ -197,7 +197,9 @@ class ClientIO:
                     outbox.popleft()
                 if len(batch) > 1:
                     for message in pack_batches((), batch, SEND_BATCH):
-                        self._send_now(channel, message, copy)
+                        # A batch's body is fresh bytes under 64 KiB: copied, never
+                        # tracked; a large message on its own keeps the run's flag.
+                        self._send_now(channel, message, copy or is_batch(message[0]))
                     continue
             self._send_now(channel, payload, copy)
         if not self._drained.is_set():
