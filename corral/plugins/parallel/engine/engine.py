@@ -1219,6 +1219,11 @@ class Engine:
         if hasattr(self, "iopub"):
             self.iopub.close()
         if self._connected:
+            if self._held:  # replies to tasks that ran: out before we unregister
+                try:
+                    self._flush_held()
+                except zmq.ZMQError:
+                    pass
             self.heartbeat.stop()
             if self.id is not None and self.exit_code == 0:
                 try:
