@@ -6,17 +6,22 @@ binds its sockets on a context it is given and returns their ports, then
 runs as a forked process (its own context) or as a thread (a shared context): the
 component cannot tell, which keeps both modes honest.
 
-The control pipe is a :func:`multiprocessing.Pipe` end. Its file descriptor sits in the
+The control pipe is one end of a :func:`control_pipe`. Its file descriptor sits in the
 component's poller next to the sockets, so stopping needs no signal handler, no timeout
 polling and no extra thread; and when the supervising process dies the pipe reads EOF, so
-an orphaned component stops on its own.
+an orphaned component stops on its own. It is two OS pipes carrying length-prefixed
+pickles, with the few methods of a :func:`multiprocessing.Pipe` end the controller uses:
+importing :mod:`multiprocessing` cost every cluster start about 10 ms.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from multiprocessing.connection import Connection
+import math
+import os
+import pickle
+import select
 from typing import Any
 
 import zmq
@@ -26,11 +31,14 @@ from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 __all__ = [
     "NOBLOCK",
     "Component",
+    "ControlPipe",
     "bind_random",
+    "control_pipe",
     "make_socket",
     "read_control",
     "recv_frames",
     "send_frames",
+    "wait_readable",
 ]
 
 log = logging.getLogger("corral.plugins.parallel.controller")
@@ -91,7 +99,85 @@ def bind_random(sock: zmq.Socket[Any], transport: str, ip: str) -> int:
     raise ValueError(f"transport {transport!r} is not supported by the controller (use tcp)")
 
 
-def read_control(conn: Connection) -> list[Any] | None:
+def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Those of ``fds`` readable (or at EOF) within ``timeout`` seconds (None: no limit).
+
+    ``poll``, not ``select``: a controller in threads mode lives in someone else's process,
+    where descriptors may be numbered past select's limit of 1024.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return [fd for fd, _ in poller.poll(ms)]
+
+
+class ControlPipe:
+    """One end of a two-way control pipe between a supervisor and a component.
+
+    Each message is a 4-byte length and a pickle, written whole and read exactly, so
+    nothing is ever buffered here: the descriptor's readiness (what :meth:`fileno` gives a
+    poller) is the whole truth about what is waiting. The messages are a few small Python
+    values (ports, the cluster description, :data:`STOP`) between processes of one
+    controller, so pickle is safe, and it is imported by pyzmq anyway.
+    """
+
+    __slots__ = ("_rfd", "_wfd")
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self._rfd = rfd
+        self._wfd = wfd
+
+    def fds(self) -> tuple[int, int]:
+        """Both descriptors: a forked sibling must close them, or it holds the pipe open."""
+        return self._rfd, self._wfd
+
+    def fileno(self) -> int:
+        """The descriptor to poll: readable when a message (or EOF) waits."""
+        if self._rfd < 0:
+            raise OSError("the control pipe is closed")
+        return self._rfd
+
+    def send(self, obj: Any) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        while view:
+            view = view[os.write(self._wfd, view) :]
+
+    def recv(self) -> Any:
+        """The next message; blocks until it is there. ``EOFError`` once the other end is
+        closed (as with multiprocessing)."""
+        return pickle.loads(self._read(int.from_bytes(self._read(4), "big")))
+
+    def _read(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self.fileno(), size)
+            if not chunk:
+                raise EOFError("the control pipe was closed at the other end")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether a message (or EOF) waits, after up to ``timeout`` seconds (None: no limit)."""
+        return bool(wait_readable([self.fileno()], timeout))
+
+    def close(self) -> None:
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._rfd = self._wfd = -1
+
+
+def control_pipe() -> tuple[ControlPipe, ControlPipe]:
+    """Two connected ends: what one sends the other receives."""
+    a_reads, b_writes = os.pipe()
+    b_reads, a_writes = os.pipe()
+    return ControlPipe(a_reads, a_writes), ControlPipe(b_reads, b_writes)
+
+
+def read_control(conn: ControlPipe) -> list[Any] | None:
     """Messages waiting on the control pipe, or None if the component must stop."""
     out: list[Any] = []
     try:
@@ -115,7 +201,7 @@ class Component:
         """Create and bind this component's sockets; ``{cluster file field: port}``."""
         raise NotImplementedError
 
-    def serve(self, control: Connection) -> None:
+    def serve(self, control: ControlPipe) -> None:
         """Run until ``control`` says stop (or closes); then close every socket."""
         raise NotImplementedError
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import zmq
 
-from .base import Component, bind_random, make_socket, read_control
+from .base import Component, ControlPipe, bind_random, make_socket, read_control
 
 __all__ = ["IopubProxy"]
 
@@ -55,12 +54,12 @@ class IopubProxy(Component):
             self.xpub.close(linger=0)
             self._steer.close(linger=0)
 
-    def serve(self, control: Connection) -> None:
+    def serve(self, control: ControlPipe) -> None:
         """Run the proxy on a thread; this one waits on the control pipe and then steers it off."""
         proxy = threading.Thread(target=self._proxy, name="corral-iopub-proxy", daemon=True)
         proxy.start()
         while True:
-            wait([control])
+            control.poll(None)
             if read_control(control) is None:
                 break
         # The steering socket stays open until the proxy is gone: closing it at once can

@@ -7,8 +7,11 @@ the ports back through a pipe; the hub goes first because the queues connect to 
 ``monitor`` and ``notification``. With every port known the parent hands the hub the
 whole cluster description, writes the cluster file (so whoever reads it can connect at
 once) and then only supervises: a ``shutdown_request`` ends the hub, SIGTERM/SIGINT end the
-parent, a crash ends a child, and each of these stops every component. Where ``fork`` is
-unavailable the children are spawned instead (slower: each imports afresh).
+parent, a crash ends a child, and each of these stops every component. Children are made
+with a bare :func:`os.fork` and talk to the parent over a :func:`.base.control_pipe`:
+importing :mod:`multiprocessing` for this cost every cluster start about 10 ms. Where
+``fork`` is unavailable they are spawned through :mod:`multiprocessing` instead (slower
+anyway: each imports afresh).
 
 Threads mode runs the same components as threads of the calling process, each with its
 own sockets on one shared context: no fork, handy for tests and notebooks.
@@ -21,20 +24,16 @@ once the cluster file is written. :func:`start_controller` is the Python API for
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import multiprocessing
 import os
-import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection, wait
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
 
@@ -45,11 +44,14 @@ from ..clusterfile import (
     read_cluster_file,
     write_cluster_file,
 )
-from .base import STOP, Component
+from .base import STOP, Component, ControlPipe, control_pipe, wait_readable
 from .hub import Hub
 from .iopub import IopubProxy
 from .queues import make_queue
 from .taskdb import open_taskdb
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = ["ControllerConfig", "ControllerHandle", "main", "start_controller"]
 
@@ -71,28 +73,41 @@ def _new_cluster_id() -> str:
     return f"{os.getpid()}-{os.urandom(4).hex()}"
 
 
-@dataclasses.dataclass
 class ControllerConfig:
     """Everything a controller component needs; picklable, so spawned children get it too.
 
-    A stdlib dataclass, not attrs: importing attrs would add 17 ms to every cluster start.
+    A plain class, not attrs nor a dataclass: importing attrs would add 17 ms to every
+    cluster start, dataclasses (with inspect) 7 ms. ``cluster_id`` and ``key`` default to
+    new ones.
     """
 
-    profile: str = "default"
-    cluster_id: str = dataclasses.field(default_factory=_new_cluster_id)
-    key: bytes = dataclasses.field(default_factory=new_key)
-    signature_scheme: str = "hmac-sha256"
-    transport: str = "tcp"
-    ip: str = "127.0.0.1"
-    db: str = "sqlite"
-    db_path: str | None = None
-    store_buffers: bool = True
-    hb_period: float = 1.0
-    hb_misses: int = 2
-    log_level: str = "warning"
-
-    def __post_init__(self) -> None:
-        self.key = _to_bytes(self.key)
+    def __init__(
+        self,
+        profile: str = "default",
+        cluster_id: str | None = None,
+        key: bytes | str | None = None,
+        signature_scheme: str = "hmac-sha256",
+        transport: str = "tcp",
+        ip: str = "127.0.0.1",
+        db: str = "sqlite",
+        db_path: str | None = None,
+        store_buffers: bool = True,
+        hb_period: float = 1.0,
+        hb_misses: int = 2,
+        log_level: str = "warning",
+    ) -> None:
+        self.profile = profile
+        self.cluster_id = cluster_id or _new_cluster_id()
+        self.key = _to_bytes(new_key() if key is None else key)
+        self.signature_scheme = signature_scheme
+        self.transport = transport
+        self.ip = ip
+        self.db = db
+        self.db_path = db_path
+        self.store_buffers = store_buffers
+        self.hb_period = hb_period
+        self.hb_misses = hb_misses
+        self.log_level = log_level
         if self.db not in ("sqlite", "memory", "none"):
             raise ValueError(f"db must be sqlite, memory or none, not {self.db!r}")
         if self.hb_period <= 0 or self.hb_misses < 1:
@@ -101,6 +116,10 @@ class ControllerConfig:
             from corral.core.profiles import profile_dir
 
             self.db_path = str(profile_dir(self.profile) / "db" / f"tasks-{self.cluster_id}.sqlite")
+
+    def __repr__(self) -> str:  # without the key: a repr ends up in logs
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "key")
+        return f"ControllerConfig({fields})"
 
     def cluster_info(self, ports: dict[str, int]) -> ClusterInfo:
         return ClusterInfo(
@@ -166,14 +185,14 @@ def _component_main(
     name: str,
     cfg: ControllerConfig,
     hub_ports: dict[str, int],
-    conn: Connection,
+    conn: ControlPipe,
     inherited: list[int],
 ) -> None:
     """A child process: bind, report the ports, serve until told to stop.
 
-    ``inherited`` are the supervisor's ends of its earlier children's pipes, which a forked
-    child holds too: closed here, or a supervisor's death would never reach those
-    children as EOF (a sibling would still hold their pipe open).
+    ``inherited`` are the supervisor's descriptors for its earlier children (and for this
+    one's own pipe), which a forked child holds too: closed here, or a supervisor's death
+    would never reach those children as EOF (a sibling would still hold their pipe open).
     """
     for fd in inherited:
         try:
@@ -197,7 +216,7 @@ def _component_main(
         ctx.term()
 
 
-def _await_ports(name: str, conn: Connection, deadline: float) -> dict[str, int]:
+def _await_ports(name: str, conn: ControlPipe, deadline: float) -> dict[str, int]:
     if not conn.poll(max(0.0, deadline - time.monotonic())):
         raise RuntimeError(f"controller component {name} did not start in time")
     try:
@@ -209,28 +228,99 @@ def _await_ports(name: str, conn: Connection, deadline: float) -> dict[str, int]
     return dict(value)
 
 
+def _exit_child(name: str, run: Callable[[], None]) -> NoReturn:
+    """In a forked child: ``run()``, then leave at once with its exit code (1 if it
+    raised, after logging why). Never returns: the atexit handlers and finalizers this
+    child inherited are the parent's to run, as with multiprocessing's fork."""
+    code = 1
+    try:
+        run()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        log.exception("%s failed", name)
+    finally:
+        _flush_std_streams()
+        os._exit(code)
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # None, or closed
+            pass
+
+
+class _Forked:
+    """A child process running a function: the parts of ``multiprocessing.Process`` the
+    supervisor uses (``pid``, ``name``, ``sentinel``, ``join``, ``is_alive``, ``kill``,
+    ``exitcode``, ``close``) over a bare :func:`os.fork`.
+
+    The sentinel is the read end of a pipe whose only write end the child holds until it
+    exits: it reads EOF (so polls as readable) exactly when the child is gone.
+    """
+
+    def __init__(self, name: str, run: Callable[[], None]) -> None:
+        self.name = name
+        self.exitcode: int | None = None
+        _flush_std_streams()  # or the child would write the parent's buffered output again
+        sentinel, alive = os.pipe()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            os.close(sentinel)
+            os.close(alive)
+            raise
+        if self.pid == 0:
+            os.close(sentinel)
+            _exit_child(name, run)
+        os.close(alive)
+        self.sentinel = sentinel
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the child to exit; reap it if it has."""
+        if self.exitcode is None and wait_readable([self.sentinel], timeout):
+            _, status = os.waitpid(self.pid, 0)
+            self.exitcode = os.waitstatus_to_exitcode(status)
+
+    def is_alive(self) -> bool:
+        self.join(0)
+        return self.exitcode is None
+
+    def kill(self) -> None:
+        if self.exitcode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+
 class _Children:
     """The component processes of one controller, and how to stop them."""
 
     def __init__(self, cfg: ControllerConfig) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        self.mp = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.cfg = cfg
-        self.procs: dict[str, Any] = {}
-        self.conns: dict[str, Connection] = {}
+        self.procs: dict[str, Any] = {}  # _Forked, or multiprocessing's Process
+        self.conns: dict[str, ControlPipe] = {}
+        #: every descriptor this process holds for its children: a new child closes them
+        self.held: list[int] = []
 
     def start(self, name: str, hub_ports: dict[str, int]) -> None:
-        parent_end, child_end = self.mp.Pipe()
-        forked = self.mp.get_start_method() == "fork"
-        inherited = [c.fileno() for c in self.conns.values()] + [parent_end.fileno()]
-        proc = self.mp.Process(
-            target=_component_main,
-            args=(name, self.cfg, hub_ports, child_end, inherited if forked else []),
-            name=f"corral-controller-{name}",
-            daemon=True,
+        if not hasattr(os, "fork"):
+            self.procs[name], self.conns[name] = _spawn(name, self.cfg, hub_ports)
+            return
+        parent_end, child_end = control_pipe()
+        held = [*self.held, *parent_end.fds()]
+        proc = _Forked(
+            f"corral-controller-{name}",
+            lambda: _component_main(name, self.cfg, hub_ports, child_end, held),
         )
-        proc.start()
         child_end.close()
+        self.held += [*parent_end.fds(), proc.sentinel]
         self.procs[name] = proc
         self.conns[name] = parent_end
 
@@ -260,8 +350,27 @@ class _Children:
                 log.warning("controller component %s did not stop; killing it", proc.name)
                 proc.kill()
                 proc.join()
+            proc.close()
         for conn in self.conns.values():
             conn.close()
+
+
+def _spawn(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> tuple[Any, Any]:
+    """Where there is no fork: a spawned process and its control pipe, both from
+    :mod:`multiprocessing` (imported only here; this path is slow anyway)."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")
+    parent_end, child_end = mp.Pipe()
+    proc = mp.Process(
+        target=_component_main,
+        args=(name, cfg, hub_ports, child_end, []),
+        name=f"corral-controller-{name}",
+        daemon=True,
+    )
+    proc.start()
+    child_end.close()
+    return proc, parent_end
 
 
 def run_processes(cfg: ControllerConfig, *, announce: bool = True) -> int:
@@ -287,7 +396,7 @@ def run_processes(cfg: ControllerConfig, *, announce: bool = True) -> int:
     code = 0
     try:
         sentinels = {p.sentinel: name for name, p in children.procs.items()}
-        ready = wait([wake_r, *sentinels])
+        ready = wait_readable([wake_r, *sentinels], None)
         if wake_r in ready:
             log.info("controller stopping on a signal")
         else:
@@ -321,7 +430,7 @@ class _Threads:
         self.cfg = cfg
         self.ctx = zmq.Context()
         self.components: dict[str, Component] = {}
-        self.conns: dict[str, Connection] = {}
+        self.conns: dict[str, ControlPipe] = {}
         self.threads: dict[str, threading.Thread] = {}
         self.done = threading.Event()
         self._stop_lock = threading.Lock()
@@ -344,7 +453,7 @@ class _Threads:
         info = self.cfg.cluster_info(ports)
         hub.configure(("cluster", info.to_dict()))
         for name, component in self.components.items():
-            parent_end, child_end = multiprocessing.Pipe()
+            parent_end, child_end = control_pipe()
             self.conns[name] = parent_end
             thread = threading.Thread(
                 target=self._serve,
@@ -357,7 +466,7 @@ class _Threads:
         write_cluster_file(self.path, info)
         return info
 
-    def _serve(self, name: str, component: Component, conn: Connection) -> None:
+    def _serve(self, name: str, component: Component, conn: ControlPipe) -> None:
         try:
             component.serve(conn)
         except Exception:
@@ -440,6 +549,8 @@ class ControllerHandle:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the controller has stopped; False on timeout."""
         if self._process is not None:
+            import subprocess
+
             try:
                 self._process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -451,6 +562,8 @@ class ControllerHandle:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every component (engines are not asked to shut down; see shutdown_request)."""
         if self._process is not None:
+            import subprocess
+
             if self._process.poll() is None:
                 self._process.terminate()
                 try:
@@ -528,23 +641,23 @@ def start_controller(
     ]
     if not store_buffers:
         argv.append("--no-store-buffers")
+    import subprocess  # here: the controller's own processes import this module too
+
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     line = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                proc.kill()
-                proc.wait()
-                raise RuntimeError("the controller did not start in time")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                proc.wait()
-                raise RuntimeError(f"the controller exited with {proc.returncode} while starting")
-            line += chunk
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not wait_readable([proc.stdout.fileno()], left):
+            proc.kill()
+            proc.wait()
+            raise RuntimeError("the controller did not start in time")
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            proc.wait()
+            raise RuntimeError(f"the controller exited with {proc.returncode} while starting")
+        line += chunk
     proc.stdout.close()
     ready = json.loads(line)
     return ControllerHandle(
@@ -609,6 +722,6 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(
         target=lambda: (threads.done.wait(), os.write(done_w, b"x")), daemon=True
     ).start()
-    wait([wake_r, done_r])
+    wait_readable([wake_r, done_r], None)
     threads.stop()
     return 0

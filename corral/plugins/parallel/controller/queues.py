@@ -35,7 +35,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from multiprocessing.connection import Connection
 from typing import Any
 
 import zmq
@@ -48,6 +47,7 @@ from corral.transports.zmq.session import Session
 from .base import (
     NOBLOCK,
     Component,
+    ControlPipe,
     bind_random,
     drain,
     loads_dict,
@@ -176,7 +176,7 @@ class RoutingQueue(Component):
 
     # -- the loop ---------------------------------------------------------------------
 
-    def serve(self, control: Connection) -> None:
+    def serve(self, control: ControlPipe) -> None:
         poller = zmq.Poller()
         client, engine, notify = self.client_sock, self.engine_sock, self.notify_sock
         for sock in (client, engine, notify):

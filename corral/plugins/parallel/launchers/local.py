@@ -27,7 +27,6 @@ import json
 import os
 import runpy
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -62,6 +61,10 @@ class LocalProcess:
         env: dict[str, str],
         on_exit: object = None,
     ) -> None:
+        # Imported here, not at the top: every engine and controller process runs this
+        # module as its bootstrap and never starts a subprocess (2 ms of each start).
+        import subprocess
+
         self.log_file = log_file
         self.pid_file = pid_file
         self.exited = threading.Event()
