@@ -170,8 +170,9 @@ def test_a_burst_leaves_in_batches_and_every_task_is_answered(rc: Client) -> Non
         gate.set()
     assert [r.get(timeout=30) for r in balanced] == [2 * i for i in range(100)]
     assert [r.get(timeout=30) for r in on_one] == [-2 * i for i in range(30)]
-    # 100 to the task scheduler (batches of up to 64) and 30 to the mux: 3 zmq messages.
-    assert io.sent - sent_before == 3
+    # 130 requests in a handful of zmq messages (batches hold up to 64 requests, and
+    # under 60 KiB).
+    assert 3 <= io.sent - sent_before <= 8
     assert {r.metadata["engine_id"] for r in on_one} == {rc.ids[0]}
 
 
