@@ -43,8 +43,11 @@ from corral.plugins.parallel.launchers.base import (
 __all__ = ["LocalControllerLauncher", "LocalEngineSetLauncher", "LocalProcess"]
 
 BOOT_MODULE = "corral.plugins.parallel.launchers.local"
-#: Modules an engine needs anyway; imported before the cluster file exists.
-ENGINE_WARM = ("zmq", "cloudpickle", "corral.core.serialize", "corral.transports.zmq.wire")
+#: Modules an engine needs anyway; imported before the cluster file exists. Not
+#: cloudpickle: only a function sent by value needs it (unpickling imports it then), and
+#: its 19 ms per engine, with dataclasses and inspect, slowed every cluster start on 2
+#: cores, where the engines' imports compete with the controller's.
+ENGINE_WARM = ("zmq", "corral.core.serialize", "corral.transports.zmq.wire")
 PARENT_ENV = "CORRAL_PARENT_PID"
 
 
