@@ -499,6 +499,31 @@ def _data_request(
     return got[1]
 
 
+def test_pipelined_small_requests_on_the_data_path_each_get_a_reply(
+    engine: FakeController,
+) -> None:
+    """The data socket is a ROUTER: its replies must never be held for a batch (a batch's
+    first frame would be taken for the client's id and the replies lost)."""
+    ctx = zmq.Context.instance()
+    sock = _data_client(engine, ctx)
+    try:
+        sent = []
+        for i in range(5):
+            msg = engine.session.send(
+                sock, "push_request", {"keys": [f"v{i}"]}, buffers=serialize({f"v{i}": i})
+            )
+            sent.append(msg["msg_id"])
+        got = []
+        for _ in sent:
+            assert sock.poll(int(TIMEOUT * 1000)), f"only {len(got)} of {len(sent)} replies"
+            parsed = engine.session.parse(sock.recv_multipart(copy=False))
+            assert parsed is not None
+            got.append(parsed[1]["parent_header"]["msg_id"])
+        assert got == sent
+    finally:
+        sock.close(linger=0)
+
+
 def test_push_pull_data_path(engine: FakeController) -> None:
     ctx = zmq.Context.instance()
     sock = _data_client(engine, ctx)

@@ -315,6 +315,10 @@ class Engine:
         self.control = self.queues["control_engine"]
         self.task = self.queues["task_engine"]
         self.broadcast = self.queues["broadcast_engine"]
+        #: The sockets whose replies may be held and batched: DEALERs to a queue, where
+        #: a batch's first frame is the marker. (The data socket is a ROUTER: its first
+        #: frame names the client, so its replies always go alone, at once.)
+        self._batching = {self.mux, self.task, self.broadcast}
         self.iopub_socket = ctx.socket(zmq.PUB)
         self.iopub_socket.linger = _LINGER_MS
         self.iopub_socket.sndhwm = 100_000
@@ -505,6 +509,8 @@ class Engine:
         try:
             while self._stop_reason is None:
                 if inbox:
+                    if self._held:  # answers to earlier tasks go first
+                        self._flush_held()
                     self._serve_control(inbox.popleft())
                     continue
                 if pending:
@@ -743,6 +749,9 @@ class Engine:
         # replies to the next queued tasks and leave with them as one batch. Any other
         # frame is a view onto memory the next task may write: send now, in order.
         held = self._held
+        if sock not in self._batching:
+            send_frames(sock, frames)
+            return
         for frame in frames:
             if frame.__class__ is not bytes:
                 if held:
@@ -780,17 +789,25 @@ class Engine:
             if self._closed:
                 return
             time.sleep(_HOLD)
-            with lock:
+            # Between tasks the main thread flushes (when due, before a long wait, and
+            # before it idles): try only while user code runs, and never queue on the
+            # lock (that would hand it over at every task of a burst).
+            if not self._executing or not lock.acquire(blocking=False):
+                continue
+            try:
                 if self._closed:
                     return
                 if self._held and time.monotonic() - self._held_since >= _HOLD:
-                    try:
-                        self._flush_held()
-                    except zmq.ZMQError as exc:
-                        log.warning("could not send held replies: %s", exc)
+                    self._flush_held()
+            except zmq.ZMQError as exc:
+                log.warning("could not send held replies: %s", exc)
+            finally:
+                lock.release()
 
     def _settle(self) -> None:
         """Wait until earlier zero-copy replies no longer read user memory."""
+        if self._held:  # this may take long: held replies must not wait for it
+            self._flush_held()
         pending = [t for t in self._in_flight if not t.done]
         self._in_flight = []
         for tracker in pending:
@@ -898,9 +915,12 @@ class Engine:
             ):
                 func = self._rebind(func)
             lock = self._sock_lock
-            lock.release()  # the flusher may send held replies while this runs
-            self._executing = True
             try:
+                # The flusher may send held replies while user code runs. _on_sigint
+                # raises only while _executing, so no KeyboardInterrupt can come
+                # between the release and the try, or keep the finally from the lock.
+                lock.release()
+                self._executing = True
                 result = func(*args, **kwargs)
             finally:
                 self._executing = False
@@ -955,10 +975,10 @@ class Engine:
         sent = iopub.sent
         interp = self.interpreter
         lock = self._sock_lock
-        lock.release()  # the flusher may send held replies while this runs
-        self._executing = True
         try:
             try:
+                lock.release()  # see _apply: the flusher may send held replies meanwhile
+                self._executing = True
                 result = interp.execute(
                     code,
                     silent=silent,
