@@ -32,6 +32,7 @@ from corral.plugins.parallel.clusterfile import (
 )
 from corral.plugins.parallel.controller import ControllerHandle, start_controller
 from corral.transports.zmq import wire
+from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,6 +256,36 @@ def test_load_balancing_by_outstanding(cluster: Cluster) -> None:
     assert b.nothing("task_engine", 0.05)
     sched = cluster.component("task")
     assert settled(sched) == 0 and all(v == 0 for v in sched.load.values())
+
+
+def test_a_batch_of_requests_is_routed_whole_even_with_odd_metadata(cluster: Cluster) -> None:
+    """A client's batch: every request in it reaches an engine and is answered, even one
+    whose timeout no float can hold (it used to raise, which lost the rest of the batch)."""
+    (a, b), client = engines_and_client(cluster)
+    base = {"targets": None, "after": [], "follow": [], "retries": 0}
+    msgs = [
+        client.session.msg("apply_request", {}, metadata={**base, "timeout": timeout})
+        for timeout in (None, 10**400, 5.0)
+    ]
+    frames = [wire.serialize(m, client.session.signer) for m in msgs]
+    (batch,) = pack_batches((), frames)
+    client.socks["task"].send_multipart(batch)
+    seen = set()
+    poller = zmq.Poller()
+    for eng in (a, b):
+        poller.register(eng.socks["task_engine"], zmq.POLLIN)
+    while len(seen) < 3:
+        ready = dict(poller.poll(20_000))
+        assert ready, f"only {len(seen)} of 3 requests reached an engine"
+        for eng in (a, b):
+            if eng.socks["task_engine"] in ready:
+                for raw in eng.messages_of_one_recv("task_engine"):
+                    idents, msg = eng.session.parse(raw)  # type: ignore[misc]
+                    seen.add(msg["msg_id"])
+                    eng.reply("task", idents, msg)
+    assert seen == {m["msg_id"] for m in msgs}
+    replies = {client.reply()["parent_header"]["msg_id"] for _ in msgs}
+    assert replies == seen
 
 
 def test_targets_subset(cluster: Cluster) -> None:

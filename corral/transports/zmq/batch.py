@@ -43,6 +43,7 @@ __all__ = [
     "Part",
     "is_batch",
     "pack_batches",
+    "pack_batches_counted",
     "unbatch",
 ]
 
@@ -91,17 +92,25 @@ def pack_batches(
     buffers): anything whose ``len()`` is its size in bytes. A message alone is sent as
     ``prefix + message``: byte for byte what it would have been without batching.
     """
-    out: list[list[Any]] = []
+    return [message for message, _ in pack_batches_counted(prefix, messages, limit)]
+
+
+def pack_batches_counted(
+    prefix: Sequence[Any], messages: Sequence[Sequence[Any]], limit: int = 64
+) -> list[tuple[list[Any], int]]:
+    """:func:`pack_batches`, each zmq message with how many of ``messages`` it carries
+    (a sender that fails part way knows which messages are still unsent)."""
+    out: list[tuple[list[Any], int]] = []
     run: list[Sequence[Any]] = []
     counts: list[int] = []
     run_bytes = 0
 
     def close_run() -> None:
         if len(run) == 1:
-            out.append([*prefix, *run[0]])
+            out.append(([*prefix, *run[0]], 1))
         elif run:
             index = struct.pack(f"<{len(counts)}I", *counts)
-            out.append([*prefix, BATCH, index, b"".join(chain.from_iterable(run))])
+            out.append(([*prefix, BATCH, index, b"".join(chain.from_iterable(run))], len(run)))
         run.clear()
         counts.clear()
 
@@ -111,7 +120,7 @@ def pack_batches(
         if size > MAX_PACKED_MESSAGE:
             close_run()
             run_bytes = 0
-            out.append([*prefix, *message])
+            out.append(([*prefix, *message], 1))
             continue
         if run_bytes + size > MAX_BATCH_BYTES:
             close_run()

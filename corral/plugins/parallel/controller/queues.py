@@ -31,6 +31,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -41,7 +42,14 @@ import zmq
 
 from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
-from corral.transports.zmq.batch import BATCH, BatchError, is_batch, pack_batches, unbatch
+from corral.transports.zmq.batch import (
+    BATCH,
+    BatchError,
+    is_batch,
+    pack_batches,
+    pack_batches_counted,
+    unbatch,
+)
 from corral.transports.zmq.session import Session
 
 from .base import (
@@ -267,11 +275,20 @@ class RoutingQueue(Component):
                 return []
         return [[f.bytes for f in frames[:head]] + frames[head:]]
 
+    def _isolated(self, handler: Any, message: list[Any]) -> None:
+        """``handler(message)``; a message that raises is logged and dropped alone, not
+        with the rest of its batch."""
+        try:
+            handler(message)
+        except Exception:
+            self.dropped += 1
+            log.exception("%s: error while handling a message; dropped", self.name)
+
     def on_client_frames(self, frames: list[zmq.Frame]) -> None:
         """A request: ``[client_id, (engine_uuid,) DELIM, sig, header, parent, md, ...]``,
         or a batch of them, ``[client_id, BATCH, index, body]``."""
         for message in self._messages(frames, self.client_routing + 6):
-            self._client_request(message)
+            self._isolated(self._client_request, message)
 
     def _client_request(self, frames: list[Any]) -> None:
         if frames[0] == BATCH:  # would read as a batch when forwarded to an engine
@@ -298,7 +315,7 @@ class RoutingQueue(Component):
         """A reply: ``[engine_uuid, client_id, DELIM, sig, header, parent, md, content, ...]``,
         or a batch of them, ``[engine_uuid, BATCH, index, body]``."""
         for message in self._messages(frames, 8):
-            self._engine_reply(message)
+            self._isolated(self._engine_reply, message)
 
     def _engine_reply(self, frames: list[Any]) -> None:
         parts = self._verify(frames, 2)
@@ -391,15 +408,16 @@ class RoutingQueue(Component):
         self, sock: zmq.Socket[Any], peer: bytes, messages: list[list[Any]], unreachable: Any
     ) -> None:
         step = SEND_BATCH if self.batch_engines or sock is self.client_sock else 1
-        for start in range(0, len(messages), step):
+        sent = 0
+        for message, count in pack_batches_counted((peer,), messages, step):
             try:
-                for message in pack_batches((peer,), messages[start : start + step], step):
-                    send_frames(sock, message)
+                send_frames(sock, message)
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
-                unreachable(peer, messages[start:])
+                unreachable(peer, messages[sent:])  # only what did not go out
                 return
+            sent += count
 
     def _client_gone(self, client: bytes, messages: list[list[Any]]) -> None:
         # The client is gone; its results are in the task database.
@@ -711,7 +729,12 @@ class TaskScheduler(RoutingQueue):
         timeout = metadata.get("timeout")
         deadline = None
         if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout >= 0:
-            deadline = time.monotonic() + timeout
+            try:  # an int too large for a float, or inf, means no deadline
+                deadline = time.monotonic() + float(timeout)
+            except OverflowError:
+                pass
+            if deadline is not None and not math.isfinite(deadline):
+                deadline = None
         job = Job(
             msg_id,
             client_id,
