@@ -101,6 +101,38 @@ def test_broadcast_records_per_engine_and_engine_lost(db: TaskDB) -> None:
     ]
 
 
+def test_request_and_reply_in_one_batch_make_one_full_row(db: TaskDB) -> None:
+    request(db, "j", "e1", 0, date="2026-01-01T00:00:00")
+    reply(db, "j", "e1", 0, buffers=[b"result"])
+    assert len(db.find({"msg_id": "j"})) == 1
+    row = db.get(["j"])["j"]
+    assert row["msg_type"] == "apply_request" and row["submitted"] == "2026-01-01T00:00:00"
+    assert row["result_status"] == "ok" and row["result_buffers"] == [b"result"]
+
+
+def test_duplicate_unassigned_request_next_to_its_reply(db: TaskDB) -> None:
+    request(db, "d")
+    db.flush()  # the first request is written by an earlier batch
+    request(db, "d")  # a duplicate, in the reply's batch
+    reply(db, "d", "e1", 0)
+    rows = db.find({"msg_id": "d"}, ["engine_uuid", "result_status"])
+    assert [(r["engine_uuid"], r["result_status"]) for r in rows] == [("e1", "ok")]
+
+
+def test_rows_from_earlier_batches_keep_their_request_fields(db: TaskDB) -> None:
+    request(db, "m", "e1", 0)
+    db.flush()
+    request(db, "m", date="2026-01-02")  # unassigned, and answered by the queue itself
+    reply(db, "m", "e1", 0)
+    reply(db, "m", "", 0, status="error")
+    rows = db.find({"msg_id": "m"}, ["engine_uuid", "msg_type", "submitted", "result_status"])
+    assert sorted((r["engine_uuid"], r["msg_type"], r["result_status"]) for r in rows) == [
+        ("", "apply_request", "error"),
+        ("e1", "apply_request", "ok"),
+    ]
+    assert {r["engine_uuid"]: r["submitted"] for r in rows}[""] == "2026-01-02"
+
+
 def test_reply_without_request_is_recorded(db: TaskDB) -> None:
     reply(db, "orphan", "e1", 0)
     assert db.get(["orphan"])["orphan"]["result_status"] == "ok"

@@ -157,11 +157,12 @@ _APPEND_OUTPUT = {
 
 def _merge(requests: list[tuple], replies: list[tuple]) -> tuple[list[tuple], list[tuple]]:
     """Rows for :data:`_INSERT_TASK`, in request order, each request joined with its reply
-    when that is in the same batch; and the replies left over (to requests written by an
-    earlier batch).
+    when that is in the same batch; and the replies left over, written as before (a
+    claim, then an upsert).
 
-    A reply finds its request under its own engine, or under none (a task recorded before
-    its engine was chosen), as the claim statement would.
+    Only a reply from the very engine the request was recorded under is joined: a task
+    recorded before its engine was chosen (engine "") may also have rows from earlier
+    batches, which only the claim statement sees.
     """
     if not replies:
         return [(*r, *_NO_REPLY) for r in requests], []
@@ -173,8 +174,6 @@ def _merge(requests: list[tuple], replies: list[tuple]) -> tuple[list[tuple], li
     for reply in replies:
         msg_id, engine_uuid = reply[0], reply[1]
         index = at.pop((msg_id, engine_uuid), None)
-        if index is None:
-            index = at.pop((msg_id, ""), None)
         if index is None:
             left.append(reply)
         else:
