@@ -315,11 +315,16 @@ class _Children:
             return
         parent_end, child_end = control_pipe()
         held = [*self.held, *parent_end.fds()]
-        proc = _Forked(
-            f"corral-controller-{name}",
-            lambda: _component_main(name, self.cfg, hub_ports, child_end, held),
-        )
-        child_end.close()
+        try:
+            proc = _Forked(
+                f"corral-controller-{name}",
+                lambda: _component_main(name, self.cfg, hub_ports, child_end, held),
+            )
+        except OSError:  # no fork (out of memory or processes): no pipes left behind
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
         self.held += [*parent_end.fds(), proc.sentinel]
         self.procs[name] = proc
         self.conns[name] = parent_end
