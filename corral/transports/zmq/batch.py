@@ -16,9 +16,7 @@ Layout::
 ``prefix`` is the routing shared by all of them (a ROUTER's peer id, which the ROUTER
 consumes on send and prepends on receive). ``index`` is little-endian uint32s: for each
 message its frame count, then each frame's length. ``body`` is every frame's bytes, in
-order. Message ``i`` unpacks as ``prefix + frames_i``, its frames as :class:`Part`
-(bytes with a zmq-Frame-like ``.bytes``), so handlers written for received frames take
-them unchanged.
+order. Message ``i`` unpacks as ``prefix + frames_i``, its frames as plain ``bytes``.
 
 Only messages of at most :data:`MAX_PACKED_MESSAGE` bytes are packed (joining copies
 them); a larger one, a big array's buffer, goes on its own, zero-copy, in its place in
@@ -40,7 +38,6 @@ __all__ = [
     "MAX_BATCH_MESSAGES",
     "MAX_PACKED_MESSAGE",
     "BatchError",
-    "Part",
     "is_batch",
     "pack_batches",
     "pack_batches_counted",
@@ -63,16 +60,6 @@ _BATCH_LEN = len(BATCH)
 
 class BatchError(ValueError):
     """A frame list marked as a batch whose index does not describe it."""
-
-
-class Part(bytes):
-    """One frame of an unpacked batch: ``bytes``, with ``.bytes`` like a ``zmq.Frame``."""
-
-    __slots__ = ()
-
-    @property
-    def bytes(self) -> bytes:
-        return bytes(self)
 
 
 def is_batch(frame: Any) -> bool:
@@ -136,11 +123,9 @@ def pack_batches_counted(
     return out
 
 
-def unbatch(frames: Sequence[Any], at: int, plain: bool = False) -> list[list[Any]]:
-    """The messages of a batch whose marker is ``frames[at]``, each behind ``frames[:at]``.
-
-    Frames come as :class:`Part`, or with ``plain`` as plain ``bytes`` (for receivers that
-    read bytes and never call ``.bytes``).
+def unbatch(frames: Sequence[Any], at: int) -> list[list[Any]]:
+    """The messages of a batch whose marker is ``frames[at]``, each behind ``frames[:at]``,
+    their frames as ``bytes``.
 
     Raises :class:`BatchError` if the index is not whole uint32s, names an empty message
     or too many, or does not describe the body exactly.
@@ -151,13 +136,10 @@ def unbatch(frames: Sequence[Any], at: int, plain: bool = False) -> list[list[An
     if not index.nbytes or index.nbytes % 4:
         raise BatchError("a batch index must be a non-empty list of uint32")
     counts = struct.unpack(f"<{index.nbytes // 4}I", index)
-    body: Any = frames[at + 2]
-    if plain:
-        body = body if body.__class__ is bytes else bytes(body)
-        end = len(body)
-    else:
-        body = memoryview(body).cast("B")
-        end = body.nbytes
+    body = frames[at + 2]
+    if body.__class__ is not bytes:  # a zmq.Frame: one copy, then slices of it
+        body = bytes(body)
+    end = len(body)
     prefix = list(frames[:at])
     out: list[list[Any]] = []
     offset = 0
@@ -175,7 +157,7 @@ def unbatch(frames: Sequence[Any], at: int, plain: bool = False) -> list[list[An
             stop = offset + size
             if stop > end:
                 raise BatchError("a batch index describes more bytes than its body holds")
-            message.append(body[offset:stop] if plain else Part(body[offset:stop]))
+            message.append(body[offset:stop])
             offset = stop
         i += count
         out.append(message)

@@ -247,7 +247,7 @@ class ClientIO:
                 break
             if len(frames) == 3 and is_batch(frames[0]):
                 try:
-                    batch += unbatch(frames, 0, plain=copy)
+                    batch += unbatch(frames, 0)
                 except BatchError as exc:
                     log.warning("dropped a message on %s: %s", channel, exc)
                 continue

@@ -327,7 +327,7 @@ class Hub(Component):
         or a batch of such copies (``[BATCH, index, ...]``)."""
         if len(frames) == 3 and is_batch(frames[0]):
             try:
-                copies = unbatch(frames, 0, plain=True)
+                copies = unbatch(frames, 0)
             except BatchError as exc:
                 self._drop(f"monitor batch: {exc}", len(frames))
                 return

@@ -269,7 +269,7 @@ class RoutingQueue(Component):
         JSON parts) as bytes, the buffers after them as received (zero-copy)."""
         if len(frames) == 4 and is_batch(frames[1]):
             try:
-                return unbatch([frames[0].bytes, *frames[1:]], 1, plain=True)
+                return unbatch([frames[0].bytes, *frames[1:]], 1)
             except BatchError as exc:
                 self._drop(str(exc), len(frames))
                 return []

@@ -179,7 +179,7 @@ def recv_messages(
     frames = recv_frames(sock, flags)
     if len(frames) == 3 and is_batch(frames[0]):
         try:
-            batch = unbatch(frames, 0, plain=True)
+            batch = unbatch(frames, 0)
         except BatchError as exc:
             return [], [wire.MalformedMessage(str(exc))]
     else:
