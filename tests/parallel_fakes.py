@@ -37,6 +37,14 @@ def _wait_handshake(sock: zmq.Socket[Any], url: str) -> None:
         mon.close(linger=0)
 
 
+def split_batch(frames: list[bytes], at: int = 0) -> list[list[bytes]]:
+    """The messages one receive delivered: a batch's (its marker at ``frames[at]``, after
+    the routing a ROUTER added), or ``frames`` itself."""
+    if len(frames) == at + 3 and is_batch(frames[at]):
+        return unbatch(frames, at)
+    return [frames]
+
+
 class Peer:
     """A participant with a session and a few sockets."""
 
@@ -68,21 +76,14 @@ class Peer:
             if not unread:
                 left = end - time.monotonic()
                 assert left > 0 and sock.poll(int(left * 1000) + 1), f"nothing on {name}"
-                frames = sock.recv_multipart()
-                if len(frames) == 3 and is_batch(frames[0]):  # the queues batch bursts
-                    unread.extend(unbatch(frames, 0, plain=True))
-                else:
-                    unread.append(frames)
+                unread.extend(split_batch(sock.recv_multipart()))  # queues batch bursts
             got = self.session.parse(unread.popleft())
             if got is not None:
                 return got
 
     def messages_of_one_recv(self, name: str) -> list[list[bytes]]:
         """The messages one receive on a ready socket ``name`` delivers: a batch's, or one."""
-        frames = self.socks[name].recv_multipart()
-        if len(frames) == 3 and is_batch(frames[0]):
-            return unbatch(frames, 0, plain=True)
-        return [frames]
+        return split_batch(self.socks[name].recv_multipart())
 
     def nothing(self, name: str, timeout: float = 0.2) -> bool:
         """Whether nothing arrives on ``name`` within ``timeout`` (for negative checks)."""

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from parallel_fakes import split_batch
 
 from corral.core.serialize import deserialize, pack_apply, serialize
 from corral.transports.zmq import wire
-from corral.transports.zmq.batch import is_batch, pack_batches, unbatch
+from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,11 +175,8 @@ class FakeController:
                 assert left > 0, f"nothing on {name} within {timeout} s"
                 if not sock.poll(int(left * 1000)):
                     continue
-                frames = sock.recv_multipart()
-                if len(frames) == 4 and is_batch(frames[1]):  # the engine batches replies
-                    unread.extend(unbatch(frames, 1, plain=True))
-                else:
-                    unread.append(frames)
+                # The engine batches replies (behind the engine's id this ROUTER adds).
+                unread.extend(split_batch(sock.recv_multipart(), at=1))
             got = self.session.parse(unread.popleft())
             if got is not None:
                 return got
