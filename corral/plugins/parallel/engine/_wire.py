@@ -30,7 +30,7 @@ import zmq
 
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
-from corral.transports.zmq.frames import backend_recv, recv_frames, send_frames
+from corral.transports.zmq.frames import recv_frames, send_frames
 
 __all__ = [
     "Message",
@@ -44,7 +44,6 @@ __all__ = [
 
 _DELIM = wire.DELIMITER
 # Plain ints: zmq's Flag enums cost a Python-level __or__/__call__ per use (~1 us each).
-_RCVMORE = int(zmq.RCVMORE)
 #: More routing frames than any queue adds: a message with more is garbage.
 _MAX_IDENTS = 16
 _UTC = timezone.utc
@@ -116,53 +115,20 @@ def _parse_dict(part: bytes, name: str) -> dict[str, Any]:
     return value
 
 
-def _drain(sock: zmq.Socket[Any]) -> None:
-    """Throw away the rest of a multipart message (so the next recv starts a new one)."""
-    while sock.getsockopt(_RCVMORE):
-        sock.recv(copy=False)
-
-
 def recv_message(
     sock: zmq.Socket[Any],
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
     flags: int = 0,
 ) -> Message:
-    """Receive and verify one message from ``sock``.
+    """Receive and verify one message from ``sock`` (a socket that never carries batches:
+    registration, control).
 
     Raises ``zmq.Again`` (with ``flags=zmq.NOBLOCK``) when nothing waits, and
     :class:`wire.WireError` for anything malformed, unsigned, forged or replayed; either
     way the whole multipart message has been consumed.
     """
-    # Frames, not bytes: ``frame.more`` is a field read, where ``getsockopt(RCVMORE)``
-    # converts the option to an enum in Python on every call (~5x dearer). The C-level
-    # recv skips the sugar wrapper's Python frame.
-    recv = backend_recv  # parsing as it receives, frame by frame
-    frame = recv(sock, flags, False)
-    idents: list[bytes] = []
-    data = frame.bytes
-    while data != _DELIM:
-        idents.append(data)
-        if not frame.more:
-            raise wire.MalformedMessage(f"no delimiter among {len(idents)} frames")
-        if len(idents) > _MAX_IDENTS:
-            _drain(sock)
-            raise wire.MalformedMessage("too many routing frames")
-        frame = recv(sock, 0, False)
-        data = frame.bytes
-    parts: list[bytes] = []
-    for _ in range(5):
-        if not frame.more:
-            raise wire.MalformedMessage(
-                f"expected signature and four JSON parts after the delimiter, got {len(parts)}"
-            )
-        frame = recv(sock, 0, False)
-        parts.append(frame.bytes)
-    buffers: list[Any] = []
-    while frame.more:
-        frame = recv(sock, 0, False)
-        buffers.append(frame)
-    return _verified(idents, parts, buffers, signer, replay)
+    return _parse_routed(recv_frames(sock, flags), signer, replay)
 
 
 def recv_messages(
