@@ -690,15 +690,14 @@ class Engine:
             self._monitor_due = time.monotonic() + _MONITOR_DELAY
 
     def _flush_monitor(self) -> None:
-        """Send the queued monitor copies of same-host calls to the hub."""
+        """Send the queued monitor copies of same-host calls to the hub, in batches."""
         monitor = self._monitor
-        queue = self._monitor_queue
+        queue, self._monitor_queue = self._monitor_queue, []
         self._monitor_due = None
         if monitor is None:
-            queue.clear()
             return
-        while queue:
-            send_frames(monitor, queue.pop(0))
+        for message in pack_batches((), queue, _HOLD_MAX):
+            send_frames(monitor, message)
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
         log.warning("ignoring unknown message type %r", msg.msg_type)
@@ -745,13 +744,13 @@ class Engine:
         if sock.__class__ is LocalConnection:
             self._send_local(sock, msg, frames)
             return
+        if sock not in self._batching:
+            send_frames(sock, frames)
+            return
         # A reply that is all bytes cannot change: it may wait (up to _HOLD) for the
         # replies to the next queued tasks and leave with them as one batch. Any other
         # frame is a view onto memory the next task may write: send now, in order.
         held = self._held
-        if sock not in self._batching:
-            send_frames(sock, frames)
-            return
         for frame in frames:
             if frame.__class__ is not bytes:
                 if held:
