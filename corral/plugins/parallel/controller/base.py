@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import select
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -200,6 +201,8 @@ class Component:
 
     #: the component's name, also its process title and thread name
     name = "component"
+    #: messages dropped (malformed, forged, or failing their handler)
+    dropped = 0
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
         """Create and bind this component's sockets; ``{cluster file field: port}``."""
@@ -212,3 +215,13 @@ class Component:
     def configure(self, message: Any) -> None:
         """Handle a non-stop message from the supervisor (the hub gets the cluster info)."""
         log.debug("%s ignores control message %r", self.name, message)
+
+    def isolated(self, handler: Callable[[Any], None], message: Any) -> None:
+        """``handler(message)`` for one message of a batch: one that raises is logged and
+        dropped alone, not with the rest of its batch (:func:`drain` guards whole zmq
+        messages the same way)."""
+        try:
+            handler(message)
+        except Exception:
+            self.dropped += 1
+            log.exception("%s: error while handling a message; dropped", self.name)

@@ -332,11 +332,7 @@ class Hub(Component):
                 self._drop(f"monitor batch: {exc}", len(frames))
                 return
             for copy in copies:
-                try:
-                    self._monitor_copy(copy)
-                except Exception:  # one bad copy must not cost the rest of the batch
-                    self.dropped += 1
-                    log.exception("hub: error while recording a monitor copy; dropped")
+                self.isolated(self._monitor_copy, copy)
             return
         # The routing, signature and JSON parts as bytes; result buffers as received.
         self._monitor_copy([f.bytes for f in frames[:9]] + frames[9:])

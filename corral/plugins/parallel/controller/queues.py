@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -275,20 +275,11 @@ class RoutingQueue(Component):
                 return []
         return [[f.bytes for f in frames[:head]] + frames[head:]]
 
-    def _isolated(self, handler: Any, message: list[Any]) -> None:
-        """``handler(message)``; a message that raises is logged and dropped alone, not
-        with the rest of its batch."""
-        try:
-            handler(message)
-        except Exception:
-            self.dropped += 1
-            log.exception("%s: error while handling a message; dropped", self.name)
-
     def on_client_frames(self, frames: list[zmq.Frame]) -> None:
         """A request: ``[client_id, (engine_uuid,) DELIM, sig, header, parent, md, ...]``,
         or a batch of them, ``[client_id, BATCH, index, body]``."""
         for message in self._messages(frames, self.client_routing + 6):
-            self._isolated(self._client_request, message)
+            self.isolated(self._client_request, message)
 
     def _client_request(self, frames: list[Any]) -> None:
         if frames[0] == BATCH:  # would read as a batch when forwarded to an engine
@@ -315,7 +306,7 @@ class RoutingQueue(Component):
         """A reply: ``[engine_uuid, client_id, DELIM, sig, header, parent, md, content, ...]``,
         or a batch of them, ``[engine_uuid, BATCH, index, body]``."""
         for message in self._messages(frames, 8):
-            self._isolated(self._engine_reply, message)
+            self.isolated(self._engine_reply, message)
 
     def _engine_reply(self, frames: list[Any]) -> None:
         parts = self._verify(frames, 2)
@@ -405,7 +396,11 @@ class RoutingQueue(Component):
                 self._send_batches(self.engine_sock, engine, messages, self._not_connected)
 
     def _send_batches(
-        self, sock: zmq.Socket[Any], peer: bytes, messages: list[list[Any]], unreachable: Any
+        self,
+        sock: zmq.Socket[Any],
+        peer: bytes,
+        messages: list[list[Any]],
+        unreachable: Callable[[bytes, list[list[Any]]], None],
     ) -> None:
         step = SEND_BATCH if self.batch_engines or sock is self.client_sock else 1
         sent = 0
