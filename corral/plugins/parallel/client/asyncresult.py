@@ -103,6 +103,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         single: bool = True,
         targets: list[int] | None = None,
         slots: int | None = None,
+        convert: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self._client = client
@@ -122,8 +123,10 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         # Created on first need (iteration, wait_for_output), then notified by I/O.
         self._progress: threading.Condition | None = None
         self._slot_of = {msg_id: index for index, msg_id in enumerate(msg_ids)}
-        #: Applied to each task's value as it arrives (pull unwraps its tuple).
-        self._convert: Callable[[Any], Any] | None = None
+        #: Applied to each task's value as it arrives (pull unwraps its tuple). Set only
+        #: here: a reply may arrive the moment the result is registered, so a result is
+        #: complete before anyone can submit work for it (setting it later raced).
+        self._convert = convert
         if count == 0:
             self.set_result([] if not single else None)
 
@@ -454,9 +457,17 @@ class AsyncMapResult(AsyncResult):
     .. versionadded:: 0.1
     """
 
-    def __init__(self, client: Any, msg_ids: list[str], *, ordered: bool = True, **kw: Any):
+    def __init__(
+        self,
+        client: Any,
+        msg_ids: list[str],
+        *,
+        ordered: bool = True,
+        length: int | None = None,
+        **kw: Any,
+    ):
         self.ordered = ordered
-        self._length: int | None = None
+        self._length = length
         super().__init__(client, msg_ids, single=False, **kw)
 
     def _final_value(self) -> Any:

@@ -420,6 +420,7 @@ class Client:
         fname: str = "",
         single: bool = True,
         result_factory: Callable[..., AsyncResult] | None = None,
+        convert: Callable[[Any], Any] | None = None,
     ) -> AsyncResult:
         """One request per route, one result for all of them.
 
@@ -427,13 +428,14 @@ class Client:
         scheduler chooses) lets a dead engine's requests fail locally, the identity
         (None on a load-balanced or data-path socket) addresses the engine on a queue.
         The result is registered before anything is queued, so even an instant reply
-        finds it.
+        finds it; ``convert`` (applied to each value) is part of it from the start.
         """
         if self._closed:
             raise RuntimeError("this Client is closed")
         new_id = self._builder.new_msg_id
         msg_ids = [new_id() for _ in routes]
-        result = (result_factory or AsyncResult)(self, msg_ids, fname=fname, single=single)
+        factory = result_factory or AsyncResult
+        result = factory(self, msg_ids, fname=fname, single=single, convert=convert)
         pending = self._pending
         direct = self._direct
         recent = self._recent
@@ -579,11 +581,12 @@ class Client:
         metadata: dict[str, Any] | bytes,
         targets: list[int],
         fname: str = "",
+        convert: Callable[[Any], Any] | None = None,
     ) -> AsyncResult:
         """One request on the broadcast scheduler, answered by every target."""
         self._check_open()
         msg_id = self._builder.new_msg_id()
-        result = BroadcastResult(self, msg_id, targets, fname=fname)
+        result = BroadcastResult(self, msg_id, targets, fname=fname, convert=convert)
         if not targets:
             return result
         self._pending[msg_id] = result

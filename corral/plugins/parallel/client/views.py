@@ -18,6 +18,7 @@ import builtins
 import contextlib
 import queue
 import sys
+import threading
 import time
 import types
 from collections import deque
@@ -206,7 +207,7 @@ class View:
 
         def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncMapResult:
             kw.pop("single", None)
-            return AsyncMapResult(client, msg_ids, ordered=ordered, **kw)
+            return AsyncMapResult(client, msg_ids, ordered=ordered, length=length, **kw)
 
         result = self.client._submit(
             channel,
@@ -219,7 +220,6 @@ class View:
             result_factory=factory,
         )
         assert isinstance(result, AsyncMapResult)
-        result._length = length
         return result
 
     def imap(
@@ -539,23 +539,26 @@ class DirectView(View):
             channel = None if direct is False else client._data_channel(target)
             if channel is not None and direct:
                 part = client._submit(
-                    channel, "pull_request", {"keys": keys}, None, [(target, None, ())]
+                    channel,
+                    "pull_request",
+                    {"keys": keys},
+                    None,
+                    [(target, None, ())],
+                    convert=convert,
                 )
-                part._convert = convert
             elif channel is not None:
-                part = _StagedPull(client, self._metadata([target]), target, channel, keys)
-                part._convert = convert
+                metadata = self._metadata([target])
+                part = _StagedPull(client, metadata, target, channel, keys, convert)
             else:
-                content = {"keys": keys}
                 part = client._submit(
                     "mux",
                     "pull_request",
-                    content,
+                    {"keys": keys},
                     self._metadata([target]),
                     client._routes([target], ()),
                     fname="pull",
+                    convert=convert,
                 )
-                part._convert = convert
             parts.append(part)
         return self._maybe_block(_combine(client, parts, single, "pull"), block)
 
@@ -710,9 +713,14 @@ class BroadcastView(DirectView):
         targets, _ = self._targets()
         keys = [names] if isinstance(names, str) else list(names)
         result = self.client._broadcast(
-            "pull_request", {"keys": keys}, (), self._metadata(targets), targets, fname="pull"
+            "pull_request",
+            {"keys": keys},
+            (),
+            self._metadata(targets),
+            targets,
+            fname="pull",
+            convert=_unpack_one if isinstance(names, str) else list,
         )
-        result._convert = _unpack_one if isinstance(names, str) else list
         return self._maybe_block(result, block)
 
 
@@ -729,10 +737,17 @@ class _Combined(AsyncResult):
         super().__init__(client, msg_ids, fname=fname, single=single, slots=len(parts))
         self._parts = parts
         self._gather = gather
+        # Parts finish in the I/O thread, or here in the caller's thread when one is done
+        # before its callback is added: slot bookkeeping must not interleave.
+        self._parts_lock = threading.Lock()
         for index, part in enumerate(parts):
             part.add_done_callback(lambda p, i=index: self._part_done(i, p))
 
     def _part_done(self, index: int, part: AsyncResult) -> None:
+        with self._parts_lock:
+            self._record_part(index, part)
+
+    def _record_part(self, index: int, part: AsyncResult) -> None:
         if self._done_slots[index]:
             return
         error = part.exception() if not part.cancelled() else None
@@ -847,8 +862,9 @@ class _StagedPull(AsyncResult):
         target: int,
         channel: str,
         keys: list[str],
+        convert: Callable[[Any], Any],
     ) -> None:
-        super().__init__(client, [], single=True, slots=1, fname="pull")
+        super().__init__(client, [], single=True, slots=1, fname="pull", convert=convert)
         self._keys = keys
         self._target = target
         self._channel = channel

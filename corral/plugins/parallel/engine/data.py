@@ -24,6 +24,7 @@ The same two requests are accepted on the mux and broadcast queues too, for smal
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -69,8 +70,16 @@ def _keys(content: dict[str, Any]) -> list[str]:
     return keys
 
 
-def push(namespace: dict[str, Any], content: dict[str, Any], buffers: list[Any]) -> list[str]:
+def push(
+    namespace: dict[str, Any],
+    content: dict[str, Any],
+    buffers: list[Any],
+    adopt: Callable[[Any], Any] | None = None,
+) -> list[str]:
     """Update ``namespace`` from a ``push_request``; returns the names set.
+
+    ``adopt`` maps each pushed value before it is bound (the engine binds functions
+    from a client's ``__main__`` to ``namespace``, as it does for applied ones).
 
     :raises DeserializationError: the buffers do not hold a pickled dict.
     :raises TypeError: the dict's keys are not all names.
@@ -83,6 +92,8 @@ def push(namespace: dict[str, Any], content: dict[str, Any], buffers: list[Any])
     bad = [k for k in values if not isinstance(k, str)]
     if bad:
         raise TypeError(f"pushed names must be str, got {bad[0]!r}")
+    if adopt is not None:
+        values = {name: adopt(value) for name, value in values.items()}
     namespace.update(values)
     return list(values)
 

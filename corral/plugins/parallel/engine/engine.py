@@ -42,7 +42,6 @@ import socket
 import sys
 import threading
 import time
-import types
 import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -67,6 +66,7 @@ from ._wire import (
 )
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection, open_endpoint
+from .namespace import Adopter
 
 __all__ = ["Engine", "EngineError", "load_cluster_file"]
 
@@ -74,7 +74,6 @@ log = logging.getLogger("corral.parallel.engine")
 
 _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic is slow
 _NOBLOCK = int(zmq.NOBLOCK)
-_MISSING = object()
 #: Messages served from one socket before the others (and control) get a look.
 _BATCH = 32
 #: How long a requested shutdown may take before the process just ends.
@@ -256,8 +255,9 @@ class Engine:
         self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
-        # Names a shipped function brought into user_ns (see _rebind): name -> object.
-        self._injected: dict[str, Any] = {}
+        # Binds functions shipped from a client's __main__ to user_ns (and remembers
+        # which names they brought in).
+        self._adopter = Adopter(self.user_ns)
         self._aborted: set[str] = set()
         self._executing = False
         self._stop_reason: str | None = None
@@ -862,38 +862,6 @@ class Engine:
 
     # ------------------------------------------------------------ tasks
 
-    def _rebind(self, func: types.FunctionType) -> types.FunctionType:
-        """Run a function defined interactively on the client in the engine's namespace.
-
-        cloudpickle gives such a function a private globals dict holding only the names
-        it uses, as they were on the client. Engines follow ipyparallel: ``__main__``
-        functions see ``user_ns``, so names pushed to the engine win and ``global x``
-        assigns engine variables. The shipped globals fill the gaps (a helper, an import,
-        a constant the engine does not define), entering ``user_ns``; a later call may
-        refresh such a name as long as nobody on the engine rebound it since.
-        """
-        ns = self.user_ns
-        injected = self._injected
-        replacement = types.FunctionType(
-            func.__code__, ns, func.__name__, func.__defaults__, func.__closure__
-        )
-        for name, value in func.__globals__.items():
-            if name[:2] == "__":
-                continue
-            if value is func:
-                value = replacement  # recursion: call the rebound function
-            current = ns.get(name, _MISSING)
-            if current is _MISSING or current is injected.get(name, _MISSING):
-                ns[name] = value
-                injected[name] = value
-        replacement.__kwdefaults__ = func.__kwdefaults__
-        replacement.__qualname__ = func.__qualname__
-        replacement.__doc__ = func.__doc__
-        replacement.__module__ = "__main__"
-        if func.__dict__:
-            replacement.__dict__.update(func.__dict__)
-        return replacement
-
     def _apply(self, sock: Destination, msg: Message) -> None:
         if self._in_flight:
             self._settle()
@@ -907,12 +875,9 @@ class Engine:
         sent = iopub.sent
         try:
             func, args, kwargs = self._unpack_apply(msg.buffers)
-            if (
-                type(func) is types.FunctionType
-                and func.__module__ == "__main__"
-                and func.__globals__ is not self.user_ns
-            ):
-                func = self._rebind(func)
+            adopter = self._adopter
+            func = adopter.function(func)
+            args, kwargs = adopter.arguments(args, kwargs)
             lock = self._sock_lock
             try:
                 # The flusher may send held replies while user code runs. _on_sigint
@@ -1025,7 +990,7 @@ class Engine:
     def _push(self, sock: Destination, msg: Message) -> None:
         started = iso_now()
         try:
-            keys = data_path.push(self.user_ns, msg.content, msg.buffers)
+            keys = data_path.push(self.user_ns, msg.content, msg.buffers, self._adopter.value)
         except Exception as exc:
             self._reply_error(sock, msg, exc, "push")
             return
@@ -1144,7 +1109,7 @@ class Engine:
         if msg.msg_type == "clear_request":
             try:
                 self.interpreter.reset_namespace()
-                self._injected.clear()
+                self._adopter.injected.clear()
                 content: dict[str, Any] = {"status": "ok", "engine_info": info}
             except Exception as exc:
                 log.exception("clear failed")
