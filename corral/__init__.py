@@ -24,6 +24,7 @@ _EXPORTS = {
     "RemoteError": "corral.plugins.parallel.client",
     "CompositeError": "corral.plugins.parallel.client",
     "EngineError": "corral.plugins.parallel.client",
+    "ControllerLost": "corral.plugins.parallel.client",
     "as_completed": "corral.plugins.parallel.client",
     "interactive": "corral.plugins.parallel.client",
 }

@@ -35,6 +35,7 @@ class LiveCluster:
         hb_period: float = 0.2,
         hb_misses: int = 5,  # slack for a saturated CI machine; death still seen in ~1 s
         controller_env: dict[str, str] | None = None,
+        engine_env: dict[str, str] | None = None,
     ) -> None:
         self.corral_dir = corral_dir
         self.profile = profile
@@ -59,22 +60,14 @@ class LiveCluster:
         ]
         if threads:
             args.append("--threads")
-        self.controller = subprocess.Popen(
-            args,
-            env={**self.env, **(controller_env or {})},
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        self.engine_env = engine_env or {}
+        self._controller_args = args
+        self._controller_env = {**self.env, **(controller_env or {})}
         self.engines: list[subprocess.Popen[Any]] = []
         self.clients: list[Client] = []
+        self.old_controllers: list[subprocess.Popen[Any]] = []
+        self.controller = self._start_controller()
         try:
-            line = self.controller.stdout.readline() if self.controller.stdout else ""
-            if not line:
-                raise RuntimeError("the controller exited before writing its cluster file")
-            self.cluster_file = Path(json.loads(line)["cluster_file"])
-            # Keep draining stdout so the controller never blocks on a full pipe.
-            threading.Thread(target=self._drain, daemon=True).start()
             for _ in range(n):
                 self.add_engine()
             self.client = self.connect()
@@ -83,8 +76,36 @@ class LiveCluster:
             self.stop()
             raise
 
-    def _drain(self) -> None:
-        stream = self.controller.stdout
+    def _start_controller(self) -> subprocess.Popen[Any]:
+        controller = subprocess.Popen(
+            self._controller_args,
+            env=self._controller_env,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        line = controller.stdout.readline() if controller.stdout else ""
+        if not line:
+            controller.wait(5)
+            raise RuntimeError("the controller exited before writing its cluster file")
+        self.cluster_file = Path(json.loads(line)["cluster_file"])
+        # Keep draining stdout so the controller never blocks on a full pipe.
+        threading.Thread(target=self._drain, args=(controller,), daemon=True).start()
+        return controller
+
+    def kill_controller(self) -> None:
+        """``kill -9`` of the controller and every component process (its group)."""
+        os.killpg(self.controller.pid, signal.SIGKILL)
+        self.controller.wait(10)
+        self.old_controllers.append(self.controller)
+
+    def restart_controller(self) -> None:
+        """A controller started again on the same profile and cluster id."""
+        self.controller = self._start_controller()
+
+    @staticmethod
+    def _drain(controller: subprocess.Popen[Any]) -> None:
+        stream = controller.stdout
         if stream is not None:
             for _ in stream:
                 pass
@@ -98,7 +119,7 @@ class LiveCluster:
                 "--file",
                 str(self.cluster_file),
             ],
-            env=self.env,
+            env={**self.env, **self.engine_env},
             start_new_session=True,
         )
         self.engines.append(engine)

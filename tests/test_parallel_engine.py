@@ -229,8 +229,11 @@ class FakeController:
         (batch,) = pack_batches((), routed)
         self.send_raw(channel, [self.engines[0]["ident"], *batch])
 
-    def apply(self, func: Any, *args: Any, channel: str = "task_engine", **kwargs: Any) -> Any:
-        return self.send(channel, "apply_request", buffers=pack_apply(func, args, kwargs))
+    def apply(
+        self, func: Any, *args: Any, channel: str = "task_engine", engine: int = 0, **kwargs: Any
+    ) -> Any:
+        buffers = pack_apply(func, args, kwargs)
+        return self.send(channel, "apply_request", engine=engine, buffers=buffers)
 
     def iopub(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         return self.recv("iopub_engine", timeout)[1]
@@ -812,13 +815,60 @@ def test_bad_input_is_dropped(engine: FakeController) -> None:
     assert engine.reply("control_engine")["content"]["status"] == "ok"
 
 
-def test_exits_when_beats_stop(engine: FakeController) -> None:
-    proc = engine.procs[0]
-    engine.apply(abs, 1)
-    engine.reply("task_engine")
-    engine.beating.clear()
+def test_exits_when_beats_stop_and_no_controller_comes_back(controller: FakeController) -> None:
+    controller.start_beating()
+    proc = controller.start_engine("--hub-timeout", "0.5", "--controller-grace", "0.5")
+    controller.register(0)
+    controller.apply(abs, 1)
+    controller.reply("task_engine")
+    controller.beating.clear()
     assert wait_exit(proc) == 1
-    assert b"no heartbeat" in proc.stderr.read()
+    err = proc.stderr.read()
+    assert b"no heartbeat" in err and b"grace of 0.5 s" in err
+
+
+def _stderr_until(proc: subprocess.Popen, marker: bytes) -> bytes:
+    """Engine log lines up to the one holding ``marker`` (blocks on the pipe)."""
+    seen = b""
+    while marker not in seen:
+        line = proc.stderr.readline()
+        assert line, f"the engine exited before logging {marker!r}: {seen!r}"
+        seen += line
+    return seen
+
+
+def test_waits_for_a_returning_controller_and_registers_again(controller: FakeController) -> None:
+    controller.start_beating()
+    proc = controller.start_engine("--hub-timeout", "0.5", "--controller-grace", "60")
+    first = controller.register(4)
+    controller.apply(abs, -1, engine=4)
+    assert controller.reply("task_engine")["content"]["status"] == "ok"
+    controller.beating.clear()
+    _stderr_until(proc, b"waiting up to 60 s for a controller")
+    # Still serving while it waits: work queued meanwhile is answered.
+    controller.apply(abs, -2, engine=4)
+    assert controller.reply("task_engine")["metadata"]["engine_id"] == 4
+    controller.beating.set()
+    again = controller.register(4)
+    assert again["id"] == 4 and again["uuid"] == first["uuid"]
+    assert proc.poll() is None
+    controller.apply(abs, -3, engine=4)
+    reply = controller.reply("task_engine")
+    assert reply["metadata"]["engine_id"] == 4 and reply["content"]["status"] == "ok"
+
+
+def test_takes_the_id_a_restarted_controller_gives(controller: FakeController) -> None:
+    controller.start_beating()
+    proc = controller.start_engine("--hub-timeout", "0.5", "--controller-grace", "60")
+    controller.register(2)
+    controller.beating.clear()
+    _stderr_until(proc, b"waiting up to")
+    controller.beating.set()
+    controller.register(7)  # id 2 was taken by a new engine meanwhile, say
+    controller.apply(abs, -3, engine=7)
+    reply = controller.reply("task_engine")
+    assert reply["metadata"]["engine_id"] == 7
+    assert reply["content"]["engine_info"]["engine_id"] == 7
 
 
 def test_exits_when_parent_dies(controller: FakeController) -> None:

@@ -38,6 +38,7 @@ _EXPORTS = {
     "EngineError": ".errors",
     "CompositeError": ".errors",
     "TaskAborted": ".errors",
+    "ControllerLost": ".errors",
     "DependencyTimeout": ".errors",
     "UnmetDependency": ".errors",
     "TimeoutError": ".errors",

@@ -194,6 +194,22 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         md["outputs_ready"] = True
         self._slot_done(index)
 
+    def _abandon(self, error: BaseException) -> None:
+        """Fail every unfinished slot with ``error`` at once (the controller is gone):
+        ``get()`` raises it, and iterators waiting on a slot wake and raise it too."""
+        done_slots = self._done_slots
+        for index, done in enumerate(done_slots):
+            if not done:
+                self._errors[index] = error  # type: ignore[assignment]
+                done_slots[index] = True
+                self._completed_order.append(index)
+        self._remaining = 0
+        try:
+            self.set_exception(error)
+        except concurrent.futures.InvalidStateError:
+            pass  # finished or cancelled meanwhile
+        self._notify()
+
     def _slot_done(self, index: int) -> None:
         self._done_slots[index] = True
         self._completed_order.append(index)

@@ -27,7 +27,7 @@ from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
 
 from .asyncresult import AsyncResult, BroadcastResult, engine_death_error, reply_outcome
-from .errors import RemoteError
+from .errors import ControllerLost, RemoteError
 from .funccache import FunctionCache
 from .io import ClientIO
 from .local import MAX_LOCAL_BUFFERS, MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
@@ -185,18 +185,35 @@ class Client:
         # engine id -> its Unix socket if this client may use it, "" if not (checked once)
         self._local_paths: dict[int, str] = {}
 
+        #: set when the controller is gone: pending work failed, new work refused
+        self._lost: ControllerLost | None = None
+        # msg_id -> future of a hub or control request waited for by some thread
+        self._waiters: dict[str, concurrent.futures.Future[Parsed]] = {}
+
         self._context: zmq.Context[Any] = zmq.Context()
-        self._io = ClientIO(self._context, self._dispatch, identity=self.session.encode())
-        for name in ("registration", "mux", "control", "task", "broadcast"):
-            self._io.add_socket(name, zmq.DEALER, _url(info, name))
-        self._io.add_socket("notification", zmq.SUB, _url(info, "notification"), subscribe=b"")
-        self._io.add_socket("iopub", zmq.SUB, _url(info, "iopub"), subscribe=b"")
-        self._io.start()
+        self._io = self._connect(info)
         try:
             self._sync_engines(timeout)
         except BaseException:
             self.close()
             raise
+
+    def _connect(self, info: dict[str, Any]) -> ClientIO:
+        """An I/O thread with one socket per controller interface, started.
+
+        The sockets to the controller are watched: the controller's death fails every
+        pending result at once (see :meth:`_controller_lost`), not after a timeout.
+        """
+        io = ClientIO(self._context, self._dispatch, identity=self.session.encode())
+        io.on_disconnect = self._on_disconnect
+        hb_period = float(info.get("hb_period") or 1.0)
+        watch_ms = max(100, int(hb_period * 1000))
+        for name in ("registration", "mux", "control", "task", "broadcast"):
+            io.add_socket(name, zmq.DEALER, _url(info, name), watch_ms=watch_ms)
+        io.add_socket("notification", zmq.SUB, _url(info, "notification"), subscribe=b"")
+        io.add_socket("iopub", zmq.SUB, _url(info, "iopub"), subscribe=b"")
+        io.start()
+        return io
 
     # ------------------------------------------------------------------ engines
 
@@ -260,6 +277,8 @@ class Client:
         resync_at = time.monotonic() + 1.0
         with self._engines_changed:
             while len(self._engines) < n:
+                if self._lost is not None:
+                    raise self._lost
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise TimeoutError(
@@ -284,6 +303,95 @@ class Client:
             self._sync_engines(self.timeout)
         return self.ids
 
+    # ------------------------------------------------------------------ controller loss
+
+    def _on_disconnect(self, channel: str) -> None:
+        """I/O thread: a socket to the controller lost its peer."""
+        self._controller_lost(f"its {channel} connection closed")
+
+    def _controller_lost(self, why: str) -> None:
+        """Fail everything that only the controller could answer, at once and loudly."""
+        if self._closed or self._lost is not None:
+            return
+        error = ControllerLost(
+            f"lost the controller of cluster {self.cluster_id!r} ({why}); pending results "
+            "failed. Engines wait for a controller restarted on the same cluster; then call "
+            "Client.reconnect() and fetch finished work with get_result()."
+        )
+        self._lost = error
+        log.error("%s", error)
+        pending = set(self._pending.values())
+        for msg_id in self._pending:
+            # get_result() of these asks the database (where a restarted controller
+            # records what the engines finished meanwhile), not the failed result.
+            self._recent.pop(msg_id, None)
+        self._pending.clear()
+        self._direct.clear()
+        for result in pending:
+            result._abandon(error)
+        waiters = list(self._waiters.values())
+        self._waiters.clear()
+        self._callbacks.clear()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(error)
+        with self._engines_changed:
+            self._engines_changed.notify_all()
+
+    @property
+    def controller_lost(self) -> bool:
+        """Whether the controller went away (until :meth:`reconnect` succeeds)."""
+        return self._lost is not None
+
+    def reconnect(self, timeout: float | None = None) -> None:
+        """Connect to the controller again, after it was restarted on the same cluster.
+
+        Waits up to ``timeout`` seconds (default: the client's ``timeout``) for the cluster
+        file to name a live controller, then connects to it and learns the engines. Work
+        that finished while the controller was down is in its database:
+        :meth:`get_result` fetches it by msg_id.
+
+        :raises TimeoutError: no live controller answered within ``timeout``.
+        """
+        if self._closed:
+            raise RuntimeError("this Client is closed")
+        from corral.core.processes import process_alive
+
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        old_pid = self.cluster_info.get("controller_pid")
+        while True:
+            try:
+                info = _read_cluster_file(self.connection_file)
+            except (OSError, ValueError):
+                info = {}
+            pid = info.get("controller_pid")
+            if pid and process_alive(int(pid)) and (pid != old_pid or self._lost is None):
+                break
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"no live controller for cluster {self.cluster_id!r} in "
+                    f"{self.connection_file} within {timeout} s"
+                )
+            time.sleep(0.05)  # a file another process writes: nothing to wait on
+        self._io.stop()
+        key = info.get("key", b"")
+        key = key if isinstance(key, bytes) else key.encode("ascii")
+        self._signer = wire.Signer(key, info.get("signature_scheme", "hmac-sha256"))
+        self._builder = MessageBuilder(self._signer, self.session)
+        if self._local is not None:
+            self._local.close()
+            self._local = LocalCalls(self._builder, self._signer)
+        self._replay = wire.ReplayGuard()
+        self.cluster_info = {k: v for k, v in info.items() if k != "key"}
+        self._data_channels.clear()
+        self._local_paths.clear()
+        with self._engines_changed:
+            self._engines.clear()
+        self._lost = None
+        self._io = self._connect(info)
+        self._sync_engines(max(0.1, deadline - time.monotonic()))
+
     def _on_notification(self, msg: Parsed) -> None:
         msg_type = msg.msg_type
         content = msg.content
@@ -297,7 +405,7 @@ class Client:
                 self._add_engine(engine_id, content)
                 self._engines_changed.notify_all()
             # The notification omits some details (the pid): fetch them, without waiting.
-            if not self._closed:
+            if not self._closed and self._lost is None:
                 self._request(
                     "registration", "connection_request", {}, self._apply_connection_reply
                 )
@@ -376,6 +484,8 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Client is closed")
+        if self._lost is not None:
+            raise self._lost
 
     def _remember(self, msg_id: str, result: AsyncResult) -> None:
         recent = self._recent
@@ -430,8 +540,7 @@ class Client:
         The result is registered before anything is queued, so even an instant reply
         finds it; ``convert`` (applied to each value) is part of it from the start.
         """
-        if self._closed:
-            raise RuntimeError("this Client is closed")
+        self._check_open()
         new_id = self._builder.new_msg_id
         msg_ids = [new_id() for _ in routes]
         factory = result_factory or AsyncResult
@@ -619,6 +728,7 @@ class Client:
         """A request to the hub, waited for; the reply message."""
         future: concurrent.futures.Future[Parsed] = concurrent.futures.Future()
         msg_id = self._request("registration", msg_type, content, future.set_result)
+        self._waiters[msg_id] = future
         timeout = self.timeout if timeout is None else timeout
         try:
             reply = future.result(timeout)
@@ -628,6 +738,8 @@ class Client:
                 f"the hub of cluster {self.cluster_id!r} did not answer {msg_type} within "
                 f"{timeout} s ({self.connection_file})"
             ) from None
+        finally:
+            self._waiters.pop(msg_id, None)
         if reply.content.get("status") == "error":
             raise RemoteError(
                 str(reply.content.get("ename") or "HubError"),
@@ -646,7 +758,11 @@ class Client:
             if engine is None:
                 continue
             future: concurrent.futures.Future[Parsed] = concurrent.futures.Future()
-            self._request("control", msg_type, content, future.set_result, ident=engine.ident)
+            msg_id = self._request(
+                "control", msg_type, content, future.set_result, ident=engine.ident
+            )
+            self._waiters[msg_id] = future
+            future.add_done_callback(lambda _, m=msg_id: self._waiters.pop(m, None))
             futures.append(future)
         return futures
 

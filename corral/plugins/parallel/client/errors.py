@@ -89,6 +89,19 @@ class EngineError(RemoteError):
     """
 
 
+class ControllerLost(ConnectionError):
+    """The cluster's controller went away: nothing pending will be answered through it.
+
+    Raised by every result that was still pending and by every call that needs the
+    controller, until :meth:`Client.reconnect` finds a controller restarted on the same
+    cluster. Engines outlive their controller for a grace period and re-register with the
+    new one, keeping their results: ``get_result(msg_id)`` after a reconnect fetches what
+    finished meanwhile.
+
+    .. versionadded:: 0.2
+    """
+
+
 class TaskAborted(RemoteError):
     """The task was aborted (:meth:`AsyncResult.abort`) before it ran.
 

@@ -59,6 +59,10 @@ class ClientIO:
         self.identity = identity
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._channel_of: dict[zmq.Socket[Any], str] = {}
+        #: monitor PAIR socket -> the channel whose disconnections it reports
+        self._monitors: dict[zmq.Socket[Any], str] = {}
+        #: called in this thread with a watched channel's name when its peer went away
+        self.on_disconnect: Callable[[str], None] | None = None
         self._poller = zmq.Poller()
         self._outbox: deque[tuple[str | None, Any, bool]] = deque()
         self._nocopy: set[str] = set()
@@ -124,18 +128,23 @@ class ClientIO:
         url: str,
         subscribe: bytes | None = None,
         copy: bool = True,
+        watch_ms: int = 0,
     ) -> None:
         """Create and connect a socket named ``channel`` (in the I/O thread if running).
 
         ``copy=False`` receives zmq frames instead of bytes: for the direct data path,
         where a 50 MB buffer should become an array without another copy.
+
+        ``watch_ms`` > 0 reports the peer's loss to :attr:`on_disconnect`: at once when
+        its process dies (the connection closes), and after ``2 * watch_ms`` of silence
+        when its host does (libzmq's own ZMTP heartbeats, answered without Python).
         """
         if not copy:
             self._nocopy.add(channel)
         if self._running and threading.current_thread() is not self._thread:
-            self.call_soon(lambda: self._add_socket(channel, kind, url, subscribe))
+            self.call_soon(lambda: self._add_socket(channel, kind, url, subscribe, watch_ms))
         else:
-            self._add_socket(channel, kind, url, subscribe)
+            self._add_socket(channel, kind, url, subscribe, watch_ms)
 
     def has_socket(self, channel: str) -> bool:
         return channel in self._sockets
@@ -161,7 +170,9 @@ class ClientIO:
 
     # --------------------------------------------------------- I/O thread
 
-    def _add_socket(self, channel: str, kind: int, url: str, subscribe: bytes | None) -> None:
+    def _add_socket(
+        self, channel: str, kind: int, url: str, subscribe: bytes | None, watch_ms: int = 0
+    ) -> None:
         if channel in self._sockets:
             return
         sock = self.context.socket(kind)
@@ -172,6 +183,12 @@ class ClientIO:
             sock.identity = self.identity
         if subscribe is not None:
             sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+        if watch_ms > 0:
+            sock.heartbeat_ivl = watch_ms
+            sock.heartbeat_timeout = 2 * watch_ms
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._monitors[monitor] = channel
+            self._poller.register(monitor, zmq.POLLIN)
         sock.connect(url)
         self._sockets[channel] = sock
         self._channel_of[sock] = channel
@@ -280,6 +297,8 @@ class ClientIO:
                                 wake_rx.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             pass
+                    elif sock in self._monitors:
+                        self._on_monitor(sock)
                     else:
                         self._drain(sock, self._channel_of[sock])
             self._flush_outbox()
@@ -288,7 +307,34 @@ class ClientIO:
         finally:
             self._close_sockets()
 
+    def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        """Events of a watched socket: each disconnection goes to :attr:`on_disconnect`."""
+        channel = self._monitors[monitor]
+        lost = False
+        try:
+            while True:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+                event = int.from_bytes(frames[0][:2], "little")
+                lost = lost or event == zmq.EVENT_DISCONNECTED
+        except zmq.Again:
+            pass
+        if lost and self.on_disconnect is not None:
+            try:
+                self.on_disconnect(channel)
+            except Exception:
+                log.exception("client disconnect handler failed")
+
     def _close_sockets(self) -> None:
+        watched = set(self._monitors.values())
+        for channel, sock in self._sockets.items():
+            if channel in watched:
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+        for monitor in list(self._monitors):
+            monitor.close(linger=0)
+        self._monitors.clear()
         for sock in list(self._sockets.values()):
             sock.close(linger=0)
         self._sockets.clear()

@@ -30,6 +30,7 @@ from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult
 from .client import Client, msg_ids_of
+from .errors import ControllerLost
 from .mapping import (
     auto_chunksize,
     chunk_slices,
@@ -751,6 +752,9 @@ class _Combined(AsyncResult):
         if self._done_slots[index]:
             return
         error = part.exception() if not part.cancelled() else None
+        if isinstance(error, ControllerLost):
+            self._abandon(error)
+            return
         if error is not None:
             from .errors import RemoteError
 
@@ -905,6 +909,9 @@ class _StagedPull(AsyncResult):
     def _fail(self, error: BaseException) -> None:
         from .errors import RemoteError
 
+        if isinstance(error, ControllerLost):
+            self._abandon(error)
+            return
         if not isinstance(error, RemoteError):
             error = RemoteError(type(error).__name__, str(error))
         self._errors[0] = error

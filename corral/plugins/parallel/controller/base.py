@@ -97,11 +97,28 @@ def make_socket(ctx: zmq.Context[Any], kind: int, *, unlimited: bool = False) ->
     return sock
 
 
-def bind_random(sock: zmq.Socket[Any], transport: str, ip: str) -> int:
-    """Bind ``sock`` to a port the OS picks; returns the port."""
-    if transport == "tcp":
-        return sock.bind_to_random_port(f"tcp://{ip}")
-    raise ValueError(f"transport {transport!r} is not supported by the controller (use tcp)")
+def bind_random(sock: zmq.Socket[Any], transport: str, ip: str, preferred: int = 0) -> int:
+    """Bind ``sock`` to ``preferred`` if given and free, else to a port the OS picks;
+    returns the port.
+
+    A controller restarted on a cluster whose engines outlived it prefers the old ports:
+    the engines' sockets then reconnect by themselves, and replies they held meanwhile
+    go out on their own.
+    """
+    if transport != "tcp":
+        raise ValueError(f"transport {transport!r} is not supported by the controller (use tcp)")
+    if preferred:
+        try:
+            sock.bind(f"tcp://{ip}:{preferred}")
+            return preferred
+        except zmq.ZMQError as exc:
+            log.warning(
+                "port %d of the previous controller is taken (%s); engines that outlived it "
+                "cannot reconnect to this socket",
+                preferred,
+                exc,
+            )
+    return sock.bind_to_random_port(f"tcp://{ip}")
 
 
 def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
@@ -203,6 +220,15 @@ class Component:
     name = "component"
     #: messages dropped (malformed, forged, or failing their handler)
     dropped = 0
+    #: where the component binds
+    transport = "tcp"
+    ip = "127.0.0.1"
+    #: ``{cluster file field: port}`` to bind again (a restart of a crashed controller)
+    preferred: dict[str, int] = {}  # noqa: RUF012 - replaced, never mutated
+
+    def bind_port(self, sock: zmq.Socket[Any], field: str) -> int:
+        """Bind ``sock`` for the cluster file field ``field``; the port."""
+        return bind_random(sock, self.transport, self.ip, self.preferred.get(field, 0))
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
         """Create and bind this component's sockets; ``{cluster file field: port}``."""

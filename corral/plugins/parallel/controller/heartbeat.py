@@ -1,6 +1,7 @@
 """The hub's heartbeat monitor: who answered the last beats, who has missed too many.
 
-Every ``period`` seconds the hub publishes a beat (the beat number as ASCII) on
+Every ``period`` seconds the hub publishes a beat (the beat number as ASCII; numbers start
+at the hub's start time in microseconds, so each hub's beats differ) on
 ``hb_ping``; each engine's heartbeat device echoes it from a DEALER whose identity is the
 engine's uuid to ``hb_pong``. An engine that let ``misses`` consecutive beats go
 unanswered is dead. The engine side echoes in C with the GIL released, so a task spinning
@@ -36,7 +37,10 @@ class HeartMonitor:
             raise ValueError("heartbeat period must be > 0 and misses >= 1")
         self.period = float(period)
         self.misses = int(misses)
-        self.beat = 0
+        # Beats of one hub count up from the time it started (in microseconds), so an
+        # engine that outlived a controller tells a restarted hub's beats from the old
+        # ones by the jump, and registers again.
+        self.beat = time.time_ns() // 1000
         self.next_at = time.monotonic()
         self._last: dict[bytes, int] = {}
 

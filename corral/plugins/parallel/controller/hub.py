@@ -24,7 +24,7 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
 from corral.transports.zmq.session import Session
 
-from .base import Component, ControlPipe, bind_random, drain, loads_dict, make_socket, read_control
+from .base import Component, ControlPipe, drain, loads_dict, make_socket, read_control
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
 
@@ -143,6 +143,8 @@ class Hub(Component):
         self.engines: dict[int, EngineRecord] = {}
         self.by_uuid: dict[bytes, int] = {}
         self.next_id = 0
+        #: ids of engines gone in this controller's life: never given out again
+        self.retired: set[int] = set()
         #: (msg_id, engine uuid or b"") of requests not yet answered
         self.pending: dict[tuple[str, bytes], None] = {}
         self.completed: dict[bytes, int] = {}
@@ -162,13 +164,13 @@ class Hub(Component):
         self.hb_pong = make_socket(ctx, zmq.ROUTER)
         self.notification = make_socket(ctx, zmq.PUB, unlimited=True)
         self.monitor = make_socket(ctx, zmq.PULL, unlimited=True)
-        t, ip = self.transport, self.ip
+        bind = self.bind_port
         return {
-            "registration": bind_random(self.registration, t, ip),
-            "hb_ping": bind_random(self.hb_ping, t, ip),
-            "hb_pong": bind_random(self.hb_pong, t, ip),
-            "notification": bind_random(self.notification, t, ip),
-            "monitor": bind_random(self.monitor, t, ip),
+            "registration": bind(self.registration, "registration"),
+            "hb_ping": bind(self.hb_ping, "hb_ping"),
+            "hb_pong": bind(self.hb_pong, "hb_pong"),
+            "notification": bind(self.notification, "notification"),
+            "monitor": bind(self.monitor, "monitor"),
         }
 
     def configure(self, message: Any) -> None:
@@ -267,18 +269,21 @@ class Hub(Component):
         if not isinstance(uuid, str) or not 0 < len(uuid) <= 255:
             return {"status": "error", "evalue": "registration needs a uuid string"}
         key = uuid.encode("utf-8")
-        if key in self.by_uuid:
+        known = self.by_uuid.get(key)
+        if known is not None:
+            if content.get("id") == known:  # asked again (it thought we were gone): same
+                return self._registered(self.engines[known])
             return {"status": "error", "evalue": f"engine uuid {uuid} is already registered"}
         pid = content.get("pid")
+        engine_id = self._new_engine_id(content.get("id"))
         record = EngineRecord(
-            id=self.next_id,
+            id=engine_id,
             uuid=uuid,
             hostname=str(content.get("hostname") or ""),
             pid=pid if isinstance(pid, int) else 0,
             data_url=str(content.get("data_url") or ""),
             local_path=str(content.get("local_path") or ""),
         )
-        self.next_id += 1
         self.engines[record.id] = record
         self.by_uuid[key] = record.id
         self.completed.setdefault(key, 0)
@@ -294,18 +299,41 @@ class Hub(Component):
             },
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
+        return self._registered(record)
+
+    def _registered(self, record: EngineRecord) -> dict[str, Any]:
+        """The registration reply for ``record``."""
         return {
             "status": "ok",
             "id": record.id,
             "hb_period": self.heart.period,
             "hb_misses": self.heart.misses,
+            "beat": self.heart.beat,
         }
+
+    def _new_engine_id(self, wanted: Any) -> int:
+        """The id for a registering engine: the one it asks for if that is free (an engine
+        that outlived its controller keeps its id with the next), else the next unused."""
+        if (
+            type(wanted) is int
+            and 0 <= wanted < 2**31
+            and wanted not in self.engines
+            and wanted not in self.retired
+        ):
+            self.next_id = max(self.next_id, wanted + 1)
+            return wanted
+        while self.next_id in self.engines or self.next_id in self.retired:
+            self.next_id += 1
+        engine_id = self.next_id
+        self.next_id += 1
+        return engine_id
 
     def unregister(self, uuid: bytes, reason: str) -> None:
         eid = self.by_uuid.pop(uuid, None)
         if eid is None:
             return
         record = self.engines.pop(eid)
+        self.retired.add(eid)
         self.heart.remove(uuid)
         self.completed.pop(uuid, None)
         # What the engine owed is answered by the queues (an EngineError) or by another

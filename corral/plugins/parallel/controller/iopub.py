@@ -14,7 +14,7 @@ from typing import Any
 
 import zmq
 
-from .base import Component, ControlPipe, bind_random, make_socket, read_control
+from .base import Component, ControlPipe, make_socket, read_control
 
 __all__ = ["IopubProxy"]
 
@@ -38,8 +38,8 @@ class IopubProxy(Component):
         self._steer = make_socket(ctx, zmq.PAIR)
         self._steer.bind(self._steer_url)
         return {
-            "iopub_engine": bind_random(self.xsub, self.transport, self.ip),
-            "iopub": bind_random(self.xpub, self.transport, self.ip),
+            "iopub_engine": self.bind_port(self.xsub, "iopub_engine"),
+            "iopub": self.bind_port(self.xpub, "iopub"),
         }
 
     def _proxy(self) -> None:

@@ -98,7 +98,11 @@ class ControllerConfig:
     ) -> None:
         self.profile = profile
         self.cluster_id = cluster_id or _new_cluster_id()
+        #: whether the caller chose the key (a restart then keeps it, not the old one's)
+        self.key_given = key is not None
         self.key = _to_bytes(new_key() if key is None else key)
+        #: ``{cluster file field: port}`` to bind again: see :func:`take_over`
+        self.ports: dict[str, int] = {}
         self.signature_scheme = signature_scheme
         self.transport = transport
         self.ip = ip
@@ -135,8 +139,50 @@ class ControllerConfig:
         )
 
 
+def take_over(cfg: ControllerConfig, path: Path) -> None:
+    """Restart a cluster whose controller died: keep its key and ports.
+
+    Engines outlive a lost controller for a grace period, with their sockets still
+    connected to the old ports. A controller started again on the same profile and
+    cluster id finds the dead controller's cluster file, takes its key (unless the caller
+    chose one) and binds the same ports where they are free, so those engines reconnect
+    and re-register by themselves, keeping their ids, namespaces and finished results.
+
+    :raises RuntimeError: that cluster's controller is still running.
+    """
+    try:
+        old = read_cluster_file(path)
+    except (OSError, ValueError):
+        return
+    if old.controller_pid and old.controller_pid != os.getpid():
+        from corral.core.processes import process_alive
+
+        if process_alive(old.controller_pid):
+            raise RuntimeError(
+                f"cluster {cfg.cluster_id!r} of profile {cfg.profile!r} is already running "
+                f"(controller pid {old.controller_pid}, {path})"
+            )
+    if cfg.key_given and old.key != cfg.key:
+        log.warning("%s names a dead controller with another key: not reusing its ports", path)
+        return
+    cfg.key = old.key
+    if old.transport == cfg.transport and old.ip == cfg.ip:
+        cfg.ports = old.ports()
+    log.info(
+        "taking over cluster %s from dead controller %d: its engines may re-register",
+        cfg.cluster_id,
+        old.controller_pid,
+    )
+
+
 def build_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> Component:
     """The component ``name`` (hub, mux, control, task, broadcast, iopub), not yet bound."""
+    component = _new_component(name, cfg, hub_ports)
+    component.preferred = cfg.ports
+    return component
+
+
+def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> Component:
     common = {"transport": cfg.transport, "ip": cfg.ip}
     if name == "hub":
         db = open_taskdb(cfg.db, cfg.db_path, store_buffers=cfg.store_buffers)
@@ -380,8 +426,9 @@ def _spawn(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> tuple
 
 def run_processes(cfg: ControllerConfig, *, announce: bool = True) -> int:
     """Run a controller as one process per component until shutdown; the exit code."""
-    children = _Children(cfg)
     path = cluster_file_path(cfg.profile, cfg.cluster_id)
+    take_over(cfg, path)
+    children = _Children(cfg)
     try:
         ports = children.launch()
     except BaseException:
@@ -443,6 +490,7 @@ class _Threads:
         self.path = cluster_file_path(cfg.profile, cfg.cluster_id)
 
     def launch(self) -> ClusterInfo:
+        take_over(self.cfg, self.path)
         try:
             hub = build_component("hub", self.cfg, {})
             self.components["hub"] = hub

@@ -56,7 +56,6 @@ from .base import (
     NOBLOCK,
     Component,
     ControlPipe,
-    bind_random,
     drain,
     loads_dict,
     make_socket,
@@ -174,8 +173,8 @@ class RoutingQueue(Component):
             self.notify_sock.subscribe(topic)
         self.notify_sock.connect(self.notification_url)
         return {
-            self.name: bind_random(self.client_sock, self.transport, self.ip),
-            f"{self.name}_engine": bind_random(self.engine_sock, self.transport, self.ip),
+            self.name: self.bind_port(self.client_sock, self.name),
+            f"{self.name}_engine": self.bind_port(self.engine_sock, f"{self.name}_engine"),
         }
 
     def close(self) -> None:

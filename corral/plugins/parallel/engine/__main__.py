@@ -1,8 +1,9 @@
 """``python -m corral.plugins.parallel.engine --file CLUSTER_FILE [--log-level LEVEL]``.
 
 Runs one engine until a shutdown request (exit status 0), SIGTERM (0), a refused or
-unanswered registration (1), or the loss of the controller or of the process named by
-``CORRAL_PARENT_PID`` (1). Logs go to stderr, which launchers redirect to a log file.
+unanswered registration (1), the loss of the process named by ``CORRAL_PARENT_PID`` (1),
+or of the controller when none came back within the grace period (1). Logs go to stderr,
+which launchers redirect to a log file.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds without a heartbeat before the engine exits (default 10 x hb_period)",
     )
     parser.add_argument(
+        "--controller-grace",
+        type=float,
+        default=None,
+        help="seconds to wait for a lost controller to be restarted before exiting "
+        "(default: the cluster file's controller_grace, CORRAL_CONTROLLER_GRACE, or 60)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=30.0,
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             ip=args.ip,
             hub_timeout=args.hub_timeout,
             registration_timeout=args.timeout,
+            controller_grace=args.controller_grace,
         )
     except (OSError, ValueError, EngineError) as exc:
         logging.getLogger("corral.parallel.engine").error("cannot start: %s", exc)

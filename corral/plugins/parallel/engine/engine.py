@@ -112,6 +112,23 @@ class EngineError(RuntimeError):
 _REQUIRED = ("key", "registration", "hb_ping", "hb_pong", *_CHANNELS, "iopub_engine")
 
 
+#: Seconds an engine waits for a lost controller to come back, unless configured.
+DEFAULT_CONTROLLER_GRACE = 60.0
+
+
+def _grace(given: float | None, info: dict[str, Any]) -> float:
+    """The controller grace period: the argument, the cluster file, the environment."""
+    if given is None:
+        given = info.get("controller_grace")
+    if given is None:
+        env = os.environ.get("CORRAL_CONTROLLER_GRACE", "")
+        given = float(env) if env else DEFAULT_CONTROLLER_GRACE
+    grace = float(given)
+    if not grace >= 0:
+        raise EngineError(f"controller_grace must be >= 0 seconds, not {given!r}")
+    return grace
+
+
 def _as_dict(info: Any) -> dict[str, Any]:
     """A plain dict from whatever ``read_cluster_file`` returns (mapping, attrs, object)."""
     if isinstance(info, Mapping):
@@ -206,8 +223,12 @@ class Engine:
 
     ``cluster`` is the cluster file's content (a dict, or what ``read_cluster_file``
     returns). ``ip`` overrides the controller address from the file. ``hub_timeout`` is
-    how long without a beat ends the engine (default ``max(10 * hb_period, 1 s)``);
-    ``parent_pid`` ends it when that process exits (default: ``CORRAL_PARENT_PID``).
+    how long without a beat means the controller is gone (default
+    ``max(10 * hb_period, 1 s)``); the engine then waits ``controller_grace`` seconds
+    (default: the cluster file's ``controller_grace``, else ``CORRAL_CONTROLLER_GRACE``,
+    else 60) for a controller restarted on the same cluster, re-registers with it under
+    the same id and keeps its namespace, and exits only if none came. ``parent_pid`` ends
+    it when that process exits (default: ``CORRAL_PARENT_PID``).
 
     .. versionadded:: 0.1
     """
@@ -222,6 +243,7 @@ class Engine:
         registration_timeout: float = 30.0,
         parent_pid: int | None = None,
         uuid: str | None = None,
+        controller_grace: float | None = None,
     ) -> None:
         info = _as_dict(cluster)
         missing = [k for k in _REQUIRED if k not in info]
@@ -242,6 +264,11 @@ class Engine:
         self.uuid = uuid or uuid_module.uuid4().hex
         self.ident = self.uuid.encode("ascii")
         self.hub_timeout = hub_timeout
+        self.controller_grace = _grace(controller_grace, info)
+        #: set by the hub watch when beats come back after a silence: register again
+        self._rejoin = False
+        #: the hub's beat number when it registered us (to tell a restarted hub's beats)
+        self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
         if parent_pid is None:
             env = os.environ.get("CORRAL_PARENT_PID", "")
@@ -399,6 +426,8 @@ class Engine:
                     f"registration refused: {content.get('evalue') or content.get('status')}"
                 )
             self.id = int(content["id"])
+            beat = content.get("beat")
+            self._hub_beat = beat if type(beat) is int else None
             self.hb_period = float(content.get("hb_period") or self.hb_period)
             self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
             break
@@ -410,7 +439,6 @@ class Engine:
         from ._output import EngineIOPub, OutputRelay, install_streams
 
         assert self.id is not None
-        self.engine_info = {"engine_id": self.id, "engine_uuid": self.uuid}
         self.iopub = EngineIOPub(
             wire_session(self.key, self.scheme, self.session_id),
             self.iopub_socket,
@@ -418,13 +446,7 @@ class Engine:
         )
         self.relay = OutputRelay(self.interpreter, self.iopub)
         self._saved_streams = install_streams(self.interpreter.center, self.interpreter)
-        self._ok_apply = wire.json_dumps(
-            {"status": "ok", "engine_info": {**self.engine_info, "method": "apply"}}
-        )
-        self._meta_template = (
-            b'{"engine_id":%d,"engine_uuid":"%s","started":"%%b","completed":"%%b",'
-            b'"status":"%%b","outputs":%%d}' % (self.id, self.ident)
-        )
+        self._identify()
         self._handlers: dict[str, Handler] = {
             "apply_request": self._apply,
             "execute_request": self._execute,
@@ -456,6 +478,23 @@ class Engine:
             notification_url=self.url("notification") if self.cluster.get("notification") else None,
             uuid=self.uuid,
             signer=wire.Signer(self.key, self.scheme),
+            grace=self.controller_grace,
+            on_silent=self._on_silent,
+            on_back=self._on_back,
+            beat=self._hub_beat,
+        )
+
+    def _identify(self) -> None:
+        """What replies and output say about this engine (again if its id changes)."""
+        assert self.id is not None
+        self.engine_info = {"engine_id": self.id, "engine_uuid": self.uuid}
+        self.iopub.default_metadata["engine_id"] = self.id
+        self._ok_apply = wire.json_dumps(
+            {"status": "ok", "engine_info": {**self.engine_info, "method": "apply"}}
+        )
+        self._meta_template = (
+            b'{"engine_id":%d,"engine_uuid":"%s","started":"%%b","completed":"%%b",'
+            b'"status":"%%b","outputs":%%d}' % (self.id, self.ident)
         )
 
     def start(self) -> None:
@@ -565,6 +604,9 @@ class Engine:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        if self._rejoin:
+            self._rejoin = False
+            self._register_again()
 
     def _wake(self) -> None:
         try:
@@ -1157,6 +1199,64 @@ class Engine:
         timer = threading.Timer(_SHUTDOWN_GRACE, force)
         timer.daemon = True
         timer.start()
+
+    def _on_silent(self, reason: str) -> None:
+        """Hub watch: the controller went quiet. Keep running (and keep finished replies
+        queued on the sockets, which reconnect by themselves) for the grace period."""
+        log.warning(
+            "%s; waiting up to %g s for a controller to come back (controller_grace)",
+            reason,
+            self.controller_grace,
+        )
+
+    def _on_back(self) -> None:
+        """Hub watch: beats again. Register with the new hub from the main thread."""
+        self._rejoin = True
+        self._wake()
+
+    def _register_again(self) -> None:
+        """Re-register with a restarted controller, asking for the same id."""
+        import time
+
+        content = {
+            "uuid": self.uuid,
+            "id": self.id,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "data_url": self.data_url,
+            "local_path": self.local.path if self.local is not None else None,
+        }
+        frames = self.replier.frames(
+            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
+        )
+        send_frames(self.registration, frames)
+        end = time.monotonic() + self.registration_timeout
+        while True:
+            left = int((end - time.monotonic()) * 1000)
+            if left <= 0 or not self.registration.poll(left):
+                log.error("the restarted controller did not answer the registration")
+                self._stop("re-registration unanswered", 1)
+                return
+            try:
+                msg = recv_message(self.registration, self.signer, self.replay, _NOBLOCK)
+            except zmq.Again:
+                continue
+            except wire.WireError as exc:
+                log.warning("dropped a bad message on registration: %s", exc)
+                continue
+            if msg.msg_type == "registration_reply":
+                break
+        reply = msg.content
+        if reply.get("status", "ok") != "ok" or not isinstance(reply.get("id"), int):
+            log.error("the restarted controller refused this engine: %s", reply.get("evalue"))
+            self._stop("re-registration refused", 1)
+            return
+        if reply["id"] != self.id:
+            log.warning("engine %s re-registered as engine %d", self.id, reply["id"])
+            self.id = int(reply["id"])
+            self._identify()
+        else:
+            log.warning("engine %d re-registered with the restarted controller", self.id)
 
     def _on_lost(self, reason: str) -> None:
         """Hub watch: the controller or the parent is gone; nobody will stop us."""

@@ -8,8 +8,10 @@ not be declared dead: :class:`HeartbeatDevice` runs ``zmq.proxy_steerable(SUB, D
 on its own thread, which forwards every beat in C with the GIL released.
 
 The proxy's *capture* socket (a PUB, which never blocks the proxy) hands a copy of every
-beat to :class:`HubWatch`, which ends the engine when no beat came for ``timeout``
-seconds (the controller is gone: no orphans) or when the process named by
+beat to :class:`HubWatch`. When no beat came for ``timeout`` seconds the controller is
+gone: the engine keeps running for a ``grace`` period, so that a controller restarted on
+the same cluster finds it (the watch reports the silence, then the beats' return), and
+ends only when the grace is over (no orphans). It ends at once when the process named by
 ``CORRAL_PARENT_PID`` has exited. Reading copies of the beats costs no second connection
 to the hub, and a watch starved of the GIL by user code still finds the beats queued
 when it runs again, so a busy engine is never mistaken for an orphan.
@@ -33,6 +35,11 @@ from corral.transports.zmq.heartbeat import ProxyThread
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
 
 log = logging.getLogger("corral.parallel.engine")
+
+#: Beats one hub may send between two that an engine sees; a larger jump means another
+#: hub (a restart takes far more than the 10 ms that many microseconds make). A long
+#: partition from the same hub may exceed it: re-registering then is harmless.
+_SAME_HUB_STEPS = 10_000
 
 
 class HeartbeatDevice(ProxyThread):
@@ -86,10 +93,23 @@ class HubWatch(threading.Thread):
         notification_url: str | None = None,
         uuid: str | None = None,
         signer: wire.Signer | None = None,
+        grace: float = 0.0,
+        on_silent: Callable[[str], None] | None = None,
+        on_back: Callable[[], None] | None = None,
+        beat: int | None = None,
     ) -> None:
         super().__init__(name="corral-engine-hubwatch", daemon=True)
         self.timeout = timeout
         self.on_lost = on_lost
+        #: seconds to wait for a controller to come back once beats stopped
+        self.grace = grace
+        self.on_silent = on_silent
+        self.on_back = on_back
+        #: since when beats are missing (monotonic), while the controller is gone
+        self.silent_since: float | None = None
+        #: the number of the last beat seen (tells one hub's beats from the next's); at
+        #: first the hub's beat when it registered this engine
+        self.last_number: int | None = beat
         self.parent_pid = parent_pid
         self.last_beat = time.monotonic()
         self._beats = context.socket(zmq.SUB)
@@ -124,9 +144,15 @@ class HubWatch(threading.Thread):
                 if self._stop_rx in ready:
                     return
                 if self._beats in ready:
+                    beat = b""
                     while self._beats.poll(0):
-                        self._beats.recv(copy=False)
+                        beat = self._beats.recv()
                     self.last_beat = time.monotonic()
+                    new_hub = self._new_hub(beat)
+                    if self.silent_since is not None or new_hub:
+                        self.silent_since = None
+                        if self.on_back is not None:
+                            self.on_back()
                 reason = self._unregistered() if self._notices in ready else None
                 reason = reason or self._check()
                 if reason:
@@ -141,6 +167,17 @@ class HubWatch(threading.Thread):
             self._stop_rx.close(linger=0)
             if self._notices is not None:
                 self._notices.close(linger=0)
+
+    def _new_hub(self, beat: bytes) -> bool:
+        """Whether ``beat`` comes from another hub than the beats before it: each hub
+        counts up by one from its start time in microseconds, so a restarted hub's first
+        beat jumps far ahead (or, with a clock set back, behind)."""
+        try:
+            number = int(beat)
+        except ValueError:
+            return False
+        previous, self.last_number = self.last_number, number
+        return previous is not None and not previous < number <= previous + _SAME_HUB_STEPS
 
     def _unregistered(self) -> str | None:
         """The reason the hub gave for dropping this engine, if a notice names it."""
@@ -158,11 +195,21 @@ class HubWatch(threading.Thread):
         return None
 
     def _check(self) -> str | None:
-        silent = time.monotonic() - self.last_beat
-        if silent > self.timeout:
-            return f"no heartbeat from the controller for {silent:.1f} s"
         if self.parent_pid is not None and not process_alive(self.parent_pid):
             return f"parent process {self.parent_pid} is gone"
+        now = time.monotonic()
+        silent = now - self.last_beat
+        if silent <= self.timeout:
+            return None
+        reason = f"no heartbeat from the controller for {silent:.1f} s"
+        if self.grace <= 0:
+            return reason
+        if self.silent_since is None:
+            self.silent_since = now
+            if self.on_silent is not None:
+                self.on_silent(reason)
+        if now - self.silent_since > self.grace:
+            return f"{reason}; no controller came back within the grace of {self.grace:g} s"
         return None
 
     def stop(self, timeout: float = 1.0) -> None:

@@ -1,0 +1,158 @@
+"""The controller may die: clients fail at once, engines wait, a restart carries on.
+
+Real processes throughout: a controller in processes mode (so ``kill -9`` of its process
+group kills every component), two engines, and a controller started again on the same
+profile and cluster id.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from parallel_client_harness import LiveCluster
+
+from corral.plugins.parallel.client import Client, ControllerLost
+from corral.plugins.parallel.controller.main import ControllerConfig, take_over
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(180)
+
+WAIT = 30.0
+
+
+def wait_for_path(path: str, timeout: float = 60.0) -> str:
+    """Engine side: block until ``path`` exists (the test releases the task)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return path
+
+
+def engine_pid() -> int:
+    return os.getpid()
+
+
+for _function in (wait_for_path, engine_pid):
+    _function.__module__ = "__main__"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LiveCluster]:
+    live = LiveCluster(tmp_path, threads=False, hb_period=0.2, hb_misses=5)
+    yield live
+    live.stop()
+    for engine in live.engines:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait(5)
+
+
+def test_pending_results_fail_with_controller_lost(cluster: LiveCluster, tmp_path: Path) -> None:
+    rc = cluster.client
+    gate = str(tmp_path / "gate")
+    lview = rc.load_balanced_view()
+    running = [lview.apply_async(wait_for_path, gate) for _ in range(4)]
+    direct = rc[0].apply_async(wait_for_path, gate)
+    mapped = lview.map_async(wait_for_path, [gate] * 6)
+    cluster.kill_controller()
+    for result in [*running, direct, mapped]:
+        error = result.exception(timeout=WAIT)
+        assert isinstance(error, ControllerLost), error
+        assert "lost the controller" in str(error) and "reconnect()" in str(error)
+    with pytest.raises(ControllerLost):
+        lview.apply_sync(engine_pid)
+    with pytest.raises(ControllerLost):
+        rc.queue_status()
+    with pytest.raises(ControllerLost):
+        list(lview.imap(engine_pid, range(3)))
+    assert rc.controller_lost
+    open(gate, "w").close()
+
+
+def test_iterating_a_map_wakes_when_the_controller_dies(
+    cluster: LiveCluster, tmp_path: Path
+) -> None:
+    rc = cluster.client
+    gate = str(tmp_path / "gate")
+    mapped = rc.load_balanced_view().map_async(wait_for_path, [gate] * 4)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        iterating = pool.submit(lambda: list(mapped))
+        cluster.kill_controller()
+        with pytest.raises(ControllerLost):
+            iterating.result(WAIT)
+    open(gate, "w").close()
+
+
+def test_engines_outlive_the_controller_and_rejoin_a_restart(
+    cluster: LiveCluster, tmp_path: Path
+) -> None:
+    rc = cluster.client
+    ids = rc.ids
+    pids = rc[:].apply_sync(engine_pid)
+    rc[:].push({"kept": "namespace"}, block=True)
+    gate = str(tmp_path / "gate")
+    slow = rc.load_balanced_view().apply_async(wait_for_path, gate)
+    # Wait until it runs, so that it finishes while no controller is there.
+    deadline = time.monotonic() + WAIT
+    while not rc.queue_status(timeout=WAIT) or not any(
+        q.get("running") for q in rc.queue_status(timeout=WAIT).values()
+    ):
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.02)
+    msg_id = slow.msg_ids[0]
+    cluster.kill_controller()
+    assert isinstance(slow.exception(timeout=WAIT), ControllerLost)
+    open(gate, "w").close()  # the task finishes with nobody to tell
+    cluster.restart_controller()
+    rc.reconnect(timeout=WAIT)
+    assert not rc.controller_lost
+    assert rc.wait_for_engines(len(ids), timeout=WAIT) == ids
+    assert rc[:].apply_sync(engine_pid) == pids
+    assert rc[:].pull("kept", block=True) == ["namespace"] * len(ids)
+    # The reply the engine held reaches the new controller's database.
+    assert rc.get_result(msg_id).get(timeout=WAIT) == gate
+    assert rc.load_balanced_view().map_sync(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
+
+
+def test_a_new_client_of_a_restarted_controller_sees_the_old_engines(
+    cluster: LiveCluster,
+) -> None:
+    ids = cluster.client.ids
+    cluster.kill_controller()
+    cluster.restart_controller()
+    fresh: Client = cluster.connect()
+    assert fresh.wait_for_engines(len(ids), timeout=WAIT) == ids
+    assert fresh[:].apply_sync(engine_pid) == [fresh.engines[i].pid for i in fresh.ids]
+
+
+def test_a_running_controller_is_not_taken_over(cluster: LiveCluster) -> None:
+    config = ControllerConfig(profile="client", cluster_id="c1")
+    with pytest.raises(RuntimeError, match="already running"):
+        take_over(config, cluster.cluster_file)
+    assert cluster.client.load_balanced_view().apply_sync(abs, -1) == 1
+
+
+def test_engines_exit_when_no_controller_comes_back(tmp_path: Path) -> None:
+    live = LiveCluster(
+        tmp_path,
+        threads=False,
+        hb_period=0.1,
+        hb_misses=2,
+        engine_env={"CORRAL_CONTROLLER_GRACE": "0.5"},
+    )
+    try:
+        live.kill_controller()
+        for engine in live.engines:
+            assert engine.wait(WAIT) == 1
+    finally:
+        live.stop()
