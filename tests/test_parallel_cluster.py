@@ -78,6 +78,27 @@ def test_start_and_stop_leaves_nothing_behind(corral_dir):
     cluster.stop()  # twice is fine
 
 
+def test_stop_is_orderly_every_time(corral_dir):
+    """Every engine acknowledges the hub's shutdown (batched through the control queue),
+    nobody logs a warning, and the database is checkpointed (no -wal or -shm left)."""
+    for _ in range(3):
+        cluster = Cluster(n=2, profile="t", hb_period=0.2, hb_misses=5)
+        client = cluster.start_and_connect()
+        try:
+            assert client.load_balanced_view().map_sync(abs, range(-4, 0)) == [4, 3, 2, 1]
+            pids = _all_pids(cluster)
+        finally:
+            cluster.stop()
+        _assert_gone(pids)
+        logs = corral_dir / "profile_t" / "log"
+        for log_file in logs.glob(f"*{cluster.cluster_id}*.log"):
+            text = log_file.read_text()
+            assert "WARNING" not in text and "ERROR" not in text, (log_file.name, text)
+        db = corral_dir / "profile_t" / "db"
+        leftovers = [p.name for p in db.iterdir() if p.name.endswith(("-wal", "-shm"))]
+        assert not leftovers
+
+
 def test_context_manager_yields_working_client():
     cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2, hb_misses=5)
     with cluster as rc:

@@ -708,6 +708,15 @@ def test_shutdown(engine: FakeController) -> None:
     assert wait_exit(proc) == 0
 
 
+def test_shutdown_by_the_hub_needs_no_unregistration(engine: FakeController) -> None:
+    proc = engine.procs[0]
+    engine.send("control_engine", "shutdown_request", {"restart": False, "hub": True})
+    reply = engine.reply("control_engine")
+    assert reply["msg_type"] == "shutdown_reply" and reply["content"]["status"] == "ok"
+    assert wait_exit(proc) == 0
+    assert engine.socks["registration"].poll(0) == 0, "the hub asked: nothing more to say"
+
+
 def test_sigterm_exits_cleanly(engine: FakeController) -> None:
     proc = engine.procs[0]
     engine.apply(abs, 1)

@@ -60,9 +60,11 @@ class ProxyThread(threading.Thread):
         try:
             control.connect(self._control_url)
             control.send(b"TERMINATE")
+            # Wait for the thread, not for the socket: a proxy that ended meanwhile never
+            # reads the message, and lingering on it would only add its linger to the stop.
+            self.join(timeout)
         finally:
-            control.close(linger=1000)
-        self.join(timeout)
+            control.close(linger=0)
 
 
 class Heartbeat(ProxyThread):

@@ -187,6 +187,8 @@ class Client:
 
         #: set when the controller is gone: pending work failed, new work refused
         self._lost: ControllerLost | None = None
+        #: this client asked the hub to shut the cluster down
+        self._shut_down = False
         # msg_id -> future of a hub or control request waited for by some thread
         self._waiters: dict[str, concurrent.futures.Future[Parsed]] = {}
 
@@ -313,13 +315,18 @@ class Client:
         """Fail everything that only the controller could answer, at once and loudly."""
         if self._closed or self._lost is not None:
             return
-        error = ControllerLost(
-            f"lost the controller of cluster {self.cluster_id!r} ({why}); pending results "
-            "failed. Engines wait for a controller restarted on the same cluster; then call "
-            "Client.reconnect() and fetch finished work with get_result()."
-        )
+        if self._shut_down:
+            error = ControllerLost(f"cluster {self.cluster_id!r} was shut down")
+            log.info("%s", error)
+        else:
+            error = ControllerLost(
+                f"lost the controller of cluster {self.cluster_id!r} ({why}); pending "
+                "results failed. Engines wait for a controller restarted on the same "
+                "cluster; then call Client.reconnect() and fetch finished work with "
+                "get_result()."
+            )
+            log.error("%s", error)
         self._lost = error
-        log.error("%s", error)
         pending = set(self._pending.values())
         for msg_id in self._pending:
             # get_result() of these asks the database (where a restarted controller
@@ -941,6 +948,7 @@ class Client:
         With ``hub=True`` the hub asks every engine to shut down and the controller exits.
         """
         if hub:
+            self._shut_down = True  # the controller's going is no accident now
             self._hub_request("shutdown_request", {}, timeout)
             return
         resolved = self._resolve_targets(targets)

@@ -595,7 +595,10 @@ class Hub(Component):
         owed = set()
         for record in self.engines.values():
             msg = self.session.send(
-                sock, "shutdown_request", {"restart": False}, identities=[record.uuid.encode()]
+                sock,
+                "shutdown_request",
+                {"restart": False, "hub": True},
+                identities=[record.uuid.encode()],
             )
             owed.add(msg["msg_id"])
         deadline = time.monotonic() + SHUTDOWN_GRACE
@@ -604,9 +607,19 @@ class Hub(Component):
             if left <= 0 or not sock.poll(int(left * 1000) + 1):
                 log.warning("hub: %d engine(s) did not acknowledge shutdown", len(owed))
                 return
-            parsed = self.session.parse(sock.recv_multipart())
-            if parsed is not None:
-                owed.discard(parsed[1]["parent_header"].get("msg_id"))
+            frames = sock.recv_multipart()
+            messages = [frames]
+            if len(frames) == 3 and is_batch(frames[0]):
+                # The control queue sends replies that arrive together as one batch.
+                try:
+                    messages = unbatch(frames, 0)
+                except BatchError as exc:
+                    self._drop(f"control batch: {exc}", len(frames))
+                    continue
+            for message in messages:
+                parsed = self.session.parse(message)
+                if parsed is not None:
+                    owed.discard(parsed[1]["parent_header"].get("msg_id"))
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -267,6 +267,8 @@ class Engine:
         self.controller_grace = _grace(controller_grace, info)
         #: set by the hub watch when beats come back after a silence: register again
         self._rejoin = False
+        #: the hub asked this engine to shut down (so it need not be told we go)
+        self._hub_asked = False
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
@@ -1158,6 +1160,9 @@ class Engine:
                 content = self._error_content(exc, "clear")
         else:
             content = {"status": "ok", "restart": False, "engine_info": info}
+            # The hub asked (the whole cluster stops): it unregisters us itself and exits
+            # once every engine has answered, so nothing more we sent would be read.
+            self._hub_asked = msg.content.get("hub") is True
             self._stop("shutdown requested", 0)
         now = iso_now()
         reply_type = msg.msg_type.removesuffix("_request") + "_reply"
@@ -1309,7 +1314,8 @@ class Engine:
                 except zmq.ZMQError:
                     pass
             self.heartbeat.stop()
-            if self.id is not None and self.exit_code == 0:
+            polite = self.exit_code == 0 and not self._hub_asked
+            if self.id is not None and polite:
                 try:
                     frames = self.replier.frames(
                         (),
@@ -1336,7 +1342,7 @@ class Engine:
                 socks.append(self._monitor)
             if not self._threads_started:
                 socks.append(self.control)
-            linger = _LINGER_MS if self.exit_code == 0 else 0
+            linger = _LINGER_MS if polite else 0
             for sock in socks:
                 sock.close(linger=linger)
         # The control thread closes _ctl_rx itself once started.
