@@ -152,7 +152,9 @@ def test_engines_exit_when_no_controller_comes_back(tmp_path: Path) -> None:
     )
     try:
         live.kill_controller()
+        assert live.cluster_file.exists(), "kept for a restart while engines wait"
         for engine in live.engines:
             assert engine.wait(WAIT) == 1
+        assert not live.cluster_file.exists(), "no stale file once nobody waits"
     finally:
         live.stop()

@@ -267,6 +267,8 @@ class Engine:
         self.controller_grace = _grace(controller_grace, info)
         #: set by the hub watch when beats come back after a silence: register again
         self._rejoin = False
+        #: the cluster file this engine was started from (removed if its cluster died)
+        self.cluster_file: Path | None = None
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
@@ -314,7 +316,9 @@ class Engine:
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Engine:
         """An engine for the cluster described by the cluster file at ``path``."""
-        return cls(load_cluster_file(path), **kwargs)
+        engine = cls(load_cluster_file(path), **kwargs)
+        engine.cluster_file = Path(path)
+        return engine
 
     def url(self, channel: str) -> str:
         """Where the controller's ``channel`` socket is."""
@@ -1266,9 +1270,27 @@ class Engine:
     def _on_lost(self, reason: str) -> None:
         """Hub watch: the controller or the parent is gone; nobody will stop us."""
         log.warning("%s; the engine exits", reason)
+        if self.watch.silent_since is not None:
+            self._forget_dead_cluster()
         self._stop(reason, 1)
         self.interrupt()
         self._exit_later(1)
+
+    def _forget_dead_cluster(self) -> None:
+        """After the grace: remove the cluster file if its controller is dead, so no
+        client finds a cluster that is gone (a restarted controller writes a new one)."""
+        path = self.cluster_file
+        if path is None:
+            return
+        from corral.core.processes import process_alive
+
+        try:
+            pid = int(load_cluster_file(path).get("controller_pid") or 0)
+            if pid and not process_alive(pid) and path.exists():
+                path.unlink()
+                log.warning("removed %s: its controller (pid %d) is gone", path, pid)
+        except (OSError, ValueError, EngineError):
+            pass  # another engine removed it first, or it is not ours to read
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         """Interrupt the running task; between tasks, ignore (an interrupt never kills).
