@@ -95,6 +95,8 @@ class FakeController:
         self.pongs: list[tuple[bytes, bytes]] = []
         self.pong_arrived = threading.Condition()
         self.beating = threading.Event()
+        #: the last beat sent; a restarted hub is simulated by a jump
+        self.beat_number = 0
         if beat:
             self.beating.set()
         self._stop = threading.Event()
@@ -105,11 +107,10 @@ class FakeController:
     # -- heartbeat ---------------------------------------------------------------
 
     def _beat_loop(self, ping: zmq.Socket[Any], pong: zmq.Socket[Any]) -> None:
-        n = 0
         while not self._stop.is_set():
             if self.beating.is_set():
-                n += 1
-                ping.send(str(n).encode())
+                self.beat_number += 1
+                ping.send(str(self.beat_number).encode())
             deadline = time.monotonic() + self.hb_period
             while (left := deadline - time.monotonic()) > 0:
                 if pong.poll(int(left * 1000) + 1):
@@ -155,6 +156,7 @@ class FakeController:
                 "id": engine_id,
                 "hb_period": self.hb_period,
                 "hb_misses": 2,
+                "beat": self.beat_number,
             },
             msg,
             identities=idents,
@@ -864,6 +866,26 @@ def test_waits_for_a_returning_controller_and_registers_again(controller: FakeCo
     controller.apply(abs, -3, engine=4)
     reply = controller.reply("task_engine")
     assert reply["metadata"]["engine_id"] == 4 and reply["content"]["status"] == "ok"
+
+
+def test_a_restarted_hub_is_told_again_what_the_old_one_may_have_lost(
+    controller: FakeController,
+) -> None:
+    controller.start_beating()
+    proc = controller.start_engine("--controller-grace", "60")
+    controller.register(1)
+    request = controller.apply(abs, -9, engine=1)
+    first = controller.reply("task_engine")
+    assert first["parent_header"]["msg_id"] == request["msg_id"]
+    # Another hub's beats: the controller was restarted (and has a fresh replay guard).
+    controller.session.replay = wire.ReplayGuard()
+    controller.beat_number += 10**9
+    again = controller.register(1)
+    assert again["id"] == 1, "registers again at once, without waiting for a silence"
+    resent = controller.reply("task_engine")
+    assert resent["parent_header"]["msg_id"] == request["msg_id"]
+    assert resent["content"] == first["content"]
+    assert proc.poll() is None
 
 
 def test_takes_the_id_a_restarted_controller_gives(controller: FakeController) -> None:

@@ -189,6 +189,8 @@ class Client:
         self._lost: ControllerLost | None = None
         #: this client asked the hub to shut the cluster down
         self._shut_down = False
+        # results fetched from the hub's database, still asking it (failed on a loss)
+        self._hub_results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         # msg_id -> future of a hub or control request waited for by some thread
         self._waiters: dict[str, concurrent.futures.Future[Parsed]] = {}
 
@@ -327,7 +329,7 @@ class Client:
             )
             log.error("%s", error)
         self._lost = error
-        pending = set(self._pending.values())
+        pending = set(self._pending.values()) | set(self._hub_results)
         for msg_id in self._pending:
             # get_result() of these asks the database (where a restarted controller
             # records what the engines finished meanwhile), not the failed result.

@@ -30,13 +30,21 @@ class AsyncHubResult(AsyncResult):
     def __init__(self, client: Any, msg_ids: list[str]) -> None:
         super().__init__(client, list(msg_ids), single=len(msg_ids) == 1)
         self._delay = _FIRST_DELAY
+        client._hub_results.add(self)  # failed with the rest if the controller goes
         self._ask()
 
     def _ask(self) -> None:
+        from .errors import ControllerLost
+
         if self.done() or self._client.closed:
             return
         wanted = [m for m in self.msg_ids if not self._done_slots[self._slot_of[m]]]
-        self._client._request("registration", "result_request", {"msg_ids": wanted}, self._answer)
+        try:
+            self._client._request(
+                "registration", "result_request", {"msg_ids": wanted}, self._answer
+            )
+        except ControllerLost as lost:  # asking again after the controller went away
+            self._abandon(lost)
 
     def _answer(self, msg: Parsed) -> None:
         """In the I/O thread: fill the completed tasks, ask again for pending ones."""

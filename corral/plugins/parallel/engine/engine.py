@@ -114,6 +114,11 @@ _REQUIRED = ("key", "registration", "hb_ping", "hb_pong", *_CHANNELS, "iopub_eng
 
 #: Seconds an engine waits for a lost controller to come back, unless configured.
 DEFAULT_CONTROLLER_GRACE = 60.0
+#: Replies sent this long before a dead controller's last beat are sent again: what it
+#: may have received but not yet stored (its database writes batch over 50 ms).
+_RESEND_MARGIN = 2.0
+#: At most this many recent replies are kept for that.
+_REPLY_LOG_MAX = 100_000
 
 
 def _grace(given: float | None, info: dict[str, Any]) -> float:
@@ -271,6 +276,12 @@ class Engine:
         self.cluster_file: Path | None = None
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
+        #: (monotonic time sent, socket, frames) of recent small replies on the queues
+        self._reply_log: deque[tuple[float, Any, list[Any]]] = deque()
+        #: how long a reply is kept: longer than a lost controller takes to notice
+        self._reply_window = 3 * max(10 * float(info.get("hb_period") or 1.0), 1.0)
+        #: replies sent since then go again to a restarted controller
+        self._resend_since = 0.0
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
@@ -553,6 +564,10 @@ class Engine:
         flusher.start()
         try:
             while self._stop_reason is None:
+                if self._rejoin:  # a restarted controller: be known to it before more work
+                    self._rejoin = False
+                    self._register_again()
+                    continue
                 if inbox:
                     if self._held:  # answers to earlier tasks go first
                         self._flush_held()
@@ -576,7 +591,7 @@ class Engine:
                             self._drain_wake()
                         else:
                             self._serve_local(sock)
-                        if inbox or self._stop_reason is not None:
+                        if inbox or self._stop_reason is not None or self._rejoin:
                             break
                         continue
                     # Drain a busy queue without a full poll per message (zmq_poll on one
@@ -591,10 +606,11 @@ class Engine:
                             or inbox
                             or pending
                             or self._stop_reason is not None
+                            or self._rejoin
                             or not zmq_poll(items, 0)
                         ):
                             break
-                    if inbox or pending or self._stop_reason is not None:
+                    if inbox or pending or self._stop_reason is not None or self._rejoin:
                         break
         finally:
             try:
@@ -610,9 +626,6 @@ class Engine:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-        if self._rejoin:
-            self._rejoin = False
-            self._register_again()
 
     def _wake(self) -> None:
         try:
@@ -650,7 +663,7 @@ class Engine:
     def _serve_pending(self) -> None:
         pending = self._pending
         inbox = self._inbox
-        while pending and not inbox and self._stop_reason is None:
+        while pending and not inbox and self._stop_reason is None and not self._rejoin:
             sock, msg = pending.popleft()
             self._serve_message(sock, msg)
 
@@ -805,6 +818,7 @@ class Engine:
                     self._flush_held()
                 send_frames(sock, frames)
                 return
+        self._log_reply(sock, frames)
         now = time.monotonic()
         if not held:
             self._held_since = now
@@ -1218,8 +1232,11 @@ class Engine:
             self.controller_grace,
         )
 
-    def _on_back(self) -> None:
-        """Hub watch: beats again. Register with the new hub from the main thread."""
+    def _on_back(self, last_old_beat: float) -> None:
+        """Hub watch: a (new) hub beats. Register with it from the main thread, and send
+        again the replies the old controller may have died with: those sent since shortly
+        before its last beat."""
+        self._resend_since = last_old_beat - _RESEND_MARGIN
         self._rejoin = True
         self._wake()
 
@@ -1266,6 +1283,29 @@ class Engine:
             self._identify()
         else:
             log.warning("engine %d re-registered with the restarted controller", self.id)
+        self._resend_replies()
+
+    def _log_reply(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+        """Keep a small reply for a while: a controller killed before it stored it gets
+        it again from :meth:`_resend_replies` (replies are idempotent: same msg_id)."""
+        log_ = self._reply_log
+        now = time.monotonic()
+        log_.append((now, sock, frames))
+        horizon = now - self._reply_window
+        while log_ and (log_[0][0] < horizon or len(log_) > _REPLY_LOG_MAX):
+            log_.popleft()
+
+    def _resend_replies(self) -> None:
+        """Send again every kept reply sent since the old controller's last moments."""
+        since = self._resend_since
+        again = [(sock, frames) for sent, sock, frames in self._reply_log if sent >= since]
+        if not again:
+            return
+        if self._held:
+            self._flush_held()
+        for sock, frames in again:
+            send_frames(sock, frames)
+        log.warning("sent %d recent replies again to the restarted controller", len(again))
 
     def _on_lost(self, reason: str) -> None:
         """Hub watch: the controller or the parent is gone; nobody will stop us."""

@@ -10,7 +10,8 @@ on its own thread, which forwards every beat in C with the GIL released.
 The proxy's *capture* socket (a PUB, which never blocks the proxy) hands a copy of every
 beat to :class:`HubWatch`. When no beat came for ``timeout`` seconds the controller is
 gone: the engine keeps running for a ``grace`` period, so that a controller restarted on
-the same cluster finds it (the watch reports the silence, then the beats' return), and
+the same cluster finds it (the watch reports the silence, then the beats' return, or a
+new hub's first beat, with the time of the old hub's last one), and
 ends only when the grace is over (no orphans). It ends at once when the process named by
 ``CORRAL_PARENT_PID`` has exited. Reading copies of the beats costs no second connection
 to the hub, and a watch starved of the GIL by user code still finds the beats queued
@@ -95,7 +96,7 @@ class HubWatch(threading.Thread):
         signer: wire.Signer | None = None,
         grace: float = 0.0,
         on_silent: Callable[[str], None] | None = None,
-        on_back: Callable[[], None] | None = None,
+        on_back: Callable[[float], None] | None = None,
         beat: int | None = None,
     ) -> None:
         super().__init__(name="corral-engine-hubwatch", daemon=True)
@@ -147,12 +148,12 @@ class HubWatch(threading.Thread):
                     beat = b""
                     while self._beats.poll(0):
                         beat = self._beats.recv()
-                    self.last_beat = time.monotonic()
+                    previous, self.last_beat = self.last_beat, time.monotonic()
                     new_hub = self._new_hub(beat)
                     if self.silent_since is not None or new_hub:
                         self.silent_since = None
                         if self.on_back is not None:
-                            self.on_back()
+                            self.on_back(previous)
                 reason = self._unregistered() if self._notices in ready else None
                 reason = reason or self._check()
                 if reason:
