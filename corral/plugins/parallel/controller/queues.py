@@ -3,9 +3,12 @@
 All four are one routing loop (:class:`RoutingQueue`) with a different target policy:
 
 * :class:`DirectQueue` (``mux``, ``control``): the client names the engine.
-* :class:`TaskScheduler` (``task``): the scheduler picks the live engine with the fewest
-  outstanding tasks (ties round-robin), honouring ``targets``, ``after``, ``follow``,
-  ``timeout`` and ``retries`` from the request metadata.
+* :class:`TaskScheduler` (``task``): late assignment: each engine holds at most ``hwm``
+  tasks (running plus prefetched); the rest wait in the scheduler's backlog and go to
+  whichever engine makes room first. Among engines with room a policy picks
+  (:mod:`.policies`; by default the fewest outstanding tasks, ties round-robin). It
+  honours ``targets``, ``after``, ``follow``, ``timeout`` and ``retries`` from the
+  request metadata; a retry is spent only by a task that may have run.
 * :class:`BroadcastScheduler` (``broadcast``): the same frames go to every target.
 
 The hot loop is lean by construction: frames are received with ``copy=False`` and
@@ -23,7 +26,8 @@ of older tasks.
 
 When the hub announces an engine's death, every request outstanding on it is answered
 by the queue itself with a signed ``EngineError`` reply (or, for the task scheduler,
-resubmitted while its ``retries`` allow), so no client waits forever.
+resubmitted while its ``retries`` allow, or put back in the backlog if it never
+started), so no client waits forever.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import heapq
 import itertools
 import logging
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -63,10 +68,12 @@ from .base import (
     read_control,
     send_frames,
 )
+from .policies import Policy, get_policy
 
 __all__ = [
     "BroadcastScheduler",
     "DirectQueue",
+    "DEFAULT_HWM",
     "Pending",
     "RoutingQueue",
     "TaskScheduler",
@@ -618,7 +625,15 @@ class BroadcastScheduler(PerEngineQueue):
 
 # ------------------------------------------------------------------ load balancing
 
+# Job states. _HELD: ready to run, in the scheduler's backlog (no eligible engine has room
+# in its prefetch window, or none is alive). _RUNNING: sent to ``job.engine``, not answered.
 _WAITING, _HELD, _RUNNING, _DONE = range(4)
+
+#: How many load-balanced tasks one engine holds at most by default (the one it runs and
+#: those prefetched behind it); ``hwm=0`` lifts the bound. Large enough that an engine
+#: never idles waiting for its next task while the scheduler has work (one reply batch of
+#: the engine is 64), small enough that a new engine soon gets its share.
+DEFAULT_HWM = 128
 
 
 class Job:
@@ -635,6 +650,7 @@ class Job:
         "retries",
         "deadline",
         "engine",
+        "pinned",
         "unmet",
         "state",
     )
@@ -661,6 +677,7 @@ class Job:
         self.retries = retries
         self.deadline = deadline
         self.engine: bytes | None = None
+        self.pinned: bytes | None = None  # where ``follow`` pins it, once it is ready
         self.unmet = 0
         self.state = _WAITING
 
@@ -674,22 +691,61 @@ def _id_list(value: Any) -> list[str]:
 
 
 class TaskScheduler(RoutingQueue):
-    """Load balancing: least outstanding tasks among eligible live engines, ties round-robin.
+    """Load balancing with late assignment and a bounded prefetch per engine.
 
-    A task waits (``_WAITING``) until its ``after``/``follow`` dependencies are met, then is
-    dispatched, or held (``_HELD``) while no eligible engine is alive. ``timeout`` bounds
-    both waits.
+    A task waits (``_WAITING``) until its ``after``/``follow`` dependencies are met. Then
+    it is sent to an eligible live engine that holds fewer than ``hwm`` of this
+    scheduler's tasks, chosen by the ``policy`` (see :mod:`.policies`; ``leastload`` by
+    default, inlined here because it runs once per task); if there is none it waits in
+    the backlog (``_HELD``), first come first served, until a reply or a new engine makes
+    room. ``timeout`` bounds the wait for dependencies, and the wait in the backlog while
+    no eligible engine is alive (not the wait for room on a live one).
+
+    **Which tasks a dead engine may have started.** An engine runs the tasks of this
+    queue one at a time in the order they were sent (one connection, FIFO), and hands
+    the reply of one to its socket before it starts the next (see ``Engine._serve_message``).
+    So of the tasks sent to an engine and not answered, only the oldest can have started:
+    when the engine dies that one spends a retry (or fails with ``EngineError`` when it
+    has none left) and every other one goes back to the front of the backlog, in order,
+    with its retries intact. The one exception is a reply lost inside the dying engine's
+    transport (handed to its socket but not yet written to the connection, a window of
+    microseconds): the task after it had started too, and is run again without spending
+    a retry.
     """
 
     wants_metadata = True
 
-    def __init__(self, name: str = "task", *, results_lru: int = RESULTS_LRU, **kw: Any) -> None:
+    def __init__(
+        self,
+        name: str = "task",
+        *,
+        results_lru: int = RESULTS_LRU,
+        hwm: int = DEFAULT_HWM,
+        policy: str = "leastload",
+        seed: int | None = None,
+        **kw: Any,
+    ) -> None:
+        if not isinstance(hwm, int) or isinstance(hwm, bool) or hwm < 0:
+            raise ValueError(f"hwm must be an integer >= 0 (0: no bound), not {hwm!r}")
+        self.policy: Policy = get_policy(policy)
         super().__init__(name, **kw)
+        self.hwm = hwm
+        self.policy_name = policy
+        self._inline = policy == "leastload"  # the hot path's own copy of least_load
+        self.rng = random.Random(seed)
         self.order: list[bytes] = []  # live engines, registration order
         self.load: dict[bytes, int] = {}
+        #: per live engine, the tasks sent to it and not answered, oldest first
+        self.sent: dict[bytes, dict[str, Job]] = {}
+        self.last_used: dict[bytes, int] = {}  # for the lru scheme
+        self._uses = itertools.count()
         self.jobs: dict[str, Job] = {}  # every task not yet answered, in any state
         self.blocked: dict[str, list[Job]] = {}  # dependency msg_id -> jobs waiting on it
-        self.held: deque[Job] = deque()
+        #: the backlog: ready tasks any engine may run, and those with targets or pinned
+        #: by ``follow``; both oldest first (jobs answered meanwhile are skipped lazily)
+        self.pool: deque[Job] = deque()
+        self.pool_special: deque[Job] = deque()
+        self._said_no_engines = False
         # Recent outcomes, oldest first: the engine (b"" if none) for a success, _FAILED for
         # a failure. A plain dict with one small value each: this holds RESULTS_LRU entries
         # on a busy cluster, and an OrderedDict of tuples took twice the memory.
@@ -744,7 +800,7 @@ class TaskScheduler(RoutingQueue):
         self.jobs[msg_id] = job
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, next(self._seq), job))
-        # Fast path: no dependencies, an engine to run it: straight through.
+        # Fast path: no dependencies, an engine with room: straight through.
         if not job.after and not job.follow:
             engine = self._choose(job)
             if engine is not None:
@@ -790,14 +846,21 @@ class TaskScheduler(RoutingQueue):
     # -- dispatch ----------------------------------------------------------------------
 
     def _choose(self, job: Job, pinned: bytes | None = None) -> bytes | None:
-        order = self.order
-        n = len(order)
+        """An eligible live engine with room for ``job`` (None if there is none)."""
+        hwm = self.hwm
         if pinned is not None:
             if job.targets is not None and self.engines.get(pinned) not in job.targets:
                 return None
+            if hwm and self.load.get(pinned, hwm) >= hwm:
+                return None
             return pinned
+        if not self._inline:
+            return self._choose_by_policy(job)
+        order = self.order
+        n = len(order)
         if not n:
             return None
+        # policies.least_load, inlined: this runs once per task.
         best: bytes | None = None
         best_load = -1
         best_index = 0
@@ -810,6 +873,8 @@ class TaskScheduler(RoutingQueue):
             if targets is not None and self.engines[engine] not in targets:
                 continue
             current = load[engine]
+            if hwm and current >= hwm:
+                continue
             if best is None or current < best_load:
                 best, best_load, best_index = engine, current, index
                 if current == 0:
@@ -818,10 +883,32 @@ class TaskScheduler(RoutingQueue):
             self._rr = best_index + 1
         return best
 
+    def _choose_by_policy(self, job: Job) -> bytes | None:
+        hwm, load, targets = self.hwm, self.load, job.targets
+        candidates = [
+            e
+            for e in self.order
+            if (targets is None or self.engines[e] in targets) and not (hwm and load[e] >= hwm)
+        ]
+        if not candidates:
+            return None
+        n = len(candidates)
+        index = self.policy(
+            [load[e] for e in candidates],
+            [self.last_used.get(e, -1) for e in candidates],
+            self.rng,
+            self._rr % n,
+        )
+        self._rr = index + 1
+        return candidates[index]
+
     def _dispatch(self, job: Job, engine: bytes) -> None:
         job.engine = engine
         job.state = _RUNNING
         self.load[engine] += 1
+        self.sent[engine][job.msg_id] = job
+        if not self._inline:
+            self.last_used[engine] = next(self._uses)
         frames = job.frames
         self.send_engine(engine, frames[0], frames[1:])
 
@@ -829,20 +916,100 @@ class TaskScheduler(RoutingQueue):
         job = self.jobs.get(msg_id)
         if job is not None and job.state == _RUNNING and job.engine == engine:
             self.load[engine] -= 1
+            self.sent[engine].pop(msg_id, None)
             self._fail(job, "EngineError", "engine not connected", engine)
 
     def _ready(self, job: Job) -> None:
-        """Dependencies met: dispatch now, or hold until an eligible engine is alive."""
+        """Dependencies met: dispatch now, or hold in the backlog until there is room."""
         possible, pinned = self._location(job)
         if not possible:
             self._fail(job, "UnmetDependency", "follow dependencies cannot be met")
             return
+        job.pinned = pinned
         engine = self._choose(job, pinned)
         if engine is None:
-            job.state = _HELD
-            self.held.append(job)
+            self._hold(job)
             return
         self._dispatch(job, engine)
+
+    def _hold(self, job: Job, front: bool = False) -> None:
+        """Put ``job`` in the backlog (at its front: a task sent before everything there)."""
+        job.state = _HELD
+        job.engine = None
+        pool = self.pool if job.targets is None and job.pinned is None else self.pool_special
+        if front:
+            pool.appendleft(job)
+        else:
+            pool.append(job)
+        if not self.engines and not self._said_no_engines:
+            self._said_no_engines = True
+            log.warning(
+                "%s: load-balanced task %s waits: no engines registered "
+                "(tasks wait until one registers, or until their timeout)",
+                self.name,
+                job.msg_id,
+            )
+
+    def _take_for(self, engine: bytes) -> Job | None:
+        """The oldest backlog task ``engine`` may run, removed from the backlog."""
+        pool = self.pool
+        while pool and pool[0].state != _HELD:
+            pool.popleft()  # answered while it waited (timeout, dead targets)
+        special = self.pool_special
+        if special:
+            eid = self.engines.get(engine)
+            for index, job in enumerate(special):
+                if job.state != _HELD:
+                    continue
+                if (job.pinned is None or job.pinned == engine) and (
+                    job.targets is None or eid in job.targets
+                ):
+                    del special[index]
+                    return job
+        return pool.popleft() if pool else None
+
+    def _fill(self, engine: bytes) -> None:
+        """``engine`` has room: give it backlog tasks until it is full or none fits."""
+        hwm, load = self.hwm, self.load
+        while not hwm or load[engine] < hwm:
+            job = self._take_for(engine)
+            if job is None:
+                return
+            self._dispatch(job, engine)
+
+    def _drain_backlog(self) -> None:
+        """Dispatch what the backlog can: after engines came, left, or tasks came back."""
+        special = self.pool_special
+        if special:
+            keep: deque[Job] = deque()
+            for job in special:
+                if job.state != _HELD:
+                    continue
+                engine = self._choose(job, job.pinned)
+                if engine is None:
+                    keep.append(job)
+                else:
+                    self._dispatch(job, engine)
+            self.pool_special = keep
+        pool = self.pool
+        while pool:
+            job = pool[0]
+            if job.state != _HELD:
+                pool.popleft()
+                continue
+            engine = self._choose(job)
+            if engine is None:
+                break
+            pool.popleft()
+            self._dispatch(job, engine)
+
+    def _eligible_alive(self, job: Job) -> bool:
+        """Whether some live engine could run ``job`` (room or not)."""
+        if job.pinned is not None:
+            return job.pinned in self.load
+        if job.targets is None:
+            return bool(self.order)
+        return any(self.engines[e] in job.targets for e in self.order)
 
     # -- completion ----------------------------------------------------------------------
 
@@ -853,7 +1020,10 @@ class TaskScheduler(RoutingQueue):
         metadata = loads_dict(parts[2]) or {}
         ok = metadata.get("status", "ok") == "ok"
         self.load[engine] -= 1
+        del self.sent[engine][msg_id]
         self._finish(job, ok, job.engine)  # the scheduler's copy: one per engine, kept
+        if self.pool or self.pool_special:
+            self._fill(engine)
 
     def _finish(self, job: Job, ok: bool, engine: bytes | None) -> None:
         """Forget ``job``, remember its outcome, and wake (or fail) what waited on it."""
@@ -896,31 +1066,55 @@ class TaskScheduler(RoutingQueue):
         if engine not in self.load:
             self.order.append(engine)
             self.load[engine] = 0
+            self.sent[engine] = {}
         self.dead_ids.discard(eid)
-        held, self.held = self.held, deque()
-        for job in held:
-            if job.state == _HELD:
-                job.state = _WAITING
-                self._ready(job)
+        self._said_no_engines = False
+        self._drain_backlog()
 
     def engine_removed(self, engine: bytes, eid: int) -> None:
+        """``engine`` died: its oldest unanswered task may have run (a retry, or an
+        ``EngineError``); the others never started and go back to the backlog as they
+        were (see the class docstring)."""
         if engine in self.load:
             self.order.remove(engine)
             del self.load[engine]
+        sent = self.sent.pop(engine, {})
+        self.last_used.pop(engine, None)
         self.dead_ids.add(eid)
-        for job in [j for j in self.jobs.values() if j.state == _RUNNING and j.engine == engine]:
-            if job.retries > 0:
+        again: list[Job] = []
+        started = True  # the first of ``sent`` is the oldest: the one that may have run
+        for job in sent.values():
+            if job.state != _RUNNING or job.engine != engine:
+                continue
+            job.engine = None
+            if not started:
+                again.append(job)  # never started: no retry spent
+            elif job.retries > 0:
                 job.retries -= 1
-                job.engine = None
-                job.state = _WAITING
                 log.info("task %s resubmitted after engine %d died", job.msg_id, eid)
-                self._ready(job)
+                again.append(job)
             else:
                 self._fail(job, "EngineError", f"engine {eid} died", engine)
-        for job in list(self.held):
-            if job.state == _HELD and self._dependency_failure(job):
-                self._fail(job, "EngineError", "every target engine is dead")
-        self.held = deque(j for j in self.held if j.state == _HELD)
+            started = False
+        if len(again) > 1:
+            log.info("%d task(s) queued on engine %d go back to the backlog", len(again), eid)
+        for job in reversed(again):  # to the backlog's front, in the order they were sent
+            possible, pinned = self._location(job)
+            if not possible:
+                self._fail(job, "UnmetDependency", f"follow dependencies died with engine {eid}")
+                continue
+            job.pinned = pinned
+            self._hold(job, front=True)
+        if self.pool_special:
+            for job in self.pool_special:
+                if job.state != _HELD:
+                    continue
+                if job.pinned == engine:
+                    why = f"follow dependencies died with engine {eid}"
+                    self._fail(job, "UnmetDependency", why)
+                elif self._dependency_failure(job):
+                    self._fail(job, "EngineError", "every target engine is dead")
+        self._drain_backlog()
 
     def next_timeout(self) -> float | None:
         timers = self._timers
@@ -936,21 +1130,30 @@ class TaskScheduler(RoutingQueue):
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, job = heapq.heappop(timers)
-            if job.state in (_WAITING, _HELD):
+            if job.state == _WAITING:
                 self._fail(job, "DependencyTimeout", "dependencies not met in time")
-        if self.held and any(j.state != _HELD for j in self.held):
-            self.held = deque(j for j in self.held if j.state == _HELD)
+            elif job.state == _HELD and not self._eligible_alive(job):
+                if not self.engines:
+                    why = "no engines registered"
+                elif job.pinned is not None:
+                    why = "the engine its follow dependencies ran on is gone"
+                else:
+                    why = f"no live engine among its targets {sorted(job.targets or ())}"
+                self._fail(job, "TaskTimeout", f"task {job.msg_id} timed out waiting: {why}")
 
     def outstanding_count(self) -> int:
         return len(self.jobs)
 
 
-def make_queue(name: str, **kwargs: Any) -> RoutingQueue:
-    """The queue component named ``name``: mux, control, task or broadcast."""
+def make_queue(
+    name: str, *, hwm: int = DEFAULT_HWM, policy: str = "leastload", **kwargs: Any
+) -> RoutingQueue:
+    """The queue component named ``name``: mux, control, task or broadcast. ``hwm`` and
+    ``policy`` configure the task scheduler (see :class:`TaskScheduler`)."""
     if name in ("mux", "control"):
         return DirectQueue(name, **kwargs)
     if name == "task":
-        return TaskScheduler(**kwargs)
+        return TaskScheduler(hwm=hwm, policy=policy, **kwargs)
     if name == "broadcast":
         return BroadcastScheduler(**kwargs)
     raise ValueError(f"no queue named {name!r}")

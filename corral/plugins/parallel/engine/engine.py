@@ -614,6 +614,11 @@ class Engine:
             # Copies of earlier same-host calls go before a queued task runs (it may run
             # long), and before any call once their 20 ms are up.
             self._flush_monitor()
+        if self._held and sock is self.task:
+            # The task scheduler counts only the oldest unanswered task of a dead engine
+            # as started: so a load-balanced task starts only once the replies to the
+            # earlier ones are on their way (docs/parallel-protocol.md, "Prefetch").
+            self._flush_held()
         handler = self._handlers.get(msg.msg_type)
         try:
             if handler is None:
