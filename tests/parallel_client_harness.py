@@ -35,6 +35,7 @@ class LiveCluster:
         hb_period: float = 0.2,
         hb_misses: int = 5,  # slack for a saturated CI machine; death still seen in ~1 s
         controller_env: dict[str, str] | None = None,
+        controller_args: tuple[str, ...] = (),
     ) -> None:
         self.corral_dir = corral_dir
         self.profile = profile
@@ -59,6 +60,7 @@ class LiveCluster:
         ]
         if threads:
             args.append("--threads")
+        args.extend(controller_args)
         self.controller = subprocess.Popen(
             args,
             env={**self.env, **(controller_env or {})},

@@ -1139,7 +1139,7 @@ class TaskScheduler(RoutingQueue):
                     why = "the engine its follow dependencies ran on is gone"
                 else:
                     why = f"no live engine among its targets {sorted(job.targets or ())}"
-                self._fail(job, "TaskTimeout", f"task {job.msg_id} timed out waiting: {why}")
+                self._fail(job, "DependencyTimeout", f"task {job.msg_id} timed out waiting: {why}")
 
     def outstanding_count(self) -> int:
         return len(self.jobs)
