@@ -400,3 +400,29 @@ class LiveClusterEngine:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
+
+
+def test_direct_tasks_of_a_killed_engine_fail_before_the_heartbeat_says_so(
+    tmp_path: Path,
+) -> None:
+    # Heartbeats every 20 s, 3 misses: the hub would need a minute to declare the death.
+    live = LiveCluster(tmp_path / "corral", n=2, hb_period=20.0, hb_misses=3)
+    try:
+        rc = live.client
+        marks, release = tmp_path / "marks", str(tmp_path / "release")
+        marks.mkdir()
+        victim = rc.engines[1].pid
+        running = rc[1].apply_async(mark_then_wait, str(marks), 0, release)
+        queued = [rc[1].apply_async(os.getpid) for _ in range(5)]
+        until(lambda: started(marks))
+        os.kill(victim, signal.SIGKILL)
+        for result in [running, *queued]:
+            with pytest.raises(EngineError) as info:
+                result.get(timeout=15)  # far less than the heartbeat's verdict
+            assert info.value.engine_id == 1
+        assert 1 in rc.ids  # the hub has not declared it dead yet ...
+        with pytest.raises(EngineError):  # ... but new work for it fails at once
+            rc[1].apply_async(os.getpid).get(timeout=15)
+        assert rc[0].apply_sync(os.getpid) == rc.engines[0].pid
+    finally:
+        live.stop()

@@ -37,6 +37,7 @@ import itertools
 import logging
 import math
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -66,8 +67,10 @@ from .base import (
     loads_dict,
     make_socket,
     read_control,
+    recv_frames,
     send_frames,
 )
+from .liveness import DisconnectWatch, local_engine_dead
 from .policies import Policy, get_policy
 
 __all__ = [
@@ -164,6 +167,9 @@ class RoutingQueue(Component):
         self._to_clients: dict[bytes, list[list[Any]]] = {}
         self._to_engines: dict[bytes, list[list[Any]]] = {}
         self._to_monitor: list[list[Any]] = []
+        #: same-host engines: uuid -> their Unix socket, to tell quickly that one died
+        self.local_paths: dict[bytes, str] = {}
+        self._host = socket.gethostname()
 
     # -- sockets ----------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class RoutingQueue(Component):
         self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
         self.engine_sock.router_mandatory = 1
         self.engine_sock.router_handover = 1
+        self.disconnects = DisconnectWatch(self.engine_sock)
         self.monitor_sock = make_socket(ctx, zmq.PUSH)
         self.monitor_sock.sndhwm = 100_000
         self.monitor_sock.connect(self.monitor_url)
@@ -186,6 +193,7 @@ class RoutingQueue(Component):
         }
 
     def close(self) -> None:
+        self.disconnects.close()
         for sock in (self.client_sock, self.engine_sock, self.monitor_sock, self.notify_sock):
             sock.close(linger=0)
 
@@ -194,7 +202,8 @@ class RoutingQueue(Component):
     def serve(self, control: ControlPipe) -> None:
         poller = zmq.Poller()
         client, engine, notify = self.client_sock, self.engine_sock, self.notify_sock
-        for sock in (client, engine, notify):
+        disconnects = self.disconnects.socket
+        for sock in (client, engine, notify, disconnects):
             poller.register(sock, zmq.POLLIN)
         control_fd = control.fileno()
         poller.register(control_fd, zmq.POLLIN)
@@ -218,6 +227,8 @@ class RoutingQueue(Component):
                     self._drain(notify, self.on_notification)
                 if engine in events:
                     self._drain(engine, on_reply)
+                if disconnects in events and self.disconnects.drain():
+                    self.on_engine_disconnect()
                 if client in events:
                     self._drain(client, on_request)
                 now = time.monotonic()
@@ -339,12 +350,38 @@ class RoutingQueue(Component):
             return
         engine = uuid.encode("utf-8")
         if msg["msg_type"] == "registration_notification":
+            path = content.get("local_path")
+            if isinstance(path, str) and path and content.get("hostname") == self._host:
+                self.local_paths[engine] = path
             self.engines[engine] = eid
             self.engine_added(engine, eid)
         elif msg["msg_type"] == "unregistration_notification" and engine in self.engines:
-            self.drop_backlog(engine)
-            self.engine_removed(engine, eid)
-            del self.engines[engine]
+            self._forget_engine(engine, eid)
+
+    def _forget_engine(self, engine: bytes, eid: int) -> None:
+        self.drop_backlog(engine)
+        self.local_paths.pop(engine, None)
+        self.engine_removed(engine, eid)
+        del self.engines[engine]
+
+    def on_engine_disconnect(self) -> None:
+        """An engine connection dropped: any same-host engine whose process is gone is
+        treated as dead now, without waiting for the hub's heartbeat verdict (see
+        :mod:`.liveness`). Its replies sent before it died are handled first."""
+        while True:  # what the dead engine sent before its connection closed
+            try:
+                frames = recv_frames(self.engine_sock, NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                self.on_engine_frames(frames)
+            except Exception:
+                log.exception("%s: error while handling a message; dropped", self.name)
+        for engine, path in list(self.local_paths.items()):
+            eid = self.engines.get(engine)
+            if eid is not None and local_engine_dead(path):
+                log.warning("%s: engine %d is gone (connection closed, no process)", self.name, eid)
+                self._forget_engine(engine, eid)
 
     # -- sending ------------------------------------------------------------------------
 
