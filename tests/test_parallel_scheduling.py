@@ -31,7 +31,8 @@ from parallel_client_harness import LiveCluster
 from corral.plugins.parallel.client import Client, DependencyTimeout, EngineError
 from corral.plugins.parallel.controller import policies
 from corral.plugins.parallel.controller.main import ControllerConfig, start_controller
-from corral.plugins.parallel.controller.queues import TaskScheduler
+from corral.plugins.parallel.controller.queues import STARTED, TaskScheduler
+from corral.plugins.parallel.engine import engine as engine_module
 from corral.transports.zmq import wire
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -143,6 +144,16 @@ class Driven:
         self.sched.route_request(frames, header, metadata)
         return msg_id
 
+    def notice(self, engine: bytes, through: str) -> None:
+        """The engine's start notice: tasks up to ``through`` may start."""
+        parts = [
+            b'{"msg_type": "task_started"}',
+            b"{}",
+            b"{}",
+            json.dumps({"through": through}).encode(),
+        ]
+        self.sched._engine_reply([engine, STARTED, wire.DELIMITER, self.signer.sign(parts), *parts])
+
     def reply(self, engine: bytes, msg_id: str) -> None:
         self.sched.record_reply(engine, msg_id, [b"{}", b"{}", b'{"status": "ok"}', b"{}"])
 
@@ -191,6 +202,37 @@ def test_a_dead_engine_costs_a_retry_only_for_its_oldest_task() -> None:
     assert list(d.errors()) == [ids[1]]
     assert d.sent() == {b: [ids[2], ids[3]]}  # in the order they were first sent
     assert d.sched.jobs[ids[2]].retries == 0
+
+
+def test_start_notices_say_exactly_which_tasks_may_have_run() -> None:
+    d = Driven(hwm=0)
+    a = d.add(0)
+    ids = [d.submit(retries=1) for _ in range(6)]
+    d.notice(a, ids[0])
+    d.reply(a, ids[0])
+    d.notice(a, ids[2])  # a group of two: ids[1] and ids[2] may run, ids[3:] may not
+    d.sent()
+    d.remove(a)
+    assert not d.errors()
+    assert [(j.msg_id, j.retries) for j in d.sched.pool] == [
+        (ids[1], 0),
+        (ids[2], 0),
+        (ids[3], 1),
+        (ids[4], 1),
+        (ids[5], 1),
+    ]
+    # Everything announced was answered: the engine died between tasks, none ran.
+    b = d.add(1)
+    assert d.sent() == {b: ids[1:]}
+    d.notice(b, ids[1])
+    d.reply(b, ids[1])
+    d.remove(b)
+    assert [j.retries for j in d.sched.pool] == [0, 1, 1, 1]
+
+
+def test_the_engine_and_the_scheduler_agree_on_the_notice_route() -> None:
+    assert engine_module._STARTED_ROUTE == STARTED
+    assert STARTED[:1] == b"\x00"  # ZeroMQ refuses such client ids: no reply looks like it
 
 
 def test_a_retry_is_spent_by_the_started_task_only() -> None:

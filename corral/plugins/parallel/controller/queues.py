@@ -99,6 +99,9 @@ CONNECT_GRACE = 5.0
 _RETRY_INTERVAL = 0.005
 #: At most this many messages for one peer go out as one batch.
 SEND_BATCH = 64
+#: The routing frame of an engine's start notice to the task scheduler (engine.py's
+#: ``_STARTED_ROUTE``): ZeroMQ never gives a client an id like it.
+STARTED = b"\x00started"
 
 
 class Pending:
@@ -739,15 +742,19 @@ class TaskScheduler(RoutingQueue):
     no eligible engine is alive (not the wait for room on a live one).
 
     **Which tasks a dead engine may have started.** An engine runs the tasks of this
-    queue one at a time in the order they were sent (one connection, FIFO), and hands
-    the reply of one to its socket before it starts the next (see ``Engine._serve_message``).
-    So of the tasks sent to an engine and not answered, only the oldest can have started:
-    when the engine dies that one spends a retry (or fails with ``EngineError`` when it
-    has none left) and every other one goes back to the front of the backlog, in order,
-    with its retries intact. The one exception is a reply lost inside the dying engine's
-    transport (handed to its socket but not yet written to the connection, a window of
-    microseconds): the task after it had started too, and is run again without spending
-    a retry.
+    queue one at a time in the order they were sent (one connection, FIFO). Before it
+    starts a task it has not announced yet, it sends a *start notice* naming the last
+    task it may now start (a group: one task while tasks take more than 2 ms, up to 64
+    quick ones), behind the replies it holds (see ``Engine._start_group``). So when an
+    engine dies, a task it was sent and did not answer may have started exactly when
+    it is announced by the last notice received from that engine (it, or a task sent
+    after it): those spend a retry each (or fail with ``EngineError`` when they have
+    none left); every other one goes back to the front of the backlog, in order, with
+    its retries intact. The rule trusts that what the engine handed to its socket before
+    dying arrives; a notice or reply lost inside the dying process (not yet written to
+    the connection, a window of microseconds) would let a task that started run again
+    without spending a retry. An engine that never sent a notice (older than this
+    protocol) has its oldest unanswered task counted as started.
     """
 
     wants_metadata = True
@@ -774,6 +781,8 @@ class TaskScheduler(RoutingQueue):
         self.load: dict[bytes, int] = {}
         #: per live engine, the tasks sent to it and not answered, oldest first
         self.sent: dict[bytes, dict[str, Job]] = {}
+        #: per engine, the last task its latest start notice announced
+        self.started_through: dict[bytes, str] = {}
         self.last_used: dict[bytes, int] = {}  # for the lru scheme
         self._uses = itertools.count()
         self.jobs: dict[str, Job] = {}  # every task not yet answered, in any state
@@ -1050,6 +1059,19 @@ class TaskScheduler(RoutingQueue):
 
     # -- completion ----------------------------------------------------------------------
 
+    def _engine_reply(self, frames: list[Any]) -> None:
+        if frames[1] != STARTED:
+            super()._engine_reply(frames)
+            return
+        parts = self._verify(frames, 2)  # a start notice: for the scheduler alone
+        if parts is None:
+            return
+        content = loads_dict(parts[3]) or {}
+        engine, through = frames[0], content.get("through")
+        sent = self.sent.get(engine)
+        if sent is not None and isinstance(through, str) and through in sent:
+            self.started_through[engine] = through
+
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
         job = self.jobs.get(msg_id)
         if job is None or job.engine != engine:
@@ -1109,17 +1131,20 @@ class TaskScheduler(RoutingQueue):
         self._drain_backlog()
 
     def engine_removed(self, engine: bytes, eid: int) -> None:
-        """``engine`` died: its oldest unanswered task may have run (a retry, or an
-        ``EngineError``); the others never started and go back to the backlog as they
-        were (see the class docstring)."""
+        """``engine`` died: the tasks it announced and did not answer may have run (a
+        retry each, or an ``EngineError``); the others never started and go back to the
+        backlog as they were (see the class docstring)."""
         if engine in self.load:
             self.order.remove(engine)
             del self.load[engine]
         sent = self.sent.pop(engine, {})
         self.last_used.pop(engine, None)
         self.dead_ids.add(eid)
+        noticed = engine in self.started_through
+        through = self.started_through.pop(engine, None)
+        # Announced tasks are a prefix of ``sent`` (replies and notices come in order).
+        started = through in sent if noticed else bool(sent)
         again: list[Job] = []
-        started = True  # the first of ``sent`` is the oldest: the one that may have run
         for job in sent.values():
             if job.state != _RUNNING or job.engine != engine:
                 continue
@@ -1132,7 +1157,8 @@ class TaskScheduler(RoutingQueue):
                 again.append(job)
             else:
                 self._fail(job, "EngineError", f"engine {eid} died", engine)
-            started = False
+            if started and (job.msg_id == through or not noticed):
+                started = False
         if len(again) > 1:
             log.info("%d task(s) queued on engine %d go back to the backlog", len(again), eid)
         for job in reversed(again):  # to the backlog's front, in the order they were sent
