@@ -30,6 +30,7 @@ from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client, DependencyTimeout, EngineError
 from corral.plugins.parallel.controller import policies
+from corral.plugins.parallel.controller.liveness import local_engine_dead
 from corral.plugins.parallel.controller.main import ControllerConfig, start_controller
 from corral.plugins.parallel.controller.queues import STARTED, TaskScheduler
 from corral.plugins.parallel.engine import engine as engine_module
@@ -468,3 +469,35 @@ def test_direct_tasks_of_a_killed_engine_fail_before_the_heartbeat_says_so(
         assert rc[0].apply_sync(os.getpid) == rc.engines[0].pid
     finally:
         live.stop()
+
+
+def test_a_unix_socket_nobody_listens_on_means_the_engine_is_gone(tmp_path: Path) -> None:
+    import socket
+
+    path = str(tmp_path / "engine.sock")
+    assert local_engine_dead(path)  # no file
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    assert not local_engine_dead(path)  # listening: alive
+    server.close()  # the file stays, as after a SIGKILL
+    assert os.path.exists(path)
+    assert local_engine_dead(path)
+
+
+@pytest.mark.parametrize("policy", ["lru", "twobin"])
+def test_a_policy_chosen_on_the_command_line_serves_a_map(tmp_path: Path, policy: str) -> None:
+    args = ("--policy", policy, "--hwm", "1")
+    live = LiveCluster(tmp_path / "corral", n=2, controller_args=args)
+    try:
+        rc = live.client
+        pids = rc.load_balanced_view().map_sync(getpid_of, range(30), chunksize=1)
+        assert len(pids) == 30
+        # One task per engine at a time: the second task had to go to the other engine.
+        assert set(pids) == {e.pid for e in rc.engines.values()}
+    finally:
+        live.stop()
+
+
+def getpid_of(_: int) -> int:
+    return os.getpid()
