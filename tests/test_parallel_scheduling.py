@@ -501,3 +501,24 @@ def test_a_policy_chosen_on_the_command_line_serves_a_map(tmp_path: Path, policy
 
 def getpid_of(_: int) -> int:
     return os.getpid()
+
+
+def test_cluster_of_no_engines_waits_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from corral.plugins.parallel.cluster import Cluster
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    cluster = Cluster(n=0, profile="none", hb_period=0.2, hb_misses=5)
+    try:
+        rc = cluster.start_and_connect()
+        lview = rc.load_balanced_view()
+        with caplog.at_level(logging.WARNING, logger="corral.plugins.parallel.client.views"):
+            result = lview.apply_async(os.getpid)
+        assert "no engines registered" in caplog.text
+        with pytest.raises(concurrent.futures.TimeoutError, match="no engines registered"):
+            result.get(timeout=0.2)
+        cluster.add_engines(1)
+        assert result.get(timeout=60) in cluster.pids()["engines"]
+    finally:
+        cluster.stop()
