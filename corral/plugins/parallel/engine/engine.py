@@ -718,7 +718,8 @@ class Engine:
         ``msg`` and the task messages received right behind it, as many as the group
         size allows. Sent with (after) the replies held so far, before any of these
         tasks starts, so the scheduler knows that a task not yet announced has not
-        started if this engine dies (docs/parallel-protocol.md, "Prefetch").
+        started if this engine dies (docs/parallel-protocol.md, "Prefetch and start
+        notices").
 
         Groups double while tasks are quick (less than ``_HOLD`` each: their replies then
         leave in batches, and one notice serves many tasks) and fall back to one task as
