@@ -36,6 +36,7 @@ class LiveCluster:
         hb_misses: int = 5,  # slack for a saturated CI machine; death still seen in ~1 s
         controller_env: dict[str, str] | None = None,
         engine_env: dict[str, str] | None = None,
+        controller_args: tuple[str, ...] = (),
     ) -> None:
         self.corral_dir = corral_dir
         self.profile = profile
@@ -60,6 +61,7 @@ class LiveCluster:
         ]
         if threads:
             args.append("--threads")
+        args.extend(controller_args)
         self.engine_env = engine_env or {}
         self._controller_args = args
         self._controller_env = {**self.env, **(controller_env or {})}

@@ -545,7 +545,8 @@ def test_state_stays_flat_over_many_tasks(make_cluster: Any) -> None:
     sched = cluster.component("task")
     hub = cluster.component("hub")
     assert settled(sched) == 0
-    assert not sched.jobs and not sched.blocked and not sched.held
+    assert not sched.jobs and not sched.blocked and not sched.pool and not sched.pool_special
+    assert all(not sent for sent in sched.sent.values())
     assert len(sched.results) <= sched.results_lru
     assert all(v == 0 for v in sched.load.values())
     settle(client, lambda: not hub.pending)

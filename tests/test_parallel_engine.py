@@ -180,7 +180,7 @@ class FakeController:
                 # The engine batches replies (behind the engine's id this ROUTER adds).
                 unread.extend(split_batch(sock.recv_multipart(), at=1))
             got = self.session.parse(unread.popleft())
-            if got is not None:
+            if got is not None and got[0][1:2] != [b"\x00started"]:  # start notices aside
                 return got
 
     def reply(self, channel: str, timeout: float = TIMEOUT) -> dict[str, Any]:

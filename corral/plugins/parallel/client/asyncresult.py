@@ -286,6 +286,30 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         """The result; waits up to ``timeout`` seconds (raises :class:`TimeoutError`)."""
         return self.result(timeout)
 
+    def result(self, timeout: float | None = None) -> Any:
+        """As :meth:`concurrent.futures.Future.result`; a timeout's ``TimeoutError`` says
+        which tasks it waited for, and that no engine is registered if none is."""
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._timeout_message(timeout)) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._timeout_message(timeout)) from None
+
+    def _timeout_message(self, timeout: float | None) -> str:
+        pending = self._pending_msg_ids()
+        shown = ", ".join(pending[:5]) + (
+            f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+        )
+        text = f"{len(pending)} task(s) not done after {timeout:g} s: {shown}"
+        if not getattr(self._client, "_engines", True):
+            text += "; no engines registered (tasks wait until one registers)"
+        return text
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until ready (or ``timeout``); whether it is ready. Never raises."""
         done, _ = concurrent.futures.wait([self], timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import queue
 import sys
 import threading
@@ -42,6 +43,8 @@ from .mapping import (
 from .messages import encode_json
 
 __all__ = ["BroadcastView", "DirectView", "LoadBalancedView", "View"]
+
+log = logging.getLogger("corral.plugins.parallel.client.views")
 
 _FLAGS = ("block", "targets", "retries", "timeout", "after", "follow")
 #: Pushes larger than this go over the engine's direct data path when it has one.
@@ -354,6 +357,18 @@ class View:
         return f"<{type(self).__name__} {self.targets!r}>"
 
 
+def _say_no_engines(client: Any) -> None:
+    """Log, once per client while it has none, that load-balanced work waits for an
+    engine (it is not an error: engines may still be starting)."""
+    if getattr(client, "_said_no_engines", False):
+        return
+    client._said_no_engines = True
+    log.warning(
+        "no engines registered: load-balanced tasks wait until one registers "
+        "(get(timeout=...) bounds the wait)"
+    )
+
+
 class LoadBalancedView(View):
     """Tasks go to whichever engine the scheduler finds free.
 
@@ -365,6 +380,10 @@ class LoadBalancedView(View):
     """
 
     def _lb_metadata(self) -> dict[str, Any]:
+        if not self.client._engines:
+            _say_no_engines(self.client)
+        elif getattr(self.client, "_said_no_engines", False):
+            self.client._said_no_engines = False  # engines came: say it again next time
         targets = self.targets
         if targets is not None and targets != "all":
             resolved = self.client._resolve_targets(targets)

@@ -47,7 +47,8 @@ from ..clusterfile import (
 from .base import STOP, Component, ControlPipe, control_pipe, wait_readable
 from .hub import Hub
 from .iopub import IopubProxy
-from .queues import make_queue
+from .policies import POLICIES, get_policy
+from .queues import DEFAULT_HWM, make_queue
 from .taskdb import open_taskdb
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class ControllerConfig:
         hb_period: float = 1.0,
         hb_misses: int = 2,
         log_level: str = "warning",
+        hwm: int = DEFAULT_HWM,
+        policy: str = "leastload",
     ) -> None:
         self.profile = profile
         self.cluster_id = cluster_id or _new_cluster_id()
@@ -112,6 +115,11 @@ class ControllerConfig:
         self.hb_period = hb_period
         self.hb_misses = hb_misses
         self.log_level = log_level
+        self.hwm = hwm
+        self.policy = policy
+        if not isinstance(hwm, int) or isinstance(hwm, bool) or hwm < 0:
+            raise ValueError(f"hwm must be an integer >= 0 (0: no bound), not {hwm!r}")
+        get_policy(policy)  # a ValueError naming the known schemes
         if self.db not in ("sqlite", "memory", "none"):
             raise ValueError(f"db must be sqlite, memory or none, not {self.db!r}")
         if self.hb_period <= 0 or self.hb_misses < 1:
@@ -203,6 +211,8 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
         scheme=cfg.signature_scheme,
         monitor_url=f"{base}{hub_ports['monitor']}",
         notification_url=f"{base}{hub_ports['notification']}",
+        hwm=cfg.hwm,
+        policy=cfg.policy,
         **common,
     )
 
@@ -650,11 +660,15 @@ def start_controller(
     store_buffers: bool = True,
     log_level: str = "warning",
     timeout: float = _STARTUP_TIMEOUT,
+    hwm: int = DEFAULT_HWM,
+    policy: str = "leastload",
 ) -> ControllerHandle:
     """Start a controller and return once its cluster file is written.
 
     ``mode="processes"`` runs ``python -m corral.plugins.parallel.controller`` (one process
     per component); ``mode="threads"`` runs every component as a thread of this process.
+    ``hwm`` bounds the load-balanced tasks one engine holds (0: no bound) and ``policy``
+    names the task scheduler's policy (see :mod:`.policies`).
     """
     cluster_id = cluster_id or _new_cluster_id()
     if mode == "threads":
@@ -667,6 +681,8 @@ def start_controller(
             hb_misses=hb_misses,
             ip=ip,
             log_level=log_level,
+            hwm=hwm,
+            policy=policy,
         )
         threads = _Threads(cfg)
         threads.launch()
@@ -691,6 +707,10 @@ def start_controller(
         ip,
         "--log-level",
         log_level,
+        "--hwm",
+        str(int(hwm)),
+        "--policy",
+        policy,
     ]
     if not store_buffers:
         argv.append("--no-store-buffers")
@@ -741,6 +761,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
+    parser.add_argument(
+        "--hwm",
+        type=int,
+        default=DEFAULT_HWM,
+        help=f"load-balanced tasks one engine holds at most; 0: no bound ({DEFAULT_HWM})",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=sorted(POLICIES),
+        default="leastload",
+        help="how the task scheduler picks among engines with room (leastload)",
+    )
     return parser.parse_args(argv)
 
 
@@ -759,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         hb_misses=args.hb_misses,
         ip=args.ip,
         log_level=args.log_level,
+        hwm=args.hwm,
+        policy=args.policy,
         **kwargs,
     )
     if not args.threads:

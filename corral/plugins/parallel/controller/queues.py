@@ -3,9 +3,12 @@
 All four are one routing loop (:class:`RoutingQueue`) with a different target policy:
 
 * :class:`DirectQueue` (``mux``, ``control``): the client names the engine.
-* :class:`TaskScheduler` (``task``): the scheduler picks the live engine with the fewest
-  outstanding tasks (ties round-robin), honouring ``targets``, ``after``, ``follow``,
-  ``timeout`` and ``retries`` from the request metadata.
+* :class:`TaskScheduler` (``task``): late assignment: each engine holds at most ``hwm``
+  tasks (running plus prefetched); the rest wait in the scheduler's backlog and go to
+  whichever engine makes room first. Among engines with room a policy picks
+  (:mod:`.policies`; by default the fewest outstanding tasks, ties round-robin). It
+  honours ``targets``, ``after``, ``follow``, ``timeout`` and ``retries`` from the
+  request metadata; a retry is spent only by a task that may have run.
 * :class:`BroadcastScheduler` (``broadcast``): the same frames go to every target.
 
 The hot loop is lean by construction: frames are received with ``copy=False`` and
@@ -23,7 +26,8 @@ of older tasks.
 
 When the hub announces an engine's death, every request outstanding on it is answered
 by the queue itself with a signed ``EngineError`` reply (or, for the task scheduler,
-resubmitted while its ``retries`` allow), so no client waits forever.
+resubmitted while its ``retries`` allow, or put back in the backlog if it never
+started), so no client waits forever.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import heapq
 import itertools
 import logging
 import math
+import random
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -60,12 +66,16 @@ from .base import (
     loads_dict,
     make_socket,
     read_control,
+    recv_frames,
     send_frames,
 )
+from .liveness import DisconnectWatch, local_engine_dead
+from .policies import Policy, get_policy
 
 __all__ = [
     "BroadcastScheduler",
     "DirectQueue",
+    "DEFAULT_HWM",
     "Pending",
     "RoutingQueue",
     "TaskScheduler",
@@ -88,6 +98,9 @@ CONNECT_GRACE = 5.0
 _RETRY_INTERVAL = 0.005
 #: At most this many messages for one peer go out as one batch.
 SEND_BATCH = 64
+#: The routing frame of an engine's start notice to the task scheduler (engine.py's
+#: ``_STARTED_ROUTE``): ZeroMQ never gives a client an id like it.
+STARTED = b"\x00started"
 
 
 class Pending:
@@ -156,6 +169,9 @@ class RoutingQueue(Component):
         self._to_clients: dict[bytes, list[list[Any]]] = {}
         self._to_engines: dict[bytes, list[list[Any]]] = {}
         self._to_monitor: list[list[Any]] = []
+        #: same-host engines: uuid -> their Unix socket, to tell quickly that one died
+        self.local_paths: dict[bytes, str] = {}
+        self._host = socket.gethostname()
 
     # -- sockets ----------------------------------------------------------------------
 
@@ -165,6 +181,7 @@ class RoutingQueue(Component):
         self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
         self.engine_sock.router_mandatory = 1
         self.engine_sock.router_handover = 1
+        self.disconnects = DisconnectWatch(self.engine_sock)
         self.monitor_sock = make_socket(ctx, zmq.PUSH)
         self.monitor_sock.sndhwm = 100_000
         self.monitor_sock.connect(self.monitor_url)
@@ -178,6 +195,7 @@ class RoutingQueue(Component):
         }
 
     def close(self) -> None:
+        self.disconnects.close()
         for sock in (self.client_sock, self.engine_sock, self.monitor_sock, self.notify_sock):
             sock.close(linger=0)
 
@@ -186,7 +204,8 @@ class RoutingQueue(Component):
     def serve(self, control: ControlPipe) -> None:
         poller = zmq.Poller()
         client, engine, notify = self.client_sock, self.engine_sock, self.notify_sock
-        for sock in (client, engine, notify):
+        disconnects = self.disconnects.socket
+        for sock in (client, engine, notify, disconnects):
             poller.register(sock, zmq.POLLIN)
         control_fd = control.fileno()
         poller.register(control_fd, zmq.POLLIN)
@@ -210,6 +229,8 @@ class RoutingQueue(Component):
                     self._drain(notify, self.on_notification)
                 if engine in events:
                     self._drain(engine, on_reply)
+                if disconnects in events and self.disconnects.drain():
+                    self.on_engine_disconnect()
                 if client in events:
                     self._drain(client, on_request)
                 now = time.monotonic()
@@ -331,12 +352,38 @@ class RoutingQueue(Component):
             return
         engine = uuid.encode("utf-8")
         if msg["msg_type"] == "registration_notification":
+            path = content.get("local_path")
+            if isinstance(path, str) and path and content.get("hostname") == self._host:
+                self.local_paths[engine] = path
             self.engines[engine] = eid
             self.engine_added(engine, eid)
         elif msg["msg_type"] == "unregistration_notification" and engine in self.engines:
-            self.drop_backlog(engine)
-            self.engine_removed(engine, eid)
-            del self.engines[engine]
+            self._forget_engine(engine, eid)
+
+    def _forget_engine(self, engine: bytes, eid: int) -> None:
+        self.drop_backlog(engine)
+        self.local_paths.pop(engine, None)
+        self.engine_removed(engine, eid)
+        del self.engines[engine]
+
+    def on_engine_disconnect(self) -> None:
+        """An engine connection dropped: any same-host engine whose process is gone is
+        treated as dead now, without waiting for the hub's heartbeat verdict (see
+        :mod:`.liveness`). Its replies sent before it died are handled first."""
+        while True:  # what the dead engine sent before its connection closed
+            try:
+                frames = recv_frames(self.engine_sock, NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                self.on_engine_frames(frames)
+            except Exception:
+                log.exception("%s: error while handling a message; dropped", self.name)
+        for engine, path in list(self.local_paths.items()):
+            eid = self.engines.get(engine)
+            if eid is not None and local_engine_dead(path):
+                log.warning("%s: engine %d is gone (connection closed, no process)", self.name, eid)
+                self._forget_engine(engine, eid)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -617,7 +664,15 @@ class BroadcastScheduler(PerEngineQueue):
 
 # ------------------------------------------------------------------ load balancing
 
+# Job states. _HELD: ready to run, in the scheduler's backlog (no eligible engine has room
+# in its prefetch window, or none is alive). _RUNNING: sent to ``job.engine``, not answered.
 _WAITING, _HELD, _RUNNING, _DONE = range(4)
+
+#: How many load-balanced tasks one engine holds at most by default (the one it runs and
+#: those prefetched behind it); ``hwm=0`` lifts the bound. Large enough that an engine
+#: never idles waiting for its next task while the scheduler has work (one reply batch of
+#: the engine is 64), small enough that a new engine soon gets its share.
+DEFAULT_HWM = 128
 
 
 class Job:
@@ -634,6 +689,7 @@ class Job:
         "retries",
         "deadline",
         "engine",
+        "pinned",
         "unmet",
         "state",
     )
@@ -660,6 +716,7 @@ class Job:
         self.retries = retries
         self.deadline = deadline
         self.engine: bytes | None = None
+        self.pinned: bytes | None = None  # where ``follow`` pins it, once it is ready
         self.unmet = 0
         self.state = _WAITING
 
@@ -673,22 +730,67 @@ def _id_list(value: Any) -> list[str]:
 
 
 class TaskScheduler(RoutingQueue):
-    """Load balancing: least outstanding tasks among eligible live engines, ties round-robin.
+    """Load balancing with late assignment and a bounded prefetch per engine.
 
-    A task waits (``_WAITING``) until its ``after``/``follow`` dependencies are met, then is
-    dispatched, or held (``_HELD``) while no eligible engine is alive. ``timeout`` bounds
-    both waits.
+    A task waits (``_WAITING``) until its ``after``/``follow`` dependencies are met. Then
+    it is sent to an eligible live engine that holds fewer than ``hwm`` of this
+    scheduler's tasks, chosen by the ``policy`` (see :mod:`.policies`; ``leastload`` by
+    default, inlined here because it runs once per task); if there is none it waits in
+    the backlog (``_HELD``), first come first served, until a reply or a new engine makes
+    room. ``timeout`` bounds the wait for dependencies, and the wait in the backlog while
+    no eligible engine is alive (not the wait for room on a live one).
+
+    **Which tasks a dead engine may have started.** An engine runs the tasks of this
+    queue one at a time in the order they were sent (one connection, FIFO). Before it
+    starts a task it has not announced yet, it sends a *start notice* naming the last
+    task it may now start (a group: one task while tasks take more than 2 ms, up to 64
+    quick ones), behind the replies it holds (see ``Engine._start_group``). So when an
+    engine dies, a task it was sent and did not answer may have started exactly when
+    it is announced by the last notice received from that engine (it, or a task sent
+    after it): those spend a retry each (or fail with ``EngineError`` when they have
+    none left); every other one goes back to the front of the backlog, in order, with
+    its retries intact. The rule trusts that what the engine handed to its socket before
+    dying arrives; a notice or reply lost inside the dying process (not yet written to
+    the connection, a window of microseconds) would let a task that started run again
+    without spending a retry. An engine that never sent a notice (older than this
+    protocol) has its oldest unanswered task counted as started.
     """
 
     wants_metadata = True
 
-    def __init__(self, name: str = "task", *, results_lru: int = RESULTS_LRU, **kw: Any) -> None:
+    def __init__(
+        self,
+        name: str = "task",
+        *,
+        results_lru: int = RESULTS_LRU,
+        hwm: int = DEFAULT_HWM,
+        policy: str = "leastload",
+        seed: int | None = None,
+        **kw: Any,
+    ) -> None:
+        if not isinstance(hwm, int) or isinstance(hwm, bool) or hwm < 0:
+            raise ValueError(f"hwm must be an integer >= 0 (0: no bound), not {hwm!r}")
+        self.policy: Policy = get_policy(policy)
         super().__init__(name, **kw)
+        self.hwm = hwm
+        self.policy_name = policy
+        self._inline = policy == "leastload"  # the hot path's own copy of least_load
+        self.rng = random.Random(seed)
         self.order: list[bytes] = []  # live engines, registration order
         self.load: dict[bytes, int] = {}
+        #: per live engine, the tasks sent to it and not answered, oldest first
+        self.sent: dict[bytes, dict[str, Job]] = {}
+        #: per engine, the last task its latest start notice announced
+        self.started_through: dict[bytes, str] = {}
+        self.last_used: dict[bytes, int] = {}  # for the lru scheme
+        self._uses = itertools.count()
         self.jobs: dict[str, Job] = {}  # every task not yet answered, in any state
         self.blocked: dict[str, list[Job]] = {}  # dependency msg_id -> jobs waiting on it
-        self.held: deque[Job] = deque()
+        #: the backlog: ready tasks any engine may run, and those with targets or pinned
+        #: by ``follow``; both oldest first (jobs answered meanwhile are skipped lazily)
+        self.pool: deque[Job] = deque()
+        self.pool_special: deque[Job] = deque()
+        self._said_no_engines = False
         # Recent outcomes, oldest first: the engine (b"" if none) for a success, _FAILED for
         # a failure. A plain dict with one small value each: this holds RESULTS_LRU entries
         # on a busy cluster, and an OrderedDict of tuples took twice the memory.
@@ -743,7 +845,7 @@ class TaskScheduler(RoutingQueue):
         self.jobs[msg_id] = job
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, next(self._seq), job))
-        # Fast path: no dependencies, an engine to run it: straight through.
+        # Fast path: no dependencies, an engine with room: straight through.
         if not job.after and not job.follow:
             engine = self._choose(job)
             if engine is not None:
@@ -789,14 +891,21 @@ class TaskScheduler(RoutingQueue):
     # -- dispatch ----------------------------------------------------------------------
 
     def _choose(self, job: Job, pinned: bytes | None = None) -> bytes | None:
-        order = self.order
-        n = len(order)
+        """An eligible live engine with room for ``job`` (None if there is none)."""
+        hwm = self.hwm
         if pinned is not None:
             if job.targets is not None and self.engines.get(pinned) not in job.targets:
                 return None
+            if hwm and self.load.get(pinned, hwm) >= hwm:
+                return None
             return pinned
+        if not self._inline:
+            return self._choose_by_policy(job)
+        order = self.order
+        n = len(order)
         if not n:
             return None
+        # policies.least_load, inlined: this runs once per task.
         best: bytes | None = None
         best_load = -1
         best_index = 0
@@ -809,6 +918,8 @@ class TaskScheduler(RoutingQueue):
             if targets is not None and self.engines[engine] not in targets:
                 continue
             current = load[engine]
+            if hwm and current >= hwm:
+                continue
             if best is None or current < best_load:
                 best, best_load, best_index = engine, current, index
                 if current == 0:
@@ -817,10 +928,32 @@ class TaskScheduler(RoutingQueue):
             self._rr = best_index + 1
         return best
 
+    def _choose_by_policy(self, job: Job) -> bytes | None:
+        hwm, load, targets = self.hwm, self.load, job.targets
+        candidates = [
+            e
+            for e in self.order
+            if (targets is None or self.engines[e] in targets) and not (hwm and load[e] >= hwm)
+        ]
+        if not candidates:
+            return None
+        n = len(candidates)
+        index = self.policy(
+            [load[e] for e in candidates],
+            [self.last_used.get(e, -1) for e in candidates],
+            self.rng,
+            self._rr % n,
+        )
+        self._rr = index + 1
+        return candidates[index]
+
     def _dispatch(self, job: Job, engine: bytes) -> None:
         job.engine = engine
         job.state = _RUNNING
         self.load[engine] += 1
+        self.sent[engine][job.msg_id] = job
+        if not self._inline:
+            self.last_used[engine] = next(self._uses)
         frames = job.frames
         self.send_engine(engine, frames[0], frames[1:])
 
@@ -828,22 +961,115 @@ class TaskScheduler(RoutingQueue):
         job = self.jobs.get(msg_id)
         if job is not None and job.state == _RUNNING and job.engine == engine:
             self.load[engine] -= 1
+            self.sent[engine].pop(msg_id, None)
             self._fail(job, "EngineError", "engine not connected", engine)
 
     def _ready(self, job: Job) -> None:
-        """Dependencies met: dispatch now, or hold until an eligible engine is alive."""
+        """Dependencies met: dispatch now, or hold in the backlog until there is room."""
         possible, pinned = self._location(job)
         if not possible:
             self._fail(job, "UnmetDependency", "follow dependencies cannot be met")
             return
+        job.pinned = pinned
         engine = self._choose(job, pinned)
         if engine is None:
-            job.state = _HELD
-            self.held.append(job)
+            self._hold(job)
             return
         self._dispatch(job, engine)
 
+    def _hold(self, job: Job, front: bool = False) -> None:
+        """Put ``job`` in the backlog (at its front: a task sent before everything there)."""
+        job.state = _HELD
+        job.engine = None
+        pool = self.pool if job.targets is None and job.pinned is None else self.pool_special
+        if front:
+            pool.appendleft(job)
+        else:
+            pool.append(job)
+        if not self.engines and not self._said_no_engines:
+            self._said_no_engines = True
+            log.warning(
+                "%s: load-balanced task %s waits: no engines registered "
+                "(tasks wait until one registers, or until their timeout)",
+                self.name,
+                job.msg_id,
+            )
+
+    def _take_for(self, engine: bytes) -> Job | None:
+        """The oldest backlog task ``engine`` may run, removed from the backlog."""
+        pool = self.pool
+        while pool and pool[0].state != _HELD:
+            pool.popleft()  # answered while it waited (timeout, dead targets)
+        special = self.pool_special
+        if special:
+            eid = self.engines.get(engine)
+            for index, job in enumerate(special):
+                if job.state != _HELD:
+                    continue
+                if (job.pinned is None or job.pinned == engine) and (
+                    job.targets is None or eid in job.targets
+                ):
+                    del special[index]
+                    return job
+        return pool.popleft() if pool else None
+
+    def _fill(self, engine: bytes) -> None:
+        """``engine`` has room: give it backlog tasks until it is full or none fits."""
+        hwm, load = self.hwm, self.load
+        while not hwm or load[engine] < hwm:
+            job = self._take_for(engine)
+            if job is None:
+                return
+            self._dispatch(job, engine)
+
+    def _drain_backlog(self) -> None:
+        """Dispatch what the backlog can: after engines came, left, or tasks came back."""
+        special = self.pool_special
+        if special:
+            keep: deque[Job] = deque()
+            for job in special:
+                if job.state != _HELD:
+                    continue
+                engine = self._choose(job, job.pinned)
+                if engine is None:
+                    keep.append(job)
+                else:
+                    self._dispatch(job, engine)
+            self.pool_special = keep
+        pool = self.pool
+        while pool:
+            job = pool[0]
+            if job.state != _HELD:
+                pool.popleft()
+                continue
+            engine = self._choose(job)
+            if engine is None:
+                break
+            pool.popleft()
+            self._dispatch(job, engine)
+
+    def _eligible_alive(self, job: Job) -> bool:
+        """Whether some live engine could run ``job`` (room or not)."""
+        if job.pinned is not None:
+            return job.pinned in self.load
+        if job.targets is None:
+            return bool(self.order)
+        return any(self.engines[e] in job.targets for e in self.order)
+
     # -- completion ----------------------------------------------------------------------
+
+    def _engine_reply(self, frames: list[Any]) -> None:
+        if frames[1] != STARTED:
+            super()._engine_reply(frames)
+            return
+        parts = self._verify(frames, 2)  # a start notice: for the scheduler alone
+        if parts is None:
+            return
+        content = loads_dict(parts[3]) or {}
+        engine, through = frames[0], content.get("through")
+        sent = self.sent.get(engine)
+        if sent is not None and isinstance(through, str) and through in sent:
+            self.started_through[engine] = through
 
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
         job = self.jobs.get(msg_id)
@@ -852,7 +1078,10 @@ class TaskScheduler(RoutingQueue):
         metadata = loads_dict(parts[2]) or {}
         ok = metadata.get("status", "ok") == "ok"
         self.load[engine] -= 1
+        del self.sent[engine][msg_id]
         self._finish(job, ok, job.engine)  # the scheduler's copy: one per engine, kept
+        if self.pool or self.pool_special:
+            self._fill(engine)
 
     def _finish(self, job: Job, ok: bool, engine: bytes | None) -> None:
         """Forget ``job``, remember its outcome, and wake (or fail) what waited on it."""
@@ -895,31 +1124,59 @@ class TaskScheduler(RoutingQueue):
         if engine not in self.load:
             self.order.append(engine)
             self.load[engine] = 0
+            self.sent[engine] = {}
         self.dead_ids.discard(eid)
-        held, self.held = self.held, deque()
-        for job in held:
-            if job.state == _HELD:
-                job.state = _WAITING
-                self._ready(job)
+        self._said_no_engines = False
+        self._drain_backlog()
 
     def engine_removed(self, engine: bytes, eid: int) -> None:
+        """``engine`` died: the tasks it announced and did not answer may have run (a
+        retry each, or an ``EngineError``); the others never started and go back to the
+        backlog as they were (see the class docstring)."""
         if engine in self.load:
             self.order.remove(engine)
             del self.load[engine]
+        sent = self.sent.pop(engine, {})
+        self.last_used.pop(engine, None)
         self.dead_ids.add(eid)
-        for job in [j for j in self.jobs.values() if j.state == _RUNNING and j.engine == engine]:
-            if job.retries > 0:
+        noticed = engine in self.started_through
+        through = self.started_through.pop(engine, None)
+        # Announced tasks are a prefix of ``sent`` (replies and notices come in order).
+        started = through in sent if noticed else bool(sent)
+        again: list[Job] = []
+        for job in sent.values():
+            if job.state != _RUNNING or job.engine != engine:
+                continue
+            job.engine = None
+            if not started:
+                again.append(job)  # never started: no retry spent
+            elif job.retries > 0:
                 job.retries -= 1
-                job.engine = None
-                job.state = _WAITING
                 log.info("task %s resubmitted after engine %d died", job.msg_id, eid)
-                self._ready(job)
+                again.append(job)
             else:
                 self._fail(job, "EngineError", f"engine {eid} died", engine)
-        for job in list(self.held):
-            if job.state == _HELD and self._dependency_failure(job):
-                self._fail(job, "EngineError", "every target engine is dead")
-        self.held = deque(j for j in self.held if j.state == _HELD)
+            if started and (job.msg_id == through or not noticed):
+                started = False
+        if len(again) > 1:
+            log.info("%d task(s) queued on engine %d go back to the backlog", len(again), eid)
+        for job in reversed(again):  # to the backlog's front, in the order they were sent
+            possible, pinned = self._location(job)
+            if not possible:
+                self._fail(job, "UnmetDependency", f"follow dependencies died with engine {eid}")
+                continue
+            job.pinned = pinned
+            self._hold(job, front=True)
+        if self.pool_special:
+            for job in self.pool_special:
+                if job.state != _HELD:
+                    continue
+                if job.pinned == engine:
+                    why = f"follow dependencies died with engine {eid}"
+                    self._fail(job, "UnmetDependency", why)
+                elif self._dependency_failure(job):
+                    self._fail(job, "EngineError", "every target engine is dead")
+        self._drain_backlog()
 
     def next_timeout(self) -> float | None:
         timers = self._timers
@@ -935,21 +1192,30 @@ class TaskScheduler(RoutingQueue):
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, job = heapq.heappop(timers)
-            if job.state in (_WAITING, _HELD):
+            if job.state == _WAITING:
                 self._fail(job, "DependencyTimeout", "dependencies not met in time")
-        if self.held and any(j.state != _HELD for j in self.held):
-            self.held = deque(j for j in self.held if j.state == _HELD)
+            elif job.state == _HELD and not self._eligible_alive(job):
+                if not self.engines:
+                    why = "no engines registered"
+                elif job.pinned is not None:
+                    why = "the engine its follow dependencies ran on is gone"
+                else:
+                    why = f"no live engine among its targets {sorted(job.targets or ())}"
+                self._fail(job, "DependencyTimeout", f"task {job.msg_id} timed out waiting: {why}")
 
     def outstanding_count(self) -> int:
         return len(self.jobs)
 
 
-def make_queue(name: str, **kwargs: Any) -> RoutingQueue:
-    """The queue component named ``name``: mux, control, task or broadcast."""
+def make_queue(
+    name: str, *, hwm: int = DEFAULT_HWM, policy: str = "leastload", **kwargs: Any
+) -> RoutingQueue:
+    """The queue component named ``name``: mux, control, task or broadcast. ``hwm`` and
+    ``policy`` configure the task scheduler (see :class:`TaskScheduler`)."""
     if name in ("mux", "control"):
         return DirectQueue(name, **kwargs)
     if name == "task":
-        return TaskScheduler(**kwargs)
+        return TaskScheduler(hwm=hwm, policy=policy, **kwargs)
     if name == "broadcast":
         return BroadcastScheduler(**kwargs)
     raise ValueError(f"no queue named {name!r}")

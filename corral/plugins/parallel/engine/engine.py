@@ -88,6 +88,9 @@ _MONITOR_BATCH = 128
 _HOLD = 0.002
 #: ... or until this many are waiting.
 _HOLD_MAX = 64
+#: The routing frame of a start notice to the task scheduler (see _start_group): a
+#: client id never starts with a zero byte, so no reply can look like one.
+_STARTED_ROUTE = b"\x00started"
 
 # Where a SIGINT must not raise: it would tear a multipart send or the output lock.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -322,6 +325,13 @@ class Engine:
         self._held: list[tuple[zmq.Socket[Any], list[Any]]] = []
         self._held_since = 0.0
         self._held_event = threading.Event()
+        # Load-balanced tasks run in groups announced to the scheduler (_start_group):
+        # how many of the current group are left, the size the next may have, and when
+        # and how big the current one started.
+        self._group_left = 0
+        self._group_size = 1
+        self._group_start = 0.0
+        self._group_count = 0
         self._sock_lock = threading.Lock()
 
     @classmethod
@@ -675,6 +685,10 @@ class Engine:
             # Copies of earlier same-host calls go before a queued task runs (it may run
             # long), and before any call once their 20 ms are up.
             self._flush_monitor()
+        if sock is self.task:
+            if not self._group_left:
+                self._start_group(msg)
+            self._group_left -= 1
         handler = self._handlers.get(msg.msg_type)
         try:
             if handler is None:
@@ -759,6 +773,40 @@ class Engine:
             return
         for message in pack_batches((), queue, _HOLD_MAX):
             send_frames(monitor, message)
+
+    def _start_group(self, msg: Message) -> None:
+        """Tell the task scheduler which load-balanced tasks may start from now on:
+        ``msg`` and the task messages received right behind it, as many as the group
+        size allows. Sent with (after) the replies held so far, before any of these
+        tasks starts, so the scheduler knows that a task not yet announced has not
+        started if this engine dies (docs/parallel-protocol.md, "Prefetch and start
+        notices").
+
+        Groups double while tasks are quick (less than ``_HOLD`` each: their replies then
+        leave in batches, and one notice serves many tasks) and fall back to one task as
+        soon as tasks take longer (one notice per task costs nothing then, and a death
+        costs a retry only of the task that was running).
+        """
+        now = time.monotonic()
+        if self._group_count:
+            quick = now - self._group_start < _HOLD * self._group_count
+            self._group_size = min(2 * self._group_size, _HOLD_MAX) if quick else 1
+        last, count = msg, 1
+        for sock, queued in self._pending:
+            if count >= self._group_size or sock is not self.task:
+                break
+            last, count = queued, count + 1
+        self._group_left = self._group_count = count
+        self._group_start = now
+        notice = self.replier.frames(
+            (_STARTED_ROUTE,),
+            "task_started",
+            b"{}",
+            b"{}",
+            wire.json_dumps({"through": last.msg_id}),
+        )
+        self._held.append((self.task, notice))
+        self._flush_held()
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
         log.warning("ignoring unknown message type %r", msg.msg_type)
