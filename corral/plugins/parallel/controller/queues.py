@@ -382,7 +382,7 @@ class RoutingQueue(Component):
         for engine, path in list(self.local_paths.items()):
             eid = self.engines.get(engine)
             if eid is not None and local_engine_dead(path):
-                log.warning("%s: engine %d is gone (connection closed, no process)", self.name, eid)
+                log.info("%s: engine %d is gone (connection closed, no process)", self.name, eid)
                 self._forget_engine(engine, eid)
 
     # -- sending ------------------------------------------------------------------------
