@@ -41,6 +41,20 @@ _EXPORTS = {
     "DependencyTimeout": ".errors",
     "UnmetDependency": ".errors",
     "TimeoutError": ".errors",
+    "TaskTimeout": ".errors",
+    "InvalidDependency": ".errors",
+    "ImpossibleDependency": ".errors",
+    "KernelError": ".errors",
+    "ExecuteReply": ".asyncresult",
+    "FIRST_EXCEPTION": ".asyncresult",
+    "ALL_COMPLETED": ".asyncresult",
+    "Reference": ".dependencies",
+    "require": ".dependencies",
+    "depend": ".dependencies",
+    "dependent": ".dependencies",
+    "Dependency": ".dependencies",
+    "bind_kernel": ".dependencies",
+    "register_joblib_backend": ".joblib_backend",
 }
 
 __all__ = sorted(_EXPORTS)
