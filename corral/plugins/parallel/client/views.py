@@ -403,6 +403,13 @@ class View:
         for job in self.client._results_of(jobs):
             job.abort()
 
+    def register_joblib_backend(self, name: str = "corral", make_default: bool = False) -> None:
+        """Register a joblib backend named ``name`` that runs on this view (see
+        :func:`~.joblib_backend.register_joblib_backend`)."""
+        from .joblib_backend import register_joblib_backend
+
+        register_joblib_backend(name, make_default, view=self)
+
     def queue_status(self, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
         return self.client.queue_status(self.targets if targets is None else targets)
 
