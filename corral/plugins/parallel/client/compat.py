@@ -159,6 +159,32 @@ class ClientCompat:
         futures = self._control("signal_request", {"sig": sig}, ids)  # type: ignore[attr-defined]
         return self._finish_control(futures, block, None)
 
+    def become_dask(
+        self,
+        targets: Any = "all",
+        port: int = 0,
+        nanny: bool = False,
+        scheduler_args: dict[str, Any] | None = None,
+        **worker_args: Any,
+    ) -> Any:
+        """Make the engines of ``targets`` dask workers; a ``distributed.Client`` of them.
+
+        The scheduler runs in this process (on a thread; ``scheduler_args`` go to
+        ``distributed.Scheduler``, ``port`` is its port), the workers inside the engines
+        (``worker_args`` go to ``distributed.Worker``, ``nthreads`` defaults to 1). They
+        talk TLS with a throwaway certificate when ``cryptography`` is installed. Needs
+        ``pip install corral[dask]``. See :mod:`.dask`.
+        """
+        from .dask import become_dask
+
+        return become_dask(self, targets, port, nanny, scheduler_args, **worker_args)
+
+    def stop_dask(self, targets: Any = None) -> None:
+        """Stop the dask workers :meth:`become_dask` started, and its scheduler."""
+        from .dask import stop_dask
+
+        stop_dask(self, targets)
+
     def _finish_control(
         self,
         futures: list[concurrent.futures.Future[Parsed]],
