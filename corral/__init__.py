@@ -58,6 +58,13 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext corral`` in IPython / ipykernel: the ``%px`` family of magics."""
+    from corral.plugins.parallel.client.magics import load_ipython_extension as load
+
+    load(shell)
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

@@ -131,6 +131,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     _execute = False
     #: The request as sent, for Client.resubmit (set by the client when it sends one).
     _request: tuple[Any, ...] | None = None
+    #: Wake waiters on every stream message too (set while %px streams output).
+    _watch_streams = False
 
     def __init__(
         self,
@@ -285,6 +287,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         if msg_type == "stream":
             name = "stderr" if content.get("name") == "stderr" else "stdout"
             md[name] += content.get("text", "")
+            if self._watch_streams:
+                self._notify()
         elif msg_type == "status":
             state = content.get("execution_state")
             if state == "busy" and md["started"] is None:

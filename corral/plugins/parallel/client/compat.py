@@ -159,6 +159,14 @@ class ClientCompat:
         futures = self._control("signal_request", {"sig": sig}, ids)  # type: ignore[attr-defined]
         return self._finish_control(futures, block, None)
 
+    def activate(self, targets: Any = "all", suffix: str = "") -> Any:
+        """A blocking direct view on ``targets``, activated for ``%px{suffix}`` & co.
+        (see :meth:`DirectView.activate`); the view."""
+        view = self.direct_view(targets)  # type: ignore[attr-defined]
+        view.block = True
+        view.activate(suffix)
+        return view
+
     def become_dask(
         self,
         targets: Any = "all",

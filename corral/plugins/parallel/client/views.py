@@ -727,6 +727,14 @@ class DirectView(View):
         ids, _ = self._on(targets)._targets()
         return self.client.clear(ids, block=block)
 
+    def activate(self, suffix: str = "") -> Any:
+        """Make ``%px{suffix}``, ``%%px{suffix}``, ``%autopx{suffix}``,
+        ``%pxresult{suffix}`` and ``%pxconfig{suffix}`` run on this view, in IPython (or
+        corral's kernel). Several views can be active under different suffixes."""
+        from .magics import activate
+
+        return activate(self, suffix)
+
     @property
     def importer(self) -> Any:
         """``with view.importer: import numpy``: ``sync_imports(local=True)`` (ipyparallel)."""
