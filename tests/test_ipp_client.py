@@ -495,3 +495,36 @@ def test_after_with_a_dependency_set(rc: Client, tmp_path: Path) -> None:
     assert second.get(30) is True
     with pytest.raises(NotImplementedError):
         ipp.Dependency([first], failure=True)
+
+
+def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path: Path) -> None:
+    import linecache
+
+    source = (
+        "def helper(y):\n"
+        "    raise ValueError(f'bad {y}')\n"
+        "\n"
+        "def boom(x):\n"
+        "    y = x + 1\n"
+        "    return helper(y)\n"
+    )
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    ns: dict[str, Any] = {"__name__": "__main__"}  # as a script's or a notebook's functions
+    exec(compile(source, str(script), "exec"), ns)
+    with pytest.raises(RemoteError) as info:
+        rc[0].apply_sync(ns["boom"], 1)
+    text = info.value.traceback
+    assert f"File {script}:6, in boom()" in text
+    assert "----> 6     return helper(y)" in text
+    assert f"File {script}:2, in helper()" in text
+    assert "raise ValueError(f'bad {y}')" in text
+    # A notebook cell of corral's kernel: named as the cell, like local tracebacks.
+    cell = "def in_cell():\n    return 1 / 0\n"
+    linecache.cache["<cell-7>"] = (len(cell), None, cell.splitlines(True), "<cell-7>")
+    cell_ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(cell, "<cell-7>", "exec"), cell_ns)
+    with pytest.raises(RemoteError) as info:
+        rc.load_balanced_view().apply_sync(cell_ns["in_cell"])
+    assert "Cell In[7], line 2, in in_cell()" in info.value.traceback
+    assert "return 1 / 0" in info.value.traceback

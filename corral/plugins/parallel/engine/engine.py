@@ -930,6 +930,8 @@ class Engine:
         except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
             self._executing = False
             error = self._error_content(exc, "apply")
+            if "func" in locals():  # name the files of shipped __main__ functions
+                error["traceback"] = _annotate(error["traceback"], func, self.user_ns)
             iopub.publish(
                 "error",
                 {k: error[k] for k in ("ename", "evalue", "traceback")},
@@ -1319,3 +1321,14 @@ def _signal_number(sig: Any) -> int:
     if isinstance(sig, int) and not isinstance(sig, bool):
         return int(signal.Signals(sig))
     raise TypeError(f"signal_request 'sig' must be a signal number or name, not {sig!r}")
+
+
+def _annotate(traceback: list[str], func: Any, user_ns: dict[str, Any]) -> list[str]:
+    """A failed task's traceback with the source of shipped functions (see .sources)."""
+    try:
+        from .sources import annotate
+
+        helpers = [v for v in user_ns.values() if type(v) is types.FunctionType]
+        return annotate(traceback, [func, *helpers])
+    except Exception:  # never lose the error over its decoration
+        return traceback
