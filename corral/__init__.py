@@ -53,6 +53,15 @@ _EXPORTS = {
     "Dependency": "corral.plugins.parallel.client",
     "bind_kernel": "corral.plugins.parallel.client",
     "register_joblib_backend": "corral.plugins.parallel.client",
+    "FIRST_COMPLETED": "corral.plugins.parallel.client",
+    "NoEnginesRegistered": "corral.plugins.parallel.client",
+    "TaskRejectError": "corral.plugins.parallel.client",
+    "ViewExecutor": "corral.plugins.parallel.client",
+    "RemoteFunction": "corral.plugins.parallel.client",
+    "ParallelFunction": "corral.plugins.parallel.client",
+    "use_cloudpickle": "corral.plugins.parallel.client",
+    "use_pickle": "corral.plugins.parallel.client",
+    "use_dill": "corral.plugins.parallel.client",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -528,3 +528,28 @@ def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path:
         rc.load_balanced_view().apply_sync(cell_ns["in_cell"])
     assert "Cell In[7], line 2, in in_cell()" in info.value.traceback
     assert "return 1 / 0" in info.value.traceback
+
+
+def test_more_ipyparallel_names(rc: Client, capsys: Any) -> None:
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(double, 3)
+    assert ar.r == 6 and ar.result_dict() == {ar.engine_id: 6}
+    assert ar.wait_for_send() and ar.owner and ar.sent
+    assert lview.history[-1] == ar.msg_ids[0]
+    assert lview.get_result().get(30) == 6  # the last task
+    assert isinstance(lview.outstanding, set)
+    rc.wait_interactive([lview.apply_async(double, 1)])
+    assert "tasks" in capsys.readouterr().err  # the progress bar
+    chatty = rc[:].execute("print('streamed')")
+    with chatty.stream_output():
+        chatty.wait(30)
+        chatty.wait_for_output(30)
+    lines = sorted(capsys.readouterr().out.splitlines())
+    assert lines == ["[stdout:0] streamed", "[stdout:1] streamed"]
+    rc.spin()
+    assert ipp.ViewExecutor is ipp.plugins.parallel.client.executor.ClusterExecutor
+    assert ipp.use_cloudpickle() is None and ipp.use_pickle() is None
+    with pytest.raises(NotImplementedError):
+        ipp.use_dill()
+    assert issubclass(ipp.NoEnginesRegistered, ipp.KernelError)
+    assert ipp.FIRST_COMPLETED == concurrent.futures.FIRST_COMPLETED

@@ -48,6 +48,8 @@ def _now() -> datetime:
 #: ``return_when`` of :meth:`AsyncResult.get`: raise at the first failed task.
 FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+#: Accepted for ipyparallel code; ``get`` treats it as ``ALL_COMPLETED``, as ipyparallel.
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 
 
 def as_datetime(value: Any) -> datetime | None:
@@ -417,6 +419,59 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         if not starts or not ends:
             raise ValueError("timestamps missing (the tasks have not finished?)")
         return (max(ends) - min(starts)).total_seconds()
+
+    def result_dict(self, timeout: float | None = None) -> Any:
+        """ipyparallel's older name of :meth:`get_dict`."""
+        return self.get_dict(timeout)
+
+    @property
+    def r(self) -> Any:
+        """The value (waits): ipyparallel's shorthand for ``get()``."""
+        return self.get()
+
+    def wait_for_send(self, timeout: float | None = None) -> bool:
+        """Whether the request has gone out: it has, once a view returned this result
+        (the client's I/O thread sends it; nothing waits for a send)."""
+        return True
+
+    @property
+    def owner(self) -> bool:
+        """Whether this result was made by this client's views (not fetched by msg_id)."""
+        return self._request is not None
+
+    def stream_output(self) -> Any:
+        """A context manager printing the tasks' output as it arrives, while it is open
+        (ipyparallel's ``with ar.stream_output(): ar.wait()``)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def streaming() -> Iterator[None]:
+            from .magics import ParallelMagics
+
+            printer = ParallelMagics(None)
+            printed: dict[Any, int] = {}
+            stop = threading.Event()
+            cond = self._progress_condition()
+            self._watch_streams = True
+
+            def pump() -> None:
+                while not stop.is_set():
+                    printer._print_streams(self, printed, final=False)
+                    with cond:
+                        cond.wait(0.1)
+
+            thread = threading.Thread(target=pump, name="corral-stream-output", daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                self._notify()
+                thread.join(5)
+                self._watch_streams = False
+                printer._print_streams(self, printed, final=self.done())
+
+        return streaming()
 
     @property
     def sent(self) -> bool:

@@ -159,6 +159,46 @@ class ClientCompat:
         futures = self._control("signal_request", {"sig": sig}, ids)  # type: ignore[attr-defined]
         return self._finish_control(futures, block, None)
 
+    def wait_interactive(
+        self, jobs: Any = None, interval: float = 1.0, timeout: float | None = -1
+    ) -> None:
+        """Wait for ``jobs`` (None: everything outstanding) with a progress bar."""
+        results = self._results_of(jobs)
+        if not results:
+            return
+        from .views import _Combined
+
+        combined = _Combined(self, results, False, "tasks", False)
+        combined.wait_interactive(interval=interval, timeout=forever(timeout))
+
+    def purge_everything(self) -> int:
+        """Forget every finished task in the hub's database (ipyparallel's name)."""
+        return self.purge_results("all")  # type: ignore[attr-defined,no-any-return]
+
+    def purge_hub_results(self, jobs: Any = "all", targets: Any = None) -> int:
+        """:meth:`purge_results` (the hub's database is the only store)."""
+        return self.purge_results(jobs)  # type: ignore[attr-defined,no-any-return]
+
+    def purge_local_results(self, jobs: Any = "all", targets: Any = None) -> None:
+        """Nothing to do: a result lives as long as you hold its AsyncResult."""
+
+    def spin(self) -> None:
+        """Nothing to do: corral's I/O thread always receives (ipyparallel compatibility)."""
+
+    def spin_thread(self, interval: float = 1) -> None:
+        """Nothing to do: corral's I/O thread always receives."""
+
+    def stop_spin_thread(self) -> None:
+        """Nothing to do (see :meth:`spin_thread`)."""
+
+    def become_distributed(self, *args: Any, **kwargs: Any) -> Any:
+        """The older name of :meth:`become_dask`."""
+        return self.become_dask(*args, **kwargs)
+
+    def stop_distributed(self, targets: Any = None) -> None:
+        """The older name of :meth:`stop_dask`."""
+        self.stop_dask(targets)
+
     def activate(self, targets: Any = "all", suffix: str = "") -> Any:
         """A blocking direct view on ``targets``, activated for ``%px{suffix}`` & co.
         (see :meth:`DirectView.activate`); the view."""

@@ -33,6 +33,9 @@ __all__ = [
     "dependent",
     "references_in_use",
     "require",
+    "use_cloudpickle",
+    "use_dill",
+    "use_pickle",
     "with_references",
 ]
 
@@ -282,3 +285,17 @@ def bind_kernel(**kwargs: Any) -> None:
     raise NotImplementedError(
         "corral engines cannot be bound to a Jupyter kernel; use %px or view.execute"
     )
+
+
+def use_cloudpickle() -> None:
+    """Accepted for ipyparallel code; changes nothing: corral already sends by value
+    (with cloudpickle) whatever plain pickle would get wrong."""
+
+
+def use_pickle() -> None:
+    """Accepted for ipyparallel code; changes nothing (see :func:`use_cloudpickle`)."""
+
+
+def use_dill() -> None:
+    """Refused: corral does not serialize with dill (cloudpickle covers the same ground)."""
+    raise NotImplementedError("corral does not use dill; cloudpickle is used where needed")

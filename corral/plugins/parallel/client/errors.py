@@ -21,6 +21,8 @@ __all__ = [
     "ImpossibleDependency",
     "InvalidDependency",
     "KernelError",
+    "NoEnginesRegistered",
+    "TaskRejectError",
     "RemoteError",
     "TaskAborted",
     "TaskTimeout",
@@ -124,6 +126,21 @@ class EngineError(RemoteError):
 
 class TaskAborted(RemoteError):
     """The task was aborted (:meth:`AsyncResult.abort`) before it ran.
+
+    .. versionadded:: 0.1
+    """
+
+
+class NoEnginesRegistered(KernelError):
+    """There is no engine to send the work to (ipyparallel's name).
+
+    .. versionadded:: 0.1
+    """
+
+
+class TaskRejectError(KernelError):
+    """A task was refused by the scheduler (ipyparallel's name; corral's scheduler
+    fails tasks with :class:`UnmetDependency` or :class:`EngineError` instead).
 
     .. versionadded:: 0.1
     """

@@ -403,6 +403,34 @@ class View:
         for job in self.client._results_of(jobs):
             job.abort()
 
+    @property
+    def outstanding(self) -> set[str]:
+        """msg_ids this client is still waiting for (the client's, as views share it)."""
+        return self.client.outstanding
+
+    @property
+    def history(self) -> list[str]:
+        """msg_ids this client submitted (see :attr:`Client.history`)."""
+        return self.client.history
+
+    def get_result(self, jobs: Any = None, block: bool | None = None, owner: bool = False) -> Any:
+        """:meth:`Client.get_result` (None: the last task submitted)."""
+        return self.client.get_result(-1 if jobs is None else jobs, block=block, owner=owner)
+
+    def purge_results(self, jobs: Any = "all", targets: Any = None) -> int:
+        """:meth:`Client.purge_results`."""
+        return self.client.purge_results(jobs)
+
+    def shutdown(
+        self, targets: Any = None, restart: bool = False, hub: bool = False, block: Any = None
+    ) -> Any:
+        """Stop this view's engines (``hub=True``: the whole cluster)."""
+        ids = self.client._resolve_targets(self.targets if targets is None else targets)
+        return self.client.shutdown(ids, restart=restart, hub=hub, block=block)
+
+    def spin(self) -> None:
+        """Nothing to do: corral's I/O thread always receives."""
+
     def register_joblib_backend(self, name: str = "corral", make_default: bool = False) -> None:
         """Register a joblib backend named ``name`` that runs on this view (see
         :func:`~.joblib_backend.register_joblib_backend`)."""
