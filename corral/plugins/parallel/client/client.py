@@ -506,13 +506,22 @@ class Client(ClientCompat):
         for engine_id, _, _ in routes:
             if engine_id is not None:
                 self._engine(engine_id)  # IndexError for an engine that is gone
-        factory: Callable[..., AsyncResult] | None = None
-        if isinstance(old, AsyncMapResult):
-            ordered = old.ordered
+        convert = old._convert
 
-            def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncResult:
+        def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncResult:
+            # Built like the old result, conversion included, before anything is sent
+            # (a reply may arrive before _submit returns).
+            result: AsyncResult
+            if isinstance(old, AsyncMapResult):
                 kw.pop("single", None)
-                return AsyncMapResult(client, msg_ids, ordered=ordered, **kw)
+                result = AsyncMapResult(client, msg_ids, ordered=old.ordered, **kw)
+                result._length = old._length
+                result._chunk_sizes = old._chunk_sizes
+            else:
+                result = AsyncResult(client, msg_ids, **kw)
+            result._convert = convert
+            result._execute = old._execute
+            return result
 
         again = self._submit(
             channel,
@@ -524,9 +533,6 @@ class Client(ClientCompat):
             single=single,
             result_factory=factory,
         )
-        again._convert = old._convert
-        if isinstance(old, AsyncMapResult) and isinstance(again, AsyncMapResult):
-            again._length = old._length
         return again
 
     def _routes(

@@ -685,11 +685,26 @@ class DirectView(View):
             if not all(part.isidentifier() for part in key.split(".")):
                 raise NameError(f"{key!r} is not a name or a dotted path of names")
         targets, single = self._targets()
+        convert = _unpack_one if isinstance(names, str) else list
+
+        def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncResult:
+            # The conversion is in place before anything is sent: a reply can arrive
+            # (in the I/O thread) before _apply returns.
+            result = AsyncResult(client, msg_ids, **kw)
+            result._convert = convert
+            return result
+
         result = self.client._apply(
-            "mux", _pull_paths, (keys,), None, self._metadata(targets), targets, single=single
+            "mux",
+            _pull_paths,
+            (keys,),
+            None,
+            self._metadata(targets),
+            targets,
+            single=single,
+            result_factory=factory,
         )
         result.fname = "pull"
-        result._convert = _unpack_one if isinstance(names, str) else list
         return self._maybe_block(result, block)
 
     def __setitem__(self, name: str, value: Any) -> None:
