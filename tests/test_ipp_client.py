@@ -71,6 +71,7 @@ def test_len_of_views_and_get_dict(rc: Client) -> None:
     assert len(rc[0]) == 1
     assert len(rc.load_balanced_view()) == 2
     assert len(rc.broadcast_view()) == 2
+    assert bool(rc.direct_view([]))  # a view with no engines is still a view
     ar = rc[:].apply_async(os.getpid)
     pids = ar.get_dict()
     assert set(pids) == {0, 1}

@@ -151,6 +151,10 @@ class View:
         resolved = self.client._resolve_targets(self.targets)
         return 1 if isinstance(resolved, int) else len(resolved)
 
+    def __bool__(self) -> bool:
+        # A view is a view even while it has no engines (len() would say 0).
+        return True
+
     @property
     def executor(self) -> Any:
         """A :class:`concurrent.futures.Executor` submitting to this view."""
