@@ -501,7 +501,9 @@ class Client(ClientCompat):
         channel = request[0]
         if channel == "broadcast":
             _, msg_type, content, metadata, buffers, targets = request
-            return self._broadcast(msg_type, content, buffers, metadata, targets, old.fname)
+            return self._broadcast(
+                msg_type, content, buffers, metadata, targets, old.fname, old._convert
+            )
         _, msg_type, content, metadata, routes, single = request
         for engine_id, _, _ in routes:
             if engine_id is not None:
@@ -656,11 +658,14 @@ class Client(ClientCompat):
         metadata: dict[str, Any] | bytes,
         targets: list[int],
         fname: str = "",
+        convert: Callable[[Any], Any] | None = None,
     ) -> AsyncResult:
-        """One request on the broadcast scheduler, answered by every target."""
+        """One request on the broadcast scheduler, answered by every target; ``convert``
+        applies to each value (set before sending: replies can arrive at once)."""
         self._check_open()
         msg_id = self._builder.new_msg_id()
         result = BroadcastResult(self, msg_id, targets, fname=fname)
+        result._convert = convert
         if not targets:
             return result
         self._pending[msg_id] = result

@@ -927,9 +927,14 @@ class BroadcastView(DirectView):
             return self._pull_dotted(names, keys, block)
         targets, _ = self._targets()
         result = self.client._broadcast(
-            "pull_request", {"keys": keys}, (), self._metadata(targets), targets, fname="pull"
+            "pull_request",
+            {"keys": keys},
+            (),
+            self._metadata(targets),
+            targets,
+            fname="pull",
+            convert=_unpack_one if isinstance(names, str) else list,
         )
-        result._convert = _unpack_one if isinstance(names, str) else list
         return self._maybe_block(result, block)
 
 
