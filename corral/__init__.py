@@ -27,9 +27,52 @@ _EXPORTS = {
     "ControllerLost": "corral.plugins.parallel.client",
     "as_completed": "corral.plugins.parallel.client",
     "interactive": "corral.plugins.parallel.client",
+    # ipyparallel's names, so ``import corral as ipp`` scripts run (docs/from-ipyparallel.md)
+    "AsyncMapResult": "corral.plugins.parallel.client",
+    "AsyncHubResult": "corral.plugins.parallel.client",
+    "View": "corral.plugins.parallel.client",
+    "DirectView": "corral.plugins.parallel.client",
+    "LoadBalancedView": "corral.plugins.parallel.client",
+    "BroadcastView": "corral.plugins.parallel.client",
+    "ExecuteReply": "corral.plugins.parallel.client",
+    "remote": "corral.plugins.parallel.client.remote",
+    "parallel": "corral.plugins.parallel.client.remote",
+    "TaskAborted": "corral.plugins.parallel.client",
+    "TaskTimeout": "corral.plugins.parallel.client",
+    "DependencyTimeout": "corral.plugins.parallel.client",
+    "UnmetDependency": "corral.plugins.parallel.client",
+    "InvalidDependency": "corral.plugins.parallel.client",
+    "ImpossibleDependency": "corral.plugins.parallel.client",
+    "KernelError": "corral.plugins.parallel.client",
+    "TimeoutError": "corral.plugins.parallel.client",
+    "FIRST_EXCEPTION": "corral.plugins.parallel.client",
+    "ALL_COMPLETED": "corral.plugins.parallel.client",
+    "Reference": "corral.plugins.parallel.client",
+    "require": "corral.plugins.parallel.client",
+    "depend": "corral.plugins.parallel.client",
+    "dependent": "corral.plugins.parallel.client",
+    "Dependency": "corral.plugins.parallel.client",
+    "bind_kernel": "corral.plugins.parallel.client",
+    "register_joblib_backend": "corral.plugins.parallel.client",
+    "FIRST_COMPLETED": "corral.plugins.parallel.client",
+    "NoEnginesRegistered": "corral.plugins.parallel.client",
+    "TaskRejectError": "corral.plugins.parallel.client",
+    "ViewExecutor": "corral.plugins.parallel.client",
+    "RemoteFunction": "corral.plugins.parallel.client",
+    "ParallelFunction": "corral.plugins.parallel.client",
+    "use_cloudpickle": "corral.plugins.parallel.client",
+    "use_pickle": "corral.plugins.parallel.client",
+    "use_dill": "corral.plugins.parallel.client",
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext corral`` in IPython / ipykernel: the ``%px`` family of magics."""
+    from corral.plugins.parallel.client.magics import load_ipython_extension as load
+
+    load(shell)
 
 
 def __getattr__(name: str) -> Any:

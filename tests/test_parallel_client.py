@@ -124,9 +124,10 @@ def test_client_finds_newest_cluster_file_by_profile(
 
 def test_queue_status(rc: Client) -> None:
     status = rc.queue_status()
-    assert set(status) == {0, 1}
-    assert set(status[0]) == {"queued", "running", "completed"}
-    assert set(rc.queue_status(0)) == {0}
+    assert set(status) == {0, 1, "unassigned"}  # ipyparallel's shape
+    assert set(status[0]) == {"queue", "tasks", "queued", "running", "completed"}
+    assert status[0]["queue"] == status[0]["queued"] + status[0]["running"]
+    assert set(rc.queue_status(0)) == set(status[0])
 
 
 # ------------------------------------------------------------------------ apply
@@ -256,14 +257,17 @@ def test_remote_and_parallel_decorators(rc: Client) -> None:
     def halve(x: float) -> float:
         return x / 2
 
-    assert halve(range(10)) == [x / 2 for x in range(10)]
+    assert halve.map(range(10)) == [x / 2 for x in range(10)]  # elementwise
     assert halve.map([8, 6]) == [4.0, 3.0]
 
+    # Called on a sequence, the function gets partitions (ipyparallel's semantics): one
+    # call per engine on a direct view.
     @rc[:].parallel(block=True)
-    def pid_of(_: Any) -> int:
-        return os.getpid()
+    def pid_of(part: Any) -> list[int]:
+        return [os.getpid()] * len(part)
 
-    assert set(pid_of(range(4))) == {e.pid for e in rc.engines.values()}
+    pids = pid_of(range(4))
+    assert len(pids) == 4 and set(pids) == {e.pid for e in rc.engines.values()}
 
 
 # ------------------------------------------------------------------------ namespaces
@@ -371,8 +375,13 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
     assert md["submitted"] is not None and md["started"] and md["completed"] and md["received"]
     result.display_outputs()
     out, err = capsys.readouterr()
-    assert f"[stdout:{md['engine_id']}] hello from 3" in out
+    assert out == "hello from 3\n"  # one engine: printed as is (ipyparallel)
     assert "to stderr" in err
+    both = rc[:].apply_async(chatty, 4)
+    both.get(30)
+    both.display_outputs()
+    out, err = capsys.readouterr()
+    assert "[stdout:0] hello from 4" in out and "[stdout:1] hello from 4" in out
     # display_data and execute_result land in outputs
     executed = rc[0].execute("from corral.display import display\ndisplay(41)\n40 + 2", block=False)
     executed.get(30)
@@ -393,7 +402,7 @@ def test_await_as_completed_and_wait_interactive(rc: Client) -> None:
     mapped = lview.map_async(double, range(20), chunksize=2)
     out = io.StringIO()
     mapped.wait_interactive(interval=0.01, file=out)
-    assert mapped.ready() and "10/10" in out.getvalue()
+    assert mapped.ready() and "20/20" in out.getvalue()  # elements, as len() counts
 
 
 def test_remote_exceptions(rc: Client) -> None:

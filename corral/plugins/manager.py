@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.core",
     "corral.plugins.builtin.commands",
     "corral.plugins.parallel.commands",
+    "corral.plugins.parallel.magics_plugin",
     "corral.plugins.builtin.kernel",
     "corral.plugins.builtin.frontends",
 )

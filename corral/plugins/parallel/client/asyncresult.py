@@ -29,13 +29,42 @@ from .errors import CompositeError, EngineError, RemoteError, error_from_content
 if TYPE_CHECKING:
     from .messages import Parsed
 
-__all__ = ["AsyncMapResult", "AsyncResult", "as_completed"]
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_EXCEPTION",
+    "AsyncMapResult",
+    "AsyncResult",
+    "ExecuteReply",
+    "as_completed",
+]
 
 _OUTPUT_TYPES = ("display_data", "execute_result", "error", "update_display_data")
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+#: ``return_when`` of :meth:`AsyncResult.get`: raise at the first failed task.
+FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+#: Accepted for ipyparallel code; ``get`` treats it as ``ALL_COMPLETED``, as ipyparallel.
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A timestamp off the wire (ISO 8601 text) as an aware datetime; None stays None.
+
+    Every timestamp of a result's metadata is a datetime, so they subtract and compare
+    with each other (ipyparallel's users compute ``completed - started``).
+    """
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 # Guards the lazy creation of metadata dicts (I/O thread vs readers); held for
@@ -53,8 +82,8 @@ def _apply_reply(
     """Copy what a reply says about its task into the task's metadata."""
     md["engine_id"] = engine_id
     md["engine_uuid"] = reply_md.get("engine_uuid")
-    md["started"] = reply_md.get("started")
-    md["completed"] = reply_md.get("completed")
+    md["started"] = as_datetime(reply_md.get("started")) or md.get("started")
+    md["completed"] = as_datetime(reply_md.get("completed"))
     md["status"] = content.get("status", "ok")
     md["received"] = datetime.fromtimestamp(received, timezone.utc)
     md["reply_content"] = content
@@ -91,8 +120,21 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     :class:`RemoteError` (:class:`CompositeError` when several tasks of the request
     failed). Never constructed by users: views return it.
 
+    ipyparallel's spellings work too: ``ar.get_dict()``, ``ar.get(return_exceptions=True)``,
+    metadata as keys or attributes (``ar["engine_id"]``, ``ar.started``), ``ar.wall_time``,
+    ``ar.serial_time``.
+
     .. versionadded:: 0.1
     """
+
+    #: get() returns exceptions in place of values (``map(..., return_exceptions=True)``).
+    _return_exceptions = False
+    #: An execute request: values are :class:`ExecuteReply` objects.
+    _execute = False
+    #: The request as sent, for Client.resubmit (set by the client when it sends one).
+    _request: tuple[Any, ...] | None = None
+    #: Wake waiters on every stream message too (set while %px streams output).
+    _watch_streams = False
 
     def __init__(
         self,
@@ -242,7 +284,15 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self._done_callbacks = []
 
     def _final_value(self) -> Any:
+        if self._execute:
+            return self._execute_replies()
         return self._values[0] if self._single else list(self._values)
+
+    def _execute_replies(self) -> Any:
+        replies = [
+            ExecuteReply(self._metadata_slot(i), self._values[i]) for i in range(len(self._md))
+        ]
+        return replies[0] if self._single and len(replies) == 1 else replies
 
     def _on_iopub(self, msg_id: str, msg: Parsed) -> None:
         """Collect one iopub message whose parent is one of this result's tasks."""
@@ -258,10 +308,12 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         if msg_type == "stream":
             name = "stderr" if content.get("name") == "stderr" else "stdout"
             md[name] += content.get("text", "")
+            if self._watch_streams:
+                self._notify()
         elif msg_type == "status":
             state = content.get("execution_state")
             if state == "busy" and md["started"] is None:
-                md["started"] = msg.header.get("date")
+                md["started"] = as_datetime(msg.header.get("date"))
             elif state == "idle":
                 md["outputs_ready"] = True
                 self._notify()
@@ -282,9 +334,188 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
     # ------------------------------------------------------------------ user side
 
-    def get(self, timeout: float | None = None) -> Any:
-        """The result; waits up to ``timeout`` seconds (raises :class:`TimeoutError`)."""
-        return self.result(timeout)
+    def get(
+        self,
+        timeout: float | None = None,
+        return_exceptions: bool | None = None,
+        return_when: Any = None,
+    ) -> Any:
+        """The result; waits up to ``timeout`` seconds (``None`` or ``-1``: forever; raises
+        :class:`TimeoutError`).
+
+        ``return_exceptions=True`` puts each failed task's :class:`RemoteError` where its
+        value would be instead of raising. ``return_when=FIRST_EXCEPTION`` raises as soon
+        as any task fails rather than after all have finished.
+        """
+        timeout = None if timeout is None or timeout < 0 else timeout
+        if return_exceptions is None:
+            return_exceptions = self._return_exceptions
+        if return_when == FIRST_EXCEPTION and not self.done():
+            cond = self._progress_condition()
+            with cond:
+                failed = cond.wait_for(
+                    lambda: self.done() or any(e is not None for e in self._errors), timeout
+                )
+            if not failed:
+                raise TimeoutError(f"{self!r} not ready within {timeout} s")
+            if not self.done():
+                first = next(e for e in self._errors if e is not None)
+                if return_exceptions:
+                    return first
+                raise first
+        if not return_exceptions:
+            return self.result(timeout)
+        try:
+            return self.result(timeout)
+        except RemoteError:
+            return self._values_with_errors()
+
+    def _values_with_errors(self) -> Any:
+        """Every task's value, or its error where it failed (for ``return_exceptions``)."""
+        pairs = zip(self._values, self._errors, strict=True)
+        values = [e if e is not None else v for v, e in pairs]
+        return values[0] if self._single and len(values) == 1 else values
+
+    def get_dict(self, timeout: float | None = None, return_exceptions: bool = False) -> Any:
+        """The results as ``{engine_id: value}``.
+
+        ``ValueError`` if one engine ran several of the tasks (a map, a load-balanced
+        view), since the dict could not hold them all.
+        """
+        value = self.get(timeout, return_exceptions=return_exceptions)
+        values = [value] if self._single and len(self._md) == 1 else list(value)
+        engine_ids = self.engine_id
+        if not isinstance(engine_ids, list):
+            engine_ids = [engine_ids]
+        if len(values) != len(engine_ids):
+            raise ValueError(f"cannot key {len(values)} values by {len(engine_ids)} engines")
+        out: dict[Any, Any] = {}
+        for engine_id, item in zip(engine_ids, values, strict=True):
+            if engine_id in out:
+                count = engine_ids.count(engine_id)
+                raise ValueError(f"cannot build a dict: {count} tasks ran on engine {engine_id}")
+            out[engine_id] = item
+        return out
+
+    # ------------------------------------------------------- metadata as in ipyparallel
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        """``ar[i]``/``ar[a:b]``: values (the result must be ready); ``ar["key"]``: that
+        metadata key, one value for a single task, else a list (need not be ready)."""
+        if isinstance(key, str):
+            mds = [self._metadata_slot(i) for i in range(len(self._md))]
+            if mds and key not in mds[0]:
+                raise KeyError(key)
+            values = [md[key] for md in mds]
+            return values[0] if self._single and len(values) == 1 else values
+        if isinstance(key, (int, slice)):
+            if not self.done():
+                raise TimeoutError(f"{self!r} is not ready")
+            value = self.get(0, return_exceptions=self._return_exceptions)
+            if self._single and len(self._md) == 1:
+                raise TypeError("a single result has no items; use get()")
+            return value[key]
+        raise TypeError(f"result keys are int, slice or str, not {type(key).__name__}")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not real attributes: metadata keys
+        # (``ar.started``, ``ar.execute_result``, ``ar.outputs``, ...).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except (KeyError, TimeoutError):
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            ) from None
+
+    @staticmethod
+    def timedelta(start: Any, end: Any) -> float:
+        """Seconds from ``start`` to ``end`` (datetimes, or lists of them: earliest start
+        to latest end), as ipyparallel's ``AsyncResult.timedelta``."""
+        starts = [t for t in (start if isinstance(start, list) else [start]) if t is not None]
+        ends = [t for t in (end if isinstance(end, list) else [end]) if t is not None]
+        if not starts or not ends:
+            raise ValueError("timestamps missing (the tasks have not finished?)")
+        return (max(ends) - min(starts)).total_seconds()
+
+    def result_dict(self, timeout: float | None = None) -> Any:
+        """ipyparallel's older name of :meth:`get_dict`."""
+        return self.get_dict(timeout)
+
+    @property
+    def r(self) -> Any:
+        """The value (waits): ipyparallel's shorthand for ``get()``."""
+        return self.get()
+
+    def wait_for_send(self, timeout: float | None = None) -> bool:
+        """Whether the request has gone out: it has, once a view returned this result
+        (the client's I/O thread sends it; nothing waits for a send)."""
+        return True
+
+    @property
+    def owner(self) -> bool:
+        """Whether this result was made by this client's views (not fetched by msg_id)."""
+        return self._request is not None
+
+    def stream_output(self) -> Any:
+        """A context manager printing the tasks' output as it arrives, while it is open
+        (ipyparallel's ``with ar.stream_output(): ar.wait()``)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def streaming() -> Iterator[None]:
+            from .magics import ParallelMagics
+
+            printer = ParallelMagics(None)
+            printed: dict[Any, int] = {}
+            stop = threading.Event()
+            cond = self._progress_condition()
+            self._watch_streams = True
+
+            def pump() -> None:
+                while not stop.is_set():
+                    printer._print_streams(self, printed, final=False)
+                    with cond:
+                        cond.wait(0.1)
+
+            thread = threading.Thread(target=pump, name="corral-stream-output", daemon=True)
+            thread.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                self._notify()
+                thread.join(5)
+                self._watch_streams = False
+                printer._print_streams(self, printed, final=self.done())
+
+        return streaming()
+
+    @property
+    def sent(self) -> bool:
+        """Whether the request has left this client (always, once the view returned it)."""
+        return True
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds from the first submission to the last reply received (ready only)."""
+        if not self.done():
+            raise TimeoutError(f"{self!r} is not ready")
+        mds = [self._metadata_slot(i) for i in range(len(self._md))]
+        return self.timedelta([m["submitted"] for m in mds], [m["received"] for m in mds])
+
+    @property
+    def serial_time(self) -> float:
+        """The sum of every task's run time on its engine (``completed - started``)."""
+        if not self.done():
+            raise TimeoutError(f"{self!r} is not ready")
+        total = 0.0
+        for index in range(len(self._md)):
+            md = self._metadata_slot(index)
+            if md["started"] is not None and md["completed"] is not None:
+                total += (md["completed"] - md["started"]).total_seconds()
+        return total
 
     def result(self, timeout: float | None = None) -> Any:
         """As :meth:`concurrent.futures.Future.result`; a timeout's ``TimeoutError`` says
@@ -327,7 +558,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
     @property
     def progress(self) -> int:
-        """How many tasks have finished."""
+        """How many tasks have finished (for a map: elements, the unit ``len()`` counts)."""
         return len(self._completed_order)
 
     @property
@@ -407,13 +638,23 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 cond.wait(remaining)
         return True
 
-    def display_outputs(self, timeout: float = 5.0, file: IO[str] | None = None) -> None:
-        """Print each task's stdout, stderr and rich outputs, labelled by engine."""
+    def display_outputs(
+        self, groupby: str = "engine", timeout: float = 5.0, file: IO[str] | None = None
+    ) -> None:
+        """Print each task's stdout, stderr and rich outputs, labelled by engine (a single
+        task's output is printed as is). ``groupby`` is accepted for ipyparallel code;
+        output is always grouped by engine."""
+        if groupby not in ("engine", "type", "order"):
+            raise ValueError(f"groupby must be 'engine', 'type' or 'order', not {groupby!r}")
         self.wait(timeout)
         self.wait_for_output(timeout)
         out = file or sys.stdout
+        single = self._single and len(self._md) == 1
         for md in (self._metadata_slot(i) for i in range(len(self._md))):
             engine = md["engine_id"]
+            if single:  # one engine: its output as it was printed, unlabelled
+                _print_single(md, out, file or sys.stderr)
+                continue
             if md["stdout"]:
                 out.write(f"[stdout:{engine}] {md['stdout']}")
                 if not md["stdout"].endswith("\n"):
@@ -439,7 +680,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         """Wait with a tqdm progress bar of finished tasks (on stderr by default)."""
         from tqdm.auto import tqdm
 
-        total = len(self._done_slots)
+        total = len(self)  # the unit progress counts: tasks, or a map's elements
         deadline = None if timeout is None else time.monotonic() + timeout
         with tqdm(total=total, desc=self.fname or "tasks", unit="task", file=file) as bar:
             while True:
@@ -484,8 +725,9 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             yield from self._slot_items(index)
 
     def __repr__(self) -> str:
-        state = "done" if self.done() else f"{self.progress}/{len(self)} tasks"
-        return f"<{type(self).__name__} {self.fname or ''}: {state}>"
+        state = "finished" if self.done() else "pending"
+        name = next(c.__name__ for c in type(self).__mro__ if not c.__name__.startswith("_"))
+        return f"<{name}({self.fname or ''}): {state}>"
 
 
 class AsyncMapResult(AsyncResult):
@@ -504,11 +746,33 @@ class AsyncMapResult(AsyncResult):
         *,
         ordered: bool = True,
         length: int | None = None,
+        chunk_sizes: list[int] | None = None,
         **kw: Any,
     ):
         self.ordered = ordered
         self._length = length
+        #: Elements per chunk (slot), when known: progress counts elements, as len() does.
+        self._chunk_sizes = chunk_sizes
+        kw.pop("single", None)
         super().__init__(client, msg_ids, single=False, **kw)
+
+    @property
+    def progress(self) -> int:
+        """How many elements are done (``len()`` counts elements too)."""
+        sizes = self._chunk_sizes
+        if sizes is None:
+            return len(self._completed_order)
+        return sum(sizes[i] for i in list(self._completed_order))
+
+    def _values_with_errors(self) -> Any:
+        out: list[Any] = []
+        sizes = self._chunk_sizes
+        for index, (chunk, error) in enumerate(zip(self._values, self._errors, strict=True)):
+            if error is None:
+                out.extend(chunk or ())
+            else:
+                out.extend([error] * (sizes[index] if sizes is not None else 1))
+        return out
 
     def _final_value(self) -> Any:
         out: list[Any] = []
@@ -566,6 +830,86 @@ class BroadcastResult(AsyncResult):
         index = self._target_slot.get(engine_id)
         if index is not None:
             self._fail_slot(index, error)
+
+
+class ExecuteReply:
+    """What one engine answered to an ``execute``: ipyparallel's ``ExecuteReply``.
+
+    ``execute_result`` is the value of the cell's last expression as a display dict
+    (``{"data": {"text/plain": ...}, ...}``) or None; ``execution_count`` and
+    ``metadata`` as on the reply. It reads the task's metadata, so output that trails the
+    reply shows up here once it arrives.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, metadata: dict[str, Any], value: Any = None) -> None:
+        self.metadata = metadata
+        self._value = value
+
+    @property
+    def execute_result(self) -> dict[str, Any] | None:
+        return self.metadata.get("execute_result")  # type: ignore[no-any-return]
+
+    @property
+    def execution_count(self) -> int | None:
+        result = self.execute_result
+        if result is not None and result.get("execution_count") is not None:
+            return int(result["execution_count"])
+        content = self.metadata.get("reply_content") or {}
+        count = content.get("execution_count")
+        return int(count) if isinstance(count, int) else None
+
+    @property
+    def engine_id(self) -> int | None:
+        return self.metadata.get("engine_id")  # type: ignore[no-any-return]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.metadata[key]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self.metadata[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def _plain(self) -> str:
+        result = self.execute_result
+        if result is None:
+            return ""
+        return str((result.get("data") or {}).get("text/plain", ""))
+
+    def __repr__(self) -> str:
+        text = self._plain()
+        prefix = f"Out[{self.engine_id}:{self.execution_count}]: "
+        return prefix + text if text else f"<ExecuteReply[{self.execution_count}]>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        result = self.execute_result
+        if result is None:
+            return {"text/plain": repr(self)}
+        data = dict(result.get("data") or {})
+        data["text/plain"] = repr(self)
+        return data
+
+
+def _print_single(md: dict[str, Any], out: IO[str], err: IO[str]) -> None:
+    """One engine's output printed as it was printed there (ipyparallel's single result)."""
+    if md["stdout"]:
+        out.write(md["stdout"])
+    if md["stderr"]:
+        err.write(md["stderr"])
+    for output in md["outputs"]:
+        text = (output.get("data") or {}).get("text/plain")
+        if text is not None:
+            out.write(f"{text}\n")
+        elif output["msg_type"] == "error":
+            out.write(f"{output.get('ename')}: {output.get('evalue')}\n")
 
 
 def as_completed(

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,15 @@ import zmq
 from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
 
-from .asyncresult import AsyncResult, BroadcastResult, engine_death_error, reply_outcome
+from .asyncresult import (
+    AsyncMapResult,
+    AsyncResult,
+    BroadcastResult,
+    engine_death_error,
+    reply_outcome,
+)
+from .compat import ClientCompat, forever
+from .dependencies import _USED as _DEPENDENCIES_USED
 from .errors import ControllerLost, RemoteError
 from .funccache import FunctionCache
 from .io import ClientIO
@@ -118,7 +127,7 @@ def msg_ids_of(jobs: Any) -> list[str]:
     return out
 
 
-class Client:
+class Client(ClientCompat):
     """A connection to a running cluster.
 
     ``Client()`` connects to the newest cluster of the ``default`` profile;
@@ -177,6 +186,8 @@ class Client:
         self._recent: weakref.WeakValueDictionary[str, AsyncResult] = weakref.WeakValueDictionary()
         # msg_id -> callback for hub and control replies
         self._callbacks: dict[str, Callable[[Parsed], None]] = {}
+        # msg_ids submitted by this client, newest last (ipyparallel's ``rc.history``).
+        self._history: deque[str] = deque(maxlen=_RECENT_LIMIT)
         self._data_channels: set[str] = set()
         self._functions = FunctionCache()
         self._closed = False
@@ -272,11 +283,31 @@ class Client:
             local_path=record.get("local_path") or (old.local_path if old else None),
         )
 
-    def wait_for_engines(self, n: int, timeout: float | None = None) -> list[int]:
+    def wait_for_engines(
+        self, n: int | None = None, timeout: float | None = None, block: bool = True
+    ) -> Any:
         """Wait until at least ``n`` engines are registered; their ids.
+
+        ``n=None`` waits for at least one engine (the cluster file does not say how many
+        were launched). ``timeout`` ``None`` or ``-1`` waits forever. ``block=False`` returns a
+        :class:`concurrent.futures.Future` of the ids at once.
 
         :raises TimeoutError: fewer than ``n`` engines after ``timeout`` seconds.
         """
+        if n is None:
+            n = 1
+        timeout = forever(timeout)
+        if not block:
+            future: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
+
+            def waiter() -> None:
+                try:
+                    future.set_result(self.wait_for_engines(n, timeout))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+            threading.Thread(target=waiter, name="corral-wait-for-engines", daemon=True).start()
+            return future
         deadline = None if timeout is None else time.monotonic() + timeout
         resync_at = time.monotonic() + 1.0
         with self._engines_changed:
@@ -580,7 +611,54 @@ class Client:
         if len(recent) > _RECENT_LIMIT:
             for _ in range(len(recent) - _RECENT_LIMIT):
                 recent.pop(next(iter(recent)))
+        self._history.extend(msg_ids)
+        # What resubmit() sends again (references only: no copy, no work per task).
+        result._request = (channel, msg_type, content, metadata, routes, single)
         return result
+
+    def _resend(self, old: AsyncResult, request: tuple[Any, ...]) -> AsyncResult:
+        """The request behind ``old`` sent again as new tasks (see :meth:`resubmit`)."""
+        channel = request[0]
+        if channel == "broadcast":
+            _, msg_type, content, metadata, buffers, targets = request
+            return self._broadcast(
+                msg_type, content, buffers, metadata, targets, old.fname, old._convert
+            )
+        _, msg_type, content, metadata, routes, single = request
+        for engine_id, _, _ in routes:
+            if engine_id is not None:
+                self._engine(engine_id)  # IndexError for an engine that is gone
+
+        def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncResult:
+            # Built like the old result, conversion included, before anything is sent
+            # (a reply may arrive before _submit returns).
+            result: AsyncResult
+            kw["convert"] = old._convert
+            if isinstance(old, AsyncMapResult):
+                result = AsyncMapResult(
+                    client,
+                    msg_ids,
+                    ordered=old.ordered,
+                    length=old._length,
+                    chunk_sizes=old._chunk_sizes,
+                    **kw,
+                )
+            else:
+                result = AsyncResult(client, msg_ids, **kw)
+            result._execute = old._execute
+            return result
+
+        again = self._submit(
+            channel,
+            msg_type,
+            content,
+            metadata,
+            routes,
+            fname=old.fname,
+            single=single,
+            result_factory=factory,
+        )
+        return again
 
     def _routes(
         self, targets: Sequence[int | None], buffers: Sequence[Any]
@@ -603,6 +681,8 @@ class Client:
     ) -> AsyncResult:
         """Submit ``func(*args, **kwargs)``; raises SerializationError before sending.
         ``packed`` is the request body if the caller has already made it."""
+        if _DEPENDENCIES_USED[0] and packed is None:  # References, require, depend
+            func, args, kwargs = _with_dependencies(func, args, kwargs)
         fname = getattr(func, "__name__", "") or ""
         buffers = packed or pack_apply(self._functions.lookup(func), args, kwargs)
         return self._submit(
@@ -626,6 +706,8 @@ class Client:
     ) -> Any:
         """``func(*args, **kwargs)`` on one engine, waited for: over its Unix socket when
         :meth:`_call_local` can, else through the mux (packed once either way)."""
+        if _DEPENDENCIES_USED[0]:  # References, require, depend
+            func, args, kwargs = _with_dependencies(func, args, kwargs)
         buffers = pack_apply(self._functions.lookup(func), args, kwargs)
         done, value = self._call_local(engine_id, "apply_request", None, metadata, buffers)
         if done:
@@ -701,7 +783,8 @@ class Client:
         fname: str = "",
         convert: Callable[[Any], Any] | None = None,
     ) -> AsyncResult:
-        """One request on the broadcast scheduler, answered by every target."""
+        """One request on the broadcast scheduler, answered by every target; ``convert``
+        applies to each value (set before sending: replies can arrive at once)."""
         self._check_open()
         msg_id = self._builder.new_msg_id()
         result = BroadcastResult(self, msg_id, targets, fname=fname, convert=convert)
@@ -709,6 +792,8 @@ class Client:
             return result
         self._pending[msg_id] = result
         self._remember(msg_id, result)
+        self._history.append(msg_id)
+        result._request = ("broadcast", msg_type, content, metadata, buffers, targets)
         self._send(
             "broadcast", msg_type, content, metadata=metadata, buffers=buffers, msg_id=msg_id
         )
@@ -843,7 +928,9 @@ class Client:
     def __getitem__(self, key: int | slice | Sequence[int]) -> Any:
         from .views import DirectView
 
-        if isinstance(key, int) and not isinstance(key, bool):
+        if key is None or isinstance(key, (str, bool)):
+            raise TypeError(f"engines are picked by int, slice or list of ints, not {key!r}")
+        if isinstance(key, int):
             if key < 0:  # rc[-1]: the last engine, as for a list
                 ids = self.ids
                 if -key > len(ids):
@@ -863,6 +950,8 @@ class Client:
         """A :class:`LoadBalancedView` over ``targets`` (None: every engine)."""
         from .views import LoadBalancedView
 
+        if isinstance(targets, int) and not isinstance(targets, bool) and targets < 0:
+            targets = self.ids[targets]  # -1: the last engine, as for rc[-1]
         return LoadBalancedView(self, targets=targets)
 
     def broadcast_view(self, targets: Any = None) -> Any:
@@ -881,20 +970,47 @@ class Client:
 
     # ------------------------------------------------------------------ hub
 
-    def get_result(self, jobs: Any, timeout: float | None = None) -> AsyncResult:
-        """A result by msg_id: this client's own, or fetched from the hub's database.
+    def get_result(
+        self,
+        jobs: Any,
+        timeout: float | None = None,
+        block: bool | None = None,
+        owner: bool = False,
+    ) -> AsyncResult:
+        """A result by msg_id (or index into :attr:`history`): this client's own, or
+        fetched from the hub's database.
 
         Works for tasks submitted by any client, also one that has since gone away.
+        ``block=True`` waits for it to finish (and still returns the result object, as
+        ipyparallel does). ``owner`` is accepted for ipyparallel code and changes
+        nothing: the hub keeps records until :meth:`purge_results` either way.
         """
         from .hubresult import AsyncHubResult
 
+        if isinstance(jobs, int) and not isinstance(jobs, bool):
+            jobs = self.history[jobs]
+        elif isinstance(jobs, (list, tuple)):
+            history = None
+            resolved = []
+            for job in jobs:
+                if isinstance(job, int) and not isinstance(job, bool):
+                    history = self.history if history is None else history
+                    job = history[job]
+                resolved.append(job)
+            jobs = resolved
+        result = self._get_result(jobs, AsyncHubResult)
+        if block:
+            result.wait(forever(timeout))
+        return result
+
+    def _get_result(self, jobs: Any, hub_result: Any) -> AsyncResult:
         msg_ids = msg_ids_of(jobs)
         if not msg_ids:
             raise ValueError("get_result needs at least one msg_id")
         local = [self._recent.get(m) for m in msg_ids]
         if len(msg_ids) == 1 and local[0] is not None and len(local[0].msg_ids) == 1:
             return local[0]
-        return AsyncHubResult(self, msg_ids)
+        return hub_result(self, msg_ids)  # type: ignore[no-any-return]
 
     def result_status(self, msg_ids: Any, timeout: float | None = None) -> dict[str, Any]:
         """The hub's ``result_reply`` content for ``msg_ids`` (without buffers)."""
@@ -929,41 +1045,89 @@ class Client:
         return int(reply.content.get("purged", 0))
 
     def queue_status(
-        self, targets: Any = None, timeout: float | None = None
-    ) -> dict[int, dict[str, int]]:
-        """``{engine id: {"queued", "running", "completed"}}`` from the hub."""
+        self, targets: Any = None, verbose: bool = False, timeout: float | None = None
+    ) -> dict[Any, Any]:
+        """The hub's counts, shaped as ipyparallel's.
+
+        ``{engine id: {"queue", "completed", "tasks"}, "unassigned": n}``: ``queue`` is
+        every task sent to the engine and not finished (corral's engines have one queue,
+        so load-balanced tasks are counted here too and ``tasks`` is always 0),
+        ``completed`` the tasks it finished, ``unassigned`` the load-balanced tasks not
+        yet given to an engine. ``queued``/``running`` split ``queue``. With one int
+        target, just that engine's dict. ``verbose`` is accepted and changes nothing.
+        """
         wanted = None if targets is None else self._resolve_targets(targets)
+        one = isinstance(wanted, int)
         if isinstance(wanted, int):
             wanted = [wanted]
         reply = self._hub_request("queue_request", {"targets": wanted}, timeout)
-        out: dict[int, dict[str, int]] = {}
+        out: dict[Any, Any] = {}
         for key, value in reply.content.items():
+            if key == "unassigned":
+                out["unassigned"] = int(value)
+                continue
             try:
-                out[int(key)] = value
+                engine_id = int(key)
             except ValueError:
                 continue
+            queued, running = int(value.get("queued", 0)), int(value.get("running", 0))
+            out[engine_id] = {
+                "queue": queued + running,
+                "completed": int(value.get("completed", 0)),
+                "tasks": 0,
+                "queued": queued,
+                "running": running,
+            }
+        out.setdefault("unassigned", 0)
+        if one and wanted and wanted[0] in out:
+            return out[wanted[0]]  # type: ignore[no-any-return]
         return out
 
-    def shutdown(self, targets: Any = None, hub: bool = True, timeout: float | None = None) -> None:
+    def shutdown(
+        self,
+        targets: Any = None,
+        restart: bool = False,
+        hub: bool | None = None,
+        block: bool | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """Stop engines: the whole cluster (``hub=True``) or just ``targets``.
 
         With ``hub=True`` the hub asks every engine to shut down and the controller exits.
+        ``hub=None`` (the default) means ``True`` when no ``targets`` are named: an
+        ipyparallel ``rc.shutdown()`` that left the controller running with no engines
+        is rarely what anyone wants, and ``rc.shutdown(targets=[0])`` stops engine 0
+        only. ``restart=True`` is refused: corral engines are restarted by their
+        launcher, not by themselves. ``block=False`` returns a future at once.
         """
+        if restart:
+            raise ValueError("corral engines do not restart themselves; start new ones")
+        if hub is None:
+            hub = targets is None
         if hub:
             self._shut_down = True  # the controller's going is no accident now
+            if block is False:
+                future: concurrent.futures.Future[None] = concurrent.futures.Future()
+                self._request(
+                    "registration", "shutdown_request", {}, lambda _: future.set_result(None)
+                )
+                return future
             self._hub_request("shutdown_request", {}, timeout)
-            return
+            return None
         resolved = self._resolve_targets(targets)
         ids = [resolved] if isinstance(resolved, int) else resolved
         futures = self._control("shutdown_request", {"restart": False}, ids)
-        concurrent.futures.wait(futures, timeout if timeout is not None else self.timeout)
+        return self._finish_control(futures, block, timeout)
 
-    def clear(self, targets: Any = None, timeout: float | None = None) -> None:
-        """Reset the namespace of ``targets`` (all engines by default)."""
+    def clear(
+        self, targets: Any = None, block: bool | None = None, timeout: float | None = None
+    ) -> Any:
+        """Reset the namespace of ``targets`` (all engines by default); waits for the
+        engines unless ``block=False`` (then a future)."""
         resolved = self._resolve_targets(targets)
         ids = [resolved] if isinstance(resolved, int) else resolved
         futures = self._control("clear_request", {}, ids)
-        concurrent.futures.wait(futures, timeout if timeout is not None else self.timeout)
+        return self._finish_control(futures, block, timeout)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -1004,3 +1168,16 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._engines)} engines"
         return f"<Client cluster {self.cluster_id!r}: {state}>"
+
+
+def _with_dependencies(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any] | None
+) -> tuple[Callable[..., Any], Sequence[Any], dict[str, Any] | None]:
+    """The call rewritten so the engine checks require/depend and resolves References."""
+    from .dependencies import dependent, with_references
+
+    func, args, kwargs = with_references(func, args, kwargs)
+    if isinstance(func, dependent):
+        func, args = func._shipped(args, kwargs)
+        kwargs = None
+    return func, args, kwargs

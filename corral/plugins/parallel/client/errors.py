@@ -18,8 +18,14 @@ __all__ = [
     "CompositeError",
     "DependencyTimeout",
     "EngineError",
+    "ImpossibleDependency",
+    "InvalidDependency",
+    "KernelError",
+    "NoEnginesRegistered",
+    "TaskRejectError",
     "RemoteError",
     "TaskAborted",
+    "TaskTimeout",
     "TimeoutError",
     "UnmetDependency",
     "error_from_content",
@@ -30,7 +36,14 @@ __all__ = [
 TimeoutError = TimeoutError  # noqa: A001, PLW0127
 
 
-class RemoteError(Exception):
+class KernelError(Exception):
+    """The base of every error about work done elsewhere (ipyparallel's name).
+
+    .. versionadded:: 0.1
+    """
+
+
+class RemoteError(KernelError):
     """An exception raised by user code (or the cluster) away from this process.
 
     ``str()`` shows the remote traceback, because that is where the bug is; ``ename`` and
@@ -65,6 +78,28 @@ class RemoteError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.ename!r}, {self.evalue!r}, engine_id={self.engine_id})"
+
+    @property
+    def engine_info(self) -> dict[str, Any]:
+        """``{"engine_id": ...}`` as ipyparallel's errors carry it."""
+        return {} if self.engine_id is None else {"engine_id": self.engine_id}
+
+    def _label(self) -> str:
+        return f"[engine {self.engine_id}]" if self.engine_id is not None else "[remote]"
+
+    def render_traceback(self, excid: int | None = None) -> list[str]:
+        """The remote traceback as lines, under a label naming the engine."""
+        head = f"{self._label()} {self.ename}: {self.evalue}"
+        return [head, *(self.traceback or "No traceback available").splitlines()]
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython calls this instead of printing the local traceback (which only shows
+        # where get() was called): the remote one is where the bug is.
+        return self.render_traceback()
+
+    def print_traceback(self, excid: int | None = None) -> None:
+        """Print the remote traceback."""
+        print("\n".join(self.render_traceback(excid)))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only msg_id and the extra attributes survive pickling (results may be
@@ -109,15 +144,53 @@ class TaskAborted(RemoteError):
     """
 
 
-class DependencyTimeout(RemoteError):
-    """A load-balanced task's ``after``/``follow`` dependencies were not met in time.
+class NoEnginesRegistered(KernelError):
+    """There is no engine to send the work to (ipyparallel's name).
+
+    .. versionadded:: 0.1
+    """
+
+
+class TaskRejectError(KernelError):
+    """A task was refused by the scheduler (ipyparallel's name; corral's scheduler
+    fails tasks with :class:`UnmetDependency` or :class:`EngineError` instead).
+
+    .. versionadded:: 0.1
+    """
+
+
+class TaskTimeout(RemoteError):
+    """A task did not finish within its time limit (ipyparallel's name).
 
     .. versionadded:: 0.1
     """
 
 
 class UnmetDependency(RemoteError):
-    """A load-balanced task's dependency failed, so the task can never run.
+    """A task's dependency is not met: a failed ``after``/``follow`` task, or a
+    :func:`~.dependencies.require`/:func:`~.dependencies.depend` condition that does not
+    hold on the engine.
+
+    .. versionadded:: 0.1
+    """
+
+
+class ImpossibleDependency(UnmetDependency):
+    """A dependency that can never be met (its task failed, or no engine can meet it).
+
+    .. versionadded:: 0.1
+    """
+
+
+class DependencyTimeout(ImpossibleDependency):
+    """A load-balanced task's ``after``/``follow`` dependencies were not met in time.
+
+    .. versionadded:: 0.1
+    """
+
+
+class InvalidDependency(ImpossibleDependency):
+    """A dependency that names no task this cluster knows (or is malformed).
 
     .. versionadded:: 0.1
     """
@@ -133,12 +206,35 @@ class CompositeError(RemoteError):
     .. versionadded:: 0.1
     """
 
+    #: How many tracebacks :meth:`render_traceback` draws (ipyparallel's default).
+    tb_limit = 4
+
     def __init__(self, errors: Sequence[RemoteError]) -> None:
         if not errors:
             raise ValueError("CompositeError needs at least one error")
         first = errors[0]
         super().__init__(first.ename, first.evalue, first.traceback, first.engine_id)
         self.errors = list(errors)
+
+    @property
+    def elist(self) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """``[(ename, evalue, traceback, engine_info), ...]``: ipyparallel's shape."""
+        return [(e.ename, e.evalue, e.traceback, e.engine_info) for e in self.errors]
+
+    def render_traceback(self, excid: int | None = None) -> list[str]:
+        """Lines of the first :attr:`tb_limit` remote tracebacks, or of error ``excid``."""
+        if excid is not None:
+            try:
+                return self.errors[excid].render_traceback()
+            except IndexError:
+                raise IndexError(f"an exception with index {excid} does not exist") from None
+        lines = [f"{len(self.errors)} task(s) failed"]
+        for error in self.errors[: self.tb_limit]:
+            lines.extend(error.render_traceback())
+            lines.append("")
+        if len(self.errors) > self.tb_limit:
+            lines.append(f"... {len(self.errors) - self.tb_limit} more exceptions ...")
+        return lines
 
     @property
     def engine_ids(self) -> list[int | None]:
@@ -154,9 +250,13 @@ class CompositeError(RemoteError):
         lines.append(self.errors[0].traceback or "(none)")
         return "\n".join(lines)
 
-    def raise_exception(self, index: int = 0) -> None:
-        """Raise the ``index``-th error on its own."""
-        raise self.errors[index]
+    def raise_exception(self, excid: int = 0) -> None:
+        """Raise the ``excid``-th error on its own."""
+        try:
+            error = self.errors[excid]
+        except IndexError:
+            raise IndexError(f"an exception with index {excid} does not exist") from None
+        raise error
 
 
 _BY_ENAME: dict[str, type[RemoteError]] = {
@@ -164,6 +264,9 @@ _BY_ENAME: dict[str, type[RemoteError]] = {
     "DependencyTimeout": DependencyTimeout,
     "UnmetDependency": UnmetDependency,
     "TaskAborted": TaskAborted,
+    "TaskTimeout": TaskTimeout,
+    "ImpossibleDependency": ImpossibleDependency,
+    "InvalidDependency": InvalidDependency,
 }
 
 

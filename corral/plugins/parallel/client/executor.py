@@ -16,7 +16,7 @@ from typing import Any
 
 from .asyncresult import AsyncResult
 
-__all__ = ["ClusterExecutor"]
+__all__ = ["ClusterExecutor", "ViewExecutor"]
 
 
 class ClusterExecutor(concurrent.futures.Executor):
@@ -88,3 +88,7 @@ class _Star:
 
     def __call__(self, args: tuple[Any, ...]) -> Any:
         return self.func(*args)
+
+
+#: ipyparallel's name for an executor on a view.
+ViewExecutor = ClusterExecutor

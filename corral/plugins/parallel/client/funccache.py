@@ -20,13 +20,14 @@ unchanged.
 
 from __future__ import annotations
 
+import linecache
 import types
 from collections.abc import Callable
 from typing import Any
 
 from corral.core import serialize
 
-__all__ = ["FunctionCache"]
+__all__ = ["FunctionCache", "attach_source"]
 
 _MAX_ENTRIES = 256
 
@@ -87,6 +88,8 @@ class FunctionCache:
         return self._add(func)
 
     def _add(self, func: types.FunctionType) -> Any:
+        if func.__module__ == "__main__" and "__corral_source__" not in func.__dict__:
+            attach_source(func)
         if func.__closure__ or func.__defaults__ or func.__kwdefaults__:
             return func
         if serialize._pickles_by_reference(func):
@@ -111,3 +114,50 @@ class FunctionCache:
 
 
 _MISSING = object()
+
+
+def _line_range(code: types.CodeType) -> tuple[int, int]:
+    numbers = [code.co_firstlineno]
+    for one in _all_codes(code):
+        numbers.extend(n for _, _, n in one.co_lines() if n is not None)
+    return min(numbers), max(numbers)
+
+
+def _all_codes(code: types.CodeType) -> list[types.CodeType]:
+    out = [code]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            out.extend(_all_codes(const))
+    return out
+
+
+def attach_source(func: types.FunctionType, _depth: int = 0) -> None:
+    """Give a ``__main__`` function (and the ``__main__`` helpers it calls) its own source
+    lines, ``__corral_source__ = (filename, first line, lines)``, so that an engine's
+    traceback can name the file (or notebook cell) and show the failing line: cloudpickle
+    ships code without its file name. Done once per function object (the attribute
+    stays), and only its own lines travel.
+    """
+    code = func.__code__
+    filename = code.co_filename
+    lines = linecache.getlines(filename)
+    source = None
+    if lines:
+        first, last = _line_range(code)
+        if 1 <= first <= last <= len(lines):
+            source = (filename, first, lines[first - 1 : last])
+    try:
+        func.__corral_source__ = source  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return
+    if _depth > 0:
+        return
+    ns = func.__globals__
+    for name in _names(code):
+        helper = ns.get(name)
+        if (
+            type(helper) is types.FunctionType
+            and helper.__module__ == "__main__"
+            and "__corral_source__" not in helper.__dict__
+        ):
+            attach_source(helper, _depth + 1)

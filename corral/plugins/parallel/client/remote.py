@@ -40,9 +40,14 @@ class RemoteFunction:
 
 
 class ParallelFunction(RemoteFunction):
-    """``f(seq, ...)`` runs ``view.map(f, seq, ...)``: elementwise, in parallel.
+    """``f(seq, ...)`` calls ``f`` on partitions of its sequences, in parallel, and joins
+    the partial results (ipyparallel's semantics).
 
-    ``f.map(...)`` is the same call, spelled like the builtin.
+    On a direct view each engine gets one contiguous partition (``f`` is called once per
+    engine, with a slice of each sequence); on a load-balanced view the sequences are cut
+    into ``chunksize`` pieces (default 1). Results that are lists, tuples or numpy arrays
+    are concatenated, others collected in a list. ``f.map(seq, ...)`` instead maps ``f``
+    over the elements, like the builtin ``map``.
 
     .. versionadded:: 0.1
     """
@@ -59,15 +64,45 @@ class ParallelFunction(RemoteFunction):
         self.chunksize = chunksize
         self.ordered = ordered
 
-    def __call__(self, *sequences: Sequence[Any]) -> Any:
+    def __call__(self, *sequences: Sequence[Any], **kwargs: Any) -> Any:
+        from .mapping import chunk_slices, partition_slices, resolve_length
+        from .views import DirectView, _CombinedMap, _sized, _take
+
+        view = self.view
+        columns = _sized(sequences)
+        length = resolve_length(columns)
+        if isinstance(view, DirectView):
+            targets, _ = view._targets()
+            if not targets:
+                raise RuntimeError("no engines to run on")
+            if self.chunksize is None:
+                slices = partition_slices(length, len(targets))
+                chosen: list[Any] = list(targets)
+            else:
+                slices = chunk_slices(length, self.chunksize)
+                chosen = [targets[i % len(targets)] for i in range(len(slices))]
+        else:
+            slices = chunk_slices(length, self.chunksize or 1)
+            chosen = [None] * len(slices)
+        parts = []
+        for part, target in zip(slices, chosen, strict=True):
+            if part.stop <= part.start:
+                continue  # more engines than elements: the others get nothing to do
+            args = [_take(seq, part) for seq in columns]
+            where = view if target is None else DirectView(view.client, target)
+            parts.append(where.apply_async(self.func, *args, **kwargs))
+        name = getattr(self.func, "__name__", "") or ""
+        result = _CombinedMap(view.client, parts, False, name, True)
+        block = view.block if self.block is None else self.block
+        return result.get() if block else result
+
+    def map(self, *sequences: Sequence[Any]) -> Any:
+        """``map(f, *sequences)`` on the view: one call per element."""
         result = self.view.map_async(
             self.func, *sequences, ordered=self.ordered, chunksize=self.chunksize
         )
         block = self.view.block if self.block is None else self.block
         return result.get() if block else result
-
-    def map(self, *sequences: Sequence[Any]) -> Any:
-        return self(*sequences)
 
 
 def remote(view: Any, block: bool | None = None) -> Callable[[Callable[..., Any]], Any]:

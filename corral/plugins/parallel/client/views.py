@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
 import logging
 import queue
 import sys
@@ -31,7 +32,7 @@ from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult
 from .client import Client, msg_ids_of
-from .errors import ControllerLost
+from .errors import ControllerLost, RemoteError
 from .mapping import (
     auto_chunksize,
     chunk_slices,
@@ -139,19 +140,46 @@ class View:
             return result.get()
         return result
 
+    def _on(self, targets: Any) -> Any:
+        """This view, or a copy aimed at ``targets`` (ipyparallel's ``targets=`` argument
+        on push, pull, execute, ...): the view's own flags stay as they are."""
+        if targets is None:
+            return self
+        other = copy.copy(self)
+        other.targets = targets
+        other._md_cache = {}
+        return other
+
+    def __len__(self) -> int:
+        """How many engines the view addresses (all live engines for ``"all"``/None)."""
+        resolved = self.client._resolve_targets(self.targets)
+        return 1 if isinstance(resolved, int) else len(resolved)
+
+    def __bool__(self) -> bool:
+        # A view is a view even while it has no engines (len() would say 0).
+        return True
+
+    @property
+    def executor(self) -> Any:
+        """A :class:`concurrent.futures.Executor` submitting to this view."""
+        from .executor import ClusterExecutor
+
+        return ClusterExecutor(self)
+
     # ---------------------------------------------------------------- apply
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
-        """Submit ``f(*args, **kwargs)``; an :class:`AsyncResult` at once."""
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Submit ``f(*args, **kwargs)``; an :class:`AsyncResult` at once. (``f`` is
+        positional-only, so the function may itself take a keyword named ``f``.)"""
         raise NotImplementedError
 
-    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``apply_sync`` when the view's ``block`` flag is set, else ``apply_async``."""
         if self.block:
             return self.apply_sync(f, *args, **kwargs)
         return self.apply_async(f, *args, **kwargs)
 
-    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``f(*args, **kwargs)`` and wait for the result."""
         return self.apply_async(f, *args, **kwargs).get()
 
@@ -170,24 +198,33 @@ class View:
     def map(
         self,
         f: Callable[..., Any],
-        *sequences: Sequence[Any],
+        *sequences: Iterable[Any],
         block: bool | None = None,
         ordered: bool = True,
         chunksize: int | None = None,
+        return_exceptions: bool = False,
     ) -> Any:
-        """``map_sync`` when blocking, else ``map_async``."""
+        """``map_sync`` when blocking, else ``map_async``.
+
+        Sequences may be iterators or generators (they are read into lists first; use
+        :meth:`imap` for long or infinite ones). ``return_exceptions=True`` puts each
+        failed element's :class:`RemoteError` in the result instead of raising.
+        """
         result = self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize)
+        result._return_exceptions = return_exceptions
         return self._maybe_block(result, block)
 
     def map_sync(
         self,
         f: Callable[..., Any],
-        *sequences: Sequence[Any],
+        *sequences: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
+        return_exceptions: bool = False,
     ) -> list[Any]:
         """The list ``[f(*xs) for xs in zip(*sequences)]``, computed on the cluster."""
-        return self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize).get()
+        result = self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize)
+        return result.get(return_exceptions=return_exceptions)  # type: ignore[no-any-return]
 
     def _map_chunks(
         self,
@@ -209,9 +246,12 @@ class View:
             ident = None if target is None else self.client._engine(target).ident
             routes.append((target, ident, buffers))
 
+        sizes = [part.stop - part.start for part in slices]
+
         def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncMapResult:
-            kw.pop("single", None)
-            return AsyncMapResult(client, msg_ids, ordered=ordered, length=length, **kw)
+            return AsyncMapResult(
+                client, msg_ids, ordered=ordered, length=length, chunk_sizes=sizes, **kw
+            )
 
         result = self.client._submit(
             channel,
@@ -234,6 +274,9 @@ class View:
         max_in_flight: int | None = None,
         chunksize: int = 1,
         timeout: float | None = None,
+        *,
+        max_outstanding: int | None = None,
+        return_exceptions: bool = False,
     ) -> Iterator[Any]:
         """Lazily map ``func`` over ``iterable`` (which may be infinite).
 
@@ -242,13 +285,22 @@ class View:
         yielded, so memory and queue depth stay bounded. ``ordered=False`` yields results
         as they complete. ``timeout`` (seconds from this call) bounds the whole iteration
         (``TimeoutError``), as in :meth:`concurrent.futures.Executor.map`.
+        ``max_outstanding`` is ipyparallel's name for ``max_in_flight``;
+        ``return_exceptions=True`` yields a failed item's :class:`RemoteError` instead of
+        raising it.
         """
+        if max_outstanding is not None:
+            if max_in_flight is not None and max_in_flight != max_outstanding:
+                raise TypeError("give max_in_flight or max_outstanding, not both")
+            max_in_flight = max_outstanding
         if max_in_flight is None:
             max_in_flight = max(8, 4 * max(1, len(self.client.ids)))
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._imap(func, iterable, ordered, max_in_flight, chunksize, deadline)
+        return self._imap(
+            func, iterable, ordered, max_in_flight, chunksize, deadline, return_exceptions
+        )
 
     def _submit_one(self, func: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
         """One task of an imap (a view decides where it goes)."""
@@ -262,6 +314,7 @@ class View:
         max_in_flight: int,
         chunksize: int,
         deadline: float | None = None,
+        return_exceptions: bool = False,
     ) -> Iterator[Any]:
         if chunksize > 1:
             tasks: Iterator[tuple[Any, ...]] = (
@@ -271,13 +324,21 @@ class View:
             tasks = ((func, item) for item in iterable)
 
         def submit(task: tuple[Any, ...]) -> AsyncResult:
-            return self._submit_one(task[0], task[1:])
+            result = self._submit_one(task[0], task[1:])
+            if chunksize > 1:
+                result._chunk_len = len(task[2])  # type: ignore[attr-defined]
+            return result
 
         def remaining() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
         def values(result: AsyncResult) -> list[Any]:
-            value = result.get(remaining())
+            try:
+                value = result.get(remaining())
+            except RemoteError as error:
+                if not return_exceptions:
+                    raise
+                return [error] * (result._chunk_len if chunksize > 1 else 1)  # type: ignore[attr-defined]
             return value if chunksize > 1 else [value]
 
         exhausted = False
@@ -337,21 +398,57 @@ class View:
 
     # ---------------------------------------------------------------- misc
 
-    def wait(self, jobs: Any, timeout: float | None = None) -> bool:
-        """Wait for results (an AsyncResult or several); whether all are done."""
-        results = [jobs] if isinstance(jobs, AsyncResult) else list(jobs)
-        import concurrent.futures
+    def wait(self, jobs: Any = None, timeout: float | None = None) -> bool:
+        """Wait for results (AsyncResults, msg_ids; None: everything this client has
+        outstanding) for up to ``timeout`` seconds (None or -1: forever); whether all
+        are done."""
+        return self.client.wait(jobs, -1 if timeout is None else timeout)
 
-        _, not_done = concurrent.futures.wait(results, timeout)
-        return not not_done
-
-    def abort(self, jobs: Any) -> None:
-        """Abort queued tasks of one or several results."""
-        for job in [jobs] if isinstance(jobs, AsyncResult) else jobs:
+    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
+        """Abort queued tasks of one or several results (or msg_ids; None: every task this
+        client has outstanding). ``targets`` and ``block`` are accepted for ipyparallel
+        code: the abort goes to the engines that hold the tasks, and always waits for
+        their acknowledgement."""
+        for job in self.client._results_of(jobs):
             job.abort()
 
-    def queue_status(self) -> dict[int, dict[str, int]]:
-        return self.client.queue_status(self.targets)
+    @property
+    def outstanding(self) -> set[str]:
+        """msg_ids this client is still waiting for (the client's, as views share it)."""
+        return self.client.outstanding
+
+    @property
+    def history(self) -> list[str]:
+        """msg_ids this client submitted (see :attr:`Client.history`)."""
+        return self.client.history
+
+    def get_result(self, jobs: Any = None, block: bool | None = None, owner: bool = False) -> Any:
+        """:meth:`Client.get_result` (None: the last task submitted)."""
+        return self.client.get_result(-1 if jobs is None else jobs, block=block, owner=owner)
+
+    def purge_results(self, jobs: Any = "all", targets: Any = None) -> int:
+        """:meth:`Client.purge_results`."""
+        return self.client.purge_results(jobs)
+
+    def shutdown(
+        self, targets: Any = None, restart: bool = False, hub: bool = False, block: Any = None
+    ) -> Any:
+        """Stop this view's engines (``hub=True``: the whole cluster)."""
+        ids = self.client._resolve_targets(self.targets if targets is None else targets)
+        return self.client.shutdown(ids, restart=restart, hub=hub, block=block)
+
+    def spin(self) -> None:
+        """Nothing to do: corral's I/O thread always receives."""
+
+    def register_joblib_backend(self, name: str = "corral", make_default: bool = False) -> None:
+        """Register a joblib backend named ``name`` that runs on this view (see
+        :func:`~.joblib_backend.register_joblib_backend`)."""
+        from .joblib_backend import register_joblib_backend
+
+        register_joblib_backend(name, make_default, view=self)
+
+    def queue_status(self, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
+        return self.client.queue_status(self.targets if targets is None else targets)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.targets!r}>"
@@ -392,7 +489,7 @@ class LoadBalancedView(View):
             targets = None
         return self._metadata(targets)
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.client._apply("task", f, args, kwargs, self._lb_metadata(), (None,))
 
     def map_async(
@@ -402,6 +499,7 @@ class LoadBalancedView(View):
         ordered: bool = True,
         chunksize: int | None = None,
     ) -> AsyncMapResult:
+        sequences = _sized(sequences)
         length = resolve_length(sequences)
         if chunksize is None:
             chunksize = auto_chunksize(length, len(self.client.ids))
@@ -437,13 +535,13 @@ class DirectView(View):
             return [resolved], True
         return resolved, False
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         targets, single = self._targets()
         return self.client._apply(
             "mux", f, args, kwargs, self._metadata(targets), targets, single=single
         )
 
-    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``f(*args, **kwargs)`` and wait. On one engine of this host, the call goes
         over the engine's Unix socket from this thread (see :class:`Client`)."""
         targets, single = self._targets()
@@ -463,6 +561,7 @@ class DirectView(View):
         targets, _ = self._targets()
         if not targets:
             raise RuntimeError("no engines to map on")
+        sequences = _sized(sequences)
         length = resolve_length(sequences)
         if chunksize is None:
             slices = partition_slices(length, len(targets))
@@ -484,8 +583,18 @@ class DirectView(View):
 
     # ---------------------------------------------------------------- code
 
-    def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
-        """Run ``code`` in each engine's namespace; output lands in the result's metadata."""
+    def execute(
+        self, code: str, silent: bool = False, targets: Any = None, block: bool | None = None
+    ) -> AsyncResult:
+        """Run ``code`` in each engine's namespace; an :class:`AsyncResult` either way.
+
+        As in ipyparallel, ``block=True`` waits (raising the remote error if the code
+        failed) and still returns the result: ``ar.get()`` gives
+        :class:`ExecuteReply` objects (``.execute_result``, ``.execution_count``),
+        ``ar.stdout``, ``ar.execute_result`` and ``ar.display_outputs()`` the output.
+        """
+        if targets is not None:
+            return self._on(targets).execute(code, silent, block=block)  # type: ignore[no-any-return]
         targets, single = self._targets()
         content = _execute_content(code, silent)
         result = self.client._submit(
@@ -497,16 +606,20 @@ class DirectView(View):
             fname="execute",
             single=single,
         )
-        return self._maybe_block(result, block)
+        return _finish_execute(self, result, block)
 
-    def run(self, filename: str | Path, block: bool | None = None) -> Any:
+    def run(
+        self, filename: str | Path, targets: Any = None, block: bool | None = None
+    ) -> AsyncResult:
         """Execute the file's code (read here) on each engine."""
         code = Path(filename).read_text(encoding="utf-8")
-        return self.execute(code, block=block)
+        return self.execute(code, targets=targets, block=block)
 
     # ---------------------------------------------------------------- namespaces
 
-    def push(self, namespace: dict[str, Any], block: bool | None = None) -> Any:
+    def push(
+        self, namespace: dict[str, Any], targets: Any = None, block: bool | None = None
+    ) -> Any:
         """Bind the names of ``namespace`` on each engine.
 
         Small payloads are queued on the mux, in order with the engine's other requests.
@@ -516,6 +629,8 @@ class DirectView(View):
         """
         if not isinstance(namespace, dict):
             raise TypeError("push takes a dict of names to values")
+        if targets is not None:
+            return self._on(targets).push(namespace, block=block)
         targets, single = self._targets()
         frames = serialize(namespace)
         size = sum(memoryview(f).nbytes for f in frames)
@@ -541,17 +656,27 @@ class DirectView(View):
         return self._maybe_block(result, block)
 
     def pull(
-        self, names: str | Sequence[str], block: bool | None = None, direct: bool | None = None
+        self,
+        names: str | Sequence[str],
+        targets: Any = None,
+        block: bool | None = None,
+        direct: bool | None = None,
     ) -> Any:
         """The values of ``names`` on each engine (a str gives one value per engine).
+
+        A name may be a dotted path (``"a.b"``: attribute ``b`` of the engine's ``a``).
 
         The request is queued on the mux, in order with earlier work; the engine answers
         inline, or, for values over the data-path threshold, says so and the values come
         from its data path (one hop). ``direct=True`` goes to the data path at once
         (skipping the queue), ``direct=False`` never uses it.
         """
-        targets, single = self._targets()
+        if targets is not None:
+            return self._on(targets).pull(names, block=block, direct=direct)
         keys = [names] if isinstance(names, str) else list(names)
+        if any("." in key for key in keys):
+            return self._pull_dotted(names, keys, block)
+        targets, single = self._targets()
         convert = _unpack_one if isinstance(names, str) else list
         client = self.client
         parts: list[AsyncResult] = []
@@ -582,6 +707,32 @@ class DirectView(View):
             parts.append(part)
         return self._maybe_block(_combine(client, parts, single, "pull"), block)
 
+    def _pull_dotted(self, names: Any, keys: list[str], block: bool | None) -> Any:
+        """Pull attribute paths (``"a.b"``): looked up on the engine, in its namespace."""
+        for key in keys:
+            if not all(part.isidentifier() for part in key.split(".")):
+                raise NameError(f"{key!r} is not a name or a dotted path of names")
+        targets, single = self._targets()
+        convert = _unpack_one if isinstance(names, str) else list
+
+        def factory(client: Client, msg_ids: list[str], **kw: Any) -> AsyncResult:
+            # The conversion is in place before anything is sent: a reply can arrive
+            # (in the I/O thread) before _apply returns.
+            return AsyncResult(client, msg_ids, **{**kw, "convert": convert})
+
+        result = self.client._apply(
+            "mux",
+            _pull_paths,
+            (keys,),
+            None,
+            self._metadata(targets),
+            targets,
+            single=single,
+            result_factory=factory,
+        )
+        result.fname = "pull"
+        return self._maybe_block(result, block)
+
     def __setitem__(self, name: str, value: Any) -> None:
         self.push({name: value}, block=True)
 
@@ -595,12 +746,25 @@ class DirectView(View):
         return self.pull(name, block=True)
 
     def scatter(
-        self, name: str, seq: Sequence[Any], flatten: bool = False, block: bool | None = None
+        self,
+        name: str,
+        seq: Sequence[Any],
+        dist: str = "b",
+        flatten: bool = False,
+        targets: Any = None,
+        block: bool | None = None,
     ) -> Any:
         """Partition ``seq`` across the engines: engine ``i`` gets block ``i`` as ``name``.
 
-        ``flatten=True`` binds a lone element instead of a one-element block.
+        ``flatten=True`` binds a lone element instead of a one-element block. ``dist``
+        must be ``"b"`` (contiguous blocks, ipyparallel's default and only useful value).
         """
+        if dist != "b":
+            raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
+        if targets is not None:
+            return self._on(targets).scatter(name, seq, flatten=flatten, block=block)
+        if not hasattr(seq, "__len__"):
+            seq = list(seq)
         targets, _ = self._targets()
         slices = partition_slices(len(seq), len(targets))
         client = self.client
@@ -613,16 +777,52 @@ class DirectView(View):
             parts.append(view.push({name: chunk}, block=False))
         return self._maybe_block(_combine(client, parts, False, "scatter"), block)
 
-    def gather(self, name: str, block: bool | None = None) -> Any:
-        """Concatenate ``name`` from every engine (the inverse of :meth:`scatter`)."""
+    def gather(
+        self, name: str, dist: str = "b", targets: Any = None, block: bool | None = None
+    ) -> Any:
+        """Concatenate ``name`` from every engine (the inverse of :meth:`scatter`); not
+        blocking, an :class:`AsyncMapResult`."""
+        if dist != "b":
+            raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
+        if targets is not None:
+            return self._on(targets).gather(name, block=block)
         targets, _ = self._targets()
         parts = [DirectView(self.client, t).pull(name, block=False) for t in targets]
-        return self._maybe_block(_combine(self.client, parts, False, "gather", gather=True), block)
+        result = _CombinedMap(self.client, parts, False, "gather", True)
+        return self._maybe_block(result, block)
 
-    def clear(self, block: bool | None = None) -> None:
-        """Reset the engines' namespaces."""
-        targets, _ = self._targets()
-        self.client.clear(targets)
+    def clear(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Reset the engines' namespaces; a future at once with ``block=False``."""
+        ids, _ = self._on(targets)._targets()
+        return self.client.clear(ids, block=block)
+
+    def activate(self, suffix: str = "") -> Any:
+        """Make ``%px{suffix}``, ``%%px{suffix}``, ``%autopx{suffix}``,
+        ``%pxresult{suffix}`` and ``%pxconfig{suffix}`` run on this view, in IPython (or
+        corral's kernel). Several views can be active under different suffixes."""
+        from .magics import activate
+
+        return activate(self, suffix)
+
+    @property
+    def importer(self) -> Any:
+        """``with view.importer: import numpy``: ``sync_imports(local=True)`` (ipyparallel)."""
+        return self.sync_imports(True)
+
+    def use_cloudpickle(self) -> Any:
+        """Accepted for ipyparallel code; changes nothing. corral already sends by value
+        (with cloudpickle) whatever plain pickle would get wrong: lambdas, closures,
+        functions and classes defined in ``__main__``."""
+        return self.apply(_noop)
+
+    def use_dill(self) -> Any:
+        """Refused: corral serializes with pickle and cloudpickle only (see
+        :meth:`use_cloudpickle`), and dill is not a dependency."""
+        raise NotImplementedError("corral does not use dill; cloudpickle is used where needed")
+
+    def use_pickle(self) -> Any:
+        """Accepted for ipyparallel code; changes nothing (see :meth:`use_cloudpickle`)."""
+        return self.apply(_noop)
 
     @contextlib.contextmanager
     def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
@@ -695,7 +895,7 @@ class BroadcastView(DirectView):
             return [resolved], False
         return resolved, False
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         targets, _ = self._targets()
         buffers = pack_apply(self.client._functions.lookup(f), args, kwargs)
         return self.client._broadcast(
@@ -707,15 +907,23 @@ class BroadcastView(DirectView):
             fname=getattr(f, "__name__", "") or "",
         )
 
-    def execute(self, code: str, silent: bool = False, block: bool | None = None) -> Any:
+    def execute(
+        self, code: str, silent: bool = False, targets: Any = None, block: bool | None = None
+    ) -> AsyncResult:
+        if targets is not None:
+            return self._on(targets).execute(code, silent, block=block)  # type: ignore[no-any-return]
         targets, _ = self._targets()
         content = _execute_content(code, silent)
         result = self.client._broadcast(
             "execute_request", content, (), self._metadata(targets), targets, fname="execute"
         )
-        return self._maybe_block(result, block)
+        return _finish_execute(self, result, block)
 
-    def push(self, namespace: dict[str, Any], block: bool | None = None) -> Any:
+    def push(
+        self, namespace: dict[str, Any], targets: Any = None, block: bool | None = None
+    ) -> Any:
+        if targets is not None:
+            return self._on(targets).push(namespace, block=block)
         targets, _ = self._targets()
         result = self.client._broadcast(
             "push_request",
@@ -728,10 +936,18 @@ class BroadcastView(DirectView):
         return self._maybe_block(result, block)
 
     def pull(
-        self, names: str | Sequence[str], block: bool | None = None, direct: bool | None = None
+        self,
+        names: str | Sequence[str],
+        targets: Any = None,
+        block: bool | None = None,
+        direct: bool | None = None,
     ) -> Any:
-        targets, _ = self._targets()
+        if targets is not None:
+            return self._on(targets).pull(names, block=block, direct=direct)
         keys = [names] if isinstance(names, str) else list(names)
+        if any("." in key for key in keys):
+            return self._pull_dotted(names, keys, block)
+        targets, _ = self._targets()
         result = self.client._broadcast(
             "pull_request",
             {"keys": keys},
@@ -814,6 +1030,14 @@ class _Combined(AsyncResult):
         return all(p._outputs_done() for p in self._parts)
 
 
+class _CombinedMap(_Combined, AsyncMapResult):
+    """A gather: the engines' parts joined into one sequence, as a map's result is."""
+
+    def _slot_items(self, index: int) -> list[Any]:
+        value = self._values[index]
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _combine(
     client: Client, parts: list[AsyncResult], single: bool, fname: str, gather: bool = False
 ) -> AsyncResult:
@@ -824,6 +1048,12 @@ def _combine(
 
 def _unpack_one(values: Any) -> Any:
     return values[0]
+
+
+def _sized(sequences: Sequence[Any]) -> tuple[Any, ...]:
+    """The map's sequences, with iterators and generators read into lists (ipyparallel's
+    map takes them too); sequences with a length are used as they are."""
+    return tuple(seq if hasattr(seq, "__len__") else list(seq) for seq in sequences)
 
 
 def _make_pull_probe() -> Callable[[list[str], int], tuple[bool, Any]]:
@@ -859,6 +1089,44 @@ def _make_pull_probe() -> Callable[[list[str], int], tuple[bool, Any]]:
 
 
 _pull_probe = _make_pull_probe()
+
+
+def _finish_execute(view: View, result: AsyncResult, block: bool | None) -> AsyncResult:
+    """ipyparallel's execute: the result object always; with ``block``, waited for first
+    (raising what the code raised)."""
+    result._execute = True
+    if view.block if block is None else block:
+        result.get()
+    return result
+
+
+def _noop() -> None:
+    return None
+
+
+def _make_path_puller() -> Callable[[list[str]], tuple[Any, ...]]:
+    """Pull attribute paths, shipped by value and run in the engine's namespace (as the
+    pull probe is): ``"a.b"`` is ``b`` of the engine's ``a``."""
+
+    def corral_pull_paths(keys: list[str]) -> tuple[Any, ...]:
+        ns = globals()
+        values = []
+        for key in keys:
+            head, *rest = key.split(".")
+            if head not in ns:
+                raise NameError(f"name {head!r} is not defined on this engine")
+            value = ns[head]
+            for attr in rest:
+                value = getattr(value, attr)
+            values.append(value)
+        return tuple(values)
+
+    corral_pull_paths.__module__ = "__main__"
+    corral_pull_paths.__qualname__ = "corral_pull_paths"
+    return corral_pull_paths
+
+
+_pull_paths = _make_path_puller()
 
 
 def _execute_content(code: str, silent: bool) -> dict[str, Any]:

@@ -512,7 +512,8 @@ class Hub(Component):
         outstanding: dict[bytes, int] = {}
         for _, engine in self.pending:
             outstanding[engine] = outstanding.get(engine, 0) + 1
-        out: dict[str, Any] = {}
+        # Tasks whose engine the scheduler has not chosen yet (ipyparallel's "unassigned").
+        out: dict[str, Any] = {"unassigned": outstanding.get(b"", 0)}
         for eid in ids:
             uuid = self.engines[eid].uuid.encode("utf-8")
             n = outstanding.get(uuid, 0)

@@ -42,6 +42,7 @@ import socket
 import sys
 import threading
 import time
+import types
 import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -1005,6 +1006,8 @@ class Engine:
         except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
             self._executing = False
             error = self._error_content(exc, "apply")
+            if "func" in locals():  # name the files of shipped __main__ functions
+                error["traceback"] = _annotate(error["traceback"], func, self.user_ns)
             iopub.publish(
                 "error",
                 {k: error[k] for k in ("ename", "evalue", "traceback")},
@@ -1202,6 +1205,17 @@ class Engine:
                 raise TypeError("abort_request 'msg_ids' must be a list of message ids")
             self._aborted.update(ids)
             self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
+        elif kind == "signal_request":
+            signum = _signal_number(msg.content.get("sig"))
+            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
+            if signum == signal.SIGINT:
+                self.interrupt()
+            elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
+                self._stop("terminated", 0)
+                self._exit_later(0)
+                self.interrupt()
+            else:
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
         elif kind in ("clear_request", "shutdown_request"):
             self._inbox.append(msg)
             self._wake()
@@ -1474,3 +1488,29 @@ def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
     from corral.transports.zmq.session import Session
 
     return Session(key, scheme=scheme, session_id=session_id, username="engine")
+
+
+def _signal_number(sig: Any) -> int:
+    """The signal a ``signal_request`` names (a number or a name such as ``"SIGTERM"``).
+
+    Anything else is refused with an error reply rather than guessed at.
+    """
+    if isinstance(sig, str):
+        try:
+            return int(signal.Signals[sig if sig.startswith("SIG") else "SIG" + sig])
+        except KeyError:
+            raise ValueError(f"unknown signal name {sig!r}") from None
+    if isinstance(sig, int) and not isinstance(sig, bool):
+        return int(signal.Signals(sig))
+    raise TypeError(f"signal_request 'sig' must be a signal number or name, not {sig!r}")
+
+
+def _annotate(traceback: list[str], func: Any, user_ns: dict[str, Any]) -> list[str]:
+    """A failed task's traceback with the source of shipped functions (see .sources)."""
+    try:
+        from .sources import annotate
+
+        helpers = [v for v in user_ns.values() if type(v) is types.FunctionType]
+        return annotate(traceback, [func, *helpers])
+    except Exception:  # never lose the error over its decoration
+        return traceback

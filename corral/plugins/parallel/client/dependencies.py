@@ -1,0 +1,301 @@
+"""ipyparallel's dependency helpers: ``Reference``, ``require``, ``depend``, ``Dependency``.
+
+What runs where:
+
+* ``after``/``follow`` (a :class:`Dependency`, results or msg_ids) are enforced by the
+  controller's task scheduler: the task waits until they have succeeded, and fails with
+  :class:`~.errors.UnmetDependency` if one failed (``DependencyTimeout`` after
+  ``timeout``).
+* :func:`require` and :func:`depend` are checked **on the engine, just before the
+  function runs**: the function is wrapped so that the engine first imports the required
+  modules (or evaluates the condition) and raises :class:`~.errors.UnmetDependency` if
+  that fails. The scheduler does not look for another engine that would meet them (it
+  does not know the condition); ``retries=`` on a load-balanced view sends a failed task
+  to another engine. That is the honest difference from ipyparallel.
+* :class:`Reference` arguments are looked up in the engine's namespace when the task
+  runs (``view.apply(f, Reference("a"))`` calls ``f(a)`` with the engine's ``a``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
+
+from .errors import UnmetDependency
+
+__all__ = [
+    "Dependency",
+    "Reference",
+    "bind_kernel",
+    "depend",
+    "dependent",
+    "references_in_use",
+    "require",
+    "use_cloudpickle",
+    "use_dill",
+    "use_pickle",
+    "with_references",
+]
+
+# Set once the first Reference is made: until then submitting pays nothing to look for
+# them (Client._apply checks this flag only).
+_USED = [False]
+
+
+def references_in_use() -> bool:
+    """Whether any :class:`Reference` was ever created in this process."""
+    return _USED[0]
+
+
+class Reference:
+    """An argument that stands for a name in the engine's namespace.
+
+    ``view.apply(f, Reference("a"))`` runs ``f(a)`` with each engine's own ``a``; dotted
+    paths (``Reference("a.b")``) name attributes.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise TypeError(f"a Reference names a variable (or a.b.c path), not {name!r}")
+        self.name = name
+        _USED[0] = True
+
+    def __repr__(self) -> str:
+        return f"<Reference {self.name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reference) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("Reference", self.name))
+
+
+def _make_ref_caller() -> Callable[..., Any]:
+    """The engine side of References, shipped by value and run in the engine's namespace
+    (``__main__`` functions are rebound there), so ``globals()`` is that namespace."""
+
+    def corral_call_with_references(func: Any, args: Any, kwargs: Any) -> Any:
+        ns = globals()
+
+        def resolve(value: Any) -> Any:
+            if type(value).__name__ != "Reference" or not hasattr(value, "name"):
+                return value
+            head, *rest = value.name.split(".")
+            if head not in ns:
+                raise NameError(f"name {head!r} is not defined on this engine")
+            found = ns[head]
+            for attr in rest:
+                found = getattr(found, attr)
+            return found
+
+        args = [resolve(a) for a in args]
+        kwargs = {k: resolve(v) for k, v in (kwargs or {}).items()}
+        return func(*args, **kwargs)
+
+    corral_call_with_references.__module__ = "__main__"
+    corral_call_with_references.__qualname__ = "corral_call_with_references"
+    return corral_call_with_references
+
+
+_call_with_references = _make_ref_caller()
+
+
+def with_references(
+    func: Callable[..., Any], args: Any, kwargs: dict[str, Any] | None
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None]:
+    """``(func, args, kwargs)`` rewritten to resolve References on the engine, if any."""
+    values = list(args) + list((kwargs or {}).values())
+    if not any(isinstance(v, Reference) for v in values):
+        return func, tuple(args), kwargs
+    return _call_with_references, (func, tuple(args), dict(kwargs or {})), None
+
+
+class Dependency(set):  # type: ignore[type-arg]
+    """A set of msg_ids a task depends on, for ``after=``/``follow=``.
+
+    Only ipyparallel's defaults are supported (``all=True, success=True,
+    failure=False``: every one must have succeeded), since that is what the scheduler
+    enforces; other combinations are refused rather than silently ignored.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        dependencies: Iterable[Any] = (),
+        all: bool = True,  # noqa: A002 - ipyparallel's keyword
+        success: bool = True,
+        failure: bool = False,
+    ) -> None:
+        from .client import msg_ids_of
+
+        if not (all and success and not failure):
+            raise NotImplementedError(
+                "corral's scheduler waits for all dependencies to succeed; "
+                "all=False, success=False or failure=True are not supported"
+            )
+        super().__init__(msg_ids_of(list(dependencies)))
+        self.all = all
+        self.success = success
+        self.failure = failure
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dependencies": sorted(self),
+            "all": self.all,
+            "success": self.success,
+            "failure": self.failure,
+        }
+
+
+def _make_dependent_caller() -> Callable[..., Any]:
+    """The engine side of require/depend, run in the engine's namespace (see above)."""
+
+    def corral_dependent(
+        func: Any,
+        condition: Any,
+        condition_args: Any,
+        modules: Any,
+        args: Any,
+        kwargs: Any,
+    ) -> Any:
+        import importlib
+
+        ns = globals()
+        for name in modules:
+            try:
+                module = importlib.import_module(name)
+            except ImportError as exc:
+                raise UnmetDependency("UnmetDependency", f"cannot import {name}: {exc}") from None
+            top = name.split(".")[0]
+            ns[top] = importlib.import_module(top)
+            target = getattr(func, "__globals__", None)
+            if isinstance(target, dict):
+                target[top] = ns[top]
+            del module
+        if condition is not None and not condition(*condition_args):
+            cname = getattr(condition, "__name__", "condition")
+            raise UnmetDependency("UnmetDependency", f"{cname}{tuple(condition_args)} is false")
+        return func(*args, **kwargs)
+
+    corral_dependent.__module__ = "__main__"
+    corral_dependent.__qualname__ = "corral_dependent"
+    return corral_dependent
+
+
+_dependent_call = _make_dependent_caller()
+
+
+class dependent:  # noqa: N801 - ipyparallel's name
+    """``f`` wrapped so that the engine checks ``condition(*args)`` (and imports
+    ``modules``) before running it, raising :class:`UnmetDependency` if not met.
+
+    Calling it locally calls ``f`` directly (the check only makes sense on an engine).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        df: Callable[..., bool] | None,
+        *dargs: Any,
+        modules: Iterable[str] = (),
+    ) -> None:
+        self.f = f
+        self.df = df
+        self.dargs = dargs
+        self.modules = tuple(modules)
+        functools.update_wrapper(self, f)
+        _USED[0] = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.f(*args, **kwargs)
+
+    def _shipped(self, args: Any, kwargs: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """What a view sends instead: the engine-side checker and its arguments."""
+        return _dependent_call, (
+            self.f,
+            self.df,
+            self.dargs,
+            self.modules,
+            tuple(args),
+            dict(kwargs or {}),
+        )
+
+
+def depend(f: Callable[..., bool], *args: Any) -> Callable[[Callable[..., Any]], dependent]:
+    """Decorator: run the function only where ``f(*args)`` is true on the engine.
+
+    ::
+
+        @ipp.depend(lambda: os.path.exists("/data"))
+        def work(): ...
+    """
+
+    def decorate(func: Callable[..., Any]) -> dependent:
+        if isinstance(func, dependent):
+            return dependent(func.f, _both(func.df, func.dargs, f, args), modules=func.modules)
+        return dependent(func, f, *args)
+
+    return decorate
+
+
+def _both(df1: Any, args1: Any, df2: Any, args2: Any) -> Callable[[], bool]:
+    def both() -> bool:
+        return (df1 is None or bool(df1(*args1))) and bool(df2(*args2))
+
+    return both
+
+
+def require(*objects: str | ModuleType, **mapping: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Decorator: the engine imports these modules before running the function (they are
+    then names in its namespace), failing with :class:`UnmetDependency` if it cannot.
+
+    Modules are given by name or as module objects. ``mapping`` (ipyparallel pushes
+    these names) is refused: push them with ``view.push`` instead.
+    """
+    if mapping:
+        raise TypeError("require(name=value) is not supported; use view.push({...}) first")
+    names = []
+    for obj in objects:
+        if isinstance(obj, ModuleType):
+            names.append(obj.__name__)
+        elif isinstance(obj, str):
+            names.append(obj)
+        else:
+            raise TypeError(f"require takes modules or module names, not {obj!r}")
+
+    def decorate(func: Callable[..., Any]) -> dependent:
+        if isinstance(func, dependent):
+            return dependent(func.f, func.df, *func.dargs, modules=(*func.modules, *names))
+        return dependent(func, None, modules=names)
+
+    return decorate
+
+
+def bind_kernel(**kwargs: Any) -> None:
+    """ipyparallel's ``bind_kernel`` turns an engine into a kernel a console can attach
+    to. corral engines do not serve the Jupyter kernel protocol, so this raises; use
+    ``%px`` / ``view.execute`` (or a corral kernel of its own) instead."""
+    raise NotImplementedError(
+        "corral engines cannot be bound to a Jupyter kernel; use %px or view.execute"
+    )
+
+
+def use_cloudpickle() -> None:
+    """Accepted for ipyparallel code; changes nothing: corral already sends by value
+    (with cloudpickle) whatever plain pickle would get wrong."""
+
+
+def use_pickle() -> None:
+    """Accepted for ipyparallel code; changes nothing (see :func:`use_cloudpickle`)."""
+
+
+def use_dill() -> None:
+    """Refused: corral does not serialize with dill (cloudpickle covers the same ground)."""
+    raise NotImplementedError("corral does not use dill; cloudpickle is used where needed")

@@ -1,0 +1,556 @@
+"""ipyparallel's everyday client and view calls, against a real controller and engines.
+
+Each test is what an ipyparallel user's script does, run with corral's client, checking
+the values and exceptions ipyparallel documents.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from parallel_client_harness import LiveCluster
+
+import corral as ipp
+from corral.plugins.parallel.client import AsyncMapResult, AsyncResult, Client, RemoteError
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    live = LiveCluster(tmp_path_factory.mktemp("corral"), threads=True)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def rc(cluster: LiveCluster) -> Client:
+    return cluster.client
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def fail_on_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)
+    return "released"
+
+
+def touch_then_wait(started: str, release: str) -> str:
+    Path(started).write_text("")
+    return wait_for_file(release)
+
+
+# ------------------------------------------------------------------- item 1: everyday
+
+
+def test_len_of_views_and_get_dict(rc: Client) -> None:
+    assert len(rc[:]) == 2
+    assert len(rc[0]) == 1
+    assert len(rc.load_balanced_view()) == 2
+    assert len(rc.broadcast_view()) == 2
+    assert bool(rc.direct_view([]))  # a view with no engines is still a view
+    ar = rc[:].apply_async(os.getpid)
+    pids = ar.get_dict()
+    assert set(pids) == {0, 1}
+    assert pids[0] == rc.engines[0].pid
+    assert rc[1].apply_async(double, 4).get_dict() == {1: 8}
+    mapped = rc.load_balanced_view().map_async(double, range(10), chunksize=1)
+    mapped.wait()
+    with pytest.raises(ValueError, match="ran on engine"):
+        mapped.get_dict()
+
+
+def test_client_wait_outstanding_history(rc: Client, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(wait_for_file, str(release))
+    assert set(ar.msg_ids) <= rc.outstanding
+    assert rc.history[-1] == ar.msg_ids[-1]
+    assert rc.wait(ar, timeout=0.05) is False
+    assert rc.wait(timeout=0.05) is False  # every outstanding task
+    release.write_text("go")
+    assert rc.wait([ar.msg_ids[0]], timeout=30) is True
+    assert rc.wait(-1) is True  # an index into history
+    assert rc.wait() is True
+    assert not set(ar.msg_ids) & rc.outstanding
+    assert ar.get() == "released"
+
+
+def test_view_wait_with_and_without_jobs(rc: Client, tmp_path: Path) -> None:
+    lview = rc.load_balanced_view()
+    release = tmp_path / "go"
+    ar = lview.apply_async(wait_for_file, str(release))
+    assert lview.wait(timeout=0.05) is False
+    assert lview.wait(ar, 0.05) is False
+    release.write_text("")
+    assert lview.wait(timeout=30) is True
+    assert lview.wait([ar]) is True
+
+
+def test_hub_history_and_get_result(rc: Client) -> None:
+    ar = rc[0].apply_async(double, 21)
+    ar.get(30)
+    msg_id = ar.msg_ids[0]
+    deadline = time.monotonic() + 30
+    while msg_id not in rc.hub_history():  # the hub records off its hot path
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    history = rc.hub_history()
+    assert history.index(msg_id) >= 0
+    found = rc.get_result(msg_id, block=True, owner=True)
+    assert isinstance(found, AsyncResult)
+    assert found.get() == 42
+    assert rc.get_result(-1).msg_ids == rc.get_result(rc.history[-1]).msg_ids
+
+
+def test_resubmit_runs_the_task_again(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(os.getpid)
+    ar.get(30)
+    again = rc.resubmit(ar)
+    assert again.msg_ids != ar.msg_ids
+    assert again.get(30) in {e.pid for e in rc.engines.values()}
+    direct = rc[:].apply_async(double, 5)
+    direct.get(30)
+    assert rc.resubmit(direct.msg_ids, block=True).get() == [10, 10]
+    mapped = lview.map_async(double, range(6), chunksize=2)
+    mapped.get(30)
+    assert rc.resubmit(mapped).get(30) == [0, 2, 4, 6, 8, 10]
+
+
+def test_block_flags_on_clear_shutdown_and_wait_for_engines(rc: Client) -> None:
+    dview = rc[:]
+    dview.push({"gone": 1}, block=True)
+    future = rc.clear(block=False)
+    assert isinstance(future, concurrent.futures.Future)
+    future.result(30)
+    with pytest.raises(RemoteError):
+        dview.pull("gone", block=True)
+    dview.push({"gone": 2}, block=True)
+    assert dview.clear(block=True) is None
+    with pytest.raises(RemoteError):
+        dview.pull("gone", block=True)
+    waiting = rc.wait_for_engines(2, timeout=-1, block=False)
+    assert waiting.result(30) == [0, 1]
+    assert rc.wait_for_engines(timeout=5) == [0, 1]
+    with pytest.raises(ValueError, match="restart"):
+        rc.shutdown(targets=[0], restart=True)
+
+
+def test_shutdown_one_engine_and_send_signal(tmp_path: Path) -> None:
+    live = LiveCluster(tmp_path, n=3, threads=True, cluster_id="sig")
+    try:
+        rc = live.client
+        assert rc.ids == [0, 1, 2]
+        # A task on each engine first: its control socket is then surely connected.
+        assert len(set(rc[:].apply_sync(os.getpid))) == 3
+        started = tmp_path / "started"
+        ar = rc[0].apply_async(touch_then_wait, str(started), str(tmp_path / "never"))
+        wait_for_file(str(started), 30)
+        rc.send_signal("SIGINT", targets=0)
+        with pytest.raises(RemoteError) as info:
+            ar.get(30)
+        assert info.value.ename == "KeyboardInterrupt"
+        pid = rc.engines[1].pid
+        rc.send_signal(signal.SIGTERM, targets=[1])
+        deadline = time.monotonic() + 30
+        while 1 in rc.ids:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (proc,) = [p for p in live.engines if p.pid == pid]
+        assert proc.wait(30) is not None
+        assert pid not in {e.pid for e in rc.engines.values()}
+        with pytest.raises(RemoteError, match="unknown signal"):
+            rc.send_signal("SIGNOPE", targets=0)
+        # shutdown(targets=...) stops that engine only; the controller stays up.
+        rc.shutdown(targets=2, block=True)
+        deadline = time.monotonic() + 30
+        while 2 in rc.ids:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert rc[0].apply_sync(double, 1) == 2
+    finally:
+        live.stop()
+
+
+# ------------------------------------------------------------------- item 2: calls
+
+
+def test_execute_returns_a_result_with_execute_result(rc: Client) -> None:
+    dview = rc[:]
+    ar = dview.execute("a = 5\na * 2", block=True)
+    assert isinstance(ar, AsyncResult)
+    replies = ar.get()
+    assert len(replies) == 2
+    ar.wait_for_output(10)
+    assert [r.execute_result["data"]["text/plain"] for r in replies] == ["10", "10"]
+    assert ar.execute_result[0]["data"]["text/plain"] == "10"
+    one = rc[0].execute("print('hi'); a + 1", block=True)
+    one.wait_for_output(10)
+    assert one.get().execute_result["data"]["text/plain"] == "6"
+    assert one.stdout == "hi\n"
+    assert "Out[0:" in repr(one.get())
+    with pytest.raises(RemoteError) as info:
+        dview.execute("1/0", block=True)
+    assert info.value.ename == "ZeroDivisionError"
+    pending = dview.execute("b = 1", block=False)
+    assert isinstance(pending, AsyncResult)
+    pending.get(30)
+    bview = rc.broadcast_view()
+    assert isinstance(bview.execute("c = 3", block=True), AsyncResult)
+    assert bview.pull("c", block=True) == [3, 3]
+
+
+def test_map_takes_iterators_and_generators(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    assert lview.map_sync(double, iter(range(5))) == [0, 2, 4, 6, 8]
+    assert lview.map_sync(pow, (i for i in range(4)), iter([2] * 4)) == [0, 1, 4, 9]
+    assert rc[:].map_sync(double, (i for i in range(5))) == [0, 2, 4, 6, 8]
+    gen = lview.imap(double, (i for i in range(20)), max_outstanding=2)
+    assert list(gen) == [2 * i for i in range(20)]
+    with pytest.raises(TypeError, match="not both"):
+        lview.imap(double, range(3), max_in_flight=2, max_outstanding=3)
+
+
+def test_abort_by_msg_id(rc: Client, tmp_path: Path) -> None:
+    release = tmp_path / "go"
+    engine0 = rc[0]
+    blocker = engine0.apply_async(wait_for_file, str(release))
+    queued = engine0.apply_async(double, 1)
+    engine0.abort(queued.msg_ids)
+    release.write_text("")
+    assert blocker.get(30) == "released"
+    with pytest.raises(ipp.TaskAborted):
+        queued.get(30)
+
+
+def test_pull_targets_dotted_names_and_getitem(rc: Client) -> None:
+    dview = rc[:]
+    dview.execute("import types\nns = types.SimpleNamespace(b=7)\nv = 1", block=True)
+    dview.push({"v": 9}, targets=0, block=True)
+    assert dview.pull("v", targets=0, block=True) == 9
+    assert dview.pull("v", targets=1, block=True) == 1
+    assert dview.pull("v", block=True) == [9, 1]
+    assert dview["ns.b"] == [7, 7]
+    assert rc[0]["ns.b"] == 7
+    assert dview.pull(["v", "ns.b"], targets=[1], block=True) == [[1, 7]]
+    with pytest.raises(NameError):
+        dview.pull("ns.1b", block=True)
+    assert dview.targets == [0, 1]  # targets= did not change the view
+
+
+def test_importer_cloudpickle_executor(rc: Client) -> None:
+    dview = rc[:]
+    with dview.importer:
+        import json  # noqa: F401
+    assert dview.apply_sync(lambda: json.dumps([1])) == ["[1]", "[1]"]  # noqa: F821
+    dview.use_cloudpickle()
+    assert dview.use_cloudpickle().get(30) == [None, None]
+    with rc.load_balanced_view().executor as pool:
+        assert list(pool.map(double, range(4))) == [0, 2, 4, 6]
+
+
+def test_apply_with_a_keyword_named_f(rc: Client) -> None:
+    def g(f: int = 1, *, self: int = 0) -> int:
+        return f + self
+
+    assert rc.load_balanced_view().apply_async(g, f=5).get(30) == 5
+    assert rc[0].apply_sync(g, f=5, self=1) == 6
+    assert rc[:].apply(g, f=2).get(30) == [2, 2]
+
+
+def test_parallel_decorator_calls_once_per_engine(rc: Client) -> None:
+    dview = rc[:]
+
+    @dview.parallel(block=True)
+    def lengths(part: Any) -> list[int]:
+        return [len(part)]
+
+    assert lengths(range(10)) == [5, 5]
+
+    @ipp.parallel(dview, block=True)
+    def add_one(part: Any) -> list[int]:
+        return [x + 1 for x in part]
+
+    assert add_one(range(5)) == [1, 2, 3, 4, 5]
+    assert dview.parallel(block=True)(double).map(range(3)) == [0, 2, 4]
+    lview = rc.load_balanced_view()
+
+    @lview.parallel(block=True)
+    def sizes(part: Any) -> list[int]:
+        return [len(part)]
+
+    assert sizes(range(4)) == [1, 1, 1, 1]
+
+    @ipp.remote(rc[0], block=True)
+    def where() -> int:
+        return os.getpid()
+
+    assert where() == rc.engines[0].pid
+    pending = dview.parallel(block=False)(lambda part: list(part))(range(4))
+    assert isinstance(pending, AsyncMapResult)
+    assert pending.get(30) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------- item 3: results
+
+
+def test_metadata_attributes_and_times(rc: Client) -> None:
+    ar = rc[0].apply_async(time.sleep, 0.01)
+    ar.get(30)
+    assert ar["engine_id"] == 0
+    assert ar.engine_id == 0
+    for key in ("submitted", "started", "completed", "received"):
+        assert isinstance(ar[key], datetime), key
+    assert ar.started <= ar.completed
+    assert ar.wall_time > 0
+    assert 0 < ar.serial_time <= ar.wall_time
+    many = rc[:].apply_async(time.sleep, 0)
+    many.get(30)
+    assert many["engine_id"] == [0, 1]
+    assert all(isinstance(t, datetime) for t in many.completed)
+    with pytest.raises(AttributeError):
+        many.no_such_key  # noqa: B018
+    pending = rc[0].apply_async(time.sleep, 0.5)
+    with pytest.raises(TimeoutError):
+        pending.wall_time  # noqa: B018
+    pending.get(30)
+
+
+def test_return_exceptions(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    values = lview.map(fail_on_odd, range(4), block=True, chunksize=1, return_exceptions=True)
+    assert values[0] == 0 and values[2] == 2
+    assert isinstance(values[1], RemoteError) and values[1].ename == "ValueError"
+    ar = lview.map_async(fail_on_odd, range(4), chunksize=1)
+    assert ar.get(30, return_exceptions=True)[3].evalue == "odd 3"
+    single = lview.apply_async(fail_on_odd, 1)
+    assert isinstance(single.get(30, return_exceptions=True), RemoteError)
+    items = list(lview.imap(fail_on_odd, range(4), return_exceptions=True))
+    assert [type(x).__name__ for x in items] == ["int", "RemoteError", "int", "RemoteError"]
+    chunked = list(lview.imap(fail_on_odd, range(4), chunksize=2, return_exceptions=True))
+    assert len(chunked) == 4 and all(isinstance(x, RemoteError) for x in chunked)
+    with pytest.raises(RemoteError):
+        ar.get(30, return_when=ipp.FIRST_EXCEPTION)
+
+
+def test_gather_reprs_and_progress(rc: Client) -> None:
+    dview = rc[:]
+    dview.scatter("part", list(range(6)), block=True)
+    gathered = dview.gather("part")
+    assert isinstance(gathered, AsyncMapResult)
+    assert gathered.get(30) == list(range(6))
+    assert repr(gathered) == "<AsyncMapResult(gather): finished>"
+    pulled = dview.pull("part")
+    pulled.get(30)
+    assert repr(pulled) == "<AsyncResult(pull): finished>"
+    mapped = rc.load_balanced_view().map_async(double, range(1000))
+    mapped.get(60)
+    assert len(mapped) == 1000 and mapped.progress == 1000
+
+
+def test_single_engine_display_outputs_has_no_prefix(rc: Client, capsys: Any) -> None:
+    ar = rc[0].execute("print('plain')", block=True)
+    ar.display_outputs()
+    assert capsys.readouterr().out == "plain\n"
+    both = rc[:].execute("print('x')", block=True)
+    both.display_outputs()
+    assert capsys.readouterr().out == "[stdout:0] x\n[stdout:1] x\n"
+
+
+# ------------------------------------------------------------------- item 6: quirks
+
+
+def test_queue_status_shape_and_client_indexing(rc: Client) -> None:
+    status = rc.queue_status()
+    assert set(status) == {0, 1, "unassigned"}
+    assert {"queue", "completed", "tasks"} <= set(status[0])
+    assert status[0]["completed"] >= 1
+    assert isinstance(status["unassigned"], int)
+    assert {"queue", "completed", "tasks"} <= set(rc.queue_status(0))
+    with pytest.raises(TypeError):
+        rc[None]
+    assert rc.load_balanced_view(-1).targets == 1
+    assert rc.load_balanced_view(-1).apply_sync(os.getpid) == rc.engines[1].pid
+
+
+# ------------------------------------------------------------- items 4, 5: errors, names
+
+
+def test_composite_error_api(rc: Client, capsys: Any) -> None:
+    with pytest.raises(ipp.CompositeError) as info:
+        rc[:].apply_sync(fail_on_odd, 1)
+    error = info.value
+    assert isinstance(error, ipp.RemoteError) and isinstance(error, ipp.KernelError)
+    assert [e[0] for e in error.elist] == ["ValueError", "ValueError"]
+    assert [e[3]["engine_id"] for e in error.elist] == [0, 1]
+    assert error.tb_limit == 4
+    lines = error.render_traceback()
+    assert any("ValueError" in line for line in lines)
+    assert error.render_traceback(1)[0].startswith("[engine 1] ValueError")
+    with pytest.raises(IndexError):
+        error.render_traceback(5)
+    error.print_traceback()
+    assert "odd 1" in capsys.readouterr().out
+    assert error._render_traceback_() == lines
+    with pytest.raises(ipp.RemoteError) as one:
+        error.raise_exception(1)
+    assert one.value.engine_id == 1
+    assert issubclass(ipp.DependencyTimeout, ipp.ImpossibleDependency)
+    assert issubclass(ipp.InvalidDependency, ipp.UnmetDependency)
+    assert issubclass(ipp.TaskTimeout, ipp.RemoteError)
+
+
+def test_names_exported() -> None:
+    for name in (
+        "Reference",
+        "require",
+        "depend",
+        "dependent",
+        "Dependency",
+        "FIRST_EXCEPTION",
+        "bind_kernel",
+        "TaskTimeout",
+        "InvalidDependency",
+        "ImpossibleDependency",
+        "KernelError",
+        "AsyncMapResult",
+        "DirectView",
+        "LoadBalancedView",
+    ):
+        assert getattr(ipp, name) is not None, name
+    assert ipp.FIRST_EXCEPTION == concurrent.futures.FIRST_EXCEPTION
+    with pytest.raises(NotImplementedError):
+        ipp.bind_kernel()
+
+
+def test_reference_arguments(rc: Client) -> None:
+    dview = rc[:]
+    dview.push({"base": 10}, targets=0, block=True)
+    dview.push({"base": 20}, targets=1, block=True)
+    assert dview.apply_sync(lambda x, y=0: x + y, ipp.Reference("base"), y=1) == [11, 21]
+    assert rc[0].apply_sync(double, ipp.Reference("base")) == 20
+    with pytest.raises(RemoteError) as info:
+        rc[0].apply_sync(double, ipp.Reference("missing_name"))
+    assert info.value.ename == "NameError"
+
+
+def test_require_and_depend_are_checked_on_the_engine(rc: Client) -> None:
+    @ipp.require("json")
+    def dumps() -> str:
+        return json.dumps({"a": 1})  # type: ignore[name-defined]  # noqa: F821
+
+    assert rc.load_balanced_view().apply_sync(dumps) == '{"a": 1}'
+
+    @ipp.require("no_such_module_for_corral")
+    def impossible() -> int:
+        return 1
+
+    with pytest.raises(ipp.UnmetDependency):
+        rc.load_balanced_view().apply_sync(impossible)
+
+    def on_engine(engine_pid: int) -> bool:
+        return os.getpid() == engine_pid
+
+    pid0 = rc.engines[0].pid
+
+    @ipp.depend(on_engine, pid0)
+    def mine() -> int:
+        return os.getpid()
+
+    assert rc[0].apply_sync(mine) == pid0
+    with pytest.raises(ipp.UnmetDependency):
+        rc[1].apply_sync(mine)
+    assert mine() == os.getpid()  # locally, a plain call
+
+
+def test_after_with_a_dependency_set(rc: Client, tmp_path: Path) -> None:
+    lview = rc.load_balanced_view()
+    marker = tmp_path / "first"
+    first = lview.apply_async(lambda p: Path(p).write_text("x") and "done", str(marker))
+    with lview.temp_flags(after=ipp.Dependency([first])):
+        second = lview.apply_async(lambda p: Path(p).exists(), str(marker))
+    assert second.get(30) is True
+    with pytest.raises(NotImplementedError):
+        ipp.Dependency([first], failure=True)
+
+
+def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path: Path) -> None:
+    import linecache
+
+    source = (
+        "def helper(y):\n"
+        "    raise ValueError(f'bad {y}')\n"
+        "\n"
+        "def boom(x):\n"
+        "    y = x + 1\n"
+        "    return helper(y)\n"
+    )
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    ns: dict[str, Any] = {"__name__": "__main__"}  # as a script's or a notebook's functions
+    exec(compile(source, str(script), "exec"), ns)
+    with pytest.raises(RemoteError) as info:
+        rc[0].apply_sync(ns["boom"], 1)
+    text = info.value.traceback
+    assert f"File {script}:6, in boom()" in text
+    assert "----> 6     return helper(y)" in text
+    assert f"File {script}:2, in helper()" in text
+    assert "raise ValueError(f'bad {y}')" in text
+    # A notebook cell of corral's kernel: named as the cell, like local tracebacks.
+    cell = "def in_cell():\n    return 1 / 0\n"
+    linecache.cache["<cell-7>"] = (len(cell), None, cell.splitlines(True), "<cell-7>")
+    cell_ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(cell, "<cell-7>", "exec"), cell_ns)
+    with pytest.raises(RemoteError) as info:
+        rc.load_balanced_view().apply_sync(cell_ns["in_cell"])
+    assert "Cell In[7], line 2, in in_cell()" in info.value.traceback
+    assert "return 1 / 0" in info.value.traceback
+
+
+def test_more_ipyparallel_names(rc: Client, capsys: Any) -> None:
+    lview = rc.load_balanced_view()
+    ar = lview.apply_async(double, 3)
+    assert ar.r == 6 and ar.result_dict() == {ar.engine_id: 6}
+    assert ar.wait_for_send() and ar.owner and ar.sent
+    assert lview.history[-1] == ar.msg_ids[0]
+    assert lview.get_result().get(30) == 6  # the last task
+    assert isinstance(lview.outstanding, set)
+    rc.wait_interactive([lview.apply_async(double, 1)])
+    assert "tasks" in capsys.readouterr().err  # the progress bar
+    chatty = rc[:].execute("print('streamed')")
+    with chatty.stream_output():
+        chatty.wait(30)
+        chatty.wait_for_output(30)
+    lines = sorted(capsys.readouterr().out.splitlines())
+    assert lines == ["[stdout:0] streamed", "[stdout:1] streamed"]
+    rc.spin()
+    assert ipp.ViewExecutor is ipp.plugins.parallel.client.executor.ClusterExecutor
+    assert ipp.use_cloudpickle() is None and ipp.use_pickle() is None
+    with pytest.raises(NotImplementedError):
+        ipp.use_dill()
+    assert issubclass(ipp.NoEnginesRegistered, ipp.KernelError)
+    assert ipp.FIRST_COMPLETED == concurrent.futures.FIRST_COMPLETED

@@ -1,0 +1,92 @@
+"""%px in real notebooks run by nbclient: on ipykernel (``%load_ext corral``) and on
+corral's own kernel (magics registered by the built-in plugin), against a real cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_helpers import isolate_jupyter
+from parallel_client_harness import LiveCluster
+
+from corral.transports.zmq.kernelspec import install_kernelspec
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+pytestmark = pytest.mark.timeout(240)
+TIMEOUT = 60
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveCluster]:
+    """A private Jupyter path with corral's and ipykernel's kernelspecs, and a cluster of
+    the default profile that ``Client()`` in the kernels finds."""
+    path = isolate_jupyter(tmp_path, monkeypatch)
+    prefix = path.parent / "prefix"
+    install_kernelspec(prefix=prefix)
+    spec_dir = prefix / "share" / "jupyter" / "kernels" / "ipy"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "ipykernel",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    live = LiveCluster(tmp_path / "corral", threads=True, profile="default")
+    yield live
+    live.stop()
+
+
+def run(kernel: str, cells: list[str]) -> list[Any]:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in cells]
+    client = nbclient.NotebookClient(
+        nb, kernel_name=kernel, timeout=TIMEOUT, startup_timeout=TIMEOUT, allow_errors=True
+    )
+    client.execute()
+    return [c.outputs for c in nb.cells]
+
+
+def stdout(outputs: list[Any]) -> str:
+    return "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
+
+
+def errors(outputs: list[Any]) -> list[Any]:
+    return [o for o in outputs if o["output_type"] == "error"]
+
+
+CELLS = [
+    "x = 1",
+    "%%px\nimport os\nprint('pid', os.getpid() > 0)",
+    "%%px --targets 0\n1/0",
+    "%px 6 * 7",
+    "%%px --targets 1 --save-name kept\nprint('one engine')",
+    "type(kept).__name__",
+]
+
+
+def check(outputs: list[Any]) -> None:
+    lines = sorted(stdout(outputs[1]).splitlines())
+    assert lines == ["[stdout:0] pid True", "[stdout:1] pid True"]
+    (error,) = errors(outputs[2])  # the error shows, with the remote traceback
+    assert "ZeroDivisionError" in "\n".join(error["traceback"])
+    shown = [o for o in outputs[3] if o["output_type"] in ("display_data", "execute_result")]
+    assert len(shown) == 2 and all("42" in o["data"]["text/plain"] for o in shown)
+    assert stdout(outputs[4]) == "one engine\n"
+    result = [o for o in outputs[5] if o["output_type"] == "execute_result"]
+    assert result and "AsyncResult" in result[0]["data"]["text/plain"]
+
+
+def test_px_on_ipykernel_with_load_ext(env: LiveCluster) -> None:
+    pytest.importorskip("ipykernel", reason="ipykernel is a test extra")
+    check(run("ipy", ["%load_ext corral", *CELLS])[1:])
+
+
+def test_px_on_corrals_kernel(env: LiveCluster) -> None:
+    check(run("corral", CELLS))
