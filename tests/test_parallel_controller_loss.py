@@ -38,11 +38,17 @@ def wait_for_path(path: str, timeout: float = 60.0) -> str:
     return path
 
 
+def start_then_wait(started: str, gate: str) -> str:
+    """Engine side: say it runs, then wait for the test to release it."""
+    open(started, "w").close()
+    return wait_for_path(gate)
+
+
 def engine_pid() -> int:
     return os.getpid()
 
 
-for _function in (wait_for_path, engine_pid):
+for _function in (wait_for_path, start_then_wait, engine_pid):
     _function.__module__ = "__main__"
 
 
@@ -101,14 +107,10 @@ def test_engines_outlive_the_controller_and_rejoin_a_restart(
     pids = rc[:].apply_sync(engine_pid)
     rc[:].push({"kept": "namespace"}, block=True)
     gate = str(tmp_path / "gate")
-    slow = rc.load_balanced_view().apply_async(wait_for_path, gate)
+    started = str(tmp_path / "started")
+    slow = rc.load_balanced_view().apply_async(start_then_wait, started, gate)
     # Wait until it runs, so that it finishes while no controller is there.
-    deadline = time.monotonic() + WAIT
-    while not rc.queue_status(timeout=WAIT) or not any(
-        q.get("running") for q in rc.queue_status(timeout=WAIT).values()
-    ):
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.02)
+    wait_for_path(started, WAIT)
     msg_id = slow.msg_ids[0]
     cluster.kill_controller()
     assert isinstance(slow.exception(timeout=WAIT), ControllerLost)
