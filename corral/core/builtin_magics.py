@@ -58,7 +58,7 @@ def format_time(seconds: float) -> str:
     if seconds >= 60:
         minutes, secs = divmod(seconds, 60)
         return f"{int(minutes)}min {secs:.3g} s"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("\u03bcs", 1e-6)):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-9:.3g} ns"
@@ -197,7 +197,7 @@ def timeit_magic(interp: Any, line: str, cell: str | None = None) -> TimeitResul
 
     Without ``-n`` the number of loops is chosen so that one run takes at least 0.2 s.
     ``-r`` sets the number of runs (default 7); the mean ± standard deviation of the time
-    per loop is printed, as is the best. ``-q`` prints nothing, ``-o`` returns a
+    per loop is printed (the best is in ``-o``'s result). ``-q`` prints nothing, ``-o`` returns a
     ``TimeitResult``. As ``%%timeit``, the line is setup code and the cell is timed.
     """
     import timeit
@@ -223,7 +223,6 @@ def timeit_magic(interp: Any, line: str, cell: str | None = None) -> TimeitResul
     result = TimeitResult(number, repeat, timer.repeat(repeat=repeat, number=number))
     if "q" not in opts:
         print(result)
-        print(f"best of {repeat}: {format_time(result.best)} per loop")
     return result if "o" in opts else None
 
 
@@ -524,3 +523,6 @@ def register_builtin_magics(registry: MagicsRegistry) -> None:
         registry.register_line(name, func)
     for name, func in _CELL.items():
         registry.register_cell(name, func)
+    from corral.core.compat_magics import register_compat_magics
+
+    register_compat_magics(registry)

@@ -131,6 +131,30 @@ def _future_flags(tree: ast.Module) -> int:
     return flags
 
 
+_watching_ipython = False
+
+
+def _watch_ipython() -> None:
+    """Adopt IPython for the current interpreter's shell once user code imports IPython."""
+    global _watching_ipython
+    if _watching_ipython:
+        return
+    _watching_ipython = True
+    from corral.core.import_hooks import when_imported
+
+    when_imported("IPython", _on_ipython_imported)
+
+
+def _on_ipython_imported(module: Any) -> None:
+    from corral.core.display import get_current
+
+    interp = get_current()
+    if interp is not None and not interp._shell_adopted:
+        from corral.core.ipython_shell import adopt_ipython
+
+        adopt_ipython(interp)
+
+
 class Interpreter:
     """Runs cells in ``user_ns`` and posts what happens to ``center``.
 
@@ -160,8 +184,15 @@ class Interpreter:
         self._flags = 0
         self._loop: Any = None
         self._hidden: frozenset[str] = frozenset()
+        #: The kernel serving this interpreter, if any (``get_ipython().kernel``).
+        self.kernel: Any = None
+        #: ``get_ipython()``'s shell and its events, made on first use (ipython_shell).
+        self._shell: Any = None
+        self._shell_adopted = False
+        self.shell_events: Any = None
         self._init_namespace([""])
         set_current(self)
+        _watch_ipython()
 
     # ------------------------------------------------------------------ namespace
 
@@ -185,10 +216,17 @@ class Interpreter:
                 "_iii": "",
                 "display": display,
                 "get_interpreter": get_interpreter,
+                "get_ipython": self.get_ipython,
                 "__corral__": _Accessor(self),
             }
         )
         self._hidden = frozenset(ns)
+
+    def get_ipython(self) -> Any:
+        """The IPython-compatible shell over this interpreter (``get_ipython()``)."""
+        from corral.core.ipython_shell import shell_for
+
+        return shell_for(self)
 
     def hidden_names(self) -> frozenset[str]:
         """Names the interpreter put in ``user_ns`` itself (``%who`` does not list them)."""
@@ -240,8 +278,12 @@ class Interpreter:
             self._store_input(count, source, code)
         status, error, expressions = "ok", None, {}
         handler = self.input_handler if allow_stdin else None
+        events = self.shell_events if self.shell_events and self.shell_events.active() else None
+        run_info = None
         try:
             with redirect_output(self.center, self), route_stdin(handler):
+                if events is not None:
+                    run_info = self._pre_events(events, code, store, silent)
                 try:
                     if magic_cell:
                         name, line, body = magic_cell
@@ -255,6 +297,10 @@ class Interpreter:
                         expressions = self._user_expressions(user_expressions)
                 except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the user's
                     status, error = "error", self._report(exc)
+                    if run_info is not None:
+                        run_info.error_in_exec = exc
+                if events is not None:
+                    self._post_events(events, run_info, silent)
         except KeyboardInterrupt as exc:  # arrived while streams were being swapped
             status, error = "error", self._report(exc)
         finally:
@@ -265,6 +311,25 @@ class Interpreter:
         if error is None:
             return ExecutionResult(status, count, payload, expressions)
         return ExecutionResult(status, count, payload, {}, *error)
+
+    def _pre_events(self, events: Any, code: str, store: bool, silent: bool) -> Any:
+        """IPython's ``pre_execute`` / ``pre_run_cell``; the result ``post_run_cell`` gets."""
+        from corral.core.ipython_shell import ExecutionInfo, ExecutionResult
+
+        info = ExecutionInfo(code, store, silent)
+        events.trigger("pre_execute")
+        if not silent:
+            events.trigger("pre_run_cell", info)
+        return ExecutionResult(info, self.execution_count if store else None)
+
+    def _post_events(self, events: Any, result: Any, silent: bool) -> None:
+        events.trigger("post_execute")
+        if not silent:
+            events.trigger("post_run_cell", result)
+
+    def show_exception(self, exc: BaseException) -> None:
+        """Show ``exc`` as an error output of the running cell (``showtraceback``)."""
+        self._report(exc)
 
     def _store_input(self, count: int, source: str, raw: str) -> None:
         ns = self.user_ns

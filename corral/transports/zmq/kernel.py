@@ -35,6 +35,7 @@ from typing import Any
 import zmq
 
 from . import wire
+from .comms import CommSupport
 from .connection import ConnectionInfo
 from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
@@ -64,7 +65,7 @@ def _corral_version() -> str:
     return __version__
 
 
-def kernel_info_content(*, encryption: bool) -> dict[str, Any]:
+def kernel_info_content(*, encryption: bool, debugger: bool = False) -> dict[str, Any]:
     """The ``kernel_info_reply`` content (protocol 5.4)."""
     # Not the platform module: importing it costs 1.4 ms of the first reply.
     py = sys.version.split()[0]
@@ -79,16 +80,23 @@ def kernel_info_content(*, encryption: bool) -> dict[str, Any]:
             "version": py,
             "mimetype": "text/x-python",
             "file_extension": ".py",
-            "pygments_lexer": "python3",
+            "pygments_lexer": "ipython3",
             "codemirror_mode": {"name": "ipython", "version": sys.version_info[0]},
             "nbconvert_exporter": "python",
         },
         "banner": f"corral {_corral_version()} kernel on Python {py}\n",
         "help_links": [
             {"text": "Python Reference", "url": f"https://docs.python.org/{major_minor}"},
+            {"text": "IPython Reference", "url": "https://ipython.readthedocs.io/en/stable/"},
+            {"text": "NumPy Reference", "url": "https://docs.scipy.org/doc/numpy/reference/"},
+            {"text": "SciPy Reference", "url": "https://docs.scipy.org/doc/scipy/reference/"},
+            {"text": "Matplotlib Reference", "url": "https://matplotlib.org/contents.html"},
+            {"text": "SymPy Reference", "url": "http://docs.sympy.org/latest/index.html"},
+            {"text": "pandas Reference", "url": "https://pandas.pydata.org/pandas-docs/stable/"},
+            {"text": "corral Documentation", "url": "https://github.com/corral/corral"},
         ],
-        "debugger": False,
-        "supported_features": [],
+        "debugger": debugger,
+        "supported_features": ["kernel usage"] + (["debugger"] if debugger else []),
         "supported_encryption": ["curve"] if encryption else [],
     }
 
@@ -153,16 +161,18 @@ class KernelServer:
             "history_request": self._history,
             "is_complete_request": self._is_complete,
             "comm_info_request": self._comm_info,
-            "comm_open": self._comm_open,
-            "comm_msg": self._comm_ignore,
-            "comm_close": self._comm_ignore,
+            "comm_open": self._comm,
+            "comm_msg": self._comm,
+            "comm_close": self._comm,
             "shutdown_request": self._shutdown,
         }
         self._control_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
             "interrupt_request": self._interrupt,
             "shutdown_request": self._shutdown,
+            "usage_request": self._usage,
         }
+        self.comms = CommSupport(self)
 
     # ------------------------------------------------------------------ set-up
 
@@ -268,6 +278,26 @@ class KernelServer:
         self._interpreter = interpreter
         self.relay = OutputRelay(interpreter, self.iopub)
         interpreter.input_handler = self._ask_stdin
+        interpreter.kernel = self
+        from corral.core.import_hooks import before_import, when_imported
+
+        when_imported("comm", self.comms.install)
+        before_import("matplotlib", _default_inline_backend)
+
+    # ------------------------------------------------- what get_ipython().kernel offers
+
+    def current_parent(self) -> dict[str, Any]:
+        """The header of the request being served (the parent of what it publishes)."""
+        return self.relay.parent or {}
+
+    def get_parent(self, channel: str = "shell") -> dict[str, Any]:
+        """The request being served, as ipykernel's ``get_parent`` returns it (Output widget)."""
+        return {"header": self.current_parent()}
+
+    @property
+    def comm_manager(self) -> Any:
+        """The ``comm`` package's manager of this kernel (importing ``comm`` if needed)."""
+        return self.comms.ensure()
 
     # --------------------------------------------------------------- main loop
 
@@ -449,16 +479,42 @@ class KernelServer:
         self._reply(sock, idents, msg, self.interpreter.is_complete(msg["content"].get("code", "")))
 
     def _comm_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        self._reply(sock, idents, msg, {"status": "ok", "comms": {}})
+        target = msg["content"].get("target_name")
+        self._reply(sock, idents, msg, {"status": "ok", "comms": self.comms.info(target)})
 
-    def _comm_open(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        # No comm targets exist: the spec says to close the comm right away.
-        comm_id = msg["content"].get("comm_id", "")
-        log.info("no comm target %r; closing comm %s", msg["content"].get("target_name"), comm_id)
-        self.iopub.publish("comm_close", {"comm_id": comm_id, "data": {}}, msg["header"])
+    def _comm(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        """A frontend's comm message: to the comm's callbacks, their output to this request."""
+        msg_type = msg["msg_type"]
+        if self.comms.manager is None:
+            if msg_type == "comm_open":
+                # No comm target can exist before `comm` is imported: close it, as the
+                # spec says for an unknown target.
+                comm_id = msg["content"].get("comm_id", "")
+                content = {"comm_id": comm_id, "data": {}}
+                self.iopub.publish("comm_close", content, msg["header"])
+            return
+        from corral.core.display import set_current
+        from corral.core.iostreams import redirect_output
 
-    def _comm_ignore(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        log.debug("ignoring %s for unknown comm", msg["msg_type"])
+        interpreter = self.interpreter
+        self.relay.parent = msg["header"]
+        self._parent_idents = idents
+        self.relay.silent = False
+        set_current(interpreter)
+        self._executing = True
+        try:
+            with redirect_output(interpreter.center, interpreter):
+                self.comms.handle(msg_type, msg)
+        except KeyboardInterrupt:
+            log.info("%s interrupted", msg_type)
+        finally:
+            self._executing = False
+
+    def _usage(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        """``usage_request`` (JupyterLab's resource indicator): process and host figures."""
+        from .usage import usage_content
+
+        self._reply(sock, idents, msg, usage_content())
 
     # ---------------------------------------------------------- control thread
 
@@ -576,6 +632,19 @@ class KernelServer:
         ):
             sock.close()
         self.context.term()
+
+
+def _default_inline_backend() -> None:
+    """Plots inline by default, as in ipykernel: matplotlib-inline's backend, if installed.
+
+    Runs just before user code first imports matplotlib; an explicit ``MPLBACKEND`` wins.
+    """
+    if "MPLBACKEND" in os.environ:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib_inline") is not None:
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 
 def _error_content(exc: BaseException) -> dict[str, Any]:
