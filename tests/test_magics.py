@@ -302,3 +302,19 @@ def test_shell_capture_into_variable(interp):
 
 def test_usage_error_is_an_exception_class():
     assert issubclass(UsageError, Exception)
+
+
+def test_var_expand_in_line_magics_and_shell(interp, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # restored afterwards: %cd changes the process
+    from corral.core.magics import var_expand
+
+    assert var_expand("a {x + 1} $y $$ {{}} {nope} $nope", {"x": 1, "y": "Y"}) == (
+        "a 2 Y $ {} {nope} $nope"
+    )
+    interp.user_ns["where"] = str(tmp_path)
+    _, out, _ = run(interp, "%cd {where}\nimport os\nprint(os.getcwd())")
+    assert out.strip().endswith(str(tmp_path))
+    _, out, _ = run(interp, "def f(word):\n    !echo got $word\nf('it')")
+    assert out.strip() == "got it"
+    _, out, shown = run(interp, "%timeit -n 1 -r 1 {1: 2}")
+    assert "per loop" in out  # %timeit's line is code: {...} is a dict, not expanded

@@ -31,7 +31,14 @@ from corral.core.events import (
 )
 from corral.core.history import HistoryManager
 from corral.core.iostreams import StdinNotImplementedError, redirect_output, route_stdin
-from corral.core.magics import MagicsRegistry, UsageError, split_cell_magic, transform_cell
+from corral.core.magics import (
+    NO_VAR_EXPAND,
+    MagicsRegistry,
+    UsageError,
+    split_cell_magic,
+    transform_cell,
+    var_expand,
+)
 from corral.core.tracebacks import cell_filename, format_exception, hide_from_tracebacks
 from corral.notification.center import NotificationCenter, shared_center
 
@@ -84,14 +91,20 @@ class _Accessor:
     def __repr__(self) -> str:
         return "<corral interpreter accessor>"
 
+    def _expand(self, text: str, frame: Any) -> str:
+        namespace = {**frame.f_globals, **frame.f_locals}
+        return var_expand(text, namespace)
+
     def line_magic(self, name: str, line: str) -> Any:
+        if name not in NO_VAR_EXPAND:
+            line = self._expand(line, sys._getframe(1))
         return self._interp.magics.call_line(self._interp, name, line)
 
     def system(self, cmd: str) -> None:
-        system(self._interp, cmd)
+        system(self._interp, self._expand(cmd, sys._getframe(1)))
 
     def getoutput(self, cmd: str) -> list[str]:
-        return getoutput(self._interp, cmd)
+        return getoutput(self._interp, self._expand(cmd, sys._getframe(1)))
 
     def help(self, name: str, detail_level: int) -> None:
         self._interp._help(name, detail_level)
