@@ -279,6 +279,9 @@ class KernelServer:
         self.relay = OutputRelay(interpreter, self.iopub)
         interpreter.input_handler = self._ask_stdin
         interpreter.kernel = self
+        # Frontends render ANSI colours in tracebacks (JupyterLab, VS Code, consoles), and
+        # ipykernel sends them: so does this kernel.
+        interpreter.colors = True
         from corral.core.import_hooks import before_import, when_imported
 
         when_imported("comm", self.comms.install)
