@@ -44,9 +44,9 @@ def test_completion_types_for_jupyterlab(interp):
     types = {t["text"]: t["type"] for t in reply["metadata"]["_jupyter_types_experimental"]}
     assert types["thing"] == "instance"
     reply = interp.complete("%tim")
-    assert [t["type"] for t in reply["metadata"]["_jupyter_types_experimental"]] == [
-        "magic"
-    ] * len(reply["matches"])
+    assert [t["type"] for t in reply["metadata"]["_jupyter_types_experimental"]] == ["magic"] * len(
+        reply["matches"]
+    )
 
 
 def test_completion_mid_text(interp):

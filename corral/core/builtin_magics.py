@@ -295,6 +295,28 @@ def writefile_cell(interp: Any, line: str, cell: str) -> None:
         f.write(text)
 
 
+def source_file_cell(interp: Any, line: str, cell: str) -> None:
+    """Run the cell as the file it came from: ``%%source_file 'PATH'``.
+
+    What ``corral run FILE`` sends: the file's text, compiled under its own name, so
+    tracebacks quote the file's lines and name the file, with no frame of the runner
+    around it; ``__file__`` is set; names it defines stay in the namespace.
+    """
+    import ast
+    import linecache
+
+    text = line.strip()
+    try:
+        filename = ast.literal_eval(text) if text[:1] in "'\"" else text
+    except (ValueError, SyntaxError):
+        raise UsageError(f"%%source_file needs a file name, got {text!r}") from None
+    if not isinstance(filename, str) or not filename:
+        raise UsageError("%%source_file needs a file name")
+    interp.user_ns["__file__"] = filename
+    linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
+    exec(compile(cell, filename, "exec", dont_inherit=True), interp.user_ns)
+
+
 def load_magic(interp: Any, line: str) -> None:
     """Replace this cell with a file's contents (or an object's source): ``%load file``.
 
@@ -514,6 +536,7 @@ _CELL: dict[str, Callable[..., Any]] = {
     "time": time_cell,
     "timeit": timeit_cell,
     "writefile": writefile_cell,
+    "source_file": source_file_cell,
 }
 
 

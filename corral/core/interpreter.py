@@ -110,6 +110,28 @@ class _Accessor:
         self._interp._help(name, detail_level)
 
 
+class _Exit:
+    """``exit`` / ``quit`` in the user namespace: ask the frontend to leave.
+
+    Python's own ``exit()`` raises SystemExit, which in a kernel is only a traceback; a
+    frontend leaves when the reply carries an ``ask_exit`` payload, as ipykernel sends it.
+    Typed bare (``exit``), it does the same, as in IPython.
+    """
+
+    __slots__ = ("_interp", "_name")
+
+    def __init__(self, interp: Interpreter, name: str) -> None:
+        self._interp = interp
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"Use {self._name}() or Ctrl-D to leave."
+
+    def __call__(self, keep_kernel: bool = False) -> None:
+        """Leave the frontend; with ``keep_kernel=True`` the kernel keeps running."""
+        self._interp.add_payload({"source": "ask_exit", "keepkernel": bool(keep_kernel)})
+
+
 def _suppressed(code: str) -> bool:
     """A cell whose last line ends with ``;`` shows no result."""
     import io
@@ -230,6 +252,8 @@ class Interpreter:
                 "display": display,
                 "get_interpreter": get_interpreter,
                 "get_ipython": self.get_ipython,
+                "exit": _Exit(self, "exit"),
+                "quit": _Exit(self, "quit"),
                 "__corral__": _Accessor(self),
             }
         )
@@ -391,6 +415,9 @@ class Interpreter:
 
     def _displayhook(self, value: Any, count: int, store: bool) -> None:
         if value is None:
+            return
+        if isinstance(value, _Exit):  # a bare `exit` leaves, as in IPython
+            value()
             return
         ns = self.user_ns
         if store and value is not self._out:  # Out[N] = Out would only show recursion
