@@ -39,7 +39,12 @@ from corral.core.magics import (
     transform_cell,
     var_expand,
 )
-from corral.core.tracebacks import cell_filename, format_exception, hide_from_tracebacks
+from corral.core.tracebacks import (
+    cell_filename,
+    format_exception,
+    hide_from_tracebacks,
+    name_cell,
+)
 from corral.notification.center import NotificationCenter, shared_center
 
 __all__ = [
@@ -225,6 +230,8 @@ class Interpreter:
         self._shell: Any = None
         self._shell_adopted = False
         self.shell_events: Any = None
+        #: ``code -> filename`` for cells while a debugger maps cells to files (else None).
+        self.cell_namer: Callable[[str], str] | None = None
         self._init_namespace([""])
         set_current(self)
         _watch_ipython()
@@ -300,7 +307,10 @@ class Interpreter:
         """
         store = store_history and not silent
         count = self.execution_count
-        if store:
+        if self.cell_namer is not None:
+            filename = self.cell_namer(code)
+            name_cell(filename, count)
+        elif store:
             filename = cell_filename(count)
         else:
             self._serial += 1

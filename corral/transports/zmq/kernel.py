@@ -171,8 +171,13 @@ class KernelServer:
             "interrupt_request": self._interrupt,
             "shutdown_request": self._shutdown,
             "usage_request": self._usage,
+            "debug_request": self._debug,
         }
         self.comms = CommSupport(self)
+        self._debugger: Any = None
+        self._debugger_available: bool | None = None
+        #: Work the control thread hands to the main thread (see call_on_main).
+        self._main_calls: deque[tuple[Callable[[], Any], Any]] = deque()
 
     # ------------------------------------------------------------------ set-up
 
@@ -255,6 +260,12 @@ class KernelServer:
         self._control_thread = threading.Thread(
             target=self._control_loop, name="corral-control", daemon=True
         )
+        # The debugger (debugpy) must neither trace nor suspend the kernel's own threads:
+        # control answers it while user code is stopped at a breakpoint.
+        for thread in (self._control_thread, getattr(self.iopub, "_flusher", None)):
+            if thread is not None:
+                thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
+                thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
         self._control_thread.start()
 
     @property
@@ -320,12 +331,40 @@ class KernelServer:
                 ready = dict(poller.poll())
                 if self._wake_rx in ready:
                     self._wake_rx.recv()
+                    self._run_main_calls()
                 if self.shell in ready:
                     got = self.session.recv(self.shell, zmq.NOBLOCK)
                     if got is not None:
                         self._serve(self.shell, *got, self._shell_handlers)
         finally:
             self.close()
+
+    def call_on_main(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
+        """Run ``func`` on the main thread (between requests) and return its result.
+
+        For the control thread, when something must happen where user code runs
+        (``debugpy.listen``). Waits while a cell runs; raises what ``func`` raised.
+        """
+        import queue
+
+        box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
+        self._main_calls.append((func, box))
+        self._wake_tx.send(b"")
+        try:
+            ok, value = box.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("the kernel's main thread stayed busy") from None
+        if not ok:
+            raise value
+        return value
+
+    def _run_main_calls(self) -> None:
+        while self._main_calls:
+            func, box = self._main_calls.popleft()
+            try:
+                box.put((True, func()))
+            except Exception as exc:
+                box.put((False, exc))
 
     def _serve(
         self,
@@ -446,7 +485,12 @@ class KernelServer:
 
     def _kernel_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         encrypted = self.info.curve_secretkey is not None
-        self._reply(sock, idents, msg, kernel_info_content(encryption=encrypted))
+        if self._debugger_available is None:
+            from .debugger import debugger_available
+
+            self._debugger_available = debugger_available()
+        content = kernel_info_content(encryption=encrypted, debugger=self._debugger_available)
+        self._reply(sock, idents, msg, content)
 
     def _complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         code = msg["content"].get("code", "")
@@ -512,6 +556,17 @@ class KernelServer:
             log.info("%s interrupted", msg_type)
         finally:
             self._executing = False
+
+    def _debug(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        """``debug_request`` (on control): a DAP request, answered through debugpy."""
+        if self._debugger is None:
+            from .debugger import Debugger
+
+            self._debugger = Debugger(self)
+        content = msg.get("content") or {}
+        if not isinstance(content, dict) or content.get("type") != "request":
+            raise ValueError("debug_request content must be a DAP request")
+        self._reply(sock, idents, msg, self._debugger.handle(content, msg["header"]))
 
     def _usage(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         """``usage_request`` (JupyterLab's resource indicator): process and host figures."""
