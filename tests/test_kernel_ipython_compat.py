@@ -387,3 +387,23 @@ _PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5Er"
     "kJggg=="
 )
+
+
+def test_unsupported_request_gets_an_error_reply(kc: BlockingKernelClient) -> None:
+    reply = control_request(kc, "create_subshell_request")
+    assert reply["msg_type"] == "create_subshell_reply"
+    assert reply["content"]["status"] == "error"
+    assert "create_subshell_request" in reply["content"]["evalue"]
+
+
+def test_output_widget_captures_by_parent_msg_id(kc: BlockingKernelClient) -> None:
+    pytest.importorskip("ipywidgets")
+    reply, msgs = run(
+        kc,
+        "import ipywidgets as w\nout = w.Output()\nwith out:\n    print('inside')\nout",
+    )
+    assert reply["content"]["status"] == "ok"
+    msg_id = reply["parent_header"]["msg_id"]
+    states = [m["content"]["data"].get("state", {}) for m in msgs if m["msg_type"] == "comm_msg"]
+    assert {"msg_id": msg_id} in states  # the frontend routes this cell's output to `out`
+    assert stdout_of(msgs) == "inside\n"

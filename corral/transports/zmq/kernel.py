@@ -380,6 +380,16 @@ class KernelServer:
         handler = handlers.get(msg_type)
         if handler is None:
             log.warning("ignoring unknown message type %r", msg_type)
+            if msg_type.endswith("_request"):
+                # A frontend waiting for the reply (create_subshell_request, say) is told
+                # at once instead of waiting forever.
+                content = {
+                    "status": "error",
+                    "ename": "UnsupportedRequest",
+                    "evalue": f"this kernel does not support {msg_type} on this channel",
+                    "traceback": [],
+                }
+                self._reply(sock, idents, msg, content)
             return
         header = msg["header"]
         self.iopub.publish("status", {"execution_state": "busy"}, header)
