@@ -203,16 +203,13 @@ class MagicsManager:
         self, func: Callable[..., Any], magic_kind: str = "line", magic_name: str | None = None
     ) -> None:
         """Register an IPython-style magic function (``func(line)`` / ``func(line, cell)``)."""
+        if magic_kind not in ("line", "cell", "line_cell"):
+            raise ValueError(f"magic_kind must be line, cell or line_cell, not {magic_kind!r}")
         name = magic_name or func.__name__
         if magic_kind in ("line", "line_cell"):
             self.registry.register_line(name, _line_adapter(func))
         if magic_kind in ("cell", "line_cell"):
-            if magic_kind == "line_cell":
-                self.registry.register_cell(name, _cell_adapter(func))
-            else:
-                self.registry.register_cell(name, _cell_adapter(func))
-        if magic_kind not in ("line", "cell", "line_cell"):
-            raise ValueError(f"magic_kind must be line, cell or line_cell, not {magic_kind!r}")
+            self.registry.register_cell(name, _cell_adapter(func))
 
     def register(self, *magic_objects: Any) -> None:
         """Register IPython ``Magics`` classes or instances (what extensions pass)."""

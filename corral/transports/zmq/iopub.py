@@ -70,7 +70,10 @@ class IOPubPublisher:
         with self._lock:
             if self._chunks:
                 self._flush_locked()
-            self._send_locked(msg_type, content, parent, metadata, buffers)
+            if buffers:  # only comms send buffers; subclasses may not take the argument
+                self._send_locked(msg_type, content, parent, metadata, buffers=buffers)
+            else:
+                self._send_locked(msg_type, content, parent, metadata)
 
     def write(self, name: str, text: str, parent: dict[str, Any] | None) -> None:
         """Queue stream text; it is sent soon, in order, merged with its neighbours."""
