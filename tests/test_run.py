@@ -235,3 +235,11 @@ def test_input_with_code_on_stdin_asks_the_controlling_terminal(
     finally:
         if child.isalive():
             child.terminate(force=True)
+
+
+def test_traceback_to_a_pipe_has_no_colour_codes(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "plain.py"
+    script.write_text("1 / 0\n")
+    result = corral_run(env, str(script))
+    assert result.returncode == 1 and "ZeroDivisionError: division by zero" in result.stderr
+    assert "\x1b[" not in result.stderr
