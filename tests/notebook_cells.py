@@ -52,6 +52,31 @@ CELLS: list[tuple[str, str]] = [
         "os.path.realpath(tempfile.gettempdir()) or os.getcwd() == tempfile.gettempdir())",
         "shape",
     ),
+    ("from tqdm.auto import tqdm as auto_tqdm\nfor _ in auto_tqdm(range(2)):\n    pass", "shape"),
+    ("%%script python3\nprint(1 + 1)", "text"),
+    ("%%python3\nimport sys; print('from', 'python', file=sys.stderr)", "text"),
+    ("%xmode Minimal", "text"),
+    ("def g():\n    1 / 0\ng()", "shape"),
+    ("%xmode Context", "text"),
+    ("sorted(set(%who_ls) & {'fig', 'cap', 's'})", "text"),
+    ("%alias_magic tm timeit", "text"),
+    ("41 + 1", "text"),
+    ("_", "text"),
+    ("import sys; print('err', file=sys.stderr)", "text"),
+    ("%env CORRAL_NB=bar", "text"),
+    ("%env CORRAL_NB", "text"),
+    (
+        "SVG = __import__('IPython.display', fromlist=['SVG']).SVG\n"
+        "SVG('<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>')",
+        "shape",
+    ),
+    ("from IPython import display as d\nd.display_markdown('**x**', raw=True)", "shape"),
+    (
+        "display(HTML('<p>1</p>'), display_id='fixed')\n"
+        "display(HTML('<p>2</p>'), display_id='fixed', update=True)",
+        "shape",
+    ),
+    ("get_ipython().run_cell('print(5)')", "shape"),
     ("1 / 0", "shape"),
 ]
 

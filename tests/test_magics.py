@@ -318,3 +318,43 @@ def test_var_expand_in_line_magics_and_shell(interp, tmp_path, monkeypatch):
     assert out.strip() == "got it"
     _, out, shown = run(interp, "%timeit -n 1 -r 1 {1: 2}")
     assert "per loop" in out  # %timeit's line is code: {...} is a dict, not expanded
+
+
+def test_script_magics_feed_the_cell_to_a_program(interp):
+    _, out, _ = run(interp, "%%script bash\necho from $0 script")
+    assert out.strip() == "from bash script"
+    _, out, _ = run(interp, "%%python3\nimport sys\nprint(sys.version_info[0])")
+    assert out.strip() == "3"
+    result = interp.execute("%%bash\nexit 3")
+    assert result.status == "error" and "status 3" in result.evalue
+    result = interp.execute("%%script no-such-program-here\nx")
+    assert result.status == "error" and result.ename == "UsageError"
+
+
+def test_xmode_minimal_shows_only_the_error(interp):
+    _, out, _ = run(interp, "%xmode Minimal")
+    assert out.strip() == "Exception reporting mode: Minimal"
+    result = interp.execute("def f():\n    1 / 0\nf()")
+    assert result.traceback == ["ZeroDivisionError: division by zero"]
+    run(interp, "%xmode Context")
+    assert len(interp.execute("f()").traceback) > 1
+    assert interp.execute("%xmode Loud").ename == "UsageError"
+
+
+def test_who_ls_alias_magic_and_psource(interp):
+    run(interp, "alpha = 1\nbeta = 'b'\ndef gamma():\n    return 3")
+    _, _, shown = run(interp, "%who_ls")
+    assert shown == ["['alpha', 'beta', 'gamma']"]
+    _, out, _ = run(interp, "%alias_magic ti timeit")
+    assert "Created `%ti` as an alias for `%timeit`." in out
+    _, out, _ = run(interp, "%ti -n 1 -r 1 pass")
+    assert "per loop" in out
+    _, out, _ = run(interp, "%psource gamma")
+    assert out == "def gamma():\n    return 3\n"
+
+
+def test_a_user_bound_underscore_is_kept(interp):
+    run(interp, "for _ in range(2):\n    pass")
+    run(interp, "41 + 1")
+    _, _, shown = run(interp, "_")
+    assert shown == ["1"]  # the loop's `_`, as in IPython

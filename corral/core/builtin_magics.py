@@ -18,7 +18,15 @@ from typing import Any
 from corral.core.magics import MagicsRegistry, UsageError
 from corral.core.tracebacks import hide_from_tracebacks
 
-__all__ = ["TimeitResult", "format_time", "getoutput", "register_builtin_magics", "system"]
+__all__ = [
+    "TimeitResult",
+    "format_time",
+    "getoutput",
+    "pump",
+    "register_builtin_magics",
+    "system",
+    "user_names",
+]
 
 hide_from_tracebacks(__file__)
 
@@ -76,7 +84,8 @@ def _path_arg(rest: str, what: str) -> tuple[Path, list[str]]:
 # ------------------------------------------------------------------ shell escapes
 
 
-def _pump(fd: int, stream: Any) -> None:
+def pump(fd: int, stream: Any) -> None:
+    """Copy what arrives on ``fd`` to ``stream`` as it comes, decoded as UTF-8."""
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -100,11 +109,11 @@ def system(interp: Any, cmd: str) -> None:
     )
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
-        threading.Thread(target=_pump, args=(proc.stdout.fileno(), sys.stdout), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr.fileno(), sys.stderr), daemon=True),
+        threading.Thread(target=pump, args=(proc.stdout.fileno(), sys.stdout), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr.fileno(), sys.stderr), daemon=True),
     ]
-    for pump in pumps:
-        pump.start()
+    for thread in pumps:
+        thread.start()
     try:
         code = proc.wait()
     except BaseException:
@@ -112,8 +121,8 @@ def system(interp: Any, cmd: str) -> None:
         proc.wait()
         raise
     finally:
-        for pump in pumps:
-            pump.join()
+        for thread in pumps:
+            thread.join()
         proc.stdout.close()
         proc.stderr.close()
     interp.user_ns["_exit_code"] = code
@@ -392,7 +401,7 @@ def env_magic(interp: Any, line: str) -> Any:
 # ------------------------------------------------------------------ namespace
 
 
-def _user_names(interp: Any, types: list[str]) -> list[str]:
+def user_names(interp: Any, types: list[str]) -> list[str]:
     hidden = interp.hidden_names()
     return sorted(
         name
@@ -405,13 +414,13 @@ def _user_names(interp: Any, types: list[str]) -> list[str]:
 
 def who_magic(interp: Any, line: str) -> None:
     """List your variables, optionally only of some types: ``%who int str``."""
-    names = _user_names(interp, line.split())
+    names = user_names(interp, line.split())
     print("\t".join(names) if names else "Interactive namespace is empty.")
 
 
 def whos_magic(interp: Any, line: str) -> None:
     """Like ``%who``, as a table with each variable's type and value."""
-    names = _user_names(interp, line.split())
+    names = user_names(interp, line.split())
     if not names:
         print("Interactive namespace is empty.")
         return

@@ -201,25 +201,132 @@ def capture_cell(interp: Any, line: str, cell: str) -> None:
         interp.user_ns[names[0]] = captured
 
 
-def bash_cell(interp: Any, line: str, cell: str) -> None:
-    """%%bash: run the cell as a bash script, its output streamed as it comes."""
-    _script(interp, "bash", cell)
+def script_cell(interp: Any, line: str, cell: str) -> None:
+    """%%script PROGRAM [ARGS...]: run the cell through PROGRAM (the cell is its stdin).
 
-
-def sh_cell(interp: Any, line: str, cell: str) -> None:
-    """%%sh: run the cell as a sh script, its output streamed as it comes."""
-    _script(interp, "sh", cell)
-
-
-def _script(interp: Any, program: str, cell: str) -> None:
+    Its output is streamed as it comes; a non-zero exit status is an error. ``%%bash``,
+    ``%%sh``, ``%%python``, ``%%python3``, ``%%perl`` and ``%%ruby`` are shortcuts.
+    """
     import shlex
 
-    from corral.core.builtin_magics import system
+    argv = shlex.split(line)
+    if not argv:
+        raise UsageError("usage: %%script PROGRAM [ARGS...]")
+    _run_script(interp, argv, cell)
 
-    system(interp, f"{program} -c {shlex.quote(cell)}")
-    code = interp.user_ns.get("_exit_code", 0)
+
+def _shortcut(program: str) -> Any:
+    def magic(interp: Any, line: str, cell: str) -> None:
+        import shlex
+
+        _run_script(interp, [_program(program), *shlex.split(line)], cell)
+
+    magic.__doc__ = f"%%{program}: run the cell with {program}, its output streamed as it comes."
+    return magic
+
+
+def _program(name: str) -> str:
+    # %%python means the kernel's own Python, as IPython has it.
+    return sys.executable if name in ("python", "python3") else name
+
+
+def _run_script(interp: Any, argv: list[str], cell: str) -> None:
+    import subprocess
+    import threading
+
+    from corral.core.builtin_magics import pump
+
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    pumps = [
+        threading.Thread(target=pump, args=(proc.stdout.fileno(), sys.stdout), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr.fileno(), sys.stderr), daemon=True),
+    ]
+    for thread in pumps:
+        thread.start()
+    try:
+        try:
+            proc.stdin.write(cell.encode("utf-8"))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for thread in pumps:
+            thread.join()
+        proc.stdout.close()
+        proc.stderr.close()
     if code:
-        raise RuntimeError(f"{program} exited with status {code}")
+        raise RuntimeError(f"{argv[0]} exited with status {code}")
+
+
+# ------------------------------------------------------------------ small line magics
+
+
+def xmode_magic(interp: Any, line: str) -> None:
+    """%xmode [Plain|Context|Verbose|Minimal]: how much of a traceback to show.
+
+    ``Minimal`` shows only the error line; the others show the frames with context.
+    """
+    modes = {"plain": "Plain", "context": "Context", "verbose": "Verbose", "minimal": "Minimal"}
+    wanted = line.strip().lower()
+    if not wanted:
+        order = list(modes.values())
+        wanted = order[(order.index(interp.xmode) + 1) % len(order)].lower()
+    if wanted not in modes:
+        raise UsageError(f"%xmode takes one of {', '.join(modes.values())}, not {line.strip()!r}")
+    interp.xmode = modes[wanted]
+    print(f"Exception reporting mode: {interp.xmode}")
+
+
+def who_ls_magic(interp: Any, line: str) -> list[str]:
+    """%who_ls [TYPE...]: your variables' names, sorted (as a list, to use in code)."""
+    from corral.core.builtin_magics import user_names
+
+    return user_names(interp, line.split())
+
+
+def alias_magic_magic(interp: Any, line: str) -> None:
+    """%alias_magic NEW EXISTING: make %NEW (and %%NEW) call %EXISTING (and %%EXISTING)."""
+    words = line.replace("%", " ").split()
+    if len(words) != 2:
+        raise UsageError("usage: %alias_magic NEW_NAME EXISTING_NAME")
+    new, target = words
+    reg = interp.magics
+    line_func, cell_func = reg.line(target), reg.cell(target)
+    if line_func is None and cell_func is None:
+        raise UsageError(f"no magic named {target!r}")
+    if line_func is not None:
+        reg.register_line(new, line_func)
+        print(f"Created `%{new}` as an alias for `%{target}`.")
+    if cell_func is not None:
+        reg.register_cell(new, cell_func)
+        print(f"Created `%%{new}` as an alias for `%%{target}`.")
+
+
+def psource_magic(interp: Any, line: str) -> None:
+    """%psource OBJECT: print the source code of OBJECT."""
+    import inspect
+
+    from corral.core.inspection import find_object
+
+    found, obj = find_object(line.strip(), interp.user_ns)
+    if not found:
+        raise UsageError(f"Object `{line.strip()}` not found.")
+    try:
+        source = inspect.getsource(obj)
+        print(source if source.endswith("\n") else source + "\n", end="")
+    except (OSError, TypeError):
+        print("No source found for", line.strip())
 
 
 def _rich_cell(mime: str) -> Any:
@@ -245,9 +352,17 @@ def register_compat_magics(registry: MagicsRegistry) -> None:
     ):
         registry.register_line(name, func)
     for name, func in (
+        ("xmode", xmode_magic),
+        ("who_ls", who_ls_magic),
+        ("alias_magic", alias_magic_magic),
+        ("psource", psource_magic),
+    ):
+        registry.register_line(name, func)
+    for program in ("bash", "sh", "python", "python3", "perl", "ruby"):
+        registry.register_cell(program, _shortcut(program))
+    for name, func in (
         ("capture", capture_cell),
-        ("bash", bash_cell),
-        ("sh", sh_cell),
+        ("script", script_cell),
         ("html", _rich_cell("text/html")),
         ("markdown", _rich_cell("text/markdown")),
         ("latex", _rich_cell("text/latex")),

@@ -216,6 +216,8 @@ class Interpreter:
         self.execution_count = 1
         self.input_handler: Callable[[str, bool], str] | None = None
         self.colors = False
+        #: How tracebacks are shown (``%xmode``): "Minimal" is the error line alone.
+        self.xmode = "Context"
         self.magics = MagicsRegistry()
         register_builtin_magics(self.magics)
         self.user_ns: dict[str, Any] = user_ns if user_ns is not None else {}
@@ -244,6 +246,7 @@ class Interpreter:
         ns.setdefault("__builtins__", builtins)
         self._out: dict[int, Any] = {}
         self._in = inputs
+        self._unders: tuple[Any, Any, Any] = ("", "", "")
         ns.update(
             {
                 "In": self._in,
@@ -433,7 +436,10 @@ class Interpreter:
         if store and value is not self._out:  # Out[N] = Out would only show recursion
             self._out[count] = value
             ns[f"_{count}"] = value
-        ns["___"], ns["__"], ns["_"] = ns.get("__", ""), ns.get("_", ""), value
+        # As IPython: a `_` the user bound (`for _ in ...`) is theirs; it is not overwritten.
+        if all(ns.get(n, "") is v for n, v in zip(("_", "__", "___"), self._unders, strict=True)):
+            self._unders = (value, self._unders[0], self._unders[1])
+            ns["_"], ns["__"], ns["___"] = self._unders
         data, metadata = format_object(value)
         self.center.post(EXECUTE_RESULT, self, execution_count=count, data=data, metadata=metadata)
         if store:
@@ -464,6 +470,8 @@ class Interpreter:
             traceback = [f"UsageError: {evalue}"]
         else:
             traceback = format_exception(exc, colors=self.colors)
+            if self.xmode == "Minimal":
+                traceback = traceback[-1:]
             sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
         self.center.post(ERROR, self, ename=ename, evalue=evalue, traceback=traceback)
         return ename, evalue, traceback

@@ -297,6 +297,13 @@ class KernelServer:
 
         when_imported("comm", self.comms.install)
         before_import("matplotlib", _default_inline_backend)
+        # tqdm.auto picks its notebook bar only when it sees ipykernel's modules loaded.
+        when_imported("tqdm.autonotebook", _notebook_progress_bars)
+        # Code that detects Jupyter looks up get_ipython as a builtin, as IPython provides it.
+        import builtins
+
+        if not hasattr(builtins, "get_ipython"):
+            builtins.get_ipython = interpreter.get_ipython  # type: ignore[attr-defined]
 
     # ------------------------------------------------- what get_ipython().kernel offers
 
@@ -713,6 +720,19 @@ def _default_inline_backend() -> None:
 
     if importlib.util.find_spec("matplotlib_inline") is not None:
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+
+
+def _notebook_progress_bars(autonotebook: Any) -> None:
+    """Make ``tqdm.auto`` choose the notebook bar in this kernel, as under ipykernel.
+
+    ``tqdm.autonotebook`` decides by looking for ipykernel's modules; this runs right after
+    it decided, before ``tqdm.auto`` reads its choice, and swaps in ``tqdm.notebook``'s
+    classes when ipywidgets (which draws them) is installed.
+    """
+    from tqdm import notebook, std
+
+    if autonotebook.tqdm is std.tqdm and getattr(notebook, "IProgress", None) is not None:
+        autonotebook.tqdm, autonotebook.trange = notebook.tqdm, notebook.trange
 
 
 def _error_content(exc: BaseException) -> dict[str, Any]:
