@@ -243,3 +243,13 @@ def test_traceback_to_a_pipe_has_no_colour_codes(env: dict[str, str], tmp_path: 
     result = corral_run(env, str(script))
     assert result.returncode == 1 and "ZeroDivisionError: division by zero" in result.stderr
     assert "\x1b[" not in result.stderr
+
+
+def test_exit_in_a_script_ends_it(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "leave.py"
+    script.write_text("print('before')\nexit()\nprint('after')\n")
+    result = corral_run(env, str(script))
+    assert result.returncode == 0, result.stderr
+    assert "before" in result.stdout and "after" not in result.stdout
+    script.write_text("import sys\nsys.exit(3)\n")
+    assert corral_run(env, str(script)).returncode == 1

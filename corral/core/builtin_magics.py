@@ -321,9 +321,20 @@ def source_file_cell(interp: Any, line: str, cell: str) -> None:
         raise UsageError(f"%%source_file needs a file name, got {text!r}") from None
     if not isinstance(filename, str) or not filename:
         raise UsageError("%%source_file needs a file name")
-    interp.user_ns["__file__"] = filename
+    ns = interp.user_ns
+    ns["__file__"] = filename
     linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
-    exec(compile(cell, filename, "exec", dont_inherit=True), interp.user_ns)
+    code = compile(cell, filename, "exec", dont_inherit=True)
+    # In a script, exit() ends the script (Python's own, raising SystemExit), not the
+    # frontend as the notebook's exit() does.
+    saved = {name: ns.pop(name) for name in ("exit", "quit") if name in ns}
+    try:
+        exec(code, ns)
+    except SystemExit as exc:  # sys.exit(0) is a script's normal end, as in Python
+        if exc.code not in (None, 0):
+            raise
+    finally:
+        ns.update(saved)
 
 
 def load_magic(interp: Any, line: str) -> None:
