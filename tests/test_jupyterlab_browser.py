@@ -3,8 +3,9 @@
 The test starts JupyterLab on 127.0.0.1 (a private Jupyter environment with the corral
 kernelspec), opens a notebook on the corral kernel in Debian's Chromium through its
 chromedriver (selenium), and checks what users see: a matplotlib plot renders, an
-``IntSlider`` renders and moving it changes the kernel's variable, and Kernel > Interrupt
-and Kernel > Restart work. A screenshot is saved to the test's temporary directory (and
+``IntSlider`` renders and moving it changes the kernel's variable, Kernel > Interrupt and
+Kernel > Restart work, and the debugger stops on a breakpoint set in a cell, showing the
+call stack and the variables. A screenshot is saved to the test's temporary directory (and
 to ``$CORRAL_TEST_ARTIFACTS`` when set).
 
 Needs: chromium and chromium-driver (Debian packages, installed by .ci/run), jupyterlab
@@ -162,6 +163,7 @@ CELLS = [
     "s",
     "import time\nprint('sleeping', flush=True)\ntime.sleep(120)",
     "print('alive', 'seen' in globals())",
+    "def h(v):\n    w2 = v + 1\n    return w2\nh(41)",
 ]
 
 
@@ -255,6 +257,32 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
         )
         run_cell(browser, 3)
         until("the fresh namespace", lambda: "alive False" in output_text(browser, 3))
+        # The debugger: enable it, set a breakpoint in a cell, stop there, read the stack
+        # and the variables, continue.
+        bug = until(
+            "the debugger button",
+            lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-DebuggerBugButton:not(.disabled)"),
+        )[0]
+        bug.click()
+        until("the debugger to start", lambda: bug.get_attribute("aria-pressed") == "true")
+        cell = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")[4]
+        gutter = until(
+            "the breakpoint gutter",
+            lambda: cell.find_elements(By.CSS_SELECTOR, ".cm-breakpoint-gutter .cm-gutterElement"),
+        )
+        gutter[2].click()  # line 2 (the first element is CodeMirror's hidden spacer)
+        until("the breakpoint", lambda: "corral_" in _text(browser, ".jp-DebuggerBreakpoints-body"))
+        run_cell(browser, 4)
+        until(
+            "the stop in h()", lambda: _text(browser, ".jp-DebuggerCallstack-body").startswith("h")
+        )
+        assert ".py:2" in _text(browser, ".jp-DebuggerCallstack-body")
+        until("the variables", lambda: "41" in _text(browser, ".jp-DebuggerVariables-body"))
+        browser.save_screenshot(str(tmp_path / "jupyterlab-corral-debugger.png"))
+        js(browser, "window.jupyterapp.commands.execute('debugger:continue');")
+        until("the cell to finish", lambda: "42" in output_text(browser, 4))
+        bug.click()
+        until("the debugger to stop", lambda: bug.get_attribute("aria-pressed") == "false")
     finally:
         browser.save_screenshot(str(tmp_path / "jupyterlab-corral-end.png"))
         artifacts = os.environ.get("CORRAL_TEST_ARTIFACTS")
@@ -263,6 +291,16 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
             for shot in tmp_path.glob("jupyterlab-corral*.png"):
                 shutil.copy(shot, Path(artifacts) / shot.name)
     assert (tmp_path / "jupyterlab-corral.png").stat().st_size > 0
+
+
+def _text(driver: Any, selector: str) -> str:
+    return str(
+        js(
+            driver,
+            f"return Array.from(document.querySelectorAll({selector!r}))"
+            ".map(e => e.innerText).join('\\n');",
+        )
+    ).strip()
 
 
 def _read(path: Path) -> str | None:

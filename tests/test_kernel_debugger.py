@@ -7,6 +7,8 @@ stack and variables are read before it continues.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -114,6 +116,9 @@ def test_breakpoint_stop_stack_and_variables(kc: BlockingKernelClient) -> None:
     assert any("Cell In[" in line for line in failed["traceback"])  # not the temp file name
     dap.request("disconnect", restart=False, terminateDebuggee=False)
     assert dap.request("debugInfo")["body"]["isStarted"] is False
+    assert os.path.isdir(os.path.dirname(path))
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700  # owner-only
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 def test_cell_names_hash_as_ipykernel_and_frontends_do() -> None:

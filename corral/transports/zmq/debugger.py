@@ -296,6 +296,15 @@ class Debugger:
         self.stopped_threads = set()
         self.server.interpreter.cell_namer = None
 
+    def close(self) -> None:
+        """At kernel shutdown: drop the adapter connection and the cell files."""
+        import shutil
+
+        if self._adapter is not None:
+            self._adapter.close()
+            self._adapter = None
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
     def _on_event(self, event: dict[str, Any]) -> None:
         name = event.get("event")
         body = event.get("body") or {}

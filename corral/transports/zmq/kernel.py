@@ -683,6 +683,8 @@ class KernelServer:
         if not self.bound:
             return
         self.bound = False
+        if self._debugger is not None:
+            self._debugger.close()
         stop = self.context.socket(zmq.PAIR)
         stop.connect(self._stop_url)
         stop.send(b"")
