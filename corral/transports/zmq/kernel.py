@@ -35,7 +35,6 @@ from typing import Any
 import zmq
 
 from . import wire
-from .comms import CommSupport
 from .connection import ConnectionInfo
 from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
@@ -173,7 +172,7 @@ class KernelServer:
             "usage_request": self._usage,
             "debug_request": self._debug,
         }
-        self.comms = CommSupport(self)
+        self._comms: Any = None
         self._debugger: Any = None
         self._debugger_available: bool | None = None
         #: Work the control thread hands to the main thread (see call_on_main).
@@ -306,6 +305,15 @@ class KernelServer:
             builtins.get_ipython = interpreter.get_ipython  # type: ignore[attr-defined]
 
     # ------------------------------------------------- what get_ipython().kernel offers
+
+    @property
+    def comms(self) -> Any:
+        """The kernel's :class:`~.comms.CommSupport`, made on first use (off the start path)."""
+        if self._comms is None:
+            from .comms import CommSupport
+
+            self._comms = CommSupport(self)
+        return self._comms
 
     def current_parent(self) -> dict[str, Any]:
         """The header of the request being served (the parent of what it publishes)."""
