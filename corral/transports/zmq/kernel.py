@@ -511,9 +511,11 @@ class KernelServer:
     def _kernel_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         encrypted = self.info.curve_secretkey is not None
         if self._debugger_available is None:
-            from .debugger import debugger_available
+            # Not through .debugger: importing it (socket, tempfile...) costs milliseconds
+            # of the first reply; a spec lookup costs microseconds.
+            import importlib.util
 
-            self._debugger_available = debugger_available()
+            self._debugger_available = importlib.util.find_spec("debugpy") is not None
         content = kernel_info_content(encryption=encrypted, debugger=self._debugger_available)
         self._reply(sock, idents, msg, content)
 
