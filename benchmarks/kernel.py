@@ -8,7 +8,11 @@ Two figures per kernel, both measured with jupyter_client as the frontend:
   which hands the kernel to the client once its ports are bound (see
   ``corral/transports/zmq/provisioner.py``), where jupyter_client's default provisioner
   lets the client's first connection be refused and retried 100-200 ms later;
-* execute: ``execute("pass")`` until both its reply and the iopub ``idle`` have arrived.
+* execute: ``execute("pass")`` until both its reply and the iopub ``idle`` have arrived;
+* notebook: nbclient running, start to end (kernel start included), the notebook of what
+  notebooks written for ipykernel do (``tests/notebook_cells.py``: rich displays,
+  matplotlib plots, a widget, tqdm.notebook, magics...). Skipped if nbclient, matplotlib
+  or ipywidgets are not installed.
 
 Prints a table and the ratios; never passes or fails. Run: ``tox -e bench``.
 """
@@ -29,6 +33,7 @@ from corral.transports.zmq.kernelspec import kernel_json
 
 STARTS = 7
 EXECUTES = 300
+NOTEBOOK_RUNS = 3
 
 
 def install_specs(root: Path) -> None:
@@ -94,6 +99,22 @@ def execute_round_trips_ms(kernel_name: str) -> list[float]:
     return times
 
 
+def notebook_seconds(kernel_name: str) -> float | None:
+    """One nbclient run of the parity notebook, kernel start included; None if unavailable."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        import ipywidgets  # noqa: F401
+        import matplotlib  # noqa: F401
+        import nbclient
+        from notebook_cells import notebook
+    except ImportError:
+        return None
+    nb = notebook()
+    started = time.perf_counter()
+    nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=60, allow_errors=True).execute()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         install_specs(Path(root))
@@ -105,15 +126,18 @@ def main() -> None:
             first_reply_seconds(kernel)  # warm the file system caches for both alike
             starts = [first_reply_seconds(kernel) for _ in range(STARTS)]
             trips = execute_round_trips_ms(kernel)
-            results[name] = (statistics.median(starts), statistics.median(trips))
-    print(f"{'kernel':<10} {'startup (s)':>12} {'execute pass (ms)':>18}")
-    for name, (start, trip) in results.items():
-        print(f"{name:<10} {start:12.3f} {trip:18.2f}")
+            books = [notebook_seconds(kernel) for _ in range(NOTEBOOK_RUNS)]
+            book = statistics.median(books) if None not in books else float("nan")
+            results[name] = (statistics.median(starts), statistics.median(trips), book)
+    print(f"{'kernel':<10} {'startup (s)':>12} {'execute pass (ms)':>18} {'notebook (s)':>13}")
+    for name, (start, trip, book) in results.items():
+        print(f"{name:<10} {start:12.3f} {trip:18.2f} {book:13.2f}")
     corral, ipykernel = results["corral"], results["ipykernel"]
     print()
     print("ratios corral / ipykernel (goal in brackets):")
     print(f"  startup  {corral[0] / ipykernel[0]:5.2f}  [<= 0.4]")
     print(f"  execute  {corral[1] / ipykernel[1]:5.2f}  [<= 0.3]")
+    print(f"  notebook {corral[2] / ipykernel[2]:5.2f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,24 @@ def test_attribute_completion(interp):
     reply = interp.complete("thing.meth")
     assert reply["matches"] == ["method_one"]
     assert (reply["cursor_start"], reply["cursor_end"]) == (6, 10)
-    assert reply["metadata"] == {}
+    assert reply["metadata"] == {
+        "_jupyter_types_experimental": [
+            {"start": 6, "end": 10, "text": "method_one", "type": "function", "signature": ""}
+        ]
+    }
+
+
+def test_completion_types_for_jupyterlab(interp):
+    reply = interp.complete("imp")
+    types = {t["text"]: t["type"] for t in reply["metadata"]["_jupyter_types_experimental"]}
+    assert types["import"] == "keyword"
+    reply = interp.complete("thi")
+    types = {t["text"]: t["type"] for t in reply["metadata"]["_jupyter_types_experimental"]}
+    assert types["thing"] == "instance"
+    reply = interp.complete("%tim")
+    assert [t["type"] for t in reply["metadata"]["_jupyter_types_experimental"]] == ["magic"] * len(
+        reply["matches"]
+    )
 
 
 def test_completion_mid_text(interp):

@@ -228,3 +228,63 @@ def test_existing_kernel_is_joined_and_left_running(
         finally:
             if child.isalive():
                 child.terminate(force=True)
+
+
+@pytest.mark.parametrize("typed", ["exit()", "quit()", "exit", "quit"])
+def test_exit_and_quit_leave_the_console(env: dict[str, str], typed: str) -> None:
+    child = spawn(env, "console", "--simple-prompt")
+    try:
+        child.expect(r"In \[1\]: ")
+        pid = kernel_pid(child, 1)
+        child.expect(r"In \[2\]: ")
+        run_cell(child, typed)
+        child.expect(pexpect.EOF)
+        assert "SystemExit" not in child.before and "Traceback" not in child.before
+        child.close()
+        assert child.exitstatus == 0
+        assert wait_gone(pid)
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
+def wait_gone(pid: int) -> bool:
+    """The kernel is shut down as the console leaves: poll for its end with a deadline."""
+    import time
+
+    deadline = time.monotonic() + WAIT
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_crash_is_reported_once(console: pexpect.spawn) -> None:
+    console.expect(r"In \[1\]: ")
+    run_cell(console, "import ctypes; ctypes.string_at(0)")
+    console.expect("kernel restarted")
+    said = console.before  # everything from the typed line to the restart notice
+    console.expect(r"In \[1\]: ")
+    assert said.count("SIGSEGV") == 1, said
+    assert "WARNING" not in said
+
+
+def test_without_prompt_toolkit_falls_back_to_a_simple_prompt(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow" / "prompt_toolkit"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(shadow.parent), env["PYTHONPATH"]])}
+    child = spawn(env, "console")
+    try:
+        child.expect("using a simple prompt")
+        child.expect(r"In \[1\]: ")
+        run_cell(child, "40 + 2")
+        child.expect(r"Out\[1\]: 42")
+        run_cell(child, "exit")
+        child.expect(pexpect.EOF)
+    finally:
+        if child.isalive():
+            child.terminate(force=True)

@@ -22,6 +22,14 @@ from corral.display import (
 )
 from corral.notification.center import shared_center
 
+
+@pytest.fixture(autouse=True)
+def corral_formatting(monkeypatch):
+    """These tests check corral's own formatting rules, not IPython's (which an interpreter
+    adopts once another test in this process has imported IPython)."""
+    monkeypatch.setattr(core_display, "_formatter", None)
+
+
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 JPEG = b"\xff\xd8\xff\xe0" + b"\x01" * 16
 

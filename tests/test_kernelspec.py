@@ -34,7 +34,9 @@ def test_kernel_json_content() -> None:
     ]
     assert spec["language"] == "python"
     assert spec["interrupt_mode"] == "signal"
-    assert spec["metadata"]["debugger"] is False
+    from corral.transports.zmq.debugger import debugger_available
+
+    assert spec["metadata"]["debugger"] is debugger_available()  # with debugpy: JupyterLab's
     assert "corral" in spec["display_name"]
 
 

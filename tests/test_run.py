@@ -188,3 +188,68 @@ def test_textmate_bundle_files_parse(name: str) -> None:
     if name.startswith("Commands/"):
         assert "corral run" in data["command"]
         assert "TM_CORRAL_CONNECTION_FILE" in data["command"]
+
+
+def test_traceback_shows_no_frame_of_the_runner(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "deep.py"
+    script.write_text("def g():\n    raise KeyError('k')\n\ng()\n")
+    result = corral_run(env, str(script))
+    assert result.returncode == 1
+    assert "KeyError" in result.stderr and "raise KeyError('k')" in result.stderr
+    assert "exec(compile" not in result.stderr and "Cell In" not in result.stderr
+    assert "source_file" not in result.stderr
+
+
+def test_input_in_a_script_reads_the_terminal(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "ask.py"
+    script.write_text("name = input('who? ')\nprint('hi', name)\n")
+    child = pexpect.spawn(
+        sys.executable, ["-c", LAUNCHER, "run", str(script)], env=env, encoding="utf-8"
+    )
+    try:
+        child.expect("who\\? ", timeout=WAIT)
+        child.sendline("bob")
+        child.expect("hi bob", timeout=WAIT)
+        child.expect(pexpect.EOF, timeout=WAIT)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
+def test_input_with_code_on_stdin_asks_the_controlling_terminal(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    command = f"echo \"print('got', input('what? '))\" | {sys.executable} {launcher} run -"
+    child = pexpect.spawn("/bin/sh", ["-c", command], env=env, encoding="utf-8")
+    try:
+        child.expect("what\\? ", timeout=WAIT)
+        child.sendline("tea")
+        child.expect("got tea", timeout=WAIT)
+        child.expect(pexpect.EOF, timeout=WAIT)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
+def test_traceback_to_a_pipe_has_no_colour_codes(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "plain.py"
+    script.write_text("1 / 0\n")
+    result = corral_run(env, str(script))
+    assert result.returncode == 1 and "ZeroDivisionError: division by zero" in result.stderr
+    assert "\x1b[" not in result.stderr
+
+
+def test_exit_in_a_script_ends_it(env: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "leave.py"
+    script.write_text("print('before')\nexit()\nprint('after')\n")
+    result = corral_run(env, str(script))
+    assert result.returncode == 0, result.stderr
+    assert "before" in result.stdout and "after" not in result.stdout
+    script.write_text("import sys\nsys.exit(3)\n")
+    assert corral_run(env, str(script)).returncode == 1

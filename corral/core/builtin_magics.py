@@ -18,7 +18,15 @@ from typing import Any
 from corral.core.magics import MagicsRegistry, UsageError
 from corral.core.tracebacks import hide_from_tracebacks
 
-__all__ = ["TimeitResult", "format_time", "getoutput", "register_builtin_magics", "system"]
+__all__ = [
+    "TimeitResult",
+    "format_time",
+    "getoutput",
+    "pump",
+    "register_builtin_magics",
+    "system",
+    "user_names",
+]
 
 hide_from_tracebacks(__file__)
 
@@ -58,7 +66,7 @@ def format_time(seconds: float) -> str:
     if seconds >= 60:
         minutes, secs = divmod(seconds, 60)
         return f"{int(minutes)}min {secs:.3g} s"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("\u03bcs", 1e-6)):
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-9:.3g} ns"
@@ -76,7 +84,8 @@ def _path_arg(rest: str, what: str) -> tuple[Path, list[str]]:
 # ------------------------------------------------------------------ shell escapes
 
 
-def _pump(fd: int, stream: Any) -> None:
+def pump(fd: int, stream: Any) -> None:
+    """Copy what arrives on ``fd`` to ``stream`` as it comes, decoded as UTF-8."""
     import codecs
 
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -100,11 +109,11 @@ def system(interp: Any, cmd: str) -> None:
     )
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
-        threading.Thread(target=_pump, args=(proc.stdout.fileno(), sys.stdout), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr.fileno(), sys.stderr), daemon=True),
+        threading.Thread(target=pump, args=(proc.stdout.fileno(), sys.stdout), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr.fileno(), sys.stderr), daemon=True),
     ]
-    for pump in pumps:
-        pump.start()
+    for thread in pumps:
+        thread.start()
     try:
         code = proc.wait()
     except BaseException:
@@ -112,8 +121,8 @@ def system(interp: Any, cmd: str) -> None:
         proc.wait()
         raise
     finally:
-        for pump in pumps:
-            pump.join()
+        for thread in pumps:
+            thread.join()
         proc.stdout.close()
         proc.stderr.close()
     interp.user_ns["_exit_code"] = code
@@ -197,7 +206,7 @@ def timeit_magic(interp: Any, line: str, cell: str | None = None) -> TimeitResul
 
     Without ``-n`` the number of loops is chosen so that one run takes at least 0.2 s.
     ``-r`` sets the number of runs (default 7); the mean ± standard deviation of the time
-    per loop is printed, as is the best. ``-q`` prints nothing, ``-o`` returns a
+    per loop is printed (the best is in ``-o``'s result). ``-q`` prints nothing, ``-o`` returns a
     ``TimeitResult``. As ``%%timeit``, the line is setup code and the cell is timed.
     """
     import timeit
@@ -223,7 +232,6 @@ def timeit_magic(interp: Any, line: str, cell: str | None = None) -> TimeitResul
     result = TimeitResult(number, repeat, timer.repeat(repeat=repeat, number=number))
     if "q" not in opts:
         print(result)
-        print(f"best of {repeat}: {format_time(result.best)} per loop")
     return result if "o" in opts else None
 
 
@@ -294,6 +302,39 @@ def writefile_cell(interp: Any, line: str, cell: str) -> None:
     text = cell if cell.endswith("\n") or not cell else cell + "\n"
     with open(path, "a" if "a" in opts else "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def source_file_cell(interp: Any, line: str, cell: str) -> None:
+    """Run the cell as the file it came from: ``%%source_file 'PATH'``.
+
+    What ``corral run FILE`` sends: the file's text, compiled under its own name, so
+    tracebacks quote the file's lines and name the file, with no frame of the runner
+    around it; ``__file__`` is set; names it defines stay in the namespace.
+    """
+    import ast
+    import linecache
+
+    text = line.strip()
+    try:
+        filename = ast.literal_eval(text) if text[:1] in "'\"" else text
+    except (ValueError, SyntaxError):
+        raise UsageError(f"%%source_file needs a file name, got {text!r}") from None
+    if not isinstance(filename, str) or not filename:
+        raise UsageError("%%source_file needs a file name")
+    ns = interp.user_ns
+    ns["__file__"] = filename
+    linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
+    code = compile(cell, filename, "exec", dont_inherit=True)
+    # In a script, exit() ends the script (Python's own, raising SystemExit), not the
+    # frontend as the notebook's exit() does.
+    saved = {name: ns.pop(name) for name in ("exit", "quit") if name in ns}
+    try:
+        exec(code, ns)
+    except SystemExit as exc:  # sys.exit(0) is a script's normal end, as in Python
+        if exc.code not in (None, 0):
+            raise
+    finally:
+        ns.update(saved)
 
 
 def load_magic(interp: Any, line: str) -> None:
@@ -371,7 +412,7 @@ def env_magic(interp: Any, line: str) -> Any:
 # ------------------------------------------------------------------ namespace
 
 
-def _user_names(interp: Any, types: list[str]) -> list[str]:
+def user_names(interp: Any, types: list[str]) -> list[str]:
     hidden = interp.hidden_names()
     return sorted(
         name
@@ -384,13 +425,13 @@ def _user_names(interp: Any, types: list[str]) -> list[str]:
 
 def who_magic(interp: Any, line: str) -> None:
     """List your variables, optionally only of some types: ``%who int str``."""
-    names = _user_names(interp, line.split())
+    names = user_names(interp, line.split())
     print("\t".join(names) if names else "Interactive namespace is empty.")
 
 
 def whos_magic(interp: Any, line: str) -> None:
     """Like ``%who``, as a table with each variable's type and value."""
-    names = _user_names(interp, line.split())
+    names = user_names(interp, line.split())
     if not names:
         print("Interactive namespace is empty.")
         return
@@ -515,6 +556,7 @@ _CELL: dict[str, Callable[..., Any]] = {
     "time": time_cell,
     "timeit": timeit_cell,
     "writefile": writefile_cell,
+    "source_file": source_file_cell,
 }
 
 
@@ -524,3 +566,6 @@ def register_builtin_magics(registry: MagicsRegistry) -> None:
         registry.register_line(name, func)
     for name, func in _CELL.items():
         registry.register_cell(name, func)
+    from corral.core.compat_magics import register_compat_magics
+
+    register_compat_magics(registry)

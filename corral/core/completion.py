@@ -38,16 +38,51 @@ def complete(
     if magic and magic_names is not None:
         return _complete_magic(magic.group(1), magic.group(2), cursor_pos, magic_names)
     try:
-        matches, start = _jedi(code, cursor_pos, namespace)
+        matches, start, kinds = _jedi(code, cursor_pos, namespace)
     except Exception:  # jedi absent or confused: the standard library still helps
         matches, start = _rlcompleter(before, namespace)
+        kinds = [_kind_of(m, namespace) for m in matches]
     return {
         "status": "ok",
         "matches": matches,
         "cursor_start": start,
         "cursor_end": cursor_pos,
-        "metadata": {},
+        "metadata": {_TYPES_KEY: _typed(matches, kinds, start, cursor_pos)},
     }
+
+
+#: The completion metadata key JupyterLab reads to show each match's kind.
+_TYPES_KEY = "_jupyter_types_experimental"
+
+
+def _typed(matches: list[str], kinds: list[str], start: int, end: int) -> list[dict[str, Any]]:
+    return [
+        {"start": start, "end": end, "text": m, "type": k, "signature": ""}
+        for m, k in zip(matches, kinds, strict=True)
+    ]
+
+
+def _kind_of(match: str, namespace: dict[str, Any]) -> str:
+    """The kind of a completed name (what jedi calls it), looked up in ``namespace``."""
+    import builtins
+    import keyword
+
+    if keyword.iskeyword(match):
+        return "keyword"
+    head, *rest = match.split(".")
+    obj = namespace.get(head, getattr(builtins, head, None))
+    try:
+        for part in rest:
+            obj = getattr(obj, part)
+    except Exception:
+        return "<unknown>"
+    if isinstance(obj, type):
+        return "class"
+    if type(obj).__name__ == "module":
+        return "module"
+    if callable(obj):
+        return "function"
+    return "instance" if obj is not None else "<unknown>"
 
 
 def _complete_magic(
@@ -56,16 +91,19 @@ def _complete_magic(
     matches = [] if percents == "%%" else ["%" + n for n in names["line"] if n.startswith(prefix)]
     matches += ["%%" + n for n in names["cell"] if n.startswith(prefix)]
     start = cursor_pos - len(prefix) - len(percents)
+    kind = ["magic"] * len(matches)
     return {
         "status": "ok",
         "matches": matches,
         "cursor_start": start,
         "cursor_end": cursor_pos,
-        "metadata": {},
+        "metadata": {_TYPES_KEY: _typed(matches, kind, start, cursor_pos)},
     }
 
 
-def _jedi(code: str, cursor_pos: int, namespace: dict[str, Any]) -> tuple[list[str], int]:
+def _jedi(
+    code: str, cursor_pos: int, namespace: dict[str, Any]
+) -> tuple[list[str], int, list[str]]:
     import jedi
 
     before = code[:cursor_pos]
@@ -75,10 +113,10 @@ def _jedi(code: str, cursor_pos: int, namespace: dict[str, Any]) -> tuple[list[s
     # Each completion replaces what was typed of it: name minus the part still to complete.
     starts = [cursor_pos - (len(c.name) - len(c.complete)) for c in completions]
     if not starts:
-        return [], cursor_pos
+        return [], cursor_pos, []
     start = Counter(starts).most_common(1)[0][0]
-    matches = [c.name for c, s in zip(completions, starts, strict=True) if s == start]
-    return matches, start
+    chosen = [c for c, s in zip(completions, starts, strict=True) if s == start]
+    return [c.name for c in chosen], start, [c.type for c in chosen]
 
 
 def _rlcompleter(before: str, namespace: dict[str, Any]) -> tuple[list[str], int]:

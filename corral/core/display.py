@@ -38,6 +38,7 @@ __all__ = [
     "format_object",
     "get_current",
     "set_current",
+    "set_formatter",
     "update_display",
 ]
 
@@ -57,6 +58,17 @@ _BINARY = {"image/png", "image/jpeg", "application/pdf"}
 
 _current: Any = None  # the interpreter display() posts through; see set_current
 
+#: Formats objects instead of corral's own rules once IPython is in use (its
+#: ``DisplayFormatter.format``), so formatters registered with IPython (``for_type``,
+#: matplotlib figures) apply to displays and cell results alike.
+_formatter: Any = None
+
+
+def set_formatter(formatter: Any) -> None:
+    """Format objects with ``formatter(obj, include=, exclude=)`` (None: corral's rules)."""
+    global _formatter
+    _formatter = formatter
+
 
 def set_current(interpreter: Any) -> None:
     """Make ``interpreter`` (anything with ``center``) the target of display()."""
@@ -67,6 +79,22 @@ def set_current(interpreter: Any) -> None:
 def get_current() -> Any:
     """The interpreter display() posts through, or None."""
     return _current
+
+
+def _ipython_publisher() -> Any:
+    """IPython's display publisher when corral.display runs under an IPython kernel.
+
+    So portable code can use ``corral.display`` under ipykernel too: with no corral
+    interpreter in this process, displays go through IPython's shell if there is one.
+    """
+    module = sys.modules.get("IPython.core.interactiveshell")
+    if module is None or not module.InteractiveShell.initialized():
+        return None
+    shell = module.InteractiveShell.instance()
+    ours = sys.modules.get("corral.core.ipython_shell")
+    if ours is not None and isinstance(shell, ours.ZMQInteractiveShell):
+        return None  # corral's own shell: its interpreter is gone, post as without one
+    return getattr(shell, "display_pub", None)
 
 
 def _target() -> tuple[Any, Any]:
@@ -113,6 +141,12 @@ def format_object(
     Methods are looked up on the type, as Python looks up special methods, so a class
     object is shown as a class and not through its instances' ``_repr_html_``.
     """
+    if _formatter is not None:
+        data, metadata = _formatter(obj, include=include, exclude=exclude)
+        data = {mime: _encode(mime, value) for mime, value in data.items()}
+        if "text/plain" not in data and (not data or include is None):
+            data["text/plain"] = _plain(obj)
+        return data, metadata
     include = set(include) if include is not None else None
     exclude = set(exclude) if exclude is not None else None
     data: dict[str, Any] = {}
@@ -190,6 +224,12 @@ def _publish(
     transient = dict(transient or {})
     if display_id is not None:
         transient["display_id"] = display_id
+    if _current is None:
+        publisher = _ipython_publisher()
+        if publisher is not None:
+            update = kind == UPDATE_DISPLAY_DATA
+            publisher.publish(data=data, metadata=md, transient=transient, update=update)
+            return
     center, sender = _target()
     center.post(kind, sender, data=data, metadata=md, transient=transient)
 
@@ -252,6 +292,11 @@ def update_display(
 
 def clear_output(wait: bool = False) -> None:
     """Clear the output area, or with ``wait=True`` when the next output arrives."""
+    if _current is None:
+        publisher = _ipython_publisher()
+        if publisher is not None:
+            publisher.clear_output(wait)
+            return
     center, sender = _target()
     center.post(CLEAR_OUTPUT, sender, wait=wait)
 

@@ -31,8 +31,20 @@ from corral.core.events import (
 )
 from corral.core.history import HistoryManager
 from corral.core.iostreams import StdinNotImplementedError, redirect_output, route_stdin
-from corral.core.magics import MagicsRegistry, UsageError, split_cell_magic, transform_cell
-from corral.core.tracebacks import cell_filename, format_exception, hide_from_tracebacks
+from corral.core.magics import (
+    NO_VAR_EXPAND,
+    MagicsRegistry,
+    UsageError,
+    split_cell_magic,
+    transform_cell,
+    var_expand,
+)
+from corral.core.tracebacks import (
+    cell_filename,
+    format_exception,
+    hide_from_tracebacks,
+    name_cell,
+)
 from corral.notification.center import NotificationCenter, shared_center
 
 __all__ = [
@@ -84,17 +96,45 @@ class _Accessor:
     def __repr__(self) -> str:
         return "<corral interpreter accessor>"
 
+    def _expand(self, text: str, frame: Any) -> str:
+        namespace = {**frame.f_globals, **frame.f_locals}
+        return var_expand(text, namespace)
+
     def line_magic(self, name: str, line: str) -> Any:
+        if name not in NO_VAR_EXPAND:
+            line = self._expand(line, sys._getframe(1))
         return self._interp.magics.call_line(self._interp, name, line)
 
     def system(self, cmd: str) -> None:
-        system(self._interp, cmd)
+        system(self._interp, self._expand(cmd, sys._getframe(1)))
 
     def getoutput(self, cmd: str) -> list[str]:
-        return getoutput(self._interp, cmd)
+        return getoutput(self._interp, self._expand(cmd, sys._getframe(1)))
 
     def help(self, name: str, detail_level: int) -> None:
         self._interp._help(name, detail_level)
+
+
+class _Exit:
+    """``exit`` / ``quit`` in the user namespace: ask the frontend to leave.
+
+    Python's own ``exit()`` raises SystemExit, which in a kernel is only a traceback; a
+    frontend leaves when the reply carries an ``ask_exit`` payload, as ipykernel sends it.
+    Typed bare (``exit``), it does the same, as in IPython.
+    """
+
+    __slots__ = ("_interp", "_name")
+
+    def __init__(self, interp: Interpreter, name: str) -> None:
+        self._interp = interp
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"Use {self._name}() or Ctrl-D to leave."
+
+    def __call__(self, keep_kernel: bool = False) -> None:
+        """Leave the frontend; with ``keep_kernel=True`` the kernel keeps running."""
+        self._interp.add_payload({"source": "ask_exit", "keepkernel": bool(keep_kernel)})
 
 
 def _suppressed(code: str) -> bool:
@@ -131,6 +171,30 @@ def _future_flags(tree: ast.Module) -> int:
     return flags
 
 
+_watching_ipython = False
+
+
+def _watch_ipython() -> None:
+    """Adopt IPython for the current interpreter's shell once user code imports IPython."""
+    global _watching_ipython
+    if _watching_ipython:
+        return
+    _watching_ipython = True
+    from corral.core.import_hooks import when_imported
+
+    when_imported("IPython", _on_ipython_imported)
+
+
+def _on_ipython_imported(module: Any) -> None:
+    from corral.core.display import get_current
+
+    interp = get_current()
+    if interp is not None and not interp._shell_adopted:
+        from corral.core.ipython_shell import adopt_ipython
+
+        adopt_ipython(interp)
+
+
 class Interpreter:
     """Runs cells in ``user_ns`` and posts what happens to ``center``.
 
@@ -152,6 +216,8 @@ class Interpreter:
         self.execution_count = 1
         self.input_handler: Callable[[str, bool], str] | None = None
         self.colors = False
+        #: How tracebacks are shown (``%xmode``): "Minimal" is the error line alone.
+        self.xmode = "Context"
         self.magics = MagicsRegistry()
         register_builtin_magics(self.magics)
         self.user_ns: dict[str, Any] = user_ns if user_ns is not None else {}
@@ -160,8 +226,17 @@ class Interpreter:
         self._flags = 0
         self._loop: Any = None
         self._hidden: frozenset[str] = frozenset()
+        #: The kernel serving this interpreter, if any (``get_ipython().kernel``).
+        self.kernel: Any = None
+        #: ``get_ipython()``'s shell and its events, made on first use (ipython_shell).
+        self._shell: Any = None
+        self._shell_adopted = False
+        self.shell_events: Any = None
+        #: ``code -> filename`` for cells while a debugger maps cells to files (else None).
+        self.cell_namer: Callable[[str], str] | None = None
         self._init_namespace([""])
         set_current(self)
+        _watch_ipython()
 
     # ------------------------------------------------------------------ namespace
 
@@ -171,6 +246,7 @@ class Interpreter:
         ns.setdefault("__builtins__", builtins)
         self._out: dict[int, Any] = {}
         self._in = inputs
+        self._unders: tuple[Any, Any, Any] = ("", "", "")
         ns.update(
             {
                 "In": self._in,
@@ -185,10 +261,19 @@ class Interpreter:
                 "_iii": "",
                 "display": display,
                 "get_interpreter": get_interpreter,
+                "get_ipython": self.get_ipython,
+                "exit": _Exit(self, "exit"),
+                "quit": _Exit(self, "quit"),
                 "__corral__": _Accessor(self),
             }
         )
         self._hidden = frozenset(ns)
+
+    def get_ipython(self) -> Any:
+        """The IPython-compatible shell over this interpreter (``get_ipython()``)."""
+        from corral.core.ipython_shell import shell_for
+
+        return shell_for(self)
 
     def hidden_names(self) -> frozenset[str]:
         """Names the interpreter put in ``user_ns`` itself (``%who`` does not list them)."""
@@ -225,7 +310,10 @@ class Interpreter:
         """
         store = store_history and not silent
         count = self.execution_count
-        if store:
+        if self.cell_namer is not None:
+            filename = self.cell_namer(code)
+            name_cell(filename, count)
+        elif store:
             filename = cell_filename(count)
         else:
             self._serial += 1
@@ -240,8 +328,12 @@ class Interpreter:
             self._store_input(count, source, code)
         status, error, expressions = "ok", None, {}
         handler = self.input_handler if allow_stdin else None
+        events = self.shell_events if self.shell_events and self.shell_events.active() else None
+        run_info = None
         try:
             with redirect_output(self.center, self), route_stdin(handler):
+                if events is not None:
+                    run_info = self._pre_events(events, code, store, silent)
                 try:
                     if magic_cell:
                         name, line, body = magic_cell
@@ -255,6 +347,10 @@ class Interpreter:
                         expressions = self._user_expressions(user_expressions)
                 except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the user's
                     status, error = "error", self._report(exc)
+                    if run_info is not None:
+                        run_info.error_in_exec = exc
+                if events is not None:
+                    self._post_events(events, run_info, silent)
         except KeyboardInterrupt as exc:  # arrived while streams were being swapped
             status, error = "error", self._report(exc)
         finally:
@@ -265,6 +361,25 @@ class Interpreter:
         if error is None:
             return ExecutionResult(status, count, payload, expressions)
         return ExecutionResult(status, count, payload, {}, *error)
+
+    def _pre_events(self, events: Any, code: str, store: bool, silent: bool) -> Any:
+        """IPython's ``pre_execute`` / ``pre_run_cell``; the result ``post_run_cell`` gets."""
+        from corral.core.ipython_shell import ExecutionInfo, ExecutionResult
+
+        info = ExecutionInfo(code, store, silent)
+        events.trigger("pre_execute")
+        if not silent:
+            events.trigger("pre_run_cell", info)
+        return ExecutionResult(info, self.execution_count if store else None)
+
+    def _post_events(self, events: Any, result: Any, silent: bool) -> None:
+        events.trigger("post_execute")
+        if not silent:
+            events.trigger("post_run_cell", result)
+
+    def show_exception(self, exc: BaseException) -> None:
+        """Show ``exc`` as an error output of the running cell (``showtraceback``)."""
+        self._report(exc)
 
     def _store_input(self, count: int, source: str, raw: str) -> None:
         ns = self.user_ns
@@ -314,11 +429,17 @@ class Interpreter:
     def _displayhook(self, value: Any, count: int, store: bool) -> None:
         if value is None:
             return
+        if isinstance(value, _Exit):  # a bare `exit` leaves, as in IPython
+            value()
+            return
         ns = self.user_ns
         if store and value is not self._out:  # Out[N] = Out would only show recursion
             self._out[count] = value
             ns[f"_{count}"] = value
-        ns["___"], ns["__"], ns["_"] = ns.get("__", ""), ns.get("_", ""), value
+        # As IPython: a `_` the user bound (`for _ in ...`) is theirs; it is not overwritten.
+        if all(ns.get(n, "") is v for n, v in zip(("_", "__", "___"), self._unders, strict=True)):
+            self._unders = (value, self._unders[0], self._unders[1])
+            ns["_"], ns["__"], ns["___"] = self._unders
         data, metadata = format_object(value)
         self.center.post(EXECUTE_RESULT, self, execution_count=count, data=data, metadata=metadata)
         if store:
@@ -349,6 +470,8 @@ class Interpreter:
             traceback = [f"UsageError: {evalue}"]
         else:
             traceback = format_exception(exc, colors=self.colors)
+            if self.xmode == "Minimal":
+                traceback = traceback[-1:]
             sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
         self.center.post(ERROR, self, ename=ename, evalue=evalue, traceback=traceback)
         return ename, evalue, traceback

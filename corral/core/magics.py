@@ -27,11 +27,13 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "NO_VAR_EXPAND",
     "MagicsRegistry",
     "UsageError",
     "is_magic_line",
     "split_cell_magic",
     "transform_cell",
+    "var_expand",
 ]
 
 LineMagic = Callable[[Any, str], Any]
@@ -207,3 +209,32 @@ def _scan(line: str, depth: int, quote: str | None) -> tuple[int, str | None]:
             depth = max(0, depth - 1)
         i += 1
     return depth, quote
+
+
+# ------------------------------------------------------------------ variable expansion
+
+#: Magics that get their line as typed: it is code, where ``{`` and ``$`` mean Python.
+NO_VAR_EXPAND = frozenset({"time", "timeit", "prun", "debug", "config", "load", "run"})
+
+_EXPAND = re.compile(r"\$\$|\{\{|\}\}|\{([^{}]+)\}|\$([A-Za-z_][\w.]*)")
+
+
+def var_expand(text: str, namespace: dict[str, Any]) -> str:
+    """``{expr}`` and ``$name`` in a magic's line or shell command, filled from ``namespace``.
+
+    As in IPython: ``!ls {path}`` and ``%cd $where`` use Python values. What cannot be
+    evaluated is left as typed; ``$$``, ``{{`` and ``}}`` stand for ``$``, ``{`` and ``}``.
+    """
+    if "$" not in text and "{" not in text:
+        return text
+
+    def replace(match: re.Match[str]) -> str:
+        whole, expr, name = match.group(0), match.group(1), match.group(2)
+        if whole in ("$$", "{{", "}}"):
+            return whole[0]
+        try:
+            return str(eval(expr if expr is not None else name, namespace))
+        except Exception:
+            return whole
+
+    return _EXPAND.sub(replace, text)

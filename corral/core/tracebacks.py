@@ -13,7 +13,13 @@ import os
 import re
 from types import TracebackType
 
-__all__ = ["cell_filename", "cell_label", "format_exception", "hide_from_tracebacks"]
+__all__ = [
+    "cell_filename",
+    "cell_label",
+    "format_exception",
+    "hide_from_tracebacks",
+    "name_cell",
+]
 
 _hidden_files: set[str] = set()
 # Every frame inside the corral package is corral's own, not the user's: the interpreter,
@@ -36,10 +42,22 @@ def cell_filename(count: int, serial: int | None = None) -> str:
     return f"<cell-{count}>" if serial is None else f"<cell-{count}.{serial}>"
 
 
+#: Cells that run under a real file name (a debugger's), by file name: their number.
+_named_cells: dict[str, int] = {}
+
+
+def name_cell(filename: str, count: int) -> None:
+    """Label the cell run as ``filename`` ``Cell In[count]`` in tracebacks."""
+    _named_cells[filename] = count
+
+
 def cell_label(filename: str) -> str | None:
     """``Cell In[N]`` for a cell's filename, None for real files."""
     match = _CELL_NAME.match(filename)
-    return f"Cell In[{match.group(1)}]" if match else None
+    if match:
+        return f"Cell In[{match.group(1)}]"
+    count = _named_cells.get(filename)
+    return f"Cell In[{count}]" if count is not None else None
 
 
 def _paint(text: str, colour: str, colors: bool) -> str:

@@ -299,8 +299,13 @@ def run_console(
     *, existing: str | None = None, simple_prompt: bool = False, profile: str = "default"
 ) -> int:
     """Start (or join) a kernel and run the console on it; the console's exit status."""
+    import logging
+
     from corral.frontends.kernel_link import resolve_connection_file
 
+    # The console tells of a kernel's death and restart itself, once, in its own words;
+    # the manager's log line would say it a second time.
+    logging.getLogger("corral.manager").setLevel(logging.ERROR)
     if existing:
         link = KernelLink.existing(resolve_connection_file(existing, profile))
     else:
@@ -311,7 +316,15 @@ def run_console(
                 console.is_complete
             )
         else:
-            from corral.frontends.console_prompt import PromptReader
-
-            factory = lambda console: PromptReader(console, profile=profile)  # noqa: E731
+            try:
+                from corral.frontends.console_prompt import PromptReader
+            except ImportError as error:  # a broken install: still a usable console
+                print(
+                    f"[corral] the full prompt needs {error.name} ({error}); "
+                    "using a simple prompt. Install it with: pip install prompt_toolkit pygments",
+                    file=sys.stderr,
+                )
+                factory = lambda console: SimpleReader(console.is_complete)  # noqa: E731
+            else:
+                factory = lambda console: PromptReader(console, profile=profile)  # noqa: E731
         return Console(link, factory).run()

@@ -83,7 +83,10 @@ class TerminalOutput:
         self.write(self._out(), f"{prefix}{text}\n")
 
     def error(self, text: str) -> None:
-        self.write(self._err(), text)
+        stream = self._err()
+        if not _is_terminal(stream):  # kernels colour tracebacks; a file or pipe wants text
+            text = _strip_ansi(text)
+        self.write(stream, text)
 
     def write(self, stream: TextIO, text: str) -> None:
         if not text:
@@ -126,6 +129,13 @@ class HtmlOutput(TerminalOutput):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _strip_ansi(text: str) -> str:

@@ -20,37 +20,56 @@ from corral.frontends.kernel_link import KernelLink, resolve_connection_file
 from corral.frontends.output import HtmlOutput, TerminalOutput
 from corral.transports.zmq.client import KernelDiedError, MessageTimeout, prompt_for_input
 
-__all__ = ["EXIT_TIMEOUT", "file_code", "file_setup", "run_code", "run_command"]
+__all__ = ["EXIT_TIMEOUT", "file_code", "run_code", "run_command", "terminal_prompt"]
 
 #: Exit status when ``--timeout`` runs out (as coreutils' ``timeout`` does).
 EXIT_TIMEOUT = 124
 
 
-#: The name the source of a file travels under until the run takes it.
-_SOURCE_NAME = "__corral_run_source__"
+def file_code(path: Path, source: str) -> str:
+    """The cell that runs ``source`` as the file ``path`` would (``%%source_file``).
 
-
-def file_setup(source: str) -> str:
-    """Silent code that hands ``source`` to the kernel ahead of :func:`file_code`.
-
-    Sent apart so that the visible cell is two short lines: a traceback quotes the cell
-    around the failing line, and should not quote the whole file as one string literal.
+    The kernel compiles the source under the file's name, so tracebacks name the file,
+    quote its lines and show no frame of the runner; ``__file__`` is set for code that
+    finds data next to itself. It runs in the kernel's namespace, so names it defines
+    stay for the next run.
     """
-    return f"{_SOURCE_NAME} = {source!r}\n"
+    return f"%%source_file {str(path.resolve())!r}\n{source}"
 
 
-def file_code(path: Path) -> str:
-    """Code that runs the source given by :func:`file_setup` as the file ``path`` would.
+def terminal_prompt(msg: dict[str, Any]) -> str:
+    """Answer ``input()`` in the code at the terminal, even when stdin is not one.
 
-    The kernel compiles the source under the file's name, so tracebacks name the file and
-    show its lines, and ``__file__`` is set for code that finds data next to itself. It
-    runs in the kernel's namespace, so names it defines stay for the next run.
+    When stdin is a pipe (the code itself came on it, or an editor started the run), the
+    controlling terminal ``/dev/tty`` is asked instead, as ``ssh`` and ``sudo`` do.
     """
-    filename = str(path.resolve())
-    return (
-        f"__file__ = {filename!r}\n"
-        f"exec(compile(globals().pop({_SOURCE_NAME!r}), __file__, 'exec'), globals())\n"
-    )
+    if sys.stdin is not None and sys.stdin.isatty():
+        return prompt_for_input(msg)
+    content = msg["content"]
+    prompt = content.get("prompt", "")
+    if content.get("password"):
+        import getpass
+
+        return getpass.getpass(prompt)  # getpass itself reads /dev/tty
+    # Two files: a text file opened "r+" would have to be seekable, and a terminal is not.
+    with (
+        open("/dev/tty", "w", encoding="utf-8") as out,
+        open("/dev/tty", encoding="utf-8", errors="replace") as tty,
+    ):
+        out.write(prompt)
+        out.flush()
+        return tty.readline().rstrip("\n")
+
+
+def terminal_available() -> bool:
+    """Whether a terminal can answer ``input()`` (stdin, or the controlling terminal)."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        return True
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
 
 
 class _InterruptForwarder:
@@ -96,7 +115,7 @@ def run_code(
                 timeout=timeout,
                 output_hook=output,
                 allow_stdin=allow_stdin,
-                stdin_hook=prompt_for_input if allow_stdin else None,
+                stdin_hook=terminal_prompt if allow_stdin else None,
             )
     except MessageTimeout:
         output.error(f"corral run: the code did not finish within {timeout:g}s\n")
@@ -115,19 +134,16 @@ def run_code(
 
 def run_command(args: argparse.Namespace, config: Any) -> int:
     """``corral run``: the entry point the plugin registers."""
-    setup = ""
     if args.file == "-":
         code = sys.stdin.read()
-        allow_stdin = False  # stdin held the code; there is nobody to answer input()
     else:
         path = Path(args.file)
         try:
-            setup = file_setup(path.read_text())
-            code = file_code(path)
+            code = file_code(path, path.read_text())
         except OSError as error:
             print(f"corral run: cannot read {args.file}: {error.strerror}", file=sys.stderr)
             return 2
-        allow_stdin = sys.stdin.isatty()
+    allow_stdin = terminal_available()
     profile = getattr(args, "profile", "default")
     if args.existing:
         link = KernelLink.existing(resolve_connection_file(args.existing, profile))
@@ -138,8 +154,6 @@ def run_command(args: argparse.Namespace, config: Any) -> int:
         if isinstance(output, HtmlOutput):
             output.begin()
         try:
-            if setup:
-                link.client.execute_interactive(setup, silent=True, store_history=False)
             return run_code(
                 link, code, timeout=args.timeout, output=output, allow_stdin=allow_stdin
             )

@@ -64,12 +64,16 @@ class IOPubPublisher:
         content: dict[str, Any],
         parent: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
     ) -> None:
         """Send one message, after any stream text written before it."""
         with self._lock:
             if self._chunks:
                 self._flush_locked()
-            self._send_locked(msg_type, content, parent, metadata)
+            if buffers:  # only comms send buffers; subclasses may not take the argument
+                self._send_locked(msg_type, content, parent, metadata, buffers=buffers)
+            else:
+                self._send_locked(msg_type, content, parent, metadata)
 
     def write(self, name: str, text: str, parent: dict[str, Any] | None) -> None:
         """Queue stream text; it is sent soon, in order, merged with its neighbours."""
@@ -109,11 +113,14 @@ class IOPubPublisher:
         content: dict[str, Any],
         parent: dict[str, Any] | None,
         metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
     ) -> None:
         if self._closed:
             return
         try:
-            self.session.send(self.socket, msg_type, content, parent, metadata=metadata)
+            self.session.send(
+                self.socket, msg_type, content, parent, metadata=metadata, buffers=buffers or ()
+            )
         except zmq.ZMQError as exc:
             log.error("could not publish %s: %s", msg_type, exc)
 

@@ -64,7 +64,7 @@ def _corral_version() -> str:
     return __version__
 
 
-def kernel_info_content(*, encryption: bool) -> dict[str, Any]:
+def kernel_info_content(*, encryption: bool, debugger: bool = False) -> dict[str, Any]:
     """The ``kernel_info_reply`` content (protocol 5.4)."""
     # Not the platform module: importing it costs 1.4 ms of the first reply.
     py = sys.version.split()[0]
@@ -79,16 +79,23 @@ def kernel_info_content(*, encryption: bool) -> dict[str, Any]:
             "version": py,
             "mimetype": "text/x-python",
             "file_extension": ".py",
-            "pygments_lexer": "python3",
+            "pygments_lexer": "ipython3",
             "codemirror_mode": {"name": "ipython", "version": sys.version_info[0]},
             "nbconvert_exporter": "python",
         },
         "banner": f"corral {_corral_version()} kernel on Python {py}\n",
         "help_links": [
             {"text": "Python Reference", "url": f"https://docs.python.org/{major_minor}"},
+            {"text": "IPython Reference", "url": "https://ipython.readthedocs.io/en/stable/"},
+            {"text": "NumPy Reference", "url": "https://docs.scipy.org/doc/numpy/reference/"},
+            {"text": "SciPy Reference", "url": "https://docs.scipy.org/doc/scipy/reference/"},
+            {"text": "Matplotlib Reference", "url": "https://matplotlib.org/contents.html"},
+            {"text": "SymPy Reference", "url": "http://docs.sympy.org/latest/index.html"},
+            {"text": "pandas Reference", "url": "https://pandas.pydata.org/pandas-docs/stable/"},
+            {"text": "corral Documentation", "url": "https://github.com/corral/corral"},
         ],
-        "debugger": False,
-        "supported_features": [],
+        "debugger": debugger,
+        "supported_features": ["kernel usage"] + (["debugger"] if debugger else []),
         "supported_encryption": ["curve"] if encryption else [],
     }
 
@@ -153,16 +160,23 @@ class KernelServer:
             "history_request": self._history,
             "is_complete_request": self._is_complete,
             "comm_info_request": self._comm_info,
-            "comm_open": self._comm_open,
-            "comm_msg": self._comm_ignore,
-            "comm_close": self._comm_ignore,
+            "comm_open": self._comm,
+            "comm_msg": self._comm,
+            "comm_close": self._comm,
             "shutdown_request": self._shutdown,
         }
         self._control_handlers: dict[str, Handler] = {
             "kernel_info_request": self._kernel_info,
             "interrupt_request": self._interrupt,
             "shutdown_request": self._shutdown,
+            "usage_request": self._usage,
+            "debug_request": self._debug,
         }
+        self._comms: Any = None
+        self._debugger: Any = None
+        self._debugger_available: bool | None = None
+        #: Work the control thread hands to the main thread (see call_on_main).
+        self._main_calls: deque[tuple[Callable[[], Any], Any]] = deque()
 
     # ------------------------------------------------------------------ set-up
 
@@ -245,6 +259,12 @@ class KernelServer:
         self._control_thread = threading.Thread(
             target=self._control_loop, name="corral-control", daemon=True
         )
+        # The debugger (debugpy) must neither trace nor suspend the kernel's own threads:
+        # control answers it while user code is stopped at a breakpoint.
+        for thread in (self._control_thread, getattr(self.iopub, "_flusher", None)):
+            if thread is not None:
+                thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
+                thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
         self._control_thread.start()
 
     @property
@@ -268,6 +288,45 @@ class KernelServer:
         self._interpreter = interpreter
         self.relay = OutputRelay(interpreter, self.iopub)
         interpreter.input_handler = self._ask_stdin
+        interpreter.kernel = self
+        # Frontends render ANSI colours in tracebacks (JupyterLab, VS Code, consoles), and
+        # ipykernel sends them: so does this kernel.
+        interpreter.colors = True
+        from corral.core.import_hooks import before_import, when_imported
+
+        when_imported("comm", self.comms.install)
+        before_import("matplotlib", _default_inline_backend)
+        # tqdm.auto picks its notebook bar only when it sees ipykernel's modules loaded.
+        when_imported("tqdm.autonotebook", _notebook_progress_bars)
+        # Code that detects Jupyter looks up get_ipython as a builtin, as IPython provides it.
+        import builtins
+
+        if not hasattr(builtins, "get_ipython"):
+            builtins.get_ipython = interpreter.get_ipython  # type: ignore[attr-defined]
+
+    # ------------------------------------------------- what get_ipython().kernel offers
+
+    @property
+    def comms(self) -> Any:
+        """The kernel's :class:`~.comms.CommSupport`, made on first use (off the start path)."""
+        if self._comms is None:
+            from .comms import CommSupport
+
+            self._comms = CommSupport(self)
+        return self._comms
+
+    def current_parent(self) -> dict[str, Any]:
+        """The header of the request being served (the parent of what it publishes)."""
+        return self.relay.parent or {}
+
+    def get_parent(self, channel: str = "shell") -> dict[str, Any]:
+        """The request being served, as ipykernel's ``get_parent`` returns it (Output widget)."""
+        return {"header": self.current_parent()}
+
+    @property
+    def comm_manager(self) -> Any:
+        """The ``comm`` package's manager of this kernel (importing ``comm`` if needed)."""
+        return self.comms.ensure()
 
     # --------------------------------------------------------------- main loop
 
@@ -287,12 +346,40 @@ class KernelServer:
                 ready = dict(poller.poll())
                 if self._wake_rx in ready:
                     self._wake_rx.recv()
+                    self._run_main_calls()
                 if self.shell in ready:
                     got = self.session.recv(self.shell, zmq.NOBLOCK)
                     if got is not None:
                         self._serve(self.shell, *got, self._shell_handlers)
         finally:
             self.close()
+
+    def call_on_main(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
+        """Run ``func`` on the main thread (between requests) and return its result.
+
+        For the control thread, when something must happen where user code runs
+        (``debugpy.listen``). Waits while a cell runs; raises what ``func`` raised.
+        """
+        import queue
+
+        box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
+        self._main_calls.append((func, box))
+        self._wake_tx.send(b"")
+        try:
+            ok, value = box.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("the kernel's main thread stayed busy") from None
+        if not ok:
+            raise value
+        return value
+
+    def _run_main_calls(self) -> None:
+        while self._main_calls:
+            func, box = self._main_calls.popleft()
+            try:
+                box.put((True, func()))
+            except Exception as exc:
+                box.put((False, exc))
 
     def _serve(
         self,
@@ -308,6 +395,16 @@ class KernelServer:
         handler = handlers.get(msg_type)
         if handler is None:
             log.warning("ignoring unknown message type %r", msg_type)
+            if msg_type.endswith("_request"):
+                # A frontend waiting for the reply (create_subshell_request, say) is told
+                # at once instead of waiting forever.
+                content = {
+                    "status": "error",
+                    "ename": "UnsupportedRequest",
+                    "evalue": f"this kernel does not support {msg_type} on this channel",
+                    "traceback": [],
+                }
+                self._reply(sock, idents, msg, content)
             return
         header = msg["header"]
         self.iopub.publish("status", {"execution_state": "busy"}, header)
@@ -413,7 +510,14 @@ class KernelServer:
 
     def _kernel_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         encrypted = self.info.curve_secretkey is not None
-        self._reply(sock, idents, msg, kernel_info_content(encryption=encrypted))
+        if self._debugger_available is None:
+            # Not through .debugger: importing it (socket, tempfile...) costs milliseconds
+            # of the first reply; a spec lookup costs microseconds.
+            import importlib.util
+
+            self._debugger_available = importlib.util.find_spec("debugpy") is not None
+        content = kernel_info_content(encryption=encrypted, debugger=self._debugger_available)
+        self._reply(sock, idents, msg, content)
 
     def _complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         code = msg["content"].get("code", "")
@@ -449,16 +553,53 @@ class KernelServer:
         self._reply(sock, idents, msg, self.interpreter.is_complete(msg["content"].get("code", "")))
 
     def _comm_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        self._reply(sock, idents, msg, {"status": "ok", "comms": {}})
+        target = msg["content"].get("target_name")
+        self._reply(sock, idents, msg, {"status": "ok", "comms": self.comms.info(target)})
 
-    def _comm_open(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        # No comm targets exist: the spec says to close the comm right away.
-        comm_id = msg["content"].get("comm_id", "")
-        log.info("no comm target %r; closing comm %s", msg["content"].get("target_name"), comm_id)
-        self.iopub.publish("comm_close", {"comm_id": comm_id, "data": {}}, msg["header"])
+    def _comm(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        """A frontend's comm message: to the comm's callbacks, their output to this request."""
+        msg_type = msg["msg_type"]
+        if self.comms.manager is None:
+            if msg_type == "comm_open":
+                # No comm target can exist before `comm` is imported: close it, as the
+                # spec says for an unknown target.
+                comm_id = msg["content"].get("comm_id", "")
+                content = {"comm_id": comm_id, "data": {}}
+                self.iopub.publish("comm_close", content, msg["header"])
+            return
+        from corral.core.display import set_current
+        from corral.core.iostreams import redirect_output
 
-    def _comm_ignore(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        log.debug("ignoring %s for unknown comm", msg["msg_type"])
+        interpreter = self.interpreter
+        self.relay.parent = msg["header"]
+        self._parent_idents = idents
+        self.relay.silent = False
+        set_current(interpreter)
+        self._executing = True
+        try:
+            with redirect_output(interpreter.center, interpreter):
+                self.comms.handle(msg_type, msg)
+        except KeyboardInterrupt:
+            log.info("%s interrupted", msg_type)
+        finally:
+            self._executing = False
+
+    def _debug(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        """``debug_request`` (on control): a DAP request, answered through debugpy."""
+        if self._debugger is None:
+            from .debugger import Debugger
+
+            self._debugger = Debugger(self)
+        content = msg.get("content") or {}
+        if not isinstance(content, dict) or content.get("type") != "request":
+            raise ValueError("debug_request content must be a DAP request")
+        self._reply(sock, idents, msg, self._debugger.handle(content, msg["header"]))
+
+    def _usage(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+        """``usage_request`` (JupyterLab's resource indicator): process and host figures."""
+        from .usage import usage_content
+
+        self._reply(sock, idents, msg, usage_content())
 
     # ---------------------------------------------------------- control thread
 
@@ -552,6 +693,8 @@ class KernelServer:
         if not self.bound:
             return
         self.bound = False
+        if self._debugger is not None:
+            self._debugger.close()
         stop = self.context.socket(zmq.PAIR)
         stop.connect(self._stop_url)
         stop.send(b"")
@@ -576,6 +719,32 @@ class KernelServer:
         ):
             sock.close()
         self.context.term()
+
+
+def _default_inline_backend() -> None:
+    """Plots inline by default, as in ipykernel: matplotlib-inline's backend, if installed.
+
+    Runs just before user code first imports matplotlib; an explicit ``MPLBACKEND`` wins.
+    """
+    if "MPLBACKEND" in os.environ:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib_inline") is not None:
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+
+
+def _notebook_progress_bars(autonotebook: Any) -> None:
+    """Make ``tqdm.auto`` choose the notebook bar in this kernel, as under ipykernel.
+
+    ``tqdm.autonotebook`` decides by looking for ipykernel's modules; this runs right after
+    it decided, before ``tqdm.auto`` reads its choice, and swaps in ``tqdm.notebook``'s
+    classes when ipywidgets (which draws them) is installed.
+    """
+    from tqdm import notebook, std
+
+    if autonotebook.tqdm is std.tqdm and getattr(notebook, "IProgress", None) is not None:
+        autonotebook.tqdm, autonotebook.trange = notebook.tqdm, notebook.trange
 
 
 def _error_content(exc: BaseException) -> dict[str, Any]:

@@ -47,7 +47,13 @@ def kernel_json(
     """The ``kernel.json`` content for this Python; ``provisioner=None`` names corral's
     provisioner if :func:`provisioner_available` (see the module doc)."""
     major_minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    metadata: dict[str, Any] = {"debugger": False, "supported_encryption": ["curve"]}
+    from .debugger import debugger_available
+
+    # JupyterLab offers its debugger for a kernel only when its spec says it has one.
+    metadata: dict[str, Any] = {
+        "debugger": debugger_available(),
+        "supported_encryption": ["curve"],
+    }
     if provisioner_available() if provisioner is None else provisioner:
         metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER_NAME}
     return {

@@ -1,0 +1,110 @@
+"""A notebook of what notebooks written for ipykernel do, for parity tests and benchmarks.
+
+Each cell is ``(source, check)``: ``check`` says how its outputs are compared between
+kernels: ``"text"`` compares output types, MIME types and text; ``"shape"`` compares
+output types and MIME types only (timings, ids, addresses differ run to run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CELLS: list[tuple[str, str]] = [
+    ("x = 1 + 1\nx", "text"),
+    ("print('hello')", "text"),
+    (
+        "from IPython.display import display, HTML, Markdown, JSON, Latex, Image\n"
+        "display(HTML('<b>bold</b>'))",
+        "shape",
+    ),
+    ("Markdown('*emphasis*')", "shape"),
+    ("display(JSON({'a': [1, 2]}))", "shape"),
+    ("Latex(r'$\\alpha$')", "shape"),
+    ("h = display('first', display_id=True)\nh.update('second')", "text"),
+    (
+        "from IPython.display import clear_output\nprint('gone')\nclear_output()\nprint('kept')",
+        "text",
+    ),
+    ("ip = get_ipython()\nprint(type(ip).__name__, 'IPKernelApp' in ip.config)", "text"),
+    ("import IPython\nprint(IPython.get_ipython() is get_ipython())", "text"),
+    ("def f():\n    return get_ipython().user_ns is globals()\nf()", "text"),
+    ("%matplotlib inline", "text"),
+    ("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()", "shape"),
+    ("plt.plot([3, 2, 1]);", "shape"),
+    ("fig, ax = plt.subplots()\nax.plot([1, 2])\nplt.close(fig)\nfig", "shape"),
+    ("%config InlineBackend.figure_formats = ['png']", "text"),
+    ("%%capture cap\nprint('hidden')\ndisplay(HTML('<i>hidden</i>'))", "text"),
+    ("print(cap.stdout, len(cap.outputs))", "text"),
+    ("%%bash\necho from bash", "text"),
+    ("%%html\n<i>html cell</i>", "shape"),
+    ("import ipywidgets as w\ns = w.IntSlider(value=3)\ns", "shape"),
+    ("s.value = 5\nprint(s.value)", "text"),
+    ("from tqdm.notebook import tqdm\nfor _ in tqdm(range(3)):\n    pass", "shape"),
+    (
+        "import comm\nc = comm.create_comm(target_name='nobody')\n"
+        "print(type(c).__name__ != 'DummyComm')",
+        "text",
+    ),
+    ("%load_ext autoreload\n%autoreload 2", "text"),
+    ("%timeit -n 1 -r 2 pass", "shape"),
+    (
+        "import tempfile, os\n%cd {tempfile.gettempdir()}\nprint(os.getcwd() == "
+        "os.path.realpath(tempfile.gettempdir()) or os.getcwd() == tempfile.gettempdir())",
+        "shape",
+    ),
+    ("from tqdm.auto import tqdm as auto_tqdm\nfor _ in auto_tqdm(range(2)):\n    pass", "shape"),
+    ("%%script python3\nprint(1 + 1)", "text"),
+    ("%%python3\nimport sys; print('from', 'python', file=sys.stderr)", "text"),
+    ("%xmode Minimal", "text"),
+    ("def g():\n    1 / 0\ng()", "shape"),
+    ("%xmode Context", "text"),
+    ("sorted(set(%who_ls) & {'fig', 'cap', 's'})", "text"),
+    ("%alias_magic tm timeit", "text"),
+    ("41 + 1", "text"),
+    ("_", "text"),
+    ("import sys; print('err', file=sys.stderr)", "text"),
+    ("%env CORRAL_NB=bar", "text"),
+    ("%env CORRAL_NB", "text"),
+    (
+        "SVG = __import__('IPython.display', fromlist=['SVG']).SVG\n"
+        "SVG('<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>')",
+        "shape",
+    ),
+    ("from IPython import display as d\nd.display_markdown('**x**', raw=True)", "shape"),
+    (
+        "display(HTML('<p>1</p>'), display_id='fixed')\n"
+        "display(HTML('<p>2</p>'), display_id='fixed', update=True)",
+        "shape",
+    ),
+    ("get_ipython().run_cell('print(5)')", "shape"),
+    ("1 / 0", "shape"),
+]
+
+
+def notebook() -> Any:
+    """The cells as an nbformat notebook."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source, _ in CELLS]
+    return nb
+
+
+def signature(outputs: list[dict[str, Any]], check: str) -> list[tuple[Any, ...]]:
+    """What is compared of a cell's outputs (streams of one name are joined)."""
+    sig: list[tuple[Any, ...]] = []
+    for out in outputs:
+        kind = out["output_type"]
+        if kind == "stream":
+            text = out["text"] if check == "text" else ""
+            if sig and sig[-1][:2] == ("stream", out["name"]):
+                sig[-1] = ("stream", out["name"], sig[-1][2] + text)
+            else:
+                sig.append(("stream", out["name"], text))
+        elif kind == "error":
+            sig.append(("error", out["ename"]))
+        else:
+            data = out.get("data", {})
+            plain = data.get("text/plain") if check == "text" else None
+            sig.append((kind, tuple(sorted(data)), plain))
+    return sig

@@ -1,0 +1,130 @@
+"""The debugger: DAP over the control channel of a real corral kernel, served by debugpy.
+
+jupyter_client drives the sequence JupyterLab uses: initialize, attach, dumpCell,
+setBreakpoints, configurationDone, then a cell that stops on its breakpoint, where the
+stack and variables are read before it continues.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("debugpy")
+pytest.importorskip("jupyter_client")
+from jupyter_client import BlockingKernelClient  # noqa: E402
+from test_kernel_protocol import connect, reply_to, start_kernel, stop  # noqa: E402
+
+TIMEOUT = 30
+CELL = "def f(a):\n    b = a * 2\n    return b\n\nresult = f(21)\n"
+
+
+@pytest.fixture(scope="module")
+def kc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlockingKernelClient]:
+    tmp = tmp_path_factory.mktemp("debug")
+    proc, cf = start_kernel(tmp)
+    client = connect(cf)
+    yield client
+    client.stop_channels()
+    stop(proc)
+
+
+class Dap:
+    """Numbered DAP requests as debug_request messages; events read from IOPub."""
+
+    def __init__(self, kc: BlockingKernelClient) -> None:
+        self.kc = kc
+        self.seq = 0
+        self.events: list[dict[str, Any]] = []
+
+    def request(self, command: str, **arguments: Any) -> dict[str, Any]:
+        self.seq += 1
+        content = {"type": "request", "seq": self.seq, "command": command, "arguments": arguments}
+        msg = self.kc.session.msg("debug_request", content)
+        self.kc.control_channel.send(msg)
+        reply = reply_to(self.kc.control_channel, msg["header"]["msg_id"])
+        assert reply["msg_type"] == "debug_reply"
+        body = reply["content"]
+        assert body["command"] == command and body["request_seq"] == self.seq, body
+        assert body["success"], body
+        return body
+
+    def event(self, name: str) -> dict[str, Any]:
+        """The next ``debug_event`` called ``name`` (earlier ones are kept in ``events``)."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            msg = self.kc.get_iopub_msg(timeout=TIMEOUT)
+            if msg["msg_type"] == "debug_event":
+                self.events.append(msg["content"])
+                if msg["content"]["event"] == name:
+                    return msg["content"]
+        raise TimeoutError(f"no {name} event")
+
+
+def test_kernel_info_announces_the_debugger(kc: BlockingKernelClient) -> None:
+    reply = reply_to(kc.shell_channel, kc.kernel_info())["content"]
+    assert reply["debugger"] is True and "debugger" in reply["supported_features"]
+
+
+def test_breakpoint_stop_stack_and_variables(kc: BlockingKernelClient) -> None:
+    dap = Dap(kc)
+    info = dap.request("debugInfo")["body"]
+    assert info["isStarted"] is False and info["hashMethod"] == "Murmur2"
+    dap.request(
+        "initialize",
+        clientID="corral-test",
+        adapterID="python",
+        pathFormat="path",
+        linesStartAt1=True,
+        columnsStartAt1=True,
+    )
+    dap.request("attach")
+    path = dap.request("dumpCell", code=CELL)["body"]["sourcePath"]
+    assert path.startswith(info["tmpFilePrefix"]) and path.endswith(info["tmpFileSuffix"])
+    set_bp = dap.request("setBreakpoints", source={"path": path}, breakpoints=[{"line": 3}])
+    assert set_bp["body"]["breakpoints"][0]["verified"] is True
+    dap.request("configurationDone")
+    assert dap.request("debugInfo")["body"]["breakpoints"] == [
+        {"source": path, "breakpoints": [{"line": 3}]}
+    ]
+
+    msg_id = kc.execute(CELL)
+    stopped = dap.event("stopped")
+    thread = stopped["body"]["threadId"]
+    frames = dap.request("stackTrace", threadId=thread)["body"]["stackFrames"]
+    assert frames[0]["source"]["path"] == path and frames[0]["line"] == 3
+    assert frames[0]["name"] == "f"
+    scopes = dap.request("scopes", frameId=frames[0]["id"])["body"]["scopes"]
+    local = next(s for s in scopes if s["name"] == "Locals")
+    variables = dap.request("variables", variablesReference=local["variablesReference"])
+    values = {v["name"]: v["value"] for v in variables["body"]["variables"]}
+    assert values["a"] == "21" and values["b"] == "42"
+    assert dap.request("debugInfo")["body"]["stoppedThreads"] == [thread]
+
+    dap.request("continue", threadId=thread)
+    reply = reply_to(kc.shell_channel, msg_id)
+    assert reply["content"]["status"] == "ok"
+    inspected = dap.request("inspectVariables")["body"]["variables"]
+    assert {"result": "42"}.items() <= {v["name"]: v["value"] for v in inspected}.items()
+    failed = reply_to(kc.shell_channel, kc.execute("1 / 0"))["content"]
+    assert failed["status"] == "error"
+    assert any("Cell In[" in line for line in failed["traceback"])  # not the temp file name
+    dap.request("disconnect", restart=False, terminateDebuggee=False)
+    assert dap.request("debugInfo")["body"]["isStarted"] is False
+    assert os.path.isdir(os.path.dirname(path))
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700  # owner-only
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_cell_names_hash_as_ipykernel_and_frontends_do() -> None:
+    compiler = pytest.importorskip("ipykernel.compiler")
+    from corral.transports.zmq.debugger import HASH_SEED, murmur2_x86
+
+    assert HASH_SEED == compiler.get_tmp_hash_seed()
+    for text in ["", "a", "ab", "abc", "abcd", CELL, "print('\u03bc \u00e9t\u00e9 \U0001f600')"]:
+        assert murmur2_x86(text, HASH_SEED) == compiler.murmur2_x86(text, HASH_SEED), text

@@ -1,0 +1,57 @@
+"""The same notebook, run by nbclient on the corral kernel and on ipykernel: same outputs.
+
+The cells (tests/notebook_cells.py) are what notebooks written for ipykernel do: rich
+displays through IPython.display, display handles, clear_output, get_ipython(), inline
+matplotlib, %config, %%capture, %%bash, %%html, widgets, tqdm.notebook, comms, extensions,
+%timeit, errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_helpers import isolate_jupyter
+from notebook_cells import CELLS, notebook, signature
+
+from corral.transports.zmq.kernelspec import install_kernelspec
+
+for _name in ("nbclient", "nbformat", "ipykernel", "matplotlib", "matplotlib_inline", "ipywidgets"):
+    pytest.importorskip(_name)
+
+TIMEOUT = 60
+
+
+@pytest.fixture
+def jupyter_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = isolate_jupyter(tmp_path, monkeypatch)
+    install_kernelspec(prefix=path.parent / "prefix")
+    monkeypatch.setenv("JUPYTER_PATH", str(path.parent / "prefix" / "share" / "jupyter"))
+    yield tmp_path
+
+
+def run_notebook(kernel_name: str) -> list[list[dict]]:
+    import nbclient
+
+    nb = notebook()
+    client = nbclient.NotebookClient(
+        nb, kernel_name=kernel_name, timeout=TIMEOUT, startup_timeout=TIMEOUT, allow_errors=True
+    )
+    client.execute()
+    return [cell.outputs for cell in nb.cells]
+
+
+def test_corral_and_ipykernel_give_the_same_outputs(jupyter_env: Path) -> None:
+    corral = run_notebook("corral")
+    ipykernel = run_notebook("python3")
+    differ = []
+    for (source, check), ours, theirs in zip(CELLS, corral, ipykernel, strict=True):
+        if signature(ours, check) != signature(theirs, check):
+            differ.append((source, signature(ours, check), signature(theirs, check)))
+    assert differ == []
+    # And the outputs are the rich ones, not text reprs (the cells, by number).
+    assert corral[2][0]["data"]["text/html"] == "<b>bold</b>"
+    assert corral[6][0]["data"]["text/plain"] == "'second'"  # updated in place
+    assert "image/png" in corral[12][0]["data"] and "image/png" in corral[14][0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in corral[20][0]["data"]
