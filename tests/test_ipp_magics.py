@@ -39,11 +39,20 @@ def rc(live: LiveCluster) -> Client:
     return live.client
 
 
+def _real_ipython(shell: Any) -> bool:
+    return type(shell).__module__.startswith("IPython")
+
+
 @pytest.fixture(scope="module")
 def shell(live: LiveCluster) -> Any:
     old = os.environ.get("CORRAL_DIR")
     os.environ["CORRAL_DIR"] = str(live.corral_dir)  # Client() finds this cluster
+    if InteractiveShell.initialized() and not _real_ipython(InteractiveShell.instance()):
+        # An in-process corral Interpreter of an earlier test adopted IPython's singleton
+        # when IPython was imported: this test wants a real IPython shell.
+        InteractiveShell.clear_instance()
     ip = InteractiveShell.instance()
+    assert _real_ipython(ip), type(ip)
     ip.run_line_magic("load_ext", "corral")
     yield ip
     if old is None:
