@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.core",
     "corral.plugins.builtin.commands",
     "corral.plugins.parallel.commands",
+    "corral.plugins.parallel.launchers.builtin",
     "corral.plugins.builtin.kernel",
     "corral.plugins.builtin.frontends",
 )
