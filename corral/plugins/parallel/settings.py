@@ -260,7 +260,11 @@ def _apply_launcher_options(config: Config, options: Mapping[str, Any]) -> None:
     sections = [s for s in dict.fromkeys(sections) if s in config.schema.sections()]
     for key, value in options.items():
         where = f"argument {key}"
-        for section in sections:
+        if "." in key:  # "engine.timeout": any declared option, spelt section.key
+            section, _, name = key.rpartition(".")
+            config.apply(config.schema.lookup(section, name, where=where), value, where)
+            continue
+        for section in ("cluster", *sections):
             keys = {option.key: option for option in config.schema.options(section)}
             if key in keys:
                 config.apply(keys[key], value, where)
