@@ -28,7 +28,8 @@ def toy_site(tmp_path) -> Path:
     shutil.copy(TOY, site)
     info = site / "corral_toy_launcher-0.3.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: corral-toy-launcher\nVersion: 0.3\n")
+    metadata = "Metadata-Version: 2.1\nName: corral-toy-launcher\nVersion: 0.3\n"
+    (info / "METADATA").write_text(metadata)
     (info / "entry_points.txt").write_text("[corral]\ntoy = corral_toy_launcher\n")
     (info / "RECORD").write_text("")
     return site
@@ -85,7 +86,8 @@ def test_third_party_launcher_starts_a_cluster(toy_site, tmp_path):
     assert result.returncode == 0, result.stderr + result.stdout
     assert "launcher ToyEngineSetLauncher" in result.stdout
     assert "greetings ['ahoy', 'ahoy']" in result.stdout
-    assert "unknown option 'greting'" in result.stdout and "greeting (launcher:toy)" in result.stdout
+    assert "unknown option 'greting'" in result.stdout
+    assert "greeting (launcher:toy)" in result.stdout
 
 
 def test_plugins_command_lists_the_launcher_hook(toy_site, tmp_path):
