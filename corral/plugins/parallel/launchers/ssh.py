@@ -37,6 +37,10 @@ __all__ = ["OPTIONS", "SSHEngineSetLauncher", "parse_hosts"]
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
+def _is_loopback(address: str) -> bool:
+    return address in _LOOPBACK or address.startswith("127.")
+
+
 def parse_hosts(entries: list[str]) -> list[tuple[str, int]]:
     """``["node1:4", "me@node2"]`` -> ``[("node1", 4), ("me@node2", 1)]``.
 
@@ -200,11 +204,32 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             placed[host] = placed.get(host, 0) + 1
         return placed
 
+    def resolved_hostname(self, host: str) -> str:
+        """The address ssh will really connect to for ``host`` (``ssh -G`` applies
+        ~/.ssh/config and the configured arguments: an alias may well be 127.0.0.1)."""
+        args = [str(a) for a in self.options.get("ssh_args") or []]
+        try:
+            out = subprocess.run(
+                [self.options.get("ssh") or "ssh", *args, "-G", host],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return host.rpartition("@")[2]
+        for line in out.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "hostname" and value.strip():
+                return value.strip()
+        return host.rpartition("@")[2]
+
     def needs_reachable_controller(self, advertised: str) -> str | None:
         """Why the controller's advertised address cannot work for these hosts, or None."""
-        hosts = [host.rpartition("@")[2] for host, _ in parse_hosts(self.options["hosts"])]
-        remote = [h for h in hosts if h not in _LOOPBACK]
-        if remote and (advertised.startswith("127.") or advertised in _LOOPBACK):
+        if not (advertised.startswith("127.") or advertised in _LOOPBACK):
+            return None
+        hosts = [host for host, _ in parse_hosts(self.options.get("hosts") or ["localhost"])]
+        remote = [h for h in hosts if not _is_loopback(self.resolved_hostname(h))]
+        if remote:
             return (
                 f"engines on {', '.join(remote)} cannot reach a controller at {advertised}: "
                 "set [cluster] ip (e.g. * for every interface) and [cluster] location to an "
