@@ -264,8 +264,7 @@ class Cluster:
             controller_cls = get_launchers(self.controller_launcher)[0]
             pdir = self.profile_dir
             first = self._new_engine_set(self.n)
-            check = getattr(first, "needs_reachable_controller", None)
-            problem = check(self.advertised_ip) if check is not None else None
+            problem = first.preflight(self.advertised_ip)
             if problem:
                 raise ClusterError(problem)
             self._remove_stale_file()
@@ -690,6 +689,7 @@ class Cluster:
         for launcher in [*self.engines, self.controller]:
             if launcher is not None and launcher.handles:
                 launcher.stop(signal.SIGKILL)
+                launcher.wait(5.0)
         self._close_clients()
         self._cleanup_files()
         _live_clusters.discard(self)

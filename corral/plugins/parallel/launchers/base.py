@@ -303,6 +303,12 @@ class EngineSetLauncher(Launcher):
             *self.extra_args,
         ]
 
+    def preflight(self, advertised_ip: str) -> str | None:
+        """Why this launcher cannot work as configured (a missing command, hosts that
+        cannot reach ``advertised_ip``), or None. Called before anything starts, so a
+        doomed cluster fails at once and leaves nothing behind."""
+        return None
+
     @property
     def running_count(self) -> int:
         """How many engine processes are alive (subclasses with better knowledge override)."""

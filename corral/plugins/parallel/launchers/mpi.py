@@ -73,6 +73,15 @@ class MPIEngineSetLauncher(EngineSetLauncher):
     def log_file(self) -> Path:
         return self.profile_dir / "log" / f"engine-{self.cluster_id}-mpi.log"
 
+    def preflight(self, advertised_ip: str) -> str | None:
+        mpiexec = self.options.get("mpiexec") or "mpiexec"
+        if shutil.which(mpiexec) is None:
+            return (
+                f"[launcher:mpi] mpiexec: {mpiexec!r} is not on PATH; install Open MPI or "
+                "MPICH, or set the full path"
+            )
+        return None
+
     def command(self) -> list[str]:
         """The whole ``mpiexec`` command line."""
         from corral.plugins.parallel.launchers.local import _boot_argv

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,6 +223,14 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             if key == "hostname" and value.strip():
                 return value.strip()
         return host.rpartition("@")[2]
+
+    def preflight(self, advertised_ip: str) -> str | None:
+        """The ssh command must exist, and hosts that are not this one need a controller
+        address other than loopback."""
+        ssh = self.options.get("ssh") or "ssh"
+        if shutil.which(ssh) is None:
+            return f"[launcher:ssh] ssh: {ssh!r} is not on PATH (install OpenSSH's client)"
+        return self.needs_reachable_controller(advertised_ip)
 
     def needs_reachable_controller(self, advertised: str) -> str | None:
         """Why the controller's advertised address cannot work for these hosts, or None."""
