@@ -3,7 +3,6 @@ engines are the ranks of one mpiexec, register, and stop with the cluster."""
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import psutil
@@ -36,12 +35,30 @@ _rank = lambda: __import__("os").environ.get(  # noqa: E731
 )
 
 
-def test_engines_are_the_ranks_of_one_mpiexec():
-    flavour = mpi_flavour(MPIEXEC)
+def _implementations() -> list:
+    """Every installed mpiexec: Debian's alternatives name Open MPI's and MPICH's."""
+    found = []
+    for name, flavour, package in (
+        ("mpiexec.openmpi", "openmpi", "openmpi-bin"),
+        ("mpiexec.mpich", "mpich", "mpich"),
+    ):
+        path = shutil.which(name)
+        reason = f"{name} not installed (Debian: apt-get install {package})"
+        found.append(
+            pytest.param(path, id=flavour, marks=pytest.mark.skipif(path is None, reason=reason))
+        )
+    return found
+
+
+@pytest.mark.parametrize("mpiexec", _implementations())
+def test_engines_are_the_ranks_of_one_mpiexec(mpiexec):
+    flavour = mpi_flavour(mpiexec)
+    assert flavour in ("openmpi", "mpich")
     args = ["--oversubscribe"] if flavour == "openmpi" else []
     cluster = Cluster(
         n=3,
         engines="mpi",
+        mpiexec=mpiexec,
         args=args,
         controller_mode="threads",
         hb_period=0.2,
@@ -52,10 +69,10 @@ def test_engines_are_the_ranks_of_one_mpiexec():
     try:
         assert sorted(rc[:].apply_sync(_rank)) == ["0", "1", "2"]
         launcher = cluster.engines[0]
-        mpiexec = psutil.Process(launcher.handles[0].pid)
-        assert os.path.basename(mpiexec.cmdline()[0]) == os.path.basename(MPIEXEC)
+        mpiexec_proc = psutil.Process(launcher.handles[0].pid)
+        assert mpiexec_proc.cmdline()[0] == mpiexec
         pids = [info.pid for info in rc.engines.values()]
-        descendants = {p.pid for p in mpiexec.children(recursive=True)}
+        descendants = {p.pid for p in mpiexec_proc.children(recursive=True)}
         assert set(pids) <= descendants  # every engine is a rank under this mpiexec
     finally:
         cluster.stop()
