@@ -189,10 +189,12 @@ class Cluster:
 
     @property
     def needs_tcp(self) -> bool:
-        """TCP rather than a same-host transport: a remote launcher, or ``ip`` or
-        ``location`` set away from loopback."""
+        """TCP rather than a same-host transport: a launcher whose engines may run on
+        other hosts, or ``ip`` or ``location`` set away from loopback."""
         loopback = ("127.0.0.1", "localhost", "::1", "")
-        return self.remote or self.ip not in loopback or self.location not in loopback
+        engines_cls = get_launchers(self.engine_launcher)[1]
+        off_host = bool(getattr(engines_cls, "needs_tcp", False))
+        return off_host or self.ip not in loopback or self.location not in loopback
 
     @property
     def advertised_ip(self) -> str:
@@ -325,6 +327,8 @@ class Cluster:
         self.engines.append(engines)
         try:
             engines.start()
+        except LaunchError:
+            raise  # already says what failed, in the launcher's (or scheduler's) words
         except (OSError, RuntimeError, ValueError) as error:
             raise ClusterError(
                 f"the {self.engine_launcher} launcher could not start engines: {error}"
@@ -596,9 +600,11 @@ class Cluster:
                     f"alive; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
                 )
             if remaining <= 0:
+                said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
                 raise ClusterError(
                     f"{len(client.ids)} of {n} engines registered with cluster "
                     f"{self.cluster_id!r} within {self.engine_timeout} s"
+                    + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
                 )
 
     def start_and_connect(self, n: int | None = None) -> Client:

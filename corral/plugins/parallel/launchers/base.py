@@ -269,6 +269,9 @@ class EngineSetLauncher(Launcher):
     #: True when the engines run on other hosts: they need the controller on TCP at an
     #: address they can reach, and the cluster file's content rather than its path.
     remote: ClassVar[bool] = False
+    #: True when engines may run on other hosts (ssh, MPI, batch systems): the controller
+    #: must then listen on TCP rather than a same-host transport.
+    needs_tcp: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -302,6 +305,11 @@ class EngineSetLauncher(Launcher):
             str(self.cluster_file),
             *self.extra_args,
         ]
+
+    def describe(self) -> str:
+        """What the launcher knows about engines that have not arrived (a batch
+        system's job states and reasons), for error messages; "" if nothing."""
+        return ""
 
     def preflight(self, advertised_ip: str) -> str | None:
         """Why this launcher cannot work as configured (a missing command, hosts that

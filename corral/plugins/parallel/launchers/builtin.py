@@ -1,6 +1,6 @@
-"""The built-in launchers' plugin: it registers ``local``, ``ssh`` and ``mpi`` through the
-``corral_launchers`` hook and declares the cluster's and the launchers' options, exactly
-as a third-party launcher distribution would.
+"""The built-in launchers' plugin: it registers ``local``, ``ssh``, ``mpi``, ``slurm`` and
+``pbs`` through the ``corral_launchers`` hook and declares the cluster's and the
+launchers' options, exactly as a third-party launcher distribution would.
 
 Each launcher module declares its ``[launcher:NAME]`` options next to its code
 (``OPTIONS``); this module only gathers them.
@@ -12,15 +12,15 @@ from collections.abc import Mapping
 
 from corral.core.config import Schema
 from corral.plugins.markers import hookimpl
-from corral.plugins.parallel.launchers import mpi, ssh
+from corral.plugins.parallel.launchers import batch, mpi, ssh
 
 __all__ = ["BUILTIN_NAMES", "LAUNCHER_OPTIONS", "corral_add_options", "corral_launchers"]
 
 #: Names of the launchers this plugin registers.
-BUILTIN_NAMES = ("local", "ssh", "mpi")
+BUILTIN_NAMES = ("local", "ssh", "mpi", "slurm", "pbs")
 
 #: Options of every built-in launcher, ``[launcher:NAME]`` sections.
-LAUNCHER_OPTIONS = (*ssh.OPTIONS, *mpi.OPTIONS)
+LAUNCHER_OPTIONS = (*ssh.OPTIONS, *mpi.OPTIONS, *batch.OPTIONS)
 
 
 @hookimpl
@@ -41,4 +41,6 @@ def corral_launchers() -> Mapping[str, tuple[type, type]]:
         "local": (LocalControllerLauncher, LocalEngineSetLauncher),
         "ssh": (LocalControllerLauncher, ssh.SSHEngineSetLauncher),
         "mpi": (LocalControllerLauncher, mpi.MPIEngineSetLauncher),
+        "slurm": (LocalControllerLauncher, batch.SlurmEngineSetLauncher),
+        "pbs": (LocalControllerLauncher, batch.PBSEngineSetLauncher),
     }

@@ -64,6 +64,7 @@ class MPIEngineSetLauncher(EngineSetLauncher):
     """``n`` engines as the ranks of one ``mpiexec -n n``."""
 
     name = "mpi"
+    needs_tcp = True
 
     def __init__(self, n: int, **kwargs: Any) -> None:
         super().__init__(n, **kwargs)

@@ -182,6 +182,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
 
     name = "ssh"
     remote = True
+    needs_tcp = True
 
     def __init__(self, n: int, **kwargs: Any) -> None:
         super().__init__(n, **kwargs)
