@@ -56,8 +56,8 @@ def test_hook_is_declared_and_builtins_register_through_it():
     manager = get_plugin_manager()
     registered = [m for m in manager.hook.corral_launchers() if m]
     names = {name for mapping in registered for name in mapping}
-    assert {"local", "ssh", "mpi"} <= names
-    assert set(known_launchers()) >= {"local", "ssh", "mpi"}
+    assert {"local", "ssh", "mpi", "slurm", "pbs"} <= names
+    assert set(known_launchers()) >= {"local", "ssh", "mpi", "slurm", "pbs"}
     assert get_launchers("ssh")[1].remote is True
 
 
