@@ -75,6 +75,7 @@ class Sshd:
                     "StrictModes no",
                     f"PidFile {directory / f'sshd_{port}.pid'}",
                     "AcceptEnv LANG LC_*",
+                    "Subsystem sftp internal-sftp",  # scp (SFTP protocol) for peers
                     "LogLevel ERROR",
                 ]
             )
