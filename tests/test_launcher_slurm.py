@@ -110,9 +110,32 @@ def test_user_template_and_engines_that_never_arrive(slurm, tmp_path):
         Cluster(engines="slurm", time="soon")
 
 
-@pytest.mark.skipif(shutil.which("qsub") is None, reason="qsub (slurm-wlm-torque) not installed")
+def _torque_bin() -> str | None:
+    """Where Slurm's Torque wrappers (slurm-wlm-torque) are: on PATH, or unpacked into
+    /opt/corral-ci/slurm-torque by .ci/run (the package conflicts with gridengine-client,
+    which owns /usr/bin/qsub when both schedulers are tested)."""
+    for directory in (
+        os.environ.get("CORRAL_TEST_TORQUE_BIN"),
+        "/opt/corral-ci/slurm-torque/usr/bin",
+        os.path.dirname(shutil.which("qsub") or ""),
+    ):
+        qsub = os.path.join(directory or "", "qsub")
+        # The wrappers run sbatch from their own directory.
+        if directory and os.path.isfile(qsub) and os.path.exists(os.path.join(directory, "sbatch")):
+            with open(qsub, "rb") as fh:
+                if b"Slurm" in fh.read(4096):
+                    return directory
+    return None
+
+
+@pytest.mark.skipif(
+    _torque_bin() is None,
+    reason="Slurm's Torque wrappers not found (Debian: slurm-wlm-torque; see .ci/run)",
+)
 def test_pbs_through_slurms_torque_wrappers(slurm):
-    cluster = Cluster(n=2, engines="pbs", time="00:10:00", controller_mode="threads")
+    cluster = Cluster(
+        n=2, engines="pbs", time="00:10:00", bin_dir=_torque_bin(), controller_mode="threads"
+    )
     rc = cluster.start_and_connect()
     try:
         assert sorted(rc[:].apply_sync(_task)) == ["0", "1"]

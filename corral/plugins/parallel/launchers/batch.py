@@ -53,6 +53,7 @@ __all__ = [
     "OPTIONS",
     "BatchEngineSetLauncher",
     "PBSEngineSetLauncher",
+    "SGEEngineSetLauncher",
     "SchedulerError",
     "SlurmEngineSetLauncher",
     "render",
@@ -125,12 +126,19 @@ def _scheduler_options(section: str, submit: str) -> tuple[Option, ...]:
             "",
             "The Python interpreter on the compute nodes; empty: this interpreter's path.",
         ),
+        Option(
+            section,
+            "bin_dir",
+            "",
+            f"Directory holding {submit} and the scheduler's other commands; empty: PATH.",
+        ),
     )
 
 
 OPTIONS = (
     *_scheduler_options("launcher:slurm", "sbatch"),
     *_scheduler_options("launcher:pbs", "qsub"),
+    *_scheduler_options("launcher:sge", "qsub"),
 )
 
 
@@ -179,9 +187,17 @@ class BatchEngineSetLauncher(EngineSetLauncher):
 
     # ------------------------------------------------------------ shared
 
+    def cmd(self, name: str) -> str:
+        """A scheduler command, from ``bin_dir`` when set (several schedulers' clients
+        name theirs alike: PBS's and SGE's are both ``qsub``)."""
+        bin_dir = self.options.get("bin_dir")
+        return str(Path(bin_dir).expanduser() / name) if bin_dir else name
+
     def preflight(self, advertised_ip: str) -> str | None:
-        if shutil.which(self.submit_command) is None:
-            return f"the {self.name} launcher needs {self.submit_command!r}, which is not on PATH"
+        submit = self.cmd(self.submit_command)
+        if shutil.which(submit) is None:
+            where = "in bin_dir" if self.options.get("bin_dir") else "on PATH"
+            return f"the {self.name} launcher needs {submit!r}, which is not {where}"
         return None
 
     @property
@@ -304,7 +320,7 @@ class BatchEngineSetLauncher(EngineSetLauncher):
     def send_signal(self, signum: int) -> None:
         for job_id in self.job_ids:
             if signum in (signal.SIGTERM, signal.SIGKILL):
-                command = [self.cancel_command, job_id]
+                command = [self.cmd(self.cancel_command), job_id]
             else:
                 command = self.signal_argv(job_id, signum)
             result = _run(command)
@@ -312,7 +328,7 @@ class BatchEngineSetLauncher(EngineSetLauncher):
                 raise SchedulerError(command, result.returncode, result.stderr or result.stdout)
 
     def signal_argv(self, job_id: str, signum: int) -> list[str]:
-        return [self.cancel_command, job_id]
+        return [self.cmd(self.cancel_command), job_id]
 
     def output_tail(self) -> str:
         logs = sorted(self.profile_dir.glob(f"log/engine-{self.cluster_id}-{self.name}-*.log"))
@@ -349,7 +365,7 @@ exec {engine}
     def submit_argv(self, script: Path) -> list[str]:
         args = [str(a) for a in self.options.get("args") or []]
         # --export=ALL: the engines need this environment (PATH, PYTHONPATH, CORRAL_DIR).
-        return ["sbatch", "--parsable", "--export=ALL", *args, str(script)]
+        return [self.cmd("sbatch"), "--parsable", "--export=ALL", *args, str(script)]
 
     def parse_job_id(self, output: str) -> str:
         text = output.strip().split(";")[0]
@@ -358,7 +374,7 @@ exec {engine}
         return text
 
     def query(self, job_id: str) -> list[str]:
-        command = ["squeue", "-h", "-r", "-j", job_id, "-o", "%T %r"]
+        command = [self.cmd("squeue"), "-h", "-r", "-j", job_id, "-o", "%T %r"]
         result = _run(command)
         if result.returncode != 0:
             if "Invalid job id" in result.stderr:
@@ -380,7 +396,8 @@ exec {engine}
         return states
 
     def signal_argv(self, job_id: str, signum: int) -> list[str]:
-        return ["scancel", f"--signal={signal.Signals(signum).name.removeprefix('SIG')}", job_id]
+        name = signal.Signals(signum).name.removeprefix("SIG")
+        return [self.cmd("scancel"), f"--signal={name}", job_id]
 
 
 class PBSEngineSetLauncher(BatchEngineSetLauncher):
@@ -412,7 +429,7 @@ exec {engine}
 
     def submit_argv(self, script: Path) -> list[str]:
         args = [str(a) for a in self.options.get("args") or []]
-        argv = ["qsub", "-V", "-N", f"corral-engines-{self.cluster_id}"]
+        argv = [self.cmd("qsub"), "-V", "-N", f"corral-engines-{self.cluster_id}"]
         if self.n > 1:
             argv += ["-J", f"0-{self.n - 1}"]
         for key, flag in (("queue", "-q"), ("account", "-A")):
@@ -429,7 +446,7 @@ exec {engine}
         return text
 
     def query(self, job_id: str) -> list[str]:
-        command = ["qstat", job_id]
+        command = [self.cmd("qstat"), job_id]
         result = _run(command)
         if result.returncode != 0:
             if "Unknown Job" in result.stderr or "Invalid job id" in result.stderr:
@@ -445,3 +462,64 @@ exec {engine}
             # counts as alive while the array does.
             states = states * self.n
         return states
+
+
+class SGEEngineSetLauncher(BatchEngineSetLauncher):
+    """Engines as a (Son of) Grid Engine array job: ``qsub -t``, ``qstat``, ``qdel``.
+    Grid Engine numbers array tasks from 1."""
+
+    name = "sge"
+    submit_command = "qsub"
+    cancel_command = "qdel"
+    default_template = """#!/bin/sh
+#$ -N {job_name}
+#$ -t 1-{n}
+#$ -j y
+#$ -o {log}
+#$ -V
+#$ -S /bin/sh
+{directives}
+unset CORRAL_PARENT_PID
+exec {engine}
+"""
+
+    def directives(self) -> list[str]:
+        lines = []
+        if self.options.get("queue"):
+            lines.append(f"#$ -q {self.options['queue']}")
+        if self.options.get("account"):
+            lines.append(f"#$ -A {self.options['account']}")
+        if self.options.get("time"):
+            lines.append(f"#$ -l h_rt={self.options['time']}")
+        return lines
+
+    def log_pattern(self) -> str:
+        # Grid Engine expands $TASK_ID in -o paths.
+        return str(self.profile_dir / "log" / f"engine-{self.cluster_id}-sge-$TASK_ID.log")
+
+    def submit_argv(self, script: Path) -> list[str]:
+        args = [str(a) for a in self.options.get("args") or []]
+        return [self.cmd("qsub"), "-terse", *args, str(script)]
+
+    def parse_job_id(self, output: str) -> str:
+        # -terse prints "JOB.1-N:1" for an array job.
+        text = output.strip().split(".")[0]
+        if not text.isdigit():
+            raise SchedulerError(["qsub"], 0, f"unexpected answer {output!r}")
+        return text
+
+    def query(self, job_id: str) -> list[str]:
+        command = [self.cmd("qstat"), "-g", "d"]  # one line per array task
+        result = _run(command)
+        if result.returncode != 0:
+            raise SchedulerError(command, result.returncode, result.stderr)
+        states = []
+        for line in result.stdout.splitlines()[2:]:
+            words = line.split()
+            if words and words[0] == job_id and len(words) >= 5:
+                state = words[4]
+                states.append("RUNNING" if "r" in state else "PENDING" if "q" in state else state)
+        return states
+
+    def signal_argv(self, job_id: str, signum: int) -> list[str]:
+        return [self.cmd("qdel"), job_id]

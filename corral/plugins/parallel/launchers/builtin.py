@@ -1,5 +1,5 @@
-"""The built-in launchers' plugin: it registers ``local``, ``ssh``, ``mpi``, ``slurm`` and
-``pbs`` through the ``corral_launchers`` hook and declares the cluster's and the
+"""The built-in launchers' plugin: it registers ``local``, ``ssh``, ``mpi``, ``slurm``, ``pbs``
+and ``sge`` through the ``corral_launchers`` hook and declares the cluster's and the
 launchers' options, exactly as a third-party launcher distribution would.
 
 Each launcher module declares its ``[launcher:NAME]`` options next to its code
@@ -17,7 +17,7 @@ from corral.plugins.parallel.launchers import batch, mpi, ssh
 __all__ = ["BUILTIN_NAMES", "LAUNCHER_OPTIONS", "corral_add_options", "corral_launchers"]
 
 #: Names of the launchers this plugin registers.
-BUILTIN_NAMES = ("local", "ssh", "mpi", "slurm", "pbs")
+BUILTIN_NAMES = ("local", "ssh", "mpi", "slurm", "pbs", "sge")
 
 #: Options of every built-in launcher, ``[launcher:NAME]`` sections.
 LAUNCHER_OPTIONS = (*ssh.OPTIONS, *mpi.OPTIONS, *batch.OPTIONS)
@@ -43,4 +43,5 @@ def corral_launchers() -> Mapping[str, tuple[type, type]]:
         "mpi": (LocalControllerLauncher, mpi.MPIEngineSetLauncher),
         "slurm": (LocalControllerLauncher, batch.SlurmEngineSetLauncher),
         "pbs": (LocalControllerLauncher, batch.PBSEngineSetLauncher),
+        "sge": (LocalControllerLauncher, batch.SGEEngineSetLauncher),
     }
