@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="corral-bench-launch-") as tmp:
         os.environ["CORRAL_DIR"] = str(Path(tmp) / "corral")
         os.environ["IPYTHONDIR"] = str(Path(tmp) / "ipython")
+        cwd = os.getcwd()
+        os.chdir(tmp)  # ipyparallel's batch launchers write their job scripts here
         services = Services(Path(tmp))
         rows: dict[str, tuple[float | str, float | str]] = {}
         try:
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows[kind] = (mine, theirs)
         finally:
             services.stop()
+            os.chdir(cwd)
     print(f"cluster start to {args.engines} engines registered, median of {args.rounds} (s)")
     print(f"{'launcher':<8} {'corral':>10} {'ipyparallel':>12} {'ratio':>7}  [goal <= 0.5]")
     for kind, (mine, theirs) in rows.items():

@@ -68,6 +68,10 @@ def test_engines_are_the_ranks_of_one_mpiexec(mpiexec):
     rc = cluster.start_and_connect()
     try:
         assert sorted(rc[:].apply_sync(_rank)) == ["0", "1", "2"]
+        # Ranks are mpiexec's children, not ours: the parent watch (every 0.5 s) must
+        # still see this process as their launcher and leave them running.
+        rc[:].apply_sync(lambda: __import__("time").sleep(1.5))
+        assert sorted(rc[:].apply_sync(_rank)) == ["0", "1", "2"]
         launcher = cluster.engines[0]
         mpiexec_proc = psutil.Process(launcher.handles[0].pid)
         assert mpiexec_proc.cmdline()[0] == mpiexec
