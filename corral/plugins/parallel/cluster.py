@@ -546,6 +546,14 @@ class Cluster:
             pause = min(pause * 2, 0.004)
 
     def _write_record(self) -> None:
+        if self._attached:
+            # Someone else manages this cluster: keep their record, only the count moves.
+            existing = read_record(self.record_file)
+            if existing is None:
+                return
+            existing["n"] = self.n
+            self._store_record(existing)
+            return
         record = {
             "cluster_id": self.cluster_id,
             "profile": self.profile,
@@ -556,6 +564,9 @@ class Cluster:
             "started": time.time(),
             **self.pids(),
         }
+        self._store_record(record)
+
+    def _store_record(self, record: dict[str, Any]) -> None:
         path = self.record_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
