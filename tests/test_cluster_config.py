@@ -101,7 +101,7 @@ def test_keyword_arguments_are_checked_like_the_file():
         ({"n": 0}, r"\[cluster\] n: bad value '0'; expected an integer >= 1"),
         ({"hb_period": 0}, r"hb_period.*>= 0.01"),
         ({"db": "postgres"}, r"\[cluster\] db.*one of sqlite, memory, none"),
-        ({"engines": "nope"}, r"unknown launcher 'nope'; known launchers: local, mpi, pbs, sge"),
+        ({"engines": "nope"}, r"unknown launcher 'nope'; known launchers: htcondor, local, lsf"),
         ({"ip": "1.2.3.4; rm -rf /"}, r"\[cluster\] ip"),
         ({"bogus": 1}, r"unknown option 'bogus'.*hb_period"),
         ({"controller_mode": "fibres"}, r"controller_mode.*processes, threads"),

@@ -135,6 +135,12 @@ def _scheduler_options(section: str, submit: str) -> tuple[Option, ...]:
     )
 
 
+def scheduler_options(section: str, submit: str) -> tuple[Option, ...]:
+    """The options every batch launcher has (queue, account, time, args, template,
+    python, bin_dir), for section ``[launcher:NAME]``: for batch launchers of plugins."""
+    return _scheduler_options(section, submit)
+
+
 OPTIONS = (
     *_scheduler_options("launcher:slurm", "sbatch"),
     *_scheduler_options("launcher:pbs", "qsub"),
@@ -142,9 +148,15 @@ OPTIONS = (
 )
 
 
-def _run(command: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], timeout: float = 60.0, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        # Never the caller's stdin: a scheduler command must not wait on it.
+        stdin = subprocess.DEVNULL if input is None else None
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, input=input, stdin=stdin
+        )
     except FileNotFoundError:
         raise SchedulerError(command, 127, f"{command[0]}: command not found") from None
     except subprocess.TimeoutExpired:
@@ -160,6 +172,11 @@ class BatchEngineSetLauncher(EngineSetLauncher):
     cancel_command: ClassVar[str] = ""
     #: The built-in job script.
     default_template: ClassVar[str] = ""
+    #: Whether the submit command reads the script on stdin (LSF's ``bsub < script``:
+    #: only then does it read the script's ``#BSUB`` lines).
+    script_on_stdin: ClassVar[bool] = False
+    #: The job script's file name suffix.
+    script_suffix: ClassVar[str] = ".sh"
 
     def __init__(self, n: int, **kwargs: Any) -> None:
         super().__init__(n, **kwargs)
@@ -250,13 +267,14 @@ class BatchEngineSetLauncher(EngineSetLauncher):
         (self.profile_dir / "log").mkdir(parents=True, exist_ok=True)
         run = self.profile_dir / "run"
         run.mkdir(parents=True, exist_ok=True)
-        path = run / f"engine-{self.cluster_id}-{self.name}.sh"
+        path = run / f"engine-{self.cluster_id}-{self.name}{self.script_suffix}"
+        script = self.script()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
         with os.fdopen(fd, "w") as fh:
-            fh.write(self.script())
+            fh.write(script)
         os.chmod(path, 0o700)
         command = self.submit_argv(path)
-        result = _run(command)
+        result = _run(command, input=script if self.script_on_stdin else None)
         if result.returncode != 0:
             raise SchedulerError(command, result.returncode, result.stderr or result.stdout)
         job_id = self.parse_job_id(result.stdout)
