@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from corral.core.config import ConfigError
-from corral.core.profiles import ProfileNotFound
+from corral.core.profiles import ProfileNotFound, base_dir, list_profiles
 
 
 def _parser(*, add_help: bool = True) -> argparse.ArgumentParser:
@@ -25,6 +25,14 @@ def _parser(*, add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", help="override [core] log_level")
     return parser
+
+
+def _profile_usable(args: argparse.Namespace) -> bool:
+    """A named profile must exist (a typo must not silently make a new, empty one); the
+    default profile is created on first use, and `corral profile ...` manages profiles."""
+    if args.profile == "default" or getattr(args, "command", None) == "profile":
+        return True
+    return (base_dir() / f"profile_{args.profile}").is_dir()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
 
+    if not _profile_usable(args):
+        print(
+            f"corral: no profile {args.profile!r} in {base_dir()}; create it with "
+            f"`corral profile create {args.profile}` (existing: "
+            f"{', '.join(list_profiles()) or 'none'})",
+            file=sys.stderr,
+        )
+        return 2
     overrides = {"core.log_level": args.log_level} if args.log_level else {}
     try:
         config = load_configuration(manager, profile=args.profile, overrides=overrides)

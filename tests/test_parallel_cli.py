@@ -86,3 +86,45 @@ def test_demo_counts_primes_and_reports_speedup(tmp_path, extra):
     # The demo's cluster is gone.
     assert not list((tmp_path / "profile_default" / "security").glob("cluster-*.json"))
     assert not list((tmp_path / "profile_default" / "run").glob("*.pid"))
+
+
+def test_daemon_from_profile_file_reattach_engines_and_clean(tmp_path, monkeypatch):
+    """A daemon started from the profile's corral.ini; another process re-attaches with
+    Cluster.from_profile, lists engines, stops one by id, and stops the cluster; `clean`
+    removes what a killed cluster left."""
+    from corral.plugins.parallel.cluster import Cluster
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
+    created = corral(tmp_path, "profile", "create", "ini")
+    assert created.returncode == 0, created.stderr
+    (tmp_path / "profile_ini" / "corral.ini").write_text(
+        "[cluster]\nn = 2\ncontroller_mode = threads\nhb_period = 0.2\nhb_misses = 10\n"
+    )
+    started = corral(tmp_path, "--profile", "ini", "cluster", "start", "--daemon")
+    assert started.returncode == 0, started.stderr + started.stdout
+    cluster_id = started.stdout.splitlines()[0]
+    assert "2 engines" in started.stdout  # n came from the file
+    cluster = Cluster.from_profile("ini")
+    try:
+        assert cluster.cluster_id == cluster_id and cluster.is_running
+        engines = corral(tmp_path, "--profile", "ini", "cluster", "engines")
+        assert engines.returncode == 0, engines.stderr
+        rows = [line.split() for line in engines.stdout.splitlines()[1:]]
+        assert len(rows) == 2 and all(row[2].isdigit() for row in rows)
+        first = int(rows[0][0])
+        assert cluster.stop_engines([first]) == [first]
+        assert first not in cluster.connect_client().ids
+    finally:
+        cluster.stop()
+    assert not cluster.is_running
+    assert not list((tmp_path / "profile_ini" / "security").glob("cluster-*.json"))
+
+    # A cluster whose manager and controller died leaves files; clean removes them.
+    stale = tmp_path / "profile_ini" / "run" / "cluster-dead.json"
+    stale.write_text(json.dumps({"cluster_id": "dead", "manager_pid": 999999999}))
+    (tmp_path / "profile_ini" / "run" / "controller-dead.pid").write_text("999999999\n")
+    cleaned = corral(tmp_path, "--profile", "ini", "cluster", "clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "cluster-dead.json" in cleaned.stdout
+    assert not stale.exists()
+    assert not (tmp_path / "profile_ini" / "run" / "controller-dead.pid").exists()

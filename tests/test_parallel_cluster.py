@@ -188,7 +188,7 @@ def test_launcher_seam():
     assert controller_cls is LocalControllerLauncher
     assert engines_cls is LocalEngineSetLauncher
     assert issubclass(engines_cls, EngineSetLauncher)
-    with pytest.raises(ValueError, match="known launchers: local"):
+    with pytest.raises(ValueError, match="known launchers: htcondor, local, lsf, mpi"):
         get_launchers("no-such-launcher")
     with pytest.raises(ValueError, match="controller_mode"):
         Cluster(controller_mode="fibres")

@@ -18,7 +18,7 @@ import configparser
 import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Option",
     "Schema",
+    "env_name",
     "load_config",
     "render_ini",
     "system_config_path",
@@ -57,6 +58,10 @@ class Option:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    #: Extra check on the parsed value: raises ValueError (its message is shown) if bad.
+    check: Callable[[Any], Any] | None = attrs.field(default=None, eq=False)
+    #: What :meth:`accepted` says, when ``check`` narrows the type's description.
+    accepts: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -66,6 +71,8 @@ class Option:
 
     def accepted(self) -> str:
         """Human description of the accepted values, for error messages and the ini file."""
+        if self.accepts:
+            return self.accepts
         if self.type == "choice":
             return "one of " + ", ".join(self.choices)
         if self.type == "bool":
@@ -83,7 +90,20 @@ class Option:
         return "any text"
 
     def parse(self, raw: Any) -> Any:
-        """Convert a raw value (text from a file or the environment, or a Python value)."""
+        """Convert a raw value (text from a file or the environment, or a Python value).
+
+        An option whose default is None ("unset", e.g. "one engine per core") also takes
+        None, or empty text, to mean unset.
+        """
+        if self.default is None and (raw is None or (isinstance(raw, str) and not raw.strip())):
+            return None
+        value = self._parse(raw)
+        if self.check is not None:
+            checked = self.check(value)
+            value = value if checked is None else checked
+        return value
+
+    def _parse(self, raw: Any) -> Any:
         if not isinstance(raw, str):
             return self._check_python_value(raw)
         text = raw.strip()
@@ -227,11 +247,14 @@ class Config:
         """Parse ``raw`` for ``option`` and take it, or fail naming ``where`` it came from."""
         try:
             value = option.parse(raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as error:
             shown = raw.strip() if isinstance(raw, str) else repr(raw)
+            # A check's own explanation, when it gives more than the value back.
+            reason = str(error) if option.check is not None and str(error) != shown else ""
             raise ConfigError(
-                f"{where}: [{option.section}] {option.key}: bad value {shown!r}; "
-                f"expected {option.accepted()}"
+                f"{where}: [{option.section}] {option.key}: bad value {shown!r}"
+                + (f" ({reason})" if reason else "")
+                + f"; expected {option.accepted()}"
                 + (_did_you_mean(shown, option.choices) if option.choices else "")
             ) from None
         self._set(option, value, where)
@@ -278,13 +301,23 @@ def _apply_file(config: Config, path: Path, label: str) -> None:
             config.apply(option, raw, where)
 
 
+def env_name(section: str, key: str) -> str:
+    """``CORRAL_<SECTION>_<KEY>``; characters a variable name cannot hold (the ``:`` of
+    ``[launcher:ssh]``) become ``_``: ``CORRAL_LAUNCHER_SSH_HOSTS``."""
+    return "CORRAL_" + re.sub(r"[^A-Za-z0-9]", "_", f"{section}_{key}").upper()
+
+
+def _env_section(section: str) -> str:
+    return re.sub(r"[^a-z0-9]", "_", section.lower())
+
+
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
     sections = sorted(config.schema.sections(), key=len, reverse=True)
     for name, raw in environ.items():
         if not name.startswith("CORRAL_"):
             continue
         rest = name[len("CORRAL_") :].lower()
-        section = next((s for s in sections if rest.startswith(s.lower() + "_")), None)
+        section = next((s for s in sections if rest.startswith(_env_section(s) + "_")), None)
         if section is None:
             continue  # CORRAL_DIR and friends: not options of a declared section
         key = rest[len(section) + 1 :]

@@ -14,7 +14,7 @@ A plugin is a module or object with functions named like these, marked with
 from __future__ import annotations
 
 import argparse
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from corral.plugins.markers import hookspec
@@ -75,6 +75,21 @@ def corral_configure(config: Config) -> None:
 @hookspec
 def corral_unconfigure(config: Config) -> None:
     """Called at shutdown, in reverse order of registration: release what configure took.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_launchers() -> Mapping[str, tuple[type, type]]:
+    """Return launchers by name: ``{"name": (ControllerLauncherClass,
+    EngineSetLauncherClass)}`` (subclasses of the classes in
+    :mod:`corral.plugins.parallel.launchers.base`). ``Cluster(engines="name")`` and
+    ``[cluster] engines = name`` pick the engine-set class, ``controller = name`` the
+    controller class. A launcher's own options belong in section ``[launcher:name]``,
+    declared through :func:`corral_add_options`; they reach the launcher as its
+    ``options`` mapping. The built-in launchers (local, ssh, mpi, slurm, ...) register
+    through this hook too.
 
     .. versionadded:: 0.1
     """

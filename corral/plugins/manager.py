@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.commands",
     "corral.plugins.parallel.commands",
     "corral.plugins.parallel.magics_plugin",
+    "corral.plugins.parallel.launchers.builtin",
     "corral.plugins.builtin.kernel",
     "corral.plugins.builtin.frontends",
 )

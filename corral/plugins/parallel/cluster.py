@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,62 +73,139 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 class Cluster:
-    """A controller and ``n`` engines on this machine (or wherever ``launcher`` puts them).
+    """A controller and ``n`` engines, on this machine or wherever the launchers put them.
 
-    :param n: engines to start; default: one per CPU core.
-    :param profile: the profile (directory) holding the cluster's files.
+    Every setting below is also an option of the profile's ``corral.ini`` (section
+    ``[cluster]`` unless noted), a ``CORRAL_CLUSTER_<KEY>`` environment variable and a
+    ``corral cluster start`` flag; keyword arguments win, and every value is checked by
+    the same rules wherever it comes from (:mod:`corral.plugins.parallel.settings`). A bad
+    value raises :class:`~corral.core.config.ConfigError` (a ``ValueError``) here, before
+    any process starts, naming its source (file and line, variable or argument).
+
+    :param n: engines to start; default: ``[cluster] n``, else every slot of the engine
+        launcher (ssh: the hosts' counts), else one per CPU core.
+    :param profile: the profile (directory) holding the cluster's files and corral.ini.
     :param cluster_id: names the cluster file ``security/cluster-ID.json``; default: new.
-    :param controller_mode: ``"processes"`` (one process per controller component: the
-        fastest under load) or ``"threads"`` (one process: lighter, starts faster).
-    :param hb_period: seconds between heartbeats; an engine that misses ``hb_misses`` in a
-        row is declared dead.
+    :param controller_mode: ``"processes"`` or ``"threads"``.
+    :param hb_period: seconds between heartbeats (> 0).
     :param db: the controller's task database: ``"sqlite"``, ``"memory"`` or ``"none"``.
-    :param launcher: launcher family by name (see :func:`~.launchers.base.get_launchers`).
+    :param launcher: sets both ``engines`` and ``controller`` (the older spelling).
     :param engine_timeout: seconds to wait for the controller's file and for engines.
+    :param engines: the engine launcher: ``"local"``, ``"ssh"``, ``"mpi"`` or a plugin's.
+    :param controller: the controller launcher (``"local"`` or a plugin's).
+    :param ip: interface the controller binds (``"*"``: all).
+    :param location: address engines and clients connect to (default: ``ip``).
+    :param options: keys of the chosen launchers' ``[launcher:NAME]`` sections, e.g.
+        ``Cluster(engines="ssh", hosts=["node1:4", "node2:8"])``.
 
     .. versionadded:: 0.1
     """
 
     def __init__(
         self,
-        n: int | None = None,
+        n: int | str | None = None,
         profile: str = "default",
         cluster_id: str | None = None,
-        controller_mode: str = "processes",
-        hb_period: float = 1.0,
-        db: str = "sqlite",
-        launcher: str = "local",
-        engine_timeout: float = 30,
+        controller_mode: str | None = None,
+        hb_period: float | None = None,
+        db: str | None = None,
+        launcher: str | None = None,
+        engine_timeout: float | None = None,
         *,
+        engines: str | None = None,
+        controller: str | None = None,
         hb_misses: int | None = None,
         ip: str | None = None,
-        controller_args: tuple[str, ...] = (),
-        engine_args: tuple[str, ...] = (),
-        stop_grace: float = 3.0,
+        location: str | None = None,
+        controller_args: Sequence[str] | None = None,
+        engine_args: Sequence[str] | None = None,
+        stop_grace: float | None = None,
+        **options: Any,
     ) -> None:
-        if controller_mode not in ("processes", "threads"):
-            raise ValueError(
-                f"controller_mode must be 'processes' or 'threads', not {controller_mode!r}"
-            )
-        self.n = (os.cpu_count() or 1) if n is None else n
+        from corral.plugins.parallel.settings import resolve
+
+        given = {
+            "n": n,
+            "controller_mode": controller_mode,
+            "hb_period": hb_period,
+            "hb_misses": hb_misses,
+            "db": db,
+            "engines": engines if engines is not None else launcher,
+            "controller": controller if controller is not None else launcher,
+            "engine_timeout": engine_timeout,
+            "ip": ip,
+            "location": location,
+            "stop_grace": stop_grace,
+            "controller.args": list(controller_args) if controller_args is not None else None,
+            "engine.args": list(engine_args) if engine_args is not None else None,
+        }
         self.profile = profile
+        #: The resolved settings (``config.get("cluster", "hb_period")``, and where each
+        #: value came from: ``config.source(...)``).
+        self.config = resolve(profile, {k: v for k, v in given.items() if v is not None}, options)
+        cfg = self.config.section("cluster")
+        self.engine_launcher: str = cfg["engines"]
+        self.controller_launcher: str = cfg["controller"]
+        self.launcher = self.engine_launcher
         self.cluster_id = cluster_id or new_cluster_id()
-        self.controller_mode = controller_mode
-        self.hb_period = hb_period
-        self.hb_misses = hb_misses
-        self.db = db
-        self.ip = ip
-        self.launcher = launcher
-        self.engine_timeout = engine_timeout
-        self.stop_grace = stop_grace
-        self.controller_args = tuple(controller_args)
-        self.engine_args = tuple(engine_args)
+        self.controller_mode: str = cfg["controller_mode"]
+        self.hb_period: float = cfg["hb_period"]
+        self.hb_misses: int = cfg["hb_misses"]
+        self.db: str = cfg["db"]
+        self.ip: str = cfg["ip"]
+        self.location: str = cfg["location"]
+        self.engine_timeout: float = cfg["engine_timeout"]
+        self.stop_grace: float = cfg["stop_grace"]
+        self.controller_args = tuple(self.config.get("controller", "args"))
+        self.engine_args = tuple(self.config.get("engine", "args"))
+        self.n: int = cfg["n"] if cfg["n"] is not None else self._default_n()
         self.controller: ControllerLauncher | None = None
         self.engines: list[EngineSetLauncher] = []
         self.cluster_info: dict[str, Any] | None = None
         self._clients: list[Client] = []
+        self._admin: Client | None = None
+        self._attached = False  # re-attached by from_file: someone else's processes
         self._lock = threading.RLock()
         self._stopped = False
+
+    def _launcher_options(self, name: str) -> dict[str, Any]:
+        section = f"launcher:{name}"
+        if section not in self.config.schema.sections():
+            return {}
+        return self.config.section(section)
+
+    def _default_n(self) -> int:
+        _, engines_cls = get_launchers(self.engine_launcher)
+        default = getattr(engines_cls, "default_n", None)
+        if default is not None:
+            return int(default(self._launcher_options(self.engine_launcher)))
+        return os.cpu_count() or 1
+
+    @property
+    def remote(self) -> bool:
+        """Whether engines run on other hosts (so the controller must speak TCP on an
+        address they can reach: ``ip``/``location``)."""
+        return bool(getattr(get_launchers(self.engine_launcher)[1], "remote", False))
+
+    @property
+    def needs_tcp(self) -> bool:
+        """TCP rather than a same-host transport: a launcher whose engines may run on
+        other hosts, or ``ip`` or ``location`` set away from loopback."""
+        loopback = ("127.0.0.1", "localhost", "::1", "")
+        engines_cls = get_launchers(self.engine_launcher)[1]
+        off_host = bool(getattr(engines_cls, "needs_tcp", False))
+        return off_host or self.ip not in loopback or self.location not in loopback
+
+    @property
+    def advertised_ip(self) -> str:
+        """The controller address engines and clients are told (``location``, else ``ip``)."""
+        if self.location:
+            return self.location
+        if self.ip in ("*", "0.0.0.0"):
+            import socket
+
+            return socket.getfqdn()
+        return self.ip
 
     # ------------------------------------------------------------------ paths
 
@@ -153,6 +231,9 @@ class Cluster:
     @property
     def is_running(self) -> bool:
         """True while the controller process is alive."""
+        if self._attached and self.controller is None:
+            pid = (self.cluster_info or {}).get("controller_pid")
+            return bool(pid) and process_alive(int(pid))
         return self.controller is not None and self.controller.is_running
 
     @property
@@ -182,9 +263,14 @@ class Cluster:
         with self._lock:
             if self.controller is not None:
                 raise ClusterError(f"cluster {self.cluster_id!r} was already started")
-            controller_cls, engines_cls = get_launchers(self.launcher)
+            controller_cls = get_launchers(self.controller_launcher)[0]
             pdir = self.profile_dir
+            first = self._new_engine_set(self.n)
+            problem = first.preflight(self.advertised_ip)
+            if problem:
+                raise ClusterError(problem)
             self._remove_stale_file()
+            self._retain_old_files()
             self.controller = controller_cls(
                 profile_dir=pdir,
                 cluster_id=self.cluster_id,
@@ -194,41 +280,216 @@ class Cluster:
                 hb_period=self.hb_period,
                 hb_misses=self.hb_misses,
                 ip=self.ip,
+                location=self.location or None,
+                log_level=self.config.get("controller", "log_level"),
                 extra_args=self.controller_args,
+                options=self._launcher_options(self.controller_launcher),
             )
             self._stopped = False
             _live_clusters.add(self)
             self.controller.start()
             try:
-                if self.n:
-                    self._launch_engines(self.n)
+                if not first.remote:
+                    # Local engines import while the controller binds (see the module doc).
+                    self._start_engine_set(first)
                 self.cluster_info = self._wait_for_cluster_file()
+                if first.remote:
+                    first.cluster_info = dict(self.cluster_info)
+                    self._start_engine_set(first)
             except BaseException:
                 self._kill_all()
                 raise
             self._write_record()
             log.info("cluster %s started: %s", self.cluster_id, self.pids())
 
-    def _launch_engines(self, n: int) -> EngineSetLauncher:
-        _, engines_cls = get_launchers(self.launcher)
-        engines = engines_cls(
+    def _engine_command_args(self) -> list[str]:
+        return [
+            "--timeout",
+            repr(float(self.config.get("engine", "timeout"))),
+            "--log-level",
+            self.config.get("engine", "log_level"),
+            *self.engine_args,
+        ]
+
+    def _new_engine_set(self, n: int) -> EngineSetLauncher:
+        _, engines_cls = get_launchers(self.engine_launcher)
+        return engines_cls(
             n,
             profile_dir=self.profile_dir,
             cluster_id=self.cluster_id,
             cluster_file=self.cluster_file,
-            extra_args=self.engine_args,
+            extra_args=self._engine_command_args(),
+            options=self._launcher_options(self.engine_launcher),
+            cluster_info=self.cluster_info,
         )
+
+    def _start_engine_set(self, engines: EngineSetLauncher) -> EngineSetLauncher:
         self.engines.append(engines)
-        engines.start()
+        try:
+            engines.start()
+        except LaunchError:
+            raise  # already says what failed, in the launcher's (or scheduler's) words
+        except (OSError, RuntimeError, ValueError) as error:
+            raise ClusterError(
+                f"the {self.engine_launcher} launcher could not start engines: {error}"
+            ) from error
         return engines
+
+    def _launch_engines(self, n: int) -> EngineSetLauncher:
+        return self._start_engine_set(self._new_engine_set(n))
 
     def add_engines(self, n: int) -> None:
         """Start ``n`` more engines on a running cluster (they register by themselves)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"add_engines(n): n must be an integer >= 1, not {n!r}")
         if not self.is_running:
             raise ClusterError("the cluster is not running; call start() first")
         self._launch_engines(n)
         self.n += n
         self._write_record()
+
+    # ------------------------------------------------------------------ engines by id
+
+    def _admin_client(self) -> Client:
+        """A client of the cluster's own, for engine management (closed by stop)."""
+        if self._admin is None:
+            self._admin = self.connect_client()
+        return self._admin
+
+    def _check_ids(self, ids: Any) -> list[int]:
+        client = self._admin_client()
+        live = client.ids
+        if ids is None:
+            return live
+        wanted = [ids] if isinstance(ids, int) else list(ids)
+        unknown = [i for i in wanted if i not in live]
+        if unknown:
+            raise ValueError(f"no engine with id {unknown}; live engines: {live}")
+        return wanted
+
+    def stop_engines(self, ids: Any = None, *, timeout: float | None = None) -> list[int]:
+        """Shut engines ``ids`` (an id, a list, or None: all) down cleanly through the
+        controller, which works whichever launcher started them; returns once they have
+        unregistered. Returns the ids stopped."""
+        targets = self._check_ids(ids)
+        client = self._admin_client()
+        client.shutdown(targets=targets, hub=False)
+        deadline = time.monotonic() + (self.engine_timeout if timeout is None else timeout)
+        while any(i in client.ids for i in targets):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"engines {targets} did not stop within the timeout")
+            time.sleep(0.01)
+        self.n -= len(targets)
+        self._write_record()
+        return targets
+
+    def restart_engines(self, ids: Any = None) -> list[int]:
+        """Stop engines ``ids`` and start as many new ones; returns the new engines' ids
+        once they are registered (engine ids are never reused)."""
+        targets = self._check_ids(ids)
+        client = self._admin_client()
+        before = set(client.ids)
+        self.stop_engines(targets)
+        self.add_engines(len(targets))
+        expected = len(before)
+        self.wait_for_engines(client, expected)
+        return sorted(set(client.ids) - (before - set(targets)))
+
+    def signal_engines(self, signum: int, ids: Any = None) -> list[int]:
+        """Send ``signum`` to engines ``ids`` (None: every engine, through the
+        launchers, wherever they run). Engines named by id must run on this host (they
+        are signalled by pid); for remote engines signal them all. Returns the ids
+        signalled (all registered ones when ``ids`` is None)."""
+        import socket
+
+        if ids is None:
+            for engines in self.engines:
+                engines.send_signal(signum)
+            return self._admin_client().ids if self.is_running else []
+        targets = self._check_ids(ids)
+        infos = self._admin_client().engines
+        here = socket.gethostname()
+        for engine_id in targets:
+            info = infos[engine_id]
+            if info.pid is None or (info.hostname and info.hostname != here):
+                raise ValueError(
+                    f"engine {engine_id} runs on {info.hostname or 'another host'}: only "
+                    "engines on this host can be signalled by id; use ids=None"
+                )
+        for engine_id in targets:
+            pid = infos[engine_id].pid
+            assert pid is not None
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        return targets
+
+    # ------------------------------------------------------------------ logs
+
+    def logs(self) -> dict[str, Path]:
+        """The log files of this cluster's processes: ``{"controller": path, "engine
+        set 0": path, ...}`` (launchers that write several logs list each)."""
+        found: dict[str, Path] = {}
+        if self.controller is not None and self.controller.log_file is not None:
+            found["controller"] = self.controller.log_file
+        for number, engines in enumerate(self.engines):
+            paths = [h.log_file for h in engines.handles if h.log_file is not None]
+            for k, path in enumerate(dict.fromkeys(paths)):
+                found[f"engines {number}.{k}"] = path
+        return found
+
+    def _retain_old_files(self) -> None:
+        """Keep ``keep_logs`` log files and ``keep_dbs`` task databases of earlier
+        clusters: a profile used daily otherwise piles up hundreds of them."""
+        from corral.plugins.parallel.retention import prune
+
+        prune(
+            self.profile_dir,
+            keep_logs=self.config.get("cluster", "keep_logs"),
+            keep_dbs=self.config.get("cluster", "keep_dbs"),
+        )
+
+    # ------------------------------------------------------------------ re-attach
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Cluster:
+        """A handle on a cluster started elsewhere, from its record file
+        (``<profile>/run/cluster-ID.json``) or its cluster file: it can hand out clients,
+        manage engines by id and :meth:`stop` it, though it did not start it."""
+        path = Path(path)
+        info = read_record(path)
+        if info is None:
+            raise ClusterError(f"{path} is not a cluster record or cluster file")
+        if "registration" in info:  # a cluster file: profile/security/cluster-ID.json
+            cluster_id = str(info["cluster_id"])
+            profile = path.parent.parent.name.removeprefix("profile_")
+        else:
+            cluster_id = str(info["cluster_id"])
+            profile = str(info.get("profile") or "default")
+        cluster = cls(n=max(1, int(info.get("n") or 1)), profile=profile, cluster_id=cluster_id)
+        if not cluster.cluster_file.exists():
+            raise ClusterError(f"cluster {cluster_id!r} has no cluster file; is it running?")
+        cluster.cluster_info = read_record(cluster.cluster_file)
+        cluster._attached = True
+        return cluster
+
+    @classmethod
+    def from_profile(cls, profile: str = "default", cluster_id: str | None = None) -> Cluster:
+        """The running cluster ``cluster_id`` of ``profile`` (or its only one)."""
+        from corral.core.profiles import locate_profile
+
+        pdir = locate_profile(profile)
+        if cluster_id is not None:
+            return cls.from_file(pdir / "security" / f"cluster-{cluster_id}.json")
+        files = sorted((pdir / "security").glob("cluster-*.json"))
+        if len(files) != 1:
+            found = [f.stem.removeprefix("cluster-") for f in files]
+            raise ClusterError(
+                f"profile {profile!r} has {len(files)} running clusters {found}; "
+                "name one with cluster_id="
+            )
+        return cls.from_file(files[0])
 
     def _remove_stale_file(self) -> None:
         """A leftover file from a dead controller would be mistaken for the new one's."""
@@ -285,6 +546,14 @@ class Cluster:
             pause = min(pause * 2, 0.004)
 
     def _write_record(self) -> None:
+        if self._attached:
+            # Someone else manages this cluster: keep their record, only the count moves.
+            existing = read_record(self.record_file)
+            if existing is None:
+                return
+            existing["n"] = self.n
+            self._store_record(existing)
+            return
         record = {
             "cluster_id": self.cluster_id,
             "profile": self.profile,
@@ -295,6 +564,9 @@ class Cluster:
             "started": time.time(),
             **self.pids(),
         }
+        self._store_record(record)
+
+    def _store_record(self, record: dict[str, Any]) -> None:
         path = self.record_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -339,9 +611,11 @@ class Cluster:
                     f"alive; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
                 )
             if remaining <= 0:
+                said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
                 raise ClusterError(
                     f"{len(client.ids)} of {n} engines registered with cluster "
                     f"{self.cluster_id!r} within {self.engine_timeout} s"
+                    + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
                 )
 
     def start_and_connect(self, n: int | None = None) -> Client:
@@ -366,6 +640,8 @@ class Cluster:
         remove the cluster, record and pid files. Safe to call twice."""
         grace = self.stop_grace if grace is None else grace
         with self._lock:
+            if self._attached and not self._stopped:
+                self._stop_attached()
             if self._stopped or self.controller is None:
                 self._close_clients()
                 return
@@ -390,6 +666,22 @@ class Cluster:
             _live_clusters.discard(self)
             log.info("cluster %s stopped", self.cluster_id)
 
+    def _stop_attached(self) -> None:
+        """Stop a cluster this object did not start, as ``corral cluster stop`` does."""
+        from corral.plugins.parallel.commands import stop_cluster
+
+        self._stopped = True
+        self._close_clients()
+        record = read_record(self.record_file) or {
+            "cluster_id": self.cluster_id,
+            "cluster_file": str(self.cluster_file),
+            "controller": (self.cluster_info or {}).get("controller_pid"),
+        }
+        record.setdefault("cluster_file", str(self.cluster_file))
+        stop_cluster(self.profile, record)
+        for engines in self.engines:  # engines this object added
+            engines.stop(grace=self.stop_grace)
+
     def _request_shutdown(self) -> None:
         """The polite way: the hub tells every engine to shut down, then exits itself."""
         for client in self._clients:
@@ -400,6 +692,7 @@ class Cluster:
                 log.debug("shutdown through client failed: %s", exc)
 
     def _close_clients(self) -> None:
+        self._admin = None
         clients, self._clients = self._clients, []
         for client in clients:
             try:
@@ -413,6 +706,7 @@ class Cluster:
         for launcher in [*self.engines, self.controller]:
             if launcher is not None and launcher.handles:
                 launcher.stop(signal.SIGKILL)
+                launcher.wait(5.0)
         self._close_clients()
         self._cleanup_files()
         _live_clusters.discard(self)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from corral.core.config import Config
+from corral.core.config import Config, ConfigError
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.markers import hookimpl
@@ -57,6 +57,17 @@ def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
     _profile_option(listing)
     listing.set_defaults(run=run_list)
 
+    engines = actions.add_parser("engines", help="engines of a running cluster: id, host, pid")
+    _profile_option(engines)
+    engines.add_argument("--cluster-id", default=None)
+    engines.set_defaults(run=run_engines)
+
+    clean = actions.add_parser(
+        "clean", help="remove what crashed clusters left: records, cluster and pid files"
+    )
+    _profile_option(clean)
+    clean.set_defaults(run=run_clean)
+
     demo = subparsers.add_parser(
         "demo", help="start a cluster on every core, count primes, show the speed-up"
     )
@@ -69,12 +80,80 @@ def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _start_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", "--engines", type=int, default=None, help="default: one per core")
+    # Values stay text and default to None: the cluster's settings parse and check them
+    # (the same rules as corral.ini and Cluster(...)), and None leaves the profile's.
+    parser.add_argument("-n", "--engines", default=None, help="[cluster] n: engines to start")
     parser.add_argument("--cluster-id", default=None, help="default: a new unique id")
-    parser.add_argument("--threads", action="store_true", help="controller in one process")
-    parser.add_argument("--db", default="sqlite", choices=["sqlite", "memory", "none"])
-    parser.add_argument("--hb-period", type=float, default=1.0, help="heartbeat seconds")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for engines")
+    parser.add_argument(
+        "--threads",
+        action="store_const",
+        const="threads",
+        default=None,
+        dest="mode",
+        help="controller in one process ([cluster] controller_mode = threads)",
+    )
+    parser.add_argument("--db", default=None, help="[cluster] db: sqlite, memory or none")
+    parser.add_argument("--hb-period", default=None, help="[cluster] hb_period: seconds")
+    parser.add_argument("--hb-misses", default=None, help="[cluster] hb_misses")
+    parser.add_argument("--timeout", default=None, help="[cluster] engine_timeout: seconds")
+    parser.add_argument("--launcher", default=None, help="[cluster] engines: local, ssh, mpi...")
+    parser.add_argument("--controller", default=None, help="[cluster] controller launcher")
+    parser.add_argument("--ip", default=None, help="[cluster] ip: interface to bind (* = all)")
+    parser.add_argument("--location", default=None, help="[cluster] location: address to give")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a launcher option, e.g. -o hosts=node1:4,node2:8 (repeatable)",
+    )
+
+
+def _cluster_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Cluster(...)`` keyword arguments the start flags stand for."""
+    kwargs: dict[str, Any] = {
+        "n": args.engines,
+        "controller_mode": args.mode,
+        "db": args.db,
+        "hb_period": args.hb_period,
+        "hb_misses": args.hb_misses,
+        "engine_timeout": args.timeout,
+        "engines": args.launcher,
+        "controller": args.controller,
+        "ip": args.ip,
+        "location": args.location,
+    }
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"argument --option {item!r}: expected KEY=VALUE")
+        kwargs[key.strip()] = value
+    return kwargs
+
+
+def _start_argv(args: argparse.Namespace) -> list[str]:
+    """The start flags again, for the detached manager."""
+    argv: list[str] = []
+    for flag, value in (
+        ("-n", args.engines),
+        ("--db", args.db),
+        ("--hb-period", args.hb_period),
+        ("--hb-misses", args.hb_misses),
+        ("--timeout", args.timeout),
+        ("--launcher", args.launcher),
+        ("--controller", args.controller),
+        ("--ip", args.ip),
+        ("--location", args.location),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.mode == "threads":
+        argv.append("--threads")
+    for item in args.option:
+        argv += ["--option", item]
+    return argv
 
 
 def _profile_option(parser: argparse.ArgumentParser) -> None:
@@ -144,17 +223,15 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
     from corral.plugins.parallel.cluster import Cluster, new_cluster_id
 
     cluster_id = args.cluster_id or new_cluster_id()
+    # Built before anything starts (and before detaching): a bad value fails here, in the
+    # user's terminal, naming its source.
+    try:
+        cluster = Cluster(profile=args.profile, cluster_id=cluster_id, **_cluster_kwargs(args))
+    except ConfigError as error:
+        print(f"corral: configuration error: {error}", file=sys.stderr, flush=True)
+        return 2
     if args.daemon:
-        return _start_daemon(args, cluster_id)
-    cluster = Cluster(
-        n=args.engines,
-        profile=args.profile,
-        cluster_id=cluster_id,
-        controller_mode="threads" if args.threads else "processes",
-        hb_period=args.hb_period,
-        db=args.db,
-        engine_timeout=args.timeout,
-    )
+        return _start_daemon(args, cluster_id, cluster.engine_timeout)
     stop_now = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -202,7 +279,7 @@ def _mark_ready(path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _start_daemon(args: argparse.Namespace, cluster_id: str) -> int:
+def _start_daemon(args: argparse.Namespace, cluster_id: str, timeout: float) -> int:
     """Run ``corral cluster start`` detached (own session, output to a log file) and
     return once it reports the cluster ready, or quote its log if it fails."""
     from corral.plugins.parallel.cluster import read_record, record_path
@@ -212,12 +289,7 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str) -> int:
     log_file = pdir / "log" / f"cluster-{cluster_id}.log"
     # The manager runs this module directly: it needs no plugins, and starts faster.
     argv = [sys.executable, "-m", _MODULE, "--profile", args.profile]
-    argv += ["--cluster-id", cluster_id, "--db", args.db, "--hb-period", repr(args.hb_period)]
-    argv += ["--timeout", repr(args.timeout)]
-    if args.engines is not None:
-        argv += ["-n", str(args.engines)]
-    if args.threads:
-        argv.append("--threads")
+    argv += ["--cluster-id", cluster_id, *_start_argv(args)]
     env = os.environ.copy()
     root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -233,7 +305,7 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str) -> int:
             close_fds=True,
         )
     record_file = record_path(pdir, cluster_id)
-    deadline = time.monotonic() + args.timeout + 30
+    deadline = time.monotonic() + timeout + 30
     while True:
         record = read_record(record_file)
         if record and record.get("ready") and record.get("manager_pid") == proc.pid:
@@ -267,12 +339,12 @@ def run_stop(args: argparse.Namespace, config: Config) -> int:
         records = _records(args.profile)
         if not records:
             print(f"no clusters in profile {args.profile!r}")
-        return max([_stop_one(args.profile, r) for r in records], default=0)
+        return max([stop_cluster(args.profile, r) for r in records], default=0)
     record = _pick(args.profile, args.cluster_id)
-    return 1 if record is None else _stop_one(args.profile, record)
+    return 1 if record is None else stop_cluster(args.profile, record)
 
 
-def _stop_one(profile: str, record: dict[str, Any]) -> int:
+def stop_cluster(profile: str, record: dict[str, Any]) -> int:
     """Signal the manager; failing that, shut down through a client and kill the groups."""
     import psutil
 
@@ -376,6 +448,50 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
             f"{record['cluster_id']:<26} {len(engines):>7} {record.get('manager_pid') or '-'!s:>8}"
             f" {controller or '-'!s:>10} {state:<8}"
         )
+    return 0
+
+
+def run_engines(args: argparse.Namespace, config: Config) -> int:
+    from corral.plugins.parallel.client import Client
+
+    record = _pick(args.profile, args.cluster_id)
+    if record is None:
+        return 1
+    cluster_file = record.get("cluster_file")
+    if not cluster_file or not Path(cluster_file).exists():
+        print(f"cluster {record['cluster_id']}: no cluster file; not running", file=sys.stderr)
+        return 1
+    client = Client(connection_file=cluster_file)
+    try:
+        print(f"{'id':>4} {'host':<30} {'pid':>8}")
+        for engine_id, info in sorted(client.engines.items()):
+            print(f"{engine_id:>4} {info.hostname:<30} {info.pid or '-'!s:>8}")
+    finally:
+        client.close()
+    return 0
+
+
+def run_clean(args: argparse.Namespace, config: Config) -> int:
+    """Remove the files of clusters whose controller and manager are gone."""
+    pdir = profile_dir(args.profile)
+    removed: list[Path] = []
+    for record in _records(args.profile):
+        if _running(record.get("manager_pid")) or _running(record.get("controller")):
+            continue
+        cluster_id = record["cluster_id"]
+        for path in (
+            pdir / "security" / f"cluster-{cluster_id}.json",
+            pdir / "run" / f"cluster-{cluster_id}.json",
+            pdir / "run" / f"controller-{cluster_id}.pid",
+            *(pdir / "run").glob(f"engine-{cluster_id}-*.pid"),
+        ):
+            if path.exists():
+                path.unlink()
+                removed.append(path)
+    for path in removed:
+        print(f"removed {path}")
+    if not removed:
+        print(f"nothing to clean in profile {args.profile!r}")
     return 0
 
 

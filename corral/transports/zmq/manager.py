@@ -245,6 +245,21 @@ def _shutdown_forgotten_kernels() -> None:
             log.exception("could not stop kernel %s at exit", manager.pid)
 
 
+def _check_profile_config(directory: Path) -> None:
+    """Fail now, naming file, line and key, if the profile's (or the system's) corral.ini
+    is broken: the kernel would otherwise start on a configuration the CLI refuses.
+    Only when such a file exists, because checking needs every plugin's options (loaded
+    lazily here, as the kernel process itself does)."""
+    from corral.core.config import system_config_path
+
+    if not (directory / "corral.ini").is_file() and not system_config_path().is_file():
+        return
+    from corral.plugins.manager import get_plugin_manager
+    from corral.plugins.runtime import load_configuration
+
+    load_configuration(get_plugin_manager(), profile=None, profile_file=directory / "corral.ini")
+
+
 class KernelManager:
     """Starts and owns one kernel process, and hands out clients that follow it.
 
@@ -287,6 +302,7 @@ class KernelManager:
 
         self.profile = profile
         self._profile_dir = profile_dir(profile)
+        _check_profile_config(self._profile_dir)
         if connection_file is None:
             connection_file = new_connection_file(self._profile_dir / "security")
         self.connection_file: Path = Path(connection_file)

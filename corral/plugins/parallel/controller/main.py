@@ -98,6 +98,7 @@ class ControllerConfig:
         log_level: str = "warning",
         hwm: int = DEFAULT_HWM,
         policy: str = "leastload",
+        location: str = "",
     ) -> None:
         self.profile = profile
         self.cluster_id = cluster_id or _new_cluster_id()
@@ -109,6 +110,7 @@ class ControllerConfig:
         self.signature_scheme = signature_scheme
         self.transport = transport
         self.ip = ip
+        self.location = location
         self.db = db
         self.db_path = db_path
         self.store_buffers = store_buffers
@@ -133,13 +135,32 @@ class ControllerConfig:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "key")
         return f"ControllerConfig({fields})"
 
+    @property
+    def connect_ip(self) -> str:
+        """Where the controller's own components reach each other: the bound address,
+        or loopback when every interface is bound."""
+        return "127.0.0.1" if self.ip in ("*", "0.0.0.0", "") else self.ip
+
+    @property
+    def advertised_ip(self) -> str:
+        """The address written into the cluster file, for engines and clients: the
+        ``location`` setting, else the bound address, else (every interface bound) this
+        host's fully qualified name."""
+        if self.location:
+            return self.location
+        if self.ip in ("*", "0.0.0.0", ""):
+            import socket
+
+            return socket.getfqdn()
+        return self.ip
+
     def cluster_info(self, ports: dict[str, int]) -> ClusterInfo:
         return ClusterInfo(
             cluster_id=self.cluster_id,
             key=self.key,
             signature_scheme=self.signature_scheme,
             transport=self.transport,
-            ip=self.ip,
+            ip=self.advertised_ip,
             hb_period=self.hb_period,
             hb_misses=self.hb_misses,
             controller_pid=os.getpid(),
@@ -204,7 +225,7 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
         )
     if name == "iopub":
         return IopubProxy(**common)
-    base = f"{cfg.transport}://{cfg.ip}:"
+    base = f"{cfg.transport}://{cfg.connect_ip}:"
     return make_queue(
         name,
         key=cfg.key,
@@ -759,6 +780,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hb-misses", type=int, default=2, help="missed beats mean death")
     parser.add_argument("--ip", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument(
+        "--location", default="", help="address engines and clients connect to (default: --ip)"
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
     parser.add_argument(
@@ -776,6 +800,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> ControllerConfig:
+    return ControllerConfig(
+        profile=args.profile,
+        db=args.db,
+        store_buffers=not args.no_store_buffers,
+        hb_period=args.hb_period,
+        hb_misses=args.hb_misses,
+        ip=args.ip,
+        location=args.location,
+        log_level=args.log_level,
+        hwm=args.hwm,
+        policy=args.policy,
+        **kwargs,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """The CLI: run in the foreground; exit 0 after shutdown_request or SIGTERM."""
     args = parse_args(argv)
@@ -783,18 +823,11 @@ def main(argv: list[str] | None = None) -> int:
     kwargs: dict[str, Any] = {}
     if args.cluster_id:
         kwargs["cluster_id"] = args.cluster_id
-    cfg = ControllerConfig(
-        profile=args.profile,
-        db=args.db,
-        store_buffers=not args.no_store_buffers,
-        hb_period=args.hb_period,
-        hb_misses=args.hb_misses,
-        ip=args.ip,
-        log_level=args.log_level,
-        hwm=args.hwm,
-        policy=args.policy,
-        **kwargs,
-    )
+    try:
+        cfg = _config_from_args(args, kwargs)
+    except ValueError as error:  # a bad value is a usage error, not a crash
+        print(f"corral controller: {error}", file=sys.stderr, flush=True)
+        return 2
     if not args.threads:
         return run_processes(cfg)
     threads = _Threads(cfg)

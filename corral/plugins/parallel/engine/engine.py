@@ -436,7 +436,11 @@ class Engine:
             if left <= 0 or not self.registration.poll(left):
                 raise EngineError(
                     f"no registration reply from {self.url('registration')} within "
-                    f"{self.registration_timeout:g} s"
+                    f"{self.registration_timeout:g} s: the controller is not reachable at "
+                    f"{self.ip} from this host. Set [cluster] location (Cluster(location=...)) "
+                    "to an address of the controller's host that engines can reach, and "
+                    "[cluster] ip to an interface it binds (* for all); [engine] timeout "
+                    "sets how long engines wait"
                 )
             try:
                 msg = recv_message(self.registration, self.signer, self.replay, _NOBLOCK)

@@ -11,30 +11,25 @@ laptop and one on a supercomputer are driven by the same code.
 What a launcher gives back from :meth:`Launcher.start` is a list of :class:`LaunchHandle`:
 a pid where the process is local, a job id where a batch system owns it, or both.
 
-Remote launchers
-----------------
-Launchers are looked up by name (``Cluster(launcher="local")``) through
-:func:`get_launchers`. The built-in ``local`` pair lives in
-:mod:`corral.plugins.parallel.launchers.local`. Other launchers will come from plugins
-through a ``corral_launchers`` hook, returning ``{name: (ControllerLauncherClass,
-EngineSetLauncherClass)}``::
+Launchers by name
+-----------------
+Launchers are looked up by name (``Cluster(engines="ssh")``, ``[cluster] engines = ssh``)
+through :func:`get_launchers`, which asks the ``corral_launchers`` hook: every plugin
+returns ``{name: (ControllerLauncherClass, EngineSetLauncherClass)}``. The built-in
+launchers (``local``, ``ssh``, ``mpi``) register through that same hook, from
+:mod:`corral.plugins.parallel.launchers.builtin`::
 
     @hookimpl
     def corral_launchers():
         return {"slurm": (SlurmControllerLauncher, SlurmEngineSetLauncher)}
 
-An SSH launcher would run the same commands as the local one through ``ssh host``
-(``start`` returns the remote pid it reads back; ``stop`` runs ``kill -TERM -PGID``
-remotely). A Slurm/PBS/SGE/LSF launcher writes a batch script whose body is
-:meth:`ControllerLauncher.command` or :meth:`EngineSetLauncher.command` (an array job
-for engines), submits it, returns the job id in :attr:`LaunchHandle.job_id`, answers
-``poll`` from ``squeue``/``qstat`` and ``stop`` with ``scancel``/``qdel``. An MPI launcher
-starts all engines with one ``mpiexec -n N`` and is a single handle. Engines anywhere find
-the controller through the cluster file, which such launchers copy or share (a network
-file system) — the engine command takes ``--file CLUSTER_FILE`` and nothing else.
+A launcher's options live in section ``[launcher:NAME]`` (declared with
+``corral_add_options``) and reach it as the ``options`` mapping, already validated.
 
-The hook is not declared yet: until it is, :func:`get_launchers` asks the plugin manager
-for it only if some plugin has added it, so third-party launchers can be tried early.
+Launchers whose processes run elsewhere set :attr:`EngineSetLauncher.remote`: the
+cluster then starts them only once the controller's cluster file is complete and hands
+them its content as :attr:`EngineSetLauncher.cluster_info`, to pass on through their own
+channel (ssh's stdin, the job's environment, ...): no shared file system is assumed.
 """
 
 from __future__ import annotations
@@ -44,9 +39,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 __all__ = [
     "ControllerLauncher",
@@ -55,6 +50,7 @@ __all__ = [
     "LaunchHandle",
     "Launcher",
     "get_launchers",
+    "known_launchers",
     "tail",
 ]
 
@@ -111,9 +107,13 @@ class Launcher(abc.ABC):
     #: Name under which :func:`get_launchers` finds this launcher's family.
     name: ClassVar[str] = ""
 
-    def __init__(self, *, profile_dir: Path, cluster_id: str) -> None:
+    def __init__(
+        self, *, profile_dir: Path, cluster_id: str, options: Mapping[str, Any] | None = None
+    ) -> None:
         self.profile_dir = Path(profile_dir)
         self.cluster_id = cluster_id
+        #: This launcher's ``[launcher:NAME]`` settings, validated by the schema.
+        self.options: dict[str, Any] = dict(options or {})
         self.handles: list[LaunchHandle] = []
         self._stop_callbacks: list[StopCallback] = []
         self._stopped = threading.Event()
@@ -211,9 +211,12 @@ class ControllerLauncher(Launcher):
         hb_period: float = 1.0,
         hb_misses: int | None = None,
         ip: str | None = None,
+        location: str | None = None,
+        log_level: str | None = None,
         extra_args: Sequence[str] = (),
+        options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(profile_dir=profile_dir, cluster_id=cluster_id)
+        super().__init__(profile_dir=profile_dir, cluster_id=cluster_id, options=options)
         if mode not in ("processes", "threads"):
             raise ValueError(f"controller mode must be 'processes' or 'threads', not {mode!r}")
         self.profile = profile
@@ -222,6 +225,8 @@ class ControllerLauncher(Launcher):
         self.hb_period = hb_period
         self.hb_misses = hb_misses
         self.ip = ip
+        self.location = location or None
+        self.log_level = log_level
         self.extra_args = list(extra_args)
 
     @property
@@ -250,11 +255,23 @@ class ControllerLauncher(Launcher):
             cmd += ["--hb-misses", str(self.hb_misses)]
         if self.ip is not None:
             cmd += ["--ip", self.ip]
+        if self.location is not None:
+            cmd += ["--location", self.location]
+        if self.log_level is not None:
+            cmd += ["--log-level", self.log_level]
         return cmd + self.extra_args
 
 
 class EngineSetLauncher(Launcher):
-    """Starts ``n`` engines, each told only where the cluster file is."""
+    """Starts ``n`` engines, each told only where the cluster file is (or, for a
+    :attr:`remote` launcher, what it holds)."""
+
+    #: True when the engines run on other hosts: they need the controller on TCP at an
+    #: address they can reach, and the cluster file's content rather than its path.
+    remote: ClassVar[bool] = False
+    #: True when engines may run on other hosts (ssh, MPI, batch systems): the controller
+    #: must then listen on TCP rather than a same-host transport.
+    needs_tcp: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -264,13 +281,19 @@ class EngineSetLauncher(Launcher):
         cluster_id: str,
         cluster_file: Path,
         extra_args: Sequence[str] = (),
+        options: Mapping[str, Any] | None = None,
+        cluster_info: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(profile_dir=profile_dir, cluster_id=cluster_id)
+        super().__init__(profile_dir=profile_dir, cluster_id=cluster_id, options=options)
         if n < 0:
             raise ValueError(f"number of engines must be >= 0, not {n}")
         self.n = n
         self.cluster_file = Path(cluster_file)
         self.extra_args = list(extra_args)
+        #: The cluster file's content, given to :attr:`remote` launchers before start.
+        self.cluster_info: dict[str, Any] | None = (
+            dict(cluster_info) if cluster_info is not None else None
+        )
 
     def command(self) -> list[str]:
         """The engine command line."""
@@ -283,6 +306,17 @@ class EngineSetLauncher(Launcher):
             *self.extra_args,
         ]
 
+    def describe(self) -> str:
+        """What the launcher knows about engines that have not arrived (a batch
+        system's job states and reasons), for error messages; "" if nothing."""
+        return ""
+
+    def preflight(self, advertised_ip: str) -> str | None:
+        """Why this launcher cannot work as configured (a missing command, hosts that
+        cannot reach ``advertised_ip``), or None. Called before anything starts, so a
+        doomed cluster fails at once and leaves nothing behind."""
+        return None
+
     @property
     def running_count(self) -> int:
         """How many engine processes are alive (subclasses with better knowledge override)."""
@@ -292,32 +326,62 @@ class EngineSetLauncher(Launcher):
 LauncherPair = tuple[type[ControllerLauncher], type[EngineSetLauncher]]
 
 
-def get_launchers(name: str) -> LauncherPair:
-    """The (controller, engine set) launcher classes registered under ``name``.
-
-    ``local`` is built in; others come from plugins implementing ``corral_launchers``
-    (see the module docstring). Unknown names fail listing the known ones.
-    """
+def _registered(use_plugins: bool) -> dict[str, LauncherPair]:
+    """Every launcher the ``corral_launchers`` hook returns (later plugins cannot take a
+    name an earlier one registered: the first registration of a name wins)."""
     known: dict[str, LauncherPair] = {}
-    from corral.plugins.parallel.launchers.local import (
-        LocalControllerLauncher,
-        LocalEngineSetLauncher,
+    if use_plugins:
+        from corral.plugins.manager import get_plugin_manager
+
+        results = get_plugin_manager().hook.corral_launchers()
+        # pluggy calls the last registered plugin first; built-ins registered first.
+        mappings = list(reversed(results))
+    else:
+        from corral.plugins.parallel.launchers import builtin
+
+        mappings = [builtin.corral_launchers()]
+    for mapping in mappings:
+        for name, pair in (mapping or {}).items():
+            known.setdefault(name, pair)
+    return known
+
+
+def _check_pair(name: str, pair: Any) -> LauncherPair:
+    ok = (
+        isinstance(pair, tuple)
+        and len(pair) == 2
+        and isinstance(pair[0], type)
+        and issubclass(pair[0], ControllerLauncher)
+        and isinstance(pair[1], type)
+        and issubclass(pair[1], EngineSetLauncher)
     )
-
-    known["local"] = (LocalControllerLauncher, LocalEngineSetLauncher)
-    if name not in known:
-        try:
-            from corral.plugins.manager import get_plugin_manager
-
-            hook = getattr(get_plugin_manager().hook, "corral_launchers", None)
-            if hook is not None:
-                for mapping in hook():
-                    known.update(mapping or {})
-        except Exception:  # plugins are optional here; report the name as unknown
-            pass
-    try:
-        return known[name]
-    except KeyError:
+    if not ok:
         raise ValueError(
-            f"unknown launcher {name!r}; known launchers: {', '.join(sorted(known))}"
-        ) from None
+            f"launcher {name!r} is registered as {pair!r}; corral_launchers must map a name "
+            "to (ControllerLauncher subclass, EngineSetLauncher subclass)"
+        )
+    return pair
+
+
+def known_launchers() -> dict[str, LauncherPair]:
+    """Every registered launcher, by name (built-in ones and those of plugins)."""
+    return _registered(use_plugins=True)
+
+
+def get_launchers(name: str) -> LauncherPair:
+    """The (controller, engine set) launcher classes registered under ``name`` through the
+    ``corral_launchers`` hook. Unknown names fail listing the known ones.
+
+    A built-in name is answered by the built-in plugin's hook implementation directly
+    while no plugin manager has been built in this process: loading every installed
+    plugin costs tens of milliseconds a script that only wants ``Cluster(n=4)`` need not
+    pay. Any other name asks every plugin.
+    """
+    from corral.plugins import manager as plugin_manager
+    from corral.plugins.parallel.launchers.builtin import BUILTIN_NAMES
+
+    use_plugins = name not in BUILTIN_NAMES or plugin_manager._manager is not None
+    known = _registered(use_plugins)
+    if name not in known:
+        raise ValueError(f"unknown launcher {name!r}; known launchers: {', '.join(sorted(known))}")
+    return _check_pair(name, known[name])

@@ -289,6 +289,25 @@ class LocalEngineSetLauncher(EngineSetLauncher):
 # ---------------------------------------------------------------------- bootstrap
 
 
+def _is_ancestor(pid: int) -> bool:
+    """Whether ``pid`` is this process's parent, grandparent, ... (Linux: /proc; elsewhere
+    only the parent can be known, and a live pid that is not it counts as ours)."""
+    current = os.getppid()
+    for _ in range(64):
+        if current == pid:
+            return True
+        if current <= 1:
+            return False
+        try:
+            with open(f"/proc/{current}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            return not os.path.isdir("/proc")
+        # The command name may hold spaces and parentheses: the ppid follows the last ")".
+        current = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return False
+
+
 def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
     """End this process group when ``parent_pid`` is gone: SIGTERM, then SIGKILL."""
 
@@ -301,8 +320,10 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
             return False
         except PermissionError:
             return True
-        # The pid exists, but if we were re-parented it is someone else's now.
-        return os.getppid() == parent_pid
+        # The pid exists, but it is ours only while it is still an ancestor: a launcher
+        # may sit in between (mpiexec, a batch system's daemon), and a re-parented
+        # process's old parent pid may have been reused by someone else.
+        return _is_ancestor(parent_pid)
 
     def watch() -> None:
         stop = threading.Event()

@@ -1,0 +1,98 @@
+"""The MPI launcher against Open MPI's real ``mpiexec`` (and MPICH's when installed):
+engines are the ranks of one mpiexec, register, and stop with the cluster."""
+
+from __future__ import annotations
+
+import shutil
+
+import psutil
+import pytest
+
+from corral.plugins.parallel.cluster import Cluster, ClusterError
+from corral.plugins.parallel.launchers.mpi import mpi_flavour
+
+MPIEXEC = shutil.which("mpiexec")
+
+pytestmark = pytest.mark.skipif(
+    MPIEXEC is None, reason="mpiexec not installed (Debian: apt-get install openmpi-bin)"
+)
+
+
+@pytest.fixture(autouse=True)
+def corral_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    monkeypatch.setenv("CORRAL_SYSTEM_INI", str(tmp_path / "none.ini"))
+    # Open MPI refuses to run as root without these (CI runs as root).
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return tmp_path / "corral"
+
+
+# A lambda travels by value (a module-level function would be imported by name on the
+# engines, where this test module is not importable).
+_rank = lambda: __import__("os").environ.get(  # noqa: E731
+    "OMPI_COMM_WORLD_RANK", __import__("os").environ.get("PMI_RANK", "none")
+)
+
+
+def _implementations() -> list:
+    """Every installed mpiexec: Debian's alternatives name Open MPI's and MPICH's."""
+    found = []
+    for name, flavour, package in (
+        ("mpiexec.openmpi", "openmpi", "openmpi-bin"),
+        ("mpiexec.mpich", "mpich", "mpich"),
+    ):
+        path = shutil.which(name)
+        reason = f"{name} not installed (Debian: apt-get install {package})"
+        found.append(
+            pytest.param(path, id=flavour, marks=pytest.mark.skipif(path is None, reason=reason))
+        )
+    return found
+
+
+@pytest.mark.parametrize("mpiexec", _implementations())
+def test_engines_are_the_ranks_of_one_mpiexec(mpiexec):
+    flavour = mpi_flavour(mpiexec)
+    assert flavour in ("openmpi", "mpich")
+    args = ["--oversubscribe"] if flavour == "openmpi" else []
+    cluster = Cluster(
+        n=3,
+        engines="mpi",
+        mpiexec=mpiexec,
+        args=args,
+        controller_mode="threads",
+        hb_period=0.2,
+        hb_misses=10,
+    )
+    assert cluster.engines == []
+    rc = cluster.start_and_connect()
+    try:
+        assert sorted(rc[:].apply_sync(_rank)) == ["0", "1", "2"]
+        # Ranks are mpiexec's children, not ours: the parent watch (every 0.5 s) must
+        # still see this process as their launcher and leave them running.
+        rc[:].apply_sync(lambda: __import__("time").sleep(1.5))
+        assert sorted(rc[:].apply_sync(_rank)) == ["0", "1", "2"]
+        launcher = cluster.engines[0]
+        mpiexec_proc = psutil.Process(launcher.handles[0].pid)
+        assert mpiexec_proc.cmdline()[0] == mpiexec
+        pids = [info.pid for info in rc.engines.values()]
+        descendants = {p.pid for p in mpiexec_proc.children(recursive=True)}
+        assert set(pids) <= descendants  # every engine is a rank under this mpiexec
+    finally:
+        cluster.stop()
+    _, alive = psutil.wait_procs([p for p in map(_proc, pids) if p], timeout=30)
+    assert not alive
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_missing_mpiexec_fails_before_engines_start():
+    cluster = Cluster(n=1, engines="mpi", mpiexec="no-such-mpiexec", controller_mode="threads")
+    with pytest.raises(ClusterError, match="no-such-mpiexec.*not on PATH"):
+        cluster.start()
+    assert cluster.controller is None  # refused before anything started

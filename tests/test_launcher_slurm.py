@@ -1,0 +1,147 @@
+"""The Slurm and PBS launchers against a real single-node Slurm (slurmctld, slurmd,
+munge) that this module starts and stops; PBS through Slurm's Torque wrappers
+(slurm-wlm-torque's qsub/qstat/qdel)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import psutil
+import pytest
+from slurm_helpers import SlurmForTests, slurm_missing
+
+from corral.plugins.parallel.cluster import Cluster, ClusterError
+from corral.plugins.parallel.launchers.batch import SchedulerError
+
+pytestmark = pytest.mark.skipif(slurm_missing() is not None, reason=str(slurm_missing()))
+
+_task = lambda: __import__("os").environ.get("SLURM_ARRAY_TASK_ID")  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    server = SlurmForTests(tmp_path_factory.mktemp("slurm"))
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = server.env["SLURM_CONF"]
+    yield server
+    server.stop()
+    if saved is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = saved
+
+
+@pytest.fixture(autouse=True)
+def corral_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    monkeypatch.setenv("CORRAL_SYSTEM_INI", str(tmp_path / "none.ini"))
+    return tmp_path / "corral"
+
+
+def _jobs(slurm: SlurmForTests) -> str:
+    return slurm.run("squeue", "-h", "-o", "%i %j %T").stdout
+
+
+def _until_no_jobs(slurm: SlurmForTests, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while name in _jobs(slurm):
+        assert time.monotonic() < deadline, _jobs(slurm)
+        time.sleep(0.1)
+
+
+def _gone(pids: list[int]) -> None:
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=60)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+
+
+def test_engines_are_the_tasks_of_a_job_array(slurm):
+    cluster = Cluster(n=3, engines="slurm", queue="debug", time="10:00", controller_mode="threads")
+    rc = cluster.start_and_connect()
+    try:
+        assert sorted(rc[:].apply_sync(_task)) == ["0", "1", "2"]
+        job_id = cluster.engines[0].job_ids[0]
+        assert f"corral-engines-{cluster.cluster_id}" in _jobs(slurm)
+        script = cluster.profile_dir / "run" / f"engine-{cluster.cluster_id}-slurm.sh"
+        assert "#SBATCH --array=0-2" in script.read_text()
+        assert "#SBATCH --partition=debug" in script.read_text()
+        assert oct(script.stat().st_mode & 0o777) == "0o700"
+        pids = [info.pid for info in rc.engines.values()]
+    finally:
+        cluster.stop()
+    _until_no_jobs(slurm, job_id)
+    _gone(pids)
+
+
+def test_refused_submission_raises_the_schedulers_message(slurm):
+    cluster = Cluster(n=1, engines="slurm", queue="nosuch", controller_mode="threads")
+    with pytest.raises(SchedulerError) as info:
+        cluster.start()
+    assert "Invalid partition name specified" in str(info.value)
+    assert info.value.command[0] == "sbatch"
+    assert cluster.controller is not None and not cluster.controller.is_running
+
+
+def test_user_template_and_engines_that_never_arrive(slurm, tmp_path):
+    template = tmp_path / "job.sh"
+    template.write_text(
+        "#!/bin/sh\n#SBATCH --job-name=mine-{cluster_id}\n#SBATCH --array={array}\n"
+        "#SBATCH --output={log}\n#SBATCH --begin=now+1hour\n{directives}\nexec {engine}\n"
+    )
+    cluster = Cluster(
+        n=2, engines="slurm", template=str(template), engine_timeout=3, controller_mode="threads"
+    )
+    with pytest.raises(ClusterError) as info:
+        cluster.start_and_connect()
+    # The scheduler's own reason for the wait, in the error.
+    assert "PENDING (BeginTime)" in str(info.value)
+    assert "slurm launcher says" in str(info.value)
+    _until_no_jobs(slurm, f"mine-{cluster.cluster_id}")
+    with pytest.raises(ValueError, match=r"\[launcher:slurm\] template.*no template file"):
+        Cluster(engines="slurm", template=str(tmp_path / "missing.sh"))
+    with pytest.raises(ValueError, match=r"\[launcher:slurm\] time.*wall time"):
+        Cluster(engines="slurm", time="soon")
+
+
+def _torque_bin() -> str | None:
+    """Where Slurm's Torque wrappers (slurm-wlm-torque) are: on PATH, or unpacked into
+    /opt/corral-ci/slurm-torque by .ci/run (the package conflicts with gridengine-client,
+    which owns /usr/bin/qsub when both schedulers are tested)."""
+    for directory in (
+        os.environ.get("CORRAL_TEST_TORQUE_BIN"),
+        "/opt/corral-ci/slurm-torque/usr/bin",
+        os.path.dirname(shutil.which("qsub") or ""),
+    ):
+        qsub = os.path.join(directory or "", "qsub")
+        # The wrappers run sbatch from their own directory.
+        if directory and os.path.isfile(qsub) and os.path.exists(os.path.join(directory, "sbatch")):
+            with open(qsub, "rb") as fh:
+                if b"Slurm" in fh.read(4096):
+                    return directory
+    return None
+
+
+@pytest.mark.skipif(
+    _torque_bin() is None,
+    reason="Slurm's Torque wrappers not found (Debian: slurm-wlm-torque; see .ci/run)",
+)
+def test_pbs_through_slurms_torque_wrappers(slurm):
+    cluster = Cluster(
+        n=2, engines="pbs", time="00:10:00", bin_dir=_torque_bin(), controller_mode="threads"
+    )
+    rc = cluster.start_and_connect()
+    try:
+        assert sorted(rc[:].apply_sync(_task)) == ["0", "1"]
+        job_id = cluster.engines[0].job_ids[0]
+        pids = [info.pid for info in rc.engines.values()]
+    finally:
+        cluster.stop()
+    _until_no_jobs(slurm, job_id)
+    _gone(pids)
