@@ -282,7 +282,13 @@ class Cluster:
                 ip=self.ip,
                 location=self.location or None,
                 log_level=self.config.get("controller", "log_level"),
-                extra_args=self.controller_args,
+                extra_args=(
+                    "--hwm",
+                    str(self.config.get("controller", "hwm")),
+                    "--policy",
+                    self.config.get("controller", "policy"),
+                    *self.controller_args,
+                ),
                 options=self._launcher_options(self.controller_launcher),
             )
             self._stopped = False
@@ -308,6 +314,8 @@ class Cluster:
             repr(float(self.config.get("engine", "timeout"))),
             "--log-level",
             self.config.get("engine", "log_level"),
+            "--controller-grace",
+            repr(float(self.config.get("engine", "controller_grace"))),
             *self.engine_args,
         ]
 

@@ -149,6 +149,23 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "controller",
+        "hwm",
+        128,
+        "Load-balanced tasks one engine may hold at once (the rest wait in the\n"
+        "scheduler, for whichever engine frees first); 0: no bound.",
+        type="int",
+        minimum=0,
+    ),
+    Option(
+        "controller",
+        "policy",
+        "leastload",
+        "How the scheduler picks an engine: leastload, lru, random, twobin or weighted.",
+        type="choice",
+        choices=("leastload", "lru", "random", "twobin", "weighted"),
+    ),
+    Option(
+        "controller",
         "args",
         [],
         "Extra command-line arguments for the controller process.",
@@ -170,6 +187,15 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
         "it gives up with an error naming the address it tried.",
         type="float",
         minimum=0.1,
+    ),
+    Option(
+        "engine",
+        "controller_grace",
+        60.0,
+        "Seconds an engine that lost its controller keeps running, waiting for one\n"
+        "restarted on the same cluster (it re-registers with its id and namespace).",
+        type="float",
+        minimum=0,
     ),
     Option(
         "engine",
