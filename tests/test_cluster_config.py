@@ -97,8 +97,9 @@ def test_broken_profile_fails_for_cluster_and_kernel_manager():
 
 def test_keyword_arguments_are_checked_like_the_file():
     assert Cluster(n="4").n == 4  # text is parsed, as from a file
+    assert Cluster(n=0).n == 0  # engines come later, through add_engines()
     for kwargs, expected in [
-        ({"n": 0}, r"\[cluster\] n: bad value '0'; expected an integer >= 1"),
+        ({"n": -1}, r"\[cluster\] n: bad value '-1'; expected an integer >= 0"),
         ({"hb_period": 0}, r"hb_period.*>= 0.01"),
         ({"db": "postgres"}, r"\[cluster\] db.*one of sqlite, memory, none"),
         ({"engines": "nope"}, r"unknown launcher 'nope'; known launchers: htcondor, local, lsf"),

@@ -18,7 +18,7 @@ import cloudpickle
 import pytest
 from parallel_client_harness import LiveCluster
 
-from corral.plugins.parallel.client import Client, ControllerLost
+from corral.plugins.parallel.client import Client, ControllerLost, RemoteError
 from corral.plugins.parallel.controller.main import ControllerConfig, take_over
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -158,5 +158,33 @@ def test_engines_exit_when_no_controller_comes_back(tmp_path: Path) -> None:
         for engine in live.engines:
             assert engine.wait(WAIT) == 1
         assert not live.cluster_file.exists(), "no stale file once nobody waits"
+    finally:
+        live.stop()
+
+
+def test_tasks_the_dead_scheduler_never_gave_out_are_unknown_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    live = LiveCluster(tmp_path, threads=False, hb_period=0.2, controller_args=("--hwm", "1"))
+    try:
+        rc = live.client
+        gate = str(tmp_path / "gate")
+        started = [str(tmp_path / f"started-{i}") for i in range(2)]
+        lview = rc.load_balanced_view()
+        running = [lview.apply_async(start_then_wait, path, gate) for path in started]
+        for path in started:
+            wait_for_path(path, WAIT)  # one task on each engine, which holds no more
+        waiting = [lview.apply_async(wait_for_path, gate) for _ in range(3)]
+        live.kill_controller()
+        live.restart_controller()
+        rc.reconnect(timeout=WAIT)
+        rc.wait_for_engines(2, timeout=WAIT)
+        for result in waiting:  # never left the dead scheduler: unknown, not pending
+            with pytest.raises(RemoteError) as info:
+                rc.get_result(result.msg_ids[0]).get(timeout=WAIT)
+            assert "submit it again" in str(info.value)
+        open(gate, "w").close()
+        for result in running:
+            assert rc.get_result(result.msg_ids[0]).get(timeout=WAIT) == gate
     finally:
         live.stop()

@@ -230,6 +230,14 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
     except ConfigError as error:
         print(f"corral: configuration error: {error}", file=sys.stderr, flush=True)
         return 2
+    if cluster.n == 0:  # only the Python API can add engines to it later
+        print(
+            "corral: configuration error: [cluster] n: bad value '0'; expected an integer "
+            ">= 1 (a cluster with no engines is for the Python API: Cluster(n=0))",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
     if args.daemon:
         return _start_daemon(args, cluster_id, cluster.engine_timeout)
     stop_now = threading.Event()

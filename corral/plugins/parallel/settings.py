@@ -36,9 +36,10 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
         "cluster",
         "n",
         None,
-        "Engines to start; empty: one per CPU core of this machine.",
+        "Engines to start; empty: one per CPU core of this machine. 0 (Python API only):\n"
+        "none yet, add them with Cluster.add_engines(); tasks wait for them.",
         type="int",
-        minimum=1,
+        minimum=0,
     ),
     Option(
         "cluster",

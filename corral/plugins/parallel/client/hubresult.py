@@ -150,4 +150,9 @@ def _part_outcome(msg_id: str, part: dict[str, Any], buffers: list[Any]) -> tupl
 def _unknown(msg_id: str, why: str = "") -> Any:
     from .errors import RemoteError
 
-    return RemoteError("KeyError", f"no task {msg_id!r} in the hub's database {why}".strip())
+    return RemoteError(
+        "KeyError",
+        f"no task {msg_id!r} in the hub's database {why}".strip()
+        + " (a task still waiting in the scheduler of a controller that died was never "
+        "recorded: submit it again)",
+    )

@@ -117,6 +117,13 @@ def _client_text(ident: bytes) -> str:
     return text if text.isprintable() else ident.hex()
 
 
+#: How long a restarted controller waits for the engines of the dead one before failing
+#: the tasks they owe: an engine's default grace (60 s) and its time to notice (10 s).
+ORPHAN_WAIT = 75.0
+#: At most this many task ids of one re-registering engine are recorded.
+_MAX_HOLDING = 100_000
+
+
 class Hub(Component):
     """The controller's core; see the module docstring."""
 
@@ -145,6 +152,9 @@ class Hub(Component):
         self.next_id = 0
         #: ids of engines gone in this controller's life: never given out again
         self.retired: set[int] = set()
+        #: engines a dead controller of this cluster left owing replies (see serve)
+        self._orphans: set[str] = set()
+        self._orphans_at = 0.0
         #: (msg_id, engine uuid or b"") of requests not yet answered
         self.pending: dict[tuple[str, bytes], None] = {}
         self.completed: dict[bytes, int] = {}
@@ -200,7 +210,38 @@ class Hub(Component):
 
     # -- the loop -------------------------------------------------------------------------
 
+    def _inherit_records(self) -> None:
+        """At start: settle what a dead controller of this cluster left unanswered.
+
+        Tasks it never gave to an engine died with its scheduler: they are answered now
+        with ``ControllerLost`` (a client waiting in ``get_result`` learns to submit them
+        again instead of waiting forever). Tasks given to an engine are waited for: the
+        engine outlives the controller and re-registers; those of engines that have not
+        come back after :data:`ORPHAN_WAIT` seconds are answered with ``EngineError``.
+        """
+        owing = self.db.unanswered_engines()
+        if "" in owing:
+            count = self.db.fail_unanswered(
+                "",
+                "ControllerLost",
+                "the controller died before any engine was given this task; submit it again",
+            )
+            log.warning("hub: %d task(s) of a dead controller never reached an engine", count)
+        self._orphans = owing - {""}
+        self._orphans_at = time.monotonic() + ORPHAN_WAIT
+
+    def _settle_orphans(self) -> None:
+        """The engines a dead controller left owing replies that did not come back."""
+        for uuid in self._orphans:
+            if uuid.encode("utf-8") not in self.by_uuid:
+                count = self.db.fail_unanswered(
+                    uuid, "EngineError", "its engine did not come back after a controller restart"
+                )
+                log.warning("hub: engine %s did not come back; %d task(s) failed", uuid, count)
+        self._orphans = set()
+
     def serve(self, control: ControlPipe) -> None:
+        self._inherit_records()
         poller = self._poller
         for sock in (self.registration, self.hb_pong, self.monitor):
             poller.register(sock, zmq.POLLIN)
@@ -238,6 +279,8 @@ class Hub(Component):
                 else:
                     trimmer.idle(now)  # a wake-up with nothing to record: work is over
                 trimmer.tick(now)
+                if self._orphans and now >= self._orphans_at:
+                    self._settle_orphans()
                 if now >= heart.next_at:
                     beat, dead = heart.tick(now)
                     self.hb_ping.send(beat)
@@ -299,7 +342,19 @@ class Hub(Component):
             },
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
+        self._record_holding(record, content.get("holding"))
         return self._registered(record)
+
+    def _record_holding(self, record: EngineRecord, holding: Any) -> None:
+        """An engine re-registering after a controller died says which tasks it runs or
+        has queued: record them as owed by it, in case the dead controller had not
+        stored them yet (a duplicate of a stored request changes nothing)."""
+        if not isinstance(holding, list):
+            return
+        for msg_id in holding[:_MAX_HOLDING]:
+            if isinstance(msg_id, str) and 0 < len(msg_id) <= 255:
+                self.pending[(msg_id, record.uuid.encode("utf-8"))] = None
+                self.db.add_held(msg_id, record.uuid, record.id)
 
     def _registered(self, record: EngineRecord) -> dict[str, Any]:
         """The registration reply for ``record``."""

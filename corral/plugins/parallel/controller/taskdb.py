@@ -132,6 +132,11 @@ _INSERT_TASK = (
     "WHERE excluded.result_status IS NOT NULL"
 )
 _NO_REPLY = (None, None, None, None, None, None, None, 0, None)
+# A task an engine says it holds, unless any row knows the task already.
+_INSERT_HELD = (
+    "INSERT INTO tasks (msg_id, client_id, engine_uuid, engine_id) SELECT ?, '', ?, ? "
+    "WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE msg_id = ?)"
+)
 # A dead engine's unanswered tasks become unassigned, for a retry or an error to claim.
 _ENGINE_LOST = (
     "UPDATE OR IGNORE tasks SET engine_uuid = '' WHERE engine_uuid = ? AND result_status IS NULL"
@@ -267,6 +272,20 @@ class TaskDB:
 
     def engine_lost(self, engine_uuid: str) -> None:
         """``engine_uuid`` died: its unanswered tasks may be answered by another engine."""
+
+    def add_held(self, msg_id: str, engine_uuid: str, engine_id: int) -> None:
+        """Record that ``engine_uuid`` holds ``msg_id``, unless the task is known already
+        (an engine re-registering with a restarted controller says what it holds)."""
+
+    def unanswered_engines(self) -> set[str]:
+        """Engines owing replies in the records (of a controller that died, at start)."""
+        return set()
+
+    def fail_unanswered(self, engine_uuid: str, ename: str, evalue: str) -> int:
+        """Answer every unanswered task of ``engine_uuid`` (``""``: of no engine yet)
+        with the error ``ename: evalue``; how many. For tasks nobody is left to answer:
+        a dead controller's backlog, or engines that did not come back after it."""
+        return 0
 
     def get(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``{msg_id: record}`` for the ids found. A broadcast's record is its first row,
@@ -490,6 +509,28 @@ class SQLiteTaskDB(TaskDB):
     def engine_lost(self, engine_uuid: str) -> None:
         self._put((3, (engine_uuid,)))
 
+    def add_held(self, msg_id: str, engine_uuid: str, engine_id: int) -> None:
+        self._put((4, (msg_id, engine_uuid, engine_id, msg_id)))
+
+    def unanswered_engines(self) -> set[str]:
+        return self._call(self._unanswered_engines)
+
+    def fail_unanswered(self, engine_uuid: str, ename: str, evalue: str) -> int:
+        content = json.dumps({"status": "error", "ename": ename, "evalue": evalue, "traceback": []})
+        return self._call(self._fail_unanswered, engine_uuid, content)
+
+    def _unanswered_engines(self) -> set[str]:
+        sql = "SELECT DISTINCT engine_uuid FROM tasks WHERE result_status IS NULL"
+        return {row[0] for row in self._db.execute(sql)}
+
+    def _fail_unanswered(self, engine_uuid: str, content: str) -> int:
+        now = _now()
+        sql = (
+            "UPDATE tasks SET result_status = 'error', result_content = ?, completed = ?, "
+            "received = ? WHERE engine_uuid = ? AND result_status IS NULL"
+        )
+        return self._db.execute(sql, (content, now, now, engine_uuid)).rowcount
+
     # -- queries: run on the writer thread after the writes queued before them ------
 
     def _call(self, fn: Any, *args: Any) -> Any:
@@ -576,6 +617,7 @@ class SQLiteTaskDB(TaskDB):
         replies = [args for kind, args in pending if kind == 1]
         outputs = [args for kind, args in pending if kind == 2]
         lost = [args for kind, args in pending if kind == 3]
+        held = [args for kind, args in pending if kind == 4]
         pending.clear()
         rows, replies = _merge(requests, replies)
         db = self._db
@@ -583,6 +625,8 @@ class SQLiteTaskDB(TaskDB):
             db.execute("BEGIN")
             if rows:
                 db.executemany(_INSERT_TASK, rows)
+            if held:
+                db.executemany(_INSERT_HELD, held)
             if lost:
                 db.executemany(_ENGINE_LOST, lost)
             if replies:

@@ -274,7 +274,9 @@ class Engine:
         self.ident = self.uuid.encode("ascii")
         self.hub_timeout = hub_timeout
         self.controller_grace = _grace(controller_grace, info)
-        #: set by the hub watch when beats come back after a silence: register again
+        #: the msg_id of the request being served (read by the hub watch's thread)
+        self._serving: str | None = None
+        #: set by the hub watch once registered with a restarted hub: send recent replies again
         self._rejoin = False
         #: the cluster file this engine was started from (removed if its cluster died)
         self.cluster_file: Path | None = None
@@ -579,9 +581,9 @@ class Engine:
         flusher.start()
         try:
             while self._stop_reason is None:
-                if self._rejoin:  # a restarted controller: be known to it before more work
+                if self._rejoin:  # a restarted controller: what it may have lost, again
                     self._rejoin = False
-                    self._register_again()
+                    self._resend_replies()
                     continue
                 if inbox:
                     if self._held:  # answers to earlier tasks go first
@@ -695,6 +697,7 @@ class Engine:
                 self._start_group(msg)
             self._group_left -= 1
         handler = self._handlers.get(msg.msg_type)
+        self._serving = msg.msg_id
         try:
             if handler is None:
                 self._unknown(sock, msg)
@@ -703,6 +706,8 @@ class Engine:
         except Exception as exc:  # a bug or bad content: answer, keep serving
             log.exception("error while handling %s", msg.msg_type)
             self._reply_error(sock, msg, exc)
+        finally:
+            self._serving = None
 
     # ------------------------------------------------------------ same-host clients
 
@@ -1303,16 +1308,29 @@ class Engine:
         again the replies the old controller may have died with: those sent since shortly
         before its last beat."""
         self._resend_since = last_old_beat - _RESEND_MARGIN
+        # Registered from this (the watch's) thread: the main thread may be deep in a
+        # long task, and a controller must know its engines before that task ends. The
+        # main thread touches the registration socket only before the watch starts and
+        # after it stopped. Replies go again from the main thread, between tasks.
+        self._register_again()
         self._rejoin = True
         self._wake()
 
     def _register_again(self) -> None:
-        """Re-register with a restarted controller, asking for the same id."""
+        """Re-register with a restarted controller, asking for the same id (in the hub
+        watch's thread, with a replay guard of its own)."""
         import time
 
+        replay = wire.ReplayGuard()
+        # What this engine runs or has queued: a restarted hub records these as owed by
+        # it (the dead controller may not have stored that it gave them out).
+        serving = self._serving
+        holding = [] if serving is None else [serving]
+        holding += [m.msg_id for _, m in list(self._pending)]
         content = {
             "uuid": self.uuid,
             "id": self.id,
+            "holding": holding,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "data_url": self.data_url,
@@ -1330,7 +1348,7 @@ class Engine:
                 self._stop("re-registration unanswered", 1)
                 return
             try:
-                msg = recv_message(self.registration, self.signer, self.replay, _NOBLOCK)
+                msg = recv_message(self.registration, self.signer, replay, _NOBLOCK)
             except zmq.Again:
                 continue
             except wire.WireError as exc:
@@ -1349,7 +1367,6 @@ class Engine:
             self._identify()
         else:
             log.warning("engine %d re-registered with the restarted controller", self.id)
-        self._resend_replies()
 
     def _log_reply(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         """Keep a small reply for a while: a controller killed before it stored it gets
