@@ -360,6 +360,7 @@ class Client(ClientCompat):
             )
             log.error("%s", error)
         self._lost = error
+        self._io.abandon()  # nothing queued may reach a restarted controller
         pending = set(self._pending.values()) | set(self._hub_results)
         for msg_id in self._pending:
             # get_result() of these asks the database (where a restarted controller

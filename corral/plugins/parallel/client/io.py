@@ -63,6 +63,8 @@ class ClientIO:
         self._monitors: dict[zmq.Socket[Any], str] = {}
         #: called in this thread with a watched channel's name when its peer went away
         self.on_disconnect: Callable[[str], None] | None = None
+        #: the sockets were closed by abandon(): sends are dropped quietly
+        self._abandoned = False
         self._poller = zmq.Poller()
         self._outbox: deque[tuple[str | None, Any, bool]] = deque()
         self._nocopy: set[str] = set()
@@ -225,7 +227,8 @@ class ClientIO:
     def _send_now(self, channel: str, frames: list[Any], copy: bool) -> None:
         sock = self._sockets.get(channel)
         if sock is None:
-            log.error("no socket %r; dropped a message", channel)
+            if not self._abandoned:
+                log.error("no socket %r; dropped a message", channel)
             return
         try:
             send_frames(sock, frames, copy=copy)
@@ -300,7 +303,9 @@ class ClientIO:
                     elif sock in self._monitors:
                         self._on_monitor(sock)
                     else:
-                        self._drain(sock, self._channel_of[sock])
+                        channel = self._channel_of.get(sock)
+                        if channel is not None:  # None: closed by abandon() just now
+                            self._drain(sock, channel)
             self._flush_outbox()
         except Exception:
             log.exception("client I/O thread crashed")
@@ -324,7 +329,25 @@ class ClientIO:
             except Exception:
                 log.exception("client disconnect handler failed")
 
-    def _close_sockets(self) -> None:
+    def abandon(self) -> None:
+        """In this thread: close every socket at once, dropping whatever they still hold.
+
+        For a lost controller: a request still queued in a socket would otherwise reach a
+        controller restarted on the same ports (the sockets reconnect by themselves) and
+        run, while its result has already failed and the caller submits it again.
+        """
+        for monitor in list(self._monitors):
+            self._poller.unregister(monitor)
+        for sock in self._sockets.values():
+            self._poller.unregister(sock)
+        self._close_sockets(wake=False)
+        self._channel_of.clear()
+        self._abandoned = True
+        kept = [entry for entry in self._outbox if entry[0] is None]  # callbacks stay
+        self._outbox.clear()
+        self._outbox.extend(kept)
+
+    def _close_sockets(self, wake: bool = True) -> None:
         watched = set(self._monitors.values())
         for channel, sock in self._sockets.items():
             if channel in watched:
@@ -338,6 +361,8 @@ class ClientIO:
         for sock in list(self._sockets.values()):
             sock.close(linger=0)
         self._sockets.clear()
+        if not wake:
+            return
         self._wake_rx.close(linger=0)
         with self._wake_lock:
             self._wake_tx.close(linger=0)

@@ -120,6 +120,9 @@ def _client_text(ident: bytes) -> str:
 #: How long a restarted controller waits for the engines of the dead one before failing
 #: the tasks they owe: an engine's default grace (60 s) and its time to notice (10 s).
 ORPHAN_WAIT = 75.0
+#: How long a restarted controller waits for engines to claim the tasks a dead one had
+#: recorded without an engine, before answering them with ControllerLost.
+UNASSIGNED_WAIT = 3.0
 #: At most this many task ids of one re-registering engine are recorded.
 _MAX_HOLDING = 100_000
 
@@ -155,6 +158,8 @@ class Hub(Component):
         #: engines a dead controller of this cluster left owing replies (see serve)
         self._orphans: set[str] = set()
         self._orphans_at = 0.0
+        self._unassigned = False
+        self._unassigned_at = 0.0
         #: (msg_id, engine uuid or b"") of requests not yet answered
         self.pending: dict[tuple[str, bytes], None] = {}
         self.completed: dict[bytes, int] = {}
@@ -220,15 +225,25 @@ class Hub(Component):
         come back after :data:`ORPHAN_WAIT` seconds are answered with ``EngineError``.
         """
         owing = self.db.unanswered_engines()
-        if "" in owing:
-            count = self.db.fail_unanswered(
-                "",
-                "ControllerLost",
-                "the controller died before any engine was given this task; submit it again",
-            )
-            log.warning("hub: %d task(s) of a dead controller never reached an engine", count)
+        self._unassigned = "" in owing
+        now = time.monotonic()
+        # Engines re-register within a beat or two of a new hub (also mid-task) and
+        # claim what they hold; what nobody claimed by then never left the scheduler.
+        self._unassigned_at = now + max(UNASSIGNED_WAIT, 5 * self.heart.period)
         self._orphans = owing - {""}
-        self._orphans_at = time.monotonic() + ORPHAN_WAIT
+        self._orphans_at = now + ORPHAN_WAIT
+
+    def _settle_unassigned(self) -> None:
+        """Tasks a dead controller recorded and no engine claimed: they died with its
+        scheduler's backlog."""
+        self._unassigned = False
+        count = self.db.fail_unanswered(
+            "",
+            "ControllerLost",
+            "the controller died before any engine was given this task; submit it again",
+        )
+        if count:
+            log.warning("hub: %d task(s) of a dead controller never reached an engine", count)
 
     def _settle_orphans(self) -> None:
         """The engines a dead controller left owing replies that did not come back."""
@@ -279,6 +294,8 @@ class Hub(Component):
                 else:
                     trimmer.idle(now)  # a wake-up with nothing to record: work is over
                 trimmer.tick(now)
+                if self._unassigned and now >= self._unassigned_at:
+                    self._settle_unassigned()
                 if self._orphans and now >= self._orphans_at:
                     self._settle_orphans()
                 if now >= heart.next_at:
@@ -315,6 +332,7 @@ class Hub(Component):
         known = self.by_uuid.get(key)
         if known is not None:
             if content.get("id") == known:  # asked again (it thought we were gone): same
+                self._record_holding(self.engines[known], content.get("holding"))
                 return self._registered(self.engines[known])
             return {"status": "error", "evalue": f"engine uuid {uuid} is already registered"}
         pid = content.get("pid")

@@ -132,7 +132,12 @@ _INSERT_TASK = (
     "WHERE excluded.result_status IS NOT NULL"
 )
 _NO_REPLY = (None, None, None, None, None, None, None, 0, None)
-# A task an engine says it holds, unless any row knows the task already.
+# A task an engine says it holds: it claims the task's row if that names no engine yet
+# (recorded while the task waited in the scheduler), else a row is made if none exists.
+_CLAIM_HELD = (
+    "UPDATE OR IGNORE tasks SET engine_uuid = ?, engine_id = ? "
+    "WHERE msg_id = ? AND engine_uuid = '' AND result_status IS NULL"
+)
 _INSERT_HELD = (
     "INSERT INTO tasks (msg_id, client_id, engine_uuid, engine_id) SELECT ?, '', ?, ? "
     "WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE msg_id = ?)"
@@ -626,6 +631,7 @@ class SQLiteTaskDB(TaskDB):
             if rows:
                 db.executemany(_INSERT_TASK, rows)
             if held:
+                db.executemany(_CLAIM_HELD, [(u, e, m) for m, u, e, _ in held])
                 db.executemany(_INSERT_HELD, held)
             if lost:
                 db.executemany(_ENGINE_LOST, lost)

@@ -274,6 +274,8 @@ class Engine:
         self.ident = self.uuid.encode("ascii")
         self.hub_timeout = hub_timeout
         self.controller_grace = _grace(controller_grace, info)
+        #: the main thread is to register with a restarted hub (see _on_back)
+        self._register_due = False
         #: the msg_id of the request being served (read by the hub watch's thread)
         self._serving: str | None = None
         #: set by the hub watch once registered with a restarted hub: send recent replies again
@@ -283,7 +285,7 @@ class Engine:
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
         #: (monotonic time sent, socket, frames) of recent small replies on the queues
-        self._reply_log: deque[tuple[float, Any, list[Any]]] = deque()
+        self._reply_log: deque[tuple[float, Any, list[Any], str]] = deque()
         #: how long a reply is kept: longer than a lost controller takes to notice
         self._reply_window = 3 * max(10 * float(info.get("hb_period") or 1.0), 1.0)
         #: replies sent since then go again to a restarted controller
@@ -583,6 +585,9 @@ class Engine:
             while self._stop_reason is None:
                 if self._rejoin:  # a restarted controller: what it may have lost, again
                     self._rejoin = False
+                    if self._register_due:
+                        self._register_due = False
+                        self._register_again()
                     self._resend_replies()
                     continue
                 if inbox:
@@ -876,7 +881,7 @@ class Engine:
                     self._flush_held()
                 send_frames(sock, frames)
                 return
-        self._log_reply(sock, frames)
+        self._log_reply(sock, frames, msg.msg_id)
         now = time.monotonic()
         if not held:
             self._held_since = now
@@ -1308,25 +1313,51 @@ class Engine:
         again the replies the old controller may have died with: those sent since shortly
         before its last beat."""
         self._resend_since = last_old_beat - _RESEND_MARGIN
-        # Registered from this (the watch's) thread: the main thread may be deep in a
-        # long task, and a controller must know its engines before that task ends. The
-        # main thread touches the registration socket only before the watch starts and
-        # after it stopped. Replies go again from the main thread, between tasks.
-        self._register_again()
+        # The sockets belong to whoever holds _sock_lock; the main thread lets go of it
+        # only while user code runs. Then (a task may run for hours, and a controller
+        # must know its engines before it ends) this thread registers; otherwise the
+        # main thread does, between tasks. Replies go again from the main thread.
+        if self._sock_lock.acquire(timeout=0.05):
+            try:
+                self._register_again()
+            finally:
+                self._sock_lock.release()
+        else:
+            self._register_due = True
         self._rejoin = True
         self._wake()
 
+    def _take_queued(self) -> None:
+        """Read every request waiting on the queue sockets into ``_pending`` (in order),
+        so that a registration can say which tasks this engine holds."""
+        for sock in (self.mux, self.task, self.broadcast):
+            while True:
+                try:
+                    messages, errors = recv_messages(sock, self.signer, self.replay, _NOBLOCK)
+                except zmq.Again:
+                    break
+                for exc in errors:
+                    self.dropped += 1
+                    log.warning("dropped a bad message on a queue: %s", exc)
+                self._pending.extend((sock, msg) for msg in messages)
+
     def _register_again(self) -> None:
-        """Re-register with a restarted controller, asking for the same id (in the hub
-        watch's thread, with a replay guard of its own)."""
+        """Re-register with a restarted controller, asking for the same id and saying
+        which tasks this engine holds (by whichever thread holds ``_sock_lock``; a replay
+        guard of its own)."""
         import time
 
         replay = wire.ReplayGuard()
         # What this engine runs or has queued: a restarted hub records these as owed by
         # it (the dead controller may not have stored that it gave them out).
+        self._take_queued()
         serving = self._serving
         holding = [] if serving is None else [serving]
         holding += [m.msg_id for _, m in list(self._pending)]
+        # And what it answered since the old controller's last moments: those replies
+        # go again (see _resend_replies), and may be all the new hub ever hears of them.
+        since = self._resend_since
+        holding += [m for sent, _, _, m in list(self._reply_log) if sent >= since]
         content = {
             "uuid": self.uuid,
             "id": self.id,
@@ -1368,12 +1399,12 @@ class Engine:
         else:
             log.warning("engine %d re-registered with the restarted controller", self.id)
 
-    def _log_reply(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+    def _log_reply(self, sock: zmq.Socket[Any], frames: list[Any], msg_id: str) -> None:
         """Keep a small reply for a while: a controller killed before it stored it gets
         it again from :meth:`_resend_replies` (replies are idempotent: same msg_id)."""
         log_ = self._reply_log
         now = time.monotonic()
-        log_.append((now, sock, frames))
+        log_.append((now, sock, frames, msg_id))
         horizon = now - self._reply_window
         while log_ and (log_[0][0] < horizon or len(log_) > _REPLY_LOG_MAX):
             log_.popleft()
@@ -1381,7 +1412,7 @@ class Engine:
     def _resend_replies(self) -> None:
         """Send again every kept reply sent since the old controller's last moments."""
         since = self._resend_since
-        again = [(sock, frames) for sent, sock, frames in self._reply_log if sent >= since]
+        again = [(sock, frames) for sent, sock, frames, _ in self._reply_log if sent >= since]
         if not again:
             return
         if self._held:
