@@ -19,6 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 from corral.plugins.parallel.clusterfile import ClusterInfo
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
+from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.session import Session
 
 TIMEOUT = 20.0  # only a hang ever reaches it
@@ -51,7 +52,7 @@ class Peer:
     def __init__(self, info: ClusterInfo, name: str) -> None:
         self.info = info
         self.ctx = zmq.Context.instance()
-        self.session = Session(info.key, username=name)
+        self.session = Session(info.key, username=name, signer=cluster_signer(info.key))
         self.socks: dict[str, zmq.Socket[Any]] = {}
         #: Messages of a received batch not yet returned, per socket name.
         self.unread: dict[str, deque[list[bytes]]] = {}

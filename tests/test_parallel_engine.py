@@ -30,6 +30,7 @@ from parallel_fakes import split_batch
 from corral.core.serialize import deserialize, pack_apply, serialize
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
+from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,9 @@ class FakeController:
 
     def __init__(self, tmp: Path, *, hb_period: float = 0.1, beat: bool = True) -> None:
         self.ctx = zmq.Context()
-        self.session = Session(KEY.encode(), username="controller")
+        self.session = Session(
+            KEY.encode(), username="controller", signer=cluster_signer(KEY.encode())
+        )
         self.hb_period = hb_period
         self.socks: dict[str, zmq.Socket[Any]] = {}
         #: Messages of a received batch not yet returned, per socket name.

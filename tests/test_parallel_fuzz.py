@@ -26,6 +26,7 @@ from corral.plugins.parallel.clusterfile import ClusterInfo, read_cluster_file
 from corral.plugins.parallel.controller import start_controller
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
+from corral.transports.zmq.door import cluster_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ class Rig:
         for eng in self.engines:
             eng.register()
             self.client.notification()
-        self.signer = wire.Signer(info.key)
+        self.signer = cluster_signer(info.key)
         ctx = zmq.Context.instance()
         self.raw: dict[str, zmq.Socket[Any]] = {}
         for name in (

@@ -25,6 +25,7 @@ import zmq
 
 from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
+from corral.transports.zmq.door import cluster_signer
 
 from .asyncresult import AsyncResult, BroadcastResult, engine_death_error, reply_outcome
 from .errors import RemoteError
@@ -155,7 +156,7 @@ class Client:
         self.cluster_id: str = info.get("cluster_id", cluster_id or "")
         self.cluster_info = {k: v for k, v in info.items() if k != "key"}
         key = info.get("key", b"")
-        self._signer = wire.Signer(
+        self._signer = cluster_signer(
             key if isinstance(key, bytes) else key.encode("ascii"),
             info.get("signature_scheme", "hmac-sha256"),
         )

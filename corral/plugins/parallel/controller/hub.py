@@ -22,6 +22,12 @@ import zmq
 from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
+from corral.transports.zmq.door import (
+    BUFFERS_COUNTED,
+    BUFFERS_HASHED,
+    BUFFERS_IGNORED,
+    cluster_signer,
+)
 from corral.transports.zmq.session import Session
 
 from .base import Component, ControlPipe, bind_random, drain, loads_dict, make_socket, read_control
@@ -133,7 +139,9 @@ class Hub(Component):
         hb_period: float = 1.0,
         hb_misses: int = 2,
     ) -> None:
-        self.session = Session(key, scheme=scheme, username="corral-hub")
+        self.session = Session(
+            key, scheme=scheme, username="corral-hub", signer=cluster_signer(key, scheme)
+        )
         self.signer = self.session.signer
         self.monitor_replay = wire.ReplayGuard()
         self.db = db
@@ -342,26 +350,32 @@ class Hub(Component):
             self._drop("malformed monitor message", len(frames))
             return
         tag, engine, client = frames[0], frames[1], frames[2]
-        if tag not in (REQUEST, REPLY):
-            self._drop("unknown monitor tag", len(frames))
-            return
         signature = frames[4]
         parts = frames[5:9]
-        if self.signer.enabled:
-            if not signature or not self.signer.verify(parts, signature):
-                self._drop("bad signature on monitor message", len(frames))
-                return
-            try:
-                self.monitor_replay.check(tag + b"\0" + engine + b"\0" + signature)
-            except wire.ReplayedMessage:
-                self._drop("replayed monitor message", len(frames))
-                return
+        try:
+            # Only a queue or an engine of this cluster seals a copy's envelope (kind,
+            # engine, client, inner signature): nothing signed for another socket (an
+            # iopub message, say) passes as a copy. Replies are stored, so their buffers
+            # are hashed against the signed digests; request copies carry no buffers.
+            tag = self.signer.open_monitor_tag(tag, engine, client, signature)
+            if tag not in (REQUEST, REPLY):
+                raise wire.MalformedMessage("unknown monitor tag")
+            if self.signer.enabled:
+                how = BUFFERS_HASHED if tag == REPLY else BUFFERS_IGNORED
+                self.signer.check(parts, signature, frames[9:], how)
+                self.monitor_replay.check(frames[0].partition(b":")[2])
+        except wire.WireError as exc:
+            self._drop(f"monitor: {exc}", len(frames))
+            return
         engine_id = self.by_uuid.get(engine)
         engine_text = engine.decode("utf-8", "replace")
         if tag == REQUEST:
             header = loads_dict(parts[0])
             if header is None or not isinstance(header.get("msg_id"), str):
                 self._drop("monitor request without msg_id", len(frames))
+                return
+            if not str(header.get("msg_type", "")).endswith("_request"):
+                self._drop("monitor: a request copy that is not a request", len(frames))
                 return
             msg_id = header["msg_id"]
             self.pending[(msg_id, engine)] = None
@@ -382,12 +396,21 @@ class Hub(Component):
         if parent is None or metadata is None or not isinstance(parent.get("msg_id"), str):
             self._drop("monitor reply without parent msg_id", len(frames))
             return
+        header = loads_dict(parts[0]) or {}
+        if not str(header.get("msg_type", "")).endswith("_reply"):
+            self._drop("monitor: a reply copy that is not a reply", len(frames))
+            return
         msg_id = parent["msg_id"]
         pending = self.pending
         if (msg_id, engine) in pending:
             del pending[(msg_id, engine)]
-        else:  # a task whose engine was chosen later, or that outlived its engine
-            pending.pop((msg_id, b""), None)
+        elif (msg_id, b"") in pending:  # engine chosen later, or the task outlived it
+            del pending[(msg_id, b"")]
+        else:
+            # Only the engine a task was assigned to answers it, once: a stored result
+            # is never replaced by a later message.
+            self._drop(f"monitor: reply to {msg_id} not owed by {engine!r}", len(frames))
+            return
         if engine in self.completed:
             self.completed[engine] += 1
         status = metadata.get("status")
@@ -419,7 +442,9 @@ class Hub(Component):
         if len(raw) < at + 6:
             return
         parts = raw[at + 2 : at + 6]
-        if self.signer.enabled and not self.signer.verify(parts, raw[at + 1]):
+        try:
+            self.signer.check(parts, raw[at + 1], raw[at + 6 :], BUFFERS_COUNTED)
+        except wire.WireError:
             self._drop("bad signature on iopub", len(raw))
             return
         header = loads_dict(parts[0])

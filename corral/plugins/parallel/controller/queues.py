@@ -50,6 +50,7 @@ from corral.transports.zmq.batch import (
     pack_batches_counted,
     unbatch,
 )
+from corral.transports.zmq.door import BUFFERS_COUNTED, cluster_signer
 from corral.transports.zmq.session import Session
 
 from .base import (
@@ -134,7 +135,9 @@ class RoutingQueue(Component):
         notification_url: str,
     ) -> None:
         self.name = name
-        self.session = Session(key, scheme=scheme, username=f"corral-{name}")
+        self.session = Session(
+            key, scheme=scheme, username=f"corral-{name}", signer=cluster_signer(key, scheme)
+        )
         self.signer = self.session.signer
         self.replay = self.session.replay
         self.transport = transport
@@ -253,13 +256,13 @@ class RoutingQueue(Component):
         signature = frames[at + 1]
         parts = frames[at + 2 : at + 6]
         if self.signer.enabled:
-            if not signature or not self.signer.verify(parts, signature):
-                self._drop("bad or missing signature", len(frames))
-                return None
+            # A forwarder: the HMAC, and one signed digest per buffer frame; the engine
+            # or client that unpickles the buffers hashes them (corral.transports.zmq.door).
             try:
+                self.signer.check(parts, signature, frames[at + 6 :], BUFFERS_COUNTED)
                 self.replay.check(signature)
-            except wire.ReplayedMessage:
-                self._drop("replayed signature", len(frames))
+            except wire.WireError as exc:
+                self._drop(str(exc), len(frames))
                 return None
         return parts
 
@@ -317,6 +320,10 @@ class RoutingQueue(Component):
             self._drop("reply without a parent msg_id", len(frames))
             return
         engine = frames[0]
+        if not self.owes(engine, parent["msg_id"]):
+            # Only the engine a request went to may answer it, and only once.
+            self._drop("a reply to a request this engine does not owe", len(frames))
+            return
         self.monitor([REPLY, *frames])
         self.send_client(frames[1:])
         self.record_reply(engine, parent["msg_id"], parts)
@@ -342,11 +349,14 @@ class RoutingQueue(Component):
     # -- sending ------------------------------------------------------------------------
 
     def monitor(self, frames: list[Any]) -> None:
-        """A copy for the hub, sent with the burst's others by :meth:`flush`.
+        """A copy for the hub, sent with the burst's others by :meth:`flush`:
+        ``[kind, engine, client, DELIM, signature, ...]``; ``kind`` is sealed into an
+        envelope that proves the copy comes from this cluster's queues.
 
         Request copies stop after the content frame: the database keeps result buffers,
         not arguments, and every frame costs the hub a receive.
         """
+        frames[0] = self.signer.monitor_tag(frames[0], frames[1], frames[2], frames[4])
         self._to_monitor.append(frames)
 
     def send_client(self, frames: list[Any]) -> None:
@@ -501,6 +511,10 @@ class RoutingQueue(Component):
         """How many requests await a reply (0 once everything is answered)."""
         raise NotImplementedError
 
+    def owes(self, engine: bytes, msg_id: str) -> bool:
+        """Whether ``engine`` was sent the request ``msg_id`` and has not answered it."""
+        raise NotImplementedError
+
 
 class PerEngineQueue(RoutingQueue):
     """A queue that sends each request to named engines and answers for them if they die:
@@ -525,6 +539,10 @@ class PerEngineQueue(RoutingQueue):
 
     def outstanding_count(self) -> int:
         return sum(len(t) for t in self.outstanding.values())
+
+    def owes(self, engine: bytes, msg_id: str) -> bool:
+        table = self.outstanding.get(engine)
+        return table is not None and msg_id in table
 
 
 class DirectQueue(PerEngineQueue):
@@ -943,6 +961,10 @@ class TaskScheduler(RoutingQueue):
 
     def outstanding_count(self) -> int:
         return len(self.jobs)
+
+    def owes(self, engine: bytes, msg_id: str) -> bool:
+        job = self.jobs.get(msg_id)
+        return job is not None and job.state == _RUNNING and job.engine == engine
 
 
 def make_queue(name: str, **kwargs: Any) -> RoutingQueue:

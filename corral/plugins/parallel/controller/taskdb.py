@@ -129,7 +129,7 @@ _INSERT_TASK = (
     "result_status = excluded.result_status, result_header = excluded.result_header, "
     "result_metadata = excluded.result_metadata, result_content = excluded.result_content, "
     "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers "
-    "WHERE excluded.result_status IS NOT NULL"
+    "WHERE excluded.result_status IS NOT NULL AND tasks.result_status IS NULL"
 )
 _NO_REPLY = (None, None, None, None, None, None, None, 0, None)
 # A dead engine's unanswered tasks become unassigned, for a retry or an error to claim.
@@ -146,7 +146,8 @@ _UPSERT_REPLY = (
     "started = excluded.started, completed = excluded.completed, received = excluded.received, "
     "result_status = excluded.result_status, result_header = excluded.result_header, "
     "result_metadata = excluded.result_metadata, result_content = excluded.result_content, "
-    "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers"
+    "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers "
+    "WHERE tasks.result_status IS NULL"  # a stored result is never overwritten
 )
 _APPEND_OUTPUT = {
     name: f"UPDATE tasks SET {name} = coalesce({name}, '') || ? "

@@ -54,6 +54,7 @@ from zmq.backend import zmq_poll
 
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
+from corral.transports.zmq.door import cluster_signer
 
 from . import data as data_path
 from ._wire import (
@@ -235,7 +236,7 @@ class Engine:
         key = info["key"]
         self.key = key if isinstance(key, bytes) else str(key).encode("ascii")
         scheme = str(info.get("signature_scheme") or "hmac-sha256")
-        self.signer = wire.Signer(self.key, scheme)
+        self.signer = cluster_signer(self.key, scheme)
         self.scheme = scheme
         self.replay = wire.ReplayGuard()
         self.session_id = wire.new_id()
@@ -455,7 +456,7 @@ class Engine:
             self.parent_pid,
             notification_url=self.url("notification") if self.cluster.get("notification") else None,
             uuid=self.uuid,
-            signer=wire.Signer(self.key, self.scheme),
+            signer=cluster_signer(self.key, self.scheme),
         )
 
     def start(self) -> None:
@@ -679,8 +680,10 @@ class Engine:
         queue = self._monitor_queue
         # The request's JSON parts only (as the queues send them: the hub stores no
         # request buffers), the reply whole (its buffers are the stored result).
-        queue.append([b"request", self.ident, client, *conn.request_frames[:6]])
-        queue.append([b"reply", self.ident, client, *frames])
+        request, tag = conn.request_frames, self.signer.monitor_tag
+        queue.append([tag(b"request", self.ident, client, request[1]), self.ident, client])
+        queue[-1].extend(request[:6])
+        queue.append([tag(b"reply", self.ident, client, frames[1]), self.ident, client, *frames])
         # Copies that are all bytes cannot change: they wait for the next batch (a busy
         # caller then costs the hub one wake-up per batch, not two per call). Any other
         # frame is a view onto memory the next task may write: send now.
@@ -1292,4 +1295,10 @@ def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
     """The :class:`Session` the iopub publisher sends with (same key and session id)."""
     from corral.transports.zmq.session import Session
 
-    return Session(key, scheme=scheme, session_id=session_id, username="engine")
+    return Session(
+        key,
+        scheme=scheme,
+        session_id=session_id,
+        username="engine",
+        signer=cluster_signer(key, scheme),
+    )
