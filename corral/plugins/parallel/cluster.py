@@ -32,6 +32,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral.core.private import private_dir, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.parallel.launchers.base import (
@@ -296,9 +297,9 @@ class Cluster:
             **self.pids(),
         }
         path = self.record_file
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
+        write_private(tmp, json.dumps(record, indent=1))
         os.replace(tmp, path)
 
     # ------------------------------------------------------------------ clients

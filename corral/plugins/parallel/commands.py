@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.core.config import Config
+from corral.core.private import private_file, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.markers import hookimpl
@@ -198,7 +199,7 @@ def _mark_ready(path: Path) -> None:
     record = json.loads(path.read_text())
     record["ready"] = True
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
+    write_private(tmp, json.dumps(record, indent=1))
     os.replace(tmp, path)
 
 
@@ -221,7 +222,7 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str) -> int:
     env = os.environ.copy()
     root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with open(log_file, "ab") as fh:
+    with os.fdopen(private_file(log_file), "ab") as fh:
         offset = fh.seek(0, os.SEEK_END)
         proc = subprocess.Popen(
             argv,

@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 import zmq
 
+from corral.core.private import private_dir, private_file
 from corral.notification import NotificationCenter, shared_center
 from corral.transports.zmq.aclient import AsyncKernelClient
 from corral.transports.zmq.client import (
@@ -486,8 +487,8 @@ class KernelManager:
         # The kernel exits by itself if this process dies without shutting it down.
         env["JPY_PARENT_PID"] = str(os.getpid())
         log_path = self.log_file
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_fh:
+        private_dir(log_path.parent)
+        with os.fdopen(private_file(log_path), "ab") as log_fh:
             offset = log_fh.seek(0, os.SEEK_END)
             popen = subprocess.Popen(
                 self._command(),

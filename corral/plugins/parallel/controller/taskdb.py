@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import struct
@@ -47,6 +48,8 @@ from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from corral.core.private import private_dir, private_file
 
 __all__ = [
     "FIELDS",
@@ -532,11 +535,18 @@ class SQLiteTaskDB(TaskDB):
 
     def _run(self) -> None:
         try:
+            if self.path != ":memory:":
+                # Pickled results live here: owner-only from the first byte, whatever
+                # the umask (SQLite gives -wal and -shm the database file's mode).
+                os.close(private_file(self.path))
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
             if self.path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.chmod(self.path + suffix, 0o600)
         except Exception as exc:
             self._ready.set_exception(exc)
             return
@@ -648,7 +658,7 @@ def open_taskdb(kind: str, path: str | Path | None = None, **kwargs: Any) -> Tas
     if kind == "sqlite":
         if path is None:
             raise ValueError("the sqlite task database needs a path")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
         return SQLiteTaskDB(path, **kwargs)
     if kind == "memory":
         return MemoryTaskDB(**kwargs)
