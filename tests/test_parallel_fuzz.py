@@ -53,7 +53,7 @@ class Rig:
             "task_engine",
             "broadcast_engine",
         ):
-            sock = ctx.socket(zmq.DEALER)
+            sock = self.client.gate.client(ctx.socket(zmq.DEALER))
             sock.linger = 0
             sock.sndhwm = 0
             sock.connect(info.url(name))

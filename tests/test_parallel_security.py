@@ -26,6 +26,7 @@ from corral.transports import unix
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
 from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.gate import gate_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -72,9 +73,16 @@ def url(info: dict[str, Any], name: str) -> str:
     return f"{info['transport']}://{info['ip']}:{info[name]}"
 
 
-def dealer(address: str) -> zmq.Socket[Any]:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+def past_gate(info: dict[str, Any], kind: int) -> zmq.Socket[Any]:
+    """A socket with the cluster's connection credentials: an attacker who got past the
+    gate (or a peer altering traffic in flight), so the checks behind it are tested."""
+    sock = gate_for(info).client(zmq.Context.instance().socket(kind))
     sock.linger = 0
+    return sock
+
+
+def dealer(info: dict[str, Any], address: str) -> zmq.Socket[Any]:
+    sock = past_gate(info, zmq.DEALER)
     sock.connect(address)
     return sock
 
@@ -139,7 +147,7 @@ def test_buffers_swapped_after_signing_never_run(
             conn.close()
     else:
         address = engine.data_url if path == "data" else url(info, path)
-        sock = dealer(address)
+        sock = dealer(info, address)
         try:
             sock.send_multipart(tampered)
             sock.send_multipart(good)
@@ -163,20 +171,17 @@ def test_buffers_swapped_in_a_reply_are_refused_by_the_client(info: dict[str, An
         parse(frames, signer)
 
 
-def test_keyless_monitor_injection_cannot_replace_a_result(
+def test_monitor_injection_cannot_replace_a_result(
     cluster: LiveCluster, info: dict[str, Any], tmp_path: Path
 ) -> None:
     """The issue's attack: capture an engine-signed iopub message whose parent is a real
     task, hand it to the hub's monitor as that task's reply with pickled buffers of one's
     own, and wait for a client to fetch the result."""
     rc = cluster.client
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
+    sub = past_gate(info, zmq.SUB)
     sub.subscribe(b"")
     sub.connect(url(info, "iopub"))
-    push = ctx.socket(zmq.PUSH)
-    push.linger = 0
+    push = past_gate(info, zmq.PUSH)
     push.connect(url(info, "monitor"))
     bomb = str(tmp_path / "bomb")
     try:
@@ -220,13 +225,11 @@ def test_a_reply_replayed_on_another_socket_is_refused(
     signer = cluster_signer(info["key"])
     builder = MessageBuilder(signer, "victim-session")
     engine = rc.engines[0]
-    victim = zmq.Context.instance().socket(zmq.DEALER)
-    victim.linger = 0
+    victim = past_gate(info, zmq.DEALER)
     victim.identity = b"victim-" + os.urandom(4).hex().encode()
     victim.connect(url(info, "mux"))
     victim.connect(url(info, "task"))
-    impostor = zmq.Context.instance().socket(zmq.DEALER)
-    impostor.linger = 0
+    impostor = past_gate(info, zmq.DEALER)
     impostor.identity = b"impostor-" + os.urandom(4).hex().encode()
     impostor.connect(url(info, "task_engine"))
     try:
@@ -262,3 +265,63 @@ def test_a_stored_result_is_never_overwritten(tmp_path: Path) -> None:
         assert [bytes(b) for b in record["result_buffers"]] == [b"genuine"]
     finally:
         db.close()
+
+
+def test_keyless_peers_cannot_read_or_inject(cluster: LiveCluster, info: dict[str, Any]) -> None:
+    """Without the key, no socket of the cluster completes a handshake: task output on
+    iopub and engine uuids on notification stay unread, requests never arrive."""
+    ctx = zmq.Context.instance()
+    spies = []
+    for name in ("iopub", "notification", "hb_ping"):
+        spy = ctx.socket(zmq.SUB)
+        spy.linger = 0
+        spy.subscribe(b"")
+        spy.connect(url(info, name))
+        spies.append(spy)
+    asker = ctx.socket(zmq.DEALER)
+    asker.linger = 0
+    asker.connect(url(info, "registration"))
+    builder = MessageBuilder(cluster_signer(b"not the key"), "keyless")
+    asker.send_multipart(builder.build("connection_request", {})[1])
+    try:
+        rc = cluster.client
+        for _ in range(3):  # output, and an engine arriving, while the spies listen
+            assert rc[0].apply_async(shout, "secret output").get(timeout=DEADLINE) == 7
+        cluster.add_engine()
+        rc.wait_for_engines(3, timeout=60)
+        for spy in [*spies, asker]:
+            assert not spy.poll(300), "a keyless peer read something"
+    finally:
+        for sock in [*spies, asker]:
+            sock.close()
+
+
+def test_keyless_heartbeats_cannot_keep_a_dead_engine_alive(tmp_path: Path) -> None:
+    live = LiveCluster(tmp_path, n=2, threads=True, profile="hb", hb_period=0.1, hb_misses=3)
+    try:
+        rc = live.client
+        victim = rc.engines[1]
+        info = json.loads(Path(live.cluster_file).read_text())
+        ctx = zmq.Context.instance()
+        ping = ctx.socket(zmq.SUB)
+        ping.linger = 0
+        ping.subscribe(b"")
+        ping.connect(url(info, "hb_ping"))
+        pong = ctx.socket(zmq.DEALER)
+        pong.linger = 0
+        pong.identity = victim.uuid.encode()
+        pong.connect(url(info, "hb_pong"))
+        live.engines[1].kill()
+        live.engines[1].wait(30)
+        # The spoofer echoes every beat it can read under the dead engine's identity;
+        # the hub must still declare the engine dead.
+        end = time.monotonic() + DEADLINE
+        while victim.id in rc.ids:
+            assert time.monotonic() < end, "a spoofed heartbeat kept a dead engine alive"
+            if ping.poll(50):
+                pong.send(ping.recv())
+        ping.close()
+        pong.close()
+        assert rc.ids == [rc.engines[0].id] or victim.id not in rc.ids
+    finally:
+        live.stop()

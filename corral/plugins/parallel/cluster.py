@@ -105,6 +105,7 @@ class Cluster:
         controller_args: tuple[str, ...] = (),
         engine_args: tuple[str, ...] = (),
         stop_grace: float = 3.0,
+        encryption: str = "none",
     ) -> None:
         if controller_mode not in ("processes", "threads"):
             raise ValueError(
@@ -121,7 +122,13 @@ class Cluster:
         self.launcher = launcher
         self.engine_timeout = engine_timeout
         self.stop_grace = stop_grace
+        if encryption not in ("none", "curve"):
+            raise ValueError(f"encryption must be 'none' or 'curve', not {encryption!r}")
+        #: "curve": every cluster socket encrypted (docs/security.md).
+        self.encryption = encryption
         self.controller_args = tuple(controller_args)
+        if encryption != "none":
+            self.controller_args += ("--encryption", encryption)
         self.engine_args = tuple(engine_args)
         self.controller: ControllerLauncher | None = None
         self.engines: list[EngineSetLauncher] = []

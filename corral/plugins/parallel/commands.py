@@ -75,6 +75,12 @@ def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", action="store_true", help="controller in one process")
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "memory", "none"])
     parser.add_argument("--hb-period", type=float, default=1.0, help="heartbeat seconds")
+    parser.add_argument(
+        "--encryption",
+        choices=["none", "curve"],
+        default=None,
+        help="curve: encrypt every cluster socket (default: [security] encryption)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for engines")
 
 
@@ -145,6 +151,8 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
     from corral.plugins.parallel.cluster import Cluster, new_cluster_id
 
     cluster_id = args.cluster_id or new_cluster_id()
+    if not args.encryption and config is not None:
+        args.encryption = config.get("security", "encryption")
     if args.daemon:
         return _start_daemon(args, cluster_id)
     cluster = Cluster(
@@ -155,6 +163,7 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
         hb_period=args.hb_period,
         db=args.db,
         engine_timeout=args.timeout,
+        encryption=args.encryption or "none",
     )
     stop_now = threading.Event()
 
@@ -215,6 +224,8 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str) -> int:
     argv = [sys.executable, "-m", _MODULE, "--profile", args.profile]
     argv += ["--cluster-id", cluster_id, "--db", args.db, "--hb-period", repr(args.hb_period)]
     argv += ["--timeout", repr(args.timeout)]
+    if args.encryption:
+        argv += ["--encryption", args.encryption]
     if args.engines is not None:
         argv += ["-n", str(args.engines)]
     if args.threads:

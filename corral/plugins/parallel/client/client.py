@@ -26,6 +26,7 @@ import zmq
 from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
 from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.gate import gate_for
 
 from .asyncresult import AsyncResult, BroadcastResult, engine_death_error, reply_outcome
 from .errors import RemoteError
@@ -187,7 +188,10 @@ class Client:
         self._local_paths: dict[int, str] = {}
 
         self._context: zmq.Context[Any] = zmq.Context()
-        self._io = ClientIO(self._context, self._dispatch, identity=self.session.encode())
+        self.gate = gate_for(info)
+        self._io = ClientIO(
+            self._context, self._dispatch, identity=self.session.encode(), secure=self.gate.client
+        )
         for name in ("registration", "mux", "control", "task", "broadcast"):
             self._io.add_socket(name, zmq.DEALER, _url(info, name))
         self._io.add_socket("notification", zmq.SUB, _url(info, "notification"), subscribe=b"")

@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
+from corral.transports.zmq.gate import Gate
 
 __all__ = [
     "NOBLOCK",
@@ -83,14 +84,28 @@ def drain(sock: zmq.Socket[Any], handler: Any, what: str) -> None:
             log.exception("%s: error while handling a message; dropped", what)
 
 
-def make_socket(ctx: zmq.Context[Any], kind: int, *, unlimited: bool = False) -> zmq.Socket[Any]:
+def make_socket(
+    ctx: zmq.Context[Any],
+    kind: int,
+    *,
+    unlimited: bool = False,
+    gate: Gate | None = None,
+    connects: bool = False,
+) -> zmq.Socket[Any]:
     """A socket with linger 0; ``unlimited`` lifts the high-water marks.
 
     Routing sockets are unlimited: a ROUTER at its high-water mark silently drops (or,
-    with ``ROUTER_MANDATORY``, blocks), and either would lose or stall tasks.
+    with ``ROUTER_MANDATORY``, blocks), and either would lose or stall tasks. With a
+    ``gate`` the socket admits (or, ``connects``, presents) the cluster's credentials,
+    so no peer without the key completes a handshake (corral.transports.zmq.gate).
     """
     sock = ctx.socket(kind)
     sock.linger = 0
+    if gate is not None:
+        if connects:
+            gate.client(sock)
+        else:
+            gate.server(sock)
     if unlimited:
         sock.sndhwm = 0
         sock.rcvhwm = 0

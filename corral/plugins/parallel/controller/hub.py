@@ -28,6 +28,7 @@ from corral.transports.zmq.door import (
     BUFFERS_IGNORED,
     cluster_signer,
 )
+from corral.transports.zmq.gate import Gate
 from corral.transports.zmq.session import Session
 
 from .base import Component, ControlPipe, bind_random, drain, loads_dict, make_socket, read_control
@@ -138,7 +139,9 @@ class Hub(Component):
         ip: str = "127.0.0.1",
         hb_period: float = 1.0,
         hb_misses: int = 2,
+        gate: Gate | None = None,
     ) -> None:
+        self.gate = gate
         self.session = Session(
             key, scheme=scheme, username="corral-hub", signer=cluster_signer(key, scheme)
         )
@@ -165,11 +168,14 @@ class Hub(Component):
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
         self.ctx = ctx
-        self.registration = make_socket(ctx, zmq.ROUTER, unlimited=True)
-        self.hb_ping = make_socket(ctx, zmq.PUB)
-        self.hb_pong = make_socket(ctx, zmq.ROUTER)
-        self.notification = make_socket(ctx, zmq.PUB, unlimited=True)
-        self.monitor = make_socket(ctx, zmq.PULL, unlimited=True)
+        gate = self.gate
+        self.registration = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
+        # Beats go only to, and echoes come only from, peers that passed the gate: a
+        # process without the key cannot keep a dead engine alive or answer for it.
+        self.hb_ping = make_socket(ctx, zmq.PUB, gate=gate)
+        self.hb_pong = make_socket(ctx, zmq.ROUTER, gate=gate)
+        self.notification = make_socket(ctx, zmq.PUB, unlimited=True, gate=gate)
+        self.monitor = make_socket(ctx, zmq.PULL, unlimited=True, gate=gate)
         t, ip = self.transport, self.ip
         return {
             "registration": bind_random(self.registration, t, ip),
@@ -189,12 +195,14 @@ class Hub(Component):
         self.cluster = info
         url = f"{info['transport']}://{info['ip']}:"
         if self._iopub is None and info.get("iopub"):
-            self._iopub = make_socket(self.ctx, zmq.SUB, unlimited=True)
+            self._iopub = make_socket(
+                self.ctx, zmq.SUB, unlimited=True, gate=self.gate, connects=True
+            )
             self._iopub.subscribe(b"")
             self._iopub.connect(f"{url}{info['iopub']}")
             self._poller.register(self._iopub, zmq.POLLIN)
         if self._control is None and info.get("control"):
-            self._control = make_socket(self.ctx, zmq.DEALER)
+            self._control = make_socket(self.ctx, zmq.DEALER, gate=self.gate, connects=True)
             self._control.connect(f"{url}{info['control']}")
 
     def close(self) -> None:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
 
+from corral.transports.zmq.gate import ENCRYPTIONS, Gate
+
 from ..clusterfile import (
     ClusterInfo,
     cluster_file_path,
@@ -95,6 +97,7 @@ class ControllerConfig:
         hb_period: float = 1.0,
         hb_misses: int = 2,
         log_level: str = "warning",
+        encryption: str = "none",
     ) -> None:
         self.profile = profile
         self.cluster_id = cluster_id or _new_cluster_id()
@@ -108,6 +111,9 @@ class ControllerConfig:
         self.hb_period = hb_period
         self.hb_misses = hb_misses
         self.log_level = log_level
+        self.encryption = encryption
+        if encryption not in ENCRYPTIONS:
+            raise ValueError(f"encryption must be one of {ENCRYPTIONS}, not {encryption!r}")
         if self.db not in ("sqlite", "memory", "none"):
             raise ValueError(f"db must be sqlite, memory or none, not {self.db!r}")
         if self.hb_period <= 0 or self.hb_misses < 1:
@@ -131,13 +137,14 @@ class ControllerConfig:
             hb_period=self.hb_period,
             hb_misses=self.hb_misses,
             controller_pid=os.getpid(),
+            encryption=self.encryption,
             **ports,
         )
 
 
 def build_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> Component:
     """The component ``name`` (hub, mux, control, task, broadcast, iopub), not yet bound."""
-    common = {"transport": cfg.transport, "ip": cfg.ip}
+    common = {"transport": cfg.transport, "ip": cfg.ip, "gate": Gate(cfg.key, cfg.encryption)}
     if name == "hub":
         db = open_taskdb(cfg.db, cfg.db_path, store_buffers=cfg.store_buffers)
         return Hub(
@@ -602,6 +609,7 @@ def start_controller(
     store_buffers: bool = True,
     log_level: str = "warning",
     timeout: float = _STARTUP_TIMEOUT,
+    encryption: str = "none",
 ) -> ControllerHandle:
     """Start a controller and return once its cluster file is written.
 
@@ -619,6 +627,7 @@ def start_controller(
             hb_misses=hb_misses,
             ip=ip,
             log_level=log_level,
+            encryption=encryption,
         )
         threads = _Threads(cfg)
         threads.launch()
@@ -643,6 +652,8 @@ def start_controller(
         ip,
         "--log-level",
         log_level,
+        "--encryption",
+        encryption,
     ]
     if not store_buffers:
         argv.append("--no-store-buffers")
@@ -693,6 +704,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
+    parser.add_argument(
+        "--encryption",
+        default="none",
+        choices=ENCRYPTIONS,
+        help="curve: encrypt every cluster socket with CurveZMQ (keys derived from the "
+        "cluster key); none: authenticate connections only (the default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -711,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         hb_misses=args.hb_misses,
         ip=args.ip,
         log_level=args.log_level,
+        encryption=args.encryption,
         **kwargs,
     )
     if not args.threads:

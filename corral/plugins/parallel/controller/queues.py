@@ -51,6 +51,7 @@ from corral.transports.zmq.batch import (
     unbatch,
 )
 from corral.transports.zmq.door import BUFFERS_COUNTED, cluster_signer
+from corral.transports.zmq.gate import Gate
 from corral.transports.zmq.session import Session
 
 from .base import (
@@ -133,8 +134,10 @@ class RoutingQueue(Component):
         ip: str = "127.0.0.1",
         monitor_url: str,
         notification_url: str,
+        gate: Gate | None = None,
     ) -> None:
         self.name = name
+        self.gate = gate
         self.session = Session(
             key, scheme=scheme, username=f"corral-{name}", signer=cluster_signer(key, scheme)
         )
@@ -164,15 +167,16 @@ class RoutingQueue(Component):
     # -- sockets ----------------------------------------------------------------------
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
-        self.client_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
+        gate = self.gate
+        self.client_sock = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
         self.client_sock.router_mandatory = 1
-        self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
+        self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
         self.engine_sock.router_mandatory = 1
         self.engine_sock.router_handover = 1
-        self.monitor_sock = make_socket(ctx, zmq.PUSH)
+        self.monitor_sock = make_socket(ctx, zmq.PUSH, gate=gate, connects=True)
         self.monitor_sock.sndhwm = 100_000
         self.monitor_sock.connect(self.monitor_url)
-        self.notify_sock = make_socket(ctx, zmq.SUB)
+        self.notify_sock = make_socket(ctx, zmq.SUB, gate=gate, connects=True)
         for topic in _NOTIFY_TOPICS:
             self.notify_sock.subscribe(topic)
         self.notify_sock.connect(self.notification_url)

@@ -55,6 +55,7 @@ from zmq.backend import zmq_poll
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.gate import gate_for
 
 from . import data as data_path
 from ._wire import (
@@ -237,6 +238,8 @@ class Engine:
         self.key = key if isinstance(key, bytes) else str(key).encode("ascii")
         scheme = str(info.get("signature_scheme") or "hmac-sha256")
         self.signer = cluster_signer(self.key, scheme)
+        #: Credentials every socket presents (or, the data socket, demands): see gate.py.
+        self.gate = gate_for(info)
         self.scheme = scheme
         self.replay = wire.ReplayGuard()
         self.session_id = wire.new_id()
@@ -302,12 +305,13 @@ class Engine:
         if self._connected:
             return
         ctx = self.context
+        gate = self.gate
         self.data_socket, self.data_url = data_path.bind_data_socket(
-            ctx, data_path.local_ip_for(self.ip)
+            ctx, data_path.local_ip_for(self.ip), gate
         )
         self.queues: dict[str, zmq.Socket[Any]] = {}
         for channel in _CHANNELS:
-            sock = ctx.socket(zmq.DEALER)
+            sock = gate.client(ctx.socket(zmq.DEALER))
             sock.linger = _LINGER_MS
             sock.identity = self.ident
             sock.connect(self.url(channel))
@@ -320,13 +324,15 @@ class Engine:
         #: a batch's first frame is the marker. (The data socket is a ROUTER: its first
         #: frame names the client, so its replies always go alone, at once.)
         self._batching = {self.mux, self.task, self.broadcast}
-        self.iopub_socket = ctx.socket(zmq.PUB)
+        self.iopub_socket = gate.client(ctx.socket(zmq.PUB))
         self.iopub_socket.linger = _LINGER_MS
         self.iopub_socket.sndhwm = 100_000
         self.iopub_socket.connect(self.url("iopub_engine"))
-        self.heartbeat = HeartbeatDevice(ctx, self.url("hb_ping"), self.url("hb_pong"), self.ident)
+        self.heartbeat = HeartbeatDevice(
+            ctx, self.url("hb_ping"), self.url("hb_pong"), self.ident, gate=gate
+        )
         self.heartbeat.start()
-        self.registration = ctx.socket(zmq.DEALER)
+        self.registration = gate.client(ctx.socket(zmq.DEALER))
         self.registration.linger = _LINGER_MS
         self.registration.identity = self.ident
         self.registration.connect(self.url("registration"))
@@ -335,7 +341,7 @@ class Engine:
             # those tasks from the engine itself, as it hears of queued ones from a queue.
             self.local = open_endpoint(self.uuid)
             if self.local is not None:
-                self._monitor = ctx.socket(zmq.PUSH)
+                self._monitor = gate.client(ctx.socket(zmq.PUSH))
                 self._monitor.linger = _LINGER_MS
                 self._monitor.sndhwm = 0
                 self._monitor.connect(self.url("monitor"))
@@ -457,6 +463,7 @@ class Engine:
             notification_url=self.url("notification") if self.cluster.get("notification") else None,
             uuid=self.uuid,
             signer=cluster_signer(self.key, self.scheme),
+            gate=self.gate,
         )
 
     def start(self) -> None:
