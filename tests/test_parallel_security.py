@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import zmq
 from parallel_client_harness import LiveCluster
 
 from corral.core.serialize import pack_apply, serialize
+from corral.plugins.parallel.client import Client
 from corral.plugins.parallel.client.messages import MessageBuilder, parse
 from corral.transports import unix
 from corral.transports.zmq import wire
@@ -300,7 +302,8 @@ def test_keyless_heartbeats_cannot_keep_a_dead_engine_alive(tmp_path: Path) -> N
     live = LiveCluster(tmp_path, n=2, threads=True, profile="hb", hb_period=0.1, hb_misses=3)
     try:
         rc = live.client
-        victim = rc.engines[1]
+        doomed = live.engines[1]
+        victim = next(e for e in rc.engines.values() if e.pid == doomed.pid)
         info = json.loads(Path(live.cluster_file).read_text())
         ctx = zmq.Context.instance()
         ping = ctx.socket(zmq.SUB)
@@ -311,8 +314,8 @@ def test_keyless_heartbeats_cannot_keep_a_dead_engine_alive(tmp_path: Path) -> N
         pong.linger = 0
         pong.identity = victim.uuid.encode()
         pong.connect(url(info, "hb_pong"))
-        live.engines[1].kill()
-        live.engines[1].wait(30)
+        doomed.kill()
+        doomed.wait(30)
         # The spoofer echoes every beat it can read under the dead engine's identity;
         # the hub must still declare the engine dead.
         end = time.monotonic() + DEADLINE
@@ -322,6 +325,33 @@ def test_keyless_heartbeats_cannot_keep_a_dead_engine_alive(tmp_path: Path) -> N
                 pong.send(ping.recv())
         ping.close()
         pong.close()
-        assert rc.ids == [rc.engines[0].id] or victim.id not in rc.ids
+        assert len(rc.ids) == 1
     finally:
         live.stop()
+
+
+def test_a_client_with_the_wrong_key_is_told_why(cluster: LiveCluster, tmp_path: Path) -> None:
+    info = json.loads(Path(cluster.cluster_file).read_text())
+    info["key"] = "0" * 64
+    wrong = tmp_path / "wrong-key.json"
+    wrong.write_text(json.dumps(info))
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError, match="cluster key"):
+        Client(connection_file=wrong, timeout=30)
+    assert time.monotonic() - started < 30  # told by the refusal, not by the timeout
+
+
+def test_an_engine_with_the_wrong_key_is_told_why(cluster: LiveCluster, tmp_path: Path) -> None:
+    info = json.loads(Path(cluster.cluster_file).read_text())
+    info["key"] = "0" * 64
+    wrong = tmp_path / "wrong-key.json"
+    wrong.write_text(json.dumps(info))
+    proc = subprocess.run(
+        [sys.executable, "-m", "corral.plugins.parallel.engine", "--file", str(wrong)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "cluster key" in proc.stderr

@@ -36,7 +36,16 @@ import blake3
 import zmq
 from zmq.utils import z85
 
-__all__ = ["ENCRYPTIONS", "Gate", "RefusalLog", "gate_for"]
+__all__ = [
+    "ENCRYPTIONS",
+    "REFUSED",
+    "Gate",
+    "RefusalLog",
+    "gate_for",
+    "peer_name",
+    "probe",
+    "stop_zap",
+]
 
 log = logging.getLogger("corral.transports.zmq.gate")
 
@@ -77,6 +86,18 @@ class RefusalLog:
                 return
             count, self._since[cause] = self._since[cause], 0
             self._next[cause] = now + self.every
+        self._log(cause, count, peer)
+
+    def flush(self) -> None:
+        """Log the refusals not yet reported (a component stopping calls it)."""
+        with self._lock:
+            pending = [(c, n, self._peers[c]) for c, n in self._since.items() if n]
+            for cause, _, _ in pending:
+                self._since[cause] = 0
+        for cause, count, peer in pending:
+            self._log(cause, count, peer)
+
+    def _log(self, cause: str, count: int, peer: str) -> None:
         if count == 1:
             self.logger.warning("%s: refused %s from %s", self.what, cause, peer)
         else:
@@ -163,17 +184,53 @@ _accepted: dict[int, set[tuple[bytes, bytes]]] = {}
 REFUSALS = RefusalLog(log, "gate")
 
 
+def _stop_url(ctx: zmq.Context[Any]) -> str:
+    return f"inproc://corral-zap-stop-{id(ctx)}"
+
+
+def stop_zap(ctx: zmq.Context[Any]) -> None:
+    """End ``ctx``'s ZAP handler thread: needed before ``ctx.destroy()``, which would close
+    the handler's socket under it (``ctx.term()`` alone is fine)."""
+    with _lock:
+        thread = _handlers.pop(id(ctx), None)
+        _accepted.pop(id(ctx), None)
+    if thread is None or not thread.is_alive():
+        return
+    stop = ctx.socket(zmq.PAIR)
+    try:
+        stop.connect(_stop_url(ctx))
+        stop.send(b"")
+        thread.join(5)
+    finally:
+        stop.close(linger=0)
+
+
 def _serve_zap(ctx: zmq.Context[Any], accepted: set[tuple[bytes, bytes]], ready: Any) -> None:
     try:
         sock = ctx.socket(zmq.ROUTER)
         sock.linger = 0
+        stop = ctx.socket(zmq.PAIR)
+        stop.linger = 0
+    except zmq.ZMQError:  # the context is closing
+        ready.set()
+        return
+    try:
         sock.bind(_ZAP_ENDPOINT)
-    except zmq.ZMQError:  # the context is closing, or someone else serves ZAP on it
+        stop.bind(_stop_url(ctx))
+    except zmq.ZMQError:  # someone else serves ZAP on this context
+        sock.close()
+        stop.close()
         ready.set()
         return
     ready.set()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(stop, zmq.POLLIN)
     try:
         while True:
+            events = dict(poller.poll())
+            if stop in events:
+                return
             frames = sock.recv_multipart()
             sock.send_multipart(_answer(frames, accepted))
     except zmq.ContextTerminated:
@@ -182,6 +239,7 @@ def _serve_zap(ctx: zmq.Context[Any], accepted: set[tuple[bytes, bytes]], ready:
         log.exception("ZAP handler failed")
     finally:
         sock.close(linger=0)
+        stop.close(linger=0)
 
 
 def _answer(frames: list[bytes], accepted: set[tuple[bytes, bytes]]) -> list[bytes]:
@@ -210,6 +268,15 @@ def _answer(frames: list[bytes], accepted: set[tuple[bytes, bytes]]) -> list[byt
     return [*route, b"1.0", request_id, b"400", b"wrong cluster key", b"", b""]
 
 
+def peer_name(ident: bytes) -> str:
+    """A zmq routing identity as text for a log line: printable ASCII as is, else hex."""
+    try:
+        text = ident.decode("ascii")
+    except UnicodeDecodeError:
+        return "peer 0x" + ident.hex()
+    return "peer " + (text if text.isprintable() else "0x" + ident.hex())
+
+
 def gate_for(info: Any) -> Gate:
     """The gate of a cluster described by ``info`` (a ClusterInfo or its dict)."""
     get = info.get if isinstance(info, dict) else lambda k, d=None: getattr(info, k, d)
@@ -217,3 +284,47 @@ def gate_for(info: Any) -> Gate:
     if isinstance(key, str):
         key = key.encode("ascii")
     return Gate(key, str(get("encryption", None) or "none"))
+
+
+def probe(gate: Gate, ctx: zmq.Context[Any], url: str, timeout: float = 5.0) -> str | None:
+    """Try one handshake with ``url`` using ``gate``'s credentials: ``"ok"``, ``"refused"``
+    (the peer's gate rejected them: a wrong cluster key) or None (no answer in time).
+
+    A refused handshake is otherwise silent (ZeroMQ just retries), which would leave a
+    client or engine with the wrong key waiting for a reply that never comes; this turns
+    it into an error that says why.
+    """
+    from zmq.utils.monitor import recv_monitor_message
+
+    sock = gate.client(ctx.socket(zmq.DEALER))
+    sock.linger = 0
+    events = (
+        zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
+    monitor = sock.get_monitor_socket(events)
+    try:
+        sock.connect(url)
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not monitor.poll(int(left * 1000) + 1):
+                return None
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return "ok"
+            if event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                return "refused"
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+
+#: What a client or engine is told when the controller's gate refuses it.
+REFUSED = (
+    "the controller at {url} refused the connection: this cluster key is not the "
+    "controller's (an old or foreign cluster file?)"
+)

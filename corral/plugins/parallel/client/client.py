@@ -26,7 +26,7 @@ import zmq
 from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
 from corral.transports.zmq.door import cluster_signer
-from corral.transports.zmq.gate import gate_for
+from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
 from .asyncresult import AsyncResult, BroadcastResult, engine_death_error, reply_outcome
 from .errors import RemoteError
@@ -198,10 +198,18 @@ class Client:
         self._io.add_socket("iopub", zmq.SUB, _url(info, "iopub"), subscribe=b"")
         self._io.start()
         try:
+            self._check_gate(_url(info, "registration"), timeout)
             self._sync_engines(timeout)
         except BaseException:
             self.close()
             raise
+
+    def _check_gate(self, url: str, timeout: float | None) -> None:
+        """Fail at once, saying why, if the controller's gate refuses this client's key
+        (ZeroMQ alone would retry the handshake silently until a bare timeout)."""
+        wait = 5.0 if timeout is None else min(timeout, 5.0)
+        if probe(self.gate, self._context, url, wait) == "refused":
+            raise ConnectionRefusedError(REFUSED.format(url=url))
 
     # ------------------------------------------------------------------ engines
 

@@ -28,7 +28,7 @@ from corral.transports.zmq.door import (
     BUFFERS_IGNORED,
     cluster_signer,
 )
-from corral.transports.zmq.gate import Gate
+from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
 
 from .base import Component, ControlPipe, bind_random, drain, loads_dict, make_socket, read_control
@@ -159,6 +159,7 @@ class Hub(Component):
         self.completed: dict[bytes, int] = {}
         self.cluster: dict[str, Any] = {}
         self.dropped = 0
+        self.refusals = RefusalLog(log, "hub")
         self._control: zmq.Socket[Any] | None = None
         self._iopub: zmq.Socket[Any] | None = None
         self._poller = zmq.Poller()
@@ -265,8 +266,9 @@ class Hub(Component):
         drain(sock, handler, "hub")
 
     def _drop(self, why: str, nframes: int) -> None:
+        """Count and log a refused message, rate-limited per cause."""
         self.dropped += 1
-        log.warning("hub: dropped a message of %d frames: %s", nframes, why)
+        self.refusals.refused(why, f"a message of {nframes} frames")
 
     # -- heartbeat and engines ----------------------------------------------------------
 
@@ -373,7 +375,7 @@ class Hub(Component):
                 self.signer.check(parts, signature, frames[9:], how)
                 self.monitor_replay.check(frames[0].partition(b":")[2])
         except wire.WireError as exc:
-            self._drop(f"monitor: {exc}", len(frames))
+            self._drop(f"monitor copies refused ({type(exc).__name__})", len(frames))
             return
         engine_id = self.by_uuid.get(engine)
         engine_text = engine.decode("utf-8", "replace")
@@ -417,7 +419,7 @@ class Hub(Component):
         else:
             # Only the engine a task was assigned to answers it, once: a stored result
             # is never replaced by a later message.
-            self._drop(f"monitor: reply to {msg_id} not owed by {engine!r}", len(frames))
+            self._drop("monitor replies from an engine that owes none", len(frames))
             return
         if engine in self.completed:
             self.completed[engine] += 1

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
 
-from corral.transports.zmq.gate import ENCRYPTIONS, Gate
+from corral.transports.zmq.gate import ENCRYPTIONS, Gate, stop_zap
 
 from ..clusterfile import (
     ClusterInfo,
@@ -460,6 +460,7 @@ class _Threads:
                 self.components[name] = component
                 ports.update(component.bind(self.ctx))
         except BaseException:
+            stop_zap(self.ctx)  # destroy() would close its socket under its thread
             self.ctx.destroy(linger=0)
             raise
         info = self.cfg.cluster_info(ports)

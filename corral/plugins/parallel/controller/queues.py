@@ -51,7 +51,7 @@ from corral.transports.zmq.batch import (
     unbatch,
 )
 from corral.transports.zmq.door import BUFFERS_COUNTED, cluster_signer
-from corral.transports.zmq.gate import Gate
+from corral.transports.zmq.gate import Gate, RefusalLog, peer_name
 from corral.transports.zmq.session import Session
 
 from .base import (
@@ -153,6 +153,7 @@ class RoutingQueue(Component):
         self.backlog: dict[bytes, deque[list[Any]]] = {}
         self._backlog_deadline: dict[bytes, float] = {}
         self.dropped = 0
+        self.refusals = RefusalLog(log, name)
         self.monitor_dropped = 0
         #: Whether engines get batches: the control queue's engine end reads one message
         #: at a time, on the engine's control thread.
@@ -248,14 +249,18 @@ class RoutingQueue(Component):
 
     # -- checking -----------------------------------------------------------------------
 
-    def _drop(self, why: str, nframes: int) -> None:
+    def _drop(self, why: str, nframes: int, peer: bytes | None = None) -> None:
+        """Count and log (rate-limited, per cause, naming the peer) a refused message:
+        a flood of forgeries must not fill the disk."""
         self.dropped += 1
-        log.warning("%s: dropped a message of %d frames: %s", self.name, nframes, why)
+        who = peer_name(peer) if peer is not None else f"a message of {nframes} frames"
+        self.refusals.refused(why, who)
 
     def _verify(self, frames: Sequence[Any], at: int) -> list[bytes] | None:
         """The four JSON parts if ``frames[at]`` is the delimiter and the HMAC checks out."""
+        peer = frames[0] if frames else b""
         if len(frames) < at + 6 or frames[at] != DELIM:
-            self._drop("malformed (no delimiter where expected, or too few frames)", len(frames))
+            self._drop("malformed messages", len(frames), peer)
             return None
         signature = frames[at + 1]
         parts = frames[at + 2 : at + 6]
@@ -265,8 +270,11 @@ class RoutingQueue(Component):
             try:
                 self.signer.check(parts, signature, frames[at + 6 :], BUFFERS_COUNTED)
                 self.replay.check(signature)
-            except wire.WireError as exc:
-                self._drop(str(exc), len(frames))
+            except wire.BadSignature:
+                self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
+                return None
+            except wire.ReplayedMessage:
+                self._drop("replayed messages", len(frames), peer)
                 return None
         return parts
 

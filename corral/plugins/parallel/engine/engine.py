@@ -55,7 +55,7 @@ from zmq.backend import zmq_poll
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.door import cluster_signer
-from corral.transports.zmq.gate import gate_for
+from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
 from . import data as data_path
 from ._wire import (
@@ -380,6 +380,10 @@ class Engine:
         """
         import time
 
+        url = self.url("registration")
+        wait = min(self.registration_timeout, 5.0)
+        if probe(self.gate, self.context, url, wait) == "refused":
+            raise EngineError(REFUSED.format(url=url))
         self.connect()
         self.prepare()
         end = time.monotonic() + self.registration_timeout
