@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "private_dir", "private_file", "write_private"]
+__all__ = ["DIR_MODE", "FILE_MODE", "private_dir", "private_file", "runtime_dir", "write_private"]
 
 #: Directories: the owner may list, enter and create; nobody else anything.
 DIR_MODE = 0o700
@@ -58,3 +58,31 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to an owner-only file, replacing what was there."""
     with os.fdopen(private_file(path, "wb"), "wb") as fh:
         fh.write(text.encode("utf-8"))
+
+
+def runtime_dir() -> Path:
+    """``<tmp>/corral-<uid>``: the owner-only directory for sockets (created 0700).
+
+    Refused (``PermissionError``) if another user owns it or it is open to others: they
+    could otherwise replace a socket with their own. The same directory holds engines'
+    same-host sockets and kernels' ipc sockets.
+    """
+    import stat
+
+    base = "/tmp"
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        value = os.environ.get(name)
+        if value and os.path.isdir(value):
+            base = value
+            break
+    root = Path(base) / f"corral-{os.getuid()}"
+    try:
+        os.mkdir(root, DIR_MODE)
+    except FileExistsError:
+        pass
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{root} is not a directory owned by this user")
+    if info.st_mode & 0o077:
+        raise PermissionError(f"{root} is open to other users (mode {info.st_mode & 0o777:o})")
+    return root

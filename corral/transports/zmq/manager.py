@@ -283,9 +283,17 @@ class KernelManager:
         center: NotificationCenter | None = None,
         restart_limit: int = 5,
         heartbeat_interval: float = 1.0,
+        transport: str = "ipc",
     ) -> None:
         from corral.core.profiles import profile_dir
 
+        if transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport must be 'ipc' or 'tcp', not {transport!r}")
+        #: "ipc" (the default): the kernel listens on Unix sockets in the owner-only
+        #: runtime directory, so no other local user can connect or read its output;
+        #: "tcp": 127.0.0.1 ports, for frontends that cannot use ipc. Only applies to
+        #: corral's own kernel command (a custom ``kernel_cmd`` decides for itself).
+        self.transport = transport
         self.profile = profile
         self._profile_dir = profile_dir(profile)
         if connection_file is None:
@@ -445,7 +453,10 @@ class KernelManager:
 
     def _command(self) -> list[str]:
         path = str(self.connection_file)
-        return [arg.replace("{connection_file}", path) for arg in self.kernel_cmd]
+        command = [arg.replace("{connection_file}", path) for arg in self.kernel_cmd]
+        if self.kernel_cmd == default_kernel_cmd():
+            command += ["--transport", self.transport]
+        return command
 
     def _launch(self) -> None:
         """Spawn the kernel, wait until it serves, start watching it. Lock held.
