@@ -73,3 +73,23 @@ def test_history_is_owner_only_under_umask_000(umask_000: Path) -> None:
     history.close()
     assert path.exists()
     assert _open_to_others(umask_000) == []
+
+
+def test_an_ipc_cluster_listens_only_in_the_owner_only_runtime_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    cluster = Cluster(n=1, profile="ipc", hb_period=0.2, hb_misses=5, transport="ipc")
+    client = cluster.start_and_connect()
+    try:
+        info = client.cluster_info
+        assert info["transport"] == "ipc"
+        prefix = Path(info["ip"])
+        directory = prefix.parent
+        mode = directory.lstat()
+        assert mode.st_uid == os.getuid() and stat.S_IMODE(mode.st_mode) == 0o700
+        sockets = [p for p in directory.iterdir() if p.name.startswith(prefix.name + "-")]
+        assert len(sockets) == 15 and all(stat.S_ISSOCK(p.lstat().st_mode) for p in sockets)
+        assert client[:].apply_sync(pow, 2, 5) == [32]
+    finally:
+        cluster.stop()

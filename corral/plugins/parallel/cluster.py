@@ -106,6 +106,7 @@ class Cluster:
         engine_args: tuple[str, ...] = (),
         stop_grace: float = 3.0,
         encryption: str = "none",
+        transport: str = "tcp",
     ) -> None:
         if controller_mode not in ("processes", "threads"):
             raise ValueError(
@@ -129,6 +130,13 @@ class Cluster:
         self.controller_args = tuple(controller_args)
         if encryption != "none":
             self.controller_args += ("--encryption", encryption)
+        if transport not in ("tcp", "ipc"):
+            raise ValueError(f"transport must be 'tcp' or 'ipc', not {transport!r}")
+        #: "ipc": the controller's sockets are Unix sockets in the owner-only runtime
+        #: directory (engines and clients on this host only); "tcp": ports on ``ip``.
+        self.transport = transport
+        if transport != "tcp":
+            self.controller_args += ("--transport", transport)
         self.engine_args = tuple(engine_args)
         self.controller: ControllerLauncher | None = None
         self.engines: list[EngineSetLauncher] = []

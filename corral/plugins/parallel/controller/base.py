@@ -36,6 +36,7 @@ __all__ = [
     "ControlPipe",
     "bind_random",
     "control_pipe",
+    "endpoint",
     "make_socket",
     "read_control",
     "recv_frames",
@@ -113,10 +114,31 @@ def make_socket(
 
 
 def bind_random(sock: zmq.Socket[Any], transport: str, ip: str) -> int:
-    """Bind ``sock`` to a port the OS picks; returns the port."""
+    """Bind ``sock`` to a port the OS picks (tcp), or to the first free ``<ip>-<n>`` Unix
+    socket path (ipc: ``ip`` is a path prefix in an owner-only directory); returns the
+    port or ``n``."""
     if transport == "tcp":
         return sock.bind_to_random_port(f"tcp://{ip}")
-    raise ValueError(f"transport {transport!r} is not supported by the controller (use tcp)")
+    if transport == "ipc":
+        for n in range(1, 10_000):
+            if os.path.exists(f"{ip}-{n}"):
+                continue
+            try:
+                sock.bind(f"ipc://{ip}-{n}")
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EADDRINUSE:
+                    continue
+                raise
+            return n
+        raise OSError(f"no free ipc endpoint under {ip}")
+    raise ValueError(f"transport {transport!r} is not supported by the controller (tcp, ipc)")
+
+
+def endpoint(transport: str, ip: str, port: int) -> str:
+    """The URL of a controller socket: ``tcp://ip:port`` or ``ipc://ip-port``."""
+    if transport == "ipc":
+        return f"ipc://{ip}-{port}"
+    return f"{transport}://{ip}:{port}"
 
 
 def wait_readable(fds: list[int], timeout: float | None) -> list[int]:

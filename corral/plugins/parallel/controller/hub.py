@@ -31,7 +31,16 @@ from corral.transports.zmq.door import (
 from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
 
-from .base import Component, ControlPipe, bind_random, drain, loads_dict, make_socket, read_control
+from .base import (
+    Component,
+    ControlPipe,
+    bind_random,
+    drain,
+    endpoint,
+    loads_dict,
+    make_socket,
+    read_control,
+)
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
 
@@ -194,17 +203,17 @@ class Hub(Component):
         info = dict(message[1])
         info.pop("key", None)
         self.cluster = info
-        url = f"{info['transport']}://{info['ip']}:"
+        transport, ip = info["transport"], info["ip"]
         if self._iopub is None and info.get("iopub"):
             self._iopub = make_socket(
                 self.ctx, zmq.SUB, unlimited=True, gate=self.gate, connects=True
             )
             self._iopub.subscribe(b"")
-            self._iopub.connect(f"{url}{info['iopub']}")
+            self._iopub.connect(endpoint(transport, ip, info["iopub"]))
             self._poller.register(self._iopub, zmq.POLLIN)
         if self._control is None and info.get("control"):
             self._control = make_socket(self.ctx, zmq.DEALER, gate=self.gate, connects=True)
-            self._control.connect(f"{url}{info['control']}")
+            self._control.connect(endpoint(transport, ip, info["control"]))
 
     def close(self) -> None:
         socks = [self.registration, self.hb_ping, self.hb_pong, self.notification, self.monitor]

@@ -46,7 +46,7 @@ from ..clusterfile import (
     read_cluster_file,
     write_cluster_file,
 )
-from .base import STOP, Component, ControlPipe, control_pipe, wait_readable
+from .base import STOP, Component, ControlPipe, control_pipe, endpoint, wait_readable
 from .hub import Hub
 from .iopub import IopubProxy
 from .queues import make_queue
@@ -112,6 +112,13 @@ class ControllerConfig:
         self.hb_misses = hb_misses
         self.log_level = log_level
         self.encryption = encryption
+        if transport not in ("tcp", "ipc"):
+            raise ValueError(f"transport must be 'tcp' or 'ipc', not {transport!r}")
+        if transport == "ipc" and ip in ("127.0.0.1", "", "*", "0.0.0.0"):
+            # Unix sockets in the owner-only runtime directory: only this user connects.
+            from corral.core.private import runtime_dir
+
+            self.ip = str(runtime_dir() / f"cluster-{self.cluster_id}")
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption must be one of {ENCRYPTIONS}, not {encryption!r}")
         if self.db not in ("sqlite", "memory", "none"):
@@ -157,13 +164,12 @@ def build_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int])
         )
     if name == "iopub":
         return IopubProxy(**common)
-    base = f"{cfg.transport}://{cfg.ip}:"
     return make_queue(
         name,
         key=cfg.key,
         scheme=cfg.signature_scheme,
-        monitor_url=f"{base}{hub_ports['monitor']}",
-        notification_url=f"{base}{hub_ports['notification']}",
+        monitor_url=endpoint(cfg.transport, cfg.ip, hub_ports["monitor"]),
+        notification_url=endpoint(cfg.transport, cfg.ip, hub_ports["notification"]),
         **common,
     )
 
@@ -703,6 +709,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hb-misses", type=int, default=2, help="missed beats mean death")
     parser.add_argument("--ip", default="127.0.0.1", help="interface to bind (127.0.0.1)")
     parser.add_argument(
+        "--transport",
+        default="tcp",
+        choices=("tcp", "ipc"),
+        help="ipc: Unix sockets in the owner-only runtime directory (single host only)",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
     parser.add_argument(
@@ -729,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         hb_period=args.hb_period,
         hb_misses=args.hb_misses,
         ip=args.ip,
+        transport=args.transport,
         log_level=args.log_level,
         encryption=args.encryption,
         **kwargs,
