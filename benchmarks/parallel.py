@@ -66,6 +66,8 @@ except ImportError:  # run from a checkout without installing
 
 #: corral's ``encryption`` setting for this run (``--curve``: "curve").
 ENCRYPTION = "none"
+#: corral's controller ``transport`` for this run (``--ipc``: "ipc").
+TRANSPORT = "tcp"
 
 
 def noop(*args: Any) -> None:
@@ -198,7 +200,11 @@ class Corral(ViewTool):
         import corral.plugins.parallel.cluster as cluster_module
 
         self.cluster = cluster_module.Cluster(
-            n=ENGINES, profile="bench", engine_timeout=60, encryption=ENCRYPTION
+            n=ENGINES,
+            profile="bench",
+            engine_timeout=60,
+            encryption=ENCRYPTION,
+            transport=TRANSPORT,
         )
         self.client = self.cluster.start_and_connect()
         self.lview = self.client.load_balanced_view()
@@ -523,7 +529,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="encrypt: corral with encryption='curve', ipyparallel with IPP_ENABLE_CURVE=1",
     )
+    parser.add_argument("--ipc", action="store_true", help="corral's controller on ipc sockets")
     args = parser.parse_args(argv)
+    if args.ipc:
+        global TRANSPORT
+        TRANSPORT = "ipc"
     if args.curve:
         global ENCRYPTION
         ENCRYPTION = "curve"
