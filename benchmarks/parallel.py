@@ -64,6 +64,12 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+#: corral's ``encryption`` setting for this run (``--curve``: "curve").
+ENCRYPTION = "none"
+#: corral's controller ``transport`` for this run (``--ipc``: "ipc").
+TRANSPORT = "tcp"
+
+
 def noop(*args: Any) -> None:
     """The task: nothing, so what is measured is the framework."""
     return None
@@ -193,7 +199,13 @@ class Corral(ViewTool):
     def start(self) -> None:
         import corral.plugins.parallel.cluster as cluster_module
 
-        self.cluster = cluster_module.Cluster(n=ENGINES, profile="bench", engine_timeout=60)
+        self.cluster = cluster_module.Cluster(
+            n=ENGINES,
+            profile="bench",
+            engine_timeout=60,
+            encryption=ENCRYPTION,
+            transport=TRANSPORT,
+        )
         self.client = self.cluster.start_and_connect()
         self.lview = self.client.load_balanced_view()
         self.direct = self.client[self.client.ids[0]]
@@ -512,7 +524,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", nargs="*", help="tools to run: corral ipyparallel dask ProcessPool raw"
     )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt: corral with encryption='curve', ipyparallel with IPP_ENABLE_CURVE=1",
+    )
+    parser.add_argument("--ipc", action="store_true", help="corral's controller on ipc sockets")
     args = parser.parse_args(argv)
+    if args.ipc:
+        global TRANSPORT
+        TRANSPORT = "ipc"
+    if args.curve:
+        global ENCRYPTION
+        ENCRYPTION = "curve"
+        os.environ["IPP_ENABLE_CURVE"] = "1"
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every cluster is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The last line of defence for the 10-minute bound: dump stacks and exit.

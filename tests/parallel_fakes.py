@@ -19,6 +19,8 @@ from zmq.utils.monitor import recv_monitor_message
 from corral.plugins.parallel.clusterfile import ClusterInfo
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
+from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.gate import gate_for
 from corral.transports.zmq.session import Session
 
 TIMEOUT = 20.0  # only a hang ever reaches it
@@ -51,13 +53,14 @@ class Peer:
     def __init__(self, info: ClusterInfo, name: str) -> None:
         self.info = info
         self.ctx = zmq.Context.instance()
-        self.session = Session(info.key, username=name)
+        self.session = Session(info.key, username=name, signer=cluster_signer(info.key))
+        self.gate = gate_for(info)
         self.socks: dict[str, zmq.Socket[Any]] = {}
         #: Messages of a received batch not yet returned, per socket name.
         self.unread: dict[str, deque[list[bytes]]] = {}
 
     def dealer(self, name: str, identity: bytes | None = None, wait: bool = True) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
+        sock = self.gate.client(self.ctx.socket(zmq.DEALER))
         sock.linger = 0
         if identity is not None:
             sock.identity = identity
@@ -107,7 +110,7 @@ class FakeEngine(Peer):
         for q in QUEUES:
             self.dealer(f"{q}_engine", self.ident)
         self.dealer("registration", self.ident)
-        pub = self.ctx.socket(zmq.PUB)
+        pub = self.gate.client(self.ctx.socket(zmq.PUB))
         pub.linger = 0
         pub.connect(info.url("iopub_engine"))
         self.socks["iopub_engine"] = pub
@@ -121,10 +124,10 @@ class FakeEngine(Peer):
             assert ready.wait(TIMEOUT)
 
     def _beat(self, ready: threading.Event) -> None:
-        sub = self.ctx.socket(zmq.SUB)
+        sub = self.gate.client(self.ctx.socket(zmq.SUB))
         sub.linger = 0
         sub.subscribe(b"")
-        dealer = self.ctx.socket(zmq.DEALER)
+        dealer = self.gate.client(self.ctx.socket(zmq.DEALER))
         dealer.linger = 0
         dealer.identity = self.ident
         _wait_handshake(sub, self.info.url("hb_ping"))
@@ -224,7 +227,7 @@ class FakeClient(Peer):
         for name in ("registration", *QUEUES):
             self.dealer(name)
         for name in ("notification", "iopub"):
-            sub = self.ctx.socket(zmq.SUB)
+            sub = self.gate.client(self.ctx.socket(zmq.SUB))
             sub.linger = 0
             sub.subscribe(b"")
             _wait_handshake(sub, info.url(name))

@@ -30,6 +30,8 @@ from parallel_fakes import split_batch
 from corral.core.serialize import deserialize, pack_apply, serialize
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
+from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.gate import Gate
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,9 @@ class FakeController:
 
     def __init__(self, tmp: Path, *, hb_period: float = 0.1, beat: bool = True) -> None:
         self.ctx = zmq.Context()
-        self.session = Session(KEY.encode(), username="controller")
+        self.session = Session(
+            KEY.encode(), username="controller", signer=cluster_signer(KEY.encode())
+        )
         self.hb_period = hb_period
         self.socks: dict[str, zmq.Socket[Any]] = {}
         #: Messages of a received batch not yet returned, per socket name.
@@ -57,8 +61,9 @@ class FakeController:
             "iopub_engine": zmq.SUB,
             **{ch: zmq.ROUTER for ch in CHANNELS},
         }
+        gate = Gate(KEY.encode())
         for name, kind in kinds.items():
-            sock = self.ctx.socket(kind)
+            sock = gate.server(self.ctx.socket(kind))
             sock.linger = 0
             if kind == zmq.ROUTER:
                 # A queue must not silently drop a message for an engine whose connection
@@ -486,7 +491,7 @@ def test_execute_request(engine: FakeController) -> None:
 
 
 def _data_client(engine: FakeController, ctx: zmq.Context[Any]) -> zmq.Socket[Any]:
-    sock = ctx.socket(zmq.DEALER)
+    sock = Gate(KEY.encode()).client(ctx.socket(zmq.DEALER))
     sock.linger = 0
     sock.connect(engine.engines[0]["data_url"])
     return sock

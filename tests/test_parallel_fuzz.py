@@ -26,6 +26,7 @@ from corral.plugins.parallel.clusterfile import ClusterInfo, read_cluster_file
 from corral.plugins.parallel.controller import start_controller
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
+from corral.transports.zmq.door import cluster_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ class Rig:
         for eng in self.engines:
             eng.register()
             self.client.notification()
-        self.signer = wire.Signer(info.key)
+        self.signer = cluster_signer(info.key)
         ctx = zmq.Context.instance()
         self.raw: dict[str, zmq.Socket[Any]] = {}
         for name in (
@@ -51,8 +52,11 @@ class Rig:
             "control_engine",
             "task_engine",
             "broadcast_engine",
+            "hb_pong",
+            "monitor",
         ):
-            sock = ctx.socket(zmq.DEALER)
+            kind = zmq.PUSH if name == "monitor" else zmq.DEALER
+            sock = self.client.gate.client(ctx.socket(kind))
             sock.linger = 0
             sock.sndhwm = 0
             sock.connect(info.url(name))
@@ -66,12 +70,14 @@ class Rig:
             eng.close()
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+@pytest.fixture(scope="module", params=["none", "curve"])
+def rig(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """A controller with encryption off (PLAIN gate) and on (CurveZMQ): the fuzz runs
+    behind either gate, with the cluster's credentials."""
     tmp = tmp_path_factory.mktemp("fuzz")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CORRAL_DIR", str(tmp / "corral"))
-        handle = start_controller("fuzz", mode="threads", db="memory")
+        handle = start_controller("fuzz", mode="threads", db="memory", encryption=request.param)
         info = read_cluster_file(handle.cluster_file)
         r = Rig(info)
         yield r
@@ -153,7 +159,7 @@ def _sign(rig: Rig, frames: list[bytes]) -> list[bytes]:
     """Replace the SIGN placeholder with a real signature over the four parts."""
     if b"SIGN" in frames:
         at = frames.index(b"SIGN")
-        frames[at] = rig.signer.sign(frames[at + 1 : at + 5])
+        frames[at] = rig.signer.seal(frames[at + 1 : at + 5], frames[at + 5 :])
     return frames
 
 
@@ -180,6 +186,10 @@ def _batch(rig: Rig, data: Any, routing: list[bytes]) -> list[bytes]:
 def _probe(rig: Rig, component: str) -> None:
     """A valid request through ``component`` is still served (strays are drained)."""
     client = rig.client
+    if component in ("monitor", "hb_pong"):  # the hub: still registering, still recording
+        _probe(rig, "registration")
+        _probe(rig, "task")
+        return
     if component == "registration":
         reply = client.ask("connection_request")
         assert len(reply["content"]["engines"]) == 2
@@ -240,6 +250,8 @@ FUZZ = settings(
         "control_engine",
         "task_engine",
         "broadcast_engine",
+        "hb_pong",
+        "monitor",
     ],
 )
 def test_fuzz_socket_keeps_serving(rig: Rig, component: str) -> None:
@@ -248,6 +260,10 @@ def test_fuzz_socket_keeps_serving(rig: Rig, component: str) -> None:
         routing = st.sampled_from([[engine_uuid], [b"not-an-engine"], []])
     elif component.endswith("_engine"):
         routing = st.sampled_from([[b"client"], [rig.engines[0].ident], []])
+    elif component == "monitor":  # [kind, engine, client] before the delimiter
+        routing = st.sampled_from(
+            [[b"reply", engine_uuid, b"client"], [b"request", b"", b"client"], [b"reply:00"]]
+        )
     else:
         routing = st.just([])
 

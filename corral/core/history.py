@@ -14,6 +14,7 @@ never executes costs nothing here.
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,11 +78,17 @@ class HistoryManager:
         path = self.path if self.path is not None else _default_path()
         target = str(path)
         if target != ":memory:":
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            from corral.core.private import private_dir, private_file
+
+            private_dir(Path(target).parent)
+            os.close(private_file(target))  # what you typed: yours alone, whatever the umask
         conn = sqlite3.connect(target, check_same_thread=False, timeout=10.0)
         if target != ":memory:":
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(target + suffix):
+                    os.chmod(target + suffix, 0o600)
         with conn:
             conn.executescript(_SCHEMA)
             if self._session_id is None:

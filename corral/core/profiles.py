@@ -11,10 +11,13 @@ import os
 import re
 from pathlib import Path
 
+from corral.core.private import private_dir
+
 __all__ = ["base_dir", "profile_dir", "list_profiles", "locate_profile", "ProfileNotFound"]
 
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SUBDIRS = {"security": 0o700, "log": 0o755, "run": 0o755, "db": 0o755}
+#: Every one owner-only: logs hold task output, db/ pickled results, security/ keys.
+_SUBDIRS = ("security", "log", "run", "db")
 
 
 class ProfileNotFound(LookupError):
@@ -46,12 +49,9 @@ def profile_dir(name: str = "default", *, create: bool = True) -> Path:
                 f"{name}`)"
             )
         return path
-    path.mkdir(parents=True, exist_ok=True)
-    for sub, mode in _SUBDIRS.items():
-        subdir = path / sub
-        subdir.mkdir(exist_ok=True)
-        if sub == "security":
-            os.chmod(subdir, mode)
+    private_dir(path)
+    for sub in _SUBDIRS:
+        private_dir(path / sub)
     return path
 
 

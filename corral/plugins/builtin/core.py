@@ -14,6 +14,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 @hookimpl
 def corral_add_options(schema: Schema) -> None:
     schema.add_option(
+        "security",
+        "encryption",
+        "none",
+        "Cluster traffic: none (connections authenticated by the cluster key, messages\n"
+        "signed, not encrypted) or curve (every cluster socket encrypted with CurveZMQ).\n"
+        "See docs/security.md.",
+        type="choice",
+        choices=["none", "curve"],
+    )
+    schema.add_option(
         "core",
         "log_level",
         "warning",

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral.core.private import private_dir, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.parallel.launchers.base import (
@@ -120,6 +121,8 @@ class Cluster:
         controller_args: Sequence[str] | None = None,
         engine_args: Sequence[str] | None = None,
         stop_grace: float | None = None,
+        encryption: str | None = None,
+        transport: str | None = None,
         **options: Any,
     ) -> None:
         from corral.plugins.parallel.settings import resolve
@@ -159,6 +162,24 @@ class Cluster:
         self.controller_args = tuple(self.config.get("controller", "args"))
         self.engine_args = tuple(self.config.get("engine", "args"))
         self.n: int = cfg["n"] if cfg["n"] is not None else self._default_n()
+        if encryption is None:
+            encryption = (
+                self.config.get("security", "encryption") if _has_security(self.config) else "none"
+            )
+        if encryption not in ("none", "curve"):
+            raise ValueError(f"encryption must be 'none' or 'curve', not {encryption!r}")
+        #: "curve": every cluster socket encrypted (docs/security.md).
+        self.encryption = encryption
+        if encryption != "none":
+            self.controller_args += ("--encryption", encryption)
+        transport = transport or "tcp"
+        if transport not in ("tcp", "ipc"):
+            raise ValueError(f"transport must be 'tcp' or 'ipc', not {transport!r}")
+        #: "ipc": the controller's sockets are Unix sockets in the owner-only runtime
+        #: directory (engines and clients on this host only); "tcp": ports on ``ip``.
+        self.transport = transport
+        if transport != "tcp":
+            self.controller_args += ("--transport", transport)
         self.controller: ControllerLauncher | None = None
         self.engines: list[EngineSetLauncher] = []
         self.cluster_info: dict[str, Any] | None = None
@@ -576,9 +597,9 @@ class Cluster:
 
     def _store_record(self, record: dict[str, Any]) -> None:
         path = self.record_file
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
+        write_private(tmp, json.dumps(record, indent=1))
         os.replace(tmp, path)
 
     # ------------------------------------------------------------------ clients
@@ -775,3 +796,13 @@ async def _to_thread(func: Any, *args: Any) -> Any:
     import asyncio
 
     return await asyncio.to_thread(func, *args)
+
+
+def _has_security(config: Any) -> bool:
+    """Whether the resolved settings know ``[security] encryption`` (the security
+    plugin's option, present unless plugins are disabled)."""
+    try:
+        config.get("security", "encryption")
+    except Exception:
+        return False
+    return True

@@ -60,6 +60,7 @@ FIELDS = (
     "hb_period",
     "hb_misses",
     "controller_pid",
+    "encryption",
 )
 _KNOWN = frozenset(FIELDS)
 
@@ -98,6 +99,7 @@ class ClusterInfo:
         hb_period: float = 1.0,
         hb_misses: int = 2,
         controller_pid: int = 0,
+        encryption: str = "none",
     ) -> None:
         self.cluster_id = cluster_id
         self.key = new_key() if key is None else key
@@ -122,6 +124,9 @@ class ClusterInfo:
         self.hb_period = hb_period
         self.hb_misses = hb_misses
         self.controller_pid = controller_pid
+        #: "none" (a PLAIN handshake keyed by the cluster key) or "curve" (CurveZMQ):
+        #: see corral.transports.zmq.gate.
+        self.encryption = encryption
 
     @property
     def key(self) -> bytes:

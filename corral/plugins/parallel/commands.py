@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.core.config import Config, ConfigError
+from corral.core.private import private_file, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.markers import hookimpl
@@ -101,6 +102,12 @@ def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ip", default=None, help="[cluster] ip: interface to bind (* = all)")
     parser.add_argument("--location", default=None, help="[cluster] location: address to give")
     parser.add_argument(
+        "--encryption",
+        choices=["none", "curve"],
+        default=None,
+        help="curve: encrypt every cluster socket ([security] encryption)",
+    )
+    parser.add_argument(
         "-o",
         "--option",
         action="append",
@@ -123,6 +130,7 @@ def _cluster_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "controller": args.controller,
         "ip": args.ip,
         "location": args.location,
+        "encryption": args.encryption,
     }
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for item in args.option:
@@ -146,6 +154,7 @@ def _start_argv(args: argparse.Namespace) -> list[str]:
         ("--controller", args.controller),
         ("--ip", args.ip),
         ("--location", args.location),
+        ("--encryption", args.encryption),
     ):
         if value is not None:
             argv += [flag, str(value)]
@@ -283,7 +292,7 @@ def _mark_ready(path: Path) -> None:
     record = json.loads(path.read_text())
     record["ready"] = True
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
+    write_private(tmp, json.dumps(record, indent=1))
     os.replace(tmp, path)
 
 
@@ -301,7 +310,7 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str, timeout: float) -> 
     env = os.environ.copy()
     root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with open(log_file, "ab") as fh:
+    with os.fdopen(private_file(log_file), "ab") as fh:
         offset = fh.seek(0, os.SEEK_END)
         proc = subprocess.Popen(
             argv,

@@ -128,6 +128,7 @@ class _Options:
     def __init__(self) -> None:
         self.connection_file: str | None = None
         self.ip: str | None = None
+        self.transport: str | None = None
         self.ports: tuple[int, int] | None = None
         self.profile = os.environ.get("CORRAL_PROFILE", "default")
         self.log_level = os.environ.get("CORRAL_KERNEL_LOG_LEVEL", "WARNING")
@@ -145,6 +146,7 @@ def _parse_launcher_args(argv: list[str]) -> _Options | None:
         "-f": "connection_file",
         "--connection-file": "connection_file",
         "--ip": "ip",
+        "--transport": "transport",
         "--profile": "profile",
         "--log-level": "log_level",
     }
@@ -158,6 +160,8 @@ def _parse_launcher_args(argv: list[str]) -> _Options | None:
             value = next(words, "")
             if not value or value.startswith("-"):
                 return None
+        if flag == "--transport" and value not in ("tcp", "ipc"):
+            return None  # argparse says what is wrong
         setattr(options, names[flag], value)
     return options
 
@@ -177,6 +181,13 @@ def parse_args(argv: list[str] | None = None) -> Any:
     )
     parser.add_argument("-f", "--connection-file", help="connection file to use or write")
     parser.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--transport",
+        choices=("tcp", "ipc"),
+        default=None,
+        help="ipc: Unix sockets in the owner-only runtime directory, so no other user can "
+        "connect (default: what the connection file says, else tcp)",
+    )
     parser.add_argument(
         "--ports", type=_port_range, default=None, help="range MIN-MAX for random ports"
     )
@@ -210,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         info = ConnectionInfo()
     if args.ip:
         info.ip = args.ip
+    if args.transport == "ipc" and info.transport != "ipc":
+        from corral.core.private import runtime_dir
+
+        info.transport = "ipc"
+        info.ip = str(runtime_dir() / f"kernel-{os.getpid()}")
+    elif args.transport == "tcp":
+        info.transport = "tcp"
     unbound = any(info.port(ch) == 0 for ch in ("shell", "iopub", "stdin", "control", "hb"))
     # Watch the parent before anything else: if it dies while we start, we must still know
     # who it was (after it dies, our parent is init).

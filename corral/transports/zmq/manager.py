@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 import zmq
 
+from corral.core.private import private_dir, private_file
 from corral.notification import NotificationCenter, shared_center
 from corral.transports.zmq.aclient import AsyncKernelClient
 from corral.transports.zmq.client import (
@@ -297,9 +298,17 @@ class KernelManager:
         center: NotificationCenter | None = None,
         restart_limit: int = 5,
         heartbeat_interval: float = 1.0,
+        transport: str = "ipc",
     ) -> None:
         from corral.core.profiles import profile_dir
 
+        if transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport must be 'ipc' or 'tcp', not {transport!r}")
+        #: "ipc" (the default): the kernel listens on Unix sockets in the owner-only
+        #: runtime directory, so no other local user can connect or read its output;
+        #: "tcp": 127.0.0.1 ports, for frontends that cannot use ipc. Only applies to
+        #: corral's own kernel command (a custom ``kernel_cmd`` decides for itself).
+        self.transport = transport
         self.profile = profile
         self._profile_dir = profile_dir(profile)
         _check_profile_config(self._profile_dir)
@@ -460,7 +469,10 @@ class KernelManager:
 
     def _command(self) -> list[str]:
         path = str(self.connection_file)
-        return [arg.replace("{connection_file}", path) for arg in self.kernel_cmd]
+        command = [arg.replace("{connection_file}", path) for arg in self.kernel_cmd]
+        if self.kernel_cmd == default_kernel_cmd():
+            command += ["--transport", self.transport]
+        return command
 
     def _launch(self) -> None:
         """Spawn the kernel, wait until it serves, start watching it. Lock held.
@@ -502,8 +514,8 @@ class KernelManager:
         # The kernel exits by itself if this process dies without shutting it down.
         env["JPY_PARENT_PID"] = str(os.getpid())
         log_path = self.log_file
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_fh:
+        private_dir(log_path.parent)
+        with os.fdopen(private_file(log_path), "ab") as log_fh:
             offset = log_fh.seek(0, os.SEEK_END)
             popen = subprocess.Popen(
                 self._command(),

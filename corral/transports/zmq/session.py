@@ -40,8 +40,9 @@ class Session:
         username: str = "corral",
         max_size: int | None = None,
         replay: wire.ReplayGuard | None = None,
+        signer: wire.Signer | None = None,
     ) -> None:
-        self.signer = wire.Signer(key, scheme)
+        self.signer = signer if signer is not None else wire.Signer(key, scheme)
         self.session_id = session_id or wire.new_id()
         self.username = username
         self.max_size = max_size

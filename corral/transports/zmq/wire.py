@@ -180,6 +180,28 @@ class Signer:
             return False
         return hmac.compare_digest(self.sign(parts), bytes(signature))
 
+    def seal(self, parts: Sequence[bytes | memoryview], buffers: Sequence[Any] = ()) -> bytes:
+        """The signature frame for a message: Jupyter's, over the JSON parts only (a
+        cluster signer, :class:`corral.transports.zmq.door.ClusterSigner`, covers the
+        buffers too)."""
+        return self.sign(parts)
+
+    def check(
+        self,
+        parts: Sequence[bytes | memoryview],
+        signature: bytes,
+        buffers: Sequence[Any] = (),
+        how: int = 2,
+    ) -> None:
+        """Raise :class:`BadSignature` unless ``signature`` signs ``parts`` (Jupyter's
+        scheme ignores ``buffers`` and ``how``)."""
+        if self._base is None:
+            return
+        if not signature:
+            raise BadSignature("unsigned message (empty signature)")
+        if not self.verify(parts, signature):
+            raise BadSignature("signature does not match the message")
+
 
 class ReplayGuard:
     """Remembers the most recent signatures so an exact resend of a message is refused.
@@ -356,20 +378,22 @@ def serialize(
         json_dumps(msg.get("metadata") or {}),
         json_dumps(msg.get("content") or {}),
     ]
-    frames: list[bytes | memoryview] = list(identities)
-    frames.append(DELIMITER)
-    frames.append(signer.sign(parts))
-    frames.extend(parts)
+    buffers: list[bytes | memoryview] = []
     for buf in msg.get("buffers") or ():
         if isinstance(buf, (bytes, memoryview)):
-            frames.append(buf)
+            buffers.append(buf)
         else:
             try:
-                frames.append(memoryview(buf))
+                buffers.append(memoryview(buf))
             except TypeError:
                 raise TypeError(
                     f"message buffers must support the buffer protocol, got {type(buf).__name__}"
                 ) from None
+    frames: list[bytes | memoryview] = list(identities)
+    frames.append(DELIMITER)
+    frames.append(signer.seal(parts, buffers))
+    frames.extend(parts)
+    frames.extend(buffers)
     return frames
 
 
@@ -432,10 +456,7 @@ def deserialize(
     signature = rest[0]
     parts = rest[1:_FIXED_PARTS]
     if signer.enabled:
-        if not signature:
-            raise BadSignature("unsigned message (empty signature)")
-        if not signer.verify(parts, signature):
-            raise BadSignature("signature does not match the message")
+        signer.check(parts, signature, rest[_FIXED_PARTS:])
         if replay is not None:
             replay.check(signature)
     header = _parse_dict(parts[0], "header")

@@ -26,6 +26,8 @@ import zmq
 
 from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
+from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
 from .asyncresult import (
     AsyncMapResult,
@@ -164,7 +166,7 @@ class Client(ClientCompat):
         self.cluster_id: str = info.get("cluster_id", cluster_id or "")
         self.cluster_info = {k: v for k, v in info.items() if k != "key"}
         key = info.get("key", b"")
-        self._signer = wire.Signer(
+        self._signer = cluster_signer(
             key if isinstance(key, bytes) else key.encode("ascii"),
             info.get("signature_scheme", "hmac-sha256"),
         )
@@ -208,18 +210,23 @@ class Client(ClientCompat):
         self._context: zmq.Context[Any] = zmq.Context()
         self._io = self._connect(info)
         try:
+            self._check_gate(_url(info, "registration"), timeout)
             self._sync_engines(timeout)
         except BaseException:
             self.close()
             raise
 
     def _connect(self, info: dict[str, Any]) -> ClientIO:
-        """An I/O thread with one socket per controller interface, started.
+        """An I/O thread with one socket per controller interface, started, behind the
+        cluster's gate.
 
         The sockets to the controller are watched: the controller's death fails every
         pending result at once (see :meth:`_controller_lost`), not after a timeout.
         """
-        io = ClientIO(self._context, self._dispatch, identity=self.session.encode())
+        self.gate = gate_for(info)
+        io = ClientIO(
+            self._context, self._dispatch, identity=self.session.encode(), secure=self.gate.client
+        )
         io.on_disconnect = self._on_disconnect
         hb_period = float(info.get("hb_period") or 1.0)
         watch_ms = max(100, int(hb_period * 1000))
@@ -229,6 +236,13 @@ class Client(ClientCompat):
         io.add_socket("iopub", zmq.SUB, _url(info, "iopub"), subscribe=b"")
         io.start()
         return io
+
+    def _check_gate(self, url: str, timeout: float | None) -> None:
+        """Fail at once, saying why, if the controller's gate refuses this client's key
+        (ZeroMQ alone would retry the handshake silently until a bare timeout)."""
+        wait = 5.0 if timeout is None else min(timeout, 5.0)
+        if probe(self.gate, self._context, url, wait) == "refused":
+            raise ConnectionRefusedError(REFUSED.format(url=url))
 
     # ------------------------------------------------------------------ engines
 
@@ -418,7 +432,7 @@ class Client(ClientCompat):
         self._io.stop()
         key = info.get("key", b"")
         key = key if isinstance(key, bytes) else key.encode("ascii")
-        self._signer = wire.Signer(key, info.get("signature_scheme", "hmac-sha256"))
+        self._signer = cluster_signer(key, info.get("signature_scheme", "hmac-sha256"))
         self._builder = MessageBuilder(self._signer, self.session)
         if self._local is not None:
             self._local.close()

@@ -53,10 +53,18 @@ class ClientIO:
     creation in the I/O thread once that is running).
     """
 
-    def __init__(self, context: zmq.Context[Any], handler: Handler, identity: bytes) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        handler: Handler,
+        identity: bytes,
+        secure: Callable[[zmq.Socket[Any]], Any] | None = None,
+    ) -> None:
         self.context = context
         self.handler = handler
         self.identity = identity
+        #: Applied to every socket before it connects (the cluster gate's credentials).
+        self.secure = secure
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._channel_of: dict[zmq.Socket[Any], str] = {}
         #: monitor PAIR socket -> the channel whose disconnections it reports
@@ -178,6 +186,8 @@ class ClientIO:
         if channel in self._sockets:
             return
         sock = self.context.socket(kind)
+        if self.secure is not None:
+            self.secure(sock)
         sock.linger = 0
         sock.sndhwm = 0
         sock.rcvhwm = 0

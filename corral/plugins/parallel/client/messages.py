@@ -116,7 +116,7 @@ class MessageBuilder:
             metadata if type(metadata) is bytes else encode_json(metadata),
             content if type(content) is bytes else encode_json(content),
         ]
-        frames: list[Any] = [*identities, _DELIM, self.signer.sign(parts), *parts]
+        frames: list[Any] = [*identities, _DELIM, self.signer.seal(parts, buffers), *parts]
         frames.extend(buffers)
         return msg_id, frames
 
@@ -202,14 +202,12 @@ def parse(
         raise wire.MalformedMessage("too few frames after the delimiter")
     signature = _bytes(frames[split + 1])
     parts = [_bytes(f) for f in frames[split + 2 : split + 6]]
+    buffers = frames[split + 6 :]
     if signer.enabled:
-        if not signature:
-            raise wire.BadSignature("unsigned message (empty signature)")
-        if not signer.verify(parts, signature):
-            raise wire.BadSignature("signature does not match the message")
+        signer.check(parts, signature, buffers)  # buffers hashed too, with a cluster signer
         if replay is not None:
             replay.check(signature)
     header, parent, metadata, content = _loads_all(parts)
     if not isinstance(header.get("msg_id"), str) or not isinstance(header.get("msg_type"), str):
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
-    return Parsed(list(frames[:split]), header, parent, metadata, content, frames[split + 6 :])
+    return Parsed(list(frames[:split]), header, parent, metadata, content, list(buffers))

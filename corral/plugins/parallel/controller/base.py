@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
+from corral.transports.zmq.gate import Gate
 
 __all__ = [
     "NOBLOCK",
@@ -35,6 +36,7 @@ __all__ = [
     "ControlPipe",
     "bind_random",
     "control_pipe",
+    "endpoint",
     "make_socket",
     "read_control",
     "recv_frames",
@@ -83,14 +85,28 @@ def drain(sock: zmq.Socket[Any], handler: Any, what: str) -> None:
             log.exception("%s: error while handling a message; dropped", what)
 
 
-def make_socket(ctx: zmq.Context[Any], kind: int, *, unlimited: bool = False) -> zmq.Socket[Any]:
+def make_socket(
+    ctx: zmq.Context[Any],
+    kind: int,
+    *,
+    unlimited: bool = False,
+    gate: Gate | None = None,
+    connects: bool = False,
+) -> zmq.Socket[Any]:
     """A socket with linger 0; ``unlimited`` lifts the high-water marks.
 
     Routing sockets are unlimited: a ROUTER at its high-water mark silently drops (or,
-    with ``ROUTER_MANDATORY``, blocks), and either would lose or stall tasks.
+    with ``ROUTER_MANDATORY``, blocks), and either would lose or stall tasks. With a
+    ``gate`` the socket admits (or, ``connects``, presents) the cluster's credentials,
+    so no peer without the key completes a handshake (corral.transports.zmq.gate).
     """
     sock = ctx.socket(kind)
     sock.linger = 0
+    if gate is not None:
+        if connects:
+            gate.client(sock)
+        else:
+            gate.server(sock)
     if unlimited:
         sock.sndhwm = 0
         sock.rcvhwm = 0
@@ -98,27 +114,47 @@ def make_socket(ctx: zmq.Context[Any], kind: int, *, unlimited: bool = False) ->
 
 
 def bind_random(sock: zmq.Socket[Any], transport: str, ip: str, preferred: int = 0) -> int:
-    """Bind ``sock`` to ``preferred`` if given and free, else to a port the OS picks;
-    returns the port.
+    """Bind ``sock`` to a port the OS picks (tcp), or to the first free ``<ip>-<n>`` Unix
+    socket path (ipc: ``ip`` is a path prefix in an owner-only directory); returns the
+    port or ``n``.
 
-    A controller restarted on a cluster whose engines outlived it prefers the old ports:
-    the engines' sockets then reconnect by themselves, and replies they held meanwhile
-    go out on their own.
+    ``preferred`` is bound if free: a controller restarted on a cluster whose engines
+    outlived it takes the old ports (or paths), so the engines' sockets reconnect by
+    themselves and the replies they held meanwhile go out on their own.
     """
-    if transport != "tcp":
-        raise ValueError(f"transport {transport!r} is not supported by the controller (use tcp)")
     if preferred:
         try:
-            sock.bind(f"tcp://{ip}:{preferred}")
+            sock.bind(endpoint(transport, ip, preferred))
             return preferred
         except zmq.ZMQError as exc:
             log.warning(
-                "port %d of the previous controller is taken (%s); engines that outlived it "
-                "cannot reconnect to this socket",
+                "endpoint %d of the previous controller is taken (%s); engines that outlived "
+                "it cannot reconnect to this socket",
                 preferred,
                 exc,
             )
-    return sock.bind_to_random_port(f"tcp://{ip}")
+    if transport == "tcp":
+        return sock.bind_to_random_port(f"tcp://{ip}")
+    if transport == "ipc":
+        for n in range(1, 10_000):
+            if os.path.exists(f"{ip}-{n}"):
+                continue
+            try:
+                sock.bind(f"ipc://{ip}-{n}")
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EADDRINUSE:
+                    continue
+                raise
+            return n
+        raise OSError(f"no free ipc endpoint under {ip}")
+    raise ValueError(f"transport {transport!r} is not supported by the controller (tcp, ipc)")
+
+
+def endpoint(transport: str, ip: str, port: int) -> str:
+    """The URL of a controller socket: ``tcp://ip:port`` or ``ipc://ip-port``."""
+    if transport == "ipc":
+        return f"ipc://{ip}-{port}"
+    return f"{transport}://{ip}:{port}"
 
 
 def wait_readable(fds: list[int], timeout: float | None) -> list[int]:

@@ -22,9 +22,24 @@ import zmq
 from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
+from corral.transports.zmq.door import (
+    BUFFERS_COUNTED,
+    BUFFERS_HASHED,
+    BUFFERS_IGNORED,
+    cluster_signer,
+)
+from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
 
-from .base import Component, ControlPipe, drain, loads_dict, make_socket, read_control
+from .base import (
+    Component,
+    ControlPipe,
+    drain,
+    endpoint,
+    loads_dict,
+    make_socket,
+    read_control,
+)
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
 
@@ -142,8 +157,12 @@ class Hub(Component):
         ip: str = "127.0.0.1",
         hb_period: float = 1.0,
         hb_misses: int = 2,
+        gate: Gate | None = None,
     ) -> None:
-        self.session = Session(key, scheme=scheme, username="corral-hub")
+        self.gate = gate
+        self.session = Session(
+            key, scheme=scheme, username="corral-hub", signer=cluster_signer(key, scheme)
+        )
         self.signer = self.session.signer
         self.monitor_replay = wire.ReplayGuard()
         self.db = db
@@ -165,6 +184,7 @@ class Hub(Component):
         self.completed: dict[bytes, int] = {}
         self.cluster: dict[str, Any] = {}
         self.dropped = 0
+        self.refusals = RefusalLog(log, "hub")
         self._control: zmq.Socket[Any] | None = None
         self._iopub: zmq.Socket[Any] | None = None
         self._poller = zmq.Poller()
@@ -174,11 +194,14 @@ class Hub(Component):
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
         self.ctx = ctx
-        self.registration = make_socket(ctx, zmq.ROUTER, unlimited=True)
-        self.hb_ping = make_socket(ctx, zmq.PUB)
-        self.hb_pong = make_socket(ctx, zmq.ROUTER)
-        self.notification = make_socket(ctx, zmq.PUB, unlimited=True)
-        self.monitor = make_socket(ctx, zmq.PULL, unlimited=True)
+        gate = self.gate
+        self.registration = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
+        # Beats go only to, and echoes come only from, peers that passed the gate: a
+        # process without the key cannot keep a dead engine alive or answer for it.
+        self.hb_ping = make_socket(ctx, zmq.PUB, gate=gate)
+        self.hb_pong = make_socket(ctx, zmq.ROUTER, gate=gate)
+        self.notification = make_socket(ctx, zmq.PUB, unlimited=True, gate=gate)
+        self.monitor = make_socket(ctx, zmq.PULL, unlimited=True, gate=gate)
         bind = self.bind_port
         return {
             "registration": bind(self.registration, "registration"),
@@ -196,15 +219,17 @@ class Hub(Component):
         info = dict(message[1])
         info.pop("key", None)
         self.cluster = info
-        url = f"{info['transport']}://{info['ip']}:"
+        transport, ip = info["transport"], info["ip"]
         if self._iopub is None and info.get("iopub"):
-            self._iopub = make_socket(self.ctx, zmq.SUB, unlimited=True)
+            self._iopub = make_socket(
+                self.ctx, zmq.SUB, unlimited=True, gate=self.gate, connects=True
+            )
             self._iopub.subscribe(b"")
-            self._iopub.connect(f"{url}{info['iopub']}")
+            self._iopub.connect(endpoint(transport, ip, info["iopub"]))
             self._poller.register(self._iopub, zmq.POLLIN)
         if self._control is None and info.get("control"):
-            self._control = make_socket(self.ctx, zmq.DEALER)
-            self._control.connect(f"{url}{info['control']}")
+            self._control = make_socket(self.ctx, zmq.DEALER, gate=self.gate, connects=True)
+            self._control.connect(endpoint(transport, ip, info["control"]))
 
     def close(self) -> None:
         socks = [self.registration, self.hb_ping, self.hb_pong, self.notification, self.monitor]
@@ -311,8 +336,9 @@ class Hub(Component):
         drain(sock, handler, "hub")
 
     def _drop(self, why: str, nframes: int) -> None:
+        """Count and log a refused message, rate-limited per cause."""
         self.dropped += 1
-        log.warning("hub: dropped a message of %d frames: %s", nframes, why)
+        self.refusals.refused(why, f"a message of {nframes} frames")
 
     # -- heartbeat and engines ----------------------------------------------------------
 
@@ -357,6 +383,7 @@ class Hub(Component):
                 "hostname": record.hostname,
                 "data_url": record.data_url,
                 "local_path": record.local_path,
+                "holding": _held_ids(content.get("holding")),
             },
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
@@ -367,12 +394,9 @@ class Hub(Component):
         """An engine re-registering after a controller died says which tasks it runs or
         has queued: record them as owed by it, in case the dead controller had not
         stored them yet (a duplicate of a stored request changes nothing)."""
-        if not isinstance(holding, list):
-            return
-        for msg_id in holding[:_MAX_HOLDING]:
-            if isinstance(msg_id, str) and 0 < len(msg_id) <= 255:
-                self.pending[(msg_id, record.uuid.encode("utf-8"))] = None
-                self.db.add_held(msg_id, record.uuid, record.id)
+        for msg_id in _held_ids(holding):
+            self.pending[(msg_id, record.uuid.encode("utf-8"))] = None
+            self.db.add_held(msg_id, record.uuid, record.id)
 
     def _registered(self, record: EngineRecord) -> dict[str, Any]:
         """The registration reply for ``record``."""
@@ -443,26 +467,32 @@ class Hub(Component):
             self._drop("malformed monitor message", len(frames))
             return
         tag, engine, client = frames[0], frames[1], frames[2]
-        if tag not in (REQUEST, REPLY):
-            self._drop("unknown monitor tag", len(frames))
-            return
         signature = frames[4]
         parts = frames[5:9]
-        if self.signer.enabled:
-            if not signature or not self.signer.verify(parts, signature):
-                self._drop("bad signature on monitor message", len(frames))
-                return
-            try:
-                self.monitor_replay.check(tag + b"\0" + engine + b"\0" + signature)
-            except wire.ReplayedMessage:
-                self._drop("replayed monitor message", len(frames))
-                return
+        try:
+            # Only a queue or an engine of this cluster seals a copy's envelope (kind,
+            # engine, client, inner signature): nothing signed for another socket (an
+            # iopub message, say) passes as a copy. Replies are stored, so their buffers
+            # are hashed against the signed digests; request copies carry no buffers.
+            tag = self.signer.open_monitor_tag(tag, engine, client, signature)
+            if tag not in (REQUEST, REPLY):
+                raise wire.MalformedMessage("unknown monitor tag")
+            if self.signer.enabled:
+                how = BUFFERS_HASHED if tag == REPLY else BUFFERS_IGNORED
+                self.signer.check(parts, signature, frames[9:], how)
+                self.monitor_replay.check(frames[0].partition(b":")[2])
+        except wire.WireError as exc:
+            self._drop(f"monitor copies refused ({type(exc).__name__})", len(frames))
+            return
         engine_id = self.by_uuid.get(engine)
         engine_text = engine.decode("utf-8", "replace")
         if tag == REQUEST:
             header = loads_dict(parts[0])
             if header is None or not isinstance(header.get("msg_id"), str):
                 self._drop("monitor request without msg_id", len(frames))
+                return
+            if not str(header.get("msg_type", "")).endswith("_request"):
+                self._drop("monitor: a request copy that is not a request", len(frames))
                 return
             msg_id = header["msg_id"]
             self.pending[(msg_id, engine)] = None
@@ -483,12 +513,21 @@ class Hub(Component):
         if parent is None or metadata is None or not isinstance(parent.get("msg_id"), str):
             self._drop("monitor reply without parent msg_id", len(frames))
             return
+        header = loads_dict(parts[0]) or {}
+        if not str(header.get("msg_type", "")).endswith("_reply"):
+            self._drop("monitor: a reply copy that is not a reply", len(frames))
+            return
         msg_id = parent["msg_id"]
         pending = self.pending
         if (msg_id, engine) in pending:
             del pending[(msg_id, engine)]
-        else:  # a task whose engine was chosen later, or that outlived its engine
-            pending.pop((msg_id, b""), None)
+        elif (msg_id, b"") in pending:  # engine chosen later, or the task outlived it
+            del pending[(msg_id, b"")]
+        else:
+            # Only the engine a task was assigned to answers it, once: a stored result
+            # is never replaced by a later message.
+            self._drop("monitor replies from an engine that owes none", len(frames))
+            return
         if engine in self.completed:
             self.completed[engine] += 1
         status = metadata.get("status")
@@ -520,7 +559,9 @@ class Hub(Component):
         if len(raw) < at + 6:
             return
         parts = raw[at + 2 : at + 6]
-        if self.signer.enabled and not self.signer.verify(parts, raw[at + 1]):
+        try:
+            self.signer.check(parts, raw[at + 1], raw[at + 6 :], BUFFERS_COUNTED)
+        except wire.WireError:
             self._drop("bad signature on iopub", len(raw))
             return
         header = loads_dict(parts[0])
@@ -698,3 +739,10 @@ class Hub(Component):
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _held_ids(holding: Any) -> list[str]:
+    """The task ids a re-registering engine claims, checked and capped."""
+    if not isinstance(holding, list):
+        return []
+    return [m for m in holding[:_MAX_HOLDING] if isinstance(m, str) and 0 < len(m) <= 255]

@@ -14,6 +14,8 @@ from typing import Any
 
 import zmq
 
+from corral.transports.zmq.gate import Gate
+
 from .base import Component, ControlPipe, make_socket, read_control
 
 __all__ = ["IopubProxy"]
@@ -26,14 +28,17 @@ class IopubProxy(Component):
 
     name = "iopub"
 
-    def __init__(self, *, transport: str = "tcp", ip: str = "127.0.0.1") -> None:
+    def __init__(
+        self, *, transport: str = "tcp", ip: str = "127.0.0.1", gate: Gate | None = None
+    ) -> None:
         self.transport = transport
         self.ip = ip
+        self.gate = gate
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
         self.ctx = ctx
-        self.xsub = make_socket(ctx, zmq.XSUB, unlimited=True)
-        self.xpub = make_socket(ctx, zmq.XPUB, unlimited=True)
+        self.xsub = make_socket(ctx, zmq.XSUB, unlimited=True, gate=self.gate)
+        self.xpub = make_socket(ctx, zmq.XPUB, unlimited=True, gate=self.gate)
         self._steer_url = f"inproc://corral-iopub-steer-{id(self)}"
         self._steer = make_socket(ctx, zmq.PAIR)
         self._steer.bind(self._steer_url)

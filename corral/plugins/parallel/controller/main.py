@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
 
+from corral.transports.zmq.gate import ENCRYPTIONS, Gate, stop_zap
+
 from ..clusterfile import (
     ClusterInfo,
     cluster_file_path,
@@ -44,7 +46,7 @@ from ..clusterfile import (
     read_cluster_file,
     write_cluster_file,
 )
-from .base import STOP, Component, ControlPipe, control_pipe, wait_readable
+from .base import STOP, Component, ControlPipe, control_pipe, endpoint, wait_readable
 from .hub import Hub
 from .iopub import IopubProxy
 from .policies import POLICIES, get_policy
@@ -99,6 +101,7 @@ class ControllerConfig:
         hwm: int = DEFAULT_HWM,
         policy: str = "leastload",
         location: str = "",
+        encryption: str = "none",
     ) -> None:
         self.profile = profile
         self.cluster_id = cluster_id or _new_cluster_id()
@@ -122,6 +125,16 @@ class ControllerConfig:
         if not isinstance(hwm, int) or isinstance(hwm, bool) or hwm < 0:
             raise ValueError(f"hwm must be an integer >= 0 (0: no bound), not {hwm!r}")
         get_policy(policy)  # a ValueError naming the known schemes
+        self.encryption = encryption
+        if transport not in ("tcp", "ipc"):
+            raise ValueError(f"transport must be 'tcp' or 'ipc', not {transport!r}")
+        if transport == "ipc" and ip in ("127.0.0.1", "", "*", "0.0.0.0"):
+            # Unix sockets in the owner-only runtime directory: only this user connects.
+            from corral.core.private import runtime_dir
+
+            self.ip = str(runtime_dir() / f"cluster-{self.cluster_id}")
+        if encryption not in ENCRYPTIONS:
+            raise ValueError(f"encryption must be one of {ENCRYPTIONS}, not {encryption!r}")
         if self.db not in ("sqlite", "memory", "none"):
             raise ValueError(f"db must be sqlite, memory or none, not {self.db!r}")
         if self.hb_period <= 0 or self.hb_misses < 1:
@@ -164,6 +177,7 @@ class ControllerConfig:
             hb_period=self.hb_period,
             hb_misses=self.hb_misses,
             controller_pid=os.getpid(),
+            encryption=self.encryption,
             **ports,
         )
 
@@ -212,7 +226,7 @@ def build_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int])
 
 
 def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> Component:
-    common = {"transport": cfg.transport, "ip": cfg.ip}
+    common = {"transport": cfg.transport, "ip": cfg.ip, "gate": Gate(cfg.key, cfg.encryption)}
     if name == "hub":
         db = open_taskdb(cfg.db, cfg.db_path, store_buffers=cfg.store_buffers)
         return Hub(
@@ -225,13 +239,12 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
         )
     if name == "iopub":
         return IopubProxy(**common)
-    base = f"{cfg.transport}://{cfg.connect_ip}:"
     return make_queue(
         name,
         key=cfg.key,
         scheme=cfg.signature_scheme,
-        monitor_url=f"{base}{hub_ports['monitor']}",
-        notification_url=f"{base}{hub_ports['notification']}",
+        monitor_url=endpoint(cfg.transport, cfg.connect_ip, hub_ports["monitor"]),
+        notification_url=endpoint(cfg.transport, cfg.connect_ip, hub_ports["notification"]),
         hwm=cfg.hwm,
         policy=cfg.policy,
         **common,
@@ -532,6 +545,7 @@ class _Threads:
                 self.components[name] = component
                 ports.update(component.bind(self.ctx))
         except BaseException:
+            stop_zap(self.ctx)  # destroy() would close its socket under its thread
             self.ctx.destroy(linger=0)
             raise
         info = self.cfg.cluster_info(ports)
@@ -683,6 +697,7 @@ def start_controller(
     timeout: float = _STARTUP_TIMEOUT,
     hwm: int = DEFAULT_HWM,
     policy: str = "leastload",
+    encryption: str = "none",
 ) -> ControllerHandle:
     """Start a controller and return once its cluster file is written.
 
@@ -704,6 +719,7 @@ def start_controller(
             log_level=log_level,
             hwm=hwm,
             policy=policy,
+            encryption=encryption,
         )
         threads = _Threads(cfg)
         threads.launch()
@@ -732,6 +748,8 @@ def start_controller(
         str(int(hwm)),
         "--policy",
         policy,
+        "--encryption",
+        encryption,
     ]
     if not store_buffers:
         argv.append("--no-store-buffers")
@@ -783,6 +801,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--location", default="", help="address engines and clients connect to (default: --ip)"
     )
     parser.add_argument(
+        "--transport",
+        default="tcp",
+        choices=("tcp", "ipc"),
+        help="ipc: Unix sockets in the owner-only runtime directory (single host only)",
+    )
+    parser.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error")
     )
     parser.add_argument(
@@ -797,6 +821,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="leastload",
         help="how the task scheduler picks among engines with room (leastload)",
     )
+    parser.add_argument(
+        "--encryption",
+        default="none",
+        choices=ENCRYPTIONS,
+        help="curve: encrypt every cluster socket with CurveZMQ (keys derived from the "
+        "cluster key); none: authenticate connections only (the default)",
+    )
     return parser.parse_args(argv)
 
 
@@ -809,7 +840,9 @@ def _config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Contr
         hb_misses=args.hb_misses,
         ip=args.ip,
         location=args.location,
+        transport=args.transport,
         log_level=args.log_level,
+        encryption=args.encryption,
         hwm=args.hwm,
         policy=args.policy,
         **kwargs,

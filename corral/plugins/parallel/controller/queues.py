@@ -56,6 +56,8 @@ from corral.transports.zmq.batch import (
     pack_batches_counted,
     unbatch,
 )
+from corral.transports.zmq.door import BUFFERS_COUNTED, cluster_signer
+from corral.transports.zmq.gate import Gate, RefusalLog, peer_name
 from corral.transports.zmq.session import Session
 
 from .base import (
@@ -144,9 +146,13 @@ class RoutingQueue(Component):
         ip: str = "127.0.0.1",
         monitor_url: str,
         notification_url: str,
+        gate: Gate | None = None,
     ) -> None:
         self.name = name
-        self.session = Session(key, scheme=scheme, username=f"corral-{name}")
+        self.gate = gate
+        self.session = Session(
+            key, scheme=scheme, username=f"corral-{name}", signer=cluster_signer(key, scheme)
+        )
         self.signer = self.session.signer
         self.replay = self.session.replay
         self.transport = transport
@@ -159,6 +165,7 @@ class RoutingQueue(Component):
         self.backlog: dict[bytes, deque[list[Any]]] = {}
         self._backlog_deadline: dict[bytes, float] = {}
         self.dropped = 0
+        self.refusals = RefusalLog(log, name)
         self.monitor_dropped = 0
         #: Whether engines get batches: the control queue's engine end reads one message
         #: at a time, on the engine's control thread.
@@ -171,21 +178,27 @@ class RoutingQueue(Component):
         self._to_monitor: list[list[Any]] = []
         #: same-host engines: uuid -> their Unix socket, to tell quickly that one died
         self.local_paths: dict[bytes, str] = {}
+        #: engine -> msg_ids it claimed on re-registering after a controller restart
+        self.inherited: dict[bytes, set[str]] = {}
+        #: engine not registered yet -> its verified replies (frames, parts, msg_id),
+        #: judged once it registers
+        self.parked: dict[bytes, list[tuple[list[Any], Any, str]]] = {}
         self._host = socket.gethostname()
 
     # -- sockets ----------------------------------------------------------------------
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
-        self.client_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
+        gate = self.gate
+        self.client_sock = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
         self.client_sock.router_mandatory = 1
-        self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True)
+        self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
         self.engine_sock.router_mandatory = 1
         self.engine_sock.router_handover = 1
         self.disconnects = DisconnectWatch(self.engine_sock)
-        self.monitor_sock = make_socket(ctx, zmq.PUSH)
+        self.monitor_sock = make_socket(ctx, zmq.PUSH, gate=gate, connects=True)
         self.monitor_sock.sndhwm = 100_000
         self.monitor_sock.connect(self.monitor_url)
-        self.notify_sock = make_socket(ctx, zmq.SUB)
+        self.notify_sock = make_socket(ctx, zmq.SUB, gate=gate, connects=True)
         for topic in _NOTIFY_TOPICS:
             self.notify_sock.subscribe(topic)
         self.notify_sock.connect(self.notification_url)
@@ -261,25 +274,32 @@ class RoutingQueue(Component):
 
     # -- checking -----------------------------------------------------------------------
 
-    def _drop(self, why: str, nframes: int) -> None:
+    def _drop(self, why: str, nframes: int, peer: bytes | None = None) -> None:
+        """Count and log (rate-limited, per cause, naming the peer) a refused message:
+        a flood of forgeries must not fill the disk."""
         self.dropped += 1
-        log.warning("%s: dropped a message of %d frames: %s", self.name, nframes, why)
+        who = peer_name(peer) if peer is not None else f"a message of {nframes} frames"
+        self.refusals.refused(why, who)
 
     def _verify(self, frames: Sequence[Any], at: int) -> list[bytes] | None:
         """The four JSON parts if ``frames[at]`` is the delimiter and the HMAC checks out."""
+        peer = frames[0] if frames else b""
         if len(frames) < at + 6 or frames[at] != DELIM:
-            self._drop("malformed (no delimiter where expected, or too few frames)", len(frames))
+            self._drop("malformed messages", len(frames), peer)
             return None
         signature = frames[at + 1]
         parts = frames[at + 2 : at + 6]
         if self.signer.enabled:
-            if not signature or not self.signer.verify(parts, signature):
-                self._drop("bad or missing signature", len(frames))
-                return None
+            # A forwarder: the HMAC, and one signed digest per buffer frame; the engine
+            # or client that unpickles the buffers hashes them (corral.transports.zmq.door).
             try:
+                self.signer.check(parts, signature, frames[at + 6 :], BUFFERS_COUNTED)
                 self.replay.check(signature)
+            except wire.BadSignature:
+                self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
+                return None
             except wire.ReplayedMessage:
-                self._drop("replayed signature", len(frames))
+                self._drop("replayed messages", len(frames), peer)
                 return None
         return parts
 
@@ -337,9 +357,21 @@ class RoutingQueue(Component):
             self._drop("reply without a parent msg_id", len(frames))
             return
         engine = frames[0]
+        if engine not in self.engines and self._park(engine, (frames, parts, parent["msg_id"])):
+            return  # an engine that outlived a controller, not registered again yet
+        self._accept_reply((frames, parts, parent["msg_id"]))
+
+    def _accept_reply(self, reply: tuple[list[Any], Any, str]) -> None:
+        """A verified reply: forwarded if its engine owes it, else dropped."""
+        frames, parts, msg_id = reply
+        engine = frames[0]
+        if not self.owes(engine, msg_id) and not self._inherited(engine, msg_id):
+            # Only the engine a request went to may answer it, and only once.
+            self._drop("a reply to a request this engine does not owe", len(frames))
+            return
         self.monitor([REPLY, *frames])
         self.send_client(frames[1:])
-        self.record_reply(engine, parent["msg_id"], parts)
+        self.record_reply(engine, msg_id, parts)
 
     def on_notification(self, frames: list[zmq.Frame]) -> None:
         parsed = self.session.parse([f.bytes for f in frames])
@@ -352,15 +384,42 @@ class RoutingQueue(Component):
             return
         engine = uuid.encode("utf-8")
         if msg["msg_type"] == "registration_notification":
+            holding = content.get("holding")
+            if isinstance(holding, list) and holding:
+                # Re-registered after a controller restart: the tasks it holds were sent
+                # by the dead controller's queues; only this engine may answer them.
+                self.inherited[engine] = {m for m in holding if isinstance(m, str)}
             path = content.get("local_path")
             if isinstance(path, str) and path and content.get("hostname") == self._host:
                 self.local_paths[engine] = path
             self.engines[engine] = eid
             self.engine_added(engine, eid)
+            for parked in self.parked.pop(engine, ()):
+                self.isolated(self._accept_reply, parked)
         elif msg["msg_type"] == "unregistration_notification" and engine in self.engines:
             self._forget_engine(engine, eid)
 
+    def _park(self, engine: bytes, reply: tuple[list[Any], Any, str]) -> bool:
+        """Keep a reply from an engine not registered (yet): after a controller restart
+        its sockets reconnect, and send what they held, before it registers again and
+        says which tasks it holds. Bounded; False when full (the reply is judged now)."""
+        parked = self.parked.setdefault(engine, [])
+        if len(parked) >= _PARK_LIMIT:
+            return False
+        parked.append(reply)
+        return True
+
+    def _inherited(self, engine: bytes, msg_id: str) -> bool:
+        """Whether ``engine`` answers a task it claimed when it re-registered (once)."""
+        held = self.inherited.get(engine)
+        if not held or msg_id not in held:
+            return False
+        held.discard(msg_id)
+        return True
+
     def _forget_engine(self, engine: bytes, eid: int) -> None:
+        self.inherited.pop(engine, None)
+        self.parked.pop(engine, None)
         self.drop_backlog(engine)
         self.local_paths.pop(engine, None)
         self.engine_removed(engine, eid)
@@ -388,11 +447,14 @@ class RoutingQueue(Component):
     # -- sending ------------------------------------------------------------------------
 
     def monitor(self, frames: list[Any]) -> None:
-        """A copy for the hub, sent with the burst's others by :meth:`flush`.
+        """A copy for the hub, sent with the burst's others by :meth:`flush`:
+        ``[kind, engine, client, DELIM, signature, ...]``; ``kind`` is sealed into an
+        envelope that proves the copy comes from this cluster's queues.
 
         Request copies stop after the content frame: the database keeps result buffers,
         not arguments, and every frame costs the hub a receive.
         """
+        frames[0] = self.signer.monitor_tag(frames[0], frames[1], frames[2], frames[4])
         self._to_monitor.append(frames)
 
     def send_client(self, frames: list[Any]) -> None:
@@ -547,6 +609,10 @@ class RoutingQueue(Component):
         """How many requests await a reply (0 once everything is answered)."""
         raise NotImplementedError
 
+    def owes(self, engine: bytes, msg_id: str) -> bool:
+        """Whether ``engine`` was sent the request ``msg_id`` and has not answered it."""
+        raise NotImplementedError
+
 
 class PerEngineQueue(RoutingQueue):
     """A queue that sends each request to named engines and answers for them if they die:
@@ -571,6 +637,10 @@ class PerEngineQueue(RoutingQueue):
 
     def outstanding_count(self) -> int:
         return sum(len(t) for t in self.outstanding.values())
+
+    def owes(self, engine: bytes, msg_id: str) -> bool:
+        table = self.outstanding.get(engine)
+        return table is not None and msg_id in table
 
 
 class DirectQueue(PerEngineQueue):
@@ -1205,6 +1275,14 @@ class TaskScheduler(RoutingQueue):
 
     def outstanding_count(self) -> int:
         return len(self.jobs)
+
+    def owes(self, engine: bytes, msg_id: str) -> bool:
+        job = self.jobs.get(msg_id)
+        return job is not None and job.state == _RUNNING and job.engine == engine
+
+
+#: Replies kept per engine that has not registered (yet): see RoutingQueue._park.
+_PARK_LIMIT = 4096
 
 
 def make_queue(

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import struct
@@ -47,6 +48,8 @@ from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from corral.core.private import private_dir, private_file
 
 __all__ = [
     "FIELDS",
@@ -129,7 +132,7 @@ _INSERT_TASK = (
     "result_status = excluded.result_status, result_header = excluded.result_header, "
     "result_metadata = excluded.result_metadata, result_content = excluded.result_content, "
     "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers "
-    "WHERE excluded.result_status IS NOT NULL"
+    "WHERE excluded.result_status IS NOT NULL AND tasks.result_status IS NULL"
 )
 _NO_REPLY = (None, None, None, None, None, None, None, 0, None)
 # A task an engine says it holds: it claims the task's row if that names no engine yet
@@ -156,7 +159,8 @@ _UPSERT_REPLY = (
     "started = excluded.started, completed = excluded.completed, received = excluded.received, "
     "result_status = excluded.result_status, result_header = excluded.result_header, "
     "result_metadata = excluded.result_metadata, result_content = excluded.result_content, "
-    "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers"
+    "buffer_count = excluded.buffer_count, result_buffers = excluded.result_buffers "
+    "WHERE tasks.result_status IS NULL"  # a stored result is never overwritten
 )
 _APPEND_OUTPUT = {
     name: f"UPDATE tasks SET {name} = coalesce({name}, '') || ? "
@@ -577,11 +581,18 @@ class SQLiteTaskDB(TaskDB):
 
     def _run(self) -> None:
         try:
+            if self.path != ":memory:":
+                # Pickled results live here: owner-only from the first byte, whatever
+                # the umask (SQLite gives -wal and -shm the database file's mode).
+                os.close(private_file(self.path))
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
             if self.path != ":memory:":
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.chmod(self.path + suffix, 0o600)
         except Exception as exc:
             self._ready.set_exception(exc)
             return
@@ -697,7 +708,7 @@ def open_taskdb(kind: str, path: str | Path | None = None, **kwargs: Any) -> Tas
     if kind == "sqlite":
         if path is None:
             raise ValueError("the sqlite task database needs a path")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
         return SQLiteTaskDB(path, **kwargs)
     if kind == "memory":
         return MemoryTaskDB(**kwargs)

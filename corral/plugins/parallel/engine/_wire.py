@@ -210,13 +210,12 @@ def _verified(
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
 ) -> Message:
-    """Check the signature and replay of ``parts`` (signature first), parse the header."""
+    """Check the signature (buffers included) and replay of ``parts``, parse the header."""
     signature, raw_header, raw_parent, raw_metadata, raw_content = parts
     if signer.enabled:
-        if not signature:
-            raise wire.BadSignature("unsigned message (empty signature)")
-        if not signer.verify(parts[1:], signature):
-            raise wire.BadSignature("signature does not match the message")
+        # The cluster signer also hashes every buffer against the digests it signed:
+        # nothing altered after signing reaches the unpickler.
+        signer.check(parts[1:], signature, buffers)
         if replay is not None:
             replay.check(signature)
     header = _parse_dict(raw_header, "header")
@@ -271,4 +270,4 @@ class Replier:
     ) -> list[Any]:
         """Frames of a signed message; ``parent``/``metadata``/``content`` are JSON bytes."""
         parts = [self.header(msg_type, date or iso_now()), parent, metadata, content]
-        return [*idents, _DELIM, self.signer.sign(parts), *parts, *buffers]
+        return [*idents, _DELIM, self.signer.seal(parts, buffers), *parts, *buffers]

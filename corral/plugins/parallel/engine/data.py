@@ -54,11 +54,14 @@ def local_ip_for(controller_ip: str) -> str:
 
 
 def bind_data_socket(
-    context: zmq.Context[Any], ip: str = "127.0.0.1"
+    context: zmq.Context[Any], ip: str = "127.0.0.1", gate: Any = None
 ) -> tuple[zmq.Socket[Any], str]:
-    """A ROUTER bound to a random port on ``ip``; returns it and its ``data_url``."""
+    """A ROUTER bound to a random port on ``ip``; returns it and its ``data_url``. With
+    a ``gate`` (corral.transports.zmq.gate) only peers with the cluster key connect."""
     sock = context.socket(zmq.ROUTER)
     sock.linger = 1000
+    if gate is not None:
+        gate.server(sock)
     port = sock.bind_to_random_port(f"tcp://{ip}")
     return sock, f"tcp://{ip}:{port}"
 

@@ -54,6 +54,8 @@ from zmq.backend import zmq_poll
 
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
+from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
 from . import data as data_path
 from ._wire import (
@@ -265,7 +267,9 @@ class Engine:
         key = info["key"]
         self.key = key if isinstance(key, bytes) else str(key).encode("ascii")
         scheme = str(info.get("signature_scheme") or "hmac-sha256")
-        self.signer = wire.Signer(self.key, scheme)
+        self.signer = cluster_signer(self.key, scheme)
+        #: Credentials every socket presents (or, the data socket, demands): see gate.py.
+        self.gate = gate_for(info)
         self.scheme = scheme
         self.replay = wire.ReplayGuard()
         self.session_id = wire.new_id()
@@ -360,12 +364,13 @@ class Engine:
         if self._connected:
             return
         ctx = self.context
+        gate = self.gate
         self.data_socket, self.data_url = data_path.bind_data_socket(
-            ctx, data_path.local_ip_for(self.ip)
+            ctx, data_path.local_ip_for(self.ip), gate
         )
         self.queues: dict[str, zmq.Socket[Any]] = {}
         for channel in _CHANNELS:
-            sock = ctx.socket(zmq.DEALER)
+            sock = gate.client(ctx.socket(zmq.DEALER))
             sock.linger = _LINGER_MS
             sock.identity = self.ident
             sock.connect(self.url(channel))
@@ -378,13 +383,15 @@ class Engine:
         #: a batch's first frame is the marker. (The data socket is a ROUTER: its first
         #: frame names the client, so its replies always go alone, at once.)
         self._batching = {self.mux, self.task, self.broadcast}
-        self.iopub_socket = ctx.socket(zmq.PUB)
+        self.iopub_socket = gate.client(ctx.socket(zmq.PUB))
         self.iopub_socket.linger = _LINGER_MS
         self.iopub_socket.sndhwm = 100_000
         self.iopub_socket.connect(self.url("iopub_engine"))
-        self.heartbeat = HeartbeatDevice(ctx, self.url("hb_ping"), self.url("hb_pong"), self.ident)
+        self.heartbeat = HeartbeatDevice(
+            ctx, self.url("hb_ping"), self.url("hb_pong"), self.ident, gate=gate
+        )
         self.heartbeat.start()
-        self.registration = ctx.socket(zmq.DEALER)
+        self.registration = gate.client(ctx.socket(zmq.DEALER))
         self.registration.linger = _LINGER_MS
         self.registration.identity = self.ident
         self.registration.connect(self.url("registration"))
@@ -393,7 +400,7 @@ class Engine:
             # those tasks from the engine itself, as it hears of queued ones from a queue.
             self.local = open_endpoint(self.uuid)
             if self.local is not None:
-                self._monitor = ctx.socket(zmq.PUSH)
+                self._monitor = gate.client(ctx.socket(zmq.PUSH))
                 self._monitor.linger = _LINGER_MS
                 self._monitor.sndhwm = 0
                 self._monitor.connect(self.url("monitor"))
@@ -432,6 +439,10 @@ class Engine:
         """
         import time
 
+        url = self.url("registration")
+        wait = min(self.registration_timeout, 5.0)
+        if probe(self.gate, self.context, url, wait) == "refused":
+            raise EngineError(REFUSED.format(url=url))
         self.connect()
         self.prepare()
         end = time.monotonic() + self.registration_timeout
@@ -513,7 +524,8 @@ class Engine:
             self.parent_pid,
             notification_url=self.url("notification") if self.cluster.get("notification") else None,
             uuid=self.uuid,
-            signer=wire.Signer(self.key, self.scheme),
+            signer=cluster_signer(self.key, self.scheme),
+            gate=self.gate,
             grace=self.controller_grace,
             on_silent=self._on_silent,
             on_back=self._on_back,
@@ -769,8 +781,10 @@ class Engine:
         queue = self._monitor_queue
         # The request's JSON parts only (as the queues send them: the hub stores no
         # request buffers), the reply whole (its buffers are the stored result).
-        queue.append([b"request", self.ident, client, *conn.request_frames[:6]])
-        queue.append([b"reply", self.ident, client, *frames])
+        request, tag = conn.request_frames, self.signer.monitor_tag
+        queue.append([tag(b"request", self.ident, client, request[1]), self.ident, client])
+        queue[-1].extend(request[:6])
+        queue.append([tag(b"reply", self.ident, client, frames[1]), self.ident, client, *frames])
         # Copies that are all bytes cannot change: they wait for the next batch (a busy
         # caller then costs the hub one wake-up per batch, not two per call). Any other
         # frame is a view onto memory the next task may write: send now.
@@ -1539,7 +1553,13 @@ def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
     """The :class:`Session` the iopub publisher sends with (same key and session id)."""
     from corral.transports.zmq.session import Session
 
-    return Session(key, scheme=scheme, session_id=session_id, username="engine")
+    return Session(
+        key,
+        scheme=scheme,
+        session_id=session_id,
+        username="engine",
+        signer=cluster_signer(key, scheme),
+    )
 
 
 def _signal_number(sig: Any) -> int:

@@ -51,15 +51,26 @@ class HeartbeatDevice(ProxyThread):
     """
 
     def __init__(
-        self, context: zmq.Context[Any], ping_url: str, pong_url: str, identity: bytes
+        self,
+        context: zmq.Context[Any],
+        ping_url: str,
+        pong_url: str,
+        identity: bytes,
+        gate: Any = None,
     ) -> None:
         super().__init__(context, "corral-engine-heartbeat")
         self.capture_url = f"inproc://corral-hb-capture-{os.getpid()}-{id(self)}"
+        # Through the cluster's gate: only a peer with the key can send beats here or
+        # echo them as this engine, so heartbeats cannot be spoofed by anyone else.
         self.ping = context.socket(zmq.SUB)
+        if gate is not None:
+            gate.client(self.ping)
         self.ping.linger = 0
         self.ping.setsockopt(zmq.SUBSCRIBE, b"")
         self.ping.connect(ping_url)
         self.pong = context.socket(zmq.DEALER)
+        if gate is not None:
+            gate.client(self.pong)
         self.pong.linger = 0
         self.pong.identity = identity
         self.pong.connect(pong_url)
@@ -98,6 +109,7 @@ class HubWatch(threading.Thread):
         on_silent: Callable[[str], None] | None = None,
         on_back: Callable[[float], None] | None = None,
         beat: int | None = None,
+        gate: Any = None,
     ) -> None:
         super().__init__(name="corral-engine-hubwatch", daemon=True)
         self.timeout = timeout
@@ -127,6 +139,8 @@ class HubWatch(threading.Thread):
         self._notices: zmq.Socket[Any] | None = None
         if notification_url and uuid and signer is not None:
             self._notices = context.socket(zmq.SUB)
+            if gate is not None:
+                gate.client(self._notices)
             self._notices.linger = 0
             self._notices.setsockopt(zmq.SUBSCRIBE, b"unregistration_notification")
             self._notices.connect(notification_url)

@@ -72,8 +72,10 @@ class LocalProcess:
         self.pid_file = pid_file
         self.exited = threading.Event()
         self.exit_code: int | None = None
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as fh:
+        from corral.core.private import private_dir, private_file, write_private
+
+        private_dir(log_file.parent)
+        with os.fdopen(private_file(log_file), "ab") as fh:
             self.log_offset = fh.seek(0, os.SEEK_END)
             self.popen = subprocess.Popen(
                 list(argv),
@@ -86,8 +88,8 @@ class LocalProcess:
             )
         self.pid = self.popen.pid
         if pid_file is not None:
-            pid_file.parent.mkdir(parents=True, exist_ok=True)
-            pid_file.write_text(f"{self.pid}\n")
+            private_dir(pid_file.parent)
+            write_private(pid_file, f"{self.pid}\n")
         self._on_exit = on_exit
         threading.Thread(target=self._reap, name=f"corral-reaper-{self.pid}", daemon=True).start()
 
