@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,8 +53,28 @@ class Capture:
             self.proc.kill()
             self.proc.wait()
             pytest.skip(f"tcpdump cannot capture on lo here: {line.strip()!r}")
+        self._until_written(b"CAPTURE-START-" + uuid.uuid4().hex.encode())
+
+    def _until_written(self, token: bytes) -> None:
+        """Send ``token`` over the loopback until tcpdump has written it. tcpdump says
+        "listening" before packets really reach it, and on a busy machine it lags behind
+        the traffic: stopping it too early would lose what it had not processed yet."""
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        try:
+            deadline = time.monotonic() + 60
+            while not (self.path.exists() and token in self.path.read_bytes()):
+                assert time.monotonic() < deadline, "tcpdump never wrote the probe"
+                with socket.create_connection(server.getsockname(), timeout=5) as probe:
+                    probe.sendall(token)
+                server.accept()[0].close()
+                time.sleep(0.2)
+        finally:
+            server.close()
 
     def stop(self) -> bytes:
+        self._until_written(b"CAPTURE-END-" + uuid.uuid4().hex.encode())
         self.proc.send_signal(signal.SIGINT)
         self.proc.communicate(timeout=30)
         return self.path.read_bytes()
