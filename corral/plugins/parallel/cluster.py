@@ -308,6 +308,8 @@ class Cluster:
                     str(self.config.get("controller", "hwm")),
                     "--policy",
                     self.config.get("controller", "policy"),
+                    "--memory-bound-mb",
+                    repr(float(self.config.get("controller", "memory_bound_mb"))),
                     *self.controller_args,
                 ),
                 options=self._launcher_options(self.controller_launcher),

@@ -159,6 +159,17 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "controller",
+        "memory_bound_mb",
+        32.0,
+        "MB of large results (1 MB and up) each controller process holds for a client\n"
+        "that is not reading, or for the task database to write, before it leaves them\n"
+        "to the database (the client fetches them when it reads) or stops taking more\n"
+        "from the engines. Bounds the controller's memory under slow clients.",
+        type="float",
+        minimum=0,
+    ),
+    Option(
+        "controller",
         "policy",
         "leastload",
         "How the scheduler picks an engine: leastload, lru, random, twobin or weighted.",

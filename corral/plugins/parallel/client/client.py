@@ -43,6 +43,7 @@ from .funccache import FunctionCache
 from .io import ClientIO
 from .local import MAX_LOCAL_BUFFERS, MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
 from .messages import MessageBuilder, Parsed, encode_json, parse
+from .stored import StoredFetches, is_stored, signed_digests
 
 __all__ = ["Client", "EngineInfo"]
 
@@ -204,6 +205,8 @@ class Client(ClientCompat):
         self._shut_down = False
         # results fetched from the hub's database, still asking it (failed on a loss)
         self._hub_results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
+        # replies that came without their buffers, fetched from the hub a few at a time
+        self._stored = StoredFetches(self)
         # msg_id -> future of a hub or control request waited for by some thread
         self._waiters: dict[str, concurrent.futures.Future[Parsed]] = {}
 
@@ -498,11 +501,15 @@ class Client(ClientCompat):
 
     def _dispatch(self, channel: str, frames: list[Any]) -> None:
         """Every incoming message, in the I/O thread."""
+        stored = channel in _REPLY_CHANNELS and is_stored(frames)
         try:
-            msg = parse(frames, self._signer, self._replay)
+            msg = parse(frames, self._signer, self._replay, without_buffers=stored)
         except wire.WireError as exc:
             self.dropped += 1
             log.warning("dropped a message on %s: %s", channel, exc)
+            return
+        if stored:  # its buffers wait in the task database (corral.plugins.parallel.flow)
+            self._stored.add(msg, signed_digests(frames[2]))
             return
         if channel == "iopub":
             self._on_iopub(msg)

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from corral.transports.zmq import wire
+from corral.transports.zmq.door import BUFFERS_IGNORED
 
 __all__ = ["MessageBuilder", "Parsed", "encode_json", "parse"]
 
@@ -182,13 +183,17 @@ def _loads_all(parts: list[bytes]) -> list[Any]:
 
 
 def parse(
-    frames: Sequence[Any], signer: wire.Signer, replay: wire.ReplayGuard | None = None
+    frames: Sequence[Any],
+    signer: wire.Signer,
+    replay: wire.ReplayGuard | None = None,
+    without_buffers: bool = False,
 ) -> Parsed:
     """Verify and decode ``frames`` (bytes or zmq.Frame); raises :class:`wire.WireError`.
 
     Same checks as :func:`wire.deserialize` (framing, constant-time signature, replay), in
     the same cheapest-first order, but buffer frames after the four JSON parts are passed
-    through untouched instead of being copied to bytes.
+    through untouched instead of being copied to bytes. ``without_buffers``: a stored
+    reply (corral.plugins.parallel.flow), whose buffers are fetched and checked later.
     """
     split = -1
     for index, frame in enumerate(frames):
@@ -204,7 +209,12 @@ def parse(
     parts = [_bytes(f) for f in frames[split + 2 : split + 6]]
     buffers = frames[split + 6 :]
     if signer.enabled:
-        signer.check(parts, signature, buffers)  # buffers hashed too, with a cluster signer
+        if without_buffers:  # a stored reply: its buffers come later, checked then
+            signer.check(parts, signature, buffers, BUFFERS_IGNORED)  # type: ignore[call-arg]
+            if buffers:
+                raise wire.MalformedMessage("a stored reply carries no buffers")
+        else:
+            signer.check(parts, signature, buffers)  # buffers hashed too, with a cluster signer
         if replay is not None:
             replay.check(signature)
     header, parent, metadata, content = _loads_all(parts)

@@ -31,7 +31,10 @@ from corral.transports.zmq.door import (
 from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
 
+from ..flow import MONITOR_BOUND
 from .base import (
+    DRAIN_BATCH,
+    NOBLOCK,
     Component,
     ControlPipe,
     drain,
@@ -39,6 +42,7 @@ from .base import (
     loads_dict,
     make_socket,
     read_control,
+    recv_frames,
 )
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
@@ -53,6 +57,10 @@ REPLY = b"reply"
 _UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited")
 #: How long a cluster shutdown waits for engines to acknowledge theirs.
 SHUTDOWN_GRACE = 2.0
+#: Messages each sender's pipe into ``monitor`` holds before libzmq stops reading it.
+_MONITOR_RCVHWM = 4
+#: How often (seconds) the database writer's progress is checked while reading waits.
+_BACKLOG_CHECK = 0.005
 
 
 class EngineRecord:
@@ -158,8 +166,11 @@ class Hub(Component):
         hb_period: float = 1.0,
         hb_misses: int = 2,
         gate: Gate | None = None,
+        flow_bound: int = MONITOR_BOUND,
     ) -> None:
         self.gate = gate
+        #: result bytes waiting for the database writer beyond which copies stay unread
+        self.flow_bound = flow_bound
         self.session = Session(
             key, scheme=scheme, username="corral-hub", signer=cluster_signer(key, scheme)
         )
@@ -202,6 +213,10 @@ class Hub(Component):
         self.hb_pong = make_socket(ctx, zmq.ROUTER, gate=gate)
         self.notification = make_socket(ctx, zmq.PUB, unlimited=True, gate=gate)
         self.monitor = make_socket(ctx, zmq.PULL, unlimited=True, gate=gate)
+        # A bounded pipe per sender: while the database writer lags, copies (results with
+        # their buffers) wait in the queues, which then leave them with the engines
+        # (corral.plugins.parallel.flow), instead of piling up here.
+        self.monitor.rcvhwm = _MONITOR_RCVHWM
         bind = self.bind_port
         return {
             "registration": bind(self.registration, "registration"),
@@ -290,6 +305,7 @@ class Hub(Component):
         heart = self.heart
         heart.next_at = time.monotonic()
         trimmer = HeapTrimmer()  # due within a heartbeat: the beats wake this loop anyway
+        reading_copies = True
         try:
             db = self.db
             while not self._stopping:
@@ -298,6 +314,13 @@ class Hub(Component):
                 db_wait = db.hand_over_in(now)
                 if db_wait is not None and (wait is None or db_wait < wait):
                     wait = db_wait
+                behind = db.backlog_bytes > self.flow_bound  # results not written out yet
+                if behind == reading_copies:
+                    reading_copies = not behind
+                    poller.modify(self.monitor, zmq.POLLIN if reading_copies else 0)
+                if behind:
+                    db.hand_over(now, force=True)
+                    wait = _BACKLOG_CHECK if wait is None else min(wait, _BACKLOG_CHECK)
                 events = dict(poller.poll(int(wait * 1000) + 1 if wait else 0))
                 if control_fd in events:
                     messages = read_control(control)
@@ -308,7 +331,7 @@ class Hub(Component):
                 if self.registration in events:
                     self._drain(self.registration, self.on_registration)
                 if self.monitor in events:
-                    self._drain(self.monitor, self.on_monitor)
+                    self._drain_copies()
                 if self._iopub is not None and self._iopub in events:
                     self._drain(self._iopub, self.on_iopub)
                 self._drain(self.hb_pong, self.on_pong)
@@ -334,6 +357,22 @@ class Hub(Component):
     @staticmethod
     def _drain(sock: zmq.Socket[Any], handler: Any) -> None:
         drain(sock, handler, "hub")
+
+    def _drain_copies(self) -> None:
+        """:func:`drain` for monitor copies, stopping once the results waiting for the
+        database writer reach the flow bound."""
+        db, sock = self.db, self.monitor
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.on_monitor(frames)
+            except Exception:
+                log.exception("hub: error while handling a message; dropped")
+            if len(frames) > 9 and db.backlog_bytes > self.flow_bound:
+                return
 
     def _drop(self, why: str, nframes: int) -> None:
         """Count and log a refused message, rate-limited per cause."""

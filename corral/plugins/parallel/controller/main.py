@@ -46,6 +46,7 @@ from ..clusterfile import (
     read_cluster_file,
     write_cluster_file,
 )
+from ..flow import CLIENT_BOUND
 from .base import STOP, Component, ControlPipe, control_pipe, endpoint, wait_readable
 from .hub import Hub
 from .iopub import IopubProxy
@@ -102,6 +103,7 @@ class ControllerConfig:
         policy: str = "leastload",
         location: str = "",
         encryption: str = "none",
+        memory_bound_mb: float | None = None,
     ) -> None:
         self.profile = profile
         self.cluster_id = cluster_id or _new_cluster_id()
@@ -122,6 +124,12 @@ class ControllerConfig:
         self.log_level = log_level
         self.hwm = hwm
         self.policy = policy
+        if memory_bound_mb is not None and not memory_bound_mb >= 0:
+            raise ValueError(f"memory_bound_mb must be >= 0, not {memory_bound_mb!r}")
+        #: bytes of large results a component holds for a slow reader (see flow.py)
+        self.flow_bound = (
+            CLIENT_BOUND if memory_bound_mb is None else int(memory_bound_mb * (1 << 20))
+        )
         if not isinstance(hwm, int) or isinstance(hwm, bool) or hwm < 0:
             raise ValueError(f"hwm must be an integer >= 0 (0: no bound), not {hwm!r}")
         get_policy(policy)  # a ValueError naming the known schemes
@@ -235,6 +243,7 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
             scheme=cfg.signature_scheme,
             hb_period=cfg.hb_period,
             hb_misses=cfg.hb_misses,
+            flow_bound=cfg.flow_bound,
             **common,
         )
     if name == "iopub":
@@ -247,6 +256,8 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
         notification_url=endpoint(cfg.transport, cfg.connect_ip, hub_ports["notification"]),
         hwm=cfg.hwm,
         policy=cfg.policy,
+        results_on_disk=cfg.db == "sqlite" and cfg.store_buffers,
+        flow_bound=cfg.flow_bound,
         **common,
     )
 
@@ -323,6 +334,7 @@ def _exit_child(name: str, run: Callable[[], None]) -> NoReturn:
     raised, after logging why). Never returns: the atexit handlers and finalizers this
     child inherited are the parent's to run, as with multiprocessing's fork."""
     code = 1
+    _name_process(name.replace("controller-", ""))
     try:
         run()
         code = 0
@@ -333,6 +345,16 @@ def _exit_child(name: str, run: Callable[[], None]) -> NoReturn:
     finally:
         _flush_std_streams()
         os._exit(code)
+
+
+def _name_process(title: str) -> None:
+    """Name this process for ``ps``/``top`` (Linux: 15 characters of ``comm``), so an
+    operator, or a benchmark, tells the hub from the schedulers; elsewhere a no-op."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(title[:15])
+    except OSError:
+        pass
 
 
 def _flush_std_streams() -> None:
@@ -698,6 +720,7 @@ def start_controller(
     hwm: int = DEFAULT_HWM,
     policy: str = "leastload",
     encryption: str = "none",
+    memory_bound_mb: float | None = None,
 ) -> ControllerHandle:
     """Start a controller and return once its cluster file is written.
 
@@ -720,6 +743,7 @@ def start_controller(
             hwm=hwm,
             policy=policy,
             encryption=encryption,
+            memory_bound_mb=memory_bound_mb,
         )
         threads = _Threads(cfg)
         threads.launch()
@@ -753,6 +777,8 @@ def start_controller(
     ]
     if not store_buffers:
         argv.append("--no-store-buffers")
+    if memory_bound_mb is not None:
+        argv += ["--memory-bound-mb", repr(float(memory_bound_mb))]
     import subprocess  # here: the controller's own processes import this module too
 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -816,6 +842,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"load-balanced tasks one engine holds at most; 0: no bound ({DEFAULT_HWM})",
     )
     parser.add_argument(
+        "--memory-bound-mb",
+        type=float,
+        default=None,
+        help="MB of large results a controller process holds for a client that is not "
+        "reading, or for the task database, before it stores them or pauses (32)",
+    )
+    parser.add_argument(
         "--policy",
         choices=sorted(POLICIES),
         default="leastload",
@@ -845,6 +878,7 @@ def _config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Contr
         encryption=args.encryption,
         hwm=args.hwm,
         policy=args.policy,
+        memory_bound_mb=args.memory_bound_mb,
         **kwargs,
     )
 

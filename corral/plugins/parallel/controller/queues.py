@@ -60,7 +60,15 @@ from corral.transports.zmq.door import BUFFERS_COUNTED, cluster_signer
 from corral.transports.zmq.gate import Gate, RefusalLog, peer_name
 from corral.transports.zmq.session import Session
 
+from ..flow import (
+    CLIENT_BOUND,
+    STORED,
+    InFlight,
+    large_bytes,
+    tracked,
+)
 from .base import (
+    DRAIN_BATCH,
     NOBLOCK,
     Component,
     ControlPipe,
@@ -98,6 +106,11 @@ _FAILED = False  # a remembered dependency outcome: the task failed
 CONNECT_GRACE = 5.0
 #: How often messages held for a still-connecting engine are retried.
 _RETRY_INTERVAL = 0.005
+#: Messages an engine's pipe into a queue holds before libzmq stops reading from that
+#: engine (its replies wait on the engine). Replies are batched, so a few suffice.
+_ENGINE_RCVHWM = 4
+#: How often unsent large messages are checked for (seconds) while any are in flight.
+_FLOW_CHECK = 0.005
 #: At most this many messages for one peer go out as one batch.
 SEND_BATCH = 64
 #: The routing frame of an engine's start notice to the task scheduler (engine.py's
@@ -147,6 +160,8 @@ class RoutingQueue(Component):
         monitor_url: str,
         notification_url: str,
         gate: Gate | None = None,
+        results_on_disk: bool = False,
+        flow_bound: int = CLIENT_BOUND,
     ) -> None:
         self.name = name
         self.gate = gate
@@ -184,6 +199,16 @@ class RoutingQueue(Component):
         #: judged once it registers
         self.parked: dict[bytes, list[tuple[list[Any], Any, str]]] = {}
         self._host = socket.gethostname()
+        # Flow control of large results (corral.plugins.parallel.flow): bytes libzmq has
+        # not sent yet, per client and to the hub; whether a reply may go out stored (its
+        # buffers fetched from the task database later), and how many did.
+        self.client_flight: dict[bytes, InFlight] = {}
+        self.monitor_flight = InFlight()
+        self.may_store = results_on_disk and name in ("mux", "task")
+        self.stored = 0
+        #: bytes (per client unsent, or of copies unsent to the hub) beyond which large
+        #: replies go out stored, or reading from engines pauses
+        self.flow_bound = flow_bound
 
     # -- sockets ----------------------------------------------------------------------
 
@@ -192,6 +217,10 @@ class RoutingQueue(Component):
         self.client_sock = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
         self.client_sock.router_mandatory = 1
         self.engine_sock = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
+        # Receiving has no reason to be unlimited: a full pipe only stops reading from
+        # that engine (nothing is dropped), so engines producing large results faster
+        # than they can be passed on keep them instead of this process (see flow.py).
+        self.engine_sock.rcvhwm = _ENGINE_RCVHWM
         self.engine_sock.router_mandatory = 1
         self.engine_sock.router_handover = 1
         self.disconnects = DisconnectWatch(self.engine_sock)
@@ -224,10 +253,23 @@ class RoutingQueue(Component):
         poller.register(control_fd, zmq.POLLIN)
         on_request, on_reply = self.on_client_frames, self.on_engine_frames
         trimmer = HeapTrimmer()
+        reading_engines = True
         try:
             while True:
                 timer_wait = self.next_timeout()
                 wait = timer_wait
+                if self.monitor_flight:
+                    # Copies for the hub unsent: above the bound, leave engine replies
+                    # with the engines until libzmq has passed enough on.
+                    held_back = self.monitor_flight.bytes > self.flow_bound
+                    if held_back == reading_engines:
+                        reading_engines = not held_back
+                        poller.modify(engine, zmq.POLLIN if reading_engines else 0)
+                    if held_back or self.monitor_flight:
+                        wait = _FLOW_CHECK if wait is None else min(wait, _FLOW_CHECK)
+                elif not reading_engines:
+                    reading_engines = True
+                    poller.modify(engine, zmq.POLLIN)
                 trim_wait = trimmer.timeout(time.monotonic())
                 if trim_wait is not None and (wait is None or trim_wait < wait):
                     wait = trim_wait
@@ -241,7 +283,7 @@ class RoutingQueue(Component):
                 if notify in events:
                     self._drain(notify, self.on_notification)
                 if engine in events:
-                    self._drain(engine, on_reply)
+                    self._drain_engines(on_reply)
                 if disconnects in events and self.disconnects.drain():
                     self.on_engine_disconnect()
                 if client in events:
@@ -264,6 +306,24 @@ class RoutingQueue(Component):
 
     def _drain(self, sock: zmq.Socket[Any], handler: Any) -> None:
         drain(sock, handler, self.name)
+
+    def _drain_engines(self, handler: Any) -> None:
+        """:func:`drain` for engine replies, stopping early once the large buffers read
+        reach the flow bound: one pass must not pull a gigabyte of results in."""
+        sock, taken = self.engine_sock, 0
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:
+                log.exception("%s: error while handling a message; dropped", self.name)
+            if len(frames) > 8:
+                taken += large_bytes(frames, 8)
+                if taken > self.flow_bound:
+                    return
 
     def next_timeout(self) -> float | None:
         """Seconds until :meth:`on_timer` must run, or None."""
@@ -490,14 +550,23 @@ class RoutingQueue(Component):
         if self._to_monitor:
             copies, self._to_monitor = self._to_monitor, []
             for message in pack_batches((), copies, SEND_BATCH):
+                nbytes = large_bytes(message, 9) if len(message) > 9 else 0
+                if nbytes:
+                    message, trackers = tracked(message, 9)
                 try:
                     send_frames(self.monitor_sock, message, NOBLOCK)
                 except zmq.Again:  # never block the queue for the record: count the loss
                     self.monitor_dropped += 1
+                    continue
+                if nbytes:
+                    self.monitor_flight.add(trackers, nbytes)
+                del message  # a tracked frame kept alive here would never count as sent
         if self._to_clients:
             replies, self._to_clients = self._to_clients, {}
             for client, messages in replies.items():
-                self._send_batches(self.client_sock, client, messages, self._client_gone)
+                self._send_batches(
+                    self.client_sock, client, self._bounded(client, messages), self._client_gone
+                )
         if self._to_engines:
             requests, self._to_engines = self._to_engines, {}
             for engine, messages in requests.items():
@@ -521,6 +590,31 @@ class RoutingQueue(Component):
                 unreachable(peer, messages[sent:])  # only what did not go out
                 return
             sent += count
+
+    def _bounded(self, client: bytes, messages: list[list[Any]]) -> list[list[Any]]:
+        """``messages`` for ``client`` (``[DELIM, sig, h, p, md, content, *buffers]``),
+        large ones tracked, or stored (buffers left out, :data:`STORED` in front) while
+        ``client`` has :attr:`flow_bound` bytes unsent: see corral.plugins.parallel.flow.
+        """
+        flight = None
+        for index, message in enumerate(messages):
+            if len(message) <= 6 or not large_bytes(message, 6):
+                continue
+            if flight is None:
+                flight = self.client_flight.get(client)
+                if flight is None:
+                    flight = self.client_flight[client] = InFlight()
+            if self.may_store and flight.bytes >= self.flow_bound:
+                messages[index] = [STORED, *message[:6]]
+                self.stored += 1
+                continue
+            messages[index], trackers = tracked(message, 6)
+            flight.add(trackers, large_bytes(message, 6))
+        if flight is None:
+            flight = self.client_flight.get(client)
+        if flight is not None and not flight:
+            del self.client_flight[client]
+        return messages
 
     def _client_gone(self, client: bytes, messages: list[list[Any]]) -> None:
         # The client is gone; its results are in the task database.
