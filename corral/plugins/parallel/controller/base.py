@@ -71,9 +71,16 @@ def loads_dict(raw: bytes) -> dict[str, Any] | None:
 DRAIN_BATCH = 256
 
 
-def drain(sock: zmq.Socket[Any], handler: Any, what: str) -> None:
+def drain(
+    sock: zmq.Socket[Any],
+    handler: Any,
+    what: str,
+    enough: Callable[[list[Any]], bool] | None = None,
+) -> None:
     """Handle up to :data:`DRAIN_BATCH` waiting messages from ``sock``; one that raises is
-    logged and dropped, because one bad message must never stop a component."""
+    logged and dropped, because one bad message must never stop a component.
+    ``enough(frames)``, asked after each message, ends the pass early when true (flow
+    control: one pass must not pull a gigabyte of results in)."""
     for _ in range(DRAIN_BATCH):
         try:
             frames = recv_frames(sock, NOBLOCK)
@@ -83,6 +90,8 @@ def drain(sock: zmq.Socket[Any], handler: Any, what: str) -> None:
             handler(frames)
         except Exception:
             log.exception("%s: error while handling a message; dropped", what)
+        if enough is not None and enough(frames):
+            return
 
 
 def make_socket(

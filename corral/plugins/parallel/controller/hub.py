@@ -33,8 +33,6 @@ from corral.transports.zmq.session import Session
 
 from ..flow import MONITOR_BOUND
 from .base import (
-    DRAIN_BATCH,
-    NOBLOCK,
     Component,
     ControlPipe,
     drain,
@@ -42,7 +40,6 @@ from .base import (
     loads_dict,
     make_socket,
     read_control,
-    recv_frames,
 )
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
@@ -361,18 +358,13 @@ class Hub(Component):
     def _drain_copies(self) -> None:
         """:func:`drain` for monitor copies, stopping once the results waiting for the
         database writer reach the flow bound."""
-        db, sock = self.db, self.monitor
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                self.on_monitor(frames)
-            except Exception:
-                log.exception("hub: error while handling a message; dropped")
-            if len(frames) > 9 and db.backlog_bytes > self.flow_bound:
-                return
+        db = self.db
+        drain(
+            self.monitor,
+            self.on_monitor,
+            "hub",
+            lambda frames: len(frames) > 9 and db.backlog_bytes > self.flow_bound,
+        )
 
     def _drop(self, why: str, nframes: int) -> None:
         """Count and log a refused message, rate-limited per cause."""

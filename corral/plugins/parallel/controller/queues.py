@@ -68,7 +68,6 @@ from ..flow import (
     tracked,
 )
 from .base import (
-    DRAIN_BATCH,
     NOBLOCK,
     Component,
     ControlPipe,
@@ -310,20 +309,15 @@ class RoutingQueue(Component):
     def _drain_engines(self, handler: Any) -> None:
         """:func:`drain` for engine replies, stopping early once the large buffers read
         reach the flow bound: one pass must not pull a gigabyte of results in."""
-        sock, taken = self.engine_sock, 0
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handler(frames)
-            except Exception:
-                log.exception("%s: error while handling a message; dropped", self.name)
+        taken = 0
+
+        def enough(frames: list[Any]) -> bool:
+            nonlocal taken
             if len(frames) > 8:
                 taken += large_bytes(frames, 8)
-                if taken > self.flow_bound:
-                    return
+            return taken > self.flow_bound
+
+        drain(self.engine_sock, handler, self.name, enough)
 
     def next_timeout(self) -> float | None:
         """Seconds until :meth:`on_timer` must run, or None."""
