@@ -327,6 +327,7 @@ def test_script_magics_feed_the_cell_to_a_program(interp):
     assert out.strip() == "3"
     result = interp.execute("%%bash\nexit 3")
     assert result.status == "error" and "status 3" in result.evalue
+    assert result.ename == "CalledProcessError"  # as IPython raises it: code catching it works
     result = interp.execute("%%script no-such-program-here\nx")
     assert result.status == "error" and result.ename == "UsageError"
 
