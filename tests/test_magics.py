@@ -359,3 +359,15 @@ def test_a_user_bound_underscore_is_kept(interp):
     run(interp, "41 + 1")
     _, _, shown = run(interp, "_")
     assert shown == ["1"]  # the loop's `_`, as in IPython
+
+
+def test_pip_runs_the_kernels_own_pip(interp):
+    """%pip is ``python -m pip`` of the interpreter running the kernel, not whichever pip
+    is first on PATH (the mistake ``!pip install`` makes in a venv's kernel)."""
+    import sys
+
+    _, out, _ = run(interp, "%pip --version")
+    assert f"(python {sys.version_info[0]}.{sys.version_info[1]})" in out
+    assert os.path.realpath(sys.prefix) in os.path.realpath(out.split(" from ")[1].split()[0])
+    assert "restart the kernel" not in out  # only after install and uninstall
+    assert interp.execute("%pip").ename == "UsageError"
