@@ -11,6 +11,8 @@ from typing import Any
 
 CELLS: list[tuple[str, str]] = [
     ("x = 1 + 1\nx", "text"),
+    # The first pyplot import, no show(): the figure belongs under this cell.
+    ("import matplotlib.pyplot as plt\nplt.plot([0, 1]);", "shape"),
     ("print('hello')", "text"),
     (
         "from IPython.display import display, HTML, Markdown, JSON, Latex, Image\n"
