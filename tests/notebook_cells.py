@@ -11,6 +11,8 @@ from typing import Any
 
 CELLS: list[tuple[str, str]] = [
     ("x = 1 + 1\nx", "text"),
+    # The first pyplot import, no show(): the figure belongs under this cell.
+    ("import matplotlib.pyplot as plt\nplt.plot([0, 1]);", "shape"),
     ("print('hello')", "text"),
     (
         "from IPython.display import display, HTML, Markdown, JSON, Latex, Image\n"
@@ -28,6 +30,7 @@ CELLS: list[tuple[str, str]] = [
     ("ip = get_ipython()\nprint(type(ip).__name__, 'IPKernelApp' in ip.config)", "text"),
     ("import IPython\nprint(IPython.get_ipython() is get_ipython())", "text"),
     ("def f():\n    return get_ipython().user_ns is globals()\nf()", "text"),
+    ("%matplotlib", "text"),
     ("%matplotlib inline", "text"),
     ("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()", "shape"),
     ("plt.plot([3, 2, 1]);", "shape"),
@@ -36,6 +39,7 @@ CELLS: list[tuple[str, str]] = [
     ("%%capture cap\nprint('hidden')\ndisplay(HTML('<i>hidden</i>'))", "text"),
     ("print(cap.stdout, len(cap.outputs))", "text"),
     ("%%bash\necho from bash", "text"),
+    ("%%bash\necho failing >&2\nexit 3", "text"),
     ("%%html\n<i>html cell</i>", "shape"),
     ("import ipywidgets as w\ns = w.IntSlider(value=3)\ns", "shape"),
     ("s.value = 5\nprint(s.value)", "text"),

@@ -140,7 +140,7 @@ def test_crash_restarts_kernel_and_console_goes_on(console: pexpect.spawn) -> No
     console.expect(r"In \[1\]: ")
     first = kernel_pid(console, 1)
     run_cell(console, "import ctypes; ctypes.string_at(0)")
-    console.expect("kernel died, restarting")
+    console.expect(r"died \(killed by SIGSEGV\); restarting it")
     console.expect("kernel restarted")
     console.expect(r"In \[1\]: ")
     run_cell(console, "1+2")
@@ -267,6 +267,7 @@ def test_a_crash_is_reported_once(console: pexpect.spawn) -> None:
     said = console.before  # everything from the typed line to the restart notice
     console.expect(r"In \[1\]: ")
     assert said.count("SIGSEGV") == 1, said
+    assert said.count("died") == 1 and said.count("restarting") == 1, said
     assert "WARNING" not in said
 
 

@@ -222,8 +222,26 @@ def test_corral_frames_between_user_frames_are_hidden():
     result = interp.execute(code)
     text = "\n".join(result.traceback)
     assert result.ename == "ValueError"
-    assert "Cell In[1], line 4" in text and "Cell In[1], line 2, in loud()" in text
+    assert (
+        "Cell In[1], line 4" in text and "Cell In[1], line 2, in loud(type, sender, **info)" in text
+    )
     assert "center.py" not in text and "iostreams.py" not in text
+
+
+def test_frames_name_the_method_and_its_parameters():
+    """As IPython shows them: ``in Class.method(self, a, *rest, key, **kw)``, never values."""
+    interp, _ = make_interpreter()
+    code = (
+        "class Shape:\n"
+        "    def area(self, scale, *rest, unit, **options):\n"
+        "        return [1 / 0 for _ in range(1)]\n"
+        "Shape().area(2, unit='m', colour='red')"
+    )
+    text = "\n".join(interp.execute(code).traceback)
+    assert "Cell In[1], line 3, in Shape.area(self, scale, *rest, unit, **options)\n" in text
+    # Before 3.12 the comprehension is a frame of its own: its hidden iterator argument
+    # (.0) is not shown.
+    assert "(.0)" not in text
 
 
 def test_traceback_frame_without_line_number():

@@ -516,9 +516,9 @@ def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path:
     with pytest.raises(RemoteError) as info:
         rc[0].apply_sync(ns["boom"], 1)
     text = info.value.traceback
-    assert f"File {script}:6, in boom()" in text
+    assert f"File {script}:6, in boom(x)" in text
     assert "----> 6     return helper(y)" in text
-    assert f"File {script}:2, in helper()" in text
+    assert f"File {script}:2, in helper(y)" in text
     assert "raise ValueError(f'bad {y}')" in text
     # A notebook cell of corral's kernel: named as the cell, like local tracebacks.
     cell = "def in_cell():\n    return 1 / 0\n"

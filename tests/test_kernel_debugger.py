@@ -2,7 +2,7 @@
 
 jupyter_client drives the sequence JupyterLab uses: initialize, attach, dumpCell,
 setBreakpoints, configurationDone, then a cell that stops on its breakpoint, where the
-stack and variables are read before it continues.
+stack and variables are read, steps one line, and continues.
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ class Dap:
         assert body["success"], body
         return body
 
+    def locals(self, frame: dict[str, Any]) -> dict[str, str]:
+        """``{name: value}`` of the Locals scope of a stack frame."""
+        scopes = self.request("scopes", frameId=frame["id"])["body"]["scopes"]
+        local = next(s for s in scopes if s["name"] == "Locals")
+        variables = self.request("variables", variablesReference=local["variablesReference"])
+        return {v["name"]: v["value"] for v in variables["body"]["variables"]}
+
     def event(self, name: str) -> dict[str, Any]:
         """The next ``debug_event`` called ``name`` (earlier ones are kept in ``events``)."""
         deadline = time.monotonic() + TIMEOUT
@@ -86,24 +93,25 @@ def test_breakpoint_stop_stack_and_variables(kc: BlockingKernelClient) -> None:
     dap.request("attach")
     path = dap.request("dumpCell", code=CELL)["body"]["sourcePath"]
     assert path.startswith(info["tmpFilePrefix"]) and path.endswith(info["tmpFileSuffix"])
-    set_bp = dap.request("setBreakpoints", source={"path": path}, breakpoints=[{"line": 3}])
+    set_bp = dap.request("setBreakpoints", source={"path": path}, breakpoints=[{"line": 2}])
     assert set_bp["body"]["breakpoints"][0]["verified"] is True
     dap.request("configurationDone")
     assert dap.request("debugInfo")["body"]["breakpoints"] == [
-        {"source": path, "breakpoints": [{"line": 3}]}
+        {"source": path, "breakpoints": [{"line": 2}]}
     ]
 
     msg_id = kc.execute(CELL)
     stopped = dap.event("stopped")
     thread = stopped["body"]["threadId"]
     frames = dap.request("stackTrace", threadId=thread)["body"]["stackFrames"]
-    assert frames[0]["source"]["path"] == path and frames[0]["line"] == 3
+    assert frames[0]["source"]["path"] == path and frames[0]["line"] == 2
     assert frames[0]["name"] == "f"
-    scopes = dap.request("scopes", frameId=frames[0]["id"])["body"]["scopes"]
-    local = next(s for s in scopes if s["name"] == "Locals")
-    variables = dap.request("variables", variablesReference=local["variablesReference"])
-    values = {v["name"]: v["value"] for v in variables["body"]["variables"]}
-    assert values["a"] == "21" and values["b"] == "42"
+    assert dap.locals(frames[0]) == {"a": "21"}  # b = a * 2 has not run yet
+    dap.request("next", threadId=thread)  # one line on: the step runs b = a * 2
+    assert dap.event("stopped")["body"]["reason"] == "step"
+    frames = dap.request("stackTrace", threadId=thread)["body"]["stackFrames"]
+    assert frames[0]["line"] == 3
+    assert dap.locals(frames[0]) == {"a": "21", "b": "42"}
     assert dap.request("debugInfo")["body"]["stoppedThreads"] == [thread]
 
     dap.request("continue", threadId=thread)

@@ -115,6 +115,34 @@ def test_shell_api_libraries_use(kc: BlockingKernelClient) -> None:
     assert stdout_of(msgs).strip() == "('post', False)"
 
 
+def test_a_fresh_kernels_first_cells(tmp_path: Path) -> None:
+    """What a notebook's first cells do before anything imported IPython: the rest of
+    IPython's shell API is there on first use, a figure drawn by the cell that first
+    imports pyplot shows under that cell, and callbacks a cell registers run after it."""
+    pytest.importorskip("matplotlib_inline")
+    proc, cf = start_kernel(tmp_path)
+    client = connect(cf)
+    try:
+        msgs = ok(
+            client,
+            "import sys\nbefore = 'IPython' in sys.modules\nip = get_ipython()\n"
+            "class T:\n    pass\n"
+            "ip.display_formatter.formatters['text/html'].for_type(T, lambda o: '<i>T</i>')\n"
+            "print(before, ip.has_trait('kernel'))\nT()",
+        )
+        assert stdout_of(msgs).strip() == "False True"
+        assert of_type(msgs, "execute_result")[0]["data"]["text/html"] == "<i>T</i>"
+        reply, msgs = run(client, "get_ipython().no_such_attribute")
+        assert reply["content"]["ename"] == "AttributeError"
+        msgs = ok(client, "import matplotlib.pyplot as plt\nplt.plot([1, 2])")
+        assert len(_pngs(msgs)) == 1  # shown by this cell, not the next
+        msgs = ok(client, "ip.events.register('post_run_cell', lambda r: print('ran', r.success))")
+        assert stdout_of(msgs).strip() == "ran True"
+    finally:
+        client.stop_channels()
+        stop(proc)
+
+
 def test_load_ext_and_autoreload(kc: BlockingKernelClient, tmp_path: Path) -> None:
     mod = tmp_path / f"corralmod_{uuid.uuid4().hex[:6]}.py"
     mod.write_text("def f():\n    return 1\n")

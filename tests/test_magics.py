@@ -327,6 +327,7 @@ def test_script_magics_feed_the_cell_to_a_program(interp):
     assert out.strip() == "3"
     result = interp.execute("%%bash\nexit 3")
     assert result.status == "error" and "status 3" in result.evalue
+    assert result.ename == "CalledProcessError"  # as IPython raises it: code catching it works
     result = interp.execute("%%script no-such-program-here\nx")
     assert result.status == "error" and result.ename == "UsageError"
 
@@ -358,3 +359,15 @@ def test_a_user_bound_underscore_is_kept(interp):
     run(interp, "41 + 1")
     _, _, shown = run(interp, "_")
     assert shown == ["1"]  # the loop's `_`, as in IPython
+
+
+def test_pip_runs_the_kernels_own_pip(interp):
+    """%pip is ``python -m pip`` of the interpreter running the kernel, not whichever pip
+    is first on PATH (the mistake ``!pip install`` makes in a venv's kernel)."""
+    import sys
+
+    _, out, _ = run(interp, "%pip --version")
+    assert f"(python {sys.version_info[0]}.{sys.version_info[1]})" in out
+    assert os.path.realpath(sys.prefix) in os.path.realpath(out.split(" from ")[1].split()[0])
+    assert "restart the kernel" not in out  # only after install and uninstall
+    assert interp.execute("%pip").ename == "UsageError"

@@ -50,8 +50,17 @@ def test_corral_and_ipykernel_give_the_same_outputs(jupyter_env: Path) -> None:
         if signature(ours, check) != signature(theirs, check):
             differ.append((source, signature(ours, check), signature(theirs, check)))
     assert differ == []
-    # And the outputs are the rich ones, not text reprs (the cells, by number).
-    assert corral[2][0]["data"]["text/html"] == "<b>bold</b>"
-    assert corral[6][0]["data"]["text/plain"] == "'second'"  # updated in place
-    assert "image/png" in corral[12][0]["data"] and "image/png" in corral[14][0]["data"]
-    assert "application/vnd.jupyter.widget-view+json" in corral[20][0]["data"]
+
+    # And the outputs are the rich ones, not text reprs (cells found by their source).
+    def outputs(start: str) -> list[dict]:
+        pairs = zip(CELLS, corral, strict=True)
+        return next(out for (source, _), out in pairs if source.startswith(start))
+
+    assert outputs("from IPython.display import")[0]["data"]["text/html"] == "<b>bold</b>"
+    assert outputs("h = display(")[0]["data"]["text/plain"] == "'second'"  # updated in place
+    assert "image/png" in outputs("import matplotlib.pyplot")[0]["data"]
+    assert "image/png" in outputs("fig, ax = plt.subplots()")[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in outputs("import ipywidgets")[0]["data"]
+    bare = corral[[source for source, _ in CELLS].index("%matplotlib")]
+    assert bare[0]["text"].startswith("Using matplotlib backend:")
+    assert outputs("%%bash\necho failing")[-1]["ename"] == "CalledProcessError"

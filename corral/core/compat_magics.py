@@ -170,7 +170,9 @@ def matplotlib_magic(interp: Any, line: str) -> None:
     if line.strip() in ("-l", "--list"):
         print("Available matplotlib backends: inline, agg, svg, pdf, module://...")
         return
-    enable_matplotlib(_shell(interp), line.strip() or None)
+    _, backend = enable_matplotlib(_shell(interp), line.strip() or None)
+    if not line.strip():  # IPython says which backend a bare %matplotlib chose
+        print(f"Using matplotlib backend: {backend}")
 
 
 # ------------------------------------------------------------------ cell magics
@@ -204,7 +206,8 @@ def capture_cell(interp: Any, line: str, cell: str) -> None:
 def script_cell(interp: Any, line: str, cell: str) -> None:
     """%%script PROGRAM [ARGS...]: run the cell through PROGRAM (the cell is its stdin).
 
-    Its output is streamed as it comes; a non-zero exit status is an error. ``%%bash``,
+    Its output is streamed as it comes; a non-zero exit status raises
+    ``subprocess.CalledProcessError``, as under IPython. ``%%bash``,
     ``%%sh``, ``%%python``, ``%%python3``, ``%%perl`` and ``%%ruby`` are shortcuts.
     """
     import shlex
@@ -266,7 +269,8 @@ def _run_script(interp: Any, argv: list[str], cell: str) -> None:
         proc.stdout.close()
         proc.stderr.close()
     if code:
-        raise RuntimeError(f"{argv[0]} exited with status {code}")
+        # The error IPython's %%script raises: code that catches it runs on both kernels.
+        raise subprocess.CalledProcessError(code, argv)
 
 
 # ------------------------------------------------------------------ small line magics

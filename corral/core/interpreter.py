@@ -329,7 +329,8 @@ class Interpreter:
         status, error, expressions = "ok", None, {}
         handler = self.input_handler if allow_stdin else None
         events = self.shell_events if self.shell_events and self.shell_events.active() else None
-        run_info = None
+        run_info: Any = None
+        failure: BaseException | None = None
         try:
             with redirect_output(self.center, self), route_stdin(handler):
                 if events is not None:
@@ -347,9 +348,14 @@ class Interpreter:
                         expressions = self._user_expressions(user_expressions)
                 except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the user's
                     status, error = "error", self._report(exc)
-                    if run_info is not None:
-                        run_info.error_in_exec = exc
+                    failure = exc
+                if events is None and self.shell_events and self.shell_events.active():
+                    # Registered by this very cell (importing pyplot registers the inline
+                    # backend's figure flush): IPython runs them after it too, so a figure
+                    # drawn in the first cell shows there, not under the next one.
+                    events, run_info = self.shell_events, self._run_info(code, store, silent)
                 if events is not None:
+                    run_info.error_in_exec = failure
                     self._post_events(events, run_info, silent)
         except KeyboardInterrupt as exc:  # arrived while streams were being swapped
             status, error = "error", self._report(exc)
@@ -364,12 +370,17 @@ class Interpreter:
 
     def _pre_events(self, events: Any, code: str, store: bool, silent: bool) -> Any:
         """IPython's ``pre_execute`` / ``pre_run_cell``; the result ``post_run_cell`` gets."""
+        run_info = self._run_info(code, store, silent)
+        events.trigger("pre_execute")
+        if not silent:
+            events.trigger("pre_run_cell", run_info.info)
+        return run_info
+
+    def _run_info(self, code: str, store: bool, silent: bool) -> Any:
+        """The ``ExecutionResult`` that ``post_run_cell`` callbacks get for this cell."""
         from corral.core.ipython_shell import ExecutionInfo, ExecutionResult
 
         info = ExecutionInfo(code, store, silent)
-        events.trigger("pre_execute")
-        if not silent:
-            events.trigger("pre_run_cell", info)
         return ExecutionResult(info, self.execution_count if store else None)
 
     def _post_events(self, events: Any, result: Any, silent: bool) -> None:

@@ -315,6 +315,22 @@ class ZMQInteractiveShell:
     def __repr__(self) -> str:
         return f"<corral {type(self).__name__} object>"
 
+    def __getattr__(self, name: str) -> Any:
+        """The rest of IPython's shell API (``display_formatter``, ``has_trait``...).
+
+        Reached only for names this class lacks: asking for one is user code asking for
+        IPython, so IPython is adopted then (the start stays IPython-free) and the name
+        looked up again. Private names never import anything.
+        """
+        interpreter = self.__dict__.get("interpreter")
+        if name.startswith("_") or interpreter is None or interpreter._shell_adopted:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            adopt_ipython(interpreter)
+        except ImportError:
+            interpreter._shell_adopted = True  # no IPython to adopt: do not try again
+        return object.__getattribute__(self, name)
+
     # Properties, not instance attributes: once IPython is adopted, its traits of the same
     # names (data descriptors on a base class) would otherwise shadow the instance's values.
 
@@ -345,6 +361,17 @@ class ZMQInteractiveShell:
     def kernel(self) -> Any:
         """The kernel serving this shell (None when the interpreter runs without one)."""
         return getattr(self.interpreter, "kernel", None)
+
+    def has_trait(self, name: str) -> bool:
+        """IPython's trait check; ``kernel`` is one when a kernel serves the shell.
+
+        ``get_ipython().has_trait("kernel")`` is another way libraries tell a Jupyter kernel
+        from a terminal; ipykernel's shell answers True, and so does this one.
+        """
+        if name == "kernel":
+            return self.kernel is not None
+        base = getattr(super(), "has_trait", None)  # IPython's, once it is adopted
+        return bool(base is not None and base(name))
 
     @property
     def execution_count(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import linecache
 import os
 import re
-from types import TracebackType
+from types import CodeType, TracebackType
 
 __all__ = [
     "cell_filename",
@@ -30,6 +30,9 @@ _CONTEXT = 2  # lines shown before and after the failing line
 _CAUSE = "The above exception was the direct cause of the following exception:"
 _DURING = "During handling of the above exception, another exception occurred:"
 _RED, _GREEN, _CYAN, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[36m", "\x1b[0m"
+# inspect.CO_VARARGS and inspect.CO_VARKEYWORDS (stable flag bits): inspect itself is not
+# worth its import time on the kernel's start path.
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
 
 
 def hide_from_tracebacks(filename: str) -> None:
@@ -64,12 +67,30 @@ def _paint(text: str, colour: str, colors: bool) -> str:
     return f"{colour}{text}{_RESET}" if colors else text
 
 
-def _location(filename: str, lineno: int | None, name: str | None, colors: bool) -> str:
+def _location(filename: str, lineno: int | None, code: CodeType | None, colors: bool) -> str:
     label = cell_label(filename)
     where = f"{label}, line {lineno}" if label else f"File {filename}:{lineno}"
-    if name and name != "<module>":
-        where += f", in {name}()"
+    if code is not None and code.co_name != "<module>":
+        where += f", in {_called(code)}"
     return _paint(where, _CYAN, colors)
+
+
+def _called(code: CodeType) -> str:
+    """``Class.method(self, x, *args, **kw)``: the function as IPython names it, so a reader
+    sees which method of which class failed and what it takes (never the values: they can
+    be huge or secret)."""
+    name = getattr(code, "co_qualname", code.co_name)  # 3.11+ knows the class
+    positional, keyword_only = code.co_argcount, code.co_kwonlyargcount
+    names = list(code.co_varnames[:positional])
+    extra = positional + keyword_only  # *args, then **kwargs, follow the named ones
+    if code.co_flags & _CO_VARARGS:
+        names.append("*" + code.co_varnames[extra])
+        extra += 1
+    names.extend(code.co_varnames[positional : positional + keyword_only])
+    if code.co_flags & _CO_VARKEYWORDS:
+        names.append("**" + code.co_varnames[extra])
+    # Comprehensions and generator expressions take a hidden ``.0`` iterator: not the user's.
+    return f"{name}({', '.join(n for n in names if not n.startswith('.'))})"
 
 
 def _context(filename: str, lineno: int | None, colors: bool) -> list[str]:
@@ -99,7 +120,7 @@ def _frames(tb: TracebackType | None, colors: bool) -> list[str]:
             and not tb.tb_frame.f_globals.get("__corral_hide_traceback__")
         ):
             lineno = tb.tb_lineno
-            head = _location(code.co_filename, lineno, code.co_name, colors)
+            head = _location(code.co_filename, lineno, code, colors)
             entries.append("\n".join([head, *_context(code.co_filename, lineno, colors)]))
         tb = tb.tb_next
     return entries

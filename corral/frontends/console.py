@@ -285,11 +285,13 @@ class Console:
             self.next_count = 1
 
     def _kernel_died(self, message: str, restarting: bool) -> None:
-        """From the manager's thread: say so at once, even while the user is typing."""
-        if restarting:
-            self.reader.notify(f"[corral] kernel died, restarting: {message}")
-        else:
-            self.reader.notify(f"[corral] kernel died: {message}")
+        """From the manager's thread: say so at once, even while the user is typing.
+
+        The message already says what happened and whether a restart follows ("kernel 12
+        died (killed by SIGSEGV); restarting it"): a prefix would say it twice.
+        """
+        del restarting  # told by the message itself
+        self.reader.notify(f"[corral] {message}")
 
     def _kernel_restarted(self) -> None:
         self.reader.notify("[corral] kernel restarted; its variables are gone")

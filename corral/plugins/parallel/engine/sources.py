@@ -2,7 +2,7 @@
 
 cloudpickle sends a ``__main__`` function's code with ``co_filename`` set to
 ``<dynamic-code>``, and the engine has no copy of the script or notebook cell it came
-from, so its frames read ``File <dynamic-code>:4, in boom()``. The client attaches the
+from, so its frames read ``File <dynamic-code>:4, in boom(x)``. The client attaches the
 function's own source lines (``__corral_source__ = (filename, first line, lines)``, see
 ``client.funccache.attach_source``); when a task fails, :func:`annotate` rewrites those
 frames with the real file name (``Cell In[N]`` for a corral cell) and the lines around
@@ -18,7 +18,9 @@ from typing import Any
 
 __all__ = ["annotate"]
 
-_DYNAMIC = re.compile(r"^File <dynamic-code>:(\d+), in (.+?)\(\)")
+# ``in NAME(PARAMETERS)`` as corral.core.tracebacks writes it; NAME may be qualified
+# (``Shape.area``, ``f.<locals>.g``) where the code's own name is its last part.
+_DYNAMIC = re.compile(r"^File <dynamic-code>:(\d+), in ([^(\n]+)(\([^)\n]*\))")
 _CONTEXT = 2
 
 
@@ -43,12 +45,12 @@ def _sources(functions: Iterable[Any]) -> dict[str, list[tuple[int, int, Any]]]:
     return found
 
 
-def _where(filename: str, lineno: int, name: str) -> str:
+def _where(filename: str, lineno: int, called: str) -> str:
     from corral.core.tracebacks import cell_label
 
     label = cell_label(filename)
     head = f"{label}, line {lineno}" if label else f"File {filename}:{lineno}"
-    return head if name == "<module>" else f"{head}, in {name}()"
+    return f"{head}, in {called}"
 
 
 def _context(source: tuple[str, int, list[str]], lineno: int) -> list[str]:
@@ -79,11 +81,13 @@ def annotate(traceback: list[str], functions: Iterable[Any]) -> list[str]:
         if match is None:
             out.append(entry)
             continue
-        lineno, name = int(match.group(1)), match.group(2)
-        candidates = [s for lo, hi, s in sources.get(name, ()) if lo <= lineno <= hi]
+        lineno, name, parameters = int(match.group(1)), match.group(2), match.group(3)
+        code_name = name.rsplit(".", 1)[-1]
+        candidates = [s for lo, hi, s in sources.get(code_name, ()) if lo <= lineno <= hi]
         if not candidates:
             out.append(entry)
             continue
         source = candidates[0]
-        out.append("\n".join([_where(source[0], lineno, name), *_context(source, lineno)]))
+        head = _where(source[0], lineno, name + parameters)
+        out.append("\n".join([head, *_context(source, lineno)]))
     return out
