@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
+from corral.errors import CorralError
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "DeserializationError",
@@ -71,7 +73,7 @@ _SCAN_DEPTH = 3
 _SCAN_WIDTH = 64
 
 
-class SerializationError(TypeError):
+class SerializationError(CorralError, TypeError):
     """An object could not be turned into frames.
 
     Raised by :func:`serialize` and :func:`pack_apply` in the caller's process, before

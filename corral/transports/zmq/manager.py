@@ -36,6 +36,7 @@ import psutil
 import zmq
 
 from corral.core.private import private_dir, private_file
+from corral.errors import CorralError
 from corral.notification import NotificationCenter, shared_center
 from corral.transports.zmq.aclient import AsyncKernelClient
 from corral.transports.zmq.client import (
@@ -62,7 +63,7 @@ log = logging.getLogger("corral.manager")
 _TAIL_BYTES = 4000
 
 
-class KernelStartError(RuntimeError):
+class KernelStartError(CorralError, RuntimeError):
     """The kernel process exited, or never wrote its connection file, while starting."""
 
 

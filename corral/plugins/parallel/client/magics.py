@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from corral.errors import CorralError
+
 __all__ = ["ParallelMagics", "load_ipython_extension", "parse_targets"]
 
 NO_LAST_RESULT = "%pxresult recalls the last %px result, and there is none yet."
@@ -113,7 +115,7 @@ class CorralHost(_Host):
 # ------------------------------------------------------------------------- arguments
 
 
-class _ArgumentError(Exception):
+class _ArgumentError(CorralError):
     pass
 
 

@@ -43,6 +43,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from corral.errors import CorralError
+
 __all__ = [
     "ControllerLauncher",
     "EngineSetLauncher",
@@ -58,7 +60,7 @@ __all__ = [
 TAIL_BYTES = 4000
 
 
-class LaunchError(RuntimeError):
+class LaunchError(CorralError, RuntimeError):
     """A process could not be started, or exited while starting. The message quotes the
     end of its log, because that is almost always where the reason is."""
 
