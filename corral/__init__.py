@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from corral._version import __version__
 
 _EXPORTS = {
     "NotificationCenter": "corral.notification.center",
     "shared_center": "corral.notification.center",
     "get_plugin_manager": "corral.plugins.manager",
     "load_config": "corral.core.config",
-    "KernelManager": "corral.transports.zmq.manager",
+    "KernelManager": "corral.plugins.kernels",
     "Interpreter": "corral.core.interpreter",
     "Cluster": "corral.plugins.parallel.cluster",
     "Client": "corral.plugins.parallel.client",

@@ -52,7 +52,7 @@ def wait_for_file(path: Path, proc: subprocess.Popen) -> None:
 def start_kernel(tmp: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     cf = tmp / f"kernel-{uuid.uuid4().hex[:8]}.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", str(cf), *args],
+        [sys.executable, "-m", "corral.plugins.kernel_main", "-f", str(cf), *args],
         env=kernel_env(tmp),
     )
     wait_for_file(cf, proc)
@@ -514,7 +514,7 @@ def test_connection_file_is_private_and_ports_are_bound_first(
 def test_without_connection_file_kernel_writes_one_into_the_profile(tmp: Path) -> None:
     env = kernel_env(tmp)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.transports.zmq.kernel_main"],
+        [sys.executable, "-m", "corral.plugins.kernel_main"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,

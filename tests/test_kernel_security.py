@@ -40,7 +40,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectionInfo]
     tmp = tmp_path_factory.mktemp("secure")
     cf = tmp / "kernel.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", str(cf)],
+        [sys.executable, "-m", "corral.plugins.kernel_main", "-f", str(cf)],
         env=kernel_env(tmp),
     )
     deadline = time.monotonic() + TIMEOUT

@@ -41,8 +41,8 @@ from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
     EngineSetLauncher,
     LaunchError,
-    get_launchers,
 )
+from corral.plugins.parallel.launchers.registry import get_launchers
 
 if TYPE_CHECKING:
     from corral.plugins.parallel.client import Client

@@ -270,7 +270,7 @@ def resolve(
 
 
 def _check_launchers(config: Config) -> None:
-    from corral.plugins.parallel.launchers.base import get_launchers
+    from corral.plugins.parallel.launchers.registry import get_launchers
 
     for key in ("engines", "controller"):
         try:
