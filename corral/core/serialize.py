@@ -38,7 +38,9 @@ peer you trust; the transport authenticates every message with HMAC before it ge
 from __future__ import annotations
 
 import contextvars
+import copyreg
 import io
+import logging
 import pickle
 import sys
 import types
@@ -54,8 +56,12 @@ __all__ = [
     "Frame",
     "SerializationError",
     "deserialize",
+    "Reducer",
     "pack_apply",
+    "register_reducers",
+    "registered_reducers",
     "serialize",
+    "set_reducer_source",
     "unpack_apply",
 ]
 
@@ -249,6 +255,69 @@ class _BytesPickler(_PersistentBytes, _FastPickler):
         self._keep = []
 
 
+# ------------------------------------------------------------------ reducers from plugins
+
+#: ``reduce(obj) -> (callable, args)``, as for :mod:`copyreg`: the receiving process calls
+#: ``callable(*args)``, so ``callable`` must be importable there.
+Reducer = Callable[[Any], tuple[Any, ...]]
+
+_reducers: dict[type, Reducer] = {}
+_reducer_source: Callable[[], Mapping[type, Reducer]] | None = None
+
+
+def register_reducers(reducers: Mapping[type, Reducer]) -> None:
+    """Pickle instances of each type (exactly that type, as :mod:`copyreg` does) with its
+    reducer. The plugins' ``corral_serializers`` hook lands here.
+
+    The table goes on the fast pickler as its ``dispatch_table``, merged with
+    :mod:`copyreg`'s, so the C pickler consults it at the cost it already pays for
+    copyreg's; with nothing registered the pickler is untouched.
+
+    .. versionadded:: 0.1
+    """
+    for cls, reduce in reducers.items():
+        if not isinstance(cls, type) or not callable(reduce):
+            raise TypeError(f"a reducer maps a type to a callable, not {cls!r} to {reduce!r}")
+    _reducers.update(reducers)
+    _FastPickler.dispatch_table = {**copyreg.dispatch_table, **_reducers}
+
+
+def registered_reducers() -> dict[type, Reducer]:
+    """A copy of the reducers registered so far."""
+    return dict(_reducers)
+
+
+def set_reducer_source(source: Callable[[], Mapping[type, Reducer]] | None) -> None:
+    """Where to find more reducers when an object will not pickle without them.
+
+    Processes that load plugins at start (kernels, the ``corral`` command) register the
+    plugins' reducers at once. Clients and engines do not load plugins at start (that costs
+    them ~100 ms); they name a source here instead, which is asked once, the first time
+    the standard pickler refuses an object, and the object is pickled again with what it
+    returned. ``core`` stays ignorant of plugins: the source is handed down to it.
+
+    .. versionadded:: 0.1
+    """
+    global _reducer_source
+    _reducer_source = source
+
+
+def _reducers_from_source() -> bool:
+    """Ask the source once; True if it brought reducers (so pickling is worth retrying)."""
+    global _reducer_source
+    source, _reducer_source = _reducer_source, None
+    if source is None:
+        return False
+    try:
+        found = dict(source())
+    except Exception:
+        logging.getLogger("corral.serialize").exception("cannot load plugin serializers")
+        return False
+    if found:
+        register_reducers(found)
+    return bool(found)
+
+
 _cloud_classes: tuple[type, type] | None = None
 
 
@@ -392,6 +461,11 @@ def _try_serialize(obj: Any, threshold: int) -> list[Frame]:
         return _dump(obj, threshold)
     except (pickle.PicklingError, TypeError, AttributeError):
         pass
+    if _reducers_from_source():  # plugins' serializers, loaded on this first need
+        try:
+            return _dump(obj, threshold)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            pass
     # Something the standard pickler refuses outright; cloudpickle knows a few more types.
     return _dump_rescue(obj, threshold)
 

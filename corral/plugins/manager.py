@@ -45,6 +45,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.parallel.commands",
     "corral.plugins.parallel.magics_plugin",
     "corral.plugins.parallel.launchers.builtin",
+    "corral.plugins.parallel.schedulers",
+    "corral.plugins.serializers",
     "corral.plugins.builtin.kernel",
     "corral.frontends.plugin",
 )

@@ -9,7 +9,8 @@ cursor (an index into the candidates, already reduced modulo their count). It re
 index of its choice. Nothing here touches sockets or the scheduler, so every policy is
 tested on its own.
 
-Policies (the names ``--policy`` accepts):
+Policies (the built-in names ``--policy`` accepts; plugins add more through the
+``corral_schedulers`` hook, see :mod:`corral.plugins.parallel.schedulers`):
 
 * ``leastload`` (the default): the fewest outstanding tasks; ties go round-robin from the
   cursor, and an idle engine ends the search at once. Spreads a burst evenly and keeps
@@ -111,9 +112,15 @@ POLICIES: dict[str, Policy] = {
 
 
 def get_policy(name: str) -> Policy:
-    """The policy called ``name``; ``ValueError`` naming the known ones otherwise."""
-    try:
-        return POLICIES[name]
-    except KeyError:
-        known = ", ".join(sorted(POLICIES))
-        raise ValueError(f"unknown scheduling policy {name!r} (known: {known})") from None
+    """The policy called ``name``, built in or registered by a plugin through the
+    ``corral_schedulers`` hook; ``ValueError`` naming the known ones otherwise."""
+    policy = POLICIES.get(name)
+    if policy is not None:
+        return policy
+    from corral.plugins.parallel.schedulers import find_policy, known_policies
+
+    policy = find_policy(name)
+    if policy is None:
+        known = ", ".join(sorted(known_policies()))
+        raise ValueError(f"unknown scheduling policy {name!r} (known: {known})")
+    return policy
