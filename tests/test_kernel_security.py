@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import zmq
+from helpers import TIMEOUT
 
 from corral.transports.zmq import wire
 from corral.transports.zmq.connection import ConnectionInfo, read_connection_file
@@ -25,7 +26,6 @@ from corral.transports.zmq.kernelspec import install_kernelspec
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 10
 
 
 def kernel_env(tmp: Path) -> dict[str, str]:

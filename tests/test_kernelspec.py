@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT
 from jupyter_helpers import isolate_jupyter
 
 from corral.transports.zmq.kernelspec import (
@@ -20,7 +21,6 @@ from corral.transports.zmq.kernelspec import (
 )
 
 DATA = Path(__file__).parent / "data"
-TIMEOUT = 10
 
 
 def test_kernel_json_content() -> None:
