@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
+from corral.core.reducer_source import set_reducer_source, take_reducer_source
 from corral.errors import CorralError
 
 __all__ = [
@@ -262,7 +263,6 @@ class _BytesPickler(_PersistentBytes, _FastPickler):
 Reducer = Callable[[Any], tuple[Any, ...]]
 
 _reducers: dict[type, Reducer] = {}
-_reducer_source: Callable[[], Mapping[type, Reducer]] | None = None
 
 
 def register_reducers(reducers: Mapping[type, Reducer]) -> None:
@@ -287,25 +287,9 @@ def registered_reducers() -> dict[type, Reducer]:
     return dict(_reducers)
 
 
-def set_reducer_source(source: Callable[[], Mapping[type, Reducer]] | None) -> None:
-    """Where to find more reducers when an object will not pickle without them.
-
-    Processes that load plugins at start (kernels, the ``corral`` command) register the
-    plugins' reducers at once. Clients and engines do not load plugins at start (that costs
-    them ~100 ms); they name a source here instead, which is asked once, the first time
-    the standard pickler refuses an object, and the object is pickled again with what it
-    returned. ``core`` stays ignorant of plugins: the source is handed down to it.
-
-    .. versionadded:: 0.1
-    """
-    global _reducer_source
-    _reducer_source = source
-
-
 def _reducers_from_source() -> bool:
     """Ask the source once; True if it brought reducers (so pickling is worth retrying)."""
-    global _reducer_source
-    source, _reducer_source = _reducer_source, None
+    source = take_reducer_source()
     if source is None:
         return False
     try:

@@ -3,15 +3,17 @@
 ``core`` knows no plugins, so the reducers come down to it: registered at once when a
 process configures its plugins (:func:`corral_configure`, this module being a built-in
 plugin), or, in clients and engines, through the source :func:`plugin_reducers` that
-:mod:`corral.plugins.parallel` hands to :func:`~corral.core.serialize.set_reducer_source`
-and that is only asked when an object first fails to pickle.
+:mod:`corral.plugins.parallel` hands to
+:func:`~corral.core.reducer_source.set_reducer_source` and that is only asked when an
+object first fails to pickle. Neither imports the serializer before it is needed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corral.core.serialize import Reducer, register_reducers
+if TYPE_CHECKING:
+    from corral.core.serialize import Reducer
 
 __all__ = ["corral_configure", "plugin_reducers"]
 
@@ -32,4 +34,6 @@ def corral_configure(config: Any) -> None:
     """Plugins are loaded in this process anyway: register their reducers now."""
     reducers = plugin_reducers()
     if reducers:
+        from corral.core.serialize import register_reducers
+
         register_reducers(reducers)
