@@ -224,7 +224,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext corral`` in IPython / ipykernel: the ``%px`` family of magics."""
-    from corral.plugins.parallel.client.magics import load_ipython_extension as load
+    from corral.plugins.parallel.client.defaults import load_ipython_extension as load
 
     load(shell)
 

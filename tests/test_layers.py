@@ -30,7 +30,12 @@ def test_the_layers_contract_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("upper", "lower"),
     [
+        ("corral.plugins.parallel.client.client", "corral.plugins.parallel.client.views"),
+        ("corral.plugins.parallel.client.client", "corral.plugins.parallel.client.asyncresult"),
+        ("corral.plugins.parallel.client.client", "corral.plugins.parallel.client.magics"),
+        ("corral.plugins.parallel.client.client", "corral.plugins.parallel.client.joblib_backend"),
         ("corral.plugins.parallel.launchers.local", "corral.plugins.parallel.launchers.base"),
+        ("corral.plugins.parallel.launchers.registry", "corral.plugins.parallel.launchers.base"),
         ("corral.frontends.console", "corral.frontends.console_prompt"),
     ],
 )
@@ -63,3 +68,12 @@ def test_the_transports_do_not_read_the_root_package(graph: object) -> None:
             if m.startswith(layer)
         }
         assert importers == set(), layer
+
+
+def test_views_use_the_client_only_through_its_link() -> None:
+    """The views' contract with the client is :mod:`corral.plugins.parallel.client.link`:
+    no private name of the client appears in the views (there were 47 such reaches)."""
+    import re
+
+    views = ROOT / "corral" / "plugins" / "parallel" / "client" / "views.py"
+    assert re.findall(r"client\._[a-z]\w*", views.read_text()) == []

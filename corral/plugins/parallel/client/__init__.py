@@ -63,7 +63,7 @@ _EXPORTS = {
     "dependent": ".dependencies",
     "Dependency": ".dependencies",
     "bind_kernel": ".dependencies",
-    "register_joblib_backend": ".joblib_backend",
+    "register_joblib_backend": ".defaults",
 }
 
 if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at run time
@@ -93,6 +93,9 @@ if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at 
     )
     from .client import (
         EngineInfo as EngineInfo,
+    )
+    from .defaults import (
+        register_joblib_backend as register_joblib_backend,
     )
     from .dependencies import (
         Dependency as Dependency,
@@ -171,9 +174,6 @@ if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at 
     )
     from .hubresult import (
         AsyncHubResult as AsyncHubResult,
-    )
-    from .joblib_backend import (
-        register_joblib_backend as register_joblib_backend,
     )
     from .remote import (
         ParallelFunction as ParallelFunction,
