@@ -6,17 +6,18 @@ for processes (kernels, engines) that only need part of it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from corral._lazy import lazy_exports
+from corral._version import __version__
 
 _EXPORTS = {
+    "CorralError": "corral.errors",
     "NotificationCenter": "corral.notification.center",
     "shared_center": "corral.notification.center",
     "get_plugin_manager": "corral.plugins.manager",
     "load_config": "corral.core.config",
-    "KernelManager": "corral.transports.zmq.manager",
+    "KernelManager": "corral.plugins.kernels",
     "Interpreter": "corral.core.interpreter",
     "Cluster": "corral.plugins.parallel.cluster",
     "Client": "corral.plugins.parallel.client",
@@ -65,24 +66,167 @@ _EXPORTS = {
     "use_dill": "corral.plugins.parallel.client",
 }
 
+if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at run time
+    from corral.core.config import (
+        load_config as load_config,
+    )
+    from corral.core.interpreter import (
+        Interpreter as Interpreter,
+    )
+    from corral.errors import CorralError as CorralError
+    from corral.notification.center import (
+        NotificationCenter as NotificationCenter,
+    )
+    from corral.notification.center import (
+        shared_center as shared_center,
+    )
+    from corral.plugins.kernels import (
+        KernelManager as KernelManager,
+    )
+    from corral.plugins.manager import (
+        get_plugin_manager as get_plugin_manager,
+    )
+    from corral.plugins.parallel.client import (
+        ALL_COMPLETED as ALL_COMPLETED,
+    )
+    from corral.plugins.parallel.client import (
+        FIRST_COMPLETED as FIRST_COMPLETED,
+    )
+    from corral.plugins.parallel.client import (
+        FIRST_EXCEPTION as FIRST_EXCEPTION,
+    )
+    from corral.plugins.parallel.client import (
+        AsyncHubResult as AsyncHubResult,
+    )
+    from corral.plugins.parallel.client import (
+        AsyncMapResult as AsyncMapResult,
+    )
+    from corral.plugins.parallel.client import (
+        AsyncResult as AsyncResult,
+    )
+    from corral.plugins.parallel.client import (
+        BroadcastView as BroadcastView,
+    )
+    from corral.plugins.parallel.client import (
+        Client as Client,
+    )
+    from corral.plugins.parallel.client import (
+        CompositeError as CompositeError,
+    )
+    from corral.plugins.parallel.client import (
+        ControllerLost as ControllerLost,
+    )
+    from corral.plugins.parallel.client import (
+        Dependency as Dependency,
+    )
+    from corral.plugins.parallel.client import (
+        DependencyTimeout as DependencyTimeout,
+    )
+    from corral.plugins.parallel.client import (
+        DirectView as DirectView,
+    )
+    from corral.plugins.parallel.client import (
+        EngineError as EngineError,
+    )
+    from corral.plugins.parallel.client import (
+        ExecuteReply as ExecuteReply,
+    )
+    from corral.plugins.parallel.client import (
+        ImpossibleDependency as ImpossibleDependency,
+    )
+    from corral.plugins.parallel.client import (
+        InvalidDependency as InvalidDependency,
+    )
+    from corral.plugins.parallel.client import (
+        KernelError as KernelError,
+    )
+    from corral.plugins.parallel.client import (
+        LoadBalancedView as LoadBalancedView,
+    )
+    from corral.plugins.parallel.client import (
+        NoEnginesRegistered as NoEnginesRegistered,
+    )
+    from corral.plugins.parallel.client import (
+        ParallelFunction as ParallelFunction,
+    )
+    from corral.plugins.parallel.client import (
+        Reference as Reference,
+    )
+    from corral.plugins.parallel.client import (
+        RemoteError as RemoteError,
+    )
+    from corral.plugins.parallel.client import (
+        RemoteFunction as RemoteFunction,
+    )
+    from corral.plugins.parallel.client import (
+        TaskAborted as TaskAborted,
+    )
+    from corral.plugins.parallel.client import (
+        TaskRejectError as TaskRejectError,
+    )
+    from corral.plugins.parallel.client import (
+        TaskTimeout as TaskTimeout,
+    )
+    from corral.plugins.parallel.client import (
+        TimeoutError as TimeoutError,
+    )
+    from corral.plugins.parallel.client import (
+        UnmetDependency as UnmetDependency,
+    )
+    from corral.plugins.parallel.client import (
+        View as View,
+    )
+    from corral.plugins.parallel.client import (
+        ViewExecutor as ViewExecutor,
+    )
+    from corral.plugins.parallel.client import (
+        as_completed as as_completed,
+    )
+    from corral.plugins.parallel.client import (
+        bind_kernel as bind_kernel,
+    )
+    from corral.plugins.parallel.client import (
+        depend as depend,
+    )
+    from corral.plugins.parallel.client import (
+        dependent as dependent,
+    )
+    from corral.plugins.parallel.client import (
+        interactive as interactive,
+    )
+    from corral.plugins.parallel.client import (
+        register_joblib_backend as register_joblib_backend,
+    )
+    from corral.plugins.parallel.client import (
+        require as require,
+    )
+    from corral.plugins.parallel.client import (
+        use_cloudpickle as use_cloudpickle,
+    )
+    from corral.plugins.parallel.client import (
+        use_dill as use_dill,
+    )
+    from corral.plugins.parallel.client import (
+        use_pickle as use_pickle,
+    )
+    from corral.plugins.parallel.client.remote import (
+        parallel as parallel,
+    )
+    from corral.plugins.parallel.client.remote import (
+        remote as remote,
+    )
+    from corral.plugins.parallel.cluster import (
+        Cluster as Cluster,
+    )
+
 __all__ = ["__version__", *_EXPORTS]
 
 
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext corral`` in IPython / ipykernel: the ``%px`` family of magics."""
-    from corral.plugins.parallel.client.magics import load_ipython_extension as load
+    from corral.plugins.parallel.client.defaults import load_ipython_extension as load
 
     load(shell)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'corral' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, also=("__version__",))

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 import zmq
+from helpers import TIMEOUT
 from zmq.utils.monitor import recv_monitor_message
 
 from corral.plugins.parallel.clusterfile import ClusterInfo
@@ -23,7 +24,6 @@ from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import gate_for
 from corral.transports.zmq.session import Session
 
-TIMEOUT = 20.0  # only a hang ever reaches it
 QUEUES = ("mux", "control", "task", "broadcast")
 
 

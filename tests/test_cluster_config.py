@@ -86,7 +86,7 @@ def test_bad_file_value_fails_naming_file_line_key_and_accepted_values(corral_di
 
 
 def test_broken_profile_fails_for_cluster_and_kernel_manager():
-    from corral.transports.zmq.manager import KernelManager
+    from corral import KernelManager  # the plugins layer's: it knows every option
 
     path = write_ini("broken", "[core]\nlog_levl = info\n")
     with pytest.raises(ConfigError, match=r"corral.ini:2.*log_levl.*did you mean 'log_level'"):

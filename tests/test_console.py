@@ -13,21 +13,21 @@ from pathlib import Path
 import pexpect
 import psutil
 import pytest
+from helpers import TIMEOUT
 
 from corral.frontends.console_prompt import enter_action
 
 REPO = Path(__file__).resolve().parent.parent
-WAIT = 30
 
 #: Runs the ``corral`` command with the frontends plugin registered, whether or not it is
 #: listed among the built-in plugins yet (then registering is a no-op).
 LAUNCHER = """
 import sys
-import corral.plugins.builtin.frontends as plugin
+import corral.frontends.plugin as plugin
 from corral.plugins.manager import get_plugin_manager
 manager = get_plugin_manager()
-if not manager.has_plugin("corral.plugins.builtin.frontends"):
-    manager.register(plugin, name="corral.plugins.builtin.frontends")
+if not manager.has_plugin("corral.frontends.plugin"):
+    manager.register(plugin, name="corral.frontends.plugin")
 from corral.cli import main
 sys.exit(main())
 """
@@ -49,7 +49,7 @@ def spawn(env: dict[str, str], *args: str) -> pexpect.spawn:
         ["-c", LAUNCHER, *args],
         env=env,
         encoding="utf-8",
-        timeout=WAIT,
+        timeout=TIMEOUT,
         dimensions=(40, 120),
     )
 
@@ -207,8 +207,8 @@ def test_existing_kernel_is_joined_and_left_running(
     monkeypatch.setenv("CORRAL_DIR", env["CORRAL_DIR"])
     with KernelManager(autorestart=False) as manager:
         client = manager.client()
-        client.wait_for_ready(WAIT)
-        client.execute_interactive("y = 'kept'", timeout=WAIT, output_hook=lambda m: None)
+        client.wait_for_ready(TIMEOUT)
+        client.execute_interactive("y = 'kept'", timeout=TIMEOUT, output_hook=lambda m: None)
         client.close()
         child = spawn(env, "console", "--simple-prompt", "--existing", str(manager.connection_file))
         try:
@@ -252,7 +252,7 @@ def wait_gone(pid: int) -> bool:
     """The kernel is shut down as the console leaves: poll for its end with a deadline."""
     import time
 
-    deadline = time.monotonic() + WAIT
+    deadline = time.monotonic() + TIMEOUT
     while not gone(pid):
         if time.monotonic() > deadline:
             return False

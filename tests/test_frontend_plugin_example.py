@@ -61,7 +61,7 @@ def test_builtin_frontends_are_commands_of_the_same_kind(command: str) -> None:
     """The built-in frontends plugin adds its commands through the same hook."""
     import argparse
 
-    from corral.plugins.builtin import frontends
+    from corral.frontends import plugin as frontends
 
     parser = argparse.ArgumentParser()
     frontends.corral_add_commands(subparsers=parser.add_subparsers(dest="command"))

@@ -17,6 +17,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from helpers import wait_for_file
 from parallel_client_harness import LiveCluster
 
 import corral as ipp
@@ -47,15 +48,6 @@ def fail_on_odd(x: int) -> int:
     if x % 2:
         raise ValueError(f"odd {x}")
     return x
-
-
-def wait_for_file(path: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.005)
-    return "released"
 
 
 def touch_then_wait(started: str, release: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TIMEOUT
 from jupyter_helpers import isolate_jupyter
 from parallel_client_harness import LiveCluster
 
@@ -19,7 +20,6 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 pytestmark = pytest.mark.timeout(240)
-TIMEOUT = 60
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 from jupyter_helpers import isolate_jupyter
 
@@ -49,7 +49,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-WAIT = 90.0
+WAIT = 1.5 * helpers.TIMEOUT  # a browser, a Jupyter server and a kernel start first
 
 
 def free_port() -> int:
@@ -59,18 +59,10 @@ def free_port() -> int:
 
 
 def until(what: str, check: Any, timeout: float = WAIT) -> Any:
-    """Poll ``check()`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except Exception:  # the page is still being built
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    """:func:`helpers.until` for a page: an exception means it is still being built."""
+    return helpers.until(
+        check, timeout, what=f"timed out waiting for {what}", tolerate=(Exception,), interval=0.2
+    )
 
 
 @pytest.fixture

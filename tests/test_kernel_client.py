@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
+from helpers import TIMEOUT
 
 from corral.notification import NotificationCenter
 from corral.transports.zmq.client import (
@@ -26,8 +27,6 @@ from corral.transports.zmq.connection import ConnectionInfo
 from corral.transports.zmq.kernel_events import KERNEL_RESTARTED
 from corral.transports.zmq.manager import KernelManager
 from corral.transports.zmq.wire import Signer, make_message, serialize
-
-TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")

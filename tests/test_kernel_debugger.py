@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("debugpy")
 pytest.importorskip("jupyter_client")
+from helpers import TIMEOUT
 from jupyter_client import BlockingKernelClient  # noqa: E402
 from test_kernel_protocol import connect, reply_to, start_kernel, stop  # noqa: E402
 
-TIMEOUT = 30
 CELL = "def f(a):\n    b = a * 2\n    return b\n\nresult = f(21)\n"
 
 

@@ -16,13 +16,12 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import TIMEOUT
 
 from corral.notification import NotificationCenter
 from corral.transports.zmq.client import KernelDiedError
 from corral.transports.zmq.kernel_events import KERNEL_DIED, KERNEL_RESTARTED, KERNEL_STARTED
 from corral.transports.zmq.manager import KernelManager, KernelStartError
-
-TIMEOUT = 60
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ LAUNCHER = textwrap.dedent(
     from pathlib import Path
     connection_file = Path(sys.argv[1])
     kernel = subprocess.Popen(
-        [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", str(connection_file)],
+        [sys.executable, "-m", "corral.plugins.kernel_main", "-f", str(connection_file)],
         env={**os.environ, "JPY_PARENT_PID": str(os.getpid())},
         start_new_session=True,
         stdout=subprocess.DEVNULL,  # the test reads only the launcher's own output

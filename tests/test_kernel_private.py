@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT
 
 from corral.transports.zmq.manager import KernelManager
 
-TIMEOUT = 60.0
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,12 @@ from typing import Any
 
 import pytest
 import zmq
+from helpers import TIMEOUT, wait_for_file
 
 jupyter_client = pytest.importorskip("jupyter_client")
 from jupyter_client import BlockingKernelClient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 10
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -38,24 +37,13 @@ def kernel_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def wait_for_file(path: Path, proc: subprocess.Popen) -> None:
-    """A file has no event to await; poll briefly, failing fast if the kernel died."""
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"kernel exited with {proc.returncode} before writing {path}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no connection file at {path}")
-        time.sleep(0.005)
-
-
 def start_kernel(tmp: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     cf = tmp / f"kernel-{uuid.uuid4().hex[:8]}.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", str(cf), *args],
+        [sys.executable, "-m", "corral.plugins.kernel_main", "-f", str(cf), *args],
         env=kernel_env(tmp),
     )
-    wait_for_file(cf, proc)
+    wait_for_file(cf, proc=proc)
     return proc, cf
 
 
@@ -514,7 +502,7 @@ def test_connection_file_is_private_and_ports_are_bound_first(
 def test_without_connection_file_kernel_writes_one_into_the_profile(tmp: Path) -> None:
     env = kernel_env(tmp)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.transports.zmq.kernel_main"],
+        [sys.executable, "-m", "corral.plugins.kernel_main"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,

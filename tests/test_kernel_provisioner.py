@@ -18,6 +18,7 @@ import pytest
 from jupyter_helpers import isolate_jupyter
 
 pytest.importorskip("jupyter_client")
+from helpers import TIMEOUT
 from jupyter_client import KernelManager  # noqa: E402
 from jupyter_client.provisioning import KernelProvisionerFactory  # noqa: E402
 
@@ -30,7 +31,6 @@ from corral.transports.zmq.kernelspec import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 10
 
 needs_provisioner = pytest.mark.skipif(
     not KernelProvisionerFactory.instance()._check_availability(PROVISIONER_NAME),

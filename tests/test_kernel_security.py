@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import zmq
+from helpers import TIMEOUT
 
 from corral.transports.zmq import wire
 from corral.transports.zmq.connection import ConnectionInfo, read_connection_file
@@ -25,7 +26,6 @@ from corral.transports.zmq.kernelspec import install_kernelspec
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 10
 
 
 def kernel_env(tmp: Path) -> dict[str, str]:
@@ -40,7 +40,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectionInfo]
     tmp = tmp_path_factory.mktemp("secure")
     cf = tmp / "kernel.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", str(cf)],
+        [sys.executable, "-m", "corral.plugins.kernel_main", "-f", str(cf)],
         env=kernel_env(tmp),
     )
     deadline = time.monotonic() + TIMEOUT

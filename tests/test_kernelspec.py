@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT
 from jupyter_helpers import isolate_jupyter
 
 from corral.transports.zmq.kernelspec import (
@@ -20,7 +21,6 @@ from corral.transports.zmq.kernelspec import (
 )
 
 DATA = Path(__file__).parent / "data"
-TIMEOUT = 10
 
 
 def test_kernel_json_content() -> None:
@@ -28,7 +28,7 @@ def test_kernel_json_content() -> None:
     assert spec["argv"] == [
         sys.executable,
         "-m",
-        "corral.transports.zmq.kernel_main",
+        "corral.plugins.kernel_main",
         "-f",
         "{connection_file}",
     ]
@@ -75,7 +75,7 @@ def test_corral_kernel_install_command(tmp_path: Path, monkeypatch) -> None:
     assert main(["kernel", "install", "--user", "--name", "mine"]) == 0
     spec = json.loads((tmp_path / "data" / "kernels" / "mine" / "kernel.json").read_text())
     assert spec["language"] == "python"
-    assert spec["argv"][1:3] == ["-m", "corral.transports.zmq.kernel_main"]
+    assert spec["argv"][1:3] == ["-m", "corral.plugins.kernel_main"]
 
 
 @pytest.fixture

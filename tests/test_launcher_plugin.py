@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from corral.plugins import get_plugin_manager, hookspecs
-from corral.plugins.parallel.launchers.base import get_launchers, known_launchers
+from corral.plugins.parallel.launchers.registry import get_launchers, known_launchers
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "tests" / "data" / "toy_launcher" / "corral_toy_launcher.py"

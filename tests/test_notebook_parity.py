@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT
 from jupyter_helpers import isolate_jupyter
 from notebook_cells import CELLS, notebook, signature
 
@@ -19,8 +20,6 @@ from corral.transports.zmq.kernelspec import install_kernelspec
 
 for _name in ("nbclient", "nbformat", "ipykernel", "matplotlib", "matplotlib_inline", "ipywidgets"):
     pytest.importorskip(_name)
-
-TIMEOUT = 60
 
 
 @pytest.fixture

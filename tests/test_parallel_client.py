@@ -15,7 +15,6 @@ import itertools
 import os
 import sys
 import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
+from helpers import until, wait_for_file
 from parallel_client_harness import LiveCluster
 
 from corral.core.serialize import SerializationError
@@ -59,27 +59,8 @@ def rc(cluster: LiveCluster) -> Client:
     return cluster.client
 
 
-def until(predicate: Any, timeout: float = 30.0) -> None:
-    """Wait for a condition nothing signals (a file an engine writes, say)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.005)
-
-
 def double(x: int) -> int:
     return 2 * x
-
-
-def wait_for_file(path: str, timeout: float = 60.0) -> str:
-    """Engine side: block until ``path`` exists (a test releases the task)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.005)
-    return "released"
 
 
 def touch_then_wait(started: str, release: str) -> int:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
+from helpers import until, wait_for_file
 from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import EngineError, RemoteError
@@ -23,23 +23,6 @@ from corral.plugins.parallel.client import EngineError, RemoteError
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_for_file(path: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.005)
-    return "released"
-
-
-def until(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.005)
 
 
 def record_pid_then_wait(folder: str, release: str) -> int:

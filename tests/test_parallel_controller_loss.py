@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from helpers import TIMEOUT
 from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client, ControllerLost, RemoteError
@@ -24,8 +25,6 @@ from corral.plugins.parallel.controller.main import ControllerConfig, take_over
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(180)
-
-WAIT = 30.0
 
 
 def wait_for_path(path: str, timeout: float = 60.0) -> str:
@@ -72,7 +71,7 @@ def test_pending_results_fail_with_controller_lost(cluster: LiveCluster, tmp_pat
     mapped = lview.map_async(wait_for_path, [gate] * 6)
     cluster.kill_controller()
     for result in [*running, direct, mapped]:
-        error = result.exception(timeout=WAIT)
+        error = result.exception(timeout=TIMEOUT)
         assert isinstance(error, ControllerLost), error
         assert "lost the controller" in str(error) and "reconnect()" in str(error)
     with pytest.raises(ControllerLost):
@@ -95,7 +94,7 @@ def test_iterating_a_map_wakes_when_the_controller_dies(
         iterating = pool.submit(lambda: list(mapped))
         cluster.kill_controller()
         with pytest.raises(ControllerLost):
-            iterating.result(WAIT)
+            iterating.result(TIMEOUT)
     open(gate, "w").close()
 
 
@@ -110,19 +109,19 @@ def test_engines_outlive_the_controller_and_rejoin_a_restart(
     started = str(tmp_path / "started")
     slow = rc.load_balanced_view().apply_async(start_then_wait, started, gate)
     # Wait until it runs, so that it finishes while no controller is there.
-    wait_for_path(started, WAIT)
+    wait_for_path(started, TIMEOUT)
     msg_id = slow.msg_ids[0]
     cluster.kill_controller()
-    assert isinstance(slow.exception(timeout=WAIT), ControllerLost)
+    assert isinstance(slow.exception(timeout=TIMEOUT), ControllerLost)
     open(gate, "w").close()  # the task finishes with nobody to tell
     cluster.restart_controller()
-    rc.reconnect(timeout=WAIT)
+    rc.reconnect(timeout=TIMEOUT)
     assert not rc.controller_lost
-    assert rc.wait_for_engines(len(ids), timeout=WAIT) == ids
+    assert rc.wait_for_engines(len(ids), timeout=TIMEOUT) == ids
     assert rc[:].apply_sync(engine_pid) == pids
     assert rc[:].pull("kept", block=True) == ["namespace"] * len(ids)
     # The reply the engine held reaches the new controller's database.
-    assert rc.get_result(msg_id).get(timeout=WAIT) == gate
+    assert rc.get_result(msg_id).get(timeout=TIMEOUT) == gate
     assert rc.load_balanced_view().map_sync(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
 
 
@@ -133,7 +132,7 @@ def test_a_new_client_of_a_restarted_controller_sees_the_old_engines(
     cluster.kill_controller()
     cluster.restart_controller()
     fresh: Client = cluster.connect()
-    assert fresh.wait_for_engines(len(ids), timeout=WAIT) == ids
+    assert fresh.wait_for_engines(len(ids), timeout=TIMEOUT) == ids
     assert fresh[:].apply_sync(engine_pid) == [fresh.engines[i].pid for i in fresh.ids]
 
 
@@ -156,7 +155,7 @@ def test_engines_exit_when_no_controller_comes_back(tmp_path: Path) -> None:
         live.kill_controller()
         assert live.cluster_file.exists(), "kept for a restart while engines wait"
         for engine in live.engines:
-            assert engine.wait(WAIT) == 1
+            assert engine.wait(TIMEOUT) == 1
         assert not live.cluster_file.exists(), "no stale file once nobody waits"
     finally:
         live.stop()
@@ -173,18 +172,18 @@ def test_tasks_the_dead_scheduler_never_gave_out_are_unknown_after_a_restart(
         lview = rc.load_balanced_view()
         running = [lview.apply_async(start_then_wait, path, gate) for path in started]
         for path in started:
-            wait_for_path(path, WAIT)  # one task on each engine, which holds no more
+            wait_for_path(path, TIMEOUT)  # one task on each engine, which holds no more
         waiting = [lview.apply_async(wait_for_path, gate) for _ in range(3)]
         live.kill_controller()
         live.restart_controller()
-        rc.reconnect(timeout=WAIT)
-        rc.wait_for_engines(2, timeout=WAIT)
+        rc.reconnect(timeout=TIMEOUT)
+        rc.wait_for_engines(2, timeout=TIMEOUT)
         for result in waiting:  # never left the dead scheduler: unknown, not pending
             with pytest.raises(RemoteError) as info:
-                rc.get_result(result.msg_ids[0]).get(timeout=WAIT)
+                rc.get_result(result.msg_ids[0]).get(timeout=TIMEOUT)
             assert "submit it again" in str(info.value)
         open(gate, "w").close()
         for result in running:
-            assert rc.get_result(result.msg_ids[0]).get(timeout=WAIT) == gate
+            assert rc.get_result(result.msg_ids[0]).get(timeout=TIMEOUT) == gate
     finally:
         live.stop()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from helpers import TIMEOUT
 from parallel_fakes import split_batch
 
 from corral.core.serialize import deserialize, pack_apply, serialize
@@ -36,7 +37,6 @@ from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "a" * 64
-TIMEOUT = 30.0  # generous: the machine is shared; only a hang ever reaches it
 
 CHANNELS = ("mux_engine", "control_engine", "task_engine", "broadcast_engine")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from helpers import until
 from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client, EngineError, RemoteError
@@ -29,18 +30,6 @@ from corral.transports.zmq import wire
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def until(predicate: Any, timeout: float = 30.0) -> Any:
-    """Wait for state nothing signals to this process (the hub's database)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.01)
 
 
 def double(x: Any) -> Any:

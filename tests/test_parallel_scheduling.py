@@ -26,6 +26,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from helpers import until
 from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client, DependencyTimeout, EngineError
@@ -39,18 +40,6 @@ from corral.transports.zmq import wire
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def until(predicate: Any, timeout: float = 60.0) -> Any:
-    """Wait for state nothing signals to this process (files written by engines)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.005)
 
 
 # ------------------------------------------------------------------ policies (pure)

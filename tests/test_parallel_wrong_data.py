@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from helpers import TIMEOUT
 from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client
@@ -25,8 +26,6 @@ from corral.plugins.parallel.client import Client
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(120)
-
-WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def instant_replies(rc: Client) -> Iterator[None]:
 
     def submit_and_wait(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
-        done, _ = concurrent.futures.wait([result], timeout=WAIT)
+        done, _ = concurrent.futures.wait([result], timeout=TIMEOUT)
         assert done, "the reply never came"
         return result
 
@@ -97,7 +96,7 @@ def test_map_result_knows_its_length_before_an_instant_reply(
 ) -> None:
     result = rc.load_balanced_view().map(abs, range(-10, 0), block=False)
     assert len(result) == 10
-    assert result.get(WAIT) == list(range(10, 0, -1))
+    assert result.get(TIMEOUT) == list(range(10, 0, -1))
 
 
 def test_many_real_pulls_never_return_tuples(rc: Client) -> None:

@@ -15,21 +15,21 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from helpers import TIMEOUT
 
 from corral.transports.zmq.manager import KernelManager
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "corral" / "frontends" / "editors" / "textmate"
-WAIT = 30
 
 #: Runs ``corral`` with the frontends plugin registered (a no-op once it is built in).
 LAUNCHER = """
 import sys
-import corral.plugins.builtin.frontends as plugin
+import corral.frontends.plugin as plugin
 from corral.plugins.manager import get_plugin_manager
 manager = get_plugin_manager()
-if not manager.has_plugin("corral.plugins.builtin.frontends"):
-    manager.register(plugin, name="corral.plugins.builtin.frontends")
+if not manager.has_plugin("corral.frontends.plugin"):
+    manager.register(plugin, name="corral.frontends.plugin")
 from corral.cli import main
 sys.exit(main())
 """
@@ -52,7 +52,7 @@ def corral_run(
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=WAIT * 2,
+        timeout=TIMEOUT * 2,
     )
 
 
@@ -76,12 +76,12 @@ def test_file_output_streams_live(env: dict[str, str], tmp_path: Path) -> None:
         sys.executable, ["-c", LAUNCHER, "run", str(script)], env=env, encoding="utf-8"
     )
     try:
-        child.expect("first line", timeout=WAIT)
+        child.expect("first line", timeout=TIMEOUT)
         # The kernel is now blocked on the FIFO: the first line came while it was running.
         with open(fifo, "w") as fh:
             fh.write("go")
-        child.expect("second line go", timeout=WAIT)
-        child.expect(pexpect.EOF, timeout=WAIT)
+        child.expect("second line go", timeout=TIMEOUT)
+        child.expect(pexpect.EOF, timeout=TIMEOUT)
         child.close()
         assert child.exitstatus == 0
     finally:
@@ -159,11 +159,11 @@ def test_existing_kernel_keeps_state(env: dict[str, str], kernel: KernelManager)
     assert kernel.is_alive()
     client = kernel.client()
     try:
-        client.wait_for_ready(WAIT)
+        client.wait_for_ready(TIMEOUT)
         outputs: list[str] = []
         client.execute_interactive(
             "x",
-            timeout=WAIT,
+            timeout=TIMEOUT,
             output_hook=lambda m: outputs.append(str(m["content"].get("data", {}))),
         )
         assert any("41" in out for out in outputs)
@@ -207,10 +207,10 @@ def test_input_in_a_script_reads_the_terminal(env: dict[str, str], tmp_path: Pat
         sys.executable, ["-c", LAUNCHER, "run", str(script)], env=env, encoding="utf-8"
     )
     try:
-        child.expect("who\\? ", timeout=WAIT)
+        child.expect("who\\? ", timeout=TIMEOUT)
         child.sendline("bob")
-        child.expect("hi bob", timeout=WAIT)
-        child.expect(pexpect.EOF, timeout=WAIT)
+        child.expect("hi bob", timeout=TIMEOUT)
+        child.expect(pexpect.EOF, timeout=TIMEOUT)
         child.close()
         assert child.exitstatus == 0
     finally:
@@ -226,10 +226,10 @@ def test_input_with_code_on_stdin_asks_the_controlling_terminal(
     command = f"echo \"print('got', input('what? '))\" | {sys.executable} {launcher} run -"
     child = pexpect.spawn("/bin/sh", ["-c", command], env=env, encoding="utf-8")
     try:
-        child.expect("what\\? ", timeout=WAIT)
+        child.expect("what\\? ", timeout=TIMEOUT)
         child.sendline("tea")
-        child.expect("got tea", timeout=WAIT)
-        child.expect(pexpect.EOF, timeout=WAIT)
+        child.expect("got tea", timeout=TIMEOUT)
+        child.expect(pexpect.EOF, timeout=TIMEOUT)
         child.close()
         assert child.exitstatus == 0
     finally:

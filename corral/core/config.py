@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from corral.core.profiles import profile_dir
+from corral.errors import CorralError
 
 __all__ = [
     "Config",
@@ -42,7 +43,7 @@ _FALSE = {"0", "false", "no", "off"}
 _TYPES = ("str", "int", "float", "bool", "choice", "list", "path")
 
 
-class ConfigError(ValueError):
+class ConfigError(CorralError, ValueError):
     """A configuration value, section or key that corral cannot accept."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from corral.core.events import STREAM
 from corral.core.tracebacks import hide_from_tracebacks
+from corral.errors import CorralError
 from corral.notification.center import NotificationCenter
 
 __all__ = ["PostingStream", "StdinNotImplementedError", "redirect_output", "route_stdin"]
@@ -38,7 +39,7 @@ hide_from_tracebacks(__file__)
 _write_lock = threading.RLock()
 
 
-class StdinNotImplementedError(RuntimeError):
+class StdinNotImplementedError(CorralError, RuntimeError):
     """Raised by ``input()``/``getpass()`` when the frontend cannot answer (no stdin)."""
 
 

@@ -26,6 +26,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from corral.errors import CorralError
+
 __all__ = [
     "NO_VAR_EXPAND",
     "MagicsRegistry",
@@ -40,7 +42,7 @@ LineMagic = Callable[[Any, str], Any]
 CellMagic = Callable[[Any, str, str], Any]
 
 
-class UsageError(Exception):
+class UsageError(CorralError):
     """A magic was called wrongly; shown to the user as one line, without a traceback."""
 
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from corral.core.private import private_dir
+from corral.errors import CorralError
 
 __all__ = ["base_dir", "profile_dir", "list_profiles", "locate_profile", "ProfileNotFound"]
 
@@ -20,7 +21,7 @@ _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SUBDIRS = ("security", "log", "run", "db")
 
 
-class ProfileNotFound(LookupError):
+class ProfileNotFound(CorralError, LookupError):
     """Raised when a profile is asked for by name but does not exist."""
 
 

@@ -38,7 +38,9 @@ peer you trust; the transport authenticates every message with HMAC before it ge
 from __future__ import annotations
 
 import contextvars
+import copyreg
 import io
+import logging
 import pickle
 import sys
 import types
@@ -46,14 +48,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
+from corral.core.reducer_source import set_reducer_source, take_reducer_source
+from corral.errors import CorralError
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "DeserializationError",
     "Frame",
     "SerializationError",
     "deserialize",
+    "Reducer",
     "pack_apply",
+    "register_reducers",
+    "registered_reducers",
     "serialize",
+    "set_reducer_source",
     "unpack_apply",
 ]
 
@@ -71,7 +80,7 @@ _SCAN_DEPTH = 3
 _SCAN_WIDTH = 64
 
 
-class SerializationError(TypeError):
+class SerializationError(CorralError, TypeError):
     """An object could not be turned into frames.
 
     Raised by :func:`serialize` and :func:`pack_apply` in the caller's process, before
@@ -247,6 +256,52 @@ class _BytesPickler(_PersistentBytes, _FastPickler):
         self._keep = []
 
 
+# ------------------------------------------------------------------ reducers from plugins
+
+#: ``reduce(obj) -> (callable, args)``, as for :mod:`copyreg`: the receiving process calls
+#: ``callable(*args)``, so ``callable`` must be importable there.
+Reducer = Callable[[Any], tuple[Any, ...]]
+
+_reducers: dict[type, Reducer] = {}
+
+
+def register_reducers(reducers: Mapping[type, Reducer]) -> None:
+    """Pickle instances of each type (exactly that type, as :mod:`copyreg` does) with its
+    reducer. The plugins' ``corral_serializers`` hook lands here.
+
+    The table goes on the fast pickler as its ``dispatch_table``, merged with
+    :mod:`copyreg`'s, so the C pickler consults it at the cost it already pays for
+    copyreg's; with nothing registered the pickler is untouched.
+
+    .. versionadded:: 0.1
+    """
+    for cls, reduce in reducers.items():
+        if not isinstance(cls, type) or not callable(reduce):
+            raise TypeError(f"a reducer maps a type to a callable, not {cls!r} to {reduce!r}")
+    _reducers.update(reducers)
+    _FastPickler.dispatch_table = {**copyreg.dispatch_table, **_reducers}
+
+
+def registered_reducers() -> dict[type, Reducer]:
+    """A copy of the reducers registered so far."""
+    return dict(_reducers)
+
+
+def _reducers_from_source() -> bool:
+    """Ask the source once; True if it brought reducers (so pickling is worth retrying)."""
+    source = take_reducer_source()
+    if source is None:
+        return False
+    try:
+        found = dict(source())
+    except Exception:
+        logging.getLogger("corral.serialize").exception("cannot load plugin serializers")
+        return False
+    if found:
+        register_reducers(found)
+    return bool(found)
+
+
 _cloud_classes: tuple[type, type] | None = None
 
 
@@ -390,6 +445,11 @@ def _try_serialize(obj: Any, threshold: int) -> list[Frame]:
         return _dump(obj, threshold)
     except (pickle.PicklingError, TypeError, AttributeError):
         pass
+    if _reducers_from_source():  # plugins' serializers, loaded on this first need
+        try:
+            return _dump(obj, threshold)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            pass
     # Something the standard pickler refuses outright; cloudpickle knows a few more types.
     return _dump_rescue(obj, threshold)
 

@@ -20,10 +20,11 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from corral.frontends.kernel_link import KernelLink
 from corral.frontends.output import TerminalOutput, plain_text
+from corral.frontends.prompts import LineReader, continuation_prompt, in_prompt, out_prompt
 from corral.transports.zmq.client import KernelDiedError, MessageTimeout
 
 __all__ = ["Console", "LineReader", "SimpleReader", "in_prompt", "continuation_prompt"]
@@ -36,37 +37,6 @@ IsComplete = Callable[[str], tuple[str, str]]
 QUICK_REPLY_TIMEOUT = 5.0
 
 _HELP_REQUEST = re.compile(r"^\s*(?P<name>[\w.]+)\s*(?P<marks>\?\??)\s*$")
-
-
-def in_prompt(count: int) -> str:
-    return f"In [{count}]: "
-
-
-def out_prompt(count: int) -> str:
-    return f"Out[{count}]: "
-
-
-def continuation_prompt(count: int) -> str:
-    """``   ...: `` as wide as the ``In [N]: `` it continues, so code lines up."""
-    width = len(in_prompt(count))
-    return " " * (width - 5) + "...: "
-
-
-class LineReader(Protocol):
-    """Reads cells for the console and shows messages that arrive from other threads."""
-
-    def read_cell(self, count: int) -> str:
-        """Read one complete cell; ``EOFError`` ends the console, ``KeyboardInterrupt``
-        discards what was typed."""
-        ...
-
-    def notify(self, text: str) -> None:
-        """Show ``text`` now, without breaking a prompt being edited (any thread)."""
-        ...
-
-    def set_next_input(self, text: str) -> None:
-        """Offer ``text`` as the next cell (the kernel's ``set_next_input`` payload)."""
-        ...
 
 
 class SimpleReader:

@@ -10,7 +10,7 @@ profile directory. Imported only when a terminal is there, so scripted use and t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import run_in_terminal
@@ -23,10 +23,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.lexers import PygmentsLexer
 from pygments.lexers.python import PythonLexer
 
-from corral.frontends.console import continuation_prompt
-
-if TYPE_CHECKING:
-    from corral.frontends.console import Console
+from corral.frontends.prompts import ConsoleSide, continuation_prompt
 
 __all__ = ["KernelCompleter", "PromptReader", "enter_action"]
 
@@ -39,7 +36,7 @@ class KernelCompleter(Completer):
     kernel client's sockets belong to that thread.
     """
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: ConsoleSide) -> None:
         self.console = console
 
     def get_completions(
@@ -92,9 +89,9 @@ def _history(profile: str) -> History:
 
 
 class PromptReader:
-    """A :class:`~corral.frontends.console.LineReader` on a prompt_toolkit session."""
+    """A :class:`~corral.frontends.prompts.LineReader` on a prompt_toolkit session."""
 
-    def __init__(self, console: Console, *, profile: str = "default") -> None:
+    def __init__(self, console: ConsoleSide, *, profile: str = "default") -> None:
         self.console = console
         self._count = 1
         self._next_input = ""

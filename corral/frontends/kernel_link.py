@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from corral.notification import NotificationCenter, shared_center
+from corral.plugins.kernels import KernelManager
 from corral.transports.zmq.client import (
     BlockingKernelClient,
     KernelDiedError,
@@ -32,7 +33,6 @@ from corral.transports.zmq.client import (
     kernel_public_key,
 )
 from corral.transports.zmq.kernel_events import KERNEL_DIED, KERNEL_RESTARTED
-from corral.transports.zmq.manager import KernelManager
 
 __all__ = ["KernelLink", "KernelState", "resolve_connection_file"]
 

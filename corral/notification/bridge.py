@@ -43,6 +43,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, wait
 from typing import Any, Protocol, runtime_checkable
 
+from corral.errors import CorralError
 from corral.notification.center import NotificationCenter, shared_center
 from corral.notification.names import TypeRegistry, sender_name, shared_types
 
@@ -65,7 +66,7 @@ WIRE_VERSION = 1
 _FIELDS = frozenset({"v", "type", "declared", "sender", "info"})
 
 
-class BridgeError(TypeError):
+class BridgeError(CorralError, TypeError):
     """A notification cannot cross the bridge: its type has no name or its info is not JSON.
 
     A ``TypeError`` because the caller passed a value of the wrong kind; raised in the

@@ -8,8 +8,9 @@ discovery at startup.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 _EXPORTS = {
     "CorralPluginManager": "corral.plugins.manager",
@@ -22,17 +23,33 @@ _EXPORTS = {
     "load_configuration": "corral.plugins.runtime",
 }
 
+if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at run time
+    from corral.plugins.manager import (
+        CorralPluginManager as CorralPluginManager,
+    )
+    from corral.plugins.manager import (
+        PluginFailure as PluginFailure,
+    )
+    from corral.plugins.manager import (
+        get_plugin_manager as get_plugin_manager,
+    )
+    from corral.plugins.manager import (
+        reset_plugin_manager as reset_plugin_manager,
+    )
+    from corral.plugins.markers import (
+        hookimpl as hookimpl,
+    )
+    from corral.plugins.markers import (
+        hookspec as hookspec,
+    )
+    from corral.plugins.runtime import (
+        build_schema as build_schema,
+    )
+    from corral.plugins.runtime import (
+        load_configuration as load_configuration,
+    )
+
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'corral.plugins' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

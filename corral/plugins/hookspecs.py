@@ -22,6 +22,8 @@ from corral.plugins.markers import hookspec
 if TYPE_CHECKING:
     from corral.core.config import Config, Schema
     from corral.core.magics import MagicsRegistry
+    from corral.core.serialize import Reducer
+    from corral.plugins.parallel.controller.policies import Policy
 
 
 @hookspec
@@ -90,6 +92,37 @@ def corral_launchers() -> Mapping[str, tuple[type, type]]:
     declared through :func:`corral_add_options`; they reach the launcher as its
     ``options`` mapping. The built-in launchers (local, ssh, mpi, slurm, ...) register
     through this hook too.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_schedulers() -> Mapping[str, Policy]:
+    """Return load-balancing policies by name: ``{"name": policy}``, where ``policy(loads,
+    last_used, rng, cursor)`` returns the index of the candidate engine a task goes to (see
+    :mod:`corral.plugins.parallel.controller.policies`, whose ``leastload``, ``lru``,
+    ``random``, ``twobin`` and ``weighted`` register through this hook too).
+    ``Cluster(policy="name")``, ``[controller] policy = name`` and the controller's
+    ``--policy name`` select one. A built-in name cannot be taken over: the first
+    registration of a name wins. Called in the controller process when it starts, only
+    for a name that is not built in.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_serializers() -> Mapping[type, Reducer]:
+    """Return reducers by type: ``{cls: reduce}``, where ``reduce(obj)`` returns
+    ``(callable, args)`` as for :mod:`copyreg` (``callable`` must be importable where the
+    object is loaded, so install the plugin on engines and clients alike). Exactly ``cls``
+    is matched, not its subclasses.
+
+    Kernels and the ``corral`` command register them when plugins are configured. Clients
+    and engines, which skip loading plugins at start, ask this hook the first time an
+    object does not pickle without it, then pickle it again: a serializer for a type pickle
+    already handles takes effect there only once something has needed the hook.
 
     .. versionadded:: 0.1
     """

@@ -29,6 +29,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from corral.errors import CorralError
+
 __all__ = [
     "ConnectionClosed",
     "FrameReader",
@@ -50,11 +52,11 @@ DEFAULT_MAX_FRAMES = 4096
 DEFAULT_MAX_BODY = 1 << 40
 
 
-class FramingError(ValueError):
+class FramingError(CorralError, ValueError):
     """The byte stream does not hold a well-formed message."""
 
 
-class ConnectionClosed(ConnectionError):
+class ConnectionClosed(CorralError, ConnectionError):
     """The peer closed the connection (or it was shut down)."""
 
 

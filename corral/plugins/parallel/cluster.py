@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 from corral.core.private import private_dir, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
+from corral.errors import CorralError
 from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
     EngineSetLauncher,
     LaunchError,
-    get_launchers,
 )
+from corral.plugins.parallel.launchers.registry import get_launchers
 
 if TYPE_CHECKING:
     from corral.plugins.parallel.client import Client
@@ -51,7 +52,7 @@ __all__ = ["Cluster", "ClusterError", "LaunchError", "new_cluster_id", "read_rec
 log = logging.getLogger("corral.cluster")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(CorralError, RuntimeError):
     """The cluster could not be started, or lost its processes while starting."""
 
 

@@ -13,6 +13,7 @@ from corral.plugins.markers import hookimpl
 
 @hookimpl
 def corral_add_magics(registry: Any) -> None:
-    from .client.magics import ParallelMagics, _default_view, register_corral
+    from .client.defaults import default_direct_view
+    from .client.magics import ParallelMagics, register_corral
 
-    register_corral(registry, ParallelMagics(None, view_factory=_default_view))
+    register_corral(registry, ParallelMagics(None, view_factory=default_direct_view))

@@ -172,9 +172,8 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
         "controller",
         "policy",
         "leastload",
-        "How the scheduler picks an engine: leastload, lru, random, twobin or weighted.",
-        type="choice",
-        choices=("leastload", "lru", "random", "twobin", "weighted"),
+        "How the scheduler picks an engine: leastload, lru, random, twobin, weighted, or "
+        "a policy a plugin registers through corral_schedulers.",
     ),
     Option(
         "controller",
@@ -281,7 +280,14 @@ def resolve(
 
 
 def _check_launchers(config: Config) -> None:
-    from corral.plugins.parallel.launchers.base import get_launchers
+    from corral.plugins.parallel.controller.policies import get_policy
+    from corral.plugins.parallel.launchers.registry import get_launchers
+
+    try:
+        get_policy(config.get("controller", "policy"))
+    except ValueError as error:
+        where = config.source("controller", "policy")
+        raise ConfigError(f"{where}: [controller] policy: {error}") from None
 
     for key in ("engines", "controller"):
         try:

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
+from corral.errors import CorralError
+
 __all__ = [
     "BATCH",
     "MAX_BATCH_BYTES",
@@ -58,7 +60,7 @@ MAX_BATCH_BYTES = 60 * 1024
 _BATCH_LEN = len(BATCH)
 
 
-class BatchError(ValueError):
+class BatchError(CorralError, ValueError):
     """A frame list marked as a batch whose index does not describe it."""
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import zmq
 
+from corral.errors import CorralError
 from corral.transports.zmq.wire import ReplayGuard, Signer, WireError, deserialize, make_message
 from corral.transports.zmq.wire import serialize as serialize_message
 
@@ -66,7 +67,7 @@ _SOCKET_TYPES = {
 _REPLAY_WINDOW = 50_000
 
 
-class KernelDiedError(RuntimeError):
+class KernelDiedError(CorralError, RuntimeError):
     """The kernel died (or was restarted) while a request could still be answered.
 
     Raised by every wait that was pending when the manager noticed the death, and by new
@@ -95,7 +96,7 @@ class KernelDiedError(RuntimeError):
         )
 
 
-class MessageTimeout(TimeoutError, queue.Empty):
+class MessageTimeout(CorralError, TimeoutError, queue.Empty):
     """No message arrived in time.
 
     A :class:`TimeoutError`, and also a :class:`queue.Empty` so that code written for

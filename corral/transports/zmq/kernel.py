@@ -59,7 +59,7 @@ _LINGER_MS = 1000
 def _corral_version() -> str:
     # Not importlib.metadata: scanning installed distributions costs ~17 ms, on the path of
     # a frontend's very first reply.
-    from corral import __version__
+    from corral._version import __version__
 
     return __version__
 

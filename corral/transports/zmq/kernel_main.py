@@ -1,4 +1,7 @@
-"""Process entry point of a kernel: ``python -m corral.transports.zmq.kernel_main``.
+"""A kernel process without plugins: ``python -m corral.transports.zmq.kernel_main``.
+
+Kernels normally run :mod:`corral.plugins.kernel_main`, which calls :func:`main` here with
+the plugin loader; this module is the transport layer's part and imports no plugins. Options:
 
 ``-f FILE``
     Use the ports, key and transport in ``FILE`` (as written by jupyter_client). Ports
@@ -23,9 +26,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["READY_FD_ENV", "main", "parse_args"]
+__all__ = ["KERNEL_MODULE", "READY_FD_ENV", "PluginLoader", "main", "parse_args"]
 
 #: Names the pipe a launcher waits on for the kernel's "ports bound" byte (.provisioner).
 READY_FD_ENV = "CORRAL_KERNEL_READY_FD"
@@ -76,50 +79,22 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     threading.Thread(target=poll, name="corral-parent-watch", daemon=True).start()
 
 
-class _PluginLoader:
-    """Loads plugins and their magics off the startup path, in a thread of its own.
+class PluginLoader(Protocol):
+    """What :func:`main` needs from whoever loads plugins: start off the startup path, and
+    let an execution wait until loading is done. The plugins layer supplies one
+    (:mod:`corral.plugins.kernel_main`); this layer never imports plugins itself."""
 
-    Finding entry points and resolving configuration takes tens of milliseconds of CPU,
-    more than the rest of startup; a frontend's first kernel_info needs none of it, an
-    execution may. So loading starts once the first request has been answered (or at the
-    first execution, if that comes first), and executions wait for it to finish.
-    """
+    def start(self) -> None: ...
 
-    def __init__(self, interpreter: Callable[[], Any], profile: str) -> None:
-        import threading
+    def wait(self) -> None: ...
 
-        self._interpreter = interpreter
-        self._profile = profile
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        import threading
+#: Builds the loader from the (lazily made) interpreter and the profile name.
+PluginLoaderFactory = Callable[[Callable[[], Any], str], PluginLoader]
 
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._load, name="corral-plugin-loader", daemon=True
-                )
-                self._thread.start()
-
-    def wait(self) -> None:
-        self.start()
-        assert self._thread is not None
-        self._thread.join()
-
-    def _load(self) -> None:
-        log = logging.getLogger("corral.kernel")
-        try:
-            from corral.plugins.manager import get_plugin_manager
-            from corral.plugins.runtime import load_configuration
-
-            manager = get_plugin_manager(profile=self._profile)
-            config = load_configuration(manager, profile=self._profile)
-            manager.hook.corral_configure(config=config)
-            manager.hook.corral_add_magics(registry=self._interpreter().magics)
-        except Exception:
-            log.exception("plugins could not be loaded; the kernel runs without them")
+#: The module a kernel process runs: this server plus the plugins. Named, not imported, so
+#: the transports start it without depending on the layer above them.
+KERNEL_MODULE = "corral.plugins.kernel_main"
 
 
 class _Options:
@@ -176,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> Any:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m corral.transports.zmq.kernel_main",
+        prog=f"python -m {KERNEL_MODULE}",
         description="Run a corral kernel speaking the Jupyter messaging protocol.",
     )
     parser.add_argument("-f", "--connection-file", help="connection file to use or write")
@@ -198,8 +173,13 @@ def parse_args(argv: list[str] | None = None) -> Any:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a kernel until it is asked to shut down; returns the exit status."""
+def main(argv: list[str] | None = None, *, plugins: PluginLoaderFactory | None = None) -> int:
+    """Run a kernel until it is asked to shut down; returns the exit status.
+
+    ``plugins`` builds the loader of plugins and their magics; without it (``python -m
+    corral.transports.zmq.kernel_main``) the kernel serves with the interpreter's own
+    magics only. :data:`KERNEL_MODULE` is the entry point that passes corral's loader.
+    """
     args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -244,14 +224,16 @@ def main(argv: list[str] | None = None) -> int:
         write_connection_file(path, info)
     report_bound()
     server.start()
-    plugins = _PluginLoader(lambda: server.interpreter, args.profile)
+    loader = plugins(lambda: server.interpreter, args.profile) if plugins else None
 
     def after_first_request() -> None:
         server.interpreter  # noqa: B018 - made now, while the frontend reads its reply
-        plugins.start()
+        if loader is not None:
+            loader.start()
 
     server.after_first_request = after_first_request
-    server.prepare_execute = plugins.wait
+    if loader is not None:
+        server.prepare_execute = loader.wait
     server.serve_forever()
     return 0
 

@@ -1,7 +1,7 @@
 """Installing corral as a Jupyter kernel: a ``kernel.json`` in the standard data dirs.
 
 Jupyter finds kernels in ``<data dir>/kernels/<name>/kernel.json``; this writes one whose
-``argv`` starts this interpreter with :mod:`corral.transports.zmq.kernel_main`, so
+``argv`` starts this interpreter with :mod:`corral.plugins.kernel_main`, so
 jupyter_client, nbclient, ``jupyter console`` and JupyterLab can start corral kernels.
 
 The spec can also name corral's kernel provisioner (:mod:`.provisioner`), which saves
@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from corral.transports.zmq.kernel_main import KERNEL_MODULE
 
 __all__ = ["PROVISIONER_NAME", "add_kernel_cli", "install_kernelspec", "kernel_json", "kernels_dir"]
 
@@ -60,7 +62,7 @@ def kernel_json(
         "argv": [
             sys.executable,
             "-m",
-            "corral.transports.zmq.kernel_main",
+            KERNEL_MODULE,
             "-f",
             "{connection_file}",
         ],

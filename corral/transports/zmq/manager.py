@@ -1,7 +1,7 @@
 """The kernel manager: starts a kernel process, watches it, restarts it, stops it for good.
 
 How a kernel is started: the manager picks a connection file *path* that does not exist yet
-and runs ``python -m corral.transports.zmq.kernel_main -f PATH`` in a new session (so it
+and runs ``python -m corral.plugins.kernel_main -f PATH`` in a new session (so it
 and everything it spawns form one process group the manager can signal as a whole). The
 kernel binds random ports and only then writes the file, so no other process can race
 for the ports; the manager waits for the file while watching that the process stays alive,
@@ -36,6 +36,7 @@ import psutil
 import zmq
 
 from corral.core.private import private_dir, private_file
+from corral.errors import CorralError
 from corral.notification import NotificationCenter, shared_center
 from corral.transports.zmq.aclient import AsyncKernelClient
 from corral.transports.zmq.client import (
@@ -52,6 +53,7 @@ from corral.transports.zmq.connection import (
     read_connection_file,
 )
 from corral.transports.zmq.kernel_events import KERNEL_DIED, KERNEL_RESTARTED, KERNEL_STARTED
+from corral.transports.zmq.kernel_main import KERNEL_MODULE
 from corral.transports.zmq.wire import Signer, make_message, serialize
 
 __all__ = ["KernelManager", "KernelStartError"]
@@ -62,13 +64,13 @@ log = logging.getLogger("corral.manager")
 _TAIL_BYTES = 4000
 
 
-class KernelStartError(RuntimeError):
+class KernelStartError(CorralError, RuntimeError):
     """The kernel process exited, or never wrote its connection file, while starting."""
 
 
 def default_kernel_cmd() -> list[str]:
     """corral's own kernel, run by this interpreter; ``{connection_file}`` is filled in."""
-    return [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", "{connection_file}"]
+    return [sys.executable, "-m", KERNEL_MODULE, "-f", "{connection_file}"]
 
 
 class _KernelProcess:
@@ -246,21 +248,6 @@ def _shutdown_forgotten_kernels() -> None:
             log.exception("could not stop kernel %s at exit", manager.pid)
 
 
-def _check_profile_config(directory: Path) -> None:
-    """Fail now, naming file, line and key, if the profile's (or the system's) corral.ini
-    is broken: the kernel would otherwise start on a configuration the CLI refuses.
-    Only when such a file exists, because checking needs every plugin's options (loaded
-    lazily here, as the kernel process itself does)."""
-    from corral.core.config import system_config_path
-
-    if not (directory / "corral.ini").is_file() and not system_config_path().is_file():
-        return
-    from corral.plugins.manager import get_plugin_manager
-    from corral.plugins.runtime import load_configuration
-
-    load_configuration(get_plugin_manager(), profile=None, profile_file=directory / "corral.ini")
-
-
 class KernelManager:
     """Starts and owns one kernel process, and hands out clients that follow it.
 
@@ -287,6 +274,14 @@ class KernelManager:
     #: Seconds between SIGTERM and SIGKILL when stopping the process group.
     kill_grace: float = 2.0
 
+    def check_profile(self, directory: Path) -> None:
+        """Refuse a profile whose configuration is broken, before anything starts.
+
+        Nothing to check at this layer: the options are declared by plugins, which the
+        transports do not import. :class:`corral.plugins.kernels.KernelManager` (what
+        ``corral.KernelManager`` is) overrides this with the full configuration check.
+        """
+
     def __init__(
         self,
         *,
@@ -311,7 +306,7 @@ class KernelManager:
         self.transport = transport
         self.profile = profile
         self._profile_dir = profile_dir(profile)
-        _check_profile_config(self._profile_dir)
+        self.check_profile(self._profile_dir)
         if connection_file is None:
             connection_file = new_connection_file(self._profile_dir / "security")
         self.connection_file: Path = Path(connection_file)

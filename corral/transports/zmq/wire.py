@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
+from corral.errors import CorralError
+
 __all__ = [
     "DELIMITER",
     "PROTOCOL_VERSION",
@@ -48,7 +50,7 @@ PROTOCOL_VERSION = "5.4"
 _FIXED_PARTS = 5
 
 
-class WireError(ValueError):
+class WireError(CorralError, ValueError):
     """A frame list that must not be acted upon; the message says why."""
 
 

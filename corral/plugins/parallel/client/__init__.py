@@ -14,8 +14,9 @@ do not pay for the client machinery.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from corral._lazy import lazy_exports
 
 _EXPORTS = {
     "Client": ".client",
@@ -62,20 +63,147 @@ _EXPORTS = {
     "dependent": ".dependencies",
     "Dependency": ".dependencies",
     "bind_kernel": ".dependencies",
-    "register_joblib_backend": ".joblib_backend",
+    "register_joblib_backend": ".defaults",
 }
+
+if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at run time
+    from .asyncresult import (
+        ALL_COMPLETED as ALL_COMPLETED,
+    )
+    from .asyncresult import (
+        FIRST_COMPLETED as FIRST_COMPLETED,
+    )
+    from .asyncresult import (
+        FIRST_EXCEPTION as FIRST_EXCEPTION,
+    )
+    from .asyncresult import (
+        AsyncMapResult as AsyncMapResult,
+    )
+    from .asyncresult import (
+        AsyncResult as AsyncResult,
+    )
+    from .asyncresult import (
+        ExecuteReply as ExecuteReply,
+    )
+    from .asyncresult import (
+        as_completed as as_completed,
+    )
+    from .client import (
+        Client as Client,
+    )
+    from .client import (
+        EngineInfo as EngineInfo,
+    )
+    from .defaults import (
+        register_joblib_backend as register_joblib_backend,
+    )
+    from .dependencies import (
+        Dependency as Dependency,
+    )
+    from .dependencies import (
+        Reference as Reference,
+    )
+    from .dependencies import (
+        bind_kernel as bind_kernel,
+    )
+    from .dependencies import (
+        depend as depend,
+    )
+    from .dependencies import (
+        dependent as dependent,
+    )
+    from .dependencies import (
+        require as require,
+    )
+    from .dependencies import (
+        use_cloudpickle as use_cloudpickle,
+    )
+    from .dependencies import (
+        use_dill as use_dill,
+    )
+    from .dependencies import (
+        use_pickle as use_pickle,
+    )
+    from .errors import (
+        CompositeError as CompositeError,
+    )
+    from .errors import (
+        ControllerLost as ControllerLost,
+    )
+    from .errors import (
+        DependencyTimeout as DependencyTimeout,
+    )
+    from .errors import (
+        EngineError as EngineError,
+    )
+    from .errors import (
+        ImpossibleDependency as ImpossibleDependency,
+    )
+    from .errors import (
+        InvalidDependency as InvalidDependency,
+    )
+    from .errors import (
+        KernelError as KernelError,
+    )
+    from .errors import (
+        NoEnginesRegistered as NoEnginesRegistered,
+    )
+    from .errors import (
+        RemoteError as RemoteError,
+    )
+    from .errors import (
+        TaskAborted as TaskAborted,
+    )
+    from .errors import (
+        TaskRejectError as TaskRejectError,
+    )
+    from .errors import (
+        TaskTimeout as TaskTimeout,
+    )
+    from .errors import (
+        TimeoutError as TimeoutError,
+    )
+    from .errors import (
+        UnmetDependency as UnmetDependency,
+    )
+    from .executor import (
+        ClusterExecutor as ClusterExecutor,
+    )
+    from .executor import (
+        ViewExecutor as ViewExecutor,
+    )
+    from .hubresult import (
+        AsyncHubResult as AsyncHubResult,
+    )
+    from .remote import (
+        ParallelFunction as ParallelFunction,
+    )
+    from .remote import (
+        RemoteFunction as RemoteFunction,
+    )
+    from .remote import (
+        interactive as interactive,
+    )
+    from .remote import (
+        parallel as parallel,
+    )
+    from .remote import (
+        remote as remote,
+    )
+    from .views import (
+        BroadcastView as BroadcastView,
+    )
+    from .views import (
+        DirectView as DirectView,
+    )
+    from .views import (
+        LoadBalancedView as LoadBalancedView,
+    )
+    from .views import (
+        View as View,
+    )
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -942,6 +942,20 @@ def reply_outcome(
         return None, RemoteError(type(exc).__name__, str(exc), "", engine_id, msg_id=msg_id)
 
 
+def msg_ids_of(jobs: Any) -> list[str]:
+    """msg_ids from a msg_id, an AsyncResult, or an iterable of either."""
+    if jobs is None:
+        return []
+    if isinstance(jobs, str):
+        return [jobs]
+    if isinstance(jobs, AsyncResult):
+        return list(jobs.msg_ids)
+    out: list[str] = []
+    for job in jobs:
+        out.extend(msg_ids_of(job))
+    return out
+
+
 def engine_death_error(engine_id: int, msg_id: str | None = None) -> EngineError:
     """The error a task gets when the hub says its engine died before replying."""
     return EngineError(

@@ -34,6 +34,7 @@ from .asyncresult import (
     AsyncResult,
     BroadcastResult,
     engine_death_error,
+    msg_ids_of,
     reply_outcome,
 )
 from .compat import ClientCompat, forever
@@ -114,20 +115,6 @@ def _url(info: dict[str, Any], name: str) -> str:
     if transport == "ipc":
         return f"ipc://{ip}-{port}"
     return f"{transport}://{ip}:{port}"
-
-
-def msg_ids_of(jobs: Any) -> list[str]:
-    """msg_ids from a msg_id, an AsyncResult, or an iterable of either."""
-    if jobs is None:
-        return []
-    if isinstance(jobs, str):
-        return [jobs]
-    if isinstance(jobs, AsyncResult):
-        return list(jobs.msg_ids)
-    out: list[str] = []
-    for job in jobs:
-        out.extend(msg_ids_of(job))
-    return out
 
 
 class Client(ClientCompat):

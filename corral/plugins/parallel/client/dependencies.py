@@ -131,7 +131,7 @@ class Dependency(set):  # type: ignore[type-arg]
         success: bool = True,
         failure: bool = False,
     ) -> None:
-        from .client import msg_ids_of
+        from .asyncresult import msg_ids_of
 
         if not (all and success and not failure):
             raise NotImplementedError(

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from corral.errors import CorralError
+
 __all__ = [
     "CompositeError",
     "DependencyTimeout",
@@ -36,7 +38,7 @@ __all__ = [
 TimeoutError = TimeoutError  # noqa: A001, PLW0127
 
 
-class KernelError(Exception):
+class KernelError(CorralError):
     """The base of every error about work done elsewhere (ipyparallel's name).
 
     .. versionadded:: 0.1
@@ -124,7 +126,7 @@ class EngineError(RemoteError):
     """
 
 
-class ControllerLost(ConnectionError):
+class ControllerLost(CorralError, ConnectionError):
     """The cluster's controller went away: nothing pending will be answered through it.
 
     Raised by every result that was still pending and by every call that needs the

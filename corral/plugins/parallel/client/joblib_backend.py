@@ -19,9 +19,10 @@ client's I/O thread (joblib submits the next batch from them).
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["register_joblib_backend"]  # and CorralBackend, made on first use
+__all__ = ["register"]  # and CorralBackend, made on first use
 
 
 def _backend_class() -> type:
@@ -34,25 +35,21 @@ def _backend_class() -> type:
         supports_sharedmem = False
         uses_threads = False
 
-        def __init__(self, view: Any = None, **kwargs: Any) -> None:
+        def __init__(
+            self, view: Any = None, view_factory: Callable[[], Any] | None = None, **kwargs: Any
+        ) -> None:
             super().__init__(**kwargs)
-            from .views import LoadBalancedView
-
-            if view is not None and not isinstance(view, LoadBalancedView):
-                # A direct view would run every batch on each of its engines.
-                view = view.client.load_balanced_view(view.targets)
-            self._view = view
-            self._own_client: Any = None
+            self._view = view  # a load-balanced view (the caller converts a direct one)
+            self._view_factory = view_factory
             self._pending: set[Any] = set()
             self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
 
         @property
         def view(self) -> Any:
             if self._view is None:
-                from .client import Client
-
-                self._own_client = Client()
-                self._view = self._own_client.load_balanced_view()
+                if self._view_factory is None:
+                    raise RuntimeError("this joblib backend was registered without a view")
+                self._view = self._view_factory()
             return self._view
 
         def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -120,20 +117,23 @@ def _get_class() -> type:
     return _CLASS
 
 
-def register_joblib_backend(
-    name: str = "corral", make_default: bool = False, view: Any = None
+def register(
+    name: str,
+    make_default: bool = False,
+    *,
+    view: Any = None,
+    view_factory: Callable[[], Any] | None = None,
 ) -> None:
-    """Register a joblib backend called ``name`` running on ``view`` (default: a
-    load-balanced view of ``Client()``, connected on first use).
-
-    Then ``with joblib.parallel_backend(name):`` runs ``Parallel`` / ``n_jobs`` work on
-    the cluster; ``make_default=True`` makes it joblib's default backend.
+    """Register a joblib backend called ``name`` running on the load-balanced ``view``,
+    or on the one ``view_factory()`` makes on first use. The public entry points are
+    :func:`.defaults.register_joblib_backend` and ``View.register_joblib_backend``; this
+    module knows neither the client nor the views (it used to import both: a cycle).
     """
     from joblib.parallel import register_parallel_backend
 
     cls = _get_class()
 
     def factory(**kwargs: Any) -> Any:
-        return cls(view=view, **kwargs)
+        return cls(view=view, view_factory=view_factory, **kwargs)
 
     register_parallel_backend(name, factory, make_default=make_default)

@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from corral.errors import CorralError
 from corral.transports import unix
 from corral.transports.zmq import wire
 
@@ -44,7 +45,7 @@ MAX_LOCAL_REQUEST = 256 * 1024 * 1024
 MAX_LOCAL_BUFFERS = 4000
 
 
-class EngineGone(ConnectionError):
+class EngineGone(CorralError, ConnectionError):
     """The engine's end of a local connection closed while a call waited on it."""
 
 

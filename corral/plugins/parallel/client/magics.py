@@ -27,7 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ParallelMagics", "load_ipython_extension", "parse_targets"]
+from corral.errors import CorralError
+
+__all__ = ["ParallelMagics", "parse_targets"]  # the extension entry: .defaults
 
 NO_LAST_RESULT = "%pxresult recalls the last %px result, and there is none yet."
 
@@ -113,7 +115,7 @@ class CorralHost(_Host):
 # ------------------------------------------------------------------------- arguments
 
 
-class _ArgumentError(Exception):
+class _ArgumentError(CorralError):
     pass
 
 
@@ -541,16 +543,6 @@ def register_corral(registry: Any, magics: ParallelMagics) -> ParallelMagics:
     return magics
 
 
-def _default_view() -> Any:
-    """The view ``%px`` uses until one is activated: all engines of ``Client()``,
-    blocking (as ipyparallel's ``rc.activate()``)."""
-    from .client import Client
-
-    view = Client().direct_view("all")
-    view.block = True
-    return view
-
-
 def activate(view: Any, suffix: str = "") -> ParallelMagics | None:
     """``view.activate(suffix)``: %px{suffix} & co. on ``view`` in the running shell."""
     shell = _ipython_shell()
@@ -577,13 +569,3 @@ def _ipython_shell() -> Any:
     except ImportError:
         return None
     return get_ipython()
-
-
-def load_ipython_extension(shell: Any) -> None:
-    """``%load_ext corral``: the %px magics, on all engines of ``Client()`` (connected at
-    the first %px) unless a view is activated."""
-    magics = getattr(shell, "_corral_px_magics", None)
-    if magics is None:
-        magics = ParallelMagics(None, view_factory=_default_view)
-        shell._corral_px_magics = magics
-    register_ipython(shell, magics)

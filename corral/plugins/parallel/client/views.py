@@ -26,13 +26,13 @@ import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.core.serialize import pack_apply, serialize
 
-from .asyncresult import AsyncMapResult, AsyncResult
-from .client import Client, msg_ids_of
+from .asyncresult import AsyncMapResult, AsyncResult, msg_ids_of
 from .errors import ControllerLost, RemoteError
+from .link import ClientLink
 from .mapping import (
     auto_chunksize,
     chunk_slices,
@@ -44,6 +44,9 @@ from .mapping import (
 from .messages import encode_json
 
 __all__ = ["BroadcastView", "DirectView", "LoadBalancedView", "View"]
+
+if TYPE_CHECKING:
+    from .client import Client
 
 log = logging.getLogger("corral.plugins.parallel.client.views")
 
@@ -80,6 +83,8 @@ class View:
         follow: Any = None,
     ) -> None:
         self.client = client
+        #: What this view may ask of its client (see :mod:`.link`).
+        self._link = ClientLink(client)
         self.targets = targets
         self.block = block
         self.retries = retries
@@ -152,7 +157,7 @@ class View:
 
     def __len__(self) -> int:
         """How many engines the view addresses (all live engines for ``"all"``/None)."""
-        resolved = self.client._resolve_targets(self.targets)
+        resolved = self._link.resolve_targets(self.targets)
         return 1 if isinstance(resolved, int) else len(resolved)
 
     def __bool__(self) -> bool:
@@ -239,11 +244,11 @@ class View:
     ) -> AsyncMapResult:
         """Send ``map_chunk(f, *columns[slice])`` for each slice to its target."""
         routes = []
-        shipped = self.client._functions.lookup(f)
+        shipped = self._link.shipped(f)
         for part, target in zip(slices, targets, strict=True):
             columns = [_take(seq, part) for seq in sequences]
             buffers = pack_apply(map_chunk, (shipped, *columns))
-            ident = None if target is None else self.client._engine(target).ident
+            ident = None if target is None else self._link.engine_ident(target)
             routes.append((target, ident, buffers))
 
         sizes = [part.stop - part.start for part in slices]
@@ -253,7 +258,7 @@ class View:
                 client, msg_ids, ordered=ordered, length=length, chunk_sizes=sizes, **kw
             )
 
-        result = self.client._submit(
+        result = self._link.submit(
             channel,
             "apply_request",
             None,
@@ -409,7 +414,7 @@ class View:
         client has outstanding). ``targets`` and ``block`` are accepted for ipyparallel
         code: the abort goes to the engines that hold the tasks, and always waits for
         their acknowledgement."""
-        for job in self.client._results_of(jobs):
+        for job in self._link.results_of(jobs):
             job.abort()
 
     @property
@@ -434,7 +439,7 @@ class View:
         self, targets: Any = None, restart: bool = False, hub: bool = False, block: Any = None
     ) -> Any:
         """Stop this view's engines (``hub=True``: the whole cluster)."""
-        ids = self.client._resolve_targets(self.targets if targets is None else targets)
+        ids = self._link.resolve_targets(self.targets if targets is None else targets)
         return self.client.shutdown(ids, restart=restart, hub=hub, block=block)
 
     def spin(self) -> None:
@@ -442,10 +447,15 @@ class View:
 
     def register_joblib_backend(self, name: str = "corral", make_default: bool = False) -> None:
         """Register a joblib backend named ``name`` that runs on this view (see
-        :func:`~.joblib_backend.register_joblib_backend`)."""
-        from .joblib_backend import register_joblib_backend
+        :func:`~.defaults.register_joblib_backend`)."""
+        from .joblib_backend import register
 
-        register_joblib_backend(name, make_default, view=self)
+        view = (
+            self
+            if isinstance(self, LoadBalancedView)
+            else self.client.load_balanced_view(self.targets)
+        )  # a direct view would run every batch on each of its engines
+        register(name, make_default, view=view)
 
     def queue_status(self, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
         return self.client.queue_status(self.targets if targets is None else targets)
@@ -454,12 +464,9 @@ class View:
         return f"<{type(self).__name__} {self.targets!r}>"
 
 
-def _say_no_engines(client: Any) -> None:
-    """Log, once per client while it has none, that load-balanced work waits for an
-    engine (it is not an error: engines may still be starting)."""
-    if getattr(client, "_said_no_engines", False):
-        return
-    client._said_no_engines = True
+def _warn_no_engines() -> None:
+    """Log (once per client while it has none: see :class:`.link.ClientLink`) that
+    load-balanced work waits for an engine; not an error, engines may still be starting."""
     log.warning(
         "no engines registered: load-balanced tasks wait until one registers "
         "(get(timeout=...) bounds the wait)"
@@ -477,20 +484,17 @@ class LoadBalancedView(View):
     """
 
     def _lb_metadata(self) -> dict[str, Any]:
-        if not self.client._engines:
-            _say_no_engines(self.client)
-        elif getattr(self.client, "_said_no_engines", False):
-            self.client._said_no_engines = False  # engines came: say it again next time
+        self._link.warn_once_without_engines(_warn_no_engines)
         targets = self.targets
         if targets is not None and targets != "all":
-            resolved = self.client._resolve_targets(targets)
+            resolved = self._link.resolve_targets(targets)
             targets = [resolved] if isinstance(resolved, int) else resolved
         else:
             targets = None
         return self._metadata(targets)
 
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self.client._apply("task", f, args, kwargs, self._lb_metadata(), (None,))
+        return self._link.apply("task", f, args, kwargs, self._lb_metadata(), (None,))
 
     def map_async(
         self,
@@ -530,14 +534,14 @@ class DirectView(View):
 
     def _targets(self) -> tuple[list[int], bool]:
         """``(engine ids, single)``: single when the view names one engine by int."""
-        resolved = self.client._resolve_targets(self.targets)
+        resolved = self._link.resolve_targets(self.targets)
         if isinstance(resolved, int):
             return [resolved], True
         return resolved, False
 
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         targets, single = self._targets()
-        return self.client._apply(
+        return self._link.apply(
             "mux", f, args, kwargs, self._metadata(targets), targets, single=single
         )
 
@@ -546,7 +550,7 @@ class DirectView(View):
         over the engine's Unix socket from this thread (see :class:`Client`)."""
         targets, single = self._targets()
         if single:
-            return self.client._apply_wait(f, args, kwargs, self._metadata(targets), targets[0])
+            return self._link.apply_wait(f, args, kwargs, self._metadata(targets), targets[0])
         return self.apply_async(f, *args, **kwargs).get()
 
     def map_async(
@@ -579,7 +583,7 @@ class DirectView(View):
             raise RuntimeError("no engines")
         self._rr = getattr(self, "_rr", -1) + 1
         target = targets[self._rr % len(targets)]
-        return self.client._apply("mux", func, args, None, self._metadata([target]), [target])
+        return self._link.apply("mux", func, args, None, self._metadata([target]), [target])
 
     # ---------------------------------------------------------------- code
 
@@ -597,12 +601,12 @@ class DirectView(View):
             return self._on(targets).execute(code, silent, block=block)  # type: ignore[no-any-return]
         targets, single = self._targets()
         content = _execute_content(code, silent)
-        result = self.client._submit(
+        result = self._link.submit(
             "mux",
             "execute_request",
             content,
             self._metadata(targets),
-            self.client._routes(targets, ()),
+            self._link.routes(targets, ()),
             fname="execute",
             single=single,
         )
@@ -635,21 +639,21 @@ class DirectView(View):
         frames = serialize(namespace)
         size = sum(memoryview(f).nbytes for f in frames)
         content = {"keys": list(namespace)}
-        client = self.client
+        client, link = self.client, self._link
         if size > DATA_PATH_THRESHOLD:
-            channels = [client._data_channel(t) for t in targets]
+            channels = [link.data_channel(t) for t in targets]
             if targets and all(channels):
                 parts = [
-                    client._submit(ch, "push_request", content, None, [(t, None, frames)])  # type: ignore[arg-type]
+                    link.submit(ch, "push_request", content, None, [(t, None, frames)])  # type: ignore[arg-type]
                     for t, ch in zip(targets, channels, strict=True)
                 ]
                 return self._maybe_block(_combine(client, parts, single, "push"), block)
-        result = client._submit(
+        result = link.submit(
             "mux",
             "push_request",
             content,
             self._metadata(targets),
-            client._routes(targets, frames),
+            link.routes(targets, frames),
             fname="push",
             single=single,
         )
@@ -678,12 +682,12 @@ class DirectView(View):
             return self._pull_dotted(names, keys, block)
         targets, single = self._targets()
         convert = _unpack_one if isinstance(names, str) else list
-        client = self.client
+        client, link = self.client, self._link
         parts: list[AsyncResult] = []
         for target in targets:
-            channel = None if direct is False else client._data_channel(target)
+            channel = None if direct is False else link.data_channel(target)
             if channel is not None and direct:
-                part = client._submit(
+                part = link.submit(
                     channel,
                     "pull_request",
                     {"keys": keys},
@@ -695,12 +699,12 @@ class DirectView(View):
                 metadata = self._metadata([target])
                 part = _StagedPull(client, metadata, target, channel, keys, convert)
             else:
-                part = client._submit(
+                part = link.submit(
                     "mux",
                     "pull_request",
                     {"keys": keys},
                     self._metadata([target]),
-                    client._routes([target], ()),
+                    link.routes([target], ()),
                     fname="pull",
                     convert=convert,
                 )
@@ -720,7 +724,7 @@ class DirectView(View):
             # (in the I/O thread) before _apply returns.
             return AsyncResult(client, msg_ids, **{**kw, "convert": convert})
 
-        result = self.client._apply(
+        result = self._link.apply(
             "mux",
             _pull_paths,
             (keys,),
@@ -890,15 +894,15 @@ class BroadcastView(DirectView):
 
     def _targets(self) -> tuple[list[int], bool]:
         targets = self.targets
-        resolved = self.client._resolve_targets(targets)
+        resolved = self._link.resolve_targets(targets)
         if isinstance(resolved, int):
             return [resolved], False
         return resolved, False
 
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         targets, _ = self._targets()
-        buffers = pack_apply(self.client._functions.lookup(f), args, kwargs)
-        return self.client._broadcast(
+        buffers = pack_apply(self._link.shipped(f), args, kwargs)
+        return self._link.broadcast(
             "apply_request",
             None,
             buffers,
@@ -914,7 +918,7 @@ class BroadcastView(DirectView):
             return self._on(targets).execute(code, silent, block=block)  # type: ignore[no-any-return]
         targets, _ = self._targets()
         content = _execute_content(code, silent)
-        result = self.client._broadcast(
+        result = self._link.broadcast(
             "execute_request", content, (), self._metadata(targets), targets, fname="execute"
         )
         return _finish_execute(self, result, block)
@@ -925,7 +929,7 @@ class BroadcastView(DirectView):
         if targets is not None:
             return self._on(targets).push(namespace, block=block)
         targets, _ = self._targets()
-        result = self.client._broadcast(
+        result = self._link.broadcast(
             "push_request",
             {"keys": list(namespace)},
             serialize(namespace),
@@ -948,7 +952,7 @@ class BroadcastView(DirectView):
         if any("." in key for key in keys):
             return self._pull_dotted(names, keys, block)
         targets, _ = self._targets()
-        result = self.client._broadcast(
+        result = self._link.broadcast(
             "pull_request",
             {"keys": keys},
             (),
@@ -1159,7 +1163,8 @@ class _StagedPull(AsyncResult):
         self._keys = keys
         self._target = target
         self._channel = channel
-        first = client._apply(
+        self._link = ClientLink(client)
+        first = self._link.apply(
             "mux", _pull_probe, (keys, DATA_PATH_THRESHOLD), None, metadata, [target]
         )
         self._stage: AsyncResult = first
@@ -1175,7 +1180,7 @@ class _StagedPull(AsyncResult):
         if inline:
             self._deliver(values)
             return
-        second = self._client._submit(
+        second = self._link.submit(
             self._channel, "pull_request", {"keys": self._keys}, None, [(self._target, None, ())]
         )
         self._stage = second

@@ -850,9 +850,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--policy",
-        choices=sorted(POLICIES),
         default="leastload",
-        help="how the task scheduler picks among engines with room (leastload)",
+        help=f"how the task scheduler picks among engines with room: {', '.join(POLICIES)}, "
+        "or a plugin's (corral_schedulers); default leastload",
     )
     parser.add_argument(
         "--encryption",

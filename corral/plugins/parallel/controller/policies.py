@@ -9,7 +9,8 @@ cursor (an index into the candidates, already reduced modulo their count). It re
 index of its choice. Nothing here touches sockets or the scheduler, so every policy is
 tested on its own.
 
-Policies (the names ``--policy`` accepts):
+Policies (the built-in names ``--policy`` accepts; plugins add more through the
+``corral_schedulers`` hook, see :func:`known_policies`):
 
 * ``leastload`` (the default): the fewest outstanding tasks; ties go round-robin from the
   cursor, and an idle engine ends the search at once. Spreads a burst evenly and keeps
@@ -33,6 +34,7 @@ __all__ = [
     "least_load",
     "lru",
     "get_policy",
+    "known_policies",
     "plain_random",
     "two_bin",
     "weighted",
@@ -110,10 +112,33 @@ POLICIES: dict[str, Policy] = {
 }
 
 
+def known_policies() -> dict[str, Policy]:
+    """Every policy registered through ``corral_schedulers``, by name (the built-in ones
+    register there too, from :mod:`corral.plugins.parallel.schedulers`); the first
+    registration of a name wins, so a plugin cannot take over a built-in name."""
+    from corral.plugins.manager import get_plugin_manager
+
+    known: dict[str, Policy] = {}
+    # pluggy calls the last registered plugin first; built-ins registered first.
+    for mapping in reversed(get_plugin_manager().hook.corral_schedulers()):
+        for name, policy in (mapping or {}).items():
+            known.setdefault(name, policy)
+    return known
+
+
 def get_policy(name: str) -> Policy:
-    """The policy called ``name``; ``ValueError`` naming the known ones otherwise."""
-    try:
-        return POLICIES[name]
-    except KeyError:
-        known = ", ".join(sorted(POLICIES))
-        raise ValueError(f"unknown scheduling policy {name!r} (known: {known})") from None
+    """The policy called ``name``; ``ValueError`` naming the known ones otherwise.
+
+    A built-in name is answered without loading plugins (the controller starts sooner);
+    any other is looked up among the plugins' ``corral_schedulers``."""
+    policy = POLICIES.get(name)
+    if policy is not None:
+        return policy
+    known = known_policies()
+    policy = known.get(name)
+    if policy is None:
+        names = ", ".join(sorted(known))
+        raise ValueError(f"unknown scheduling policy {name!r} (known: {names})")
+    if not callable(policy):
+        raise ValueError(f"scheduling policy {name!r} is registered as {policy!r}, not a function")
+    return policy

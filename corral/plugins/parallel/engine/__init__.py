@@ -8,6 +8,6 @@ interpreter and the serializer are imported while the engine waits for its regis
 
 from __future__ import annotations
 
-from .engine import Engine, EngineError, load_cluster_file
+from .engine import Engine, EngineJoinError, load_cluster_file
 
-__all__ = ["Engine", "EngineError", "load_cluster_file"]
+__all__ = ["Engine", "EngineJoinError", "load_cluster_file"]

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.__stderr__,
         format="[corral engine %(process)d %(levelname)s] %(name)s: %(message)s",
     )
-    from corral.plugins.parallel.engine.engine import Engine, EngineError
+    from corral.plugins.parallel.engine.engine import Engine, EngineJoinError
 
     try:
         engine = Engine.from_file(
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             registration_timeout=args.timeout,
             controller_grace=args.controller_grace,
         )
-    except (OSError, ValueError, EngineError) as exc:
+    except (OSError, ValueError, EngineJoinError) as exc:
         logging.getLogger("corral.parallel.engine").error("cannot start: %s", exc)
         return 1
     return engine.run()

@@ -52,6 +52,7 @@ from typing import Any
 import zmq
 from zmq.backend import zmq_poll
 
+from corral.errors import CorralError
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.door import cluster_signer
@@ -108,8 +109,15 @@ _NO_TEAR = (
 )
 
 
-class EngineError(RuntimeError):
-    """The engine could not join the cluster (bad cluster file, registration refused)."""
+class EngineJoinError(CorralError, RuntimeError):
+    """The engine could not join the cluster (bad cluster file, registration refused).
+
+    Not ``EngineError``: that name belongs to the client's error for an engine that died
+    under a task (ipyparallel's name, which users catch).
+    """
+
+
+EngineError = EngineJoinError  # the old name, still used below
 
 
 # ----------------------------------------------------------------- cluster file

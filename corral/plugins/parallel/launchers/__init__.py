@@ -1,7 +1,7 @@
 """Launchers: how a cluster's controller and engines are started, watched and stopped.
 
 :mod:`.base` defines the seam (:class:`~.base.Launcher`, :class:`~.base.ControllerLauncher`,
-:class:`~.base.EngineSetLauncher`) and how launchers are found by name; :mod:`.local`
+:class:`~.base.EngineSetLauncher`), :mod:`.registry` how launchers are found by name; :mod:`.local`
 starts processes on this machine. Remote launchers (SSH, Slurm, PBS, MPI, ...) plug in
 through the ``corral_launchers`` hook described in :mod:`.base`.
 
@@ -18,8 +18,8 @@ from corral.plugins.parallel.launchers.base import (
     Launcher,
     LaunchError,
     LaunchHandle,
-    get_launchers,
 )
+from corral.plugins.parallel.launchers.registry import get_launchers
 
 __all__ = [
     "ControllerLauncher",

@@ -1,0 +1,81 @@
+"""Waiting helpers shared by the test files, and the one timeout they use.
+
+Tests await events where there are events (replies, notifications, process exits).
+These two are for what nothing signals: a file another process writes, state in another
+process's database. They poll briefly and fail loudly after :data:`TIMEOUT`.
+
+``wait_for_file`` also runs *on engines* (a task that blocks until the test releases it),
+so this module is pickled by value: engines need not import it from the tests directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cloudpickle
+
+__all__ = ["TIMEOUT", "until", "wait_for_file"]
+
+#: Seconds before a wait gives up. Generous because the machine is shared and noisy;
+#: only a hang ever reaches it, so a passing run never waits this long.
+TIMEOUT = 60.0
+
+#: Seconds between two looks: short, because the awaited change is usually imminent.
+_POLL = 0.005
+
+T = TypeVar("T")
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def until(
+    predicate: Callable[[], T],
+    timeout: float = TIMEOUT,
+    *,
+    what: str = "condition not met",
+    tolerate: tuple[type[BaseException], ...] = (),
+    interval: float = _POLL,
+) -> T:
+    """Poll ``predicate()`` until it returns something truthy, and return that.
+
+    ``tolerate`` names exceptions that mean "not yet" (a page still being built); any
+    other propagates. :class:`TimeoutError` carrying ``what`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except tolerate:
+            value = None  # type: ignore[assignment]
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(interval)
+
+
+def wait_for_file(
+    path: str | os.PathLike[str],
+    timeout: float = TIMEOUT,
+    proc: subprocess.Popen[Any] | None = None,
+) -> str:
+    """Block until ``path`` exists; returns ``"released"`` (what engine-side tests check).
+
+    With ``proc``, fail at once if that process exits first (a kernel that died before
+    writing its connection file), rather than after the whole timeout.
+    """
+    target = Path(path)
+
+    def exists() -> bool:
+        if proc is not None and not target.exists() and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before writing {target}")
+        return target.exists()
+
+    until(exists, timeout, what=f"no file at {target}")
+    return "released"
