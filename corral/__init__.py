@@ -63,9 +63,20 @@ _EXPORTS = {
     "use_cloudpickle": "corral.plugins.parallel.client",
     "use_pickle": "corral.plugins.parallel.client",
     "use_dill": "corral.plugins.parallel.client",
+    # ipyparallel.error's extras (corral.error is also reachable as corral.error)
+    "AlreadyDisplayedError": "corral.error",
+    "IPythonError": "corral.error",
+    "collect_exceptions": "corral.error",
+    "wrap_exception": "corral.error",
+    "unwrap_exception": "corral.error",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+#: Submodules reachable as attributes without importing them first (``ipp.error``).
+_SUBMODULES = frozenset({"error"})
+
+version_info = tuple(int(p) for p in __version__.split("."))
+
+__all__ = ["__version__", "version_info", "error", *_EXPORTS]
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -76,6 +87,8 @@ def load_ipython_extension(shell: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"corral.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'corral' has no attribute {name!r}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .asyncresult import AsyncResult
+from .bymsgid import MetadataView, ResultsView
 
 if TYPE_CHECKING:
     from .messages import Parsed
@@ -61,6 +62,10 @@ def control_result(
     return combined
 
 
+async def _ready(value: Any) -> Any:
+    return value
+
+
 class ClientCompat:
     """Mixed into :class:`~.client.Client`: ipyparallel's bookkeeping calls."""
 
@@ -75,6 +80,23 @@ class ClientCompat:
     def outstanding(self) -> set[str]:
         """msg_ids of this client's tasks whose replies have not arrived yet."""
         return set(self._pending)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """A client is connected once it exists; awaiting it gives it back, so
+        ipyparallel's ``rc = await cluster.connect_client()`` runs unchanged."""
+        return _ready(self).__await__()
+
+    @property
+    def results(self) -> ResultsView:
+        """``{msg_id: value or RemoteError}`` of this client's finished tasks that it still
+        holds (a live view; see :mod:`.bymsgid`)."""
+        return ResultsView(self)
+
+    @property
+    def metadata(self) -> MetadataView:
+        """``{msg_id: metadata dict}`` of this client's tasks that it still holds,
+        pending ones included (a live view; see :mod:`.bymsgid`)."""
+        return MetadataView(self)
 
     @property
     def history(self) -> list[str]:

@@ -1,0 +1,135 @@
+"""ipyparallel users' scripts, run unchanged but for ``import corral as ipp``.
+
+Each test writes a script in ipyparallel's idiom and runs it with a fresh interpreter: the
+script starts its own cluster (real controller and engine processes), checks what
+ipyparallel's documentation promises with plain ``assert``, and stops the cluster. A
+failing assertion shows the script's own traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: How the scripts start their cluster: quick heartbeats, a threads controller.
+CLUSTER = 'ipp.Cluster(n=2, controller_mode="threads", hb_period=0.2, hb_misses=5)'
+
+
+def run_script(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body).replace("CLUSTER", CLUSTER))
+    env = dict(
+        os.environ,
+        CORRAL_DIR=str(tmp_path / "corral"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().endswith("OK"), done.stdout + done.stderr
+    return done.stdout
+
+
+def test_sync_spellings_results_metadata_and_the_error_module(tmp_path: Path) -> None:
+    run_script(
+        tmp_path,
+        """
+        import os
+        import corral as ipp
+        from corral.error import CompositeError, RemoteError
+
+        def boom(x):
+            raise ValueError(f"boom {x}")
+
+        cluster = CLUSTER
+        cluster.start_controller_sync()
+        assert cluster.engine_count == 0
+        cluster.start_engines_sync()
+        rc = cluster.connect_client_sync()
+        rc.wait_for_engines(2, timeout=60)
+        assert sorted(rc.ids) == [0, 1]
+
+        ar = rc[:].apply_async(os.getpid)
+        pids = ar.get(timeout=60)
+        for msg_id, pid in zip(ar.msg_ids, pids):
+            assert rc.results[msg_id] == pid
+            md = rc.metadata[msg_id]
+            assert md["engine_id"] in (0, 1) and md["completed"] >= md["started"]
+        assert set(ar.msg_ids) <= set(rc.results)
+        assert set(ar.msg_ids) <= set(rc.metadata)
+        assert "no-such-id" not in rc.results
+
+        bad = rc[:].apply_async(boom, 7)
+        try:
+            bad.get(timeout=60)
+        except ipp.error.CompositeError as e:
+            assert isinstance(e, ipp.error.RemoteError) and isinstance(e, ipp.error.IPythonError)
+            assert [t[0] for t in e.elist] == ["ValueError", "ValueError"]
+            assert "boom 7" in e.elist[0][1]
+        else:
+            raise AssertionError("no CompositeError")
+        first = rc.results[bad.msg_ids[0]]
+        assert isinstance(first, RemoteError) and first.ename == "ValueError"
+        try:
+            ipp.collect_exceptions([rc.results[m] for m in bad.msg_ids], "apply")
+        except CompositeError as e:
+            assert len(e.errors) == 2
+        else:
+            raise AssertionError("collect_exceptions did not raise")
+        assert ipp.error.collect_exceptions([1, 2], "apply") == [1, 2]
+        try:
+            raise KeyError("local")
+        except KeyError:
+            content = ipp.error.wrap_exception({"engine_id": 3})
+        err = ipp.error.unwrap_exception(content)
+        assert (err.ename, err.engine_id) == ("KeyError", 3)
+
+        new = cluster.restart_engine_sync(0)
+        assert len(new) == 1 and new[0] not in (0, 1)
+        cluster.stop_cluster_sync()
+        assert not cluster.is_running
+        assert ipp.version_info[:2] == tuple(int(p) for p in ipp.__version__.split(".")[:2])
+        print("OK")
+        """,
+    )
+
+
+def test_async_spellings(tmp_path: Path) -> None:
+    run_script(
+        tmp_path,
+        """
+        import asyncio
+        import os
+        import corral as ipp
+
+        async def main():
+            cluster = CLUSTER
+            await cluster.start_cluster()
+            rc = await cluster.connect_client()  # ipyparallel's async spelling
+            rc.wait_for_engines(2, timeout=60)
+            pids = await rc[:].apply_async(os.getpid)
+            assert len(set(pids)) == 2
+            await cluster.stop_engine(1)
+            assert rc.ids == [0]
+            await cluster.stop_cluster()
+            assert not cluster.is_running
+
+        asyncio.run(main())
+        print("OK")
+        """,
+    )
