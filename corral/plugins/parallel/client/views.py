@@ -31,7 +31,8 @@ from typing import Any
 from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult
-from .client import Client, msg_ids_of
+from .client import Client
+from .dependencies import dependency_field
 from .errors import ControllerLost, RemoteError
 from .mapping import (
     auto_chunksize,
@@ -121,8 +122,8 @@ class View:
             key = None
         metadata = {
             "targets": targets,
-            "after": msg_ids_of(after),
-            "follow": msg_ids_of(follow),
+            "after": dependency_field(after),
+            "follow": dependency_field(follow),
             "retries": int(self.retries or 0),
             "timeout": self.timeout,
         }
