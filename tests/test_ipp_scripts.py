@@ -133,3 +133,68 @@ def test_async_spellings(tmp_path: Path) -> None:
         print("OK")
         """,
     )
+
+
+def test_a_tutorial_style_session(tmp_path: Path) -> None:
+    """The direct and task interfaces as ipyparallel's tutorials use them."""
+    run_script(
+        tmp_path,
+        """
+        import os
+        import time
+        import corral as ipp
+
+        with CLUSTER as rc:
+            dview = rc[:]
+            dview.block = True
+            dview["a"] = 5
+            assert dview["a"] == [5, 5]
+            dview.scatter("x", list(range(16)))
+            dview.execute("y = [i * 2 for i in x]")
+            assert dview.gather("y") == [i * 2 for i in range(16)]
+
+            lview = rc.load_balanced_view()
+            squares = lview.map_async(lambda x: x**2, range(32))
+            assert squares.get() == [x**2 for x in range(32)]
+            for msg_id in squares.msg_ids:  # the view and the client share the results
+                assert lview.results[msg_id] == rc.results[msg_id]
+                assert rc.metadata[msg_id]["status"] == "ok"
+
+            # one engine busy, its queue aborted by msg_id from the client
+            started = os.path.join(os.getcwd(), "started")
+            release = os.path.join(os.getcwd(), "release")
+
+            def hold(started, release):
+                import os, time
+                open(started, "w").close()
+                while not os.path.exists(release):
+                    time.sleep(0.005)
+                return "held"
+
+            busy = rc[0].apply_async(hold, started, release)
+            queued = rc[0].apply_async(os.getpid)
+            while not os.path.exists(started):
+                time.sleep(0.005)
+            rc.abort(queued.msg_ids)
+            open(release, "w").close()
+            assert busy.get(60) == "held"
+            try:
+                queued.get(60)
+            except ipp.TaskAborted:
+                pass
+            else:
+                raise AssertionError("the queued task ran")
+
+            # the dependency tutorial: after, follow and @require on the task interface
+            first = lview.apply_async(os.getpid)
+            with lview.temp_flags(follow=first):
+                assert lview.apply_sync(os.getpid) == first.get()
+
+            @ipp.require("json")
+            def dumps():
+                return json.dumps([1])
+
+            assert lview.apply_sync(dumps) == "[1]"
+        print("OK")
+        """,
+    )

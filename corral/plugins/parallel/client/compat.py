@@ -143,6 +143,15 @@ class ClientCompat:
         _, not_done = concurrent.futures.wait(results, forever(timeout))
         return not not_done
 
+    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
+        """Abort queued tasks: results, msg_ids or history indices (None: every task this
+        client has outstanding). A task already running is not stopped (use
+        :meth:`send_signal`); its result then fails with :class:`~.errors.TaskAborted` only
+        if the abort arrived first. ``targets`` and ``block`` are accepted for ipyparallel
+        code: the abort goes to wherever the tasks are, and waits for the answer."""
+        for result in self._results_of(jobs):
+            result.abort()
+
     def resubmit(self, jobs: Any, block: bool | None = None) -> AsyncResult:
         """Send the tasks of ``jobs`` again, as new tasks (new msg_ids), to where they went
         the first time (the same engines, or the load balancer).

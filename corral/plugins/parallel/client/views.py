@@ -423,6 +423,16 @@ class View:
         """msg_ids this client submitted (see :attr:`Client.history`)."""
         return self.client.history
 
+    @property
+    def results(self) -> Any:
+        """The client's :attr:`Client.results` (views share it, as in ipyparallel)."""
+        return self.client.results
+
+    @property
+    def metadata(self) -> Any:
+        """The client's :attr:`Client.metadata`."""
+        return self.client.metadata
+
     def get_result(self, jobs: Any = None, block: bool | None = None, owner: bool = False) -> Any:
         """:meth:`Client.get_result` (None: the last task submitted)."""
         return self.client.get_result(-1 if jobs is None else jobs, block=block, owner=owner)
