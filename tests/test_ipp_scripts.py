@@ -63,6 +63,12 @@ def test_sync_spellings_results_metadata_and_the_error_module(tmp_path: Path) ->
         rc = cluster.connect_client_sync()
         rc.wait_for_engines(2, timeout=60)
         assert sorted(rc.ids) == [0, 1]
+        # ipyparallel's first positional parameter (and url_file=) is the connection file
+        by_path = ipp.Client(str(cluster.cluster_file))
+        by_url = ipp.Client(url_file=cluster.cluster_file)
+        assert by_path.cluster_id == by_url.cluster_id == cluster.cluster_id
+        by_path.close()
+        by_url.close()
 
         ar = rc[:].apply_async(os.getpid)
         pids = ar.get(timeout=60)

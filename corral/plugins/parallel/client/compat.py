@@ -10,8 +10,10 @@ adds work to a task's path.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections.abc import Generator, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .asyncresult import AsyncResult
@@ -20,7 +22,7 @@ from .bymsgid import MetadataView, ResultsView
 if TYPE_CHECKING:
     from .messages import Parsed
 
-__all__ = ["ClientCompat", "control_result", "forever"]
+__all__ = ["ClientCompat", "connection_source", "control_result", "forever"]
 
 
 def forever(timeout: float | None) -> float | None:
@@ -60,6 +62,27 @@ def control_result(
     for future in futures:
         future.add_done_callback(one_done)
     return combined
+
+
+def connection_source(
+    profile: str, connection_file: str | Path | None, url_file: str | Path | None
+) -> tuple[str, str | Path | None]:
+    """``(profile, connection_file)`` from ``Client``'s arguments, ipyparallel's
+    spellings included: ``url_file=`` names the connection file, and so does a first
+    positional argument that is a path (``Client("/path/cluster.json")``: ipyparallel's
+    first parameter is the file; a profile name never holds a slash or ends in .json)."""
+    if url_file is not None:
+        if connection_file is not None:
+            raise TypeError("give connection_file or url_file, not both")
+        connection_file = url_file
+    if isinstance(profile, Path) or (
+        isinstance(profile, str)
+        and ("/" in profile or os.sep in profile or profile.endswith(".json"))
+    ):
+        if connection_file is not None:
+            raise TypeError(f"{profile!r} is a file, and connection_file is given too")
+        return "default", profile
+    return profile, connection_file
 
 
 async def _ready(value: Any) -> Any:
