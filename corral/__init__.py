@@ -19,6 +19,7 @@ _EXPORTS = {
     "KernelManager": "corral.transports.zmq.manager",
     "Interpreter": "corral.core.interpreter",
     "Cluster": "corral.plugins.parallel.cluster",
+    "ClusterManager": "corral.plugins.parallel.cluster_manager",
     "Client": "corral.plugins.parallel.client",
     "AsyncResult": "corral.plugins.parallel.client",
     "RemoteError": "corral.plugins.parallel.client",

@@ -105,6 +105,13 @@ def test_sync_spellings_results_metadata_and_the_error_module(tmp_path: Path) ->
         err = ipp.error.unwrap_exception(content)
         assert (err.ename, err.engine_id) == ("KeyError", 3)
 
+        clusters = ipp.ClusterManager().load_clusters()
+        key = f"{cluster.profile}:{cluster.cluster_id}"
+        assert key in clusters, clusters
+        other = clusters[key].connect_client_sync()  # a handle found by the manager
+        assert other.ids == rc.ids
+        other.close()
+
         new = cluster.restart_engine_sync(0)
         assert len(new) == 1 and new[0] not in (0, 1)
         cluster.stop_cluster_sync()
