@@ -1,6 +1,7 @@
-"""``%autopx`` in ``corral console``: the console's kernel turns every cell into ``%%px``
-until ``%autopx`` again. A real console (pseudo-terminal), kernel, controller and engines;
-every step waits for printed text, never for time to pass."""
+"""The %px family in ``corral console``: ``%autopx`` (the console's kernel turns every cell
+into ``%%px`` until ``%autopx`` again) and Ctrl-C reaching the engines. A real console
+(pseudo-terminal), kernel, controller and engines; every step waits for printed text,
+never for time to pass."""
 
 from __future__ import annotations
 
@@ -81,3 +82,16 @@ def test_autopx_runs_every_cell_on_the_engines(console: Any, live: LiveCluster) 
     console.expect(r"In \[6\]: ")
     console.sendline("os.getpid() == here")
     console.expect(r"Out\[6\]: True")  # back to running in the kernel
+
+
+def test_ctrl_c_during_px_reaches_the_engines(console: Any, live: LiveCluster) -> None:
+    console.expect(r"In \[1\]: ")
+    console.sendline("%px import time; print('sleeping', flush=True); time.sleep(120)")
+    console.expect(r"\[stdout:\d\] sleeping")
+    console.expect(r"\[stdout:\d\] sleeping")  # both engines run it
+    console.sendintr()  # Ctrl-C: the console interrupts the kernel, %px signals the engines
+    console.expect("KeyboardInterrupt")
+    console.expect(r"In \[\d+\]: ")
+    console.sendline("%px print('alive')")  # the engines survived and are idle again
+    console.expect(r"\[stdout:\d\] alive")
+    console.expect(r"\[stdout:\d\] alive")
