@@ -6,6 +6,7 @@ for processes (kernels, engines) that only need part of it.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from corral._lazy import lazy_exports
@@ -20,6 +21,7 @@ _EXPORTS = {
     "KernelManager": "corral.plugins.kernels",
     "Interpreter": "corral.core.interpreter",
     "Cluster": "corral.plugins.parallel.cluster",
+    "ClusterManager": "corral.plugins.parallel.cluster_manager",
     "Client": "corral.plugins.parallel.client",
     "AsyncResult": "corral.plugins.parallel.client",
     "RemoteError": "corral.plugins.parallel.client",
@@ -64,14 +66,36 @@ _EXPORTS = {
     "use_cloudpickle": "corral.plugins.parallel.client",
     "use_pickle": "corral.plugins.parallel.client",
     "use_dill": "corral.plugins.parallel.client",
+    # ipyparallel.error's extras (corral.error is also reachable as corral.error)
+    "AlreadyDisplayedError": "corral.error",
+    "IPythonError": "corral.error",
+    "collect_exceptions": "corral.error",
+    "wrap_exception": "corral.error",
+    "unwrap_exception": "corral.error",
 }
 
 if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at run time
+    from corral import error as error
     from corral.core.config import (
         load_config as load_config,
     )
     from corral.core.interpreter import (
         Interpreter as Interpreter,
+    )
+    from corral.error import (
+        AlreadyDisplayedError as AlreadyDisplayedError,
+    )
+    from corral.error import (
+        IPythonError as IPythonError,
+    )
+    from corral.error import (
+        collect_exceptions as collect_exceptions,
+    )
+    from corral.error import (
+        unwrap_exception as unwrap_exception,
+    )
+    from corral.error import (
+        wrap_exception as wrap_exception,
     )
     from corral.errors import CorralError as CorralError
     from corral.notification.center import (
@@ -218,8 +242,16 @@ if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at 
     from corral.plugins.parallel.cluster import (
         Cluster as Cluster,
     )
+    from corral.plugins.parallel.cluster_manager import (
+        ClusterManager as ClusterManager,
+    )
 
-__all__ = ["__version__", *_EXPORTS]
+#: Submodules reachable as attributes without importing them first (``ipp.error``).
+_SUBMODULES = frozenset({"error"})
+
+version_info = tuple(int(p) for p in __version__.split("."))
+
+__all__ = ["__version__", "version_info", "error", *_EXPORTS]
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -229,4 +261,12 @@ def load_ipython_extension(shell: Any) -> None:
     load(shell)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, also=("__version__",))
+_lazy_getattr, __dir__ = lazy_exports(
+    __name__, _EXPORTS, also=("__version__", "version_info", *_SUBMODULES)
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"corral.{name}")
+    return _lazy_getattr(name)

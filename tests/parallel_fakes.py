@@ -172,6 +172,7 @@ class FakeEngine(Peer):
         *,
         status: str = "ok",
         buffers: list[Any] | None = None,
+        extra_metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         msg_type = request["msg_type"].replace("_request", "_reply")
         now = wire.make_header("x", "x")["date"]
@@ -187,6 +188,7 @@ class FakeEngine(Peer):
             "started": now,
             "completed": now,
             "status": status,
+            **(extra_metadata or {}),
         }
         return self.session.send(
             self.socks[f"{queue}_engine"],

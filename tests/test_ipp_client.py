@@ -486,8 +486,59 @@ def test_after_with_a_dependency_set(rc: Client, tmp_path: Path) -> None:
     with lview.temp_flags(after=ipp.Dependency([first])):
         second = lview.apply_async(lambda p: Path(p).exists(), str(marker))
     assert second.get(30) is True
-    with pytest.raises(NotImplementedError):
-        ipp.Dependency([first], failure=True)
+    with pytest.raises(ValueError):
+        ipp.Dependency([first], success=False, failure=False)
+
+
+def boom_task() -> None:
+    raise RuntimeError("dependency fails")
+
+
+def test_dependency_flags_and_unreachable_dependencies(rc: Client) -> None:
+    lview = rc.load_balanced_view()
+    failed = lview.apply_async(boom_task)
+    ok = lview.apply_async(os.getpid)
+    with pytest.raises(RemoteError):
+        failed.get(30)
+    pid = ok.get(30)
+    # ipyparallel's error type for a dependency that can never be met
+    with pytest.raises(ipp.ImpossibleDependency):
+        with lview.temp_flags(after=failed):
+            lview.apply_sync(os.getpid)
+    with lview.temp_flags(after=ipp.Dependency([failed], success=False, failure=True)):
+        assert lview.apply_sync(double, 2) == 4  # runs because the dependency failed
+    with lview.temp_flags(after=ipp.Dependency([failed, ok], all=False)):
+        assert lview.apply_sync(double, 3) == 6  # one success is enough
+    with lview.temp_flags(follow=ipp.Dependency([ok], all=False)):
+        assert lview.apply_sync(os.getpid) == pid  # where its dependency ran
+    with lview.temp_flags(after=ipp.Dependency([ok], success=False, failure=True)):
+        with pytest.raises(ipp.ImpossibleDependency) as info:
+            lview.apply_sync(os.getpid)
+    assert info.value.ename == "ImpossibleDependency"
+
+
+def test_depend_on_a_load_balanced_view_finds_the_engine(rc: Client) -> None:
+    def on_engine(engine_pid: int) -> bool:
+        return os.getpid() == engine_pid
+
+    lview = rc.load_balanced_view()
+    for engine_id in rc.ids:  # wherever the scheduler sends it first, it runs there
+        pid = rc.engines[engine_id].pid
+
+        @ipp.depend(on_engine, pid)
+        def where() -> int:
+            return os.getpid()
+
+        results = [lview.apply_async(where) for _ in range(4)]
+        assert [r.get(30) for r in results] == [pid] * 4
+        assert {r.engine_id for r in results} == {engine_id}
+
+    @ipp.require("no_such_module_for_corral")
+    def impossible() -> int:
+        return 1
+
+    with pytest.raises(ipp.ImpossibleDependency, match="every engine rejected it"):
+        lview.apply_sync(impossible)
 
 
 def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path: Path) -> None:

@@ -118,6 +118,20 @@ def test_noblock_pxresult_save_name_and_local(shell: Any, rc: Client, capsys: An
     assert engine_values(rc, "local_and_remote") == [11, 11]
 
 
+def test_pxresult_reraises_a_failed_noblock_cell(shell: Any, capsys: Any) -> None:
+    pending = cell(shell, "%%px --noblock\nprint('out first')\nraise KeyError('late')").result
+    assert isinstance(pending, AsyncResult)
+    capsys.readouterr()
+    result = cell(shell, "%pxresult")
+    assert isinstance(result.error_in_exec, RemoteError)  # as a blocking %%px would
+    assert result.error_in_exec.ename in ("KeyError", "CompositeError")
+    out = capsys.readouterr().out
+    assert out.index("[stdout:0] out first") < out.index("KeyError")  # outputs, then error
+    ok = cell(shell, "%%px --noblock\n1")
+    assert ok.success
+    assert cell(shell, "%pxresult").success  # a cell that worked still shows no error
+
+
 def test_pxconfig_autopx_and_activate(shell: Any, rc: Client, capsys: Any) -> None:
     assert cell(shell, "%pxconfig --targets 1 --noblock").success
     result = cell(shell, "%px b = 1")
@@ -216,7 +230,23 @@ def test_px_in_corrals_own_interpreter(live: LiveCluster, rc: Client) -> None:
         result = interp.execute("%%px --local\nboth = 1")
         assert result.status == "ok", result.traceback
         assert interp.user_ns["both"] == 1
-        assert interp.execute("%autopx").status == "error"  # IPython only
+        rec.clear()
+        result = interp.execute("%autopx")
+        assert result.status == "ok", result.traceback
+        assert "%autopx enabled" in rec.stdout()
+        rec.clear()
+        result = interp.execute("auto_here = 5\nprint('auto', auto_here * 2)")
+        assert result.status == "ok", result.traceback
+        assert sorted(rec.stdout().splitlines()) == ["[stdout:0] auto 10", "[stdout:1] auto 10"]
+        assert "auto_here" not in interp.user_ns  # ran on the engines only
+        result = interp.execute("raise KeyError('in autopx')")
+        assert result.status == "error"  # remote errors still show while autopx is on
+        assert "KeyError" in "\n".join(result.traceback)
+        assert interp.execute("%autopx").status == "ok"
+        assert interp.execute("local_again = 1").status == "ok"
+        assert interp.user_ns["local_again"] == 1
+        assert interp.input_transformers == []
+        assert engine_values(rc, "auto_here") == [5, 5]
     finally:
         if old is None:
             os.environ.pop("CORRAL_DIR", None)

@@ -68,6 +68,12 @@ CELLS = [
     "%px 6 * 7",
     "%%px --targets 1 --save-name kept\nprint('one engine')",
     "type(kept).__name__",
+    "%autopx",
+    "auto_remote = 3\nprint('auto', auto_remote)",
+    "%autopx",
+    "'auto_remote' in dir()",
+    "%%px --noblock\nprint('before')\nraise KeyError('later')",
+    "%pxresult",
 ]
 
 
@@ -81,6 +87,15 @@ def check(outputs: list[Any]) -> None:
     assert stdout(outputs[4]) == "one engine\n"
     result = [o for o in outputs[5] if o["output_type"] == "execute_result"]
     assert result and "AsyncResult" in result[0]["data"]["text/plain"]
+    assert "%autopx enabled" in stdout(outputs[6])
+    assert sorted(stdout(outputs[7]).splitlines()) == ["[stdout:0] auto 3", "[stdout:1] auto 3"]
+    assert "%autopx disabled" in stdout(outputs[8])
+    (local,) = [o for o in outputs[9] if o["output_type"] == "execute_result"]
+    assert local["data"]["text/plain"] == "False"  # ran on the engines, not in the kernel
+    assert not errors(outputs[10])  # a non-blocking cell reports nothing yet
+    assert "[stdout:0] before" in stdout(outputs[11])
+    (late,) = errors(outputs[11])  # %pxresult raises the error of the failed cell
+    assert "KeyError" in "\n".join(late["traceback"])
 
 
 def test_px_on_ipykernel_with_load_ext(env: LiveCluster) -> None:

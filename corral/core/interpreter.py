@@ -215,6 +215,10 @@ class Interpreter:
         self.history_manager = history if history is not None else HistoryManager()
         self.execution_count = 1
         self.input_handler: Callable[[str, bool], str] | None = None
+        #: Whole-cell rewriters run on each cell before its magic syntax is read, with
+        #: the signature of IPython's ``input_transformers_cleanup`` (lines in, lines out)
+        #: so one transformer serves both shells; ``%autopx`` turns cells into ``%%px``.
+        self.input_transformers: list[Callable[[list[str]], list[str]]] = []
         self.colors = False
         #: How tracebacks are shown (``%xmode``): "Minimal" is the error line alone.
         self.xmode = "Context"
@@ -321,9 +325,10 @@ class Interpreter:
         self._payload = []
         set_current(self)
         self.center.post(EXECUTE_STARTED, self, code=code, execution_count=count, silent=silent)
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        magic_cell = split_cell_magic(code)
-        source = code if magic_cell else transform_cell(code)
+        cell = self._transform_input(code) if self.input_transformers else code
+        linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
+        magic_cell = split_cell_magic(cell)
+        source = cell if magic_cell else transform_cell(cell)
         if store:
             self._store_input(count, source, code)
         status, error, expressions = "ok", None, {}
@@ -342,7 +347,7 @@ class Interpreter:
                         value = self.magics.call_cell(self, name, line, body)
                     else:
                         has_value, value = self._run(source, filename, self.user_ns)
-                    if has_value and not silent and not _suppressed(code):
+                    if has_value and not silent and not _suppressed(cell):
                         self._displayhook(value, count, store)
                     if user_expressions:
                         expressions = self._user_expressions(user_expressions)
@@ -367,6 +372,14 @@ class Interpreter:
         if error is None:
             return ExecutionResult(status, count, payload, expressions)
         return ExecutionResult(status, count, payload, {}, *error)
+
+    def _transform_input(self, code: str) -> str:
+        """``code`` after every input transformer, in order (a copy of the list is run, so
+        a transformer may remove itself)."""
+        lines = code.splitlines(True)
+        for transformer in list(self.input_transformers):
+            lines = transformer(lines)
+        return "".join(lines)
 
     def _pre_events(self, events: Any, code: str, store: bool, silent: bool) -> Any:
         """IPython's ``pre_execute`` / ``pre_run_cell``; the result ``post_run_cell`` gets."""

@@ -342,6 +342,12 @@ class ZMQInteractiveShell:
     def extension_manager(self) -> ExtensionManager:
         return self._corral_extensions
 
+    @property
+    def input_transformers_cleanup(self) -> list[Callable[[list[str]], list[str]]]:
+        """Cell transformers (lines in, lines out) run before magics are read: the
+        interpreter's own list, so IPython-style code that appends to it works here."""
+        return self.interpreter.input_transformers  # type: ignore[no-any-return]
+
     # -------------------------------------------------------------- namespace
 
     @property

@@ -37,6 +37,7 @@ from corral.core.private import private_dir, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.errors import CorralError
+from corral.plugins.parallel.cluster_compat import ClusterCompat
 from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
     EngineSetLauncher,
@@ -74,7 +75,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
-class Cluster:
+class Cluster(ClusterCompat):
     """A controller and ``n`` engines, on this machine or wherever the launchers put them.
 
     Every setting below is also an option of the profile's ``corral.ini`` (section

@@ -37,7 +37,7 @@ from .asyncresult import (
     msg_ids_of,
     reply_outcome,
 )
-from .compat import ClientCompat, forever
+from .compat import ClientCompat, connection_source, forever
 from .dependencies import _USED as _DEPENDENCIES_USED
 from .errors import ControllerLost, RemoteError
 from .funccache import FunctionCache
@@ -142,7 +142,9 @@ class Client(ClientCompat):
         connection_file: str | Path | None = None,
         timeout: float = 10.0,
         local: bool = True,
+        url_file: str | Path | None = None,
     ) -> None:
+        profile, connection_file = connection_source(profile, connection_file, url_file)
         path = (
             Path(connection_file)
             if connection_file is not None

@@ -10,16 +10,19 @@ adds work to a task's path.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .asyncresult import AsyncResult
+from .bymsgid import MetadataView, ResultsView
 
 if TYPE_CHECKING:
     from .messages import Parsed
 
-__all__ = ["ClientCompat", "control_result", "forever"]
+__all__ = ["ClientCompat", "connection_source", "control_result", "forever"]
 
 
 def forever(timeout: float | None) -> float | None:
@@ -61,6 +64,31 @@ def control_result(
     return combined
 
 
+def connection_source(
+    profile: str, connection_file: str | Path | None, url_file: str | Path | None
+) -> tuple[str, str | Path | None]:
+    """``(profile, connection_file)`` from ``Client``'s arguments, ipyparallel's
+    spellings included: ``url_file=`` names the connection file, and so does a first
+    positional argument that is a path (``Client("/path/cluster.json")``: ipyparallel's
+    first parameter is the file; a profile name never holds a slash or ends in .json)."""
+    if url_file is not None:
+        if connection_file is not None:
+            raise TypeError("give connection_file or url_file, not both")
+        connection_file = url_file
+    if isinstance(profile, Path) or (
+        isinstance(profile, str)
+        and ("/" in profile or os.sep in profile or profile.endswith(".json"))
+    ):
+        if connection_file is not None:
+            raise TypeError(f"{profile!r} is a file, and connection_file is given too")
+        return "default", profile
+    return profile, connection_file
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
 class ClientCompat:
     """Mixed into :class:`~.client.Client`: ipyparallel's bookkeeping calls."""
 
@@ -75,6 +103,23 @@ class ClientCompat:
     def outstanding(self) -> set[str]:
         """msg_ids of this client's tasks whose replies have not arrived yet."""
         return set(self._pending)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """A client is connected once it exists; awaiting it gives it back, so
+        ipyparallel's ``rc = await cluster.connect_client()`` runs unchanged."""
+        return _ready(self).__await__()
+
+    @property
+    def results(self) -> ResultsView:
+        """``{msg_id: value or RemoteError}`` of this client's finished tasks that it still
+        holds (a live view; see :mod:`.bymsgid`)."""
+        return ResultsView(self)
+
+    @property
+    def metadata(self) -> MetadataView:
+        """``{msg_id: metadata dict}`` of this client's tasks that it still holds,
+        pending ones included (a live view; see :mod:`.bymsgid`)."""
+        return MetadataView(self)
 
     @property
     def history(self) -> list[str]:
@@ -120,6 +165,15 @@ class ClientCompat:
             return True
         _, not_done = concurrent.futures.wait(results, forever(timeout))
         return not not_done
+
+    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
+        """Abort queued tasks: results, msg_ids or history indices (None: every task this
+        client has outstanding). A task already running is not stopped (use
+        :meth:`send_signal`); its result then fails with :class:`~.errors.TaskAborted` only
+        if the abort arrived first. ``targets`` and ``block`` are accepted for ipyparallel
+        code: the abort goes to wherever the tasks are, and waits for the answer."""
+        for result in self._results_of(jobs):
+            result.abort()
 
     def resubmit(self, jobs: Any, block: bool | None = None) -> AsyncResult:
         """Send the tasks of ``jobs`` again, as new tasks (new msg_ids), to where they went

@@ -3,15 +3,17 @@
 What runs where:
 
 * ``after``/``follow`` (a :class:`Dependency`, results or msg_ids) are enforced by the
-  controller's task scheduler: the task waits until they have succeeded, and fails with
-  :class:`~.errors.UnmetDependency` if one failed (``DependencyTimeout`` after
-  ``timeout``).
+  controller's task scheduler: the task waits until they have succeeded (or, with a
+  :class:`Dependency`'s flags, until any of them / their failure is accepted), and fails
+  with :class:`~.errors.ImpossibleDependency` once they can never be met
+  (``DependencyTimeout`` after ``timeout``).
 * :func:`require` and :func:`depend` are checked **on the engine, just before the
   function runs**: the function is wrapped so that the engine first imports the required
   modules (or evaluates the condition) and raises :class:`~.errors.UnmetDependency` if
-  that fails. The scheduler does not look for another engine that would meet them (it
-  does not know the condition); ``retries=`` on a load-balanced view sends a failed task
-  to another engine. That is the honest difference from ipyparallel.
+  that fails. On a load-balanced view the scheduler then sends the task to another
+  engine, and fails it with :class:`~.errors.ImpossibleDependency` once every engine
+  rejected it, as ipyparallel does; on a direct view the ``UnmetDependency`` is the
+  answer.
 * :class:`Reference` arguments are looked up in the engine's namespace when the task
   runs (``view.apply(f, Reference("a"))`` calls ``f(a)`` with the engine's ``a``).
 """
@@ -30,6 +32,7 @@ __all__ = [
     "Reference",
     "bind_kernel",
     "depend",
+    "dependency_field",
     "dependent",
     "references_in_use",
     "require",
@@ -115,13 +118,13 @@ def with_references(
 
 
 class Dependency(set):  # type: ignore[type-arg]
-    """A set of msg_ids a task depends on, for ``after=``/``follow=``.
-
-    Only ipyparallel's defaults are supported (``all=True, success=True,
-    failure=False``: every one must have succeeded), since that is what the scheduler
-    enforces; other combinations are refused rather than silently ignored.
+    """A set of msg_ids a task depends on, for ``after=``/``follow=``, with
+    ipyparallel's flags: ``all`` (every one, else any one), ``success`` (a success meets
+    it), ``failure`` (a failure meets it). The scheduler enforces them (see
+    :mod:`corral.plugins.parallel.controller.dependencies`).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``all=False``, ``success=False`` and ``failure=True``.
     """
 
     def __init__(
@@ -133,23 +136,50 @@ class Dependency(set):  # type: ignore[type-arg]
     ) -> None:
         from .asyncresult import msg_ids_of
 
-        if not (all and success and not failure):
-            raise NotImplementedError(
-                "corral's scheduler waits for all dependencies to succeed; "
-                "all=False, success=False or failure=True are not supported"
-            )
+        if not (success or failure):
+            raise ValueError("a Dependency with success=False and failure=False is never met")
         super().__init__(msg_ids_of(list(dependencies)))
         self.all = all
         self.success = success
         self.failure = failure
 
     def as_dict(self) -> dict[str, Any]:
+        """The form the scheduler reads (ipyparallel's too)."""
         return {
             "dependencies": sorted(self),
             "all": self.all,
             "success": self.success,
             "failure": self.failure,
         }
+
+    def _state(self, completed: Iterable[str], failed: Iterable[str]) -> str:
+        from corral.plugins.parallel.controller import dependencies as rules
+
+        done, bad = set(completed), set(failed)
+        outcomes = [
+            rules.SUCCEEDED if m in done else rules.FAILED if m in bad else rules.PENDING
+            for m in sorted(self)
+        ]
+        spec = rules.Spec(tuple(sorted(self)), self.all, self.success, self.failure)
+        return rules.state(spec, outcomes)
+
+    def check(self, completed: Iterable[str], failed: Iterable[str] | None = None) -> bool:
+        """Whether the dependency is met, given the msg_ids that succeeded and failed."""
+        return self._state(completed, failed or ()) == "met"
+
+    def unreachable(self, completed: Iterable[str], failed: Iterable[str] | None = None) -> bool:
+        """Whether it can never be met any more, given what succeeded and failed."""
+        return self._state(completed, failed or ()) == "impossible"
+
+
+def dependency_field(value: Any) -> list[str] | dict[str, Any]:
+    """A view's ``after``/``follow`` flag as request metadata: msg_ids, or a flagged
+    :class:`Dependency`'s dict."""
+    from .client import msg_ids_of
+
+    if isinstance(value, Dependency) and not (value.all and value.success and not value.failure):
+        return value.as_dict()
+    return msg_ids_of(value)
 
 
 def _make_dependent_caller() -> Callable[..., Any]:

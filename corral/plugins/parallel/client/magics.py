@@ -6,8 +6,9 @@
 
 * **IPython / ipykernel**: ``%load_ext corral`` registers them (on a view of ``Client()``
   made on first use), or ``view.activate(suffix)`` / ``rc.activate()`` on a chosen view;
-* **corral's kernel**: registered at kernel start through the ``corral_add_magics`` hook
-  (``%autopx`` needs IPython's input transformers and is not offered there).
+* **corral's kernel** (and so ``corral console``): registered at kernel start through the
+  ``corral_add_magics`` hook; ``%autopx`` uses the interpreter's ``input_transformers``,
+  which take the same functions as IPython's ``input_transformers_cleanup``.
 
 Behaviour users asked ipyparallel for: engine output **streams** into the cell while the
 code runs (``[stdout:0] ...``; a single engine's output unlabelled); **errors always
@@ -57,6 +58,10 @@ class _Host:
     def display(self, obj: Any) -> None:
         print(repr(obj))
 
+    def cell_transformers(self) -> list[Callable[[list[str]], list[str]]]:
+        """The shell's list of whole-cell transformers (``%autopx`` adds one)."""
+        raise NotImplementedError
+
 
 class IPythonHost(_Host):
     """IPython's InteractiveShell (a terminal, or ipykernel in a notebook)."""
@@ -84,6 +89,9 @@ class IPythonHost(_Host):
 
         display(obj)
 
+    def cell_transformers(self) -> list[Callable[[list[str]], list[str]]]:
+        return self.shell.input_transformers_cleanup  # type: ignore[no-any-return]
+
 
 class CorralHost(_Host):
     """corral's own interpreter (its kernel and console)."""
@@ -110,6 +118,9 @@ class CorralHost(_Host):
         from corral.core.display import display
 
         display(obj)
+
+    def cell_transformers(self) -> list[Callable[[list[str]], list[str]]]:
+        return self.interpreter.input_transformers  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------- arguments
@@ -288,9 +299,11 @@ class ParallelMagics:
         if args.save_name:
             self.host_ns()[args.save_name] = self.last_result
             return
-        self.last_result.wait()
-        self.last_result.wait_for_output(10)  # output trails the reply a little
-        self._show(self.last_result, args.groupby, streamed=False)
+        result = self.last_result
+        result.wait()
+        result.wait_for_output(10)  # output trails the reply a little
+        self._show(result, args.groupby, streamed=False)
+        result.get()  # a failed %px raises here too, after its outputs, as a blocking one
 
     def pxconfig(self, line: str = "") -> None:
         """``%pxconfig [--targets T] [--block|--noblock] [--stream|--no-stream]
@@ -317,10 +330,9 @@ class ParallelMagics:
 
     def toggle_autopx(self, line: str = "") -> None:
         """``%autopx``: every following cell runs on the engines, until ``%autopx``."""
-        shell = getattr(self.host, "shell", None)
-        if shell is None:
-            raise self._usage("%autopx needs IPython (use %%px in each cell instead)")
-        transformers = shell.input_transformers_cleanup
+        if self.host is None:
+            raise self._usage("%autopx needs a shell (IPython or corral's kernel)")
+        transformers = self.host.cell_transformers()
         if self.autopx:
             if self._transform in transformers:
                 transformers.remove(self._transform)
@@ -332,11 +344,13 @@ class ParallelMagics:
             print(f"%autopx{self.suffix} enabled")
 
     def _transform(self, lines: list[str]) -> list[str]:
-        """IPython input transformer while %autopx is on: the cell becomes ``%%px``."""
+        """Input transformer while %autopx is on: the cell becomes a ``%%px`` cell (both
+        shells read cell magics after their cleanup transformers). ``%autopx`` itself, and
+        empty cells, pass unchanged."""
         cell = "".join(lines)
-        if not cell.strip() or re.match(rf"^\s*%autopx{re.escape(self.suffix)}\b", cell):
+        if not cell.strip() or re.match(rf"^\s*%autopx{re.escape(self.suffix)}\s*$", cell):
             return lines
-        return [f"get_ipython().run_cell_magic({'px' + self.suffix!r}, '', {cell!r})\n"]
+        return [f"%%px{self.suffix}\n", *lines]
 
     def host_ns(self) -> dict[str, Any]:
         if self.host is None:
@@ -535,8 +549,6 @@ def register_corral(registry: Any, magics: ParallelMagics) -> ParallelMagics:
 
     names = magics.names()
     for name, func in names["line"].items():
-        if name.startswith("autopx"):
-            continue  # needs IPython's input transformers
         registry.register_line(name, bind_line(func))
     for name, func in names["cell"].items():
         registry.register_cell(name, bind_cell(func))

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from corral.core.serialize import pack_apply, serialize
 
-from .asyncresult import AsyncMapResult, AsyncResult, msg_ids_of
+from .asyncresult import AsyncMapResult, AsyncResult
+from .dependencies import dependency_field
 from .errors import ControllerLost, RemoteError
 from .link import ClientLink
 from .mapping import (
@@ -126,8 +127,8 @@ class View:
             key = None
         metadata = {
             "targets": targets,
-            "after": msg_ids_of(after),
-            "follow": msg_ids_of(follow),
+            "after": dependency_field(after),
+            "follow": dependency_field(follow),
             "retries": int(self.retries or 0),
             "timeout": self.timeout,
         }
@@ -426,6 +427,16 @@ class View:
     def history(self) -> list[str]:
         """msg_ids this client submitted (see :attr:`Client.history`)."""
         return self.client.history
+
+    @property
+    def results(self) -> Any:
+        """The client's :attr:`Client.results` (views share it, as in ipyparallel)."""
+        return self.client.results
+
+    @property
+    def metadata(self) -> Any:
+        """The client's :attr:`Client.metadata`."""
+        return self.client.metadata
 
     def get_result(self, jobs: Any = None, block: bool | None = None, owner: bool = False) -> Any:
         """:meth:`Client.get_result` (None: the last task submitted)."""

@@ -78,6 +78,8 @@ from .base import (
     recv_frames,
     send_frames,
 )
+from .dependencies import FlaggedDependencies
+from .dependencies import parse as parse_dependency
 from .liveness import DisconnectWatch, local_engine_dead
 from .policies import Policy, get_policy
 
@@ -879,14 +881,6 @@ class Job:
         self.state = _WAITING
 
 
-def _id_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str)]
-    return []
-
-
 class TaskScheduler(RoutingQueue):
     """Load balancing with late assignment and a bounded prefetch per engine.
 
@@ -962,6 +956,8 @@ class TaskScheduler(RoutingQueue):
         self._timers: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._rr = 0
+        #: flagged dependencies and engine rejections (see :mod:`.dependencies`)
+        self.flagged = FlaggedDependencies(self, _WAITING)
 
     # -- arrival -----------------------------------------------------------------------
 
@@ -989,20 +985,27 @@ class TaskScheduler(RoutingQueue):
                 pass
             if deadline is not None and not math.isfinite(deadline):
                 deadline = None
+        after = parse_dependency(metadata.get("after"))
+        follow = parse_dependency(metadata.get("follow"))
+        plain = after.plain and follow.plain
         job = Job(
             msg_id,
             client_id,
             header,
             frames,
             targets,
-            _id_list(metadata.get("after")),
-            _id_list(metadata.get("follow")),
+            list(after.ids) if plain else [],
+            list(follow.ids) if plain else [],
             retries if isinstance(retries, int) and retries > 0 else 0,
             deadline,
         )
         self.jobs[msg_id] = job
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, next(self._seq), job))
+        if not plain:
+            self.monitor([REQUEST, b"", client, *frames[1:7]])
+            self.flagged.admit(job, after, follow)
+            return
         # Fast path: no dependencies, an engine with room: straight through.
         if not job.after and not job.follow:
             engine = self._choose(job)
@@ -1013,7 +1016,7 @@ class TaskScheduler(RoutingQueue):
         self.monitor([REQUEST, b"", client, *frames[1:7]])
         failed = self._dependency_failure(job)
         if failed:
-            self._fail(job, "UnmetDependency", failed)
+            self._fail(job, "ImpossibleDependency", failed)
             return
         for dep in (*job.after, *job.follow):
             other = self.jobs.get(dep)
@@ -1126,7 +1129,7 @@ class TaskScheduler(RoutingQueue):
         """Dependencies met: dispatch now, or hold in the backlog until there is room."""
         possible, pinned = self._location(job)
         if not possible:
-            self._fail(job, "UnmetDependency", "follow dependencies cannot be met")
+            self._fail(job, "ImpossibleDependency", "follow dependencies cannot be met")
             return
         job.pinned = pinned
         engine = self._choose(job, pinned)
@@ -1229,6 +1232,14 @@ class TaskScheduler(RoutingQueue):
         if sent is not None and isinstance(through, str) and through in sent:
             self.started_through[engine] = through
 
+    def _accept_reply(self, reply: tuple[list[Any], Any, str]) -> None:
+        frames, parts, msg_id = reply
+        # An engine where a task's @require/@depend conditions fail says so in the reply
+        # metadata: the task then goes to another engine (see .dependencies).
+        if b"dependencies_met" in parts[2] and self.flagged.rejected(frames[0], msg_id, parts[2]):
+            return
+        super()._accept_reply(reply)
+
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
         job = self.jobs.get(msg_id)
         if job is None or job.engine != engine:
@@ -1250,11 +1261,14 @@ class TaskScheduler(RoutingQueue):
             self.jobs.pop(done.msg_id, None)
             done.frames = []
             self._remember(done.msg_id, success, where)
+            if self.flagged.waiting or self.flagged.specs:
+                self.flagged.finished(done.msg_id)
             for waiter in self.blocked.pop(done.msg_id, ()):
                 if waiter.state != _WAITING:
                     continue
                 if not success:
-                    self._error(waiter, "UnmetDependency", f"dependency {done.msg_id} failed")
+                    why = f"dependency {done.msg_id} failed"
+                    self._error(waiter, "ImpossibleDependency", why)
                     work.append((waiter, False, None))
                     continue
                 waiter.unmet -= 1
@@ -1321,7 +1335,8 @@ class TaskScheduler(RoutingQueue):
         for job in reversed(again):  # to the backlog's front, in the order they were sent
             possible, pinned = self._location(job)
             if not possible:
-                self._fail(job, "UnmetDependency", f"follow dependencies died with engine {eid}")
+                why = f"follow dependencies died with engine {eid}"
+                self._fail(job, "ImpossibleDependency", why)
                 continue
             job.pinned = pinned
             self._hold(job, front=True)
@@ -1331,7 +1346,7 @@ class TaskScheduler(RoutingQueue):
                     continue
                 if job.pinned == engine:
                     why = f"follow dependencies died with engine {eid}"
-                    self._fail(job, "UnmetDependency", why)
+                    self._fail(job, "ImpossibleDependency", why)
                 elif self._dependency_failure(job):
                     self._fail(job, "EngineError", "every target engine is dead")
         self._drain_backlog()

@@ -1020,6 +1020,7 @@ class Engine:
         self.relay.silent = False
         iopub = self.iopub
         sent = iopub.sent
+        unmet = False
         try:
             func, args, kwargs = self._unpack_apply(msg.buffers)
             adopter = self._adopter
@@ -1044,11 +1045,13 @@ class Engine:
             error = self._error_content(exc, "apply")
             if "func" in locals():  # name the files of shipped __main__ functions
                 error["traceback"] = _annotate(error["traceback"], func, self.user_ns)
-            iopub.publish(
-                "error",
-                {k: error[k] for k in ("ename", "evalue", "traceback")},
-                msg.header,
-            )
+            unmet = error["ename"] == "UnmetDependency"
+            if not unmet:  # a rejected task runs elsewhere: its rejection is no output
+                iopub.publish(
+                    "error",
+                    {k: error[k] for k in ("ename", "evalue", "traceback")},
+                    msg.header,
+                )
             content = wire.json_dumps(error)
             buffers = ()
             status = "error"
@@ -1056,14 +1059,12 @@ class Engine:
             iopub.flush()
         outputs = iopub.sent - sent
         completed = iso_now()
-        self._send(
-            sock,
-            msg,
-            content,
-            self._metadata(started, completed, status, outputs),
-            buffers,
-            completed,
-        )
+        metadata = self._metadata(started, completed, status, outputs)
+        if unmet:
+            # @require/@depend do not hold here: the task scheduler tries another engine
+            # (ipyparallel's metadata key; see controller/dependencies.py).
+            metadata = metadata[:-1] + b',"dependencies_met":false}'
+        self._send(sock, msg, content, metadata, buffers, completed)
         if outputs:
             iopub.publish("status", {"execution_state": "idle"}, msg.header)
 
