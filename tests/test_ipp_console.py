@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 LAUNCHER = """
 import sys
-import corral.plugins.builtin.frontends as plugin
+import corral.frontends.plugin as plugin
 from corral.plugins.manager import get_plugin_manager
 manager = get_plugin_manager()
-if not manager.has_plugin("corral.plugins.builtin.frontends"):
-    manager.register(plugin, name="corral.plugins.builtin.frontends")
+if not manager.has_plugin("corral.frontends.plugin"):
+    manager.register(plugin, name="corral.frontends.plugin")
 from corral.cli import main
 sys.exit(main())
 """

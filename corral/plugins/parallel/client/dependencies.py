@@ -175,7 +175,7 @@ class Dependency(set):  # type: ignore[type-arg]
 def dependency_field(value: Any) -> list[str] | dict[str, Any]:
     """A view's ``after``/``follow`` flag as request metadata: msg_ids, or a flagged
     :class:`Dependency`'s dict."""
-    from .client import msg_ids_of
+    from .asyncresult import msg_ids_of
 
     if isinstance(value, Dependency) and not (value.all and value.success and not value.failure):
         return value.as_dict()
