@@ -29,7 +29,12 @@ def _corral_modules() -> list[str]:
 def _exception_classes() -> list[type[BaseException]]:
     found = []
     for name in _corral_modules():
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            if (error.name or "").startswith("corral"):
+                raise  # a broken corral import is a failure, not a missing extra
+            continue  # an optional dependency (prompt_toolkit, distributed...) not installed
         for obj in vars(module).values():
             if (
                 inspect.isclass(obj)

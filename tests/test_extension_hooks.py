@@ -71,6 +71,16 @@ def test_unknown_policy_names_the_known_ones() -> None:
         get_policy("nope")
 
 
+@pytest.fixture
+def own_reducers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reducers registered by a test go when it ends: the pickler of every later test in
+    this process is the untouched one."""
+    monkeypatch.setattr(ser, "_reducers", {})
+    monkeypatch.setattr(ser._FastPickler, "dispatch_table", None, raising=False)
+    monkeypatch.delattr(ser._FastPickler, "dispatch_table")
+
+
+@pytest.mark.usefixtures("own_reducers")
 def test_registered_reducer_pickles_what_pickle_refuses() -> None:
     class Gauge:
         def __init__(self, value: int) -> None:
@@ -86,6 +96,26 @@ def test_registered_reducer_pickles_what_pickle_refuses() -> None:
         ser.register_reducers({"Gauge": print})  # type: ignore[dict-item]
 
 
+@pytest.mark.usefixtures("own_reducers")
+def test_copyreg_entries_added_later_are_still_honoured() -> None:
+    import copyreg
+
+    class Late:
+        pass
+
+    class Mine:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+    ser.register_reducers({Mine: lambda m: (str, ("mine",))})
+    copyreg.pickle(Late, lambda obj: (str, ("late",)))
+    try:
+        assert ser.deserialize(ser.serialize([Mine(), Late()])) == ["mine", "late"]
+    finally:
+        del copyreg.dispatch_table[Late]
+
+
+@pytest.mark.usefixtures("own_reducers")
 def test_reducer_source_is_asked_once_and_only_when_pickling_fails() -> None:
     class Probe:
         def __init__(self) -> None:

@@ -238,3 +238,27 @@ def test_subcommand_help_is_the_subcommands(tmp_path):
     result = run_corral(tmp_path, tmp_path, "profile", "create", "--help")
     assert result.returncode == 0
     assert "--force" in result.stdout
+
+
+def test_the_transport_kernel_alone_loads_no_plugins(plugin_site, tmp_path):
+    """``python -m corral.transports.zmq.kernel_main`` is the transport layer's kernel: it
+    serves without plugins (it imports none); ``corral.plugins.kernel_main``, which every
+    KernelManager and kernelspec runs, is the one that adds them."""
+    from corral.transports.zmq.kernel_main import KERNEL_MODULE
+    from corral.transports.zmq.manager import KernelManager
+
+    assert KERNEL_MODULE == "corral.plugins.kernel_main"
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)]),
+        "CORRAL_DIR": str(tmp_path / "corral"),
+    }
+    bare = [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", "{connection_file}"]
+    with KernelManager(env=env, autorestart=False, kernel_cmd=bare) as manager:
+        client = manager.client()
+        outputs = []
+        reply = client.execute_interactive(
+            "import sys\n%greet kernel", timeout=30, output_hook=outputs.append
+        )
+        assert reply["content"]["status"] == "error"
+        assert "greet" in reply["content"]["evalue"]
+        client.close()

@@ -263,6 +263,7 @@ class _BytesPickler(_PersistentBytes, _FastPickler):
 Reducer = Callable[[Any], tuple[Any, ...]]
 
 _reducers: dict[type, Reducer] = {}
+_copyreg_size = 0  # len(copyreg.dispatch_table) when the table was built
 
 
 def register_reducers(reducers: Mapping[type, Reducer]) -> None:
@@ -279,7 +280,21 @@ def register_reducers(reducers: Mapping[type, Reducer]) -> None:
         if not isinstance(cls, type) or not callable(reduce):
             raise TypeError(f"a reducer maps a type to a callable, not {cls!r} to {reduce!r}")
     _reducers.update(reducers)
+    _install_table()
+
+
+def _install_table() -> None:
+    global _copyreg_size
+    _copyreg_size = len(copyreg.dispatch_table)
     _FastPickler.dispatch_table = {**copyreg.dispatch_table, **_reducers}
+
+
+def _refresh_table() -> None:
+    """Merge what ``copyreg.pickle`` registered since the table was built (a library
+    imported later, say): a pickler with its own ``dispatch_table`` no longer reads
+    copyreg's. One ``len`` per :func:`serialize`, and only once reducers exist."""
+    if _reducers and len(copyreg.dispatch_table) != _copyreg_size:
+        _install_table()
 
 
 def registered_reducers() -> dict[type, Reducer]:
@@ -422,6 +437,8 @@ def _pickle_into(obj: Any, buffers: _Buffers, plain: type, with_bytes: type) -> 
 
 def _dump(obj: Any, threshold: int) -> list[Frame]:
     """Pickle ``obj`` into frames; raises whatever pickle raises."""
+    if _reducers:
+        _refresh_table()
     buffers = _Buffers(threshold)
     head = _pickle_into(obj, buffers, _FastPickler, _BytesPickler)
     return [head, *buffers.frames]

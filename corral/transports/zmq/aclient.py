@@ -32,13 +32,17 @@ from corral.transports.zmq.client import (
     StdinHook,
     _apply_curve,
     _ClientBase,
-    _earliest,
-    _parent_id,
     _remaining_s,
     _stdin_is_tty,
     channel_url,
     default_output_hook,
     prompt_for_input,
+)
+from corral.transports.zmq.client_protocol import (
+    Handshake,
+    InteractiveRun,
+    interactive_hooks,
+    parent_id,
 )
 
 __all__ = ["AsyncKernelClient", "KernelDiedError", "MessageTimeout"]
@@ -202,7 +206,7 @@ class AsyncKernelClient(_ClientBase):
         try:
             while True:
                 msg = await self._recv(channel, _remaining_s(deadline), epoch)
-                if _parent_id(msg) == msg_id:
+                if parent_id(msg) == msg_id:
                     return msg
                 skipped.append(msg)
         finally:
@@ -237,48 +241,30 @@ class AsyncKernelClient(_ClientBase):
     async def _handshake(self, timeout: float | None) -> Message:
         epoch = self._epoch
         shell, iopub = self._sockets["shell"], self._sockets["iopub"]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ids: set[str] = set()
-        reply: Message | None = None
-        heard_iopub = False
-        resend_at: float | None = None
-
-        def ask() -> None:
-            msg = self._message("kernel_info_request", {})
-            shell.send_multipart(self._pack(msg))
-            ids.add(msg["msg_id"])
-
-        ask()
+        talk = Handshake(
+            lambda: self._message("kernel_info_request", {}), timeout, time.monotonic()
+        )
+        shell.send_multipart(self._pack(talk.start()))
         try:
-            while reply is None or not heard_iopub:
+            while not talk.done:
                 now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise MessageTimeout(f"kernel did not become ready within {timeout}s")
-                if resend_at is not None and now >= resend_at:
-                    ask()  # iopub was not subscribed yet when the kernel published
-                    resend_at = now + 0.2
-                ready = await self._wait_readable(
-                    [shell, iopub], _earliest(deadline, resend_at), epoch
-                )
+                if talk.expired(now):
+                    raise MessageTimeout(talk.timeout_message)
+                again = talk.resend(now)
+                if again is not None:
+                    shell.send_multipart(self._pack(again))
+                ready = await self._wait_readable([shell, iopub], talk.wake_at(), epoch)
                 for channel, sock in (("shell", shell), ("iopub", iopub)):
                     if sock not in ready:
                         continue
                     got = await self._read(channel, sock)
-                    if got is None:
-                        continue
-                    if _parent_id(got) not in ids:
+                    if got is not None and not talk.receive(channel, got, time.monotonic()):
                         self._backlog[channel].append(got)
-                    elif channel == "iopub":
-                        heard_iopub = True
-                    elif reply is None:
-                        reply = got
-                        if not heard_iopub:
-                            resend_at = time.monotonic() + 0.2
         finally:
-            self._handshake_ids |= ids
+            self._handshake_ids |= talk.ids
         self._synced_generation = self._generation
-        assert reply is not None
-        return reply
+        assert talk.reply is not None
+        return talk.reply
 
     # -------------------------------------------------------- interactive execution
 
@@ -301,10 +287,14 @@ class AsyncKernelClient(_ClientBase):
         :meth:`BlockingKernelClient.execute_interactive
         <corral.transports.zmq.client.BlockingKernelClient.execute_interactive>`.
         """
-        if allow_stdin is None:
-            allow_stdin = stdin_hook is not None or _stdin_is_tty()
-        output_hook = output_hook or default_output_hook
-        stdin_hook = stdin_hook or _prompt_in_thread
+        allow_stdin, output_hook, stdin_hook = interactive_hooks(
+            allow_stdin,
+            output_hook,
+            stdin_hook,
+            default_output=default_output_hook,
+            default_stdin=_prompt_in_thread,
+            stdin_is_tty=_stdin_is_tty,
+        )
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._ensure_sockets() or self._synced_generation != self._generation:
             await self._handshake(_remaining_s(deadline))
@@ -317,24 +307,23 @@ class AsyncKernelClient(_ClientBase):
             allow_stdin=allow_stdin,
             stop_on_error=stop_on_error,
         )
+        run = InteractiveRun(msg_id, timeout, deadline)
         iopub, stdin = self._sockets["iopub"], self._sockets["stdin"]
         while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise MessageTimeout(f"execution did not finish within {timeout}s")
+            if run.expired(time.monotonic()):
+                raise MessageTimeout(run.timeout_message)
             ready = await self._wait_readable([iopub, stdin], deadline, epoch)
             if stdin in ready:
                 req = await self._read("stdin", stdin)
-                if req is not None and req["msg_type"] == "input_request":
+                if run.wants_answer(req):
                     answer = await _call_hook(stdin_hook, req)
                     if answer is not None:
                         self.input(str(answer))
             if iopub in ready:
                 out = await self._read("iopub", iopub)
-                if out is None or _parent_id(out) != msg_id:
-                    continue
-                if out["msg_type"] == "status":
-                    if out["content"].get("execution_state") == "idle":
-                        break
-                    continue
-                await _call_hook(output_hook, out)
+                step = run.on_iopub(out)
+                if step == "idle":
+                    break
+                if step == "output":
+                    await _call_hook(output_hook, out)
         return await self.get_reply(msg_id, _remaining_s(deadline))

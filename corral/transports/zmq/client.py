@@ -35,6 +35,12 @@ from typing import Any
 import zmq
 
 from corral.errors import CorralError
+from corral.transports.zmq.client_protocol import (
+    Handshake,
+    InteractiveRun,
+    interactive_hooks,
+    parent_id,
+)
 from corral.transports.zmq.wire import ReplayGuard, Signer, WireError, deserialize, make_message
 from corral.transports.zmq.wire import serialize as serialize_message
 
@@ -136,10 +142,6 @@ def _signer_for(info: Any) -> Signer:
     if isinstance(key, str):
         key = key.encode("ascii")
     return Signer(key, getattr(info, "signature_scheme", None) or "hmac-sha256")
-
-
-def _parent_id(msg: Message) -> str | None:
-    return (msg.get("parent_header") or {}).get("msg_id")
 
 
 def _load_connection_info(path: str | Path) -> Any:
@@ -309,7 +311,7 @@ class _ClientBase:
         except WireError as exc:
             log.warning("dropped a bad message on the %s channel: %s", channel, exc)
             return None
-        if self._handshake_ids and _parent_id(msg) in self._handshake_ids:
+        if self._handshake_ids and parent_id(msg) in self._handshake_ids:
             return None
         return msg
 
@@ -624,7 +626,7 @@ class BlockingKernelClient(_ClientBase):
         try:
             while True:
                 msg = self._recv(channel, _remaining_s(deadline), epoch)
-                if _parent_id(msg) == msg_id:
+                if parent_id(msg) == msg_id:
                     return msg
                 skipped.append(msg)
         finally:
@@ -665,55 +667,34 @@ class BlockingKernelClient(_ClientBase):
         poller = zmq.Poller()
         for item in (shell, iopub, self._wake_r):
             poller.register(item, zmq.POLLIN)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ids: set[str] = set()
-        reply: Message | None = None
-        heard_iopub = False
-        resend_at: float | None = None
-        msg = self._message("kernel_info_request", {})
-        shell.send_multipart(self._pack(msg))
-        ids.add(msg["msg_id"])
+        talk = Handshake(
+            lambda: self._message("kernel_info_request", {}), timeout, time.monotonic()
+        )
+        shell.send_multipart(self._pack(talk.start()))
         try:
-            while reply is None or not heard_iopub:
+            while not talk.done:
                 self._check(epoch)
                 now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise MessageTimeout(f"kernel did not become ready within {timeout}s")
-                if resend_at is not None and now >= resend_at:
-                    # Answered on shell but nothing on iopub: our subscription was not up
-                    # yet when it published. Ask again; the next status will reach us.
-                    msg = self._message("kernel_info_request", {})
-                    shell.send_multipart(self._pack(msg))
-                    ids.add(msg["msg_id"])
-                    resend_at = now + 0.2
-                wake_at = (
-                    min(t for t in (deadline, resend_at) if t is not None)
-                    if (deadline is not None or resend_at is not None)
-                    else None
-                )
-                ready = dict(poller.poll(_remaining_ms(wake_at)))
+                if talk.expired(now):
+                    raise MessageTimeout(talk.timeout_message)
+                again = talk.resend(now)
+                if again is not None:
+                    shell.send_multipart(self._pack(again))
+                ready = dict(poller.poll(_remaining_ms(talk.wake_at())))
                 if self._wake_r in ready:
                     self._drain_wake()
                 for channel, sock in (("shell", shell), ("iopub", iopub)):
                     if sock not in ready:
                         continue
                     got = self._unpack(channel, sock.recv_multipart())
-                    if got is None:
-                        continue
-                    if _parent_id(got) not in ids:
+                    if got is not None and not talk.receive(channel, got, time.monotonic()):
                         self._backlog[channel].append(got)
-                    elif channel == "iopub":
-                        heard_iopub = True
-                    elif reply is None:
-                        reply = got
-                        if not heard_iopub:
-                            resend_at = time.monotonic() + 0.2
         finally:
             # Late answers to the extra requests are dropped by _unpack.
-            self._handshake_ids |= ids
+            self._handshake_ids |= talk.ids
         self._synced_generation = self._generation
-        assert reply is not None
-        return reply
+        assert talk.reply is not None
+        return talk.reply
 
     # -------------------------------------------------------- interactive execution
 
@@ -743,10 +724,14 @@ class BlockingKernelClient(_ClientBase):
         Raises :class:`MessageTimeout` (a ``TimeoutError``) after ``timeout`` seconds, and
         :class:`KernelDiedError` if the kernel dies meanwhile.
         """
-        if allow_stdin is None:
-            allow_stdin = stdin_hook is not None or _stdin_is_tty()
-        output_hook = output_hook or default_output_hook
-        stdin_hook = stdin_hook or prompt_for_input
+        allow_stdin, output_hook, stdin_hook = interactive_hooks(
+            allow_stdin,
+            output_hook,
+            stdin_hook,
+            default_output=default_output_hook,
+            default_stdin=prompt_for_input,
+            stdin_is_tty=_stdin_is_tty,
+        )
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._ensure_sockets() or self._synced_generation != self._generation:
             self._handshake(_remaining_s(deadline))
@@ -759,33 +744,32 @@ class BlockingKernelClient(_ClientBase):
             allow_stdin=allow_stdin,
             stop_on_error=stop_on_error,
         )
+        run = InteractiveRun(msg_id, timeout, deadline)
         iopub, stdin = self._sockets["iopub"], self._sockets["stdin"]
         poller = zmq.Poller()
         for item in (iopub, stdin, self._wake_r):
             poller.register(item, zmq.POLLIN)
         while True:
             self._check(epoch)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise MessageTimeout(f"execution did not finish within {timeout}s")
+            if run.expired(time.monotonic()):
+                raise MessageTimeout(run.timeout_message)
             ready = dict(poller.poll(_remaining_ms(deadline)))
             if self._wake_r in ready:
                 self._drain_wake()
                 continue
             if stdin in ready:
                 req = self._unpack("stdin", stdin.recv_multipart())
-                if req is not None and req["msg_type"] == "input_request":
+                if run.wants_answer(req):
                     answer = stdin_hook(req)
                     if answer is not None:
                         self.input(str(answer))
             if iopub in ready:
                 out = self._unpack("iopub", iopub.recv_multipart())
-                if out is None or _parent_id(out) != msg_id:
-                    continue
-                if out["msg_type"] == "status":
-                    if out["content"].get("execution_state") == "idle":
-                        break
-                    continue
-                output_hook(out)
+                step = run.on_iopub(out)
+                if step == "idle":
+                    break
+                if step == "output":
+                    output_hook(out)
         return self.get_reply(msg_id, _remaining_s(deadline))
 
 
@@ -794,12 +778,6 @@ def _remaining_ms(deadline: float | None) -> int | None:
     if deadline is None:
         return None
     return max(0, int((deadline - time.monotonic()) * 1000) + 1)
-
-
-def _earliest(*times: float | None) -> float | None:
-    """The first of several optional deadlines (None: no deadline at all)."""
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
 
 
 def _remaining_s(deadline: float | None) -> float | None:
