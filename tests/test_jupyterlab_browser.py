@@ -3,7 +3,8 @@
 The test starts JupyterLab on 127.0.0.1 (a private Jupyter environment with the corral
 kernelspec), opens a notebook on the corral kernel in Debian's Chromium through its
 chromedriver (selenium), and checks what users see: a matplotlib plot renders, an
-``IntSlider`` renders and moving it changes the kernel's variable, Kernel > Interrupt and
+``IntSlider`` renders, moving it changes the kernel's variable and setting the variable
+moves it, Kernel > Interrupt and
 Kernel > Restart work, and the debugger stops on a breakpoint set in a cell, showing the
 call stack and the variables. A screenshot is saved to the test's temporary directory (and
 to ``$CORRAL_TEST_ARTIFACTS`` when set).
@@ -153,6 +154,7 @@ CELLS = [
     "    open('slider.txt', 'w').write(str(change['new']))\n"
     "s.observe(record, 'value')\n"
     "s",
+    "s.value = 2",
     "import time\nprint('sleeping', flush=True)\ntime.sleep(120)",
     "print('alive', 'seen' in globals())",
     "def h(v):\n    w2 = v + 1\n    return w2\nh(41)",
@@ -226,12 +228,18 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
         handle.click()
         handle.send_keys(Keys.ARROW_RIGHT)
         assert until("the kernel to see the new value", lambda: _read(work / "slider.txt")) == "6"
+        # And the other way: the kernel sets the value, the slider in the page follows.
+        run_cell(browser, 2)
+        until(
+            "the slider to follow the kernel",
+            lambda: _text(browser, ".jp-CodeCell .widget-readout") == "2",
+        )
         browser.save_screenshot(str(tmp_path / "jupyterlab-corral.png"))
         # Kernel > Interrupt stops a running cell.
-        run_cell(browser, 2)
-        until("the cell to run", lambda: "sleeping" in output_text(browser, 2))
+        run_cell(browser, 3)
+        until("the cell to run", lambda: "sleeping" in output_text(browser, 3))
         js(browser, "window.jupyterapp.commands.execute('kernelmenu:interrupt');")
-        until("KeyboardInterrupt", lambda: "KeyboardInterrupt" in output_text(browser, 2))
+        until("KeyboardInterrupt", lambda: "KeyboardInterrupt" in output_text(browser, 3))
         # Kernel > Restart gives a fresh kernel.
         js(browser, "window.jupyterapp.commands.execute('kernelmenu:restart');")
         accept = until(
@@ -247,8 +255,8 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
                 "return k.status === 'idle';",
             ),
         )
-        run_cell(browser, 3)
-        until("the fresh namespace", lambda: "alive False" in output_text(browser, 3))
+        run_cell(browser, 4)
+        until("the fresh namespace", lambda: "alive False" in output_text(browser, 4))
         # The debugger: enable it, set a breakpoint in a cell, stop there, read the stack
         # and the variables, continue.
         bug = until(
@@ -257,14 +265,14 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
         )[0]
         bug.click()
         until("the debugger to start", lambda: bug.get_attribute("aria-pressed") == "true")
-        cell = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")[4]
+        cell = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")[5]
         gutter = until(
             "the breakpoint gutter",
             lambda: cell.find_elements(By.CSS_SELECTOR, ".cm-breakpoint-gutter .cm-gutterElement"),
         )
         gutter[2].click()  # line 2 (the first element is CodeMirror's hidden spacer)
         until("the breakpoint", lambda: "corral_" in _text(browser, ".jp-DebuggerBreakpoints-body"))
-        run_cell(browser, 4)
+        run_cell(browser, 5)
         until(
             "the stop in h()", lambda: _text(browser, ".jp-DebuggerCallstack-body").startswith("h")
         )
@@ -272,7 +280,7 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
         until("the variables", lambda: "41" in _text(browser, ".jp-DebuggerVariables-body"))
         browser.save_screenshot(str(tmp_path / "jupyterlab-corral-debugger.png"))
         js(browser, "window.jupyterapp.commands.execute('debugger:continue');")
-        until("the cell to finish", lambda: "42" in output_text(browser, 4))
+        until("the cell to finish", lambda: "42" in output_text(browser, 5))
         bug.click()
         until("the debugger to stop", lambda: bug.get_attribute("aria-pressed") == "false")
     finally:

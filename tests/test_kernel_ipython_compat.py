@@ -270,6 +270,26 @@ def test_figure_as_last_expression_and_figure_formats(kc: BlockingKernelClient) 
     ok(kc, "%config InlineBackend.figure_formats = ['png']")
 
 
+def test_matplotlib_widget_gives_ipympl_figures(kc: BlockingKernelClient) -> None:
+    """``%matplotlib widget``: ipympl's interactive canvas, a widget over the kernel's comms."""
+    pytest.importorskip("ipympl")
+    msgs = ok(kc, "%matplotlib widget\nimport matplotlib.pyplot as plt\nprint(plt.get_backend())")
+    assert "ipympl" in stdout_of(msgs)
+    try:
+        msgs = ok(kc, "fig = plt.figure()\nplt.plot([1, 2]);")
+        opened = of_type(msgs, "comm_open")
+        models = [c["data"]["state"].get("_model_name") for c in opened]
+        assert "MPLCanvasModel" in models
+        shown = of_type(msgs, "display_data")
+        assert len(shown) == 1 and "application/vnd.jupyter.widget-view+json" in shown[0]["data"]
+    finally:
+        ok(kc, "%matplotlib inline")
+    msgs = ok(kc, "plt.plot([2, 1]); plt.show()")
+    assert len(_pngs(msgs)) == 1  # back to inline images
+    reply, _ = run(kc, "%matplotlib qt")
+    assert reply["content"]["ename"] == "UsageError"  # no GUI event loop in a kernel
+
+
 # --------------------------------------------------------------------- comms
 
 

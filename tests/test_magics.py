@@ -100,6 +100,13 @@ def test_time_line_magic_returns_value_and_prints_times(interp):
     _, out, shown = run(interp, "%time sum(range(10))")
     assert "CPU times: user" in out and "Wall time:" in out
     assert shown == ["45"]
+    # CPU time finer than os.times()'s 10 ms clock ticks (which read 0 or 10 ms here).
+    interp.user_ns["t"] = __import__("time")
+    _, out, _ = run(
+        interp, "%%time\nend = t.thread_time() + 0.003\nwhile t.thread_time() < end:\n    pass"
+    )
+    total = out.split("total: ")[1].split("\n")[0]
+    assert total.endswith(" ms") and 2.5 <= float(total.split()[0]) < 9.5, out
 
 
 def test_time_cell_magic(interp):

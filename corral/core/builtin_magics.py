@@ -148,6 +148,20 @@ def getoutput(interp: Any, cmd: str) -> list[str]:
 # ------------------------------------------------------------------ timing
 
 
+def _cpu_times() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process, to the microsecond where the OS says so.
+
+    ``os.times()`` counts clock ticks (10 ms): a quick statement would read "0 ns".
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        times = os.times()
+        return times.user, times.system
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def time_magic(interp: Any, line: str, cell: str | None = None) -> Any:
     """Time one run of a statement or expression: ``%time expr`` or a ``%%time`` cell.
 
@@ -158,12 +172,12 @@ def time_magic(interp: Any, line: str, cell: str | None = None) -> Any:
     source = cell if cell is not None else line
     if not source.strip():
         raise UsageError("%time needs a statement to time")
-    wall0, cpu0 = time.perf_counter(), os.times()
+    wall0, cpu0 = time.perf_counter(), _cpu_times()
     try:
         value = interp.run_source(source, filename="<timed exec>")
     finally:
-        cpu1, wall1 = os.times(), time.perf_counter()
-        user, sys_ = cpu1.user - cpu0.user, cpu1.system - cpu0.system
+        cpu1, wall1 = _cpu_times(), time.perf_counter()
+        user, sys_ = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         print(
             f"CPU times: user {format_time(user)}, sys: {format_time(sys_)}, "
             f"total: {format_time(user + sys_)}\nWall time: {format_time(wall1 - wall0)}"

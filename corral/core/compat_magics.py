@@ -20,6 +20,8 @@ __all__ = ["enable_matplotlib", "register_compat_magics"]
 hide_from_tracebacks(__file__)
 
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# ipympl's interactive figures: ipywidgets over the kernel's comms, no GUI event loop.
+WIDGET_BACKEND = "module://ipympl.backend_nbagg"
 
 
 def _shell(interp: Any) -> Any:
@@ -142,33 +144,38 @@ def enable_matplotlib(shell: Any, gui: str | None = None) -> tuple[str, str]:
 
     if gui == "inline":
         backend = INLINE_BACKEND
+    elif gui in ("widget", "ipympl"):
+        backend = WIDGET_BACKEND
     elif gui in ("agg", "svg", "pdf", "ps", "cairo", "template"):
         backend = gui
     elif gui.startswith("module://"):
         backend = gui
     else:
         raise UsageError(
-            f"%matplotlib {gui}: a corral kernel draws plots inline; "
-            "use %matplotlib inline (or agg, svg, pdf, module://...)"
+            f"%matplotlib {gui}: a corral kernel has no GUI event loop; "
+            "use %matplotlib inline or widget (or agg, svg, pdf, module://...)"
         )
     import matplotlib.pyplot as plt
 
     plt.switch_backend(backend)
-    if backend == INLINE_BACKEND:
+    if backend in (INLINE_BACKEND, WIDGET_BACKEND):
         from IPython.core.pylabtools import activate_matplotlib
         from matplotlib_inline.backend_inline import configure_inline_support
 
-        activate_matplotlib(backend)
-        configure_inline_support(shell, backend)
+        activate_matplotlib(backend)  # interactive: figures show at the end of the cell
+        configure_inline_support(shell, backend)  # inline's hooks on, or off for widget
     else:
         matplotlib.interactive(False)
     return gui, backend
 
 
 def matplotlib_magic(interp: Any, line: str) -> None:
-    """%matplotlib [inline]: draw figures in the notebook (the default in a corral kernel)."""
+    """%matplotlib [inline|widget]: draw figures in the notebook (inline is the default).
+
+    ``widget`` (or ``ipympl``) gives ipympl's interactive figures, when it is installed.
+    """
     if line.strip() in ("-l", "--list"):
-        print("Available matplotlib backends: inline, agg, svg, pdf, module://...")
+        print("Available matplotlib backends: inline, widget, agg, svg, pdf, module://...")
         return
     _, backend = enable_matplotlib(_shell(interp), line.strip() or None)
     if not line.strip():  # IPython says which backend a bare %matplotlib chose
