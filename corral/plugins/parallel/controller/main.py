@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import zmq
 
 from corral.transports.zmq.gate import ENCRYPTIONS, Gate, stop_zap
+from corral.transports.zmq.ipc import release_dead
 
 from ..clusterfile import (
     ClusterInfo,
@@ -304,6 +305,7 @@ def _component_main(
         component.serve(conn)
     finally:
         ctx.term()
+        component.release()
 
 
 def _await_ports(name: str, conn: ControlPipe, deadline: float) -> dict[str, int]:
@@ -432,6 +434,7 @@ class _Children:
         return ports
 
     def stop(self) -> None:
+        pids = {p.pid for p in self.procs.values() if p.pid}
         for conn in self.conns.values():
             try:
                 conn.send(STOP)
@@ -448,6 +451,8 @@ class _Children:
             proc.close()
         for conn in self.conns.values():
             conn.close()
+        if self.cfg.transport == "ipc":  # SIGTERM gave the children no chance to release
+            release_dead(self.cfg.ip, pids)
 
 
 def _spawn(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> tuple[Any, Any]:
@@ -547,6 +552,8 @@ class _Threads:
         except BaseException:
             stop_zap(self.ctx)  # destroy() would close its socket under its thread
             self.ctx.destroy(linger=0)
+            for component in self.components.values():
+                component.release()
             raise
         info = self.cfg.cluster_info(ports)
         hub.configure(("cluster", info.to_dict()))
@@ -571,6 +578,7 @@ class _Threads:
             log.exception("controller component %s crashed", name)
         finally:
             conn.close()
+            component.release()
         if name == "hub" or not self._stopped:
             # The hub ends on shutdown_request; any other ending is a failure. Either way
             # the whole controller goes (from another thread: this one must finish).
