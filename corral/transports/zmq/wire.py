@@ -435,42 +435,10 @@ def deserialize(
     replay. So a forged message costs one HMAC, and only an authentic one reaches the
     parser. Raises :class:`MalformedMessage`, :class:`MessageTooLarge`,
     :class:`BadSignature` or :class:`ReplayedMessage`; never anything else.
+
+    The checks themselves are :func:`corral.transports.zmq.door.admit`, the one door
+    every received message passes (imported here lazily: the door builds on this module).
     """
-    raw = [_as_bytes(f) for f in frames]
-    if max_size is not None:
-        size = sum(len(f) for f in raw)
-        if size > max_size:
-            raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_size}")
-    try:
-        split = raw.index(DELIMITER)
-    except ValueError:
-        raise MalformedMessage(
-            f"no {DELIMITER.decode()} delimiter among {len(raw)} frames"
-        ) from None
-    rest = raw[split + 1 :]
-    if len(rest) < _FIXED_PARTS:
-        raise MalformedMessage(
-            f"expected signature, header, parent_header, metadata and content after the "
-            f"delimiter, got {len(rest)} frame(s)"
-        )
-    signature = rest[0]
-    parts = rest[1:_FIXED_PARTS]
-    if signer.enabled:
-        signer.check(parts, signature, rest[_FIXED_PARTS:])
-        if replay is not None:
-            replay.check(signature)
-    header = _parse_dict(parts[0], "header")
-    msg_id = header.get("msg_id")
-    msg_type = header.get("msg_type")
-    if not isinstance(msg_id, str) or not isinstance(msg_type, str):
-        raise MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
-    msg = {
-        "header": header,
-        "parent_header": _parse_dict(parts[1], "parent_header"),
-        "metadata": _parse_dict(parts[2], "metadata"),
-        "content": _parse_dict(parts[3], "content"),
-        "buffers": rest[_FIXED_PARTS:],
-        "msg_id": msg_id,
-        "msg_type": msg_type,
-    }
-    return raw[:split], msg
+    from corral.transports.zmq.door import deserialize as through_the_door
+
+    return through_the_door(frames, signer, replay, max_size)
