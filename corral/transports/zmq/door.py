@@ -46,6 +46,7 @@ from corral.transports.zmq import wire
 
 __all__ = [
     "BUFFERS_COUNTED",
+    "BUFFER_DIGESTS",
     "BUFFERS_HASHED",
     "BUFFERS_IGNORED",
     "DIGEST_HEX",
@@ -55,10 +56,14 @@ __all__ = [
     "RoleRefused",
     "admit",
     "buffer_digest",
+    "check_buffer_digests",
     "cluster_signer",
     "deserialize",
 ]
 
+#: The metadata key that carries buffer digests on kernel channels (Jupyter's signature
+#: does not cover buffers; cluster messages carry them in the signature frame instead).
+BUFFER_DIGESTS = "corral_buffer_digests"
 #: Hex digits of one buffer digest (BLAKE3, 32 bytes).
 DIGEST_HEX = 64
 #: What :meth:`ClusterSigner.check` does with the buffers.
@@ -177,6 +182,30 @@ def admit(
     return header
 
 
+def check_buffer_digests(metadata: dict[str, Any], buffers: Sequence[Any]) -> None:
+    """Kernel channels: the buffers against the digests in the signed metadata
+    (:data:`BUFFER_DIGESTS`, put there by :func:`wire.serialize`).
+
+    A message without the key (a jupyter_client frontend, which does not send them) is
+    let through as Jupyter would: its buffers are not covered, as the spec says. The key
+    cannot be stripped or altered without breaking the HMAC, so a message from corral
+    always has its buffers checked; a buffer swapped, added or dropped is refused.
+    """
+    digests = metadata.get(BUFFER_DIGESTS)
+    if digests is None:
+        return
+    if digests.__class__ is not list or len(digests) != len(buffers):
+        raise wire.BadSignature(
+            f"the signed metadata covers {len(digests) if isinstance(digests, list) else '?'}"
+            f" buffer(s), the message has {len(buffers)}"
+        )
+    for i, (buf, want) in enumerate(zip(buffers, digests, strict=True)):
+        if want.__class__ is not str or not hmac.compare_digest(
+            buffer_digest(buf), want.encode("ascii", "replace")
+        ):
+            raise wire.BadSignature(f"buffer {i} was altered after signing")
+
+
 def deserialize(
     frames: Sequence[Any],
     signer: wire.Signer,
@@ -209,10 +238,13 @@ def deserialize(
     msg_type = header.get("msg_type")
     if msg_type.__class__ is not str:
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
+    metadata = wire._parse_dict(parts[2], "metadata")
+    if signer.enabled and not signer.covers_buffers:
+        check_buffer_digests(metadata, buffers)
     msg = {
         "header": header,
         "parent_header": wire._parse_dict(parts[1], "parent_header"),
-        "metadata": wire._parse_dict(parts[2], "metadata"),
+        "metadata": metadata,
         "content": wire._parse_dict(parts[3], "content"),
         "buffers": buffers,
         "msg_id": header["msg_id"],
@@ -254,6 +286,7 @@ class ClusterSigner(wire.Signer):
     """A :class:`wire.Signer` whose signature also covers every buffer (see the module)."""
 
     __slots__ = ()
+    covers_buffers = True
 
     def seal(self, parts: Sequence[Any], buffers: Sequence[Any] = ()) -> bytes:
         """The signature frame for ``parts`` and ``buffers``."""

@@ -139,6 +139,10 @@ class Signer:
 
     __slots__ = ("key", "scheme", "_base")
 
+    #: Whether :meth:`seal` covers buffer frames itself (a cluster signer does); if not,
+    #: :func:`serialize` puts their digests in the signed metadata.
+    covers_buffers = False
+
     def __init__(self, key: bytes, scheme: str = "hmac-sha256") -> None:
         if isinstance(key, str):
             key = key.encode("ascii")
@@ -372,12 +376,7 @@ def serialize(
     msg: dict[str, Any], signer: Signer, identities: Sequence[bytes] = ()
 ) -> list[bytes | memoryview]:
     """Frames for ``msg``, routed to ``identities`` (ROUTER sockets need them first)."""
-    parts = [
-        json_dumps(msg["header"]),
-        json_dumps(msg.get("parent_header") or {}),
-        json_dumps(msg.get("metadata") or {}),
-        json_dumps(msg.get("content") or {}),
-    ]
+    metadata = msg.get("metadata") or {}
     buffers: list[bytes | memoryview] = []
     for buf in msg.get("buffers") or ():
         if isinstance(buf, (bytes, memoryview)):
@@ -389,6 +388,19 @@ def serialize(
                 raise TypeError(
                     f"message buffers must support the buffer protocol, got {type(buf).__name__}"
                 ) from None
+    if buffers and signer.enabled and not signer.covers_buffers:
+        # Kernel channels: Jupyter's signature leaves buffers out, so their digests ride
+        # in the (signed) metadata, where the spec lets extra keys be; jupyter_client
+        # peers ignore them (corral.transports.zmq.door.check_buffer_digests).
+        from corral.transports.zmq.door import BUFFER_DIGESTS, buffer_digest
+
+        metadata = {**metadata, BUFFER_DIGESTS: [buffer_digest(b).decode() for b in buffers]}
+    parts = [
+        json_dumps(msg["header"]),
+        json_dumps(msg.get("parent_header") or {}),
+        json_dumps(metadata),
+        json_dumps(msg.get("content") or {}),
+    ]
     frames: list[bytes | memoryview] = list(identities)
     frames.append(DELIMITER)
     frames.append(signer.seal(parts, buffers))
