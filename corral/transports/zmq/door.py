@@ -26,30 +26,44 @@ from a queue or an engine (:meth:`ClusterSigner.monitor_tag`): the hub's ``monit
 PULL socket that cannot see who is sending, so each copy carries its own MAC over its
 kind, engine, client and the inner message's signature. A message signed for one place
 (say an iopub ``stream`` message) therefore cannot be replayed as a reply on ``monitor``.
+
+:func:`admit` is **the door** itself: the one function through which every message a
+cluster socket receives passes before anything else looks at it (signature and buffer
+digests, replay guard, header, role). ``tests/test_door_coverage.py`` scans the code so
+that no receiving socket can be added without it: nothing outside this module and
+:mod:`.wire` may call a signer's or replay guard's checks.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import struct
 from collections.abc import Sequence
 from typing import Any
-
-import blake3
 
 from corral.transports.zmq import wire
 
 __all__ = [
     "BUFFERS_COUNTED",
+    "BUFFER_DIGESTS",
     "BUFFERS_HASHED",
     "BUFFERS_IGNORED",
     "DIGEST_HEX",
     "ROLES",
     "ClusterSigner",
+    "Role",
+    "RoleRefused",
+    "admit",
     "buffer_digest",
+    "check_buffer_digests",
     "cluster_signer",
+    "deserialize",
 ]
 
+#: The metadata key that carries buffer digests on kernel channels (Jupyter's signature
+#: does not cover buffers; cluster messages carry them in the signature frame instead).
+BUFFER_DIGESTS = "corral_buffer_digests"
 #: Hex digits of one buffer digest (BLAKE3, 32 bytes).
 DIGEST_HEX = 64
 #: What :meth:`ClusterSigner.check` does with the buffers.
@@ -58,25 +72,185 @@ BUFFERS_IGNORED, BUFFERS_COUNTED, BUFFERS_HASHED = range(3)
 _THREADED_FROM = 8 << 20
 _SEP = b"."
 
+
+class RoleRefused(wire.WireError):
+    """A correctly signed message of a kind this socket's role may not receive (a request
+    replayed where replies arrive, a registration on a queue, ...)."""
+
+
+class Role:
+    """What one kind of receiving socket accepts: exact ``msg_type`` names, or names that
+    end with one of ``suffixes`` (``"_request"``: whatever a client may ask)."""
+
+    __slots__ = ("name", "suffixes", "types")
+
+    def __init__(self, name: str, types: Sequence[str] = (), suffixes: Sequence[str] = ()) -> None:
+        self.name = name
+        self.types = frozenset(types)
+        self.suffixes = tuple(suffixes)
+
+    def allows(self, msg_type: Any) -> bool:
+        return msg_type.__class__ is str and (
+            msg_type in self.types or msg_type.endswith(self.suffixes)
+        )
+
+    def __repr__(self) -> str:
+        return f"Role({self.name!r})"
+
+
+_HUB_REQUESTS = (
+    "registration_request",
+    "unregistration_request",
+    "connection_request",
+    "queue_request",
+    "result_request",
+    "db_request",
+    "purge_request",
+    "shutdown_request",
+)
+_CONTROL = (
+    "abort_request",
+    "clear_request",
+    "shutdown_request",
+    "interrupt_request",
+    "signal_request",
+)
+
 #: What each receiving socket accepts, by ``msg_type``: a correctly signed message of any
-#: other kind is refused there (a request replayed on a socket it was not sent to).
-ROLES: dict[str, frozenset[str]] = {
-    "registration": frozenset(
-        {
-            "registration_request",
-            "unregistration_request",
-            "connection_request",
-            "queue_request",
-            "result_request",
-            "db_request",
-            "purge_request",
-            "shutdown_request",
-        }
-    ),
-    "control": frozenset(
-        {"abort_request", "clear_request", "shutdown_request", "interrupt_request"}
-    ),
+#: other kind is refused there (:class:`RoleRefused`). Keys name the receiving side.
+ROLES: dict[str, Role] = {
+    # hub: the registration socket serves only the hub's own request types
+    "registration": Role("registration", _HUB_REQUESTS),
+    # a queue's client side forwards requests; its engine side replies (and the task
+    # scheduler's start notices, which go no further than the scheduler)
+    "queue_client": Role("queue_client", suffixes=("_request",)),
+    "queue_engine": Role("queue_engine", ("task_started",), suffixes=("_reply",)),
+    # the hub's monitor: request copies and reply copies (the envelope says which)
+    "monitor_request": Role("monitor_request", suffixes=("_request",)),
+    "monitor_reply": Role("monitor_reply", suffixes=("_reply",)),
+    # an engine: its control socket, its request sockets (queues, data socket, same-host
+    # socket); the hub's answers on an engine's registration socket, and the engines'
+    # answers to the hub's shutdown requests
+    "control": Role("control", _CONTROL),
+    "engine_requests": Role("engine_requests", suffixes=("_request",)),
+    "replies": Role("replies", suffixes=("_reply",)),
+    # the hub's notification feed, as engines and queues read it
+    "notifications": Role("notifications", suffixes=("_notification",)),
 }
+
+_decode = json.JSONDecoder().decode
+
+
+def admit(
+    signer: wire.Signer,
+    replay: wire.ReplayGuard | None,
+    parts: Sequence[bytes],
+    signature: Any,
+    buffers: Sequence[Any] = (),
+    *,
+    how: int = BUFFERS_HASHED,
+    role: Role | None = None,
+    seen: Any = None,
+) -> dict[str, Any]:
+    """Let one received message in, or raise a :class:`wire.WireError` saying why not.
+
+    In order, cheapest refusal first: the HMAC over the four JSON ``parts`` and the buffer
+    digests (``how``: hashed by consumers, counted by forwarders), the ``replay`` guard
+    (the signature seen before on this receiver), the header (a JSON object with a string
+    ``msg_id``), and ``role`` (whether this socket may receive the header's
+    ``msg_type``). Returns the parsed header, so callers never parse it twice. ``seen`` is
+    what the replay guard records instead of the signature (the hub's monitor records
+    each copy's envelope: the same inner message legitimately arrives once per queue).
+
+    With a non-cluster :class:`wire.Signer` (kernel channels) the buffers are not covered:
+    Jupyter's own signature. A disabled signer (empty key) checks nothing cryptographic.
+    """
+    if signer.enabled:
+        signer.check(parts, signature, buffers, how)
+        if replay is not None:
+            if seen is None:
+                seen = signature
+            replay.check(seen if seen.__class__ is bytes else bytes(seen))
+    try:
+        header = _decode(bytes(parts[0]).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise wire.MalformedMessage(f"header is not valid UTF-8 JSON: {exc}") from None
+    if header.__class__ is not dict or header.get("msg_id").__class__ is not str:
+        raise wire.MalformedMessage("header must be a JSON object with a string 'msg_id'")
+    if role is not None and not role.allows(header.get("msg_type")):
+        raise RoleRefused(f"{header.get('msg_type')!r} is not accepted by {role.name}")
+    return header
+
+
+def check_buffer_digests(metadata: dict[str, Any], buffers: Sequence[Any]) -> None:
+    """Kernel channels: the buffers against the digests in the signed metadata
+    (:data:`BUFFER_DIGESTS`, put there by :func:`wire.serialize`).
+
+    A message without the key (a jupyter_client frontend, which does not send them) is
+    let through as Jupyter would: its buffers are not covered, as the spec says. The key
+    cannot be stripped or altered without breaking the HMAC, so a message from corral
+    always has its buffers checked; a buffer swapped, added or dropped is refused.
+    """
+    digests = metadata.get(BUFFER_DIGESTS)
+    if digests is None:
+        return
+    if digests.__class__ is not list or len(digests) != len(buffers):
+        raise wire.BadSignature(
+            f"the signed metadata covers {len(digests) if isinstance(digests, list) else '?'}"
+            f" buffer(s), the message has {len(buffers)}"
+        )
+    for i, (buf, want) in enumerate(zip(buffers, digests, strict=True)):
+        if want.__class__ is not str or not hmac.compare_digest(
+            buffer_digest(buf), want.encode("ascii", "replace")
+        ):
+            raise wire.BadSignature(f"buffer {i} was altered after signing")
+
+
+def deserialize(
+    frames: Sequence[Any],
+    signer: wire.Signer,
+    replay: wire.ReplayGuard | None = None,
+    max_size: int | None = None,
+    role: Role | None = None,
+) -> tuple[list[bytes], dict[str, Any]]:
+    """``(identities, msg)`` from received ``frames`` after :func:`admit` (see
+    :func:`wire.deserialize`, which is this; ``role`` as in :func:`admit`)."""
+    raw = [f if f.__class__ is bytes else wire._as_bytes(f) for f in frames]
+    if max_size is not None:
+        size = sum(len(f) for f in raw)
+        if size > max_size:
+            raise wire.MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_size}")
+    try:
+        split = raw.index(wire.DELIMITER)
+    except ValueError:
+        raise wire.MalformedMessage(
+            f"no {wire.DELIMITER.decode()} delimiter among {len(raw)} frames"
+        ) from None
+    rest = raw[split + 1 :]
+    if len(rest) < 5:
+        raise wire.MalformedMessage(
+            f"expected signature, header, parent_header, metadata and content after the "
+            f"delimiter, got {len(rest)} frame(s)"
+        )
+    parts = rest[1:5]
+    buffers = rest[5:]
+    header = admit(signer, replay, parts, rest[0], buffers, role=role)
+    msg_type = header.get("msg_type")
+    if msg_type.__class__ is not str:
+        raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
+    metadata = wire._parse_dict(parts[2], "metadata")
+    if signer.enabled and not signer.covers_buffers:
+        check_buffer_digests(metadata, buffers)
+    msg = {
+        "header": header,
+        "parent_header": wire._parse_dict(parts[1], "parent_header"),
+        "metadata": metadata,
+        "content": wire._parse_dict(parts[3], "content"),
+        "buffers": buffers,
+        "msg_id": header["msg_id"],
+        "msg_type": msg_type,
+    }
+    return raw[:split], msg
 
 
 def buffer_digest(buf: Any) -> bytes:
@@ -89,15 +263,30 @@ def buffer_digest(buf: Any) -> bytes:
         view = memoryview(view.tobytes())
     elif view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
+    hasher = _blake3 or _load_blake3()
     if view.nbytes >= _THREADED_FROM:
-        return blake3.blake3(view, max_threads=blake3.blake3.AUTO).hexdigest().encode("ascii")
-    return blake3.blake3(view).hexdigest().encode("ascii")
+        return hasher(view, max_threads=hasher.AUTO).hexdigest().encode("ascii")
+    return hasher(view).hexdigest().encode("ascii")
+
+
+_blake3: Any = None
+
+
+def _load_blake3() -> Any:
+    """BLAKE3, imported on first use: a kernel that never sees a cluster buffer (most of
+    them) does not pay for the import at start-up."""
+    global _blake3
+    from blake3 import blake3
+
+    _blake3 = blake3
+    return blake3
 
 
 class ClusterSigner(wire.Signer):
     """A :class:`wire.Signer` whose signature also covers every buffer (see the module)."""
 
     __slots__ = ()
+    covers_buffers = True
 
     def seal(self, parts: Sequence[Any], buffers: Sequence[Any] = ()) -> bytes:
         """The signature frame for ``parts`` and ``buffers``."""

@@ -38,6 +38,7 @@ from . import wire
 from .connection import ConnectionInfo
 from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
+from .ipc import Claims
 from .relay import OutputRelay
 from .session import Session
 
@@ -146,6 +147,7 @@ class KernelServer:
             max_size=max_message_size,
         )
         self.bound = False
+        self._claims = Claims()
         self.shutdown_requested = threading.Event()
         self.restart_requested = False
         # Per-request state of the main thread.
@@ -193,11 +195,10 @@ class KernelServer:
     def _bind(self, sock: zmq.Socket[Any], channel: str) -> None:
         port = self.info.port(channel)
         if self.info.transport == "ipc":
-            if port == 0:
-                port = 1
-                while os.path.exists(f"{self.info.ip}-{port}"):
-                    port += 1
-            sock.bind(f"ipc://{self.info.ip}-{port}")
+            if port == 0:  # claimed first: two kernels never share a path (ipc.Claims)
+                port = self._claims.bind(sock, self.info.ip)
+            else:
+                sock.bind(f"ipc://{self.info.ip}-{port}")
         elif port:
             sock.bind(f"{self.info.transport}://{self.info.ip}:{port}")
         else:
@@ -719,6 +720,7 @@ class KernelServer:
         ):
             sock.close()
         self.context.term()
+        self._claims.release()
 
 
 def _default_inline_backend() -> None:

@@ -52,6 +52,7 @@ from corral.transports.zmq.connection import (
     new_connection_file,
     read_connection_file,
 )
+from corral.transports.zmq.ipc import release_dead
 from corral.transports.zmq.kernel_events import KERNEL_DIED, KERNEL_RESTARTED, KERNEL_STARTED
 from corral.transports.zmq.kernel_main import KERNEL_MODULE
 from corral.transports.zmq.wire import Signer, make_message, serialize
@@ -618,6 +619,9 @@ class KernelManager:
                 proc.exited.wait(timeout)
         _kill_group(proc.pgid, 0.0 if now else self.kill_grace)
         proc.exited.wait(5.0)
+        info = self.connection_info
+        if info is not None and info.transport == "ipc" and proc.exited.is_set():
+            release_dead(info.ip, {proc.pid})  # a killed kernel released nothing
         if not restart:
             self.connection_file.unlink(missing_ok=True)
 

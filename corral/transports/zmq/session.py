@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from . import wire
+from .door import Role, deserialize
 
 __all__ = ["Session"]
 
@@ -103,10 +104,13 @@ class Session:
         frames = socket.recv_multipart(flags)
         return self.parse(frames)
 
-    def parse(self, frames: Sequence[bytes]) -> tuple[list[bytes], dict[str, Any]] | None:
-        """Verify and decode received frames; a bad message is logged and gives None."""
+    def parse(
+        self, frames: Sequence[bytes], role: Role | None = None
+    ) -> tuple[list[bytes], dict[str, Any]] | None:
+        """Verify and decode received frames through the door (``role``: what the
+        receiving socket accepts); a bad message is logged and gives None."""
         try:
-            return wire.deserialize(frames, self.signer, self.replay, self.max_size)
+            return deserialize(frames, self.signer, self.replay, self.max_size, role)
         except wire.WireError as exc:
             self.dropped += 1
             log.warning("dropped a message of %d frames: %s", len(frames), exc)

@@ -141,6 +141,10 @@ class Signer:
 
     __slots__ = ("key", "scheme", "_base")
 
+    #: Whether :meth:`seal` covers buffer frames itself (a cluster signer does); if not,
+    #: :func:`serialize` puts their digests in the signed metadata.
+    covers_buffers = False
+
     def __init__(self, key: bytes, scheme: str = "hmac-sha256") -> None:
         if isinstance(key, str):
             key = key.encode("ascii")
@@ -374,12 +378,7 @@ def serialize(
     msg: dict[str, Any], signer: Signer, identities: Sequence[bytes] = ()
 ) -> list[bytes | memoryview]:
     """Frames for ``msg``, routed to ``identities`` (ROUTER sockets need them first)."""
-    parts = [
-        json_dumps(msg["header"]),
-        json_dumps(msg.get("parent_header") or {}),
-        json_dumps(msg.get("metadata") or {}),
-        json_dumps(msg.get("content") or {}),
-    ]
+    metadata = msg.get("metadata") or {}
     buffers: list[bytes | memoryview] = []
     for buf in msg.get("buffers") or ():
         if isinstance(buf, (bytes, memoryview)):
@@ -391,6 +390,19 @@ def serialize(
                 raise TypeError(
                     f"message buffers must support the buffer protocol, got {type(buf).__name__}"
                 ) from None
+    if buffers and signer.enabled and not signer.covers_buffers:
+        # Kernel channels: Jupyter's signature leaves buffers out, so their digests ride
+        # in the (signed) metadata, where the spec lets extra keys be; jupyter_client
+        # peers ignore them (corral.transports.zmq.door.check_buffer_digests).
+        from corral.transports.zmq.door import BUFFER_DIGESTS, buffer_digest
+
+        metadata = {**metadata, BUFFER_DIGESTS: [buffer_digest(b).decode() for b in buffers]}
+    parts = [
+        json_dumps(msg["header"]),
+        json_dumps(msg.get("parent_header") or {}),
+        json_dumps(metadata),
+        json_dumps(msg.get("content") or {}),
+    ]
     frames: list[bytes | memoryview] = list(identities)
     frames.append(DELIMITER)
     frames.append(signer.seal(parts, buffers))
@@ -437,42 +449,10 @@ def deserialize(
     replay. So a forged message costs one HMAC, and only an authentic one reaches the
     parser. Raises :class:`MalformedMessage`, :class:`MessageTooLarge`,
     :class:`BadSignature` or :class:`ReplayedMessage`; never anything else.
+
+    The checks themselves are :func:`corral.transports.zmq.door.admit`, the one door
+    every received message passes (imported here lazily: the door builds on this module).
     """
-    raw = [_as_bytes(f) for f in frames]
-    if max_size is not None:
-        size = sum(len(f) for f in raw)
-        if size > max_size:
-            raise MessageTooLarge(f"message of {size} bytes exceeds the limit of {max_size}")
-    try:
-        split = raw.index(DELIMITER)
-    except ValueError:
-        raise MalformedMessage(
-            f"no {DELIMITER.decode()} delimiter among {len(raw)} frames"
-        ) from None
-    rest = raw[split + 1 :]
-    if len(rest) < _FIXED_PARTS:
-        raise MalformedMessage(
-            f"expected signature, header, parent_header, metadata and content after the "
-            f"delimiter, got {len(rest)} frame(s)"
-        )
-    signature = rest[0]
-    parts = rest[1:_FIXED_PARTS]
-    if signer.enabled:
-        signer.check(parts, signature, rest[_FIXED_PARTS:])
-        if replay is not None:
-            replay.check(signature)
-    header = _parse_dict(parts[0], "header")
-    msg_id = header.get("msg_id")
-    msg_type = header.get("msg_type")
-    if not isinstance(msg_id, str) or not isinstance(msg_type, str):
-        raise MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
-    msg = {
-        "header": header,
-        "parent_header": _parse_dict(parts[1], "parent_header"),
-        "metadata": _parse_dict(parts[2], "metadata"),
-        "content": _parse_dict(parts[3], "content"),
-        "buffers": rest[_FIXED_PARTS:],
-        "msg_id": msg_id,
-        "msg_type": msg_type,
-    }
-    return raw[:split], msg
+    from corral.transports.zmq.door import deserialize as through_the_door
+
+    return through_the_door(frames, signer, replay, max_size)

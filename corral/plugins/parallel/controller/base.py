@@ -29,6 +29,7 @@ import zmq
 
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 from corral.transports.zmq.gate import Gate
+from corral.transports.zmq.ipc import Claims
 
 __all__ = [
     "NOBLOCK",
@@ -122,15 +123,33 @@ def make_socket(
     return sock
 
 
-def bind_random(sock: zmq.Socket[Any], transport: str, ip: str, preferred: int = 0) -> int:
-    """Bind ``sock`` to a port the OS picks (tcp), or to the first free ``<ip>-<n>`` Unix
-    socket path (ipc: ``ip`` is a path prefix in an owner-only directory); returns the
-    port or ``n``.
+def bind_random(
+    sock: zmq.Socket[Any],
+    transport: str,
+    ip: str,
+    preferred: int = 0,
+    claims: Claims | None = None,
+) -> int:
+    """Bind ``sock`` to a port the OS picks (tcp), or to the first ``<ip>-<n>`` Unix
+    socket path this process can claim (ipc: ``ip`` is a path prefix in an owner-only
+    directory; claims in ``claims``, see corral.transports.zmq.ipc); returns the port or
+    ``n``.
 
     ``preferred`` is bound if free: a controller restarted on a cluster whose engines
     outlived it takes the old ports (or paths), so the engines' sockets reconnect by
     themselves and the replies they held meanwhile go out on their own.
     """
+    if transport == "ipc":
+        n = (claims if claims is not None else Claims()).bind(sock, ip, preferred)
+        if preferred and n != preferred:
+            log.warning(
+                "endpoint %d of the previous controller is taken; engines that outlived "
+                "it cannot reconnect to this socket",
+                preferred,
+            )
+        return n
+    if transport != "tcp":
+        raise ValueError(f"transport {transport!r} is not supported by the controller (tcp, ipc)")
     if preferred:
         try:
             sock.bind(endpoint(transport, ip, preferred))
@@ -142,21 +161,7 @@ def bind_random(sock: zmq.Socket[Any], transport: str, ip: str, preferred: int =
                 preferred,
                 exc,
             )
-    if transport == "tcp":
-        return sock.bind_to_random_port(f"tcp://{ip}")
-    if transport == "ipc":
-        for n in range(1, 10_000):
-            if os.path.exists(f"{ip}-{n}"):
-                continue
-            try:
-                sock.bind(f"ipc://{ip}-{n}")
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EADDRINUSE:
-                    continue
-                raise
-            return n
-        raise OSError(f"no free ipc endpoint under {ip}")
-    raise ValueError(f"transport {transport!r} is not supported by the controller (tcp, ipc)")
+    return sock.bind_to_random_port(f"tcp://{ip}")
 
 
 def endpoint(transport: str, ip: str, port: int) -> str:
@@ -271,9 +276,19 @@ class Component:
     #: ``{cluster file field: port}`` to bind again (a restart of a crashed controller)
     preferred: dict[str, int] = {}  # noqa: RUF012 - replaced, never mutated
 
+    #: the ipc paths this component claimed (released by :meth:`release`)
+    claims: Claims | None = None
+
     def bind_port(self, sock: zmq.Socket[Any], field: str) -> int:
         """Bind ``sock`` for the cluster file field ``field``; the port."""
-        return bind_random(sock, self.transport, self.ip, self.preferred.get(field, 0))
+        if self.claims is None:
+            self.claims = Claims()
+        return bind_random(sock, self.transport, self.ip, self.preferred.get(field, 0), self.claims)
+
+    def release(self) -> None:
+        """Give up the ipc paths this component claimed (its sockets are closed)."""
+        if self.claims is not None:
+            self.claims.release()
 
     def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
         """Create and bind this component's sockets; ``{cluster file field: port}``."""

@@ -26,6 +26,8 @@ from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     BUFFERS_HASHED,
     BUFFERS_IGNORED,
+    ROLES,
+    admit,
     cluster_signer,
 )
 from corral.transports.zmq.gate import Gate, RefusalLog
@@ -51,6 +53,10 @@ log = logging.getLogger("corral.plugins.parallel.controller.hub")
 DELIM = wire.DELIMITER
 REQUEST = b"request"
 REPLY = b"reply"
+#: What the hub's sockets take in (corral.transports.zmq.door.ROLES).
+_REGISTRATION = ROLES["registration"]
+_MONITOR_REQUESTS = ROLES["monitor_request"]
+_MONITOR_REPLIES = ROLES["monitor_reply"]
 _UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited")
 #: How long a cluster shutdown waits for engines to acknowledge theirs.
 SHUTDOWN_GRACE = 2.0
@@ -508,10 +514,16 @@ class Hub(Component):
             tag = self.signer.open_monitor_tag(tag, engine, client, signature)
             if tag not in (REQUEST, REPLY):
                 raise wire.MalformedMessage("unknown monitor tag")
-            if self.signer.enabled:
-                how = BUFFERS_HASHED if tag == REPLY else BUFFERS_IGNORED
-                self.signer.check(parts, signature, frames[9:], how)
-                self.monitor_replay.check(frames[0].partition(b":")[2])
+            admit(
+                self.signer,
+                self.monitor_replay,
+                parts,
+                signature,
+                frames[9:],
+                how=BUFFERS_HASHED if tag == REPLY else BUFFERS_IGNORED,
+                role=_MONITOR_REPLIES if tag == REPLY else _MONITOR_REQUESTS,
+                seen=frames[0].partition(b":")[2],  # the envelope: one per queue's copy
+            )
         except wire.WireError as exc:
             self._drop(f"monitor copies refused ({type(exc).__name__})", len(frames))
             return
@@ -591,12 +603,13 @@ class Hub(Component):
             return
         parts = raw[at + 2 : at + 6]
         try:
-            self.signer.check(parts, raw[at + 1], raw[at + 6 :], BUFFERS_COUNTED)
+            header = admit(
+                self.signer, None, parts, raw[at + 1], raw[at + 6 :], how=BUFFERS_COUNTED
+            )
         except wire.WireError:
             self._drop("bad signature on iopub", len(raw))
             return
-        header = loads_dict(parts[0])
-        if header is None or header.get("msg_type") != "stream":
+        if header.get("msg_type") != "stream":
             return
         parent = loads_dict(parts[1]) or {}
         content = loads_dict(parts[3]) or {}
@@ -608,7 +621,7 @@ class Hub(Component):
     # -- registration socket: engines and clients ask ------------------------------------
 
     def on_registration(self, frames: list[zmq.Frame]) -> None:
-        parsed = self.session.parse([f.bytes for f in frames])
+        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION)
         if parsed is None:
             self.dropped += 1
             return
@@ -763,7 +776,7 @@ class Hub(Component):
                     self._drop(f"control batch: {exc}", len(frames))
                     continue
             for message in messages:
-                parsed = self.session.parse(message)
+                parsed = self.session.parse(message, ROLES["replies"])
                 if parsed is not None:
                     owed.discard(parsed[1]["parent_header"].get("msg_id"))
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import zmq
 
 from corral.transports.zmq.gate import ENCRYPTIONS, Gate, stop_zap
+from corral.transports.zmq.ipc import release_dead
 
 from ..clusterfile import (
     ClusterInfo,
@@ -315,6 +316,7 @@ def _component_main(
         component.serve(conn)
     finally:
         ctx.term()
+        component.release()
 
 
 def _await_ports(name: str, conn: ControlPipe, deadline: float) -> dict[str, int]:
@@ -454,6 +456,7 @@ class _Children:
         return ports
 
     def stop(self) -> None:
+        pids = {p.pid for p in self.procs.values() if p.pid}
         for conn in self.conns.values():
             try:
                 conn.send(STOP)
@@ -470,6 +473,8 @@ class _Children:
             proc.close()
         for conn in self.conns.values():
             conn.close()
+        if self.cfg.transport == "ipc":  # SIGTERM gave the children no chance to release
+            release_dead(self.cfg.ip, pids)
 
 
 def _spawn(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> tuple[Any, Any]:
@@ -569,6 +574,8 @@ class _Threads:
         except BaseException:
             stop_zap(self.ctx)  # destroy() would close its socket under its thread
             self.ctx.destroy(linger=0)
+            for component in self.components.values():
+                component.release()
             raise
         info = self.cfg.cluster_info(ports)
         hub.configure(("cluster", info.to_dict()))
@@ -593,6 +600,7 @@ class _Threads:
             log.exception("controller component %s crashed", name)
         finally:
             conn.close()
+            component.release()
         if name == "hub" or not self._stopped:
             # The hub ends on shutdown_request; any other ending is a failure. Either way
             # the whole controller goes (from another thread: this one must finish).

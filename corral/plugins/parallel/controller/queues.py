@@ -56,7 +56,14 @@ from corral.transports.zmq.batch import (
     pack_batches_counted,
     unbatch,
 )
-from corral.transports.zmq.door import BUFFERS_COUNTED, cluster_signer
+from corral.transports.zmq.door import (
+    BUFFERS_COUNTED,
+    ROLES,
+    Role,
+    RoleRefused,
+    admit,
+    cluster_signer,
+)
 from corral.transports.zmq.gate import Gate, RefusalLog, peer_name
 from corral.transports.zmq.session import Session
 
@@ -127,6 +134,11 @@ class Pending:
     def __init__(self, client: bytes, header: dict[str, Any]) -> None:
         self.client = client
         self.header = header
+
+
+#: What a queue's two sides take in (corral.transports.zmq.door.ROLES).
+_FROM_CLIENTS = ROLES["queue_client"]
+_FROM_ENGINES = ROLES["queue_engine"]
 
 
 def _now_iso() -> str:
@@ -337,27 +349,37 @@ class RoutingQueue(Component):
         who = peer_name(peer) if peer is not None else f"a message of {nframes} frames"
         self.refusals.refused(why, who)
 
-    def _verify(self, frames: Sequence[Any], at: int) -> list[bytes] | None:
-        """The four JSON parts if ``frames[at]`` is the delimiter and the HMAC checks out."""
+    def _verify(
+        self, frames: Sequence[Any], at: int, role: Role
+    ) -> tuple[list[bytes], dict[str, Any]] | None:
+        """The four JSON parts and the header, if ``frames[at]`` is the delimiter and the
+        message passes the door (corral.transports.zmq.door.admit) for ``role``."""
         peer = frames[0] if frames else b""
         if len(frames) < at + 6 or frames[at] != DELIM:
             self._drop("malformed messages", len(frames), peer)
             return None
         signature = frames[at + 1]
         parts = frames[at + 2 : at + 6]
-        if self.signer.enabled:
+        try:
             # A forwarder: the HMAC, and one signed digest per buffer frame; the engine
-            # or client that unpickles the buffers hashes them (corral.transports.zmq.door).
-            try:
-                self.signer.check(parts, signature, frames[at + 6 :], BUFFERS_COUNTED)
-                self.replay.check(signature)
-            except wire.BadSignature:
-                self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
-                return None
-            except wire.ReplayedMessage:
-                self._drop("replayed messages", len(frames), peer)
-                return None
-        return parts
+            # or client that unpickles the buffers hashes them.
+            header = admit(
+                self.signer, self.replay, parts, signature, frames[at + 6 :],
+                how=BUFFERS_COUNTED, role=role,
+            )  # fmt: skip
+        except wire.BadSignature:
+            self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
+            return None
+        except wire.ReplayedMessage:
+            self._drop("replayed messages", len(frames), peer)
+            return None
+        except RoleRefused:
+            self._drop(f"messages this socket does not take ({role.name})", len(frames), peer)
+            return None
+        except wire.WireError:
+            self._drop("header is not a JSON object with a msg_id", len(frames), peer)
+            return None
+        return parts, header
 
     def _messages(self, frames: list[zmq.Frame], head: int) -> list[list[Any]]:
         """The messages in what a socket delivered (one, or a batch ``[peer, BATCH, index,
@@ -381,15 +403,10 @@ class RoutingQueue(Component):
         if frames[0] == BATCH:  # would read as a batch when forwarded to an engine
             self._drop("a client id may not be the batch marker", len(frames))
             return
-        parts = self._verify(frames, self.client_routing)
-        if parts is None:
+        verified = self._verify(frames, self.client_routing, _FROM_CLIENTS)
+        if verified is None:
             return
-        header = loads_dict(parts[0])
-        if header is None or not isinstance(header.get("msg_id"), str):
-            self._drop("header is not a JSON object with a msg_id", len(frames))
-            return
-        if not isinstance(header.get("msg_type"), str):
-            header["msg_type"] = "unknown_request"
+        parts, header = verified
         metadata: dict[str, Any] | None = {}
         if self.wants_metadata:
             metadata = loads_dict(parts[2])
@@ -405,9 +422,10 @@ class RoutingQueue(Component):
             self.isolated(self._engine_reply, message)
 
     def _engine_reply(self, frames: list[Any]) -> None:
-        parts = self._verify(frames, 2)
-        if parts is None:
+        verified = self._verify(frames, 2, _FROM_ENGINES)
+        if verified is None:
             return
+        parts = verified[0]
         parent = loads_dict(parts[1])
         if parent is None or not isinstance(parent.get("msg_id"), str):
             self._drop("reply without a parent msg_id", len(frames))
@@ -430,7 +448,7 @@ class RoutingQueue(Component):
         self.record_reply(engine, msg_id, parts)
 
     def on_notification(self, frames: list[zmq.Frame]) -> None:
-        parsed = self.session.parse([f.bytes for f in frames])
+        parsed = self.session.parse([f.bytes for f in frames], ROLES["notifications"])
         if parsed is None:
             return
         msg = parsed[1]
@@ -1223,9 +1241,10 @@ class TaskScheduler(RoutingQueue):
         if frames[1] != STARTED:
             super()._engine_reply(frames)
             return
-        parts = self._verify(frames, 2)  # a start notice: for the scheduler alone
-        if parts is None:
+        verified = self._verify(frames, 2, _FROM_ENGINES)  # a start notice: ours alone
+        if verified is None:
             return
+        parts = verified[0]
         content = loads_dict(parts[3]) or {}
         engine, through = frames[0], content.get("through")
         sent = self.sent.get(engine)

@@ -30,9 +30,11 @@ import zmq
 
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
+from corral.transports.zmq.door import ROLES, Role, admit
 from corral.transports.zmq.frames import recv_frames, send_frames
 
 __all__ = [
+    "ROLES",
     "Message",
     "Replier",
     "iso_now",
@@ -120,6 +122,7 @@ def recv_message(
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
     flags: int = 0,
+    role: Role | None = None,
 ) -> Message:
     """Receive and verify one message from ``sock`` (a socket that never carries batches:
     registration, control).
@@ -128,7 +131,7 @@ def recv_message(
     :class:`wire.WireError` for anything malformed, unsigned, forged or replayed; either
     way the whole multipart message has been consumed.
     """
-    return _parse_routed(recv_frames(sock, flags), signer, replay)
+    return _parse_routed(recv_frames(sock, flags), signer, replay, role)
 
 
 def recv_messages(
@@ -136,6 +139,7 @@ def recv_messages(
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
     flags: int = 0,
+    role: Role | None = None,
 ) -> tuple[list[Message], list[wire.WireError]]:
     """Receive one zmq message, which may be a batch: the verified messages it carries,
     and why each of the others was dropped. ``zmq.Again`` (with ``NOBLOCK``) when empty.
@@ -154,14 +158,17 @@ def recv_messages(
     errors: list[wire.WireError] = []
     for one in batch:
         try:
-            messages.append(_parse_routed(one, signer, replay))
+            messages.append(_parse_routed(one, signer, replay, role))
         except wire.WireError as exc:
             errors.append(exc)
     return messages, errors
 
 
 def _parse_routed(
-    frames: list[Any], signer: wire.Signer, replay: wire.ReplayGuard | None
+    frames: list[Any],
+    signer: wire.Signer,
+    replay: wire.ReplayGuard | None,
+    role: Role | None = None,
 ) -> Message:
     """Verify ``[*routing ids, DELIM, signature, four parts, buffers...]`` (zmq frames, or
     bytes from a batch)."""
@@ -185,13 +192,14 @@ def _parse_routed(
             f"expected signature and four JSON parts after the delimiter, got {n - at - 1}"
         )
     parts = [f if f.__class__ is bytes else f.bytes for f in frames[at + 1 : at + 6]]
-    return _verified(idents, parts, frames[at + 6 :], signer, replay)
+    return _verified(idents, parts, frames[at + 6 :], signer, replay, role)
 
 
 def parse_message(
     frames: Sequence[Any],
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
+    role: Role | None = None,
 ) -> Message:
     """Verify one message received whole (``[DELIM, signature, four parts, buffers...]``,
     no routing frames: a same-host connection, :mod:`.local`)."""
@@ -200,7 +208,7 @@ def parse_message(
     if bytes(frames[0]) != _DELIM:
         raise wire.MalformedMessage("the first frame must be the delimiter")
     parts = [bytes(f) for f in frames[1:6]]
-    return _verified([], parts, list(frames[6:]), signer, replay)
+    return _verified([], parts, list(frames[6:]), signer, replay, role)
 
 
 def _verified(
@@ -209,17 +217,13 @@ def _verified(
     buffers: list[Any],
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
+    role: Role | None,
 ) -> Message:
-    """Check the signature (buffers included) and replay of ``parts``, parse the header."""
+    """Let ``parts`` through the cluster's door (signature with every buffer hashed,
+    replay, header, role), then parse the content."""
     signature, raw_header, raw_parent, raw_metadata, raw_content = parts
-    if signer.enabled:
-        # The cluster signer also hashes every buffer against the digests it signed:
-        # nothing altered after signing reaches the unpickler.
-        signer.check(parts[1:], signature, buffers)
-        if replay is not None:
-            replay.check(signature)
-    header = _parse_dict(raw_header, "header")
-    if type(header.get("msg_id")) is not str or type(header.get("msg_type")) is not str:
+    header = admit(signer, replay, parts[1:], signature, buffers, role=role)
+    if type(header.get("msg_type")) is not str:
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
     content = _parse_dict(raw_content, "content")
     return Message(idents, header, raw_header, content, buffers, raw_parent, raw_metadata)

@@ -60,6 +60,7 @@ from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
 from . import data as data_path
 from ._wire import (
+    ROLES,
     Message,
     Replier,
     iso_now,
@@ -466,7 +467,9 @@ class Engine:
                     "sets how long engines wait"
                 )
             try:
-                msg = recv_message(self.registration, self.signer, self.replay, _NOBLOCK)
+                msg = recv_message(
+                    self.registration, self.signer, self.replay, _NOBLOCK, ROLES["replies"]
+                )
             except zmq.Again:
                 continue
             except wire.WireError as exc:
@@ -676,9 +679,10 @@ class Engine:
             pass  # full: the main loop is awake already, or closing
 
     def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
-        """The next verified message on ``sock``; None if none waits or it was dropped."""
+        """The next verified message on ``sock`` (whose role is ``ROLES[where]``); None if
+        none waits or it was dropped."""
         try:
-            return recv_message(sock, self.signer, self.replay, _NOBLOCK)
+            return recv_message(sock, self.signer, self.replay, _NOBLOCK, ROLES[where])
         except zmq.Again:
             return None
         except wire.WireError as exc:
@@ -690,7 +694,9 @@ class Engine:
         """Serve the next zmq message on a queue socket: one request, or a batch of them
         (whose rest waits in ``_pending`` if control or a stop cuts in)."""
         try:
-            messages, errors = recv_messages(sock, self.signer, self.replay, _NOBLOCK)
+            messages, errors = recv_messages(
+                sock, self.signer, self.replay, _NOBLOCK, ROLES["engine_requests"]
+            )
         except zmq.Again:
             return
         for exc in errors:
@@ -758,7 +764,7 @@ class Engine:
             return
         for frames in messages:
             try:
-                msg = parse_message(frames, self.signer, self.replay)
+                msg = parse_message(frames, self.signer, self.replay, ROLES["engine_requests"])
             except wire.WireError as exc:
                 self.dropped += 1
                 log.warning("dropped a bad message on the local socket: %s", exc)
@@ -1356,7 +1362,9 @@ class Engine:
         for sock in (self.mux, self.task, self.broadcast):
             while True:
                 try:
-                    messages, errors = recv_messages(sock, self.signer, self.replay, _NOBLOCK)
+                    messages, errors = recv_messages(
+                        sock, self.signer, self.replay, _NOBLOCK, ROLES["engine_requests"]
+                    )
                 except zmq.Again:
                     break
                 for exc in errors:
@@ -1402,7 +1410,9 @@ class Engine:
                 self._stop("re-registration unanswered", 1)
                 return
             try:
-                msg = recv_message(self.registration, self.signer, replay, _NOBLOCK)
+                msg = recv_message(
+                    self.registration, self.signer, replay, _NOBLOCK, ROLES["replies"]
+                )
             except zmq.Again:
                 continue
             except wire.WireError as exc:

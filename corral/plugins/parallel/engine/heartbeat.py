@@ -31,6 +31,7 @@ import zmq
 
 from corral.core.processes import process_alive
 from corral.transports.zmq import wire
+from corral.transports.zmq.door import ROLES, deserialize
 from corral.transports.zmq.heartbeat import ProxyThread
 
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
@@ -200,7 +201,7 @@ class HubWatch(threading.Thread):
         while self._notices.poll(0):
             frames = self._notices.recv_multipart()
             try:
-                _, msg = wire.deserialize(frames, self._signer)
+                _, msg = deserialize(frames, self._signer, role=ROLES["notifications"])
             except wire.WireError as error:
                 log.warning("dropped a notification that failed its checks: %s", error)
                 continue
