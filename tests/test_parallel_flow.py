@@ -257,3 +257,27 @@ def test_backlog_counts_unwritten_result_bytes(tmp_path: Path) -> None:
         assert db.get(["m"])["m"]["result_buffers"] == [b"x" * 5000]
     finally:
         db.close()
+
+
+def test_stored_buffers_must_match_what_the_engine_signed() -> None:
+    """A stored reply travels without its buffers; the ones fetched later from the hub
+    are checked against the digests the engine's (verified) signature carries."""
+    from corral.transports.zmq import wire
+    from corral.transports.zmq.door import (
+        BUFFERS_IGNORED,
+        check_signed_buffers,
+        cluster_signer,
+        signed_digests,
+    )
+
+    signer = cluster_signer(b"k" * 32)
+    parts = [b"{}", b"{}", b"{}", b"{}"]
+    buffers = [b"a" * 2_000_000, b"b" * 10]
+    signature = signer.seal(parts, buffers)
+    signer.check(parts, signature, (), BUFFERS_IGNORED)  # the stub alone verifies
+    digests = signed_digests(signature)
+    check_signed_buffers(digests, buffers)
+    with pytest.raises(wire.BadSignature, match="buffer 0 differs"):
+        check_signed_buffers(digests, [b"a" * 1_999_999 + b"X", b"b" * 10])
+    with pytest.raises(wire.BadSignature, match="1 buffer"):
+        check_signed_buffers(digests, buffers[:1])

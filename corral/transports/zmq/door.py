@@ -57,8 +57,10 @@ __all__ = [
     "admit",
     "buffer_digest",
     "check_buffer_digests",
+    "check_signed_buffers",
     "cluster_signer",
     "deserialize",
+    "signed_digests",
 ]
 
 #: The metadata key that carries buffer digests on kernel channels (Jupyter's signature
@@ -251,6 +253,25 @@ def deserialize(
         "msg_type": msg_type,
     }
     return raw[:split], msg
+
+
+def signed_digests(signature: Any) -> list[bytes]:
+    """The buffer digests a cluster signature frame carries (empty when it carries none)."""
+    tail = bytes(signature).partition(_SEP)[2]
+    return [tail[i : i + DIGEST_HEX] for i in range(0, len(tail), DIGEST_HEX)]
+
+
+def check_signed_buffers(digests: Sequence[bytes], buffers: Sequence[Any]) -> None:
+    """Buffers that arrive apart from their message (a stored reply's, fetched from the
+    task database later) against the digests its already-verified signature carried;
+    raises :class:`wire.BadSignature` naming what differs."""
+    if len(buffers) != len(digests):
+        raise wire.BadSignature(
+            f"{len(buffers)} buffer(s) arrived where the signature covers {len(digests)}"
+        )
+    for index, (buf, want) in enumerate(zip(buffers, digests, strict=True)):
+        if not hmac.compare_digest(buffer_digest(buf), want):
+            raise wire.BadSignature(f"buffer {index} differs from what was signed")
 
 
 def buffer_digest(buf: Any) -> bytes:

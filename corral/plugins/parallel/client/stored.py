@@ -10,18 +10,18 @@ before the reply is delivered as if it had come whole.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections import deque
 from typing import Any
 
-from corral.transports.zmq.door import DIGEST_HEX, buffer_digest
+from corral.transports.zmq import wire
+from corral.transports.zmq.door import check_signed_buffers, signed_digests
 
 from ..flow import STORED
 from .messages import Parsed
 
-__all__ = ["StoredFetches", "is_stored", "signed_digests"]
+__all__ = ["StoredFetches", "is_stored", "signed_digests"]  # signed_digests: the door's
 
 log = logging.getLogger("corral.plugins.parallel.client")
 
@@ -41,12 +41,6 @@ def is_stored(frames: list[Any]) -> bool:
         return False
     first = frames[0]
     return len(first) == len(STORED) and bytes(first) == STORED
-
-
-def signed_digests(signature: Any) -> list[bytes]:
-    """The buffer digests a cluster signature frame carries (empty when unsigned)."""
-    tail = bytes(signature).partition(b".")[2]
-    return [tail[i : i + DIGEST_HEX] for i in range(0, len(tail), DIGEST_HEX)]
 
 
 class StoredFetches:
@@ -79,7 +73,8 @@ class _Fetch:
     """Fetches one stored reply's buffers from the hub, then delivers the whole reply.
 
     The hub may not have written the result yet (its copy can still be on the way), so
-    a ``pending`` answer is asked again, backing off.
+    a ``pending`` or ``unknown`` answer is asked again, backing off, for up to
+    :data:`_PENDING_LIMIT` seconds.
     """
 
     def __init__(self, owner: StoredFetches, stub: Parsed, digests: list[bytes]) -> None:
@@ -101,25 +96,23 @@ class _Fetch:
     def answer(self, reply: Parsed) -> None:
         entry = (reply.content.get("results") or {}).get(self.msg_id) or {}
         status = entry.get("status") if isinstance(entry, dict) else None
-        if status == "pending" and time.monotonic() < self.give_up_at:
+        # "unknown": the hub has not read the copies yet (it reads its registration
+        # socket first, and pauses reading copies while its database writer lags).
+        if status in ("pending", "unknown") and time.monotonic() < self.give_up_at:
             self.client._io.call_later(self.delay, self.ask)
             self.delay = min(self.delay * 2, _MAX_DELAY)
             return
         buffers = list(reply.buffers)
         problem = None
-        if status == "pending":
-            problem = f"the hub still did not have it after {_PENDING_LIMIT:.0f} s"
+        if status in ("pending", "unknown"):
+            problem = f"the hub still did not have it after {_PENDING_LIMIT:.0f} s ({status})"
         elif status != "completed":
             problem = f"the hub does not have it ({status or 'no answer'})"
-        elif self.digests and len(buffers) != len(self.digests):
-            problem = (
-                f"the hub sent {len(buffers)} buffer(s), the engine signed {len(self.digests)}"
-            )
-        elif self.digests:
-            for index, (buf, want) in enumerate(zip(buffers, self.digests, strict=True)):
-                if not hmac.compare_digest(buffer_digest(buf), want):
-                    problem = f"buffer {index} from the hub differs from what the engine signed"
-                    break
+        elif self.client._signer.enabled:  # no key, no digests: nothing to check against
+            try:
+                check_signed_buffers(self.digests, buffers)
+            except wire.BadSignature as exc:
+                problem = f"what the hub sent does not match what the engine signed: {exc}"
         stub = self.stub
         content = stub.content
         if problem is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -358,17 +359,20 @@ class Hub(Component):
             self.close()
 
     @staticmethod
-    def _drain(sock: zmq.Socket[Any], handler: Any) -> None:
-        drain(sock, handler, "hub")
+    def _drain(
+        sock: zmq.Socket[Any],
+        handler: Any,
+        enough: Callable[[list[Any]], bool] | None = None,
+    ) -> None:
+        drain(sock, handler, "hub", enough)
 
     def _drain_copies(self) -> None:
         """:func:`drain` for monitor copies, stopping once the results waiting for the
         database writer reach the flow bound."""
         db = self.db
-        drain(
+        self._drain(
             self.monitor,
             self.on_monitor,
-            "hub",
             lambda frames: len(frames) > 9 and db.backlog_bytes > self.flow_bound,
         )
 

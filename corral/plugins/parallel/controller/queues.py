@@ -317,11 +317,16 @@ class RoutingQueue(Component):
         finally:
             self.close()
 
-    def _drain(self, sock: zmq.Socket[Any], handler: Any) -> None:
-        drain(sock, handler, self.name)
+    def _drain(
+        self,
+        sock: zmq.Socket[Any],
+        handler: Any,
+        enough: Callable[[list[Any]], bool] | None = None,
+    ) -> None:
+        drain(sock, handler, self.name, enough)
 
     def _drain_engines(self, handler: Any) -> None:
-        """:func:`drain` for engine replies, stopping early once the large buffers read
+        """:meth:`_drain` for engine replies, stopping early once the large buffers read
         reach the flow bound: one pass must not pull a gigabyte of results in."""
         taken = 0
 
@@ -331,7 +336,7 @@ class RoutingQueue(Component):
                 taken += large_bytes(frames, 8)
             return taken > self.flow_bound
 
-        drain(self.engine_sock, handler, self.name, enough)
+        self._drain(self.engine_sock, handler, enough)
 
     def next_timeout(self) -> float | None:
         """Seconds until :meth:`on_timer` must run, or None."""
