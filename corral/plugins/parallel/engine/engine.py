@@ -56,6 +56,9 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
+from corral.transports.zmq.iopub import IOPubPublisher
+from corral.transports.zmq.relay import OutputRelay
+from corral.transports.zmq.requests import ControlThread, InterruptGuard, execute_reply
 
 from . import data as data_path
 from ._wire import (
@@ -94,18 +97,6 @@ _HOLD_MAX = 64
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
-
-# Where a SIGINT must not raise: it would tear a multipart send or the output lock.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_CORRAL = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
-_NO_TEAR = (
-    os.path.dirname(os.path.abspath(zmq.__file__)),
-    os.path.join(_CORRAL, "transports", "zmq"),
-    os.path.join(_CORRAL, "notification"),
-    os.path.join(_CORRAL, "core", "iostreams.py"),
-    os.path.join(_HERE, "_output.py"),
-    os.path.join(_HERE, "_wire.py"),
-)
 
 
 class EngineError(RuntimeError):
@@ -313,7 +304,8 @@ class Engine:
         # which names they brought in).
         self._adopter = Adopter(self.user_ns)
         self._aborted: set[str] = set()
-        self._executing = False
+        #: The SIGINT policy, shared with the kernel server (transports/zmq/requests.py).
+        self.guard = InterruptGuard()
         self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
         self._in_flight: list[zmq.MessageTracker] = []
@@ -483,16 +475,14 @@ class Engine:
 
     def _after_registration(self) -> None:
         """Everything that needs the engine id: output, pre-encoded replies, threads."""
-        from ._output import EngineIOPub, OutputRelay, install_streams
-
         assert self.id is not None
-        self.iopub = EngineIOPub(
+        self.iopub = IOPubPublisher(
             wire_session(self.key, self.scheme, self.session_id),
             self.iopub_socket,
-            {"engine_id": self.id},
+            metadata={"engine_id": self.id},
         )
         self.relay = OutputRelay(self.interpreter, self.iopub)
-        self._saved_streams = install_streams(self.interpreter.center, self.interpreter)
+        self._saved_streams = _install_streams(self.interpreter)
         self._identify()
         self._handlers: dict[str, Handler] = {
             "apply_request": self._apply,
@@ -500,15 +490,10 @@ class Engine:
             "push_request": self._push,
             "pull_request": self._pull,
         }
-        # Control thread <-> main thread.
-        tag = f"{os.getpid()}-{id(self)}"
-        self._ctl_url = f"inproc://corral-engine-ctl-{tag}"
-        self._ctl_rx = self.context.socket(zmq.PAIR)
-        self._ctl_rx.linger = _LINGER_MS
-        self._ctl_rx.bind(self._ctl_url)
-        self._ctl_tx = self.context.socket(zmq.PAIR)
-        self._ctl_tx.linger = _LINGER_MS
-        self._ctl_tx.connect(self._ctl_url)
+        self._control_replier = Replier(self.signer, self.session_id + "c", "engine")
+        self._control_thread = ControlThread(
+            self.context, self.control, self._on_control, "corral-engine-control"
+        )
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -552,13 +537,9 @@ class Engine:
         if self._threads_started:
             return
         self._threads_started = True
-        self._control_thread = threading.Thread(
-            target=self._control_loop, name="corral-engine-control", daemon=True
-        )
         self._control_thread.start()
         self.watch.start()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._on_sigint)
+        if self.guard.install():
             signal.signal(signal.SIGTERM, self._on_sigterm)
             signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
 
@@ -930,7 +911,7 @@ class Engine:
             # Between tasks the main thread flushes (when due, before a long wait, and
             # before it idles): try only while user code runs, and never queue on the
             # lock (that would hand it over at every task of a burst).
-            if not self._executing or not lock.acquire(blocking=False):
+            if not self.guard.executing or not lock.acquire(blocking=False):
                 continue
             try:
                 if self._closed:
@@ -1017,22 +998,22 @@ class Engine:
             adopter = self._adopter
             func = adopter.function(func)
             args, kwargs = adopter.arguments(args, kwargs)
-            lock = self._sock_lock
+            lock, guard = self._sock_lock, self.guard
             try:
-                # The flusher may send held replies while user code runs. _on_sigint
-                # raises only while _executing, so no KeyboardInterrupt can come
+                # The flusher may send held replies while user code runs. The guard
+                # raises only while executing, so no KeyboardInterrupt can come
                 # between the release and the try, or keep the finally from the lock.
                 lock.release()
-                self._executing = True
+                guard.executing = True
                 result = func(*args, **kwargs)
             finally:
-                self._executing = False
+                guard.executing = False
                 lock.acquire()
             buffers = self._serialize(result)
             content = self._ok_apply
             status = "ok"
         except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
-            self._executing = False
+            self.guard.executing = False
             error = self._error_content(exc, "apply")
             if "func" in locals():  # name the files of shipped __main__ functions
                 error["traceback"] = _annotate(error["traceback"], func, self.user_ns)
@@ -1079,11 +1060,11 @@ class Engine:
         iopub.publish("status", {"execution_state": "busy"}, msg.header)
         sent = iopub.sent
         interp = self.interpreter
-        lock = self._sock_lock
+        lock, guard = self._sock_lock, self.guard
         try:
             try:
                 lock.release()  # see _apply: the flusher may send held replies meanwhile
-                self._executing = True
+                guard.executing = True
                 result = interp.execute(
                     code,
                     silent=silent,
@@ -1094,25 +1075,11 @@ class Engine:
                     allow_stdin=False,
                 )
             finally:
-                self._executing = False
+                guard.executing = False
                 lock.acquire()
         except KeyboardInterrupt:  # landed outside the interpreter's own handler
-            reply: dict[str, Any] = {
-                "status": "error",
-                "execution_count": interp.execution_count,
-                "ename": "KeyboardInterrupt",
-                "evalue": "",
-                "traceback": [],
-            }
-        else:
-            reply = {"status": result.status, "execution_count": result.execution_count}
-            if result.status == "ok":
-                reply["payload"] = result.payload or []
-                reply["user_expressions"] = result.user_expressions or {}
-            else:
-                reply["ename"] = result.ename
-                reply["evalue"] = result.evalue
-                reply["traceback"] = result.traceback or []
+            result = None
+        reply = execute_reply(result, interp)
         reply["engine_info"] = {**self.engine_info, "method": "execute"}
         iopub.flush()
         outputs = iopub.sent - sent
@@ -1176,41 +1143,18 @@ class Engine:
 
     # ------------------------------------------------------------ control
 
-    def _control_loop(self) -> None:
-        """The control thread: answers interrupt and abort now, hands the rest to main."""
-        replier = Replier(self.signer, self.session_id + "c", "engine")
-        control, from_main = self.control, self._ctl_rx
-        poller = zmq.Poller()
-        poller.register(from_main, _POLLIN)
-        poller.register(control, _POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if from_main in ready:
-                    frames = from_main.recv_multipart(copy=False)
-                    if len(frames) == 1 and frames[0].bytes == b"STOP":
-                        return
-                    send_frames(control, frames)
-                    continue
-                if control not in ready:
-                    continue
-                msg = self._receive(control, "control")
-                if msg is None:
-                    continue
-                try:
-                    self._control_now(replier, msg)
-                except Exception as exc:
-                    log.exception("error while handling %s", msg.msg_type)
-                    if msg.msg_type.endswith("_request"):
-                        content = self._error_content(exc, "control")
-                        self._control_reply(replier, msg, content)
-        except zmq.ContextTerminated:
+    def _on_control(self) -> None:
+        """The control thread: answer interrupt and abort now, hand the rest to main."""
+        msg = self._receive(self.control, "control")
+        if msg is None:
             return
-        except Exception:  # pragma: no cover - a bug: keep the engine alive, loudly
-            log.exception("control thread crashed")
-        finally:
-            control.close(linger=_LINGER_MS)
-            from_main.close(linger=0)
+        replier = self._control_replier
+        try:
+            self._control_now(replier, msg)
+        except Exception as exc:
+            log.exception("error while handling %s", msg.msg_type)
+            if msg.msg_type.endswith("_request"):
+                self._control_reply(replier, msg, self._error_content(exc, "control"))
 
     def _control_reply(self, replier: Replier, msg: Message, content: dict[str, Any]) -> None:
         reply_type = msg.msg_type.removesuffix("_request") + "_reply"
@@ -1283,18 +1227,13 @@ class Engine:
             (),
             now,
         )
-        send_frames(self._ctl_tx, frames)
+        self._control_thread.send(frames)
 
     # ------------------------------------------------------------ stopping
 
     def interrupt(self) -> None:
-        """SIGINT to the main thread if a task runs (``KeyboardInterrupt`` in it).
-
-        ``pthread_kill`` rather than ``kill``: a process-directed signal may be delivered
-        to another thread, which would not wake a task blocked in a system call.
-        """
-        if self._executing:
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        """SIGINT to the main thread if a task runs (``KeyboardInterrupt`` in it)."""
+        self.guard.interrupt()
 
     def _stop(self, reason: str, code: int) -> None:
         if self._stop_reason is None:
@@ -1460,24 +1399,11 @@ class Engine:
         except (OSError, ValueError, EngineError):
             pass  # another engine removed it first, or it is not ours to read
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        """Interrupt the running task; between tasks, ignore (an interrupt never kills).
-
-        A signal landing inside the transport (user code printing) is re-sent a moment
-        later rather than raised there, so no multipart message is torn in half.
-        """
-        if not self._executing:
-            return
-        if frame is not None and frame.f_code.co_filename.startswith(_NO_TEAR):
-            threading.Timer(0.005, self.interrupt).start()
-            return
-        raise KeyboardInterrupt
-
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         """A launcher stopping the engine: finish like a shutdown request."""
         self._stop("terminated", 0)
         self._exit_later(0)
-        self._on_sigint(signum, frame)
+        self.guard.on_sigint(signum, frame)
 
     def close(self) -> None:
         """Unregister (on a requested stop), stop the threads, close every socket."""
@@ -1487,11 +1413,7 @@ class Engine:
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams
         if self._threads_started:
-            try:
-                self._ctl_tx.send(b"STOP")
-            except zmq.ZMQError:
-                pass
-            self._control_thread.join(2.0)
+            self._control_thread.stop()  # it closes the control socket
             self.watch.stop()
             if threading.current_thread() is threading.main_thread():
                 signal.set_wakeup_fd(-1)
@@ -1535,13 +1457,9 @@ class Engine:
             linger = _LINGER_MS if polite else 0
             for sock in socks:
                 sock.close(linger=linger)
-        # The control thread closes _ctl_rx itself once started.
-        ctl = [getattr(self, "_ctl_tx", None)]
-        if not self._threads_started:
-            ctl.append(getattr(self, "_ctl_rx", None))
-        for sock in ctl:
-            if sock is not None and not sock.closed:
-                sock.close(linger=0)
+        control = getattr(self, "_control_thread", None)
+        if control is not None and not self._threads_started:
+            control.stop()  # never started: closes its pipe
         for name in ("_wake_r", "_wake_w"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -1560,6 +1478,21 @@ def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
         username="engine",
         signer=cluster_signer(key, scheme),
     )
+
+
+def _install_streams(interpreter: Any) -> tuple[Any, Any]:
+    """Point ``sys.stdout``/``sys.stderr`` at posting streams; returns the old pair.
+
+    Apply tasks call user functions directly, not through ``Interpreter.execute``, so no
+    one swaps the streams for them: these stay for the life of the engine (the
+    interpreter's own per-cell swap restores them afterwards), at no cost per task.
+    """
+    from corral.core.iostreams import PostingStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout = PostingStream(interpreter.center, interpreter, "stdout")
+    sys.stderr = PostingStream(interpreter.center, interpreter, "stderr")
+    return saved
 
 
 def _signal_number(sig: Any) -> int:
