@@ -34,7 +34,6 @@ iopub message unless the task wrote output.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -45,7 +44,7 @@ import time
 import types
 import uuid as uuid_module
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
-from corral.transports.zmq.requests import ControlThread, InterruptGuard, execute_reply
+from corral.transports.zmq.requests import InterruptGuard, execute_reply
 
 from . import data as data_path
 from ._wire import (
@@ -70,11 +69,23 @@ from ._wire import (
     recv_messages,
     send_frames,
 )
+from .clusterinfo import (
+    CHANNELS,
+    DEFAULT_CONTROLLER_GRACE,
+    REQUIRED,
+    EngineError,
+    as_dict,
+    load_cluster_file,
+    no_history,
+)
+from .clusterinfo import controller_grace as grace_period
+from .control import EngineControl
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection, open_endpoint
 from .namespace import Adopter
+from .replies import HOLD, HOLD_MAX, ReplyHold
 
-__all__ = ["Engine", "EngineError", "load_cluster_file"]
+__all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineError", "load_cluster_file"]
 
 log = logging.getLogger("corral.parallel.engine")
 
@@ -85,132 +96,16 @@ _BATCH = 32
 #: How long a requested shutdown may take before the process just ends.
 _SHUTDOWN_GRACE = 5.0
 _LINGER_MS = 1000
-_CHANNELS = ("mux_engine", "control_engine", "task_engine", "broadcast_engine")
 #: Monitor copies of same-host calls are sent at most this late (seconds) ...
 _MONITOR_DELAY = 0.02
 #: ... or once this many are waiting.
 _MONITOR_BATCH = 128
-#: Replies to queued tasks wait at most this long (seconds) to leave as one batch ...
-_HOLD = 0.002
-#: ... or until this many are waiting.
-_HOLD_MAX = 64
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
-
-
-class EngineError(RuntimeError):
-    """The engine could not join the cluster (bad cluster file, registration refused)."""
-
-
-# ----------------------------------------------------------------- cluster file
-
-
-_REQUIRED = ("key", "registration", "hb_ping", "hb_pong", *_CHANNELS, "iopub_engine")
-
-
-#: Seconds an engine waits for a lost controller to come back, unless configured.
-DEFAULT_CONTROLLER_GRACE = 60.0
 #: Replies sent this long before a dead controller's last beat are sent again: what it
 #: may have received but not yet stored (its database writes batch over 50 ms).
 _RESEND_MARGIN = 2.0
-#: At most this many recent replies are kept for that.
-_REPLY_LOG_MAX = 100_000
-
-
-def _grace(given: float | None, info: dict[str, Any]) -> float:
-    """The controller grace period: the argument, the cluster file, the environment."""
-    if given is None:
-        given = info.get("controller_grace")
-    if given is None:
-        env = os.environ.get("CORRAL_CONTROLLER_GRACE", "")
-        given = float(env) if env else DEFAULT_CONTROLLER_GRACE
-    grace = float(given)
-    if not grace >= 0:
-        raise EngineError(f"controller_grace must be >= 0 seconds, not {given!r}")
-    return grace
-
-
-def _as_dict(info: Any) -> dict[str, Any]:
-    """A plain dict from whatever ``read_cluster_file`` returns (mapping, attrs, object)."""
-    if isinstance(info, Mapping):
-        return dict(info)
-    for name in ("to_dict", "as_dict", "asdict"):
-        method = getattr(info, name, None)
-        if callable(method):
-            return dict(method())
-    try:
-        import attrs
-
-        if attrs.has(type(info)):
-            return attrs.asdict(info)
-    except ImportError:  # pragma: no cover - attrs is a dependency
-        pass
-    import dataclasses
-
-    if dataclasses.is_dataclass(info) and not isinstance(info, type):
-        return dataclasses.asdict(info)
-    return dict(vars(info))
-
-
-def load_cluster_file(path: str | Path) -> dict[str, Any]:
-    """The cluster file as a dict (see docs/parallel-protocol.md, "The cluster file").
-
-    Uses the controller's ``read_cluster_file`` when it exists and gives every field the
-    engine needs, else plain JSON: the file format is the contract, not the reader.
-    """
-    try:
-        from corral.plugins.parallel.clusterfile import read_cluster_file  # type: ignore
-    except ImportError:
-        read_cluster_file = None
-    if read_cluster_file is not None:
-        try:
-            info = _as_dict(read_cluster_file(path))
-            if all(k in info for k in _REQUIRED):
-                return info
-        except Exception as exc:
-            log.debug("read_cluster_file(%s) failed (%s); reading the JSON", path, exc)
-    with open(path, encoding="utf-8") as fh:
-        info = json.load(fh)
-    if not isinstance(info, dict):
-        raise EngineError(f"{path}: a cluster file holds a JSON object")
-    return info
-
-
-# ----------------------------------------------------------------- history
-
-
-def _no_history() -> Any:
-    """A history that keeps nothing: an engine never opens the history database."""
-    from corral.core.history import HistoryManager
-
-    class NoHistory(HistoryManager):
-        def store_input(self, line: int, source: str, source_raw: str | None = None) -> None:
-            pass
-
-        def store_output(self, line: int, output: str) -> None:
-            pass
-
-        def flush(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def new_session(self) -> int:
-            return 0
-
-        @property
-        def session_id(self) -> int:
-            return 0
-
-        def resolve_session(self, session: int) -> int:
-            return 0
-
-        def _query(self, *args: Any, **kwargs: Any) -> list[Any]:
-            return []
-
-    return NoHistory(":memory:")
 
 
 # ----------------------------------------------------------------- the engine
@@ -247,8 +142,8 @@ class Engine:
         uuid: str | None = None,
         controller_grace: float | None = None,
     ) -> None:
-        info = _as_dict(cluster)
-        missing = [k for k in _REQUIRED if k not in info]
+        info = as_dict(cluster)
+        missing = [k for k in REQUIRED if k not in info]
         if missing:
             raise EngineError(f"the cluster file lacks {', '.join(missing)}")
         self.cluster = info
@@ -268,7 +163,7 @@ class Engine:
         self.uuid = uuid or uuid_module.uuid4().hex
         self.ident = self.uuid.encode("ascii")
         self.hub_timeout = hub_timeout
-        self.controller_grace = _grace(controller_grace, info)
+        self.controller_grace = grace_period(controller_grace, info)
         #: the main thread is to register with a restarted hub (see _on_back)
         self._register_due = False
         #: the msg_id of the request being served (read by the hub watch's thread)
@@ -279,10 +174,6 @@ class Engine:
         self.cluster_file: Path | None = None
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
-        #: (monotonic time sent, socket, frames) of recent small replies on the queues
-        self._reply_log: deque[tuple[float, Any, list[Any], str]] = deque()
-        #: how long a reply is kept: longer than a lost controller takes to notice
-        self._reply_window = 3 * max(10 * float(info.get("hb_period") or 1.0), 1.0)
         #: replies sent since then go again to a restarted controller
         self._resend_since = 0.0
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
@@ -308,7 +199,6 @@ class Engine:
         self.guard = InterruptGuard()
         self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
-        self._in_flight: list[zmq.MessageTracker] = []
         self._connected = False
         self._closed = False
         self._threads_started = False
@@ -320,12 +210,17 @@ class Engine:
         self._monitor_due: float | None = None
         # Requests that came in one batch and still wait their turn, in order.
         self._pending: deque[tuple[zmq.Socket[Any], Message]] = deque()
-        # Replies held to leave together (see _send), since when, and the lock that
-        # guards the queue sockets: the main thread holds it except while user code
-        # runs, when the flusher thread may take it to send replies held too long.
-        self._held: list[tuple[zmq.Socket[Any], list[Any]]] = []
-        self._held_since = 0.0
-        self._held_event = threading.Event()
+        # The lock that guards the queue sockets: the main thread holds it except while
+        # user code runs, when the flusher thread may take it to send replies held too
+        # long (see .replies).
+        self._sock_lock = threading.Lock()
+        #: Replies held to leave in batches, zero-copy sends in flight, recent replies
+        #: (kept longer than a lost controller takes to notice).
+        self.replies = ReplyHold(
+            self._sock_lock,
+            lambda: self.guard.executing,
+            3 * max(10 * float(info.get("hb_period") or 1.0), 1.0),
+        )
         # Load-balanced tasks run in groups announced to the scheduler (_start_group):
         # how many of the current group are left, the size the next may have, and when
         # and how big the current one started.
@@ -333,7 +228,6 @@ class Engine:
         self._group_size = 1
         self._group_start = 0.0
         self._group_count = 0
-        self._sock_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Engine:
@@ -361,7 +255,7 @@ class Engine:
             ctx, data_path.local_ip_for(self.ip), gate
         )
         self.queues: dict[str, zmq.Socket[Any]] = {}
-        for channel in _CHANNELS:
+        for channel in CHANNELS:
             sock = gate.client(ctx.socket(zmq.DEALER))
             sock.linger = _LINGER_MS
             sock.identity = self.ident
@@ -418,7 +312,7 @@ class Engine:
         from corral.notification.center import shared_center
 
         self.interpreter = Interpreter(
-            shared_center, user_ns=self.user_ns, history=_no_history(), sender="engine"
+            shared_center, user_ns=self.user_ns, history=no_history(), sender="engine"
         )
         self._serialize = serialize
         self._unpack_apply = unpack_apply
@@ -490,10 +384,7 @@ class Engine:
             "push_request": self._push,
             "pull_request": self._pull,
         }
-        self._control_replier = Replier(self.signer, self.session_id + "c", "engine")
-        self._control_thread = ControlThread(
-            self.context, self.control, self._on_control, "corral-engine-control"
-        )
+        self._control = EngineControl(self)
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -537,7 +428,7 @@ class Engine:
         if self._threads_started:
             return
         self._threads_started = True
-        self._control_thread.start()
+        self._control.thread.start()
         self.watch.start()
         if self.guard.install():
             signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -570,10 +461,8 @@ class Engine:
         pending = self._pending
         serve = self._serve_one
         self._sock_lock.acquire()
-        flusher = threading.Thread(
-            target=self._flush_late, name="corral-engine-replies", daemon=True
-        )
-        flusher.start()
+        self.replies.start_flusher()
+        replies = self.replies
         try:
             while self._stop_reason is None:
                 if self._rejoin:  # a restarted controller: what it may have lost, again
@@ -581,18 +470,22 @@ class Engine:
                     if self._register_due:
                         self._register_due = False
                         self._register_again()
-                    self._resend_replies()
+                    count = self.replies.resend(self._resend_since)
+                    if count:
+                        log.warning(
+                            "sent %d recent replies again to the restarted controller", count
+                        )
                     continue
                 if inbox:
-                    if self._held:  # answers to earlier tasks go first
-                        self._flush_held()
-                    self._serve_control(inbox.popleft())
+                    if replies.held:  # answers to earlier tasks go first
+                        replies.flush()
+                    self._control.serve_on_main(inbox.popleft())
                     continue
                 if pending:
                     self._serve_pending()
                     continue
-                if self._held:
-                    self._flush_held()  # nothing more to run now: let them go
+                if replies.held:
+                    replies.flush()  # nothing more to run now: let them go
                 due = self._monitor_due
                 if due is None:
                     events = poller.poll()
@@ -631,7 +524,7 @@ class Engine:
             try:
                 self.close()
             finally:
-                self._held_event.set()  # the flusher sees _closed and ends
+                self.replies.close()  # the flusher ends
                 self._sock_lock.release()
         return self.exit_code
 
@@ -781,7 +674,7 @@ class Engine:
         self._monitor_due = None
         if monitor is None:
             return
-        for message in pack_batches((), queue, _HOLD_MAX):
+        for message in pack_batches((), queue, HOLD_MAX):
             send_frames(monitor, message)
 
     def _start_group(self, msg: Message) -> None:
@@ -792,15 +685,15 @@ class Engine:
         started if this engine dies (docs/parallel-protocol.md, "Prefetch and start
         notices").
 
-        Groups double while tasks are quick (less than ``_HOLD`` each: their replies then
+        Groups double while tasks are quick (less than ``HOLD`` each: their replies then
         leave in batches, and one notice serves many tasks) and fall back to one task as
         soon as tasks take longer (one notice per task costs nothing then, and a death
         costs a retry only of the task that was running).
         """
         now = time.monotonic()
         if self._group_count:
-            quick = now - self._group_start < _HOLD * self._group_count
-            self._group_size = min(2 * self._group_size, _HOLD_MAX) if quick else 1
+            quick = now - self._group_start < HOLD * self._group_count
+            self._group_size = min(2 * self._group_size, HOLD_MAX) if quick else 1
         last, count = msg, 1
         for sock, queued in self._pending:
             if count >= self._group_size or sock is not self.task:
@@ -815,8 +708,8 @@ class Engine:
             b"{}",
             wire.json_dumps({"through": last.msg_id}),
         )
-        self._held.append((self.task, notice))
-        self._flush_held()
+        self.replies.held.append((self.task, notice))
+        self.replies.flush()
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
         log.warning("ignoring unknown message type %r", msg.msg_type)
@@ -848,15 +741,11 @@ class Engine:
 
         A zero-copy frame is a view onto the user's object; the next task could modify
         that object in place while libzmq is still sending it, so tasks wait for such
-        sends to finish first (:meth:`_settle`).
+        sends to finish first (:meth:`.ReplyHold.settle`).
         """
         reply_type = msg.msg_type[: -len("_request")] + "_reply"
         if len(buffers) > 1:  # out-of-band buffers: views onto user memory
-            tracked = [buffers[0]]
-            for buf in buffers[1:]:
-                tracked.append(zmq.Frame(buf, track=True))
-            self._in_flight.append(zmq.MessageTracker(*tracked[1:]))
-            buffers = tracked
+            buffers = self.replies.track(buffers)
         frames = self.replier.frames(
             msg.idents, reply_type, msg.raw_header, metadata, content, buffers, date
         )
@@ -866,74 +755,14 @@ class Engine:
         if sock not in self._batching:
             send_frames(sock, frames)
             return
-        # A reply that is all bytes cannot change: it may wait (up to _HOLD) for the
+        # A reply that is all bytes cannot change: it may wait (up to HOLD) for the
         # replies to the next queued tasks and leave with them as one batch. Any other
         # frame is a view onto memory the next task may write: send now, in order.
-        held = self._held
         for frame in frames:
             if frame.__class__ is not bytes:
-                if held:
-                    self._flush_held()
-                send_frames(sock, frames)
+                self.replies.send_now(sock, frames)
                 return
-        self._log_reply(sock, frames, msg.msg_id)
-        now = time.monotonic()
-        if not held:
-            self._held_since = now
-            self._held_event.set()
-        held.append((sock, frames))
-        if len(held) >= _HOLD_MAX or now - self._held_since >= _HOLD:
-            self._flush_held()
-
-    def _flush_held(self) -> None:
-        """Send the held replies, each queue socket's as one batch (caller holds the lock)."""
-        held, self._held = self._held, []
-        self._held_event.clear()
-        by_sock: dict[Any, list[list[Any]]] = {}
-        for sock, frames in held:
-            by_sock.setdefault(sock, []).append(frames)
-        for sock, replies in by_sock.items():
-            for message in pack_batches((), replies, _HOLD_MAX):
-                send_frames(sock, message)
-
-    def _flush_late(self) -> None:
-        """The flusher thread: replies held while a long task runs go out after _HOLD.
-
-        It can take the socket lock only while the main thread runs user code, so the
-        sockets are never used by two threads at once.
-        """
-        event, lock = self._held_event, self._sock_lock
-        while True:
-            event.wait()
-            if self._closed:
-                return
-            time.sleep(_HOLD)
-            # Between tasks the main thread flushes (when due, before a long wait, and
-            # before it idles): try only while user code runs, and never queue on the
-            # lock (that would hand it over at every task of a burst).
-            if not self.guard.executing or not lock.acquire(blocking=False):
-                continue
-            try:
-                if self._closed:
-                    return
-                if self._held and time.monotonic() - self._held_since >= _HOLD:
-                    self._flush_held()
-            except zmq.ZMQError as exc:
-                log.warning("could not send held replies: %s", exc)
-            finally:
-                lock.release()
-
-    def _settle(self) -> None:
-        """Wait until earlier zero-copy replies no longer read user memory."""
-        if self._held:  # this may take long: held replies must not wait for it
-            self._flush_held()
-        pending = [t for t in self._in_flight if not t.done]
-        self._in_flight = []
-        for tracker in pending:
-            try:
-                tracker.wait(60.0)
-            except zmq.NotDone:
-                log.warning("a large reply is still being sent after 60 s; going on")
+        self.replies.hold(sock, frames, msg.msg_id)
 
     def _error_content(self, exc: BaseException, method: str) -> dict[str, Any]:
         from corral.core.tracebacks import format_exception
@@ -983,8 +812,8 @@ class Engine:
     # ------------------------------------------------------------ tasks
 
     def _apply(self, sock: Destination, msg: Message) -> None:
-        if self._in_flight:
-            self._settle()
+        if self.replies.in_flight:
+            self.replies.settle()
         if self._aborted and msg.msg_id in self._aborted:
             self._reply_aborted(sock, msg, "apply")
             return
@@ -1041,8 +870,8 @@ class Engine:
             iopub.publish("status", {"execution_state": "idle"}, msg.header)
 
     def _execute(self, sock: Destination, msg: Message) -> None:
-        if self._in_flight:
-            self._settle()
+        if self.replies.in_flight:
+            self.replies.settle()
         if self._aborted and msg.msg_id in self._aborted:
             self._reply_aborted(sock, msg, "execute")
             return
@@ -1141,94 +970,6 @@ class Engine:
             completed,
         )
 
-    # ------------------------------------------------------------ control
-
-    def _on_control(self) -> None:
-        """The control thread: answer interrupt and abort now, hand the rest to main."""
-        msg = self._receive(self.control, "control")
-        if msg is None:
-            return
-        replier = self._control_replier
-        try:
-            self._control_now(replier, msg)
-        except Exception as exc:
-            log.exception("error while handling %s", msg.msg_type)
-            if msg.msg_type.endswith("_request"):
-                self._control_reply(replier, msg, self._error_content(exc, "control"))
-
-    def _control_reply(self, replier: Replier, msg: Message, content: dict[str, Any]) -> None:
-        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
-        now = iso_now()
-        metadata = self._metadata(now, now, str(content.get("status", "ok")), 0)
-        frames = replier.frames(
-            msg.idents, reply_type, msg.raw_header, metadata, wire.json_dumps(content), (), now
-        )
-        send_frames(self.control, frames)
-
-    def _control_now(self, replier: Replier, msg: Message) -> None:
-        kind = msg.msg_type
-        info = {**self.engine_info, "method": kind.removesuffix("_request")}
-        if kind == "interrupt_request":
-            self.interrupt()
-            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
-        elif kind == "abort_request":
-            ids = msg.content.get("msg_ids") or []
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise TypeError("abort_request 'msg_ids' must be a list of message ids")
-            self._aborted.update(ids)
-            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
-        elif kind == "signal_request":
-            signum = _signal_number(msg.content.get("sig"))
-            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
-            if signum == signal.SIGINT:
-                self.interrupt()
-            elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
-                self._stop("terminated", 0)
-                self._exit_later(0)
-                self.interrupt()
-            else:
-                signal.pthread_kill(threading.main_thread().ident or 0, signum)
-        elif kind in ("clear_request", "shutdown_request"):
-            self._inbox.append(msg)
-            self._wake()
-            if kind == "shutdown_request":
-                self.interrupt()  # a running task would keep the engine alive
-                self._exit_later(0)
-        else:
-            log.warning("ignoring unknown control message %r", kind)
-            if kind.endswith("_request"):
-                raise ValueError(f"unknown control message type {kind!r}")
-
-    def _serve_control(self, msg: Message) -> None:
-        """Main thread: a clear or shutdown handed over by the control thread."""
-        info = {**self.engine_info, "method": msg.msg_type.removesuffix("_request")}
-        if msg.msg_type == "clear_request":
-            try:
-                self.interpreter.reset_namespace()
-                self._adopter.injected.clear()
-                content: dict[str, Any] = {"status": "ok", "engine_info": info}
-            except Exception as exc:
-                log.exception("clear failed")
-                content = self._error_content(exc, "clear")
-        else:
-            content = {"status": "ok", "restart": False, "engine_info": info}
-            # The hub asked (the whole cluster stops): it unregisters us itself and exits
-            # once every engine has answered, so nothing more we sent would be read.
-            self._hub_asked = msg.content.get("hub") is True
-            self._stop("shutdown requested", 0)
-        now = iso_now()
-        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
-        frames = self.replier.frames(
-            msg.idents,
-            reply_type,
-            msg.raw_header,
-            self._metadata(now, now, str(content["status"]), 0),
-            wire.json_dumps(content),
-            (),
-            now,
-        )
-        self._control_thread.send(frames)
-
     # ------------------------------------------------------------ stopping
 
     def interrupt(self) -> None:
@@ -1308,9 +1049,9 @@ class Engine:
         holding = [] if serving is None else [serving]
         holding += [m.msg_id for _, m in list(self._pending)]
         # And what it answered since the old controller's last moments: those replies
-        # go again (see _resend_replies), and may be all the new hub ever hears of them.
+        # go again (see ReplyHold.resend), and may be all the new hub ever hears of them.
         since = self._resend_since
-        holding += [m for sent, _, _, m in list(self._reply_log) if sent >= since]
+        holding += [m for _, _, m in self.replies.sent_since(since)]
         content = {
             "uuid": self.uuid,
             "id": self.id,
@@ -1352,28 +1093,6 @@ class Engine:
         else:
             log.warning("engine %d re-registered with the restarted controller", self.id)
 
-    def _log_reply(self, sock: zmq.Socket[Any], frames: list[Any], msg_id: str) -> None:
-        """Keep a small reply for a while: a controller killed before it stored it gets
-        it again from :meth:`_resend_replies` (replies are idempotent: same msg_id)."""
-        log_ = self._reply_log
-        now = time.monotonic()
-        log_.append((now, sock, frames, msg_id))
-        horizon = now - self._reply_window
-        while log_ and (log_[0][0] < horizon or len(log_) > _REPLY_LOG_MAX):
-            log_.popleft()
-
-    def _resend_replies(self) -> None:
-        """Send again every kept reply sent since the old controller's last moments."""
-        since = self._resend_since
-        again = [(sock, frames) for sent, sock, frames, _ in self._reply_log if sent >= since]
-        if not again:
-            return
-        if self._held:
-            self._flush_held()
-        for sock, frames in again:
-            send_frames(sock, frames)
-        log.warning("sent %d recent replies again to the restarted controller", len(again))
-
     def _on_lost(self, reason: str) -> None:
         """Hub watch: the controller or the parent is gone; nobody will stop us."""
         log.warning("%s; the engine exits", reason)
@@ -1413,16 +1132,16 @@ class Engine:
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams
         if self._threads_started:
-            self._control_thread.stop()  # it closes the control socket
+            self._control.thread.stop()  # it closes the control socket
             self.watch.stop()
             if threading.current_thread() is threading.main_thread():
                 signal.set_wakeup_fd(-1)
         if hasattr(self, "iopub"):
             self.iopub.close()
         if self._connected:
-            if self._held:  # replies to tasks that ran: out before we unregister
+            if self.replies.held:  # replies to tasks that ran: out before we unregister
                 try:
-                    self._flush_held()
+                    self.replies.flush()
                 except zmq.ZMQError:
                     pass
             self.heartbeat.stop()
@@ -1457,9 +1176,9 @@ class Engine:
             linger = _LINGER_MS if polite else 0
             for sock in socks:
                 sock.close(linger=linger)
-        control = getattr(self, "_control_thread", None)
+        control = getattr(self, "_control", None)
         if control is not None and not self._threads_started:
-            control.stop()  # never started: closes its pipe
+            control.thread.stop()  # never started: closes its pipe
         for name in ("_wake_r", "_wake_w"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -1493,21 +1212,6 @@ def _install_streams(interpreter: Any) -> tuple[Any, Any]:
     sys.stdout = PostingStream(interpreter.center, interpreter, "stdout")
     sys.stderr = PostingStream(interpreter.center, interpreter, "stderr")
     return saved
-
-
-def _signal_number(sig: Any) -> int:
-    """The signal a ``signal_request`` names (a number or a name such as ``"SIGTERM"``).
-
-    Anything else is refused with an error reply rather than guessed at.
-    """
-    if isinstance(sig, str):
-        try:
-            return int(signal.Signals[sig if sig.startswith("SIG") else "SIG" + sig])
-        except KeyError:
-            raise ValueError(f"unknown signal name {sig!r}") from None
-    if isinstance(sig, int) and not isinstance(sig, bool):
-        return int(signal.Signals(sig))
-    raise TypeError(f"signal_request 'sig' must be a signal number or name, not {sig!r}")
 
 
 def _annotate(traceback: list[str], func: Any, user_ns: dict[str, Any]) -> list[str]:
