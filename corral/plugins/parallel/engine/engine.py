@@ -52,7 +52,6 @@ import zmq
 from zmq.backend import zmq_poll
 
 from corral.transports.zmq import wire
-from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
@@ -64,7 +63,6 @@ from ._wire import (
     Message,
     Replier,
     iso_now,
-    parse_message,
     recv_message,
     recv_messages,
     send_frames,
@@ -81,9 +79,10 @@ from .clusterinfo import (
 from .clusterinfo import controller_grace as grace_period
 from .control import EngineControl
 from .heartbeat import HeartbeatDevice, HubWatch
-from .local import LocalConnection, open_endpoint
+from .local import LocalConnection
 from .namespace import Adopter
 from .replies import HOLD, HOLD_MAX, ReplyHold
+from .samehost import SameHostClients
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineError", "load_cluster_file"]
 
@@ -96,10 +95,6 @@ _BATCH = 32
 #: How long a requested shutdown may take before the process just ends.
 _SHUTDOWN_GRACE = 5.0
 _LINGER_MS = 1000
-#: Monitor copies of same-host calls are sent at most this late (seconds) ...
-_MONITOR_DELAY = 0.02
-#: ... or once this many are waiting.
-_MONITOR_BATCH = 128
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
@@ -202,12 +197,8 @@ class Engine:
         self._connected = False
         self._closed = False
         self._threads_started = False
-        self.local: Any = None
-        self._local_conns: dict[int, LocalConnection] = {}
-        self._monitor: zmq.Socket[Any] | None = None
-        # Monitor copies of same-host calls waiting for their batch, and its deadline.
-        self._monitor_queue: list[list[Any]] = []
-        self._monitor_due: float | None = None
+        #: Same-host clients calling over a Unix socket (see .samehost).
+        self.same_host = SameHostClients(self)
         # Requests that came in one batch and still wait their turn, in order.
         self._pending: deque[tuple[zmq.Socket[Any], Message]] = deque()
         # The lock that guards the queue sockets: the main thread holds it except while
@@ -284,18 +275,13 @@ class Engine:
         if self.cluster.get("monitor"):
             # Same-host clients call the engine over its Unix socket; the hub hears of
             # those tasks from the engine itself, as it hears of queued ones from a queue.
-            self.local = open_endpoint(self.uuid)
-            if self.local is not None:
-                self._monitor = gate.client(ctx.socket(zmq.PUSH))
-                self._monitor.linger = _LINGER_MS
-                self._monitor.sndhwm = 0
-                self._monitor.connect(self.url("monitor"))
+            self.same_host.open(ctx, gate, self.url("monitor"), _LINGER_MS)
         content = {
             "uuid": self.uuid,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "data_url": self.data_url,
-            "local_path": self.local.path if self.local is not None else None,
+            "local_path": self.same_host.path,
         }
         frames = self.replier.frames(
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
@@ -452,11 +438,10 @@ class Engine:
         poller = zmq.Poller()
         wake_fd = self._wake_r.fileno()
         poller.register(wake_fd, _POLLIN)  # polled by fd: events name the int
-        if self.local is not None:
-            poller.register(self.local.fd, _POLLIN)
+        same_host = self.same_host
+        same_host.attach(poller)
         for sock in (self.data_socket, self.mux, self.task, self.broadcast):
             poller.register(sock, _POLLIN)
-        self._poller = poller
         inbox = self._inbox
         pending = self._pending
         serve = self._serve_one
@@ -486,19 +471,19 @@ class Engine:
                     continue
                 if replies.held:
                     replies.flush()  # nothing more to run now: let them go
-                due = self._monitor_due
+                due = same_host.due
                 if due is None:
                     events = poller.poll()
                 else:
                     events = poller.poll(max(0, int((due - time.monotonic()) * 1000) + 1))
                     if time.monotonic() >= due:
-                        self._flush_monitor()
+                        same_host.flush()
                 for sock, _ in events:
                     if sock.__class__ is int:  # a plain descriptor
                         if sock == wake_fd:
                             self._drain_wake()
                         else:
-                            self._serve_local(sock)
+                            same_host.serve(sock)
                         if inbox or self._stop_reason is not None or self._rejoin:
                             break
                         continue
@@ -576,13 +561,14 @@ class Engine:
             self._serve_message(sock, msg)
 
     def _serve_message(self, sock: Destination, msg: Message) -> None:
-        due = self._monitor_due
-        if self._monitor_queue and (
+        same_host = self.same_host
+        due = same_host.due
+        if same_host.queue and (
             sock.__class__ is not LocalConnection or due is None or time.monotonic() >= due
         ):
             # Copies of earlier same-host calls go before a queued task runs (it may run
             # long), and before any call once their 20 ms are up.
-            self._flush_monitor()
+            same_host.flush()
         if sock is self.task:
             if not self._group_left:
                 self._start_group(msg)
@@ -599,83 +585,6 @@ class Engine:
             self._reply_error(sock, msg, exc)
         finally:
             self._serving = None
-
-    # ------------------------------------------------------------ same-host clients
-
-    def _serve_local(self, fd: int) -> None:
-        """A same-host client's socket is readable, or one is waiting to be accepted."""
-        local = self.local
-        if fd == local.fd:
-            for conn in local.accept():
-                self._local_conns[conn.fd] = conn
-                self._poller.register(conn.fd, _POLLIN)
-            return
-        conn = self._local_conns.get(fd)
-        if conn is None:
-            return
-        try:
-            messages = conn.read()
-        except (OSError, ValueError, MemoryError) as exc:  # closed, reset, garbage, or a
-            # size announced (up to 1 GiB, before any signature) that cannot be had
-            if not isinstance(exc, ConnectionError):
-                self.dropped += 1
-                log.warning("closing a local connection: %s", exc)
-            self._drop_local(conn)
-            return
-        for frames in messages:
-            try:
-                msg = parse_message(frames, self.signer, self.replay)
-            except wire.WireError as exc:
-                self.dropped += 1
-                log.warning("dropped a bad message on the local socket: %s", exc)
-                continue
-            conn.request_frames = frames
-            self._serve_message(conn, msg)
-            conn.request_frames = []
-
-    def _drop_local(self, conn: LocalConnection) -> None:
-        self._local_conns.pop(conn.fd, None)
-        try:
-            self._poller.unregister(conn.fd)
-        except KeyError:
-            pass
-        conn.close()
-
-    def _send_local(self, conn: LocalConnection, msg: Message, frames: list[Any]) -> None:
-        """Reply over the local socket, then copy request and reply to the hub's monitor
-        (after the reply: the client is not kept waiting for the bookkeeping)."""
-        try:
-            conn.send(frames)
-        except OSError as exc:  # the client went away (or stopped reading): its loss
-            log.warning("could not reply to a local client: %s", exc)
-            self._drop_local(conn)
-        if self._monitor is None or not conn.request_frames:
-            return
-        client = str(msg.header.get("session", "")).encode("utf-8", "replace")
-        queue = self._monitor_queue
-        # The request's JSON parts only (as the queues send them: the hub stores no
-        # request buffers), the reply whole (its buffers are the stored result).
-        request, tag = conn.request_frames, self.signer.monitor_tag
-        queue.append([tag(b"request", self.ident, client, request[1]), self.ident, client])
-        queue[-1].extend(request[:6])
-        queue.append([tag(b"reply", self.ident, client, frames[1]), self.ident, client, *frames])
-        # Copies that are all bytes cannot change: they wait for the next batch (a busy
-        # caller then costs the hub one wake-up per batch, not two per call). Any other
-        # frame is a view onto memory the next task may write: send now.
-        if len(queue) >= _MONITOR_BATCH or not all(type(f) is bytes for f in frames):
-            self._flush_monitor()
-        elif self._monitor_due is None:
-            self._monitor_due = time.monotonic() + _MONITOR_DELAY
-
-    def _flush_monitor(self) -> None:
-        """Send the queued monitor copies of same-host calls to the hub, in batches."""
-        monitor = self._monitor
-        queue, self._monitor_queue = self._monitor_queue, []
-        self._monitor_due = None
-        if monitor is None:
-            return
-        for message in pack_batches((), queue, HOLD_MAX):
-            send_frames(monitor, message)
 
     def _start_group(self, msg: Message) -> None:
         """Tell the task scheduler which load-balanced tasks may start from now on:
@@ -750,7 +659,7 @@ class Engine:
             msg.idents, reply_type, msg.raw_header, metadata, content, buffers, date
         )
         if sock.__class__ is LocalConnection:
-            self._send_local(sock, msg, frames)
+            self.same_host.send(sock, msg, frames)
             return
         if sock not in self._batching:
             send_frames(sock, frames)
@@ -1059,7 +968,7 @@ class Engine:
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "data_url": self.data_url,
-            "local_path": self.local.path if self.local is not None else None,
+            "local_path": self.same_host.path,
         }
         frames = self.replier.frames(
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
@@ -1159,18 +1068,12 @@ class Engine:
                 except zmq.ZMQError:
                     pass
             try:
-                self._flush_monitor()
+                self.same_host.flush()
             except zmq.ZMQError:
                 pass
-            for conn in list(self._local_conns.values()):
-                conn.close()
-            self._local_conns.clear()
-            if self.local is not None:
-                self.local.close()
+            self.same_host.close()
             socks = [self.data_socket, self.mux, self.task, self.broadcast]
-            socks += [self.iopub_socket, self.registration]
-            if self._monitor is not None:
-                socks.append(self._monitor)
+            socks += [self.iopub_socket, self.registration, *self.same_host.sockets()]
             if not self._threads_started:
                 socks.append(self.control)
             linger = _LINGER_MS if polite else 0
