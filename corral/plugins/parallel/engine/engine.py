@@ -81,6 +81,7 @@ from .control import EngineControl
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection
 from .namespace import Adopter
+from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
 
@@ -98,9 +99,6 @@ _LINGER_MS = 1000
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
-#: Replies sent this long before a dead controller's last beat are sent again: what it
-#: may have received but not yet stored (its database writes batch over 50 ms).
-_RESEND_MARGIN = 2.0
 
 
 # ----------------------------------------------------------------- the engine
@@ -159,18 +157,17 @@ class Engine:
         self.ident = self.uuid.encode("ascii")
         self.hub_timeout = hub_timeout
         self.controller_grace = grace_period(controller_grace, info)
-        #: the main thread is to register with a restarted hub (see _on_back)
-        self._register_due = False
         #: the msg_id of the request being served (read by the hub watch's thread)
         self._serving: str | None = None
-        #: set by the hub watch once registered with a restarted hub: send recent replies again
+        #: set by the hub watch when a controller comes back: the main thread catches up
+        #: (a plain flag: the serving loop reads it after every message)
         self._rejoin = False
+        #: what a lost controller takes to notice, to come back, to re-register
+        self.recovery = ControllerRecovery(self)
         #: the cluster file this engine was started from (removed if its cluster died)
         self.cluster_file: Path | None = None
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
-        #: replies sent since then go again to a restarted controller
-        self._resend_since = 0.0
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
@@ -276,8 +273,14 @@ class Engine:
             # Same-host clients call the engine over its Unix socket; the hub hears of
             # those tasks from the engine itself, as it hears of queued ones from a queue.
             self.same_host.open(ctx, gate, self.url("monitor"), _LINGER_MS)
+        self.send_registration({})
+        self._connected = True
+
+    def send_registration(self, extra: dict[str, Any]) -> None:
+        """Send a ``registration_request`` describing this engine (plus ``extra``)."""
         content = {
             "uuid": self.uuid,
+            **extra,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "data_url": self.data_url,
@@ -287,7 +290,6 @@ class Engine:
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
         )
         send_frames(self.registration, frames)
-        self._connected = True
 
     def prepare(self) -> None:
         """Create the interpreter (the slow imports), ready for the first task."""
@@ -382,15 +384,15 @@ class Engine:
             self.context,
             self.heartbeat.capture_url,
             timeout,
-            self._on_lost,
+            self.recovery.on_lost,
             self.parent_pid,
             notification_url=self.url("notification") if self.cluster.get("notification") else None,
             uuid=self.uuid,
             signer=cluster_signer(self.key, self.scheme),
             gate=self.gate,
             grace=self.controller_grace,
-            on_silent=self._on_silent,
-            on_back=self._on_back,
+            on_silent=self.recovery.on_silent,
+            on_back=self.recovery.on_back,
             beat=self._hub_beat,
         )
 
@@ -452,14 +454,7 @@ class Engine:
             while self._stop_reason is None:
                 if self._rejoin:  # a restarted controller: what it may have lost, again
                     self._rejoin = False
-                    if self._register_due:
-                        self._register_due = False
-                        self._register_again()
-                    count = self.replies.resend(self._resend_since)
-                    if count:
-                        log.warning(
-                            "sent %d recent replies again to the restarted controller", count
-                        )
+                    self.recovery.catch_up()
                     continue
                 if inbox:
                     if replies.held:  # answers to earlier tasks go first
@@ -901,131 +896,6 @@ class Engine:
         timer = threading.Timer(_SHUTDOWN_GRACE, force)
         timer.daemon = True
         timer.start()
-
-    def _on_silent(self, reason: str) -> None:
-        """Hub watch: the controller went quiet. Keep running (and keep finished replies
-        queued on the sockets, which reconnect by themselves) for the grace period."""
-        log.warning(
-            "%s; waiting up to %g s for a controller to come back (controller_grace)",
-            reason,
-            self.controller_grace,
-        )
-
-    def _on_back(self, last_old_beat: float) -> None:
-        """Hub watch: a (new) hub beats. Register with it from the main thread, and send
-        again the replies the old controller may have died with: those sent since shortly
-        before its last beat."""
-        self._resend_since = last_old_beat - _RESEND_MARGIN
-        # The sockets belong to whoever holds _sock_lock; the main thread lets go of it
-        # only while user code runs. Then (a task may run for hours, and a controller
-        # must know its engines before it ends) this thread registers; otherwise the
-        # main thread does, between tasks. Replies go again from the main thread.
-        if self._sock_lock.acquire(timeout=0.05):
-            try:
-                self._register_again()
-            finally:
-                self._sock_lock.release()
-        else:
-            self._register_due = True
-        self._rejoin = True
-        self._wake()
-
-    def _take_queued(self) -> None:
-        """Read every request waiting on the queue sockets into ``_pending`` (in order),
-        so that a registration can say which tasks this engine holds."""
-        for sock in (self.mux, self.task, self.broadcast):
-            while True:
-                try:
-                    messages, errors = recv_messages(sock, self.signer, self.replay, _NOBLOCK)
-                except zmq.Again:
-                    break
-                for exc in errors:
-                    self.dropped += 1
-                    log.warning("dropped a bad message on a queue: %s", exc)
-                self._pending.extend((sock, msg) for msg in messages)
-
-    def _register_again(self) -> None:
-        """Re-register with a restarted controller, asking for the same id and saying
-        which tasks this engine holds (by whichever thread holds ``_sock_lock``; a replay
-        guard of its own)."""
-        import time
-
-        replay = wire.ReplayGuard()
-        # What this engine runs or has queued: a restarted hub records these as owed by
-        # it (the dead controller may not have stored that it gave them out).
-        self._take_queued()
-        serving = self._serving
-        holding = [] if serving is None else [serving]
-        holding += [m.msg_id for _, m in list(self._pending)]
-        # And what it answered since the old controller's last moments: those replies
-        # go again (see ReplyHold.resend), and may be all the new hub ever hears of them.
-        since = self._resend_since
-        holding += [m for _, _, m in self.replies.sent_since(since)]
-        content = {
-            "uuid": self.uuid,
-            "id": self.id,
-            "holding": holding,
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
-            "data_url": self.data_url,
-            "local_path": self.same_host.path,
-        }
-        frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
-        )
-        send_frames(self.registration, frames)
-        end = time.monotonic() + self.registration_timeout
-        while True:
-            left = int((end - time.monotonic()) * 1000)
-            if left <= 0 or not self.registration.poll(left):
-                log.error("the restarted controller did not answer the registration")
-                self._stop("re-registration unanswered", 1)
-                return
-            try:
-                msg = recv_message(self.registration, self.signer, replay, _NOBLOCK)
-            except zmq.Again:
-                continue
-            except wire.WireError as exc:
-                log.warning("dropped a bad message on registration: %s", exc)
-                continue
-            if msg.msg_type == "registration_reply":
-                break
-        reply = msg.content
-        if reply.get("status", "ok") != "ok" or not isinstance(reply.get("id"), int):
-            log.error("the restarted controller refused this engine: %s", reply.get("evalue"))
-            self._stop("re-registration refused", 1)
-            return
-        if reply["id"] != self.id:
-            log.warning("engine %s re-registered as engine %d", self.id, reply["id"])
-            self.id = int(reply["id"])
-            self._identify()
-        else:
-            log.warning("engine %d re-registered with the restarted controller", self.id)
-
-    def _on_lost(self, reason: str) -> None:
-        """Hub watch: the controller or the parent is gone; nobody will stop us."""
-        log.warning("%s; the engine exits", reason)
-        if self.watch.silent_since is not None:
-            self._forget_dead_cluster()
-        self._stop(reason, 1)
-        self.interrupt()
-        self._exit_later(1)
-
-    def _forget_dead_cluster(self) -> None:
-        """After the grace: remove the cluster file if its controller is dead, so no
-        client finds a cluster that is gone (a restarted controller writes a new one)."""
-        path = self.cluster_file
-        if path is None:
-            return
-        from corral.core.processes import process_alive
-
-        try:
-            pid = int(load_cluster_file(path).get("controller_pid") or 0)
-            if pid and not process_alive(pid) and path.exists():
-                path.unlink()
-                log.warning("removed %s: its controller (pid %d) is gone", path, pid)
-        except (OSError, ValueError, EngineError):
-            pass  # another engine removed it first, or it is not ours to read
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         """A launcher stopping the engine: finish like a shutdown request."""
