@@ -26,6 +26,14 @@ Threads, and why:
   the controller or the launching process goes away.
 * **iopub flusher** sends coalesced stream text (:class:`IOPubPublisher`).
 
+Where things live: this module serves (the main loop and the task handlers). The pieces
+shared with the kernel server — the SIGINT guard, the control thread, the execute reply,
+the iopub publisher and output relay, the heartbeat's proxy thread — come from
+:mod:`corral.transports.zmq`; the engine's own jobs have a module each: the cluster file
+(:mod:`.clusterinfo`), the control channel (:mod:`.control`), held and logged replies
+(:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost controller
+(:mod:`.recovery`).
+
 Hot path (an ``apply_request``): receive with the fixed frames as bytes and buffers as
 zero-copy frames, verify, unpickle, call, pickle the result, reply with a pre-encoded
 content and a header built from a counter (:mod:`._wire`). No logging, no thread hop, no
