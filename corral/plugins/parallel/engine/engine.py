@@ -59,6 +59,7 @@ from typing import Any
 import zmq
 from zmq.backend import zmq_poll
 
+from corral.notification.center import shared_center
 from corral.transports.zmq import wire
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
@@ -66,6 +67,7 @@ from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
 from corral.transports.zmq.requests import InterruptGuard, execute_reply
 
+from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
 from . import data as data_path
 from ._wire import (
     Message,
@@ -188,6 +190,8 @@ class Engine:
         self.hb_period = float(info.get("hb_period") or 1.0)
         self.hb_misses = int(info.get("hb_misses") or 2)
         self.user_ns: dict[str, Any] = {}
+        #: Where this engine posts its notifications (see corral.plugins.parallel.events).
+        self.center = shared_center
         self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
@@ -361,6 +365,7 @@ class Engine:
             self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
             break
         self._after_registration()
+        self.announce()
         return self.id
 
     def _after_registration(self) -> None:
@@ -403,6 +408,10 @@ class Engine:
             on_back=self.recovery.on_back,
             beat=self._hub_beat,
         )
+
+    def announce(self) -> None:
+        """Post ``ENGINE_REGISTERED`` in this process (after each registration)."""
+        self.center.post(ENGINE_REGISTERED, self, engine_id=self.id, uuid=self.uuid)
 
     def _identify(self) -> None:
         """What replies and output say about this engine (again if its id changes)."""
@@ -576,18 +585,23 @@ class Engine:
             if not self._group_left:
                 self._start_group(msg)
             self._group_left -= 1
-        handler = self._handlers.get(msg.msg_type)
-        self._serving = msg.msg_id
+        msg_id, msg_type = msg.msg_id, msg.msg_type
+        handler = self._handlers.get(msg_type)
+        self._serving = msg_id
+        center = self.center
+        # One dict lookup each when nobody observes (see .events).
+        center.post(TASK_STARTED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id)
         try:
             if handler is None:
                 self._unknown(sock, msg)
             else:
                 handler(sock, msg)
         except Exception as exc:  # a bug or bad content: answer, keep serving
-            log.exception("error while handling %s", msg.msg_type)
+            log.exception("error while handling %s", msg_type)
             self._reply_error(sock, msg, exc)
         finally:
             self._serving = None
+            center.post(TASK_FINISHED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id)
 
     def _start_group(self, msg: Message) -> None:
         """Tell the task scheduler which load-balanced tasks may start from now on:

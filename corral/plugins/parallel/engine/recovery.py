@@ -142,6 +142,7 @@ class ControllerRecovery:
             self.engine._identify()
         else:
             log.warning("engine %d re-registered with the restarted controller", self.engine.id)
+        self.engine.announce()
 
     def on_lost(self, reason: str) -> None:
         """Hub watch: the controller or the parent is gone; nobody will stop us."""
