@@ -347,6 +347,30 @@ class KernelServer:
         finally:
             self.close()
 
+    def host_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """The sockets a host's own loop polls instead of :meth:`serve_forever` (a cluster
+        engine bound as a kernel): when either is readable, call :meth:`serve_waiting`."""
+        return self.shell, self._wake_rx
+
+    def serve_waiting(self) -> None:
+        """Serve what waits on shell, and calls handed to the main thread, without
+        blocking (for a host loop; see :meth:`host_sockets`). Main thread only."""
+        if self._wake_rx.poll(0):
+            while self._wake_rx.poll(0):
+                self._wake_rx.recv()
+            self._run_main_calls()
+        while not self.shutdown_requested.is_set():
+            if self._backlog:
+                idents, msg, abort = self._backlog.popleft()
+                self._serve(self.shell, idents, msg, self._shell_handlers, abort=abort)
+                continue
+            try:
+                got = self.session.recv(self.shell, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if got is not None:
+                self._serve(self.shell, *got, self._shell_handlers)
+
     def call_on_main(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run ``func`` on the main thread (between requests) and return its result.
 

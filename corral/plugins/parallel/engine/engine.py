@@ -68,6 +68,7 @@ from corral.transports.zmq.relay import OutputRelay
 from corral.transports.zmq.requests import InterruptGuard, execute_reply
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
+from . import bound
 from . import data as data_path
 from ._wire import (
     Message,
@@ -192,6 +193,11 @@ class Engine:
         self.user_ns: dict[str, Any] = {}
         #: Where this engine posts its notifications (see corral.plugins.parallel.events).
         self.center = shared_center
+        #: This engine served as a Jupyter kernel too, once bound (see .bound).
+        self.bound_kernel: Any = None
+        #: Sockets of the bound kernel the main loop polls with its own.
+        self._hosted: tuple[Any, ...] = ()
+        self._poller: zmq.Poller | None = None
         self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
@@ -409,6 +415,19 @@ class Engine:
             beat=self._hub_beat,
         )
 
+    def watch_sockets(self, sockets: tuple[Any, ...]) -> None:
+        """Have the main loop poll ``sockets`` too (a bound kernel's; main thread)."""
+        assert self._poller is not None, "the engine is not serving yet"
+        for sock in sockets:
+            self._poller.register(sock, _POLLIN)
+        self._hosted = self._hosted + tuple(sockets)
+
+    def unwatch_sockets(self, sockets: tuple[Any, ...]) -> None:
+        for sock in sockets:
+            if self._poller is not None:
+                self._poller.unregister(sock)
+        self._hosted = tuple(s for s in self._hosted if s not in sockets)
+
     def announce(self) -> None:
         """Post ``ENGINE_REGISTERED`` in this process (after each registration)."""
         self.center.post(ENGINE_REGISTERED, self, engine_id=self.id, uuid=self.uuid)
@@ -435,6 +454,7 @@ class Engine:
         self._threads_started = True
         self._control.thread.start()
         self.watch.start()
+        bound.set_current(self)
         if self.guard.install():
             signal.signal(signal.SIGTERM, self._on_sigterm)
             signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
@@ -459,6 +479,7 @@ class Engine:
         poller.register(wake_fd, _POLLIN)  # polled by fd: events name the int
         same_host = self.same_host
         same_host.attach(poller)
+        self._poller = poller
         for sock in (self.data_socket, self.mux, self.task, self.broadcast):
             poller.register(sock, _POLLIN)
         inbox = self._inbox
@@ -491,6 +512,10 @@ class Engine:
                     if time.monotonic() >= due:
                         same_host.flush()
                 for sock, _ in events:
+                    if self._hosted and sock in self._hosted:
+                        if self.bound_kernel is not None:
+                            self.bound_kernel.serve()
+                        continue
                     if sock.__class__ is int:  # a plain descriptor
                         if sock == wake_fd:
                             self._drain_wake()
@@ -930,6 +955,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        bound.close_bound(self)
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams
         if self._threads_started:
