@@ -83,13 +83,14 @@ def load_cluster_file(path: str | Path) -> dict[str, Any]:
     Uses the controller's ``read_cluster_file`` when it exists and gives every field the
     engine needs, else plain JSON: the file format is the contract, not the reader.
     """
+    reader: Any = None
     try:
-        from corral.plugins.parallel.clusterfile import read_cluster_file  # type: ignore
+        from corral.plugins.parallel.clusterfile import read_cluster_file as reader
     except ImportError:
-        read_cluster_file = None
-    if read_cluster_file is not None:
+        pass
+    if reader is not None:
         try:
-            info = as_dict(read_cluster_file(path))
+            info = as_dict(reader(path))
             if all(k in info for k in REQUIRED):
                 return info
         except Exception as exc:

@@ -436,7 +436,7 @@ class Engine:
         """What replies and output say about this engine (again if its id changes)."""
         assert self.id is not None
         self.engine_info = {"engine_id": self.id, "engine_uuid": self.uuid}
-        self.iopub.default_metadata["engine_id"] = self.id
+        self.iopub.default_metadata = {"engine_id": self.id}
         self._ok_apply = wire.json_dumps(
             {"status": "ok", "engine_info": {**self.engine_info, "method": "apply"}}
         )
@@ -898,7 +898,7 @@ class Engine:
 
     def _reply_data(
         self,
-        sock: zmq.Socket[Any],
+        sock: Destination,
         msg: Message,
         method: str,
         keys: Any,
