@@ -5,9 +5,11 @@ on the process-wide center (``shared_center``) of the process where it happens, 
 keywords below as ``info``. Every type is a plain string, so it crosses processes
 unchanged through the notification bridge, and every ``info`` value is JSON.
 
-A post nobody observes costs one dict lookup (the center's promise); the engine posts
-two per task, the client one per submission and one per reply or output message. The
-client posts from its I/O thread: observers there must be quick and must not block.
+A post nobody observes costs one dict lookup (the center's promise). The engine asks
+whether its task notifications are observed once per wake-up of its loop, not per task,
+so an unobserved burst pays nothing; an observer registered by a task hears from the next
+burst on. The client posts one per submission and one per reply or output message, from
+its I/O thread: observers there must be quick and must not block.
 
 ===========================  ===========  =================================================
 type                         posted in    info keywords

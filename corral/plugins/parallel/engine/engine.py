@@ -193,6 +193,8 @@ class Engine:
         self.user_ns: dict[str, Any] = {}
         #: Where this engine posts its notifications (see corral.plugins.parallel.events).
         self.center = shared_center
+        #: Whether task notifications have observers (see _refresh_observed).
+        self._observed = False
         #: This engine served as a Jupyter kernel too, once bound (see .bound).
         self.bound_kernel: Any = None
         #: Sockets of the bound kernel the main loop polls with its own.
@@ -428,6 +430,14 @@ class Engine:
                 self._poller.unregister(sock)
         self._hosted = tuple(s for s in self._hosted if s not in sockets)
 
+    def _refresh_observed(self) -> None:
+        """Whether anyone observes this engine's task notifications: asked once per
+        wake-up of the main loop, not per task, so a burst of tasks nobody watches pays
+        nothing for them. An observer registered during a burst (by a task) hears the
+        tasks of the next one."""
+        center = self.center
+        self._observed = center.has_observers(TASK_STARTED) or center.has_observers(TASK_FINISHED)
+
     def announce(self) -> None:
         """Post ``ENGINE_REGISTERED`` in this process (after each registration)."""
         self.center.post(ENGINE_REGISTERED, self, engine_id=self.id, uuid=self.uuid)
@@ -511,6 +521,7 @@ class Engine:
                     events = poller.poll(max(0, int((due - time.monotonic()) * 1000) + 1))
                     if time.monotonic() >= due:
                         same_host.flush()
+                self._refresh_observed()
                 for sock, _ in events:
                     if self._hosted and sock in self._hosted:
                         if self.bound_kernel is not None:
@@ -613,9 +624,11 @@ class Engine:
         msg_id, msg_type = msg.msg_id, msg.msg_type
         handler = self._handlers.get(msg_type)
         self._serving = msg_id
-        center = self.center
-        # One dict lookup each when nobody observes (see .events).
-        center.post(TASK_STARTED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id)
+        observed = self._observed
+        if observed:
+            self.center.post(
+                TASK_STARTED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id
+            )
         try:
             if handler is None:
                 self._unknown(sock, msg)
@@ -626,7 +639,10 @@ class Engine:
             self._reply_error(sock, msg, exc)
         finally:
             self._serving = None
-            center.post(TASK_FINISHED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id)
+            if observed:
+                self.center.post(
+                    TASK_FINISHED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id
+                )
 
     def _start_group(self, msg: Message) -> None:
         """Tell the task scheduler which load-balanced tasks may start from now on:
