@@ -11,7 +11,8 @@ Which code is protected is declared where that code lives, by :func:`protect` at
 moves its protection with it: no list of other layers' paths to keep in step.
 
 The bus (:mod:`corral.notification`) imports nothing of corral, so it cannot declare
-itself: this module, one layer above, protects it on its behalf.
+itself: this module, one layer above, protects it on its behalf, finding it without
+importing it (a kernel's startup does not need the bus yet).
 
 .. versionadded:: 0.1
 """
@@ -19,9 +20,8 @@ itself: this module, one layer above, protects it on its behalf.
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from types import FrameType
-
-import corral.notification as _bus
 
 __all__ = ["is_protected", "protect", "protected_regions"]
 
@@ -51,4 +51,11 @@ def protected_regions() -> tuple[str, ...]:
     return _regions
 
 
-protect(os.path.dirname(_bus.__file__))
+def _bus_directory() -> str:
+    spec = find_spec("corral.notification")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("corral.notification not found")
+    return list(spec.submodule_search_locations)[0]
+
+
+protect(_bus_directory())
