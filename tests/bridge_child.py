@@ -1,7 +1,8 @@
 """The other process in tests/test_bridge.py: a separate interpreter with its own center.
 
-Run as ``python tests/bridge_child.py send|receive ADDRESS`` with the hex authkey in
-``CORRAL_TEST_AUTHKEY`` (the environment, because other users can read command lines).
+Run as ``python tests/bridge_child.py send|receive ADDRESS [pipe|zmq]`` with the hex
+authkey in ``CORRAL_TEST_AUTHKEY`` (the environment, because other users can read command
+lines). For ``zmq`` (tests/test_bridge_zmq.py), ADDRESS is the bound end's address as JSON.
 
 * ``send``: connects, forwards notifications posted on its ``shared_center``, then checks
   that a non-serialisable one is refused on this side and prints ``refused: <message>``.
@@ -18,8 +19,10 @@ import threading
 from typing import Any
 
 from corral.notification import shared_center
-from corral.notification.bridge import BridgeError, BridgeReceiver, BridgeSender, PipeTransport
+from corral.notification.bridge import BridgeError, BridgeReceiver, BridgeSender, BridgeTransport
 from corral.notification.names import declare_type
+from corral.transports.pipe import PipeTransport
+from corral.transports.zmq.bridge import ZmqBridgeTransport
 
 
 class Progress:
@@ -35,7 +38,7 @@ class Engine:
     notification_name = "engine-7"
 
 
-def send(transport: PipeTransport) -> None:
+def send(transport: BridgeTransport) -> None:
     engine = Engine()
     with BridgeSender(transport, shared_center, types=["stream", Progress, "done"]) as sender:
         shared_center.post("stream", engine, name="stdout", text="hello\n")
@@ -50,7 +53,7 @@ def send(transport: PipeTransport) -> None:
         print(f"sent: {sender.sent}", flush=True)
 
 
-def receive(transport: PipeTransport) -> None:
+def receive(transport: BridgeTransport) -> None:
     finished = threading.Event()
 
     def show(type: Any, sender: Any, /, **info: Any) -> None:  # noqa: A002
@@ -68,8 +71,14 @@ def receive(transport: PipeTransport) -> None:
 
 def main() -> None:
     mode, address = sys.argv[1], sys.argv[2]
+    kind = sys.argv[3] if len(sys.argv) > 3 else "pipe"
     authkey = bytes.fromhex(os.environ["CORRAL_TEST_AUTHKEY"])
-    with PipeTransport.connect(address, authkey) as transport:
+    transport: BridgeTransport
+    if kind == "zmq":
+        transport = ZmqBridgeTransport.connect(json.loads(address), authkey)
+    else:
+        transport = PipeTransport.connect(address, authkey)
+    with transport:  # type: ignore[attr-defined]
         {"send": send, "receive": receive}[mode](transport)
 
 

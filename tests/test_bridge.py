@@ -23,12 +23,11 @@ from corral.notification.bridge import (
     BridgeSender,
     BridgeTransport,
     InProcessTransport,
-    PipeListener,
-    PipeTransport,
     decode_notification,
     encode_notification,
 )
 from corral.notification.names import TypeRegistry, sender_name
+from corral.transports.pipe import PipeListener, PipeTransport
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).resolve().parent / "bridge_child.py"

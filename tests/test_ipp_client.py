@@ -435,8 +435,8 @@ def test_names_exported() -> None:
     ):
         assert getattr(ipp, name) is not None, name
     assert ipp.FIRST_EXCEPTION == concurrent.futures.FIRST_EXCEPTION
-    with pytest.raises(NotImplementedError):
-        ipp.bind_kernel()
+    with pytest.raises(RuntimeError, match="runs on an engine"):
+        ipp.bind_kernel()  # here, not on an engine (tests/test_parallel_bind_kernel.py)
 
 
 def test_reference_arguments(rc: Client) -> None:

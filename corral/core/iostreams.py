@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from corral.core.events import STREAM
+from corral.core.interrupts import protect
 from corral.core.tracebacks import hide_from_tracebacks
 from corral.errors import CorralError
 from corral.notification.center import NotificationCenter
@@ -32,6 +33,8 @@ __all__ = ["PostingStream", "StdinNotImplementedError", "redirect_output", "rout
 InputHandler = Callable[[str, bool], str]
 
 hide_from_tracebacks(__file__)
+# A write holds the output lock and posts: an interrupt must not tear it.
+protect(__file__)
 
 # One lock for stdout and stderr of every stream, so that writes from several threads reach
 # observers one at a time and in the order they were made. Reentrant: an observer that

@@ -32,7 +32,12 @@ log = logging.getLogger("corral.transports.zmq.iopub")
 
 
 class IOPubPublisher:
-    """Publishes kernel output on ``socket`` (a bound PUB) through ``session``."""
+    """Publishes kernel output on ``socket`` (a bound PUB) through ``session``.
+
+    ``metadata`` is sent with every message that names none, stream text included (an
+    engine stamps its id on all its output). :attr:`sent` counts the messages sent, so a
+    server can tell whether a request produced output at all.
+    """
 
     def __init__(
         self,
@@ -41,8 +46,11 @@ class IOPubPublisher:
         *,
         interval: float = 0.05,
         max_chunk: int = 64 * 1024,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self.session = session
+        self.default_metadata = metadata
+        self.sent = 0
         self.socket = socket
         self.interval = interval
         self.max_chunk = max_chunk
@@ -117,6 +125,9 @@ class IOPubPublisher:
     ) -> None:
         if self._closed:
             return
+        self.sent += 1
+        if metadata is None:
+            metadata = self.default_metadata
         try:
             self.session.send(
                 self.socket, msg_type, content, parent, metadata=metadata, buffers=buffers or ()

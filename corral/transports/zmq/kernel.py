@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import traceback
@@ -40,6 +39,7 @@ from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
 from .ipc import Claims
 from .relay import OutputRelay
+from .requests import ControlThread, InterruptGuard, execute_reply
 from .session import Session
 
 __all__ = ["KernelServer", "kernel_info_content"]
@@ -49,9 +49,6 @@ log = logging.getLogger("corral.transports.zmq.kernel")
 Msg = dict[str, Any]
 Idents = list[bytes]
 Handler = Callable[[zmq.Socket[Any], Idents, Msg], None]
-
-#: Code in these directories must not be torn by a KeyboardInterrupt (see _on_sigint).
-_TRANSPORT_DIRS = (os.path.dirname(__file__), os.path.dirname(zmq.__file__))
 
 #: How long closing sockets may wait to deliver the last replies.
 _LINGER_MS = 1000
@@ -152,7 +149,8 @@ class KernelServer:
         self.restart_requested = False
         # Per-request state of the main thread.
         self._parent_idents: Idents = []
-        self._executing = False
+        #: The SIGINT policy, shared with the parallel engine (see .requests).
+        self.guard = InterruptGuard()
         self._backlog: deque[tuple[Idents, Msg, bool]] = deque()
         self._shell_handlers: dict[str, Handler] = {
             "execute_request": self._execute,
@@ -238,10 +236,6 @@ class KernelServer:
         self._wake_rx.bind(self._wake_url)
         self._wake_tx = self.context.socket(zmq.PAIR)
         self._wake_tx.connect(self._wake_url)
-        # Anyone -> control thread: "stop".
-        self._stop_url = f"inproc://corral-kernel-stop-{id(self)}"
-        self._stop_rx = self.context.socket(zmq.PAIR)
-        self._stop_rx.bind(self._stop_url)
         self.bound = True
         return self.info
 
@@ -255,17 +249,16 @@ class KernelServer:
             self._serve_interpreter(self._interpreter)
         elif not self.lazy_interpreter:
             self._make_interpreter()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._on_sigint)
-        self._control_thread = threading.Thread(
-            target=self._control_loop, name="corral-control", daemon=True
+        self.guard.install()
+        self._control_thread = ControlThread(
+            self.context, self.control, self._serve_control, "corral-control"
         )
         # The debugger (debugpy) must neither trace nor suspend the kernel's own threads:
         # control answers it while user code is stopped at a breakpoint.
-        for thread in (self._control_thread, getattr(self.iopub, "_flusher", None)):
-            if thread is not None:
-                thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
-                thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+        flusher = getattr(self.iopub, "_flusher", None)
+        if flusher is not None:
+            flusher.pydev_do_not_trace = True
+            flusher.is_pydev_daemon_thread = True
         self._control_thread.start()
 
     @property
@@ -354,6 +347,30 @@ class KernelServer:
                         self._serve(self.shell, *got, self._shell_handlers)
         finally:
             self.close()
+
+    def host_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        """The sockets a host's own loop polls instead of :meth:`serve_forever` (a cluster
+        engine bound as a kernel): when either is readable, call :meth:`serve_waiting`."""
+        return self.shell, self._wake_rx
+
+    def serve_waiting(self) -> None:
+        """Serve what waits on shell, and calls handed to the main thread, without
+        blocking (for a host loop; see :meth:`host_sockets`). Main thread only."""
+        if self._wake_rx.poll(0):
+            while self._wake_rx.poll(0):
+                self._wake_rx.recv()
+            self._run_main_calls()
+        while not self.shutdown_requested.is_set():
+            if self._backlog:
+                idents, msg, abort = self._backlog.popleft()
+                self._serve(self.shell, idents, msg, self._shell_handlers, abort=abort)
+                continue
+            try:
+                got = self.session.recv(self.shell, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if got is not None:
+                self._serve(self.shell, *got, self._shell_handlers)
 
     def call_on_main(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run ``func`` on the main thread (between requests) and return its result.
@@ -458,7 +475,8 @@ class KernelServer:
         self.relay.parent = msg["header"]
         self._parent_idents = idents
         self.relay.silent = silent
-        self._executing = True
+        guard = self.guard
+        guard.executing = True
         try:
             result = interpreter.execute(
                 code,
@@ -467,26 +485,12 @@ class KernelServer:
                 user_expressions=content.get("user_expressions") or {},
                 allow_stdin=bool(content.get("allow_stdin", True)),
             )
-            self._executing = False
+            guard.executing = False
         except KeyboardInterrupt:
             # An interrupt landing between our flag and the interpreter's own handler.
-            self._executing = False
-            reply = {
-                "status": "error",
-                "execution_count": interpreter.execution_count,
-                "ename": "KeyboardInterrupt",
-                "evalue": "",
-                "traceback": [],
-            }
-        else:
-            reply = {"status": result.status, "execution_count": result.execution_count}
-            if result.status == "ok":
-                reply["payload"] = result.payload or []
-                reply["user_expressions"] = result.user_expressions or {}
-            elif result.status == "error":
-                reply["ename"] = result.ename
-                reply["evalue"] = result.evalue
-                reply["traceback"] = result.traceback or []
+            guard.executing = False
+            result = None
+        reply = execute_reply(result, interpreter)
         if reply["status"] == "error" and not silent and content.get("stop_on_error", True):
             self._abort_queued_executes()
         self.iopub.flush()
@@ -576,14 +580,14 @@ class KernelServer:
         self._parent_idents = idents
         self.relay.silent = False
         set_current(interpreter)
-        self._executing = True
+        self.guard.executing = True
         try:
             with redirect_output(interpreter.center, interpreter):
                 self.comms.handle(msg_type, msg)
         except KeyboardInterrupt:
             log.info("%s interrupted", msg_type)
         finally:
-            self._executing = False
+            self.guard.executing = False
 
     def _debug(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         """``debug_request`` (on control): a DAP request, answered through debugpy."""
@@ -604,26 +608,14 @@ class KernelServer:
 
     # ---------------------------------------------------------- control thread
 
-    def _control_loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
-        poller.register(self._stop_rx, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if self._stop_rx in ready:
-                    return
-                got = self.session.recv(self.control, zmq.NOBLOCK)
-                if got is not None:
-                    self._serve(self.control, *got, self._control_handlers)
-        except zmq.ContextTerminated:
-            return
-        except Exception:  # pragma: no cover - a bug: keep the kernel alive, loudly
-            log.exception("control thread crashed")
+    def _serve_control(self) -> None:
+        """The control thread: a message waits on control."""
+        got = self.session.recv(self.control, zmq.NOBLOCK)
+        if got is not None:
+            self._serve(self.control, *got, self._control_handlers)
 
     def _interrupt(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        if self._executing:
-            os.kill(os.getpid(), signal.SIGINT)
+        self.guard.interrupt()
         self._reply(sock, idents, msg, {"status": "ok"})
 
     def _shutdown(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
@@ -635,8 +627,7 @@ class KernelServer:
         self.shutdown_requested.set()
         if threading.current_thread() is not threading.main_thread():
             # Code still running would keep the kernel alive past its shutdown.
-            if self._executing:
-                os.kill(os.getpid(), signal.SIGINT)
+            self.guard.interrupt()
             self._wake_tx.send(b"")
 
     # ------------------------------------------------------------------- stdin
@@ -671,22 +662,6 @@ class KernelServer:
             value = reply["content"].get("value", "")
             return value if isinstance(value, str) else str(value)
 
-    # ------------------------------------------------------------------ SIGINT
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        """Interrupt user code; outside of it, an interrupt is ignored (never kills).
-
-        If the signal lands while the main thread is inside the transport itself (user code
-        printing, say), raising there could leave half a multipart message in a socket; so
-        the interrupt is re-sent a moment later, when it will most likely hit user code.
-        """
-        if not self._executing:
-            return
-        if frame is not None and frame.f_code.co_filename.startswith(_TRANSPORT_DIRS):
-            threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGINT)).start()
-            return
-        raise KeyboardInterrupt
-
     # ---------------------------------------------------------------- shutdown
 
     def close(self) -> None:
@@ -696,13 +671,11 @@ class KernelServer:
         self.bound = False
         if self._debugger is not None:
             self._debugger.close()
-        stop = self.context.socket(zmq.PAIR)
-        stop.connect(self._stop_url)
-        stop.send(b"")
-        stop.close(linger=_LINGER_MS)
         thread = getattr(self, "_control_thread", None)
         if thread is not None:
-            thread.join(2.0)
+            thread.stop()  # it closes the control socket
+        else:
+            self.control.close()
         if hasattr(self, "heartbeat"):
             self.heartbeat.stop()
         else:
@@ -711,12 +684,10 @@ class KernelServer:
             self.iopub.close()
         for sock in (
             self.shell,
-            self.control,
             self.stdin,
             self.iopub_socket,
             self._wake_rx,
             self._wake_tx,
-            self._stop_rx,
         ):
             sock.close()
         self.context.term()

@@ -25,10 +25,12 @@ from typing import Any
 import zmq
 
 from corral.core.serialize import pack_apply
+from corral.notification import shared_center
 from corral.transports.zmq import wire
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
+from .. import events
 from .asyncresult import (
     AsyncMapResult,
     AsyncResult,
@@ -51,6 +53,8 @@ __all__ = ["Client", "EngineInfo"]
 log = logging.getLogger("corral.plugins.parallel.client")
 
 _REPLY_CHANNELS = frozenset(["mux", "task", "broadcast", "control"])
+#: iopub messages that are not a task's output (not posted as events.OUTPUT).
+_NOT_OUTPUT = frozenset(["status", "execute_input"])
 #: How many finished results, still referenced by the caller, stay findable by msg_id
 #: (for iopub that trails the reply, and for get_result of this client's own tasks)
 #: before the oldest are forgotten.
@@ -451,6 +455,9 @@ class Client(ClientCompat):
                 self._dead.discard(engine_id)
                 self._add_engine(engine_id, content)
                 self._engines_changed.notify_all()
+            shared_center.post(
+                events.ENGINE_REGISTERED, self, engine_id=engine_id, uuid=content.get("uuid")
+            )
             # The notification omits some details (the pid): fetch them, without waiting.
             if not self._closed and self._lost is None:
                 self._request(
@@ -464,6 +471,7 @@ class Client(ClientCompat):
             self._fail_engine(engine_id)
             if self._local is not None:
                 self._local.engine_lost(engine_id)
+            events.post_unregistration(shared_center, self, engine_id, content)
 
     def _fail_engine(self, engine_id: int) -> None:
         """Fail this client's requests that only ``engine_id`` could have answered.
@@ -515,6 +523,14 @@ class Client(ClientCompat):
         if result is None:
             self._on_callback(msg)
             return
+        shared_center.post(
+            events.TASK_COMPLETED,
+            self,
+            msg_id=msg_id,
+            msg_type=msg.msg_type,
+            engine_id=msg.metadata.get("engine_id"),
+            status=msg.content.get("status"),
+        )
         if result._on_reply(msg_id, msg):  # type: ignore[arg-type]
             del self._pending[msg_id]  # type: ignore[arg-type]
             self._direct.pop(msg_id, None)  # type: ignore[arg-type]
@@ -529,6 +545,16 @@ class Client(ClientCompat):
         result = self._recent.get(msg_id)  # type: ignore[arg-type]
         if result is not None:
             result._on_iopub(msg_id, msg)  # type: ignore[arg-type]
+            msg_type = msg.msg_type
+            if msg_type not in _NOT_OUTPUT:
+                shared_center.post(
+                    events.OUTPUT,
+                    self,
+                    msg_id=msg_id,
+                    engine_id=msg.metadata.get("engine_id"),
+                    msg_type=msg_type,
+                    content=msg.content,
+                )
 
     # ------------------------------------------------------------------ sending
 
@@ -604,6 +630,10 @@ class Client(ClientCompat):
         content = content if type(content) is bytes else encode_json(content)
         build = self._builder.build
         send = self._io.send
+        # Before sending: an observer hears of a task before its completion.
+        shared_center.post(
+            events.TASK_SUBMITTED, self, msg_ids=msg_ids, msg_type=msg_type, channel=channel
+        )
         for msg_id, (engine_id, ident, buffers) in zip(msg_ids, routes, strict=True):
             pending[msg_id] = result
             recent[msg_id] = result
@@ -805,6 +835,9 @@ class Client(ClientCompat):
         self._remember(msg_id, result)
         self._history.append(msg_id)
         result._request = ("broadcast", msg_type, content, metadata, buffers, targets)
+        shared_center.post(
+            events.TASK_SUBMITTED, self, msg_ids=[msg_id], msg_type=msg_type, channel="broadcast"
+        )
         self._send(
             "broadcast", msg_type, content, metadata=metadata, buffers=buffers, msg_id=msg_id
         )

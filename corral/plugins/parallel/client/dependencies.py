@@ -308,13 +308,13 @@ def require(*objects: str | ModuleType, **mapping: Any) -> Callable[[Callable[..
     return decorate
 
 
-def bind_kernel(**kwargs: Any) -> None:
-    """ipyparallel's ``bind_kernel`` turns an engine into a kernel a console can attach
-    to. corral engines do not serve the Jupyter kernel protocol, so this raises; use
-    ``%px`` / ``view.execute`` (or a corral kernel of its own) instead."""
-    raise NotImplementedError(
-        "corral engines cannot be bound to a Jupyter kernel; use %px or view.execute"
-    )
+def bind_kernel(**kwargs: Any) -> str:
+    """ipyparallel's ``bind_kernel``: run on an engine (``rc[0].apply_sync(bind_kernel)``),
+    it serves that engine as a Jupyter kernel too and returns its connection file (see
+    :func:`corral.plugins.parallel.engine.bind_kernel`); ``RuntimeError`` elsewhere."""
+    from corral.plugins.parallel.engine.bound import bind_kernel as bind
+
+    return bind(**kwargs)
 
 
 def use_cloudpickle() -> None:

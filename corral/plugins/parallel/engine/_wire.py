@@ -28,6 +28,7 @@ from typing import Any
 
 import zmq
 
+from corral.core.interrupts import protect
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
 from corral.transports.zmq.door import ROLES, Role, admit
@@ -43,6 +44,9 @@ __all__ = [
     "recv_messages",
     "send_frames",
 ]
+
+# Replies are sent from here, frame by frame: an interrupt must not tear one.
+protect(__file__)
 
 _DELIM = wire.DELIMITER
 # Plain ints: zmq's Flag enums cost a Python-level __or__/__call__ per use (~1 us each).

@@ -26,6 +26,14 @@ Threads, and why:
   the controller or the launching process goes away.
 * **iopub flusher** sends coalesced stream text (:class:`IOPubPublisher`).
 
+Where things live: this module serves (the main loop and the task handlers). The pieces
+shared with the kernel server — the SIGINT guard, the control thread, the execute reply,
+the iopub publisher and output relay, the heartbeat's proxy thread — come from
+:mod:`corral.transports.zmq`; the engine's own jobs have a module each: the cluster file
+(:mod:`.clusterinfo`), the control channel (:mod:`.control`), held and logged replies
+(:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost controller
+(:mod:`.recovery`).
+
 Hot path (an ``apply_request``): receive with the fixed frames as bytes and buffers as
 zero-copy frames, verify, unpickle, call, pickle the result, reply with a pre-encoded
 content and a header built from a counter (:mod:`._wire`). No logging, no thread hop, no
@@ -34,7 +42,6 @@ iopub message unless the task wrote output.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -45,35 +52,53 @@ import time
 import types
 import uuid as uuid_module
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import zmq
 from zmq.backend import zmq_poll
 
-from corral.errors import CorralError
+from corral.notification.center import shared_center
 from corral.transports.zmq import wire
-from corral.transports.zmq.batch import pack_batches
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
+from corral.transports.zmq.iopub import IOPubPublisher
+from corral.transports.zmq.relay import OutputRelay
+from corral.transports.zmq.requests import InterruptGuard, execute_reply
 
+from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
+from . import bound
 from . import data as data_path
 from ._wire import (
     ROLES,
     Message,
     Replier,
     iso_now,
-    parse_message,
     recv_message,
     recv_messages,
     send_frames,
 )
+from .clusterinfo import (
+    CHANNELS,
+    DEFAULT_CONTROLLER_GRACE,
+    REQUIRED,
+    EngineError,
+    EngineJoinError,
+    as_dict,
+    load_cluster_file,
+    no_history,
+)
+from .clusterinfo import controller_grace as grace_period
+from .control import EngineControl
 from .heartbeat import HeartbeatDevice, HubWatch
-from .local import LocalConnection, open_endpoint
+from .local import LocalConnection
 from .namespace import Adopter
+from .recovery import ControllerRecovery
+from .replies import HOLD, HOLD_MAX, ReplyHold
+from .samehost import SameHostClients
 
-__all__ = ["Engine", "EngineError", "load_cluster_file"]
+__all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
 
 log = logging.getLogger("corral.parallel.engine")
 
@@ -84,151 +109,9 @@ _BATCH = 32
 #: How long a requested shutdown may take before the process just ends.
 _SHUTDOWN_GRACE = 5.0
 _LINGER_MS = 1000
-_CHANNELS = ("mux_engine", "control_engine", "task_engine", "broadcast_engine")
-#: Monitor copies of same-host calls are sent at most this late (seconds) ...
-_MONITOR_DELAY = 0.02
-#: ... or once this many are waiting.
-_MONITOR_BATCH = 128
-#: Replies to queued tasks wait at most this long (seconds) to leave as one batch ...
-_HOLD = 0.002
-#: ... or until this many are waiting.
-_HOLD_MAX = 64
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
-
-# Where a SIGINT must not raise: it would tear a multipart send or the output lock.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_CORRAL = os.path.dirname(os.path.dirname(os.path.dirname(_HERE)))
-_NO_TEAR = (
-    os.path.dirname(os.path.abspath(zmq.__file__)),
-    os.path.join(_CORRAL, "transports", "zmq"),
-    os.path.join(_CORRAL, "notification"),
-    os.path.join(_CORRAL, "core", "iostreams.py"),
-    os.path.join(_HERE, "_output.py"),
-    os.path.join(_HERE, "_wire.py"),
-)
-
-
-class EngineJoinError(CorralError, RuntimeError):
-    """The engine could not join the cluster (bad cluster file, registration refused).
-
-    Not ``EngineError``: that name belongs to the client's error for an engine that died
-    under a task (ipyparallel's name, which users catch).
-    """
-
-
-EngineError = EngineJoinError  # the old name, still used below
-
-
-# ----------------------------------------------------------------- cluster file
-
-
-_REQUIRED = ("key", "registration", "hb_ping", "hb_pong", *_CHANNELS, "iopub_engine")
-
-
-#: Seconds an engine waits for a lost controller to come back, unless configured.
-DEFAULT_CONTROLLER_GRACE = 60.0
-#: Replies sent this long before a dead controller's last beat are sent again: what it
-#: may have received but not yet stored (its database writes batch over 50 ms).
-_RESEND_MARGIN = 2.0
-#: At most this many recent replies are kept for that.
-_REPLY_LOG_MAX = 100_000
-
-
-def _grace(given: float | None, info: dict[str, Any]) -> float:
-    """The controller grace period: the argument, the cluster file, the environment."""
-    if given is None:
-        given = info.get("controller_grace")
-    if given is None:
-        env = os.environ.get("CORRAL_CONTROLLER_GRACE", "")
-        given = float(env) if env else DEFAULT_CONTROLLER_GRACE
-    grace = float(given)
-    if not grace >= 0:
-        raise EngineError(f"controller_grace must be >= 0 seconds, not {given!r}")
-    return grace
-
-
-def _as_dict(info: Any) -> dict[str, Any]:
-    """A plain dict from whatever ``read_cluster_file`` returns (mapping, attrs, object)."""
-    if isinstance(info, Mapping):
-        return dict(info)
-    for name in ("to_dict", "as_dict", "asdict"):
-        method = getattr(info, name, None)
-        if callable(method):
-            return dict(method())
-    try:
-        import attrs
-
-        if attrs.has(type(info)):
-            return attrs.asdict(info)
-    except ImportError:  # pragma: no cover - attrs is a dependency
-        pass
-    import dataclasses
-
-    if dataclasses.is_dataclass(info) and not isinstance(info, type):
-        return dataclasses.asdict(info)
-    return dict(vars(info))
-
-
-def load_cluster_file(path: str | Path) -> dict[str, Any]:
-    """The cluster file as a dict (see docs/parallel-protocol.md, "The cluster file").
-
-    Uses the controller's ``read_cluster_file`` when it exists and gives every field the
-    engine needs, else plain JSON: the file format is the contract, not the reader.
-    """
-    try:
-        from corral.plugins.parallel.clusterfile import read_cluster_file  # type: ignore
-    except ImportError:
-        read_cluster_file = None
-    if read_cluster_file is not None:
-        try:
-            info = _as_dict(read_cluster_file(path))
-            if all(k in info for k in _REQUIRED):
-                return info
-        except Exception as exc:
-            log.debug("read_cluster_file(%s) failed (%s); reading the JSON", path, exc)
-    with open(path, encoding="utf-8") as fh:
-        info = json.load(fh)
-    if not isinstance(info, dict):
-        raise EngineError(f"{path}: a cluster file holds a JSON object")
-    return info
-
-
-# ----------------------------------------------------------------- history
-
-
-def _no_history() -> Any:
-    """A history that keeps nothing: an engine never opens the history database."""
-    from corral.core.history import HistoryManager
-
-    class NoHistory(HistoryManager):
-        def store_input(self, line: int, source: str, source_raw: str | None = None) -> None:
-            pass
-
-        def store_output(self, line: int, output: str) -> None:
-            pass
-
-        def flush(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def new_session(self) -> int:
-            return 0
-
-        @property
-        def session_id(self) -> int:
-            return 0
-
-        def resolve_session(self, session: int) -> int:
-            return 0
-
-        def _query(self, *args: Any, **kwargs: Any) -> list[Any]:
-            return []
-
-    return NoHistory(":memory:")
 
 
 # ----------------------------------------------------------------- the engine
@@ -265,8 +148,8 @@ class Engine:
         uuid: str | None = None,
         controller_grace: float | None = None,
     ) -> None:
-        info = _as_dict(cluster)
-        missing = [k for k in _REQUIRED if k not in info]
+        info = as_dict(cluster)
+        missing = [k for k in REQUIRED if k not in info]
         if missing:
             raise EngineError(f"the cluster file lacks {', '.join(missing)}")
         self.cluster = info
@@ -286,23 +169,18 @@ class Engine:
         self.uuid = uuid or uuid_module.uuid4().hex
         self.ident = self.uuid.encode("ascii")
         self.hub_timeout = hub_timeout
-        self.controller_grace = _grace(controller_grace, info)
-        #: the main thread is to register with a restarted hub (see _on_back)
-        self._register_due = False
+        self.controller_grace = grace_period(controller_grace, info)
         #: the msg_id of the request being served (read by the hub watch's thread)
         self._serving: str | None = None
-        #: set by the hub watch once registered with a restarted hub: send recent replies again
+        #: set by the hub watch when a controller comes back: the main thread catches up
+        #: (a plain flag: the serving loop reads it after every message)
         self._rejoin = False
+        #: what a lost controller takes to notice, to come back, to re-register
+        self.recovery = ControllerRecovery(self)
         #: the cluster file this engine was started from (removed if its cluster died)
         self.cluster_file: Path | None = None
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
-        #: (monotonic time sent, socket, frames) of recent small replies on the queues
-        self._reply_log: deque[tuple[float, Any, list[Any], str]] = deque()
-        #: how long a reply is kept: longer than a lost controller takes to notice
-        self._reply_window = 3 * max(10 * float(info.get("hb_period") or 1.0), 1.0)
-        #: replies sent since then go again to a restarted controller
-        self._resend_since = 0.0
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
@@ -315,6 +193,15 @@ class Engine:
         self.hb_period = float(info.get("hb_period") or 1.0)
         self.hb_misses = int(info.get("hb_misses") or 2)
         self.user_ns: dict[str, Any] = {}
+        #: Where this engine posts its notifications (see corral.plugins.parallel.events).
+        self.center = shared_center
+        #: Whether task notifications have observers (see _refresh_observed).
+        self._observed = False
+        #: This engine served as a Jupyter kernel too, once bound (see .bound).
+        self.bound_kernel: Any = None
+        #: Sockets of the bound kernel the main loop polls with its own.
+        self._hosted: tuple[Any, ...] = ()
+        self._poller: zmq.Poller | None = None
         self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
@@ -322,27 +209,28 @@ class Engine:
         # which names they brought in).
         self._adopter = Adopter(self.user_ns)
         self._aborted: set[str] = set()
-        self._executing = False
+        #: The SIGINT policy, shared with the kernel server (transports/zmq/requests.py).
+        self.guard = InterruptGuard()
         self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
-        self._in_flight: list[zmq.MessageTracker] = []
         self._connected = False
         self._closed = False
         self._threads_started = False
-        self.local: Any = None
-        self._local_conns: dict[int, LocalConnection] = {}
-        self._monitor: zmq.Socket[Any] | None = None
-        # Monitor copies of same-host calls waiting for their batch, and its deadline.
-        self._monitor_queue: list[list[Any]] = []
-        self._monitor_due: float | None = None
+        #: Same-host clients calling over a Unix socket (see .samehost).
+        self.same_host = SameHostClients(self)
         # Requests that came in one batch and still wait their turn, in order.
         self._pending: deque[tuple[zmq.Socket[Any], Message]] = deque()
-        # Replies held to leave together (see _send), since when, and the lock that
-        # guards the queue sockets: the main thread holds it except while user code
-        # runs, when the flusher thread may take it to send replies held too long.
-        self._held: list[tuple[zmq.Socket[Any], list[Any]]] = []
-        self._held_since = 0.0
-        self._held_event = threading.Event()
+        # The lock that guards the queue sockets: the main thread holds it except while
+        # user code runs, when the flusher thread may take it to send replies held too
+        # long (see .replies).
+        self._sock_lock = threading.Lock()
+        #: Replies held to leave in batches, zero-copy sends in flight, recent replies
+        #: (kept longer than a lost controller takes to notice).
+        self.replies = ReplyHold(
+            self._sock_lock,
+            lambda: self.guard.executing,
+            3 * max(10 * float(info.get("hb_period") or 1.0), 1.0),
+        )
         # Load-balanced tasks run in groups announced to the scheduler (_start_group):
         # how many of the current group are left, the size the next may have, and when
         # and how big the current one started.
@@ -350,7 +238,6 @@ class Engine:
         self._group_size = 1
         self._group_start = 0.0
         self._group_count = 0
-        self._sock_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Engine:
@@ -378,7 +265,7 @@ class Engine:
             ctx, data_path.local_ip_for(self.ip), gate
         )
         self.queues: dict[str, zmq.Socket[Any]] = {}
-        for channel in _CHANNELS:
+        for channel in CHANNELS:
             sock = gate.client(ctx.socket(zmq.DEALER))
             sock.linger = _LINGER_MS
             sock.identity = self.ident
@@ -407,24 +294,24 @@ class Engine:
         if self.cluster.get("monitor"):
             # Same-host clients call the engine over its Unix socket; the hub hears of
             # those tasks from the engine itself, as it hears of queued ones from a queue.
-            self.local = open_endpoint(self.uuid)
-            if self.local is not None:
-                self._monitor = gate.client(ctx.socket(zmq.PUSH))
-                self._monitor.linger = _LINGER_MS
-                self._monitor.sndhwm = 0
-                self._monitor.connect(self.url("monitor"))
+            self.same_host.open(ctx, gate, self.url("monitor"), _LINGER_MS)
+        self.send_registration({})
+        self._connected = True
+
+    def send_registration(self, extra: dict[str, Any]) -> None:
+        """Send a ``registration_request`` describing this engine (plus ``extra``)."""
         content = {
             "uuid": self.uuid,
+            **extra,
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "data_url": self.data_url,
-            "local_path": self.local.path if self.local is not None else None,
+            "local_path": self.same_host.path,
         }
         frames = self.replier.frames(
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
         )
         send_frames(self.registration, frames)
-        self._connected = True
 
     def prepare(self) -> None:
         """Create the interpreter (the slow imports), ready for the first task."""
@@ -435,7 +322,7 @@ class Engine:
         from corral.notification.center import shared_center
 
         self.interpreter = Interpreter(
-            shared_center, user_ns=self.user_ns, history=_no_history(), sender="engine"
+            shared_center, user_ns=self.user_ns, history=no_history(), sender="engine"
         )
         self._serialize = serialize
         self._unpack_apply = unpack_apply
@@ -490,20 +377,19 @@ class Engine:
             self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
             break
         self._after_registration()
+        self.announce()
         return self.id
 
     def _after_registration(self) -> None:
         """Everything that needs the engine id: output, pre-encoded replies, threads."""
-        from ._output import EngineIOPub, OutputRelay, install_streams
-
         assert self.id is not None
-        self.iopub = EngineIOPub(
+        self.iopub = IOPubPublisher(
             wire_session(self.key, self.scheme, self.session_id),
             self.iopub_socket,
-            {"engine_id": self.id},
+            metadata={"engine_id": self.id},
         )
         self.relay = OutputRelay(self.interpreter, self.iopub)
-        self._saved_streams = install_streams(self.interpreter.center, self.interpreter)
+        self._saved_streams = _install_streams(self.interpreter)
         self._identify()
         self._handlers: dict[str, Handler] = {
             "apply_request": self._apply,
@@ -511,15 +397,7 @@ class Engine:
             "push_request": self._push,
             "pull_request": self._pull,
         }
-        # Control thread <-> main thread.
-        tag = f"{os.getpid()}-{id(self)}"
-        self._ctl_url = f"inproc://corral-engine-ctl-{tag}"
-        self._ctl_rx = self.context.socket(zmq.PAIR)
-        self._ctl_rx.linger = _LINGER_MS
-        self._ctl_rx.bind(self._ctl_url)
-        self._ctl_tx = self.context.socket(zmq.PAIR)
-        self._ctl_tx.linger = _LINGER_MS
-        self._ctl_tx.connect(self._ctl_url)
+        self._control = EngineControl(self)
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -531,23 +409,48 @@ class Engine:
             self.context,
             self.heartbeat.capture_url,
             timeout,
-            self._on_lost,
+            self.recovery.on_lost,
             self.parent_pid,
             notification_url=self.url("notification") if self.cluster.get("notification") else None,
             uuid=self.uuid,
             signer=cluster_signer(self.key, self.scheme),
             gate=self.gate,
             grace=self.controller_grace,
-            on_silent=self._on_silent,
-            on_back=self._on_back,
+            on_silent=self.recovery.on_silent,
+            on_back=self.recovery.on_back,
             beat=self._hub_beat,
         )
+
+    def watch_sockets(self, sockets: tuple[Any, ...]) -> None:
+        """Have the main loop poll ``sockets`` too (a bound kernel's; main thread)."""
+        assert self._poller is not None, "the engine is not serving yet"
+        for sock in sockets:
+            self._poller.register(sock, _POLLIN)
+        self._hosted = self._hosted + tuple(sockets)
+
+    def unwatch_sockets(self, sockets: tuple[Any, ...]) -> None:
+        for sock in sockets:
+            if self._poller is not None:
+                self._poller.unregister(sock)
+        self._hosted = tuple(s for s in self._hosted if s not in sockets)
+
+    def _refresh_observed(self) -> None:
+        """Whether anyone observes this engine's task notifications: asked once per
+        wake-up of the main loop, not per task, so a burst of tasks nobody watches pays
+        nothing for them. An observer registered during a burst (by a task) hears the
+        tasks of the next one."""
+        center = self.center
+        self._observed = center.has_observers(TASK_STARTED) or center.has_observers(TASK_FINISHED)
+
+    def announce(self) -> None:
+        """Post ``ENGINE_REGISTERED`` in this process (after each registration)."""
+        self.center.post(ENGINE_REGISTERED, self, engine_id=self.id, uuid=self.uuid)
 
     def _identify(self) -> None:
         """What replies and output say about this engine (again if its id changes)."""
         assert self.id is not None
         self.engine_info = {"engine_id": self.id, "engine_uuid": self.uuid}
-        self.iopub.default_metadata["engine_id"] = self.id
+        self.iopub.default_metadata = {"engine_id": self.id}
         self._ok_apply = wire.json_dumps(
             {"status": "ok", "engine_info": {**self.engine_info, "method": "apply"}}
         )
@@ -563,13 +466,10 @@ class Engine:
         if self._threads_started:
             return
         self._threads_started = True
-        self._control_thread = threading.Thread(
-            target=self._control_loop, name="corral-engine-control", daemon=True
-        )
-        self._control_thread.start()
+        self._control.thread.start()
         self.watch.start()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._on_sigint)
+        bound.set_current(self)
+        if self.guard.install():
             signal.signal(signal.SIGTERM, self._on_sigterm)
             signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
 
@@ -591,51 +491,51 @@ class Engine:
         poller = zmq.Poller()
         wake_fd = self._wake_r.fileno()
         poller.register(wake_fd, _POLLIN)  # polled by fd: events name the int
-        if self.local is not None:
-            poller.register(self.local.fd, _POLLIN)
+        same_host = self.same_host
+        same_host.attach(poller)
+        self._poller = poller
         for sock in (self.data_socket, self.mux, self.task, self.broadcast):
             poller.register(sock, _POLLIN)
-        self._poller = poller
         inbox = self._inbox
         pending = self._pending
         serve = self._serve_one
         self._sock_lock.acquire()
-        flusher = threading.Thread(
-            target=self._flush_late, name="corral-engine-replies", daemon=True
-        )
-        flusher.start()
+        self.replies.start_flusher()
+        replies = self.replies
         try:
             while self._stop_reason is None:
                 if self._rejoin:  # a restarted controller: what it may have lost, again
                     self._rejoin = False
-                    if self._register_due:
-                        self._register_due = False
-                        self._register_again()
-                    self._resend_replies()
+                    self.recovery.catch_up()
                     continue
                 if inbox:
-                    if self._held:  # answers to earlier tasks go first
-                        self._flush_held()
-                    self._serve_control(inbox.popleft())
+                    if replies.held:  # answers to earlier tasks go first
+                        replies.flush()
+                    self._control.serve_on_main(inbox.popleft())
                     continue
                 if pending:
                     self._serve_pending()
                     continue
-                if self._held:
-                    self._flush_held()  # nothing more to run now: let them go
-                due = self._monitor_due
+                if replies.held:
+                    replies.flush()  # nothing more to run now: let them go
+                due = same_host.due
                 if due is None:
                     events = poller.poll()
                 else:
                     events = poller.poll(max(0, int((due - time.monotonic()) * 1000) + 1))
                     if time.monotonic() >= due:
-                        self._flush_monitor()
+                        same_host.flush()
+                self._refresh_observed()
                 for sock, _ in events:
+                    if self._hosted and sock in self._hosted:
+                        if self.bound_kernel is not None:
+                            self.bound_kernel.serve()
+                        continue
                     if sock.__class__ is int:  # a plain descriptor
                         if sock == wake_fd:
                             self._drain_wake()
                         else:
-                            self._serve_local(sock)
+                            same_host.serve(sock)
                         if inbox or self._stop_reason is not None or self._rejoin:
                             break
                         continue
@@ -661,7 +561,7 @@ class Engine:
             try:
                 self.close()
             finally:
-                self._held_event.set()  # the flusher sees _closed and ends
+                self.replies.close()  # the flusher ends
                 self._sock_lock.release()
         return self.exit_code
 
@@ -679,8 +579,7 @@ class Engine:
             pass  # full: the main loop is awake already, or closing
 
     def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
-        """The next verified message on ``sock`` (whose role is ``ROLES[where]``); None if
-        none waits or it was dropped."""
+        """The next verified message on ``sock``; None if none waits or it was dropped."""
         try:
             return recv_message(sock, self.signer, self.replay, _NOBLOCK, ROLES[where])
         except zmq.Again:
@@ -716,106 +615,40 @@ class Engine:
             self._serve_message(sock, msg)
 
     def _serve_message(self, sock: Destination, msg: Message) -> None:
-        due = self._monitor_due
-        if self._monitor_queue and (
+        same_host = self.same_host
+        due = same_host.due
+        if same_host.queue and (
             sock.__class__ is not LocalConnection or due is None or time.monotonic() >= due
         ):
             # Copies of earlier same-host calls go before a queued task runs (it may run
             # long), and before any call once their 20 ms are up.
-            self._flush_monitor()
+            same_host.flush()
         if sock is self.task:
             if not self._group_left:
                 self._start_group(msg)
             self._group_left -= 1
-        handler = self._handlers.get(msg.msg_type)
-        self._serving = msg.msg_id
+        msg_id, msg_type = msg.msg_id, msg.msg_type
+        handler = self._handlers.get(msg_type)
+        self._serving = msg_id
+        observed = self._observed
+        if observed:
+            self.center.post(
+                TASK_STARTED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id
+            )
         try:
             if handler is None:
                 self._unknown(sock, msg)
             else:
                 handler(sock, msg)
         except Exception as exc:  # a bug or bad content: answer, keep serving
-            log.exception("error while handling %s", msg.msg_type)
+            log.exception("error while handling %s", msg_type)
             self._reply_error(sock, msg, exc)
         finally:
             self._serving = None
-
-    # ------------------------------------------------------------ same-host clients
-
-    def _serve_local(self, fd: int) -> None:
-        """A same-host client's socket is readable, or one is waiting to be accepted."""
-        local = self.local
-        if fd == local.fd:
-            for conn in local.accept():
-                self._local_conns[conn.fd] = conn
-                self._poller.register(conn.fd, _POLLIN)
-            return
-        conn = self._local_conns.get(fd)
-        if conn is None:
-            return
-        try:
-            messages = conn.read()
-        except (OSError, ValueError, MemoryError) as exc:  # closed, reset, garbage, or a
-            # size announced (up to 1 GiB, before any signature) that cannot be had
-            if not isinstance(exc, ConnectionError):
-                self.dropped += 1
-                log.warning("closing a local connection: %s", exc)
-            self._drop_local(conn)
-            return
-        for frames in messages:
-            try:
-                msg = parse_message(frames, self.signer, self.replay, ROLES["engine_requests"])
-            except wire.WireError as exc:
-                self.dropped += 1
-                log.warning("dropped a bad message on the local socket: %s", exc)
-                continue
-            conn.request_frames = frames
-            self._serve_message(conn, msg)
-            conn.request_frames = []
-
-    def _drop_local(self, conn: LocalConnection) -> None:
-        self._local_conns.pop(conn.fd, None)
-        try:
-            self._poller.unregister(conn.fd)
-        except KeyError:
-            pass
-        conn.close()
-
-    def _send_local(self, conn: LocalConnection, msg: Message, frames: list[Any]) -> None:
-        """Reply over the local socket, then copy request and reply to the hub's monitor
-        (after the reply: the client is not kept waiting for the bookkeeping)."""
-        try:
-            conn.send(frames)
-        except OSError as exc:  # the client went away (or stopped reading): its loss
-            log.warning("could not reply to a local client: %s", exc)
-            self._drop_local(conn)
-        if self._monitor is None or not conn.request_frames:
-            return
-        client = str(msg.header.get("session", "")).encode("utf-8", "replace")
-        queue = self._monitor_queue
-        # The request's JSON parts only (as the queues send them: the hub stores no
-        # request buffers), the reply whole (its buffers are the stored result).
-        request, tag = conn.request_frames, self.signer.monitor_tag
-        queue.append([tag(b"request", self.ident, client, request[1]), self.ident, client])
-        queue[-1].extend(request[:6])
-        queue.append([tag(b"reply", self.ident, client, frames[1]), self.ident, client, *frames])
-        # Copies that are all bytes cannot change: they wait for the next batch (a busy
-        # caller then costs the hub one wake-up per batch, not two per call). Any other
-        # frame is a view onto memory the next task may write: send now.
-        if len(queue) >= _MONITOR_BATCH or not all(type(f) is bytes for f in frames):
-            self._flush_monitor()
-        elif self._monitor_due is None:
-            self._monitor_due = time.monotonic() + _MONITOR_DELAY
-
-    def _flush_monitor(self) -> None:
-        """Send the queued monitor copies of same-host calls to the hub, in batches."""
-        monitor = self._monitor
-        queue, self._monitor_queue = self._monitor_queue, []
-        self._monitor_due = None
-        if monitor is None:
-            return
-        for message in pack_batches((), queue, _HOLD_MAX):
-            send_frames(monitor, message)
+            if observed:
+                self.center.post(
+                    TASK_FINISHED, self, msg_id=msg_id, msg_type=msg_type, engine_id=self.id
+                )
 
     def _start_group(self, msg: Message) -> None:
         """Tell the task scheduler which load-balanced tasks may start from now on:
@@ -825,15 +658,15 @@ class Engine:
         started if this engine dies (docs/parallel-protocol.md, "Prefetch and start
         notices").
 
-        Groups double while tasks are quick (less than ``_HOLD`` each: their replies then
+        Groups double while tasks are quick (less than ``HOLD`` each: their replies then
         leave in batches, and one notice serves many tasks) and fall back to one task as
         soon as tasks take longer (one notice per task costs nothing then, and a death
         costs a retry only of the task that was running).
         """
         now = time.monotonic()
         if self._group_count:
-            quick = now - self._group_start < _HOLD * self._group_count
-            self._group_size = min(2 * self._group_size, _HOLD_MAX) if quick else 1
+            quick = now - self._group_start < HOLD * self._group_count
+            self._group_size = min(2 * self._group_size, HOLD_MAX) if quick else 1
         last, count = msg, 1
         for sock, queued in self._pending:
             if count >= self._group_size or sock is not self.task:
@@ -848,8 +681,8 @@ class Engine:
             b"{}",
             wire.json_dumps({"through": last.msg_id}),
         )
-        self._held.append((self.task, notice))
-        self._flush_held()
+        self.replies.held.append((self.task, notice))
+        self.replies.flush()
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
         log.warning("ignoring unknown message type %r", msg.msg_type)
@@ -881,92 +714,28 @@ class Engine:
 
         A zero-copy frame is a view onto the user's object; the next task could modify
         that object in place while libzmq is still sending it, so tasks wait for such
-        sends to finish first (:meth:`_settle`).
+        sends to finish first (:meth:`.ReplyHold.settle`).
         """
         reply_type = msg.msg_type[: -len("_request")] + "_reply"
         if len(buffers) > 1:  # out-of-band buffers: views onto user memory
-            tracked = [buffers[0]]
-            for buf in buffers[1:]:
-                tracked.append(zmq.Frame(buf, track=True))
-            self._in_flight.append(zmq.MessageTracker(*tracked[1:]))
-            buffers = tracked
+            buffers = self.replies.track(buffers)
         frames = self.replier.frames(
             msg.idents, reply_type, msg.raw_header, metadata, content, buffers, date
         )
         if sock.__class__ is LocalConnection:
-            self._send_local(sock, msg, frames)
+            self.same_host.send(sock, msg, frames)
             return
         if sock not in self._batching:
             send_frames(sock, frames)
             return
-        # A reply that is all bytes cannot change: it may wait (up to _HOLD) for the
+        # A reply that is all bytes cannot change: it may wait (up to HOLD) for the
         # replies to the next queued tasks and leave with them as one batch. Any other
         # frame is a view onto memory the next task may write: send now, in order.
-        held = self._held
         for frame in frames:
             if frame.__class__ is not bytes:
-                if held:
-                    self._flush_held()
-                send_frames(sock, frames)
+                self.replies.send_now(sock, frames)
                 return
-        self._log_reply(sock, frames, msg.msg_id)
-        now = time.monotonic()
-        if not held:
-            self._held_since = now
-            self._held_event.set()
-        held.append((sock, frames))
-        if len(held) >= _HOLD_MAX or now - self._held_since >= _HOLD:
-            self._flush_held()
-
-    def _flush_held(self) -> None:
-        """Send the held replies, each queue socket's as one batch (caller holds the lock)."""
-        held, self._held = self._held, []
-        self._held_event.clear()
-        by_sock: dict[Any, list[list[Any]]] = {}
-        for sock, frames in held:
-            by_sock.setdefault(sock, []).append(frames)
-        for sock, replies in by_sock.items():
-            for message in pack_batches((), replies, _HOLD_MAX):
-                send_frames(sock, message)
-
-    def _flush_late(self) -> None:
-        """The flusher thread: replies held while a long task runs go out after _HOLD.
-
-        It can take the socket lock only while the main thread runs user code, so the
-        sockets are never used by two threads at once.
-        """
-        event, lock = self._held_event, self._sock_lock
-        while True:
-            event.wait()
-            if self._closed:
-                return
-            time.sleep(_HOLD)
-            # Between tasks the main thread flushes (when due, before a long wait, and
-            # before it idles): try only while user code runs, and never queue on the
-            # lock (that would hand it over at every task of a burst).
-            if not self._executing or not lock.acquire(blocking=False):
-                continue
-            try:
-                if self._closed:
-                    return
-                if self._held and time.monotonic() - self._held_since >= _HOLD:
-                    self._flush_held()
-            except zmq.ZMQError as exc:
-                log.warning("could not send held replies: %s", exc)
-            finally:
-                lock.release()
-
-    def _settle(self) -> None:
-        """Wait until earlier zero-copy replies no longer read user memory."""
-        if self._held:  # this may take long: held replies must not wait for it
-            self._flush_held()
-        pending = [t for t in self._in_flight if not t.done]
-        self._in_flight = []
-        for tracker in pending:
-            try:
-                tracker.wait(60.0)
-            except zmq.NotDone:
-                log.warning("a large reply is still being sent after 60 s; going on")
+        self.replies.hold(sock, frames, msg.msg_id)
 
     def _error_content(self, exc: BaseException, method: str) -> dict[str, Any]:
         from corral.core.tracebacks import format_exception
@@ -1016,8 +785,8 @@ class Engine:
     # ------------------------------------------------------------ tasks
 
     def _apply(self, sock: Destination, msg: Message) -> None:
-        if self._in_flight:
-            self._settle()
+        if self.replies.in_flight:
+            self.replies.settle()
         if self._aborted and msg.msg_id in self._aborted:
             self._reply_aborted(sock, msg, "apply")
             return
@@ -1032,22 +801,22 @@ class Engine:
             adopter = self._adopter
             func = adopter.function(func)
             args, kwargs = adopter.arguments(args, kwargs)
-            lock = self._sock_lock
+            lock, guard = self._sock_lock, self.guard
             try:
-                # The flusher may send held replies while user code runs. _on_sigint
-                # raises only while _executing, so no KeyboardInterrupt can come
+                # The flusher may send held replies while user code runs. The guard
+                # raises only while executing, so no KeyboardInterrupt can come
                 # between the release and the try, or keep the finally from the lock.
                 lock.release()
-                self._executing = True
+                guard.executing = True
                 result = func(*args, **kwargs)
             finally:
-                self._executing = False
+                guard.executing = False
                 lock.acquire()
             buffers = self._serialize(result)
             content = self._ok_apply
             status = "ok"
         except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
-            self._executing = False
+            self.guard.executing = False
             error = self._error_content(exc, "apply")
             if "func" in locals():  # name the files of shipped __main__ functions
                 error["traceback"] = _annotate(error["traceback"], func, self.user_ns)
@@ -1075,8 +844,8 @@ class Engine:
             iopub.publish("status", {"execution_state": "idle"}, msg.header)
 
     def _execute(self, sock: Destination, msg: Message) -> None:
-        if self._in_flight:
-            self._settle()
+        if self.replies.in_flight:
+            self.replies.settle()
         if self._aborted and msg.msg_id in self._aborted:
             self._reply_aborted(sock, msg, "execute")
             return
@@ -1094,11 +863,11 @@ class Engine:
         iopub.publish("status", {"execution_state": "busy"}, msg.header)
         sent = iopub.sent
         interp = self.interpreter
-        lock = self._sock_lock
+        lock, guard = self._sock_lock, self.guard
         try:
             try:
                 lock.release()  # see _apply: the flusher may send held replies meanwhile
-                self._executing = True
+                guard.executing = True
                 result = interp.execute(
                     code,
                     silent=silent,
@@ -1109,25 +878,11 @@ class Engine:
                     allow_stdin=False,
                 )
             finally:
-                self._executing = False
+                guard.executing = False
                 lock.acquire()
         except KeyboardInterrupt:  # landed outside the interpreter's own handler
-            reply: dict[str, Any] = {
-                "status": "error",
-                "execution_count": interp.execution_count,
-                "ename": "KeyboardInterrupt",
-                "evalue": "",
-                "traceback": [],
-            }
-        else:
-            reply = {"status": result.status, "execution_count": result.execution_count}
-            if result.status == "ok":
-                reply["payload"] = result.payload or []
-                reply["user_expressions"] = result.user_expressions or {}
-            else:
-                reply["ename"] = result.ename
-                reply["evalue"] = result.evalue
-                reply["traceback"] = result.traceback or []
+            result = None
+        reply = execute_reply(result, interp)
         reply["engine_info"] = {**self.engine_info, "method": "execute"}
         iopub.flush()
         outputs = iopub.sent - sent
@@ -1166,7 +921,7 @@ class Engine:
 
     def _reply_data(
         self,
-        sock: zmq.Socket[Any],
+        sock: Destination,
         msg: Message,
         method: str,
         keys: Any,
@@ -1189,127 +944,11 @@ class Engine:
             completed,
         )
 
-    # ------------------------------------------------------------ control
-
-    def _control_loop(self) -> None:
-        """The control thread: answers interrupt and abort now, hands the rest to main."""
-        replier = Replier(self.signer, self.session_id + "c", "engine")
-        control, from_main = self.control, self._ctl_rx
-        poller = zmq.Poller()
-        poller.register(from_main, _POLLIN)
-        poller.register(control, _POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if from_main in ready:
-                    frames = from_main.recv_multipart(copy=False)
-                    if len(frames) == 1 and frames[0].bytes == b"STOP":
-                        return
-                    send_frames(control, frames)
-                    continue
-                if control not in ready:
-                    continue
-                msg = self._receive(control, "control")
-                if msg is None:
-                    continue
-                try:
-                    self._control_now(replier, msg)
-                except Exception as exc:
-                    log.exception("error while handling %s", msg.msg_type)
-                    if msg.msg_type.endswith("_request"):
-                        content = self._error_content(exc, "control")
-                        self._control_reply(replier, msg, content)
-        except zmq.ContextTerminated:
-            return
-        except Exception:  # pragma: no cover - a bug: keep the engine alive, loudly
-            log.exception("control thread crashed")
-        finally:
-            control.close(linger=_LINGER_MS)
-            from_main.close(linger=0)
-
-    def _control_reply(self, replier: Replier, msg: Message, content: dict[str, Any]) -> None:
-        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
-        now = iso_now()
-        metadata = self._metadata(now, now, str(content.get("status", "ok")), 0)
-        frames = replier.frames(
-            msg.idents, reply_type, msg.raw_header, metadata, wire.json_dumps(content), (), now
-        )
-        send_frames(self.control, frames)
-
-    def _control_now(self, replier: Replier, msg: Message) -> None:
-        kind = msg.msg_type
-        info = {**self.engine_info, "method": kind.removesuffix("_request")}
-        if kind == "interrupt_request":
-            self.interrupt()
-            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
-        elif kind == "abort_request":
-            ids = msg.content.get("msg_ids") or []
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise TypeError("abort_request 'msg_ids' must be a list of message ids")
-            self._aborted.update(ids)
-            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
-        elif kind == "signal_request":
-            signum = _signal_number(msg.content.get("sig"))
-            self._control_reply(replier, msg, {"status": "ok", "engine_info": info})
-            if signum == signal.SIGINT:
-                self.interrupt()
-            elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
-                self._stop("terminated", 0)
-                self._exit_later(0)
-                self.interrupt()
-            else:
-                signal.pthread_kill(threading.main_thread().ident or 0, signum)
-        elif kind in ("clear_request", "shutdown_request"):
-            self._inbox.append(msg)
-            self._wake()
-            if kind == "shutdown_request":
-                self.interrupt()  # a running task would keep the engine alive
-                self._exit_later(0)
-        else:
-            log.warning("ignoring unknown control message %r", kind)
-            if kind.endswith("_request"):
-                raise ValueError(f"unknown control message type {kind!r}")
-
-    def _serve_control(self, msg: Message) -> None:
-        """Main thread: a clear or shutdown handed over by the control thread."""
-        info = {**self.engine_info, "method": msg.msg_type.removesuffix("_request")}
-        if msg.msg_type == "clear_request":
-            try:
-                self.interpreter.reset_namespace()
-                self._adopter.injected.clear()
-                content: dict[str, Any] = {"status": "ok", "engine_info": info}
-            except Exception as exc:
-                log.exception("clear failed")
-                content = self._error_content(exc, "clear")
-        else:
-            content = {"status": "ok", "restart": False, "engine_info": info}
-            # The hub asked (the whole cluster stops): it unregisters us itself and exits
-            # once every engine has answered, so nothing more we sent would be read.
-            self._hub_asked = msg.content.get("hub") is True
-            self._stop("shutdown requested", 0)
-        now = iso_now()
-        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
-        frames = self.replier.frames(
-            msg.idents,
-            reply_type,
-            msg.raw_header,
-            self._metadata(now, now, str(content["status"]), 0),
-            wire.json_dumps(content),
-            (),
-            now,
-        )
-        send_frames(self._ctl_tx, frames)
-
     # ------------------------------------------------------------ stopping
 
     def interrupt(self) -> None:
-        """SIGINT to the main thread if a task runs (``KeyboardInterrupt`` in it).
-
-        ``pthread_kill`` rather than ``kill``: a process-directed signal may be delivered
-        to another thread, which would not wake a task blocked in a system call.
-        """
-        if self._executing:
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        """SIGINT to the main thread if a task runs (``KeyboardInterrupt`` in it)."""
+        self.guard.interrupt()
 
     def _stop(self, reason: str, code: int) -> None:
         if self._stop_reason is None:
@@ -1328,198 +967,31 @@ class Engine:
         timer.daemon = True
         timer.start()
 
-    def _on_silent(self, reason: str) -> None:
-        """Hub watch: the controller went quiet. Keep running (and keep finished replies
-        queued on the sockets, which reconnect by themselves) for the grace period."""
-        log.warning(
-            "%s; waiting up to %g s for a controller to come back (controller_grace)",
-            reason,
-            self.controller_grace,
-        )
-
-    def _on_back(self, last_old_beat: float) -> None:
-        """Hub watch: a (new) hub beats. Register with it from the main thread, and send
-        again the replies the old controller may have died with: those sent since shortly
-        before its last beat."""
-        self._resend_since = last_old_beat - _RESEND_MARGIN
-        # The sockets belong to whoever holds _sock_lock; the main thread lets go of it
-        # only while user code runs. Then (a task may run for hours, and a controller
-        # must know its engines before it ends) this thread registers; otherwise the
-        # main thread does, between tasks. Replies go again from the main thread.
-        if self._sock_lock.acquire(timeout=0.05):
-            try:
-                self._register_again()
-            finally:
-                self._sock_lock.release()
-        else:
-            self._register_due = True
-        self._rejoin = True
-        self._wake()
-
-    def _take_queued(self) -> None:
-        """Read every request waiting on the queue sockets into ``_pending`` (in order),
-        so that a registration can say which tasks this engine holds."""
-        for sock in (self.mux, self.task, self.broadcast):
-            while True:
-                try:
-                    messages, errors = recv_messages(
-                        sock, self.signer, self.replay, _NOBLOCK, ROLES["engine_requests"]
-                    )
-                except zmq.Again:
-                    break
-                for exc in errors:
-                    self.dropped += 1
-                    log.warning("dropped a bad message on a queue: %s", exc)
-                self._pending.extend((sock, msg) for msg in messages)
-
-    def _register_again(self) -> None:
-        """Re-register with a restarted controller, asking for the same id and saying
-        which tasks this engine holds (by whichever thread holds ``_sock_lock``; a replay
-        guard of its own)."""
-        import time
-
-        replay = wire.ReplayGuard()
-        # What this engine runs or has queued: a restarted hub records these as owed by
-        # it (the dead controller may not have stored that it gave them out).
-        self._take_queued()
-        serving = self._serving
-        holding = [] if serving is None else [serving]
-        holding += [m.msg_id for _, m in list(self._pending)]
-        # And what it answered since the old controller's last moments: those replies
-        # go again (see _resend_replies), and may be all the new hub ever hears of them.
-        since = self._resend_since
-        holding += [m for sent, _, _, m in list(self._reply_log) if sent >= since]
-        content = {
-            "uuid": self.uuid,
-            "id": self.id,
-            "holding": holding,
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
-            "data_url": self.data_url,
-            "local_path": self.local.path if self.local is not None else None,
-        }
-        frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
-        )
-        send_frames(self.registration, frames)
-        end = time.monotonic() + self.registration_timeout
-        while True:
-            left = int((end - time.monotonic()) * 1000)
-            if left <= 0 or not self.registration.poll(left):
-                log.error("the restarted controller did not answer the registration")
-                self._stop("re-registration unanswered", 1)
-                return
-            try:
-                msg = recv_message(
-                    self.registration, self.signer, replay, _NOBLOCK, ROLES["replies"]
-                )
-            except zmq.Again:
-                continue
-            except wire.WireError as exc:
-                log.warning("dropped a bad message on registration: %s", exc)
-                continue
-            if msg.msg_type == "registration_reply":
-                break
-        reply = msg.content
-        if reply.get("status", "ok") != "ok" or not isinstance(reply.get("id"), int):
-            log.error("the restarted controller refused this engine: %s", reply.get("evalue"))
-            self._stop("re-registration refused", 1)
-            return
-        if reply["id"] != self.id:
-            log.warning("engine %s re-registered as engine %d", self.id, reply["id"])
-            self.id = int(reply["id"])
-            self._identify()
-        else:
-            log.warning("engine %d re-registered with the restarted controller", self.id)
-
-    def _log_reply(self, sock: zmq.Socket[Any], frames: list[Any], msg_id: str) -> None:
-        """Keep a small reply for a while: a controller killed before it stored it gets
-        it again from :meth:`_resend_replies` (replies are idempotent: same msg_id)."""
-        log_ = self._reply_log
-        now = time.monotonic()
-        log_.append((now, sock, frames, msg_id))
-        horizon = now - self._reply_window
-        while log_ and (log_[0][0] < horizon or len(log_) > _REPLY_LOG_MAX):
-            log_.popleft()
-
-    def _resend_replies(self) -> None:
-        """Send again every kept reply sent since the old controller's last moments."""
-        since = self._resend_since
-        again = [(sock, frames) for sent, sock, frames, _ in self._reply_log if sent >= since]
-        if not again:
-            return
-        if self._held:
-            self._flush_held()
-        for sock, frames in again:
-            send_frames(sock, frames)
-        log.warning("sent %d recent replies again to the restarted controller", len(again))
-
-    def _on_lost(self, reason: str) -> None:
-        """Hub watch: the controller or the parent is gone; nobody will stop us."""
-        log.warning("%s; the engine exits", reason)
-        if self.watch.silent_since is not None:
-            self._forget_dead_cluster()
-        self._stop(reason, 1)
-        self.interrupt()
-        self._exit_later(1)
-
-    def _forget_dead_cluster(self) -> None:
-        """After the grace: remove the cluster file if its controller is dead, so no
-        client finds a cluster that is gone (a restarted controller writes a new one)."""
-        path = self.cluster_file
-        if path is None:
-            return
-        from corral.core.processes import process_alive
-
-        try:
-            pid = int(load_cluster_file(path).get("controller_pid") or 0)
-            if pid and not process_alive(pid) and path.exists():
-                path.unlink()
-                log.warning("removed %s: its controller (pid %d) is gone", path, pid)
-        except (OSError, ValueError, EngineError):
-            pass  # another engine removed it first, or it is not ours to read
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        """Interrupt the running task; between tasks, ignore (an interrupt never kills).
-
-        A signal landing inside the transport (user code printing) is re-sent a moment
-        later rather than raised there, so no multipart message is torn in half.
-        """
-        if not self._executing:
-            return
-        if frame is not None and frame.f_code.co_filename.startswith(_NO_TEAR):
-            threading.Timer(0.005, self.interrupt).start()
-            return
-        raise KeyboardInterrupt
-
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         """A launcher stopping the engine: finish like a shutdown request."""
         self._stop("terminated", 0)
         self._exit_later(0)
-        self._on_sigint(signum, frame)
+        self.guard.on_sigint(signum, frame)
 
     def close(self) -> None:
         """Unregister (on a requested stop), stop the threads, close every socket."""
         if self._closed:
             return
         self._closed = True
+        bound.close_bound(self)
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams
         if self._threads_started:
-            try:
-                self._ctl_tx.send(b"STOP")
-            except zmq.ZMQError:
-                pass
-            self._control_thread.join(2.0)
+            self._control.thread.stop()  # it closes the control socket
             self.watch.stop()
             if threading.current_thread() is threading.main_thread():
                 signal.set_wakeup_fd(-1)
         if hasattr(self, "iopub"):
             self.iopub.close()
         if self._connected:
-            if self._held:  # replies to tasks that ran: out before we unregister
+            if self.replies.held:  # replies to tasks that ran: out before we unregister
                 try:
-                    self._flush_held()
+                    self.replies.flush()
                 except zmq.ZMQError:
                     pass
             self.heartbeat.stop()
@@ -1537,30 +1009,20 @@ class Engine:
                 except zmq.ZMQError:
                     pass
             try:
-                self._flush_monitor()
+                self.same_host.flush()
             except zmq.ZMQError:
                 pass
-            for conn in list(self._local_conns.values()):
-                conn.close()
-            self._local_conns.clear()
-            if self.local is not None:
-                self.local.close()
+            self.same_host.close()
             socks = [self.data_socket, self.mux, self.task, self.broadcast]
-            socks += [self.iopub_socket, self.registration]
-            if self._monitor is not None:
-                socks.append(self._monitor)
+            socks += [self.iopub_socket, self.registration, *self.same_host.sockets()]
             if not self._threads_started:
                 socks.append(self.control)
             linger = _LINGER_MS if polite else 0
             for sock in socks:
                 sock.close(linger=linger)
-        # The control thread closes _ctl_rx itself once started.
-        ctl = [getattr(self, "_ctl_tx", None)]
-        if not self._threads_started:
-            ctl.append(getattr(self, "_ctl_rx", None))
-        for sock in ctl:
-            if sock is not None and not sock.closed:
-                sock.close(linger=0)
+        control = getattr(self, "_control", None)
+        if control is not None and not self._threads_started:
+            control.thread.stop()  # never started: closes its pipe
         for name in ("_wake_r", "_wake_w"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -1581,19 +1043,19 @@ def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
     )
 
 
-def _signal_number(sig: Any) -> int:
-    """The signal a ``signal_request`` names (a number or a name such as ``"SIGTERM"``).
+def _install_streams(interpreter: Any) -> tuple[Any, Any]:
+    """Point ``sys.stdout``/``sys.stderr`` at posting streams; returns the old pair.
 
-    Anything else is refused with an error reply rather than guessed at.
+    Apply tasks call user functions directly, not through ``Interpreter.execute``, so no
+    one swaps the streams for them: these stay for the life of the engine (the
+    interpreter's own per-cell swap restores them afterwards), at no cost per task.
     """
-    if isinstance(sig, str):
-        try:
-            return int(signal.Signals[sig if sig.startswith("SIG") else "SIG" + sig])
-        except KeyError:
-            raise ValueError(f"unknown signal name {sig!r}") from None
-    if isinstance(sig, int) and not isinstance(sig, bool):
-        return int(signal.Signals(sig))
-    raise TypeError(f"signal_request 'sig' must be a signal number or name, not {sig!r}")
+    from corral.core.iostreams import PostingStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout = PostingStream(interpreter.center, interpreter, "stdout")
+    sys.stderr = PostingStream(interpreter.center, interpreter, "stderr")
+    return saved
 
 
 def _annotate(traceback: list[str], func: Any, user_ns: dict[str, Any]) -> list[str]:

@@ -1,0 +1,145 @@
+"""The engine's control channel: answered on its own thread while a task runs.
+
+``interrupt``, ``abort`` and ``signal`` requests are answered at once on the control
+thread (the shared :class:`~corral.transports.zmq.requests.ControlThread`), because the
+main thread may be busy in user code for hours. ``clear`` and ``shutdown`` touch the
+namespace or end the serving loop, so they are handed to the main thread (served before
+any further task); their replies go back out through the control thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from corral.transports.zmq import wire
+from corral.transports.zmq.requests import ControlThread
+
+from ._wire import Message, Replier, iso_now, send_frames
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["EngineControl", "signal_number"]
+
+log = logging.getLogger("corral.parallel.engine")
+
+
+class EngineControl:
+    """Serves ``engine``'s control socket; :attr:`thread` is started by the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        #: Replies made on the control thread carry their own session id (and counter).
+        self.replier = Replier(engine.signer, engine.session_id + "c", "engine")
+        self.thread = ControlThread(
+            engine.context, engine.control, self.handle, "corral-engine-control"
+        )
+
+    def handle(self) -> None:
+        """The control thread: a message waits on the control socket."""
+        msg = self.engine._receive(self.engine.control, "control")
+        if msg is None:
+            return
+        try:
+            self._now(msg)
+        except Exception as exc:
+            log.exception("error while handling %s", msg.msg_type)
+            if msg.msg_type.endswith("_request"):
+                self._reply(msg, self.engine._error_content(exc, "control"))
+
+    def _reply(self, msg: Message, content: dict[str, Any]) -> None:
+        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
+        now = iso_now()
+        metadata = self.engine._metadata(now, now, str(content.get("status", "ok")), 0)
+        frames = self.replier.frames(
+            msg.idents, reply_type, msg.raw_header, metadata, wire.json_dumps(content), (), now
+        )
+        send_frames(self.engine.control, frames)
+
+    def _now(self, msg: Message) -> None:
+        engine = self.engine
+        kind = msg.msg_type
+        ok = {"status": "ok", "engine_info": _info(engine, kind)}
+        if kind == "interrupt_request":
+            engine.interrupt()
+            self._reply(msg, ok)
+        elif kind == "abort_request":
+            ids = msg.content.get("msg_ids") or []
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise TypeError("abort_request 'msg_ids' must be a list of message ids")
+            engine._aborted.update(ids)
+            self._reply(msg, ok)
+        elif kind == "signal_request":
+            signum = signal_number(msg.content.get("sig"))
+            self._reply(msg, ok)
+            if signum == signal.SIGINT:
+                engine.interrupt()
+            elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
+                engine._stop("terminated", 0)
+                engine._exit_later(0)
+                engine.interrupt()
+            else:
+                signal.pthread_kill(threading.main_thread().ident or 0, signum)
+        elif kind in ("clear_request", "shutdown_request"):
+            engine._inbox.append(msg)
+            engine._wake()
+            if kind == "shutdown_request":
+                engine.interrupt()  # a running task would keep the engine alive
+                engine._exit_later(0)
+        else:
+            log.warning("ignoring unknown control message %r", kind)
+            if kind.endswith("_request"):
+                raise ValueError(f"unknown control message type {kind!r}")
+
+    def serve_on_main(self, msg: Message) -> None:
+        """Main thread: a clear or shutdown handed over by the control thread."""
+        engine = self.engine
+        info = _info(engine, msg.msg_type)
+        if msg.msg_type == "clear_request":
+            try:
+                engine.interpreter.reset_namespace()
+                engine._adopter.injected.clear()
+                content: dict[str, Any] = {"status": "ok", "engine_info": info}
+            except Exception as exc:
+                log.exception("clear failed")
+                content = engine._error_content(exc, "clear")
+        else:
+            content = {"status": "ok", "restart": False, "engine_info": info}
+            # The hub asked (the whole cluster stops): it unregisters us itself and exits
+            # once every engine has answered, so nothing more we sent would be read.
+            engine._hub_asked = msg.content.get("hub") is True
+            engine._stop("shutdown requested", 0)
+        now = iso_now()
+        reply_type = msg.msg_type.removesuffix("_request") + "_reply"
+        frames = engine.replier.frames(
+            msg.idents,
+            reply_type,
+            msg.raw_header,
+            engine._metadata(now, now, str(content["status"]), 0),
+            wire.json_dumps(content),
+            (),
+            now,
+        )
+        self.thread.send(frames)
+
+
+def _info(engine: Engine, kind: str) -> dict[str, Any]:
+    return {**engine.engine_info, "method": kind.removesuffix("_request")}
+
+
+def signal_number(sig: Any) -> int:
+    """The signal a ``signal_request`` names (a number or a name such as ``"SIGTERM"``).
+
+    Anything else is refused with an error reply rather than guessed at.
+    """
+    if isinstance(sig, str):
+        try:
+            return int(signal.Signals[sig if sig.startswith("SIG") else "SIG" + sig])
+        except KeyError:
+            raise ValueError(f"unknown signal name {sig!r}") from None
+    if isinstance(sig, int) and not isinstance(sig, bool):
+        return int(signal.Signals(sig))
+    raise TypeError(f"signal_request 'sig' must be a signal number or name, not {sig!r}")

@@ -1,0 +1,178 @@
+"""The request core shared by the kernel server and the parallel engine.
+
+Both serve an interpreter from the main thread and answer control requests on a thread of
+their own while user code runs. What they have in common lives here, once:
+
+* :class:`InterruptGuard` — the SIGINT policy: an interrupt becomes ``KeyboardInterrupt``
+  only while user code runs, never inside code declared protected
+  (:mod:`corral.core.interrupts`), and is delivered to the main thread, the only one
+  where it lands in user code.
+* :func:`execute_reply` — the ``execute_reply`` content of an interpreter's result (or of
+  an interrupt that landed outside the interpreter's own handler).
+* :class:`ControlThread` — the thread that owns the control socket, plus an inproc pipe by
+  which the main thread sends replies through that socket or stops the thread.
+
+The heartbeat (:mod:`.heartbeat`), the iopub publisher (:mod:`.iopub`) and the output relay
+(:mod:`.relay`) are the other shared pieces; each lives in its own module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from corral.core.interrupts import is_protected, protect
+
+__all__ = ["ControlThread", "InterruptGuard", "execute_reply"]
+
+log = logging.getLogger("corral.transports.zmq.requests")
+
+# The transport and pyzmq are where user code's output turns into multipart sends.
+protect(os.path.dirname(__file__))
+protect(os.path.dirname(zmq.__file__))
+
+#: How long after a signal that landed in protected code it is sent again (seconds).
+_RETRY_S = 0.005
+_STOP = b"STOP"
+
+
+class InterruptGuard:
+    """When ``SIGINT`` interrupts: only while :attr:`executing`, never in protected code.
+
+    The server sets :attr:`executing` around user code; :meth:`install` makes
+    :meth:`on_sigint` the process's SIGINT handler (main thread only).
+    """
+
+    def __init__(self) -> None:
+        #: True while the main thread runs user code (read by other threads).
+        self.executing = False
+        self._main = threading.main_thread().ident or 0
+
+    def install(self) -> bool:
+        """Become the SIGINT handler; False (and nothing done) off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        signal.signal(signal.SIGINT, self.on_sigint)
+        return True
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """Raise ``KeyboardInterrupt`` in user code; between requests, ignore the signal
+        (an interrupt never kills a server); in protected code, try again shortly."""
+        if not self.executing:
+            return
+        if is_protected(frame):
+            threading.Timer(_RETRY_S, self.interrupt).start()
+            return
+        raise KeyboardInterrupt
+
+    def interrupt(self) -> None:
+        """Send SIGINT to the main thread if user code runs.
+
+        ``pthread_kill`` rather than ``kill``: a process-directed signal may be delivered
+        to another thread, which would not wake user code blocked in a system call.
+        """
+        if self.executing:
+            signal.pthread_kill(self._main, signal.SIGINT)
+
+
+def execute_reply(result: Any, interpreter: Any) -> dict[str, Any]:
+    """The ``execute_reply`` content for ``result`` (an interpreter's ``ExecuteResult``),
+    or for an interrupt raised outside the interpreter's handler when ``result`` is None."""
+    if result is None:
+        return {
+            "status": "error",
+            "execution_count": interpreter.execution_count,
+            "ename": "KeyboardInterrupt",
+            "evalue": "",
+            "traceback": [],
+        }
+    reply: dict[str, Any] = {"status": result.status, "execution_count": result.execution_count}
+    if result.status == "ok":
+        reply["payload"] = result.payload or []
+        reply["user_expressions"] = result.user_expressions or {}
+    elif result.status == "error":
+        reply["ename"] = result.ename
+        reply["evalue"] = result.evalue
+        reply["traceback"] = result.traceback or []
+    return reply
+
+
+class ControlThread(threading.Thread):
+    """Owns ``control`` and calls ``handle()`` whenever a message waits on it.
+
+    The main thread may not touch ``control`` (ZeroMQ sockets belong to one thread): it
+    hands replies to :meth:`send`, which forwards them through an inproc pipe, and ends
+    the thread with :meth:`stop`. Both are for one thread only (the one that made this).
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        control: zmq.Socket[Any],
+        handle: Callable[[], None],
+        name: str,
+        *,
+        linger_ms: int = 1000,
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.control = control
+        self._handle = handle
+        self._linger = linger_ms
+        url = f"inproc://corral-control-{os.getpid()}-{id(self)}"
+        self._rx = context.socket(zmq.PAIR)
+        self._rx.linger = linger_ms
+        self._rx.bind(url)
+        self._tx = context.socket(zmq.PAIR)
+        self._tx.linger = linger_ms
+        self._tx.connect(url)
+        # debugpy must neither trace nor suspend it: control answers while user code
+        # is stopped at a breakpoint.
+        self.pydev_do_not_trace = True
+        self.is_pydev_daemon_thread = True
+
+    def send(self, frames: list[Any]) -> None:
+        """Send ``frames`` on the control socket (from the thread that made this)."""
+        self._tx.send_multipart(frames, copy=False)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """End the thread, which closes the control socket, and close the pipe."""
+        if self.is_alive():
+            try:
+                self._tx.send(_STOP)
+            except zmq.ZMQError:
+                pass
+            self.join(timeout)
+        elif not self._rx.closed:
+            self._rx.close(linger=0)
+            self.control.close(linger=0)
+        self._tx.close(linger=0)
+
+    def run(self) -> None:
+        control, pipe = self.control, self._rx
+        poller = zmq.Poller()
+        poller.register(pipe, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if pipe in ready:
+                    frames = pipe.recv_multipart(copy=False)
+                    if len(frames) == 1 and frames[0].bytes == _STOP:
+                        return
+                    control.send_multipart(frames, copy=False)
+                    continue
+                if control in ready:
+                    self._handle()
+        except zmq.ContextTerminated:
+            return
+        except Exception:  # pragma: no cover - a bug: keep the server alive, loudly
+            log.exception("%s crashed", self.name)
+        finally:
+            control.close(linger=self._linger)
+            pipe.close(linger=0)

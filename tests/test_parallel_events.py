@@ -1,0 +1,173 @@
+"""The parallel layer on the bus: a real controller and engines, observed through the
+notification center (client side, and inside an engine)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from parallel_client_harness import LiveCluster
+
+from corral.notification import shared_center
+from corral.plugins.parallel import events
+from corral.plugins.parallel.client import interactive
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 60.0
+
+
+class Recorder:
+    """Observes every parallel notification type; tests wait on what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any, dict[str, Any]]] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, type: str, sender: Any, /, **info: Any) -> None:  # noqa: A002
+        with self._changed:
+            self.seen.append((type, sender, info))
+            self._changed.notify_all()
+
+    def wait_for(
+        self,
+        type: str,
+        match: Callable[[dict[str, Any]], bool] = lambda info: True,  # noqa: A002
+    ) -> dict[str, Any]:
+        """The info of the first ``type`` notification ``match`` accepts (waits for it)."""
+
+        def found() -> dict[str, Any] | None:
+            for kind, _, info in self.seen:
+                if kind == type and match(info):
+                    return info
+            return None
+
+        with self._changed:
+            assert self._changed.wait_for(lambda: found() is not None, WAIT), type
+            info = found()
+        assert info is not None
+        return info
+
+    def types_for(self, msg_id: str) -> list[str]:
+        with self._changed:
+            return [
+                kind
+                for kind, _, info in self.seen
+                if info.get("msg_id") == msg_id or msg_id in (info.get("msg_ids") or ())
+            ]
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveCluster]:
+    cluster = LiveCluster(tmp_path / "corral", n=1, threads=True)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder()
+    for kind in events.PARALLEL_TYPES:
+        shared_center.add_observer(rec, kind)
+    yield rec
+    for kind in events.PARALLEL_TYPES:
+        shared_center.remove_observer(rec, kind)
+
+
+def chatty(x: int) -> int:
+    print(f"working on {x}")
+    return x + 1
+
+
+def failing() -> None:
+    raise ValueError("no good")
+
+
+def engine_pid() -> int:
+    return os.getpid()
+
+
+def test_a_client_side_observer_sees_engines_tasks_and_output(
+    live: LiveCluster, recorder: Recorder
+) -> None:
+    rc = live.client
+    # An engine joins: registered.
+    live.add_engine()
+    joined = recorder.wait_for(events.ENGINE_REGISTERED)
+    new_id = joined["engine_id"]
+    assert isinstance(new_id, int) and isinstance(joined["uuid"], str)
+    assert rc.wait_for_engines(2, timeout=WAIT)
+
+    # A task that prints: submitted, its output, completed ok (in that order).
+    result = rc[new_id].apply_async(chatty, 41)
+    assert result.get(timeout=WAIT) == 42
+    msg_id = result.msg_ids[0]
+    done = recorder.wait_for(events.TASK_COMPLETED, lambda i: i["msg_id"] == msg_id)
+    assert done["status"] == "ok" and done["engine_id"] == new_id
+    out = recorder.wait_for(events.OUTPUT, lambda i: i["msg_id"] == msg_id)
+    assert out["msg_type"] == "stream" and "working on 41" in out["content"]["text"]
+    assert out["engine_id"] == new_id
+    kinds = recorder.types_for(msg_id)
+    assert kinds[0] == events.TASK_SUBMITTED
+    assert kinds.index(events.TASK_SUBMITTED) < kinds.index(events.TASK_COMPLETED)
+    submitted = recorder.wait_for(events.TASK_SUBMITTED, lambda i: msg_id in i["msg_ids"])
+    assert submitted["msg_type"] == "apply_request" and submitted["channel"] == "mux"
+
+    # A load-balanced task that fails: completed with an error status.
+    failed = rc.load_balanced_view().apply_async(failing)
+    with pytest.raises(Exception, match="no good"):
+        failed.get(timeout=WAIT)
+    bad = recorder.wait_for(events.TASK_COMPLETED, lambda i: i["msg_id"] == failed.msg_ids[0])
+    assert bad["status"] == "error"
+    assert recorder.wait_for(events.TASK_SUBMITTED, lambda i: i["channel"] == "task")
+
+    # The engine is killed: died (not a polite unregistration).
+    pid = rc[new_id].apply_sync(engine_pid)
+    os.kill(pid, signal.SIGKILL)
+    died = recorder.wait_for(events.ENGINE_DIED, lambda i: i["engine_id"] == new_id)
+    assert died["reason"] in ("heartbeat", "exited")
+    assert died["uuid"] == joined["uuid"]
+    assert not [s for s in recorder.seen if s[0] == events.ENGINE_UNREGISTERED]
+    # Every sender on this side is the client.
+    assert {id(sender) for _, sender, _ in recorder.seen} == {id(rc)}
+
+
+@interactive  # its globals are the engine's namespace
+def start_recording() -> None:
+    """Engine side: record the engine's task notifications in ``task_log``."""
+    from corral.notification import shared_center
+    from corral.plugins.parallel import events
+
+    log: list[tuple[str, str, str, int]] = []
+    globals()["task_log"] = log
+
+    def record(type: str, sender: Any, /, **info: Any) -> None:  # noqa: A002
+        log.append((type, info["msg_id"], info["msg_type"], info["engine_id"]))
+
+    for kind in (events.TASK_STARTED, events.TASK_FINISHED):
+        shared_center.add_observer(record, kind)
+
+
+def test_an_engine_posts_each_task_started_and_finished(live: LiveCluster) -> None:
+    rc = live.client
+    view = rc[0]
+    view.apply_sync(start_recording)
+    results = [view.apply_async(chatty, i) for i in range(3)]
+    assert [r.get(timeout=WAIT) for r in results] == [1, 2, 3]
+    log = view.pull("task_log", block=True)
+    by_id = {msg_id: [] for msg_id in (r.msg_ids[0] for r in results)}
+    for kind, msg_id, msg_type, engine_id in log:
+        if msg_id in by_id:
+            by_id[msg_id].append(kind)
+            assert msg_type == "apply_request" and engine_id == 0
+    for kinds in by_id.values():
+        assert kinds == [events.TASK_STARTED, events.TASK_FINISHED]
