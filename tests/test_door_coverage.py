@@ -74,12 +74,15 @@ RAW = {
     "plugins/parallel/controller/queues.py:RoutingQueue.serve": "disconnect events "
     "(DisconnectWatch.drain); the sockets' handlers are checked at their drain sites",
     "plugins/parallel/engine/engine.py:Engine._drain_wake": "the engine's wake pipe",
-    "plugins/parallel/engine/engine.py:Engine._control_loop": "inproc frames from the "
-    "engine's own main thread (its replies, already signed)",
+    "transports/zmq/requests.py:ControlThread.run": "inproc frames from the server's "
+    "own main thread (its replies, already signed); control requests go to the owner's "
+    "handler, which admits them (KernelServer._serve_control, ControlHandler.handle)",
+    "transports/zmq/bridge.py:ZmqBridgeTransport.recv": "the bridge's own signed format "
+    "(ZmqBridgeTransport._accept: HMAC and replay guard; no Jupyter header to admit)",
     "plugins/parallel/engine/heartbeat.py:HubWatch.run": "heartbeat beats on a gated "
     "socket: only key holders connect (corral.transports.zmq.gate)",
     "plugins/parallel/engine/local.py:LocalConnection.read": "framing only; the engine "
-    "admits each message (Engine._serve_local)",
+    "admits each message (SameHostClients.serve)",
     "plugins/parallel/client/local.py:LocalCalls.call": None,  # reaches parse: checked
     "plugins/parallel/launchers/base.py:tail": "a log file",
     "plugins/parallel/launchers/local.py:_is_ancestor": "a /proc file",
@@ -235,9 +238,9 @@ def test_the_scan_finds_the_known_sockets() -> None:
         "plugins/parallel/controller/hub.py:Hub._drain",
         "plugins/parallel/controller/queues.py:RoutingQueue._drain",
         "plugins/parallel/engine/engine.py:Engine._serve_one",
-        "plugins/parallel/engine/engine.py:Engine._serve_local",
+        "plugins/parallel/engine/samehost.py:SameHostClients.serve",
         "plugins/parallel/client/io.py:ClientIO._drain",
-        "transports/zmq/kernel.py:KernelServer._control_loop",
+        "transports/zmq/requests.py:ControlThread.run",
     ):
         assert site in found
 
@@ -332,7 +335,12 @@ def _signature_checks(tree: ast.Module) -> list[str]:
 @pytest.mark.parametrize("module", sorted(m for m, _ in _modules() if m not in CHECKERS))
 def test_nobody_checks_signatures_outside_the_door(module: str) -> None:
     tree = ast.parse((ROOT / module).read_text())
-    allowed = {"transports/zmq/gate.py"}  # the ZAP handler compares PLAIN passwords
+    allowed = {
+        "transports/zmq/gate.py",  # the ZAP handler compares PLAIN passwords
+        # the notification bridge's own 4-frame format (no Jupyter header to admit): a
+        # keyed HMAC and a replay guard over [kind, nonce, data], tested in test_bridge
+        "transports/zmq/bridge.py",
+    }
     if module in allowed:
         return
     assert _signature_checks(tree) == [], f"{module} verifies by itself; use door.admit"
