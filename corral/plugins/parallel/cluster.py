@@ -341,8 +341,10 @@ class Cluster:
         ]
 
     def _new_engine_set(self, n: int) -> EngineSetLauncher:
+        from corral.plugins.parallel.launchers.monitor import Policy
+
         _, engines_cls = get_launchers(self.engine_launcher)
-        return engines_cls(
+        engines = engines_cls(
             n,
             profile_dir=self.profile_dir,
             cluster_id=self.cluster_id,
@@ -351,6 +353,8 @@ class Cluster:
             options=self._launcher_options(self.engine_launcher),
             cluster_info=self.cluster_info,
         )
+        engines.policy = Policy.from_config(self.config)
+        return engines
 
     def _start_engine_set(self, engines: EngineSetLauncher) -> EngineSetLauncher:
         self.engines.append(engines)

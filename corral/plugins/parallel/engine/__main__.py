@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             hub_timeout=args.hub_timeout,
             registration_timeout=args.timeout,
             controller_grace=args.controller_grace,
+            # Under a monitor: the uuid it chose, so it can name this engine to the hub.
+            uuid=os.environ.get("CORRAL_ENGINE_UUID") or None,
         )
     except (OSError, ValueError, EngineError) as exc:
         logging.getLogger("corral.parallel.engine").error("cannot start: %s", exc)

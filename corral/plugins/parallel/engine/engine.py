@@ -410,6 +410,8 @@ class Engine:
             "pid": os.getpid(),
             "data_url": self.data_url,
             "local_path": self.local.path if self.local is not None else None,
+            # A monitor reports this engine's death with its cause (launchers/monitor.py).
+            "monitored": os.environ.get("CORRAL_MONITORED") == "1",
         }
         frames = self.replier.frames(
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
@@ -1380,6 +1382,8 @@ class Engine:
             "pid": os.getpid(),
             "data_url": self.data_url,
             "local_path": self.local.path if self.local is not None else None,
+            # A monitor reports this engine's death with its cause (launchers/monitor.py).
+            "monitored": os.environ.get("CORRAL_MONITORED") == "1",
         }
         frames = self.replier.frames(
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
