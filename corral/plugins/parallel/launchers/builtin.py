@@ -40,7 +40,7 @@ def corral_launchers() -> Mapping[str, tuple[type, type]]:
 
     return {
         "local": (LocalControllerLauncher, LocalEngineSetLauncher),
-        "ssh": (LocalControllerLauncher, ssh.SSHEngineSetLauncher),
+        "ssh": (ssh.SSHControllerLauncher, ssh.SSHEngineSetLauncher),
         "mpi": (LocalControllerLauncher, mpi.MPIEngineSetLauncher),
         "slurm": (LocalControllerLauncher, batch.SlurmEngineSetLauncher),
         "pbs": (LocalControllerLauncher, batch.PBSEngineSetLauncher),
