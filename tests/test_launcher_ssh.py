@@ -121,7 +121,7 @@ def test_killed_ssh_session_takes_its_engines_with_it(loopback_sshd):
     try:
         pids = _engine_pids(rc)
         session = cluster.engines[0].sessions[0]
-        os.killpg(session.popen.pid, 9)  # ssh dies: the remote side sees its stdin end
+        os.kill(session.popen.pid, 9)  # ssh dies: the remote side sees its stdin end
         _assert_gone(pids)
     finally:
         cluster.stop()

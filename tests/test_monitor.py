@@ -286,3 +286,39 @@ def test_monitor_runs_under_windows_mode_paths():
     assert out.returncode == 0, out.stderr
     # Stopped on request: not a crash, not restarted.
     assert "[('killed by SIGTERM', False, False)]" in out.stdout
+
+
+WINDOWS_MODE_CLUSTER = textwrap.dedent(
+    """
+    import psutil
+    from corral.plugins.parallel.cluster import Cluster
+
+    cluster = Cluster(n=1, profile="win", hb_period=0.5)
+    client = cluster.start_and_connect()
+    try:
+        assert client[:].apply_sync(lambda: 6 * 7) == [42]
+        info = next(iter(client.engines.values()))
+        assert not info.local_path, info  # no Unix socket advertised
+        controller = psutil.Process(cluster.cluster_info["controller_pid"])
+        parts = [" ".join(p.cmdline()) for p in controller.children()]
+        # components spawned through multiprocessing, not forked copies of the parent
+        assert parts and all("multiprocessing" in c for c in parts), parts
+        print("ok", len(parts))
+    finally:
+        cluster.stop()
+    """
+)
+
+
+def test_windows_mode_cluster_spawns_and_uses_no_unix_sockets(tmp_path):
+    env = {**os.environ, "CORRAL_PLATFORM_COMPAT": "windows", "CORRAL_DIR": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1])])
+    out = subprocess.run(
+        [sys.executable, "-c", WINDOWS_MODE_CLUSTER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("ok")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral.core import compat
 from corral.core.private import private_dir, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
@@ -175,6 +176,8 @@ class Cluster:
         transport = transport or "tcp"
         if transport not in ("tcp", "ipc"):
             raise ValueError(f"transport must be 'tcp' or 'ipc', not {transport!r}")
+        if transport == "ipc" and not compat.HAS_UNIX_SOCKETS:
+            raise ValueError("transport 'ipc' needs Unix sockets, which Windows lacks: use 'tcp'")
         #: "ipc": the controller's sockets are Unix sockets in the owner-only runtime
         #: directory (engines and clients on this host only); "tcp": ports on ``ip``.
         self.transport = transport
