@@ -43,6 +43,7 @@ from corral.plugins.parallel.launchers.base import (
     LaunchError,
     get_launchers,
 )
+from corral.transports.zmq.kernel_options import engine_args
 
 if TYPE_CHECKING:
     from corral.plugins.parallel.client import Client
@@ -340,6 +341,8 @@ class Cluster:
             self.config.get("engine", "log_level"),
             "--controller-grace",
             repr(float(self.config.get("engine", "controller_grace"))),
+            # The profile's [kernel] settings engines honour (exec_lines, working_dir).
+            *engine_args(self.config.section("kernel")),
             *self.engine_args,
         ]
 

@@ -303,8 +303,12 @@ def resolve(
     if _needs_plugins(profile, named):
         schema = full_schema(profile)
     else:
+        from corral.transports.zmq.kernel_options import KERNEL_OPTIONS
+
         schema = Schema()
         declare(schema)
+        for option in KERNEL_OPTIONS:  # declared by the core plugin when plugins load
+            schema.add(option)
     config = load_config(schema, profile=profile, environ=environ, overrides=overrides)
     _check_launchers(config)
     if options:

@@ -246,7 +246,7 @@ def _shutdown_forgotten_kernels() -> None:
             log.exception("could not stop kernel %s at exit", manager.pid)
 
 
-def _check_profile_config(directory: Path) -> None:
+def _check_profile_config(directory: Path) -> Any:
     """Fail now, naming file, line and key, if the profile's (or the system's) corral.ini
     is broken: the kernel would otherwise start on a configuration the CLI refuses.
     Only when such a file exists, because checking needs every plugin's options (loaded
@@ -254,11 +254,23 @@ def _check_profile_config(directory: Path) -> None:
     from corral.core.config import system_config_path
 
     if not (directory / "corral.ini").is_file() and not system_config_path().is_file():
-        return
+        return None
     from corral.plugins.manager import get_plugin_manager
     from corral.plugins.runtime import load_configuration
 
-    load_configuration(get_plugin_manager(), profile=None, profile_file=directory / "corral.ini")
+    return load_configuration(
+        get_plugin_manager(), profile=None, profile_file=directory / "corral.ini"
+    )
+
+
+def kernel_settings(config: Any) -> dict[str, Any]:
+    """The ``[kernel]`` values of ``config`` (None: no file, the declared defaults)."""
+    from .kernel_options import KERNEL_OPTIONS
+
+    values = {option.key: option.default for option in KERNEL_OPTIONS}
+    if config is not None:
+        values.update(config.section("kernel"))
+    return values
 
 
 class KernelManager:
@@ -292,12 +304,12 @@ class KernelManager:
         *,
         profile: str = "default",
         connection_file: str | Path | None = None,
-        autorestart: bool = True,
+        autorestart: bool | None = None,
         kernel_cmd: list[str] | None = None,
         env: dict[str, str] | None = None,
         center: NotificationCenter | None = None,
-        restart_limit: int = 5,
-        heartbeat_interval: float = 1.0,
+        restart_limit: int | None = None,
+        heartbeat_interval: float | None = None,
         transport: str = "ipc",
     ) -> None:
         from corral.core.profiles import profile_dir
@@ -311,7 +323,13 @@ class KernelManager:
         self.transport = transport
         self.profile = profile
         self._profile_dir = profile_dir(profile)
-        _check_profile_config(self._profile_dir)
+        config = _check_profile_config(self._profile_dir)
+        # Arguments win, then the profile's [kernel] section, then the declared defaults.
+        settings = kernel_settings(config)
+        autorestart = settings["autorestart"] if autorestart is None else autorestart
+        restart_limit = settings["restart_limit"] if restart_limit is None else restart_limit
+        if heartbeat_interval is None:
+            heartbeat_interval = settings["heartbeat_interval"]
         if connection_file is None:
             connection_file = new_connection_file(self._profile_dir / "security")
         self.connection_file: Path = Path(connection_file)

@@ -107,8 +107,8 @@ OPTIONS = (
         "launcher:ssh",
         "controller_host",
         "localhost",
-        "Host the controller runs on with controller = ssh (user@host works). Set\n"
-        "[cluster] ip and location so engines and clients can reach it there.",
+        "Host the controller runs on when [cluster] controller is ssh (user@host\n"
+        "works). Set [cluster] ip and location so engines and clients reach it.",
         check=lambda value: parse_hosts([value]) and value,
         accepts="a host name (user@host works)",
     ),
