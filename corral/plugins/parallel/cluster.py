@@ -645,9 +645,13 @@ class Cluster:
             if alive < n:
                 tails = [es.output_tail() for es in self.engines if es.poll() is not None]
                 tails += [es.output_tail() for es in self.engines if es.running_count < es.n]
+                # A batch system's own word on the ended job (a walltime kill, ...).
+                said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
                 raise ClusterError(
                     f"only {alive} of {n} engine processes of cluster {self.cluster_id!r} are "
-                    f"alive; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
+                    "alive"
+                    + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
+                    + f"; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
                 )
             if remaining <= 0:
                 said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
