@@ -322,3 +322,30 @@ def test_windows_mode_cluster_spawns_and_uses_no_unix_sockets(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_controller_killed_then_stop_leaves_no_process_and_no_file(tmp_path):
+    """kill -9 of the controller (its monitor sees it at once): stop() still ends every
+    process (monitors, engines) and removes the cluster's files."""
+    cluster = _cluster(n=2)
+    client = cluster.start_and_connect()
+    controller_pid = cluster.cluster_info["controller_pid"]
+    controller = psutil.Process(controller_pid)
+    everyone = [controller_pid, *(p.pid for p in controller.children(recursive=True))]
+    everyone += [*client[:].apply_sync(os.getpid), *cluster.pids()["engines"]]
+    everyone.append(cluster.pids()["controller"])
+    monitor = controller.parent()
+    assert "corral.plugins.parallel.launchers.monitor" in " ".join(monitor.cmdline())
+    os.kill(controller_pid, signal.SIGKILL)
+    assert cluster.controller.wait(30)  # the monitor exits with its controller
+    cluster.stop()
+    procs = []
+    for pid in everyone:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    profile = Path(os.environ["CORRAL_DIR"]) / "profile_mon"
+    assert not list(profile.rglob("*.pid")) and not list(profile.rglob("cluster-*.json"))
