@@ -168,6 +168,7 @@ def test_engines_killed_at_walltime_fail_with_slurms_words(slurm):
         # the SIGKILL, else the engine's death fails it (EngineError).
         with pytest.raises((EngineError, RemoteError)):
             task.get(timeout=300)
+        assert cluster.engines[0].wait(120)  # squeue no longer lists the job as alive
         with pytest.raises(ClusterError) as info:
             cluster.wait_for_engines(rc, 1)
         text = str(info.value)

@@ -633,6 +633,10 @@ class Cluster:
         n = self.n if n is None else n
         deadline = time.monotonic() + self.engine_timeout
         while True:
+            # Every launcher says its processes are gone: the client may not have heard
+            # of the deaths yet, but no engine is coming.
+            if n > 0 and self.engines and all(es.poll() is not None for es in self.engines):
+                raise self._engines_gone(n, 0)
             remaining = deadline - time.monotonic()
             try:
                 client.wait_for_engines(n, timeout=max(0.0, min(0.25, remaining)))
@@ -643,16 +647,7 @@ class Cluster:
                 raise self._failure(f"the controller of cluster {self.cluster_id!r} exited")
             alive = self.engine_count
             if alive < n:
-                tails = [es.output_tail() for es in self.engines if es.poll() is not None]
-                tails += [es.output_tail() for es in self.engines if es.running_count < es.n]
-                # A batch system's own word on the ended job (a walltime kill, ...).
-                said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
-                raise ClusterError(
-                    f"only {alive} of {n} engine processes of cluster {self.cluster_id!r} are "
-                    "alive"
-                    + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
-                    + f"; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
-                )
+                raise self._engines_gone(n, alive)
             if remaining <= 0:
                 said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
                 raise ClusterError(
@@ -660,6 +655,18 @@ class Cluster:
                     f"{self.cluster_id!r} within {self.engine_timeout} s"
                     + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
                 )
+
+    def _engines_gone(self, n: int, alive: int) -> ClusterError:
+        """Fewer engine processes than wanted: the end of a dead engine's log, and what a
+        batch system says about the ended job (a walltime kill, ...)."""
+        tails = [es.output_tail() for es in self.engines if es.poll() is not None]
+        tails += [es.output_tail() for es in self.engines if es.running_count < es.n]
+        said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
+        return ClusterError(
+            f"only {alive} of {n} engine processes of cluster {self.cluster_id!r} are alive"
+            + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
+            + f"; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
+        )
 
     def start_and_connect(self, n: int | None = None) -> Client:
         """Start (``n`` engines if given), connect a client, wait until every engine is

@@ -369,6 +369,8 @@ class Monitor:
         self.child = child = self._spawn()
         print(f"corral-monitor: started {self.policy.role} pid {child.pid}", flush=True)
         self.started.set()
+        if self._stopping.is_set():  # a stop that came while the child was being made
+            self.stop()
         if self.policy.memory_limit or self.policy.walltime:
             threading.Thread(target=self._watch_limits, args=(child, started), daemon=True).start()
         code = child.wait()
