@@ -59,6 +59,15 @@ class Services:
             self.ssh_config = client_config(self.dir, client_key, {"node-a": ("127.0.0.1", port)})
         return self.ssh_config
 
+    def remote_python(self) -> Path:
+        """An interpreter for the far side of ssh that imports this checkout's corral
+        (sshd passes no PYTHONPATH on: without it the installed corral would run)."""
+        wrapper = self.dir / "python-here"
+        if not wrapper.exists():
+            wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} "$@"\n')
+            wrapper.chmod(0o755)
+        return wrapper
+
     def slurm_conf(self) -> str:
         from slurm_helpers import SlurmForTests, slurm_missing
 
@@ -83,6 +92,7 @@ def corral_start(kind: str, n: int, services: Services) -> Callable[[], float]:
     options: dict[str, Any] = {}
     if kind == "ssh":
         options = {"hosts": [f"node-a:{n}"], "ssh_args": ["-F", str(services.ssh())]}
+        options["python"] = str(services.remote_python())
     elif kind == "mpi":
         if shutil.which("mpiexec.openmpi") is None:
             raise RuntimeError("Open MPI not installed")

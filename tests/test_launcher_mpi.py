@@ -96,3 +96,40 @@ def test_missing_mpiexec_fails_before_engines_start():
     with pytest.raises(ClusterError, match="no-such-mpiexec.*not on PATH"):
         cluster.start()
     assert cluster.controller is None  # refused before anything started
+
+
+def test_mpi4py_between_engines_and_ids_that_follow_the_rank():
+    """bind_mpi: MPI set up in every engine (mpi4py, MPI_Init in the rank), engine id ==
+    rank, and a collective across the engines under a real mpiexec."""
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install mpi4py)")
+    from corral.plugins.parallel.mpi import bind_mpi
+
+    flavour = mpi_flavour(MPIEXEC)
+    cluster = Cluster(
+        n=3,
+        engines="mpi",
+        args=["--oversubscribe"] if flavour == "openmpi" else [],
+        controller_mode="threads",
+        hb_period=0.2,
+        hb_misses=25,
+    )
+    rc = cluster.start_and_connect()
+    try:
+        ranks = bind_mpi(rc[:])
+        assert ranks == {0: 0, 1: 1, 2: 2}  # engine id follows the rank
+        assert rc[:].pull("size", block=True) == [3, 3, 3]
+        rc[:].execute("total = comm.allreduce(rank + 1)", block=True)
+        assert rc[:].pull("total", block=True) == [6, 6, 6]
+        rc[:].execute("token = comm.bcast('from rank 0' if rank == 0 else None)", block=True)
+        assert rc[:].pull("token", block=True) == ["from rank 0"] * 3
+    finally:
+        cluster.stop()
+
+
+def test_rank_is_read_from_each_launchers_variable():
+    from corral.plugins.parallel.mpi import rank_from_environment
+
+    assert rank_from_environment({"OMPI_COMM_WORLD_RANK": "3"}) == 3
+    assert rank_from_environment({"PMI_RANK": "5"}) == 5
+    assert rank_from_environment({"PMIX_RANK": "0"}) == 0
+    assert rank_from_environment({}) is None

@@ -120,3 +120,59 @@ def test_htcondor_refusal_and_argument_quoting(tmp_path, monkeypatch):
     # HTCondor's argument syntax: double quotes around all, single around each.
     assert _condor_arguments(["-m", "it's", 'say "hi"']) == "\"'-m' 'it''s' 'say \"\"hi\"\"'\""
     assert os.path.exists(RECORDINGS / "htcondor.json")
+
+
+def test_windows_hpc_job_xml_command_lines_states_and_cancel(tmp_path, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    bin_dir = replayer(tmp_path, monkeypatch, "windows_hpc", "accepted", ["job"])
+    cluster = Cluster(
+        n=4,
+        engines="windows_hpc",
+        bin_dir=str(bin_dir),
+        scheduler="headnode",
+        queue="ComputeNodes",
+        account="proj & co",
+        time="1:30",
+        controller_mode="threads",
+    )
+    cluster.start()
+    try:
+        launcher = cluster.engines[0]
+        assert launcher.job_ids == ["4711"]
+        submitted = calls(bin_dir)[0]
+        assert submitted["argv"][0] == "submit" and "/scheduler:headnode" in submitted["argv"]
+        jobfile = next(a for a in submitted["argv"] if a.startswith("/jobfile:"))
+        root = ET.parse(jobfile.removeprefix("/jobfile:")).getroot()  # well-formed XML
+        ns = "{http://schemas.microsoft.com/HPCS2008R2/scheduler/}"
+        assert root.tag == f"{ns}Job" and root.get("MaxCores") == "4"
+        assert root.get("NodeGroups") == "ComputeNodes"
+        assert root.get("Project") == "proj & co"  # escaped in the file, intact here
+        assert root.get("RuntimeSeconds") == str(90 * 60)
+        task = root.find(f"{ns}Tasks/{ns}Task")
+        assert task.get("Type") == "ParametricSweep"
+        assert (task.get("StartValue"), task.get("EndValue")) == ("0", "3")
+        assert "corral.plugins.parallel.engine" in task.get("CommandLine")
+        assert "--wait-file" in task.get("CommandLine")
+        assert task.get("StdOutFilePath").endswith("-windows_hpc-*.log")
+        assert launcher.describe() == "job 4711: RUNNING, RUNNING, RUNNING, RUNNING"
+        assert any(c["argv"][:2] == ["view", "4711"] for c in calls(bin_dir))
+    finally:
+        cluster.stop(grace=1)
+    assert any(c["argv"][:2] == ["cancel", "4711"] for c in calls(bin_dir))
+    assert launcher.wait(10)  # job view: Canceled -> the engines are gone
+    assert launcher.poll() == 0
+
+
+def test_windows_hpc_queued_job_and_refusal(tmp_path, monkeypatch):
+    bin_dir = replayer(tmp_path, monkeypatch, "windows_hpc", "queued", ["job"])
+    cluster = Cluster(n=2, engines="windows_hpc", bin_dir=str(bin_dir), controller_mode="threads")
+    cluster.start()
+    try:
+        assert cluster.engines[0].describe() == "job 4712: PENDING, PENDING"
+    finally:
+        cluster.stop(grace=1)
+    monkeypatch.setenv("REPLAY_SCENARIO", "refused")
+    refused = Cluster(n=1, engines="windows_hpc", bin_dir=str(bin_dir), controller_mode="threads")
+    with pytest.raises(SchedulerError, match="The node group 'nosuch' does not exist."):
+        refused.start()

@@ -145,3 +145,34 @@ def test_pbs_through_slurms_torque_wrappers(slurm):
         cluster.stop()
     _until_no_jobs(slurm, job_id)
     _gone(pids)
+
+
+def test_engines_killed_at_walltime_fail_with_slurms_words(slurm):
+    """time = 1 (minute): Slurm kills the job at its limit. The running task fails at
+    once; asking for the engines then raises with Slurm's own state and message."""
+    from corral.plugins.parallel.client.errors import EngineError, RemoteError
+
+    cluster = Cluster(
+        n=1,
+        engines="slurm",
+        time="1",
+        controller_mode="threads",
+        hb_period=0.5,
+        hb_misses=10,
+    )
+    rc = cluster.start_and_connect()
+    try:
+        task = rc[rc.ids[0]].apply_async(lambda: __import__("time").sleep(600))
+        # Slurm enforces limits on its own timer (every 30 s or so after the minute). Its
+        # SIGTERM interrupts the task (KeyboardInterrupt) if the engine answers before
+        # the SIGKILL, else the engine's death fails it (EngineError).
+        with pytest.raises((EngineError, RemoteError)):
+            task.get(timeout=300)
+        assert cluster.engines[0].wait(120)  # squeue no longer lists the job as alive
+        with pytest.raises(ClusterError) as info:
+            cluster.wait_for_engines(rc, 1)
+        text = str(info.value)
+        assert "TIMEOUT (TimeLimit)" in text, text  # squeue's state and reason
+        assert "DUE TO TIME LIMIT" in text, text  # slurmstepd's line in the engine's log
+    finally:
+        cluster.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from sshd_helpers import Sshd, client_config, free_port, make_keys, sshd_missing
 
 from corral.plugins.parallel.cluster import Cluster, ClusterError
 
+REPO = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.skipif(sshd_missing() is not None, reason=str(sshd_missing()))
 
 
@@ -23,6 +26,14 @@ pytestmark = pytest.mark.skipif(sshd_missing() is not None, reason=str(sshd_miss
 def corral_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
     monkeypatch.setenv("CORRAL_SYSTEM_INI", str(tmp_path / "none.ini"))
+    # sshd does not pass PYTHONPATH on: the far side would import the installed corral,
+    # not this checkout. A wrapper interpreter ([launcher:ssh] python) sets it there.
+    wrapper = tmp_path / "python-here"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} "$@"\n', encoding="utf-8"
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CORRAL_LAUNCHER_SSH_PYTHON", str(wrapper))
     return tmp_path / "corral"
 
 
@@ -70,10 +81,13 @@ def test_engines_start_over_ssh_and_stop_with_the_cluster(loopback_sshd):
     try:
         pids = _engine_pids(rc)
         assert len(pids) == 2
-        # Each engine runs under the remote bootstrap that sshd started, not under us.
+        # Each engine runs under its monitor, under the remote bootstrap that sshd
+        # started, not under us.
         for pid in pids:
-            assert "corral.plugins.parallel.launchers.remote" in _bootstrap_of(pid)
-            assert psutil.Process(pid).parent().parent().name().startswith(("sshd", "bash"))
+            assert "corral.plugins.parallel.launchers.monitor" in _bootstrap_of(pid)
+            remote = psutil.Process(pid).parent().parent()
+            assert "corral.plugins.parallel.launchers.remote" in " ".join(remote.cmdline())
+            assert remote.parent().name().startswith(("sshd", "bash"))
         assert sorted(rc[:].apply_sync(lambda: 6 * 7)) == [42, 42]
         # The key never went over a command line, and the remote copy is owner-only.
         for proc in psutil.process_iter(["cmdline"]):
@@ -107,10 +121,68 @@ def test_killed_ssh_session_takes_its_engines_with_it(loopback_sshd):
     try:
         pids = _engine_pids(rc)
         session = cluster.engines[0].sessions[0]
-        os.killpg(session.popen.pid, 9)  # ssh dies: the remote side sees its stdin end
+        os.kill(session.popen.pid, 9)  # ssh dies: the remote side sees its stdin end
         _assert_gone(pids)
     finally:
         cluster.stop()
+
+
+def test_remote_engine_killed_is_restarted_by_its_monitor_with_the_cause(loopback_sshd):
+    cluster = Cluster(
+        engines="ssh",
+        hosts=["node-a:1"],
+        ssh_args=["-F", str(loopback_sshd)],
+        controller_mode="threads",
+        hb_period=0.2,
+        hb_misses=50,
+        **{"engine.restart": 1, "engine.restart_backoff": 0.0},
+    )
+    rc = cluster.start_and_connect()
+    try:
+        victim = rc.ids[0]
+        pid = rc[victim].apply_sync(os.getpid)
+        task = rc[victim].apply_async(lambda: __import__("time").sleep(60))
+        os.kill(pid, 9)
+        with pytest.raises(Exception, match="killed by SIGKILL"):
+            task.get(timeout=60)
+        rc.wait_for_engines(1, timeout=60)
+        assert rc.ids != [victim]
+        assert rc[rc.ids[0]].apply_sync(os.getpid) != pid
+        pids = _engine_pids(rc)
+    finally:
+        cluster.stop()
+    _assert_gone(pids)
+
+
+def test_controller_over_ssh_with_local_engines(loopback_sshd, corral_dir):
+    """controller = ssh: the controller runs behind sshd (under its monitor there); its
+    cluster file comes back on the session, so local engines and clients connect."""
+    cluster = Cluster(
+        n=2,
+        controller="ssh",
+        engines="local",
+        controller_host="node-a",
+        ssh_args=["-F", str(loopback_sshd)],
+        hb_period=0.2,
+        hb_misses=10,
+    )
+    rc = cluster.start_and_connect()
+    try:
+        assert sorted(rc[:].apply_sync(lambda: 6 * 7)) == [42, 42]
+        controller = psutil.Process(cluster.cluster_info["controller_pid"])
+        chain = [" ".join(p.cmdline()) for p in controller.parents()[:3]]
+        assert "corral.plugins.parallel.launchers.monitor" in chain[0]
+        assert "corral.plugins.parallel.launchers.remote" in chain[1]
+        # The local copy is owner-only and the key never reached the log.
+        assert oct(os.stat(cluster.cluster_file).st_mode & 0o777) == "0o600"
+        log = cluster.controller.log_file.read_text()
+        assert cluster.cluster_info["key"] not in log and "started" in log
+        pids = [controller.pid, *(p.pid for p in controller.children(recursive=True))]
+        pids += _engine_pids(rc)
+    finally:
+        cluster.stop()
+    _assert_gone(pids)
+    assert not cluster.cluster_file.exists()
 
 
 def test_unreachable_host_fails_with_ssh_message(loopback_sshd, tmp_path):

@@ -23,13 +23,18 @@ import pytest
 from helpers import until
 from parallel_client_harness import LiveCluster
 
+from corral.core import compat
 from corral.plugins.parallel.client import Client, EngineError, RemoteError
 from corral.transports import unix
 from corral.transports.zmq import wire
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.timeout(180),
+    # The same-host Unix-socket path: Windows (and CORRAL_PLATFORM_COMPAT=windows) has none.
+    pytest.mark.skipif(not compat.HAS_UNIX_SOCKETS, reason="no Unix sockets in Windows mode"),
+]
 
 
 def double(x: Any) -> Any:

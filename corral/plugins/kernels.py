@@ -11,6 +11,7 @@ on a configuration the CLI refuses.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from corral.transports.zmq.manager import KernelManager as _TransportKernelManager
 
@@ -23,16 +24,16 @@ class KernelManager(_TransportKernelManager):
     .. versionadded:: 0.1
     """
 
-    def check_profile(self, directory: Path) -> None:
+    def check_profile(self, directory: Path) -> Any:
         """Load the configuration with every plugin's options when a ``corral.ini`` exists
         (the profile's or the system's); plugins load lazily here, as in the kernel."""
         from corral.core.config import system_config_path
 
         if not (directory / "corral.ini").is_file() and not system_config_path().is_file():
-            return
+            return None
         from corral.plugins.manager import get_plugin_manager
         from corral.plugins.runtime import load_configuration
 
-        load_configuration(
+        return load_configuration(
             get_plugin_manager(), profile=None, profile_file=directory / "corral.ini"
         )

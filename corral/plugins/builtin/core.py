@@ -13,6 +13,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 @hookimpl
 def corral_add_options(schema: Schema) -> None:
+    from corral.transports.zmq.kernel_options import KERNEL_OPTIONS
+
+    for option in KERNEL_OPTIONS:  # [kernel]: every kernel's settings, engines included
+        schema.add(option)
     schema.add_option(
         "security",
         "encryption",

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral.core import compat
 from corral.core.private import private_dir, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
@@ -44,6 +45,7 @@ from corral.plugins.parallel.launchers.base import (
     LaunchError,
 )
 from corral.plugins.parallel.launchers.registry import get_launchers
+from corral.transports.zmq.kernel_options import engine_args
 
 if TYPE_CHECKING:
     from corral.plugins.parallel.client import Client
@@ -177,6 +179,8 @@ class Cluster(ClusterCompat):
         transport = transport or "tcp"
         if transport not in ("tcp", "ipc"):
             raise ValueError(f"transport must be 'tcp' or 'ipc', not {transport!r}")
+        if transport == "ipc" and not compat.HAS_UNIX_SOCKETS:
+            raise ValueError("transport 'ipc' needs Unix sockets, which Windows lacks: use 'tcp'")
         #: "ipc": the controller's sockets are Unix sockets in the owner-only runtime
         #: directory (engines and clients on this host only); "tcp": ports on ``ip``.
         self.transport = transport
@@ -341,12 +345,16 @@ class Cluster(ClusterCompat):
             self.config.get("engine", "log_level"),
             "--controller-grace",
             repr(float(self.config.get("engine", "controller_grace"))),
+            # The profile's [kernel] settings engines honour (exec_lines, working_dir).
+            *engine_args(self.config.section("kernel")),
             *self.engine_args,
         ]
 
     def _new_engine_set(self, n: int) -> EngineSetLauncher:
+        from corral.plugins.parallel.launchers.monitor import Policy
+
         _, engines_cls = get_launchers(self.engine_launcher)
-        return engines_cls(
+        engines = engines_cls(
             n,
             profile_dir=self.profile_dir,
             cluster_id=self.cluster_id,
@@ -355,6 +363,8 @@ class Cluster(ClusterCompat):
             options=self._launcher_options(self.engine_launcher),
             cluster_info=self.cluster_info,
         )
+        engines.policy = Policy.from_config(self.config)
+        return engines
 
     def _start_engine_set(self, engines: EngineSetLauncher) -> EngineSetLauncher:
         self.engines.append(engines)
@@ -627,6 +637,10 @@ class Cluster(ClusterCompat):
         n = self.n if n is None else n
         deadline = time.monotonic() + self.engine_timeout
         while True:
+            # Every launcher says its processes are gone: the client may not have heard
+            # of the deaths yet, but no engine is coming.
+            if n > 0 and self.engines and all(es.poll() is not None for es in self.engines):
+                raise self._engines_gone(n, 0)
             remaining = deadline - time.monotonic()
             try:
                 client.wait_for_engines(n, timeout=max(0.0, min(0.25, remaining)))
@@ -637,12 +651,7 @@ class Cluster(ClusterCompat):
                 raise self._failure(f"the controller of cluster {self.cluster_id!r} exited")
             alive = self.engine_count
             if alive < n:
-                tails = [es.output_tail() for es in self.engines if es.poll() is not None]
-                tails += [es.output_tail() for es in self.engines if es.running_count < es.n]
-                raise ClusterError(
-                    f"only {alive} of {n} engine processes of cluster {self.cluster_id!r} are "
-                    f"alive; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
-                )
+                raise self._engines_gone(n, alive)
             if remaining <= 0:
                 said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
                 raise ClusterError(
@@ -650,6 +659,18 @@ class Cluster(ClusterCompat):
                     f"{self.cluster_id!r} within {self.engine_timeout} s"
                     + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
                 )
+
+    def _engines_gone(self, n: int, alive: int) -> ClusterError:
+        """Fewer engine processes than wanted: the end of a dead engine's log, and what a
+        batch system says about the ended job (a walltime kill, ...)."""
+        tails = [es.output_tail() for es in self.engines if es.poll() is not None]
+        tails += [es.output_tail() for es in self.engines if es.running_count < es.n]
+        said = "; ".join(d for d in (es.describe() for es in self.engines) if d)
+        return ClusterError(
+            f"only {alive} of {n} engine processes of cluster {self.cluster_id!r} are alive"
+            + (f"; the {self.engine_launcher} launcher says: {said}" if said else "")
+            + f"; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
+        )
 
     def start_and_connect(self, n: int | None = None) -> Client:
         """Start (``n`` engines if given), connect a client, wait until every engine is

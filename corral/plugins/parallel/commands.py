@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corral.core import compat
 from corral.core.config import Config, ConfigError
 from corral.core.private import private_file, write_private
 from corral.core.processes import process_alive
@@ -318,8 +319,8 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str, timeout: float) -> 
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
-            start_new_session=True,
             close_fds=True,
+            **compat.new_group_kwargs(),
         )
     record_file = record_path(pdir, cluster_id)
     deadline = time.monotonic() + timeout + 30
@@ -394,16 +395,13 @@ def stop_cluster(profile: str, record: dict[str, Any]) -> int:
     for pid in pids:
         if _running(pid):
             try:
-                os.killpg(pid, signal.SIGTERM)
                 procs.append(psutil.Process(pid))
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                pass
+            except psutil.Error:
+                continue
+            compat.signal_group(pid, compat.TERMINATE)
     _, alive = psutil.wait_procs(procs, timeout=3)
     for proc in alive:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        compat.signal_group(proc.pid, compat.KILL)
     pdir = profile_dir(profile)
     for path in (
         pdir / "security" / f"cluster-{cluster_id}.json",

@@ -29,6 +29,13 @@ def check_host(value: str) -> str:
     return text
 
 
+def _check_size(value: str) -> str:
+    from corral.plugins.parallel.launchers.monitor import parse_size
+
+    parse_size(value)
+    return value
+
+
 #: Every option of the cluster, its controller and its engines (launchers declare their
 #: own ``[launcher:NAME]`` sections next to their code).
 CLUSTER_OPTIONS: tuple[Option, ...] = (
@@ -215,6 +222,42 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
         "Extra command-line arguments for every engine process.",
         type="list",
     ),
+    # What each engine's monitor does (corral/plugins/parallel/launchers/monitor.py).
+    Option(
+        "engine",
+        "restart",
+        0,
+        "How many times its monitor restarts an engine that crashed (killed by a\n"
+        "signal, the OOM killer, memory_limit or walltime, or a non-zero exit);\n"
+        "0: never. A restarted engine registers with a new id.",
+        type="int",
+        minimum=0,
+    ),
+    Option(
+        "engine",
+        "restart_backoff",
+        0.5,
+        "Seconds before the first restart; doubled for each further restart.",
+        type="float",
+        minimum=0,
+    ),
+    Option(
+        "engine",
+        "memory_limit",
+        "",
+        "Kill (and, if restart allows, restart) an engine whose process tree holds more\n"
+        "resident memory than this, e.g. 2GB; empty: no limit.",
+        check=_check_size,
+        accepts="a size such as 512MB or 2GB, or empty",
+    ),
+    Option(
+        "engine",
+        "walltime",
+        0.0,
+        "Seconds an engine may run before its monitor kills it; 0: no limit.",
+        type="float",
+        minimum=0,
+    ),
 )
 
 
@@ -270,8 +313,12 @@ def resolve(
     if _needs_plugins(profile, named):
         schema = full_schema(profile)
     else:
+        from corral.transports.zmq.kernel_options import KERNEL_OPTIONS
+
         schema = Schema()
         declare(schema)
+        for option in KERNEL_OPTIONS:  # declared by the core plugin when plugins load
+            schema.add(option)
     config = load_config(schema, profile=profile, environ=environ, overrides=overrides)
     _check_launchers(config)
     if options:

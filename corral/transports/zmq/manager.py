@@ -249,6 +249,16 @@ def _shutdown_forgotten_kernels() -> None:
             log.exception("could not stop kernel %s at exit", manager.pid)
 
 
+def kernel_settings(config: Any) -> dict[str, Any]:
+    """The ``[kernel]`` values of ``config`` (None: no file, the declared defaults)."""
+    from .kernel_options import KERNEL_OPTIONS
+
+    values = {option.key: option.default for option in KERNEL_OPTIONS}
+    if config is not None:
+        values.update(config.section("kernel"))
+    return values
+
+
 class KernelManager:
     """Starts and owns one kernel process, and hands out clients that follow it.
 
@@ -275,25 +285,27 @@ class KernelManager:
     #: Seconds between SIGTERM and SIGKILL when stopping the process group.
     kill_grace: float = 2.0
 
-    def check_profile(self, directory: Path) -> None:
-        """Refuse a profile whose configuration is broken, before anything starts.
+    def check_profile(self, directory: Path) -> Any:
+        """Refuse a profile whose configuration is broken, before anything starts, and
+        return the loaded configuration (None: nothing loaded, the declared defaults).
 
         Nothing to check at this layer: the options are declared by plugins, which the
         transports do not import. :class:`corral.plugins.kernels.KernelManager` (what
         ``corral.KernelManager`` is) overrides this with the full configuration check.
         """
+        return None
 
     def __init__(
         self,
         *,
         profile: str = "default",
         connection_file: str | Path | None = None,
-        autorestart: bool = True,
+        autorestart: bool | None = None,
         kernel_cmd: list[str] | None = None,
         env: dict[str, str] | None = None,
         center: NotificationCenter | None = None,
-        restart_limit: int = 5,
-        heartbeat_interval: float = 1.0,
+        restart_limit: int | None = None,
+        heartbeat_interval: float | None = None,
         transport: str = "ipc",
     ) -> None:
         from corral.core.profiles import profile_dir
@@ -307,7 +319,13 @@ class KernelManager:
         self.transport = transport
         self.profile = profile
         self._profile_dir = profile_dir(profile)
-        self.check_profile(self._profile_dir)
+        config = self.check_profile(self._profile_dir)
+        # Arguments win, then the profile's [kernel] section, then the declared defaults.
+        settings = kernel_settings(config)
+        autorestart = settings["autorestart"] if autorestart is None else autorestart
+        restart_limit = settings["restart_limit"] if restart_limit is None else restart_limit
+        if heartbeat_interval is None:
+            heartbeat_interval = settings["heartbeat_interval"]
         if connection_file is None:
             connection_file = new_connection_file(self._profile_dir / "security")
         self.connection_file: Path = Path(connection_file)

@@ -956,11 +956,13 @@ def msg_ids_of(jobs: Any) -> list[str]:
     return out
 
 
-def engine_death_error(engine_id: int, msg_id: str | None = None) -> EngineError:
-    """The error a task gets when the hub says its engine died before replying."""
+def engine_death_error(engine_id: int, msg_id: str | None = None, cause: str = "") -> EngineError:
+    """The error a task gets when the hub says its engine died before replying; ``cause``
+    is what the engine's monitor saw (a signal, the OOM killer, a memory limit, ...)."""
+    why = f": {cause}" if cause else ""
     return EngineError(
         "EngineError",
-        f"engine {engine_id} died before the task finished",
+        f"engine {engine_id} died before the task finished{why}",
         "",
         engine_id,
         msg_id=msg_id,

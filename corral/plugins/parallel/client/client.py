@@ -468,12 +468,13 @@ class Client(ClientCompat):
                 self._engines.pop(engine_id, None)
                 self._dead.add(engine_id)
                 self._engines_changed.notify_all()
-            self._fail_engine(engine_id)
+            cause = content.get("cause")
+            self._fail_engine(engine_id, cause if isinstance(cause, str) else "")
             if self._local is not None:
                 self._local.engine_lost(engine_id)
             events.post_unregistration(shared_center, self, engine_id, content)
 
-    def _fail_engine(self, engine_id: int) -> None:
+    def _fail_engine(self, engine_id: int, cause: str = "") -> None:
         """Fail this client's requests that only ``engine_id`` could have answered.
 
         The queues answer for a dead engine too; whichever comes first wins, so no
@@ -487,10 +488,10 @@ class Client(ClientCompat):
             if result is not None:
                 index = result._slot(msg_id, engine_id)
                 if index is not None:
-                    result._fail_slot(index, engine_death_error(engine_id, msg_id))
+                    result._fail_slot(index, engine_death_error(engine_id, msg_id, cause))
         for msg_id, result in list(self._pending.items()):
             if isinstance(result, BroadcastResult):
-                result._fail_engine(engine_id, engine_death_error(engine_id, msg_id))
+                result._fail_engine(engine_id, engine_death_error(engine_id, msg_id, cause))
                 if result.done():
                     self._pending.pop(msg_id, None)
 

@@ -175,8 +175,17 @@ def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
     """Those of ``fds`` readable (or at EOF) within ``timeout`` seconds (None: no limit).
 
     ``poll``, not ``select``: a controller in threads mode lives in someone else's process,
-    where descriptors may be numbered past select's limit of 1024.
+    where descriptors may be numbered past select's limit of 1024. Windows has no
+    ``poll`` on pipes: there (and in ``CORRAL_PLATFORM_COMPAT=windows`` mode) it is
+    :func:`multiprocessing.connection.wait`, which takes sockets, handles and
+    connections.
     """
+    from corral.core import compat
+
+    if compat.WINDOWS_MODE:
+        from multiprocessing.connection import wait
+
+        return list(wait(fds, timeout))  # type: ignore[arg-type]
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)

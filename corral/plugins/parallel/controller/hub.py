@@ -58,7 +58,9 @@ REPLY = b"reply"
 _REGISTRATION = ROLES["registration"]
 _MONITOR_REQUESTS = ROLES["monitor_request"]
 _MONITOR_REPLIES = ROLES["monitor_reply"]
-_UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited")
+_UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited", "died")
+#: Characters of a monitor's death cause passed on (it ends up in task errors).
+_CAUSE_LIMIT = 500
 #: How long a cluster shutdown waits for engines to acknowledge theirs.
 SHUTDOWN_GRACE = 2.0
 #: Messages each sender's pipe into ``monitor`` holds before libzmq stops reading it.
@@ -425,6 +427,7 @@ class Hub(Component):
                 "data_url": record.data_url,
                 "local_path": record.local_path,
                 "holding": _held_ids(content.get("holding")),
+                "monitored": content.get("monitored") is True,
             },
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
@@ -466,7 +469,7 @@ class Hub(Component):
         self.next_id += 1
         return engine_id
 
-    def unregister(self, uuid: bytes, reason: str) -> None:
+    def unregister(self, uuid: bytes, reason: str, cause: str = "") -> None:
         eid = self.by_uuid.pop(uuid, None)
         if eid is None:
             return
@@ -481,10 +484,11 @@ class Hub(Component):
             del self.pending[(msg_id, uuid)]
             self.pending[(msg_id, b"")] = None
         self.db.engine_lost(record.uuid)
-        log.warning("engine %d unregistered: %s", eid, reason)
-        self.publish(
-            "unregistration_notification", {"id": eid, "uuid": record.uuid, "reason": reason}
-        )
+        log.warning("engine %d unregistered: %s%s", eid, reason, f" ({cause})" if cause else "")
+        notice = {"id": eid, "uuid": record.uuid, "reason": reason}
+        if cause:
+            notice["cause"] = cause
+        self.publish("unregistration_notification", notice)
 
     # -- monitor: every request and reply, into the database -------------------------------
 
@@ -655,13 +659,18 @@ class Hub(Component):
 
     def _h_unregistration(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
         eid = content.get("id")
+        uuid = content.get("uuid")
+        if eid is None and isinstance(uuid, str):  # an engine's monitor knows only its uuid
+            eid = self.by_uuid.get(uuid.encode("utf-8"))
         record = self.engines.get(eid) if isinstance(eid, int) else None
         if record is None:
             return {"status": "error", "evalue": f"no engine {eid!r}"}, []
         reason = content.get("reason", "shutdown")
         if reason not in _UNREGISTER_REASONS:
             reason = "shutdown"
-        self.unregister(record.uuid.encode("utf-8"), reason)
+        cause = content.get("cause")
+        cause = cause[:_CAUSE_LIMIT] if isinstance(cause, str) else ""
+        self.unregister(record.uuid.encode("utf-8"), reason, cause)
         return {"status": "ok"}, []
 
     def _h_connection(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import zmq
 
+from corral.core import compat
 from corral.transports.zmq.gate import ENCRYPTIONS, Gate, stop_zap
 from corral.transports.zmq.ipc import release_dead
 
@@ -424,7 +425,7 @@ class _Children:
         self.held: list[int] = []
 
     def start(self, name: str, hub_ports: dict[str, int]) -> None:
-        if not hasattr(os, "fork"):
+        if not compat.HAS_FORK:  # Windows, or CORRAL_PLATFORM_COMPAT=windows
             self.procs[name], self.conns[name] = _spawn(name, self.cfg, hub_ports)
             return
         parent_end, child_end = control_pipe()
@@ -508,9 +509,19 @@ def run_processes(cfg: ControllerConfig, *, announce: bool = True) -> int:
     info = cfg.cluster_info(ports)
     children.conns["hub"].send(("cluster", info.to_dict()))
     write_cluster_file(path, info)
-    # Signals now only wake the supervision wait below (set_wakeup_fd writes to a pipe).
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
+    # Signals now only wake the supervision wait below (set_wakeup_fd writes to a pipe;
+    # on Windows it takes only a socket, so Windows mode uses a socket pair).
+    wake_pair = None
+    if compat.WINDOWS_MODE:
+        import socket
+
+        wake_pair = socket.socketpair()
+        wake_pair[1].setblocking(False)
+        wake_r: Any = wake_pair[0]
+        wake_w = wake_pair[1].fileno()
+    else:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
     previous_fd = signal.set_wakeup_fd(wake_w)
     handlers = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     if announce:
@@ -538,8 +549,12 @@ def run_processes(cfg: ControllerConfig, *, announce: bool = True) -> int:
         signal.set_wakeup_fd(previous_fd)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        os.close(wake_r)
-        os.close(wake_w)
+        if wake_pair is not None:
+            for end in wake_pair:
+                end.close()
+        else:
+            os.close(wake_r)
+            os.close(wake_w)
     return code
 
 

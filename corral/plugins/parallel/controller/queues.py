@@ -206,6 +206,8 @@ class RoutingQueue(Component):
         self._to_monitor: list[list[Any]] = []
         #: same-host engines: uuid -> their Unix socket, to tell quickly that one died
         self.local_paths: dict[bytes, str] = {}
+        #: engine -> why it died, while its owed requests are being answered
+        self.death_causes: dict[bytes, str] = {}
         #: engine -> msg_ids it claimed on re-registering after a controller restart
         self.inherited: dict[bytes, set[str]] = {}
         #: engine not registered yet -> its verified replies (frames, parts, msg_id),
@@ -469,14 +471,28 @@ class RoutingQueue(Component):
                 # by the dead controller's queues; only this engine may answer them.
                 self.inherited[engine] = {m for m in holding if isinstance(m, str)}
             path = content.get("local_path")
-            if isinstance(path, str) and path and content.get("hostname") == self._host:
+            # A monitored engine's death is reported by its monitor, with the cause: no
+            # guessing from a closed connection first (launchers/monitor.py).
+            monitored = content.get("monitored") is True
+            if (
+                isinstance(path, str)
+                and path
+                and content.get("hostname") == self._host
+                and not monitored
+            ):
                 self.local_paths[engine] = path
             self.engines[engine] = eid
             self.engine_added(engine, eid)
             for parked in self.parked.pop(engine, ()):
                 self.isolated(self._accept_reply, parked)
         elif msg["msg_type"] == "unregistration_notification" and engine in self.engines:
-            self._forget_engine(engine, eid)
+            cause = content.get("cause")
+            if isinstance(cause, str) and cause:
+                self.death_causes[engine] = cause
+            try:
+                self._forget_engine(engine, eid)
+            finally:
+                self.death_causes.pop(engine, None)
 
     def _park(self, engine: bytes, reply: tuple[list[Any], Any, str]) -> bool:
         """Keep a reply from an engine not registered (yet): after a controller restart
@@ -503,6 +519,12 @@ class RoutingQueue(Component):
         self.local_paths.pop(engine, None)
         self.engine_removed(engine, eid)
         del self.engines[engine]
+
+    def died(self, engine: bytes, eid: int) -> str:
+        """The error text for a request ``engine`` owed when it died (with its monitor's
+        cause when one was reported)."""
+        cause = self.death_causes.get(engine)
+        return f"engine {eid} died: {cause}" if cause else f"engine {eid} died"
 
     def on_engine_disconnect(self) -> None:
         """An engine connection dropped: any same-host engine whose process is gone is
@@ -738,7 +760,7 @@ class PerEngineQueue(RoutingQueue):
     def engine_removed(self, engine: bytes, eid: int) -> None:
         for pending in self.outstanding.pop(engine, {}).values():
             self.error_reply(
-                pending.client, pending.header, engine, "EngineError", f"engine {eid} died"
+                pending.client, pending.header, engine, "EngineError", self.died(engine, eid)
             )
 
     def undeliverable(self, engine: bytes, msg_id: str) -> None:
@@ -1351,7 +1373,7 @@ class TaskScheduler(RoutingQueue):
                 log.info("task %s resubmitted after engine %d died", job.msg_id, eid)
                 again.append(job)
             else:
-                self._fail(job, "EngineError", f"engine {eid} died", engine)
+                self._fail(job, "EngineError", self.died(engine, eid), engine)
             if started and (job.msg_id == through or not noticed):
                 started = False
         if len(again) > 1:

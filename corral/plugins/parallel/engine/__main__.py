@@ -46,6 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="seconds to wait for the registration reply (default 30)",
     )
+    # [kernel] settings of the profile (corral/transports/zmq/kernel_options.py).
+    parser.add_argument(
+        "--exec-line",
+        action="append",
+        default=[],
+        help="a Python line to run in the namespace at start (repeatable)",
+    )
+    parser.add_argument("--working-dir", default=None, help="directory to start in")
     return parser.parse_args(argv)
 
 
@@ -66,10 +74,22 @@ def main(argv: list[str] | None = None) -> int:
             hub_timeout=args.hub_timeout,
             registration_timeout=args.timeout,
             controller_grace=args.controller_grace,
+            # Under a monitor: the uuid it chose, so it can name this engine to the hub.
+            uuid=os.environ.get("CORRAL_ENGINE_UUID") or None,
         )
     except (OSError, ValueError, EngineJoinError) as exc:
         logging.getLogger("corral.parallel.engine").error("cannot start: %s", exc)
         return 1
+    if args.exec_line or args.working_dir:
+        from corral.transports.zmq.kernel_options import apply_startup
+
+        try:
+            apply_startup(engine.user_ns, args.exec_line, args.working_dir or "")
+        except OSError as exc:
+            logging.getLogger("corral.parallel.engine").error(
+                "cannot start: [kernel] working_dir: %s", exc
+            )
+            return 1
     return engine.run()
 
 

@@ -307,7 +307,16 @@ class Engine:
             "pid": os.getpid(),
             "data_url": self.data_url,
             "local_path": self.same_host.path,
+            # A monitor reports this engine's death with its cause (launchers/monitor.py).
+            "monitored": os.environ.get("CORRAL_MONITORED") == "1",
         }
+        if os.environ.get("CORRAL_ENGINE_ID_FROM_RANK") == "1":
+            # An MPI rank asks for engine id == rank (granted if free; parallel/mpi.py).
+            from corral.plugins.parallel.mpi import rank_from_environment
+
+            rank = rank_from_environment()
+            if rank is not None:
+                content["id"] = rank
         frames = self.replier.frames(
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
         )

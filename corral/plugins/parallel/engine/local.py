@@ -167,7 +167,9 @@ class LocalEndpoint:
 
 def open_endpoint(name: str) -> LocalEndpoint | None:
     """The engine's endpoint, or None (logged) where a Unix socket cannot be had."""
-    if not hasattr(socket, "AF_UNIX"):
+    from corral.core import compat
+
+    if not compat.HAS_UNIX_SOCKETS:  # Windows (or CORRAL_PLATFORM_COMPAT=windows)
         return None
     try:
         return LocalEndpoint(name)

@@ -290,6 +290,9 @@ class EngineSetLauncher(Launcher):
         self.n = n
         self.cluster_file = Path(cluster_file)
         self.extra_args = list(extra_args)
+        #: What each engine's monitor does (a ``monitor.Policy``; None: the defaults).
+        #: Set by the cluster from ``[engine] restart``, ``memory_limit``, ``walltime``.
+        self.policy: Any = None
         #: The cluster file's content, given to :attr:`remote` launchers before start.
         self.cluster_info: dict[str, Any] | None = (
             dict(cluster_info) if cluster_info is not None else None

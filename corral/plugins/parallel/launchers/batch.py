@@ -329,11 +329,17 @@ class BatchEngineSetLauncher(EngineSetLauncher):
         """What the scheduler says about the job (for engines that do not arrive)."""
         self.poll(fresh=True)
         with self._lock:
-            parts = [
-                f"job {job}: {', '.join(states) or 'finished'}"
-                for job, states in self._states.items()
-            ]
+            current = dict(self._states)
+        parts = [
+            f"job {job}: {', '.join(states) or self.final_word(job) or 'finished'}"
+            for job, states in current.items()
+        ]
         return "; ".join(parts)
+
+    def final_word(self, job_id: str) -> str:
+        """What the scheduler says about a job that ended (``TIMEOUT (TimeLimit)``), for
+        errors about engines that are gone; "" where it keeps nothing."""
+        return ""
 
     def send_signal(self, signum: int) -> None:
         for job_id in self.job_ids:
@@ -412,6 +418,22 @@ exec {engine}
                 continue
             states.append(f"{state} ({reason})" if reason and reason != "None" else state)
         return states
+
+    def final_word(self, job_id: str) -> str:
+        """The ended tasks' states and reasons as squeue still lists them (Slurm keeps
+        finished jobs for MinJobAge, 300 s by default): a walltime kill reads
+        ``TIMEOUT (TimeLimit)``."""
+        command = [self.cmd("squeue"), "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T %r"]
+        try:
+            result = _run(command)
+        except SchedulerError:
+            return ""
+        words = []
+        for line in result.stdout.splitlines():
+            state, _, reason = line.strip().partition(" ")
+            if state:
+                words.append(f"{state} ({reason})" if reason and reason != "None" else state)
+        return ", ".join(words)
 
     def signal_argv(self, job_id: str, signum: int) -> list[str]:
         name = signal.Signals(signum).name.removeprefix("SIG")

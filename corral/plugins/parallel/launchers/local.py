@@ -26,13 +26,13 @@ import importlib.util
 import json
 import os
 import runpy
-import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from corral.core import compat
 from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
     EngineSetLauncher,
@@ -83,8 +83,8 @@ class LocalProcess:
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,
                 close_fds=True,
+                **compat.new_group_kwargs(),
             )
         self.pid = self.popen.pid
         if pid_file is not None:
@@ -111,10 +111,7 @@ class LocalProcess:
         Sent even after the leader exited: its children may not have, and the group id
         lives on as long as any member does.
         """
-        try:
-            os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        compat.signal_group(self.pid, signum)
 
     def handle(self) -> LaunchHandle:
         return LaunchHandle(pid=self.pid, pgid=self.pid, log_file=self.log_file)
@@ -168,9 +165,11 @@ class LocalControllerLauncher(ControllerLauncher):
     def start(self) -> list[LaunchHandle]:
         if self.process is not None:
             raise RuntimeError("this launcher has already started its controller")
+        from corral.plugins.parallel.launchers.monitor import Policy, monitor_argv
+
         command = self.command()
         self.process = LocalProcess(
-            _boot_argv(command[2], command[3:]),
+            monitor_argv(_boot_argv(command[2], command[3:]), Policy(role="controller")),
             log_file=self.log_file,
             pid_file=self.pid_file,
             env=_child_env(),
@@ -226,8 +225,11 @@ class LocalEngineSetLauncher(EngineSetLauncher):
 
     def add(self, count: int) -> list[LaunchHandle]:
         """Start ``count`` more engines (scaling up a running cluster)."""
+        from corral.plugins.parallel.launchers.monitor import Policy, monitor_argv
+
         command = self.command()
         env = _child_env()
+        policy = self.policy or Policy()
         new = []
         for _ in range(count):
             with self._lock:
@@ -239,6 +241,8 @@ class LocalEngineSetLauncher(EngineSetLauncher):
                 wait_file=self.cluster_file if self.prestart else None,
                 warm=ENGINE_WARM,
             )
+            # Every engine runs under its monitor (restarts, limits, death reports).
+            argv = monitor_argv(argv, policy, cluster_file=self.cluster_file)
             proc = LocalProcess(
                 argv,
                 log_file=self.profile_dir / "log" / f"engine-{self.cluster_id}-{index}.log",
@@ -332,11 +336,14 @@ def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
         while not stop.wait(interval):
             if not parent_alive():
                 print(f"corral: launching process {parent_pid} is gone; exiting", flush=True)
-                for signum in (signal.SIGTERM, signal.SIGKILL):
-                    try:
-                        os.killpg(os.getpgid(0), signum)
-                    except ProcessLookupError:
-                        return
+                for signum in (compat.TERMINATE, compat.KILL):
+                    if compat.HAS_PROCESS_GROUPS:
+                        try:
+                            os.killpg(os.getpgid(0), signum)
+                        except ProcessLookupError:
+                            return
+                    else:  # no group to end: this process's descendants, then itself
+                        compat.signal_group(os.getpid(), signum)
                     stop.wait(3.0)
 
     threading.Thread(target=watch, name="corral-parent-watch", daemon=True).start()

@@ -33,6 +33,13 @@ OPTIONS = (
     Option("launcher:mpi", "mpiexec", "mpiexec", "The mpiexec command (Open MPI or MPICH)."),
     Option(
         "launcher:mpi",
+        "id_from_rank",
+        True,
+        "Ask the controller for engine id == MPI rank (granted when that id is free).",
+        type="bool",
+    ),
+    Option(
+        "launcher:mpi",
         "args",
         [],
         "Extra arguments for mpiexec, e.g. --hostfile, hosts, --oversubscribe.",
@@ -41,7 +48,7 @@ OPTIONS = (
 )
 
 #: Environment the ranks need from the launching process (parent watch, imports).
-_FORWARD = ("CORRAL_PARENT_PID", "PYTHONPATH", "CORRAL_DIR")
+_FORWARD = ("CORRAL_PARENT_PID", "PYTHONPATH", "CORRAL_DIR", "CORRAL_ENGINE_ID_FROM_RANK")
 
 
 def mpi_flavour(mpiexec: str) -> str:
@@ -111,6 +118,8 @@ class MPIEngineSetLauncher(EngineSetLauncher):
         if self.process is not None:
             raise RuntimeError("this launcher has already started its engines")
         env = _child_env()
+        if self.options.get("id_from_rank", True):
+            env["CORRAL_ENGINE_ID_FROM_RANK"] = "1"
         for name in _FORWARD:
             env.setdefault(name, "")
         self.process = LocalProcess(

@@ -6,7 +6,12 @@ and anything else with a byte stream to the host) runs this module and talks to 
 its stdin, so no shared file system and no second connection are needed, and the key
 never appears on a command line:
 
-* line 1 of stdin: JSON ``{"cluster": {...cluster file...}, "count": K, "args": [...]}``;
+* line 1 of stdin: JSON ``{"cluster": {...cluster file...}, "count": K, "args": [...],
+  "monitor": [...monitor options...]}``; each engine runs under its monitor
+  (:mod:`.monitor`), which restarts it, enforces its limits and reports its death;
+* or, to run the *controller* there: ``{"role": "controller", "argv": [...], "profile":
+  P, "cluster_id": ID, "monitor": [...]}``; the cluster file's content then comes back on
+  stdout (``corral-remote: cluster {...}``), so the launching host writes its own copy;
 * later lines: ``signal N`` sends signal N to every engine's process group;
 * end of stdin (the launcher, or its ssh session, went away): SIGTERM every engine,
   SIGKILL what is left after a grace period, remove the private copy of the cluster file.
@@ -20,14 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from typing import Any
 
+from corral.core import compat
+
 __all__ = ["main"]
+
+MONITOR = "corral.plugins.parallel.launchers.monitor"
 
 #: Seconds between SIGTERM and SIGKILL once the launcher is gone.
 GRACE = 3.0
@@ -35,10 +43,7 @@ GRACE = 3.0
 
 def _signal_all(procs: list[subprocess.Popen[bytes]], signum: int) -> None:
     for proc in procs:
-        try:
-            os.killpg(proc.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        compat.signal_group(proc.pid, signum)
 
 
 def _start(request: dict[str, Any], path: str) -> list[subprocess.Popen[bytes]]:
@@ -48,10 +53,72 @@ def _start(request: dict[str, Any], path: str) -> list[subprocess.Popen[bytes]]:
     env["CORRAL_PARENT_PID"] = str(os.getpid())  # engines end if this process is killed
     env.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
     argv = [sys.executable, "-m", "corral.plugins.parallel.engine", "--file", path, *args]
+    # Each engine under its own monitor, as local engines are (launchers/monitor.py).
+    monitor = [str(a) for a in request.get("monitor") or []]
+    argv = [sys.executable, "-m", MONITOR, *monitor, "--cluster-file", path, "--", *argv]
     return [
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, **compat.new_group_kwargs())
         for _ in range(count)
     ]
+
+
+def _serve(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Relay ``signal N`` lines to ``procs`` until they have all ended; end them when
+    stdin does (the launcher, or its ssh session, went away)."""
+    done = threading.Event()
+
+    def reap() -> None:
+        for proc in procs:
+            proc.wait()
+        done.set()
+
+    def listen() -> None:
+        for line in sys.stdin.buffer:
+            words = line.split()
+            if len(words) == 2 and words[0] == b"signal" and words[1].isdigit():
+                _signal_all(procs, int(words[1]))
+        # The launcher is gone: nobody else will stop these processes.
+        _signal_all(procs, compat.TERMINATE)
+        if not done.wait(GRACE):
+            _signal_all(procs, compat.KILL)
+
+    threading.Thread(target=reap, daemon=True).start()
+    threading.Thread(target=listen, daemon=True).start()
+    done.wait()
+
+
+def _controller(request: dict[str, Any]) -> int:
+    """Run the controller under its monitor; print its cluster file's content once it is
+    complete (``corral-remote: cluster {...}``), for the launcher to write on its side."""
+    from corral.plugins.parallel.clusterfile import cluster_file_path
+
+    path = cluster_file_path(str(request["profile"]), str(request["cluster_id"]))
+    path.unlink(missing_ok=True)  # a stale file of an earlier run must not be announced
+    monitor = [str(a) for a in request.get("monitor") or []]
+    argv = [sys.executable, "-m", MONITOR, *monitor, "--", sys.executable]
+    argv += [str(a) for a in request["argv"]]
+    env = os.environ.copy()
+    env["CORRAL_PARENT_PID"] = str(os.getpid())
+    env.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, **compat.new_group_kwargs())
+    print(f"corral-remote: started {proc.pid}", flush=True)
+    pause = 0.002
+    while proc.poll() is None:
+        try:
+            info = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict) and info.get("registration"):
+            # One line, never logged by the launcher: it holds the key.
+            print("corral-remote: cluster " + json.dumps(info), flush=True)
+            break
+        try:
+            proc.wait(pause)
+        except subprocess.TimeoutExpired:
+            pause = min(pause * 2, 0.05)
+    _serve([proc])
+    print(f"corral-remote: controller exited with {proc.returncode}", flush=True)
+    return abs(proc.returncode or 0)
 
 
 def main() -> int:
@@ -59,9 +126,11 @@ def main() -> int:
     first = sys.stdin.buffer.readline()
     try:
         request = json.loads(first)
+        if request.get("role") == "controller":
+            return _controller(request)
         cluster = request["cluster"]
-    except (ValueError, KeyError, TypeError) as error:
-        print(f"corral-remote: bad request on stdin: {error}", flush=True)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        print(f"corral-remote: bad request on stdin: {error!r}", flush=True)
         return 2
     # mkstemp creates the file 0600: the key stays readable by this user only.
     fd, path = tempfile.mkstemp(prefix="corral-cluster-", suffix=".json")
@@ -70,26 +139,7 @@ def main() -> int:
             json.dump(cluster, fh)
         procs = _start(request, path)
         print("corral-remote: started " + " ".join(str(p.pid) for p in procs), flush=True)
-        done = threading.Event()
-
-        def reap() -> None:
-            for proc in procs:
-                proc.wait()
-            done.set()
-
-        def listen() -> None:
-            for line in sys.stdin.buffer:
-                words = line.split()
-                if len(words) == 2 and words[0] == b"signal" and words[1].isdigit():
-                    _signal_all(procs, int(words[1]))
-            # The launcher is gone: nobody else will stop these engines.
-            _signal_all(procs, signal.SIGTERM)
-            if not done.wait(GRACE):
-                _signal_all(procs, signal.SIGKILL)
-
-        threading.Thread(target=reap, daemon=True).start()
-        threading.Thread(target=listen, daemon=True).start()
-        done.wait()
+        _serve(procs)
     finally:
         os.unlink(path)
     codes = [p.returncode for p in procs]

@@ -30,10 +30,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from corral.core import compat
 from corral.core.config import Option
-from corral.plugins.parallel.launchers.base import EngineSetLauncher, LaunchHandle, tail
+from corral.plugins.parallel.launchers.base import (
+    ControllerLauncher,
+    EngineSetLauncher,
+    LaunchHandle,
+    tail,
+)
 
-__all__ = ["OPTIONS", "SSHEngineSetLauncher", "parse_hosts"]
+__all__ = ["OPTIONS", "SSHControllerLauncher", "SSHEngineSetLauncher", "parse_hosts"]
 
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
@@ -99,6 +105,15 @@ OPTIONS = (
     ),
     Option(
         "launcher:ssh",
+        "controller_host",
+        "localhost",
+        "Host the controller runs on when [cluster] controller is ssh (user@host\n"
+        "works). Set [cluster] ip and location so engines and clients reach it.",
+        check=lambda value: parse_hosts([value]) and value,
+        accepts="a host name (user@host works)",
+    ),
+    Option(
+        "launcher:ssh",
         "env",
         [],
         "Environment variables for the remote engines, as NAME=VALUE.",
@@ -112,7 +127,14 @@ OPTIONS = (
 class _Session:
     """One ``ssh host ...remote`` process: its stdin is the control channel."""
 
-    def __init__(self, argv: list[str], log_file: Path, request: dict[str, Any], count: int):
+    def __init__(
+        self,
+        argv: list[str],
+        log_file: Path,
+        request: dict[str, Any],
+        count: int,
+        on_line: Any = None,
+    ):
         self.count = count
         self.log_file = log_file
         self.exited = threading.Event()
@@ -123,13 +145,27 @@ class _Session:
             self.popen = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
-                stdout=fh,
+                # With on_line, output is read here (each line offered to it, the rest
+                # logged); else it goes straight to the log.
+                stdout=subprocess.PIPE if on_line else fh,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
                 close_fds=True,
+                **compat.new_group_kwargs(),
             )
+        if on_line is not None:
+            threading.Thread(
+                target=self._copy_output, args=(on_line,), name="corral-ssh-out", daemon=True
+            ).start()
         self._stdin_lock = threading.Lock()
         self._write((json.dumps(request) + "\n").encode())
+
+    def _copy_output(self, on_line: Any) -> None:
+        assert self.popen.stdout is not None
+        with open(self.log_file, "ab") as log:
+            for line in self.popen.stdout:
+                if not on_line(line):
+                    log.write(line)
+                    log.flush()
 
     def _write(self, data: bytes) -> None:
         with self._stdin_lock:
@@ -155,10 +191,7 @@ class _Session:
         """Relay ``signum`` to the remote engines; SIGKILL also ends the session."""
         if signum == signal.SIGKILL:
             self.close()
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            compat.signal_group(self.popen.pid, compat.KILL)
             return
         self._write(f"signal {int(signum)}\n".encode())
 
@@ -264,11 +297,15 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         """Start ``count`` more engines, one new ssh session per host used."""
         if self.cluster_info is None:
             raise RuntimeError("the ssh launcher needs the cluster file's content first")
+        from corral.plugins.parallel.launchers.monitor import Policy
+
         env = dict(entry.partition("=")[::2] for entry in self.options.get("env") or [])
+        policy = self.policy or Policy()
         new = []
         for host, k in self.placement(count).items():
             request = {"cluster": self.cluster_info, "count": k, "args": self.extra_args}
             request["env"] = env
+            request["monitor"] = policy.args()
             index = len(self.sessions)
             safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in host)
             log = self.profile_dir / "log" / f"engine-{self.cluster_id}-ssh-{index}-{safe}.log"
@@ -320,3 +357,99 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         dead = [s for s in sessions if not s.running]
         chosen = (dead or sessions or [None])[0]
         return tail(chosen.log_file, chosen.log_offset) if chosen is not None else ""
+
+
+#: What the far side prints before the cluster file's JSON (launchers/remote.py).
+_CLUSTER_LINE = b"corral-remote: cluster "
+
+
+class SSHControllerLauncher(ControllerLauncher):
+    """The controller on ``[launcher:ssh] controller_host``, through one ssh session.
+
+    The far side (:mod:`.remote`) runs the controller under its monitor and sends the
+    cluster file's content back on the session's stdout once it is complete; this
+    launcher writes it to the local cluster file (owner-only), so local engines and
+    clients connect as usual and no shared file system is needed. The line with the key
+    is never written to the log. Ending the session (stop, or this process dying) stops
+    the controller on the far side.
+    """
+
+    name = "ssh"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session: _Session | None = None
+
+    @property
+    def host(self) -> str:
+        return str(self.options.get("controller_host") or "localhost")
+
+    @property
+    def log_file(self) -> Path:
+        return self.profile_dir / "log" / f"controller-{self.cluster_id}-ssh.log"
+
+    def _remote_argv(self) -> list[str]:
+        python = self.options.get("python") or sys.executable
+        remote = f"exec {shlex.quote(python)} -m corral.plugins.parallel.launchers.remote"
+        args = [str(a) for a in self.options.get("ssh_args") or []]
+        return [self.options.get("ssh") or "ssh", *args, "-T", self.host, remote]
+
+    def start(self) -> list[LaunchHandle]:
+        from corral.plugins.parallel.launchers.monitor import Policy
+
+        if self.session is not None:
+            raise RuntimeError("this launcher has already started its controller")
+        env = dict(entry.partition("=")[::2] for entry in self.options.get("env") or [])
+        request = {
+            "role": "controller",
+            "argv": self.command()[1:],  # the far side's own interpreter runs it
+            "profile": self.profile,
+            "cluster_id": self.cluster_id,
+            "monitor": Policy(role="controller").args(),
+            "env": env,
+        }
+        self.session = _Session(
+            self._remote_argv(), self.log_file, request, 1, on_line=self._on_line
+        )
+        self.session.watch(lambda session: self._notify_stopped())
+        self.handles = [
+            LaunchHandle(
+                pid=self.session.popen.pid, pgid=self.session.popen.pid, log_file=self.log_file
+            )
+        ]
+        return self.handles
+
+    def _on_line(self, line: bytes) -> bool:
+        """Write the announced cluster file here; True: the line is not to be logged."""
+        if not line.startswith(_CLUSTER_LINE):
+            return False
+        from corral.core.private import private_dir, write_private
+
+        try:
+            info = json.loads(line[len(_CLUSTER_LINE) :])
+        except ValueError:
+            return True
+        private_dir(self.cluster_file.parent)
+        part = self.cluster_file.with_suffix(".part")
+        write_private(part, json.dumps(info))
+        os.replace(part, self.cluster_file)  # whole, or not at all
+        return True
+
+    def poll(self) -> int | None:
+        if self.session is None or self.session.running:
+            return None
+        return self.session.exit_code
+
+    def send_signal(self, signum: int) -> None:
+        if self.session is None:
+            return
+        self.session.signal(signum)
+        if signum == signal.SIGTERM:
+            self.session.close()
+
+    def output_tail(self) -> str:
+        return tail(self.log_file, self.session.log_offset) if self.session else ""
+
+    def wait_exited(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the session to end (a pause that wakes at death)."""
+        return self.session.exited.wait(timeout) if self.session else True
