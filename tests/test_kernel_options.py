@@ -68,7 +68,9 @@ def test_a_failing_line_is_reported_and_the_rest_still_run(tmp_path):
 
 
 def test_kernel_manager_takes_the_profiles_settings_unless_given(corral_dir):
-    from corral.transports.zmq.manager import KernelManager
+    # corral.KernelManager: the plugins layer's, which reads the profile's corral.ini
+    # (the transports' own imports no plugin, so it knows only the declared defaults).
+    from corral import KernelManager
 
     _profile(corral_dir, "km", "[kernel]\nrestart_limit = 2\nautorestart = no\n")
     km = KernelManager(profile="km")
