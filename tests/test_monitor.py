@@ -236,7 +236,9 @@ def test_killing_a_monitor_takes_its_engine_and_stop_leaves_nothing(tmp_path):
     try:
         client = cluster.start_and_connect()
         engine_pids = client[:].apply_sync(os.getpid)
-        monitors = cluster.pids()["engines"]
+        pids = cluster.pids()
+        monitors = pids["monitors"][1:]  # the first is the controller's
+        assert sorted(pids["engines"]) == sorted(engine_pids)
         assert set(monitors).isdisjoint(engine_pids)  # the engines run under monitors
         os.kill(monitors[0], signal.SIGKILL)
         # Its engine notices the monitor is gone and ends itself.
@@ -332,8 +334,8 @@ def test_controller_killed_then_stop_leaves_no_process_and_no_file(tmp_path):
     controller_pid = cluster.cluster_info["controller_pid"]
     controller = psutil.Process(controller_pid)
     everyone = [controller_pid, *(p.pid for p in controller.children(recursive=True))]
-    everyone += [*client[:].apply_sync(os.getpid), *cluster.pids()["engines"]]
-    everyone.append(cluster.pids()["controller"])
+    everyone += [*client[:].apply_sync(os.getpid), *cluster.pids()["monitors"]]
+    assert cluster.pids()["controller"] == controller_pid
     monitor = controller.parent()
     assert "corral.plugins.parallel.launchers.monitor" in " ".join(monitor.cmdline())
     os.kill(controller_pid, signal.SIGKILL)

@@ -191,6 +191,7 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
             "pid": 1,
             "data_url": "tcp://x:1",
             "local_path": "",
+            "monitored": False,  # no monitor reports its death (launchers/monitor.py)
         }
         for e in engines
     }

@@ -55,6 +55,24 @@ __all__ = ["Cluster", "ClusterError", "LaunchError", "new_cluster_id", "read_rec
 log = logging.getLogger("corral.cluster")
 
 
+def _only_child(pid: int) -> int | None:
+    """The one child process of ``pid`` (a monitor's), or None (none yet, several, or no
+    way to tell on this system)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            children = listing.read().split()
+    except OSError:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        try:
+            children = [str(c.pid) for c in psutil.Process(pid).children()]
+        except psutil.Error:
+            return None
+    return int(children[0]) if len(children) == 1 else None
+
+
 class ClusterError(CorralError, RuntimeError):
     """The cluster could not be started, or lost its processes while starting."""
 
@@ -269,12 +287,29 @@ class Cluster(ClusterCompat):
         return sum(es.running_count for es in self.engines)
 
     def pids(self) -> dict[str, Any]:
-        """The pids this cluster started: ``{"controller": pid, "engines": [pids]}``."""
-        controller = (
-            self.controller.handles[0].pid if self.controller and self.controller.handles else None
-        )
-        engines = [h.pid for es in self.engines for h in es.handles if h.pid is not None]
-        return {"controller": controller, "engines": engines}
+        """The pids of this cluster's processes on this host: ``{"controller": pid,
+        "engines": [pids], "monitors": [pids]}``.
+
+        Local controllers and engines run under a monitor each (launchers/monitor.py);
+        ``controller`` and ``engines`` are the processes doing the work (what
+        ``os.getpid()`` says in a task), ``monitors`` their monitors. A process whose
+        monitor has not started it yet (or is restarting it) is named by its monitor.
+        """
+        monitors: list[int] = []
+
+        def worker(launcher: Any, pid: int) -> int:
+            if not getattr(launcher, "monitored", False):
+                return pid
+            monitors.append(pid)
+            return _only_child(pid) or pid
+
+        controller = None
+        if self.controller and self.controller.handles and self.controller.handles[0].pid:
+            controller = worker(self.controller, self.controller.handles[0].pid)
+        engines = [
+            worker(es, h.pid) for es in self.engines for h in es.handles if h.pid is not None
+        ]
+        return {"controller": controller, "engines": engines, "monitors": monitors}
 
     # ------------------------------------------------------------------ start
 

@@ -144,6 +144,9 @@ def _boot_argv(
 
 
 class LocalControllerLauncher(ControllerLauncher):
+    #: each process it starts is a monitor whose one child is the controller
+    monitored = True
+
     """The controller as a local subprocess (plus its component processes, all in one
     process group). Log: ``<profile>/log/controller-ID.log``; pid file
     ``<profile>/run/controller-ID.pid``."""
@@ -197,6 +200,9 @@ class LocalControllerLauncher(ControllerLauncher):
 
 
 class LocalEngineSetLauncher(EngineSetLauncher):
+    #: each process it starts is a monitor whose one child is the engine
+    monitored = True
+
     """``n`` engines as local subprocesses, each in its own process group, started at once.
 
     With ``prestart=True`` (what :class:`~corral.plugins.parallel.cluster.Cluster` uses)
