@@ -178,6 +178,7 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
             "data_url": "tcp://x:1",
             "local_path": "",
             "holding": [],
+            "monitored": False,  # no monitor reports its death (launchers/monitor.py)
         }
     dup = client.ask("registration_request", {"uuid": engines[0].uuid})
     assert dup["content"]["status"] == "error"
@@ -191,7 +192,6 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
             "pid": 1,
             "data_url": "tcp://x:1",
             "local_path": "",
-            "monitored": False,  # no monitor reports its death (launchers/monitor.py)
         }
         for e in engines
     }
