@@ -287,6 +287,10 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
         )
         assert ".py:2" in _text(browser, ".jp-DebuggerCallstack-body")
         until("the variables", lambda: "41" in _text(browser, ".jp-DebuggerVariables-body"))
+        # Step over one line: the stop moves to line 3 and w2 appears among the locals.
+        js(browser, "window.jupyterapp.commands.execute('debugger:next');")
+        until("the step", lambda: ".py:3" in _text(browser, ".jp-DebuggerCallstack-body"))
+        until("w2 = 42", lambda: "42" in _text(browser, ".jp-DebuggerVariables-body"))
         browser.save_screenshot(str(tmp_path / "jupyterlab-corral-debugger.png"))
         js(browser, "window.jupyterapp.commands.execute('debugger:continue');")
         until("the cell to finish", lambda: "42" in output_text(browser, 5))
