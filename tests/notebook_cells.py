@@ -85,6 +85,11 @@ CELLS: list[tuple[str, str]] = [
         "display(HTML('<p>2</p>'), display_id='fixed', update=True)",
         "shape",
     ),
+    (
+        "class SelfShown:\n    def _ipython_display_(self):\n        print('shown by itself')\n"
+        "SelfShown()",
+        "text",
+    ),
     ("get_ipython().run_cell('print(5)')", "shape"),
     ("1 / 0", "shape"),
 ]

@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from corral.core.builtin_magics import getoutput, register_builtin_magics, system
-from corral.core.display import display, format_object, set_current
+from corral.core.display import display, displays_itself, format_object, set_current
 from corral.core.events import (
     ERROR,
     EXECUTE_FINISHED,
@@ -478,6 +478,8 @@ class Interpreter:
         if all(ns.get(n, "") is v for n, v in zip(("_", "__", "___"), self._unders, strict=True)):
             self._unders = (value, self._unders[0], self._unders[1])
             ns["_"], ns["__"], ns["___"] = self._unders
+        if displays_itself(value):  # it published what it wanted: no result of ours
+            return
         data, metadata = format_object(value)
         self.center.post(EXECUTE_RESULT, self, execution_count=count, data=data, metadata=metadata)
         if store:
