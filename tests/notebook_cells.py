@@ -64,6 +64,11 @@ CELLS: list[tuple[str, str]] = [
     ("%xmode Context", "text"),
     ("sorted(set(%who_ls) & {'fig', 'cap', 's'})", "text"),
     ("%alias_magic tm timeit", "text"),
+    ("%config InteractiveShell.ast_node_interactivity = 'all'", "text"),
+    ("1\nprint('between')\nx2 = 5\n2", "text"),
+    ("%config InteractiveShell.ast_node_interactivity = 'last_expr_or_assign'", "text"),
+    ("y2 = 7", "text"),
+    ("%config InteractiveShell.ast_node_interactivity = 'last_expr'", "text"),
     ("41 + 1", "text"),
     ("_", "text"),
     ("import sys; print('err', file=sys.stderr)", "text"),
@@ -79,6 +84,11 @@ CELLS: list[tuple[str, str]] = [
         "display(HTML('<p>1</p>'), display_id='fixed')\n"
         "display(HTML('<p>2</p>'), display_id='fixed', update=True)",
         "shape",
+    ),
+    (
+        "class SelfShown:\n    def _ipython_display_(self):\n        print('shown by itself')\n"
+        "SelfShown()",
+        "text",
     ),
     ("get_ipython().run_cell('print(5)')", "shape"),
     ("1 / 0", "shape"),

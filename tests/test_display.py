@@ -226,3 +226,23 @@ def test_result_uses_rich_repr():
     interp.execute("Rich()")
     data = rec.of(events.EXECUTE_RESULT)[0]["data"]
     assert data["text/html"] == "<b>rich</b>" and data["text/plain"] == "Rich()"
+
+
+class ShowsItself:
+    """IPython's ``_ipython_display_`` protocol: the object publishes for itself."""
+
+    def _ipython_display_(self):
+        display(HTML("<i>by itself</i>"))
+
+    def _repr_html_(self):  # never used: _ipython_display_ takes over
+        return "<b>not this</b>"
+
+
+def test_ipython_display_method_takes_over_display_and_results():
+    interp, rec = make_interpreter()
+    interp.user_ns["ShowsItself"] = ShowsItself
+    interp.execute("display(ShowsItself())\nShowsItself()")
+    shown = [d["data"].get("text/html") for d in rec.of(events.DISPLAY_DATA)]
+    assert shown == ["<i>by itself</i>", "<i>by itself</i>"]
+    assert rec.of(events.EXECUTE_RESULT) == []  # no repr of it as the cell's result
+    assert interp.user_ns["_"].__class__ is ShowsItself  # yet it is the cell's value

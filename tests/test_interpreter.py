@@ -244,6 +244,37 @@ def test_frames_name_the_method_and_its_parameters():
     assert "(.0)" not in text
 
 
+@pytest.mark.parametrize(
+    ("mode", "shown"),
+    [
+        ("last_expr", ["p", "2"]),
+        ("last", ["p", "2"]),
+        ("all", ["1", "p", "2"]),
+        ("none", ["p"]),
+        ("last_expr_or_assign", ["p", "2"]),
+    ],
+)
+def test_ast_node_interactivity(mode: str, shown: list[str]) -> None:
+    """Which expressions of a cell show their value, in order with the cell's prints."""
+    interp, rec = make_interpreter()
+    interp.ast_node_interactivity = mode
+    interp.execute("1\nprint('p')\nx = 5\n2")
+    seen = [
+        info["data"]["text/plain"] if kind == events.EXECUTE_RESULT else info["text"].strip()
+        for kind, _, info in rec.events
+        if kind == events.EXECUTE_RESULT or (kind == events.STREAM and info["text"].strip())
+    ]
+    assert seen == shown
+    rec.clear()
+    interp.execute("y = 7")  # a final assignment shows only under last_expr_or_assign
+    values = [r["data"]["text/plain"] for r in rec.of(events.EXECUTE_RESULT)]
+    assert values == (["7"] if mode == "last_expr_or_assign" else [])
+    rec.clear()
+    interp.execute("3\n4;")  # a final ';' still hides the last value
+    values = [r["data"]["text/plain"] for r in rec.of(events.EXECUTE_RESULT)]
+    assert values == (["3"] if mode == "all" else [])
+
+
 def test_traceback_frame_without_line_number():
     """Python 3.11+ can report a frame's line as None (caught between two lines)."""
     import linecache

@@ -4,9 +4,9 @@ The test starts JupyterLab on 127.0.0.1 (a private Jupyter environment with the 
 kernelspec), opens a notebook on the corral kernel in Debian's Chromium through its
 chromedriver (selenium), and checks what users see: a matplotlib plot renders, an
 ``IntSlider`` renders, moving it changes the kernel's variable and setting the variable
-moves it, Kernel > Interrupt and
-Kernel > Restart work, and the debugger stops on a breakpoint set in a cell, showing the
-call stack and the variables. A screenshot is saved to the test's temporary directory (and
+moves it, Kernel > Interrupt and Kernel > Restart work, the debugger stops on a
+breakpoint set in a cell, showing the call stack and the variables, and a
+``tqdm.notebook`` bar fills. Screenshots are saved to the test's temporary directory (and
 to ``$CORRAL_TEST_ARTIFACTS`` when set).
 
 Needs: chromium and chromium-driver (Debian packages, installed by .ci/run), jupyterlab
@@ -158,6 +158,7 @@ CELLS = [
     "import time\nprint('sleeping', flush=True)\ntime.sleep(120)",
     "print('alive', 'seen' in globals())",
     "def h(v):\n    w2 = v + 1\n    return w2\nh(41)",
+    "from tqdm.notebook import tqdm\nfor _ in tqdm(range(5)):\n    pass",
 ]
 
 
@@ -278,11 +279,22 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
         )
         assert ".py:2" in _text(browser, ".jp-DebuggerCallstack-body")
         until("the variables", lambda: "41" in _text(browser, ".jp-DebuggerVariables-body"))
+        # Step over one line: the stop moves to line 3 and w2 appears among the locals.
+        js(browser, "window.jupyterapp.commands.execute('debugger:next');")
+        until("the step", lambda: ".py:3" in _text(browser, ".jp-DebuggerCallstack-body"))
+        until("w2 = 42", lambda: "42" in _text(browser, ".jp-DebuggerVariables-body"))
         browser.save_screenshot(str(tmp_path / "jupyterlab-corral-debugger.png"))
         js(browser, "window.jupyterapp.commands.execute('debugger:continue');")
         until("the cell to finish", lambda: "42" in output_text(browser, 5))
         bug.click()
         until("the debugger to stop", lambda: bug.get_attribute("aria-pressed") == "false")
+        # A tqdm.notebook bar renders as a widget and reaches the end.
+        run_cell(browser, 6)
+        until("the full bar", lambda: "100%" in output_text(browser, 6))
+        cells = browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")
+        # A progress widget, not tqdm's text fallback (which has no such element).
+        assert cells[6].find_elements(By.CSS_SELECTOR, ".jp-OutputArea [class*='progress']")
+        assert "5/5" in output_text(browser, 6)
     finally:
         browser.save_screenshot(str(tmp_path / "jupyterlab-corral-end.png"))
         artifacts = os.environ.get("CORRAL_TEST_ARTIFACTS")

@@ -143,6 +143,26 @@ def test_a_fresh_kernels_first_cells(tmp_path: Path) -> None:
         stop(proc)
 
 
+def test_interactivity_set_on_ipythons_class(kc: BlockingKernelClient) -> None:
+    """The notebook idiom ``InteractiveShell.ast_node_interactivity = "all"``."""
+    ok(
+        kc,
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "InteractiveShell.ast_node_interactivity = 'all'",
+    )
+    try:
+        msgs = ok(kc, "'a'\nprint('b')\n'c'")
+        shown = [
+            m["content"]["data"]["text/plain"] if m["msg_type"] == "execute_result" else "print"
+            for m in msgs
+            if m["msg_type"] in ("execute_result", "stream")
+        ]
+        assert shown == ["'a'", "print", "'c'"]
+    finally:
+        ok(kc, "InteractiveShell.ast_node_interactivity = 'last_expr'")
+    assert len(of_type(ok(kc, "'a'\n'c'"), "execute_result")) == 1
+
+
 def test_load_ext_and_autoreload(kc: BlockingKernelClient, tmp_path: Path) -> None:
     mod = tmp_path / f"corralmod_{uuid.uuid4().hex[:6]}.py"
     mod.write_text("def f():\n    return 1\n")

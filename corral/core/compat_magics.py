@@ -53,6 +53,10 @@ def pip_magic(interp: Any, line: str) -> None:
 # ------------------------------------------------------------------ configuration
 
 
+#: The names ``%config`` reaches the shell by: IPython's class and ipykernel's.
+_SHELL_SECTIONS = ("InteractiveShell", "ZMQInteractiveShell")
+
+
 def config_magic(interp: Any, line: str) -> Any:
     """%config Class.trait = value: configure IPython-style configurables.
 
@@ -83,6 +87,10 @@ def config_magic(interp: Any, line: str) -> Any:
     config = Config()
     config[section] = Config({trait: value})
     shell.config.merge(config)
+    if section in _SHELL_SECTIONS and isinstance(
+        getattr(type(shell), trait, None), property
+    ):  # the shell's own settings: %config InteractiveShell.ast_node_interactivity = 'all'
+        setattr(shell, trait, value)
     for c in configurables:
         updater = getattr(c, "update_config", None)
         if updater is not None:

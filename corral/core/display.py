@@ -35,6 +35,7 @@ __all__ = [
     "SVG",
     "clear_output",
     "display",
+    "displays_itself",
     "format_object",
     "get_current",
     "set_current",
@@ -234,6 +235,19 @@ def _publish(
     center.post(kind, sender, data=data, metadata=md, transient=transient)
 
 
+def displays_itself(obj: Any) -> bool:
+    """Let an object with ``_ipython_display_`` show itself; whether it had one.
+
+    IPython's protocol: such an object publishes what it wants (or nothing) and no other
+    output is made for it, neither by ``display`` nor as a cell's result. Looked up on the
+    type, as every other display method here.
+    """
+    if getattr(type(obj), "_ipython_display_", None) is None:
+        return False
+    obj._ipython_display_()
+    return True
+
+
 def display(
     *objs: Any,
     include: Iterable[str] | None = None,
@@ -254,6 +268,8 @@ def display(
     if clear:
         clear_output(wait=True)
     for obj in objs:
+        if not raw and displays_itself(obj):
+            continue
         _publish(
             DISPLAY_DATA,
             obj,

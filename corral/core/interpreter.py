@@ -19,10 +19,11 @@ import dataclasses
 import linecache
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from corral.core.builtin_magics import getoutput, register_builtin_magics, system
-from corral.core.display import display, format_object, set_current
+from corral.core.display import display, displays_itself, format_object, set_current
 from corral.core.events import (
     ERROR,
     EXECUTE_FINISHED,
@@ -30,6 +31,8 @@ from corral.core.events import (
     EXECUTE_STARTED,
 )
 from corral.core.history import HistoryManager
+from corral.core.interactivity import DEFAULT as DEFAULT_MODE
+from corral.core.interactivity import current_mode, steps
 from corral.core.iostreams import StdinNotImplementedError, redirect_output, route_stdin
 from corral.core.magics import (
     NO_VAR_EXPAND,
@@ -236,6 +239,8 @@ class Interpreter:
         self._shell: Any = None
         self._shell_adopted = False
         self.shell_events: Any = None
+        #: Which statements of a cell show their value (``get_ipython()`` sets it).
+        self.ast_node_interactivity = DEFAULT_MODE
         #: ``code -> filename`` for cells while a debugger maps cells to files (else None).
         self.cell_namer: Callable[[str], str] | None = None
         self._init_namespace([""])
@@ -346,7 +351,10 @@ class Interpreter:
                         has_value = True
                         value = self.magics.call_cell(self, name, line, body)
                     else:
-                        has_value, value = self._run(source, filename, self.user_ns)
+                        shown = (
+                            None if silent else partial(self._displayhook, count=count, store=store)
+                        )
+                        has_value, value = self._run(source, filename, self.user_ns, shown)
                     if has_value and not silent and not _suppressed(cell):
                         self._displayhook(value, count, store)
                     if user_expressions:
@@ -414,19 +422,38 @@ class Interpreter:
         ns[f"_i{count}"] = raw
         self.history_manager.store_input(count, source, raw)
 
-    def _run(self, source: str, filename: str, ns: dict[str, Any]) -> tuple[bool, Any]:
-        """Run ``source``; ``(True, value)`` when it ends with an expression."""
+    def _run(
+        self,
+        source: str,
+        filename: str,
+        ns: dict[str, Any],
+        show: Callable[[Any], None] | None = None,
+    ) -> tuple[bool, Any]:
+        """Run ``source``; ``(True, value)`` when it ends with an expression.
+
+        With ``show`` (a cell the user sees), ``ast_node_interactivity`` decides which
+        statements show their value (see :mod:`.interactivity`); ``show`` gets those
+        before the last as they finish.
+        """
         flags = self._flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
         self._flags |= _future_flags(tree)
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        if tree.body:
-            self._eval(compile(tree, filename, "exec", flags, dont_inherit=True), ns)
-        if last is None:
-            return False, None
-        return True, self._eval(compile(last, filename, "eval", flags, dont_inherit=True), ns)
+        mode = current_mode(self.ast_node_interactivity) if show is not None else DEFAULT_MODE
+        for kind, what in steps(tree.body, mode):
+            if kind == "exec":
+                if what:
+                    module = ast.Module(body=what, type_ignores=[])
+                    self._eval(compile(module, filename, "exec", flags, dont_inherit=True), ns)
+                continue
+            if kind == "assigned":
+                return True, ns.get(what)
+            expression = compile(ast.Expression(what), filename, "eval", flags, dont_inherit=True)
+            value = self._eval(expression, ns)
+            if kind == "value":
+                return True, value
+            assert show is not None
+            show(value)
+        return False, None
 
     def _eval(self, code: Any, ns: dict[str, Any]) -> Any:
         result = eval(code, ns)
@@ -464,6 +491,8 @@ class Interpreter:
         if all(ns.get(n, "") is v for n, v in zip(("_", "__", "___"), self._unders, strict=True)):
             self._unders = (value, self._unders[0], self._unders[1])
             ns["_"], ns["__"], ns["___"] = self._unders
+        if displays_itself(value):  # it published what it wanted: no result of ours
+            return
         data, metadata = format_object(value)
         self.center.post(EXECUTE_RESULT, self, execution_count=count, data=data, metadata=metadata)
         if store:

@@ -368,6 +368,18 @@ class ZMQInteractiveShell:
         """The kernel serving this shell (None when the interpreter runs without one)."""
         return getattr(self.interpreter, "kernel", None)
 
+    @property
+    def ast_node_interactivity(self) -> str:
+        """Which statements of a cell show their value: ``last_expr`` (the default),
+        ``all``, ``last``, ``none`` or ``last_expr_or_assign``, as in IPython."""
+        return str(self.interpreter.ast_node_interactivity)
+
+    @ast_node_interactivity.setter
+    def ast_node_interactivity(self, mode: str) -> None:
+        from corral.core.interactivity import check_mode
+
+        self.interpreter.ast_node_interactivity = check_mode(mode)
+
     def has_trait(self, name: str) -> bool:
         """IPython's trait check; ``kernel`` is one when a kernel serves the shell.
 
