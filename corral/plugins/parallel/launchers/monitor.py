@@ -220,7 +220,7 @@ def _cgroup_oom_kills() -> int:
     return 0
 
 
-def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: float = 2.0) -> bool:
+def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: float = 10.0) -> bool:
     """Tell the hub that engine ``engine_uuid`` died of ``cause``; True once it answered.
 
     A signed ``unregistration_request`` on the registration socket, as an engine leaving
@@ -249,7 +249,9 @@ def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: floa
     url = f"ipc://{host}-{port}" if transport == "ipc" else f"{transport}://{host}:{port}"
     ctx = zmq.Context()
     sock = gate_for(info).client(ctx.socket(zmq.DEALER))
-    sock.linger = 0
+    # Not 0: on a busy host the connection may not be up yet when we give up waiting,
+    # and a report dropped unsent leaves the tasks' errors without their cause.
+    sock.linger = 1000
     try:
         sock.connect(url)
         content = {"uuid": engine_uuid, "reason": "died", "cause": cause}
