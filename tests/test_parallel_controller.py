@@ -178,6 +178,7 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
             "data_url": "tcp://x:1",
             "local_path": "",
             "holding": [],
+            "monitored": False,  # no monitor will report its death (launchers/monitor.py)
         }
     dup = client.ask("registration_request", {"uuid": engines[0].uuid})
     assert dup["content"]["status"] == "error"
