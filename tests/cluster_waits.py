@@ -21,3 +21,27 @@ def await_ids(
         ok = changed.wait_for(lambda: predicate(client.ids), timeout)
         assert ok, f"engine ids stayed {client.ids}"
         return list(client.ids)
+
+
+def wait_started(fifo: Any, timeout: float = 120.0) -> None:
+    """Block until a task wrote a byte to the FIFO ``fifo`` (made with ``os.mkfifo``),
+    i.e. until it runs; fail after ``timeout`` rather than hang on a task that never
+    started. Both ends block until the other is there: no polling, no sleeping."""
+    import os
+    import select
+
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"the task did not start within {timeout} s"
+        assert os.read(fd, 1) == b"x"
+    finally:
+        os.close(fd)
+
+
+#: A task (sent by value) that announces on the FIFO at ``path`` that it runs, then
+#: sleeps ``seconds``.
+announce_then_sleep = lambda path, seconds: (  # noqa: E731
+    open(path, "wb").write(b"x"),
+    __import__("time").sleep(seconds),
+)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cluster_waits import await_ids
+from cluster_waits import announce_then_sleep, await_ids, wait_started
 from sshd_helpers import Sshd, client_config, free_port, make_keys, sshd_missing
 
 from corral.plugins.parallel.cluster import Cluster, ClusterError
@@ -128,7 +128,7 @@ def test_killed_ssh_session_takes_its_engines_with_it(loopback_sshd):
         cluster.stop()
 
 
-def test_remote_engine_killed_is_restarted_by_its_monitor_with_the_cause(loopback_sshd):
+def test_remote_engine_killed_is_restarted_by_its_monitor_with_the_cause(loopback_sshd, tmp_path):
     cluster = Cluster(
         engines="ssh",
         hosts=["node-a:1"],
@@ -142,7 +142,10 @@ def test_remote_engine_killed_is_restarted_by_its_monitor_with_the_cause(loopbac
     try:
         victim = rc.ids[0]
         pid = rc[victim].apply_sync(os.getpid)
-        task = rc[victim].apply_async(lambda: __import__("time").sleep(60))
+        fifo = tmp_path / "started"
+        os.mkfifo(fifo)
+        task = rc[victim].apply_async(announce_then_sleep, str(fifo), 60)
+        wait_started(fifo)  # running: the death can only fail it with its cause
         os.kill(pid, 9)
         with pytest.raises(Exception, match="killed by SIGKILL"):
             task.get(timeout=60)
