@@ -176,3 +176,37 @@ def test_engines_killed_at_walltime_fail_with_slurms_words(slurm):
         assert "DUE TO TIME LIMIT" in text, text  # slurmstepd's line in the engine's log
     finally:
         cluster.stop()
+
+
+def test_slurm_engine_runs_under_its_monitor_which_restarts_it(slurm, tmp_path):
+    """Batch engines run under their monitors too: a killed engine's task names the
+    signal, and the monitor (inside the Slurm task) starts a new engine."""
+    from cluster_waits import announce_then_sleep, await_ids, wait_started
+
+    from corral.plugins.parallel.client.errors import EngineError
+
+    cluster = Cluster(
+        n=1,
+        engines="slurm",
+        controller_mode="threads",
+        hb_period=0.5,
+        hb_misses=20,
+        **{"engine.restart": 1, "engine.restart_backoff": 0.0},
+    )
+    rc = cluster.start_and_connect()
+    try:
+        victim = rc.ids[0]
+        pid = rc[victim].apply_sync(os.getpid)
+        parent = " ".join(psutil.Process(pid).parent().cmdline())
+        assert "corral.plugins.parallel.launchers.monitor" in parent
+        fifo = tmp_path / "started"
+        os.mkfifo(fifo)
+        task = rc[victim].apply_async(announce_then_sleep, str(fifo), 60)
+        wait_started(fifo)  # running: the death can only fail it with its cause
+        os.kill(pid, 9)
+        with pytest.raises(EngineError, match="killed by SIGKILL"):
+            task.get(timeout=60)
+        await_ids(rc, lambda ids: len(ids) == 1 and victim not in ids)
+        assert rc[rc.ids[0]].apply_sync(lambda: 6 * 7) == 42
+    finally:
+        cluster.stop()

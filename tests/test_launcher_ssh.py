@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from cluster_waits import announce_then_sleep, await_ids, wait_started
 from sshd_helpers import Sshd, client_config, free_port, make_keys, sshd_missing
 
 from corral.plugins.parallel.cluster import Cluster, ClusterError
@@ -127,7 +128,7 @@ def test_killed_ssh_session_takes_its_engines_with_it(loopback_sshd):
         cluster.stop()
 
 
-def test_remote_engine_killed_is_restarted_by_its_monitor_with_the_cause(loopback_sshd):
+def test_remote_engine_killed_is_restarted_by_its_monitor_with_the_cause(loopback_sshd, tmp_path):
     cluster = Cluster(
         engines="ssh",
         hosts=["node-a:1"],
@@ -141,12 +142,14 @@ def test_remote_engine_killed_is_restarted_by_its_monitor_with_the_cause(loopbac
     try:
         victim = rc.ids[0]
         pid = rc[victim].apply_sync(os.getpid)
-        task = rc[victim].apply_async(lambda: __import__("time").sleep(60))
+        fifo = tmp_path / "started"
+        os.mkfifo(fifo)
+        task = rc[victim].apply_async(announce_then_sleep, str(fifo), 60)
+        wait_started(fifo)  # running: the death can only fail it with its cause
         os.kill(pid, 9)
         with pytest.raises(Exception, match="killed by SIGKILL"):
             task.get(timeout=60)
-        rc.wait_for_engines(1, timeout=60)
-        assert rc.ids != [victim]
+        await_ids(rc, lambda ids: len(ids) == 1 and victim not in ids)  # the restarted one
         assert rc[rc.ids[0]].apply_sync(os.getpid) != pid
         pids = _engine_pids(rc)
     finally:

@@ -226,10 +226,22 @@ class BatchEngineSetLauncher(EngineSetLauncher):
         raise NotImplementedError
 
     def engine_command(self) -> list[str]:
-        """What each array task runs: the engine through the waiting bootstrap."""
+        """What each array task runs: the engine's monitor (restarts, limits, death
+        reports; launchers/monitor.py), which runs the engine through the waiting
+        bootstrap. The monitor reads the cluster file by path, as the engine does."""
+        from corral.plugins.parallel.launchers.monitor import MODULE, Policy
+
         python = self.options.get("python") or sys.executable
         engine = super().command()
+        policy = self.policy or Policy()
         return [
+            python,
+            "-m",
+            MODULE,
+            *policy.args(),
+            "--cluster-file",
+            str(self.cluster_file),
+            "--",
             python,
             "-m",
             "corral.plugins.parallel.launchers.local",

@@ -38,7 +38,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid as uuid_module
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -220,7 +219,7 @@ def _cgroup_oom_kills() -> int:
     return 0
 
 
-def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: float = 2.0) -> bool:
+def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: float = 10.0) -> bool:
     """Tell the hub that engine ``engine_uuid`` died of ``cause``; True once it answered.
 
     A signed ``unregistration_request`` on the registration socket, as an engine leaving
@@ -249,7 +248,9 @@ def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: floa
     url = f"ipc://{host}-{port}" if transport == "ipc" else f"{transport}://{host}:{port}"
     ctx = zmq.Context()
     sock = gate_for(info).client(ctx.socket(zmq.DEALER))
-    sock.linger = 0
+    # Not 0: on a busy host the connection may not be up yet when we give up waiting,
+    # and a report dropped unsent leaves the tasks' errors without their cause.
+    sock.linger = 1000
     try:
         sock.connect(url)
         content = {"uuid": engine_uuid, "reason": "died", "cause": cause}
@@ -299,7 +300,7 @@ class Monitor:
         env["CORRAL_PARENT_PID"] = str(os.getpid())  # the child ends if we are killed
         env[MONITORED_ENV] = "1"
         if self.policy.role == "engine":
-            self.child_uuid = uuid_module.uuid4().hex
+            self.child_uuid = os.urandom(16).hex()  # not uuid: 2.5 ms of each start
             env[UUID_ENV] = self.child_uuid
         kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "env": env, "close_fds": True}
         kwargs.update(compat.new_group_kwargs())
@@ -454,6 +455,22 @@ def _engine_socket_file(engine_uuid: str) -> None:
         pass
 
 
+def _watch_parent(parent: int, monitor: Monitor, interval: float = 0.5) -> None:
+    """Stop the child and exit when the launching process (our parent) is gone: a
+    crashed notebook must not leave engines behind. The monitor is always its
+    launcher's direct child, so a changed parent pid is the whole test (the bootstrap's
+    fuller check in :mod:`.local` would cost every monitor its imports)."""
+
+    def watch() -> None:
+        while not monitor._stopping.wait(interval):
+            if os.getppid() != parent:
+                print(f"corral-monitor: launching process {parent} is gone", flush=True)
+                monitor.stop()
+                return
+
+    threading.Thread(target=watch, name="corral-monitor-parent", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The monitor process; see the module docstring."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -491,9 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     monitor = Monitor(child, policy, cluster_file=ns.cluster_file, on_death=on_death)
     parent = os.environ.get("CORRAL_PARENT_PID")
     if parent and parent.isdigit():
-        from corral.plugins.parallel.launchers.local import _watch_parent
-
-        _watch_parent(int(parent))
+        _watch_parent(int(parent), monitor)
     for signum in compat.FORWARDED_SIGNALS:
         signal.signal(signum, lambda s, _f: monitor.send(s))
     for signum in compat.STOP_SIGNALS:
