@@ -131,6 +131,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     _return_exceptions = False
     #: An execute request: values are :class:`ExecuteReply` objects.
     _execute = False
+    _replies: Any = None  # execute's ExecuteReply objects, made on first result()
     #: The request as sent, for Client.resubmit (set by the client when it sends one).
     _request: tuple[Any, ...] | None = None
     #: Wake waiters on every stream message too (set while %px streams output).
@@ -521,9 +522,17 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         """As :meth:`concurrent.futures.Future.result`; a timeout's ``TimeoutError`` says
         which tasks it waited for, and that no engine is registered if none is."""
         try:
-            return super().result(timeout)
+            value = super().result(timeout)
         except concurrent.futures.TimeoutError:
             raise concurrent.futures.TimeoutError(self._timeout_message(timeout)) from None
+        if self._execute:
+            # execute() marks its result after submitting, so a quick reply may have
+            # finished it without the mark: the ExecuteReplies are made here, once.
+            replies = self._replies
+            if replies is None:
+                replies = self._replies = self._execute_replies()
+            return replies
+        return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
