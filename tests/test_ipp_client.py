@@ -502,7 +502,7 @@ def boom_task() -> None:
     raise RuntimeError("dependency fails")
 
 
-def test_dependency_flags_and_unreachable_dependencies(rc: Client) -> None:
+def test_dependency_flags_and_unreachable_dependencies(rc: Client, tmp_path: Path) -> None:
     lview = rc.load_balanced_view()
     failed = lview.apply_async(boom_task)
     ok = lview.apply_async(os.getpid)
@@ -523,6 +523,15 @@ def test_dependency_flags_and_unreachable_dependencies(rc: Client) -> None:
         with pytest.raises(ipp.ImpossibleDependency) as info:
             lview.apply_sync(os.getpid)
     assert info.value.ename == "ImpossibleDependency"
+    # waiting past ``timeout``: ipyparallel's TaskTimeout (corral's DependencyTimeout)
+    release = tmp_path / "release"
+    blocker = lview.apply_async(wait_for_file, str(release))
+    with lview.temp_flags(after=blocker, timeout=0.1):
+        with pytest.raises(ipp.TaskTimeout) as timed_out:
+            lview.apply_sync(os.getpid)
+    assert isinstance(timed_out.value, ipp.DependencyTimeout)
+    release.write_text("")
+    assert blocker.get(30) == "released"
 
 
 def test_depend_on_a_load_balanced_view_finds_the_engine(rc: Client) -> None:

@@ -182,10 +182,15 @@ class ImpossibleDependency(UnmetDependency):
     """
 
 
-class DependencyTimeout(ImpossibleDependency):
-    """A load-balanced task's ``after``/``follow`` dependencies were not met in time.
+class DependencyTimeout(ImpossibleDependency, TaskTimeout):
+    """A load-balanced task's ``after``/``follow`` dependencies were not met in time (or
+    no engine that may run it came) within its ``timeout``.
+
+    Also a :class:`TaskTimeout`, the class ipyparallel's scheduler raises for the same
+    event, so ``except TaskTimeout`` written for ipyparallel catches it.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 also a :class:`TaskTimeout`.
     """
 
 
