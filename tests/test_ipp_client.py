@@ -487,6 +487,25 @@ def test_require_and_depend_are_checked_on_the_engine(rc: Client) -> None:
     assert mine() == os.getpid()  # locally, a plain call
 
 
+def _make_tripler() -> Any:
+    def tripled(x: int) -> int:
+        return 3 * x
+
+    return tripled
+
+
+def test_require_pushes_functions_and_names(rc: Client) -> None:
+    # ``tripled`` and ``scale`` are no globals here: only require() can provide them
+    @ipp.require(_make_tripler(), scale=7)
+    def uses(x: int) -> int:
+        return tripled(x) * scale  # type: ignore[name-defined]  # noqa: F821
+
+    assert rc.load_balanced_view().apply_sync(uses, 2) == 42
+    assert rc[0].apply_sync(uses, 1) == 21
+    with pytest.raises(TypeError):
+        ipp.require(42)
+
+
 def test_after_with_a_dependency_set(rc: Client, tmp_path: Path) -> None:
     lview = rc.load_balanced_view()
     marker = tmp_path / "first"

@@ -192,10 +192,16 @@ def _make_dependent_caller() -> Callable[..., Any]:
         modules: Any,
         args: Any,
         kwargs: Any,
+        pushed: Any = None,
     ) -> Any:
         import importlib
 
         ns = globals()
+        if pushed:  # require(f) / require(name=value): names the function needs
+            ns.update(pushed)
+            target = getattr(func, "__globals__", None)
+            if isinstance(target, dict) and target is not ns:
+                target.update(pushed)
         for name in modules:
             try:
                 module = importlib.import_module(name)
@@ -235,11 +241,14 @@ class dependent:  # noqa: N801 - ipyparallel's name
         df: Callable[..., bool] | None,
         *dargs: Any,
         modules: Iterable[str] = (),
+        pushed: dict[str, Any] | None = None,
     ) -> None:
         self.f = f
         self.df = df
         self.dargs = dargs
         self.modules = tuple(modules)
+        #: names put in the engine's namespace before the call (``require(f, x=1)``)
+        self.pushed = dict(pushed or {})
         functools.update_wrapper(self, f)
         _USED[0] = True
 
@@ -255,6 +264,7 @@ class dependent:  # noqa: N801 - ipyparallel's name
             self.modules,
             tuple(args),
             dict(kwargs or {}),
+            self.pushed,
         )
 
 
@@ -269,7 +279,8 @@ def depend(f: Callable[..., bool], *args: Any) -> Callable[[Callable[..., Any]],
 
     def decorate(func: Callable[..., Any]) -> dependent:
         if isinstance(func, dependent):
-            return dependent(func.f, _both(func.df, func.dargs, f, args), modules=func.modules)
+            both = _both(func.df, func.dargs, f, args)
+            return dependent(func.f, both, modules=func.modules, pushed=func.pushed)
         return dependent(func, f, *args)
 
     return decorate
@@ -286,24 +297,33 @@ def require(*objects: str | ModuleType, **mapping: Any) -> Callable[[Callable[..
     """Decorator: the engine imports these modules before running the function (they are
     then names in its namespace), failing with :class:`UnmetDependency` if it cannot.
 
-    Modules are given by name or as module objects. ``mapping`` (ipyparallel pushes
-    these names) is refused: push them with ``view.push`` instead.
+    As in ipyparallel, ``objects`` are modules (by name or as module objects) or
+    functions, and ``mapping`` gives ``name=value`` pairs: functions and values are put
+    in the engine's namespace under their names before the call (``require(helper,
+    scale=2)`` lets the function call ``helper`` and read ``scale``).
     """
-    if mapping:
-        raise TypeError("require(name=value) is not supported; use view.push({...}) first")
     names = []
+    pushed = dict(mapping)
     for obj in objects:
         if isinstance(obj, ModuleType):
             names.append(obj.__name__)
         elif isinstance(obj, str):
             names.append(obj)
+        elif callable(obj) and isinstance(getattr(obj, "__name__", None), str):
+            pushed[obj.__name__] = obj
         else:
-            raise TypeError(f"require takes modules or module names, not {obj!r}")
+            raise TypeError(f"require takes modules, module names or functions, not {obj!r}")
 
     def decorate(func: Callable[..., Any]) -> dependent:
         if isinstance(func, dependent):
-            return dependent(func.f, func.df, *func.dargs, modules=(*func.modules, *names))
-        return dependent(func, None, modules=names)
+            return dependent(
+                func.f,
+                func.df,
+                *func.dargs,
+                modules=(*func.modules, *names),
+                pushed={**func.pushed, **pushed},
+            )
+        return dependent(func, None, modules=names, pushed=pushed)
 
     return decorate
 
