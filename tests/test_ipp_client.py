@@ -235,6 +235,26 @@ def test_map_takes_iterators_and_generators(rc: Client) -> None:
         lview.imap(double, range(3), max_in_flight=2, max_outstanding=3)
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+def test_imap_cancel_stops_taking_input(rc: Client, ordered: bool) -> None:
+    import itertools
+
+    lview = rc.load_balanced_view()
+    taken: list[int] = []
+
+    def source() -> Any:
+        for i in itertools.count():
+            taken.append(i)
+            yield i
+
+    gen = lview.imap(double, source(), ordered=ordered, max_outstanding=3)
+    first = [next(gen), next(gen)]
+    gen.cancel()  # an infinite input: stop once we have what we need
+    rest = list(gen)  # the tasks already submitted still give their results
+    assert len(taken) <= 5  # 3 in flight, plus one more per result consumed
+    assert sorted(first + rest) == [2 * i for i in taken]
+
+
 def test_abort_by_msg_id(rc: Client, tmp_path: Path) -> None:
     release = tmp_path / "go"
     engine0 = rc[0]

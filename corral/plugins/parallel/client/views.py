@@ -35,6 +35,7 @@ from .client import Client
 from .dependencies import dependency_field
 from .errors import ControllerLost, RemoteError
 from .mapping import (
+    IMapIterator,
     auto_chunksize,
     chunk_slices,
     iter_chunks,
@@ -278,7 +279,7 @@ class View:
         *,
         max_outstanding: int | None = None,
         return_exceptions: bool = False,
-    ) -> Iterator[Any]:
+    ) -> IMapIterator:
         """Lazily map ``func`` over ``iterable`` (which may be infinite).
 
         Items are pulled from ``iterable`` only as results are consumed: at most
@@ -299,8 +300,11 @@ class View:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._imap(
-            func, iterable, ordered, max_in_flight, chunksize, deadline, return_exceptions
+        size = max_in_flight
+        return IMapIterator(
+            lambda cancelled: self._imap(
+                func, iterable, ordered, size, chunksize, deadline, return_exceptions, cancelled
+            )
         )
 
     def _submit_one(self, func: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
@@ -316,6 +320,7 @@ class View:
         chunksize: int,
         deadline: float | None = None,
         return_exceptions: bool = False,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[Any]:
         if chunksize > 1:
             tasks: Iterator[tuple[Any, ...]] = (
@@ -347,6 +352,9 @@ class View:
             window: deque[AsyncResult] = deque()
             while True:
                 while not exhausted and len(window) < max_in_flight:
+                    if cancelled():
+                        exhausted = True
+                        break
                     try:
                         window.append(submit(next(tasks)))
                     except StopIteration:
@@ -359,6 +367,9 @@ class View:
             in_flight = 0
             while True:
                 while not exhausted and in_flight < max_in_flight:
+                    if cancelled():
+                        exhausted = True
+                        break
                     try:
                         result = submit(next(tasks))
                     except StopIteration:
