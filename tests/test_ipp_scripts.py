@@ -79,6 +79,19 @@ def test_sync_spellings_results_metadata_and_the_error_module(tmp_path: Path) ->
         assert set(ar.msg_ids) <= set(rc.results)
         assert set(ar.msg_ids) <= set(rc.metadata)
         assert "no-such-id" not in rc.results
+        busy = rc[0].apply_async(__import__("time").sleep, 0.3)
+        try:
+            rc.purge_local_results("all")  # as in ipyparallel: not while tasks run
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("purged outstanding tasks")
+        busy.get(60)
+        rc.purge_local_results(ar.msg_ids[:1])
+        assert ar.msg_ids[0] not in rc.results and ar.msg_ids[1] in rc.results
+        rc.purge_local_results(targets=[0, 1])
+        assert ar.msg_ids[1] not in rc.metadata and busy.msg_ids[0] not in rc.metadata
+        assert ar.get() == pids  # a result held keeps its value
 
         bad = rc[:].apply_async(boom, 7)
         try:
