@@ -224,6 +224,52 @@ def test_execute_returns_a_result_with_execute_result(rc: Client) -> None:
     assert bview.pull("c", block=True) == [3, 3]
 
 
+def test_execute_block_returns_with_its_output(rc: Client) -> None:
+    # the execute_result travels on iopub, apart from the reply: a blocking execute (and
+    # get()) waits for it, so it is there at once, every time
+    for i in range(40):
+        reply = rc[i % 2].execute(f"print('out', {i}); {i} * 2", block=True).get()
+        assert reply.execute_result["data"]["text/plain"] == str(i * 2)
+        assert reply.stdout == f"out {i}\n"
+    ar = rc[:].execute("7 * 6")
+    assert [r.execute_result["data"]["text/plain"] for r in ar.get()] == ["42", "42"]
+    fetched = rc.get_result(ar.msg_ids[0]).get()
+    assert fetched.execute_result["data"]["text/plain"] == "42"
+
+
+def fail_first(rank: int) -> int:
+    import time
+
+    if rank == 0:
+        raise ValueError("rank 0 fails at once")
+    time.sleep(0.5)
+    return rank
+
+
+def test_split_and_wait_first_exception(rc: Client) -> None:
+    dview = rc[:]
+    dview.scatter("rank", rc.ids, flatten=True, block=True)
+    ar = dview.apply_async(fail_first, ipp.Reference("rank"))
+    done, pending = ar.wait(timeout=30, return_when=ipp.FIRST_EXCEPTION)
+    assert len(done) == 1 and len(pending) == 1  # back before the slow engine is done
+    (first,) = done
+    assert first.msg_ids == ar.msg_ids[:1] and first.engine_id == 0
+    with pytest.raises(RemoteError):
+        first.get()
+    assert ar.wait(timeout=30) is True
+    parts = ar.split()
+    assert [p.get(return_exceptions=True) for p in parts][1] == 1
+    assert parts[1].metadata is ar.metadata[1]  # the parts share the metadata
+    # one task of a multi-task result, by msg_id: its part, with its value
+    assert rc.get_result(ar.msg_ids[1]) is parts[1]
+    mapped = rc.load_balanced_view().map_async(double, range(6), chunksize=2)
+    assert [p.get(30) for p in mapped.split()] == [[0, 2], [4, 6], [8, 10]]
+    single = rc[0].apply_async(double, 1)
+    assert single.split() == (single,)
+    bcast = rc.broadcast_view().apply_async(double, 2)
+    assert rc.get_result(bcast.msg_ids[0]) is bcast  # a broadcast is one task
+
+
 def test_map_takes_iterators_and_generators(rc: Client) -> None:
     lview = rc.load_balanced_view()
     assert lview.map_sync(double, iter(range(5))) == [0, 2, 4, 6, 8]

@@ -1001,6 +1001,16 @@ class _Combined(AsyncResult):
         for index, part in enumerate(parts):
             part.add_done_callback(lambda p, i=index: self._part_done(i, p))
 
+    def split(self) -> tuple[AsyncResult, ...]:
+        """The results this one combines, one per engine."""
+        return tuple(self._parts)
+
+    def _part_of(self, msg_id: str) -> AsyncResult:
+        for part in self._parts:
+            if msg_id in part.msg_ids:
+                return part._part_of(msg_id)
+        return self
+
     def _part_done(self, index: int, part: AsyncResult) -> None:
         with self._parts_lock:
             self._record_part(index, part)
