@@ -99,9 +99,18 @@ def test_sync_spellings_results_metadata_and_the_error_module(tmp_path: Path) ->
         except ipp.error.CompositeError as e:
             assert isinstance(e, ipp.error.RemoteError) and isinstance(e, ipp.error.IPythonError)
             assert [t[0] for t in e.elist] == ["ValueError", "ValueError"]
+            infos = [t[3] for t in e.elist]  # what the engines said about themselves
+            assert [i["engine_id"] for i in infos] == [0, 1]
+            assert all(i["method"] == "apply" and i["engine_uuid"] for i in infos)
             assert "boom 7" in e.elist[0][1]
         else:
             raise AssertionError("no CompositeError")
+        try:
+            rc[:].execute("1 / 0", block=True)
+        except CompositeError as e:
+            assert [t[3]["method"] for t in e.elist] == ["execute", "execute"]
+        else:
+            raise AssertionError("no CompositeError from execute")
         first = rc.results[bad.msg_ids[0]]
         assert isinstance(first, RemoteError) and first.ename == "ValueError"
         try:
