@@ -522,6 +522,29 @@ def test_reference_arguments(rc: Client) -> None:
     with pytest.raises(RemoteError) as info:
         rc[0].apply_sync(double, ipp.Reference("missing_name"))
     assert info.value.ename == "NameError"
+    # expressions, and References standing for the function (ipyparallel)
+    rc[0]["g"] = list(range(5))
+    assert rc[0].apply_sync(double, ipp.Reference("g[3]")) == 6
+    dview.execute("times = lambda x, y: x * y", block=True)
+    xs, ys = list(range(10)), list(range(10))[::-1]
+    expected = [x * y for x, y in zip(xs, ys, strict=True)]
+    assert dview.map_sync(ipp.Reference("times"), xs, ys) == expected
+    assert rc.load_balanced_view().map_sync(ipp.Reference("times"), xs, ys) == expected
+    assert rc[1].apply_sync(ipp.Reference("times"), 6, 7) == 42
+    with pytest.raises(TypeError):
+        ipp.Reference("not an expression(")
+
+
+def test_outputs_values_and_rich_execute_replies(rc: Client) -> None:
+    e0 = rc[0]
+    code = "from corral.display import display, HTML\n[display(i) for i in range(3)]\n"
+    shown = e0.execute(code + "HTML('<b>b</b>')", block=True)
+    # as in ipyparallel: outputs are the displays; the value has its own key
+    assert [o["data"] for o in shown.outputs] == [{"text/plain": str(i)} for i in range(3)]
+    reply = shown.get()
+    assert reply._repr_html_() == "<b>b</b>"
+    assert reply._repr_png_() is None
+    assert "text/html" in reply._repr_mimebundle_()
 
 
 def test_require_and_depend_are_checked_on_the_engine(rc: Client) -> None:

@@ -150,6 +150,7 @@ def test_async_spellings(tmp_path: Path) -> None:
         """
         import asyncio
         import os
+        import time
         import corral as ipp
 
         async def main():
@@ -159,8 +160,12 @@ def test_async_spellings(tmp_path: Path) -> None:
             rc.wait_for_engines(2, timeout=60)
             pids = await rc[:].apply_async(os.getpid)
             assert len(set(pids)) == 2
-            await cluster.stop_engine(1)
-            assert rc.ids == [0]
+            stopped = await cluster.stop_engine(1)
+            assert stopped == [1]
+            deadline = time.monotonic() + 30  # this client hears of it a moment later
+            while rc.ids != [0]:
+                assert time.monotonic() < deadline, rc.ids
+                await asyncio.sleep(0.01)
             await cluster.stop_cluster()
             assert not cluster.is_running
 

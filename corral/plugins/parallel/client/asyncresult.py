@@ -335,11 +335,14 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 md["outputs_ready"] = True
                 self._notify()
         elif msg_type in _OUTPUT_TYPES:
-            md["outputs"].append({"msg_type": msg_type, **content})
+            # As in ipyparallel: ``outputs`` holds what was displayed; the cell's value
+            # and its error have keys of their own (they come last, when they come).
             if msg_type == "execute_result":
                 md["execute_result"] = content
             elif msg_type == "error":
                 md["error"] = content
+            else:
+                md["outputs"].append({"msg_type": msg_type, **content})
 
     def _outputs_done(self) -> bool:
         return all(self._metadata_slot(i)["outputs_ready"] for i in range(len(self._md)))
@@ -733,7 +736,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 err.write(f"[stderr:{engine}] {md['stderr']}")
                 if not md["stderr"].endswith("\n"):
                     err.write("\n")
-            for output in md["outputs"]:
+            for output in _shown(md):
                 data = output.get("data") or {}
                 text = data.get("text/plain")
                 if text is not None:
@@ -1000,6 +1003,52 @@ class ExecuteReply:
         data["text/plain"] = repr(self)
         return data
 
+    def _repr_mime_(self, mime: str) -> Any:
+        """The cell value's ``mime`` representation (with its metadata, if any), as
+        ipyparallel's ``_repr_html_`` & co. return it; None if there is none."""
+        result = self.execute_result
+        if result is None:
+            return None
+        data = (result.get("data") or {}).get(mime)
+        if data is None:
+            return None
+        metadata = (result.get("metadata") or {}).get(mime)
+        return (data, metadata) if metadata else data
+
+    def _repr_html_(self) -> Any:
+        return self._repr_mime_("text/html")
+
+    def _repr_latex_(self) -> Any:
+        return self._repr_mime_("text/latex")
+
+    def _repr_json_(self) -> Any:
+        return self._repr_mime_("application/json")
+
+    def _repr_javascript_(self) -> Any:
+        return self._repr_mime_("application/javascript")
+
+    def _repr_png_(self) -> Any:
+        return self._repr_mime_("image/png")
+
+    def _repr_jpeg_(self) -> Any:
+        return self._repr_mime_("image/jpeg")
+
+    def _repr_svg_(self) -> Any:
+        return self._repr_mime_("image/svg+xml")
+
+    def _repr_markdown_(self) -> Any:
+        return self._repr_mime_("text/markdown")
+
+
+def _shown(md: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a task showed, in order: its displays, then its value or its error."""
+    shown = list(md["outputs"])
+    for kind in ("execute_result", "error"):
+        content = md.get(kind)
+        if content is not None:
+            shown.append({"msg_type": kind, **content})
+    return shown
+
 
 def _print_single(md: dict[str, Any], out: IO[str], err: IO[str]) -> None:
     """One engine's output printed as it was printed there (ipyparallel's single result)."""
@@ -1007,7 +1056,7 @@ def _print_single(md: dict[str, Any], out: IO[str], err: IO[str]) -> None:
         out.write(md["stdout"])
     if md["stderr"]:
         err.write(md["stderr"])
-    for output in md["outputs"]:
+    for output in _shown(md):
         text = (output.get("data") or {}).get("text/plain")
         if text is not None:
             out.write(f"{text}\n")

@@ -56,14 +56,22 @@ class Reference:
     """An argument that stands for a name in the engine's namespace.
 
     ``view.apply(f, Reference("a"))`` runs ``f(a)`` with each engine's own ``a``; dotted
-    paths (``Reference("a.b")``) name attributes.
+    paths (``Reference("a.b")``) name attributes, and, as in ipyparallel, any expression
+    is evaluated in the engine's namespace (``Reference("g[0]")``). A Reference may also
+    stand for the function itself: ``view.map(Reference("f"), xs)``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 expressions, and References as the function.
     """
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
-            raise TypeError(f"a Reference names a variable (or a.b.c path), not {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"a Reference names a variable or an expression, not {name!r}")
+        if not all(p.isidentifier() for p in name.split(".")):
+            try:
+                compile(name, "<Reference>", "eval")
+            except SyntaxError:
+                raise TypeError(f"a Reference is a name or an expression, not {name!r}") from None
         self.name = name
         _USED[0] = True
 
@@ -87,7 +95,10 @@ def _make_ref_caller() -> Callable[..., Any]:
         def resolve(value: Any) -> Any:
             if type(value).__name__ != "Reference" or not hasattr(value, "name"):
                 return value
-            head, *rest = value.name.split(".")
+            path = value.name.split(".")
+            if not all(p.isidentifier() for p in path):  # an expression (ipyparallel's)
+                return eval(value.name, ns)
+            head, *rest = path
             if head not in ns:
                 raise NameError(f"name {head!r} is not defined on this engine")
             found = ns[head]
@@ -95,6 +106,7 @@ def _make_ref_caller() -> Callable[..., Any]:
                 found = getattr(found, attr)
             return found
 
+        func = resolve(func)
         args = [resolve(a) for a in args]
         kwargs = {k: resolve(v) for k, v in (kwargs or {}).items()}
         return func(*args, **kwargs)
@@ -111,7 +123,7 @@ def with_references(
     func: Callable[..., Any], args: Any, kwargs: dict[str, Any] | None
 ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None]:
     """``(func, args, kwargs)`` rewritten to resolve References on the engine, if any."""
-    values = list(args) + list((kwargs or {}).values())
+    values = [func, *args, *(kwargs or {}).values()]
     if not any(isinstance(v, Reference) for v in values):
         return func, tuple(args), kwargs
     return _call_with_references, (func, tuple(args), dict(kwargs or {})), None

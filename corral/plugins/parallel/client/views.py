@@ -32,7 +32,7 @@ from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult
 from .client import Client
-from .dependencies import dependency_field
+from .dependencies import Reference, dependency_field, with_references
 from .errors import ControllerLost, RemoteError
 from .mapping import (
     IMapIterator,
@@ -244,7 +244,10 @@ class View:
         shipped = self.client._functions.lookup(f)
         for part, target in zip(slices, targets, strict=True):
             columns = [_take(seq, part) for seq in sequences]
-            buffers = pack_apply(map_chunk, (shipped, *columns))
+            if isinstance(f, Reference):  # the engine's own function: resolved there
+                buffers = pack_apply(*with_references(map_chunk, (shipped, *columns), None))
+            else:
+                buffers = pack_apply(map_chunk, (shipped, *columns))
             ident = None if target is None else self.client._engine(target).ident
             routes.append((target, ident, buffers))
 
