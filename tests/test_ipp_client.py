@@ -718,7 +718,8 @@ def test_more_ipyparallel_names(rc: Client, capsys: Any) -> None:
     rc.spin()
     assert ipp.ViewExecutor is ipp.plugins.parallel.client.executor.ClusterExecutor
     assert ipp.use_cloudpickle() is None and ipp.use_pickle() is None
-    with pytest.raises(NotImplementedError):
-        ipp.use_dill()
+    assert ipp.use_dill() is None  # a habit of ipyparallel notebooks: accepted
+    rc[:].use_dill().get(30)
+    assert rc[:].apply_sync(lambda k=3: (lambda x: x * k)(2)) == [6, 6]  # closures go anyway
     assert issubclass(ipp.NoEnginesRegistered, ipp.KernelError)
     assert ipp.FIRST_COMPLETED == concurrent.futures.FIRST_COMPLETED

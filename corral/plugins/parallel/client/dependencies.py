@@ -359,5 +359,9 @@ def use_pickle() -> None:
 
 
 def use_dill() -> None:
-    """Refused: corral does not serialize with dill (cloudpickle covers the same ground)."""
-    raise NotImplementedError("corral does not use dill; cloudpickle is used where needed")
+    """Accepted for ipyparallel code; changes nothing: what people switch to dill for
+    (lambdas, closures, interactively defined functions) corral already sends by value
+    with cloudpickle.
+
+    .. versionchanged:: 0.2 a no-op (it raised ``NotImplementedError``).
+    """

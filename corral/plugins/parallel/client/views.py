@@ -841,9 +841,14 @@ class DirectView(View):
         return self.apply(_noop)
 
     def use_dill(self) -> Any:
-        """Refused: corral serializes with pickle and cloudpickle only (see
-        :meth:`use_cloudpickle`), and dill is not a dependency."""
-        raise NotImplementedError("corral does not use dill; cloudpickle is used where needed")
+        """Accepted for ipyparallel code; changes nothing. What people switch to dill
+        for (lambdas, closures, interactively defined functions) corral already sends by
+        value with cloudpickle, and dill is not a dependency (see :meth:`use_cloudpickle`).
+
+        .. versionchanged:: 0.2 a no-op (raised ``NotImplementedError``, which stopped
+           notebooks that call it out of habit).
+        """
+        return self.apply(_noop)
 
     def use_pickle(self) -> Any:
         """Accepted for ipyparallel code; changes nothing (see :meth:`use_cloudpickle`)."""
