@@ -535,6 +535,29 @@ def test_reference_arguments(rc: Client) -> None:
         ipp.Reference("not an expression(")
 
 
+def publishing(n: int) -> str:
+    from corral.datapub import publish_data
+
+    for i in range(n):
+        publish_data({"i": i, "square": i * i})
+    return "done"
+
+
+def test_publish_data_reaches_ar_data(rc: Client) -> None:
+    ar = rc[:].apply_async(publishing, 5)
+    assert ar.get(30) == ["done", "done"]
+    assert ar.wait_for_output(30)
+    assert ar.data == [{"i": 4, "square": 16}] * 2  # merged per task, later keys win
+    code = (
+        "from corral.datapub import publish_data\nfor i in range(3):\n    publish_data(dict(i=i))"
+    )
+    one = rc[0].execute(code, block=True)
+    assert one.data == {"i": 2}
+    assert rc[1].apply_sync(double, 1) == 2 and rc[1].apply_async(double, 2).get(30) == 4
+    with pytest.raises(RuntimeError, match="corral engine"):
+        ipp.datapub.publish_data({"here": 1})
+
+
 def test_outputs_values_and_rich_execute_replies(rc: Client) -> None:
     e0 = rc[0]
     code = "from corral.display import display, HTML\n[display(i) for i in range(3)]\n"

@@ -111,6 +111,7 @@ def new_metadata(submitted: datetime | None = None) -> dict[str, Any]:
         "outputs": [],
         "execute_result": None,
         "error": None,
+        "data": {},
         "outputs_ready": False,
     }
 
@@ -334,6 +335,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             elif state == "idle":
                 md["outputs_ready"] = True
                 self._notify()
+        elif msg_type == "data_message":  # corral.datapub.publish_data on the engine
+            try:
+                md["data"].update(deserialize(list(msg.buffers)))
+            except Exception as exc:  # data this process cannot load: say so, go on
+                md["data"]["_corral_error"] = f"{type(exc).__name__}: {exc}"
         elif msg_type in _OUTPUT_TYPES:
             # As in ipyparallel: ``outputs`` holds what was displayed; the cell's value
             # and its error have keys of their own (they come last, when they come).

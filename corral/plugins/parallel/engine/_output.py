@@ -49,10 +49,15 @@ class EngineIOPub(IOPubPublisher):
         content: dict[str, Any],
         parent: dict[str, Any] | None,
         metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
     ) -> None:
         self.sent += 1
         super()._send_locked(
-            msg_type, content, parent, self.default_metadata if metadata is None else metadata
+            msg_type,
+            content,
+            parent,
+            self.default_metadata if metadata is None else metadata,
+            buffers,
         )
 
 
