@@ -247,11 +247,11 @@ if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at 
     )
 
 #: Submodules reachable as attributes without importing them first (``ipp.error``).
-_SUBMODULES = frozenset({"error"})
+_SUBMODULES = frozenset({"error", "datapub"})
 
 version_info = tuple(int(p) for p in __version__.split("."))
 
-__all__ = ["__version__", "version_info", "error", *_EXPORTS]
+__all__ = ["__version__", "version_info", "error", "datapub", *_EXPORTS]
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -216,6 +216,52 @@ def test_execute_returns_a_result_with_execute_result(rc: Client) -> None:
     assert bview.pull("c", block=True) == [3, 3]
 
 
+def test_execute_block_returns_with_its_output(rc: Client) -> None:
+    # the execute_result travels on iopub, apart from the reply: a blocking execute (and
+    # get()) waits for it, so it is there at once, every time
+    for i in range(40):
+        reply = rc[i % 2].execute(f"print('out', {i}); {i} * 2", block=True).get()
+        assert reply.execute_result["data"]["text/plain"] == str(i * 2)
+        assert reply.stdout == f"out {i}\n"
+    ar = rc[:].execute("7 * 6")
+    assert [r.execute_result["data"]["text/plain"] for r in ar.get()] == ["42", "42"]
+    fetched = rc.get_result(ar.msg_ids[0]).get()
+    assert fetched.execute_result["data"]["text/plain"] == "42"
+
+
+def fail_first(rank: int) -> int:
+    import time
+
+    if rank == 0:
+        raise ValueError("rank 0 fails at once")
+    time.sleep(0.5)
+    return rank
+
+
+def test_split_and_wait_first_exception(rc: Client) -> None:
+    dview = rc[:]
+    dview.scatter("rank", rc.ids, flatten=True, block=True)
+    ar = dview.apply_async(fail_first, ipp.Reference("rank"))
+    done, pending = ar.wait(timeout=30, return_when=ipp.FIRST_EXCEPTION)
+    assert len(done) == 1 and len(pending) == 1  # back before the slow engine is done
+    (first,) = done
+    assert first.msg_ids == ar.msg_ids[:1] and first.engine_id == 0
+    with pytest.raises(RemoteError):
+        first.get()
+    assert ar.wait(timeout=30) is True
+    parts = ar.split()
+    assert [p.get(return_exceptions=True) for p in parts][1] == 1
+    assert parts[1].metadata is ar.metadata[1]  # the parts share the metadata
+    # one task of a multi-task result, by msg_id: its part, with its value
+    assert rc.get_result(ar.msg_ids[1]) is parts[1]
+    mapped = rc.load_balanced_view().map_async(double, range(6), chunksize=2)
+    assert [p.get(30) for p in mapped.split()] == [[0, 2], [4, 6], [8, 10]]
+    single = rc[0].apply_async(double, 1)
+    assert single.split() == (single,)
+    bcast = rc.broadcast_view().apply_async(double, 2)
+    assert rc.get_result(bcast.msg_ids[0]) is bcast  # a broadcast is one task
+
+
 def test_map_takes_iterators_and_generators(rc: Client) -> None:
     lview = rc.load_balanced_view()
     assert lview.map_sync(double, iter(range(5))) == [0, 2, 4, 6, 8]
@@ -225,6 +271,26 @@ def test_map_takes_iterators_and_generators(rc: Client) -> None:
     assert list(gen) == [2 * i for i in range(20)]
     with pytest.raises(TypeError, match="not both"):
         lview.imap(double, range(3), max_in_flight=2, max_outstanding=3)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_imap_cancel_stops_taking_input(rc: Client, ordered: bool) -> None:
+    import itertools
+
+    lview = rc.load_balanced_view()
+    taken: list[int] = []
+
+    def source() -> Any:
+        for i in itertools.count():
+            taken.append(i)
+            yield i
+
+    gen = lview.imap(double, source(), ordered=ordered, max_outstanding=3)
+    first = [next(gen), next(gen)]
+    gen.cancel()  # an infinite input: stop once we have what we need
+    rest = list(gen)  # the tasks already submitted still give their results
+    assert len(taken) <= 5  # 3 in flight, plus one more per result consumed
+    assert sorted(first + rest) == [2 * i for i in taken]
 
 
 def test_abort_by_msg_id(rc: Client, tmp_path: Path) -> None:
@@ -448,6 +514,52 @@ def test_reference_arguments(rc: Client) -> None:
     with pytest.raises(RemoteError) as info:
         rc[0].apply_sync(double, ipp.Reference("missing_name"))
     assert info.value.ename == "NameError"
+    # expressions, and References standing for the function (ipyparallel)
+    rc[0]["g"] = list(range(5))
+    assert rc[0].apply_sync(double, ipp.Reference("g[3]")) == 6
+    dview.execute("times = lambda x, y: x * y", block=True)
+    xs, ys = list(range(10)), list(range(10))[::-1]
+    expected = [x * y for x, y in zip(xs, ys, strict=True)]
+    assert dview.map_sync(ipp.Reference("times"), xs, ys) == expected
+    assert rc.load_balanced_view().map_sync(ipp.Reference("times"), xs, ys) == expected
+    assert rc[1].apply_sync(ipp.Reference("times"), 6, 7) == 42
+    with pytest.raises(TypeError):
+        ipp.Reference("not an expression(")
+
+
+def publishing(n: int) -> str:
+    from corral.datapub import publish_data
+
+    for i in range(n):
+        publish_data({"i": i, "square": i * i})
+    return "done"
+
+
+def test_publish_data_reaches_ar_data(rc: Client) -> None:
+    ar = rc[:].apply_async(publishing, 5)
+    assert ar.get(30) == ["done", "done"]
+    assert ar.wait_for_output(30)
+    assert ar.data == [{"i": 4, "square": 16}] * 2  # merged per task, later keys win
+    code = (
+        "from corral.datapub import publish_data\nfor i in range(3):\n    publish_data(dict(i=i))"
+    )
+    one = rc[0].execute(code, block=True)
+    assert one.data == {"i": 2}
+    assert rc[1].apply_sync(double, 1) == 2 and rc[1].apply_async(double, 2).get(30) == 4
+    with pytest.raises(RuntimeError, match="corral engine"):
+        ipp.datapub.publish_data({"here": 1})
+
+
+def test_outputs_values_and_rich_execute_replies(rc: Client) -> None:
+    e0 = rc[0]
+    code = "from corral.display import display, HTML\n[display(i) for i in range(3)]\n"
+    shown = e0.execute(code + "HTML('<b>b</b>')", block=True)
+    # as in ipyparallel: outputs are the displays; the value has its own key
+    assert [o["data"] for o in shown.outputs] == [{"text/plain": str(i)} for i in range(3)]
+    reply = shown.get()
+    assert reply._repr_html_() == "<b>b</b>"
+    assert reply._repr_png_() is None
+    assert "text/html" in reply._repr_mimebundle_()
 
 
 def test_require_and_depend_are_checked_on_the_engine(rc: Client) -> None:
@@ -479,6 +591,25 @@ def test_require_and_depend_are_checked_on_the_engine(rc: Client) -> None:
     assert mine() == os.getpid()  # locally, a plain call
 
 
+def _make_tripler() -> Any:
+    def tripled(x: int) -> int:
+        return 3 * x
+
+    return tripled
+
+
+def test_require_pushes_functions_and_names(rc: Client) -> None:
+    # ``tripled`` and ``scale`` are no globals here: only require() can provide them
+    @ipp.require(_make_tripler(), scale=7)
+    def uses(x: int) -> int:
+        return tripled(x) * scale  # type: ignore[name-defined]  # noqa: F821
+
+    assert rc.load_balanced_view().apply_sync(uses, 2) == 42
+    assert rc[0].apply_sync(uses, 1) == 21
+    with pytest.raises(TypeError):
+        ipp.require(42)
+
+
 def test_after_with_a_dependency_set(rc: Client, tmp_path: Path) -> None:
     lview = rc.load_balanced_view()
     marker = tmp_path / "first"
@@ -494,7 +625,7 @@ def boom_task() -> None:
     raise RuntimeError("dependency fails")
 
 
-def test_dependency_flags_and_unreachable_dependencies(rc: Client) -> None:
+def test_dependency_flags_and_unreachable_dependencies(rc: Client, tmp_path: Path) -> None:
     lview = rc.load_balanced_view()
     failed = lview.apply_async(boom_task)
     ok = lview.apply_async(os.getpid)
@@ -515,6 +646,15 @@ def test_dependency_flags_and_unreachable_dependencies(rc: Client) -> None:
         with pytest.raises(ipp.ImpossibleDependency) as info:
             lview.apply_sync(os.getpid)
     assert info.value.ename == "ImpossibleDependency"
+    # waiting past ``timeout``: ipyparallel's TaskTimeout (corral's DependencyTimeout)
+    release = tmp_path / "release"
+    blocker = lview.apply_async(wait_for_file, str(release))
+    with lview.temp_flags(after=blocker, timeout=0.1):
+        with pytest.raises(ipp.TaskTimeout) as timed_out:
+            lview.apply_sync(os.getpid)
+    assert isinstance(timed_out.value, ipp.DependencyTimeout)
+    release.write_text("")
+    assert blocker.get(30) == "released"
 
 
 def test_depend_on_a_load_balanced_view_finds_the_engine(rc: Client) -> None:
@@ -593,7 +733,8 @@ def test_more_ipyparallel_names(rc: Client, capsys: Any) -> None:
     rc.spin()
     assert ipp.ViewExecutor is ipp.plugins.parallel.client.executor.ClusterExecutor
     assert ipp.use_cloudpickle() is None and ipp.use_pickle() is None
-    with pytest.raises(NotImplementedError):
-        ipp.use_dill()
+    assert ipp.use_dill() is None  # a habit of ipyparallel notebooks: accepted
+    rc[:].use_dill().get(30)
+    assert rc[:].apply_sync(lambda k=3: (lambda x: x * k)(2)) == [6, 6]  # closures go anyway
     assert issubclass(ipp.NoEnginesRegistered, ipp.KernelError)
     assert ipp.FIRST_COMPLETED == concurrent.futures.FIRST_COMPLETED

@@ -79,6 +79,19 @@ def test_sync_spellings_results_metadata_and_the_error_module(tmp_path: Path) ->
         assert set(ar.msg_ids) <= set(rc.results)
         assert set(ar.msg_ids) <= set(rc.metadata)
         assert "no-such-id" not in rc.results
+        busy = rc[0].apply_async(__import__("time").sleep, 0.3)
+        try:
+            rc.purge_local_results("all")  # as in ipyparallel: not while tasks run
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("purged outstanding tasks")
+        busy.get(60)
+        rc.purge_local_results(ar.msg_ids[:1])
+        assert ar.msg_ids[0] not in rc.results and ar.msg_ids[1] in rc.results
+        rc.purge_local_results(targets=[0, 1])
+        assert ar.msg_ids[1] not in rc.metadata and busy.msg_ids[0] not in rc.metadata
+        assert ar.get() == pids  # a result held keeps its value
 
         bad = rc[:].apply_async(boom, 7)
         try:
@@ -86,9 +99,18 @@ def test_sync_spellings_results_metadata_and_the_error_module(tmp_path: Path) ->
         except ipp.error.CompositeError as e:
             assert isinstance(e, ipp.error.RemoteError) and isinstance(e, ipp.error.IPythonError)
             assert [t[0] for t in e.elist] == ["ValueError", "ValueError"]
+            infos = [t[3] for t in e.elist]  # what the engines said about themselves
+            assert [i["engine_id"] for i in infos] == [0, 1]
+            assert all(i["method"] == "apply" and i["engine_uuid"] for i in infos)
             assert "boom 7" in e.elist[0][1]
         else:
             raise AssertionError("no CompositeError")
+        try:
+            rc[:].execute("1 / 0", block=True)
+        except CompositeError as e:
+            assert [t[3]["method"] for t in e.elist] == ["execute", "execute"]
+        else:
+            raise AssertionError("no CompositeError from execute")
         first = rc.results[bad.msg_ids[0]]
         assert isinstance(first, RemoteError) and first.ename == "ValueError"
         try:
@@ -128,6 +150,7 @@ def test_async_spellings(tmp_path: Path) -> None:
         """
         import asyncio
         import os
+        import time
         import corral as ipp
 
         async def main():
@@ -137,8 +160,12 @@ def test_async_spellings(tmp_path: Path) -> None:
             rc.wait_for_engines(2, timeout=60)
             pids = await rc[:].apply_async(os.getpid)
             assert len(set(pids)) == 2
-            await cluster.stop_engine(1)
-            assert rc.ids == [0]
+            stopped = await cluster.stop_engine(1)
+            assert stopped == [1]
+            deadline = time.monotonic() + 30  # this client hears of it a moment later
+            while rc.ids != [0]:
+                assert time.monotonic() < deadline, rc.ids
+                await asyncio.sleep(0.01)
             await cluster.stop_cluster()
             assert not cluster.is_running
 

@@ -363,12 +363,12 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
     both.display_outputs()
     out, err = capsys.readouterr()
     assert "[stdout:0] hello from 4" in out and "[stdout:1] hello from 4" in out
-    # display_data and execute_result land in outputs
+    # displays land in outputs, the value in execute_result (as in ipyparallel)
     executed = rc[0].execute("from corral.display import display\ndisplay(41)\n40 + 2", block=False)
     executed.get(30)
     assert executed.wait_for_output(30)
-    kinds = [o["msg_type"] for o in executed.metadata["outputs"]]
-    assert "execute_result" in kinds
+    assert [o["data"] for o in executed.metadata["outputs"]] == [{"text/plain": "41"}]
+    assert executed.metadata["execute_result"]["data"]["text/plain"] == "42"
 
 
 def test_await_as_completed_and_wait_interactive(rc: Client) -> None:

@@ -22,6 +22,7 @@ from corral.plugins.parallel.client.asyncresult import (
     AsyncMapResult,
     AsyncResult,
     BroadcastResult,
+    ExecuteReply,
     as_completed,
 )
 from corral.plugins.parallel.client.errors import (
@@ -249,6 +250,17 @@ def test_single_result_lifecycle() -> None:
     assert not result.wait_for_output(0.01)  # the idle status has not arrived yet
     result._on_iopub("a", _iopub("a", "status", execution_state="idle"))
     assert result.wait_for_output(0)
+
+
+def test_execute_reply_that_beats_the_execute_mark() -> None:
+    # execute() marks its result after submitting: a reply quick enough to finish it
+    # first (a local engine) must still give ExecuteReply objects, the same ones each time
+    result = AsyncResult(_FakeClient(), ["a"], fname="execute")
+    assert result._on_reply("a", _reply("a", None))
+    result._execute = True
+    replies = result.get()
+    assert isinstance(replies, ExecuteReply) and replies.engine_id == 0
+    assert result.get() is replies
 
 
 def test_multi_result_composite_and_iteration_order() -> None:

@@ -70,6 +70,8 @@ def as_datetime(value: Any) -> datetime | None:
 # Guards the lazy creation of metadata dicts (I/O thread vs readers); held for
 # microseconds, so one lock for all results is enough.
 _md_lock = threading.Lock()
+#: Guards the making of split() parts and the copy into each (I/O thread and caller).
+_split_lock = threading.Lock()
 
 
 def _apply_reply(
@@ -109,8 +111,16 @@ def new_metadata(submitted: datetime | None = None) -> dict[str, Any]:
         "outputs": [],
         "execute_result": None,
         "error": None,
+        "data": {},
         "outputs_ready": False,
     }
+
+
+#: Seconds an execute's result() waits for output that trails its reply (bounded: the
+#: output of an engine that died after replying never comes).
+EXECUTE_OUTPUT_WAIT = 5.0
+#: The client's I/O thread (io.ClientIO), which must never wait for its own deliveries.
+_IO_THREAD = "corral-client-io"
 
 
 class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -131,6 +141,9 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     _return_exceptions = False
     #: An execute request: values are :class:`ExecuteReply` objects.
     _execute = False
+    _replies: Any = None  # execute's ExecuteReply objects, made on first result()
+    #: One result per slot, made by split() on first use.
+    _split_parts: tuple[_Part, ...] | None = None
     #: The request as sent, for Client.resubmit (set by the client when it sends one).
     _request: tuple[Any, ...] | None = None
     #: Wake waiters on every stream message too (set while %px streams output).
@@ -246,6 +259,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 done_slots[index] = True
                 self._completed_order.append(index)
         self._remaining = 0
+        for part in self._split_parts or ():
+            part._from_parent()
         try:
             self.set_exception(error)
         except concurrent.futures.InvalidStateError:
@@ -256,6 +271,9 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self._done_slots[index] = True
         self._completed_order.append(index)
         self._remaining -= 1
+        parts = self._split_parts
+        if parts is not None:
+            parts[index]._from_parent()
         if self._remaining == 0:
             self._finish()
         self._notify()
@@ -317,12 +335,20 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             elif state == "idle":
                 md["outputs_ready"] = True
                 self._notify()
+        elif msg_type == "data_message":  # corral.datapub.publish_data on the engine
+            try:
+                md["data"].update(deserialize(list(msg.buffers)))
+            except Exception as exc:  # data this process cannot load: say so, go on
+                md["data"]["_corral_error"] = f"{type(exc).__name__}: {exc}"
         elif msg_type in _OUTPUT_TYPES:
-            md["outputs"].append({"msg_type": msg_type, **content})
+            # As in ipyparallel: ``outputs`` holds what was displayed; the cell's value
+            # and its error have keys of their own (they come last, when they come).
             if msg_type == "execute_result":
                 md["execute_result"] = content
             elif msg_type == "error":
                 md["error"] = content
+            else:
+                md["outputs"].append({"msg_type": msg_type, **content})
 
     def _outputs_done(self) -> bool:
         return all(self._metadata_slot(i)["outputs_ready"] for i in range(len(self._md)))
@@ -521,9 +547,22 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         """As :meth:`concurrent.futures.Future.result`; a timeout's ``TimeoutError`` says
         which tasks it waited for, and that no engine is registered if none is."""
         try:
-            return super().result(timeout)
+            value = super().result(timeout)
         except concurrent.futures.TimeoutError:
             raise concurrent.futures.TimeoutError(self._timeout_message(timeout)) from None
+        if self._execute:
+            # An execute's output (its execute_result too) travels on iopub, apart from
+            # the reply: wait a little for it, so ``execute(block=True)`` returns with the
+            # ExecuteReplies complete (never on the I/O thread, which delivers it).
+            if not self._outputs_done() and threading.current_thread().name != _IO_THREAD:
+                self.wait_for_output(EXECUTE_OUTPUT_WAIT)
+            # execute() marks its result after submitting, so a quick reply may have
+            # finished it without the mark: the ExecuteReplies are made here, once.
+            replies = self._replies
+            if replies is None:
+                replies = self._replies = self._execute_replies()
+            return replies
+        return value
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
@@ -541,10 +580,45 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             text += "; no engines registered (tasks wait until one registers)"
         return text
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until ready (or ``timeout``); whether it is ready. Never raises."""
+    def wait(self, timeout: float | None = None, return_when: str = ALL_COMPLETED) -> Any:
+        """Wait until ready (or ``timeout``; ``-1``/None: forever); whether it is ready.
+        Never raises.
+
+        With ``return_when=FIRST_COMPLETED`` or ``FIRST_EXCEPTION`` (ipyparallel 8), wait
+        on the tasks one by one and return ``(done, not_done)``, sets of the results of
+        :meth:`split`.
+        """
+        timeout = None if timeout is None or timeout < 0 else timeout
+        if return_when != ALL_COMPLETED:
+            done, not_done = concurrent.futures.wait(self.split(), timeout, return_when)
+            return done, not_done
         done, _ = concurrent.futures.wait([self], timeout)
         return bool(done)
+
+    def split(self) -> tuple[AsyncResult, ...]:
+        """One result per task (per engine of a broadcast, per chunk of a map), each done
+        when its task is, sharing this result's metadata (ipyparallel 8). For
+        ``concurrent.futures.wait`` and friends, to act on partial results."""
+        if len(self._done_slots) == 1:
+            return (self,)
+        parts = self._split_parts
+        if parts is None:
+            with _split_lock:
+                parts = self._split_parts
+                if parts is None:
+                    made = tuple(_Part(self, i) for i in range(len(self._done_slots)))
+                    self._split_parts = parts = made
+            for index, part in enumerate(parts):
+                if self._done_slots[index]:  # done before the parts existed
+                    part._from_parent()
+        return parts
+
+    def _part_of(self, msg_id: str) -> AsyncResult:
+        """The part of :meth:`split` for ``msg_id`` (this result if it has one task)."""
+        index = self._slot_of.get(msg_id)
+        if index is None or len(self.msg_ids) == 1:  # one task (a broadcast is one too)
+            return self
+        return self.split()[index]
 
     def ready(self) -> bool:
         """Whether every task has finished (successfully or not)."""
@@ -587,7 +661,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         if self.done():
             return False
         self.abort()
-        return super().cancel()
+        cancelled = super().cancel()
+        if cancelled:
+            for part in self._split_parts or ():
+                concurrent.futures.Future.cancel(part)  # their tasks went with this abort
+        return cancelled
 
     def _pending_msg_ids(self) -> list[str]:
         return [m for m in self.msg_ids if not self._done_slots[self._slot_of.get(m, 0)]]
@@ -664,7 +742,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 err.write(f"[stderr:{engine}] {md['stderr']}")
                 if not md["stderr"].endswith("\n"):
                     err.write("\n")
-            for output in md["outputs"]:
+            for output in _shown(md):
                 data = output.get("data") or {}
                 text = data.get("text/plain")
                 if text is not None:
@@ -728,6 +806,40 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         state = "finished" if self.done() else "pending"
         name = next(c.__name__ for c in type(self).__mro__ if not c.__name__.startswith("_"))
         return f"<{name}({self.fname or ''}): {state}>"
+
+
+class _Part(AsyncResult):
+    """One slot of another result, as :meth:`AsyncResult.split` hands it out: its
+    metadata and progress condition are the parent's, its value is copied when the
+    parent's slot is done."""
+
+    def __init__(self, parent: AsyncResult, index: int) -> None:
+        ids = parent.msg_ids
+        msg_id = ids[index] if index < len(ids) else ids[0]
+        targets = parent._targets
+        target = [targets[index]] if targets is not None and index < len(targets) else None
+        super().__init__(parent._client, [msg_id], fname=parent.fname, targets=target)
+        self._parent = parent
+        self._index = index
+        self._submitted = parent._submitted
+        self._execute = parent._execute
+        self._return_exceptions = parent._return_exceptions
+        self._md[0] = parent._metadata_slot(index)
+        self._progress = parent._progress_condition()
+        self._copied = False
+
+    def _from_parent(self) -> None:
+        with _split_lock:
+            if self._copied:
+                return
+            self._copied = True
+        parent, index = self._parent, self._index
+        self._values[0] = parent._values[index]
+        self._errors[0] = parent._errors[index]
+        self._slot_done(0)
+
+    def _pending_msg_ids(self) -> list[str]:
+        return [] if self.done() else list(self.msg_ids)
 
 
 class AsyncMapResult(AsyncResult):
@@ -897,6 +1009,52 @@ class ExecuteReply:
         data["text/plain"] = repr(self)
         return data
 
+    def _repr_mime_(self, mime: str) -> Any:
+        """The cell value's ``mime`` representation (with its metadata, if any), as
+        ipyparallel's ``_repr_html_`` & co. return it; None if there is none."""
+        result = self.execute_result
+        if result is None:
+            return None
+        data = (result.get("data") or {}).get(mime)
+        if data is None:
+            return None
+        metadata = (result.get("metadata") or {}).get(mime)
+        return (data, metadata) if metadata else data
+
+    def _repr_html_(self) -> Any:
+        return self._repr_mime_("text/html")
+
+    def _repr_latex_(self) -> Any:
+        return self._repr_mime_("text/latex")
+
+    def _repr_json_(self) -> Any:
+        return self._repr_mime_("application/json")
+
+    def _repr_javascript_(self) -> Any:
+        return self._repr_mime_("application/javascript")
+
+    def _repr_png_(self) -> Any:
+        return self._repr_mime_("image/png")
+
+    def _repr_jpeg_(self) -> Any:
+        return self._repr_mime_("image/jpeg")
+
+    def _repr_svg_(self) -> Any:
+        return self._repr_mime_("image/svg+xml")
+
+    def _repr_markdown_(self) -> Any:
+        return self._repr_mime_("text/markdown")
+
+
+def _shown(md: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a task showed, in order: its displays, then its value or its error."""
+    shown = list(md["outputs"])
+    for kind in ("execute_result", "error"):
+        content = md.get(kind)
+        if content is not None:
+            shown.append({"msg_type": kind, **content})
+    return shown
+
 
 def _print_single(md: dict[str, Any], out: IO[str], err: IO[str]) -> None:
     """One engine's output printed as it was printed there (ipyparallel's single result)."""
@@ -904,7 +1062,7 @@ def _print_single(md: dict[str, Any], out: IO[str], err: IO[str]) -> None:
         out.write(md["stdout"])
     if md["stderr"]:
         err.write(md["stderr"])
-    for output in md["outputs"]:
+    for output in _shown(md):
         text = (output.get("data") or {}).get("text/plain")
         if text is not None:
             out.write(f"{text}\n")

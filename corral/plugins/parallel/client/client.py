@@ -1053,8 +1053,8 @@ class Client(ClientCompat):
         if not msg_ids:
             raise ValueError("get_result needs at least one msg_id")
         local = [self._recent.get(m) for m in msg_ids]
-        if len(msg_ids) == 1 and local[0] is not None and len(local[0].msg_ids) == 1:
-            return local[0]
+        if len(msg_ids) == 1 and local[0] is not None:
+            return local[0]._part_of(msg_ids[0])  # one task of a result: its split() part
         return hub_result(self, msg_ids)  # type: ignore[no-any-return]
 
     def result_status(self, msg_ids: Any, timeout: float | None = None) -> dict[str, Any]:

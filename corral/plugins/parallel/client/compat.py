@@ -234,7 +234,31 @@ class ClientCompat:
         return self.purge_results(jobs)  # type: ignore[attr-defined,no-any-return]
 
     def purge_local_results(self, jobs: Any = "all", targets: Any = None) -> None:
-        """Nothing to do: a result lives as long as you hold its AsyncResult."""
+        """Drop finished tasks from :attr:`results` and :attr:`metadata`: ``jobs``
+        (``"all"``, results, msg_ids) and every task that ran on ``targets`` (engine ids).
+        A result you still hold keeps its value; ``get_result(msg_id)`` fetches a purged
+        one from the hub. ``RuntimeError`` if any of them is still outstanding."""
+        recent = self._recent
+        if jobs == "all":
+            if self._pending:
+                raise RuntimeError(f"can't purge outstanding tasks: {sorted(self._pending)}")
+            recent.clear()
+            return
+        from .client import msg_ids_of
+
+        msg_ids = set(msg_ids_of(jobs or []))
+        if targets is not None:
+            wanted = {targets} if isinstance(targets, int) else set(targets)
+            metadata = self.metadata
+            for msg_id in list(recent.keys()):
+                md = metadata.get(msg_id)
+                if isinstance(md, dict) and md.get("engine_id") in wanted:
+                    msg_ids.add(msg_id)
+        outstanding = msg_ids & set(self._pending)
+        if outstanding:
+            raise RuntimeError(f"can't purge outstanding tasks: {sorted(outstanding)}")
+        for msg_id in msg_ids:
+            recent.pop(msg_id, None)
 
     def spin(self) -> None:
         """Nothing to do: corral's I/O thread always receives (ipyparallel compatibility)."""

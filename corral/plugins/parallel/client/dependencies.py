@@ -56,14 +56,22 @@ class Reference:
     """An argument that stands for a name in the engine's namespace.
 
     ``view.apply(f, Reference("a"))`` runs ``f(a)`` with each engine's own ``a``; dotted
-    paths (``Reference("a.b")``) name attributes.
+    paths (``Reference("a.b")``) name attributes, and, as in ipyparallel, any expression
+    is evaluated in the engine's namespace (``Reference("g[0]")``). A Reference may also
+    stand for the function itself: ``view.map(Reference("f"), xs)``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 expressions, and References as the function.
     """
 
     def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
-            raise TypeError(f"a Reference names a variable (or a.b.c path), not {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"a Reference names a variable or an expression, not {name!r}")
+        if not all(p.isidentifier() for p in name.split(".")):
+            try:
+                compile(name, "<Reference>", "eval")
+            except SyntaxError:
+                raise TypeError(f"a Reference is a name or an expression, not {name!r}") from None
         self.name = name
         _USED[0] = True
 
@@ -87,7 +95,10 @@ def _make_ref_caller() -> Callable[..., Any]:
         def resolve(value: Any) -> Any:
             if type(value).__name__ != "Reference" or not hasattr(value, "name"):
                 return value
-            head, *rest = value.name.split(".")
+            path = value.name.split(".")
+            if not all(p.isidentifier() for p in path):  # an expression (ipyparallel's)
+                return eval(value.name, ns)
+            head, *rest = path
             if head not in ns:
                 raise NameError(f"name {head!r} is not defined on this engine")
             found = ns[head]
@@ -95,6 +106,7 @@ def _make_ref_caller() -> Callable[..., Any]:
                 found = getattr(found, attr)
             return found
 
+        func = resolve(func)
         args = [resolve(a) for a in args]
         kwargs = {k: resolve(v) for k, v in (kwargs or {}).items()}
         return func(*args, **kwargs)
@@ -111,7 +123,7 @@ def with_references(
     func: Callable[..., Any], args: Any, kwargs: dict[str, Any] | None
 ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None]:
     """``(func, args, kwargs)`` rewritten to resolve References on the engine, if any."""
-    values = list(args) + list((kwargs or {}).values())
+    values = [func, *args, *(kwargs or {}).values()]
     if not any(isinstance(v, Reference) for v in values):
         return func, tuple(args), kwargs
     return _call_with_references, (func, tuple(args), dict(kwargs or {})), None
@@ -192,10 +204,16 @@ def _make_dependent_caller() -> Callable[..., Any]:
         modules: Any,
         args: Any,
         kwargs: Any,
+        pushed: Any = None,
     ) -> Any:
         import importlib
 
         ns = globals()
+        if pushed:  # require(f) / require(name=value): names the function needs
+            ns.update(pushed)
+            target = getattr(func, "__globals__", None)
+            if isinstance(target, dict) and target is not ns:
+                target.update(pushed)
         for name in modules:
             try:
                 module = importlib.import_module(name)
@@ -235,11 +253,14 @@ class dependent:  # noqa: N801 - ipyparallel's name
         df: Callable[..., bool] | None,
         *dargs: Any,
         modules: Iterable[str] = (),
+        pushed: dict[str, Any] | None = None,
     ) -> None:
         self.f = f
         self.df = df
         self.dargs = dargs
         self.modules = tuple(modules)
+        #: names put in the engine's namespace before the call (``require(f, x=1)``)
+        self.pushed = dict(pushed or {})
         functools.update_wrapper(self, f)
         _USED[0] = True
 
@@ -255,6 +276,7 @@ class dependent:  # noqa: N801 - ipyparallel's name
             self.modules,
             tuple(args),
             dict(kwargs or {}),
+            self.pushed,
         )
 
 
@@ -269,7 +291,8 @@ def depend(f: Callable[..., bool], *args: Any) -> Callable[[Callable[..., Any]],
 
     def decorate(func: Callable[..., Any]) -> dependent:
         if isinstance(func, dependent):
-            return dependent(func.f, _both(func.df, func.dargs, f, args), modules=func.modules)
+            both = _both(func.df, func.dargs, f, args)
+            return dependent(func.f, both, modules=func.modules, pushed=func.pushed)
         return dependent(func, f, *args)
 
     return decorate
@@ -286,24 +309,33 @@ def require(*objects: str | ModuleType, **mapping: Any) -> Callable[[Callable[..
     """Decorator: the engine imports these modules before running the function (they are
     then names in its namespace), failing with :class:`UnmetDependency` if it cannot.
 
-    Modules are given by name or as module objects. ``mapping`` (ipyparallel pushes
-    these names) is refused: push them with ``view.push`` instead.
+    As in ipyparallel, ``objects`` are modules (by name or as module objects) or
+    functions, and ``mapping`` gives ``name=value`` pairs: functions and values are put
+    in the engine's namespace under their names before the call (``require(helper,
+    scale=2)`` lets the function call ``helper`` and read ``scale``).
     """
-    if mapping:
-        raise TypeError("require(name=value) is not supported; use view.push({...}) first")
     names = []
+    pushed = dict(mapping)
     for obj in objects:
         if isinstance(obj, ModuleType):
             names.append(obj.__name__)
         elif isinstance(obj, str):
             names.append(obj)
+        elif callable(obj) and isinstance(getattr(obj, "__name__", None), str):
+            pushed[obj.__name__] = obj
         else:
-            raise TypeError(f"require takes modules or module names, not {obj!r}")
+            raise TypeError(f"require takes modules, module names or functions, not {obj!r}")
 
     def decorate(func: Callable[..., Any]) -> dependent:
         if isinstance(func, dependent):
-            return dependent(func.f, func.df, *func.dargs, modules=(*func.modules, *names))
-        return dependent(func, None, modules=names)
+            return dependent(
+                func.f,
+                func.df,
+                *func.dargs,
+                modules=(*func.modules, *names),
+                pushed={**func.pushed, **pushed},
+            )
+        return dependent(func, None, modules=names, pushed=pushed)
 
     return decorate
 
@@ -327,5 +359,9 @@ def use_pickle() -> None:
 
 
 def use_dill() -> None:
-    """Refused: corral does not serialize with dill (cloudpickle covers the same ground)."""
-    raise NotImplementedError("corral does not use dill; cloudpickle is used where needed")
+    """Accepted for ipyparallel code; changes nothing: what people switch to dill for
+    (lambdas, closures, interactively defined functions) corral already sends by value
+    with cloudpickle.
+
+    .. versionchanged:: 0.2 a no-op (it raised ``NotImplementedError``).
+    """

@@ -63,6 +63,7 @@ class RemoteError(KernelError):
         engine_id: int | None = None,
         *,
         msg_id: str | None = None,
+        engine_info: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(ename, evalue)
         self.ename = ename
@@ -70,6 +71,7 @@ class RemoteError(KernelError):
         self.traceback = traceback if isinstance(traceback, str) else "\n".join(traceback)
         self.engine_id = engine_id
         self.msg_id = msg_id
+        self._engine_info = dict(engine_info) if engine_info else None
 
     def __str__(self) -> str:
         where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
@@ -83,7 +85,11 @@ class RemoteError(KernelError):
 
     @property
     def engine_info(self) -> dict[str, Any]:
-        """``{"engine_id": ...}`` as ipyparallel's errors carry it."""
+        """What the engine said about itself, as ipyparallel's errors carry it:
+        ``engine_id``, ``engine_uuid`` and ``method`` (``apply``, ``execute``...)."""
+        info = getattr(self, "_engine_info", None)  # absent on errors pickled before 0.2
+        if info:
+            return dict(info)
         return {} if self.engine_id is None else {"engine_id": self.engine_id}
 
     def _label(self) -> str:
@@ -184,10 +190,15 @@ class ImpossibleDependency(UnmetDependency):
     """
 
 
-class DependencyTimeout(ImpossibleDependency):
-    """A load-balanced task's ``after``/``follow`` dependencies were not met in time.
+class DependencyTimeout(ImpossibleDependency, TaskTimeout):
+    """A load-balanced task's ``after``/``follow`` dependencies were not met in time (or
+    no engine that may run it came) within its ``timeout``.
+
+    Also a :class:`TaskTimeout`, the class ipyparallel's scheduler raises for the same
+    event, so ``except TaskTimeout`` written for ipyparallel catches it.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 also a :class:`TaskTimeout`.
     """
 
 
@@ -294,4 +305,4 @@ def error_from_content(
     evalue = str(content.get("evalue") or "")
     traceback = content.get("traceback") or ""
     cls = _BY_ENAME.get(ename, RemoteError)
-    return cls(ename, evalue, traceback, engine_id, msg_id=msg_id)
+    return cls(ename, evalue, traceback, engine_id, msg_id=msg_id, engine_info=info or None)

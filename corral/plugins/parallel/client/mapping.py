@@ -15,6 +15,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 __all__ = [
+    "IMapIterator",
     "auto_chunksize",
     "chunk_slices",
     "iter_chunks",
@@ -94,3 +95,39 @@ def iter_chunks(iterable: Iterable[T], chunksize: int) -> Iterator[list[T]]:
         if not chunk:
             return
         yield chunk
+
+
+class IMapIterator(Iterator[Any]):
+    """What ``view.imap`` returns: an iterator over the results, with ipyparallel's
+    :meth:`cancel`.
+
+    ``make(cancelled)`` builds the underlying generator; it calls ``cancelled()`` before
+    taking each item from the input.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, make: Callable[[Callable[[], bool]], Iterator[Any]]) -> None:
+        self._cancelled = False
+        self._gen = make(self._is_cancelled)
+
+    def _is_cancelled(self) -> bool:
+        return self._cancelled
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """End the iteration now, as a generator's ``close()`` does."""
+        self._cancelled = True
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    def cancel(self) -> None:
+        """Take no more items from the input (an infinite one, say, once the result you
+        needed came); the results of tasks already submitted are still yielded."""
+        self._cancelled = True

@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult
-from .dependencies import dependency_field
+from .dependencies import Reference, dependency_field, with_references
 from .errors import ControllerLost, RemoteError
 from .link import ClientLink
 from .mapping import (
+    IMapIterator,
     auto_chunksize,
     chunk_slices,
     iter_chunks,
@@ -248,7 +249,10 @@ class View:
         shipped = self._link.shipped(f)
         for part, target in zip(slices, targets, strict=True):
             columns = [_take(seq, part) for seq in sequences]
-            buffers = pack_apply(map_chunk, (shipped, *columns))
+            if isinstance(f, Reference):  # the engine's own function: resolved there
+                buffers = pack_apply(*with_references(map_chunk, (shipped, *columns), None))
+            else:
+                buffers = pack_apply(map_chunk, (shipped, *columns))
             ident = None if target is None else self._link.engine_ident(target)
             routes.append((target, ident, buffers))
 
@@ -283,7 +287,7 @@ class View:
         *,
         max_outstanding: int | None = None,
         return_exceptions: bool = False,
-    ) -> Iterator[Any]:
+    ) -> IMapIterator:
         """Lazily map ``func`` over ``iterable`` (which may be infinite).
 
         Items are pulled from ``iterable`` only as results are consumed: at most
@@ -304,8 +308,11 @@ class View:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._imap(
-            func, iterable, ordered, max_in_flight, chunksize, deadline, return_exceptions
+        size = max_in_flight
+        return IMapIterator(
+            lambda cancelled: self._imap(
+                func, iterable, ordered, size, chunksize, deadline, return_exceptions, cancelled
+            )
         )
 
     def _submit_one(self, func: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
@@ -321,6 +328,7 @@ class View:
         chunksize: int,
         deadline: float | None = None,
         return_exceptions: bool = False,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[Any]:
         if chunksize > 1:
             tasks: Iterator[tuple[Any, ...]] = (
@@ -352,6 +360,9 @@ class View:
             window: deque[AsyncResult] = deque()
             while True:
                 while not exhausted and len(window) < max_in_flight:
+                    if cancelled():
+                        exhausted = True
+                        break
                     try:
                         window.append(submit(next(tasks)))
                     except StopIteration:
@@ -364,6 +375,9 @@ class View:
             in_flight = 0
             while True:
                 while not exhausted and in_flight < max_in_flight:
+                    if cancelled():
+                        exhausted = True
+                        break
                     try:
                         result = submit(next(tasks))
                     except StopIteration:
@@ -831,9 +845,14 @@ class DirectView(View):
         return self.apply(_noop)
 
     def use_dill(self) -> Any:
-        """Refused: corral serializes with pickle and cloudpickle only (see
-        :meth:`use_cloudpickle`), and dill is not a dependency."""
-        raise NotImplementedError("corral does not use dill; cloudpickle is used where needed")
+        """Accepted for ipyparallel code; changes nothing. What people switch to dill
+        for (lambdas, closures, interactively defined functions) corral already sends by
+        value with cloudpickle, and dill is not a dependency (see :meth:`use_cloudpickle`).
+
+        .. versionchanged:: 0.2 a no-op (raised ``NotImplementedError``, which stopped
+           notebooks that call it out of habit).
+        """
+        return self.apply(_noop)
 
     def use_pickle(self) -> Any:
         """Accepted for ipyparallel code; changes nothing (see :meth:`use_cloudpickle`)."""
@@ -993,6 +1012,16 @@ class _Combined(AsyncResult):
         self._parts_lock = threading.Lock()
         for index, part in enumerate(parts):
             part.add_done_callback(lambda p, i=index: self._part_done(i, p))
+
+    def split(self) -> tuple[AsyncResult, ...]:
+        """The results this one combines, one per engine."""
+        return tuple(self._parts)
+
+    def _part_of(self, msg_id: str) -> AsyncResult:
+        for part in self._parts:
+            if msg_id in part.msg_ids:
+                return part._part_of(msg_id)
+        return self
 
     def _part_done(self, index: int, part: AsyncResult) -> None:
         with self._parts_lock:

@@ -400,6 +400,9 @@ class Engine:
         self.relay = OutputRelay(self.interpreter, self.iopub)
         self._saved_streams = _install_streams(self.interpreter)
         self._identify()
+        from corral import datapub
+
+        datapub.install(self._publish_data)
         self._handlers: dict[str, Handler] = {
             "apply_request": self._apply,
             "execute_request": self._execute,
@@ -701,6 +704,11 @@ class Engine:
             )
 
     # ------------------------------------------------------------ replies
+
+    def _publish_data(self, data: dict[str, Any]) -> None:
+        """``corral.datapub.publish_data`` in a task: a ``data_message`` on iopub, parented
+        to the task, the dict pickled into buffers (as ipyparallel sends it)."""
+        self.iopub.publish("data_message", {}, self.relay.parent, buffers=self._serialize(data))
 
     def _metadata(self, started: str, completed: str, status: str, outputs: int) -> bytes:
         return self._meta_template % (
