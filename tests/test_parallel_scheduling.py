@@ -148,7 +148,7 @@ class Driven:
     def notice(self, engine: bytes, through: str) -> None:
         """The engine's start notice: tasks up to ``through`` may start."""
         parts = [
-            b'{"msg_type": "task_started"}',
+            json.dumps({"msg_id": f"notice-{through}", "msg_type": "task_started"}).encode(),
             b"{}",
             b"{}",
             json.dumps({"through": through}).encode(),
