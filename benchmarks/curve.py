@@ -6,7 +6,7 @@ Curve is the ceiling, so raw pyzmq is measured in the same run, both as one 100 
 corral.transports.zmq.frames), each to another process and back to an ack, best of
 ``--rounds``. Prints figures and ratios; never pass/fail.
 
-    python benchmarks/curve.py [--rounds 3] [--mb 100]
+    python benchmarks/curve.py [--rounds 3] [--mb 100] [--throughput 5000]
 """
 
 from __future__ import annotations
@@ -110,10 +110,38 @@ def corral_mb_s(mb: int, rounds: int, encryption: str) -> tuple[float, float]:
         cluster.stop()
 
 
+def noop() -> None:
+    return None
+
+
+def corral_apply_s(tasks: int, encryption: str) -> float:
+    """Load-balanced no-op tasks per second, 2 engines, all submitted then awaited."""
+    from corral.plugins.parallel.cluster import Cluster
+
+    cluster = Cluster(n=2, profile=f"curvetp-{encryption}", encryption=encryption)
+    client = cluster.start_and_connect()
+    try:
+        view = client.load_balanced_view()
+        view.apply_sync(noop)  # warm: function cache, connections
+        best = 0.0
+        for _ in range(2):
+            started = time.perf_counter()
+            for result in [view.apply_async(noop) for _ in range(tasks)]:
+                result.get()
+            best = max(best, tasks / (time.perf_counter() - started))
+        return best
+    finally:
+        client.close()
+        cluster.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument(
+        "--throughput", type=int, default=0, help="also N no-op tasks/s, Curve off and on"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as root:
         os.environ.setdefault("CORRAL_DIR", str(Path(root) / "corral"))
@@ -127,8 +155,15 @@ def main(argv: list[str] | None = None) -> None:
         ):
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             figures[name] = func()
+        if args.throughput:
+            for encryption in ("none", "curve"):
+                print(f"measuring throughput, {encryption} ...", file=sys.stderr, flush=True)
+                figures[f"apply/s {encryption}"] = corral_apply_s(args.throughput, encryption)
     print(f"{args.mb} MB, best of {args.rounds}, load average {os.getloadavg()[0]:.1f}")
     for name, value in figures.items():
+        if name.startswith("apply/s"):
+            print(f"  corral {name:<25} {value:,.0f}")
+            continue
         shown = " / ".join(f"{v:,.0f}" for v in value) if isinstance(value, tuple) else value
         print(f"  {name:<32} {shown if isinstance(shown, str) else f'{shown:,.0f}'} MB/s")
     off, on = figures["corral, Curve off"], figures["corral, Curve on"]
@@ -137,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  corral Curve on / off, pull      {on[1] / off[1]:.2f}  [>= 0.5]")
     for name in ("raw, Curve on, one frame", "raw, Curve on, 256 KiB frames"):
         print(f"  {name} / raw off  {figures[name] / raw_off:.2f}")
+    if args.throughput:
+        ratio = figures["apply/s curve"] / figures["apply/s none"]
+        print(f"  corral throughput Curve on / off {ratio:.2f}  [>= 0.7]")
     print(
         f"  corral Curve on / raw Curve on (256 KiB), push / pull "
         f"{on[0] / figures['raw, Curve on, 256 KiB frames']:.2f} / "
