@@ -151,8 +151,10 @@ def send_frames(
     when at least ``sock.copy_threshold`` bytes long.
     """
     if _CHUNKED and sock in _CHUNKED:
-        _send_chunked(sock, frames, flags, copy)
-        return
+        for frame in frames:  # most are bytes (ids, JSON parts): len() is enough
+            if (len(frame) if frame.__class__ is bytes else _nbytes(frame)) >= SPLIT_FROM:
+                _send_chunked(sock, frames, flags, copy)
+                return
     more = flags | _SNDMORE
     last = len(frames) - 1
     for index, frame in enumerate(frames):
