@@ -102,22 +102,29 @@ def _nbytes(frame: Any) -> int:
 
 
 def _send_chunked(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int, copy: bool) -> None:
-    out: list[Any] = []
+    """Send ``frames`` with each large one as a marker and its chunks. A chunk of a
+    ``zmq.Frame`` (which :func:`send_frames` always sends by reference: an engine's
+    tracked result buffer) or of a :class:`Joined` (received, owned by nobody else) goes
+    by reference too, so the Frame's tracker completes only once libzmq is done with
+    every chunk; other buffers follow ``copy``."""
+    out: list[tuple[Any, bool]] = []
     for frame in frames:
         size = _nbytes(frame)
         if size < SPLIT_FROM:
-            out.append(frame)
+            out.append((frame, copy))
             continue
-        view = memoryview(frame.buffer if isinstance(frame, zmq.Frame) else frame)
+        is_frame = isinstance(frame, zmq.Frame)
+        by_ref = is_frame or frame.__class__ is Joined or not copy
+        view = memoryview(frame.buffer if is_frame else frame)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
         count = -(-size // CHUNK)
-        out.append(_MAGIC + _COUNT.pack(count))
-        out.extend(view[i : i + CHUNK] for i in range(0, size, CHUNK))
+        out.append((_MAGIC + _COUNT.pack(count), True))
+        out.extend((view[i : i + CHUNK], not by_ref) for i in range(0, size, CHUNK))
     more = flags | _SNDMORE
     last = len(out) - 1
-    for index, frame in enumerate(out):
-        backend_send(sock, frame, more if index < last else flags, copy, False)
+    for index, (frame, copy_it) in enumerate(out):
+        backend_send(sock, frame, more if index < last else flags, copy_it, False)
 
 
 def _recv_chunked(sock: zmq.Socket[Any], flags: int, copy: bool) -> list[Any]:
