@@ -5,9 +5,10 @@ what an engine listens on itself: its ``data`` socket (a ROUTER behind the gate,
 push/pull and direct calls) and its same-host Unix socket. Hypothesis sends malformed,
 unsigned, wrong-key, replayed, wrong-type (signed, but not a request) and random
 correctly-signed messages, from a peer that passed the gate; oversized messages are sent
-once each. After each example the same socket must serve a real request, and at the end
-every engine process is alive with the same id, the hub's counts (queued, running,
-unassigned) are zero, and ``completed`` grows by exactly the tasks run afterwards.
+once each; all with encryption off and on. After each example the same socket must serve
+a real request, and at the end every engine process is alive with the same id, the hub's
+counts (queued, running, unassigned) are zero, and ``completed`` grows by exactly the
+tasks run afterwards.
 """
 
 from __future__ import annotations
@@ -100,9 +101,15 @@ class Rig:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    live = LiveCluster(tmp_path_factory.mktemp("efuzz"), threads=False, profile="efuzz")
+@pytest.fixture(scope="module", params=["none", "curve"])
+def rig(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    """Encryption off (PLAIN gate) and on (CurveZMQ, large frames in chunks)."""
+    live = LiveCluster(
+        tmp_path_factory.mktemp("efuzz"),
+        threads=False,
+        profile="efuzz",
+        controller_args=("--encryption", request.param),
+    )
     r = Rig(live)
     yield r
     r.close()

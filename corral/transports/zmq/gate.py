@@ -36,6 +36,8 @@ import blake3
 import zmq
 from zmq.utils import z85
 
+from corral.transports.zmq.frames import chunk_large_frames
+
 __all__ = [
     "ENCRYPTIONS",
     "REFUSED",
@@ -139,6 +141,7 @@ class Gate:
         if self.encryption == "curve":
             sock.curve_secretkey = self.server_secret
             sock.curve_server = True
+            chunk_large_frames(sock)  # Curve seals big frames fastest in chunks (frames.py)
         else:
             sock.plain_server = True
         return sock
@@ -151,6 +154,7 @@ class Gate:
             sock.curve_serverkey = self.server_public
             sock.curve_publickey = self.client_public
             sock.curve_secretkey = self.client_secret
+            chunk_large_frames(sock)
         else:
             sock.plain_username = _USER
             sock.plain_password = self.password
