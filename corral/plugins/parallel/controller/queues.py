@@ -79,6 +79,7 @@ from .base import (
     send_frames,
 )
 from .liveness import DisconnectWatch, local_engine_dead
+from .loadindex import LoadIndex
 from .policies import Policy, get_policy
 
 __all__ = [
@@ -935,7 +936,7 @@ class TaskScheduler(RoutingQueue):
         self._inline = policy == "leastload"  # the hot path's own copy of least_load
         self.rng = random.Random(seed)
         self.order: list[bytes] = []  # live engines, registration order
-        self.load: dict[bytes, int] = {}
+        self.load = LoadIndex()  # engine -> outstanding tasks, bucketed (see loadindex.py)
         #: per live engine, the tasks sent to it and not answered, oldest first
         self.sent: dict[bytes, dict[str, Job]] = {}
         #: per engine, the last task its latest start notice announced
@@ -1059,6 +1060,8 @@ class TaskScheduler(RoutingQueue):
             return pinned
         if not self._inline:
             return self._choose_by_policy(job)
+        if job.targets is None:  # least load in O(1), whatever the number of engines
+            return self.load.least(hwm)
         order = self.order
         n = len(order)
         if not n:
