@@ -178,6 +178,11 @@ class Client(ClientCompat):
 
         self._engines: dict[int, EngineInfo] = {}
         self._dead: set[int] = set()
+        # Engine details fetched after registration notices: one connection_request in
+        # flight at a time, and one more if notices came meanwhile (a request per notice
+        # made 1,000 engines cost the hub 1,000 replies of 1,000 engines each).
+        self._details_pending = False
+        self._details_again = False
         self._engines_changed = threading.Condition()
         # msg_id -> result waiting for replies (mux, task, broadcast, data path)
         self._pending: dict[str, AsyncResult] = {}
@@ -446,6 +451,7 @@ class Client(ClientCompat):
         self._local_paths.clear()
         with self._engines_changed:
             self._engines.clear()
+        self._details_pending = self._details_again = False  # that reply will not come
         self._lost = None
         self._io = self._connect(info)
         self._sync_engines(max(0.1, deadline - time.monotonic()))
@@ -463,10 +469,7 @@ class Client(ClientCompat):
                 self._add_engine(engine_id, content)
                 self._engines_changed.notify_all()
             # The notification omits some details (the pid): fetch them, without waiting.
-            if not self._closed and self._lost is None:
-                self._request(
-                    "registration", "connection_request", {}, self._apply_connection_reply
-                )
+            self._fetch_details()
         elif msg_type == "unregistration_notification":
             with self._engines_changed:
                 self._engines.pop(engine_id, None)
@@ -475,6 +478,23 @@ class Client(ClientCompat):
             self._fail_engine(engine_id)
             if self._local is not None:
                 self._local.engine_lost(engine_id)
+
+    def _fetch_details(self) -> None:
+        """Ask the hub for every engine's details, coalescing a burst of notices."""
+        if self._closed or self._lost is not None:
+            return
+        if self._details_pending:
+            self._details_again = True
+            return
+        self._details_pending = True
+        self._details_again = False
+        self._request("registration", "connection_request", {}, self._on_details)
+
+    def _on_details(self, reply: Parsed) -> None:
+        self._details_pending = False
+        self._apply_connection_reply(reply)
+        if self._details_again:
+            self._fetch_details()
 
     def _fail_engine(self, engine_id: int) -> None:
         """Fail this client's requests that only ``engine_id`` could have answered.
