@@ -149,9 +149,10 @@ def _scheduler_us_per_task(cluster: Any, client: Any, tasks: int) -> float:
     return (_cpu(task) - before) / tasks * 1e6
 
 
-def bench_sim(sizes: list[int], tasks: int) -> dict[str, Any]:
+def bench_sim(sizes: list[int], queue_sizes: list[int], tasks: int) -> dict[str, Any]:
     out: dict[str, Any] = {"registration_s": {}, "heartbeat_cpu_pct": {}, "scheduler_us": {}}
     out["dview_1kb_ms"] = {}
+    out["bview_1kb_ms"] = {}
     # Registration and heartbeats: engines with no queue sockets (descriptors are the
     # limit on one machine: the hub holds 3 connections per engine).
     for size in sizes:
@@ -177,7 +178,7 @@ def bench_sim(sizes: list[int], tasks: int) -> dict[str, Any]:
             finally:
                 crowd.stop()
     # Scheduler cost, DirectView round trip, broadcast: engines with their queues.
-    for size in (2, 256, 1000):
+    for size in queue_sizes:
         with corral_cluster(0, hb_period=1.0, hb_misses=5) as (cluster, client):
             crowd = Crowd(cluster.cluster_file, size, queues="mux,task,broadcast,control")
             try:
@@ -190,8 +191,12 @@ def bench_sim(sizes: list[int], tasks: int) -> dict[str, Any]:
                 dview.apply_sync(noop, payload)
                 ms = _median_ms(lambda d=dview, p=payload: d.apply_sync(noop, p), 30)
                 out["dview_1kb_ms"][size] = ms
+                bview = client.broadcast_view()
+                bview.apply_sync(noop, payload)
+                bms = _median_ms(lambda b=bview, p=payload: b.apply_sync(noop, p), 30)
+                out["bview_1kb_ms"][size] = bms
                 line = f"sim {size:>5} engines: scheduler {us:.1f} us/task; 1 kB DirectView "
-                line += f"{ms:.1f} ms"
+                line += f"{ms:.1f} ms (BroadcastView {bms:.1f} ms)"
                 if size >= 100:
                     blob = {"blob": b"y" * (2 * MB)}
                     hundred = client[client.ids[:100]]
@@ -367,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=["sim", "real", "million", "contention"])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 1000, 5000])
+    parser.add_argument("--queue-sizes", type=int, nargs="*", default=[2, 256, 1000])
     parser.add_argument("--engines", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--ipp-engines", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--tasks", type=int, default=5000)
@@ -376,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     os.environ.setdefault("CORRAL_DIR", tempfile.mkdtemp(prefix="corral-scale-"))
     sections: dict[str, Callable[[], Any]] = {
-        "sim": lambda: bench_sim(args.sizes, args.tasks),
+        "sim": lambda: bench_sim(args.sizes, args.queue_sizes, args.tasks),
         "real": lambda: bench_real(args.engines, args.ipp_engines),
         "million": lambda: bench_million(args.million, 10_000),
         "contention": lambda: bench_contention(args.tasks),
@@ -384,7 +390,16 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only:
         if name in sections:
             # JSON keys are strings: store as the plot reads them back.
-            results[name] = json.loads(json.dumps(sections[name]()))
+            fresh = json.loads(json.dumps(sections[name]()))
+            old = results.get(name)
+            if isinstance(old, dict):  # a partial rerun keeps the other sizes' figures
+                for key, value in fresh.items():
+                    if isinstance(value, dict) and isinstance(old.get(key), dict):
+                        old[key].update(value)
+                    else:
+                        old[key] = value
+                fresh = old
+            results[name] = fresh
             args.json.write_text(json.dumps(results, indent=1))
     plot(results, PLOT)
 
