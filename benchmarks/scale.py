@@ -247,17 +247,26 @@ def bench_real(counts: list[int], ipp_counts: list[int]) -> dict[str, Any]:
     return out
 
 
+def _tree_cpu(pid: int) -> float:
+    root = psutil.Process(pid)
+    return sum(_cpu(p) for p in [root, *root.children(recursive=True)])
+
+
 def bench_million(total: int, window: int) -> dict[str, Any]:
-    """``total`` no-op tasks, ``window`` in flight at most, results dropped as they come:
-    throughput per tenth, controller RSS at each tenth."""
+    """``total`` no-op tasks, ``window`` in flight at most, purged each tenth: per tenth,
+    the throughput, the controller's CPU per task (all its processes: what the machine's
+    other load does not change) and its RSS, and the load average."""
     with corral_cluster(2, db="sqlite") as (cluster, client):
         view = client.load_balanced_view()
         pid = cluster.pids()["controller"]
         tenth = total // 10
-        rates, rss = [], [_tree_rss(pid)]
+        rates: list[float] = []
+        cpu_us: list[float] = []
+        loadavg: list[float] = []
+        rss = [_tree_rss(pid)]
         done = 0
         for _ in range(10):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _tree_cpu(pid)
             left = tenth
             while left:
                 n = min(window, left)
@@ -267,18 +276,23 @@ def bench_million(total: int, window: int) -> dict[str, Any]:
                 left -= n
             client.purge_results("all")
             rates.append(tenth / (time.perf_counter() - start))
+            cpu_us.append((_tree_cpu(pid) - cpu) / tenth * 1e6)
+            loadavg.append(os.getloadavg()[0])
             rss.append(_tree_rss(pid))
             done += tenth
             print(
-                f"million: {done:>8} tasks, {rates[-1]:7.0f} tasks/s, controller RSS "
-                f"{rss[-1] / MB:.1f} MB",
+                f"million: {done:>8} tasks, {rates[-1]:7.0f} tasks/s, controller CPU "
+                f"{cpu_us[-1]:.0f} us/task, RSS {rss[-1] / MB:.1f} MB, load {loadavg[-1]:.1f}",
                 flush=True,
             )
     return {
         "total": total,
         "rates": rates,
+        "cpu_us": cpu_us,
+        "loadavg": loadavg,
         "rss_mb": [r / MB for r in rss],
         "last_over_first": rates[-1] / rates[0],
+        "cpu_first_over_last": cpu_us[0] / cpu_us[-1],
         "rss_growth_mb": (rss[-1] - rss[1]) / MB,
     }
 
@@ -360,6 +374,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     if million:
         tenths = [(i + 1) * 10 for i in range(len(million["rates"]))]
         ax.plot(tenths, million["rates"], "o-", label="tasks/s")
+        if million.get("cpu_us"):
+            ax.plot(tenths, million["cpu_us"], "^:", label="controller CPU us/task")
+        ax.legend(loc="lower left")
         ax2 = ax.twinx()
         ax2.plot([0, *tenths], million["rss_mb"], "s--", color="tab:red", label="RSS (MB)")
         ax2.set_ylabel("controller RSS (MB)")
