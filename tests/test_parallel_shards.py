@@ -1,0 +1,62 @@
+"""Two controllers aggregated behind one client (corral/plugins/parallel/shards.py), real
+processes: a map is served by both controllers' engines, work goes to the controller with
+idle engines while the other's are busy, and every controller's records are found."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from corral.plugins.parallel.shards import Shards
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(autouse=True)
+def _corral_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
+
+
+def where(*_: Any) -> int:
+    import os
+
+    return os.getpid()
+
+
+def nap(seconds: float) -> int:
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_two_controllers_serve_one_client() -> None:
+    shards = Shards(2, controllers=2, profile="shards", hb_period=0.2, hb_misses=5)
+    with shards as client:
+        assert len(client.ids) == 2
+        engine_pids = [set(c.direct_view().apply_sync(where)) for c in client.clients]
+        assert engine_pids[0] and engine_pids[1] and not engine_pids[0] & engine_pids[1]
+        view = client.load_balanced_view()
+        # A map served by both controllers' engines.
+        ran = view.map_sync(where, range(40))
+        assert set(ran) == engine_pids[0] | engine_pids[1]
+        # Controller 0's engine busy with a long task: new work goes to controller 1's.
+        long = view.apply_async(nap, 3.0)
+        start = time.monotonic()
+        quick = [view.apply_sync(where) for _ in range(10)]
+        assert time.monotonic() - start < 2.5  # none waited behind the long task
+        long_pid = long.get(30)
+        assert long_pid not in quick
+        other = engine_pids[1] if long_pid in engine_pids[0] else engine_pids[0]
+        assert set(quick) == other
+        # Each controller's database holds its own tasks; the query merges them.
+        records = client.db_query({"msg_id": {"$ne": ""}}, ["msg_id", "engine_uuid"])
+        assert len(records) >= 40 + 1 + 10
+        assert os.getpid() not in ran
