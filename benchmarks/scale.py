@@ -12,6 +12,9 @@ Sections (``--only`` picks some; each prints its figures and is saved to ``--jso
   task database on: throughput per tenth of the run and the controller's RSS;
 * ``contention``: no-op tasks through corral and ProcessPoolExecutor (2 workers each)
   while two spinning processes started here keep both cores busy;
+* ``aggregated``: no-op tasks through one controller with 2 engines, and through 2
+  controllers sharing them (corral.plugins.parallel.shards): throughput and controller CPU
+  per task;
 * ``plot``: docs/scale.png from the saved JSON (matplotlib).
 
 Figures only, never pass/fail. Run: ``python benchmarks/scale.py`` (about 15 minutes on
@@ -297,6 +300,46 @@ def bench_million(total: int, window: int) -> dict[str, Any]:
     }
 
 
+def _controllers_cpu(pids: list[int]) -> float:
+    return sum(_tree_cpu(pid) for pid in pids)
+
+
+def _aggregate_run(view: Any, pids: list[int], tasks: int) -> tuple[float, float]:
+    """(tasks/s, controller CPU us per task) for ``tasks`` no-op tasks through ``view``."""
+    for result in [view.apply_async(noop) for _ in range(500)]:
+        result.get(60)
+    cpu, start = _controllers_cpu(pids), time.perf_counter()
+    for result in [view.apply_async(noop) for _ in range(tasks)]:
+        result.get(300)
+    wall = time.perf_counter() - start
+    return tasks / wall, (_controllers_cpu(pids) - cpu) / tasks * 1e6
+
+
+def bench_aggregated(tasks: int, controllers: int) -> dict[str, Any]:
+    """One controller with 2 engines against ``controllers`` controllers sharing 2 engines
+    (parallel/shards.py): throughput and the CPU of every controller process per task."""
+    from corral.plugins.parallel.shards import Shards
+
+    with corral_cluster(2) as (cluster, client):
+        one = _aggregate_run(client.load_balanced_view(), [cluster.pids()["controller"]], tasks)
+    shards = Shards(2, controllers=controllers, profile="scale-bench", engine_timeout=120)
+    with shards as aggregate:
+        pids = [p["controller"] for p in shards.pids()]
+        many = _aggregate_run(aggregate.load_balanced_view(), pids, tasks)
+    ratio = many[1] / one[1]
+    print(
+        f"aggregated: 1 controller {one[0]:.0f} tasks/s, {one[1]:.0f} us CPU/task; "
+        f"{controllers} controllers {many[0]:.0f} tasks/s, {many[1]:.0f} us CPU/task: "
+        f"cost {ratio:.2f}x",
+        flush=True,
+    )
+    return {
+        "one": {"tasks_s": one[0], "cpu_us": one[1]},
+        "many": {"controllers": controllers, "tasks_s": many[0], "cpu_us": many[1]},
+        "cost_ratio": ratio,
+    }
+
+
 def _spin(stop: Any) -> None:
     while not stop.is_set():
         sum(range(10_000))
@@ -405,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         "real": lambda: bench_real(args.engines, args.ipp_engines),
         "million": lambda: bench_million(args.million, 10_000),
         "contention": lambda: bench_contention(args.tasks),
+        "aggregated": lambda: bench_aggregated(args.tasks, 2),
     }
     for name in args.only:
         if name in sections:
