@@ -60,3 +60,18 @@ def test_two_controllers_serve_one_client() -> None:
         records = client.db_query({"msg_id": {"$ne": ""}}, ["msg_id", "engine_uuid"])
         assert len(records) >= 40 + 1 + 10
         assert os.getpid() not in ran
+        # A shared backlog: with room for one task per engine, the rest wait in the view
+        # and go to whichever controller frees an engine first.
+        pulling = client.load_balanced_view(window=1)
+        long = pulling.apply_async(nap, 3.0)
+        start = time.monotonic()
+        shorts = pulling.map_async(nap, [0.01] * 20)
+        assert any(getattr(r, "sent", 0) is None for r in shorts)  # held in the view, unsent
+        served = [r.get(30) for r in shorts]
+        assert time.monotonic() - start < 2.5  # none waited for the busy controller
+        long_pid = long.get(30)
+        assert long_pid not in served
+        # Both controllers pull from the shared backlog when both are free.
+        both = pulling.map_sync(nap, [0.05] * 20)
+        assert set(both) == engine_pids[0] | engine_pids[1]
+        pulling.close()

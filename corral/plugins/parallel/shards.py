@@ -7,16 +7,17 @@ database, multiply both, and the aggregation lives where it costs the controller
 nothing: in the client.
 
 How work spreads: :class:`AggregateView` sends each load-balanced task to the controller
-whose engines hold the fewest of this client's unfinished tasks each (ties: the first),
-counting a task from submission to its result. So a controller whose engines are busy
-with long tasks receives nothing new while another has idle engines; the work that would
-have queued behind the busy ones goes to the idle ones instead. Within a controller its
-own scheduler balances as always.
+whose engines hold the fewest of this view's unfinished tasks each (ties: the first),
+counting a task from submission to its result. A controller takes at most ``window``
+unfinished tasks per engine; the rest wait in the view, in order, and go to whichever
+controller finishes a task first. So no controller queues work that another's idle engines
+could run: the shared backlog lives in the aggregate, and every controller's engines pull
+from it as they free up (stealing by pulling, with no task ever moved between
+controllers). Within a controller its own scheduler balances as always.
 
-What this is not (yet): tasks already queued *inside* one controller's scheduler are not
-taken back and given to another controller's idle engines (stealing of queued work); and
-each controller keeps its own database, so :meth:`AggregateClient.db_query` merges the
-answers of all of them.
+What this is not: a task already sent to one controller stays there (it holds at most
+``window`` per engine, the prefetch a scheduler keeps anyway); and each controller keeps
+its own database, so :meth:`AggregateClient.db_query` merges the answers of all of them.
 
 Engine ids: controller ``k`` of ``N`` calls its engines ``0, 1, ...``; the aggregate id of
 its engine ``i`` is ``i * N + k``, stable whatever the other controllers do.
@@ -24,14 +25,21 @@ its engine ``i`` is ``i * N + k``, stable whatever the other controllers do.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .client.client import Client
 from .cluster import Cluster, new_cluster_id
 
-__all__ = ["AggregateClient", "AggregateView", "Shards"]
+__all__ = ["AggregateClient", "AggregateView", "HeldResult", "Shards"]
+
+#: Unfinished tasks per engine a controller is given before the rest wait in the view:
+#: the task scheduler's own prefetch bound (queues.DEFAULT_HWM), so an engine never idles
+#: for want of work in its controller while the view holds some.
+DEFAULT_WINDOW = 128
 
 
 class Shards:
@@ -107,8 +115,8 @@ class AggregateClient:
         client, local = self.locate(engine_id)
         return client[local]
 
-    def load_balanced_view(self) -> AggregateView:
-        return AggregateView(self)
+    def load_balanced_view(self, window: int = DEFAULT_WINDOW) -> AggregateView:
+        return AggregateView(self, window)
 
     def db_query(self, query: dict[str, Any], keys: Sequence[str] | None = None) -> list[Any]:
         """Records matching ``query`` from every controller's database, one list."""
@@ -129,44 +137,112 @@ class AggregateClient:
             client.close()
 
 
-class AggregateView:
-    """Load balancing over several controllers: each task goes to the controller whose
-    engines hold the fewest of this view's unfinished tasks each."""
+class HeldResult(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The result of a task waiting in the view for room in some controller: a future
+    with ``get`` as the views' results have; ``sent`` is the real result once sent."""
 
-    def __init__(self, aggregate: AggregateClient) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: Any = None
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self.result(timeout)
+
+
+class AggregateView:
+    """Load balancing over several controllers (see the module docstring)."""
+
+    def __init__(self, aggregate: AggregateClient, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, not {window!r}")
         self.aggregate = aggregate
+        self.window = window
         self.views = [client.load_balanced_view() for client in aggregate.clients]
         self.outstanding = [0] * len(self.views)
+        self.held: deque[tuple[HeldResult, Callable[..., Any], tuple, dict]] = deque()
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._closed = False
+        self._pump: threading.Thread | None = None
 
-    def _pick(self) -> int:
+    def _pick(self) -> int | None:
+        """The controller with the fewest unfinished tasks per engine, among those with
+        room in their window; None when every one is full."""
         clients = self.aggregate.clients
-        best, best_share = 0, float("inf")
+        best, best_share = None, float("inf")
         for k, waiting in enumerate(self.outstanding):
-            share = (waiting + 1) / max(1, len(clients[k].ids))
+            engines = max(1, len(clients[k].ids))
+            if waiting >= self.window * engines:
+                continue
+            share = (waiting + 1) / engines
             if share < best_share:
                 best, best_share = k, share
         return best
 
     def _done(self, k: int) -> Callable[[Any], None]:
         def done(_result: Any) -> None:
-            with self._lock:
+            with self._room:
                 self.outstanding[k] -= 1
+                if self.held:
+                    self._room.notify()
 
         return done
 
-    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            k = self._pick()
-            self.outstanding[k] += 1
+    def _send(self, k: int, f: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Send to controller ``k`` (counted already)."""
         try:
             result = self.views[k].apply_async(f, *args, **kwargs)
         except BaseException:
-            with self._lock:
+            with self._room:
                 self.outstanding[k] -= 1
             raise
         result.add_done_callback(self._done(k))
         return result
+
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        with self._room:
+            k = None if self.held else self._pick()  # nobody jumps the queue
+            if k is None:
+                held = HeldResult()
+                self.held.append((held, f, args, kwargs))
+                self._start_pump()
+                return held
+            self.outstanding[k] += 1
+        return self._send(k, f, args, kwargs)
+
+    def _start_pump(self) -> None:
+        if self._pump is None:
+            self._pump = threading.Thread(target=self._run_pump, name="corral-shards", daemon=True)
+            self._pump.start()
+
+    def _run_pump(self) -> None:
+        """Send held tasks, oldest first, as controllers make room. A thread of its own:
+        the room is made in the clients' I/O threads, which must not be made to send."""
+        while True:
+            with self._room:
+                while not self._closed and (not self.held or self._pick() is None):
+                    self._room.wait()
+                if self._closed:
+                    return
+                k = self._pick()
+                assert k is not None
+                held, f, args, kwargs = self.held.popleft()
+                self.outstanding[k] += 1
+            try:
+                result = self._send(k, f, args, kwargs)
+            except BaseException as exc:  # noqa: BLE001 - the caller hears of it
+                held.set_exception(exc)
+                continue
+            held.sent = result
+            result.add_done_callback(lambda r, h=held: _settle(h, r))
+
+    def close(self) -> None:
+        """Stop sending held tasks (they are cancelled)."""
+        with self._room:
+            self._closed = True
+            while self.held:
+                self.held.popleft()[0].cancel()
+            self._room.notify_all()
 
     def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(f, *args, **kwargs).get()
@@ -177,3 +253,12 @@ class AggregateView:
 
     def map_sync(self, f: Callable[..., Any], *sequences: Iterable[Any]) -> list[Any]:
         return [result.get() for result in self.map_async(f, *sequences)]
+
+
+def _settle(held: HeldResult, result: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
+    """Pass a sent task's outcome on to the result its caller holds."""
+    exc = result.exception()
+    if exc is not None:
+        held.set_exception(exc)
+    else:
+        held.set_result(result.result())
