@@ -165,14 +165,16 @@ class AggregateView:
         self._closed = False
         self._pump: threading.Thread | None = None
 
-    def _pick(self) -> int | None:
+    def _pick(self, refill: bool = False) -> int | None:
         """The controller with the fewest unfinished tasks per engine, among those with
-        room in their window; None when every one is full."""
+        room in their window (for ``refill``: room for a quarter of it, so held tasks go
+        out in bursts that travel batched, not one per finished task); None when none."""
         clients = self.aggregate.clients
         best, best_share = None, float("inf")
         for k, waiting in enumerate(self.outstanding):
             engines = max(1, len(clients[k].ids))
-            if waiting >= self.window * engines:
+            room = self.window * engines - waiting
+            if room < (max(1, self.window // 4) * engines if refill else 1):
                 continue
             share = (waiting + 1) / engines
             if share < best_share:
@@ -183,7 +185,7 @@ class AggregateView:
         def done(_result: Any) -> None:
             with self._room:
                 self.outstanding[k] -= 1
-                if self.held:
+                if self.held and self._pick(refill=True) is not None:
                     self._room.notify()
 
         return done
@@ -220,21 +222,26 @@ class AggregateView:
         the room is made in the clients' I/O threads, which must not be made to send."""
         while True:
             with self._room:
-                while not self._closed and (not self.held or self._pick() is None):
+                while not self._closed and (not self.held or self._pick(refill=True) is None):
                     self._room.wait()
                 if self._closed:
                     return
-                k = self._pick()
-                assert k is not None
-                held, f, args, kwargs = self.held.popleft()
-                self.outstanding[k] += 1
-            try:
-                result = self._send(k, f, args, kwargs)
-            except BaseException as exc:  # noqa: BLE001 - the caller hears of it
-                held.set_exception(exc)
-                continue
-            held.sent = result
-            result.add_done_callback(lambda r, h=held: _settle(h, r))
+                burst: list[tuple[int, HeldResult, Callable[..., Any], tuple, dict]] = []
+                while self.held:
+                    k = self._pick()
+                    if k is None:
+                        break
+                    held, f, args, kwargs = self.held.popleft()
+                    self.outstanding[k] += 1
+                    burst.append((k, held, f, args, kwargs))
+            for k, held, f, args, kwargs in burst:
+                try:
+                    result = self._send(k, f, args, kwargs)
+                except BaseException as exc:  # noqa: BLE001 - the caller hears of it
+                    held.set_exception(exc)
+                    continue
+                held.sent = result
+                result.add_done_callback(lambda r, h=held: _settle(h, r))
 
     def close(self) -> None:
         """Stop sending held tasks (they are cancelled)."""
