@@ -5,6 +5,7 @@ idle engines while the other's are busy, and every controller's records are foun
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import cloudpickle
 import pytest
 
+from corral.core.config import ConfigError
+from corral.plugins.parallel.cluster import Cluster
 from corral.plugins.parallel.shards import Shards
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -37,8 +40,38 @@ def nap(seconds: float) -> int:
     return os.getpid()
 
 
+def test_cluster_with_several_controllers_is_an_aggregate(monkeypatch: Any) -> None:
+    assert type(Cluster(n=2)) is Cluster
+    assert type(Cluster(2, controllers=1)) is Cluster
+    two = Cluster(4, controllers=2, hb_period=0.5)
+    assert isinstance(two, Shards) and two.shares == [2, 2]
+    assert {c.hb_period for c in two.clusters} == {0.5}
+    assert len({c.cluster_id for c in two.clusters}) == 2
+    monkeypatch.setenv("CORRAL_CLUSTER_CONTROLLERS", "3")
+    three = Cluster(n=7)
+    assert isinstance(three, Shards) and three.shares == [3, 2, 2]
+    with pytest.raises(ConfigError, match="controllers"):
+        Cluster(n=2, controllers=0)
+    with pytest.raises(ValueError, match="cannot give each"):
+        Cluster(n=2, controllers=3)
+
+
+def test_the_command_line_refuses_an_aggregate(tmp_path: Path) -> None:
+    env = {**os.environ, "CORRAL_DIR": str(tmp_path), "CORRAL_CLUSTER_CONTROLLERS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "corral", "cluster", "start", "-n", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "controllers above 1 is for the Python API" in done.stderr
+
+
 def test_two_controllers_serve_one_client() -> None:
-    shards = Shards(2, controllers=2, profile="shards", hb_period=0.2, hb_misses=5)
+    shards = Cluster(2, controllers=2, profile="shards", hb_period=0.2, hb_misses=5)
+    assert isinstance(shards, Shards)
     with shards as client:
         assert len(client.ids) == 2
         engine_pids = [set(c.direct_view().apply_sync(where)) for c in client.clients]

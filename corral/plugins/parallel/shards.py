@@ -26,6 +26,7 @@ its engine ``i`` is ``i * N + k``, stable whatever the other controllers do.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -34,12 +35,52 @@ from typing import Any
 from .client.client import Client
 from .cluster import Cluster, new_cluster_id
 
-__all__ = ["AggregateClient", "AggregateView", "HeldResult", "Shards"]
+__all__ = ["AggregateClient", "AggregateView", "HeldResult", "Shards", "aggregate_if_asked"]
 
 #: Unfinished tasks per engine a controller is given before the rest wait in the view:
 #: the task scheduler's own prefetch bound (queues.DEFAULT_HWM), so an engine never idles
 #: for want of work in its controller while the view holds some.
 DEFAULT_WINDOW = 128
+
+
+#: Cluster's positional parameters, in order (for aggregate_if_asked).
+_CLUSTER_POSITIONAL = (
+    "n",
+    "profile",
+    "cluster_id",
+    "controller_mode",
+    "hb_period",
+    "db",
+    "launcher",
+    "engine_timeout",
+)
+
+
+def aggregate_if_asked(cls: type, args: tuple, kwargs: dict[str, Any]) -> Shards | None:
+    """For ``Cluster(...)``: a :class:`Shards` when ``controllers`` (the argument, else
+    ``[cluster] controllers`` of the profile or ``CORRAL_CLUSTER_CONTROLLERS``) is above 1;
+    None for one controller (and for subclasses, which keep their own behaviour)."""
+    if cls is not Cluster:
+        return None
+    named = dict(zip(_CLUSTER_POSITIONAL, args, strict=False))
+    named.update(kwargs)
+    controllers = named.get("controllers")
+    if controllers is None:
+        from .settings import resolve
+
+        profile = named.get("profile", "default")
+        config = resolve(profile, {})
+        controllers = config.get("cluster", "controllers")
+        n = named.get("n")
+        if controllers > 1 and n is None:
+            named["n"] = config.get("cluster", "n")
+    if int(controllers) <= 1:
+        return None
+    named.pop("controllers", None)
+    n = named.pop("n", None)
+    if n is None:
+        n = os.cpu_count() or 1
+    return Shards(int(n), int(controllers), **named)
 
 
 class Shards:
@@ -56,7 +97,8 @@ class Shards:
         base = cluster_id or new_cluster_id()
         shares = [n // controllers + (1 if k < n % controllers else 0) for k in range(controllers)]
         self.clusters = [
-            Cluster(n=share, cluster_id=f"{base}-{k}", **kwargs) for k, share in enumerate(shares)
+            Cluster(n=share, cluster_id=f"{base}-{k}", controllers=1, **kwargs)
+            for k, share in enumerate(shares)
         ]
         self.shares = shares
 
