@@ -24,6 +24,7 @@ from typing import Any
 
 import zmq
 
+from corral.core.fifo import trim_oldest
 from corral.core.serialize import pack_apply
 from corral.transports.zmq import wire
 from corral.transports.zmq.door import cluster_signer
@@ -572,8 +573,7 @@ class Client(ClientCompat):
     def _remember(self, msg_id: str, result: AsyncResult) -> None:
         recent = self._recent
         recent[msg_id] = result
-        if len(recent) > _RECENT_LIMIT:
-            recent.pop(next(iter(recent)))
+        trim_oldest(recent, _RECENT_LIMIT)  # in chunks: see corral.core.fifo
 
     def _send(
         self,
@@ -650,9 +650,7 @@ class Client(ClientCompat):
             )
             copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
             send(channel, frames, copy)
-        if len(recent) > _RECENT_LIMIT:
-            for _ in range(len(recent) - _RECENT_LIMIT):
-                recent.pop(next(iter(recent)))
+        trim_oldest(recent, _RECENT_LIMIT)
         self._history.extend(msg_ids)
         # What resubmit() sends again (references only: no copy, no work per task).
         result._request = (channel, msg_type, content, metadata, routes, single)

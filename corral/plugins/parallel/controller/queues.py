@@ -46,6 +46,7 @@ from typing import Any
 
 import zmq
 
+from corral.core.fifo import trim_oldest
 from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import (
@@ -1269,8 +1270,7 @@ class TaskScheduler(RoutingQueue):
         key = hash(msg_id)
         results.pop(key, None)  # re-insert at the young end
         results[key] = (engine or b"") if ok else _FAILED
-        if len(results) > self.results_lru:
-            del results[next(iter(results))]
+        trim_oldest(results, self.results_lru)  # in chunks: see corral.core.fifo
 
     def _error(self, job: Job, ename: str, evalue: str, engine: bytes | None = None) -> None:
         self.error_reply(job.client, job.header, engine or b"", ename, evalue)
