@@ -259,19 +259,32 @@ class Anywhere:
     targets = None
 
 
-def test_inline_least_load_is_policies_least_load() -> None:
+def test_the_scheduler_s_least_load_picks_a_least_loaded_engine() -> None:
+    """The hot path uses the bucketed index (loadindex.py), not the scan: same choice of
+    load as policies.least_load (ties may go to another engine of the same load)."""
     rng = random.Random(5)
     d = Driven(hwm=0)
     engines = [d.add(i) for i in range(5)]
     for _ in range(300):
         for engine in engines:
             d.sched.load[engine] = rng.randrange(4)
-        d.sched._rr = rng.randrange(100)
         n = len(engines)
-        expected = policies.least_load(
-            [d.sched.load[e] for e in engines], [0] * n, rng, d.sched._rr % n
-        )
-        assert d.sched._choose(Anywhere()) == engines[expected]  # type: ignore[arg-type]
+        expected = policies.least_load([d.sched.load[e] for e in engines], [0] * n, rng, 0)
+        chosen = d.sched._choose(Anywhere())  # type: ignore[arg-type]
+        assert d.sched.load[chosen] == d.sched.load[engines[expected]]
+
+
+def test_least_load_ties_go_round_robin_through_the_scheduler() -> None:
+    d = Driven(hwm=0)
+    engines = [d.add(i) for i in range(4)]
+    order = []
+    for _ in range(8):  # one task at a time, answered at once: every engine is tied at 0
+        msg_id = d.submit()
+        assert msg_id
+        ((engine, ids),) = d.sent().items()
+        order.append(engine)
+        d.reply(engine, ids[0])
+    assert order == engines + engines
 
 
 @pytest.mark.parametrize("name", sorted(policies.POLICIES))

@@ -121,8 +121,19 @@ class Cluster(ClusterCompat):
     :param options: keys of the chosen launchers' ``[launcher:NAME]`` sections, e.g.
         ``Cluster(engines="ssh", hosts=["node1:4", "node2:8"])``.
 
+    ``controllers`` (``[cluster] controllers``) above 1 makes this an aggregate of that
+    many controllers, each with its share of the ``n`` engines, behind one client: the
+    object returned is a :class:`~corral.plugins.parallel.shards.Shards` (same
+    ``start_and_connect``, ``stop`` and ``with``), whose client balances over all of them.
+
     .. versionadded:: 0.1
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        from .shards import aggregate_if_asked
+
+        aggregate = aggregate_if_asked(cls, args, kwargs)
+        return aggregate if aggregate is not None else super().__new__(cls)
 
     def __init__(
         self,

@@ -240,6 +240,15 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
     except ConfigError as error:
         print(f"corral: configuration error: {error}", file=sys.stderr, flush=True)
         return 2
+    if not isinstance(cluster, Cluster):  # [cluster] controllers > 1: an aggregate
+        print(
+            "corral: configuration error: [cluster] controllers above 1 is for the Python "
+            "API (Cluster(controllers=N) or corral.plugins.parallel.shards.Shards); "
+            "`corral cluster start` runs one controller",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
     if cluster.n == 0:  # only the Python API can add engines to it later
         print(
             "corral: configuration error: [cluster] n: bad value '0'; expected an integer "

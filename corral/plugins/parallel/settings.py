@@ -92,6 +92,15 @@ CLUSTER_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "cluster",
+        "controllers",
+        1,
+        "Controllers aggregated behind one client, each with its share of the engines\n"
+        "(corral.plugins.parallel.shards); 1: one controller.",
+        type="int",
+        minimum=1,
+    ),
+    Option(
+        "cluster",
         "hb_period",
         1.0,
         "Seconds between heartbeats.",

@@ -24,6 +24,7 @@ from typing import Any
 
 import zmq
 
+from corral.core.fifo import trim_oldest
 from corral.core.serialize import pack_apply
 from corral.notification import shared_center
 from corral.transports.zmq import wire
@@ -171,6 +172,11 @@ class Client(ClientCompat):
 
         self._engines: dict[int, EngineInfo] = {}
         self._dead: set[int] = set()
+        # Engine details fetched after registration notices: one connection_request in
+        # flight at a time, and one more if notices came meanwhile (a request per notice
+        # made 1,000 engines cost the hub 1,000 replies of 1,000 engines each).
+        self._details_pending = False
+        self._details_again = False
         self._engines_changed = threading.Condition()
         # msg_id -> result waiting for replies (mux, task, broadcast, data path)
         self._pending: dict[str, AsyncResult] = {}
@@ -439,6 +445,7 @@ class Client(ClientCompat):
         self._local_paths.clear()
         with self._engines_changed:
             self._engines.clear()
+        self._details_pending = self._details_again = False  # that reply will not come
         self._lost = None
         self._io = self._connect(info)
         self._sync_engines(max(0.1, deadline - time.monotonic()))
@@ -459,10 +466,7 @@ class Client(ClientCompat):
                 events.ENGINE_REGISTERED, self, engine_id=engine_id, uuid=content.get("uuid")
             )
             # The notification omits some details (the pid): fetch them, without waiting.
-            if not self._closed and self._lost is None:
-                self._request(
-                    "registration", "connection_request", {}, self._apply_connection_reply
-                )
+            self._fetch_details()
         elif msg_type == "unregistration_notification":
             with self._engines_changed:
                 self._engines.pop(engine_id, None)
@@ -473,6 +477,23 @@ class Client(ClientCompat):
             if self._local is not None:
                 self._local.engine_lost(engine_id)
             events.post_unregistration(shared_center, self, engine_id, content)
+
+    def _fetch_details(self) -> None:
+        """Ask the hub for every engine's details, coalescing a burst of notices."""
+        if self._closed or self._lost is not None:
+            return
+        if self._details_pending:
+            self._details_again = True
+            return
+        self._details_pending = True
+        self._details_again = False
+        self._request("registration", "connection_request", {}, self._on_details)
+
+    def _on_details(self, reply: Parsed) -> None:
+        self._details_pending = False
+        self._apply_connection_reply(reply)
+        if self._details_again:
+            self._fetch_details()
 
     def _fail_engine(self, engine_id: int, cause: str = "") -> None:
         """Fail this client's requests that only ``engine_id`` could have answered.
@@ -568,8 +589,7 @@ class Client(ClientCompat):
     def _remember(self, msg_id: str, result: AsyncResult) -> None:
         recent = self._recent
         recent[msg_id] = result
-        if len(recent) > _RECENT_LIMIT:
-            recent.pop(next(iter(recent)))
+        trim_oldest(recent, _RECENT_LIMIT)  # in chunks: see corral.core.fifo
 
     def _send(
         self,
@@ -650,9 +670,7 @@ class Client(ClientCompat):
             )
             copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
             send(channel, frames, copy)
-        if len(recent) > _RECENT_LIMIT:
-            for _ in range(len(recent) - _RECENT_LIMIT):
-                recent.pop(next(iter(recent)))
+        trim_oldest(recent, _RECENT_LIMIT)
         self._history.extend(msg_ids)
         # What resubmit() sends again (references only: no copy, no work per task).
         result._request = (channel, msg_type, content, metadata, routes, single)

@@ -21,16 +21,23 @@ __all__ = ["HeartMonitor"]
 
 #: Beats are ASCII integers; anything longer is not a beat.
 _MAX_BEAT_DIGITS = 20
+#: Engines registering within one beat that earn every one of them a beat of grace.
+CROWD_PER_BEAT = 250
+#: At most this many beats of grace for a crowd.
+MAX_CROWD_GRACE = 30
 
 
 class HeartMonitor:
     """Tracks the last beat each engine echoed and declares the silent ones dead.
 
     A newly added engine is credited with the current beat plus one, a grace of one
-    period for its heartbeat device to connect.
+    period for its heartbeat device to connect, plus one more beat per
+    :data:`CROWD_PER_BEAT` engines added during the current beat: when thousands register
+    at once, their heartbeat connections queue behind each other's handshakes (and the
+    hub's loop behind their registrations), and an engine must not die of that.
     """
 
-    __slots__ = ("period", "misses", "beat", "next_at", "_last")
+    __slots__ = ("period", "misses", "beat", "next_at", "_last", "_added", "_added_beat")
 
     def __init__(self, period: float, misses: int) -> None:
         if period <= 0 or misses < 1:
@@ -43,6 +50,8 @@ class HeartMonitor:
         self.beat = time.time_ns() // 1000
         self.next_at = time.monotonic()
         self._last: dict[bytes, int] = {}
+        self._added = 0  # engines added during beat ``_added_beat``
+        self._added_beat = self.beat
 
     def __len__(self) -> int:
         return len(self._last)
@@ -51,8 +60,12 @@ class HeartMonitor:
         return uuid in self._last
 
     def add(self, uuid: bytes) -> None:
-        """Start watching ``uuid``."""
-        self._last[uuid] = self.beat + 1
+        """Start watching ``uuid``, with a grace that grows with the crowd registering."""
+        if self._added_beat != self.beat:
+            self._added_beat, self._added = self.beat, 0
+        self._added += 1
+        grace = min(self._added // CROWD_PER_BEAT, MAX_CROWD_GRACE)
+        self._last[uuid] = self.beat + 1 + grace
 
     def remove(self, uuid: bytes) -> None:
         """Stop watching ``uuid`` (unregistered or declared dead)."""

@@ -217,6 +217,11 @@ class Hub(Component):
         # process without the key cannot keep a dead engine alive or answer for it.
         self.hb_ping = make_socket(ctx, zmq.PUB, gate=gate)
         self.hb_pong = make_socket(ctx, zmq.ROUTER, gate=gate)
+        # An engine's heartbeat DEALER that reconnects (a handshake timed out while
+        # thousands of engines connected at once) keeps its identity; without handover
+        # the ROUTER refuses the new pipe as a duplicate while the old one lingers, and
+        # the engine's echoes are dropped until it is declared dead.
+        self.hb_pong.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.notification = make_socket(ctx, zmq.PUB, unlimited=True, gate=gate)
         self.monitor = make_socket(ctx, zmq.PULL, unlimited=True, gate=gate)
         # A bounded pipe per sender: while the database writer lags, copies (results with

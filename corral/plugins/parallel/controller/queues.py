@@ -46,6 +46,7 @@ from typing import Any
 
 import zmq
 
+from corral.core.fifo import trim_oldest
 from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import (
@@ -88,6 +89,7 @@ from .base import (
 from .dependencies import FlaggedDependencies
 from .dependencies import parse as parse_dependency
 from .liveness import DisconnectWatch, local_engine_dead
+from .loadindex import LoadIndex
 from .policies import Policy, get_policy
 
 __all__ = [
@@ -974,7 +976,7 @@ class TaskScheduler(RoutingQueue):
         self._inline = policy == "leastload"  # the hot path's own copy of least_load
         self.rng = random.Random(seed)
         self.order: list[bytes] = []  # live engines, registration order
-        self.load: dict[bytes, int] = {}
+        self.load = LoadIndex()  # engine -> outstanding tasks, bucketed (see loadindex.py)
         #: per live engine, the tasks sent to it and not answered, oldest first
         self.sent: dict[bytes, dict[str, Job]] = {}
         #: per engine, the last task its latest start notice announced
@@ -1107,6 +1109,8 @@ class TaskScheduler(RoutingQueue):
             return pinned
         if not self._inline:
             return self._choose_by_policy(job)
+        if job.targets is None:  # least load in O(1), whatever the number of engines
+            return self.load.least(hwm)
         order = self.order
         n = len(order)
         if not n:
@@ -1326,8 +1330,7 @@ class TaskScheduler(RoutingQueue):
         key = hash(msg_id)
         results.pop(key, None)  # re-insert at the young end
         results[key] = (engine or b"") if ok else _FAILED
-        if len(results) > self.results_lru:
-            del results[next(iter(results))]
+        trim_oldest(results, self.results_lru)  # in chunks: see corral.core.fifo
 
     def _error(self, job: Job, ename: str, evalue: str, engine: bytes | None = None) -> None:
         self.error_reply(job.client, job.header, engine or b"", ename, evalue)
