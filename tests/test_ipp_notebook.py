@@ -105,3 +105,62 @@ def test_px_on_ipykernel_with_load_ext(env: LiveCluster) -> None:
 
 def test_px_on_corrals_kernel(env: LiveCluster) -> None:
     check(run("corral", CELLS))
+
+
+def _interrupt_px(kernel: str, setup: list[str]) -> tuple[str, str, float]:
+    """Run a long ``%%px`` cell, interrupt the kernel as JupyterLab's Kernel > Interrupt
+    does (jupyter_client's ``interrupt_kernel``) once both engines print, then run another
+    ``%px``: (the interrupted cell's error text, the next cell's stdout, its seconds)."""
+    import time
+
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name=kernel, startup_timeout=TIMEOUT)
+    try:
+        for code in setup:
+            reply = kc.execute_interactive(code, timeout=TIMEOUT, output_hook=lambda m: None)
+            assert reply["content"]["status"] == "ok", reply["content"]
+        msg_id = kc.execute("%%px\nimport time\nprint('sleeping', flush=True)\ntime.sleep(120)")
+        printed = 0
+        deadline = time.monotonic() + TIMEOUT
+        while printed < 2:  # both engines run it
+            msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") == msg_id and "sleeping" in str(
+                msg["content"].get("text", "")
+            ):
+                printed += msg["content"]["text"].count("sleeping")
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=TIMEOUT)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        content = reply["content"]
+        error = " ".join([content.get("ename", ""), content.get("evalue", "")])
+        error += "\n".join(content.get("traceback", []))
+        started = time.monotonic()
+        texts: list[str] = []
+        after = kc.execute_interactive(
+            "%px print('alive')",
+            timeout=TIMEOUT,
+            output_hook=lambda m: texts.append(str(m["content"].get("text", ""))),
+        )
+        assert after["content"]["status"] == "ok", after["content"]
+        return error, "".join(texts), time.monotonic() - started
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "setup"),
+    [("corral", []), ("ipy", ["%load_ext corral"])],
+    ids=["corral-kernel", "ipykernel"],
+)
+def test_kernel_interrupt_reaches_the_engines(
+    env: LiveCluster, kernel: str, setup: list[str]
+) -> None:
+    """Kernel > Interrupt during ``%%px`` stops the cell, the engines' task ends with
+    KeyboardInterrupt (shown in the cell's error), and the next ``%px`` runs at once, not
+    after the 120 s the task would have slept."""
+    error, out, seconds = _interrupt_px(kernel, setup)
+    assert "KeyboardInterrupt" in error
+    assert out.count("alive") == 2
+    assert seconds < 60
