@@ -61,6 +61,9 @@ RAW = {
     "transport (peers authenticate first, types resolve only to declared ones)",
     "notification/bridge.py:BridgeReceiver._run": "as BridgeReceiver.pump",
     "plugins/manager.py:disabled_plugins": "an .ini file",
+    "plugins/parallel/cluster.py:_only_child": "a /proc file (a monitor's child)",
+    "plugins/parallel/simengine.py:SimCrowd._on_beat": "heartbeat beats on a gated socket "
+    "(the scale benchmark's simulated engines echo them)",
     "plugins/parallel/client/io.py:ClientIO._run": "the I/O thread's wake pipe",
     "plugins/parallel/client/io.py:ClientIO._on_monitor": "libzmq socket events",
     "plugins/parallel/controller/base.py:drain": "hands each message to its handler; "

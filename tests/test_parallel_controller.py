@@ -341,7 +341,7 @@ def test_after_waits_for_completion(cluster: Cluster) -> None:
     client.reply()
 
 
-def test_failed_dependency_is_unmet(cluster: Cluster) -> None:
+def test_failed_dependency_is_impossible(cluster: Cluster) -> None:
     (a,), client = engines_and_client(cluster, 1)
     first = client.apply()
     dependent = client.apply(metadata={"after": [first["msg_id"]]})
@@ -349,11 +349,93 @@ def test_failed_dependency_is_unmet(cluster: Cluster) -> None:
     assert client.reply()["content"]["status"] == "error"
     err = client.reply()
     assert err["parent_header"]["msg_id"] == dependent["msg_id"]
-    assert err["content"]["ename"] == "UnmetDependency"
+    assert err["content"]["ename"] == "ImpossibleDependency"  # ipyparallel's type
     late = client.apply(metadata={"after": [first["msg_id"]]})
     err = client.reply()
     assert err["parent_header"]["msg_id"] == late["msg_id"]
-    assert err["content"]["ename"] == "UnmetDependency"
+    assert err["content"]["ename"] == "ImpossibleDependency"
+    assert settled(cluster.component("task")) == 0
+
+
+def flagged(ids: list[str], **flags: bool) -> dict[str, Any]:
+    return {"dependencies": ids, "all": True, "success": True, "failure": False, **flags}
+
+
+def test_flagged_dependencies(cluster: Cluster) -> None:
+    (a,), client = engines_and_client(cluster, 1)
+    bad = client.apply()
+    good = client.apply()
+    on_failure = client.apply(metadata={"after": flagged([bad["msg_id"]], failure=True)})
+    only_failure = client.apply(
+        metadata={"after": flagged([good["msg_id"]], success=False, failure=True)}
+    )
+    any_of = client.apply(metadata={"after": flagged([bad["msg_id"], good["msg_id"]], all=False)})
+    a.answer(status="error")  # bad fails: on_failure may run, any_of still waits for good
+    assert client.reply()["parent_header"]["msg_id"] == bad["msg_id"]
+    a.answer()  # good succeeds: only_failure can never be met, any_of is
+    assert client.reply()["parent_header"]["msg_id"] == good["msg_id"]
+    err = client.reply()
+    assert err["parent_header"]["msg_id"] == only_failure["msg_id"]
+    assert err["content"]["ename"] == "ImpossibleDependency"
+    ran = {a.answer()["msg_id"], a.answer()["msg_id"]}
+    assert ran == {on_failure["msg_id"], any_of["msg_id"]}
+    assert {client.reply()["content"]["status"] for _ in range(2)} == {"ok"}
+    # every id failed and failures are not accepted: impossible at once, even with any
+    late = client.apply(metadata={"after": flagged([bad["msg_id"]], all=False)})
+    err = client.reply()
+    assert (err["parent_header"]["msg_id"], err["content"]["ename"]) == (
+        late["msg_id"],
+        "ImpossibleDependency",
+    )
+    assert settled(cluster.component("task")) == 0
+
+
+def test_flagged_follow_and_timeout(cluster: Cluster) -> None:
+    (a, b), client = engines_and_client(cluster)
+    first = client.apply(metadata={"targets": [b.id]})
+    b.answer()
+    client.reply()
+    follower = client.apply(metadata={"follow": flagged([first["msg_id"]], all=False)})
+    assert b.answer()["msg_id"] == follower["msg_id"]  # where its dependency ran
+    assert a.nothing("task_engine", 0.05)
+    client.reply()
+    blocker = client.apply(metadata={"targets": [a.id]})
+    waiting = client.apply(
+        metadata={"after": flagged([blocker["msg_id"]], failure=True), "timeout": 0.1}
+    )
+    idents, msg = a.next_request()
+    err = client.reply()
+    assert err["parent_header"]["msg_id"] == waiting["msg_id"]
+    assert err["content"]["ename"] == "DependencyTimeout"
+    a.reply("task", idents, msg)
+    client.reply()
+    assert settled(cluster.component("task")) == 0
+
+
+def test_a_rejected_task_moves_to_another_engine(cluster: Cluster) -> None:
+    (a, b), client = engines_and_client(cluster)
+    rejected = {"dependencies_met": False}
+    task = client.apply(metadata={"targets": [a.id, b.id]})
+    first, other = (a, b) if not a.nothing("task_engine", 0.5) else (b, a)
+    idents, msg = first.next_request()
+    first.reply("task", idents, msg, status="error", extra_metadata=rejected)
+    assert other.answer()["msg_id"] == task["msg_id"]  # the same task, on the other engine
+    reply = client.reply()
+    assert reply["parent_header"]["msg_id"] == task["msg_id"]
+    assert reply["content"]["status"] == "ok"  # the rejection never reached the client
+    doomed = client.apply()
+    for _ in range(2):
+        for eng in (a, b):
+            if not eng.nothing("task_engine", 0.2):
+                idents, msg = eng.next_request()
+                assert msg["msg_id"] == doomed["msg_id"]
+                eng.reply("task", idents, msg, status="error", extra_metadata=rejected)
+                break
+    err = client.reply()
+    assert err["parent_header"]["msg_id"] == doomed["msg_id"]
+    assert err["content"]["ename"] == "ImpossibleDependency"
+    assert "every engine rejected it" in err["content"]["evalue"]
+    assert a.nothing("task_engine", 0.05) and b.nothing("task_engine", 0.01)
     assert settled(cluster.component("task")) == 0
 
 
