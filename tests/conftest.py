@@ -22,6 +22,7 @@ Three things every test gets, so no test file has to remember them:
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -136,6 +137,7 @@ _sandbox: Path | None = None
 def _enter_sandbox() -> Path:
     """Point the home-relative variables into a new temporary directory; return it."""
     root = Path(tempfile.mkdtemp(prefix="corral-tests-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     real_home = Path.home()
     for name, sub in SANDBOX_DIRS.items():
         _saved_env[name] = os.environ.get(name)
@@ -149,15 +151,19 @@ def _enter_sandbox() -> Path:
     return root
 
 
-def _leave_sandbox(root: Path) -> None:
-    """Restore the variables saved by :func:`_enter_sandbox` and remove the sandbox."""
+def _leave_sandbox() -> None:
+    """Restore the variables saved by :func:`_enter_sandbox`.
+
+    The directory itself is removed at interpreter exit (registered by
+    :func:`_enter_sandbox`, so after the ``atexit`` hooks registered later run first):
+    an IPython shell a test made writes its history there from its own ``atexit`` hook.
+    """
     for name, value in _saved_env.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
     _saved_env.clear()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def restore_sigint() -> None:
@@ -177,7 +183,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _sandbox
     if _sandbox is not None:
-        _leave_sandbox(_sandbox)
+        _leave_sandbox()
         _sandbox = None
 
 
