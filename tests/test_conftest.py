@@ -71,10 +71,11 @@ def test_markers_are_applied(request: pytest.FixtureRequest) -> None:
     assert request.node.get_closest_marker("process") is not None  # this file is listed
 
 
-def _probe(*options: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options]
+def _under_ignoring_parent(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run pytest with ``args`` as a CI runner that ignores SIGINT would start it."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
     return subprocess.run(
-        [sys.executable, "-c", IGNORING_PARENT, *command, str(PROBE)],
+        [sys.executable, "-c", IGNORING_PARENT, *command],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -84,14 +85,28 @@ def _probe(*options: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal semantics")
 def test_the_suite_is_immune_to_an_ignored_sigint() -> None:
-    result = _probe()
+    result = _under_ignoring_parent(str(PROBE))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal semantics")
+def test_a_suite_test_that_interrupts_passes_under_an_ignoring_parent() -> None:
+    """One of the suite's own interrupt tests: Ctrl-C during %px reaches the engine.
+
+    Without the conftest's handler the SIGINT it sends itself is ignored, the cell sleeps
+    its 120 s to the end and succeeds, and the test fails.
+    """
+    pytest.importorskip("IPython")
+    test = "tests/test_ipp_magics.py::test_progress_bar_and_interrupt"
+    result = _under_ignoring_parent(test)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal semantics")
 def test_without_the_conftest_the_probe_fails() -> None:
     """The probe is sensitive: the same run without tests/conftest.py fails both tests."""
-    result = _probe("--noconftest")
+    result = _under_ignoring_parent("--noconftest", str(PROBE))
     assert result.returncode != 0
     assert "2 failed" in result.stdout, result.stdout + result.stderr
