@@ -479,7 +479,7 @@ def _ranges(spec: str) -> list[tuple[int, int, int | None]]:
     """``4``, ``1-4`` (inclusive), ``~1/2-5`` or ``3/1-2`` -> (session, start, stop)."""
     import re
 
-    found = []
+    found: list[tuple[int, int, int | None]] = []
     for token in spec.split():
         match = re.fullmatch(r"(?:(~?)(\d+)/)?(\d+)(?:-(\d+))?", token)
         if match is None:

@@ -170,8 +170,10 @@ def enable_matplotlib(shell: Any, gui: str | None = None) -> tuple[str, str]:
         from IPython.core.pylabtools import activate_matplotlib
         from matplotlib_inline.backend_inline import configure_inline_support
 
-        activate_matplotlib(backend)  # interactive: figures show at the end of the cell
-        configure_inline_support(shell, backend)  # inline's hooks on, or off for widget
+        # interactive: figures show at the end of the cell
+        activate_matplotlib(backend)  # type: ignore[no-untyped-call]
+        # inline's hooks on, or off for widget
+        configure_inline_support(shell, backend)  # type: ignore[no-untyped-call]
     else:
         matplotlib.interactive(False)
     return gui, backend
@@ -379,7 +381,7 @@ def register_compat_magics(registry: MagicsRegistry) -> None:
         registry.register_line(name, func)
     for program in ("bash", "sh", "python", "python3", "perl", "ruby"):
         registry.register_cell(program, _shortcut(program))
-    for name, func in (
+    for name, cell_func in (
         ("capture", capture_cell),
         ("script", script_cell),
         ("html", _rich_cell("text/html")),
@@ -389,4 +391,4 @@ def register_compat_magics(registry: MagicsRegistry) -> None:
         ("javascript", _rich_cell("application/javascript")),
         ("js", _rich_cell("application/javascript")),
     ):
-        registry.register_cell(name, func)
+        registry.register_cell(name, cell_func)

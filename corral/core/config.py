@@ -129,7 +129,8 @@ class Option:
         return self._check_range(number)
 
     def _check_python_value(self, value: Any) -> Any:
-        expected: dict[str, type | tuple[type, ...]] = {
+        # Any, not type | tuple[type, ...]: isinstance against it must not narrow value to object
+        expected: dict[str, Any] = {
             "int": int,
             "float": (int, float),
             "bool": bool,

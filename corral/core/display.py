@@ -150,8 +150,8 @@ def format_object(
         return data, metadata
     include = set(include) if include is not None else None
     exclude = set(exclude) if exclude is not None else None
-    data: dict[str, Any] = {}
-    metadata: dict[str, Any] = {}
+    data = {}
+    metadata = {}
     cls = type(obj)
     bundle_method = getattr(cls, "_repr_mimebundle_", None)
     if bundle_method is not None:
@@ -216,6 +216,7 @@ def _publish(
     transient: dict[str, Any] | None,
     display_id: str | None,
 ) -> None:
+    md: dict[str, Any]
     if raw:
         data, md = dict(obj), {}
     else:

@@ -69,7 +69,8 @@ class _Loader:
         self.name = name
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        return self.real.create_module(spec)
+        module: ModuleType | None = self.real.create_module(spec)
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
         module.__loader__ = self.real

@@ -49,8 +49,8 @@ def name_at(code: str, cursor_pos: int | None = None) -> str:
             depth += 1
         elif ch == "(":
             if depth == 0:
-                match = re.search(r"[A-Za-z_][\w.]*$", before[:i].rstrip())
-                return match.group() if match else ""
+                callee = re.search(r"[A-Za-z_][\w.]*$", before[:i].rstrip())
+                return callee.group() if callee else ""
             depth -= 1
     return ""
 
@@ -76,7 +76,8 @@ def _class_file(cls: type) -> str | None:
         func = getattr(value, "__func__", value)
         code = getattr(func, "__code__", None)
         if code is not None:
-            return code.co_filename
+            filename: str = code.co_filename
+            return filename
     return None
 
 

@@ -85,7 +85,8 @@ def get_interpreter() -> Interpreter | None:
     """The interpreter running now, or the one that ran last (None before any exists)."""
     from corral.core.display import get_current
 
-    return get_current()
+    current: Interpreter | None = get_current()
+    return current
 
 
 class _Accessor:
@@ -439,6 +440,7 @@ class Interpreter:
         tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
         self._flags |= _future_flags(tree)
         mode = current_mode(self.ast_node_interactivity) if show is not None else DEFAULT_MODE
+        what: Any  # statements, a name or an expression, by kind
         for kind, what in steps(tree.body, mode):
             if kind == "exec":
                 if what:

@@ -53,7 +53,7 @@ class PostingStream(io.TextIOBase):
         super().__init__()
         self._center = center
         self._sender = sender
-        self.name = name  # type: ignore[misc]  # io.TextIOBase declares it read-only
+        self.name = name
 
     @property
     def encoding(self) -> str:  # type: ignore[override]

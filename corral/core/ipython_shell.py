@@ -226,7 +226,8 @@ class MagicsManager:
                 self.registry.register_cell(name, _cell_adapter(func))
 
     def lsmagic(self) -> dict[str, list[str]]:
-        return self.registry.names()
+        names: dict[str, list[str]] = self.registry.names()
+        return names
 
 
 class ExtensionManager:
@@ -352,11 +353,13 @@ class ZMQInteractiveShell:
 
     @property
     def user_ns(self) -> dict[str, Any]:
-        return self.interpreter.user_ns
+        ns: dict[str, Any] = self.interpreter.user_ns
+        return ns
 
     @property
     def user_global_ns(self) -> dict[str, Any]:
-        return self.interpreter.user_ns
+        ns: dict[str, Any] = self.interpreter.user_ns
+        return ns
 
     @property
     def user_ns_hidden(self) -> dict[str, Any]:
@@ -538,16 +541,17 @@ def adopt_ipython(interpreter: Any) -> None:
     hybrid = _hybrid_class(InteractiveShell)
     state = dict(shell.__dict__)
     shell.__class__ = hybrid
-    hybrid.setup_instance(shell)  # traitlets' per-instance state; IPython's __init__ never runs
+    # traitlets' per-instance state; IPython's __init__ never runs
+    hybrid.setup_instance(shell)  # type: ignore[attr-defined]
     shell.__dict__.update(state)
-    shell.display_formatter = DisplayFormatter(parent=shell)
+    shell.display_formatter = DisplayFormatter(parent=shell)  # type: ignore[attr-defined]
     for klass in hybrid.mro():
         if (
             isinstance(klass, type)
             and issubclass(klass, SingletonConfigurable)
             and klass is not SingletonConfigurable
         ):
-            klass._instance = shell
+            klass._instance = shell  # type: ignore[assignment]
     from corral.core import display as corral_display
 
     corral_display.set_formatter(shell.display_formatter.format)
@@ -555,7 +559,7 @@ def adopt_ipython(interpreter: Any) -> None:
 
 def shell_for_plain(interpreter: Any) -> ZMQInteractiveShell:
     """The shell of ``interpreter`` without adopting IPython (see :func:`shell_for`)."""
-    shell = interpreter._shell
+    shell: ZMQInteractiveShell | None = interpreter._shell
     if shell is None:
         shell = ZMQInteractiveShell(interpreter)
         interpreter._shell = shell

@@ -173,7 +173,7 @@ def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memory
     if view.format == fmt and view.shape == shape:
         return view
     try:
-        return view.cast("B").cast(fmt, shape)
+        return view.cast("B").cast(fmt, shape)  # type: ignore[call-overload,no-any-return]
     except (TypeError, ValueError):
         return view.cast("B")
 
@@ -403,7 +403,7 @@ def _memo_has_large_bytes(pickler: pickle.Pickler, threshold: int) -> bool:
     Python-level look at lengths only happens when there are bytes-likes at all.
     """
     try:
-        entries = pickler.memo.copy().values()  # type: ignore[attr-defined]
+        entries = pickler.memo.copy().values()
     except AttributeError:  # a pickler without a memo proxy: assume the worst
         return True
     objects = list(map(itemgetter(1), entries))
@@ -538,7 +538,7 @@ class _Unpickler(pickle.Unpickler):
         return value
 
 
-def _owner_if_whole(buffer: Any, view: memoryview, cls: type) -> Any:
+def _owner_if_whole(buffer: Any, view: memoryview, cls: type[bytes | bytearray]) -> Any:
     """The frame itself when it already is a whole ``cls`` object: zero copy."""
     if type(buffer) is cls:
         return buffer

@@ -30,7 +30,7 @@ import threading
 import types
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 __all__ = ["NotificationCenter", "Observer", "shared_center"]
@@ -137,9 +137,9 @@ class NotificationCenter:
             try:
                 cell(type, sender, **info)  # type: ignore[operator]
             except Exception:
-                self._observer_failed(cell, type, sender)
+                self._observer_failed(cell, type, sender)  # type: ignore[arg-type]
             return
-        for func, ref in cell:  # type: ignore[union-attr]
+        for func, ref in cell:
             try:
                 if ref is None:
                     func(type, sender, **info)
@@ -338,6 +338,7 @@ class NotificationCenter:
                 self._lock.release()
 
     def _registrations_of_dead(self, kind: str, what: Any) -> list[_Registration]:
+        lists: Iterator[list[_Registration] | tuple[()]]
         if kind == "sender":
             lists = (
                 self._registrations.get((rtype, what), ()) for rtype in list(self._type_counts)

@@ -176,7 +176,8 @@ class Signer:
             return b""
         h = self._base.copy()
         h.update(b"".join(parts))
-        return h.hexdigest().encode("ascii")
+        digest: bytes = h.hexdigest().encode("ascii")
+        return digest
 
     def verify(self, parts: Sequence[bytes | memoryview], signature: bytes) -> bool:
         """Whether ``signature`` signs ``parts``; compared in constant time."""
