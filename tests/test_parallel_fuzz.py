@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+from helpers import TIMEOUT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from parallel_fakes import FakeClient, FakeEngine
@@ -279,3 +281,79 @@ def test_fuzz_socket_keeps_serving(rig: Rig, component: str) -> None:
         _probe(rig, component)
 
     run()
+
+
+def test_refused_input_leaves_the_counters_true(tmp_path: Path) -> None:
+    """Unsigned, wrong-key, replayed, tampered and garbage messages at every controller
+    socket of a real cluster move no counter: afterwards the hub counts exactly the real
+    tasks (the issue's measurement: phantom queued and running tasks after malformed
+    input). A request whose buffers were altered passes the queue (which counts buffers,
+    it does not hash them) and is refused by the engine, which answers it with an error:
+    it counts as completed, never as running forever."""
+    import corral
+
+    os.environ["CORRAL_DIR"] = str(tmp_path / "corral")
+    with corral.Cluster(n=2, profile="counts") as rc:
+        rc.wait_for_engines(2, timeout=TIMEOUT)
+        info = read_cluster_file(rc.connection_file)
+        raw = FakeClient(info)
+        ctx = zmq.Context.instance()
+        socks: dict[str, zmq.Socket[Any]] = {}
+        for name in ("registration", "mux", "control", "task", "broadcast", "hb_pong"):
+            sock = raw.gate.client(ctx.socket(zmq.DEALER))
+            sock.linger = 0
+            sock.connect(info.url(name))
+            socks[name] = sock
+        monitor = raw.gate.client(ctx.socket(zmq.PUSH))
+        monitor.linger = 0
+        monitor.connect(info.url("monitor"))
+        socks["monitor"] = monitor
+        engines = raw.ask("connection_request")["content"]["engines"]
+        ident = engines["0"]["uuid"].encode()
+        signer = cluster_signer(info.key)
+        wrong = cluster_signer(b"not the cluster key" * 2)
+        refused: list[list[bytes]] = []
+        for msg_type in ("apply_request", "apply_reply", "execute_request"):
+            head = json.dumps(wire.make_header(msg_type, "s")).encode()
+            body = [head, b"{}", b'{"targets": null}', b"{}"]
+            refused += [
+                [wire.DELIMITER, b"", *body],  # unsigned
+                [wire.DELIMITER, wrong.seal(body, [b"b"]), *body, b"b"],  # wrong key
+                [wire.DELIMITER, signer.seal(body), *body[:3], b"{not json"],
+                [b"garbage", os.urandom(40)],
+            ]
+        # A real direct request, replayed below: it counts once.
+        header = json.dumps(wire.make_header("execute_request", "s")).encode()
+        parts = [header, b"{}", b"{}", b'{"code": "x = 1", "silent": true}']
+        real = [ident, wire.DELIMITER, signer.seal(parts), *parts]
+        socks["mux"].send_multipart(real)
+        # Genuine parts, an altered buffer: the engine answers it with an error.
+        tampered_header = json.dumps(wire.make_header("apply_request", "s")).encode()
+        tampered = [tampered_header, b"{}", b"{}", b"{}"]
+        socks["mux"].send_multipart(
+            [ident, wire.DELIMITER, signer.seal(tampered, [b"b"]), *tampered, b"X"]
+        )
+        for _ in range(20):
+            for name, sock in socks.items():
+                routing = [ident] if name in ("mux", "control") else []
+                if name == "monitor":
+                    routing = [b"reply:00", ident, b"client"]
+                for frames in refused:
+                    sock.send_multipart(routing + frames)
+            socks["mux"].send_multipart(real)  # replayed on the socket it came in on
+        view = rc.load_balanced_view()
+        assert view.map_sync(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
+        assert rc[1].apply_sync(abs, -7) == 7
+        expected = 2 + 5 + 1  # the real request, the tampered one, the map, the apply
+        deadline = time.monotonic() + TIMEOUT
+        status = rc.queue_status()
+        while sum(s["completed"] for k, s in status.items() if k != "unassigned") < expected:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+            status = rc.queue_status()
+        assert status.pop("unassigned") == 0
+        assert sum(s["completed"] for s in status.values()) == expected, status
+        assert all(s["queue"] == 0 for s in status.values()), status
+        for sock in socks.values():
+            sock.close(linger=0)
+        raw.close()

@@ -49,6 +49,7 @@ __all__ = [
     "BUFFER_DIGESTS",
     "BUFFERS_HASHED",
     "BUFFERS_IGNORED",
+    "BuffersAltered",
     "DIGEST_HEX",
     "ROLES",
     "ClusterSigner",
@@ -167,8 +168,12 @@ def admit(
     With a non-cluster :class:`wire.Signer` (kernel channels) the buffers are not covered:
     Jupyter's own signature. A disabled signer (empty key) checks nothing cryptographic.
     """
+    altered: BuffersAltered | None = None
     if signer.enabled:
-        signer.check(parts, signature, buffers, how)
+        try:
+            signer.check(parts, signature, buffers, how)
+        except BuffersAltered as exc:
+            altered = exc  # the parts are genuine: still checked for replay, then raised
         if replay is not None:
             if seen is None:
                 seen = signature
@@ -181,6 +186,9 @@ def admit(
         raise wire.MalformedMessage("header must be a JSON object with a string 'msg_id'")
     if role is not None and not role.allows(header.get("msg_type")):
         raise RoleRefused(f"{header.get('msg_type')!r} is not accepted by {role.name}")
+    if altered is not None:
+        altered.header = header
+        raise altered
     return header
 
 
@@ -303,6 +311,21 @@ def _load_blake3() -> Any:
     return blake3
 
 
+class BuffersAltered(wire.BadSignature):
+    """The signed parts verify but the buffers do not match the digests they carry (one
+    altered, added or dropped on the way).
+
+    Unlike any other refusal, the header is genuine: :func:`admit` attaches it (after the
+    replay check), so a receiver can answer the sender with an error instead of leaving a
+    task that will never be answered (a forwarder, which only counts buffers, has already
+    recorded it as sent).
+    """
+
+    header: dict[str, Any] | None = None
+    #: what the receiver made of the rest of the message (its own type), for its answer
+    message: Any = None
+
+
 class ClusterSigner(wire.Signer):
     """A :class:`wire.Signer` whose signature also covers every buffer (see the module)."""
 
@@ -346,14 +369,14 @@ class ClusterSigner(wire.Signer):
             return
         count, odd = divmod(len(tail), DIGEST_HEX)
         if odd or count != len(buffers):
-            raise wire.BadSignature(
+            raise BuffersAltered(
                 f"the signature covers {count} buffer(s), the message has {len(buffers)}"
             )
         if how == BUFFERS_HASHED:
             for i, buf in enumerate(buffers):
                 want = tail[i * DIGEST_HEX : (i + 1) * DIGEST_HEX]
                 if not hmac.compare_digest(buffer_digest(buf), want):
-                    raise wire.BadSignature(f"buffer {i} was altered after signing")
+                    raise BuffersAltered(f"buffer {i} was altered after signing")
 
     def verify(self, parts: Sequence[Any], signature: bytes) -> bool:
         """Whether ``signature`` signs ``parts`` (buffers not looked at)."""

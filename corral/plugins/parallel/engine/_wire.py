@@ -31,7 +31,7 @@ import zmq
 from corral.core.interrupts import protect
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
-from corral.transports.zmq.door import ROLES, Role, admit
+from corral.transports.zmq.door import ROLES, BuffersAltered, Role, admit
 from corral.transports.zmq.frames import recv_frames, send_frames
 
 __all__ = [
@@ -226,7 +226,12 @@ def _verified(
     """Let ``parts`` through the cluster's door (signature with every buffer hashed,
     replay, header, role), then parse the content."""
     signature, raw_header, raw_parent, raw_metadata, raw_content = parts
-    header = admit(signer, replay, parts[1:], signature, buffers, role=role)
+    try:
+        header = admit(signer, replay, parts[1:], signature, buffers, role=role)
+    except BuffersAltered as exc:  # genuine header: the engine answers with an error
+        assert exc.header is not None
+        exc.message = Message(idents, exc.header, raw_header, {}, [], raw_parent, raw_metadata)
+        raise
     if type(header.get("msg_type")) is not str:
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
     content = _parse_dict(raw_content, "content")

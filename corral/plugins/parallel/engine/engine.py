@@ -61,7 +61,7 @@ from zmq.backend import zmq_poll
 
 from corral.notification.center import shared_center
 from corral.transports.zmq import wire
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import BuffersAltered, cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
@@ -611,8 +611,7 @@ class Engine:
         except zmq.Again:
             return
         for exc in errors:
-            self.dropped += 1
-            log.warning("dropped a bad message on a queue: %s", exc)
+            self.refuse(sock, exc, "a queue")
         if len(messages) == 1:
             self._serve_message(sock, messages[0])
         elif messages:
@@ -772,6 +771,16 @@ class Engine:
             "traceback": traceback,
             "engine_info": {**self.engine_info, "method": method},
         }
+
+    def refuse(self, sock: Destination, exc: wire.WireError, where: str) -> None:
+        """Count and log a refused message. One whose buffers were altered on the way has
+        a genuine header, and its queue has already counted it as sent to this engine:
+        it is answered with the error, so neither its client nor the hub waits forever."""
+        self.dropped += 1
+        log.warning("dropped a bad message on %s: %s", where, exc)
+        message = getattr(exc, "message", None)
+        if isinstance(exc, BuffersAltered) and message is not None:
+            self._reply_error(sock, message, exc, message.msg_type.removesuffix("_request"))
 
     def _reply_error(
         self, sock: Destination, msg: Message, exc: BaseException, method: str = "engine"

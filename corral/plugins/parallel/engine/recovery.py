@@ -99,8 +99,7 @@ class ControllerRecovery:
                 except zmq.Again:
                     break
                 for exc in errors:
-                    self.engine.dropped += 1
-                    log.warning("dropped a bad message on a queue: %s", exc)
+                    self.engine.refuse(sock, exc, "a queue")
                 self.engine._pending.extend((sock, msg) for msg in messages)
 
     def register_again(self) -> None:

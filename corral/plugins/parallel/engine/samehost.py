@@ -95,8 +95,7 @@ class SameHostClients:
             try:
                 msg = parse_message(frames, engine.signer, engine.replay, ROLES["engine_requests"])
             except wire.WireError as exc:
-                engine.dropped += 1
-                log.warning("dropped a bad message on the local socket: %s", exc)
+                engine.refuse(conn, exc, "the local socket")
                 continue
             conn.request_frames = frames
             engine._serve_message(conn, msg)
