@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from parallel_client_harness import LiveCluster
 
+from corral.core import compat
 from corral.plugins.parallel.client.messages import MessageBuilder, parse
 from corral.transports import unix
 from corral.transports.zmq import wire
@@ -46,7 +47,8 @@ class Rig:
         self.signer = cluster_signer(self.info["key"])
         self.builder = MessageBuilder(self.signer, "fuzzer")
         self.engine = self.client.engines[0]
-        assert self.engine.data_url and self.engine.local_path
+        assert self.engine.data_url
+        assert self.engine.local_path or not compat.HAS_UNIX_SOCKETS
         self.client[self.engine.id].push({"fuzz_marker": 41}, block=True)
         self.sock = gate_for(self.info).client(zmq.Context.instance().socket(zmq.DEALER))
         self.sock.linger = 0
@@ -213,6 +215,7 @@ def test_oversized_messages_on_the_data_socket(rig: Rig) -> None:
     rig.served(rig.sock)
 
 
+@pytest.mark.skipif(not compat.HAS_UNIX_SOCKETS, reason="no Unix sockets in Windows mode")
 @settings(
     max_examples=30,
     deadline=None,
@@ -230,6 +233,7 @@ def test_fuzz_local_socket(rig: Rig, data: st.DataObject) -> None:
         conn.close()
 
 
+@pytest.mark.skipif(not compat.HAS_UNIX_SOCKETS, reason="no Unix sockets in Windows mode")
 @pytest.mark.parametrize(
     "prefix",
     [
@@ -256,6 +260,9 @@ def test_bad_framing_on_the_local_socket(rig: Rig, prefix: bytes) -> None:
         fresh.close()
 
 
+@pytest.mark.skipif(
+    not compat.HAS_UNIX_SOCKETS, reason="it counts same-host calls: no Unix sockets in Windows mode"
+)
 def test_zz_engines_alive_and_counts_true(rig: Rig) -> None:
     """Runs last in this file: after all of the above, no engine died or re-registered,
     the hub counts nothing queued, running or unassigned, and ``completed`` grows by

@@ -21,6 +21,7 @@ import pytest
 import zmq
 from parallel_client_harness import LiveCluster
 
+from corral.core import compat
 from corral.core.serialize import pack_apply, serialize
 from corral.plugins.parallel.client import Client
 from corral.plugins.parallel.client.messages import MessageBuilder, parse
@@ -115,7 +116,20 @@ def apply_frames(
     )
 
 
-@pytest.mark.parametrize("path", ["mux", "task", "data", "local"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "mux",
+        "task",
+        "data",
+        pytest.param(
+            "local",
+            marks=pytest.mark.skipif(
+                not compat.HAS_UNIX_SOCKETS, reason="no Unix sockets in Windows mode"
+            ),
+        ),
+    ],
+)
 def test_buffers_swapped_after_signing_never_run(
     cluster: LiveCluster, info: dict[str, Any], tmp_path: Path, path: str
 ) -> None:
