@@ -47,7 +47,7 @@ from .funccache import FunctionCache
 from .io import ClientIO
 from .local import MAX_LOCAL_BUFFERS, MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
 from .messages import MessageBuilder, Parsed, encode_json, parse
-from .stored import StoredFetches, is_stored, signed_digests
+from .stored import StoredFetches, is_stored
 
 __all__ = ["Client", "EngineInfo"]
 
@@ -528,7 +528,7 @@ class Client(ClientCompat):
             log.warning("dropped a message on %s: %s", channel, exc)
             return
         if stored:  # its buffers wait in the task database (corral.plugins.parallel.flow)
-            self._stored.add(msg, signed_digests(frames[2]))
+            self._stored.add(msg, frames[2])  # [STORED, DELIM, signature, ...]
             return
         if channel == "iopub":
             self._on_iopub(msg)

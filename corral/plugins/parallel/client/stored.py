@@ -21,7 +21,7 @@ from corral.transports.zmq.door import check_signed_buffers, signed_digests
 from ..flow import STORED
 from .messages import Parsed
 
-__all__ = ["StoredFetches", "is_stored", "signed_digests"]  # signed_digests: the door's
+__all__ = ["StoredFetches", "is_stored"]
 
 log = logging.getLogger("corral.plugins.parallel.client")
 
@@ -54,9 +54,11 @@ class StoredFetches:
         #: stored replies received so far (for diagnostics and tests)
         self.received = 0
 
-    def add(self, stub: Parsed, digests: list[bytes]) -> None:
+    def add(self, stub: Parsed, signature: Any) -> None:
+        """A stored reply (``stub``, already verified) and its signature frame, whose
+        buffer digests the fetched buffers must match."""
         self.received += 1
-        self.waiting.append(_Fetch(self, stub, digests))
+        self.waiting.append(_Fetch(self, stub, signed_digests(signature)))
         self._next()
 
     def _next(self) -> None:

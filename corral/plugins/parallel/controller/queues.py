@@ -282,7 +282,7 @@ class RoutingQueue(Component):
                     if held_back == reading_engines:
                         reading_engines = not held_back
                         poller.modify(engine, zmq.POLLIN if reading_engines else 0)
-                    if held_back or self.monitor_flight:
+                    if self.monitor_flight:  # held back or not, check again soon
                         wait = _FLOW_CHECK if wait is None else min(wait, _FLOW_CHECK)
                 elif not reading_engines:
                     reading_engines = True
