@@ -27,7 +27,9 @@ import zmq
 from corral.core.fifo import trim_oldest
 from corral.core.serialize import pack_apply
 from corral.notification import shared_center
+from corral.notification.bridge import repost
 from corral.transports.zmq import wire
+from corral.transports.zmq.bridge import feed_payload
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
@@ -453,6 +455,14 @@ class Client(ClientCompat):
     def _on_notification(self, msg: Parsed) -> None:
         msg_type = msg.msg_type
         content = msg.content
+        payload = feed_payload(msg_type, content)
+        if payload is not None:  # the hub's own post (events.ENGINE_TYPES): post it here
+            if msg.header.get("session") not in events.LOCAL_FEEDS:
+                try:
+                    repost(payload)
+                except (ValueError, LookupError) as exc:
+                    log.warning("dropped a hub notification: %s", exc)
+            return
         try:
             engine_id = int(content["id"])
         except (KeyError, TypeError, ValueError):
@@ -462,9 +472,6 @@ class Client(ClientCompat):
                 self._dead.discard(engine_id)
                 self._add_engine(engine_id, content)
                 self._engines_changed.notify_all()
-            shared_center.post(
-                events.ENGINE_REGISTERED, self, engine_id=engine_id, uuid=content.get("uuid")
-            )
             # The notification omits some details (the pid): fetch them, without waiting.
             self._fetch_details()
         elif msg_type == "unregistration_notification":
@@ -476,7 +483,6 @@ class Client(ClientCompat):
             self._fail_engine(engine_id, cause if isinstance(cause, str) else "")
             if self._local is not None:
                 self._local.engine_lost(engine_id)
-            events.post_unregistration(shared_center, self, engine_id, content)
 
     def _fetch_details(self) -> None:
         """Ask the hub for every engine's details, coalescing a burst of notices."""

@@ -5,6 +5,12 @@ One loop serves five sockets: ``registration`` (engines and clients ask), ``hb_p
 ``iopub`` (engine output, to record stdout/stderr), and the control pipe. It publishes
 beats on ``hb_ping`` and engine arrivals and deaths on ``notification``.
 
+Engine arrivals and departures are also posted on this process's notification center
+(:mod:`corral.plugins.parallel.events`, sender: the hub), where they happen; a
+:class:`~corral.notification.bridge.BridgeSender` carries the hub's own posts onto the
+``notification`` feed as signed ``bus_notification`` messages, which clients and any
+:func:`~corral.plugins.parallel.bus.watch_cluster` re-post in their processes.
+
 The hub never unpickles anything: it reads the JSON parts of messages and stores result
 buffers as opaque bytes. Per task it keeps only what is outstanding (a request not yet
 answered); the record of every task goes to the task database and nowhere else, so its
@@ -21,8 +27,11 @@ from typing import Any
 import zmq
 
 from corral.core.heap import HeapTrimmer
+from corral.notification import NotificationCenter, shared_center
+from corral.notification.bridge import BridgeSender
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
+from corral.transports.zmq.bridge import FeedPublisher
 from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     BUFFERS_HASHED,
@@ -34,6 +43,7 @@ from corral.transports.zmq.door import (
 from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
 
+from .. import events
 from ..flow import MONITOR_BOUND
 from .base import (
     Component,
@@ -160,6 +170,8 @@ class Hub(Component):
     """The controller's core; see the module docstring."""
 
     name = "hub"
+    #: How the hub's notifications name their sender in other processes.
+    notification_name = "hub"
 
     def __init__(
         self,
@@ -173,8 +185,12 @@ class Hub(Component):
         hb_misses: int = 2,
         gate: Gate | None = None,
         flow_bound: int = MONITOR_BOUND,
+        center: NotificationCenter = shared_center,
     ) -> None:
         self.gate = gate
+        #: where engine arrivals and departures are posted (see the module docstring)
+        self.center = center
+        self._bus: BridgeSender | None = None
         #: result bytes waiting for the database writer beyond which copies stay unread
         self.flow_bound = flow_bound
         self.session = Session(
@@ -228,6 +244,14 @@ class Hub(Component):
         # their buffers) wait in the queues, which then leave them with the engines
         # (corral.plugins.parallel.flow), instead of piling up here.
         self.monitor.rcvhwm = _MONITOR_RCVHWM
+        # Only what this hub posts, from its own thread (the socket's owner), goes out.
+        self._bus = BridgeSender(
+            FeedPublisher(self.notification, self.session),
+            self.center,
+            events.ENGINE_TYPES,
+            sender=self,
+        )
+        events.LOCAL_FEEDS.add(self.session.session_id)
         bind = self.bind_port
         return {
             "registration": bind(self.registration, "registration"),
@@ -258,6 +282,9 @@ class Hub(Component):
             self._control.connect(endpoint(transport, ip, info["control"]))
 
     def close(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+            events.LOCAL_FEEDS.discard(self.session.session_id)
         socks = [self.registration, self.hb_ping, self.hb_pong, self.notification, self.monitor]
         for sock in (*socks, self._control, self._iopub):
             if sock is not None:
@@ -436,6 +463,7 @@ class Hub(Component):
             },
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
+        self.center.post(events.ENGINE_REGISTERED, self, engine_id=record.id, uuid=uuid)
         self._record_holding(record, content.get("holding"))
         return self._registered(record)
 
@@ -494,6 +522,7 @@ class Hub(Component):
         if cause:
             notice["cause"] = cause
         self.publish("unregistration_notification", notice)
+        events.post_unregistration(self.center, self, eid, notice)
 
     # -- monitor: every request and reply, into the database -------------------------------
 
