@@ -95,6 +95,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_wrong_data.py",
         "test_plugins.py",
         "test_private_files.py",
+        "test_processes.py",
         "test_run.py",
         "test_serialize.py",
     }
