@@ -32,6 +32,7 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.bridge import feed_payload
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
+from corral.transports.zmq.keyfile import endpoint
 
 from .. import events
 from .asyncresult import (
@@ -116,12 +117,7 @@ def _read_cluster_file(path: Path) -> dict[str, Any]:
 
 
 def _url(info: dict[str, Any], name: str) -> str:
-    transport = info.get("transport", "tcp")
-    ip = info.get("ip", "127.0.0.1")
-    port = int(info[name])
-    if transport == "ipc":
-        return f"ipc://{ip}-{port}"
-    return f"{transport}://{ip}:{port}"
+    return endpoint(info.get("transport", "tcp"), info.get("ip", "127.0.0.1"), int(info[name]))
 
 
 class Client(ClientCompat):
