@@ -20,6 +20,9 @@ its I/O thread: observers there must be quick and must not block.
 type                         posted in    info keywords
 ===========================  ===========  =================================================
 ``ENGINE_REGISTERED``        hub, engine  engine_id, uuid
+``ENGINE_RESTARTED``         hub          engine_id, uuid, previous_engine_id,
+                                          previous_uuid (its monitor restarted a
+                                          dead engine; after its ENGINE_REGISTERED)
 ``ENGINE_UNREGISTERED``      hub          engine_id, uuid, reason (``"shutdown"``)
 ``ENGINE_DIED``              hub          engine_id, uuid, reason (``"heartbeat"``,
                                           ``"exited"`` or ``"died"``)
@@ -48,6 +51,7 @@ from typing import Any
 __all__ = [
     "ENGINE_DIED",
     "ENGINE_REGISTERED",
+    "ENGINE_RESTARTED",
     "ENGINE_TYPES",
     "ENGINE_UNREGISTERED",
     "LOCAL_FEEDS",
@@ -63,6 +67,7 @@ __all__ = [
 ENGINE_REGISTERED = "parallel.engine.registered"
 ENGINE_UNREGISTERED = "parallel.engine.unregistered"
 ENGINE_DIED = "parallel.engine.died"
+ENGINE_RESTARTED = "parallel.engine.restarted"
 TASK_SUBMITTED = "parallel.task.submitted"
 TASK_STARTED = "parallel.task.started"
 TASK_FINISHED = "parallel.task.finished"
@@ -74,6 +79,7 @@ PARALLEL_TYPES = (
     ENGINE_REGISTERED,
     ENGINE_UNREGISTERED,
     ENGINE_DIED,
+    ENGINE_RESTARTED,
     TASK_SUBMITTED,
     TASK_STARTED,
     TASK_FINISHED,
@@ -82,7 +88,7 @@ PARALLEL_TYPES = (
 )
 
 #: What the hub posts, and its bridge carries to other processes.
-ENGINE_TYPES = (ENGINE_REGISTERED, ENGINE_UNREGISTERED, ENGINE_DIED)
+ENGINE_TYPES = (ENGINE_REGISTERED, ENGINE_UNREGISTERED, ENGINE_DIED, ENGINE_RESTARTED)
 
 #: Session ids of the hubs serving in this process (a controller in threads mode): a client
 #: here does not re-post what they send, since they posted it here already.

@@ -162,6 +162,8 @@ ORPHAN_WAIT = 75.0
 #: How long a restarted controller waits for engines to claim the tasks a dead one had
 #: recorded without an engine, before answering them with ControllerLost.
 UNASSIGNED_WAIT = 3.0
+#: How many departed engines the hub remembers, for restarted ones to name.
+_GONE_KEPT = 10_000
 #: At most this many task ids of one re-registering engine are recorded.
 _MAX_HOLDING = 100_000
 
@@ -207,6 +209,8 @@ class Hub(Component):
         self.next_id = 0
         #: ids of engines gone in this controller's life: never given out again
         self.retired: set[int] = set()
+        #: the latest engines gone, uuid -> id: a restarted engine names the one it replaces
+        self._gone: dict[str, int] = {}
         #: engines a dead controller of this cluster left owing replies (see serve)
         self._orphans: set[str] = set()
         self._orphans_at = 0.0
@@ -464,6 +468,16 @@ class Hub(Component):
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
         self.center.post(events.ENGINE_REGISTERED, self, engine_id=record.id, uuid=uuid)
+        previous = content.get("restart_of")
+        if isinstance(previous, str) and previous in self._gone:
+            self.center.post(
+                events.ENGINE_RESTARTED,
+                self,
+                engine_id=record.id,
+                uuid=uuid,
+                previous_engine_id=self._gone.pop(previous),
+                previous_uuid=previous,
+            )
         self._record_holding(record, content.get("holding"))
         return self._registered(record)
 
@@ -508,6 +522,9 @@ class Hub(Component):
             return
         record = self.engines.pop(eid)
         self.retired.add(eid)
+        self._gone[record.uuid] = eid
+        if len(self._gone) > _GONE_KEPT:
+            del self._gone[next(iter(self._gone))]
         self.heart.remove(uuid)
         self.completed.pop(uuid, None)
         # What the engine owed is answered by the queues (an EngineError) or by another

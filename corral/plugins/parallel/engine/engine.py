@@ -310,6 +310,9 @@ class Engine:
             # A monitor reports this engine's death with its cause (launchers/monitor.py).
             "monitored": os.environ.get("CORRAL_MONITORED") == "1",
         }
+        restart_of = os.environ.get("CORRAL_RESTART_OF")  # launchers/monitor.py
+        if restart_of:
+            content["restart_of"] = restart_of
         if os.environ.get("CORRAL_ENGINE_ID_FROM_RANK") == "1":
             # An MPI rank asks for engine id == rank (granted if free; parallel/mpi.py).
             from corral.plugins.parallel.mpi import rank_from_environment
