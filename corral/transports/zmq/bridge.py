@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +51,20 @@ _MESSAGE = b"m"
 _GOODBYE = b"eof"
 #: How long closing may wait to deliver what was sent (milliseconds).
 _LINGER_MS = 2000
+
+
+def _private_tmpdir() -> str:
+    # Imported here: the hub imports this module for its feed, and shutil and tempfile
+    # (with the compression modules they bring) would cost every controller start.
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="corral-bridge-")  # created 0700
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class _Waker:
@@ -130,7 +141,7 @@ class ZmqBridgeTransport:
             out.sndtimeo = int(send_timeout * 1000)
         self._signer = wire.Signer(key)
         self._replay = wire.ReplayGuard()
-        self._nonce = secrets.token_bytes(8)
+        self._nonce = os.urandom(8)  # what secrets draws from, without importing it
         self._count = 0
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
@@ -152,13 +163,13 @@ class ZmqBridgeTransport:
     ) -> ZmqBridgeTransport:
         """The listening end: random ports on ``ip`` (``transport="tcp"``), or ipc sockets
         in a fresh private directory (``"ipc"``). ``key`` defaults to 32 random bytes."""
-        key = secrets.token_bytes(32) if key is None else key
+        key = os.urandom(32) if key is None else key
         ctx, own = (context, False) if context is not None else (zmq.Context(), True)
         out, inbox = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
         tmpdir = None
         try:
             if transport == "ipc":
-                tmpdir = tempfile.mkdtemp(prefix="corral-bridge-")  # created 0700
+                tmpdir = _private_tmpdir()
                 in_url, out_url = (f"ipc://{tmpdir}/{name}" for name in ("in", "out"))
                 inbox.bind(in_url)
                 out.bind(out_url)
@@ -172,7 +183,7 @@ class ZmqBridgeTransport:
             out.close(0)
             inbox.close(0)
             if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+                _remove_tree(tmpdir)
             if own:
                 ctx.term()
             raise
@@ -244,7 +255,7 @@ class ZmqBridgeTransport:
             if self._own_context:
                 self._context.term()
             if self._tmpdir is not None:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
+                _remove_tree(self._tmpdir)
 
     def __enter__(self) -> ZmqBridgeTransport:
         return self
