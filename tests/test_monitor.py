@@ -295,8 +295,6 @@ WINDOWS_MODE_CHILD = textwrap.dedent(
     """
     import sys, threading
     from corral.core import compat
-from corral.notification import shared_center
-from corral.plugins.parallel import events
     assert compat.WINDOWS_MODE and not compat.HAS_PROCESS_GROUPS and not compat.HAS_FORK
     from corral.plugins.parallel.launchers.monitor import Monitor, Policy
 
