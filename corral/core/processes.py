@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["TAIL_BYTES", "Spawned", "child_env", "corral_root", "process_alive", "tail"]
+__all__ = [
+    "TAIL_BYTES",
+    "Spawned",
+    "child_env",
+    "corral_root",
+    "process_alive",
+    "start_detached",
+    "tail",
+]
 
 #: How much of a log an error message quotes.
 TAIL_BYTES = 4000
@@ -92,14 +100,47 @@ def tail(path: Path | None, offset: int = 0, limit: int = TAIL_BYTES) -> str:
     return data.decode("utf-8", "replace").strip()
 
 
+def start_detached(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin_pipe: bool = False,
+    stdout: Any = None,
+    new_session: bool | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session or group, stdin from /dev/null (or a pipe), no
+    inherited descriptors; the one ``Popen`` call behind every long-lived child.
+
+    ``stdout``: a file or ``subprocess.PIPE``, which stderr then joins; None inherits
+    both (a monitor's child writes into the monitor's own log). ``new_session=True``
+    makes the child lead a new session on POSIX even in Windows mode (a caller that
+    kills by process group); None is the platform's way
+    (:func:`~corral.core.compat.new_group_kwargs`).
+    """
+    import subprocess
+
+    from corral.core import compat
+
+    group: dict[str, Any] = (
+        {"start_new_session": True} if new_session else compat.new_group_kwargs()
+    )
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=None if stdout is None else subprocess.STDOUT,
+        env=None if env is None else dict(env),
+        close_fds=True,
+        **group,
+    )
+
+
 class Spawned:
     """One child started detached (see the module docstring), output in ``log_file``.
 
-    ``stdin_pipe``: a pipe to the child's stdin instead of /dev/null (a control channel).
-    ``capture``: stdout and stderr to a pipe (``popen.stdout``) instead of the log, which
-    is still created and measured. ``new_session``: ``True`` always makes the child lead
-    a new session on POSIX, even in Windows mode (a caller that kills by process group);
-    ``None``, the platform's way (:func:`~corral.core.compat.new_group_kwargs`).
+    ``stdin_pipe`` and ``new_session`` as for :func:`start_detached`. ``capture``: stdout
+    and stderr to a pipe (``popen.stdout``) instead of the log, which is still created
+    and measured.
 
     Raises what ``Popen`` raises (``OSError``: no such program, not executable); nothing
     is left running then.
@@ -117,26 +158,20 @@ class Spawned:
     ) -> None:
         import subprocess
 
-        from corral.core import compat
         from corral.core.private import private_dir, private_file
 
         self.log_file = log_file
         self.exited = threading.Event()
         self.exit_code: int | None = None
-        group: dict[str, Any] = (
-            {"start_new_session": True} if new_session else compat.new_group_kwargs()
-        )
         private_dir(log_file.parent)
         with os.fdopen(private_file(log_file), "ab") as fh:
             self.log_offset = fh.seek(0, os.SEEK_END)
-            self.popen: subprocess.Popen[bytes] = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            self.popen = start_detached(
+                argv,
+                env=env,
+                stdin_pipe=stdin_pipe,
                 stdout=subprocess.PIPE if capture else fh,
-                stderr=subprocess.STDOUT,
-                env=None if env is None else dict(env),
-                close_fds=True,
-                **group,
+                new_session=new_session,
             )
         self.pid = self.popen.pid
 

@@ -142,9 +142,9 @@ def cluster_file_path(profile: str, cluster_id: str) -> Path:
 def write_cluster_file(path: str | os.PathLike[str], info: ClusterInfo) -> Path:
     """Write ``info`` to ``path`` with mode 0600, atomically; returns the path (the same
     private, never-half-written file as a kernel's connection file)."""
-    return info.write(path)
+    return info.to_file(path)
 
 
 def read_cluster_file(path: str | os.PathLike[str]) -> ClusterInfo:
     """Read a cluster file written by :func:`write_cluster_file`."""
-    return ClusterInfo.read(path)
+    return ClusterInfo.from_file(path)

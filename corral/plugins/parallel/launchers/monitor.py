@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.core import compat
+from corral.core.processes import child_env, start_detached
 
 __all__ = [
     "Death",
@@ -299,18 +300,17 @@ class Monitor:
     # -------------------------------------------------------------- the child
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = os.environ.copy()
-        env["CORRAL_PARENT_PID"] = str(os.getpid())  # the child ends if we are killed
-        env[MONITORED_ENV] = "1"
+        # The child ends if we are killed (CORRAL_PARENT_PID); it writes into our log.
+        env = child_env(
+            {"CORRAL_PARENT_PID": str(os.getpid()), MONITORED_ENV: "1"}, importable=False
+        )
         if self.policy.role == "engine":
             if self.child_uuid is not None:
                 env[RESTART_OF_ENV] = self.child_uuid
             self.child_uuid = os.urandom(16).hex()  # not uuid: 2.5 ms of each start
             env[UUID_ENV] = self.child_uuid
-        kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "env": env, "close_fds": True}
-        kwargs.update(compat.new_group_kwargs())
         self._killed_for = None
-        return subprocess.Popen(self.argv, **kwargs)
+        return start_detached(self.argv, env=env)
 
     def send(self, signum: int) -> None:
         """Pass ``signum`` on to the child (its group, where groups exist)."""

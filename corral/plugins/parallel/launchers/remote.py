@@ -32,6 +32,7 @@ import threading
 from typing import Any
 
 from corral.core import compat
+from corral.core.processes import child_env, start_detached
 
 __all__ = ["main"]
 
@@ -49,17 +50,19 @@ def _signal_all(procs: list[subprocess.Popen[bytes]], signum: int) -> None:
 def _start(request: dict[str, Any], path: str) -> list[subprocess.Popen[bytes]]:
     count = int(request.get("count", 1))
     args = [str(a) for a in request.get("args", [])]
-    env = os.environ.copy()
-    env["CORRAL_PARENT_PID"] = str(os.getpid())  # engines end if this process is killed
-    env.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+    env = _env(request)
     argv = [sys.executable, "-m", "corral.plugins.parallel.engine", "--file", path, *args]
     # Each engine under its own monitor, as local engines are (launchers/monitor.py).
     monitor = [str(a) for a in request.get("monitor") or []]
     argv = [sys.executable, "-m", MONITOR, *monitor, "--cluster-file", path, "--", *argv]
-    return [
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, **compat.new_group_kwargs())
-        for _ in range(count)
-    ]
+    return [start_detached(argv, env=env) for _ in range(count)]
+
+
+def _env(request: dict[str, Any]) -> dict[str, str]:
+    """This host's environment, the request's ``env``, and ``CORRAL_PARENT_PID``: what is
+    started here ends if this process is killed."""
+    extra = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+    return child_env({"CORRAL_PARENT_PID": str(os.getpid()), **extra}, importable=False)
 
 
 def _serve(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -97,10 +100,7 @@ def _controller(request: dict[str, Any]) -> int:
     monitor = [str(a) for a in request.get("monitor") or []]
     argv = [sys.executable, "-m", MONITOR, *monitor, "--", sys.executable]
     argv += [str(a) for a in request["argv"]]
-    env = os.environ.copy()
-    env["CORRAL_PARENT_PID"] = str(os.getpid())
-    env.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, **compat.new_group_kwargs())
+    proc = start_detached(argv, env=_env(request))
     print(f"corral-remote: started {proc.pid}", flush=True)
     pause = 0.002
     while proc.poll() is None:
