@@ -195,10 +195,10 @@ class Hub(Component):
         self._bus: BridgeSender | None = None
         #: result bytes waiting for the database writer beyond which copies stay unread
         self.flow_bound = flow_bound
-        self.session = Session(
-            key, scheme=scheme, username="corral-hub", signer=cluster_signer(key, scheme)
-        )
-        self.signer = self.session.signer
+        signer = cluster_signer(key, scheme)
+        self.session = Session(key, scheme=scheme, username="corral-hub", signer=signer)
+        #: the session's signer, kept as the cluster signer it is (it opens monitor tags)
+        self.signer = signer
         self.monitor_replay = wire.ReplayGuard()
         self.db = db
         self.transport = transport
