@@ -28,7 +28,7 @@ import sys
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -42,7 +42,7 @@ from .relay import OutputRelay
 from .requests import ControlThread, InterruptGuard, execute_reply
 from .session import Session
 
-__all__ = ["KernelServer", "kernel_info_content"]
+__all__ = ["Handler", "KernelServer", "kernel_info_content"]
 
 log = logging.getLogger("corral.transports.zmq.kernel")
 
@@ -135,6 +135,11 @@ class KernelServer:
         #: Called once, after the first request has been answered: work that must not
         #: delay a frontend's first reply (kernel_main starts loading plugins here).
         self.after_first_request: Callable[[], None] | None = None
+        #: Called when a request arrives that no handler serves, while plugins may still
+        #: be loading (kernel_main waits for its loader here), so a plugin's request type
+        #: sent right after start is served rather than refused. Types with a handler
+        #: never call it.
+        self.await_handlers: Callable[[], None] | None = None
         self.context = context or zmq.Context()
         self.port_range = port_range
         self.session = Session(
@@ -177,6 +182,35 @@ class KernelServer:
         self._debugger_available: bool | None = None
         #: Work the control thread hands to the main thread (see call_on_main).
         self._main_calls: deque[tuple[Callable[[], Any], Any]] = deque()
+
+    # ------------------------------------------------------------ request types
+
+    def add_handlers(self, channel: str, handlers: Mapping[str, Handler]) -> list[str]:
+        """Serve more request types on ``channel`` (``"shell"`` or ``"control"``); returns
+        the types added.
+
+        For configuration time: the plugins layer installs here what its
+        ``corral_request_handlers`` hook returns (the parallel plugin's ``apply_request``,
+        ``push_request``...), once, so a message still costs one dictionary lookup
+        whichever plugin serves it. A type already served keeps its handler (the
+        kernel's own, or the first plugin's to name it). A handler is called as
+        ``handler(sock, idents, msg)`` on the channel's thread and answers with
+        :meth:`reply`; exceptions it raises become error replies.
+        """
+        tables = {"shell": self._shell_handlers, "control": self._control_handlers}
+        table = tables.get(channel)
+        if table is None:
+            raise ValueError(f"no channel {channel!r} to serve requests on; use shell or control")
+        added = []
+        for msg_type, handler in handlers.items():
+            if msg_type in table:
+                log.warning(
+                    "%s on %s is served already; another handler ignored", msg_type, channel
+                )
+                continue
+            table[msg_type] = handler
+            added.append(msg_type)
+        return added
 
     # ------------------------------------------------------------------ set-up
 
@@ -411,6 +445,9 @@ class KernelServer:
         """busy, the handler's reply, idle: the frame every request gets."""
         msg_type = msg["msg_type"]
         handler = handlers.get(msg_type)
+        if handler is None and self.await_handlers is not None:
+            self.await_handlers()  # a plugin still loading may serve this type
+            handler = handlers.get(msg_type)
         if handler is None:
             log.warning("ignoring unknown message type %r", msg_type)
             if msg_type.endswith("_request"):
@@ -422,20 +459,20 @@ class KernelServer:
                     "evalue": f"this kernel does not support {msg_type} on this channel",
                     "traceback": [],
                 }
-                self._reply(sock, idents, msg, content)
+                self.reply(sock, idents, msg, content)
             return
         header = msg["header"]
         self.iopub.publish("status", {"execution_state": "busy"}, header)
         try:
             if abort:
-                self._reply(sock, idents, msg, {"status": "aborted"})
+                self.reply(sock, idents, msg, {"status": "aborted"})
             else:
                 handler(sock, idents, msg)
         except Exception as exc:
             log.exception("error while handling %s", msg_type)
             reply_type = msg_type.replace("_request", "_reply")
             if reply_type != msg_type:
-                self._reply(sock, idents, msg, _error_content(exc))
+                self.reply(sock, idents, msg, _error_content(exc))
         finally:
             self.iopub.flush()
             self.iopub.publish("status", {"execution_state": "idle"}, header)
@@ -448,17 +485,26 @@ class KernelServer:
                 after, self.after_first_request = self.after_first_request, None
                 after()
 
-    def _reply(
+    def reply(
         self,
         sock: zmq.Socket[Any],
         idents: Idents,
         msg: Msg,
         content: dict[str, Any],
         metadata: dict[str, Any] | None = None,
+        buffers: Sequence[Any] = (),
     ) -> None:
+        """Answer ``msg`` on ``sock`` (``*_request`` -> ``*_reply``): what every handler,
+        built-in or a plugin's, sends its reply with."""
         reply_type = msg["msg_type"].replace("_request", "_reply")
         self.session.send(
-            sock, reply_type, content, msg["header"], identities=idents, metadata=metadata
+            sock,
+            reply_type,
+            content,
+            msg["header"],
+            identities=idents,
+            metadata=metadata,
+            buffers=buffers,
         )
 
     # ------------------------------------------------------------ shell handlers
@@ -494,7 +540,7 @@ class KernelServer:
         if reply["status"] == "error" and not silent and content.get("stop_on_error", True):
             self._abort_queued_executes()
         self.iopub.flush()
-        self._reply(sock, idents, msg, reply, {"status": reply["status"]})
+        self.reply(sock, idents, msg, reply, {"status": reply["status"]})
 
     def _abort_queued_executes(self) -> None:
         """Mark the executes already waiting on shell as aborted (``stop_on_error``).
@@ -522,13 +568,13 @@ class KernelServer:
 
             self._debugger_available = importlib.util.find_spec("debugpy") is not None
         content = kernel_info_content(encryption=encrypted, debugger=self._debugger_available)
-        self._reply(sock, idents, msg, content)
+        self.reply(sock, idents, msg, content)
 
     def _complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         code = msg["content"].get("code", "")
         pos = msg["content"].get("cursor_pos")
         result = self.interpreter.complete(code, len(code) if pos is None else int(pos))
-        self._reply(sock, idents, msg, {"status": "ok", **result})
+        self.reply(sock, idents, msg, {"status": "ok", **result})
 
     def _inspect(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         c = msg["content"]
@@ -537,7 +583,7 @@ class KernelServer:
         result = self.interpreter.inspect(
             code, len(code) if pos is None else int(pos), int(c.get("detail_level", 0))
         )
-        self._reply(sock, idents, msg, {"status": "ok", **result})
+        self.reply(sock, idents, msg, {"status": "ok", **result})
 
     def _history(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         c = msg["content"]
@@ -552,14 +598,14 @@ class KernelServer:
             pattern=c.get("pattern"),
             unique=bool(c.get("unique", False)),
         )
-        self._reply(sock, idents, msg, {"status": "ok", "history": [list(e) for e in entries]})
+        self.reply(sock, idents, msg, {"status": "ok", "history": [list(e) for e in entries]})
 
     def _is_complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        self._reply(sock, idents, msg, self.interpreter.is_complete(msg["content"].get("code", "")))
+        self.reply(sock, idents, msg, self.interpreter.is_complete(msg["content"].get("code", "")))
 
     def _comm_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         target = msg["content"].get("target_name")
-        self._reply(sock, idents, msg, {"status": "ok", "comms": self.comms.info(target)})
+        self.reply(sock, idents, msg, {"status": "ok", "comms": self.comms.info(target)})
 
     def _comm(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         """A frontend's comm message: to the comm's callbacks, their output to this request."""
@@ -598,13 +644,13 @@ class KernelServer:
         content = msg.get("content") or {}
         if not isinstance(content, dict) or content.get("type") != "request":
             raise ValueError("debug_request content must be a DAP request")
-        self._reply(sock, idents, msg, self._debugger.handle(content, msg["header"]))
+        self.reply(sock, idents, msg, self._debugger.handle(content, msg["header"]))
 
     def _usage(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         """``usage_request`` (JupyterLab's resource indicator): process and host figures."""
         from .usage import usage_content
 
-        self._reply(sock, idents, msg, usage_content())
+        self.reply(sock, idents, msg, usage_content())
 
     # ---------------------------------------------------------- control thread
 
@@ -616,12 +662,12 @@ class KernelServer:
 
     def _interrupt(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         self.guard.interrupt()
-        self._reply(sock, idents, msg, {"status": "ok"})
+        self.reply(sock, idents, msg, {"status": "ok"})
 
     def _shutdown(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         restart = bool(msg["content"].get("restart", False))
         content = {"status": "ok", "restart": restart}
-        self._reply(sock, idents, msg, content)
+        self.reply(sock, idents, msg, content)
         self.iopub.publish("shutdown_reply", content, msg["header"])
         self.restart_requested = restart
         self.shutdown_requested.set()

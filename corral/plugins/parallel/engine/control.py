@@ -67,10 +67,7 @@ class EngineControl:
             engine.interrupt()
             self._reply(msg, ok)
         elif kind == "abort_request":
-            ids = msg.content.get("msg_ids") or []
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise TypeError("abort_request 'msg_ids' must be a list of message ids")
-            engine._aborted.update(ids)
+            engine.tasks.abort(msg.content)
             self._reply(msg, ok)
         elif kind == "signal_request":
             signum = signal_number(msg.content.get("sig"))
@@ -100,8 +97,7 @@ class EngineControl:
         info = _info(engine, msg.msg_type)
         if msg.msg_type == "clear_request":
             try:
-                engine.interpreter.reset_namespace()
-                engine._adopter.injected.clear()
+                engine.tasks.clear(engine.interpreter)
                 content: dict[str, Any] = {"status": "ok", "engine_info": info}
             except Exception as exc:
                 log.exception("clear failed")

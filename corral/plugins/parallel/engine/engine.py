@@ -49,7 +49,6 @@ import socket
 import sys
 import threading
 import time
-import types
 import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable
@@ -93,10 +92,10 @@ from .clusterinfo import controller_grace as grace_period
 from .control import EngineControl
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection
-from .namespace import Adopter
 from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
+from .tasks import Tasks, error_content
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
 
@@ -205,10 +204,12 @@ class Engine:
         self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
-        # Binds functions shipped from a client's __main__ to user_ns (and remembers
-        # which names they brought in).
-        self._adopter = Adopter(self.user_ns)
-        self._aborted: set[str] = set()
+        #: What apply, push, pull, clear and abort do to user_ns: shared with a kernel
+        #: that serves them (see .tasks and corral.plugins.parallel.kernel_requests).
+        self.tasks = Tasks(self.user_ns)
+        # Aliases read per task (one attribute lookup on the hot path, not two).
+        self._adopter = self.tasks.adopter
+        self._aborted = self.tasks.aborted
         #: The SIGINT policy, shared with the kernel server (transports/zmq/requests.py).
         self.guard = InterruptGuard()
         self._stop_reason: str | None = None
@@ -327,14 +328,13 @@ class Engine:
         if self.interpreter is not None:
             return
         from corral.core.interpreter import Interpreter
-        from corral.core.serialize import serialize, unpack_apply
         from corral.notification.center import shared_center
 
         self.interpreter = Interpreter(
             shared_center, user_ns=self.user_ns, history=no_history(), sender="engine"
         )
-        self._serialize = serialize
-        self._unpack_apply = unpack_apply
+        self.tasks.load()
+        self._serialize = self.tasks.serialize
 
     def register(self) -> int:
         """Connect, prepare and wait for the hub's ``registration_reply``; returns the id.
@@ -753,24 +753,10 @@ class Engine:
                 return
         self.replies.hold(sock, frames, msg.msg_id)
 
-    def _error_content(self, exc: BaseException, method: str) -> dict[str, Any]:
-        from corral.core.tracebacks import format_exception
-
-        try:
-            evalue = str(exc)
-        except Exception:
-            evalue = f"<unprintable {type(exc).__name__}>"
-        try:
-            traceback = format_exception(exc)
-        except Exception:
-            traceback = [f"{type(exc).__name__}: {evalue}"]
-        return {
-            "status": "error",
-            "ename": type(exc).__name__,
-            "evalue": evalue,
-            "traceback": traceback,
-            "engine_info": {**self.engine_info, "method": method},
-        }
+    def _error_content(self, exc: BaseException, method: str, func: Any = None) -> dict[str, Any]:
+        content = self.tasks.error(exc, func) if func is not None else error_content(exc)
+        content["engine_info"] = {**self.engine_info, "method": method}
+        return content
 
     def refuse(self, sock: Destination, exc: wire.WireError, where: str) -> None:
         """Count and log a refused message. One whose buffers were altered on the way has
@@ -795,7 +781,6 @@ class Engine:
             log.exception("could not send an error reply to %s", msg.msg_type)
 
     def _reply_aborted(self, sock: Destination, msg: Message, method: str) -> None:
-        self._aborted.discard(msg.msg_id)
         now = iso_now()
         content = {
             "status": "aborted",
@@ -813,7 +798,7 @@ class Engine:
     def _apply(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
-        if self._aborted and msg.msg_id in self._aborted:
+        if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "apply")
             return
         started = iso_now()
@@ -823,10 +808,7 @@ class Engine:
         sent = iopub.sent
         unmet = False
         try:
-            func, args, kwargs = self._unpack_apply(msg.buffers)
-            adopter = self._adopter
-            func = adopter.function(func)
-            args, kwargs = adopter.arguments(args, kwargs)
+            func, args, kwargs = self.tasks.unpack(msg.buffers)
             lock, guard = self._sock_lock, self.guard
             try:
                 # The flusher may send held replies while user code runs. The guard
@@ -843,9 +825,8 @@ class Engine:
             status = "ok"
         except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
             self.guard.executing = False
-            error = self._error_content(exc, "apply")
-            if "func" in locals():  # name the files of shipped __main__ functions
-                error["traceback"] = _annotate(error["traceback"], func, self.user_ns)
+            # A shipped __main__ function's frames name their files (see .sources).
+            error = self._error_content(exc, "apply", locals().get("func"))
             unmet = error["ename"] == "UnmetDependency"
             if not unmet:  # a rejected task runs elsewhere: its rejection is no output
                 iopub.publish(
@@ -872,7 +853,7 @@ class Engine:
     def _execute(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
-        if self._aborted and msg.msg_id in self._aborted:
+        if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "execute")
             return
         started = iso_now()
@@ -927,7 +908,7 @@ class Engine:
     def _push(self, sock: Destination, msg: Message) -> None:
         started = iso_now()
         try:
-            keys = data_path.push(self.user_ns, msg.content, msg.buffers, self._adopter.value)
+            keys = self.tasks.push(msg.content, msg.buffers)
         except Exception as exc:
             self._reply_error(sock, msg, exc, "push")
             return
@@ -936,7 +917,7 @@ class Engine:
     def _pull(self, sock: Destination, msg: Message) -> None:
         started = iso_now()
         try:
-            keys, buffers = data_path.pull(self.user_ns, msg.content)
+            keys, buffers = self.tasks.pull(msg.content)
         except KeyError as exc:
             self._reply_error(sock, msg, KeyError(exc.args[0]), "pull")
             return
@@ -1082,14 +1063,3 @@ def _install_streams(interpreter: Any) -> tuple[Any, Any]:
     sys.stdout = PostingStream(interpreter.center, interpreter, "stdout")
     sys.stderr = PostingStream(interpreter.center, interpreter, "stderr")
     return saved
-
-
-def _annotate(traceback: list[str], func: Any, user_ns: dict[str, Any]) -> list[str]:
-    """A failed task's traceback with the source of shipped functions (see .sources)."""
-    try:
-        from .sources import annotate
-
-        helpers = [v for v in user_ns.values() if type(v) is types.FunctionType]
-        return annotate(traceback, [func, *helpers])
-    except Exception:  # never lose the error over its decoration
-        return traceback
