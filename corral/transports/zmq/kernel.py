@@ -39,7 +39,7 @@ from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
 from .ipc import Claims
 from .relay import OutputRelay
-from .requests import ControlThread, InterruptGuard, execute_reply
+from .requests import ControlThread, InterruptGuard, execute_args, run_execute
 from .session import Session
 
 __all__ = ["Handler", "KernelServer", "kernel_info_content"]
@@ -514,30 +514,12 @@ class KernelServer:
         if self.prepare_execute is not None:
             prepare, self.prepare_execute = self.prepare_execute, None
             prepare()
-        content = msg["content"]
-        code = content.get("code", "")
-        silent = bool(content.get("silent", False))
-        store_history = bool(content.get("store_history", not silent))
+        args = execute_args(msg["content"])
         self.relay.parent = msg["header"]
         self._parent_idents = idents
-        self.relay.silent = silent
-        guard = self.guard
-        guard.executing = True
-        try:
-            result = interpreter.execute(
-                code,
-                silent=silent,
-                store_history=store_history,
-                user_expressions=content.get("user_expressions") or {},
-                allow_stdin=bool(content.get("allow_stdin", True)),
-            )
-            guard.executing = False
-        except KeyboardInterrupt:
-            # An interrupt landing between our flag and the interpreter's own handler.
-            guard.executing = False
-            result = None
-        reply = execute_reply(result, interpreter)
-        if reply["status"] == "error" and not silent and content.get("stop_on_error", True):
+        self.relay.silent = args.silent
+        reply = run_execute(interpreter, self.guard, args)
+        if reply["status"] == "error" and not args.silent and args.stop_on_error:
             self._abort_queued_executes()
         self.iopub.flush()
         self.reply(sock, idents, msg, reply, {"status": reply["status"]})

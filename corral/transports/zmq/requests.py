@@ -7,8 +7,10 @@ their own while user code runs. What they have in common lives here, once:
   only while user code runs, never inside code declared protected
   (:mod:`corral.core.interrupts`), and is delivered to the main thread, the only one
   where it lands in user code.
-* :func:`execute_reply` — the ``execute_reply`` content of an interpreter's result (or of
-  an interrupt that landed outside the interpreter's own handler).
+* :func:`execute_args` and :func:`run_execute` — an ``execute_request`` checked, and run
+  with the interrupt armed around the cell only; :func:`execute_reply` — the reply
+  content of an interpreter's result (or of an interrupt that landed outside the
+  interpreter's own handler).
 * :class:`ControlThread` — the thread that owns the control socket, plus an inproc pipe by
   which the main thread sends replies through that socket or stops the thread.
 
@@ -23,13 +25,21 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NamedTuple
 
 import zmq
 
 from corral.core.interrupts import is_protected, protect
 
-__all__ = ["ControlThread", "InterruptGuard", "execute_reply"]
+__all__ = [
+    "ControlThread",
+    "ExecuteArgs",
+    "InterruptGuard",
+    "execute_args",
+    "execute_reply",
+    "run_execute",
+]
 
 log = logging.getLogger("corral.transports.zmq.requests")
 
@@ -79,6 +89,71 @@ class InterruptGuard:
         """
         if self.executing:
             signal.pthread_kill(self._main, signal.SIGINT)
+
+
+class ExecuteArgs(NamedTuple):
+    """An ``execute_request``'s content, checked (see :func:`execute_args`)."""
+
+    code: str
+    silent: bool
+    store_history: bool
+    user_expressions: dict[str, Any]
+    allow_stdin: bool
+    stop_on_error: bool
+
+
+def execute_args(content: dict[str, Any]) -> ExecuteArgs:
+    """What an ``execute_request`` asks, with the protocol's defaults.
+
+    :raises TypeError: ``code`` is not a string (answered as an error reply).
+    """
+    code = content.get("code", "")
+    if not isinstance(code, str):
+        raise TypeError("execute_request 'code' must be a string")
+    silent = bool(content.get("silent", False))
+    expressions = content.get("user_expressions") or {}
+    return ExecuteArgs(
+        code,
+        silent,
+        bool(content.get("store_history", not silent)),
+        expressions if isinstance(expressions, dict) else {},
+        bool(content.get("allow_stdin", True)),
+        bool(content.get("stop_on_error", True)),
+    )
+
+
+def run_execute(
+    interpreter: Any,
+    guard: InterruptGuard,
+    args: ExecuteArgs,
+    *,
+    allow_stdin: bool = True,
+    unlocked: AbstractContextManager[Any] | None = None,
+) -> dict[str, Any]:
+    """Run a cell with the interrupt armed; the ``execute_reply`` content.
+
+    ``allow_stdin`` False refuses ``input()`` whatever the request says (an engine has no
+    frontend to ask). ``unlocked`` is entered around the cell only (the engine releases
+    the lock that lets its flusher send replies while user code runs). The guard is
+    disarmed before ``unlocked`` exits, so no ``KeyboardInterrupt`` can land in it.
+    """
+    unlocked = unlocked if unlocked is not None else nullcontext()
+    try:
+        with unlocked:
+            guard.executing = True
+            try:
+                result = interpreter.execute(
+                    args.code,
+                    silent=args.silent,
+                    store_history=args.store_history,
+                    user_expressions=args.user_expressions,
+                    allow_stdin=allow_stdin and args.allow_stdin,
+                )
+            finally:
+                guard.executing = False
+    except KeyboardInterrupt:  # landed outside the interpreter's own handler
+        result = None
+    return execute_reply(result, interpreter)
 
 
 def execute_reply(result: Any, interpreter: Any) -> dict[str, Any]:

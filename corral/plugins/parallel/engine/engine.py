@@ -64,7 +64,7 @@ from corral.transports.zmq.door import BuffersAltered, cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
-from corral.transports.zmq.requests import InterruptGuard, execute_reply
+from corral.transports.zmq.requests import InterruptGuard, execute_args, run_execute
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
 from . import bound
@@ -225,6 +225,7 @@ class Engine:
         # user code runs, when the flusher thread may take it to send replies held too
         # long (see .replies).
         self._sock_lock = threading.Lock()
+        self._unlocked = _Released(self._sock_lock)
         #: Replies held to leave in batches, zero-copy sends in flight, recent replies
         #: (kept longer than a lost controller takes to notice).
         self.replies = ReplyHold(
@@ -857,39 +858,17 @@ class Engine:
             self._reply_aborted(sock, msg, "execute")
             return
         started = iso_now()
-        c = msg.content
-        code = c.get("code", "")
-        if not isinstance(code, str):
-            raise TypeError("execute_request 'code' must be a string")
-        silent = bool(c.get("silent", False))
-        store_history = bool(c.get("store_history", not silent))
-        user_expressions = c.get("user_expressions") or {}
+        args = execute_args(msg.content)
         iopub = self.iopub
         self.relay.parent = msg.header
-        self.relay.silent = silent
+        self.relay.silent = args.silent
         iopub.publish("status", {"execution_state": "busy"}, msg.header)
         sent = iopub.sent
-        interp = self.interpreter
-        lock, guard = self._sock_lock, self.guard
-        try:
-            try:
-                lock.release()  # see _apply: the flusher may send held replies meanwhile
-                guard.executing = True
-                result = interp.execute(
-                    code,
-                    silent=silent,
-                    store_history=store_history,
-                    user_expressions=(
-                        user_expressions if isinstance(user_expressions, dict) else {}
-                    ),
-                    allow_stdin=False,
-                )
-            finally:
-                guard.executing = False
-                lock.acquire()
-        except KeyboardInterrupt:  # landed outside the interpreter's own handler
-            result = None
-        reply = execute_reply(result, interp)
+        # The kernel's own cell runner; the lock is released meanwhile (see _apply: the
+        # flusher may send held replies while user code runs). No stdin on an engine.
+        reply = run_execute(
+            self.interpreter, self.guard, args, allow_stdin=False, unlocked=self._unlocked
+        )
         reply["engine_info"] = {**self.engine_info, "method": "execute"}
         iopub.flush()
         outputs = iopub.sent - sent
@@ -1035,6 +1014,21 @@ class Engine:
             if sock is not None:
                 sock.close()
         self.context.term()
+
+
+class _Released:
+    """``with`` body runs with ``lock`` released (the main thread holds it otherwise)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        self.lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.acquire()
 
 
 def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
