@@ -253,7 +253,7 @@ def test_the_hook_fills_the_dispatch_tables_once() -> None:
         own = server._shell_handlers["execute_request"]
         assert server.add_handlers("shell", {"execute_request": print}) == []
         assert server._shell_handlers["execute_request"] is own
-        with pytest.raises(ValueError, match="shell or control"):
+        with pytest.raises(ValueError, match="use control or shell"):
             server.add_handlers("iopub", {"x_request": print})
     finally:
         server.context.term()

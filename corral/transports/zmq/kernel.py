@@ -26,7 +26,6 @@ import logging
 import os
 import sys
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,7 +38,16 @@ from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
 from .ipc import Claims
 from .relay import OutputRelay
-from .requests import ControlThread, InterruptGuard, execute_args, run_execute
+from .requests import (
+    ControlThread,
+    Handler,
+    InterruptGuard,
+    RequestCore,
+    error_content,
+    execute_args,
+    run_execute,
+    unsupported_content,
+)
 from .session import Session
 
 __all__ = ["Handler", "KernelServer", "kernel_info_content"]
@@ -48,7 +56,6 @@ log = logging.getLogger("corral.transports.zmq.kernel")
 
 Msg = dict[str, Any]
 Idents = list[bytes]
-Handler = Callable[[zmq.Socket[Any], Idents, Msg], None]
 
 #: How long closing sockets may wait to deliver the last replies.
 _LINGER_MS = 1000
@@ -154,29 +161,35 @@ class KernelServer:
         self.restart_requested = False
         # Per-request state of the main thread.
         self._parent_idents: Idents = []
-        #: The SIGINT policy, shared with the parallel engine (see .requests).
-        self.guard = InterruptGuard()
         self._backlog: deque[tuple[Idents, Msg, bool]] = deque()
-        self._shell_handlers: dict[str, Handler] = {
-            "execute_request": self._execute,
-            "kernel_info_request": self._kernel_info,
-            "complete_request": self._complete,
-            "inspect_request": self._inspect,
-            "history_request": self._history,
-            "is_complete_request": self._is_complete,
-            "comm_info_request": self._comm_info,
-            "comm_open": self._comm,
-            "comm_msg": self._comm,
-            "comm_close": self._comm,
-            "shutdown_request": self._shutdown,
-        }
-        self._control_handlers: dict[str, Handler] = {
-            "kernel_info_request": self._kernel_info,
-            "interrupt_request": self._interrupt,
-            "shutdown_request": self._shutdown,
-            "usage_request": self._usage,
-            "debug_request": self._debug,
-        }
+        #: The request core (see .requests): dispatch tables and the SIGINT guard, the
+        #: same class the parallel engine is built on. Plugins add request types to it.
+        self.core = RequestCore(
+            {
+                "shell": {
+                    "execute_request": self._execute,
+                    "kernel_info_request": self._kernel_info,
+                    "complete_request": self._complete,
+                    "inspect_request": self._inspect,
+                    "history_request": self._history,
+                    "is_complete_request": self._is_complete,
+                    "comm_info_request": self._comm_info,
+                    "comm_open": self._comm,
+                    "comm_msg": self._comm,
+                    "comm_close": self._comm,
+                    "shutdown_request": self._shutdown,
+                },
+                "control": {
+                    "kernel_info_request": self._kernel_info,
+                    "interrupt_request": self._interrupt,
+                    "shutdown_request": self._shutdown,
+                    "usage_request": self._usage,
+                    "debug_request": self._debug,
+                },
+            }
+        )
+        self._shell_handlers: dict[str, Handler] = self.core.tables["shell"]
+        self._control_handlers: dict[str, Handler] = self.core.tables["control"]
         self._comms: Any = None
         self._debugger: Any = None
         self._debugger_available: bool | None = None
@@ -197,20 +210,17 @@ class KernelServer:
         ``handler(sock, idents, msg)`` on the channel's thread and answers with
         :meth:`reply`; exceptions it raises become error replies.
         """
-        tables = {"shell": self._shell_handlers, "control": self._control_handlers}
-        table = tables.get(channel)
-        if table is None:
-            raise ValueError(f"no channel {channel!r} to serve requests on; use shell or control")
-        added = []
-        for msg_type, handler in handlers.items():
-            if msg_type in table:
-                log.warning(
-                    "%s on %s is served already; another handler ignored", msg_type, channel
-                )
-                continue
-            table[msg_type] = handler
-            added.append(msg_type)
-        return added
+        return self.core.add(channel, handlers)
+
+    @property
+    def guard(self) -> InterruptGuard:
+        """The SIGINT policy (:class:`~.requests.InterruptGuard`): the core's."""
+        return self.core.guard
+
+    @guard.setter
+    def guard(self, guard: InterruptGuard) -> None:
+        # A kernel hosted by an engine shares the engine's: one policy per process.
+        self.core.guard = guard
 
     # ------------------------------------------------------------------ set-up
 
@@ -453,13 +463,8 @@ class KernelServer:
             if msg_type.endswith("_request"):
                 # A frontend waiting for the reply (create_subshell_request, say) is told
                 # at once instead of waiting forever.
-                content = {
-                    "status": "error",
-                    "ename": "UnsupportedRequest",
-                    "evalue": f"this kernel does not support {msg_type} on this channel",
-                    "traceback": [],
-                }
-                self.reply(sock, idents, msg, content)
+                channel = "shell" if sock is self.shell else "control"
+                self.reply(sock, idents, msg, unsupported_content(msg_type, channel))
             return
         header = msg["header"]
         self.iopub.publish("status", {"execution_state": "busy"}, header)
@@ -472,7 +477,7 @@ class KernelServer:
             log.exception("error while handling %s", msg_type)
             reply_type = msg_type.replace("_request", "_reply")
             if reply_type != msg_type:
-                self.reply(sock, idents, msg, _error_content(exc))
+                self.reply(sock, idents, msg, error_content(exc))
         finally:
             self.iopub.flush()
             self.iopub.publish("status", {"execution_state": "idle"}, header)
@@ -746,12 +751,3 @@ def _notebook_progress_bars(autonotebook: Any) -> None:
 
     if autonotebook.tqdm is std.tqdm and getattr(notebook, "IProgress", None) is not None:
         autonotebook.tqdm, autonotebook.trange = notebook.tqdm, notebook.trange
-
-
-def _error_content(exc: BaseException) -> dict[str, Any]:
-    return {
-        "status": "error",
-        "ename": type(exc).__name__,
-        "evalue": str(exc),
-        "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
-    }

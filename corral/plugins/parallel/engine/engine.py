@@ -64,7 +64,11 @@ from corral.transports.zmq.door import BuffersAltered, cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
-from corral.transports.zmq.requests import InterruptGuard, execute_args, run_execute
+from corral.transports.zmq.requests import (
+    RequestCore,
+    execute_args,
+    run_execute,
+)
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
 from . import bound
@@ -95,7 +99,7 @@ from .local import LocalConnection
 from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
-from .tasks import Tasks, error_content
+from .tasks import Tasks
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
 
@@ -210,8 +214,22 @@ class Engine:
         # Aliases read per task (one attribute lookup on the hot path, not two).
         self._adopter = self.tasks.adopter
         self._aborted = self.tasks.aborted
-        #: The SIGINT policy, shared with the kernel server (transports/zmq/requests.py).
-        self.guard = InterruptGuard()
+        #: The request core, the kernel server's own class (transports/zmq/requests.py):
+        #: the handlers of the queues and of control, and the SIGINT guard. The parallel
+        #: requests are the same ones a kernel gains from this plugin (.tasks).
+        self.core = RequestCore(
+            {
+                "queues": {
+                    "apply_request": self._apply,
+                    "execute_request": self._execute,
+                    "push_request": self._push,
+                    "pull_request": self._pull,
+                },
+                "control": {},  # filled by EngineControl
+            }
+        )
+        self._handlers: dict[str, Handler] = self.core.tables["queues"]
+        self.guard = self.core.guard  # read per task: a plain attribute
         self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
         self._connected = False
@@ -404,12 +422,6 @@ class Engine:
         from corral import datapub
 
         datapub.install(self._publish_data)
-        self._handlers: dict[str, Handler] = {
-            "apply_request": self._apply,
-            "execute_request": self._execute,
-            "push_request": self._push,
-            "pull_request": self._pull,
-        }
         self._control = EngineControl(self)
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
         self._wake_r, self._wake_w = socket.socketpair()
@@ -755,7 +767,7 @@ class Engine:
         self.replies.hold(sock, frames, msg.msg_id)
 
     def _error_content(self, exc: BaseException, method: str, func: Any = None) -> dict[str, Any]:
-        content = self.tasks.error(exc, func) if func is not None else error_content(exc)
+        content = self.tasks.error(exc, func)
         content["engine_info"] = {**self.engine_info, "method": method}
         return content
 

@@ -16,10 +16,12 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from corral.transports.zmq.requests import error_content
+
 from . import data as data_path
 from .namespace import Adopter
 
-__all__ = ["Tasks", "error_content"]
+__all__ = ["Tasks"]
 
 
 class Tasks:
@@ -106,27 +108,6 @@ class Tasks:
         if func is not None:
             content["traceback"] = _annotate(content["traceback"], func, self.namespace)
         return content
-
-
-def error_content(exc: BaseException) -> dict[str, Any]:
-    """``{"status": "error", "ename", "evalue", "traceback"}`` for ``exc``; never raises
-    (an exception that cannot print itself is still reported, by its type)."""
-    from corral.core.tracebacks import format_exception
-
-    try:
-        evalue = str(exc)
-    except Exception:
-        evalue = f"<unprintable {type(exc).__name__}>"
-    try:
-        traceback = format_exception(exc)
-    except Exception:
-        traceback = [f"{type(exc).__name__}: {evalue}"]
-    return {
-        "status": "error",
-        "ename": type(exc).__name__,
-        "evalue": evalue,
-        "traceback": traceback,
-    }
 
 
 def _annotate(traceback: list[str], func: Any, namespace: dict[str, Any]) -> list[str]:
