@@ -37,6 +37,7 @@ from .connection import ConnectionInfo
 from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
 from .ipc import Claims
+from .queries import QUERIES
 from .relay import OutputRelay
 from .requests import (
     ControlThread,
@@ -169,10 +170,7 @@ class KernelServer:
                 "shell": {
                     "execute_request": self._execute,
                     "kernel_info_request": self._kernel_info,
-                    "complete_request": self._complete,
-                    "inspect_request": self._inspect,
-                    "history_request": self._history,
-                    "is_complete_request": self._is_complete,
+                    **{kind: self._query(answer) for kind, answer in QUERIES.items()},
                     "comm_info_request": self._comm_info,
                     "comm_open": self._comm,
                     "comm_msg": self._comm,
@@ -557,38 +555,14 @@ class KernelServer:
         content = kernel_info_content(encryption=encrypted, debugger=self._debugger_available)
         self.reply(sock, idents, msg, content)
 
-    def _complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        code = msg["content"].get("code", "")
-        pos = msg["content"].get("cursor_pos")
-        result = self.interpreter.complete(code, len(code) if pos is None else int(pos))
-        self.reply(sock, idents, msg, {"status": "ok", **result})
+    def _query(self, answer: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Handler:
+        """A handler answering from the interpreter alone (see .queries: the engine
+        answers the same requests with the same functions)."""
 
-    def _inspect(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        c = msg["content"]
-        code = c.get("code", "")
-        pos = c.get("cursor_pos")
-        result = self.interpreter.inspect(
-            code, len(code) if pos is None else int(pos), int(c.get("detail_level", 0))
-        )
-        self.reply(sock, idents, msg, {"status": "ok", **result})
+        def handler(sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+            self.reply(sock, idents, msg, answer(self.interpreter, msg["content"]))
 
-    def _history(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        c = msg["content"]
-        entries = self.interpreter.history(
-            c.get("hist_access_type", "tail"),
-            output=bool(c.get("output", False)),
-            raw=bool(c.get("raw", True)),
-            session=int(c.get("session", 0) or 0),
-            start=int(c.get("start", 0) or 0),
-            stop=c.get("stop"),
-            n=c.get("n"),
-            pattern=c.get("pattern"),
-            unique=bool(c.get("unique", False)),
-        )
-        self.reply(sock, idents, msg, {"status": "ok", "history": [list(e) for e in entries]})
-
-    def _is_complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        self.reply(sock, idents, msg, self.interpreter.is_complete(msg["content"].get("code", "")))
+        return handler
 
     def _comm_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         target = msg["content"].get("target_name")

@@ -63,6 +63,7 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.door import BuffersAltered, cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
+from corral.transports.zmq.queries import QUERIES
 from corral.transports.zmq.relay import OutputRelay
 from corral.transports.zmq.requests import (
     RequestCore,
@@ -224,6 +225,9 @@ class Engine:
                     "execute_request": self._execute,
                     "push_request": self._push,
                     "pull_request": self._pull,
+                    # What a kernel answers from its interpreter, answered the same way.
+                    **{kind: self._query(answer) for kind, answer in QUERIES.items()},
+                    "kernel_info_request": self._kernel_info,
                 },
                 "control": {},  # filled by EngineControl
             }
@@ -893,6 +897,30 @@ class Engine:
             date=completed,
         )
         iopub.publish("status", {"execution_state": "idle"}, msg.header)
+
+    # ------------------------------------------------------------ the interpreter
+
+    def _query(self, answer: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Handler:
+        """A handler answering from the interpreter alone, as the kernel does (.queries)."""
+
+        def handler(sock: Destination, msg: Message) -> None:
+            self._reply_content(sock, msg, answer(self.interpreter, msg.content))
+
+        return handler
+
+    def _kernel_info(self, sock: Destination, msg: Message) -> None:
+        """The kernel's ``kernel_info_reply``: this engine serves the same interpreter."""
+        from corral.transports.zmq.kernel import kernel_info_content
+
+        curve = self.gate.encryption == "curve"
+        self._reply_content(sock, msg, kernel_info_content(encryption=curve))
+
+    def _reply_content(self, sock: Destination, msg: Message, content: dict[str, Any]) -> None:
+        now = iso_now()
+        method = msg.msg_type.removesuffix("_request")
+        content["engine_info"] = {**self.engine_info, "method": method}
+        metadata = self._metadata(now, now, str(content.get("status", "ok")), 0)
+        self._send(sock, msg, wire.json_dumps(content), metadata, date=now)
 
     # ------------------------------------------------------------ data
 
