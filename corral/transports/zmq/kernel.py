@@ -10,6 +10,12 @@ Threads, and why:
 * **heartbeat** — echoes pings inside libzmq without the GIL (:mod:`.heartbeat`).
 * **iopub flusher** — sends coalesced stream text at short intervals (:mod:`.iopub`).
 
+Requests are dispatched through a :class:`~.requests.RequestCore`, the class the parallel
+engine is built on too: one table per channel, one dictionary lookup a message. Plugins
+add request types at configuration time (:meth:`KernelServer.add_handlers`, called by the
+plugins layer with what ``corral_request_handlers`` returns: the parallel plugin's
+``apply``, ``push``, ``pull``, ``clear``, ``abort``), never per message.
+
 The server is an *observer* of the interpreter's notifications, not a hook inside it: it
 subscribes to the :mod:`corral.core.events` types and turns each into an iopub message
 whose parent is the request being served. Each socket is used by one thread only, except

@@ -26,13 +26,20 @@ Threads, and why:
   the controller or the launching process goes away.
 * **iopub flusher** sends coalesced stream text (:class:`IOPubPublisher`).
 
-Where things live: this module serves (the main loop and the task handlers). The pieces
-shared with the kernel server — the SIGINT guard, the control thread, the execute reply,
-the iopub publisher and output relay, the heartbeat's proxy thread — come from
-:mod:`corral.transports.zmq`; the engine's own jobs have a module each: the cluster file
+Where things live: an engine is the kernel server's request core plus the parallel
+plugin's handlers, on the cluster's sockets instead of Jupyter's. From
+:mod:`corral.transports.zmq`, shared with the kernel server: the request core
+(:class:`~corral.transports.zmq.requests.RequestCore`: dispatch tables and the SIGINT
+guard), the cell runner (``run_execute``), the error reply, the control thread, the
+answers to completion, inspection, history and is-complete
+(:mod:`corral.transports.zmq.queries`), ``kernel_info``, the iopub publisher and output relay. From this plugin,
+shared with any kernel that loaded it (:mod:`..kernel_requests`): what ``apply``,
+``push``, ``pull``, ``clear`` and ``abort`` do to the namespace (:mod:`.tasks`). This
+module serves: the main loop, the wire (the handlers around ``Tasks``, fast-path
+replies). The engine's own jobs have a module each: the cluster file
 (:mod:`.clusterinfo`), the control channel (:mod:`.control`), held and logged replies
 (:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost controller
-(:mod:`.recovery`).
+(:mod:`.recovery`), a Jupyter kernel on the same interpreter (:mod:`.bound`).
 
 Hot path (an ``apply_request``): receive with the fixed frames as bytes and buffers as
 zero-copy frames, verify, unpickle, call, pickle the result, reply with a pre-encoded
