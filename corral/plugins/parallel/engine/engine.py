@@ -32,14 +32,14 @@ plugin's handlers, on the cluster's sockets instead of Jupyter's. From
 (:class:`~corral.transports.zmq.requests.RequestCore`: dispatch tables and the SIGINT
 guard), the cell runner (``run_execute``), the error reply, the control thread, the
 answers to completion, inspection, history and is-complete
-(:mod:`corral.transports.zmq.queries`), ``kernel_info``, the iopub publisher and output relay. From this plugin,
-shared with any kernel that loaded it (:mod:`..kernel_requests`): what ``apply``,
-``push``, ``pull``, ``clear`` and ``abort`` do to the namespace (:mod:`.tasks`). This
-module serves: the main loop, the wire (the handlers around ``Tasks``, fast-path
-replies). The engine's own jobs have a module each: the cluster file
-(:mod:`.clusterinfo`), the control channel (:mod:`.control`), held and logged replies
-(:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost controller
-(:mod:`.recovery`), a Jupyter kernel on the same interpreter (:mod:`.bound`).
+(:mod:`corral.transports.zmq.queries`), ``kernel_info``, the iopub publisher and output
+relay. From this plugin, shared with any kernel that loaded it
+(:mod:`..kernel_requests`): what ``apply``, ``push``, ``pull``, ``clear`` and ``abort``
+do to the namespace (:mod:`.tasks`). This module serves: the main loop, and the wire
+around ``Tasks`` (the handlers, fast-path replies). The engine's own jobs have a module
+each: the cluster file (:mod:`.clusterinfo`), the control channel (:mod:`.control`),
+held and logged replies (:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost
+controller (:mod:`.recovery`), a Jupyter kernel on the same interpreter (:mod:`.bound`).
 
 Hot path (an ``apply_request``): receive with the fixed frames as bytes and buffers as
 zero-copy frames, verify, unpickle, call, pickle the result, reply with a pre-encoded
