@@ -56,6 +56,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_kernel_ipython_compat.py",
         "test_kernel_manager.py",
         "test_kernel_options.py",
+        "test_kernel_parallel_requests.py",
         "test_kernel_orphans.py",
         "test_kernel_private.py",
         "test_kernel_protocol.py",
