@@ -20,7 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from corral.plugins.parallel.clusterfile import ClusterInfo
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import HUB, cluster_signer, take_seal
 from corral.transports.zmq.gate import gate_for
 from corral.transports.zmq.session import Session
 
@@ -152,6 +152,7 @@ class FakeEngine(Peer):
             self.socks["registration"],
             "registration_request",
             {"uuid": self.uuid, "hostname": "fakehost", "pid": 1, "data_url": "tcp://x:1"},
+            dest=HUB,
         )
         _, reply = self.recv("registration")
         assert reply["content"]["status"] == "ok", reply["content"]
@@ -162,6 +163,7 @@ class FakeEngine(Peer):
         self, queue: str = "task", timeout: float = TIMEOUT
     ) -> tuple[list[bytes], dict[str, Any]]:
         idents, msg = self.recv(f"{queue}_engine", timeout)
+        take_seal(idents)  # the queue's route seal (a real engine checks it; door.admit)
         return idents, msg
 
     def reply(
@@ -253,6 +255,7 @@ class FakeClient(Peer):
             identities=idents,
             metadata=metadata,
             buffers=buffers or [],
+            dest=HUB if queue == "registration" else queue,
         )
 
     def apply(self, queue: str = "task", **kw: Any) -> dict[str, Any]:
