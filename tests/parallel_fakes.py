@@ -176,6 +176,8 @@ class FakeEngine(Peer):
         buffers: list[Any] | None = None,
         extra_metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        idents = list(idents)
+        take_seal(idents)  # a reply never echoes the queue's route seal
         msg_type = request["msg_type"].replace("_request", "_reply")
         now = wire.make_header("x", "x")["date"]
         content = {
