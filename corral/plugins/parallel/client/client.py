@@ -30,8 +30,8 @@ from corral.notification import shared_center
 from corral.notification.bridge import repost
 from corral.transports.zmq import wire
 from corral.transports.zmq.bridge import feed_payload
-from corral.transports.zmq.door import cluster_signer
-from corral.transports.zmq.gate import REFUSED, gate_for, probe
+from corral.transports.zmq.door import cluster_signer, dest_of
+from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.keyfile import endpoint
 
 from .. import events
@@ -43,6 +43,7 @@ from .asyncresult import (
     msg_ids_of,
     reply_outcome,
 )
+from .channels import dest_for, role_for
 from .compat import ClientCompat, connection_source, forever
 from .dependencies import _USED as _DEPENDENCIES_USED
 from .errors import ControllerLost, RemoteError
@@ -192,6 +193,8 @@ class Client(ClientCompat):
         self._functions = FunctionCache()
         self._closed = False
         self.dropped = 0
+        #: refused messages, logged per cause and rate-limited (a flood must not fill logs)
+        self.refusals = RefusalLog(log, "client")
         self._local = LocalCalls(self._builder, self._signer) if local else None
         # engine id -> its Unix socket if this client may use it, "" if not (checked once)
         self._local_paths: dict[int, str] = {}
@@ -524,10 +527,13 @@ class Client(ClientCompat):
         """Every incoming message, in the I/O thread."""
         stored = channel in _REPLY_CHANNELS and is_stored(frames)
         try:
-            msg = parse(frames, self._signer, self._replay, without_buffers=stored)
+            msg = parse(
+                frames, self._signer, self._replay, without_buffers=stored, role=role_for(channel)
+            )
         except wire.WireError as exc:
             self.dropped += 1
-            log.warning("dropped a message on %s: %s", channel, exc)
+            # per cause and channel (bounded keys); the latest reason stands for the peer
+            self.refusals.refused(f"{type(exc).__name__} on {channel}", str(exc)[:200])
             return
         if stored:  # its buffers wait in the task database (corral.plugins.parallel.flow)
             self._stored.add(msg, frames[2])  # [STORED, DELIM, signature, ...]
@@ -612,6 +618,7 @@ class Client(ClientCompat):
             buffers=buffers,
             identities=(ident,) if ident is not None else (),
             msg_id=msg_id,
+            dest=dest_for(channel),
         )
         # Small frames are copied into zmq (cheaper than tracking their lifetime); large
         # ones are sent zero-copy.
@@ -653,6 +660,7 @@ class Client(ClientCompat):
         content = content if type(content) is bytes else encode_json(content)
         build = self._builder.build
         send = self._io.send
+        dest = dest_for(channel)
         # Before sending: an observer hears of a task before its completion.
         shared_center.post(
             events.TASK_SUBMITTED, self, msg_ids=msg_ids, msg_type=msg_type, channel=channel
@@ -669,6 +677,7 @@ class Client(ClientCompat):
                 buffers=buffers,
                 identities=(ident,) if ident is not None else (),
                 msg_id=msg_id,
+                dest=dest,
             )
             copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
             send(channel, frames, copy)
@@ -806,14 +815,23 @@ class Client(ClientCompat):
         if local is None or self._direct or self._closed or engine_id in self._dead:
             return False, None
         path = self._local_path(engine_id)
-        if not path:
+        engine = self._engines.get(engine_id)
+        if not path or engine is None:
             return False, None
         if len(buffers) > MAX_LOCAL_BUFFERS:
             return False, None
         if buffers and sum(memoryview(b).nbytes for b in buffers) > MAX_LOCAL_REQUEST:
             return False, None
         try:
-            answered = local.call(engine_id, path, msg_type, content, metadata, buffers)
+            answered = local.call(
+                engine_id,
+                path,
+                msg_type,
+                content,
+                metadata,
+                buffers,
+                dest_of("engine", engine.uuid),
+            )
         except EngineGone:
             raise engine_death_error(engine_id) from None
         if answered is None:  # unreachable just now: the queues will do

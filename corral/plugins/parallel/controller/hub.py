@@ -36,6 +36,7 @@ from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     BUFFERS_HASHED,
     BUFFERS_IGNORED,
+    HUB,
     ROLES,
     admit,
     cluster_signer,
@@ -680,7 +681,7 @@ class Hub(Component):
     # -- registration socket: engines and clients ask ------------------------------------
 
     def on_registration(self, frames: list[zmq.Frame]) -> None:
-        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION)
+        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION, HUB)
         if parsed is None:
             self.dropped += 1
             return
@@ -822,6 +823,7 @@ class Hub(Component):
                 "shutdown_request",
                 {"restart": False, "hub": True},
                 identities=[record.uuid.encode()],
+                dest="control",
             )
             owed.add(msg["msg_id"])
         deadline = time.monotonic() + SHUTDOWN_GRACE
