@@ -218,3 +218,52 @@ def test_two_controllers_serve_one_client() -> None:
         both = pulling.map_sync(nap, [0.05] * 20)
         assert set(both) == engine_pids[0] | engine_pids[1]
         pulling.close()
+
+
+def record_run(i: int) -> int:
+    import os
+    import sys
+    import time
+
+    time.sleep(0.01)
+    sys.__dict__.setdefault("_corral_test_runs", []).append(i)
+    return os.getpid()
+
+
+def runs() -> list[int]:
+    import sys
+
+    return list(sys.__dict__.get("_corral_test_runs", []))
+
+
+def test_tasks_queued_behind_a_long_task_move_to_an_idle_controller_once() -> None:
+    shards = Cluster(2, controllers=2, profile="moves", hb_period=0.2, hb_misses=5)
+    with shards as client:
+        busy_pid, idle_pid = client[:].apply_sync(where)  # controller 0's, controller 1's
+        # The engine says which tasks it had started when asked to abort them: the
+        # running one is listed (it will finish), the queued one is not (never runs).
+        own = client.clients[0].load_balanced_view()
+        running, queued = own.apply_async(nap, 1.0), own.apply_async(nap, 0)
+        while client.clients[0].queue_status(0)["running"] < 1:
+            running.wait(0.01)
+        ids = [running.msg_ids[0], queued.msg_ids[0]]
+        replies = client.clients[0]._control("abort_request", {"msg_ids": ids}, [0])
+        assert replies[0].result(10).content["started"] == [running.msg_ids[0]]
+        assert running.get(10) == busy_pid
+        with pytest.raises(Exception, match="aborted"):
+            queued.get(10)
+
+        # Default window: half the map is sent to controller 0, behind a long task.
+        view = client.load_balanced_view()
+        long = view.apply_async(nap, 4.0)
+        start = time.monotonic()
+        shorts = view.map_async(record_run, range(40))
+        served = [r.get(30) for r in shorts]
+        assert time.monotonic() - start < 3.0  # none waited for the long task
+        assert long.get(30) == busy_pid and set(served) == {idle_pid}
+        assert view.moved > 0 and sum(r.moves for r in shorts) == view.moved
+        # Exactly once: every task ran on one engine, once; the copies aborted at the
+        # busy controller were answered "aborted" when its engine got to them.
+        ran = [i for engine in client[:].apply_sync(runs) for i in engine]
+        assert sorted(ran) == list(range(40))
+        view.close()

@@ -71,7 +71,10 @@ class EngineControl:
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise TypeError("abort_request 'msg_ids' must be a list of message ids")
             engine._aborted.update(ids)
-            self._reply(msg, ok)
+            # After marking them: which had started already (see .started); those not
+            # listed will never run here.
+            started = engine._started
+            self._reply(msg, {**ok, "started": [i for i in ids if i in started]})
         elif kind == "signal_request":
             signum = signal_number(msg.content.get("sig"))
             self._reply(msg, ok)

@@ -97,6 +97,7 @@ from .namespace import Adopter
 from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
+from .started import StartedIds
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
 
@@ -209,6 +210,8 @@ class Engine:
         # which names they brought in).
         self._adopter = Adopter(self.user_ns)
         self._aborted: set[str] = set()
+        #: Recorded before the aborted check (see .started: moving tasks exactly once).
+        self._started = StartedIds()
         #: The SIGINT policy, shared with the kernel server (transports/zmq/requests.py).
         self.guard = InterruptGuard()
         self._stop_reason: str | None = None
@@ -813,6 +816,7 @@ class Engine:
     def _apply(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
+        self._started.add(msg.msg_id)
         if self._aborted and msg.msg_id in self._aborted:
             self._reply_aborted(sock, msg, "apply")
             return
@@ -872,6 +876,7 @@ class Engine:
     def _execute(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
+        self._started.add(msg.msg_id)
         if self._aborted and msg.msg_id in self._aborted:
             self._reply_aborted(sock, msg, "execute")
             return
