@@ -316,15 +316,17 @@ def _controllers_cpu(pids: list[int]) -> float:
     return sum(_tree_cpu(pid) for pid in pids)
 
 
-def _aggregate_run(view: Any, pids: list[int], tasks: int) -> tuple[float, float]:
-    """(tasks/s, controller CPU us per task) for ``tasks`` no-op tasks through ``view``."""
+def _aggregate_run(view: Any, pids: list[int], tasks: int) -> tuple[float, float, float]:
+    """(tasks/s, controller CPU us per task, client CPU us per task) for ``tasks`` no-op
+    tasks through ``view`` (the client's: this process, its I/O threads included)."""
     for result in [view.apply_async(noop) for _ in range(500)]:
         result.get(60)
-    cpu, start = _controllers_cpu(pids), time.perf_counter()
+    cpu, mine, start = _controllers_cpu(pids), time.process_time(), time.perf_counter()
     for result in [view.apply_async(noop) for _ in range(tasks)]:
         result.get(300)
     wall = time.perf_counter() - start
-    return tasks / wall, (_controllers_cpu(pids) - cpu) / tasks * 1e6
+    client_us = (time.process_time() - mine) / tasks * 1e6
+    return tasks / wall, (_controllers_cpu(pids) - cpu) / tasks * 1e6, client_us
 
 
 def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str, Any]:
@@ -334,8 +336,8 @@ def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str,
     falls on both alike; the figures are medians, with the load average of each turn."""
     from corral.plugins.parallel.shards import Shards
 
-    one_runs: list[tuple[float, float]] = []
-    many_runs: list[tuple[float, float]] = []
+    one_runs: list[tuple[float, float, float]] = []
+    many_runs: list[tuple[float, float, float]] = []
     loads: list[float] = []
     shards = Shards(2, controllers=controllers, profile="scale-bench", engine_timeout=120)
     with corral_cluster(2) as (cluster, client), shards as aggregate:
@@ -347,28 +349,38 @@ def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str,
             one_runs.append(_aggregate_run(single_view, single_pids, tasks))
             many_runs.append(_aggregate_run(many_view, many_pids, tasks))
             loads.append(os.getloadavg()[0])
+            (a, b) = one_runs[-1], many_runs[-1]
             print(
-                f"aggregated turn {turn + 1}: 1 controller {one_runs[-1][0]:.0f} tasks/s "
-                f"{one_runs[-1][1]:.0f} us CPU/task; {controllers} controllers "
-                f"{many_runs[-1][0]:.0f} tasks/s {many_runs[-1][1]:.0f} us CPU/task; "
+                f"aggregated turn {turn + 1}: 1 controller {a[0]:.0f} tasks/s, {a[1]:.0f} us "
+                f"controller CPU/task, {a[2]:.0f} us client CPU/task; {controllers} "
+                f"controllers {b[0]:.0f} tasks/s, {b[1]:.0f} us, {b[2]:.0f} us; "
                 f"load {loads[-1]:.1f}",
                 flush=True,
             )
+        moved = many_view.moved
         many_view.close()
-    one = (statistics.median(r[0] for r in one_runs), statistics.median(r[1] for r in one_runs))
-    many = (statistics.median(r[0] for r in many_runs), statistics.median(r[1] for r in many_runs))
+    one = [statistics.median(r[i] for r in one_runs) for i in range(3)]
+    many = [statistics.median(r[i] for r in many_runs) for i in range(3)]
     ratio = many[1] / one[1]
     print(
         f"aggregated (median of {rounds}): 1 controller {one[0]:.0f} tasks/s, {one[1]:.0f} us "
-        f"CPU/task; {controllers} controllers {many[0]:.0f} tasks/s, {many[1]:.0f} us CPU/task: "
-        f"cost {ratio:.2f}x (goal <= 1.2x), throughput {many[0] / one[0]:.2f}x; load "
-        f"{min(loads):.1f}-{max(loads):.1f}",
+        f"controller CPU/task, {one[2]:.0f} us client CPU/task; {controllers} controllers "
+        f"{many[0]:.0f} tasks/s, {many[1]:.0f} us, {many[2]:.0f} us: cost {ratio:.2f}x (goal "
+        f"<= 1.2x), client {many[2] / one[2]:.2f}x, throughput {many[0] / one[0]:.2f}x; "
+        f"{moved} tasks moved; load {min(loads):.1f}-{max(loads):.1f}",
         flush=True,
     )
     return {
-        "one": {"tasks_s": one[0], "cpu_us": one[1]},
-        "many": {"controllers": controllers, "tasks_s": many[0], "cpu_us": many[1]},
+        "one": {"tasks_s": one[0], "cpu_us": one[1], "client_us": one[2]},
+        "many": {
+            "controllers": controllers,
+            "tasks_s": many[0],
+            "cpu_us": many[1],
+            "client_us": many[2],
+        },
         "cost_ratio": ratio,
+        "client_ratio": many[2] / one[2],
+        "moved": moved,
         "throughput_ratio": many[0] / one[0],
         "turns": {"one": one_runs, "many": many_runs, "loadavg": loads},
     }
@@ -480,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engines", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--ipp-engines", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3, help="aggregated: turns of each")
     parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -496,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
         "real": lambda: bench_real(args.engines, args.ipp_engines),
         "million": lambda: bench_million(args.million, 10_000),
         "contention": lambda: bench_contention(args.tasks),
-        "aggregated": lambda: bench_aggregated(args.tasks, 2),
+        "aggregated": lambda: bench_aggregated(args.tasks, 2, args.rounds),
     }
     for name in args.only:
         if name in sections:

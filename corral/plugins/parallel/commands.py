@@ -40,7 +40,9 @@ def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
     cluster = subparsers.add_parser("cluster", help="start, stop and inspect clusters")
     actions = cluster.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
 
-    start = actions.add_parser("start", help="start a controller and engines")
+    start = actions.add_parser(
+        "start", help="start a controller (or several: --controllers N) and engines"
+    )
     _profile_option(start)
     _start_options(start)
     start.add_argument("--daemon", action="store_true", help="detach and return once ready")
