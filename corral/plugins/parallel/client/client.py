@@ -170,16 +170,19 @@ class Client(ClientCompat):
         if cls is Client:
             named = dict(zip(_PARAMETERS, args, strict=False))
             named.update(kwargs)
-            profile, connection_file = connection_source(
-                named.get("profile", "default"),
-                named.get("connection_file"),
-                named.get("url_file"),
-            )
-            path = (
-                Path(connection_file)
-                if connection_file is not None
-                else _find_cluster_file(profile, named.get("cluster_id"))
-            )
+            try:
+                profile, connection_file = connection_source(
+                    named.get("profile", "default"),
+                    named.get("connection_file"),
+                    named.get("url_file"),
+                )
+                path = (
+                    Path(connection_file)
+                    if connection_file is not None
+                    else _find_cluster_file(profile, named.get("cluster_id"))
+                )
+            except Exception:  # no profile, no file, bad arguments: __init__ says which
+                return super().__new__(cls)
             if _is_aggregate_file(path):
                 from corral.plugins.parallel.aggregate import AggregateClient
 
