@@ -17,6 +17,7 @@ cluster file lands here, and a client should not import what starts processes.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class AggregateClient:
         self.clients = list(clients)
         self.cluster_id = cluster_id or self.clients[0].cluster_id.rsplit("-", 1)[0]
         self.connection_file: Path | None = None
+        self._views: weakref.WeakSet[AggregateView] = weakref.WeakSet()
 
     @classmethod
     def from_file(
@@ -137,7 +139,11 @@ class AggregateClient:
         return AggregateDirectView(self, targets)
 
     def load_balanced_view(self, window: int = DEFAULT_WINDOW) -> AggregateView:
-        return AggregateView(self, window)
+        """An :class:`AggregateView` (see :mod:`.aggregate_view`): ``window`` unfinished
+        tasks per engine at most at each controller, the rest held in the view."""
+        view = AggregateView(self, window)
+        self._views.add(view)
+        return view
 
     # ------------------------------------------------------------------ hubs
 
@@ -168,6 +174,9 @@ class AggregateClient:
             client.shutdown(hub=hub)
 
     def close(self) -> None:
+        """Close every view (held tasks are cancelled) and every member client."""
+        for view in list(self._views):
+            view.close()
         for client in self.clients:
             client.close()
 

@@ -38,6 +38,9 @@ __all__ = ["DEFAULT_WINDOW", "AggregateView", "HeldResult"]
 #: the task scheduler's own prefetch bound (queues.DEFAULT_HWM), so an engine never idles
 #: for want of work in its controller while the view holds some.
 DEFAULT_WINDOW = 128
+#: Seconds a view's pump thread waits with nothing to send or move before it ends (a view
+#: used once and forgotten must not keep a thread for the life of the process).
+PUMP_IDLE = 5.0
 
 
 class HeldResult(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -158,7 +161,7 @@ class AggregateView:
             k = None if self.held else self._pick()  # nobody jumps the queue
             if k is None:
                 self.held.append(task)
-                self._room.notify()
+                self._wake()
                 return task.result
             self._place(k, task)
         self._send(k, task)
@@ -183,13 +186,13 @@ class AggregateView:
             if again:  # aborted for a move before it could start: send it again
                 task.sent = None
                 self.held.appendleft(task)
-                self._room.notify()
+                self._wake()
             elif self.held:
                 if self._pick(refill=True) is not None:
-                    self._room.notify()
+                    self._wake()
             elif self._stealable():
                 self._steal = True
-                self._room.notify()
+                self._wake()
         if not again:
             _settle(task.result, result)
 
@@ -257,7 +260,7 @@ class AggregateView:
                     task.result.moves += 1
                     self.moved += 1
                     self.held.appendleft(task)
-                self._room.notify()
+                self._wake()
 
         if not futures:
             return
@@ -265,6 +268,11 @@ class AggregateView:
             future.add_done_callback(answered)
 
     # ------------------------------------------------------------ the pump thread
+
+    def _wake(self) -> None:
+        """Wake the pump (under the lock), starting it again if it ended while idle."""
+        self._start_pump()
+        self._room.notify()
 
     def _start_pump(self) -> None:
         if self._pump is None:
@@ -279,7 +287,13 @@ class AggregateView:
                 while not self._closed and not self._steal:
                     if self.held and self._pick(refill=True) is not None:
                         break
-                    self._room.wait()
+                    if (
+                        not self._room.wait(PUMP_IDLE)
+                        and not self.held
+                        and not any(self.outstanding)
+                    ):
+                        self._pump = None  # nothing to do: the next task starts another
+                        return
                 if self._closed:
                     return
                 plan: list[tuple[int, list[_Task]]] = []
