@@ -73,11 +73,10 @@ def corral(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProces
 
 
 def test_the_command_line_starts_lists_connects_and_stops_an_aggregate(tmp_path: Path) -> None:
-    # [cluster] controllers from the environment, as from corral.ini.
-    started = corral(
-        tmp_path, "cluster", "start", "--daemon", "-n", "3", "--cluster-id", "ag",
-        CORRAL_CLUSTER_CONTROLLERS="2",
-    )  # fmt: skip
+    # [cluster] controllers from the profile's corral.ini.
+    (tmp_path / "profile_default").mkdir(mode=0o700)
+    (tmp_path / "profile_default" / "corral.ini").write_text("[cluster]\ncontrollers = 2\n")
+    started = corral(tmp_path, "cluster", "start", "--daemon", "-n", "3", "--cluster-id", "ag")
     assert started.returncode == 0, started.stderr + started.stdout
     security = tmp_path / "profile_default" / "security"
     run = tmp_path / "profile_default" / "run"
