@@ -102,9 +102,32 @@ def _find_cluster_file(profile: str, cluster_id: str | None) -> Path:
 
     security = locate_profile(profile) / "security"
     candidates = sorted(security.glob("cluster-*.json"), key=lambda p: p.stat().st_mtime)
+    if len(candidates) > 1:  # a member of an aggregate is reached through the aggregate
+        from corral.plugins.parallel.aggregatefile import member_cluster_ids
+
+        members = member_cluster_ids(security)
+        candidates = [p for p in candidates if p.stem.removeprefix("cluster-") not in members]
     if not candidates:
         raise FileNotFoundError(f"no cluster file in {security}; is a controller running?")
     return candidates[-1]
+
+
+#: Client's parameters, in order (for __new__, which sees them before __init__ does).
+_PARAMETERS = ("profile", "cluster_id", "connection_file", "timeout", "local", "url_file")
+
+
+def _is_aggregate_file(path: Path) -> bool:
+    """Whether ``path`` lists several controllers (see parallel/aggregatefile.py); False
+    for a file that cannot be read (``__init__`` then says why)."""
+    try:
+        from corral.plugins.parallel.aggregatefile import is_aggregate
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return is_aggregate(json.load(fh))
+    except (OSError, ValueError):
+        return False
 
 
 def _read_cluster_file(path: Path) -> dict[str, Any]:
@@ -138,6 +161,34 @@ class Client(ClientCompat):
 
     .. versionadded:: 0.1
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """An :class:`~corral.plugins.parallel.aggregate.AggregateClient` when the
+        cluster file found is an aggregate's (``corral cluster start --controllers N``),
+        else a client of one controller."""
+        if cls is Client:
+            named = dict(zip(_PARAMETERS, args, strict=False))
+            named.update(kwargs)
+            try:
+                profile, connection_file = connection_source(
+                    named.get("profile", "default"),
+                    named.get("connection_file"),
+                    named.get("url_file"),
+                )
+                path = (
+                    Path(connection_file)
+                    if connection_file is not None
+                    else _find_cluster_file(profile, named.get("cluster_id"))
+                )
+            except Exception:  # no profile, no file, bad arguments: __init__ says which
+                return super().__new__(cls)
+            if _is_aggregate_file(path):
+                from corral.plugins.parallel.aggregate import AggregateClient
+
+                return AggregateClient.from_file(
+                    path, timeout=named.get("timeout", 10.0), local=named.get("local", True)
+                )
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -107,6 +107,7 @@ from .local import LocalConnection
 from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
+from .started import StartedIds
 from .tasks import Tasks
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
@@ -247,6 +248,8 @@ class Engine:
         )
         self._handlers: dict[str, Handler] = self.core.tables["queues"]
         self.guard = self.core.guard  # read per task: a plain attribute
+        #: Recorded before the aborted check (see .started: moving tasks exactly once).
+        self._started = StartedIds()
         self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
         self._connected = False
@@ -846,6 +849,7 @@ class Engine:
     def _apply(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
+        self._started.add(msg.msg_id)
         if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "apply")
             return
@@ -901,6 +905,7 @@ class Engine:
     def _execute(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
+        self._started.add(msg.msg_id)
         if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "execute")
             return
