@@ -413,6 +413,34 @@ def test_function_defined_in_main_is_sent_by_value():
     assert type(thing).__name__ == "Thing"
 
 
+def test_main_function_with_its_source_note_is_loaded_once(tmp_path):
+    """A ``__main__`` function carries the source lines the client attaches for remote
+    tracebacks; an engine still unpickles its code once, not for every task (each load
+    is a copy of one template: the same code object, its own globals and source note)."""
+    code = (
+        "import pickle, sys\n"
+        "from corral.core.serialize import pack_apply\n"
+        "from corral.plugins.parallel.client.funccache import FunctionCache\n"
+        "def triple(x):\n"
+        "    return 3 * x\n"
+        "cache = FunctionCache()\n"
+        "frames = [bytes(f) for f in pack_apply(cache.lookup(triple), (2,), {})]\n"
+        "sys.stdout.buffer.write(pickle.dumps(frames))\n"
+    )
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, check=True)
+    frames = pickle.loads(out.stdout)
+    loads = [unpack_apply(frames) for _ in range(3)]
+    funcs = [func for func, _, _ in loads]
+    assert [func(*args) for func, args, _ in loads] == [6, 6, 6]
+    assert funcs[1].__code__ is funcs[2].__code__, "the code was unpickled again"
+    assert funcs[1] is not funcs[2] and funcs[1].__globals__ is not funcs[2].__globals__
+    first, second = funcs[1].__corral_source__, funcs[2].__corral_source__
+    assert first == second == (str(script), 4, ["def triple(x):\n", "    return 3 * x\n"])
+    assert first[2] is not second[2]
+
+
 def test_module_objects_by_reference():
     assert roundtrip(math) is math
     assert roundtrip({"m": np})["m"] is np
