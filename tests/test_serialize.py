@@ -413,6 +413,32 @@ def test_function_defined_in_main_is_sent_by_value():
     assert type(thing).__name__ == "Thing"
 
 
+@pytest.mark.parametrize("value", [None, True, 7, 2**100, 1.5, 1j, "text", b"small"])
+def test_atomic_values_skip_the_full_pickler(monkeypatch, value):
+    """None, numbers, text and small bytes (what most tasks return) are written by the C
+    pickler alone, as the full pickler would write them, and read back by it alone."""
+    import corral.core.serialize as s
+
+    frames = s.serialize(value)
+    assert frames == [pickle.dumps(value, 5)]
+
+    class Refused(pickle.Pickler):
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the full pickler was set up")
+
+    monkeypatch.setattr(s, "_FastPickler", Refused)
+    monkeypatch.setattr(s, "_Unpickler", Refused)
+    assert s.serialize(value) == frames
+    assert s.deserialize(frames) == value
+    assert len(s.serialize(b"x" * BIG, threshold=BIG)) == 2  # large bytes: out of band
+
+
+def test_one_frame_with_an_out_of_band_reference_is_refused():
+    frames = serialize(b"x" * BIG)
+    with pytest.raises(DeserializationError):
+        deserialize(frames[:1])  # its buffer frame dropped
+
+
 def test_main_function_with_its_source_note_is_loaded_once(tmp_path):
     """A ``__main__`` function carries the source lines the client attaches for remote
     tracebacks; an engine still unpickles its code once, not for every task (each load
