@@ -32,6 +32,7 @@ from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 
 from .. import events
+from ..coalesce import mark_metadata
 from .asyncresult import (
     AsyncMapResult,
     AsyncResult,
@@ -545,6 +546,19 @@ class Client(ClientCompat):
         if result is None:
             self._on_callback(msg)
             return
+        target = self._direct.get(msg_id)  # type: ignore[arg-type]
+        if target is not None:
+            engine_id = msg.metadata.get("engine_id")
+            if engine_id is not None and engine_id != target:
+                # Sent to one engine, answered (signed) as another: never a result.
+                self.dropped += 1
+                log.warning(
+                    "dropped a reply to %s from engine %s: it was sent to engine %s",
+                    msg_id,
+                    engine_id,
+                    target,
+                )
+                return
         shared_center.post(
             events.TASK_COMPLETED,
             self,
@@ -649,6 +663,10 @@ class Client(ClientCompat):
         # Encoded once for all routes.
         metadata = metadata if type(metadata) is bytes else encode_json(metadata)
         content = content if type(content) is bytes else encode_json(content)
+        if channel == "mux" and len(routes) > 1:
+            # One call to many engines: the mux sends its replies on together (one
+            # message, one wake-up here), see corral.plugins.parallel.coalesce.
+            metadata = mark_metadata(metadata, msg_ids[0], len(routes))
         build = self._builder.build
         send = self._io.send
         # Before sending: an observer hears of a task before its completion.
