@@ -25,7 +25,7 @@ from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client, EngineError
 from corral.plugins.parallel.client.client import _read_cluster_file
-from corral.plugins.parallel.coalesce import Coalescer, mark_metadata, parse_mark
+from corral.plugins.parallel.coalesce import Coalescer, mark_metadata, parse_mark, read_mark
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches, unbatch
 from corral.transports.zmq.door import cluster_signer
@@ -45,6 +45,11 @@ def test_a_mark_survives_the_metadata_splice_and_bad_marks_are_ignored() -> None
     for bad in (["k", 1], ["k", True], ["", 3], [1, 3], ["k"], "k", ["k", 10**9]):
         assert parse_mark({"coalesce": bad}) is None
     assert parse_mark({}) is None and parse_mark(None) is None
+    # The queue reads the mark alone, at the start of the encoded metadata.
+    assert read_mark(spliced) == ("m-1", 2)
+    assert read_mark(b'{"targets":[0,1],"coalesce":["k",2]}') is None  # not first: unmarked
+    assert read_mark(b'{"coalesce":["k",2') is None  # cut short
+    assert read_mark(b'{"coalesce":["k",1]}') is None  # one request: nothing to gather
 
 
 def test_a_group_is_released_only_once_every_request_was_routed_and_answered() -> None:

@@ -69,7 +69,7 @@ from corral.transports.zmq.door import (
 from corral.transports.zmq.gate import Gate, RefusalLog, peer_name
 from corral.transports.zmq.session import Session
 
-from ..coalesce import GAP, MARK, Coalescer, Group, parse_mark
+from ..coalesce import GAP, Coalescer, Group, read_mark
 from ..flow import (
     CLIENT_BOUND,
     STORED,
@@ -910,9 +910,9 @@ class DirectQueue(PerEngineQueue):
         self.monitor([REQUEST, engine, client, *frames[2:8]])
         group = None
         coalescer = self.coalescer
-        if coalescer is not None and MARK in frames[6]:
+        if coalescer is not None:
             # one request of a multi-engine call: its replies leave together
-            mark = parse_mark(loads_dict(frames[6]))
+            mark = read_mark(frames[6])
             if mark is not None:
                 group = coalescer.join(client, *mark)
         if engine in self.engines:
