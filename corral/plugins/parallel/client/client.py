@@ -35,6 +35,7 @@ from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.keyfile import endpoint
 
 from .. import events
+from ..coalesce import mark_metadata
 from .asyncresult import (
     AsyncMapResult,
     AsyncResult,
@@ -604,6 +605,19 @@ class Client(ClientCompat):
         if result is None:
             self._on_callback(msg)
             return
+        target = self._direct.get(msg_id)  # type: ignore[arg-type]
+        if target is not None:
+            engine_id = msg.metadata.get("engine_id")
+            if engine_id is not None and engine_id != target:
+                # Sent to one engine, answered (signed) as another: never a result.
+                self.dropped += 1
+                log.warning(
+                    "dropped a reply to %s from engine %s: it was sent to engine %s",
+                    msg_id,
+                    engine_id,
+                    target,
+                )
+                return
         shared_center.post(
             events.TASK_COMPLETED,
             self,
@@ -709,6 +723,10 @@ class Client(ClientCompat):
         # Encoded once for all routes.
         metadata = metadata if type(metadata) is bytes else encode_json(metadata)
         content = content if type(content) is bytes else encode_json(content)
+        if channel == "mux" and len(routes) > 1:
+            # One call to many engines: the mux sends its replies on together (one
+            # message, one wake-up here), see corral.plugins.parallel.coalesce.
+            metadata = mark_metadata(metadata, msg_ids[0], len(routes))
         build = self._builder.build
         send = self._io.send
         dest = dest_for(channel)
