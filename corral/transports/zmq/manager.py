@@ -149,7 +149,7 @@ class _HeartbeatMonitor(threading.Thread):
 
 def _ping_socket(url: str, curve_server_key: str | None) -> zmq.Socket[Any]:
     """A REQ socket connected to a kernel's heartbeat (encrypted if the kernel is)."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
     sock.linger = 0
     if curve_server_key:
         public, secret = zmq.curve_keypair()
@@ -597,7 +597,7 @@ class KernelManager:
         from corral.transports.zmq.client import _apply_curve
         from corral.transports.zmq.wire import new_id
 
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         try:
             sock.linger = 1000
             _apply_curve(sock, info)

@@ -36,6 +36,7 @@ from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     BUFFERS_HASHED,
     BUFFERS_IGNORED,
+    HUB,
     ROLES,
     admit,
     cluster_signer,
@@ -195,10 +196,10 @@ class Hub(Component):
         self._bus: BridgeSender | None = None
         #: result bytes waiting for the database writer beyond which copies stay unread
         self.flow_bound = flow_bound
-        self.session = Session(
-            key, scheme=scheme, username="corral-hub", signer=cluster_signer(key, scheme)
-        )
-        self.signer = self.session.signer
+        signer = cluster_signer(key, scheme)
+        self.session = Session(key, scheme=scheme, username="corral-hub", signer=signer)
+        #: the session's signer, kept as the cluster signer it is (it opens monitor tags)
+        self.signer = signer
         self.monitor_replay = wire.ReplayGuard()
         self.db = db
         self.transport = transport
@@ -680,7 +681,7 @@ class Hub(Component):
     # -- registration socket: engines and clients ask ------------------------------------
 
     def on_registration(self, frames: list[zmq.Frame]) -> None:
-        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION)
+        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION, HUB)
         if parsed is None:
             self.dropped += 1
             return
@@ -822,6 +823,7 @@ class Hub(Component):
                 "shutdown_request",
                 {"restart": False, "hub": True},
                 identities=[record.uuid.encode()],
+                dest="control",
             )
             owed.add(msg["msg_id"])
         deadline = time.monotonic() + SHUTDOWN_GRACE

@@ -257,7 +257,7 @@ class LocalEngineSetLauncher(EngineSetLauncher):
         with self._lock:
             processes = list(self.processes)
         dead = [p for p in processes if not p.running]
-        chosen = (dead or processes or [None])[0]
+        chosen = next(iter(dead or processes), None)
         return chosen.output_tail() if chosen is not None else ""
 
 

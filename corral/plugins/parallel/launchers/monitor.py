@@ -236,7 +236,7 @@ def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: floa
 
     from corral.plugins.parallel.engine._wire import Replier, send_frames
     from corral.transports.zmq import wire
-    from corral.transports.zmq.door import cluster_signer
+    from corral.transports.zmq.door import HUB, cluster_signer
     from corral.transports.zmq.gate import gate_for
 
     try:
@@ -260,7 +260,7 @@ def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: floa
         content = {"uuid": engine_uuid, "reason": "died", "cause": cause}
         replier = Replier(signer, wire.new_id(), "monitor")
         frames = replier.frames(
-            (), "unregistration_request", b"{}", b"{}", wire.json_dumps(content)
+            (), "unregistration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
         )
         send_frames(sock, frames)
         return bool(sock.poll(int(timeout * 1000)))

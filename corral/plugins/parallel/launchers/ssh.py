@@ -333,7 +333,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         with self._lock:
             sessions = list(self.sessions)
         dead = [s for s in sessions if not s.running]
-        chosen = (dead or sessions or [None])[0]
+        chosen = next(iter(dead or sessions), None)
         return tail(chosen.log_file, chosen.log_offset) if chosen is not None else ""
 
 
