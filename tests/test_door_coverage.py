@@ -90,8 +90,6 @@ RAW = {
     "plugins/parallel/client/local.py:LocalCalls.call": None,  # reaches parse: checked
     "plugins/parallel/launchers/local.py:_is_ancestor": "a /proc file",
     "plugins/parallel/launchers/local.py:_wait_for_file": "a cluster file",
-    "plugins/parallel/clusterfile.py:read_cluster_file": "a cluster file",
-    "transports/zmq/connection.py:read_connection_file": "a kernel connection file",
     "transports/zmq/aclient.py:AsyncKernelClient.heartbeat": "heartbeat echo",
     "transports/zmq/client.py:BlockingKernelClient._drain_wake": "the client's wake pipe",
     "transports/zmq/client.py:BlockingKernelClient.heartbeat": "heartbeat echo",

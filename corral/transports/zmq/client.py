@@ -41,6 +41,7 @@ from corral.transports.zmq.client_protocol import (
     interactive_hooks,
     parent_id,
 )
+from corral.transports.zmq.keyfile import endpoint
 from corral.transports.zmq.wire import ReplayGuard, Signer, WireError, deserialize, make_message
 from corral.transports.zmq.wire import serialize as serialize_message
 
@@ -132,9 +133,7 @@ def channel_url(info: Any, channel: str) -> str:
     ip = info.ip
     if ip in ("0.0.0.0", "*", ""):
         ip = "127.0.0.1"
-    if info.transport == "tcp":
-        return f"tcp://{ip}:{port}"
-    return f"{info.transport}://{ip}-{port}"
+    return endpoint(info.transport, ip, port)
 
 
 def _signer_for(info: Any) -> Signer:
