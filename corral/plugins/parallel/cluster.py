@@ -550,6 +550,11 @@ class Cluster(ClusterCompat):
         info = read_record(path)
         if info is None:
             raise ClusterError(f"{path} is not a cluster record or cluster file")
+        if info.get("members") or isinstance(info.get("controllers"), list):
+            raise ClusterError(
+                f"{path} is an aggregate of several controllers: connect with "
+                "corral.Client(path), stop with `corral cluster stop`"
+            )
         if "registration" in info:  # a cluster file: profile/security/cluster-ID.json
             cluster_id = str(info["cluster_id"])
             profile = path.parent.parent.name.removeprefix("profile_")

@@ -46,7 +46,7 @@ import zmq
 from corral.core import serialize
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import HUB, cluster_signer
 from corral.transports.zmq.frames import send_frames
 from corral.transports.zmq.gate import gate_for
 
@@ -110,7 +110,7 @@ class SimEngine:
             "local_path": None,
         }
         frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
+            (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
         )
         self.crowd.watch(self.registration, self._on_registration)
         send_frames(self.registration, frames)
