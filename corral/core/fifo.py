@@ -11,16 +11,18 @@ once per chunk.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from itertools import islice
 from typing import Any
 
 __all__ = ["trim_oldest"]
 
 
-def trim_oldest(mapping: dict[Any, Any], limit: int, slack: int | None = None) -> None:
+def trim_oldest(mapping: MutableMapping[Any, Any], limit: int, slack: int | None = None) -> None:
     """Once ``mapping`` holds more than ``limit + slack`` entries, drop its oldest down to
     ``limit`` (``slack`` default: ``limit // 64``, at least 1). So the dict holds at most
-    ``limit + slack`` entries and each insertion costs O(1) amortized."""
+    ``limit + slack`` entries and each insertion costs O(1) amortized. ``mapping`` is a
+    dict or a mapping kept in one, such as a ``weakref.WeakValueDictionary``."""
     if slack is None:
         slack = max(1, limit // 64)
     excess = len(mapping) - limit

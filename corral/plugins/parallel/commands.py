@@ -395,6 +395,7 @@ def stop_cluster(profile: str, record: dict[str, Any]) -> int:
     manager = record.get("manager_pid")
     managed = _running(manager)
     if managed:
+        assert manager is not None  # _running(None) is False
         os.kill(manager, signal.SIGTERM)
         try:
             psutil.Process(manager).wait(30)

@@ -145,7 +145,7 @@ class Signer:
     #: :func:`serialize` puts their digests in the signed metadata.
     covers_buffers = False
 
-    def __init__(self, key: bytes, scheme: str = "hmac-sha256") -> None:
+    def __init__(self, key: bytes | str, scheme: str = "hmac-sha256") -> None:
         if isinstance(key, str):
             key = key.encode("ascii")
         if not scheme.startswith("hmac-"):

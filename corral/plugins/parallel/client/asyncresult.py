@@ -149,6 +149,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     #: Wake waiters on every stream message too (set while %px streams output).
     _watch_streams = False
 
+    if TYPE_CHECKING:
+        # For the type checker only: Future calls a done callback with the future itself,
+        # so a callback here gets this AsyncResult (Future's stub says just Future).
+        def add_done_callback(self, fn: Callable[[AsyncResult], object]) -> None: ...
+
     def __init__(
         self,
         client: Any,

@@ -92,7 +92,7 @@ def _find_cluster_file(profile: str, cluster_id: str | None) -> Path:
     try:
         from corral.plugins.parallel.clusterfile import cluster_file_path
     except ImportError:  # pragma: no cover - the controller package is always shipped
-        cluster_file_path = None
+        cluster_file_path = None  # type: ignore[assignment]  # checked for None below
     if cluster_id is not None:
         if cluster_file_path is not None:
             return Path(cluster_file_path(profile, cluster_id))
@@ -162,6 +162,10 @@ class Client(ClientCompat):
 
     .. versionadded:: 0.1
     """
+
+    #: Set by the views' link (client.link): the "no engines yet" warning was given
+    #: while there are none. Declared only; unset means not given.
+    _said_no_engines: bool
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         """An :class:`~corral.plugins.parallel.aggregate.AggregateClient` when the
@@ -1008,7 +1012,11 @@ class Client(ClientCompat):
                 "control", msg_type, content, future.set_result, ident=engine.ident
             )
             self._waiters[msg_id] = future
-            future.add_done_callback(lambda _, m=msg_id: self._waiters.pop(m, None))
+
+            def forget(_: object, m: str = msg_id) -> None:
+                self._waiters.pop(m, None)
+
+            future.add_done_callback(forget)
             futures.append(future)
         return futures
 

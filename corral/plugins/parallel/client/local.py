@@ -28,7 +28,7 @@ import stat
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from corral.errors import CorralError
 from corral.transports import unix
@@ -64,7 +64,7 @@ class _Connection:
         self.replay = wire.ReplayGuard()
 
 
-def usable_path(path: str | None) -> bool:
+def usable_path(path: str | None) -> TypeGuard[str]:
     """Whether ``path`` is a Unix socket this user owns (an engine on this host)."""
     if not path:
         return False

@@ -26,7 +26,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from corral.core.serialize import pack_apply, serialize
 
@@ -195,7 +195,7 @@ class View:
     def map_async(
         self,
         f: Callable[..., Any],
-        *sequences: Sequence[Any],
+        *sequences: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
     ) -> AsyncMapResult:
@@ -508,7 +508,7 @@ class LoadBalancedView(View):
     .. versionadded:: 0.1
     """
 
-    def _lb_metadata(self) -> dict[str, Any]:
+    def _lb_metadata(self) -> bytes:
         self._link.warn_once_without_engines(_warn_no_engines)
         targets = self.targets
         if targets is not None and targets != "all":
@@ -524,7 +524,7 @@ class LoadBalancedView(View):
     def map_async(
         self,
         f: Callable[..., Any],
-        *sequences: Sequence[Any],
+        *sequences: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
     ) -> AsyncMapResult:
@@ -588,7 +588,7 @@ class DirectView(View):
     def map_async(
         self,
         f: Callable[..., Any],
-        *sequences: Sequence[Any],
+        *sequences: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
     ) -> AsyncMapResult:
@@ -1018,7 +1018,11 @@ class _Combined(AsyncResult):
         # before its callback is added: slot bookkeeping must not interleave.
         self._parts_lock = threading.Lock()
         for index, part in enumerate(parts):
-            part.add_done_callback(lambda p, i=index: self._part_done(i, p))
+
+            def part_done(p: AsyncResult, i: int = index) -> None:
+                self._part_done(i, p)
+
+            part.add_done_callback(part_done)
 
     def split(self) -> tuple[AsyncResult, ...]:
         """The results this one combines, one per engine."""
@@ -1101,10 +1105,13 @@ def _unpack_one(values: Any) -> Any:
     return values[0]
 
 
-def _sized(sequences: Sequence[Any]) -> tuple[Any, ...]:
+def _sized(sequences: Sequence[Iterable[Any]]) -> tuple[Sequence[Any], ...]:
     """The map's sequences, with iterators and generators read into lists (ipyparallel's
     map takes them too); sequences with a length are used as they are."""
-    return tuple(seq if hasattr(seq, "__len__") else list(seq) for seq in sequences)
+    # One with a length is taken to be a sequence: the chunks slice it.
+    return tuple(
+        cast("Sequence[Any]", seq) if hasattr(seq, "__len__") else list(seq) for seq in sequences
+    )
 
 
 def _make_pull_probe() -> Callable[[list[str], int], tuple[bool, Any]]:

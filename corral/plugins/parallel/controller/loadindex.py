@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
+from typing import overload
 
 __all__ = ["LoadIndex"]
 
@@ -85,7 +86,12 @@ class LoadIndex(MutableMapping[bytes, int]):
     def __len__(self) -> int:
         return len(self._load)
 
-    def get(self, engine: bytes, default: int | None = None) -> int | None:  # type: ignore[override]
+    @overload  # type: ignore[override]
+    def get(self, engine: bytes, default: int) -> int: ...
+    @overload
+    def get(self, engine: bytes, default: None = None) -> int | None: ...
+
+    def get(self, engine: bytes, default: int | None = None) -> int | None:
         """The load of ``engine`` (``default`` if unknown): the dict's, without a try."""
         return self._load.get(engine, default)
 

@@ -187,10 +187,10 @@ class RoutingQueue(Component):
     ) -> None:
         self.name = name
         self.gate = gate
-        self.session = Session(
-            key, scheme=scheme, username=f"corral-{name}", signer=cluster_signer(key, scheme)
-        )
-        self.signer = self.session.signer
+        signer = cluster_signer(key, scheme)
+        self.session = Session(key, scheme=scheme, username=f"corral-{name}", signer=signer)
+        #: the session's signer, kept as the cluster signer it is (monitor tags, route seals)
+        self.signer = signer
         self.replay = self.session.replay
         self.transport = transport
         self.ip = ip
@@ -372,7 +372,7 @@ class RoutingQueue(Component):
 
     def _verify(
         self, frames: Sequence[Any], at: int, role: Role, dest: str | None = None
-    ) -> tuple[list[bytes], dict[str, Any]] | None:
+    ) -> tuple[Sequence[Any], dict[str, Any]] | None:
         """The four JSON parts and the header, if ``frames[at]`` is the delimiter and the
         message passes the door (corral.transports.zmq.door.admit) for ``role`` (and,
         for requests, names this queue as its signed ``dest``)."""
@@ -432,12 +432,13 @@ class RoutingQueue(Component):
         if verified is None:
             return
         parts, header = verified
-        metadata: dict[str, Any] | None = {}
+        metadata: dict[str, Any] = {}
         if self.wants_metadata:
-            metadata = loads_dict(parts[2])
-            if metadata is None:
+            loaded = loads_dict(parts[2])
+            if loaded is None:
                 self._drop("metadata is not a JSON object", len(frames))
                 return
+            metadata = loaded
         self.route_request(frames, header, metadata)
 
     def on_engine_frames(self, frames: list[zmq.Frame]) -> None:

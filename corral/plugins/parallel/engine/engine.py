@@ -58,7 +58,7 @@ import threading
 import time
 import uuid as uuid_module
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -789,7 +789,7 @@ class Engine:
         frames = self.replier.frames(
             msg.idents, reply_type, msg.raw_header, metadata, content, buffers, date
         )
-        if sock.__class__ is LocalConnection:
+        if isinstance(sock, LocalConnection):
             self.same_host.send(sock, msg, frames)
             return
         if sock not in self._batching:
@@ -859,6 +859,7 @@ class Engine:
         iopub = self.iopub
         sent = iopub.sent
         unmet = False
+        buffers: Sequence[Any]  # the result's, or none for an error
         try:
             func, args, kwargs = self.tasks.unpack(msg.buffers)
             lock, guard = self._sock_lock, self.guard
@@ -1087,9 +1088,9 @@ class Engine:
         if control is not None and not self._threads_started:
             control.thread.stop()  # never started: closes its pipe
         for name in ("_wake_r", "_wake_w"):
-            sock = getattr(self, name, None)
-            if sock is not None:
-                sock.close()
+            end = getattr(self, name, None)
+            if end is not None:
+                end.close()
         self.context.term()
 
 
