@@ -831,26 +831,14 @@ class Engine:
         iopub = self.iopub
         sent = iopub.sent
         unmet = False
-        try:
-            func, args, kwargs = self.tasks.unpack(msg.buffers)
-            lock, guard = self._sock_lock, self.guard
-            try:
-                # The flusher may send held replies while user code runs. The guard
-                # raises only while executing, so no KeyboardInterrupt can come
-                # between the release and the try, or keep the finally from the lock.
-                lock.release()
-                guard.executing = True
-                result = func(*args, **kwargs)
-            finally:
-                guard.executing = False
-                lock.acquire()
-            buffers = self._serialize(result)
+        # The flusher may send held replies while user code runs: the lock is released
+        # around the call (and taken back before anything else here).
+        buffers, error = self.tasks.call(msg.buffers, self.guard, self._unlocked)
+        if error is None:
             content = self._ok_apply
             status = "ok"
-        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
-            self.guard.executing = False
-            # A shipped __main__ function's frames name their files (see .sources).
-            error = self._error_content(exc, "apply", locals().get("func"))
+        else:
+            error["engine_info"] = {**self.engine_info, "method": "apply"}
             unmet = error["ename"] == "UnmetDependency"
             if not unmet:  # a rejected task runs elsewhere: its rejection is no output
                 iopub.publish(
