@@ -89,6 +89,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_fuzz.py",
         "test_parallel_local.py",
         "test_parallel_nonumpy.py",
+        "test_parallel_replay.py",
         "test_parallel_scheduling.py",
         "test_parallel_security.py",
         "test_parallel_shards.py",
@@ -96,6 +97,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_wrong_data.py",
         "test_plugins.py",
         "test_private_files.py",
+        "test_processes.py",
         "test_run.py",
         "test_serialize.py",
     }

@@ -83,8 +83,13 @@ class EngineControl:
         self._ok(msg)
 
     def _abort(self, msg: Message) -> None:
-        self.engine.tasks.abort(msg.content)
-        self._ok(msg)
+        engine = self.engine
+        ids = engine.tasks.abort(msg.content)
+        # After marking them: which had started already (see .started); those not
+        # listed will never run here.
+        started = engine._started
+        content = {"status": "ok", "engine_info": _info(engine, msg.msg_type)}
+        self._reply(msg, {**content, "started": [i for i in ids if i in started]})
 
     def _signal(self, msg: Message) -> None:
         engine = self.engine

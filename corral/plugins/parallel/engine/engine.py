@@ -67,7 +67,7 @@ from zmq.backend import zmq_poll
 
 from corral.notification.center import shared_center
 from corral.transports.zmq import wire
-from corral.transports.zmq.door import BuffersAltered, cluster_signer
+from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.queries import QUERIES
@@ -107,6 +107,7 @@ from .local import LocalConnection
 from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
+from .started import StartedIds
 from .tasks import Tasks
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
@@ -123,6 +124,9 @@ _LINGER_MS = 1000
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
+_REQUESTS = ROLES["engine_requests"]
+#: a socket with no binding (the registration socket: replies only)
+_UNBOUND: tuple[None, None] = (None, None)
 
 
 # ----------------------------------------------------------------- the engine
@@ -179,6 +183,9 @@ class Engine:
         self.replier = Replier(self.signer, self.session_id, "engine")
         self.uuid = uuid or uuid_module.uuid4().hex
         self.ident = self.uuid.encode("ascii")
+        #: The signed destination of requests to this engine's own sockets (its data
+        #: socket and its Unix socket; see corral.transports.zmq.door.dest_of).
+        self.direct_dest = dest_of("engine", self.uuid)
         self.hub_timeout = hub_timeout
         self.controller_grace = grace_period(controller_grace, info)
         #: the msg_id of the request being served (read by the hub watch's thread)
@@ -241,6 +248,8 @@ class Engine:
         )
         self._handlers: dict[str, Handler] = self.core.tables["queues"]
         self.guard = self.core.guard  # read per task: a plain attribute
+        #: Recorded before the aborted check (see .started: moving tasks exactly once).
+        self._started = StartedIds()
         self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
         self._connected = False
@@ -306,6 +315,16 @@ class Engine:
         self.control = self.queues["control_engine"]
         self.task = self.queues["task_engine"]
         self.broadcast = self.queues["broadcast_engine"]
+        #: Where each request socket sits (door.admit's ``dest``, ``sealed_to``): a
+        #: request signed for another place is refused, and one that came through a
+        #: queue must carry that queue's route seal for this engine.
+        self.bindings: dict[Any, tuple[str, bytes | None]] = {
+            self.data_socket: (self.direct_dest, None),
+            self.mux: ("mux", self.ident),
+            self.control: ("control", self.ident),
+            self.task: ("task", self.ident),
+            self.broadcast: ("broadcast", self.ident),
+        }
         #: The sockets whose replies may be held and batched: DEALERs to a queue, where
         #: a batch's first frame is the marker. (The data socket is a ROUTER: its first
         #: frame names the client, so its replies always go alone, at once.)
@@ -341,6 +360,9 @@ class Engine:
             # A monitor reports this engine's death with its cause (launchers/monitor.py).
             "monitored": os.environ.get("CORRAL_MONITORED") == "1",
         }
+        restart_of = os.environ.get("CORRAL_RESTART_OF")  # launchers/monitor.py
+        if restart_of:
+            content["restart_of"] = restart_of
         if os.environ.get("CORRAL_ENGINE_ID_FROM_RANK") == "1":
             # An MPI rank asks for engine id == rank (granted if free; parallel/mpi.py).
             from corral.plugins.parallel.mpi import rank_from_environment
@@ -349,7 +371,7 @@ class Engine:
             if rank is not None:
                 content["id"] = rank
         frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
+            (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
         )
         send_frames(self.registration, frames)
 
@@ -616,8 +638,11 @@ class Engine:
 
     def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
         """The next verified message on ``sock``; None if none waits or it was dropped."""
+        dest, sealed_to = self.bindings.get(sock, _UNBOUND)
         try:
-            return recv_message(sock, self.signer, self.replay, _NOBLOCK, ROLES[where])
+            return recv_message(
+                sock, self.signer, self.replay, _NOBLOCK, ROLES[where], dest, sealed_to
+            )
         except zmq.Again:
             return None
         except wire.WireError as exc:
@@ -628,9 +653,11 @@ class Engine:
     def _serve_one(self, sock: zmq.Socket[Any]) -> None:
         """Serve the next zmq message on a queue socket: one request, or a batch of them
         (whose rest waits in ``_pending`` if control or a stop cuts in)."""
+        # Through the door with this socket's binding (signed destination, route seal).
+        dest, sealed_to = self.bindings[sock]
         try:
             messages, errors = recv_messages(
-                sock, self.signer, self.replay, _NOBLOCK, ROLES["engine_requests"]
+                sock, self.signer, self.replay, _NOBLOCK, _REQUESTS, dest, sealed_to
             )
         except zmq.Again:
             return
@@ -822,6 +849,7 @@ class Engine:
     def _apply(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
+        self._started.add(msg.msg_id)
         if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "apply")
             return
@@ -865,6 +893,7 @@ class Engine:
     def _execute(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
+        self._started.add(msg.msg_id)
         if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "execute")
             return
@@ -1025,6 +1054,7 @@ class Engine:
                         b"{}",
                         b"{}",
                         wire.json_dumps({"id": self.id}),
+                        dest=HUB,
                     )
                     send_frames(self.registration, frames, zmq.NOBLOCK)
                 except zmq.ZMQError:

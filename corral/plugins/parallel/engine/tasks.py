@@ -102,8 +102,9 @@ class Tasks:
             return True
         return False
 
-    def abort(self, content: dict[str, Any]) -> None:
+    def abort(self, content: dict[str, Any]) -> list[str]:
         """An ``abort_request``: its ``msg_ids`` will be answered ``aborted`` if they come.
+        Returns those ids.
 
         :raises TypeError: ``msg_ids`` is not a list of message ids.
         """
@@ -111,6 +112,7 @@ class Tasks:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise TypeError("abort_request 'msg_ids' must be a list of message ids")
         self.aborted.update(ids)
+        return ids
 
     def push(self, content: dict[str, Any], buffers: Any) -> list[str]:
         """A ``push_request``: set the pushed names; returns them."""
