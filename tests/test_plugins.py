@@ -54,10 +54,16 @@ def corral_add_magics(registry):
     registry.register_line("greet", lambda interpreter, line: f"greetings, {line}")
 
 
+HOOK_CALLS = []
+
+
 @hookimpl
 def corral_request_handlers(server):
+    HOOK_CALLS.append(server)
+
     def echo(sock, idents, msg):
-        server.reply(sock, idents, msg, {"status": "ok", "echo": msg["content"]})
+        content = {"status": "ok", "echo": msg["content"], "hook_calls": len(HOOK_CALLS)}
+        server.reply(sock, idents, msg, content)
 
     def impostor(sock, idents, msg):  # a kernel's own type: never installed
         server.reply(sock, idents, msg, {"status": "ok", "implementation": "impostor"})
@@ -272,11 +278,13 @@ def test_a_plugin_adds_a_request_type_to_a_real_kernel(plugin_site, tmp_path):
         kc.load_connection_file()
         kc.start_channels()
         try:
-            msg = kc.session.msg("echo_request", {"say": "hi"})
-            kc.shell_channel.send(msg)  # before any other request: waits for the plugins
-            reply = kc.get_shell_msg(timeout=TIMEOUT)
-            assert reply["msg_type"] == "echo_reply"
-            assert reply["content"] == {"status": "ok", "echo": {"say": "hi"}}
+            for n in range(3):  # the first before any other request: waits for plugins
+                msg = kc.session.msg("echo_request", {"say": n})
+                kc.shell_channel.send(msg)
+                reply = kc.get_shell_msg(timeout=TIMEOUT)
+                assert reply["msg_type"] == "echo_reply"
+                # The hook ran once, when plugins loaded: never per message.
+                assert reply["content"] == {"status": "ok", "echo": {"say": n}, "hook_calls": 1}
             msg = kc.session.msg("kernel_info_request", {})
             kc.control_channel.send(msg)
             assert kc.get_control_msg(timeout=TIMEOUT)["content"]["implementation"] == "corral"
