@@ -40,11 +40,20 @@ def connect(path: str) -> BlockingKernelClient:
     return kc
 
 
+def shell_reply(kc: BlockingKernelClient, msg_id: str) -> dict[str, Any]:
+    """The shell reply to ``msg_id`` (a late answer to one of the ``kernel_info``
+    requests ``wait_for_ready`` repeats on a loaded machine may come first)."""
+    while True:
+        reply = kc.get_shell_msg(timeout=WAIT)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+        assert reply["msg_type"] == "kernel_info_reply", reply["msg_type"]
+
+
 def run(kc: BlockingKernelClient, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Execute ``code``; the reply content and the iopub messages of the request."""
     msg_id = kc.execute(code)
-    reply = kc.get_shell_msg(timeout=WAIT)
-    assert reply["parent_header"]["msg_id"] == msg_id
+    reply = shell_reply(kc, msg_id)
     outputs = []
     while True:
         msg = kc.get_iopub_msg(timeout=WAIT)
@@ -83,14 +92,13 @@ def test_a_bound_engine_is_a_kernel_sharing_its_namespace(live: LiveCluster) -> 
         # The parallel requests, on the kernel's channels, over the engine's namespace.
         pull = kc.session.msg("pull_request", {"keys": ["a", "b"]})
         kc.shell_channel.send(pull)
-        reply = kc.get_shell_msg(timeout=WAIT)
-        assert reply["parent_header"]["msg_id"] == pull["header"]["msg_id"]
+        reply = shell_reply(kc, pull["header"]["msg_id"])
         assert reply["content"]["status"] == "ok", reply["content"]
         assert deserialize(reply["buffers"]) == (21, 42)
         apply = kc.session.msg("apply_request", {})
         apply["buffers"] = [bytes(memoryview(f)) for f in pack_apply(engine_pid)]
         kc.shell_channel.send(apply)
-        reply = kc.get_shell_msg(timeout=WAIT)
+        reply = shell_reply(kc, apply["header"]["msg_id"])
         assert reply["content"]["status"] == "ok", reply["content"]
         assert deserialize(reply["buffers"]) == engine.apply_sync(engine_pid)
 

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT, wait_for_file
 
 from corral.plugins import get_plugin_manager, reset_plugin_manager
 from corral.plugins.runtime import declared_notification_types, load_configuration
@@ -51,6 +52,23 @@ def corral_add_commands(subparsers):
 @hookimpl
 def corral_add_magics(registry):
     registry.register_line("greet", lambda interpreter, line: f"greetings, {line}")
+
+
+HOOK_CALLS = []
+
+
+@hookimpl
+def corral_request_handlers(server):
+    HOOK_CALLS.append(server)
+
+    def echo(sock, idents, msg):
+        content = {"status": "ok", "echo": msg["content"], "hook_calls": len(HOOK_CALLS)}
+        server.reply(sock, idents, msg, content)
+
+    def impostor(sock, idents, msg):  # a kernel's own type: never installed
+        server.reply(sock, idents, msg, {"status": "ok", "implementation": "impostor"})
+
+    return {"shell": {"echo_request": echo}, "control": {"kernel_info_request": impostor}}
 
 
 def corral_configure(config):  # unmarked corral_* functions are hooks too
@@ -238,6 +256,43 @@ def test_subcommand_help_is_the_subcommands(tmp_path):
     result = run_corral(tmp_path, tmp_path, "profile", "create", "--help")
     assert result.returncode == 0
     assert "--force" in result.stdout
+
+
+def test_a_plugin_adds_a_request_type_to_a_real_kernel(plugin_site, tmp_path):
+    """``corral_request_handlers``: the plugin's type is served on its channel; a type
+    the kernel serves itself is not taken over."""
+    from jupyter_client import BlockingKernelClient
+
+    cf = tmp_path / "kernel.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)]),
+        "CORRAL_DIR": str(tmp_path / "corral"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.plugins.kernel_main", "-f", str(cf)], env=env
+    )
+    try:
+        wait_for_file(cf, proc=proc)
+        kc = BlockingKernelClient(connection_file=str(cf))
+        kc.load_connection_file()
+        kc.start_channels()
+        try:
+            for n in range(3):  # the first before any other request: waits for plugins
+                msg = kc.session.msg("echo_request", {"say": n})
+                kc.shell_channel.send(msg)
+                reply = kc.get_shell_msg(timeout=TIMEOUT)
+                assert reply["msg_type"] == "echo_reply"
+                # The hook ran once, when plugins loaded: never per message.
+                assert reply["content"] == {"status": "ok", "echo": {"say": n}, "hook_calls": 1}
+            msg = kc.session.msg("kernel_info_request", {})
+            kc.control_channel.send(msg)
+            assert kc.get_control_msg(timeout=TIMEOUT)["content"]["implementation"] == "corral"
+        finally:
+            kc.stop_channels()
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
 
 
 def test_kernelspecs_of_older_versions_still_load_plugins(plugin_site, tmp_path):

@@ -89,25 +89,16 @@ class KernelRequests:
         server.relay.parent = header
         server.relay.silent = False
         set_current(interpreter)
-        guard = server.guard
         started = iso_now()
-        func = None
-        try:
-            func, args, kwargs = tasks.unpack(msg["buffers"])
-            with redirect_output(interpreter.center, interpreter):
-                guard.executing = True
-                try:
-                    result = func(*args, **kwargs)
-                finally:
-                    guard.executing = False
-            buffers: list[Any] = tasks.serialize(result)
+        around = redirect_output(interpreter.center, interpreter)
+        result, error = tasks.call(msg["buffers"], server.guard, around)
+        if error is None:
             content: dict[str, Any] = {"status": "ok"}
-        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
-            guard.executing = False
-            content = tasks.error(exc, func)
-            buffers = []
-            error = {k: content[k] for k in ("ename", "evalue", "traceback")}
-            server.iopub.publish("error", error, header)
+            buffers: list[Any] = result or []
+        else:
+            content, buffers = error, []
+            shown = {k: error[k] for k in ("ename", "evalue", "traceback")}
+            server.iopub.publish("error", shown, header)
         self._reply(sock, idents, msg, content, started, buffers)
 
     def push(self, sock: zmq.Socket[Any], idents: list[bytes], msg: Msg) -> None:

@@ -35,16 +35,17 @@ answers to completion, inspection, history and is-complete
 (:mod:`corral.transports.zmq.queries`), ``kernel_info``, the iopub publisher and output
 relay. From this plugin, shared with any kernel that loaded it
 (:mod:`..kernel_requests`): what ``apply``, ``push``, ``pull``, ``clear`` and ``abort``
-do to the namespace (:mod:`.tasks`). This module serves: the main loop, and the wire
-around ``Tasks`` (the handlers, fast-path replies). The engine's own jobs have a module
-each: the cluster file (:mod:`.clusterinfo`), the control channel (:mod:`.control`),
+do to the namespace (:mod:`.tasks`), and their handlers on this engine's wire
+(:mod:`.handlers`, the counterpart of the kernel's :mod:`..kernel_requests`). This module
+serves: the main loop, receiving, and the replies' fast path. The engine's own jobs have a
+module each: the cluster file (:mod:`.clusterinfo`), the control channel (:mod:`.control`),
 held and logged replies (:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost
 controller (:mod:`.recovery`), a Jupyter kernel on the same interpreter (:mod:`.bound`).
 
 Hot path (an ``apply_request``): receive with the fixed frames as bytes and buffers as
 zero-copy frames, verify, unpickle, call, pickle the result, reply with a pre-encoded
-content and a header built from a counter (:mod:`._wire`). No logging, no thread hop, no
-iopub message unless the task wrote output.
+content and a header built from a counter (:mod:`._wire`, :meth:`Engine._send`). No
+logging, no thread hop, no iopub message unless the task wrote output.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ import threading
 import time
 import uuid as uuid_module
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,9 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
-from corral.transports.zmq.queries import QUERIES
 from corral.transports.zmq.relay import OutputRelay
 from corral.transports.zmq.requests import (
     RequestCore,
-    execute_args,
-    run_execute,
 )
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
@@ -102,6 +100,7 @@ from .clusterinfo import (
 )
 from .clusterinfo import controller_grace as grace_period
 from .control import EngineControl
+from .handlers import EngineRequests
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection
 from .recovery import ControllerRecovery
@@ -230,19 +229,11 @@ class Engine:
         self._adopter = self.tasks.adopter
         self._aborted = self.tasks.aborted
         #: The request core, the kernel server's own class (transports/zmq/requests.py):
-        #: the handlers of the queues and of control, and the SIGINT guard. The parallel
-        #: requests are the same ones a kernel gains from this plugin (.tasks).
+        #: the handlers of the queues (.handlers: the parallel plugin's requests on this
+        #: wire, over the same Tasks a kernel's get) and of control, the SIGINT guard.
         self.core = RequestCore(
             {
-                "queues": {
-                    "apply_request": self._apply,
-                    "execute_request": self._execute,
-                    "push_request": self._push,
-                    "pull_request": self._pull,
-                    # What a kernel answers from its interpreter, answered the same way.
-                    **{kind: self._query(answer) for kind, answer in QUERIES.items()},
-                    "kernel_info_request": self._kernel_info,
-                },
+                "queues": EngineRequests(self).tables(),
                 "control": {},  # filled by EngineControl
             }
         )
@@ -830,182 +821,6 @@ class Engine:
             self._send(sock, msg, content, self._metadata(now, now, "error", 0), date=now)
         except Exception:
             log.exception("could not send an error reply to %s", msg.msg_type)
-
-    def _reply_aborted(self, sock: Destination, msg: Message, method: str) -> None:
-        now = iso_now()
-        content = {
-            "status": "aborted",
-            "ename": "TaskAborted",
-            "evalue": "the task was aborted before it ran",
-            "traceback": [],
-            "engine_info": {**self.engine_info, "method": method},
-        }
-        self._send(
-            sock, msg, wire.json_dumps(content), self._metadata(now, now, "aborted", 0), date=now
-        )
-
-    # ------------------------------------------------------------ tasks
-
-    def _apply(self, sock: Destination, msg: Message) -> None:
-        if self.replies.in_flight:
-            self.replies.settle()
-        self._started.add(msg.msg_id)
-        if self._aborted and self.tasks.take_aborted(msg.msg_id):
-            self._reply_aborted(sock, msg, "apply")
-            return
-        started = iso_now()
-        self.relay.parent = msg.header
-        self.relay.silent = False
-        iopub = self.iopub
-        sent = iopub.sent
-        unmet = False
-        buffers: Sequence[Any]  # the result's, or none for an error
-        try:
-            func, args, kwargs = self.tasks.unpack(msg.buffers)
-            lock, guard = self._sock_lock, self.guard
-            try:
-                # The flusher may send held replies while user code runs. The guard
-                # raises only while executing, so no KeyboardInterrupt can come
-                # between the release and the try, or keep the finally from the lock.
-                lock.release()
-                guard.executing = True
-                result = func(*args, **kwargs)
-            finally:
-                guard.executing = False
-                lock.acquire()
-            buffers = self._serialize(result)
-            content = self._ok_apply
-            status = "ok"
-        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
-            self.guard.executing = False
-            # A shipped __main__ function's frames name their files (see .sources).
-            error = self._error_content(exc, "apply", locals().get("func"))
-            unmet = error["ename"] == "UnmetDependency"
-            if not unmet:  # a rejected task runs elsewhere: its rejection is no output
-                iopub.publish(
-                    "error",
-                    {k: error[k] for k in ("ename", "evalue", "traceback")},
-                    msg.header,
-                )
-            content = wire.json_dumps(error)
-            buffers = ()
-            status = "error"
-        if iopub._chunks:
-            iopub.flush()
-        outputs = iopub.sent - sent
-        completed = iso_now()
-        metadata = self._metadata(started, completed, status, outputs)
-        if unmet:
-            # @require/@depend do not hold here: the task scheduler tries another engine
-            # (ipyparallel's metadata key; see controller/dependencies.py).
-            metadata = metadata[:-1] + b',"dependencies_met":false}'
-        self._send(sock, msg, content, metadata, buffers, completed)
-        if outputs:
-            iopub.publish("status", {"execution_state": "idle"}, msg.header)
-
-    def _execute(self, sock: Destination, msg: Message) -> None:
-        if self.replies.in_flight:
-            self.replies.settle()
-        self._started.add(msg.msg_id)
-        if self._aborted and self.tasks.take_aborted(msg.msg_id):
-            self._reply_aborted(sock, msg, "execute")
-            return
-        started = iso_now()
-        args = execute_args(msg.content)
-        iopub = self.iopub
-        self.relay.parent = msg.header
-        self.relay.silent = args.silent
-        iopub.publish("status", {"execution_state": "busy"}, msg.header)
-        sent = iopub.sent
-        # The kernel's own cell runner; the lock is released meanwhile (see _apply: the
-        # flusher may send held replies while user code runs). No stdin on an engine.
-        reply = run_execute(
-            self.interpreter, self.guard, args, allow_stdin=False, unlocked=self._unlocked
-        )
-        reply["engine_info"] = {**self.engine_info, "method": "execute"}
-        iopub.flush()
-        outputs = iopub.sent - sent
-        completed = iso_now()
-        self._send(
-            sock,
-            msg,
-            wire.json_dumps(reply),
-            self._metadata(started, completed, reply["status"], outputs),
-            date=completed,
-        )
-        iopub.publish("status", {"execution_state": "idle"}, msg.header)
-
-    # ------------------------------------------------------------ the interpreter
-
-    def _query(self, answer: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Handler:
-        """A handler answering from the interpreter alone, as the kernel does (.queries)."""
-
-        def handler(sock: Destination, msg: Message) -> None:
-            self._reply_content(sock, msg, answer(self.interpreter, msg.content))
-
-        return handler
-
-    def _kernel_info(self, sock: Destination, msg: Message) -> None:
-        """The kernel's ``kernel_info_reply``: this engine serves the same interpreter."""
-        from corral.transports.zmq.kernel import kernel_info_content
-
-        curve = self.gate.encryption == "curve"
-        self._reply_content(sock, msg, kernel_info_content(encryption=curve))
-
-    def _reply_content(self, sock: Destination, msg: Message, content: dict[str, Any]) -> None:
-        now = iso_now()
-        method = msg.msg_type.removesuffix("_request")
-        content["engine_info"] = {**self.engine_info, "method": method}
-        metadata = self._metadata(now, now, str(content.get("status", "ok")), 0)
-        self._send(sock, msg, wire.json_dumps(content), metadata, date=now)
-
-    # ------------------------------------------------------------ data
-
-    def _push(self, sock: Destination, msg: Message) -> None:
-        started = iso_now()
-        try:
-            keys = self.tasks.push(msg.content, msg.buffers)
-        except Exception as exc:
-            self._reply_error(sock, msg, exc, "push")
-            return
-        self._reply_data(sock, msg, "push", keys, started)
-
-    def _pull(self, sock: Destination, msg: Message) -> None:
-        started = iso_now()
-        try:
-            keys, buffers = self.tasks.pull(msg.content)
-        except KeyError as exc:
-            self._reply_error(sock, msg, KeyError(exc.args[0]), "pull")
-            return
-        except Exception as exc:
-            self._reply_error(sock, msg, exc, "pull")
-            return
-        self._reply_data(sock, msg, "pull", keys, started, buffers)
-
-    def _reply_data(
-        self,
-        sock: Destination,
-        msg: Message,
-        method: str,
-        keys: Any,
-        started: str,
-        buffers: Any = (),
-    ) -> None:
-        """The ok reply of a push or pull: the names handled, and pulled values' buffers."""
-        content = {
-            "status": "ok",
-            "keys": keys,
-            "engine_info": {**self.engine_info, "method": method},
-        }
-        completed = iso_now()
-        self._send(
-            sock,
-            msg,
-            wire.json_dumps(content),
-            self._metadata(started, completed, "ok", 0),
-            buffers,
-            completed,
-        )
 
     # ------------------------------------------------------------ stopping
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from corral.transports.zmq.requests import error_content
+from corral.transports.zmq.requests import InterruptGuard, error_content
 
 from . import data as data_path
 from .namespace import Adopter
@@ -66,6 +67,32 @@ class Tasks:
         func = adopter.function(func)
         args, kwargs = adopter.arguments(args, kwargs)
         return func, args, kwargs
+
+    def call(
+        self, buffers: Any, guard: InterruptGuard, around: AbstractContextManager[Any]
+    ) -> tuple[list[Any], None] | tuple[None, dict[str, Any]]:
+        """Run an ``apply_request``: ``(result frames, None)``, or ``(None, error content)``
+        if anything failed (unpacking, the call, pickling the result).
+
+        The guard is armed for the call only, inside ``around`` (the engine releases its
+        socket lock there, a kernel redirects output), so a ``KeyboardInterrupt`` lands
+        in user code or not at all, and ``around`` always exits. A ``KeyboardInterrupt``
+        in the call is the task's error, reported like any other.
+        """
+        func = None
+        try:
+            func, args, kwargs = self.unpack(buffers)
+            with around:
+                guard.executing = True
+                try:
+                    result = func(*args, **kwargs)
+                finally:
+                    guard.executing = False
+            return self.serialize(result), None
+        except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
+            guard.executing = False
+            # A shipped __main__ function's frames name their files (see .sources).
+            return None, self.error(exc, func)
 
     def take_aborted(self, msg_id: str) -> bool:
         """Whether ``msg_id`` was aborted before it ran (and forget it: it is answered)."""
