@@ -20,6 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from corral.plugins.parallel.clusterfile import ClusterInfo
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
+from corral.transports.zmq.bridge import FEED_MSG_TYPE
 from corral.transports.zmq.door import HUB, cluster_signer, take_seal
 from corral.transports.zmq.gate import gate_for
 from corral.transports.zmq.session import Session
@@ -276,4 +277,9 @@ class FakeClient(Peer):
         return reply
 
     def notification(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        return self.recv("notification", timeout)[1]
+        """The next registration or unregistration notification (the hub's bridged
+        notifications on the same feed, ``bus_notification``, are passed over)."""
+        while True:
+            msg = self.recv("notification", timeout)[1]
+            if msg["msg_type"] != FEED_MSG_TYPE:
+                return msg

@@ -41,7 +41,7 @@ def encode_json(obj: Any) -> bytes:
     try:
         return _encode(obj).encode("utf-8")
     except (ValueError, UnicodeEncodeError):
-        return wire.jsonencode_json(obj)
+        return wire.json_dumps(obj)
 
 
 class MessageBuilder:
