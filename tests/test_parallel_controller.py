@@ -267,7 +267,7 @@ def test_a_batch_of_requests_is_routed_whole_even_with_odd_metadata(cluster: Clu
     (a, b), client = engines_and_client(cluster)
     base = {"targets": None, "after": [], "follow": [], "retries": 0}
     msgs = [
-        client.session.msg("apply_request", {}, metadata={**base, "timeout": timeout})
+        client.session.msg("apply_request", {}, metadata={**base, "timeout": timeout}, dest="task")
         for timeout in (None, 10**400, 5.0)
     ]
     frames = [wire.serialize(m, client.session.signer) for m in msgs]
@@ -714,7 +714,7 @@ def test_bad_input_everywhere_is_dropped(make_cluster: Any, mode: str) -> None:
         return sock
 
     # A message that verifies, replayed: the first copy is served, the replay is not.
-    valid = client.session.msg("connection_request", {})
+    valid = client.session.msg("connection_request", {}, dest=HUB)
     frames = [bytes(f) for f in wire.serialize(valid, client.session.signer)]
     client.socks["registration"].send_multipart(frames)
     client.recv("registration")

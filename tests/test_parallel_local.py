@@ -230,11 +230,17 @@ def closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
         return True
 
 
-def signed_request(rc: Client, msg_type: str = "apply_request") -> list[Any]:
+def signed_request(rc: Client, engine: int, msg_type: str = "apply_request") -> list[Any]:
+    """A request as the client signs it for ``engine``'s own sockets (door.dest_of)."""
     from corral.core.serialize import pack_apply
+    from corral.transports.zmq.door import dest_of
 
     _, frames = rc._builder.build(
-        msg_type, None, metadata=b"{}", buffers=pack_apply(double, (2,), None)
+        msg_type,
+        None,
+        metadata=b"{}",
+        buffers=pack_apply(double, (2,), None),
+        dest=dest_of("engine", rc.engines[engine].uuid),
     )
     return frames
 
@@ -260,7 +266,7 @@ def test_garbage_closes_that_connection_only(rc: Client, garbage: bytes) -> None
 def test_unsigned_and_forged_messages_are_dropped(rc: Client) -> None:
     sock = raw_connection(rc, 0)
     try:
-        frames = signed_request(rc)
+        frames = signed_request(rc, 0)
         unsigned = [frames[0], b"", *frames[2:]]
         forged = [frames[0], b"0" * 64, *frames[2:]]
         for bad in (unsigned, forged):
@@ -276,10 +282,10 @@ def test_unsigned_and_forged_messages_are_dropped(rc: Client) -> None:
 def test_a_replayed_request_runs_once(rc: Client) -> None:
     sock = raw_connection(rc, 1)
     try:
-        frames = signed_request(rc)
+        frames = signed_request(rc, 1)
         unix.send_message(sock, frames)
         unix.send_message(sock, frames)
-        marker = signed_request(rc)
+        marker = signed_request(rc, 1)
         unix.send_message(sock, marker)
         first, second = read_replies(rc, sock, 2)
         # The replay got no answer: the next reply is the marker's.

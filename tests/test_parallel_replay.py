@@ -29,7 +29,7 @@ from parallel_client_harness import LiveCluster
 
 from corral.core import compat
 from corral.plugins.parallel.client import Client
-from corral.plugins.parallel.client.messages import parse
+from corral.plugins.parallel.client.messages import MessageBuilder, parse
 from corral.transports import unix
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
@@ -269,6 +269,12 @@ def body(frames: list[bytes]) -> list[bytes]:
     return frames[frames.index(wire.DELIMITER) :]
 
 
+def stored_stdout(rc: Client, msg_id: str) -> str:
+    """The output the hub's database holds for ``msg_id``."""
+    (record,) = rc.db_query({"msg_id": msg_id}, keys=["stdout"])
+    return str(record.get("stdout") or "")
+
+
 def runs(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
@@ -390,3 +396,57 @@ def test_an_iopub_message_slipped_into_a_queue_connection_is_not_a_reply(
         iopub.withhold = False
         task.release()
     assert ar.get(timeout=DEADLINE) == 7
+
+
+def test_output_published_again_is_not_stored_twice(
+    cluster: LiveCluster, info: dict[str, Any]
+) -> None:
+    """A task's ``stream`` message, captured on iopub and published again by a peer on
+    ``iopub_engine``: the hub records a task's output once."""
+    rc = cluster.client
+    sub = gate_for(info).client(zmq.Context.instance().socket(zmq.SUB))
+    sub.linger = 0
+    sub.subscribe(b"")
+    sub.connect(url(info, "iopub"))
+    pub = gate_for(info).client(zmq.Context.instance().socket(zmq.XPUB))
+    pub.linger = 0
+    pub.connect(url(info, "iopub_engine"))
+    try:
+        # Subscriptions propagate asynchronously: print until the subscriber hears.
+        stream = None
+        end = time.monotonic() + DEADLINE
+        while stream is None:
+            assert time.monotonic() < end, "never captured an iopub message"
+            ar = rc[0].apply_async(shout, "once only")
+            assert ar.get(timeout=DEADLINE) == 7
+            while stream is None and sub.poll(200):
+                frames = sub.recv_multipart()
+                at = frames.index(wire.DELIMITER)
+                header = json.loads(frames[at + 2])
+                parent = json.loads(frames[at + 3])
+                if header.get("msg_type") == "stream" and parent.get("msg_id") == ar.msg_ids[0]:
+                    stream = frames
+        victim = ar.msg_ids[0]
+        # The forwarder subscribes to every publisher: wait for it before publishing.
+        assert pub.poll(int(DEADLINE * 1000)), "the forwarder never subscribed"
+        pub.recv_multipart()
+        pub.send_multipart(stream)
+        # Then, on the same connection (so after it), genuine output of another task:
+        # once that is stored, the replay has been handled.
+        sync = rc[1].apply_async(shout, "sync")
+        assert sync.get(timeout=DEADLINE) == 7
+        signer = cluster_signer(info["key"])
+        _, marker = MessageBuilder(signer, "engine-like").build(
+            "stream",
+            {"name": "stdout", "text": "marker\n"},
+            parent={"msg_id": sync.msg_ids[0], "msg_type": "apply_request"},
+        )
+        pub.send_multipart([b"engine.1.stream", *marker])
+        end = time.monotonic() + DEADLINE
+        while "marker" not in stored_stdout(rc, sync.msg_ids[0]):
+            assert time.monotonic() < end, "the marker output was never stored"
+            time.sleep(0.05)
+        assert stored_stdout(rc, victim).count("once only") == 1
+    finally:
+        sub.close()
+        pub.close()

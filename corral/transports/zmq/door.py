@@ -51,6 +51,7 @@ import hmac
 import json
 import struct
 from collections.abc import Sequence
+from hashlib import blake2b as _blake2b
 from typing import Any
 
 from corral.transports.zmq import wire
@@ -98,7 +99,11 @@ HUB = "hub"
 #: How a route seal frame starts: ZeroMQ reserves routing ids that begin with a zero
 #: byte for its own (5-byte) ids, so no peer can name itself like a seal.
 SEAL_PREFIX = b"\x00>"
-_SEAL_LEN = len(SEAL_PREFIX) + 64
+#: Bytes of a route seal's MAC (raw: routing frames are binary).
+_SEAL_MAC = 32
+_SEAL_LEN = len(SEAL_PREFIX) + _SEAL_MAC
+#: At most this many (queue, engine) seal states are kept by one signer.
+_SEAL_STATES = 4096
 
 
 class RoleRefused(wire.WireError):
@@ -423,7 +428,14 @@ class BuffersAltered(wire.BadSignature):
 class ClusterSigner(wire.Signer):
     """A :class:`wire.Signer` whose signature also covers every buffer (see the module)."""
 
-    __slots__ = ()
+    __slots__ = ("_seal_key", "_seal_states")
+
+    def __init__(self, key: bytes, scheme: str = "hmac-sha256") -> None:
+        super().__init__(key, scheme)
+        self._seal_key: bytes | None = None
+        #: (queue, engine) -> the keyed BLAKE2b state after that prefix
+        self._seal_states: dict[tuple[str, bytes], Any] = {}
+
     covers_buffers = True
 
     def seal(self, parts: Sequence[Any], buffers: Sequence[Any] = ()) -> bytes:
@@ -484,20 +496,34 @@ class ClusterSigner(wire.Signer):
 
     def route_seal(self, queue: str, engine: bytes, signature: Any) -> bytes:
         """The routing frame a queue adds to a request it forwards to ``engine``: binds
-        the request (by its signature) to this queue and this engine (see the module)."""
-        if self._base is None:
-            return SEAL_PREFIX + b"0" * 64
-        h = self._base.copy()
-        h.update(_fields(b"corral-route", queue.encode(), engine, signature))
-        return SEAL_PREFIX + h.hexdigest().encode("ascii")
+        the request (by its signature) to this queue and this engine (see the module).
+
+        A keyed BLAKE2b (a MAC in its keyed mode, under a key of its own derived from the
+        cluster key) rather than an HMAC: one C call, a few times cheaper than copying
+        an HMAC state, and paid twice per load-balanced task (queue and engine)."""
+        return SEAL_PREFIX + self._seal_mac(queue, engine, signature)
 
     def open_route_seal(self, seal: bytes, queue: str, engine: bytes, signature: Any) -> bool:
         """Whether ``seal`` is ``queue``'s seal of ``signature`` for ``engine``."""
-        if self._base is None:
-            return True
-        h = self._base.copy()
-        h.update(_fields(b"corral-route", queue.encode(), engine, signature))
-        return hmac.compare_digest(SEAL_PREFIX + h.hexdigest().encode("ascii"), seal)
+        return hmac.compare_digest(SEAL_PREFIX + self._seal_mac(queue, engine, signature), seal)
+
+    def _seal_mac(self, queue: str, engine: bytes, signature: Any) -> bytes:
+        state = self._seal_states.get((queue, engine))
+        if state is None:
+            if self._base is None:
+                return b"\x00" * _SEAL_MAC
+            if self._seal_key is None:
+                self._seal_key = hmac.digest(self.key, b"corral-route-seal", "sha256")
+            q = queue.encode()
+            # queue and engine length-prefixed, the signature last: no two bindings collide
+            prefix = b"%c%b%b%b" % (len(q), q, len(engine).to_bytes(4, "little"), engine)
+            state = _blake2b(prefix, key=self._seal_key, digest_size=_SEAL_MAC)
+            if len(self._seal_states) >= _SEAL_STATES:
+                self._seal_states.clear()  # engines come and go: bounded
+            self._seal_states[(queue, engine)] = state
+        h = state.copy()  # the keyed state after the prefix: one C copy per message
+        h.update(signature if signature.__class__ is bytes else bytes(signature))
+        return h.digest()
 
     # -- the monitor envelope ----------------------------------------------------------
 

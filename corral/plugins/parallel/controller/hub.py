@@ -68,6 +68,7 @@ REPLY = b"reply"
 #: What the hub's sockets take in (corral.transports.zmq.door.ROLES).
 _REGISTRATION = ROLES["registration"]
 _MONITOR_REQUESTS = ROLES["monitor_request"]
+_IOPUB = ROLES["iopub"]
 _MONITOR_REPLIES = ROLES["monitor_reply"]
 _UNREGISTER_REASONS = ("shutdown", "heartbeat", "exited", "died")
 #: Characters of a monitor's death cause passed on (it ends up in task errors).
@@ -201,6 +202,9 @@ class Hub(Component):
         #: the session's signer, kept as the cluster signer it is (it opens monitor tags)
         self.signer = signer
         self.monitor_replay = wire.ReplayGuard()
+        #: iopub output is stored: a captured stream message published again (anyone past
+        #: the gate may publish on iopub_engine) must not be stored twice
+        self.iopub_replay = wire.ReplayGuard()
         self.db = db
         self.transport = transport
         self.ip = ip
@@ -664,10 +668,16 @@ class Hub(Component):
         parts = raw[at + 2 : at + 6]
         try:
             header = admit(
-                self.signer, None, parts, raw[at + 1], raw[at + 6 :], how=BUFFERS_COUNTED
+                self.signer,
+                self.iopub_replay,
+                parts,
+                raw[at + 1],
+                raw[at + 6 :],
+                how=BUFFERS_COUNTED,
+                role=_IOPUB,
             )
-        except wire.WireError:
-            self._drop("bad signature on iopub", len(raw))
+        except wire.WireError as exc:
+            self._drop(f"iopub messages refused ({type(exc).__name__})", len(raw))
             return
         if header.get("msg_type") != "stream":
             return
