@@ -185,6 +185,13 @@ def test_two_controllers_serve_one_client() -> None:
         assert client.direct_view([0]).apply_sync(where) == [*engine_pids[0]]
         with pytest.raises(ValueError, match="no engine with id"):
             client.direct_view([0, 7]).apply_async(where)
+        broadcast = client.broadcast_view()
+        assert broadcast.apply_sync(where) == [*engine_pids[0], *engine_pids[1]]
+        broadcast.push({"z": "c"}, block=True)
+        assert everywhere["z"] == ["c", "c"]
+        with client.executor() as pool:
+            assert list(pool.map(abs, range(-30, 0))) == list(range(30, 0, -1))
+            assert pool.submit(where).result(30) in engine_pids[0] | engine_pids[1]
         view = client.load_balanced_view()
         # A map served by both controllers' engines.
         ran = view.map_sync(where, range(40))

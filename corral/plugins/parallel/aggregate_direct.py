@@ -103,13 +103,23 @@ class AggregateDirectView:
     .. versionadded:: 0.2
     """
 
-    def __init__(self, aggregate: AggregateClient, targets: Any = "all", block: bool = False):
+    def __init__(
+        self,
+        aggregate: AggregateClient,
+        targets: Any = "all",
+        block: bool = False,
+        broadcast: bool = False,
+    ) -> None:
         self.aggregate = aggregate
         self.targets = targets
         self.block = block
+        #: Each controller's part goes through its broadcast view (one message copied to
+        #: its engines by its broadcast scheduler) instead of its direct view.
+        self.broadcast = broadcast
 
     def __repr__(self) -> str:
-        return f"<AggregateDirectView {self.targets!r}>"
+        kind = "broadcast" if self.broadcast else "direct"
+        return f"<AggregateDirectView {kind} {self.targets!r}>"
 
     def __len__(self) -> int:
         return len(self._targets()[0])
@@ -144,7 +154,8 @@ class AggregateDirectView:
         targets, single = self._targets()
         parts = []
         for k, local, positions in self._plan(targets):
-            view = self.aggregate.clients[k].direct_view(local)
+            client = self.aggregate.clients[k]
+            view = client.broadcast_view(local) if self.broadcast else client.direct_view(local)
             parts.append((call(view), positions))
         result = AggregateResult(parts, len(targets), single)
         if self.block if block is None else block:
@@ -154,7 +165,7 @@ class AggregateDirectView:
     def _on(self, targets: Any) -> AggregateDirectView:
         if targets is None:
             return self
-        return AggregateDirectView(self.aggregate, targets, self.block)
+        return AggregateDirectView(self.aggregate, targets, self.block, self.broadcast)
 
     # ---------------------------------------------------------------- work
 

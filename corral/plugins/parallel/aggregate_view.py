@@ -26,7 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -333,6 +333,29 @@ class AggregateView:
 
     def map_sync(self, f: Callable[..., Any], *sequences: Iterable[Any]) -> list[Any]:
         return [result.get() for result in self.map_async(f, *sequences)]
+
+    def imap(
+        self,
+        f: Callable[..., Any],
+        items: Iterable[Any],
+        ordered: bool = True,
+        chunksize: int = 1,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """``f(item)`` for each item, results in order, lazily: at most ``window`` tasks
+        per engine of every controller are submitted ahead of the one waited for (so an
+        endless iterable is fine). ``chunksize`` is accepted and each item is one task;
+        ``ordered=False`` is refused (results come in order)."""
+        if not ordered:
+            raise ValueError("an aggregate view's imap gives results in order only")
+        ahead = max(1, self.window * max(1, len(self.aggregate)))
+        pending: deque[HeldResult] = deque()
+        for item in items:
+            pending.append(self.apply_async(f, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().get(timeout)
+        while pending:
+            yield pending.popleft().get(timeout)
 
 
 def _settle(held: HeldResult, result: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
