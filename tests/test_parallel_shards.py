@@ -162,6 +162,7 @@ def test_two_controllers_serve_one_client() -> None:
     shards = Cluster(2, controllers=2, profile="shards", hb_period=0.2, hb_misses=5)
     assert isinstance(shards, Shards)
     with shards as client:
+        shards._write_record()  # as `corral cluster start` does: stop removes it
         assert len(client.ids) == 2
         engine_pids = [set(c.direct_view().apply_sync(where)) for c in client.clients]
         assert engine_pids[0] and engine_pids[1] and not engine_pids[0] & engine_pids[1]
@@ -224,6 +225,9 @@ def test_two_controllers_serve_one_client() -> None:
         both = pulling.map_sync(nap, [0.05] * 20)
         assert set(both) == engine_pids[0] | engine_pids[1]
         pulling.close()
+    profile = shards.clusters[0].profile_dir
+    assert not list((profile / "run").glob("cluster-*.json"))
+    assert not list((profile / "security").glob("cluster-*.json"))
 
 
 def record_run(i: int) -> int:

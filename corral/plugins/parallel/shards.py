@@ -144,10 +144,11 @@ class Shards:
 
     def stop(self) -> None:
         """Stop every member; the aggregate file goes first (no new client finds a half
-        stopped aggregate)."""
+        stopped aggregate), its record (``corral cluster``'s) last."""
         self.cluster_file.unlink(missing_ok=True)
         for cluster in self.clusters:
             cluster.stop()
+        self.record_file.unlink(missing_ok=True)
 
     def pids(self) -> list[dict[str, Any]]:
         return [cluster.pids() for cluster in self.clusters]
