@@ -15,6 +15,7 @@ them as one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import time
@@ -112,18 +113,21 @@ class Shards:
         return all(cluster.is_running for cluster in self.clusters)
 
     def start(self) -> None:
-        """Start every member controller and its engines, then write the aggregate file
-        (after every member's own file: a reader of it can connect to all at once)."""
-        started: list[Cluster] = []
+        """Start every member controller and its engines, all at once (each start is
+        mostly waiting for its controller's file), then write the aggregate file (after
+        every member's own file: a reader of it can connect to all at once)."""
+        with concurrent.futures.ThreadPoolExecutor(len(self.clusters)) as pool:
+            starts = [pool.submit(cluster.start) for cluster in self.clusters]
+        errors = [start.exception() for start in starts if start.exception() is not None]
         try:
-            for cluster in self.clusters:
-                cluster.start()
-                started.append(cluster)
+            if errors:
+                raise errors[0]  # type: ignore[misc]
             members = [dict(cluster.cluster_info or {}) for cluster in self.clusters]
             write_aggregate_file(self.cluster_file, self.cluster_id, members)
         except BaseException:
-            for cluster in started:
-                cluster.stop()
+            for cluster, start in zip(self.clusters, starts, strict=True):
+                if start.exception() is None:
+                    cluster.stop()
             raise
 
     def connect_client(self, **kwargs: Any) -> AggregateClient:
