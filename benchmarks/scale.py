@@ -10,8 +10,9 @@ Sections (``--only`` picks some; each prints its figures and is saved to ``--jso
   (and ipyparallel's, for the counts given to ``--ipp-engines``, where it is installed);
 * ``million``: N no-op tasks (1,000,000 by default) through one client, 2 engines, the
   task database on: throughput per tenth of the run and the controller's RSS;
-* ``contention``: no-op tasks through corral and ProcessPoolExecutor (2 workers each)
-  while two spinning processes started here keep both cores busy;
+* ``contention``: no-op tasks through corral and ProcessPoolExecutor (2 workers each),
+  without and then with two spinning processes started here that keep both cores busy:
+  throughput, and the CPU and wake-ups per task of each process of either tool;
 * ``aggregated``: no-op tasks through one controller with 2 engines, and through 2
   controllers sharing them (corral.plugins.parallel.shards), both running, in turns:
   throughput and controller CPU per task, with the load average;
@@ -391,31 +392,168 @@ def _spin(stop: Any) -> None:
         sum(range(10_000))
 
 
-def bench_contention(tasks: int) -> dict[str, Any]:
-    stop = multiprocessing.Event()
-    hogs = [multiprocessing.Process(target=_spin, args=(stop,)) for _ in range(2)]
-    for hog in hogs:
-        hog.start()
+def _threads_cpu(pid: int) -> tuple[float, int]:
+    """(CPU seconds, voluntary context switches) of every thread of ``pid`` so far.
+
+    The switches are the thread's wake-ups (each zmq I/O thread counted too). From
+    ``/proc/<pid>/task/*/`` (nanoseconds, per thread) where there is one, else psutil.
+    """
+    cpu, woken = 0.0, 0
+    tasks = Path(f"/proc/{pid}/task")
     try:
-        with ProcessPoolExecutor(2) as pool:
-            list(pool.map(noop, range(100)))
+        tids = os.listdir(tasks)
+    except OSError:
+        proc = psutil.Process(pid)
+        return _cpu(proc), proc.num_ctx_switches().voluntary
+    for tid in tids:
+        try:
+            cpu += int((tasks / tid / "schedstat").read_text().split()[0]) / 1e9
+            for line in (tasks / tid / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    woken += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return cpu, woken
+
+
+def _roles_cpu(roles: dict[str, list[int]]) -> dict[str, tuple[float, int]]:
+    return {
+        role: (sum(c for c, _ in stats), sum(w for _, w in stats))
+        for role, stats in ((r, [_threads_cpu(p) for p in pids]) for r, pids in roles.items())
+    }
+
+
+def _per_task(
+    before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]], tasks: int
+) -> dict[str, dict[str, float]]:
+    """CPU microseconds and wake-ups per task of each role, and their total."""
+    out = {
+        role: {
+            "cpu_us": (after[role][0] - before[role][0]) / tasks * 1e6,
+            "wakeups": (after[role][1] - before[role][1]) / tasks,
+        }
+        for role in after
+    }
+    out["total"] = {
+        "cpu_us": sum(v["cpu_us"] for v in out.values()),
+        "wakeups": sum(v["wakeups"] for v in out.values()),
+    }
+    return out
+
+
+def _contention_round(
+    submit: Callable[[], float], roles: dict[str, list[int]], tasks: int
+) -> tuple[float, dict[str, dict[str, float]]]:
+    before = _roles_cpu(roles)
+    rate = submit()
+    return rate, _per_task(before, _roles_cpu(roles), tasks)
+
+
+def bench_contention(tasks: int, rounds: int = 3) -> dict[str, Any]:
+    """corral against ProcessPoolExecutor (2 engines / workers), ``tasks`` no-op tasks per
+    round, rounds alternating between the two; without, then with, two processes spinning
+    on both cores. Per tool: the best and median throughput, and the CPU and wake-ups per
+    task of each of its processes (the median round's), summed over all their threads:
+    under a load that keeps the cores busy, a tool's throughput is about the CPU share
+    its processes get over the CPU each task costs them."""
+    out: dict[str, Any] = {}
+    with ProcessPoolExecutor(2) as pool, corral_cluster(2) as (cluster, client):
+        list(pool.map(noop, range(100)))
+        client.wait_for_engines(2, timeout=120)
+        _throughput(client, noop, 500)
+
+        def ppe_run() -> float:
             start = time.perf_counter()
             for future in [pool.submit(noop) for _ in range(tasks)]:
                 future.result()
-            ppe = tasks / (time.perf_counter() - start)
-        with corral_cluster(2) as (_cluster, client):
-            _throughput(client, noop, 500)
-            ours = _throughput(client, noop, tasks)
-    finally:
-        stop.set()
-        for hog in hogs:
-            hog.join(10)
-    print(
-        f"contention (2 spinning processes): corral {ours:.0f} tasks/s, "
-        f"ProcessPoolExecutor {ppe:.0f} tasks/s: {ours / ppe:.2f}x",
-        flush=True,
+            return tasks / (time.perf_counter() - start)
+
+        pids = cluster.pids()
+        controller = psutil.Process(pids["controller"])
+        corral_roles: dict[str, list[int]] = {"client": [os.getpid()], "engines": pids["engines"]}
+        for proc in [controller, *controller.children(recursive=True)]:
+            role = proc.name().removeprefix("corral-") or "controller"
+            corral_roles.setdefault(role, []).append(proc.pid)
+        # the pool's workers: this process's children that are not the cluster's
+        cluster_pids = {*pids["monitors"], *pids["engines"], pids["controller"]}
+        workers = [
+            p.pid
+            for p in psutil.Process().children()
+            if p.pid not in cluster_pids and "monitor" not in " ".join(p.cmdline())
+        ]
+        ppe_roles = {"client": [os.getpid()], "workers": workers}
+        for hog in (False, True):
+            stop = multiprocessing.Event()
+            hogs = [
+                multiprocessing.Process(target=_spin, args=(stop,)) for _ in range(2 if hog else 0)
+            ]
+            for proc in hogs:
+                proc.start()
+            runs: dict[str, list[tuple[float, dict[str, dict[str, float]]]]] = {
+                "ppe": [],
+                "corral": [],
+            }
+            try:
+                for _ in range(rounds):
+                    runs["ppe"].append(_contention_round(ppe_run, ppe_roles, tasks))
+                    runs["corral"].append(
+                        _contention_round(
+                            lambda: _throughput(client, noop, tasks), corral_roles, tasks
+                        )
+                    )
+            finally:
+                stop.set()
+                for proc in hogs:
+                    proc.join(10)
+            section: dict[str, Any] = {"loadavg": os.getloadavg()[0]}
+            for tool, results in runs.items():
+                ordered = sorted(results, key=lambda r: r[0])
+                section[tool] = {
+                    "tasks_s": [r[0] for r in results],
+                    "best_tasks_s": ordered[-1][0],
+                    "median_tasks_s": ordered[len(ordered) // 2][0],
+                    "per_task": ordered[len(ordered) // 2][1],
+                }
+            section["ratio_best"] = (
+                section["corral"]["best_tasks_s"] / section["ppe"]["best_tasks_s"]
+            )
+            section["ratio_median"] = (
+                section["corral"]["median_tasks_s"] / section["ppe"]["median_tasks_s"]
+            )
+            section["cpu_ratio"] = (
+                section["corral"]["per_task"]["total"]["cpu_us"]
+                / section["ppe"]["per_task"]["total"]["cpu_us"]
+            )
+            name = "hog" if hog else "quiet"
+            out[name] = section
+            for tool in ("ppe", "corral"):
+                per = section[tool]["per_task"]
+                shares = ", ".join(
+                    f"{role} {v['cpu_us']:.0f}"
+                    for role, v in per.items()
+                    if role != "total" and v["cpu_us"] >= 0.5
+                )
+                print(
+                    f"contention ({'2 spinning processes' if hog else 'no hog'}): {tool:6s} "
+                    f"{section[tool]['median_tasks_s']:6.0f} tasks/s (best "
+                    f"{section[tool]['best_tasks_s']:.0f}); CPU {per['total']['cpu_us']:.0f} "
+                    f"us/task ({shares}); {per['total']['wakeups']:.2f} wake-ups/task",
+                    flush=True,
+                )
+            print(
+                f"contention ({'2 spinning processes' if hog else 'no hog'}): corral / "
+                f"ProcessPoolExecutor {section['ratio_median']:.2f}x median, "
+                f"{section['ratio_best']:.2f}x best; CPU per task {section['cpu_ratio']:.2f}x; "
+                f"load average {section['loadavg']:.1f}",
+                flush=True,
+            )
+    hogged = out["hog"]
+    out.update(
+        corral_tasks_s=hogged["corral"]["median_tasks_s"],
+        ppe_tasks_s=hogged["ppe"]["median_tasks_s"],
+        ratio=hogged["ratio_median"],
     )
-    return {"corral_tasks_s": ours, "ppe_tasks_s": ppe, "ratio": ours / ppe}
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -490,6 +490,32 @@ def test_execute_request(engine: FakeController) -> None:
     assert error["content"]["ename"] == "ZeroDivisionError"
 
 
+def test_the_interpreter_requests_a_kernel_answers(engine: FakeController) -> None:
+    """An engine answers what a kernel answers from its interpreter (completion,
+    inspection, is-complete, history, kernel_info), with the kernel's own functions."""
+
+    def ask(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        msg = engine.send("mux_engine", msg_type, content)
+        reply = engine.reply("mux_engine")
+        assert reply["msg_type"] == msg_type.replace("_request", "_reply")
+        assert reply["parent_header"]["msg_id"] == msg["msg_id"]
+        assert reply["content"]["engine_info"]["engine_id"] == 0
+        return reply["content"]
+
+    engine.send("mux_engine", "execute_request", {"code": "import os\nanswer = 42"})
+    assert engine.reply("mux_engine")["content"]["status"] == "ok"
+    complete = ask("complete_request", {"code": "ans", "cursor_pos": 3})
+    assert complete["status"] == "ok" and "answer" in complete["matches"]
+    assert complete["cursor_start"] == 0 and complete["cursor_end"] == 3
+    inspect = ask("inspect_request", {"code": "os.getpid", "cursor_pos": 9})
+    assert inspect["status"] == "ok" and inspect["found"] is True
+    assert ask("is_complete_request", {"code": "for i in x:"})["status"] == "incomplete"
+    assert ask("is_complete_request", {"code": "x = 1"})["status"] == "complete"
+    assert ask("history_request", {"hist_access_type": "tail", "n": 5})["status"] == "ok"
+    info = ask("kernel_info_request", {})
+    assert info["implementation"] == "corral" and info["language_info"]["name"] == "python"
+
+
 def _data_client(engine: FakeController, ctx: zmq.Context[Any]) -> zmq.Socket[Any]:
     sock = Gate(KEY.encode()).client(ctx.socket(zmq.DEALER))
     sock.linger = 0

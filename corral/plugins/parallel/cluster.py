@@ -289,7 +289,7 @@ class Cluster(ClusterCompat):
         """True while the controller process is alive."""
         if self._attached and self.controller is None:
             pid = (self.cluster_info or {}).get("controller_pid")
-            return bool(pid) and process_alive(int(pid))
+            return process_alive(int(pid)) if pid else False
         return self.controller is not None and self.controller.is_running
 
     @property

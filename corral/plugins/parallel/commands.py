@@ -17,7 +17,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -26,8 +25,8 @@ from typing import Any
 
 from corral.core import compat
 from corral.core.config import Config, ConfigError
-from corral.core.private import private_file, write_private
-from corral.core.processes import process_alive
+from corral.core.private import write_private
+from corral.core.processes import Spawned, child_env, process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.markers import hookimpl
 from corral.plugins.parallel.aggregatefile import MEMBERS, is_aggregate
@@ -340,27 +339,14 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str, timeout: float) -> 
     """Run ``corral cluster start`` detached (own session, output to a log file) and
     return once it reports the cluster ready, or quote its log if it fails."""
     from corral.plugins.parallel.cluster import read_record, record_path
-    from corral.plugins.parallel.launchers.base import tail
 
     pdir = profile_dir(args.profile)
     log_file = pdir / "log" / f"cluster-{cluster_id}.log"
     # The manager runs this module directly: it needs no plugins, and starts faster.
     argv = [sys.executable, "-m", _MODULE, "--profile", args.profile]
     argv += ["--cluster-id", cluster_id, *_start_argv(args)]
-    env = os.environ.copy()
-    root = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with os.fdopen(private_file(log_file), "ab") as fh:
-        offset = fh.seek(0, os.SEEK_END)
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            close_fds=True,
-            **compat.new_group_kwargs(),
-        )
+    child = Spawned(argv, log_file=log_file, env=child_env())
+    proc = child.popen
     record_file = record_path(pdir, cluster_id)
     deadline = time.monotonic() + timeout + 30
     while True:
@@ -372,7 +358,7 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str, timeout: float) -> 
                 proc.send_signal(signal.SIGTERM)
             print(
                 f"corral: cluster {cluster_id} failed to start; its log ({log_file}) ends "
-                f"with:\n{tail(log_file, offset) or '(no output)'}",
+                f"with:\n{child.output_tail() or '(no output)'}",
                 file=sys.stderr,
             )
             return 1

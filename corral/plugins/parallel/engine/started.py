@@ -16,6 +16,8 @@ client has started at most a few prefetch windows ago, never many thousands of t
 
 from __future__ import annotations
 
+from corral.core.fifo import trim_oldest
+
 __all__ = ["KEEP", "StartedIds"]
 
 #: Started msg_ids remembered (about 1 MB of ids); far beyond a scheduler's prefetch.
@@ -23,8 +25,8 @@ KEEP = 16384
 
 
 class StartedIds:
-    """The last :data:`KEEP` msg_ids started, oldest forgotten first (insertion-ordered
-    dict: O(1) to add, to test and to forget the oldest)."""
+    """The last msg_ids started: at most ``keep``, at least ``keep - keep // 64``, oldest
+    forgotten first (insertion-ordered dict trimmed in chunks: O(1) amortized to add)."""
 
     __slots__ = ("_ids", "keep")
 
@@ -35,8 +37,9 @@ class StartedIds:
     def add(self, msg_id: str) -> None:
         ids = self._ids
         ids[msg_id] = None
-        if len(ids) > self.keep:
-            del ids[next(iter(ids))]
+        if len(ids) > self.keep:  # in chunks: one at a time walks every hole (core.fifo)
+            slack = self.keep // 64
+            trim_oldest(ids, self.keep - slack, slack)
 
     def __contains__(self, msg_id: object) -> bool:
         return msg_id in self._ids
