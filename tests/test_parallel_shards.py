@@ -230,12 +230,12 @@ def test_two_controllers_serve_one_client() -> None:
     assert not list((profile / "security").glob("cluster-*.json"))
 
 
-def record_run(i: int) -> int:
+def record_run(i: int, seconds: float = 0.01) -> int:
     import os
     import sys
     import time
 
-    time.sleep(0.01)
+    time.sleep(seconds)
     sys.__dict__.setdefault("_corral_test_runs", []).append(i)
     return os.getpid()
 
@@ -276,4 +276,17 @@ def test_tasks_queued_behind_a_long_task_move_to_an_idle_controller_once() -> No
         # busy controller were answered "aborted" when its engine got to them.
         ran = [i for engine in client[:].apply_sync(runs) for i in engine]
         assert sorted(ran) == list(range(40))
+        # Many batches of uneven tasks: the tail of each moves tasks, some of them just
+        # as they start (the engines then report them started, and they stay). Still
+        # every task runs once.
+        uneven = client.load_balanced_view(window=4)
+        durations = [0.0, 0.03, 0.001, 0.02, 0.0, 0.01, 0.025, 0.002]
+        for batch in range(25):
+            ids = range(100 + batch * 8, 108 + batch * 8)
+            served = uneven.map_sync(record_run, ids, durations[batch % 8 :] + durations)
+            assert len(served) == 8
+        ran = [i for engine in client[:].apply_sync(runs) for i in engine]
+        assert sorted(ran) == [*range(40), *range(100, 300)]
+        assert uneven.moved > 0  # (a run here: 28 moved, 3 found started and stayed)
+        uneven.close()
         view.close()

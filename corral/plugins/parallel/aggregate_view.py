@@ -103,6 +103,8 @@ class AggregateView:
         self.held: deque[_Task] = deque()
         #: Tasks moved so far (each sent again to another controller).
         self.moved = 0
+        #: Tasks asked to move that an engine had started already (they stayed).
+        self.stayed = 0
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._closed = False
@@ -253,8 +255,11 @@ class AggregateView:
                 started.update(listed)
             with self._room:
                 for msg_id, task in copies.items():
-                    if msg_id in started or task.sent is None or task.sent.msg_ids[0] != msg_id:
-                        continue  # may run there, or already settled / sent again
+                    if msg_id in started:
+                        self.stayed += 1  # may run there: its own reply settles it
+                        continue
+                    if task.sent is None or task.sent.msg_ids[0] != msg_id:
+                        continue  # already settled, or sent again after an aborted reply
                     self._forget(task)
                     task.sent = None
                     task.result.moves += 1
