@@ -163,7 +163,10 @@ class AggregateView:
             k = None if self.held else self._pick()  # nobody jumps the queue
             if k is None:
                 self.held.append(task)
-                self._wake()
+                # The pump is woken when room is made; waking it for every task held
+                # made it spin once per task (a held burst of thousands), for nothing.
+                if self._pick(refill=True) is not None:
+                    self._wake()
                 return task.result
             self._place(k, task)
         self._send(k, task)
