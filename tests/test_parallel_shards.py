@@ -20,6 +20,7 @@ from corral.core.config import ConfigError
 from corral.plugins.parallel.aggregate import AggregateClient
 from corral.plugins.parallel.client import Client
 from corral.plugins.parallel.cluster import Cluster
+from corral.plugins.parallel.cluster_manager import ClusterManager
 from corral.plugins.parallel.shards import Shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +113,17 @@ def test_the_command_line_starts_lists_connects_and_stops_an_aggregate(tmp_path:
                 assert sorted(ran) == sorted(record["engines"])
             finally:
                 client.close()
+        # The Python API finds it too: one handle on every member, one manager entry.
+        handle = Cluster.from_profile()
+        assert isinstance(handle, Shards) and handle.is_running and handle.n == 3
+        assert [c.cluster_id for c in handle.clusters] == ["ag-0", "ag-1"]
+        assert type(Cluster.from_file(security / "cluster-ag-1.json")) is Cluster
+        aggregate_client = handle.connect_client()
+        try:
+            assert aggregate_client.ids == [0, 1, 2]
+        finally:
+            aggregate_client.close()
+        assert list(ClusterManager().load_clusters()) == ["default:ag"]
         # One controller's own file is still a cluster of one controller.
         single = Client(connection_file=security / "cluster-ag-1.json")
         try:

@@ -102,6 +102,38 @@ class Shards:
         self.profile: str = self.clusters[0].profile
         self.engine_timeout: float = self.clusters[0].engine_timeout
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Shards:
+        """A handle on an aggregate started elsewhere (``corral cluster start
+        --controllers N``), from its cluster file or record: every member re-attached as
+        :meth:`Cluster.from_file` does, so it hands out clients and can :meth:`stop`."""
+        from .aggregatefile import member_files
+        from .cluster import ClusterError, read_record
+
+        path = Path(path)
+        info = read_record(path) or {}
+        if "members" in info:  # the record: its cluster file lists the members' files
+            path = Path(str(info.get("cluster_file") or ""))
+        try:
+            files = member_files(path)
+        except (OSError, ValueError) as error:
+            raise ClusterError(f"{path}: {error}") from error
+        self = cls.__new__(cls)
+        # A member's record (run/) knows its engine count; its cluster file does not.
+        records = [file.parent.parent / "run" / file.name for file in files]
+        self.clusters = [
+            Cluster.from_file(record if record.exists() else file)
+            for record, file in zip(records, files, strict=True)
+        ]
+        self.shares = [cluster.n for cluster in self.clusters]
+        self.n = sum(self.shares)
+        self.cluster_id = str(
+            (read_record(path) or {}).get("cluster_id") or path.stem.removeprefix("cluster-")
+        )
+        self.profile = self.clusters[0].profile
+        self.engine_timeout = self.clusters[0].engine_timeout
+        return self
+
     @property
     def cluster_file(self) -> Path:
         """The aggregate's file, listing every member (written once all are up)."""
