@@ -198,6 +198,8 @@ def test_two_controllers_serve_one_client() -> None:
         assert client.direct_view([0]).apply_sync(where) == [*engine_pids[0]]
         with pytest.raises(ValueError, match="no engine with id"):
             client.direct_view([0, 7]).apply_async(where)
+        assert everywhere.map_sync(pow, range(7), [2] * 7) == [i**2 for i in range(7)]
+        assert client[[1, 0]].map_sync(abs, [-1]) == [1]  # fewer items than engines
         broadcast = client.broadcast_view()
         assert broadcast.apply_sync(where) == [*engine_pids[0], *engine_pids[1]]
         broadcast.push({"z": "c"}, block=True)
