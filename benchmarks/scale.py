@@ -358,7 +358,7 @@ def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str,
                 f"load {loads[-1]:.1f}",
                 flush=True,
             )
-        moved = many_view.moved
+        moved, stayed = many_view.moved, many_view.stayed
         many_view.close()
     one = [statistics.median(r[i] for r in one_runs) for i in range(3)]
     many = [statistics.median(r[i] for r in many_runs) for i in range(3)]
@@ -368,7 +368,8 @@ def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str,
         f"controller CPU/task, {one[2]:.0f} us client CPU/task; {controllers} controllers "
         f"{many[0]:.0f} tasks/s, {many[1]:.0f} us, {many[2]:.0f} us: cost {ratio:.2f}x (goal "
         f"<= 1.2x), client {many[2] / one[2]:.2f}x, throughput {many[0] / one[0]:.2f}x; "
-        f"{moved} tasks moved; load {min(loads):.1f}-{max(loads):.1f}",
+        f"{moved} tasks moved ({stayed} asked had started); load "
+        f"{min(loads):.1f}-{max(loads):.1f}",
         flush=True,
     )
     return {
@@ -382,6 +383,7 @@ def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str,
         "cost_ratio": ratio,
         "client_ratio": many[2] / one[2],
         "moved": moved,
+        "stayed": stayed,
         "throughput_ratio": many[0] / one[0],
         "turns": {"one": one_runs, "many": many_runs, "loadavg": loads},
     }

@@ -20,6 +20,7 @@ from corral.core.config import ConfigError
 from corral.plugins.parallel.aggregate import AggregateClient
 from corral.plugins.parallel.client import Client
 from corral.plugins.parallel.cluster import Cluster
+from corral.plugins.parallel.cluster_manager import ClusterManager
 from corral.plugins.parallel.shards import Shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +113,17 @@ def test_the_command_line_starts_lists_connects_and_stops_an_aggregate(tmp_path:
                 assert sorted(ran) == sorted(record["engines"])
             finally:
                 client.close()
+        # The Python API finds it too: one handle on every member, one manager entry.
+        handle = Cluster.from_profile()
+        assert isinstance(handle, Shards) and handle.is_running and handle.n == 3
+        assert [c.cluster_id for c in handle.clusters] == ["ag-0", "ag-1"]
+        assert type(Cluster.from_file(security / "cluster-ag-1.json")) is Cluster
+        aggregate_client = handle.connect_client()
+        try:
+            assert aggregate_client.ids == [0, 1, 2]
+        finally:
+            aggregate_client.close()
+        assert list(ClusterManager().load_clusters()) == ["default:ag"]
         # One controller's own file is still a cluster of one controller.
         single = Client(connection_file=security / "cluster-ag-1.json")
         try:
@@ -162,6 +174,7 @@ def test_two_controllers_serve_one_client() -> None:
     shards = Cluster(2, controllers=2, profile="shards", hb_period=0.2, hb_misses=5)
     assert isinstance(shards, Shards)
     with shards as client:
+        shards._write_record()  # as `corral cluster start` does: stop removes it
         assert len(client.ids) == 2
         engine_pids = [set(c.direct_view().apply_sync(where)) for c in client.clients]
         assert engine_pids[0] and engine_pids[1] and not engine_pids[0] & engine_pids[1]
@@ -185,6 +198,15 @@ def test_two_controllers_serve_one_client() -> None:
         assert client.direct_view([0]).apply_sync(where) == [*engine_pids[0]]
         with pytest.raises(ValueError, match="no engine with id"):
             client.direct_view([0, 7]).apply_async(where)
+        assert everywhere.map_sync(pow, range(7), [2] * 7) == [i**2 for i in range(7)]
+        assert client[[1, 0]].map_sync(abs, [-1]) == [1]  # fewer items than engines
+        broadcast = client.broadcast_view()
+        assert broadcast.apply_sync(where) == [*engine_pids[0], *engine_pids[1]]
+        broadcast.push({"z": "c"}, block=True)
+        assert everywhere["z"] == ["c", "c"]
+        with client.executor() as pool:
+            assert list(pool.map(abs, range(-30, 0))) == list(range(30, 0, -1))
+            assert pool.submit(where).result(30) in engine_pids[0] | engine_pids[1]
         view = client.load_balanced_view()
         # A map served by both controllers' engines.
         ran = view.map_sync(where, range(40))
@@ -217,14 +239,17 @@ def test_two_controllers_serve_one_client() -> None:
         both = pulling.map_sync(nap, [0.05] * 20)
         assert set(both) == engine_pids[0] | engine_pids[1]
         pulling.close()
+    profile = shards.clusters[0].profile_dir
+    assert not list((profile / "run").glob("cluster-*.json"))
+    assert not list((profile / "security").glob("cluster-*.json"))
 
 
-def record_run(i: int) -> int:
+def record_run(i: int, seconds: float = 0.01) -> int:
     import os
     import sys
     import time
 
-    time.sleep(0.01)
+    time.sleep(seconds)
     sys.__dict__.setdefault("_corral_test_runs", []).append(i)
     return os.getpid()
 
@@ -265,4 +290,17 @@ def test_tasks_queued_behind_a_long_task_move_to_an_idle_controller_once() -> No
         # busy controller were answered "aborted" when its engine got to them.
         ran = [i for engine in client[:].apply_sync(runs) for i in engine]
         assert sorted(ran) == list(range(40))
+        # Many batches of uneven tasks: the tail of each moves tasks, some of them just
+        # as they start (the engines then report them started, and they stay). Still
+        # every task runs once.
+        uneven = client.load_balanced_view(window=4)
+        durations = [0.0, 0.03, 0.001, 0.02, 0.0, 0.01, 0.025, 0.002]
+        for batch in range(25):
+            ids = range(100 + batch * 8, 108 + batch * 8)
+            served = uneven.map_sync(record_run, ids, durations[batch % 8 :] + durations)
+            assert len(served) == 8
+        ran = [i for engine in client[:].apply_sync(runs) for i in engine]
+        assert sorted(ran) == [*range(40), *range(100, 300)]
+        assert uneven.moved > 0  # (a run here: 28 moved, 3 found started and stayed)
+        uneven.close()
         view.close()

@@ -138,6 +138,19 @@ class AggregateClient:
 
         return AggregateDirectView(self, targets)
 
+    def broadcast_view(self, targets: Any = None) -> Any:
+        """As :meth:`direct_view`, each controller's part sent through its broadcast
+        scheduler (one message per controller however many of its engines)."""
+        from .aggregate_direct import AggregateDirectView
+
+        return AggregateDirectView(self, "all" if targets is None else targets, broadcast=True)
+
+    def executor(self, window: int = DEFAULT_WINDOW) -> Any:
+        """A :class:`concurrent.futures.Executor` over an :class:`AggregateView`."""
+        from .client.executor import ClusterExecutor
+
+        return ClusterExecutor(self.load_balanced_view(window))
+
     def load_balanced_view(self, window: int = DEFAULT_WINDOW) -> AggregateView:
         """An :class:`AggregateView` (see :mod:`.aggregate_view`): ``window`` unfinished
         tasks per engine at most at each controller, the rest held in the view."""

@@ -103,13 +103,23 @@ class AggregateDirectView:
     .. versionadded:: 0.2
     """
 
-    def __init__(self, aggregate: AggregateClient, targets: Any = "all", block: bool = False):
+    def __init__(
+        self,
+        aggregate: AggregateClient,
+        targets: Any = "all",
+        block: bool = False,
+        broadcast: bool = False,
+    ) -> None:
         self.aggregate = aggregate
         self.targets = targets
         self.block = block
+        #: Each controller's part goes through its broadcast view (one message copied to
+        #: its engines by its broadcast scheduler) instead of its direct view.
+        self.broadcast = broadcast
 
     def __repr__(self) -> str:
-        return f"<AggregateDirectView {self.targets!r}>"
+        kind = "broadcast" if self.broadcast else "direct"
+        return f"<AggregateDirectView {kind} {self.targets!r}>"
 
     def __len__(self) -> int:
         return len(self._targets()[0])
@@ -144,7 +154,8 @@ class AggregateDirectView:
         targets, single = self._targets()
         parts = []
         for k, local, positions in self._plan(targets):
-            view = self.aggregate.clients[k].direct_view(local)
+            client = self.aggregate.clients[k]
+            view = client.broadcast_view(local) if self.broadcast else client.direct_view(local)
             parts.append((call(view), positions))
         result = AggregateResult(parts, len(targets), single)
         if self.block if block is None else block:
@@ -154,7 +165,7 @@ class AggregateDirectView:
     def _on(self, targets: Any) -> AggregateDirectView:
         if targets is None:
             return self
-        return AggregateDirectView(self.aggregate, targets, self.block)
+        return AggregateDirectView(self.aggregate, targets, self.block, self.broadcast)
 
     # ---------------------------------------------------------------- work
 
@@ -166,6 +177,34 @@ class AggregateDirectView:
 
     def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return self._fan(lambda view: view.apply_async(f, *args, **kwargs), None)
+
+    def map_async(self, f: Callable[..., Any], *sequences: Sequence[Any]) -> Any:
+        """``f`` over the sequences, one contiguous block per engine in target order (as
+        a direct view's map); ``get()`` is the flat list of results, in order."""
+        ids, _ = self._targets()
+        if not ids:
+            raise RuntimeError("no engines to map on")
+        columns = [list(seq) for seq in sequences]
+        length = min((len(c) for c in columns), default=0)
+        base, extra = divmod(length, len(ids))
+        parts, start = [], 0
+        for position, target in enumerate(ids):
+            end = start + base + (1 if position < extra else 0)
+            block = [column[start:end] for column in columns]
+            parts.append(
+                (_listed(self.aggregate[target].apply_async(_map_block, f, block)), [position])
+            )
+            start = end
+        return _Chained(AggregateResult(parts, len(ids), False), _concatenate)
+
+    def map_sync(self, f: Callable[..., Any], *sequences: Sequence[Any]) -> list[Any]:
+        return self.map_async(f, *sequences).get()  # type: ignore[no-any-return]
+
+    def map(
+        self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None
+    ) -> Any:
+        result = self.map_async(f, *sequences)
+        return result.get() if (self.block if block is None else block) else result
 
     def execute(
         self, code: str, silent: bool = False, targets: Any = None, block: bool | None = None
@@ -267,6 +306,11 @@ class _Chained(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def abort(self) -> None:
         self._inner.abort()
+
+
+def _map_block(f: Callable[..., Any], block: list[list[Any]]) -> list[Any]:
+    """On the engine: ``f`` over one engine's block of the map's sequences."""
+    return list(map(f, *block))
 
 
 def _listed(result: Any) -> _Chained:

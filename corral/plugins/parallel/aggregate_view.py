@@ -26,7 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -103,6 +103,8 @@ class AggregateView:
         self.held: deque[_Task] = deque()
         #: Tasks moved so far (each sent again to another controller).
         self.moved = 0
+        #: Tasks asked to move that an engine had started already (they stayed).
+        self.stayed = 0
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._closed = False
@@ -161,7 +163,10 @@ class AggregateView:
             k = None if self.held else self._pick()  # nobody jumps the queue
             if k is None:
                 self.held.append(task)
-                self._wake()
+                # The pump is woken when room is made; waking it for every task held
+                # made it spin once per task (a held burst of thousands), for nothing.
+                if self._pick(refill=True) is not None:
+                    self._wake()
                 return task.result
             self._place(k, task)
         self._send(k, task)
@@ -253,8 +258,11 @@ class AggregateView:
                 started.update(listed)
             with self._room:
                 for msg_id, task in copies.items():
-                    if msg_id in started or task.sent is None or task.sent.msg_ids[0] != msg_id:
-                        continue  # may run there, or already settled / sent again
+                    if msg_id in started:
+                        self.stayed += 1  # may run there: its own reply settles it
+                        continue
+                    if task.sent is None or task.sent.msg_ids[0] != msg_id:
+                        continue  # already settled, or sent again after an aborted reply
                     self._forget(task)
                     task.sent = None
                     task.result.moves += 1
@@ -333,6 +341,29 @@ class AggregateView:
 
     def map_sync(self, f: Callable[..., Any], *sequences: Iterable[Any]) -> list[Any]:
         return [result.get() for result in self.map_async(f, *sequences)]
+
+    def imap(
+        self,
+        f: Callable[..., Any],
+        items: Iterable[Any],
+        ordered: bool = True,
+        chunksize: int = 1,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """``f(item)`` for each item, results in order, lazily: at most ``window`` tasks
+        per engine of every controller are submitted ahead of the one waited for (so an
+        endless iterable is fine). ``chunksize`` is accepted and each item is one task;
+        ``ordered=False`` is refused (results come in order)."""
+        if not ordered:
+            raise ValueError("an aggregate view's imap gives results in order only")
+        ahead = max(1, self.window * max(1, len(self.aggregate)))
+        pending: deque[HeldResult] = deque()
+        for item in items:
+            pending.append(self.apply_async(f, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().get(timeout)
+        while pending:
+            yield pending.popleft().get(timeout)
 
 
 def _settle(held: HeldResult, result: concurrent.futures.Future) -> None:  # type: ignore[type-arg]

@@ -551,17 +551,24 @@ class Cluster(ClusterCompat):
         if info is None:
             raise ClusterError(f"{path} is not a cluster record or cluster file")
         if info.get("members") or isinstance(info.get("controllers"), list):
-            raise ClusterError(
-                f"{path} is an aggregate of several controllers: connect with "
-                "corral.Client(path), stop with `corral cluster stop`"
-            )
+            # An aggregate's record or file: a handle on all its member controllers.
+            from .shards import Shards
+
+            return Shards.from_file(path)  # type: ignore[return-value]
         if "registration" in info:  # a cluster file: profile/security/cluster-ID.json
             cluster_id = str(info["cluster_id"])
             profile = path.parent.parent.name.removeprefix("profile_")
         else:
             cluster_id = str(info["cluster_id"])
             profile = str(info.get("profile") or "default")
-        cluster = cls(n=max(1, int(info.get("n") or 1)), profile=profile, cluster_id=cluster_id)
+        # controllers=1: this handle is one controller's, whatever [cluster] controllers
+        # of the profile says (an aggregate's member is one, too).
+        cluster = cls(
+            n=max(1, int(info.get("n") or 1)),
+            profile=profile,
+            cluster_id=cluster_id,
+            controllers=1,
+        )
         if not cluster.cluster_file.exists():
             raise ClusterError(f"cluster {cluster_id!r} has no cluster file; is it running?")
         cluster.cluster_info = read_record(cluster.cluster_file)
@@ -576,7 +583,14 @@ class Cluster(ClusterCompat):
         pdir = locate_profile(profile)
         if cluster_id is not None:
             return cls.from_file(pdir / "security" / f"cluster-{cluster_id}.json")
-        files = sorted((pdir / "security").glob("cluster-*.json"))
+        from .aggregatefile import member_cluster_ids
+
+        members = member_cluster_ids(pdir / "security")  # reached through their aggregate
+        files = [
+            f
+            for f in sorted((pdir / "security").glob("cluster-*.json"))
+            if f.stem.removeprefix("cluster-") not in members
+        ]
         if len(files) != 1:
             found = [f.stem.removeprefix("cluster-") for f in files]
             raise ClusterError(

@@ -15,6 +15,7 @@ from typing import Any
 
 from corral.core.profiles import list_profiles, locate_profile
 
+from .aggregatefile import member_cluster_ids
 from .cluster import Cluster, ClusterError
 
 __all__ = ["ClusterManager"]
@@ -38,12 +39,15 @@ class ClusterManager:
         :class:`Cluster`), keeping those already known; returns :attr:`clusters`."""
         for profile in list_profiles():
             try:
-                files = sorted((locate_profile(profile) / "security").glob("cluster-*.json"))
+                security = locate_profile(profile) / "security"
+                files = sorted(security.glob("cluster-*.json"))
             except (OSError, ValueError):
                 continue
+            members = member_cluster_ids(security)  # found through their aggregate
             for path in files:
-                key = _key(profile, path.stem.removeprefix("cluster-"))
-                if key in self.clusters:
+                cluster_id = path.stem.removeprefix("cluster-")
+                key = _key(profile, cluster_id)
+                if key in self.clusters or cluster_id in members:
                     continue
                 try:
                     self.clusters[key] = Cluster.from_file(path)

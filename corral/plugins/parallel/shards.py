@@ -15,6 +15,7 @@ them as one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import time
@@ -101,6 +102,38 @@ class Shards:
         self.profile: str = self.clusters[0].profile
         self.engine_timeout: float = self.clusters[0].engine_timeout
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Shards:
+        """A handle on an aggregate started elsewhere (``corral cluster start
+        --controllers N``), from its cluster file or record: every member re-attached as
+        :meth:`Cluster.from_file` does, so it hands out clients and can :meth:`stop`."""
+        from .aggregatefile import member_files
+        from .cluster import ClusterError, read_record
+
+        path = Path(path)
+        info = read_record(path) or {}
+        if "members" in info:  # the record: its cluster file lists the members' files
+            path = Path(str(info.get("cluster_file") or ""))
+        try:
+            files = member_files(path)
+        except (OSError, ValueError) as error:
+            raise ClusterError(f"{path}: {error}") from error
+        self = cls.__new__(cls)
+        # A member's record (run/) knows its engine count; its cluster file does not.
+        records = [file.parent.parent / "run" / file.name for file in files]
+        self.clusters = [
+            Cluster.from_file(record if record.exists() else file)
+            for record, file in zip(records, files, strict=True)
+        ]
+        self.shares = [cluster.n for cluster in self.clusters]
+        self.n = sum(self.shares)
+        self.cluster_id = str(
+            (read_record(path) or {}).get("cluster_id") or path.stem.removeprefix("cluster-")
+        )
+        self.profile = self.clusters[0].profile
+        self.engine_timeout = self.clusters[0].engine_timeout
+        return self
+
     @property
     def cluster_file(self) -> Path:
         """The aggregate's file, listing every member (written once all are up)."""
@@ -112,18 +145,21 @@ class Shards:
         return all(cluster.is_running for cluster in self.clusters)
 
     def start(self) -> None:
-        """Start every member controller and its engines, then write the aggregate file
-        (after every member's own file: a reader of it can connect to all at once)."""
-        started: list[Cluster] = []
+        """Start every member controller and its engines, all at once (each start is
+        mostly waiting for its controller's file), then write the aggregate file (after
+        every member's own file: a reader of it can connect to all at once)."""
+        with concurrent.futures.ThreadPoolExecutor(len(self.clusters)) as pool:
+            starts = [pool.submit(cluster.start) for cluster in self.clusters]
+        errors = [start.exception() for start in starts if start.exception() is not None]
         try:
-            for cluster in self.clusters:
-                cluster.start()
-                started.append(cluster)
+            if errors:
+                raise errors[0]  # type: ignore[misc]
             members = [dict(cluster.cluster_info or {}) for cluster in self.clusters]
             write_aggregate_file(self.cluster_file, self.cluster_id, members)
         except BaseException:
-            for cluster in started:
-                cluster.stop()
+            for cluster, start in zip(self.clusters, starts, strict=True):
+                if start.exception() is None:
+                    cluster.stop()
             raise
 
     def connect_client(self, **kwargs: Any) -> AggregateClient:
@@ -144,10 +180,11 @@ class Shards:
 
     def stop(self) -> None:
         """Stop every member; the aggregate file goes first (no new client finds a half
-        stopped aggregate)."""
+        stopped aggregate), its record (``corral cluster``'s) last."""
         self.cluster_file.unlink(missing_ok=True)
         for cluster in self.clusters:
             cluster.stop()
+        self.record_file.unlink(missing_ok=True)
 
     def pids(self) -> list[dict[str, Any]]:
         return [cluster.pids() for cluster in self.clusters]
