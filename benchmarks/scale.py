@@ -14,12 +14,14 @@ Sections (``--only`` picks some; each prints its figures and is saved to ``--jso
   without and then with two spinning processes started here that keep both cores busy:
   throughput, and the CPU and wake-ups per task of each process of either tool;
 * ``aggregated``: no-op tasks through one controller with 2 engines, and through 2
-  controllers sharing them (corral.plugins.parallel.shards): throughput and controller CPU
-  per task;
+  controllers sharing them (corral.plugins.parallel.shards), both running, in turns:
+  throughput and controller CPU per task, with the load average;
 * ``plot``: docs/scale.png from the saved JSON (matplotlib).
 
 Figures only, never pass/fail. Run: ``python benchmarks/scale.py`` (about 15 minutes on
-this 2-core machine), or a section: ``python benchmarks/scale.py --only sim``.
+this 2-core machine), a section: ``python benchmarks/scale.py --only aggregated``, or every
+section at smaller sizes: ``python benchmarks/scale.py --quick`` (what ``tox -e bench``
+runs).
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ MB = 1024 * 1024
 #: ipyparallel's published figures (issue 16): 1 kB DirectView round trip
 IPP_DV_MS = {2: 4.8, 256: 160.0}
 IPP_BCAST_2MB_100_S = 0.56
+#: ``--quick`` (``tox -e bench``): every section, at sizes that take minutes, not a quarter
+#: of an hour (the 2 MB push needs 100 simulated engines).
+QUICK: dict[str, Any] = {
+    "sizes": [100, 1000],
+    "queue_sizes": [2, 100],
+    "engines": [1, 2, 4, 8],
+    "ipp_engines": [1, 2],
+    "tasks": 2000,
+    "million": 20_000,
+}
 
 
 def noop(*args: Any) -> None:
@@ -305,39 +317,73 @@ def _controllers_cpu(pids: list[int]) -> float:
     return sum(_tree_cpu(pid) for pid in pids)
 
 
-def _aggregate_run(view: Any, pids: list[int], tasks: int) -> tuple[float, float]:
-    """(tasks/s, controller CPU us per task) for ``tasks`` no-op tasks through ``view``."""
+def _aggregate_run(view: Any, pids: list[int], tasks: int) -> tuple[float, float, float]:
+    """(tasks/s, controller CPU us per task, client CPU us per task) for ``tasks`` no-op
+    tasks through ``view`` (the client's: this process, its I/O threads included)."""
     for result in [view.apply_async(noop) for _ in range(500)]:
         result.get(60)
-    cpu, start = _controllers_cpu(pids), time.perf_counter()
+    cpu, mine, start = _controllers_cpu(pids), time.process_time(), time.perf_counter()
     for result in [view.apply_async(noop) for _ in range(tasks)]:
         result.get(300)
     wall = time.perf_counter() - start
-    return tasks / wall, (_controllers_cpu(pids) - cpu) / tasks * 1e6
+    client_us = (time.process_time() - mine) / tasks * 1e6
+    return tasks / wall, (_controllers_cpu(pids) - cpu) / tasks * 1e6, client_us
 
 
-def bench_aggregated(tasks: int, controllers: int) -> dict[str, Any]:
+def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str, Any]:
     """One controller with 2 engines against ``controllers`` controllers sharing 2 engines
-    (parallel/shards.py): throughput and the CPU of every controller process per task."""
+    (parallel/shards.py): throughput and the CPU of every controller process per task.
+    Both run side by side and take turns, ``rounds`` times, so the machine's other load
+    falls on both alike; the figures are medians, with the load average of each turn."""
     from corral.plugins.parallel.shards import Shards
 
-    with corral_cluster(2) as (cluster, client):
-        one = _aggregate_run(client.load_balanced_view(), [cluster.pids()["controller"]], tasks)
+    one_runs: list[tuple[float, float, float]] = []
+    many_runs: list[tuple[float, float, float]] = []
+    loads: list[float] = []
     shards = Shards(2, controllers=controllers, profile="scale-bench", engine_timeout=120)
-    with shards as aggregate:
-        pids = [p["controller"] for p in shards.pids()]
-        many = _aggregate_run(aggregate.load_balanced_view(), pids, tasks)
+    with corral_cluster(2) as (cluster, client), shards as aggregate:
+        single_pids = [cluster.pids()["controller"]]
+        many_pids = [p["controller"] for p in shards.pids()]
+        single_view = client.load_balanced_view()
+        many_view = aggregate.load_balanced_view()
+        for turn in range(rounds):
+            one_runs.append(_aggregate_run(single_view, single_pids, tasks))
+            many_runs.append(_aggregate_run(many_view, many_pids, tasks))
+            loads.append(os.getloadavg()[0])
+            (a, b) = one_runs[-1], many_runs[-1]
+            print(
+                f"aggregated turn {turn + 1}: 1 controller {a[0]:.0f} tasks/s, {a[1]:.0f} us "
+                f"controller CPU/task, {a[2]:.0f} us client CPU/task; {controllers} "
+                f"controllers {b[0]:.0f} tasks/s, {b[1]:.0f} us, {b[2]:.0f} us; "
+                f"load {loads[-1]:.1f}",
+                flush=True,
+            )
+        moved = many_view.moved
+        many_view.close()
+    one = [statistics.median(r[i] for r in one_runs) for i in range(3)]
+    many = [statistics.median(r[i] for r in many_runs) for i in range(3)]
     ratio = many[1] / one[1]
     print(
-        f"aggregated: 1 controller {one[0]:.0f} tasks/s, {one[1]:.0f} us CPU/task; "
-        f"{controllers} controllers {many[0]:.0f} tasks/s, {many[1]:.0f} us CPU/task: "
-        f"cost {ratio:.2f}x",
+        f"aggregated (median of {rounds}): 1 controller {one[0]:.0f} tasks/s, {one[1]:.0f} us "
+        f"controller CPU/task, {one[2]:.0f} us client CPU/task; {controllers} controllers "
+        f"{many[0]:.0f} tasks/s, {many[1]:.0f} us, {many[2]:.0f} us: cost {ratio:.2f}x (goal "
+        f"<= 1.2x), client {many[2] / one[2]:.2f}x, throughput {many[0] / one[0]:.2f}x; "
+        f"{moved} tasks moved; load {min(loads):.1f}-{max(loads):.1f}",
         flush=True,
     )
     return {
-        "one": {"tasks_s": one[0], "cpu_us": one[1]},
-        "many": {"controllers": controllers, "tasks_s": many[0], "cpu_us": many[1]},
+        "one": {"tasks_s": one[0], "cpu_us": one[1], "client_us": one[2]},
+        "many": {
+            "controllers": controllers,
+            "tasks_s": many[0],
+            "cpu_us": many[1],
+            "client_us": many[2],
+        },
         "cost_ratio": ratio,
+        "client_ratio": many[2] / one[2],
+        "moved": moved,
+        "throughput_ratio": many[0] / one[0],
+        "turns": {"one": one_runs, "many": many_runs, "loadavg": loads},
     }
 
 
@@ -570,15 +616,30 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=["sim", "real", "million", "contention"])
+    parser.add_argument(
+        "--only", nargs="*", default=["sim", "real", "million", "contention", "aggregated"]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes for `tox -e bench` (a few minutes); figures go to a temporary "
+        "file, not to benchmarks/scale.json and docs/scale.png",
+    )
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 1000, 5000])
     parser.add_argument("--queue-sizes", type=int, nargs="*", default=[2, 256, 1000])
     parser.add_argument("--engines", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--ipp-engines", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3, help="aggregated: turns of each")
     parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():  # only where the command line left the default
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+        if args.json == RESULTS:
+            args.json = Path(tempfile.mkdtemp(prefix="corral-scale-")) / "scale.json"
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     os.environ.setdefault("CORRAL_DIR", tempfile.mkdtemp(prefix="corral-scale-"))
     sections: dict[str, Callable[[], Any]] = {
@@ -586,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
         "real": lambda: bench_real(args.engines, args.ipp_engines),
         "million": lambda: bench_million(args.million, 10_000),
         "contention": lambda: bench_contention(args.tasks),
-        "aggregated": lambda: bench_aggregated(args.tasks, 2),
+        "aggregated": lambda: bench_aggregated(args.tasks, 2, args.rounds),
     }
     for name in args.only:
         if name in sections:
@@ -602,7 +663,8 @@ def main(argv: list[str] | None = None) -> None:
                 fresh = old
             results[name] = fresh
             args.json.write_text(json.dumps(results, indent=1))
-    plot(results, PLOT)
+    if args.json == RESULTS:  # docs/scale.png draws benchmarks/scale.json
+        plot(results, PLOT)
 
 
 if __name__ == "__main__":
