@@ -49,6 +49,7 @@ def reply(db: TaskDB, msg_id: str, engine: str, eid: int, status: str = "ok", **
         json.dumps({"status": status}),
         json.dumps({"status": status, "n": kw.get("n", 0)}),
         kw.get("buffers", []),
+        recorded=kw.get("recorded"),
     )
 
 
@@ -131,6 +132,38 @@ def test_rows_from_earlier_batches_keep_their_request_fields(db: TaskDB) -> None
         ("e1", "apply_request", "ok"),
     ]
     assert {r["engine_uuid"]: r["submitted"] for r in rows}[""] == "2026-01-02"
+
+
+def test_a_reply_lands_on_its_earlier_row_in_one_write(db: TaskDB) -> None:
+    """A reply whose request was written by an earlier batch (a burst's queued tasks, any
+    task longer than a batch), with the row the hub knows it has, updates that row once:
+    one row changed per reply, where a claim then an upsert changed it twice. Without
+    the hint, or with a wrong one, every reply of the batch still lands."""
+    request(db, "u")  # queued in the scheduler: no engine yet
+    request(db, "v", "e1", 0)
+    request(db, "w", "e1", 0)
+    request(db, "x", "e1", 0)
+    db.flush()
+    reply(db, "w", "e1", 0, recorded="e1")
+    reply(db, "w", "e1", 0, status="error", recorded="e1")  # never replaces the first
+    db.flush()
+    changes = db._call(lambda: db._db.total_changes)  # type: ignore[attr-defined]
+    reply(db, "u", "e2", 1, recorded="")
+    reply(db, "v", "e1", 0, buffers=[b"v"], recorded="e1")
+    db.flush()
+    assert db._call(lambda: db._db.total_changes) - changes == 2  # type: ignore[attr-defined]
+    reply(db, "x", "e1", 0, recorded="")  # a wrong hint: the batch takes the long way
+    reply(db, "late", "e1", 0, recorded="e1")  # no request row at all
+    reply(db, "v", "e1", 0, status="error")
+    got = db.get(["u", "v", "w", "x", "late"])
+    assert [(got[m]["engine_uuid"], got[m]["result_status"]) for m in "uvwx"] == [
+        ("e2", "ok"),
+        ("e1", "ok"),
+        ("e1", "ok"),
+        ("e1", "ok"),
+    ]
+    assert got["v"]["result_buffers"] == [b"v"] and got["late"]["result_status"] == "ok"
+    assert len(db.find({})) == 5
 
 
 def test_reply_without_request_is_recorded(db: TaskDB) -> None:

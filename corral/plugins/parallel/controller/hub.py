@@ -628,8 +628,10 @@ class Hub(Component):
         pending = self.pending
         if (msg_id, engine) in pending:
             del pending[(msg_id, engine)]
+            recorded = engine_text  # the row its request made (a hint: see add_reply)
         elif (msg_id, b"") in pending:  # engine chosen later, or the task outlived it
             del pending[(msg_id, b"")]
+            recorded = ""
         else:
             # Only the engine a task was assigned to answers it, once: a stored result
             # is never replaced by a later message.
@@ -654,6 +656,7 @@ class Hub(Component):
             parts[2].decode("utf-8", "replace"),
             parts[3].decode("utf-8", "replace"),
             [memoryview(f) for f in frames[9:]],
+            recorded=recorded,
         )
 
     def on_iopub(self, frames: list[zmq.Frame]) -> None:
