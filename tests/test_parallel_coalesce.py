@@ -25,7 +25,15 @@ from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client, EngineError
 from corral.plugins.parallel.client.client import _read_cluster_file
-from corral.plugins.parallel.coalesce import Coalescer, mark_metadata, parse_mark, read_mark
+from corral.plugins.parallel.coalesce import (
+    ENGINES,
+    Coalescer,
+    mark_metadata,
+    pack_engines,
+    parse_mark,
+    read_mark,
+    unpack_engines,
+)
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches, unbatch
 from corral.transports.zmq.door import cluster_signer
@@ -161,6 +169,33 @@ def test_broadcast_replies_reach_the_client_together(
     result = rc.broadcast_view().apply_async(pid_after, delays)
     assert result.get(timeout=TIMEOUT) == pids
     assert reply_messages["broadcast"] == [3], reply_messages
+
+
+def test_the_hub_records_a_broadcast_once_per_engine(live: LiveCluster) -> None:
+    rc = live.client
+    result = rc.broadcast_view().apply_async(pid_after, {})
+    assert result.get(timeout=TIMEOUT) == _pids(rc)
+    (msg_id,) = result.msg_ids
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # the hub's records trail the replies a little
+        rows = rc.db_query({"msg_id": msg_id}, keys=["engine_id", "completed"])
+        if len(rows) == 3 and all(r["completed"] for r in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sorted(r["engine_id"] for r in rows) == rc.ids
+    assert all(r["completed"] for r in rows)
+    again = rc.get_result(msg_id)
+    assert again.get(timeout=TIMEOUT) == _pids(rc)
+
+
+def test_packed_engine_frames_round_trip_and_malformed_ones_are_refused() -> None:
+    engines = [b"a" * 36, b"b", "é".encode()]
+    assert unpack_engines(pack_engines(engines)) == engines
+    packed = pack_engines(engines)
+    assert unpack_engines(packed[:-1]) is None  # cut short
+    assert unpack_engines(b"engine-uuid") is None  # a single engine
+    assert unpack_engines(ENGINES) is None  # naming none
+    assert unpack_engines(ENGINES + b"\x00\x00") is None  # an empty uuid
 
 
 def test_a_single_engine_call_is_not_held(
