@@ -171,6 +171,18 @@ def test_broadcast_replies_reach_the_client_together(
     assert reply_messages["broadcast"] == [3], reply_messages
 
 
+def test_an_engines_later_reply_does_not_overtake_its_held_one(live: LiveCluster) -> None:
+    rc = live.client
+    first, last = rc.ids[0], rc.ids[-1]
+    slow = {rc.engines[last].pid: 2.0}  # the call is held for its last engine (gap: 3 s)
+    held = rc[:].apply_async(pid_after, slow)
+    later = rc[first].apply_async(pid_after, {})  # queued behind ``held`` on ``first``
+    assert later.get(timeout=TIMEOUT) == rc.engines[first].pid
+    # ``first`` answered ``held`` before ``later``: the client has that reply too.
+    assert held.progress >= 1 and not held.ready()
+    assert held.get(timeout=TIMEOUT) == _pids(rc)
+
+
 def test_the_hub_records_a_broadcast_once_per_engine(live: LiveCluster) -> None:
     rc = live.client
     result = rc.broadcast_view().apply_async(pid_after, {})
