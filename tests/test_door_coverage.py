@@ -55,6 +55,7 @@ SESSION_METHODS = {"recv", "parse"}
 RAW = {
     "core/builtin_magics.py:pump": "a child process's output pipe (%sx), not a socket",
     "core/processes.py:process_alive": "a /proc file",
+    "core/processes.py:tail": "a log file",
     "frontends/kernel_link.py:_HeartbeatWatch.run": "heartbeat echo: bytes, not a message",
     "frontends/run.py:run_command": "the user's stdin",
     "notification/bridge.py:BridgeReceiver.pump": "the bridge authenticates its own "
@@ -87,7 +88,6 @@ RAW = {
     "plugins/parallel/engine/local.py:LocalConnection.read": "framing only; the engine "
     "admits each message (SameHostClients.serve)",
     "plugins/parallel/client/local.py:LocalCalls.call": None,  # reaches parse: checked
-    "plugins/parallel/launchers/base.py:tail": "a log file",
     "plugins/parallel/launchers/local.py:_is_ancestor": "a /proc file",
     "plugins/parallel/launchers/local.py:_wait_for_file": "a cluster file",
     "transports/zmq/aclient.py:AsyncKernelClient.heartbeat": "heartbeat echo",
@@ -100,7 +100,6 @@ RAW = {
     "transports/zmq/ipc.py:_owner": "a claim file",
     "transports/zmq/kernel.py:KernelServer.serve_forever": None,  # also session.recv
     "transports/zmq/kernel.py:KernelServer._ask_stdin": None,  # also session.recv
-    "transports/zmq/manager.py:_KernelProcess.output_tail": "a log file",
     "transports/zmq/manager.py:_HeartbeatMonitor.run": "heartbeat echo",
     "transports/zmq/manager.py:KernelManager._wait_for_heartbeat": "heartbeat echo",
     "transports/zmq/session.py:Session.recv": None,  # parse: checked

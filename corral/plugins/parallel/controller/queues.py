@@ -61,6 +61,7 @@ from corral.transports.zmq.batch import (
 from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     ROLES,
+    Misdirected,
     Role,
     RoleRefused,
     admit,
@@ -370,10 +371,11 @@ class RoutingQueue(Component):
         self.refusals.refused(why, who)
 
     def _verify(
-        self, frames: Sequence[Any], at: int, role: Role
+        self, frames: Sequence[Any], at: int, role: Role, dest: str | None = None
     ) -> tuple[list[bytes], dict[str, Any]] | None:
         """The four JSON parts and the header, if ``frames[at]`` is the delimiter and the
-        message passes the door (corral.transports.zmq.door.admit) for ``role``."""
+        message passes the door (corral.transports.zmq.door.admit) for ``role`` (and,
+        for requests, names this queue as its signed ``dest``)."""
         peer = frames[0] if frames else b""
         if len(frames) < at + 6 or frames[at] != DELIM:
             self._drop("malformed messages", len(frames), peer)
@@ -385,13 +387,16 @@ class RoutingQueue(Component):
             # or client that unpickles the buffers hashes them.
             header = admit(
                 self.signer, self.replay, parts, signature, frames[at + 6 :],
-                how=BUFFERS_COUNTED, role=role,
+                how=BUFFERS_COUNTED, role=role, dest=dest,
             )  # fmt: skip
         except wire.BadSignature:
             self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
             return None
         except wire.ReplayedMessage:
             self._drop("replayed messages", len(frames), peer)
+            return None
+        except Misdirected:
+            self._drop(f"messages signed for another destination ({self.name})", len(frames), peer)
             return None
         except RoleRefused:
             self._drop(f"messages this socket does not take ({role.name})", len(frames), peer)
@@ -423,7 +428,7 @@ class RoutingQueue(Component):
         if frames[0] == BATCH:  # would read as a batch when forwarded to an engine
             self._drop("a client id may not be the batch marker", len(frames))
             return
-        verified = self._verify(frames, self.client_routing, _FROM_CLIENTS)
+        verified = self._verify(frames, self.client_routing, _FROM_CLIENTS, self.name)
         if verified is None:
             return
         parts, header = verified
@@ -623,21 +628,25 @@ class RoutingQueue(Component):
         return None
 
     def send_engine(self, engine: bytes, client: Any, rest: Sequence[Any]) -> None:
-        """``[engine, client, DELIM, ...]`` to a registered engine, sent by :meth:`flush`.
+        """``[engine, client, seal, DELIM, ...]`` to a registered engine, sent by
+        :meth:`flush`. The seal (corral.transports.zmq.door.ClusterSigner.route_seal)
+        binds the request to this queue and this engine: a copy captured on its way to
+        one engine is refused by any other.
 
         An engine connects its queue sockets before it registers, but the connection may
         still be completing when its first task comes (EHOSTUNREACH): such messages are
         held, in order, and retried until :data:`CONNECT_GRACE` runs out.
         """
+        message = [client, self.signer.route_seal(self.name, engine, rest[1]), *rest]
         held = self.backlog.get(engine)
         if held is not None:
-            held.append([engine, client, *rest])
+            held.append([engine, *message])
             return
         queued = self._to_engines.get(engine)
         if queued is None:
-            self._to_engines[engine] = [[client, *rest]]
+            self._to_engines[engine] = [message]
         else:
-            queued.append([client, *rest])
+            queued.append(message)
 
     def flush(self) -> None:
         """Send what handling the last burst produced: the hub's copies first (so a
@@ -756,7 +765,7 @@ class RoutingQueue(Component):
                 del self.backlog[engine]
                 del self._backlog_deadline[engine]
                 for frames in held:
-                    header = loads_dict(bytes(frames[4])) or {}
+                    header = loads_dict(bytes(frames[5])) or {}  # engine, client, seal, DELIM, sig
                     log.warning("%s: engine %r never connected", self.name, engine)
                     self.undeliverable(engine, str(header.get("msg_id")))
 
@@ -923,7 +932,8 @@ class DirectQueue(PerEngineQueue):
             # Not announced to us yet, but an engine connects before it registers: if the
             # uuid is connected, the hub's notification is merely still on its way.
             try:
-                send_frames(self.engine_sock, [engine, client, *frames[2:]])
+                seal = self.signer.route_seal(self.name, engine, frames[3])
+                send_frames(self.engine_sock, [engine, client, seal, *frames[2:]])
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
