@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Any
 
 __all__ = [
@@ -37,9 +38,12 @@ __all__ = [
     "MARK",
     "Coalescer",
     "Group",
+    "ENGINES",
     "mark_metadata",
+    "pack_engines",
     "parse_mark",
     "read_mark",
+    "unpack_engines",
 ]
 
 #: Held replies of a call go once none of its replies came for this long (seconds);
@@ -202,3 +206,36 @@ class Coalescer:
                 if soonest is None or at < soonest:
                     soonest = at
         return soonest
+
+
+# -- one hub copy for a broadcast request --------------------------------------------------
+
+#: The engine frame of a request copy sent once for several engines (the broadcast queue's
+#: request to N targets): this marker, then each engine uuid behind its uint16 length.
+#: ZeroMQ never gives a peer an id starting with a zero byte, so it names no engine.
+ENGINES = b"\x00engines:"
+
+
+def pack_engines(engines: list[bytes]) -> bytes:
+    """The engine frame of one hub copy standing for ``engines`` (sealed into the copy's
+    envelope like a single engine's uuid, so it cannot be changed on the way)."""
+    return ENGINES + b"".join(struct.pack("<H", len(e)) + e for e in engines)
+
+
+def unpack_engines(frame: bytes) -> list[bytes] | None:
+    """The engines of a :func:`pack_engines` frame, or None if it is not one (or is
+    malformed)."""
+    if not frame.startswith(ENGINES):
+        return None
+    out = []
+    at, end = len(ENGINES), len(frame)
+    while at < end:
+        if at + 2 > end:
+            return None
+        (size,) = struct.unpack_from("<H", frame, at)
+        at += 2
+        if not size or at + size > end:
+            return None
+        out.append(frame[at : at + size])
+        at += size
+    return out or None

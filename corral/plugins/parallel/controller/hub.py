@@ -45,6 +45,7 @@ from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
 
 from .. import events
+from ..coalesce import unpack_engines
 from ..flow import MONITOR_BOUND
 from .base import (
     Component,
@@ -602,18 +603,30 @@ class Hub(Component):
                 self._drop("monitor: a request copy that is not a request", len(frames))
                 return
             msg_id = header["msg_id"]
-            self.pending[(msg_id, engine)] = None
             date = header.get("date")
-            self.db.add_request(
-                msg_id,
-                _client_text(client),
-                engine_text,
-                engine_id,
-                str(header.get("msg_type", "")),
-                parts[0].decode("utf-8", "replace"),
-                parts[2].decode("utf-8", "replace"),
-                date if isinstance(date, str) else None,
-            )
+            # A broadcast's copy stands for all its engines (sealed in the envelope).
+            engines = None
+            if engine[:1] == b"\x00":
+                engines = unpack_engines(engine)
+                if engines is None:
+                    self._drop("monitor: a request copy naming no engine", len(frames))
+                    return
+            client_text = _client_text(client)
+            msg_type = str(header.get("msg_type", ""))
+            header_text = parts[0].decode("utf-8", "replace")
+            metadata_text = parts[2].decode("utf-8", "replace")
+            for one in engines or (engine,):
+                self.pending[(msg_id, one)] = None
+                self.db.add_request(
+                    msg_id,
+                    client_text,
+                    one.decode("utf-8", "replace") if engines else engine_text,
+                    self.by_uuid.get(one) if engines else engine_id,
+                    msg_type,
+                    header_text,
+                    metadata_text,
+                    date if isinstance(date, str) else None,
+                )
             return
         parent = loads_dict(parts[1])
         metadata = loads_dict(parts[2])

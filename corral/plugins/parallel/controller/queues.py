@@ -70,7 +70,7 @@ from corral.transports.zmq.door import (
 from corral.transports.zmq.gate import Gate, RefusalLog, peer_name
 from corral.transports.zmq.session import Session
 
-from ..coalesce import GAP, Coalescer, Group, read_mark
+from ..coalesce import GAP, Coalescer, Group, pack_engines, read_mark
 from ..flow import (
     CLIENT_BOUND,
     STORED,
@@ -984,6 +984,7 @@ class BroadcastScheduler(PerEngineQueue):
             return
         msg_id = header["msg_id"]
         coalescer = self.coalescer if len(chosen) > 1 else None
+        sent: list[bytes] = []
         for eid, engine in chosen:
             # the replies of all targets leave together
             group = coalescer.join(client_id, msg_id, len(chosen)) if coalescer else None
@@ -991,9 +992,13 @@ class BroadcastScheduler(PerEngineQueue):
                 self.monitor([REQUEST, b"", client, *rest[:6]])
                 self.error_reply(client_id, header, b"", "EngineError", f"no engine {eid}", group)
                 continue
-            self.monitor([REQUEST, engine, client, *rest[:6]])
+            sent.append(engine)
             self.outstanding.setdefault(engine, {})[msg_id] = Pending(client_id, header, group)
             self.send_engine(engine, client, rest)
+        if len(sent) > 1:  # one copy for the hub, naming every engine (coalesce.py)
+            self.monitor([REQUEST, pack_engines(sent), client, *rest[:6]])
+        elif sent:
+            self.monitor([REQUEST, sent[0], client, *rest[:6]])
 
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
         table = self.outstanding.get(engine)
