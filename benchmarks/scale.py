@@ -10,15 +10,18 @@ Sections (``--only`` picks some; each prints its figures and is saved to ``--jso
   (and ipyparallel's, for the counts given to ``--ipp-engines``, where it is installed);
 * ``million``: N no-op tasks (1,000,000 by default) through one client, 2 engines, the
   task database on: throughput per tenth of the run and the controller's RSS;
-* ``contention``: no-op tasks through corral and ProcessPoolExecutor (2 workers each)
-  while two spinning processes started here keep both cores busy;
+* ``contention``: no-op tasks through corral and ProcessPoolExecutor (2 workers each),
+  without and then with two spinning processes started here that keep both cores busy:
+  throughput, and the CPU and wake-ups per task of each process of either tool;
 * ``aggregated``: no-op tasks through one controller with 2 engines, and through 2
-  controllers sharing them (corral.plugins.parallel.shards): throughput and controller CPU
-  per task;
+  controllers sharing them (corral.plugins.parallel.shards), both running, in turns:
+  throughput and controller CPU per task, with the load average;
 * ``plot``: docs/scale.png from the saved JSON (matplotlib).
 
 Figures only, never pass/fail. Run: ``python benchmarks/scale.py`` (about 15 minutes on
-this 2-core machine), or a section: ``python benchmarks/scale.py --only sim``.
+this 2-core machine), a section: ``python benchmarks/scale.py --only aggregated``, or every
+section at smaller sizes: ``python benchmarks/scale.py --quick`` (what ``tox -e bench``
+runs).
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ MB = 1024 * 1024
 #: ipyparallel's published figures (issue 16): 1 kB DirectView round trip
 IPP_DV_MS = {2: 4.8, 256: 160.0}
 IPP_BCAST_2MB_100_S = 0.56
+#: ``--quick`` (``tox -e bench``): every section, at sizes that take minutes, not a quarter
+#: of an hour (the 2 MB push needs 100 simulated engines).
+QUICK: dict[str, Any] = {
+    "sizes": [100, 1000],
+    "queue_sizes": [2, 100],
+    "engines": [1, 2, 4, 8],
+    "ipp_engines": [1, 2],
+    "tasks": 2000,
+    "million": 20_000,
+}
 
 
 def noop(*args: Any) -> None:
@@ -304,39 +317,73 @@ def _controllers_cpu(pids: list[int]) -> float:
     return sum(_tree_cpu(pid) for pid in pids)
 
 
-def _aggregate_run(view: Any, pids: list[int], tasks: int) -> tuple[float, float]:
-    """(tasks/s, controller CPU us per task) for ``tasks`` no-op tasks through ``view``."""
+def _aggregate_run(view: Any, pids: list[int], tasks: int) -> tuple[float, float, float]:
+    """(tasks/s, controller CPU us per task, client CPU us per task) for ``tasks`` no-op
+    tasks through ``view`` (the client's: this process, its I/O threads included)."""
     for result in [view.apply_async(noop) for _ in range(500)]:
         result.get(60)
-    cpu, start = _controllers_cpu(pids), time.perf_counter()
+    cpu, mine, start = _controllers_cpu(pids), time.process_time(), time.perf_counter()
     for result in [view.apply_async(noop) for _ in range(tasks)]:
         result.get(300)
     wall = time.perf_counter() - start
-    return tasks / wall, (_controllers_cpu(pids) - cpu) / tasks * 1e6
+    client_us = (time.process_time() - mine) / tasks * 1e6
+    return tasks / wall, (_controllers_cpu(pids) - cpu) / tasks * 1e6, client_us
 
 
-def bench_aggregated(tasks: int, controllers: int) -> dict[str, Any]:
+def bench_aggregated(tasks: int, controllers: int, rounds: int = 3) -> dict[str, Any]:
     """One controller with 2 engines against ``controllers`` controllers sharing 2 engines
-    (parallel/shards.py): throughput and the CPU of every controller process per task."""
+    (parallel/shards.py): throughput and the CPU of every controller process per task.
+    Both run side by side and take turns, ``rounds`` times, so the machine's other load
+    falls on both alike; the figures are medians, with the load average of each turn."""
     from corral.plugins.parallel.shards import Shards
 
-    with corral_cluster(2) as (cluster, client):
-        one = _aggregate_run(client.load_balanced_view(), [cluster.pids()["controller"]], tasks)
+    one_runs: list[tuple[float, float, float]] = []
+    many_runs: list[tuple[float, float, float]] = []
+    loads: list[float] = []
     shards = Shards(2, controllers=controllers, profile="scale-bench", engine_timeout=120)
-    with shards as aggregate:
-        pids = [p["controller"] for p in shards.pids()]
-        many = _aggregate_run(aggregate.load_balanced_view(), pids, tasks)
+    with corral_cluster(2) as (cluster, client), shards as aggregate:
+        single_pids = [cluster.pids()["controller"]]
+        many_pids = [p["controller"] for p in shards.pids()]
+        single_view = client.load_balanced_view()
+        many_view = aggregate.load_balanced_view()
+        for turn in range(rounds):
+            one_runs.append(_aggregate_run(single_view, single_pids, tasks))
+            many_runs.append(_aggregate_run(many_view, many_pids, tasks))
+            loads.append(os.getloadavg()[0])
+            (a, b) = one_runs[-1], many_runs[-1]
+            print(
+                f"aggregated turn {turn + 1}: 1 controller {a[0]:.0f} tasks/s, {a[1]:.0f} us "
+                f"controller CPU/task, {a[2]:.0f} us client CPU/task; {controllers} "
+                f"controllers {b[0]:.0f} tasks/s, {b[1]:.0f} us, {b[2]:.0f} us; "
+                f"load {loads[-1]:.1f}",
+                flush=True,
+            )
+        moved = many_view.moved
+        many_view.close()
+    one = [statistics.median(r[i] for r in one_runs) for i in range(3)]
+    many = [statistics.median(r[i] for r in many_runs) for i in range(3)]
     ratio = many[1] / one[1]
     print(
-        f"aggregated: 1 controller {one[0]:.0f} tasks/s, {one[1]:.0f} us CPU/task; "
-        f"{controllers} controllers {many[0]:.0f} tasks/s, {many[1]:.0f} us CPU/task: "
-        f"cost {ratio:.2f}x",
+        f"aggregated (median of {rounds}): 1 controller {one[0]:.0f} tasks/s, {one[1]:.0f} us "
+        f"controller CPU/task, {one[2]:.0f} us client CPU/task; {controllers} controllers "
+        f"{many[0]:.0f} tasks/s, {many[1]:.0f} us, {many[2]:.0f} us: cost {ratio:.2f}x (goal "
+        f"<= 1.2x), client {many[2] / one[2]:.2f}x, throughput {many[0] / one[0]:.2f}x; "
+        f"{moved} tasks moved; load {min(loads):.1f}-{max(loads):.1f}",
         flush=True,
     )
     return {
-        "one": {"tasks_s": one[0], "cpu_us": one[1]},
-        "many": {"controllers": controllers, "tasks_s": many[0], "cpu_us": many[1]},
+        "one": {"tasks_s": one[0], "cpu_us": one[1], "client_us": one[2]},
+        "many": {
+            "controllers": controllers,
+            "tasks_s": many[0],
+            "cpu_us": many[1],
+            "client_us": many[2],
+        },
         "cost_ratio": ratio,
+        "client_ratio": many[2] / one[2],
+        "moved": moved,
+        "throughput_ratio": many[0] / one[0],
+        "turns": {"one": one_runs, "many": many_runs, "loadavg": loads},
     }
 
 
@@ -345,31 +392,168 @@ def _spin(stop: Any) -> None:
         sum(range(10_000))
 
 
-def bench_contention(tasks: int) -> dict[str, Any]:
-    stop = multiprocessing.Event()
-    hogs = [multiprocessing.Process(target=_spin, args=(stop,)) for _ in range(2)]
-    for hog in hogs:
-        hog.start()
+def _threads_cpu(pid: int) -> tuple[float, int]:
+    """(CPU seconds, voluntary context switches) of every thread of ``pid`` so far.
+
+    The switches are the thread's wake-ups (each zmq I/O thread counted too). From
+    ``/proc/<pid>/task/*/`` (nanoseconds, per thread) where there is one, else psutil.
+    """
+    cpu, woken = 0.0, 0
+    tasks = Path(f"/proc/{pid}/task")
     try:
-        with ProcessPoolExecutor(2) as pool:
-            list(pool.map(noop, range(100)))
+        tids = os.listdir(tasks)
+    except OSError:
+        proc = psutil.Process(pid)
+        return _cpu(proc), proc.num_ctx_switches().voluntary
+    for tid in tids:
+        try:
+            cpu += int((tasks / tid / "schedstat").read_text().split()[0]) / 1e9
+            for line in (tasks / tid / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches"):
+                    woken += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return cpu, woken
+
+
+def _roles_cpu(roles: dict[str, list[int]]) -> dict[str, tuple[float, int]]:
+    return {
+        role: (sum(c for c, _ in stats), sum(w for _, w in stats))
+        for role, stats in ((r, [_threads_cpu(p) for p in pids]) for r, pids in roles.items())
+    }
+
+
+def _per_task(
+    before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]], tasks: int
+) -> dict[str, dict[str, float]]:
+    """CPU microseconds and wake-ups per task of each role, and their total."""
+    out = {
+        role: {
+            "cpu_us": (after[role][0] - before[role][0]) / tasks * 1e6,
+            "wakeups": (after[role][1] - before[role][1]) / tasks,
+        }
+        for role in after
+    }
+    out["total"] = {
+        "cpu_us": sum(v["cpu_us"] for v in out.values()),
+        "wakeups": sum(v["wakeups"] for v in out.values()),
+    }
+    return out
+
+
+def _contention_round(
+    submit: Callable[[], float], roles: dict[str, list[int]], tasks: int
+) -> tuple[float, dict[str, dict[str, float]]]:
+    before = _roles_cpu(roles)
+    rate = submit()
+    return rate, _per_task(before, _roles_cpu(roles), tasks)
+
+
+def bench_contention(tasks: int, rounds: int = 3) -> dict[str, Any]:
+    """corral against ProcessPoolExecutor (2 engines / workers), ``tasks`` no-op tasks per
+    round, rounds alternating between the two; without, then with, two processes spinning
+    on both cores. Per tool: the best and median throughput, and the CPU and wake-ups per
+    task of each of its processes (the median round's), summed over all their threads:
+    under a load that keeps the cores busy, a tool's throughput is about the CPU share
+    its processes get over the CPU each task costs them."""
+    out: dict[str, Any] = {}
+    with ProcessPoolExecutor(2) as pool, corral_cluster(2) as (cluster, client):
+        list(pool.map(noop, range(100)))
+        client.wait_for_engines(2, timeout=120)
+        _throughput(client, noop, 500)
+
+        def ppe_run() -> float:
             start = time.perf_counter()
             for future in [pool.submit(noop) for _ in range(tasks)]:
                 future.result()
-            ppe = tasks / (time.perf_counter() - start)
-        with corral_cluster(2) as (_cluster, client):
-            _throughput(client, noop, 500)
-            ours = _throughput(client, noop, tasks)
-    finally:
-        stop.set()
-        for hog in hogs:
-            hog.join(10)
-    print(
-        f"contention (2 spinning processes): corral {ours:.0f} tasks/s, "
-        f"ProcessPoolExecutor {ppe:.0f} tasks/s: {ours / ppe:.2f}x",
-        flush=True,
+            return tasks / (time.perf_counter() - start)
+
+        pids = cluster.pids()
+        controller = psutil.Process(pids["controller"])
+        corral_roles: dict[str, list[int]] = {"client": [os.getpid()], "engines": pids["engines"]}
+        for proc in [controller, *controller.children(recursive=True)]:
+            role = proc.name().removeprefix("corral-") or "controller"
+            corral_roles.setdefault(role, []).append(proc.pid)
+        # the pool's workers: this process's children that are not the cluster's
+        cluster_pids = {*pids["monitors"], *pids["engines"], pids["controller"]}
+        workers = [
+            p.pid
+            for p in psutil.Process().children()
+            if p.pid not in cluster_pids and "monitor" not in " ".join(p.cmdline())
+        ]
+        ppe_roles = {"client": [os.getpid()], "workers": workers}
+        for hog in (False, True):
+            stop = multiprocessing.Event()
+            hogs = [
+                multiprocessing.Process(target=_spin, args=(stop,)) for _ in range(2 if hog else 0)
+            ]
+            for proc in hogs:
+                proc.start()
+            runs: dict[str, list[tuple[float, dict[str, dict[str, float]]]]] = {
+                "ppe": [],
+                "corral": [],
+            }
+            try:
+                for _ in range(rounds):
+                    runs["ppe"].append(_contention_round(ppe_run, ppe_roles, tasks))
+                    runs["corral"].append(
+                        _contention_round(
+                            lambda: _throughput(client, noop, tasks), corral_roles, tasks
+                        )
+                    )
+            finally:
+                stop.set()
+                for proc in hogs:
+                    proc.join(10)
+            section: dict[str, Any] = {"loadavg": os.getloadavg()[0]}
+            for tool, results in runs.items():
+                ordered = sorted(results, key=lambda r: r[0])
+                section[tool] = {
+                    "tasks_s": [r[0] for r in results],
+                    "best_tasks_s": ordered[-1][0],
+                    "median_tasks_s": ordered[len(ordered) // 2][0],
+                    "per_task": ordered[len(ordered) // 2][1],
+                }
+            section["ratio_best"] = (
+                section["corral"]["best_tasks_s"] / section["ppe"]["best_tasks_s"]
+            )
+            section["ratio_median"] = (
+                section["corral"]["median_tasks_s"] / section["ppe"]["median_tasks_s"]
+            )
+            section["cpu_ratio"] = (
+                section["corral"]["per_task"]["total"]["cpu_us"]
+                / section["ppe"]["per_task"]["total"]["cpu_us"]
+            )
+            name = "hog" if hog else "quiet"
+            out[name] = section
+            for tool in ("ppe", "corral"):
+                per = section[tool]["per_task"]
+                shares = ", ".join(
+                    f"{role} {v['cpu_us']:.0f}"
+                    for role, v in per.items()
+                    if role != "total" and v["cpu_us"] >= 0.5
+                )
+                print(
+                    f"contention ({'2 spinning processes' if hog else 'no hog'}): {tool:6s} "
+                    f"{section[tool]['median_tasks_s']:6.0f} tasks/s (best "
+                    f"{section[tool]['best_tasks_s']:.0f}); CPU {per['total']['cpu_us']:.0f} "
+                    f"us/task ({shares}); {per['total']['wakeups']:.2f} wake-ups/task",
+                    flush=True,
+                )
+            print(
+                f"contention ({'2 spinning processes' if hog else 'no hog'}): corral / "
+                f"ProcessPoolExecutor {section['ratio_median']:.2f}x median, "
+                f"{section['ratio_best']:.2f}x best; CPU per task {section['cpu_ratio']:.2f}x; "
+                f"load average {section['loadavg']:.1f}",
+                flush=True,
+            )
+    hogged = out["hog"]
+    out.update(
+        corral_tasks_s=hogged["corral"]["median_tasks_s"],
+        ppe_tasks_s=hogged["ppe"]["median_tasks_s"],
+        ratio=hogged["ratio_median"],
     )
-    return {"corral_tasks_s": ours, "ppe_tasks_s": ppe, "ratio": ours / ppe}
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -432,15 +616,30 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=["sim", "real", "million", "contention"])
+    parser.add_argument(
+        "--only", nargs="*", default=["sim", "real", "million", "contention", "aggregated"]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes for `tox -e bench` (a few minutes); figures go to a temporary "
+        "file, not to benchmarks/scale.json and docs/scale.png",
+    )
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 1000, 5000])
     parser.add_argument("--queue-sizes", type=int, nargs="*", default=[2, 256, 1000])
     parser.add_argument("--engines", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--ipp-engines", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3, help="aggregated: turns of each")
     parser.add_argument("--million", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():  # only where the command line left the default
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+        if args.json == RESULTS:
+            args.json = Path(tempfile.mkdtemp(prefix="corral-scale-")) / "scale.json"
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     os.environ.setdefault("CORRAL_DIR", tempfile.mkdtemp(prefix="corral-scale-"))
     sections: dict[str, Callable[[], Any]] = {
@@ -448,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
         "real": lambda: bench_real(args.engines, args.ipp_engines),
         "million": lambda: bench_million(args.million, 10_000),
         "contention": lambda: bench_contention(args.tasks),
-        "aggregated": lambda: bench_aggregated(args.tasks, 2),
+        "aggregated": lambda: bench_aggregated(args.tasks, 2, args.rounds),
     }
     for name in args.only:
         if name in sections:
@@ -464,7 +663,8 @@ def main(argv: list[str] | None = None) -> None:
                 fresh = old
             results[name] = fresh
             args.json.write_text(json.dumps(results, indent=1))
-    plot(results, PLOT)
+    if args.json == RESULTS:  # docs/scale.png draws benchmarks/scale.json
+        plot(results, PLOT)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_kernel_ipython_compat.py",
         "test_kernel_manager.py",
         "test_kernel_options.py",
+        "test_kernel_parallel_requests.py",
         "test_kernel_orphans.py",
         "test_kernel_private.py",
         "test_kernel_protocol.py",
@@ -88,6 +89,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_fuzz.py",
         "test_parallel_local.py",
         "test_parallel_nonumpy.py",
+        "test_parallel_replay.py",
         "test_parallel_scheduling.py",
         "test_parallel_security.py",
         "test_parallel_shards.py",
@@ -95,6 +97,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_wrong_data.py",
         "test_plugins.py",
         "test_private_files.py",
+        "test_processes.py",
         "test_run.py",
         "test_serialize.py",
     }

@@ -20,7 +20,8 @@ from zmq.utils.monitor import recv_monitor_message
 from corral.plugins.parallel.clusterfile import ClusterInfo
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.bridge import FEED_MSG_TYPE
+from corral.transports.zmq.door import HUB, cluster_signer, take_seal
 from corral.transports.zmq.gate import gate_for
 from corral.transports.zmq.session import Session
 
@@ -152,6 +153,7 @@ class FakeEngine(Peer):
             self.socks["registration"],
             "registration_request",
             {"uuid": self.uuid, "hostname": "fakehost", "pid": 1, "data_url": "tcp://x:1"},
+            dest=HUB,
         )
         _, reply = self.recv("registration")
         assert reply["content"]["status"] == "ok", reply["content"]
@@ -162,6 +164,7 @@ class FakeEngine(Peer):
         self, queue: str = "task", timeout: float = TIMEOUT
     ) -> tuple[list[bytes], dict[str, Any]]:
         idents, msg = self.recv(f"{queue}_engine", timeout)
+        take_seal(idents)  # the queue's route seal (a real engine checks it; door.admit)
         return idents, msg
 
     def reply(
@@ -174,6 +177,8 @@ class FakeEngine(Peer):
         buffers: list[Any] | None = None,
         extra_metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        idents = list(idents)
+        take_seal(idents)  # a reply never echoes the queue's route seal
         msg_type = request["msg_type"].replace("_request", "_reply")
         now = wire.make_header("x", "x")["date"]
         content = {
@@ -253,6 +258,7 @@ class FakeClient(Peer):
             identities=idents,
             metadata=metadata,
             buffers=buffers or [],
+            dest=HUB if queue == "registration" else queue,
         )
 
     def apply(self, queue: str = "task", **kw: Any) -> dict[str, Any]:
@@ -271,4 +277,9 @@ class FakeClient(Peer):
         return reply
 
     def notification(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        return self.recv("notification", timeout)[1]
+        """The next registration or unregistration notification (the hub's bridged
+        notifications on the same feed, ``bus_notification``, are passed over)."""
+        while True:
+            msg = self.recv("notification", timeout)[1]
+            if msg["msg_type"] != FEED_MSG_TYPE:
+                return msg

@@ -55,6 +55,7 @@ SESSION_METHODS = {"recv", "parse"}
 RAW = {
     "core/builtin_magics.py:pump": "a child process's output pipe (%sx), not a socket",
     "core/processes.py:process_alive": "a /proc file",
+    "core/processes.py:tail": "a log file",
     "frontends/kernel_link.py:_HeartbeatWatch.run": "heartbeat echo: bytes, not a message",
     "frontends/run.py:run_command": "the user's stdin",
     "notification/bridge.py:BridgeReceiver.pump": "the bridge authenticates its own "
@@ -87,9 +88,10 @@ RAW = {
     "plugins/parallel/engine/local.py:LocalConnection.read": "framing only; the engine "
     "admits each message (SameHostClients.serve)",
     "plugins/parallel/client/local.py:LocalCalls.call": None,  # reaches parse: checked
-    "plugins/parallel/launchers/base.py:tail": "a log file",
     "plugins/parallel/launchers/local.py:_is_ancestor": "a /proc file",
     "plugins/parallel/launchers/local.py:_wait_for_file": "a cluster file",
+    "plugins/parallel/clusterfile.py:read_cluster_file": "a cluster file",
+    "transports/zmq/connection.py:read_connection_file": "a kernel connection file",
     "transports/zmq/aclient.py:AsyncKernelClient.heartbeat": "heartbeat echo",
     "transports/zmq/client.py:BlockingKernelClient._drain_wake": "the client's wake pipe",
     "transports/zmq/client.py:BlockingKernelClient.heartbeat": "heartbeat echo",
@@ -100,7 +102,6 @@ RAW = {
     "transports/zmq/ipc.py:_owner": "a claim file",
     "transports/zmq/kernel.py:KernelServer.serve_forever": None,  # also session.recv
     "transports/zmq/kernel.py:KernelServer._ask_stdin": None,  # also session.recv
-    "transports/zmq/manager.py:_KernelProcess.output_tail": "a log file",
     "transports/zmq/manager.py:_HeartbeatMonitor.run": "heartbeat echo",
     "transports/zmq/manager.py:KernelManager._wait_for_heartbeat": "heartbeat echo",
     "transports/zmq/session.py:Session.recv": None,  # parse: checked
@@ -343,6 +344,9 @@ def test_nobody_checks_signatures_outside_the_door(module: str) -> None:
         # the notification bridge's own 4-frame format (no Jupyter header to admit): a
         # keyed HMAC and a replay guard over [kind, nonce, data], tested in test_bridge
         "transports/zmq/bridge.py",
+        # compares the key an aggregate file recorded for a member with the member's own
+        # cluster file (both owner-only files), not a message signature
+        "plugins/parallel/aggregatefile.py",
     }
     if module in allowed:
         return

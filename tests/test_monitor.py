@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import cloudpickle
@@ -22,6 +23,8 @@ import pytest
 from cluster_waits import await_ids
 
 from corral.core import compat
+from corral.notification import shared_center
+from corral.plugins.parallel import events
 from corral.plugins.parallel.client.errors import EngineError
 from corral.plugins.parallel.cluster import Cluster
 from corral.plugins.parallel.launchers.monitor import (
@@ -140,6 +143,7 @@ def test_clean_exit_is_not_a_crash():
 def test_killed_engine_is_restarted_and_the_task_says_it_was_sigkill(tmp_path):
     fifo = _make_fifo(tmp_path)
     cluster = _cluster(n=2, restart=1, restart_backoff=0.0)
+    heard = _HubNotifications()
     try:
         client = cluster.start_and_connect()
         victim = client.ids[0]
@@ -154,8 +158,43 @@ def test_killed_engine_is_restarted_and_the_task_says_it_was_sigkill(tmp_path):
         new = sorted(set(ids) - {victim})
         assert len(new) == 2 and max(new) > victim
         assert client[max(new)].apply_sync(os.getpid) != pid
+        # The hub said so on the bus: the death its monitor reported, then the restart.
+        died = heard.wait_for(events.ENGINE_DIED)
+        assert died["engine_id"] == victim and died["reason"] == "died"
+        restarted = heard.wait_for(events.ENGINE_RESTARTED)
+        assert restarted["previous_engine_id"] == victim
+        assert restarted["previous_uuid"] == died["uuid"]
+        assert restarted["engine_id"] == max(new)
     finally:
+        heard.close()
         cluster.stop()
+
+
+class _HubNotifications:
+    """The hub's engine notifications as re-posted in this (the client's) process."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict]] = []
+        self._changed = threading.Condition()
+        for kind in events.ENGINE_TYPES:
+            shared_center.add_observer(self, kind, "hub")
+
+    def __call__(self, kind: str, sender: object, /, **info: object) -> None:
+        with self._changed:
+            self.seen.append((kind, info))
+            self._changed.notify_all()
+
+    def wait_for(self, kind: str, timeout: float = 60.0) -> dict:
+        def found() -> dict | None:
+            return next((info for k, info in self.seen if k == kind), None)
+
+        with self._changed:
+            assert self._changed.wait_for(lambda: found() is not None, timeout), self.seen
+            return found()  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for kind in events.ENGINE_TYPES:
+            shared_center.remove_observer(self, kind, "hub")
 
 
 def test_memory_limit_kills_with_the_limit_in_the_error(tmp_path):

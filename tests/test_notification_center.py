@@ -273,6 +273,56 @@ def test_post_cost_does_not_depend_on_unrelated_observers(center):
     center.post("t", object())  # an unobserved sender reaches nobody
 
 
+def test_lone_function_fast_path_follows_every_change(center):
+    """A type observed by one plain function from every sender is posted through a dict of
+    its own (no class tests, the commonest observed case); adding a sender-specific or a
+    wildcard observer moves it back to the general route, and removing them returns it."""
+    alpha, beta = object(), object()
+    calls: list[tuple[str, object]] = []
+
+    def lone(t, s, **i):
+        calls.append(("lone", s))
+
+    def own(t, s, **i):
+        calls.append(("own", s))
+
+    def every(t, s, **i):
+        calls.append(("every", t))
+
+    center.add_observer(lone, "t")
+    assert center._direct == {"t": lone}
+    center.post("t", alpha, n=1)
+    center.post("u", alpha)
+    assert calls == [("lone", alpha)]
+
+    calls.clear()
+    center.add_observer(own, "t", alpha)
+    assert center._direct == {}
+    center.post("t", alpha)
+    center.post("t", beta)
+    assert calls == [("lone", alpha), ("own", alpha), ("lone", beta)]
+
+    calls.clear()
+    center.remove_observer(own, "t", alpha)
+    assert center._direct == {"t": lone}
+    center.add_observer(every)
+    assert center._direct == {}
+    center.post("t", alpha)
+    center.post("u", beta)
+    assert calls == [("lone", alpha), ("every", "t"), ("every", "u")]
+
+    calls.clear()
+    center.remove_observer(every)
+    center.remove_observer(lone, "t")
+    center.post("t", alpha)
+    assert calls == [] and center._direct == {}
+
+    center.clear()
+    center.add_observer(lone, "t")  # after clear() silenced post, adding must revive it
+    center.post("t", beta)
+    assert calls == [("lone", beta)]
+
+
 def test_threads_can_add_and_remove_while_others_post():
     center = NotificationCenter(strict=True)
     stop = threading.Event()

@@ -15,6 +15,7 @@ import pytest
 from jupyter_client import BlockingKernelClient
 from parallel_client_harness import LiveCluster
 
+from corral.core.serialize import deserialize, pack_apply
 from corral.plugins.parallel.engine import bind_kernel
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -78,6 +79,20 @@ def test_a_bound_engine_is_a_kernel_sharing_its_namespace(live: LiveCluster) -> 
         result = next(m for m in outputs if m["msg_type"] == "execute_result")
         assert result["content"]["data"]["text/plain"] == str(engine.apply_sync(engine_pid))
         assert engine.pull("b", block=True) == 42
+
+        # The parallel requests, on the kernel's channels, over the engine's namespace.
+        pull = kc.session.msg("pull_request", {"keys": ["a", "b"]})
+        kc.shell_channel.send(pull)
+        reply = kc.get_shell_msg(timeout=WAIT)
+        assert reply["parent_header"]["msg_id"] == pull["header"]["msg_id"]
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert deserialize(reply["buffers"]) == (21, 42)
+        apply = kc.session.msg("apply_request", {})
+        apply["buffers"] = [bytes(memoryview(f)) for f in pack_apply(engine_pid)]
+        kc.shell_channel.send(apply)
+        reply = kc.get_shell_msg(timeout=WAIT)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert deserialize(reply["buffers"]) == engine.apply_sync(engine_pid)
 
         # The interpreter's features, for a console attached to an engine.
         complete = kc.complete("import o", 8, reply=True, timeout=WAIT)["content"]

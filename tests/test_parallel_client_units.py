@@ -170,6 +170,19 @@ def test_builder_frames_parse_back_and_verify() -> None:
         parse(tampered, signer)
 
 
+def test_builder_falls_back_to_the_wire_json_for_nan_and_lone_surrogates() -> None:
+    """The fast encoder refuses NaN and lone surrogates; the wire module's encoder makes
+    them null and "?" rather than failing the message (this fallback once named a
+    function the wire module does not have)."""
+    signer = wire.Signer(b"k" * 64)
+    builder = MessageBuilder(signer, "session-1")
+    _, frames = builder.build(
+        "apply_request", None, metadata={"score": float("nan"), "name": "odd\udcff"}
+    )
+    _, msg = wire.deserialize([bytes(f) for f in frames], signer)
+    assert msg["metadata"] == {"score": None, "name": "odd?"}
+
+
 def test_msg_ids_unique_across_threads() -> None:
     builder = MessageBuilder(wire.Signer(b""), "s")
     seen: list[str] = []

@@ -33,6 +33,7 @@ from corral.plugins.parallel.clusterfile import (
 from corral.plugins.parallel.controller import ControllerHandle, start_controller
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
+from corral.transports.zmq.door import HUB
 from corral.transports.zmq.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +201,7 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
     assert {k: info[k] for k in PORT_NAMES} == cluster.info.ports()
 
     eng = engines[1]
-    eng.session.send(eng.socks["registration"], "unregistration_request", {"id": eng.id})
+    eng.session.send(eng.socks["registration"], "unregistration_request", {"id": eng.id}, dest=HUB)
     note = client.notification()
     assert note["msg_type"] == "unregistration_notification"
     assert note["content"] == {"id": 1, "uuid": eng.uuid, "reason": "shutdown"}

@@ -31,7 +31,7 @@ from parallel_fakes import split_batch
 from corral.core.serialize import deserialize, pack_apply, serialize
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import cluster_signer, dest_of
 from corral.transports.zmq.gate import Gate
 from corral.transports.zmq.session import Session
 
@@ -204,11 +204,41 @@ class FakeController:
         buffers: list[Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A request routed as the queues route it: [engine uuid, client id, DELIM, ...]."""
-        msg = self.session.msg(msg_type, content or {}, metadata=metadata, buffers=buffers or [])
-        frames = wire.serialize(msg, self.session.signer, [self.engines[engine]["ident"]])
-        self.send_raw(channel, [frames[0], b"client-1", *frames[1:]])
+        """A request routed as the queues route it: [engine uuid, client id, seal, DELIM,
+        ...], signed for the queue of ``channel``."""
+        msg = self.msg(channel, msg_type, content or {}, metadata=metadata, buffers=buffers)
+        self.send_raw(channel, self.routed(channel, msg, engine))
         return msg
+
+    def msg(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any] | None = None,
+        *,
+        buffers: list[Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A request signed for the queue of ``channel`` (its signed destination)."""
+        return self.session.msg(
+            msg_type,
+            content or {},
+            metadata=metadata,
+            buffers=buffers or [],
+            dest=channel.removesuffix("_engine"),
+        )
+
+    def routed(self, channel: str, msg: dict[str, Any], engine: int = 0) -> list[Any]:
+        """``msg`` as the queue of ``channel`` forwards it to ``engine``: its uuid, the
+        client's id, the queue's route seal (door.ClusterSigner.route_seal), the message."""
+        ident = self.engines[engine]["ident"]
+        return [ident, *self._sealed(channel, msg, ident)]
+
+    def _sealed(self, channel: str, msg: dict[str, Any], ident: bytes) -> list[Any]:
+        frames = wire.serialize(msg, self.session.signer, [])
+        queue = channel.removesuffix("_engine")
+        seal = self.session.signer.route_seal(queue, ident, frames[1])
+        return [b"client-1", seal, *frames]
 
     def send_raw(self, channel: str, frames: list[Any]) -> None:
         sock = self.socks[channel]
@@ -228,10 +258,11 @@ class FakeController:
         """``messages`` (from ``session.msg``) as one batch, as a queue sends a burst; the
         message at ``corrupt`` gets a wrong signature."""
         routed = []
+        ident = self.engines[0]["ident"]
         for index, msg in enumerate(messages):
-            frames = wire.serialize(msg, self.session.signer, [b"client-1"])
+            frames = self._sealed(channel, msg, ident)
             if index == corrupt:
-                frames[2] = b"0" * len(frames[2])
+                frames[3] = b"0" * len(frames[3])
             routed.append(frames)
         (batch,) = pack_batches((), routed)
         self.send_raw(channel, [self.engines[0]["ident"], *batch])
@@ -490,6 +521,32 @@ def test_execute_request(engine: FakeController) -> None:
     assert error["content"]["ename"] == "ZeroDivisionError"
 
 
+def test_the_interpreter_requests_a_kernel_answers(engine: FakeController) -> None:
+    """An engine answers what a kernel answers from its interpreter (completion,
+    inspection, is-complete, history, kernel_info), with the kernel's own functions."""
+
+    def ask(msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        msg = engine.send("mux_engine", msg_type, content)
+        reply = engine.reply("mux_engine")
+        assert reply["msg_type"] == msg_type.replace("_request", "_reply")
+        assert reply["parent_header"]["msg_id"] == msg["msg_id"]
+        assert reply["content"]["engine_info"]["engine_id"] == 0
+        return reply["content"]
+
+    engine.send("mux_engine", "execute_request", {"code": "import os\nanswer = 42"})
+    assert engine.reply("mux_engine")["content"]["status"] == "ok"
+    complete = ask("complete_request", {"code": "ans", "cursor_pos": 3})
+    assert complete["status"] == "ok" and "answer" in complete["matches"]
+    assert complete["cursor_start"] == 0 and complete["cursor_end"] == 3
+    inspect = ask("inspect_request", {"code": "os.getpid", "cursor_pos": 9})
+    assert inspect["status"] == "ok" and inspect["found"] is True
+    assert ask("is_complete_request", {"code": "for i in x:"})["status"] == "incomplete"
+    assert ask("is_complete_request", {"code": "x = 1"})["status"] == "complete"
+    assert ask("history_request", {"hist_access_type": "tail", "n": 5})["status"] == "ok"
+    info = ask("kernel_info_request", {})
+    assert info["implementation"] == "corral" and info["language_info"]["name"] == "python"
+
+
 def _data_client(engine: FakeController, ctx: zmq.Context[Any]) -> zmq.Socket[Any]:
     sock = Gate(KEY.encode()).client(ctx.socket(zmq.DEALER))
     sock.linger = 0
@@ -497,10 +554,15 @@ def _data_client(engine: FakeController, ctx: zmq.Context[Any]) -> zmq.Socket[An
     return sock
 
 
+def _data_dest(engine: FakeController) -> str:
+    """What a request to engine 0's data socket is signed for (door.dest_of)."""
+    return dest_of("engine", engine.engines[0]["uuid"])
+
+
 def _data_request(
     engine: FakeController, sock: zmq.Socket[Any], msg_type: str, content: dict, buffers=()
 ) -> dict[str, Any]:
-    engine.session.send(sock, msg_type, content, buffers=list(buffers))
+    engine.session.send(sock, msg_type, content, buffers=list(buffers), dest=_data_dest(engine))
     assert sock.poll(int(TIMEOUT * 1000))
     got = engine.session.parse(sock.recv_multipart(copy=False))
     assert got is not None
@@ -518,7 +580,11 @@ def test_pipelined_small_requests_on_the_data_path_each_get_a_reply(
         sent = []
         for i in range(5):
             msg = engine.session.send(
-                sock, "push_request", {"keys": [f"v{i}"]}, buffers=serialize({f"v{i}": i})
+                sock,
+                "push_request",
+                {"keys": [f"v{i}"]},
+                buffers=serialize({f"v{i}": i}),
+                dest=_data_dest(engine),
             )
             sent.append(msg["msg_id"])
         got = []
@@ -593,7 +659,7 @@ def _gate(tmp: Path) -> tuple[Any, Path]:
 
 
 def _apply_msg(engine: FakeController, func: Any, *args: Any) -> dict[str, Any]:
-    return engine.session.msg("apply_request", {}, buffers=pack_apply(func, args, {}))
+    return engine.msg("task_engine", "apply_request", buffers=pack_apply(func, args, {}))
 
 
 def test_a_batch_of_requests_is_served_in_order(engine: FakeController) -> None:
@@ -784,12 +850,11 @@ def test_heartbeat_while_user_code_holds_the_gil(engine: FakeController) -> None
 
 def test_bad_input_is_dropped(engine: FakeController) -> None:
     ident = engine.engines[0]["ident"]
-    good = engine.session.msg("apply_request", {}, buffers=pack_apply(abs, (-4,)))
-    frames = wire.serialize(good, engine.session.signer, [ident])
-    routed = [frames[0], b"client-1", *frames[1:]]
-    unsigned = [*routed[:3], b"", *routed[4:]]
-    forged = [*routed[:3], b"0" * 64, *routed[4:]]
-    altered = [*routed[:4], routed[4].replace(b"apply", b"apqly"), *routed[5:]]
+    good = engine.msg("task_engine", "apply_request", buffers=pack_apply(abs, (-4,)))
+    routed = engine.routed("task_engine", good)
+    unsigned = [*routed[:4], b"", *routed[5:]]
+    forged = [*routed[:4], b"0" * 64, *routed[5:]]
+    altered = [*routed[:5], routed[5].replace(b"apply", b"apqly"), *routed[6:]]
     for channel in ("task_engine", "mux_engine", "control_engine", "broadcast_engine"):
         engine.send_raw(channel, [ident, b"client-1", b"no delimiter"])
         engine.send_raw(channel, [ident, b"client-1", wire.DELIMITER, b"sig"])

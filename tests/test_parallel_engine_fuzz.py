@@ -29,7 +29,7 @@ from corral.core import compat
 from corral.plugins.parallel.client.messages import MessageBuilder, parse
 from corral.transports import unix
 from corral.transports.zmq import wire
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import cluster_signer, dest_of
 from corral.transports.zmq.gate import gate_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -47,6 +47,8 @@ class Rig:
         self.signer = cluster_signer(self.info["key"])
         self.builder = MessageBuilder(self.signer, "fuzzer")
         self.engine = self.client.engines[0]
+        #: what a genuine client signs for this engine's own sockets
+        self.dest = dest_of("engine", self.engine.uuid)
         assert self.engine.data_url
         assert self.engine.local_path or not compat.HAS_UNIX_SOCKETS
         self.client[self.engine.id].push({"fuzz_marker": 41}, block=True)
@@ -57,7 +59,7 @@ class Rig:
         self.ids = sorted(self.client.ids)
 
     def pull_frames(self) -> tuple[str, list[Any]]:
-        return self.builder.build("pull_request", {"keys": ["fuzz_marker"]})
+        return self.builder.build("pull_request", {"keys": ["fuzz_marker"]}, dest=self.dest)
 
     def served(self, sock: zmq.Socket[Any]) -> str:
         """A real pull on ``sock`` is answered (replies to what went before are skipped:
@@ -159,7 +161,7 @@ def attacks(draw: Any, rig: Rig) -> list[list[bytes]]:
         parts[draw(st.integers(0, 3))] = draw(st.sampled_from([b"[]", b"1", b"\xff", b"{"]))
     buffers = draw(st.lists(st.binary(max_size=32), max_size=2))
     if kind == "replay":
-        _, frames = rig.builder.build("pull_request", {"keys": ["fuzz_marker"]})
+        _, frames = rig.pull_frames()
         return [[bytes(f) for f in frames]] * 2
     signer = {
         "unsigned": None,
@@ -203,7 +205,9 @@ def test_oversized_messages_on_the_data_socket(rig: Rig) -> None:
     """64 MiB under no signature (refused at the HMAC, before any hashing) and 64 MiB
     swapped under a correct signature (hashed, refused): the engine serves on."""
     big = b"x" * (64 << 20)
-    _, frames = rig.builder.build("push_request", {"keys": ["a"]}, buffers=[b"small"])
+    _, frames = rig.builder.build(
+        "push_request", {"keys": ["a"]}, buffers=[b"small"], dest=rig.dest
+    )
     at = frames.index(wire.DELIMITER)
     unsigned = [bytes(f) for f in frames]
     unsigned[at + 1] = b""

@@ -3,8 +3,10 @@ notification center (client side, and inside an engine)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -137,8 +139,12 @@ def test_a_client_side_observer_sees_engines_tasks_and_output(
     assert died["reason"] in ("heartbeat", "exited")
     assert died["uuid"] == joined["uuid"]
     assert not [s for s in recorder.seen if s[0] == events.ENGINE_UNREGISTERED]
-    # Every sender on this side is the client.
-    assert {id(sender) for _, sender, _ in recorder.seen} == {id(rc)}
+    # Engines come and go in the hub, which posted them (re-posted here by name, once);
+    # tasks and output are the client's.
+    engine_kinds = set(events.ENGINE_TYPES)
+    assert {s for k, s, _ in recorder.seen if k in engine_kinds} == {"hub"}
+    assert {id(s) for k, s, _ in recorder.seen if k not in engine_kinds} == {id(rc)}
+    assert [k for k, _, i in recorder.seen if k == events.ENGINE_DIED] == [events.ENGINE_DIED]
 
 
 @interactive  # its globals are the engine's namespace
@@ -171,3 +177,89 @@ def test_an_engine_posts_each_task_started_and_finished(live: LiveCluster) -> No
             assert msg_type == "apply_request" and engine_id == 0
     for kinds in by_id.values():
         assert kinds == [events.TASK_STARTED, events.TASK_FINISHED]
+
+
+WATCHER = """
+import json, sys
+from corral.notification import shared_center
+from corral.plugins.parallel import events
+from corral.plugins.parallel.bus import watch_cluster
+
+def show(type, sender, /, **info):
+    print(json.dumps([type, sender, info]), flush=True)
+
+for kind in events.PARALLEL_TYPES:
+    shared_center.add_observer(show, kind)
+with watch_cluster(sys.argv[1]):
+    print(json.dumps(["ready", None, {}]), flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+class Lines:
+    """The JSON lines a child prints, read in a thread; tests wait for one that matches."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[list[Any]] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._changed:
+                self.seen.append(json.loads(line))
+                self._changed.notify_all()
+
+    def wait_for(
+        self, match: Callable[[list[Any]], bool], timeout: float = WAIT
+    ) -> list[Any] | None:
+        """The first line ``match`` accepts, None if none came within ``timeout``."""
+        with self._changed:
+            self._changed.wait_for(lambda: any(map(match, self.seen)), timeout)
+            return next((line for line in self.seen if match(line)), None)
+
+
+def test_an_observer_in_another_process_hears_the_hub_post_an_engine_death(
+    live: LiveCluster,
+) -> None:
+    """Not a client: a process that only watches the cluster's feed. The death is the
+    hub's (the sender), seen once, after the same engine's registration."""
+    env = dict(live.env)
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, str(live.cluster_file)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = Lines(watcher)
+        assert lines.wait_for(lambda line: line[0] == "ready")
+        # The subscription may take a moment: engines join until the watcher hears one.
+        rc = live.client
+        joined, added = None, 0
+        while added < 5:
+            live.add_engine()
+            added += 1
+            joined = lines.wait_for(lambda line: line[0] == events.ENGINE_REGISTERED, 10)
+            if joined:
+                break
+        assert joined, "the watcher never heard an engine register"
+        _, sender, info = joined
+        engine_id = info["engine_id"]
+        assert sender == "hub" and isinstance(info["uuid"], str)
+        assert rc.wait_for_engines(1 + added, timeout=WAIT)
+        pid = rc[engine_id].apply_sync(engine_pid)
+        os.kill(pid, signal.SIGKILL)
+        died = lines.wait_for(
+            lambda line: line[0] == events.ENGINE_DIED and line[2]["engine_id"] == engine_id
+        )
+        assert died is not None and died[1] == "hub"
+        assert died[2]["uuid"] == info["uuid"] and died[2]["reason"] in ("heartbeat", "exited")
+        # Only the hub's engine notifications cross: the client's task ones stay with it.
+        assert {line[0] for line in lines.seen} <= {"ready", *events.ENGINE_TYPES}
+    finally:
+        if watcher.stdin is not None:
+            watcher.stdin.close()
+        assert watcher.wait(WAIT) == 0

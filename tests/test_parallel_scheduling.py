@@ -152,7 +152,8 @@ class Driven:
         """msg_ids sent to each engine since the last call."""
         out: dict[bytes, list[str]] = {}
         for engine, messages in self.sched._to_engines.items():
-            out[engine] = [json.loads(m[3])["msg_id"] for m in messages]
+            # [client, route seal, DELIM, signature, header, ...]
+            out[engine] = [json.loads(m[m.index(wire.DELIMITER) + 2])["msg_id"] for m in messages]
         self.sched._to_engines = {}
         return out
 

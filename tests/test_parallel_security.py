@@ -28,7 +28,7 @@ from corral.plugins.parallel.client.messages import MessageBuilder, parse
 from corral.transports import unix
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import cluster_signer, dest_of
 from corral.transports.zmq.gate import gate_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -105,14 +105,21 @@ def recv_reply(sock: zmq.Socket[Any], signer: Any, msg_id: str) -> Any:
 
 
 def apply_frames(
-    builder: MessageBuilder, func: Any, args: tuple, routing: list[bytes], **metadata: Any
+    builder: MessageBuilder,
+    func: Any,
+    args: tuple,
+    routing: list[bytes],
+    dest: str,
+    **metadata: Any,
 ) -> tuple[str, list[Any]]:
+    """A genuine client's request, signed for ``dest`` (door.dest_of)."""
     return builder.build(
         "apply_request",
         {},
         metadata=metadata or None,
         buffers=pack_apply(func, args),
         identities=routing,
+        dest=dest,
     )
 
 
@@ -141,10 +148,11 @@ def test_buffers_swapped_after_signing_never_run(
     fine = str(tmp_path / f"fine-{path}")
     routing = [engine.uuid.encode()] if path == "mux" else []
     metadata = {"targets": [engine.id]} if path == "task" else {}
-    _, frames = apply_frames(builder, touch, (fine,), routing, **metadata)
+    dest = path if path in ("mux", "task") else dest_of("engine", engine.uuid)
+    _, frames = apply_frames(builder, touch, (fine,), routing, dest, **metadata)
     at = frames.index(wire.DELIMITER)
     tampered = frames[: at + 6] + list(pack_apply(touch, (evil,)))
-    good_id, good = apply_frames(builder, touch, (fine,), routing, **metadata)
+    good_id, good = apply_frames(builder, touch, (fine,), routing, dest, **metadata)
     if path == "local":
         assert engine.local_path, "the engine has no Unix socket"
         conn = unix.connect(engine.local_path, timeout=DEADLINE)
@@ -249,7 +257,7 @@ def test_a_reply_replayed_on_another_socket_is_refused(
     impostor.identity = b"impostor-" + os.urandom(4).hex().encode()
     impostor.connect(url(info, "task_engine"))
     try:
-        msg_id, frames = apply_frames(builder, shout, ("x",), [engine.uuid.encode()])
+        msg_id, frames = apply_frames(builder, shout, ("x",), [engine.uuid.encode()], "mux")
         # Both connections of the victim must be up before the mux's reply is routed.
         end = time.monotonic() + DEADLINE
         victim.send_multipart(frames)

@@ -4,6 +4,7 @@ idle engines while the other's are busy, and every controller's records are foun
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import psutil
 import pytest
 
 from corral.core.config import ConfigError
+from corral.plugins.parallel.aggregate import AggregateClient
+from corral.plugins.parallel.client import Client
 from corral.plugins.parallel.cluster import Cluster
 from corral.plugins.parallel.shards import Shards
+
+REPO = Path(__file__).resolve().parents[1]
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -56,17 +62,100 @@ def test_cluster_with_several_controllers_is_an_aggregate(monkeypatch: Any) -> N
         Cluster(n=2, controllers=3)
 
 
-def test_the_command_line_refuses_an_aggregate(tmp_path: Path) -> None:
-    env = {**os.environ, "CORRAL_DIR": str(tmp_path), "CORRAL_CLUSTER_CONTROLLERS": "2"}
-    done = subprocess.run(
-        [sys.executable, "-m", "corral", "cluster", "start", "-n", "2"],
-        env=env,
+def corral(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        env={**os.environ, "CORRAL_DIR": str(tmp_path), "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
-    assert done.returncode == 2
-    assert "controllers above 1 is for the Python API" in done.stderr
+
+
+def test_the_command_line_starts_lists_connects_and_stops_an_aggregate(tmp_path: Path) -> None:
+    # [cluster] controllers from the profile's corral.ini.
+    (tmp_path / "profile_default").mkdir(mode=0o700)
+    (tmp_path / "profile_default" / "corral.ini").write_text("[cluster]\ncontrollers = 2\n")
+    started = corral(tmp_path, "cluster", "start", "--daemon", "-n", "3", "--cluster-id", "ag")
+    assert started.returncode == 0, started.stderr + started.stdout
+    security = tmp_path / "profile_default" / "security"
+    run = tmp_path / "profile_default" / "run"
+    record = json.loads((run / "cluster-ag.json").read_text())
+    pids = [record["manager_pid"], *record["controllers"], *record["engines"]]
+    try:
+        assert record["members"] == ["ag-0", "ag-1"] and len(record["engines"]) == 3
+        assert len(set(record["controllers"])) == 2
+        aggregate = security / "cluster-ag.json"
+        assert aggregate.stat().st_mode & 0o077 == 0  # owner-only, like every keyed file
+        data = json.loads(aggregate.read_text())
+        members = [json.loads((security / f"cluster-ag-{k}.json").read_text()) for k in (0, 1)]
+        assert [m["key"] for m in data["controllers"]] == [m["key"] for m in members]
+
+        listed = corral(tmp_path, "cluster", "list")
+        rows = [line for line in listed.stdout.splitlines()[1:] if line.strip()]
+        assert len(rows) == 1 and rows[0].split()[:2] == ["ag", "3"]  # members not listed
+        assert "running (2 controllers)" in rows[0]
+        status = corral(tmp_path, "cluster", "status")
+        assert status.returncode == 0, status.stderr
+        assert "engines up: 3  ids: [0, 1, 2]" in status.stdout
+        engines = corral(tmp_path, "cluster", "engines")
+        listed_pids = {int(line.split()[-1]) for line in engines.stdout.splitlines()[1:]}
+        assert listed_pids == set(record["engines"])
+
+        # Any client of the profile connects to both controllers, by the aggregate file
+        # or by the profile (the aggregate, not one of its members, is what is found).
+        for client in (Client(), Client(str(aggregate)), Client(cluster_id="ag")):
+            try:
+                assert isinstance(client, AggregateClient)
+                assert client.ids == [0, 1, 2]
+                ran = client[:].apply_sync(where)
+                assert sorted(ran) == sorted(record["engines"])
+            finally:
+                client.close()
+        # One controller's own file is still a cluster of one controller.
+        single = Client(connection_file=security / "cluster-ag-1.json")
+        try:
+            assert type(single) is Client and single.ids == [0]
+        finally:
+            single.close()
+    finally:
+        stopped = corral(tmp_path, "cluster", "stop")  # the only cluster: the aggregate
+    assert stopped.returncode == 0, stopped.stderr
+    assert "cluster ag stopped (2 controllers)" in stopped.stdout
+    procs = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not list(security.glob("cluster-*.json")) and not list(run.glob("*.json"))
+
+
+def test_an_aggregate_whose_manager_died_is_stopped_member_by_member(tmp_path: Path) -> None:
+    started = corral(
+        tmp_path, "cluster", "start", "--daemon", "--controllers", "2", "-n", "2",
+        "--cluster-id", "orphan",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr + started.stdout
+    run = tmp_path / "profile_default" / "run"
+    record = json.loads((run / "cluster-orphan.json").read_text())
+    manager = psutil.Process(record["manager_pid"])
+    children = manager.children(recursive=True)
+    # The engines would follow a killed manager by their parent watch; keep the
+    # controllers and engines alive by stopping the manager only (SIGSTOP), then
+    # pretend it is gone.
+    manager.suspend()
+    try:
+        record["manager_pid"] = None
+        (run / "cluster-orphan.json").write_text(json.dumps(record))
+        stopped = corral(tmp_path, "cluster", "stop", "--cluster-id", "orphan")
+        assert stopped.returncode == 0, stopped.stderr
+        assert "cluster orphan stopped (2 controllers)" in stopped.stdout
+        workers = [p for p in children if p.pid in {*record["controllers"], *record["engines"]}]
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not list((tmp_path / "profile_default" / "security").glob("cluster-*.json"))
+    finally:
+        manager.resume()
+        manager.terminate()
+        manager.wait(30)
 
 
 def test_two_controllers_serve_one_client() -> None:
@@ -76,6 +165,26 @@ def test_two_controllers_serve_one_client() -> None:
         assert len(client.ids) == 2
         engine_pids = [set(c.direct_view().apply_sync(where)) for c in client.clients]
         assert engine_pids[0] and engine_pids[1] and not engine_pids[0] & engine_pids[1]
+        # Direct views over both controllers' engines, by aggregate ids (controller k's
+        # engine i is i * 2 + k): one value per engine, in target order.
+        assert client.ids == [0, 1]
+        everywhere = client[:]
+        assert everywhere.apply_sync(where) == [*engine_pids[0], *engine_pids[1]]
+        assert client[1].apply_sync(where) in engine_pids[1]
+        client[0]["z"], client[1]["z"] = "a", "b"
+        assert everywhere["z"] == ["a", "b"]
+        assert client[[1, 0]].pull("z", block=True) == ["b", "a"]
+        everywhere.push({"x": 3}, block=True)
+        everywhere.execute("w = z * x", block=True)
+        assert everywhere.pull(["w", "x"], block=True) == [["aaa", 3], ["bbb", 3]]
+        with pytest.raises(Exception, match="ZeroDivisionError"):
+            everywhere.execute("1 / 0", block=True)
+        everywhere.scatter("part", list(range(5)), block=True)
+        assert client[0]["part"] == [0, 1, 2] and client[1]["part"] == [3, 4]
+        assert everywhere.gather("part", block=True) == [0, 1, 2, 3, 4]
+        assert client.direct_view([0]).apply_sync(where) == [*engine_pids[0]]
+        with pytest.raises(ValueError, match="no engine with id"):
+            client.direct_view([0, 7]).apply_async(where)
         view = client.load_balanced_view()
         # A map served by both controllers' engines.
         ran = view.map_sync(where, range(40))
@@ -108,3 +217,52 @@ def test_two_controllers_serve_one_client() -> None:
         both = pulling.map_sync(nap, [0.05] * 20)
         assert set(both) == engine_pids[0] | engine_pids[1]
         pulling.close()
+
+
+def record_run(i: int) -> int:
+    import os
+    import sys
+    import time
+
+    time.sleep(0.01)
+    sys.__dict__.setdefault("_corral_test_runs", []).append(i)
+    return os.getpid()
+
+
+def runs() -> list[int]:
+    import sys
+
+    return list(sys.__dict__.get("_corral_test_runs", []))
+
+
+def test_tasks_queued_behind_a_long_task_move_to_an_idle_controller_once() -> None:
+    shards = Cluster(2, controllers=2, profile="moves", hb_period=0.2, hb_misses=5)
+    with shards as client:
+        busy_pid, idle_pid = client[:].apply_sync(where)  # controller 0's, controller 1's
+        # The engine says which tasks it had started when asked to abort them: the
+        # running one is listed (it will finish), the queued one is not (never runs).
+        own = client.clients[0].load_balanced_view()
+        running, queued = own.apply_async(nap, 1.0), own.apply_async(nap, 0)
+        while client.clients[0].queue_status(0)["running"] < 1:
+            running.wait(0.01)
+        ids = [running.msg_ids[0], queued.msg_ids[0]]
+        replies = client.clients[0]._control("abort_request", {"msg_ids": ids}, [0])
+        assert replies[0].result(10).content["started"] == [running.msg_ids[0]]
+        assert running.get(10) == busy_pid
+        with pytest.raises(Exception, match="aborted"):
+            queued.get(10)
+
+        # Default window: half the map is sent to controller 0, behind a long task.
+        view = client.load_balanced_view()
+        long = view.apply_async(nap, 4.0)
+        start = time.monotonic()
+        shorts = view.map_async(record_run, range(40))
+        served = [r.get(30) for r in shorts]
+        assert time.monotonic() - start < 3.0  # none waited for the long task
+        assert long.get(30) == busy_pid and set(served) == {idle_pid}
+        assert view.moved > 0 and sum(r.moves for r in shorts) == view.moved
+        # Exactly once: every task ran on one engine, once; the copies aborted at the
+        # busy controller were answered "aborted" when its engine got to them.
+        ran = [i for engine in client[:].apply_sync(runs) for i in engine]
+        assert sorted(ran) == list(range(40))
+        view.close()

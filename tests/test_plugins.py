@@ -240,10 +240,10 @@ def test_subcommand_help_is_the_subcommands(tmp_path):
     assert "--force" in result.stdout
 
 
-def test_the_transport_kernel_alone_loads_no_plugins(plugin_site, tmp_path):
-    """``python -m corral.transports.zmq.kernel_main`` is the transport layer's kernel: it
-    serves without plugins (it imports none); ``corral.plugins.kernel_main``, which every
-    KernelManager and kernelspec runs, is the one that adds them."""
+def test_kernelspecs_of_older_versions_still_load_plugins(plugin_site, tmp_path):
+    """Kernelspecs written before ``corral.plugins.kernel_main`` existed start
+    ``python -m corral.transports.zmq.kernel_main``: that module runs the plugins' entry
+    point by name (it imports no plugins), so those kernels get their plugins' magics."""
     from corral.transports.zmq.kernel_main import KERNEL_MODULE
     from corral.transports.zmq.manager import KernelManager
 
@@ -252,13 +252,14 @@ def test_the_transport_kernel_alone_loads_no_plugins(plugin_site, tmp_path):
         "PYTHONPATH": os.pathsep.join([str(plugin_site), str(REPO)]),
         "CORRAL_DIR": str(tmp_path / "corral"),
     }
-    bare = [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", "{connection_file}"]
-    with KernelManager(env=env, autorestart=False, kernel_cmd=bare) as manager:
+    old = [sys.executable, "-m", "corral.transports.zmq.kernel_main", "-f", "{connection_file}"]
+    with KernelManager(env=env, autorestart=False, kernel_cmd=old) as manager:
         client = manager.client()
         outputs = []
-        reply = client.execute_interactive(
-            "import sys\n%greet kernel", timeout=30, output_hook=outputs.append
-        )
-        assert reply["content"]["status"] == "error"
-        assert "greet" in reply["content"]["evalue"]
+        reply = client.execute_interactive("%greet kernel", timeout=30, output_hook=outputs.append)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        results = [
+            m["content"]["data"]["text/plain"] for m in outputs if m["msg_type"] == "execute_result"
+        ]
+        assert results == ["'greetings, kernel'"]
         client.close()

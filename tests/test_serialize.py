@@ -413,6 +413,60 @@ def test_function_defined_in_main_is_sent_by_value():
     assert type(thing).__name__ == "Thing"
 
 
+@pytest.mark.parametrize("value", [None, True, 7, 2**100, 1.5, 1j, "text", b"small"])
+def test_atomic_values_skip_the_full_pickler(monkeypatch, value):
+    """None, numbers, text and small bytes (what most tasks return) are written by the C
+    pickler alone, as the full pickler would write them, and read back by it alone."""
+    import corral.core.serialize as s
+
+    frames = s.serialize(value)
+    assert frames == [pickle.dumps(value, 5)]
+
+    class Refused(pickle.Pickler):
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("the full pickler was set up")
+
+    monkeypatch.setattr(s, "_FastPickler", Refused)
+    monkeypatch.setattr(s, "_Unpickler", Refused)
+    assert s.serialize(value) == frames
+    assert s.deserialize(frames) == value
+    assert len(s.serialize(b"x" * BIG, threshold=BIG)) == 2  # large bytes: out of band
+
+
+def test_one_frame_with_an_out_of_band_reference_is_refused():
+    frames = serialize(b"x" * BIG)
+    with pytest.raises(DeserializationError):
+        deserialize(frames[:1])  # its buffer frame dropped
+
+
+def test_main_function_with_its_source_note_is_loaded_once(tmp_path):
+    """A ``__main__`` function carries the source lines the client attaches for remote
+    tracebacks; an engine still unpickles its code once, not for every task (each load
+    is a copy of one template: the same code object, its own globals and source note)."""
+    code = (
+        "import pickle, sys\n"
+        "from corral.core.serialize import pack_apply\n"
+        "from corral.plugins.parallel.client.funccache import FunctionCache\n"
+        "def triple(x):\n"
+        "    return 3 * x\n"
+        "cache = FunctionCache()\n"
+        "frames = [bytes(f) for f in pack_apply(cache.lookup(triple), (2,), {})]\n"
+        "sys.stdout.buffer.write(pickle.dumps(frames))\n"
+    )
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, check=True)
+    frames = pickle.loads(out.stdout)
+    loads = [unpack_apply(frames) for _ in range(3)]
+    funcs = [func for func, _, _ in loads]
+    assert [func(*args) for func, args, _ in loads] == [6, 6, 6]
+    assert funcs[1].__code__ is funcs[2].__code__, "the code was unpickled again"
+    assert funcs[1] is not funcs[2] and funcs[1].__globals__ is not funcs[2].__globals__
+    first, second = funcs[1].__corral_source__, funcs[2].__corral_source__
+    assert first == second == (str(script), 4, ["def triple(x):\n", "    return 3 * x\n"])
+    assert first[2] is not second[2]
+
+
 def test_module_objects_by_reference():
     assert roundtrip(math) is math
     assert roundtrip({"m": np})["m"] is np

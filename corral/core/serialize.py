@@ -484,12 +484,22 @@ def serialize(obj: Any, *, threshold: int = DEFAULT_THRESHOLD) -> list[Frame]:
     .. versionadded:: 0.1
     """
     _check_threshold(threshold)
+    cls = type(obj)
+    if cls in _ATOMIC or (cls is bytes and len(obj) < threshold):
+        return [pickle.dumps(obj, _PROTOCOL)]
     try:
         return _try_serialize(obj, threshold)
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {_describe(obj)}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+#: What tasks return most often (None, numbers, text), which the C pickler writes by
+#: itself, byte for byte as the full pickler would: nothing in them can go out of band
+#: or meet a reducer. Setting that pickler up (a subclass, a buffer callback, a look for
+#: large bytes) cost ~15 times the pickling of such a value, once per task and reply.
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str})
 
 
 def _describe(obj: Any) -> str:
@@ -592,12 +602,38 @@ _loaded_functions: dict[bytes, types.FunctionType] = {}
 _LOADED_FUNCTIONS_MAX = 256
 
 
+#: The one function attribute a reusable function may carry: the source lines a client
+#: attaches to a ``__main__`` function for remote tracebacks (client/funccache.py's
+#: ``attach_source``: ``(filename, first line, [lines])`` or None). Every function of a
+#: script or notebook carries it, so refusing it kept them all out of the cache.
+_SOURCE_ATTR = "__corral_source__"
+
+
+def _plain_source(attrs: dict[str, Any]) -> bool:
+    """Whether a function's ``__dict__`` holds nothing but a well-formed source note."""
+    if len(attrs) != 1 or _SOURCE_ATTR not in attrs:
+        return False
+    source = attrs[_SOURCE_ATTR]
+    if source is None:
+        return True
+    return (
+        type(source) is tuple
+        and len(source) == 3
+        and type(source[0]) is str
+        and type(source[1]) is int
+        and type(source[2]) is list
+        and all(type(line) is str for line in source[2])
+    )
+
+
 def _reusable(obj: Any) -> bool:
     """A by-value function that is the same whenever its pickle is: no closure, no
-    defaults or attributes, only stable globals."""
+    defaults, no attributes but its source note, only stable globals."""
     if type(obj) is not types.FunctionType:
         return False
-    if obj.__closure__ or obj.__defaults__ or obj.__kwdefaults__ or obj.__dict__:
+    if obj.__closure__ or obj.__defaults__ or obj.__kwdefaults__:
+        return False
+    if obj.__dict__ and not _plain_source(obj.__dict__):
         return False
     return all(stable_global(value) for name, value in obj.__globals__.items() if name[:2] != "__")
 
@@ -611,6 +647,9 @@ def _copy_function(template: types.FunctionType) -> types.FunctionType:
     func.__doc__ = template.__doc__
     if template.__annotations__:
         func.__annotations__ = dict(template.__annotations__)
+    if template.__dict__:  # the source note (_plain_source): its own list of lines
+        source = template.__dict__[_SOURCE_ATTR]
+        setattr(func, _SOURCE_ATTR, None if source is None else (*source[:2], list(source[2])))
     return func
 
 
@@ -665,6 +704,21 @@ def deserialize(frames: Sequence[Any]) -> Any:
     """
     if isinstance(frames, (bytes, bytearray, memoryview)):
         raise DeserializationError("deserialize() takes a sequence of frames, not one buffer")
+    if len(frames) == 1 and _current_buffers.get() is None:
+        head = frames[0]
+        if type(head) is bytes and head[:2] == b"\x80\x05":
+            # One frame, no outer load in progress: no out-of-band buffer to hand out or
+            # count, so the plain C unpickler does it all (a small task's request, most
+            # replies), without the setup below. A persistent id here is refused by
+            # pickle itself, as the full path refuses it for want of a buffer.
+            try:
+                return pickle.loads(head)
+            except DeserializationError:
+                raise
+            except Exception as exc:
+                raise DeserializationError(
+                    f"cannot deserialize 1 frame(s): {type(exc).__name__}: {exc}"
+                ) from exc
     buffers = [_as_buffer(frame) for frame in frames]
     if not buffers:
         raise DeserializationError("no frames to deserialize")

@@ -125,7 +125,7 @@ class _HeartbeatWatch(threading.Thread):
         self.stopped.set()
 
     def _socket(self) -> zmq.Socket[Any]:
-        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
         sock.linger = 0
         if self.server_key:
             public, secret = zmq.curve_keypair()

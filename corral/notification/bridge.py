@@ -49,6 +49,7 @@ __all__ = [
     "InProcessTransport",
     "decode_notification",
     "encode_notification",
+    "repost",
 ]
 
 log = logging.getLogger("corral.notification.bridge")
@@ -287,6 +288,24 @@ def _is_reposted(type: Hashable, sender: Any, info: dict[str, Any]) -> bool:  # 
     )
 
 
+def repost(
+    data: bytes, center: NotificationCenter = shared_center, registry: TypeRegistry = shared_types
+) -> None:
+    """Post one wire message into ``center``, marked as re-posted (no sender echoes it).
+
+    What a :class:`BridgeReceiver` does per message, for a process that already reads the
+    transport in a loop of its own (a client's I/O thread). Raises like
+    :func:`decode_notification`; nothing is posted then.
+    """
+    type_, sender, info = decode_notification(data, registry)
+    previous = getattr(_reposting, "frame", None)
+    _reposting.frame = (type_, sender, info)
+    try:
+        center.post(type_, sender, **info)
+    finally:
+        _reposting.frame = previous
+
+
 # ------------------------------------------------------------------ the bridge
 
 
@@ -301,6 +320,8 @@ class BridgeSender:
     Notifications that a :class:`BridgeReceiver` in this process is re-posting are not sent
     on, so two bridges in opposite directions do not echo each other; pass ``relay=True`` to
     forward them too (a hub passing notifications from one process on to another).
+    ``sender`` (None: any) forwards only what that object posts: a component whose
+    transport is one thread's socket forwards its own posts, never another thread's.
 
     When a forwarded notification cannot be encoded, the observer raises
     :class:`BridgeError` inside ``post``: a strict center re-raises it to the poster, the
@@ -321,10 +342,12 @@ class BridgeSender:
         *,
         relay: bool = False,
         registry: TypeRegistry = shared_types,
+        sender: Any = None,
     ) -> None:
         self.transport = transport
         self.center = center
         self.relay = relay
+        self.sender = sender
         self.registry = registry
         #: How many notifications have been sent.
         self.sent = 0
@@ -340,7 +363,7 @@ class BridgeSender:
         # A closure, not a bound method: the center would hold a method only weakly.
         self._observer = self._make_observer()
         for type_ in self.types if self.types is not None else (None,):
-            center.add_observer(self._observer, type_)
+            center.add_observer(self._observer, type_, sender)
 
     def _make_observer(self) -> Callable[..., None]:
         def forward_posted(type: Hashable, sender: Any, /, **info: Any) -> None:  # noqa: A002
@@ -373,7 +396,7 @@ class BridgeSender:
             return
         self._closed = True
         for type_ in self.types if self.types is not None else (None,):
-            self.center.remove_observer(self._observer, type_)
+            self.center.remove_observer(self._observer, type_, self.sender)
 
     def __enter__(self) -> BridgeSender:
         return self
@@ -468,18 +491,12 @@ class BridgeReceiver:
 
     def _handle(self, data: bytes) -> int:
         try:
-            type_, sender, info = decode_notification(data, self.registry)
+            repost(data, self.center, self.registry)
         except (ValueError, LookupError) as exc:
             self.dropped += 1
             log.warning("bridge dropped a message (%s): %.200r", exc, data)
             return 0
         self.received += 1
-        previous = getattr(_reposting, "frame", None)
-        _reposting.frame = (type_, sender, info)
-        try:
-            self.center.post(type_, sender, **info)
-        finally:
-            _reposting.frame = previous
         return 1
 
     def close(self, timeout: float | None = 10.0) -> None:

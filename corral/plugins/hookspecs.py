@@ -11,6 +11,10 @@ A plugin is a module or object with functions named like these, marked with
     myplugin = "mypackage.corral_plugin"
 """
 
+# A hook spec is a signature pluggy reads, never called: its docstring is its whole body,
+# so mypy's "returns nothing" finding does not apply here.
+# mypy: disable-error-code="empty-body"
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from corral.core.magics import MagicsRegistry
     from corral.core.serialize import Reducer
     from corral.plugins.parallel.controller.policies import Policy
+    from corral.transports.zmq.kernel import Handler, KernelServer
 
 
 @hookspec
@@ -77,6 +82,25 @@ def corral_configure(config: Config) -> None:
 @hookspec
 def corral_unconfigure(config: Config) -> None:
     """Called at shutdown, in reverse order of registration: release what configure took.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_request_handlers(server: KernelServer) -> Mapping[str, Mapping[str, Handler]] | None:
+    """Return request types a kernel server should serve, by channel: ``{"shell":
+    {"apply_request": handler}, "control": {"abort_request": handler}}``, where
+    ``handler(sock, idents, msg)`` answers with ``server.reply(sock, idents, msg, content,
+    metadata, buffers)`` (``server`` is a
+    :class:`~corral.transports.zmq.kernel.KernelServer`; keep it, the handlers need it).
+
+    Called once per server, when plugins are configured in its process (a kernel: as
+    plugins load, right after its first reply), never per message: the handlers go into
+    the server's dispatch tables, so a message costs one dictionary lookup whichever
+    plugin serves it. A type the kernel serves itself cannot be taken over, and the first
+    plugin to name a type wins. The parallel plugin serves ``apply``, ``push``, ``pull``,
+    ``clear`` and ``abort`` this way, so a kernel answers what an engine answers.
 
     .. versionadded:: 0.1
     """

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "corral.plugins.builtin.commands",
     "corral.plugins.parallel.commands",
     "corral.plugins.parallel.magics_plugin",
+    "corral.plugins.parallel.kernel_requests",
     "corral.plugins.parallel.launchers.builtin",
     "corral.plugins.parallel.schedulers",
     "corral.plugins.serializers",

@@ -289,7 +289,7 @@ class Cluster(ClusterCompat):
         """True while the controller process is alive."""
         if self._attached and self.controller is None:
             pid = (self.cluster_info or {}).get("controller_pid")
-            return bool(pid) and process_alive(int(pid))
+            return process_alive(int(pid)) if pid else False
         return self.controller is not None and self.controller.is_running
 
     @property
@@ -550,6 +550,11 @@ class Cluster(ClusterCompat):
         info = read_record(path)
         if info is None:
             raise ClusterError(f"{path} is not a cluster record or cluster file")
+        if info.get("members") or isinstance(info.get("controllers"), list):
+            raise ClusterError(
+                f"{path} is an aggregate of several controllers: connect with "
+                "corral.Client(path), stop with `corral cluster stop`"
+            )
         if "registration" in info:  # a cluster file: profile/security/cluster-ID.json
             cluster_id = str(info["cluster_id"])
             profile = path.parent.parent.name.removeprefix("profile_")

@@ -12,10 +12,11 @@ through a client, when the manager is gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -24,10 +25,11 @@ from typing import Any
 
 from corral.core import compat
 from corral.core.config import Config, ConfigError
-from corral.core.private import private_file, write_private
-from corral.core.processes import process_alive
+from corral.core.private import write_private
+from corral.core.processes import Spawned, child_env, process_alive
 from corral.core.profiles import profile_dir
 from corral.plugins.markers import hookimpl
+from corral.plugins.parallel.aggregatefile import MEMBERS, is_aggregate
 
 _MODULE = "corral.plugins.parallel.commands"
 
@@ -37,7 +39,9 @@ def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
     cluster = subparsers.add_parser("cluster", help="start, stop and inspect clusters")
     actions = cluster.add_subparsers(dest="cluster_action", metavar="ACTION", required=True)
 
-    start = actions.add_parser("start", help="start a controller and engines")
+    start = actions.add_parser(
+        "start", help="start a controller (or several: --controllers N) and engines"
+    )
     _profile_option(start)
     _start_options(start)
     start.add_argument("--daemon", action="store_true", help="detach and return once ready")
@@ -87,6 +91,12 @@ def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--engines", default=None, help="[cluster] n: engines to start")
     parser.add_argument("--cluster-id", default=None, help="default: a new unique id")
     parser.add_argument(
+        "--controllers",
+        default=None,
+        help="[cluster] controllers: aggregate N controllers, each with its share of the "
+        "engines, behind one client (corral.Client connects to all of them)",
+    )
+    parser.add_argument(
         "--threads",
         action="store_const",
         const="threads",
@@ -122,6 +132,7 @@ def _cluster_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``Cluster(...)`` keyword arguments the start flags stand for."""
     kwargs: dict[str, Any] = {
         "n": args.engines,
+        "controllers": args.controllers,
         "controller_mode": args.mode,
         "db": args.db,
         "hb_period": args.hb_period,
@@ -147,6 +158,7 @@ def _start_argv(args: argparse.Namespace) -> list[str]:
     argv: list[str] = []
     for flag, value in (
         ("-n", args.engines),
+        ("--controllers", args.controllers),
         ("--db", args.db),
         ("--hb-period", args.hb_period),
         ("--hb-misses", args.hb_misses),
@@ -196,8 +208,28 @@ def _records(profile: str) -> list[dict[str, Any]]:
         info = read_record(path) or {}
         entry = found.setdefault(cluster_id, {"cluster_id": cluster_id})
         entry["cluster_file"] = str(path)
+        if is_aggregate(info):
+            entry.setdefault("members", [str(m.get("cluster_id")) for m in info[MEMBERS]])
         entry.setdefault("controller", info.get("controller_pid"))
-    return list(found.values())
+    # An aggregate's members are listed, stopped and connected to through it.
+    members = {m for record in found.values() for m in record.get("members", [])}
+    for record in found.values():
+        if record.get("members"):
+            parts = [found.get(m, {}) for m in record["members"]]
+            record.setdefault("controllers", [p.get("controller") for p in parts])
+            record.setdefault("engines", [e for p in parts for e in p.get("engines", [])])
+            record["member_records"] = parts
+            record["controller"] = record.get("controller") or next(
+                (pid for pid in record["controllers"] if pid), None
+            )
+    return [record for cid, record in found.items() if cid not in members]
+
+
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None if it is missing or half-written."""
+    from corral.plugins.parallel.cluster import read_record
+
+    return read_record(path)
 
 
 def _running(pid: int | None) -> bool:
@@ -234,20 +266,12 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
 
     cluster_id = args.cluster_id or new_cluster_id()
     # Built before anything starts (and before detaching): a bad value fails here, in the
-    # user's terminal, naming its source.
+    # user's terminal, naming its source. [cluster] controllers > 1 builds a Shards: the
+    # same start, stop, record and ready mark over every member (parallel/shards.py).
     try:
         cluster = Cluster(profile=args.profile, cluster_id=cluster_id, **_cluster_kwargs(args))
-    except ConfigError as error:
+    except (ConfigError, ValueError) as error:
         print(f"corral: configuration error: {error}", file=sys.stderr, flush=True)
-        return 2
-    if not isinstance(cluster, Cluster):  # [cluster] controllers > 1: an aggregate
-        print(
-            "corral: configuration error: [cluster] controllers above 1 is for the Python "
-            "API (Cluster(controllers=N) or corral.plugins.parallel.shards.Shards); "
-            "`corral cluster start` runs one controller",
-            file=sys.stderr,
-            flush=True,
-        )
         return 2
     if cluster.n == 0:  # only the Python API can add engines to it later
         print(
@@ -271,13 +295,18 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
     try:
         started = time.perf_counter()
         cluster.start_and_connect()
-        assert cluster.controller is not None
-        cluster.controller.on_stop(lambda launcher: stop_now.set())
+        if isinstance(cluster, Cluster):
+            assert cluster.controller is not None
+            cluster.controller.on_stop(lambda launcher: stop_now.set())
+        else:
+            cluster.on_stop(stop_now.set)
         cluster._write_record()
         _mark_ready(cluster.record_file)
+        controllers = len(getattr(cluster, "clusters", [cluster]))
         print(
-            f"cluster {cluster.cluster_id} ready: {cluster.n} engines in "
-            f"{time.perf_counter() - started:.2f} s (profile {args.profile!r})\n"
+            f"cluster {cluster.cluster_id} ready: {cluster.n} engines"
+            + (f" behind {controllers} controllers" if controllers > 1 else "")
+            + f" in {time.perf_counter() - started:.2f} s (profile {args.profile!r})\n"
             f"connect: corral.Client(profile={args.profile!r}, "
             f"cluster_id={cluster.cluster_id!r})\n"
             f"stop:    corral cluster stop --cluster-id {cluster.cluster_id}",
@@ -310,27 +339,14 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str, timeout: float) -> 
     """Run ``corral cluster start`` detached (own session, output to a log file) and
     return once it reports the cluster ready, or quote its log if it fails."""
     from corral.plugins.parallel.cluster import read_record, record_path
-    from corral.plugins.parallel.launchers.base import tail
 
     pdir = profile_dir(args.profile)
     log_file = pdir / "log" / f"cluster-{cluster_id}.log"
     # The manager runs this module directly: it needs no plugins, and starts faster.
     argv = [sys.executable, "-m", _MODULE, "--profile", args.profile]
     argv += ["--cluster-id", cluster_id, *_start_argv(args)]
-    env = os.environ.copy()
-    root = str(Path(__file__).resolve().parents[3])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with os.fdopen(private_file(log_file), "ab") as fh:
-        offset = fh.seek(0, os.SEEK_END)
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            close_fds=True,
-            **compat.new_group_kwargs(),
-        )
+    child = Spawned(argv, log_file=log_file, env=child_env())
+    proc = child.popen
     record_file = record_path(pdir, cluster_id)
     deadline = time.monotonic() + timeout + 30
     while True:
@@ -342,7 +358,7 @@ def _start_daemon(args: argparse.Namespace, cluster_id: str, timeout: float) -> 
                 proc.send_signal(signal.SIGTERM)
             print(
                 f"corral: cluster {cluster_id} failed to start; its log ({log_file}) ends "
-                f"with:\n{tail(log_file, offset) or '(no output)'}",
+                f"with:\n{child.output_tail() or '(no output)'}",
                 file=sys.stderr,
             )
             return 1
@@ -377,7 +393,8 @@ def stop_cluster(profile: str, record: dict[str, Any]) -> int:
 
     cluster_id = record["cluster_id"]
     manager = record.get("manager_pid")
-    if _running(manager):
+    managed = _running(manager)
+    if managed:
         os.kill(manager, signal.SIGTERM)
         try:
             psutil.Process(manager).wait(30)
@@ -385,7 +402,9 @@ def stop_cluster(profile: str, record: dict[str, Any]) -> int:
             pass
         except psutil.TimeoutExpired:
             os.kill(manager, signal.SIGKILL)
-    else:
+    if record.get("members"):
+        return _stop_aggregate(profile, record)
+    if not managed:
         cluster_file = record.get("cluster_file")
         if cluster_file and Path(cluster_file).exists() and _running(record.get("controller")):
             try:
@@ -423,6 +442,26 @@ def stop_cluster(profile: str, record: dict[str, Any]) -> int:
     return 0
 
 
+def _stop_aggregate(profile: str, record: dict[str, Any]) -> int:
+    """After its manager (if any) is gone: stop what is left of every member, as a
+    cluster of its own, then remove the aggregate's files."""
+    pdir = profile_dir(profile)
+    (pdir / "security" / f"cluster-{record['cluster_id']}.json").unlink(missing_ok=True)
+    found = {r["cluster_id"]: r for r in record.get("member_records", []) if r}
+    for member in record["members"]:
+        part = dict(found.get(member) or {"cluster_id": member})
+        part["manager_pid"] = None  # the aggregate's manager, already dealt with
+        file = pdir / "security" / f"cluster-{member}.json"
+        if file.exists():
+            part.setdefault("cluster_file", str(file))
+            part.setdefault("controller", (read_json_file(file) or {}).get("controller_pid"))
+        with contextlib.redirect_stdout(io.StringIO()):  # one line for the aggregate
+            stop_cluster(profile, part)
+    (pdir / "run" / f"cluster-{record['cluster_id']}.json").unlink(missing_ok=True)
+    print(f"cluster {record['cluster_id']} stopped ({len(record['members'])} controllers)")
+    return 0
+
+
 # ---------------------------------------------------------------------- status, list
 
 
@@ -440,7 +479,11 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
     try:
         ids = sorted(client.ids)
         print(f"cluster {record['cluster_id']} (profile {args.profile!r})")
-        print(f"  controller pid: {record.get('controller')}")
+        if record.get("members"):
+            print(f"  controllers: {len(record['members'])} ({', '.join(record['members'])})")
+            print(f"  controller pids: {record.get('controllers')}")
+        else:
+            print(f"  controller pid: {record.get('controller')}")
         print(f"  engines up: {len(ids)}  ids: {ids}")
         queues = client.queue_status()
         print(f"  {'engine':>6} {'queued':>7} {'running':>8} {'completed':>10}")
@@ -468,6 +511,10 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
         engines = [pid for pid in record.get("engines", []) if _running(pid)]
         running = _running(controller)
         state = "running" if running else "stale"
+        members = record.get("members") or []
+        if members:  # an aggregate: running while every member controller is
+            running = all(_running(pid) for pid in record.get("controllers") or [None])
+            state = ("running" if running else "stale") + f" ({len(members)} controllers)"
         print(
             f"{record['cluster_id']:<26} {len(engines):>7} {record.get('manager_pid') or '-'!s:>8}"
             f" {controller or '-'!s:>10} {state:<8}"
@@ -502,16 +549,18 @@ def run_clean(args: argparse.Namespace, config: Config) -> int:
     for record in _records(args.profile):
         if _running(record.get("manager_pid")) or _running(record.get("controller")):
             continue
-        cluster_id = record["cluster_id"]
-        for path in (
-            pdir / "security" / f"cluster-{cluster_id}.json",
-            pdir / "run" / f"cluster-{cluster_id}.json",
-            pdir / "run" / f"controller-{cluster_id}.pid",
-            *(pdir / "run").glob(f"engine-{cluster_id}-*.pid"),
-        ):
-            if path.exists():
-                path.unlink()
-                removed.append(path)
+        if any(_running(pid) for pid in record.get("controllers") or []):
+            continue  # an aggregate with a member still running
+        for cluster_id in (record["cluster_id"], *record.get("members", [])):
+            for path in (
+                pdir / "security" / f"cluster-{cluster_id}.json",
+                pdir / "run" / f"cluster-{cluster_id}.json",
+                pdir / "run" / f"controller-{cluster_id}.pid",
+                *(pdir / "run").glob(f"engine-{cluster_id}-*.pid"),
+            ):
+                if path.exists():
+                    path.unlink()
+                    removed.append(path)
     for path in removed:
         print(f"removed {path}")
     if not removed:

@@ -5,6 +5,11 @@ on the process-wide center (``shared_center``) of the process where it happens, 
 keywords below as ``info``. Every type is a plain string, so it crosses processes
 unchanged through the notification bridge, and every ``info`` value is JSON.
 
+The engine types (:data:`ENGINE_TYPES`) happen in the hub: the hub posts them on its
+center, and its bridge carries them on the cluster's signed notification feed to every
+client, which re-posts them in its process (sender: the name ``"hub"``), and to any
+process that calls :func:`corral.plugins.parallel.bus.watch_cluster`.
+
 A post nobody observes costs one dict lookup (the center's promise). The engine asks
 whether its task notifications are observed once per wake-up of its loop, not per task,
 so an unobserved burst pays nothing; an observer registered by a task hears from the next
@@ -14,11 +19,13 @@ its I/O thread: observers there must be quick and must not block.
 ===========================  ===========  =================================================
 type                         posted in    info keywords
 ===========================  ===========  =================================================
-``ENGINE_REGISTERED``        engine,      engine_id, uuid
-                             client
-``ENGINE_UNREGISTERED``      client       engine_id, uuid, reason (``"shutdown"``)
-``ENGINE_DIED``              client       engine_id, uuid, reason (``"heartbeat"`` or
-                                          ``"exited"``)
+``ENGINE_REGISTERED``        hub, engine  engine_id, uuid
+``ENGINE_RESTARTED``         hub          engine_id, uuid, previous_engine_id,
+                                          previous_uuid (its monitor restarted a
+                                          dead engine; after its ENGINE_REGISTERED)
+``ENGINE_UNREGISTERED``      hub          engine_id, uuid, reason (``"shutdown"``)
+``ENGINE_DIED``              hub          engine_id, uuid, reason (``"heartbeat"``,
+                                          ``"exited"`` or ``"died"``)
 ``TASK_SUBMITTED``           client       msg_ids (list), msg_type, channel
 ``TASK_STARTED``             engine       msg_id, msg_type, engine_id
 ``TASK_FINISHED``            engine       msg_id, msg_type, engine_id
@@ -29,8 +36,10 @@ type                         posted in    info keywords
                                           content
 ===========================  ===========  =================================================
 
-In the client process the sender is the :class:`~.client.client.Client`; in the engine
-process it is the :class:`~.engine.engine.Engine`. Over the bridge both arrive as names.
+In the hub's process the sender is the :class:`~.controller.hub.Hub`; in the client
+process it is the :class:`~.client.client.Client` (the hub's, re-posted: ``"hub"``); in
+the engine process it is the :class:`~.engine.engine.Engine`. Over the bridge all arrive
+as names.
 
 .. versionadded:: 0.1
 """
@@ -42,7 +51,10 @@ from typing import Any
 __all__ = [
     "ENGINE_DIED",
     "ENGINE_REGISTERED",
+    "ENGINE_RESTARTED",
+    "ENGINE_TYPES",
     "ENGINE_UNREGISTERED",
+    "LOCAL_FEEDS",
     "OUTPUT",
     "PARALLEL_TYPES",
     "TASK_COMPLETED",
@@ -55,6 +67,7 @@ __all__ = [
 ENGINE_REGISTERED = "parallel.engine.registered"
 ENGINE_UNREGISTERED = "parallel.engine.unregistered"
 ENGINE_DIED = "parallel.engine.died"
+ENGINE_RESTARTED = "parallel.engine.restarted"
 TASK_SUBMITTED = "parallel.task.submitted"
 TASK_STARTED = "parallel.task.started"
 TASK_FINISHED = "parallel.task.finished"
@@ -66,6 +79,7 @@ PARALLEL_TYPES = (
     ENGINE_REGISTERED,
     ENGINE_UNREGISTERED,
     ENGINE_DIED,
+    ENGINE_RESTARTED,
     TASK_SUBMITTED,
     TASK_STARTED,
     TASK_FINISHED,
@@ -73,8 +87,15 @@ PARALLEL_TYPES = (
     OUTPUT,
 )
 
-#: Why the hub unregisters an engine that did not ask to leave.
-_DEATHS = frozenset({"heartbeat", "exited"})
+#: What the hub posts, and its bridge carries to other processes.
+ENGINE_TYPES = (ENGINE_REGISTERED, ENGINE_UNREGISTERED, ENGINE_DIED, ENGINE_RESTARTED)
+
+#: Session ids of the hubs serving in this process (a controller in threads mode): a client
+#: here does not re-post what they send, since they posted it here already.
+LOCAL_FEEDS: set[str] = set()
+
+#: Why the hub unregisters an engine that did not ask to leave (its monitor says "died").
+_DEATHS = frozenset({"heartbeat", "exited", "died"})
 
 
 def post_unregistration(center: Any, sender: Any, engine_id: int, content: dict[str, Any]) -> None:

@@ -1,47 +1,42 @@
-"""Several controllers aggregated behind one client: :class:`Shards` and its client.
+"""Several controllers aggregated behind one client: :class:`Shards` starts them.
 
 Why: one controller's task scheduler is one process, and it saturates first (about 50 us
 of CPU per task); its hub writes every request and reply. Several independent
 controllers, each with its own share of the engines, its own hub and its own task
 database, multiply both, and the aggregation lives where it costs the controllers
-nothing: in the client.
+nothing: in the client (:mod:`.aggregate`: how work spreads, and engine ids).
 
-How work spreads: :class:`AggregateView` sends each load-balanced task to the controller
-whose engines hold the fewest of this view's unfinished tasks each (ties: the first),
-counting a task from submission to its result. A controller takes at most ``window``
-unfinished tasks per engine; the rest wait in the view, in order, and go to whichever
-controller finishes a task first. So no controller queues work that another's idle engines
-could run: the shared backlog lives in the aggregate, and every controller's engines pull
-from it as they free up (stealing by pulling, with no task ever moved between
-controllers). Within a controller its own scheduler balances as always.
-
-What this is not: a task already sent to one controller stays there (it holds at most
-``window`` per engine, the prefetch a scheduler keeps anyway); and each controller keeps
-its own database, so :meth:`AggregateClient.db_query` merges the answers of all of them.
-
-Engine ids: controller ``k`` of ``N`` calls its engines ``0, 1, ...``; the aggregate id of
-its engine ``i`` is ``i * N + k``, stable whatever the other controllers do.
+Files: member ``k`` of cluster ``ID`` is the complete cluster ``ID-k`` (its own cluster
+file, record, logs and database); once all are up, ``security/cluster-ID.json`` lists
+them (:mod:`.aggregatefile`), so ``Client(profile=..., cluster_id=ID)`` or
+``corral.Client(path)`` connects to all of them, and ``corral cluster`` lists and stops
+them as one.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import json
 import os
-import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from .client.client import Client
-from .cluster import Cluster, new_cluster_id
+from corral.core.private import write_private
 
-__all__ = ["AggregateClient", "AggregateView", "HeldResult", "Shards", "aggregate_if_asked"]
+from .aggregate import DEFAULT_WINDOW, AggregateClient, AggregateView, HeldResult
+from .aggregatefile import write_aggregate_file
+from .cluster import Cluster, new_cluster_id, record_path
+from .clusterfile import cluster_file_path
 
-#: Unfinished tasks per engine a controller is given before the rest wait in the view:
-#: the task scheduler's own prefetch bound (queues.DEFAULT_HWM), so an engine never idles
-#: for want of work in its controller while the view holds some.
-DEFAULT_WINDOW = 128
-
+__all__ = [
+    "DEFAULT_WINDOW",
+    "AggregateClient",
+    "AggregateView",
+    "HeldResult",
+    "Shards",
+    "aggregate_if_asked",
+]
 
 #: Cluster's positional parameters, in order (for aggregate_if_asked).
 _CLUSTER_POSITIONAL = (
@@ -101,213 +96,104 @@ class Shards:
             for k, share in enumerate(shares)
         ]
         self.shares = shares
+        self.n = n
+        self.cluster_id = base
+        self.profile: str = self.clusters[0].profile
+        self.engine_timeout: float = self.clusters[0].engine_timeout
 
-    def start_and_connect(self) -> AggregateClient:
-        """Start every controller (together: each returns once its file is written), then
-        connect and wait for every engine."""
+    @property
+    def cluster_file(self) -> Path:
+        """The aggregate's file, listing every member (written once all are up)."""
+        return cluster_file_path(self.profile, self.cluster_id)
+
+    @property
+    def is_running(self) -> bool:
+        """True while every member controller runs."""
+        return all(cluster.is_running for cluster in self.clusters)
+
+    def start(self) -> None:
+        """Start every member controller and its engines, then write the aggregate file
+        (after every member's own file: a reader of it can connect to all at once)."""
         started: list[Cluster] = []
         try:
             for cluster in self.clusters:
                 cluster.start()
                 started.append(cluster)
-            clients = [cluster.connect_client() for cluster in self.clusters]
-            aggregate = AggregateClient(clients)
-            for client, share in zip(clients, self.shares, strict=True):
-                client.wait_for_engines(share, timeout=self.clusters[0].engine_timeout)
-            return aggregate
+            members = [dict(cluster.cluster_info or {}) for cluster in self.clusters]
+            write_aggregate_file(self.cluster_file, self.cluster_id, members)
         except BaseException:
             for cluster in started:
                 cluster.stop()
             raise
 
+    def connect_client(self, **kwargs: Any) -> AggregateClient:
+        """A new :class:`AggregateClient` over every member (closed again by :meth:`stop`)."""
+        return AggregateClient([cluster.connect_client(**kwargs) for cluster in self.clusters])
+
+    def start_and_connect(self) -> AggregateClient:
+        """Start every controller, then connect and wait for every engine."""
+        self.start()
+        try:
+            aggregate = self.connect_client()
+            for cluster, client in zip(self.clusters, aggregate.clients, strict=True):
+                cluster.wait_for_engines(client)
+            return aggregate
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self) -> None:
+        """Stop every member; the aggregate file goes first (no new client finds a half
+        stopped aggregate)."""
+        self.cluster_file.unlink(missing_ok=True)
         for cluster in self.clusters:
             cluster.stop()
 
     def pids(self) -> list[dict[str, Any]]:
         return [cluster.pids() for cluster in self.clusters]
 
+    # ------------------------------------------------------------ for `corral cluster`
+
+    @property
+    def record_file(self) -> Path:
+        """``<profile>/run/cluster-ID.json``: who runs the aggregate, and its members."""
+        return record_path(self.clusters[0].profile_dir, self.cluster_id)
+
+    def _write_record(self) -> None:
+        pids = self.pids()
+        record = {
+            "cluster_id": self.cluster_id,
+            "profile": self.profile,
+            "n": self.n,
+            "manager_pid": os.getpid(),
+            "cluster_file": str(self.cluster_file),
+            "started": time.time(),
+            "members": [cluster.cluster_id for cluster in self.clusters],
+            "controller": pids[0]["controller"],
+            "controllers": [p["controller"] for p in pids],
+            "engines": [e for p in pids for e in p["engines"]],
+        }
+        path = self.record_file
+        tmp = path.with_suffix(".tmp")
+        write_private(tmp, json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when any member controller exits (the aggregate is then
+        incomplete: its tasks would all go to the others)."""
+        for cluster in self.clusters:
+            assert cluster.controller is not None
+            cluster.controller.on_stop(lambda launcher: callback())
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return (
+            f"<Shards {self.cluster_id!r} profile={self.profile!r} n={self.n} "
+            f"controllers={len(self.clusters)} {state}>"
+        )
+
     def __enter__(self) -> AggregateClient:
         return self.start_and_connect()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class AggregateClient:
-    """One client over several controllers' clients (see the module docstring)."""
-
-    def __init__(self, clients: Sequence[Client]) -> None:
-        if not clients:
-            raise ValueError("an aggregate needs at least one client")
-        self.clients = list(clients)
-
-    @property
-    def ids(self) -> list[int]:
-        """Aggregate ids of every live engine of every controller."""
-        n = len(self.clients)
-        return sorted(i * n + k for k, client in enumerate(self.clients) for i in client.ids)
-
-    def locate(self, engine_id: int) -> tuple[Client, int]:
-        """The client of the controller that owns aggregate ``engine_id``, and its own id."""
-        n = len(self.clients)
-        return self.clients[engine_id % n], engine_id // n
-
-    def __getitem__(self, engine_id: int) -> Any:
-        client, local = self.locate(engine_id)
-        return client[local]
-
-    def load_balanced_view(self, window: int = DEFAULT_WINDOW) -> AggregateView:
-        return AggregateView(self, window)
-
-    def db_query(self, query: dict[str, Any], keys: Sequence[str] | None = None) -> list[Any]:
-        """Records matching ``query`` from every controller's database, one list."""
-        records: list[Any] = []
-        for client in self.clients:
-            records.extend(client.db_query(query, keys))
-        return records
-
-    def purge_results(self, jobs: Any = "all") -> int:
-        return sum(client.purge_results(jobs) for client in self.clients)
-
-    def shutdown(self, hub: bool = True) -> None:
-        for client in self.clients:
-            client.shutdown(hub=hub)
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.close()
-
-
-class HeldResult(concurrent.futures.Future):  # type: ignore[type-arg]
-    """The result of a task waiting in the view for room in some controller: a future
-    with ``get`` as the views' results have; ``sent`` is the real result once sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: Any = None
-
-    def get(self, timeout: float | None = None) -> Any:
-        return self.result(timeout)
-
-
-class AggregateView:
-    """Load balancing over several controllers (see the module docstring)."""
-
-    def __init__(self, aggregate: AggregateClient, window: int = DEFAULT_WINDOW) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, not {window!r}")
-        self.aggregate = aggregate
-        self.window = window
-        self.views = [client.load_balanced_view() for client in aggregate.clients]
-        self.outstanding = [0] * len(self.views)
-        self.held: deque[tuple[HeldResult, Callable[..., Any], tuple, dict]] = deque()
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
-        self._closed = False
-        self._pump: threading.Thread | None = None
-
-    def _pick(self, refill: bool = False) -> int | None:
-        """The controller with the fewest unfinished tasks per engine, among those with
-        room in their window (for ``refill``: room for a quarter of it, so held tasks go
-        out in bursts that travel batched, not one per finished task); None when none."""
-        clients = self.aggregate.clients
-        best, best_share = None, float("inf")
-        for k, waiting in enumerate(self.outstanding):
-            engines = max(1, len(clients[k].ids))
-            room = self.window * engines - waiting
-            if room < (max(1, self.window // 4) * engines if refill else 1):
-                continue
-            share = (waiting + 1) / engines
-            if share < best_share:
-                best, best_share = k, share
-        return best
-
-    def _done(self, k: int) -> Callable[[Any], None]:
-        def done(_result: Any) -> None:
-            with self._room:
-                self.outstanding[k] -= 1
-                if self.held and self._pick(refill=True) is not None:
-                    self._room.notify()
-
-        return done
-
-    def _send(self, k: int, f: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        """Send to controller ``k`` (counted already)."""
-        try:
-            result = self.views[k].apply_async(f, *args, **kwargs)
-        except BaseException:
-            with self._room:
-                self.outstanding[k] -= 1
-            raise
-        result.add_done_callback(self._done(k))
-        return result
-
-    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        with self._room:
-            k = None if self.held else self._pick()  # nobody jumps the queue
-            if k is None:
-                held = HeldResult()
-                self.held.append((held, f, args, kwargs))
-                self._start_pump()
-                return held
-            self.outstanding[k] += 1
-        return self._send(k, f, args, kwargs)
-
-    def _start_pump(self) -> None:
-        if self._pump is None:
-            self._pump = threading.Thread(target=self._run_pump, name="corral-shards", daemon=True)
-            self._pump.start()
-
-    def _run_pump(self) -> None:
-        """Send held tasks, oldest first, as controllers make room. A thread of its own:
-        the room is made in the clients' I/O threads, which must not be made to send."""
-        while True:
-            with self._room:
-                while not self._closed and (not self.held or self._pick(refill=True) is None):
-                    self._room.wait()
-                if self._closed:
-                    return
-                burst: list[tuple[int, HeldResult, Callable[..., Any], tuple, dict]] = []
-                while self.held:
-                    k = self._pick()
-                    if k is None:
-                        break
-                    held, f, args, kwargs = self.held.popleft()
-                    self.outstanding[k] += 1
-                    burst.append((k, held, f, args, kwargs))
-            for k, held, f, args, kwargs in burst:
-                try:
-                    result = self._send(k, f, args, kwargs)
-                except BaseException as exc:  # noqa: BLE001 - the caller hears of it
-                    held.set_exception(exc)
-                    continue
-                held.sent = result
-                result.add_done_callback(lambda r, h=held: _settle(h, r))
-
-    def close(self) -> None:
-        """Stop sending held tasks (they are cancelled)."""
-        with self._room:
-            self._closed = True
-            while self.held:
-                self.held.popleft()[0].cancel()
-            self._room.notify_all()
-
-    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        return self.apply_async(f, *args, **kwargs).get()
-
-    def map_async(self, f: Callable[..., Any], *sequences: Iterable[Any]) -> list[Any]:
-        """One task per item, each placed as :meth:`apply_async` places it."""
-        return [self.apply_async(f, *items) for items in zip(*sequences, strict=False)]
-
-    def map_sync(self, f: Callable[..., Any], *sequences: Iterable[Any]) -> list[Any]:
-        return [result.get() for result in self.map_async(f, *sequences)]
-
-
-def _settle(held: HeldResult, result: concurrent.futures.Future) -> None:  # type: ignore[type-arg]
-    """Pass a sent task's outcome on to the result its caller holds."""
-    exc = result.exception()
-    if exc is not None:
-        held.set_exception(exc)
-    else:
-        held.set_result(result.result())

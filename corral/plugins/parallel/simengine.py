@@ -39,14 +39,14 @@ import sys
 import time
 import uuid as uuid_module
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
 from corral.core import serialize
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import HUB, cluster_signer
 from corral.transports.zmq.frames import send_frames
 from corral.transports.zmq.gate import gate_for
 
@@ -110,14 +110,14 @@ class SimEngine:
             "local_path": None,
         }
         frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
+            (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
         )
         self.crowd.watch(self.registration, self._on_registration)
         send_frames(self.registration, frames)
 
     def _on_registration(self) -> None:
         sock = self.registration
-        while sock.getsockopt(_EVENTS) & _POLLIN:
+        while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
             try:
                 msg = recv_message(sock, self.crowd.signer, None, _NOBLOCK)
             except zmq.Again:
@@ -157,7 +157,7 @@ class SimEngine:
     def _serve(self, channel: str, sock: zmq.Socket[Any]) -> None:
         """Answer every request waiting on ``sock``; replies go out batched."""
         signer = self.crowd.checker
-        while sock.getsockopt(_EVENTS) & _POLLIN:
+        while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
             replies: list[list[Any]] = []
             for _ in range(256):
                 try:
@@ -260,19 +260,19 @@ class SimCrowd:
         """Call ``handler`` whenever ``sock`` may have input. The zmq descriptor is edge
         triggered: the handler drains, and is also called once now, in case input came
         before the watch began."""
-        fd = sock.getsockopt(zmq.FD)
+        fd = sock.fileno()  # the option zmq.FD
         self._watched[fd] = (sock, handler)
         self.loop.add_reader(fd, handler)
         self.loop.call_soon(handler)
 
     def unwatch(self, sock: zmq.Socket[Any]) -> None:
-        fd = sock.getsockopt(zmq.FD)
+        fd = sock.fileno()  # the option zmq.FD
         if self._watched.pop(fd, None) is not None:
             self.loop.remove_reader(fd)
 
     def _on_beat(self) -> None:
         sock = self.ping
-        while sock.getsockopt(_EVENTS) & _POLLIN:
+        while cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
             try:
                 beat = sock.recv(_NOBLOCK)
             except zmq.Again:
@@ -312,8 +312,13 @@ async def _run(args: argparse.Namespace) -> int:
     cluster = load_cluster_file(args.cluster_file)
     queues = tuple(q for q in QUEUES if q.split("_")[0] in args.queues.split(","))
     crowd = SimCrowd(cluster, loop, queues=queues, trust=args.trust)
+
+    def finish() -> None:
+        if not crowd.done.done():
+            crowd.done.set_result(None)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: crowd.done.done() or crowd.done.set_result(None))
+        loop.add_signal_handler(sig, finish)
     try:
         seconds = await asyncio.wait_for(crowd.start(args.n, args.wave), args.timeout)
         ids = sorted(e.id for e in crowd.engines if e.id is not None)

@@ -61,7 +61,7 @@ async def _prompt_in_thread(msg: Message) -> str:
     return await asyncio.get_running_loop().run_in_executor(None, prompt_for_input, msg)
 
 
-class AsyncKernelClient(_ClientBase):
+class AsyncKernelClient(_ClientBase[zmq.asyncio.Socket]):
     """A kernel client for asyncio code: ``await kc.execute_interactive("1 + 1")``.
 
     Use it from one event loop (the sockets belong to the loop that first used them).
@@ -147,8 +147,9 @@ class AsyncKernelClient(_ClientBase):
                 poller.register(sock, zmq.POLLIN)
             timeout_ms = -1 if left is None else int(left * 1000) + 1
             polling = asyncio.ensure_future(poller.poll(timeout_ms))
+            either: set[asyncio.Future[Any]] = {polling, wake}
             try:
-                await asyncio.wait({polling, wake}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 if not polling.done():
                     polling.cancel()
@@ -325,5 +326,6 @@ class AsyncKernelClient(_ClientBase):
                 if step == "idle":
                     break
                 if step == "output":
+                    assert out is not None  # on_iopub says "output" only for a message
                     await _call_hook(output_hook, out)
         return await self.get_reply(msg_id, _remaining_s(deadline))

@@ -85,10 +85,14 @@ def pack_batches(
 
 
 def pack_batches_counted(
-    prefix: Sequence[Any], messages: Sequence[Sequence[Any]], limit: int = 64
+    prefix: Sequence[Any],
+    messages: Sequence[Sequence[Any]],
+    limit: int = 64,
+    max_bytes: int = MAX_BATCH_BYTES,
 ) -> list[tuple[list[Any], int]]:
     """:func:`pack_batches`, each zmq message with how many of ``messages`` it carries
-    (a sender that fails part way knows which messages are still unsent)."""
+    (a sender that fails part way knows which messages are still unsent). ``max_bytes``
+    bounds a batch's body (a sender that wants one message for many replies raises it)."""
     out: list[tuple[list[Any], int]] = []
     run: list[Sequence[Any]] = []
     counts: list[int] = []
@@ -111,7 +115,7 @@ def pack_batches_counted(
             run_bytes = 0
             out.append(([*prefix, *message], 1))
             continue
-        if run_bytes + size > MAX_BATCH_BYTES:
+        if run_bytes + size > max_bytes:
             close_run()
             run_bytes = 0
         run.append(message)

@@ -32,18 +32,18 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import shutil
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from . import wire
+from .door import ROLES
+from .session import Session
 
-__all__ = ["ZmqBridgeTransport"]
+__all__ = ["FEED_MSG_TYPE", "FeedPublisher", "FeedSubscriber", "ZmqBridgeTransport"]
 
 log = logging.getLogger("corral.transports.zmq.bridge")
 
@@ -51,6 +51,52 @@ _MESSAGE = b"m"
 _GOODBYE = b"eof"
 #: How long closing may wait to deliver what was sent (milliseconds).
 _LINGER_MS = 2000
+
+
+def _private_tmpdir() -> str:
+    # Imported here: the hub imports this module for its feed, and shutil and tempfile
+    # (with the compression modules they bring) would cost every controller start.
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="corral-bridge-")  # created 0700
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class _Waker:
+    """Lets ``close()`` (any thread) wake a ``recv`` blocked polling ``sock``: a PAIR of
+    inproc sockets, one each side, so each socket is used by one thread only."""
+
+    def __init__(self, context: zmq.Context[Any], sock: zmq.Socket[Any]) -> None:
+        url = f"inproc://corral-bridge-wake-{os.getpid()}-{id(self)}"
+        self._sock = sock
+        self._rx = context.socket(zmq.PAIR)
+        self._rx.linger = 0
+        self._rx.bind(url)
+        self._tx = context.socket(zmq.PAIR)
+        self._tx.linger = 0
+        self._tx.connect(url)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._rx, zmq.POLLIN)
+
+    def wait(self, end: float | None) -> bool:
+        """Whether ``sock`` has a message before ``end`` (monotonic; None: no limit);
+        False also when woken."""
+        ms = None if end is None else max(0, int((end - time.monotonic()) * 1000))
+        ready = dict(self._poller.poll(ms))
+        return self._rx not in ready and self._sock in ready
+
+    def wake(self) -> None:
+        self._tx.send(b"")
+
+    def close(self) -> None:
+        self._rx.close()
+        self._tx.close()
 
 
 def _check_key(key: bytes) -> bytes:
@@ -95,24 +141,13 @@ class ZmqBridgeTransport:
             out.sndtimeo = int(send_timeout * 1000)
         self._signer = wire.Signer(key)
         self._replay = wire.ReplayGuard()
-        self._nonce = secrets.token_bytes(8)
+        self._nonce = os.urandom(8)  # what secrets draws from, without importing it
         self._count = 0
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         self._closed = False
         self._eof = False
-        # close() (any thread) -> a recv blocked in poll: one socket each side, so each is
-        # used by one thread only.
-        wake_url = f"inproc://corral-bridge-wake-{os.getpid()}-{id(self)}"
-        self._wake_rx = context.socket(zmq.PAIR)
-        self._wake_rx.linger = 0
-        self._wake_rx.bind(wake_url)
-        self._wake_tx = context.socket(zmq.PAIR)
-        self._wake_tx.linger = 0
-        self._wake_tx.connect(wake_url)
-        self._poller = zmq.Poller()
-        self._poller.register(self._in, zmq.POLLIN)
-        self._poller.register(self._wake_rx, zmq.POLLIN)
+        self._waker = _Waker(context, self._in)
 
     # ------------------------------------------------------------------ making ends
 
@@ -128,13 +163,13 @@ class ZmqBridgeTransport:
     ) -> ZmqBridgeTransport:
         """The listening end: random ports on ``ip`` (``transport="tcp"``), or ipc sockets
         in a fresh private directory (``"ipc"``). ``key`` defaults to 32 random bytes."""
-        key = secrets.token_bytes(32) if key is None else key
+        key = os.urandom(32) if key is None else key
         ctx, own = (context, False) if context is not None else (zmq.Context(), True)
         out, inbox = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
         tmpdir = None
         try:
             if transport == "ipc":
-                tmpdir = tempfile.mkdtemp(prefix="corral-bridge-")  # created 0700
+                tmpdir = _private_tmpdir()
                 in_url, out_url = (f"ipc://{tmpdir}/{name}" for name in ("in", "out"))
                 inbox.bind(in_url)
                 out.bind(out_url)
@@ -148,7 +183,7 @@ class ZmqBridgeTransport:
             out.close(0)
             inbox.close(0)
             if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+                _remove_tree(tmpdir)
             if own:
                 ctx.term()
             raise
@@ -192,11 +227,9 @@ class ZmqBridgeTransport:
             while True:  # refused messages do not end the wait
                 if self._closed or self._eof:
                     raise EOFError("transport is closed")
-                ms = None if end is None else max(0, int((end - time.monotonic()) * 1000))
-                ready = dict(self._poller.poll(ms))
-                if self._closed or self._wake_rx in ready:
-                    raise EOFError("transport is closed")
-                if self._in not in ready:
+                if not self._waker.wait(end) or self._closed:
+                    if self._closed:
+                        raise EOFError("transport is closed")
                     return None
                 message = self._accept(self._in.recv_multipart())
                 if message is not None:
@@ -213,17 +246,16 @@ class ZmqBridgeTransport:
             except OSError:
                 pass  # no peer connected: nobody to tell
             self._closed = True
-            self._wake_tx.send(b"")
+            self._waker.wake()
         # Once both locks are ours no thread is inside a socket any more.
         with self._recv_lock, self._send_lock:
             self._out.close(linger=_LINGER_MS)
             self._in.close(linger=0)
-            self._wake_rx.close()
-            self._wake_tx.close()
+            self._waker.close()
             if self._own_context:
                 self._context.term()
             if self._tmpdir is not None:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
+                _remove_tree(self._tmpdir)
 
     def __enter__(self) -> ZmqBridgeTransport:
         return self
@@ -262,3 +294,119 @@ class ZmqBridgeTransport:
             self._eof = True
             raise EOFError("the peer closed the bridge")
         return data
+
+
+# ---------------------------------------------------------------------- the cluster feed
+
+#: The ``msg_type`` of a bridged notification on a cluster's notification feed (the
+#: hub's PUB socket); also its topic, so a subscriber can take these and nothing else.
+FEED_MSG_TYPE = "bus_notification"
+_FEED_TOPIC = FEED_MSG_TYPE.encode("ascii")
+
+
+class FeedPublisher:
+    """The sending end of a bridge over a publisher socket many subscribers read.
+
+    Each notification goes out as one cluster message of type :data:`FEED_MSG_TYPE`,
+    signed by ``session`` (so through the same door as every cluster message:
+    :class:`~.session.Session` signs, :class:`FeedSubscriber` admits). A PUB socket
+    drops what no subscriber asked for, so a feed nobody reads costs the send call only.
+
+    Send-only; ``send`` must be called from the thread that owns ``socket``.
+    """
+
+    def __init__(self, socket: zmq.Socket[Any], session: Session) -> None:
+        self._socket = socket
+        self._session = session
+        self._closed = False
+
+    def send(self, data: bytes) -> None:
+        if self._closed:
+            raise OSError("transport is closed")
+        content = {"notification": data.decode("utf-8")}
+        try:
+            self._session.send(self._socket, FEED_MSG_TYPE, content, identities=[_FEED_TOPIC])
+        except zmq.ZMQError as exc:
+            raise OSError(str(exc)) from exc
+
+    def recv(self, timeout: float | None) -> bytes | None:
+        raise EOFError("a feed publisher only sends")
+
+    def close(self) -> None:
+        """Stop sending; the socket stays its owner's."""
+        self._closed = True
+
+
+def feed_payload(msg_type: str, content: dict[str, Any]) -> bytes | None:
+    """The bridge message inside an admitted feed message, None if it carries none."""
+    if msg_type != FEED_MSG_TYPE:
+        return None
+    text = content.get("notification")
+    return text.encode("utf-8") if isinstance(text, str) else None
+
+
+class FeedSubscriber:
+    """The receiving end of a :class:`FeedPublisher`: a SUB socket on ``url``.
+
+    ``session`` admits every message (signature, replay, the ``notifications`` role:
+    :func:`~.door.admit`); ``secure`` is applied to the socket before it connects (the
+    cluster gate's client credentials). Refused messages are counted in
+    :attr:`refused` by the session and skipped. Receive-only.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        session: Session,
+        *,
+        secure: Callable[[zmq.Socket[Any]], Any] | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._session = session
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.linger = 0
+        if secure is not None:
+            secure(self._sub)
+        self._sub.subscribe(_FEED_TOPIC)
+        self._sub.connect(url)
+        self._waker = _Waker(self._context, self._sub)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def refused(self) -> int:
+        return self._session.dropped
+
+    def send(self, data: bytes) -> None:
+        raise OSError("a feed subscriber only receives")
+
+    def recv(self, timeout: float | None) -> bytes | None:
+        with self._lock:
+            end = None if timeout is None else time.monotonic() + max(0.0, timeout)
+            while True:
+                if self._closed:
+                    raise EOFError("transport is closed")
+                if not self._waker.wait(end):
+                    if self._closed:
+                        raise EOFError("transport is closed")
+                    return None
+                parsed = self._session.parse(self._sub.recv_multipart(), ROLES["notifications"])
+                if parsed is None:
+                    continue
+                msg = parsed[1]
+                payload = feed_payload(msg["msg_type"], msg["content"])
+                if payload is not None:
+                    return payload
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._waker.wake()
+        with self._lock:  # no thread is inside the socket any more
+            self._sub.close(linger=0)
+            self._waker.close()
+            if self._own_context:
+                self._context.term()

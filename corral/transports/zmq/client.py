@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import zmq
 
@@ -187,13 +187,24 @@ def prompt_for_input(msg: Message) -> str:
         return ""
 
 
-class _ClientBase:
+#: The kind of socket a client uses: blocking ``zmq.Socket`` or ``zmq.asyncio.Socket``.
+_Socket = TypeVar("_Socket", bound="zmq.Socket[Any]")
+
+
+class _ClientBase(Generic[_Socket]):
     """Session, request building, frame checking and connection state; no sockets at all.
 
     ``_generation`` counts connections (bumped when the kernel moves to new ports);
     ``_epoch`` counts everything that invalidates a pending wait (deaths and restarts). A
     wait remembers the epoch it started in and fails as soon as the epoch moves on.
     """
+
+    # Made by the blocking and the asyncio client in their __init__, each with its own kind
+    # of socket; the connecting and sending code here uses them through these names.
+    context: zmq.Context[_Socket]
+    _sockets: dict[str, _Socket]
+    _hb: _Socket | None
+    _socket_generation: int
 
     def __init__(
         self,
@@ -404,6 +415,10 @@ class _ClientBase:
         self._socket_generation = generation
         return True
 
+    def _ensure_sockets(self) -> bool:
+        """Connect (or reconnect after a restart); True if new sockets were made."""
+        raise NotImplementedError  # each client connects in its own way
+
     def _close_sockets(self) -> None:
         for sock in self._sockets.values():
             sock.close(linger=0)
@@ -490,7 +505,7 @@ def _default_username() -> str:
         return "corral"
 
 
-class BlockingKernelClient(_ClientBase):
+class BlockingKernelClient(_ClientBase[zmq.Socket]):
     """A client that waits: send requests, then block until the kernel's messages arrive.
 
     Use one client from one thread (ZeroMQ sockets are not thread-safe); use one client per
@@ -769,6 +784,7 @@ class BlockingKernelClient(_ClientBase):
                 if step == "idle":
                     break
                 if step == "output":
+                    assert out is not None  # on_iopub says "output" only for a message
                     output_hook(out)
         return self.get_reply(msg_id, _remaining_s(deadline))
 
@@ -800,7 +816,7 @@ def kernel_public_key(info: Any) -> str | None:
 
 def _apply_curve(sock: zmq.Socket, info: Any) -> None:
     """Encrypt with CurveZMQ when the connection file names the kernel's public key."""
-    server_key = kernel_public_key(info)
+    server_key: str | bytes | None = kernel_public_key(info)
     if not server_key:
         return
     if isinstance(server_key, str):

@@ -11,7 +11,7 @@ Every decision is therefore tested without sockets (``tests/test_client_protocol
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 __all__ = ["Handshake", "InteractiveRun", "parent_id"]
 
@@ -121,7 +121,7 @@ class InteractiveRun:
         return f"execution did not finish within {self.timeout}s"
 
     @staticmethod
-    def wants_answer(msg: Message | None) -> bool:
+    def wants_answer(msg: Message | None) -> TypeGuard[Message]:
         return msg is not None and msg["msg_type"] == "input_request"
 
     def on_iopub(self, msg: Message | None) -> Literal["output", "idle", "skip"]:

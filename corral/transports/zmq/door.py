@@ -32,6 +32,17 @@ cluster socket receives passes before anything else looks at it (signature and b
 digests, replay guard, header, role). ``tests/test_door_coverage.py`` scans the code so
 that no receiving socket can be added without it: nothing outside this module and
 :mod:`.wire` may call a signer's or replay guard's checks.
+
+**Destinations.** Replay guards are per receiver, so a signed request must not be
+admissible at any receiver but the one it was signed for: every cluster request carries,
+in its signed header, :data:`DEST` naming where it may be let in (:func:`dest_of`: the
+hub, a queue by name, or one engine's direct sockets), and :func:`admit` refuses it
+anywhere else (:class:`Misdirected`). A queue does not know its engines in advance for a
+load-balanced task, so what it forwards to an engine carries the queue's **route seal**
+(:meth:`ClusterSigner.route_seal`, a MAC over the queue, the engine and the request's
+signature, as one extra routing frame the engine takes off): an engine admits a queued
+request only with a seal naming that queue and itself. A captured request can then only
+be replayed to the receiver it was for, whose own guard has seen it.
 """
 
 from __future__ import annotations
@@ -46,12 +57,16 @@ from corral.transports.zmq import wire
 
 __all__ = [
     "BUFFERS_COUNTED",
+    "DEST",
+    "HUB",
     "BUFFER_DIGESTS",
     "BUFFERS_HASHED",
     "BUFFERS_IGNORED",
     "BuffersAltered",
     "DIGEST_HEX",
+    "Misdirected",
     "ROLES",
+    "SEAL_PREFIX",
     "ClusterSigner",
     "Role",
     "RoleRefused",
@@ -60,8 +75,10 @@ __all__ = [
     "check_buffer_digests",
     "check_signed_buffers",
     "cluster_signer",
+    "dest_of",
     "deserialize",
     "signed_digests",
+    "take_seal",
 ]
 
 #: The metadata key that carries buffer digests on kernel channels (Jupyter's signature
@@ -74,11 +91,45 @@ BUFFERS_IGNORED, BUFFERS_COUNTED, BUFFERS_HASHED = range(3)
 #: Buffers at least this large are hashed with BLAKE3's thread pool.
 _THREADED_FROM = 8 << 20
 _SEP = b"."
+#: The signed header key naming where a cluster request may be admitted.
+DEST = "dest"
+#: The destination of requests to the hub (its registration socket).
+HUB = "hub"
+#: How a route seal frame starts: ZeroMQ reserves routing ids that begin with a zero
+#: byte for its own (5-byte) ids, so no peer can name itself like a seal.
+SEAL_PREFIX = b"\x00>"
+_SEAL_LEN = len(SEAL_PREFIX) + 64
 
 
 class RoleRefused(wire.WireError):
     """A correctly signed message of a kind this socket's role may not receive (a request
     replayed where replies arrive, a registration on a queue, ...)."""
+
+
+class Misdirected(RoleRefused):
+    """A correctly signed request that names another destination than the receiving
+    socket (captured on its way to one queue or engine and replayed to another), or a
+    queued request without its queue's seal for this engine."""
+
+
+def dest_of(name: str, engine: bytes | str | None = None) -> str:
+    """The :data:`DEST` a request bound for ``name`` carries: :data:`HUB`, a queue's name
+    (``mux``, ``control``, ``task``, ``broadcast``), or, with ``engine`` (its uuid), that
+    engine's direct sockets (``engine:<uuid>``: its data socket and its Unix socket)."""
+    if engine is None:
+        return name
+    uuid = engine.decode("ascii", "replace") if engine.__class__ is bytes else str(engine)
+    return f"{name}:{uuid}"
+
+
+def take_seal(idents: list[bytes]) -> bytes | None:
+    """Remove and return a queue's route seal from the routing frames of a request (it
+    travels as the last one), so replies never echo it; None if there is none."""
+    if idents:
+        last = idents[-1]
+        if len(last) == _SEAL_LEN and last.startswith(SEAL_PREFIX):
+            return idents.pop()
+    return None
 
 
 class Role:
@@ -139,6 +190,26 @@ ROLES: dict[str, Role] = {
     "replies": Role("replies", suffixes=("_reply",)),
     # the hub's notification feed, as engines and queues read it
     "notifications": Role("notifications", suffixes=("_notification",)),
+    # a client's iopub: what engines publish there (Jupyter's IOPub kinds, and
+    # ipyparallel's data_message); never a request, reply or notification
+    "iopub": Role(
+        "iopub",
+        (
+            "stream",
+            "display_data",
+            "update_display_data",
+            "execute_input",
+            "execute_result",
+            "error",
+            "status",
+            "clear_output",
+            "data_message",
+            "comm_open",
+            "comm_msg",
+            "comm_close",
+            "debug_event",
+        ),
+    ),
 }
 
 _decode = json.JSONDecoder().decode
@@ -154,30 +225,37 @@ def admit(
     how: int = BUFFERS_HASHED,
     role: Role | None = None,
     seen: Any = None,
+    dest: str | None = None,
+    sealed_to: bytes | None = None,
+    seal: bytes | None = None,
 ) -> dict[str, Any]:
     """Let one received message in, or raise a :class:`wire.WireError` saying why not.
 
-    In order, cheapest refusal first: the HMAC over the four JSON ``parts`` and the buffer
-    digests (``how``: hashed by consumers, counted by forwarders), the ``replay`` guard
-    (the signature seen before on this receiver), the header (a JSON object with a string
-    ``msg_id``), and ``role`` (whether this socket may receive the header's
-    ``msg_type``). Returns the parsed header, so callers never parse it twice. ``seen`` is
-    what the replay guard records instead of the signature (the hub's monitor records
-    each copy's envelope: the same inner message legitimately arrives once per queue).
+    In order: the HMAC over the four JSON ``parts`` and the buffer digests (``how``:
+    hashed by consumers, counted by forwarders), the header (a JSON object with a string
+    ``msg_id``), ``role`` (whether this socket may receive the header's ``msg_type``),
+    ``dest`` and the route seal (below), and last the ``replay`` guard (the signature seen
+    before on this receiver), so that only what this receiver would admit is recorded.
+    Returns the parsed header, so callers never parse it twice. ``seen`` is what the
+    replay guard records instead of the signature (the hub's monitor records each copy's
+    envelope: the same inner message legitimately arrives once per queue).
+
+    ``dest``: the receiving socket's destination (:func:`dest_of`); the header's
+    :data:`DEST` must name it. ``sealed_to``: the receiving engine's uuid on a queue
+    socket, where ``seal`` (taken off by :func:`take_seal`) must be the queue's route seal
+    for ``dest``, this engine and this signature. Both are checked only with a key (a
+    cluster without one checks nothing cryptographic).
 
     With a non-cluster :class:`wire.Signer` (kernel channels) the buffers are not covered:
     Jupyter's own signature. A disabled signer (empty key) checks nothing cryptographic.
     """
     altered: BuffersAltered | None = None
-    if signer.enabled:
+    enabled = signer.enabled
+    if enabled:
         try:
             signer.check(parts, signature, buffers, how)
         except BuffersAltered as exc:
             altered = exc  # the parts are genuine: still checked for replay, then raised
-        if replay is not None:
-            if seen is None:
-                seen = signature
-            replay.check(seen if seen.__class__ is bytes else bytes(seen))
     try:
         header = _decode(bytes(parts[0]).decode("utf-8"))
     except (ValueError, RecursionError) as exc:
@@ -186,6 +264,21 @@ def admit(
         raise wire.MalformedMessage("header must be a JSON object with a string 'msg_id'")
     if role is not None and not role.allows(header.get("msg_type")):
         raise RoleRefused(f"{header.get('msg_type')!r} is not accepted by {role.name}")
+    if dest is not None and enabled:
+        # Before the replay guard: a request sent to the wrong place must not be
+        # recorded there (nor block its genuine copy, were this its place after all).
+        if header.get(DEST) != dest:
+            raise Misdirected(f"signed for {header.get(DEST)!r}, received by {dest!r}")
+        if sealed_to is not None and not (
+            seal is not None
+            and signer.__class__ is ClusterSigner
+            and signer.open_route_seal(seal, dest, sealed_to, signature)
+        ):
+            raise Misdirected(f"no {dest} route seal for this engine")
+    if enabled and replay is not None:
+        if seen is None:
+            seen = signature
+        replay.check(seen if seen.__class__ is bytes else bytes(seen))
     if altered is not None:
         altered.header = header
         raise altered
@@ -222,9 +315,10 @@ def deserialize(
     replay: wire.ReplayGuard | None = None,
     max_size: int | None = None,
     role: Role | None = None,
+    dest: str | None = None,
 ) -> tuple[list[bytes], dict[str, Any]]:
     """``(identities, msg)`` from received ``frames`` after :func:`admit` (see
-    :func:`wire.deserialize`, which is this; ``role`` as in :func:`admit`)."""
+    :func:`wire.deserialize`, which is this; ``role`` and ``dest`` as in :func:`admit`)."""
     raw = [f if f.__class__ is bytes else wire._as_bytes(f) for f in frames]
     if max_size is not None:
         size = sum(len(f) for f in raw)
@@ -244,7 +338,7 @@ def deserialize(
         )
     parts = rest[1:5]
     buffers = rest[5:]
-    header = admit(signer, replay, parts, rest[0], buffers, role=role)
+    header = admit(signer, replay, parts, rest[0], buffers, role=role, dest=dest)
     msg_type = header.get("msg_type")
     if msg_type.__class__ is not str:
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
@@ -386,6 +480,25 @@ class ClusterSigner(wire.Signer):
             return False
         return True
 
+    # -- the route seal -----------------------------------------------------------------
+
+    def route_seal(self, queue: str, engine: bytes, signature: Any) -> bytes:
+        """The routing frame a queue adds to a request it forwards to ``engine``: binds
+        the request (by its signature) to this queue and this engine (see the module)."""
+        if self._base is None:
+            return SEAL_PREFIX + b"0" * 64
+        h = self._base.copy()
+        h.update(_fields(b"corral-route", queue.encode(), engine, signature))
+        return SEAL_PREFIX + h.hexdigest().encode("ascii")
+
+    def open_route_seal(self, seal: bytes, queue: str, engine: bytes, signature: Any) -> bool:
+        """Whether ``seal`` is ``queue``'s seal of ``signature`` for ``engine``."""
+        if self._base is None:
+            return True
+        h = self._base.copy()
+        h.update(_fields(b"corral-route", queue.encode(), engine, signature))
+        return hmac.compare_digest(SEAL_PREFIX + h.hexdigest().encode("ascii"), seal)
+
     # -- the monitor envelope ----------------------------------------------------------
 
     def monitor_tag(self, kind: bytes, engine: bytes, client: bytes, signature: Any) -> bytes:
@@ -413,9 +526,16 @@ class ClusterSigner(wire.Signer):
 
 
 def _envelope(kind: bytes, engine: bytes, client: bytes, signature: Any) -> bytes:
-    sig = signature if signature.__class__ is bytes else bytes(signature)
-    fields = (b"corral-monitor", kind, engine, client, sig)
-    return b"".join(struct.pack("<I", len(f)) + f for f in fields)
+    return _fields(b"corral-monitor", kind, engine, client, signature)
+
+
+def _fields(*fields: Any) -> bytes:
+    """Length-prefixed fields: no two different tuples MAC the same bytes."""
+    out = []
+    for f in fields:
+        b = f if f.__class__ is bytes else bytes(f)
+        out.append(struct.pack("<I", len(b)) + b)
+    return b"".join(out)
 
 
 def cluster_signer(key: bytes | str, scheme: str = "hmac-sha256") -> ClusterSigner:

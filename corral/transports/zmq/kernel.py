@@ -10,6 +10,12 @@ Threads, and why:
 * **heartbeat** — echoes pings inside libzmq without the GIL (:mod:`.heartbeat`).
 * **iopub flusher** — sends coalesced stream text at short intervals (:mod:`.iopub`).
 
+Requests are dispatched through a :class:`~.requests.RequestCore`, the class the parallel
+engine is built on too: one table per channel, one dictionary lookup a message. Plugins
+add request types at configuration time (:meth:`KernelServer.add_handlers`, called by the
+plugins layer with what ``corral_request_handlers`` returns: the parallel plugin's
+``apply``, ``push``, ``pull``, ``clear``, ``abort``), never per message.
+
 The server is an *observer* of the interpreter's notifications, not a hook inside it: it
 subscribes to the :mod:`corral.core.events` types and turns each into an iopub message
 whose parent is the request being served. Each socket is used by one thread only, except
@@ -26,9 +32,8 @@ import logging
 import os
 import sys
 import threading
-import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -38,17 +43,26 @@ from .connection import ConnectionInfo
 from .heartbeat import Heartbeat
 from .iopub import IOPubPublisher
 from .ipc import Claims
+from .queries import QUERIES
 from .relay import OutputRelay
-from .requests import ControlThread, InterruptGuard, execute_reply
+from .requests import (
+    ControlThread,
+    Handler,
+    InterruptGuard,
+    RequestCore,
+    error_content,
+    execute_args,
+    run_execute,
+    unsupported_content,
+)
 from .session import Session
 
-__all__ = ["KernelServer", "kernel_info_content"]
+__all__ = ["Handler", "KernelServer", "kernel_info_content"]
 
 log = logging.getLogger("corral.transports.zmq.kernel")
 
 Msg = dict[str, Any]
 Idents = list[bytes]
-Handler = Callable[[zmq.Socket[Any], Idents, Msg], None]
 
 #: How long closing sockets may wait to deliver the last replies.
 _LINGER_MS = 1000
@@ -135,6 +149,11 @@ class KernelServer:
         #: Called once, after the first request has been answered: work that must not
         #: delay a frontend's first reply (kernel_main starts loading plugins here).
         self.after_first_request: Callable[[], None] | None = None
+        #: Called when a request arrives that no handler serves, while plugins may still
+        #: be loading (kernel_main waits for its loader here), so a plugin's request type
+        #: sent right after start is served rather than refused. Types with a handler
+        #: never call it.
+        self.await_handlers: Callable[[], None] | None = None
         self.context = context or zmq.Context()
         self.port_range = port_range
         self.session = Session(
@@ -149,34 +168,63 @@ class KernelServer:
         self.restart_requested = False
         # Per-request state of the main thread.
         self._parent_idents: Idents = []
-        #: The SIGINT policy, shared with the parallel engine (see .requests).
-        self.guard = InterruptGuard()
         self._backlog: deque[tuple[Idents, Msg, bool]] = deque()
-        self._shell_handlers: dict[str, Handler] = {
-            "execute_request": self._execute,
-            "kernel_info_request": self._kernel_info,
-            "complete_request": self._complete,
-            "inspect_request": self._inspect,
-            "history_request": self._history,
-            "is_complete_request": self._is_complete,
-            "comm_info_request": self._comm_info,
-            "comm_open": self._comm,
-            "comm_msg": self._comm,
-            "comm_close": self._comm,
-            "shutdown_request": self._shutdown,
-        }
-        self._control_handlers: dict[str, Handler] = {
-            "kernel_info_request": self._kernel_info,
-            "interrupt_request": self._interrupt,
-            "shutdown_request": self._shutdown,
-            "usage_request": self._usage,
-            "debug_request": self._debug,
-        }
+        #: The request core (see .requests): dispatch tables and the SIGINT guard, the
+        #: same class the parallel engine is built on. Plugins add request types to it.
+        self.core = RequestCore(
+            {
+                "shell": {
+                    "execute_request": self._execute,
+                    "kernel_info_request": self._kernel_info,
+                    **{kind: self._query(answer) for kind, answer in QUERIES.items()},
+                    "comm_info_request": self._comm_info,
+                    "comm_open": self._comm,
+                    "comm_msg": self._comm,
+                    "comm_close": self._comm,
+                    "shutdown_request": self._shutdown,
+                },
+                "control": {
+                    "kernel_info_request": self._kernel_info,
+                    "interrupt_request": self._interrupt,
+                    "shutdown_request": self._shutdown,
+                    "usage_request": self._usage,
+                    "debug_request": self._debug,
+                },
+            }
+        )
+        self._shell_handlers: dict[str, Handler] = self.core.tables["shell"]
+        self._control_handlers: dict[str, Handler] = self.core.tables["control"]
         self._comms: Any = None
         self._debugger: Any = None
         self._debugger_available: bool | None = None
         #: Work the control thread hands to the main thread (see call_on_main).
         self._main_calls: deque[tuple[Callable[[], Any], Any]] = deque()
+
+    # ------------------------------------------------------------ request types
+
+    def add_handlers(self, channel: str, handlers: Mapping[str, Handler]) -> list[str]:
+        """Serve more request types on ``channel`` (``"shell"`` or ``"control"``); returns
+        the types added.
+
+        For configuration time: the plugins layer installs here what its
+        ``corral_request_handlers`` hook returns (the parallel plugin's ``apply_request``,
+        ``push_request``...), once, so a message still costs one dictionary lookup
+        whichever plugin serves it. A type already served keeps its handler (the
+        kernel's own, or the first plugin's to name it). A handler is called as
+        ``handler(sock, idents, msg)`` on the channel's thread and answers with
+        :meth:`reply`; exceptions it raises become error replies.
+        """
+        return self.core.add(channel, handlers)
+
+    @property
+    def guard(self) -> InterruptGuard:
+        """The SIGINT policy (:class:`~.requests.InterruptGuard`): the core's."""
+        return self.core.guard
+
+    @guard.setter
+    def guard(self, guard: InterruptGuard) -> None:
+        # A kernel hosted by an engine shares the engine's: one policy per process.
+        self.core.guard = guard
 
     # ------------------------------------------------------------------ set-up
 
@@ -411,31 +459,29 @@ class KernelServer:
         """busy, the handler's reply, idle: the frame every request gets."""
         msg_type = msg["msg_type"]
         handler = handlers.get(msg_type)
+        if handler is None and self.await_handlers is not None:
+            self.await_handlers()  # a plugin still loading may serve this type
+            handler = handlers.get(msg_type)
         if handler is None:
             log.warning("ignoring unknown message type %r", msg_type)
             if msg_type.endswith("_request"):
                 # A frontend waiting for the reply (create_subshell_request, say) is told
                 # at once instead of waiting forever.
-                content = {
-                    "status": "error",
-                    "ename": "UnsupportedRequest",
-                    "evalue": f"this kernel does not support {msg_type} on this channel",
-                    "traceback": [],
-                }
-                self._reply(sock, idents, msg, content)
+                channel = "shell" if sock is self.shell else "control"
+                self.reply(sock, idents, msg, unsupported_content(msg_type, channel))
             return
         header = msg["header"]
         self.iopub.publish("status", {"execution_state": "busy"}, header)
         try:
             if abort:
-                self._reply(sock, idents, msg, {"status": "aborted"})
+                self.reply(sock, idents, msg, {"status": "aborted"})
             else:
                 handler(sock, idents, msg)
         except Exception as exc:
             log.exception("error while handling %s", msg_type)
             reply_type = msg_type.replace("_request", "_reply")
             if reply_type != msg_type:
-                self._reply(sock, idents, msg, _error_content(exc))
+                self.reply(sock, idents, msg, error_content(exc))
         finally:
             self.iopub.flush()
             self.iopub.publish("status", {"execution_state": "idle"}, header)
@@ -448,17 +494,26 @@ class KernelServer:
                 after, self.after_first_request = self.after_first_request, None
                 after()
 
-    def _reply(
+    def reply(
         self,
         sock: zmq.Socket[Any],
         idents: Idents,
         msg: Msg,
         content: dict[str, Any],
         metadata: dict[str, Any] | None = None,
+        buffers: Sequence[Any] = (),
     ) -> None:
+        """Answer ``msg`` on ``sock`` (``*_request`` -> ``*_reply``): what every handler,
+        built-in or a plugin's, sends its reply with."""
         reply_type = msg["msg_type"].replace("_request", "_reply")
         self.session.send(
-            sock, reply_type, content, msg["header"], identities=idents, metadata=metadata
+            sock,
+            reply_type,
+            content,
+            msg["header"],
+            identities=idents,
+            metadata=metadata,
+            buffers=buffers,
         )
 
     # ------------------------------------------------------------ shell handlers
@@ -468,33 +523,15 @@ class KernelServer:
         if self.prepare_execute is not None:
             prepare, self.prepare_execute = self.prepare_execute, None
             prepare()
-        content = msg["content"]
-        code = content.get("code", "")
-        silent = bool(content.get("silent", False))
-        store_history = bool(content.get("store_history", not silent))
+        args = execute_args(msg["content"])
         self.relay.parent = msg["header"]
         self._parent_idents = idents
-        self.relay.silent = silent
-        guard = self.guard
-        guard.executing = True
-        try:
-            result = interpreter.execute(
-                code,
-                silent=silent,
-                store_history=store_history,
-                user_expressions=content.get("user_expressions") or {},
-                allow_stdin=bool(content.get("allow_stdin", True)),
-            )
-            guard.executing = False
-        except KeyboardInterrupt:
-            # An interrupt landing between our flag and the interpreter's own handler.
-            guard.executing = False
-            result = None
-        reply = execute_reply(result, interpreter)
-        if reply["status"] == "error" and not silent and content.get("stop_on_error", True):
+        self.relay.silent = args.silent
+        reply = run_execute(interpreter, self.guard, args)
+        if reply["status"] == "error" and not args.silent and args.stop_on_error:
             self._abort_queued_executes()
         self.iopub.flush()
-        self._reply(sock, idents, msg, reply, {"status": reply["status"]})
+        self.reply(sock, idents, msg, reply, {"status": reply["status"]})
 
     def _abort_queued_executes(self) -> None:
         """Mark the executes already waiting on shell as aborted (``stop_on_error``).
@@ -522,44 +559,20 @@ class KernelServer:
 
             self._debugger_available = importlib.util.find_spec("debugpy") is not None
         content = kernel_info_content(encryption=encrypted, debugger=self._debugger_available)
-        self._reply(sock, idents, msg, content)
+        self.reply(sock, idents, msg, content)
 
-    def _complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        code = msg["content"].get("code", "")
-        pos = msg["content"].get("cursor_pos")
-        result = self.interpreter.complete(code, len(code) if pos is None else int(pos))
-        self._reply(sock, idents, msg, {"status": "ok", **result})
+    def _query(self, answer: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Handler:
+        """A handler answering from the interpreter alone (see .queries: the engine
+        answers the same requests with the same functions)."""
 
-    def _inspect(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        c = msg["content"]
-        code = c.get("code", "")
-        pos = c.get("cursor_pos")
-        result = self.interpreter.inspect(
-            code, len(code) if pos is None else int(pos), int(c.get("detail_level", 0))
-        )
-        self._reply(sock, idents, msg, {"status": "ok", **result})
+        def handler(sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
+            self.reply(sock, idents, msg, answer(self.interpreter, msg["content"]))
 
-    def _history(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        c = msg["content"]
-        entries = self.interpreter.history(
-            c.get("hist_access_type", "tail"),
-            output=bool(c.get("output", False)),
-            raw=bool(c.get("raw", True)),
-            session=int(c.get("session", 0) or 0),
-            start=int(c.get("start", 0) or 0),
-            stop=c.get("stop"),
-            n=c.get("n"),
-            pattern=c.get("pattern"),
-            unique=bool(c.get("unique", False)),
-        )
-        self._reply(sock, idents, msg, {"status": "ok", "history": [list(e) for e in entries]})
-
-    def _is_complete(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
-        self._reply(sock, idents, msg, self.interpreter.is_complete(msg["content"].get("code", "")))
+        return handler
 
     def _comm_info(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         target = msg["content"].get("target_name")
-        self._reply(sock, idents, msg, {"status": "ok", "comms": self.comms.info(target)})
+        self.reply(sock, idents, msg, {"status": "ok", "comms": self.comms.info(target)})
 
     def _comm(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         """A frontend's comm message: to the comm's callbacks, their output to this request."""
@@ -598,13 +611,13 @@ class KernelServer:
         content = msg.get("content") or {}
         if not isinstance(content, dict) or content.get("type") != "request":
             raise ValueError("debug_request content must be a DAP request")
-        self._reply(sock, idents, msg, self._debugger.handle(content, msg["header"]))
+        self.reply(sock, idents, msg, self._debugger.handle(content, msg["header"]))
 
     def _usage(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         """``usage_request`` (JupyterLab's resource indicator): process and host figures."""
         from .usage import usage_content
 
-        self._reply(sock, idents, msg, usage_content())
+        self.reply(sock, idents, msg, usage_content())
 
     # ---------------------------------------------------------- control thread
 
@@ -616,12 +629,12 @@ class KernelServer:
 
     def _interrupt(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         self.guard.interrupt()
-        self._reply(sock, idents, msg, {"status": "ok"})
+        self.reply(sock, idents, msg, {"status": "ok"})
 
     def _shutdown(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         restart = bool(msg["content"].get("restart", False))
         content = {"status": "ok", "restart": restart}
-        self._reply(sock, idents, msg, content)
+        self.reply(sock, idents, msg, content)
         self.iopub.publish("shutdown_reply", content, msg["header"])
         self.restart_requested = restart
         self.shutdown_requested.set()
@@ -718,12 +731,3 @@ def _notebook_progress_bars(autonotebook: Any) -> None:
 
     if autonotebook.tqdm is std.tqdm and getattr(notebook, "IProgress", None) is not None:
         autonotebook.tqdm, autonotebook.trange = notebook.tqdm, notebook.trange
-
-
-def _error_content(exc: BaseException) -> dict[str, Any]:
-    return {
-        "status": "error",
-        "ename": type(exc).__name__,
-        "evalue": str(exc),
-        "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
-    }

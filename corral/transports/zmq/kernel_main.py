@@ -1,7 +1,10 @@
-"""A kernel process without plugins: ``python -m corral.transports.zmq.kernel_main``.
+"""The kernel process's server and command line (the transport layer's part).
 
-Kernels normally run :mod:`corral.plugins.kernel_main`, which calls :func:`main` here with
-the plugin loader; this module is the transport layer's part and imports no plugins. Options:
+Kernels run :mod:`corral.plugins.kernel_main`, which calls :func:`main` here with the
+plugin loader; this module imports no plugins, and :func:`main` without a loader serves
+the interpreter's own magics only. ``python -m corral.transports.zmq.kernel_main``, which
+kernelspecs written by older versions start, runs :data:`KERNEL_MODULE` by name, so those
+kernels load plugins too. Options:
 
 ``-f FILE``
     Use the ports, key and transport in ``FILE`` (as written by jupyter_client). Ports
@@ -26,7 +29,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .kernel import KernelServer
 
 __all__ = ["KERNEL_MODULE", "READY_FD_ENV", "PluginLoader", "main", "parse_args"]
 
@@ -89,8 +95,9 @@ class PluginLoader(Protocol):
     def wait(self) -> None: ...
 
 
-#: Builds the loader from the (lazily made) interpreter and the profile name.
-PluginLoaderFactory = Callable[[Callable[[], Any], str], PluginLoader]
+#: Builds the loader from the server (whose interpreter is made lazily: the loader must
+#: not ask for it before the main thread did) and the profile name.
+PluginLoaderFactory = Callable[["KernelServer", str], PluginLoader]
 
 #: The module a kernel process runs: this server plus the plugins. Named, not imported, so
 #: the transports start it without depending on the layer above them.
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None, *, plugins: PluginLoaderFactory | None =
         write_connection_file(path, info)
     report_bound()
     server.start()
-    loader = plugins(lambda: server.interpreter, args.profile) if plugins else None
+    loader = plugins(server, args.profile) if plugins else None
 
     def after_first_request() -> None:
         server.interpreter  # noqa: B018 - made now, while the frontend reads its reply
@@ -234,8 +241,24 @@ def main(argv: list[str] | None = None, *, plugins: PluginLoaderFactory | None =
     server.after_first_request = after_first_request
     if loader is not None:
         server.prepare_execute = loader.wait
+        server.await_handlers = _awaiting(server, loader)
     server.serve_forever()
     return 0
+
+
+def _awaiting(server: KernelServer, loader: PluginLoader) -> Callable[[], None]:
+    """What the server calls on a request type it does not serve: the plugins may add it.
+
+    The interpreter is made first when on the main thread (the loader hands it to the
+    plugins' magics, and it belongs to the thread that runs user code)."""
+    import threading
+
+    def wait() -> None:
+        if threading.current_thread() is threading.main_thread():
+            server.interpreter  # noqa: B018
+        loader.wait()
+
+    return wait
 
 
 def report_bound() -> None:
@@ -255,4 +278,9 @@ def report_bound() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Kernelspecs written before the plugins layer had its own entry point start this
+    # module: they get the kernel every other launcher starts, plugins included. Named,
+    # not imported (see KERNEL_MODULE): the arrow still points down.
+    import importlib
+
+    sys.exit(importlib.import_module(KERNEL_MODULE).main())

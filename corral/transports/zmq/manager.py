@@ -24,7 +24,6 @@ import collections
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import psutil
 import zmq
 
-from corral.core.private import private_dir, private_file
+from corral.core.processes import Spawned, child_env
 from corral.errors import CorralError
 from corral.notification import NotificationCenter, shared_center
 from corral.transports.zmq.aclient import AsyncKernelClient
@@ -61,9 +60,6 @@ __all__ = ["KernelManager", "KernelStartError"]
 
 log = logging.getLogger("corral.manager")
 
-#: Bytes of the kernel's output quoted when it fails to start.
-_TAIL_BYTES = 4000
-
 
 class KernelStartError(CorralError, RuntimeError):
     """The kernel process exited, or never wrote its connection file, while starting."""
@@ -74,49 +70,17 @@ def default_kernel_cmd() -> list[str]:
     return [sys.executable, "-m", KERNEL_MODULE, "-f", "{connection_file}"]
 
 
-class _KernelProcess:
-    """One kernel process: its Popen, its process group, and a thread waiting for its end.
+class _KernelProcess(Spawned):
+    """One kernel process (:class:`~corral.core.processes.Spawned`: detached, output in
+    its log, a reaper thread that sees its end at once) and its process group."""
 
-    The reaper thread is what makes a death visible at once: ``Popen.wait()`` returns the
-    instant the process exits, and the thread then calls ``on_exit``.
-    """
-
-    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path, log_offset: int) -> None:
-        self.popen = popen
-        self.pid = popen.pid
-        # start_new_session makes the kernel the leader of its own group: pgid == pid.
-        self.pgid = popen.pid
-        self.log_path = log_path
-        self.log_offset = log_offset
-        self.exited = threading.Event()
-        self.exit_code: int | None = None
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
+        # Always a new session, even in Windows mode: the kernel is stopped by group.
+        super().__init__(argv, log_file=log_path, env=env, new_session=True)
+        # The kernel leads its own group: pgid == pid.
+        self.pgid = self.pid
         #: Set once the manager has dealt with this process's end (expected or not).
         self.settled = False
-
-    def watch(self, on_exit: Any) -> None:
-        def reap() -> None:
-            self.exit_code = self.popen.wait()
-            self.exited.set()
-            on_exit(self)
-
-        threading.Thread(target=reap, name=f"corral-reaper-{self.pid}", daemon=True).start()
-
-    @property
-    def running(self) -> bool:
-        return not self.exited.is_set()
-
-    def output_tail(self) -> str:
-        """The last lines the kernel wrote to stdout/stderr since it was started."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                end = fh.tell()
-                start = max(self.log_offset, end - _TAIL_BYTES)
-                fh.seek(start)
-                data = fh.read()
-        except OSError:
-            return ""
-        return data.decode("utf-8", "replace").strip()
 
 
 class _HeartbeatMonitor(threading.Thread):
@@ -185,7 +149,7 @@ class _HeartbeatMonitor(threading.Thread):
 
 def _ping_socket(url: str, curve_server_key: str | None) -> zmq.Socket[Any]:
     """A REQ socket connected to a kernel's heartbeat (encrypted if the kernel is)."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
     sock.linger = 0
     if curve_server_key:
         public, secret = zmq.curve_keypair()
@@ -523,24 +487,9 @@ class KernelManager:
             # A file left by an earlier kernel must not be mistaken for the new one's.
             path.unlink(missing_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        env = os.environ.copy()
-        env.update(self.env)
         # The kernel exits by itself if this process dies without shutting it down.
-        env["JPY_PARENT_PID"] = str(os.getpid())
-        log_path = self.log_file
-        private_dir(log_path.parent)
-        with os.fdopen(private_file(log_path), "ab") as log_fh:
-            offset = log_fh.seek(0, os.SEEK_END)
-            popen = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
-        proc = _KernelProcess(popen, log_path, offset)
+        env = child_env({**self.env, "JPY_PARENT_PID": str(os.getpid())}, importable=False)
+        proc = _KernelProcess(self._command(), self.log_file, env)
         proc.watch(self._on_exit)
         try:
             if known is None:
@@ -648,7 +597,7 @@ class KernelManager:
         from corral.transports.zmq.client import _apply_curve
         from corral.transports.zmq.wire import new_id
 
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         try:
             sock.linger = 1000
             _apply_curve(sock, info)

@@ -3,12 +3,19 @@
 Both serve an interpreter from the main thread and answer control requests on a thread of
 their own while user code runs. What they have in common lives here, once:
 
+* :class:`RequestCore` — the dispatch tables (message type -> handler, by channel) and the
+  rule for adding to them at configuration time (the parallel plugin adds ``apply``,
+  ``push``, ``pull``... to a kernel through ``corral_request_handlers``), with the SIGINT
+  guard; :func:`unsupported_content` and :func:`error_content` — the replies to a type
+  nobody serves and to a handler that failed.
 * :class:`InterruptGuard` — the SIGINT policy: an interrupt becomes ``KeyboardInterrupt``
   only while user code runs, never inside code declared protected
   (:mod:`corral.core.interrupts`), and is delivered to the main thread, the only one
   where it lands in user code.
-* :func:`execute_reply` — the ``execute_reply`` content of an interpreter's result (or of
-  an interrupt that landed outside the interpreter's own handler).
+* :func:`execute_args` and :func:`run_execute` — an ``execute_request`` checked, and run
+  with the interrupt armed around the cell only; :func:`execute_reply` — the reply
+  content of an interpreter's result (or of an interrupt that landed outside the
+  interpreter's own handler).
 * :class:`ControlThread` — the thread that owns the control socket, plus an inproc pipe by
   which the main thread sends replies through that socket or stops the thread.
 
@@ -22,14 +29,26 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NamedTuple
 
 import zmq
 
 from corral.core.interrupts import is_protected, protect
 
-__all__ = ["ControlThread", "InterruptGuard", "execute_reply"]
+__all__ = [
+    "ControlThread",
+    "ExecuteArgs",
+    "Handler",
+    "InterruptGuard",
+    "RequestCore",
+    "error_content",
+    "execute_args",
+    "execute_reply",
+    "run_execute",
+    "unsupported_content",
+]
 
 log = logging.getLogger("corral.transports.zmq.requests")
 
@@ -79,6 +98,148 @@ class InterruptGuard:
         """
         if self.executing:
             signal.pthread_kill(self._main, signal.SIGINT)
+
+
+#: A request handler: what a server's dispatch table maps a message type to. Its
+#: arguments are the server's own (the kernel: socket, identities, message dict; the
+#: engine: destination, verified Message), so no message is converted to dispatch it.
+Handler = Callable[..., None]
+
+
+class RequestCore:
+    """What a server that answers requests decides, with no I/O: which handler serves a
+    message type on each channel, and when SIGINT interrupts (:attr:`guard`).
+
+    The kernel server and the parallel engine are each this core plus their sockets.
+    Their loops read :attr:`tables` directly (``table.get(msg_type)``: one dictionary
+    lookup a message); request types are added at configuration time with :meth:`add`,
+    never per message.
+    """
+
+    def __init__(
+        self, tables: Mapping[str, Mapping[str, Handler]], guard: InterruptGuard | None = None
+    ) -> None:
+        #: Handlers by channel, then by message type. Servers keep references to these
+        #: dicts: :meth:`add` updates them in place.
+        self.tables: dict[str, dict[str, Handler]] = {ch: dict(t) for ch, t in tables.items()}
+        #: The SIGINT policy (one per process: a server hosted by another shares it).
+        self.guard = guard if guard is not None else InterruptGuard()
+
+    def add(self, channel: str, handlers: Mapping[str, Handler]) -> list[str]:
+        """Serve more request types on ``channel``; returns the types added. A type
+        already served keeps its handler (the server's own, or the first plugin's)."""
+        table = self.tables.get(channel)
+        if table is None:
+            known = " or ".join(sorted(self.tables))
+            raise ValueError(f"no channel {channel!r} to serve requests on; use {known}")
+        added = []
+        for msg_type, handler in handlers.items():
+            if msg_type in table:
+                log.warning(
+                    "%s on %s is served already; another handler ignored", msg_type, channel
+                )
+                continue
+            table[msg_type] = handler
+            added.append(msg_type)
+        return added
+
+
+def unsupported_content(msg_type: str, channel: str) -> dict[str, Any]:
+    """The error reply to a request type no handler serves: the requester is told at once
+    instead of waiting forever."""
+    return {
+        "status": "error",
+        "ename": "UnsupportedRequest",
+        "evalue": f"{msg_type} is not served on {channel} here",
+        "traceback": [],
+    }
+
+
+def error_content(exc: BaseException) -> dict[str, Any]:
+    """``{"status": "error", "ename", "evalue", "traceback"}`` for ``exc`` (a handler's
+    failure, or a task's); never raises: an exception that cannot print itself is still
+    reported, by its type."""
+    from corral.core.tracebacks import format_exception
+
+    try:
+        evalue = str(exc)
+    except Exception:
+        evalue = f"<unprintable {type(exc).__name__}>"
+    try:
+        traceback = format_exception(exc)
+    except Exception:
+        traceback = [f"{type(exc).__name__}: {evalue}"]
+    return {
+        "status": "error",
+        "ename": type(exc).__name__,
+        "evalue": evalue,
+        "traceback": traceback,
+    }
+
+
+class ExecuteArgs(NamedTuple):
+    """An ``execute_request``'s content, checked (see :func:`execute_args`)."""
+
+    code: str
+    silent: bool
+    store_history: bool
+    user_expressions: dict[str, Any]
+    allow_stdin: bool
+    stop_on_error: bool
+
+
+def execute_args(content: dict[str, Any]) -> ExecuteArgs:
+    """What an ``execute_request`` asks, with the protocol's defaults.
+
+    :raises TypeError: ``code`` is not a string (answered as an error reply).
+    """
+    code = content.get("code", "")
+    if not isinstance(code, str):
+        raise TypeError("execute_request 'code' must be a string")
+    silent = bool(content.get("silent", False))
+    expressions = content.get("user_expressions") or {}
+    return ExecuteArgs(
+        code,
+        silent,
+        bool(content.get("store_history", not silent)),
+        expressions if isinstance(expressions, dict) else {},
+        bool(content.get("allow_stdin", True)),
+        bool(content.get("stop_on_error", True)),
+    )
+
+
+def run_execute(
+    interpreter: Any,
+    guard: InterruptGuard,
+    args: ExecuteArgs,
+    *,
+    allow_stdin: bool = True,
+    unlocked: AbstractContextManager[Any] | None = None,
+) -> dict[str, Any]:
+    """Run a cell with the interrupt armed; the ``execute_reply`` content.
+
+    ``allow_stdin`` False refuses ``input()`` whatever the request says (an engine has no
+    frontend to ask). ``unlocked`` is entered around the cell only (the engine releases
+    the lock that lets its flusher send replies while user code runs). The guard is
+    disarmed before ``unlocked`` exits, so no ``KeyboardInterrupt`` can land in it.
+    """
+    unlocked = unlocked if unlocked is not None else nullcontext()
+    try:
+        with unlocked:
+            guard.executing = True
+            try:
+                result = interpreter.execute(
+                    args.code,
+                    silent=args.silent,
+                    store_history=args.store_history,
+                    user_expressions=args.user_expressions,
+                    allow_stdin=allow_stdin and args.allow_stdin,
+                )
+            finally:
+                guard.executing = False
+    except KeyboardInterrupt:  # landed outside the interpreter's own handler
+        result = None
+    return execute_reply(result, interpreter)
 
 
 def execute_reply(result: Any, interpreter: Any) -> dict[str, Any]:

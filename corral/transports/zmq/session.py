@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from . import wire
-from .door import Role, deserialize
+from .door import DEST, Role, deserialize
 
 __all__ = ["Session"]
 
@@ -57,9 +57,11 @@ class Session:
         parent: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
         buffers: Sequence[Any] = (),
+        dest: str | None = None,
     ) -> dict[str, Any]:
-        """A message from this session (not sent)."""
-        return wire.make_message(
+        """A message from this session (not sent); ``dest``: where a cluster request may
+        be admitted, signed in its header (corral.transports.zmq.door.dest_of)."""
+        msg = wire.make_message(
             msg_type,
             content,
             session=self.session_id,
@@ -68,6 +70,9 @@ class Session:
             buffers=buffers,
             username=self.username,
         )
+        if dest is not None:
+            msg["header"][DEST] = dest
+        return msg
 
     def send(
         self,
@@ -79,9 +84,10 @@ class Session:
         identities: Sequence[bytes] = (),
         metadata: dict[str, Any] | None = None,
         buffers: Sequence[Any] = (),
+        dest: str | None = None,
     ) -> dict[str, Any]:
         """Build, sign and send a message; returns it (for its ``msg_id``)."""
-        msg = self.msg(msg_type, content, parent, metadata, buffers)
+        msg = self.msg(msg_type, content, parent, metadata, buffers, dest)
         self.send_msg(socket, msg, identities)
         return msg
 
@@ -105,12 +111,13 @@ class Session:
         return self.parse(frames)
 
     def parse(
-        self, frames: Sequence[bytes], role: Role | None = None
+        self, frames: Sequence[bytes], role: Role | None = None, dest: str | None = None
     ) -> tuple[list[bytes], dict[str, Any]] | None:
         """Verify and decode received frames through the door (``role``: what the
-        receiving socket accepts); a bad message is logged and gives None."""
+        receiving socket accepts; ``dest``: its signed destination); a bad message is
+        logged and gives None."""
         try:
-            return deserialize(frames, self.signer, self.replay, self.max_size, role)
+            return deserialize(frames, self.signer, self.replay, self.max_size, role, dest)
         except wire.WireError as exc:
             self.dropped += 1
             log.warning("dropped a message of %d frames: %s", len(frames), exc)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from corral.core.serialize import deserialize
 
@@ -169,7 +169,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         count = len(msg_ids) if slots is None else slots
         self._submitted = time.time()
         self._values: list[Any] = [None] * count
-        self._errors: list[RemoteError | None] = [None] * count
+        # RemoteError from the engines; _abandon stores the controller's loss for all.
+        self._errors: list[BaseException | None] = [None] * count
         self._md: list[dict[str, Any] | None] = [None] * count
         self._raw: list[tuple[Any, ...] | None] = [None] * count
         self._done_slots = [False] * count
@@ -255,7 +256,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         done_slots = self._done_slots
         for index, done in enumerate(done_slots):
             if not done:
-                self._errors[index] = error  # type: ignore[assignment]
+                self._errors[index] = error
                 done_slots[index] = True
                 self._completed_order.append(index)
         self._remaining = 0
@@ -292,14 +293,16 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             elif self._single and len(self._errors) == 1:
                 self.set_exception(errors[0])
             else:
-                self.set_exception(CompositeError(errors))
+                # Only the engines' RemoteErrors get here: _abandon's error (the
+                # controller's loss) fails the future itself and never calls _finish.
+                self.set_exception(CompositeError(cast("list[RemoteError]", errors)))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the user meanwhile
         # Done callbacks run once, and a done future calls new ones at once; kept, they
         # would tie this result to whoever registered them (a combined result holding
         # this one: a cycle only the cyclic GC frees, and with it the value, a pulled
         # 100 MB array say). Future keeps them by default, so drop them here.
-        self._done_callbacks = []
+        self._done_callbacks: list[Callable[[Any], object]] = []
 
     def _final_value(self) -> Any:
         if self._execute:
@@ -792,10 +795,18 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         for position in range(total):
             with cond:
                 if ordered:
-                    cond.wait_for(lambda p=position: self._done_slots[p])
+
+                    def slot_done(p: int = position) -> bool:
+                        return self._done_slots[p]
+
+                    cond.wait_for(slot_done)
                     index = position
                 else:
-                    cond.wait_for(lambda p=position: len(self._completed_order) > p)
+
+                    def completed(p: int = position) -> bool:
+                        return len(self._completed_order) > p
+
+                    cond.wait_for(completed)
                     index = self._completed_order[position]
             error = self._errors[index]
             if error is not None:
@@ -1077,7 +1088,10 @@ def as_completed(
 
     .. versionadded:: 0.1
     """
-    yield from concurrent.futures.as_completed(list(results), timeout)
+    # as_completed yields the futures it was given: AsyncResults here.
+    yield from cast(
+        "Iterator[AsyncResult]", concurrent.futures.as_completed(list(results), timeout)
+    )
 
 
 def reply_outcome(

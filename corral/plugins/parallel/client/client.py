@@ -27,11 +27,15 @@ import zmq
 from corral.core.fifo import trim_oldest
 from corral.core.serialize import pack_apply
 from corral.notification import shared_center
+from corral.notification.bridge import repost
 from corral.transports.zmq import wire
-from corral.transports.zmq.door import cluster_signer
-from corral.transports.zmq.gate import REFUSED, gate_for, probe
+from corral.transports.zmq.bridge import feed_payload
+from corral.transports.zmq.door import cluster_signer, dest_of
+from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
+from corral.transports.zmq.keyfile import endpoint
 
 from .. import events
+from ..coalesce import mark_metadata
 from .asyncresult import (
     AsyncMapResult,
     AsyncResult,
@@ -40,6 +44,7 @@ from .asyncresult import (
     msg_ids_of,
     reply_outcome,
 )
+from .channels import dest_for, role_for
 from .compat import ClientCompat, connection_source, forever
 from .dependencies import _USED as _DEPENDENCIES_USED
 from .errors import ControllerLost, RemoteError
@@ -98,9 +103,32 @@ def _find_cluster_file(profile: str, cluster_id: str | None) -> Path:
 
     security = locate_profile(profile) / "security"
     candidates = sorted(security.glob("cluster-*.json"), key=lambda p: p.stat().st_mtime)
+    if len(candidates) > 1:  # a member of an aggregate is reached through the aggregate
+        from corral.plugins.parallel.aggregatefile import member_cluster_ids
+
+        members = member_cluster_ids(security)
+        candidates = [p for p in candidates if p.stem.removeprefix("cluster-") not in members]
     if not candidates:
         raise FileNotFoundError(f"no cluster file in {security}; is a controller running?")
     return candidates[-1]
+
+
+#: Client's parameters, in order (for __new__, which sees them before __init__ does).
+_PARAMETERS = ("profile", "cluster_id", "connection_file", "timeout", "local", "url_file")
+
+
+def _is_aggregate_file(path: Path) -> bool:
+    """Whether ``path`` lists several controllers (see parallel/aggregatefile.py); False
+    for a file that cannot be read (``__init__`` then says why)."""
+    try:
+        from corral.plugins.parallel.aggregatefile import is_aggregate
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return is_aggregate(json.load(fh))
+    except (OSError, ValueError):
+        return False
 
 
 def _read_cluster_file(path: Path) -> dict[str, Any]:
@@ -114,12 +142,7 @@ def _read_cluster_file(path: Path) -> dict[str, Any]:
 
 
 def _url(info: dict[str, Any], name: str) -> str:
-    transport = info.get("transport", "tcp")
-    ip = info.get("ip", "127.0.0.1")
-    port = int(info[name])
-    if transport == "ipc":
-        return f"ipc://{ip}-{port}"
-    return f"{transport}://{ip}:{port}"
+    return endpoint(info.get("transport", "tcp"), info.get("ip", "127.0.0.1"), int(info[name]))
 
 
 class Client(ClientCompat):
@@ -139,6 +162,34 @@ class Client(ClientCompat):
 
     .. versionadded:: 0.1
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """An :class:`~corral.plugins.parallel.aggregate.AggregateClient` when the
+        cluster file found is an aggregate's (``corral cluster start --controllers N``),
+        else a client of one controller."""
+        if cls is Client:
+            named = dict(zip(_PARAMETERS, args, strict=False))
+            named.update(kwargs)
+            try:
+                profile, connection_file = connection_source(
+                    named.get("profile", "default"),
+                    named.get("connection_file"),
+                    named.get("url_file"),
+                )
+                path = (
+                    Path(connection_file)
+                    if connection_file is not None
+                    else _find_cluster_file(profile, named.get("cluster_id"))
+                )
+            except Exception:  # no profile, no file, bad arguments: __init__ says which
+                return super().__new__(cls)
+            if _is_aggregate_file(path):
+                from corral.plugins.parallel.aggregate import AggregateClient
+
+                return AggregateClient.from_file(
+                    path, timeout=named.get("timeout", 10.0), local=named.get("local", True)
+                )
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -194,6 +245,8 @@ class Client(ClientCompat):
         self._functions = FunctionCache()
         self._closed = False
         self.dropped = 0
+        #: refused messages, logged per cause and rate-limited (a flood must not fill logs)
+        self.refusals = RefusalLog(log, "client")
         self._local = LocalCalls(self._builder, self._signer) if local else None
         # engine id -> its Unix socket if this client may use it, "" if not (checked once)
         self._local_paths: dict[int, str] = {}
@@ -453,6 +506,14 @@ class Client(ClientCompat):
     def _on_notification(self, msg: Parsed) -> None:
         msg_type = msg.msg_type
         content = msg.content
+        payload = feed_payload(msg_type, content)
+        if payload is not None:  # the hub's own post (events.ENGINE_TYPES): post it here
+            if msg.header.get("session") not in events.LOCAL_FEEDS:
+                try:
+                    repost(payload)
+                except (ValueError, LookupError) as exc:
+                    log.warning("dropped a hub notification: %s", exc)
+            return
         try:
             engine_id = int(content["id"])
         except (KeyError, TypeError, ValueError):
@@ -462,9 +523,6 @@ class Client(ClientCompat):
                 self._dead.discard(engine_id)
                 self._add_engine(engine_id, content)
                 self._engines_changed.notify_all()
-            shared_center.post(
-                events.ENGINE_REGISTERED, self, engine_id=engine_id, uuid=content.get("uuid")
-            )
             # The notification omits some details (the pid): fetch them, without waiting.
             self._fetch_details()
         elif msg_type == "unregistration_notification":
@@ -476,7 +534,6 @@ class Client(ClientCompat):
             self._fail_engine(engine_id, cause if isinstance(cause, str) else "")
             if self._local is not None:
                 self._local.engine_lost(engine_id)
-            events.post_unregistration(shared_center, self, engine_id, content)
 
     def _fetch_details(self) -> None:
         """Ask the hub for every engine's details, coalescing a burst of notices."""
@@ -522,10 +579,13 @@ class Client(ClientCompat):
         """Every incoming message, in the I/O thread."""
         stored = channel in _REPLY_CHANNELS and is_stored(frames)
         try:
-            msg = parse(frames, self._signer, self._replay, without_buffers=stored)
+            msg = parse(
+                frames, self._signer, self._replay, without_buffers=stored, role=role_for(channel)
+            )
         except wire.WireError as exc:
             self.dropped += 1
-            log.warning("dropped a message on %s: %s", channel, exc)
+            # per cause and channel (bounded keys); the latest reason stands for the peer
+            self.refusals.refused(f"{type(exc).__name__} on {channel}", str(exc)[:200])
             return
         if stored:  # its buffers wait in the task database (corral.plugins.parallel.flow)
             self._stored.add(msg, frames[2])  # [STORED, DELIM, signature, ...]
@@ -545,6 +605,19 @@ class Client(ClientCompat):
         if result is None:
             self._on_callback(msg)
             return
+        target = self._direct.get(msg_id)  # type: ignore[arg-type]
+        if target is not None:
+            engine_id = msg.metadata.get("engine_id")
+            if engine_id is not None and engine_id != target:
+                # Sent to one engine, answered (signed) as another: never a result.
+                self.dropped += 1
+                log.warning(
+                    "dropped a reply to %s from engine %s: it was sent to engine %s",
+                    msg_id,
+                    engine_id,
+                    target,
+                )
+                return
         shared_center.post(
             events.TASK_COMPLETED,
             self,
@@ -610,6 +683,7 @@ class Client(ClientCompat):
             buffers=buffers,
             identities=(ident,) if ident is not None else (),
             msg_id=msg_id,
+            dest=dest_for(channel),
         )
         # Small frames are copied into zmq (cheaper than tracking their lifetime); large
         # ones are sent zero-copy.
@@ -649,8 +723,13 @@ class Client(ClientCompat):
         # Encoded once for all routes.
         metadata = metadata if type(metadata) is bytes else encode_json(metadata)
         content = content if type(content) is bytes else encode_json(content)
+        if channel == "mux" and len(routes) > 1:
+            # One call to many engines: the mux sends its replies on together (one
+            # message, one wake-up here), see corral.plugins.parallel.coalesce.
+            metadata = mark_metadata(metadata, msg_ids[0], len(routes))
         build = self._builder.build
         send = self._io.send
+        dest = dest_for(channel)
         # Before sending: an observer hears of a task before its completion.
         shared_center.post(
             events.TASK_SUBMITTED, self, msg_ids=msg_ids, msg_type=msg_type, channel=channel
@@ -667,6 +746,7 @@ class Client(ClientCompat):
                 buffers=buffers,
                 identities=(ident,) if ident is not None else (),
                 msg_id=msg_id,
+                dest=dest,
             )
             copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
             send(channel, frames, copy)
@@ -804,14 +884,23 @@ class Client(ClientCompat):
         if local is None or self._direct or self._closed or engine_id in self._dead:
             return False, None
         path = self._local_path(engine_id)
-        if not path:
+        engine = self._engines.get(engine_id)
+        if not path or engine is None:
             return False, None
         if len(buffers) > MAX_LOCAL_BUFFERS:
             return False, None
         if buffers and sum(memoryview(b).nbytes for b in buffers) > MAX_LOCAL_REQUEST:
             return False, None
         try:
-            answered = local.call(engine_id, path, msg_type, content, metadata, buffers)
+            answered = local.call(
+                engine_id,
+                path,
+                msg_type,
+                content,
+                metadata,
+                buffers,
+                dest_of("engine", engine.uuid),
+            )
         except EngineGone:
             raise engine_death_error(engine_id) from None
         if answered is None:  # unreachable just now: the queues will do

@@ -14,12 +14,13 @@ import os
 import threading
 from collections.abc import Generator, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .asyncresult import AsyncResult
 from .bymsgid import MetadataView, ResultsView
 
 if TYPE_CHECKING:
+    from .client import Client
     from .messages import Parsed
 
 __all__ = ["ClientCompat", "connection_source", "control_result", "forever"]
@@ -222,7 +223,8 @@ class ClientCompat:
             return
         from .views import _Combined
 
-        combined = _Combined(self, results, False, "tasks", False)
+        # Mixed into Client: self is the client the combined result belongs to.
+        combined = _Combined(cast("Client", self), results, False, "tasks", False)
         combined.wait_interactive(interval=interval, timeout=forever(timeout))
 
     def purge_everything(self) -> int:

@@ -261,8 +261,11 @@ class ClientIO:
         except zmq.ZMQError as exc:
             log.error("send on %s failed: %s", channel, exc)
 
-    def _run_timers(self) -> float | None:
-        """Run due timers; milliseconds until the next one (None: no timers)."""
+    def _run_timers(self) -> int | None:
+        """Run due timers; whole milliseconds until the next one (None: no timers).
+
+        Whole, because that is what zmq's poll takes (it truncated a float the same way).
+        """
         timers = self._timers
         now = time.monotonic()
         while timers and timers[0][0] <= now:
@@ -273,7 +276,7 @@ class ClientIO:
                 log.exception("client timer failed")
         if not timers:
             return None
-        return max(0.0, (timers[0][0] - time.monotonic()) * 1000)
+        return int(max(0.0, (timers[0][0] - time.monotonic()) * 1000))
 
     def _drain(self, sock: zmq.Socket[Any], channel: str) -> None:
         """Receive everything waiting on ``sock``, then handle it.

@@ -33,8 +33,11 @@ from typing import Any
 from corral.errors import CorralError
 from corral.transports import unix
 from corral.transports.zmq import wire
+from corral.transports.zmq.door import ROLES
 
 from .messages import MessageBuilder, Parsed, parse
+
+_REPLIES = ROLES["replies"]
 
 __all__ = ["EngineGone", "LocalCalls", "MAX_LOCAL_REQUEST"]
 
@@ -127,8 +130,10 @@ class LocalCalls:
         content: dict[str, Any] | bytes | None,
         metadata: bytes,
         buffers: Sequence[Any],
+        dest: str | None = None,
     ) -> tuple[str, Parsed] | None:
-        """Send one request and wait for its reply: ``(msg_id, reply)``.
+        """Send one request and wait for its reply: ``(msg_id, reply)``. ``dest``: the
+        engine's signed destination (corral.transports.zmq.door.dest_of).
 
         None when the engine's socket cannot be reached (nothing was sent: use the
         queues). Raises :class:`EngineGone` when the engine's end closed after the
@@ -137,7 +142,9 @@ class LocalCalls:
         conn = self._connection(engine_id, path)
         if conn is None:
             return None
-        msg_id, frames = self.builder.build(msg_type, content, metadata=metadata, buffers=buffers)
+        msg_id, frames = self.builder.build(
+            msg_type, content, metadata=metadata, buffers=buffers, dest=dest
+        )
         try:
             try:
                 unix.send_message(conn.sock, frames)
@@ -155,7 +162,7 @@ class LocalCalls:
                 except (OSError, unix.FramingError) as exc:
                     raise EngineGone(f"the engine's connection failed: {exc}") from None
                 for reply_frames in messages:
-                    reply = parse(reply_frames, self.signer, conn.replay)
+                    reply = parse(reply_frames, self.signer, conn.replay, role=_REPLIES)
                     if reply.parent_header.get("msg_id") == msg_id:
                         return msg_id, reply
         except BaseException:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from corral.transports.zmq import wire
-from corral.transports.zmq.door import BUFFERS_HASHED, BUFFERS_IGNORED, admit
+from corral.transports.zmq.door import BUFFERS_HASHED, BUFFERS_IGNORED, DEST, Role, admit
 
 __all__ = ["MessageBuilder", "Parsed", "encode_json", "parse"]
 
@@ -41,7 +41,7 @@ def encode_json(obj: Any) -> bytes:
     try:
         return _encode(obj).encode("utf-8")
     except (ValueError, UnicodeEncodeError):
-        return wire.jsonencode_json(obj)
+        return wire.json_dumps(obj)
 
 
 class MessageBuilder:
@@ -66,9 +66,12 @@ class MessageBuilder:
         thread may submit."""
         return f"{self._prefix}{next(self._counter):x}"
 
-    def header(self, msg_type: str, msg_id: str | None = None) -> dict[str, Any]:
-        """A protocol header (timezone-aware ISO date)."""
-        return {
+    def header(
+        self, msg_type: str, msg_id: str | None = None, dest: str | None = None
+    ) -> dict[str, Any]:
+        """A protocol header (timezone-aware ISO date); ``dest``: where the message may
+        be admitted (corral.transports.zmq.door.DEST), signed with the rest."""
+        header = {
             "msg_id": msg_id or self.new_msg_id(),
             "msg_type": msg_type,
             "username": self.username,
@@ -76,19 +79,23 @@ class MessageBuilder:
             "date": datetime.now(timezone.utc).isoformat(),
             "version": wire.PROTOCOL_VERSION,
         }
+        if dest is not None:
+            header[DEST] = dest
+        return header
 
-    def _header_bytes(self, msg_type: str, msg_id: str) -> bytes:
+    def _header_bytes(self, msg_type: str, msg_id: str, dest: str | None = None) -> bytes:
         """The header's JSON from a template: the same bytes ``json_dumps`` would make
         for :meth:`header`, without building and encoding a dict each time."""
-        template = self._templates.get(msg_type)
+        key = msg_type if dest is None else f"{msg_type}\x00{dest}"
+        template = self._templates.get(key)
         if template is None:
-            sample = self.header(msg_type, "\x00ID\x00")
+            sample = self.header(msg_type, "\x00ID\x00", dest)
             sample["date"] = "\x00DATE\x00"
             text = encode_json(sample).decode("utf-8").replace("%", "%%")
             template = text.replace("\\u0000ID\\u0000", "%s").replace("\\u0000DATE\\u0000", "%s")
-            self._templates[msg_type] = template
+            self._templates[key] = template
         if not _SAFE_ID(msg_id):
-            header = self.header(msg_type, msg_id)
+            header = self.header(msg_type, msg_id, dest)
             return encode_json(header)
         now = datetime.now(timezone.utc).isoformat()
         return (template % (msg_id, now)).encode("utf-8")
@@ -103,16 +110,18 @@ class MessageBuilder:
         identities: Sequence[bytes] = (),
         parent: dict[str, Any] | None = None,
         msg_id: str | None = None,
+        dest: str | None = None,
     ) -> tuple[str, list[Any]]:
         """``(msg_id, frames)`` of a signed message, ready to send.
 
         ``metadata`` and ``content`` may be given already encoded (bytes), so a view
-        sending many requests with the same flags encodes them once.
+        sending many requests with the same flags encodes them once. ``dest``: where a
+        request may be admitted (corral.transports.zmq.door.dest_of).
         """
         if msg_id is None:
             msg_id = self.new_msg_id()
         parts = [
-            self._header_bytes(msg_type, msg_id),
+            self._header_bytes(msg_type, msg_id, dest),
             encode_json(parent),
             metadata if type(metadata) is bytes else encode_json(metadata),
             content if type(content) is bytes else encode_json(content),
@@ -186,6 +195,7 @@ def parse(
     signer: wire.Signer,
     replay: wire.ReplayGuard | None = None,
     without_buffers: bool = False,
+    role: Role | None = None,
 ) -> Parsed:
     """Verify and decode ``frames`` (bytes or zmq.Frame); raises :class:`wire.WireError`.
 
@@ -194,6 +204,7 @@ def parse(
     the same cheapest-first order, but buffer frames after the four JSON parts are passed
     through untouched instead of being copied to bytes. ``without_buffers``: a stored
     reply (corral.plugins.parallel.flow), whose buffers are fetched and checked later.
+    ``role``: what the receiving channel's peer may send (corral.transports.zmq.door.ROLES).
     """
     split = -1
     for index, frame in enumerate(frames):
@@ -213,7 +224,7 @@ def parse(
     # The door: signature (buffers hashed too, with a cluster signer; a stored reply's
     # buffers come later and are checked against the signed digests then), replay, header.
     how = BUFFERS_IGNORED if without_buffers else BUFFERS_HASHED
-    header = admit(signer, replay, parts, signature, buffers, how=how)
+    header = admit(signer, replay, parts, signature, buffers, how=how, role=role)
     if not isinstance(header.get("msg_type"), str):
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
     parent, metadata, content = _loads_rest(parts[1:])

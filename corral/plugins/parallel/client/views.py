@@ -564,10 +564,17 @@ class DirectView(View):
             return [resolved], True
         return resolved, False
 
+    def _mux_metadata(self, targets: list[int]) -> bytes:
+        """The metadata of requests sent one per engine on the mux: without the list of
+        all targets when there are several (each request names its engine; the list in
+        each of N requests made a call's bytes, and the hub's records, grow as N
+        squared)."""
+        return self._metadata(targets if len(targets) == 1 else None)
+
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         targets, single = self._targets()
         return self._link.apply(
-            "mux", f, args, kwargs, self._metadata(targets), targets, single=single
+            "mux", f, args, kwargs, self._mux_metadata(targets), targets, single=single
         )
 
     def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -599,7 +606,7 @@ class DirectView(View):
             slices = chunk_slices(length, chunksize)
             chosen = [targets[i % len(targets)] for i in range(len(slices))]
         return self._map_chunks(
-            "mux", f, sequences, slices, chosen, self._metadata(targets), ordered, length
+            "mux", f, sequences, slices, chosen, self._mux_metadata(targets), ordered, length
         )
 
     def _submit_one(self, func: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
@@ -630,7 +637,7 @@ class DirectView(View):
             "mux",
             "execute_request",
             content,
-            self._metadata(targets),
+            self._mux_metadata(targets),
             self._link.routes(targets, ()),
             fname="execute",
             single=single,
@@ -677,7 +684,7 @@ class DirectView(View):
             "mux",
             "push_request",
             content,
-            self._metadata(targets),
+            self._mux_metadata(targets),
             link.routes(targets, frames),
             fname="push",
             single=single,
@@ -754,7 +761,7 @@ class DirectView(View):
             _pull_paths,
             (keys,),
             None,
-            self._metadata(targets),
+            self._mux_metadata(targets),
             targets,
             single=single,
             result_factory=factory,

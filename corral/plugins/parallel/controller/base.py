@@ -30,6 +30,7 @@ import zmq
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 from corral.transports.zmq.gate import Gate
 from corral.transports.zmq.ipc import Claims
+from corral.transports.zmq.keyfile import endpoint
 
 __all__ = [
     "NOBLOCK",
@@ -162,13 +163,6 @@ def bind_random(
                 exc,
             )
     return sock.bind_to_random_port(f"tcp://{ip}")
-
-
-def endpoint(transport: str, ip: str, port: int) -> str:
-    """The URL of a controller socket: ``tcp://ip:port`` or ``ipc://ip-port``."""
-    if transport == "ipc":
-        return f"ipc://{ip}-{port}"
-    return f"{transport}://{ip}:{port}"
 
 
 def wait_readable(fds: list[int], timeout: float | None) -> list[int]:

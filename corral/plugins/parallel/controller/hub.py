@@ -5,6 +5,12 @@ One loop serves five sockets: ``registration`` (engines and clients ask), ``hb_p
 ``iopub`` (engine output, to record stdout/stderr), and the control pipe. It publishes
 beats on ``hb_ping`` and engine arrivals and deaths on ``notification``.
 
+Engine arrivals and departures are also posted on this process's notification center
+(:mod:`corral.plugins.parallel.events`, sender: the hub), where they happen; a
+:class:`~corral.notification.bridge.BridgeSender` carries the hub's own posts onto the
+``notification`` feed as signed ``bus_notification`` messages, which clients and any
+:func:`~corral.plugins.parallel.bus.watch_cluster` re-post in their processes.
+
 The hub never unpickles anything: it reads the JSON parts of messages and stores result
 buffers as opaque bytes. Per task it keeps only what is outstanding (a request not yet
 answered); the record of every task goes to the task database and nowhere else, so its
@@ -21,12 +27,16 @@ from typing import Any
 import zmq
 
 from corral.core.heap import HeapTrimmer
+from corral.notification import NotificationCenter, shared_center
+from corral.notification.bridge import BridgeSender
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
+from corral.transports.zmq.bridge import FeedPublisher
 from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     BUFFERS_HASHED,
     BUFFERS_IGNORED,
+    HUB,
     ROLES,
     admit,
     cluster_signer,
@@ -34,6 +44,7 @@ from corral.transports.zmq.door import (
 from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
 
+from .. import events
 from ..flow import MONITOR_BOUND
 from .base import (
     Component,
@@ -152,6 +163,8 @@ ORPHAN_WAIT = 75.0
 #: How long a restarted controller waits for engines to claim the tasks a dead one had
 #: recorded without an engine, before answering them with ControllerLost.
 UNASSIGNED_WAIT = 3.0
+#: How many departed engines the hub remembers, for restarted ones to name.
+_GONE_KEPT = 10_000
 #: At most this many task ids of one re-registering engine are recorded.
 _MAX_HOLDING = 100_000
 
@@ -160,6 +173,8 @@ class Hub(Component):
     """The controller's core; see the module docstring."""
 
     name = "hub"
+    #: How the hub's notifications name their sender in other processes.
+    notification_name = "hub"
 
     def __init__(
         self,
@@ -173,14 +188,18 @@ class Hub(Component):
         hb_misses: int = 2,
         gate: Gate | None = None,
         flow_bound: int = MONITOR_BOUND,
+        center: NotificationCenter = shared_center,
     ) -> None:
         self.gate = gate
+        #: where engine arrivals and departures are posted (see the module docstring)
+        self.center = center
+        self._bus: BridgeSender | None = None
         #: result bytes waiting for the database writer beyond which copies stay unread
         self.flow_bound = flow_bound
-        self.session = Session(
-            key, scheme=scheme, username="corral-hub", signer=cluster_signer(key, scheme)
-        )
-        self.signer = self.session.signer
+        signer = cluster_signer(key, scheme)
+        self.session = Session(key, scheme=scheme, username="corral-hub", signer=signer)
+        #: the session's signer, kept as the cluster signer it is (it opens monitor tags)
+        self.signer = signer
         self.monitor_replay = wire.ReplayGuard()
         self.db = db
         self.transport = transport
@@ -191,6 +210,8 @@ class Hub(Component):
         self.next_id = 0
         #: ids of engines gone in this controller's life: never given out again
         self.retired: set[int] = set()
+        #: the latest engines gone, uuid -> id: a restarted engine names the one it replaces
+        self._gone: dict[str, int] = {}
         #: engines a dead controller of this cluster left owing replies (see serve)
         self._orphans: set[str] = set()
         self._orphans_at = 0.0
@@ -228,6 +249,14 @@ class Hub(Component):
         # their buffers) wait in the queues, which then leave them with the engines
         # (corral.plugins.parallel.flow), instead of piling up here.
         self.monitor.rcvhwm = _MONITOR_RCVHWM
+        # Only what this hub posts, from its own thread (the socket's owner), goes out.
+        self._bus = BridgeSender(
+            FeedPublisher(self.notification, self.session),
+            self.center,
+            events.ENGINE_TYPES,
+            sender=self,
+        )
+        events.LOCAL_FEEDS.add(self.session.session_id)
         bind = self.bind_port
         return {
             "registration": bind(self.registration, "registration"),
@@ -258,6 +287,9 @@ class Hub(Component):
             self._control.connect(endpoint(transport, ip, info["control"]))
 
     def close(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+            events.LOCAL_FEEDS.discard(self.session.session_id)
         socks = [self.registration, self.hb_ping, self.hb_pong, self.notification, self.monitor]
         for sock in (*socks, self._control, self._iopub):
             if sock is not None:
@@ -436,6 +468,17 @@ class Hub(Component):
             },
         )
         log.info("engine %d registered (%s on %s)", record.id, uuid, record.hostname)
+        self.center.post(events.ENGINE_REGISTERED, self, engine_id=record.id, uuid=uuid)
+        previous = content.get("restart_of")
+        if isinstance(previous, str) and previous in self._gone:
+            self.center.post(
+                events.ENGINE_RESTARTED,
+                self,
+                engine_id=record.id,
+                uuid=uuid,
+                previous_engine_id=self._gone.pop(previous),
+                previous_uuid=previous,
+            )
         self._record_holding(record, content.get("holding"))
         return self._registered(record)
 
@@ -480,6 +523,9 @@ class Hub(Component):
             return
         record = self.engines.pop(eid)
         self.retired.add(eid)
+        self._gone[record.uuid] = eid
+        if len(self._gone) > _GONE_KEPT:
+            del self._gone[next(iter(self._gone))]
         self.heart.remove(uuid)
         self.completed.pop(uuid, None)
         # What the engine owed is answered by the queues (an EngineError) or by another
@@ -494,6 +540,7 @@ class Hub(Component):
         if cause:
             notice["cause"] = cause
         self.publish("unregistration_notification", notice)
+        events.post_unregistration(self.center, self, eid, notice)
 
     # -- monitor: every request and reply, into the database -------------------------------
 
@@ -634,7 +681,7 @@ class Hub(Component):
     # -- registration socket: engines and clients ask ------------------------------------
 
     def on_registration(self, frames: list[zmq.Frame]) -> None:
-        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION)
+        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION, HUB)
         if parsed is None:
             self.dropped += 1
             return
@@ -776,6 +823,7 @@ class Hub(Component):
                 "shutdown_request",
                 {"restart": False, "hub": True},
                 identities=[record.uuid.encode()],
+                dest="control",
             )
             owed.add(msg["msg_id"])
         deadline = time.monotonic() + SHUTDOWN_GRACE

@@ -236,7 +236,11 @@ def build_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int])
 
 
 def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) -> Component:
-    common = {"transport": cfg.transport, "ip": cfg.ip, "gate": Gate(cfg.key, cfg.encryption)}
+    common: dict[str, Any] = {
+        "transport": cfg.transport,
+        "ip": cfg.ip,
+        "gate": Gate(cfg.key, cfg.encryption),
+    }
     if name == "hub":
         db = open_taskdb(cfg.db, cfg.db_path, store_buffers=cfg.store_buffers)
         return Hub(

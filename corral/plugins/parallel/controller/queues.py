@@ -51,6 +51,7 @@ from corral.core.heap import HeapTrimmer
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import (
     BATCH,
+    MAX_BATCH_MESSAGES,
     BatchError,
     is_batch,
     pack_batches,
@@ -60,6 +61,7 @@ from corral.transports.zmq.batch import (
 from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     ROLES,
+    Misdirected,
     Role,
     RoleRefused,
     admit,
@@ -68,6 +70,7 @@ from corral.transports.zmq.door import (
 from corral.transports.zmq.gate import Gate, RefusalLog, peer_name
 from corral.transports.zmq.session import Session
 
+from ..coalesce import GAP, Coalescer, Group, read_mark
 from ..flow import (
     CLIENT_BOUND,
     STORED,
@@ -126,16 +129,20 @@ SEND_BATCH = 64
 #: The routing frame of an engine's start notice to the task scheduler (engine.py's
 #: ``_STARTED_ROUTE``): ZeroMQ never gives a client an id like it.
 STARTED = b"\x00started"
+#: The body of one coalesced message (the replies of one call) stays under this.
+COALESCED_BYTES = 4 * 1024 * 1024
 
 
 class Pending:
-    """An outstanding request: who asked, and its header (the parent of any reply we make)."""
+    """An outstanding request: who asked, its header (the parent of any reply we make),
+    and the multi-engine call it belongs to when its reply is coalesced (.coalesce)."""
 
-    __slots__ = ("client", "header")
+    __slots__ = ("client", "header", "group")
 
-    def __init__(self, client: bytes, header: dict[str, Any]) -> None:
+    def __init__(self, client: bytes, header: dict[str, Any], group: Group | None = None) -> None:
         self.client = client
         self.header = header
+        self.group = group
 
 
 #: What a queue's two sides take in (corral.transports.zmq.door.ROLES).
@@ -206,6 +213,11 @@ class RoutingQueue(Component):
         self._to_clients: dict[bytes, list[list[Any]]] = {}
         self._to_engines: dict[bytes, list[list[Any]]] = {}
         self._to_monitor: list[list[Any]] = []
+        #: replies of multi-engine calls held until the call is answered (coalesce.py);
+        #: None for queues that do not coalesce
+        self.coalescer: Coalescer | None = None
+        #: clients getting released coalesced replies in this flush (packed as one)
+        self._coalesced: set[bytes] = set()
         #: same-host engines: uuid -> their Unix socket, to tell quickly that one died
         self.local_paths: dict[bytes, str] = {}
         #: engine -> why it died, while its owed requests are being answered
@@ -359,10 +371,11 @@ class RoutingQueue(Component):
         self.refusals.refused(why, who)
 
     def _verify(
-        self, frames: Sequence[Any], at: int, role: Role
+        self, frames: Sequence[Any], at: int, role: Role, dest: str | None = None
     ) -> tuple[list[bytes], dict[str, Any]] | None:
         """The four JSON parts and the header, if ``frames[at]`` is the delimiter and the
-        message passes the door (corral.transports.zmq.door.admit) for ``role``."""
+        message passes the door (corral.transports.zmq.door.admit) for ``role`` (and,
+        for requests, names this queue as its signed ``dest``)."""
         peer = frames[0] if frames else b""
         if len(frames) < at + 6 or frames[at] != DELIM:
             self._drop("malformed messages", len(frames), peer)
@@ -374,13 +387,16 @@ class RoutingQueue(Component):
             # or client that unpickles the buffers hashes them.
             header = admit(
                 self.signer, self.replay, parts, signature, frames[at + 6 :],
-                how=BUFFERS_COUNTED, role=role,
+                how=BUFFERS_COUNTED, role=role, dest=dest,
             )  # fmt: skip
         except wire.BadSignature:
             self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
             return None
         except wire.ReplayedMessage:
             self._drop("replayed messages", len(frames), peer)
+            return None
+        except Misdirected:
+            self._drop(f"messages signed for another destination ({self.name})", len(frames), peer)
             return None
         except RoleRefused:
             self._drop(f"messages this socket does not take ({role.name})", len(frames), peer)
@@ -412,7 +428,7 @@ class RoutingQueue(Component):
         if frames[0] == BATCH:  # would read as a batch when forwarded to an engine
             self._drop("a client id may not be the batch marker", len(frames))
             return
-        verified = self._verify(frames, self.client_routing, _FROM_CLIENTS)
+        verified = self._verify(frames, self.client_routing, _FROM_CLIENTS, self.name)
         if verified is None:
             return
         parts, header = verified
@@ -452,8 +468,7 @@ class RoutingQueue(Component):
             # Only the engine a request went to may answer it, and only once.
             self._drop("a reply to a request this engine does not owe", len(frames))
             return
-        self.monitor([REPLY, *frames])
-        self.send_client(frames[1:])
+        self.reply_out(engine, [REPLY, *frames], frames[1:], self.group_of(engine, msg_id))
         self.record_reply(engine, msg_id, parts)
 
     def on_notification(self, frames: list[zmq.Frame]) -> None:
@@ -569,30 +584,87 @@ class RoutingQueue(Component):
         else:
             queued.append(frames[1:])
 
+    def reply_out(
+        self, engine: bytes, copy: list[Any], message: list[Any], group: Group | None
+    ) -> None:
+        """A verified reply of ``engine`` (or one of our own): its hub ``copy``
+        (``[REPLY, engine, client, DELIM, ...]``) and its ``message`` for the client
+        (``[client, DELIM, ...]``), sent with the burst, or held with the other replies of
+        its multi-engine call (``group``) until that call is answered."""
+        coalescer = self.coalescer
+        if coalescer is not None:
+            client = message[0]
+            if group is not None and len(message) > 7 and large_bytes(message, 7):
+                # Large results are never held here (flow.py: they stay with the engines
+                # while the client is slow); nor may they pass the call's earlier ones.
+                coalescer.answered(group)
+                self.release_group(group)
+                group = None
+            if coalescer.holding:
+                for earlier in coalescer.blocking(client, engine, group):
+                    self.release_group(earlier)  # an engine's replies reach a client in order
+            if group is not None and group.client == client:
+                coalescer.hold(group, engine, copy, message, time.monotonic())
+                if group.complete:
+                    self.release_group(group)
+                return
+        self.monitor(copy)
+        self.send_client(message)
+
+    def release_group(self, group: Group) -> None:
+        """Send what ``group`` holds with this burst: its hub copies as one batch, its
+        replies to the client as one message (see :meth:`flush`)."""
+        assert self.coalescer is not None
+        held = self.coalescer.take(group)
+        if not held:
+            return
+        for copy, message in held:
+            self.monitor(copy)
+            self.send_client(message)
+        self._coalesced.add(group.client)
+
+    def group_of(self, engine: bytes, msg_id: str) -> Group | None:
+        """The multi-engine call whose replies are coalesced that ``msg_id`` belongs to."""
+        return None
+
     def send_engine(self, engine: bytes, client: Any, rest: Sequence[Any]) -> None:
-        """``[engine, client, DELIM, ...]`` to a registered engine, sent by :meth:`flush`.
+        """``[engine, client, seal, DELIM, ...]`` to a registered engine, sent by
+        :meth:`flush`. The seal (corral.transports.zmq.door.ClusterSigner.route_seal)
+        binds the request to this queue and this engine: a copy captured on its way to
+        one engine is refused by any other.
 
         An engine connects its queue sockets before it registers, but the connection may
         still be completing when its first task comes (EHOSTUNREACH): such messages are
         held, in order, and retried until :data:`CONNECT_GRACE` runs out.
         """
+        message = [client, self.signer.route_seal(self.name, engine, rest[1]), *rest]
         held = self.backlog.get(engine)
         if held is not None:
-            held.append([engine, client, *rest])
+            held.append([engine, *message])
             return
         queued = self._to_engines.get(engine)
         if queued is None:
-            self._to_engines[engine] = [[client, *rest]]
+            self._to_engines[engine] = [message]
         else:
-            queued.append([client, *rest])
+            queued.append(message)
 
     def flush(self) -> None:
         """Send what handling the last burst produced: the hub's copies first (so a
         client that asks the hub about a reply it just got finds it recorded), then
         replies, then requests; several messages for one peer go as one batch."""
+        coalesced = self._coalesced
         if self._to_monitor:
             copies, self._to_monitor = self._to_monitor, []
-            for message in pack_batches((), copies, SEND_BATCH):
+            if coalesced:  # a call's records in one batch
+                batches = [
+                    m
+                    for m, _ in pack_batches_counted(
+                        (), copies, MAX_BATCH_MESSAGES, COALESCED_BYTES
+                    )
+                ]
+            else:
+                batches = pack_batches((), copies, SEND_BATCH)
+            for message in batches:
                 nbytes = large_bytes(message, 9) if len(message) > 9 else 0
                 if nbytes:
                     message, trackers = tracked(message, 9)
@@ -608,8 +680,14 @@ class RoutingQueue(Component):
             replies, self._to_clients = self._to_clients, {}
             for client, messages in replies.items():
                 self._send_batches(
-                    self.client_sock, client, self._bounded(client, messages), self._client_gone
+                    self.client_sock,
+                    client,
+                    self._bounded(client, messages),
+                    self._client_gone,
+                    client in coalesced,
                 )
+            if coalesced:
+                self._coalesced = set()
         if self._to_engines:
             requests, self._to_engines = self._to_engines, {}
             for engine, messages in requests.items():
@@ -621,10 +699,16 @@ class RoutingQueue(Component):
         peer: bytes,
         messages: list[list[Any]],
         unreachable: Callable[[bytes, list[list[Any]]], None],
+        coalesced: bool = False,
     ) -> None:
         step = SEND_BATCH if self.batch_engines or sock is self.client_sock else 1
+        packed = (
+            pack_batches_counted((peer,), messages, MAX_BATCH_MESSAGES, COALESCED_BYTES)
+            if coalesced  # the replies of a call as one message
+            else pack_batches_counted((peer,), messages, step)
+        )
         sent = 0
-        for message, count in pack_batches_counted((peer,), messages, step):
+        for message, count in packed:
             try:
                 send_frames(sock, message)
             except zmq.ZMQError as exc:
@@ -681,7 +765,7 @@ class RoutingQueue(Component):
                 del self.backlog[engine]
                 del self._backlog_deadline[engine]
                 for frames in held:
-                    header = loads_dict(bytes(frames[4])) or {}
+                    header = loads_dict(bytes(frames[5])) or {}  # engine, client, seal, DELIM, sig
                     log.warning("%s: engine %r never connected", self.name, engine)
                     self.undeliverable(engine, str(header.get("msg_id")))
 
@@ -691,9 +775,16 @@ class RoutingQueue(Component):
         self._backlog_deadline.pop(engine, None)
 
     def error_reply(
-        self, client: bytes, header: dict[str, Any], engine: bytes, ename: str, evalue: str
+        self,
+        client: bytes,
+        header: dict[str, Any],
+        engine: bytes,
+        ename: str,
+        evalue: str,
+        group: Group | None = None,
     ) -> None:
-        """Answer a request ourselves, signed, as if the engine had failed it."""
+        """Answer a request ourselves, signed, as if the engine had failed it (held with
+        the other replies of its call, ``group``, when they are coalesced)."""
         engine_id = self.engines.get(engine)
         engine_uuid = engine.decode("utf-8", "replace")
         msg_type = str(header.get("msg_type", "unknown_request"))
@@ -717,8 +808,7 @@ class RoutingQueue(Component):
         }
         msg = self.session.msg(_reply_type(msg_type), content, parent=header, metadata=metadata)
         frames = wire.serialize(msg, self.signer, [client])
-        self.monitor([REPLY, engine, *frames])
-        self.send_client(frames)
+        self.reply_out(engine, [REPLY, engine, *frames], frames, group)
 
     # -- the policy -----------------------------------------------------------------------
 
@@ -758,19 +848,51 @@ class PerEngineQueue(RoutingQueue):
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         self.outstanding: dict[bytes, dict[str, Pending]] = {}
+        self.coalescer = Coalescer() if GAP > 0 else None
 
     def engine_removed(self, engine: bytes, eid: int) -> None:
         for pending in self.outstanding.pop(engine, {}).values():
             self.error_reply(
-                pending.client, pending.header, engine, "EngineError", self.died(engine, eid)
+                pending.client,
+                pending.header,
+                engine,
+                "EngineError",
+                self.died(engine, eid),
+                pending.group,
             )
 
     def undeliverable(self, engine: bytes, msg_id: str) -> None:
         pending = self.outstanding.get(engine, {}).pop(msg_id, None)
         if pending is not None:
             self.error_reply(
-                pending.client, pending.header, engine, "EngineError", "engine not connected"
+                pending.client,
+                pending.header,
+                engine,
+                "EngineError",
+                "engine not connected",
+                pending.group,
             )
+
+    def group_of(self, engine: bytes, msg_id: str) -> Group | None:
+        table = self.outstanding.get(engine)
+        pending = table.get(msg_id) if table is not None else None
+        return pending.group if pending is not None else None
+
+    def next_timeout(self) -> float | None:
+        wait = super().next_timeout()
+        coalescer = self.coalescer
+        if coalescer is not None and coalescer.holding:
+            due = coalescer.next_due()
+            if due is not None:
+                until = max(0.0, due - time.monotonic())
+                wait = until if wait is None else min(wait, until)
+        return wait
+
+    def on_timer(self, now: float) -> None:
+        coalescer = self.coalescer
+        if coalescer is not None and coalescer.holding:
+            for group in coalescer.due(now):
+                self.release_group(group)
 
     def outstanding_count(self) -> int:
         return sum(len(t) for t in self.outstanding.values())
@@ -795,22 +917,30 @@ class DirectQueue(PerEngineQueue):
         client, engine = frames[0], frames[1]
         msg_id = header["msg_id"]
         self.monitor([REQUEST, engine, client, *frames[2:8]])
+        group = None
+        coalescer = self.coalescer
+        if coalescer is not None:
+            # one request of a multi-engine call: its replies leave together
+            mark = read_mark(frames[6])
+            if mark is not None:
+                group = coalescer.join(client, *mark)
         if engine in self.engines:
-            self.outstanding[engine][msg_id] = Pending(client, header)
+            self.outstanding[engine][msg_id] = Pending(client, header, group)
             self.send_engine(engine, client, frames[2:])
             return
         if engine not in self.dead:
             # Not announced to us yet, but an engine connects before it registers: if the
             # uuid is connected, the hub's notification is merely still on its way.
             try:
-                send_frames(self.engine_sock, [engine, client, *frames[2:]])
+                seal = self.signer.route_seal(self.name, engine, frames[3])
+                send_frames(self.engine_sock, [engine, client, seal, *frames[2:]])
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
             else:
-                self.outstanding.setdefault(engine, {})[msg_id] = Pending(client, header)
+                self.outstanding.setdefault(engine, {})[msg_id] = Pending(client, header, group)
                 return
-        self.error_reply(client, header, engine, "EngineError", "no such engine")
+        self.error_reply(client, header, engine, "EngineError", "no such engine", group)
 
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
         table = self.outstanding.get(engine)
@@ -852,13 +982,16 @@ class BroadcastScheduler(PerEngineQueue):
             self.error_reply(client_id, header, b"", "EngineError", "no target engines")
             return
         msg_id = header["msg_id"]
+        coalescer = self.coalescer if len(chosen) > 1 else None
         for eid, engine in chosen:
+            # the replies of all targets leave together
+            group = coalescer.join(client_id, msg_id, len(chosen)) if coalescer else None
             if engine is None:
                 self.monitor([REQUEST, b"", client, *rest[:6]])
-                self.error_reply(client_id, header, b"", "EngineError", f"no engine {eid}")
+                self.error_reply(client_id, header, b"", "EngineError", f"no engine {eid}", group)
                 continue
             self.monitor([REQUEST, engine, client, *rest[:6]])
-            self.outstanding.setdefault(engine, {})[msg_id] = Pending(client_id, header)
+            self.outstanding.setdefault(engine, {})[msg_id] = Pending(client_id, header, group)
             self.send_engine(engine, client, rest)
 
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:

@@ -186,6 +186,9 @@ def _merge(requests: list[tuple], replies: list[tuple]) -> tuple[list[tuple], li
     if not replies:
         return [(*r, *_NO_REPLY) for r in requests], []
     at: dict[tuple[str, str], int] = {}
+    # Each is reused below for a lookup that may find nothing.
+    index: int | None
+    reply: tuple[Any, ...] | None
     for index, request in enumerate(requests):
         at[(request[0], request[2])] = index
     answers: dict[int, tuple] = {}

@@ -31,7 +31,7 @@ import zmq
 from corral.core.interrupts import protect
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
-from corral.transports.zmq.door import ROLES, BuffersAltered, Role, admit
+from corral.transports.zmq.door import DEST, ROLES, BuffersAltered, Role, admit, take_seal
 from corral.transports.zmq.frames import recv_frames, send_frames
 
 __all__ = [
@@ -127,15 +127,18 @@ def recv_message(
     replay: wire.ReplayGuard | None,
     flags: int = 0,
     role: Role | None = None,
+    dest: str | None = None,
+    sealed_to: bytes | None = None,
 ) -> Message:
     """Receive and verify one message from ``sock`` (a socket that never carries batches:
     registration, control).
 
     Raises ``zmq.Again`` (with ``flags=zmq.NOBLOCK``) when nothing waits, and
     :class:`wire.WireError` for anything malformed, unsigned, forged or replayed; either
-    way the whole multipart message has been consumed.
+    way the whole multipart message has been consumed. ``dest`` and ``sealed_to``: where
+    the socket sits (see :func:`corral.transports.zmq.door.admit`).
     """
-    return _parse_routed(recv_frames(sock, flags), signer, replay, role)
+    return _parse_routed(recv_frames(sock, flags), signer, replay, role, dest, sealed_to)
 
 
 def recv_messages(
@@ -144,6 +147,8 @@ def recv_messages(
     replay: wire.ReplayGuard | None,
     flags: int = 0,
     role: Role | None = None,
+    dest: str | None = None,
+    sealed_to: bytes | None = None,
 ) -> tuple[list[Message], list[wire.WireError]]:
     """Receive one zmq message, which may be a batch: the verified messages it carries,
     and why each of the others was dropped. ``zmq.Again`` (with ``NOBLOCK``) when empty.
@@ -162,7 +167,7 @@ def recv_messages(
     errors: list[wire.WireError] = []
     for one in batch:
         try:
-            messages.append(_parse_routed(one, signer, replay, role))
+            messages.append(_parse_routed(one, signer, replay, role, dest, sealed_to))
         except wire.WireError as exc:
             errors.append(exc)
     return messages, errors
@@ -173,9 +178,12 @@ def _parse_routed(
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
     role: Role | None = None,
+    dest: str | None = None,
+    sealed_to: bytes | None = None,
 ) -> Message:
     """Verify ``[*routing ids, DELIM, signature, four parts, buffers...]`` (zmq frames, or
-    bytes from a batch)."""
+    bytes from a batch); a queue's route seal among the routing ids is taken off (so a
+    reply never echoes it) and checked."""
     idents: list[bytes] = []
     at = 0
     n = len(frames)
@@ -196,7 +204,8 @@ def _parse_routed(
             f"expected signature and four JSON parts after the delimiter, got {n - at - 1}"
         )
     parts = [f if f.__class__ is bytes else f.bytes for f in frames[at + 1 : at + 6]]
-    return _verified(idents, parts, frames[at + 6 :], signer, replay, role)
+    seal = take_seal(idents)
+    return _verified(idents, parts, frames[at + 6 :], signer, replay, role, dest, sealed_to, seal)
 
 
 def parse_message(
@@ -204,6 +213,7 @@ def parse_message(
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
     role: Role | None = None,
+    dest: str | None = None,
 ) -> Message:
     """Verify one message received whole (``[DELIM, signature, four parts, buffers...]``,
     no routing frames: a same-host connection, :mod:`.local`)."""
@@ -212,7 +222,7 @@ def parse_message(
     if bytes(frames[0]) != _DELIM:
         raise wire.MalformedMessage("the first frame must be the delimiter")
     parts = [bytes(f) for f in frames[1:6]]
-    return _verified([], parts, list(frames[6:]), signer, replay, role)
+    return _verified([], parts, list(frames[6:]), signer, replay, role, dest)
 
 
 def _verified(
@@ -222,12 +232,18 @@ def _verified(
     signer: wire.Signer,
     replay: wire.ReplayGuard | None,
     role: Role | None,
+    dest: str | None = None,
+    sealed_to: bytes | None = None,
+    seal: bytes | None = None,
 ) -> Message:
     """Let ``parts`` through the cluster's door (signature with every buffer hashed,
-    replay, header, role), then parse the content."""
+    header, role, destination and seal, replay), then parse the content."""
     signature, raw_header, raw_parent, raw_metadata, raw_content = parts
     try:
-        header = admit(signer, replay, parts[1:], signature, buffers, role=role)
+        header = admit(
+            signer, replay, parts[1:], signature, buffers,
+            role=role, dest=dest, sealed_to=sealed_to, seal=seal,
+        )  # fmt: skip
     except BuffersAltered as exc:  # genuine header: the engine answers with an error
         assert exc.header is not None
         exc.message = Message(idents, exc.header, raw_header, {}, [], raw_parent, raw_metadata)
@@ -259,16 +275,18 @@ class Replier:
         )
         self._n = 0
 
-    def header(self, msg_type: str, date: str) -> bytes:
-        """The JSON of a fresh header for ``msg_type`` (``msg_type`` must be plain ASCII)."""
+    def header(self, msg_type: str, date: str, dest: str | None = None) -> bytes:
+        """The JSON of a fresh header for ``msg_type`` (``msg_type`` and ``dest`` must be
+        plain ASCII); ``dest``: where a request may be admitted (door.dest_of)."""
         self._n += 1
-        return b'{"msg_id":"%b%d","msg_type":"%b%b%b","version":"%b"}' % (
+        return b'{"msg_id":"%b%d","msg_type":"%b%b%b","version":"%b"%b}' % (
             self._prefix,
             self._n,
             msg_type.encode("ascii"),
             self._tail,
             date.encode("ascii"),
             wire.PROTOCOL_VERSION.encode("ascii"),
+            b"" if dest is None else b',"%b":"%b"' % (DEST.encode(), dest.encode("ascii")),
         )
 
     def frames(
@@ -280,7 +298,8 @@ class Replier:
         content: bytes,
         buffers: Sequence[Any] = (),
         date: str | None = None,
+        dest: str | None = None,
     ) -> list[Any]:
         """Frames of a signed message; ``parent``/``metadata``/``content`` are JSON bytes."""
-        parts = [self.header(msg_type, date or iso_now()), parent, metadata, content]
+        parts = [self.header(msg_type, date or iso_now(), dest), parent, metadata, content]
         return [*idents, _DELIM, self.signer.seal(parts, buffers), *parts, *buffers]

@@ -16,6 +16,8 @@ Why it is cheap and safe:
 * Output goes where its request came from. Both servers observe the one interpreter; the
   engine's relay is unparented while a kernel request runs (a client never sees a cell's
   output as a task's), and the kernel's is unparented after each request.
+* The kernel answers the parallel requests too (``apply``, ``push``, ``pull``, ``clear``,
+  ``abort``: :mod:`..kernel_requests`), over the engine's own :class:`.tasks.Tasks`.
 * The connection file is written owner-only (0600) next to the cluster file; the kernel
   binds 127.0.0.1 unless told otherwise.
 """
@@ -82,6 +84,13 @@ class BoundKernel:
         self.server.guard = engine.guard  # one SIGINT policy for the process
         self.server.start()
         self.server.relay.parent = None
+        # The requests a kernel with the parallel plugin serves, over the engine's own
+        # task core: a name pushed on either channel is pulled on the other, and an
+        # abort on either cancels the request wherever it comes.
+        from ..kernel_requests import KernelRequests
+
+        for channel, handlers in KernelRequests(self.server, engine.tasks).tables().items():
+            self.server.add_handlers(channel, handlers)
         directory = (
             engine.cluster_file.parent
             if engine.cluster_file is not None

@@ -37,6 +37,18 @@ class EngineControl:
         self.thread = ControlThread(
             engine.context, engine.control, self.handle, "corral-engine-control"
         )
+        #: The engine's request core's control table: one lookup a message.
+        self._handlers = engine.core.tables["control"]
+        engine.core.add(
+            "control",
+            {
+                "interrupt_request": self._interrupt,
+                "abort_request": self._abort,
+                "signal_request": self._signal,
+                "clear_request": self._to_main,
+                "shutdown_request": self._to_main,
+            },
+        )
 
     def handle(self) -> None:
         """The control thread: a message waits on the control socket."""
@@ -44,7 +56,11 @@ class EngineControl:
         if msg is None:
             return
         try:
-            self._now(msg)
+            handler = self._handlers.get(msg.msg_type)
+            if handler is None:
+                self._unknown(msg)
+            else:
+                handler(msg)
         except Exception as exc:
             log.exception("error while handling %s", msg.msg_type)
             if msg.msg_type.endswith("_request"):
@@ -59,40 +75,50 @@ class EngineControl:
         )
         send_frames(self.engine.control, frames)
 
-    def _now(self, msg: Message) -> None:
+    def _ok(self, msg: Message) -> None:
+        self._reply(msg, {"status": "ok", "engine_info": _info(self.engine, msg.msg_type)})
+
+    def _interrupt(self, msg: Message) -> None:
+        self.engine.interrupt()
+        self._ok(msg)
+
+    def _abort(self, msg: Message) -> None:
         engine = self.engine
-        kind = msg.msg_type
-        ok = {"status": "ok", "engine_info": _info(engine, kind)}
-        if kind == "interrupt_request":
+        ids = engine.tasks.abort(msg.content)
+        # After marking them: which had started already (see .started); those not
+        # listed will never run here.
+        started = engine._started
+        content = {"status": "ok", "engine_info": _info(engine, msg.msg_type)}
+        self._reply(msg, {**content, "started": [i for i in ids if i in started]})
+
+    def _signal(self, msg: Message) -> None:
+        engine = self.engine
+        signum = signal_number(msg.content.get("sig"))
+        self._ok(msg)
+        if signum == signal.SIGINT:
             engine.interrupt()
-            self._reply(msg, ok)
-        elif kind == "abort_request":
-            ids = msg.content.get("msg_ids") or []
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise TypeError("abort_request 'msg_ids' must be a list of message ids")
-            engine._aborted.update(ids)
-            self._reply(msg, ok)
-        elif kind == "signal_request":
-            signum = signal_number(msg.content.get("sig"))
-            self._reply(msg, ok)
-            if signum == signal.SIGINT:
-                engine.interrupt()
-            elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
-                engine._stop("terminated", 0)
-                engine._exit_later(0)
-                engine.interrupt()
-            else:
-                signal.pthread_kill(threading.main_thread().ident or 0, signum)
-        elif kind in ("clear_request", "shutdown_request"):
-            engine._inbox.append(msg)
-            engine._wake()
-            if kind == "shutdown_request":
-                engine.interrupt()  # a running task would keep the engine alive
-                engine._exit_later(0)
+        elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
+            engine._stop("terminated", 0)
+            engine._exit_later(0)
+            engine.interrupt()
         else:
-            log.warning("ignoring unknown control message %r", kind)
-            if kind.endswith("_request"):
-                raise ValueError(f"unknown control message type {kind!r}")
+            signal.pthread_kill(threading.main_thread().ident or 0, signum)
+
+    def _to_main(self, msg: Message) -> None:
+        """``clear`` and ``shutdown`` touch the namespace or end the loop: the main thread
+        serves them (:meth:`serve_on_main`) before any further task."""
+        engine = self.engine
+        engine._inbox.append(msg)
+        engine._wake()
+        if msg.msg_type == "shutdown_request":
+            engine.interrupt()  # a running task would keep the engine alive
+            engine._exit_later(0)
+
+    def _unknown(self, msg: Message) -> None:
+        kind = msg.msg_type
+        log.warning("ignoring unknown control message %r", kind)
+        if kind.endswith("_request"):
+            raise ValueError(f"unknown control message type {kind!r}")
 
     def serve_on_main(self, msg: Message) -> None:
         """Main thread: a clear or shutdown handed over by the control thread."""
@@ -100,8 +126,7 @@ class EngineControl:
         info = _info(engine, msg.msg_type)
         if msg.msg_type == "clear_request":
             try:
-                engine.interpreter.reset_namespace()
-                engine._adopter.injected.clear()
+                engine.tasks.clear(engine.interpreter)
                 content: dict[str, Any] = {"status": "ok", "engine_info": info}
             except Exception as exc:
                 log.exception("clear failed")

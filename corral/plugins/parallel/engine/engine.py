@@ -26,13 +26,20 @@ Threads, and why:
   the controller or the launching process goes away.
 * **iopub flusher** sends coalesced stream text (:class:`IOPubPublisher`).
 
-Where things live: this module serves (the main loop and the task handlers). The pieces
-shared with the kernel server — the SIGINT guard, the control thread, the execute reply,
-the iopub publisher and output relay, the heartbeat's proxy thread — come from
-:mod:`corral.transports.zmq`; the engine's own jobs have a module each: the cluster file
-(:mod:`.clusterinfo`), the control channel (:mod:`.control`), held and logged replies
-(:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost controller
-(:mod:`.recovery`).
+Where things live: an engine is the kernel server's request core plus the parallel
+plugin's handlers, on the cluster's sockets instead of Jupyter's. From
+:mod:`corral.transports.zmq`, shared with the kernel server: the request core
+(:class:`~corral.transports.zmq.requests.RequestCore`: dispatch tables and the SIGINT
+guard), the cell runner (``run_execute``), the error reply, the control thread, the
+answers to completion, inspection, history and is-complete
+(:mod:`corral.transports.zmq.queries`), ``kernel_info``, the iopub publisher and output
+relay. From this plugin, shared with any kernel that loaded it
+(:mod:`..kernel_requests`): what ``apply``, ``push``, ``pull``, ``clear`` and ``abort``
+do to the namespace (:mod:`.tasks`). This module serves: the main loop, and the wire
+around ``Tasks`` (the handlers, fast-path replies). The engine's own jobs have a module
+each: the cluster file (:mod:`.clusterinfo`), the control channel (:mod:`.control`),
+held and logged replies (:mod:`.replies`), same-host clients (:mod:`.samehost`), a lost
+controller (:mod:`.recovery`), a Jupyter kernel on the same interpreter (:mod:`.bound`).
 
 Hot path (an ``apply_request``): receive with the fixed frames as bytes and buffers as
 zero-copy frames, verify, unpickle, call, pickle the result, reply with a pre-encoded
@@ -49,7 +56,6 @@ import socket
 import sys
 import threading
 import time
-import types
 import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable
@@ -61,11 +67,16 @@ from zmq.backend import zmq_poll
 
 from corral.notification.center import shared_center
 from corral.transports.zmq import wire
-from corral.transports.zmq.door import BuffersAltered, cluster_signer
+from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
+from corral.transports.zmq.queries import QUERIES
 from corral.transports.zmq.relay import OutputRelay
-from corral.transports.zmq.requests import InterruptGuard, execute_reply
+from corral.transports.zmq.requests import (
+    RequestCore,
+    execute_args,
+    run_execute,
+)
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
 from . import bound
@@ -93,10 +104,11 @@ from .clusterinfo import controller_grace as grace_period
 from .control import EngineControl
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection
-from .namespace import Adopter
 from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
+from .started import StartedIds
+from .tasks import Tasks
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
 
@@ -112,6 +124,9 @@ _LINGER_MS = 1000
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
+_REQUESTS = ROLES["engine_requests"]
+#: a socket with no binding (the registration socket: replies only)
+_UNBOUND: tuple[None, None] = (None, None)
 
 
 # ----------------------------------------------------------------- the engine
@@ -168,6 +183,9 @@ class Engine:
         self.replier = Replier(self.signer, self.session_id, "engine")
         self.uuid = uuid or uuid_module.uuid4().hex
         self.ident = self.uuid.encode("ascii")
+        #: The signed destination of requests to this engine's own sockets (its data
+        #: socket and its Unix socket; see corral.transports.zmq.door.dest_of).
+        self.direct_dest = dest_of("engine", self.uuid)
         self.hub_timeout = hub_timeout
         self.controller_grace = grace_period(controller_grace, info)
         #: the msg_id of the request being served (read by the hub watch's thread)
@@ -205,12 +223,33 @@ class Engine:
         self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
-        # Binds functions shipped from a client's __main__ to user_ns (and remembers
-        # which names they brought in).
-        self._adopter = Adopter(self.user_ns)
-        self._aborted: set[str] = set()
-        #: The SIGINT policy, shared with the kernel server (transports/zmq/requests.py).
-        self.guard = InterruptGuard()
+        #: What apply, push, pull, clear and abort do to user_ns: shared with a kernel
+        #: that serves them (see .tasks and corral.plugins.parallel.kernel_requests).
+        self.tasks = Tasks(self.user_ns)
+        # Aliases read per task (one attribute lookup on the hot path, not two).
+        self._adopter = self.tasks.adopter
+        self._aborted = self.tasks.aborted
+        #: The request core, the kernel server's own class (transports/zmq/requests.py):
+        #: the handlers of the queues and of control, and the SIGINT guard. The parallel
+        #: requests are the same ones a kernel gains from this plugin (.tasks).
+        self.core = RequestCore(
+            {
+                "queues": {
+                    "apply_request": self._apply,
+                    "execute_request": self._execute,
+                    "push_request": self._push,
+                    "pull_request": self._pull,
+                    # What a kernel answers from its interpreter, answered the same way.
+                    **{kind: self._query(answer) for kind, answer in QUERIES.items()},
+                    "kernel_info_request": self._kernel_info,
+                },
+                "control": {},  # filled by EngineControl
+            }
+        )
+        self._handlers: dict[str, Handler] = self.core.tables["queues"]
+        self.guard = self.core.guard  # read per task: a plain attribute
+        #: Recorded before the aborted check (see .started: moving tasks exactly once).
+        self._started = StartedIds()
         self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
         self._connected = False
@@ -224,6 +263,7 @@ class Engine:
         # user code runs, when the flusher thread may take it to send replies held too
         # long (see .replies).
         self._sock_lock = threading.Lock()
+        self._unlocked = _Released(self._sock_lock)
         #: Replies held to leave in batches, zero-copy sends in flight, recent replies
         #: (kept longer than a lost controller takes to notice).
         self.replies = ReplyHold(
@@ -275,6 +315,16 @@ class Engine:
         self.control = self.queues["control_engine"]
         self.task = self.queues["task_engine"]
         self.broadcast = self.queues["broadcast_engine"]
+        #: Where each request socket sits (door.admit's ``dest``, ``sealed_to``): a
+        #: request signed for another place is refused, and one that came through a
+        #: queue must carry that queue's route seal for this engine.
+        self.bindings: dict[Any, tuple[str, bytes | None]] = {
+            self.data_socket: (self.direct_dest, None),
+            self.mux: ("mux", self.ident),
+            self.control: ("control", self.ident),
+            self.task: ("task", self.ident),
+            self.broadcast: ("broadcast", self.ident),
+        }
         #: The sockets whose replies may be held and batched: DEALERs to a queue, where
         #: a batch's first frame is the marker. (The data socket is a ROUTER: its first
         #: frame names the client, so its replies always go alone, at once.)
@@ -310,6 +360,9 @@ class Engine:
             # A monitor reports this engine's death with its cause (launchers/monitor.py).
             "monitored": os.environ.get("CORRAL_MONITORED") == "1",
         }
+        restart_of = os.environ.get("CORRAL_RESTART_OF")  # launchers/monitor.py
+        if restart_of:
+            content["restart_of"] = restart_of
         if os.environ.get("CORRAL_ENGINE_ID_FROM_RANK") == "1":
             # An MPI rank asks for engine id == rank (granted if free; parallel/mpi.py).
             from corral.plugins.parallel.mpi import rank_from_environment
@@ -318,7 +371,7 @@ class Engine:
             if rank is not None:
                 content["id"] = rank
         frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content)
+            (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
         )
         send_frames(self.registration, frames)
 
@@ -327,14 +380,13 @@ class Engine:
         if self.interpreter is not None:
             return
         from corral.core.interpreter import Interpreter
-        from corral.core.serialize import serialize, unpack_apply
         from corral.notification.center import shared_center
 
         self.interpreter = Interpreter(
             shared_center, user_ns=self.user_ns, history=no_history(), sender="engine"
         )
-        self._serialize = serialize
-        self._unpack_apply = unpack_apply
+        self.tasks.load()
+        self._serialize = self.tasks.serialize
 
     def register(self) -> int:
         """Connect, prepare and wait for the hub's ``registration_reply``; returns the id.
@@ -403,12 +455,6 @@ class Engine:
         from corral import datapub
 
         datapub.install(self._publish_data)
-        self._handlers: dict[str, Handler] = {
-            "apply_request": self._apply,
-            "execute_request": self._execute,
-            "push_request": self._push,
-            "pull_request": self._pull,
-        }
         self._control = EngineControl(self)
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
         self._wake_r, self._wake_w = socket.socketpair()
@@ -592,8 +638,11 @@ class Engine:
 
     def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
         """The next verified message on ``sock``; None if none waits or it was dropped."""
+        dest, sealed_to = self.bindings.get(sock, _UNBOUND)
         try:
-            return recv_message(sock, self.signer, self.replay, _NOBLOCK, ROLES[where])
+            return recv_message(
+                sock, self.signer, self.replay, _NOBLOCK, ROLES[where], dest, sealed_to
+            )
         except zmq.Again:
             return None
         except wire.WireError as exc:
@@ -604,9 +653,11 @@ class Engine:
     def _serve_one(self, sock: zmq.Socket[Any]) -> None:
         """Serve the next zmq message on a queue socket: one request, or a batch of them
         (whose rest waits in ``_pending`` if control or a stop cuts in)."""
+        # Through the door with this socket's binding (signed destination, route seal).
+        dest, sealed_to = self.bindings[sock]
         try:
             messages, errors = recv_messages(
-                sock, self.signer, self.replay, _NOBLOCK, ROLES["engine_requests"]
+                sock, self.signer, self.replay, _NOBLOCK, _REQUESTS, dest, sealed_to
             )
         except zmq.Again:
             return
@@ -753,24 +804,10 @@ class Engine:
                 return
         self.replies.hold(sock, frames, msg.msg_id)
 
-    def _error_content(self, exc: BaseException, method: str) -> dict[str, Any]:
-        from corral.core.tracebacks import format_exception
-
-        try:
-            evalue = str(exc)
-        except Exception:
-            evalue = f"<unprintable {type(exc).__name__}>"
-        try:
-            traceback = format_exception(exc)
-        except Exception:
-            traceback = [f"{type(exc).__name__}: {evalue}"]
-        return {
-            "status": "error",
-            "ename": type(exc).__name__,
-            "evalue": evalue,
-            "traceback": traceback,
-            "engine_info": {**self.engine_info, "method": method},
-        }
+    def _error_content(self, exc: BaseException, method: str, func: Any = None) -> dict[str, Any]:
+        content = self.tasks.error(exc, func)
+        content["engine_info"] = {**self.engine_info, "method": method}
+        return content
 
     def refuse(self, sock: Destination, exc: wire.WireError, where: str) -> None:
         """Count and log a refused message. One whose buffers were altered on the way has
@@ -795,7 +832,6 @@ class Engine:
             log.exception("could not send an error reply to %s", msg.msg_type)
 
     def _reply_aborted(self, sock: Destination, msg: Message, method: str) -> None:
-        self._aborted.discard(msg.msg_id)
         now = iso_now()
         content = {
             "status": "aborted",
@@ -813,7 +849,8 @@ class Engine:
     def _apply(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
-        if self._aborted and msg.msg_id in self._aborted:
+        self._started.add(msg.msg_id)
+        if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "apply")
             return
         started = iso_now()
@@ -823,10 +860,7 @@ class Engine:
         sent = iopub.sent
         unmet = False
         try:
-            func, args, kwargs = self._unpack_apply(msg.buffers)
-            adopter = self._adopter
-            func = adopter.function(func)
-            args, kwargs = adopter.arguments(args, kwargs)
+            func, args, kwargs = self.tasks.unpack(msg.buffers)
             lock, guard = self._sock_lock, self.guard
             try:
                 # The flusher may send held replies while user code runs. The guard
@@ -843,9 +877,8 @@ class Engine:
             status = "ok"
         except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
             self.guard.executing = False
-            error = self._error_content(exc, "apply")
-            if "func" in locals():  # name the files of shipped __main__ functions
-                error["traceback"] = _annotate(error["traceback"], func, self.user_ns)
+            # A shipped __main__ function's frames name their files (see .sources).
+            error = self._error_content(exc, "apply", locals().get("func"))
             unmet = error["ename"] == "UnmetDependency"
             if not unmet:  # a rejected task runs elsewhere: its rejection is no output
                 iopub.publish(
@@ -872,43 +905,22 @@ class Engine:
     def _execute(self, sock: Destination, msg: Message) -> None:
         if self.replies.in_flight:
             self.replies.settle()
-        if self._aborted and msg.msg_id in self._aborted:
+        self._started.add(msg.msg_id)
+        if self._aborted and self.tasks.take_aborted(msg.msg_id):
             self._reply_aborted(sock, msg, "execute")
             return
         started = iso_now()
-        c = msg.content
-        code = c.get("code", "")
-        if not isinstance(code, str):
-            raise TypeError("execute_request 'code' must be a string")
-        silent = bool(c.get("silent", False))
-        store_history = bool(c.get("store_history", not silent))
-        user_expressions = c.get("user_expressions") or {}
+        args = execute_args(msg.content)
         iopub = self.iopub
         self.relay.parent = msg.header
-        self.relay.silent = silent
+        self.relay.silent = args.silent
         iopub.publish("status", {"execution_state": "busy"}, msg.header)
         sent = iopub.sent
-        interp = self.interpreter
-        lock, guard = self._sock_lock, self.guard
-        try:
-            try:
-                lock.release()  # see _apply: the flusher may send held replies meanwhile
-                guard.executing = True
-                result = interp.execute(
-                    code,
-                    silent=silent,
-                    store_history=store_history,
-                    user_expressions=(
-                        user_expressions if isinstance(user_expressions, dict) else {}
-                    ),
-                    allow_stdin=False,
-                )
-            finally:
-                guard.executing = False
-                lock.acquire()
-        except KeyboardInterrupt:  # landed outside the interpreter's own handler
-            result = None
-        reply = execute_reply(result, interp)
+        # The kernel's own cell runner; the lock is released meanwhile (see _apply: the
+        # flusher may send held replies while user code runs). No stdin on an engine.
+        reply = run_execute(
+            self.interpreter, self.guard, args, allow_stdin=False, unlocked=self._unlocked
+        )
         reply["engine_info"] = {**self.engine_info, "method": "execute"}
         iopub.flush()
         outputs = iopub.sent - sent
@@ -922,12 +934,36 @@ class Engine:
         )
         iopub.publish("status", {"execution_state": "idle"}, msg.header)
 
+    # ------------------------------------------------------------ the interpreter
+
+    def _query(self, answer: Callable[[Any, dict[str, Any]], dict[str, Any]]) -> Handler:
+        """A handler answering from the interpreter alone, as the kernel does (.queries)."""
+
+        def handler(sock: Destination, msg: Message) -> None:
+            self._reply_content(sock, msg, answer(self.interpreter, msg.content))
+
+        return handler
+
+    def _kernel_info(self, sock: Destination, msg: Message) -> None:
+        """The kernel's ``kernel_info_reply``: this engine serves the same interpreter."""
+        from corral.transports.zmq.kernel import kernel_info_content
+
+        curve = self.gate.encryption == "curve"
+        self._reply_content(sock, msg, kernel_info_content(encryption=curve))
+
+    def _reply_content(self, sock: Destination, msg: Message, content: dict[str, Any]) -> None:
+        now = iso_now()
+        method = msg.msg_type.removesuffix("_request")
+        content["engine_info"] = {**self.engine_info, "method": method}
+        metadata = self._metadata(now, now, str(content.get("status", "ok")), 0)
+        self._send(sock, msg, wire.json_dumps(content), metadata, date=now)
+
     # ------------------------------------------------------------ data
 
     def _push(self, sock: Destination, msg: Message) -> None:
         started = iso_now()
         try:
-            keys = data_path.push(self.user_ns, msg.content, msg.buffers, self._adopter.value)
+            keys = self.tasks.push(msg.content, msg.buffers)
         except Exception as exc:
             self._reply_error(sock, msg, exc, "push")
             return
@@ -936,7 +972,7 @@ class Engine:
     def _pull(self, sock: Destination, msg: Message) -> None:
         started = iso_now()
         try:
-            keys, buffers = data_path.pull(self.user_ns, msg.content)
+            keys, buffers = self.tasks.pull(msg.content)
         except KeyError as exc:
             self._reply_error(sock, msg, KeyError(exc.args[0]), "pull")
             return
@@ -1030,6 +1066,7 @@ class Engine:
                         b"{}",
                         b"{}",
                         wire.json_dumps({"id": self.id}),
+                        dest=HUB,
                     )
                     send_frames(self.registration, frames, zmq.NOBLOCK)
                 except zmq.ZMQError:
@@ -1054,6 +1091,21 @@ class Engine:
             if sock is not None:
                 sock.close()
         self.context.term()
+
+
+class _Released:
+    """``with`` body runs with ``lock`` released (the main thread holds it otherwise)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        self.lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.acquire()
 
 
 def wire_session(key: bytes, scheme: str, session_id: str) -> Any:
@@ -1082,14 +1134,3 @@ def _install_streams(interpreter: Any) -> tuple[Any, Any]:
     sys.stdout = PostingStream(interpreter.center, interpreter, "stdout")
     sys.stderr = PostingStream(interpreter.center, interpreter, "stderr")
     return saved
-
-
-def _annotate(traceback: list[str], func: Any, user_ns: dict[str, Any]) -> list[str]:
-    """A failed task's traceback with the source of shipped functions (see .sources)."""
-    try:
-        from .sources import annotate
-
-        helpers = [v for v in user_ns.values() if type(v) is types.FunctionType]
-        return annotate(traceback, [func, *helpers])
-    except Exception:  # never lose the error over its decoration
-        return traceback

@@ -146,7 +146,7 @@ class LocalEndpoint:
 
     def accept(self) -> list[LocalConnection]:
         """Every connection waiting to be accepted."""
-        accepted = []
+        accepted: list[LocalConnection] = []
         while True:
             try:
                 sock, _ = self.sock.accept()

@@ -95,6 +95,7 @@ class ControllerRecovery:
                         self.engine.replay,
                         _NOBLOCK,
                         ROLES["engine_requests"],
+                        *self.engine.bindings[sock],
                     )
                 except zmq.Again:
                     break

@@ -22,6 +22,8 @@ from ._wire import ROLES, Message, parse_message, send_frames
 from .local import LocalConnection, open_endpoint
 from .replies import HOLD_MAX
 
+_REQUESTS = ROLES["engine_requests"]
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -93,7 +95,9 @@ class SameHostClients:
             return
         for frames in messages:
             try:
-                msg = parse_message(frames, engine.signer, engine.replay, ROLES["engine_requests"])
+                msg = parse_message(
+                    frames, engine.signer, engine.replay, _REQUESTS, engine.direct_dest
+                )
             except wire.WireError as exc:
                 engine.refuse(conn, exc, "the local socket")
                 continue

@@ -35,7 +35,6 @@ channel (ssh's stdin, the job's environment, ...): no shared file system is assu
 from __future__ import annotations
 
 import abc
-import os
 import signal
 import sys
 import threading
@@ -43,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from corral.core.processes import tail
 from corral.errors import CorralError
 
 __all__ = [
@@ -53,9 +53,6 @@ __all__ = [
     "Launcher",
     "tail",
 ]
-
-#: Bytes of a log file quoted when a process fails.
-TAIL_BYTES = 4000
 
 
 class LaunchError(CorralError, RuntimeError):
@@ -76,21 +73,6 @@ class LaunchHandle(NamedTuple):
     #: Process group to signal (local launchers start each process in its own group).
     pgid: int | None = None
     log_file: Path | None = None
-
-
-def tail(path: Path | None, offset: int = 0, limit: int = TAIL_BYTES) -> str:
-    """The last ``limit`` bytes of ``path`` written after ``offset``, as text; ``""`` if
-    there is no such file. Used for error messages: show the cause, not just 'it died'."""
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as fh:
-            end = fh.seek(0, os.SEEK_END)
-            fh.seek(max(offset, end - limit))
-            data = fh.read()
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace").strip()
 
 
 StopCallback = Callable[["Launcher"], None]

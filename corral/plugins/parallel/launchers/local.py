@@ -33,11 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from corral.core import compat
+from corral.core.processes import Spawned, child_env
 from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
     EngineSetLauncher,
     LaunchHandle,
-    tail,
 )
 
 __all__ = ["LocalControllerLauncher", "LocalEngineSetLauncher", "LocalProcess"]
@@ -51,9 +51,9 @@ ENGINE_WARM = ("zmq", "corral.core.serialize", "corral.transports.zmq.wire")
 PARENT_ENV = "CORRAL_PARENT_PID"
 
 
-class LocalProcess:
-    """One subprocess in its own session, with a reaper thread that notices its end at
-    once (``Popen.wait`` returns the instant it exits) and a pid file while it lives."""
+class LocalProcess(Spawned):
+    """One subprocess in its own session (:class:`~corral.core.processes.Spawned`), whose
+    end is noticed at once, and a pid file while it lives."""
 
     def __init__(
         self,
@@ -64,46 +64,18 @@ class LocalProcess:
         env: dict[str, str],
         on_exit: object = None,
     ) -> None:
-        # Imported here, not at the top: every engine and controller process runs this
-        # module as its bootstrap and never starts a subprocess (2 ms of each start).
-        import subprocess
-
-        self.log_file = log_file
+        super().__init__(argv, log_file=log_file, env=env)
         self.pid_file = pid_file
-        self.exited = threading.Event()
-        self.exit_code: int | None = None
-        from corral.core.private import private_dir, private_file, write_private
-
-        private_dir(log_file.parent)
-        with os.fdopen(private_file(log_file), "ab") as fh:
-            self.log_offset = fh.seek(0, os.SEEK_END)
-            self.popen = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env=env,
-                close_fds=True,
-                **compat.new_group_kwargs(),
-            )
-        self.pid = self.popen.pid
         if pid_file is not None:
+            from corral.core.private import private_dir, write_private
+
             private_dir(pid_file.parent)
             write_private(pid_file, f"{self.pid}\n")
-        self._on_exit = on_exit
-        threading.Thread(target=self._reap, name=f"corral-reaper-{self.pid}", daemon=True).start()
+        self.watch(on_exit if callable(on_exit) else None)
 
-    def _reap(self) -> None:
-        self.exit_code = self.popen.wait()
+    def reaped(self) -> None:
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)
-        self.exited.set()
-        if callable(self._on_exit):
-            self._on_exit(self)
-
-    @property
-    def running(self) -> bool:
-        return not self.exited.is_set()
 
     def signal_group(self, signum: int) -> None:
         """Signal the whole process group (pgid == pid: the process leads its session).
@@ -116,20 +88,11 @@ class LocalProcess:
     def handle(self) -> LaunchHandle:
         return LaunchHandle(pid=self.pid, pgid=self.pid, log_file=self.log_file)
 
-    def output_tail(self) -> str:
-        return tail(self.log_file, self.log_offset)
-
 
 def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = os.environ.copy()
-    env[PARENT_ENV] = str(os.getpid())
-    # Children must import the same corral as this process, installed or not.
-    root = str(Path(__file__).resolve().parents[4])
-    paths = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
-    if root not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
-    env.update(extra or {})
-    return env
+    """The environment of a launched process: this one's, the same corral importable, and
+    ``CORRAL_PARENT_PID`` (the bootstrap ends the group if this process dies)."""
+    return child_env({PARENT_ENV: str(os.getpid()), **(extra or {})})
 
 
 def _boot_argv(
@@ -294,7 +257,7 @@ class LocalEngineSetLauncher(EngineSetLauncher):
         with self._lock:
             processes = list(self.processes)
         dead = [p for p in processes if not p.running]
-        chosen = (dead or processes or [None])[0]
+        chosen = next(iter(dead or processes), None)
         return chosen.output_tail() if chosen is not None else ""
 
 

@@ -59,6 +59,9 @@ MODULE = "corral.plugins.parallel.launchers.monitor"
 UUID_ENV = "CORRAL_ENGINE_UUID"
 #: Set for a monitored child (the engine then leaves its death to the monitor to report).
 MONITORED_ENV = "CORRAL_MONITORED"
+#: A restarted engine finds here the uuid of the engine it replaces (the hub then posts
+#: ENGINE_RESTARTED, corral.plugins.parallel.events).
+RESTART_OF_ENV = "CORRAL_RESTART_OF"
 #: Seconds between SIGTERM and SIGKILL when the monitor stops its child.
 GRACE = 3.0
 #: Seconds between memory samples when a memory limit is set.
@@ -232,7 +235,7 @@ def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: floa
 
     from corral.plugins.parallel.engine._wire import Replier, send_frames
     from corral.transports.zmq import wire
-    from corral.transports.zmq.door import cluster_signer
+    from corral.transports.zmq.door import HUB, cluster_signer
     from corral.transports.zmq.gate import gate_for
 
     try:
@@ -256,7 +259,7 @@ def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: floa
         content = {"uuid": engine_uuid, "reason": "died", "cause": cause}
         replier = Replier(signer, wire.new_id(), "monitor")
         frames = replier.frames(
-            (), "unregistration_request", b"{}", b"{}", wire.json_dumps(content)
+            (), "unregistration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
         )
         send_frames(sock, frames)
         return bool(sock.poll(int(timeout * 1000)))
@@ -300,6 +303,8 @@ class Monitor:
         env["CORRAL_PARENT_PID"] = str(os.getpid())  # the child ends if we are killed
         env[MONITORED_ENV] = "1"
         if self.policy.role == "engine":
+            if self.child_uuid is not None:
+                env[RESTART_OF_ENV] = self.child_uuid
             self.child_uuid = os.urandom(16).hex()  # not uuid: 2.5 ms of each start
             env[UUID_ENV] = self.child_uuid
         kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "env": env, "close_fds": True}

@@ -32,6 +32,7 @@ from typing import Any
 
 from corral.core import compat
 from corral.core.config import Option
+from corral.core.processes import Spawned
 from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
     EngineSetLauncher,
@@ -124,7 +125,7 @@ OPTIONS = (
 )
 
 
-class _Session:
+class _Session(Spawned):
     """One ``ssh host ...remote`` process: its stdin is the control channel."""
 
     def __init__(
@@ -135,23 +136,10 @@ class _Session:
         count: int,
         on_line: Any = None,
     ):
+        # With on_line, output is read here (each line offered to it, the rest logged);
+        # else it goes straight to the log.
+        super().__init__(argv, log_file=log_file, stdin_pipe=True, capture=on_line is not None)
         self.count = count
-        self.log_file = log_file
-        self.exited = threading.Event()
-        self.exit_code: int | None = None
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as fh:
-            self.log_offset = fh.seek(0, os.SEEK_END)
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                # With on_line, output is read here (each line offered to it, the rest
-                # logged); else it goes straight to the log.
-                stdout=subprocess.PIPE if on_line else fh,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-                **compat.new_group_kwargs(),
-            )
         if on_line is not None:
             threading.Thread(
                 target=self._copy_output, args=(on_line,), name="corral-ssh-out", daemon=True
@@ -178,14 +166,8 @@ class _Session:
             except (BrokenPipeError, OSError):
                 pass
 
-    def watch(self, on_exit: Any) -> None:
-        def reap() -> None:
-            self.exit_code = self.popen.wait()
-            self.close()
-            self.exited.set()
-            on_exit(self)
-
-        threading.Thread(target=reap, name=f"corral-ssh-{self.popen.pid}", daemon=True).start()
+    def reaped(self) -> None:
+        self.close()
 
     def signal(self, signum: int) -> None:
         """Relay ``signum`` to the remote engines; SIGKILL also ends the session."""
@@ -204,10 +186,6 @@ class _Session:
                     stdin.close()
                 except OSError:
                     pass
-
-    @property
-    def running(self) -> bool:
-        return not self.exited.is_set()
 
 
 class SSHEngineSetLauncher(EngineSetLauncher):
@@ -355,7 +333,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
         with self._lock:
             sessions = list(self.sessions)
         dead = [s for s in sessions if not s.running]
-        chosen = (dead or sessions or [None])[0]
+        chosen = next(iter(dead or sessions), None)
         return tail(chosen.log_file, chosen.log_offset) if chosen is not None else ""
 
 

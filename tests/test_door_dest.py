@@ -1,0 +1,113 @@
+"""The door's destination binding and route seals, as pure functions.
+
+The real-cluster attacks are in tests/test_parallel_replay.py; these pin down the rules:
+a request is admitted only where its signed ``dest`` says, a queued one only with its
+queue's seal for the receiving engine, and a refused request is not recorded by the
+receiver's replay guard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from corral.plugins.parallel.client.channels import dest_for, role_for
+from corral.plugins.parallel.client.messages import MessageBuilder
+from corral.transports.zmq import wire
+from corral.transports.zmq.door import (
+    DEST,
+    HUB,
+    ROLES,
+    SEAL_PREFIX,
+    Misdirected,
+    RoleRefused,
+    admit,
+    cluster_signer,
+    dest_of,
+    take_seal,
+)
+
+KEY = b"k" * 32
+ENGINE_A = b"a" * 32
+ENGINE_B = b"b" * 32
+
+
+def request(dest: str | None, msg_type: str = "apply_request") -> tuple[list[bytes], bytes]:
+    """The four JSON parts and signature of a genuine request signed for ``dest``."""
+    signer = cluster_signer(KEY)
+    _, frames = MessageBuilder(signer, "s").build(msg_type, {}, dest=dest)
+    at = frames.index(wire.DELIMITER)
+    return frames[at + 2 : at + 6], frames[at + 1]
+
+
+def let_in(parts: list[bytes], sig: bytes, guard: Any = None, **kw: Any) -> dict[str, Any]:
+    return admit(cluster_signer(KEY), guard, parts, sig, role=ROLES["engine_requests"], **kw)
+
+
+def test_the_header_names_the_destination() -> None:
+    parts, sig = request("task")
+    assert let_in(parts, sig, dest="task")[DEST] == "task"
+
+
+@pytest.mark.parametrize("signed_for", ["mux", None, "engine:" + "a" * 32, HUB])
+def test_a_request_for_elsewhere_is_refused_and_not_recorded(signed_for: str | None) -> None:
+    parts, sig = request(signed_for)
+    guard = wire.ReplayGuard()
+    with pytest.raises(Misdirected):
+        let_in(parts, sig, guard, dest="task")
+    # not recorded: had this been its place, the genuine copy would still be let in
+    if signed_for is not None:
+        let_in(parts, sig, guard, dest=signed_for)
+        with pytest.raises(wire.ReplayedMessage):
+            let_in(parts, sig, guard, dest=signed_for)
+
+
+def test_misdirected_is_a_role_refusal() -> None:
+    assert issubclass(Misdirected, RoleRefused)
+
+
+def test_a_route_seal_admits_only_its_queue_and_engine() -> None:
+    signer = cluster_signer(KEY)
+    parts, sig = request("task")
+    seal = signer.route_seal("task", ENGINE_A, sig)
+    assert let_in(parts, sig, dest="task", sealed_to=ENGINE_A, seal=seal)
+    for engine, queue_seal in [
+        (ENGINE_B, seal),  # replayed to another engine
+        (ENGINE_A, None),  # without a seal
+        (ENGINE_A, signer.route_seal("mux", ENGINE_A, sig)),  # another queue's
+        (ENGINE_A, signer.route_seal("task", ENGINE_A, sig + b"x")),  # another message's
+        (ENGINE_A, cluster_signer(b"other key").route_seal("task", ENGINE_A, sig)),
+    ]:
+        with pytest.raises(Misdirected):
+            let_in(parts, sig, dest="task", sealed_to=engine, seal=queue_seal)
+
+
+def test_take_seal_takes_only_a_seal() -> None:
+    seal = cluster_signer(KEY).route_seal("mux", ENGINE_A, b"sig")
+    idents = [b"client", seal]
+    assert take_seal(idents) == seal and idents == [b"client"]
+    for idents in ([b"client"], [], [SEAL_PREFIX + b"short"], [b"\x00" + b"x" * 65]):
+        before = list(idents)
+        assert take_seal(idents) is None and idents == before
+
+
+def test_without_a_key_nothing_is_bound() -> None:
+    signer = cluster_signer(b"")
+    _, frames = MessageBuilder(signer, "s").build("apply_request", {})
+    at = frames.index(wire.DELIMITER)
+    admit(signer, None, frames[at + 2 : at + 6], frames[at + 1], dest="task")
+
+
+def test_client_channels() -> None:
+    assert dest_for("registration") == HUB
+    assert dest_for("task") == "task"
+    assert dest_for("data:3:" + "a" * 32) == dest_of("engine", "a" * 32)
+    assert role_for("iopub") is ROLES["iopub"]
+    assert role_for("notification") is ROLES["notifications"]
+    for channel in ("registration", "mux", "task", "control", "broadcast", "data:0:u"):
+        role = role_for(channel)
+        assert role is not None and role.allows("apply_reply")
+        assert not role.allows("stream") and not role.allows("apply_request")
+    assert not ROLES["iopub"].allows("apply_reply")
+    assert ROLES["iopub"].allows("stream")
