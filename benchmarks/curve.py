@@ -1,12 +1,16 @@
-"""Push/pull of 100 MB with CurveZMQ on and off: corral beside raw pyzmq, in one run.
+"""Push/pull of 100 MB with CurveZMQ on and off: corral beside raw pyzmq and ipyparallel.
 
-The goal (issue 10): corral's push/pull with Curve >= 0.5x corral's without. libzmq's
+The goals (issue 10): corral's push/pull with Curve >= 0.5x corral's without, its
+throughput with Curve >= 0.7x, and ahead of ipyparallel with its own Curve option. libzmq's
 Curve is the ceiling, so raw pyzmq is measured in the same run, both as one 100 MB frame
 (what a naive sender does) and in 256 KiB frames (what corral sends on Curve sockets,
 corral.transports.zmq.frames), each to another process and back to an ack, best of
-``--rounds``. Prints figures and ratios; never pass/fail.
+``--rounds``. ipyparallel (if installed) runs with its ``enable_curve`` on and off
+(``IPP_ENABLE_CURVE=1`` for its controller, which hands the keys to its engines and
+client): the same push/pull and, with ``--throughput``, load-balanced no-op tasks (at most
+1,000: it runs a few hundred a second). Prints figures and ratios; never pass/fail.
 
-    python benchmarks/curve.py [--rounds 3] [--mb 100] [--throughput 5000]
+    python benchmarks/curve.py [--rounds 3] [--mb 100] [--throughput 5000] [--no-ipp]
 """
 
 from __future__ import annotations
@@ -135,6 +139,78 @@ def corral_apply_s(tasks: int, encryption: str) -> float:
         cluster.stop()
 
 
+class _IPyParallel:
+    """An ipyparallel cluster of ``n`` engines, with its Curve on or off, as a context."""
+
+    def __init__(self, n: int, curve: bool) -> None:
+        self.n, self.curve = n, curve
+
+    def __enter__(self) -> Any:
+        import ipyparallel
+
+        before = os.environ.get("IPP_ENABLE_CURVE")
+        os.environ["IPP_ENABLE_CURVE"] = "1" if self.curve else "0"
+        try:
+            self.cluster = ipyparallel.Cluster(n=self.n, log_level=40)
+            self.client = self.cluster.start_and_connect_sync()
+        finally:
+            if before is None:
+                os.environ.pop("IPP_ENABLE_CURVE", None)
+            else:
+                os.environ["IPP_ENABLE_CURVE"] = before
+        self.client.wait_for_engines(self.n, timeout=120)
+        # the client's connection info says whether the controller really runs Curve
+        secured = bool(self.client._config.get("curve_serverkey"))
+        if secured != self.curve:
+            raise RuntimeError(f"ipyparallel Curve is {secured}, wanted {self.curve}")
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.client.close()
+        finally:
+            self.cluster.stop_cluster_sync()
+
+
+def ipp_mb_s(mb: int, rounds: int, curve: bool) -> tuple[float, float]:
+    """ipyparallel's best push and best pull of ``mb`` MB to one engine."""
+    with _IPyParallel(1, curve) as client:
+        view = client[0]
+        array = np.ones(mb * 1024 * 1024, dtype=np.uint8)
+        push = pull = 0.0
+        for _ in range(rounds):
+            started = time.perf_counter()
+            view.push({"bench_array": array}, block=True)
+            push = max(push, mb / (time.perf_counter() - started))
+            started = time.perf_counter()
+            back = view.pull("bench_array", block=True)
+            pull = max(pull, mb / (time.perf_counter() - started))
+            assert back.nbytes == array.nbytes
+        return push, pull
+
+
+def ipp_apply_s(tasks: int, curve: bool) -> float:
+    """ipyparallel's load-balanced no-op tasks per second, 2 engines (as corral's)."""
+    with _IPyParallel(2, curve) as client:
+        view = client.load_balanced_view()
+        view.apply_sync(noop)
+        best = 0.0
+        for _ in range(2):
+            started = time.perf_counter()
+            for result in [view.apply_async(noop) for _ in range(tasks)]:
+                result.get()
+            best = max(best, tasks / (time.perf_counter() - started))
+        return best
+
+
+def _have_ipp() -> bool:
+    try:
+        import ipyparallel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -142,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--throughput", type=int, default=0, help="also N no-op tasks/s, Curve off and on"
     )
+    parser.add_argument("--no-ipp", action="store_true", help="skip ipyparallel")
     args = parser.parse_args(argv)
+    ipp = not args.no_ipp and _have_ipp()
     with tempfile.TemporaryDirectory() as root:
         os.environ.setdefault("CORRAL_DIR", str(Path(root) / "corral"))
         figures: dict[str, Any] = {}
@@ -155,14 +233,28 @@ def main(argv: list[str] | None = None) -> None:
         ):
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             figures[name] = func()
+        if ipp:
+            for curve in (False, True):
+                name = f"ipyparallel, Curve {'on' if curve else 'off'}"
+                print(f"measuring {name} ...", file=sys.stderr, flush=True)
+                figures[name] = ipp_mb_s(args.mb, args.rounds, curve)
         if args.throughput:
             for encryption in ("none", "curve"):
                 print(f"measuring throughput, {encryption} ...", file=sys.stderr, flush=True)
                 figures[f"apply/s {encryption}"] = corral_apply_s(args.throughput, encryption)
+            if ipp:
+                ipp_tasks = min(args.throughput, 1000)
+                for curve in (False, True):
+                    print(f"measuring ipyparallel throughput, {curve=} ...", file=sys.stderr)
+                    key = f"ipp apply/s {'curve' if curve else 'none'}"
+                    figures[key] = ipp_apply_s(ipp_tasks, curve)
     print(f"{args.mb} MB, best of {args.rounds}, load average {os.getloadavg()[0]:.1f}")
     for name, value in figures.items():
         if name.startswith("apply/s"):
             print(f"  corral {name:<25} {value:,.0f}")
+            continue
+        if name.startswith("ipp apply/s"):
+            print(f"  ipyparallel {name[4:]:<20} {value:,.0f}")
             continue
         shown = " / ".join(f"{v:,.0f}" for v in value) if isinstance(value, tuple) else value
         print(f"  {name:<32} {shown if isinstance(shown, str) else f'{shown:,.0f}'} MB/s")
@@ -175,6 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.throughput:
         ratio = figures["apply/s curve"] / figures["apply/s none"]
         print(f"  corral throughput Curve on / off {ratio:.2f}  [>= 0.7]")
+    if ipp:
+        theirs = figures["ipyparallel, Curve on"]
+        print(
+            f"  corral / ipyparallel, both Curve on, push / pull "
+            f"{on[0] / theirs[0]:.2f} / {on[1] / theirs[1]:.2f}  [> 1]"
+        )
+        if args.throughput:
+            ratio = figures["apply/s curve"] / figures["ipp apply/s curve"]
+            print(f"  corral / ipyparallel throughput, both Curve on {ratio:.1f}  [> 1]")
     print(
         f"  corral Curve on / raw Curve on (256 KiB), push / pull "
         f"{on[0] / figures['raw, Curve on, 256 KiB frames']:.2f} / "

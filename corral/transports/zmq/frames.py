@@ -21,6 +21,10 @@ Signatures and digests are computed over the whole buffers, above this layer, an
 unchanged; a
 marker that lies (more chunks announced than frames follow) just yields a buffer whose
 digest fails. Sockets without Curve are untouched (one set lookup per call).
+
+On a Curve socket also marked by :func:`chunkstream.stream_large_frames` (the data
+channel between a client and an engine), large frames go instead as a stream of
+one-chunk messages, copied into place as they arrive (:mod:`.chunkstream`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from typing import Any
 
 import zmq
 import zmq.backend
+
+from corral.transports.zmq import chunkstream
+from corral.transports.zmq.chunkstream import CHUNK, SPLIT_FROM, Joined
 
 __all__ = [
     "CHUNK",
@@ -54,10 +61,6 @@ _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 NOBLOCK = int(zmq.NOBLOCK)
 
-#: Chunk size for large frames on Curve sockets (what libzmq's Curve encrypts fastest).
-CHUNK = 256 * 1024
-#: Frames at least this large are chunked on Curve sockets.
-SPLIT_FROM = 1024 * 1024
 #: A chunk marker: these 12 bytes, then the chunk count (4 bytes, little-endian).
 _MAGIC = b"\x00corral-chk\x00"
 _COUNT = struct.Struct("<I")
@@ -65,21 +68,8 @@ _MARKER_LEN = len(_MAGIC) + _COUNT.size
 #: Sockets whose large frames travel in chunks (both ends must be marked: the gate marks
 #: every Curve socket, and Curve needs both ends).
 _CHUNKED: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-class Joined(bytearray):
-    """A frame that arrived in chunks, joined: what ``zmq.Frame`` offers that corral's
-    receivers use (``bytes``, ``buffer``, the buffer protocol, ``len``)."""
-
-    __slots__ = ()
-
-    @property
-    def bytes(self) -> bytes:
-        return bytes(self)
-
-    @property
-    def buffer(self) -> memoryview:
-        return memoryview(self)
+_streams = chunkstream.streams
+_must_stream = chunkstream.must_stream
 
 
 def chunk_large_frames(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
@@ -158,10 +148,16 @@ def send_frames(
     when at least ``sock.copy_threshold`` bytes long.
     """
     if _CHUNKED and sock in _CHUNKED:
-        for frame in frames:  # most are bytes (ids, JSON parts): len() is enough
-            if (len(frame) if frame.__class__ is bytes else _nbytes(frame)) >= SPLIT_FROM:
-                _send_chunked(sock, frames, flags, copy)
-                return
+        if _streams and sock in _streams:
+            for frame in frames:
+                if _must_stream(frame, _nbytes(frame)):
+                    chunkstream.send_streamed(sock, frames, flags, copy)
+                    return
+        else:
+            for frame in frames:  # most are bytes (ids, JSON parts): len() is enough
+                if (len(frame) if frame.__class__ is bytes else _nbytes(frame)) >= SPLIT_FROM:
+                    _send_chunked(sock, frames, flags, copy)
+                    return
     more = flags | _SNDMORE
     last = len(frames) - 1
     for index, frame in enumerate(frames):
@@ -176,6 +172,8 @@ def recv_frames(sock: zmq.Socket[Any], flags: int = 0, copy: bool = False) -> li
     :func:`chunk_large_frames`, a chunked frame comes back joined, as a :class:`Joined`.
     """
     if _CHUNKED and sock in _CHUNKED:
+        if _streams and sock in _streams:
+            return chunkstream.recv_streamed(sock, flags, copy)
         return _recv_chunked(sock, flags, copy)
     if not copy:
         frame = backend_recv(sock, flags, False, False)

@@ -923,7 +923,7 @@ class Client(ClientCompat):
         channel = f"data:{engine_id}:{engine.uuid}"
         if channel not in self._data_channels:
             self._data_channels.add(channel)
-            self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False)
+            self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False, stream=True)
         return channel
 
     def _broadcast(

@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from corral.transports.zmq.batch import BatchError, is_batch, pack_batches, unbatch
+from corral.transports.zmq.chunkstream import stream_large_frames
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 
 __all__ = ["ClientIO", "recv_frames", "send_frames"]
@@ -139,11 +140,15 @@ class ClientIO:
         subscribe: bytes | None = None,
         copy: bool = True,
         watch_ms: int = 0,
+        stream: bool = False,
     ) -> None:
         """Create and connect a socket named ``channel`` (in the I/O thread if running).
 
         ``copy=False`` receives zmq frames instead of bytes: for the direct data path,
         where a 50 MB buffer should become an array without another copy.
+
+        ``stream=True`` (an engine's data channel: one peer) sends and receives large
+        frames on Curve as streams of chunks (corral.transports.zmq.chunkstream).
 
         ``watch_ms`` > 0 reports the peer's loss to :attr:`on_disconnect`: at once when
         its process dies (the connection closes), and after ``2 * watch_ms`` of silence
@@ -152,9 +157,11 @@ class ClientIO:
         if not copy:
             self._nocopy.add(channel)
         if self._running and threading.current_thread() is not self._thread:
-            self.call_soon(lambda: self._add_socket(channel, kind, url, subscribe, watch_ms))
+            self.call_soon(
+                lambda: self._add_socket(channel, kind, url, subscribe, watch_ms, stream)
+            )
         else:
-            self._add_socket(channel, kind, url, subscribe, watch_ms)
+            self._add_socket(channel, kind, url, subscribe, watch_ms, stream)
 
     def has_socket(self, channel: str) -> bool:
         return channel in self._sockets
@@ -181,11 +188,19 @@ class ClientIO:
     # --------------------------------------------------------- I/O thread
 
     def _add_socket(
-        self, channel: str, kind: int, url: str, subscribe: bytes | None, watch_ms: int = 0
+        self,
+        channel: str,
+        kind: int,
+        url: str,
+        subscribe: bytes | None,
+        watch_ms: int = 0,
+        stream: bool = False,
     ) -> None:
         if channel in self._sockets:
             return
         sock = self.context.socket(kind)
+        if stream:
+            stream_large_frames(sock)
         if self.secure is not None:
             self.secure(sock)
         sock.linger = 0

@@ -29,6 +29,8 @@ from typing import Any
 
 import zmq
 
+from corral.transports.zmq.chunkstream import stream_large_frames
+
 __all__ = ["bind_data_socket", "local_ip_for", "pull", "push"]
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "*", ""}
@@ -57,9 +59,13 @@ def bind_data_socket(
     context: zmq.Context[Any], ip: str = "127.0.0.1", gate: Any = None
 ) -> tuple[zmq.Socket[Any], str]:
     """A ROUTER bound to a random port on ``ip``; returns it and its ``data_url``. With
-    a ``gate`` (corral.transports.zmq.gate) only peers with the cluster key connect."""
+    a ``gate`` (corral.transports.zmq.gate) only peers with the cluster key connect.
+
+    Its large frames travel as streams on Curve (corral.transports.zmq.chunkstream),
+    which each client's data channel expects."""
     sock = context.socket(zmq.ROUTER)
     sock.linger = 1000
+    stream_large_frames(sock)
     if gate is not None:
         gate.server(sock)
     port = sock.bind_to_random_port(f"tcp://{ip}")

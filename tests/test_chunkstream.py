@@ -1,0 +1,246 @@
+"""Large frames on a Curve data channel travel as streams of one-chunk messages
+(corral.transports.zmq.chunkstream): they come back whole, and a lost, reordered, extra
+or altered chunk never yields a wrong value (the BLAKE3 digest of the signed message
+refuses what arrived)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from corral.transports.zmq import chunkstream as cs
+from corral.transports.zmq import frames as fr
+from corral.transports.zmq.door import BuffersAltered, cluster_signer
+from corral.transports.zmq.gate import Gate
+
+pytestmark = pytest.mark.timeout(120)
+
+KEY = os.urandom(32)
+PARTS = [b'{"msg_id": "m", "msg_type": "push_request"}', b"{}", b"{}", b"{}"]
+
+
+class Pair:
+    """A Curve ROUTER (the engine's data socket) and DEALER(s) (clients' data channels),
+    both marked for streams unless told otherwise."""
+
+    def __init__(self, encryption: str = "curve", mark_server: bool = True) -> None:
+        self.gate = Gate(KEY, encryption)
+        self.ctx = zmq.Context.instance()
+        self.server = self.ctx.socket(zmq.ROUTER)
+        if mark_server:
+            cs.stream_large_frames(self.server)
+        self.gate.server(self.server)
+        self.server.linger = 0
+        self.port = self.server.bind_to_random_port("tcp://127.0.0.1")
+        self.clients: list[zmq.Socket[Any]] = []
+        self.client = self.add_client(b"client-0")
+
+    def add_client(self, identity: bytes) -> zmq.Socket[Any]:
+        sock = cs.stream_large_frames(self.ctx.socket(zmq.DEALER))
+        self.gate.client(sock)
+        sock.identity = identity
+        sock.linger = 0
+        sock.connect(f"tcp://127.0.0.1:{self.port}")
+        self.clients.append(sock)
+        return sock
+
+    def close(self) -> None:
+        for sock in (self.server, *self.clients):
+            sock.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    yield p
+    p.close()
+
+
+def receive(sock: zmq.Socket[Any], timeout_ms: int = 30_000) -> list[Any]:
+    """The next whole message, polling as the engine and the client's I/O thread do
+    (``NOBLOCK``: ``zmq.Again`` until every chunk is in)."""
+    while True:
+        assert sock.poll(timeout_ms), "nothing arrived"
+        try:
+            return fr.recv_frames(sock, fr.NOBLOCK)
+        except zmq.Again:
+            continue
+
+
+def mark(sid: int, size: int) -> bytes:
+    return cs._MARK_MAGIC + cs._MARK.pack(sid, size)
+
+
+def head(sid: int, seq: int) -> bytes:
+    return cs._HEAD_MAGIC + cs._HEAD.pack(sid, seq)
+
+
+def signed(buffers: list[bytes]) -> list[Any]:
+    """A cluster message's frames after the delimiter: signature, parts, buffers."""
+    return [cluster_signer(KEY).seal(PARTS, buffers), *PARTS, *buffers]
+
+
+def verify(frames: list[Any]) -> None:
+    """What every receiver does before anything reads the buffers (door.admit)."""
+    cluster_signer(KEY).check(frames[1:5], bytes(frames[0]), frames[5:])
+
+
+def test_large_frames_come_back_whole_both_ways(pair: Pair) -> None:
+    big = os.urandom(3 * cs.CHUNK * 2 + 17)
+    other = os.urandom(cs.SPLIT_FROM)
+    lookalikes = [mark(0, 5), head(0, 0)]  # small data that reads like stream frames
+    sent = [b"head", memoryview(big), b"mid", other, *lookalikes, b"tail"]
+    fr.send_frames(pair.client, sent, copy=False)
+    got = receive(pair.server)
+    assert bytes(got[0]) == b"client-0"
+    assert [bytes(f) for f in got[1:]] == [bytes(f) for f in sent]
+    assert isinstance(got[2], cs.Joined) and isinstance(got[4], cs.Joined)
+    # the engine's answer: a zmq.Frame (a tracked result buffer) goes by reference
+    frame = zmq.Frame(big, track=True)
+    tracker = frame.tracker
+    fr.send_frames(pair.server, [bytes(got[0]), b"reply", frame])
+    del frame
+    back = receive(pair.client)
+    assert bytes(back[0]) == b"reply" and bytes(back[1]) == big
+    tracker.wait(30)  # libzmq let go of every chunk (the engine's settle() waits so)
+
+
+def test_on_the_wire_the_message_then_one_message_per_chunk() -> None:
+    p = Pair(mark_server=False)
+    try:
+        big = os.urandom(cs.SPLIT_FROM + 1)
+        fr.send_frames(p.client, [b"a", big, b"z"])
+        count = -(-len(big) // cs.CHUNK)
+        raw = []
+        for _ in range(1 + count):  # the message, then its chunks
+            assert p.server.poll(30_000)
+            raw.append(p.server.recv_multipart())
+        message, chunks = raw[0], raw[1:]
+        assert message[1:] == [b"a", mark(0, len(big)), b"z"]
+        assert [c[1] for c in chunks] == [head(0, i) for i in range(count)]
+        assert b"".join(c[2] for c in chunks) == big
+        assert max(len(c[2]) for c in chunks) == cs.CHUNK
+    finally:
+        p.close()
+
+
+def test_a_message_waits_for_its_chunks_without_blocking(pair: Pair) -> None:
+    data = os.urandom(cs.CHUNK + 10)
+    frames = signed([data])
+    frames[5] = mark(7, len(data))
+    pair.client.send_multipart(frames)
+    pair.client.send_multipart([head(7, 0), data[: cs.CHUNK]])
+    assert pair.server.poll(30_000)
+    with pytest.raises(zmq.Again):  # every message that came was taken in: none whole
+        for _ in range(50):
+            fr.recv_frames(pair.server, fr.NOBLOCK)
+    pair.client.send_multipart([head(7, 1), data[cs.CHUNK :]])
+    got = receive(pair.server)
+    assert bytes(got[6]) == data
+    verify(got[1:])
+
+
+def _send_stream(sock: zmq.Socket[Any], data: bytes, chunks: list[tuple[int, int, bytes]]) -> None:
+    """A signed message for ``data`` (stream 3), then ``chunks`` as given: (stream,
+    sequence number, bytes) each."""
+    frames = signed([data])
+    frames[5] = mark(3, len(data))
+    sock.send_multipart(frames)
+    for sid, seq, chunk in chunks:
+        sock.send_multipart([head(sid, seq), chunk])
+
+
+def _pieces(data: bytes, sid: int = 3) -> list[tuple[int, int, bytes]]:
+    count = -(-len(data) // cs.CHUNK)
+    return [(sid, i, data[i * cs.CHUNK : (i + 1) * cs.CHUNK]) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["lost", "reordered", "altered", "foreign stream", "too long"],
+)
+def test_a_broken_stream_is_refused_by_the_digest(pair: Pair, how: str) -> None:
+    data = os.urandom(4 * cs.CHUNK)
+    chunks = _pieces(data)
+    if how == "lost":
+        del chunks[1]
+    elif how == "reordered":
+        chunks[1], chunks[2] = chunks[2], chunks[1]
+    elif how == "altered":
+        chunks[2] = (3, 2, b"\xff" + chunks[2][2][1:])
+    elif how == "too long":
+        chunks[3] = (3, 3, chunks[3][2] + b"!")
+    elif how == "foreign stream":  # a chunk of another stream cuts in
+        chunks.insert(2, (9, 2, chunks[2][2]))
+    _send_stream(pair.client, data, chunks)
+    got = receive(pair.server)
+    assert bytes(got[6]) != data
+    with pytest.raises(BuffersAltered):
+        verify(got[1:])
+    fr.send_frames(pair.client, [b"next"])  # and the socket stays in step
+    assert [bytes(f) for f in receive(pair.server)[1:]] == [b"next"]
+
+
+def test_a_chunk_without_a_stream_is_dropped(pair: Pair) -> None:
+    pair.client.send_multipart([head(1, 0), b"stray"])
+    fr.send_frames(pair.client, [b"after"])
+    assert [bytes(f) for f in receive(pair.server)[1:]] == [b"after"]
+
+
+def test_a_stream_cut_short_by_the_next_message(pair: Pair) -> None:
+    """Its end never came: a plain message from the same peer gets through (the cut one
+    is dropped, logged); a message with streams of its own brings the cut one out short."""
+    data = os.urandom(2 * cs.CHUNK)
+    _send_stream(pair.client, data, _pieces(data)[:1])
+    fr.send_frames(pair.client, [b"plain"])
+    assert [bytes(f) for f in receive(pair.server)[1:]] == [b"plain"]
+
+    _send_stream(pair.client, data, _pieces(data)[:1])
+    fresh = os.urandom(cs.SPLIT_FROM + 5)
+    fr.send_frames(pair.client, signed([fresh]))
+    cut = receive(pair.server)
+    assert len(cut[6]) == cs.CHUNK
+    with pytest.raises(BuffersAltered):
+        verify(cut[1:])
+    whole = receive(pair.server)
+    assert bytes(whole[6]) == fresh
+    verify(whole[1:])
+
+
+def test_streams_of_several_peers_interleave(pair: Pair) -> None:
+    second = pair.add_client(b"client-1")
+    first_data, second_data = os.urandom(3 * cs.CHUNK), os.urandom(3 * cs.CHUNK - 1)
+    first_frames, second_frames = signed([first_data]), signed([second_data])
+    first_frames[5], second_frames[5] = mark(0, len(first_data)), mark(0, len(second_data))
+    pair.client.send_multipart(first_frames)
+    second.send_multipart(second_frames)
+    for (_, seq, a), (_, _, b) in zip(_pieces(first_data), _pieces(second_data), strict=True):
+        pair.client.send_multipart([head(0, seq), a])
+        second.send_multipart([head(0, seq), b])
+    got = {bytes(m[0]): m for m in (receive(pair.server), receive(pair.server))}
+    assert bytes(got[b"client-0"][6]) == first_data
+    assert bytes(got[b"client-1"][6]) == second_data
+    for message in got.values():
+        verify(message[1:])
+
+
+def test_without_curve_a_marked_socket_sends_frames_whole() -> None:
+    p = Pair(encryption="none")
+    try:
+        big = os.urandom(cs.SPLIT_FROM * 2)
+        fr.send_frames(p.client, [big])
+        assert p.server.poll(30_000)
+        raw = p.server.recv_multipart()
+        assert raw == [b"client-0", big]
+    finally:
+        p.close()
+
+
+def test_a_huge_announcement_is_refused_not_allocated(pair: Pair) -> None:
+    pair.client.send_multipart([mark(0, 1 << 62), b"x"])
+    fr.send_frames(pair.client, [b"after"])
+    assert [bytes(f) for f in receive(pair.server)[1:]] == [b"after"]
