@@ -430,7 +430,7 @@ class ClusterSigner(wire.Signer):
 
     __slots__ = ("_seal_key", "_seal_states")
 
-    def __init__(self, key: bytes, scheme: str = "hmac-sha256") -> None:
+    def __init__(self, key: bytes | str, scheme: str = "hmac-sha256") -> None:
         super().__init__(key, scheme)
         self._seal_key: bytes | None = None
         #: (queue, engine) -> the keyed BLAKE2b state after that prefix
