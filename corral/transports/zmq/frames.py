@@ -70,25 +70,13 @@ _MARKER_LEN = len(_MAGIC) + _COUNT.size
 _CHUNKED: weakref.WeakSet[Any] = weakref.WeakSet()
 _streams = chunkstream.streams
 _must_stream = chunkstream.must_stream
+_nbytes = chunkstream.frame_nbytes
 
 
 def chunk_large_frames(sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
     """Mark ``sock``: its large frames go in chunks (see the module docstring)."""
     _CHUNKED.add(sock)
     return sock
-
-
-def _nbytes(frame: Any) -> int:
-    """Bytes in ``frame``; cheapest first (this runs for every frame on a Curve socket)."""
-    cls = frame.__class__
-    if cls is bytes or cls is _Frame:
-        return len(frame)
-    if cls is memoryview:
-        return frame.nbytes
-    try:
-        return memoryview(frame).nbytes
-    except TypeError:
-        return len(frame)
 
 
 def _send_chunked(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int, copy: bool) -> None:
