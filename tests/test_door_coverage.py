@@ -113,7 +113,11 @@ DISPATCHERS = {
     "plugins/parallel/controller/hub.py:Hub._drain": (
         "plugins/parallel/controller/hub.py",
         ("on_registration", "on_monitor", "on_iopub"),
-        {"on_pong": "heartbeat beats on a gated socket (only key holders connect)"},
+        {
+            "on_pong": "heartbeat beats on a gated socket (only key holders connect)",
+            "on_subscription": "XPUB subscriptions, not messages: a queue's marker only "
+            "opens the hub to registrations (a forged one opens it early, nothing more)",
+        },
     ),
     "plugins/parallel/controller/queues.py:RoutingQueue._drain": (
         "plugins/parallel/controller/queues.py",

@@ -19,7 +19,6 @@ import pytest
 from helpers import TIMEOUT
 from parallel_client_harness import LiveCluster
 
-from corral.core import compat
 from corral.plugins.parallel.client import Client, ControllerLost, RemoteError
 from corral.plugins.parallel.controller.main import ControllerConfig, take_over
 
@@ -162,13 +161,6 @@ def test_engines_exit_when_no_controller_comes_back(tmp_path: Path) -> None:
         live.stop()
 
 
-@pytest.mark.xfail(
-    compat.WINDOWS_MODE,
-    reason="in Windows mode on the 2026-12-06 machine the running tasks' results never "
-    "arrive after the controller's restart (60 s timeout), at the session's base commit "
-    "018c229 too, while CI passed it there: under investigation, see the closing note",
-    strict=False,
-)
 def test_tasks_the_dead_scheduler_never_gave_out_are_unknown_after_a_restart(
     tmp_path: Path,
 ) -> None:

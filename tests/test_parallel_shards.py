@@ -15,6 +15,7 @@ from typing import Any
 import cloudpickle
 import psutil
 import pytest
+from helpers import wait_for_file
 
 from corral.core.config import ConfigError
 from corral.plugins.parallel.aggregate import AggregateClient
@@ -260,16 +261,26 @@ def runs() -> list[int]:
     return list(sys.__dict__.get("_corral_test_runs", []))
 
 
-def test_tasks_queued_behind_a_long_task_move_to_an_idle_controller_once() -> None:
+def nap_once_started(started: str, seconds: float) -> int:
+    open(started, "w").close()
+    return nap(seconds)
+
+
+def test_tasks_queued_behind_a_long_task_move_to_an_idle_controller_once(
+    tmp_path: Path,
+) -> None:
     shards = Cluster(2, controllers=2, profile="moves", hb_period=0.2, hb_misses=5)
     with shards as client:
         busy_pid, idle_pid = client[:].apply_sync(where)  # controller 0's, controller 1's
         # The engine says which tasks it had started when asked to abort them: the
         # running one is listed (it will finish), the queued one is not (never runs).
         own = client.clients[0].load_balanced_view()
-        running, queued = own.apply_async(nap, 1.0), own.apply_async(nap, 0)
-        while client.clients[0].queue_status(0)["running"] < 1:
-            running.wait(0.01)
+        started = str(tmp_path / "started")
+        running = own.apply_async(nap_once_started, started, 1.0)
+        queued = own.apply_async(nap, 0)
+        # Started on the engine, not merely given to it (queue_status's "running"): an
+        # abort that overtakes the start would rightly report nothing started.
+        wait_for_file(started)
         ids = [running.msg_ids[0], queued.msg_ids[0]]
         replies = client.clients[0]._control("abort_request", {"msg_ids": ids}, [0])
         assert replies[0].result(10).content["started"] == [running.msg_ids[0]]

@@ -41,6 +41,7 @@ __all__ = [
     "endpoint",
     "make_socket",
     "read_control",
+    "ready_topic",
     "recv_frames",
     "send_frames",
     "wait_readable",
@@ -94,6 +95,21 @@ def drain(
             log.exception("%s: error while handling a message; dropped", what)
         if enough is not None and enough(frames):
             return
+
+
+def ready_topic(queue: str) -> bytes:
+    """The subscription a queue adds to the hub's ``notification`` feed after its real
+    ones, to tell the hub they are in force.
+
+    The hub holds registrations and beats back until every queue's marker has arrived:
+    an engine that registers before a queue subscribed would be announced to nobody,
+    and that queue would refuse its tasks as "no such engine" for good. That happens
+    when a controller is restarted, because the engines of the dead one reconnect (and
+    re-register) as soon as the new hub binds. Subscriptions on one connection arrive
+    in order, so the marker proves the topics before it. No published message starts
+    with a NUL byte: the marker matches nothing.
+    """
+    return b"\x00corral-queue-subscribed:" + queue.encode("ascii")
 
 
 def make_socket(

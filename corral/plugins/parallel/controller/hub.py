@@ -55,6 +55,7 @@ from .base import (
     loads_dict,
     make_socket,
     read_control,
+    ready_topic,
 )
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
@@ -169,6 +170,11 @@ UNASSIGNED_WAIT = 3.0
 _GONE_KEPT = 10_000
 #: At most this many task ids of one re-registering engine are recorded.
 _MAX_HOLDING = 100_000
+#: How long the hub waits for the queues' subscriptions (see serve) before it opens
+#: anyway, saying which queue is late: a cluster that starts is better than none.
+READY_TIMEOUT = 10.0
+#: A subscription message on an XPUB socket: this byte, then the topic.
+_SUBSCRIBE = 1
 
 
 class Hub(Component):
@@ -191,8 +197,12 @@ class Hub(Component):
         gate: Gate | None = None,
         flow_bound: int = MONITOR_BOUND,
         center: NotificationCenter = shared_center,
+        queues: tuple[str, ...] = (),
     ) -> None:
         self.gate = gate
+        #: the marker subscriptions (base.ready_topic) of queues not yet subscribed to
+        #: ``notification``: until they are in, no engine is registered (see serve)
+        self.awaited = {ready_topic(name): name for name in queues}
         #: where engine arrivals and departures are posted (see the module docstring)
         self.center = center
         self._bus: BridgeSender | None = None
@@ -248,7 +258,8 @@ class Hub(Component):
         # the ROUTER refuses the new pipe as a duplicate while the old one lingers, and
         # the engine's echoes are dropped until it is declared dead.
         self.hb_pong.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.notification = make_socket(ctx, zmq.PUB, unlimited=True, gate=gate)
+        # XPUB: publishes as a PUB does, and shows the hub who subscribed (serve).
+        self.notification = make_socket(ctx, zmq.XPUB, unlimited=True, gate=gate)
         self.monitor = make_socket(ctx, zmq.PULL, unlimited=True, gate=gate)
         # A bounded pipe per sender: while the database writer lags, copies (results with
         # their buffers) wait in the queues, which then leave them with the engines
@@ -343,22 +354,48 @@ class Hub(Component):
                 log.warning("hub: engine %s did not come back; %d task(s) failed", uuid, count)
         self._orphans = set()
 
-    def serve(self, control: ControlPipe) -> None:
+    def _open(self) -> None:
+        """Start beating and registering engines (see serve)."""
+        if self.awaited:
+            log.error(
+                "hub: no subscription from the %s queue(s) after %g s; registering engines "
+                "anyway (those queues may not know them)",
+                ", ".join(sorted(self.awaited.values())),
+                READY_TIMEOUT,
+            )
+            self.awaited.clear()
         self._inherit_records()
+        self._poller.register(self.registration, zmq.POLLIN)
+        self.heart.next_at = time.monotonic()
+
+    def on_subscription(self, frames: list[zmq.Frame]) -> None:
+        """A (un)subscription on ``notification``: a queue's marker counts it in."""
+        raw = frames[0].bytes
+        if raw and raw[0] == _SUBSCRIBE:
+            self.awaited.pop(raw[1:], None)
+
+    def serve(self, control: ControlPipe) -> None:
+        """The loop. It opens (beats, reads registrations) only once every queue has
+        subscribed to ``notification``: a restarted controller's hub is found by the
+        old engines within milliseconds of binding, before the queues even exist, and
+        an engine registered then would be announced to no queue."""
         poller = self._poller
-        for sock in (self.registration, self.hb_pong, self.monitor):
+        for sock in (self.hb_pong, self.monitor, self.notification):
             poller.register(sock, zmq.POLLIN)
         control_fd = control.fileno()
         poller.register(control_fd, zmq.POLLIN)
         heart = self.heart
-        heart.next_at = time.monotonic()
+        open_by: float | None = time.monotonic() + READY_TIMEOUT
+        if not self.awaited:
+            self._open()
+            open_by = None
         trimmer = HeapTrimmer()  # due within a heartbeat: the beats wake this loop anyway
         reading_copies = True
         try:
             db = self.db
             while not self._stopping:
                 now = time.monotonic()
-                wait = heart.timeout(now)
+                wait = heart.timeout(now) if open_by is None else max(0.0, open_by - now)
                 db_wait = db.hand_over_in(now)
                 if db_wait is not None and (wait is None or db_wait < wait):
                     wait = db_wait
@@ -376,6 +413,11 @@ class Hub(Component):
                         return
                     for message in messages:
                         self.configure(message)
+                if self.notification in events:
+                    self._drain(self.notification, self.on_subscription)
+                    if open_by is not None and not self.awaited:
+                        self._open()
+                        open_by = None
                 if self.registration in events:
                     self._drain(self.registration, self.on_registration)
                 if self.monitor in events:
@@ -394,6 +436,11 @@ class Hub(Component):
                     self._settle_unassigned()
                 if self._orphans and now >= self._orphans_at:
                     self._settle_orphans()
+                if open_by is not None:
+                    if now >= open_by:
+                        self._open()
+                        open_by = None
+                    continue
                 if now >= heart.next_at:
                     beat, dead = heart.tick(now)
                     self.hb_ping.send(beat)

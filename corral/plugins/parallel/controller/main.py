@@ -65,6 +65,8 @@ log = logging.getLogger("corral.plugins.parallel.controller")
 
 #: Components after the hub, in the order they start.
 _AFTER_HUB = ("mux", "control", "task", "broadcast", "iopub")
+#: Those that follow the hub's engine notifications (the hub waits for them: see Hub.serve).
+_QUEUES = ("mux", "control", "task", "broadcast")
 #: How long a component may take to bind before the start is declared failed.
 _STARTUP_TIMEOUT = 30.0
 #: How long stopping waits for a component before killing it.
@@ -250,6 +252,7 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
             hb_period=cfg.hb_period,
             hb_misses=cfg.hb_misses,
             flow_bound=cfg.flow_bound,
+            queues=_QUEUES,
             **common,
         )
     if name == "iopub":

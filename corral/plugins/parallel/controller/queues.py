@@ -86,6 +86,7 @@ from .base import (
     loads_dict,
     make_socket,
     read_control,
+    ready_topic,
     recv_frames,
     send_frames,
 )
@@ -259,6 +260,7 @@ class RoutingQueue(Component):
         self.notify_sock = make_socket(ctx, zmq.SUB, gate=gate, connects=True)
         for topic in _NOTIFY_TOPICS:
             self.notify_sock.subscribe(topic)
+        self.notify_sock.subscribe(ready_topic(self.name))  # last: see ready_topic
         self.notify_sock.connect(self.notification_url)
         return {
             self.name: self.bind_port(self.client_sock, self.name),
