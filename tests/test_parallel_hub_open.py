@@ -1,4 +1,5 @@
-"""The hub registers no engine before every queue follows its notifications.
+"""The hub's notification socket: the hub registers no engine before every queue follows
+its notifications, and its bus feed runs only while somebody subscribes to it.
 
 Why: a queue learns which engines exist only from the hub's ``registration_notification``
 (a PUB/SUB feed). When a controller is restarted, the engines of the dead one reconnect
@@ -20,7 +21,10 @@ from typing import Any
 
 import pytest
 import zmq
+from helpers import until
 
+from corral.notification import NotificationCenter
+from corral.plugins.parallel import events
 from corral.plugins.parallel.controller.base import (
     STOP,
     ControlPipe,
@@ -31,8 +35,10 @@ from corral.plugins.parallel.controller.hub import READY_TIMEOUT, Hub
 from corral.plugins.parallel.controller.taskdb import open_taskdb
 from corral.plugins.parallel.engine._wire import Replier, recv_message
 from corral.transports.zmq import wire
+from corral.transports.zmq.bridge import FEED_TOPIC, FeedSubscriber
 from corral.transports.zmq.door import HUB, cluster_signer
 from corral.transports.zmq.frames import send_frames
+from corral.transports.zmq.session import Session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +54,10 @@ class RunningHub:
 
     def __init__(self, queues: tuple[str, ...]) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self.hub = Hub(key=KEY, db=open_taskdb("memory"), hb_period=0.2, queues=queues)
+        self.center = NotificationCenter()
+        self.hub = Hub(
+            key=KEY, db=open_taskdb("memory"), hb_period=0.2, queues=queues, center=self.center
+        )
         self.ports = self.hub.bind(self.ctx)
         self.control, child_end = control_pipe()
         self.thread = threading.Thread(target=self._serve, args=(child_end,), daemon=True)
@@ -148,3 +157,39 @@ def test_a_hub_with_no_queues_to_wait_for_opens_at_once(start_hub: Any) -> None:
     sock, _ = register(hub)
     reply = registration_reply(sock, ANSWER_MS)
     assert reply is not None and reply["status"] == "ok"
+
+
+def test_the_bus_feed_runs_only_while_somebody_subscribes(start_hub: Any) -> None:
+    hub = start_hub(())
+    registration, _ = register(hub)
+    assert registration_reply(registration, ANSWER_MS) is not None
+    # Nobody follows the feed: the hub's posts have no observer, so they cost nothing.
+    assert not hub.center.has_observers(events.ENGINE_REGISTERED)
+    session = Session(KEY, username="test-feed", signer=cluster_signer(KEY))
+    feed = FeedSubscriber(hub.url("notification"), session, context=hub.ctx)
+    try:
+        wait_until(lambda: hub.center.has_observers(events.ENGINE_REGISTERED))
+        # A subscriber to everything (a client) counts too, and a registration reaches it.
+        everything = hub.ctx.socket(zmq.SUB)
+        everything.linger = 0
+        everything.subscribe(b"")
+        everything.connect(hub.url("notification"))
+        registration, engine_uuid = register(hub)
+        assert registration_reply(registration, ANSWER_MS) is not None
+        data = feed.recv(ANSWER_MS / 1000)
+        assert data is not None and engine_uuid.encode("ascii") in data
+        topics = set()
+        while everything.poll(ANSWER_MS) and FEED_TOPIC not in topics:
+            topics.add(everything.recv_multipart()[0])
+        assert FEED_TOPIC in topics
+        everything.close()
+    finally:
+        feed.close()
+    # The last feed subscriber gone: the bridge stops observing.
+    wait_until(lambda: not hub.center.has_observers(events.ENGINE_REGISTERED))
+
+
+def wait_until(condition: Any) -> None:
+    """Poll ``condition`` (the hub's thread changes it on a subscription) up to
+    ANSWER_MS; the hub reads subscriptions as they come, so this ends in milliseconds."""
+    until(condition, ANSWER_MS / 1000, what="the hub did not follow its subscriptions")

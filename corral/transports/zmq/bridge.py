@@ -43,7 +43,7 @@ from . import wire
 from .door import ROLES
 from .session import Session
 
-__all__ = ["FEED_MSG_TYPE", "FeedPublisher", "FeedSubscriber", "ZmqBridgeTransport"]
+__all__ = ["FEED_MSG_TYPE", "FEED_TOPIC", "FeedPublisher", "FeedSubscriber", "ZmqBridgeTransport"]
 
 log = logging.getLogger("corral.transports.zmq.bridge")
 
@@ -299,9 +299,10 @@ class ZmqBridgeTransport:
 # ---------------------------------------------------------------------- the cluster feed
 
 #: The ``msg_type`` of a bridged notification on a cluster's notification feed (the
-#: hub's PUB socket); also its topic, so a subscriber can take these and nothing else.
+#: hub's XPUB socket); also its topic, so a subscriber can take these and nothing else.
 FEED_MSG_TYPE = "bus_notification"
-_FEED_TOPIC = FEED_MSG_TYPE.encode("ascii")
+#: Its topic on the feed (what the hub checks subscriptions against).
+FEED_TOPIC = FEED_MSG_TYPE.encode("ascii")
 
 
 class FeedPublisher:
@@ -325,7 +326,7 @@ class FeedPublisher:
             raise OSError("transport is closed")
         content = {"notification": data.decode("utf-8")}
         try:
-            self._session.send(self._socket, FEED_MSG_TYPE, content, identities=[_FEED_TOPIC])
+            self._session.send(self._socket, FEED_MSG_TYPE, content, identities=[FEED_TOPIC])
         except zmq.ZMQError as exc:
             raise OSError(str(exc)) from exc
 
@@ -369,7 +370,7 @@ class FeedSubscriber:
         self._sub.linger = 0
         if secure is not None:
             secure(self._sub)
-        self._sub.subscribe(_FEED_TOPIC)
+        self._sub.subscribe(FEED_TOPIC)
         self._sub.connect(url)
         self._waker = _Waker(self._context, self._sub)
         self._lock = threading.Lock()

@@ -9,7 +9,10 @@ Engine arrivals and departures are also posted on this process's notification ce
 (:mod:`corral.plugins.parallel.events`, sender: the hub), where they happen; a
 :class:`~corral.notification.bridge.BridgeSender` carries the hub's own posts onto the
 ``notification`` feed as signed ``bus_notification`` messages, which clients and any
-:func:`~corral.plugins.parallel.bus.watch_cluster` re-post in their processes.
+:func:`~corral.plugins.parallel.bus.watch_cluster` re-post in their processes. The feed
+socket is an XPUB, so the hub sees its subscriptions: the bridge observes the center only
+while a subscription matches the feed (a post nobody reads stays free), and the hub opens
+only once every queue has subscribed (see :meth:`Hub.serve`).
 
 The hub never unpickles anything: it reads the JSON parts of messages and stores result
 buffers as opaque bytes. Per task it keeps only what is outstanding (a request not yet
@@ -31,7 +34,7 @@ from corral.notification import NotificationCenter, shared_center
 from corral.notification.bridge import BridgeSender
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
-from corral.transports.zmq.bridge import FeedPublisher
+from corral.transports.zmq.bridge import FEED_TOPIC, FeedPublisher
 from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     BUFFERS_HASHED,
@@ -205,7 +208,10 @@ class Hub(Component):
         self.awaited = {ready_topic(name): name for name in queues}
         #: where engine arrivals and departures are posted (see the module docstring)
         self.center = center
+        #: carries engine notifications onto the feed while anyone subscribes (_feed)
         self._bus: BridgeSender | None = None
+        #: topics with at least one subscriber on ``notification`` (on_subscription)
+        self._topics: set[bytes] = set()
         #: result bytes waiting for the database writer beyond which copies stay unread
         self.flow_bound = flow_bound
         signer = cluster_signer(key, scheme)
@@ -265,13 +271,6 @@ class Hub(Component):
         # their buffers) wait in the queues, which then leave them with the engines
         # (corral.plugins.parallel.flow), instead of piling up here.
         self.monitor.rcvhwm = _MONITOR_RCVHWM
-        # Only what this hub posts, from its own thread (the socket's owner), goes out.
-        self._bus = BridgeSender(
-            FeedPublisher(self.notification, self.session),
-            self.center,
-            events.ENGINE_TYPES,
-            sender=self,
-        )
         events.LOCAL_FEEDS.add(self.session.session_id)
         bind = self.bind_port
         return {
@@ -303,9 +302,8 @@ class Hub(Component):
             self._control.connect(endpoint(transport, ip, info["control"]))
 
     def close(self) -> None:
-        if self._bus is not None:
-            self._bus.close()
-            events.LOCAL_FEEDS.discard(self.session.session_id)
+        self._feed(False)
+        events.LOCAL_FEEDS.discard(self.session.session_id)
         socks = [self.registration, self.hb_ping, self.hb_pong, self.notification, self.monitor]
         for sock in (*socks, self._control, self._iopub):
             if sock is not None:
@@ -369,10 +367,37 @@ class Hub(Component):
         self.heart.next_at = time.monotonic()
 
     def on_subscription(self, frames: list[zmq.Frame]) -> None:
-        """A (un)subscription on ``notification``: a queue's marker counts it in."""
+        """A topic's first subscription or its last unsubscription on ``notification``
+        (what an XPUB passes on): a queue's marker counts it in, and the bus feed runs
+        only while a subscription matches it."""
         raw = frames[0].bytes
-        if raw and raw[0] == _SUBSCRIBE:
-            self.awaited.pop(raw[1:], None)
+        if not raw:
+            return
+        topic = raw[1:]
+        if raw[0] == _SUBSCRIBE:
+            self.awaited.pop(topic, None)
+            self._topics.add(topic)
+        else:
+            self._topics.discard(topic)
+        self._feed(any(FEED_TOPIC.startswith(t) for t in self._topics))
+
+    def _feed(self, wanted: bool) -> None:
+        """Carry this hub's engine notifications onto the feed, or stop: a bridge that
+        observes the center makes every post pay for encoding and signing, and with
+        nobody subscribed (no client connected) the PUB socket would drop it anyway.
+        A client learns of engines registered before its subscription took effect by
+        asking the hub (as it must anyway: a PUB drops what it sends before then)."""
+        if wanted and self._bus is None:
+            # Only what this hub posts, from its own thread (the socket's owner), goes out.
+            self._bus = BridgeSender(
+                FeedPublisher(self.notification, self.session),
+                self.center,
+                events.ENGINE_TYPES,
+                sender=self,
+            )
+        elif not wanted and self._bus is not None:
+            self._bus.close()
+            self._bus = None
 
     def serve(self, control: ControlPipe) -> None:
         """The loop. It opens (beats, reads registrations) only once every queue has
