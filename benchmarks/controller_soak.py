@@ -18,7 +18,9 @@ or fail:
 * hung: results that never resolved (neither value nor error) within ``--deadline`` s;
 * duplicated: tasks that ran to the end more than once (resubmitted although they had
   run: their reply was lost with the controller);
-* how long clients waited between a kill and ControllerLost, and the reconnects.
+* how long clients waited between a kill and ControllerLost, and the reconnects;
+* after each reconnect, one direct call to every engine (``rc[:]``, through the restarted
+  controller's mux): whether every engine answered.
 
 Run: ``python benchmarks/controller_soak.py`` (``--help`` for the knobs).
 """
@@ -124,6 +126,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rc = Client(connection_file=soak.file, timeout=30)
         rc.wait_for_engines(args.engines, timeout=60)
         view = rc.load_balanced_view()
+        engine_pids = sorted(rc[:].apply_sync(os.getpid))
+        direct_ok = 0
+        direct_failed: list[str] = []
         seconds = args.task_ms / 1000
         expected_span = args.tasks * seconds / args.engines
         kill_at = sorted(rng.uniform(0.1, 0.9) * expected_span for _ in range(args.kills))
@@ -168,6 +173,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     except (ControllerLost, TimeoutError):
                         continue
                 reconnects.append(time.monotonic() - began)
+                # A direct call to every engine through the restarted controller's mux:
+                # each queue must know the engines that re-registered with its hub.
+                try:
+                    pids = rc[:].apply_async(os.getpid).get(timeout=args.deadline)
+                    if sorted(pids) == engine_pids:
+                        direct_ok += 1
+                    else:
+                        direct_failed.append(f"other engines answered: {pids}")
+                except ControllerLost:
+                    pass  # killed again meanwhile: the next wait reconnects
+                except Exception as exc:
+                    direct_failed.append(repr(exc))
                 # The database (kept across the restart) knows every task the old
                 # controller handed to an engine. Engines outlive the controller, finish
                 # those tasks and send the replies to the new one: wait for them there.
@@ -220,6 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "losses seen": len(losses),
             "answered through the database": sum(recovered),
             "resubmitted": sum(resubmitted),
+            "direct calls to all engines after a restart (ok)": direct_ok,
+            "direct calls failed": direct_failed,
         }
     finally:
         soak.stop()

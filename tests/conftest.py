@@ -89,6 +89,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_events.py",
         "test_parallel_flow.py",
         "test_parallel_fuzz.py",
+        "test_parallel_hub_open.py",
         "test_parallel_local.py",
         "test_parallel_nonumpy.py",
         "test_parallel_replay.py",

@@ -211,3 +211,19 @@ def test_the_parent_forwards_notifications_to_a_child_over_zeromq(
         {"type": "Progress", "sender": "loop", "info": {"done": 2, "nested": {"k": [None, 1.5]}}},
         {"type": "done", "sender": "parent", "info": {}},
     ]
+
+
+def test_closing_never_waits_for_a_context_that_does_not_terminate(caplog: Any) -> None:
+    from corral.transports.zmq.bridge import _term
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    held = ctx.socket(zmq.PULL)  # an open socket: ctx.term() blocks until it is closed
+    ended = threading.Event()
+    thread = threading.Thread(target=lambda: (_term(ctx, 0.2), ended.set()))
+    thread.start()
+    try:
+        assert ended.wait(TIMEOUT), "_term waited for a context that cannot terminate"
+        assert "did not terminate" in caplog.text
+    finally:
+        held.close()  # the term left behind can finish now
+        thread.join(TIMEOUT)

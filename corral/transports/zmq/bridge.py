@@ -51,6 +51,8 @@ _MESSAGE = b"m"
 _GOODBYE = b"eof"
 #: How long closing may wait to deliver what was sent (milliseconds).
 _LINGER_MS = 2000
+#: How much longer than its sockets' linger a context may take to terminate (seconds).
+_TERM_MARGIN = 3.0
 
 
 def _private_tmpdir() -> str:
@@ -59,6 +61,23 @@ def _private_tmpdir() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="corral-bridge-")  # created 0700
+
+
+def _term(context: zmq.Context[Any], within: float) -> None:
+    """Terminate ``context``, waiting at most ``within`` seconds.
+
+    Why: every socket of the context is closed with a bounded linger when this is called,
+    so ``term`` should return within that linger; libzmq has nevertheless been seen to
+    block in it for good (once in a CI run, after an ipc peer had gone: the libzmq issues
+    #2586 and #3252 describe the same). Closing a bridge must not hang its caller, so the
+    wait happens in a daemon thread; one that does not end is logged and left behind
+    (the context is then freed at exit).
+    """
+    thread = threading.Thread(target=context.term, name="corral-bridge-term", daemon=True)
+    thread.start()
+    thread.join(within)
+    if thread.is_alive():
+        log.warning("a bridge's ZeroMQ context did not terminate within %g s; left open", within)
 
 
 def _remove_tree(path: str) -> None:
@@ -253,7 +272,7 @@ class ZmqBridgeTransport:
             self._in.close(linger=0)
             self._waker.close()
             if self._own_context:
-                self._context.term()
+                _term(self._context, _LINGER_MS / 1000 + _TERM_MARGIN)
             if self._tmpdir is not None:
                 _remove_tree(self._tmpdir)
 
@@ -410,4 +429,4 @@ class FeedSubscriber:
             self._sub.close(linger=0)
             self._waker.close()
             if self._own_context:
-                self._context.term()
+                _term(self._context, _TERM_MARGIN)
