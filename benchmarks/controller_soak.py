@@ -152,6 +152,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         pending = list(range(args.tasks))
+
+        def recover() -> tuple[int, int]:
+            """After a reconnect: check direct calls, then sort the lost tasks into those
+            an engine holds and those to submit again; (held, lost). Idempotent, so a
+            ControllerLost midway is recovered from by calling it again."""
+            nonlocal direct_ok
+            # A direct call to every engine through the restarted controller's mux:
+            # each queue must know the engines that re-registered with its hub.
+            try:
+                pids = rc[:].apply_async(os.getpid).get(timeout=args.deadline)
+            except ControllerLost:
+                raise
+            except Exception as exc:
+                direct_failed.append(repr(exc))
+            else:
+                if sorted(pids) == engine_pids:
+                    direct_ok += 1
+                else:
+                    direct_failed.append(f"other engines answered: {pids}")
+            # The database (kept across the restart) knows every task the old
+            # controller handed to an engine. Engines outlive the controller, finish
+            # those tasks and send the replies to the new one: wait for them there.
+            # Only tasks no engine was given (lost in the dead scheduler) run again.
+            lost = {
+                result.msg_ids[0]: index
+                for index, result in outstanding.items()
+                if not result.done() or isinstance(result.exception(), ControllerLost)
+            }
+            records = rc.db_query(
+                {"msg_id": {"$in": list(lost)}}, ["msg_id", "engine_uuid", "result_status"]
+            )
+            given = {r["msg_id"] for r in records if r.get("engine_uuid")}
+            for msg_id, index in lost.items():
+                if msg_id in given:
+                    outstanding[index] = rc.get_result(msg_id)
+                else:
+                    del outstanding[index]
+                    pending.append(index)
+            return len(given), len(lost)
+
         while pending or outstanding:
             try:
                 while pending:
@@ -165,47 +205,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 losses.append(time.monotonic() - killed_at[-1] if killed_at else 0.0)
                 lost_event.set()
                 began = time.monotonic()
-                while True:
+                while True:  # killed again while recovering: recover from the new loss
                     try:
                         rc.reconnect(timeout=60)
                         rc.wait_for_engines(args.engines, timeout=60)
+                        given, lost = recover()
                         break
                     except (ControllerLost, TimeoutError):
                         continue
                 reconnects.append(time.monotonic() - began)
-                # A direct call to every engine through the restarted controller's mux:
-                # each queue must know the engines that re-registered with its hub.
-                try:
-                    pids = rc[:].apply_async(os.getpid).get(timeout=args.deadline)
-                    if sorted(pids) == engine_pids:
-                        direct_ok += 1
-                    else:
-                        direct_failed.append(f"other engines answered: {pids}")
-                except ControllerLost:
-                    pass  # killed again meanwhile: the next wait reconnects
-                except Exception as exc:
-                    direct_failed.append(repr(exc))
-                # The database (kept across the restart) knows every task the old
-                # controller handed to an engine. Engines outlive the controller, finish
-                # those tasks and send the replies to the new one: wait for them there.
-                # Only tasks no engine was given (lost in the dead scheduler) run again.
-                lost = {
-                    result.msg_ids[0]: index
-                    for index, result in outstanding.items()
-                    if not result.done() or isinstance(result.exception(), ControllerLost)
-                }
-                records = rc.db_query(
-                    {"msg_id": {"$in": list(lost)}}, ["msg_id", "engine_uuid", "result_status"]
-                )
-                given = {r["msg_id"] for r in records if r.get("engine_uuid")}
-                for msg_id, index in lost.items():
-                    if msg_id in given:
-                        outstanding[index] = rc.get_result(msg_id)
-                    else:
-                        del outstanding[index]
-                        pending.append(index)
-                recovered.append(len(given))
-                resubmitted.append(len(lost) - len(given))
+                recovered.append(given)
+                resubmitted.append(lost - given)
             except concurrent.futures.TimeoutError:
                 break  # hung: counted below
             except Exception as exc:  # a task error

@@ -958,6 +958,27 @@ def test_a_restarted_hub_is_told_again_what_the_old_one_may_have_lost(
     assert proc.poll() is None
 
 
+def test_a_re_registration_lost_with_a_controller_is_sent_again(
+    controller: FakeController,
+) -> None:
+    controller.start_beating()
+    proc = controller.start_engine("--controller-grace", "60")
+    controller.register(3)
+    # A new hub's beats; it takes the request and is killed before it answers.
+    controller.session.replay = wire.ReplayGuard()
+    controller.beat_number += 10**9
+    _, lost = controller.recv("registration")
+    assert lost["msg_type"] == "registration_request"
+    # The next controller hears the request again (a new message), and its answer counts.
+    controller.session.replay = wire.ReplayGuard()
+    again = controller.register(3)
+    assert again["id"] == 3 and again["holding"] == lost["content"]["holding"]
+    controller.apply(abs, -4, engine=3)
+    reply = controller.reply("task_engine")
+    assert reply["content"]["status"] == "ok" and reply["metadata"]["engine_id"] == 3
+    assert proc.poll() is None
+
+
 def test_takes_the_id_a_restarted_controller_gives(controller: FakeController) -> None:
     controller.start_beating()
     proc = controller.start_engine("--hub-timeout", "0.5", "--controller-grace", "60")

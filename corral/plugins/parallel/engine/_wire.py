@@ -289,6 +289,11 @@ class Replier:
             b"" if dest is None else b',"%b":"%b"' % (DEST.encode(), dest.encode("ascii")),
         )
 
+    @property
+    def last_msg_id(self) -> str:
+        """The msg_id of the header built last (a reply's parent names it)."""
+        return self._prefix.decode("ascii") + str(self._n)
+
     def frames(
         self,
         idents: Sequence[bytes],

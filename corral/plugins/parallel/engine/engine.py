@@ -339,8 +339,9 @@ class Engine:
         self.send_registration({})
         self._connected = True
 
-    def send_registration(self, extra: dict[str, Any]) -> None:
-        """Send a ``registration_request`` describing this engine (plus ``extra``)."""
+    def send_registration(self, extra: dict[str, Any]) -> str:
+        """Send a ``registration_request`` describing this engine (plus ``extra``);
+        returns its msg_id, which the hub's reply names as its parent."""
         content = {
             "uuid": self.uuid,
             **extra,
@@ -365,6 +366,7 @@ class Engine:
             (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
         )
         send_frames(self.registration, frames)
+        return self.replier.last_msg_id
 
     def prepare(self) -> None:
         """Create the interpreter (the slow imports), ready for the first task."""

@@ -33,6 +33,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 #: Replies sent this long before a dead controller's last beat are sent again: what it
 #: may have received but not yet stored (its database writes batch over 50 ms).
 _RESEND_MARGIN = 2.0
+#: A re-registration unanswered this long (seconds) is sent again.
+_ASK_AGAIN = 1.0
 
 
 class ControllerRecovery:
@@ -118,14 +120,26 @@ class ControllerRecovery:
         # go again (see ReplyHold.resend), and may be all the new hub ever hears of them.
         since = self.resend_since
         holding += [m for _, _, m in self.engine.replies.sent_since(since)]
-        self.engine.send_registration({"id": self.engine.id, "holding": holding})
-        end = time.monotonic() + self.engine.registration_timeout
+        content = {"id": self.engine.id, "holding": holding}
+        asked = {self.engine.send_registration(content)}
+        now = time.monotonic()
+        end = now + self.engine.registration_timeout
+        again_at = now + _ASK_AGAIN
         while True:
-            left = int((end - time.monotonic()) * 1000)
-            if left <= 0 or not self.engine.registration.poll(left):
+            now = time.monotonic()
+            if now >= end:
                 log.error("the restarted controller did not answer the registration")
                 self.engine._stop("re-registration unanswered", 1)
                 return
+            if now >= again_at:
+                # The controller asked may have died with the request (killed again
+                # before it answered): ask whichever is there now. The hub answers a
+                # repeated registration with the same one.
+                asked.add(self.engine.send_registration(content))
+                again_at = now + _ASK_AGAIN
+            wait_ms = int((min(end, again_at) - now) * 1000) + 1
+            if not self.engine.registration.poll(wait_ms):
+                continue
             try:
                 msg = recv_message(
                     self.engine.registration, self.engine.signer, replay, _NOBLOCK, ROLES["replies"]
@@ -135,7 +149,14 @@ class ControllerRecovery:
             except wire.WireError as exc:
                 log.warning("dropped a bad message on registration: %s", exc)
                 continue
-            if msg.msg_type == "registration_reply":
+            # Only an answer to this round: a late answer to an earlier one may come
+            # from a controller that is gone, which would leave this one not knowing us.
+            try:
+                parent = msg.parent_header.get("msg_id")
+            except wire.WireError as exc:
+                log.warning("dropped a bad message on registration: %s", exc)
+                continue
+            if msg.msg_type == "registration_reply" and parent in asked:
                 break
         reply = msg.content
         if reply.get("status", "ok") != "ok" or not isinstance(reply.get("id"), int):
