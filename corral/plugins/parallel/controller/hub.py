@@ -440,9 +440,6 @@ class Hub(Component):
                         self.configure(message)
                 if self.notification in events:
                     self._drain(self.notification, self.on_subscription)
-                    if open_by is not None and not self.awaited:
-                        self._open()
-                        open_by = None
                 if self.registration in events:
                     self._drain(self.registration, self.on_registration)
                 if self.monitor in events:
@@ -462,10 +459,10 @@ class Hub(Component):
                 if self._orphans and now >= self._orphans_at:
                     self._settle_orphans()
                 if open_by is not None:
-                    if now >= open_by:
-                        self._open()
-                        open_by = None
-                    continue
+                    if self.awaited and now < open_by:
+                        continue
+                    self._open()
+                    open_by = None
                 if now >= heart.next_at:
                     beat, dead = heart.tick(now)
                     self.hb_ping.send(beat)
