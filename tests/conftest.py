@@ -35,6 +35,8 @@ import pytest
 PROCESS_FILES: frozenset[str] = frozenset(
     {
         "test_bridge.py",
+        "test_parallel_seal_mitm.py",
+        "test_parallel_replay_memory.py",
         "test_keyfile.py",
         "test_parallel_coalesce.py",
         "test_bridge_zmq.py",

@@ -283,7 +283,13 @@ def admit(
     if enabled and replay is not None:
         if seen is None:
             seen = signature
-        replay.check(seen if seen.__class__ is bytes else bytes(seen))
+        # The signed header's session and date: an ordered guard refuses what is older
+        # than what it has forgotten of that session (wire.ReplayGuard).
+        replay.check(
+            seen if seen.__class__ is bytes else bytes(seen),
+            header.get("session"),
+            header.get("date"),
+        )
     if altered is not None:
         altered.header = header
         raise altered

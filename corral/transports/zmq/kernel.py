@@ -161,6 +161,8 @@ class KernelServer:
             scheme=connection_info.signature_scheme,
             username="kernel",
             max_size=max_message_size,
+            # Frontends reach each channel in one hop: what the guard forgot stays refused.
+            replay=wire.ReplayGuard(ordered=True),
         )
         self.bound = False
         self._claims = Claims()

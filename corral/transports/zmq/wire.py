@@ -19,7 +19,7 @@ import threading
 import uuid
 from array import array
 from collections.abc import Sequence
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from corral.errors import CorralError
@@ -31,6 +31,7 @@ __all__ = [
     "MalformedMessage",
     "BadSignature",
     "ReplayedMessage",
+    "StaleMessage",
     "MessageTooLarge",
     "Signer",
     "ReplayGuard",
@@ -64,6 +65,12 @@ class BadSignature(WireError):
 
 class ReplayedMessage(WireError):
     """A correctly signed message whose signature was already seen: a replay."""
+
+
+class StaleMessage(ReplayedMessage):
+    """A correctly signed message dated no later than messages of its session that the
+    receiver's bounded replay memory has already forgotten: it cannot be told from a
+    replay of one of them, so it is refused like one."""
 
 
 class MessageTooLarge(WireError):
@@ -222,23 +229,73 @@ class ReplayGuard:
     arrays: an open-addressing hash table kept at most half full (linear probing,
     deletions shift later keys back, so there are no tombstones) and a ring of keys in
     arrival order. Both grow with use, the table by doubling, up to about 30 bytes per
-    remembered signature at ``maxlen``; a set of Python ints took 80, and a busy
-    controller holds one guard per socket it verifies. Only a genuine signature can be
-    replayed, and two of those share 64 bits with odds of about one in 10^14 at this size.
+    remembered signature at ``maxlen`` (42 when ordered, below); a set of Python ints
+    took 80, and a busy controller holds one guard per socket it verifies. Only a genuine
+    signature can be replayed, and two of those share 64 bits with odds of about one in
+    10^14 at this size.
+
+    **What is forgotten stays refused** (``ordered=True``). A bounded memory alone would
+    let a message be replayed once ``maxlen`` newer ones have pushed it out. An *ordered*
+    guard, for a receiver that each sender reaches in one hop (so a session's messages
+    arrive in the order they were made: a queue's client side, the hub's registration
+    socket, an engine's direct sockets, a kernel's channels), also keeps, per
+    sending session (the signed header's ``session``), a *horizon*: the latest signed
+    ``date`` among that session's forgotten messages. Forgetting goes in arrival order, so
+    every forgotten message of a session is dated at or before its horizon, and a message
+    dated there is refused as stale (:class:`StaleMessage`) whether or not its signature
+    is still held. A genuine message is refused only if its sender's clock stepped back
+    by more than the age of the ``maxlen``-th newest message here, or if it was delayed
+    behind ``maxlen`` later ones of its own session. A message without a parseable
+    ``date`` or ``session`` (no corral peer sends one; only a key holder could sign one)
+    is guarded by its signature alone. Sessions that no remembered message names are
+    dropped in bulk when their table grows past :attr:`_FIRST_SESSIONS` entries (then
+    twice the sessions still named), their latest horizon kept as one *floor* that
+    applies to every session: the table stays bounded by ``maxlen`` whatever the number
+    of senders over the guard's life. A receiver reached through a queue that may hold a
+    message back (an engine's queue sockets behind the task scheduler, the hub's monitor,
+    a client's replies, some of which come from the hub's store) must not be ordered: a
+    genuine message delayed past ``maxlen`` later ones of its session would be refused.
     """
 
-    __slots__ = ("maxlen", "_table", "_ring", "_mask", "_max_mask", "_count", "_next", "_lock")
+    __slots__ = (
+        "maxlen",
+        "ordered",
+        "_table",
+        "_ring",
+        "_stamps",
+        "_owners",
+        "_sessions",
+        "_horizons",
+        "_floor",
+        "_session_cap",
+        "_mask",
+        "_max_mask",
+        "_count",
+        "_next",
+        "_lock",
+    )
 
     _FIRST_SIZE = 1024
+    _FIRST_SESSIONS = 4096
+    #: The stamp of a message without a usable date (never compared).
+    _UNDATED = -1
 
-    def __init__(self, maxlen: int = 100_000) -> None:
+    def __init__(self, maxlen: int = 100_000, *, ordered: bool = False) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self.maxlen = maxlen
+        #: whether forgotten messages stay refused (per-session horizons, above)
+        self.ordered = ordered
         self._max_mask = (1 << max(4, (2 * maxlen - 1).bit_length())) - 1
         self._mask = min(self._FIRST_SIZE - 1, self._max_mask)
         self._table = array("Q", [0]) * (self._mask + 1)  # 0 marks an empty slot
         self._ring = array("Q")  # appended to until maxlen long, then reused in a circle
+        self._stamps = array("q")  # beside the ring: each message's date, in microseconds
+        self._owners = array("I")  # beside the ring: each message's session (0: none)
+        self._sessions: dict[str, int] = {}  # session id -> its index in _horizons
+        self._horizons = array("q", [self._UNDATED])  # index 0: "no session"
+        self._floor = self._UNDATED  # the latest horizon of the sessions dropped
+        self._session_cap = self._FIRST_SESSIONS
         self._count = 0
         self._next = 0  # once the ring is full: the oldest key, overwritten next
         self._lock = threading.Lock()
@@ -253,11 +310,23 @@ class ReplayGuard:
         with self._lock:
             return self._table[self._slot(key)] == key
 
-    def check(self, signature: bytes) -> None:
-        """Record ``signature``; raise :class:`ReplayedMessage` if it was seen before."""
+    def check(self, signature: bytes, session: object = None, date: object = None) -> None:
+        """Record ``signature``; raise :class:`ReplayedMessage` if it was seen before, or
+        :class:`StaleMessage` if ``date`` (the signed header's) is at or before what this
+        guard has already forgotten of ``session``."""
         sig = bytes(signature)
         key = _signature_key(sig)
+        ordered = self.ordered
+        stamp = _stamp(date) if ordered and session.__class__ is str else self._UNDATED
         with self._lock:
+            owner = 0
+            if stamp != self._UNDATED:
+                owner = self._session_index(session)  # type: ignore[arg-type]
+                if stamp <= self._horizons[owner] or stamp <= self._floor:
+                    raise StaleMessage(
+                        f"message of {date} from session {str(session)[:12]}... is older "
+                        "than what this receiver remembers: refused as a possible replay"
+                    )
             table = self._table
             slot = self._slot(key)
             if table[slot] == key:
@@ -266,17 +335,61 @@ class ReplayGuard:
                 )
             ring = self._ring
             if self._count == self.maxlen:
-                self._forget(ring[self._next])
-                ring[self._next] = key
-                self._next = (self._next + 1) % self.maxlen
+                oldest = self._next
+                self._forget(ring[oldest])
+                ring[oldest] = key
+                if ordered:
+                    self._move_horizon(oldest)
+                    self._stamps[oldest] = stamp
+                    self._owners[oldest] = owner
+                self._next = (oldest + 1) % self.maxlen
                 slot = self._slot(key)  # forgetting may have moved keys up the probe path
             else:
                 ring.append(key)
+                if ordered:
+                    self._stamps.append(stamp)
+                    self._owners.append(owner)
                 self._count += 1
                 if 2 * self._count > self._mask + 1 and self._mask < self._max_mask:
                     self._grow()  # rehashes every key, this one included
                     return
             self._table[slot] = key
+
+    def _move_horizon(self, oldest: int) -> None:
+        """The ring's ``oldest`` entry is being forgotten: its session's horizon moves up
+        to its date (lock held)."""
+        owner = self._owners[oldest]
+        if owner and self._stamps[oldest] > self._horizons[owner]:
+            self._horizons[owner] = self._stamps[oldest]
+
+    def _session_index(self, session: str) -> int:
+        """The index of ``session``'s horizon, made on first sight (lock held)."""
+        index = self._sessions.get(session)
+        if index is None:
+            if len(self._sessions) >= self._session_cap:
+                self._drop_idle_sessions()
+            index = len(self._horizons)
+            self._sessions[session] = index
+            self._horizons.append(self._UNDATED)
+        return index
+
+    def _drop_idle_sessions(self) -> None:
+        """Forget every session no remembered message names, keeping the latest of their
+        horizons as the floor (lock held); the table is renumbered."""
+        named = set(self._owners)
+        renumber = {0: 0}
+        horizons = array("q", [self._UNDATED])
+        sessions: dict[str, int] = {}
+        for session, index in self._sessions.items():
+            if index in named:
+                renumber[index] = len(horizons)
+                sessions[session] = len(horizons)
+                horizons.append(self._horizons[index])
+            elif self._horizons[index] > self._floor:
+                self._floor = self._horizons[index]
+        self._owners = array("I", (renumber[owner] for owner in self._owners))
+        self._sessions, self._horizons = sessions, horizons
+        self._session_cap = max(self._FIRST_SESSIONS, 2 * len(sessions))
 
     def _grow(self) -> None:
         """Double the table and put every remembered key (all in the ring) back."""
@@ -311,6 +424,23 @@ class ReplayGuard:
                 table[hole] = held
                 hole = probe
         table[hole] = 0
+
+
+def _stamp(date: object) -> int:
+    """A signed header's ``date`` in microseconds (its own clock), or ``_UNDATED``."""
+    if date.__class__ is not str:
+        return ReplayGuard._UNDATED
+    try:
+        moment = datetime.fromisoformat(date)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return (moment - _EPOCH) // _MICROSECOND
+    except (ValueError, OverflowError):
+        return ReplayGuard._UNDATED
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _signature_key(signature: bytes) -> int:

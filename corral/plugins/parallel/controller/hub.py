@@ -215,13 +215,21 @@ class Hub(Component):
         #: result bytes waiting for the database writer beyond which copies stay unread
         self.flow_bound = flow_bound
         signer = cluster_signer(key, scheme)
-        self.session = Session(key, scheme=scheme, username="corral-hub", signer=signer)
+        # Ordered replay guards (wire.ReplayGuard): clients and engines reach the
+        # registration socket, and engines the iopub relay, in one hop each.
+        self.session = Session(
+            key,
+            scheme=scheme,
+            username="corral-hub",
+            signer=signer,
+            replay=wire.ReplayGuard(ordered=True),
+        )
         #: the session's signer, kept as the cluster signer it is (it opens monitor tags)
         self.signer = signer
         self.monitor_replay = wire.ReplayGuard()
         #: iopub output is stored: a captured stream message published again (anyone past
         #: the gate may publish on iopub_engine) must not be stored twice
-        self.iopub_replay = wire.ReplayGuard()
+        self.iopub_replay = wire.ReplayGuard(ordered=True)
         self.db = db
         self.transport = transport
         self.ip = ip

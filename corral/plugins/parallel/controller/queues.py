@@ -189,7 +189,15 @@ class RoutingQueue(Component):
         self.name = name
         self.gate = gate
         signer = cluster_signer(key, scheme)
-        self.session = Session(key, scheme=scheme, username=f"corral-{name}", signer=signer)
+        # An ordered replay guard (wire.ReplayGuard): clients and engines reach a queue
+        # in one hop, so what it has forgotten stays refused.
+        self.session = Session(
+            key,
+            scheme=scheme,
+            username=f"corral-{name}",
+            signer=signer,
+            replay=wire.ReplayGuard(ordered=True),
+        )
         #: the session's signer, kept as the cluster signer it is (monitor tags, route seals)
         self.signer = signer
         self.replay = self.session.replay

@@ -177,7 +177,13 @@ class Engine:
         #: Credentials every socket presents (or, the data socket, demands): see gate.py.
         self.gate = gate_for(info)
         self.scheme = scheme
+        #: The replay guard of the queue sockets and the registration socket: not ordered,
+        #: since the task scheduler may hold a request back behind later ones.
         self.replay = wire.ReplayGuard()
+        #: The direct sockets' (data, same-host) guard: clients reach them in one hop, so
+        #: it is ordered and what it forgot stays refused (wire.ReplayGuard). Requests
+        #: are bound to one or the other by their signed destination (door.dest_of).
+        self.direct_replay = wire.ReplayGuard(ordered=True)
         self.session_id = wire.new_id()
         self.replier = Replier(self.signer, self.session_id, "engine")
         self.uuid = uuid or uuid_module.uuid4().hex
@@ -634,7 +640,7 @@ class Engine:
         dest, sealed_to = self.bindings.get(sock, _UNBOUND)
         try:
             return recv_message(
-                sock, self.signer, self.replay, _NOBLOCK, ROLES[where], dest, sealed_to
+                sock, self.signer, self.guard_for(dest), _NOBLOCK, ROLES[where], dest, sealed_to
             )
         except zmq.Again:
             return None
@@ -643,6 +649,11 @@ class Engine:
             log.warning("dropped a bad message on %s: %s", where, exc)
             return None
 
+    def guard_for(self, dest: str | None) -> wire.ReplayGuard:
+        """The replay guard of a socket bound to ``dest``: the direct sockets' own, or
+        the queues' and registration's."""
+        return self.direct_replay if dest == self.direct_dest else self.replay
+
     def _serve_one(self, sock: zmq.Socket[Any]) -> None:
         """Serve the next zmq message on a queue socket: one request, or a batch of them
         (whose rest waits in ``_pending`` if control or a stop cuts in)."""
@@ -650,7 +661,7 @@ class Engine:
         dest, sealed_to = self.bindings[sock]
         try:
             messages, errors = recv_messages(
-                sock, self.signer, self.replay, _NOBLOCK, _REQUESTS, dest, sealed_to
+                sock, self.signer, self.guard_for(dest), _NOBLOCK, _REQUESTS, dest, sealed_to
             )
         except zmq.Again:
             return

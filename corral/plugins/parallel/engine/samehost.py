@@ -96,7 +96,7 @@ class SameHostClients:
         for frames in messages:
             try:
                 msg = parse_message(
-                    frames, engine.signer, engine.replay, _REQUESTS, engine.direct_dest
+                    frames, engine.signer, engine.direct_replay, _REQUESTS, engine.direct_dest
                 )
             except wire.WireError as exc:
                 engine.refuse(conn, exc, "the local socket")
