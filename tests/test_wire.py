@@ -408,9 +408,12 @@ def test_an_ordered_guard_matches_a_model(maxlen: int) -> None:
     assert len(guard) == min(maxlen, len(remembered))
 
 
-def test_the_session_table_stays_bounded_and_dropped_sessions_stay_refused() -> None:
+def test_the_session_table_stays_bounded_and_dropped_sessions_stay_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """One message each from many short-lived senders: the table of horizons is pruned to
     the sessions still remembered, and what the dropped ones sent stays refused."""
+    monkeypatch.setattr(ReplayGuard, "_FIRST_SESSIONS", 64)
     guard = ReplayGuard(maxlen=10, ordered=True)
     first = (_sig(0), "short-lived-0", _dated(0))
     guard.check(*first)
@@ -420,3 +423,28 @@ def test_the_session_table_stays_bounded_and_dropped_sessions_stay_refused() -> 
     with pytest.raises(wire.StaleMessage):
         guard.check(*first)
     guard.check(_sig(10**6), "newcomer", _dated(10**6))
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_refuse_before_gives_a_joining_receiver_a_start(
+    ordered: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a sender dated before the receiver's start is refused, on either kind of
+    guard; its later messages and other senders' are not; the start is never folded
+    into the floor that applies to every session."""
+    monkeypatch.setattr(ReplayGuard, "_FIRST_SESSIONS", 64)
+    guard = ReplayGuard(maxlen=2, ordered=ordered)
+    guard.refuse_before("hub", _dated(100))
+    with pytest.raises(wire.StaleMessage):
+        guard.check(_sig(1), "hub", _dated(99.5))
+    guard.check(_sig(2), "hub", _dated(100))
+    guard.check(_sig(3), "engine", _dated(5))
+    guard.refuse_before("hub", _dated(50))  # never moves a start back
+    with pytest.raises(wire.StaleMessage):
+        guard.check(_sig(4), "hub", _dated(60))
+    guard.refuse_before("hub", "not a date")  # ignored
+    for n in range(5, 5 + 3 * ReplayGuard._FIRST_SESSIONS):  # prunes an ordered table
+        guard.check(_sig(n), f"other-{n}", _dated(10 + n / 10**6))
+    guard.check(_sig(10**6), "late-engine", _dated(20))  # not refused by the hub's start
+    with pytest.raises(wire.StaleMessage):
+        guard.check(_sig(10**6 + 1), "hub", _dated(99))

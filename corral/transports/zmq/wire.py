@@ -250,11 +250,16 @@ class ReplayGuard:
     is guarded by its signature alone. Sessions that no remembered message names are
     dropped in bulk when their table grows past :attr:`_FIRST_SESSIONS` entries (then
     twice the sessions still named), their latest horizon kept as one *floor* that
-    applies to every session: the table stays bounded by ``maxlen`` whatever the number
-    of senders over the guard's life. A receiver reached through a queue that may hold a
-    message back (an engine's queue sockets behind the task scheduler, the hub's monitor,
-    a client's replies, some of which come from the hub's store) must not be ordered: a
-    genuine message delayed past ``maxlen`` later ones of its session would be refused.
+    applies to every session: the table stays bounded whatever the number of senders
+    over the guard's life (about 150 bytes a session). The floor compares one sender's
+    clock with another's, so it is put off that long: once it is in use, a sender whose
+    clock lags by more than the age of the dropped sessions' last messages is refused.
+
+    A receiver reached through a queue that may hold a message back (an engine's queue
+    sockets behind the task scheduler, the hub's monitor, a client's replies, some of
+    which come from the hub's store) must not be ordered: a genuine message delayed past
+    ``maxlen`` later ones of its session would be refused. Any guard can still be told
+    where a sender starts (:meth:`refuse_before`).
     """
 
     __slots__ = (
@@ -267,6 +272,7 @@ class ReplayGuard:
         "_sessions",
         "_horizons",
         "_floor",
+        "_pinned",
         "_session_cap",
         "_mask",
         "_max_mask",
@@ -276,7 +282,7 @@ class ReplayGuard:
     )
 
     _FIRST_SIZE = 1024
-    _FIRST_SESSIONS = 4096
+    _FIRST_SESSIONS = 65_536
     #: The stamp of a message without a usable date (never compared).
     _UNDATED = -1
 
@@ -295,6 +301,7 @@ class ReplayGuard:
         self._sessions: dict[str, int] = {}  # session id -> its index in _horizons
         self._horizons = array("q", [self._UNDATED])  # index 0: "no session"
         self._floor = self._UNDATED  # the latest horizon of the sessions dropped
+        self._pinned: set[str] = set()  # sessions given a start: never dropped
         self._session_cap = self._FIRST_SESSIONS
         self._count = 0
         self._next = 0  # once the ring is full: the oldest key, overwritten next
@@ -317,12 +324,18 @@ class ReplayGuard:
         sig = bytes(signature)
         key = _signature_key(sig)
         ordered = self.ordered
-        stamp = _stamp(date) if ordered and session.__class__ is str else self._UNDATED
+        stamp = self._UNDATED
+        if session.__class__ is str and (ordered or session in self._sessions):
+            stamp = _stamp(date)
         with self._lock:
             owner = 0
             if stamp != self._UNDATED:
-                owner = self._session_index(session)  # type: ignore[arg-type]
-                if stamp <= self._horizons[owner] or stamp <= self._floor:
+                if ordered:
+                    owner = self._session_index(session)  # type: ignore[arg-type]
+                    horizon = self._horizons[owner]
+                else:  # a session given a start (refuse_before); nothing recorded
+                    horizon = self._horizons[self._sessions[session]]  # type: ignore[index]
+                if stamp <= horizon or stamp <= self._floor:
                     raise StaleMessage(
                         f"message of {date} from session {str(session)[:12]}... is older "
                         "than what this receiver remembers: refused as a possible replay"
@@ -355,6 +368,25 @@ class ReplayGuard:
                     return
             self._table[slot] = key
 
+    def refuse_before(self, session: str, date: object) -> None:
+        """Refuse from now on every message of ``session`` dated before ``date`` (a date
+        of that session's own clock), ordered guard or not.
+
+        For a receiver that joins a running sender: what that sender published before
+        the receiver learned its state (a subscriber's first reply from the publisher)
+        was never seen here, so the replay guard alone would take a copy of it."""
+        stamp = _stamp(date)
+        if stamp == self._UNDATED:
+            return
+        with self._lock:
+            index = self._sessions.get(session)
+            if index is None:
+                index = len(self._horizons)
+                self._sessions[session] = index
+                self._horizons.append(self._UNDATED)
+            self._horizons[index] = max(self._horizons[index], stamp - 1)
+            self._pinned.add(session)  # a recent date: not for the floor of all sessions
+
     def _move_horizon(self, oldest: int) -> None:
         """The ring's ``oldest`` entry is being forgotten: its session's horizon moves up
         to its date (lock held)."""
@@ -381,7 +413,7 @@ class ReplayGuard:
         horizons = array("q", [self._UNDATED])
         sessions: dict[str, int] = {}
         for session, index in self._sessions.items():
-            if index in named:
+            if index in named or session in self._pinned:
                 renumber[index] = len(horizons)
                 sessions[session] = len(horizons)
                 horizons.append(self._horizons[index])

@@ -270,7 +270,7 @@ class Client(ClientCompat):
         self._io = self._connect(info)
         try:
             self._check_gate(_url(info, "registration"), timeout)
-            self._sync_engines(timeout)
+            self._sync_engines(timeout, joining=True)
         except BaseException:
             self.close()
             raise
@@ -324,9 +324,23 @@ class Client(ClientCompat):
         except KeyError:
             raise IndexError(f"no engine with id {engine_id}; live engines: {self.ids}") from None
 
-    def _sync_engines(self, timeout: float | None = None) -> None:
-        """Ask the hub for the engine list (at start, and when notifications may be lost)."""
-        self._apply_connection_reply(self._hub_request("connection_request", {}, timeout))
+    def _sync_engines(self, timeout: float | None = None, *, joining: bool = False) -> None:
+        """Ask the hub for the engine list (at start, and when notifications may be lost).
+
+        ``joining``: the first answer since (re)connecting. The hub's notifications
+        dated before it were never seen here, so the replay guard alone would take a
+        copy of one (an old "engine died", which fails this client's work on a live
+        engine, slipped in by a peer on the link); they are refused from then on
+        (``wire.ReplayGuard.refuse_before``, the hub's own clock on both sides). The
+        answer already holds what they said. Later answers only add engines, so an
+        unregistration still on its way must not be refused then.
+        """
+        reply = self._hub_request("connection_request", {}, timeout)
+        if joining:
+            header = reply.header
+            if isinstance(header.get("session"), str):
+                self._replay.refuse_before(header["session"], header.get("date"))
+        self._apply_connection_reply(reply)
 
     def _apply_connection_reply(self, reply: Parsed) -> None:
         content = reply.content
@@ -505,7 +519,7 @@ class Client(ClientCompat):
         self._details_pending = self._details_again = False  # that reply will not come
         self._lost = None
         self._io = self._connect(info)
-        self._sync_engines(max(0.1, deadline - time.monotonic()))
+        self._sync_engines(max(0.1, deadline - time.monotonic()), joining=True)
 
     def _on_notification(self, msg: Parsed) -> None:
         msg_type = msg.msg_type

@@ -403,7 +403,15 @@ class RoutingQueue(Component):
             self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
             return None
         except wire.ReplayedMessage:
-            self._drop("replayed messages", len(frames), peer)
+            # An engine that re-registers after a controller restart sends its last
+            # replies again, some of which its socket had already delivered: say so,
+            # since that is what a log reader sees after every restart.
+            why = (
+                "replayed messages (or replies an engine sent again after a restart)"
+                if role is _FROM_ENGINES
+                else "replayed messages"
+            )
+            self._drop(why, len(frames), peer)
             return None
         except Misdirected:
             self._drop(f"messages signed for another destination ({self.name})", len(frames), peer)
