@@ -448,3 +448,15 @@ def test_refuse_before_gives_a_joining_receiver_a_start(
     guard.check(_sig(10**6), "late-engine", _dated(20))  # not refused by the hub's start
     with pytest.raises(wire.StaleMessage):
         guard.check(_sig(10**6 + 1), "hub", _dated(99))
+
+
+def test_stamps_read_every_offset_as_the_same_instant() -> None:
+    """The fast path (UTC fields) and the converted one agree; order is time order."""
+    stamp = wire._stamp
+    utc = stamp("2026-12-06T00:00:00.000001+00:00")
+    assert utc == stamp("2026-12-06T00:00:00.000001Z")
+    assert utc == stamp("2026-12-06T01:00:00.000001+01:00")
+    assert utc == stamp("2026-12-06T00:00:00.000001")  # no offset: UTC
+    assert stamp("2026-12-06T00:00:00+00:00") < utc < stamp("2026-12-06T00:00:01+00:00")
+    assert stamp("1970-01-02T00:00:00+00:00") - stamp("1970-01-01T00:00:00+00:00") == 86400 * 10**6
+    assert stamp("not a date") == stamp(None) == ReplayGuard._UNDATED
