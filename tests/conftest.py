@@ -37,6 +37,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_bridge.py",
         "test_keyfile.py",
         "test_parallel_coalesce.py",
+        "test_parallel_task_feed.py",
         "test_bridge_zmq.py",
         "test_cluster_config.py",
         "test_conftest.py",

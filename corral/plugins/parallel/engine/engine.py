@@ -107,6 +107,7 @@ from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
 from .started import StartedIds
+from .taskfeed import TaskFeed
 from .tasks import Tasks
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
@@ -214,6 +215,8 @@ class Engine:
         self.center = shared_center
         #: Whether task notifications have observers (see _refresh_observed).
         self._observed = False
+        #: Bridges them to the hub while some process follows tasks (see .taskfeed).
+        self.task_feed = TaskFeed(self)
         #: This engine served as a Jupyter kernel too, once bound (see .bound).
         self.bound_kernel: Any = None
         #: Sockets of the bound kernel the main loop polls with its own.
@@ -429,6 +432,7 @@ class Engine:
             self._hub_beat = beat if type(beat) is int else None
             self.hb_period = float(content.get("hb_period") or self.hb_period)
             self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
+            self.task_feed.wanted = content.get("task_feed") is True
             break
         self._after_registration()
         self.announce()
@@ -470,6 +474,7 @@ class Engine:
             on_silent=self.recovery.on_silent,
             on_back=self.recovery.on_back,
             beat=self._hub_beat,
+            on_task_feed=self._on_task_feed,
         )
 
     def watch_sockets(self, sockets: tuple[Any, ...]) -> None:
@@ -485,11 +490,20 @@ class Engine:
                 self._poller.unregister(sock)
         self._hosted = tuple(s for s in self._hosted if s not in sockets)
 
+    def _on_task_feed(self, wanted: bool) -> None:
+        """Hub watch's thread: the hub says whether some process follows tasks (the
+        main loop opens or closes the bridge at its next wake-up)."""
+        self.task_feed.wanted = wanted
+
     def _refresh_observed(self) -> None:
         """Whether anyone observes this engine's task notifications: asked once per
         wake-up of the main loop, not per task, so a burst of tasks nobody watches pays
         nothing for them. An observer registered during a burst (by a task) hears the
-        tasks of the next one."""
+        tasks of the next one; so does the bridge to the hub (.taskfeed), which opens
+        here."""
+        feed = self.task_feed
+        if feed.wanted is not feed.on:
+            feed.sync()
         center = self.center
         self._observed = center.has_observers(TASK_STARTED) or center.has_observers(TASK_FINISHED)
 
@@ -858,6 +872,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        self.task_feed.close()
         bound.close_bound(self)
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams
