@@ -8,8 +8,9 @@ Lifecycle (:meth:`Engine.run`):
    Everything is connected *before* registering, so when the hub announces the engine
    and a scheduler routes the first task to its uuid, the connection is already being
    made (a ROUTER drops messages for identities it does not know yet).
-2. **prepare** — import the interpreter and the serializer while the registration reply
-   is on its way (imports are most of an engine's start-up time).
+2. **prepare** — import the interpreter and the serializer, and load the plugins
+   (:mod:`.plugins`, when started with a profile), while the registration reply is on its
+   way (imports are most of an engine's start-up time).
 3. **register** — wait for ``registration_reply`` ``{id, hb_period, hb_misses}``.
 4. **serve** — in the main thread, until shutdown.
 
@@ -146,7 +147,9 @@ class Engine:
     (default: the cluster file's ``controller_grace``, else ``CORRAL_CONTROLLER_GRACE``,
     else 60) for a controller restarted on the same cluster, re-registers with it under
     the same id and keeps its namespace, and exits only if none came. ``parent_pid`` ends
-    it when that process exits (default: ``CORRAL_PARENT_PID``).
+    it when that process exits (default: ``CORRAL_PARENT_PID``). ``plugins`` names the
+    profile whose plugins the engine loads at start (:mod:`.plugins`; the engine process
+    passes its ``--profile``); None loads none.
 
     .. versionadded:: 0.1
     """
@@ -162,6 +165,7 @@ class Engine:
         parent_pid: int | None = None,
         uuid: str | None = None,
         controller_grace: float | None = None,
+        plugins: str | None = None,
     ) -> None:
         info = as_dict(cluster)
         missing = [k for k in REQUIRED if k not in info]
@@ -202,6 +206,8 @@ class Engine:
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
+        #: the profile whose plugins prepare() loads (None: none)
+        self.plugins_profile = plugins
         if parent_pid is None:
             env = os.environ.get("CORRAL_PARENT_PID", "")
             parent_pid = int(env) if env.isdigit() else None
@@ -383,6 +389,10 @@ class Engine:
         )
         self.tasks.load()
         self._serialize = self.tasks.serialize
+        if self.plugins_profile is not None:
+            from .plugins import load_plugins
+
+            load_plugins(self, self.plugins_profile)
 
     def register(self) -> int:
         """Connect, prepare and wait for the hub's ``registration_reply``; returns the id.
@@ -761,6 +771,21 @@ class Engine:
             )
 
     # ------------------------------------------------------------ replies
+
+    def reply(
+        self,
+        sock: Destination,
+        msg: Message,
+        content: dict[str, Any],
+        buffers: list[Any] | tuple[Any, ...] = (),
+    ) -> None:
+        """Answer ``msg`` with ``content`` (JSON) and ``buffers``: how a plugin's request
+        handler replies (``corral_engine_request_handlers``). The metadata says this
+        engine and ``content``'s status, as every reply of the engine does."""
+        now = iso_now()
+        status = str(content.get("status", "ok"))
+        metadata = self._metadata(now, now, status, 0)
+        self._send(sock, msg, wire.json_dumps(content), metadata, buffers, now)
 
     def _publish_data(self, data: dict[str, Any]) -> None:
         """``corral.datapub.publish_data`` in a task: a ``data_message`` on iopub, parented

@@ -1,0 +1,47 @@
+"""An engine's plugins: loaded once at start, as a kernel loads them.
+
+Why: an engine runs user code like a kernel does, so what plugins give a kernel they
+should give an engine: their configuration (``corral_configure``, where a plugin
+subscribes to the notification center, registers reducers...), and request types of
+their own (``corral_engine_request_handlers``, the engine's counterpart of the kernel's
+``corral_request_handlers``: see :mod:`corral.plugins.hookspecs`).
+
+When: in :meth:`Engine.prepare <.engine.Engine.prepare>`, while the registration request
+is on its way to the hub, so finding entry points and reading the configuration (tens of
+milliseconds) overlaps with that round trip; before the first task in any case. Never
+per message: plugins' handlers go into the engine's dispatch table, a dictionary lookup
+like the engine's own. A plugin that fails to load is logged and the engine serves
+without it (as a kernel does).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["load_plugins"]
+
+log = logging.getLogger("corral.parallel.engine")
+
+
+def load_plugins(engine: Engine, profile: str | None) -> list[str]:
+    """Load the plugins of ``profile``, configure them, install the request types they
+    serve on ``engine``; returns those types (none if loading failed)."""
+    try:
+        from corral.plugins.manager import get_plugin_manager
+        from corral.plugins.runtime import load_configuration
+
+        manager = get_plugin_manager(profile=profile)
+        config = load_configuration(manager, profile=profile)
+        manager.hook.corral_configure(config=config)
+        added: list[str] = []
+        for tables in manager.hook.corral_engine_request_handlers(engine=engine):
+            for channel, handlers in (tables or {}).items():
+                added += engine.core.add(channel, handlers)
+    except Exception:
+        log.exception("plugins could not be loaded; the engine runs without them")
+        return []
+    return added
