@@ -8,9 +8,10 @@ Lifecycle (:meth:`Engine.run`):
    Everything is connected *before* registering, so when the hub announces the engine
    and a scheduler routes the first task to its uuid, the connection is already being
    made (a ROUTER drops messages for identities it does not know yet).
-2. **prepare** — import the interpreter and the serializer, and load the plugins
-   (:mod:`.plugins`, when started with a profile), while the registration reply is on its
-   way (imports are most of an engine's start-up time).
+2. **prepare** — import the interpreter and the serializer while the registration reply
+   is on its way (imports are most of an engine's start-up time), and start loading the
+   plugins (:mod:`.plugins`, when started with a profile) in a thread, waited for before
+   the first message is served.
 3. **register** — wait for ``registration_reply`` ``{id, hb_period, hb_misses}``.
 4. **serve** — in the main thread, until shutdown.
 
@@ -206,8 +207,10 @@ class Engine:
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
-        #: the profile whose plugins prepare() loads (None: none)
+        #: the profile whose plugins prepare() loads (None: none), and the thread that
+        #: loads them (joined before the first message is served: see .plugins)
         self.plugins_profile = plugins
+        self._plugins: threading.Thread | None = None
         if parent_pid is None:
             env = os.environ.get("CORRAL_PARENT_PID", "")
             parent_pid = int(env) if env.isdigit() else None
@@ -389,10 +392,10 @@ class Engine:
         )
         self.tasks.load()
         self._serialize = self.tasks.serialize
-        if self.plugins_profile is not None:
-            from .plugins import load_plugins
+        if self.plugins_profile is not None and self._plugins is None:
+            from .plugins import start_loading
 
-            load_plugins(self, self.plugins_profile)
+            self._plugins = start_loading(self, self.plugins_profile)
 
     def register(self) -> int:
         """Connect, prepare and wait for the hub's ``registration_reply``; returns the id.
@@ -538,6 +541,8 @@ class Engine:
         """Register if needed, start the helper threads and install signal handlers."""
         if self.id is None:
             self.register()
+        if self._plugins is not None:  # what they serve, in the tables before any message
+            self._plugins.join()
         if self._threads_started:
             return
         self._threads_started = True

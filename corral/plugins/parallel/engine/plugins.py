@@ -6,23 +6,28 @@ subscribes to the notification center, registers reducers...), and request types
 their own (``corral_engine_request_handlers``, the engine's counterpart of the kernel's
 ``corral_request_handlers``: see :mod:`corral.plugins.hookspecs`).
 
-When: in :meth:`Engine.prepare <.engine.Engine.prepare>`, while the registration request
-is on its way to the hub, so finding entry points and reading the configuration (tens of
-milliseconds) overlaps with that round trip; before the first task in any case. Never
-per message: plugins' handlers go into the engine's dispatch table, a dictionary lookup
-like the engine's own. A plugin that fails to load is logged and the engine serves
-without it (as a kernel does).
+When: in a thread started by :meth:`Engine.prepare <.engine.Engine.prepare>`, once the
+registration request is on its way, and waited for before the engine serves its first
+message (:meth:`Engine.start <.engine.Engine.start>`). Finding entry points, importing
+the plugins' modules and reading the configuration take hundreds of milliseconds of CPU
+(the built-in plugins import much of corral), as much as the rest of an engine's start;
+a kernel loads its plugins off its startup path for the same reason. So the engine
+registers at once and its first task waits for the plugins, instead of every engine
+arriving that much later. Never per message: plugins' handlers go into the engine's
+dispatch table, a dictionary lookup like the engine's own. A plugin that fails to load
+is logged and the engine serves without it (as a kernel does).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["load_plugins"]
+__all__ = ["load_plugins", "start_loading"]
 
 log = logging.getLogger("corral.parallel.engine")
 
@@ -45,3 +50,12 @@ def load_plugins(engine: Engine, profile: str | None) -> list[str]:
         log.exception("plugins could not be loaded; the engine runs without them")
         return []
     return added
+
+
+def start_loading(engine: Engine, profile: str) -> threading.Thread:
+    """:func:`load_plugins` in a thread of its own, started; join it before serving."""
+    thread = threading.Thread(
+        target=load_plugins, args=(engine, profile), name="corral-engine-plugins", daemon=True
+    )
+    thread.start()
+    return thread
