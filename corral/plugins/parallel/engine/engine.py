@@ -150,7 +150,7 @@ class Engine:
     the same id and keeps its namespace, and exits only if none came. ``parent_pid`` ends
     it when that process exits (default: ``CORRAL_PARENT_PID``). ``plugins`` names the
     profile whose plugins the engine loads at start (:mod:`.plugins`; the engine process
-    passes its ``--profile``); None loads none.
+    passes ``--profile``, else its cluster file's profile); None loads none.
 
     .. versionadded:: 0.1
     """
