@@ -96,9 +96,12 @@ def follow(rc: Client, rec: Starts) -> None:
     for _ in range(int(WAIT / ROUND)):
         result = rc[:].apply_async(square, 2)
         assert result.get(timeout=WAIT) == [4, 4]
-        ids = set(result.msg_ids)
-        heard = lambda: {i["engine_id"] for _, _, i in rec.seen if i["msg_id"] in ids}  # noqa: E731
-        if rec.wait(lambda: heard() == set(rc.ids), ROUND):
+        ids, engines = set(result.msg_ids), set(rc.ids)
+
+        def heard(ids: set[str] = ids, engines: set[int] = engines) -> bool:
+            return {i["engine_id"] for _, _, i in rec.seen if i["msg_id"] in ids} == engines
+
+        if rec.wait(heard, ROUND):
             return
     pytest.fail("the engines' task starts were never heard")
 
@@ -231,7 +234,10 @@ def test_a_watch_that_follows_tasks_hears_them_in_another_process(live: LiveClus
             result = rc.load_balanced_view().apply_async(square, 3)
             assert result.get(timeout=WAIT) == 9
             msg_id = result.msg_ids[0]
-            finished = lambda: any(line[0] == events.TASK_FINISHED for line in lines.of(msg_id))  # noqa: E731
+
+            def finished(msg_id: str = msg_id) -> bool:
+                return any(line[0] == events.TASK_FINISHED for line in lines.of(msg_id))
+
             if lines.wait(finished, ROUND):
                 break
         else:
