@@ -14,10 +14,11 @@ The task start types (:data:`TASK_FEED_TYPES`: ``TASK_STARTED``, ``TASK_FINISHED
 happen in an engine, which posts them on its own center. They cross to other processes
 only while some process *follows* them: a client in whose process a post from ``"hub"``
 would reach an observer, or a ``watch_cluster(..., tasks=True)``. Such a process
-subscribes the feed's task topic (:data:`TASK_FEED_TOPIC`); the hub sees the subscription
-(its feed is an XPUB socket) and tells the engines (``task_feed_notification``
-``{"wanted": true}`` on the feed, repeated each heartbeat while it lasts, and ``task_feed``
-in each registration reply). Each engine then bridges its two task types to the hub
+subscribes the feed's task topic (:data:`TASK_FEED_TOPIC`, by its name: a subscription
+to everything does not count, it would make a raw monitor cost two messages per task);
+the hub sees the subscription (its feed is an XPUB socket) and tells the engines
+(``task_feed_notification`` ``{"wanted": true}`` on the feed, repeated each heartbeat
+while it lasts, and ``task_feed`` in each registration reply). Each engine then bridges its two task types to the hub
 (``bus_notification`` on its registration socket), and the hub re-posts them on its
 center, sender the hub, and carries them on the feed's task topic. When the last follower
 unsubscribes the hub says ``{"wanted": false}`` once and the engines close their bridges.

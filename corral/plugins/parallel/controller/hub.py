@@ -384,7 +384,9 @@ class Hub(Component):
         else:
             self._topics.discard(topic)
         self._feed(any(FEED_TOPIC.startswith(t) for t in self._topics))
-        self.task_relay.want(any(events.TASK_FEED_TOPIC.startswith(t) for t in self._topics))
+        # Followed only when asked by name: a subscription to everything (b"", a raw
+        # monitor) does not make every engine send two messages per task.
+        self.task_relay.want(events.TASK_FEED_TOPIC in self._topics)
 
     def _feed(self, wanted: bool) -> None:
         """Carry this hub's engine notifications onto the feed, or stop: a bridge that

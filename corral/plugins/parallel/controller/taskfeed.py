@@ -9,7 +9,8 @@ re-posts them on its center, from which its bridge carries them on the feed's ta
 
 Each of those steps costs something per task, so none of them runs unless a process
 follows tasks. The feed is an XPUB socket: the hub sees the first subscription to the
-task topic and the last unsubscription from it (:meth:`TaskRelay.want`), and tells the
+task topic and the last unsubscription from it (:meth:`TaskRelay.want`; the topic itself,
+not a prefix of it: a subscriber to everything did not ask for tasks), and tells the
 engines with a ``task_feed_notification`` (again each heartbeat while it lasts, for an
 engine whose subscription was not in yet; and in each registration reply). See
 :mod:`..events` for what a follower hears.
