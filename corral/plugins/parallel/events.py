@@ -18,10 +18,11 @@ subscribes the feed's task topic (:data:`TASK_FEED_TOPIC`, by its name: a subscr
 to everything does not count, it would make a raw monitor cost two messages per task);
 the hub sees the subscription (its feed is an XPUB socket) and tells the engines
 (``task_feed_notification`` ``{"wanted": true}`` on the feed, repeated each heartbeat
-while it lasts, and ``task_feed`` in each registration reply). Each engine then bridges its two task types to the hub
-(``bus_notification`` on its registration socket), and the hub re-posts them on its
-center, sender the hub, and carries them on the feed's task topic. When the last follower
-unsubscribes the hub says ``{"wanted": false}`` once and the engines close their bridges.
+while it lasts, and ``task_feed`` in each registration reply). Each engine then bridges
+its two task types to the hub (``bus_notification`` on its registration socket), and the
+hub re-posts them on its center, sender the hub, and carries them on the feed's task
+topic. When the last follower unsubscribes the hub says ``{"wanted": false}`` once and
+the engines close their bridges.
 Nobody following costs nothing per task anywhere: no engine observes its task posts, no
 message leaves it for them. A follower hears the tasks that start once the engines heard
 it (a few milliseconds, at most a heartbeat period), not those running before.
