@@ -120,8 +120,9 @@ def corral_engine_request_handlers(
     :class:`~corral.plugins.parallel.engine.engine.Engine`; keep it, the handlers need
     it). The reply's type is the request's, ``_request`` replaced by ``_reply``.
 
-    Called once per engine, when it loads its plugins at start (while its registration
-    is on its way), never per message: the handlers go into the engine's dispatch
+    Called once per engine, when it loads its plugins at start (in a thread, once it is
+    registered; a message of a type the engine does not serve waits for it), never per
+    message: the handlers go into the engine's dispatch
     table, so a message costs one dictionary lookup whichever plugin serves it. A type
     the engine serves itself cannot be taken over, and the first plugin to name a type
     wins. Why a hook of its own: an engine's wire is the cluster's, not a kernel's

@@ -9,10 +9,10 @@ Lifecycle (:meth:`Engine.run`):
    and a scheduler routes the first task to its uuid, the connection is already being
    made (a ROUTER drops messages for identities it does not know yet).
 2. **prepare** — import the interpreter and the serializer while the registration reply
-   is on its way (imports are most of an engine's start-up time), and start loading the
-   plugins (:mod:`.plugins`, when started with a profile) in a thread, waited for before
-   the first message is served.
-3. **register** — wait for ``registration_reply`` ``{id, hb_period, hb_misses}``.
+   is on its way (imports are most of an engine's start-up time).
+3. **register** — wait for ``registration_reply`` ``{id, hb_period, hb_misses}``, then
+   start loading the plugins (:mod:`.plugins`, when started with a profile) in a thread;
+   a message of a type the engine does not serve waits for them.
 4. **serve** — in the main thread, until shutdown.
 
 Threads, and why:
@@ -207,8 +207,8 @@ class Engine:
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
-        #: the profile whose plugins prepare() loads (None: none), and the thread that
-        #: loads them (joined before the first message is served: see .plugins)
+        #: the profile whose plugins start() loads (None: none), and the thread that
+        #: loads them (waited for by a message no handler serves yet: see .plugins)
         self.plugins_profile = plugins
         self._plugins: threading.Thread | None = None
         if parent_pid is None:
@@ -392,10 +392,6 @@ class Engine:
         )
         self.tasks.load()
         self._serialize = self.tasks.serialize
-        if self.plugins_profile is not None and self._plugins is None:
-            from .plugins import start_loading
-
-            self._plugins = start_loading(self, self.plugins_profile)
 
     def register(self) -> int:
         """Connect, prepare and wait for the hub's ``registration_reply``; returns the id.
@@ -541,8 +537,10 @@ class Engine:
         """Register if needed, start the helper threads and install signal handlers."""
         if self.id is None:
             self.register()
-        if self._plugins is not None:  # what they serve, in the tables before any message
-            self._plugins.join()
+        if self.plugins_profile is not None and self._plugins is None:
+            from .plugins import start_loading
+
+            self._plugins = start_loading(self, self.plugins_profile)
         if self._threads_started:
             return
         self._threads_started = True
@@ -769,6 +767,13 @@ class Engine:
         self.replies.flush()
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
+        loader = self._plugins
+        if loader is not None:  # a type a plugin may serve: once they are in, ask again
+            loader.join()
+            handler = self._handlers.get(msg.msg_type)
+            if handler is not None:
+                handler(sock, msg)
+                return
         log.warning("ignoring unknown message type %r", msg.msg_type)
         if msg.msg_type.endswith("_request"):
             self._reply_error(

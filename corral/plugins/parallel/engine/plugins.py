@@ -6,15 +6,17 @@ subscribes to the notification center, registers reducers...), and request types
 their own (``corral_engine_request_handlers``, the engine's counterpart of the kernel's
 ``corral_request_handlers``: see :mod:`corral.plugins.hookspecs`).
 
-When: in a thread started by :meth:`Engine.prepare <.engine.Engine.prepare>`, once the
-registration request is on its way, and waited for before the engine serves its first
-message (:meth:`Engine.start <.engine.Engine.start>`). Finding entry points, importing
-the plugins' modules and reading the configuration take hundreds of milliseconds of CPU
-(the built-in plugins import much of corral), as much as the rest of an engine's start;
-a kernel loads its plugins off its startup path for the same reason. So the engine
-registers at once and its first task waits for the plugins, instead of every engine
-arriving that much later. Never per message: plugins' handlers go into the engine's
-dispatch table, a dictionary lookup like the engine's own. A plugin that fails to load
+When: in a thread started by :meth:`Engine.start <.engine.Engine.start>` once the engine
+is registered, so it runs beside the engine's first tasks instead of before them.
+Finding entry points, importing the plugins' modules and reading the configuration take
+some 170 ms of CPU (more on a busy host), a fifth of a cluster's start; a kernel loads its
+plugins off its startup path for the same reason. Waiting for them before the first task
+made the first task of a fresh cluster ~50% later; now only a message of a type the
+engine does not serve (a plugin's, maybe) waits for the loader (``Engine._unknown``), and
+the engine's own requests never do. So what ``corral_configure`` sets up (observers, ...)
+may miss the first tasks of an engine. Never per message: plugins' handlers go into the
+engine's dispatch table, a dictionary lookup like the engine's own (a dict store while
+the main thread may read it: one operation under the GIL). A plugin that fails to load
 is logged and the engine serves without it (as a kernel does).
 """
 
@@ -53,7 +55,7 @@ def load_plugins(engine: Engine, profile: str | None) -> list[str]:
 
 
 def start_loading(engine: Engine, profile: str) -> threading.Thread:
-    """:func:`load_plugins` in a thread of its own, started; join it before serving."""
+    """:func:`load_plugins` in a thread of its own, started."""
     thread = threading.Thread(
         target=load_plugins, args=(engine, profile), name="corral-engine-plugins", daemon=True
     )
