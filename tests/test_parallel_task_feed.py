@@ -3,6 +3,8 @@
 A client whose process observes ``TASK_STARTED``/``TASK_FINISHED`` (or a
 ``watch_cluster(..., tasks=True)``) hears them from every engine, through the hub, for
 direct, load-balanced and broadcast tasks; with nobody following, no engine sends any.
+The hub's side on its own (a controller in this process, fake peers): it relays only
+while its task topic has a subscriber, and only what an engine says of itself.
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ from typing import Any
 import cloudpickle
 import pytest
 from parallel_client_harness import LiveCluster
+from parallel_fakes import FakeClient, FakeEngine
 
 from corral.notification import shared_center
+from corral.notification.bridge import decode_notification, encode_notification
 from corral.plugins.parallel import events
 from corral.plugins.parallel.client import Client
+from corral.plugins.parallel.clusterfile import read_cluster_file
+from corral.plugins.parallel.controller import ControllerHandle, start_controller
+from corral.transports.zmq.bridge import FEED_MSG_TYPE, FeedSubscriber
+from corral.transports.zmq.door import HUB, cluster_signer
+from corral.transports.zmq.gate import gate_for
+from corral.transports.zmq.session import Session
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -250,3 +260,71 @@ def test_a_watch_that_follows_tasks_hears_them_in_another_process(live: LiveClus
         if watcher.stdin is not None:
             watcher.stdin.close()
         assert watcher.wait(WAIT) == 0
+
+
+@pytest.fixture
+def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControllerHandle]:
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    handle = start_controller("test", mode="threads", db="memory")
+    yield handle
+    handle.stop()
+
+
+def say(engine: FakeEngine, kind: str, engine_id: int | None, msg_id: str) -> None:
+    """What an engine's task feed sends the hub (engine/taskfeed.py), from ``engine``."""
+    info = {"msg_id": msg_id, "msg_type": "apply_request", "engine_id": engine_id}
+    payload = encode_notification(kind, "engine", info).decode()
+    engine.session.send(
+        engine.socks["registration"], FEED_MSG_TYPE, {"notification": payload}, dest=HUB
+    )
+
+
+def test_the_hub_relays_while_followed_and_only_what_an_engine_says_of_itself(
+    controller: ControllerHandle,
+) -> None:
+    info = read_cluster_file(controller.cluster_file)
+    relay = controller._threads.components["hub"].task_relay  # type: ignore[union-attr]
+    client = FakeClient(info)  # subscribes to everything: that is not following tasks
+    engine, other = FakeEngine(info), FakeEngine(info)
+    peers: list[Any] = [client, engine, other]
+    try:
+        engine.register()
+        other.register()
+
+        def settle(done: Any) -> None:
+            """Round trips to the hub (each one more turn of its loop) until ``done()``."""
+            for _ in range(2000):
+                if done():
+                    return
+                client.ask("connection_request")
+            assert done()
+
+        say(engine, events.TASK_STARTED, engine.id, "unfollowed")
+        settle(lambda: relay.relayed == 1)  # posted in the hub's process only
+        assert not relay.wanted and relay.sent == 0
+
+        session = Session(info.key, username="follower", signer=cluster_signer(info.key))
+        follower = FeedSubscriber(
+            info.url("notification"),
+            session,
+            secure=gate_for(info).client,
+            topics=(events.TASK_FEED_TOPIC,),
+        )
+        try:
+            settle(lambda: relay.wanted)
+            say(engine, events.TASK_STARTED, engine.id, "m1")
+            say(other, events.TASK_STARTED, engine.id, "forged")  # names another engine
+            say(engine, events.TASK_FINISHED, engine.id, "m1")
+            heard = [decode_notification(follower.recv(WAIT) or b"") for _ in range(2)]
+            expected = {"msg_id": "m1", "msg_type": "apply_request", "engine_id": engine.id}
+            assert heard == [
+                (events.TASK_STARTED, "hub", expected),
+                (events.TASK_FINISHED, "hub", expected),
+            ]
+            assert relay.refused == 1 and relay.sent == 2
+        finally:
+            follower.close()
+        settle(lambda: not relay.wanted)
+    finally:
+        for peer in peers:
+            peer.close()
