@@ -40,6 +40,8 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_replay_memory.py",
         "test_keyfile.py",
         "test_parallel_coalesce.py",
+        "test_parallel_task_feed.py",
+        "test_parallel_engine_plugins.py",
         "test_bridge_zmq.py",
         "test_cluster_config.py",
         "test_conftest.py",

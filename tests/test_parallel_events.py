@@ -140,10 +140,11 @@ def test_a_client_side_observer_sees_engines_tasks_and_output(
     assert died["uuid"] == joined["uuid"]
     assert not [s for s in recorder.seen if s[0] == events.ENGINE_UNREGISTERED]
     # Engines come and go in the hub, which posted them (re-posted here by name, once);
-    # tasks and output are the client's.
-    engine_kinds = set(events.ENGINE_TYPES)
-    assert {s for k, s, _ in recorder.seen if k in engine_kinds} == {"hub"}
-    assert {id(s) for k, s, _ in recorder.seen if k not in engine_kinds} == {id(rc)}
+    # so are the engines' task starts, which the hub relays while followed (as here: the
+    # recorder observes them); tasks submitted, completed and output are the client's.
+    hub_kinds = {*events.ENGINE_TYPES, *events.TASK_FEED_TYPES}
+    assert {s for k, s, _ in recorder.seen if k in hub_kinds} == {"hub"}
+    assert {id(s) for k, s, _ in recorder.seen if k not in hub_kinds} == {id(rc)}
     assert [k for k, _, i in recorder.seen if k == events.ENGINE_DIED] == [events.ENGINE_DIED]
 
 

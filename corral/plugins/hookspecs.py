@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from corral.core.magics import MagicsRegistry
     from corral.core.serialize import Reducer
     from corral.plugins.parallel.controller.policies import Policy
+    from corral.plugins.parallel.engine.engine import Engine
+    from corral.plugins.parallel.engine.engine import Handler as EngineHandler
     from corral.transports.zmq.kernel import Handler, KernelServer
 
 
@@ -101,6 +103,31 @@ def corral_request_handlers(server: KernelServer) -> Mapping[str, Mapping[str, H
     plugin serves it. A type the kernel serves itself cannot be taken over, and the first
     plugin to name a type wins. The parallel plugin serves ``apply``, ``push``, ``pull``,
     ``clear`` and ``abort`` this way, so a kernel answers what an engine answers.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def corral_engine_request_handlers(
+    engine: Engine,
+) -> Mapping[str, Mapping[str, EngineHandler]] | None:
+    """The engine's :func:`corral_request_handlers`: return request types a parallel
+    engine should serve, by channel: ``{"queues": {"thing_request": handler}}`` (whatever
+    reaches the engine through the mux, task and broadcast queues, its data socket or a
+    same-host client). ``handler(sock, msg)`` runs in the engine's main thread, where
+    tasks run; it answers with ``engine.reply(sock, msg, content)`` (``engine`` is a
+    :class:`~corral.plugins.parallel.engine.engine.Engine`; keep it, the handlers need
+    it). The reply's type is the request's, ``_request`` replaced by ``_reply``.
+
+    Called once per engine, when it loads its plugins at start (in a thread, once it is
+    registered; a message of a type the engine does not serve waits for it), never per
+    message: the handlers go into the engine's dispatch
+    table, so a message costs one dictionary lookup whichever plugin serves it. A type
+    the engine serves itself cannot be taken over, and the first plugin to name a type
+    wins. Why a hook of its own: an engine's wire is the cluster's, not a kernel's
+    (requests arrive already verified, as one message object; replies may be batched),
+    so a kernel's handlers would not fit.
 
     .. versionadded:: 0.1
     """

@@ -6,6 +6,11 @@ A client re-posts them by itself; a process that is not a client (a monitor, a d
 a frontend) calls :func:`watch_cluster` with the cluster file, and the same notifications
 are posted on its center by a receiver thread, sender ``"hub"``.
 
+With ``tasks=True`` the watch also follows tasks: it subscribes the feed's task topic,
+so the engines send their ``TASK_STARTED`` and ``TASK_FINISHED`` through the hub (sender
+``"hub"`` here too) until the watch closes. Nothing is sent for them while no process
+follows tasks (:mod:`.events`).
+
 The feed is a cluster socket like every other: behind the cluster's gate, and every
 message admitted by the door (signature, replay, the ``notifications`` role), so only a
 process holding the cluster key can hear it or speak on it.
@@ -24,12 +29,13 @@ from typing import Any
 
 from corral.notification import NotificationCenter, shared_center
 from corral.notification.bridge import BridgeReceiver
-from corral.transports.zmq.bridge import FeedSubscriber
+from corral.transports.zmq.bridge import FEED_TOPIC, FeedSubscriber
 from corral.transports.zmq.door import cluster_signer
 from corral.transports.zmq.gate import gate_for
 from corral.transports.zmq.session import Session
 
 from .clusterfile import ClusterInfo, read_cluster_file
+from .events import TASK_FEED_TOPIC
 
 __all__ = ["ClusterWatch", "watch_cluster"]
 
@@ -63,9 +69,12 @@ class ClusterWatch:
 def watch_cluster(
     cluster: ClusterInfo | dict[str, Any] | str | os.PathLike[str],
     center: NotificationCenter = shared_center,
+    *,
+    tasks: bool = False,
 ) -> ClusterWatch:
     """Post the engine notifications of ``cluster`` (a cluster file, its path or its
-    dict) on ``center`` until the returned watch is closed."""
+    dict) on ``center`` until the returned watch is closed; with ``tasks``, the task
+    start notifications of its engines too (:data:`.events.TASK_FEED_TYPES`)."""
     if isinstance(cluster, dict):
         info = ClusterInfo.from_dict(cluster)
     elif isinstance(cluster, ClusterInfo):
@@ -76,5 +85,8 @@ def watch_cluster(
     session = Session(
         info.key, scheme=scheme, username="corral-watch", signer=cluster_signer(info.key, scheme)
     )
-    transport = FeedSubscriber(info.url("notification"), session, secure=gate_for(info).client)
+    topics = (FEED_TOPIC, TASK_FEED_TOPIC) if tasks else (FEED_TOPIC,)
+    transport = FeedSubscriber(
+        info.url("notification"), session, secure=gate_for(info).client, topics=topics
+    )
     return ClusterWatch(transport, BridgeReceiver(transport, center))

@@ -10,11 +10,22 @@ center, and its bridge carries them on the cluster's signed notification feed to
 client, which re-posts them in its process (sender: the name ``"hub"``), and to any
 process that calls :func:`corral.plugins.parallel.bus.watch_cluster`.
 
-A post nobody observes costs one dict lookup (the center's promise). The engine asks
-whether its task notifications are observed once per wake-up of its loop, not per task,
-so an unobserved burst pays nothing; an observer registered by a task hears from the next
-burst on. The client posts one per submission and one per reply or output message, from
-its I/O thread: observers there must be quick and must not block.
+The task start types (:data:`TASK_FEED_TYPES`: ``TASK_STARTED``, ``TASK_FINISHED``)
+happen in an engine, which posts them on its own center. They cross to other processes
+only while some process *follows* them: a client in whose process a post from ``"hub"``
+would reach an observer, or a ``watch_cluster(..., tasks=True)``. Such a process
+subscribes the feed's task topic (:data:`TASK_FEED_TOPIC`, by its name: a subscription
+to everything does not count, it would make a raw monitor cost two messages per task);
+the hub sees the subscription (its feed is an XPUB socket) and tells the engines
+(``task_feed_notification`` ``{"wanted": true}`` on the feed, repeated each heartbeat
+while it lasts, and ``task_feed`` in each registration reply). Each engine then bridges
+its two task types to the hub (``bus_notification`` on its registration socket), and the
+hub re-posts them on its center, sender the hub, and carries them on the feed's task
+topic. When the last follower unsubscribes the hub says ``{"wanted": false}`` once and
+the engines close their bridges.
+Nobody following costs nothing per task anywhere: no engine observes its task posts, no
+message leaves it for them. A follower hears the tasks that start once the engines heard
+it (a few milliseconds, at most a heartbeat period), not those running before.
 
 ===========================  ===========  =================================================
 type                         posted in    info keywords
@@ -27,8 +38,9 @@ type                         posted in    info keywords
 ``ENGINE_DIED``              hub          engine_id, uuid, reason (``"heartbeat"``,
                                           ``"exited"`` or ``"died"``)
 ``TASK_SUBMITTED``           client       msg_ids (list), msg_type, channel
-``TASK_STARTED``             engine       msg_id, msg_type, engine_id
-``TASK_FINISHED``            engine       msg_id, msg_type, engine_id
+``TASK_STARTED``             engine, hub  msg_id, msg_type, engine_id (hub: relayed
+                                          while followed, see above)
+``TASK_FINISHED``            engine, hub  msg_id, msg_type, engine_id (likewise)
 ``TASK_COMPLETED``           client       msg_id, msg_type, engine_id, status (``"ok"``,
                                           ``"error"``, ``"aborted"``)
 ``OUTPUT``                   client       msg_id, engine_id, msg_type (iopub type:
@@ -36,10 +48,13 @@ type                         posted in    info keywords
                                           content
 ===========================  ===========  =================================================
 
-In the hub's process the sender is the :class:`~.controller.hub.Hub`; in the client
-process it is the :class:`~.client.client.Client` (the hub's, re-posted: ``"hub"``); in
-the engine process it is the :class:`~.engine.engine.Engine`. Over the bridge all arrive
-as names.
+In the hub's process the sender is the :class:`~.controller.hub.Hub` (also of the task
+start types it relays); in the client process it is the :class:`~.client.client.Client`
+(the hub's, re-posted, and the relayed task start types: ``"hub"``); in the engine
+process it is the :class:`~.engine.engine.Engine`. Over the bridge all arrive as names.
+A task's ``TASK_STARTED`` and ``TASK_FINISHED`` reach a follower in that order (one
+engine, one path); its ``TASK_COMPLETED`` comes by another path (the reply) and may
+arrive before its ``TASK_FINISHED``.
 
 .. versionadded:: 0.1
 """
@@ -58,6 +73,9 @@ __all__ = [
     "OUTPUT",
     "PARALLEL_TYPES",
     "TASK_COMPLETED",
+    "TASK_FEED_STATE",
+    "TASK_FEED_TOPIC",
+    "TASK_FEED_TYPES",
     "TASK_FINISHED",
     "TASK_STARTED",
     "TASK_SUBMITTED",
@@ -89,6 +107,16 @@ PARALLEL_TYPES = (
 
 #: What the hub posts, and its bridge carries to other processes.
 ENGINE_TYPES = (ENGINE_REGISTERED, ENGINE_UNREGISTERED, ENGINE_DIED, ENGINE_RESTARTED)
+
+#: What an engine bridges to the hub while some process follows tasks (see above).
+TASK_FEED_TYPES = (TASK_STARTED, TASK_FINISHED)
+
+#: The feed topic of the relayed task notifications. Not a prefix of any other topic, nor
+#: any other of it: a subscription to the engine notifications does not follow tasks.
+TASK_FEED_TOPIC = b"bus_task"
+
+#: What the hub tells engines on the feed (also its topic): ``{"wanted": bool}``.
+TASK_FEED_STATE = "task_feed_notification"
 
 #: Session ids of the hubs serving in this process (a controller in threads mode): a client
 #: here does not re-post what they send, since they posted it here already.

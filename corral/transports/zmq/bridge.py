@@ -332,12 +332,19 @@ class FeedPublisher:
     :class:`~.session.Session` signs, :class:`FeedSubscriber` admits). A PUB socket
     drops what no subscriber asked for, so a feed nobody reads costs the send call only.
 
+    ``topic`` (default :data:`FEED_TOPIC`) is the topic frame: a publisher may keep some
+    notifications on a topic of their own, which only the subscribers that asked for it
+    receive (and whose subscriptions an XPUB owner can see apart).
+
     Send-only; ``send`` must be called from the thread that owns ``socket``.
     """
 
-    def __init__(self, socket: zmq.Socket[Any], session: Session) -> None:
+    def __init__(
+        self, socket: zmq.Socket[Any], session: Session, topic: bytes = FEED_TOPIC
+    ) -> None:
         self._socket = socket
         self._session = session
+        self._topic = [topic]
         self._closed = False
 
     def send(self, data: bytes) -> None:
@@ -345,7 +352,7 @@ class FeedPublisher:
             raise OSError("transport is closed")
         content = {"notification": data.decode("utf-8")}
         try:
-            self._session.send(self._socket, FEED_MSG_TYPE, content, identities=[FEED_TOPIC])
+            self._session.send(self._socket, FEED_MSG_TYPE, content, identities=self._topic)
         except zmq.ZMQError as exc:
             raise OSError(str(exc)) from exc
 
@@ -370,8 +377,9 @@ class FeedSubscriber:
 
     ``session`` admits every message (signature, replay, the ``notifications`` role:
     :func:`~.door.admit`); ``secure`` is applied to the socket before it connects (the
-    cluster gate's client credentials). Refused messages are counted in
-    :attr:`refused` by the session and skipped. Receive-only.
+    cluster gate's client credentials). ``topics`` are the feed topics subscribed (the
+    publishers' ``topic``). Refused messages are counted in :attr:`refused` by the session
+    and skipped. Receive-only.
     """
 
     def __init__(
@@ -381,6 +389,7 @@ class FeedSubscriber:
         *,
         secure: Callable[[zmq.Socket[Any]], Any] | None = None,
         context: zmq.Context[Any] | None = None,
+        topics: tuple[bytes, ...] = (FEED_TOPIC,),
     ) -> None:
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
@@ -389,7 +398,8 @@ class FeedSubscriber:
         self._sub.linger = 0
         if secure is not None:
             secure(self._sub)
-        self._sub.subscribe(FEED_TOPIC)
+        for topic in topics:
+            self._sub.subscribe(topic)
         self._sub.connect(url)
         self._waker = _Waker(self._context, self._sub)
         self._lock = threading.Lock()

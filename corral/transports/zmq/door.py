@@ -178,8 +178,9 @@ _CONTROL = (
 #: What each receiving socket accepts, by ``msg_type``: a correctly signed message of any
 #: other kind is refused there (:class:`RoleRefused`). Keys name the receiving side.
 ROLES: dict[str, Role] = {
-    # hub: the registration socket serves only the hub's own request types
-    "registration": Role("registration", _HUB_REQUESTS),
+    # hub: the registration socket serves only the hub's own request types, and takes
+    # the engines' bridged task notifications (bridge.FEED_MSG_TYPE) while followed
+    "registration": Role("registration", (*_HUB_REQUESTS, "bus_notification")),
     # a queue's client side forwards requests; its engine side replies (and the task
     # scheduler's start notices, which go no further than the scheduler)
     "queue_client": Role("queue_client", suffixes=("_request",)),

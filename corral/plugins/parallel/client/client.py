@@ -29,7 +29,7 @@ from corral.core.serialize import pack_apply
 from corral.notification import shared_center
 from corral.notification.bridge import repost
 from corral.transports.zmq import wire
-from corral.transports.zmq.bridge import feed_payload
+from corral.transports.zmq.bridge import FEED_TOPIC, feed_payload
 from corral.transports.zmq.door import cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.keyfile import endpoint
@@ -59,6 +59,9 @@ __all__ = ["Client", "EngineInfo"]
 log = logging.getLogger("corral.plugins.parallel.client")
 
 _REPLY_CHANNELS = frozenset(["mux", "task", "broadcast", "control"])
+#: What a client hears on the hub's feed: engines coming and going, and the hub's posts.
+#: The task topic (events.TASK_FEED_TOPIC) only while someone here follows tasks.
+_NOTIFICATION_TOPICS = (b"registration_notification", b"unregistration_notification", FEED_TOPIC)
 #: iopub messages that are not a task's output (not posted as events.OUTPUT).
 _NOT_OUTPUT = frozenset(["status", "execute_input"])
 #: How many finished results, still referenced by the caller, stay findable by msg_id
@@ -266,6 +269,8 @@ class Client(ClientCompat):
         # msg_id -> future of a hub or control request waited for by some thread
         self._waiters: dict[str, concurrent.futures.Future[Parsed]] = {}
 
+        #: whether this client subscribes the feed's task topic (see _follow_tasks)
+        self._following = False
         self._context: zmq.Context[Any] = zmq.Context()
         self._io = self._connect(info)
         try:
@@ -291,10 +296,30 @@ class Client(ClientCompat):
         watch_ms = max(100, int(hb_period * 1000))
         for name in ("registration", "mux", "control", "task", "broadcast"):
             io.add_socket(name, zmq.DEALER, _url(info, name), watch_ms=watch_ms)
-        io.add_socket("notification", zmq.SUB, _url(info, "notification"), subscribe=b"")
+        io.add_socket(
+            "notification", zmq.SUB, _url(info, "notification"), subscribe=_NOTIFICATION_TOPICS
+        )
         io.add_socket("iopub", zmq.SUB, _url(info, "iopub"), subscribe=b"")
         io.start()
+        self._following = False
+        self._follow_tasks(io)
         return io
+
+    def _follow_tasks(self, io: ClientIO | None = None) -> None:
+        """Subscribe the feed's task topic while a task start notification re-posted here
+        (sender ``"hub"``) would reach an observer, and unsubscribe once none would: the
+        hub then has the engines send theirs (see corral.plugins.parallel.events).
+
+        Asked at connection and at each submission (two lookups): an observer registered
+        now hears the tasks that start once the engines heard of it, a few milliseconds
+        after the next submission."""
+        center = shared_center
+        wanted = center.has_observers(events.TASK_STARTED, "hub") or center.has_observers(
+            events.TASK_FINISHED, "hub"
+        )
+        if wanted is not self._following:
+            self._following = wanted
+            (io or self._io).subscription("notification", events.TASK_FEED_TOPIC, wanted)
 
     def _check_gate(self, url: str, timeout: float | None) -> None:
         """Fail at once, saying why, if the controller's gate refuses this client's key
@@ -748,6 +773,7 @@ class Client(ClientCompat):
         build = self._builder.build
         send = self._io.send
         dest = dest_for(channel)
+        self._follow_tasks()
         # Before sending: an observer hears of a task before its completion.
         shared_center.post(
             events.TASK_SUBMITTED, self, msg_ids=msg_ids, msg_type=msg_type, channel=channel
@@ -961,6 +987,7 @@ class Client(ClientCompat):
         self._remember(msg_id, result)
         self._history.append(msg_id)
         result._request = ("broadcast", msg_type, content, metadata, buffers, targets)
+        self._follow_tasks()
         shared_center.post(
             events.TASK_SUBMITTED, self, msg_ids=[msg_id], msg_type=msg_type, channel="broadcast"
         )

@@ -137,12 +137,14 @@ class ClientIO:
         channel: str,
         kind: int,
         url: str,
-        subscribe: bytes | None = None,
+        subscribe: bytes | tuple[bytes, ...] | None = None,
         copy: bool = True,
         watch_ms: int = 0,
         stream: bool = False,
     ) -> None:
         """Create and connect a socket named ``channel`` (in the I/O thread if running).
+
+        ``subscribe``: the topic (or topics) a SUB socket subscribes.
 
         ``copy=False`` receives zmq frames instead of bytes: for the direct data path,
         where a 50 MB buffer should become an array without another copy.
@@ -162,6 +164,17 @@ class ClientIO:
             )
         else:
             self._add_socket(channel, kind, url, subscribe, watch_ms, stream)
+
+    def subscription(self, channel: str, topic: bytes, on: bool) -> None:
+        """Subscribe the SUB socket ``channel`` to ``topic``, or unsubscribe it (in the
+        I/O thread, after what is already queued)."""
+
+        def apply() -> None:
+            sock = self._sockets.get(channel)
+            if sock is not None:
+                sock.setsockopt(zmq.SUBSCRIBE if on else zmq.UNSUBSCRIBE, topic)
+
+        self.call_soon(apply)
 
     def has_socket(self, channel: str) -> bool:
         return channel in self._sockets
@@ -192,7 +205,7 @@ class ClientIO:
         channel: str,
         kind: int,
         url: str,
-        subscribe: bytes | None,
+        subscribe: bytes | tuple[bytes, ...] | None,
         watch_ms: int = 0,
         stream: bool = False,
     ) -> None:
@@ -208,8 +221,8 @@ class ClientIO:
         sock.rcvhwm = 0
         if kind == zmq.DEALER:
             sock.identity = self.identity
-        if subscribe is not None:
-            sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+        for topic in (subscribe,) if isinstance(subscribe, bytes) else subscribe or ():
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
         if watch_ms > 0:
             sock.heartbeat_ivl = watch_ms
             sock.heartbeat_timeout = 2 * watch_ms

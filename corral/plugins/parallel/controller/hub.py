@@ -34,7 +34,7 @@ from corral.notification import NotificationCenter, shared_center
 from corral.notification.bridge import BridgeSender
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
-from corral.transports.zmq.bridge import FEED_TOPIC, FeedPublisher
+from corral.transports.zmq.bridge import FEED_MSG_TYPE, FEED_TOPIC, FeedPublisher
 from corral.transports.zmq.door import (
     BUFFERS_COUNTED,
     BUFFERS_HASHED,
@@ -62,6 +62,7 @@ from .base import (
 )
 from .heartbeat import HeartMonitor
 from .taskdb import TaskDB
+from .taskfeed import TaskRelay
 
 __all__ = ["EngineRecord", "Hub"]
 
@@ -212,6 +213,8 @@ class Hub(Component):
         self._bus: BridgeSender | None = None
         #: topics with at least one subscriber on ``notification`` (on_subscription)
         self._topics: set[bytes] = set()
+        #: relays engines' task start notifications while a process follows them
+        self.task_relay = TaskRelay(self)
         #: result bytes waiting for the database writer beyond which copies stay unread
         self.flow_bound = flow_bound
         signer = cluster_signer(key, scheme)
@@ -311,6 +314,7 @@ class Hub(Component):
 
     def close(self) -> None:
         self._feed(False)
+        self.task_relay.close()
         events.LOCAL_FEEDS.discard(self.session.session_id)
         socks = [self.registration, self.hb_ping, self.hb_pong, self.notification, self.monitor]
         for sock in (*socks, self._control, self._iopub):
@@ -376,8 +380,8 @@ class Hub(Component):
 
     def on_subscription(self, frames: list[zmq.Frame]) -> None:
         """A topic's first subscription or its last unsubscription on ``notification``
-        (what an XPUB passes on): a queue's marker counts it in, and the bus feed runs
-        only while a subscription matches it."""
+        (what an XPUB passes on): a queue's marker counts it in, and the bus feed and
+        the task relay (:mod:`.taskfeed`) run only while a subscription matches them."""
         raw = frames[0].bytes
         if not raw:
             return
@@ -388,6 +392,9 @@ class Hub(Component):
         else:
             self._topics.discard(topic)
         self._feed(any(FEED_TOPIC.startswith(t) for t in self._topics))
+        # Followed only when asked by name: a subscription to everything (b"", a raw
+        # monitor) does not make every engine send two messages per task.
+        self.task_relay.want(events.TASK_FEED_TOPIC in self._topics)
 
     def _feed(self, wanted: bool) -> None:
         """Carry this hub's engine notifications onto the feed, or stop: a bridge that
@@ -474,6 +481,7 @@ class Hub(Component):
                 if now >= heart.next_at:
                     beat, dead = heart.tick(now)
                     self.hb_ping.send(beat)
+                    self.task_relay.beat()
                     for uuid in dead:
                         self.unregister(uuid, "heartbeat")
         finally:
@@ -580,6 +588,8 @@ class Hub(Component):
             "hb_period": self.heart.period,
             "hb_misses": self.heart.misses,
             "beat": self.heart.beat,
+            # whether to bridge its task start notifications to the hub (.taskfeed)
+            "task_feed": self.task_relay.wanted,
         }
 
     def _new_engine_id(self, wanted: Any) -> int:
@@ -793,6 +803,9 @@ class Hub(Component):
             return
         msg_type = msg["msg_type"]
         content = msg["content"]
+        if msg_type == FEED_MSG_TYPE:  # an engine's task notification: no reply
+            self.task_relay.receive(idents[0], content)
+            return
         handler = self._HANDLERS.get(msg_type)
         buffers: list[Any] = []
         if handler is None:

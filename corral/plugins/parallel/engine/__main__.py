@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="debug, info, warning (default) or error",
     )
     parser.add_argument("--ip", default=None, help="controller address (default: the file's)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="the corral profile whose plugins the engine loads (default: the profile the "
+        "cluster file is in, else $CORRAL_PROFILE, else 'default')",
+    )
     parser.add_argument(
         "--hub-timeout",
         type=float,
@@ -57,6 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def plugin_profile(explicit: str | None, cluster_file: str) -> str:
+    """The profile whose plugins an engine loads: the one asked for, else the one its
+    cluster file belongs to (``<base>/profile_<name>/security/cluster-<id>.json``: the
+    cluster's own), else ``$CORRAL_PROFILE``, else ``default``."""
+    if explicit:
+        return explicit
+    security = Path(cluster_file).resolve().parent
+    if security.name == "security" and security.parent.name.startswith("profile_"):
+        return security.parent.name.removeprefix("profile_")
+    return os.environ.get("CORRAL_PROFILE") or "default"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run an engine; returns the exit status."""
     args = parse_args(argv)
@@ -76,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             controller_grace=args.controller_grace,
             # Under a monitor: the uuid it chose, so it can name this engine to the hub.
             uuid=os.environ.get("CORRAL_ENGINE_UUID") or None,
+            plugins=plugin_profile(args.profile, args.file),
         )
     except (OSError, ValueError, EngineJoinError) as exc:
         logging.getLogger("corral.parallel.engine").error("cannot start: %s", exc)

@@ -10,7 +10,9 @@ Lifecycle (:meth:`Engine.run`):
    made (a ROUTER drops messages for identities it does not know yet).
 2. **prepare** — import the interpreter and the serializer while the registration reply
    is on its way (imports are most of an engine's start-up time).
-3. **register** — wait for ``registration_reply`` ``{id, hb_period, hb_misses}``.
+3. **register** — wait for ``registration_reply`` ``{id, hb_period, hb_misses}``, then
+   start loading the plugins (:mod:`.plugins`, when started with a profile) in a thread;
+   a message of a type the engine does not serve waits for them.
 4. **serve** — in the main thread, until shutdown.
 
 Threads, and why:
@@ -107,6 +109,7 @@ from .recovery import ControllerRecovery
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
 from .started import StartedIds
+from .taskfeed import TaskFeed
 from .tasks import Tasks
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
@@ -145,7 +148,9 @@ class Engine:
     (default: the cluster file's ``controller_grace``, else ``CORRAL_CONTROLLER_GRACE``,
     else 60) for a controller restarted on the same cluster, re-registers with it under
     the same id and keeps its namespace, and exits only if none came. ``parent_pid`` ends
-    it when that process exits (default: ``CORRAL_PARENT_PID``).
+    it when that process exits (default: ``CORRAL_PARENT_PID``). ``plugins`` names the
+    profile whose plugins the engine loads at start (:mod:`.plugins`; the engine process
+    passes ``--profile``, else its cluster file's profile); None loads none.
 
     .. versionadded:: 0.1
     """
@@ -161,6 +166,7 @@ class Engine:
         parent_pid: int | None = None,
         uuid: str | None = None,
         controller_grace: float | None = None,
+        plugins: str | None = None,
     ) -> None:
         info = as_dict(cluster)
         missing = [k for k in REQUIRED if k not in info]
@@ -207,6 +213,10 @@ class Engine:
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
+        #: the profile whose plugins start() loads (None: none), and the thread that
+        #: loads them (waited for by a message no handler serves yet: see .plugins)
+        self.plugins_profile = plugins
+        self._plugins: threading.Thread | None = None
         if parent_pid is None:
             env = os.environ.get("CORRAL_PARENT_PID", "")
             parent_pid = int(env) if env.isdigit() else None
@@ -220,6 +230,8 @@ class Engine:
         self.center = shared_center
         #: Whether task notifications have observers (see _refresh_observed).
         self._observed = False
+        #: Bridges them to the hub while some process follows tasks (see .taskfeed).
+        self.task_feed = TaskFeed(self)
         #: This engine served as a Jupyter kernel too, once bound (see .bound).
         self.bound_kernel: Any = None
         #: Sockets of the bound kernel the main loop polls with its own.
@@ -435,6 +447,7 @@ class Engine:
             self._hub_beat = beat if type(beat) is int else None
             self.hb_period = float(content.get("hb_period") or self.hb_period)
             self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
+            self.task_feed.wanted = content.get("task_feed") is True
             break
         self._after_registration()
         self.announce()
@@ -476,6 +489,7 @@ class Engine:
             on_silent=self.recovery.on_silent,
             on_back=self.recovery.on_back,
             beat=self._hub_beat,
+            on_task_feed=self._on_task_feed,
         )
 
     def watch_sockets(self, sockets: tuple[Any, ...]) -> None:
@@ -491,11 +505,20 @@ class Engine:
                 self._poller.unregister(sock)
         self._hosted = tuple(s for s in self._hosted if s not in sockets)
 
+    def _on_task_feed(self, wanted: bool) -> None:
+        """Hub watch's thread: the hub says whether some process follows tasks (the
+        main loop opens or closes the bridge at its next wake-up)."""
+        self.task_feed.wanted = wanted
+
     def _refresh_observed(self) -> None:
         """Whether anyone observes this engine's task notifications: asked once per
         wake-up of the main loop, not per task, so a burst of tasks nobody watches pays
         nothing for them. An observer registered during a burst (by a task) hears the
-        tasks of the next one."""
+        tasks of the next one; so does the bridge to the hub (.taskfeed), which opens
+        here."""
+        feed = self.task_feed
+        if feed.wanted is not feed.on:
+            feed.sync()
         center = self.center
         self._observed = center.has_observers(TASK_STARTED) or center.has_observers(TASK_FINISHED)
 
@@ -520,6 +543,10 @@ class Engine:
         """Register if needed, start the helper threads and install signal handlers."""
         if self.id is None:
             self.register()
+        if self.plugins_profile is not None and self._plugins is None:
+            from .plugins import start_loading
+
+            self._plugins = start_loading(self, self.plugins_profile)
         if self._threads_started:
             return
         self._threads_started = True
@@ -751,6 +778,13 @@ class Engine:
         self.replies.flush()
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
+        loader = self._plugins
+        if loader is not None:  # a type a plugin may serve: once they are in, ask again
+            loader.join()
+            handler = self._handlers.get(msg.msg_type)
+            if handler is not None:
+                handler(sock, msg)
+                return
         log.warning("ignoring unknown message type %r", msg.msg_type)
         if msg.msg_type.endswith("_request"):
             self._reply_error(
@@ -758,6 +792,21 @@ class Engine:
             )
 
     # ------------------------------------------------------------ replies
+
+    def reply(
+        self,
+        sock: Destination,
+        msg: Message,
+        content: dict[str, Any],
+        buffers: list[Any] | tuple[Any, ...] = (),
+    ) -> None:
+        """Answer ``msg`` with ``content`` (JSON) and ``buffers``: how a plugin's request
+        handler replies (``corral_engine_request_handlers``). The metadata says this
+        engine and ``content``'s status, as every reply of the engine does."""
+        now = iso_now()
+        status = str(content.get("status", "ok"))
+        metadata = self._metadata(now, now, status, 0)
+        self._send(sock, msg, wire.json_dumps(content), metadata, buffers, now)
 
     def _publish_data(self, data: dict[str, Any]) -> None:
         """``corral.datapub.publish_data`` in a task: a ``data_message`` on iopub, parented
@@ -869,6 +918,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        self.task_feed.close()
         bound.close_bound(self)
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams

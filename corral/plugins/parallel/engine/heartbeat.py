@@ -34,6 +34,8 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.door import ROLES, deserialize
 from corral.transports.zmq.heartbeat import ProxyThread
 
+from ..events import TASK_FEED_STATE
+
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
 
 log = logging.getLogger("corral.parallel.engine")
@@ -111,6 +113,7 @@ class HubWatch(threading.Thread):
         on_back: Callable[[float], None] | None = None,
         beat: int | None = None,
         gate: Any = None,
+        on_task_feed: Callable[[bool], None] | None = None,
     ) -> None:
         super().__init__(name="corral-engine-hubwatch", daemon=True)
         self.timeout = timeout
@@ -137,6 +140,8 @@ class HubWatch(threading.Thread):
         self._context = context
         self._uuid = uuid
         self._signer = signer
+        #: called with the hub's task_feed_notification (see .taskfeed)
+        self.on_task_feed = on_task_feed
         self._notices: zmq.Socket[Any] | None = None
         if notification_url and uuid and signer is not None:
             self._notices = context.socket(zmq.SUB)
@@ -144,6 +149,8 @@ class HubWatch(threading.Thread):
                 gate.client(self._notices)
             self._notices.linger = 0
             self._notices.setsockopt(zmq.SUBSCRIBE, b"unregistration_notification")
+            if on_task_feed is not None:
+                self._notices.setsockopt(zmq.SUBSCRIBE, TASK_FEED_STATE.encode("ascii"))
             self._notices.connect(notification_url)
 
     def run(self) -> None:
@@ -196,7 +203,8 @@ class HubWatch(threading.Thread):
         return previous is not None and not previous < number <= previous + _SAME_HUB_STEPS
 
     def _unregistered(self) -> str | None:
-        """The reason the hub gave for dropping this engine, if a notice names it."""
+        """The reason the hub gave for dropping this engine, if a notice names it (a
+        notice of the task feed's state goes to ``on_task_feed``)."""
         assert self._notices is not None and self._signer is not None
         while self._notices.poll(0):
             frames = self._notices.recv_multipart()
@@ -206,6 +214,10 @@ class HubWatch(threading.Thread):
                 log.warning("dropped a notification that failed its checks: %s", error)
                 continue
             content = msg["content"]
+            if msg["msg_type"] == TASK_FEED_STATE:
+                if self.on_task_feed is not None:
+                    self.on_task_feed(content.get("wanted") is True)
+                continue
             if content.get("uuid") == self._uuid:
                 return f"the controller dropped this engine ({content.get('reason', '?')})"
         return None

@@ -163,6 +163,7 @@ class ControllerRecovery:
             log.error("the restarted controller refused this engine: %s", reply.get("evalue"))
             self.engine._stop("re-registration refused", 1)
             return
+        self.engine.task_feed.wanted = reply.get("task_feed") is True
         if reply["id"] != self.engine.id:
             log.warning("engine %s re-registered as engine %d", self.engine.id, reply["id"])
             self.engine.id = int(reply["id"])

@@ -25,7 +25,6 @@ import re
 import signal
 import subprocess
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 from corral.core.config import Option
 from corral.plugins.parallel.launchers.batch import (
@@ -61,6 +60,15 @@ def runtime_seconds(text: str) -> int:
         parts.append(0)
     hours, minutes, seconds = parts
     return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def quoteattr(value: str) -> str:
+    """``xml.sax.saxutils.quoteattr``, imported on first use: that module imports
+    ``urllib.request`` (and with it http, ssl, email), some 45 ms that every process
+    loading the plugins (each engine, at start) would pay for a launcher it never uses."""
+    from xml.sax.saxutils import quoteattr as quote
+
+    return quote(value)
 
 
 class WindowsHPCEngineSetLauncher(BatchEngineSetLauncher):

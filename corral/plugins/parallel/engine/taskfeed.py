@@ -1,0 +1,98 @@
+"""An engine's task start notifications to the hub, only while some process follows them.
+
+Why: ``TASK_STARTED`` and ``TASK_FINISHED`` happen here, and the engine already posts
+them only when its center has observers (asked once per wake-up of the main loop, see
+``Engine._refresh_observed``). While the hub says some process follows tasks
+(``task_feed`` in the registration reply, ``task_feed_notification`` on the feed, heard by
+the hub watch's thread), :class:`TaskFeed` is such an observer: a
+:class:`~corral.notification.bridge.BridgeSender` that sends each post to the hub as a
+signed ``bus_notification`` on the registration socket, which the main thread owns, as
+it owns the posts. Otherwise no bridge exists, nothing observes the posts, and a task
+costs what it cost before. See :mod:`..events` and :mod:`..controller.taskfeed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from corral.notification.bridge import BridgeSender
+from corral.transports.zmq import wire
+from corral.transports.zmq.bridge import FEED_MSG_TYPE
+from corral.transports.zmq.door import HUB
+
+from ..events import TASK_FEED_TYPES
+from ._wire import send_frames
+
+__all__ = ["TaskFeed"]
+
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+class _ToHub:
+    """The bridge transport: one signed ``bus_notification`` to the hub per post.
+
+    A notification is not worth waiting for: one the socket cannot take at once (the
+    controller gone, or far behind) is dropped and counted in :attr:`dropped`."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.dropped = 0
+
+    def send(self, data: bytes) -> None:
+        engine = self._engine
+        content = wire.json_dumps({"notification": data.decode("utf-8")})
+        frames = engine.replier.frames((), FEED_MSG_TYPE, b"{}", b"{}", content, dest=HUB)
+        try:
+            send_frames(engine.registration, frames, _NOBLOCK)
+        except zmq.ZMQError:
+            self.dropped += 1
+
+    def recv(self, timeout: float | None) -> bytes | None:
+        raise EOFError("an engine's task feed only sends")
+
+    def close(self) -> None:
+        pass  # the registration socket is the engine's
+
+
+class TaskFeed:
+    """Whether the hub wants this engine's task notifications, and the bridge that sends
+    them while it does.
+
+    :attr:`wanted` is written by whoever hears the hub (a plain bool: the registration
+    reply in the main thread, the hub watch's thread); :meth:`sync` follows it, in the
+    main thread only, once per wake-up of its loop.
+    """
+
+    __slots__ = ("_bus", "_done", "_engine", "on", "wanted")
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        #: What the hub said last: some process follows tasks.
+        self.wanted = False
+        #: Whether the bridge is open (what ``wanted`` was at the last :meth:`sync`).
+        self.on = False
+        self._bus: BridgeSender | None = None
+        self._done = 0
+
+    @property
+    def sent(self) -> int:
+        """Notifications sent to the hub in this engine's life."""
+        return self._done + (0 if self._bus is None else self._bus.sent)
+
+    def sync(self) -> None:
+        """Open the bridge, or close it, as :attr:`wanted` says (main thread)."""
+        wanted = self.wanted
+        if wanted and self._bus is None:
+            engine = self._engine
+            self._bus = BridgeSender(_ToHub(engine), engine.center, TASK_FEED_TYPES, sender=engine)
+        elif not wanted and self._bus is not None:
+            self._done += self._bus.sent
+            self._bus.close()
+            self._bus = None
+        self.on = wanted
+
+    def close(self) -> None:
+        self.wanted = False
+        self.sync()
