@@ -30,7 +30,7 @@ from corral.notification import shared_center
 from corral.notification.bridge import repost
 from corral.transports.zmq import wire
 from corral.transports.zmq.bridge import feed_payload
-from corral.transports.zmq.door import cluster_signer, dest_of
+from corral.transports.zmq.door import BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.keyfile import endpoint
 
@@ -604,6 +604,8 @@ class Client(ClientCompat):
             self.dropped += 1
             # per cause and channel (bounded keys); the latest reason stands for the peer
             self.refusals.refused(f"{type(exc).__name__} on {channel}", str(exc)[:200])
+            if isinstance(exc, BuffersAltered) and isinstance(exc.message, Parsed):
+                self._fail_altered(channel, exc.message, exc)
             return
         if stored:  # its buffers wait in the task database (corral.plugins.parallel.flow)
             self._stored.add(msg, frames[2])  # [STORED, DELIM, signature, ...]
@@ -616,6 +618,32 @@ class Client(ClientCompat):
             self._on_notification(msg)
         elif channel == "registration":
             self._on_callback(msg)
+
+    def _fail_altered(self, channel: str, msg: Parsed, exc: BuffersAltered) -> None:
+        """A reply whose buffers do not match its signed digests (a stream that stalled
+        or broke on the way, or tampering) fails the request it answers: its header is
+        genuine, and that reply will not come again, so waiting would be for ever."""
+        msg_id = msg.parent_header.get("msg_id")
+        result = self._pending.get(msg_id)  # type: ignore[arg-type]
+        if result is None:
+            return
+        engine_id = self._direct.get(msg_id)  # type: ignore[arg-type]
+        if engine_id is None:
+            engine_id = msg.metadata.get("engine_id")
+        index = result._slot(msg_id, engine_id)  # type: ignore[arg-type]
+        if index is None:
+            return
+        log.error("refused the reply to %s on %s: %s", msg_id, channel, exc)
+        error = RemoteError(
+            "BuffersAltered",
+            f"the reply's buffers were refused ({exc}); the request may have run",
+            engine_id=engine_id,
+            msg_id=msg_id,
+        )
+        result._fail_slot(index, error)
+        if result.done():
+            self._pending.pop(msg_id, None)  # type: ignore[arg-type]
+            self._direct.pop(msg_id, None)  # type: ignore[arg-type]
 
     def _on_reply(self, msg: Parsed) -> None:
         msg_id = msg.parent_header.get("msg_id")
