@@ -246,6 +246,8 @@ class Client(ClientCompat):
         # msg_ids submitted by this client, newest last (ipyparallel's ``rc.history``).
         self._history: deque[str] = deque(maxlen=_RECENT_LIMIT)
         self._data_channels: set[str] = set()
+        #: makes "first use opens the socket" one step (see _data_channel)
+        self._data_lock = threading.Lock()
         self._functions = FunctionCache()
         self._closed = False
         self.dropped = 0
@@ -963,9 +965,15 @@ class Client(ClientCompat):
         if not engine.data_url:
             return None
         channel = f"data:{engine_id}:{engine.uuid}"
-        if channel not in self._data_channels:
-            self._data_channels.add(channel)
-            self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False, stream=True)
+        if channel in self._data_channels:
+            return channel
+        # A second thread that saw the name in the set before the socket's creation was
+        # queued would queue its request ahead of it, and the I/O thread would drop it
+        # ("no socket"), its caller then waiting for ever: name and creation go together.
+        with self._data_lock:
+            if channel not in self._data_channels:
+                self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False, stream=True)
+                self._data_channels.add(channel)
         return channel
 
     def _broadcast(
