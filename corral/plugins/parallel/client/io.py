@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from corral.transports.zmq.batch import BatchError, is_batch, pack_batches, unbatch
-from corral.transports.zmq.chunkstream import stall_deadline, stream_large_frames
+from corral.transports.zmq.chunkstream import stall_clock, stream_large_frames
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 
 __all__ = ["ClientIO", "recv_frames", "send_frames"]
@@ -69,7 +69,7 @@ class ClientIO:
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._channel_of: dict[zmq.Socket[Any], str] = {}
         #: sockets whose large frames come as streams (data channels): see _stalled_wait
-        self._streamed: dict[zmq.Socket[Any], str] = {}
+        self._streamed: dict[zmq.Socket[Any], tuple[str, Callable[[], float | None]]] = {}
         #: monitor PAIR socket -> the channel whose disconnections it reports
         self._monitors: dict[zmq.Socket[Any], str] = {}
         #: called in this thread with a watched channel's name when its peer went away
@@ -222,7 +222,7 @@ class ClientIO:
         self._sockets[channel] = sock
         self._channel_of[sock] = channel
         if stream:
-            self._streamed[sock] = channel
+            self._streamed[sock] = (channel, stall_clock(sock))
         self._poller.register(sock, zmq.POLLIN)
 
     def _flush_outbox(self) -> None:
@@ -287,8 +287,8 @@ class ClientIO:
         (chunkstream), and that deadline: a stream that stops must end in an error, and
         only a receive once its deadline has passed ends it (no message will wake us)."""
         stall = None
-        for sock in self._streamed:
-            deadline = stall_deadline(sock)
+        for _, stall_deadline in self._streamed.values():
+            deadline = stall_deadline()
             if deadline is not None and (stall is None or deadline < stall):
                 stall = deadline
         if stall is None:
@@ -300,8 +300,8 @@ class ClientIO:
         """Receive on every stream socket whose stall deadline has passed: the stalled
         stream comes out cut short and fails its request (Client._dispatch)."""
         now = time.monotonic()
-        for sock, channel in list(self._streamed.items()):
-            deadline = stall_deadline(sock)
+        for sock, (channel, stall_deadline) in list(self._streamed.items()):
+            deadline = stall_deadline()
             if deadline is not None and deadline <= now and sock in self._channel_of:
                 self._drain(sock, channel)
 

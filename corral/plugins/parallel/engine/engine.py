@@ -68,7 +68,7 @@ from zmq.backend import zmq_poll
 
 from corral.notification.center import shared_center
 from corral.transports.zmq import wire
-from corral.transports.zmq.chunkstream import stall_deadline
+from corral.transports.zmq.chunkstream import stall_clock
 from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
@@ -555,6 +555,7 @@ class Engine:
         for sock in (self.data_socket, self.mux, self.task, self.broadcast):
             poller.register(sock, _POLLIN)
         data_socket = self.data_socket
+        stall_deadline = stall_clock(data_socket)
         inbox = self._inbox
         pending = self._pending
         serve = self._serve_one
@@ -578,7 +579,7 @@ class Engine:
                 if replies.held:
                     replies.flush()  # nothing more to run now: let them go
                 due = same_host.due
-                stall = stall_deadline(data_socket)
+                stall = stall_deadline()
                 if due is None and stall is None:
                     events = poller.poll()
                 else:
