@@ -6,6 +6,8 @@ refuses what arrived)."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -244,3 +246,91 @@ def test_a_huge_announcement_is_refused_not_allocated(pair: Pair) -> None:
     pair.client.send_multipart([mark(0, 1 << 62), b"x"])
     fr.send_frames(pair.client, [b"after"])
     assert [bytes(f) for f in receive(pair.server)[1:]] == [b"after"]
+
+
+def _deadline_wait(sock: zmq.Socket[Any]) -> list[Any]:
+    """Receive as the engine's loop and the client's I/O thread do with a stream in
+    progress: poll until its stall deadline, and receive (``NOBLOCK``) once it passed,
+    whether or not the poll saw anything."""
+    while True:
+        deadline = cs.stall_deadline(sock)
+        timeout = (
+            None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+        )
+        sock.poll(timeout)
+        try:
+            return fr.recv_frames(sock, fr.NOBLOCK)
+        except zmq.Again:
+            continue
+
+
+def test_a_stalled_stream_ends_cut_short_and_says_why(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its sender stopped after one chunk of four: once no chunk has come for
+    STALL_TIMEOUT, the message comes out with what arrived, and its digest check says
+    why it is short; the socket then serves the next message."""
+    monkeypatch.setattr(cs, "STALL_TIMEOUT", 0.5)
+    data = os.urandom(4 * cs.CHUNK)
+    _send_stream(pair.client, data, _pieces(data)[:1])
+    assert pair.server.poll(30_000)
+    with pytest.raises(zmq.Again):  # in progress, not stalled yet
+        for _ in range(50):
+            fr.recv_frames(pair.server, fr.NOBLOCK)
+    started = time.monotonic()
+    assert cs.stall_deadline(pair.server) is not None
+    cut = _deadline_wait(pair.server)
+    assert time.monotonic() - started >= 0.3  # waited for the deadline, not less
+    assert len(cut[6]) == cs.CHUNK
+    with pytest.raises(BuffersAltered, match="incomplete: its stream stalled"):
+        verify(cut[1:])
+    assert cs.stall_deadline(pair.server) is None
+    fr.send_frames(pair.client, signed([data]))  # whole this time
+    whole = receive(pair.server)
+    assert bytes(whole[6]) == data
+    verify(whole[1:])
+
+
+def test_a_slow_stream_that_keeps_moving_is_never_cut(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is on progress, not on the whole transfer: a stream far longer than
+    STALL_TIMEOUT, one chunk at a time, arrives whole."""
+    monkeypatch.setattr(cs, "STALL_TIMEOUT", 2.0)
+    data = os.urandom(12 * cs.CHUNK - 3)
+    frames = signed([data])
+    frames[5] = mark(3, len(data))
+    pair.client.send_multipart(frames)
+    done: list[list[Any]] = []
+    receiver = threading.Thread(target=lambda: done.append(_deadline_wait(pair.server)))
+    receiver.start()
+    started = time.monotonic()
+    for sid, seq, chunk in _pieces(data):
+        time.sleep(0.25)  # the slow sender's pace (the point of the test)
+        pair.client.send_multipart([head(sid, seq), chunk])
+    receiver.join(60)
+    assert time.monotonic() - started > cs.STALL_TIMEOUT
+    assert bytes(done[0][6]) == data
+    verify(done[0][1:])
+
+
+def test_a_busy_receiver_does_not_cut_a_stream_whose_chunks_wait(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine may run a task for longer than STALL_TIMEOUT while chunks queue up:
+    that is not a stall, and the chunks waiting are taken in first."""
+    monkeypatch.setattr(cs, "STALL_TIMEOUT", 0.3)
+    data = os.urandom(3 * cs.CHUNK + 1)
+    frames = signed([data])
+    frames[5] = mark(3, len(data))
+    pair.client.send_multipart(frames)
+    assert pair.server.poll(30_000)
+    with pytest.raises(zmq.Again):
+        fr.recv_frames(pair.server, fr.NOBLOCK)  # the message: held for its stream
+    for sid, seq, chunk in _pieces(data):
+        pair.client.send_multipart([head(sid, seq), chunk])
+    assert pair.server.poll(30_000)  # the first chunk is in
+    time.sleep(0.6)  # the receiver busy elsewhere, past the deadline
+    whole = receive(pair.server)
+    assert bytes(whole[6]) == data
+    verify(whole[1:])

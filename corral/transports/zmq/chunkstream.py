@@ -25,7 +25,19 @@ whole buffers above this layer and are unchanged, so a lost, reordered, extra or
 chunk can never yield a wrong value: a chunk out of sequence ends its stream, and the
 message is returned with only what arrived (its digest then fails, and the engine
 answers with an error). A stream whose chunks never come is dropped (with a log line)
-when the next message from that peer arrives.
+when the next message from that peer arrives, or given up once it has made no progress
+for :data:`STALL_TIMEOUT` seconds (below).
+
+**A stream that stalls ends in an error, never in a wait.** Its message is the request
+or reply someone waits for, so a stream whose sender stopped half-way (killed, its
+connection lost, a chunk gone) must not leave it waiting for ever. A receive that finds
+the socket empty while a stream has taken no chunk in for :data:`STALL_TIMEOUT` seconds
+returns that stream's message cut short, like a broken stream: its digest fails, and the
+engine answers the request with the error, or the client fails the pull. The limit is on
+progress, not on size or total time: a stream that keeps moving is never cut, and one
+whose receiver was busy elsewhere is not either (the chunks that waited meanwhile are
+taken in first). Receivers poll with :func:`stall_deadline` as a timeout, and receive
+(``NOBLOCK``) once it has passed.
 
 Only for sockets with a single peer per routing id, which both ends mark: the client's
 data channel (a DEALER connected to one engine) and the engine's data socket (a ROUTER).
@@ -38,8 +50,9 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -50,8 +63,11 @@ __all__ = [
     "Joined",
     "SPLIT_FROM",
     "frame_nbytes",
+    "STALL_TIMEOUT",
     "recv_streamed",
     "send_streamed",
+    "stall_clock",
+    "stall_deadline",
     "streams",
 ]
 
@@ -61,6 +77,10 @@ log = logging.getLogger("corral.transports.zmq.chunkstream")
 CHUNK = 256 * 1024
 #: Frames at least this large are chunked on Curve sockets.
 SPLIT_FROM = 1024 * 1024
+#: Seconds a stream may go without a chunk (while nothing else waits) before its message
+#: is passed on cut short: far beyond any pause of a live sender (libzmq sends the queued
+#: chunks from its own thread), short enough that a stalled transfer ends in an error.
+STALL_TIMEOUT = 30.0
 
 _send: Any = zmq.backend.Socket.send
 _recv: Any = zmq.backend.Socket.recv
@@ -77,9 +97,13 @@ HEAD_LEN = len(_HEAD_MAGIC) + _HEAD.size
 
 class Joined(bytearray):
     """A frame that arrived in chunks, joined: what ``zmq.Frame`` offers that corral's
-    receivers use (``bytes``, ``buffer``, the buffer protocol, ``len``)."""
+    receivers use (``bytes``, ``buffer``, the buffer protocol, ``len``).
 
-    __slots__ = ()
+    ``cut`` (set only on a buffer whose stream ended early) says why it is short, so the
+    digest check that refuses it can say so instead of "altered"."""
+
+    __slots__ = ("cut",)
+    cut: str
 
     @property
     def bytes(self) -> bytes:
@@ -93,7 +117,7 @@ class Joined(bytearray):
 class _Pending:
     """One peer's message waiting for its chunks."""
 
-    __slots__ = ("buffers", "filled", "frames", "sid", "seq", "slot")
+    __slots__ = ("buffers", "deadline", "filled", "frames", "sid", "seq", "slot")
 
     def __init__(self, frames: list[Any], buffers: list[Joined], sid: int) -> None:
         self.frames = frames
@@ -102,12 +126,19 @@ class _Pending:
         self.seq = 0  # the next chunk's sequence number
         self.slot = 0  # the buffer being filled
         self.filled = 0  # bytes of it filled
+        self.deadline = time.monotonic() + STALL_TIMEOUT  # pushed back by every chunk
 
-    def truncated(self) -> list[Any]:
+    def missing(self) -> int:
+        """Bytes announced that have not arrived."""
+        return sum(len(b) for b in self.buffers[self.slot :]) - self.filled
+
+    def truncated(self, why: str) -> list[Any]:
         """The message with what arrived: filled buffers whole, the rest cut short (so a
-        digest over them cannot match what was signed)."""
+        digest over them cannot match what was signed), each marked with ``why``."""
         for index in range(self.slot, len(self.buffers)):
-            del self.buffers[index][self.filled if index == self.slot else 0 :]
+            buffer = self.buffers[index]
+            del buffer[self.filled if index == self.slot else 0 :]
+            buffer.cut = why
         return self.frames
 
 
@@ -204,13 +235,45 @@ def send_streamed(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int, copy
             seq += 1
 
 
+def stall_deadline(sock: zmq.Socket[Any]) -> float | None:
+    """When (``time.monotonic()``) the earliest stream in progress on ``sock`` stalls,
+    None if none is: a receiver's poll timeout, after which it receives (``NOBLOCK``)
+    even if the poll saw nothing, so that a stalled stream ends (module docstring)."""
+    state = streams.get(sock)
+    if state is None or not state.pending:
+        return None
+    return min(pending.deadline for pending in state.pending.values())
+
+
+def stall_clock(sock: zmq.Socket[Any]) -> Callable[[], float | None]:
+    """:func:`stall_deadline` of the marked ``sock``, bound once: a receiver's loop calls
+    it at every turn, and while no stream is in progress it costs one dict check
+    (looking the socket up in :data:`streams` each time would cost ten times that)."""
+    state = streams[sock]
+
+    def deadline() -> float | None:
+        pending = state.pending
+        if not pending:
+            return None
+        return min(each.deadline for each in pending.values())
+
+    return deadline
+
+
 def recv_streamed(sock: zmq.Socket[Any], flags: int, copy: bool) -> list[Any]:
     """The next whole message on a marked socket (``zmq.Again`` with ``NOBLOCK`` when
-    none is complete yet: chunks received so far are kept)."""
+    none is complete yet: chunks received so far are kept). With nothing waiting, a
+    stream that has stalled comes out cut short instead (see the module docstring)."""
     state = streams[sock]
     first = 1 if state.routed else 0
     while True:
-        frame = _recv(sock, flags, False, False)
+        try:
+            frame = _recv(sock, flags, False, False)
+        except zmq.Again:
+            stalled = _stalled(state) if state.pending else None
+            if stalled is None:
+                raise
+            return stalled
         frames = [frame]
         while frame.more:
             frame = _recv(sock, 0, False, False)
@@ -265,13 +328,31 @@ def _on_message(
         return None if refused or buffers else out
     if refused or buffers:
         log.error("a stream from %r ended early: passing on what arrived", peer)
-        return stale.truncated()
+        return stale.truncated(
+            f"its stream was cut by the next message, {stale.missing()} bytes short"
+        )
     log.error(
         "dropped a message from %r: %d of its streamed bytes never arrived",
         peer,
-        sum(len(b) for b in stale.buffers[stale.slot :]) - stale.filled,
+        stale.missing(),
     )
     return out
+
+
+def _stalled(state: _Streams) -> list[Any] | None:
+    """The message of a stream past its deadline, cut short (the socket is empty: its
+    next chunk is not even waiting); None if none is."""
+    now = time.monotonic()
+    for peer, pending in state.pending.items():
+        if pending.deadline <= now:
+            del state.pending[peer]
+            why = (
+                f"its stream stalled: no chunk for {STALL_TIMEOUT:g} s, "
+                f"{pending.missing()} bytes never arrived"
+            )
+            log.error("a stream from %r stalled: passing on what arrived (%s)", peer, why)
+            return pending.truncated(why)
+    return None
 
 
 def _on_chunk(state: _Streams, peer: bytes, head: bytes, data: Any) -> list[Any] | None:
@@ -298,10 +379,11 @@ def _on_chunk(state: _Streams, peer: bytes, head: bytes, data: Any) -> list[Any]
             size,
             room,
         )
-        return pending.truncated()
+        return pending.truncated(f"its stream broke at chunk {seq} of stream {sid}")
     memoryview(buffer)[pending.filled : pending.filled + size] = data.buffer
     pending.seq += 1
     pending.filled += size
+    pending.deadline = time.monotonic() + STALL_TIMEOUT
     if size < room:
         return None
     pending.slot += 1

@@ -489,6 +489,10 @@ class ClusterSigner(wire.Signer):
             for i, buf in enumerate(buffers):
                 want = tail[i * DIGEST_HEX : (i + 1) * DIGEST_HEX]
                 if not hmac.compare_digest(buffer_digest(buf), want):
+                    # A buffer whose stream ended early (chunkstream.Joined) says why.
+                    cut = getattr(buf, "cut", None)
+                    if cut:
+                        raise BuffersAltered(f"buffer {i} is incomplete: {cut}")
                     raise BuffersAltered(f"buffer {i} was altered after signing")
 
     def verify(self, parts: Sequence[Any], signature: bytes) -> bool:

@@ -30,7 +30,7 @@ from corral.notification import shared_center
 from corral.notification.bridge import repost
 from corral.transports.zmq import wire
 from corral.transports.zmq.bridge import FEED_TOPIC, feed_payload
-from corral.transports.zmq.door import cluster_signer, dest_of
+from corral.transports.zmq.door import BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.keyfile import endpoint
 
@@ -249,6 +249,8 @@ class Client(ClientCompat):
         # msg_ids submitted by this client, newest last (ipyparallel's ``rc.history``).
         self._history: deque[str] = deque(maxlen=_RECENT_LIMIT)
         self._data_channels: set[str] = set()
+        #: makes "first use opens the socket" one step (see _data_channel)
+        self._data_lock = threading.Lock()
         self._functions = FunctionCache()
         self._closed = False
         self.dropped = 0
@@ -629,6 +631,8 @@ class Client(ClientCompat):
             self.dropped += 1
             # per cause and channel (bounded keys); the latest reason stands for the peer
             self.refusals.refused(f"{type(exc).__name__} on {channel}", str(exc)[:200])
+            if isinstance(exc, BuffersAltered) and isinstance(exc.message, Parsed):
+                self._fail_altered(channel, exc.message, exc)
             return
         if stored:  # its buffers wait in the task database (corral.plugins.parallel.flow)
             self._stored.add(msg, frames[2])  # [STORED, DELIM, signature, ...]
@@ -641,6 +645,32 @@ class Client(ClientCompat):
             self._on_notification(msg)
         elif channel == "registration":
             self._on_callback(msg)
+
+    def _fail_altered(self, channel: str, msg: Parsed, exc: BuffersAltered) -> None:
+        """A reply whose buffers do not match its signed digests (a stream that stalled
+        or broke on the way, or tampering) fails the request it answers: its header is
+        genuine, and that reply will not come again, so waiting would be for ever."""
+        msg_id = msg.parent_header.get("msg_id")
+        result = self._pending.get(msg_id)  # type: ignore[arg-type]
+        if result is None:
+            return
+        engine_id = self._direct.get(msg_id)  # type: ignore[arg-type]
+        if engine_id is None:
+            engine_id = msg.metadata.get("engine_id")
+        index = result._slot(msg_id, engine_id)  # type: ignore[arg-type]
+        if index is None:
+            return
+        log.error("refused the reply to %s on %s: %s", msg_id, channel, exc)
+        error = RemoteError(
+            "BuffersAltered",
+            f"the reply's buffers were refused ({exc}); the request may have run",
+            engine_id=engine_id,
+            msg_id=msg_id,
+        )
+        result._fail_slot(index, error)
+        if result.done():
+            self._pending.pop(msg_id, None)  # type: ignore[arg-type]
+            self._direct.pop(msg_id, None)  # type: ignore[arg-type]
 
     def _on_reply(self, msg: Parsed) -> None:
         msg_id = msg.parent_header.get("msg_id")
@@ -961,9 +991,15 @@ class Client(ClientCompat):
         if not engine.data_url:
             return None
         channel = f"data:{engine_id}:{engine.uuid}"
-        if channel not in self._data_channels:
-            self._data_channels.add(channel)
-            self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False, stream=True)
+        if channel in self._data_channels:
+            return channel
+        # A second thread that saw the name in the set before the socket's creation was
+        # queued would queue its request ahead of it, and the I/O thread would drop it
+        # ("no socket"), its caller then waiting for ever: name and creation go together.
+        with self._data_lock:
+            if channel not in self._data_channels:
+                self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False, stream=True)
+                self._data_channels.add(channel)
         return channel
 
     def _broadcast(

@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from corral.transports.zmq.batch import BatchError, is_batch, pack_batches, unbatch
-from corral.transports.zmq.chunkstream import stream_large_frames
+from corral.transports.zmq.chunkstream import stall_clock, stream_large_frames
 from corral.transports.zmq.frames import NOBLOCK, recv_frames, send_frames
 
 __all__ = ["ClientIO", "recv_frames", "send_frames"]
@@ -68,6 +68,8 @@ class ClientIO:
         self.secure = secure
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._channel_of: dict[zmq.Socket[Any], str] = {}
+        #: sockets whose large frames come as streams (data channels): see _stalled_wait
+        self._streamed: dict[zmq.Socket[Any], tuple[str, Callable[[], float | None]]] = {}
         #: monitor PAIR socket -> the channel whose disconnections it reports
         self._monitors: dict[zmq.Socket[Any], str] = {}
         #: called in this thread with a watched channel's name when its peer went away
@@ -232,6 +234,8 @@ class ClientIO:
         sock.connect(url)
         self._sockets[channel] = sock
         self._channel_of[sock] = channel
+        if stream:
+            self._streamed[sock] = (channel, stall_clock(sock))
         self._poller.register(sock, zmq.POLLIN)
 
     def _flush_outbox(self) -> None:
@@ -291,6 +295,29 @@ class ClientIO:
             return None
         return int(max(0.0, (timers[0][0] - time.monotonic()) * 1000))
 
+    def _stall_wait(self, wait_ms: int | None) -> tuple[int | None, float | None]:
+        """``wait_ms`` shortened to the earliest stall deadline of a stream in progress
+        (chunkstream), and that deadline: a stream that stops must end in an error, and
+        only a receive once its deadline has passed ends it (no message will wake us)."""
+        stall = None
+        for _, stall_deadline in self._streamed.values():
+            deadline = stall_deadline()
+            if deadline is not None and (stall is None or deadline < stall):
+                stall = deadline
+        if stall is None:
+            return wait_ms, None
+        until = max(0, int((stall - time.monotonic()) * 1000) + 1)
+        return (until if wait_ms is None else min(wait_ms, until)), stall
+
+    def _end_stalled(self) -> None:
+        """Receive on every stream socket whose stall deadline has passed: the stalled
+        stream comes out cut short and fails its request (Client._dispatch)."""
+        now = time.monotonic()
+        for sock, (channel, stall_deadline) in list(self._streamed.items()):
+            deadline = stall_deadline()
+            if deadline is not None and deadline <= now and sock in self._channel_of:
+                self._drain(sock, channel)
+
     def _drain(self, sock: zmq.Socket[Any], channel: str) -> None:
         """Receive everything waiting on ``sock``, then handle it.
 
@@ -332,8 +359,11 @@ class ClientIO:
                 if self._outbox or not self._running:
                     self._idle = False
                     continue
+                wait_ms, stall = self._stall_wait(wait_ms) if self._streamed else (wait_ms, None)
                 events = poll(wait_ms)
                 self._idle = False
+                if stall is not None and time.monotonic() >= stall:
+                    self._end_stalled()
                 for sock, _ in events:
                     if sock is wake_rx:
                         try:
@@ -402,6 +432,7 @@ class ClientIO:
         for sock in list(self._sockets.values()):
             sock.close(linger=0)
         self._sockets.clear()
+        self._streamed.clear()
         if not wake:
             return
         self._wake_rx.close(linger=0)

@@ -20,7 +20,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from corral.transports.zmq import wire
-from corral.transports.zmq.door import BUFFERS_HASHED, BUFFERS_IGNORED, DEST, Role, admit
+from corral.transports.zmq.door import (
+    BUFFERS_HASHED,
+    BUFFERS_IGNORED,
+    DEST,
+    BuffersAltered,
+    Role,
+    admit,
+)
 
 __all__ = ["MessageBuilder", "Parsed", "encode_json", "parse"]
 
@@ -224,7 +231,15 @@ def parse(
     # The door: signature (buffers hashed too, with a cluster signer; a stored reply's
     # buffers come later and are checked against the signed digests then), replay, header.
     how = BUFFERS_IGNORED if without_buffers else BUFFERS_HASHED
-    header = admit(signer, replay, parts, signature, buffers, how=how, role=role)
+    try:
+        header = admit(signer, replay, parts, signature, buffers, how=how, role=role)
+    except BuffersAltered as exc:
+        # The signed parts are genuine: say which request this answers, so that the
+        # client fails it instead of waiting for a reply that will not come whole.
+        assert exc.header is not None
+        parent, metadata, content = _loads_rest(parts[1:])
+        exc.message = Parsed(list(frames[:split]), exc.header, parent, metadata, content, [])
+        raise
     if not isinstance(header.get("msg_type"), str):
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")
     parent, metadata, content = _loads_rest(parts[1:])

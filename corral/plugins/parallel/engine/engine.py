@@ -70,6 +70,7 @@ from zmq.backend import zmq_poll
 
 from corral.notification.center import shared_center
 from corral.transports.zmq import wire
+from corral.transports.zmq.chunkstream import stall_clock
 from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
@@ -580,6 +581,8 @@ class Engine:
         self._poller = poller
         for sock in (self.data_socket, self.mux, self.task, self.broadcast):
             poller.register(sock, _POLLIN)
+        data_socket = self.data_socket
+        stall_deadline = stall_clock(data_socket)
         inbox = self._inbox
         pending = self._pending
         serve = self._serve_one
@@ -603,12 +606,16 @@ class Engine:
                 if replies.held:
                     replies.flush()  # nothing more to run now: let them go
                 due = same_host.due
-                if due is None:
+                stall = stall_deadline()
+                if due is None and stall is None:
                     events = poller.poll()
                 else:
-                    events = poller.poll(max(0, int((due - time.monotonic()) * 1000) + 1))
-                    if time.monotonic() >= due:
+                    events = poller.poll(_wait_ms(due, stall))
+                    now = time.monotonic()
+                    if due is not None and now >= due:
                         same_host.flush()
+                    if stall is not None and now >= stall:
+                        serve(data_socket)  # a stream that stalled ends (chunkstream)
                 self._refresh_observed()
                 for sock, _ in events:
                     if self._hosted and sock in self._hosted:
@@ -970,6 +977,13 @@ class Engine:
             if end is not None:
                 end.close()
         self.context.term()
+
+
+def _wait_ms(*deadlines: float | None) -> int:
+    """Milliseconds until the earliest of ``deadlines`` (``time.monotonic()``; at least
+    one is set), rounded up so that the poll never wakes just before it."""
+    due = min(d for d in deadlines if d is not None)
+    return max(0, int((due - time.monotonic()) * 1000) + 1)
 
 
 class _Released:
