@@ -18,7 +18,7 @@ import pytest
 from helpers import until, wait_for_file
 from parallel_client_harness import LiveCluster
 
-from corral.plugins.parallel.client import EngineError, RemoteError
+from corral.plugins.parallel.client import ControllerLost, EngineError, RemoteError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -124,3 +124,25 @@ def test_process_mode_controller(tmp_path: Path) -> None:
         assert other.get_result(msg_id).get(30) == 0
     finally:
         cluster.stop()
+
+
+def test_a_crashed_io_thread_fails_pending_work_instead_of_hanging(live: LiveCluster) -> None:
+    """Every reply comes through the client's I/O thread: if an unexpected error ends it,
+    what is pending fails at once with a ControllerLost that says so, and reconnect()
+    brings the client back."""
+    rc = live.client
+    assert rc[0].apply_sync(square, 3) == 9
+    io = rc._io
+    real_send = io._send_now
+
+    def broken_send(channel: str, frames: list[Any], copy: bool) -> None:
+        raise RuntimeError("a bug in the I/O thread")
+
+    io._send_now = broken_send  # type: ignore[method-assign]
+    ar = rc[0].apply_async(square, 4)
+    with pytest.raises(ControllerLost, match="I/O thread stopped on an unexpected error"):
+        ar.get(timeout=30)
+    assert rc.controller_lost
+    io._send_now = real_send  # type: ignore[method-assign]
+    rc.reconnect(timeout=30)
+    assert rc[0].apply_sync(square, 5) == 25

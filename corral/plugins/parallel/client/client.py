@@ -262,6 +262,8 @@ class Client(ClientCompat):
 
         #: set when the controller is gone: pending work failed, new work refused
         self._lost: ControllerLost | None = None
+        #: the I/O thread ended on an error (not the controller): see _on_io_crash
+        self._io_crashed = False
         #: this client asked the hub to shut the cluster down
         self._shut_down = False
         # results fetched from the hub's database, still asking it (failed on a loss)
@@ -294,6 +296,7 @@ class Client(ClientCompat):
             self._context, self._dispatch, identity=self.session.encode(), secure=self.gate.client
         )
         io.on_disconnect = self._on_disconnect
+        io.on_crash = self._on_io_crash
         hb_period = float(info.get("hb_period") or 1.0)
         watch_ms = max(100, int(hb_period * 1000))
         for name in ("registration", "mux", "control", "task", "broadcast"):
@@ -458,11 +461,27 @@ class Client(ClientCompat):
         """I/O thread: a socket to the controller lost its peer."""
         self._controller_lost(f"its {channel} connection closed")
 
-    def _controller_lost(self, why: str) -> None:
-        """Fail everything that only the controller could answer, at once and loudly."""
+    def _on_io_crash(self, exc: BaseException) -> None:
+        """I/O thread, as it ends on an unexpected error: no reply can arrive any more,
+        so everything pending fails now (as for a lost controller, which
+        :meth:`reconnect` recovers from) instead of waiting for ever."""
+        self._io_crashed = True  # reconnect() need not wait for another controller
+        self._controller_lost(
+            "",
+            f"this client's I/O thread stopped on an unexpected error ({type(exc).__name__}: "
+            f"{exc}; logged with its traceback); pending results failed. Call "
+            "Client.reconnect() to go on, and fetch finished work with get_result().",
+        )
+
+    def _controller_lost(self, why: str, message: str | None = None) -> None:
+        """Fail everything that only the controller could answer, at once and loudly
+        (``message``: what to say instead of "lost the controller")."""
         if self._closed or self._lost is not None:
             return
-        if self._shut_down:
+        if message is not None:
+            error = ControllerLost(message)
+            log.error("%s", error)
+        elif self._shut_down:
             error = ControllerLost(f"cluster {self.cluster_id!r} was shut down")
             log.info("%s", error)
         else:
@@ -521,7 +540,8 @@ class Client(ClientCompat):
             except (OSError, ValueError):
                 info = {}
             pid = info.get("controller_pid")
-            if pid and process_alive(int(pid)) and (pid != old_pid or self._lost is None):
+            again = pid != old_pid or self._lost is None or self._io_crashed
+            if pid and process_alive(int(pid)) and again:
                 break
             if time.monotonic() >= deadline:
                 raise TimeoutError(
@@ -530,6 +550,7 @@ class Client(ClientCompat):
                 )
             time.sleep(0.05)  # a file another process writes: nothing to wait on
         self._io.stop()
+        self._io_crashed = False
         key = info.get("key", b"")
         key = key if isinstance(key, bytes) else key.encode("ascii")
         self._signer = cluster_signer(key, info.get("signature_scheme", "hmac-sha256"))

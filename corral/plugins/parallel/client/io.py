@@ -74,6 +74,9 @@ class ClientIO:
         self._monitors: dict[zmq.Socket[Any], str] = {}
         #: called in this thread with a watched channel's name when its peer went away
         self.on_disconnect: Callable[[str], None] | None = None
+        #: called in this thread with the exception that is ending it: every reply would
+        #: come through here, so whoever waits for one must be told instead
+        self.on_crash: Callable[[BaseException], None] | None = None
         #: the sockets were closed by abandon(): sends are dropped quietly
         self._abandoned = False
         self._poller = zmq.Poller()
@@ -378,8 +381,13 @@ class ClientIO:
                         if channel is not None:  # None: closed by abandon() just now
                             self._drain(sock, channel)
             self._flush_outbox()
-        except Exception:
+        except Exception as exc:
             log.exception("client I/O thread crashed")
+            if self.on_crash is not None:
+                try:
+                    self.on_crash(exc)
+                except Exception:
+                    log.exception("client I/O crash handler failed")
         finally:
             self._close_sockets()
 
