@@ -33,7 +33,8 @@ from corral.plugins.parallel.client import Client, RemoteError
 from corral.plugins.parallel.client.messages import parse
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
-from corral.transports.zmq.door import cluster_signer
+from corral.transports.zmq.door import HUB, cluster_signer
+from corral.transports.zmq.session import Session
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -181,9 +182,9 @@ def test_requests_captured_before_a_restart_are_refused_after_it(
 
 
 def test_a_client_that_missed_the_restart_is_told_clearly(cluster: LiveCluster) -> None:
-    """A client whose requests name the old run (its file is older than the controller:
-    a copy, say) learns the new run from the hub's signed connection reply when it
-    connects; asked directly, the hub refuses the old run with a reason."""
+    """A client whose file names the old run (a copy older than the controller, say)
+    learns the new run from the hub's signed connection reply when it connects; a request
+    of the old run, or of none (a client older than runs), is refused with a reason."""
     old = read_info(cluster)
     stale = cluster.corral_dir / "stale-copy.json"
     stale.write_text(json.dumps(old))
@@ -200,10 +201,17 @@ def test_a_client_that_missed_the_restart_is_told_clearly(cluster: LiveCluster) 
     rc._builder.set_run(old["run"])
     with pytest.raises(RemoteError, match="WrongRun"):
         rc.queue_status()
-    # Without any run (a client older than the controller), even connecting is refused.
-    rc._builder.set_run(None)
-    with pytest.raises(RemoteError, match="older than the controller"):
-        rc._sync_engines(DEADLINE)
+    # A client older than runs (its requests carry none) is refused even connecting.
+    old_client = Session(fresh["key"].encode(), signer=cluster_signer(fresh["key"]))
+    asking = old_client.msg("connection_request", {}, dest=HUB)
+    sock = attacker(fresh, url(fresh, "registration"))
+    try:
+        sock.send_multipart(wire.serialize(asking, old_client.signer))
+        refusal = reply_to(sock, old_client.signer, asking["msg_id"])
+    finally:
+        sock.close()
+    assert refusal.content["ename"] == "WrongRun"
+    assert "older than the controller" in refusal.content["evalue"]
 
 
 def hub_engines(rc: Client) -> set[str]:
@@ -224,7 +232,8 @@ def test_an_engine_that_rejoined_a_restart_unregisters_under_the_new_run(
         cluster.restart_controller()
         rc.reconnect(timeout=DEADLINE)
         (engine_id,) = rc.wait_for_engines(1, timeout=DEADLINE)
-        rc.shutdown(targets=[engine_id], block=True, timeout=DEADLINE)
+        # Not waited for: its reply races the notice of its leaving (either may come first).
+        rc.shutdown(targets=[engine_id], block=False)
         assert cluster.engines[0].wait(DEADLINE) == 0  # it sent its unregistration
         end = time.monotonic() + 20.0
         while str(engine_id) in hub_engines(rc):

@@ -121,8 +121,9 @@ RUN = "run"
 #: Requests admitted whatever run they carry, or none: an engine registering with a
 #: restarted controller cannot know its run before the answer.
 RUN_FREE = frozenset({"registration_request"})
-#: Requests admitted with any run, but not without one: a client with an older cluster
-#: file learns the current run from the answer (a client without runs is told it is older).
+#: Requests admitted with any run, even an empty one, but not without the key: a client
+#: whose cluster file is older than the controller (or names no run) learns the current
+#: run from the answer, and a client older than runs is told so at once.
 RUN_ANY = frozenset({"connection_request"})
 #: How a route seal frame starts: ZeroMQ reserves routing ids that begin with a zero
 #: byte for its own (5-byte) ids, so no peer can name itself like a seal.
@@ -163,12 +164,12 @@ def check_run(header: dict[str, Any], run: str) -> None:
     if msg_type in RUN_FREE:
         return
     theirs = header.get(RUN)
-    if theirs == run or (msg_type in RUN_ANY and theirs.__class__ is str and theirs):
+    if theirs == run or (msg_type in RUN_ANY and theirs.__class__ is str):
         return
     if theirs is None:
         why = (
-            f"{msg_type!r} carries no controller run: the client is older than the "
-            "controller; use a client of the same corral version"
+            f"{msg_type!r} carries no controller run: the sender is older than the "
+            "controller (use a client of the same corral version)"
         )
     else:
         why = (

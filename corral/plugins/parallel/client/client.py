@@ -144,10 +144,10 @@ def _read_cluster_file(path: Path) -> dict[str, Any]:
     return info.to_dict()
 
 
-def _run_of(info: dict[str, Any]) -> str | None:
-    """The controller run a cluster file names (None for a controller without runs)."""
+def _run_of(info: dict[str, Any]) -> str:
+    """The controller run a cluster file names ("" if it names none)."""
     run = info.get("run")
-    return run if isinstance(run, str) and run else None
+    return run if isinstance(run, str) else ""
 
 
 def _url(info: dict[str, Any], name: str) -> str:
