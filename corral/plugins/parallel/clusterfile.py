@@ -81,6 +81,7 @@ class ClusterInfo(KeyFile):
     SOCKETS: ClassVar[tuple[str, ...]] = PORT_NAMES
     KIND: ClassVar[str] = "cluster file"
     SOCKET_KIND: ClassVar[str] = "controller socket"
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"run"})
 
     def __init__(
         self,
@@ -108,7 +109,7 @@ class ClusterInfo(KeyFile):
         hb_misses: int = 2,
         controller_pid: int = 0,
         encryption: str = "none",
-        run: str = "",
+        run: str | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.key = new_key() if key is None else key  # type: ignore[assignment]
@@ -136,7 +137,8 @@ class ClusterInfo(KeyFile):
         #: "none" (a PLAIN handshake keyed by the cluster key) or "curve" (CurveZMQ):
         #: see corral.transports.zmq.gate.
         self.encryption = encryption
-        #: this start of the controller ("" in a file of a controller without runs)
+        #: this start of the controller (None, and left out of the file, for a file of a
+        #: controller without runs: such a file reads and writes back unchanged)
         self.run = run
 
 
