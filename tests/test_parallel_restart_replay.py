@@ -29,7 +29,7 @@ import zmq
 from parallel_client_harness import LiveCluster
 from test_parallel_replay import GRACE, Relay, answered, attacker, body, mark, runs, url
 
-from corral.plugins.parallel.client import Client, RemoteError
+from corral.plugins.parallel.client import Client, ControllerLost, RemoteError
 from corral.plugins.parallel.client.messages import parse
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import is_batch, unbatch
@@ -200,6 +200,12 @@ def test_a_client_that_missed_the_restart_is_told_clearly(cluster: LiveCluster) 
     # with a reason: the caller sees it at once instead of a timeout.
     rc._builder.set_run(old["run"])
     with pytest.raises(RemoteError, match="WrongRun"):
+        rc.queue_status()
+    # Its connection request is still answered (any run), and the run the answer names
+    # tells the client the controller was restarted under it: its work fails at once.
+    rc._sync_engines(DEADLINE)
+    assert rc.controller_lost
+    with pytest.raises(ControllerLost, match="it was restarted"):
         rc.queue_status()
     # A client older than runs (its requests carry none) is refused even connecting.
     old_client = Session(fresh["key"].encode(), signer=cluster_signer(fresh["key"]))
