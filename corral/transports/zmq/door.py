@@ -44,19 +44,20 @@ signature, as one extra routing frame the engine takes off): an engine admits a 
 request only with a seal naming that queue and itself. A captured request can then only
 be replayed to the receiver it was for, whose own guard has seen it.
 
-**Runs.** That guard forgets everything when its controller is restarted. So each start of
-a controller draws a new random **run** (in the cluster file, and in the hub's
-registration and connection replies), and every request to the hub or a queue carries it
-in its signed header (:data:`RUN`): the hub and the queues refuse a request of another run
-(:class:`WrongRun`), before their replay guard records it. A request captured before a
-restart is thereby refused by every later controller of the cluster. Two exemptions
-(:data:`RUN_FREE`, :data:`RUN_ANY`): an engine's ``registration_request`` carries no run
-it must match (an engine that outlived its controller learns the new run only from the
-answer; a repeated registration is answered with the same registration), and a
-``connection_request`` (read-only, answered only to its sender) may name any run, which
-is how a client whose file is older than the controller learns the current run from the
-signed ``connection_reply``. Engines do not check runs: their replay guards outlive the
-controller, and queued requests reach them only under a queue's route seal.
+**Runs.** That guard forgets everything when its controller is restarted. So each start
+of a controller draws a new random **run** (in the cluster file, and in the hub's
+registration and connection replies), and every request to the hub or a queue (and an
+engine's ``bus_notification`` to the hub) carries it in its signed header (:data:`RUN`):
+the hub and the queues refuse a message of another run (:class:`WrongRun`), before their
+replay guard records it. A request captured before a restart is thereby refused by every
+later controller of the cluster. Two exemptions (:data:`RUN_FREE`, :data:`RUN_ANY`): an
+engine's ``registration_request`` carries no run it must match (an engine that outlived
+its controller learns the new run only from the answer; a repeated registration is
+answered with the same registration), and a ``connection_request`` (read-only, answered
+only to its sender) may name any run, which is how a client whose file is older than the
+controller learns the current run from the signed ``connection_reply``. Engines do not
+check runs: their replay guards outlive the controller, and queued requests reach them
+only under a queue's route seal.
 """
 
 from __future__ import annotations

@@ -848,12 +848,13 @@ class Hub(Component):
         """Tell the sender of a request of another run why it is refused: a client that
         missed a restart, or older than the controller, then fails at once and clearly.
         The request is not served, so answering a replayed one repeats nothing."""
-        if exc.header is None or not isinstance(exc.header.get("msg_type"), str):
-            return
+        msg_type = None if exc.header is None else exc.header.get("msg_type")
+        if not isinstance(msg_type, str) or not msg_type.endswith("_request"):
+            return  # an engine's bus_notification expects no answer
         idents = raw[: raw.index(DELIM)]
         if not idents:
             return
-        reply_type = exc.header["msg_type"].removesuffix("_request") + "_reply"
+        reply_type = msg_type.removesuffix("_request") + "_reply"
         content = {"status": "error", "ename": "WrongRun", "evalue": str(exc)}
         self.session.send(
             self.registration, reply_type, content, parent={"header": exc.header},
