@@ -98,6 +98,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_local.py",
         "test_parallel_nonumpy.py",
         "test_parallel_replay.py",
+        "test_parallel_restart_replay.py",
         "test_parallel_scheduling.py",
         "test_parallel_security.py",
         "test_parallel_shards.py",

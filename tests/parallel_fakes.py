@@ -158,6 +158,8 @@ class FakeEngine(Peer):
         _, reply = self.recv("registration")
         assert reply["content"]["status"] == "ok", reply["content"]
         self.id = reply["content"]["id"]
+        #: what its later requests to the hub name (door.RUN), as a real engine learns it
+        self.run = reply["content"].get("run")
         return self.id
 
     def next_request(
@@ -259,6 +261,7 @@ class FakeClient(Peer):
             metadata=metadata,
             buffers=buffers or [],
             dest=HUB if queue == "registration" else queue,
+            run=self.info.run or None,  # a genuine client's requests name the run
         )
 
     def apply(self, queue: str = "task", **kw: Any) -> dict[str, Any]:

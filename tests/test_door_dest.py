@@ -19,9 +19,13 @@ from corral.transports.zmq.door import (
     DEST,
     HUB,
     ROLES,
+    RUN,
+    RUN_ANY,
+    RUN_FREE,
     SEAL_PREFIX,
     Misdirected,
     RoleRefused,
+    WrongRun,
     admit,
     cluster_signer,
     dest_of,
@@ -111,3 +115,64 @@ def test_client_channels() -> None:
         assert not role.allows("stream") and not role.allows("apply_request")
     assert not ROLES["iopub"].allows("apply_reply")
     assert ROLES["iopub"].allows("stream")
+
+
+# -- runs: one start of the controller ----------------------------------------------------
+
+RUN_A, RUN_B = "a" * 32, "b" * 32
+
+
+def run_request(run: str | None, msg_type: str = "apply_request") -> tuple[list[bytes], bytes]:
+    """A genuine request to the task queue made for controller run ``run`` (None: by a
+    sender older than runs, whose header has no run key)."""
+    signer = cluster_signer(KEY)
+    if run is None:
+        msg = wire.make_message(msg_type, {}, session="s")
+        msg["header"][DEST] = "task"
+        frames = wire.serialize(msg, signer)
+    else:
+        _, frames = MessageBuilder(signer, "s", run=run).build(msg_type, {}, dest="task")
+    at = frames.index(wire.DELIMITER)
+    return frames[at + 2 : at + 6], frames[at + 1]
+
+
+def let_in_run(parts: list[bytes], sig: bytes, guard: Any = None, run: str = RUN_B) -> Any:
+    return admit(
+        cluster_signer(KEY), guard, parts, sig, role=ROLES["queue_client"], dest="task", run=run
+    )
+
+
+def test_a_request_names_its_run_and_is_admitted_by_it() -> None:
+    parts, sig = run_request(RUN_B)
+    assert let_in_run(parts, sig)[RUN] == RUN_B
+
+
+@pytest.mark.parametrize("made_for", [RUN_A, "", None])
+def test_a_request_of_another_run_is_refused_and_not_recorded(made_for: str | None) -> None:
+    parts, sig = run_request(made_for)
+    guard = wire.ReplayGuard()
+    with pytest.raises(WrongRun) as refused:
+        let_in_run(parts, sig, guard)
+    assert refused.value.header is not None  # genuine: the hub answers with the reason
+    assert isinstance(refused.value, Misdirected)
+    assert ("older than the controller" in str(refused.value)) == (made_for is None)
+    if made_for:  # not recorded: its own run still admits it, once
+        let_in_run(parts, sig, guard, run=made_for)
+        with pytest.raises(wire.ReplayedMessage):
+            let_in_run(parts, sig, guard, run=made_for)
+
+
+def test_registrations_need_no_run_and_connections_any() -> None:
+    for run in (RUN_A, "", None):
+        assert let_in_run(*run_request(run, "registration_request"))
+    for run in (RUN_A, ""):
+        assert let_in_run(*run_request(run, "connection_request"))
+    with pytest.raises(WrongRun, match="older than the controller"):
+        let_in_run(*run_request(None, "connection_request"))
+    assert RUN_FREE == {"registration_request"} and RUN_ANY == {"connection_request"}
+
+
+def test_runs_are_checked_only_with_a_key_and_a_run() -> None:
+    parts, sig = run_request(RUN_A)
+    assert admit(cluster_signer(KEY), None, parts, sig, dest="task")  # no run: not checked
+    assert admit(cluster_signer(b""), None, parts, b"", dest="task", run=RUN_B)  # no key

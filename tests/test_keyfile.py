@@ -12,6 +12,7 @@ import pytest
 from corral.plugins.parallel.clusterfile import (
     PORT_NAMES,
     ClusterInfo,
+    new_run,
     read_cluster_file,
     write_cluster_file,
 )
@@ -90,6 +91,15 @@ def test_an_existing_cluster_file_still_loads_and_writes_back_the_same(tmp_path:
     assert "key" not in info.to_dict(include_key=False)
     with pytest.raises(ValueError, match="controller socket"):
         info.url("shell")
+
+
+def test_a_cluster_file_names_its_controller_run(tmp_path: Path) -> None:
+    """Each start of a controller writes a new run (door.RUN) last; a file without one
+    (above) reads as None and is written back without it."""
+    info = ClusterInfo(cluster_id="c1", run=new_run())
+    again = read_cluster_file(write_cluster_file(tmp_path / "cluster-c1.json", info))
+    assert again == info and len(info.run or "") == 32 and info.run != new_run()
+    assert list(json.loads((tmp_path / "cluster-c1.json").read_text()))[-1] == "run"
 
 
 def test_keys_are_bytes_compared_by_value_and_never_shown() -> None:

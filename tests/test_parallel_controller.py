@@ -201,7 +201,10 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
     assert {k: info[k] for k in PORT_NAMES} == cluster.info.ports()
 
     eng = engines[1]
-    eng.session.send(eng.socks["registration"], "unregistration_request", {"id": eng.id}, dest=HUB)
+    assert eng.run == cluster.info.run  # the registration reply told it
+    eng.session.send(
+        eng.socks["registration"], "unregistration_request", {"id": eng.id}, dest=HUB, run=eng.run
+    )
     note = client.notification()
     assert note["msg_type"] == "unregistration_notification"
     assert note["content"] == {"id": 1, "uuid": eng.uuid, "reason": "shutdown"}
@@ -267,7 +270,13 @@ def test_a_batch_of_requests_is_routed_whole_even_with_odd_metadata(cluster: Clu
     (a, b), client = engines_and_client(cluster)
     base = {"targets": None, "after": [], "follow": [], "retries": 0}
     msgs = [
-        client.session.msg("apply_request", {}, metadata={**base, "timeout": timeout}, dest="task")
+        client.session.msg(
+            "apply_request",
+            {},
+            metadata={**base, "timeout": timeout},
+            dest="task",
+            run=cluster.info.run,
+        )
         for timeout in (None, 10**400, 5.0)
     ]
     frames = [wire.serialize(m, client.session.signer) for m in msgs]
@@ -714,7 +723,7 @@ def test_bad_input_everywhere_is_dropped(make_cluster: Any, mode: str) -> None:
         return sock
 
     # A message that verifies, replayed: the first copy is served, the replay is not.
-    valid = client.session.msg("connection_request", {}, dest=HUB)
+    valid = client.session.msg("connection_request", {}, dest=HUB, run=info.run)
     frames = [bytes(f) for f in wire.serialize(valid, client.session.signer)]
     client.socks["registration"].send_multipart(frames)
     client.recv("registration")

@@ -28,7 +28,7 @@ from corral.plugins.parallel.clusterfile import ClusterInfo, read_cluster_file
 from corral.plugins.parallel.controller import start_controller
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import pack_batches
-from corral.transports.zmq.door import DEST, cluster_signer
+from corral.transports.zmq.door import DEST, RUN, cluster_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,14 +323,17 @@ def test_refused_input_leaves_the_counters_true(tmp_path: Path) -> None:
                 [b"garbage", os.urandom(40)],
             ]
         # A real direct request, replayed below: it counts once.
-        # (signed for the mux, as a genuine client signs it: door.DEST)
-        header = json.dumps({**wire.make_header("execute_request", "s"), DEST: "mux"}).encode()
+        # (signed for the mux and this controller run, as a genuine client signs it:
+        # door.DEST, door.RUN)
+        header = json.dumps(
+            {**wire.make_header("execute_request", "s"), DEST: "mux", RUN: info.run}
+        ).encode()
         parts = [header, b"{}", b"{}", b'{"code": "x = 1", "silent": true}']
         real = [ident, wire.DELIMITER, signer.seal(parts), *parts]
         socks["mux"].send_multipart(real)
         # Genuine parts, an altered buffer: the engine answers it with an error.
         tampered_header = json.dumps(
-            {**wire.make_header("apply_request", "s"), DEST: "mux"}
+            {**wire.make_header("apply_request", "s"), DEST: "mux", RUN: info.run}
         ).encode()
         tampered = [tampered_header, b"{}", b"{}", b"{}"]
         socks["mux"].send_multipart(

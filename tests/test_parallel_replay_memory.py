@@ -71,7 +71,7 @@ def test_a_request_replayed_after_100k_newer_ones_is_not_served_again(
 ) -> None:
     info = json.loads(Path(cluster.cluster_file).read_text())
     signer = cluster_signer(info["key"])
-    builder = MessageBuilder(signer, "victim-session")
+    builder = MessageBuilder(signer, "victim-session", run=info["run"])
     victim = _dealer(info, "registration")
     try:
         purge_id, captured = builder.build("purge_request", {"msg_ids": "all"}, dest=HUB)

@@ -143,7 +143,7 @@ def test_buffers_swapped_after_signing_never_run(
     rc = cluster.client
     engine = rc.engines[0]
     signer = cluster_signer(info["key"])
-    builder = MessageBuilder(signer, "attacker-session")
+    builder = MessageBuilder(signer, "attacker-session", run=info["run"])
     evil = str(tmp_path / f"evil-{path}")
     fine = str(tmp_path / f"fine-{path}")
     routing = [engine.uuid.encode()] if path == "mux" else []
@@ -247,7 +247,7 @@ def test_a_reply_replayed_on_another_socket_is_refused(
     answer it, and only once."""
     rc = cluster.client
     signer = cluster_signer(info["key"])
-    builder = MessageBuilder(signer, "victim-session")
+    builder = MessageBuilder(signer, "victim-session", run=info["run"])
     engine = rc.engines[0]
     victim = past_gate(info, zmq.DEALER)
     victim.identity = b"victim-" + os.urandom(4).hex().encode()

@@ -275,7 +275,11 @@ def say(engine: FakeEngine, kind: str, engine_id: int | None, msg_id: str) -> No
     info = {"msg_id": msg_id, "msg_type": "apply_request", "engine_id": engine_id}
     payload = encode_notification(kind, "engine", info).decode()
     engine.session.send(
-        engine.socks["registration"], FEED_MSG_TYPE, {"notification": payload}, dest=HUB
+        engine.socks["registration"],
+        FEED_MSG_TYPE,
+        {"notification": payload},
+        dest=HUB,
+        run=engine.run,  # what its registration reply named (door.RUN)
     )
 
 

@@ -5,6 +5,11 @@ Like a kernel's connection file it is the cluster's only secret, so it is writte
 0600 in one step (a private temporary file renamed into place), and only *after* every
 controller socket is bound: a reader that sees the file can connect at once, and never
 sees half a file or a port nobody holds yet.
+
+``run`` names one start of the controller (a new random value at each start, also on a
+restart that takes over a dead controller's key and ports): requests to the hub and the
+queues carry it, so that none made before a restart is admitted after it (see
+:mod:`corral.transports.zmq.door`, "Runs").
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from corral.transports.zmq.keyfile import KeyFile, new_key
 
 __all__ = [
     "FIELDS",
+    "new_run",
     "PORT_NAMES",
     "ClusterInfo",
     "cluster_file_path",
@@ -57,6 +63,7 @@ FIELDS = (
     "hb_misses",
     "controller_pid",
     "encryption",
+    "run",
 )
 
 
@@ -74,6 +81,7 @@ class ClusterInfo(KeyFile):
     SOCKETS: ClassVar[tuple[str, ...]] = PORT_NAMES
     KIND: ClassVar[str] = "cluster file"
     SOCKET_KIND: ClassVar[str] = "controller socket"
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"run"})
 
     def __init__(
         self,
@@ -101,6 +109,7 @@ class ClusterInfo(KeyFile):
         hb_misses: int = 2,
         controller_pid: int = 0,
         encryption: str = "none",
+        run: str | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.key = new_key() if key is None else key  # type: ignore[assignment]
@@ -128,6 +137,15 @@ class ClusterInfo(KeyFile):
         #: "none" (a PLAIN handshake keyed by the cluster key) or "curve" (CurveZMQ):
         #: see corral.transports.zmq.gate.
         self.encryption = encryption
+        #: this start of the controller (None, and left out of the file, for a file of a
+        #: controller without runs: such a file reads and writes back unchanged)
+        self.run = run
+
+
+def new_run() -> str:
+    """A fresh controller run: 32 hex digits (128 bits) from the OS's secure generator,
+    so no two starts of a cluster's controller ever share one."""
+    return os.urandom(16).hex()
 
 
 def cluster_file_path(profile: str, cluster_id: str) -> Path:

@@ -43,6 +43,21 @@ load-balanced task, so what it forwards to an engine carries the queue's **route
 signature, as one extra routing frame the engine takes off): an engine admits a queued
 request only with a seal naming that queue and itself. A captured request can then only
 be replayed to the receiver it was for, whose own guard has seen it.
+
+**Runs.** That guard forgets everything when its controller is restarted. So each start
+of a controller draws a new random **run** (in the cluster file, and in the hub's
+registration and connection replies), and every request to the hub or a queue (and an
+engine's ``bus_notification`` to the hub) carries it in its signed header (:data:`RUN`):
+the hub and the queues refuse a message of another run (:class:`WrongRun`), before their
+replay guard records it. A request captured before a restart is thereby refused by every
+later controller of the cluster. Two exemptions (:data:`RUN_FREE`, :data:`RUN_ANY`): an
+engine's ``registration_request`` carries no run it must match (an engine that outlived
+its controller learns the new run only from the answer; a repeated registration is
+answered with the same registration), and a ``connection_request`` (read-only, answered
+only to its sender) may name any run, which is how a client whose file is older than the
+controller learns the current run from the signed ``connection_reply``. Engines do not
+check runs: their replay guards outlive the controller, and queued requests reach them
+only under a queue's route seal.
 """
 
 from __future__ import annotations
@@ -60,6 +75,9 @@ __all__ = [
     "BUFFERS_COUNTED",
     "DEST",
     "HUB",
+    "RUN",
+    "RUN_ANY",
+    "RUN_FREE",
     "BUFFER_DIGESTS",
     "BUFFERS_HASHED",
     "BUFFERS_IGNORED",
@@ -67,6 +85,7 @@ __all__ = [
     "DIGEST_HEX",
     "Misdirected",
     "ROLES",
+    "WrongRun",
     "SEAL_PREFIX",
     "ClusterSigner",
     "Role",
@@ -74,6 +93,7 @@ __all__ = [
     "admit",
     "buffer_digest",
     "check_buffer_digests",
+    "check_run",
     "check_signed_buffers",
     "cluster_signer",
     "dest_of",
@@ -96,6 +116,16 @@ _SEP = b"."
 DEST = "dest"
 #: The destination of requests to the hub (its registration socket).
 HUB = "hub"
+#: The signed header key naming the controller run (one start of a controller) a request
+#: to the hub or a queue was made for; see the module docstring.
+RUN = "run"
+#: Requests admitted whatever run they carry, or none: an engine registering with a
+#: restarted controller cannot know its run before the answer.
+RUN_FREE = frozenset({"registration_request"})
+#: Requests admitted with any run, even an empty one, but not without the key: a client
+#: whose cluster file is older than the controller (or names no run) learns the current
+#: run from the answer, and a client older than runs is told so at once.
+RUN_ANY = frozenset({"connection_request"})
 #: How a route seal frame starts: ZeroMQ reserves routing ids that begin with a zero
 #: byte for its own (5-byte) ids, so no peer can name itself like a seal.
 SEAL_PREFIX = b"\x00>"
@@ -115,6 +145,42 @@ class Misdirected(RoleRefused):
     """A correctly signed request that names another destination than the receiving
     socket (captured on its way to one queue or engine and replayed to another), or a
     queued request without its queue's seal for this engine."""
+
+
+class WrongRun(Misdirected):
+    """A correctly signed request to the hub or a queue made for another run of its
+    controller (captured before a restart and replayed, or from a client that missed the
+    restart), or carrying no run at all (a client older than the controller).
+
+    The header is genuine (:func:`admit` attaches it): the hub answers the sender with
+    this error, so a stale client learns why instead of waiting."""
+
+    header: dict[str, Any] | None = None
+
+
+def check_run(header: dict[str, Any], run: str) -> None:
+    """Raise :class:`WrongRun` unless ``header`` (a verified request's) may be admitted by
+    the controller run ``run`` (see :data:`RUN_FREE`, :data:`RUN_ANY`)."""
+    msg_type = header.get("msg_type")
+    if msg_type in RUN_FREE:
+        return
+    theirs = header.get(RUN)
+    if theirs == run or (msg_type in RUN_ANY and theirs.__class__ is str):
+        return
+    if theirs is None:
+        why = (
+            f"{msg_type!r} carries no controller run: the sender is older than the "
+            "controller (use a client of the same corral version)"
+        )
+    else:
+        why = (
+            f"{msg_type!r} was made for controller run {theirs!r}, this controller runs "
+            f"{run!r}: the controller was restarted since (a replayed request, or a client "
+            "that missed the restart: Client.reconnect() or a new Client)"
+        )
+    error = WrongRun(why)
+    error.header = header
+    raise error
 
 
 def dest_of(name: str, engine: bytes | str | None = None) -> str:
@@ -234,13 +300,14 @@ def admit(
     dest: str | None = None,
     sealed_to: bytes | None = None,
     seal: bytes | None = None,
+    run: str | None = None,
 ) -> dict[str, Any]:
     """Let one received message in, or raise a :class:`wire.WireError` saying why not.
 
     In order: the HMAC over the four JSON ``parts`` and the buffer digests (``how``:
     hashed by consumers, counted by forwarders), the header (a JSON object with a string
     ``msg_id``), ``role`` (whether this socket may receive the header's ``msg_type``),
-    ``dest`` and the route seal (below), and last the ``replay`` guard (the signature seen
+    ``dest`` and the route seal (below), ``run``, and last the ``replay`` guard (the signature seen
     before on this receiver), so that only what this receiver would admit is recorded.
     Returns the parsed header, so callers never parse it twice. ``seen`` is what the
     replay guard records instead of the signature (the hub's monitor records each copy's
@@ -249,8 +316,10 @@ def admit(
     ``dest``: the receiving socket's destination (:func:`dest_of`); the header's
     :data:`DEST` must name it. ``sealed_to``: the receiving engine's uuid on a queue
     socket, where ``seal`` (taken off by :func:`take_seal`) must be the queue's route seal
-    for ``dest``, this engine and this signature. Both are checked only with a key (a
-    cluster without one checks nothing cryptographic).
+    for ``dest``, this engine and this signature. ``run``: the receiving controller's run
+    (the hub and the queues), which the header's :data:`RUN` must name
+    (:func:`check_run`). All three are checked only with a key (a cluster without one
+    checks nothing cryptographic).
 
     With a non-cluster :class:`wire.Signer` (kernel channels) the buffers are not covered:
     Jupyter's own signature. A disabled signer (empty key) checks nothing cryptographic.
@@ -281,6 +350,8 @@ def admit(
             and signer.open_route_seal(seal, dest, sealed_to, signature)
         ):
             raise Misdirected(f"no {dest} route seal for this engine")
+    if run is not None and enabled:
+        check_run(header, run)  # before the guard: a stale run is not recorded either
     if enabled and replay is not None:
         if seen is None:
             seen = signature
@@ -328,9 +399,11 @@ def deserialize(
     max_size: int | None = None,
     role: Role | None = None,
     dest: str | None = None,
+    run: str | None = None,
 ) -> tuple[list[bytes], dict[str, Any]]:
     """``(identities, msg)`` from received ``frames`` after :func:`admit` (see
-    :func:`wire.deserialize`, which is this; ``role`` and ``dest`` as in :func:`admit`)."""
+    :func:`wire.deserialize`, which is this; ``role``, ``dest`` and ``run`` as in
+    :func:`admit`)."""
     raw = [f if f.__class__ is bytes else wire._as_bytes(f) for f in frames]
     if max_size is not None:
         size = sum(len(f) for f in raw)
@@ -350,7 +423,7 @@ def deserialize(
         )
     parts = rest[1:5]
     buffers = rest[5:]
-    header = admit(signer, replay, parts, rest[0], buffers, role=role, dest=dest)
+    header = admit(signer, replay, parts, rest[0], buffers, role=role, dest=dest, run=run)
     msg_type = header.get("msg_type")
     if msg_type.__class__ is not str:
         raise wire.MalformedMessage("header must hold string 'msg_id' and 'msg_type'")

@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from . import wire
-from .door import DEST, Role, deserialize
+from .door import DEST, RUN, Role, deserialize
 
 __all__ = ["Session"]
 
@@ -58,9 +58,11 @@ class Session:
         metadata: dict[str, Any] | None = None,
         buffers: Sequence[Any] = (),
         dest: str | None = None,
+        run: str | None = None,
     ) -> dict[str, Any]:
         """A message from this session (not sent); ``dest``: where a cluster request may
-        be admitted, signed in its header (corral.transports.zmq.door.dest_of)."""
+        be admitted, signed in its header (corral.transports.zmq.door.dest_of); ``run``:
+        the controller run a request to the hub or a queue is for (door.RUN)."""
         msg = wire.make_message(
             msg_type,
             content,
@@ -72,6 +74,8 @@ class Session:
         )
         if dest is not None:
             msg["header"][DEST] = dest
+        if run is not None:
+            msg["header"][RUN] = run
         return msg
 
     def send(
@@ -85,9 +89,10 @@ class Session:
         metadata: dict[str, Any] | None = None,
         buffers: Sequence[Any] = (),
         dest: str | None = None,
+        run: str | None = None,
     ) -> dict[str, Any]:
         """Build, sign and send a message; returns it (for its ``msg_id``)."""
-        msg = self.msg(msg_type, content, parent, metadata, buffers, dest)
+        msg = self.msg(msg_type, content, parent, metadata, buffers, dest, run)
         self.send_msg(socket, msg, identities)
         return msg
 

@@ -144,6 +144,12 @@ def _read_cluster_file(path: Path) -> dict[str, Any]:
     return info.to_dict()
 
 
+def _run_of(info: dict[str, Any]) -> str:
+    """The controller run a cluster file names ("" if it names none)."""
+    run = info.get("run")
+    return run if isinstance(run, str) else ""
+
+
 def _url(info: dict[str, Any], name: str) -> str:
     return endpoint(info.get("transport", "tcp"), info.get("ip", "127.0.0.1"), int(info[name]))
 
@@ -224,7 +230,7 @@ class Client(ClientCompat):
             info.get("signature_scheme", "hmac-sha256"),
         )
         self.session = wire.new_id()
-        self._builder = MessageBuilder(self._signer, self.session)
+        self._builder = MessageBuilder(self._signer, self.session, run=_run_of(info))
         self._replay = wire.ReplayGuard()
         self.timeout = timeout
 
@@ -363,17 +369,20 @@ class Client(ClientCompat):
         engine, slipped in by a peer on the link); they are refused from then on
         (``wire.ReplayGuard.refuse_before``, the hub's own clock on both sides). The
         answer already holds what they said. Later answers only add engines, so an
-        unregistration still on its way must not be refused then.
+        unregistration still on its way must not be refused then. The controller run
+        it names is taken over then too (see :meth:`_check_run`).
         """
         reply = self._hub_request("connection_request", {}, timeout)
         if joining:
             header = reply.header
             if isinstance(header.get("session"), str):
                 self._replay.refuse_before(header["session"], header.get("date"))
-        self._apply_connection_reply(reply)
+        self._apply_connection_reply(reply, adopt=joining)
 
-    def _apply_connection_reply(self, reply: Parsed) -> None:
+    def _apply_connection_reply(self, reply: Parsed, adopt: bool = False) -> None:
         content = reply.content
+        if not self._check_run(content.get("run"), adopt):
+            return
         cluster = content.get("cluster")
         if isinstance(cluster, dict):
             self.cluster_info.update(cluster)
@@ -385,6 +394,23 @@ class Client(ClientCompat):
                     continue
                 self._add_engine(engine_id, record)
             self._engines_changed.notify_all()
+
+    def _check_run(self, run: Any, adopt: bool) -> bool:
+        """Whether the controller still runs the run this client's requests name
+        (corral.transports.zmq.door.RUN); False once it was found restarted.
+
+        The hub's signed answer to this client's own ``connection_request`` is the
+        authority: while connecting (``adopt``) its run replaces the cluster file's (a
+        copied or older file names an earlier run). Later, another run means the
+        controller was restarted under this client: everything pending is lost (as on a
+        lost connection), and :meth:`reconnect` picks the new run up."""
+        if not isinstance(run, str) or not run or run == self._builder.run:
+            return True  # a controller without runs, or the same one
+        if adopt:
+            self._builder.set_run(run)
+            return True
+        self._controller_lost("it was restarted (it runs another controller run now)")
+        return False
 
     def _add_engine(self, engine_id: int, record: dict[str, Any]) -> None:
         old = self._engines.get(engine_id)
@@ -554,7 +580,8 @@ class Client(ClientCompat):
         key = info.get("key", b"")
         key = key if isinstance(key, bytes) else key.encode("ascii")
         self._signer = cluster_signer(key, info.get("signature_scheme", "hmac-sha256"))
-        self._builder = MessageBuilder(self._signer, self.session)
+        # the new controller's run: requests made for the old one are refused by it
+        self._builder = MessageBuilder(self._signer, self.session, run=_run_of(info))
         if self._local is not None:
             self._local.close()
             self._local = LocalCalls(self._builder, self._signer)

@@ -24,6 +24,7 @@ from corral.transports.zmq.door import (
     BUFFERS_HASHED,
     BUFFERS_IGNORED,
     DEST,
+    RUN,
     BuffersAltered,
     Role,
     admit,
@@ -56,17 +57,31 @@ class MessageBuilder:
 
     Message ids are the session's random prefix plus a counter: unique, and an order of
     magnitude cheaper than a fresh uuid4 per message.
+
+    ``run``: the controller run (corral.transports.zmq.door.RUN) every request with a
+    destination names, so the hub and the queues of a later run refuse it; "" while it
+    is not known (a cluster file without one: the hub's connection reply tells it).
     """
 
-    __slots__ = ("signer", "session", "username", "_prefix", "_counter", "_templates")
+    __slots__ = ("signer", "session", "username", "run", "_prefix", "_counter", "_templates")
 
-    def __init__(self, signer: wire.Signer, session: str, username: str = "corral") -> None:
+    def __init__(
+        self, signer: wire.Signer, session: str, username: str = "corral", run: str = ""
+    ) -> None:
         self.signer = signer
         self.session = session
         self.username = username
+        self.run = run
         self._prefix = uuid.UUID(bytes=os.urandom(16)).hex[:24] + "-"
         self._counter = itertools.count(1)
         self._templates: dict[str, str] = {}
+
+    def set_run(self, run: str) -> None:
+        """Name ``run`` in the requests built from now on (the hub said the controller
+        runs another run than the cluster file: see Client._check_run)."""
+        if run != self.run:
+            self.run = run
+            self._templates = {}  # the headers of the old run
 
     def new_msg_id(self) -> str:
         """A message id unique to this client; ``next`` on a count is atomic, so any
@@ -88,6 +103,7 @@ class MessageBuilder:
         }
         if dest is not None:
             header[DEST] = dest
+            header[RUN] = self.run  # even "": the hub then tells it (door.RUN_ANY)
         return header
 
     def _header_bytes(self, msg_type: str, msg_id: str, dest: str | None = None) -> bytes:

@@ -41,8 +41,10 @@ from corral.transports.zmq.door import (
     BUFFERS_IGNORED,
     HUB,
     ROLES,
+    WrongRun,
     admit,
     cluster_signer,
+    deserialize,
 )
 from corral.transports.zmq.gate import Gate, RefusalLog
 from corral.transports.zmq.session import Session
@@ -202,8 +204,13 @@ class Hub(Component):
         flow_bound: int = MONITOR_BOUND,
         center: NotificationCenter = shared_center,
         queues: tuple[str, ...] = (),
+        run: str = "",
     ) -> None:
         self.gate = gate
+        #: this start of the controller (door.RUN): requests must name it, the replies
+        #: to registrations and connections tell it ("" only for a hub made by hand,
+        #: which then admits requests of any run)
+        self.run = run
         #: the marker subscriptions (base.ready_topic) of queues not yet subscribed to
         #: ``notification``: until they are in, no engine is registered (see serve)
         self.awaited = {ready_topic(name): name for name in queues}
@@ -585,6 +592,8 @@ class Hub(Component):
         return {
             "status": "ok",
             "id": record.id,
+            # what this engine's later requests to the hub (unregistration) must name
+            "run": self.run,
             "hb_period": self.heart.period,
             "hb_misses": self.heart.misses,
             "beat": self.heart.beat,
@@ -794,9 +803,8 @@ class Hub(Component):
     # -- registration socket: engines and clients ask ------------------------------------
 
     def on_registration(self, frames: list[zmq.Frame]) -> None:
-        parsed = self.session.parse([f.bytes for f in frames], _REGISTRATION, HUB)
+        parsed = self._admit_request([f.bytes for f in frames])
         if parsed is None:
-            self.dropped += 1
             return
         idents, msg = parsed
         if not idents:
@@ -822,6 +830,37 @@ class Hub(Component):
         if msg_type == "shutdown_request" and handler is not None:
             self.shutdown_engines()
 
+    def _admit_request(self, raw: list[bytes]) -> tuple[list[bytes], dict[str, Any]] | None:
+        """A request on the registration socket through the door (this hub's role, its
+        destination and its run), or None once refused, counted and logged."""
+        try:
+            return deserialize(
+                raw, self.signer, self.session.replay, None, _REGISTRATION, HUB, self.run or None
+            )
+        except WrongRun as exc:
+            self._drop("requests made for another controller run (WrongRun)", len(raw))
+            self._answer_wrong_run(raw, exc)
+        except wire.WireError as exc:
+            self._drop(f"registration requests refused ({type(exc).__name__})", len(raw))
+        return None
+
+    def _answer_wrong_run(self, raw: list[bytes], exc: WrongRun) -> None:
+        """Tell the sender of a request of another run why it is refused: a client that
+        missed a restart, or older than the controller, then fails at once and clearly.
+        The request is not served, so answering a replayed one repeats nothing."""
+        msg_type = None if exc.header is None else exc.header.get("msg_type")
+        if not isinstance(msg_type, str) or not msg_type.endswith("_request"):
+            return  # an engine's bus_notification expects no answer
+        idents = raw[: raw.index(DELIM)]
+        if not idents:
+            return
+        reply_type = msg_type.removesuffix("_request") + "_reply"
+        content = {"status": "error", "ename": "WrongRun", "evalue": str(exc)}
+        self.session.send(
+            self.registration, reply_type, content, parent={"header": exc.header},
+            identities=idents,
+        )  # fmt: skip
+
     def _h_registration(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
         return self.register(content), []
 
@@ -843,7 +882,9 @@ class Hub(Component):
 
     def _h_connection(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
         engines = {str(eid): rec.public() for eid, rec in self.engines.items()}
-        return {"status": "ok", "engines": engines, "cluster": self.cluster}, []
+        # "run": what the asker's other requests must name (a client whose cluster file
+        # is older than this controller learns it here: door.RUN_ANY)
+        return {"status": "ok", "engines": engines, "cluster": self.cluster, "run": self.run}, []
 
     def _h_queue(self, ident: bytes, content: dict[str, Any]) -> tuple[dict, list]:
         targets = content.get("targets")
@@ -940,6 +981,7 @@ class Hub(Component):
                 {"restart": False, "hub": True},
                 identities=[record.uuid.encode()],
                 dest="control",
+                run=self.run or None,
             )
             owed.add(msg["msg_id"])
         deadline = time.monotonic() + SHUTDOWN_GRACE

@@ -45,6 +45,7 @@ from ..clusterfile import (
     ClusterInfo,
     cluster_file_path,
     new_key,
+    new_run,
     read_cluster_file,
     write_cluster_file,
 )
@@ -114,6 +115,10 @@ class ControllerConfig:
         #: whether the caller chose the key (a restart then keeps it, not the old one's)
         self.key_given = key is not None
         self.key = _to_bytes(new_key() if key is None else key)
+        #: this start of the controller: every request to the hub or a queue must name it
+        #: (door.RUN), so none made before a restart is admitted after it. New with each
+        #: config, and a config is made for each start (never carried over by take_over).
+        self.run = new_run()
         #: ``{cluster file field: port}`` to bind again: see :func:`take_over`
         self.ports: dict[str, int] = {}
         self.signature_scheme = signature_scheme
@@ -190,6 +195,7 @@ class ControllerConfig:
             hb_misses=self.hb_misses,
             controller_pid=os.getpid(),
             encryption=self.encryption,
+            run=self.run,
             **ports,
         )
 
@@ -253,6 +259,7 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
             hb_misses=cfg.hb_misses,
             flow_bound=cfg.flow_bound,
             queues=_QUEUES,
+            run=cfg.run,
             **common,
         )
     if name == "iopub":
@@ -267,6 +274,7 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
         policy=cfg.policy,
         results_on_disk=cfg.db == "sqlite" and cfg.store_buffers,
         flow_bound=cfg.flow_bound,
+        run=cfg.run,
         **common,
     )
 

@@ -64,6 +64,7 @@ from corral.transports.zmq.door import (
     Misdirected,
     Role,
     RoleRefused,
+    WrongRun,
     admit,
     cluster_signer,
 )
@@ -185,9 +186,14 @@ class RoutingQueue(Component):
         gate: Gate | None = None,
         results_on_disk: bool = False,
         flow_bound: int = CLIENT_BOUND,
+        run: str = "",
     ) -> None:
         self.name = name
         self.gate = gate
+        #: this start of the controller (door.RUN), which every request must name: one
+        #: captured before a restart is not forwarded to an engine again after it ("":
+        #: a queue made by hand, which checks no run)
+        self.run = run or None
         signer = cluster_signer(key, scheme)
         # An ordered replay guard (wire.ReplayGuard): clients and engines reach a queue
         # in one hop, so what it has forgotten stays refused.
@@ -385,7 +391,8 @@ class RoutingQueue(Component):
     ) -> tuple[Sequence[Any], dict[str, Any]] | None:
         """The four JSON parts and the header, if ``frames[at]`` is the delimiter and the
         message passes the door (corral.transports.zmq.door.admit) for ``role`` (and,
-        for requests, names this queue as its signed ``dest``)."""
+        for requests, names this queue as its signed ``dest`` and this controller's
+        run)."""
         peer = frames[0] if frames else b""
         if len(frames) < at + 6 or frames[at] != DELIM:
             self._drop("malformed messages", len(frames), peer)
@@ -398,6 +405,7 @@ class RoutingQueue(Component):
             header = admit(
                 self.signer, self.replay, parts, signature, frames[at + 6 :],
                 how=BUFFERS_COUNTED, role=role, dest=dest,
+                run=self.run if dest is not None else None,
             )  # fmt: skip
         except wire.BadSignature:
             self._drop("unsigned or forged messages (wrong key?)", len(frames), peer)
@@ -412,6 +420,13 @@ class RoutingQueue(Component):
                 else "replayed messages"
             )
             self._drop(why, len(frames), peer)
+            return None
+        except WrongRun:
+            self._drop(
+                "requests made for another controller run (from before a restart?)",
+                len(frames),
+                peer,
+            )
             return None
         except Misdirected:
             self._drop(f"messages signed for another destination ({self.name})", len(frames), peer)

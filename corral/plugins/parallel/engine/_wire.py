@@ -31,7 +31,7 @@ import zmq
 from corral.core.interrupts import protect
 from corral.transports.zmq import wire
 from corral.transports.zmq.batch import BatchError, is_batch, unbatch
-from corral.transports.zmq.door import DEST, ROLES, BuffersAltered, Role, admit, take_seal
+from corral.transports.zmq.door import DEST, ROLES, RUN, BuffersAltered, Role, admit, take_seal
 from corral.transports.zmq.frames import recv_frames, send_frames
 
 __all__ = [
@@ -275,11 +275,14 @@ class Replier:
         )
         self._n = 0
 
-    def header(self, msg_type: str, date: str, dest: str | None = None) -> bytes:
+    def header(
+        self, msg_type: str, date: str, dest: str | None = None, run: str | None = None
+    ) -> bytes:
         """The JSON of a fresh header for ``msg_type`` (``msg_type`` and ``dest`` must be
-        plain ASCII); ``dest``: where a request may be admitted (door.dest_of)."""
+        plain ASCII); ``dest``: where a request may be admitted (door.dest_of);
+        ``run``: the controller run a request to the hub is for (door.RUN)."""
         self._n += 1
-        return b'{"msg_id":"%b%d","msg_type":"%b%b%b","version":"%b"%b}' % (
+        return b'{"msg_id":"%b%d","msg_type":"%b%b%b","version":"%b"%b%b}' % (
             self._prefix,
             self._n,
             msg_type.encode("ascii"),
@@ -287,6 +290,7 @@ class Replier:
             date.encode("ascii"),
             wire.PROTOCOL_VERSION.encode("ascii"),
             b"" if dest is None else b',"%b":"%b"' % (DEST.encode(), dest.encode("ascii")),
+            b"" if not run else b',"%b":%b' % (RUN.encode(), json.dumps(run).encode("ascii")),
         )
 
     @property
@@ -304,7 +308,8 @@ class Replier:
         buffers: Sequence[Any] = (),
         date: str | None = None,
         dest: str | None = None,
+        run: str | None = None,
     ) -> list[Any]:
         """Frames of a signed message; ``parent``/``metadata``/``content`` are JSON bytes."""
-        parts = [self.header(msg_type, date or iso_now(), dest), parent, metadata, content]
+        parts = [self.header(msg_type, date or iso_now(), dest, run), parent, metadata, content]
         return [*idents, _DELIM, self.signer.seal(parts, buffers), *parts, *buffers]

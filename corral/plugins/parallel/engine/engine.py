@@ -198,6 +198,10 @@ class Engine:
         #: The signed destination of requests to this engine's own sockets (its data
         #: socket and its Unix socket; see corral.transports.zmq.door.dest_of).
         self.direct_dest = dest_of("engine", self.uuid)
+        #: The run of the controller this engine is registered with (door.RUN), which its
+        #: requests to the hub name: told by the registration reply, and told again by a
+        #: restarted controller's (a registration itself needs none).
+        self.controller_run: str | None = None
         self.hub_timeout = hub_timeout
         self.controller_grace = grace_period(controller_grace, info)
         #: the msg_id of the request being served (read by the hub watch's thread)
@@ -444,6 +448,7 @@ class Engine:
                     f"registration refused: {content.get('evalue') or content.get('status')}"
                 )
             self.id = int(content["id"])
+            self.learn_run(content)
             beat = content.get("beat")
             self._hub_beat = beat if type(beat) is int else None
             self.hb_period = float(content.get("hb_period") or self.hb_period)
@@ -453,6 +458,12 @@ class Engine:
         self._after_registration()
         self.announce()
         return self.id
+
+    def learn_run(self, reply: dict[str, Any]) -> None:
+        """Keep the controller run a registration reply names (what later requests to
+        the hub must carry; None from a controller without runs)."""
+        run = reply.get("run")
+        self.controller_run = run if isinstance(run, str) and run else None
 
     def _after_registration(self) -> None:
         """Everything that needs the engine id: output, pre-encoded replies, threads."""
@@ -953,6 +964,7 @@ class Engine:
                         b"{}",
                         wire.json_dumps({"id": self.id}),
                         dest=HUB,
+                        run=self.controller_run,
                     )
                     send_frames(self.registration, frames, zmq.NOBLOCK)
                 except zmq.ZMQError:

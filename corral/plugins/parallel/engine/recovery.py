@@ -164,6 +164,7 @@ class ControllerRecovery:
             self.engine._stop("re-registration refused", 1)
             return
         self.engine.task_feed.wanted = reply.get("task_feed") is True
+        self.engine.learn_run(reply)  # the restarted controller's: the old one's is refused
         if reply["id"] != self.engine.id:
             log.warning("engine %s re-registered as engine %d", self.engine.id, reply["id"])
             self.engine.id = int(reply["id"])

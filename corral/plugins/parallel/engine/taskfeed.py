@@ -43,7 +43,11 @@ class _ToHub:
     def send(self, data: bytes) -> None:
         engine = self._engine
         content = wire.json_dumps({"notification": data.decode("utf-8")})
-        frames = engine.replier.frames((), FEED_MSG_TYPE, b"{}", b"{}", content, dest=HUB)
+        # Named for this controller run (door.RUN), as every message to the hub: one
+        # made for a controller since restarted is refused by the new one.
+        frames = engine.replier.frames(
+            (), FEED_MSG_TYPE, b"{}", b"{}", content, dest=HUB, run=engine.controller_run
+        )
         try:
             send_frames(engine.registration, frames, _NOBLOCK)
         except zmq.ZMQError:

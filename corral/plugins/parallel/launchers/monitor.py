@@ -259,9 +259,11 @@ def report_death(cluster_file: Path, engine_uuid: str, cause: str, timeout: floa
         sock.connect(url)
         content = {"uuid": engine_uuid, "reason": "died", "cause": cause}
         replier = Replier(signer, wire.new_id(), "monitor")
+        run = info.get("run")  # the controller's run: the hub refuses any other (door.RUN)
         frames = replier.frames(
-            (), "unregistration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
-        )
+            (), "unregistration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB,
+            run=run if isinstance(run, str) else None,
+        )  # fmt: skip
         send_frames(sock, frames)
         return bool(sock.poll(int(timeout * 1000)))
     finally:
