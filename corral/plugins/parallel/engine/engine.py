@@ -115,6 +115,9 @@ from .tasks import Tasks
 
 __all__ = ["DEFAULT_CONTROLLER_GRACE", "Engine", "EngineJoinError", "load_cluster_file"]
 
+#: How long a stopping engine waits for its plugins to finish loading (see close()).
+PLUGINS_GRACE = 10.0
+
 log = logging.getLogger("corral.parallel.engine")
 
 _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic is slow
@@ -936,6 +939,11 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        loader = self._plugins
+        if loader is not None and loader is not threading.current_thread():
+            # A daemon thread still importing plugins when the interpreter finalizes
+            # fails (or crashes it): a stop soon after the start waits for it, briefly.
+            loader.join(PLUGINS_GRACE)
         self.task_feed.close()
         bound.close_bound(self)
         if getattr(self, "_saved_streams", None):
