@@ -35,6 +35,8 @@ import pytest
 PROCESS_FILES: frozenset[str] = frozenset(
     {
         "test_bridge.py",
+        "test_parallel_curve_stall.py",
+        "test_parallel_data_channel_race.py",
         "test_parallel_late_subscriber.py",
         "test_parallel_seal_mitm.py",
         "test_parallel_replay_memory.py",
