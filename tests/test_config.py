@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.core.config import ConfigError, Option, Schema, load_config, render_ini
+from corral.core.config import ConfigError, Option, Schema, env_name, load_config, render_ini
 from corral.core.profiles import (
     ProfileNotFound,
     list_profiles,
@@ -183,3 +183,30 @@ def test_profiles(isolated_dirs):
         locate_profile("nope")
     with pytest.raises(ValueError, match="profile name"):
         profile_dir("../escape")
+
+
+def test_no_variable_corral_sets_for_its_processes_is_read_as_a_bad_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every ``CORRAL_*`` name in the code, set in the environment, either is an option
+    or is left alone: an engine's monitor sets CORRAL_ENGINE_UUID, and the engine's
+    configuration (its plugins) failed to load with "unknown key 'uuid' in [engine]"."""
+    import re
+
+    import corral
+    from corral.core.config import PROCESS_VARIABLES
+    from corral.plugins.manager import get_plugin_manager
+    from corral.plugins.runtime import load_configuration
+
+    root = Path(corral.__file__).parent
+    names = set()
+    for path in root.rglob("*.py"):
+        names |= set(re.findall(r'"(CORRAL_[A-Z0-9_]+)"', path.read_text()))
+    assert "CORRAL_ENGINE_UUID" in names  # the scan finds what it looks for
+    manager = get_plugin_manager(profile=None)
+    schema = load_configuration(manager, profile=None).schema
+    options = {env_name(o.section, o.key) for s in schema.sections() for o in schema.options(s)}
+    for name in sorted(names - options):
+        monkeypatch.setenv(name, "1")
+    load_configuration(manager, profile=None)  # raises ConfigError on a collision
+    assert PROCESS_VARIABLES <= names, "a process variable nobody uses any more"

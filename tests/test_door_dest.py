@@ -176,3 +176,35 @@ def test_runs_are_checked_only_with_a_key_and_a_run() -> None:
     parts, sig = run_request(RUN_A)
     assert admit(cluster_signer(KEY), None, parts, sig, dest="task")  # no run: not checked
     assert admit(cluster_signer(b""), None, parts, b"", dest="task", run=RUN_B)  # no key
+
+
+def test_route_seals_are_stamped_in_sealing_order_and_the_stamp_is_covered() -> None:
+    signer = cluster_signer(KEY)
+    parts, sig = request("task")
+    seals = [signer.route_seal("task", ENGINE_A, sig) for _ in range(50)]
+    stamps = [signer.open_route_seal(s, "task", ENGINE_A, sig) for s in seals]
+    assert stamps == sorted(set(stamps)) and stamps[0] > 0  # strictly increasing
+    forged = bytearray(seals[0])
+    forged[len(SEAL_PREFIX) + 7] ^= 1  # another stamp under the same MAC
+    assert signer.open_route_seal(bytes(forged), "task", ENGINE_A, sig) == -1
+    with pytest.raises(Misdirected):
+        let_in(parts, sig, dest="task", sealed_to=ENGINE_A, seal=bytes(forged))
+
+
+def test_an_engine_orders_queued_requests_by_their_seal_not_their_date() -> None:
+    """The task scheduler may hold a request back behind many later ones of the same
+    client: the engine's ordered guard (tiny here) lets every one in, because the queue
+    sealed them in the order it sent them; a sealed request it has forgotten, resent by
+    a peer on the link, stays refused."""
+    queue = cluster_signer(KEY)
+    requests = [request("task") for _ in range(6)]  # made (dated) in this order
+    guard = wire.ReplayGuard(maxlen=2, ordered=True)
+    sent = []
+    for parts, sig in reversed(requests):  # sent in the opposite order
+        seal = queue.route_seal("task", ENGINE_A, sig)
+        let_in(parts, sig, guard, dest="task", sealed_to=ENGINE_A, seal=seal)
+        sent.append((parts, sig, seal))
+    parts, sig, seal = sent[0]  # forgotten by now (the guard holds two)
+    assert sig not in guard
+    with pytest.raises(wire.StaleMessage):
+        let_in(parts, sig, guard, dest="task", sealed_to=ENGINE_A, seal=seal)

@@ -850,3 +850,31 @@ def test_controller_never_imports_numpy_or_cloudpickle(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert b"Traceback" not in (proc.stderr.read() if proc.stderr else b"")
+
+
+@pytest.mark.parametrize("queue", ["mux", "control"])
+def test_an_engine_that_leaves_politely_still_delivers_its_last_replies(
+    cluster: Cluster, queue: str
+) -> None:
+    """An engine asked to shut down answers on its queue connection, then unregisters on
+    another: the hub's notice can reach the queue first. The queue must still pass the
+    engine's reply on, not answer "engine died" for work the engine did (a
+    `shutdown_request` to an engine by id failed with EngineError in CI)."""
+    (engine,), client = engines_and_client(cluster, 1)
+    msg_type = "apply_request" if queue == "mux" else "shutdown_request"
+    sent = client.send(queue, msg_type, engine=engine)
+    idents, got = engine.next_request(queue)
+    engine.session.send(
+        engine.socks["registration"],
+        "unregistration_request",
+        {"id": engine.id},
+        dest=HUB,
+        run=engine.run,
+    )
+    note = client.notification()  # the queue subscribes to the same feed
+    assert note["msg_type"] == "unregistration_notification"
+    assert note["content"]["reason"] == "shutdown"
+    engine.reply(queue, idents, got)
+    reply = client.reply(queue)
+    assert reply["parent_header"]["msg_id"] == sent["msg_id"]
+    assert reply["content"]["status"] == "ok", reply["content"]

@@ -30,6 +30,7 @@ from corral.errors import CorralError
 __all__ = [
     "Config",
     "ConfigError",
+    "PROCESS_VARIABLES",
     "Option",
     "Schema",
     "env_name",
@@ -313,10 +314,27 @@ def _env_section(section: str) -> str:
     return re.sub(r"[^a-z0-9]", "_", section.lower())
 
 
+#: Variables corral's processes hand each other (a monitor tells its engine its uuid, a
+#: kernel manager its kernel where to say it is ready, ...), named like options of a
+#: section (``CORRAL_<SECTION>_<KEY>``) without being options: the environment layer
+#: leaves them alone. Before, an engine's plugins failed to load under its monitor
+#: (``CORRAL_ENGINE_UUID``: unknown key 'uuid' in [engine]). ``tests/test_config.py``
+#: scans the code for every such name.
+PROCESS_VARIABLES = frozenset(
+    {
+        "CORRAL_CONTROLLER_GRACE",
+        "CORRAL_ENGINE_ID_FROM_RANK",
+        "CORRAL_ENGINE_UUID",
+        "CORRAL_KERNEL_LOG_LEVEL",
+        "CORRAL_KERNEL_READY_FD",
+    }
+)
+
+
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
     sections = sorted(config.schema.sections(), key=len, reverse=True)
     for name, raw in environ.items():
-        if not name.startswith("CORRAL_"):
+        if not name.startswith("CORRAL_") or name in PROCESS_VARIABLES:
             continue
         rest = name[len("CORRAL_") :].lower()
         section = next((s for s in sections if rest.startswith(_env_section(s) + "_")), None)

@@ -65,6 +65,7 @@ from __future__ import annotations
 import hmac
 import json
 import struct
+import time
 from collections.abc import Sequence
 from hashlib import blake2b as _blake2b
 from typing import Any
@@ -129,9 +130,14 @@ RUN_ANY = frozenset({"connection_request"})
 #: How a route seal frame starts: ZeroMQ reserves routing ids that begin with a zero
 #: byte for its own (5-byte) ids, so no peer can name itself like a seal.
 SEAL_PREFIX = b"\x00>"
-#: Bytes of a route seal's MAC (raw: routing frames are binary).
+#: Bytes of a route seal's stamp (big-endian microseconds of the queue's clock, strictly
+#: increasing per signer) and of its MAC (raw: routing frames are binary).
+_SEAL_STAMP = 8
 _SEAL_MAC = 32
-_SEAL_LEN = len(SEAL_PREFIX) + _SEAL_MAC
+_SEAL_LEN = len(SEAL_PREFIX) + _SEAL_STAMP + _SEAL_MAC
+#: The replay guard session of requests through one queue (their order is the queue's).
+SEALED_SESSION = "sealed:"
+
 #: At most this many (queue, engine) seal states are kept by one signer.
 _SEAL_STATES = 4096
 
@@ -326,6 +332,7 @@ def admit(
     """
     altered: BuffersAltered | None = None
     enabled = signer.enabled
+    sealed: tuple[str, int] | None = None
     if enabled:
         try:
             signer.check(parts, signature, buffers, how)
@@ -344,12 +351,15 @@ def admit(
         # recorded there (nor block its genuine copy, were this its place after all).
         if header.get(DEST) != dest:
             raise Misdirected(f"signed for {header.get(DEST)!r}, received by {dest!r}")
-        if sealed_to is not None and not (
-            seal is not None
-            and signer.__class__ is ClusterSigner
-            and signer.open_route_seal(seal, dest, sealed_to, signature)
-        ):
-            raise Misdirected(f"no {dest} route seal for this engine")
+        if sealed_to is not None:
+            stamp = -1
+            if seal is not None and signer.__class__ is ClusterSigner:
+                stamp = signer.open_route_seal(seal, dest, sealed_to, signature)
+            if stamp < 0:
+                raise Misdirected(f"no {dest} route seal for this engine")
+            # Through a queue, order is the queue's: its stamp, under a session of that
+            # queue in that controller run (a restarted controller's clock is another's).
+            sealed = (f"{SEALED_SESSION}{dest}:{header.get(RUN)}", stamp)
     if run is not None and enabled:
         check_run(header, run)  # before the guard: a stale run is not recorded either
     if enabled and replay is not None:
@@ -357,11 +367,11 @@ def admit(
             seen = signature
         # The signed header's session and date: an ordered guard refuses what is older
         # than what it has forgotten of that session (wire.ReplayGuard).
-        replay.check(
-            seen if seen.__class__ is bytes else bytes(seen),
-            header.get("session"),
-            header.get("date"),
-        )
+        seen = seen if seen.__class__ is bytes else bytes(seen)
+        if sealed is None:
+            replay.check(seen, header.get("session"), header.get("date"))
+        else:
+            replay.check(seen, sealed[0], stamp=sealed[1])
     if altered is not None:
         altered.header = header
         raise altered
@@ -508,11 +518,13 @@ class BuffersAltered(wire.BadSignature):
 class ClusterSigner(wire.Signer):
     """A :class:`wire.Signer` whose signature also covers every buffer (see the module)."""
 
-    __slots__ = ("_seal_key", "_seal_states")
+    __slots__ = ("_seal_key", "_seal_stamp", "_seal_states")
 
     def __init__(self, key: bytes | str, scheme: str = "hmac-sha256") -> None:
         super().__init__(key, scheme)
         self._seal_key: bytes | None = None
+        #: the last route seal's stamp (see route_seal)
+        self._seal_stamp = 0
         #: (queue, engine) -> the keyed BLAKE2b state after that prefix
         self._seal_states: dict[tuple[str, bytes], Any] = {}
 
@@ -580,18 +592,32 @@ class ClusterSigner(wire.Signer):
 
     def route_seal(self, queue: str, engine: bytes, signature: Any) -> bytes:
         """The routing frame a queue adds to a request it forwards to ``engine``: binds
-        the request (by its signature) to this queue and this engine (see the module).
+        the request (by its signature) to this queue and this engine (see the module),
+        and stamps it with this queue's clock.
 
-        A keyed BLAKE2b (a MAC in its keyed mode, under a key of its own derived from the
-        cluster key) rather than an HMAC: one C call, a few times cheaper than copying
-        an HMAC state, and paid twice per load-balanced task (queue and engine)."""
-        return SEAL_PREFIX + self._seal_mac(queue, engine, signature)
+        The stamp (microseconds, strictly increasing per signer: a queue seals in the
+        order it sends) lets an engine order what comes through a queue by the queue's
+        sending order, which the task scheduler's holding back does not disturb: its
+        ordered replay guard then refuses a sealed request it has already forgotten
+        (see :class:`wire.ReplayGuard`). A keyed BLAKE2b (a MAC in its keyed mode, under a
+        key of its own derived from the cluster key) rather than an HMAC: one C call, a
+        few times cheaper than copying an HMAC state, and paid twice per load-balanced
+        task (queue and engine)."""
+        now = time.time_ns() // 1000
+        stamp = self._seal_stamp = now if now > self._seal_stamp else self._seal_stamp + 1
+        mark = stamp.to_bytes(_SEAL_STAMP, "big")
+        return SEAL_PREFIX + mark + self._seal_mac(queue, engine, signature, mark)
 
-    def open_route_seal(self, seal: bytes, queue: str, engine: bytes, signature: Any) -> bool:
-        """Whether ``seal`` is ``queue``'s seal of ``signature`` for ``engine``."""
-        return hmac.compare_digest(SEAL_PREFIX + self._seal_mac(queue, engine, signature), seal)
+    def open_route_seal(self, seal: bytes, queue: str, engine: bytes, signature: Any) -> int:
+        """The stamp of ``seal`` if it is ``queue``'s seal of ``signature`` for
+        ``engine``, else -1."""
+        if len(seal) != _SEAL_LEN:
+            return -1
+        mark = seal[len(SEAL_PREFIX) : len(SEAL_PREFIX) + _SEAL_STAMP]
+        expected = SEAL_PREFIX + mark + self._seal_mac(queue, engine, signature, mark)
+        return int.from_bytes(mark, "big") if hmac.compare_digest(expected, seal) else -1
 
-    def _seal_mac(self, queue: str, engine: bytes, signature: Any) -> bytes:
+    def _seal_mac(self, queue: str, engine: bytes, signature: Any, mark: bytes) -> bytes:
         state = self._seal_states.get((queue, engine))
         if state is None:
             if self._base is None:
@@ -607,6 +633,7 @@ class ClusterSigner(wire.Signer):
             self._seal_states[(queue, engine)] = state
         h = state.copy()  # the keyed state after the prefix: one C copy per message
         h.update(signature if signature.__class__ is bytes else bytes(signature))
+        h.update(mark)  # fixed length, last: no (signature, stamp) pair reads as another
         return h.digest()
 
     # -- the monitor envelope ----------------------------------------------------------

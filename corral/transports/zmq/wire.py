@@ -317,15 +317,24 @@ class ReplayGuard:
         with self._lock:
             return self._table[self._slot(key)] == key
 
-    def check(self, signature: bytes, session: object = None, date: object = None) -> None:
+    def check(
+        self,
+        signature: bytes,
+        session: object = None,
+        date: object = None,
+        *,
+        stamp: int | None = None,
+    ) -> None:
         """Record ``signature``; raise :class:`ReplayedMessage` if it was seen before, or
         :class:`StaleMessage` if ``date`` (the signed header's) is at or before what this
-        guard has already forgotten of ``session``."""
+        guard has already forgotten of ``session``. ``stamp``: the order already as
+        microseconds (a queue's route seal), instead of ``date``."""
         sig = bytes(signature)
         key = _signature_key(sig)
         ordered = self.ordered
-        stamp = self._UNDATED
-        if session.__class__ is str and (ordered or session in self._sessions):
+        if session.__class__ is not str or not (ordered or session in self._sessions):
+            stamp = self._UNDATED
+        elif stamp is None:
             stamp = _stamp(date)
         with self._lock:
             owner = 0

@@ -119,6 +119,9 @@ RESULTS_LRU = 65536
 _FAILED = False  # a remembered dependency outcome: the task failed
 #: How long a registered engine's queue connection may take to come up (EHOSTUNREACH).
 CONNECT_GRACE = 5.0
+#: How long a queue still takes the replies of an engine that left politely (asked to shut
+#: down) before it answers what that engine still owes: see PerEngineQueue.engine_leaving.
+LEAVE_GRACE = 2.0
 #: How often messages held for a still-connecting engine are retried.
 _RETRY_INTERVAL = 0.005
 #: Messages an engine's pipe into a queue holds before libzmq stops reading from that
@@ -537,6 +540,8 @@ class RoutingQueue(Component):
             for parked in self.parked.pop(engine, ()):
                 self.isolated(self._accept_reply, parked)
         elif msg["msg_type"] == "unregistration_notification" and engine in self.engines:
+            if content.get("reason") == "shutdown" and self.engine_leaving(engine, eid):
+                return
             cause = content.get("cause")
             if isinstance(cause, str) and cause:
                 self.death_causes[engine] = cause
@@ -862,6 +867,11 @@ class RoutingQueue(Component):
         """An engine died or left: answer what it still owed."""
         raise NotImplementedError
 
+    def engine_leaving(self, engine: bytes, eid: int) -> bool:
+        """An engine unregistered politely: True if this queue forgets it later (once it
+        has answered, or after a grace), False to forget it now."""
+        return False
+
     def undeliverable(self, engine: bytes, msg_id: str) -> None:
         """The request ``msg_id`` could not reach ``engine``: answer it with an error."""
         raise NotImplementedError
@@ -883,6 +893,33 @@ class PerEngineQueue(RoutingQueue):
         super().__init__(name, **kwargs)
         self.outstanding: dict[bytes, dict[str, Pending]] = {}
         self.coalescer = Coalescer() if GAP > 0 else None
+        #: engines that left politely and still owe replies: uuid -> (id, deadline)
+        self.leaving: dict[bytes, tuple[int, float]] = {}
+
+    def engine_leaving(self, engine: bytes, eid: int) -> bool:
+        """An engine asked to shut down answers its last requests (the shutdown itself,
+        tasks it finished) on its queue connections, and then unregisters on another: the
+        hub's notice can overtake those replies, and answering for the engine at once
+        reported "engine died" for work it had done. So it is forgotten once it owes
+        nothing, or after :data:`LEAVE_GRACE` seconds."""
+        if not self.outstanding.get(engine):
+            return False
+        self.leaving[engine] = (eid, time.monotonic() + LEAVE_GRACE)
+        return True
+
+    def _done_leaving(self, engine: bytes) -> None:
+        eid, _ = self.leaving.pop(engine)
+        if engine in self.engines:
+            self._forget_engine(engine, eid)
+
+    def _expire_leaving(self, now: float) -> None:
+        for engine, (_, deadline) in list(self.leaving.items()):
+            if now >= deadline or not self.outstanding.get(engine):
+                self._done_leaving(engine)
+
+    def engine_added(self, engine: bytes, eid: int) -> None:
+        self.leaving.pop(engine, None)  # the same engine back (a controller restart)
+        self.outstanding.setdefault(engine, {})
 
     def engine_removed(self, engine: bytes, eid: int) -> None:
         for pending in self.outstanding.pop(engine, {}).values():
@@ -920,9 +957,14 @@ class PerEngineQueue(RoutingQueue):
             if due is not None:
                 until = max(0.0, due - time.monotonic())
                 wait = until if wait is None else min(wait, until)
+        if self.leaving:
+            until = max(0.0, min(d for _, d in self.leaving.values()) - time.monotonic())
+            wait = until if wait is None else min(wait, until)
         return wait
 
     def on_timer(self, now: float) -> None:
+        if self.leaving:
+            self._expire_leaving(now)
         coalescer = self.coalescer
         if coalescer is not None and coalescer.holding:
             for group in coalescer.due(now):
@@ -982,7 +1024,7 @@ class DirectQueue(PerEngineQueue):
             table.pop(msg_id, None)
 
     def engine_added(self, engine: bytes, eid: int) -> None:
-        self.outstanding.setdefault(engine, {})
+        super().engine_added(engine, eid)
         self.dead.discard(engine)
 
     def engine_removed(self, engine: bytes, eid: int) -> None:

@@ -187,9 +187,11 @@ class Engine:
         #: Credentials every socket presents (or, the data socket, demands): see gate.py.
         self.gate = gate_for(info)
         self.scheme = scheme
-        #: The replay guard of the queue sockets and the registration socket: not ordered,
-        #: since the task scheduler may hold a request back behind later ones.
-        self.replay = wire.ReplayGuard()
+        #: The replay guard of the queue sockets and the registration socket. Ordered: a
+        #: request through a queue is ordered by its route seal's stamp (the queue's
+        #: sending order, which the task scheduler holding a request back does not
+        #: disturb), the hub's answers by their date (door.admit).
+        self.replay = wire.ReplayGuard(ordered=True)
         #: The direct sockets' (data, same-host) guard: clients reach them in one hop, so
         #: it is ordered and what it forgot stays refused (wire.ReplayGuard). Requests
         #: are bound to one or the other by their signed destination (door.dest_of).
