@@ -10,9 +10,11 @@ so this module is pickled by value: engines need not import it from the tests di
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 
 import cloudpickle
 
-__all__ = ["TIMEOUT", "until", "wait_for_file"]
+__all__ = ["TIMEOUT", "JsonLines", "until", "wait_for_file"]
 
 #: Seconds before a wait gives up. Generous because the machine is shared and noisy;
 #: only a hang ever reaches it, so a passing run never waits this long.
@@ -79,3 +81,38 @@ def wait_for_file(
 
     until(exists, timeout, what=f"no file at {target}")
     return "released"
+
+
+class JsonLines:
+    """The JSON lines a child process prints (a watcher of the cluster's feed, say), read
+    in a thread; tests wait on a condition, not on the clock."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[list[Any]] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with self._changed:
+                self.seen.append(json.loads(line))
+                self._changed.notify_all()
+
+    def wait(self, done: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
+        """Whether ``done()`` came true within ``timeout``."""
+        with self._changed:
+            return self._changed.wait_for(done, timeout)
+
+    def wait_for(
+        self, match: Callable[[list[Any]], bool], timeout: float = TIMEOUT
+    ) -> list[Any] | None:
+        """The first line ``match`` accepts, None if none came within ``timeout``."""
+        with self._changed:
+            self._changed.wait_for(lambda: any(map(match, self.seen)), timeout)
+            return next((line for line in self.seen if match(line)), None)
+
+    def of(self, msg_id: str) -> list[list[Any]]:
+        """The lines whose info names ``msg_id``."""
+        with self._changed:
+            return [line for line in self.seen if line[2].get("msg_id") == msg_id]

@@ -3,7 +3,6 @@ notification center (client side, and inside an engine)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from helpers import JsonLines
 from parallel_client_harness import LiveCluster
 
 from corral.notification import shared_center
@@ -197,30 +197,6 @@ with watch_cluster(sys.argv[1]):
 """
 
 
-class Lines:
-    """The JSON lines a child prints, read in a thread; tests wait for one that matches."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.seen: list[list[Any]] = []
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with self._changed:
-                self.seen.append(json.loads(line))
-                self._changed.notify_all()
-
-    def wait_for(
-        self, match: Callable[[list[Any]], bool], timeout: float = WAIT
-    ) -> list[Any] | None:
-        """The first line ``match`` accepts, None if none came within ``timeout``."""
-        with self._changed:
-            self._changed.wait_for(lambda: any(map(match, self.seen)), timeout)
-            return next((line for line in self.seen if match(line)), None)
-
-
 def test_an_observer_in_another_process_hears_the_hub_post_an_engine_death(
     live: LiveCluster,
 ) -> None:
@@ -235,7 +211,7 @@ def test_an_observer_in_another_process_hears_the_hub_post_an_engine_death(
         text=True,
     )
     try:
-        lines = Lines(watcher)
+        lines = JsonLines(watcher)
         assert lines.wait_for(lambda line: line[0] == "ready")
         # The subscription may take a moment: engines join until the watcher hears one.
         rc = live.client

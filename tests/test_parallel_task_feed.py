@@ -9,7 +9,6 @@ while its task topic has a subscriber, and only what an engine says of itself.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from helpers import JsonLines
 from parallel_client_harness import LiveCluster
 from parallel_fakes import FakeClient, FakeEngine
 
@@ -202,30 +202,6 @@ with watch_cluster(sys.argv[1], tasks=True):
 """
 
 
-class Lines:
-    """The JSON lines a child prints, read in a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.seen: list[list[Any]] = []
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with self._changed:
-                self.seen.append(json.loads(line))
-                self._changed.notify_all()
-
-    def wait(self, done: Any, timeout: float = WAIT) -> bool:
-        with self._changed:
-            return self._changed.wait_for(done, timeout)
-
-    def of(self, msg_id: str) -> list[list[Any]]:
-        with self._changed:
-            return [line for line in self.seen if line[2].get("msg_id") == msg_id]
-
-
 def test_a_watch_that_follows_tasks_hears_them_in_another_process(live: LiveCluster) -> None:
     """Not a client: ``watch_cluster(tasks=True)`` alone makes the engines send, while
     the test's client observes nothing."""
@@ -237,7 +213,7 @@ def test_a_watch_that_follows_tasks_hears_them_in_another_process(live: LiveClus
         text=True,
     )
     try:
-        lines = Lines(watcher)
+        lines = JsonLines(watcher)
         assert lines.wait(lambda: any(line[0] == "ready" for line in lines.seen))
         rc = live.client
         for _ in range(int(WAIT / ROUND)):
