@@ -37,6 +37,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_bridge.py",
         "test_parallel_curve_stall.py",
         "test_parallel_data_channel_race.py",
+        "test_parallel_data_unreachable.py",
         "test_parallel_late_subscriber.py",
         "test_parallel_seal_mitm.py",
         "test_parallel_replay_memory.py",

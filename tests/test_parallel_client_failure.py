@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import sys
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,35 @@ def test_a_crashed_io_thread_fails_pending_work_instead_of_hanging(live: LiveClu
     io._send_now = real_send  # type: ignore[method-assign]
     rc.reconnect(timeout=30)
     assert rc[0].apply_sync(square, 5) == 25
+
+
+def test_close_leaves_a_busy_io_thread_its_sockets(
+    live: LiveCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() waits a while for the I/O thread; if a callback still holds it, the
+    sockets stay with it (closing them from here, while it may be polling them, can
+    crash the process inside libzmq) and it ends the context itself when it gets free."""
+    from corral.plugins.parallel.client import client as client_module
+
+    monkeypatch.setattr(client_module, "IO_STOP_WAIT", 0.2)
+    rc = live.connect()
+    rc.wait_for_engines(2, timeout=60)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold_the_io_thread(_: Any) -> None:
+        entered.set()
+        release.wait(60)
+
+    ar = rc[0].apply_async(square, 6)
+    ar.add_done_callback(hold_the_io_thread)
+    assert entered.wait(30)
+    io = rc._io
+    rc.close()
+    assert io.alive and not rc._context.closed  # nothing closed under the busy thread
+    release.set()
+    io._thread.join(30)
+    assert not io.alive
+    until(lambda: rc._context.closed)
+    assert ar.get(timeout=1) == 36
+    assert "I/O thread crashed" not in caplog.text

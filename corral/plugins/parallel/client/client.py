@@ -58,6 +58,13 @@ __all__ = ["Client", "EngineInfo"]
 
 log = logging.getLogger("corral.plugins.parallel.client")
 
+#: seconds the first use of an engine's data channel waits for its connection; after
+#: that, requests take the queues until it is up (see Client._data_channel)
+DATA_CONNECT_WAIT = 2.0
+
+#: seconds close() waits for the I/O thread to flush and end (it finishes alone after)
+IO_STOP_WAIT = 5.0
+
 _REPLY_CHANNELS = frozenset(["mux", "task", "broadcast", "control"])
 #: What a client hears on the hub's feed: engines coming and going, and the hub's posts.
 #: The task topic (events.TASK_FEED_TOPIC) only while someone here follows tasks.
@@ -254,7 +261,8 @@ class Client(ClientCompat):
         self._callbacks: dict[str, Callable[[Parsed], None]] = {}
         # msg_ids submitted by this client, newest last (ipyparallel's ``rc.history``).
         self._history: deque[str] = deque(maxlen=_RECENT_LIMIT)
-        self._data_channels: set[str] = set()
+        #: data channel -> (set while its connection is up, when first use stops waiting)
+        self._data_channels: dict[str, tuple[threading.Event, float]] = {}
         #: makes "first use opens the socket" one step (see _data_channel)
         self._data_lock = threading.Lock()
         self._functions = FunctionCache()
@@ -1034,21 +1042,55 @@ class Client(ClientCompat):
         return True, value
 
     def _data_channel(self, engine_id: int) -> str | None:
-        """The direct data-path socket of an engine (connected on first use), or None."""
+        """The direct data-path socket of an engine if its connection is up, or None
+        (the caller takes the queues instead).
+
+        The socket is opened on first use, which waits up to :data:`DATA_CONNECT_WAIT`
+        for the connection. An engine's data port can be out of this client's reach
+        while the engine serves the queues (a firewall or NAT between hosts lets the
+        controller's ports through, not the engine's): a request queued on a socket that
+        never connects would wait for ever, so none is sent until it is up.
+        """
+        return self._data_channels_for((engine_id,))[0]
+
+    def _data_channels_for(self, engine_ids: Sequence[int]) -> list[str | None]:
+        """:meth:`_data_channel` of each engine; the sockets all open before any first
+        use waits, so engines out of reach cost one wait, not one each."""
+        opened = [self._open_data_channel(engine_id) for engine_id in engine_ids]
+        channels: list[str | None] = []
+        for entry in opened:
+            if entry is None:
+                channels.append(None)
+                continue
+            channel, (up, wait_until) = entry
+            if not up.is_set():
+                up.wait(max(0.0, wait_until - time.monotonic()))
+            channels.append(channel if up.is_set() else None)
+        return channels
+
+    def _open_data_channel(
+        self, engine_id: int
+    ) -> tuple[str, tuple[threading.Event, float]] | None:
         engine = self._engine(engine_id)
         if not engine.data_url:
             return None
         channel = f"data:{engine_id}:{engine.uuid}"
-        if channel in self._data_channels:
-            return channel
-        # A second thread that saw the name in the set before the socket's creation was
-        # queued would queue its request ahead of it, and the I/O thread would drop it
-        # ("no socket"), its caller then waiting for ever: name and creation go together.
+        state = self._data_channels.get(channel)
+        if state is not None:
+            return channel, state
+        # A second thread that saw the name in the table before the socket's creation
+        # was queued would queue its request ahead of it, and the I/O thread would drop
+        # it ("no socket"), its caller then waiting for ever: name and creation go
+        # together.
         with self._data_lock:
-            if channel not in self._data_channels:
-                self._io.add_socket(channel, zmq.DEALER, engine.data_url, copy=False, stream=True)
-                self._data_channels.add(channel)
-        return channel
+            state = self._data_channels.get(channel)
+            if state is None:
+                state = (threading.Event(), time.monotonic() + DATA_CONNECT_WAIT)
+                self._io.add_socket(
+                    channel, zmq.DEALER, engine.data_url, copy=False, stream=True, up=state[0]
+                )
+                self._data_channels[channel] = state
+        return channel, state
 
     def _broadcast(
         self,
@@ -1428,7 +1470,7 @@ class Client(ClientCompat):
         self._closed = True
         if self._local is not None:
             self._local.close()
-        self._io.stop()
+        self._io.stop(IO_STOP_WAIT)
         pending = set(self._pending.values())
         self._pending.clear()
         for result in pending:
@@ -1439,8 +1481,10 @@ class Client(ClientCompat):
                     )
                 except concurrent.futures.InvalidStateError:
                     pass
-        if self._io.alive:
-            self._context.destroy(linger=0)
+        if self._io.finish_with(self._context.term):
+            # Still running after stop()'s wait: it closes its own sockets and ends the
+            # context when it gets there (destroy() from here would close them under it).
+            log.warning("client I/O thread still busy after close(); it finishes alone")
         else:
             self._context.term()
 

@@ -72,6 +72,10 @@ class ClientIO:
         self._streamed: dict[zmq.Socket[Any], tuple[str, Callable[[], float | None]]] = {}
         #: monitor PAIR socket -> the channel whose disconnections it reports
         self._monitors: dict[zmq.Socket[Any], str] = {}
+        #: channels whose disconnection goes to on_disconnect (watch_ms > 0)
+        self._watched: set[str] = set()
+        #: monitor -> the event that is set while its socket has a connection up
+        self._up: dict[zmq.Socket[Any], threading.Event] = {}
         #: called in this thread with a watched channel's name when its peer went away
         self.on_disconnect: Callable[[str], None] | None = None
         #: called in this thread with the exception that is ending it: every reply would
@@ -94,6 +98,10 @@ class ClientIO:
         self._poller.register(self._wake_rx, zmq.POLLIN)
         self._drained = threading.Event()
         self._running = False
+        #: run in this thread after it closed its sockets (see :meth:`finish_with`)
+        self._at_exit: Callable[[], None] | None = None
+        self._ended = False
+        self._exit_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="corral-client-io", daemon=True)
         self.sent = 0
         self.received = 0
@@ -146,6 +154,7 @@ class ClientIO:
         copy: bool = True,
         watch_ms: int = 0,
         stream: bool = False,
+        up: threading.Event | None = None,
     ) -> None:
         """Create and connect a socket named ``channel`` (in the I/O thread if running).
 
@@ -160,15 +169,20 @@ class ClientIO:
         ``watch_ms`` > 0 reports the peer's loss to :attr:`on_disconnect`: at once when
         its process dies (the connection closes), and after ``2 * watch_ms`` of silence
         when its host does (libzmq's own ZMTP heartbeats, answered without Python).
+
+        ``up`` is set once a connection has completed its handshake, and cleared while
+        it is down: whoever may route around this socket (an engine's data channel,
+        which a firewall or NAT can keep from ever connecting while the engine serves
+        the queues) sees whether a message sent now would go anywhere.
         """
         if not copy:
             self._nocopy.add(channel)
         if self._running and threading.current_thread() is not self._thread:
             self.call_soon(
-                lambda: self._add_socket(channel, kind, url, subscribe, watch_ms, stream)
+                lambda: self._add_socket(channel, kind, url, subscribe, watch_ms, stream, up)
             )
         else:
-            self._add_socket(channel, kind, url, subscribe, watch_ms, stream)
+            self._add_socket(channel, kind, url, subscribe, watch_ms, stream, up)
 
     def subscription(self, channel: str, topic: bytes, on: bool) -> None:
         """Subscribe the SUB socket ``channel`` to ``topic``, or unsubscribe it (in the
@@ -194,6 +208,21 @@ class ClientIO:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def finish_with(self, func: Callable[[], None]) -> bool:
+        """Have this thread call ``func()`` once it has closed its sockets.
+
+        For :meth:`stop` that timed out (a callback that blocks, or a machine too busy to
+        schedule the thread): closing the sockets from another thread while this one
+        polls them can crash the process inside libzmq, so the thread that owns them
+        finishes the job. False if the thread has already ended: the caller runs
+        ``func`` itself.
+        """
+        with self._exit_lock:
+            if self._ended or not self._thread.is_alive():  # ended, or never started
+                return False
+            self._at_exit = func
+            return True
+
     def _wake(self, force: bool = False) -> None:
         with self._wake_lock:
             if self._idle or force:
@@ -213,6 +242,7 @@ class ClientIO:
         subscribe: bytes | tuple[bytes, ...] | None,
         watch_ms: int = 0,
         stream: bool = False,
+        up: threading.Event | None = None,
     ) -> None:
         if channel in self._sockets:
             return
@@ -231,8 +261,15 @@ class ClientIO:
         if watch_ms > 0:
             sock.heartbeat_ivl = watch_ms
             sock.heartbeat_timeout = 2 * watch_ms
-            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._watched.add(channel)
+        if watch_ms > 0 or up is not None:
+            events = zmq.EVENT_DISCONNECTED
+            if up is not None:
+                events |= zmq.EVENT_HANDSHAKE_SUCCEEDED
+            monitor = sock.get_monitor_socket(events)
             self._monitors[monitor] = channel
+            if up is not None:
+                self._up[monitor] = up
             self._poller.register(monitor, zmq.POLLIN)
         sock.connect(url)
         self._sockets[channel] = sock
@@ -390,19 +427,31 @@ class ClientIO:
                     log.exception("client I/O crash handler failed")
         finally:
             self._close_sockets()
+            with self._exit_lock:
+                self._ended = True
+                at_exit, self._at_exit = self._at_exit, None
+            if at_exit is not None:
+                at_exit()
 
     def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
-        """Events of a watched socket: each disconnection goes to :attr:`on_disconnect`."""
+        """Events of a monitored socket: a completed handshake sets its ``up`` event, a
+        disconnection clears it and goes to :attr:`on_disconnect` if it is watched."""
         channel = self._monitors[monitor]
+        up = self._up.get(monitor)
         lost = False
         try:
             while True:
                 frames = monitor.recv_multipart(zmq.NOBLOCK)
                 event = int.from_bytes(frames[0][:2], "little")
-                lost = lost or event == zmq.EVENT_DISCONNECTED
+                if event == zmq.EVENT_DISCONNECTED:
+                    lost = True
+                    if up is not None:
+                        up.clear()
+                elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and up is not None:
+                    up.set()
         except zmq.Again:
             pass
-        if lost and self.on_disconnect is not None:
+        if lost and channel in self._watched and self.on_disconnect is not None:
             try:
                 self.on_disconnect(channel)
             except Exception:
@@ -427,9 +476,9 @@ class ClientIO:
         self._outbox.extend(kept)
 
     def _close_sockets(self, wake: bool = True) -> None:
-        watched = set(self._monitors.values())
+        monitored = set(self._monitors.values())
         for channel, sock in self._sockets.items():
-            if channel in watched:
+            if channel in monitored:
                 try:
                     sock.disable_monitor()
                 except zmq.ZMQError:
@@ -437,6 +486,10 @@ class ClientIO:
         for monitor in list(self._monitors):
             monitor.close(linger=0)
         self._monitors.clear()
+        for up in self._up.values():
+            up.clear()
+        self._up.clear()
+        self._watched.clear()
         for sock in list(self._sockets.values()):
             sock.close(linger=0)
         self._sockets.clear()

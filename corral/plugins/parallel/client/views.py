@@ -673,7 +673,7 @@ class DirectView(View):
         content = {"keys": list(namespace)}
         client, link = self.client, self._link
         if size > DATA_PATH_THRESHOLD:
-            channels = [link.data_channel(t) for t in targets]
+            channels = link.data_channels(targets)
             if targets and all(channels):
                 parts = [
                     link.submit(ch, "push_request", content, None, [(t, None, frames)])  # type: ignore[arg-type]
@@ -716,8 +716,8 @@ class DirectView(View):
         convert = _unpack_one if isinstance(names, str) else list
         client, link = self.client, self._link
         parts: list[AsyncResult] = []
-        for target in targets:
-            channel = None if direct is False else link.data_channel(target)
+        channels = [None] * len(targets) if direct is False else link.data_channels(targets)
+        for target, channel in zip(targets, channels, strict=True):
             if channel is not None and direct:
                 part = link.submit(
                     channel,
