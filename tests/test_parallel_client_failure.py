@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
