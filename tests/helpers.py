@@ -10,19 +10,20 @@ so this module is pickled by value: engines need not import it from the tests di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import cloudpickle
 
-__all__ = ["TIMEOUT", "JsonLines", "until", "wait_for_file"]
+__all__ = ["TIMEOUT", "JsonLines", "cluster_client", "until", "wait_for_file"]
 
 #: Seconds before a wait gives up. Generous because the machine is shared and noisy;
 #: only a hang ever reaches it, so a passing run never waits this long.
@@ -116,3 +117,19 @@ class JsonLines:
         """The lines whose info names ``msg_id``."""
         with self._changed:
             return [line for line in self.seen if line[2].get("msg_id") == msg_id]
+
+
+@contextlib.contextmanager
+def cluster_client(monkeypatch: Any, corral_dir: Path, **options: Any) -> Iterator[Any]:
+    """A local cluster under ``corral_dir`` (``options`` go to ``Cluster``) and a client
+    connected to it; both stopped after."""
+    from corral.plugins.parallel.cluster import Cluster
+
+    monkeypatch.setenv("CORRAL_DIR", str(corral_dir))
+    cluster = Cluster(**options)
+    client = cluster.start_and_connect()
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.stop()

@@ -16,23 +16,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import cluster_client
 
 from corral.plugins.parallel.client.views import DATA_PATH_THRESHOLD
-from corral.plugins.parallel.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
-    cluster = Cluster(n=1, profile="data-race")
-    client = cluster.start_and_connect()
-    try:
+    with cluster_client(monkeypatch, tmp_path / "corral", n=1, profile="data-race") as client:
         yield client
-    finally:
-        client.close()
-        cluster.stop()
 
 
 def test_a_second_thread_pushing_while_the_first_opens_the_channel(

@@ -16,24 +16,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import cluster_client
 
 from corral.plugins.parallel.client import client as client_module
 from corral.plugins.parallel.client.views import DATA_PATH_THRESHOLD
-from corral.plugins.parallel.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
-    cluster = Cluster(n=2, profile="data-unreachable")
-    client = cluster.start_and_connect()
-    try:
+    with cluster_client(
+        monkeypatch, tmp_path / "corral", n=2, profile="data-unreachable"
+    ) as client:
         yield client
-    finally:
-        client.close()
-        cluster.stop()
 
 
 def _dead_port() -> int:
