@@ -73,3 +73,21 @@ def test_refusals_are_rate_limited_with_counts(caplog: pytest.LogCaptureFixture)
 def test_a_bad_encryption_setting_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="encryption"):
         Gate(KEY, "rot13")
+
+
+def test_a_finished_handler_leaves_no_keys_for_a_later_context() -> None:
+    """The handler tables are keyed by id(context); a later context can get the same id
+    once this one is gone, and must not inherit the keys this one accepted."""
+    from corral.transports.zmq import gate as gate_module
+
+    context = zmq.Context()
+    server = Gate(KEY, "curve").server(context.socket(zmq.ROUTER))
+    server.bind_to_random_port("tcp://127.0.0.1")
+    handler = gate_module._handlers[id(context)]
+    assert (b"CURVE", Gate(KEY, "curve")._client_public_raw) in gate_module._accepted[id(context)]
+    server.close(linger=0)
+    context.term()  # ends the handler (ContextTerminated)
+    handler.join(10)
+    assert not handler.is_alive()
+    assert id(context) not in gate_module._accepted
+    assert id(context) not in gate_module._handlers

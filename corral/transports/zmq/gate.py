@@ -244,6 +244,18 @@ def _serve_zap(ctx: zmq.Context[Any], accepted: set[tuple[bytes, bytes]], ready:
     finally:
         sock.close(linger=0)
         stop.close(linger=0)
+        _forget(ctx, accepted)
+
+
+def _forget(ctx: zmq.Context[Any], accepted: set[tuple[bytes, bytes]]) -> None:
+    """Drop a finished handler's entries. The tables are keyed by ``id(ctx)``, which a
+    later context may reuse once this one is gone: it would inherit these keys, and its
+    Curve sockets would let a holder of an earlier cluster's key subscribe and read."""
+    with _lock:
+        if _accepted.get(id(ctx)) is accepted:
+            del _accepted[id(ctx)]
+        if _handlers.get(id(ctx)) is threading.current_thread():
+            del _handlers[id(ctx)]
 
 
 def _answer(frames: list[bytes], accepted: set[tuple[bytes, bytes]]) -> list[bytes]:
