@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from corral.core.serialize import deserialize, pack_apply, serialize
-from corral.plugins.parallel.engine.tasks import Tasks
+from corral.plugins.parallel.engine.tasks import ABORT_KEEP, Tasks
 from corral.transports.zmq.requests import InterruptGuard
 
 
@@ -99,6 +99,19 @@ def test_abort_names_requests_answered_once() -> None:
     assert not tasks.take_aborted("m3") and tasks.take_aborted("m2")
     with pytest.raises(TypeError, match="msg_ids"):
         tasks.abort({"msg_ids": "m1"})
+
+
+def test_aborts_for_tasks_that_never_come_are_forgotten_oldest_first() -> None:
+    """A view aborts on every engine of its targets, so most aborted ids never reach a
+    given engine: they must not pile up for its life."""
+    tasks = Tasks({})
+    tasks.abort({"msg_ids": ["first"]})
+    for start in range(0, 3 * ABORT_KEEP, 4096):
+        tasks.abort({"msg_ids": [f"m{i}" for i in range(start, start + 4096)]})
+    assert len(tasks.aborted) <= ABORT_KEEP + ABORT_KEEP // 64
+    assert not tasks.take_aborted("first")  # the oldest went first
+    newest = f"m{3 * ABORT_KEEP - 1}"
+    assert tasks.take_aborted(newest) and not tasks.take_aborted(newest)
 
 
 def test_a_shipped_main_function_runs_in_the_namespace() -> None:

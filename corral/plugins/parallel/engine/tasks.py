@@ -12,33 +12,44 @@ cancels, and what an error reply says.
 
 from __future__ import annotations
 
+import threading
 import types
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from corral.core.fifo import trim_oldest
 from corral.transports.zmq.requests import InterruptGuard, error_content
 
 from . import data as data_path
 from .namespace import Adopter
 
-__all__ = ["Tasks"]
+__all__ = ["ABORT_KEEP", "Tasks"]
+
+#: Aborted ids remembered. An abort names tasks this engine may never see (a view aborts
+#: on every engine of its targets; the aggregate view at every controller), so without a
+#: bound those ids would pile up for the engine's life. A task still on its way after
+#: this many newer aborts would run instead of being answered "aborted".
+ABORT_KEEP = 65536
 
 
 class Tasks:
     """The parallel requests' effect on one user namespace (``namespace``).
 
     Made once per server; every method runs on the thread that runs user code, except
-    :meth:`abort`, which the control thread calls while a task may run (it only adds to a
-    set, which the main thread reads with one membership test per task).
+    :meth:`abort`, which the control thread calls while a task may run (it only adds to
+    :attr:`aborted`, which the main thread reads with one truth test per task while it
+    is empty, and under a lock otherwise).
     """
 
     def __init__(self, namespace: dict[str, Any]) -> None:
         self.namespace = namespace
         #: Binds functions shipped from a client's ``__main__`` to ``namespace``.
         self.adopter = Adopter(namespace)
-        #: Ids of requests to answer ``aborted`` instead of running, when they come.
-        self.aborted: set[str] = set()
+        #: Ids of requests to answer ``aborted`` instead of running, when they come:
+        #: insertion-ordered, the oldest forgotten past :data:`ABORT_KEEP`.
+        self.aborted: dict[str, bool] = {}
+        self._abort_lock = threading.Lock()
         #: The serializer's entry points, imported by :meth:`load` (the slow import an
         #: engine makes while its registration is on the way), or on first use.
         self.serialize: Callable[[Any], list[Any]] = self._load_and_serialize
@@ -98,8 +109,8 @@ class Tasks:
         """Whether ``msg_id`` was aborted before it ran (and forget it: it is answered)."""
         aborted = self.aborted
         if aborted and msg_id in aborted:
-            aborted.discard(msg_id)
-            return True
+            with self._abort_lock:
+                return aborted.pop(msg_id, False)
         return False
 
     def abort(self, content: dict[str, Any]) -> list[str]:
@@ -111,7 +122,11 @@ class Tasks:
         ids = content.get("msg_ids") or []
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise TypeError("abort_request 'msg_ids' must be a list of message ids")
-        self.aborted.update(ids)
+        with self._abort_lock:
+            aborted = self.aborted
+            for msg_id in ids:
+                aborted[msg_id] = True
+            trim_oldest(aborted, ABORT_KEEP)
         return ids
 
     def push(self, content: dict[str, Any], buffers: Any) -> list[str]:
