@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 import pytest
 import zmq
+from helpers import until
 from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client.messages import MessageBuilder, parse
@@ -115,3 +116,52 @@ def test_a_request_replayed_after_100k_newer_ones_is_not_served_again(
         assert results[ar.msg_id]["status"] == "completed", "the replayed purge was served"
     finally:
         victim.close()
+
+
+def shout(word: str) -> str:
+    print(word, flush=True)
+    return word
+
+
+def test_output_replayed_to_a_client_after_its_memory_moved_on_is_refused(
+    cluster: LiveCluster,
+) -> None:
+    """A task's output, captured on a client's iopub link and slipped in again once the
+    client's guard has forgotten it, must not show twice. A 64-message guard stands in
+    for the 100,000 of a real client (the filler would be 100,000 outputs)."""
+    from corral.transports.zmq import wire
+
+    rc = cluster.connect()
+    rc.wait_for_engines(1, timeout=DEADLINE)
+    rc._replay = wire.ReplayGuard(64)  # what an unordered guard of that size forgets
+    rc._iopub_replay = wire.ReplayGuard(64, ordered=True)
+    io = rc._io
+    real_handler = io.handler
+    captured: list[list[Any]] = []
+
+    def record(channel: str, frames: list[Any]) -> None:
+        if channel == "iopub" and b"once-only" in b"".join(bytes(f) for f in frames):
+            captured.append(list(frames))
+        real_handler(channel, frames)
+
+    io.handler = record
+    view = rc[rc.ids[0]]
+    ar = view.apply_async(shout, "once-only")
+    assert ar.get(timeout=DEADLINE) == "once-only"
+    until(lambda: "once-only" in ar.stdout)
+    assert captured, "the output was not seen on iopub"
+    for result in [view.apply_async(shout, f"filler {i}") for i in range(100)]:
+        result.get(timeout=DEADLINE)
+    dropped = rc.dropped
+    replayed = threading.Event()
+
+    def replay() -> None:
+        for frames in captured:
+            rc._dispatch("iopub", frames)
+        replayed.set()
+
+    io.call_soon(replay)
+    assert replayed.wait(DEADLINE)
+    assert ar.stdout.count("once-only") == 1, ar.stdout
+    assert rc.dropped > dropped
+    rc.close()

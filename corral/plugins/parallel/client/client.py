@@ -239,6 +239,10 @@ class Client(ClientCompat):
         self.session = wire.new_id()
         self._builder = MessageBuilder(self._signer, self.session, run=_run_of(info))
         self._replay = wire.ReplayGuard()
+        #: iopub's own guard, ordered: each engine's output comes in one hop through the
+        #: controller's proxy, so what it forgets stays refused (the replies' guard cannot
+        #: be: a reply from the hub's store comes long after newer ones)
+        self._iopub_replay = wire.ReplayGuard(ordered=True)
         self.timeout = timeout
 
         self._engines: dict[int, EngineInfo] = {}
@@ -594,6 +598,7 @@ class Client(ClientCompat):
             self._local.close()
             self._local = LocalCalls(self._builder, self._signer)
         self._replay = wire.ReplayGuard()
+        self._iopub_replay = wire.ReplayGuard(ordered=True)
         self.cluster_info = {k: v for k, v in info.items() if k != "key"}
         self._data_channels.clear()
         self._local_paths.clear()
@@ -679,10 +684,9 @@ class Client(ClientCompat):
     def _dispatch(self, channel: str, frames: list[Any]) -> None:
         """Every incoming message, in the I/O thread."""
         stored = channel in _REPLY_CHANNELS and is_stored(frames)
+        guard = self._iopub_replay if channel == "iopub" else self._replay
         try:
-            msg = parse(
-                frames, self._signer, self._replay, without_buffers=stored, role=role_for(channel)
-            )
+            msg = parse(frames, self._signer, guard, without_buffers=stored, role=role_for(channel))
         except wire.WireError as exc:
             self.dropped += 1
             # per cause and channel (bounded keys); the latest reason stands for the peer
