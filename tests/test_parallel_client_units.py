@@ -324,6 +324,20 @@ def test_late_reply_after_cancel_is_ignored() -> None:
     assert result.cancelled()
 
 
+def test_a_cancelled_result_is_done_for_wait_and_as_completed() -> None:
+    """concurrent.futures counts a future done once it is "cancelled and notified";
+    a cancelled result that was never notified made wait() and as_completed() (and so
+    Client.wait) sit out their whole timeout, or hang without one."""
+    result = AsyncResult(_FakeClient(), ["a"])
+    assert result.cancel()
+    done, not_done = concurrent.futures.wait([result], timeout=5)
+    assert done == {result} and not not_done
+    assert list(concurrent.futures.as_completed([result], timeout=5)) == [result]
+    assert result.wait(5)
+    result._on_reply("a", _reply("a", 1))  # the abort's late answer changes nothing
+    assert result.cancelled() and result.done()
+
+
 def test_await_and_as_completed() -> None:
     first = AsyncResult(_FakeClient(), ["a"])
     second = AsyncResult(_FakeClient(), ["b"])

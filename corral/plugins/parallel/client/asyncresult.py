@@ -671,8 +671,13 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self.abort()
         cancelled = super().cancel()
         if cancelled:
+            # Tell waiters now: concurrent.futures.wait() and as_completed() count a
+            # future as done once it is "cancelled and notified", which an executor does
+            # when it would have run it; nothing else would, so they waited for ever.
+            self.set_running_or_notify_cancel()
             for part in self._split_parts or ():
-                concurrent.futures.Future.cancel(part)  # their tasks went with this abort
+                if concurrent.futures.Future.cancel(part):  # their tasks went with this abort
+                    concurrent.futures.Future.set_running_or_notify_cancel(part)
         return cancelled
 
     def _pending_msg_ids(self) -> list[str]:
