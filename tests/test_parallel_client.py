@@ -566,3 +566,19 @@ def _fail_in_process(pid: int) -> str:
     if _os.getpid() == pid:
         raise ValueError(f"process {pid} says no")
     return "fine"
+
+
+def print_lines(count: int) -> int:
+    for i in range(count):
+        print(f"line {i:06d} " + "y" * 88)
+    return count
+
+
+def test_stdout_read_right_after_get_is_all_of_it(rc: Client) -> None:
+    """Output travels on iopub, apart from the reply; ``ar.stdout`` read just after
+    ``get()`` returned what had arrived so far, 8 of 11 MB in a user's script."""
+    count = 80_000
+    ar = rc[0].apply_async(print_lines, count)
+    assert ar.get(timeout=120) == count
+    lines = ar.stdout.splitlines()
+    assert len(lines) == count and lines[-1].startswith(f"line {count - 1:06d} ")

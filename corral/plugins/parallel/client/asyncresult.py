@@ -119,6 +119,9 @@ def new_metadata(submitted: datetime | None = None) -> dict[str, Any]:
 #: Seconds an execute's result() waits for output that trails its reply (bounded: the
 #: output of an engine that died after replying never comes).
 EXECUTE_OUTPUT_WAIT = 5.0
+
+#: Metadata keys filled from iopub, which can trail a task's reply (see _settle_output).
+_TRAILING = frozenset({"stdout", "stderr", "outputs", "execute_result", "data"})
 #: The client's I/O thread (io.ClientIO), which must never wait for its own deliveries.
 _IO_THREAD = "corral-client-io"
 
@@ -437,6 +440,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         """``ar[i]``/``ar[a:b]``: values (the result must be ready); ``ar["key"]``: that
         metadata key, one value for a single task, else a list (need not be ready)."""
         if isinstance(key, str):
+            if key in _TRAILING:
+                self._settle_output()
             mds = [self._metadata_slot(i) for i in range(len(self._md))]
             if mds and key not in mds[0]:
                 raise KeyError(key)
@@ -705,13 +710,31 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
     @property
     def stdout(self) -> Any:
+        """What the tasks printed; once they are done, all of it (see
+        :meth:`_settle_output`)."""
+        self._settle_output()
         md = self.metadata
         return md["stdout"] if isinstance(md, dict) else [m["stdout"] for m in md]
 
     @property
     def stderr(self) -> Any:
+        """As :attr:`stdout`, for standard error."""
+        self._settle_output()
         md = self.metadata
         return md["stderr"] if isinstance(md, dict) else [m["stderr"] for m in md]
+
+    def _settle_output(self) -> None:
+        """Once the tasks are done, wait (up to :data:`EXECUTE_OUTPUT_WAIT`) for output
+        still on its way. Output travels on iopub, apart from the reply, so right after
+        ``get()`` a task's last megabytes of text could still be in flight, and
+        ``ar.stdout`` read then was cut short with nothing to say so. While the tasks
+        run, what has arrived is returned at once (progress)."""
+        if (
+            self.done()
+            and not self._outputs_done()
+            and threading.current_thread().name != _IO_THREAD
+        ):
+            self.wait_for_output(EXECUTE_OUTPUT_WAIT)
 
     def wait_for_output(self, timeout: float | None = None) -> bool:
         """Wait until every task's output has arrived (its engine went ``idle``).
