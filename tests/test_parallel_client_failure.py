@@ -179,3 +179,23 @@ def test_close_leaves_a_busy_io_thread_its_sockets(
     until(lambda: rc._context.closed)
     assert ar.get(timeout=1) == 36
     assert "I/O thread crashed" not in caplog.text
+
+
+def test_every_client_hears_an_orderly_shutdown(
+    live: LiveCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the client that asked for the shutdown knew it was one: every other client
+    of the cluster logged "lost the controller ... pending results failed" as an error."""
+    bystander = live.connect()
+    bystander.wait_for_engines(2, timeout=60)
+    (tmp_path / "notes").mkdir()
+    pending = bystander[0].apply_async(
+        record_pid_then_wait, str(tmp_path / "notes"), str(tmp_path / "never")
+    )
+    live.client.shutdown(hub=True, timeout=30)
+    # the engine stops under it (interrupted, or gone) or the hub goes first
+    with pytest.raises((ControllerLost, RemoteError)):
+        pending.get(timeout=60)
+    until(lambda: bystander.controller_lost)
+    assert "was shut down" in str(bystander._lost)
+    assert "lost the controller" not in caplog.text

@@ -68,7 +68,12 @@ IO_STOP_WAIT = 5.0
 _REPLY_CHANNELS = frozenset(["mux", "task", "broadcast", "control"])
 #: What a client hears on the hub's feed: engines coming and going, and the hub's posts.
 #: The task topic (events.TASK_FEED_TOPIC) only while someone here follows tasks.
-_NOTIFICATION_TOPICS = (b"registration_notification", b"unregistration_notification", FEED_TOPIC)
+_NOTIFICATION_TOPICS = (
+    b"registration_notification",
+    b"unregistration_notification",
+    b"shutdown_notification",
+    FEED_TOPIC,
+)
 #: iopub messages that are not a task's output (not posted as events.OUTPUT).
 _NOT_OUTPUT = frozenset(["status", "execute_input"])
 #: How many finished results, still referenced by the caller, stay findable by msg_id
@@ -606,6 +611,7 @@ class Client(ClientCompat):
             self._engines.clear()
         self._details_pending = self._details_again = False  # that reply will not come
         self._lost = None
+        self._shut_down = False  # a new controller: its going would be news again
         self._io = self._connect(info)
         self._sync_engines(max(0.1, deadline - time.monotonic()), joining=True)
 
@@ -619,6 +625,9 @@ class Client(ClientCompat):
                     repost(payload)
                 except (ValueError, LookupError) as exc:
                     log.warning("dropped a hub notification: %s", exc)
+            return
+        if msg_type == "shutdown_notification":  # someone stopped the cluster: no loss
+            self._shut_down = True
             return
         try:
             engine_id = int(content["id"])

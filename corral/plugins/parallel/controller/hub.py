@@ -828,6 +828,9 @@ class Hub(Component):
             self.registration, reply_type, reply, parent=msg, identities=idents, buffers=buffers
         )
         if msg_type == "shutdown_request" and handler is not None:
+            # Every client hears that the controller's going is an orderly stop, not a
+            # loss, before its connections close (only the asking one knew).
+            self.publish("shutdown_notification", {})
             self.shutdown_engines()
 
     def _admit_request(self, raw: list[bytes]) -> tuple[list[bytes], dict[str, Any]] | None:
