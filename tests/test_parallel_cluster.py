@@ -78,6 +78,25 @@ def test_start_and_stop_leaves_nothing_behind(corral_dir):
     cluster.stop()  # twice is fine
 
 
+def test_a_stopped_cluster_starts_again(corral_dir):
+    """As with ipyparallel: the same Cluster object, stopped, can be started again."""
+    cluster = Cluster(n=1, profile="t", controller_mode="threads", hb_period=0.2, hb_misses=5)
+    first = cluster.start_and_connect()
+    first_pids = _all_pids(cluster)
+    cluster.stop()
+    assert first.closed
+    try:
+        again = cluster.start_and_connect()
+        assert again.ids == [0]
+        assert again[0].apply_sync(abs, -3) == 3
+        assert not set(_all_pids(cluster)) & set(first_pids)
+        with pytest.raises(ClusterError, match="already started"):
+            cluster.start()
+    finally:
+        cluster.stop()
+    assert not cluster.is_running
+
+
 def test_stop_is_orderly_every_time(corral_dir):
     """Every engine acknowledges the hub's shutdown (batched through the control queue),
     nobody logs a warning, and the database is checkpointed (no -wal or -shm left)."""

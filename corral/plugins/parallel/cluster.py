@@ -331,11 +331,17 @@ class Cluster(ClusterCompat):
         themselves; so this returns about when the controller is ready, and the engines
         register a few tens of milliseconds later (:meth:`start_and_connect` waits for
         them). A controller that exits, or writes no file within ``engine_timeout``
-        seconds, raises :class:`ClusterError` quoting the end of its log.
+        seconds, raises :class:`ClusterError` quoting the end of its log. A cluster that
+        was stopped starts again (same id and settings; its old clients stay closed).
         """
         with self._lock:
             if self.controller is not None:
-                raise ClusterError(f"cluster {self.cluster_id!r} was already started")
+                if not self._stopped or self._attached:
+                    raise ClusterError(f"cluster {self.cluster_id!r} was already started")
+                # Stopped: start afresh, same id and settings (as ipyparallel allows).
+                self.controller = None
+                self.engines = []
+                self.cluster_info = None
             controller_cls = get_launchers(self.controller_launcher)[0]
             pdir = self.profile_dir
             first = self._new_engine_set(self.n)
