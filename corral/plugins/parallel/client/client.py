@@ -608,12 +608,34 @@ class Client(ClientCompat):
         self._data_channels.clear()
         self._local_paths.clear()
         with self._engines_changed:
+            known = sorted(self._engines)
             self._engines.clear()
         self._details_pending = self._details_again = False  # that reply will not come
         self._lost = None
         self._shut_down = False  # a new controller: its going would be news again
         self._io = self._connect(info)
         self._sync_engines(max(0.1, deadline - time.monotonic()), joining=True)
+        self._await_engines_back(known, deadline)
+
+    def _await_engines_back(self, known: list[int], deadline: float) -> None:
+        """After :meth:`reconnect`: wait (until ``deadline``) for the engines this client
+        knew to register with the new controller. They notice it by themselves, a
+        heartbeat or so after it binds, so right after the connection a view of all
+        engines was empty and its calls quietly did nothing. Engines still missing at
+        the deadline are named in a warning; the rest of the cluster is usable."""
+        with self._engines_changed:
+            self._engines_changed.wait_for(
+                lambda: self._lost is not None or set(known) <= set(self._engines),
+                max(0.0, deadline - time.monotonic()),
+            )
+            missing = sorted(set(known) - set(self._engines))
+        if missing:
+            log.warning(
+                "reconnected to cluster %r; engine(s) %s not back yet (they may have "
+                "stopped): views of all engines use those registered now",
+                self.cluster_id,
+                missing,
+            )
 
     def _on_notification(self, msg: Parsed) -> None:
         msg_type = msg.msg_type
