@@ -381,3 +381,24 @@ def test_client_times_out_without_a_hub(tmp_path: Any) -> None:
     path = write_cluster_file(tmp_path / "cluster-dead.json", info)
     with pytest.raises(TimeoutError, match="did not answer"):
         Client(connection_file=path, timeout=0.2)
+
+
+def test_task_metadata_joins_stream_pieces_when_read() -> None:
+    """Stream text is appended in O(1) (a str kept in a dict was copied whole for every
+    piece: seconds for 30 MB) and every way of reading the dict sees all of it."""
+    from corral.plugins.parallel.client.taskmeta import new_metadata
+
+    md = new_metadata()
+    pieces = [f"line {i}\n" for i in range(20_000)]
+    for piece in pieces:
+        md.append_stream("stdout", piece)
+    md.append_stream("stderr", "oops\n")
+    whole = "".join(pieces)
+    assert md["stdout"] == whole and md.get("stderr") == "oops\n"
+    md.append_stream("stdout", "more\n")
+    assert dict(md)["stdout"] == whole + "more\n"
+    md.append_stream("stdout", "again\n")
+    assert {**md}["stdout"].endswith("again\n")
+    md.append_stream("stderr", "late\n")
+    assert dict(md.items())["stderr"] == "oops\nlate\n"
+    assert md == {**md} and "again" in repr(md)

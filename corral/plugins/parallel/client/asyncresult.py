@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from corral.core.serialize import deserialize
 
 from .errors import CompositeError, EngineError, RemoteError, error_from_content
+from .taskmeta import TaskMetadata, new_metadata
 
 if TYPE_CHECKING:
     from .messages import Parsed
@@ -95,27 +96,6 @@ def _apply_reply(
         md["outputs_ready"] = True
 
 
-def new_metadata(submitted: datetime | None = None) -> dict[str, Any]:
-    """The metadata of one task before anything is known about it."""
-    return {
-        "msg_id": None,
-        "engine_id": None,
-        "engine_uuid": None,
-        "status": None,
-        "submitted": submitted,
-        "started": None,
-        "completed": None,
-        "received": None,
-        "stdout": "",
-        "stderr": "",
-        "outputs": [],
-        "execute_result": None,
-        "error": None,
-        "data": {},
-        "outputs_ready": False,
-    }
-
-
 #: Seconds an execute's result() waits for output that trails its reply (bounded: the
 #: output of an engine that died after replying never comes).
 EXECUTE_OUTPUT_WAIT = 5.0
@@ -179,7 +159,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self._values: list[Any] = [None] * count
         # RemoteError from the engines; _abandon stores the controller's loss for all.
         self._errors: list[BaseException | None] = [None] * count
-        self._md: list[dict[str, Any] | None] = [None] * count
+        self._md: list[TaskMetadata | None] = [None] * count
         self._raw: list[tuple[Any, ...] | None] = [None] * count
         self._done_slots = [False] * count
         self._remaining = count
@@ -200,7 +180,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         """The slot a message about ``msg_id`` (from ``engine_id``) belongs to."""
         return self._slot_of.get(msg_id)
 
-    def _metadata_slot(self, index: int) -> dict[str, Any]:
+    def _metadata_slot(self, index: int) -> TaskMetadata:
         """The metadata dict of a slot, made on first use (most are never looked at)."""
         md = self._md[index]
         if md is not None:
@@ -336,7 +316,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             md["engine_id"] = engine_id
         if msg_type == "stream":
             name = "stderr" if content.get("name") == "stderr" else "stdout"
-            md[name] += content.get("text", "")
+            md.append_stream(name, content.get("text", ""))
             if self._watch_streams:
                 self._notify()
         elif msg_type == "status":
@@ -967,7 +947,7 @@ class BroadcastResult(AsyncResult):
                 return index
         return open_slots[0][1] if open_slots else None
 
-    def _metadata_slot(self, index: int) -> dict[str, Any]:
+    def _metadata_slot(self, index: int) -> TaskMetadata:
         md = super()._metadata_slot(index)
         if md["engine_id"] is None and self._targets is not None:
             md["engine_id"] = self._targets[index]

@@ -44,6 +44,7 @@ from .mapping import (
     resolve_length,
 )
 from .messages import encode_json
+from .taskmeta import TaskMetadata
 
 __all__ = ["BroadcastView", "DirectView", "LoadBalancedView", "View"]
 
@@ -1055,7 +1056,8 @@ class _Combined(AsyncResult):
             )
         else:
             self._values[index] = part.result()
-        self._md[index] = part.metadata if isinstance(part.metadata, dict) else None
+        metadata = part.metadata
+        self._md[index] = metadata if isinstance(metadata, TaskMetadata) else None
         self._slot_done(index)
 
     def _final_value(self) -> Any:
