@@ -19,7 +19,7 @@ from helpers import wait_for_file
 
 from corral.core.config import ConfigError
 from corral.plugins.parallel.aggregate import AggregateClient
-from corral.plugins.parallel.client import Client
+from corral.plugins.parallel.client import Client, CompositeError, RemoteError
 from corral.plugins.parallel.cluster import Cluster
 from corral.plugins.parallel.cluster_manager import ClusterManager
 from corral.plugins.parallel.shards import Shards
@@ -193,6 +193,20 @@ def test_two_controllers_serve_one_client() -> None:
         assert everywhere.pull(["w", "x"], block=True) == [["aaa", 3], ["bbb", 3]]
         with pytest.raises(Exception, match="ZeroDivisionError"):
             everywhere.execute("1 / 0", block=True)
+        # Every engine's failure, named by its aggregate id (the first controller's
+        # alone was raised, naming engines by that controller's own ids).
+        with pytest.raises(CompositeError) as failed:
+            everywhere.apply_sync(divide, 1, 0)
+        assert [e.engine_id for e in failed.value.errors] == [0, 1]
+        assert [info["engine_id"] for *_, info in failed.value.elist] == [0, 1]
+        outcomes = client[[1, 0]].apply_async(divide, 2, 0).get(timeout=30, return_exceptions=True)
+        assert [(type(o).__name__, o.engine_id) for o in outcomes] == [
+            ("RemoteError", 1),
+            ("RemoteError", 0),
+        ]
+        with pytest.raises(RemoteError) as one:
+            client[[1]].apply_sync(divide, 1, 0)
+        assert one.value.engine_id == 1
         everywhere.scatter("part", list(range(5)), block=True)
         assert client[0]["part"] == [0, 1, 2] and client[1]["part"] == [3, 4]
         assert everywhere.gather("part", block=True) == [0, 1, 2, 3, 4]
@@ -243,6 +257,10 @@ def test_two_controllers_serve_one_client() -> None:
     profile = shards.clusters[0].profile_dir
     assert not list((profile / "run").glob("cluster-*.json"))
     assert not list((profile / "security").glob("cluster-*.json"))
+
+
+def divide(a: int, b: int) -> float:
+    return a / b
 
 
 def record_run(i: int, seconds: float = 0.01) -> int:

@@ -11,9 +11,12 @@ controller, as one controller's ``client[:]`` does.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from .client.errors import CompositeError, RemoteError
 
 if TYPE_CHECKING:
     from .aggregate import AggregateClient
@@ -29,11 +32,21 @@ class AggregateResult(concurrent.futures.Future):  # type: ignore[type-arg]
     """The answers of several controllers' engines, as one result in target order:
     ``get()`` is a list (one value per engine), or one value for a one-engine view."""
 
-    def __init__(self, parts: list[tuple[Any, list[int]]], count: int, single: bool) -> None:
+    def __init__(
+        self,
+        parts: list[tuple[Any, list[int]]],
+        count: int,
+        single: bool,
+        engine_ids: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self._parts = parts
         self._count = count
         self._single = single
+        #: the aggregate id of the engine at each position (errors are named by it)
+        self._engine_ids = list(engine_ids) if engine_ids is not None else None
+        #: one value per position, a RemoteError where that task failed (once done)
+        self._values: list[Any] = [None] * count
         self._left = len(parts)
         self._lock = threading.Lock()
         if not parts:
@@ -54,19 +67,57 @@ class AggregateResult(concurrent.futures.Future):  # type: ignore[type-arg]
             self._left -= 1
             if self._left:
                 return
-        values: list[Any] = [None] * self._count
+        values = self._values
+        errors: list[tuple[int, RemoteError]] = []
         for result, positions in self._parts:
-            error = result.exception()
-            if error is not None:
-                self.set_exception(error)
-                return
-            value = result.result()
+            try:
+                # every task's outcome, failures in place (not only the first failure)
+                value = result.get(0, return_exceptions=True)
+            except TypeError:  # a part without per-task outcomes (a chained map block)
+                error = result.exception()
+                value = [error] * len(positions) if error is not None else result.result()
+            except Exception as exc:  # the whole part failed (its controller lost, ...)
+                value = [exc] * len(positions)
+            if len(positions) == 1 and not isinstance(value, list):
+                value = [value]
             for position, item in zip(positions, value, strict=True):
+                if isinstance(item, BaseException):
+                    item = self._renamed(item, position)
+                    if isinstance(item, RemoteError):
+                        errors.append((position, item))
                 values[position] = item
-        self.set_result(values[0] if self._single else values)
+        failed = [error for _, error in sorted(errors, key=lambda pair: pair[0])]
+        others = [
+            v for v in values if isinstance(v, BaseException) and not isinstance(v, RemoteError)
+        ]
+        if others:
+            self.set_exception(others[0])
+        elif failed:
+            single = self._single and len(failed) == 1
+            self.set_exception(failed[0] if single else CompositeError(failed))
+        else:
+            self.set_result(values[0] if self._single else list(values))
 
-    def get(self, timeout: float | None = None) -> Any:
-        return self.result(timeout)
+    def _renamed(self, error: BaseException, position: int) -> BaseException:
+        """``error`` as the aggregate names its engine: a member's RemoteError says the
+        engine's id at that controller, which is not the one the user addressed."""
+        ids = self._engine_ids
+        if not isinstance(error, RemoteError) or ids is None or isinstance(error, CompositeError):
+            return error
+        renamed = copy.copy(error)
+        renamed.engine_id = ids[position]
+        info = getattr(error, "_engine_info", None)
+        if info:
+            renamed._engine_info = {**info, "engine_id": ids[position]}
+        return renamed
+
+    def get(self, timeout: float | None = None, return_exceptions: bool = False) -> Any:
+        """The values in target order; ``return_exceptions=True`` puts each failed task's
+        error in its place instead of raising (as a direct view's result does)."""
+        if not return_exceptions:
+            return self.result(timeout)
+        self.exception(timeout)  # waits; raises TimeoutError
+        return self._values[0] if self._single else list(self._values)
 
     def ready(self) -> bool:
         return self.done()
@@ -157,7 +208,7 @@ class AggregateDirectView:
             client = self.aggregate.clients[k]
             view = client.broadcast_view(local) if self.broadcast else client.direct_view(local)
             parts.append((call(view), positions))
-        result = AggregateResult(parts, len(targets), single)
+        result = AggregateResult(parts, len(targets), single, targets)
         if self.block if block is None else block:
             return result.get()
         return result
