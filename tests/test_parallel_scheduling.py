@@ -30,7 +30,12 @@ from helpers import until
 from parallel_client_harness import LiveCluster
 
 from corral.core import compat
-from corral.plugins.parallel.client import Client, DependencyTimeout, EngineError
+from corral.plugins.parallel.client import (
+    Client,
+    DependencyTimeout,
+    EngineError,
+    NoEnginesRegistered,
+)
 from corral.plugins.parallel.controller import policies
 from corral.plugins.parallel.controller.liveness import local_engine_dead
 from corral.plugins.parallel.controller.main import ControllerConfig, start_controller
@@ -527,7 +532,17 @@ def test_cluster_of_no_engines_waits_and_says_so(
         assert "no engines registered" in caplog.text
         with pytest.raises(concurrent.futures.TimeoutError, match="no engines registered"):
             result.get(timeout=0.2)
+        # A direct view of no engine says so (it answered [], which looks like success).
+        for call in (
+            lambda: rc[:].apply_sync(os.getpid),
+            lambda: rc.direct_view().pull("x", block=True),
+            lambda: rc.broadcast_view().apply_sync(os.getpid),
+            lambda: rc[:].map_sync(abs, [-1]),
+        ):
+            with pytest.raises(NoEnginesRegistered, match="wait_for_engines"):
+                call()
         cluster.add_engines(1)
         assert result.get(timeout=60) in cluster.pids()["engines"]
+        assert rc.direct_view().apply_sync(os.getpid) == [result.get()]
     finally:
         cluster.stop()

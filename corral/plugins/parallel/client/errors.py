@@ -152,8 +152,9 @@ class TaskAborted(RemoteError):
     """
 
 
-class NoEnginesRegistered(KernelError):
-    """There is no engine to send the work to (ipyparallel's name).
+class NoEnginesRegistered(KernelError, RuntimeError):
+    """There is no engine to send the work to (ipyparallel's name; a RuntimeError too,
+    which an engineless map raised before).
 
     .. versionadded:: 0.1
     """

@@ -32,7 +32,7 @@ from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult
 from .dependencies import Reference, dependency_field, with_references
-from .errors import ControllerLost, RemoteError
+from .errors import ControllerLost, NoEnginesRegistered, RemoteError
 from .link import ClientLink
 from .mapping import (
     IMapIterator,
@@ -563,7 +563,18 @@ class DirectView(View):
         resolved = self._link.resolve_targets(self.targets)
         if isinstance(resolved, int):
             return [resolved], True
+        if not resolved:
+            self._no_engines()
         return resolved, False
+
+    def _no_engines(self) -> None:
+        """A call on no engine at all: an error when the client has none (ipyparallel's
+        NoEnginesRegistered), rather than an empty answer that looks like success."""
+        if not self._link.has_engines:
+            raise NoEnginesRegistered(
+                "no engines are registered with this client yet: "
+                "Client.wait_for_engines(n) waits for them"
+            )
 
     def _mux_metadata(self, targets: list[int]) -> bytes:
         """The metadata of requests sent one per engine on the mux: without the list of
@@ -597,7 +608,7 @@ class DirectView(View):
         or ``chunksize`` chunks dealt round-robin) and map ``f`` over each block."""
         targets, _ = self._targets()
         if not targets:
-            raise RuntimeError("no engines to map on")
+            raise NoEnginesRegistered("no engines to map on")
         sequences = _sized(sequences)
         length = resolve_length(sequences)
         if chunksize is None:
@@ -935,6 +946,8 @@ class BroadcastView(DirectView):
         resolved = self._link.resolve_targets(targets)
         if isinstance(resolved, int):
             return [resolved], False
+        if not resolved:
+            self._no_engines()
         return resolved, False
 
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
