@@ -51,7 +51,19 @@ def test_daemon_start_list_status_stop(tmp_path):
         row = next(line for line in listed.stdout.splitlines() if line.startswith("t1 "))
         assert row.split()[1] == "2" and "running" in row
 
-        status = corral(tmp_path, "cluster", "status")  # the only cluster: no id needed
+        # The record of a cluster whose script was killed before its stop: listed as
+        # stale, and no reason to ask which cluster `status` means.
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        stale = {"cluster_id": "old", "controller": gone.pid, "engines": []}
+        run_dir = tmp_path / "profile_default" / "run"
+        (run_dir / "cluster-old.json").write_text(json.dumps(stale))
+        listed = corral(tmp_path, "cluster", "list")
+        assert any(
+            line.startswith("old ") and "stale" in line for line in listed.stdout.splitlines()
+        )
+        status = corral(tmp_path, "cluster", "status")  # the only live cluster: no id needed
+        (run_dir / "cluster-old.json").unlink()
         assert status.returncode == 0, status.stderr
         assert "engines up: 2" in status.stdout
         assert "completed" in status.stdout

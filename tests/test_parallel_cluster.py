@@ -155,6 +155,32 @@ def test_failed_controller_reports_its_log_tail(corral_dir):
     assert not cluster.cluster_file.exists()
 
 
+def test_a_script_that_drops_its_cluster_leaves_nothing_behind(corral_dir):
+    """``corral.Cluster(n=1).start_and_connect()``, the Cluster object never kept: at the
+    script's end the cluster is stopped properly, and no record is left for `corral
+    cluster stop` to trip over."""
+    script = textwrap.dedent(
+        """
+        import json
+        import corral
+        rc = corral.Cluster(n=1, profile="t", hb_period=0.2).start_and_connect()
+        print(json.dumps(rc[:].apply_sync(__import__("os").getpid)), flush=True)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    import json
+
+    engines = json.loads(done.stdout)
+    _assert_gone(engines)
+    profile = corral_dir / "profile_t"
+    assert not list((profile / "run").glob("*.json")), list((profile / "run").iterdir())
+    assert not list((profile / "security").glob("cluster-*.json"))
+
+
 def test_engines_follow_the_launching_process_when_it_dies(corral_dir):
     """SIGKILL the process holding the Cluster: its engines and controller must not linger
     (the bootstrap watches CORRAL_PARENT_PID and ends its process group)."""

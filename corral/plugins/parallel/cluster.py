@@ -28,7 +28,6 @@ import os
 import signal
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -872,7 +871,10 @@ class Cluster(ClusterCompat):
 
 
 #: Clusters started in this process and not stopped, so they can be stopped at exit.
-_live_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
+#: Held strongly: ``corral.Cluster(n=2).start_and_connect()`` keeps no reference to its
+#: Cluster, and a weak set let it go, so its processes ended by their parent watch
+#: and its record stayed behind, confusing ``corral cluster stop`` and ``status``.
+_live_clusters: set[Cluster] = set()
 
 
 @atexit.register

@@ -239,6 +239,14 @@ def _running(pid: int | None) -> bool:
     return process_alive(pid)
 
 
+def _record_running(record: dict[str, Any]) -> bool:
+    """Whether the cluster of ``record`` still runs: its controller, or for an aggregate
+    every member controller (a record outlives a script killed before its stop)."""
+    if record.get("members"):
+        return all(_running(pid) for pid in record.get("controllers") or [None])
+    return _running(record.get("controller"))
+
+
 def _pick(profile: str, cluster_id: str | None) -> dict[str, Any] | None:
     """The cluster named, or the only one there is; None (with a message) otherwise."""
     records = _records(profile)
@@ -250,9 +258,19 @@ def _pick(profile: str, cluster_id: str | None) -> dict[str, Any] | None:
         return None
     if len(records) == 1:
         return records[0]
+    live = [record for record in records if _record_running(record)]
+    if len(live) == 1:  # the others are records of clusters that are gone
+        return live[0]
     if not records:
         print(f"corral: no cluster running in profile {profile!r}", file=sys.stderr)
+    elif not live:
+        print(
+            f"corral: no cluster running in profile {profile!r} ({len(records)} stale "
+            "records: `corral cluster clean` removes them)",
+            file=sys.stderr,
+        )
     else:
+        records = live
         ids = ", ".join(r["cluster_id"] for r in records)
         print(f"corral: several clusters ({ids}); choose one with --cluster-id", file=sys.stderr)
     return None
@@ -510,12 +528,10 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     for record in records:
         controller = record.get("controller")
         engines = [pid for pid in record.get("engines", []) if _running(pid)]
-        running = _running(controller)
-        state = "running" if running else "stale"
+        state = "running" if _record_running(record) else "stale"
         members = record.get("members") or []
         if members:  # an aggregate: running while every member controller is
-            running = all(_running(pid) for pid in record.get("controllers") or [None])
-            state = ("running" if running else "stale") + f" ({len(members)} controllers)"
+            state += f" ({len(members)} controllers)"
         print(
             f"{record['cluster_id']:<26} {len(engines):>7} {record.get('manager_pid') or '-'!s:>8}"
             f" {controller or '-'!s:>10} {state:<8}"
