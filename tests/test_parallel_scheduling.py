@@ -245,6 +245,46 @@ def test_a_retry_is_spent_by_the_started_task_only() -> None:
     assert d.sent() == {b: ids}
 
 
+def _engine_answers(d: Driven, engine: bytes, msg_id: str, status: str) -> None:
+    """``engine``'s reply to ``msg_id`` as the scheduler's loop hands it over, verified."""
+    parts = [
+        json.dumps({"msg_id": f"r-{msg_id}", "msg_type": "apply_reply"}).encode(),
+        json.dumps({"msg_id": msg_id}).encode(),
+        json.dumps({"status": status}).encode(),
+        json.dumps({"status": status}).encode(),
+    ]
+    d.sched._accept_reply(([engine, b"client", wire.DELIMITER, b"sig", *parts], parts, msg_id))
+
+
+def test_a_failed_task_with_retries_goes_to_an_engine_that_has_not_run_it() -> None:
+    """ipyparallel's ``retries`` also covers a task that raised: it is tried again
+    elsewhere. Never on an engine that ran it (the engine refuses a request it has
+    seen: the retry would wait for ever); with no such engine left, the error stands."""
+    d = Driven()
+    first, second, third = d.add(0), d.add(1), d.add(2)
+    flaky = d.submit(retries=5)
+    (ran_on,) = [engine for engine, ids in d.sent().items() if flaky in ids]
+    _engine_answers(d, ran_on, flaky, "error")
+    assert not d.sched._to_clients  # withheld: the task runs again
+    (again_on,) = [engine for engine, ids in d.sent().items() if flaky in ids]
+    assert again_on != ran_on
+    _engine_answers(d, again_on, flaky, "error")
+    (last_on,) = [engine for engine, ids in d.sent().items() if flaky in ids]
+    assert last_on not in (ran_on, again_on) and {ran_on, again_on, last_on} == {
+        first,
+        second,
+        third,
+    }
+    _engine_answers(d, last_on, flaky, "error")  # every engine ran it: the error stands
+    assert d.sched._to_clients and flaky not in d.sched.jobs
+    assert not any(flaky in ids for ids in d.sent().values())
+    plain = d.submit()  # no retries: the first error is the answer
+    (ran_on,) = [engine for engine, ids in d.sent().items() if plain in ids]
+    d.sched._to_clients = {}
+    _engine_answers(d, ran_on, plain, "error")
+    assert d.sched._to_clients and plain not in d.sched.jobs
+
+
 def test_new_engines_take_from_the_backlog_and_targets_are_honoured() -> None:
     d = Driven(hwm=1)
     a = d.add(0)

@@ -502,8 +502,9 @@ def _warn_no_engines() -> None:
 class LoadBalancedView(View):
     """Tasks go to whichever engine the scheduler finds free.
 
-    ``retries``: resubmit to another engine if the task's engine dies (or the task
-    fails); ``after``/``follow``: results (or msg_ids) the task must wait for / run beside;
+    ``retries``: resubmit if the task's engine dies, or to an engine that has not run
+    it if the task raised (the error stands once every eligible engine has);
+    ``after``/``follow``: results (or msg_ids) the task must wait for / run beside;
     ``timeout``: seconds the dependencies may take before ``DependencyTimeout``.
 
     .. versionadded:: 0.1

@@ -1502,7 +1502,43 @@ class TaskScheduler(RoutingQueue):
         # metadata: the task then goes to another engine (see .dependencies).
         if b"dependencies_met" in parts[2] and self.flagged.rejected(frames[0], msg_id, parts[2]):
             return
+        job = self.jobs.get(msg_id)
+        if job is not None and job.retries > 0 and self._retry_failed(job, frames[0], parts[2]):
+            return
         super()._accept_reply(reply)
+
+    def _retry_failed(self, job: Job, engine: bytes, metadata: bytes) -> bool:
+        """Whether ``engine``'s reply to ``job`` is a failure to try again (as ipyparallel's
+        ``retries``: the task raised): then the reply is withheld, a retry spent, and the
+        task goes back to the front of the backlog for an engine that has not run it. An
+        engine refuses a request it has seen (its replay guard), so when every eligible
+        engine has failed it, or ``follow`` pins it to one, the error is the answer."""
+        if job.engine != engine or job.pinned is not None or b'"error"' not in metadata:
+            return False
+        md = loads_dict(metadata) or {}
+        if md.get("status") != "error":
+            return False
+        eid = self.engines[engine]
+        live = {self.engines[e] for e in self.order}
+        others = (live if job.targets is None else job.targets & live) - {eid}
+        if not others:
+            return False
+        job.retries -= 1
+        self.load[engine] -= 1
+        del self.sent[engine][job.msg_id]
+        job.engine = None
+        job.targets = frozenset(others)
+        log.info(
+            "task %s failed on engine %d; tried again (%d retries left)",
+            job.msg_id,
+            eid,
+            job.retries,
+        )
+        self._hold(job, front=True)
+        self._drain_backlog()
+        if self.pool or self.pool_special:
+            self._fill(engine)
+        return True
 
     def record_reply(self, engine: bytes, msg_id: str, parts: list[bytes]) -> None:
         job = self.jobs.get(msg_id)
