@@ -48,13 +48,12 @@ from .relay import OutputRelay
 from .requests import (
     ControlThread,
     Handler,
-    InterruptGuard,
-    RequestCore,
     error_content,
     execute_args,
     run_execute,
     unsupported_content,
 )
+from .server import RequestServer
 from .session import Session
 
 __all__ = ["Handler", "KernelServer", "kernel_info_content"]
@@ -112,7 +111,7 @@ def kernel_info_content(*, encryption: bool, debugger: bool = False) -> dict[str
     }
 
 
-class KernelServer:
+class KernelServer(RequestServer):
     """Serves ``interpreter`` on the sockets described by ``connection_info``.
 
     Typical use (what ``kernel_main`` does): ``server.bind()`` — every port is bound, and
@@ -166,14 +165,14 @@ class KernelServer:
         )
         self.bound = False
         self._claims = Claims()
-        self.shutdown_requested = threading.Event()
         self.restart_requested = False
         # Per-request state of the main thread.
         self._parent_idents: Idents = []
         self._backlog: deque[tuple[Idents, Msg, bool]] = deque()
-        #: The request core (see .requests): dispatch tables and the SIGINT guard, the
-        #: same class the parallel engine is built on. Plugins add request types to it.
-        self.core = RequestCore(
+        #: The request core (see .requests): dispatch tables and the SIGINT guard, with
+        #: the stop, wake and signal policy of .server: what the parallel engine is
+        #: built on too. Plugins add request types to it.
+        super().__init__(
             {
                 "shell": {
                     "execute_request": self._execute,
@@ -217,16 +216,6 @@ class KernelServer:
         :meth:`reply`; exceptions it raises become error replies.
         """
         return self.core.add(channel, handlers)
-
-    @property
-    def guard(self) -> InterruptGuard:
-        """The SIGINT policy (:class:`~.requests.InterruptGuard`): the core's."""
-        return self.core.guard
-
-    @guard.setter
-    def guard(self, guard: InterruptGuard) -> None:
-        # A kernel hosted by an engine shares the engine's: one policy per process.
-        self.core.guard = guard
 
     # ------------------------------------------------------------------ set-up
 
@@ -280,12 +269,8 @@ class KernelServer:
             (self.hb_socket, "hb"),
         ):
             self._bind(sock, channel)
-        # Control thread -> main thread: "look at the shutdown flag".
-        self._wake_url = f"inproc://corral-kernel-wake-{id(self)}"
-        self._wake_rx = self.context.socket(zmq.PAIR)
-        self._wake_rx.bind(self._wake_url)
-        self._wake_tx = self.context.socket(zmq.PAIR)
-        self._wake_tx.connect(self._wake_url)
+        # Control thread -> main thread: "look at the shutdown flag, or the calls".
+        self.open_wake()
         self.bound = True
         return self.info
 
@@ -299,7 +284,6 @@ class KernelServer:
             self._serve_interpreter(self._interpreter)
         elif not self.lazy_interpreter:
             self._make_interpreter()
-        self.guard.install()
         self._control_thread = ControlThread(
             self.context, self.control, self._serve_control, "corral-control"
         )
@@ -378,9 +362,12 @@ class KernelServer:
         """Serve shell in this (main) thread until a shutdown request; then close."""
         if not hasattr(self, "iopub"):
             self.start()
+        # Here, not in start(): a kernel hosted by an engine shares the engine's signals.
+        self.install_signals(sigterm=False)
+        wake_fd = self.wake_fd
         poller = zmq.Poller()
         poller.register(self.shell, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
+        poller.register(wake_fd, zmq.POLLIN)
         try:
             while not self.shutdown_requested.is_set():
                 if self._backlog:
@@ -388,8 +375,8 @@ class KernelServer:
                     self._serve(self.shell, idents, msg, self._shell_handlers, abort=abort)
                     continue
                 ready = dict(poller.poll())
-                if self._wake_rx in ready:
-                    self._wake_rx.recv()
+                if wake_fd in ready:
+                    self.drain_wake()
                     self._run_main_calls()
                 if self.shell in ready:
                     got = self.session.recv(self.shell, zmq.NOBLOCK)
@@ -398,17 +385,16 @@ class KernelServer:
         finally:
             self.close()
 
-    def host_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
-        """The sockets a host's own loop polls instead of :meth:`serve_forever` (a cluster
-        engine bound as a kernel): when either is readable, call :meth:`serve_waiting`."""
-        return self.shell, self._wake_rx
+    def host_sockets(self) -> tuple[zmq.Socket[Any], int]:
+        """What a host's own loop polls instead of :meth:`serve_forever` (a cluster engine
+        bound as a kernel): shell and the wake pipe's descriptor; when either is readable,
+        call :meth:`serve_waiting`."""
+        return self.shell, self.wake_fd
 
     def serve_waiting(self) -> None:
         """Serve what waits on shell, and calls handed to the main thread, without
         blocking (for a host loop; see :meth:`host_sockets`). Main thread only."""
-        if self._wake_rx.poll(0):
-            while self._wake_rx.poll(0):
-                self._wake_rx.recv()
+        if self.drain_wake():
             self._run_main_calls()
         while not self.shutdown_requested.is_set():
             if self._backlog:
@@ -432,7 +418,7 @@ class KernelServer:
 
         box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
         self._main_calls.append((func, box))
-        self._wake_tx.send(b"")
+        self.wake()
         try:
             ok, value = box.get(timeout=timeout)
         except queue.Empty:
@@ -639,11 +625,10 @@ class KernelServer:
         self.reply(sock, idents, msg, content)
         self.iopub.publish("shutdown_reply", content, msg["header"])
         self.restart_requested = restart
-        self.shutdown_requested.set()
+        self.request_stop("shutdown requested")  # wakes the main loop
         if threading.current_thread() is not threading.main_thread():
             # Code still running would keep the kernel alive past its shutdown.
-            self.guard.interrupt()
-            self._wake_tx.send(b"")
+            self.interrupt()
 
     # ------------------------------------------------------------------- stdin
 
@@ -697,14 +682,10 @@ class KernelServer:
             self.hb_socket.close(linger=0)
         if hasattr(self, "iopub"):
             self.iopub.close()
-        for sock in (
-            self.shell,
-            self.stdin,
-            self.iopub_socket,
-            self._wake_rx,
-            self._wake_tx,
-        ):
+        for sock in (self.shell, self.stdin, self.iopub_socket):
             sock.close()
+        self.restore_signals()
+        self.close_wake()
         self.context.term()
         self._claims.release()
 

@@ -98,8 +98,8 @@ class EngineControl:
         if signum == signal.SIGINT:
             engine.interrupt()
         elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
-            engine._stop("terminated", 0)
-            engine._exit_later(0)
+            engine.request_stop("terminated", 0)
+            engine.exit_later(0)
             engine.interrupt()
         else:
             signal.pthread_kill(threading.main_thread().ident or 0, signum)
@@ -109,10 +109,10 @@ class EngineControl:
         serves them (:meth:`serve_on_main`) before any further task."""
         engine = self.engine
         engine._inbox.append(msg)
-        engine._wake()
+        engine.wake()
         if msg.msg_type == "shutdown_request":
             engine.interrupt()  # a running task would keep the engine alive
-            engine._exit_later(0)
+            engine.exit_later(0)
 
     def _unknown(self, msg: Message) -> None:
         kind = msg.msg_type
@@ -136,7 +136,7 @@ class EngineControl:
             # The hub asked (the whole cluster stops): it unregisters us itself and exits
             # once every engine has answered, so nothing more we sent would be read.
             engine._hub_asked = msg.content.get("hub") is True
-            engine._stop("shutdown requested", 0)
+            engine.request_stop("shutdown requested", 0)
         now = iso_now()
         reply_type = msg.msg_type.removesuffix("_request") + "_reply"
         frames = engine.replier.frames(

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -75,9 +74,7 @@ from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
-from corral.transports.zmq.requests import (
-    RequestCore,
-)
+from corral.transports.zmq.server import RequestServer
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
 from . import bound
@@ -124,8 +121,6 @@ _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic is slow
 _NOBLOCK = int(zmq.NOBLOCK)
 #: Messages served from one socket before the others (and control) get a look.
 _BATCH = 32
-#: How long a requested shutdown may take before the process just ends.
-_SHUTDOWN_GRACE = 5.0
 _LINGER_MS = 1000
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
@@ -142,7 +137,7 @@ Destination = zmq.Socket[Any] | LocalConnection
 Handler = Callable[[Destination, Message], None]
 
 
-class Engine:
+class Engine(RequestServer):
     """One engine process's server. See the module docstring for the lifecycle.
 
     ``cluster`` is the cluster file's content (a dict, or what ``read_cluster_file``
@@ -247,7 +242,6 @@ class Engine:
         #: Sockets of the bound kernel the main loop polls with its own.
         self._hosted: tuple[Any, ...] = ()
         self._poller: zmq.Poller | None = None
-        self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
         #: What apply, push, pull, clear and abort do to user_ns: shared with a kernel
@@ -256,20 +250,20 @@ class Engine:
         # Aliases read per task (one attribute lookup on the hot path, not two).
         self._adopter = self.tasks.adopter
         self._aborted = self.tasks.aborted
-        #: The request core, the kernel server's own class (transports/zmq/requests.py):
-        #: the handlers of the queues (.handlers: the parallel plugin's requests on this
-        #: wire, over the same Tasks a kernel's get) and of control, the SIGINT guard.
-        self.core = RequestCore(
+        #: The request core, the kernel server's own class (transports/zmq/requests.py),
+        #: with the stop, wake and signal policy of transports/zmq/server.py, as a kernel
+        #: has them: the handlers of the queues (.handlers: the parallel plugin's
+        #: requests on this wire, over the same Tasks a kernel's get) and of control.
+        RequestServer.__init__(
+            self,
             {
                 "queues": EngineRequests(self).tables(),
                 "control": {},  # filled by EngineControl
-            }
+            },
         )
         self._handlers: dict[str, Handler] = self.core.tables["queues"]
-        self.guard = self.core.guard  # read per task: a plain attribute
         #: Recorded before the aborted check (see .started: moving tasks exactly once).
         self._started = StartedIds()
-        self._stop_reason: str | None = None
         self._inbox: deque[Message] = deque()
         self._connected = False
         self._closed = False
@@ -486,9 +480,7 @@ class Engine:
         datapub.install(self._publish_data)
         self._control = EngineControl(self)
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.open_wake()
         timeout = self.hub_timeout
         if timeout is None:
             timeout = max(10 * self.hb_period, 1.0)
@@ -570,9 +562,8 @@ class Engine:
         self._control.thread.start()
         self.watch.start()
         bound.set_current(self)
-        if self.guard.install():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        # SIGINT interrupts a task; SIGTERM (how launchers stop engines) is a shutdown.
+        self.install_signals(sigterm=True)
 
     def run(self) -> int:
         """Register, serve until shutdown, close; returns the process exit status."""
@@ -590,7 +581,7 @@ class Engine:
         """Serve the queues and the data socket in this (main) thread until told to stop."""
         self.start()
         poller = zmq.Poller()
-        wake_fd = self._wake_r.fileno()
+        wake_fd = self.wake_fd
         poller.register(wake_fd, _POLLIN)  # polled by fd: events name the int
         same_host = self.same_host
         same_host.attach(poller)
@@ -606,7 +597,7 @@ class Engine:
         self.replies.start_flusher()
         replies = self.replies
         try:
-            while self._stop_reason is None:
+            while self.stop_reason is None:
                 if self._rejoin:  # a restarted controller: what it may have lost, again
                     self._rejoin = False
                     self.recovery.catch_up()
@@ -640,10 +631,10 @@ class Engine:
                         continue
                     if sock.__class__ is int:  # a plain descriptor
                         if sock == wake_fd:
-                            self._drain_wake()
+                            self.drain_wake()
                         else:
                             same_host.serve(sock)
-                        if inbox or self._stop_reason is not None or self._rejoin:
+                        if inbox or self.stop_reason is not None or self._rejoin:
                             break
                         continue
                     # Drain a busy queue without a full poll per message (zmq_poll on one
@@ -657,12 +648,12 @@ class Engine:
                             n >= _BATCH
                             or inbox
                             or pending
-                            or self._stop_reason is not None
+                            or self.stop_reason is not None
                             or self._rejoin
                             or not zmq_poll(items, 0)
                         ):
                             break
-                    if inbox or pending or self._stop_reason is not None or self._rejoin:
+                    if inbox or pending or self.stop_reason is not None or self._rejoin:
                         break
         finally:
             try:
@@ -671,19 +662,6 @@ class Engine:
                 self.replies.close()  # the flusher ends
                 self._sock_lock.release()
         return self.exit_code
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # full: the main loop is awake already, or closing
 
     def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
         """The next verified message on ``sock``; None if none waits or it was dropped."""
@@ -726,7 +704,7 @@ class Engine:
     def _serve_pending(self) -> None:
         pending = self._pending
         inbox = self._inbox
-        while pending and not inbox and self._stop_reason is None and not self._rejoin:
+        while pending and not inbox and self.stop_reason is None and not self._rejoin:
             sock, msg = pending.popleft()
             self._serve_message(sock, msg)
 
@@ -909,33 +887,6 @@ class Engine:
 
     # ------------------------------------------------------------ stopping
 
-    def interrupt(self) -> None:
-        """SIGINT to the main thread if a task runs (``KeyboardInterrupt`` in it)."""
-        self.guard.interrupt()
-
-    def _stop(self, reason: str, code: int) -> None:
-        if self._stop_reason is None:
-            self._stop_reason = reason
-            self.exit_code = code
-        self._wake()
-
-    def _exit_later(self, code: int) -> None:
-        """End the process if a requested stop does not finish within the grace period."""
-
-        def force() -> None:
-            log.error("engine did not stop within %.0f s; exiting", _SHUTDOWN_GRACE)
-            os._exit(code)
-
-        timer = threading.Timer(_SHUTDOWN_GRACE, force)
-        timer.daemon = True
-        timer.start()
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        """A launcher stopping the engine: finish like a shutdown request."""
-        self._stop("terminated", 0)
-        self._exit_later(0)
-        self.guard.on_sigint(signum, frame)
-
     def close(self) -> None:
         """Unregister (on a requested stop), stop the threads, close every socket."""
         if self._closed:
@@ -953,8 +904,7 @@ class Engine:
         if self._threads_started:
             self._control.thread.stop()  # it closes the control socket
             self.watch.stop()
-            if threading.current_thread() is threading.main_thread():
-                signal.set_wakeup_fd(-1)
+            self.restore_signals()
         if hasattr(self, "iopub"):
             self.iopub.close()
         if self._connected:
@@ -994,10 +944,7 @@ class Engine:
         control = getattr(self, "_control", None)
         if control is not None and not self._threads_started:
             control.thread.stop()  # never started: closes its pipe
-        for name in ("_wake_r", "_wake_w"):
-            end = getattr(self, name, None)
-            if end is not None:
-                end.close()
+        self.close_wake()
         self.context.term()
 
 

@@ -1,0 +1,174 @@
+"""The skeleton a kernel server and a cluster engine share: how a server stops and wakes.
+
+:class:`~.kernel.KernelServer` (Jupyter's five channels) and the parallel plugin's
+``Engine`` (the cluster's queues) are both a :class:`~.requests.RequestCore` served by a
+main thread that runs user code, with a control thread that answers while it does. What
+they do around that core was written twice, piece by piece, and is written once here:
+
+* **the wake pipe** — a socketpair the main loop polls with its sockets (by descriptor),
+  so another thread (control, a watchdog) or a signal gets the loop's attention between
+  requests. A socketpair rather than an inproc ZeroMQ pair: ``signal.set_wakeup_fd``
+  needs a descriptor, and any thread may write to it (a ZeroMQ socket belongs to one).
+* **the stop** — :meth:`RequestServer.request_stop` records the first reason and exit
+  status, sets :attr:`RequestServer.shutdown_requested` and wakes the loop;
+  :meth:`RequestServer.exit_later` ends the process if a requested stop hangs (user code
+  that swallows ``KeyboardInterrupt``).
+* **the signals** — :meth:`RequestServer.install_signals` makes the interrupt guard the
+  SIGINT handler and, for a server that is stopped by SIGTERM as its normal end (an
+  engine: launchers stop engines so), SIGTERM a requested stop.
+* **the interrupt** — :meth:`RequestServer.interrupt`, the guard's, from any thread.
+
+What stays each server's own: its sockets, its loop (the engine's drains batches from
+several queues and holds replies; the kernel's serves one shell socket and a backlog),
+its handlers and the order in which it closes what it owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from .requests import Handler, InterruptGuard, RequestCore
+
+__all__ = ["RequestServer"]
+
+log = logging.getLogger("corral.transports.zmq.server")
+
+
+class RequestServer:
+    """A request core plus the stop, wake and signal policy of the process serving it.
+
+    Subclasses build their dispatch ``tables`` (channel -> message type -> handler) and
+    pass them here; they open the wake pipe (:meth:`open_wake`) with their sockets, poll
+    :attr:`wake_fd` in their loop and close it with them (:meth:`close_wake`).
+    """
+
+    #: How long a requested stop may take before :meth:`exit_later` ends the process (s).
+    shutdown_grace = 5.0
+
+    def __init__(self, tables: Mapping[str, Mapping[str, Handler]]) -> None:
+        #: The request core (see .requests): dispatch tables, SIGINT guard.
+        self.core = RequestCore(tables)
+        #: The SIGINT policy, a plain attribute because handlers read it per request (an
+        #: engine per task); :meth:`use_guard` changes it, keeping the core's in step.
+        self.guard: InterruptGuard = self.core.guard
+        #: Why the server stops (the first reason given), None while it serves: a plain
+        #: attribute, read by a busy loop after every message.
+        self.stop_reason: str | None = None
+        #: The process's exit status once stopped.
+        self.exit_code = 0
+        #: Set with :attr:`stop_reason`, for threads that wait for the stop (or poll it
+        #: while blocked elsewhere, as a kernel's ``input()`` does).
+        self.shutdown_requested = threading.Event()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._signals = False
+
+    def use_guard(self, guard: InterruptGuard) -> None:
+        """Share ``guard`` (a server hosted by another in the same process: one SIGINT
+        policy per process)."""
+        self.guard = self.core.guard = guard
+
+    # ----------------------------------------------------------------- waking
+
+    def open_wake(self) -> int:
+        """Make the wake pipe; returns the descriptor the main loop polls."""
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+        return self._wake_r.fileno()
+
+    @property
+    def wake_fd(self) -> int:
+        """The descriptor of the wake pipe's reading end (after :meth:`open_wake`)."""
+        assert self._wake_r is not None, "the wake pipe is not open"
+        return self._wake_r.fileno()
+
+    def wake(self) -> None:
+        """Get the main loop's attention (any thread; never blocks)."""
+        end = self._wake_w
+        if end is None:
+            return
+        try:
+            end.send(b"\0")
+        except OSError:
+            pass  # full: the loop is awake already; closed: it is gone
+
+    def drain_wake(self) -> bool:
+        """Empty the wake pipe (main thread); True if anything was in it."""
+        end = self._wake_r
+        woken = False
+        if end is None:
+            return False
+        try:
+            while end.recv(4096):
+                woken = True
+        except (BlockingIOError, InterruptedError):
+            pass
+        return woken
+
+    def close_wake(self) -> None:
+        """Close both ends of the wake pipe (after the signals stopped writing to it)."""
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
+
+    # ------------------------------------------------------------- stopping
+
+    def interrupt(self) -> None:
+        """SIGINT to the main thread if user code runs (``KeyboardInterrupt`` in it)."""
+        self.guard.interrupt()
+
+    def request_stop(self, reason: str, code: int = 0) -> None:
+        """Stop serving: the first reason and exit status stand; the loop is woken."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.exit_code = code
+        self.shutdown_requested.set()
+        self.wake()
+
+    def exit_later(self, code: int) -> None:
+        """End the process if a requested stop does not finish within
+        :attr:`shutdown_grace` (user code that ignores its interrupt)."""
+
+        def force() -> None:
+            log.error("server did not stop within %.0f s; exiting", self.shutdown_grace)
+            os._exit(code)
+
+        timer = threading.Timer(self.shutdown_grace, force)
+        timer.daemon = True
+        timer.start()
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        """SIGTERM: finish like a shutdown request, interrupting the user code running."""
+        self.request_stop("terminated", 0)
+        self.exit_later(0)
+        self.guard.on_sigint(signum, frame)
+
+    # -------------------------------------------------------------- signals
+
+    def install_signals(self, *, sigterm: bool) -> bool:
+        """Become the process's SIGINT handler (the guard) and, if ``sigterm``, its
+        SIGTERM handler, with signals waking the loop. False, and nothing done, off the
+        main thread. A kernel leaves SIGTERM alone: its manager asks it to shut down
+        first and sends SIGTERM only to end it at once."""
+        if not self.guard.install():
+            return False
+        if sigterm:
+            signal.signal(signal.SIGTERM, self.on_sigterm)
+            if self._wake_w is not None:
+                signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self._signals = True
+        return True
+
+    def restore_signals(self) -> None:
+        """Signals stop writing to the wake pipe (before it is closed; main thread)."""
+        if self._signals and threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(-1)
+            self._signals = False

@@ -1,0 +1,42 @@
+"""The server skeleton a kernel and an engine share (corral.transports.zmq.server)."""
+
+from __future__ import annotations
+
+import threading
+
+from corral.transports.zmq.requests import InterruptGuard
+from corral.transports.zmq.server import RequestServer
+
+
+def test_the_first_stop_reason_stands_and_wakes_the_loop() -> None:
+    server = RequestServer({"control": {}})
+    server.open_wake()
+    try:
+        assert not server.drain_wake()
+        server.request_stop("shutdown requested", 0)
+        server.request_stop("terminated", 1)
+        assert server.stop_reason == "shutdown requested"
+        assert server.exit_code == 0
+        assert server.shutdown_requested.is_set()
+        assert server.drain_wake()
+        assert not server.drain_wake()
+    finally:
+        server.close_wake()
+    server.wake()  # closed: ignored, never raised
+
+
+def test_a_shared_guard_is_the_cores_too() -> None:
+    server = RequestServer({"shell": {}})
+    guard = InterruptGuard()
+    server.use_guard(guard)
+    assert server.guard is guard and server.core.guard is guard
+
+
+def test_signals_are_installed_on_the_main_thread_only() -> None:
+    server = RequestServer({"shell": {}})
+    installed: list[bool] = []
+    thread = threading.Thread(target=lambda: installed.append(server.install_signals(sigterm=True)))
+    thread.start()
+    thread.join()
+    assert installed == [False]
+    server.restore_signals()  # nothing installed: nothing to undo
