@@ -284,7 +284,7 @@ class KernelServer(RequestServer):
             self._serve_interpreter(self._interpreter)
         elif not self.lazy_interpreter:
             self._make_interpreter()
-        self._control_thread = ControlThread(
+        self.control_thread = ControlThread(
             self.context, self.control, self._serve_control, "corral-control"
         )
         # The debugger (debugpy) must neither trace nor suspend the kernel's own threads:
@@ -293,7 +293,7 @@ class KernelServer(RequestServer):
         if flusher is not None:
             flusher.pydev_do_not_trace = True
             flusher.is_pydev_daemon_thread = True
-        self._control_thread.start()
+        self.control_thread.start()
 
     @property
     def interpreter(self) -> Any:
@@ -665,29 +665,27 @@ class KernelServer(RequestServer):
     # ---------------------------------------------------------------- shutdown
 
     def close(self) -> None:
-        """Stop the threads, deliver pending messages and close every socket."""
+        """Stop the threads, deliver pending messages and close every socket
+        (:meth:`.RequestServer.close`); then give up the ipc paths claimed."""
         if not self.bound:
             return
         self.bound = False
+        super().close()
+        self._claims.release()
+
+    def stop_helpers(self) -> None:
         if self._debugger is not None:
             self._debugger.close()
-        thread = getattr(self, "_control_thread", None)
-        if thread is not None:
-            thread.stop()  # it closes the control socket
-        else:
+
+    def close_sockets(self) -> None:
+        if self.control_thread is None:  # never started: nobody else closes it
             self.control.close()
         if hasattr(self, "heartbeat"):
             self.heartbeat.stop()
         else:
             self.hb_socket.close(linger=0)
-        if hasattr(self, "iopub"):
-            self.iopub.close()
         for sock in (self.shell, self.stdin, self.iopub_socket):
             sock.close()
-        self.restore_signals()
-        self.close_wake()
-        self.context.term()
-        self._claims.release()
 
 
 def _default_inline_backend() -> None:

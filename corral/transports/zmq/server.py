@@ -17,10 +17,16 @@ they do around that core was written twice, piece by piece, and is written once 
   SIGINT handler and, for a server that is stopped by SIGTERM as its normal end (an
   engine: launchers stop engines so), SIGTERM a requested stop.
 * **the interrupt** — :meth:`RequestServer.interrupt`, the guard's, from any thread.
+* **the close order** — :meth:`RequestServer.close`: the helpers that use the sockets or
+  the interpreter from other threads first (:meth:`~RequestServer.stop_helpers`), then
+  the control thread (it closes the control socket), the signals, the iopub publisher
+  (its last stream text still goes out), the server's own sockets
+  (:meth:`~RequestServer.close_sockets`: last replies, goodbyes), the wake pipe, and the
+  context last, once every socket is closed.
 
 What stays each server's own: its sockets, its loop (the engine's drains batches from
 several queues and holds replies; the kernel's serves one shell socket and a backlog),
-its handlers and the order in which it closes what it owns.
+its handlers, and the steps of its close that only it has.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .requests import Handler, InterruptGuard, RequestCore
+import zmq
+
+from .requests import ControlThread, Handler, InterruptGuard, RequestCore
 
 __all__ = ["RequestServer"]
 
@@ -44,9 +52,14 @@ class RequestServer:
     """A request core plus the stop, wake and signal policy of the process serving it.
 
     Subclasses build their dispatch ``tables`` (channel -> message type -> handler) and
-    pass them here; they open the wake pipe (:meth:`open_wake`) with their sockets, poll
-    :attr:`wake_fd` in their loop and close it with them (:meth:`close_wake`).
+    pass them here; they open the wake pipe (:meth:`open_wake`) with their sockets and
+    poll :attr:`wake_fd` in their loop. They set :attr:`context`, :attr:`control_thread`
+    once made and ``iopub`` (an :class:`~.iopub.IOPubPublisher`) once publishing, and fill
+    in :meth:`stop_helpers` and :meth:`close_sockets`; :meth:`close` does the rest.
     """
+
+    #: The ZeroMQ context of every socket the server made (terminated by :meth:`close`).
+    context: zmq.Context[Any]
 
     #: How long a requested stop may take before :meth:`exit_later` ends the process (s).
     shutdown_grace = 5.0
@@ -68,6 +81,9 @@ class RequestServer:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._signals = False
+        #: The thread that serves control (see .requests.ControlThread), once made.
+        self.control_thread: ControlThread | None = None
+        self._closed = False
 
     def use_guard(self, guard: InterruptGuard) -> None:
         """Share ``guard`` (a server hosted by another in the same process: one SIGINT
@@ -172,3 +188,34 @@ class RequestServer:
         if self._signals and threading.current_thread() is threading.main_thread():
             signal.set_wakeup_fd(-1)
             self._signals = False
+
+    # -------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Stop the threads, deliver what is pending and close everything, once.
+
+        The order matters and is the same for every server: nothing may use a socket
+        after it is closed, and the context is terminated only when all are.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_helpers()
+        if self.control_thread is not None:
+            self.control_thread.stop()  # it closes the control socket (made or not run)
+        self.restore_signals()
+        iopub = getattr(self, "iopub", None)
+        if iopub is not None:
+            iopub.close()  # flushes the last stream text
+        self.close_sockets()
+        self.close_wake()
+        self.context.term()
+
+    def stop_helpers(self) -> None:
+        """First step of :meth:`close`: stop what uses the sockets or the interpreter from
+        other threads (a debugger, a plugin loader, watchdogs). Nothing by default."""
+
+    def close_sockets(self) -> None:
+        """Step of :meth:`close` after the control thread and iopub publisher stopped:
+        send what must still go out and close the server's own sockets (and the threads
+        that own one, such as the heartbeat). Nothing by default."""

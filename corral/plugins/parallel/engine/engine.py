@@ -266,7 +266,6 @@ class Engine(RequestServer):
         self._started = StartedIds()
         self._inbox: deque[Message] = deque()
         self._connected = False
-        self._closed = False
         self._threads_started = False
         #: Same-host clients calling over a Unix socket (see .samehost).
         self.same_host = SameHostClients(self)
@@ -479,6 +478,7 @@ class Engine(RequestServer):
 
         datapub.install(self._publish_data)
         self._control = EngineControl(self)
+        self.control_thread = self._control.thread
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
         self.open_wake()
         timeout = self.hub_timeout
@@ -888,10 +888,13 @@ class Engine(RequestServer):
     # ------------------------------------------------------------ stopping
 
     def close(self) -> None:
-        """Unregister (on a requested stop), stop the threads, close every socket."""
-        if self._closed:
-            return
-        self._closed = True
+        """Unregister (on a requested stop), stop the threads, close every socket (in the
+        order of :meth:`.RequestServer.close`)."""
+        super().close()
+
+    def stop_helpers(self) -> None:
+        """Before control stops: the plugin loader, the task feed, a bound kernel, the
+        streams installed for tasks and the hub watch."""
         loader = self._plugins
         if loader is not None and loader is not threading.current_thread():
             # A daemon thread still importing plugins when the interpreter finalizes
@@ -902,50 +905,46 @@ class Engine(RequestServer):
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams
         if self._threads_started:
-            self._control.thread.stop()  # it closes the control socket
             self.watch.stop()
-            self.restore_signals()
-        if hasattr(self, "iopub"):
-            self.iopub.close()
-        if self._connected:
-            if self.replies.held:  # replies to tasks that ran: out before we unregister
-                try:
-                    self.replies.flush()
-                except zmq.ZMQError:
-                    pass
-            self.heartbeat.stop()
-            polite = self.exit_code == 0 and not self._hub_asked
-            if self.id is not None and polite:
-                try:
-                    frames = self.replier.frames(
-                        (),
-                        "unregistration_request",
-                        b"{}",
-                        b"{}",
-                        wire.json_dumps({"id": self.id}),
-                        dest=HUB,
-                        run=self.controller_run,
-                    )
-                    send_frames(self.registration, frames, zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+
+    def close_sockets(self) -> None:
+        """After control and iopub: the held replies, the unregistration (on a requested
+        stop), same-host clients, then the queue sockets."""
+        if not self._connected:
+            return
+        if self.replies.held:  # replies to tasks that ran: out before we unregister
             try:
-                self.same_host.flush()
+                self.replies.flush()
             except zmq.ZMQError:
                 pass
-            self.same_host.close()
-            socks = [self.data_socket, self.mux, self.task, self.broadcast]
-            socks += [self.iopub_socket, self.registration, *self.same_host.sockets()]
-            if not self._threads_started:
-                socks.append(self.control)
-            linger = _LINGER_MS if polite else 0
-            for sock in socks:
-                sock.close(linger=linger)
-        control = getattr(self, "_control", None)
-        if control is not None and not self._threads_started:
-            control.thread.stop()  # never started: closes its pipe
-        self.close_wake()
-        self.context.term()
+        self.heartbeat.stop()
+        polite = self.exit_code == 0 and not self._hub_asked
+        if self.id is not None and polite:
+            try:
+                frames = self.replier.frames(
+                    (),
+                    "unregistration_request",
+                    b"{}",
+                    b"{}",
+                    wire.json_dumps({"id": self.id}),
+                    dest=HUB,
+                    run=self.controller_run,
+                )
+                send_frames(self.registration, frames, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        try:
+            self.same_host.flush()
+        except zmq.ZMQError:
+            pass
+        self.same_host.close()
+        socks = [self.data_socket, self.mux, self.task, self.broadcast]
+        socks += [self.iopub_socket, self.registration, *self.same_host.sockets()]
+        if self.control_thread is None:  # registration never answered: no thread made
+            socks.append(self.control)
+        linger = _LINGER_MS if polite else 0
+        for sock in socks:
+            sock.close(linger=linger)
 
 
 def _wait_ms(*deadlines: float | None) -> int:
