@@ -40,3 +40,22 @@ def test_signals_are_installed_on_the_main_thread_only() -> None:
     thread.join()
     assert installed == [False]
     server.restore_signals()  # nothing installed: nothing to undo
+
+
+def test_a_type_nobody_serves_yet_waits_for_the_plugins_once_asked() -> None:
+    server = RequestServer({"shell": {}})
+    table = server.core.tables["shell"]
+    assert server.late_handler(table, "x_request") is None  # nothing loading: refused
+
+    def plugin(*args: object) -> None:
+        pass
+
+    waited: list[bool] = []
+
+    def load() -> None:
+        waited.append(True)
+        server.core.add("shell", {"x_request": plugin})
+
+    server.await_handlers = load
+    assert server.late_handler(table, "x_request") is plugin
+    assert waited == [True]

@@ -148,11 +148,6 @@ class KernelServer(RequestServer):
         #: Called once, after the first request has been answered: work that must not
         #: delay a frontend's first reply (kernel_main starts loading plugins here).
         self.after_first_request: Callable[[], None] | None = None
-        #: Called when a request arrives that no handler serves, while plugins may still
-        #: be loading (kernel_main waits for its loader here), so a plugin's request type
-        #: sent right after start is served rather than refused. Types with a handler
-        #: never call it.
-        self.await_handlers: Callable[[], None] | None = None
         self.context = context or zmq.Context()
         self.port_range = port_range
         self.session = Session(
@@ -446,10 +441,7 @@ class KernelServer(RequestServer):
     ) -> None:
         """busy, the handler's reply, idle: the frame every request gets."""
         msg_type = msg["msg_type"]
-        handler = handlers.get(msg_type)
-        if handler is None and self.await_handlers is not None:
-            self.await_handlers()  # a plugin still loading may serve this type
-            handler = handlers.get(msg_type)
+        handler = handlers.get(msg_type) or self.late_handler(handlers, msg_type)
         if handler is None:
             log.warning("ignoring unknown message type %r", msg_type)
             if msg_type.endswith("_request"):

@@ -17,6 +17,10 @@ they do around that core was written twice, piece by piece, and is written once 
   SIGINT handler and, for a server that is stopped by SIGTERM as its normal end (an
   engine: launchers stop engines so), SIGTERM a requested stop.
 * **the interrupt** — :meth:`RequestServer.interrupt`, the guard's, from any thread.
+* **a type nobody serves yet** — :meth:`RequestServer.late_handler`: plugins load off the
+  start-up path, so a request of a type the tables lack waits for them
+  (:attr:`~RequestServer.await_handlers`) before it is refused with
+  :func:`~.requests.unsupported_content`.
 * **the close order** — :meth:`RequestServer.close`: the helpers that use the sockets or
   the interpreter from other threads first (:meth:`~RequestServer.stop_helpers`), then
   the control thread (it closes the control socket), the signals, the iopub publisher
@@ -36,7 +40,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -84,11 +88,26 @@ class RequestServer:
         #: The thread that serves control (see .requests.ControlThread), once made.
         self.control_thread: ControlThread | None = None
         self._closed = False
+        #: Called when a request arrives that no handler serves, while plugins may still
+        #: be loading (a kernel's loader, an engine's loading thread), so a plugin's
+        #: request type sent right after start is served rather than refused. Types with
+        #: a handler never call it.
+        self.await_handlers: Callable[[], None] | None = None
 
     def use_guard(self, guard: InterruptGuard) -> None:
         """Share ``guard`` (a server hosted by another in the same process: one SIGINT
         policy per process)."""
         self.guard = self.core.guard = guard
+
+    def late_handler(self, table: Mapping[str, Handler], msg_type: str) -> Handler | None:
+        """The handler of ``msg_type``, a type ``table`` lacked when the request came:
+        plugins still loading may add it (:attr:`await_handlers`); None if they did not.
+        Off the hot path: a loop calls it only after its own lookup found nothing."""
+        handler = table.get(msg_type)
+        if handler is None and self.await_handlers is not None:
+            self.await_handlers()
+            handler = table.get(msg_type)
+        return handler
 
     # ----------------------------------------------------------------- waking
 

@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from corral.transports.zmq import wire
-from corral.transports.zmq.requests import ControlThread
+from corral.transports.zmq.requests import ControlThread, unsupported_content
 
 from ._wire import Message, Replier, iso_now, send_frames
 
@@ -56,7 +56,9 @@ class EngineControl:
         if msg is None:
             return
         try:
-            handler = self._handlers.get(msg.msg_type)
+            handler = self._handlers.get(msg.msg_type) or self.engine.late_handler(
+                self._handlers, msg.msg_type
+            )
             if handler is None:
                 self._unknown(msg)
             else:
@@ -118,7 +120,8 @@ class EngineControl:
         kind = msg.msg_type
         log.warning("ignoring unknown control message %r", kind)
         if kind.endswith("_request"):
-            raise ValueError(f"unknown control message type {kind!r}")
+            content = unsupported_content(kind, "control")
+            self._reply(msg, {**content, "engine_info": _info(self.engine, kind)})
 
     def serve_on_main(self, msg: Message) -> None:
         """Main thread: a clear or shutdown handed over by the control thread."""

@@ -74,6 +74,7 @@ from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
+from corral.transports.zmq.requests import unsupported_content
 from corral.transports.zmq.server import RequestServer
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
@@ -556,6 +557,8 @@ class Engine(RequestServer):
             from .plugins import start_loading
 
             self._plugins = start_loading(self, self.plugins_profile)
+            # A type no handler serves waits for them (RequestServer.late_handler).
+            self.await_handlers = self._plugins.join
         if self._threads_started:
             return
         self._threads_started = True
@@ -779,18 +782,17 @@ class Engine(RequestServer):
         self.replies.flush()
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
-        loader = self._plugins
-        if loader is not None:  # a type a plugin may serve: once they are in, ask again
-            loader.join()
-            handler = self._handlers.get(msg.msg_type)
-            if handler is not None:
-                handler(sock, msg)
-                return
+        handler = self.late_handler(self._handlers, msg.msg_type)
+        if handler is not None:  # a plugin's, loaded meanwhile
+            handler(sock, msg)
+            return
         log.warning("ignoring unknown message type %r", msg.msg_type)
         if msg.msg_type.endswith("_request"):
-            self._reply_error(
-                sock, msg, ValueError(f"unknown message type {msg.msg_type!r}"), "engine"
-            )
+            content = unsupported_content(msg.msg_type, "the queues")
+            content["engine_info"] = {**self.engine_info, "method": "engine"}
+            now = iso_now()
+            metadata = self._metadata(now, now, "error", 0)
+            self._send(sock, msg, wire.json_dumps(content), metadata, date=now)
 
     # ------------------------------------------------------------ replies
 
