@@ -31,6 +31,9 @@ they do around that core was written twice, piece by piece, and is written once 
 What stays each server's own: its sockets, its loop (the engine's drains batches from
 several queues and holds replies; the kernel's serves one shell socket and a backlog),
 its handlers, and the steps of its close that only it has.
+
+:func:`log_to_stderr` is the processes' shared logging set-up (kernel and engine entry
+points): their stderr is what launchers keep as the log.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,9 +51,20 @@ import zmq
 
 from .requests import ControlThread, Handler, InterruptGuard, RequestCore
 
-__all__ = ["RequestServer"]
+__all__ = ["RequestServer", "log_to_stderr"]
 
 log = logging.getLogger("corral.transports.zmq.server")
+
+
+def log_to_stderr(level: str, role: str) -> None:
+    """Log at ``level`` to the process's real stderr (``sys.__stderr__``: user code may
+    replace ``sys.stderr``, whose text goes to frontends), each line saying which server
+    process (``role``, its pid) wrote it."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.__stderr__,
+        format=f"[corral {role} %(process)d %(levelname)s] %(name)s: %(message)s",
+    )
 
 
 class RequestServer:
