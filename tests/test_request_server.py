@@ -59,3 +59,20 @@ def test_a_type_nobody_serves_yet_waits_for_the_plugins_once_asked() -> None:
     server.await_handlers = load
     assert server.late_handler(table, "x_request") is plugin
     assert waited == [True]
+
+
+def test_work_handed_to_the_main_thread_runs_in_order_after_a_wake() -> None:
+    server = RequestServer({"control": {}})
+    server.open_wake()
+    ran: list[int] = []
+    try:
+        thread = threading.Thread(
+            target=lambda: [server.hand_to_main(lambda i=i: ran.append(i)) for i in range(3)]
+        )
+        thread.start()
+        thread.join()
+        assert ran == [] and server.drain_wake()
+        server.run_handed()
+        assert ran == [0, 1, 2] and not server.handed
+    finally:
+        server.close_wake()

@@ -193,8 +193,6 @@ class KernelServer(RequestServer):
         self._comms: Any = None
         self._debugger: Any = None
         self._debugger_available: bool | None = None
-        #: Work the control thread hands to the main thread (see call_on_main).
-        self._main_calls: deque[tuple[Callable[[], Any], Any]] = deque()
 
     # ------------------------------------------------------------ request types
 
@@ -372,7 +370,7 @@ class KernelServer(RequestServer):
                 ready = dict(poller.poll())
                 if wake_fd in ready:
                     self.drain_wake()
-                    self._run_main_calls()
+                    self.run_handed()
                 if self.shell in ready:
                     got = self.session.recv(self.shell, zmq.NOBLOCK)
                     if got is not None:
@@ -389,8 +387,8 @@ class KernelServer(RequestServer):
     def serve_waiting(self) -> None:
         """Serve what waits on shell, and calls handed to the main thread, without
         blocking (for a host loop; see :meth:`host_sockets`). Main thread only."""
-        if self.drain_wake():
-            self._run_main_calls()
+        self.drain_wake()
+        self.run_handed()
         while not self.shutdown_requested.is_set():
             if self._backlog:
                 idents, msg, abort = self._backlog.popleft()
@@ -412,8 +410,14 @@ class KernelServer(RequestServer):
         import queue
 
         box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
-        self._main_calls.append((func, box))
-        self.wake()
+
+        def call() -> None:
+            try:
+                box.put((True, func()))
+            except Exception as exc:
+                box.put((False, exc))
+
+        self.hand_to_main(call)
         try:
             ok, value = box.get(timeout=timeout)
         except queue.Empty:
@@ -421,14 +425,6 @@ class KernelServer(RequestServer):
         if not ok:
             raise value
         return value
-
-    def _run_main_calls(self) -> None:
-        while self._main_calls:
-            func, box = self._main_calls.popleft()
-            try:
-                box.put((True, func()))
-            except Exception as exc:
-                box.put((False, exc))
 
     def _serve(
         self,

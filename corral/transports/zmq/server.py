@@ -9,6 +9,10 @@ they do around that core was written twice, piece by piece, and is written once 
   so another thread (control, a watchdog) or a signal gets the loop's attention between
   requests. A socketpair rather than an inproc ZeroMQ pair: ``signal.set_wakeup_fd``
   needs a descriptor, and any thread may write to it (a ZeroMQ socket belongs to one).
+* **work handed to the main thread** — :meth:`RequestServer.hand_to_main`: what another
+  thread must not do itself (touch the namespace, end the loop, start debugpy where user
+  code runs) is queued in :attr:`~RequestServer.handed` and the loop woken; the loop runs
+  it between requests (:meth:`~RequestServer.run_handed`), before any further one.
 * **the stop** — :meth:`RequestServer.request_stop` records the first reason and exit
   status, sets :attr:`RequestServer.shutdown_requested` and wakes the loop;
   :meth:`RequestServer.exit_later` ends the process if a requested stop hangs (user code
@@ -44,6 +48,7 @@ import signal
 import socket
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -108,6 +113,9 @@ class RequestServer:
         #: request type sent right after start is served rather than refused. Types with
         #: a handler never call it.
         self.await_handlers: Callable[[], None] | None = None
+        #: Work other threads handed to the main thread (:meth:`hand_to_main`), in order:
+        #: a plain deque a busy loop tests for emptiness after every message.
+        self.handed: deque[Callable[[], None]] = deque()
 
     def use_guard(self, guard: InterruptGuard) -> None:
         """Share ``guard`` (a server hosted by another in the same process: one SIGINT
@@ -168,6 +176,18 @@ class RequestServer:
         for end in (self._wake_r, self._wake_w):
             if end is not None:
                 end.close()
+
+    def hand_to_main(self, work: Callable[[], None]) -> None:
+        """Have the main thread run ``work`` between requests, and wake its loop (any
+        thread)."""
+        self.handed.append(work)
+        self.wake()
+
+    def run_handed(self) -> None:
+        """Run the work handed over so far, in order (main thread)."""
+        handed = self.handed
+        while handed:
+            handed.popleft()()
 
     # ------------------------------------------------------------- stopping
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from corral.transports.zmq import wire
@@ -110,8 +111,7 @@ class EngineControl:
         """``clear`` and ``shutdown`` touch the namespace or end the loop: the main thread
         serves them (:meth:`serve_on_main`) before any further task."""
         engine = self.engine
-        engine._inbox.append(msg)
-        engine.wake()
+        engine.hand_to_main(partial(self.serve_on_main, msg))
         if msg.msg_type == "shutdown_request":
             engine.interrupt()  # a running task would keep the engine alive
             engine.exit_later(0)

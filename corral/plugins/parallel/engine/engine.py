@@ -265,7 +265,6 @@ class Engine(RequestServer):
         self._handlers: dict[str, Handler] = self.core.tables["queues"]
         #: Recorded before the aborted check (see .started: moving tasks exactly once).
         self._started = StartedIds()
-        self._inbox: deque[Message] = deque()
         self._connected = False
         self._threads_started = False
         #: Same-host clients calling over a Unix socket (see .samehost).
@@ -593,7 +592,7 @@ class Engine(RequestServer):
             poller.register(sock, _POLLIN)
         data_socket = self.data_socket
         stall_deadline = stall_clock(data_socket)
-        inbox = self._inbox
+        inbox = self.handed  # clear and shutdown, handed over by the control thread
         pending = self._pending
         serve = self._serve_one
         self._sock_lock.acquire()
@@ -608,7 +607,7 @@ class Engine(RequestServer):
                 if inbox:
                     if replies.held:  # answers to earlier tasks go first
                         replies.flush()
-                    self._control.serve_on_main(inbox.popleft())
+                    inbox.popleft()()
                     continue
                 if pending:
                     self._serve_pending()
@@ -706,7 +705,7 @@ class Engine(RequestServer):
 
     def _serve_pending(self) -> None:
         pending = self._pending
-        inbox = self._inbox
+        inbox = self.handed
         while pending and not inbox and self.stop_reason is None and not self._rejoin:
             sock, msg = pending.popleft()
             self._serve_message(sock, msg)
