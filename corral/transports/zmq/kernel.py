@@ -10,8 +10,10 @@ Threads, and why:
 * **heartbeat** — echoes pings inside libzmq without the GIL (:mod:`.heartbeat`).
 * **iopub flusher** — sends coalesced stream text at short intervals (:mod:`.iopub`).
 
-Requests are dispatched through a :class:`~.requests.RequestCore`, the class the parallel
-engine is built on too: one table per channel, one dictionary lookup a message. Plugins
+The server is a :class:`~.server.RequestServer`, as the parallel engine is: the same wake
+pipe, stop, signal policy, hand-over to the main thread and close order. Requests are
+dispatched through its :class:`~.requests.RequestCore`: one table per channel, one
+dictionary lookup a message. Plugins
 add request types at configuration time (:meth:`KernelServer.add_handlers`, called by the
 plugins layer with what ``corral_request_handlers`` returns: the parallel plugin's
 ``apply``, ``push``, ``pull``, ``clear``, ``abort``), never per message.

@@ -28,12 +28,14 @@ Threads, and why:
   the controller or the launching process goes away.
 * **iopub flusher** sends coalesced stream text (:class:`IOPubPublisher`).
 
-Where things live: an engine is the kernel server's request core plus the parallel
-plugin's handlers, on the cluster's sockets instead of Jupyter's. From
-:mod:`corral.transports.zmq`, shared with the kernel server: the request core
-(:class:`~corral.transports.zmq.requests.RequestCore`: dispatch tables and the SIGINT
-guard), the cell runner (``run_execute``), the error reply, the control thread, the
-answers to completion, inspection, history and is-complete
+Where things live: an engine is the kernel server's skeleton plus the parallel plugin's
+handlers, on the cluster's sockets instead of Jupyter's. From
+:mod:`corral.transports.zmq`, shared with the kernel server: the server skeleton both
+derive from (:class:`~corral.transports.zmq.server.RequestServer`: the wake pipe, the
+stop, SIGINT/SIGTERM, work handed to the main thread, a type nobody serves yet, the close
+order), the request core (:class:`~corral.transports.zmq.requests.RequestCore`: dispatch
+tables and the SIGINT guard), the cell runner (``run_execute``), the error reply, the
+control thread, the answers to completion, inspection, history and is-complete
 (:mod:`corral.transports.zmq.queries`), ``kernel_info``, the iopub publisher and output
 relay. From this plugin, shared with any kernel that loaded it
 (:mod:`..kernel_requests`): what ``apply``, ``push``, ``pull``, ``clear`` and ``abort``
