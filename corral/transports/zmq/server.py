@@ -172,8 +172,10 @@ class RequestServer:
         return woken
 
     def close_wake(self) -> None:
-        """Close both ends of the wake pipe (after the signals stopped writing to it)."""
-        for end in (self._wake_r, self._wake_w):
+        """Close both ends of the wake pipe (after the signals stopped writing to it);
+        a late :meth:`wake` or :meth:`drain_wake` then does nothing."""
+        ends, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
+        for end in ends:
             if end is not None:
                 end.close()
 
