@@ -77,7 +77,8 @@ RAW = {
     "socket events",
     "plugins/parallel/controller/queues.py:RoutingQueue.serve": "disconnect events "
     "(DisconnectWatch.drain); the sockets' handlers are checked at their drain sites",
-    "plugins/parallel/engine/engine.py:Engine._drain_wake": "the engine's wake pipe",
+    "transports/zmq/server.py:RequestServer.drain_wake": "the wake pipe of a kernel "
+    "server or an engine: bytes from its own threads and signals",
     "transports/zmq/requests.py:ControlThread.run": "inproc frames from the server's "
     "own main thread (its replies, already signed); control requests go to the owner's "
     "handler, which admits them (KernelServer._serve_control, ControlHandler.handle)",

@@ -10,8 +10,10 @@ Threads, and why:
 * **heartbeat** — echoes pings inside libzmq without the GIL (:mod:`.heartbeat`).
 * **iopub flusher** — sends coalesced stream text at short intervals (:mod:`.iopub`).
 
-Requests are dispatched through a :class:`~.requests.RequestCore`, the class the parallel
-engine is built on too: one table per channel, one dictionary lookup a message. Plugins
+The server is a :class:`~.server.RequestServer`, as the parallel engine is: the same wake
+pipe, stop, signal policy, hand-over to the main thread and close order. Requests are
+dispatched through its :class:`~.requests.RequestCore`: one table per channel, one
+dictionary lookup a message. Plugins
 add request types at configuration time (:meth:`KernelServer.add_handlers`, called by the
 plugins layer with what ``corral_request_handlers`` returns: the parallel plugin's
 ``apply``, ``push``, ``pull``, ``clear``, ``abort``), never per message.
@@ -48,13 +50,12 @@ from .relay import OutputRelay
 from .requests import (
     ControlThread,
     Handler,
-    InterruptGuard,
-    RequestCore,
     error_content,
     execute_args,
     run_execute,
     unsupported_content,
 )
+from .server import RequestServer
 from .session import Session
 
 __all__ = ["Handler", "KernelServer", "kernel_info_content"]
@@ -112,7 +113,7 @@ def kernel_info_content(*, encryption: bool, debugger: bool = False) -> dict[str
     }
 
 
-class KernelServer:
+class KernelServer(RequestServer):
     """Serves ``interpreter`` on the sockets described by ``connection_info``.
 
     Typical use (what ``kernel_main`` does): ``server.bind()`` — every port is bound, and
@@ -149,11 +150,6 @@ class KernelServer:
         #: Called once, after the first request has been answered: work that must not
         #: delay a frontend's first reply (kernel_main starts loading plugins here).
         self.after_first_request: Callable[[], None] | None = None
-        #: Called when a request arrives that no handler serves, while plugins may still
-        #: be loading (kernel_main waits for its loader here), so a plugin's request type
-        #: sent right after start is served rather than refused. Types with a handler
-        #: never call it.
-        self.await_handlers: Callable[[], None] | None = None
         self.context = context or zmq.Context()
         self.port_range = port_range
         self.session = Session(
@@ -166,14 +162,14 @@ class KernelServer:
         )
         self.bound = False
         self._claims = Claims()
-        self.shutdown_requested = threading.Event()
         self.restart_requested = False
         # Per-request state of the main thread.
         self._parent_idents: Idents = []
         self._backlog: deque[tuple[Idents, Msg, bool]] = deque()
-        #: The request core (see .requests): dispatch tables and the SIGINT guard, the
-        #: same class the parallel engine is built on. Plugins add request types to it.
-        self.core = RequestCore(
+        #: The request core (see .requests): dispatch tables and the SIGINT guard, with
+        #: the stop, wake and signal policy of .server: what the parallel engine is
+        #: built on too. Plugins add request types to it.
+        super().__init__(
             {
                 "shell": {
                     "execute_request": self._execute,
@@ -199,8 +195,6 @@ class KernelServer:
         self._comms: Any = None
         self._debugger: Any = None
         self._debugger_available: bool | None = None
-        #: Work the control thread hands to the main thread (see call_on_main).
-        self._main_calls: deque[tuple[Callable[[], Any], Any]] = deque()
 
     # ------------------------------------------------------------ request types
 
@@ -217,16 +211,6 @@ class KernelServer:
         :meth:`reply`; exceptions it raises become error replies.
         """
         return self.core.add(channel, handlers)
-
-    @property
-    def guard(self) -> InterruptGuard:
-        """The SIGINT policy (:class:`~.requests.InterruptGuard`): the core's."""
-        return self.core.guard
-
-    @guard.setter
-    def guard(self, guard: InterruptGuard) -> None:
-        # A kernel hosted by an engine shares the engine's: one policy per process.
-        self.core.guard = guard
 
     # ------------------------------------------------------------------ set-up
 
@@ -280,12 +264,8 @@ class KernelServer:
             (self.hb_socket, "hb"),
         ):
             self._bind(sock, channel)
-        # Control thread -> main thread: "look at the shutdown flag".
-        self._wake_url = f"inproc://corral-kernel-wake-{id(self)}"
-        self._wake_rx = self.context.socket(zmq.PAIR)
-        self._wake_rx.bind(self._wake_url)
-        self._wake_tx = self.context.socket(zmq.PAIR)
-        self._wake_tx.connect(self._wake_url)
+        # Control thread -> main thread: "look at the shutdown flag, or the calls".
+        self.open_wake()
         self.bound = True
         return self.info
 
@@ -299,8 +279,7 @@ class KernelServer:
             self._serve_interpreter(self._interpreter)
         elif not self.lazy_interpreter:
             self._make_interpreter()
-        self.guard.install()
-        self._control_thread = ControlThread(
+        self.control_thread = ControlThread(
             self.context, self.control, self._serve_control, "corral-control"
         )
         # The debugger (debugpy) must neither trace nor suspend the kernel's own threads:
@@ -309,7 +288,7 @@ class KernelServer:
         if flusher is not None:
             flusher.pydev_do_not_trace = True
             flusher.is_pydev_daemon_thread = True
-        self._control_thread.start()
+        self.control_thread.start()
 
     @property
     def interpreter(self) -> Any:
@@ -378,9 +357,12 @@ class KernelServer:
         """Serve shell in this (main) thread until a shutdown request; then close."""
         if not hasattr(self, "iopub"):
             self.start()
+        # Here, not in start(): a kernel hosted by an engine shares the engine's signals.
+        self.install_signals(sigterm=False)
+        wake_fd = self.wake_fd
         poller = zmq.Poller()
         poller.register(self.shell, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
+        poller.register(wake_fd, zmq.POLLIN)
         try:
             while not self.shutdown_requested.is_set():
                 if self._backlog:
@@ -388,9 +370,9 @@ class KernelServer:
                     self._serve(self.shell, idents, msg, self._shell_handlers, abort=abort)
                     continue
                 ready = dict(poller.poll())
-                if self._wake_rx in ready:
-                    self._wake_rx.recv()
-                    self._run_main_calls()
+                if wake_fd in ready:
+                    self.drain_wake()
+                    self.run_handed()
                 if self.shell in ready:
                     got = self.session.recv(self.shell, zmq.NOBLOCK)
                     if got is not None:
@@ -398,18 +380,17 @@ class KernelServer:
         finally:
             self.close()
 
-    def host_sockets(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
-        """The sockets a host's own loop polls instead of :meth:`serve_forever` (a cluster
-        engine bound as a kernel): when either is readable, call :meth:`serve_waiting`."""
-        return self.shell, self._wake_rx
+    def host_sockets(self) -> tuple[zmq.Socket[Any], int]:
+        """What a host's own loop polls instead of :meth:`serve_forever` (a cluster engine
+        bound as a kernel): shell and the wake pipe's descriptor; when either is readable,
+        call :meth:`serve_waiting`."""
+        return self.shell, self.wake_fd
 
     def serve_waiting(self) -> None:
         """Serve what waits on shell, and calls handed to the main thread, without
         blocking (for a host loop; see :meth:`host_sockets`). Main thread only."""
-        if self._wake_rx.poll(0):
-            while self._wake_rx.poll(0):
-                self._wake_rx.recv()
-            self._run_main_calls()
+        self.drain_wake()
+        self.run_handed()
         while not self.shutdown_requested.is_set():
             if self._backlog:
                 idents, msg, abort = self._backlog.popleft()
@@ -431,8 +412,14 @@ class KernelServer:
         import queue
 
         box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
-        self._main_calls.append((func, box))
-        self._wake_tx.send(b"")
+
+        def call() -> None:
+            try:
+                box.put((True, func()))
+            except Exception as exc:
+                box.put((False, exc))
+
+        self.hand_to_main(call)
         try:
             ok, value = box.get(timeout=timeout)
         except queue.Empty:
@@ -440,14 +427,6 @@ class KernelServer:
         if not ok:
             raise value
         return value
-
-    def _run_main_calls(self) -> None:
-        while self._main_calls:
-            func, box = self._main_calls.popleft()
-            try:
-                box.put((True, func()))
-            except Exception as exc:
-                box.put((False, exc))
 
     def _serve(
         self,
@@ -460,10 +439,7 @@ class KernelServer:
     ) -> None:
         """busy, the handler's reply, idle: the frame every request gets."""
         msg_type = msg["msg_type"]
-        handler = handlers.get(msg_type)
-        if handler is None and self.await_handlers is not None:
-            self.await_handlers()  # a plugin still loading may serve this type
-            handler = handlers.get(msg_type)
+        handler = handlers.get(msg_type) or self.late_handler(handlers, msg_type)
         if handler is None:
             log.warning("ignoring unknown message type %r", msg_type)
             if msg_type.endswith("_request"):
@@ -639,11 +615,10 @@ class KernelServer:
         self.reply(sock, idents, msg, content)
         self.iopub.publish("shutdown_reply", content, msg["header"])
         self.restart_requested = restart
-        self.shutdown_requested.set()
+        self.request_stop("shutdown requested")  # wakes the main loop
         if threading.current_thread() is not threading.main_thread():
             # Code still running would keep the kernel alive past its shutdown.
-            self.guard.interrupt()
-            self._wake_tx.send(b"")
+            self.interrupt()
 
     # ------------------------------------------------------------------- stdin
 
@@ -680,33 +655,27 @@ class KernelServer:
     # ---------------------------------------------------------------- shutdown
 
     def close(self) -> None:
-        """Stop the threads, deliver pending messages and close every socket."""
+        """Stop the threads, deliver pending messages and close every socket
+        (:meth:`.RequestServer.close`); then give up the ipc paths claimed."""
         if not self.bound:
             return
         self.bound = False
+        super().close()
+        self._claims.release()
+
+    def stop_helpers(self) -> None:
         if self._debugger is not None:
             self._debugger.close()
-        thread = getattr(self, "_control_thread", None)
-        if thread is not None:
-            thread.stop()  # it closes the control socket
-        else:
+
+    def close_sockets(self) -> None:
+        if self.control_thread is None:  # never started: nobody else closes it
             self.control.close()
         if hasattr(self, "heartbeat"):
             self.heartbeat.stop()
         else:
             self.hb_socket.close(linger=0)
-        if hasattr(self, "iopub"):
-            self.iopub.close()
-        for sock in (
-            self.shell,
-            self.stdin,
-            self.iopub_socket,
-            self._wake_rx,
-            self._wake_tx,
-        ):
+        for sock in (self.shell, self.stdin, self.iopub_socket):
             sock.close()
-        self.context.term()
-        self._claims.release()
 
 
 def _default_inline_backend() -> None:

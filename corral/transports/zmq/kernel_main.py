@@ -188,11 +188,9 @@ def main(argv: list[str] | None = None, *, plugins: PluginLoaderFactory | None =
     magics only. :data:`KERNEL_MODULE` is the entry point that passes corral's loader.
     """
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.__stderr__,
-        format="[corral kernel %(levelname)s] %(name)s: %(message)s",
-    )
+    from .server import log_to_stderr
+
+    log_to_stderr(args.log_level, "kernel")
     from .connection import (
         ConnectionInfo,
         new_connection_file,

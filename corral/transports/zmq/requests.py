@@ -19,8 +19,9 @@ their own while user code runs. What they have in common lives here, once:
 * :class:`ControlThread` — the thread that owns the control socket, plus an inproc pipe by
   which the main thread sends replies through that socket or stops the thread.
 
-The heartbeat (:mod:`.heartbeat`), the iopub publisher (:mod:`.iopub`) and the output relay
-(:mod:`.relay`) are the other shared pieces; each lives in its own module.
+The server skeleton around this core (:mod:`.server`: wake pipe, stop, signals, close
+order), the heartbeat (:mod:`.heartbeat`), the iopub publisher (:mod:`.iopub`) and the
+output relay (:mod:`.relay`) are the other shared pieces; each lives in its own module.
 """
 
 from __future__ import annotations

@@ -79,11 +79,9 @@ def plugin_profile(explicit: str | None, cluster_file: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run an engine; returns the exit status."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.__stderr__,
-        format="[corral engine %(process)d %(levelname)s] %(name)s: %(message)s",
-    )
+    from corral.transports.zmq.server import log_to_stderr
+
+    log_to_stderr(args.log_level, "engine")
     from corral.plugins.parallel.engine.engine import Engine, EngineJoinError
 
     try:

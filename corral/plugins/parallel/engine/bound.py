@@ -81,7 +81,7 @@ class BoundKernel:
 
         self.engine = engine
         self.server = KernelServer(ConnectionInfo(ip=ip), engine.interpreter)
-        self.server.guard = engine.guard  # one SIGINT policy for the process
+        self.server.use_guard(engine.guard)  # one SIGINT policy for the process
         self.server.start()
         self.server.relay.parent = None
         # The requests a kernel with the parallel plugin serves, over the engine's own

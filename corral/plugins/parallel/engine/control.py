@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from corral.transports.zmq import wire
-from corral.transports.zmq.requests import ControlThread
+from corral.transports.zmq.requests import ControlThread, unsupported_content
 
 from ._wire import Message, Replier, iso_now, send_frames
 
@@ -56,7 +57,9 @@ class EngineControl:
         if msg is None:
             return
         try:
-            handler = self._handlers.get(msg.msg_type)
+            handler = self._handlers.get(msg.msg_type) or self.engine.late_handler(
+                self._handlers, msg.msg_type
+            )
             if handler is None:
                 self._unknown(msg)
             else:
@@ -98,8 +101,8 @@ class EngineControl:
         if signum == signal.SIGINT:
             engine.interrupt()
         elif signum == signal.SIGTERM:  # what the SIGTERM handler does, without a race
-            engine._stop("terminated", 0)
-            engine._exit_later(0)
+            engine.request_stop("terminated", 0)
+            engine.exit_later(0)
             engine.interrupt()
         else:
             signal.pthread_kill(threading.main_thread().ident or 0, signum)
@@ -108,17 +111,17 @@ class EngineControl:
         """``clear`` and ``shutdown`` touch the namespace or end the loop: the main thread
         serves them (:meth:`serve_on_main`) before any further task."""
         engine = self.engine
-        engine._inbox.append(msg)
-        engine._wake()
+        engine.hand_to_main(partial(self.serve_on_main, msg))
         if msg.msg_type == "shutdown_request":
             engine.interrupt()  # a running task would keep the engine alive
-            engine._exit_later(0)
+            engine.exit_later(0)
 
     def _unknown(self, msg: Message) -> None:
         kind = msg.msg_type
         log.warning("ignoring unknown control message %r", kind)
         if kind.endswith("_request"):
-            raise ValueError(f"unknown control message type {kind!r}")
+            content = unsupported_content(kind, "control")
+            self._reply(msg, {**content, "engine_info": _info(self.engine, kind)})
 
     def serve_on_main(self, msg: Message) -> None:
         """Main thread: a clear or shutdown handed over by the control thread."""
@@ -136,7 +139,7 @@ class EngineControl:
             # The hub asked (the whole cluster stops): it unregisters us itself and exits
             # once every engine has answered, so nothing more we sent would be read.
             engine._hub_asked = msg.content.get("hub") is True
-            engine._stop("shutdown requested", 0)
+            engine.request_stop("shutdown requested", 0)
         now = iso_now()
         reply_type = msg.msg_type.removesuffix("_request") + "_reply"
         frames = engine.replier.frames(

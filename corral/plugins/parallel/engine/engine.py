@@ -28,12 +28,14 @@ Threads, and why:
   the controller or the launching process goes away.
 * **iopub flusher** sends coalesced stream text (:class:`IOPubPublisher`).
 
-Where things live: an engine is the kernel server's request core plus the parallel
-plugin's handlers, on the cluster's sockets instead of Jupyter's. From
-:mod:`corral.transports.zmq`, shared with the kernel server: the request core
-(:class:`~corral.transports.zmq.requests.RequestCore`: dispatch tables and the SIGINT
-guard), the cell runner (``run_execute``), the error reply, the control thread, the
-answers to completion, inspection, history and is-complete
+Where things live: an engine is the kernel server's skeleton plus the parallel plugin's
+handlers, on the cluster's sockets instead of Jupyter's. From
+:mod:`corral.transports.zmq`, shared with the kernel server: the server skeleton both
+derive from (:class:`~corral.transports.zmq.server.RequestServer`: the wake pipe, the
+stop, SIGINT/SIGTERM, work handed to the main thread, a type nobody serves yet, the close
+order), the request core (:class:`~corral.transports.zmq.requests.RequestCore`: dispatch
+tables and the SIGINT guard), the cell runner (``run_execute``), the error reply, the
+control thread, the answers to completion, inspection, history and is-complete
 (:mod:`corral.transports.zmq.queries`), ``kernel_info``, the iopub publisher and output
 relay. From this plugin, shared with any kernel that loaded it
 (:mod:`..kernel_requests`): what ``apply``, ``push``, ``pull``, ``clear`` and ``abort``
@@ -54,7 +56,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -75,9 +76,8 @@ from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
-from corral.transports.zmq.requests import (
-    RequestCore,
-)
+from corral.transports.zmq.requests import unsupported_content
+from corral.transports.zmq.server import RequestServer
 
 from ..events import ENGINE_REGISTERED, TASK_FINISHED, TASK_STARTED
 from . import bound
@@ -124,8 +124,6 @@ _POLLIN = int(zmq.POLLIN)  # plain ints: enum arithmetic is slow
 _NOBLOCK = int(zmq.NOBLOCK)
 #: Messages served from one socket before the others (and control) get a look.
 _BATCH = 32
-#: How long a requested shutdown may take before the process just ends.
-_SHUTDOWN_GRACE = 5.0
 _LINGER_MS = 1000
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
@@ -142,7 +140,7 @@ Destination = zmq.Socket[Any] | LocalConnection
 Handler = Callable[[Destination, Message], None]
 
 
-class Engine:
+class Engine(RequestServer):
     """One engine process's server. See the module docstring for the lifecycle.
 
     ``cluster`` is the cluster file's content (a dict, or what ``read_cluster_file``
@@ -247,7 +245,6 @@ class Engine:
         #: Sockets of the bound kernel the main loop polls with its own.
         self._hosted: tuple[Any, ...] = ()
         self._poller: zmq.Poller | None = None
-        self.exit_code = 0
         self.dropped = 0
         self.interpreter: Any = None
         #: What apply, push, pull, clear and abort do to user_ns: shared with a kernel
@@ -256,23 +253,21 @@ class Engine:
         # Aliases read per task (one attribute lookup on the hot path, not two).
         self._adopter = self.tasks.adopter
         self._aborted = self.tasks.aborted
-        #: The request core, the kernel server's own class (transports/zmq/requests.py):
-        #: the handlers of the queues (.handlers: the parallel plugin's requests on this
-        #: wire, over the same Tasks a kernel's get) and of control, the SIGINT guard.
-        self.core = RequestCore(
+        #: The request core, the kernel server's own class (transports/zmq/requests.py),
+        #: with the stop, wake and signal policy of transports/zmq/server.py, as a kernel
+        #: has them: the handlers of the queues (.handlers: the parallel plugin's
+        #: requests on this wire, over the same Tasks a kernel's get) and of control.
+        RequestServer.__init__(
+            self,
             {
                 "queues": EngineRequests(self).tables(),
                 "control": {},  # filled by EngineControl
-            }
+            },
         )
         self._handlers: dict[str, Handler] = self.core.tables["queues"]
-        self.guard = self.core.guard  # read per task: a plain attribute
         #: Recorded before the aborted check (see .started: moving tasks exactly once).
         self._started = StartedIds()
-        self._stop_reason: str | None = None
-        self._inbox: deque[Message] = deque()
         self._connected = False
-        self._closed = False
         self._threads_started = False
         #: Same-host clients calling over a Unix socket (see .samehost).
         self.same_host = SameHostClients(self)
@@ -485,10 +480,9 @@ class Engine:
 
         datapub.install(self._publish_data)
         self._control = EngineControl(self)
+        self.control_thread = self._control.thread
         # Any thread or signal -> main loop: a byte on a socketpair the main loop polls.
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.open_wake()
         timeout = self.hub_timeout
         if timeout is None:
             timeout = max(10 * self.hb_period, 1.0)
@@ -564,15 +558,16 @@ class Engine:
             from .plugins import start_loading
 
             self._plugins = start_loading(self, self.plugins_profile)
+            # A type no handler serves waits for them (RequestServer.late_handler).
+            self.await_handlers = self._plugins.join
         if self._threads_started:
             return
         self._threads_started = True
         self._control.thread.start()
         self.watch.start()
         bound.set_current(self)
-        if self.guard.install():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        # SIGINT interrupts a task; SIGTERM (how launchers stop engines) is a shutdown.
+        self.install_signals(sigterm=True)
 
     def run(self) -> int:
         """Register, serve until shutdown, close; returns the process exit status."""
@@ -590,7 +585,7 @@ class Engine:
         """Serve the queues and the data socket in this (main) thread until told to stop."""
         self.start()
         poller = zmq.Poller()
-        wake_fd = self._wake_r.fileno()
+        wake_fd = self.wake_fd
         poller.register(wake_fd, _POLLIN)  # polled by fd: events name the int
         same_host = self.same_host
         same_host.attach(poller)
@@ -599,14 +594,14 @@ class Engine:
             poller.register(sock, _POLLIN)
         data_socket = self.data_socket
         stall_deadline = stall_clock(data_socket)
-        inbox = self._inbox
+        inbox = self.handed  # clear and shutdown, handed over by the control thread
         pending = self._pending
         serve = self._serve_one
         self._sock_lock.acquire()
         self.replies.start_flusher()
         replies = self.replies
         try:
-            while self._stop_reason is None:
+            while self.stop_reason is None:
                 if self._rejoin:  # a restarted controller: what it may have lost, again
                     self._rejoin = False
                     self.recovery.catch_up()
@@ -614,7 +609,7 @@ class Engine:
                 if inbox:
                     if replies.held:  # answers to earlier tasks go first
                         replies.flush()
-                    self._control.serve_on_main(inbox.popleft())
+                    inbox.popleft()()
                     continue
                 if pending:
                     self._serve_pending()
@@ -640,10 +635,10 @@ class Engine:
                         continue
                     if sock.__class__ is int:  # a plain descriptor
                         if sock == wake_fd:
-                            self._drain_wake()
+                            self.drain_wake()
                         else:
                             same_host.serve(sock)
-                        if inbox or self._stop_reason is not None or self._rejoin:
+                        if inbox or self.stop_reason is not None or self._rejoin:
                             break
                         continue
                     # Drain a busy queue without a full poll per message (zmq_poll on one
@@ -657,12 +652,12 @@ class Engine:
                             n >= _BATCH
                             or inbox
                             or pending
-                            or self._stop_reason is not None
+                            or self.stop_reason is not None
                             or self._rejoin
                             or not zmq_poll(items, 0)
                         ):
                             break
-                    if inbox or pending or self._stop_reason is not None or self._rejoin:
+                    if inbox or pending or self.stop_reason is not None or self._rejoin:
                         break
         finally:
             try:
@@ -671,19 +666,6 @@ class Engine:
                 self.replies.close()  # the flusher ends
                 self._sock_lock.release()
         return self.exit_code
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # full: the main loop is awake already, or closing
 
     def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
         """The next verified message on ``sock``; None if none waits or it was dropped."""
@@ -725,8 +707,8 @@ class Engine:
 
     def _serve_pending(self) -> None:
         pending = self._pending
-        inbox = self._inbox
-        while pending and not inbox and self._stop_reason is None and not self._rejoin:
+        inbox = self.handed
+        while pending and not inbox and self.stop_reason is None and not self._rejoin:
             sock, msg = pending.popleft()
             self._serve_message(sock, msg)
 
@@ -801,18 +783,17 @@ class Engine:
         self.replies.flush()
 
     def _unknown(self, sock: Destination, msg: Message) -> None:
-        loader = self._plugins
-        if loader is not None:  # a type a plugin may serve: once they are in, ask again
-            loader.join()
-            handler = self._handlers.get(msg.msg_type)
-            if handler is not None:
-                handler(sock, msg)
-                return
+        handler = self.late_handler(self._handlers, msg.msg_type)
+        if handler is not None:  # a plugin's, loaded meanwhile
+            handler(sock, msg)
+            return
         log.warning("ignoring unknown message type %r", msg.msg_type)
         if msg.msg_type.endswith("_request"):
-            self._reply_error(
-                sock, msg, ValueError(f"unknown message type {msg.msg_type!r}"), "engine"
-            )
+            content = unsupported_content(msg.msg_type, "the queues")
+            content["engine_info"] = {**self.engine_info, "method": "engine"}
+            now = iso_now()
+            metadata = self._metadata(now, now, "error", 0)
+            self._send(sock, msg, wire.json_dumps(content), metadata, date=now)
 
     # ------------------------------------------------------------ replies
 
@@ -909,38 +890,14 @@ class Engine:
 
     # ------------------------------------------------------------ stopping
 
-    def interrupt(self) -> None:
-        """SIGINT to the main thread if a task runs (``KeyboardInterrupt`` in it)."""
-        self.guard.interrupt()
-
-    def _stop(self, reason: str, code: int) -> None:
-        if self._stop_reason is None:
-            self._stop_reason = reason
-            self.exit_code = code
-        self._wake()
-
-    def _exit_later(self, code: int) -> None:
-        """End the process if a requested stop does not finish within the grace period."""
-
-        def force() -> None:
-            log.error("engine did not stop within %.0f s; exiting", _SHUTDOWN_GRACE)
-            os._exit(code)
-
-        timer = threading.Timer(_SHUTDOWN_GRACE, force)
-        timer.daemon = True
-        timer.start()
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        """A launcher stopping the engine: finish like a shutdown request."""
-        self._stop("terminated", 0)
-        self._exit_later(0)
-        self.guard.on_sigint(signum, frame)
-
     def close(self) -> None:
-        """Unregister (on a requested stop), stop the threads, close every socket."""
-        if self._closed:
-            return
-        self._closed = True
+        """Unregister (on a requested stop), stop the threads, close every socket (in the
+        order of :meth:`.RequestServer.close`)."""
+        super().close()
+
+    def stop_helpers(self) -> None:
+        """Before control stops: the plugin loader, the task feed, a bound kernel, the
+        streams installed for tasks and the hub watch."""
         loader = self._plugins
         if loader is not None and loader is not threading.current_thread():
             # A daemon thread still importing plugins when the interpreter finalizes
@@ -951,54 +908,46 @@ class Engine:
         if getattr(self, "_saved_streams", None):
             sys.stdout, sys.stderr = self._saved_streams
         if self._threads_started:
-            self._control.thread.stop()  # it closes the control socket
             self.watch.stop()
-            if threading.current_thread() is threading.main_thread():
-                signal.set_wakeup_fd(-1)
-        if hasattr(self, "iopub"):
-            self.iopub.close()
-        if self._connected:
-            if self.replies.held:  # replies to tasks that ran: out before we unregister
-                try:
-                    self.replies.flush()
-                except zmq.ZMQError:
-                    pass
-            self.heartbeat.stop()
-            polite = self.exit_code == 0 and not self._hub_asked
-            if self.id is not None and polite:
-                try:
-                    frames = self.replier.frames(
-                        (),
-                        "unregistration_request",
-                        b"{}",
-                        b"{}",
-                        wire.json_dumps({"id": self.id}),
-                        dest=HUB,
-                        run=self.controller_run,
-                    )
-                    send_frames(self.registration, frames, zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+
+    def close_sockets(self) -> None:
+        """After control and iopub: the held replies, the unregistration (on a requested
+        stop), same-host clients, then the queue sockets."""
+        if not self._connected:
+            return
+        if self.replies.held:  # replies to tasks that ran: out before we unregister
             try:
-                self.same_host.flush()
+                self.replies.flush()
             except zmq.ZMQError:
                 pass
-            self.same_host.close()
-            socks = [self.data_socket, self.mux, self.task, self.broadcast]
-            socks += [self.iopub_socket, self.registration, *self.same_host.sockets()]
-            if not self._threads_started:
-                socks.append(self.control)
-            linger = _LINGER_MS if polite else 0
-            for sock in socks:
-                sock.close(linger=linger)
-        control = getattr(self, "_control", None)
-        if control is not None and not self._threads_started:
-            control.thread.stop()  # never started: closes its pipe
-        for name in ("_wake_r", "_wake_w"):
-            end = getattr(self, name, None)
-            if end is not None:
-                end.close()
-        self.context.term()
+        self.heartbeat.stop()
+        polite = self.exit_code == 0 and not self._hub_asked
+        if self.id is not None and polite:
+            try:
+                frames = self.replier.frames(
+                    (),
+                    "unregistration_request",
+                    b"{}",
+                    b"{}",
+                    wire.json_dumps({"id": self.id}),
+                    dest=HUB,
+                    run=self.controller_run,
+                )
+                send_frames(self.registration, frames, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        try:
+            self.same_host.flush()
+        except zmq.ZMQError:
+            pass
+        self.same_host.close()
+        socks = [self.data_socket, self.mux, self.task, self.broadcast]
+        socks += [self.iopub_socket, self.registration, *self.same_host.sockets()]
+        if self.control_thread is None:  # registration never answered: no thread made
+            socks.append(self.control)
+        linger = _LINGER_MS if polite else 0
+        for sock in socks:
+            sock.close(linger=linger)
 
 
 def _wait_ms(*deadlines: float | None) -> int:

@@ -12,7 +12,8 @@ Finding entry points, importing the plugins' modules and reading the configurati
 some 170 ms of CPU (more on a busy host), a fifth of a cluster's start; a kernel loads its
 plugins off its startup path for the same reason. Waiting for them before the first task
 made the first task of a fresh cluster ~50% later; now only a message of a type the
-engine does not serve (a plugin's, maybe) waits for the loader (``Engine._unknown``), and
+engine does not serve (a plugin's, maybe) waits for the loader (``Engine._unknown``,
+through ``RequestServer.late_handler``), and
 the engine's own requests never do. So what ``corral_configure`` sets up (observers, ...)
 may miss the first tasks of an engine. Never per message: plugins' handlers go into the
 engine's dispatch table, a dictionary lookup like the engine's own (a dict store while

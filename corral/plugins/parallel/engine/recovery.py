@@ -83,7 +83,7 @@ class ControllerRecovery:
         else:
             self.register_due = True
         self.engine._rejoin = True
-        self.engine._wake()
+        self.engine.wake()
 
     def _take_queued(self) -> None:
         """Read every request waiting on the queue sockets into ``_pending`` (in order),
@@ -129,7 +129,7 @@ class ControllerRecovery:
             now = time.monotonic()
             if now >= end:
                 log.error("the restarted controller did not answer the registration")
-                self.engine._stop("re-registration unanswered", 1)
+                self.engine.request_stop("re-registration unanswered", 1)
                 return
             if now >= again_at:
                 # The controller asked may have died with the request (killed again
@@ -161,7 +161,7 @@ class ControllerRecovery:
         reply = msg.content
         if reply.get("status", "ok") != "ok" or not isinstance(reply.get("id"), int):
             log.error("the restarted controller refused this engine: %s", reply.get("evalue"))
-            self.engine._stop("re-registration refused", 1)
+            self.engine.request_stop("re-registration refused", 1)
             return
         self.engine.task_feed.wanted = reply.get("task_feed") is True
         self.engine.learn_run(reply)  # the restarted controller's: the old one's is refused
@@ -178,9 +178,9 @@ class ControllerRecovery:
         log.warning("%s; the engine exits", reason)
         if self.engine.watch.silent_since is not None:
             self._forget_dead_cluster()
-        self.engine._stop(reason, 1)
+        self.engine.request_stop(reason, 1)
         self.engine.interrupt()
-        self.engine._exit_later(1)
+        self.engine.exit_later(1)
 
     def _forget_dead_cluster(self) -> None:
         """After the grace: remove the cluster file if its controller is dead, so no
