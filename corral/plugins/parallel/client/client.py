@@ -720,6 +720,12 @@ class Client(ClientCompat):
             msg = parse(frames, self._signer, guard, without_buffers=stored, role=role_for(channel))
         except wire.WireError as exc:
             self.dropped += 1
+            if channel == "notification" and isinstance(exc, wire.StaleMessage):
+                # Published before the hub's first answer to this client, delivered after
+                # it (engines registering while it connects): that answer already said
+                # it. Refused as any older notice is, but no sign of an attack.
+                log.debug("refused a hub notice older than this client's connection: %s", exc)
+                return
             # per cause and channel (bounded keys); the latest reason stands for the peer
             self.refusals.refused(f"{type(exc).__name__} on {channel}", str(exc)[:200])
             if isinstance(exc, BuffersAltered) and isinstance(exc.message, Parsed):
