@@ -27,6 +27,7 @@ from corral.plugins.parallel.client.asyncresult import (
 )
 from corral.plugins.parallel.client.errors import (
     CompositeError,
+    ControllerLost,
     DependencyTimeout,
     EngineError,
     RemoteError,
@@ -402,3 +403,28 @@ def test_task_metadata_joins_stream_pieces_when_read() -> None:
     md.append_stream("stderr", "late\n")
     assert dict(md.items())["stderr"] == "oops\nlate\n"
     assert md == {**md} and "again" in repr(md)
+
+
+def test_stdout_waits_only_for_output_that_can_still_come(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ar.stdout`` waits for output trailing a reply from an engine that published some;
+    never for a task no engine ran (an error reply the scheduler made names no output
+    count), a cancelled one, or one whose client lost its controller."""
+
+    def no_wait(self: AsyncResult, timeout: float | None = None) -> bool:
+        raise AssertionError("waited for output that cannot come")
+
+    monkeypatch.setattr(AsyncResult, "wait_for_output", no_wait)
+    from_scheduler = AsyncResult(_FakeClient(), ["a"])
+    reply = _reply("a", status="error", ename="TaskAborted", evalue="aborted")
+    del reply.metadata["outputs"]
+    from_scheduler._on_reply("a", reply)
+    assert from_scheduler.done() and from_scheduler.stdout == ""
+    cancelled = AsyncResult(_FakeClient(), ["b"])
+    assert cancelled.cancel() and cancelled.stdout == ""
+    lost = AsyncResult(_FakeClient(), ["c"])
+    lost._abandon(ControllerLost("gone"))
+    assert lost.stdout == "" and lost.stderr == ""
+    printed = AsyncResult(_FakeClient(), ["d"])
+    printed._on_reply("d", _reply("d", 1, outputs=2))  # its output is still on the way
+    with pytest.raises(AssertionError, match="waited"):
+        _ = printed.stdout

@@ -24,7 +24,13 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from corral.core.serialize import deserialize
 
-from .errors import CompositeError, EngineError, RemoteError, error_from_content
+from .errors import (
+    CompositeError,
+    ControllerLost,
+    EngineError,
+    RemoteError,
+    error_from_content,
+)
 from .taskmeta import TaskMetadata, new_metadata
 
 if TYPE_CHECKING:
@@ -92,7 +98,9 @@ def _apply_reply(
     md["reply_content"] = content
     # Engines count the iopub messages a task published; with none, no ``idle`` follows.
     # A dead engine says nothing more either.
-    if reply_md.get("outputs") == 0 or content.get("ename") == "EngineError":
+    # A reply the scheduler or the hub made (an abort, a dependency or timeout error)
+    # names no count: no engine ran the task, so no output follows.
+    if reply_md.get("outputs", 0) == 0 or content.get("ename") == "EngineError":
         md["outputs_ready"] = True
 
 
@@ -711,9 +719,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         run, what has arrived is returned at once (progress)."""
         if (
             self.done()
+            and not self.cancelled()
+            and not isinstance(self.exception(0), (ControllerLost, ConnectionAbortedError))
             and not self._outputs_done()
             and threading.current_thread().name != _IO_THREAD
-        ):
+        ):  # (cancelled, or its client lost or closed: no more output can come)
             self.wait_for_output(EXECUTE_OUTPUT_WAIT)
 
     def wait_for_output(self, timeout: float | None = None) -> bool:
