@@ -59,7 +59,7 @@ __all__ = ["Client", "EngineInfo"]
 log = logging.getLogger("corral.plugins.parallel.client")
 
 #: seconds the first use of an engine's data channel waits for its connection; after
-#: that, requests take the queues until it is up (see Client._data_channel)
+#: that, requests take the queues until it is up (see Client._data_channels_for)
 DATA_CONNECT_WAIT = 2.0
 
 #: seconds close() waits for the I/O thread to flush and end (it finishes alone after)
@@ -272,7 +272,7 @@ class Client(ClientCompat):
         self._history: deque[str] = deque(maxlen=_RECENT_LIMIT)
         #: data channel -> (set while its connection is up, when first use stops waiting)
         self._data_channels: dict[str, tuple[threading.Event, float]] = {}
-        #: makes "first use opens the socket" one step (see _data_channel)
+        #: makes "first use opens the socket" one step (see _open_data_channel)
         self._data_lock = threading.Lock()
         self._functions = FunctionCache()
         self._closed = False
@@ -1082,21 +1082,17 @@ class Client(ClientCompat):
             raise error
         return True, value
 
-    def _data_channel(self, engine_id: int) -> str | None:
-        """The direct data-path socket of an engine if its connection is up, or None
-        (the caller takes the queues instead).
+    def _data_channels_for(self, engine_ids: Sequence[int]) -> list[str | None]:
+        """Each engine's direct data-path socket if its connection is up, else None (the
+        caller takes the queues instead).
 
-        The socket is opened on first use, which waits up to :data:`DATA_CONNECT_WAIT`
-        for the connection. An engine's data port can be out of this client's reach
+        A socket is opened on first use, which waits up to :data:`DATA_CONNECT_WAIT` for
+        the connection; all of them open before any waits, so engines out of reach cost
+        one wait, not one each. An engine's data port can be out of this client's reach
         while the engine serves the queues (a firewall or NAT between hosts lets the
         controller's ports through, not the engine's): a request queued on a socket that
         never connects would wait for ever, so none is sent until it is up.
         """
-        return self._data_channels_for((engine_id,))[0]
-
-    def _data_channels_for(self, engine_ids: Sequence[int]) -> list[str | None]:
-        """:meth:`_data_channel` of each engine; the sockets all open before any first
-        use waits, so engines out of reach cost one wait, not one each."""
         opened = [self._open_data_channel(engine_id) for engine_id in engine_ids]
         channels: list[str | None] = []
         for entry in opened:

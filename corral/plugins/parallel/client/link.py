@@ -31,8 +31,8 @@ class ClientLink:
     * :attr:`broadcast` sends one request every target answers;
     * :attr:`routes` builds the routes sending the same buffers to each target;
     * :attr:`resolve_targets` turns an int, slice, list or ``"all"`` into engine ids;
-    * :attr:`data_channel` names an engine's direct data path (or None: not up),
-      :attr:`data_channels` those of several engines, waiting once for all;
+    * :attr:`data_channels` names engines' direct data paths (None where one is not
+      up), opening them all before waiting once;
     * :attr:`results_of` finds the result objects of msg_ids or results;
     * :meth:`engine_ident`, :meth:`shipped`, :attr:`has_engines`, and the one-shot
       "no engines yet" warning state (:meth:`warn_once_without_engines`).
@@ -48,7 +48,6 @@ class ClientLink:
         "broadcast",
         "routes",
         "resolve_targets",
-        "data_channel",
         "data_channels",
         "results_of",
     )
@@ -61,7 +60,6 @@ class ClientLink:
         self.broadcast = client._broadcast
         self.routes = client._routes
         self.resolve_targets = client._resolve_targets
-        self.data_channel = client._data_channel
         self.data_channels = client._data_channels_for
         self.results_of = client._results_of
 
