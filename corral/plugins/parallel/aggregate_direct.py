@@ -68,7 +68,6 @@ class AggregateResult(concurrent.futures.Future):  # type: ignore[type-arg]
             if self._left:
                 return
         values = self._values
-        errors: list[tuple[int, RemoteError]] = []
         for result, positions in self._parts:
             try:
                 # every task's outcome, failures in place (not only the first failure)
@@ -83,10 +82,8 @@ class AggregateResult(concurrent.futures.Future):  # type: ignore[type-arg]
             for position, item in zip(positions, value, strict=True):
                 if isinstance(item, BaseException):
                     item = self._renamed(item, position)
-                    if isinstance(item, RemoteError):
-                        errors.append((position, item))
                 values[position] = item
-        failed = [error for _, error in sorted(errors, key=lambda pair: pair[0])]
+        failed = [v for v in values if isinstance(v, RemoteError)]  # in target order
         others = [
             v for v in values if isinstance(v, BaseException) and not isinstance(v, RemoteError)
         ]
