@@ -34,11 +34,7 @@ class TaskMetadata(dict[str, Any]):
     def append_stream(self, name: str, text: str) -> None:
         """Add ``text`` to stream ``name`` (``"stdout"`` or ``"stderr"``) in O(1)."""
         with _lock:
-            pieces = self._pieces.get(name)
-            if pieces is None:
-                self._pieces[name] = [text]
-            else:
-                pieces.append(text)
+            self._pieces.setdefault(name, []).append(text)
 
     def _join(self) -> None:
         if not self._pieces:
