@@ -230,13 +230,9 @@ class FlaggedDependencies:
         if not sched.owes(engine, msg_id):
             return False
         job = sched.jobs[msg_id]
-        sched.load[engine] -= 1
-        del sched.sent[engine][msg_id]
-        job.engine = None
-        eid = sched.engines[engine]
-        live = {sched.engines[e] for e in sched.order}
-        allowed = (live if job.targets is None else job.targets & live) - {eid}
-        job.targets = frozenset(allowed)
+        allowed = sched._others_for(job, engine)
+        sched._take_back(job, engine)
+        job.targets = allowed
         if job.pinned is not None:
             why = "the engine its follow dependencies ran on rejected it"
             sched._fail(job, "ImpossibleDependency", why, engine)

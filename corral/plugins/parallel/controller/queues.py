@@ -1507,6 +1507,18 @@ class TaskScheduler(RoutingQueue):
             return
         super()._accept_reply(reply)
 
+    def _others_for(self, job: Job, engine: bytes) -> frozenset[int]:
+        """The ids of the live engines ``job`` may go to, ``engine`` excepted."""
+        live = {self.engines[e] for e in self.order}
+        eligible = live if job.targets is None else job.targets & live
+        return frozenset(eligible - {self.engines[engine]})
+
+    def _take_back(self, job: Job, engine: bytes) -> None:
+        """``engine``'s reply to ``job`` is withheld: the engine holds the task no more."""
+        self.load[engine] -= 1
+        del self.sent[engine][job.msg_id]
+        job.engine = None
+
     def _retry_failed(self, job: Job, engine: bytes, metadata: bytes) -> bool:
         """Whether ``engine``'s reply to ``job`` is a failure to try again (as ipyparallel's
         ``retries``: the task raised): then the reply is withheld, a retry spent, and the
@@ -1518,16 +1530,13 @@ class TaskScheduler(RoutingQueue):
         md = loads_dict(metadata) or {}
         if md.get("status") != "error":
             return False
-        eid = self.engines[engine]
-        live = {self.engines[e] for e in self.order}
-        others = (live if job.targets is None else job.targets & live) - {eid}
+        others = self._others_for(job, engine)
         if not others:
             return False
         job.retries -= 1
-        self.load[engine] -= 1
-        del self.sent[engine][job.msg_id]
-        job.engine = None
-        job.targets = frozenset(others)
+        self._take_back(job, engine)
+        job.targets = others
+        eid = self.engines[engine]
         log.info(
             "task %s failed on engine %d; tried again (%d retries left)",
             job.msg_id,
