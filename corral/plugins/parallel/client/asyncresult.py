@@ -554,9 +554,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         if self._execute:
             # An execute's output (its execute_result too) travels on iopub, apart from
             # the reply: wait a little for it, so ``execute(block=True)`` returns with the
-            # ExecuteReplies complete (never on the I/O thread, which delivers it).
-            if not self._outputs_done() and threading.current_thread().name != _IO_THREAD:
-                self.wait_for_output(EXECUTE_OUTPUT_WAIT)
+            # ExecuteReplies complete.
+            self._settle_output()
             # execute() marks its result after submitting, so a quick reply may have
             # finished it without the mark: the ExecuteReplies are made here, once.
             replies = self._replies
