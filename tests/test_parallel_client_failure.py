@@ -149,6 +149,60 @@ def test_a_crashed_io_thread_fails_pending_work_instead_of_hanging(live: LiveClu
     assert rc[0].apply_sync(square, 5) == 25
 
 
+def _broken_send(channel: str, frames: list[Any], copy: bool) -> None:
+    raise RuntimeError("a bug in the I/O thread")
+
+
+def test_reconnect_works_while_the_controller_still_holds_the_old_identity(
+    live: LiveCluster,
+) -> None:
+    """A ROUTER drops every message of a second peer under an identity it still holds.
+    reconnect() after an I/O thread crash came back under the client's old identity; in
+    CI the hub had not yet seen the old connection close, and never answered the
+    connection_request. Here a socket takes the old identity first, on purpose: its
+    own hub round trip proves the hub routes that identity to it."""
+    import queue
+
+    import zmq
+
+    from corral.plugins.parallel.client.channels import dest_for
+    from corral.plugins.parallel.client.client import _url
+    from corral.plugins.parallel.client.io import ClientIO
+
+    rc = live.client
+    old_identity = rc._io.identity
+    crashed = rc._io
+    crashed._send_now = _broken_send  # type: ignore[method-assign]
+    with pytest.raises(ControllerLost):
+        rc[0].apply_async(square, 4).get(timeout=30)
+    crashed._thread.join(30)
+    assert not crashed.alive
+
+    replies: queue.Queue[list[Any]] = queue.Queue()
+    holder = ClientIO(rc._context, lambda _, frames: replies.put(frames), old_identity)
+    holder.secure = rc.gate.client
+    holder.add_socket("registration", zmq.DEALER, _url(rc.cluster_info, "registration"))
+    holder.start()
+    try:
+
+        def answered() -> bool:
+            """Whether the hub answered the holder; if not, ask (again): the old
+            connection's close may still be on its way, and the hub drops messages
+            from a second peer under an identity."""
+            if not replies.empty():
+                return True
+            request = rc._builder.build("connection_request", {}, dest=dest_for("registration"))
+            holder.send("registration", request[1])
+            return False
+
+        until(answered, timeout=30, interval=0.2)
+        rc.reconnect(timeout=30)
+        assert rc._io.identity != old_identity
+        assert rc[0].apply_sync(square, 5) == 25
+    finally:
+        holder.stop()
+
+
 def test_close_leaves_a_busy_io_thread_its_sockets(
     live: LiveCluster, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

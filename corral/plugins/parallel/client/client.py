@@ -299,6 +299,7 @@ class Client(ClientCompat):
         #: whether this client subscribes the feed's task topic (see _follow_tasks)
         self._following = False
         self._context: zmq.Context[Any] = zmq.Context()
+        self._connections = 0  # I/O threads started: each connects under its own identity
         self._io = self._connect(info)
         try:
             self._check_gate(_url(info, "registration"), timeout)
@@ -306,6 +307,19 @@ class Client(ClientCompat):
         except BaseException:
             self.close()
             raise
+
+    def _fresh_identity(self) -> bytes:
+        """A routing identity no earlier connection of this client used.
+
+        A ROUTER that still holds a connection under an identity ignores a second peer
+        that claims it, and drops that peer's first message as its identity when it
+        retries: after :meth:`reconnect` to the same controller (an I/O thread that
+        crashed), a request made before the controller had noticed the old connection
+        close was never answered. Replies are routed by the identity each request
+        arrives under, so nothing else depends on it staying the same.
+        """
+        self._connections += 1
+        return f"{self.session}.{self._connections}".encode()
 
     def _connect(self, info: dict[str, Any]) -> ClientIO:
         """An I/O thread with one socket per controller interface, started, behind the
@@ -316,7 +330,7 @@ class Client(ClientCompat):
         """
         self.gate = gate_for(info)
         io = ClientIO(
-            self._context, self._dispatch, identity=self.session.encode(), secure=self.gate.client
+            self._context, self._dispatch, identity=self._fresh_identity(), secure=self.gate.client
         )
         io.on_disconnect = self._on_disconnect
         io.on_crash = self._on_io_crash
