@@ -154,6 +154,7 @@ class FakeEngine(Peer):
             "registration_request",
             {"uuid": self.uuid, "hostname": "fakehost", "pid": 1, "data_url": "tcp://x:1"},
             dest=HUB,
+            run=self.info.run or None,  # a registration names the run, as an engine's does
         )
         _, reply = self.recv("registration")
         assert reply["content"]["status"] == "ok", reply["content"]

@@ -21,7 +21,6 @@ from corral.transports.zmq.door import (
     ROLES,
     RUN,
     RUN_ANY,
-    RUN_FREE,
     SEAL_PREFIX,
     Misdirected,
     RoleRefused,
@@ -162,14 +161,16 @@ def test_a_request_of_another_run_is_refused_and_not_recorded(made_for: str | No
             let_in_run(parts, sig, guard, run=made_for)
 
 
-def test_registrations_need_no_run_and_connections_any() -> None:
+def test_registrations_need_the_run_and_connections_any() -> None:
+    assert let_in_run(*run_request(RUN_B, "registration_request"))
     for run in (RUN_A, "", None):
-        assert let_in_run(*run_request(run, "registration_request"))
+        with pytest.raises(WrongRun):
+            let_in_run(*run_request(run, "registration_request"))
     for run in (RUN_A, ""):
         assert let_in_run(*run_request(run, "connection_request"))
     with pytest.raises(WrongRun, match="older than the controller"):
         let_in_run(*run_request(None, "connection_request"))
-    assert RUN_FREE == {"registration_request"} and RUN_ANY == {"connection_request"}
+    assert RUN_ANY == {"connection_request"}
 
 
 def test_runs_are_checked_only_with_a_key_and_a_run() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -218,6 +219,59 @@ def test_a_client_that_missed_the_restart_is_told_clearly(cluster: LiveCluster) 
         sock.close()
     assert refusal.content["ename"] == "WrongRun"
     assert "older than the controller" in refusal.content["evalue"]
+
+
+def engine_with(cluster: LiveCluster, path: Path) -> subprocess.Popen[Any]:
+    """An engine of ``cluster`` started with the cluster file at ``path``."""
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "corral.plugins.parallel.engine", "--file", str(path)],
+        env={**cluster.env, **cluster.engine_env},
+        start_new_session=True,
+    )
+    cluster.engines.append(engine)  # stopped with the cluster
+    return engine
+
+
+def test_an_engine_registration_captured_before_a_restart_registers_nothing_after_it(
+    cluster: LiveCluster,
+) -> None:
+    """A registration is refused by a controller of another run, like any request: one
+    captured before the restart and resent to the new hub registered a phantom engine
+    under the old uuid (found dead only after its missed heartbeats; meanwhile the
+    schedulers gave it work). The refusal names the current run, which a genuine engine
+    adopts: one started with the file of before the restart registers."""
+    info = read_info(cluster)
+    signer = cluster_signer(info["key"])
+    relay = Relay(info, url(info, "registration"))
+    relayed = cluster.corral_dir / "relayed-engine.json"
+    relayed.write_text(json.dumps({**info, "registration": relay.port}))
+    relayed.chmod(0o600)
+    old_copy = cluster.corral_dir / "old-copy.json"
+    old_copy.write_text(json.dumps(info))
+    old_copy.chmod(0o600)
+    engine_with(cluster, relayed)
+    captured = captured_type(relay, "registration_request")
+    cluster.client.wait_for_engines(2, timeout=DEADLINE)
+    relay.stop()
+
+    rc = restart_with_a_fresh_engine(cluster)
+    after = read_info(cluster)
+    assert after["run"] != info["run"] and len(hub_engines(rc)) == 1
+    sock = attacker(after, url(after, "registration"))
+    try:
+        sock.send_multipart(body(captured))
+        refusal = reply_to(sock, signer, msg_id_of(captured))
+    finally:
+        sock.close()
+    assert refusal.content["status"] == "error", f"registered again: {refusal.content}"
+    assert refusal.content["ename"] == "WrongRun"
+    assert refusal.content["run"] == after["run"]
+    assert len(hub_engines(rc)) == 1  # no phantom
+    # A genuine engine whose file is older than the controller: refused, then registered
+    # under the run the refusal named.
+    engine_with(cluster, old_copy)
+    rc.wait_for_engines(2, timeout=DEADLINE)
+    assert len(set(rc[:].apply_sync(engine_pid))) == 2
 
 
 def hub_engines(rc: Client) -> set[str]:

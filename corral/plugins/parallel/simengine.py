@@ -109,8 +109,9 @@ class SimEngine:
             "data_url": "",
             "local_path": None,
         }
+        run = self.crowd.cluster.get("run") or None  # a registration names the run
         frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
+            (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB, run=run
         )
         self.crowd.watch(self.registration, self._on_registration)
         send_frames(self.registration, frames)

@@ -50,12 +50,12 @@ registration and connection replies), and every request to the hub or a queue (a
 engine's ``bus_notification`` to the hub) carries it in its signed header (:data:`RUN`):
 the hub and the queues refuse a message of another run (:class:`WrongRun`), before their
 replay guard records it. A request captured before a restart is thereby refused by every
-later controller of the cluster. Two exemptions (:data:`RUN_FREE`, :data:`RUN_ANY`): an
-engine's ``registration_request`` carries no run it must match (an engine that outlived
-its controller learns the new run only from the answer; a repeated registration is
-answered with the same registration), and a ``connection_request`` (read-only, answered
-only to its sender) may name any run, which is how a client whose file is older than the
-controller learns the current run from the signed ``connection_reply``. Engines do not
+later controller of the cluster, a registration included: an engine that outlived its
+controller sends the run it knew, and the hub's :class:`WrongRun` answer (signed, to
+that request) names the current run, which the engine adopts and registers under. One
+exemption (:data:`RUN_ANY`): a ``connection_request`` (read-only, answered only to its
+sender) may name any run, which is how a client whose file is older than the controller
+learns the current run from the signed ``connection_reply``. Engines do not
 check runs: their replay guards outlive the controller, and queued requests reach them
 only under a queue's route seal.
 """
@@ -78,7 +78,6 @@ __all__ = [
     "HUB",
     "RUN",
     "RUN_ANY",
-    "RUN_FREE",
     "BUFFER_DIGESTS",
     "BUFFERS_HASHED",
     "BUFFERS_IGNORED",
@@ -120,9 +119,6 @@ HUB = "hub"
 #: The signed header key naming the controller run (one start of a controller) a request
 #: to the hub or a queue was made for; see the module docstring.
 RUN = "run"
-#: Requests admitted whatever run they carry, or none: an engine registering with a
-#: restarted controller cannot know its run before the answer.
-RUN_FREE = frozenset({"registration_request"})
 #: Requests admitted with any run, even an empty one, but not without the key: a client
 #: whose cluster file is older than the controller (or names no run) learns the current
 #: run from the answer, and a client older than runs is told so at once.
@@ -166,10 +162,8 @@ class WrongRun(Misdirected):
 
 def check_run(header: dict[str, Any], run: str) -> None:
     """Raise :class:`WrongRun` unless ``header`` (a verified request's) may be admitted by
-    the controller run ``run`` (see :data:`RUN_FREE`, :data:`RUN_ANY`)."""
+    the controller run ``run`` (see :data:`RUN_ANY`)."""
     msg_type = header.get("msg_type")
-    if msg_type in RUN_FREE:
-        return
     theirs = header.get(RUN)
     if theirs == run or (msg_type in RUN_ANY and theirs.__class__ is str):
         return

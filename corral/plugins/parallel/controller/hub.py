@@ -850,7 +850,11 @@ class Hub(Component):
     def _answer_wrong_run(self, raw: list[bytes], exc: WrongRun) -> None:
         """Tell the sender of a request of another run why it is refused: a client that
         missed a restart, or older than the controller, then fails at once and clearly.
-        The request is not served, so answering a replayed one repeats nothing."""
+        The request is not served, so answering a replayed one repeats nothing.
+
+        The answer names this controller's run: an engine that outlived its controller
+        registers again under it (only a key holder can make that registration; a
+        registration captured before the restart stays refused)."""
         msg_type = None if exc.header is None else exc.header.get("msg_type")
         if not isinstance(msg_type, str) or not msg_type.endswith("_request"):
             return  # an engine's bus_notification expects no answer
@@ -858,7 +862,7 @@ class Hub(Component):
         if not idents:
             return
         reply_type = msg_type.removesuffix("_request") + "_reply"
-        content = {"status": "error", "ename": "WrongRun", "evalue": str(exc)}
+        content = {"status": "error", "ename": "WrongRun", "evalue": str(exc), "run": self.run}
         self.session.send(
             self.registration, reply_type, content, parent={"header": exc.header},
             identities=idents,

@@ -202,9 +202,11 @@ class Engine(RequestServer):
         #: socket and its Unix socket; see corral.transports.zmq.door.dest_of).
         self.direct_dest = dest_of("engine", self.uuid)
         #: The run of the controller this engine is registered with (door.RUN), which its
-        #: requests to the hub name: told by the registration reply, and told again by a
-        #: restarted controller's (a registration itself needs none).
-        self.controller_run: str | None = None
+        #: requests to the hub name, its registration included: first the cluster file's,
+        #: then the registration reply's; a restarted controller refuses the old one and
+        #: names its own (see adopt_run).
+        run = info.get("run")
+        self.controller_run: str | None = run if isinstance(run, str) and run else None
         self.hub_timeout = hub_timeout
         self.controller_grace = grace_period(controller_grace, info)
         #: the msg_id of the request being served (read by the hub watch's thread)
@@ -268,6 +270,8 @@ class Engine(RequestServer):
         #: Recorded before the aborted check (see .started: moving tasks exactly once).
         self._started = StartedIds()
         self._connected = False
+        #: the msg_ids of the first registration's requests, whose answers register() takes
+        self.registrations_asked: set[str] = set()
         self._threads_started = False
         #: Same-host clients calling over a Unix socket (see .samehost).
         self.same_host = SameHostClients(self)
@@ -359,7 +363,7 @@ class Engine(RequestServer):
             # Same-host clients call the engine over its Unix socket; the hub hears of
             # those tasks from the engine itself, as it hears of queued ones from a queue.
             self.same_host.open(ctx, gate, self.url("monitor"), _LINGER_MS)
-        self.send_registration({})
+        self.registrations_asked = {self.send_registration({})}
         self._connected = True
 
     def send_registration(self, extra: dict[str, Any]) -> str:
@@ -386,7 +390,13 @@ class Engine(RequestServer):
             if rank is not None:
                 content["id"] = rank
         frames = self.replier.frames(
-            (), "registration_request", b"{}", b"{}", wire.json_dumps(content), dest=HUB
+            (),
+            "registration_request",
+            b"{}",
+            b"{}",
+            wire.json_dumps(content),
+            dest=HUB,
+            run=self.controller_run,
         )
         send_frames(self.registration, frames)
         return self.replier.last_msg_id
@@ -443,6 +453,10 @@ class Engine(RequestServer):
                 log.warning("ignoring %s while registering", msg.msg_type)
                 continue
             content = msg.content
+            asked = self.registrations_asked
+            if self.adopt_run(msg, asked):
+                asked.add(self.send_registration({}))
+                continue
             if content.get("status", "ok") != "ok" or not isinstance(content.get("id"), int):
                 raise EngineError(
                     f"registration refused: {content.get('evalue') or content.get('status')}"
@@ -458,6 +472,35 @@ class Engine(RequestServer):
         self._after_registration()
         self.announce()
         return self.id
+
+    def adopt_run(self, reply: Message, asked: set[str]) -> bool:
+        """Whether ``reply`` refused one of the registrations ``asked`` (msg_ids) for
+        naming another controller run, and named the current one, now this engine's.
+
+        A cluster file older than its controller, or a controller restarted while this
+        engine ran: the hub refuses every request of another run, a registration too,
+        so that one captured before a restart cannot register a phantom engine. The
+        answer is the hub's, signed, and to a request of ours: only then is its run
+        believed. A run this engine already sent is refused for another reason: False.
+        """
+        try:
+            content = reply.content
+            run = content.get("run")
+            if (
+                content.get("ename") != "WrongRun"
+                or not isinstance(run, str)
+                or not run
+                or run == self.controller_run
+                or reply.parent_header.get("msg_id") not in asked
+            ):
+                return False
+        except wire.WireError:
+            return False  # the caller's own parse reports it
+        log.warning(
+            "the controller runs %s now, not %s: registering again", run, self.controller_run
+        )
+        self.controller_run = run
+        return True
 
     def learn_run(self, reply: dict[str, Any]) -> None:
         """Keep the controller run a registration reply names (what later requests to

@@ -156,8 +156,12 @@ class ControllerRecovery:
             except wire.WireError as exc:
                 log.warning("dropped a bad message on registration: %s", exc)
                 continue
-            if msg.msg_type == "registration_reply" and parent in asked:
-                break
+            if msg.msg_type != "registration_reply" or parent not in asked:
+                continue
+            if self.engine.adopt_run(msg, asked):  # the restarted controller's run
+                asked.add(self.engine.send_registration(content))
+                continue
+            break
         reply = msg.content
         if reply.get("status", "ok") != "ok" or not isinstance(reply.get("id"), int):
             log.error("the restarted controller refused this engine: %s", reply.get("evalue"))
