@@ -63,6 +63,7 @@ import time
 import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ from .handlers import EngineRequests
 from .heartbeat import HeartbeatDevice, HubWatch
 from .local import LocalConnection
 from .recovery import ControllerRecovery
+from .registering import await_registration
 from .replies import HOLD, HOLD_MAX, ReplyHold
 from .samehost import SameHostClients
 from .started import StartedIds
@@ -204,7 +206,7 @@ class Engine(RequestServer):
         #: The run of the controller this engine is registered with (door.RUN), which its
         #: requests to the hub name, its registration included: first the cluster file's,
         #: then the registration reply's; a restarted controller refuses the old one and
-        #: names its own (see adopt_run).
+        #: names its own (see registering.adopt_run).
         run = info.get("run")
         self.controller_run: str | None = run if isinstance(run, str) and run else None
         self.hub_timeout = hub_timeout
@@ -429,78 +431,32 @@ class Engine(RequestServer):
         self.connect()
         self.prepare()
         end = time.monotonic() + self.registration_timeout
-        while True:
-            left = int((end - time.monotonic()) * 1000)
-            if left <= 0 or not self.registration.poll(left):
-                raise EngineError(
-                    f"no registration reply from {self.url('registration')} within "
-                    f"{self.registration_timeout:g} s: the controller is not reachable at "
-                    f"{self.ip} from this host. Set [cluster] location (Cluster(location=...)) "
-                    "to an address of the controller's host that engines can reach, and "
-                    "[cluster] ip to an interface it binds (* for all); [engine] timeout "
-                    "sets how long engines wait"
-                )
-            try:
-                msg = recv_message(
-                    self.registration, self.signer, self.replay, _NOBLOCK, ROLES["replies"]
-                )
-            except zmq.Again:
-                continue
-            except wire.WireError as exc:
-                log.warning("dropped a bad message on registration: %s", exc)
-                continue
-            if msg.msg_type != "registration_reply":
-                log.warning("ignoring %s while registering", msg.msg_type)
-                continue
-            content = msg.content
-            asked = self.registrations_asked
-            if self.adopt_run(msg, asked):
-                asked.add(self.send_registration({}))
-                continue
-            if content.get("status", "ok") != "ok" or not isinstance(content.get("id"), int):
-                raise EngineError(
-                    f"registration refused: {content.get('evalue') or content.get('status')}"
-                )
-            self.id = int(content["id"])
-            self.learn_run(content)
-            beat = content.get("beat")
-            self._hub_beat = beat if type(beat) is int else None
-            self.hb_period = float(content.get("hb_period") or self.hb_period)
-            self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
-            self.task_feed.wanted = content.get("task_feed") is True
-            break
+        ask = partial(self.send_registration, {})
+        msg = await_registration(self, ask, self.registrations_asked, end, self.replay)
+        if msg is None:
+            raise EngineError(
+                f"no registration reply from {self.url('registration')} within "
+                f"{self.registration_timeout:g} s: the controller is not reachable at "
+                f"{self.ip} from this host. Set [cluster] location (Cluster(location=...)) "
+                "to an address of the controller's host that engines can reach, and "
+                "[cluster] ip to an interface it binds (* for all); [engine] timeout "
+                "sets how long engines wait"
+            )
+        content = msg.content
+        if content.get("status", "ok") != "ok" or not isinstance(content.get("id"), int):
+            raise EngineError(
+                f"registration refused: {content.get('evalue') or content.get('status')}"
+            )
+        self.id = int(content["id"])
+        self.learn_run(content)
+        beat = content.get("beat")
+        self._hub_beat = beat if type(beat) is int else None
+        self.hb_period = float(content.get("hb_period") or self.hb_period)
+        self.hb_misses = int(content.get("hb_misses") or self.hb_misses)
+        self.task_feed.wanted = content.get("task_feed") is True
         self._after_registration()
         self.announce()
         return self.id
-
-    def adopt_run(self, reply: Message, asked: set[str]) -> bool:
-        """Whether ``reply`` refused one of the registrations ``asked`` (msg_ids) for
-        naming another controller run, and named the current one, now this engine's.
-
-        A cluster file older than its controller, or a controller restarted while this
-        engine ran: the hub refuses every request of another run, a registration too,
-        so that one captured before a restart cannot register a phantom engine. The
-        answer is the hub's, signed, and to a request of ours: only then is its run
-        believed. A run this engine already sent is refused for another reason: False.
-        """
-        try:
-            content = reply.content
-            run = content.get("run")
-            if (
-                content.get("ename") != "WrongRun"
-                or not isinstance(run, str)
-                or not run
-                or run == self.controller_run
-                or reply.parent_header.get("msg_id") not in asked
-            ):
-                return False
-        except wire.WireError:
-            return False  # the caller's own parse reports it
-        log.warning(
-            "the controller runs %s now, not %s: registering again", run, self.controller_run
-        )
-        self.controller_run = run
-        return True
 
     def learn_run(self, reply: dict[str, Any]) -> None:
         """Keep the controller run a registration reply names (what later requests to

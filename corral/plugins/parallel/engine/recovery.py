@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import zmq
 
 from corral.transports.zmq import wire
 
-from ._wire import ROLES, recv_message, recv_messages
+from ._wire import ROLES, recv_messages
 from .clusterinfo import EngineError, load_cluster_file
+from .registering import await_registration
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -109,7 +111,6 @@ class ControllerRecovery:
         """Re-register with a restarted controller, asking for the same id and saying
         which tasks this engine holds (by whichever thread holds ``_sock_lock``; a replay
         guard of its own)."""
-        replay = wire.ReplayGuard()
         # What this engine runs or has queued: a restarted hub records these as owed by
         # it (the dead controller may not have stored that it gave them out).
         self._take_queued()
@@ -121,47 +122,13 @@ class ControllerRecovery:
         since = self.resend_since
         holding += [m for _, _, m in self.engine.replies.sent_since(since)]
         content = {"id": self.engine.id, "holding": holding}
-        asked = {self.engine.send_registration(content)}
-        now = time.monotonic()
-        end = now + self.engine.registration_timeout
-        again_at = now + _ASK_AGAIN
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                log.error("the restarted controller did not answer the registration")
-                self.engine.request_stop("re-registration unanswered", 1)
-                return
-            if now >= again_at:
-                # The controller asked may have died with the request (killed again
-                # before it answered): ask whichever is there now. The hub answers a
-                # repeated registration with the same one.
-                asked.add(self.engine.send_registration(content))
-                again_at = now + _ASK_AGAIN
-            wait_ms = int((min(end, again_at) - now) * 1000) + 1
-            if not self.engine.registration.poll(wait_ms):
-                continue
-            try:
-                msg = recv_message(
-                    self.engine.registration, self.engine.signer, replay, _NOBLOCK, ROLES["replies"]
-                )
-            except zmq.Again:
-                continue
-            except wire.WireError as exc:
-                log.warning("dropped a bad message on registration: %s", exc)
-                continue
-            # Only an answer to this round: a late answer to an earlier one may come
-            # from a controller that is gone, which would leave this one not knowing us.
-            try:
-                parent = msg.parent_header.get("msg_id")
-            except wire.WireError as exc:
-                log.warning("dropped a bad message on registration: %s", exc)
-                continue
-            if msg.msg_type != "registration_reply" or parent not in asked:
-                continue
-            if self.engine.adopt_run(msg, asked):  # the restarted controller's run
-                asked.add(self.engine.send_registration(content))
-                continue
-            break
+        ask = partial(self.engine.send_registration, content)
+        end = time.monotonic() + self.engine.registration_timeout
+        msg = await_registration(self.engine, ask, {ask()}, end, wire.ReplayGuard(), _ASK_AGAIN)
+        if msg is None:
+            log.error("the restarted controller did not answer the registration")
+            self.engine.request_stop("re-registration unanswered", 1)
+            return
         reply = msg.content
         if reply.get("status", "ok") != "ok" or not isinstance(reply.get("id"), int):
             log.error("the restarted controller refused this engine: %s", reply.get("evalue"))
