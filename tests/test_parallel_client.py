@@ -371,6 +371,21 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
     assert executed.metadata["execute_result"]["data"]["text/plain"] == "42"
 
 
+def test_each_execute_on_an_engine_gets_the_next_execution_count(rc: Client) -> None:
+    """Executes are numbered per engine as IPython numbers cells (ipyparallel's
+    `Out[0:N]`), an error included; a silent one is not counted."""
+    view = rc[0]
+    first = view.execute("q = 1", block=True).get()
+    second = view.execute("q + 1", block=True)
+    assert second.get().execution_count == first.execution_count + 1
+    assert second.execute_result["execution_count"] == first.execution_count + 1
+    with pytest.raises(RemoteError) as info:
+        view.execute("1/0", block=True)
+    assert f"Cell In[{first.execution_count + 2}]" in info.value.traceback
+    view.execute("q", silent=True, block=True)
+    assert view.execute("q", block=True).get().execution_count == first.execution_count + 3
+
+
 def test_await_as_completed_and_wait_interactive(rc: Client) -> None:
     lview = rc.load_balanced_view()
 
