@@ -527,6 +527,29 @@ def test_get_result_db_query_and_purge(cluster: LiveCluster) -> None:
     third.close()
 
 
+def test_result_status_lists_pending_and_completed(cluster: LiveCluster, rc: Client) -> None:
+    """ipyparallel's callers read `result_status(...)["pending"]` and `["completed"]`."""
+    done = rc.load_balanced_view().apply_async(double, 2)
+    assert done.get(30) == 4
+    started = Path(cluster.corral_dir) / "started-status"
+    release = Path(cluster.corral_dir) / "release-status"
+    slow = rc.load_balanced_view().apply_async(touch_then_wait, str(started), str(release))
+    try:
+        wait_for_file(started)
+        ids = [*done.msg_ids, *slow.msg_ids, "no-such-task"]
+        # The hub hears of a task and of its result beside the client, so ask until it has.
+        status = until(
+            lambda: (s := rc.result_status(ids))["completed"] == done.msg_ids
+            and s["pending"] == slow.msg_ids
+            and s,
+            what="the hub's record of both tasks",
+        )
+        assert status["results"]["no-such-task"]["status"] == "unknown"
+    finally:
+        release.touch()
+    slow.get(30)
+
+
 def test_dropped_results_and_pulled_values_are_freed_at_once(rc: Client) -> None:
     """Nothing in the client keeps a result or its value once the caller drops them: no
     cache holds them strongly and no reference cycle waits for the cyclic GC (a pulled
