@@ -111,6 +111,23 @@ def test_remote_error_shows_remote_traceback_and_engine() -> None:
     assert type(clone) is RemoteError and clone.engine_id == 3 and str(clone) == text
 
 
+def test_a_queue_made_error_says_its_sentence_once() -> None:
+    """The controller's failures carry `ename: evalue` as their whole traceback; str()
+    and the rendered traceback must not repeat it under the same head line."""
+    sentence = "engine 0 died: exited with status 4"
+    content = {
+        "status": "error",
+        "ename": "EngineError",
+        "evalue": sentence,
+        "traceback": [f"EngineError: {sentence}"],
+    }
+    error = error_from_content(content, 0)
+    assert type(error) is EngineError
+    assert str(error) == f"[engine 0] EngineError: {sentence}"
+    assert error.render_traceback() == [f"[engine 0] EngineError: {sentence}"]
+    assert error.traceback == f"EngineError: {sentence}"  # still there for who reads it
+
+
 @pytest.mark.parametrize(
     ("ename", "cls"),
     [

@@ -76,9 +76,19 @@ class RemoteError(KernelError):
     def __str__(self) -> str:
         where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
         head = f"{where}{self.ename}: {self.evalue}"
-        if not self.traceback:
-            return head
-        return f"{head}\n{self.traceback}"
+        frames = self._frames()
+        return f"{head}\n{frames}" if frames else head
+
+    def _frames(self) -> str:
+        """The traceback, unless it only repeats the ``ename: evalue`` line shown above it.
+
+        Failures the controller makes (an engine that died, no such engine) have no remote
+        frames: their traceback is that one line, and printing it under the same line
+        showed the sentence twice.
+        """
+        if self.traceback.strip() == f"{self.ename}: {self.evalue}".strip():
+            return ""
+        return self.traceback
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.ename!r}, {self.evalue!r}, engine_id={self.engine_id})"
@@ -98,6 +108,8 @@ class RemoteError(KernelError):
     def render_traceback(self, excid: int | None = None) -> list[str]:
         """The remote traceback as lines, under a label naming the engine."""
         head = f"{self._label()} {self.ename}: {self.evalue}"
+        if self.traceback and not self._frames():
+            return [head]  # a failure without remote frames: the head says it all
         return [head, *(self.traceback or "No traceback available").splitlines()]
 
     def _render_traceback_(self) -> list[str]:
