@@ -296,6 +296,17 @@ _BY_ENAME: dict[str, type[RemoteError]] = {
 }
 
 
+#: What a request refused for altered buffers means, and what to do: the receiver only
+#: knows a digest failed, which users read as corruption or an attack, while the usual
+#: cause is theirs (an array changed while corral was still sending it, zero-copy).
+ALTERED_REQUEST = (
+    "The request's data changed after it was sent, so the engine refused it and the task "
+    "did not run. Arrays are sent without copying: one modified before the send finished "
+    "(after a push/apply/map with block=False) is caught this way. Wait for the result "
+    "(ar.get(), or block=True) before changing the array, or send a copy (a.copy())."
+)
+
+
 def error_from_content(
     content: Mapping[str, Any],
     engine_id: int | None = None,
@@ -317,5 +328,7 @@ def error_from_content(
     ename = str(content.get("ename") or "RemoteError")
     evalue = str(content.get("evalue") or "")
     traceback = content.get("traceback") or ""
+    if ename == "BuffersAltered":
+        evalue, traceback = f"{evalue}. {ALTERED_REQUEST}", ""
     cls = _BY_ENAME.get(ename, RemoteError)
     return cls(ename, evalue, traceback, engine_id, msg_id=msg_id, engine_info=info or None)
