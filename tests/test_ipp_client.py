@@ -723,7 +723,9 @@ def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path:
 def test_map_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path: Path) -> None:
     """A map runs the user's function inside the library's chunk runner: its frames are
     named and quoted as apply's are, on load-balanced and direct views."""
-    source = "def bad(x):\n    if x == 3:\n        raise ValueError(f'bad value {x}')\n    return x\n"
+    source = (
+        "def bad(x):\n    if x == 3:\n        raise ValueError(f'bad value {x}')\n    return x\n"
+    )
     script = tmp_path / "mapped.py"
     script.write_text(source)
     ns: dict[str, Any] = {"__name__": "__main__"}

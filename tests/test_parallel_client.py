@@ -539,9 +539,11 @@ def test_result_status_lists_pending_and_completed(cluster: LiveCluster, rc: Cli
         ids = [*done.msg_ids, *slow.msg_ids, "no-such-task"]
         # The hub hears of a task and of its result beside the client, so ask until it has.
         status = until(
-            lambda: (s := rc.result_status(ids))["completed"] == done.msg_ids
-            and s["pending"] == slow.msg_ids
-            and s,
+            lambda: (
+                (s := rc.result_status(ids))["completed"] == done.msg_ids
+                and s["pending"] == slow.msg_ids
+                and s
+            ),
             what="the hub's record of both tasks",
         )
         assert status["results"]["no-such-task"]["status"] == "unknown"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
