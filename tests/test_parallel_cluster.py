@@ -236,6 +236,11 @@ def test_a_handle_from_profile_counts_the_running_engines():
         handle = Cluster.from_profile("default", cluster.cluster_id)
         assert handle.n == 2
         assert handle.engine_count == len(rc.ids) == 2
+        # Waiting for its own new engine, the handle must not take the engines it cannot
+        # see (started by another process) for dead ones.
+        replaced = handle.restart_engines([rc.ids[0]])
+        assert len(replaced) == 1 and replaced[0] not in (0, 1)
+        assert handle.engine_count == 2
     finally:
         cluster.stop()
     assert handle.engine_count == 0
