@@ -21,7 +21,13 @@ from helpers import wait_for_file
 from parallel_client_harness import LiveCluster
 
 import corral as ipp
-from corral.plugins.parallel.client import AsyncMapResult, AsyncResult, Client, RemoteError
+from corral.plugins.parallel.client import (
+    AsyncMapResult,
+    AsyncResult,
+    Client,
+    CompositeError,
+    RemoteError,
+)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -712,6 +718,24 @@ def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path:
         rc.load_balanced_view().apply_sync(cell_ns["in_cell"])
     assert "Cell In[7], line 2, in in_cell()" in info.value.traceback
     assert "return 1 / 0" in info.value.traceback
+
+
+def test_map_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path: Path) -> None:
+    """A map runs the user's function inside the library's chunk runner: its frames are
+    named and quoted as apply's are, on load-balanced and direct views."""
+    source = (
+        "def bad(x):\n    if x == 3:\n        raise ValueError(f'bad value {x}')\n    return x\n"
+    )
+    script = tmp_path / "mapped.py"
+    script.write_text(source)
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, str(script), "exec"), ns)
+    for view in (rc.load_balanced_view(), rc[:]):
+        with pytest.raises(CompositeError) as info:
+            view.map_sync(ns["bad"], range(5))
+        text = str(info.value)
+        assert f"File {script}:3, in bad(x)" in text
+        assert "----> 3         raise ValueError(f'bad value {x}')" in text
 
 
 def test_more_ipyparallel_names(rc: Client, capsys: Any) -> None:

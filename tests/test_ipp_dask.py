@@ -53,3 +53,13 @@ def test_become_dask_runs_work_on_the_engines(rc: Client) -> None:
         rc.stop_dask()
     with pytest.raises(ValueError, match="nanny"):
         rc.become_dask(nanny=True)
+
+
+def test_stop_dask_closes_the_client_become_dask_returned(rc: Client) -> None:
+    """Left open, that distributed.Client would reconnect to the stopped scheduler for
+    ever (and log every attempt)."""
+    dask_client = rc.become_dask(targets=[0])
+    assert dask_client.submit(sum, [1, 2]).result() == 3
+    rc.stop_dask()
+    assert dask_client.status == "closed"
+    assert rc[:].apply_sync(lambda: 1) == [1, 1]

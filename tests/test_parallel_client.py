@@ -371,6 +371,21 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
     assert executed.metadata["execute_result"]["data"]["text/plain"] == "42"
 
 
+def test_each_execute_on_an_engine_gets_the_next_execution_count(rc: Client) -> None:
+    """Executes are numbered per engine as IPython numbers cells (ipyparallel's
+    `Out[0:N]`), an error included; a silent one is not counted."""
+    view = rc[0]
+    first = view.execute("q = 1", block=True).get()
+    second = view.execute("q + 1", block=True)
+    assert second.get().execution_count == first.execution_count + 1
+    assert second.execute_result["execution_count"] == first.execution_count + 1
+    with pytest.raises(RemoteError) as info:
+        view.execute("1/0", block=True)
+    assert f"Cell In[{first.execution_count + 2}]" in info.value.traceback
+    view.execute("q", silent=True, block=True)
+    assert view.execute("q", block=True).get().execution_count == first.execution_count + 3
+
+
 def test_await_as_completed_and_wait_interactive(rc: Client) -> None:
     lview = rc.load_balanced_view()
 
@@ -510,6 +525,31 @@ def test_get_result_db_query_and_purge(cluster: LiveCluster) -> None:
     assert pending.get(30) == "released"
     second.close()
     third.close()
+
+
+def test_result_status_lists_pending_and_completed(cluster: LiveCluster, rc: Client) -> None:
+    """ipyparallel's callers read `result_status(...)["pending"]` and `["completed"]`."""
+    done = rc.load_balanced_view().apply_async(double, 2)
+    assert done.get(30) == 4
+    started = Path(cluster.corral_dir) / "started-status"
+    release = Path(cluster.corral_dir) / "release-status"
+    slow = rc.load_balanced_view().apply_async(touch_then_wait, str(started), str(release))
+    try:
+        wait_for_file(started)
+        ids = [*done.msg_ids, *slow.msg_ids, "no-such-task"]
+        # The hub hears of a task and of its result beside the client, so ask until it has.
+        status = until(
+            lambda: (
+                (s := rc.result_status(ids))["completed"] == done.msg_ids
+                and s["pending"] == slow.msg_ids
+                and s
+            ),
+            what="the hub's record of both tasks",
+        )
+        assert status["results"]["no-such-task"]["status"] == "unknown"
+    finally:
+        release.touch()
+    slow.get(30)
 
 
 def test_dropped_results_and_pulled_values_are_freed_at_once(rc: Client) -> None:

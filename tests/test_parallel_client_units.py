@@ -111,6 +111,39 @@ def test_remote_error_shows_remote_traceback_and_engine() -> None:
     assert type(clone) is RemoteError and clone.engine_id == 3 and str(clone) == text
 
 
+def test_a_queue_made_error_says_its_sentence_once() -> None:
+    """The controller's failures carry `ename: evalue` as their whole traceback; str()
+    and the rendered traceback must not repeat it under the same head line."""
+    sentence = "engine 0 died: exited with status 4"
+    content = {
+        "status": "error",
+        "ename": "EngineError",
+        "evalue": sentence,
+        "traceback": [f"EngineError: {sentence}"],
+    }
+    error = error_from_content(content, 0)
+    assert type(error) is EngineError
+    assert str(error) == f"[engine 0] EngineError: {sentence}"
+    assert error.render_traceback() == [f"[engine 0] EngineError: {sentence}"]
+    assert error.traceback == f"EngineError: {sentence}"  # still there for who reads it
+
+
+def test_a_request_refused_for_altered_buffers_says_what_to_do() -> None:
+    """An array modified while a non-blocking push was still sending it makes the engine
+    refuse the request: the error says so and what to do, not just a digest mismatch."""
+    content = {
+        "status": "error",
+        "ename": "BuffersAltered",
+        "evalue": "buffer 1 was altered after signing",
+        "traceback": ["BuffersAltered: buffer 1 was altered after signing"],
+        "engine_info": {"engine_id": 1, "method": "push"},
+    }
+    text = str(error_from_content(content))
+    assert text.startswith("[engine 1] BuffersAltered: buffer 1 was altered after signing.")
+    assert "did not run" in text and "block=True" in text and "a.copy()" in text
+    assert text.count("buffer 1 was altered") == 1
+
+
 @pytest.mark.parametrize(
     ("ename", "cls"),
     [

@@ -228,6 +228,24 @@ def test_add_engines_to_a_running_cluster():
     _assert_gone(pids)
 
 
+def test_a_handle_from_profile_counts_the_running_engines():
+    """A handle on someone else's cluster reports its engines and n, not 0 and 1."""
+    cluster = Cluster(n=2, controller_mode="threads", hb_period=0.2, hb_misses=5)
+    rc = cluster.start_and_connect()
+    try:
+        handle = Cluster.from_profile("default", cluster.cluster_id)
+        assert handle.n == 2
+        assert handle.engine_count == len(rc.ids) == 2
+        # Waiting for its own new engine, the handle must not take the engines it cannot
+        # see (started by another process) for dead ones.
+        replaced = handle.restart_engines([rc.ids[0]])
+        assert len(replaced) == 1 and replaced[0] not in (0, 1)
+        assert handle.engine_count == 2
+    finally:
+        cluster.stop()
+    assert handle.engine_count == 0
+
+
 def test_launcher_seam():
     controller_cls, engines_cls = get_launchers("local")
     assert controller_cls is LocalControllerLauncher

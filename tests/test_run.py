@@ -110,6 +110,32 @@ def test_raising_file_exits_one_with_traceback_naming_it(
     assert "return 1 / 0" in result.stderr  # the file's own line is quoted
 
 
+def test_script_sees_its_arguments_in_sys_argv(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`corral run script.py a -v` gives the script the sys.argv `python script.py a -v`
+    would (the file as typed, then its arguments, options included)."""
+    (tmp_path / "args.py").write_text("import sys\nprint(sys.argv)\n")
+    monkeypatch.chdir(tmp_path)
+    result = corral_run(env, "args.py", "a", "-v")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['args.py', 'a', '-v']"
+    plain = corral_run(env, "args.py")
+    assert plain.stdout.strip() == "['args.py']", plain.stderr
+
+
+def test_script_argv_is_restored_in_an_existing_kernel(
+    env: dict[str, str], kernel: KernelManager, tmp_path: Path
+) -> None:
+    script = tmp_path / "args.py"
+    script.write_text("import sys\nprint(sys.argv[1:])\n")
+    cf = str(kernel.connection_file)
+    ran = corral_run(env, "--existing", cf, str(script), "x")
+    assert ran.stdout.strip() == "['x']", ran.stderr
+    after = corral_run(env, "--existing", cf, "-", stdin="import sys\nprint('x' in sys.argv)\n")
+    assert after.stdout.strip() == "False", after.stderr
+
+
 def test_code_from_stdin(env: dict[str, str]) -> None:
     result = corral_run(env, "-", stdin="print(6 * 7)\n")
     assert result.returncode == 0, result.stderr

@@ -319,22 +319,30 @@ def writefile_cell(interp: Any, line: str, cell: str) -> None:
 
 
 def source_file_cell(interp: Any, line: str, cell: str) -> None:
-    """Run the cell as the file it came from: ``%%source_file 'PATH'``.
+    """Run the cell as the file it came from: ``%%source_file 'PATH'`` or
+    ``%%source_file ('PATH', ['ARGV0', 'ARG', ...])``.
 
-    What ``corral run FILE`` sends: the file's text, compiled under its own name, so
-    tracebacks quote the file's lines and name the file, with no frame of the runner
-    around it; ``__file__`` is set; names it defines stay in the namespace.
+    What ``corral run FILE [ARG...]`` sends: the file's text, compiled under its own name,
+    so tracebacks quote the file's lines and name the file, with no frame of the runner
+    around it; ``__file__`` is set; names it defines stay in the namespace. With an argv,
+    ``sys.argv`` is that list while the cell runs (a script reads its arguments there, as
+    under ``python FILE ARG...``) and the kernel's own is restored afterwards.
     """
     import ast
     import linecache
 
     text = line.strip()
     try:
-        filename = ast.literal_eval(text) if text[:1] in "'\"" else text
+        spec = ast.literal_eval(text) if text[:1] in "'\"(" else text
     except (ValueError, SyntaxError):
         raise UsageError(f"%%source_file needs a file name, got {text!r}") from None
+    filename, argv = spec if isinstance(spec, tuple) and len(spec) == 2 else (spec, None)
     if not isinstance(filename, str) or not filename:
         raise UsageError("%%source_file needs a file name")
+    if argv is not None and not (
+        isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
+    ):
+        raise UsageError(f"%%source_file: argv must be a list of strings, got {argv!r}")
     ns = interp.user_ns
     ns["__file__"] = filename
     linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
@@ -342,12 +350,16 @@ def source_file_cell(interp: Any, line: str, cell: str) -> None:
     # In a script, exit() ends the script (Python's own, raising SystemExit), not the
     # frontend as the notebook's exit() does.
     saved = {name: ns.pop(name) for name in ("exit", "quit") if name in ns}
+    saved_argv = sys.argv
+    if argv is not None:
+        sys.argv = argv
     try:
         exec(code, ns)
     except SystemExit as exc:  # sys.exit(0) is a script's normal end, as in Python
         if exc.code not in (None, 0):
             raise
     finally:
+        sys.argv = saved_argv
         ns.update(saved)
 
 

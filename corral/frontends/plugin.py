@@ -47,6 +47,13 @@ def corral_add_commands(subparsers: argparse._SubParsersAction) -> None:
         "ran, 1 when it raised, 124 when --timeout ran out.",
     )
     run.add_argument("file", metavar="FILE", help="Python file to run, or '-' for stdin")
+    # REMAINDER, so the script's own options (``-v``, ``--flag``) reach it untouched.
+    run.add_argument(
+        "script_args",
+        nargs=argparse.REMAINDER,
+        metavar="ARG",
+        help="arguments for the file: its sys.argv[1:], as with `python FILE ARG...`",
+    )
     run.add_argument(
         "--existing",
         metavar="CONNECTION_FILE",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,15 +27,19 @@ __all__ = ["EXIT_TIMEOUT", "file_code", "run_code", "run_command", "terminal_pro
 EXIT_TIMEOUT = 124
 
 
-def file_code(path: Path, source: str) -> str:
+def file_code(path: Path, source: str, argv: Sequence[str] | None = None) -> str:
     """The cell that runs ``source`` as the file ``path`` would (``%%source_file``).
 
     The kernel compiles the source under the file's name, so tracebacks name the file,
     quote its lines and show no frame of the runner; ``__file__`` is set for code that
     finds data next to itself. It runs in the kernel's namespace, so names it defines
-    stay for the next run.
+    stay for the next run. ``argv`` is the script's ``sys.argv`` while it runs (as
+    ``python FILE ARG...`` would set it: the file as typed, then its arguments); by
+    default the file's path alone.
     """
-    return f"%%source_file {str(path.resolve())!r}\n{source}"
+    filename = str(path.resolve())
+    argv = [str(path)] if argv is None else list(argv)
+    return f"%%source_file {(filename, argv)!r}\n{source}"
 
 
 def terminal_prompt(msg: dict[str, Any]) -> str:
@@ -134,12 +139,17 @@ def run_code(
 
 def run_command(args: argparse.Namespace, config: Any) -> int:
     """``corral run``: the entry point the plugin registers."""
+    script_args = list(getattr(args, "script_args", None) or [])
     if args.file == "-":
+        if script_args:
+            # Code from stdin runs as a cell, which has no sys.argv of its own to set.
+            print("corral run: arguments need a FILE, not '-'", file=sys.stderr)
+            return 2
         code = sys.stdin.read()
     else:
         path = Path(args.file)
         try:
-            code = file_code(path, path.read_text())
+            code = file_code(path, path.read_text(), [args.file, *script_args])
         except OSError as error:
             print(f"corral run: cannot read {args.file}: {error.strerror}", file=sys.stderr)
             return 2

@@ -293,7 +293,14 @@ class Cluster(ClusterCompat):
 
     @property
     def engine_count(self) -> int:
-        """Engine processes alive (not necessarily registered yet)."""
+        """Engine processes alive (not necessarily registered yet).
+
+        A handle from :meth:`from_file` / :meth:`from_profile` launched none of them, so it
+        counts the engines registered with the controller instead, whichever process or
+        host started them (the launching process's count would always be 0 there).
+        """
+        if self._attached and self.controller is None:
+            return len(self._admin_client().ids) if self.is_running else 0
         return sum(es.running_count for es in self.engines)
 
     def pids(self) -> dict[str, Any]:
@@ -563,6 +570,9 @@ class Cluster(ClusterCompat):
         if "registration" in info:  # a cluster file: profile/security/cluster-ID.json
             cluster_id = str(info["cluster_id"])
             profile = path.parent.parent.name.removeprefix("profile_")
+            # The engine count is in the starter's record beside it, not in the file.
+            record = read_record(record_path(path.parent.parent, cluster_id)) or {}
+            info = {**info, "n": record.get("n")}
         else:
             cluster_id = str(info["cluster_id"])
             profile = str(info.get("profile") or "default")
@@ -719,8 +729,11 @@ class Cluster(ClusterCompat):
                 pass
             if not self.is_running:
                 raise self._failure(f"the controller of cluster {self.cluster_id!r} exited")
+            # Fewer engine processes than wanted: some died. Only the starter sees them all:
+            # a handle from from_file counts registered engines, and fewer of those is
+            # what a wait is for (its new engines have not registered yet).
             alive = self.engine_count
-            if alive < n:
+            if alive < n and not self._attached:
                 raise self._engines_gone(n, alive)
             if remaining <= 0:
                 said = "; ".join(d for d in (es.describe() for es in self.engines) if d)

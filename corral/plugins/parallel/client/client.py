@@ -1391,9 +1391,18 @@ class Client(ClientCompat):
         return hub_result(self, msg_ids)  # type: ignore[no-any-return]
 
     def result_status(self, msg_ids: Any, timeout: float | None = None) -> dict[str, Any]:
-        """The hub's ``result_reply`` content for ``msg_ids`` (without buffers)."""
+        """The hub's ``result_reply`` content for ``msg_ids`` (without buffers), with the
+        ``"pending"`` and ``"completed"`` lists of msg_ids ipyparallel's callers read.
+
+        ``"results"`` maps each msg_id to the hub's record (``"status"``: ``"pending"``,
+        ``"completed"`` or ``"unknown"``, the last in neither list).
+        """
         reply = self._hub_request("result_request", {"msg_ids": msg_ids_of(msg_ids)}, timeout)
-        return reply.content
+        content = dict(reply.content)
+        results: dict[str, Any] = content.get("results") or {}
+        for state in ("pending", "completed"):
+            content[state] = [m for m, r in results.items() if r.get("status") == state]
+        return content
 
     def db_query(
         self, query: dict[str, Any], keys: Sequence[str] | None = None, timeout: float | None = None

@@ -179,6 +179,7 @@ def become_dask(
         raise
     client._dask_scheduler = scheduler
     client._dask_targets = targets
+    client._dask_client = dask_client
     return dask_client
 
 
@@ -189,5 +190,11 @@ def stop_dask(client: Any, targets: Any = None) -> None:
         targets = getattr(client, "_dask_targets", "all")
     client.direct_view(targets).apply_sync(stop_dask_worker)
     if scheduler is not None:
+        # The distributed.Client become_dask returned goes first: left open, it would
+        # try to reconnect to the stopped scheduler for as long as this process runs.
+        dask_client = getattr(client, "_dask_client", None)
+        client._dask_client = None
+        if dask_client is not None:
+            dask_client.close()
         scheduler.stop()
         client._dask_scheduler = None

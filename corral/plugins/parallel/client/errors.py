@@ -76,9 +76,19 @@ class RemoteError(KernelError):
     def __str__(self) -> str:
         where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
         head = f"{where}{self.ename}: {self.evalue}"
-        if not self.traceback:
-            return head
-        return f"{head}\n{self.traceback}"
+        frames = self._frames()
+        return f"{head}\n{frames}" if frames else head
+
+    def _frames(self) -> str:
+        """The traceback, unless it only repeats the ``ename: evalue`` line shown above it.
+
+        Failures the controller makes (an engine that died, no such engine) have no remote
+        frames: their traceback is that one line, and printing it under the same line
+        showed the sentence twice.
+        """
+        if self.traceback.strip() == f"{self.ename}: {self.evalue}".strip():
+            return ""
+        return self.traceback
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.ename!r}, {self.evalue!r}, engine_id={self.engine_id})"
@@ -98,6 +108,8 @@ class RemoteError(KernelError):
     def render_traceback(self, excid: int | None = None) -> list[str]:
         """The remote traceback as lines, under a label naming the engine."""
         head = f"{self._label()} {self.ename}: {self.evalue}"
+        if self.traceback and not self._frames():
+            return [head]  # a failure without remote frames: the head says it all
         return [head, *(self.traceback or "No traceback available").splitlines()]
 
     def _render_traceback_(self) -> list[str]:
@@ -284,6 +296,17 @@ _BY_ENAME: dict[str, type[RemoteError]] = {
 }
 
 
+#: What a request refused for altered buffers means, and what to do: the receiver only
+#: knows a digest failed, which users read as corruption or an attack, while the usual
+#: cause is theirs (an array changed while corral was still sending it, zero-copy).
+ALTERED_REQUEST = (
+    "The request's data changed after it was sent, so the engine refused it and the task "
+    "did not run. Arrays are sent without copying: one modified before the send finished "
+    "(after a push/apply/map with block=False) is caught this way. Wait for the result "
+    "(ar.get(), or block=True) before changing the array, or send a copy (a.copy())."
+)
+
+
 def error_from_content(
     content: Mapping[str, Any],
     engine_id: int | None = None,
@@ -305,5 +328,7 @@ def error_from_content(
     ename = str(content.get("ename") or "RemoteError")
     evalue = str(content.get("evalue") or "")
     traceback = content.get("traceback") or ""
+    if ename == "BuffersAltered":
+        evalue, traceback = f"{evalue}. {ALTERED_REQUEST}", ""
     cls = _BY_ENAME.get(ename, RemoteError)
     return cls(ename, evalue, traceback, engine_id, msg_id=msg_id, engine_info=info or None)

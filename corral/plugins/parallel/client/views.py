@@ -1204,11 +1204,17 @@ _pull_paths = _make_path_puller()
 
 
 def _execute_content(code: str, silent: bool) -> dict[str, Any]:
-    """An execute_request for engines: no history, no stdin (nobody would answer)."""
+    """An execute_request for engines: no stdin (nobody would answer).
+
+    ``store_history`` is the protocol's default (``not silent``), as ipyparallel sends it:
+    only a stored cell is numbered, so without it every result, ``Out[engine:N]`` and
+    ``Cell In[N]`` of a traceback said 1. The engine's history manager keeps nothing;
+    ``In``/``Out``/``_N`` in its namespace are what IPython's engines keep too.
+    """
     return {
         "code": code,
         "silent": silent,
-        "store_history": False,
+        "store_history": not silent,
         "user_expressions": {},
         "allow_stdin": False,
         "stop_on_error": True,

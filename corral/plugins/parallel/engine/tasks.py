@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -90,7 +90,7 @@ class Tasks:
         in user code or not at all, and ``around`` always exits. A ``KeyboardInterrupt``
         in the call is the task's error, reported like any other.
         """
-        func = None
+        func, args = None, ()
         try:
             func, args, kwargs = self.unpack(buffers)
             with around:
@@ -103,7 +103,7 @@ class Tasks:
         except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the task's
             guard.executing = False
             # A shipped __main__ function's frames name their files (see .sources).
-            return None, self.error(exc, func)
+            return None, self.error(exc, func, args)
 
     def take_aborted(self, msg_id: str) -> bool:
         """Whether ``msg_id`` was aborted before it ran (and forget it: it is answered)."""
@@ -145,20 +145,27 @@ class Tasks:
         interpreter.reset_namespace()
         self.adopter.injected.clear()
 
-    def error(self, exc: BaseException, func: Any = None) -> dict[str, Any]:
+    def error(
+        self, exc: BaseException, func: Any = None, args: Sequence[Any] = ()
+    ) -> dict[str, Any]:
         """The ``status: error`` content for ``exc``; a shipped function's frames show its
-        source (``func`` and the namespace's functions; see :mod:`.sources`)."""
+        source (``func``, the functions among ``args`` and the namespace's; see
+        :mod:`.sources`). ``args`` matter for maps: the task's function is the library's
+        ``map_chunk`` and the user's function is its first argument."""
         content = error_content(exc)
         if func is not None:
-            content["traceback"] = _annotate(content["traceback"], func, self.namespace)
+            content["traceback"] = _annotate(content["traceback"], func, args, self.namespace)
         return content
 
 
-def _annotate(traceback: list[str], func: Any, namespace: dict[str, Any]) -> list[str]:
+def _annotate(
+    traceback: list[str], func: Any, args: Sequence[Any], namespace: dict[str, Any]
+) -> list[str]:
     try:
         from .sources import annotate
 
+        passed = [a for a in args if type(a) is types.FunctionType]
         helpers = [v for v in namespace.values() if type(v) is types.FunctionType]
-        return annotate(traceback, [func, *helpers])
+        return annotate(traceback, [func, *passed, *helpers])
     except Exception:  # never lose the error over its decoration
         return traceback
