@@ -303,6 +303,34 @@ def test_large_numpy_push_pull_over_data_path(rc: Client) -> None:
     assert checksums == [int(big.sum())] * 2
 
 
+def _min_max(array: Any) -> tuple[float, float]:
+    return float(array.min()), float(array.max())
+
+
+def test_an_array_may_change_once_wait_for_send_returns(rc: Client) -> None:
+    """Arrays go without a copy, read by libzmq after the call returned: wait_for_send()
+    is where ipyparallel's users change them next. It returned True at once, and the
+    change made the engines refuse the request (BuffersAltered)."""
+    array = np.full(4 * 2**20, 7.0)  # 32 MB: still being sent when the call returns
+    pushed = rc[:].push({"pushed": array}, block=False)
+    applied = rc[0].apply_async(_min_max, array)
+    balanced = rc.load_balanced_view().apply_async(_min_max, array)
+    assert pushed.wait_for_send(60) and applied.wait_for_send(60) and balanced.wait_for_send(60)
+    assert pushed.sent and applied.sent
+    array[:] = -1.0
+    assert applied.get(60) == (7.0, 7.0) and balanced.get(60) == (7.0, 7.0)
+    pushed.get(60)
+    assert rc[:].apply_sync(_pushed_min_max) == [(7.0, 7.0), (7.0, 7.0)]
+    small = rc[0].apply_async(_min_max, np.zeros(8))  # copied when sent: nothing to wait for
+    assert small.wait_for_send(0) and small.get(60) == (0.0, 0.0)
+
+
+@interactive
+def _pushed_min_max() -> tuple[float, float]:
+    array = pushed  # type: ignore[name-defined]  # noqa: F821
+    return float(array.min()), float(array.max())
+
+
 @interactive
 def _checksum_big() -> int:
     return int(big.sum())  # type: ignore[name-defined]  # noqa: F821

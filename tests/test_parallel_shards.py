@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import psutil
 import pytest
 from helpers import wait_for_file
 
 from corral.core.config import ConfigError
 from corral.plugins.parallel.aggregate import AggregateClient
-from corral.plugins.parallel.client import Client, CompositeError, RemoteError
+from corral.plugins.parallel.client import Client, CompositeError, RemoteError, interactive
 from corral.plugins.parallel.cluster import Cluster
 from corral.plugins.parallel.cluster_manager import ClusterManager
 from corral.plugins.parallel.shards import Shards
@@ -207,6 +208,13 @@ def test_two_controllers_serve_one_client() -> None:
         with pytest.raises(RemoteError) as one:
             client[[1]].apply_sync(divide, 1, 0)
         assert one.value.engine_id == 1
+        # Sent zero-copy: the arrays may change once every member has sent its part.
+        block = np.full(2**20, 2.0)
+        pushed = everywhere.push({"block": block}, block=False)
+        assert pushed.wait_for_send(60) and pushed.sent
+        block[:] = 0.0
+        pushed.get(timeout=60)
+        assert everywhere.apply_sync(block_sum) == [2.0 * 2**20] * 2
         everywhere.scatter("part", list(range(5)), block=True)
         assert client[0]["part"] == [0, 1, 2] and client[1]["part"] == [3, 4]
         assert everywhere.gather("part", block=True) == [0, 1, 2, 3, 4]
@@ -257,6 +265,11 @@ def test_two_controllers_serve_one_client() -> None:
     profile = shards.clusters[0].profile_dir
     assert not list((profile / "run").glob("cluster-*.json"))
     assert not list((profile / "security").glob("cluster-*.json"))
+
+
+@interactive
+def block_sum() -> float:
+    return float(block.sum())  # type: ignore[name-defined]  # noqa: F821
 
 
 def divide(a: int, b: int) -> float:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .client.asyncresult import wait_all_sent
 from .client.errors import CompositeError, RemoteError
 
 if TYPE_CHECKING:
@@ -125,6 +126,14 @@ class AggregateResult(concurrent.futures.Future):  # type: ignore[type-arg]
     def wait(self, timeout: float | None = None) -> bool:
         concurrent.futures.wait([self], timeout)
         return self.done()
+
+    def wait_for_send(self, timeout: float | None = None) -> bool:
+        """Whether every member's data has left this process (waits ``timeout``)."""
+        return wait_all_sent((result for result, _ in self._parts), timeout)
+
+    @property
+    def sent(self) -> bool:
+        return all(result.sent for result, _ in self._parts)
 
     @property
     def stdout(self) -> list[Any]:

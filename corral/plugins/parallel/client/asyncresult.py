@@ -22,6 +22,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any, cast
 
+import zmq
+
 from corral.core.serialize import deserialize
 
 from .errors import (
@@ -114,6 +116,17 @@ _TRAILING = frozenset({"stdout", "stderr", "outputs", "execute_result", "data"})
 _IO_THREAD = "corral-client-io"
 
 
+def wait_all_sent(results: Iterable[Any], timeout: float | None = None) -> bool:
+    """``wait_for_send`` of each of ``results`` within one ``timeout``; whether all were
+    sent (a result made of others waits for every part)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for result in results:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not result.wait_for_send(left):
+            return False
+    return True
+
+
 class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     """The pending result of one request (one or more tasks).
 
@@ -179,6 +192,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         #: here: a reply may arrive the moment the result is registered, so a result is
         #: complete before anyone can submit work for it (setting it later raced).
         self._convert = convert
+        #: libzmq's hold on the large buffers sent zero-copy (see wait_for_send)
+        self._trackers: list[zmq.MessageTracker] = []
         if count == 0:
             self.set_result([] if not single else None)
 
@@ -476,8 +491,24 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         return self.get()
 
     def wait_for_send(self, timeout: float | None = None) -> bool:
-        """Whether the request has gone out: it has, once a view returned this result
-        (the client's I/O thread sends it; nothing waits for a send)."""
+        """Wait until the request's data has left this process; whether it has.
+
+        Large arrays are sent without a copy: libzmq reads them while it sends, after
+        the view returned. Once this returns True the caller may change them (changed
+        before, they reach the engine altered and the task is refused). Requests without
+        large buffers were copied when sent: True at once. ``timeout`` in seconds (None:
+        no limit).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for tracker in self._trackers:
+            if tracker.done:
+                continue
+            left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                tracker.wait(left)  # -1: no limit
+            except zmq.NotDone:
+                return False
+        self._trackers = []  # all sent: nothing to hold on to
         return True
 
     @property
@@ -521,8 +552,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
     @property
     def sent(self) -> bool:
-        """Whether the request has left this client (always, once the view returned it)."""
-        return True
+        """Whether the request's data has left this process (see :meth:`wait_for_send`)."""
+        return all(tracker.done for tracker in self._trackers)
 
     @property
     def wall_time(self) -> float:

@@ -30,6 +30,7 @@ from corral.notification import shared_center
 from corral.notification.bridge import repost
 from corral.transports.zmq import wire
 from corral.transports.zmq.bridge import FEED_TOPIC, feed_payload
+from corral.transports.zmq.chunkstream import frame_nbytes
 from corral.transports.zmq.door import BuffersAltered, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.keyfile import endpoint
@@ -82,6 +83,24 @@ _NOT_OUTPUT = frozenset(["status", "execute_input"])
 _RECENT_LIMIT = 50_000
 #: Frames below this size are copied into zmq (cheaper than tracking their lifetime).
 _COPY_LIMIT = 64 * 1024
+
+
+def _track_large(frames: list[Any], count: int, trackers: list[zmq.MessageTracker]) -> None:
+    """Wrap the large ones among the last ``count`` of ``frames`` (a message's buffers,
+    sent zero-copy) in tracked ``zmq.Frame`` s, adding their trackers to ``trackers``.
+
+    libzmq reads such a buffer while it sends, after the view returned: an array changed
+    before then reaches the engine altered, and is refused (``BuffersAltered``).
+    :meth:`AsyncResult.wait_for_send` waits on these trackers, the point after which the
+    caller may change its arrays, as ipyparallel's does. Only buffers of at least
+    :data:`_COPY_LIMIT` bytes: smaller ones are copied on sending.
+    """
+    for index in range(len(frames) - count, len(frames)):
+        buffer = frames[index]
+        if frame_nbytes(buffer) >= _COPY_LIMIT:
+            frame = zmq.Frame(buffer, copy=False, track=True)
+            frames[index] = frame
+            trackers.append(frame.tracker)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -858,8 +877,10 @@ class Client(ClientCompat):
         buffers: Sequence[Any] = (),
         ident: bytes | None = None,
         msg_id: str | None = None,
+        trackers: list[zmq.MessageTracker] | None = None,
     ) -> str:
-        """Build, sign and queue one message; its msg_id."""
+        """Build, sign and queue one message; its msg_id. The trackers of its large
+        buffers go to ``trackers`` if given (see :func:`_track_large`)."""
         msg_id, frames = self._builder.build(
             msg_type,
             content,
@@ -870,8 +891,10 @@ class Client(ClientCompat):
             dest=dest_for(channel),
         )
         # Small frames are copied into zmq (cheaper than tracking their lifetime); large
-        # ones are sent zero-copy.
+        # ones are sent zero-copy, tracked for wait_for_send.
         copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
+        if not copy and trackers is not None:
+            _track_large(frames, len(buffers), trackers)
         self._io.send(channel, frames, copy)
         return msg_id
 
@@ -934,6 +957,8 @@ class Client(ClientCompat):
                 dest=dest,
             )
             copy = len(buffers) < 2 and (not buffers or len(buffers[0]) < _COPY_LIMIT)
+            if not copy:
+                _track_large(frames, len(buffers), result._trackers)
             send(channel, frames, copy)
         trim_oldest(recent, _RECENT_LIMIT)
         self._history.extend(msg_ids)
@@ -1169,7 +1194,13 @@ class Client(ClientCompat):
             events.TASK_SUBMITTED, self, msg_ids=[msg_id], msg_type=msg_type, channel="broadcast"
         )
         self._send(
-            "broadcast", msg_type, content, metadata=metadata, buffers=buffers, msg_id=msg_id
+            "broadcast",
+            msg_type,
+            content,
+            metadata=metadata,
+            buffers=buffers,
+            msg_id=msg_id,
+            trackers=result._trackers,
         )
         return result
 

@@ -302,8 +302,9 @@ _BY_ENAME: dict[str, type[RemoteError]] = {
 ALTERED_REQUEST = (
     "The request's data changed after it was sent, so the engine refused it and the task "
     "did not run. Arrays are sent without copying: one modified before the send finished "
-    "(after a push/apply/map with block=False) is caught this way. Wait for the result "
-    "(ar.get(), or block=True) before changing the array, or send a copy (a.copy())."
+    "(after a push/apply/map with block=False) is caught this way. Wait until it has "
+    "left (ar.wait_for_send()), or for the result (ar.get(), or block=True), before "
+    "changing the array, or send a copy (a.copy())."
 )
 
 

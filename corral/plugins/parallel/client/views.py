@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from corral.core.serialize import pack_apply, serialize
 
-from .asyncresult import AsyncMapResult, AsyncResult
+from .asyncresult import AsyncMapResult, AsyncResult, wait_all_sent
 from .dependencies import Reference, dependency_field, with_references
 from .errors import ControllerLost, NoEnginesRegistered, RemoteError
 from .link import ClientLink
@@ -1042,6 +1042,14 @@ class _Combined(AsyncResult):
     def split(self) -> tuple[AsyncResult, ...]:
         """The results this one combines, one per engine."""
         return tuple(self._parts)
+
+    def wait_for_send(self, timeout: float | None = None) -> bool:
+        """Whether every part's data has left this process (waits ``timeout``)."""
+        return wait_all_sent(self._parts, timeout)
+
+    @property
+    def sent(self) -> bool:
+        return all(part.sent for part in self._parts)
 
     def _part_of(self, msg_id: str) -> AsyncResult:
         for part in self._parts:
