@@ -391,6 +391,36 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
     both.display_outputs()
     out, err = capsys.readouterr()
     assert "[stdout:0] hello from 4" in out and "[stdout:1] hello from 4" in out
+    # groupby, as ipyparallel's: by engine, by type, or by type with outputs collated
+    shown = rc[:].execute(
+        "import os\nfrom corral.display import display\n"
+        "print('out', os.getpid())\ndisplay('first')\ndisplay('second')",
+        block=False,
+    )
+    shown.get(30)
+    assert shown.wait_for_output(30)
+    labels = {}
+    for groupby in ("engine", "type", "order"):
+        text = io.StringIO()
+        shown.display_outputs(groupby, file=text)
+        labels[groupby] = [
+            line.split("] ")[0] + "] " + line.split("] ")[1].split()[0]
+            for line in text.getvalue().splitlines()
+        ]
+    assert labels["engine"] == [
+        "[stdout:0] out", "[Display:0] 'first'", "[Display:0] 'second'",
+        "[stdout:1] out", "[Display:1] 'first'", "[Display:1] 'second'",
+    ]  # fmt: skip
+    assert labels["type"] == [
+        "[stdout:0] out", "[stdout:1] out",
+        "[Display:0] 'first'", "[Display:0] 'second'",
+        "[Display:1] 'first'", "[Display:1] 'second'",
+    ]  # fmt: skip
+    assert labels["order"] == [
+        "[stdout:0] out", "[stdout:1] out",
+        "[Display:0] 'first'", "[Display:1] 'first'",
+        "[Display:0] 'second'", "[Display:1] 'second'",
+    ]  # fmt: skip
     # displays land in outputs, the value in execute_result (as in ipyparallel)
     executed = rc[0].execute("from corral.display import display\ndisplay(41)\n40 + 2", block=False)
     executed.get(30)

@@ -776,36 +776,47 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self, groupby: str = "engine", timeout: float = 5.0, file: IO[str] | None = None
     ) -> None:
         """Print each task's stdout, stderr and rich outputs, labelled by engine (a single
-        task's output is printed as is). ``groupby`` is accepted for ipyparallel code;
-        output is always grouped by engine."""
+        task's output is printed as is).
+
+        ``groupby``, as ipyparallel's: ``"engine"`` prints each engine's output together,
+        engine after engine (in engine order; an engine's tasks in submission order);
+        ``"type"`` prints every task's stdout, then every stderr, then the outputs;
+        ``"order"`` is ``"type"`` with the outputs collated: every task's first output,
+        then every second one, and so on (each task making several plots, say).
+        """
         if groupby not in ("engine", "type", "order"):
             raise ValueError(f"groupby must be 'engine', 'type' or 'order', not {groupby!r}")
         self.wait(timeout)
         self.wait_for_output(timeout)
         out = file or sys.stdout
-        single = self._single and len(self._md) == 1
-        for md in (self._metadata_slot(i) for i in range(len(self._md))):
-            engine = md["engine_id"]
-            if single:  # one engine: its output as it was printed, unlabelled
-                _print_single(md, out, file or sys.stderr)
-                continue
-            if md["stdout"]:
-                out.write(f"[stdout:{engine}] {md['stdout']}")
-                if not md["stdout"].endswith("\n"):
-                    out.write("\n")
-            if md["stderr"]:
-                err = file or sys.stderr
-                err.write(f"[stderr:{engine}] {md['stderr']}")
-                if not md["stderr"].endswith("\n"):
-                    err.write("\n")
-            for output in _shown(md):
-                data = output.get("data") or {}
-                text = data.get("text/plain")
-                if text is not None:
-                    label = "Out" if output["msg_type"] == "execute_result" else "Display"
-                    out.write(f"[{label}:{engine}] {text}\n")
-                elif output["msg_type"] == "error":
-                    out.write(f"[error:{engine}] {output.get('ename')}: {output.get('evalue')}\n")
+        err = file or sys.stderr
+        tasks = [self._metadata_slot(i) for i in range(len(self._md))]
+        if self._single and len(tasks) == 1:  # one engine: as it was printed, unlabelled
+            _print_single(tasks[0], out, err)
+            out.flush()
+            return
+        if groupby == "engine":
+            tasks.sort(key=_engine_order)  # stable: an engine's tasks stay in order
+            for md in tasks:
+                _print_streams(md, "stdout", out)
+                _print_streams(md, "stderr", err)
+                for output in _shown(md):
+                    _print_output(md["engine_id"], output, out)
+        else:
+            for md in tasks:
+                _print_streams(md, "stdout", out)
+            for md in tasks:
+                _print_streams(md, "stderr", err)
+            shown = [(md["engine_id"], _shown(md)) for md in tasks]
+            if groupby == "type":
+                for engine, outputs in shown:
+                    for output in outputs:
+                        _print_output(engine, output, out)
+            else:
+                for rank in range(max((len(outputs) for _, outputs in shown), default=0)):
+                    for engine, outputs in shown:
+                        if rank < len(outputs):
+                            _print_output(engine, outputs[rank], out)
         out.flush()
 
     def wait_interactive(
@@ -1118,6 +1129,31 @@ def _shown(md: dict[str, Any]) -> list[dict[str, Any]]:
         if content is not None:
             shown.append({"msg_type": kind, **content})
     return shown
+
+
+def _engine_order(md: dict[str, Any]) -> tuple[bool, int]:
+    """Sort key: engines by id, a task no engine ran (failed before) last."""
+    engine = md.get("engine_id")
+    return (engine is None, engine if isinstance(engine, int) else 0)
+
+
+def _print_streams(md: dict[str, Any], stream: str, out: IO[str]) -> None:
+    """A task's ``stdout`` or ``stderr`` (if any) under its engine's label."""
+    text = md[stream]
+    if text:
+        out.write(f"[{stream}:{md['engine_id']}] {text}")
+        if not text.endswith("\n"):
+            out.write("\n")
+
+
+def _print_output(engine: Any, output: dict[str, Any], out: IO[str]) -> None:
+    """One display, value or error a task showed, under its engine's label."""
+    text = (output.get("data") or {}).get("text/plain")
+    if text is not None:
+        label = "Out" if output["msg_type"] == "execute_result" else "Display"
+        out.write(f"[{label}:{engine}] {text}\n")
+    elif output["msg_type"] == "error":
+        out.write(f"[error:{engine}] {output.get('ename')}: {output.get('evalue')}\n")
 
 
 def _print_single(md: dict[str, Any], out: IO[str], err: IO[str]) -> None:
