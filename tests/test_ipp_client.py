@@ -415,8 +415,20 @@ def test_return_exceptions(rc: Client) -> None:
     assert isinstance(single.get(30, return_exceptions=True), RemoteError)
     items = list(lview.imap(fail_on_odd, range(4), return_exceptions=True))
     assert [type(x).__name__ for x in items] == ["int", "RemoteError", "int", "RemoteError"]
+    # A chunk is one task, but each element has its own outcome (one failure stood for
+    # the whole chunk, and the elements after it never ran).
     chunked = list(lview.imap(fail_on_odd, range(4), chunksize=2, return_exceptions=True))
-    assert len(chunked) == 4 and all(isinstance(x, RemoteError) for x in chunked)
+    assert [type(x).__name__ for x in chunked] == ["int", "RemoteError", "int", "RemoteError"]
+    for view in (lview, rc[:]):
+        outcomes = view.map(fail_on_odd, range(8), chunksize=4, return_exceptions=True)
+        assert [o if isinstance(o, int) else o.evalue for o in outcomes] == [
+            0, "odd 1", 2, "odd 3", 4, "odd 5", 6, "odd 7"
+        ]  # fmt: skip
+        assert "fail_on_odd" in outcomes[1].traceback and outcomes[1].engine_id in (0, 1)
+        lazy = view.map_async(fail_on_odd, range(8), chunksize=4, return_exceptions=True)
+        assert [type(x).__name__ for x in lazy][:2] == ["int", "RemoteError"]
+        with pytest.raises(RemoteError, match="odd 1"):
+            view.map_sync(fail_on_odd, range(8), chunksize=4)
     with pytest.raises(RemoteError):
         ar.get(30, return_when=ipp.FIRST_EXCEPTION)
 

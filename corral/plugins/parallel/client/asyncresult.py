@@ -33,6 +33,7 @@ from .errors import (
     RemoteError,
     error_from_content,
 )
+from .mapping import ChunkOutcome
 from .taskmeta import TaskMetadata, new_metadata
 
 if TYPE_CHECKING:
@@ -232,9 +233,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         if index is None or self._done_slots[index]:
             return self._msg_complete(msg_id)
         value, error = reply_outcome(content, msg.buffers, engine_id, msg_id, self._convert)
-        if error is None:
-            self._values[index] = value
-        else:
+        self._values[index] = value  # with an error too: a chunk's per-element outcomes
+        if error is not None:
             self._errors[index] = error
         raw = (md, content, engine_id, time.time())
         with _md_lock:
@@ -409,6 +409,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             return self.result(timeout)
         except RemoteError:
             return self._values_with_errors()
+
+    def _slot_outcomes(self, index: int) -> list[Any]:
+        """A slot's items, its error in place of the value where it failed."""
+        error = self._errors[index]
+        return self._slot_items(index) if error is None else [error]
 
     def _values_with_errors(self) -> Any:
         """Every task's value, or its error where it failed (for ``return_exceptions``)."""
@@ -873,9 +878,12 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                     cond.wait_for(completed)
                     index = self._completed_order[position]
             error = self._errors[index]
-            if error is not None:
+            if error is None:
+                yield from self._slot_items(index)
+            elif self._return_exceptions:
+                yield from self._slot_outcomes(index)
+            else:
                 raise error
-            yield from self._slot_items(index)
 
     def __repr__(self) -> str:
         state = "finished" if self.done() else "pending"
@@ -951,14 +959,20 @@ class AsyncMapResult(AsyncResult):
             return len(self._completed_order)
         return sum(sizes[i] for i in list(self._completed_order))
 
+    def _slot_outcomes(self, index: int) -> list[Any]:
+        """A chunk's values, each failed element's error in its place; a chunk that
+        failed as a whole (run without ``return_exceptions``, or lost with its engine)
+        has its error for every element."""
+        chunk, error = self._values[index], self._errors[index]
+        if error is None or isinstance(chunk, list):
+            return list(chunk or ())
+        sizes = self._chunk_sizes
+        return [error] * (sizes[index] if sizes is not None else 1)
+
     def _values_with_errors(self) -> Any:
         out: list[Any] = []
-        sizes = self._chunk_sizes
-        for index, (chunk, error) in enumerate(zip(self._values, self._errors, strict=True)):
-            if error is None:
-                out.extend(chunk or ())
-            else:
-                out.extend([error] * (sizes[index] if sizes is not None else 1))
+        for index in range(len(self._values)):
+            out.extend(self._slot_outcomes(index))
         return out
 
     def _final_value(self) -> Any:
@@ -1191,16 +1205,36 @@ def reply_outcome(
     convert: Callable[[Any], Any] | None = None,
 ) -> tuple[Any, RemoteError | None]:
     """``(value, None)`` or ``(None, error)`` for one reply: the one rule for replies that
-    come through the queues (:class:`AsyncResult`) and over an engine's local socket."""
+    come through the queues (:class:`AsyncResult`) and over an engine's local socket.
+
+    A map chunk whose elements failed one by one (:class:`~.mapping.ChunkOutcome`) is
+    both: its values with each failed element's error in place, and the first error."""
     if content.get("status", "ok") != "ok":
         return None, error_from_content(content, engine_id, msg_id)
     if not buffers:
         return None, None
     try:
         value = deserialize(buffers)
-        return (value if convert is None else convert(value)), None
     except Exception as exc:  # a result this process cannot load
         return None, RemoteError(type(exc).__name__, str(exc), "", engine_id, msg_id=msg_id)
+    if value.__class__ is ChunkOutcome:
+        return _split_outcome(value, engine_id, msg_id)
+    return (value if convert is None else convert(value)), None
+
+
+def _split_outcome(
+    outcome: ChunkOutcome, engine_id: int | None, msg_id: str
+) -> tuple[list[Any], RemoteError]:
+    """A chunk's values with a :class:`RemoteError` where each element failed, and the
+    first of those (the chunk's error: ``get()`` raises, unless ``return_exceptions``)."""
+    values = list(outcome.values)
+    first: RemoteError | None = None
+    for position in sorted(outcome.failures):
+        error = error_from_content(outcome.failures[position], engine_id, msg_id)
+        values[position] = error
+        first = first or error
+    assert first is not None  # an outcome is made only when something failed
+    return values, first
 
 
 def msg_ids_of(jobs: Any) -> list[str]:

@@ -15,11 +15,13 @@ from itertools import islice
 from typing import Any, TypeVar
 
 __all__ = [
+    "ChunkOutcome",
     "IMapIterator",
     "auto_chunksize",
     "chunk_slices",
     "iter_chunks",
     "map_chunk",
+    "map_chunk_outcomes",
     "partition_slices",
     "resolve_length",
 ]
@@ -30,6 +32,59 @@ T = TypeVar("T")
 def map_chunk(func: Callable[..., Any], *columns: Sequence[Any]) -> list[Any]:
     """Run on an engine: ``func`` over one chunk of the map's argument columns."""
     return list(map(func, *columns))
+
+
+class ChunkOutcome:
+    """A chunk run to its end although elements failed (``return_exceptions=True``):
+    ``values`` by position (None where one failed) and ``failures``, each failed
+    position's error content (``ename``, ``evalue``, ``traceback``), made on the engine.
+
+    A chunk is one task, so one failure used to stand for every element of it: with
+    ``return_exceptions=True`` the elements that succeeded came back as that error too,
+    and the rest of the chunk never ran (with ipyparallel's one task per element, only
+    the failed element is an error). Pickled by reference: engines import this module.
+    """
+
+    __slots__ = ("values", "failures")
+
+    def __init__(self, values: list[Any], failures: dict[int, dict[str, Any]]) -> None:
+        self.values = values
+        self.failures = failures
+
+    def __getstate__(self) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+        return self.values, self.failures
+
+    def __setstate__(self, state: tuple[list[Any], dict[int, dict[str, Any]]]) -> None:
+        self.values, self.failures = state
+
+
+def map_chunk_outcomes(func: Callable[..., Any], *columns: Sequence[Any]) -> Any:
+    """Run on an engine: :func:`map_chunk`, but every element runs whatever the others
+    did; a :class:`ChunkOutcome` if any failed. An interrupt (``KeyboardInterrupt``,
+    an abort) still ends the whole chunk."""
+    values: list[Any] = []
+    failures: dict[int, dict[str, Any]] = {}
+    for position, args in enumerate(zip(*columns, strict=False)):
+        try:
+            values.append(func(*args))
+        except Exception as exc:
+            values.append(None)
+            failures[position] = _element_error(exc, func)
+    return ChunkOutcome(values, failures) if failures else values
+
+
+def _element_error(exc: Exception, func: Callable[..., Any]) -> dict[str, Any]:
+    """The error content of one element, as the engine makes a task's: the traceback
+    names the user's file and quotes its lines (engine.sources)."""
+    from corral.plugins.parallel.engine.sources import annotate
+    from corral.transports.zmq.requests import error_content
+
+    content = error_content(exc)
+    try:
+        content["traceback"] = annotate(content["traceback"], [func])
+    except Exception:  # never lose the error over its decoration
+        pass
+    return content
 
 
 def resolve_length(sequences: Sequence[Sequence[Any]]) -> int:

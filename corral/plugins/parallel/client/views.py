@@ -40,6 +40,7 @@ from .mapping import (
     chunk_slices,
     iter_chunks,
     map_chunk,
+    map_chunk_outcomes,
     partition_slices,
     resolve_length,
 )
@@ -199,8 +200,14 @@ class View:
         *sequences: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
+        return_exceptions: bool = False,
     ) -> AsyncMapResult:
-        """``map(f, *sequences)`` on the cluster; iterate it ordered or as completed."""
+        """``map(f, *sequences)`` on the cluster; iterate it ordered or as completed.
+
+        ``return_exceptions=True`` runs every element whatever the others of its chunk
+        did, and ``get()`` and iteration give each failed element's :class:`RemoteError`
+        in its place instead of raising.
+        """
         raise NotImplementedError
 
     def map(
@@ -218,8 +225,9 @@ class View:
         :meth:`imap` for long or infinite ones). ``return_exceptions=True`` puts each
         failed element's :class:`RemoteError` in the result instead of raising.
         """
-        result = self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize)
-        result._return_exceptions = return_exceptions
+        result = self.map_async(
+            f, *sequences, ordered=ordered, chunksize=chunksize, return_exceptions=return_exceptions
+        )
         return self._maybe_block(result, block)
 
     def map_sync(
@@ -231,8 +239,10 @@ class View:
         return_exceptions: bool = False,
     ) -> list[Any]:
         """The list ``[f(*xs) for xs in zip(*sequences)]``, computed on the cluster."""
-        result = self.map_async(f, *sequences, ordered=ordered, chunksize=chunksize)
-        return result.get(return_exceptions=return_exceptions)  # type: ignore[no-any-return]
+        result = self.map_async(
+            f, *sequences, ordered=ordered, chunksize=chunksize, return_exceptions=return_exceptions
+        )
+        return result.get()  # type: ignore[no-any-return]
 
     def _map_chunks(
         self,
@@ -244,16 +254,19 @@ class View:
         metadata: dict[str, Any] | bytes,
         ordered: bool,
         length: int,
+        return_exceptions: bool = False,
     ) -> AsyncMapResult:
-        """Send ``map_chunk(f, *columns[slice])`` for each slice to its target."""
+        """Send ``map_chunk(f, *columns[slice])`` for each slice to its target
+        (``map_chunk_outcomes`` with ``return_exceptions``: each element on its own)."""
         routes = []
         shipped = self._link.shipped(f)
+        runner = map_chunk_outcomes if return_exceptions else map_chunk
         for part, target in zip(slices, targets, strict=True):
             columns = [_take(seq, part) for seq in sequences]
             if isinstance(f, Reference):  # the engine's own function: resolved there
-                buffers = pack_apply(*with_references(map_chunk, (shipped, *columns), None))
+                buffers = pack_apply(*with_references(runner, (shipped, *columns), None))
             else:
-                buffers = pack_apply(map_chunk, (shipped, *columns))
+                buffers = pack_apply(runner, (shipped, *columns))
             ident = None if target is None else self._link.engine_ident(target)
             routes.append((target, ident, buffers))
 
@@ -275,6 +288,7 @@ class View:
             result_factory=factory,
         )
         assert isinstance(result, AsyncMapResult)
+        result._return_exceptions = return_exceptions
         return result
 
     def imap(
@@ -332,8 +346,9 @@ class View:
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Iterator[Any]:
         if chunksize > 1:
+            runner = map_chunk_outcomes if return_exceptions else map_chunk
             tasks: Iterator[tuple[Any, ...]] = (
-                (map_chunk, func, chunk) for chunk in iter_chunks(iterable, chunksize)
+                (runner, func, chunk) for chunk in iter_chunks(iterable, chunksize)
             )
         else:
             tasks = ((func, item) for item in iterable)
@@ -353,6 +368,8 @@ class View:
             except RemoteError as error:
                 if not return_exceptions:
                     raise
+                if chunksize > 1 and isinstance(result._values[0], list):
+                    return list(result._values[0])  # each element's value or error
                 return [error] * (result._chunk_len if chunksize > 1 else 1)  # type: ignore[attr-defined]
             return value if chunksize > 1 else [value]
 
@@ -529,6 +546,7 @@ class LoadBalancedView(View):
         *sequences: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
+        return_exceptions: bool = False,
     ) -> AsyncMapResult:
         sequences = _sized(sequences)
         length = resolve_length(sequences)
@@ -544,6 +562,7 @@ class LoadBalancedView(View):
             self._lb_metadata(),
             ordered,
             length,
+            return_exceptions,
         )
 
 
@@ -604,6 +623,7 @@ class DirectView(View):
         *sequences: Iterable[Any],
         ordered: bool = True,
         chunksize: int | None = None,
+        return_exceptions: bool = False,
     ) -> AsyncMapResult:
         """Scatter the sequences across the view's engines (one contiguous block each,
         or ``chunksize`` chunks dealt round-robin) and map ``f`` over each block."""
@@ -619,7 +639,15 @@ class DirectView(View):
             slices = chunk_slices(length, chunksize)
             chosen = [targets[i % len(targets)] for i in range(len(slices))]
         return self._map_chunks(
-            "mux", f, sequences, slices, chosen, self._mux_metadata(targets), ordered, length
+            "mux",
+            f,
+            sequences,
+            slices,
+            chosen,
+            self._mux_metadata(targets),
+            ordered,
+            length,
+            return_exceptions,
         )
 
     def _submit_one(self, func: Callable[..., Any], args: tuple[Any, ...]) -> AsyncResult:
