@@ -226,6 +226,22 @@ def test_streams_keep_order_across_stdout_and_stderr(kc: BlockingKernelClient) -
     assert streams == [("stdout", "a\n"), ("stderr", "b\n"), ("stdout", "c\n")]
 
 
+def test_user_logging_reaches_the_frontend(kc: BlockingKernelClient) -> None:
+    """The root logger is the user's, as under ipykernel: a warning goes to the cell's
+    stderr, and a notebook's basicConfig works (both went to the kernel's own stderr,
+    and basicConfig did nothing, since the kernel had configured the root logger)."""
+    # (a logger's, not logging.warning(): that one calls basicConfig itself)
+    _, msgs = run(kc, "import logging\nlogging.getLogger('mine').warning('careful')")
+    assert "careful" in stdout_of(msgs, "stderr")
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "logging.getLogger('mine').info('configured')"
+    )
+    _, msgs = run(kc, code)
+    assert stdout_of(msgs) == "configured\n"
+
+
 def test_100k_lines_arrive_complete_in_order_and_coalesced(kc: BlockingKernelClient) -> None:
     reply, msgs = run(kc, "for i in range(100_000):\n    print(i)")
     assert reply["content"]["status"] == "ok"

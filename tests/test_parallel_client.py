@@ -303,6 +303,21 @@ def test_large_numpy_push_pull_over_data_path(rc: Client) -> None:
     assert checksums == [int(big.sum())] * 2
 
 
+def _log_a_warning() -> int:
+    import logging
+
+    logging.getLogger("user.task").warning("from the task's logger")
+    return 1
+
+
+def test_a_task_logging_is_in_its_stderr(rc: Client) -> None:
+    """The root logger is the user's on an engine too (as on an ipyparallel engine): a
+    task's log records reach its captured stderr, not the engine's log file."""
+    ar = rc[0].apply_async(_log_a_warning)
+    assert ar.get(30) == 1 and ar.wait_for_output(30)
+    assert "from the task's logger" in ar.stderr
+
+
 def _min_max(array: Any) -> tuple[float, float]:
     return float(array.min()), float(array.max())
 

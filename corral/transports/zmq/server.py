@@ -62,14 +62,27 @@ log = logging.getLogger("corral.transports.zmq.server")
 
 
 def log_to_stderr(level: str, role: str) -> None:
-    """Log at ``level`` to the process's real stderr (``sys.__stderr__``: user code may
-    replace ``sys.stderr``, whose text goes to frontends), each line saying which server
-    process (``role``, its pid) wrote it."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.__stderr__,
-        format=f"[corral {role} %(process)d %(levelname)s] %(name)s: %(message)s",
+    """Log corral's own records (the ``corral`` logger and those under it) at ``level``
+    to the process's real stderr (``sys.__stderr__``: user code may replace
+    ``sys.stderr``, whose text goes to frontends), each line saying which server process
+    (``role``, its pid) wrote it.
+
+    The root logger is the user's, as in a plain Python process or an IPython kernel: a
+    cell's ``logging.warning(...)`` reaches ``sys.stderr`` (the frontend, or the task's
+    stderr on an engine), and ``logging.basicConfig(...)`` in a cell configures it.
+    With a handler here on the root, both went to the kernel's terminal or log file, and
+    a notebook's ``basicConfig`` did nothing."""
+    logger = logging.getLogger("corral")
+    for earlier in [h for h in logger.handlers if getattr(h, "_corral_server", False)]:
+        logger.removeHandler(earlier)
+    handler: logging.Handler = logging.StreamHandler(sys.__stderr__)
+    handler.setFormatter(
+        logging.Formatter(f"[corral {role} %(process)d %(levelname)s] %(name)s: %(message)s")
     )
+    handler._corral_server = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 class RequestServer:
