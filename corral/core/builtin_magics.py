@@ -397,6 +397,12 @@ def load_magic(interp: Any, line: str) -> None:
 def cd_magic(interp: Any, line: str) -> None:
     """Change the working directory: ``%cd dir``, ``%cd`` (home), ``%cd -`` (previous)."""
     target = line.strip() or "~"
+    if target.startswith("-b "):
+        target = target[3:].strip()
+    if target != "-" and not os.path.isdir(os.path.expanduser(target.strip("'\""))):
+        from corral.core.magics_shell import bookmarks
+
+        target = bookmarks().get(target, target)
     history = interp.user_ns.setdefault("_dh", [os.getcwd()])
     if target == "-":
         if len(history) < 2:
@@ -595,3 +601,6 @@ def register_builtin_magics(registry: MagicsRegistry) -> None:
     from corral.core.compat_magics import register_compat_magics
 
     register_compat_magics(registry)
+    from corral.core.magics_shell import register_shell_magics
+
+    register_shell_magics(registry)

@@ -67,6 +67,10 @@ class MagicsRegistry:
         self._cell[_check(name)] = func
         return func
 
+    def remove_line(self, name: str) -> None:
+        """Forget the line magic ``name`` (``%unalias``); nothing happens if there is none."""
+        self._line.pop(name, None)
+
     def line(self, name: str) -> LineMagic | None:
         """The line magic ``name``, or None."""
         return self._line.get(name)
@@ -116,6 +120,8 @@ _HELP_BEFORE = re.compile(r"^(?P<indent>[ \t]*)(?P<q>\?{1,2})(?P<name>%{0,2}[\w.
 def split_cell_magic(code: str) -> tuple[str, str, str] | None:
     """``(name, line, body)`` when ``code`` is a ``%%name line`` cell, else None."""
     first, _, body = code.lstrip("\n").partition("\n")
+    if first.startswith("%%!"):  # IPython's spelling of %%sx
+        return "sx", first[3:].strip(), body
     match = _CELL_MAGIC.match(first)
     if match is None:
         return None
