@@ -604,3 +604,6 @@ def register_builtin_magics(registry: MagicsRegistry) -> None:
     from corral.core.magics_shell import register_shell_magics
 
     register_shell_magics(registry)
+    from corral.core.magics_more import register_more_magics
+
+    register_more_magics(registry)

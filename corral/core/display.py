@@ -40,6 +40,7 @@ __all__ = [
     "get_current",
     "set_current",
     "set_formatter",
+    "set_plain_options",
     "update_display",
 ]
 
@@ -63,6 +64,10 @@ _current: Any = None  # the interpreter display() posts through; see set_current
 #: ``DisplayFormatter.format``), so formatters registered with IPython (``for_type``,
 #: matplotlib figures) apply to displays and cell results alike.
 _formatter: Any = None
+
+#: ``%precision``'s format for floats in ``text/plain`` (None: ``repr``), and ``%pprint``.
+_float_format: str | None = None
+_pretty = True
 
 
 def set_formatter(formatter: Any) -> None:
@@ -112,13 +117,58 @@ def _encode(mime: str, value: Any) -> Any:
     return value
 
 
+def set_plain_options(*, float_format: str | None = None, pretty: bool = True) -> None:
+    """How ``text/plain`` is made: ``float_format`` (``"%.3f"``) for floats, even inside
+    containers, as ``%precision`` asks; ``pretty=False`` gives bare ``repr`` (``%pprint``)."""
+    global _float_format, _pretty
+    _float_format, _pretty = float_format, pretty
+
+
 def _plain(obj: Any) -> str:
     import pprint
 
     try:
+        if not _pretty:
+            return repr(obj)
+        if _float_format is not None:
+            text: str = _FloatPrinter(_float_format).pformat(obj)
+            return text
         return pprint.pformat(obj, sort_dicts=False)
     except Exception:
         return object.__repr__(obj)
+
+
+_printer_class: Any = None
+
+
+def _float_printer_class() -> Any:
+    """The pprint subclass for ``%precision``, defined on first use (pprint is imported
+    lazily here, as everywhere in this module)."""
+    global _printer_class
+    if _printer_class is not None:
+        return _printer_class
+    import pprint
+
+    class FloatPrinter(pprint.PrettyPrinter):
+        """pprint with floats formatted by ``%precision``'s format."""
+
+        def __init__(self, float_format: str) -> None:
+            super().__init__(sort_dicts=False)
+            self.float_format = float_format
+
+        def format(
+            self, obj: Any, context: dict[int, int], maxlevels: int, level: int
+        ) -> tuple[str, bool, bool]:
+            if type(obj) is float:
+                return self.float_format % obj, True, False
+            return super().format(obj, context, maxlevels, level)
+
+    _printer_class = FloatPrinter
+    return FloatPrinter
+
+
+def _FloatPrinter(float_format: str) -> Any:  # noqa: N802 - made lazily: pprint is not free
+    return _float_printer_class()(float_format)
 
 
 def _warn(obj: Any, method: str, exc: BaseException) -> None:

@@ -199,6 +199,13 @@ def _on_ipython_imported(module: Any) -> None:
         adopt_ipython(interp)
 
 
+def _is_macro(value: Any) -> bool:
+    """Whether ``value`` is a ``%macro`` (imported only when a value is named Macro)."""
+    from corral.core.magics_more import Macro
+
+    return isinstance(value, Macro)
+
+
 class Interpreter:
     """Runs cells in ``user_ns`` and posts what happens to ``center``.
 
@@ -485,6 +492,10 @@ class Interpreter:
         if isinstance(value, _Exit):  # a bare `exit` leaves, as in IPython
             value()
             return
+        if type(value).__name__ == "Macro" and _is_macro(value):  # a bare macro name runs it
+            value = value.run(self)
+            if value is None:
+                return
         ns = self.user_ns
         if store and value is not self._out:  # Out[N] = Out would only show recursion
             self._out[count] = value

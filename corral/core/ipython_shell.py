@@ -555,6 +555,11 @@ def adopt_ipython(interpreter: Any) -> None:
     from corral.core import display as corral_display
 
     corral_display.set_formatter(shell.display_formatter.format)
+    # %precision and %pprint typed before IPython came in still hold.
+    plain = shell.display_formatter.formatters["text/plain"]
+    plain.pprint = corral_display._pretty
+    if corral_display._float_format is not None:
+        plain.float_precision = corral_display._float_format
 
 
 def shell_for_plain(interpreter: Any) -> ZMQInteractiveShell:
