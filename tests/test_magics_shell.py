@@ -216,3 +216,44 @@ def test_bookmarks_are_kept_and_cd_and_pushd_follow_them(interp, tmp_path):
 def test_killbgscripts_reports(interp):
     out, _ = run(interp, "%killbgscripts")
     assert out == "All background processes were killed.\n"
+
+
+def test_automagic_runs_a_bare_alias_or_magic_in_a_one_line_cell(interp, tmp_path):
+    (tmp_path / "seen.txt").write_text("")
+    out, _ = run(interp, "ls")
+    assert "seen.txt" in out
+    _, shown = run(interp, "pwd")
+    assert shown == [repr(str(tmp_path))]
+    out, _ = run(interp, "\ncat seen.txt\n")
+    assert out == ""
+    run(interp, "mkdir made")
+    assert (tmp_path / "made").is_dir()
+
+
+def test_automagic_leaves_python_alone(interp):
+    from corral.core.magics import automagic
+
+    def magic(name):
+        return name in {"ls", "pwd", "time"}
+
+    assert automagic("ls -la | head", magic) == "%ls -la | head"
+    assert automagic("  pwd  ", magic) == "%pwd  "
+    assert automagic("ls(1)", magic) == "%ls(1)"
+    for python in ("ls = 3", "ls == 3", "ls, 2", "ls.x", "ls*2", "x = 1\npwd", "len 3", "ls?"):
+        assert automagic(python, magic) is None, python
+    run(interp, "ls = ['mine']")
+    _, shown = run(interp, "ls")  # a variable hides the alias
+    assert shown == ["['mine']"]
+    assert run(interp, "del ls\nx = 1")[0] == ""
+    result = interp.execute("x = 2\npwd")  # only one-line cells: this is Python
+    assert result.ename == "NameError"
+
+
+def test_automagic_can_be_turned_off(interp):
+    out, _ = run(interp, "%automagic")
+    assert out == "\nAutomagic is OFF, % prefix IS needed for line magics.\n"
+    assert interp.execute("pwd").ename == "NameError"
+    out, _ = run(interp, "%automagic on")
+    assert out == "\nAutomagic is ON, % prefix IS NOT needed for line magics.\n"
+    assert interp.execute("pwd").status == "ok"
+    assert interp.execute("%automagic maybe").ename == "UsageError"

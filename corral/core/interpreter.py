@@ -38,6 +38,7 @@ from corral.core.magics import (
     NO_VAR_EXPAND,
     MagicsRegistry,
     UsageError,
+    automagic,
     split_cell_magic,
     transform_cell,
     var_expand,
@@ -233,6 +234,8 @@ class Interpreter:
         self.colors = False
         #: How tracebacks are shown (``%xmode``): "Minimal" is the error line alone.
         self.xmode = "Context"
+        #: A one-line cell may call a line magic without its ``%`` (``%automagic``).
+        self.automagic = True
         self.magics = MagicsRegistry()
         register_builtin_magics(self.magics)
         self.user_ns: dict[str, Any] = user_ns if user_ns is not None else {}
@@ -341,6 +344,8 @@ class Interpreter:
         cell = self._transform_input(code) if self.input_transformers else code
         linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
         magic_cell = split_cell_magic(cell)
+        if not magic_cell and self.automagic and "\n" not in cell.strip():
+            cell = automagic(cell, self._callable_magic) or cell
         source = cell if magic_cell else transform_cell(cell)
         if store:
             self._store_input(count, source, code)
@@ -388,6 +393,15 @@ class Interpreter:
         if error is None:
             return ExecutionResult(status, count, payload, expressions)
         return ExecutionResult(status, count, payload, {}, *error)
+
+    def _callable_magic(self, name: str) -> bool:
+        """Whether a bare ``name`` calls the line magic: one exists and no variable or
+        builtin of that name hides it."""
+        return (
+            self.magics.line(name) is not None
+            and name not in self.user_ns
+            and not hasattr(builtins, name)
+        )
 
     def _transform_input(self, code: str) -> str:
         """``code`` after every input transformer, in order (a copy of the list is run, so

@@ -32,6 +32,7 @@ __all__ = [
     "NO_VAR_EXPAND",
     "MagicsRegistry",
     "UsageError",
+    "automagic",
     "is_magic_line",
     "split_cell_magic",
     "transform_cell",
@@ -126,6 +127,31 @@ def split_cell_magic(code: str) -> tuple[str, str, str] | None:
     if match is None:
         return None
     return match.group(1), match.group(2).strip(), body
+
+
+_AUTO = re.compile(r"^(?P<indent>[ \t]*)(?P<name>[\w*.]+)(?P<rest>.*)$")
+
+
+def automagic(code: str, callable_magic: Callable[[str], bool]) -> str | None:
+    """``%name rest`` when the one-line cell ``code`` calls a line magic without its ``%``.
+
+    IPython's automagic, with its rules: only a cell of one line; only when
+    ``callable_magic(name)`` (a magic, not shadowed by a variable or builtin); not when
+    what follows is ``=`` or ``,`` (``ls = 3`` and ``ls, x`` stay Python); a name with a
+    dot or ``*`` is never a magic (``ls.x``, ``ls*2``). None when the cell is left alone.
+    """
+    lines = [line for line in code.split("\n") if line.strip()]
+    if len(lines) != 1 or _transform_line(lines[0]) is not None:
+        return None
+    match = _AUTO.match(lines[0])
+    if match is None:
+        return None
+    name, rest = match.group("name"), match.group("rest")
+    if rest.lstrip().startswith(("=", ",")) or not name.isidentifier():
+        return None
+    if not callable_magic(name):
+        return None
+    return f"%{name}{rest}"
 
 
 def is_magic_line(line: str) -> bool:

@@ -414,6 +414,24 @@ def tb_magic(interp: Any, line: str) -> None:
 # ------------------------------------------------------------------ modes a kernel reports
 
 
+def automagic_magic(interp: Any, line: str) -> None:
+    """Whether a one-line cell may call a line magic without ``%`` (``ls``, ``pwd``):
+    ``%automagic`` toggles, ``%automagic on|off`` sets. On by default, as in IPython."""
+    arg = line.strip().lower()
+    if not arg:
+        interp.automagic = not interp.automagic
+    elif arg in ("on", "1", "true"):
+        interp.automagic = True
+    elif arg in ("off", "0", "false"):
+        interp.automagic = False
+    else:
+        raise UsageError(f"%automagic takes on or off, not {line.strip()!r}")
+    if interp.automagic:
+        print("\nAutomagic is ON, % prefix IS NOT needed for line magics.")
+    else:
+        print("\nAutomagic is OFF, % prefix IS needed for line magics.")
+
+
 def autoawait_magic(interp: Any, line: str) -> None:
     """Top-level ``await`` in cells: always on in corral, on asyncio's event loop.
 
@@ -492,6 +510,7 @@ def register_more_magics(registry: MagicsRegistry) -> None:
         ("macro", macro_magic),
         ("tb", tb_magic),
         ("autoawait", autoawait_magic),
+        ("automagic", automagic_magic),
         ("gui", gui_magic),
         ("pylab", pylab_magic),
     ):
