@@ -120,7 +120,6 @@ def unalias_magic(interp: Any, line: str) -> None:
     if not isinstance(registry.line(name), Alias):
         raise UsageError(f"{name!r} is not an alias")
     registry.remove_line(name)
-    print(f"Removed alias {name}")
 
 
 def rehashx_magic(interp: Any, line: str) -> None:
