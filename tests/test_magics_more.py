@@ -217,3 +217,22 @@ def test_precision_holds_when_ipython_formats_results(interp):
     run(interp, "%pprint")
     assert run(interp, "3.14159")[2] == ["3.14159"]  # as in IPython: plain repr, no precision
     assert run(interp, "{'key': [1] * 40}")[2] == ["{'key': [" + ", ".join(["1"] * 40) + "]}"]
+
+
+def test_page_pycat_quickref_and_loadpy(interp, tmp_path):
+    run(interp, "data = {'k': list(range(3))}")
+    assert page(run(interp, "%page data")[0]) == "{'k': [0, 1, 2]}"
+    source = tmp_path / "shown.py"
+    source.write_text("print('shown')\n")
+    assert page(run(interp, f"%pycat {source}")[0]) == "print('shown')\n"
+    assert interp.execute("%pycat /no/such/file").ename == "UsageError"
+    reference = page(run(interp, "%quickref")[0])
+    assert "%precision" in reference and "%%file" in reference
+    result, _, _ = run(interp, f"%loadpy {source}")
+    assert result.payload[0]["text"] == f"# %load {source}\nprint('shown')\n"
+
+
+def test_python2_and_pypy_are_script_shortcuts(interp):
+    for program in ("python2", "pypy"):
+        doc = interp.magics.cell(program).__doc__
+        assert f"run the cell with {program}" in doc

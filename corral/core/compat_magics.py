@@ -225,7 +225,8 @@ def script_cell(interp: Any, line: str, cell: str) -> None:
 
     Its output is streamed as it comes; a non-zero exit status raises
     ``subprocess.CalledProcessError``, as under IPython. ``%%bash``,
-    ``%%sh``, ``%%python``, ``%%python3``, ``%%perl`` and ``%%ruby`` are shortcuts.
+    ``%%sh``, ``%%python``, ``%%python3``, ``%%python2``, ``%%pypy``, ``%%perl`` and ``%%ruby``
+    are shortcuts.
     """
     import shlex
 
@@ -379,7 +380,7 @@ def register_compat_magics(registry: MagicsRegistry) -> None:
         ("psource", psource_magic),
     ):
         registry.register_line(name, func)
-    for program in ("bash", "sh", "python", "python3", "perl", "ruby"):
+    for program in ("bash", "sh", "python", "python3", "python2", "pypy", "perl", "ruby"):
         registry.register_cell(program, _shortcut(program))
     for name, cell_func in (
         ("capture", capture_cell),

@@ -259,6 +259,43 @@ def psearch_magic(interp: Any, line: str) -> None:
         print(prefix + name)
 
 
+def _page(interp: Any, text: str) -> None:
+    interp.add_payload({"source": "page", "data": {"text/plain": text}, "start": 0})
+
+
+def page_magic(interp: Any, line: str) -> None:
+    """Show an object in the pager: ``%page [-r] OBJ`` (``-r``: its ``str``, not pretty)."""
+    import pprint
+
+    opts, rest = parse_options(line, "r")
+    obj = _find(interp, rest.strip()) if rest.strip() else interp.user_ns.get("_")
+    _page(interp, str(obj) if "r" in opts else pprint.pformat(obj))
+
+
+def pycat_magic(interp: Any, line: str) -> None:
+    """Show a file in the pager: ``%pycat FILE``."""
+    from pathlib import Path
+
+    path = Path(line.strip()).expanduser()
+    if not line.strip() or not path.is_file():
+        raise UsageError(f"%pycat: file {line.strip()!r} not found")
+    _page(interp, path.read_text(errors="replace"))
+
+
+def quickref_magic(interp: Any, line: str) -> None:
+    """Show every magic with the first line of its description, in the pager."""
+    import inspect
+
+    registry: MagicsRegistry = interp.magics
+    rows = ["corral's magics (%magic for all of each description)", ""]
+    names = registry.names()
+    for prefix, kind, lookup in (("%", "line", registry.line), ("%%", "cell", registry.cell)):
+        for name in names[kind]:
+            doc = (inspect.getdoc(lookup(name)) or "").strip().splitlines()
+            rows.append(f"{prefix + name:<20}{doc[0] if doc else ''}")
+    _page(interp, "\n".join(rows) + "\n")
+
+
 # ------------------------------------------------------------------ history
 
 
@@ -503,6 +540,9 @@ def register_more_magics(registry: MagicsRegistry) -> None:
         ("pdoc", pdoc_magic),
         ("pfile", pfile_magic),
         ("psearch", psearch_magic),
+        ("page", page_magic),
+        ("pycat", pycat_magic),
+        ("quickref", quickref_magic),
         ("recall", recall_magic),
         ("rep", recall_magic),
         ("rerun", rerun_magic),
@@ -515,6 +555,9 @@ def register_more_magics(registry: MagicsRegistry) -> None:
         ("pylab", pylab_magic),
     ):
         registry.register_line(name, func)
+    load = registry.line("load")
+    if load is not None:
+        registry.register_line("loadpy", load)  # IPython's older name of %load
     for alias, original in (("file", "writefile"), ("HTML", "html"), ("SVG", "svg")):
         cell_func = registry.cell(original)
         if cell_func is not None:
