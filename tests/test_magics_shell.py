@@ -257,3 +257,8 @@ def test_automagic_can_be_turned_off(interp):
     assert out == "\nAutomagic is ON, % prefix IS NOT needed for line magics.\n"
     assert interp.execute("pwd").status == "ok"
     assert interp.execute("%automagic maybe").ename == "UsageError"
+
+
+def test_cd_to_a_missing_folder_creates_no_profile(interp, tmp_path):
+    assert interp.execute("%cd no-such-folder").ename == "UsageError"
+    assert not (tmp_path / "corral-dir").exists()

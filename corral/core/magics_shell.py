@@ -310,10 +310,13 @@ def dhist_magic(interp: Any, line: str) -> None:
         print(f"{index}: {history[index]}")
 
 
-def _bookmarks_file() -> Path:
-    from corral.core.profiles import profile_dir
+def _bookmarks_file(create: bool = False) -> Path:
+    """Where bookmarks are kept: the default profile, made only when one is written
+    (``%cd`` reads bookmarks and must not create directories)."""
+    from corral.core.profiles import base_dir, profile_dir
 
-    return profile_dir("default") / "bookmarks.json"
+    folder = profile_dir("default") if create else base_dir() / "profile_default"
+    return folder / "bookmarks.json"
 
 
 def bookmarks() -> dict[str, str]:
@@ -358,8 +361,7 @@ def bookmark_magic(interp: Any, line: str) -> None:
         marks[words[0]] = (
             os.path.abspath(os.path.expanduser(words[1])) if len(words) == 2 else os.getcwd()
         )
-    path = _bookmarks_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _bookmarks_file(create=True)
     path.write_text(json.dumps(marks, indent=1))
 
 
