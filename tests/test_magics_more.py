@@ -236,3 +236,22 @@ def test_python2_and_pypy_are_script_shortcuts(interp):
     for program in ("python2", "pypy"):
         doc = interp.magics.cell(program).__doc__
         assert f"run the cell with {program}" in doc
+
+
+def test_notebook_exports_the_session(interp, tmp_path):
+    import json
+
+    run(interp, "value = 6 * 7")
+    run(interp, "value")
+    target = tmp_path / "session.ipynb"
+    run(interp, f"%notebook {target}")
+    nb = json.loads(target.read_text())
+    assert (nb["nbformat"], nb["nbformat_minor"]) == (4, 5)
+    assert [c["source"] for c in nb["cells"]] == ["value = 6 * 7", "value"]
+    assert nb["cells"][1]["outputs"][0]["data"]["text/plain"] == "42"
+    assert interp.execute("%notebook").ename == "UsageError"
+
+
+def test_autocall_stays_off(interp):
+    assert run(interp, "%autocall 0")[1] == "Automatic calling is: OFF\n"
+    assert interp.execute("%autocall 1").ename == "UsageError"

@@ -435,6 +435,52 @@ def macro_magic(interp: Any, line: str) -> None:
         print(f"=== Macro contents: ===\n{macro.value}", end="")
 
 
+def notebook_magic(interp: Any, line: str) -> None:
+    """Export this session's inputs (and their results as text) to a notebook file:
+    ``%notebook FILE.ipynb``.
+
+    Written as nbformat 4.5 JSON directly: importing nbformat costs seconds.
+    """
+    import json
+    import uuid
+    from pathlib import Path
+
+    target = line.strip()
+    if not target:
+        raise UsageError("usage: %notebook FILE.ipynb")
+    cells = []
+    for _, number, (source, output) in interp.history_manager.range(0, 1, output=True):
+        if number == interp.execution_count:  # this %notebook line itself
+            continue
+        outputs = []
+        if output is not None:
+            outputs.append(
+                {
+                    "output_type": "execute_result",
+                    "data": {"text/plain": output},
+                    "execution_count": number,
+                    "metadata": {},
+                }
+            )
+        cells.append(
+            {
+                "cell_type": "code",
+                "execution_count": number,
+                "id": uuid.uuid4().hex[:8],
+                "metadata": {},
+                "outputs": outputs,
+                "source": source,
+            }
+        )
+    notebook = {
+        "cells": cells,
+        "metadata": {"language_info": {"name": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    Path(target).expanduser().write_text(json.dumps(notebook, indent=1) + "\n")
+
+
 def tb_magic(interp: Any, line: str) -> None:
     """Print the last traceback again: ``%tb [MODE]`` (MODE as in ``%xmode``)."""
     from corral.core.tracebacks import format_exception
@@ -483,6 +529,15 @@ def autoawait_magic(interp: Any, line: str) -> None:
             f"%autoawait {line.strip()}: corral always runs top-level await on asyncio; "
             "other loops and turning it off are not supported"
         )
+
+
+def autocall_magic(interp: Any, line: str) -> None:
+    """Calling functions without parentheses (``f 1``): off in corral, as by default in
+    IPython; ``%autocall 0`` is accepted, turning it on is not supported."""
+    arg = line.strip().lower()
+    if arg not in ("", "0", "off", "false"):
+        raise UsageError(f"%autocall {line.strip()}: corral does not call without parentheses")
+    print("Automatic calling is: OFF")
 
 
 def gui_magic(interp: Any, line: str) -> None:
@@ -549,6 +604,8 @@ def register_more_magics(registry: MagicsRegistry) -> None:
         ("save", save_magic),
         ("macro", macro_magic),
         ("tb", tb_magic),
+        ("notebook", notebook_magic),
+        ("autocall", autocall_magic),
         ("autoawait", autoawait_magic),
         ("automagic", automagic_magic),
         ("gui", gui_magic),
