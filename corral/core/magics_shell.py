@@ -9,7 +9,6 @@ streamed the same way and ``_exit_code`` is set the same way.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -188,6 +187,8 @@ def conda_command(tool: str, line: str, executable: str) -> str:
     """The command line ``%conda LINE`` runs: aimed at the kernel's environment
     (``--prefix sys.prefix``) and, since a kernel cannot answer prompts, with ``--yes``.
     """
+    import shlex
+
     args = shlex.split(line)
     command, rest = (args[0], args[1:]) if args else ("", [])
     extra: list[str] = []
@@ -218,6 +219,7 @@ def uv_command(line: str) -> str:
     another virtual environment is active.
     """
     import importlib.util
+    import shlex
     import shutil
 
     args = shlex.split(line)
@@ -336,6 +338,7 @@ def bookmark_magic(interp: Any, line: str) -> None:
     ``%bookmark -d NAME`` deletes one, ``%bookmark -r`` deletes all.
     """
     import json
+    import shlex
 
     words = shlex.split(line)
     marks = bookmarks()
