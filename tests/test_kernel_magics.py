@@ -13,8 +13,17 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("jupyter_client")
+from helpers import TIMEOUT  # noqa: E402
 from jupyter_client import BlockingKernelClient  # noqa: E402
-from test_kernel_protocol import connect, run, start_kernel, stdout_of, stop  # noqa: E402
+from test_kernel_protocol import (  # noqa: E402
+    connect,
+    iopub_until_idle,
+    reply_to,
+    run,
+    start_kernel,
+    stdout_of,
+    stop,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +92,15 @@ def test_pylab_inline_shows_figures(kc: BlockingKernelClient) -> None:
         if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]
     ]
     assert len(pngs) == 1 and pngs[0].startswith(b"\x89PNG")
+
+
+def test_debug_prompts_through_input_requests(kc: BlockingKernelClient) -> None:
+    run(kc, "def broken():\n    inside = 'seen'\n    return 1 / 0\nbroken()")
+    msg_id = kc.execute("%debug")
+    for command in ("p inside", "q"):
+        request = kc.get_stdin_msg(timeout=TIMEOUT)
+        assert request["content"]["prompt"] == "(Pdb) "
+        kc.input(command)
+    assert reply_to(kc.shell_channel, msg_id)["content"]["status"] == "ok"
+    out = stdout_of(iopub_until_idle(kc, msg_id))
+    assert "-> return 1 / 0" in out and "'seen'" in out

@@ -236,6 +236,8 @@ class Interpreter:
         self.xmode = "Context"
         #: A one-line cell may call a line magic without its ``%`` (``%automagic``).
         self.automagic = True
+        #: Start pdb on the failing frame after each error (``%pdb``).
+        self.call_pdb = False
         self.magics = MagicsRegistry()
         register_builtin_magics(self.magics)
         self.user_ns: dict[str, Any] = user_ns if user_ns is not None else {}
@@ -375,6 +377,8 @@ class Interpreter:
                 except BaseException as exc:  # noqa: B036 - KeyboardInterrupt is the user's
                     status, error = "error", self._report(exc)
                     failure = exc
+                    if self.call_pdb and isinstance(exc, Exception) and not silent:
+                        self._post_mortem(exc)
                 if events is None and self.shell_events and self.shell_events.active():
                     # Registered by this very cell (importing pyplot registers the inline
                     # backend's figure flush): IPython runs them after it too, so a figure
@@ -393,6 +397,17 @@ class Interpreter:
         if error is None:
             return ExecutionResult(status, count, payload, expressions)
         return ExecutionResult(status, count, payload, {}, *error)
+
+    def _post_mortem(self, exc: BaseException) -> None:
+        """``%pdb``: debug the error just shown; a failure of pdb itself is shown too."""
+        from corral.core.magics_debug import post_mortem
+
+        if isinstance(exc, UsageError):
+            return
+        try:
+            post_mortem(exc.__traceback__)
+        except Exception as failure:  # no stdin, say: the frontend hears why
+            self._report(failure)
 
     def _callable_magic(self, name: str) -> bool:
         """Whether a bare ``name`` calls the line magic: one exists and no variable or

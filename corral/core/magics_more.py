@@ -619,6 +619,8 @@ def register_more_magics(registry: MagicsRegistry) -> None:
         cell_func = registry.cell(original)
         if cell_func is not None:
             registry.register_cell(alias, cell_func)
+    from corral.core.magics_debug import register_debug_magics
     from corral.core.magics_prun import register_prun_magics
 
     register_prun_magics(registry)
+    register_debug_magics(registry)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import linecache
 import os
 import re
-from types import CodeType, TracebackType
+from types import CodeType, FrameType, TracebackType
 
 __all__ = [
     "cell_filename",
     "cell_label",
     "format_exception",
     "hide_from_tracebacks",
+    "is_hidden_frame",
     "name_cell",
 ]
 
@@ -38,6 +39,16 @@ _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
 def hide_from_tracebacks(filename: str) -> None:
     """Leave frames of ``filename`` (a module's ``__file__``) out of user tracebacks."""
     _hidden_files.add(filename)
+
+
+def is_hidden_frame(frame: FrameType) -> bool:
+    """Whether ``frame`` is left out of user tracebacks (and debuggers): corral's own."""
+    filename = frame.f_code.co_filename
+    return (
+        filename in _hidden_files
+        or filename.startswith(_CORRAL_ROOT)
+        or bool(frame.f_globals.get("__corral_hide_traceback__"))
+    )
 
 
 def cell_filename(count: int, serial: int | None = None) -> str:
@@ -114,11 +125,7 @@ def _frames(tb: TracebackType | None, colors: bool) -> list[str]:
     entries = []
     while tb is not None:
         code = tb.tb_frame.f_code
-        if (
-            code.co_filename not in _hidden_files
-            and not code.co_filename.startswith(_CORRAL_ROOT)
-            and not tb.tb_frame.f_globals.get("__corral_hide_traceback__")
-        ):
+        if not is_hidden_frame(tb.tb_frame):
             lineno = tb.tb_lineno
             head = _location(code.co_filename, lineno, code, colors)
             entries.append("\n".join([head, *_context(code.co_filename, lineno, colors)]))
