@@ -620,7 +620,9 @@ def register_more_magics(registry: MagicsRegistry) -> None:
         if cell_func is not None:
             registry.register_cell(alias, cell_func)
     from corral.core.magics_debug import register_debug_magics
+    from corral.core.magics_log import register_log_magics
     from corral.core.magics_prun import register_prun_magics
 
     register_prun_magics(registry)
     register_debug_magics(registry)
+    register_log_magics(registry)
