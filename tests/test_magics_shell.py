@@ -262,3 +262,13 @@ def test_automagic_can_be_turned_off(interp):
 def test_cd_to_a_missing_folder_creates_no_profile(interp, tmp_path):
     assert interp.execute("%cd no-such-folder").ename == "UsageError"
     assert not (tmp_path / "corral-dir").exists()
+
+
+def test_sc_captures_output_into_a_variable(interp):
+    run(interp, "%sc text=printf 'a\\nb\\n'")
+    assert interp.user_ns["text"] == "a\nb\n"
+    out, _ = run(interp, "%sc -l -v lines=printf 'a\\nb\\n'")
+    assert interp.user_ns["lines"] == ["a", "b"] and out == "lines ==\n['a', 'b']\n"
+    _, shown = run(interp, "%sc echo hi")
+    assert shown == ["'hi\\n'"]
+    assert interp.execute("%sc 1x=echo").ename == "UsageError"

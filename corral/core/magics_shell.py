@@ -162,6 +162,33 @@ def system_cell(interp: Any, line: str, cell: str) -> list[str]:
     return system_magic(interp, line, cell)
 
 
+def sc_magic(interp: Any, line: str) -> str | list[str] | None:
+    """Capture a command's output in a variable: ``%sc [-l] [-v] NAME=COMMAND``.
+
+    The text (or with ``-l`` the list of lines) goes to NAME; ``-v`` prints it too.
+    IPython's older spelling of ``NAME = !COMMAND``; without ``NAME=`` the text is returned.
+    """
+    from corral.core.builtin_magics import parse_options
+
+    opts, rest = parse_options(line, "lv")
+    name, found, command = rest.partition("=")
+    if not found:
+        name, command = "", rest
+    name = name.strip()
+    if found and not name.isidentifier():
+        raise UsageError(f"%sc: {name!r} is not a variable name")
+    if not command.strip():
+        raise UsageError("usage: %sc [-l] [-v] NAME=COMMAND")
+    lines = getoutput(interp, command)
+    value: str | list[str] = lines if "l" in opts else "".join(f"{x}\n" for x in lines)
+    if not name:
+        return value
+    interp.user_ns[name] = value
+    if "v" in opts:
+        print(f"{name} ==\n{value!r}" if "l" not in opts else f"{name} ==\n{value}")
+    return None
+
+
 # ------------------------------------------------------------------ package managers
 
 _NEEDS_PREFIX = {"install", "list", "remove", "uninstall", "update", "upgrade"}
@@ -383,6 +410,7 @@ def register_shell_magics(registry: MagicsRegistry) -> None:
         ("rehashx", rehashx_magic),
         ("system", system_magic),
         ("sx", system_magic),
+        ("sc", sc_magic),
         ("conda", _conda_like("conda")),
         ("mamba", _conda_like("mamba")),
         ("micromamba", _conda_like("micromamba")),
