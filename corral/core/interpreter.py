@@ -202,7 +202,7 @@ def _on_ipython_imported(module: Any) -> None:
 
 def _is_macro(value: Any) -> bool:
     """Whether ``value`` is a ``%macro`` (imported only when a value is named Macro)."""
-    from corral.core.magics_more import Macro
+    from corral.core.magics_history import Macro
 
     return isinstance(value, Macro)
 
