@@ -404,6 +404,23 @@ def test_metadata_attributes_and_times(rc: Client) -> None:
     pending.get(30)
 
 
+def test_views_take_the_client_block_flag(rc: Client) -> None:
+    """ipyparallel's scripts set ``rc.block = True`` once: every view made after it
+    blocks, so ``apply`` gives values and ``execute`` raises (they got AsyncResults, and
+    a failing execute passed silently)."""
+    assert rc[:].block is False
+    rc.block = True
+    try:
+        assert rc[:].block and rc[0].block and rc.load_balanced_view().block
+        assert rc[:].apply(fail_on_odd, 2) == [2, 2]
+        with pytest.raises(CompositeError):
+            rc[:].execute("1 / 0")
+        assert rc.direct_view(block=False).block is False  # an explicit flag still wins
+    finally:
+        rc.block = False
+    assert rc[:].block is False
+
+
 def test_return_exceptions(rc: Client) -> None:
     lview = rc.load_balanced_view()
     values = lview.map(fail_on_odd, range(4), block=True, chunksize=1, return_exceptions=True)

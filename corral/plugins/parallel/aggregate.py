@@ -38,6 +38,9 @@ class AggregateClient:
     .. versionadded:: 0.2
     """
 
+    #: The ``block`` flag of direct views made from now on (as :attr:`Client.block`).
+    block: bool = False
+
     def __init__(self, clients: Sequence[Client], cluster_id: str = "") -> None:
         if not clients:
             raise ValueError("an aggregate needs at least one client")
@@ -126,7 +129,9 @@ class AggregateClient:
                     raise IndexError(f"engine index {key} out of range for {len(ids)} engines")
                 key = ids[key]
             client, local = self.locate(key)
-            return client[local]
+            view = client[local]
+            view.block = self.block
+            return view
         if isinstance(key, slice):
             return self.direct_view(self.ids[key])
         return self.direct_view([int(t) for t in key])
@@ -136,14 +141,15 @@ class AggregateClient:
         ids); ``"all"`` follows the engines of every controller as they come and go."""
         from .aggregate_direct import AggregateDirectView
 
-        return AggregateDirectView(self, targets)
+        return AggregateDirectView(self, targets, block=self.block)
 
     def broadcast_view(self, targets: Any = None) -> Any:
         """As :meth:`direct_view`, each controller's part sent through its broadcast
         scheduler (one message per controller however many of its engines)."""
         from .aggregate_direct import AggregateDirectView
 
-        return AggregateDirectView(self, "all" if targets is None else targets, broadcast=True)
+        targets = "all" if targets is None else targets
+        return AggregateDirectView(self, targets, block=self.block, broadcast=True)
 
     def executor(self, window: int = DEFAULT_WINDOW) -> Any:
         """A :class:`concurrent.futures.Executor` over an :class:`AggregateView`."""

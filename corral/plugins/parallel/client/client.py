@@ -207,6 +207,11 @@ class Client(ClientCompat):
     #: while there are none. Declared only; unset means not given.
     _said_no_engines: bool
 
+    #: The ``block`` flag of views made from now on (``rc[:]``, ``load_balanced_view()``
+    #: ...), as in ipyparallel: scripts set ``rc.block = True`` and expect every view to
+    #: wait for its results (and raise its errors).
+    block: bool = False
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         """An :class:`~corral.plugins.parallel.aggregate.AggregateClient` when the
         cluster file found is an aggregate's (``corral cluster start --controllers N``),
@@ -1349,25 +1354,28 @@ class Client(ClientCompat):
             return DirectView(self, targets=key)
         return DirectView(self, targets=self._resolve_targets(key))
 
-    def direct_view(self, targets: Any = "all") -> Any:
-        """A :class:`DirectView`; ``"all"`` follows the engines as they come and go."""
+    def direct_view(self, targets: Any = "all", **flags: Any) -> Any:
+        """A :class:`DirectView`; ``"all"`` follows the engines as they come and go.
+        ``flags`` set the view's flags (``block=``, ``timeout=``, ...), as ipyparallel's
+        keyword arguments do."""
         from .views import DirectView
 
-        return DirectView(self, targets=targets)
+        return DirectView(self, targets=targets, **flags)
 
-    def load_balanced_view(self, targets: Any = None) -> Any:
-        """A :class:`LoadBalancedView` over ``targets`` (None: every engine)."""
+    def load_balanced_view(self, targets: Any = None, **flags: Any) -> Any:
+        """A :class:`LoadBalancedView` over ``targets`` (None: every engine), with
+        ``flags`` (``block=``, ``retries=``, ``after=``, ...)."""
         from .views import LoadBalancedView
 
         if isinstance(targets, int) and not isinstance(targets, bool) and targets < 0:
             targets = self.ids[targets]  # -1: the last engine, as for rc[-1]
-        return LoadBalancedView(self, targets=targets)
+        return LoadBalancedView(self, targets=targets, **flags)
 
-    def broadcast_view(self, targets: Any = None) -> Any:
+    def broadcast_view(self, targets: Any = None, **flags: Any) -> Any:
         """A :class:`BroadcastView`: one message, every target engine runs it."""
         from .views import BroadcastView
 
-        return BroadcastView(self, targets=targets)
+        return BroadcastView(self, targets=targets, **flags)
 
     def executor(self, targets: Any = None, **flags: Any) -> Any:
         """A :class:`concurrent.futures.Executor` running on a load-balanced view."""

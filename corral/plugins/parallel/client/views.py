@@ -80,7 +80,7 @@ class View:
         client: Client,
         targets: Any = None,
         *,
-        block: bool = False,
+        block: bool | None = None,
         retries: int = 0,
         timeout: float | None = None,
         after: Any = None,
@@ -90,7 +90,8 @@ class View:
         #: What this view may ask of its client (see :mod:`.link`).
         self._link = ClientLink(client)
         self.targets = targets
-        self.block = block
+        #: None: the client's ``block`` when the view is made (ipyparallel's default)
+        self.block = bool(getattr(client, "block", False)) if block is None else block
         self.retries = retries
         self.timeout = timeout
         self.after = after
