@@ -397,6 +397,9 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
     assert md["stdout"] == "hello from 3\n" and md["stderr"] == "to stderr\n"
     assert md["engine_id"] in (0, 1) and md["status"] == "ok"
     assert md["submitted"] is not None and md["started"] and md["completed"] and md["received"]
+    assert md.started == md["started"] and md.engine_id == md["engine_id"]  # ipyparallel's
+    with pytest.raises(AttributeError):
+        md.no_such_key  # noqa: B018
     result.display_outputs()
     out, err = capsys.readouterr()
     assert out == "hello from 3\n"  # one engine: printed as is (ipyparallel)

@@ -436,6 +436,16 @@ def test_task_metadata_joins_stream_pieces_when_read() -> None:
     md.append_stream("stderr", "late\n")
     assert dict(md.items())["stderr"] == "oops\nlate\n"
     assert md == {**md} and "again" in repr(md)
+    # ipyparallel's attribute reads; pickled and copied with every piece joined
+    import copy
+    import pickle
+
+    md.append_stream("stdout", "last\n")
+    assert md.stdout.endswith("last\n") and md.stderr == "oops\nlate\n"
+    for clone in (pickle.loads(pickle.dumps(md)), copy.deepcopy(md), copy.copy(md)):
+        assert clone == md and clone["stdout"].endswith("last\n")
+    with pytest.raises(AttributeError):
+        md.not_a_key  # noqa: B018
 
 
 def test_stdout_waits_only_for_output_that_can_still_come(monkeypatch: pytest.MonkeyPatch) -> None:

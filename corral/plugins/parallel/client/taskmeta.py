@@ -49,6 +49,20 @@ class TaskMetadata(dict[str, Any]):
             self._join()
         return super().__getitem__(key)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (and copied) as its joined items: the pieces are the I/O thread's."""
+        return (type(self), (dict(self.items()),))
+
+    def __getattr__(self, name: str) -> Any:
+        """``md.started`` as ``md["started"]``: ipyparallel's metadata reads both ways
+        (its examples write ``ar.metadata.started``)."""
+        if name.startswith("_"):  # private and special names, _pieces before __init__
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"task metadata has no key {name!r}") from None
+
     def get(self, key: str, default: Any = None) -> Any:
         if self._pieces and key in STREAMS:
             self._join()
