@@ -226,6 +226,29 @@ def test_streams_keep_order_across_stdout_and_stderr(kc: BlockingKernelClient) -
     assert streams == [("stdout", "a\n"), ("stderr", "b\n"), ("stdout", "c\n")]
 
 
+def test_what_a_cell_defines_pickles_by_reference_to_main(kc: BlockingKernelClient) -> None:
+    """``sys.modules["__main__"]`` is the user's namespace, as in IPython's kernel: a
+    function a cell defines pickles (and a process pool runs it: forked children find it
+    in ``__main__``). It was the kernel's entry module, where the lookup failed."""
+    code = (
+        "import pickle, sys\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import multiprocessing\n"
+        "def cube(x):\n"
+        "    return x ** 3\n"
+        "class Point:\n"
+        "    pass\n"
+        "assert pickle.loads(pickle.dumps(cube)) is cube\n"
+        "assert type(pickle.loads(pickle.dumps(Point()))) is Point\n"
+        "assert sys.modules['__main__'].__dict__ is globals()\n"
+        "with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('fork')) as pool:\n"
+        "    print(list(pool.map(cube, range(4))))"
+    )
+    reply, msgs = run(kc, code)
+    assert reply["content"]["status"] == "ok", reply["content"].get("evalue")
+    assert stdout_of(msgs) == "[0, 1, 8, 27]\n"
+
+
 def test_user_logging_reaches_the_frontend(kc: BlockingKernelClient) -> None:
     """The root logger is the user's, as under ipykernel: a warning goes to the cell's
     stderr, and a notebook's basicConfig works (both went to the kernel's own stderr,

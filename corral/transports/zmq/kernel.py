@@ -113,6 +113,23 @@ def kernel_info_content(*, encryption: bool, debugger: bool = False) -> dict[str
     }
 
 
+def _main_module_namespace() -> dict[str, Any]:
+    """The namespace of a fresh module installed as ``sys.modules["__main__"]``, for the
+    kernel's user code.
+
+    pickle finds a function or class by its module: one defined in a cell says
+    ``__main__``, which was the kernel's own entry module, so ``pickle.dumps(f)``,
+    ``ProcessPoolExecutor.map(f, ...)`` and dill failed on anything a notebook defined
+    ("attribute lookup f on __main__ failed"). IPython's kernel installs its user module
+    there too.
+    """
+    import types
+
+    module = types.ModuleType("__main__", "The namespace of the kernel's user code.")
+    sys.modules["__main__"] = module
+    return module.__dict__
+
+
 class KernelServer(RequestServer):
     """Serves ``interpreter`` on the sockets described by ``connection_info``.
 
@@ -305,7 +322,7 @@ class KernelServer(RequestServer):
 
         # The process-wide center, so plugins living in the kernel observe it too; the
         # server itself only observes this interpreter as sender.
-        self._serve_interpreter(Interpreter(shared_center))
+        self._serve_interpreter(Interpreter(shared_center, user_ns=_main_module_namespace()))
 
     def _serve_interpreter(self, interpreter: Any) -> None:
         self._interpreter = interpreter
