@@ -249,6 +249,27 @@ def test_what_a_cell_defines_pickles_by_reference_to_main(kc: BlockingKernelClie
     assert stdout_of(msgs) == "[0, 1, 8, 27]\n"
 
 
+def test_a_cell_imports_from_the_working_directory(
+    kc: BlockingKernelClient, tmp_path: Path
+) -> None:
+    """``""`` leads ``sys.path``, as in IPython's kernel: after ``%cd`` to a project, its
+    modules import (the kernel's start directory stood there instead)."""
+    (tmp_path / "corral_kernel_cwd_module.py").write_text("VALUE = 7\n")
+    code = (
+        "import os\n"
+        "back = os.getcwd()\n"
+        f"os.chdir({str(tmp_path)!r})\n"
+        "try:\n"
+        "    import corral_kernel_cwd_module\n"
+        "    print(corral_kernel_cwd_module.VALUE)\n"
+        "finally:\n"
+        "    os.chdir(back)"
+    )
+    reply, msgs = run(kc, code)
+    assert reply["content"]["status"] == "ok", reply["content"].get("evalue")
+    assert stdout_of(msgs) == "7\n"
+
+
 def test_user_logging_reaches_the_frontend(kc: BlockingKernelClient) -> None:
     """The root logger is the user's, as under ipykernel: a warning goes to the cell's
     stderr, and a notebook's basicConfig works (both went to the kernel's own stderr,

@@ -303,6 +303,26 @@ def test_large_numpy_push_pull_over_data_path(rc: Client) -> None:
     assert checksums == [int(big.sum())] * 2
 
 
+def _import_from(directory: str) -> int:
+    import importlib
+    import os
+
+    back = os.getcwd()
+    os.chdir(directory)
+    try:
+        return int(importlib.import_module("corral_cwd_module").VALUE)
+    finally:
+        os.chdir(back)
+
+
+def test_engines_import_from_their_working_directory(rc: Client, tmp_path: Path) -> None:
+    """``""`` is on an engine's ``sys.path``, as on ipyparallel's: a task that moves the
+    engine to a project directory imports its modules (the start directory was there,
+    absolute, and the import failed)."""
+    (tmp_path / "corral_cwd_module.py").write_text("VALUE = 42\n")
+    assert rc[:].apply_sync(_import_from, str(tmp_path)) == [42, 42]
+
+
 def _log_a_warning() -> int:
     import logging
 

@@ -188,9 +188,10 @@ def main(argv: list[str] | None = None, *, plugins: PluginLoaderFactory | None =
     magics only. :data:`KERNEL_MODULE` is the entry point that passes corral's loader.
     """
     args = parse_args(argv)
-    from .server import log_to_stderr
+    from .server import import_from_working_directory, log_to_stderr
 
     log_to_stderr(args.log_level, "kernel")
+    import_from_working_directory()
     from .connection import (
         ConnectionInfo,
         new_connection_file,

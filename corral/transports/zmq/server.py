@@ -85,6 +85,21 @@ def log_to_stderr(level: str, role: str) -> None:
     logger.propagate = False
 
 
+def import_from_working_directory() -> None:
+    """Put ``""`` first on ``sys.path``, in place of the start directory ``python -m``
+    put there: user code imports from the current working directory, wherever a
+    ``%cd`` or ``os.chdir`` takes it (as in IPython's kernels and ipyparallel's engines:
+    a task that moves an engine to a project directory then imports its modules)."""
+    try:
+        start = os.getcwd()
+    except OSError:  # the start directory is gone: nothing to replace
+        start = None
+    if sys.path and start is not None and sys.path[0] == start:
+        sys.path[0] = ""
+    elif "" not in sys.path:
+        sys.path.insert(0, "")
+
+
 class RequestServer:
     """A request core plus the stop, wake and signal policy of the process serving it.
 

@@ -79,9 +79,10 @@ def plugin_profile(explicit: str | None, cluster_file: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run an engine; returns the exit status."""
     args = parse_args(argv)
-    from corral.transports.zmq.server import log_to_stderr
+    from corral.transports.zmq.server import import_from_working_directory, log_to_stderr
 
     log_to_stderr(args.log_level, "engine")
+    import_from_working_directory()
     from corral.plugins.parallel.engine.engine import Engine, EngineJoinError
 
     try:
