@@ -37,6 +37,9 @@ def test_become_dask_runs_work_on_the_engines(rc: Client) -> None:
         x = da.arange(1000, chunks=100)
         assert int((x * 2).sum().compute()) == 999 * 1000
         assert dask_client.submit(sum, [1, 2, 3]).result() == 6
+        # each engine names its worker as ipyparallel's engines do
+        rc[:].execute("kind = type(dask_worker).__name__, dask_worker is distributed_worker")
+        assert rc[:].pull("kind", block=True) == [("Worker", True)] * 2
         with pytest.raises(RuntimeError, match="already"):
             rc.become_dask()
     finally:

@@ -143,7 +143,7 @@ def test_pxconfig_autopx_and_activate(shell: Any, rc: Client, capsys: Any) -> No
     assert cell(shell, "%autopx").success
     assert "auto_var" not in shell.user_ns  # ran on the engines, not here
     assert engine_values(rc, "auto_var") == [99, 99]
-    rc[1].activate("1")  # a view's own block flag (False): %px1 returns the result
+    assert rc[1].activate("1") is None  # as ipyparallel: a cell ending with it shows nothing
     pending = cell(shell, "%px1 6 * 7").result
     assert isinstance(pending, AsyncResult) and pending.get(30).engine_id == 1
     rc.activate(targets=0, suffix="0")  # rc.activate: a blocking view

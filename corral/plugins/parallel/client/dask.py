@@ -100,6 +100,14 @@ class DaskScheduler:
         self._runner.stop()
 
 
+#: Run on each engine once its worker started: ``dask_worker`` and ``distributed_worker``.
+_NAME_THE_WORKER = (
+    "from corral.plugins.parallel.client.dask import _WORKER as _corral_workers\n"
+    "dask_worker = distributed_worker = _corral_workers['worker']\n"
+    "del _corral_workers\n"
+)
+
+
 def become_dask_worker(address: str, security: Any = None, **worker_args: Any) -> str:
     """Run on an engine: start a dask worker of ``address`` on a thread; its address.
 
@@ -173,6 +181,9 @@ def become_dask(
         worker_args.setdefault("nthreads", 1)
         view = client.direct_view(targets)
         view.apply_sync(become_dask_worker, scheduler.address, security, **worker_args)
+        # The worker under the names ipyparallel gives it in each engine's namespace
+        # (its dask example reads `%px dask_worker.data`).
+        view.execute(_NAME_THE_WORKER, block=True)
         dask_client = distributed.Client(scheduler.address, security=security)
     except BaseException:
         scheduler.stop()

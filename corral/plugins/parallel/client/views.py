@@ -874,13 +874,14 @@ class DirectView(View):
         ids, _ = self._on(targets)._targets()
         return self.client.clear(ids, block=block)
 
-    def activate(self, suffix: str = "") -> Any:
+    def activate(self, suffix: str = "") -> None:
         """Make ``%px{suffix}``, ``%%px{suffix}``, ``%autopx{suffix}``,
         ``%pxresult{suffix}`` and ``%pxconfig{suffix}`` run on this view, in IPython (or
-        corral's kernel). Several views can be active under different suffixes."""
+        corral's kernel). Several views can be active under different suffixes. Returns
+        None, as ipyparallel's does (a notebook cell ending with it shows nothing)."""
         from .magics import activate
 
-        return activate(self, suffix)
+        activate(self, suffix)
 
     @property
     def importer(self) -> Any:
