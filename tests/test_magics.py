@@ -114,6 +114,26 @@ def test_time_cell_magic(interp):
     assert "Wall time" in out and shown == ["42"] and interp.user_ns["q"] == 6
 
 
+def test_time_and_timeit_over_another_cell_magic(interp, tmp_path):
+    """IPython runs a cell magic under %%time (``%%time`` over ``%%px`` in ipyparallel's
+    docs); corral compiled its ``%%`` line as Python: a SyntaxError."""
+    timed, repeated = tmp_path / "timed.txt", tmp_path / "repeated.txt"
+    _, out, _ = run(interp, f"%%time\n%%writefile {timed}\nhello\n")
+    assert "Wall time" in out and timed.read_text() == "hello\n"
+    _, out, _ = run(interp, f"%%timeit -n1 -r1\n%%writefile {repeated}\nagain\n")
+    assert "per loop" in out and repeated.read_text() == "again\n"
+
+
+def test_a_cell_magic_name_and_a_question_mark_is_help(interp, tmp_path, monkeypatch):
+    """``%%writefile?`` alone asks for help (it ran %%writefile with ``?`` as its
+    argument, writing a file named ``?``)."""
+    monkeypatch.chdir(tmp_path)
+    result, _, _ = run(interp, "%%writefile?")
+    assert [p["source"] for p in result.payload] == ["page"]
+    assert "writefile" in result.payload[0]["data"]["text/plain"].lower()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_timeit_with_options(interp):
     _, out, shown = run(interp, "%timeit -n 5 -r 3 x = 1 + 1")
     assert "(mean ± std. dev. of 3 runs, 5 loops each)" in out

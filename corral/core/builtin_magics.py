@@ -225,7 +225,7 @@ def timeit_magic(interp: Any, line: str, cell: str | None = None) -> TimeitResul
     """
     import timeit
 
-    from corral.core.magics import transform_cell
+    from corral.core.magics import transform_cell, transform_source
 
     opts, rest = parse_options(line, "n:r:qo")
     stmt, setup = (cell, rest) if cell is not None else (rest, "pass")
@@ -239,7 +239,7 @@ def timeit_magic(interp: Any, line: str, cell: str | None = None) -> TimeitResul
     if repeat < 1 or number < 0:
         raise UsageError("-n and -r must be positive")
     timer = timeit.Timer(
-        transform_cell(stmt), transform_cell(setup or "pass"), globals=interp.user_ns
+        transform_source(stmt), transform_cell(setup or "pass"), globals=interp.user_ns
     )
     if not number:
         number, _ = timer.autorange()

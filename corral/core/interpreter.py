@@ -41,6 +41,7 @@ from corral.core.magics import (
     automagic,
     split_cell_magic,
     transform_cell,
+    transform_source,
     var_expand,
 )
 from corral.core.tracebacks import (
@@ -109,6 +110,10 @@ class _Accessor:
         if name not in NO_VAR_EXPAND:
             line = self._expand(line, sys._getframe(1))
         return self._interp.magics.call_line(self._interp, name, line)
+
+    def cell_magic(self, name: str, line: str, cell: str) -> Any:
+        """A cell magic run from inside another (``%%time`` over ``%%px``)."""
+        return self._interp.magics.call_cell(self._interp, name, line, cell)
 
     def system(self, cmd: str) -> None:
         system(self._interp, self._expand(cmd, sys._getframe(1)))
@@ -509,7 +514,7 @@ class Interpreter:
         For magics such as ``%%time`` that run code the user wrote inside another cell.
         """
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        return self._run(transform_cell(source), filename, self.user_ns)[1]
+        return self._run(transform_source(source), filename, self.user_ns)[1]
 
     def add_payload(self, item: dict[str, Any]) -> None:
         """Attach a Jupyter payload (``page``, ``set_next_input``...) to this execution."""

@@ -36,6 +36,7 @@ __all__ = [
     "is_magic_line",
     "split_cell_magic",
     "transform_cell",
+    "transform_source",
     "var_expand",
 ]
 
@@ -119,8 +120,14 @@ _HELP_BEFORE = re.compile(r"^(?P<indent>[ \t]*)(?P<q>\?{1,2})(?P<name>%{0,2}[\w.
 
 
 def split_cell_magic(code: str) -> tuple[str, str, str] | None:
-    """``(name, line, body)`` when ``code`` is a ``%%name line`` cell, else None."""
+    """``(name, line, body)`` when ``code`` is a ``%%name line`` cell, else None.
+
+    ``%%name?`` alone is help about the magic, as in IPython (it ran the magic with
+    ``?`` as its arguments: ``%%writefile?`` wrote a file named ``?``).
+    """
     first, _, body = code.lstrip("\n").partition("\n")
+    if not body.strip() and first.rstrip().endswith("?"):
+        return None
     if first.startswith("%%!"):  # IPython's spelling of %%sx
         return "sx", first[3:].strip(), body
     match = _CELL_MAGIC.match(first)
@@ -187,6 +194,17 @@ def _is_target(target: str) -> bool:
     """``x =`` and ``a, b =`` are assignments; ``x ==`` or ``f(a=`` are not."""
     body = target.rstrip()[:-1].rstrip()
     return bool(body) and not body.endswith(("=", "!", "<", ">")) and "(" not in body
+
+
+def transform_source(code: str) -> str:
+    """:func:`transform_cell`, or for a ``%%name line`` cell one call of that cell magic:
+    what a magic running user code (``%%time``, ``%%timeit``) runs, so a cell magic
+    under it works as in IPython (``%%time`` over ``%%px`` was a SyntaxError)."""
+    magic = split_cell_magic(code)
+    if magic is None:
+        return transform_cell(code)
+    name, line, body = magic
+    return f"__corral__.cell_magic({name!r}, {line!r}, {body!r})"
 
 
 def transform_cell(code: str) -> str:
