@@ -1205,6 +1205,7 @@ class Job:
         "header",
         "frames",
         "targets",
+        "avoid",
         "after",
         "follow",
         "retries",
@@ -1232,6 +1233,8 @@ class Job:
         self.header = header
         self.frames = frames  # [client, DELIM, ...]: kept for dispatch and resubmission
         self.targets = targets
+        #: engine ids it goes to only if no other may run it (the one that submitted it)
+        self.avoid: frozenset[int] | None = None
         self.after = after
         self.follow = follow
         self.retries = retries
@@ -1422,6 +1425,9 @@ class TaskScheduler(RoutingQueue):
             retries if isinstance(retries, int) and retries > 0 else 0,
             deadline,
         )
+        avoid_md = metadata.get("avoid")
+        if isinstance(avoid_md, list) and avoid_md:
+            job.avoid = frozenset(t for t in avoid_md if isinstance(t, int)) or None
         self.jobs[msg_id] = job
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, next(self._seq), job))
@@ -1485,6 +1491,8 @@ class TaskScheduler(RoutingQueue):
             return pinned
         if not self._inline:
             return self._choose_by_policy(job)
+        if job.avoid is not None:
+            return self._choose_around_busy(job)
         if job.targets is None:  # least load in O(1), whatever the number of engines
             return self.load.least(hwm)
         order = self.order
@@ -1517,11 +1525,17 @@ class TaskScheduler(RoutingQueue):
         return best
 
     def _eligible(self, job: Job) -> list[bytes]:
-        """The live engines ``job`` may run on, room or not; those busy with direct work
-        only if every one is (see the class docstring)."""
+        """The live engines ``job`` may run on, room or not: those it avoids only if no
+        other may, and those busy with direct work only if every one left is (see the
+        class docstring)."""
         targets = job.targets
         engines = self.engines
         eligible = [e for e in self.order if targets is None or engines[e] in targets]
+        avoid = job.avoid
+        if avoid is not None:
+            others = [e for e in eligible if engines[e] not in avoid]
+            if others:
+                eligible = others
         load = self.load
         if load.aside:
             free = [e for e in eligible if not load.is_aside(e)]
@@ -1530,7 +1544,8 @@ class TaskScheduler(RoutingQueue):
         return eligible
 
     def _choose_around_busy(self, job: Job) -> bytes | None:
-        """``leastload`` among :meth:`_eligible` with room (some engine is set aside)."""
+        """``leastload`` among :meth:`_eligible` with room (some engine is set aside, or
+        the job avoids one)."""
         hwm, load = self.hwm, self.load
         eligible = self._eligible(job)
         n = len(eligible)
@@ -1596,7 +1611,8 @@ class TaskScheduler(RoutingQueue):
         """Put ``job`` in the backlog (at its front: a task sent before everything there)."""
         job.state = _HELD
         job.engine = None
-        pool = self.pool if job.targets is None and job.pinned is None else self.pool_special
+        special = job.targets is not None or job.pinned is not None or job.avoid is not None
+        pool = self.pool_special if special else self.pool
         if front:
             pool.appendleft(job)
         else:
@@ -1627,7 +1643,11 @@ class TaskScheduler(RoutingQueue):
                 if (
                     (job.pinned is None or job.pinned == engine)
                     and (job.targets is None or eid in job.targets)
-                    and not (busy and job.pinned is None and engine not in self._eligible(job))
+                    and not (
+                        (busy or job.avoid is not None)
+                        and job.pinned is None
+                        and engine not in self._eligible(job)
+                    )
                 ):
                     del special[index]
                     return job
