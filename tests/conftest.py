@@ -104,6 +104,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_replay.py",
         "test_parallel_restart_replay.py",
         "test_parallel_scheduling.py",
+        "test_parallel_lb_busy.py",
         "test_parallel_security.py",
         "test_parallel_shards.py",
         "test_parallel_simengine.py",

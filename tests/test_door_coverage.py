@@ -123,7 +123,11 @@ DISPATCHERS = {
     "plugins/parallel/controller/queues.py:RoutingQueue._drain": (
         "plugins/parallel/controller/queues.py",
         ("on_client_frames", "on_engine_frames", "on_notification"),
-        {},
+        {
+            "on_direct_feed": "the mux and broadcast queues' busy engines, on a gated "
+            "socket (only key holders connect): a forged one only steers which engine "
+            "a load-balanced task goes to",
+        },
     ),
     "plugins/parallel/client/io.py:ClientIO._drain": (
         "plugins/parallel/client/client.py",

@@ -487,16 +487,18 @@ def test_dependency_timeout(cluster: Cluster) -> None:
 def test_heartbeat_death_answers_or_resubmits(make_cluster: Any) -> None:
     cluster = make_cluster(hb_period=0.1, hb_misses=2)
     (a, b), client = engines_and_client(cluster)
-    direct = client.apply("mux", engine=a)
-    bcast = client.apply("broadcast", metadata={"targets": [a.id]})
     busy = client.apply(metadata={"targets": [b.id]})
     held = b.next_request()
     retried = client.apply(metadata={"retries": 1})  # a: fewest outstanding
     doomed = client.apply(metadata={"targets": [a.id]})
-    a.next_request("mux")
-    a.next_request("broadcast")
     assert a.next_request()[1]["msg_id"] == retried["msg_id"]
     assert a.next_request()[1]["msg_id"] == doomed["msg_id"]
+    # Direct work last: an engine that owes the mux or broadcast queue is not chosen
+    # for load-balanced tasks while another engine is free of it.
+    direct = client.apply("mux", engine=a)
+    bcast = client.apply("broadcast", metadata={"targets": [a.id]})
+    a.next_request("mux")
+    a.next_request("broadcast")
 
     a.stop_heart()
     stopped = time.monotonic()

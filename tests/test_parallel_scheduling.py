@@ -304,6 +304,7 @@ def test_new_engines_take_from_the_backlog_and_targets_are_honoured() -> None:
 
 class Anywhere:
     targets = None
+    avoid = None
 
 
 def test_the_scheduler_s_least_load_picks_a_least_loaded_engine() -> None:

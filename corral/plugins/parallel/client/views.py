@@ -119,11 +119,12 @@ class View:
             for name, value in saved.items():
                 setattr(self, name, value)
 
-    def _metadata(self, targets: list[int] | None = None) -> bytes:
-        """The request metadata, JSON-encoded; cached while the flags stay the same."""
+    def _metadata(self, targets: list[int] | None = None, avoid: int | None = None) -> bytes:
+        """The request metadata, JSON-encoded; cached while the flags stay the same.
+        ``avoid``: an engine a load-balanced task should go to only if no other may."""
         after, follow = self.after, self.follow
         if after is None and follow is None:
-            key = (None if targets is None else tuple(targets), self.retries, self.timeout)
+            key = (None if targets is None else tuple(targets), self.retries, self.timeout, avoid)
             cached = self._md_cache.get(key)
             if cached is not None:
                 return cached
@@ -138,6 +139,8 @@ class View:
         }
         if self._broadcast:  # one msg_id, one reply per target (what get_result relies on)
             metadata["broadcast"] = True
+        if avoid is not None:
+            metadata["avoid"] = [avoid]
         encoded = encode_json(metadata)
         if key is not None:
             if len(self._md_cache) > 64:
@@ -517,6 +520,26 @@ def _warn_no_engines() -> None:
     )
 
 
+def _own_engine(client: Any) -> int | None:
+    """The id, among ``client``'s engines, of the engine running in this process (None
+    outside an engine, or for a client of another cluster).
+
+    A task running on an engine that submits load-balanced tasks and waits for them
+    would deadlock if one were queued behind it on its own engine: such tasks carry
+    ``avoid``, and the scheduler sends them there only if no other engine may run them
+    (controller/queues.py, TaskScheduler). Looked up without importing the engine.
+    """
+    bound = sys.modules.get("corral.plugins.parallel.engine.bound")
+    engine = getattr(bound, "_current", None)
+    if engine is None:
+        return None
+    uuid = engine.uuid
+    for eid, info in client._engines.items():  # not .engines: a copy per task
+        if info.uuid == uuid:
+            return cast(int, eid)
+    return None
+
+
 class LoadBalancedView(View):
     """Tasks go to whichever engine the scheduler finds free.
 
@@ -536,7 +559,7 @@ class LoadBalancedView(View):
             targets = [resolved] if isinstance(resolved, int) else resolved
         else:
             targets = None
-        return self._metadata(targets)
+        return self._metadata(targets, _own_engine(self.client))
 
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         return self._link.apply("task", f, args, kwargs, self._lb_metadata(), (None,))

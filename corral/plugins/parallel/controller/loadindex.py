@@ -15,10 +15,16 @@ is served in turn (round-robin), as the scan's cursor did, without a cursor.
 
 :class:`LoadIndex` is a mapping ``engine -> load`` (what the scheduler's ``load`` dict
 was), so ``index[engine] += 1`` keeps the buckets right; :meth:`least` is the query.
+
+Engines *set aside* (:meth:`set_aside`: the scheduler's engines busy with direct work,
+see :class:`~.queues.TaskScheduler`) keep their load but leave the buckets for a second
+index of their own: :meth:`least` answers from the others while there are any, and from
+the set-aside ones only when every engine is set aside.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from typing import overload
@@ -35,7 +41,7 @@ class LoadIndex(MutableMapping[bytes, int]):
     list gives the first key in O(1) whatever was removed before it.
     """
 
-    __slots__ = ("_load", "_buckets", "_low")
+    __slots__ = ("_load", "_buckets", "_low", "_aside")
 
     def __init__(self) -> None:
         self._load: dict[bytes, int] = {}
@@ -45,17 +51,27 @@ class LoadIndex(MutableMapping[bytes, int]):
         self._buckets: dict[int, OrderedDict[bytes, None]] = {}
         #: no bucket below this one holds an engine (it may itself be empty)
         self._low = 0
+        #: the engines set aside, with their loads (None until one is)
+        self._aside: LoadIndex | None = None
 
     # -- the mapping ---------------------------------------------------------------------
 
     def __getitem__(self, engine: bytes) -> int:
-        return self._load[engine]
+        try:
+            return self._load[engine]
+        except KeyError:
+            if self._aside is None:
+                raise
+            return self._aside._load[engine]
 
     def __setitem__(self, engine: bytes, load: int) -> None:
         if load < 0:
             raise ValueError(f"a load is never negative (engine {engine!r}: {load})")
         old = self._load.get(engine)
         if old == load:
+            return
+        if old is None and self._aside is not None and engine in self._aside._load:
+            self._aside[engine] = load
             return
         buckets = self._buckets
         if old is not None:
@@ -69,6 +85,9 @@ class LoadIndex(MutableMapping[bytes, int]):
             self._low = load
 
     def __delitem__(self, engine: bytes) -> None:
+        if engine not in self._load and self._aside is not None and engine in self._aside:
+            del self._aside[engine]
+            return
         self._leave(self._load.pop(engine), engine)
 
     def _leave(self, load: int, engine: bytes) -> None:
@@ -78,13 +97,15 @@ class LoadIndex(MutableMapping[bytes, int]):
             del self._buckets[load]
 
     def __contains__(self, engine: object) -> bool:
-        return engine in self._load
+        return engine in self._load or (self._aside is not None and engine in self._aside._load)
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._load)
+        if self._aside is None:
+            return iter(self._load)
+        return itertools.chain(self._load, self._aside._load)
 
     def __len__(self) -> int:
-        return len(self._load)
+        return len(self._load) + (0 if self._aside is None else len(self._aside._load))
 
     @overload  # type: ignore[override]
     def get(self, engine: bytes, default: int) -> int: ...
@@ -93,16 +114,59 @@ class LoadIndex(MutableMapping[bytes, int]):
 
     def get(self, engine: bytes, default: int | None = None) -> int | None:
         """The load of ``engine`` (``default`` if unknown): the dict's, without a try."""
-        return self._load.get(engine, default)
+        load = self._load.get(engine)
+        if load is None:
+            if self._aside is not None:
+                return self._aside._load.get(engine, default)
+            return default
+        return load
+
+    # -- engines set aside -----------------------------------------------------------------
+
+    def set_aside(self, engine: bytes, aside: bool) -> None:
+        """Set ``engine`` aside (``aside`` true) or bring it back, with its load:
+        :meth:`least` picks an engine set aside only when no other is left. An engine
+        not in the index is ignored."""
+        if aside:
+            load = self._load.get(engine)
+            if load is None:
+                return
+            del self[engine]
+            if self._aside is None:
+                self._aside = LoadIndex()
+            self._aside[engine] = load
+        elif self._aside is not None:
+            load = self._aside._load.get(engine)
+            if load is None:
+                return
+            del self._aside[engine]
+            self[engine] = load
+
+    def is_aside(self, engine: bytes) -> bool:
+        """Whether ``engine`` is set aside."""
+        return self._aside is not None and engine in self._aside._load
+
+    @property
+    def aside(self) -> int:
+        """How many engines are set aside."""
+        return 0 if self._aside is None else len(self._aside._load)
+
+    @property
+    def others(self) -> int:
+        """How many engines are not set aside."""
+        return len(self._load)
 
     # -- the query -----------------------------------------------------------------------
 
     def least(self, hwm: int = 0) -> bytes | None:
         """The least loaded engine (the longest unchanged among equals), or None if there is
-        none with fewer than ``hwm`` tasks (``hwm`` 0: no bound)."""
+        none with fewer than ``hwm`` tasks (``hwm`` 0: no bound). Engines set aside count
+        only when every engine is set aside: while another is there, full or not, they
+        are not chosen."""
         buckets = self._buckets
         if not buckets:
-            return None
+            aside = self._aside
+            return None if aside is None else aside.least(hwm)
         low = self._low
         bucket = buckets.get(low)
         while bucket is None:  # ends: some bucket at or above ``low`` holds an engine
@@ -125,3 +189,6 @@ class LoadIndex(MutableMapping[bytes, int]):
             seen += len(bucket)
             assert load >= self._low, (load, self._low)
         assert seen == len(self._load)
+        if self._aside is not None:
+            self._aside.check()
+            assert not self._aside._load.keys() & self._load.keys()

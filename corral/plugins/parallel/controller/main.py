@@ -54,7 +54,7 @@ from .base import STOP, Component, ControlPipe, control_pipe, endpoint, wait_rea
 from .hub import Hub
 from .iopub import IopubProxy
 from .policies import POLICIES, get_policy
-from .queues import DEFAULT_HWM, make_queue
+from .queues import DEFAULT_HWM, DIRECT_FEED, make_queue
 from .taskdb import open_taskdb
 
 if TYPE_CHECKING:
@@ -68,6 +68,9 @@ log = logging.getLogger("corral.plugins.parallel.controller")
 _AFTER_HUB = ("mux", "control", "task", "broadcast", "iopub")
 #: Those that follow the hub's engine notifications (the hub waits for them: see Hub.serve).
 _QUEUES = ("mux", "control", "task", "broadcast")
+#: The queues that tell the task scheduler which engines are busy with their requests
+#: (see queues.PerEngineQueue, "The direct feed").
+_FEEDS_TASKS = ("mux", "broadcast")
 #: How long a component may take to bind before the start is declared failed.
 _STARTUP_TIMEOUT = 30.0
 #: How long stopping waits for a component before killing it.
@@ -279,6 +282,12 @@ def _new_component(name: str, cfg: ControllerConfig, hub_ports: dict[str, int]) 
     )
 
 
+def _direct_feed(cfg: ControllerConfig, ports: dict[str, int]) -> str:
+    """The endpoint of the task scheduler's direct feed, taken out of ``ports`` (it is
+    no cluster file field: only the controller's own queues connect to it)."""
+    return endpoint(cfg.transport, cfg.connect_ip, ports.pop(DIRECT_FEED))
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.WARNING),
@@ -469,6 +478,9 @@ class _Children:
             self.start(name, hub_ports)
         for name in _AFTER_HUB:
             ports.update(_await_ports(name, self.conns[name], deadline))
+        feed = _direct_feed(self.cfg, ports)
+        for name in _FEEDS_TASKS:
+            self.conns[name].send((DIRECT_FEED, feed))
         return ports
 
     def stop(self) -> None:
@@ -601,6 +613,9 @@ class _Threads:
                 component = build_component(name, self.cfg, hub_ports)
                 self.components[name] = component
                 ports.update(component.bind(self.ctx))
+            feed = _direct_feed(self.cfg, ports)
+            for name in _FEEDS_TASKS:  # before their threads start: no race on the socket
+                self.components[name].configure((DIRECT_FEED, feed))
         except BaseException:
             stop_zap(self.ctx)  # destroy() would close its socket under its thread
             self.ctx.destroy(linger=0)

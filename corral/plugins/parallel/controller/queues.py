@@ -101,6 +101,7 @@ __all__ = [
     "BroadcastScheduler",
     "DirectQueue",
     "DEFAULT_HWM",
+    "DIRECT_FEED",
     "Pending",
     "RoutingQueue",
     "TaskScheduler",
@@ -136,6 +137,10 @@ SEND_BATCH = 64
 STARTED = b"\x00started"
 #: The body of one coalesced message (the replies of one call) stays under this.
 COALESCED_BYTES = 4 * 1024 * 1024
+#: The port the task scheduler binds for the *direct feed*, among the ports its ``bind``
+#: returns: not a cluster file field (the supervisor takes it out and hands its endpoint
+#: to the mux and broadcast queues, see :meth:`PerEngineQueue.configure`).
+DIRECT_FEED = "direct_feed"
 
 
 class Pending:
@@ -297,6 +302,9 @@ class RoutingQueue(Component):
         disconnects = self.disconnects.socket
         for sock in (client, engine, notify, disconnects):
             poller.register(sock, zmq.POLLIN)
+        extras = self.extra_inputs()
+        for sock, _ in extras:
+            poller.register(sock, zmq.POLLIN)
         control_fd = control.fileno()
         poller.register(control_fd, zmq.POLLIN)
         on_request, on_reply = self.on_client_frames, self.on_engine_frames
@@ -334,6 +342,9 @@ class RoutingQueue(Component):
                     self._drain_engines(on_reply)
                 if disconnects in events and self.disconnects.drain():
                     self.on_engine_disconnect()
+                for sock, handler in extras:
+                    if sock in events:
+                        self._drain(sock, handler)
                 if client in events:
                     self._drain(client, on_request)
                 now = time.monotonic()
@@ -351,6 +362,11 @@ class RoutingQueue(Component):
                     trimmer.tick(now)
         finally:
             self.close()
+
+    def extra_inputs(self) -> list[tuple[zmq.Socket[Any], Callable[[list[Any]], None]]]:
+        """Sockets of a subclass the loop reads too, each with its handler (after the
+        engines' replies, before the clients' requests)."""
+        return []
 
     def _drain(
         self,
@@ -887,7 +903,22 @@ class RoutingQueue(Component):
 
 class PerEngineQueue(RoutingQueue):
     """A queue that sends each request to named engines and answers for them if they die:
-    it keeps, per engine, the requests still awaiting a reply."""
+    it keeps, per engine, the requests still awaiting a reply.
+
+    **The direct feed.** An engine runs its requests one at a time, whichever queue they
+    came through, so a load-balanced task sent to an engine busy with direct work waits
+    behind it (and a task that waits for load-balanced subtasks deadlocks if one is
+    queued behind it). The task scheduler cannot see this queue's requests, so a queue
+    that ``reports_busy`` (mux, broadcast) tells it: once the supervisor hands it the
+    endpoint the scheduler bound (a ``(DIRECT_FEED, url)`` control message), it sends,
+    after each burst, the engines that began or ceased to owe it replies, as
+    ``[queue name, engine, b"1" or b"", engine, ...]`` (and, on connecting, every
+    engine that owes it one). The scheduler sets those engines aside (see
+    :class:`TaskScheduler`).
+    """
+
+    #: whether this queue tells the task scheduler which engines owe it replies
+    reports_busy = False
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
@@ -895,6 +926,60 @@ class PerEngineQueue(RoutingQueue):
         self.coalescer = Coalescer() if GAP > 0 else None
         #: engines that left politely and still owe replies: uuid -> (id, deadline)
         self.leaving: dict[bytes, tuple[int, float]] = {}
+        #: the direct feed to the task scheduler (None: not connected, or not reporting)
+        self.feed_sock: zmq.Socket[Any] | None = None
+        self._ctx: zmq.Context[Any] | None = None
+        #: engines whose outstanding requests changed since the feed was last sent
+        self.touched: set[bytes] = set()
+        #: engines the task scheduler was told owe this queue replies
+        self.told_busy: set[bytes] = set()
+
+    def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
+        self._ctx = ctx
+        return super().bind(ctx)
+
+    def configure(self, message: Any) -> None:
+        if isinstance(message, tuple) and len(message) == 2 and message[0] == DIRECT_FEED:
+            if self.reports_busy and self.feed_sock is None and self._ctx is not None:
+                sock = make_socket(
+                    self._ctx, zmq.PUSH, unlimited=True, gate=self.gate, connects=True
+                )
+                sock.connect(message[1])
+                self.feed_sock = sock
+                # what was outstanding before: the scheduler hears it all now
+                self.touched.update(e for e, table in self.outstanding.items() if table)
+                self._send_feed()
+            return
+        super().configure(message)
+
+    def close(self) -> None:
+        if self.feed_sock is not None:
+            self.feed_sock.close(linger=0)
+        super().close()
+
+    def _send_feed(self) -> None:
+        """Tell the task scheduler which touched engines began or ceased to owe replies."""
+        sock = self.feed_sock
+        if sock is None:
+            return  # not connected yet: kept in ``touched`` until it is
+        touched, self.touched = self.touched, set()
+        told, outstanding = self.told_busy, self.outstanding
+        frames: list[bytes] = [self.name.encode("ascii")]
+        for engine in touched:
+            busy = bool(outstanding.get(engine))
+            if busy != (engine in told):
+                if busy:
+                    told.add(engine)
+                else:
+                    told.discard(engine)
+                frames += (engine, b"1" if busy else b"")
+        if len(frames) > 1:
+            send_frames(sock, frames)  # unlimited: never blocks, never drops
+
+    def flush(self) -> None:
+        if self.touched:
+            self._send_feed()  # before the requests: the scheduler hears of them first
+        super().flush()
 
     def engine_leaving(self, engine: bytes, eid: int) -> bool:
         """An engine asked to shut down answers its last requests (the shutdown itself,
@@ -922,6 +1007,8 @@ class PerEngineQueue(RoutingQueue):
         self.outstanding.setdefault(engine, {})
 
     def engine_removed(self, engine: bytes, eid: int) -> None:
+        if self.reports_busy:
+            self.touched.add(engine)
         for pending in self.outstanding.pop(engine, {}).values():
             self.error_reply(
                 pending.client,
@@ -935,6 +1022,8 @@ class PerEngineQueue(RoutingQueue):
     def undeliverable(self, engine: bytes, msg_id: str) -> None:
         pending = self.outstanding.get(engine, {}).pop(msg_id, None)
         if pending is not None:
+            if self.reports_busy:
+                self.touched.add(engine)
             self.error_reply(
                 pending.client,
                 pending.header,
@@ -986,6 +1075,8 @@ class DirectQueue(PerEngineQueue):
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         self.dead: set[bytes] = set()
+        # control requests run on an engine thread of their own: they never hold a task
+        self.reports_busy = name == "mux"
 
     def route_request(
         self, frames: list[Any], header: dict[str, Any], metadata: dict[str, Any]
@@ -1002,6 +1093,8 @@ class DirectQueue(PerEngineQueue):
                 group = coalescer.join(client, *mark)
         if engine in self.engines:
             self.outstanding[engine][msg_id] = Pending(client, header, group)
+            if self.reports_busy:
+                self.touched.add(engine)
             self.send_engine(engine, client, frames[2:])
             return
         if engine not in self.dead:
@@ -1015,6 +1108,8 @@ class DirectQueue(PerEngineQueue):
                     raise
             else:
                 self.outstanding.setdefault(engine, {})[msg_id] = Pending(client, header, group)
+                if self.reports_busy:
+                    self.touched.add(engine)
                 return
         self.error_reply(client, header, engine, "EngineError", "no such engine", group)
 
@@ -1022,6 +1117,8 @@ class DirectQueue(PerEngineQueue):
         table = self.outstanding.get(engine)
         if table is not None:
             table.pop(msg_id, None)
+            if self.reports_busy and not table:
+                self.touched.add(engine)
 
     def engine_added(self, engine: bytes, eid: int) -> None:
         super().engine_added(engine, eid)
@@ -1036,6 +1133,7 @@ class BroadcastScheduler(PerEngineQueue):
     """One request, many engines: the same frames (zero-copy) to each target."""
 
     wants_metadata = True
+    reports_busy = True
 
     def __init__(self, name: str = "broadcast", **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
@@ -1069,6 +1167,7 @@ class BroadcastScheduler(PerEngineQueue):
                 continue
             sent.append(engine)
             self.outstanding.setdefault(engine, {})[msg_id] = Pending(client_id, header, group)
+            self.touched.add(engine)
             self.send_engine(engine, client, rest)
         if len(sent) > 1:  # one copy for the hub, naming every engine (coalesce.py)
             self.monitor([REQUEST, pack_engines(sent), client, *rest[:6]])
@@ -1081,6 +1180,7 @@ class BroadcastScheduler(PerEngineQueue):
             table.pop(msg_id, None)
             if not table:
                 del self.outstanding[engine]
+                self.touched.add(engine)
 
 
 # ------------------------------------------------------------------ load balancing
@@ -1105,6 +1205,7 @@ class Job:
         "header",
         "frames",
         "targets",
+        "avoid",
         "after",
         "follow",
         "retries",
@@ -1132,6 +1233,8 @@ class Job:
         self.header = header
         self.frames = frames  # [client, DELIM, ...]: kept for dispatch and resubmission
         self.targets = targets
+        #: engine ids it goes to only if no other may run it (the one that submitted it)
+        self.avoid: frozenset[int] | None = None
         self.after = after
         self.follow = follow
         self.retries = retries
@@ -1167,6 +1270,17 @@ class TaskScheduler(RoutingQueue):
     the connection, a window of microseconds) would let a task that started run again
     without spending a retry. An engine that never sent a notice (older than this
     protocol) has its oldest unanswered task counted as started.
+
+    **Engines busy with direct work.** An engine runs requests one at a time, whatever
+    queue they came through, so a task sent to an engine that owes the mux (or the
+    broadcast queue) replies waits behind that work, and a task that waits for
+    load-balanced subtasks deadlocks if one of them is queued behind it. Those queues tell
+    the scheduler which engines owe them replies (the *direct feed*, see
+    :class:`PerEngineQueue`), and such an engine is *set aside*: a task goes to it only if
+    no live engine it may run on is free of direct work (then as before, so a task
+    restricted to busy engines still runs); otherwise it goes to a free one, or waits in
+    the backlog for one to make room, or for the busy one to finish its direct work.
+    Tasks already sent to an engine stay there.
     """
 
     wants_metadata = True
@@ -1219,6 +1333,57 @@ class TaskScheduler(RoutingQueue):
         self._rr = 0
         #: flagged dependencies and engine rejections (see :mod:`.dependencies`)
         self.flagged = FlaggedDependencies(self, _WAITING)
+        #: engine -> the queues (mux, broadcast) it owes replies, by the direct feed
+        self.direct: dict[bytes, set[bytes]] = {}
+        self.feed_sock: zmq.Socket[Any] | None = None
+
+    # -- the direct feed ---------------------------------------------------------------
+
+    def bind(self, ctx: zmq.Context[Any]) -> dict[str, int]:
+        ports = super().bind(ctx)
+        self.feed_sock = make_socket(ctx, zmq.PULL, unlimited=True, gate=self.gate)
+        ports[DIRECT_FEED] = self.bind_port(self.feed_sock, DIRECT_FEED)
+        return ports
+
+    def close(self) -> None:
+        if self.feed_sock is not None:
+            self.feed_sock.close(linger=0)
+        super().close()
+
+    def extra_inputs(self) -> list[tuple[zmq.Socket[Any], Callable[[list[Any]], None]]]:
+        return [] if self.feed_sock is None else [(self.feed_sock, self.on_direct_feed)]
+
+    def on_direct_feed(self, frames: list[Any]) -> None:
+        """``[queue, engine, busy, ...]`` from the mux or broadcast queue."""
+        parts = [f.bytes if isinstance(f, zmq.Frame) else bytes(f) for f in frames]
+        if len(parts) % 2 != 1:
+            self.dropped += 1
+            return
+        source = parts[0]
+        for index in range(1, len(parts), 2):
+            self.direct_busy(parts[index], source, bool(parts[index + 1]))
+
+    def direct_busy(self, engine: bytes, source: bytes, busy: bool) -> None:
+        """The queue ``source`` says ``engine`` owes it replies (``busy``) or no longer:
+        set the engine aside while any such queue does (see the class docstring)."""
+        direct = self.direct
+        sources = direct.get(engine)
+        was = sources is not None
+        if busy:
+            if sources is None:
+                direct[engine] = {source}
+            else:
+                sources.add(source)
+        elif sources is not None:
+            sources.discard(source)
+            if not sources:
+                del direct[engine]
+        now = engine in direct
+        if now == was or engine not in self.load:
+            return
+        self.load.set_aside(engine, now)
+        if not now and (self.pool or self.pool_special):
+            self._fill(engine)
 
     # -- arrival -----------------------------------------------------------------------
 
@@ -1260,6 +1425,9 @@ class TaskScheduler(RoutingQueue):
             retries if isinstance(retries, int) and retries > 0 else 0,
             deadline,
         )
+        avoid_md = metadata.get("avoid")
+        if isinstance(avoid_md, list) and avoid_md:
+            job.avoid = frozenset(t for t in avoid_md if isinstance(t, int)) or None
         self.jobs[msg_id] = job
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, next(self._seq), job))
@@ -1323,12 +1491,16 @@ class TaskScheduler(RoutingQueue):
             return pinned
         if not self._inline:
             return self._choose_by_policy(job)
+        if job.avoid is not None:
+            return self._choose_around_busy(job)
         if job.targets is None:  # least load in O(1), whatever the number of engines
             return self.load.least(hwm)
         order = self.order
         n = len(order)
         if not n:
             return None
+        if self.load.aside:
+            return self._choose_around_busy(job)
         # policies.least_load, inlined: this runs once per task.
         best: bytes | None = None
         best_load = -1
@@ -1352,13 +1524,47 @@ class TaskScheduler(RoutingQueue):
             self._rr = best_index + 1
         return best
 
+    def _eligible(self, job: Job) -> list[bytes]:
+        """The live engines ``job`` may run on, room or not: those it avoids only if no
+        other may, and those busy with direct work only if every one left is (see the
+        class docstring)."""
+        targets = job.targets
+        engines = self.engines
+        eligible = [e for e in self.order if targets is None or engines[e] in targets]
+        avoid = job.avoid
+        if avoid is not None:
+            others = [e for e in eligible if engines[e] not in avoid]
+            if others:
+                eligible = others
+        load = self.load
+        if load.aside:
+            free = [e for e in eligible if not load.is_aside(e)]
+            if free:
+                return free
+        return eligible
+
+    def _choose_around_busy(self, job: Job) -> bytes | None:
+        """``leastload`` among :meth:`_eligible` with room (some engine is set aside, or
+        the job avoids one)."""
+        hwm, load = self.hwm, self.load
+        eligible = self._eligible(job)
+        n = len(eligible)
+        start = self._rr % n if n else 0
+        self._rr += 1  # ties round-robin, as in the scan of _choose
+        best: bytes | None = None
+        best_load = 0
+        for i in range(n):
+            engine = eligible[(start + i) % n]
+            current = load[engine]
+            if hwm and current >= hwm:
+                continue
+            if best is None or current < best_load:
+                best, best_load = engine, current
+        return best
+
     def _choose_by_policy(self, job: Job) -> bytes | None:
-        hwm, load, targets = self.hwm, self.load, job.targets
-        candidates = [
-            e
-            for e in self.order
-            if (targets is None or self.engines[e] in targets) and not (hwm and load[e] >= hwm)
-        ]
+        hwm, load = self.hwm, self.load
+        candidates = [e for e in self._eligible(job) if not (hwm and load[e] >= hwm)]
         if not candidates:
             return None
         n = len(candidates)
@@ -1405,7 +1611,8 @@ class TaskScheduler(RoutingQueue):
         """Put ``job`` in the backlog (at its front: a task sent before everything there)."""
         job.state = _HELD
         job.engine = None
-        pool = self.pool if job.targets is None and job.pinned is None else self.pool_special
+        special = job.targets is not None or job.pinned is not None or job.avoid is not None
+        pool = self.pool_special if special else self.pool
         if front:
             pool.appendleft(job)
         else:
@@ -1420,21 +1627,32 @@ class TaskScheduler(RoutingQueue):
             )
 
     def _take_for(self, engine: bytes) -> Job | None:
-        """The oldest backlog task ``engine`` may run, removed from the backlog."""
+        """The oldest backlog task ``engine`` may run, removed from the backlog. An engine
+        busy with direct work takes only tasks no engine free of it may run."""
         pool = self.pool
         while pool and pool[0].state != _HELD:
             pool.popleft()  # answered while it waited (timeout, dead targets)
+        load = self.load
+        busy = load.aside and load.is_aside(engine)
         special = self.pool_special
         if special:
             eid = self.engines.get(engine)
             for index, job in enumerate(special):
                 if job.state != _HELD:
                     continue
-                if (job.pinned is None or job.pinned == engine) and (
-                    job.targets is None or eid in job.targets
+                if (
+                    (job.pinned is None or job.pinned == engine)
+                    and (job.targets is None or eid in job.targets)
+                    and not (
+                        (busy or job.avoid is not None)
+                        and job.pinned is None
+                        and engine not in self._eligible(job)
+                    )
                 ):
                     del special[index]
                     return job
+        if busy and load.others:
+            return None  # the free engines take the rest
         return pool.popleft() if pool else None
 
     def _fill(self, engine: bytes) -> None:
@@ -1605,6 +1823,8 @@ class TaskScheduler(RoutingQueue):
             self.order.append(engine)
             self.load[engine] = 0
             self.sent[engine] = {}
+            if engine in self.direct:  # the direct feed told of it first
+                self.load.set_aside(engine, True)
         self.dead_ids.discard(eid)
         self._said_no_engines = False
         self._drain_backlog()
