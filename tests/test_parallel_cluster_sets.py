@@ -100,7 +100,8 @@ def test_awaited_like_ipyparallel_signal_interrupts_only_that_set(tmp_path):
             assert not tasks[other].ready()  # the other set was not signalled
             (tmp_path / f"r{other}").write_text("")
             assert tasks[other].get(30) == "released"
-            assert await cluster.stop_engines(idle) == [other]
+            # gather, as ipyparallel's own stop_cluster does: awaitables, not coroutines
+            assert await asyncio.gather(cluster.stop_engines(idle)) == [[other]]
             assert list(cluster.engine_sets) == [busy]
             assert await cluster.stop_cluster() is cluster
             assert not cluster.is_running

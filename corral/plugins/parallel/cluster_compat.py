@@ -64,7 +64,13 @@ def _ready(value: T) -> Generator[Any, None, T]:
 
 
 class AwaitableList(list[int]):
-    """Engine ids, a plain ``list`` that ``await`` also accepts (giving itself back)."""
+    """Engine ids, a plain ``list`` that ``await`` also accepts (giving itself back).
+
+    Hashed by identity, unlike a list: ``asyncio.gather`` keys its arguments in a dict,
+    and ``gather(cluster.stop_engines(a), cluster.stop_engines(b))`` is ipyparallel code.
+    """
+
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
     def __await__(self) -> Generator[Any, None, AwaitableList]:
         return _ready(self)
