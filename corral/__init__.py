@@ -76,6 +76,8 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at run time
     from corral import error as error
+    from corral import serialize as serialize
+    from corral import util as util
     from corral.core.config import (
         load_config as load_config,
     )
@@ -247,11 +249,11 @@ if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at 
     )
 
 #: Submodules reachable as attributes without importing them first (``ipp.error``).
-_SUBMODULES = frozenset({"error", "datapub"})
+_SUBMODULES = frozenset({"error", "datapub", "serialize", "util"})
 
 version_info = tuple(int(p) for p in __version__.split("."))
 
-__all__ = ["__version__", "version_info", "error", "datapub", *_EXPORTS]
+__all__ = ["__version__", "version_info", "error", "datapub", "serialize", "util", *_EXPORTS]
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -35,6 +35,7 @@ import pytest
 PROCESS_FILES: frozenset[str] = frozenset(
     {
         "test_bridge.py",
+        "test_parallel_cluster_sets.py",
         "test_parallel_curve_stall.py",
         "test_parallel_data_channel_race.py",
         "test_parallel_data_unreachable.py",

@@ -37,7 +37,7 @@ from corral.core.private import private_dir, write_private
 from corral.core.processes import process_alive
 from corral.core.profiles import profile_dir
 from corral.errors import CorralError
-from corral.plugins.parallel.cluster_compat import ClusterCompat
+from corral.plugins.parallel.cluster_compat import AwaitableList, ClusterCompat
 from corral.plugins.parallel.launchers.base import (
     ControllerLauncher,
     EngineSetLauncher,
@@ -157,8 +157,14 @@ class Cluster(ClusterCompat):
         transport: str | None = None,
         **options: Any,
     ) -> None:
+        from corral.plugins.parallel.launchers.registry import canonical_name
         from corral.plugins.parallel.settings import resolve
 
+        # ipyparallel takes launcher names in any case: Cluster(engines="MPI").
+        engines, controller, launcher = (
+            None if name is None else canonical_name(name)
+            for name in (engines, controller, launcher)
+        )
         given = {
             "n": n,
             "controller_mode": controller_mode,
@@ -179,8 +185,8 @@ class Cluster(ClusterCompat):
         #: value came from: ``config.source(...)``).
         self.config = resolve(profile, {k: v for k, v in given.items() if v is not None}, options)
         cfg = self.config.section("cluster")
-        self.engine_launcher: str = cfg["engines"]
-        self.controller_launcher: str = cfg["controller"]
+        self.engine_launcher: str = canonical_name(cfg["engines"])
+        self.controller_launcher: str = canonical_name(cfg["controller"])
         self.launcher = self.engine_launcher
         self.cluster_id = cluster_id or new_cluster_id()
         self.controller_mode: str = cfg["controller_mode"]
@@ -313,19 +319,10 @@ class Cluster(ClusterCompat):
         monitor has not started it yet (or is restarting it) is named by its monitor.
         """
         monitors: list[int] = []
-
-        def worker(launcher: Any, pid: int) -> int:
-            if not getattr(launcher, "monitored", False):
-                return pid
-            monitors.append(pid)
-            return _only_child(pid) or pid
-
         controller = None
         if self.controller and self.controller.handles and self.controller.handles[0].pid:
-            controller = worker(self.controller, self.controller.handles[0].pid)
-        engines = [
-            worker(es, h.pid) for es in self.engines for h in es.handles if h.pid is not None
-        ]
+            controller = _worker_pid(self.controller, self.controller.handles[0].pid, monitors)
+        engines = [pid for es in self.engines for pid in _worker_pids(es, monitors)]
         return {"controller": controller, "engines": engines, "monitors": monitors}
 
     # ------------------------------------------------------------------ start
@@ -424,7 +421,10 @@ class Cluster(ClusterCompat):
         engines.policy = Policy.from_config(self.config)
         return engines
 
-    def _start_engine_set(self, engines: EngineSetLauncher) -> EngineSetLauncher:
+    def _start_engine_set(
+        self, engines: EngineSetLauncher, engine_set_id: str | None = None
+    ) -> EngineSetLauncher:
+        engines.engine_set_id = engine_set_id or self._new_engine_set_id()
         self.engines.append(engines)
         try:
             engines.start()
@@ -436,18 +436,62 @@ class Cluster(ClusterCompat):
             ) from error
         return engines
 
-    def _launch_engines(self, n: int) -> EngineSetLauncher:
-        return self._start_engine_set(self._new_engine_set(n))
+    def _new_engine_set_id(self) -> str:
+        """ipyparallel's form, the start time in seconds (``"1733550000"``), with
+        ``-1``, ``-2``... for sets started within the same second."""
+        base = new_id = str(int(time.time()))
+        taken = {es.engine_set_id for es in self.engines}
+        suffix = 0
+        while new_id in taken:
+            suffix += 1
+            new_id = f"{base}-{suffix}"
+        return new_id
+
+    @property
+    def engine_sets(self) -> dict[str, EngineSetLauncher]:
+        """The engine sets started and not stopped, by id: ipyparallel's
+        ``cluster.engines`` (corral's :attr:`engines` stays the list of launchers)."""
+        return {es.engine_set_id: es for es in self.engines if es.n > 0}
 
     def add_engines(self, n: int) -> None:
         """Start ``n`` more engines on a running cluster (they register by themselves)."""
+        self._add_engine_set(n)
+
+    def _add_engine_set(self, n: int, engine_set_id: str | None = None) -> str:
+        """:meth:`add_engines`, returning the new set's id (``start_engines`` returns it)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"add_engines(n): n must be an integer >= 1, not {n!r}")
         if not self.is_running:
             raise ClusterError("the cluster is not running; call start() first")
-        self._launch_engines(n)
+        if engine_set_id is not None and engine_set_id in self.engine_sets:
+            raise ValueError(f"engine set {engine_set_id!r} is running already")
+        engines = self._start_engine_set(self._new_engine_set(n), engine_set_id)
         self.n += n
         self._write_record()
+        return engines.engine_set_id
+
+    def _engine_set(self, engine_set_id: str) -> EngineSetLauncher:
+        try:
+            return self.engine_sets[engine_set_id]
+        except KeyError:
+            raise ValueError(
+                f"no engine set {engine_set_id!r}; engine sets: {list(self.engine_sets)}"
+            ) from None
+
+    def _set_engine_ids(self, engines: EngineSetLauncher) -> list[int]:
+        """The registered engines of one set, found by pid: the pids its launcher
+        started on this host. Engines it started elsewhere (ssh, MPI, a batch system)
+        have pids this host does not know, so they are not listed."""
+        import socket
+
+        pids = set(_worker_pids(engines, []))
+        here = socket.gethostname()
+        infos = self._admin_client().engines
+        return sorted(
+            i
+            for i, info in infos.items()
+            if info.pid in pids and (not info.hostname or info.hostname == here)
+        )
 
     # ------------------------------------------------------------------ engines by id
 
@@ -468,11 +512,25 @@ class Cluster(ClusterCompat):
             raise ValueError(f"no engine with id {unknown}; live engines: {live}")
         return wanted
 
-    def stop_engines(self, ids: Any = None, *, timeout: float | None = None) -> list[int]:
+    def stop_engines(self, ids: Any = None, *, timeout: float | None = None) -> AwaitableList:
         """Shut engines ``ids`` (an id, a list, or None: all) down cleanly through the
         controller, which works whichever launcher started them; returns once they have
-        unregistered. Returns the ids stopped."""
+        unregistered. Returns the ids stopped (a list, awaitable as in ipyparallel).
+
+        ``ids`` may also be an engine set's id (a ``str``, from :meth:`start_engines`):
+        that set's engines stop and its launcher is stopped (what it started elsewhere
+        is ended by the launcher); the others keep running.
+        """
+        if isinstance(ids, str):
+            return self._stop_engine_set(self._engine_set(ids), timeout)
         targets = self._check_ids(ids)
+        self._shut_down(targets, timeout)
+        self.n -= len(targets)
+        self._write_record()
+        return AwaitableList(targets)
+
+    def _shut_down(self, targets: list[int], timeout: float | None) -> None:
+        """Ask the controller to shut engines down; return once they unregistered."""
         client = self._admin_client()
         client.shutdown(targets=targets, hub=False)
         deadline = time.monotonic() + (self.engine_timeout if timeout is None else timeout)
@@ -480,33 +538,58 @@ class Cluster(ClusterCompat):
             if time.monotonic() > deadline:
                 raise ClusterError(f"engines {targets} did not stop within the timeout")
             time.sleep(0.01)
-        self.n -= len(targets)
-        self._write_record()
-        return targets
 
-    def restart_engines(self, ids: Any = None) -> list[int]:
+    def _stop_engine_set(self, engines: EngineSetLauncher, timeout: float | None) -> AwaitableList:
+        """Stop one engine set: its registered engines cleanly, then whatever its
+        launcher still runs (engines not registered yet, or on other hosts)."""
+        targets = self._set_engine_ids(engines)
+        if targets:
+            self._shut_down(targets, timeout)
+        engines.stop(grace=self.stop_grace)
+        self.engines.remove(engines)
+        self.n = max(0, self.n - engines.n)
+        self._write_record()
+        return AwaitableList(targets)
+
+    def restart_engines(self, ids: Any = None) -> AwaitableList:
         """Stop engines ``ids`` and start as many new ones; returns the new engines' ids
-        once they are registered (engine ids are never reused)."""
-        targets = self._check_ids(ids)
+        once they are registered (engine ids are never reused).
+
+        An engine set's id (a ``str``) restarts that set: as many engines, same set id.
+        """
         client = self._admin_client()
         before = set(client.ids)
+        if isinstance(ids, str):
+            engines = self._engine_set(ids)
+            stopped = self._stop_engine_set(engines, None)
+            self._add_engine_set(engines.n, ids)
+            self.wait_for_engines(client, len(before) - len(stopped) + engines.n)
+            return AwaitableList(sorted(set(client.ids) - before))
+        targets = self._check_ids(ids)
         self.stop_engines(targets)
         self.add_engines(len(targets))
-        expected = len(before)
-        self.wait_for_engines(client, expected)
-        return sorted(set(client.ids) - (before - set(targets)))
+        self.wait_for_engines(client, len(before))
+        return AwaitableList(sorted(set(client.ids) - (before - set(targets))))
 
-    def signal_engines(self, signum: int, ids: Any = None) -> list[int]:
+    def signal_engines(self, signum: int, ids: Any = None) -> AwaitableList:
         """Send ``signum`` to engines ``ids`` (None: every engine, through the
         launchers, wherever they run). Engines named by id must run on this host (they
         are signalled by pid); for remote engines signal them all. Returns the ids
-        signalled (all registered ones when ``ids`` is None)."""
+        signalled (all registered ones when ``ids`` is None), a list also awaitable.
+
+        An engine set's id (a ``str``) signals that set through its launcher; the ids
+        returned are its engines on this host."""
         import socket
 
+        if isinstance(ids, str):
+            engines = self._engine_set(ids)
+            ids_in_set = self._set_engine_ids(engines)
+            engines.send_signal(signum)
+            return AwaitableList(ids_in_set)
         if ids is None:
             for engines in self.engines:
                 engines.send_signal(signum)
-            return self._admin_client().ids if self.is_running else []
+            return AwaitableList(self._admin_client().ids if self.is_running else [])
         targets = self._check_ids(ids)
         infos = self._admin_client().engines
         here = socket.gethostname()
@@ -524,7 +607,7 @@ class Cluster(ClusterCompat):
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
-        return targets
+        return AwaitableList(targets)
 
     # ------------------------------------------------------------------ logs
 
@@ -554,10 +637,24 @@ class Cluster(ClusterCompat):
     # ------------------------------------------------------------------ re-attach
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> Cluster:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        profile: str | None = None,
+        cluster_id: str = "",
+    ) -> Cluster:
         """A handle on a cluster started elsewhere, from its record file
         (``<profile>/run/cluster-ID.json``) or its cluster file: it can hand out clients,
-        manage engines by id and :meth:`stop` it, though it did not start it."""
+        manage engines by id and :meth:`stop` it, though it did not start it.
+
+        Without ``path``, as in ipyparallel, the cluster file of ``cluster_id`` in
+        ``profile`` (default: "default"). ipyparallel's ``cluster_id=""`` names the
+        cluster ``ipcluster start`` runs; corral clusters always have an id, so ``""``
+        means the profile's only running cluster (:meth:`from_profile`).
+        """
+        if path is None:
+            return cls.from_profile(profile or "default", cluster_id or None)
         path = Path(path)
         info = read_record(path)
         if info is None:
@@ -907,6 +1004,20 @@ async def _to_thread(func: Any, *args: Any) -> Any:
     import asyncio
 
     return await asyncio.to_thread(func, *args)
+
+
+def _worker_pids(launcher: Any, monitors: list[int]) -> list[int]:
+    """The pids of the processes doing a launcher's work: a monitored launcher's handles
+    are monitors (appended to ``monitors``), each running one worker; a worker not
+    started yet (or restarting) is named by its monitor."""
+    return [_worker_pid(launcher, h.pid, monitors) for h in launcher.handles if h.pid is not None]
+
+
+def _worker_pid(launcher: Any, pid: int, monitors: list[int]) -> int:
+    if not getattr(launcher, "monitored", False):
+        return pid
+    monitors.append(pid)
+    return _only_child(pid) or pid
 
 
 def _has_security(config: Any) -> bool:

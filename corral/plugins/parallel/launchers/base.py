@@ -275,6 +275,9 @@ class EngineSetLauncher(Launcher):
         #: What each engine's monitor does (a ``monitor.Policy``; None: the defaults).
         #: Set by the cluster from ``[engine] restart``, ``memory_limit``, ``walltime``.
         self.policy: Any = None
+        #: Names this set in ``Cluster.stop_engines(id)`` and the like (set by the
+        #: cluster when it starts the set; ipyparallel addresses engines by set).
+        self.engine_set_id = ""
         #: The cluster file's content, given to :attr:`remote` launchers before start.
         self.cluster_info: dict[str, Any] | None = (
             dict(cluster_info) if cluster_info is not None else None

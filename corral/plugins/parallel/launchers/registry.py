@@ -12,7 +12,7 @@ from typing import Any
 
 from corral.plugins.parallel.launchers.base import ControllerLauncher, EngineSetLauncher
 
-__all__ = ["LauncherPair", "get_launchers", "known_launchers"]
+__all__ = ["LauncherPair", "canonical_name", "get_launchers", "known_launchers"]
 
 LauncherPair = tuple[type[ControllerLauncher], type[EngineSetLauncher]]
 
@@ -54,6 +54,25 @@ def _check_pair(name: str, pair: Any) -> LauncherPair:
     return pair
 
 
+def canonical_name(name: str) -> str:
+    """``name`` as registered when only its case differs: ipyparallel takes launcher
+    names in any case (``engines="MPI"``, ``"Slurm"``), so scripts spell them that way.
+    A name registered exactly as given wins; other names come back unchanged (and fail
+    in :func:`get_launchers`, listing the known ones)."""
+    from corral.plugins.parallel.launchers.builtin import BUILTIN_NAMES
+
+    if name in BUILTIN_NAMES:
+        return name
+    lowered = name.lower()
+    if lowered in BUILTIN_NAMES:
+        return lowered
+    known = _registered(use_plugins=True)
+    if name in known:
+        return name
+    matches = [k for k in known if k.lower() == lowered]
+    return matches[0] if len(matches) == 1 else name
+
+
 def known_launchers() -> dict[str, LauncherPair]:
     """Every registered launcher, by name (built-in ones and those of plugins)."""
     return _registered(use_plugins=True)
@@ -71,6 +90,7 @@ def get_launchers(name: str) -> LauncherPair:
     from corral.plugins import manager as plugin_manager
     from corral.plugins.parallel.launchers.builtin import BUILTIN_NAMES
 
+    name = canonical_name(name)
     use_plugins = name not in BUILTIN_NAMES or plugin_manager._manager is not None
     known = _registered(use_plugins)
     if name not in known:
