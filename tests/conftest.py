@@ -66,6 +66,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_kernel_client.py",
         "test_kernel_debugger.py",
         "test_kernel_ipython_compat.py",
+        "test_kernel_magics.py",
         "test_kernel_manager.py",
         "test_kernel_options.py",
         "test_kernel_parallel_requests.py",

@@ -68,6 +68,13 @@ class ClientLink:
         """Whether any engine is registered now."""
         return bool(self.client._engines)
 
+    def engine_id_of(self, uuid: str) -> int | None:
+        """The id of the registered engine ``uuid`` (None if this client knows none)."""
+        for eid, info in self.client._engines.items():  # not .engines: a copy per call
+            if info.uuid == uuid:
+                return int(eid)
+        return None
+
     def engine_ident(self, engine_id: int) -> bytes:
         """The routing identity of engine ``engine_id`` on the queues."""
         return self.client._engine(engine_id).ident

@@ -520,8 +520,8 @@ def _warn_no_engines() -> None:
     )
 
 
-def _own_engine(client: Any) -> int | None:
-    """The id, among ``client``'s engines, of the engine running in this process (None
+def _own_engine(link: ClientLink) -> int | None:
+    """The id, among the client's engines, of the engine running in this process (None
     outside an engine, or for a client of another cluster).
 
     A task running on an engine that submits load-balanced tasks and waits for them
@@ -533,11 +533,7 @@ def _own_engine(client: Any) -> int | None:
     engine = getattr(bound, "_current", None)
     if engine is None:
         return None
-    uuid = engine.uuid
-    for eid, info in client._engines.items():  # not .engines: a copy per task
-        if info.uuid == uuid:
-            return cast(int, eid)
-    return None
+    return link.engine_id_of(engine.uuid)
 
 
 class LoadBalancedView(View):
@@ -559,7 +555,7 @@ class LoadBalancedView(View):
             targets = [resolved] if isinstance(resolved, int) else resolved
         else:
             targets = None
-        return self._metadata(targets, _own_engine(self.client))
+        return self._metadata(targets, _own_engine(self._link))
 
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         return self._link.apply("task", f, args, kwargs, self._lb_metadata(), (None,))
