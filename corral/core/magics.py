@@ -35,6 +35,7 @@ __all__ = [
     "automagic",
     "is_magic_line",
     "split_cell_magic",
+    "switch_arg",
     "transform_cell",
     "transform_source",
     "var_expand",
@@ -159,6 +160,19 @@ def automagic(code: str, callable_magic: Callable[[str], bool]) -> str | None:
     if not callable_magic(name):
         return None
     return f"%{name}{rest}"
+
+
+def switch_arg(current: bool, line: str, magic: str) -> bool:
+    """The new state of an on/off magic (``%pdb``, ``%automagic``): its argument ``on``
+    or ``off`` (also ``1``/``true``, ``0``/``false``), or none to toggle ``current``."""
+    arg = line.strip().lower()
+    if not arg:
+        return not current
+    if arg in ("on", "1", "true"):
+        return True
+    if arg in ("off", "0", "false"):
+        return False
+    raise UsageError(f"%{magic} takes on or off, not {line.strip()!r}")
 
 
 def is_magic_line(line: str) -> bool:

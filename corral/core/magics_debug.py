@@ -13,7 +13,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from corral.core.magics import MagicsRegistry, UsageError
+from corral.core.magics import MagicsRegistry, UsageError, switch_arg
 from corral.core.tracebacks import hide_from_tracebacks, is_hidden_frame
 
 __all__ = ["post_mortem", "register_debug_magics"]
@@ -71,15 +71,7 @@ def debug_cell(interp: Any, line: str, cell: str) -> None:
 
 def pdb_magic(interp: Any, line: str) -> None:
     """Start pdb after every error automatically: ``%pdb on|off`` (``%pdb`` toggles)."""
-    arg = line.strip().lower()
-    if not arg:
-        interp.call_pdb = not interp.call_pdb
-    elif arg in ("on", "1", "true"):
-        interp.call_pdb = True
-    elif arg in ("off", "0", "false"):
-        interp.call_pdb = False
-    else:
-        raise UsageError(f"%pdb takes on or off, not {line.strip()!r}")
+    interp.call_pdb = switch_arg(interp.call_pdb, line, "pdb")
     print(f"Automatic pdb calling has been turned {'ON' if interp.call_pdb else 'OFF'}")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from corral.core import display as _display
 from corral.core.builtin_magics import parse_options
-from corral.core.magics import MagicsRegistry, UsageError
+from corral.core.magics import MagicsRegistry, UsageError, switch_arg
 from corral.core.tracebacks import hide_from_tracebacks
 
 __all__ = ["register_more_magics"]
@@ -319,15 +319,7 @@ def tb_magic(interp: Any, line: str) -> None:
 def automagic_magic(interp: Any, line: str) -> None:
     """Whether a one-line cell may call a line magic without ``%`` (``ls``, ``pwd``):
     ``%automagic`` toggles, ``%automagic on|off`` sets. On by default, as in IPython."""
-    arg = line.strip().lower()
-    if not arg:
-        interp.automagic = not interp.automagic
-    elif arg in ("on", "1", "true"):
-        interp.automagic = True
-    elif arg in ("off", "0", "false"):
-        interp.automagic = False
-    else:
-        raise UsageError(f"%automagic takes on or off, not {line.strip()!r}")
+    interp.automagic = switch_arg(interp.automagic, line, "automagic")
     if interp.automagic:
         print("\nAutomagic is ON, % prefix IS NOT needed for line magics.")
     else:
