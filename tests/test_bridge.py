@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from observers import NoticeLog
 
 from corral.notification import NotificationCenter
 from corral.notification.bridge import (
@@ -48,23 +49,6 @@ class Named:
 
 class Plain:
     pass
-
-
-Record = tuple[Any, Any, dict[str, Any]]
-
-
-class Recorder:
-    """Observer that records notifications and signals when ``count`` have arrived."""
-
-    def __init__(self, count: int = 1) -> None:
-        self.seen: list[Record] = []
-        self.count = count
-        self.done = threading.Event()
-
-    def __call__(self, type: Any, sender: Any, /, **info: Any) -> None:  # noqa: A002
-        self.seen.append((type, sender, info))
-        if len(self.seen) >= self.count:
-            self.done.set()
 
 
 @pytest.fixture
@@ -189,13 +173,13 @@ def test_in_process_round_trip(pair: tuple[InProcessTransport, InProcessTranspor
     a, b = pair
     assert isinstance(a, BridgeTransport)
     here, there = NotificationCenter(strict=True), NotificationCenter(strict=True)
-    recorder = Recorder(count=2)
+    recorder = NoticeLog()
     there.add_observer(recorder)
     sender = BridgeSender(a, here, types=["stream", "status"])
     receiver = BridgeReceiver(b, there)
     here.post("stream", Named(), name="stdout", text="hi")
     here.post("status", "kernel", state="idle", type="keyword named type")
-    assert recorder.done.wait(TIMEOUT)
+    assert recorder.wait(lambda: len(recorder.seen) >= 2)
     assert recorder.seen == [
         ("stream", "engine-3", {"name": "stdout", "text": "hi"}),
         ("status", "kernel", {"state": "idle", "type": "keyword named type"}),
@@ -212,7 +196,7 @@ def test_only_chosen_types_are_forwarded(
 ) -> None:
     a, b = pair
     here, there = NotificationCenter(strict=True), NotificationCenter(strict=True)
-    recorder = Recorder()
+    recorder = NoticeLog()
     there.add_observer(recorder)
     BridgeSender(a, here, types=[Progress], registry=registry)
     receiver = BridgeReceiver(b, there, registry=registry, start=False)
@@ -260,13 +244,13 @@ def test_malformed_bytes_are_dropped_and_the_next_message_arrives(
 ) -> None:
     a, b = pair
     there = NotificationCenter(strict=True)
-    recorder = Recorder(count=1)
+    recorder = NoticeLog()
     there.add_observer(recorder)
     receiver = BridgeReceiver(b, there, registry=registry)
     a.send(b"\x00garbage")
     a.send(b'{"v": 1, "type": "unknown.type", "declared": true, "sender": null, "info": {}}')
     a.send(encode_notification("stream", "kernel", {"text": "ok"}, registry))
-    assert recorder.done.wait(TIMEOUT)
+    assert recorder.wait(lambda: len(recorder.seen) >= 1)
     assert recorder.seen == [("stream", "kernel", {"text": "ok"})]
     receiver.close()
     assert (receiver.dropped, receiver.received) == (2, 1)
@@ -278,7 +262,7 @@ def test_all_types_skip_undeclared_types_and_do_not_echo(registry: TypeRegistry)
     notifications once, and reactions posted by observers still cross."""
     a, b = InProcessTransport.pair()
     left, right = NotificationCenter(strict=True), NotificationCenter(strict=True)
-    seen_left, seen_right = Recorder(), Recorder()
+    seen_left, seen_right = NoticeLog(), NoticeLog()
     left.add_observer(seen_left)
     right.add_observer(seen_right)
 
@@ -304,7 +288,7 @@ def test_relay_forwards_received_notifications(registry: TypeRegistry) -> None:
     a1, b1 = InProcessTransport.pair()
     a2, b2 = InProcessTransport.pair()
     hub, far = NotificationCenter(strict=True), NotificationCenter(strict=True)
-    recorder = Recorder()
+    recorder = NoticeLog()
     far.add_observer(recorder)
     BridgeSender(a2, hub, types=["stream"], relay=True)
     into_hub = BridgeReceiver(b1, hub, start=False)
@@ -414,16 +398,14 @@ def _start_child(mode: str, listener: PipeListener) -> subprocess.Popen[str]:
 
 def test_child_process_forwards_to_the_parent(registry: TypeRegistry) -> None:
     center = NotificationCenter(strict=True)
-    recorder = Recorder()
+    recorder = NoticeLog()
     center.add_observer(recorder)
-    center.add_observer(lambda *_, **__: recorder.done.set(), "done")
-    recorder.count = 1_000  # only "done" ends the wait
     with PipeListener() as listener:
         child = _start_child("send", listener)
         try:
             with listener.accept(TIMEOUT) as transport:
                 receiver = BridgeReceiver(transport, center, registry=registry)
-                assert recorder.done.wait(TIMEOUT)
+                assert recorder.wait(lambda: "done" in recorder.types())
                 out, err = child.communicate(timeout=TIMEOUT)
                 assert receiver.stopped.wait(TIMEOUT)  # the child hung up
         finally:

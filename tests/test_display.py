@@ -155,7 +155,7 @@ def test_display_in_cell_posts_display_data():
     assert [d["data"].get("text/html") for d in shown] == ["<b>x</b>", None]
     assert shown[1]["data"] == {"text/plain": "5"}
     assert shown[0]["transient"] == {}
-    assert all(sender is interp for t, sender, _ in rec.events if t == events.DISPLAY_DATA)
+    assert all(sender is interp for t, sender, _ in rec.seen if t == events.DISPLAY_DATA)
     # display() is not the cell's result
     assert rec.of(events.EXECUTE_RESULT) == []
 
@@ -203,13 +203,13 @@ def test_display_without_interpreter_posts_to_shared_center(monkeypatch):
         clear_output()
         update_display("u", display_id="z")
     finally:
-        shared_center.remove_observer(rec._record)
+        shared_center.remove_observer(rec)
     assert [t for t in rec.types()] == [
         events.DISPLAY_DATA,
         events.CLEAR_OUTPUT,
         events.UPDATE_DISPLAY_DATA,
     ]
-    assert {sender for _, sender, _ in rec.events} == {"corral.display"}
+    assert {sender for _, sender, _ in rec.seen} == {"corral.display"}
 
 
 def test_display_after_execute_goes_to_last_interpreter():

@@ -17,8 +17,8 @@ def test_execute_posts_started_result_finished_in_order():
     result = interp.execute("1 + 1")
     assert result == ExecutionResult("ok", 1)
     assert rec.types() == [events.EXECUTE_STARTED, events.EXECUTE_RESULT, events.EXECUTE_FINISHED]
-    assert all(sender is interp for _, sender, _ in rec.events)
-    started, res, finished = (info for _, _, info in rec.events)
+    assert all(sender is interp for _, sender, _ in rec.seen)
+    started, res, finished = (info for _, _, info in rec.seen)
     assert started == {"code": "1 + 1", "execution_count": 1, "silent": False}
     assert res == {"execution_count": 1, "data": {"text/plain": "2"}, "metadata": {}}
     assert finished == {"execution_count": 1, "status": "ok"}
@@ -261,7 +261,7 @@ def test_ast_node_interactivity(mode: str, shown: list[str]) -> None:
     interp.execute("1\nprint('p')\nx = 5\n2")
     seen = [
         info["data"]["text/plain"] if kind == events.EXECUTE_RESULT else info["text"].strip()
-        for kind, _, info in rec.events
+        for kind, _, info in rec.seen
         if kind == events.EXECUTE_RESULT or (kind == events.STREAM and info["text"].strip())
     ]
     assert seen == shown

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 from helpers import TIMEOUT
+from observers import NoticeLog
 
 from corral.notification import NotificationCenter
 from corral.transports.zmq.client import KernelDiedError
@@ -28,30 +29,6 @@ from corral.transports.zmq.manager import KernelManager, KernelStartError
 def corral_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
     return tmp_path
-
-
-class Recorder:
-    """Observer that keeps every notification and lets tests wait for a given type."""
-
-    def __init__(self, center: NotificationCenter) -> None:
-        self.events: list[tuple[str, Any, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        center.add_observer(self)
-
-    def __call__(self, type: str, sender: Any, **info: Any) -> None:  # noqa: A002
-        with self._cond:
-            self.events.append((type, sender, info))
-            self._cond.notify_all()
-
-    def of(self, type: str) -> list[dict[str, Any]]:  # noqa: A002
-        with self._cond:
-            return [info for t, _, info in self.events if t == type]
-
-    def wait_for(self, type: str, count: int = 1) -> list[dict[str, Any]]:  # noqa: A002
-        with self._cond:
-            ok = self._cond.wait_for(lambda: len(self.of(type)) >= count, TIMEOUT)
-        assert ok, f"no {type} notification; got {self.events}"
-        return self.of(type)
 
 
 @pytest.fixture
@@ -87,7 +64,8 @@ def _wait_gone(pid: int) -> bool:
 
 
 def test_start_writes_private_connection_file_and_posts(center: NotificationCenter) -> None:
-    recorder = Recorder(center)
+    recorder = NoticeLog()
+    center.add_observer(recorder)
     with KernelManager(center=center) as km:
         assert km.is_alive()
         assert km.pid is not None
@@ -158,7 +136,8 @@ def test_interrupt_raises_keyboardinterrupt_and_kernel_survives(km: KernelManage
 def test_restart_gives_a_new_process_and_clients_follow(
     km: KernelManager, center: NotificationCenter
 ) -> None:
-    recorder = Recorder(center)
+    recorder = NoticeLog()
+    center.add_observer(recorder)
     kc = km.client()
     kc.execute_interactive("x = 41", timeout=TIMEOUT)
     old_pid = km.pid
@@ -222,7 +201,8 @@ def test_segfault_fails_pending_wait_then_restarts(
 
 
 def test_restart_limit_stops_restarting(center: NotificationCenter) -> None:
-    recorder = Recorder(center)
+    recorder = NoticeLog()
+    center.add_observer(recorder)
     with KernelManager(center=center, restart_limit=0) as km:
         kc = km.client()
         with pytest.raises(KernelDiedError):
@@ -240,7 +220,8 @@ def test_restart_limit_stops_restarting(center: NotificationCenter) -> None:
 
 
 def test_frozen_kernel_is_found_by_the_heartbeat(center: NotificationCenter) -> None:
-    recorder = Recorder(center)
+    recorder = NoticeLog()
+    center.add_observer(recorder)
     with KernelManager(center=center, heartbeat_interval=0.2) as km:
         kc = km.client()
         kc.wait_for_ready(TIMEOUT)

@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
 from helpers import JsonLines
+from observers import NoticeLog
 from parallel_client_harness import LiveCluster
 
 from corral.notification import shared_center
@@ -28,46 +28,6 @@ pytestmark = pytest.mark.timeout(120)
 WAIT = 60.0
 
 
-class Recorder:
-    """Observes every parallel notification type; tests wait on what it saw."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, Any, dict[str, Any]]] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, type: str, sender: Any, /, **info: Any) -> None:  # noqa: A002
-        with self._changed:
-            self.seen.append((type, sender, info))
-            self._changed.notify_all()
-
-    def wait_for(
-        self,
-        type: str,
-        match: Callable[[dict[str, Any]], bool] = lambda info: True,  # noqa: A002
-    ) -> dict[str, Any]:
-        """The info of the first ``type`` notification ``match`` accepts (waits for it)."""
-
-        def found() -> dict[str, Any] | None:
-            for kind, _, info in self.seen:
-                if kind == type and match(info):
-                    return info
-            return None
-
-        with self._changed:
-            assert self._changed.wait_for(lambda: found() is not None, WAIT), type
-            info = found()
-        assert info is not None
-        return info
-
-    def types_for(self, msg_id: str) -> list[str]:
-        with self._changed:
-            return [
-                kind
-                for kind, _, info in self.seen
-                if info.get("msg_id") == msg_id or msg_id in (info.get("msg_ids") or ())
-            ]
-
-
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[LiveCluster]:
     cluster = LiveCluster(tmp_path / "corral", n=1, threads=True)
@@ -76,8 +36,8 @@ def live(tmp_path: Path) -> Iterator[LiveCluster]:
 
 
 @pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
+def recorder() -> Iterator[NoticeLog]:
+    rec = NoticeLog()
     for kind in events.PARALLEL_TYPES:
         shared_center.add_observer(rec, kind)
     yield rec
@@ -99,12 +59,12 @@ def engine_pid() -> int:
 
 
 def test_a_client_side_observer_sees_engines_tasks_and_output(
-    live: LiveCluster, recorder: Recorder
+    live: LiveCluster, recorder: NoticeLog
 ) -> None:
     rc = live.client
     # An engine joins: registered.
     live.add_engine()
-    joined = recorder.wait_for(events.ENGINE_REGISTERED)
+    joined = recorder.first(events.ENGINE_REGISTERED)
     new_id = joined["engine_id"]
     assert isinstance(new_id, int) and isinstance(joined["uuid"], str)
     assert rc.wait_for_engines(2, timeout=WAIT)
@@ -113,29 +73,29 @@ def test_a_client_side_observer_sees_engines_tasks_and_output(
     result = rc[new_id].apply_async(chatty, 41)
     assert result.get(timeout=WAIT) == 42
     msg_id = result.msg_ids[0]
-    done = recorder.wait_for(events.TASK_COMPLETED, lambda i: i["msg_id"] == msg_id)
+    done = recorder.first(events.TASK_COMPLETED, lambda i: i["msg_id"] == msg_id)
     assert done["status"] == "ok" and done["engine_id"] == new_id
-    out = recorder.wait_for(events.OUTPUT, lambda i: i["msg_id"] == msg_id)
+    out = recorder.first(events.OUTPUT, lambda i: i["msg_id"] == msg_id)
     assert out["msg_type"] == "stream" and "working on 41" in out["content"]["text"]
     assert out["engine_id"] == new_id
-    kinds = recorder.types_for(msg_id)
+    kinds = [kind for kind, _, _ in recorder.about(msg_id)]
     assert kinds[0] == events.TASK_SUBMITTED
     assert kinds.index(events.TASK_SUBMITTED) < kinds.index(events.TASK_COMPLETED)
-    submitted = recorder.wait_for(events.TASK_SUBMITTED, lambda i: msg_id in i["msg_ids"])
+    submitted = recorder.first(events.TASK_SUBMITTED, lambda i: msg_id in i["msg_ids"])
     assert submitted["msg_type"] == "apply_request" and submitted["channel"] == "mux"
 
     # A load-balanced task that fails: completed with an error status.
     failed = rc.load_balanced_view().apply_async(failing)
     with pytest.raises(Exception, match="no good"):
         failed.get(timeout=WAIT)
-    bad = recorder.wait_for(events.TASK_COMPLETED, lambda i: i["msg_id"] == failed.msg_ids[0])
+    bad = recorder.first(events.TASK_COMPLETED, lambda i: i["msg_id"] == failed.msg_ids[0])
     assert bad["status"] == "error"
-    assert recorder.wait_for(events.TASK_SUBMITTED, lambda i: i["channel"] == "task")
+    assert recorder.first(events.TASK_SUBMITTED, lambda i: i["channel"] == "task")
 
     # The engine is killed: died (not a polite unregistration).
     pid = rc[new_id].apply_sync(engine_pid)
     os.kill(pid, signal.SIGKILL)
-    died = recorder.wait_for(events.ENGINE_DIED, lambda i: i["engine_id"] == new_id)
+    died = recorder.first(events.ENGINE_DIED, lambda i: i["engine_id"] == new_id)
     assert died["reason"] in ("heartbeat", "exited")
     assert died["uuid"] == joined["uuid"]
     assert not [s for s in recorder.seen if s[0] == events.ENGINE_UNREGISTERED]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from helpers import JsonLines
+from observers import NoticeLog
 from parallel_client_harness import LiveCluster
 from parallel_fakes import FakeClient, FakeEngine
 
@@ -42,33 +42,16 @@ WAIT = 60.0
 ROUND = 2.0
 
 
-class Starts:
-    """Observes the task start types; tests wait on what it saw."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, Any, dict[str, Any]]] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, type: str, sender: Any, /, **info: Any) -> None:  # noqa: A002
-        with self._changed:
-            self.seen.append((type, sender, info))
-            self._changed.notify_all()
-
-    def of(self, msg_id: str) -> list[tuple[str, Any, dict[str, Any]]]:
-        with self._changed:
-            return [s for s in self.seen if s[2].get("msg_id") == msg_id]
-
-    def wait(self, done: Any, timeout: float = WAIT) -> bool:
-        with self._changed:
-            return self._changed.wait_for(done, timeout)
+class Starts(NoticeLog):
+    """The task start types, and whether a task has finished on enough engines."""
 
     def finished(self, msg_id: str, engines: int = 1) -> bool:
         """Whether ``engines`` engines have finished ``msg_id`` (waits for it)."""
 
         def done() -> bool:
-            return sum(k == events.TASK_FINISHED for k, _, _ in self.of(msg_id)) >= engines
+            return sum(k == events.TASK_FINISHED for k, _, _ in self.about(msg_id)) >= engines
 
-        return self.wait(done)
+        return self.wait(done, WAIT)
 
 
 @pytest.fixture
@@ -118,7 +101,7 @@ def follow(rc: Client, rec: Starts) -> None:
 
 def assert_in_order(rec: Starts, msg_id: str, msg_type: str, engine_ids: set[int]) -> None:
     """Each engine's STARTED then FINISHED for ``msg_id``, once each, relayed by the hub."""
-    seen = rec.of(msg_id)
+    seen = rec.about(msg_id)
     assert {i["engine_id"] for _, _, i in seen} == engine_ids
     for engine_id in engine_ids:
         kinds = [k for k, _, i in seen if i["engine_id"] == engine_id]
