@@ -19,19 +19,18 @@ pytest.importorskip("debugpy")
 pytest.importorskip("jupyter_client")
 from helpers import TIMEOUT
 from jupyter_client import BlockingKernelClient  # noqa: E402
-from test_kernel_protocol import connect, reply_to, start_kernel, stop  # noqa: E402
+from test_kernel_protocol import (  # noqa: E402
+    kernel_client,
+    reply_to,
+)
 
 CELL = "def f(a):\n    b = a * 2\n    return b\n\nresult = f(21)\n"
 
 
 @pytest.fixture(scope="module")
 def kc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlockingKernelClient]:
-    tmp = tmp_path_factory.mktemp("debug")
-    proc, cf = start_kernel(tmp)
-    client = connect(cf)
-    yield client
-    client.stop_channels()
-    stop(proc)
+    with kernel_client(tmp_path_factory.mktemp("debug")) as client:
+        yield client
 
 
 class Dap:

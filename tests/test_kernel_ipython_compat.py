@@ -21,6 +21,7 @@ from test_kernel_protocol import (  # noqa: E402
     connect,
     control_request,
     iopub_until_idle,
+    kernel_client,
     reply_to,
     run,
     start_kernel,
@@ -34,12 +35,8 @@ PNG_MAGIC = b"\x89PNG"
 
 @pytest.fixture(scope="module")
 def kc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlockingKernelClient]:
-    tmp = tmp_path_factory.mktemp("compat")
-    proc, cf = start_kernel(tmp)
-    client = connect(cf)
-    yield client
-    client.stop_channels()
-    stop(proc)
+    with kernel_client(tmp_path_factory.mktemp("compat")) as client:
+        yield client
 
 
 def ok(kc: BlockingKernelClient, code: str) -> list[dict]:

@@ -16,24 +16,18 @@ pytest.importorskip("jupyter_client")
 from helpers import TIMEOUT  # noqa: E402
 from jupyter_client import BlockingKernelClient  # noqa: E402
 from test_kernel_protocol import (  # noqa: E402
-    connect,
     iopub_until_idle,
+    kernel_client,
     reply_to,
     run,
-    start_kernel,
     stdout_of,
-    stop,
 )
 
 
 @pytest.fixture(scope="module")
 def kc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlockingKernelClient]:
-    tmp = tmp_path_factory.mktemp("magics")
-    proc, cf = start_kernel(tmp)
-    client = connect(cf)
-    yield client
-    client.stop_channels()
-    stop(proc)
+    with kernel_client(tmp_path_factory.mktemp("magics")) as client:
+        yield client
 
 
 def ok(kc: BlockingKernelClient, code: str) -> tuple[dict, list[dict]]:

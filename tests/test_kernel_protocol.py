@@ -7,6 +7,7 @@ output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -59,6 +60,19 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(TIMEOUT)
+
+
+@contextlib.contextmanager
+def kernel_client(tmp: Path) -> Iterator[BlockingKernelClient]:
+    """A kernel started in ``tmp`` and a client connected to it; both stopped after (the
+    module-scoped ``kc`` fixture of the kernel test files)."""
+    proc, cf = start_kernel(tmp)
+    client = connect(cf)
+    try:
+        yield client
+    finally:
+        client.stop_channels()
+        stop(proc)
 
 
 def reply_to(channel: Any, msg_id: str) -> dict[str, Any]:

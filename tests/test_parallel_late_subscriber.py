@@ -10,8 +10,6 @@ before the client refused everything the hub dated before its first answer
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 import zmq
 from parallel_client_harness import LiveCluster
+from relays import SubscriptionRelay
 
 from corral.plugins.parallel.client import Client
 from corral.transports.zmq import wire
@@ -27,47 +26,6 @@ from corral.transports.zmq.gate import gate_for
 pytestmark = pytest.mark.timeout(300)
 
 DEADLINE = 60.0
-
-
-class NotificationRelay:
-    """The middle of one client's subscription to the hub's notification socket:
-    subscriptions up, messages down, and anything the test injects."""
-
-    def __init__(self, info: dict[str, Any], target: str) -> None:
-        ctx = zmq.Context.instance()
-        gate = gate_for(info)
-        self.front = gate.server(ctx.socket(zmq.XPUB))
-        self.front.linger = 0
-        self.port = self.front.bind_to_random_port("tcp://127.0.0.1")
-        self.back = gate.client(ctx.socket(zmq.XSUB))
-        self.back.linger = 0
-        self.back.connect(target)
-        self._inject: queue.Queue[list[bytes]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.front, zmq.POLLIN)
-        poller.register(self.back, zmq.POLLIN)
-        try:
-            while not self._stop.is_set():
-                while not self._inject.empty():
-                    self.front.send_multipart(self._inject.get())
-                for sock, _ in poller.poll(10):
-                    frames = sock.recv_multipart()
-                    (self.back if sock is self.front else self.front).send_multipart(frames)
-        finally:
-            self.front.close(linger=0)
-            self.back.close(linger=0)
-
-    def inject(self, frames: list[bytes]) -> None:
-        self._inject.put(frames)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 class Listener:
@@ -123,7 +81,7 @@ def test_a_late_client_refuses_an_old_notification(cluster: LiveCluster, tmp_pat
         _wait_for(rc, lambda: doomed_id not in rc.ids)
 
         # A client that joins now, its notifications through the relay.
-        relay = NotificationRelay(info, target)
+        relay = SubscriptionRelay(info, target)
         path = tmp_path / "relayed.json"
         path.write_text(json.dumps({**info, "notification": relay.port}))
         path.chmod(0o600)

@@ -26,6 +26,7 @@ import cloudpickle
 import pytest
 import zmq
 from parallel_client_harness import LiveCluster
+from relays import SubscriptionRelay
 
 from corral.core import compat
 from corral.plugins.parallel.client import Client
@@ -143,56 +144,29 @@ class Relay:
         self._thread.join(5)
 
 
-class PubRelay:
-    """The middle of a client's subscription to the controller's PUB socket at
-    ``target``: forwards subscriptions up and messages down, keeping back (and a copy
-    of) the ``stream`` messages while :attr:`withhold` is set, as a network peer on an
-    unencrypted link can drop what it likes."""
+class PubRelay(SubscriptionRelay):
+    """A relay of the controller's iopub that keeps back (and a copy of) the ``stream``
+    messages while :attr:`withhold` is set, as a network peer on an unencrypted link can
+    drop what it likes."""
 
     def __init__(self, info: dict[str, Any], target: str) -> None:
-        ctx = zmq.Context.instance()
-        gate = gate_for(info)
-        self.front = gate.server(ctx.socket(zmq.XPUB))
-        self.front.linger = 0
-        self.port = self.front.bind_to_random_port("tcp://127.0.0.1")
-        self.back = gate.client(ctx.socket(zmq.XSUB))
-        self.back.linger = 0
-        self.back.connect(target)
         self.withhold = False
         #: stream messages kept back, by the msg_id of their parent (the task)
         self.kept: queue.Queue[tuple[str, list[bytes]]] = queue.Queue()
         #: set once a stream message came through (subscriptions are in place)
         self.flowing = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(info, target)
 
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.front, zmq.POLLIN)
-        poller.register(self.back, zmq.POLLIN)
-        try:
-            while not self._stop.is_set():
-                for sock, _ in poller.poll(10):
-                    frames = sock.recv_multipart()
-                    if sock is self.front:
-                        self.back.send_multipart(frames)
-                        continue
-                    at = frames.index(wire.DELIMITER)
-                    if json.loads(frames[at + 2]).get("msg_type") == "stream":
-                        self.flowing.set()
-                        if self.withhold:
-                            parent = json.loads(frames[at + 3]).get("msg_id")
-                            self.kept.put((parent, [bytes(f) for f in frames]))
-                            continue
-                    self.front.send_multipart(frames)
-        finally:
-            self.front.close(linger=0)
-            self.back.close(linger=0)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def down(self, frames: list[bytes]) -> bool:
+        at = frames.index(wire.DELIMITER)
+        if json.loads(frames[at + 2]).get("msg_type") != "stream":
+            return True
+        self.flowing.set()
+        if not self.withhold:
+            return True
+        parent = json.loads(frames[at + 3]).get("msg_id")
+        self.kept.put((parent, [bytes(f) for f in frames]))
+        return False
 
 
 @pytest.fixture(scope="module")
