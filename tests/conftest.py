@@ -36,6 +36,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
     {
         "test_bridge.py",
         "test_parallel_cluster_sets.py",
+        "test_parallel_shards_api.py",
         "test_parallel_curve_stall.py",
         "test_parallel_data_channel_race.py",
         "test_parallel_data_unreachable.py",

@@ -18,14 +18,31 @@ cluster file lands here, and a client should not import what starts processes.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .aggregate_view import DEFAULT_WINDOW, AggregateView, HeldResult
 from .client.client import Client
 
-__all__ = ["DEFAULT_WINDOW", "AggregateClient", "AggregateView", "HeldResult"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "AggregateClient",
+    "AggregateView",
+    "HeldResult",
+    "aggregate_id",
+    "member_id",
+]
+
+
+def aggregate_id(k: int, local: int, members: int) -> int:
+    """The aggregate id of engine ``local`` of controller ``k`` of ``members``."""
+    return local * members + k
+
+
+def member_id(engine_id: int, members: int) -> tuple[int, int]:
+    """Which controller (``k``) owns aggregate ``engine_id``, and its own id there."""
+    return engine_id % members, engine_id // members
 
 
 class AggregateClient:
@@ -69,16 +86,22 @@ class AggregateClient:
         aggregate.connection_file = Path(path)
         return aggregate
 
+    def __await__(self) -> Generator[Any, None, AggregateClient]:
+        """Connected once it exists: ``rc = await cluster.start_and_connect()`` (as
+        ipyparallel scripts write it) gives the aggregate back."""
+        return self
+        yield  # pragma: no cover - makes this a generator
+
     # ------------------------------------------------------------------ engines
 
     def global_id(self, k: int, local: int) -> int:
         """The aggregate id of engine ``local`` of controller ``k``."""
-        return local * len(self.clients) + k
+        return aggregate_id(k, local, len(self.clients))
 
     def locate(self, engine_id: int) -> tuple[Client, int]:
         """The client of the controller that owns aggregate ``engine_id``, and its own id."""
-        n = len(self.clients)
-        return self.clients[engine_id % n], engine_id // n
+        k, local = member_id(engine_id, len(self.clients))
+        return self.clients[k], local
 
     @property
     def ids(self) -> list[int]:
