@@ -9,6 +9,7 @@ while its task topic has a subscriber, and only what an engine says of itself.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+import zmq
 from helpers import JsonLines
 from observers import NoticeLog
 from parallel_client_harness import LiveCluster
@@ -28,6 +30,8 @@ from corral.plugins.parallel import events
 from corral.plugins.parallel.client import Client
 from corral.plugins.parallel.clusterfile import read_cluster_file
 from corral.plugins.parallel.controller import ControllerHandle, start_controller
+from corral.plugins.parallel.engine._wire import Replier
+from corral.plugins.parallel.engine.taskfeed import _ToHub
 from corral.transports.zmq.bridge import FEED_MSG_TYPE, FeedSubscriber
 from corral.transports.zmq.door import HUB, cluster_signer
 from corral.transports.zmq.gate import gate_for
@@ -293,3 +297,38 @@ def test_the_hub_relays_while_followed_and_only_what_an_engine_says_of_itself(
     finally:
         for peer in peers:
             peer.close()
+
+
+class _EngineSide:
+    """What ``_ToHub`` uses of an engine: its signer and its registration socket, here
+    a real DEALER whose controller is gone (no peer: a send that must not wait fails)."""
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self.replier = Replier(cluster_signer(b"k" * 32), "session", "engine")
+        self.controller_run = "run"
+        self.registration = ctx.socket(zmq.DEALER)
+        self.registration.linger = 0
+
+
+def test_dropped_task_notifications_are_reported_rate_limited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A controller gone (its socket takes nothing): the feed drops rather than
+    blocks the engine, and says so in the engine's log, once per interval with a count."""
+    ctx = zmq.Context()
+    engine = _EngineSide(ctx)
+    try:
+        feed = _ToHub(engine)
+        with caplog.at_level(logging.WARNING, logger="corral.plugins.parallel.engine.taskfeed"):
+            for _ in range(50):
+                feed.send(b'{"type": "task_started"}')
+        assert feed.dropped == 50
+        lines = [r.getMessage() for r in caplog.records if "task feed" in r.getMessage()]
+        assert len(lines) == 1, lines  # the first drop at once, the rest counted
+        assert "dropped task notifications" in lines[0] and "for the hub" in lines[0]
+        feed._drops.flush()
+        later = [r.getMessage() for r in caplog.records if "task feed" in r.getMessage()]
+        assert "dropped 49 task notifications" in later[-1]
+    finally:
+        engine.registration.close()
+        ctx.term()

@@ -68,10 +68,20 @@ class RefusalLog:
     """Counts refused peers per cause and logs them rate-limited: the first of a cause at
     once, then one line per :data:`LOG_EVERY` seconds with how many came since."""
 
-    def __init__(self, logger: logging.Logger, what: str, every: float = LOG_EVERY) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        every: float = LOG_EVERY,
+        *,
+        verb: str = "refused",
+        peer_word: str = "from",
+    ) -> None:
         self.logger = logger
         self.what = what
         self.every = every
+        #: How a line says what happened (``refused ... from``; ``dropped ... for``).
+        self.verb, self.peer_word = verb, peer_word
         self.total: dict[str, int] = {}
         self._since: dict[str, int] = {}
         self._peers: dict[str, str] = {}
@@ -101,14 +111,18 @@ class RefusalLog:
 
     def _log(self, cause: str, count: int, peer: str) -> None:
         if count == 1:
-            self.logger.warning("%s: refused %s from %s", self.what, cause, peer)
+            self.logger.warning(
+                "%s: %s %s %s %s", self.what, self.verb, cause, self.peer_word, peer
+            )
         else:
             self.logger.warning(
-                "%s: refused %d %s in the last %.0f s (latest from %s)",
+                "%s: %s %d %s in the last %.0f s (latest %s %s)",
                 self.what,
+                self.verb,
                 count,
                 cause,
                 self.every,
+                self.peer_word,
                 peer,
             )
 

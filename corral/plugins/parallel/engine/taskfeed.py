@@ -13,6 +13,7 @@ costs what it cost before. See :mod:`..events` and :mod:`..controller.taskfeed`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import zmq
@@ -21,11 +22,14 @@ from corral.notification.bridge import BridgeSender
 from corral.transports.zmq import wire
 from corral.transports.zmq.bridge import FEED_MSG_TYPE
 from corral.transports.zmq.door import HUB
+from corral.transports.zmq.gate import RefusalLog
 
 from ..events import TASK_FEED_TYPES
 from ._wire import send_frames
 
 __all__ = ["TaskFeed"]
+
+log = logging.getLogger(__name__)
 
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -34,11 +38,14 @@ class _ToHub:
     """The bridge transport: one signed ``bus_notification`` to the hub per post.
 
     A notification is not worth waiting for: one the socket cannot take at once (the
-    controller gone, or far behind) is dropped and counted in :attr:`dropped`."""
+    controller gone, or far behind) is dropped, counted in :attr:`dropped` and reported
+    in the engine's log, rate-limited (whoever follows task starts misses it, and
+    should be able to learn why)."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self.dropped = 0
+        self._drops = RefusalLog(log, "task feed", verb="dropped", peer_word="for")
 
     def send(self, data: bytes) -> None:
         engine = self._engine
@@ -50,8 +57,11 @@ class _ToHub:
         )
         try:
             send_frames(engine.registration, frames, _NOBLOCK)
-        except zmq.ZMQError:
+        except zmq.ZMQError as error:
             self.dropped += 1
+            self._drops.refused(
+                f"task notifications (the hub's socket took none: {error})", "the hub"
+            )
 
     def recv(self, timeout: float | None) -> bytes | None:
         raise EOFError("an engine's task feed only sends")
