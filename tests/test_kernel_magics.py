@@ -7,6 +7,8 @@ check what reaches the frontend: streams, results, page payloads, %pylab's figur
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +100,20 @@ def test_debug_prompts_through_input_requests(kc: BlockingKernelClient) -> None:
     assert reply_to(kc.shell_channel, msg_id)["content"]["status"] == "ok"
     out = stdout_of(iopub_until_idle(kc, msg_id))
     assert "-> return 1 / 0" in out and "'seen'" in out
+
+
+def test_connect_info_names_the_kernels_file_and_how_to_attach(kc: BlockingKernelClient) -> None:
+    _, msgs = ok(kc, "%connect_info")
+    text = stdout_of(msgs)
+    info = json.loads(text.split("\n\n")[0])
+    assert (info["shell_port"], info["key"]) == (kc.shell_port, kc.session.key.decode())
+    assert f"jupyter console --existing {kc.connection_file}" in text
+    assert f"corral console --existing {kc.connection_file}" in text
+
+
+@pytest.mark.skipif(shutil.which("jupyter-qtconsole") is not None, reason="qtconsole installed")
+def test_qtconsole_without_qtconsole_says_what_to_install(kc: BlockingKernelClient) -> None:
+    reply, _ = run(kc, "%qtconsole")
+    assert reply["content"]["ename"] == "UsageError"
+    assert "pip install qtconsole" in reply["content"]["evalue"]
+    assert f"jupyter console --existing {kc.connection_file}" in reply["content"]["evalue"]

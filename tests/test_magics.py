@@ -398,3 +398,11 @@ def test_pip_runs_the_kernels_own_pip(interp):
     assert os.path.realpath(sys.prefix) in os.path.realpath(out.split(" from ")[1].split()[0])
     assert "restart the kernel" not in out  # only after install and uninstall
     assert interp.execute("%pip").ename == "UsageError"
+
+
+def test_connect_info_without_a_kernel_says_there_is_nothing_to_connect_to(interp):
+    for magic in ("%connect_info", "%qtconsole"):
+        result = interp.execute(magic)
+        assert result.ename == "UsageError", magic
+        assert "not served as a Jupyter kernel" in result.evalue
+        assert "bind_kernel()" in result.evalue  # what to do on a cluster engine

@@ -3,6 +3,7 @@ while it keeps serving tasks."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -133,6 +134,24 @@ def test_a_bound_engine_is_a_kernel_sharing_its_namespace(live: LiveCluster) -> 
     kc = connect(again)
     try:
         reply, _ = run(kc, "b")
+        assert reply["status"] == "ok"
+    finally:
+        kc.stop_channels()
+
+
+def test_connect_info_on_an_engine_binds_it_and_says_how_to_attach(live: LiveCluster) -> None:
+    """``%px %connect_info`` as on ipyparallel's engines (kernels already): the engine
+    is bound on demand and the text names the file a console attaches to."""
+    rc = live.client
+    engine = rc[rc.ids[0]]
+    text = engine.execute("%connect_info", block=True).stdout
+    path = engine.apply_sync(bind_kernel)  # the kernel %connect_info bound (or found)
+    assert f"jupyter console --existing {path}" in text
+    info = json.loads(text.split("\n\n")[0])
+    assert info == json.loads(Path(path).read_text())
+    kc = connect(path)
+    try:
+        reply, _ = run(kc, "6 * 7")
         assert reply["status"] == "ok"
     finally:
         kc.stop_channels()

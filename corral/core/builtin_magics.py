@@ -607,3 +607,6 @@ def register_builtin_magics(registry: MagicsRegistry) -> None:
     from corral.core.magics_more import register_more_magics
 
     register_more_magics(registry)
+    from corral.core.magics_connect import register_connect_magics
+
+    register_connect_magics(registry)

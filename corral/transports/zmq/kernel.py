@@ -154,6 +154,9 @@ class KernelServer(RequestServer):
         lazy_interpreter: bool = False,
     ) -> None:
         self.info = connection_info
+        #: Where :attr:`info` is written for frontends, once whoever started the server
+        #: knows (``%connect_info`` prints it).
+        self.connection_file: str | None = None
         #: None until :meth:`start` makes the default one (or, when ``lazy_interpreter``,
         #: until a request needs it): a frontend's first request is nearly always
         #: kernel_info, which needs no interpreter, and importing and building one costs

@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None, *, plugins: PluginLoaderFactory | None =
         print(f"corral kernel connection file: {path}", flush=True)
     elif unbound or not os.path.exists(path):
         write_connection_file(path, info)
+    server.connection_file = os.path.abspath(path)
     report_bound()
     server.start()
     loader = plugins(server, args.profile) if plugins else None

@@ -25,13 +25,14 @@ Why it is cheap and safe:
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["BoundKernel", "bind_kernel", "current_engine"]
+__all__ = ["BoundKernel", "bind_kernel", "current_engine", "install_connect_magics"]
 
 log = logging.getLogger("corral.parallel.engine")
 
@@ -67,6 +68,21 @@ def bind_kernel(ip: str = "127.0.0.1") -> str:
     return str(engine.bound_kernel.connection_file)
 
 
+def install_connect_magics(interpreter: Any) -> None:
+    """On an engine, ``%connect_info`` and ``%qtconsole`` bind the engine as a kernel
+    first (as :func:`bind_kernel`), so ``%px %connect_info`` answers as on ipyparallel's
+    engines (which are kernels already) instead of "not a kernel"."""
+    from corral.core.magics_connect import connect_info_magic, qtconsole_magic
+
+    for name, magic in (("connect_info", connect_info_magic), ("qtconsole", qtconsole_magic)):
+        interpreter.magics.register_line(name, partial(_bound_first, magic))
+
+
+def _bound_first(magic: Any, interp: Any, line: str) -> Any:
+    bind_kernel()
+    return magic(interp, line)
+
+
 class BoundKernel:
     """A :class:`KernelServer` over ``engine``'s interpreter, served by its main loop."""
 
@@ -99,6 +115,7 @@ class BoundKernel:
         self.connection_file: Path = write_connection_file(
             new_connection_file(directory), self.server.info
         )
+        self.server.connection_file = str(self.connection_file)
         self.sockets = self.server.host_sockets()
         engine.watch_sockets(self.sockets)
         log.warning("engine %s is bound as a kernel: %s", engine.id, self.connection_file)

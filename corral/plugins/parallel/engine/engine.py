@@ -413,6 +413,7 @@ class Engine(RequestServer):
         self.interpreter = Interpreter(
             shared_center, user_ns=self.user_ns, history=no_history(), sender="engine"
         )
+        bound.install_connect_magics(self.interpreter)
         self.tasks.load()
         self._serialize = self.tasks.serialize
 
