@@ -17,6 +17,7 @@ from corral.transports.zmq.batch import (
     BatchError,
     is_batch,
     pack_batches,
+    pack_batches_counted,
     unbatch,
 )
 
@@ -46,6 +47,12 @@ def test_unpacked_frames_are_plain_bytes() -> None:
 def test_one_message_goes_unbatched() -> None:
     (message,) = _messages(1)
     assert pack_batches([b"peer"], [message]) == [[b"peer", *message]]
+    # Whatever its size and the bounds: a lone message is sent as it is, counted once.
+    big = [b"h", b"x" * (MAX_PACKED_MESSAGE + 1)]
+    for limit, max_bytes in ((1, 1), (64, MAX_BATCH_BYTES)):
+        for lone in (message, big):
+            packed = pack_batches_counted((b"peer",), [lone], limit, max_bytes)
+            assert packed == [([b"peer", *lone], 1)]
 
 
 def test_limit_splits_into_several_batches_in_order() -> None:

@@ -93,6 +93,8 @@ def pack_batches_counted(
     """:func:`pack_batches`, each zmq message with how many of ``messages`` it carries
     (a sender that fails part way knows which messages are still unsent). ``max_bytes``
     bounds a batch's body (a sender that wants one message for many replies raises it)."""
+    if len(messages) == 1:  # the usual case with many engines: one request each
+        return [([*prefix, *messages[0]], 1)]
     out: list[tuple[list[Any], int]] = []
     run: list[Sequence[Any]] = []
     counts: list[int] = []
