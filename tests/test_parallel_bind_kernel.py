@@ -41,6 +41,16 @@ def connect(path: str) -> BlockingKernelClient:
     return kc
 
 
+def ok_in_new_console(path: str, code: str) -> None:
+    """A console attached to the kernel at ``path`` runs ``code`` without error."""
+    kc = connect(path)
+    try:
+        reply, _ = run(kc, code)
+        assert reply["status"] == "ok"
+    finally:
+        kc.stop_channels()
+
+
 def shell_reply(kc: BlockingKernelClient, msg_id: str) -> dict[str, Any]:
     """The shell reply to ``msg_id`` (a late answer to one of the ``kernel_info``
     requests ``wait_for_ready`` repeats on a loaded machine may come first)."""
@@ -131,12 +141,7 @@ def test_a_bound_engine_is_a_kernel_sharing_its_namespace(live: LiveCluster) -> 
     # And it can be bound again: a new kernel, the old one's file gone.
     again = engine.apply_sync(bind_kernel)
     assert again != path and not Path(path).exists()
-    kc = connect(again)
-    try:
-        reply, _ = run(kc, "b")
-        assert reply["status"] == "ok"
-    finally:
-        kc.stop_channels()
+    ok_in_new_console(again, "b")
 
 
 def test_connect_info_on_an_engine_binds_it_and_says_how_to_attach(live: LiveCluster) -> None:
@@ -149,12 +154,7 @@ def test_connect_info_on_an_engine_binds_it_and_says_how_to_attach(live: LiveClu
     assert f"jupyter console --existing {path}" in text
     info = json.loads(text.split("\n\n")[0])
     assert info == json.loads(Path(path).read_text())
-    kc = connect(path)
-    try:
-        reply, _ = run(kc, "6 * 7")
-        assert reply["status"] == "ok"
-    finally:
-        kc.stop_channels()
+    ok_in_new_console(path, "6 * 7")
 
 
 def test_bind_kernel_off_an_engine_says_where_it_runs() -> None:

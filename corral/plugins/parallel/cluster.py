@@ -961,24 +961,6 @@ class Cluster(ClusterCompat):
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def start_async(self) -> None:
-        """:meth:`start` in a worker thread, so the event loop keeps running."""
-        await _to_thread(self.start)
-
-    async def start_and_connect_async(self, n: int | None = None) -> Client:
-        """:meth:`start_and_connect` in a worker thread."""
-        return await _to_thread(self.start_and_connect, n)
-
-    async def stop_async(self, grace: float | None = None) -> None:
-        """:meth:`stop` in a worker thread."""
-        await _to_thread(self.stop, grace)
-
-    async def __aenter__(self) -> Client:
-        return await self.start_and_connect_async()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop_async()
-
 
 #: Clusters started in this process and not stopped, so they can be stopped at exit.
 #: Held strongly: ``corral.Cluster(n=2).start_and_connect()`` keeps no reference to its
@@ -996,14 +978,6 @@ def _stop_forgotten_clusters() -> None:
             cluster.stop(grace=1.0)
         except Exception as exc:
             log.warning("could not stop cluster %s at exit: %s", cluster.cluster_id, exc)
-
-
-async def _to_thread(func: Any, *args: Any) -> Any:
-    """``asyncio.to_thread``, importing asyncio only when the async API is used: it costs
-    35 ms, a fifth of a cluster's start, for scripts that never touch it."""
-    import asyncio
-
-    return await asyncio.to_thread(func, *args)
 
 
 def _worker_pids(launcher: Any, monitors: list[int]) -> list[int]:

@@ -35,7 +35,7 @@ from .aggregate import (
 )
 from .aggregatefile import write_aggregate_file
 from .cluster import Cluster, ClusterError, new_cluster_id, record_path
-from .cluster_compat import AwaitableList, ClusterCompat, _in_thread
+from .cluster_compat import AwaitableList, ClusterCompat
 from .clusterfile import cluster_file_path
 
 __all__ = [
@@ -461,21 +461,3 @@ class Shards(ClusterCompat):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    async def start_async(self) -> None:
-        """:meth:`start` in a worker thread, so the event loop keeps running."""
-        await _in_thread(self.start)
-
-    async def start_and_connect_async(self, n: int | None = None) -> AggregateClient:
-        """:meth:`start_and_connect` in a worker thread."""
-        return await _in_thread(self.start_and_connect, n)
-
-    async def stop_async(self, grace: float | None = None) -> None:
-        """:meth:`stop` in a worker thread."""
-        await _in_thread(self.stop, grace)
-
-    async def __aenter__(self) -> AggregateClient:
-        return await self.start_and_connect_async()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop_async()
