@@ -117,6 +117,10 @@ CELLS: list[tuple[str, str]] = [
     ("%autoawait", "text"),
     ("%doctest_mode", "text"),
     ("%doctest_mode", "text"),
+    # Pasted from a console or docs, or from inside a function: IPython runs these.
+    (">>> p1 = 2\n>>> p1 * 3", "text"),
+    ("In [1]: p2 = 4\nIn [2]: for _ in range(1):\n   ...:     print(p2 + 1)\n   ...:", "text"),
+    ("    ind = 1\n    ind + 1", "text"),
     ("1 / 0", "shape"),
 ]
 

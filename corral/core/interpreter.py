@@ -39,6 +39,7 @@ from corral.core.magics import (
     MagicsRegistry,
     UsageError,
     automagic,
+    clean_cell,
     split_cell_magic,
     transform_cell,
     transform_source,
@@ -348,7 +349,8 @@ class Interpreter:
         self._payload = []
         set_current(self)
         self.center.post(EXECUTE_STARTED, self, code=code, execution_count=count, silent=silent)
-        cell = self._transform_input(code) if self.input_transformers else code
+        cell = clean_cell(code)
+        cell = self._transform_input(cell) if self.input_transformers else cell
         linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
         magic_cell = split_cell_magic(cell)
         if not magic_cell and self.automagic and "\n" not in cell.strip():
