@@ -121,6 +121,16 @@ CELLS: list[tuple[str, str]] = [
     (">>> p1 = 2\n>>> p1 * 3", "text"),
     ("In [1]: p2 = 4\nIn [2]: for _ in range(1):\n   ...:     print(p2 + 1)\n   ...:", "text"),
     ("    ind = 1\n    ind + 1", "text"),
+    # Cells run inside the kernel's running event loop, as under ipykernel.
+    ("import asyncio\nasyncio.get_running_loop().is_running()", "text"),
+    ("bg_task = asyncio.create_task(asyncio.sleep(0, result='task done'))", "text"),
+    ("await bg_task", "text"),
+    (
+        "async def coro():\n    return 7\nc = coro()\ntry:\n    asyncio.run(c)\n"
+        "except RuntimeError as e:\n    print(e)\nfinally:\n    c.close()",
+        "text",
+    ),
+    ("await coro()", "text"),
     ("1 / 0", "shape"),
 ]
 

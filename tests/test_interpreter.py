@@ -101,6 +101,41 @@ def test_top_level_await():
     assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "9"
 
 
+def test_cells_run_inside_a_running_event_loop():
+    """As under ipykernel: any cell sees a running loop, its tasks live on across cells,
+    ``asyncio.run`` fails there, and context variables a cell sets outlive it."""
+    interp, rec = make_interpreter()
+    assert interp.execute("import asyncio\nasyncio.get_running_loop().is_running()").status == "ok"
+    assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "True"
+    assert interp.execute("t = asyncio.create_task(asyncio.sleep(0, result=5))").status == "ok"
+    assert interp.execute("await t").status == "ok"
+    assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "5"
+    failed = interp.execute(
+        "c = asyncio.sleep(0)\ntry:\n    asyncio.run(c)\nfinally:\n    c.close()"
+    )
+    assert (failed.ename, failed.evalue) == (
+        "RuntimeError",
+        "asyncio.run() cannot be called from a running event loop",
+    )
+    interp.execute("import contextvars\nv = contextvars.ContextVar('v')\nv.set(1);")
+    assert interp.execute("v.get()").status == "ok"
+    assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "1"
+
+
+def test_an_interrupt_in_the_loop_stops_the_awaiting_cell():
+    """A KeyboardInterrupt that lands in asyncio's loop (the cell waits) ends the cell
+    with a traceback into the cell, and the loop serves the next cell."""
+    interp, _ = make_interpreter()
+    interp.execute("import asyncio, signal, threading")
+    main = "threading.main_thread().ident"  # the signal must wake the loop's select()
+    code = f"threading.Timer(0.2, signal.pthread_kill, ({main}, signal.SIGINT)).start()\n"
+    code += "await asyncio.sleep(30)"
+    stopped = interp.execute(code)
+    assert stopped.ename == "KeyboardInterrupt"
+    assert any("await asyncio.sleep(30)" in line for line in stopped.traceback)
+    assert interp.execute("await asyncio.sleep(0)").status == "ok"
+
+
 def test_future_import_persists_across_cells():
     interp, _ = make_interpreter()
     interp.execute("from __future__ import annotations")
