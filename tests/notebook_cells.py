@@ -131,6 +131,11 @@ CELLS: list[tuple[str, str]] = [
         "text",
     ),
     ("await coro()", "text"),
+    # `_i` is the cell before; a failing %%capture cell still keeps what it captured.
+    ("'marker'", "text"),
+    ("_i", "text"),
+    ("%%capture cap_err\nprint('before')\n1 / 0", "shape"),
+    ("cap_err.stdout", "text"),
     ("1 / 0", "shape"),
 ]
 

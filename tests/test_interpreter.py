@@ -37,7 +37,9 @@ def test_counter_out_underscores_and_in():
     assert (ns["_"], ns["__"], ns["___"]) == (30, 20, 10)
     assert ns["_1"] == 10 and ns["_4"] == 30 and "_2" not in ns
     assert ns["In"] == ["", "10", "x = 5", "20", "30"]
-    assert ns["_i"] == "30" and ns["_ii"] == "20" and ns["_i2"] == "x = 5"
+    # As IPython: while cell N runs (and until the next), `_i` is cell N-1.
+    assert ns["_i"] == "20" and ns["_ii"] == "x = 5" and ns["_i2"] == "x = 5"
+    assert ns["_i4"] == "30"
 
 
 def test_multi_statement_cell_shows_only_last_expression():

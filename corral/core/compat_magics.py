@@ -215,9 +215,11 @@ def capture_cell(interp: Any, line: str, cell: str) -> None:
         stderr="--no-stderr" not in flags,
         display="--no-display" not in flags,
     ) as captured:
-        interp.run_source(cell, filename="<capture>")
-    if names:
-        interp.user_ns[names[0]] = captured
+        try:
+            interp.run_source(cell, filename="<capture>")
+        finally:  # as IPython: what a failing cell printed before failing is kept too
+            if names:
+                interp.user_ns[names[0]] = captured
 
 
 def script_cell(interp: Any, line: str, cell: str) -> None:

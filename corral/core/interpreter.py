@@ -310,6 +310,7 @@ class Interpreter:
         self._out: dict[int, Any] = {}
         self._in = inputs
         self._unders: tuple[Any, Any, Any] = ("", "", "")
+        self._last_input = ""  # the cell before: what `_i` names while the next one runs
         ns.update(
             {
                 "In": self._in,
@@ -497,7 +498,9 @@ class Interpreter:
         while len(self._in) < count:
             self._in.append("")
         self._in[count:] = [raw]
-        ns["_iii"], ns["_ii"], ns["_i"] = ns.get("_ii", ""), ns.get("_i", ""), raw
+        # As IPython: `_i` is the cell before this one (this one is `_iN` and `In[-1]`).
+        ns["_iii"], ns["_ii"], ns["_i"] = ns.get("_ii", ""), ns.get("_i", ""), self._last_input
+        self._last_input = raw
         ns[f"_i{count}"] = raw
         self.history_manager.store_input(count, source, raw)
 
