@@ -136,6 +136,19 @@ CELLS: list[tuple[str, str]] = [
     ("_i", "text"),
     ("%%capture cap_err\nprint('before')\n1 / 0", "shape"),
     ("cap_err.stdout", "text"),
+    # What is written to descriptors 1 and 2 (not through sys.stdout) shows too.
+    ("import os\nos.system('echo from os.system')", "text"),
+    ("import subprocess\nsubprocess.run('echo from a subprocess', shell=True).returncode", "text"),
+    (
+        "import multiprocessing as mp\ndef child_says():\n    print('from a forked child')\n"
+        "p = mp.get_context('fork').Process(target=child_says)\np.start(); p.join(); p.exitcode",
+        "text",
+    ),
+    (
+        "import faulthandler, sys\nfaulthandler.enable()\nfaulthandler.disable()\n"
+        "sys.stdout.fileno() > 0",
+        "text",
+    ),
     ("1 / 0", "shape"),
 ]
 

@@ -33,7 +33,12 @@ from corral.core.events import (
 from corral.core.history import HistoryManager
 from corral.core.interactivity import DEFAULT as DEFAULT_MODE
 from corral.core.interactivity import current_mode, steps
-from corral.core.iostreams import StdinNotImplementedError, redirect_output, route_stdin
+from corral.core.iostreams import (
+    StdinNotImplementedError,
+    redirect_output,
+    route_stdin,
+    sync_output,
+)
 from corral.core.magics import (
     NO_VAR_EXPAND,
     MagicsRegistry,
@@ -622,6 +627,7 @@ class Interpreter:
         if all(ns.get(n, "") is v for n, v in zip(("_", "__", "___"), self._unders, strict=True)):
             self._unders = (value, self._unders[0], self._unders[1])
             ns["_"], ns["__"], ns["___"] = self._unders
+        sync_output()  # what the cell's subprocesses printed shows before its result
         if displays_itself(value):  # it published what it wanted: no result of ours
             return
         data, metadata = format_object(value)
