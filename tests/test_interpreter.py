@@ -348,6 +348,21 @@ def test_error_frames_in_other_files_and_chained_exceptions(tmp_path):
     assert text.index("ValueError: inner") < text.index("KeyError: 'outer'")
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11's")
+def test_exception_group_shows_its_members():
+    """What failed in an asyncio.TaskGroup is in the group's members, not its own line."""
+    interp, _ = make_interpreter()
+    result = interp.execute(
+        "def fails(n):\n    raise ValueError(f'member {n}')\nerrors = []\n"
+        "for n in (1, 2):\n    try:\n        fails(n)\n    except ValueError as e:\n"
+        "        errors.append(e)\nraise ExceptionGroup('two failed', errors)"
+    )
+    text = "\n".join(result.traceback)
+    assert (result.ename, result.evalue) == ("ExceptionGroup", "two failed (2 sub-exceptions)")
+    assert text.index("two failed") < text.index("member 1") < text.index("member 2")
+    assert "    | ----> 2     raise ValueError(f'member {n}')" in text
+
+
 def test_error_cell_is_still_numbered_and_stored():
     interp, _ = make_interpreter()
     interp.execute("raise RuntimeError('x')")
