@@ -149,6 +149,12 @@ CELLS: list[tuple[str, str]] = [
         "sys.stdout.fileno() > 0",
         "text",
     ),
+    # `x = !cmd` gives IPython's list of lines, with its helpers.
+    (
+        "sl = !printf 'b 2\\na 1\\nc 10\\n'\nprint(type(sl).__name__, sl.s, sl.n.count('\\n'))\n"
+        "print(sl.grep('A'), sl.grep('a', prune=True), sl.fields(1), sl.sort(1, nums=True))",
+        "text",
+    ),
     ("1 / 0", "shape"),
 ]
 
