@@ -136,6 +136,8 @@ CELLS: list[tuple[str, str]] = [
     ("_i", "text"),
     ("%%capture cap_err\nprint('before')\n1 / 0", "shape"),
     ("cap_err.stdout", "text"),
+    ("%%capture cap_val\nprint('out')\n1 + 1", "text"),
+    ("[o.data for o in cap_val.outputs], cap_val.stdout", "text"),
     # What is written to descriptors 1 and 2 (not through sys.stdout) shows too.
     ("import os\nos.system('echo from os.system')", "text"),
     ("import subprocess\nsubprocess.run('echo from a subprocess', shell=True).returncode", "text"),
