@@ -117,6 +117,46 @@ CELLS: list[tuple[str, str]] = [
     ("%autoawait", "text"),
     ("%doctest_mode", "text"),
     ("%doctest_mode", "text"),
+    # Pasted from a console or docs, or from inside a function: IPython runs these.
+    (">>> p1 = 2\n>>> p1 * 3", "text"),
+    ("In [1]: p2 = 4\nIn [2]: for _ in range(1):\n   ...:     print(p2 + 1)\n   ...:", "text"),
+    ("    ind = 1\n    ind + 1", "text"),
+    # Cells run inside the kernel's running event loop, as under ipykernel.
+    ("import asyncio\nasyncio.get_running_loop().is_running()", "text"),
+    ("bg_task = asyncio.create_task(asyncio.sleep(0, result='task done'))", "text"),
+    ("await bg_task", "text"),
+    (
+        "async def coro():\n    return 7\nc = coro()\ntry:\n    asyncio.run(c)\n"
+        "except RuntimeError as e:\n    print(e)\nfinally:\n    c.close()",
+        "text",
+    ),
+    ("await coro()", "text"),
+    # `_i` is the cell before; a failing %%capture cell still keeps what it captured.
+    ("'marker'", "text"),
+    ("_i", "text"),
+    ("%%capture cap_err\nprint('before')\n1 / 0", "shape"),
+    ("cap_err.stdout", "text"),
+    ("%%capture cap_val\nprint('out')\n1 + 1", "text"),
+    ("[o.data for o in cap_val.outputs], cap_val.stdout", "text"),
+    # What is written to descriptors 1 and 2 (not through sys.stdout) shows too.
+    ("import os\nos.system('echo from os.system')", "text"),
+    ("import subprocess\nsubprocess.run('echo from a subprocess', shell=True).returncode", "text"),
+    (
+        "import multiprocessing as mp\ndef child_says():\n    print('from a forked child')\n"
+        "p = mp.get_context('fork').Process(target=child_says)\np.start(); p.join(); p.exitcode",
+        "text",
+    ),
+    (
+        "import faulthandler, sys\nfaulthandler.enable()\nfaulthandler.disable()\n"
+        "sys.stdout.fileno() > 0",
+        "text",
+    ),
+    # `x = !cmd` gives IPython's list of lines, with its helpers.
+    (
+        "sl = !printf 'b 2\\na 1\\nc 10\\n'\nprint(type(sl).__name__, sl.s, sl.n.count('\\n'))\n"
+        "print(sl.grep('A'), sl.grep('a', prune=True), sl.fields(1), sl.sort(1, nums=True))",
+        "text",
+    ),
     ("1 / 0", "shape"),
 ]
 

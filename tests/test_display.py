@@ -124,6 +124,25 @@ def test_plain_text_is_pretty_printed():
     assert "\n" in text and text.startswith("{'key0'")
 
 
+def test_long_strings_stay_one_literal():
+    """As IPython shows them: pprint's cut into adjacent literals reads as a tuple."""
+    text = "hello world " * 10
+    assert format_object(text)[0]["text/plain"] == repr(text)
+    assert format_object(text.encode())[0]["text/plain"] == repr(text.encode())
+    assert format_object([text, 1])[0]["text/plain"] == f"[{text!r},\n 1]"
+
+
+def test_repr_pretty_gives_plain_text():
+    """Libraries that define only ``_repr_pretty_`` show their text, as under ipykernel."""
+    pytest.importorskip("IPython")
+
+    class Pretty:
+        def _repr_pretty_(self, printer, cycle):
+            printer.text("pretty!")
+
+    assert format_object(Pretty())[0] == {"text/plain": "pretty!"}
+
+
 def test_wrappers():
     assert format_object(HTML("<p>x</p>"))[0]["text/html"] == "<p>x</p>"
     assert format_object(Markdown("# t"))[0]["text/markdown"] == "# t"

@@ -37,7 +37,9 @@ def test_counter_out_underscores_and_in():
     assert (ns["_"], ns["__"], ns["___"]) == (30, 20, 10)
     assert ns["_1"] == 10 and ns["_4"] == 30 and "_2" not in ns
     assert ns["In"] == ["", "10", "x = 5", "20", "30"]
-    assert ns["_i"] == "30" and ns["_ii"] == "20" and ns["_i2"] == "x = 5"
+    # As IPython: while cell N runs (and until the next), `_i` is cell N-1.
+    assert ns["_i"] == "20" and ns["_ii"] == "x = 5" and ns["_i2"] == "x = 5"
+    assert ns["_i4"] == "30"
 
 
 def test_multi_statement_cell_shows_only_last_expression():
@@ -99,6 +101,41 @@ def test_top_level_await():
     result = interp.execute("await f()")
     assert result.status == "ok"
     assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "9"
+
+
+def test_cells_run_inside_a_running_event_loop():
+    """As under ipykernel: any cell sees a running loop, its tasks live on across cells,
+    ``asyncio.run`` fails there, and context variables a cell sets outlive it."""
+    interp, rec = make_interpreter()
+    assert interp.execute("import asyncio\nasyncio.get_running_loop().is_running()").status == "ok"
+    assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "True"
+    assert interp.execute("t = asyncio.create_task(asyncio.sleep(0, result=5))").status == "ok"
+    assert interp.execute("await t").status == "ok"
+    assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "5"
+    failed = interp.execute(
+        "c = asyncio.sleep(0)\ntry:\n    asyncio.run(c)\nfinally:\n    c.close()"
+    )
+    assert (failed.ename, failed.evalue) == (
+        "RuntimeError",
+        "asyncio.run() cannot be called from a running event loop",
+    )
+    interp.execute("import contextvars\nv = contextvars.ContextVar('v')\nv.set(1);")
+    assert interp.execute("v.get()").status == "ok"
+    assert rec.of(events.EXECUTE_RESULT)[-1]["data"]["text/plain"] == "1"
+
+
+def test_an_interrupt_in_the_loop_stops_the_awaiting_cell():
+    """A KeyboardInterrupt that lands in asyncio's loop (the cell waits) ends the cell
+    with a traceback into the cell, and the loop serves the next cell."""
+    interp, _ = make_interpreter()
+    interp.execute("import asyncio, signal, threading")
+    main = "threading.main_thread().ident"  # the signal must wake the loop's select()
+    code = f"threading.Timer(0.2, signal.pthread_kill, ({main}, signal.SIGINT)).start()\n"
+    code += "await asyncio.sleep(30)"
+    stopped = interp.execute(code)
+    assert stopped.ename == "KeyboardInterrupt"
+    assert any("await asyncio.sleep(30)" in line for line in stopped.traceback)
+    assert interp.execute("await asyncio.sleep(0)").status == "ok"
 
 
 def test_future_import_persists_across_cells():
@@ -309,6 +346,21 @@ def test_error_frames_in_other_files_and_chained_exceptions(tmp_path):
     assert "ValueError: inner" in text
     assert "direct cause of the following exception" in text
     assert text.index("ValueError: inner") < text.index("KeyError: 'outer'")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11's")
+def test_exception_group_shows_its_members():
+    """What failed in an asyncio.TaskGroup is in the group's members, not its own line."""
+    interp, _ = make_interpreter()
+    result = interp.execute(
+        "def fails(n):\n    raise ValueError(f'member {n}')\nerrors = []\n"
+        "for n in (1, 2):\n    try:\n        fails(n)\n    except ValueError as e:\n"
+        "        errors.append(e)\nraise ExceptionGroup('two failed', errors)"
+    )
+    text = "\n".join(result.traceback)
+    assert (result.ename, result.evalue) == ("ExceptionGroup", "two failed (2 sub-exceptions)")
+    assert text.index("two failed") < text.index("member 1") < text.index("member 2")
+    assert "    | ----> 2     raise ValueError(f'member {n}')" in text
 
 
 def test_error_cell_is_still_numbered_and_stored():

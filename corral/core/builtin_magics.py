@@ -129,8 +129,11 @@ def system(interp: Any, cmd: str) -> None:
 
 
 def getoutput(interp: Any, cmd: str) -> list[str]:
-    """``x = !cmd``: the lines ``cmd`` printed (stdout and stderr together)."""
+    """``x = !cmd``: the lines ``cmd`` printed (stdout and stderr together), as an
+    :class:`~corral.core.slist.SList` (``.s``, ``.n``, ``.grep()``... as in IPython)."""
     import subprocess
+
+    from corral.core.slist import SList
 
     done = subprocess.run(
         cmd,
@@ -142,7 +145,7 @@ def getoutput(interp: Any, cmd: str) -> list[str]:
         errors="replace",
     )
     interp.user_ns["_exit_code"] = done.returncode
-    return done.stdout.splitlines()
+    return SList(done.stdout.splitlines())
 
 
 # ------------------------------------------------------------------ timing

@@ -195,13 +195,16 @@ def matplotlib_magic(interp: Any, line: str) -> None:
 # ------------------------------------------------------------------ cell magics
 
 
-def capture_cell(interp: Any, line: str, cell: str) -> None:
+def capture_cell(interp: Any, line: str, cell: str) -> Any:
     """%%capture [--no-stdout] [--no-stderr] [--no-display] [NAME]: capture a cell's output.
 
     The output is kept in ``NAME`` (a ``CapturedIO``: ``.stdout``, ``.stderr``,
-    ``.outputs``, ``.show()``) instead of being shown.
+    ``.outputs``, ``.show()``) instead of being shown. The cell's result is one of the
+    outputs, as in IPython (``--no-display`` shows it as the cell's result instead).
     """
-    from corral.core.capture import capture_output
+    from corral.core.capture import RichOutput, capture_output
+    from corral.core.display import format_object
+    from corral.core.interpreter import _suppressed
 
     words = line.split()
     flags = {w for w in words if w.startswith("--")}
@@ -215,9 +218,17 @@ def capture_cell(interp: Any, line: str, cell: str) -> None:
         stderr="--no-stderr" not in flags,
         display="--no-display" not in flags,
     ) as captured:
-        interp.run_source(cell, filename="<capture>")
-    if names:
-        interp.user_ns[names[0]] = captured
+        try:
+            value = interp.run_source(cell, filename="<capture>")
+        finally:  # as IPython: what a failing cell printed before failing is kept too
+            if names:
+                interp.user_ns[names[0]] = captured
+    if value is None or _suppressed(cell):
+        return None
+    if "--no-display" in flags:
+        return value
+    captured.outputs.append(RichOutput(*format_object(value)))
+    return None
 
 
 def script_cell(interp: Any, line: str, cell: str) -> None:

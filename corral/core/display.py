@@ -125,50 +125,69 @@ def set_plain_options(*, float_format: str | None = None, pretty: bool = True) -
 
 
 def _plain(obj: Any) -> str:
-    import pprint
-
     try:
         if not _pretty:
             return repr(obj)
-        if _float_format is not None:
-            text: str = _FloatPrinter(_float_format).pformat(obj)
-            return text
-        return pprint.pformat(obj, sort_dicts=False)
+        if getattr(type(obj), "_repr_pretty_", None) is not None:
+            shown = _ipython_pretty(obj)
+            if shown is not None:
+                return shown
+        text: str = _printer_class()(_float_format).pformat(obj)
+        return text
     except Exception:
         return object.__repr__(obj)
 
 
-_printer_class: Any = None
+def _ipython_pretty(obj: Any) -> str | None:
+    """``obj._repr_pretty_`` through IPython's pretty printer, which that method is
+    written for (it is handed IPython's printer); None without IPython.
+
+    Imported only for such an object: IPython costs tens of milliseconds, and libraries
+    that define only ``_repr_pretty_`` show their own text under ipykernel.
+    """
+    try:
+        from IPython.lib.pretty import pretty
+    except ImportError:
+        return None
+    text: str = pretty(obj)  # type: ignore[no-untyped-call]  # IPython has no annotations
+    return text
 
 
-def _float_printer_class() -> Any:
-    """The pprint subclass for ``%precision``, defined on first use (pprint is imported
-    lazily here, as everywhere in this module)."""
-    global _printer_class
-    if _printer_class is not None:
-        return _printer_class
+_printer: Any = None
+
+
+def _printer_class() -> Any:
+    """The pprint subclass behind ``text/plain``, defined on first use (pprint is
+    imported lazily here, as everywhere in this module)."""
+    global _printer
+    if _printer is not None:
+        return _printer
     import pprint
 
-    class FloatPrinter(pprint.PrettyPrinter):
-        """pprint with floats formatted by ``%precision``'s format."""
+    # pprint cuts a long str or bytes into adjacent literals in parentheses, which reads
+    # as a tuple (or, inside a list, as several items). IPython shows the one literal.
+    whole = (str.__repr__, bytes.__repr__, bytearray.__repr__)
+    dispatch = {k: v for k, v in pprint.PrettyPrinter._dispatch.items() if k not in whole}  # type: ignore[attr-defined]
 
-        def __init__(self, float_format: str) -> None:
+    class Printer(pprint.PrettyPrinter):
+        """pprint that keeps strings whole, with floats formatted by ``%precision``'s
+        format when one is set."""
+
+        _dispatch = dispatch
+
+        def __init__(self, float_format: str | None) -> None:
             super().__init__(sort_dicts=False)
             self.float_format = float_format
 
         def format(
             self, obj: Any, context: dict[int, int], maxlevels: int, level: int
         ) -> tuple[str, bool, bool]:
-            if type(obj) is float:
+            if self.float_format is not None and type(obj) is float:
                 return self.float_format % obj, True, False
             return super().format(obj, context, maxlevels, level)
 
-    _printer_class = FloatPrinter
-    return FloatPrinter
-
-
-def _FloatPrinter(float_format: str) -> Any:  # noqa: N802 - made lazily: pprint is not free
-    return _float_printer_class()(float_format)
+    _printer = Printer
+    return Printer
 
 
 def _warn(obj: Any, method: str, exc: BaseException) -> None:

@@ -33,12 +33,18 @@ from corral.core.events import (
 from corral.core.history import HistoryManager
 from corral.core.interactivity import DEFAULT as DEFAULT_MODE
 from corral.core.interactivity import current_mode, steps
-from corral.core.iostreams import StdinNotImplementedError, redirect_output, route_stdin
+from corral.core.iostreams import (
+    StdinNotImplementedError,
+    redirect_output,
+    route_stdin,
+    sync_output,
+)
 from corral.core.magics import (
     NO_VAR_EXPAND,
     MagicsRegistry,
     UsageError,
     automagic,
+    clean_cell,
     split_cell_magic,
     transform_cell,
     transform_source,
@@ -64,6 +70,41 @@ hide_from_tracebacks(__file__)
 hide_from_tracebacks(sys.modules["corral.core.magics"].__file__ or "")
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def _run_unsuspended(run: Any) -> Any:
+    """The result of a coroutine that never waits (a cell without ``await``), run with no
+    event loop: a cell pays for asyncio only once asyncio is in use."""
+    try:
+        run.send(None)
+    except StopIteration as done:
+        return done.value
+    run.close()
+    raise RuntimeError("this cell awaits, but its event loop is already running a cell")
+
+
+async def _outcome(run: Any) -> tuple[BaseException | None, Any, Any]:
+    """``(error, None, context)`` or ``(None, result, context)`` of ``run``.
+
+    An error is handed back, not raised in the task, so its traceback starts at the cell
+    (not in asyncio) and asyncio never logs it as a task exception nobody retrieved. The
+    task's context variables come back too: a task runs in a copy of them, and what a
+    cell sets (numpy's print options, a ``decimal`` context) must outlive the cell.
+    """
+    import contextvars
+
+    try:
+        return None, await run, contextvars.copy_context()
+    except BaseException as error:  # noqa: B036 - KeyboardInterrupt and SystemExit too
+        return error, None, contextvars.copy_context()
+
+
+def _adopt(context: Any) -> None:
+    """Set in this thread's context every variable whose value differs in ``context``."""
+    missing = object()
+    for var, value in context.items():
+        if var.get(missing) is not value:
+            var.set(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +315,7 @@ class Interpreter:
         self._out: dict[int, Any] = {}
         self._in = inputs
         self._unders: tuple[Any, Any, Any] = ("", "", "")
+        self._last_input = ""  # the cell before: what `_i` names while the next one runs
         ns.update(
             {
                 "In": self._in,
@@ -348,7 +390,8 @@ class Interpreter:
         self._payload = []
         set_current(self)
         self.center.post(EXECUTE_STARTED, self, code=code, execution_count=count, silent=silent)
-        cell = self._transform_input(code) if self.input_transformers else code
+        cell = clean_cell(code)
+        cell = self._transform_input(cell) if self.input_transformers else cell
         linecache.cache[filename] = (len(cell), None, cell.splitlines(True), filename)
         magic_cell = split_cell_magic(cell)
         if not magic_cell and self.automagic and "\n" not in cell.strip():
@@ -460,7 +503,9 @@ class Interpreter:
         while len(self._in) < count:
             self._in.append("")
         self._in[count:] = [raw]
-        ns["_iii"], ns["_ii"], ns["_i"] = ns.get("_ii", ""), ns.get("_i", ""), raw
+        # As IPython: `_i` is the cell before this one (this one is `_iN` and `In[-1]`).
+        ns["_iii"], ns["_ii"], ns["_i"] = ns.get("_ii", ""), ns.get("_i", ""), self._last_input
+        self._last_input = raw
         ns[f"_i{count}"] = raw
         self.history_manager.store_input(count, source, raw)
 
@@ -481,32 +526,76 @@ class Interpreter:
         tree = compile(source, filename, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
         self._flags |= _future_flags(tree)
         mode = current_mode(self.ast_node_interactivity) if show is not None else DEFAULT_MODE
+        run = self._run_steps(tree.body, mode, filename, flags, ns, show)
+        if "asyncio" not in sys.modules and "async" not in source and "await" not in source:
+            outcome: tuple[bool, Any] = _run_unsuspended(run)  # no asyncio: no loop to run in
+            return outcome
+        return self._run_in_loop(run)
+
+    async def _run_steps(
+        self,
+        body: list[ast.stmt],
+        mode: str,
+        filename: str,
+        flags: int,
+        ns: dict[str, Any],
+        show: Callable[[Any], None] | None,
+    ) -> tuple[bool, Any]:
+        """The statements of a cell, in order; the value of the one that shows it."""
         what: Any  # statements, a name or an expression, by kind
-        for kind, what in steps(tree.body, mode):
+        for kind, what in steps(body, mode):
             if kind == "exec":
                 if what:
                     module = ast.Module(body=what, type_ignores=[])
-                    self._eval(compile(module, filename, "exec", flags, dont_inherit=True), ns)
+                    await self._eval(
+                        compile(module, filename, "exec", flags, dont_inherit=True), ns
+                    )
                 continue
             if kind == "assigned":
                 return True, ns.get(what)
             expression = compile(ast.Expression(what), filename, "eval", flags, dont_inherit=True)
-            value = self._eval(expression, ns)
+            value = await self._eval(expression, ns)
             if kind == "value":
                 return True, value
             assert show is not None
             show(value)
         return False, None
 
-    def _eval(self, code: Any, ns: dict[str, Any]) -> Any:
+    async def _eval(self, code: Any, ns: dict[str, Any]) -> Any:
         result = eval(code, ns)
-        if code.co_flags & _CO_COROUTINE:
-            if self._loop is None:
-                import asyncio
-
-                self._loop = asyncio.new_event_loop()
-            result = self._loop.run_until_complete(result)
+        if code.co_flags & _CO_COROUTINE:  # top-level await: the cell's loop is running
+            result = await result
         return result
+
+    def _run_in_loop(self, run: Any) -> tuple[bool, Any]:
+        """Run a cell's statements as a task of the interpreter's event loop.
+
+        As under ipykernel, where cells run inside the kernel's running loop: top-level
+        ``await`` works, ``asyncio.get_running_loop()`` and ``asyncio.create_task()`` work
+        in any cell, tasks a cell starts go on while later cells run, and
+        ``asyncio.run()`` fails as it does there. A cell run from inside a running cell
+        (``get_ipython().run_cell``) cannot start the loop again: it runs unsuspended.
+        """
+        import asyncio
+
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+        if loop.is_running():
+            nested: tuple[bool, Any] = _run_unsuspended(run)
+            return nested
+        task = loop.create_task(_outcome(run))
+        try:
+            failure, result, context = loop.run_until_complete(task)
+        except KeyboardInterrupt as interrupt:  # it landed in the loop, not in the cell
+            task.cancel()  # the cell stops where it waits; its frames show where
+            failure, _, context = loop.run_until_complete(task)
+            _adopt(context)
+            raise interrupt.with_traceback(failure and failure.__traceback__) from None
+        _adopt(context)
+        if failure is not None:
+            raise failure.with_traceback(failure.__traceback__)
+        return result  # type: ignore[no-any-return]  # what _run_steps returned
 
     def run_source(self, source: str, *, filename: str = "<string>") -> Any:
         """Run magic-capable ``source`` in ``user_ns``; the last expression's value or None.
@@ -538,6 +627,7 @@ class Interpreter:
         if all(ns.get(n, "") is v for n, v in zip(("_", "__", "___"), self._unders, strict=True)):
             self._unders = (value, self._unders[0], self._unders[1])
             ns["_"], ns["__"], ns["___"] = self._unders
+        sync_output()  # what the cell's subprocesses printed shows before its result
         if displays_itself(value):  # it published what it wanted: no result of ours
             return
         data, metadata = format_object(value)

@@ -33,6 +33,7 @@ __all__ = [
     "MagicsRegistry",
     "UsageError",
     "automagic",
+    "clean_cell",
     "is_magic_line",
     "split_cell_magic",
     "switch_arg",
@@ -118,6 +119,37 @@ _LINE_MAGIC = re.compile(rf"^(?P<indent>[ \t]*){_ASSIGN}%(?P<name>[A-Za-z_][\w.-
 _SHELL = re.compile(rf"^(?P<indent>[ \t]*){_ASSIGN}!(?P<cmd>.*)$")
 _HELP_AFTER = re.compile(r"^(?P<indent>[ \t]*)(?P<name>%{0,2}[\w.]+(?:\(\))?)(?P<q>\?{1,2})\s*$")
 _HELP_BEFORE = re.compile(r"^(?P<indent>[ \t]*)(?P<q>\?{1,2})(?P<name>%{0,2}[\w.]+)\s*$")
+
+
+#: Prompts pasted with code: ``(first line, any line)`` of the Python shell and of IPython.
+_PROMPTS = (
+    (re.compile(r">>>( |$)"), re.compile(r"(>>>|\.\.\.)( |$)")),
+    (re.compile(r"In \[\d+\]: "), re.compile(r"In \[\d+\]: |\s*\.{3,}: ?")),
+)
+
+
+def clean_cell(code: str) -> str:
+    """``code`` without the prompts and the indentation it was pasted with.
+
+    Notebook users paste examples from docs and consoles: ``>>> x = 1`` / ``... `` lines,
+    ``In [1]: ...`` / ``   ...: `` lines, or a block copied from inside a function. IPython
+    runs those cells, so a kernel that wants its notebooks must too. Prompts are removed
+    when the first line starts with one (or the second with one, a paste that began
+    mid-example); a first line that is indented sets the indentation removed from every
+    line that has it. Lines stay lines, so tracebacks point at what was typed.
+    """
+    if code[:1] in (" ", "\t"):
+        indent = code[: len(code) - len(code.lstrip(" \t"))]
+        code = "\n".join(
+            line[len(indent) :] if line.startswith(indent) else line for line in code.split("\n")
+        )
+    if ">" not in code and "In [" not in code and "..." not in code:
+        return code
+    lines = code.split("\n")
+    for first, prompt in _PROMPTS:
+        if first.match(lines[0]) or (len(lines) > 1 and prompt.match(lines[1])):
+            return "\n".join(prompt.sub("", line, count=1) for line in lines)
+    return code
 
 
 def split_cell_magic(code: str) -> tuple[str, str, str] | None:

@@ -8,6 +8,7 @@ default because frontends that want them ask for them.
 
 from __future__ import annotations
 
+import builtins as builtins_
 import linecache
 import os
 import re
@@ -194,4 +195,31 @@ def format_exception(exc: BaseException, *, colors: bool = False) -> list[str]:
             parts.append(_paint(header, _RED, colors))
             parts.extend(_frames(one.__traceback__, colors))
             parts.append(_final(one, colors))
+            parts.extend(_group_members(one, colors))
     return parts
+
+
+_GROUP_WIDTH = 15  # members shown of one exception group, as Python's own tracebacks
+
+
+def _group_members(exc: BaseException, colors: bool) -> list[str]:
+    """An exception group's members, each under a numbered rule, their lines indented.
+
+    ``asyncio.TaskGroup`` and ``except*`` code raise groups whose own line only counts
+    the members ("(2 sub-exceptions)"): what failed, and where, is in the members.
+    """
+    members = getattr(exc, "exceptions", None)
+    if not isinstance(members, tuple) or not isinstance(
+        exc, getattr(builtins_, "BaseExceptionGroup", ())
+    ):
+        return []
+    lines: list[str] = []
+    for number, member in enumerate(members[:_GROUP_WIDTH], 1):
+        lines.append(f"+---------------- {number} ----------------")
+        for part in format_exception(member, colors=colors):
+            lines.append("\n".join(f"    | {line}" for line in part.split("\n")))
+    if len(members) > _GROUP_WIDTH:
+        lines.append(
+            f"+---------------- ... ----------------\nand {len(members) - _GROUP_WIDTH} more"
+        )
+    return lines

@@ -9,6 +9,9 @@ Threads, and why:
   ``shutdown`` are answered while user code runs.
 * **heartbeat** — echoes pings inside libzmq without the GIL (:mod:`.heartbeat`).
 * **iopub flusher** — sends coalesced stream text at short intervals (:mod:`.iopub`).
+* **descriptor readers** — one per descriptor 1 and 2, which are pipes in a kernel
+  process: what subprocesses and C code write there becomes stream output
+  (:class:`corral.core.iostreams.FdCapture`); a cell's reply waits for what they hold.
 
 The server is a :class:`~.server.RequestServer`, as the parallel engine is: the same wake
 pipe, stop, signal policy, hand-over to the main thread and close order. Requests are
@@ -170,6 +173,11 @@ class KernelServer(RequestServer):
         #: Called once, after the first request has been answered: work that must not
         #: delay a frontend's first reply (kernel_main starts loading plugins here).
         self.after_first_request: Callable[[], None] | None = None
+        #: Descriptors 1 and 2 read into the notebook: wanted by :meth:`serve_forever`
+        #: (a kernel process of its own), started by the first execute (off the path to
+        #: the first reply: the reading code comes with the interpreter's imports).
+        self._fd_capture: Any = None
+        self._fd_capture_wanted = False
         self.context = context or zmq.Context()
         self.port_range = port_range
         self.session = Session(
@@ -377,8 +385,10 @@ class KernelServer(RequestServer):
         """Serve shell in this (main) thread until a shutdown request; then close."""
         if not hasattr(self, "iopub"):
             self.start()
-        # Here, not in start(): a kernel hosted by an engine shares the engine's signals.
+        # Here, not in start(): a kernel hosted by an engine shares the engine's signals
+        # (and its descriptors).
         self.install_signals(sigterm=False)
+        self._fd_capture_wanted = True
         wake_fd = self.wake_fd
         poller = zmq.Poller()
         poller.register(self.shell, zmq.POLLIN)
@@ -399,6 +409,27 @@ class KernelServer(RequestServer):
                         self._serve(self.shell, *got, self._shell_handlers)
         finally:
             self.close()
+
+    def _capture_descriptors(self) -> None:
+        """Show what is written to descriptors 1 and 2 (``os.system``, subprocesses, C
+        code, forked workers) under the running cell, as ipykernel does; corral's own log
+        goes on to the original stderr."""
+        from corral.core.iostreams import FdCapture
+
+        from .server import log_to_fd
+
+        self._fd_capture = FdCapture(self._post_descriptor_text)
+        self._fd_capture.start()
+        log_to_fd(self._fd_capture.original("stderr"))
+
+    def _post_descriptor_text(self, name: str, text: str) -> None:
+        interpreter = self._interpreter
+        if interpreter is None:  # before any cell: nobody to show it to
+            os.write(self._fd_capture.original(name), text.encode("utf-8", "replace"))
+            return
+        from corral.core.iostreams import post_text
+
+        post_text(interpreter.center, interpreter, name, text)
 
     def host_sockets(self) -> tuple[zmq.Socket[Any], int]:
         """What a host's own loop polls instead of :meth:`serve_forever` (a cluster engine
@@ -518,6 +549,9 @@ class KernelServer(RequestServer):
 
     def _execute(self, sock: zmq.Socket[Any], idents: Idents, msg: Msg) -> None:
         interpreter = self.interpreter  # made now if lazy, before plugins look for it
+        if self._fd_capture_wanted:
+            self._fd_capture_wanted = False
+            self._capture_descriptors()
         if self.prepare_execute is not None:
             prepare, self.prepare_execute = self.prepare_execute, None
             prepare()
@@ -526,6 +560,8 @@ class KernelServer(RequestServer):
         self._parent_idents = idents
         self.relay.silent = args.silent
         reply = run_execute(interpreter, self.guard, args)
+        if self._fd_capture is not None:  # what the cell's subprocesses wrote is its output
+            self._fd_capture.sync()
         if reply["status"] == "error" and not args.silent and args.stop_on_error:
             self._abort_queued_executes()
         self.iopub.flush()
@@ -686,6 +722,8 @@ class KernelServer(RequestServer):
     def stop_helpers(self) -> None:
         if self._debugger is not None:
             self._debugger.close()
+        if self._fd_capture is not None:
+            self._fd_capture.stop()
 
     def close_sockets(self) -> None:
         if self.control_thread is None:  # never started: nobody else closes it

@@ -56,7 +56,7 @@ import zmq
 
 from .requests import ControlThread, Handler, InterruptGuard, RequestCore
 
-__all__ = ["RequestServer", "log_to_stderr"]
+__all__ = ["RequestServer", "log_to_fd", "log_to_stderr"]
 
 log = logging.getLogger("corral.transports.zmq.server")
 
@@ -83,6 +83,20 @@ def log_to_stderr(level: str, role: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+
+
+def log_to_fd(fd: int) -> None:
+    """Write corral's own records (:func:`log_to_stderr`'s handler) to descriptor ``fd``
+    from now on: a kernel's original stderr, once descriptor 2 carries cell output into
+    the notebook. A faulthandler the user enabled for the process follows it, so a crash
+    dump still reaches the kernel's log."""
+    stream = open(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 - kept by the handler for the process's life
+    for handler in logging.getLogger("corral").handlers:
+        if getattr(handler, "_corral_server", False) and isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+    faulthandler = sys.modules.get("faulthandler")
+    if faulthandler is not None and faulthandler.is_enabled():
+        faulthandler.enable(file=stream)
 
 
 def import_from_working_directory() -> None:
