@@ -228,6 +228,7 @@ class Cluster(ClusterCompat):
         self._attached = False  # re-attached by from_file: someone else's processes
         self._lock = threading.RLock()
         self._stopped = False
+        self._sets_started = 0  # names each engine set's files apart (file_prefix)
 
     def _launcher_options(self, name: str) -> dict[str, Any]:
         section = f"launcher:{name}"
@@ -425,6 +426,7 @@ class Cluster(ClusterCompat):
         self, engines: EngineSetLauncher, engine_set_id: str | None = None
     ) -> EngineSetLauncher:
         engines.engine_set_id = engine_set_id or self._new_engine_set_id()
+        engines.set_index, self._sets_started = self._sets_started, self._sets_started + 1
         self.engines.append(engines)
         try:
             engines.start()

@@ -286,7 +286,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             request["monitor"] = policy.args()
             index = len(self.sessions)
             safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in host)
-            log = self.profile_dir / "log" / f"engine-{self.cluster_id}-ssh-{index}-{safe}.log"
+            log = self.profile_dir / "log" / f"{self.file_prefix}-ssh-{index}-{safe}.log"
             session = _Session(self._remote_argv(host), log, request, k)
             with self._lock:
                 self.sessions.append(session)
