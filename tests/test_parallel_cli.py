@@ -140,3 +140,27 @@ def test_daemon_from_profile_file_reattach_engines_and_clean(tmp_path, monkeypat
     assert "cluster-dead.json" in cleaned.stdout
     assert not stale.exists()
     assert not (tmp_path / "profile_ini" / "run" / "controller-dead.pid").exists()
+
+
+def test_status_of_a_cluster_whose_controller_was_killed(tmp_path, monkeypatch):
+    """A script's cluster whose controller was killed with -9 leaves its record and
+    cluster file: `status` and `engines` said so only after a 10 s wait, in a traceback.
+    Now they say at once that the controller is gone and what cleans up; `stop` does."""
+    from corral.plugins.parallel.cluster import Cluster
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
+    cluster = Cluster(n=1, cluster_id="k9", hb_period=0.2, hb_misses=10)
+    cluster.start_and_connect()
+    try:
+        controller = psutil.Process(cluster.cluster_info["controller_pid"])
+        controller.kill()
+        controller.wait(30)
+        for command in ("status", "engines"):
+            shown = corral(tmp_path, "cluster", command, timeout=8)
+            assert shown.returncode == 1, shown.stdout
+            assert "Traceback" not in shown.stderr, shown.stderr
+            assert f"its controller (pid {controller.pid}) is not running" in shown.stderr
+            assert "cluster stop --cluster-id k9` cleans up" in shown.stderr
+    finally:
+        cluster.stop()
+    assert corral(tmp_path, "cluster", "list").stdout.startswith("no clusters")

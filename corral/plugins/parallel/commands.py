@@ -484,9 +484,34 @@ def _stop_aggregate(profile: str, record: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------- status, list
 
 
-def run_status(args: argparse.Namespace, config: Config) -> int:
+def _connect(profile: str, record: dict[str, Any]) -> Any:
+    """A client of the cluster of ``record``, or None after saying why there is none.
+
+    Why not just connect: a controller killed under a script that still holds its
+    cluster leaves its files behind, and a client would wait its whole timeout for an
+    answer, then end in a traceback. A dead controller is said at once, with what
+    cleans up; one that is alive and silent, in one line.
+    """
     from corral.plugins.parallel.client import Client
 
+    cluster_id = record["cluster_id"]
+    stop = f"`corral --profile {profile} cluster stop --cluster-id {cluster_id}` cleans up"
+    if not _record_running(record):
+        pids = record.get("controllers") or [record.get("controller")]
+        print(
+            f"corral: cluster {cluster_id}: its controller (pid "
+            f"{', '.join(str(pid) for pid in pids)}) is not running; {stop}",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return Client(connection_file=record["cluster_file"])
+    except (TimeoutError, OSError) as error:
+        print(f"corral: cluster {cluster_id}: {error}; {stop}", file=sys.stderr)
+        return None
+
+
+def run_status(args: argparse.Namespace, config: Config) -> int:
     record = _pick(args.profile, args.cluster_id)
     if record is None:
         return 1
@@ -494,7 +519,9 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
     if not cluster_file or not Path(cluster_file).exists():
         print(f"cluster {record['cluster_id']}: no cluster file; not running")
         return 1
-    client = Client(connection_file=cluster_file)
+    client = _connect(args.profile, record)
+    if client is None:
+        return 1
     try:
         ids = sorted(client.ids)
         print(f"cluster {record['cluster_id']} (profile {args.profile!r})")
@@ -540,8 +567,6 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_engines(args: argparse.Namespace, config: Config) -> int:
-    from corral.plugins.parallel.client import Client
-
     record = _pick(args.profile, args.cluster_id)
     if record is None:
         return 1
@@ -549,7 +574,9 @@ def run_engines(args: argparse.Namespace, config: Config) -> int:
     if not cluster_file or not Path(cluster_file).exists():
         print(f"cluster {record['cluster_id']}: no cluster file; not running", file=sys.stderr)
         return 1
-    client = Client(connection_file=cluster_file)
+    client = _connect(args.profile, record)
+    if client is None:
+        return 1
     try:
         print(f"{'id':>4} {'host':<30} {'pid':>8}")
         for engine_id, info in sorted(client.engines.items()):
