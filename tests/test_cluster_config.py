@@ -258,3 +258,22 @@ def test_engines_by_id_stop_restart_and_signal():
             cluster.add_engines(0)
     finally:
         cluster.stop()
+
+
+def test_a_comment_after_a_value_is_refused_naming_the_line(corral_dir):
+    """``hosts = node1:4   # comment`` (as docs/clusters.md once showed) kept the comment
+    in the value: ``engines = local   # ...`` was an unknown launcher, ``ssh_args`` and
+    ``python`` took it silently and failed on the remote host. Refused here, at once."""
+    path = write_ini(
+        "inline",
+        "[cluster]\n# a comment line stays fine\nengines = ssh\n"
+        "[launcher:ssh]\nssh_args = -o, BatchMode=yes    # fail rather than prompt\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        Cluster(profile="inline")
+    message = str(info.value)
+    assert f"{path}:5 (profile file): [launcher:ssh] ssh_args:" in message
+    assert "write ssh_args = -o, BatchMode=yes and put the comment on the line above" in message
+    # A "#" without whitespace before it is part of the value.
+    write_ini("hash", "[launcher:slurm]\nargs = --comment=run#3\n")
+    assert Cluster(profile="hash").config.get("launcher:slurm", "args") == ["--comment=run#3"]

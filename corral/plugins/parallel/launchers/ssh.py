@@ -10,11 +10,16 @@ engines on the far side.
 
 ``[launcher:ssh]``::
 
-    hosts = node1:4, node2:8     # host[:engines]; user@host works, ~/.ssh/config applies
-    ssh = ssh                    # the ssh command
-    ssh_args = -o, BatchMode=yes # extra ssh arguments (BatchMode: fail, never prompt)
-    python =                     # remote interpreter; empty: this interpreter's path
-    env = PYTHONPATH=/opt/lib    # NAME=VALUE set for the remote engines
+    # host[:engines]; user@host works, ~/.ssh/config applies
+    hosts = node1:4, node2:8
+    # the ssh command
+    ssh = ssh
+    # extra ssh arguments (BatchMode: fail, never prompt)
+    ssh_args = -o, BatchMode=yes
+    # remote interpreter; empty: this interpreter's path
+    python =
+    # NAME=VALUE set for the remote engines
+    env = PYTHONPATH=/opt/lib
 """
 
 from __future__ import annotations
