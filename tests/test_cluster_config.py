@@ -15,7 +15,7 @@ import pytest
 
 from corral.core.config import ConfigError
 from corral.core.profiles import profile_dir
-from corral.plugins.parallel.cluster import Cluster
+from corral.plugins.parallel.cluster import Cluster, ClusterError
 from corral.plugins.parallel.retention import prune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,3 +277,21 @@ def test_a_comment_after_a_value_is_refused_naming_the_line(corral_dir):
     # A "#" without whitespace before it is part of the value.
     write_ini("hash", "[launcher:slurm]\nargs = --comment=run#3\n")
     assert Cluster(profile="hash").config.get("launcher:slurm", "args") == ["--comment=run#3"]
+
+
+@pytest.mark.parametrize(
+    ("ip", "said"),
+    [
+        ("192.0.2.1", "the controller cannot listen there"),  # TEST-NET-1: on no host
+        ("no-such-host.invalid", "not a known host name or address"),
+    ],
+)
+def test_an_ip_the_controller_cannot_bind_fails_before_start(ip, said):
+    """The controller found it out after starting, and the user read its traceback
+    (ZMQError: Cannot assign requested address); now nothing starts."""
+    cluster = Cluster(n=1, ip=ip)
+    with pytest.raises(ClusterError) as info:
+        cluster.start()
+    assert f"[cluster] ip = {ip} (argument" in str(info.value)
+    assert said in str(info.value)
+    assert cluster.controller is None  # nothing was started

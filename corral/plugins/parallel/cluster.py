@@ -269,6 +269,35 @@ class Cluster(ClusterCompat):
             return socket.getfqdn()
         return self.ip
 
+    def _ip_problem(self) -> str | None:
+        """Why a local controller cannot bind ``[cluster] ip``, or None.
+
+        Checked here, before anything starts: the controller found it out a second
+        later, and the user read a page of its traceback (ZMQError: Cannot assign
+        requested address). A controller on another host (``controller = ssh``) binds
+        that host's interfaces, which only it can check.
+        """
+        import socket
+
+        if self.controller_launcher != "local" or self.ip in ("*", "0.0.0.0", ""):
+            return None
+        where = f"[cluster] ip = {self.ip} ({self.config.source('cluster', 'ip')})"
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.ip, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except (socket.gaierror, UnicodeError) as error:
+            return f"{where}: not a known host name or address ({error})"
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)
+        except OSError as error:
+            return (
+                f"{where}: the controller cannot listen there ({error.strerror or error}); "
+                "give an address of one of this host's interfaces, 127.0.0.1, or * for all"
+            )
+        return None
+
     # ------------------------------------------------------------------ paths
 
     @property
@@ -349,7 +378,7 @@ class Cluster(ClusterCompat):
             controller_cls = get_launchers(self.controller_launcher)[0]
             pdir = self.profile_dir
             first = self._new_engine_set(self.n)
-            problem = first.preflight(self.advertised_ip)
+            problem = self._ip_problem() or first.preflight(self.advertised_ip)
             if problem:
                 raise ClusterError(problem)
             self._remove_stale_file()
