@@ -320,6 +320,7 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
             cluster.on_stop(stop_now.set)
         cluster._write_record()
         _mark_ready(cluster.record_file)
+        _report_ended_sets(cluster, stop_now)
         controllers = len(getattr(cluster, "clusters", [cluster]))
         print(
             f"cluster {cluster.cluster_id} ready: {cluster.n} engines"
@@ -343,6 +344,33 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
     cluster.stop()
     print(f"cluster {cluster.cluster_id} stopped", flush=True)
     return 0
+
+
+def _report_ended_sets(cluster: Any, stopping: threading.Event) -> None:
+    """Say when an engine set ends while the cluster runs: a batch system's ``scancel`` or
+    ``qdel``, a walltime, every engine of a set dead.
+
+    Why: the controller lives on and the engines are simply gone, so ``status`` showed
+    ``engines up: 0`` and the cluster's log nothing. The manager writes the launcher's
+    words (the scheduler's, for a batch job) to its log and to the record, for ``status``.
+    """
+    for member in getattr(cluster, "clusters", [cluster]):
+        for engines in list(member.engines):
+            engines.on_stop(lambda launcher, m=member: _set_ended(m, launcher, stopping))
+
+
+def _set_ended(member: Any, engines: Any, stopping: threading.Event) -> None:
+    if stopping.is_set():
+        return  # stopped on purpose
+    said = engines.describe() or f"exit status {engines.poll()}"
+    message = f"engine set {engines.engine_set_id} ({engines.name}) ended: {said}"
+    print(f"cluster {member.cluster_id}: {message}", flush=True)
+    from corral.plugins.parallel.cluster import read_record
+
+    record = read_record(member.record_file)
+    if record is not None:
+        record["ended"] = [*record.get("ended", []), message]
+        member._store_record(record)
 
 
 def _mark_ready(path: Path) -> None:
@@ -531,6 +559,8 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
         else:
             print(f"  controller pid: {record.get('controller')}")
         print(f"  engines up: {len(ids)}  ids: {ids}")
+        for message in record.get("ended", []):
+            print(f"  {message}")
         queues = client.queue_status()
         print(f"  {'engine':>6} {'queued':>7} {'running':>8} {'completed':>10}")
         for key in sorted(queues, key=str):
