@@ -164,3 +164,31 @@ def test_status_of_a_cluster_whose_controller_was_killed(tmp_path, monkeypatch):
     finally:
         cluster.stop()
     assert corral(tmp_path, "cluster", "list").stdout.startswith("no clusters")
+
+
+def test_daemon_start_whose_reader_left_ends_quietly(tmp_path):
+    """`corral cluster start --daemon | head -1` (the first line is the id): once head
+    has gone, writing the rest raised BrokenPipeError, a traceback and status 1 for a
+    cluster that had started. Now: status 141 as for SIGPIPE, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    env = {**os.environ, "CORRAL_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    try:
+        started = subprocess.run(
+            [sys.executable, "-m", "corral", "cluster", "start", "--daemon", "-n", "1"]
+            + ["--cluster-id", "piped"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    try:
+        assert started.returncode == 141, started.stderr
+        assert "Traceback" not in started.stderr and "BrokenPipe" not in started.stderr
+        listed = corral(tmp_path, "cluster", "list").stdout
+        assert "piped" in listed and "running" in listed, listed
+    finally:
+        assert corral(tmp_path, "cluster", "stop", "--cluster-id", "piped").returncode == 0
