@@ -192,3 +192,23 @@ def test_daemon_start_whose_reader_left_ends_quietly(tmp_path):
         assert "piped" in listed and "running" in listed, listed
     finally:
         assert corral(tmp_path, "cluster", "stop", "--cluster-id", "piped").returncode == 0
+
+
+def test_the_stop_command_a_cluster_prints_stops_it_in_its_profile(tmp_path):
+    """`corral cluster start` in the foreground (and so a daemon's log) printed
+    `stop: corral cluster stop --cluster-id ID` without the profile: run as printed, it
+    looked in the default profile and found no such cluster."""
+    assert corral(tmp_path, "profile", "create", "other").returncode == 0
+    started = corral(tmp_path, "--profile", "other", "cluster", "start", "--daemon", "-n", "1")
+    assert started.returncode == 0, started.stderr
+    cluster_id = started.stdout.splitlines()[0]
+    try:
+        log = tmp_path / "profile_other" / "log" / f"cluster-{cluster_id}.log"
+        lines = log.read_text().splitlines()
+        printed = next(line for line in lines if line.startswith("stop:")).split()[1:]
+        assert printed[0] == "corral"  # corral --profile other cluster stop --cluster-id ID
+        stopped = corral(tmp_path, *printed[1:])
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"cluster {cluster_id} stopped" in stopped.stdout
+    finally:
+        corral(tmp_path, "--profile", "other", "cluster", "stop", "--all")

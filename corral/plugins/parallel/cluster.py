@@ -752,7 +752,8 @@ class Cluster(ClusterCompat):
         if pid and pid != os.getpid() and process_alive(pid):
             raise ClusterError(
                 f"cluster {self.cluster_id!r} is already running (controller pid {pid}); "
-                f"stop it with `corral cluster stop --cluster-id {self.cluster_id}`"
+                f"stop it with `corral --profile {self.profile} cluster stop --cluster-id "
+                f"{self.cluster_id}`"
             )
         path.unlink(missing_ok=True)
 

@@ -328,7 +328,8 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
             + f" in {time.perf_counter() - started:.2f} s (profile {args.profile!r})\n"
             f"connect: corral.Client(profile={args.profile!r}, "
             f"cluster_id={cluster.cluster_id!r})\n"
-            f"stop:    corral cluster stop --cluster-id {cluster.cluster_id}",
+            f"stop:    corral --profile {args.profile} cluster stop --cluster-id "
+            f"{cluster.cluster_id}",
             flush=True,
         )
         while not stop_now.wait(0.5):
