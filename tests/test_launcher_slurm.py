@@ -220,7 +220,8 @@ def test_slurm_engine_runs_under_its_monitor_which_restarts_it(slurm, tmp_path):
 def test_a_job_cancelled_under_a_daemon_cluster_is_reported(slurm, corral_dir):
     """scancel of the engines' job under `corral cluster start --daemon`: the controller
     lives on, the engines are gone, and the cluster's log and `status` said nothing.
-    The manager now writes the scheduler's words to both."""
+    The manager now writes the scheduler's words to both. `list` counted local pids: 0
+    engines for a running array."""
     from helpers import until
 
     def corral(*args: str) -> subprocess.CompletedProcess[str]:
@@ -231,6 +232,8 @@ def test_a_job_cancelled_under_a_daemon_cluster_is_reported(slurm, corral_dir):
     started = corral("start", "--daemon", "-n", "2", "--launcher", "slurm", "--cluster-id", "sc")
     assert started.returncode == 0, started.stderr + started.stdout
     try:
+        listed = corral("list").stdout.splitlines()[1].split()
+        assert listed[:2] == ["sc", "2"], listed  # the array's engines, not local pids (0)
         jobs = _jobs(slurm).split()
         job = jobs[0].partition("_")[0]
         assert slurm.run("scancel", job).returncode == 0
@@ -240,5 +243,6 @@ def test_a_job_cancelled_under_a_daemon_cluster_is_reported(slurm, corral_dir):
         assert f"(slurm) ended: job {job}: CANCELLED" in status, status
         log = (corral_dir / "profile_default" / "log" / "cluster-sc.log").read_text()
         assert "cluster sc: engine set" in log and f"job {job}: CANCELLED" in log
+        assert corral("list").stdout.splitlines()[1].split()[:2] == ["sc", "0"]
     finally:
         assert corral("stop").returncode == 0

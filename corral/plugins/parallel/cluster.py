@@ -810,6 +810,7 @@ class Cluster(ClusterCompat):
             "cluster_id": self.cluster_id,
             "profile": self.profile,
             "n": self.n,
+            "engine_launcher": self.engine_launcher,
             "manager_pid": os.getpid(),
             "controller_mode": self.controller_mode,
             "cluster_file": str(self.cluster_file),

@@ -371,6 +371,7 @@ def _set_ended(member: Any, engines: Any, stopping: threading.Event) -> None:
     record = read_record(member.record_file)
     if record is not None:
         record["ended"] = [*record.get("ended", []), message]
+        record["n"] = max(0, int(record.get("n") or 0) - engines.n)
         member._store_record(record)
 
 
@@ -585,16 +586,30 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     print(f"{'cluster id':<26} {'engines':>7} {'manager':>8} {'controller':>10} {'state':<8}")
     for record in records:
         controller = record.get("controller")
-        engines = [pid for pid in record.get("engines", []) if _running(pid)]
         state = "running" if _record_running(record) else "stale"
         members = record.get("members") or []
         if members:  # an aggregate: running while every member controller is
             state += f" ({len(members)} controllers)"
         print(
-            f"{record['cluster_id']:<26} {len(engines):>7} {record.get('manager_pid') or '-'!s:>8}"
+            f"{record['cluster_id']:<26} {_engine_count(record):>7} "
+            f"{record.get('manager_pid') or '-'!s:>8}"
             f" {controller or '-'!s:>10} {state:<8}"
         )
     return 0
+
+
+def _engine_count(record: dict[str, Any]) -> int:
+    """The engines of a listed cluster, without asking its controller.
+
+    Local engines are processes here: the live ones are counted. Those of other
+    launchers are not (the record holds an ssh session's pid, mpiexec's, or none for a
+    batch job), so counting pids said 1 for two engines over ssh and 0 for a running
+    Slurm array; for them the count is what was started, less the engine sets the
+    manager saw end.
+    """
+    if record.get("engine_launcher", "local") == "local":
+        return sum(1 for pid in record.get("engines", []) if _running(pid))
+    return int(record.get("n") or 0) if _record_running(record) else 0
 
 
 def run_engines(args: argparse.Namespace, config: Config) -> int:
