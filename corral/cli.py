@@ -73,14 +73,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     manager.hook.corral_configure(config=config)
     try:
-        return args.run(args, config) or 0
+        status = args.run(args, config) or 0
+        sys.stdout.flush()  # a reader gone shows here, not in the interpreter's exit
+        return status
     except (ProfileNotFound, ConfigError) as error:
         print(f"corral: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     finally:
         manager.hook.corral_unconfigure(config=config)
+
+
+def _reader_gone() -> int:
+    """Whoever read our output stopped (``corral cluster start --daemon | head -1``, for
+    the cluster id the first line gives): end as a Unix tool killed by SIGPIPE does,
+    with status 141 and no traceback. What was done (a cluster started) stands.
+    Standard output is pointed at /dev/null so that the interpreter's last flush of it
+    does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 
 from corral.core.config import ConfigError
 from corral.core.profiles import profile_dir
-from corral.plugins.parallel.cluster import Cluster
+from corral.plugins.parallel.cluster import Cluster, ClusterError
 from corral.plugins.parallel.retention import prune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,3 +258,47 @@ def test_engines_by_id_stop_restart_and_signal():
             cluster.add_engines(0)
     finally:
         cluster.stop()
+
+
+def test_a_comment_after_a_value_is_refused_naming_the_line(corral_dir):
+    """``hosts = node1:4   # comment`` (as docs/clusters.md once showed) kept the comment
+    in the value: ``engines = local   # ...`` was an unknown launcher, ``ssh_args`` and
+    ``python`` took it silently and failed on the remote host. Refused here, at once."""
+    path = write_ini(
+        "inline",
+        "[cluster]\n# a comment line stays fine\nengines = ssh\n"
+        "[launcher:ssh]\nssh_args = -o, BatchMode=yes    # fail rather than prompt\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        Cluster(profile="inline")
+    message = str(info.value)
+    assert f"{path}:5 (profile file): [launcher:ssh] ssh_args:" in message
+    assert "write ssh_args = -o, BatchMode=yes and put the comment on the line above" in message
+    # A "#" without whitespace before it is part of the value.
+    write_ini("hash", "[launcher:slurm]\nargs = --comment=run#3\n")
+    assert Cluster(profile="hash").config.get("launcher:slurm", "args") == ["--comment=run#3"]
+
+
+def _address_not_here() -> str:
+    """A documentation address (RFC 5737) that no interface of this host holds."""
+    here = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return next(ip for ip in ("203.0.113.77", "198.51.100.77", "192.0.2.77") if ip not in here)
+
+
+@pytest.mark.parametrize(
+    ("ip", "said"),
+    [
+        (None, "the controller cannot listen there"),
+        ("no-such-host.invalid", "not a known host name or address"),
+    ],
+)
+def test_an_ip_the_controller_cannot_bind_fails_before_start(ip, said):
+    """The controller found it out after starting, and the user read its traceback
+    (ZMQError: Cannot assign requested address); now nothing starts."""
+    ip = ip or _address_not_here()
+    cluster = Cluster(n=1, ip=ip)
+    with pytest.raises(ClusterError) as info:
+        cluster.start()
+    assert f"[cluster] ip = {ip} (argument" in str(info.value)
+    assert said in str(info.value)
+    assert cluster.controller is None  # nothing was started

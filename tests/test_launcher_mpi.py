@@ -4,6 +4,8 @@ engines are the ranks of one mpiexec, register, and stop with the cluster."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -133,3 +135,43 @@ def test_rank_is_read_from_each_launchers_variable():
     assert rank_from_environment({"PMI_RANK": "5"}) == 5
     assert rank_from_environment({"PMIX_RANK": "0"}) == 0
     assert rank_from_environment({}) is None
+
+
+def _other_mpiexec() -> str | None:
+    """An installed mpiexec of another MPI than the one mpi4py is built against."""
+    found = subprocess.run(
+        [sys.executable, "-c", "from mpi4py import MPI; print(MPI.Get_library_version())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    other = "mpiexec.mpich" if "Open MPI" in found else "mpiexec.openmpi"
+    return shutil.which(other) if found else None
+
+
+def test_mpi4py_of_another_mpi_than_mpiexec_is_refused_not_rank_0_everywhere():
+    """mpi4py built against Open MPI, engines started by MPICH's mpiexec (or the
+    reverse): each rank was a job of its own, bind_mpi said rank 0 for every engine and
+    the collectives ran over one process. Now the ranks that disagree say why."""
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install mpi4py)")
+    from corral.plugins.parallel.mpi import bind_mpi
+
+    other = _other_mpiexec()
+    if other is None:
+        pytest.skip("no mpiexec of another MPI than mpi4py's is installed")
+    flavour = mpi_flavour(other)
+    cluster = Cluster(
+        n=2,
+        engines="mpi",
+        mpiexec=other,
+        args=["--oversubscribe"] if flavour == "openmpi" else [],
+        controller_mode="threads",
+        hb_period=0.2,
+        hb_misses=25,
+    )
+    rc = cluster.start_and_connect()
+    try:
+        with pytest.raises(Exception, match="started this engine as rank 1, but mpi4py's MPI"):
+            bind_mpi(rc[:])
+    finally:
+        cluster.stop()

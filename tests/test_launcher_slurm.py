@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -16,6 +19,8 @@ from corral.plugins.parallel.cluster import Cluster, ClusterError
 from corral.plugins.parallel.launchers.batch import SchedulerError
 
 pytestmark = pytest.mark.skipif(slurm_missing() is not None, reason=str(slurm_missing()))
+
+REPO = Path(__file__).resolve().parents[1]
 
 _task = lambda: __import__("os").environ.get("SLURM_ARRAY_TASK_ID")  # noqa: E731
 
@@ -210,3 +215,34 @@ def test_slurm_engine_runs_under_its_monitor_which_restarts_it(slurm, tmp_path):
         assert rc[rc.ids[0]].apply_sync(lambda: 6 * 7) == 42
     finally:
         cluster.stop()
+
+
+def test_a_job_cancelled_under_a_daemon_cluster_is_reported(slurm, corral_dir):
+    """scancel of the engines' job under `corral cluster start --daemon`: the controller
+    lives on, the engines are gone, and the cluster's log and `status` said nothing.
+    The manager now writes the scheduler's words to both. `list` counted local pids: 0
+    engines for a running array."""
+    from helpers import until
+
+    def corral(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        command = [sys.executable, "-m", "corral", "cluster", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    started = corral("start", "--daemon", "-n", "2", "--launcher", "slurm", "--cluster-id", "sc")
+    assert started.returncode == 0, started.stderr + started.stdout
+    try:
+        listed = corral("list").stdout.splitlines()[1].split()
+        assert listed[:2] == ["sc", "2"], listed  # the array's engines, not local pids (0)
+        jobs = _jobs(slurm).split()
+        job = jobs[0].partition("_")[0]
+        assert slurm.run("scancel", job).returncode == 0
+        said = "engine set "
+        until(lambda: said in corral("status").stdout, what="status never said the set ended")
+        status = corral("status").stdout
+        assert f"(slurm) ended: job {job}: CANCELLED" in status, status
+        log = (corral_dir / "profile_default" / "log" / "cluster-sc.log").read_text()
+        assert "cluster sc: engine set" in log and f"job {job}: CANCELLED" in log
+        assert corral("list").stdout.splitlines()[1].split()[:2] == ["sc", "0"]
+    finally:
+        assert corral("stop").returncode == 0

@@ -4,6 +4,7 @@ real TCP. The servers, keys and namespaces are made here and removed afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -206,6 +207,37 @@ def test_unreachable_host_fails_with_ssh_message(loopback_sshd, tmp_path):
         cluster.start_and_connect()
     # ssh's own words, with the address it tried.
     assert f"connect to host 127.0.0.1 port {closed_port}: Connection refused" in str(info.value)
+
+
+def test_remote_bootstrap_exits_with_its_engines_status_when_they_end_first(tmp_path):
+    """Engines that end while the session is still open (a failed start, stop_engines):
+    the bootstrap exits with their status. Before, its stdin reader thread held the
+    buffered stdin's lock at shutdown and Python aborted (status -6, "Fatal Python error:
+    _enter_buffered_busy") in every such session's log."""
+    request = {
+        "cluster": {"registration": 1, "transport": "tcp", "ip": "127.0.0.1", "key": "k"},
+        "count": 1,
+        "args": ["--no-such-option"],  # the engine exits at once, with status 2
+        "monitor": [],
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.plugins.parallel.launchers.remote"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write((json.dumps(request) + "\n").encode())
+    proc.stdin.flush()  # and kept open, as the ssh session keeps it
+    try:
+        output = proc.stdout.read().decode()
+        assert proc.wait(60) == 2, output
+    finally:
+        proc.stdin.close()
+        proc.kill()
+    assert "corral-remote: engines exited with [2]" in output
+    assert "Fatal Python error" not in output
 
 
 def test_remote_hosts_with_a_loopback_controller_are_refused_before_start(loopback_sshd):

@@ -140,3 +140,75 @@ def test_daemon_from_profile_file_reattach_engines_and_clean(tmp_path, monkeypat
     assert "cluster-dead.json" in cleaned.stdout
     assert not stale.exists()
     assert not (tmp_path / "profile_ini" / "run" / "controller-dead.pid").exists()
+
+
+def test_status_of_a_cluster_whose_controller_was_killed(tmp_path, monkeypatch):
+    """A script's cluster whose controller was killed with -9 leaves its record and
+    cluster file: `status` and `engines` said so only after a 10 s wait, in a traceback.
+    Now they say at once that the controller is gone and what cleans up; `stop` does."""
+    from corral.plugins.parallel.cluster import Cluster
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
+    cluster = Cluster(n=1, cluster_id="k9", hb_period=0.2, hb_misses=10)
+    cluster.start_and_connect()
+    try:
+        controller = psutil.Process(cluster.cluster_info["controller_pid"])
+        controller.kill()
+        controller.wait(30)
+        for command in ("status", "engines"):
+            shown = corral(tmp_path, "cluster", command, timeout=8)
+            assert shown.returncode == 1, shown.stdout
+            assert "Traceback" not in shown.stderr, shown.stderr
+            assert f"its controller (pid {controller.pid}) is not running" in shown.stderr
+            assert "cluster stop --cluster-id k9` cleans up" in shown.stderr
+    finally:
+        cluster.stop()
+    assert corral(tmp_path, "cluster", "list").stdout.startswith("no clusters")
+
+
+def test_daemon_start_whose_reader_left_ends_quietly(tmp_path):
+    """`corral cluster start --daemon | head -1` (the first line is the id): once head
+    has gone, writing the rest raised BrokenPipeError, a traceback and status 1 for a
+    cluster that had started. Now: status 141 as for SIGPIPE, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    env = {**os.environ, "CORRAL_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    try:
+        started = subprocess.run(
+            [sys.executable, "-m", "corral", "cluster", "start", "--daemon", "-n", "1"]
+            + ["--cluster-id", "piped"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    try:
+        assert started.returncode == 141, started.stderr
+        assert "Traceback" not in started.stderr and "BrokenPipe" not in started.stderr
+        listed = corral(tmp_path, "cluster", "list").stdout
+        assert "piped" in listed and "running" in listed, listed
+    finally:
+        assert corral(tmp_path, "cluster", "stop", "--cluster-id", "piped").returncode == 0
+
+
+def test_the_stop_command_a_cluster_prints_stops_it_in_its_profile(tmp_path):
+    """`corral cluster start` in the foreground (and so a daemon's log) printed
+    `stop: corral cluster stop --cluster-id ID` without the profile: run as printed, it
+    looked in the default profile and found no such cluster."""
+    assert corral(tmp_path, "profile", "create", "other").returncode == 0
+    started = corral(tmp_path, "--profile", "other", "cluster", "start", "--daemon", "-n", "1")
+    assert started.returncode == 0, started.stderr
+    cluster_id = started.stdout.splitlines()[0]
+    try:
+        log = tmp_path / "profile_other" / "log" / f"cluster-{cluster_id}.log"
+        lines = log.read_text().splitlines()
+        printed = next(line for line in lines if line.startswith("stop:")).split()[1:]
+        assert printed[0] == "corral"  # corral --profile other cluster stop --cluster-id ID
+        stopped = corral(tmp_path, *printed[1:])
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"cluster {cluster_id} stopped" in stopped.stdout
+    finally:
+        corral(tmp_path, "--profile", "other", "cluster", "stop", "--all")

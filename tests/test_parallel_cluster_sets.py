@@ -111,6 +111,31 @@ def test_awaited_like_ipyparallel_signal_interrupts_only_that_set(tmp_path):
     asyncio.run(main())
 
 
+def test_engine_sets_keep_their_own_log_and_pid_files():
+    """Every set numbered its engines from 0 in the same file names: a second set wrote
+    into the first one's logs and pid files, and stopping it removed the pid files of the
+    first set's engines, still running (``corral cluster clean`` then saw nothing)."""
+    cluster = Cluster(n=2, profile="sets", **FAST)
+    rc = cluster.start_and_connect()
+    try:
+        first = list(cluster.engine_sets)[0]
+        second = cluster.start_engines(2)
+        rc.wait_for_engines(4, timeout=60)
+        logs = [path for name, path in cluster.logs().items() if name != "controller"]
+        assert len(logs) == 4 and len(set(logs)) == 4, logs
+        run = cluster.profile_dir / "run"
+        assert len(list(run.glob(f"engine-{cluster.cluster_id}-*.pid"))) == 4
+        cluster.stop_engines(second)
+        until(lambda: len(rc.ids) == 2, what="the second set never stopped")
+        still = sorted(run.glob(f"engine-{cluster.cluster_id}-*.pid"))
+        assert len(still) == 2, still  # the first set's engines are still running
+        assert {int(path.read_text()) for path in still} <= set(
+            cluster.engine_sets[first].handles[i].pid for i in range(2)
+        )
+    finally:
+        cluster.stop()
+
+
 def test_launcher_names_in_any_case():
     assert Cluster(n=1, engines="MPI").engine_launcher == "mpi"
     cluster = Cluster(n=1, launcher="Local")

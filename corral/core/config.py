@@ -301,7 +301,28 @@ def _apply_file(config: Config, path: Path, label: str) -> None:
         for key, raw in parser.items(section):
             where = f"{path}:{lines.get((section, key), 0)} ({label})"
             option = config.schema.lookup(section, key, where=where)
+            _refuse_inline_comment(section, key, raw, where)
             config.apply(option, raw, where)
+
+
+#: ``#`` or ``;`` after whitespace: what other ini readers take for a trailing comment.
+_INLINE_COMMENT = re.compile(r"\s[#;]")
+
+
+def _refuse_inline_comment(section: str, key: str, raw: str, where: str) -> None:
+    """Refuse ``key = value   # comment``: configparser (as corral reads it) keeps the
+    comment in the value, which then failed far from here or not at all (``ssh_args``
+    gained an argument, ``python`` a path that does not exist on the remote host).
+    Comments belong on lines of their own; a ``#`` with no space before it stays."""
+    found = _INLINE_COMMENT.search(raw)
+    if found is None:
+        return
+    value, comment = raw[: found.start()].rstrip(), raw[found.start() :].strip()
+    raise ConfigError(
+        f"{where}: [{section}] {key}: {raw.strip()!r} ends with a comment ({comment!r}); "
+        f"corral.ini takes comments on lines of their own: write {key} = {value} and put "
+        "the comment on the line above"
+    )
 
 
 def env_name(section: str, key: str) -> str:

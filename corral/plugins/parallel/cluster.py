@@ -228,6 +228,7 @@ class Cluster(ClusterCompat):
         self._attached = False  # re-attached by from_file: someone else's processes
         self._lock = threading.RLock()
         self._stopped = False
+        self._sets_started = 0  # names each engine set's files apart (file_prefix)
 
     def _launcher_options(self, name: str) -> dict[str, Any]:
         section = f"launcher:{name}"
@@ -267,6 +268,35 @@ class Cluster(ClusterCompat):
 
             return socket.getfqdn()
         return self.ip
+
+    def _ip_problem(self) -> str | None:
+        """Why a local controller cannot bind ``[cluster] ip``, or None.
+
+        Checked here, before anything starts: the controller found it out a second
+        later, and the user read a page of its traceback (ZMQError: Cannot assign
+        requested address). A controller on another host (``controller = ssh``) binds
+        that host's interfaces, which only it can check.
+        """
+        import socket
+
+        if self.controller_launcher != "local" or self.ip in ("*", "0.0.0.0", ""):
+            return None
+        where = f"[cluster] ip = {self.ip} ({self.config.source('cluster', 'ip')})"
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.ip, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except (socket.gaierror, UnicodeError) as error:
+            return f"{where}: not a known host name or address ({error})"
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)
+        except OSError as error:
+            return (
+                f"{where}: the controller cannot listen there ({error.strerror or error}); "
+                "give an address of one of this host's interfaces, 127.0.0.1, or * for all"
+            )
+        return None
 
     # ------------------------------------------------------------------ paths
 
@@ -348,7 +378,7 @@ class Cluster(ClusterCompat):
             controller_cls = get_launchers(self.controller_launcher)[0]
             pdir = self.profile_dir
             first = self._new_engine_set(self.n)
-            problem = first.preflight(self.advertised_ip)
+            problem = self._ip_problem() or first.preflight(self.advertised_ip)
             if problem:
                 raise ClusterError(problem)
             self._remove_stale_file()
@@ -425,6 +455,7 @@ class Cluster(ClusterCompat):
         self, engines: EngineSetLauncher, engine_set_id: str | None = None
     ) -> EngineSetLauncher:
         engines.engine_set_id = engine_set_id or self._new_engine_set_id()
+        engines.set_index, self._sets_started = self._sets_started, self._sets_started + 1
         self.engines.append(engines)
         try:
             engines.start()
@@ -721,7 +752,8 @@ class Cluster(ClusterCompat):
         if pid and pid != os.getpid() and process_alive(pid):
             raise ClusterError(
                 f"cluster {self.cluster_id!r} is already running (controller pid {pid}); "
-                f"stop it with `corral cluster stop --cluster-id {self.cluster_id}`"
+                f"stop it with `corral --profile {self.profile} cluster stop --cluster-id "
+                f"{self.cluster_id}`"
             )
         path.unlink(missing_ok=True)
 
@@ -778,6 +810,7 @@ class Cluster(ClusterCompat):
             "cluster_id": self.cluster_id,
             "profile": self.profile,
             "n": self.n,
+            "engine_launcher": self.engine_launcher,
             "manager_pid": os.getpid(),
             "controller_mode": self.controller_mode,
             "cluster_file": str(self.cluster_file),

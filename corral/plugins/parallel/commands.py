@@ -320,6 +320,7 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
             cluster.on_stop(stop_now.set)
         cluster._write_record()
         _mark_ready(cluster.record_file)
+        _report_ended_sets(cluster, stop_now)
         controllers = len(getattr(cluster, "clusters", [cluster]))
         print(
             f"cluster {cluster.cluster_id} ready: {cluster.n} engines"
@@ -327,7 +328,8 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
             + f" in {time.perf_counter() - started:.2f} s (profile {args.profile!r})\n"
             f"connect: corral.Client(profile={args.profile!r}, "
             f"cluster_id={cluster.cluster_id!r})\n"
-            f"stop:    corral cluster stop --cluster-id {cluster.cluster_id}",
+            f"stop:    corral --profile {args.profile} cluster stop --cluster-id "
+            f"{cluster.cluster_id}",
             flush=True,
         )
         while not stop_now.wait(0.5):
@@ -343,6 +345,34 @@ def run_start(args: argparse.Namespace, config: Config) -> int:
     cluster.stop()
     print(f"cluster {cluster.cluster_id} stopped", flush=True)
     return 0
+
+
+def _report_ended_sets(cluster: Any, stopping: threading.Event) -> None:
+    """Say when an engine set ends while the cluster runs: a batch system's ``scancel`` or
+    ``qdel``, a walltime, every engine of a set dead.
+
+    Why: the controller lives on and the engines are simply gone, so ``status`` showed
+    ``engines up: 0`` and the cluster's log nothing. The manager writes the launcher's
+    words (the scheduler's, for a batch job) to its log and to the record, for ``status``.
+    """
+    for member in getattr(cluster, "clusters", [cluster]):
+        for engines in list(member.engines):
+            engines.on_stop(lambda launcher, m=member: _set_ended(m, launcher, stopping))
+
+
+def _set_ended(member: Any, engines: Any, stopping: threading.Event) -> None:
+    if stopping.is_set():
+        return  # stopped on purpose
+    said = engines.describe() or f"exit status {engines.poll()}"
+    message = f"engine set {engines.engine_set_id} ({engines.name}) ended: {said}"
+    print(f"cluster {member.cluster_id}: {message}", flush=True)
+    from corral.plugins.parallel.cluster import read_record
+
+    record = read_record(member.record_file)
+    if record is not None:
+        record["ended"] = [*record.get("ended", []), message]
+        record["n"] = max(0, int(record.get("n") or 0) - engines.n)
+        member._store_record(record)
 
 
 def _mark_ready(path: Path) -> None:
@@ -484,9 +514,34 @@ def _stop_aggregate(profile: str, record: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------- status, list
 
 
-def run_status(args: argparse.Namespace, config: Config) -> int:
+def _connect(profile: str, record: dict[str, Any]) -> Any:
+    """A client of the cluster of ``record``, or None after saying why there is none.
+
+    Why not just connect: a controller killed under a script that still holds its
+    cluster leaves its files behind, and a client would wait its whole timeout for an
+    answer, then end in a traceback. A dead controller is said at once, with what
+    cleans up; one that is alive and silent, in one line.
+    """
     from corral.plugins.parallel.client import Client
 
+    cluster_id = record["cluster_id"]
+    stop = f"`corral --profile {profile} cluster stop --cluster-id {cluster_id}` cleans up"
+    if not _record_running(record):
+        pids = record.get("controllers") or [record.get("controller")]
+        print(
+            f"corral: cluster {cluster_id}: its controller (pid "
+            f"{', '.join(str(pid) for pid in pids)}) is not running; {stop}",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return Client(connection_file=record["cluster_file"])
+    except (TimeoutError, OSError) as error:
+        print(f"corral: cluster {cluster_id}: {error}; {stop}", file=sys.stderr)
+        return None
+
+
+def run_status(args: argparse.Namespace, config: Config) -> int:
     record = _pick(args.profile, args.cluster_id)
     if record is None:
         return 1
@@ -494,7 +549,9 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
     if not cluster_file or not Path(cluster_file).exists():
         print(f"cluster {record['cluster_id']}: no cluster file; not running")
         return 1
-    client = Client(connection_file=cluster_file)
+    client = _connect(args.profile, record)
+    if client is None:
+        return 1
     try:
         ids = sorted(client.ids)
         print(f"cluster {record['cluster_id']} (profile {args.profile!r})")
@@ -504,6 +561,8 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
         else:
             print(f"  controller pid: {record.get('controller')}")
         print(f"  engines up: {len(ids)}  ids: {ids}")
+        for message in record.get("ended", []):
+            print(f"  {message}")
         queues = client.queue_status()
         print(f"  {'engine':>6} {'queued':>7} {'running':>8} {'completed':>10}")
         for key in sorted(queues, key=str):
@@ -527,21 +586,33 @@ def run_list(args: argparse.Namespace, config: Config) -> int:
     print(f"{'cluster id':<26} {'engines':>7} {'manager':>8} {'controller':>10} {'state':<8}")
     for record in records:
         controller = record.get("controller")
-        engines = [pid for pid in record.get("engines", []) if _running(pid)]
         state = "running" if _record_running(record) else "stale"
         members = record.get("members") or []
         if members:  # an aggregate: running while every member controller is
             state += f" ({len(members)} controllers)"
         print(
-            f"{record['cluster_id']:<26} {len(engines):>7} {record.get('manager_pid') or '-'!s:>8}"
+            f"{record['cluster_id']:<26} {_engine_count(record):>7} "
+            f"{record.get('manager_pid') or '-'!s:>8}"
             f" {controller or '-'!s:>10} {state:<8}"
         )
     return 0
 
 
-def run_engines(args: argparse.Namespace, config: Config) -> int:
-    from corral.plugins.parallel.client import Client
+def _engine_count(record: dict[str, Any]) -> int:
+    """The engines of a listed cluster, without asking its controller.
 
+    Local engines are processes here: the live ones are counted. Those of other
+    launchers are not (the record holds an ssh session's pid, mpiexec's, or none for a
+    batch job), so counting pids said 1 for two engines over ssh and 0 for a running
+    Slurm array; for them the count is what was started, less the engine sets the
+    manager saw end.
+    """
+    if record.get("engine_launcher", "local") == "local":
+        return sum(1 for pid in record.get("engines", []) if _running(pid))
+    return int(record.get("n") or 0) if _record_running(record) else 0
+
+
+def run_engines(args: argparse.Namespace, config: Config) -> int:
     record = _pick(args.profile, args.cluster_id)
     if record is None:
         return 1
@@ -549,7 +620,9 @@ def run_engines(args: argparse.Namespace, config: Config) -> int:
     if not cluster_file or not Path(cluster_file).exists():
         print(f"cluster {record['cluster_id']}: no cluster file; not running", file=sys.stderr)
         return 1
-    client = Client(connection_file=cluster_file)
+    client = _connect(args.profile, record)
+    if client is None:
+        return 1
     try:
         print(f"{'id':>4} {'host':<30} {'pid':>8}")
         for engine_id, info in sorted(client.engines.items()):

@@ -58,8 +58,28 @@ def bind_here(namespace: dict[str, Any]) -> int:
             "pip install mpi4py where the engines run"
         ) from exc
     comm = MPI.COMM_WORLD
+    _check_same_mpi(int(comm.Get_rank()), int(comm.Get_size()), MPI.Get_library_version())
     namespace.update(MPI=MPI, comm=comm, rank=comm.Get_rank(), size=comm.Get_size())
     return int(comm.Get_rank())
+
+
+def _check_same_mpi(rank: int, size: int, library: str) -> None:
+    """Refuse an mpi4py whose MPI is not the one of the ``mpiexec`` that started us.
+
+    Why: mpi4py built against Open MPI, started by MPICH's mpiexec (or the reverse), does
+    not find its job: every rank initialises as a job of its own, rank 0 of 1. Nothing
+    failed; ``bind_mpi`` returned rank 0 for every engine and the collectives quietly
+    ran over one process each.
+    """
+    announced = rank_from_environment()
+    if announced is None or announced == rank:
+        return
+    raise RuntimeError(
+        f"mpiexec started this engine as rank {announced}, but mpi4py's MPI sees rank "
+        f"{rank} of {size}: mpi4py is built against another MPI ({library.splitlines()[0]})"
+        " than the mpiexec that started the engines; set [launcher:mpi] mpiexec to that "
+        "MPI's mpiexec, or install mpi4py against this one"
+    )
 
 
 def bind_mpi(view: Any) -> dict[int, int]:

@@ -278,10 +278,26 @@ class EngineSetLauncher(Launcher):
         #: Names this set in ``Cluster.stop_engines(id)`` and the like (set by the
         #: cluster when it starts the set; ipyparallel addresses engines by set).
         self.engine_set_id = ""
+        #: Which of its cluster's engine sets this is, in start order (set by the
+        #: cluster; 0: the first); see :attr:`file_prefix`.
+        self.set_index = 0
         #: The cluster file's content, given to :attr:`remote` launchers before start.
         self.cluster_info: dict[str, Any] | None = (
             dict(cluster_info) if cluster_info is not None else None
         )
+
+    @property
+    def file_prefix(self) -> str:
+        """How this set's log, pid and job-script files begin: ``engine-ID`` for the
+        cluster's first set, ``engine-ID-sK`` for the K-th started after it.
+
+        Why: every set numbers its engines (or array tasks, or ssh sessions) from 0, so
+        without the set in the name a second set (``add_engines``, ``start_engines``)
+        wrote into the first one's logs and pid files, and stopping it removed the pid
+        files of engines that were still running.
+        """
+        base = f"engine-{self.cluster_id}"
+        return base if self.set_index == 0 else f"{base}-s{self.set_index}"
 
     def command(self) -> list[str]:
         """The engine command line."""

@@ -219,7 +219,7 @@ class BatchEngineSetLauncher(EngineSetLauncher):
 
     @property
     def log_file(self) -> Path:
-        return self.profile_dir / "log" / f"engine-{self.cluster_id}-{self.name}-0.log"
+        return self.profile_dir / "log" / f"{self.file_prefix}-{self.name}-0.log"
 
     def log_pattern(self) -> str:
         """The per-task output file, in the scheduler's own pattern syntax."""
@@ -279,7 +279,7 @@ class BatchEngineSetLauncher(EngineSetLauncher):
         (self.profile_dir / "log").mkdir(parents=True, exist_ok=True)
         run = self.profile_dir / "run"
         run.mkdir(parents=True, exist_ok=True)
-        path = run / f"engine-{self.cluster_id}-{self.name}{self.script_suffix}"
+        path = run / f"{self.file_prefix}-{self.name}{self.script_suffix}"
         script = self.script()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
         with os.fdopen(fd, "w") as fh:
@@ -367,7 +367,7 @@ class BatchEngineSetLauncher(EngineSetLauncher):
         return [self.cmd(self.cancel_command), job_id]
 
     def output_tail(self) -> str:
-        logs = sorted(self.profile_dir.glob(f"log/engine-{self.cluster_id}-{self.name}-*.log"))
+        logs = sorted(self.profile_dir.glob(f"log/{self.file_prefix}-{self.name}-*.log"))
         return tail(logs[0]) if logs else ""
 
 
@@ -396,7 +396,7 @@ exec {engine}
         return lines
 
     def log_pattern(self) -> str:
-        return str(self.profile_dir / "log" / f"engine-{self.cluster_id}-slurm-%a.log")
+        return str(self.profile_dir / "log" / f"{self.file_prefix}-slurm-%a.log")
 
     def submit_argv(self, script: Path) -> list[str]:
         args = [str(a) for a in self.options.get("args") or []]
@@ -477,7 +477,7 @@ exec {engine}
         return lines
 
     def log_pattern(self) -> str:
-        return str(self.profile_dir / "log" / f"engine-{self.cluster_id}-pbs.log")
+        return str(self.profile_dir / "log" / f"{self.file_prefix}-pbs.log")
 
     def submit_argv(self, script: Path) -> list[str]:
         args = [str(a) for a in self.options.get("args") or []]
@@ -547,7 +547,7 @@ exec {engine}
 
     def log_pattern(self) -> str:
         # Grid Engine expands $TASK_ID in -o paths.
-        return str(self.profile_dir / "log" / f"engine-{self.cluster_id}-sge-$TASK_ID.log")
+        return str(self.profile_dir / "log" / f"{self.file_prefix}-sge-$TASK_ID.log")
 
     def submit_argv(self, script: Path) -> list[str]:
         args = [str(a) for a in self.options.get("args") or []]

@@ -72,7 +72,7 @@ queue {n}
         return lines
 
     def log_pattern(self) -> str:
-        return str(self.profile_dir / "log" / f"engine-{self.cluster_id}-htcondor-$(Process).log")
+        return str(self.profile_dir / "log" / f"{self.file_prefix}-htcondor-$(Process).log")
 
     def submit_argv(self, script: Path) -> list[str]:
         args = [str(a) for a in self.options.get("args") or []]

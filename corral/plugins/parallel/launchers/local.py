@@ -214,8 +214,8 @@ class LocalEngineSetLauncher(EngineSetLauncher):
             argv = monitor_argv(argv, policy, cluster_file=self.cluster_file)
             proc = LocalProcess(
                 argv,
-                log_file=self.profile_dir / "log" / f"engine-{self.cluster_id}-{index}.log",
-                pid_file=self.profile_dir / "run" / f"engine-{self.cluster_id}-{index}.pid",
+                log_file=self.profile_dir / "log" / f"{self.file_prefix}-{index}.log",
+                pid_file=self.profile_dir / "run" / f"{self.file_prefix}-{index}.pid",
                 env=env,
                 on_exit=self._on_engine_exit,
             )

@@ -55,7 +55,7 @@ exec {engine}
 
     def log_pattern(self) -> str:
         # %J: the job id, %I: the array index.
-        return str(self.profile_dir / "log" / f"engine-{self.cluster_id}-lsf-%I.log")
+        return str(self.profile_dir / "log" / f"{self.file_prefix}-lsf-%I.log")
 
     def submit_argv(self, script: Path) -> list[str]:
         return [self.cmd("bsub"), *[str(a) for a in self.options.get("args") or []]]

@@ -79,7 +79,7 @@ class MPIEngineSetLauncher(EngineSetLauncher):
 
     @property
     def log_file(self) -> Path:
-        return self.profile_dir / "log" / f"engine-{self.cluster_id}-mpi.log"
+        return self.profile_dir / "log" / f"{self.file_prefix}-mpi.log"
 
     def preflight(self, advertised_ip: str) -> str | None:
         mpiexec = self.options.get("mpiexec") or "mpiexec"
@@ -125,7 +125,7 @@ class MPIEngineSetLauncher(EngineSetLauncher):
         self.process = LocalProcess(
             self.command(),
             log_file=self.log_file,
-            pid_file=self.profile_dir / "run" / f"engine-{self.cluster_id}-mpi.pid",
+            pid_file=self.profile_dir / "run" / f"{self.file_prefix}-mpi.pid",
             env=env,
             on_exit=lambda proc: self._notify_stopped(),
         )

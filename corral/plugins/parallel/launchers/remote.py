@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from corral.core import compat
@@ -40,6 +41,36 @@ MONITOR = "corral.plugins.parallel.launchers.monitor"
 
 #: Seconds between SIGTERM and SIGKILL once the launcher is gone.
 GRACE = 3.0
+
+
+class _Lines:
+    """Lines of a file descriptor, read with ``os.read``.
+
+    Why not ``sys.stdin.buffer``: the listening thread stays blocked in a read until the
+    launcher closes the session, and a daemon thread holding the lock of a buffered stdin
+    at interpreter shutdown makes Python abort ("Fatal Python error:
+    _enter_buffered_busy", status -6) every time the engines end first, as they do after
+    ``stop_engines`` or a failed start. A raw read holds no lock.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = b""
+
+    def readline(self) -> bytes:
+        """The next line with its newline; the rest at end of input; b"" after it."""
+        while b"\n" not in self.pending:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                line, self.pending = self.pending, b""
+                return line
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line + b"\n"
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
 
 
 def _signal_all(procs: list[subprocess.Popen[bytes]], signum: int) -> None:
@@ -65,7 +96,7 @@ def _env(request: dict[str, Any]) -> dict[str, str]:
     return child_env({"CORRAL_PARENT_PID": str(os.getpid()), **extra}, importable=False)
 
 
-def _serve(procs: list[subprocess.Popen[bytes]]) -> None:
+def _serve(procs: list[subprocess.Popen[bytes]], stdin: _Lines) -> None:
     """Relay ``signal N`` lines to ``procs`` until they have all ended; end them when
     stdin does (the launcher, or its ssh session, went away)."""
     done = threading.Event()
@@ -76,7 +107,7 @@ def _serve(procs: list[subprocess.Popen[bytes]]) -> None:
         done.set()
 
     def listen() -> None:
-        for line in sys.stdin.buffer:
+        for line in stdin:
             words = line.split()
             if len(words) == 2 and words[0] == b"signal" and words[1].isdigit():
                 _signal_all(procs, int(words[1]))
@@ -90,7 +121,7 @@ def _serve(procs: list[subprocess.Popen[bytes]]) -> None:
     done.wait()
 
 
-def _controller(request: dict[str, Any]) -> int:
+def _controller(request: dict[str, Any], stdin: _Lines) -> int:
     """Run the controller under its monitor; print its cluster file's content once it is
     complete (``corral-remote: cluster {...}``), for the launcher to write on its side."""
     from corral.plugins.parallel.clusterfile import cluster_file_path
@@ -116,18 +147,19 @@ def _controller(request: dict[str, Any]) -> int:
             proc.wait(pause)
         except subprocess.TimeoutExpired:
             pause = min(pause * 2, 0.05)
-    _serve([proc])
+    _serve([proc], stdin)
     print(f"corral-remote: controller exited with {proc.returncode}", flush=True)
     return abs(proc.returncode or 0)
 
 
 def main() -> int:
     """Serve one launcher session; see the module docstring."""
-    first = sys.stdin.buffer.readline()
+    stdin = _Lines(sys.stdin.fileno())
+    first = stdin.readline()
     try:
         request = json.loads(first)
         if request.get("role") == "controller":
-            return _controller(request)
+            return _controller(request, stdin)
         cluster = request["cluster"]
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         print(f"corral-remote: bad request on stdin: {error!r}", flush=True)
@@ -139,7 +171,7 @@ def main() -> int:
             json.dump(cluster, fh)
         procs = _start(request, path)
         print("corral-remote: started " + " ".join(str(p.pid) for p in procs), flush=True)
-        _serve(procs)
+        _serve(procs, stdin)
     finally:
         os.unlink(path)
     codes = [p.returncode for p in procs]

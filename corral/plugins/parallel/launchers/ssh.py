@@ -10,11 +10,16 @@ engines on the far side.
 
 ``[launcher:ssh]``::
 
-    hosts = node1:4, node2:8     # host[:engines]; user@host works, ~/.ssh/config applies
-    ssh = ssh                    # the ssh command
-    ssh_args = -o, BatchMode=yes # extra ssh arguments (BatchMode: fail, never prompt)
-    python =                     # remote interpreter; empty: this interpreter's path
-    env = PYTHONPATH=/opt/lib    # NAME=VALUE set for the remote engines
+    # host[:engines]; user@host works, ~/.ssh/config applies
+    hosts = node1:4, node2:8
+    # the ssh command
+    ssh = ssh
+    # extra ssh arguments (BatchMode: fail, never prompt)
+    ssh_args = -o, BatchMode=yes
+    # remote interpreter; empty: this interpreter's path
+    python =
+    # NAME=VALUE set for the remote engines
+    env = PYTHONPATH=/opt/lib
 """
 
 from __future__ import annotations
@@ -286,7 +291,7 @@ class SSHEngineSetLauncher(EngineSetLauncher):
             request["monitor"] = policy.args()
             index = len(self.sessions)
             safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in host)
-            log = self.profile_dir / "log" / f"engine-{self.cluster_id}-ssh-{index}-{safe}.log"
+            log = self.profile_dir / "log" / f"{self.file_prefix}-ssh-{index}-{safe}.log"
             session = _Session(self._remote_argv(host), log, request, k)
             with self._lock:
                 self.sessions.append(session)

@@ -117,7 +117,7 @@ class WindowsHPCEngineSetLauncher(BatchEngineSetLauncher):
 
     def log_pattern(self) -> str:
         # "*" is the sweep index in HPC Pack's task fields.
-        return str(self.profile_dir / "log" / f"engine-{self.cluster_id}-windows_hpc-*.log")
+        return str(self.profile_dir / "log" / f"{self.file_prefix}-windows_hpc-*.log")
 
     def _scheduler(self) -> list[str]:
         head = self.options.get("scheduler")
