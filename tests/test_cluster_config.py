@@ -277,6 +277,9 @@ def test_a_comment_after_a_value_is_refused_naming_the_line(corral_dir):
     # A "#" without whitespace before it is part of the value.
     write_ini("hash", "[launcher:slurm]\nargs = --comment=run#3\n")
     assert Cluster(profile="hash").config.get("launcher:slurm", "args") == ["--comment=run#3"]
+    # Nor is a ";" (shell lines in values need it).
+    write_ini("semicolon", "[launcher:slurm]\nargs = --comment=a ; b\n")
+    assert Cluster(profile="semicolon").config.get("launcher:slurm", "args") == ["--comment=a ; b"]
 
 
 def _address_not_here() -> str:

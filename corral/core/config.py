@@ -305,8 +305,9 @@ def _apply_file(config: Config, path: Path, label: str) -> None:
             config.apply(option, raw, where)
 
 
-#: ``#`` or ``;`` after whitespace: what other ini readers take for a trailing comment.
-_INLINE_COMMENT = re.compile(r"\s[#;]")
+#: ``#`` after whitespace: what other ini readers take for a trailing comment. (``;``
+#: is left alone: shell lines in values, ``a ; b``, need it.)
+_INLINE_COMMENT = re.compile(r"\s#")
 
 
 def _refuse_inline_comment(section: str, key: str, raw: str, where: str) -> None:
