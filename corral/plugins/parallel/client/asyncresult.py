@@ -15,6 +15,7 @@ behind it: :meth:`AsyncResult.wait_for_output` waits for each engine's ``idle`` 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import sys
 import threading
 import time
@@ -128,6 +129,20 @@ def wait_all_sent(results: Iterable[Any], timeout: float | None = None) -> bool:
     return True
 
 
+def _request_label(request: tuple[Any, ...] | None) -> Any:
+    """The ``label`` view flag a request was sent with (ipyparallel's task label), read
+    from its encoded metadata when a task's metadata is first looked at: nothing is
+    added to sending a task, and unlabelled requests are told by a substring test."""
+    metadata = request[3] if request is not None else None
+    if type(metadata) is not bytes or b'"label"' not in metadata:
+        return None
+    try:
+        decoded = json.loads(metadata)
+    except ValueError:
+        return None
+    return decoded.get("label") if isinstance(decoded, dict) else None
+
+
 class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     """The pending result of one request (one or more tasks).
 
@@ -216,6 +231,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 md = new_metadata(submitted)
                 ids = self.msg_ids
                 md["msg_id"] = ids[index] if index < len(ids) else (ids[0] if ids else None)
+                md["label"] = _request_label(self._request)
                 raw = self._raw[index]
                 if raw is not None:
                     _apply_reply(md, *raw)

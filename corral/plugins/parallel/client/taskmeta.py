@@ -125,5 +125,6 @@ def new_metadata(submitted: datetime | None = None) -> TaskMetadata:
             "error": None,
             "data": {},
             "outputs_ready": False,
+            "label": None,
         }
     )

@@ -23,9 +23,13 @@ target engine. A load-balanced request recorded before its engine was chosen has
 
 Fields of a record (also the names queries may use):
 
-``msg_id, client_id, engine_uuid, engine_id, msg_type, header, metadata, submitted,
-started, completed, received, result_status, result_header, result_metadata,
+``msg_id, client_id, engine_uuid, engine_id, msg_type, label, header, metadata,
+submitted, started, completed, received, result_status, result_header, result_metadata,
 result_content, stdout, stderr, buffer_count`` and ``result_buffers`` (a list of bytes).
+
+``label`` is the user's name for the task (ipyparallel's ``label`` view flag), read from
+the request's metadata by SQLite itself: a virtual generated column, so the hub's writes
+stay what they were, and a database made before the column existed gets it when opened.
 
 ``header``, ``metadata`` and the ``result_*`` dicts are JSON in the database and dicts in
 records. Times are the ISO 8601 strings the messages carry (``submitted``: the request
@@ -70,6 +74,7 @@ FIELDS = (
     "engine_uuid",
     "engine_id",
     "msg_type",
+    "label",
     "header",
     "metadata",
     "submitted",
@@ -122,6 +127,22 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_unanswered ON tasks (engine_uuid) WHERE result_status IS NULL;
 """
+
+#: The ``label`` column: computed from the stored request metadata when read (a column
+#: the hub never writes, so no write path changes). ``json_valid`` first: metadata is
+#: whatever a client sent, and ``json_extract`` on malformed text fails the whole query.
+_LABEL_COLUMN = (
+    "ALTER TABLE tasks ADD COLUMN label GENERATED ALWAYS AS "
+    "(CASE WHEN json_valid(metadata) THEN json_extract(metadata, '$.label') END) VIRTUAL"
+)
+
+
+def _add_label_column(db: sqlite3.Connection) -> None:
+    """Give ``tasks`` its ``label`` column if it lacks it (new and older databases alike;
+    ``table_xinfo`` because ``table_info`` does not list generated columns)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_xinfo(tasks)")}
+    if "label" not in columns:
+        db.execute(_LABEL_COLUMN)
 
 # A request, and its reply when both are in one batch (most are: a batch spans 50 ms): one
 # row written once, where a request then its reply took an insert, a claim and an upsert.
@@ -645,6 +666,7 @@ class SQLiteTaskDB(TaskDB):
                 # large results instead of keeping its high-water size for good.
                 db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             db.executescript(_SCHEMA)
+            _add_label_column(db)
             for suffix in ("-wal", "-shm"):
                 if os.path.exists(self.path + suffix):
                     os.chmod(self.path + suffix, 0o600)
