@@ -144,6 +144,7 @@ def _add_label_column(db: sqlite3.Connection) -> None:
     if "label" not in columns:
         db.execute(_LABEL_COLUMN)
 
+
 # A request, and its reply when both are in one batch (most are: a batch spans 50 ms): one
 # row written once, where a request then its reply took an insert, a claim and an upsert.
 # A duplicate request (same msg_id and engine) leaves the row as it is, as INSERT OR
