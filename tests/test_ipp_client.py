@@ -747,6 +747,16 @@ def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path:
         rc.load_balanced_view().apply_sync(cell_ns["in_cell"])
     assert "Cell In[7], line 2, in in_cell()" in info.value.traceback
     assert "return 1 / 0" in info.value.traceback
+    # A terminal IPython cell (<ipython-input-N-HASH>): named as IPython names it here.
+    name = "<ipython-input-12-0123abcd>"
+    cell = "def in_ipython():\n    return {}['missing']\n"
+    linecache.cache[name] = (len(cell), None, cell.splitlines(True), name)
+    ipython_ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(cell, name, "exec"), ipython_ns)
+    with pytest.raises(RemoteError) as info:
+        rc[0].apply_sync(ipython_ns["in_ipython"])
+    assert "Cell In[12], line 2, in in_ipython()" in info.value.traceback
+    assert "ipython-input" not in info.value.traceback
 
 
 def test_map_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path: Path) -> None:

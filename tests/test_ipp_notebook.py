@@ -107,6 +107,22 @@ def test_px_on_corrals_kernel(env: LiveCluster) -> None:
     check(run("corral", CELLS))
 
 
+def test_applied_cell_functions_name_their_cell_on_ipykernel(env: LiveCluster) -> None:
+    """A function defined in a notebook cell (ipykernel compiles it from a temporary file)
+    fails on an engine: its frame reads ``Cell In[N]`` as a local one would, not the
+    temporary file's path."""
+    pytest.importorskip("ipykernel", reason="ipykernel is a test extra")
+    cells = [
+        "import corral",
+        "def from_cell(x):\n    y = x + 1\n    return y / 0",
+        "corral.Client()[0].apply_sync(from_cell, 1)",
+    ]
+    (error,) = errors(run("ipy", cells)[2])
+    text = "\n".join(error["traceback"])
+    assert "Cell In[2], line 3, in from_cell(x)" in text, text
+    assert "return y / 0" in text and "ipykernel_" not in text
+
+
 def _interrupt_px(kernel: str, setup: list[str]) -> tuple[str, str, float]:
     """Run a long ``%%px`` cell, interrupt the kernel as JupyterLab's Kernel > Interrupt
     does (jupyter_client's ``interrupt_kernel``) once both engines print, then run another
