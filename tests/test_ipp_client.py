@@ -134,6 +134,11 @@ def test_resubmit_runs_the_task_again(rc: Client) -> None:
     direct = rc[:].apply_async(double, 5)
     direct.get(30)
     assert rc.resubmit(direct.msg_ids, block=True).get() == [10, 10]
+    # ipyparallel's shapes: a list of msg_ids gives a list of values, even of one
+    assert rc.resubmit(ar.msg_ids).get(30) in [[e.pid] for e in rc.engines.values()]
+    assert rc.get_result(ar.msg_ids).get(30) == [ar.get()]
+    assert rc.get_result(ar.msg_ids[0]).get(30) == ar.get()
+    assert rc[:].scatter("shape", [1, 2], block=True) is None  # as a blocking push
     mapped = lview.map_async(double, range(6), chunksize=2)
     mapped.get(30)
     assert rc.resubmit(mapped).get(30) == [0, 2, 4, 6, 8, 10]

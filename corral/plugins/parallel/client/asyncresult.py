@@ -852,7 +852,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
         total = len(self)  # the unit progress counts: tasks, or a map's elements
         deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(total=total, desc=self.fname or "tasks", unit="task", file=file) as bar:
+        with tqdm(total=total, desc=self.fname or "tasks", unit="tasks", file=file) as bar:
             while True:
                 done = self.wait(interval)
                 bar.update(self.progress - bar.n)

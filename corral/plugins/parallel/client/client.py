@@ -46,7 +46,7 @@ from .asyncresult import (
     reply_outcome,
 )
 from .channels import dest_for, role_for
-from .compat import ClientCompat, connection_source, forever
+from .compat import ClientCompat, _combine_results, connection_source, forever
 from .dependencies import _USED as _DEPENDENCIES_USED
 from .errors import ControllerLost, RemoteError
 from .funccache import FunctionCache
@@ -1404,6 +1404,7 @@ class Client(ClientCompat):
         """
         from .hubresult import AsyncHubResult
 
+        listed = isinstance(jobs, (list, tuple))  # a list of values, even of one
         if isinstance(jobs, int) and not isinstance(jobs, bool):
             jobs = self.history[jobs]
         elif isinstance(jobs, (list, tuple)):
@@ -1416,6 +1417,8 @@ class Client(ClientCompat):
                 resolved.append(job)
             jobs = resolved
         result = self._get_result(jobs, AsyncHubResult)
+        if listed and result._single:  # ipyparallel: get_result([msg_id]) gives [value]
+            result = _combine_results(self, [result], result.fname)
         if block:
             result.wait(forever(timeout))
         return result

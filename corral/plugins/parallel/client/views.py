@@ -922,7 +922,12 @@ class DirectView(View):
                 chunk = chunk[0]
             view = DirectView(client, target)
             parts.append(view.push({name: chunk}, block=False))
-        return self._maybe_block(_combine(client, parts, False, "scatter"), block)
+        result = _combine(client, parts, False, "scatter")
+        if self.block if block is None else block:
+            result.wait()  # ipyparallel's blocking scatter returns None, as a push does
+            result.get()  # raises what an engine raised
+            return None
+        return result
 
     def gather(
         self, name: str, dist: str = "b", targets: Any = None, block: bool | None = None
