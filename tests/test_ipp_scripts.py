@@ -254,7 +254,8 @@ def test_task_labels(tmp_path: Path) -> None:
             rc.wait_for_engines(2, timeout=60)
             lview = rc.load_balanced_view()
             dview = rc[:]
-            lview.set_flags(label="lb")
+            assert lview.set_flags(label="lb") is lview  # ipyparallel returns the view
+            assert lview.set_flags(track=True).track  # accepted (corral always tracks)
             ar = lview.apply_async(os.getpid)
             ar.get(60)
             assert ar.metadata["label"] == "lb" and rc.metadata[ar.msg_ids[0]].label == "lb"

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.plugins.parallel.client.views")
 
-_FLAGS = ("block", "targets", "retries", "timeout", "after", "follow", "label")
+_FLAGS = ("block", "targets", "retries", "timeout", "after", "follow", "label", "track")
 #: Pushes larger than this go over the engine's direct data path when it has one.
 DATA_PATH_THRESHOLD = 1 << 20
 
@@ -76,6 +76,10 @@ class View:
 
     #: Requests of this view are answered by every target under one msg_id.
     _broadcast = False
+    #: ipyparallel's flag asking zmq to track zero-copy sends: corral always tracks the
+    #: large buffers it sends without copying (``ar.wait_for_send()``, ``ar.sent``), so
+    #: the flag is accepted and changes nothing.
+    track = False
 
     def __init__(
         self,
@@ -105,13 +109,16 @@ class View:
 
     # ---------------------------------------------------------------- flags
 
-    def set_flags(self, **flags: Any) -> None:
+    def set_flags(self, **flags: Any) -> View:
         """Set view flags (``block``, ``targets``, ``retries``, ``timeout``, ``after``,
-        ``follow``, ``label``); unknown names raise ``KeyError``."""
+        ``follow``, ``label``, ``track``); unknown names raise ``KeyError``. Returns the
+        view, as ipyparallel's does, so a call can follow: ``view.set_flags(...).map(...)``.
+        """
         for name, value in flags.items():
             if name not in _FLAGS:
                 raise KeyError(f"unknown view flag {name!r}; flags are {_FLAGS}")
             setattr(self, name, value)
+        return self
 
     @contextlib.contextmanager
     def temp_flags(self, **flags: Any) -> Iterator[View]:
