@@ -560,8 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in compat.STOP_SIGNALS:
         signal.signal(signum, lambda s, _f: monitor.stop())
     # Started with SIGINT held (hold_sigint): the forwarder is in place, let it come. The
-    # parent watch below starts after, so only this (main) thread takes SIGINT and its
-    # wait for the child is what the signal interrupts.
+    # parent watch thread keeps it blocked, so SIGINT lands in this (main) thread, whose
+    # wait for the child is what it must interrupt.
     parent = os.environ.get("CORRAL_PARENT_PID")
     if parent and parent.isdigit():
         with hold_sigint():
