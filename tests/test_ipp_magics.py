@@ -164,10 +164,10 @@ def test_stream_output_arrives_while_the_cell_runs(shell: Any, tmp_path: Path, c
     code = (
         "%%px --targets 0 --stream --progress-after -1\n"
         "import os, time\n"
-        "print('first', flush=True)\n"
+        "print('first', end='', flush=True)\n"  # a line not ended yet shows too
         f"while not os.path.exists({str(release)!r}):\n"
         "    time.sleep(0.01)\n"
-        "print('second')\n"
+        "print(' second')\n"
     )
     done: list[Any] = []
     runner = threading.Thread(target=lambda: done.append(cell(shell, code)))
@@ -182,7 +182,8 @@ def test_stream_output_arrives_while_the_cell_runs(shell: Any, tmp_path: Path, c
     release.write_text("")
     runner.join(60)
     assert done and done[0].success
-    assert "second" in seen + capsys.readouterr().out
+    seen += capsys.readouterr().out
+    assert seen == "[stdout:0] \nfirst second\n"  # ipyparallel's layout, the line joined
 
 
 def test_progress_bar_and_interrupt(shell: Any, rc: Client, tmp_path: Path, capsys: Any) -> None:

@@ -461,8 +461,9 @@ class ParallelMagics:
 
     def _print_streams(self, result: Any, echo: Echo, final: bool, by_type: bool = False) -> None:
         """Print what each engine wrote since the last call, in ipyparallel's layout (see
-        :class:`~.asyncresult.StreamBlocks`): whole lines only while it runs (an engine's
-        line is not cut by another's label), everything once it is done. ``by_type``:
+        :class:`~.asyncresult.StreamBlocks`), as it arrives: a line not ended yet too (a
+        progress printed with ``end=""``), continued under the same label, or cut by
+        another engine's label on a line of its own, as ipyparallel does. ``by_type``:
         every engine's stdout, then every stderr (``--group-outputs type``), rather than
         engine after engine."""
         mds = [result._metadata_slot(i) for i in range(len(result._md))]
@@ -476,7 +477,7 @@ class ParallelMagics:
             md = mds[index]
             text = md[name]
             start = printed.get((index, name), 0)
-            end = len(text) if final else text.rfind("\n", start) + 1
+            end = len(text)
             if end <= start:
                 continue
             printed[(index, name)] = end
