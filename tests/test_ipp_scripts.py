@@ -272,6 +272,17 @@ def test_task_labels(tmp_path: Path) -> None:
             plain = rc[1].apply_async(os.getpid)
             plain.get(60)
             assert plain.metadata["label"] is None
+            # the rest of what ipyparallel's metadata says of the request
+            ran = dview.execute("b = 2", block=True)
+            assert [md["execute_input"] for md in ran.metadata] == ["b = 2", "b = 2"]
+            with lview.temp_flags(after=[ar], label=None):
+                later = lview.apply_async(os.getpid)
+            later.get(60)
+            assert later.metadata["after"] == ar.msg_ids and later.metadata["follow"] == []
+            assert not later.metadata["is_broadcast"] and later.metadata["execute_input"] is None
+            everywhere = rc.broadcast_view().apply_async(os.getpid)
+            everywhere.get(60)
+            assert all(md["is_broadcast"] for md in everywhere.metadata)
 
             def found(label):
                 records = rc.db_query({"label": label}, keys=["label", "msg_type"])

@@ -129,18 +129,42 @@ def wait_all_sent(results: Iterable[Any], timeout: float | None = None) -> bool:
     return True
 
 
-def _request_label(request: tuple[Any, ...] | None) -> Any:
-    """The ``label`` view flag a request was sent with (ipyparallel's task label), read
-    from its encoded metadata when a task's metadata is first looked at: nothing is
-    added to sending a task, and unlabelled requests are told by a substring test."""
-    metadata = request[3] if request is not None else None
-    if type(metadata) is not bytes or b'"label"' not in metadata:
-        return None
+def _decoded(value: Any) -> dict[str, Any]:
+    """A request's metadata or content as sent (JSON bytes, or a dict), as a dict."""
+    if isinstance(value, dict):
+        return value
+    if type(value) is not bytes:
+        return {}
     try:
-        decoded = json.loads(metadata)
+        decoded = json.loads(value)
     except ValueError:
-        return None
-    return decoded.get("label") if isinstance(decoded, dict) else None
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _request_fields(request: tuple[Any, ...] | None) -> dict[str, Any]:
+    """What ipyparallel's task metadata says of the request itself: ``label`` (the view
+    flag), ``after`` and ``follow`` (dependencies), ``is_broadcast`` and, for an execute,
+    ``execute_input`` (the code). Read from the request as sent when a task's metadata is
+    first looked at, so sending a task costs nothing more."""
+    fields: dict[str, Any] = {
+        "label": None,
+        "after": [],
+        "follow": [],
+        "is_broadcast": False,
+        "execute_input": None,
+    }
+    if request is None:
+        return fields
+    channel, msg_type, content, metadata = request[:4]
+    sent = _decoded(metadata)
+    for key in ("label", "after", "follow"):
+        if sent.get(key) is not None:
+            fields[key] = sent[key]
+    fields["is_broadcast"] = channel == "broadcast" or bool(sent.get("broadcast"))
+    if msg_type == "execute_request":
+        fields["execute_input"] = _decoded(content).get("code")
+    return fields
 
 
 class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -231,7 +255,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 md = new_metadata(submitted)
                 ids = self.msg_ids
                 md["msg_id"] = ids[index] if index < len(ids) else (ids[0] if ids else None)
-                md["label"] = _request_label(self._request)
+                md.update(_request_fields(self._request))
                 raw = self._raw[index]
                 if raw is not None:
                     _apply_reply(md, *raw)
