@@ -141,8 +141,17 @@ def _add_label_column(db: sqlite3.Connection) -> None:
     """Give ``tasks`` its ``label`` column if it lacks it (new and older databases alike;
     ``table_xinfo`` because ``table_info`` does not list generated columns)."""
     columns = {row[1] for row in db.execute("PRAGMA table_xinfo(tasks)")}
-    if "label" not in columns:
+    if "label" in columns:
+        return
+    try:
         db.execute(_LABEL_COLUMN)
+    except sqlite3.OperationalError as exc:  # an SQLite without JSON or generated columns
+        log.warning(
+            "task labels are not recorded: SQLite %s cannot compute them (%s)",
+            sqlite3.sqlite_version,
+            exc,
+        )
+        db.execute("ALTER TABLE tasks ADD COLUMN label TEXT")  # queries still work
 
 
 # A request, and its reply when both are in one batch (most are: a batch spans 50 ms): one
