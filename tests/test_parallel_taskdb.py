@@ -197,6 +197,15 @@ def test_find_operators_and_keys(db: TaskDB) -> None:
     assert ids({"result_status": None}) == ["m4", "m5"]
     assert ids({"result_status": {"$ne": None}}) == ["m0", "m1", "m2", "m3"]
     assert ids({"result_status": {"$ne": "ok"}, "engine_id": 0}) == ["m0", "m4"]  # null too
+    # the rest of ipyparallel's operators
+    assert ids({"submitted": {"$lte": "2026-01-02"}}) == ["m0", "m1"]
+    assert ids({"submitted": {"$gte": "2026-01-05"}}) == ["m4", "m5"]
+    assert ids({"engine_id": {"$eq": 1}}) == ["m1", "m3", "m5"]
+    assert ids({"result_status": {"$nin": ["ok"]}}) == ["m0", "m3"]  # not the nulls
+    assert ids({"result_status": {"$nin": "error"}}) == ["m1", "m2"]  # one value
+    assert ids({"result_status": {"$exists": False}}) == ["m4", "m5"]
+    assert ids({"result_status": {"$exists": True}}) == ["m0", "m1", "m2", "m3"]
+    assert ids({"msg_id": {"$glob": "m[13]"}}) == ["m1", "m3"]
     recs = db.find({"msg_id": "m2"}, ["result_content", "result_buffers"])
     assert recs == [
         {"msg_id": "m2", "result_content": {"status": "ok", "n": 2}, "result_buffers": []}
@@ -211,6 +220,8 @@ def test_find_operators_and_keys(db: TaskDB) -> None:
         ({"header": "x"}, None),
         ({"msg_id": {"$regex": "x"}}, None),
         ({"msg_id": {"$in": "abc"}}, None),
+        ({"msg_id": {"$nin": [["x"]]}}, None),
+        ({"msg_id": {"$exists": 1}}, None),
         ({"msg_id": {"$lt": [1]}}, None),
         ({"msg_id": {}}, None),
         ({"msg_id; DROP TABLE tasks": 1}, None),

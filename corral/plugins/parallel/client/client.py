@@ -1449,7 +1449,9 @@ class Client(ClientCompat):
     def db_query(
         self, query: dict[str, Any], keys: Sequence[str] | None = None, timeout: float | None = None
     ) -> list[dict[str, Any]]:
-        """Task records matching ``query`` (``{field: value | {"$in"|"$lt"|"$gt"|"$ne": x}}``).
+        """Task records matching ``query``: ``{field: value | {operator: x}}``, with
+        ipyparallel's operators (``$in``, ``$nin``, ``$lt``, ``$gt``, ``$lte``, ``$gte``,
+        ``$eq``, ``$ne``, ``$glob``, ``$exists``); ``{"label": "x"}`` finds labelled tasks.
 
         ``keys`` limits the fields returned (``msg_id`` is always included).
         """

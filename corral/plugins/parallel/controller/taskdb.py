@@ -94,7 +94,18 @@ _JSON_FIELDS = frozenset(
     {"header", "metadata", "result_header", "result_metadata", "result_content"}
 )
 _DEFAULT_KEYS = tuple(f for f in FIELDS if f != "result_buffers")
-_OPERATORS = {"$lt": "<", "$gt": ">", "$ne": "IS NOT"}
+#: Comparisons of ipyparallel's query language (the operators its task databases take).
+#: ``$eq``/``$ne`` are null-safe (``IS``/``IS NOT``), as a plain ``{field: value}`` is.
+_OPERATORS = {
+    "$lt": "<",
+    "$gt": ">",
+    "$lte": "<=",
+    "$gte": ">=",
+    "$eq": "IS",
+    "$ne": "IS NOT",
+    "$glob": "GLOB",
+}
+_KNOWN_OPERATORS = "$in, $nin, $lt, $gt, $lte, $gte, $eq, $ne, $glob or $exists"
 
 #: SQLite page size for new task databases (see SQLiteTaskDB._run).
 _PAGE_SIZE = 16384
@@ -355,7 +366,9 @@ class TaskDB:
     def find(
         self, query: dict[str, Any], keys: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Records matching ``query`` (``{field: value | {"$in"|"$lt"|"$gt"|"$ne": v}}``)."""
+        """Records matching ``query``: ``{field: value | {operator: v}}`` with ipyparallel's
+        operators (``$in``, ``$nin``, ``$lt``, ``$gt``, ``$lte``, ``$gte``, ``$eq``,
+        ``$ne``, ``$glob``, ``$exists``)."""
         _where(query)
         _select_keys(keys)
         return []
@@ -418,26 +431,43 @@ def _where(query: dict[str, Any]) -> tuple[str, list[Any]]:
                 raise ValueError(f"empty condition for {field!r}")
             for op, value in cond.items():
                 if op == "$in":
-                    if not isinstance(value, list) or not all(
-                        isinstance(v, (str, int, float)) or v is None for v in value
-                    ):
-                        raise ValueError("$in takes a list of scalars")
+                    _check_list(value, op)
                     if not value:
                         clauses.append("0")
                     else:
                         clauses.append(f"{field} IN ({','.join('?' * len(value))})")
                         params.extend(value)
+                elif op == "$nin":  # ipyparallel's examples give one value too
+                    values = value if isinstance(value, list) else [value]
+                    _check_list(values, op)
+                    # As ipyparallel's SQLite backend: a record without a value (null) is
+                    # in no list and matches nothing, so {"label": {"$nin": ""}} finds
+                    # the labelled tasks.
+                    marks = ",".join("?" * len(values))
+                    clauses.append(f"{field} NOT IN ({marks})" if values else f"{field} NOT NULL")
+                    params.extend(values)
+                elif op == "$exists":
+                    if not isinstance(value, bool):
+                        raise ValueError("$exists takes true or false")
+                    clauses.append(f"{field} {'NOT NULL' if value else 'IS NULL'}")
                 elif op in _OPERATORS:
                     _check_scalar(value)
                     clauses.append(f"{field} {_OPERATORS[op]} ?")
                     params.append(value)
                 else:
-                    raise ValueError(f"unknown operator {op!r}; use $in, $lt, $gt or $ne")
+                    raise ValueError(f"unknown operator {op!r}; use {_KNOWN_OPERATORS}")
         else:
             _check_scalar(cond)
             clauses.append(f"{field} IS ?")
             params.append(cond)
     return (" AND ".join(clauses) or "1"), params
+
+
+def _check_list(value: Any, op: str) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(v, (str, int, float)) or v is None for v in value
+    ):
+        raise ValueError(f"{op} takes a list of scalars")
 
 
 def _check_scalar(value: Any) -> None:
