@@ -559,7 +559,12 @@ class Client(ClientCompat):
         (``message``: what to say instead of "lost the controller")."""
         if self._closed or self._lost is not None:
             return
-        if message is not None:
+        # An error only if something was waiting for the controller: a client left open
+        # while its cluster is stopped (a script's last line) lost nothing, and its next
+        # call raises the same ControllerLost with the whole story.
+        waiting = self._pending or self._hub_results or self._waiters
+        report = log.error if waiting else log.info
+        if message is not None:  # the client's own I/O failed: always worth an error
             error = ControllerLost(message)
             log.error("%s", error)
         elif self._shut_down:
@@ -572,7 +577,7 @@ class Client(ClientCompat):
                 "cluster; then call Client.reconnect() and fetch finished work with "
                 "get_result()."
             )
-            log.error("%s", error)
+            report("%s", error)
         self._lost = error
         self._io.abandon()  # nothing queued may reach a restarted controller
         pending = set(self._pending.values()) | set(self._hub_results)
