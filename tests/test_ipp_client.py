@@ -188,6 +188,7 @@ def test_shutdown_one_engine_and_send_signal(tmp_path: Path) -> None:
         assert pid not in {e.pid for e in rc.engines.values()}
         with pytest.raises(RemoteError, match="unknown signal"):
             rc.send_signal("SIGNOPE", targets=0)
+        rc.send_signal(0, targets=0)  # signal 0, a liveness probe (as os.kill): accepted
         # shutdown(targets=...) stops that engine only; the controller stays up.
         rc.shutdown(targets=2, block=True)
         deadline = time.monotonic() + 30
