@@ -134,6 +134,11 @@ def test_resubmit_runs_the_task_again(rc: Client) -> None:
     direct = rc[:].apply_async(double, 5)
     direct.get(30)
     assert rc.resubmit(direct.msg_ids, block=True).get() == [10, 10]
+    # ipyparallel's shapes: a list of msg_ids gives a list of values, even of one
+    assert rc.resubmit(ar.msg_ids).get(30) in [[e.pid] for e in rc.engines.values()]
+    assert rc.get_result(ar.msg_ids).get(30) == [ar.get()]
+    assert rc.get_result(ar.msg_ids[0]).get(30) == ar.get()
+    assert rc[:].scatter("shape", [1, 2], block=True) is None  # as a blocking push
     mapped = lview.map_async(double, range(6), chunksize=2)
     mapped.get(30)
     assert rc.resubmit(mapped).get(30) == [0, 2, 4, 6, 8, 10]
@@ -183,6 +188,7 @@ def test_shutdown_one_engine_and_send_signal(tmp_path: Path) -> None:
         assert pid not in {e.pid for e in rc.engines.values()}
         with pytest.raises(RemoteError, match="unknown signal"):
             rc.send_signal("SIGNOPE", targets=0)
+        rc.send_signal(0, targets=0)  # signal 0, a liveness probe (as os.kill): accepted
         # shutdown(targets=...) stops that engine only; the controller stays up.
         rc.shutdown(targets=2, block=True)
         deadline = time.monotonic() + 30
@@ -469,9 +475,9 @@ def test_single_engine_display_outputs_has_no_prefix(rc: Client, capsys: Any) ->
     ar = rc[0].execute("print('plain')", block=True)
     ar.display_outputs()
     assert capsys.readouterr().out == "plain\n"
-    both = rc[:].execute("print('x')", block=True)
-    both.display_outputs()
-    assert capsys.readouterr().out == "[stdout:0] x\n[stdout:1] x\n"
+    both = rc[:].execute("print('x')\nprint('y')", block=True)
+    both.display_outputs()  # ipyparallel's layout: a label line, the text under it
+    assert capsys.readouterr().out == "[stdout:0] \nx\ny\n[stdout:1] \nx\ny\n"
 
 
 # ------------------------------------------------------------------- item 6: quirks
@@ -747,6 +753,16 @@ def test_remote_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path:
         rc.load_balanced_view().apply_sync(cell_ns["in_cell"])
     assert "Cell In[7], line 2, in in_cell()" in info.value.traceback
     assert "return 1 / 0" in info.value.traceback
+    # A terminal IPython cell (<ipython-input-N-HASH>): named as IPython names it here.
+    name = "<ipython-input-12-0123abcd>"
+    cell = "def in_ipython():\n    return {}['missing']\n"
+    linecache.cache[name] = (len(cell), None, cell.splitlines(True), name)
+    ipython_ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(cell, name, "exec"), ipython_ns)
+    with pytest.raises(RemoteError) as info:
+        rc[0].apply_sync(ipython_ns["in_ipython"])
+    assert "Cell In[12], line 2, in in_ipython()" in info.value.traceback
+    assert "ipython-input" not in info.value.traceback
 
 
 def test_map_tracebacks_name_the_file_and_show_the_line(rc: Client, tmp_path: Path) -> None:
@@ -781,8 +797,8 @@ def test_more_ipyparallel_names(rc: Client, capsys: Any) -> None:
     with chatty.stream_output():
         chatty.wait(30)
         chatty.wait_for_output(30)
-    lines = sorted(capsys.readouterr().out.splitlines())
-    assert lines == ["[stdout:0] streamed", "[stdout:1] streamed"]
+    blocks = capsys.readouterr().out.split("[stdout:")[1:]  # each engine's own block
+    assert sorted(blocks) == ["0] \nstreamed\n", "1] \nstreamed\n"]
     rc.spin()
     assert ipp.ViewExecutor is ipp.plugins.parallel.client.executor.ClusterExecutor
     assert ipp.use_cloudpickle() is None and ipp.use_pickle() is None

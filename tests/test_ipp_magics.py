@@ -78,22 +78,26 @@ def test_px_and_cell_px_show_outputs_and_results(shell: Any, capsys: Any) -> Non
     assert cell(shell, "%px a = 5").success
     capsys.readouterr()
     assert cell(shell, "%px print(a * 2)").success
-    lines = capsys.readouterr().out.splitlines()  # streamed: in arrival order
-    assert sorted(lines) == ["[stdout:0] 10", "[stdout:1] 10"]
-    assert cell(shell, "%%px --targets 1\nprint('one')\na + 1").success
+    # ipyparallel's layout: a label line per engine's block, its text under it
+    blocks = capsys.readouterr().out.split("[stdout:")[1:]  # streamed: in arrival order
+    assert sorted(blocks) == ["0] \n10\n", "1] \n10\n"]
+    assert cell(shell, "%%px --targets 1\nprint('one')\nprint('two')\na + 1").success
     out = capsys.readouterr().out
-    assert out.startswith("one\n")  # a single engine's output, unlabelled
+    assert out.startswith("[stdout:1] \none\ntwo\n")  # streamed: labelled, one engine too
     assert "Out[1:" in out and "6" in out
     code = "%%px --targets [0,1] --group-outputs engine --no-stream\nprint('x')"
     assert cell(shell, code).success
-    assert capsys.readouterr().out == "[stdout:0] x\n[stdout:1] x\n"  # not streamed: sorted
+    assert capsys.readouterr().out == "[stdout:0] \nx\n[stdout:1] \nx\n"  # not streamed
+    code = "%%px --targets 1 --no-stream\nprint('alone')"
+    assert cell(shell, code).success
+    assert capsys.readouterr().out == "alone\n"  # one engine, not streamed: as printed
 
 
 def test_errors_always_show(shell: Any, capsys: Any) -> None:
     result = cell(shell, "%%px\nprint('before')\n1/0")
     assert isinstance(result.error_in_exec, RemoteError)
     out = capsys.readouterr().out
-    assert "[stdout:0] before" in out  # outputs first
+    assert "[stdout:0] \nbefore" in out  # outputs first
     assert "ZeroDivisionError" in out  # then the remote traceback
     one = cell(shell, "%px --targets 0 raise KeyError('k')")
     assert one.error_in_exec is not None  # a usage error: %px takes no options
@@ -108,7 +112,7 @@ def test_noblock_pxresult_save_name_and_local(shell: Any, rc: Client, capsys: An
     capsys.readouterr()
     assert cell(shell, "%pxresult").success
     out = capsys.readouterr().out
-    assert "[stdout:0] later" in out and "42" in out
+    assert "[stdout:0] \nlater" in out and "42" in out
     assert cell(shell, "%pxresult --save-name kept").success
     assert shell.user_ns["kept"] is result.result
     assert cell(shell, "%%px --save-name saved\nz = 3").success
@@ -126,7 +130,7 @@ def test_pxresult_reraises_a_failed_noblock_cell(shell: Any, capsys: Any) -> Non
     assert isinstance(result.error_in_exec, RemoteError)  # as a blocking %%px would
     assert result.error_in_exec.ename in ("KeyError", "CompositeError")
     out = capsys.readouterr().out
-    assert out.index("[stdout:0] out first") < out.index("KeyError")  # outputs, then error
+    assert out.index("[stdout:0] \nout first") < out.index("KeyError")  # outputs, then error
     ok = cell(shell, "%%px --noblock\n1")
     assert ok.success
     assert cell(shell, "%pxresult").success  # a cell that worked still shows no error
@@ -152,7 +156,7 @@ def test_pxconfig_autopx_and_activate(shell: Any, rc: Client, capsys: Any) -> No
     assert cell(shell, "%px0 import os").success
     capsys.readouterr()
     assert cell(shell, "%px0 print(os.getpid())").success
-    assert capsys.readouterr().out == f"{rc.engines[0].pid}\n"
+    assert capsys.readouterr().out == f"[stdout:0] \n{rc.engines[0].pid}\n"  # streamed
 
 
 def test_stream_output_arrives_while_the_cell_runs(shell: Any, tmp_path: Path, capsys: Any) -> None:
@@ -160,10 +164,10 @@ def test_stream_output_arrives_while_the_cell_runs(shell: Any, tmp_path: Path, c
     code = (
         "%%px --targets 0 --stream --progress-after -1\n"
         "import os, time\n"
-        "print('first', flush=True)\n"
+        "print('first', end='', flush=True)\n"  # a line not ended yet shows too
         f"while not os.path.exists({str(release)!r}):\n"
         "    time.sleep(0.01)\n"
-        "print('second')\n"
+        "print(' second')\n"
     )
     done: list[Any] = []
     runner = threading.Thread(target=lambda: done.append(cell(shell, code)))
@@ -178,7 +182,8 @@ def test_stream_output_arrives_while_the_cell_runs(shell: Any, tmp_path: Path, c
     release.write_text("")
     runner.join(60)
     assert done and done[0].success
-    assert "second" in seen + capsys.readouterr().out
+    seen += capsys.readouterr().out
+    assert seen == "[stdout:0] \nfirst second\n"  # ipyparallel's layout, the line joined
 
 
 def test_progress_bar_and_interrupt(shell: Any, rc: Client, tmp_path: Path, capsys: Any) -> None:
@@ -216,8 +221,8 @@ def test_px_in_corrals_own_interpreter(live: LiveCluster, rc: Client) -> None:
     try:
         result = interp.execute("%px print('from corral')")
         assert result.status == "ok", result.traceback
-        lines = sorted(rec.stdout().splitlines())  # streamed in arrival order
-        assert lines == ["[stdout:0] from corral", "[stdout:1] from corral"]
+        lines = sorted(rec.stdout().splitlines())  # streamed in arrival order, in a kernel
+        assert lines == ["[stdout:0] from corral", "[stdout:1] from corral"]  # inline
         rec.clear()
         result = interp.execute("%%px --targets 0\n40 + 2")
         assert result.status == "ok", result.traceback

@@ -84,7 +84,7 @@ def check(outputs: list[Any]) -> None:
     assert "ZeroDivisionError" in "\n".join(error["traceback"])
     shown = [o for o in outputs[3] if o["output_type"] in ("display_data", "execute_result")]
     assert len(shown) == 2 and all("42" in o["data"]["text/plain"] for o in shown)
-    assert stdout(outputs[4]) == "one engine\n"
+    assert stdout(outputs[4]) == "[stdout:1] one engine\n"  # streamed: labelled, inline
     result = [o for o in outputs[5] if o["output_type"] == "execute_result"]
     assert result and "AsyncResult" in result[0]["data"]["text/plain"]
     assert "%autopx enabled" in stdout(outputs[6])
@@ -93,7 +93,7 @@ def check(outputs: list[Any]) -> None:
     (local,) = [o for o in outputs[9] if o["output_type"] == "execute_result"]
     assert local["data"]["text/plain"] == "False"  # ran on the engines, not in the kernel
     assert not errors(outputs[10])  # a non-blocking cell reports nothing yet
-    assert "[stdout:0] before" in stdout(outputs[11])
+    assert "[stdout:0] \nbefore" in stdout(outputs[11])  # %pxresult: display_outputs
     (late,) = errors(outputs[11])  # %pxresult raises the error of the failed cell
     assert "KeyError" in "\n".join(late["traceback"])
 
@@ -105,6 +105,22 @@ def test_px_on_ipykernel_with_load_ext(env: LiveCluster) -> None:
 
 def test_px_on_corrals_kernel(env: LiveCluster) -> None:
     check(run("corral", CELLS))
+
+
+def test_applied_cell_functions_name_their_cell_on_ipykernel(env: LiveCluster) -> None:
+    """A function defined in a notebook cell (ipykernel compiles it from a temporary file)
+    fails on an engine: its frame reads ``Cell In[N]`` as a local one would, not the
+    temporary file's path."""
+    pytest.importorskip("ipykernel", reason="ipykernel is a test extra")
+    cells = [
+        "import corral",
+        "def from_cell(x):\n    y = x + 1\n    return y / 0",
+        "corral.Client()[0].apply_sync(from_cell, 1)",
+    ]
+    (error,) = errors(run("ipy", cells)[2])
+    text = "\n".join(error["traceback"])
+    assert "Cell In[2], line 3, in from_cell(x)" in text, text
+    assert "return y / 0" in text and "ipykernel_" not in text
 
 
 def _interrupt_px(kernel: str, setup: list[str]) -> tuple[str, str, float]:

@@ -238,3 +238,66 @@ def test_a_tutorial_style_session(tmp_path: Path) -> None:
         print("OK")
         """,
     )
+
+
+def test_task_labels(tmp_path: Path) -> None:
+    """ipyparallel's ``label`` flag: set on a view, for a ``with`` block, or per call (map,
+    execute); the tasks' metadata carries it and ``db_query`` finds them by it."""
+    run_script(
+        tmp_path,
+        """
+        import os
+        import corral as ipp
+
+        cluster = CLUSTER
+        with cluster as rc:
+            rc.wait_for_engines(2, timeout=60)
+            lview = rc.load_balanced_view()
+            dview = rc[:]
+            assert lview.set_flags(label="lb") is lview  # ipyparallel returns the view
+            assert lview.set_flags(track=True).track  # accepted (corral always tracks)
+            ar = lview.apply_async(os.getpid)
+            ar.get(60)
+            assert ar.metadata["label"] == "lb" and rc.metadata[ar.msg_ids[0]].label == "lb"
+            with dview.temp_flags(label="direct"):
+                direct = dview.apply_async(os.getpid)
+            assert dview.label is None  # restored after the block
+            direct.get(60)
+            assert [md["label"] for md in direct.metadata] == ["direct", "direct"]
+            dview.execute("a = 1", label="exec", block=True)
+            assert dview.map_sync(abs, [-1, -2, -3, -4], label="map") == [1, 2, 3, 4]
+            one = rc[0]
+            one.label = "one"  # a single engine's apply_sync goes through the hub then
+            one.apply_sync(os.getpid)
+            plain = rc[1].apply_async(os.getpid)
+            plain.get(60)
+            assert plain.metadata["label"] is None
+            # the rest of what ipyparallel's metadata says of the request
+            ran = dview.execute("b = 2", block=True)
+            assert [md["execute_input"] for md in ran.metadata] == ["b = 2", "b = 2"]
+            with lview.temp_flags(after=[ar], label=None):
+                later = lview.apply_async(os.getpid)
+            later.get(60)
+            assert later.metadata["after"] == ar.msg_ids and later.metadata["follow"] == []
+            assert not later.metadata["is_broadcast"] and later.metadata["execute_input"] is None
+            everywhere = rc.broadcast_view().apply_async(os.getpid)
+            everywhere.get(60)
+            assert all(md["is_broadcast"] for md in everywhere.metadata)
+
+            def found(label):
+                records = rc.db_query({"label": label}, keys=["label", "msg_type"])
+                return sorted((r["msg_type"], r["label"]) for r in records)
+
+            assert found("lb") == [("apply_request", "lb")]
+            assert found("direct") == [("apply_request", "direct")] * 2
+            assert found("exec") == [("execute_request", "exec")] * 2
+            assert found("map") == [("apply_request", "map")] * 2
+            assert found("one") == [("apply_request", "one")]
+            assert rc.db_query({"label": "lb"})[0]["msg_id"] == ar.msg_ids[0]
+            # another client reads the label back from the hub's record
+            other = cluster.connect_client_sync()
+            stored = other.get_result(ar.msg_ids[0])
+            assert stored.get(60) == ar.get() and stored.metadata["label"] == "lb"
+        print("OK")
+        """,
+    )

@@ -21,6 +21,7 @@ import cloudpickle
 import psutil
 import pytest
 from cluster_waits import await_ids
+from helpers import TIMEOUT, until
 
 from corral.core import compat
 from corral.notification import shared_center
@@ -241,6 +242,37 @@ def test_sigint_through_the_monitor_interrupts_the_running_task(tmp_path):
             task.get(timeout=60)
         assert client[client.ids[0]].apply_sync(lambda: 42) == 42  # engine still serves
     finally:
+        cluster.stop()
+
+
+def test_sigint_while_engines_start_register_and_idle_is_ignored(tmp_path):
+    """ipyparallel's engines survive SIGINT at any time; an idle one ignores it. Ours used
+    to die of it while starting (the monitor or the engine still in its imports, with
+    Python's default handler): SIGINT every few milliseconds from launch to serving."""
+    cluster = _cluster(n=2)
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.wait(0.003):
+            cluster.signal_engines(signal.SIGINT)
+
+    cluster.start()  # launches the monitors and engines, returns before they register
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    try:
+        client = cluster.connect_client()
+        engines = cluster.engines[0]
+        until(
+            lambda: len(client.ids) == 2 or engines.running_count < 2,
+            what="engines neither registered nor died",
+        )
+        pids = client[:].apply_sync(os.getpid)  # idle engines, SIGINTs still coming
+        stop.set()
+        thread.join(TIMEOUT)
+        assert engines.running_count == 2, engines.output_tail()
+        assert client[:].apply_sync(os.getpid) == pids
+    finally:
+        stop.set()
         cluster.stop()
 
 

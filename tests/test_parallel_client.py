@@ -428,7 +428,7 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
     both.get(30)
     both.display_outputs()
     out, err = capsys.readouterr()
-    assert "[stdout:0] hello from 4" in out and "[stdout:1] hello from 4" in out
+    assert "[stdout:0] \nhello from 4\n" in out and "[stdout:1] \nhello from 4\n" in out
     # groupby, as ipyparallel's: by engine, by type, or by type with outputs collated
     shown = rc[:].execute(
         "import os\nfrom corral.display import display\n"
@@ -442,20 +442,21 @@ def test_result_api_metadata_and_outputs(rc: Client, capsys: pytest.CaptureFixtu
         text = io.StringIO()
         shown.display_outputs(groupby, file=text)
         labels[groupby] = [
-            line.split("] ")[0] + "] " + line.split("] ")[1].split()[0]
+            line.split("] ")[0] + "] " + (line.split("] ")[1].split() or [""])[0]
             for line in text.getvalue().splitlines()
+            if not line.startswith("out ")  # the text under a [stdout:N] label line
         ]
     assert labels["engine"] == [
-        "[stdout:0] out", "[Display:0] 'first'", "[Display:0] 'second'",
-        "[stdout:1] out", "[Display:1] 'first'", "[Display:1] 'second'",
+        "[stdout:0] ", "[Display:0] 'first'", "[Display:0] 'second'",
+        "[stdout:1] ", "[Display:1] 'first'", "[Display:1] 'second'",
     ]  # fmt: skip
     assert labels["type"] == [
-        "[stdout:0] out", "[stdout:1] out",
+        "[stdout:0] ", "[stdout:1] ",
         "[Display:0] 'first'", "[Display:0] 'second'",
         "[Display:1] 'first'", "[Display:1] 'second'",
     ]  # fmt: skip
     assert labels["order"] == [
-        "[stdout:0] out", "[stdout:1] out",
+        "[stdout:0] ", "[stdout:1] ",
         "[Display:0] 'first'", "[Display:1] 'first'",
         "[Display:0] 'second'", "[Display:1] 'second'",
     ]  # fmt: skip
@@ -618,7 +619,7 @@ def test_get_result_db_query_and_purge(cluster: LiveCluster) -> None:
     pending = third.get_result(slow.msg_ids)
     assert not pending.wait(0.05)
     Path(release).touch()
-    assert pending.get(30) == "released"
+    assert pending.get(30) == ["released"]  # a list of msg_ids: a list, as ipyparallel
     second.close()
     third.close()
 

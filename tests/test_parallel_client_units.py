@@ -23,6 +23,7 @@ from corral.plugins.parallel.client.asyncresult import (
     AsyncResult,
     BroadcastResult,
     ExecuteReply,
+    StreamBlocks,
     as_completed,
 )
 from corral.plugins.parallel.client.errors import (
@@ -471,3 +472,21 @@ def test_stdout_waits_only_for_output_that_can_still_come(monkeypatch: pytest.Mo
     printed._on_reply("d", _reply("d", 1, outputs=2))  # its output is still on the way
     with pytest.raises(AssertionError, match="waited"):
         _ = printed.stdout
+
+
+def test_stream_blocks_lay_output_out_as_ipyparallel() -> None:
+    import io
+
+    out = io.StringIO()
+    blocks = StreamBlocks()
+    blocks.write("a\nb\n", "[stdout:0] ", out)
+    blocks.write("c\n", "[stdout:0] ", out)  # the same engine's stream goes on: no label
+    blocks.write("part", "[stdout:1] ", out)
+    blocks.write("x\n", "[stdout:0] ", out)  # a new label starts its own line
+    blocks.end(out)
+    assert out.getvalue() == "[stdout:0] \na\nb\nc\n[stdout:1] \npart\n[stdout:0] \nx\n"
+    inline = io.StringIO()
+    blocks = StreamBlocks(inline=True)  # in a kernel: the text on the label's line
+    blocks.write("one\ntwo\n", "[stdout:0] ", inline)
+    blocks.write("three\n", "", inline)
+    assert inline.getvalue() == "[stdout:0] one\ntwo\nthree\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from helpers import TIMEOUT
+from helpers import TIMEOUT, until
 from parallel_client_harness import LiveCluster
 
 from corral.plugins.parallel.client import Client, ControllerLost, RemoteError
@@ -82,6 +82,24 @@ def test_pending_results_fail_with_controller_lost(cluster: LiveCluster, tmp_pat
         list(lview.imap(engine_pid, range(3)))
     assert rc.controller_lost
     open(gate, "w").close()
+
+
+def test_an_idle_client_says_nothing_loud_when_its_controller_goes(
+    cluster: LiveCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A script's client left open while its cluster is stopped lost nothing: no error on
+    stderr (ipyparallel's says nothing either); its next call still raises the whole
+    story."""
+    rc = cluster.client
+    assert rc[:].apply_sync(engine_pid)  # used, and nothing pending now
+    with caplog.at_level("INFO", logger="corral.plugins.parallel.client"):
+        cluster.kill_controller()
+        until(lambda: rc.controller_lost, what="the client never noticed")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not errors, errors
+    assert any("lost the controller" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ControllerLost, match="reconnect"):
+        rc[:].apply_sync(engine_pid)
 
 
 def test_iterating_a_map_wakes_when_the_controller_dies(

@@ -31,8 +31,16 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskDB]:
 
 def request(db: TaskDB, msg_id: str, engine: str = "", eid: int | None = None, **kw: Any) -> None:
     header = json.dumps({"msg_id": msg_id, "msg_type": "apply_request", "date": kw.get("date")})
+    metadata = kw.get("metadata", "{}")
     db.add_request(
-        msg_id, "client", engine, eid, "apply_request", header, "{}", kw.get("date", "2026-01-01")
+        msg_id,
+        "client",
+        engine,
+        eid,
+        "apply_request",
+        header,
+        metadata,
+        kw.get("date", "2026-01-01"),
     )
 
 
@@ -189,6 +197,15 @@ def test_find_operators_and_keys(db: TaskDB) -> None:
     assert ids({"result_status": None}) == ["m4", "m5"]
     assert ids({"result_status": {"$ne": None}}) == ["m0", "m1", "m2", "m3"]
     assert ids({"result_status": {"$ne": "ok"}, "engine_id": 0}) == ["m0", "m4"]  # null too
+    # the rest of ipyparallel's operators
+    assert ids({"submitted": {"$lte": "2026-01-02"}}) == ["m0", "m1"]
+    assert ids({"submitted": {"$gte": "2026-01-05"}}) == ["m4", "m5"]
+    assert ids({"engine_id": {"$eq": 1}}) == ["m1", "m3", "m5"]
+    assert ids({"result_status": {"$nin": ["ok"]}}) == ["m0", "m3"]  # not the nulls
+    assert ids({"result_status": {"$nin": "error"}}) == ["m1", "m2"]  # one value
+    assert ids({"result_status": {"$exists": False}}) == ["m4", "m5"]
+    assert ids({"result_status": {"$exists": True}}) == ["m0", "m1", "m2", "m3"]
+    assert ids({"msg_id": {"$glob": "m[13]"}}) == ["m1", "m3"]
     recs = db.find({"msg_id": "m2"}, ["result_content", "result_buffers"])
     assert recs == [
         {"msg_id": "m2", "result_content": {"status": "ok", "n": 2}, "result_buffers": []}
@@ -203,6 +220,8 @@ def test_find_operators_and_keys(db: TaskDB) -> None:
         ({"header": "x"}, None),
         ({"msg_id": {"$regex": "x"}}, None),
         ({"msg_id": {"$in": "abc"}}, None),
+        ({"msg_id": {"$nin": [["x"]]}}, None),
+        ({"msg_id": {"$exists": 1}}, None),
         ({"msg_id": {"$lt": [1]}}, None),
         ({"msg_id": {}}, None),
         ({"msg_id; DROP TABLE tasks": 1}, None),
@@ -216,6 +235,54 @@ def test_bad_queries_raise_value_error(db: TaskDB, query: Any, keys: Any) -> Non
         db.find(query, keys)
     request(db, "still-works")
     assert "still-works" in db.get(["still-works"])
+
+
+def test_labels_are_recorded_and_queried(db: TaskDB) -> None:
+    """ipyparallel's ``label`` flag: the request metadata names the task, the record has
+    it as a field, and ``db_query({"label": ...})`` finds the tasks by it."""
+    request(db, "l1", "e1", 0, metadata=json.dumps({"label": "stage-1", "targets": [0]}))
+    request(db, "l2", "e1", 0, metadata=json.dumps({"label": "stage-2"}))
+    request(db, "l3", "e1", 0, metadata=json.dumps({"label": "stage-1"}))
+    request(db, "nolabel", "e1", 0)
+    request(db, "junk", "e1", 0, metadata="not json")  # must not break the queries
+    reply(db, "l1", "e1", 0)
+    assert [r["msg_id"] for r in db.find({"label": "stage-1"}, ["label"])] == ["l1", "l3"]
+    found = db.find({"label": {"$in": ["stage-2", "x"]}}, ["label"])
+    assert found == [{"msg_id": "l2", "label": "stage-2"}]
+    assert [r["msg_id"] for r in db.find({"label": None}, ["label"])] == ["nolabel", "junk"]
+    assert db.find({"label": "stage-2"})[0]["metadata"] == {"label": "stage-2"}
+    assert db.get(["l1"])["l1"]["label"] == "stage-1"
+    assert db.get(["nolabel"])["nolabel"]["label"] is None
+
+
+def test_a_database_from_before_labels_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)  # the schema as it was before the label column
+    old.executescript(
+        "CREATE TABLE tasks (rowid INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, client_id TEXT,"
+        " engine_uuid TEXT NOT NULL DEFAULT '', engine_id INTEGER, msg_type TEXT, header TEXT,"
+        " metadata TEXT, submitted TEXT, started TEXT, completed TEXT, received TEXT,"
+        " result_status TEXT, result_header TEXT, result_metadata TEXT, result_content TEXT,"
+        " stdout TEXT, stderr TEXT, buffer_count INTEGER NOT NULL DEFAULT 0,"
+        " result_buffers BLOB, UNIQUE (msg_id, engine_uuid));"
+    )
+    old.execute(
+        "INSERT INTO tasks (msg_id, engine_uuid, metadata) VALUES ('old', 'e', ?)",
+        (json.dumps({"label": "kept"}),),
+    )
+    old.commit()
+    old.close()
+    db = open_taskdb("sqlite", path)
+    try:
+        request(db, "new", "e1", 0, metadata=json.dumps({"label": "kept"}))
+        assert [r["msg_id"] for r in db.find({"label": "kept"})] == ["old", "new"]
+    finally:
+        db.close()
+    db = open_taskdb("sqlite", path)  # and opens again, the column now there
+    try:
+        assert len(db.find({"label": "kept"})) == 2
+    finally:
+        db.close()
 
 
 def test_purge_only_completed(db: TaskDB) -> None:

@@ -15,6 +15,7 @@ behind it: :meth:`AsyncResult.wait_for_output` waits for each engine's ``idle`` 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import sys
 import threading
 import time
@@ -128,6 +129,44 @@ def wait_all_sent(results: Iterable[Any], timeout: float | None = None) -> bool:
     return True
 
 
+def _decoded(value: Any) -> dict[str, Any]:
+    """A request's metadata or content as sent (JSON bytes, or a dict), as a dict."""
+    if isinstance(value, dict):
+        return value
+    if type(value) is not bytes:
+        return {}
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _request_fields(request: tuple[Any, ...] | None) -> dict[str, Any]:
+    """What ipyparallel's task metadata says of the request itself: ``label`` (the view
+    flag), ``after`` and ``follow`` (dependencies), ``is_broadcast`` and, for an execute,
+    ``execute_input`` (the code). Read from the request as sent when a task's metadata is
+    first looked at, so sending a task costs nothing more."""
+    fields: dict[str, Any] = {
+        "label": None,
+        "after": [],
+        "follow": [],
+        "is_broadcast": False,
+        "execute_input": None,
+    }
+    if request is None:
+        return fields
+    channel, msg_type, content, metadata = request[:4]
+    sent = _decoded(metadata)
+    for key in ("label", "after", "follow"):
+        if sent.get(key) is not None:
+            fields[key] = sent[key]
+    fields["is_broadcast"] = channel == "broadcast" or bool(sent.get("broadcast"))
+    if msg_type == "execute_request":
+        fields["execute_input"] = _decoded(content).get("code")
+    return fields
+
+
 class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
     """The pending result of one request (one or more tasks).
 
@@ -216,6 +255,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 md = new_metadata(submitted)
                 ids = self.msg_ids
                 md["msg_id"] = ids[index] if index < len(ids) else (ids[0] if ids else None)
+                md.update(_request_fields(self._request))
                 raw = self._raw[index]
                 if raw is not None:
                     _apply_reply(md, *raw)
@@ -528,10 +568,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
         @contextlib.contextmanager
         def streaming() -> Iterator[None]:
-            from .magics import ParallelMagics
+            from .magics import Echo, ParallelMagics, in_ipython_kernel
 
             printer = ParallelMagics(None)
-            printed: dict[Any, int] = {}
+            # ipyparallel labels streamed output always, inline in a kernel
+            printed = Echo(labelled=True, inline=in_ipython_kernel())
             stop = threading.Event()
             cond = self._progress_condition()
             self._watch_streams = True
@@ -778,14 +819,16 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         return True
 
     def display_outputs(
-        self, groupby: str = "engine", timeout: float = 5.0, file: IO[str] | None = None
+        self, groupby: str = "type", timeout: float = 5.0, file: IO[str] | None = None
     ) -> None:
         """Print each task's stdout, stderr and rich outputs, labelled by engine (a single
-        task's output is printed as is).
+        task's output is printed as is): as ipyparallel's, a ``[stdout:0] `` line, then
+        that engine's text as it was printed.
 
-        ``groupby``, as ipyparallel's: ``"engine"`` prints each engine's output together,
-        engine after engine (in engine order; an engine's tasks in submission order);
-        ``"type"`` prints every task's stdout, then every stderr, then the outputs;
+        ``groupby``, as ipyparallel's: ``"type"`` (the default) prints every task's
+        stdout, then every stderr, then the outputs; ``"engine"`` prints each engine's
+        output together, engine after engine (in engine order; an engine's tasks in
+        submission order);
         ``"order"`` is ``"type"`` with the outputs collated: every task's first output,
         then every second one, and so on (each task making several plots, say).
         """
@@ -800,18 +843,19 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             _print_single(tasks[0], out, err)
             out.flush()
             return
+        blocks = StreamBlocks()
         if groupby == "engine":
             tasks.sort(key=_engine_order)  # stable: an engine's tasks stay in order
             for md in tasks:
-                _print_streams(md, "stdout", out)
-                _print_streams(md, "stderr", err)
+                _print_streams(md, "stdout", out, blocks)
+                _print_streams(md, "stderr", err, blocks)
                 for output in _shown(md):
                     _print_output(md["engine_id"], output, out)
         else:
             for md in tasks:
-                _print_streams(md, "stdout", out)
+                _print_streams(md, "stdout", out, blocks)
             for md in tasks:
-                _print_streams(md, "stderr", err)
+                _print_streams(md, "stderr", err, blocks)
             shown = [(md["engine_id"], _shown(md)) for md in tasks]
             if groupby == "type":
                 for engine, outputs in shown:
@@ -832,7 +876,7 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
 
         total = len(self)  # the unit progress counts: tasks, or a map's elements
         deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(total=total, desc=self.fname or "tasks", unit="task", file=file) as bar:
+        with tqdm(total=total, desc=self.fname or "tasks", unit="tasks", file=file) as bar:
             while True:
                 done = self.wait(interval)
                 bar.update(self.progress - bar.n)
@@ -1151,13 +1195,51 @@ def _engine_order(md: dict[str, Any]) -> tuple[bool, int]:
     return (engine is None, engine if isinstance(engine, int) else 0)
 
 
-def _print_streams(md: dict[str, Any], stream: str, out: IO[str]) -> None:
-    """A task's ``stdout`` or ``stderr`` (if any) under its engine's label."""
-    text = md[stream]
-    if text:
-        out.write(f"[{stream}:{md['engine_id']}] {text}")
-        if not text.endswith("\n"):
+class StreamBlocks:
+    """Engines' stream text in ipyparallel's layout: a label line (``[stdout:0] ``) each
+    time the engine or stream changes, the text as printed under it (lines unprefixed).
+
+    One per display (a ``%px`` cell, a :meth:`AsyncResult.display_outputs` call): it
+    remembers the last label, so text that continues the same engine's stream gets none,
+    and whether the text so far ended a line, so a new label starts on a line of its own.
+    ``inline``: the text starts on the label's line (``[stdout:0] hello``), as
+    ipyparallel's ``%px`` shows streams in a kernel (a notebook, a console).
+    """
+
+    __slots__ = ("last", "at_line_start", "inline")
+
+    def __init__(self, inline: bool = False) -> None:
+        self.last = ""
+        self.at_line_start = True
+        self.inline = inline
+
+    def write(self, text: str, label: str, out: IO[str]) -> None:
+        """Write ``text`` under ``label`` (``""``: unlabelled, a single engine's way)."""
+        if not text:
+            return
+        if label == self.last:
+            label = ""
+        elif label:
+            self.last = label
+        head = ""
+        if label:  # at a line start; on a line of its own unless inline
+            head = label if self.inline else f"{label}\n"
+            if not self.at_line_start:
+                head = f"\n{head}"
+        self.at_line_start = text.endswith("\n")
+        out.write(head + text)
+
+    def end(self, out: IO[str]) -> None:
+        """End the last line, if the text left one open."""
+        if not self.at_line_start:
             out.write("\n")
+            self.at_line_start = True
+
+
+def _print_streams(md: dict[str, Any], stream: str, out: IO[str], blocks: StreamBlocks) -> None:
+    """A task's ``stdout`` or ``stderr`` (if any) under its engine's label."""
+    blocks.write(md[stream], f"[{stream}:{md['engine_id']}] ", out)
+    blocks.end(out)
 
 
 def _print_output(engine: Any, output: dict[str, Any], out: IO[str]) -> None:

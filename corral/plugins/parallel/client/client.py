@@ -46,7 +46,7 @@ from .asyncresult import (
     reply_outcome,
 )
 from .channels import dest_for, role_for
-from .compat import ClientCompat, connection_source, forever
+from .compat import ClientCompat, _combine_results, connection_source, forever
 from .dependencies import _USED as _DEPENDENCIES_USED
 from .errors import ControllerLost, RemoteError
 from .funccache import FunctionCache
@@ -559,7 +559,12 @@ class Client(ClientCompat):
         (``message``: what to say instead of "lost the controller")."""
         if self._closed or self._lost is not None:
             return
-        if message is not None:
+        # An error only if something was waiting for the controller: a client left open
+        # while its cluster is stopped (a script's last line) lost nothing, and its next
+        # call raises the same ControllerLost with the whole story.
+        waiting = self._pending or self._hub_results or self._waiters
+        report = log.error if waiting else log.info
+        if message is not None:  # the client's own I/O failed: always worth an error
             error = ControllerLost(message)
             log.error("%s", error)
         elif self._shut_down:
@@ -572,7 +577,7 @@ class Client(ClientCompat):
                 "cluster; then call Client.reconnect() and fetch finished work with "
                 "get_result()."
             )
-            log.error("%s", error)
+            report("%s", error)
         self._lost = error
         self._io.abandon()  # nothing queued may reach a restarted controller
         pending = set(self._pending.values()) | set(self._hub_results)
@@ -1404,6 +1409,7 @@ class Client(ClientCompat):
         """
         from .hubresult import AsyncHubResult
 
+        listed = isinstance(jobs, (list, tuple))  # a list of values, even of one
         if isinstance(jobs, int) and not isinstance(jobs, bool):
             jobs = self.history[jobs]
         elif isinstance(jobs, (list, tuple)):
@@ -1416,6 +1422,8 @@ class Client(ClientCompat):
                 resolved.append(job)
             jobs = resolved
         result = self._get_result(jobs, AsyncHubResult)
+        if listed and result._single:  # ipyparallel: get_result([msg_id]) gives [value]
+            result = _combine_results(self, [result], result.fname)
         if block:
             result.wait(forever(timeout))
         return result
@@ -1446,7 +1454,9 @@ class Client(ClientCompat):
     def db_query(
         self, query: dict[str, Any], keys: Sequence[str] | None = None, timeout: float | None = None
     ) -> list[dict[str, Any]]:
-        """Task records matching ``query`` (``{field: value | {"$in"|"$lt"|"$gt"|"$ne": x}}``).
+        """Task records matching ``query``: ``{field: value | {operator: x}}``, with
+        ipyparallel's operators (``$in``, ``$nin``, ``$lt``, ``$gt``, ``$lte``, ``$gte``,
+        ``$eq``, ``$ne``, ``$glob``, ``$exists``); ``{"label": "x"}`` finds labelled tasks.
 
         ``keys`` limits the fields returned (``msg_id`` is always included).
         """

@@ -195,7 +195,10 @@ class ClientCompat:
                     "client (or it is a composite of several requests)"
                 )
             again.append(self._resend(result, request))  # type: ignore[attr-defined]
-        out = again[0] if len(again) == 1 else _combine_results(self, again)
+        if len(again) == 1 and not (again[0]._single and isinstance(jobs, (list, tuple))):
+            out = again[0]
+        else:  # several, or a list of msg_ids: a list of values, as ipyparallel's
+            out = _combine_results(self, again)
         if block:
             out.wait()
         return out
@@ -330,7 +333,10 @@ class ClientCompat:
         return None
 
 
-def _combine_results(client: Any, parts: Iterable[AsyncResult]) -> AsyncResult:
+def _combine_results(
+    client: Any, parts: Iterable[AsyncResult], fname: str = "resubmit"
+) -> AsyncResult:
+    """One result whose value is the list of the parts' values."""
     from .views import _Combined
 
-    return _Combined(client, list(parts), False, "resubmit", False)
+    return _Combined(client, list(parts), False, fname, False)

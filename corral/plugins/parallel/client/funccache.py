@@ -21,6 +21,8 @@ unchanged.
 from __future__ import annotations
 
 import linecache
+import re
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -131,6 +133,32 @@ def _all_codes(code: types.CodeType) -> list[types.CodeType]:
     return out
 
 
+#: IPython's name for a terminal cell's code: ``<ipython-input-N-HASH>``.
+_IPYTHON_INPUT = re.compile(r"^<ipython-input-(\d+)-[0-9a-f]+>$")
+
+
+def _cell_filename(filename: str) -> str:
+    """``<cell-N>`` (which engines show as ``Cell In[N]``, as IPython does here) for the
+    file name of an IPython cell of this process, else ``filename``.
+
+    A cell's code is named ``<ipython-input-N-HASH>`` in a terminal and a temporary file
+    in ipykernel; only this process's IPython knows which cell such a file is, so the
+    name is translated before it travels. IPython is consulted only if already imported.
+    """
+    match = _IPYTHON_INPUT.match(filename)
+    if match:
+        return f"<cell-{match.group(1)}>"
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    name_of = getattr(getattr(shell, "compile", None), "format_code_name", None)
+    try:
+        named = name_of(filename) if callable(name_of) else None  # ("Cell", "In[N]")
+    except Exception:  # an IPython of another shape: keep the file name
+        return filename
+    number = re.fullmatch(r"In\[(\d+)\]", named[1]) if isinstance(named, tuple) else None
+    return f"<cell-{number.group(1)}>" if number else filename
+
+
 def attach_source(func: types.FunctionType, _depth: int = 0) -> None:
     """Give a ``__main__`` function (and the ``__main__`` helpers it calls) its own source
     lines, ``__corral_source__ = (filename, first line, lines)``, so that an engine's
@@ -145,7 +173,7 @@ def attach_source(func: types.FunctionType, _depth: int = 0) -> None:
     if lines:
         first, last = _line_range(code)
         if 1 <= first <= last <= len(lines):
-            source = (filename, first, lines[first - 1 : last])
+            source = (_cell_filename(filename), first, lines[first - 1 : last])
     try:
         func.__corral_source__ = source  # type: ignore[attr-defined]
     except (AttributeError, TypeError):

@@ -102,6 +102,7 @@ class AsyncHubResult(AsyncResult):
         md["stdout"] = record.get("stdout") or md["stdout"]
         md["stderr"] = record.get("stderr") or md["stderr"]
         md["submitted"] = record.get("submitted") or md["submitted"]
+        md["label"] = record.get("label")
         md["outputs_ready"] = True  # the database holds all the output there is
         self._on_reply(msg_id, reply)
 
@@ -127,6 +128,7 @@ class AsyncHubResult(AsyncResult):
             self._values[index] = values
         md = self._metadata_slot(index)
         md["submitted"] = record.get("submitted") or md["submitted"]
+        md["label"] = record.get("label")
         md["status"] = "error" if errors else "ok"
         md["engine_id"] = [p.get("engine_id") for p in parts]
         md["outputs_ready"] = True

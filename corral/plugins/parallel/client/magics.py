@@ -11,7 +11,8 @@
   which take the same functions as IPython's ``input_transformers_cleanup``.
 
 Behaviour users asked ipyparallel for: engine output **streams** into the cell while the
-code runs (``[stdout:0] ...``; a single engine's output unlabelled); **errors always
+code runs (a ``[stdout:0]`` label when the engine or stream changes, the text under it,
+or on its line in a kernel, as ipyparallel lays it out); **errors always
 show** (outputs first, then the remote traceback is raised, rendered by IPython through
 ``_render_traceback_``); cells running longer than ``--progress-after`` seconds show a
 progress bar; Ctrl-C / Kernel > Interrupt sends ``SIGINT`` (``--signal-on-interrupt``)
@@ -62,6 +63,12 @@ class _Host:
         """The shell's list of whole-cell transformers (``%autopx`` adds one)."""
         raise NotImplementedError
 
+    @property
+    def in_kernel(self) -> bool:
+        """Whether output goes to a kernel's frontend (a notebook, a console), where
+        ipyparallel shows an engine's stream text on its label's line."""
+        return False
+
 
 class IPythonHost(_Host):
     """IPython's InteractiveShell (a terminal, or ipykernel in a notebook)."""
@@ -92,6 +99,10 @@ class IPythonHost(_Host):
     def cell_transformers(self) -> list[Callable[[list[str]], list[str]]]:
         return self.shell.input_transformers_cleanup  # type: ignore[no-any-return]
 
+    @property
+    def in_kernel(self) -> bool:
+        return getattr(self.shell, "kernel", None) is not None  # ipykernel's shell
+
 
 class CorralHost(_Host):
     """corral's own interpreter (its kernel and console)."""
@@ -121,6 +132,10 @@ class CorralHost(_Host):
 
     def cell_transformers(self) -> list[Callable[[list[str]], list[str]]]:
         return self.interpreter.input_transformers  # type: ignore[no-any-return]
+
+    @property
+    def in_kernel(self) -> bool:
+        return True  # corral's interpreter runs in its kernel (notebooks, the console)
 
 
 # ------------------------------------------------------------------------- arguments
@@ -302,7 +317,7 @@ class ParallelMagics:
         result = self.last_result
         result.wait()
         result.wait_for_output(10)  # output trails the reply a little
-        self._show(result, args.groupby, streamed=False)
+        self._show(result, args.groupby, Echo(labelled=not result._single))
         result.get()  # a failed %px raises here too, after its outputs, as a blocking one
 
     def pxconfig(self, line: str = "") -> None:
@@ -399,36 +414,38 @@ class ParallelMagics:
         stream = self.stream_output if stream is None else stream
         progress_after = self.progress_after if progress_after is None else progress_after
         signal = self.signal_on_interrupt if signal is None else signal
+        # As ipyparallel: streamed text labelled always (on the label's line in a
+        # kernel); otherwise as display_outputs shows it, a single engine's unlabelled.
+        inline = stream and self.host is not None and self.host.in_kernel
+        echo = Echo(labelled=stream or not result._single, inline=inline)
         try:
-            printed = self._wait(result, stream, progress_after)
+            self._wait(result, stream, progress_after, echo)
         except KeyboardInterrupt:
             if signal is None:
                 raise
             print(f"Keyboard interrupt: sending {signal} to the engines", file=sys.stderr)
             view.client.send_signal(signal, targets=sorted(_engines_of(result, view)))
             result.wait(5)
-            printed = {}
-        self._show(result, groupby, streamed=stream, printed=printed)
+        self._show(result, groupby, echo)
         if result.done():
             result.get()  # raises the remote error after the outputs: errors always show
 
-    def _wait(self, result: Any, stream: bool, progress_after: float) -> dict[Any, int]:
-        """Wait for the result and its output; print output as it arrives if ``stream``.
-        Returns how much of each stream was printed."""
+    def _wait(self, result: Any, stream: bool, progress_after: float, echo: Echo) -> None:
+        """Wait for the result and its output; print output as it arrives if ``stream``
+        (``echo`` keeps how much of each stream was printed)."""
         cond = result._progress_condition()
         result._watch_streams = True
-        printed: dict[Any, int] = {}
         started = time.monotonic()
         bar = None
         try:
             while True:
                 finished = result.done() and result._outputs_done()
                 if stream:
-                    self._print_streams(result, printed, final=finished)
+                    self._print_streams(result, echo, final=finished)
                 if finished:
-                    return printed
+                    return
                 if result.done() and time.monotonic() - started > 60:
-                    return printed  # output that never comes must not hang the cell
+                    return  # output that never comes must not hang the cell
                 if bar is None and progress_after >= 0:
                     if time.monotonic() - started >= progress_after:
                         bar = _progress_bar(result)
@@ -442,37 +459,39 @@ class ParallelMagics:
                 bar.update(result.progress - bar.n)
                 bar.close()
 
-    def _print_streams(self, result: Any, printed: dict[Any, int], final: bool) -> None:
-        """Print what each engine wrote since the last call: whole lines only while it
-        runs (so the labels stay at line starts), everything once it is done."""
+    def _print_streams(self, result: Any, echo: Echo, final: bool, by_type: bool = False) -> None:
+        """Print what each engine wrote since the last call, in ipyparallel's layout (see
+        :class:`~.asyncresult.StreamBlocks`), as it arrives: a line not ended yet too (a
+        progress printed with ``end=""``), continued under the same label, or cut by
+        another engine's label on a line of its own, as ipyparallel does. ``by_type``:
+        every engine's stdout, then every stderr (``--group-outputs type``), rather than
+        engine after engine."""
         mds = [result._metadata_slot(i) for i in range(len(result._md))]
-        single = len(mds) == 1
-        for index, md in enumerate(mds):
-            for name, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-                text = md[name]
-                start = printed.get((index, name), 0)
-                end = len(text) if final else text.rfind("\n", start) + 1
-                if end <= start:
-                    continue
-                chunk = text[start:end]
-                printed[(index, name)] = end
-                if single:
-                    out.write(chunk)
-                else:
-                    label = f"[{name}:{md['engine_id']}] "
-                    out.write("".join(label + ln for ln in chunk.splitlines(True)))
-                out.flush()
+        printed = echo.printed
+        streams = (("stdout", sys.stdout), ("stderr", sys.stderr))
+        if by_type:
+            pairs = [(i, s) for s in streams for i in range(len(mds))]
+        else:
+            pairs = [(i, s) for i in range(len(mds)) for s in streams]
+        for index, (name, out) in pairs:
+            md = mds[index]
+            text = md[name]
+            start = printed.get((index, name), 0)
+            end = len(text)
+            if end <= start:
+                continue
+            printed[(index, name)] = end
+            label = f"[{name}:{md['engine_id']}] " if echo.labelled else ""
+            echo.blocks.write(text[start:end], label, out)
+            out.flush()
+        if final:
+            echo.blocks.end(sys.stdout)
 
-    def _show(
-        self, result: Any, groupby: str, streamed: bool, printed: dict[Any, int] | None = None
-    ) -> None:
-        """Show what was not streamed: output text, rich displays, execute results."""
-        if not streamed:
-            self._print_streams(result, {}, final=True)
-        elif printed is not None:
-            self._print_streams(result, printed, final=True)
+    def _show(self, result: Any, groupby: str, echo: Echo) -> None:
+        """Show what was not streamed (all of it without ``--stream``): output text, rich
+        displays, execute results."""
+        self._print_streams(result, echo, final=True, by_type=groupby != "engine")
         mds = [result._metadata_slot(i) for i in range(len(result._md))]
-        single = len(mds) == 1
         order = list(range(len(mds)))
         if groupby == "order":
             width = max((len(md["outputs"]) for md in mds), default=0)
@@ -483,7 +502,7 @@ class ParallelMagics:
             output = mds[index]["outputs"][position]
             if output["msg_type"] not in ("display_data", "update_display_data"):
                 continue
-            if not single:
+            if echo.labelled:
                 print(f"[output:{mds[index]['engine_id']}]")
             self._display_bundle(output.get("data") or {}, output.get("metadata") or {})
         for md in mds:
@@ -502,6 +521,29 @@ class ParallelMagics:
             self.host.display_bundle(data, metadata)
         elif "text/plain" in data:
             print(data["text/plain"])
+
+
+class Echo:
+    """What one ``%px`` cell has printed of its engines' output: how much of each stream
+    (``printed``), the label layout (``blocks``), and whether labels are shown at all
+    (as ipyparallel: always while streaming, else unless the view names one engine)."""
+
+    __slots__ = ("printed", "blocks", "labelled")
+
+    def __init__(self, labelled: bool, inline: bool = False) -> None:
+        from .asyncresult import StreamBlocks
+
+        self.printed: dict[tuple[int, str], int] = {}
+        self.blocks = StreamBlocks(inline)
+        self.labelled = labelled
+
+
+def in_ipython_kernel() -> bool:
+    """Whether this process is an IPython kernel (ipykernel's shell is running): where
+    ipyparallel shows streamed text on its label's line. IPython is not imported for it."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    return getattr(shell, "kernel", None) is not None
 
 
 def _engines_of(result: Any, view: Any) -> set[int]:

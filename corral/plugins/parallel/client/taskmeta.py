@@ -125,5 +125,11 @@ def new_metadata(submitted: datetime | None = None) -> TaskMetadata:
             "error": None,
             "data": {},
             "outputs_ready": False,
+            # ipyparallel's, about the request (see asyncresult._request_fields)
+            "label": None,
+            "after": [],
+            "follow": [],
+            "is_broadcast": False,
+            "execute_input": None,
         }
     )

@@ -8,8 +8,10 @@
 * :class:`BroadcastView` sends one message that every target engine runs: the cheapest
   way to run the same thing everywhere on a large cluster.
 
-Flags (``block``, ``targets``, ``retries``, ``timeout``, ``after``, ``follow``) live on
-the view; :meth:`View.temp_flags` changes them for a ``with`` block only.
+Flags (``block``, ``targets``, ``retries``, ``timeout``, ``after``, ``follow``,
+``label``) live on the view; :meth:`View.temp_flags` changes them for a ``with`` block
+only. ``label`` names the view's tasks in the hub's task database, as ipyparallel's does:
+``client.db_query({"label": "x"})`` finds them, ``ar.metadata["label"]`` says it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.plugins.parallel.client.views")
 
-_FLAGS = ("block", "targets", "retries", "timeout", "after", "follow")
+_FLAGS = ("block", "targets", "retries", "timeout", "after", "follow", "label", "track")
 #: Pushes larger than this go over the engine's direct data path when it has one.
 DATA_PATH_THRESHOLD = 1 << 20
 
@@ -74,6 +76,10 @@ class View:
 
     #: Requests of this view are answered by every target under one msg_id.
     _broadcast = False
+    #: ipyparallel's flag asking zmq to track zero-copy sends: corral always tracks the
+    #: large buffers it sends without copying (``ar.wait_for_send()``, ``ar.sent``), so
+    #: the flag is accepted and changes nothing.
+    track = False
 
     def __init__(
         self,
@@ -85,6 +91,7 @@ class View:
         timeout: float | None = None,
         after: Any = None,
         follow: Any = None,
+        label: Any = None,
     ) -> None:
         self.client = client
         #: What this view may ask of its client (see :mod:`.link`).
@@ -96,17 +103,22 @@ class View:
         self.timeout = timeout
         self.after = after
         self.follow = follow
+        #: The tasks' label in the hub's records (any JSON value; None: no label).
+        self.label = label
         self._md_cache: dict[tuple[Any, ...], bytes] = {}
 
     # ---------------------------------------------------------------- flags
 
-    def set_flags(self, **flags: Any) -> None:
+    def set_flags(self, **flags: Any) -> View:
         """Set view flags (``block``, ``targets``, ``retries``, ``timeout``, ``after``,
-        ``follow``); unknown names raise ``KeyError``."""
+        ``follow``, ``label``, ``track``); unknown names raise ``KeyError``. Returns the
+        view, as ipyparallel's does, so a call can follow: ``view.set_flags(...).map(...)``.
+        """
         for name, value in flags.items():
             if name not in _FLAGS:
                 raise KeyError(f"unknown view flag {name!r}; flags are {_FLAGS}")
             setattr(self, name, value)
+        return self
 
     @contextlib.contextmanager
     def temp_flags(self, **flags: Any) -> Iterator[View]:
@@ -122,9 +134,15 @@ class View:
     def _metadata(self, targets: list[int] | None = None, avoid: int | None = None) -> bytes:
         """The request metadata, JSON-encoded; cached while the flags stay the same.
         ``avoid``: an engine a load-balanced task should go to only if no other may."""
-        after, follow = self.after, self.follow
-        if after is None and follow is None:
-            key = (None if targets is None else tuple(targets), self.retries, self.timeout, avoid)
+        after, follow, label = self.after, self.follow, self.label
+        if after is None and follow is None and (label is None or type(label) is str):
+            key = (
+                None if targets is None else tuple(targets),
+                self.retries,
+                self.timeout,
+                avoid,
+                label,
+            )
             cached = self._md_cache.get(key)
             if cached is not None:
                 return cached
@@ -141,6 +159,8 @@ class View:
             metadata["broadcast"] = True
         if avoid is not None:
             metadata["avoid"] = [avoid]
+        if label is not None:
+            metadata["label"] = label
         encoded = encode_json(metadata)
         if key is not None:
             if len(self._md_cache) > 64:
@@ -160,6 +180,16 @@ class View:
             return self
         other = copy.copy(self)
         other.targets = targets
+        other._md_cache = {}
+        return other
+
+    def _labelled(self, label: Any) -> Any:
+        """This view, or a copy whose tasks carry ``label`` (ipyparallel's ``label=``
+        argument on map, execute and run): the view's own flags stay as they are."""
+        if label is None:
+            return self
+        other = copy.copy(self)
+        other.label = label
         other._md_cache = {}
         return other
 
@@ -205,6 +235,7 @@ class View:
         ordered: bool = True,
         chunksize: int | None = None,
         return_exceptions: bool = False,
+        label: Any = None,
     ) -> AsyncMapResult:
         """``map(f, *sequences)`` on the cluster; iterate it ordered or as completed.
 
@@ -222,14 +253,16 @@ class View:
         ordered: bool = True,
         chunksize: int | None = None,
         return_exceptions: bool = False,
+        label: Any = None,
     ) -> Any:
         """``map_sync`` when blocking, else ``map_async``.
 
         Sequences may be iterators or generators (they are read into lists first; use
         :meth:`imap` for long or infinite ones). ``return_exceptions=True`` puts each
         failed element's :class:`RemoteError` in the result instead of raising.
+        ``label``: the tasks' label (default: the view's ``label`` flag).
         """
-        result = self.map_async(
+        result = self._labelled(label).map_async(
             f, *sequences, ordered=ordered, chunksize=chunksize, return_exceptions=return_exceptions
         )
         return self._maybe_block(result, block)
@@ -241,9 +274,10 @@ class View:
         ordered: bool = True,
         chunksize: int | None = None,
         return_exceptions: bool = False,
+        label: Any = None,
     ) -> list[Any]:
         """The list ``[f(*xs) for xs in zip(*sequences)]``, computed on the cluster."""
-        result = self.map_async(
+        result = self._labelled(label).map_async(
             f, *sequences, ordered=ordered, chunksize=chunksize, return_exceptions=return_exceptions
         )
         return result.get()  # type: ignore[no-any-return]
@@ -567,7 +601,13 @@ class LoadBalancedView(View):
         ordered: bool = True,
         chunksize: int | None = None,
         return_exceptions: bool = False,
+        label: Any = None,
     ) -> AsyncMapResult:
+        if label is not None:
+            return self._labelled(label).map_async(  # type: ignore[no-any-return]
+                f, *sequences, ordered=ordered, chunksize=chunksize,
+                return_exceptions=return_exceptions,
+            )  # fmt: skip
         sequences = _sized(sequences)
         length = resolve_length(sequences)
         if chunksize is None:
@@ -633,7 +673,7 @@ class DirectView(View):
         """Run ``f(*args, **kwargs)`` and wait. On one engine of this host, the call goes
         over the engine's Unix socket from this thread (see :class:`Client`)."""
         targets, single = self._targets()
-        if single:
+        if single and self.label is None:  # a labelled task is the hub's to record
             return self._link.apply_wait(f, args, kwargs, self._metadata(targets), targets[0])
         return self.apply_async(f, *args, **kwargs).get()
 
@@ -644,9 +684,15 @@ class DirectView(View):
         ordered: bool = True,
         chunksize: int | None = None,
         return_exceptions: bool = False,
+        label: Any = None,
     ) -> AsyncMapResult:
         """Scatter the sequences across the view's engines (one contiguous block each,
         or ``chunksize`` chunks dealt round-robin) and map ``f`` over each block."""
+        if label is not None:
+            return self._labelled(label).map_async(  # type: ignore[no-any-return]
+                f, *sequences, ordered=ordered, chunksize=chunksize,
+                return_exceptions=return_exceptions,
+            )  # fmt: skip
         targets, _ = self._targets()
         if not targets:
             raise NoEnginesRegistered("no engines to map on")
@@ -681,7 +727,12 @@ class DirectView(View):
     # ---------------------------------------------------------------- code
 
     def execute(
-        self, code: str, silent: bool = False, targets: Any = None, block: bool | None = None
+        self,
+        code: str,
+        silent: bool = False,
+        targets: Any = None,
+        block: bool | None = None,
+        label: Any = None,
     ) -> AsyncResult:
         """Run ``code`` in each engine's namespace; an :class:`AsyncResult` either way.
 
@@ -689,9 +740,11 @@ class DirectView(View):
         failed) and still returns the result: ``ar.get()`` gives
         :class:`ExecuteReply` objects (``.execute_result``, ``.execution_count``),
         ``ar.stdout``, ``ar.execute_result`` and ``ar.display_outputs()`` the output.
+        ``label``: the tasks' label (default: the view's ``label`` flag).
         """
-        if targets is not None:
-            return self._on(targets).execute(code, silent, block=block)  # type: ignore[no-any-return]
+        if targets is not None or label is not None:
+            view = self._on(targets)._labelled(label)
+            return view.execute(code, silent, block=block)  # type: ignore[no-any-return]
         targets, single = self._targets()
         content = _execute_content(code, silent)
         result = self._link.submit(
@@ -706,11 +759,15 @@ class DirectView(View):
         return _finish_execute(self, result, block)
 
     def run(
-        self, filename: str | Path, targets: Any = None, block: bool | None = None
+        self,
+        filename: str | Path,
+        targets: Any = None,
+        block: bool | None = None,
+        label: Any = None,
     ) -> AsyncResult:
         """Execute the file's code (read here) on each engine."""
         code = Path(filename).read_text(encoding="utf-8")
-        return self.execute(code, targets=targets, block=block)
+        return self.execute(code, targets=targets, block=block, label=label)
 
     # ---------------------------------------------------------------- namespaces
 
@@ -872,7 +929,12 @@ class DirectView(View):
                 chunk = chunk[0]
             view = DirectView(client, target)
             parts.append(view.push({name: chunk}, block=False))
-        return self._maybe_block(_combine(client, parts, False, "scatter"), block)
+        result = _combine(client, parts, False, "scatter")
+        if self.block if block is None else block:
+            result.wait()  # ipyparallel's blocking scatter returns None, as a push does
+            result.get()  # raises what an engine raised
+            return None
+        return result
 
     def gather(
         self, name: str, dist: str = "b", targets: Any = None, block: bool | None = None
@@ -1013,10 +1075,16 @@ class BroadcastView(DirectView):
         )
 
     def execute(
-        self, code: str, silent: bool = False, targets: Any = None, block: bool | None = None
+        self,
+        code: str,
+        silent: bool = False,
+        targets: Any = None,
+        block: bool | None = None,
+        label: Any = None,
     ) -> AsyncResult:
-        if targets is not None:
-            return self._on(targets).execute(code, silent, block=block)  # type: ignore[no-any-return]
+        if targets is not None or label is not None:
+            view = self._on(targets)._labelled(label)
+            return view.execute(code, silent, block=block)  # type: ignore[no-any-return]
         targets, _ = self._targets()
         content = _execute_content(code, silent)
         result = self._link.broadcast(

@@ -23,9 +23,13 @@ target engine. A load-balanced request recorded before its engine was chosen has
 
 Fields of a record (also the names queries may use):
 
-``msg_id, client_id, engine_uuid, engine_id, msg_type, header, metadata, submitted,
-started, completed, received, result_status, result_header, result_metadata,
+``msg_id, client_id, engine_uuid, engine_id, msg_type, label, header, metadata,
+submitted, started, completed, received, result_status, result_header, result_metadata,
 result_content, stdout, stderr, buffer_count`` and ``result_buffers`` (a list of bytes).
+
+``label`` is the user's name for the task (ipyparallel's ``label`` view flag), read from
+the request's metadata by SQLite itself: a virtual generated column, so the hub's writes
+stay what they were, and a database made before the column existed gets it when opened.
 
 ``header``, ``metadata`` and the ``result_*`` dicts are JSON in the database and dicts in
 records. Times are the ISO 8601 strings the messages carry (``submitted``: the request
@@ -70,6 +74,7 @@ FIELDS = (
     "engine_uuid",
     "engine_id",
     "msg_type",
+    "label",
     "header",
     "metadata",
     "submitted",
@@ -89,7 +94,18 @@ _JSON_FIELDS = frozenset(
     {"header", "metadata", "result_header", "result_metadata", "result_content"}
 )
 _DEFAULT_KEYS = tuple(f for f in FIELDS if f != "result_buffers")
-_OPERATORS = {"$lt": "<", "$gt": ">", "$ne": "IS NOT"}
+#: Comparisons of ipyparallel's query language (the operators its task databases take).
+#: ``$eq``/``$ne`` are null-safe (``IS``/``IS NOT``), as a plain ``{field: value}`` is.
+_OPERATORS = {
+    "$lt": "<",
+    "$gt": ">",
+    "$lte": "<=",
+    "$gte": ">=",
+    "$eq": "IS",
+    "$ne": "IS NOT",
+    "$glob": "GLOB",
+}
+_KNOWN_OPERATORS = "$in, $nin, $lt, $gt, $lte, $gte, $eq, $ne, $glob or $exists"
 
 #: SQLite page size for new task databases (see SQLiteTaskDB._run).
 _PAGE_SIZE = 16384
@@ -122,6 +138,32 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_unanswered ON tasks (engine_uuid) WHERE result_status IS NULL;
 """
+
+#: The ``label`` column: computed from the stored request metadata when read (a column
+#: the hub never writes, so no write path changes). ``json_valid`` first: metadata is
+#: whatever a client sent, and ``json_extract`` on malformed text fails the whole query.
+_LABEL_COLUMN = (
+    "ALTER TABLE tasks ADD COLUMN label GENERATED ALWAYS AS "
+    "(CASE WHEN json_valid(metadata) THEN json_extract(metadata, '$.label') END) VIRTUAL"
+)
+
+
+def _add_label_column(db: sqlite3.Connection) -> None:
+    """Give ``tasks`` its ``label`` column if it lacks it (new and older databases alike;
+    ``table_xinfo`` because ``table_info`` does not list generated columns)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_xinfo(tasks)")}
+    if "label" in columns:
+        return
+    try:
+        db.execute(_LABEL_COLUMN)
+    except sqlite3.OperationalError as exc:  # an SQLite without JSON or generated columns
+        log.warning(
+            "task labels are not recorded: SQLite %s cannot compute them (%s)",
+            sqlite3.sqlite_version,
+            exc,
+        )
+        db.execute("ALTER TABLE tasks ADD COLUMN label TEXT")  # queries still work
+
 
 # A request, and its reply when both are in one batch (most are: a batch spans 50 ms): one
 # row written once, where a request then its reply took an insert, a claim and an upsert.
@@ -324,7 +366,9 @@ class TaskDB:
     def find(
         self, query: dict[str, Any], keys: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Records matching ``query`` (``{field: value | {"$in"|"$lt"|"$gt"|"$ne": v}}``)."""
+        """Records matching ``query``: ``{field: value | {operator: v}}`` with ipyparallel's
+        operators (``$in``, ``$nin``, ``$lt``, ``$gt``, ``$lte``, ``$gte``, ``$eq``,
+        ``$ne``, ``$glob``, ``$exists``)."""
         _where(query)
         _select_keys(keys)
         return []
@@ -387,26 +431,43 @@ def _where(query: dict[str, Any]) -> tuple[str, list[Any]]:
                 raise ValueError(f"empty condition for {field!r}")
             for op, value in cond.items():
                 if op == "$in":
-                    if not isinstance(value, list) or not all(
-                        isinstance(v, (str, int, float)) or v is None for v in value
-                    ):
-                        raise ValueError("$in takes a list of scalars")
+                    _check_list(value, op)
                     if not value:
                         clauses.append("0")
                     else:
                         clauses.append(f"{field} IN ({','.join('?' * len(value))})")
                         params.extend(value)
+                elif op == "$nin":  # ipyparallel's examples give one value too
+                    values = value if isinstance(value, list) else [value]
+                    _check_list(values, op)
+                    # As ipyparallel's SQLite backend: a record without a value (null) is
+                    # in no list and matches nothing, so {"label": {"$nin": ""}} finds
+                    # the labelled tasks.
+                    marks = ",".join("?" * len(values))
+                    clauses.append(f"{field} NOT IN ({marks})" if values else f"{field} NOT NULL")
+                    params.extend(values)
+                elif op == "$exists":
+                    if not isinstance(value, bool):
+                        raise ValueError("$exists takes true or false")
+                    clauses.append(f"{field} {'NOT NULL' if value else 'IS NULL'}")
                 elif op in _OPERATORS:
                     _check_scalar(value)
                     clauses.append(f"{field} {_OPERATORS[op]} ?")
                     params.append(value)
                 else:
-                    raise ValueError(f"unknown operator {op!r}; use $in, $lt, $gt or $ne")
+                    raise ValueError(f"unknown operator {op!r}; use {_KNOWN_OPERATORS}")
         else:
             _check_scalar(cond)
             clauses.append(f"{field} IS ?")
             params.append(cond)
     return (" AND ".join(clauses) or "1"), params
+
+
+def _check_list(value: Any, op: str) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(v, (str, int, float)) or v is None for v in value
+    ):
+        raise ValueError(f"{op} takes a list of scalars")
 
 
 def _check_scalar(value: Any) -> None:
@@ -645,6 +706,7 @@ class SQLiteTaskDB(TaskDB):
                 # large results instead of keeping its high-water size for good.
                 db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             db.executescript(_SCHEMA)
+            _add_label_column(db)
             for suffix in ("-wal", "-shm"):
                 if os.path.exists(self.path + suffix):
                     os.chmod(self.path + suffix, 0o600)

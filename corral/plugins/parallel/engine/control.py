@@ -169,5 +169,7 @@ def signal_number(sig: Any) -> int:
         except KeyError:
             raise ValueError(f"unknown signal name {sig!r}") from None
     if isinstance(sig, int) and not isinstance(sig, bool):
-        return int(signal.Signals(sig))
+        # 0 checks that the process is there and sends nothing (kill(2)), as ipyparallel
+        # passes it on to os.kill.
+        return 0 if sig == 0 else int(signal.Signals(sig))
     raise TypeError(f"signal_request 'sig' must be a signal number or name, not {sig!r}")

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -567,7 +568,11 @@ class Engine(RequestServer):
         self.watch.start()
         bound.set_current(self)
         # SIGINT interrupts a task; SIGTERM (how launchers stop engines) is a shutdown.
-        self.install_signals(sigterm=True)
+        if self.install_signals(sigterm=True) and hasattr(signal, "pthread_sigmask"):
+            # A monitor starts its engine with SIGINT blocked (launchers.monitor's
+            # hold_sigint), so that one sent during imports and registration does not
+            # kill it: now the guard is the handler, let it (and any pending one) in.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def run(self) -> int:
         """Register, serve until shutdown, close; returns the process exit status."""

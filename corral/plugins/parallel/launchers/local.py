@@ -194,7 +194,7 @@ class LocalEngineSetLauncher(EngineSetLauncher):
 
     def add(self, count: int) -> list[LaunchHandle]:
         """Start ``count`` more engines (scaling up a running cluster)."""
-        from corral.plugins.parallel.launchers.monitor import Policy, monitor_argv
+        from corral.plugins.parallel.launchers.monitor import Policy, hold_sigint, monitor_argv
 
         command = self.command()
         env = _child_env()
@@ -212,13 +212,16 @@ class LocalEngineSetLauncher(EngineSetLauncher):
             )
             # Every engine runs under its monitor (restarts, limits, death reports).
             argv = monitor_argv(argv, policy, cluster_file=self.cluster_file)
-            proc = LocalProcess(
-                argv,
-                log_file=self.profile_dir / "log" / f"{self.file_prefix}-{index}.log",
-                pid_file=self.profile_dir / "run" / f"{self.file_prefix}-{index}.pid",
-                env=env,
-                on_exit=self._on_engine_exit,
-            )
+            # SIGINT held until the monitor's forwarder is in place (see .monitor): an
+            # interrupt of a starting engine must not kill it.
+            with hold_sigint():
+                proc = LocalProcess(
+                    argv,
+                    log_file=self.profile_dir / "log" / f"{self.file_prefix}-{index}.log",
+                    pid_file=self.profile_dir / "run" / f"{self.file_prefix}-{index}.pid",
+                    env=env,
+                    on_exit=self._on_engine_exit,
+                )
             with self._lock:
                 self.processes.append(proc)
             new.append(proc.handle())

@@ -18,6 +18,12 @@ a signal, by the kernel's OOM killer, or by the monitor itself for exceeding
   dask's Nanny does) and ``walltime``;
 * **forwards signals**: SIGINT interrupts the running task, SIGTERM/SIGHUP stop the child
   (and never restart it), SIGUSR1/SIGUSR2 pass through;
+* **holds SIGINT until it can be handled**: the launcher starts the monitor, and the
+  monitor its engine, with SIGINT *blocked* (:func:`hold_sigint`; a blocked signal stays
+  pending, and the mask survives ``exec``). Each unblocks it once its handler is in place
+  (:func:`release_sigint`; the engine after its interrupt guard), so a SIGINT sent while
+  a process is still starting is handled then (an idle engine ignores it) instead of
+  killing the interpreter in its imports, as Python's default handler would;
 * **cleans up** on exit: every process still left in the child's tree, and the engine's
   same-host socket file a killed engine could not remove.
 
@@ -32,13 +38,14 @@ costs each engine one small interpreter start, not a second engine's imports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +57,10 @@ __all__ = [
     "Monitor",
     "Policy",
     "death_cause",
+    "hold_sigint",
     "monitor_argv",
     "parse_size",
+    "release_sigint",
     "report_death",
 ]
 
@@ -137,6 +146,35 @@ class Policy:
         if self.walltime:
             argv += ["--walltime", repr(self.walltime)]
         return argv
+
+
+#: Whether this platform has per-thread signal masks (not Windows).
+_MASKS = hasattr(signal, "pthread_sigmask")
+
+
+@contextlib.contextmanager
+def hold_sigint() -> Iterator[None]:
+    """Block SIGINT in the calling thread for the ``with`` body: a process started in it
+    begins with SIGINT blocked (the mask is inherited by ``fork`` and kept by ``exec``).
+
+    Per thread, so any thread of a launching program may use it, and nothing is lost: a
+    SIGINT for this process meanwhile stays pending and arrives when the block ends.
+    """
+    if not _MASKS:
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def release_sigint() -> None:
+    """Unblock SIGINT in the calling thread, once a handler for it is installed: a
+    SIGINT that came while the process started is delivered now, to that handler."""
+    if _MASKS:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def monitor_argv(
@@ -312,7 +350,11 @@ class Monitor:
             self.child_uuid = os.urandom(16).hex()  # not uuid: 2.5 ms of each start
             env[UUID_ENV] = self.child_uuid
         self._killed_for = None
-        return start_detached(self.argv, env=env)
+        if self.policy.role != "engine":
+            return start_detached(self.argv, env=env)
+        # The engine unblocks SIGINT once its interrupt guard is its handler.
+        with hold_sigint():
+            return start_detached(self.argv, env=env)
 
     def send(self, signum: int) -> None:
         """Pass ``signum`` on to the child (its group, where groups exist)."""
@@ -513,13 +555,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"corral-monitor: could not report to the hub: {exc}", flush=True)
 
     monitor = Monitor(child, policy, cluster_file=ns.cluster_file, on_death=on_death)
-    parent = os.environ.get("CORRAL_PARENT_PID")
-    if parent and parent.isdigit():
-        _watch_parent(int(parent), monitor)
     for signum in compat.FORWARDED_SIGNALS:
         signal.signal(signum, lambda s, _f: monitor.send(s))
     for signum in compat.STOP_SIGNALS:
         signal.signal(signum, lambda s, _f: monitor.stop())
+    # Started with SIGINT held (hold_sigint): the forwarder is in place, let it come. The
+    # parent watch thread keeps it blocked, so SIGINT lands in this (main) thread, whose
+    # wait for the child is what it must interrupt.
+    parent = os.environ.get("CORRAL_PARENT_PID")
+    if parent and parent.isdigit():
+        with hold_sigint():
+            _watch_parent(int(parent), monitor)
+    release_sigint()
     return monitor.run()
 
 
