@@ -377,3 +377,54 @@ def test_an_engine_with_the_wrong_key_is_told_why(cluster: LiveCluster, tmp_path
     )
     assert proc.returncode != 0
     assert "cluster key" in proc.stderr
+
+
+UNREADABLE_CONTENT = [
+    b"{not json",
+    b'{"text": "\xff\xfe"}',  # not UTF-8
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser goes
+    b'{"n": ' + b"9" * 100_000 + b"}",  # an int longer than Python converts
+    b"[]",  # JSON, not an object
+]
+
+
+@pytest.mark.parametrize("path", ["mux", "control", "task", "broadcast", "data"])
+def test_a_signed_request_with_unreadable_content_is_answered(
+    cluster: LiveCluster, info: dict[str, Any], path: str
+) -> None:
+    """A key holder's request whose signed header is fine but whose content is not a
+    JSON object passes the queue (which reads only header and metadata) and reached the
+    engine, which dropped it without a word: the sender waited for ever, the hub counted
+    it queued or running for good, and every such request through the task scheduler held
+    one of an engine's load-balanced slots (300 of them starved the scheduler: a genuine
+    task then timed out). Now the engine answers it with ``MalformedRequest``."""
+    rc = cluster.client
+    engine = rc.engines[0]
+    signer = cluster_signer(info["key"])
+    msg_type = "abort_request" if path == "control" else "apply_request"
+    if path == "data":
+        dest, routing, address = dest_of("engine", engine.uuid), [], engine.data_url
+    else:
+        address = url(info, path)
+        dest, routing = path, [engine.uuid.encode()] if path in ("mux", "control") else []
+    metadata = json.dumps({"targets": [engine.id]} if path == "broadcast" else {}).encode()
+    sock = dealer(info, address)
+    try:
+        for content in UNREADABLE_CONTENT:
+            header = {**wire.make_header(msg_type, "unreadable"), "dest": dest, "run": info["run"]}
+            parts = [json.dumps(header).encode(), b"{}", metadata, content]
+            sock.send_multipart([*routing, wire.DELIMITER, signer.seal(parts), *parts])
+            reply = recv_reply(sock, signer, header["msg_id"])
+            assert reply.content["status"] == "error"
+            assert reply.content["ename"] == "MalformedRequest", reply.content
+    finally:
+        sock.close()
+    # Nothing is left owed: the hub counts no task queued or running on any engine.
+    end = time.monotonic() + DEADLINE
+    while True:
+        status = rc.queue_status()
+        if status.pop("unassigned") == 0 and all(s["queue"] == 0 for s in status.values()):
+            break
+        assert time.monotonic() < end, status
+        time.sleep(0.05)
+    assert rc[0].apply_sync(abs, -3) == 3

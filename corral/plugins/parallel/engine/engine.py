@@ -73,7 +73,7 @@ from zmq.backend import zmq_poll
 from corral.notification.center import shared_center
 from corral.transports.zmq import wire
 from corral.transports.zmq.chunkstream import stall_clock
-from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest_of
+from corral.transports.zmq.door import HUB, cluster_signer, dest_of
 from corral.transports.zmq.gate import REFUSED, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
@@ -87,6 +87,7 @@ from ._wire import (
     ROLES,
     Message,
     Replier,
+    answerable,
     iso_now,
     recv_message,
     recv_messages,
@@ -666,8 +667,15 @@ class Engine(RequestServer):
                 self._sock_lock.release()
         return self.exit_code
 
-    def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
-        """The next verified message on ``sock``; None if none waits or it was dropped."""
+    def _receive(
+        self,
+        sock: zmq.Socket[Any],
+        where: str,
+        answer: Callable[[Message, wire.WireError], None] | None = None,
+    ) -> Message | None:
+        """The next verified message on ``sock``; None if none waits or it was dropped.
+        A refused request with a genuine header (:func:`._wire.answerable`) is handed to
+        ``answer``: its queue counts it as owed by this engine until it is answered."""
         dest, sealed_to = self.bindings.get(sock, _UNBOUND)
         try:
             return recv_message(
@@ -678,6 +686,9 @@ class Engine(RequestServer):
         except wire.WireError as exc:
             self.dropped += 1
             log.warning("dropped a bad message on %s: %s", where, exc)
+            message = answerable(exc)
+            if message is not None and answer is not None:
+                answer(message, exc)
             return None
 
     def guard_for(self, dest: str | None) -> wire.ReplayGuard:
@@ -866,13 +877,14 @@ class Engine(RequestServer):
         return content
 
     def refuse(self, sock: Destination, exc: wire.WireError, where: str) -> None:
-        """Count and log a refused message. One whose buffers were altered on the way has
-        a genuine header, and its queue has already counted it as sent to this engine:
-        it is answered with the error, so neither its client nor the hub waits forever."""
+        """Count and log a refused message. One whose buffers were altered on the way, or
+        whose content is unreadable, has a genuine header, and its queue has already
+        counted it as sent to this engine: it is answered with the error
+        (:func:`._wire.answerable`), so neither its client nor the hub waits forever."""
         self.dropped += 1
         log.warning("dropped a bad message on %s: %s", where, exc)
-        message = getattr(exc, "message", None)
-        if isinstance(exc, BuffersAltered) and message is not None:
+        message = answerable(exc)
+        if message is not None:
             self._reply_error(sock, message, exc, message.msg_type.removesuffix("_request"))
 
     def _reply_error(
