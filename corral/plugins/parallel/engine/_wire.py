@@ -198,7 +198,10 @@ def recv_messages(
         try:
             messages.append(_parse_routed(one, signer, replay, role, dest, sealed_to))
         except wire.WireError as exc:
-            errors.append(exc)
+            # Kept without its traceback: its frames (this one among them, holding
+            # ``errors``, so a cycle) held the refused message's frames until the cyclic
+            # collector ran (``_verified``).
+            errors.append(exc.with_traceback(None))
     return messages, errors
 
 
@@ -282,10 +285,18 @@ def _verified(
     try:
         content = _parse_dict(raw_content, "content")
     except wire.MalformedMessage as exc:  # admitted header: answered (MalformedRequest)
-        bad = MalformedRequest(str(exc))
-        bad.message = Message(idents, header, raw_header, {}, [], raw_parent, raw_metadata)
-        raise bad from None
-    return Message(idents, header, raw_header, content, buffers, raw_parent, raw_metadata)
+        why = str(exc)
+    else:
+        return Message(idents, header, raw_header, content, buffers, raw_parent, raw_metadata)
+    # Raised out here, with no context: an exception that refers (through its context's
+    # traceback) to this frame, whose locals refer to it, is a cycle that kept the whole
+    # request alive until the cyclic collector came (a 200 MB one held 600 MB for good).
+    bad = MalformedRequest(why)
+    bad.message = Message(idents, header, raw_header, {}, [], raw_parent, raw_metadata)
+    try:
+        raise bad
+    finally:
+        del bad, parts, buffers, raw_content
 
 
 class Replier:
