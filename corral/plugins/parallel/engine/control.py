@@ -118,6 +118,7 @@ class EngineControl:
         engine = self.engine
         engine.hand_to_main(partial(self.serve_on_main, msg))
         if msg.msg_type == "shutdown_request":
+            engine.shutdown_interrupts = True  # before the interrupt lands: its message
             engine.interrupt()  # a running task would keep the engine alive
             engine.exit_later(0)
 

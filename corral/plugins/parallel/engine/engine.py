@@ -223,6 +223,9 @@ class Engine(RequestServer):
         self.cluster_file: Path | None = None
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
+        #: a shutdown_request came, and interrupts the running task: its KeyboardInterrupt
+        #: says so (handlers.py), not a bare "KeyboardInterrupt" nobody typed
+        self.shutdown_interrupts = False
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
