@@ -428,3 +428,36 @@ def test_a_signed_request_with_unreadable_content_is_answered(
         assert time.monotonic() < end, status
         time.sleep(0.05)
     assert rc[0].apply_sync(abs, -3) == 3
+
+
+def test_a_broadcast_naming_an_engine_twice_is_answered_once(
+    cluster: LiveCluster, info: dict[str, Any]
+) -> None:
+    """``broadcast_view(targets=[0, 0])`` waited for ever: the scheduler sent engine 0
+    two copies, the engine's replay guard refused the second, and the call waited for
+    its reply. A raw request naming one engine 100,000 times grew the broadcast
+    scheduler past 11 GB. Each engine is now sent one copy, and the view asks each once."""
+    rc = cluster.client
+    engine = rc.engines[0]
+    assert rc.broadcast_view(targets=[0, 0]).apply_async(shout, "twice").get(DEADLINE) == [7]
+    signer = cluster_signer(info["key"])
+    builder = MessageBuilder(signer, "repeating", run=info["run"])
+    msg_id, frames = apply_frames(builder, abs, (-3,), [], "broadcast", targets=[engine.id] * 3)
+    sock = dealer(info, url(info, "broadcast"))
+    try:
+        sock.send_multipart(frames)
+        reply = recv_reply(sock, signer, msg_id)
+        assert reply.content["status"] == "ok"
+        assert not sock.poll(300), "a second reply for one engine"
+    finally:
+        sock.close()
+    end = time.monotonic() + DEADLINE
+    while msg_id not in rc.result_status(msg_id)["completed"]:  # the hub's record too
+        assert time.monotonic() < end, "the hub waits for parts that never come"
+        time.sleep(0.05)
+    while True:  # nothing is left owed to the broadcast queue
+        status = rc.queue_status()
+        if status.pop("unassigned") == 0 and all(s["queue"] == 0 for s in status.values()):
+            break
+        assert time.monotonic() < end, status
+        time.sleep(0.05)
