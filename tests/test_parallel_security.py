@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -461,3 +462,34 @@ def test_a_broadcast_naming_an_engine_twice_is_answered_once(
             break
         assert time.monotonic() < end, status
         time.sleep(0.05)
+
+
+def test_an_engine_logs_refusals_rate_limited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller logs refusals per cause, rate-limited; an engine wrote one line per
+    refused message (100,000 lines for one broadcast naming it 100,000 times). Now the
+    first of a cause at once, then the count."""
+    import corral
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    cluster = corral.Cluster(n=1, profile="noisy", hb_period=0.2, hb_misses=5)
+    rc = cluster.start_and_connect()
+    try:
+        info = json.loads(Path(rc.connection_file).read_text())
+        sock = dealer(info, rc.engines[0].data_url)
+        parts = [json.dumps(wire.make_header("apply_request", "noisy")).encode(), b"{}", b"{}"]
+        for _ in range(200):
+            sock.send_multipart([wire.DELIMITER, b"0" * 64, *parts, b"{}"])
+        assert rc[0].apply_sync(abs, -2) == 2  # the data socket's refusals came first
+        sock.close()
+    finally:
+        cluster.stop()
+    lines = [
+        line
+        for log in (tmp_path / "corral" / "profile_noisy" / "log").glob("engine-*.log")
+        for line in log.read_text().splitlines()
+        if "refused" in line
+    ]
+    assert 2 <= len(lines) <= 4, lines  # the first at once, then counts (a stop flushes)
+    assert re.search(r"refused \d+ BadSignature", "\n".join(lines)), lines

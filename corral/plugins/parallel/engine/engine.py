@@ -74,7 +74,7 @@ from corral.notification.center import shared_center
 from corral.transports.zmq import wire
 from corral.transports.zmq.chunkstream import stall_clock
 from corral.transports.zmq.door import HUB, cluster_signer, dest_of
-from corral.transports.zmq.gate import REFUSED, gate_for, probe
+from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
 from corral.transports.zmq.requests import unsupported_content
@@ -221,6 +221,10 @@ class Engine(RequestServer):
         self.recovery = ControllerRecovery(self)
         #: the cluster file this engine was started from (removed if its cluster died)
         self.cluster_file: Path | None = None
+        #: refused messages, logged per cause and rate-limited as the controller's are:
+        #: one line each was 100,000 lines for one broadcast naming this engine 100,000
+        #: times (a flood must not fill the log)
+        self.refusals = RefusalLog(log, "engine")
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
         #: a shutdown_request came, and interrupts the running task: its KeyboardInterrupt
@@ -688,7 +692,7 @@ class Engine(RequestServer):
             return None
         except wire.WireError as exc:
             self.dropped += 1
-            log.warning("dropped a bad message on %s: %s", where, exc)
+            self.refusals.refused(f"{type(exc).__name__} on {where}", str(exc)[:200])
             message = answerable(exc)
             if message is not None and answer is not None:
                 answer(message, exc)
@@ -885,7 +889,7 @@ class Engine(RequestServer):
         counted it as sent to this engine: it is answered with the error
         (:func:`._wire.answerable`), so neither its client nor the hub waits forever."""
         self.dropped += 1
-        log.warning("dropped a bad message on %s: %s", where, exc)
+        self.refusals.refused(f"{type(exc).__name__} on {where}", str(exc)[:200])
         message = answerable(exc)
         if message is not None:
             self._reply_error(sock, message, exc, message.msg_type.removesuffix("_request"))
@@ -907,6 +911,7 @@ class Engine(RequestServer):
     def close(self) -> None:
         """Unregister (on a requested stop), stop the threads, close every socket (in the
         order of :meth:`.RequestServer.close`)."""
+        self.refusals.flush()  # the refusals counted since the last line
         super().close()
 
     def stop_helpers(self) -> None:
