@@ -268,3 +268,32 @@ def test_info_reply_without_curve_advertises_none(kernel, client) -> None:
         assert next_reply(sock, client)["content"]["supported_encryption"] == []
     finally:
         sock.close()
+
+
+def test_a_keyless_multipart_ping_does_not_stop_the_heartbeat(kernel: ConnectionInfo) -> None:
+    """Pinging needs no key. A ping of two frames stopped the heartbeat for good (the REP
+    echo refused the second frame once it had sent the first back: EFSM), so anyone on
+    the host could make a tcp kernel look dead to its manager, which then restarted it
+    and lost its state. Frames of any kind and number are echoed now, and a frontend's
+    ping is still answered as a REP would."""
+    ctx = zmq.Context.instance()
+    attacker = ctx.socket(zmq.REQ)
+    attacker.linger = 0
+    attacker.connect(kernel.url("hb"))
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(kernel.url("hb"))
+    frontend = ctx.socket(zmq.REQ)
+    frontend.linger = 0
+    frontend.connect(kernel.url("hb"))
+    try:
+        attacker.send_multipart([b"two", b"frames"])
+        raw.send_multipart([b"no", b"envelope", b"at all"])
+        raw.send(b"")
+        for i in range(3):
+            frontend.send(b"ping %d" % i)
+            assert frontend.poll(TIMEOUT * 1000), "the heartbeat stopped answering"
+            assert frontend.recv() == b"ping %d" % i
+    finally:
+        for sock in (attacker, raw, frontend):
+            sock.close()

@@ -253,3 +253,18 @@ def test_every_client_hears_an_orderly_shutdown(
     until(lambda: bystander.controller_lost)
     assert "was shut down" in str(bystander._lost)
     assert "lost the controller" not in caplog.text
+
+
+def test_a_task_running_when_the_cluster_stops_says_so(live: LiveCluster, tmp_path: Path) -> None:
+    """Stopping the cluster interrupts the tasks that run: their error was a bare
+    ``KeyboardInterrupt:`` with no message, which nobody had typed. It now says the
+    engine was shut down; what was still queued fails with ``ControllerLost``."""
+    rc = live.client
+    started, release = tmp_path / "started", str(tmp_path / "never")
+    started.mkdir()
+    running = rc[0].apply_async(record_pid_then_wait, str(started), release)
+    until(lambda: any(started.iterdir()))
+    rc.shutdown(hub=True, block=True)
+    with pytest.raises(RemoteError, match="shut down .* while this task ran") as info:
+        running.get(timeout=30)
+    assert info.value.ename == "KeyboardInterrupt"

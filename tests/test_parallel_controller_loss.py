@@ -155,6 +155,20 @@ def test_a_new_client_of_a_restarted_controller_sees_the_old_engines(
     assert fresh[:].apply_sync(engine_pid) == [fresh.engines[i].pid for i in fresh.ids]
 
 
+def test_a_new_client_of_a_dead_controller_is_told_at_once(cluster: LiveCluster) -> None:
+    """A cluster file left by a controller killed with ``kill -9`` (no clean stop removed
+    it): a new client waited its whole timeout for a handshake nobody could give, then
+    for a reply (15 s with the default ``timeout=10``), and said only "the hub did not
+    answer connection_request". Nothing listens at those ports, so it knows at once."""
+    cluster.kill_controller()
+    started = time.monotonic()
+    with pytest.raises(ControllerLost, match="no controller .* is running: nothing listens"):
+        cluster.connect(timeout=10)
+    assert time.monotonic() - started < 5
+    cluster.restart_controller()  # the same file, taken over: a client connects again
+    assert cluster.connect(timeout=TIMEOUT).wait_for_engines(2, timeout=TIMEOUT)
+
+
 def test_a_running_controller_is_not_taken_over(cluster: LiveCluster) -> None:
     config = ControllerConfig(profile="client", cluster_id="c1")
     with pytest.raises(RuntimeError, match="already running"):

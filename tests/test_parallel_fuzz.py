@@ -63,6 +63,20 @@ class Rig:
             sock.sndhwm = 0
             sock.connect(info.url(name))
             self.raw[name] = sock
+        # The publish/subscribe side: what an engine publishes on iopub_engine (forwarded
+        # unparsed to the hub and every client), and subscription frames on the sockets
+        # that only publish (the hub reads those of notification itself).
+        for name, kind in (
+            ("iopub_engine", zmq.PUB),
+            ("iopub", zmq.XSUB),
+            ("notification", zmq.XSUB),
+            ("hb_ping", zmq.XSUB),
+        ):
+            sock = self.client.gate.client(ctx.socket(kind))
+            sock.linger = 0
+            sock.sndhwm = 0
+            sock.connect(info.url(name))
+            self.raw[name] = sock
 
     def close(self) -> None:
         for sock in self.raw.values():
@@ -279,6 +293,65 @@ def test_fuzz_socket_keeps_serving(rig: Rig, component: str) -> None:
         if frames:
             rig.raw[component].send_multipart(frames)
         _probe(rig, component)
+
+    run()
+
+
+def _probe_output(rig: Rig) -> None:
+    """A genuine engine's output for a real task still reaches a client through the
+    iopub proxy (fuzzed messages that come first are skipped), and the hub serves."""
+    client, engine = rig.client, rig.engines[0]
+    sent = client.apply("mux", engine=engine)
+    idents, request = engine.next_request("mux")
+    marker = os.urandom(8).hex()
+    engine.publish_stream(request, "stdout", marker)
+    sub = client.socks["iopub"]
+    end = time.monotonic() + TIMEOUT
+    while True:  # raw: iopub carries no batches, a fuzzed one is just refused here
+        left = end - time.monotonic()
+        assert left > 0 and sub.poll(int(left * 1000) + 1), "genuine output never came"
+        parsed = client.session.parse(sub.recv_multipart())
+        if parsed is None:
+            continue
+        msg = parsed[1]
+        if msg["msg_type"] == "stream" and msg["content"].get("text") == marker:
+            break
+    engine.reply("mux", idents, request)
+    while client.reply("mux")["parent_header"].get("msg_id") != sent["msg_id"]:
+        pass
+    _probe(rig, "registration")
+
+
+@pytest.mark.parametrize("component", ["iopub_engine", "iopub", "notification", "hb_ping"])
+def test_fuzz_publish_and_subscribe_sockets_keep_serving(rig: Rig, component: str) -> None:
+    """The sockets the fuzz above leaves out: ``iopub_engine`` takes any engine's
+    messages and forwards them unparsed to the hub (which stores task output) and to
+    every client; ``iopub``, ``notification`` and ``hb_ping`` only publish, but read
+    subscription frames, and the hub acts on those of ``notification`` (it opens, and
+    runs its feeds, by them). After each example genuine output still reaches a client,
+    and the hub and the task scheduler still serve."""
+    if component == "iopub_engine":  # a topic frame (or none) before the delimiter
+        routing = st.sampled_from([[], [b"engine.0.stream"], [b"\x00", b"x"]])
+    else:  # subscription frames: subscribe, unsubscribe, anything else
+        routing = st.sampled_from([[b"\x01"], [b"\x00"], [b"\x01corral"], []])
+
+    @FUZZ
+    @given(data=st.data())
+    def run(data: Any) -> None:
+        if component == "iopub_engine" and data.draw(st.integers(0, 4)) == 0:
+            frames = _batch(rig, data, data.draw(routing))
+        else:
+            frames = _sign(rig, data.draw(frame_lists(data.draw(routing))))
+        if component != "iopub_engine" and frames and data.draw(st.booleans()):
+            # one subscription message with a fuzzed topic (XPUB reads frame by frame)
+            frames = [data.draw(st.sampled_from([b"\x01", b"\x00", b"\x02", b""])) + frames[0]]
+        if frames:
+            rig.raw[component].send_multipart(frames)
+        if component == "iopub_engine":
+            _probe_output(rig)
+        else:
+            _probe(rig, "registration")
+            _probe(rig, "task")
 
     run()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -377,3 +378,118 @@ def test_an_engine_with_the_wrong_key_is_told_why(cluster: LiveCluster, tmp_path
     )
     assert proc.returncode != 0
     assert "cluster key" in proc.stderr
+
+
+UNREADABLE_CONTENT = [
+    b"{not json",
+    b'{"text": "\xff\xfe"}',  # not UTF-8
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser goes
+    b'{"n": ' + b"9" * 100_000 + b"}",  # an int longer than Python converts
+    b"[]",  # JSON, not an object
+]
+
+
+@pytest.mark.parametrize("path", ["mux", "control", "task", "broadcast", "data"])
+def test_a_signed_request_with_unreadable_content_is_answered(
+    cluster: LiveCluster, info: dict[str, Any], path: str
+) -> None:
+    """A key holder's request whose signed header is fine but whose content is not a
+    JSON object passes the queue (which reads only header and metadata) and reached the
+    engine, which dropped it without a word: the sender waited for ever, the hub counted
+    it queued or running for good, and every such request through the task scheduler held
+    one of an engine's load-balanced slots (300 of them starved the scheduler: a genuine
+    task then timed out). Now the engine answers it with ``MalformedRequest``."""
+    rc = cluster.client
+    engine = rc.engines[0]
+    signer = cluster_signer(info["key"])
+    msg_type = "abort_request" if path == "control" else "apply_request"
+    if path == "data":
+        dest, routing, address = dest_of("engine", engine.uuid), [], engine.data_url
+    else:
+        address = url(info, path)
+        dest, routing = path, [engine.uuid.encode()] if path in ("mux", "control") else []
+    metadata = json.dumps({"targets": [engine.id]} if path == "broadcast" else {}).encode()
+    sock = dealer(info, address)
+    try:
+        for content in UNREADABLE_CONTENT:
+            header = {**wire.make_header(msg_type, "unreadable"), "dest": dest, "run": info["run"]}
+            parts = [json.dumps(header).encode(), b"{}", metadata, content]
+            sock.send_multipart([*routing, wire.DELIMITER, signer.seal(parts), *parts])
+            reply = recv_reply(sock, signer, header["msg_id"])
+            assert reply.content["status"] == "error"
+            assert reply.content["ename"] == "MalformedRequest", reply.content
+    finally:
+        sock.close()
+    # Nothing is left owed: the hub counts no task queued or running on any engine.
+    end = time.monotonic() + DEADLINE
+    while True:
+        status = rc.queue_status()
+        if status.pop("unassigned") == 0 and all(s["queue"] == 0 for s in status.values()):
+            break
+        assert time.monotonic() < end, status
+        time.sleep(0.05)
+    assert rc[0].apply_sync(abs, -3) == 3
+
+
+def test_a_broadcast_naming_an_engine_twice_is_answered_once(
+    cluster: LiveCluster, info: dict[str, Any]
+) -> None:
+    """``broadcast_view(targets=[0, 0])`` waited for ever: the scheduler sent engine 0
+    two copies, the engine's replay guard refused the second, and the call waited for
+    its reply. A raw request naming one engine 100,000 times grew the broadcast
+    scheduler past 11 GB. Each engine is now sent one copy, and the view asks each once."""
+    rc = cluster.client
+    engine = rc.engines[0]
+    assert rc.broadcast_view(targets=[0, 0]).apply_async(shout, "twice").get(DEADLINE) == [7]
+    signer = cluster_signer(info["key"])
+    builder = MessageBuilder(signer, "repeating", run=info["run"])
+    msg_id, frames = apply_frames(builder, abs, (-3,), [], "broadcast", targets=[engine.id] * 3)
+    sock = dealer(info, url(info, "broadcast"))
+    try:
+        sock.send_multipart(frames)
+        reply = recv_reply(sock, signer, msg_id)
+        assert reply.content["status"] == "ok"
+        assert not sock.poll(300), "a second reply for one engine"
+    finally:
+        sock.close()
+    end = time.monotonic() + DEADLINE
+    while msg_id not in rc.result_status(msg_id)["completed"]:  # the hub's record too
+        assert time.monotonic() < end, "the hub waits for parts that never come"
+        time.sleep(0.05)
+    while True:  # nothing is left owed to the broadcast queue
+        status = rc.queue_status()
+        if status.pop("unassigned") == 0 and all(s["queue"] == 0 for s in status.values()):
+            break
+        assert time.monotonic() < end, status
+        time.sleep(0.05)
+
+
+def test_an_engine_logs_refusals_rate_limited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller logs refusals per cause, rate-limited; an engine wrote one line per
+    refused message (100,000 lines for one broadcast naming it 100,000 times). Now the
+    first of a cause at once, then the count."""
+    import corral
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "corral"))
+    cluster = corral.Cluster(n=1, profile="noisy", hb_period=0.2, hb_misses=5)
+    rc = cluster.start_and_connect()
+    try:
+        info = json.loads(Path(rc.connection_file).read_text())
+        sock = dealer(info, rc.engines[0].data_url)
+        parts = [json.dumps(wire.make_header("apply_request", "noisy")).encode(), b"{}", b"{}"]
+        for _ in range(200):
+            sock.send_multipart([wire.DELIMITER, b"0" * 64, *parts, b"{}"])
+        assert rc[0].apply_sync(abs, -2) == 2  # the data socket's refusals came first
+        sock.close()
+    finally:
+        cluster.stop()
+    lines = [
+        line
+        for log in (tmp_path / "corral" / "profile_noisy" / "log").glob("engine-*.log")
+        for line in log.read_text().splitlines()
+        if "refused" in line
+    ]
+    assert 2 <= len(lines) <= 4, lines  # the first at once, then counts (a stop flushes)
+    assert re.search(r"refused \d+ BadSignature", "\n".join(lines)), lines

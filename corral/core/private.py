@@ -13,7 +13,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "private_dir", "private_file", "runtime_dir", "write_private"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "private_dir",
+    "private_file",
+    "private_parent",
+    "runtime_dir",
+    "write_private",
+]
 
 #: Directories: the owner may list, enter and create; nobody else anything.
 DIR_MODE = 0o700
@@ -21,10 +29,8 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def private_dir(path: str | os.PathLike[str]) -> Path:
-    """``path`` as an owner-only directory (created with its missing parents, which get
-    the same mode; an existing ``path`` is tightened)."""
-    path = Path(path)
+def _make_missing(path: Path) -> None:
+    """Create ``path`` and its missing parents owner-only; existing ones stay as they are."""
     missing = []
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -36,9 +42,29 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
         except FileExistsError:
             continue
         os.chmod(directory, DIR_MODE)
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` as an owner-only directory (created with its missing parents, which get
+    the same mode; an existing ``path`` is tightened)."""
+    path = Path(path)
+    _make_missing(path)
     if path.stat().st_uid == os.getuid():
         os.chmod(path, DIR_MODE)
     return path
+
+
+def private_parent(path: str | os.PathLike[str]) -> Path:
+    """The directory of the file ``path``, what is missing of it created owner-only.
+
+    Unlike :func:`private_dir`, an existing directory is left as it is: a file the user
+    names may go into their working directory or a shared one. A directory corral makes
+    for it (``Path.mkdir(parents=True)`` follows the umask: 0777 under ``umask 000``)
+    would let another user replace the file, a key file among them, with their own.
+    """
+    parent = Path(path).parent
+    _make_missing(parent)
+    return parent
 
 
 def private_file(path: str | os.PathLike[str], mode: str = "ab") -> int:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from corral.core.config import Config, render_ini
+from corral.core.private import write_private
 from corral.core.profiles import list_profiles, locate_profile, profile_dir
 from corral.plugins.markers import hookimpl
 
@@ -56,7 +57,7 @@ def _run_profile_create(args: argparse.Namespace, config: Config) -> int:
         "the system file and are overridden by CORRAL_<SECTION>_<KEY> environment",
         "variables and command-line flags.",
     ]
-    ini.write_text(render_ini(config.schema, header=header))
+    write_private(ini, render_ini(config.schema, header=header))  # whatever the umask
     print(path)
     return 0
 

@@ -368,7 +368,10 @@ def admit(
             replay.check(seen, sealed[0], stamp=sealed[1])
     if altered is not None:
         altered.header = header
-        raise altered
+        try:
+            raise altered
+        finally:  # the frame must not keep its exception: a cycle holding the buffers
+            del altered, buffers
     return header
 
 

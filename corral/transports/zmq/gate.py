@@ -316,13 +316,24 @@ def gate_for(info: Any) -> Gate:
     return Gate(key, str(get("encryption", None) or "none"))
 
 
-def probe(gate: Gate, ctx: zmq.Context[Any], url: str, timeout: float = 5.0) -> str | None:
+def probe(
+    gate: Gate,
+    ctx: zmq.Context[Any],
+    url: str,
+    timeout: float = 5.0,
+    absent_after: float | None = None,
+) -> str | None:
     """Try one handshake with ``url`` using ``gate``'s credentials: ``"ok"``, ``"refused"``
     (the peer's gate rejected them: a wrong cluster key) or None (no answer in time).
 
     A refused handshake is otherwise silent (ZeroMQ just retries), which would leave a
     client or engine with the wrong key waiting for a reply that never comes; this turns
     it into an error that says why.
+
+    ``absent_after``: also return ``"absent"`` once every connection attempt for that
+    many seconds was turned away before any was accepted (nothing listens at ``url``: a
+    controller that died and left its cluster file), which ZeroMQ too only retries
+    silently.
     """
     from zmq.utils.monitor import recv_monitor_message
 
@@ -333,11 +344,17 @@ def probe(gate: Gate, ctx: zmq.Context[Any], url: str, timeout: float = 5.0) -> 
         | zmq.EVENT_HANDSHAKE_FAILED_AUTH
         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_CONNECTED
+        | zmq.EVENT_CONNECT_RETRIED
     )
     monitor = sock.get_monitor_socket(events)
     try:
+        start = time.monotonic()
         sock.connect(url)
-        end = time.monotonic() + timeout
+        end = start + timeout
+        # Since when every attempt was turned away: a connection that got through (to a
+        # process still dying, say) starts it again.
+        refused_from, accepted = start, False
         while True:
             left = end - time.monotonic()
             if left <= 0 or not monitor.poll(int(left * 1000) + 1):
@@ -347,6 +364,14 @@ def probe(gate: Gate, ctx: zmq.Context[Any], url: str, timeout: float = 5.0) -> 
                 return "ok"
             if event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 return "refused"
+            if event == zmq.EVENT_CONNECTED:
+                accepted = True
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                now = time.monotonic()
+                if accepted:
+                    refused_from, accepted = now, False
+                elif absent_after is not None and now - refused_from >= absent_after:
+                    return "absent"
     finally:
         sock.disable_monitor()
         monitor.close(linger=0)

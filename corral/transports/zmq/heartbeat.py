@@ -1,9 +1,17 @@
-"""The heartbeat: a REP socket echoing every ping, entirely inside libzmq.
+"""The heartbeat: a ROUTER socket echoing every ping, entirely inside libzmq.
 
 A frontend decides a kernel is dead when pings go unanswered, so the echo must not need
 the GIL: user code spinning in a pure-Python loop holds it. ``zmq.proxy_steerable`` with the
-REP socket as both ends copies each request back as its reply in C with the GIL released,
-on its own thread; a control socket stops it cleanly.
+socket as both ends copies each ping back to its sender in C with the GIL released, on its
+own thread; a control socket stops it cleanly.
+
+Why a ROUTER, where Jupyter's spec names REP: the proxy forwards a message frame by frame,
+and a REP that has sent the first frame of its reply refuses to receive the second frame
+of the request (``EFSM``), which ended the proxy. Anyone who can reach a tcp kernel's port
+(no key is needed to ping) stopped its heartbeat with one two-frame ping, and the manager
+then declared the kernel dead and restarted it, its state lost. A ROUTER has no such
+state; to a frontend's REQ (or DEALER) it answers exactly as a REP echo does: the reply
+goes back under the sender's routing id, with the REQ envelope it came with.
 """
 
 from __future__ import annotations
@@ -68,7 +76,7 @@ class ProxyThread(threading.Thread):
 
 
 class Heartbeat(ProxyThread):
-    """Echoes pings on an already bound REP socket until :meth:`stop` is called.
+    """Echoes pings on an already bound ROUTER socket until :meth:`stop` is called.
 
     The socket is bound by the caller (the kernel binds every port before announcing any),
     and from then on belongs to this thread.

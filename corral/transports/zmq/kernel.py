@@ -283,7 +283,7 @@ class KernelServer(RequestServer):
         self.stdin = self._socket(zmq.ROUTER)
         self.iopub_socket = self._socket(zmq.PUB)
         self.iopub_socket.sndhwm = 100_000
-        self.hb_socket = self._socket(zmq.REP)
+        self.hb_socket = self._socket(zmq.ROUTER)  # not REP: see heartbeat.py
         for sock, channel in (
             (self.shell, "shell"),
             (self.iopub_socket, "iopub"),

@@ -108,14 +108,42 @@ def install_kernelspec(
     if sys_prefix or prefix is not None:
         user = False
     directory = kernels_dir(user=user, sys_prefix=sys_prefix, prefix=prefix) / name
-    directory.mkdir(parents=True, exist_ok=True)
+    # Whatever the umask: under ``umask 000`` ``mkdir(parents=True)`` made every missing
+    # directory (``~/.local/share/jupyter/kernels/corral`` included) writable by all, so
+    # another user could swap in a kernel.json whose argv Jupyter would run as this one.
+    # A per-user spec is owner-only, like everything else corral writes; one installed
+    # into an environment is for its other users to read, and for nobody else to write.
+    dir_mode, file_mode = (0o700, 0o600) if user else (0o755, 0o644)
+    _make_dirs(directory, dir_mode)
     if provisioner is None and user:
         provisioner = False  # every Jupyter of this user reads it (see the module doc)
     spec = kernel_json(display_name, provisioner=provisioner)
     tmp = directory / "kernel.json.tmp"
-    tmp.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), file_mode)
+        fh.write(json.dumps(spec, indent=1) + "\n")
     os.replace(tmp, directory / "kernel.json")
     return directory
+
+
+def _make_dirs(directory: Path, mode: int) -> None:
+    """``directory`` and its missing parents with ``mode`` (not filtered by the umask);
+    ``directory`` itself, if it exists and is ours, is set to ``mode`` too."""
+    missing = []
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode)
+    if directory.stat().st_uid == os.getuid():
+        os.chmod(directory, mode)
 
 
 def add_kernel_cli(subparsers: Any) -> argparse.ArgumentParser:

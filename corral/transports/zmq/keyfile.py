@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from corral.core.private import private_parent
+
 __all__ = ["KeyFile", "endpoint", "new_key", "read_json_object", "write_private_json"]
 
 _K = TypeVar("_K", bound="KeyFile")
@@ -55,7 +57,7 @@ def write_private_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Pa
     holding a signing key (kernel connection files, cluster files) is written this way.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_parent(target)  # not mkdir(parents=True): that follows the umask
     tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

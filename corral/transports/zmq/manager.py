@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 import zmq
 
+from corral.core.private import private_parent
 from corral.core.processes import Spawned, child_env
 from corral.errors import CorralError
 from corral.notification import NotificationCenter, shared_center
@@ -486,7 +487,7 @@ class KernelManager:
         if known is None:
             # A file left by an earlier kernel must not be mistaken for the new one's.
             path.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_parent(path)  # not mkdir(parents=True): that follows the umask
         # The kernel exits by itself if this process dies without shutting it down.
         env = child_env({**self.env, "JPY_PARENT_PID": str(os.getpid())}, importable=False)
         proc = _KernelProcess(self._command(), self.log_file, env)

@@ -83,6 +83,9 @@ _NOT_OUTPUT = frozenset(["status", "execute_input"])
 _RECENT_LIMIT = 50_000
 #: Frames below this size are copied into zmq (cheaper than tracking their lifetime).
 _COPY_LIMIT = 64 * 1024
+#: Seconds of connections turned away (nothing listening) after which a new client
+#: concludes that the controller its cluster file names is not running.
+_ABSENT_AFTER = 1.0
 
 
 def _track_large(frames: list[Any], count: int, trackers: list[zmq.MessageTracker]) -> None:
@@ -324,9 +327,20 @@ class Client(ClientCompat):
         self._following = False
         self._context: zmq.Context[Any] = zmq.Context()
         self._connections = 0  # I/O threads started: each connects under its own identity
-        self._io = self._connect(info)
+        # Before the I/O thread connects: its socket monitors take a refused connection
+        # for a lost controller ("pending results failed"), which a client that never
+        # reached one has not lost (_check_gate says what is wrong).
+        self.gate = gate_for(info)
         try:
             self._check_gate(_url(info, "registration"), timeout)
+        except BaseException:
+            self._closed = True
+            if self._local is not None:
+                self._local.close()
+            self._context.term()
+            raise
+        self._io = self._connect(info)
+        try:
             self._sync_engines(timeout, joining=True)
         except BaseException:
             self.close()
@@ -388,11 +402,23 @@ class Client(ClientCompat):
             (io or self._io).subscription("notification", events.TASK_FEED_TOPIC, wanted)
 
     def _check_gate(self, url: str, timeout: float | None) -> None:
-        """Fail at once, saying why, if the controller's gate refuses this client's key
-        (ZeroMQ alone would retry the handshake silently until a bare timeout)."""
+        """Fail at once, saying why, if the controller's gate refuses this client's key,
+        or if nothing listens where the cluster file says the controller is (ZeroMQ alone
+        would retry silently until a bare timeout: 15 s by default, then "did not
+        answer", for a cluster file its dead controller left behind)."""
         wait = 5.0 if timeout is None else min(timeout, 5.0)
-        if probe(self.gate, self._context, url, wait) == "refused":
+        found = probe(self.gate, self._context, url, wait, absent_after=min(wait, _ABSENT_AFTER))
+        if found == "refused":
             raise ConnectionRefusedError(REFUSED.format(url=url))
+        if found == "absent":
+            pid = self.cluster_info.get("controller_pid")
+            raise ControllerLost(
+                f"no controller of cluster {self.cluster_id!r} is running: nothing listens at "
+                f"{url}{f' (the controller was pid {pid})' if pid else ''}, so "
+                f"{self.connection_file} is left from a cluster that was stopped or crashed. "
+                "Start the cluster again (a controller started on the same profile and "
+                "cluster id takes the file over) or remove it with `corral cluster clean`."
+            )
 
     # ------------------------------------------------------------------ engines
 

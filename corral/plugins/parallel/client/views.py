@@ -1060,7 +1060,9 @@ class BroadcastView(DirectView):
             return [resolved], False
         if not resolved:
             self._no_engines()
-        return resolved, False
+        # Each engine once: one message runs once per engine (the scheduler sends each
+        # engine one copy), so ``targets=[0, 0]`` waited for ever for a second reply.
+        return list(dict.fromkeys(resolved)), False
 
     def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         targets, _ = self._targets()

@@ -53,7 +53,7 @@ class EngineControl:
 
     def handle(self) -> None:
         """The control thread: a message waits on the control socket."""
-        msg = self.engine._receive(self.engine.control, "control")
+        msg = self.engine._receive(self.engine.control, "control", self._refused)
         if msg is None:
             return
         try:
@@ -68,6 +68,11 @@ class EngineControl:
             log.exception("error while handling %s", msg.msg_type)
             if msg.msg_type.endswith("_request"):
                 self._reply(msg, self.engine._error_content(exc, "control"))
+
+    def _refused(self, msg: Message, exc: wire.WireError) -> None:
+        """Answer a request the door refused after admitting its header (its buffers
+        altered, its content unreadable): the control queue waits for that answer."""
+        self._reply(msg, self.engine._error_content(exc, "control"))
 
     def _reply(self, msg: Message, content: dict[str, Any]) -> None:
         reply_type = msg.msg_type.removesuffix("_request") + "_reply"
@@ -113,6 +118,7 @@ class EngineControl:
         engine = self.engine
         engine.hand_to_main(partial(self.serve_on_main, msg))
         if msg.msg_type == "shutdown_request":
+            engine.shutdown_interrupts = True  # before the interrupt lands: its message
             engine.interrupt()  # a running task would keep the engine alive
             engine.exit_later(0)
 

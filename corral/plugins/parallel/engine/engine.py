@@ -74,8 +74,8 @@ from zmq.backend import zmq_poll
 from corral.notification.center import shared_center
 from corral.transports.zmq import wire
 from corral.transports.zmq.chunkstream import stall_clock
-from corral.transports.zmq.door import HUB, BuffersAltered, cluster_signer, dest_of
-from corral.transports.zmq.gate import REFUSED, gate_for, probe
+from corral.transports.zmq.door import HUB, cluster_signer, dest_of
+from corral.transports.zmq.gate import REFUSED, RefusalLog, gate_for, probe
 from corral.transports.zmq.iopub import IOPubPublisher
 from corral.transports.zmq.relay import OutputRelay
 from corral.transports.zmq.requests import unsupported_content
@@ -88,6 +88,7 @@ from ._wire import (
     ROLES,
     Message,
     Replier,
+    answerable,
     iso_now,
     recv_message,
     recv_messages,
@@ -221,8 +222,15 @@ class Engine(RequestServer):
         self.recovery = ControllerRecovery(self)
         #: the cluster file this engine was started from (removed if its cluster died)
         self.cluster_file: Path | None = None
+        #: refused messages, logged per cause and rate-limited as the controller's are:
+        #: one line each was 100,000 lines for one broadcast naming this engine 100,000
+        #: times (a flood must not fill the log)
+        self.refusals = RefusalLog(log, "engine")
         #: the hub asked this engine to shut down (so it need not be told we go)
         self._hub_asked = False
+        #: a shutdown_request came, and interrupts the running task: its KeyboardInterrupt
+        #: says so (handlers.py), not a bare "KeyboardInterrupt" nobody typed
+        self.shutdown_interrupts = False
         #: the hub's beat number when it registered us (to tell a restarted hub's beats)
         self._hub_beat: int | None = None
         self.registration_timeout = registration_timeout
@@ -672,8 +680,15 @@ class Engine(RequestServer):
                 self._sock_lock.release()
         return self.exit_code
 
-    def _receive(self, sock: zmq.Socket[Any], where: str) -> Message | None:
-        """The next verified message on ``sock``; None if none waits or it was dropped."""
+    def _receive(
+        self,
+        sock: zmq.Socket[Any],
+        where: str,
+        answer: Callable[[Message, wire.WireError], None] | None = None,
+    ) -> Message | None:
+        """The next verified message on ``sock``; None if none waits or it was dropped.
+        A refused request with a genuine header (:func:`._wire.answerable`) is handed to
+        ``answer``: its queue counts it as owed by this engine until it is answered."""
         dest, sealed_to = self.bindings.get(sock, _UNBOUND)
         try:
             return recv_message(
@@ -683,7 +698,10 @@ class Engine(RequestServer):
             return None
         except wire.WireError as exc:
             self.dropped += 1
-            log.warning("dropped a bad message on %s: %s", where, exc)
+            self.refusals.refused(f"{type(exc).__name__} on {where}", str(exc)[:200])
+            message = answerable(exc)
+            if message is not None and answer is not None:
+                answer(message, exc)
             return None
 
     def guard_for(self, dest: str | None) -> wire.ReplayGuard:
@@ -872,13 +890,14 @@ class Engine(RequestServer):
         return content
 
     def refuse(self, sock: Destination, exc: wire.WireError, where: str) -> None:
-        """Count and log a refused message. One whose buffers were altered on the way has
-        a genuine header, and its queue has already counted it as sent to this engine:
-        it is answered with the error, so neither its client nor the hub waits forever."""
+        """Count and log a refused message. One whose buffers were altered on the way, or
+        whose content is unreadable, has a genuine header, and its queue has already
+        counted it as sent to this engine: it is answered with the error
+        (:func:`._wire.answerable`), so neither its client nor the hub waits forever."""
         self.dropped += 1
-        log.warning("dropped a bad message on %s: %s", where, exc)
-        message = getattr(exc, "message", None)
-        if isinstance(exc, BuffersAltered) and message is not None:
+        self.refusals.refused(f"{type(exc).__name__} on {where}", str(exc)[:200])
+        message = answerable(exc)
+        if message is not None:
             self._reply_error(sock, message, exc, message.msg_type.removesuffix("_request"))
 
     def _reply_error(
@@ -898,6 +917,7 @@ class Engine(RequestServer):
     def close(self) -> None:
         """Unregister (on a requested stop), stop the threads, close every socket (in the
         order of :meth:`.RequestServer.close`)."""
+        self.refusals.flush()  # the refusals counted since the last line
         super().close()
 
     def stop_helpers(self) -> None:

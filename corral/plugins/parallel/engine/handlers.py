@@ -31,6 +31,10 @@ __all__ = ["EngineRequests"]
 
 Handler = Callable[["Destination", Message], None]
 
+#: What a task interrupted by its engine's shutdown (the cluster stopping) says, instead
+#: of an empty KeyboardInterrupt that nobody typed.
+SHUT_DOWN_MIDTASK = "the engine was shut down (its cluster is stopping) while this task ran"
+
 
 class EngineRequests:
     """The queue handlers of ``engine`` (see the module docstring)."""
@@ -79,6 +83,8 @@ class EngineRequests:
             status = "ok"
         else:
             error["engine_info"] = {**engine.engine_info, "method": "apply"}
+            if error["ename"] == "KeyboardInterrupt" and engine.shutdown_interrupts:
+                error["evalue"] = SHUT_DOWN_MIDTASK
             unmet = error["ename"] == "UnmetDependency"
             if not unmet:  # a rejected task runs elsewhere: its rejection is no output
                 iopub.publish(

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from corral.core.config import Option
+from corral.core.private import private_dir
 from corral.plugins.parallel.launchers.base import (
     EngineSetLauncher,
     LaunchError,
@@ -276,9 +277,8 @@ class BatchEngineSetLauncher(EngineSetLauncher):
     def start(self) -> list[LaunchHandle]:
         if self.job_ids:
             raise RuntimeError("this launcher has already submitted its job")
-        (self.profile_dir / "log").mkdir(parents=True, exist_ok=True)
-        run = self.profile_dir / "run"
-        run.mkdir(parents=True, exist_ok=True)
+        private_dir(self.profile_dir / "log")  # owner-only whatever the umask
+        run = private_dir(self.profile_dir / "run")
         path = run / f"{self.file_prefix}-{self.name}{self.script_suffix}"
         script = self.script()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
