@@ -54,6 +54,8 @@ SESSION_METHODS = {"recv", "parse"}
 #: Receive sites that carry no signed message, each with why it needs no door.
 RAW = {
     "core/builtin_magics.py:pump": "a child process's output pipe (%sx), not a socket",
+    "core/iostreams.py:FdCapture._drain": "a kernel's own descriptors 1 and 2 (pipes its "
+    "cells' subprocesses write to), not a socket",
     "core/processes.py:process_alive": "a /proc file",
     "core/processes.py:tail": "a log file",
     "frontends/kernel_link.py:_HeartbeatWatch.run": "heartbeat echo: bytes, not a message",
@@ -63,6 +65,8 @@ RAW = {
     "notification/bridge.py:BridgeReceiver._run": "as BridgeReceiver.pump",
     "plugins/manager.py:disabled_plugins": "an .ini file",
     "plugins/parallel/cluster.py:_only_child": "a /proc file (a monitor's child)",
+    "plugins/parallel/launchers/remote.py:_Lines.readline": "the ssh session's stdin "
+    "(the remote bootstrap's instructions from the launching host), not a socket",
     "plugins/parallel/simengine.py:SimCrowd._on_beat": "heartbeat beats on a gated socket "
     "(the scale benchmark's simulated engines echo them)",
     "plugins/parallel/client/io.py:ClientIO._run": "the I/O thread's wake pipe",
