@@ -16,6 +16,7 @@ from pathlib import Path
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "make_missing_dirs",
     "private_dir",
     "private_file",
     "private_parent",
@@ -29,8 +30,9 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def _make_missing(path: Path) -> None:
-    """Create ``path`` and its missing parents owner-only; existing ones stay as they are."""
+def make_missing_dirs(path: Path, mode: int = DIR_MODE) -> None:
+    """Create ``path`` and its missing parents with ``mode`` (not filtered by the umask:
+    each is chmod-ed after it is made); existing ones stay as they are."""
     missing = []
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -38,17 +40,17 @@ def _make_missing(path: Path) -> None:
         probe = probe.parent
     for directory in reversed(missing):
         try:
-            os.mkdir(directory, DIR_MODE)
+            os.mkdir(directory, mode)
         except FileExistsError:
             continue
-        os.chmod(directory, DIR_MODE)
+        os.chmod(directory, mode)
 
 
 def private_dir(path: str | os.PathLike[str]) -> Path:
     """``path`` as an owner-only directory (created with its missing parents, which get
     the same mode; an existing ``path`` is tightened)."""
     path = Path(path)
-    _make_missing(path)
+    make_missing_dirs(path)
     if path.stat().st_uid == os.getuid():
         os.chmod(path, DIR_MODE)
     return path
@@ -63,7 +65,7 @@ def private_parent(path: str | os.PathLike[str]) -> Path:
     would let another user replace the file, a key file among them, with their own.
     """
     parent = Path(path).parent
-    _make_missing(parent)
+    make_missing_dirs(parent)
     return parent
 
 

@@ -131,17 +131,9 @@ def install_kernelspec(
 def _make_dirs(directory: Path, mode: int) -> None:
     """``directory`` and its missing parents with ``mode`` (not filtered by the umask);
     ``directory`` itself, if it exists and is ours, is set to ``mode`` too."""
-    missing = []
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, mode)
-        except FileExistsError:
-            continue
-        os.chmod(path, mode)
+    from corral.core.private import make_missing_dirs
+
+    make_missing_dirs(directory, mode)
     if directory.stat().st_uid == os.getuid():
         os.chmod(directory, mode)
 

@@ -176,20 +176,18 @@ class View:
     def _on(self, targets: Any) -> Any:
         """This view, or a copy aimed at ``targets`` (ipyparallel's ``targets=`` argument
         on push, pull, execute, ...): the view's own flags stay as they are."""
-        if targets is None:
-            return self
-        other = copy.copy(self)
-        other.targets = targets
-        other._md_cache = {}
-        return other
+        return self if targets is None else self._copy_with(targets=targets)
 
     def _labelled(self, label: Any) -> Any:
         """This view, or a copy whose tasks carry ``label`` (ipyparallel's ``label=``
         argument on map, execute and run): the view's own flags stay as they are."""
-        if label is None:
-            return self
+        return self if label is None else self._copy_with(label=label)
+
+    def _copy_with(self, **flags: Any) -> Any:
+        """A copy of this view with ``flags`` set (its metadata cache not shared)."""
         other = copy.copy(self)
-        other.label = label
+        for name, value in flags.items():
+            setattr(other, name, value)
         other._md_cache = {}
         return other
 
