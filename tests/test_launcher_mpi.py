@@ -100,21 +100,28 @@ def test_missing_mpiexec_fails_before_engines_start():
     assert cluster.controller is None  # refused before anything started
 
 
+def _mpi_cluster(n: int, mpiexec: str | None = None) -> Cluster:
+    """``n`` engines as the ranks of ``mpiexec`` (default: the profile's), oversubscribed
+    under Open MPI (this machine has fewer cores), with a patient heartbeat."""
+    chosen = {"mpiexec": mpiexec} if mpiexec is not None else {}
+    return Cluster(
+        n=n,
+        engines="mpi",
+        **chosen,
+        args=["--oversubscribe"] if mpi_flavour(mpiexec or str(MPIEXEC)) == "openmpi" else [],
+        controller_mode="threads",
+        hb_period=0.2,
+        hb_misses=25,
+    )
+
+
 def test_mpi4py_between_engines_and_ids_that_follow_the_rank():
     """bind_mpi: MPI set up in every engine (mpi4py, MPI_Init in the rank), engine id ==
     rank, and a collective across the engines under a real mpiexec."""
     pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install mpi4py)")
     from corral.plugins.parallel.mpi import bind_mpi
 
-    flavour = mpi_flavour(MPIEXEC)
-    cluster = Cluster(
-        n=3,
-        engines="mpi",
-        args=["--oversubscribe"] if flavour == "openmpi" else [],
-        controller_mode="threads",
-        hb_period=0.2,
-        hb_misses=25,
-    )
+    cluster = _mpi_cluster(3)
     rc = cluster.start_and_connect()
     try:
         ranks = bind_mpi(rc[:])
@@ -159,16 +166,7 @@ def test_mpi4py_of_another_mpi_than_mpiexec_is_refused_not_rank_0_everywhere():
     other = _other_mpiexec()
     if other is None:
         pytest.skip("no mpiexec of another MPI than mpi4py's is installed")
-    flavour = mpi_flavour(other)
-    cluster = Cluster(
-        n=2,
-        engines="mpi",
-        mpiexec=other,
-        args=["--oversubscribe"] if flavour == "openmpi" else [],
-        controller_mode="threads",
-        hb_period=0.2,
-        hb_misses=25,
-    )
+    cluster = _mpi_cluster(2, other)
     rc = cluster.start_and_connect()
     try:
         with pytest.raises(Exception, match="started this engine as rank 1, but mpi4py's MPI"):
