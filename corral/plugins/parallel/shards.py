@@ -206,13 +206,17 @@ class Shards(ClusterCompat):
             self._on_members(lambda cluster: cluster.start())
             self._write_aggregate_file()
         except BaseException:
-            for cluster in self.clusters:
-                if cluster.controller is not None:
-                    cluster.stop()
+            self._stop_started()
             raise
         first_sets = {k: list(c.engine_sets) for k, c in enumerate(self.clusters)}
         if any(first_sets.values()):
             self._sets[self._new_set_id()] = {k: ids[0] for k, ids in first_sets.items() if ids}
+
+    def _stop_started(self) -> None:
+        """After a failed start: stop the members whose controller did start."""
+        for cluster in self.clusters:
+            if cluster.controller is not None:
+                cluster.stop()
 
     def _share(self, n: int) -> None:
         """Give the members new shares of ``n`` engines (before they start)."""
@@ -237,9 +241,7 @@ class Shards(ClusterCompat):
             self._write_aggregate_file()
         except BaseException:
             self.n = self._engines_to_start
-            for cluster in self.clusters:
-                if cluster.controller is not None:
-                    cluster.stop()
+            self._stop_started()
             raise
 
     def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Any:
