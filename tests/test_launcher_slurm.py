@@ -183,6 +183,28 @@ def test_engines_killed_at_walltime_fail_with_slurms_words(slurm):
         cluster.stop()
 
 
+def test_a_cancelled_job_is_told_as_cancelled_after_slurm_forgot_it(slurm):
+    """Slurm forgets an ended job after MinJobAge (5 s here): squeue no longer lists it,
+    and a set whose end was described after that said "finished" for a cancelled job
+    (seen in CI under load). The words its last polls listed are kept."""
+    cluster = Cluster(n=1, engines="slurm", controller_mode="threads")
+    cluster.start_and_connect()
+    try:
+        engines = cluster.engines[0]
+        job = engines.job_ids[0]
+        assert slurm.run("scancel", job).returncode == 0
+        assert engines.wait(120)  # the watch saw the job end
+        listed = lambda: slurm.run("squeue", "-h", "-r", "-t", "all", "-j", job).stdout  # noqa: E731
+        deadline = time.monotonic() + 120
+        while listed().strip():  # purged by slurmctld after MinJobAge
+            assert time.monotonic() < deadline, listed()
+            time.sleep(0.5)
+        said = engines.describe()
+        assert f"job {job}: CANCELLED" in said, said
+    finally:
+        cluster.stop()
+
+
 def test_slurm_engine_runs_under_its_monitor_which_restarts_it(slurm, tmp_path):
     """Batch engines run under their monitors too: a killed engine's task names the
     signal, and the monitor (inside the Slurm task) starts a new engine."""

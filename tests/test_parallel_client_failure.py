@@ -178,24 +178,27 @@ def test_reconnect_works_while_the_controller_still_holds_the_old_identity(
     crashed._thread.join(30)
     assert not crashed.alive
 
-    replies: queue.Queue[list[Any]] = queue.Queue()
-    holder = ClientIO(rc._context, lambda _, frames: replies.put(frames), old_identity)
-    holder.secure = rc.gate.client
-    holder.add_socket("registration", zmq.DEALER, _url(rc.cluster_info, "registration"))
-    holder.start()
+    def take_old_identity() -> ClientIO | None:
+        """A socket under the old identity that the hub answered, or None. A ROUTER
+        refuses for good a connection that arrives under an identity it still holds, so
+        while the crashed thread's close may still be on its way to the hub, each try
+        is a new connection (with a queue of its own: no late answer to an earlier try)."""
+        replies: queue.Queue[list[Any]] = queue.Queue()
+        holder = ClientIO(rc._context, lambda _, frames: replies.put(frames), old_identity)
+        holder.secure = rc.gate.client
+        holder.add_socket("registration", zmq.DEALER, _url(rc.cluster_info, "registration"))
+        holder.start()
+        request = rc._builder.build("connection_request", {}, dest=dest_for("registration"))
+        holder.send("registration", request[1])
+        try:
+            replies.get(timeout=1.0)
+        except queue.Empty:
+            holder.stop()
+            return None
+        return holder
+
+    holder = until(take_old_identity, timeout=30, interval=0.0)
     try:
-
-        def answered() -> bool:
-            """Whether the hub answered the holder; if not, ask (again): the old
-            connection's close may still be on its way, and the hub drops messages
-            from a second peer under an identity."""
-            if not replies.empty():
-                return True
-            request = rc._builder.build("connection_request", {}, dest=dest_for("registration"))
-            holder.send("registration", request[1])
-            return False
-
-        until(answered, timeout=30, interval=0.2)
         rc.reconnect(timeout=30)
         assert rc._io.identity != old_identity
         assert rc[0].apply_sync(square, 5) == 25

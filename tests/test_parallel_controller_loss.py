@@ -27,8 +27,11 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 pytestmark = pytest.mark.timeout(180)
 
 
-def wait_for_path(path: str, timeout: float = 60.0) -> str:
-    """Engine side: block until ``path`` exists (the test releases the task)."""
+def wait_for_path(path: str, timeout: float = 600.0) -> str:
+    """Engine side: block until ``path`` exists (the test releases the task). The
+    timeout only keeps an engine from waiting forever: a test's own waits, which say
+    what they waited for, come first (on a loaded CI machine a controller restart and
+    reconnect took over a minute before a task's gate opened)."""
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > deadline:
@@ -207,14 +210,26 @@ def test_tasks_the_dead_scheduler_never_gave_out_are_unknown_after_a_restart(
         for path in started:
             wait_for_path(path, TIMEOUT)  # one task on each engine, which holds no more
         waiting = [lview.apply_async(wait_for_path, gate) for _ in range(3)]
+        began = time.monotonic()
+
+        def phase(name: str) -> None:
+            """Shown with a failure: where the time went (CI once spent over a minute
+            between the kill and the gate, and the engines' own wait ran out)."""
+            print(f"{time.monotonic() - began:7.2f} s  {name}")
+
         live.kill_controller()
+        phase("controller killed")
         live.restart_controller()
+        phase("controller restarted")
         rc.reconnect(timeout=TIMEOUT)
+        phase("client reconnected")
         rc.wait_for_engines(2, timeout=TIMEOUT)
+        phase("engines re-registered")
         for result in waiting:  # never left the dead scheduler: unknown, not pending
             with pytest.raises(RemoteError) as info:
                 rc.get_result(result.msg_ids[0]).get(timeout=TIMEOUT)
             assert "submit it again" in str(info.value)
+            phase("a waiting task answered as unknown")
         open(gate, "w").close()
         for result in running:
             assert rc.get_result(result.msg_ids[0]).get(timeout=TIMEOUT) == gate

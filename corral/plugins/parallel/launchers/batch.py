@@ -183,6 +183,8 @@ class BatchEngineSetLauncher(EngineSetLauncher):
         super().__init__(n, **kwargs)
         self.job_ids: list[str] = []
         self._states: dict[str, list[str]] = {}
+        #: the ended tasks' states each job last listed (see final_word)
+        self._ended_words: dict[str, str] = {}
         self._last_poll = 0.0
         self._lock = threading.Lock()
         self._watching = False
@@ -371,6 +373,24 @@ class BatchEngineSetLauncher(EngineSetLauncher):
         return tail(logs[0]) if logs else ""
 
 
+#: Slurm's states of a task that has ended (squeue lists them until MinJobAge).
+_SLURM_ENDED = frozenset(
+    ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
+)
+
+
+def _slurm_words(listing: str) -> tuple[list[str], list[str]]:
+    """squeue's ``%T %r`` lines as words (``PENDING (Priority)``): (active, ended)."""
+    active: list[str] = []
+    ended: list[str] = []
+    for line in listing.splitlines():
+        state, _, reason = line.strip().partition(" ")
+        if state:
+            word = f"{state} ({reason})" if reason and reason != "None" else state
+            (ended if state in _SLURM_ENDED else active).append(word)
+    return active, ended
+
+
 class SlurmEngineSetLauncher(BatchEngineSetLauncher):
     """Engines as a Slurm job array: ``sbatch``, ``squeue``, ``scancel``."""
 
@@ -410,42 +430,35 @@ exec {engine}
         return text
 
     def query(self, job_id: str) -> list[str]:
-        command = [self.cmd("squeue"), "-h", "-r", "-j", job_id, "-o", "%T %r"]
+        # -t all: the ended tasks too (kept for final_word), while Slurm still lists them
+        command = [self.cmd("squeue"), "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T %r"]
         result = _run(command)
         if result.returncode != 0:
             if "Invalid job id" in result.stderr:
                 return []  # finished and purged
             raise SchedulerError(command, result.returncode, result.stderr)
-        states = []
-        for line in result.stdout.splitlines():
-            state, _, reason = line.partition(" ")
-            if state in (
-                "COMPLETED",
-                "CANCELLED",
-                "FAILED",
-                "TIMEOUT",
-                "NODE_FAIL",
-                "OUT_OF_MEMORY",
-            ):
-                continue
-            states.append(f"{state} ({reason})" if reason and reason != "None" else state)
+        states, ended = _slurm_words(result.stdout)
+        if ended:
+            with self._lock:
+                self._ended_words[job_id] = ", ".join(ended)
         return states
 
     def final_word(self, job_id: str) -> str:
-        """The ended tasks' states and reasons as squeue still lists them (Slurm keeps
-        finished jobs for MinJobAge, 300 s by default): a walltime kill reads
-        ``TIMEOUT (TimeLimit)``."""
+        """The ended tasks' states and reasons as squeue lists them (a walltime kill
+        reads ``TIMEOUT (TimeLimit)``). Slurm forgets an ended job after MinJobAge (300 s
+        by default, seconds on some sites and in the tests): then the words the job's
+        last polls listed."""
         command = [self.cmd("squeue"), "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T %r"]
         try:
             result = _run(command)
         except SchedulerError:
-            return ""
-        words = []
-        for line in result.stdout.splitlines():
-            state, _, reason = line.strip().partition(" ")
-            if state:
-                words.append(f"{state} ({reason})" if reason and reason != "None" else state)
-        return ", ".join(words)
+            result = None
+        if result is not None and result.returncode == 0:
+            active, ended = _slurm_words(result.stdout)
+            if active or ended:
+                return ", ".join(active + ended)
+        with self._lock:
+            return self._ended_words.get(job_id, "")
 
     def signal_argv(self, job_id: str, signum: int) -> list[str]:
         name = signal.Signals(signum).name.removeprefix("SIG")
