@@ -689,7 +689,7 @@ def test_a_reply_held_for_a_batch_is_not_kept_behind_a_long_task(
     quick, slow = _apply_msg(engine, abs, -5), _apply_msg(engine, wait, str(flag))
     engine.send_batch("task_engine", [quick, slow])
     try:
-        reply = engine.reply("task_engine", timeout=5.0)
+        reply = engine.reply("task_engine", timeout=30.0)  # the slow task waits forever
         assert reply["parent_header"]["msg_id"] == quick["msg_id"]
         assert not flag.exists()  # the slow task is still running
     finally:
