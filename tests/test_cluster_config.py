@@ -104,7 +104,10 @@ def test_keyword_arguments_are_checked_like_the_file():
         ({"db": "postgres"}, r"\[cluster\] db.*one of sqlite, memory, none"),
         ({"engines": "nope"}, r"unknown launcher 'nope'; known launchers: htcondor, local, lsf"),
         ({"ip": "1.2.3.4; rm -rf /"}, r"\[cluster\] ip"),
-        ({"bogus": 1}, r"unknown option 'bogus'.*hb_period"),
+        ({"bogus": 1}, r"unknown option 'bogus' for this cluster; accepted:.*hb_period"),
+        # another launcher's option: say which, and how to choose it
+        ({"hosts": "a,b"}, r"'hosts'.*an option of the ssh launcher.*engines='ssh'"),
+        ({"mpiexec": "mpirun"}, r"'mpiexec'.*an option of the mpi launcher"),
         ({"controller_mode": "fibres"}, r"controller_mode.*processes, threads"),
         ({"engines": "ssh", "hosts": ["a:x:y"]}, r"\[launcher:ssh\] hosts"),
         ({"engine.timeout": -1}, r"\[engine\] timeout"),
@@ -171,6 +174,7 @@ def test_cli_refuses_bad_values_and_unknown_profiles_before_starting(tmp_path, c
     result = corral(tmp_path, "cluster", "start", "-n", "1", "-o", "hosts=a:1", "--daemon")
     assert result.returncode == 2  # a local cluster has no hosts option
     assert "unknown option 'hosts'" in result.stderr
+    assert "--launcher ssh" in result.stderr
 
 
 def test_unreachable_controller_names_address_and_setting():

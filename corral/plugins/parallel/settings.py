@@ -374,5 +374,27 @@ def _apply_launcher_options(config: Config, options: Mapping[str, Any]) -> None:
             for section in sections:
                 known += [f"{o.key} ({section})" for o in config.schema.options(section)]
             raise ConfigError(
-                f"{where}: unknown option {key!r} for this cluster; accepted: {', '.join(known)}"
+                f"{where}: unknown option {key!r} for this cluster"
+                f"{_other_launchers_hint(config, key, sections)}; accepted: {', '.join(known)}"
             )
+
+
+def _other_launchers_hint(config: Config, key: str, in_use: list[str]) -> str:
+    """`` (an option of the ssh launcher, not in use: ...)`` when launchers other than
+    those in use declare ``key``: ``hosts=`` with the local launcher is a missing
+    ``engines="ssh"``, not a typo."""
+    owners = [
+        section.removeprefix("launcher:")
+        for section in config.schema.sections()
+        if section.startswith("launcher:")
+        and section not in in_use
+        and any(option.key == key for option in config.schema.options(section))
+    ]
+    if not owners:
+        return ""
+    names = " / ".join(owners)
+    return (
+        f" (an option of the {names} launcher, which this cluster does not use: choose it "
+        f"with engines='{owners[0]}', `--launcher {owners[0]}`, or [cluster] engines = "
+        f"{owners[0]})"
+    )
