@@ -90,3 +90,44 @@ def test_px_runs_on_the_notebooks_own_cluster(kernels: None, kernel: str, setup:
     assert not any(errors(out) for out in outputs), [errors(out) for out in outputs]
     assert stdout(outputs[2]) == "[stdout:0] mine\n"
     assert stdout(outputs[4]) == "[stdout:0] other\n"
+
+
+def rich(outputs: list[Any]) -> list[str]:
+    """The HTML of each display in the cell's output area."""
+    return [
+        o["data"]["text/html"]
+        for o in outputs
+        if o["output_type"] in ("display_data", "execute_result") and "text/html" in o["data"]
+    ]
+
+
+@pytest.mark.parametrize(("kernel", "setup"), KERNELS, ids=KERNEL_IDS)
+def test_display_outputs_shows_engines_rich_outputs(
+    kernels: None, kernel: str, setup: list[str]
+) -> None:
+    """``ar.display_outputs()`` in a notebook shows what the engines displayed as rich
+    outputs (HTML here; a matplotlib figure the same way), each under its ``[output:N]``
+    label, as ipyparallel republishes them, not as ``<IPython.core.display.HTML object>``
+    text. One engine's result shows its display unlabelled."""
+    code = (
+        "from IPython.display import HTML, display\n"
+        "import os\n"
+        "display(HTML(f'<b>shown {os.getpid()}</b>'))\n"
+        "HTML('<i>value</i>')"
+    )
+    cells = [
+        *setup,
+        "import corral as ipp\ncluster = ipp.Cluster(n=2)\nrc = cluster.start_and_connect_sync()",
+        f"ar = rc[:].execute({code!r}, block=True)\nar.display_outputs()",
+        f"one = rc[0].execute({code!r}, block=True)\none.display_outputs()",
+        "cluster.stop_cluster_sync()",
+    ]
+    outputs = run(kernel, cells)[len(setup) :]
+    assert not any(errors(out) for out in outputs), [errors(out) for out in outputs]
+    both = rich(outputs[1])
+    assert [html.startswith("<b>shown ") for html in both] == [True, False, True, False], both
+    assert both[1] == both[3] == "<i>value</i>"
+    assert stdout(outputs[1]) == "[output:0]\n[output:1]\n"
+    single = rich(outputs[2])
+    assert len(single) == 2 and single[0].startswith("<b>shown "), single
+    assert "Display" not in stdout(outputs[2]) and "HTML object" not in stdout(outputs[2])
