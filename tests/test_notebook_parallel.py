@@ -131,3 +131,20 @@ def test_display_outputs_shows_engines_rich_outputs(
     single = rich(outputs[2])
     assert len(single) == 2 and single[0].startswith("<b>shown "), single
     assert "Display" not in stdout(outputs[2]) and "HTML object" not in stdout(outputs[2])
+
+
+def test_a_client_brings_the_px_magics_on_ipykernel(kernels: None) -> None:
+    """An ipyparallel notebook ported with ``import corral as ipp`` runs its ``%px``
+    cells on ipykernel without ``%load_ext corral``: the first client brings the magics,
+    as ipyparallel's does, and a later ``%load_ext corral`` changes nothing."""
+    cells = [
+        "import corral as ipp\ncluster = ipp.Cluster(n=1)\nrc = cluster.start_and_connect_sync()",
+        "%px print('remote')",
+        "%load_ext corral",
+        "%px print('still')",
+        "cluster.stop_cluster_sync()",
+    ]
+    outputs = run("ipy", cells)
+    assert not any(errors(out) for out in outputs), [errors(out) for out in outputs]
+    assert stdout(outputs[1]) == "[stdout:0] remote\n"
+    assert stdout(outputs[3]) == "[stdout:0] still\n"

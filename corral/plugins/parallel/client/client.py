@@ -14,6 +14,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -346,6 +347,7 @@ class Client(ClientCompat):
             self.close()
             raise
         _MADE.append(weakref.ref(self))
+        _offer_px_magics()
 
     def _fresh_identity(self) -> bytes:
         """A routing identity no earlier connection of this client used.
@@ -1659,6 +1661,22 @@ def first_usable_client() -> Client | None:
         if client is not None and client.usable:
             return client
     return None
+
+
+def _offer_px_magics() -> None:
+    """In IPython (ipykernel in a notebook, the terminal) a client brings the %px magics
+    when nothing has yet, as ipyparallel's first ``Client`` does: a notebook ported with
+    ``import corral as ipp`` needs no ``%load_ext corral``. The magics run on the first
+    usable client (:func:`first_usable_client`). IPython loads the extension by name."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    if shell is None:
+        return
+    try:
+        if "px" not in shell.magics_manager.magics["line"]:
+            shell.extension_manager.load_extension("corral")
+    except Exception:  # a shell without IPython's managers: %load_ext corral still works
+        log.debug("could not offer the %%px magics to %r", shell, exc_info=True)
 
 
 def _with_dependencies(
