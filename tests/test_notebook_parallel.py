@@ -5,13 +5,14 @@ written with nbformat, run by nbclient on corral's kernel and on ipykernel
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TIMEOUT
+from helpers import TIMEOUT, until
 from jupyter_helpers import isolate_jupyter
 
 from corral.transports.zmq.kernelspec import install_kernelspec
@@ -148,3 +149,63 @@ def test_a_client_brings_the_px_magics_on_ipykernel(kernels: None) -> None:
     assert not any(errors(out) for out in outputs), [errors(out) for out in outputs]
     assert stdout(outputs[1]) == "[stdout:0] remote\n"
     assert stdout(outputs[3]) == "[stdout:0] still\n"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("kernel", "setup"), KERNELS, ids=KERNEL_IDS)
+def test_kernel_restart_stops_the_notebooks_cluster(
+    kernels: None, kernel: str, setup: list[str]
+) -> None:
+    """Kernel > Restart while the notebook's cluster runs: the controller and engines go
+    with the kernel that owned them (docs/parallel.md: processes never outlive their
+    owner), and the new kernel can start a cluster of its own at once."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name=kernel, startup_timeout=TIMEOUT)
+    try:
+        texts: list[str] = []
+
+        def run_cell(code: str) -> None:
+            reply = kc.execute_interactive(
+                code,
+                timeout=TIMEOUT,
+                output_hook=lambda m: texts.extend(
+                    [m["content"]["text"]] if m["msg_type"] == "stream" else []
+                ),
+            )
+            assert reply["content"]["status"] == "ok", reply["content"]
+
+        for code in setup:
+            run_cell(code)
+        run_cell(
+            "import corral as ipp, json\n"
+            "cluster = ipp.Cluster(n=2)\n"
+            "rc = cluster.start_and_connect_sync()\n"
+            "pids = cluster.pids()\n"
+            "print(json.dumps([pids['controller'], *pids['engines']]))"
+        )
+        pids = json.loads(texts[-1])
+        assert len(pids) == 3 and not any(_gone(pid) for pid in pids)
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=TIMEOUT)
+        until(lambda: all(_gone(pid) for pid in pids), what=f"cluster {pids} still running")
+        for code in setup:
+            run_cell(code)
+        run_cell(
+            "import corral as ipp\n"
+            "cluster = ipp.Cluster(n=1)\n"
+            "rc = cluster.start_and_connect_sync()\n"
+            "print(rc[:].apply_sync(lambda: 'new'))\n"
+            "cluster.stop_cluster_sync()"
+        )
+        assert texts[-1] == "['new']\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
