@@ -86,6 +86,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_layers.py",
         "test_lazy_exports.py",
         "test_monitor.py",
+        "test_notebook_parallel.py",
         "test_notebook_parity.py",
         "test_parallel_bind_kernel.py",
         "test_parallel_cli.py",

@@ -838,9 +838,10 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         self.wait_for_output(timeout)
         out = file or sys.stdout
         err = file or sys.stderr
+        rich = _RichOutputs.here() if file is None else None
         tasks = [self._metadata_slot(i) for i in range(len(self._md))]
         if self._single and len(tasks) == 1:  # one engine: as it was printed, unlabelled
-            _print_single(tasks[0], out, err)
+            _print_single(tasks[0], out, err, rich)
             out.flush()
             return
         blocks = StreamBlocks()
@@ -850,22 +851,22 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
                 _print_streams(md, "stdout", out, blocks)
                 _print_streams(md, "stderr", err, blocks)
                 for output in _shown(md):
-                    _print_output(md["engine_id"], output, out)
+                    _print_output(md, output, out, rich)
         else:
             for md in tasks:
                 _print_streams(md, "stdout", out, blocks)
             for md in tasks:
                 _print_streams(md, "stderr", err, blocks)
-            shown = [(md["engine_id"], _shown(md)) for md in tasks]
+            shown = [(md, _shown(md)) for md in tasks]
             if groupby == "type":
-                for engine, outputs in shown:
+                for md, outputs in shown:
                     for output in outputs:
-                        _print_output(engine, output, out)
+                        _print_output(md, output, out, rich)
             else:
                 for rank in range(max((len(outputs) for _, outputs in shown), default=0)):
-                    for engine, outputs in shown:
+                    for md, outputs in shown:
                         if rank < len(outputs):
-                            _print_output(engine, outputs[rank], out)
+                            _print_output(md, outputs[rank], out, rich)
         out.flush()
 
     def wait_interactive(
@@ -1242,9 +1243,52 @@ def _print_streams(md: dict[str, Any], stream: str, out: IO[str], blocks: Stream
     blocks.end(out)
 
 
-def _print_output(engine: Any, output: dict[str, Any], out: IO[str]) -> None:
+class _RichOutputs:
+    """Shows a task's displays and values in the output area of the cell that asks (a
+    notebook: HTML, images, a matplotlib figure made on an engine), as ipyparallel's
+    ``display_outputs`` republishes them, rather than as their ``text/plain`` line."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def here() -> _RichOutputs | None:
+        """One where displays reach a frontend (corral's interpreter, an IPython shell);
+        None in a plain program, where :func:`corral.core.display.display` has nobody to
+        show them to and text is all there is."""
+        from corral.core.display import get_current
+
+        if get_current() is not None:
+            return _RichOutputs()
+        ipython = sys.modules.get("IPython")
+        if ipython is not None and ipython.get_ipython() is not None:  # type: ignore[attr-defined]
+            return _RichOutputs()
+        return None
+
+    def show(self, md: dict[str, Any], output: dict[str, Any]) -> bool:
+        """Show one display or value; False for what stays text (errors)."""
+        from corral.core.display import display
+
+        if output["msg_type"] == "execute_result":
+            display(ExecuteReply(md))  # ``Out[0:3]: ...``, with its rich forms
+            return True
+        if output["msg_type"] not in ("display_data", "update_display_data"):
+            return False
+        display(output.get("data") or {}, raw=True, metadata=output.get("metadata") or {})
+        return True
+
+
+def _print_output(
+    md: dict[str, Any], output: dict[str, Any], out: IO[str], rich: _RichOutputs | None = None
+) -> None:
     """One display, value or error a task showed, under its engine's label."""
+    engine = md["engine_id"]
     text = (output.get("data") or {}).get("text/plain")
+    if rich is not None and output["msg_type"] != "error":
+        if output["msg_type"] != "execute_result":  # a value's own prompt names its engine
+            out.write(f"[output:{engine}]\n")
+            out.flush()  # before the display, which takes another way to the frontend
+        if rich.show(md, output):
+            return
     if text is not None:
         label = "Out" if output["msg_type"] == "execute_result" else "Display"
         out.write(f"[{label}:{engine}] {text}\n")
@@ -1252,13 +1296,20 @@ def _print_output(engine: Any, output: dict[str, Any], out: IO[str]) -> None:
         out.write(f"[error:{engine}] {output.get('ename')}: {output.get('evalue')}\n")
 
 
-def _print_single(md: dict[str, Any], out: IO[str], err: IO[str]) -> None:
+def _print_single(
+    md: dict[str, Any], out: IO[str], err: IO[str], rich: _RichOutputs | None = None
+) -> None:
     """One engine's output printed as it was printed there (ipyparallel's single result)."""
     if md["stdout"]:
         out.write(md["stdout"])
     if md["stderr"]:
         err.write(md["stderr"])
     for output in _shown(md):
+        if rich is not None:
+            out.flush()  # the text before the display, which takes another way out
+            err.flush()
+            if rich.show(md, output):
+                continue
         text = (output.get("data") or {}).get("text/plain")
         if text is not None:
             out.write(f"{text}\n")

@@ -14,6 +14,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -345,6 +346,8 @@ class Client(ClientCompat):
         except BaseException:
             self.close()
             raise
+        _MADE.append(weakref.ref(self))
+        _offer_px_magics()
 
     def _fresh_identity(self) -> bytes:
         """A routing identity no earlier connection of this client used.
@@ -1597,6 +1600,12 @@ class Client(ClientCompat):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def usable(self) -> bool:
+        """Neither closed nor cut off from its controller (a shut-down cluster, a lost
+        controller not yet reconnected): work sent through it can run."""
+        return not self._closed and self._lost is None
+
     def close(self) -> None:
         """Disconnect (the cluster keeps running). Results still pending fail with
         ``ConnectionAbortedError``. Safe to call twice."""
@@ -1632,6 +1641,42 @@ class Client(ClientCompat):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._engines)} engines"
         return f"<Client cluster {self.cluster_id!r}: {state}>"
+
+
+#: every Client this process connected, oldest first, held weakly: see first_usable_client
+_MADE: list[weakref.ref[Client]] = []
+
+
+def first_usable_client() -> Client | None:
+    """The oldest Client this process made that is still usable, or None.
+
+    The %px magics run on it until a view is activated, as ipyparallel activates the
+    first Client made in IPython: a notebook that started its own cluster
+    (``Cluster(...).start_and_connect_sync()``) must not send its cells to the newest
+    cluster of the profile, which may be another notebook's.
+    """
+    _MADE[:] = [ref for ref in _MADE if ref() is not None]
+    for ref in _MADE:
+        client = ref()
+        if client is not None and client.usable:
+            return client
+    return None
+
+
+def _offer_px_magics() -> None:
+    """In IPython (ipykernel in a notebook, the terminal) a client brings the %px magics
+    when nothing has yet, as ipyparallel's first ``Client`` does: a notebook ported with
+    ``import corral as ipp`` needs no ``%load_ext corral``. The magics run on the first
+    usable client (:func:`first_usable_client`). IPython loads the extension by name."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    if shell is None:
+        return
+    try:
+        if "px" not in shell.magics_manager.magics["line"]:
+            shell.extension_manager.load_extension("corral")
+    except Exception:  # a shell without IPython's managers: %load_ext corral still works
+        log.debug("could not offer the %%px magics to %r", shell, exc_info=True)
 
 
 def _with_dependencies(

@@ -22,11 +22,13 @@ __all__ = [
 
 
 def default_direct_view() -> Any:
-    """What ``%px`` uses until a view is activated: all engines of ``Client()``, blocking
-    (as ipyparallel's ``rc.activate()``)."""
-    from .client import Client
+    """What ``%px`` uses until a view is activated: all engines of the first client this
+    process made that is still usable (ipyparallel activates the first ``Client``), else
+    of ``Client()``, blocking (as ipyparallel's ``rc.activate()``)."""
+    from .client import Client, first_usable_client
 
-    view = Client().direct_view("all")
+    client = first_usable_client() or Client()
+    view = client.direct_view("all")
     view.block = True
     return view
 

@@ -232,6 +232,11 @@ class ParallelMagics:
 
     @property
     def view(self) -> Any:
+        if self._view is not None and self._view_factory is not None:
+            # A default view (never activated) whose client can no longer work, e.g. its
+            # cluster was stopped and the notebook started another: take the default again.
+            if not getattr(self._view.client, "usable", True):
+                self._view = None
         if self._view is None:
             if self._view_factory is None:
                 raise self._usage("no active view: call view.activate() or rc.activate()")
