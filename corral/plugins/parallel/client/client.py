@@ -346,6 +346,7 @@ class Client(ClientCompat):
         except BaseException:
             self.close()
             raise
+        _MADE[:] = [ref for ref in _MADE if ref() is not None]  # a script may make many
         _MADE.append(weakref.ref(self))
         _offer_px_magics()
 
