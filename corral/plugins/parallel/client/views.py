@@ -52,6 +52,8 @@ from .taskmeta import TaskMetadata
 __all__ = ["BroadcastView", "DirectView", "LoadBalancedView", "View"]
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from .client import Client
 
 log = logging.getLogger("corral.plugins.parallel.client.views")
@@ -478,13 +480,16 @@ class View:
         are done."""
         return self.client.wait(jobs, -1 if timeout is None else timeout)
 
-    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
+    def abort(
+        self, jobs: Any = None, targets: Any = None, block: bool | None = None
+    ) -> concurrent.futures.Future[None] | None:
         """Abort queued tasks of one or several results (or msg_ids; None: every task this
-        client has outstanding). ``targets`` and ``block`` are accepted for ipyparallel
-        code: the abort goes to the engines that hold the tasks, and always waits for
-        their acknowledgement."""
-        for job in self._link.results_of(jobs):
-            job.abort()
+        client has outstanding) on this view's engines (or ``targets``), as
+        ipyparallel's ``view.abort()``: ``rc[0].abort()`` leaves engine 1's queue alone.
+        Waits for the engines' acknowledgement, unless ``block=False`` (a future)."""
+        if targets is None:
+            targets = self.targets
+        return self.client.abort(jobs, targets, block)
 
     @property
     def outstanding(self) -> set[str]:
@@ -510,9 +515,9 @@ class View:
         """:meth:`Client.get_result` (None: the last task submitted)."""
         return self.client.get_result(-1 if jobs is None else jobs, block=block, owner=owner)
 
-    def purge_results(self, jobs: Any = "all", targets: Any = None) -> int:
+    def purge_results(self, jobs: Any = None, targets: Any = None) -> int:
         """:meth:`Client.purge_results`."""
-        return self.client.purge_results(jobs)
+        return self.client.purge_results(jobs, targets)
 
     def shutdown(
         self, targets: Any = None, restart: bool = False, hub: bool = False, block: Any = None

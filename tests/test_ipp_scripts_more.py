@@ -1,0 +1,151 @@
+"""More ipyparallel users' scripts, run unchanged but for ``import corral as ipp``.
+
+As in ``test_ipp_scripts.py``: each script starts its own two-engine cluster the way
+ipyparallel's documentation does, checks what ipyparallel does with plain ``assert``
+(each check was run against ipyparallel 9 first), and stops the cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_ipp_scripts import run_script
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_result_status_values_and_purge_by_engine(tmp_path: Path) -> None:
+    """``result_status(ids, status_only=False)`` (ipyparallel's second parameter) maps
+    completed msg_ids to their values; ``purge_results(targets=...)`` forgets what ran
+    on those engines only."""
+    run_script(
+        tmp_path,
+        """
+        import time
+        import corral as ipp
+        from corral.error import RemoteError
+
+        def add(a, b):
+            return a + b
+
+        def boom():
+            raise ValueError("boom")
+
+        def recorded(rc, msg_ids):
+            deadline = time.monotonic() + 30
+            while len(rc.db_query({"msg_id": {"$in": msg_ids}}, keys=["msg_id"])) < len(msg_ids):
+                assert time.monotonic() < deadline, "the hub never recorded the tasks"
+                time.sleep(0.05)
+
+        with CLUSTER as rc:
+            rc.wait_for_engines(2, timeout=60)
+            lview = rc.load_balanced_view()
+            ok = lview.apply_async(add, 1, 1)
+            assert ok.get(timeout=30) == 2
+            recorded(rc, ok.msg_ids)  # the hub's record comes beside the client's result
+            status = rc.result_status(ok.msg_ids)
+            assert status["completed"] == ok.msg_ids and status["pending"] == []
+            assert ok.msg_ids[0] not in status  # status only: no values
+            for status in (
+                rc.result_status(ok.msg_ids, status_only=False),
+                rc.result_status(ok.msg_ids, False),
+            ):
+                assert status["completed"] == ok.msg_ids
+                assert status[ok.msg_ids[0]] == 2
+            bad = rc[0].apply_async(boom)
+            bad.wait(30)
+            recorded(rc, bad.msg_ids)
+            both = rc.result_status(ok.msg_ids + bad.msg_ids, status_only=False)
+            assert both[ok.msg_ids[0]] == 2
+            assert isinstance(both[bad.msg_ids[0]], RemoteError)
+            try:  # one failed task asked for alone: its error is raised
+                rc.result_status(bad.msg_ids, status_only=False)
+            except RemoteError as e:
+                assert e.ename == "ValueError"
+            else:
+                raise AssertionError("result_status did not raise the task's error")
+
+            on0 = rc[0].apply_async(add, 0, 0)
+            on1 = rc[1].apply_async(add, 1, 1)
+            assert (on0.get(timeout=30), on1.get(timeout=30)) == (0, 2)
+            recorded(rc, on0.msg_ids + on1.msg_ids)
+            rc.purge_results(targets=[0])
+            assert rc.db_query({"msg_id": {"$in": on0.msg_ids}}) == []
+            assert len(rc.db_query({"msg_id": {"$in": on1.msg_ids}})) == 1
+            rc.purge_hub_results(targets=1)
+            assert rc.db_query({"msg_id": {"$in": on1.msg_ids}}) == []
+        print("OK")
+        """,
+    )
+
+
+def test_abort_stays_on_the_engines_named(tmp_path: Path) -> None:
+    """``rc[0].abort()`` aborts what is queued on engine 0 only, ``rc.abort(jobs,
+    targets=...)`` sends the abort to those engines only, and ``block=False`` gives a
+    future, as in ipyparallel."""
+    run_script(
+        tmp_path,
+        """
+        import concurrent.futures
+        import os
+        import time
+        import corral as ipp
+        from corral import error
+
+        def wait_for(path):
+            import os, time
+            open(path + ".started", "w").close()
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            return path
+
+        def started(paths):
+            deadline = time.monotonic() + 30
+            while not all(os.path.exists(p + ".started") for p in paths):
+                assert time.monotonic() < deadline, "the engines never started their tasks"
+                time.sleep(0.01)
+
+        def add(a, b):
+            return a + b
+
+        def aborted(result):
+            try:
+                result.get(timeout=30)
+            except error.TaskAborted:
+                return True
+            return False
+
+        def occupy(rc, round):
+            release = [os.path.abspath(f"release{round}-{i}") for i in range(2)]
+            busy = [rc[i].apply_async(wait_for, release[i]) for i in range(2)]
+            started(release)  # running tasks are not aborted; make sure these run
+            return release, busy
+
+        def free(release, busy):
+            for path in release:
+                open(path, "w").close()
+            assert [b.get(timeout=30) for b in busy] == release
+
+        with CLUSTER as rc:
+            rc.wait_for_engines(2, timeout=60)
+            occupied = occupy(rc, 0)
+            queued0 = rc[0].apply_async(add, 0, 0)
+            queued1 = rc[1].apply_async(add, 1, 1)
+            rc[0].abort()  # engine 0's queue only
+            rc.abort(queued1, targets=[0])  # engine 0 does not hold it
+            free(*occupied)
+            assert aborted(queued0)
+            assert queued1.get(timeout=30) == 2
+
+            occupied = occupy(rc, 1)
+            queued = rc[1].apply_async(add, 2, 2)
+            future = rc[1].abort(queued, block=False)
+            assert isinstance(future, concurrent.futures.Future)
+            future.result(30)
+            assert isinstance(rc.abort(queued, block=False), concurrent.futures.Future)
+            free(*occupied)
+            assert aborted(queued)
+        print("OK")
+        """,
+    )
