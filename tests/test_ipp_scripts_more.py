@@ -149,3 +149,43 @@ def test_abort_stays_on_the_engines_named(tmp_path: Path) -> None:
         print("OK")
         """,
     )
+
+
+def test_a_loop_over_a_failed_map_raises_composite_error(tmp_path: Path) -> None:
+    """ipyparallel's "Parallel exceptions": iterating a map whose task failed raises the
+    ``CompositeError`` that ``get()`` raises (corral raised the bare ``RemoteError``, so
+    ``except CompositeError`` around the loop missed it)."""
+    run_script(
+        tmp_path,
+        """
+        import corral as ipp
+
+        def maybe_fail(x):
+            if x == 2:
+                raise ValueError(f"bad {x}")
+            return x
+
+        with CLUSTER as rc:
+            rc.wait_for_engines(2, timeout=60)
+            lview = rc.load_balanced_view()
+            for result in (
+                lview.map(maybe_fail, range(4)),
+                lview.map(maybe_fail, range(4), chunksize=1, ordered=False),
+                rc[:].map(maybe_fail, range(4)),
+                rc[:].apply_async(maybe_fail, 2),
+            ):
+                try:
+                    for x in result:
+                        pass
+                except ipp.CompositeError as e:
+                    assert e.elist[0][:2] == ("ValueError", "bad 2")
+                    try:
+                        e.raise_exception()
+                    except ipp.RemoteError as r:
+                        assert (r.ename, r.evalue) == ("ValueError", "bad 2")
+                else:
+                    raise AssertionError(f"{result!r} iterated without an error")
+            assert list(lview.imap(maybe_fail, range(2))) == [0, 1]
+        print("OK")
+        """,
+    )

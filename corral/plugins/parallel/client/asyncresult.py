@@ -927,7 +927,17 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             elif self._return_exceptions:
                 yield from self._slot_outcomes(index)
             else:
-                raise error
+                raise self._iteration_error(error)
+
+    def _iteration_error(self, error: BaseException) -> BaseException:
+        """What iterating raises for a failed task: the :class:`CompositeError` that
+        ``get()`` raises for a request of several tasks (ipyparallel raises it either way,
+        so ``except CompositeError`` around a loop over a map catches it)."""
+        if self._single or not isinstance(error, RemoteError):
+            return error
+        if isinstance(error, CompositeError):
+            return error
+        return CompositeError([error])
 
     def __repr__(self) -> str:
         state = "finished" if self.done() else "pending"
