@@ -81,9 +81,9 @@ def test_result_status_values_and_purge_by_engine(tmp_path: Path) -> None:
 
 
 def test_abort_stays_on_the_engines_named(tmp_path: Path) -> None:
-    """``rc[0].abort()`` aborts what is queued on engine 0 only, ``rc.abort(jobs,
-    targets=...)`` sends the abort to those engines only, and ``block=False`` gives a
-    future, as in ipyparallel."""
+    """``rc[0].abort()`` aborts what rc[0] queued on engine 0 only, ``lview.abort()``
+    what the load balancer was sent, ``rc.abort(jobs, targets=...)`` sends the abort to
+    those engines only, and ``block=False`` gives a future, as in ipyparallel."""
     run_script(
         tmp_path,
         """
@@ -129,14 +129,25 @@ def test_abort_stays_on_the_engines_named(tmp_path: Path) -> None:
 
         with CLUSTER as rc:
             rc.wait_for_engines(2, timeout=60)
+            lview = rc.load_balanced_view()
             occupied = occupy(rc, 0)
             queued0 = rc[0].apply_async(add, 0, 0)
             queued1 = rc[1].apply_async(add, 1, 1)
-            rc[0].abort()  # engine 0's queue only
+            balanced = lview.apply_async(add, 5, 5)
+            rc[0].abort()  # what rc[0] sent, on engine 0 only
             rc.abort(queued1, targets=[0])  # engine 0 does not hold it
             free(*occupied)
             assert aborted(queued0)
             assert queued1.get(timeout=30) == 2
+            assert balanced.get(timeout=30) == 10
+
+            occupied = occupy(rc, 2)
+            balanced = lview.apply_async(add, 5, 5)
+            queued0 = rc[0].apply_async(add, 0, 0)
+            lview.abort()  # what the load balancer was sent, not rc[0]'s task
+            free(*occupied)
+            assert aborted(balanced)
+            assert queued0.get(timeout=30) == 0
 
             occupied = occupy(rc, 1)
             queued = rc[1].apply_async(add, 2, 2)

@@ -483,12 +483,15 @@ class View:
     def abort(
         self, jobs: Any = None, targets: Any = None, block: bool | None = None
     ) -> concurrent.futures.Future[None] | None:
-        """Abort queued tasks of one or several results (or msg_ids; None: every task this
-        client has outstanding) on this view's engines (or ``targets``), as
-        ipyparallel's ``view.abort()``: ``rc[0].abort()`` leaves engine 1's queue alone.
+        """Abort queued tasks of one or several results (or msg_ids; None: the unfinished
+        tasks this client sent through views of this kind, direct or load-balanced) on
+        this view's engines (or ``targets``), as ipyparallel's ``view.abort()``:
+        ``rc[0].abort()`` leaves engine 1's queue and load-balanced tasks alone.
         Waits for the engines' acknowledgement, unless ``block=False`` (a future)."""
         if targets is None:
             targets = self.targets
+        if jobs is None:
+            jobs = self._link.outstanding_results(direct=isinstance(self, DirectView))
         return self.client.abort(jobs, targets, block)
 
     @property
