@@ -200,3 +200,43 @@ def test_a_loop_over_a_failed_map_raises_composite_error(tmp_path: Path) -> None
         print("OK")
         """,
     )
+
+
+def test_map_of_a_required_function_checks_on_the_engine(tmp_path: Path) -> None:
+    """``view.map`` of a ``@require``/``@depend`` function imports its modules on the
+    engine and honours its conditions, as ``apply`` does (corral's map called the bare
+    function: a NameError for the module, unmet conditions ignored)."""
+    run_script(
+        tmp_path,
+        """
+        import corral as ipp
+
+        @ipp.require("math")
+        def floor(x):
+            return math.floor(x)  # math is not imported here: the engine imports it
+
+        @ipp.require("no_such_module_here")
+        def unmet(x):
+            return x
+
+        @ipp.depend(lambda: False)
+        def never(x):
+            return x
+
+        with CLUSTER as rc:
+            rc.wait_for_engines(2, timeout=60)
+            dview, lview = rc[:], rc.load_balanced_view()
+            assert lview.map_sync(floor, [1.5, 2.5, 3.5]) == [1, 2, 3]
+            assert dview.map_sync(floor, [1.5, 2.5, 3.5]) == [1, 2, 3]
+            assert dview.map_async(floor, [4.5], return_exceptions=True).get(timeout=30) == [4]
+            for view, ename in ((dview, "UnmetDependency"), (lview, "ImpossibleDependency")):
+                for f in (unmet, never):
+                    try:
+                        view.map_async(f, [1, 2]).get(timeout=30)
+                    except ipp.CompositeError as e:
+                        assert {x[0] for x in e.elist} == {ename}, e.elist
+                    else:
+                        raise AssertionError(f"{f.__name__} ran on {view!r}")
+        print("OK")
+        """,
+    )

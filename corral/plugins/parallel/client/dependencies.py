@@ -205,13 +205,18 @@ def _make_dependent_caller() -> Callable[..., Any]:
         args: Any,
         kwargs: Any,
         pushed: Any = None,
+        scope: Any = None,
     ) -> Any:
         import importlib
 
         ns = globals()
+        # The function whose globals need the names: func, or (an index into args) the
+        # user's function a map's chunk runner calls. An index, not the function: each
+        # argument is unpickled on its own, so a second copy would have its own globals.
+        scope = func if scope is None else args[scope]
         if pushed:  # require(f) / require(name=value): names the function needs
             ns.update(pushed)
-            target = getattr(func, "__globals__", None)
+            target = getattr(scope, "__globals__", None)
             if isinstance(target, dict) and target is not ns:
                 target.update(pushed)
         for name in modules:
@@ -221,7 +226,7 @@ def _make_dependent_caller() -> Callable[..., Any]:
                 raise UnmetDependency("UnmetDependency", f"cannot import {name}: {exc}") from None
             top = name.split(".")[0]
             ns[top] = importlib.import_module(top)
-            target = getattr(func, "__globals__", None)
+            target = getattr(scope, "__globals__", None)
             if isinstance(target, dict):
                 target[top] = ns[top]
             del module
@@ -269,14 +274,25 @@ class dependent:  # noqa: N801 - ipyparallel's name
 
     def _shipped(self, args: Any, kwargs: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         """What a view sends instead: the engine-side checker and its arguments."""
+        return self._checked(self.f, args, kwargs)
+
+    def _checked(
+        self, call: Callable[..., Any], args: Any, kwargs: Any = None, scope: int | None = None
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """``call(*args, **kwargs)`` run behind this function's checks on the engine: a
+        map sends its chunk runner (which calls :attr:`f` on each element) this way, so
+        the modules are imported and the condition tested once per chunk. ``scope``: the
+        index in ``args`` of the function whose globals receive the imported and pushed
+        names (None: ``call``'s)."""
         return _dependent_call, (
-            self.f,
+            call,
             self.df,
             self.dargs,
             self.modules,
             tuple(args),
             dict(kwargs or {}),
             self.pushed,
+            scope,
         )
 
 

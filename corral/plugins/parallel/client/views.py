@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult, wait_all_sent
-from .dependencies import Reference, dependency_field, with_references
+from .dependencies import Reference, dependency_field, dependent, with_references
 from .errors import ControllerLost, NoEnginesRegistered, RemoteError
 from .link import ClientLink
 from .mapping import (
@@ -297,12 +297,15 @@ class View:
         """Send ``map_chunk(f, *columns[slice])`` for each slice to its target
         (``map_chunk_outcomes`` with ``return_exceptions``: each element on its own)."""
         routes = []
-        shipped = self._link.shipped(f)
+        checked = f if isinstance(f, dependent) else None  # @require / @depend
+        shipped = self._link.shipped(f if checked is None else checked.f)
         runner = map_chunk_outcomes if return_exceptions else map_chunk
         for part, target in zip(slices, targets, strict=True):
             columns = [_take(seq, part) for seq in sequences]
             if isinstance(f, Reference):  # the engine's own function: resolved there
                 buffers = pack_apply(*with_references(runner, (shipped, *columns), None))
+            elif checked is not None:  # checked on the engine before the chunk runs
+                buffers = pack_apply(*checked._checked(runner, (shipped, *columns), None, 0))
             else:
                 buffers = pack_apply(runner, (shipped, *columns))
             ident = None if target is None else self._link.engine_ident(target)
