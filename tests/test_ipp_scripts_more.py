@@ -240,3 +240,27 @@ def test_map_of_a_required_function_checks_on_the_engine(tmp_path: Path) -> None
         print("OK")
         """,
     )
+
+
+def test_references_inside_a_list_or_dict_argument(tmp_path: Path) -> None:
+    """ipyparallel resolves a ``Reference`` one level into a short list, tuple or dict
+    argument; corral passed the Reference object itself to the function."""
+    run_script(
+        tmp_path,
+        """
+        import corral as ipp
+
+        def echo(*args, **kwargs):
+            return args, kwargs
+
+        with CLUSTER as rc:
+            rc.wait_for_engines(2, timeout=60)
+            rc[:].push({"a": 1, "b": [2]}, block=True)
+            a, b = ipp.Reference("a"), ipp.Reference("b")
+            args, kwargs = rc[0].apply_sync(echo, [a, b], (a,), {"k": b}, a, opt=[b])
+            assert args == ([1, [2]], (1,), {"k": [2]}, 1), args
+            assert kwargs == {"opt": [[2]]}, kwargs
+            assert rc.load_balanced_view().apply_sync(echo, [a]) == (([1],), {})
+        print("OK")
+        """,
+    )
