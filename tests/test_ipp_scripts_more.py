@@ -264,3 +264,53 @@ def test_references_inside_a_list_or_dict_argument(tmp_path: Path) -> None:
         print("OK")
         """,
     )
+
+
+def test_wait_interactive_takes_ipyparallel_arguments(tmp_path: Path) -> None:
+    """``ar.wait_interactive(timeout=-1)`` waits until done (corral stopped after one
+    interval), and ``widget=`` / ``return_when=`` are accepted, as in ipyparallel."""
+    run_script(
+        tmp_path,
+        """
+        import os
+        import time
+        import corral as ipp
+
+        def wait_for(path):
+            import os, time
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            return path
+
+        def work(x, path):
+            import os, time
+            if x == 0:
+                raise ValueError("early")
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            return path
+
+        def release_later(path):
+            import threading
+            threading.Timer(0.5, lambda: open(path, "w").close()).start()
+
+        with CLUSTER as rc:
+            rc.wait_for_engines(2, timeout=60)
+            lview = rc.load_balanced_view()
+            release = os.path.abspath("release")
+            ar = lview.map_async(wait_for, [release] * 2, chunksize=1)
+            release_later(release)
+            ar.wait_interactive(interval=0.05, timeout=-1, widget=False)
+            assert ar.ready()
+
+            hold = os.path.abspath("hold")
+            ar = lview.map_async(work, [0, 1], [hold] * 2, chunksize=1)
+            ar.wait_interactive(interval=0.05, return_when=ipp.FIRST_EXCEPTION)
+            assert ar.progress == 1 and not ar.ready()  # stopped at the failure
+            ar.wait_interactive(interval=0.05, timeout=0.2, return_when=ipp.ALL_COMPLETED)
+            assert not ar.ready()  # the timeout ended it
+            open(hold, "w").close()
+            assert ar.wait(30) and ar.progress == 2
+        print("OK")
+        """,
+    )
