@@ -314,3 +314,31 @@ def test_wait_interactive_takes_ipyparallel_arguments(tmp_path: Path) -> None:
         print("OK")
         """,
     )
+
+
+def test_start_and_connect_with_activate_as_ipyparallel_documents_it(tmp_path: Path) -> None:
+    """``rc = await Cluster(...).start_and_connect(n=2, activate=True)`` (ipyparallel's
+    docstring example) was a TypeError: only the ``_sync`` twin took ``activate``."""
+    run_script(
+        tmp_path,
+        """
+        import asyncio
+        import warnings
+        import corral as ipp
+
+        async def main():
+            cluster = CLUSTER
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rc = await cluster.start_and_connect(n=2, activate=True)
+            try:
+                assert sorted(rc.ids) == [0, 1]
+                # no IPython in a script: activating %px says so, as ipyparallel does
+                assert any("%px" in str(w.message) for w in caught), caught
+            finally:
+                await cluster.stop_cluster()
+
+        asyncio.run(main())
+        print("OK")
+        """,
+    )
