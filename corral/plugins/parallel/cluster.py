@@ -885,9 +885,10 @@ class Cluster(ClusterCompat):
             + f"; an engine's output ends with:\n{(tails or ['(no output)'])[0]}"
         )
 
-    def start_and_connect(self, n: int | None = None) -> Client:
+    def start_and_connect(self, n: int | None = None, activate: bool = False) -> Client:
         """Start (``n`` engines if given), connect a client, wait until every engine is
-        registered, and return the client."""
+        registered, and return the client; with ``activate``, ``%px`` runs on all
+        engines (ipyparallel's ``start_and_connect(n, activate=True)``)."""
         if n is not None:
             self.n = n
         self.start()
@@ -897,6 +898,8 @@ class Cluster(ClusterCompat):
         except BaseException:
             self.stop()
             raise
+        if activate:
+            client.activate()
         return client
 
     # ------------------------------------------------------------------ stop

@@ -141,10 +141,7 @@ class ClusterCompat:
     def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Client:
         """Start, connect a client, wait for every engine; with ``activate``, make
         ``%px`` run on all engines."""
-        client = self.start_and_connect(n)  # type: ignore[attr-defined]
-        if activate:
-            client.activate()
-        return client
+        return self.start_and_connect(n, activate)  # type: ignore[attr-defined,no-any-return]
 
     def connect_client_sync(self, **kwargs: Any) -> Client:
         """A new client of this cluster."""
@@ -266,9 +263,9 @@ class ClusterCompat:
         """:meth:`start` in a worker thread, so the event loop keeps running."""
         await _in_thread(self.start)  # type: ignore[attr-defined]
 
-    async def start_and_connect_async(self, n: int | None = None) -> Any:
+    async def start_and_connect_async(self, n: int | None = None, activate: bool = False) -> Any:
         """:meth:`start_and_connect` in a worker thread; the connected client."""
-        return await _in_thread(self.start_and_connect, n)  # type: ignore[attr-defined]
+        return await _in_thread(self.start_and_connect, n, activate)  # type: ignore[attr-defined]
 
     async def stop_async(self, grace: float | None = None) -> None:
         """:meth:`stop` in a worker thread."""

@@ -245,13 +245,7 @@ class Shards(ClusterCompat):
             raise
 
     def start_and_connect_sync(self, n: int | None = None, activate: bool = False) -> Any:
-        if activate:
-            raise ClusterError(
-                "activate=True: %px magics need one controller's engines; with several "
-                "controllers use the aggregate client's views (client[:], "
-                "load_balanced_view())"
-            )
-        return self.start_and_connect(n)
+        return self.start_and_connect(n, activate)
 
     def _add_engine_set(self, n: int, engine_set_id: str | None = None) -> str:
         """Start ``n`` engines as one set over the controllers (the ones with the fewest
@@ -392,9 +386,15 @@ class Shards(ClusterCompat):
         """A new :class:`AggregateClient` over every member (closed again by :meth:`stop`)."""
         return AggregateClient([cluster.connect_client(**kwargs) for cluster in self.clusters])
 
-    def start_and_connect(self, n: int | None = None) -> AggregateClient:
+    def start_and_connect(self, n: int | None = None, activate: bool = False) -> AggregateClient:
         """Start every controller (``n`` engines in all if given), then connect and
-        wait for every engine."""
+        wait for every engine. ``activate=True`` is refused (see the message)."""
+        if activate:
+            raise ClusterError(
+                "activate=True: %px magics need one controller's engines; with several "
+                "controllers use the aggregate client's views (client[:], "
+                "load_balanced_view())"
+            )
         if n is not None:
             self.n = n
         self.start()

@@ -870,21 +870,46 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         out.flush()
 
     def wait_interactive(
-        self, interval: float = 0.1, timeout: float | None = None, file: IO[str] | None = None
+        self,
+        interval: float = 0.1,
+        timeout: float | None = -1,
+        widget: bool | None = None,
+        return_when: str = ALL_COMPLETED,
+        file: IO[str] | None = None,
     ) -> None:
-        """Wait with a tqdm progress bar of finished tasks (on stderr by default)."""
+        """Wait with a tqdm progress bar of finished tasks (on stderr by default), for at
+        most ``timeout`` seconds (``-1``/None: until done), as ipyparallel's.
+
+        ``return_when=FIRST_COMPLETED`` or ``FIRST_EXCEPTION`` stops at the first task
+        done, or failed. ``widget`` is accepted for ipyparallel code: ``tqdm.auto``
+        already draws a widget in a notebook and text elsewhere.
+        """
         from tqdm.auto import tqdm
 
+        if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+            raise ValueError(f"unrecognized return_when={return_when!r}")
         total = len(self)  # the unit progress counts: tasks, or a map's elements
-        deadline = None if timeout is None else time.monotonic() + timeout
+        forever = timeout is None or timeout < 0
+        deadline = None if forever else time.monotonic() + cast(float, timeout)
         with tqdm(total=total, desc=self.fname or "tasks", unit="tasks", file=file) as bar:
             while True:
-                done = self.wait(interval)
+                done = self._waited_enough(interval, return_when)
                 bar.update(self.progress - bar.n)
                 if done:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+
+    def _waited_enough(self, interval: float, return_when: str) -> bool:
+        """Wait up to ``interval`` seconds; whether :meth:`wait_interactive` may stop."""
+        if return_when == ALL_COMPLETED:
+            return bool(self.wait(interval))
+        done, not_done = self.wait(interval, return_when)
+        if not not_done:
+            return True
+        if return_when == FIRST_COMPLETED:
+            return bool(done)
+        return any(not d.cancelled() and d.exception() is not None for d in done)
 
     def __await__(self) -> Generator[Any, None, Any]:
         import asyncio  # only for awaiting: 35 ms of import otherwise
@@ -928,7 +953,17 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             elif self._return_exceptions:
                 yield from self._slot_outcomes(index)
             else:
-                raise error
+                raise self._iteration_error(error)
+
+    def _iteration_error(self, error: BaseException) -> BaseException:
+        """What iterating raises for a failed task: the :class:`CompositeError` that
+        ``get()`` raises for a request of several tasks (ipyparallel raises it either way,
+        so ``except CompositeError`` around a loop over a map catches it)."""
+        if self._single or not isinstance(error, RemoteError):
+            return error
+        if isinstance(error, CompositeError):
+            return error
+        return CompositeError([error])
 
     def __repr__(self) -> str:
         state = "finished" if self.done() else "pending"

@@ -1309,19 +1309,26 @@ class Client(ClientCompat):
             futures.append(future)
         return futures
 
-    def _abort(self, result: AsyncResult, wait: bool = True) -> None:
+    def _abort(
+        self, result: AsyncResult, wait: bool = True, only: set[int] | None = None
+    ) -> list[concurrent.futures.Future[Parsed]]:
         """Send ``abort_request`` for the result's unfinished tasks to the engines that
-        may hold them; with ``wait``, return once they have acknowledged it (so a task
-        released afterwards cannot slip through)."""
+        may hold them (``only``: to those of them among these engine ids, as
+        ipyparallel's ``abort(targets=...)`` leaves the other engines' queues alone);
+        with ``wait``, return once they have acknowledged it (so a task released
+        afterwards cannot slip through). The futures of the acknowledgements."""
         msg_ids = result._pending_msg_ids()
         if not msg_ids:
-            return
+            return []
         targets = set(result._targets or [])
         direct = {self._direct[m] for m in msg_ids if m in self._direct}
         engines = direct or targets or set(self._engines)
+        if only is not None:
+            engines &= only
         futures = self._control("abort_request", {"msg_ids": msg_ids}, sorted(engines))
         if wait and threading.current_thread() is not self._io._thread:
             concurrent.futures.wait(futures, self.timeout)
+        return futures
 
     def _interrupt(self, result: AsyncResult) -> None:
         """SIGINT the engines running the result's unfinished tasks.
@@ -1467,18 +1474,35 @@ class Client(ClientCompat):
             return local[0]._part_of(msg_ids[0])  # one task of a result: its split() part
         return hub_result(self, msg_ids)  # type: ignore[no-any-return]
 
-    def result_status(self, msg_ids: Any, timeout: float | None = None) -> dict[str, Any]:
+    def result_status(
+        self, msg_ids: Any, status_only: bool = True, timeout: float | None = None
+    ) -> dict[str, Any]:
         """The hub's ``result_reply`` content for ``msg_ids`` (without buffers), with the
         ``"pending"`` and ``"completed"`` lists of msg_ids ipyparallel's callers read.
 
         ``"results"`` maps each msg_id to the hub's record (``"status"``: ``"pending"``,
-        ``"completed"`` or ``"unknown"``, the last in neither list).
+        ``"completed"`` or ``"unknown"``, the last in neither list). ``status_only=False``
+        (ipyparallel's second parameter) also maps each completed msg_id to its value, or
+        to its :class:`RemoteError` when it failed, and raises that error when only one
+        task was asked for.
         """
-        reply = self._hub_request("result_request", {"msg_ids": msg_ids_of(msg_ids)}, timeout)
+        ids = msg_ids_of(msg_ids)
+        reply = self._hub_request("result_request", {"msg_ids": ids}, timeout)
         content = dict(reply.content)
         results: dict[str, Any] = content.get("results") or {}
         for state in ("pending", "completed"):
             content[state] = [m for m, r in results.items() if r.get("status") == state]
+        if status_only:
+            return content
+        failures = []
+        for msg_id in content["completed"]:
+            try:
+                content[msg_id] = self.get_result(msg_id).get(forever(timeout))
+            except RemoteError as error:
+                content[msg_id] = error
+                failures.append(error)
+        if len(ids) == 1 and failures:
+            raise failures[0]
         return content
 
     def db_query(
@@ -1496,12 +1520,20 @@ class Client(ClientCompat):
         reply = self._hub_request("db_request", content, timeout)
         return list(reply.content.get("records") or [])
 
-    def purge_results(self, jobs: Any = "all", timeout: float | None = None) -> int:
-        """Forget finished tasks in the hub's database (``"all"`` or msg_ids/results).
+    def purge_results(
+        self, jobs: Any = None, targets: Any = None, timeout: float | None = None
+    ) -> int:
+        """Forget finished tasks in the hub's database: ``jobs`` (``"all"`` or
+        msg_ids/results) and, as in ipyparallel, every task that ran on ``targets``
+        (engine ids). With neither, everything.
 
         Returns how many records were purged.
         """
+        if jobs is None:
+            jobs = "all" if targets is None else []
         msg_ids: Any = "all" if jobs == "all" else msg_ids_of(jobs)
+        if targets is not None and msg_ids != "all":
+            msg_ids = [*msg_ids, *self._msg_ids_ran_on(targets, timeout)]
         reply = self._hub_request("purge_request", {"msg_ids": msg_ids}, timeout)
         if msg_ids == "all":
             self._recent.clear()
@@ -1509,6 +1541,14 @@ class Client(ClientCompat):
             for msg_id in msg_ids:
                 self._recent.pop(msg_id, None)
         return int(reply.content.get("purged", 0))
+
+    def _msg_ids_ran_on(self, targets: Any, timeout: float | None) -> list[str]:
+        """The msg_ids of the hub's records of tasks that ran on ``targets``: the hub
+        purges by msg_id only, so ``purge_results(targets=...)`` asks it first."""
+        wanted = self._resolve_targets(targets)
+        ids = [wanted] if isinstance(wanted, int) else list(wanted)
+        records = self.db_query({"engine_id": {"$in": ids}}, keys=["msg_id"], timeout=timeout)
+        return [r["msg_id"] for r in records]
 
     def queue_status(
         self, targets: Any = None, verbose: bool = False, timeout: float | None = None

@@ -167,14 +167,25 @@ class ClientCompat:
         _, not_done = concurrent.futures.wait(results, forever(timeout))
         return not not_done
 
-    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
+    def abort(
+        self, jobs: Any = None, targets: Any = None, block: bool | None = None
+    ) -> concurrent.futures.Future[None] | None:
         """Abort queued tasks: results, msg_ids or history indices (None: every task this
         client has outstanding). A task already running is not stopped (use
         :meth:`send_signal`); its result then fails with :class:`~.errors.TaskAborted` only
-        if the abort arrived first. ``targets`` and ``block`` are accepted for ipyparallel
-        code: the abort goes to wherever the tasks are, and waits for the answer."""
+        if the abort arrived first. ``targets`` (engine ids) limits the abort to those
+        engines' queues, as in ipyparallel: the same tasks elsewhere still run. Waits for
+        the engines' acknowledgement, unless ``block=False``: then a future of it."""
+        only = None
+        if targets is not None:
+            resolved = self._resolve_targets(targets)  # type: ignore[attr-defined]
+            only = {resolved} if isinstance(resolved, int) else set(resolved)
+        futures = []
         for result in self._results_of(jobs):
-            result.abort()
+            futures += self._abort(result, wait=block is not False, only=only)  # type: ignore[attr-defined]
+        if block is False:
+            return control_result(futures)
+        return None
 
     def resubmit(self, jobs: Any, block: bool | None = None) -> AsyncResult:
         """Send the tasks of ``jobs`` again, as new tasks (new msg_ids), to where they went
@@ -234,9 +245,9 @@ class ClientCompat:
         """Forget every finished task in the hub's database (ipyparallel's name)."""
         return self.purge_results("all")  # type: ignore[attr-defined,no-any-return]
 
-    def purge_hub_results(self, jobs: Any = "all", targets: Any = None) -> int:
+    def purge_hub_results(self, jobs: Any = None, targets: Any = None) -> int:
         """:meth:`purge_results` (the hub's database is the only store)."""
-        return self.purge_results(jobs)  # type: ignore[attr-defined,no-any-return]
+        return self.purge_results(jobs, targets)  # type: ignore[attr-defined,no-any-return]
 
     def purge_local_results(self, jobs: Any = "all", targets: Any = None) -> None:
         """Drop finished tasks from :attr:`results` and :attr:`metadata`: ``jobs``

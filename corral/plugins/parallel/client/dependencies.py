@@ -106,9 +106,18 @@ def _make_ref_caller() -> Callable[..., Any]:
                 found = getattr(found, attr)
             return found
 
+        def resolve_in(value: Any) -> Any:
+            # One level into a short plain list, tuple or dict, as ipyparallel does.
+            kind = type(value)
+            if kind in (list, tuple) and len(value) < 64:
+                return kind(resolve(v) for v in value)
+            if kind is dict and len(value) < 64:
+                return {k: resolve(v) for k, v in value.items()}
+            return resolve(value)
+
         func = resolve(func)
-        args = [resolve(a) for a in args]
-        kwargs = {k: resolve(v) for k, v in (kwargs or {}).items()}
+        args = [resolve_in(a) for a in args]
+        kwargs = {k: resolve_in(v) for k, v in (kwargs or {}).items()}
         return func(*args, **kwargs)
 
     corral_call_with_references.__module__ = "__main__"
@@ -119,12 +128,30 @@ def _make_ref_caller() -> Callable[..., Any]:
 _call_with_references = _make_ref_caller()
 
 
+#: Containers longer than this are not searched for References (ipyparallel's
+#: ``item_threshold``): an argument of a million items is not walked on every apply.
+_SHALLOW = 64
+
+
+def _holds_reference(value: Any) -> bool:
+    if isinstance(value, Reference):
+        return True
+    kind = type(value)
+    if kind in (list, tuple) and len(value) < _SHALLOW:
+        return any(isinstance(v, Reference) for v in value)
+    if kind is dict and len(value) < _SHALLOW:
+        return any(isinstance(v, Reference) for v in value.values())
+    return False
+
+
 def with_references(
     func: Callable[..., Any], args: Any, kwargs: dict[str, Any] | None
 ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None]:
-    """``(func, args, kwargs)`` rewritten to resolve References on the engine, if any."""
+    """``(func, args, kwargs)`` rewritten to resolve References on the engine, if any:
+    the function, arguments, and the items of arguments that are short plain lists,
+    tuples or dicts (``apply(f, [Reference("a"), Reference("b")])``), as in ipyparallel."""
     values = [func, *args, *(kwargs or {}).values()]
-    if not any(isinstance(v, Reference) for v in values):
+    if not any(_holds_reference(v) for v in values):
         return func, tuple(args), kwargs
     return _call_with_references, (func, tuple(args), dict(kwargs or {})), None
 
@@ -205,13 +232,18 @@ def _make_dependent_caller() -> Callable[..., Any]:
         args: Any,
         kwargs: Any,
         pushed: Any = None,
+        scope: Any = None,
     ) -> Any:
         import importlib
 
         ns = globals()
+        # The function whose globals need the names: func, or (an index into args) the
+        # user's function a map's chunk runner calls. An index, not the function: each
+        # argument is unpickled on its own, so a second copy would have its own globals.
+        scope = func if scope is None else args[scope]
         if pushed:  # require(f) / require(name=value): names the function needs
             ns.update(pushed)
-            target = getattr(func, "__globals__", None)
+            target = getattr(scope, "__globals__", None)
             if isinstance(target, dict) and target is not ns:
                 target.update(pushed)
         for name in modules:
@@ -221,7 +253,7 @@ def _make_dependent_caller() -> Callable[..., Any]:
                 raise UnmetDependency("UnmetDependency", f"cannot import {name}: {exc}") from None
             top = name.split(".")[0]
             ns[top] = importlib.import_module(top)
-            target = getattr(func, "__globals__", None)
+            target = getattr(scope, "__globals__", None)
             if isinstance(target, dict):
                 target[top] = ns[top]
             del module
@@ -269,14 +301,25 @@ class dependent:  # noqa: N801 - ipyparallel's name
 
     def _shipped(self, args: Any, kwargs: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         """What a view sends instead: the engine-side checker and its arguments."""
+        return self._checked(self.f, args, kwargs)
+
+    def _checked(
+        self, call: Callable[..., Any], args: Any, kwargs: Any = None, scope: int | None = None
+    ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """``call(*args, **kwargs)`` run behind this function's checks on the engine: a
+        map sends its chunk runner (which calls :attr:`f` on each element) this way, so
+        the modules are imported and the condition tested once per chunk. ``scope``: the
+        index in ``args`` of the function whose globals receive the imported and pushed
+        names (None: ``call``'s)."""
         return _dependent_call, (
-            self.f,
+            call,
             self.df,
             self.dargs,
             self.modules,
             tuple(args),
             dict(kwargs or {}),
             self.pushed,
+            scope,
         )
 
 

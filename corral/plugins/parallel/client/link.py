@@ -34,6 +34,7 @@ class ClientLink:
     * :attr:`data_channels` names engines' direct data paths (None where one is not
       up), opening them all before waiting once;
     * :attr:`results_of` finds the result objects of msg_ids or results;
+      :meth:`outstanding_results` the unfinished ones of direct or load-balanced views;
     * :meth:`engine_ident`, :meth:`shipped`, :attr:`has_engines`, and the one-shot
       "no engines yet" warning state (:meth:`warn_once_without_engines`).
 
@@ -82,6 +83,21 @@ class ClientLink:
     def shipped(self, func: Any) -> Any:
         """``func`` as it travels: the client's cache of functions already sent."""
         return self.client._functions.lookup(func)
+
+    def outstanding_results(self, direct: bool) -> list[Any]:
+        """The client's unfinished results sent to named engines (``direct``: by direct
+        and broadcast views) or else through the load balancer. A view's ``abort()``
+        with no jobs aborts its own kind only, as an ipyparallel view aborts only the
+        tasks it sent: ``lview.abort()`` leaves a direct view's queued work alone."""
+        from .asyncresult import BroadcastResult
+
+        client = self.client
+        routed = client._direct
+
+        def sent_direct(result: Any) -> bool:
+            return isinstance(result, BroadcastResult) or any(m in routed for m in result.msg_ids)
+
+        return [r for r in client._results_of(None) if sent_direct(r) == direct]
 
     def warn_once_without_engines(self, warn: Any) -> None:
         """Call ``warn()`` once per client while it has no engines; re-arm when engines

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 from corral.core.serialize import pack_apply, serialize
 
 from .asyncresult import AsyncMapResult, AsyncResult, wait_all_sent
-from .dependencies import Reference, dependency_field, with_references
+from .dependencies import Reference, dependency_field, dependent, with_references
 from .errors import ControllerLost, NoEnginesRegistered, RemoteError
 from .link import ClientLink
 from .mapping import (
@@ -52,6 +52,8 @@ from .taskmeta import TaskMetadata
 __all__ = ["BroadcastView", "DirectView", "LoadBalancedView", "View"]
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from .client import Client
 
 log = logging.getLogger("corral.plugins.parallel.client.views")
@@ -295,12 +297,15 @@ class View:
         """Send ``map_chunk(f, *columns[slice])`` for each slice to its target
         (``map_chunk_outcomes`` with ``return_exceptions``: each element on its own)."""
         routes = []
-        shipped = self._link.shipped(f)
+        checked = f if isinstance(f, dependent) else None  # @require / @depend
+        shipped = self._link.shipped(f if checked is None else checked.f)
         runner = map_chunk_outcomes if return_exceptions else map_chunk
         for part, target in zip(slices, targets, strict=True):
             columns = [_take(seq, part) for seq in sequences]
             if isinstance(f, Reference):  # the engine's own function: resolved there
                 buffers = pack_apply(*with_references(runner, (shipped, *columns), None))
+            elif checked is not None:  # checked on the engine before the chunk runs
+                buffers = pack_apply(*checked._checked(runner, (shipped, *columns), None, 0))
             else:
                 buffers = pack_apply(runner, (shipped, *columns))
             ident = None if target is None else self._link.engine_ident(target)
@@ -478,13 +483,19 @@ class View:
         are done."""
         return self.client.wait(jobs, -1 if timeout is None else timeout)
 
-    def abort(self, jobs: Any = None, targets: Any = None, block: bool | None = None) -> None:
-        """Abort queued tasks of one or several results (or msg_ids; None: every task this
-        client has outstanding). ``targets`` and ``block`` are accepted for ipyparallel
-        code: the abort goes to the engines that hold the tasks, and always waits for
-        their acknowledgement."""
-        for job in self._link.results_of(jobs):
-            job.abort()
+    def abort(
+        self, jobs: Any = None, targets: Any = None, block: bool | None = None
+    ) -> concurrent.futures.Future[None] | None:
+        """Abort queued tasks of one or several results (or msg_ids; None: the unfinished
+        tasks this client sent through views of this kind, direct or load-balanced) on
+        this view's engines (or ``targets``), as ipyparallel's ``view.abort()``:
+        ``rc[0].abort()`` leaves engine 1's queue and load-balanced tasks alone.
+        Waits for the engines' acknowledgement, unless ``block=False`` (a future)."""
+        if targets is None:
+            targets = self.targets
+        if jobs is None:
+            jobs = self._link.outstanding_results(direct=isinstance(self, DirectView))
+        return self.client.abort(jobs, targets, block)
 
     @property
     def outstanding(self) -> set[str]:
@@ -510,9 +521,9 @@ class View:
         """:meth:`Client.get_result` (None: the last task submitted)."""
         return self.client.get_result(-1 if jobs is None else jobs, block=block, owner=owner)
 
-    def purge_results(self, jobs: Any = "all", targets: Any = None) -> int:
+    def purge_results(self, jobs: Any = None, targets: Any = None) -> int:
         """:meth:`Client.purge_results`."""
-        return self.client.purge_results(jobs)
+        return self.client.purge_results(jobs, targets)
 
     def shutdown(
         self, targets: Any = None, restart: bool = False, hub: bool = False, block: Any = None
