@@ -273,6 +273,10 @@ class Hub(Component):
         self.ctx = ctx
         gate = self.gate
         self.registration = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
+        # An engine re-registers after its network came back, under its uuid, on a new
+        # connection while the old one may still be held here half-open: without
+        # handover that identity is refused for good and the engine, unanswered, exits.
+        self.registration.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # Beats go only to, and echoes come only from, peers that passed the gate: a
         # process without the key cannot keep a dead engine alive or answer for it.
         self.hb_ping = make_socket(ctx, zmq.PUB, gate=gate)
