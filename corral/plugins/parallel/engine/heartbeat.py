@@ -34,7 +34,7 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.door import ROLES, deserialize
 from corral.transports.zmq.heartbeat import ProxyThread
 
-from ..events import TASK_FEED_STATE
+from ..events import ENGINE_DROPPED, TASK_FEED_STATE
 
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
 
@@ -149,6 +149,7 @@ class HubWatch(threading.Thread):
                 gate.client(self._notices)
             self._notices.linger = 0
             self._notices.setsockopt(zmq.SUBSCRIBE, b"unregistration_notification")
+            self._notices.setsockopt(zmq.SUBSCRIBE, ENGINE_DROPPED.encode("ascii"))
             if on_task_feed is not None:
                 self._notices.setsockopt(zmq.SUBSCRIBE, TASK_FEED_STATE.encode("ascii"))
             self._notices.connect(notification_url)
