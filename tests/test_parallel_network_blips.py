@@ -303,3 +303,48 @@ def test_an_engine_dropped_during_an_outage_it_did_not_notice_leaves(tmp_path: P
             assert blips.logged("the controller dropped this engine")
     finally:
         blips.stop()
+
+
+def test_a_client_whose_connection_blips_mid_map_reconnects(tmp_path: Path) -> None:
+    """A client's connections to the controller break on its side mid-map (Wi-Fi). Its
+    pending results fail at once (ControllerLost: it cannot tell a dead controller from
+    an unreachable one), and the message says to call ``reconnect()`` and fetch the
+    work with ``get_result()``. ``reconnect()`` used to wait for *another* controller
+    (one restarted on the cluster) while this one, still running, was right there, and
+    raised TimeoutError."""
+    from corral.plugins.parallel.client import Client, ControllerLost
+
+    cluster = LiveCluster(tmp_path / "corral", n=2)
+    forwarders: list[Forwarder] = []
+    try:
+        info = json.loads(cluster.cluster_file.read_text())
+        for name in ("registration", "mux", "control", "task", "broadcast", "notification"):
+            forwarders.append(Forwarder(int(info[name])))
+            info[name] = forwarders[-1].port
+        client_file = tmp_path / "client-through-forwarders.json"
+        client_file.write_text(json.dumps(info))
+        os.chmod(client_file, 0o600)
+        client = Client(connection_file=client_file)
+        cluster.clients.append(client)
+        client.wait_for_engines(2, timeout=TIMEOUT)
+
+        def slow_double(x: int) -> int:  # defined here: pickled by value
+            import time
+
+            time.sleep(0.05)
+            return 2 * x
+
+        mapped = client.load_balanced_view().map_async(slow_double, range(40))
+        until(lambda: mapped.progress > 0, what="the map started")
+        for forwarder in forwarders:
+            forwarder.cut()
+        with pytest.raises(ControllerLost):
+            mapped.get(timeout=TIMEOUT)
+        client.reconnect(timeout=TIMEOUT)
+        assert sorted(client.ids) == [0, 1]
+        chunks = client.get_result(mapped.msg_ids).get(timeout=TIMEOUT)  # a list per task
+        assert [y for chunk in chunks for y in chunk] == [2 * x for x in range(40)]
+    finally:
+        for forwarder in forwarders:
+            forwarder.close()
+        cluster.stop()
