@@ -119,8 +119,9 @@ TASK_FEED_TOPIC = b"bus_task"
 TASK_FEED_STATE = "task_feed_notification"
 
 #: What the hub tells an engine it dropped whose beats still come (also its topic, which
-#: no client subscribes to): ``{"id", "uuid", "reason"}``. The engine leaves, as on its
-#: ``unregistration_notification``, which a network outage may have kept from it.
+#: no client subscribes to): ``{"id", "uuid", "reason"}``. Its connection broke for a
+#: while, and the ``unregistration_notification`` went with it: the engine registers
+#: again (an engine that read that notice, its host stalled, exits instead).
 ENGINE_DROPPED = "engine_dropped_notification"
 
 #: Session ids of the hubs serving in this process (a controller in threads mode): a client

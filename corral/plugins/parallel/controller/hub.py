@@ -175,7 +175,7 @@ UNASSIGNED_WAIT = 3.0
 #: How many departed engines the hub remembers, for restarted ones to name.
 _GONE_KEPT = 10_000
 #: Seconds (at least; three beats if longer) a dropped engine's echoes keep coming without
-#: a registration before the hub tells it again that it was dropped (see _stray_pong).
+#: a registration before the hub tells it to register again (see _stray_pong).
 _STRAY_GRACE = 5.0
 #: At most this many task ids of one re-registering engine are recorded.
 _MAX_HOLDING = 100_000
@@ -535,15 +535,14 @@ class Hub(Component):
             self._stray_pong(echo[0])
 
     def _stray_pong(self, uuid: bytes) -> None:
-        """An echo from an engine this hub dropped: tell it so again, once its echoes
-        have kept coming for a while without a registration.
+        """An echo from an engine this hub dropped: tell it to register again, once its
+        echoes have kept coming for a while without a registration.
 
-        An engine learns that it was dropped from the ``unregistration_notification``,
-        or, when its own silence timeout passed, registers again as the beats return. A
-        network outage longer than the hub's ``hb_misses`` beats but shorter than the
-        engine's timeout does neither: the notice went into a connection that broke,
-        and the engine, hearing beats again, would linger for ever, registered nowhere.
-        The wait leaves time to an engine that did notice the outage to register.
+        A network outage longer than ``hb_misses`` beats gets an engine dropped. If it
+        also outlasted the engine's own silence timeout, the engine registers again
+        when the beats return. If not, the engine never knew: the notice that dropped
+        it went into a connection that broke, and it would linger for ever, beating,
+        registered nowhere. The wait leaves time to an engine that did notice.
         """
         try:
             eid = self._gone.get(uuid.decode("utf-8"))
@@ -558,7 +557,7 @@ class Hub(Component):
         self._strays[uuid] = now  # again after another wait, should this one be lost too
         if len(self._strays) > _GONE_KEPT:
             del self._strays[next(iter(self._strays))]
-        log.warning("engine %d, dropped, still beats: telling it again", eid)
+        log.warning("engine %d, dropped, still beats: telling it to register again", eid)
         self.publish(
             events.ENGINE_DROPPED,
             {"id": eid, "uuid": uuid.decode("utf-8"), "reason": "its beats came back too late"},

@@ -219,6 +219,13 @@ class HubWatch(threading.Thread):
                 if self.on_task_feed is not None:
                     self.on_task_feed(content.get("wanted") is True)
                 continue
+            if msg["msg_type"] == ENGINE_DROPPED:
+                # Dropped during a network outage whose notice never arrived: the hub
+                # hears this engine again, so it registers again, as when beats return.
+                if content.get("uuid") == self._uuid and self.on_back is not None:
+                    log.warning("the controller dropped this engine during an outage")
+                    self.on_back(self.last_beat)
+                continue
             if content.get("uuid") == self._uuid:
                 return f"the controller dropped this engine ({content.get('reason', '?')})"
         return None
