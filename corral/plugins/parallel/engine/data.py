@@ -66,7 +66,7 @@ def bind_data_socket(
     sock = context.socket(zmq.ROUTER)
     sock.linger = 1000
     stream_large_frames(sock)
-    if gate is not None:
+    if gate is not None and gate.enabled:
         gate.server(sock)
         # A client's data channel that lost its connection reconnects under the same
         # identity while this side may still hold the old one half-open (a NAT or Wi-Fi
