@@ -243,6 +243,31 @@ def test_a_cut_engine_connection_keeps_serving(blip_cluster: BlipCluster) -> Non
     assert client.ids == [0]
 
 
+def test_a_long_task_survives_a_cut_of_its_engine_connection(blip_cluster: BlipCluster) -> None:
+    """The engine's connections break while it runs a task: its reply goes out on the
+    new connection, which the queue hands the engine's identity over to."""
+    client = blip_cluster.client
+    _runs_tasks(client)
+    path = blip_cluster.cluster.corral_dir / "release"
+
+    def wait_for(release: str) -> str:
+        import os
+        import time
+
+        while not os.path.exists(release):
+            time.sleep(0.01)
+        return "done"
+
+    for view in (client[0], client.load_balanced_view()):
+        result = view.apply_async(wait_for, str(path))
+        until(lambda: client.queue_status(0)["running"] == 1, what="the task started")
+        blip_cluster.cut()
+        blip_cluster.reconnected()
+        path.touch()
+        assert result.get(timeout=TIMEOUT) == "done"
+        path.unlink()
+
+
 def test_an_engine_rejoins_after_an_outage_it_noticed(blip_cluster: BlipCluster) -> None:
     """An outage long enough for the hub to drop the engine and for the engine to miss
     the beats: once the network is back the engine registers again, on a new connection
