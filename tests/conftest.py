@@ -99,6 +99,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_curve.py",
         "test_parallel_engine.py",
         "test_parallel_engine_dropped.py",
+        "test_parallel_network_blips.py",
         "test_parallel_engine_fuzz.py",
         "test_parallel_events.py",
         "test_parallel_flow.py",

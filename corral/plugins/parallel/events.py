@@ -118,6 +118,12 @@ TASK_FEED_TOPIC = b"bus_task"
 #: What the hub tells engines on the feed (also its topic): ``{"wanted": bool}``.
 TASK_FEED_STATE = "task_feed_notification"
 
+#: What the hub tells an engine it dropped whose beats still come (also its topic, which
+#: no client subscribes to): ``{"id", "uuid", "reason"}``. Its connection broke for a
+#: while, and the ``unregistration_notification`` went with it: the engine registers
+#: again (an engine that read that notice, its host stalled, exits instead).
+ENGINE_DROPPED = "engine_dropped_notification"
+
 #: Session ids of the hubs serving in this process (a controller in threads mode): a client
 #: here does not re-post what they send, since they posted it here already.
 LOCAL_FEEDS: set[str] = set()

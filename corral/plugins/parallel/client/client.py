@@ -634,7 +634,8 @@ class Client(ClientCompat):
         return self._lost is not None
 
     def reconnect(self, timeout: float | None = None) -> None:
-        """Connect to the controller again, after it was restarted on the same cluster.
+        """Connect to the controller again, after it was restarted on the same cluster, or
+        after the connection to it broke while it kept running.
 
         Waits up to ``timeout`` seconds (default: the client's ``timeout``) for the cluster
         file to name a live controller, then connects to it and learns the engines. Work
@@ -656,7 +657,10 @@ class Client(ClientCompat):
             except (OSError, ValueError):
                 info = {}
             pid = info.get("controller_pid")
-            again = pid != old_pid or self._lost is None or self._io_crashed
+            # The same controller, still running, counts too unless it was shut down:
+            # the connection to it broke on the way (a network blip, Wi-Fi), and
+            # waiting for another one would wait for ever.
+            again = pid != old_pid or self._lost is None or self._io_crashed or not self._shut_down
             if pid and process_alive(int(pid)) and again:
                 break
             if time.monotonic() >= deadline:

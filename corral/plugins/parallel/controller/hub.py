@@ -174,6 +174,9 @@ ORPHAN_WAIT = 75.0
 UNASSIGNED_WAIT = 3.0
 #: How many departed engines the hub remembers, for restarted ones to name.
 _GONE_KEPT = 10_000
+#: Seconds (at least; three beats if longer) a dropped engine's echoes keep coming without
+#: a registration before the hub tells it to register again (see _stray_pong).
+_STRAY_GRACE = 5.0
 #: At most this many task ids of one re-registering engine are recorded.
 _MAX_HOLDING = 100_000
 #: How long the hub waits for the queues' subscriptions (see serve) before it opens
@@ -251,6 +254,9 @@ class Hub(Component):
         self.retired: set[int] = set()
         #: the latest engines gone, uuid -> id: a restarted engine names the one it replaces
         self._gone: dict[str, int] = {}
+        #: dropped engines' uuids -> when their echoes were first seen since (or when the
+        #: hub last told them they were dropped): see _stray_pong
+        self._strays: dict[bytes, float] = {}
         #: engines a dead controller of this cluster left owing replies (see serve)
         self._orphans: set[str] = set()
         self._orphans_at = 0.0
@@ -273,6 +279,10 @@ class Hub(Component):
         self.ctx = ctx
         gate = self.gate
         self.registration = make_socket(ctx, zmq.ROUTER, unlimited=True, gate=gate)
+        # An engine re-registers after its network came back, under its uuid, on a new
+        # connection while the old one may still be held here half-open: without
+        # handover that identity is refused for good and the engine, unanswered, exits.
+        self.registration.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # Beats go only to, and echoes come only from, peers that passed the gate: a
         # process without the key cannot keep a dead engine alive or answer for it.
         self.hb_ping = make_socket(ctx, zmq.PUB, gate=gate)
@@ -520,7 +530,38 @@ class Hub(Component):
     # -- heartbeat and engines ----------------------------------------------------------
 
     def on_pong(self, frames: list[zmq.Frame]) -> None:
-        self.heart.pong([f.bytes for f in frames])
+        echo = [f.bytes for f in frames]
+        if not self.heart.pong(echo) and len(echo) == 2:
+            self._stray_pong(echo[0])
+
+    def _stray_pong(self, uuid: bytes) -> None:
+        """An echo from an engine this hub dropped: tell it to register again, once its
+        echoes have kept coming for a while without a registration.
+
+        A network outage longer than ``hb_misses`` beats gets an engine dropped. If it
+        also outlasted the engine's own silence timeout, the engine registers again
+        when the beats return. If not, the engine never knew: the notice that dropped
+        it went into a connection that broke, and it would linger for ever, beating,
+        registered nowhere. The wait leaves time to an engine that did notice.
+        """
+        try:
+            eid = self._gone.get(uuid.decode("utf-8"))
+        except UnicodeDecodeError:
+            return
+        if eid is None:
+            return
+        now = time.monotonic()
+        first = self._strays.setdefault(uuid, now)
+        if now - first < max(_STRAY_GRACE, 3 * self.heart.period):
+            return
+        self._strays[uuid] = now  # again after another wait, should this one be lost too
+        if len(self._strays) > _GONE_KEPT:
+            del self._strays[next(iter(self._strays))]
+        log.warning("engine %d, dropped, still beats: telling it to register again", eid)
+        self.publish(
+            events.ENGINE_DROPPED,
+            {"id": eid, "uuid": uuid.decode("utf-8"), "reason": "its beats came back too late"},
+        )
 
     def publish(self, msg_type: str, content: dict[str, Any]) -> None:
         self.session.send(
@@ -532,6 +573,7 @@ class Hub(Component):
         if not isinstance(uuid, str) or not 0 < len(uuid) <= 255:
             return {"status": "error", "evalue": "registration needs a uuid string"}
         key = uuid.encode("utf-8")
+        self._strays.pop(key, None)
         known = self.by_uuid.get(key)
         if known is not None:
             if content.get("id") == known:  # asked again (it thought we were gone): same

@@ -66,8 +66,14 @@ def bind_data_socket(
     sock = context.socket(zmq.ROUTER)
     sock.linger = 1000
     stream_large_frames(sock)
-    if gate is not None:
+    if gate is not None and gate.enabled:
         gate.server(sock)
+        # A client's data channel that lost its connection reconnects under the same
+        # identity while this side may still hold the old one half-open (a NAT or Wi-Fi
+        # drop): without handover that identity is refused for good and every direct
+        # call of that client waits for ever. Only key holders pass the gate, so only
+        # they can claim an identity (docs/security.md, "Routing identities").
+        sock.router_handover = 1
     port = sock.bind_to_random_port(f"tcp://{ip}")
     return sock, f"tcp://{ip}:{port}"
 

@@ -34,7 +34,7 @@ from corral.transports.zmq import wire
 from corral.transports.zmq.door import ROLES, deserialize
 from corral.transports.zmq.heartbeat import ProxyThread
 
-from ..events import TASK_FEED_STATE
+from ..events import ENGINE_DROPPED, TASK_FEED_STATE
 
 __all__ = ["HeartbeatDevice", "HubWatch", "process_alive"]
 
@@ -149,6 +149,7 @@ class HubWatch(threading.Thread):
                 gate.client(self._notices)
             self._notices.linger = 0
             self._notices.setsockopt(zmq.SUBSCRIBE, b"unregistration_notification")
+            self._notices.setsockopt(zmq.SUBSCRIBE, ENGINE_DROPPED.encode("ascii"))
             if on_task_feed is not None:
                 self._notices.setsockopt(zmq.SUBSCRIBE, TASK_FEED_STATE.encode("ascii"))
             self._notices.connect(notification_url)
@@ -217,6 +218,13 @@ class HubWatch(threading.Thread):
             if msg["msg_type"] == TASK_FEED_STATE:
                 if self.on_task_feed is not None:
                     self.on_task_feed(content.get("wanted") is True)
+                continue
+            if msg["msg_type"] == ENGINE_DROPPED:
+                # Dropped during a network outage whose notice never arrived: the hub
+                # hears this engine again, so it registers again, as when beats return.
+                if content.get("uuid") == self._uuid and self.on_back is not None:
+                    log.warning("the controller dropped this engine during an outage")
+                    self.on_back(self.last_beat)
                 continue
             if content.get("uuid") == self._uuid:
                 return f"the controller dropped this engine ({content.get('reason', '?')})"
