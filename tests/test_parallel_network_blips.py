@@ -424,21 +424,3 @@ def test_a_task_routed_into_the_half_open_connection_is_not_lost(tmp_path: Path)
         assert value == blips.engine.pid
     finally:
         blips.stop()
-
-
-def test_an_engine_whose_connections_became_black_holes_rejoins(
-    blip_cluster: BlipCluster,
-) -> None:
-    """A NAT or firewall forgets the engine's connections and drops their packets,
-    closing nothing: TCP on either side notices nothing for many minutes. The engine,
-    hearing no beats, used to wait out its controller grace and exit. Its connections
-    now carry libzmq heartbeats: it finds them dead, connects again, and registers again."""
-    client = blip_cluster.client
-    _runs_tasks(client)
-    for forwarder in blip_cluster.forwarders.values():
-        forwarder.freeze()
-    until(lambda: not client.ids, what="the hub dropped the silent engine")
-    until(lambda: blip_cluster.logged("re-registered"), what="the engine registered again")
-    blip_cluster.reconnected()
-    _runs_tasks(client)
-    assert blip_cluster.engine.poll() is None

@@ -143,9 +143,6 @@ class Gate:
         self.server_secret, self.server_public = server, zmq.curve_public(server)
         self.client_secret, self.client_public = client, zmq.curve_public(client)
         self._client_public_raw = z85.decode(self.client_public)
-        #: (interval, timeout) in ms of ZMTP heartbeats on every connection this gate is
-        #: given to make (:meth:`client`), or None: see Engine for why an engine sets it
-        self.keepalive: tuple[int, int] | None = None
 
     # -- sockets ------------------------------------------------------------------------
 
@@ -164,10 +161,7 @@ class Gate:
         return sock
 
     def client(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
-        """Give ``sock`` (about to connect) this key's credentials (and the
-        :attr:`keepalive` heartbeats)."""
-        if self.keepalive is not None:
-            sock.heartbeat_ivl, sock.heartbeat_timeout = self.keepalive
+        """Give ``sock`` (about to connect) this key's credentials."""
         if not self.enabled:
             return sock
         if self.encryption == "curve":

@@ -246,15 +246,6 @@ class Engine(RequestServer):
         self.id: int | None = None
         self.hb_period = float(info.get("hb_period") or 1.0)
         self.hb_misses = int(info.get("hb_misses") or 2)
-        # A connection a NAT or firewall forgot (packets dropped, nothing closed) goes
-        # unnoticed by TCP for many minutes: the engine would hear no beats and exit
-        # after controller_grace. libzmq's own heartbeats (answered without the GIL)
-        # find it dead and connect again, after the engine noticed the silence (so it
-        # registers again when beats return) and well within the grace. Generous, as
-        # the timer restarts only when a whole frame has arrived: a task whose
-        # arguments take longer than this to arrive would have its connection dropped.
-        silence = hub_timeout if hub_timeout is not None else max(10 * self.hb_period, 1.0)
-        self.gate.keepalive = (max(100, int(self.hb_period * 1000)), int(3 * silence * 1000))
         self.user_ns: dict[str, Any] = {}
         #: Where this engine posts its notifications (see corral.plugins.parallel.events).
         self.center = shared_center
