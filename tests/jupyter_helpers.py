@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from corral.transports.zmq.kernelspec import install_kernelspec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,3 +30,40 @@ def isolate_jupyter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     )
     return path
+
+
+def corral_and_ipykernel_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private Jupyter environment (:func:`isolate_jupyter`) holding corral's kernelspec
+    (``corral``) and ipykernel's (``ipy``), for notebooks run side by side on both."""
+    path = isolate_jupyter(tmp_path, monkeypatch)
+    prefix = path.parent / "prefix"
+    install_kernelspec(prefix=prefix)
+    spec_dir = prefix / "share" / "jupyter" / "kernels" / "ipy"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "ipykernel",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+
+
+def run_notebook(kernel: str, cells: list[str], timeout: float) -> list[Any]:
+    """Run ``cells`` as a notebook on ``kernel`` with nbclient (errors allowed, so every
+    cell runs); the outputs of each cell."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in cells]
+    client = nbclient.NotebookClient(
+        nb, kernel_name=kernel, timeout=timeout, startup_timeout=timeout, allow_errors=True
+    )
+    client.execute()
+    return [c.outputs for c in nb.cells]
+
+
+def stream_text(outputs: list[Any]) -> str:
+    """The text of a cell's stream outputs (stdout and stderr), in order."""
+    return "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")

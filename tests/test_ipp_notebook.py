@@ -3,18 +3,14 @@ corral's own kernel (magics registered by the built-in plugin), against a real c
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import TIMEOUT
-from jupyter_helpers import isolate_jupyter
+from jupyter_helpers import corral_and_ipykernel_specs, run_notebook, stream_text
 from parallel_client_harness import LiveCluster
-
-from corral.transports.zmq.kernelspec import install_kernelspec
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -26,35 +22,19 @@ pytestmark = pytest.mark.timeout(240)
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveCluster]:
     """A private Jupyter path with corral's and ipykernel's kernelspecs, and a cluster of
     the default profile that ``Client()`` in the kernels finds."""
-    path = isolate_jupyter(tmp_path, monkeypatch)
-    prefix = path.parent / "prefix"
-    install_kernelspec(prefix=prefix)
-    spec_dir = prefix / "share" / "jupyter" / "kernels" / "ipy"
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "ipykernel",
-        "language": "python",
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    corral_and_ipykernel_specs(tmp_path, monkeypatch)
     live = LiveCluster(tmp_path / "corral", threads=True, profile="default")
     yield live
     live.stop()
 
 
 def run(kernel: str, cells: list[str]) -> list[Any]:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(code) for code in cells]
-    client = nbclient.NotebookClient(
-        nb, kernel_name=kernel, timeout=TIMEOUT, startup_timeout=TIMEOUT, allow_errors=True
-    )
-    client.execute()
-    return [c.outputs for c in nb.cells]
+    """``cells`` as a notebook on ``kernel``: the outputs of each cell."""
+    return run_notebook(kernel, cells, TIMEOUT)
 
 
 def stdout(outputs: list[Any]) -> str:
-    return "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
+    return stream_text(outputs)
 
 
 def errors(outputs: list[Any]) -> list[Any]:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import TIMEOUT, until
-from jupyter_helpers import isolate_jupyter
-
-from corral.transports.zmq.kernelspec import install_kernelspec
+from jupyter_helpers import corral_and_ipykernel_specs, run_notebook, stream_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -31,35 +28,17 @@ def kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A private Jupyter path with corral's and ipykernel's kernelspecs; no cluster: the
     notebooks start their own."""
     pytest.importorskip("ipykernel", reason="ipykernel is a test extra")
-    path = isolate_jupyter(tmp_path, monkeypatch)
-    prefix = path.parent / "prefix"
-    install_kernelspec(prefix=prefix)
-    spec_dir = prefix / "share" / "jupyter" / "kernels" / "ipy"
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "ipykernel",
-        "language": "python",
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    corral_and_ipykernel_specs(tmp_path, monkeypatch)
     yield
 
 
 def run(kernel: str, cells: list[str]) -> list[Any]:
-    """Run ``cells`` as a notebook on ``kernel``; the outputs of each cell. The last cell
-    is the notebook's clean-up and runs even if the others fail."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(code) for code in cells]
-    client = nbclient.NotebookClient(
-        nb, kernel_name=kernel, timeout=TIMEOUT, startup_timeout=TIMEOUT, allow_errors=True
-    )
-    client.execute()
-    return [c.outputs for c in nb.cells]
+    """``cells`` as a notebook on ``kernel``: the outputs of each cell."""
+    return run_notebook(kernel, cells, TIMEOUT)
 
 
 def stdout(outputs: list[Any]) -> str:
-    return "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
+    return stream_text(outputs)
 
 
 def errors(outputs: list[Any]) -> list[str]:
