@@ -429,34 +429,39 @@ exec {engine}
             raise SchedulerError(["sbatch"], 0, f"unexpected answer {output!r}")
         return text
 
-    def query(self, job_id: str) -> list[str]:
-        # -t all: the ended tasks too (kept for final_word), while Slurm still lists them
+    def _listed(self, job_id: str) -> tuple[list[str], list[str]]:
+        """squeue's words for the job's tasks, (active, ended); ([], []) once Slurm has
+        forgotten it. The ended tasks' words are kept for :meth:`final_word`.
+
+        :raises SchedulerError: squeue failed otherwise.
+        """
+        # -t all: the ended tasks too, while Slurm still lists them
         command = [self.cmd("squeue"), "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T %r"]
         result = _run(command)
         if result.returncode != 0:
             if "Invalid job id" in result.stderr:
-                return []  # finished and purged
+                return [], []  # finished and purged
             raise SchedulerError(command, result.returncode, result.stderr)
-        states, ended = _slurm_words(result.stdout)
+        active, ended = _slurm_words(result.stdout)
         if ended:
             with self._lock:
                 self._ended_words[job_id] = ", ".join(ended)
-        return states
+        return active, ended
+
+    def query(self, job_id: str) -> list[str]:
+        return self._listed(job_id)[0]
 
     def final_word(self, job_id: str) -> str:
         """The ended tasks' states and reasons as squeue lists them (a walltime kill
         reads ``TIMEOUT (TimeLimit)``). Slurm forgets an ended job after MinJobAge (300 s
         by default, seconds on some sites and in the tests): then the words the job's
         last polls listed."""
-        command = [self.cmd("squeue"), "-h", "-r", "-t", "all", "-j", job_id, "-o", "%T %r"]
         try:
-            result = _run(command)
+            active, ended = self._listed(job_id)
         except SchedulerError:
-            result = None
-        if result is not None and result.returncode == 0:
-            active, ended = _slurm_words(result.stdout)
-            if active or ended:
-                return ", ".join(active + ended)
+            active, ended = [], []
+        if active or ended:
+            return ", ".join(active + ended)
         with self._lock:
             return self._ended_words.get(job_id, "")
 
