@@ -85,9 +85,15 @@ class Reference:
         return hash(("Reference", self.name))
 
 
+#: Containers longer than this are not searched for References (ipyparallel's
+#: ``item_threshold``): an argument of a million items is not walked on every apply.
+_SHALLOW = 64
+
+
 def _make_ref_caller() -> Callable[..., Any]:
     """The engine side of References, shipped by value and run in the engine's namespace
     (``__main__`` functions are rebound there), so ``globals()`` is that namespace."""
+    shallow = _SHALLOW  # travels in the closure: the engine's globals() has no _SHALLOW
 
     def corral_call_with_references(func: Any, args: Any, kwargs: Any) -> Any:
         ns = globals()
@@ -109,9 +115,9 @@ def _make_ref_caller() -> Callable[..., Any]:
         def resolve_in(value: Any) -> Any:
             # One level into a short plain list, tuple or dict, as ipyparallel does.
             kind = type(value)
-            if kind in (list, tuple) and len(value) < 64:
+            if kind in (list, tuple) and len(value) < shallow:
                 return kind(resolve(v) for v in value)
-            if kind is dict and len(value) < 64:
+            if kind is dict and len(value) < shallow:
                 return {k: resolve(v) for k, v in value.items()}
             return resolve(value)
 
@@ -126,11 +132,6 @@ def _make_ref_caller() -> Callable[..., Any]:
 
 
 _call_with_references = _make_ref_caller()
-
-
-#: Containers longer than this are not searched for References (ipyparallel's
-#: ``item_threshold``): an argument of a million items is not walked on every apply.
-_SHALLOW = 64
 
 
 def _holds_reference(value: Any) -> bool:
