@@ -6,6 +6,7 @@ refuses what arrived)."""
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -109,6 +110,35 @@ def test_large_frames_come_back_whole_both_ways(pair: Pair) -> None:
     back = receive(pair.client)
     assert bytes(back[0]) == b"reply" and bytes(back[1]) == big
     tracker.wait(30)  # libzmq let go of every chunk (the engine's settle() waits so)
+
+
+def test_a_joined_buffer_is_writable_and_holds_what_it_was_given(pair: Pair) -> None:
+    """A pushed array is deserialized in place onto the joined buffer: it must be
+    writable like a frame received whole, and stay valid once the message is gone (the
+    buffer is memory of its own, not zero-filled first; see Joined)."""
+    np = pytest.importorskip("numpy")
+    array = np.arange(cs.SPLIT_FROM // 4, dtype=np.int64)  # 2 MiB: streamed
+    buffers: list[Any] = []
+    head_bytes = pickle.dumps(array, protocol=5, buffer_callback=buffers.append)
+    fr.send_frames(pair.client, [head_bytes, buffers[0].raw()], copy=False)
+    got = receive(pair.server)
+    joined = got[2]
+    assert isinstance(joined, cs.Joined) and len(joined) == array.nbytes
+    back = pickle.loads(got[1].bytes, buffers=[joined])
+    del got, joined
+    assert back.flags.writeable
+    back[0] = -1
+    assert back[0] == -1 and (back[1:] == array[1:]).all()
+
+
+def test_a_cut_buffer_keeps_what_arrived_and_says_why() -> None:
+    joined = cs.Joined(10)
+    memoryview(joined)[:4] = b"abcd"
+    short = cs.cut_short(joined, 4, "its stream stalled")
+    assert bytes(short) == b"abcd" and short.cut == "its stream stalled"
+    assert short.bytes == b"abcd" and bytes(short.buffer) == b"abcd"
+    with pytest.raises(ValueError, match="at least one byte"):
+        cs.Joined(0)
 
 
 def test_on_the_wire_the_message_then_one_message_per_chunk() -> None:

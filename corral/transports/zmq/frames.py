@@ -16,7 +16,7 @@ MB/s in 256 KiB frames (same run, docs/performance.md). So on a socket marked by
 :func:`chunk_large_frames` (the gate marks every Curve socket), a frame of at least
 :data:`SPLIT_FROM` bytes is sent as a marker frame (:data:`_MAGIC` and the chunk count)
 followed by :data:`CHUNK`-byte frames, and :func:`recv_frames` on such a socket joins
-them back into one buffer (a :class:`Joined` bytearray) before anyone sees the message.
+them back into one buffer (a :class:`Joined`) before anyone sees the message.
 Signatures and digests are computed over the whole buffers, above this layer, and are
 unchanged; a
 marker that lies (more chunks announced than frames follow) just yields a buffer whose
@@ -112,18 +112,34 @@ def _recv_chunked(sock: zmq.Socket[Any], flags: int, copy: bool) -> list[Any]:
         more = frame.more
         if len(frame) == _MARKER_LEN and frame.bytes[: len(_MAGIC)] == _MAGIC and more:
             (count,) = _COUNT.unpack_from(frame.bytes, len(_MAGIC))
-            joined = Joined()
+            chunks = []
             while count and more:
                 frame = backend_recv(sock, 0, False, False)
-                joined += frame.buffer
+                chunks.append(frame.buffer)
                 more = frame.more
                 count -= 1
-            frames.append(joined)
+            frames.append(_joined(chunks))
         else:
             frames.append(frame.bytes if copy else frame)
         if not more:
             return frames
         frame = backend_recv(sock, 0, False, False)
+
+
+def _joined(chunks: list[memoryview]) -> Any:
+    """The chunks of one frame in one buffer, allocated once at its full size (a
+    :class:`Joined`; growing a ``bytearray`` chunk by chunk copies it again and again)."""
+    size = sum(chunk.nbytes for chunk in chunks)
+    if not size:
+        return b""
+    joined = Joined(size)
+    view = memoryview(joined)
+    at = 0
+    for chunk in chunks:
+        view[at : at + chunk.nbytes] = chunk
+        at += chunk.nbytes
+    view.release()
+    return joined
 
 
 def send_frames(
