@@ -61,6 +61,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_ipp_dask.py",
         "test_ipp_joblib.py",
         "test_ipp_magics.py",
+        "test_ipp_names.py",
         "test_ipp_notebook.py",
         "test_ipp_scripts.py",
         "test_ipp_scripts_more.py",

@@ -633,7 +633,7 @@ def test_result_status_lists_pending_and_completed(cluster: LiveCluster, rc: Cli
     slow = rc.load_balanced_view().apply_async(touch_then_wait, str(started), str(release))
     try:
         wait_for_file(started)
-        ids = [*done.msg_ids, *slow.msg_ids, "no-such-task"]
+        ids = [*done.msg_ids, *slow.msg_ids]
         # The hub hears of a task and of its result beside the client, so ask until it has.
         status = until(
             lambda: (
@@ -643,7 +643,10 @@ def test_result_status_lists_pending_and_completed(cluster: LiveCluster, rc: Cli
             ),
             what="the hub's record of both tasks",
         )
-        assert status["results"]["no-such-task"]["status"] == "unknown"
+        assert status["results"][slow.msg_ids[0]]["status"] == "pending"
+        # A msg_id nobody knows: ipyparallel's hub answers KeyError, raised as RemoteError.
+        with pytest.raises(RemoteError, match="no task 'no-such-task'"):
+            rc.result_status([*ids, "no-such-task"])
     finally:
         release.touch()
     slow.get(30)

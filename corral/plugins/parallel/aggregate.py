@@ -196,8 +196,27 @@ class AggregateClient:
             records.extend(client.db_query(query, keys))
         return records
 
-    def purge_results(self, jobs: Any = "all") -> int:
-        return sum(client.purge_results(jobs) for client in self.clients)
+    def purge_results(self, jobs: Any = None, targets: Any = None) -> int:
+        """Forget finished tasks in every controller's database, as
+        :meth:`Client.purge_results`: ``jobs`` (``"all"`` or msg_ids/results) and every
+        task that ran on ``targets`` (aggregate engine ids); with neither, everything.
+        How many records were purged."""
+        if targets is None:
+            return sum(
+                client.purge_results("all" if jobs is None else jobs) for client in self.clients
+            )
+        wanted = [targets] if isinstance(targets, int) else list(targets)
+        local: dict[int, list[int]] = {}
+        for engine_id in wanted:
+            k, own = member_id(int(engine_id), len(self.clients))
+            local.setdefault(k, []).append(own)
+        purged = 0
+        for k, client in enumerate(self.clients):
+            if k in local:
+                purged += client.purge_results([] if jobs is None else jobs, targets=local[k])
+            elif jobs is not None:
+                purged += client.purge_results(jobs)
+        return purged
 
     def queue_status(self) -> dict[Any, Any]:
         """Every controller's :meth:`Client.queue_status`, engines by aggregate id and

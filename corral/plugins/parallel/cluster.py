@@ -670,23 +670,29 @@ class Cluster(ClusterCompat):
     @classmethod
     def from_file(
         cls,
-        path: str | os.PathLike[str] | None = None,
+        cluster_file: str | os.PathLike[str] | None = None,
         *,
         profile: str | None = None,
+        profile_dir: str | os.PathLike[str] | None = None,
         cluster_id: str = "",
     ) -> Cluster:
         """A handle on a cluster started elsewhere, from its record file
         (``<profile>/run/cluster-ID.json``) or its cluster file: it can hand out clients,
         manage engines by id and :meth:`stop` it, though it did not start it.
 
-        Without ``path``, as in ipyparallel, the cluster file of ``cluster_id`` in
-        ``profile`` (default: "default"). ipyparallel's ``cluster_id=""`` names the
-        cluster ``ipcluster start`` runs; corral clusters always have an id, so ``""``
-        means the profile's only running cluster (:meth:`from_profile`).
+        Without ``cluster_file``, as in ipyparallel, the cluster file of ``cluster_id``
+        in ``profile_dir`` (a profile's directory), else in ``profile`` (default:
+        "default"). ipyparallel's ``cluster_id=""`` names the cluster ``ipcluster
+        start`` runs; corral clusters always have an id, so ``""`` means the profile's
+        only running cluster (:meth:`from_profile`).
         """
-        if path is None:
+        if cluster_file is None:
+            if profile_dir is not None:
+                if not Path(profile_dir).is_dir():
+                    raise ClusterError(f"profile directory {profile_dir} does not exist")
+                return cls._from_profile_dir(Path(profile_dir), cluster_id or None)
             return cls.from_profile(profile or "default", cluster_id or None)
-        path = Path(path)
+        path = Path(cluster_file)
         info = read_record(path)
         if info is None:
             raise ClusterError(f"{path} is not a cluster record or cluster file")
@@ -723,7 +729,15 @@ class Cluster(ClusterCompat):
         """The running cluster ``cluster_id`` of ``profile`` (or its only one)."""
         from corral.core.profiles import locate_profile
 
-        pdir = locate_profile(profile)
+        return cls._from_profile_dir(locate_profile(profile), cluster_id, repr(profile))
+
+    @classmethod
+    def _from_profile_dir(
+        cls, pdir: Path, cluster_id: str | None, profile: str | None = None
+    ) -> Cluster:
+        """:meth:`from_profile` of the profile in directory ``pdir``."""
+        if profile is None:
+            profile = str(pdir)
         if cluster_id is not None:
             return cls.from_file(pdir / "security" / f"cluster-{cluster_id}.json")
         from .aggregatefile import member_cluster_ids
@@ -737,7 +751,7 @@ class Cluster(ClusterCompat):
         if len(files) != 1:
             found = [f.stem.removeprefix("cluster-") for f in files]
             raise ClusterError(
-                f"profile {profile!r} has {len(files)} running clusters {found}; "
+                f"profile {profile} has {len(files)} running clusters {found}; "
                 "name one with cluster_id="
             )
         return cls.from_file(files[0])

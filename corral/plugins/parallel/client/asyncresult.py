@@ -517,14 +517,37 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
             ) from None
 
     @staticmethod
-    def timedelta(start: Any, end: Any) -> float:
-        """Seconds from ``start`` to ``end`` (datetimes, or lists of them: earliest start
-        to latest end), as ipyparallel's ``AsyncResult.timedelta``."""
-        starts = [t for t in (start if isinstance(start, list) else [start]) if t is not None]
-        ends = [t for t in (end if isinstance(end, list) else [end]) if t is not None]
+    def timedelta(
+        start: Any,
+        end: Any,
+        start_key: Callable[[list[Any]], Any] = min,
+        end_key: Callable[[list[Any]], Any] = max,
+    ) -> float:
+        """Seconds from ``start`` to ``end``, as ipyparallel's ``AsyncResult.timedelta``:
+        each a datetime, or several (a list, a tuple...) of which ``start_key`` picks the
+        start (default: the earliest) and ``end_key`` the end (default: the latest)."""
+        starts = [t for t in ([start] if isinstance(start, datetime) else start) if t is not None]
+        ends = [t for t in ([end] if isinstance(end, datetime) else end) if t is not None]
         if not starts or not ends:
             raise ValueError("timestamps missing (the tasks have not finished?)")
-        return (max(ends) - min(starts)).total_seconds()
+        return float((end_key(ends) - start_key(starts)).total_seconds())
+
+    @classmethod
+    def join(cls, *results: AsyncResult) -> AsyncResult:
+        """One result of several (the inverse of :meth:`split`, ipyparallel 8): its
+        value is the list of their tasks' values, in order; one result is returned as
+        is. They must belong to the same client."""
+        if not results:
+            raise ValueError("join needs at least one AsyncResult")
+        if len(results) == 1:
+            return results[0]
+        client = results[0]._client
+        if any(r._client is not client for r in results):
+            raise ValueError("join takes results of one client")
+        from .views import _Combined
+
+        parts = [part for r in results for part in r.split()]
+        return _Combined(client, parts, False, results[0].fname, False)
 
     def result_dict(self, timeout: float | None = None) -> Any:
         """ipyparallel's older name of :meth:`get_dict`."""
@@ -819,7 +842,11 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         return True
 
     def display_outputs(
-        self, groupby: str = "type", timeout: float = 5.0, file: IO[str] | None = None
+        self,
+        groupby: str = "type",
+        result_only: bool = False,
+        timeout: float = 5.0,
+        file: IO[str] | None = None,
     ) -> None:
         """Print each task's stdout, stderr and rich outputs, labelled by engine (a single
         task's output is printed as is): as ipyparallel's, a ``[stdout:0] `` line, then
@@ -831,6 +858,10 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         submission order);
         ``"order"`` is ``"type"`` with the outputs collated: every task's first output,
         then every second one, and so on (each task making several plots, say).
+
+        ``result_only=True``, as ipyparallel's, shows only the tasks' values
+        (``execute_result``): no streams, displays or errors, which a streaming run
+        already showed.
         """
         if groupby not in ("engine", "type", "order"):
             raise ValueError(f"groupby must be 'engine', 'type' or 'order', not {groupby!r}")
@@ -840,6 +871,8 @@ class AsyncResult(concurrent.futures.Future):  # type: ignore[type-arg]
         err = file or sys.stderr
         rich = _RichOutputs.here() if file is None else None
         tasks = [self._metadata_slot(i) for i in range(len(self._md))]
+        if result_only:
+            tasks = [_value_only(md) for md in tasks]
         if self._single and len(tasks) == 1:  # one engine: as it was printed, unlabelled
             _print_single(tasks[0], out, err, rich)
             out.flush()
@@ -1222,6 +1255,13 @@ def _shown(md: dict[str, Any]) -> list[dict[str, Any]]:
         content = md.get(kind)
         if content is not None:
             shown.append({"msg_type": kind, **content})
+    return shown
+
+
+def _value_only(md: TaskMetadata) -> TaskMetadata:
+    """What ``display_outputs(result_only=True)`` shows of a task: its value alone."""
+    shown = TaskMetadata({key: md[key] for key in md})
+    shown.update(stdout="", stderr="", outputs=[], error=None)
     return shown
 
 

@@ -512,7 +512,13 @@ class Client(ClientCompat):
         )
 
     def wait_for_engines(
-        self, n: int | None = None, timeout: float | None = None, block: bool = True
+        self,
+        n: int | None = None,
+        timeout: float | None = None,
+        block: bool = True,
+        *,
+        interactive: bool | None = None,
+        widget: bool | None = None,
     ) -> Any:
         """Wait until at least ``n`` engines are registered; their ids.
 
@@ -520,11 +526,18 @@ class Client(ClientCompat):
         were launched). ``timeout`` ``None`` or ``-1`` waits forever. ``block=False`` returns a
         :class:`concurrent.futures.Future` of the ids at once.
 
+        ``interactive=True`` shows a progress bar of registered engines while waiting (on
+        stderr; ``tqdm.auto`` draws a widget in a notebook, so ``widget`` is accepted for
+        ipyparallel code and changes nothing). Unlike ipyparallel, the default (None) is
+        no bar, in IPython too: corral's waits print nothing unless asked.
+
         :raises TimeoutError: fewer than ``n`` engines after ``timeout`` seconds.
         """
         if n is None:
             n = 1
         timeout = forever(timeout)
+        if interactive and block:
+            return self._wait_for_engines_with_bar(n, timeout)
         if not block:
             future: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
 
@@ -565,6 +578,19 @@ class Client(ClientCompat):
             # Registered after we connected: the notification lacked details (the pid).
             self._sync_engines(self.timeout)
         return self.ids
+
+    def _wait_for_engines_with_bar(self, n: int, timeout: float | None) -> list[int]:
+        """:meth:`wait_for_engines` with a progress bar of registered engines: the wait
+        itself runs as with ``block=False``, the bar follows the count meanwhile."""
+        from tqdm.auto import tqdm
+
+        future = self.wait_for_engines(n, timeout, block=False)
+        with tqdm(total=n, desc="engines", unit="engine", file=sys.stderr) as bar:
+            while not concurrent.futures.wait([future], 0.2).done:
+                bar.update(min(len(self._engines), n) - bar.n)
+            ids: list[int] = future.result()  # raises the wait's TimeoutError
+            bar.update(n - bar.n)
+        return ids
 
     # ------------------------------------------------------------------ controller loss
 
@@ -1484,16 +1510,24 @@ class Client(ClientCompat):
         """The hub's ``result_reply`` content for ``msg_ids`` (without buffers), with the
         ``"pending"`` and ``"completed"`` lists of msg_ids ipyparallel's callers read.
 
-        ``"results"`` maps each msg_id to the hub's record (``"status"``: ``"pending"``,
-        ``"completed"`` or ``"unknown"``, the last in neither list). ``status_only=False``
-        (ipyparallel's second parameter) also maps each completed msg_id to its value, or
-        to its :class:`RemoteError` when it failed, and raises that error when only one
-        task was asked for.
+        ``"results"`` maps each msg_id to the hub's record (``"status"``: ``"pending"``
+        or ``"completed"``). ``status_only=False`` (ipyparallel's second parameter) also
+        maps each completed msg_id to its value, or to its :class:`RemoteError` when it
+        failed, and raises that error when only one task was asked for.
+
+        :raises RemoteError: (``ename`` ``"KeyError"``, as ipyparallel's hub answers) for
+            a msg_id neither the hub nor this client knows; one this client still holds
+            but the hub does not (not recorded yet, or purged there) is reported from
+            the client's own result.
         """
         ids = msg_ids_of(msg_ids)
         reply = self._hub_request("result_request", {"msg_ids": ids}, timeout)
         content = dict(reply.content)
-        results: dict[str, Any] = content.get("results") or {}
+        results: dict[str, Any] = dict(content.get("results") or {})
+        for msg_id, record in results.items():
+            if record.get("status") == "unknown":
+                results[msg_id] = self._local_status(msg_id)
+        content["results"] = results
         for state in ("pending", "completed"):
             content[state] = [m for m, r in results.items() if r.get("status") == state]
         if status_only:
@@ -1508,6 +1542,18 @@ class Client(ClientCompat):
         if len(ids) == 1 and failures:
             raise failures[0]
         return content
+
+    def _local_status(self, msg_id: str) -> dict[str, str]:
+        """The status of a task the hub does not know, from this client's own result;
+        an unknown msg_id raises (:meth:`result_status`)."""
+        from .hubresult import _unknown
+
+        local = self._pending.get(msg_id)
+        if local is None:  # (not `or`: a result of no elements is falsy)
+            local = self._recent.get(msg_id)
+        if local is None:
+            raise _unknown(msg_id)
+        return {"status": "completed" if local._part_of(msg_id).done() else "pending"}
 
     def db_query(
         self, query: dict[str, Any], keys: Sequence[str] | None = None, timeout: float | None = None
@@ -1651,12 +1697,20 @@ class Client(ClientCompat):
         controller not yet reconnected): work sent through it can run."""
         return not self._closed and self._lost is None
 
-    def close(self) -> None:
+    def close(self, linger: int | None = None) -> None:
         """Disconnect (the cluster keeps running). Results still pending fail with
-        ``ConnectionAbortedError``. Safe to call twice."""
+        ``ConnectionAbortedError``. Safe to call twice.
+
+        ``linger`` (milliseconds, ipyparallel's parameter): how long closing waits for
+        libzmq to deliver messages still queued to the controller; None or 0 discards
+        them at once (corral's default: a closing client does not wait on a
+        controller that may be gone).
+        """
         if self._closed:
             return
         self._closed = True
+        if linger:
+            self._io.close_linger = int(linger)
         if self._local is not None:
             self._local.close()
         self._io.stop(IO_STOP_WAIT)

@@ -242,8 +242,11 @@ class ClientCompat:
         combined.wait_interactive(interval=interval, timeout=forever(timeout))
 
     def purge_everything(self) -> int:
-        """Forget every finished task in the hub's database (ipyparallel's name)."""
-        return self.purge_results("all")  # type: ignore[attr-defined,no-any-return]
+        """Forget every finished task in the hub's database and this client's
+        :attr:`history`, as ipyparallel's does; how many records the hub purged."""
+        purged: int = self.purge_results("all")  # type: ignore[attr-defined]
+        self._history.clear()
+        return purged
 
     def purge_hub_results(self, jobs: Any = None, targets: Any = None) -> int:
         """:meth:`purge_results` (the hub's database is the only store)."""

@@ -154,29 +154,21 @@ def become_dask(
     scheduler_args: dict[str, Any] | None = None,
     **worker_args: Any,
 ) -> Any:
-    """See :meth:`Client.become_dask`."""
+    """See :meth:`Client.become_dask`.
+
+    Called again while its dask cluster runs (a notebook cell run twice), it returns a
+    new ``distributed.Client`` of the same scheduler, as ipyparallel's does, after
+    making workers of ``targets`` that are not yet: ``port`` and ``scheduler_args`` are
+    those of the running scheduler, and running workers keep their ``worker_args``.
+    """
     import distributed
 
     if nanny:
         raise ValueError("nanny=True is not supported: workers run inside the engines")
-    previous = getattr(client, "_dask_scheduler", None)
-    if previous is not None:
-        raise RuntimeError("this client already runs a dask cluster; call stop_dask() first")
-    security = None
-    try:
-        from distributed.security import Security
-
-        security = Security.temporary()
-    except ImportError:
-        warnings.warn(
-            "cryptography is not installed: the dask scheduler and workers talk "
-            "unencrypted TCP, without authentication",
-            stacklevel=3,
-        )
-    args = dict(scheduler_args or {})
-    args.setdefault("host", client.cluster_info.get("ip") or "127.0.0.1")
-    args.setdefault("port", port)
-    scheduler = DaskScheduler(security, **args)
+    running: DaskScheduler | None = getattr(client, "_dask_scheduler", None)
+    started = running is None
+    scheduler = running or _start_scheduler(client, port, scheduler_args)
+    security = scheduler.security
     try:
         worker_args.setdefault("nthreads", 1)
         view = client.direct_view(targets)
@@ -186,26 +178,53 @@ def become_dask(
         view.execute(_NAME_THE_WORKER, block=True)
         dask_client = distributed.Client(scheduler.address, security=security)
     except BaseException:
-        scheduler.stop()
+        if started:
+            scheduler.stop()
         raise
-    client._dask_scheduler = scheduler
-    client._dask_targets = targets
-    client._dask_client = dask_client
+    if started:
+        client._dask_scheduler = scheduler
+        client._dask_targets = []
+        client._dask_clients = []
+    client._dask_targets.append(targets)
+    client._dask_clients.append(dask_client)
     return dask_client
+
+
+def _start_scheduler(
+    client: Any, port: int, scheduler_args: dict[str, Any] | None
+) -> DaskScheduler:
+    """The scheduler of a new dask cluster, on the cluster's own address (see the
+    module docstring for its security)."""
+    security = None
+    try:
+        from distributed.security import Security
+
+        security = Security.temporary()
+    except ImportError:
+        warnings.warn(
+            "cryptography is not installed: the dask scheduler and workers talk "
+            "unencrypted TCP, without authentication",
+            stacklevel=4,
+        )
+    args = dict(scheduler_args or {})
+    args.setdefault("host", client.cluster_info.get("ip") or "127.0.0.1")
+    args.setdefault("port", port)
+    return DaskScheduler(security, **args)
 
 
 def stop_dask(client: Any, targets: Any = None) -> None:
     """See :meth:`Client.stop_dask`."""
     scheduler = getattr(client, "_dask_scheduler", None)
-    if targets is None:
-        targets = getattr(client, "_dask_targets", "all")
-    client.direct_view(targets).apply_sync(stop_dask_worker)
+    every = [targets] if targets is not None else getattr(client, "_dask_targets", None)
+    for spec in every or ["all"]:
+        client.direct_view(spec).apply_sync(stop_dask_worker)
     if scheduler is not None:
-        # The distributed.Client become_dask returned goes first: left open, it would
+        # The distributed.Clients become_dask returned go first: left open, they would
         # try to reconnect to the stopped scheduler for as long as this process runs.
-        dask_client = getattr(client, "_dask_client", None)
-        client._dask_client = None
-        if dask_client is not None:
+        dask_clients = getattr(client, "_dask_clients", None) or []
+        client._dask_clients = []
+        for dask_client in dask_clients:
             dask_client.close()
         scheduler.stop()
         client._dask_scheduler = None
+        client._dask_targets = []

@@ -81,6 +81,9 @@ class ClientIO:
         #: called in this thread with the exception that is ending it: every reply would
         #: come through here, so whoever waits for one must be told instead
         self.on_crash: Callable[[BaseException], None] | None = None
+        #: LINGER (ms) the sockets are closed with: 0 drops unsent messages at once;
+        #: ``Client.close(linger=...)`` sets it, as ipyparallel's does
+        self.close_linger = 0
         #: the sockets were closed by abandon(): sends are dropped quietly
         self._abandoned = False
         self._poller = zmq.Poller()
@@ -491,7 +494,7 @@ class ClientIO:
         self._up.clear()
         self._watched.clear()
         for sock in list(self._sockets.values()):
-            sock.close(linger=0)
+            sock.close(linger=self.close_linger)
         self._sockets.clear()
         self._streamed.clear()
         if not wake:

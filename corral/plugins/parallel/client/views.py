@@ -236,6 +236,7 @@ class View:
         chunksize: int | None = None,
         return_exceptions: bool = False,
         label: Any = None,
+        track: bool | None = None,
     ) -> AsyncMapResult:
         """``map(f, *sequences)`` on the cluster; iterate it ordered or as completed.
 
@@ -254,13 +255,15 @@ class View:
         chunksize: int | None = None,
         return_exceptions: bool = False,
         label: Any = None,
+        track: bool | None = None,
     ) -> Any:
         """``map_sync`` when blocking, else ``map_async``.
 
         Sequences may be iterators or generators (they are read into lists first; use
         :meth:`imap` for long or infinite ones). ``return_exceptions=True`` puts each
         failed element's :class:`RemoteError` in the result instead of raising.
-        ``label``: the tasks' label (default: the view's ``label`` flag).
+        ``label``: the tasks' label (default: the view's ``label`` flag). ``track`` is
+        ipyparallel's: corral always tracks its zero-copy sends (see :attr:`track`).
         """
         result = self._labelled(label).map_async(
             f, *sequences, ordered=ordered, chunksize=chunksize, return_exceptions=return_exceptions
@@ -275,6 +278,7 @@ class View:
         chunksize: int | None = None,
         return_exceptions: bool = False,
         label: Any = None,
+        track: bool | None = None,
     ) -> list[Any]:
         """The list ``[f(*xs) for xs in zip(*sequences)]``, computed on the cluster."""
         result = self._labelled(label).map_async(
@@ -611,6 +615,7 @@ class LoadBalancedView(View):
         chunksize: int | None = None,
         return_exceptions: bool = False,
         label: Any = None,
+        track: bool | None = None,
     ) -> AsyncMapResult:
         if label is not None:
             return self._labelled(label).map_async(  # type: ignore[no-any-return]
@@ -694,6 +699,7 @@ class DirectView(View):
         chunksize: int | None = None,
         return_exceptions: bool = False,
         label: Any = None,
+        track: bool | None = None,
     ) -> AsyncMapResult:
         """Scatter the sequences across the view's engines (one contiguous block each,
         or ``chunksize`` chunks dealt round-robin) and map ``f`` over each block."""
@@ -781,23 +787,27 @@ class DirectView(View):
     # ---------------------------------------------------------------- namespaces
 
     def push(
-        self, namespace: dict[str, Any], targets: Any = None, block: bool | None = None
+        self,
+        ns: dict[str, Any],
+        targets: Any = None,
+        block: bool | None = None,
+        track: bool | None = None,
     ) -> Any:
-        """Bind the names of ``namespace`` on each engine.
+        """Bind the names of ``ns`` on each engine (``track``: see :attr:`track`).
 
         Small payloads are queued on the mux, in order with the engine's other requests.
         Payloads over :data:`DATA_PATH_THRESHOLD` go straight to each engine's data path
         (one hop instead of two); the engine applies them between tasks, possibly before
         tasks still queued for it, so wait for earlier work first if that matters.
         """
-        if not isinstance(namespace, dict):
+        if not isinstance(ns, dict):
             raise TypeError("push takes a dict of names to values")
         if targets is not None:
-            return self._on(targets).push(namespace, block=block)
+            return self._on(targets).push(ns, block=block)
         targets, single = self._targets()
-        frames = serialize(namespace)
+        frames = serialize(ns)
         size = sum(memoryview(f).nbytes for f in frames)
-        content = {"keys": list(namespace)}
+        content = {"keys": list(ns)}
         client, link = self.client, self._link
         if size > DATA_PATH_THRESHOLD:
             channels = link.data_channels(targets)
@@ -910,22 +920,24 @@ class DirectView(View):
 
     def scatter(
         self,
-        name: str,
+        key: str,
         seq: Sequence[Any],
         dist: str = "b",
         flatten: bool = False,
         targets: Any = None,
         block: bool | None = None,
+        track: bool | None = None,
     ) -> Any:
-        """Partition ``seq`` across the engines: engine ``i`` gets block ``i`` as ``name``.
+        """Partition ``seq`` across the engines: engine ``i`` gets block ``i`` as ``key``.
 
         ``flatten=True`` binds a lone element instead of a one-element block. ``dist``
         must be ``"b"`` (contiguous blocks, ipyparallel's default and only useful value).
+        ``track``: see :attr:`track`.
         """
         if dist != "b":
             raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
         if targets is not None:
-            return self._on(targets).scatter(name, seq, flatten=flatten, block=block)
+            return self._on(targets).scatter(key, seq, flatten=flatten, block=block)
         if not hasattr(seq, "__len__"):
             seq = list(seq)
         targets, _ = self._targets()
@@ -937,7 +949,7 @@ class DirectView(View):
             if flatten and len(chunk) == 1:
                 chunk = chunk[0]
             view = DirectView(client, target)
-            parts.append(view.push({name: chunk}, block=False))
+            parts.append(view.push({key: chunk}, block=False))
         result = _combine(client, parts, False, "scatter")
         if self.block if block is None else block:
             result.wait()  # ipyparallel's blocking scatter returns None, as a push does
@@ -946,16 +958,16 @@ class DirectView(View):
         return result
 
     def gather(
-        self, name: str, dist: str = "b", targets: Any = None, block: bool | None = None
+        self, key: str, dist: str = "b", targets: Any = None, block: bool | None = None
     ) -> Any:
-        """Concatenate ``name`` from every engine (the inverse of :meth:`scatter`); not
+        """Concatenate ``key`` from every engine (the inverse of :meth:`scatter`); not
         blocking, an :class:`AsyncMapResult`."""
         if dist != "b":
             raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
         if targets is not None:
-            return self._on(targets).gather(name, block=block)
+            return self._on(targets).gather(key, block=block)
         targets, _ = self._targets()
-        parts = [DirectView(self.client, t).pull(name, block=False) for t in targets]
+        parts = [DirectView(self.client, t).pull(key, block=False) for t in targets]
         result = _CombinedMap(self.client, parts, False, "gather", True)
         return self._maybe_block(result, block)
 
@@ -1104,15 +1116,19 @@ class BroadcastView(DirectView):
         return _finish_execute(self, result, block)
 
     def push(
-        self, namespace: dict[str, Any], targets: Any = None, block: bool | None = None
+        self,
+        ns: dict[str, Any],
+        targets: Any = None,
+        block: bool | None = None,
+        track: bool | None = None,
     ) -> Any:
         if targets is not None:
-            return self._on(targets).push(namespace, block=block)
+            return self._on(targets).push(ns, block=block)
         targets, _ = self._targets()
         result = self._link.broadcast(
             "push_request",
-            {"keys": list(namespace)},
-            serialize(namespace),
+            {"keys": list(ns)},
+            serialize(ns),
             self._metadata(targets),
             targets,
             fname="push",
