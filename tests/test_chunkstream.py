@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
+from blake3 import blake3
 
 from corral.transports.zmq import chunkstream as cs
 from corral.transports.zmq import frames as fr
@@ -215,6 +216,24 @@ def test_a_broken_stream_is_refused_by_the_digest(pair: Pair, how: str) -> None:
         verify(got[1:])
     fr.send_frames(pair.client, [b"next"])  # and the socket stays in step
     assert [bytes(f) for f in receive(pair.server)[1:]] == [b"next"]
+
+
+def test_the_digest_taken_on_arrival_is_the_contents_and_serves_once(pair: Pair) -> None:
+    """The receiver hashes each chunk as it is copied in (the check after the transfer
+    then costs nothing): that digest must be the BLAKE3 of what the buffer holds, and it
+    serves one check only, since the buffer is writable: a buffer written to after its
+    check is hashed anew by the next one, and refused."""
+    data = os.urandom(cs.SPLIT_FROM + 3 * cs.CHUNK + 11)
+    fr.send_frames(pair.client, signed([data]), copy=False)
+    got = receive(pair.server)
+    joined = got[6]
+    assert isinstance(joined, cs.Joined)
+    assert joined.digest == blake3(data).hexdigest().encode()
+    verify(got[1:])
+    assert joined.digest is None  # taken by the check
+    memoryview(joined)[0] ^= 0xFF
+    with pytest.raises(BuffersAltered, match="altered"):
+        verify(got[1:])
 
 
 def test_a_chunk_without_a_stream_is_dropped(pair: Pair) -> None:

@@ -111,10 +111,16 @@ class Joined(mmap.mmap):
     filling 100 MB took 18-26 ms against 83-104 ms (docs/performance.md).
 
     ``cut`` (set only on a buffer whose stream ended early: :func:`cut_short`) says why
-    it is short, so the digest check that refuses it can say so instead of "altered"."""
+    it is short, so the digest check that refuses it can say so instead of "altered".
 
-    __slots__ = ("cut",)
+    ``digest``: the BLAKE3 digest (hex) of the chunks as they were copied in, computed
+    while the next ones were still being decrypted, so the receiver's check does not
+    hash 100 MB again after the transfer. Taken once (:meth:`take_digest`): the buffer is
+    writable, and a second check (after someone may have written to it) hashes anew."""
+
+    __slots__ = ("cut", "digest")
     cut: str
+    digest: bytes | None
 
     def __new__(cls, size: int) -> Joined:
         if size <= 0:  # never asked for: streams and chunked frames are never empty
@@ -128,7 +134,13 @@ class Joined(mmap.mmap):
                     joined.madvise(_HUGE)
                 except OSError:  # a kernel without transparent huge pages: 4 KiB pages
                     pass
+        joined.digest = None
         return joined
+
+    def take_digest(self) -> bytes | None:
+        """The digest computed on arrival, once; None after that or if there is none."""
+        digest, self.digest = self.digest, None
+        return digest
 
     @property
     def bytes(self) -> bytes:
@@ -168,10 +180,18 @@ def cut_short(buffer: Any, filled: int, why: str) -> Cut:
     return short
 
 
+def _new_hasher() -> Any:
+    """A BLAKE3 hasher; the module is imported on first use, as in :mod:`.door` (most
+    processes that import this one never receive a stream)."""
+    from blake3 import blake3
+
+    return blake3()
+
+
 class _Pending:
     """One peer's message waiting for its chunks."""
 
-    __slots__ = ("buffers", "deadline", "filled", "frames", "sid", "seq", "slot")
+    __slots__ = ("buffers", "deadline", "filled", "frames", "hasher", "sid", "seq", "slot")
 
     def __init__(self, frames: list[Any], buffers: list[Joined], sid: int) -> None:
         self.frames = frames
@@ -181,6 +201,7 @@ class _Pending:
         self.slot = 0  # the buffer being filled
         self.filled = 0  # bytes of it filled
         self.deadline = time.monotonic() + STALL_TIMEOUT  # pushed back by every chunk
+        self.hasher = _new_hasher()  # the digest of the buffer being filled, so far
 
     def missing(self) -> int:
         """Bytes announced that have not arrived."""
@@ -435,12 +456,16 @@ def _on_chunk(state: _Streams, peer: bytes, head: bytes, data: Any) -> list[Any]
             room,
         )
         return pending.truncated(f"its stream broke at chunk {seq} of stream {sid}")
-    memoryview(buffer)[pending.filled : pending.filled + size] = data.buffer
+    chunk = data.buffer
+    memoryview(buffer)[pending.filled : pending.filled + size] = chunk
+    pending.hasher.update(chunk)
     pending.seq += 1
     pending.filled += size
     pending.deadline = time.monotonic() + STALL_TIMEOUT
     if size < room:
         return None
+    buffer.digest = pending.hasher.hexdigest().encode("ascii")
+    pending.hasher = _new_hasher()
     pending.slot += 1
     pending.filled = 0
     if pending.slot < len(pending.buffers):

@@ -71,6 +71,7 @@ from hashlib import blake2b as _blake2b
 from typing import Any
 
 from corral.transports.zmq import wire
+from corral.transports.zmq.chunkstream import Joined
 
 __all__ = [
     "BUFFERS_COUNTED",
@@ -469,7 +470,14 @@ def check_signed_buffers(digests: Sequence[bytes], buffers: Sequence[Any]) -> No
 
 
 def buffer_digest(buf: Any) -> bytes:
-    """The BLAKE3 digest of one buffer frame (bytes, memoryview or ``zmq.Frame``), in hex."""
+    """The BLAKE3 digest of one buffer frame (bytes, memoryview or ``zmq.Frame``), in hex.
+
+    A buffer joined from a stream of chunks brings the digest computed as they arrived
+    (once: :meth:`chunkstream.Joined.take_digest`)."""
+    if buf.__class__ is Joined:
+        digest = buf.take_digest()
+        if digest is not None:
+            return digest
     try:
         view = memoryview(buf)
     except TypeError:
