@@ -323,7 +323,7 @@ class ParallelMagics:
         result.wait()
         result.wait_for_output(10)  # output trails the reply a little
         self._show(result, args.groupby, Echo(labelled=not result._single))
-        result.get()  # a failed %px raises here too, after its outputs, as a blocking one
+        _raise_remote_error(result)  # a failed %px raises here too, as a blocking one
 
     def pxconfig(self, line: str = "") -> None:
         """``%pxconfig [--targets T] [--block|--noblock] [--stream|--no-stream]
@@ -433,7 +433,7 @@ class ParallelMagics:
             result.wait(5)
         self._show(result, groupby, echo)
         if result.done():
-            result.get()  # raises the remote error after the outputs: errors always show
+            _raise_remote_error(result)  # after the outputs: errors always show
 
     def _wait(self, result: Any, stream: bool, progress_after: float, echo: Echo) -> None:
         """Wait for the result and its output; print output as it arrives if ``stream``
@@ -549,6 +549,20 @@ def in_ipython_kernel() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
     return getattr(shell, "kernel", None) is not None
+
+
+def _raise_remote_error(result: Any) -> None:
+    """Raise the error of a finished ``%px`` (if it failed), without the local frames it
+    was raised through: where the client waited for the result (``concurrent.futures``)
+    is not the user's code, and a traceback printer that does not ask the error for its
+    own rendering (corral's kernel) would show those frames before the engines' errors.
+    The error's text holds every engine's failure and the remote traceback."""
+    from .errors import KernelError
+
+    try:
+        result.get()
+    except KernelError as exc:
+        raise exc.with_traceback(None) from None
 
 
 def _engines_of(result: Any, view: Any) -> set[int]:
