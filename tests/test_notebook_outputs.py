@@ -10,6 +10,7 @@ fixture) and each test reads the cells it is about.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -63,6 +64,11 @@ def plain(outputs: list[Any]) -> list[str]:
     ]
 
 
+def displays(outputs: list[Any]) -> list[str]:
+    """:func:`plain` without the engines' ``[output:N]`` labels."""
+    return [text for text in plain(outputs) if not re.fullmatch(r"\[output:\d+\]", text)]
+
+
 def errors(outputs: list[Any]) -> list[Any]:
     return [o for o in outputs if o["output_type"] == "error"]
 
@@ -70,6 +76,26 @@ def errors(outputs: list[Any]) -> list[Any]:
 def test_no_cell_fails_but_the_failing_one(notebook: dict[str, list[Any]]) -> None:
     failed = [name for name, outputs in notebook.items() if errors(outputs)]
     assert failed == ["failing"], {name: errors(notebook[name]) for name in failed}
+
+
+def test_an_updated_display_shows_once_with_its_last_value(
+    notebook: dict[str, list[Any]],
+) -> None:
+    """An engine's ``display(..., display_id=True)`` then ``handle.update(...)``: the cell
+    shows that display once, with the updated value, as the same code shows in a local
+    cell, rather than the first value and then the second as another output."""
+    assert displays(notebook["px_updated"]) == ["'b'", "'b'"]
+    assert displays(notebook["apply_updated"]) == ["'b'", "'b'"]
+    assert displays(notebook["one_updated"]) == ["'b'"]
+
+
+def test_an_update_from_a_later_cell_replaces_the_earlier_display(
+    notebook: dict[str, list[Any]],
+) -> None:
+    """The engine updates a display shown by an earlier ``%%px`` cell: as in a local
+    notebook, the earlier cell's output changes in place and the later cell adds none."""
+    assert displays(notebook["later_shown"]) == ["'second'"]
+    assert plain(notebook["later_updated"]) == []
 
 
 def test_a_failing_px_cell_shows_the_engines_errors_not_the_clients_internals(

@@ -51,7 +51,14 @@ class _Host:
     def run_local(self, code: str) -> None:
         raise NotImplementedError
 
-    def display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
+        """Show a MIME bundle (``update``: replace the display shown as ``display_id``)."""
         text = data.get("text/plain")
         if text is not None:
             print(text)
@@ -86,10 +93,17 @@ class IPythonHost(_Host):
     def run_local(self, code: str) -> None:
         self.shell.run_cell(code)
 
-    def display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
         from IPython.display import display
 
-        display(data, raw=True, metadata=metadata)
+        extra = {"display_id": display_id, "update": update} if display_id else {}
+        display(data, raw=True, metadata=metadata, **extra)
 
     def display(self, obj: Any) -> None:
         from IPython.display import display
@@ -120,10 +134,19 @@ class CorralHost(_Host):
     def run_local(self, code: str) -> None:
         self.interpreter.run_source(code, filename="<%%px --local>")
 
-    def display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
-        from corral.core.display import display
+    def display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
+        from corral.core.display import display, update_display
 
-        display(data, raw=True, metadata=metadata)
+        if update and display_id is not None:
+            update_display(data, display_id=display_id, raw=True, metadata=metadata)
+        else:
+            display(data, raw=True, metadata=metadata, display_id=display_id)
 
     def display(self, obj: Any) -> None:
         from corral.core.display import display
@@ -495,21 +518,31 @@ class ParallelMagics:
     def _show(self, result: Any, groupby: str, echo: Echo) -> None:
         """Show what was not streamed (all of it without ``--stream``): output text, rich
         displays, execute results."""
+        from .asyncresult import display_id_of, folded_outputs
+
         self._print_streams(result, echo, final=True, by_type=groupby != "engine")
         mds = [result._metadata_slot(i) for i in range(len(result._md))]
+        shown = [folded_outputs(md["outputs"]) for md in mds]
         order = list(range(len(mds)))
         if groupby == "order":
-            width = max((len(md["outputs"]) for md in mds), default=0)
-            rows = [(i, k) for k in range(width) for i in order if k < len(mds[i]["outputs"])]
+            width = max((len(outputs) for outputs in shown), default=0)
+            rows = [(i, k) for k in range(width) for i in order if k < len(shown[i])]
         else:
-            rows = [(i, k) for i in order for k in range(len(mds[i]["outputs"]))]
+            rows = [(i, k) for i in order for k in range(len(shown[i]))]
         for index, position in rows:
-            output = mds[index]["outputs"][position]
+            output = shown[index][position]
+            display_id = display_id_of(output)
+            if output["msg_type"] == "update_display_data" and display_id is not None:
+                # the engine updated a display an earlier cell showed: update it there
+                self._display_bundle(
+                    output.get("data") or {}, output.get("metadata") or {}, display_id, True
+                )
+                continue
             if output["msg_type"] not in ("display_data", "update_display_data"):
                 continue
             if echo.labelled:
                 print(f"[output:{mds[index]['engine_id']}]")
-            self._display_bundle(output.get("data") or {}, output.get("metadata") or {})
+            self._display_bundle(output.get("data") or {}, output.get("metadata") or {}, display_id)
         for md in mds:
             executed = md.get("execute_result")
             if executed is None:
@@ -521,9 +554,17 @@ class ParallelMagics:
             else:
                 print(repr(ExecuteReply(md)))
 
-    def _display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def _display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
+        """Show an engine's display; under the engine's ``display_id``, so that a later
+        update of it from the engine (``update``) replaces it in place."""
         if self.host is not None:
-            self.host.display_bundle(data, metadata)
+            self.host.display_bundle(data, metadata, display_id, update)
         elif "text/plain" in data:
             print(data["text/plain"])
 
