@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from helpers import TIMEOUT
-from jupyter_helpers import corral_and_ipykernel_specs, run_notebook
+from jupyter_helpers import corral_and_ipykernel_specs, run_notebook, stream_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -110,3 +110,21 @@ def test_a_failing_px_cell_shows_the_engines_errors_not_the_clients_internals(
     assert "concurrent" not in text and "_base.py" not in text and "File " not in text, text
     assert "[engine 0] ZeroDivisionError" in text and "[engine 1] ZeroDivisionError" in text
     assert "1/0" in text  # the remote frame: where the bug is
+
+
+def test_engine_labels_of_displays_are_outputs_of_their_own(
+    notebook: dict[str, list[Any]],
+) -> None:
+    """``[output:N]`` labels the display under it: it is a display of its own (as
+    ipyparallel sends it), not text appended to the stdout stream, where a frontend
+    merges it into the engines' printed text. Stream labels stay in their streams
+    (``[stdout:N]`` heads the text it labels), and a value is ``Out[N:count]``."""
+    for name in ("labels", "labels_outputs"):
+        outputs = notebook[name]
+        text = stream_text(outputs)
+        assert text == "[stdout:0] \ntext\n[stdout:1] \ntext\n", (name, text)
+        shown = plain(outputs)
+        assert shown[:4] == ["[output:0]", "'shown'", "[output:1]", "'shown'"], (name, shown)
+    values = plain(notebook["labels"])[4:]
+    assert [v.split(":", 1)[0] for v in values] == ["Out[0", "Out[1"], values
+    assert all(v.endswith("]: 3") for v in values), values

@@ -1346,6 +1346,14 @@ class _RichOutputs:
             display(data, raw=True, metadata=metadata, display_id=display_id)
         return True
 
+    @staticmethod
+    def label(text: str) -> None:
+        """An engine's label (``[output:0]``) as a display of its own, as ipyparallel
+        shows it: as stream text, a frontend merges it into the stdout printed before."""
+        from corral.core.display import display
+
+        display({"text/plain": text}, raw=True)
+
 
 def _print_output(
     md: dict[str, Any], output: dict[str, Any], out: IO[str], rich: _RichOutputs | None = None
@@ -1356,8 +1364,8 @@ def _print_output(
     if rich is not None and output["msg_type"] != "error":
         # A value's own prompt names its engine; an update adds no output to label.
         if output["msg_type"] == "display_data":
-            out.write(f"[output:{engine}]\n")
-            out.flush()  # before the display, which takes another way to the frontend
+            out.flush()  # the text before, which takes another way to the frontend
+            rich.label(f"[output:{engine}]")
         if rich.show(md, output):
             return
     if text is not None:

@@ -541,7 +541,7 @@ class ParallelMagics:
             if output["msg_type"] not in ("display_data", "update_display_data"):
                 continue
             if echo.labelled:
-                print(f"[output:{mds[index]['engine_id']}]")
+                self._label(f"[output:{mds[index]['engine_id']}]")
             self._display_bundle(output.get("data") or {}, output.get("metadata") or {}, display_id)
         for md in mds:
             executed = md.get("execute_result")
@@ -567,6 +567,13 @@ class ParallelMagics:
             self.host.display_bundle(data, metadata, display_id, update)
         elif "text/plain" in data:
             print(data["text/plain"])
+
+    def _label(self, text: str) -> None:
+        """An engine's ``[output:N]`` label: a display of its own in a shell that shows
+        displays, as ipyparallel sends it (as stdout text, a frontend would merge it
+        into the engines' printed text before it); a line of text elsewhere."""
+        sys.stdout.flush()  # the streams printed before it come first
+        self._display_bundle({"text/plain": text}, {})
 
 
 class Echo:
