@@ -63,6 +63,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_ipp_magics.py",
         "test_ipp_names.py",
         "test_ipp_notebook.py",
+        "test_notebook_outputs.py",
         "test_ipp_scripts.py",
         "test_ipp_scripts_more.py",
         "test_jupyterlab_browser.py",

@@ -1248,9 +1248,36 @@ class ExecuteReply:
         return self._repr_mime_("text/markdown")
 
 
+def display_id_of(output: dict[str, Any]) -> str | None:
+    """The id a display was shown under (``display(..., display_id=...)``), if any."""
+    display_id = (output.get("transient") or {}).get("display_id")
+    return display_id if isinstance(display_id, str) else None
+
+
+def folded_outputs(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A task's displays as a frontend ends up showing them: an ``update_display_data``
+    replaces, in place, what the task's earlier display of the same id showed, and adds
+    no output (the engine's code updated one display; showing the old value, then the new
+    one under it, is two outputs the user never made). An update of a display the task
+    did not show (an earlier task's) stays, as an update, for the caller to forward."""
+    folded: list[dict[str, Any]] = []
+    shown_at: dict[str, list[int]] = {}
+    for output in outputs:
+        display_id = display_id_of(output)
+        if output["msg_type"] == "update_display_data" and display_id in shown_at:
+            for index in shown_at[display_id]:
+                folded[index] = {**output, "msg_type": "display_data"}
+            continue
+        if output["msg_type"] == "display_data" and display_id is not None:
+            shown_at.setdefault(display_id, []).append(len(folded))
+        folded.append(output)
+    return folded
+
+
 def _shown(md: dict[str, Any]) -> list[dict[str, Any]]:
-    """What a task showed, in order: its displays, then its value or its error."""
-    shown = list(md["outputs"])
+    """What a task showed, in order: its displays (updates folded in), then its value
+    or its error."""
+    shown = folded_outputs(md["outputs"])
     for kind in ("execute_result", "error"):
         content = md.get(kind)
         if content is not None:
@@ -1340,16 +1367,32 @@ class _RichOutputs:
         return None
 
     def show(self, md: dict[str, Any], output: dict[str, Any]) -> bool:
-        """Show one display or value; False for what stays text (errors)."""
-        from corral.core.display import display
+        """Show one display or value; False for what stays text (errors).
+
+        A display keeps its engine's display id, so that the engine updating it later
+        (from another task) updates it here too; such an update is forwarded as one."""
+        from corral.core.display import display, update_display
 
         if output["msg_type"] == "execute_result":
             display(ExecuteReply(md))  # ``Out[0:3]: ...``, with its rich forms
             return True
         if output["msg_type"] not in ("display_data", "update_display_data"):
             return False
-        display(output.get("data") or {}, raw=True, metadata=output.get("metadata") or {})
+        data, metadata = output.get("data") or {}, output.get("metadata") or {}
+        display_id = display_id_of(output)
+        if output["msg_type"] == "update_display_data" and display_id is not None:
+            update_display(data, display_id=display_id, raw=True, metadata=metadata)
+        else:
+            display(data, raw=True, metadata=metadata, display_id=display_id)
         return True
+
+    @staticmethod
+    def label(text: str) -> None:
+        """An engine's label (``[output:0]``) as a display of its own, as ipyparallel
+        shows it: as stream text, a frontend merges it into the stdout printed before."""
+        from corral.core.display import display
+
+        display({"text/plain": text}, raw=True)
 
 
 def _print_output(
@@ -1359,9 +1402,10 @@ def _print_output(
     engine = md["engine_id"]
     text = (output.get("data") or {}).get("text/plain")
     if rich is not None and output["msg_type"] != "error":
-        if output["msg_type"] != "execute_result":  # a value's own prompt names its engine
-            out.write(f"[output:{engine}]\n")
-            out.flush()  # before the display, which takes another way to the frontend
+        # A value's own prompt names its engine; an update adds no output to label.
+        if output["msg_type"] == "display_data":
+            out.flush()  # the text before, which takes another way to the frontend
+            rich.label(f"[output:{engine}]")
         if rich.show(md, output):
             return
     if text is not None:

@@ -51,7 +51,14 @@ class _Host:
     def run_local(self, code: str) -> None:
         raise NotImplementedError
 
-    def display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
+        """Show a MIME bundle (``update``: replace the display shown as ``display_id``)."""
         text = data.get("text/plain")
         if text is not None:
             print(text)
@@ -86,10 +93,17 @@ class IPythonHost(_Host):
     def run_local(self, code: str) -> None:
         self.shell.run_cell(code)
 
-    def display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
         from IPython.display import display
 
-        display(data, raw=True, metadata=metadata)
+        extra = {"display_id": display_id, "update": update} if display_id else {}
+        display(data, raw=True, metadata=metadata, **extra)
 
     def display(self, obj: Any) -> None:
         from IPython.display import display
@@ -120,10 +134,19 @@ class CorralHost(_Host):
     def run_local(self, code: str) -> None:
         self.interpreter.run_source(code, filename="<%%px --local>")
 
-    def display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
-        from corral.core.display import display
+    def display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
+        from corral.core.display import display, update_display
 
-        display(data, raw=True, metadata=metadata)
+        if update and display_id is not None:
+            update_display(data, display_id=display_id, raw=True, metadata=metadata)
+        else:
+            display(data, raw=True, metadata=metadata, display_id=display_id)
 
     def display(self, obj: Any) -> None:
         from corral.core.display import display
@@ -323,7 +346,7 @@ class ParallelMagics:
         result.wait()
         result.wait_for_output(10)  # output trails the reply a little
         self._show(result, args.groupby, Echo(labelled=not result._single))
-        result.get()  # a failed %px raises here too, after its outputs, as a blocking one
+        _raise_remote_error(result)  # a failed %px raises here too, as a blocking one
 
     def pxconfig(self, line: str = "") -> None:
         """``%pxconfig [--targets T] [--block|--noblock] [--stream|--no-stream]
@@ -433,7 +456,7 @@ class ParallelMagics:
             result.wait(5)
         self._show(result, groupby, echo)
         if result.done():
-            result.get()  # raises the remote error after the outputs: errors always show
+            _raise_remote_error(result)  # after the outputs: errors always show
 
     def _wait(self, result: Any, stream: bool, progress_after: float, echo: Echo) -> None:
         """Wait for the result and its output; print output as it arrives if ``stream``
@@ -495,21 +518,31 @@ class ParallelMagics:
     def _show(self, result: Any, groupby: str, echo: Echo) -> None:
         """Show what was not streamed (all of it without ``--stream``): output text, rich
         displays, execute results."""
+        from .asyncresult import display_id_of, folded_outputs
+
         self._print_streams(result, echo, final=True, by_type=groupby != "engine")
         mds = [result._metadata_slot(i) for i in range(len(result._md))]
+        shown = [folded_outputs(md["outputs"]) for md in mds]
         order = list(range(len(mds)))
         if groupby == "order":
-            width = max((len(md["outputs"]) for md in mds), default=0)
-            rows = [(i, k) for k in range(width) for i in order if k < len(mds[i]["outputs"])]
+            width = max((len(outputs) for outputs in shown), default=0)
+            rows = [(i, k) for k in range(width) for i in order if k < len(shown[i])]
         else:
-            rows = [(i, k) for i in order for k in range(len(mds[i]["outputs"]))]
+            rows = [(i, k) for i in order for k in range(len(shown[i]))]
         for index, position in rows:
-            output = mds[index]["outputs"][position]
+            output = shown[index][position]
+            display_id = display_id_of(output)
+            if output["msg_type"] == "update_display_data" and display_id is not None:
+                # the engine updated a display an earlier cell showed: update it there
+                self._display_bundle(
+                    output.get("data") or {}, output.get("metadata") or {}, display_id, True
+                )
+                continue
             if output["msg_type"] not in ("display_data", "update_display_data"):
                 continue
             if echo.labelled:
-                print(f"[output:{mds[index]['engine_id']}]")
-            self._display_bundle(output.get("data") or {}, output.get("metadata") or {})
+                self._label(f"[output:{mds[index]['engine_id']}]")
+            self._display_bundle(output.get("data") or {}, output.get("metadata") or {}, display_id)
         for md in mds:
             executed = md.get("execute_result")
             if executed is None:
@@ -521,11 +554,26 @@ class ParallelMagics:
             else:
                 print(repr(ExecuteReply(md)))
 
-    def _display_bundle(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def _display_bundle(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any],
+        display_id: str | None = None,
+        update: bool = False,
+    ) -> None:
+        """Show an engine's display; under the engine's ``display_id``, so that a later
+        update of it from the engine (``update``) replaces it in place."""
         if self.host is not None:
-            self.host.display_bundle(data, metadata)
+            self.host.display_bundle(data, metadata, display_id, update)
         elif "text/plain" in data:
             print(data["text/plain"])
+
+    def _label(self, text: str) -> None:
+        """An engine's ``[output:N]`` label: a display of its own in a shell that shows
+        displays, as ipyparallel sends it (as stdout text, a frontend would merge it
+        into the engines' printed text before it); a line of text elsewhere."""
+        sys.stdout.flush()  # the streams printed before it come first
+        self._display_bundle({"text/plain": text}, {})
 
 
 class Echo:
@@ -549,6 +597,20 @@ def in_ipython_kernel() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
     return getattr(shell, "kernel", None) is not None
+
+
+def _raise_remote_error(result: Any) -> None:
+    """Raise the error of a finished ``%px`` (if it failed), without the local frames it
+    was raised through: where the client waited for the result (``concurrent.futures``)
+    is not the user's code, and a traceback printer that does not ask the error for its
+    own rendering (corral's kernel) would show those frames before the engines' errors.
+    The error's text holds every engine's failure and the remote traceback."""
+    from .errors import KernelError
+
+    try:
+        result.get()
+    except KernelError as exc:
+        raise exc.with_traceback(None) from None
 
 
 def _engines_of(result: Any, view: Any) -> set[int]:
