@@ -245,6 +245,32 @@ def test_error_reports_ename_evalue_and_trimmed_traceback():
     assert rec.types()[-1] == events.EXECUTE_FINISHED
 
 
+def test_an_error_that_renders_itself_is_shown_its_own_way():
+    """IPython's ``_render_traceback_``: a remote error shows the engine's traceback, not
+    the local frames where its result was waited for; a renderer that fails or returns
+    something else leaves the usual traceback."""
+    interp, _ = make_interpreter()
+    code = (
+        "class Remote(Exception):\n"
+        "    def _render_traceback_(self):\n"
+        "        return ['[engine 0] ZeroDivisionError: division by zero', '  remote frame']\n"
+        "def wait():\n"
+        "    raise Remote('x')\n"
+        "wait()"
+    )
+    result = interp.execute(code)
+    assert result.ename == "Remote"
+    assert result.traceback == ["[engine 0] ZeroDivisionError: division by zero", "  remote frame"]
+    broken = interp.execute(
+        "class Broken(Exception):\n"
+        "    def _render_traceback_(self):\n"
+        "        return 1/0\n"
+        "raise Broken('y')"
+    )
+    assert broken.traceback[-1] == "Broken: y"
+    assert any("Traceback (most recent call last)" in line for line in broken.traceback)
+
+
 def test_corral_frames_between_user_frames_are_hidden():
     """An error raised by an observer a print passes through: the user's cell and observer
     show, the center's and the stream's frames do not."""

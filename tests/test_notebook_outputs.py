@@ -35,6 +35,7 @@ CELLS = {
     "later_shown": "%%px --targets 0\nlater = display('first', display_id=True)",
     "later_updated": "%%px --targets 0\nlater.update('second')",
     "failing": "%%px\n1/0",
+    "apply_failing": "rc[:].apply_sync(lambda: 1/0)",
     "labels": "%%px --no-stream\nprint('text')\ndisplay('shown')\n3",
     "labels_outputs": "both = rc[:].execute(\"print('text')\\ndisplay('shown')\")\n"
     "both.get()\nboth.display_outputs()",
@@ -75,7 +76,7 @@ def errors(outputs: list[Any]) -> list[Any]:
 
 def test_no_cell_fails_but_the_failing_one(notebook: dict[str, list[Any]]) -> None:
     failed = [name for name, outputs in notebook.items() if errors(outputs)]
-    assert failed == ["failing"], {name: errors(notebook[name]) for name in failed}
+    assert failed == ["failing", "apply_failing"], {name: errors(notebook[name]) for name in failed}
 
 
 def test_an_updated_display_shows_once_with_its_last_value(
@@ -110,6 +111,20 @@ def test_a_failing_px_cell_shows_the_engines_errors_not_the_clients_internals(
     assert "concurrent" not in text and "_base.py" not in text and "File " not in text, text
     assert "[engine 0] ZeroDivisionError" in text and "[engine 1] ZeroDivisionError" in text
     assert "1/0" in text  # the remote frame: where the bug is
+
+
+def test_a_failed_blocking_call_shows_the_engines_errors_not_the_clients_internals(
+    notebook: dict[str, list[Any]],
+) -> None:
+    """``rc[:].apply_sync(f)`` failing on every engine, outside any magic: the error
+    renders itself (IPython's ``_render_traceback_``, which corral's kernel honours as
+    ipykernel does): each engine's failure and the remote frame, and none of the frames
+    where the client waited for the result."""
+    [error] = errors(notebook["apply_failing"])
+    text = "\n".join(error["traceback"])
+    assert error["ename"] == "CompositeError"
+    assert "concurrent" not in text and "_base.py" not in text, text
+    assert "[engine 0] ZeroDivisionError" in text and "[engine 1] ZeroDivisionError" in text
 
 
 def test_engine_labels_of_displays_are_outputs_of_their_own(

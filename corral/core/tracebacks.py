@@ -177,7 +177,15 @@ def _chain(exc: BaseException) -> list[tuple[BaseException, str | None]]:
 
 
 def format_exception(exc: BaseException, *, colors: bool = False) -> list[str]:
-    """The Jupyter ``traceback`` list for ``exc``: a header, one entry per frame, the error."""
+    """The Jupyter ``traceback`` list for ``exc``: a header, one entry per frame, the error.
+
+    An error that knows how it should be shown (``_render_traceback_``, IPython's protocol:
+    a remote error whose traceback is on an engine, where the bug is) is shown its own
+    way, as IPython does; the local frames it was raised through (where a result was
+    waited for) are not the user's concern."""
+    rendered = _own_rendering(exc)
+    if rendered is not None:
+        return rendered
     parts: list[str] = []
     for one, link in _chain(exc):
         if link:
@@ -197,6 +205,21 @@ def format_exception(exc: BaseException, *, colors: bool = False) -> list[str]:
             parts.append(_final(one, colors))
             parts.extend(_group_members(one, colors))
     return parts
+
+
+def _own_rendering(exc: BaseException) -> list[str] | None:
+    """``exc._render_traceback_()`` if it gives a list of strings; None otherwise (no such
+    method, or one that fails or returns something else: then the usual traceback)."""
+    try:
+        render = getattr(exc, "_render_traceback_", None)
+        if not callable(render):
+            return None
+        lines = render()
+    except Exception:  # a broken renderer must not hide the error it was to show
+        return None
+    if isinstance(lines, list) and all(isinstance(line, str) for line in lines):
+        return lines
+    return None
 
 
 _GROUP_WIDTH = 15  # members shown of one exception group, as Python's own tracebacks
