@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from helpers import TIMEOUT, until
 from parallel_client_harness import LiveCluster
 from test_parallel_network_blips import Forwarder
 
-from corral.plugins.parallel.client import Client, ControllerLost, DataChannelLost
+from corral.plugins.parallel.client import Client, ControllerLost, DataChannelLost, EngineError
 
 #: The controller ports a client connects to.
 CLIENT_PORTS = ("registration", "mux", "control", "task", "broadcast", "notification")
@@ -55,8 +56,8 @@ def test_a_data_request_lost_with_its_connection_fails_saying_so(
     """A direct pull (or a push large enough for the data path) goes into the data
     connection; the connection then breaks, taking the request with it, and ZeroMQ
     connects again. Only the channel's "up" flag used to change: the result waited for
-    ever (or the caller's timeout). Now it fails at once with DataChannelLost naming
-    the engine and its data address, and the channel serves the next call."""
+    ever (or the caller's timeout). Now it fails with DataChannelLost naming the engine
+    and its data address, and the channel serves the next call."""
     client = cluster.client
     view = client[0]
     view.execute("x = 42", block=True)
@@ -83,6 +84,26 @@ def test_a_data_request_lost_with_its_connection_fails_saying_so(
         assert view.pull("x", direct=True, block=False).get(timeout=TIMEOUT) == 42
     finally:
         forwarder.close()
+
+
+def test_a_direct_pull_whose_engine_dies_still_says_the_engine_died(
+    cluster: LiveCluster, tmp_path: Path
+) -> None:
+    """A killed engine's data connection closes at once, before the hub has declared the
+    engine dead: the pull waiting on it must fail with EngineError (what happened), not
+    with DataChannelLost (what a dropped connection looks like)."""
+    from helpers import wait_for_file
+
+    client = cluster.client
+    view = client[0]
+    view.execute("x = 42", block=True)
+    assert view.pull("x", direct=True, block=False).get(timeout=TIMEOUT) == 42
+    view.apply_async(wait_for_file, str(tmp_path / "never"))  # keeps the engine busy
+    until(lambda: client.queue_status(0)["running"] == 1, what="the task started")
+    pulled = view.pull("x", direct=True, block=False)
+    cluster.engines[0].send_signal(signal.SIGKILL)
+    with pytest.raises(EngineError):
+        pulled.get(timeout=TIMEOUT)
 
 
 def _client_through_forwarders(

@@ -612,9 +612,12 @@ class Client(ClientCompat):
 
     def _data_channel_lost(self, channel: str) -> None:
         """I/O thread: the connection of the data channel ``channel`` broke. Its requests
-        still waiting can no longer be answered: whatever the engine sent into the old
+        still waiting may never be answered: whatever the engine sent into the old
         connection is gone, and ZeroMQ's new one carries only what is sent from now on.
-        They fail at once (:class:`DataChannelLost`) instead of waiting for ever.
+        They fail (:class:`DataChannelLost`) after :meth:`_data_grace` instead of waiting
+        for ever: meanwhile a reply that still comes wins, and so does the hub's notice
+        of the engine's death (:meth:`_fail_engine`: an ``EngineError`` says more, and a
+        killed engine's connection closes before the hub has told anyone).
 
         None is sent again: this side cannot tell whether the engine got it, ran it, or
         answered it, and a push run twice can land after later work that set the same
@@ -623,13 +626,31 @@ class Client(ClientCompat):
         (:meth:`_data_channels_for`)."""
         # list() first: user threads add entries meanwhile (one C call, under the GIL)
         lost = [msg_id for msg_id, (ch, _) in list(self._on_data.items()) if ch == channel]
-        if not lost:
-            return
+        if lost:
+            self._io.call_later(self._data_grace(), lambda: self._fail_on_data(channel, lost))
+
+    def _data_grace(self) -> float:
+        """Seconds a lost data connection's requests wait before they fail: as long as
+        the hub takes to declare a silent engine dead (``hb_misses`` periods) and tell
+        this client, plus two periods and half a second of slack (a loaded machine)."""
+        info = self.cluster_info
+        try:
+            period = float(info.get("hb_period") or 1.0)
+            misses = int(info.get("hb_misses") or 2)
+        except (TypeError, ValueError):
+            period, misses = 1.0, 2
+        return (misses + 2) * period + 0.5
+
+    def _fail_on_data(self, channel: str, msg_ids: list[str]) -> None:
+        """I/O thread: fail ``msg_ids``, sent on ``channel`` before its connection broke,
+        that are still waiting (see :meth:`_data_channel_lost`)."""
         engine_id = int(channel.split(":", 2)[1])
         url = self._io.urls.get(channel)
         where = f" at {url}" if url else ""
-        for msg_id in lost:
-            _, msg_type = self._on_data.pop(msg_id)
+        for msg_id in msg_ids:
+            entry = self._on_data.pop(msg_id, None)
+            if entry is None:
+                continue  # answered, or failed otherwise, meanwhile
             self._direct.pop(msg_id, None)
             result = self._pending.pop(msg_id, None)
             if result is None:
@@ -637,13 +658,15 @@ class Client(ClientCompat):
             index = result._slot(msg_id, engine_id)
             if index is None:
                 continue
-            what = msg_type.removesuffix("_request")
+            what = entry[1].removesuffix("_request")
             error = DataChannelLost(
                 "DataChannelLost",
                 f"the connection to engine {engine_id}'s data socket{where} was lost while "
-                f"this direct {what} waited for its reply; the engine may or may not have "
-                f"run it. Not sent again; call {what}() again (it takes the controller's "
-                "queues until the data connection is back).",
+                f"this direct {what} waited for its reply, and the engine was not reported "
+                "dead (most likely the network dropped the connection); it may or may not "
+                "have run there. Not sent again: "
+                f"call {what}() again (it takes the controller's queues until the data "
+                "connection is back).",
                 engine_id=engine_id,
                 msg_id=msg_id,
             )

@@ -163,7 +163,9 @@ class DataChannelLost(RemoteError, ConnectionError):
     ``pull`` sent on it waited for its reply.
 
     The client cannot know whether the request reached the engine, ran, or had its reply
-    lost on the way; it is failed at once rather than left waiting, and not sent again
+    lost on the way; it is failed rather than left waiting (after the few heartbeat
+    periods in which the hub would report the engine dead: an engine that died gives
+    :class:`EngineError`), and not sent again
     (a push sent again could land after later work that changed the same names). A
     :class:`RemoteError` (it belongs to one engine's slot of a result) and a
     :class:`ConnectionError`; ``engine_id`` names the engine. Call again once the
