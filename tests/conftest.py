@@ -40,6 +40,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_parallel_curve_stall.py",
         "test_parallel_data_channel_race.py",
         "test_parallel_data_unreachable.py",
+        "test_parallel_network_blips2.py",
         "test_zerocopy_exit.py",
         "test_parallel_late_subscriber.py",
         "test_parallel_seal_mitm.py",

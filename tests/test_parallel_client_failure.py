@@ -256,6 +256,7 @@ def test_every_client_hears_an_orderly_shutdown(
     until(lambda: bystander.controller_lost)
     assert "was shut down" in str(bystander._lost)
     assert "lost the controller" not in caplog.text
+    assert "connection to the controller" not in caplog.text
 
 
 def test_a_task_running_when_the_cluster_stops_says_so(live: LiveCluster, tmp_path: Path) -> None:

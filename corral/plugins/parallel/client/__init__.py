@@ -40,6 +40,7 @@ _EXPORTS = {
     "CompositeError": ".errors",
     "TaskAborted": ".errors",
     "ControllerLost": ".errors",
+    "DataChannelLost": ".errors",
     "DependencyTimeout": ".errors",
     "UnmetDependency": ".errors",
     "TimeoutError": ".errors",
@@ -129,6 +130,9 @@ if TYPE_CHECKING:  # what editors and type checkers see; nothing is imported at 
     )
     from .errors import (
         ControllerLost as ControllerLost,
+    )
+    from .errors import (
+        DataChannelLost as DataChannelLost,
     )
     from .errors import (
         DependencyTimeout as DependencyTimeout,

@@ -49,7 +49,7 @@ from .asyncresult import (
 from .channels import dest_for, role_for
 from .compat import ClientCompat, _combine_results, connection_source, forever
 from .dependencies import _USED as _DEPENDENCIES_USED
-from .errors import ControllerLost, RemoteError
+from .errors import ControllerLost, DataChannelLost, RemoteError
 from .funccache import FunctionCache
 from .io import ClientIO
 from .local import MAX_LOCAL_BUFFERS, MAX_LOCAL_REQUEST, EngineGone, LocalCalls, usable_path
@@ -87,6 +87,9 @@ _COPY_LIMIT = 64 * 1024
 #: Seconds of connections turned away (nothing listening) after which a new client
 #: concludes that the controller its cluster file names is not running.
 _ABSENT_AFTER = 1.0
+#: Seconds :meth:`Client.reconnect` first waits for the hub's answer before it reads the
+#: cluster file again (a controller restarted elsewhere); doubled at each try.
+_RECONNECT_ATTEMPT = 1.0
 
 
 def _track_large(frames: list[Any], count: int, trackers: list[zmq.MessageTracker]) -> None:
@@ -290,6 +293,9 @@ class Client(ClientCompat):
         self._pending: dict[str, AsyncResult] = {}
         # msg_id -> engine id of a direct (mux / data path) request still pending
         self._direct: dict[str, int] = {}
+        # msg_id -> (data channel, msg_type) of a data-path request still pending: failed
+        # when that channel's connection breaks (see _data_channel_lost)
+        self._on_data: dict[str, tuple[str, str]] = {}
         # msg_id -> result, for output that trails the reply and for get_result(). Weakly:
         # a result the caller has dropped, and its value (a pulled 100 MB array, say), must
         # not be kept alive here; get_result() of a dropped one asks the hub instead.
@@ -595,8 +601,77 @@ class Client(ClientCompat):
     # ------------------------------------------------------------------ controller loss
 
     def _on_disconnect(self, channel: str) -> None:
-        """I/O thread: a socket to the controller lost its peer."""
-        self._controller_lost(f"its {channel} connection closed")
+        """I/O thread: a socket to the controller, or to an engine's data socket, lost its
+        connection."""
+        if channel.startswith("data:"):
+            self._data_channel_lost(channel)
+            return
+        url = self._io.urls.get(channel)
+        where = f" at {url}" if url else ""
+        self._controller_lost("", connection=f"{where} (its {channel} socket)")
+
+    def _data_channel_lost(self, channel: str) -> None:
+        """I/O thread: the connection of the data channel ``channel`` broke. Its requests
+        still waiting may never be answered: whatever the engine sent into the old
+        connection is gone, and ZeroMQ's new one carries only what is sent from now on.
+        They fail (:class:`DataChannelLost`) after :meth:`_data_grace` instead of waiting
+        for ever: meanwhile a reply that still comes wins, and so does the hub's notice
+        of the engine's death (:meth:`_fail_engine`: an ``EngineError`` says more, and a
+        killed engine's connection closes before the hub has told anyone).
+
+        None is sent again: this side cannot tell whether the engine got it, ran it, or
+        answered it, and a push run twice can land after later work that set the same
+        names (the engine serves its data socket and its queues in no fixed order). The
+        socket reconnects by itself; until it is up again, new requests take the queues
+        (:meth:`_data_channels_for`)."""
+        # list() first: user threads add entries meanwhile (one C call, under the GIL)
+        lost = [msg_id for msg_id, (ch, _) in list(self._on_data.items()) if ch == channel]
+        if lost:
+            self._io.call_later(self._data_grace(), lambda: self._fail_on_data(channel, lost))
+
+    def _data_grace(self) -> float:
+        """Seconds a lost data connection's requests wait before they fail: as long as
+        the hub takes to declare a silent engine dead (``hb_misses`` periods) and tell
+        this client, plus two periods and half a second of slack (a loaded machine)."""
+        info = self.cluster_info
+        try:
+            period = float(info.get("hb_period") or 1.0)
+            misses = int(info.get("hb_misses") or 2)
+        except (TypeError, ValueError):
+            period, misses = 1.0, 2
+        return (misses + 2) * period + 0.5
+
+    def _fail_on_data(self, channel: str, msg_ids: list[str]) -> None:
+        """I/O thread: fail ``msg_ids``, sent on ``channel`` before its connection broke,
+        that are still waiting (see :meth:`_data_channel_lost`)."""
+        engine_id = int(channel.split(":", 2)[1])
+        url = self._io.urls.get(channel)
+        where = f" at {url}" if url else ""
+        for msg_id in msg_ids:
+            entry = self._on_data.pop(msg_id, None)
+            if entry is None:
+                continue  # answered, or failed otherwise, meanwhile
+            self._direct.pop(msg_id, None)
+            result = self._pending.pop(msg_id, None)
+            if result is None:
+                continue
+            index = result._slot(msg_id, engine_id)
+            if index is None:
+                continue
+            what = entry[1].removesuffix("_request")
+            error = DataChannelLost(
+                "DataChannelLost",
+                f"the connection to engine {engine_id}'s data socket{where} was lost while "
+                f"this direct {what} waited for its reply, and the engine was not reported "
+                "dead (most likely the network dropped the connection); it may or may not "
+                "have run there. Not sent again: "
+                f"call {what}() again (it takes the controller's queues until the data "
+                "connection is back).",
+                engine_id=engine_id,
+                msg_id=msg_id,
+            )
+            log.warning("%s", error)
+            result._fail_slot(index, error)
 
     def _on_io_crash(self, exc: BaseException) -> None:
         """I/O thread, as it ends on an unexpected error: no reply can arrive any more,
@@ -610,9 +685,17 @@ class Client(ClientCompat):
             "Client.reconnect() to go on, and fetch finished work with get_result().",
         )
 
-    def _controller_lost(self, why: str, message: str | None = None) -> None:
+    def _controller_lost(
+        self, why: str, message: str | None = None, *, connection: str | None = None
+    ) -> None:
         """Fail everything that only the controller could answer, at once and loudly
-        (``message``: what to say instead of "lost the controller")."""
+        (``message``: what to say instead of "lost the controller").
+
+        ``connection`` (where, e.g. `` at tcp://host:port (its mux socket)``): what was
+        seen is only that a connection to the controller closed. That is a controller
+        that died as much as a network that dropped this client's connection while the
+        controller kept running (Wi-Fi, a NAT, a VPN), and the message says so rather
+        than claim the controller is gone."""
         if self._closed or self._lost is not None:
             return
         # An error only if something was waiting for the controller: a client left open
@@ -626,6 +709,17 @@ class Client(ClientCompat):
         elif self._shut_down:
             error = ControllerLost(f"cluster {self.cluster_id!r} was shut down")
             log.info("%s", error)
+        elif connection is not None:
+            error = ControllerLost(
+                f"the connection to the controller of cluster {self.cluster_id!r}"
+                f"{connection} was lost: the controller stopped, or the network dropped "
+                "this client's connection while it kept running (this client cannot tell "
+                "which). Pending results failed; their tasks may still run. Call "
+                "Client.reconnect(), which connects again to this controller if it "
+                "answers (else waits for one restarted on the same cluster), then fetch "
+                "finished work with get_result()."
+            )
+            report("%s", error)
         else:
             error = ControllerLost(
                 f"lost the controller of cluster {self.cluster_id!r} ({why}); pending "
@@ -636,6 +730,10 @@ class Client(ClientCompat):
             report("%s", error)
         self._lost = error
         self._io.abandon()  # nothing queued may reach a restarted controller
+        self._fail_pending(error)
+
+    def _fail_pending(self, error: ControllerLost) -> None:
+        """Fail every pending result and waiting request with ``error``."""
         pending = set(self._pending.values()) | set(self._hub_results)
         for msg_id in self._pending:
             # get_result() of these asks the database (where a restarted controller
@@ -643,6 +741,7 @@ class Client(ClientCompat):
             self._recent.pop(msg_id, None)
         self._pending.clear()
         self._direct.clear()
+        self._on_data.clear()
         for result in pending:
             result._abandon(error)
         waiters = list(self._waiters.values())
@@ -663,38 +762,54 @@ class Client(ClientCompat):
         """Connect to the controller again, after it was restarted on the same cluster, or
         after the connection to it broke while it kept running.
 
-        Waits up to ``timeout`` seconds (default: the client's ``timeout``) for the cluster
-        file to name a live controller, then connects to it and learns the engines. Work
-        that finished while the controller was down is in its database:
-        :meth:`get_result` fetches it by msg_id.
+        Waits up to ``timeout`` seconds (default: the client's ``timeout``) for a
+        controller named by the cluster file to answer this client's signed request for
+        the engines, then uses it. Work that finished while the controller was down is in
+        its database: :meth:`get_result` fetches it by msg_id.
 
-        :raises TimeoutError: no live controller answered within ``timeout``.
+        The evidence is the answer, not the controller's pid: this client may run on
+        another host than the controller, where that pid names nothing (or some other
+        process), and an answer is what a usable controller gives anyway.
+
+        :raises TimeoutError: no controller answered within ``timeout``.
         """
         if self._closed:
             raise RuntimeError("this Client is closed")
-        from corral.core.processes import process_alive
-
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         old_pid = self.cluster_info.get("controller_pid")
+        # As the loss left them: a failed attempt below changes them.
+        lost, crashed, shut_down = self._lost, self._io_crashed, self._shut_down
+        with self._engines_changed:
+            known = sorted(self._engines)
+        attempt = _RECONNECT_ATTEMPT
         while True:
             try:
                 info = _read_cluster_file(self.connection_file)
             except (OSError, ValueError):
                 info = {}
-            pid = info.get("controller_pid")
-            # The same controller, still running, counts too unless it was shut down:
-            # the connection to it broke on the way (a network blip, Wi-Fi), and
-            # waiting for another one would wait for ever.
-            again = pid != old_pid or self._lost is None or self._io_crashed or not self._shut_down
-            if pid and process_alive(int(pid)) and again:
-                break
+            # The same controller counts too unless it was shut down: the connection to
+            # it broke on the way (a network blip, Wi-Fi), and waiting for another one
+            # would wait for ever.
+            again = info.get("controller_pid") != old_pid or lost is None or crashed
+            left = deadline - time.monotonic()
+            if info and (again or not shut_down):
+                if self._connect_again(info, max(0.1, min(attempt, left))):
+                    break
+                attempt *= 2
+            elif left > 0:
+                time.sleep(0.05)  # a file another process writes: nothing to wait on
             if time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"no live controller for cluster {self.cluster_id!r} in "
-                    f"{self.connection_file} within {timeout} s"
+                    f"no controller of cluster {self.cluster_id!r} answered (as named by "
+                    f"{self.connection_file}) within {timeout} s"
                 )
-            time.sleep(0.05)  # a file another process writes: nothing to wait on
+        self._await_engines_back(known, deadline)
+
+    def _connect_again(self, info: dict[str, Any], wait: float) -> bool:
+        """Connect to the controller ``info`` names, as a new client would; whether its
+        hub answered the engine list within ``wait`` seconds. If not, this client is left
+        lost (:class:`ControllerLost`: calls fail, nothing waits) for the next try."""
         self._io.stop()
         self._io_crashed = False
         key = info.get("key", b"")
@@ -711,14 +826,25 @@ class Client(ClientCompat):
         self._data_channels.clear()
         self._local_paths.clear()
         with self._engines_changed:
-            known = sorted(self._engines)
             self._engines.clear()
         self._details_pending = self._details_again = False  # that reply will not come
         self._lost = None
         self._shut_down = False  # a new controller: its going would be news again
-        self._io = self._connect(info)
-        self._sync_engines(max(0.1, deadline - time.monotonic()), joining=True)
-        self._await_engines_back(known, deadline)
+        try:
+            self._io = self._connect(info)
+            self._sync_engines(wait, joining=True)
+        except (TimeoutError, ControllerLost, KeyError, ValueError) as exc:
+            self._io.stop()
+            error = ControllerLost(
+                f"no controller of cluster {self.cluster_id!r} answered at "
+                f"{_url(info, 'registration') if 'registration' in info else '?'} "
+                f"({type(exc).__name__}: {exc}); call Client.reconnect() again"
+            )
+            log.debug("%s", error)
+            self._lost = error
+            self._fail_pending(error)
+            return False
+        return True
 
     def _await_engines_back(self, known: list[int], deadline: float) -> None:
         """After :meth:`reconnect`: wait (until ``deadline``) for the engines this client
@@ -802,6 +928,7 @@ class Client(ClientCompat):
             if target != engine_id:
                 continue
             self._direct.pop(msg_id, None)
+            self._on_data.pop(msg_id, None)
             result = self._pending.pop(msg_id, None)
             if result is not None:
                 index = result._slot(msg_id, engine_id)
@@ -871,6 +998,7 @@ class Client(ClientCompat):
         if result.done():
             self._pending.pop(msg_id, None)  # type: ignore[arg-type]
             self._direct.pop(msg_id, None)  # type: ignore[arg-type]
+            self._on_data.pop(msg_id, None)  # type: ignore[arg-type]
 
     def _on_reply(self, msg: Parsed) -> None:
         msg_id = msg.parent_header.get("msg_id")
@@ -902,6 +1030,8 @@ class Client(ClientCompat):
         if result._on_reply(msg_id, msg):  # type: ignore[arg-type]
             del self._pending[msg_id]  # type: ignore[arg-type]
             self._direct.pop(msg_id, None)  # type: ignore[arg-type]
+            if self._on_data:
+                self._on_data.pop(msg_id, None)  # type: ignore[arg-type]
 
     def _on_callback(self, msg: Parsed) -> None:
         callback = self._callbacks.pop(msg.parent_header.get("msg_id"), None)  # type: ignore[arg-type]
@@ -1007,6 +1137,7 @@ class Client(ClientCompat):
         build = self._builder.build
         send = self._io.send
         dest = dest_for(channel)
+        on_data = self._on_data if channel.startswith("data:") else None
         self._follow_tasks()
         # Before sending: an observer hears of a task before its completion.
         shared_center.post(
@@ -1017,6 +1148,8 @@ class Client(ClientCompat):
             recent[msg_id] = result
             if engine_id is not None:
                 direct[msg_id] = engine_id
+            if on_data is not None:
+                on_data[msg_id] = (channel, msg_type)
             _, frames = build(
                 msg_type,
                 content,

@@ -18,6 +18,7 @@ from corral.errors import CorralError
 
 __all__ = [
     "CompositeError",
+    "DataChannelLost",
     "DependencyTimeout",
     "EngineError",
     "ImpossibleDependency",
@@ -152,6 +153,24 @@ class ControllerLost(CorralError, ConnectionError):
     cluster. Engines outlive their controller for a grace period and re-register with the
     new one, keeping their results: ``get_result(msg_id)`` after a reconnect fetches what
     finished meanwhile.
+
+    .. versionadded:: 0.2
+    """
+
+
+class DataChannelLost(RemoteError, ConnectionError):
+    """The connection to an engine's data socket broke while a direct ``push`` or
+    ``pull`` sent on it waited for its reply.
+
+    The client cannot know whether the request reached the engine, ran, or had its reply
+    lost on the way; it is failed rather than left waiting (after the few heartbeat
+    periods in which the hub would report the engine dead: an engine that died gives
+    :class:`EngineError`), and not sent again
+    (a push sent again could land after later work that changed the same names). A
+    :class:`RemoteError` (it belongs to one engine's slot of a result) and a
+    :class:`ConnectionError`; ``engine_id`` names the engine. Call again once the
+    connection is back (the client reconnects by itself, and routes through the
+    controller's queues meanwhile).
 
     .. versionadded:: 0.2
     """

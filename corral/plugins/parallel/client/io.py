@@ -68,6 +68,8 @@ class ClientIO:
         self.secure = secure
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._channel_of: dict[zmq.Socket[Any], str] = {}
+        #: channel -> the address its socket connects to (for messages about it)
+        self.urls: dict[str, str] = {}
         #: sockets whose large frames come as streams (data channels): see _stalled_wait
         self._streamed: dict[zmq.Socket[Any], tuple[str, Callable[[], float | None]]] = {}
         #: monitor PAIR socket -> the channel whose disconnections it reports
@@ -76,7 +78,9 @@ class ClientIO:
         self._watched: set[str] = set()
         #: monitor -> the event that is set while its socket has a connection up
         self._up: dict[zmq.Socket[Any], threading.Event] = {}
-        #: called in this thread with a watched channel's name when its peer went away
+        #: called in this thread with a channel's name when its connection went away: a
+        #: watched channel's, or one with an ``up`` event (an engine's data channel,
+        #: whose requests in flight then have no way to be answered)
         self.on_disconnect: Callable[[str], None] | None = None
         #: called in this thread with the exception that is ending it: every reply would
         #: come through here, so whoever waits for one must be told instead
@@ -176,7 +180,8 @@ class ClientIO:
         ``up`` is set once a connection has completed its handshake, and cleared while
         it is down: whoever may route around this socket (an engine's data channel,
         which a firewall or NAT can keep from ever connecting while the engine serves
-        the queues) sees whether a message sent now would go anywhere.
+        the queues) sees whether a message sent now would go anywhere. Its losses go to
+        :attr:`on_disconnect` too (without heartbeats: only a connection that closes).
         """
         if not copy:
             self._nocopy.add(channel)
@@ -276,6 +281,7 @@ class ClientIO:
             self._poller.register(monitor, zmq.POLLIN)
         sock.connect(url)
         self._sockets[channel] = sock
+        self.urls[channel] = url
         self._channel_of[sock] = channel
         if stream:
             self._streamed[sock] = (channel, stall_clock(sock))
@@ -438,7 +444,7 @@ class ClientIO:
 
     def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
         """Events of a monitored socket: a completed handshake sets its ``up`` event, a
-        disconnection clears it and goes to :attr:`on_disconnect` if it is watched."""
+        disconnection clears it and goes to :attr:`on_disconnect` (watched or not)."""
         channel = self._monitors[monitor]
         up = self._up.get(monitor)
         lost = False
@@ -454,7 +460,7 @@ class ClientIO:
                     up.set()
         except zmq.Again:
             pass
-        if lost and channel in self._watched and self.on_disconnect is not None:
+        if lost and (channel in self._watched or up is not None) and self.on_disconnect:
             try:
                 self.on_disconnect(channel)
             except Exception:
