@@ -208,3 +208,20 @@ def test_reconnect_to_a_controller_that_does_not_answer_times_out(
     finally:
         for forwarder in forwarders:
             forwarder.close()
+
+
+def test_reconnect_on_a_healthy_client_fails_what_it_cannot_answer(cluster: LiveCluster) -> None:
+    """``reconnect()`` called while the client still counts itself connected (a user's
+    remedy for a connection gone quietly half-open): a task pending then was sent through
+    the connections reconnect() replaces, so its reply can never arrive. It used to wait
+    for ever; it fails with ControllerLost saying why, and the client works again."""
+    client = cluster.client
+    started = cluster.corral_dir / "started"
+    code = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)"
+    pending = client[0].execute(code, block=False)
+    until(started.exists, what="the task started on the engine")
+    client.reconnect()
+    with pytest.raises(ControllerLost, match="reconnect"):
+        pending.get(timeout=TIMEOUT)
+    assert 0 in client.queue_status()  # the hub answers on the new connections
+

@@ -811,6 +811,18 @@ class Client(ClientCompat):
         hub answered the engine list within ``wait`` seconds. If not, this client is left
         lost (:class:`ControllerLost`: calls fail, nothing waits) for the next try."""
         self._io.stop()
+        if self._pending or self._hub_results or self._waiters:
+            # Still waiting although the client was not lost: reconnect() was called on
+            # a connection that looked healthy (one gone quietly half-open, say). Their
+            # replies would come to the sockets just closed: fail them, saying so,
+            # rather than leave them waiting for ever.
+            self._fail_pending(
+                ControllerLost(
+                    "Client.reconnect() replaced the connections this request was sent "
+                    "through, so its reply cannot arrive; its task may still run: fetch "
+                    "it with get_result() once reconnected"
+                )
+            )
         self._io_crashed = False
         key = info.get("key", b"")
         key = key if isinstance(key, bytes) else key.encode("ascii")
