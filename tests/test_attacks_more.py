@@ -4,6 +4,12 @@ before its fix.
 Files: "every file and directory corral writes is owner-only whatever the umask". Two
 files in the profile directory were created with the process's umask: the console's
 input history and ``%bookmark``'s bookmarks (``0o666`` under ``umask 000``).
+
+Other local users are not trusted. A kernel's debugger wrote the cells it debugs into
+``<tmp>/corral_<pid>``, taking that directory as it found it: another user who made it
+first (the kernel's pid is public) owned the directory the cells went into, and through a
+symlink named after a cell (its name is the hash of its code, the same on every run) had
+the kernel overwrite any file of its user with that cell.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pytest
 from interp_helpers import make_interpreter
 
 from corral.frontends.console_prompt import _history
+from corral.transports.zmq.debugger import HASH_SEED, murmur2_x86
 
 
 @pytest.fixture
@@ -57,3 +64,36 @@ def test_bookmarks_are_owner_only_under_umask_000(umask_000: Path, tmp_path: Pat
     path = umask_000 / "profile_default" / "bookmarks.json"
     assert str(tmp_path) in path.read_text()
     assert oct(_mode(path)) == oct(0o600)
+
+
+def test_another_user_cannot_make_the_debugger_write_through_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("debugpy")
+    pytest.importorskip("jupyter_client")
+    from test_kernel_debugger import CELL, Dap
+    from test_kernel_protocol import kernel_client
+
+    shared = tmp_path / "tmp"  # a temporary directory every user may write to, like /tmp
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.setenv("TMPDIR", str(shared))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    with kernel_client(tmp_path) as kc:
+        dap = Dap(kc)
+        cells = Path(dap.request("debugInfo")["body"]["tmpFilePrefix"])
+        # The attacker: makes the cells' directory wherever they may, and plants a link
+        # named as the cell's file will be.
+        if cells.parent.stat().st_mode & 0o002:
+            cells.mkdir()
+            cells.chmod(0o777)
+            (cells / f"{murmur2_x86(CELL, HASH_SEED)}.py").symlink_to(victim)
+        dap.request("initialize", clientID="attack", adapterID="python", pathFormat="path")
+        dap.request("attach")
+        path = Path(dap.request("dumpCell", code=CELL)["body"]["sourcePath"])
+        assert victim.read_text() == "the user's own file\n"
+        assert not path.is_symlink() and path.read_text() == CELL
+        for folder in (path.parent, path.parent.parent):  # nobody else may add or swap
+            assert oct(_mode(folder) & 0o077) == oct(0), folder
+        dap.request("disconnect", restart=False, terminateDebuggee=False)
