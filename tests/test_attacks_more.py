@@ -10,6 +10,10 @@ Other local users are not trusted. A kernel's debugger wrote the cells it debugs
 first (the kernel's pid is public) owned the directory the cells went into, and through a
 symlink named after a cell (its name is the hash of its code, the same on every run) had
 the kernel overwrite any file of its user with that cell.
+
+The notification bridge's ZeroMQ transport signed every message, but its bound end's PUSH
+socket took any connection: a keyless PULL connected to it was dealt every other
+notification (kernel output, say), which the genuine peer then never received.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
+from helpers import TIMEOUT
 from interp_helpers import make_interpreter
+from zmq.utils.monitor import recv_monitor_message
 
 from corral.frontends.console_prompt import _history
+from corral.transports.zmq.bridge import ZmqBridgeTransport
 from corral.transports.zmq.debugger import HASH_SEED, murmur2_x86
 
 
@@ -97,3 +105,36 @@ def test_another_user_cannot_make_the_debugger_write_through_a_symlink(
         for folder in (path.parent, path.parent.parent):  # nobody else may add or swap
             assert oct(_mode(folder) & 0o077) == oct(0), folder
         dap.request("disconnect", restart=False, terminateDebuggee=False)
+
+
+_HANDSHAKE_ENDS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def test_a_keyless_peer_can_neither_read_nor_take_bridged_notifications() -> None:
+    key = os.urandom(32)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    thief = ctx.socket(zmq.PULL)
+    monitor = thief.get_monitor_socket(_HANDSHAKE_ENDS)
+    try:
+        with ZmqBridgeTransport.bind(key) as bound:
+            with ZmqBridgeTransport.connect(bound.address, key) as peer:
+                thief.connect(bound.address[1])  # the bound end's outgoing PUSH
+                assert monitor.poll(TIMEOUT * 1000), "the thief's handshake never ended"
+                recv_monitor_message(monitor)  # let in or refused: either way, settled
+                sent = [b"notification %d" % n for n in range(10)]
+                for data in sent:
+                    bound.send(data)
+                got: list[bytes] = []
+                while len(got) < len(sent) and (data := peer.recv(TIMEOUT)) is not None:
+                    got.append(data)
+                assert got == sent
+                assert not thief.poll(0)
+    finally:
+        monitor.close(0)
+        thief.close(0)
+        ctx.term()
