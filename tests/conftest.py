@@ -53,6 +53,7 @@ PROCESS_FILES: frozenset[str] = frozenset(
         "test_cluster_config.py",
         "test_conftest.py",
         "test_console.py",
+        "test_attacks_more.py",
         "test_extension_hooks.py",
         "test_frames_chunked.py",
         "test_frontend_plugin_example.py",

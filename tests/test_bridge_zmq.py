@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import zmq
+from helpers import until
 
 from corral.notification import NotificationCenter
 from corral.notification.bridge import BridgeReceiver, BridgeSender, BridgeTransport
 from corral.notification.names import TypeRegistry
 from corral.transports.zmq.bridge import ZmqBridgeTransport
+from corral.transports.zmq.gate import REFUSALS, Gate
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).resolve().parent / "bridge_child.py"
@@ -86,12 +88,16 @@ def test_close_wakes_a_blocked_recv() -> None:
 
 
 def test_a_wrong_key_is_refused_and_a_replay_too() -> None:
+    wrong_key = "PLAIN handshakes with a wrong cluster key"
+    before = REFUSALS.total.get(wrong_key, 0)
     with ZmqBridgeTransport.bind(KEY) as bound:
         with ZmqBridgeTransport.connect(bound.address, b"x" * 32) as intruder:
             intruder.send(b"forged")
-        # A raw socket replaying one genuine message twice.
+            # Refused at the handshake (the gate): the forged message never arrives.
+            until(lambda: REFUSALS.total.get(wrong_key, 0) > before, what="intruder not refused")
+        # A raw socket of a key holder (past the gate) replaying one genuine message twice.
         ctx = zmq.Context.instance()
-        raw = ctx.socket(zmq.PUSH)
+        raw = Gate(KEY).client(ctx.socket(zmq.PUSH))
         raw.linger = 1000
         raw.connect(bound.address[0])
         capture = ctx.socket(zmq.PULL)
@@ -106,10 +112,9 @@ def test_a_wrong_key_is_refused_and_a_replay_too() -> None:
         raw.send_multipart([b"garbage"])
         assert bound.recv(TIMEOUT) == b"genuine"
         assert bound.recv(0.5) is None
-        # Refused: the forged message, the intruder's forged goodbye (which therefore
-        # did not end the bridge: the recv above waited and returned None), the replay,
-        # the garbage.
-        assert bound.refused == 4
+        # Refused: the replay, the garbage (the intruder's forged message and goodbye
+        # never got in; its goodbye did not end the bridge: the recv above returned None).
+        assert bound.refused == 2
         raw.close()
         capture.close()
 

@@ -391,8 +391,9 @@ def bookmark_magic(interp: Any, line: str) -> None:
         marks[words[0]] = (
             os.path.abspath(os.path.expanduser(words[1])) if len(words) == 2 else os.getcwd()
         )
-    path = _bookmarks_file(create=True)
-    path.write_text(json.dumps(marks, indent=1))
+    from corral.core.private import write_private
+
+    write_private(_bookmarks_file(create=True), json.dumps(marks, indent=1))
 
 
 def killbgscripts_magic(interp: Any, line: str) -> None:

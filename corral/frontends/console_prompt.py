@@ -9,6 +9,7 @@ profile directory. Imported only when a terminal is there, so scripted use and t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -78,11 +79,12 @@ def enter_action(text: str, cursor_at_end: bool, status: str) -> str:
 
 def _history(profile: str) -> History:
     """The console's history file in the profile directory (in memory if unwritable)."""
+    from corral.core.private import private_file
     from corral.core.profiles import profile_dir
 
     try:
         path = profile_dir(profile) / "console_history"
-        path.touch(exist_ok=True)
+        os.close(private_file(path))  # what you typed: yours alone, whatever the umask
     except OSError:
         return InMemoryHistory()
     return FileHistory(str(path))

@@ -15,6 +15,10 @@ Why it is built this way:
   once is refused again (:class:`~.wire.ReplayGuard`): a peer without the key cannot
   inject notifications, and a captured message cannot be replayed. Unsigned or badly
   signed messages are logged, counted in :attr:`ZmqBridgeTransport.refused`, and skipped.
+* **Behind the gate** (:mod:`.gate`, PLAIN with a password derived from the key): a
+  process without the key cannot even connect. Signatures alone did not suffice: the
+  bound end's PUSH deals messages out among whoever is connected, so a keyless PULL
+  connected to it read every other notification, and the peer never received those.
 * **An explicit goodbye**: ZeroMQ hides connections, so :meth:`close` sends a signed
   end-of-stream message; the other side's ``recv`` raises ``EOFError`` after every
   message sent before it, as the interface asks. (A peer that dies without closing
@@ -41,6 +45,7 @@ import zmq
 
 from . import wire
 from .door import ROLES
+from .gate import Gate
 from .session import Session
 
 __all__ = ["FEED_MSG_TYPE", "FEED_TOPIC", "FeedPublisher", "FeedSubscriber", "ZmqBridgeTransport"]
@@ -183,10 +188,13 @@ class ZmqBridgeTransport:
         """The listening end: random ports on ``ip`` (``transport="tcp"``), or ipc sockets
         in a fresh private directory (``"ipc"``). ``key`` defaults to 32 random bytes."""
         key = os.urandom(32) if key is None else key
+        gate = Gate(_check_key(key))
         ctx, own = (context, False) if context is not None else (zmq.Context(), True)
         out, inbox = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
         tmpdir = None
         try:
+            gate.server(out)  # the PUSH most of all: it deals messages to whoever connects
+            gate.server(inbox)
             if transport == "ipc":
                 tmpdir = _private_tmpdir()
                 in_url, out_url = (f"ipc://{tmpdir}/{name}" for name in ("in", "out"))
@@ -221,10 +229,11 @@ class ZmqBridgeTransport:
     ) -> ZmqBridgeTransport:
         """The other end, given the bound end's :attr:`address` and key."""
         peer_in, peer_out = address
+        gate = Gate(_check_key(key))
         ctx, own = (context, False) if context is not None else (zmq.Context(), True)
         out, inbox = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
-        out.connect(peer_in)
-        inbox.connect(peer_out)
+        gate.client(out).connect(peer_in)
+        gate.client(inbox).connect(peer_out)
         end = cls(ctx, out, inbox, key, own_context=own, send_timeout=send_timeout)
         end.address = (peer_in, peer_out)
         return end

@@ -175,6 +175,19 @@ def wait(box: queue.Queue[dict[str, Any]], timeout: float, what: str) -> dict[st
         raise TimeoutError(f"the debug adapter did not answer {what} in {timeout:g}s") from None
 
 
+def _cells_dir() -> str:
+    """Where cells are written while they are debugged: a directory of this kernel's in
+    corral's owner-only runtime directory. Not ``corral_<pid>`` straight in the shared
+    temporary directory (ipykernel's place): another user could make that directory
+    first, and cells would then be written into a directory they own, through any
+    symlink they plant there (the same cell's file name comes back each time)."""
+    if hasattr(os, "getuid"):
+        from corral.core.private import runtime_dir
+
+        return str(runtime_dir() / f"debug-{os.getpid()}")
+    return os.path.join(tempfile.gettempdir(), f"corral_{os.getpid()}")  # per-user on Windows
+
+
 class Debugger:
     """Serves ``debug_request`` for ``server`` (a :class:`~.kernel.KernelServer`).
 
@@ -192,7 +205,7 @@ class Debugger:
         self._parent: dict[str, Any] = {}
         self._seq = 1_000_000  # our own requests' numbers, far from the frontend's
         self._initialized: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.tmp_dir = os.path.join(tempfile.gettempdir(), f"corral_{os.getpid()}")
+        self.tmp_dir = _cells_dir()
 
     # ------------------------------------------------------------------ cell names
 
