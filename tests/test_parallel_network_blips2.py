@@ -224,4 +224,3 @@ def test_reconnect_on_a_healthy_client_fails_what_it_cannot_answer(cluster: Live
     with pytest.raises(ControllerLost, match="reconnect"):
         pending.get(timeout=TIMEOUT)
     assert 0 in client.queue_status()  # the hub answers on the new connections
-
