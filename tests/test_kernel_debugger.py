@@ -7,7 +7,9 @@ stack and variables are read, steps one line, and continues.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -135,3 +137,97 @@ def test_cell_names_hash_as_ipykernel_and_frontends_do() -> None:
     assert HASH_SEED == compiler.get_tmp_hash_seed()
     for text in ["", "a", "ab", "abc", "abcd", CELL, "print('\u03bc \u00e9t\u00e9 \U0001f600')"]:
         assert murmur2_x86(text, HASH_SEED) == compiler.murmur2_x86(text, HASH_SEED), text
+
+
+def _dap_send(sock: socket.socket, seq: int, command: str, **arguments: Any) -> None:
+    body = json.dumps(
+        {"type": "request", "seq": seq, "command": command, "arguments": arguments}
+    ).encode()
+    sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def _dap_response(sock: socket.socket, seq: int) -> dict[str, Any] | None:
+    """The adapter's response to request ``seq`` (events and others skipped); None if
+    the adapter closes the connection first."""
+    sock.settimeout(TIMEOUT)
+    buffer = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            buffer += chunk
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        length = int(head.split(b":", 1)[1])
+        while len(buffer) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            buffer += chunk
+        message, buffer = json.loads(buffer[:length]), buffer[length:]
+        if message.get("type") == "response" and message.get("request_seq") == seq:
+            return message
+
+
+def _adapter_ports(kernel_pid: int) -> list[int]:
+    """The listening ports of the debugpy adapter the kernel is connected to: the one
+    for its client (the kernel, standing for the frontend) and the one the debugged
+    process itself connects to."""
+    psutil = pytest.importorskip("psutil")
+    remote = {c.raddr.port for c in psutil.Process(kernel_pid).net_connections("tcp") if c.raddr}
+    ports = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if "debugpy/adapter" not in " ".join(proc.info["cmdline"] or []):
+            continue
+        for conn in proc.net_connections("tcp"):
+            if conn.status == "LISTEN" and conn.laddr.port in remote:
+                ports.append(conn.laddr.port)
+    return ports
+
+
+def test_after_the_frontend_disconnects_no_one_else_can_attach(tmp_path: Any) -> None:
+    """debugpy's adapter takes any client on 127.0.0.1, one at a time, with no credential:
+    had the kernel's own session ended when the frontend disconnected (switching the
+    debugger off in JupyterLab), any local user could attach next and ``evaluate`` code
+    in the kernel. The kernel stays attached; a later frontend session still works."""
+    marker = tmp_path / "evaluated-by-another"
+    with kernel_client(tmp_path / "k") as client:
+        dap = Dap(client)
+        dap.request("initialize", clientID="lab", adapterID="python", pathFormat="path")
+        dap.request("attach")
+        dap.request("configurationDone")
+        pid_reply = reply_to(client.shell_channel, client.execute("import os; pid = os.getpid()"))
+        assert pid_reply["content"]["status"] == "ok"
+        inspected = dap.request("inspectVariables")["body"]["variables"]
+        kernel_pid = int(next(v["value"] for v in inspected if v["name"] == "pid"))
+        ports = _adapter_ports(kernel_pid)  # its client port and its debuggee port
+        assert ports, "the kernel is connected to no debugpy adapter"
+        dap.request("disconnect", restart=False, terminateDebuggee=False)
+        assert dap.request("debugInfo")["body"]["isStarted"] is False
+
+        for port in ports:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as other:
+                _dap_send(other, 1, "initialize", clientID="other", adapterID="python")
+                _dap_response(other, 1)
+                _dap_send(other, 2, "attach")
+                _dap_send(other, 3, "configurationDone")
+                expression = f"open({str(marker)!r}, 'w').write('x')"
+                _dap_send(other, 4, "evaluate", expression=expression, context="repl")
+                answer = _dap_response(other, 4)
+                assert answer is None or not answer.get("success"), answer
+        assert not marker.exists()
+
+        # the frontend's next session: served by the session the kernel kept
+        dap.request("initialize", clientID="lab", adapterID="python", pathFormat="path")
+        dap.request("attach")
+        path = dap.request("dumpCell", code=CELL)["body"]["sourcePath"]
+        dap.request("setBreakpoints", source={"path": path}, breakpoints=[{"line": 2}])
+        dap.request("configurationDone")
+        msg_id = client.execute(CELL)
+        thread = dap.event("stopped")["body"]["threadId"]
+        dap.request("continue", threadId=thread)
+        assert reply_to(client.shell_channel, msg_id)["content"]["status"] == "ok"
+        dap.request("disconnect", restart=False, terminateDebuggee=False)
+        # its breakpoint went with it: the same cell runs through
+        again = reply_to(client.shell_channel, client.execute(CELL))
+        assert again["content"]["status"] == "ok"

@@ -18,6 +18,18 @@ A few requests are answered by the kernel itself, as ipykernel answers them:
 * ``configurationDone`` — the kernel sent it to debugpy itself, after ``attach``;
 * ``source`` — the text of a file.
 
+**The kernel stays attached once it has attached.** debugpy's adapter listens on a TCP
+port of 127.0.0.1 for its client, without any credential, and serves one client at a
+time: while the kernel's connection is attached, another client is turned away ("Server
+is not available"); once that client disconnects, the next one to connect may attach and
+``evaluate`` anything in the kernel, and any local user can connect to 127.0.0.1. So a
+frontend's ``disconnect`` is not passed on: the kernel clears the breakpoints and
+exception filters it set, lets stopped threads go on, and answers it; the session stays
+attached and serves the frontend's next ``initialize`` and ``attach`` itself (the
+capabilities debugpy gave the first time, and an ``initialized`` event). Left open: the
+moment between ``debugpy.listen`` starting the adapter and the kernel connecting to it,
+and debugpy's own tracing, which stays installed (as after a real disconnect).
+
 Nothing of debugpy is imported until a frontend asks for the debugger. Once started, cells
 run under their murmur2 file names (see :meth:`Debugger.cell_filename`); the interpreter
 still labels them ``Cell In[N]`` in tracebacks.
@@ -206,6 +218,12 @@ class Debugger:
         self._seq = 1_000_000  # our own requests' numbers, far from the frontend's
         self._initialized: queue.Queue[dict[str, Any]] = queue.Queue()
         self.tmp_dir = _cells_dir()
+        #: debugpy's answer to the first ``initialize`` (its capabilities), once the
+        #: kernel's session is attached: later sessions are served from it (module doc)
+        self._capabilities: dict[str, Any] | None = None
+        self._attached = False
+        #: exception filters a frontend set (cleared when it disconnects)
+        self._exception_filters = False
 
     # ------------------------------------------------------------------ cell names
 
@@ -240,16 +258,21 @@ class Debugger:
             path = args.get("source", {}).get("path")
             if path:
                 self.breakpoints[path] = list(args.get("breakpoints", []))
+        if command == "setExceptionBreakpoints":
+            self._exception_filters = True
         if command == "configurationDone":
             # Sent to debugpy already, right after attach (see _attach): debugpy would
             # refuse a second one.
             return self._response(request)
+        if command == "initialize" and self._attached and self._capabilities is not None:
+            return self._response(request, body=self._capabilities)
         if command == "attach":
-            reply = self._attach(request)
-        else:
-            reply = self._adapter.request(request)
+            return self._attach(request)
         if command == "disconnect":
-            self._stop()
+            return self._detach(request)
+        reply = self._adapter.request(request)
+        if command == "initialize" and reply.get("success"):
+            self._capabilities = reply.get("body") or {}
         return reply
 
     def _response(
@@ -269,10 +292,12 @@ class Debugger:
 
     def _start(self) -> None:
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
-        if self._listening is None:
-            self._listening = self.server.call_on_main(_listen)
-        host, port = self._listening
-        self._adapter = _AdapterConnection(host, port, self._on_event)
+        if self._adapter is None or self._adapter.closed:
+            if self._listening is None:
+                self._listening = self.server.call_on_main(_listen)
+            host, port = self._listening
+            self._adapter = _AdapterConnection(host, port, self._on_event)
+            self._attached = False
         self.started = True
         self.server.interpreter.cell_namer = self.cell_filename
 
@@ -284,6 +309,9 @@ class Debugger:
         ``configurationDone`` itself once debugpy says ``initialized``.
         """
         assert self._adapter is not None and self._listening is not None
+        if self._attached:  # still attached since an earlier session (module docstring)
+            self._on_event({"type": "event", "seq": 0, "event": "initialized", "body": {}})
+            return self._response(request)
         args = request.setdefault("arguments", {})
         args["connect"] = {"host": self._listening[0], "port": self._listening[1]}
         corral_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -296,18 +324,39 @@ class Debugger:
             self._initialized.get(timeout=_TIMEOUT)
         except queue.Empty:
             raise TimeoutError("debugpy sent no initialized event after attach") from None
-        self._seq += 1
-        self._adapter.request({"type": "request", "seq": self._seq, "command": "configurationDone"})
-        return wait(attached, _TIMEOUT, "attach")
+        self._own_request("configurationDone")
+        reply = wait(attached, _TIMEOUT, "attach")
+        self._attached = bool(reply.get("success"))
+        return reply
 
-    def _stop(self) -> None:
-        if self._adapter is not None:
-            self._adapter.close()
-        self._adapter = None
+    def _own_request(self, command: str, **arguments: Any) -> dict[str, Any]:
+        """A request of the kernel's own to debugpy (numbered apart from the frontend's)."""
+        assert self._adapter is not None
+        self._seq += 1
+        message = {"type": "request", "seq": self._seq, "command": command}
+        if arguments:
+            message["arguments"] = arguments
+        return self._adapter.request(message)
+
+    def _detach(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A frontend's ``disconnect``, answered without ending the kernel's session with
+        debugpy (which would leave debugpy's port to whoever connects next: module
+        docstring): what that frontend set is undone, and stopped threads go on."""
+        try:
+            for path in list(self.breakpoints):
+                self._own_request("setBreakpoints", source={"path": path}, breakpoints=[])
+            if self._exception_filters:
+                self._own_request("setExceptionBreakpoints", filters=[])
+            if self.stopped_threads:
+                self._own_request("continue", threadId=min(self.stopped_threads))
+        except (OSError, TimeoutError) as exc:
+            log.warning("the debugger could not undo a session's settings: %s", exc)
         self.started = False
         self.breakpoints = {}
         self.stopped_threads = set()
+        self._exception_filters = False
         self.server.interpreter.cell_namer = None
+        return self._response(request)
 
     def close(self) -> None:
         """At kernel shutdown: drop the adapter connection and the cell files."""
