@@ -272,7 +272,7 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
             lambda: cell.find_elements(By.CSS_SELECTOR, ".cm-breakpoint-gutter .cm-gutterElement"),
         )
         gutter[2].click()  # line 2 (the first element is CodeMirror's hidden spacer)
-        until("the breakpoint", lambda: "corral_" in _text(browser, ".jp-DebuggerBreakpoints-body"))
+        until("the breakpoint", lambda: "debug-" in _text(browser, ".jp-DebuggerBreakpoints-body"))
         run_cell(browser, 5)
         until(
             "the stop in h()", lambda: _text(browser, ".jp-DebuggerCallstack-body").startswith("h")
@@ -288,6 +288,31 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
         until("the cell to finish", lambda: "42" in output_text(browser, 5))
         bug.click()
         until("the debugger to stop", lambda: bug.get_attribute("aria-pressed") == "false")
+        # Turned on again: the kernel kept its debugpy session (docs/security.md) and
+        # serves the new one from it; the breakpoint JupyterLab kept stops the cell again.
+        bug.click()
+        until("the debugger to start again", lambda: bug.get_attribute("aria-pressed") == "true")
+        if "debug-" not in _text(browser, ".jp-DebuggerBreakpoints-body"):
+            gutter = until(
+                "the breakpoint gutter again",
+                lambda: cell.find_elements(
+                    By.CSS_SELECTOR, ".cm-breakpoint-gutter .cm-gutterElement"
+                )[2:],
+            )
+            gutter[0].click()  # JupyterLab dropped it with the session: set it again
+        until("the breakpoint again", lambda: "debug-" in _text(browser, ".jp-DebuggerBreakpoints-body"))
+        run_cell(browser, 5)
+        until(
+            "the stop in h() again",
+            lambda: _text(browser, ".jp-DebuggerCallstack-body").startswith("h"),
+        )
+        js(browser, "window.jupyterapp.commands.execute('debugger:continue');")
+        until(
+            "the stack to clear",
+            lambda: not _text(browser, ".jp-DebuggerCallstack-body").startswith("h"),
+        )
+        bug.click()
+        until("the debugger to stop again", lambda: bug.get_attribute("aria-pressed") == "false")
         # A tqdm.notebook bar renders as a widget and reaches the end.
         run_cell(browser, 6)
         until("the full bar", lambda: "100%" in output_text(browser, 6))
