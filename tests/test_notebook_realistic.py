@@ -1,0 +1,177 @@
+"""Notebooks as their users write them, run by nbclient on corral's kernel and on ipykernel.
+
+Each test runs one small notebook on both kernels (each in a directory of its own) and
+compares what a frontend would store, cell by cell: output types, MIME bundles and their
+metadata, execution counts, stream text, error names and values. Where the two kernels
+differ on purpose (addresses, timings, ipykernel's pty line ends) only the shape is
+compared. What tests/test_notebook_parity.py and tests/test_kernel_ipython_compat.py
+already cover is not repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import TIMEOUT
+from jupyter_helpers import corral_and_ipykernel_specs, run_notebook, stream_text
+
+for _name in ("nbclient", "nbformat", "ipykernel", "matplotlib", "matplotlib_inline", "tqdm"):
+    pytest.importorskip(_name)
+
+Cells = list[tuple[str, bool]]  # (source, compare the text too, not only the shape)
+Run = Callable[[list[str]], tuple[list[Any], list[Any]]]
+
+
+@pytest.fixture
+def both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """Run cells on corral's kernel, then on ipykernel; each kernel starts in its own
+    directory (files a notebook writes do not meet) and the outputs of both come back."""
+    corral_and_ipykernel_specs(tmp_path, monkeypatch)
+
+    def run(cells: list[str]) -> tuple[list[Any], list[Any]]:
+        results = []
+        for kernel in ("corral", "ipy"):
+            work = tmp_path / f"work-{kernel}"
+            work.mkdir()
+            monkeypatch.chdir(work)
+            results.append(run_notebook(kernel, cells, TIMEOUT))
+        return results[0], results[1]
+
+    return run
+
+
+def outline(outputs: list[Any], exact: bool) -> list[tuple[Any, ...]]:
+    """What a frontend keeps of a cell's outputs; consecutive writes to one stream are one."""
+    sig: list[tuple[Any, ...]] = []
+    for out in outputs:
+        kind = out["output_type"]
+        if kind == "stream":
+            text = out["text"].replace("\r\n", "\n") if exact else ""
+            if sig and sig[-1][:2] == ("stream", out["name"]):
+                sig[-1] = ("stream", out["name"], sig[-1][2] + text)
+            else:
+                sig.append(("stream", out["name"], text))
+        elif kind == "error":
+            sig.append(("error", out["ename"], out["evalue"] if exact else None))
+        else:
+            data = out["data"]
+            plain = data.get("text/plain") if exact else None
+            sig.append((kind, sorted(data), dict(out["metadata"]), plain))
+    return sig
+
+
+def differences(cells: Cells, corral: list[Any], ipykernel: list[Any]) -> list[Any]:
+    """The cells whose outlines differ between the kernels, with both outlines."""
+    return [
+        (source, outline(ours, exact), outline(theirs, exact))
+        for (source, exact), ours, theirs in zip(cells, corral, ipykernel, strict=True)
+        if outline(ours, exact) != outline(theirs, exact)
+    ]
+
+
+def test_a_plotting_and_display_notebook_matches_ipykernel(both: Run) -> None:
+    cells: Cells = [
+        ("%matplotlib inline\nimport matplotlib.pyplot as plt", True),
+        ("plt.plot([1, 3, 2])\nplt.title('line')\nplt.show()\nplt.get_fignums()", False),
+        ("fig, ax = plt.subplots()\nax.bar([1, 2], [3, 4]);", False),
+        ("print(plt.get_fignums())", True),  # closed after the cell that drew them
+        (
+            "from IPython.display import display, HTML, JSON, Image, Markdown, clear_output\n"
+            "for i in range(3):\n    clear_output(wait=True)\n    print('step', i)\n"
+            "    display(HTML(f'<b>{i}</b>'))",
+            True,
+        ),
+        ("h = display(Markdown('*a*'), display_id=True)\nh.update(Markdown('*b*'))", True),
+        ("JSON({'rows': [1, 2]}, expanded=True)", True),
+        (
+            "import base64\npng = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAf"
+            "FcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==')\n"
+            "Image(png, width=40)",
+            True,
+        ),
+        ("display(HTML('<i>x</i>'), metadata={'isolated': True})", True),
+        ("from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass", False),
+        (
+            "import threading\nready = threading.Event()\n"
+            "def worker():\n    ready.wait()\n    print('from the thread')\n"
+            "t = threading.Thread(target=worker)\nt.start()",
+            True,
+        ),
+        ("ready.set(); t.join()\nprint('joined')", True),
+        ("10", True),
+        ("20", True),
+        ("print(_, __, Out[13], _13, In[13])", True),
+        ("print('héllo 🐍 ✓')\n'日本語 🎉'", True),
+        ("print('x' * 50_000)", True),
+    ]
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells, corral, ipykernel) == []
+    assert "image/png" in corral[1][0]["data"]
+    assert "image/png" in corral[2][0]["data"]
+    assert stream_text(corral[3]) == "[]\n"
+    assert corral[12][-1]["execution_count"] == 13
+
+
+def test_errors_exits_and_await_match_ipykernel(both: Run) -> None:
+    cells: Cells = [
+        ("import asyncio\nasync def three():\n    await asyncio.sleep(0)\n    return 3", True),
+        ("await three()", True),
+        ("coro = three()\ntry:\n    asyncio.run(coro)\nfinally:\n    coro.close()", True),
+        ("raise KeyboardInterrupt", True),
+        ("print('alive')", True),
+        ("print(__name__)\n__file__", True),
+        ("def bad():\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n"
+         "        raise ValueError('wrapped') from e\nbad()", True),
+        ("def f(:\n    pass", False),  # the evalue names each kernel's cell file
+        ("x = input('name? ')", False),  # both refuse; the wording is each kernel's
+    ]  # fmt: skip
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells, corral, ipykernel) == []
+    assert corral[2][0]["evalue"] == "asyncio.run() cannot be called from a running event loop"
+    assert corral[8][0]["ename"] == "StdinNotImplementedError"
+
+
+def test_sys_exit_fails_the_cell_and_the_kernel_goes_on(both: Run) -> None:
+    """ipykernel adds a warning on stderr (how to leave IPython); the error is the same."""
+    cells = [
+        "import sys\nprint('before')\nsys.exit(3)",
+        "raise SystemExit('bye')",
+        "print('after')",
+    ]
+    corral, ipykernel = both(cells)
+    for outputs in (corral, ipykernel):
+        assert [o["text"] for o in outputs[0] if o.get("name") == "stdout"] == ["before\n"]
+        errors = [[(o["ename"], o["evalue"]) for o in cell if "ename" in o] for cell in outputs]
+        assert errors == [[("SystemExit", "3")], [("SystemExit", "bye")], []]
+        assert stream_text(outputs[2]) == "after\n"
+
+
+def test_shell_commands_files_and_autoreload_match_ipykernel(both: Run) -> None:
+    cells: Cells = [
+        ("!echo hi there", True),
+        ("%%bash\necho out", True),  # stdout and stderr of one script race: apart
+        ("%%bash\necho err >&2", True),
+        ("%%writefile qa_mod.py\ndef val():\n    return 1", True),
+        ("%load_ext autoreload\n%autoreload 2\nimport qa_mod\nqa_mod.val()", True),
+        (
+            "import os, pathlib\np = pathlib.Path('qa_mod.py')\n"
+            "p.write_text('def val():\\n    return 2\\n')\n"
+            "later = p.stat().st_mtime + 10\nos.utime(p, (later, later))",
+            True,
+        ),
+        ("qa_mod.val()", True),
+        ("%%time\nsum(range(10))", False),
+        ("%timeit -n 1 -r 1 sum(range(10))", False),
+        ("def hello(a, b=2):\n    '''Say hello.'''\nhelp(hello)", True),
+        ("%env QA_NB=1", True),
+        ("%env QA_NB", True),
+        ("import os\nos.makedirs('sub', exist_ok=True)\n%cd sub", False),
+        ("os.path.basename(os.getcwd())", True),
+        ("%who", False),
+    ]
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells, corral, ipykernel) == []
+    assert corral[6][0]["data"]["text/plain"] == "2"  # the edited module was reloaded
