@@ -149,6 +149,25 @@ def test_sys_exit_fails_the_cell_and_the_kernel_goes_on(both: Run) -> None:
         assert stream_text(outputs[2]) == "after\n"
 
 
+def test_warnings_show_on_stderr_once_per_cell(both: Run) -> None:
+    """A warning shows once in the cell that raises it, and again when a later cell (or
+    the same cell run again) raises it, as under ipykernel: the re-run cell's old output
+    is gone, so a warning shown once per process would be lost."""
+    cells = [
+        "import warnings\ndef careful():\n    warnings.warn('careful', UserWarning)\n"
+        "careful()\ncareful()",
+        "careful()",
+        "careful()",
+        "warnings.warn('old', DeprecationWarning)",
+    ]
+    corral, ipykernel = both(cells)
+    for outputs in (corral, ipykernel):
+        for cell in outputs[:3]:
+            assert [o["name"] for o in cell] == ["stderr"]
+            assert stream_text(cell).count("UserWarning: careful") == 1
+        assert "DeprecationWarning: old" in stream_text(outputs[3])
+
+
 def test_shell_commands_files_and_autoreload_match_ipykernel(both: Run) -> None:
     cells: Cells = [
         ("!echo hi there", True),

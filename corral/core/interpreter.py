@@ -18,6 +18,7 @@ import builtins
 import dataclasses
 import linecache
 import sys
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -70,6 +71,21 @@ hide_from_tracebacks(__file__)
 hide_from_tracebacks(sys.modules["corral.core.magics"].__file__ or "")
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def _forget_shown_warnings() -> None:
+    """Let each cell show its warnings again, as under ipykernel.
+
+    Python's ``default`` action shows a warning once per code location for the life of
+    the process. In a notebook that hides it for good: re-run a cell (its old output
+    cleared by the frontend) or call the same function from a later cell, and the warning
+    is gone. IPython changes the warning filters while it prepares every cell, which
+    empties every module's once-per-location memory; leaving a ``catch_warnings`` block
+    does the same here, through the public API. Within one cell a warning still shows
+    once; the ``once`` action still means once per process.
+    """
+    with warnings.catch_warnings():
+        pass
 
 
 def _run_unsuspended(run: Any) -> Any:
@@ -389,6 +405,7 @@ class Interpreter:
             filename = cell_filename(count, self._serial)
         self._payload = []
         set_current(self)
+        _forget_shown_warnings()
         self.center.post(EXECUTE_STARTED, self, code=code, execution_count=count, silent=silent)
         cell = clean_cell(code)
         cell = self._transform_input(cell) if self.input_transformers else cell
