@@ -168,6 +168,25 @@ def test_warnings_show_on_stderr_once_per_cell(both: Run) -> None:
         assert "DeprecationWarning: old" in stream_text(outputs[3])
 
 
+def test_store_keeps_a_variable_without_loading_the_extension(both: Run) -> None:
+    """``%store`` works in a fresh notebook: ipykernel loads storemagic at start."""
+    cells: Cells = [
+        ("kept = {'a': [1, 2]}\n%store kept", True),
+        ("del kept\n%store -r kept\nkept", True),
+        ("%store", True),
+        ("%store -d kept\n%store -r kept", True),
+        ("%alias qa_say echo said %s\n%store qa_say", True),
+    ]
+    # IPython 9 stores the alias but does not find it again (``no stored variable or
+    # alias``): that cell is corral's alone.
+    restore = "%unalias qa_say\n%store -r qa_say\n%qa_say it"
+    corral, ipykernel = both([source for source, _ in cells] + [restore])
+    assert differences(cells, corral[:-1], ipykernel[:-1]) == []
+    assert stream_text(corral[0]) == "Stored 'kept' (dict)\n"
+    assert corral[1][0]["data"]["text/plain"] == "{'a': [1, 2]}"
+    assert stream_text(corral[5]) == "said it\n"  # an alias is stored and restored too
+
+
 def test_shell_commands_files_and_autoreload_match_ipykernel(both: Run) -> None:
     cells: Cells = [
         ("!echo hi there", True),

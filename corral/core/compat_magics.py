@@ -142,6 +142,19 @@ def autoreload_magic(interp: Any, line: str) -> Any:
     return shell.run_line_magic("autoreload", line)
 
 
+def store_magic(interp: Any, line: str) -> Any:
+    """%store [-r|-d|-z] [NAME]: IPython's storemagic, which ipykernel loads at start.
+
+    Notebooks call ``%store`` without loading anything; the extension (and IPython) is
+    loaded on first use here, and its own ``%store`` replaces this one.
+    """
+    shell = _shell(interp)
+    shell.extension_manager.load_extension("storemagic")
+    if interp.magics.line("store") is store_magic:
+        raise UsageError("the storemagic extension did not register %store")
+    return shell.run_line_magic("store", line)
+
+
 # ------------------------------------------------------------------ matplotlib
 
 
@@ -381,6 +394,7 @@ def register_compat_magics(registry: MagicsRegistry) -> None:
         ("unload_ext", unload_ext_magic),
         ("reload_ext", reload_ext_magic),
         ("autoreload", autoreload_magic),
+        ("store", store_magic),
         ("matplotlib", matplotlib_magic),
     ):
         registry.register_line(name, func)
