@@ -187,6 +187,13 @@ def test_store_keeps_a_variable_without_loading_the_extension(both: Run) -> None
     assert stream_text(corral[5]) == "said it\n"  # an alias is stored and restored too
 
 
+def test_kernel_shell_is_the_shell_libraries_reach(both: Run) -> None:
+    """Libraries written for ipykernel reach the shell as ``get_ipython().kernel.shell``."""
+    cell = "k = get_ipython().kernel\nprint(k.shell is get_ipython(), k.shell.user_ns is globals())"
+    corral, ipykernel = both([cell])
+    assert stream_text(corral[0]) == stream_text(ipykernel[0]) == "True True\n"
+
+
 def test_shell_commands_files_and_autoreload_match_ipykernel(both: Run) -> None:
     cells: Cells = [
         ("!echo hi there", True),
