@@ -220,3 +220,29 @@ def test_shell_commands_files_and_autoreload_match_ipykernel(both: Run) -> None:
     corral, ipykernel = both([source for source, _ in cells])
     assert differences(cells, corral, ipykernel) == []
     assert corral[6][0]["data"]["text/plain"] == "2"  # the edited module was reloaded
+
+
+def test_run_a_notebook_runs_its_code_cells(both: Run) -> None:
+    """``%run helpers.ipynb``: notebooks share code this way; its cells run in the
+    notebook's namespace, magics and shell escapes included, and an error stops it."""
+    write = (
+        "import nbformat\ndef save(name, *cells):\n    nb = nbformat.v4.new_notebook()\n"
+        "    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]\n"
+        "    nb.cells.insert(1, nbformat.v4.new_markdown_cell('# notes'))\n"
+        "    nbformat.write(nb, name)\n"
+        "save('helpers.ipynb', 'def double(x):\\n    return 2 * x\\nprint(\"loaded\")\\n7',\n"
+        "     '%%capture cap\\nprint(\"captured\")', 'shelled = !echo from shell')\n"
+        "save('failing.ipynb', 'print(\"first\")', '1 / 0', 'print(\"never\")')"
+    )
+    cells: Cells = [
+        (write, True),
+        ("%run helpers.ipynb\ndouble(21), cap.stdout, shelled", True),
+        ("%run failing.ipynb", False),  # ipykernel shows its error twice
+    ]
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells[:2], corral[:2], ipykernel[:2]) == []
+    assert stream_text(corral[1]) == "loaded\n"
+    assert corral[1][-1]["data"]["text/plain"] == "(42, 'captured\\n', ['from shell'])"
+    for outputs in (corral, ipykernel):
+        assert stream_text(outputs[2]) == "first\n"
+        assert {o["ename"] for o in outputs[2] if "ename" in o} == {"ZeroDivisionError"}
