@@ -246,3 +246,19 @@ def test_run_a_notebook_runs_its_code_cells(both: Run) -> None:
     for outputs in (corral, ipykernel):
         assert stream_text(outputs[2]) == "first\n"
         assert {o["ename"] for o in outputs[2] if "ename" in o} == {"ZeroDivisionError"}
+
+
+def test_error_notes_and_self_rendered_tracebacks_show_as_in_ipykernel(both: Run) -> None:
+    """Notes added to an error (``add_note``) show under its line; an error that renders
+    its own traceback (``_render_traceback_``, as ipyparallel's remote errors) shows that."""
+    cells = [
+        "e = ValueError('bad value')\ne.add_note('while reading row 3')\nraise e",
+        "class Remote(Exception):\n    def _render_traceback_(self):\n"
+        "        return ['remote line 1', 'remote line 2']\nraise Remote('x')",
+    ]
+    corral, ipykernel = both(cells)
+    for outputs in (corral, ipykernel):
+        noted = outputs[0][0]
+        assert (noted["ename"], noted["evalue"]) == ("ValueError", "bad value")
+        assert "\n".join(noted["traceback"]).endswith("bad value\nwhile reading row 3")
+        assert outputs[1][0]["traceback"] == ["remote line 1", "remote line 2"]

@@ -56,6 +56,7 @@ from corral.core.tracebacks import (
     format_exception,
     hide_from_tracebacks,
     name_cell,
+    own_traceback,
 )
 from corral.notification.center import NotificationCenter, shared_center
 
@@ -676,9 +677,13 @@ class Interpreter:
         if isinstance(exc, UsageError):
             traceback = [f"UsageError: {evalue}"]
         else:
-            traceback = format_exception(exc, colors=self.colors)
-            if self.xmode == "Minimal":
-                traceback = traceback[-1:]
+            own = own_traceback(exc)
+            if own is not None:
+                traceback = own
+            else:
+                traceback = format_exception(exc, colors=self.colors)
+                if self.xmode == "Minimal":
+                    traceback = traceback[-1:]
             sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
         self.center.post(ERROR, self, ename=ename, evalue=evalue, traceback=traceback)
         return ename, evalue, traceback
