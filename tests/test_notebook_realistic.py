@@ -262,3 +262,17 @@ def test_error_notes_and_self_rendered_tracebacks_show_as_in_ipykernel(both: Run
         assert (noted["ename"], noted["evalue"]) == ("ValueError", "bad value")
         assert "\n".join(noted["traceback"]).endswith("bad value\nwhile reading row 3")
         assert outputs[1][0]["traceback"] == ["remote line 1", "remote line 2"]
+
+
+def test_a_failing_repr_is_reported_not_hidden(both: Run) -> None:
+    """A cell whose value has a broken ``__repr__`` says so (ipykernel shows the error;
+    corral says which method raised and shows the default repr), once."""
+    cells = [
+        "class Broken:\n    def __repr__(self):\n        raise ValueError('repr broke')\nBroken()",
+        "import IPython\nBroken()",
+    ]
+    corral, ipykernel = both(cells)
+    for outputs in (corral, ipykernel):
+        for cell in outputs:
+            said = [o.get("evalue", "") + o.get("text", "") for o in cell]
+            assert sum("repr broke" in text for text in said) == 1, cell
