@@ -276,3 +276,18 @@ def test_a_failing_repr_is_reported_not_hidden(both: Run) -> None:
         for cell in outputs:
             said = [o.get("evalue", "") + o.get("text", "") for o in cell]
             assert sum("repr broke" in text for text in said) == 1, cell
+
+
+def test_figures_show_after_ipython_is_first_imported_under_capture(both: Run) -> None:
+    """A notebook whose first IPython import is inside ``%%capture`` still plots inline
+    afterwards (the figures were lost, and ``%matplotlib inline`` raised TraitError)."""
+    cells: Cells = [
+        ("%%capture cap\nfrom IPython.display import HTML\ndisplay(HTML('<b>k</b>'))", True),
+        ("len(cap.outputs)", True),
+        ("import matplotlib.pyplot as plt\nplt.plot([1]);", False),
+        ("%matplotlib inline\nplt.plot([2]);", False),
+    ]  # fmt: skip
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells, corral, ipykernel) == []
+    assert "image/png" in corral[2][0]["data"]
+    assert "image/png" in corral[3][0]["data"]

@@ -257,6 +257,12 @@ def _on_ipython_imported(module: Any) -> None:
     from corral.core.display import get_current
 
     interp = get_current()
+    # Under %%capture the display target is a stand-in that forwards to its interpreter:
+    # adopting IPython for the stand-in made IPython's shell one that dies with the
+    # capture, and the interpreter's own shell could never become IPython's afterwards
+    # (inline figures stopped showing, %matplotlib raised TraitError).
+    while getattr(interp, "stands_in_for", None) is not None:
+        interp = interp.stands_in_for
     if interp is not None and not interp._shell_adopted:
         from corral.core.ipython_shell import adopt_ipython
 
