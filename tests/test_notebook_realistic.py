@@ -291,3 +291,10 @@ def test_figures_show_after_ipython_is_first_imported_under_capture(both: Run) -
     assert differences(cells, corral, ipykernel) == []
     assert "image/png" in corral[2][0]["data"]
     assert "image/png" in corral[3][0]["data"]
+
+
+def test_history_last_lines_are_those_before_the_running_one(both: Run) -> None:
+    cells: Cells = [("a = 1", True), ("b = 2", True), ("%history -l 2", True)]
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells, corral, ipykernel) == []
+    assert stream_text(corral[2]) == "a = 1\nb = 2\n"

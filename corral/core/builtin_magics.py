@@ -568,8 +568,11 @@ def history_magic(interp: Any, line: str) -> None:
         rows = hm.search(f"*{pattern}*", None, "u" in opts, output=output)
         running = (hm.session_id, interp.execution_count)
         rows = [row for row in rows if row[:2] != running]  # not the %history -g line itself
-    elif "l" in opts:
-        rows = hm.tail(int(opts["l"]), output=output)
+    elif "l" in opts:  # the last N before this very line, as IPython's get_tail gives
+        count = int(opts["l"])
+        running = (hm.session_id, interp.execution_count)
+        rows = [row for row in hm.tail(count + 1, output=output) if row[:2] != running]
+        rows = rows[-count:] if count > 0 else []
     elif rest:
         rows = [r for sess, a, b in _ranges(rest) for r in hm.range(sess, a, b, output=output)]
     else:
