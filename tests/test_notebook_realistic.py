@@ -298,3 +298,17 @@ def test_history_last_lines_are_those_before_the_running_one(both: Run) -> None:
     corral, ipykernel = both([source for source, _ in cells])
     assert differences(cells, corral, ipykernel) == []
     assert stream_text(corral[2]) == "a = 1\nb = 2\n"
+
+
+def test_autosave_from_classic_notebooks_runs(both: Run) -> None:
+    """``%autosave`` opens many notebooks written for the classic Notebook; a failing
+    first cell stops a whole run (nbclient, "Run All")."""
+    cells: Cells = [("%autosave 60", True), ("%autosave 0", True)]
+    # A usage error is an error output here, a stderr line under ipykernel: not compared.
+    corral, ipykernel = both([source for source, _ in cells] + ["%autosave soon"])
+    assert differences(cells, corral[:2], ipykernel[:2]) == []
+    assert corral[2][0]["evalue"] == "%autosave requires an integer, got 'soon'"
+    assert stream_text(corral[0]) == "Autosaving every 60 seconds\n"
+    assert corral[0][0]["data"] == {
+        "application/javascript": "IPython.notebook.set_autosave_interval(60000)"
+    }

@@ -155,6 +155,24 @@ def store_magic(interp: Any, line: str) -> Any:
     return shell.run_line_magic("store", line)
 
 
+def autosave_magic(interp: Any, line: str) -> None:
+    """%autosave SECONDS: ask the classic notebook to save every SECONDS (0: never).
+
+    Many notebooks written for the classic Notebook start with it; ipykernel answers
+    with the notebook's JavaScript call and a line saying what was asked. Frontends
+    that save on their own (JupyterLab, VS Code) ignore the call, and the cell runs on.
+    """
+    from corral.core.display import display
+
+    try:
+        seconds = int(line.strip())
+    except ValueError:
+        raise UsageError(f"%autosave requires an integer, got {line.strip()!r}") from None
+    call = f"IPython.notebook.set_autosave_interval({seconds * 1000})"
+    display({"application/javascript": call}, raw=True)
+    print(f"Autosaving every {seconds} seconds" if seconds else "Autosave disabled")
+
+
 # ------------------------------------------------------------------ matplotlib
 
 
@@ -395,6 +413,7 @@ def register_compat_magics(registry: MagicsRegistry) -> None:
         ("reload_ext", reload_ext_magic),
         ("autoreload", autoreload_magic),
         ("store", store_magic),
+        ("autosave", autosave_magic),
         ("matplotlib", matplotlib_magic),
     ):
         registry.register_line(name, func)
