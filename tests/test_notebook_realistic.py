@@ -312,3 +312,18 @@ def test_autosave_from_classic_notebooks_runs(both: Run) -> None:
     assert corral[0][0]["data"] == {
         "application/javascript": "IPython.notebook.set_autosave_interval(60000)"
     }
+
+
+def test_script_cells_keep_their_output_in_variables(both: Run) -> None:
+    """``%%bash --out NAME`` and its kin, as notebooks use them to read a tool's output."""
+    cells: Cells = [
+        ("%%bash --out listing --err problems\necho found; echo warned >&2", True),
+        ("listing, problems", True),
+        ("%%bash --no-raise-error\necho failing; exit 3", True),
+        ('%%script bash -s hello --out said\necho "$1"', True),
+        ("said", True),
+    ]
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells, corral, ipykernel) == []
+    assert corral[1][0]["data"]["text/plain"] == "('found\\n', 'warned\\n')"
+    assert corral[4][0]["data"]["text/plain"] == "'hello\\n'"
