@@ -327,3 +327,23 @@ def test_script_cells_keep_their_output_in_variables(both: Run) -> None:
     assert differences(cells, corral, ipykernel) == []
     assert corral[1][0]["data"]["text/plain"] == "('found\\n', 'warned\\n')"
     assert corral[4][0]["data"]["text/plain"] == "'hello\\n'"
+
+
+def test_cell_magics_get_the_body_with_its_final_newline(both: Run) -> None:
+    """What a user-defined cell magic is handed, and what ``%%html``-like cells show."""
+    cells: Cells = [
+        (
+            "from IPython.core.magic import register_cell_magic\n@register_cell_magic\n"
+            "def upper(line, cell):\n    return cell.upper()",
+            True,
+        ),
+        ("%%upper\nabc", True),
+        ("%%markdown\n# Title", False),
+        ("%%javascript\nconsole.log(1)", False),  # text/plain names each kernel's class
+    ]
+    corral, ipykernel = both([source for source, _ in cells])
+    assert differences(cells, corral, ipykernel) == []
+    assert corral[1][0]["data"]["text/plain"] == "'ABC\\n'"
+    for outputs in (corral, ipykernel):
+        assert outputs[2][0]["data"]["text/markdown"] == "# Title\n"
+        assert outputs[3][0]["data"]["application/javascript"] == "console.log(1)\n"
