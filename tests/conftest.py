@@ -35,6 +35,7 @@ import pytest
 PROCESS_FILES: frozenset[str] = frozenset(
     {
         "test_bridge.py",
+        "test_notebook_realistic.py",
         "test_parallel_cluster_sets.py",
         "test_parallel_shards_api.py",
         "test_parallel_curve_stall.py",

@@ -278,7 +278,8 @@ def test_history_magic(interp):
         run(interp, code)
     assert run(interp, "%history 1-3")[1] == "a = 1\nb = 2\na + b\n"
     assert run(interp, "%history -n 2 4")[1] == "2: b = 2\n4: c = 'x'\n"
-    assert run(interp, "%history -l 2")[1] == "%history -n 2 4\n%history -l 2\n"
+    # The last lines before the running one, as IPython shows them.
+    assert run(interp, "%history -l 2")[1] == "%history 1-3\n%history -n 2 4\n"
     assert run(interp, "%history -g a +")[1] == "3: a + b\n"
     assert run(interp, "%history -o 3")[1] == "a + b\n-> 3\n"
     out = run(interp, "%hist")[1]

@@ -273,6 +273,9 @@ def run_magic(interp: Any, line: str) -> None:
     path, args = _path_arg(rest, "%run")
     if not path.is_file():
         raise UsageError(f"File `{path}` not found.")
+    if path.suffix in (".ipynb", ".ipy"):
+        _run_ipython_file(interp, path)
+        return
     source = path.read_text()
     filename = str(path)
     linecache.checkcache(filename)
@@ -306,6 +309,43 @@ def run_magic(interp: Any, line: str) -> None:
                 for k, v in namespace.items()
                 if not (k.startswith("__") and k.endswith("__"))
             )
+
+
+def _ipython_cells(path: Path) -> list[str]:
+    """The code of an IPython file: a notebook's code cells in order, a ``.ipy`` whole."""
+    if path.suffix == ".ipy":
+        return [path.read_text(encoding="utf-8")]
+    import json
+
+    try:
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"%run: {path} is not a notebook: {exc}") from None
+    if not isinstance(notebook, dict) or notebook.get("nbformat") != 4:
+        raise UsageError(f"%run: {path} is not a version 4 notebook (save it with Jupyter)")
+    cells = []
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            cells.append("".join(source) if isinstance(source, list) else source)
+    return cells
+
+
+def _run_ipython_file(interp: Any, path: Path) -> None:
+    """``%run`` of a notebook or ``.ipy`` file: its cells run in your namespace, as IPython
+    runs them, magics included; their values are not shown and the first error stops it.
+
+    Notebooks share helpers this way (``%run ./utils.ipynb``); compiled as Python, the
+    notebook's JSON failed on its first ``null``.
+    """
+    folder = str(path.parent.resolve())
+    sys.path.insert(0, folder)
+    try:
+        for number, cell in enumerate(_ipython_cells(path), 1):
+            interp.run_source(cell, filename=f"{path} (cell {number})")
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
 
 
 def writefile_cell(interp: Any, line: str, cell: str) -> None:
@@ -528,8 +568,11 @@ def history_magic(interp: Any, line: str) -> None:
         rows = hm.search(f"*{pattern}*", None, "u" in opts, output=output)
         running = (hm.session_id, interp.execution_count)
         rows = [row for row in rows if row[:2] != running]  # not the %history -g line itself
-    elif "l" in opts:
-        rows = hm.tail(int(opts["l"]), output=output)
+    elif "l" in opts:  # the last N before this very line, as IPython's get_tail gives
+        count = int(opts["l"])
+        running = (hm.session_id, interp.execution_count)
+        rows = [row for row in hm.tail(count + 1, output=output) if row[:2] != running]
+        rows = rows[-count:] if count > 0 else []
     elif rest:
         rows = [r for sess, a, b in _ranges(rest) for r in hm.range(sess, a, b, output=output)]
     else:

@@ -72,6 +72,9 @@ class _Target:
         self.center = NotificationCenter()
         self.user_ns = getattr(interp, "user_ns", {})
         self._interp = interp
+        #: The interpreter behind this target, for code that needs the interpreter itself
+        #: (its IPython shell), not where displays go meanwhile.
+        self.stands_in_for = interp
         self._captured = captured
         for kind in (DISPLAY_DATA, UPDATE_DISPLAY_DATA, CLEAR_OUTPUT):
             self.center.add_observer(self._on_display if keep_display else self._drop, kind, None)

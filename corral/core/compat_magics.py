@@ -142,6 +142,37 @@ def autoreload_magic(interp: Any, line: str) -> Any:
     return shell.run_line_magic("autoreload", line)
 
 
+def store_magic(interp: Any, line: str) -> Any:
+    """%store [-r|-d|-z] [NAME]: IPython's storemagic, which ipykernel loads at start.
+
+    Notebooks call ``%store`` without loading anything; the extension (and IPython) is
+    loaded on first use here, and its own ``%store`` replaces this one.
+    """
+    shell = _shell(interp)
+    shell.extension_manager.load_extension("storemagic")
+    if interp.magics.line("store") is store_magic:
+        raise UsageError("the storemagic extension did not register %store")
+    return shell.run_line_magic("store", line)
+
+
+def autosave_magic(interp: Any, line: str) -> None:
+    """%autosave SECONDS: ask the classic notebook to save every SECONDS (0: never).
+
+    Many notebooks written for the classic Notebook start with it; ipykernel answers
+    with the notebook's JavaScript call and a line saying what was asked. Frontends
+    that save on their own (JupyterLab, VS Code) ignore the call, and the cell runs on.
+    """
+    from corral.core.display import display
+
+    try:
+        seconds = int(line.strip())
+    except ValueError:
+        raise UsageError(f"%autosave requires an integer, got {line.strip()!r}") from None
+    call = f"IPython.notebook.set_autosave_interval({seconds * 1000})"
+    display({"application/javascript": call}, raw=True)
+    print(f"Autosaving every {seconds} seconds" if seconds else "Autosave disabled")
+
+
 # ------------------------------------------------------------------ matplotlib
 
 
@@ -241,17 +272,54 @@ def script_cell(interp: Any, line: str, cell: str) -> None:
     """
     import shlex
 
-    argv = shlex.split(line)
+    options, argv = _script_options(shlex.split(line))
     if not argv:
-        raise UsageError("usage: %%script PROGRAM [ARGS...]")
-    _run_script(interp, argv, cell)
+        raise UsageError("usage: %%script [--out NAME] [--err NAME] [--no-raise-error] PROGRAM")
+    _run_script(interp, argv, cell, options)
+
+
+#: IPython's options of %%script (and its shortcuts), each with whether it takes a value.
+_SCRIPT_OPTIONS = {"--out": True, "--err": True, "--no-raise-error": False}
+_BACKGROUND = ("--bg", "--proc")
+
+
+def _script_options(words: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """IPython's ``%%script`` options found anywhere on the line, and the other words,
+    which belong to the program (``%%bash -s arg`` passes ``-s arg`` to bash).
+
+    ``--out NAME`` / ``--err NAME`` keep the script's stdout / stderr in the variable
+    NAME instead of showing it, ``--no-raise-error`` lets a failing script pass. Scripts
+    in the background (``--bg``, ``--proc``) are refused with a clear error: passed on,
+    they were options the program did not know.
+    """
+    options: dict[str, Any] = {}
+    rest: list[str] = []
+    words = list(words)
+    while words:
+        word = words.pop(0)
+        name, has_value, value = word.partition("=")
+        if name in _BACKGROUND:
+            raise UsageError(
+                f"%%script {name}: scripts in the background are not supported by corral; "
+                "run the cell in the foreground (--out NAME keeps its output)"
+            )
+        if name not in _SCRIPT_OPTIONS:
+            rest.append(word)
+        elif not _SCRIPT_OPTIONS[name]:
+            options[name] = True
+        elif has_value or words:
+            options[name] = value if has_value else words.pop(0)
+        else:
+            raise UsageError(f"%%script {name} needs a variable name")
+    return options, rest
 
 
 def _shortcut(program: str) -> Any:
     def magic(interp: Any, line: str, cell: str) -> None:
         import shlex
 
-        _run_script(interp, [_program(program), *shlex.split(line)], cell)
+        options, args = _script_options(shlex.split(line))
+        _run_script(interp, [_program(program), *args], cell, options)
 
     magic.__doc__ = f"%%{program}: run the cell with {program}, its output streamed as it comes."
     return magic
@@ -262,11 +330,18 @@ def _program(name: str) -> str:
     return sys.executable if name in ("python", "python3") else name
 
 
-def _run_script(interp: Any, argv: list[str], cell: str) -> None:
+def _run_script(
+    interp: Any, argv: list[str], cell: str, options: dict[str, Any] | None = None
+) -> None:
+    import io
     import subprocess
     import threading
 
     from corral.core.builtin_magics import pump
+
+    options = options or {}
+    kept = {name: io.StringIO() for name in ("--out", "--err") if name in options}
+    out, err = kept.get("--out", sys.stdout), kept.get("--err", sys.stderr)
 
     try:
         proc = subprocess.Popen(
@@ -276,8 +351,8 @@ def _run_script(interp: Any, argv: list[str], cell: str) -> None:
         raise UsageError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     pumps = [
-        threading.Thread(target=pump, args=(proc.stdout.fileno(), sys.stdout), daemon=True),
-        threading.Thread(target=pump, args=(proc.stderr.fileno(), sys.stderr), daemon=True),
+        threading.Thread(target=pump, args=(proc.stdout.fileno(), out), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr.fileno(), err), daemon=True),
     ]
     for thread in pumps:
         thread.start()
@@ -297,7 +372,9 @@ def _run_script(interp: Any, argv: list[str], cell: str) -> None:
             thread.join()
         proc.stdout.close()
         proc.stderr.close()
-    if code:
+        for name, buffer in kept.items():
+            interp.user_ns[options[name]] = buffer.getvalue()
+    if code and "--no-raise-error" not in options:
         # The error IPython's %%script raises: code that catches it runs on both kernels.
         raise subprocess.CalledProcessError(code, argv)
 
@@ -381,6 +458,8 @@ def register_compat_magics(registry: MagicsRegistry) -> None:
         ("unload_ext", unload_ext_magic),
         ("reload_ext", reload_ext_magic),
         ("autoreload", autoreload_magic),
+        ("store", store_magic),
+        ("autosave", autosave_magic),
         ("matplotlib", matplotlib_magic),
     ):
         registry.register_line(name, func)

@@ -124,7 +124,7 @@ def set_plain_options(*, float_format: str | None = None, pretty: bool = True) -
     _float_format, _pretty = float_format, pretty
 
 
-def _plain(obj: Any) -> str:
+def _plain(obj: Any, warn: bool = True) -> str:
     try:
         if not _pretty:
             return repr(obj)
@@ -134,7 +134,11 @@ def _plain(obj: Any) -> str:
                 return shown
         text: str = _printer_class()(_float_format).pformat(obj)
         return text
-    except Exception:
+    except Exception as exc:
+        # Said, as a failing _repr_html_ is: a broken __repr__ shown silently as
+        # <X object at 0x...> hides the user's bug (IPython shows the error).
+        if warn:
+            _warn(obj, "__repr__", exc)
         return object.__repr__(obj)
 
 
@@ -215,7 +219,7 @@ def format_object(
         data, metadata = _formatter(obj, include=include, exclude=exclude)
         data = {mime: _encode(mime, value) for mime, value in data.items()}
         if "text/plain" not in data and (not data or include is None):
-            data["text/plain"] = _plain(obj)
+            data["text/plain"] = _plain(obj, warn=False)  # IPython showed its error
         return data, metadata
     include = set(include) if include is not None else None
     exclude = set(exclude) if exclude is not None else None

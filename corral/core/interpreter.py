@@ -18,6 +18,7 @@ import builtins
 import dataclasses
 import linecache
 import sys
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -55,6 +56,7 @@ from corral.core.tracebacks import (
     format_exception,
     hide_from_tracebacks,
     name_cell,
+    own_traceback,
 )
 from corral.notification.center import NotificationCenter, shared_center
 
@@ -70,6 +72,21 @@ hide_from_tracebacks(__file__)
 hide_from_tracebacks(sys.modules["corral.core.magics"].__file__ or "")
 
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def _forget_shown_warnings() -> None:
+    """Let each cell show its warnings again, as under ipykernel.
+
+    Python's ``default`` action shows a warning once per code location for the life of
+    the process. In a notebook that hides it for good: re-run a cell (its old output
+    cleared by the frontend) or call the same function from a later cell, and the warning
+    is gone. IPython changes the warning filters while it prepares every cell, which
+    empties every module's once-per-location memory; leaving a ``catch_warnings`` block
+    does the same here, through the public API. Within one cell a warning still shows
+    once; the ``once`` action still means once per process.
+    """
+    with warnings.catch_warnings():
+        pass
 
 
 def _run_unsuspended(run: Any) -> Any:
@@ -240,6 +257,12 @@ def _on_ipython_imported(module: Any) -> None:
     from corral.core.display import get_current
 
     interp = get_current()
+    # Under %%capture the display target is a stand-in that forwards to its interpreter:
+    # adopting IPython for the stand-in made IPython's shell one that dies with the
+    # capture, and the interpreter's own shell could never become IPython's afterwards
+    # (inline figures stopped showing, %matplotlib raised TraitError).
+    while getattr(interp, "stands_in_for", None) is not None:
+        interp = interp.stands_in_for
     if interp is not None and not interp._shell_adopted:
         from corral.core.ipython_shell import adopt_ipython
 
@@ -389,6 +412,7 @@ class Interpreter:
             filename = cell_filename(count, self._serial)
         self._payload = []
         set_current(self)
+        _forget_shown_warnings()
         self.center.post(EXECUTE_STARTED, self, code=code, execution_count=count, silent=silent)
         cell = clean_cell(code)
         cell = self._transform_input(cell) if self.input_transformers else cell
@@ -659,9 +683,13 @@ class Interpreter:
         if isinstance(exc, UsageError):
             traceback = [f"UsageError: {evalue}"]
         else:
-            traceback = format_exception(exc, colors=self.colors)
-            if self.xmode == "Minimal":
-                traceback = traceback[-1:]
+            own = own_traceback(exc)
+            if own is not None:
+                traceback = own
+            else:
+                traceback = format_exception(exc, colors=self.colors)
+                if self.xmode == "Minimal":
+                    traceback = traceback[-1:]
             sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
         self.center.post(ERROR, self, ename=ename, evalue=evalue, traceback=traceback)
         return ename, evalue, traceback

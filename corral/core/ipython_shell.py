@@ -28,6 +28,7 @@ from typing import Any
 from corral.core.events import CLEAR_OUTPUT, DISPLAY_DATA, UPDATE_DISPLAY_DATA
 
 __all__ = [
+    "AliasManager",
     "DisplayPublisher",
     "EventManager",
     "ExtensionManager",
@@ -282,6 +283,54 @@ class ExtensionManager:
         self.load_extension(name)
 
 
+class AliasManager:
+    """``shell.alias_manager``: IPython's alias API over the aliases ``%alias`` makes.
+
+    ``%store`` keeps and restores aliases through it (``%store -r NAME`` asks it first
+    whether NAME is a stored alias). An alias is a line magic of the interpreter here.
+    """
+
+    def __init__(self, shell: ZMQInteractiveShell) -> None:
+        self._shell = shell
+
+    def define_alias(self, name: str, cmd: str) -> None:
+        """Make ``%name`` run the shell command ``cmd`` (``%s``/``%l`` as in ``%alias``)."""
+        from corral.core.magics_shell import alias_magic
+
+        alias_magic(self._shell.interpreter, f"{name} {cmd}")
+
+    soft_define_alias = define_alias
+
+    def undefine_alias(self, name: str) -> None:
+        """Forget the alias ``name``; ValueError if there is none."""
+        self.retrieve_alias(name)
+        self._shell.interpreter.magics.remove_line(name)
+
+    def retrieve_alias(self, name: str) -> str:
+        """The command of the alias ``name``; ValueError if there is none, as in IPython."""
+        from corral.core.magics_shell import Alias
+
+        magic = self._shell.interpreter.magics.line(name)
+        if not isinstance(magic, Alias):
+            raise ValueError(f"{name} is not an alias")
+        return magic.command
+
+    def is_alias(self, name: str) -> bool:
+        """Whether ``%name`` is an alias."""
+        try:
+            self.retrieve_alias(name)
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def aliases(self) -> list[tuple[str, str]]:
+        """``(name, command)`` of every alias."""
+        from corral.core.magics_shell import _aliases
+
+        return _aliases(self._shell.interpreter.magics)
+
+
 class _Config(dict):  # type: ignore[type-arg]
     """A stand-in for traitlets' ``Config`` when traitlets is not installed."""
 
@@ -342,6 +391,33 @@ class ZMQInteractiveShell:
     @property
     def extension_manager(self) -> ExtensionManager:
         return self._corral_extensions
+
+    @property
+    def alias_manager(self) -> AliasManager:
+        return AliasManager(self)
+
+    @property
+    def db(self) -> Any:
+        """IPython's key/value store, where ``%store`` keeps variables; made on first use.
+
+        IPython's own property needs a ``profile_dir`` this shell does not have. The store
+        lives in the ``db`` directory of corral's default profile, beside the history, so
+        stored variables outlive the kernel as they do under ipykernel.
+        """
+        db = self.__dict__.get("_corral_db")
+        if db is None:
+            from IPython.external.pickleshare import PickleShareDB
+
+            from corral.core.profiles import profile_dir
+
+            # IPython ships it untyped
+            db = PickleShareDB(str(profile_dir("default") / "db"))  # type: ignore[no-untyped-call]
+            self.__dict__["_corral_db"] = db
+        return db
+
+    @db.setter
+    def db(self, value: Any) -> None:
+        self.__dict__["_corral_db"] = value
 
     @property
     def input_transformers_cleanup(self) -> list[Callable[[list[str]], list[str]]]:

@@ -161,6 +161,10 @@ def split_cell_magic(code: str) -> tuple[str, str, str] | None:
     first, _, body = code.lstrip("\n").partition("\n")
     if not body.strip() and first.rstrip().endswith("?"):
         return None
+    # The body ends with a newline, as IPython hands it over (a cell typed without a
+    # final newline gets one): magics that write or render the body see what they do there.
+    if body and not body.endswith("\n"):
+        body += "\n"
     if first.startswith("%%!"):  # IPython's spelling of %%sx
         return "sx", first[3:].strip(), body
     match = _CELL_MAGIC.match(first)

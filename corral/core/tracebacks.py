@@ -21,6 +21,7 @@ __all__ = [
     "hide_from_tracebacks",
     "is_hidden_frame",
     "name_cell",
+    "own_traceback",
 ]
 
 _hidden_files: set[str] = set()
@@ -154,7 +155,22 @@ def _final(exc: BaseException, colors: bool) -> str:
     name = type(exc).__name__
     value = exc.msg if isinstance(exc, SyntaxError) else str(exc)
     head = _paint(name, _RED, colors)
-    return f"{head}: {value}" if value else head
+    return "\n".join([f"{head}: {value}" if value else head, *_notes(exc)])
+
+
+def _notes(exc: BaseException) -> list[str]:
+    """The notes added to ``exc`` (PEP 678, ``add_note``), shown under its line as Python
+    and IPython show them: libraries say there what went wrong in the user's terms."""
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, (list, tuple)):
+        return []
+    shown = []
+    for note in notes:
+        try:
+            shown.append(note if isinstance(note, str) else str(note))
+        except Exception:  # a note whose str() fails must not hide the error
+            shown.append("<note str() failed>")
+    return shown
 
 
 def _chain(exc: BaseException) -> list[tuple[BaseException, str | None]]:
@@ -174,6 +190,25 @@ def _chain(exc: BaseException) -> list[tuple[BaseException, str | None]]:
         newest_first.append((current, link))
         current = older
     return newest_first[::-1]
+
+
+def own_traceback(exc: BaseException) -> list[str] | None:
+    """The traceback ``exc`` renders itself (``_render_traceback_``), as IPython asks
+    for it; None if it has no such method, or the method fails or gives no strings.
+
+    Errors that stand for another process's failure (ipyparallel's ``RemoteError``)
+    show the remote traceback this way rather than the local frames that re-raised it.
+    """
+    render = getattr(exc, "_render_traceback_", None)
+    if not callable(render):
+        return None
+    try:
+        lines = render()
+    except Exception:
+        return None
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        return None
+    return lines
 
 
 def format_exception(exc: BaseException, *, colors: bool = False) -> list[str]:

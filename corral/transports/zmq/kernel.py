@@ -278,14 +278,14 @@ class KernelServer(RequestServer):
             return self.info
         if self.info.curve_secretkey and not zmq.has("curve"):
             raise RuntimeError("this libzmq was built without CurveZMQ support")
-        self.shell = self._socket(zmq.ROUTER)
+        self.shell_socket = self._socket(zmq.ROUTER)
         self.control = self._socket(zmq.ROUTER)
         self.stdin = self._socket(zmq.ROUTER)
         self.iopub_socket = self._socket(zmq.PUB)
         self.iopub_socket.sndhwm = 100_000
         self.hb_socket = self._socket(zmq.ROUTER)  # not REP: see heartbeat.py
         for sock, channel in (
-            (self.shell, "shell"),
+            (self.shell_socket, "shell"),
             (self.iopub_socket, "iopub"),
             (self.stdin, "stdin"),
             (self.control, "control"),
@@ -326,6 +326,17 @@ class KernelServer(RequestServer):
                 if self._interpreter is None:
                     self._make_interpreter()
         return self._interpreter
+
+    @property
+    def shell(self) -> Any:
+        """The interpreter's ``get_ipython()`` shell, as ipykernel's ``kernel.shell`` is.
+
+        Libraries written for ipykernel reach the shell (``user_ns``, ``events``) through
+        ``get_ipython().kernel.shell``; the shell channel's socket is :attr:`shell_socket`.
+        """
+        from corral.core.ipython_shell import shell_for
+
+        return shell_for(self.interpreter)
 
     def _make_interpreter(self) -> None:
         from corral.core.interpreter import Interpreter
@@ -391,22 +402,22 @@ class KernelServer(RequestServer):
         self._fd_capture_wanted = True
         wake_fd = self.wake_fd
         poller = zmq.Poller()
-        poller.register(self.shell, zmq.POLLIN)
+        poller.register(self.shell_socket, zmq.POLLIN)
         poller.register(wake_fd, zmq.POLLIN)
         try:
             while not self.shutdown_requested.is_set():
                 if self._backlog:
                     idents, msg, abort = self._backlog.popleft()
-                    self._serve(self.shell, idents, msg, self._shell_handlers, abort=abort)
+                    self._serve(self.shell_socket, idents, msg, self._shell_handlers, abort=abort)
                     continue
                 ready = dict(poller.poll())
                 if wake_fd in ready:
                     self.drain_wake()
                     self.run_handed()
-                if self.shell in ready:
-                    got = self.session.recv(self.shell, zmq.NOBLOCK)
+                if self.shell_socket in ready:
+                    got = self.session.recv(self.shell_socket, zmq.NOBLOCK)
                     if got is not None:
-                        self._serve(self.shell, *got, self._shell_handlers)
+                        self._serve(self.shell_socket, *got, self._shell_handlers)
         finally:
             self.close()
 
@@ -435,7 +446,7 @@ class KernelServer(RequestServer):
         """What a host's own loop polls instead of :meth:`serve_forever` (a cluster engine
         bound as a kernel): shell and the wake pipe's descriptor; when either is readable,
         call :meth:`serve_waiting`."""
-        return self.shell, self.wake_fd
+        return self.shell_socket, self.wake_fd
 
     def serve_waiting(self) -> None:
         """Serve what waits on shell, and calls handed to the main thread, without
@@ -445,14 +456,14 @@ class KernelServer(RequestServer):
         while not self.shutdown_requested.is_set():
             if self._backlog:
                 idents, msg, abort = self._backlog.popleft()
-                self._serve(self.shell, idents, msg, self._shell_handlers, abort=abort)
+                self._serve(self.shell_socket, idents, msg, self._shell_handlers, abort=abort)
                 continue
             try:
-                got = self.session.recv(self.shell, zmq.NOBLOCK)
+                got = self.session.recv(self.shell_socket, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if got is not None:
-                self._serve(self.shell, *got, self._shell_handlers)
+                self._serve(self.shell_socket, *got, self._shell_handlers)
 
     def call_on_main(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run ``func`` on the main thread (between requests) and return its result.
@@ -496,7 +507,7 @@ class KernelServer(RequestServer):
             if msg_type.endswith("_request"):
                 # A frontend waiting for the reply (create_subshell_request, say) is told
                 # at once instead of waiting forever.
-                channel = "shell" if sock is self.shell else "control"
+                channel = "shell" if sock is self.shell_socket else "control"
                 self.reply(sock, idents, msg, unsupported_content(msg_type, channel))
             return
         header = msg["header"]
@@ -577,7 +588,7 @@ class KernelServer(RequestServer):
         """
         while True:
             try:
-                got = self.session.recv(self.shell, zmq.NOBLOCK)
+                got = self.session.recv(self.shell_socket, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if got is not None:
@@ -732,7 +743,7 @@ class KernelServer(RequestServer):
             self.heartbeat.stop()
         else:
             self.hb_socket.close(linger=0)
-        for sock in (self.shell, self.stdin, self.iopub_socket):
+        for sock in (self.shell_socket, self.stdin, self.iopub_socket):
             sock.close()
 
 
