@@ -300,7 +300,10 @@ def test_notebook_in_jupyterlab(lab: tuple[str, Path], browser: Any, tmp_path: P
                 )[2:],
             )
             gutter[0].click()  # JupyterLab dropped it with the session: set it again
-        until("the breakpoint again", lambda: "debug-" in _text(browser, ".jp-DebuggerBreakpoints-body"))
+        until(
+            "the breakpoint again",
+            lambda: "debug-" in _text(browser, ".jp-DebuggerBreakpoints-body"),
+        )
         run_cell(browser, 5)
         until(
             "the stop in h() again",

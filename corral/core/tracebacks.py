@@ -199,12 +199,12 @@ def own_traceback(exc: BaseException) -> list[str] | None:
     Errors that stand for another process's failure (ipyparallel's ``RemoteError``)
     show the remote traceback this way rather than the local frames that re-raised it.
     """
-    render = getattr(exc, "_render_traceback_", None)
-    if not callable(render):
-        return None
     try:
+        render = getattr(exc, "_render_traceback_", None)
+        if not callable(render):
+            return None
         lines = render()
-    except Exception:
+    except Exception:  # a broken renderer must not hide the error it was to show
         return None
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
         return None
@@ -218,7 +218,7 @@ def format_exception(exc: BaseException, *, colors: bool = False) -> list[str]:
     a remote error whose traceback is on an engine, where the bug is) is shown its own
     way, as IPython does; the local frames it was raised through (where a result was
     waited for) are not the user's concern."""
-    rendered = _own_rendering(exc)
+    rendered = own_traceback(exc)
     if rendered is not None:
         return rendered
     parts: list[str] = []
@@ -240,21 +240,6 @@ def format_exception(exc: BaseException, *, colors: bool = False) -> list[str]:
             parts.append(_final(one, colors))
             parts.extend(_group_members(one, colors))
     return parts
-
-
-def _own_rendering(exc: BaseException) -> list[str] | None:
-    """``exc._render_traceback_()`` if it gives a list of strings; None otherwise (no such
-    method, or one that fails or returns something else: then the usual traceback)."""
-    try:
-        render = getattr(exc, "_render_traceback_", None)
-        if not callable(render):
-            return None
-        lines = render()
-    except Exception:  # a broken renderer must not hide the error it was to show
-        return None
-    if isinstance(lines, list) and all(isinstance(line, str) for line in lines):
-        return lines
-    return None
 
 
 _GROUP_WIDTH = 15  # members shown of one exception group, as Python's own tracebacks
