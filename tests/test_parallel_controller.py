@@ -211,6 +211,25 @@ def test_registration_ids_notifications_and_connection_reply(cluster: Cluster) -
     assert set(client.ask("connection_request")["content"]["engines"]) == {"0", "2"}
 
 
+def test_a_repeated_registration_of_the_same_process_gets_the_same_answer(
+    cluster: Cluster,
+) -> None:
+    """An engine sends its registration again when no reply came (a request or reply
+    lost on the way, a slow hub): the hub must answer the repeat with the same
+    registration, not "already registered", which would make the engine give up. The
+    same uuid from another process is still refused."""
+    client = cluster.client()
+    engine = cluster.engine()
+    first = engine.id
+    again = engine.register()  # the same content: uuid, hostname, pid
+    assert again == first
+    assert set(client.ask("connection_request")["content"]["engines"]) == {str(first)}
+    other = client.ask(
+        "registration_request", {"uuid": engine.uuid, "hostname": "fakehost", "pid": 2}
+    )
+    assert other["content"]["status"] == "error"
+
+
 # ------------------------------------------------------------------ routing
 
 

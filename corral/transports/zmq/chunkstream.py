@@ -98,7 +98,22 @@ _HEAD = struct.Struct("<II")
 HEAD_LEN = len(_HEAD_MAGIC) + _HEAD.size
 
 
-class Joined(mmap.mmap):
+class _LikeAFrame:
+    """What ``zmq.Frame`` offers that corral's receivers use, for a buffer of our own: a
+    mixin for classes with the buffer protocol (which the type checker cannot see here)."""
+
+    __slots__ = ()
+
+    @property
+    def bytes(self) -> bytes:
+        return bytes(self)  # type: ignore[call-overload]
+
+    @property
+    def buffer(self) -> memoryview:
+        return memoryview(self)  # type: ignore[arg-type]
+
+
+class Joined(_LikeAFrame, mmap.mmap):
     """A frame that arrived in chunks, joined: what ``zmq.Frame`` offers that corral's
     receivers use (``bytes``, ``buffer``, the buffer protocol, ``len``), writable, so a
     pushed array deserialized onto it is writable like one received whole.
@@ -142,14 +157,6 @@ class Joined(mmap.mmap):
         digest, self.digest = self.digest, None
         return digest
 
-    @property
-    def bytes(self) -> bytes:
-        return bytes(self)
-
-    @property
-    def buffer(self) -> memoryview:
-        return memoryview(self)
-
 
 _POSIX_MAP: int | None = (
     mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS if hasattr(mmap, "MAP_ANONYMOUS") else None
@@ -157,20 +164,12 @@ _POSIX_MAP: int | None = (
 _HUGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
-class Cut(bytearray):
+class Cut(_LikeAFrame, bytearray):
     """What arrived of a buffer whose stream ended early (a copy: rare, and a mapping
     cannot be shortened in place), with ``cut`` saying why; its digest cannot match."""
 
     __slots__ = ("cut",)
     cut: str
-
-    @property
-    def bytes(self) -> bytes:
-        return bytes(self)
-
-    @property
-    def buffer(self) -> memoryview:
-        return memoryview(self)
 
 
 def cut_short(buffer: Any, filled: int, why: str) -> Cut:

@@ -579,6 +579,10 @@ class Hub(Component):
             if content.get("id") == known:  # asked again (it thought we were gone): same
                 self._record_holding(self.engines[known], content.get("holding"))
                 return self._registered(self.engines[known])
+            if _same_process(self.engines[known], content):
+                # Its first request asked again (an engine re-sends an unanswered one: a
+                # reply it never got must not leave it waiting): the same answer.
+                return self._registered(self.engines[known])
             return {"status": "error", "evalue": f"engine uuid {uuid} is already registered"}
         pid = content.get("pid")
         engine_id = self._new_engine_id(content.get("id"))
@@ -1056,6 +1060,18 @@ class Hub(Component):
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _same_process(record: EngineRecord, content: dict[str, Any]) -> bool:
+    """Whether a registration of ``record``'s uuid comes from the process that registered
+    it (same pid on the same host, both given): a repeat, not a second engine."""
+    pid = content.get("pid")
+    return (
+        isinstance(pid, int)
+        and pid > 0
+        and pid == record.pid
+        and str(content.get("hostname") or "") == record.hostname
+    )
 
 
 def _held_ids(holding: Any) -> list[str]:

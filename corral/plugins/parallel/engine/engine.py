@@ -64,7 +64,6 @@ import time
 import uuid as uuid_module
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +128,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 #: Messages served from one socket before the others (and control) get a look.
 _BATCH = 32
 _LINGER_MS = 1000
+#: Seconds a registration goes unanswered before the engine sends it again.
+_ASK_AGAIN = 5.0
 #: The routing frame of a start notice to the task scheduler (see _start_group): a
 #: client id never starts with a zero byte, so no reply can look like one.
 _STARTED_ROUTE = b"\x00started"
@@ -441,8 +442,9 @@ class Engine(RequestServer):
         self.connect()
         self.prepare()
         end = time.monotonic() + self.registration_timeout
-        ask = partial(self.send_registration, {})
-        msg = await_registration(self, ask, self.registrations_asked, end, self.replay)
+        msg = await_registration(
+            self, self._ask_again, self.registrations_asked, end, self.replay, _ASK_AGAIN
+        )
         if msg is None:
             raise EngineError(
                 f"no registration reply from {self.url('registration')} within "
@@ -467,6 +469,17 @@ class Engine(RequestServer):
         self._after_registration()
         self.announce()
         return self.id
+
+    def _ask_again(self) -> str:
+        """Send the registration again (unanswered for :data:`_ASK_AGAIN` seconds, or
+        after adopting a run): a request or reply lost on the way must not leave the
+        engine waiting until its timeout. The hub answers a repeat from the same process
+        with the same registration. Logged, so a slow or silent hub shows in the log."""
+        log.warning(
+            "registration: asking %s again (no reply yet, or a new controller run)",
+            self.url("registration"),
+        )
+        return self.send_registration({})
 
     def learn_run(self, reply: dict[str, Any]) -> None:
         """Keep the controller run a registration reply names (what later requests to
