@@ -133,13 +133,19 @@ def reload_ext_magic(interp: Any, line: str) -> None:
     _shell(interp).extension_manager.reload_extension(_ext_name(line, "reload_ext"))
 
 
+def _by_extension(interp: Any, extension: str, name: str, stand_in: Any, line: str) -> Any:
+    """Run ``%name line`` from IPython's ``extension``, loaded on first use: the
+    extension registers its own ``%name`` in place of ``stand_in`` (ours)."""
+    shell = _shell(interp)
+    shell.extension_manager.load_extension(extension)
+    if interp.magics.line(name) is stand_in:
+        raise UsageError(f"the {extension} extension did not register %{name}")
+    return shell.run_line_magic(name, line)
+
+
 def autoreload_magic(interp: Any, line: str) -> Any:
     """%autoreload [0|1|2|3]: reload changed modules before each cell (loads the extension)."""
-    shell = _shell(interp)
-    shell.extension_manager.load_extension("autoreload")
-    if interp.magics.line("autoreload") is autoreload_magic:
-        raise UsageError("the autoreload extension did not register %autoreload")
-    return shell.run_line_magic("autoreload", line)
+    return _by_extension(interp, "autoreload", "autoreload", autoreload_magic, line)
 
 
 def store_magic(interp: Any, line: str) -> Any:
@@ -148,11 +154,7 @@ def store_magic(interp: Any, line: str) -> Any:
     Notebooks call ``%store`` without loading anything; the extension (and IPython) is
     loaded on first use here, and its own ``%store`` replaces this one.
     """
-    shell = _shell(interp)
-    shell.extension_manager.load_extension("storemagic")
-    if interp.magics.line("store") is store_magic:
-        raise UsageError("the storemagic extension did not register %store")
-    return shell.run_line_magic("store", line)
+    return _by_extension(interp, "storemagic", "store", store_magic, line)
 
 
 def autosave_magic(interp: Any, line: str) -> None:
